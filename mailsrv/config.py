@@ -1,0 +1,512 @@
+"""
+mailsrv.toml -> validated, immutable settings.
+
+Every key has a safe default (see ../docs/config.md). Any problem raises
+L{ConfigError}, whose text is one line naming the file, the key, the problem
+and a hint, so that C{twistd mailsrv} and C{mailsrv check-config} can print it
+and exit non-zero instead of showing a traceback.
+"""
+
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+PROTOCOLS = ("smtp", "pop3", "imap")
+SMTP_ROLES = ("mx", "submission")
+TLS_MODES = ("starttls", "implicit", "required", "none")
+CLIENT_CERT_MODES = ("none", "request", "require")
+RELAY_MODES = ("none", "trusted", "anyone")
+
+
+class ConfigError(Exception):
+    """
+    A problem in the configuration, worded for the admin who must fix it.
+    """
+
+    def __init__(self, path, key, problem, hint=""):
+        self.path = path
+        self.key = key
+        self.problem = problem
+        self.hint = hint
+        text = f"{path}: {key}: {problem}" if key else f"{path}: {problem}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """
+    One C{[[listen]]} table.
+
+    @ivar client_cert: the listener's own C{client_cert}, or L{None} to take
+        the global one (which an C{mx} listener never does).
+    """
+
+    index: int
+    protocol: str
+    role: str
+    endpoint: str
+    tls: str
+    max_connections: int
+    auth: bool
+    client_cert: Optional[str]
+
+    @property
+    def name(self):
+        """A name for log lines and errors: C{smtp/mx tcp:25}."""
+        kind = f"{self.protocol}/{self.role}" if self.role else self.protocol
+        return f"{kind} {self.endpoint}"
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    cert: Path
+    key: Path
+    client_ca: Optional[Path]
+    client_cert: str
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    allow_plaintext_on_loopback: bool
+    max_failures: int
+    max_failures_per_ip: int
+    failure_window: int
+    lockout: int
+
+
+@dataclass(frozen=True)
+class PopBeforeSmtpSettings:
+    enabled: bool
+    window: int
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    mode: str
+    trusted: tuple
+    trusted_file: Optional[Path]
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    servers: tuple
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SmartHost:
+    host: str
+    port: int
+    preference: int = 0
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    smart_hosts: tuple  # of SmartHost, sorted by preference
+    mx_port: int
+    retry: tuple
+    max_age: int
+    transports: tuple  # of (domain, "host:port" | "mx")
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    max_message_size: int
+    max_recipients: int
+    max_connections_per_ip: int
+    kill_file: Optional[Path]
+    refuse_null_sender: bool
+    check_valid_sender: bool
+    verify_sender_domain: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    hostname: str
+    data_dir: Path
+    local_domains: tuple
+    users_file: Path
+    aliases_file: Path
+    listeners: tuple
+    tls: TLSSettings
+    auth: AuthSettings
+    pop_before_smtp: PopBeforeSmtpSettings
+    relay: RelaySettings
+    dns: DNSSettings
+    delivery: DeliverySettings
+    access: AccessSettings
+    not_yet_supported: tuple = field(default=())
+
+    def is_local_domain(self, domain):
+        return domain.lower() in self.local_domains
+
+
+# Listeners used when the file has no [[listen]] table: the standard ports.
+DEFAULT_LISTENERS = (
+    {"protocol": "smtp", "role": "mx", "endpoint": "tcp:25"},
+    {"protocol": "smtp", "role": "submission", "endpoint": "tcp:587"},
+    {"protocol": "smtp", "role": "submission", "endpoint": "tcp:465", "tls": "implicit"},
+    {"protocol": "pop3", "endpoint": "tcp:110"},
+    {"protocol": "pop3", "endpoint": "tcp:995", "tls": "implicit"},
+    {"protocol": "imap", "endpoint": "tcp:143"},
+    {"protocol": "imap", "endpoint": "tcp:993", "tls": "implicit"},
+)
+
+# Sections that later releases will fill in. They are accepted so that a
+# config written to the design contract starts, and logged as ignored.
+FUTURE_SECTIONS = ("antispam",)
+
+
+class _Table:
+    """
+    Typed reads of one TOML table, remembering which keys were used so that
+    unknown keys (usually typos) are reported instead of silently ignored.
+    """
+
+    def __init__(self, path, name, data):
+        self.path = path
+        self.name = name
+        self.data = data if data is not None else {}
+        self.used = set()
+        if not isinstance(self.data, dict):
+            raise ConfigError(path, name, "must be a table", f"write [{name}]")
+
+    def key(self, key):
+        return f"[{self.name}] {key}" if self.name else key
+
+    def error(self, key, problem, hint=""):
+        return ConfigError(self.path, self.key(key), problem, hint)
+
+    def get(self, key, kind, default):
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if kind is int and isinstance(value, bool):
+            raise self.error(key, "must be a whole number, not true/false")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join(_KIND_NAMES[k] for k in kinds)
+            raise self.error(key, f"must be {wanted}, not {_describe(value)}")
+        return value
+
+    def string(self, key, default, choices=None):
+        value = self.get(key, str, default)
+        if choices and value not in choices:
+            raise self.error(
+                key, f"unknown value {value!r}", "one of: " + ", ".join(choices)
+            )
+        return value
+
+    def integer(self, key, default, minimum=0):
+        value = self.get(key, int, default)
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def boolean(self, key, default):
+        return self.get(key, bool, default)
+
+    def strings(self, key, default):
+        value = self.get(key, list, list(default))
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(
+                    key, f"every entry must be a string, not {_describe(item)}"
+                )
+        return tuple(value)
+
+    def file_path(self, key, default, base):
+        value = self.string(key, default)
+        return (base / value) if value else None
+
+    def check_unknown(self):
+        for key in self.data:
+            if key not in self.used:
+                raise self.error(
+                    key, "unknown key", "check the spelling against etc/mailsrv.toml"
+                )
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def _describe(value):
+    for kind, name in _KIND_NAMES.items():
+        if type(value) is kind:
+            return name
+    return type(value).__name__
+
+
+def load(path):
+    """
+    Read and validate a config file.
+
+    @param path: the TOML file.
+    @return: L{Settings}
+    @raise ConfigError: on any problem, unreadable file included.
+    """
+    path = Path(path).absolute()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found", "pass --config PATH")
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}")
+    return parse(data, path)
+
+
+def parse(data, path):
+    """Validate an already-decoded TOML document that came from C{path}."""
+    path = Path(path)
+    base = path.parent
+    top = _Table(path, "", data)
+
+    server = _Table(path, "server", top.get("server", dict, {}))
+    hostname = server.string("hostname", "") or socket.gethostname()
+    data_dir = server.file_path("data_dir", "var", base)
+    server.check_unknown()
+
+    domains = _Table(path, "domains", top.get("domains", dict, {}))
+    local_domains = tuple(d.lower().rstrip(".") for d in domains.strings("local", ()))
+    domains.check_unknown()
+
+    users = _Table(path, "users", top.get("users", dict, {}))
+    users_file = users.file_path("file", "users", base)
+    users.check_unknown()
+    aliases = _Table(path, "aliases", top.get("aliases", dict, {}))
+    aliases_file = aliases.file_path("file", "aliases", base)
+    aliases.check_unknown()
+
+    listen_tables = top.get("listen", list, None)
+    listeners = _listeners(path, listen_tables)
+
+    tls_table = _Table(path, "tls", top.get("tls", dict, {}))
+    tls = TLSSettings(
+        cert=tls_table.file_path("cert", "tls/cert.pem", base),
+        key=tls_table.file_path("key", "tls/key.pem", base),
+        client_ca=tls_table.file_path("client_ca", "", base),
+        client_cert=tls_table.string("client_cert", "none", CLIENT_CERT_MODES),
+    )
+    tls_table.check_unknown()
+    if tls.client_cert == "require" and tls.client_ca is None:
+        raise tls_table.error("client_cert", "'require' needs [tls] client_ca")
+
+    auth_table = _Table(path, "auth", top.get("auth", dict, {}))
+    auth = AuthSettings(
+        allow_plaintext_on_loopback=auth_table.boolean(
+            "allow_plaintext_on_loopback", False
+        ),
+        max_failures=auth_table.integer("max_failures", 5, 1),
+        max_failures_per_ip=auth_table.integer("max_failures_per_ip", 100, 1),
+        failure_window=auth_table.integer("failure_window", 600, 1),
+        lockout=auth_table.integer("lockout", 900, 0),
+    )
+    auth_table.check_unknown()
+
+    pbs_table = _Table(path, "pop_before_smtp", top.get("pop_before_smtp", dict, {}))
+    pop_before_smtp = PopBeforeSmtpSettings(
+        enabled=pbs_table.boolean("enabled", True),
+        window=pbs_table.integer("window", 1800, 1),
+    )
+    pbs_table.check_unknown()
+
+    relay_table = _Table(path, "relay", top.get("relay", dict, {}))
+    relay = RelaySettings(
+        mode=relay_table.string("mode", "trusted", RELAY_MODES),
+        trusted=relay_table.strings("trusted", ()),
+        trusted_file=relay_table.file_path("trusted_file", "", base),
+    )
+    _check_ip_entries(relay_table, "trusted", relay.trusted)
+    relay_table.check_unknown()
+
+    dns_table = _Table(path, "dns", top.get("dns", dict, {}))
+    dns = DNSSettings(
+        servers=dns_table.strings("servers", ()),
+        timeout=dns_table.get("timeout", float, 5.0),
+    )
+    for server_entry in dns.servers:
+        _host_port(dns_table, "servers", server_entry, 53)
+    dns_table.check_unknown()
+
+    delivery = _delivery(path, top.get("delivery", dict, {}))
+
+    access_table = _Table(path, "access", top.get("access", dict, {}))
+    access = AccessSettings(
+        max_message_size=access_table.integer("max_message_size", 36700160, 1024),
+        max_recipients=access_table.integer("max_recipients", 100, 1),
+        max_connections_per_ip=access_table.integer("max_connections_per_ip", 20, 1),
+        kill_file=access_table.file_path("kill_file", "", base),
+        refuse_null_sender=access_table.boolean("refuse_null_sender", False),
+        check_valid_sender=access_table.boolean("check_valid_sender", True),
+        verify_sender_domain=access_table.boolean("verify_sender_domain", False),
+    )
+    access_table.check_unknown()
+
+    not_yet = []
+    for section in FUTURE_SECTIONS:
+        if section in data:
+            top.used.add(section)
+            not_yet.append(section)
+    top.check_unknown()
+
+    return Settings(
+        path=path,
+        hostname=hostname,
+        data_dir=data_dir,
+        local_domains=local_domains,
+        users_file=users_file,
+        aliases_file=aliases_file,
+        listeners=listeners,
+        tls=tls,
+        auth=auth,
+        pop_before_smtp=pop_before_smtp,
+        relay=relay,
+        dns=dns,
+        delivery=delivery,
+        access=access,
+        not_yet_supported=tuple(not_yet),
+    )
+
+
+def _listeners(path, tables):
+    if tables is None:
+        tables = DEFAULT_LISTENERS
+    if not tables:
+        raise ConfigError(path, "[[listen]]", "no listeners", "add a [[listen]] table")
+    listeners = []
+    for index, raw in enumerate(tables):
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "listen", "must be tables", "write [[listen]]")
+        table = _Table(path, f"listen #{index + 1}", raw)
+        protocol = table.string("protocol", "smtp", PROTOCOLS)
+        if protocol == "smtp":
+            role = table.string("role", "mx", SMTP_ROLES)
+        else:
+            role = ""
+            if "role" in raw:
+                raise table.error("role", "only smtp listeners have a role")
+            table.used.add("role")
+        endpoint = table.string("endpoint", "")
+        if not endpoint:
+            raise table.error("endpoint", "missing", 'for example endpoint = "tcp:2525"')
+        _check_endpoint(table, endpoint)
+        client_cert = table.get("client_cert", str, None)
+        if client_cert is not None and client_cert not in CLIENT_CERT_MODES:
+            raise table.error(
+                "client_cert",
+                f"unknown value {client_cert!r}",
+                "one of: " + ", ".join(CLIENT_CERT_MODES),
+            )
+        listeners.append(
+            Listener(
+                index=index,
+                protocol=protocol,
+                role=role,
+                endpoint=endpoint,
+                tls=table.string("tls", "starttls", TLS_MODES),
+                max_connections=table.integer("max_connections", 200, 1),
+                auth=table.boolean("auth", True),
+                client_cert=client_cert,
+            )
+        )
+        table.check_unknown()
+    return tuple(listeners)
+
+
+def _check_endpoint(table, endpoint):
+    """
+    Parse the endpoint string the way the service will, without listening.
+    """
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, endpoint)
+    except Exception as e:
+        raise table.error(
+            "endpoint",
+            f"bad endpoint {endpoint!r}: {e}",
+            'Twisted endpoint syntax, e.g. "tcp:2525:interface=127.0.0.1"',
+        )
+
+
+def _check_ip_entries(table, key, entries):
+    from mailsrv.netaddr import parse_entry
+
+    for entry in entries:
+        try:
+            parse_entry(entry)
+        except ValueError as e:
+            raise table.error(key, str(e))
+
+
+def _host_port(table, key, text, default_port):
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith(":"):  # bare host, or a bare IPv6 address
+        return text.strip("[]"), default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise table.error(key, f"bad port in {text!r}", 'write "host:port"')
+    return host.strip("[]"), int(port)
+
+
+def _delivery(path, data):
+    table = _Table(path, "delivery", data)
+    raw = table.get("smart_host", (str, list), "")
+    smart_hosts = []
+    if isinstance(raw, str):
+        if raw:
+            host, port = _host_port(table, "smart_host", raw, 25)
+            smart_hosts.append(SmartHost(host, port))
+    else:
+        for entry in raw:
+            if not isinstance(entry, dict):
+                raise table.error(
+                    "smart_host", "list entries must be {host, port, preference}"
+                )
+            sub = _Table(path, "delivery.smart_host", entry)
+            host = sub.string("host", "")
+            if not host:
+                raise sub.error("host", "missing")
+            smart_hosts.append(
+                SmartHost(host, sub.integer("port", 25, 1), sub.integer("preference", 0))
+            )
+            sub.check_unknown()
+    smart_hosts.sort(key=lambda h: h.preference)
+
+    retry = table.get("retry", list, [300, 900, 3600, 14400])
+    if not retry or not all(
+        isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in retry
+    ):
+        raise table.error("retry", "must be a list of positive whole seconds")
+    transports = table.get("transports", dict, {})
+    for domain, route in transports.items():
+        if not isinstance(route, str):
+            raise table.error(f"transports.{domain}", 'must be "host:port" or "mx"')
+        if route != "mx":
+            _host_port(table, f"transports.{domain}", route, 25)
+    delivery = DeliverySettings(
+        smart_hosts=tuple(smart_hosts),
+        mx_port=table.integer("mx_port", 25, 1),
+        retry=tuple(retry),
+        max_age=table.integer("max_age", 432000, 60),
+        transports=tuple((d.lower(), r) for d, r in sorted(transports.items())),
+    )
+    table.check_unknown()
+    return delivery

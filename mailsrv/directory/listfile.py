@@ -1,0 +1,87 @@
+"""
+Plain list files: one entry a line, C{#} comments, re-read when they change.
+"""
+
+import os
+
+
+class ListFileError(Exception):
+    """A bad line: the message names file, line and problem."""
+
+    def __init__(self, path, lineno, problem):
+        super().__init__(f"{path}:{lineno}: {problem}")
+        self.path = path
+        self.lineno = lineno
+
+
+def read_lines(path):
+    """
+    Yield C{(lineno, text)} for each line that is not blank or a comment.
+    A missing file has no lines.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                text = line.split("#", 1)[0].strip()
+                if text:
+                    yield lineno, text
+    except FileNotFoundError:
+        return
+
+
+class WatchedFile:
+    """
+    Re-parses a file when its modification time or size changes, at most
+    once per C{interval} seconds, so that admins' edits take effect without a
+    restart and a lookup costs one C{stat} at most.
+    """
+
+    interval = 1.0
+
+    def __init__(self, path, parse, clock=None):
+        self.path = path
+        self._parse = parse
+        self._clock = clock
+        self._signature = None
+        self._checked = None
+        self.value = None
+        self.reload()
+
+    def _now(self):
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return self._clock.seconds()
+
+    def _stat_signature(self):
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self):
+        """Parse the file now (raising the parser's error for a bad file)."""
+        signature = self._stat_signature()
+        self.value = self._parse(self.path)
+        self._signature = signature
+        self._checked = self._now()
+
+    def get(self):
+        """The parsed value, re-read first if the file changed."""
+        now = self._now()
+        if now - self._checked >= self.interval:
+            self._checked = now
+            if self._stat_signature() != self._signature:
+                try:
+                    self.reload()
+                except (ListFileError, OSError) as e:
+                    from twisted.logger import Logger
+
+                    Logger().error(
+                        "keeping the previous contents of {path}: {error}",
+                        path=self.path, error=e,
+                    )
+                    self._signature = self._stat_signature()
+        return self.value

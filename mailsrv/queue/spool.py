@@ -1,0 +1,168 @@
+"""
+The spool directory and its on-disk format (docs/queue.md):
+
+    queue/tmp/ID        a message being received; never acknowledged
+    queue/msg/ID        the message, with our trace headers, fsync'd
+    queue/env/ID.json   envelope and per-recipient delivery state
+
+An entry is in the queue exactly when its C{env/ID.json} exists; the
+envelope is always written after its message file, by write-fsync-rename.
+"""
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mailsrv.store.delivery import fsync_directory
+
+PENDING = "pending"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+def new_queue_id():
+    """Sortable by arrival, unique: microseconds since the epoch and 20 random bits."""
+    return f"{time.time_ns() // 1000:013X}{secrets.randbits(20):05X}"
+
+
+@dataclass
+class RecipientState:
+    address: str
+    state: str = PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+
+
+@dataclass
+class Envelope:
+    """
+    @ivar sender: the MAIL FROM address, "" for the null sender.
+    """
+
+    id: str
+    sender: str
+    recipients: list
+    created: float = field(default_factory=time.time)
+    client_ip: str = ""
+    helo: str = ""
+
+    def to_json(self):
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        data = json.loads(text)
+        data["recipients"] = [RecipientState(**r) for r in data["recipients"]]
+        return cls(**data)
+
+    def pending(self):
+        """Recipients still to be delivered (pending or deferred)."""
+        return [r for r in self.recipients if r.state in (PENDING, DEFERRED)]
+
+
+class IncomingMessage:
+    """
+    A message being received: written as it arrives (the page cache takes
+    the writes; the fsync happens at commit, off the reactor thread).
+    """
+
+    def __init__(self, spool, queue_id):
+        self.spool = spool
+        self.queue_id = queue_id
+        self.path = spool.tmp / queue_id
+        self.size = 0
+        self._file = open(self.path, "xb", buffering=1 << 16)
+
+    def write(self, data):
+        self._file.write(data)
+        self.size += len(data)
+
+    def finish(self):
+        """Flush and fsync the data (call off the reactor thread)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def abort(self):
+        """Forget the message: nothing of it stays on disk."""
+        self._file.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Spool:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.msg = self.root / "msg"
+        self.env = self.root / "env"
+        for directory in (self.tmp, self.msg, self.env):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def recover(self):
+        """
+        At start-up, remove what was never acknowledged: messages still in
+        tmp/ and message files without an envelope.
+
+        @return: how many files were removed.
+        """
+        removed = 0
+        for path in self.tmp.iterdir():
+            path.unlink()
+            removed += 1
+        queued = {p.name[: -len(".json")] for p in self.env.glob("*.json")}
+        for path in self.msg.iterdir():
+            if path.name not in queued:
+                path.unlink()
+                removed += 1
+        for path in self.env.glob(".*.tmp"):
+            path.unlink()
+        return removed
+
+    def incoming(self):
+        return IncomingMessage(self, new_queue_id())
+
+    def message_path(self, queue_id):
+        return self.msg / queue_id
+
+    def enqueue(self, incoming, envelope):
+        """
+        Move a finished (fsync'd) incoming message into the queue with its
+        envelope. Call off the reactor thread.
+        """
+        os.rename(incoming.path, self.message_path(envelope.id))
+        fsync_directory(self.msg)
+        self.save(envelope)
+
+    def save(self, envelope):
+        """Write an envelope durably (write, fsync, rename, fsync directory)."""
+        final = self.env / f"{envelope.id}.json"
+        temporary = self.env / f".{envelope.id}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(envelope.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temporary, final)
+        fsync_directory(self.env)
+
+    def load(self, queue_id):
+        return Envelope.from_json((self.env / f"{queue_id}.json").read_text("utf-8"))
+
+    def ids(self):
+        return sorted(p.name[: -len(".json")] for p in self.env.glob("*.json"))
+
+    def remove(self, queue_id):
+        """Take an entry out of the queue: the envelope first, then the data."""
+        (self.env / f"{queue_id}.json").unlink()
+        fsync_directory(self.env)
+        try:
+            self.message_path(queue_id).unlink()
+        except FileNotFoundError:
+            pass

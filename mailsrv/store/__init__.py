@@ -1,0 +1,3 @@
+"""
+Mailboxes on disk: one Maildir++ per user (see docs/store.md).
+"""

@@ -1,0 +1,68 @@
+"""
+Durable Maildir delivery of a spooled message to local mailboxes.
+
+The message is written and fsync'd once, in the spool; each mailbox gets a
+hard link to it in C{new/} (a copy, written and fsync'd in C{tmp/} first,
+when the mailbox is on another file system). Every C{new/} directory is
+fsync'd before the function returns, so the links survive a crash.
+
+Call it off the reactor thread.
+"""
+
+import errno
+import os
+import shutil
+
+from mailsrv.store.layout import ensure_maildir, unique_name
+
+
+def fsync_directory(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def deliver_file(source, maildirs):
+    """
+    Put the (already fsync'd) file C{source} into C{new/} of each Maildir.
+
+    @param maildirs: Maildir paths; created when missing.
+    @return: the delivered paths, in the order of C{maildirs}.
+    """
+    size = os.path.getsize(source)
+    delivered = []
+    try:
+        for maildir in maildirs:
+            ensure_maildir(maildir)
+            name = unique_name(size)
+            target = os.path.join(maildir, "new", name)
+            try:
+                os.link(source, target)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                _copy_into(source, maildir, name, target)
+            delivered.append(target)
+        for directory in {os.path.dirname(p) for p in delivered}:
+            fsync_directory(directory)
+    except BaseException:
+        for path in delivered:  # all or nothing: the client will retry
+            os.unlink(path)
+        raise
+    return delivered
+
+
+def _copy_into(source, maildir, name, target):
+    temporary = os.path.join(maildir, "tmp", name)
+    try:
+        with open(source, "rb") as src, open(temporary, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.rename(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
