@@ -1,0 +1,1 @@
+"""The `mailsrv` admin command."""

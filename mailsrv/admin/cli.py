@@ -1,0 +1,177 @@
+"""
+The `mailsrv` admin command: check the config, manage users, look at the queue.
+
+    mailsrv --config etc/mailsrv.toml check-config
+    mailsrv --config etc/mailsrv.toml user add alice@example.test --password-stdin
+"""
+
+import argparse
+import getpass
+import os
+import sys
+import time
+
+from mailsrv import config
+from mailsrv.directory.listfile import ListFileError
+from mailsrv.directory.users import UserDB, normalise_address, valid_address
+
+DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
+
+
+class CommandError(Exception):
+    """Shown to the admin as one line, with a non-zero exit."""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="mailsrv", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                        help=f"path to mailsrv.toml (default: {DEFAULT_CONFIG})")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("check-config", help="validate the config and its files")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    for action, text in (("add", "create a user"), ("passwd", "change a password")):
+        sub = user.add_parser(action, help=text)
+        sub.add_argument("address")
+        sub.add_argument("--password-stdin", action="store_true",
+                         help="read the password from the first line of standard input")
+    user.add_parser("del", help="delete a user (the mailbox stays)").add_argument("address")
+    user.add_parser("list", help="list users")
+
+    queue = commands.add_parser("queue", help="look at the outbound queue").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    queue.add_parser("list", help="list queued messages")
+    queue.add_parser("flush", help="make every deferred recipient due now")
+    queue.add_parser("remove", help="delete a queued message").add_argument("id")
+    return parser
+
+
+def main(argv=None, stdin=None, stdout=None):
+    args = _parser().parse_args(argv)
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    try:
+        settings = config.load(args.config)
+        handler = HANDLERS[(args.command, getattr(args, "action", None))]
+        handler(settings, args, stdin, stdout)
+    except (config.ConfigError, CommandError, ListFileError) as e:
+        sys.stderr.write(f"mailsrv: {e}\n")
+        return 1
+    return 0
+
+
+def check_config(settings, args, stdin, stdout):
+    from mailsrv.service import _trusted_ips
+    from mailsrv.directory.aliases import parse_aliases
+    from mailsrv.directory.users import parse_users
+
+    parse_users(settings.users_file)
+    parse_aliases(settings.aliases_file)
+    _trusted_ips(settings)
+    stdout.write(f"{settings.path}: ok, {len(settings.listeners)} listeners\n")
+    for listener in settings.listeners:
+        stdout.write(f"  {listener.name} (tls {listener.tls})\n")
+
+
+def _read_password(args, stdin):
+    if args.password_stdin:
+        password = stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the passwords differ")
+    if not password:
+        raise CommandError("empty password")
+    return password
+
+
+def _users(settings):
+    return UserDB(settings.users_file)
+
+
+def user_add(settings, args, stdin, stdout):
+    address = normalise_address(args.address)
+    if not valid_address(address):
+        raise CommandError(f"{args.address!r} is not an address like user@example.test")
+    domain = address.rpartition("@")[2]
+    if domain not in settings.local_domains:
+        raise CommandError(f"{domain} is not in [domains] local of {settings.path}")
+    users = _users(settings)
+    if users.exists(address):
+        raise CommandError(f"{address} exists already (use: user passwd)")
+    users.set_password(address, _read_password(args, stdin))
+    stdout.write(f"added {address}\n")
+
+
+def user_passwd(settings, args, stdin, stdout):
+    users = _users(settings)
+    if not users.exists(args.address):
+        raise CommandError(f"no such user: {args.address}")
+    users.set_password(args.address, _read_password(args, stdin))
+    stdout.write(f"changed the password of {normalise_address(args.address)}\n")
+
+
+def user_del(settings, args, stdin, stdout):
+    users = _users(settings)
+    if not users.exists(args.address):
+        raise CommandError(f"no such user: {args.address}")
+    users.delete(args.address)
+    stdout.write(f"deleted {normalise_address(args.address)} (the mailbox stays on disk)\n")
+
+
+def user_list(settings, args, stdin, stdout):
+    for address in _users(settings).addresses():
+        stdout.write(address + "\n")
+
+
+def _spool(settings):
+    from mailsrv.queue.spool import Spool
+
+    return Spool(settings.data_dir / "queue")
+
+
+def queue_list(settings, args, stdin, stdout):
+    spool = _spool(settings)
+    ids = spool.ids()
+    for queue_id in ids:
+        envelope = spool.load(queue_id)
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(envelope.created))
+        stdout.write(f"{queue_id}  {created}  <{envelope.sender}>\n")
+        for rcpt in envelope.recipients:
+            detail = f"  ({rcpt.last_error})" if rcpt.last_error else ""
+            stdout.write(f"    {rcpt.state:9} {rcpt.address}{detail}\n")
+    stdout.write(f"{len(ids)} queued\n")
+
+
+def queue_flush(settings, args, stdin, stdout):
+    spool = _spool(settings)
+    for queue_id in spool.ids():
+        envelope = spool.load(queue_id)
+        for rcpt in envelope.pending():
+            rcpt.next_attempt = 0.0
+        spool.save(envelope)
+    stdout.write("every queued recipient is due now; the server delivers on its next scan\n")
+
+
+def queue_remove(settings, args, stdin, stdout):
+    spool = _spool(settings)
+    if args.id not in spool.ids():
+        raise CommandError(f"no queued message {args.id}")
+    spool.remove(args.id)
+    stdout.write(f"removed {args.id}\n")
+
+
+HANDLERS = {
+    ("check-config", None): check_config,
+    ("user", "add"): user_add,
+    ("user", "passwd"): user_passwd,
+    ("user", "del"): user_del,
+    ("user", "list"): user_list,
+    ("queue", "list"): queue_list,
+    ("queue", "flush"): queue_flush,
+    ("queue", "remove"): queue_remove,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

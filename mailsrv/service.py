@@ -1,0 +1,272 @@
+"""
+Builds the one MultiService that runs every listener, the queue runner and
+the shared state, from validated settings.
+"""
+
+import sys
+from collections import Counter
+
+from twisted.application import service
+from twisted.internet import endpoints, reactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.protocols import policies
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import alsoProvides
+
+from mailsrv import config, tls
+from mailsrv.context import MailServer
+from mailsrv.directory import AliasMap, Directory, UserDB
+from mailsrv.directory.checker import UserPasswordChecker
+from mailsrv.directory.listfile import ListFileError, read_lines
+from mailsrv.netaddr import IPList, normalise_ip
+from mailsrv.queue.runner import QueueRunner
+from mailsrv.queue.spool import Spool
+from mailsrv.sessions import MemorySessionStore
+from mailsrv.store.folder import MailStore
+
+log = Logger()
+
+# What a client is told when a connection limit refuses it, per protocol.
+BUSY_REPLIES = {
+    "smtp": b"421 4.7.0 Too many connections, try again later\r\n",
+    "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+    "imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+}
+
+
+def _factory_builders():
+    from mailsrv.imap.server import build_factory as imap
+    from mailsrv.pop3.server import build_factory as pop3
+    from mailsrv.smtp.server import build_factory as smtp
+
+    return {"smtp": smtp, "pop3": pop3, "imap": imap}
+
+
+def make_service_or_exit(config_path):
+    """
+    For the twistd plugin: a bad config prints one line naming the file,
+    key and problem, and exits non-zero (no traceback).
+    """
+    try:
+        return make_service(config.load(config_path))
+    except config.ConfigError as e:
+        sys.stderr.write(f"mailsrv: {e}\n")
+        sys.exit(1)
+
+
+def build_mail_server(settings, clock=reactor):
+    """
+    The shared state of one process. Raises ConfigError for unusable files.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        users = UserDB(settings.users_file, clock)
+    except (ListFileError, OSError) as e:
+        raise config.ConfigError(settings.path, "[users] file", _file_problem(e),
+                                 "fix or remove the line; `mailsrv user` writes it")
+    try:
+        aliases = AliasMap(settings.aliases_file, clock)
+    except (ListFileError, OSError) as e:
+        raise config.ConfigError(settings.path, "[aliases] file", _file_problem(e))
+    directory = Directory(settings.local_domains, users, aliases)
+    window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
+    return MailServer(
+        settings=settings,
+        directory=directory,
+        checker=UserPasswordChecker(directory),
+        sessions=MemorySessionStore(window, clock),
+        store=MailStore(settings.data_dir / "mail", clock),
+        spool=Spool(settings.data_dir / "queue"),
+        trusted=_trusted_ips(settings),
+        tls_context=tls.server_context(settings),
+        clock=clock,
+    )
+
+
+def _file_problem(error):
+    if isinstance(error, OSError):
+        return f"cannot read {error.filename}: {error.strerror}"
+    return str(error)
+
+
+def _trusted_ips(settings):
+    entries = list(settings.relay.trusted)
+    path = settings.relay.trusted_file
+    if path is not None:
+        if not path.exists():
+            raise config.ConfigError(settings.path, "[relay] trusted_file",
+                                     f"{path} does not exist")
+        for lineno, text in read_lines(path):
+            entries.extend(
+                e for e in text.replace(",", " ").replace(";", " ").split() if e
+            )
+    try:
+        return IPList(entries)
+    except ValueError as e:
+        raise config.ConfigError(settings.path, "[relay] trusted", str(e))
+
+
+def make_service(settings):
+    server = build_mail_server(settings)
+    top = service.MultiService()
+    StartupNotes(settings).setServiceParent(top)
+    TrustedResolver(server.trusted).setServiceParent(top)
+    server.queue_runner = QueueRunner(server.spool, settings)
+    server.queue_runner.setServiceParent(top)
+    builders = _factory_builders()
+    per_ip = Counter()
+    for listener in settings.listeners:
+        factory = builders[listener.protocol](server, listener)
+        factory = ConnectionLimits(
+            factory,
+            busy_reply=BUSY_REPLIES[listener.protocol],
+            max_connections=listener.max_connections,
+            max_per_ip=settings.access.max_connections_per_ip,
+            per_ip=per_ip,
+        )
+        if listener.tls == "implicit":
+            factory = TLSMemoryBIOFactory(server.tls_context, False, factory)
+        ListenerService(listener, settings, factory).setServiceParent(top)
+    return top
+
+
+class StartupNotes(service.Service):
+    """Log, at every start, what an admin must not miss."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def startService(self):
+        super().startService()
+        s = self.settings
+        log.info("mailsrv starting as {hostname}, local domains: {domains}",
+                 hostname=s.hostname, domains=", ".join(s.local_domains) or "(none)")
+        if s.relay.mode == "anyone":
+            log.critical(
+                "WARNING: [relay] mode = \"anyone\": this server is an OPEN RELAY "
+                "and will be abused by spammers; use \"trusted\" or \"none\""
+            )
+        for section in s.not_yet_supported:
+            log.warn("[{section}] is not implemented in this version and is ignored",
+                     section=section)
+
+
+class TrustedResolver(service.Service):
+    """Resolve host names in [relay] trusted at start (off the reactor thread)."""
+
+    def __init__(self, iplist):
+        self.iplist = iplist
+
+    def startService(self):
+        super().startService()
+        self.iplist.resolve()
+
+
+class ListenerService(service.Service):
+    """
+    Listens on one [[listen]] endpoint; a port that cannot be bound stops
+    start-up with a line naming the listener.
+    """
+
+    def __init__(self, listener, settings, factory):
+        self.listener = listener
+        self.settings = settings
+        self.factory = factory
+        self.port = None
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        endpoint = endpoints.serverFromString(reactor, self.listener.endpoint)
+        result = []
+        endpoint.listen(self.factory).addBoth(result.append)
+        if not result:
+            raise RuntimeError(f"{self.listener.name}: endpoint did not listen at once")
+        if isinstance(result[0], Failure):
+            error = result[0].value
+            reason = error.socketError if isinstance(error, CannotListenError) else error
+            sys.stderr.write(
+                f"mailsrv: {self.settings.path}: [[listen]] #{self.listener.index + 1} "
+                f"({self.listener.name}): cannot listen: {reason}\n"
+            )
+            raise SystemExit(1)
+        self.port = result[0]
+        log.info("listening: {name}", name=self.listener.name)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class ConnectionLimits(policies.WrappingFactory):
+    """
+    Caps connections per listener and per client IP (counted across all
+    listeners), answering the protocol's own "busy" line before closing.
+    Also turns on TCP_NODELAY: without it small replies wait ~40 ms on
+    Nagle and the client's delayed ACK.
+    """
+
+    def __init__(self, wrapped, busy_reply, max_connections, max_per_ip, per_ip):
+        super().__init__(wrapped)
+        self.busy_reply = busy_reply
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self.per_ip = per_ip
+        self.active = 0
+
+    def buildProtocol(self, addr):
+        return _LimitedProtocol(self, self.wrappedFactory.buildProtocol(addr))
+
+
+class _LimitedProtocol(policies.ProtocolWrapper):
+    counted_ip = None
+
+    def makeConnection(self, transport):
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
+        limits = self.factory
+        ip = _ip_key(transport.getPeer())
+        if (limits.active >= limits.max_connections
+                or limits.per_ip[ip] >= limits.max_per_ip):
+            log.info("refused connection from {ip}: connection limit", ip=ip)
+            # Not handed to the wrapped protocol at all: only the busy line.
+            self.transport = transport
+            self.connected = 1
+            transport.write(limits.busy_reply)
+            transport.loseConnection()
+            return
+        limits.active += 1
+        limits.per_ip[ip] += 1
+        self.counted_ip = ip
+        super().makeConnection(transport)
+
+    def startTLS(self, context_factory, *args):
+        """STARTTLS: the wrapper must say it is secure too, as the TCP transport does."""
+        self.transport.startTLS(context_factory, *args)
+        alsoProvides(self, ISSLTransport)
+
+    def dataReceived(self, data):
+        if self.counted_ip is not None:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason):
+        if self.counted_ip is None:
+            return
+        limits = self.factory
+        limits.active -= 1
+        limits.per_ip[self.counted_ip] -= 1
+        if not limits.per_ip[self.counted_ip]:
+            del limits.per_ip[self.counted_ip]
+        super().connectionLost(reason)
+
+
+def _ip_key(address):
+    host = getattr(address, "host", "")
+    try:
+        return str(normalise_ip(host))
+    except ValueError:
+        return host

@@ -1,0 +1,30 @@
+"""
+mailsrv packaging.
+
+package_dir={"": "."} is deliberate: with it, setuptools' editable install
+(`pip install -e .`) puts the project root on sys.path with a plain .pth file
+instead of an import hook, so twistd's plugin scan finds
+twisted/plugins/mailsrv_plugin.py there. The regular install ships that file
+into site-packages/twisted/plugins/. Neither ships twisted/__init__.py or
+twisted/plugins/__init__.py, which would shadow the installed Twisted.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mailsrv",
+    version="0.1.0",
+    description="One-process mail server: SMTP, submission, POP3, IMAP, on Twisted",
+    python_requires=">=3.11",
+    package_dir={"": "."},
+    packages=find_packages(include=["mailsrv", "mailsrv.*"]) + ["twisted.plugins"],
+    install_requires=[
+        "Twisted[tls]>=24.3,<27",
+        "pyOpenSSL>=24.0",
+        "service-identity>=24.1",
+        "cryptography>=42",
+        "argon2-cffi>=23.1,<26",
+        "dnspython>=2.6,<3",
+    ],
+    entry_points={"console_scripts": ["mailsrv = mailsrv.admin.cli:main"]},
+)
