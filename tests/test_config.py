@@ -1,0 +1,106 @@
+"""
+Config parsing: defaults, the errors an admin sees, and the example config.
+"""
+
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from mailsrv import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DefaultsTests(unittest.TestCase):
+    def test_empty_file_gets_safe_defaults(self):
+        s = config.parse({}, Path("/etc/mailsrv/mailsrv.toml"))
+        self.assertEqual(s.data_dir, Path("/etc/mailsrv/var"))
+        self.assertEqual(s.relay.mode, "trusted")
+        self.assertEqual(s.relay.trusted, ())
+        self.assertFalse(s.auth.allow_plaintext_on_loopback)
+        self.assertEqual(s.access.max_message_size, 36700160)
+        self.assertEqual(s.pop_before_smtp.window, 1800)
+        self.assertEqual(
+            [(l.protocol, l.role, l.endpoint, l.tls) for l in s.listeners],
+            [
+                ("smtp", "mx", "tcp:25", "starttls"),
+                ("smtp", "submission", "tcp:587", "starttls"),
+                ("smtp", "submission", "tcp:465", "implicit"),
+                ("pop3", "", "tcp:110", "starttls"),
+                ("pop3", "", "tcp:995", "implicit"),
+                ("imap", "", "tcp:143", "starttls"),
+                ("imap", "", "tcp:993", "implicit"),
+            ],
+        )
+
+    def test_relative_paths_are_relative_to_the_config_file(self):
+        s = config.parse({"users": {"file": "u"}, "tls": {"cert": "/abs/c.pem"}},
+                         Path("/srv/mail/mailsrv.toml"))
+        self.assertEqual(s.users_file, Path("/srv/mail/u"))
+        self.assertEqual(s.tls.cert, Path("/abs/c.pem"))
+
+    def test_smart_host_forms(self):
+        s = config.parse({"delivery": {"smart_host": "relay.example:2525"}}, Path("/x"))
+        self.assertEqual(s.delivery.smart_hosts, (config.SmartHost("relay.example", 2525),))
+        s = config.parse({"delivery": {"smart_host": [
+            {"host": "b", "port": 26, "preference": 20},
+            {"host": "a", "preference": 10}]}}, Path("/x"))
+        self.assertEqual([h.host for h in s.delivery.smart_hosts], ["a", "b"])
+        self.assertEqual(s.delivery.smart_hosts[0].port, 25)
+
+    def test_example_config_is_valid(self):
+        s = config.load(ROOT / "etc" / "mailsrv.toml")
+        self.assertEqual(s.local_domains, ("example.test",))
+        self.assertTrue(all("127.0.0.1" in l.endpoint for l in s.listeners))
+
+    def test_design_example_sections_are_accepted(self):
+        s = config.parse({"antispam": {"dnsbl": {"lists": ["zen.example"]}}}, Path("/x"))
+        self.assertEqual(s.not_yet_supported, ("antispam",))
+
+
+class ErrorTests(unittest.TestCase):
+    """Each bad config gives one line: file, key, problem."""
+
+    cases = [
+        ({"server": {"hostnme": "x"}}, "/c.toml: [server] hostnme: unknown key"),
+        ({"access": {"max_recipients": "10"}},
+         "/c.toml: [access] max_recipients: must be a whole number, not a string"),
+        ({"access": {"max_recipients": True}},
+         "/c.toml: [access] max_recipients: must be a whole number, not true/false"),
+        ({"relay": {"mode": "open"}},
+         "/c.toml: [relay] mode: unknown value 'open' (one of: none, trusted, anyone)"),
+        ({"relay": {"trusted": ["10.0.0.0/33"]}},
+         "/c.toml: [relay] trusted: bad network '10.0.0.0/33'"),
+        ({"listen": [{"protocol": "smtp", "endpoint": "tcpp:25"}]},
+         "/c.toml: [listen #1] endpoint: bad endpoint 'tcpp:25'"),
+        ({"listen": [{"protocol": "pop3", "role": "mx", "endpoint": "tcp:110"}]},
+         "/c.toml: [listen #1] role: only smtp listeners have a role"),
+        ({"listen": [{"protocol": "smtp"}]}, "/c.toml: [listen #1] endpoint: missing"),
+        ({"listen": []}, "/c.toml: [[listen]]: no listeners"),
+        ({"delivery": {"smart_host": "relay:99999"}},
+         "/c.toml: [delivery] smart_host: bad port in 'relay:99999'"),
+        ({"tls": {"client_cert": "require"}},
+         "/c.toml: [tls] client_cert: 'require' needs [tls] client_ca"),
+        ({"bogus": 1}, "/c.toml: bogus: unknown key"),
+    ]
+
+    def test_errors(self):
+        for data, expected in self.cases:
+            with self.assertRaises(config.ConfigError, msg=repr(data)) as caught:
+                config.parse(data, Path("/c.toml"))
+            self.assertTrue(str(caught.exception).startswith(expected),
+                            f"{str(caught.exception)!r} does not start with {expected!r}")
+            self.assertNotIn("\n", str(caught.exception))
+
+    def test_missing_file(self):
+        with self.assertRaises(config.ConfigError) as caught:
+            config.load("/nonexistent/mailsrv.toml")
+        self.assertEqual(str(caught.exception),
+                         "/nonexistent/mailsrv.toml: file not found (pass --config PATH)")
+
+    def test_bad_toml(self):
+        path = Path(self.mktemp())
+        path.write_text("[server\n")
+        with self.assertRaises(config.ConfigError) as caught:
+            config.load(path)
+        self.assertIn("not valid TOML", str(caught.exception))

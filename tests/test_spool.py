@@ -1,0 +1,143 @@
+"""
+The spool and the step that makes a received message durable.
+"""
+
+import os
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from mailsrv.queue import intake
+from mailsrv.queue.spool import Envelope, RecipientState, Spool
+from mailsrv.store.delivery import deliver_file
+from mailsrv.store.layout import folder_maildir, unique_name, user_maildir
+
+MESSAGE = b"Subject: hi\r\n\r\nbody \xc3\xa9\r\n"
+
+
+class LayoutTests(unittest.TestCase):
+    def test_paths(self):
+        inbox = user_maildir("/m", "Alice@Example.test")
+        self.assertEqual(inbox, Path("/m/example.test/alice"))
+        self.assertEqual(folder_maildir(inbox, "INBOX"), inbox)
+        self.assertEqual(folder_maildir(inbox, "Lists/Twisted"), inbox / ".Lists.Twisted")
+        for bad in ("../x@example.test", "a@../x", "a/b@example.test", "@example.test"):
+            self.assertRaises(ValueError, user_maildir, "/m", bad)
+        for bad in ("a.b", "../x", "a//b"):
+            self.assertRaises(ValueError, folder_maildir, inbox, bad)
+
+    def test_unique_names(self):
+        names = {unique_name(10) for _ in range(1000)}
+        self.assertEqual(len(names), 1000)
+        self.assertTrue(all(n.endswith(",S=10") and ":" not in n for n in names))
+
+
+class DeliveryTests(unittest.TestCase):
+    def test_links_into_new_of_every_maildir(self):
+        root = Path(self.mktemp())
+        root.mkdir()
+        source = root / "spooled"
+        source.write_bytes(MESSAGE)
+        paths = deliver_file(source, [root / "a", root / "b"])
+        self.assertEqual(len(paths), 2)
+        for path in paths:
+            self.assertEqual(Path(path).read_bytes(), MESSAGE)
+            self.assertEqual(Path(path).parent.name, "new")
+            for sub in ("cur", "tmp"):
+                self.assertTrue((Path(path).parent.parent / sub).is_dir())
+
+    def test_failure_leaves_nothing(self):
+        root = Path(self.mktemp())
+        root.mkdir()
+        source = root / "spooled"
+        source.write_bytes(MESSAGE)
+        (root / "blocked").write_text("a file where a Maildir should be")
+        self.assertRaises(OSError, deliver_file, source, [root / "a", root / "blocked"])
+        self.assertEqual(list((root / "a" / "new").iterdir()), [])
+
+
+class SpoolTests(unittest.TestCase):
+    def setUp(self):
+        self.root = Path(self.mktemp())
+        self.spool = Spool(self.root)
+
+    def test_envelope_round_trip(self):
+        envelope = Envelope(id="X1", sender="", recipients=[RecipientState("a@b.test")])
+        self.spool.save(envelope)
+        self.assertEqual(self.spool.load("X1"), envelope)
+        self.assertEqual(self.spool.ids(), ["X1"])
+        self.spool.remove("X1")
+        self.assertEqual(self.spool.ids(), [])
+
+    def test_abort_leaves_nothing(self):
+        incoming = self.spool.incoming()
+        incoming.write(b"partial")
+        incoming.abort()
+        self.assertEqual(list(self.spool.tmp.iterdir()), [])
+
+    def test_recover_removes_what_was_never_acknowledged(self):
+        self.spool.incoming().write(b"half a message")
+        (self.spool.msg / "ORPHAN").write_bytes(b"no envelope")
+        self.spool.save(Envelope(id="KEPT", sender="a@b.test", recipients=[]))
+        (self.spool.msg / "KEPT").write_bytes(MESSAGE)
+        self.assertEqual(Spool(self.root).recover(), 2)
+        self.assertEqual([p.name for p in self.spool.msg.iterdir()], ["KEPT"])
+
+    def test_queue_ids_sort_by_arrival(self):
+        ids = [self.spool.incoming().queue_id for _ in range(50)]
+        self.assertEqual(ids, sorted(ids))
+
+
+class IntakeTests(unittest.TestCase):
+    def setUp(self):
+        self.root = Path(self.mktemp())
+        self.spool = Spool(self.root / "queue")
+        self.fields = {"sender": "s@remote.test", "client_ip": "127.0.0.1", "helo": "h"}
+
+    def receive(self):
+        incoming = self.spool.incoming()
+        incoming.write(MESSAGE)
+        return incoming
+
+    def test_local_only_leaves_no_queue_entry(self):
+        d = intake.commit(self.spool, self.receive(), self.fields, [self.root / "alice"], [])
+
+        def check(queue_id):
+            (delivered,) = (self.root / "alice" / "new").iterdir()
+            self.assertEqual(delivered.read_bytes(), MESSAGE)
+            self.assertEqual(self.spool.ids(), [])
+            self.assertEqual(list(self.spool.tmp.iterdir()), [])
+
+        return d.addCallback(check)
+
+    def test_remote_recipients_are_queued(self):
+        incoming = self.receive()
+        d = intake.commit(self.spool, incoming, self.fields, [self.root / "alice"],
+                          ["x@remote.test", "y@remote.test"])
+
+        def check(queue_id):
+            self.assertEqual(queue_id, incoming.queue_id)
+            self.assertEqual(self.spool.ids(), [queue_id])
+            envelope = self.spool.load(queue_id)
+            self.assertEqual(envelope.sender, "s@remote.test")
+            self.assertEqual([r.address for r in envelope.pending()],
+                             ["x@remote.test", "y@remote.test"])
+            self.assertEqual(self.spool.message_path(queue_id).read_bytes(), MESSAGE)
+            (delivered,) = (self.root / "alice" / "new").iterdir()
+            self.assertEqual(os.stat(delivered).st_ino,
+                             os.stat(self.spool.message_path(queue_id)).st_ino)
+
+        return d.addCallback(check)
+
+    def test_io_error_leaves_nothing_behind(self):
+        (self.root / "blocked").write_text("not a directory")
+        d = intake.commit(self.spool, self.receive(), self.fields,
+                          [self.root / "alice", self.root / "blocked"], ["x@remote.test"])
+        self.assertFailure(d, OSError)
+
+        def check(_):
+            self.assertEqual(list((self.root / "alice" / "new").iterdir()), [])
+            self.assertEqual(list(self.spool.tmp.iterdir()), [])
+            self.assertEqual(self.spool.ids(), [])
+
+        return d.addCallback(check)
