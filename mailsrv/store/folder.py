@@ -1,18 +1,634 @@
 """
 The mail store: users' Maildir++ folders with persistent IMAP UIDs and flags.
 See docs/store.md.
+
+Everything here runs on the reactor thread except the bodies of L{Folder.add}
+and L{Folder.copy}, which write and fsync a whole message and so run in a
+thread; their UIDs are still assigned on the reactor thread, which is the only
+place that changes a folder's in-memory state.
 """
 
+import os
+import shutil
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
-from mailsrv.store.layout import folder_maildir, user_maildir
+from twisted.internet import threads
+from twisted.logger import Logger
+
+from mailsrv.store.delivery import fsync_directory
+from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
+from mailsrv.store.uidlist import UidList
+
+log = Logger()
+
+# IMAP system flag <-> Maildir info letter (the letters stay sorted in names).
+FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
+PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+INFO_SEPARATOR = ":2,"
+SUBSCRIPTIONS = "subscriptions"
+
+
+class FolderError(Exception):
+    """A folder operation that cannot be done; the text is for the user."""
+
+
+class NoSuchFolder(FolderError):
+    pass
+
+
+class FolderExists(FolderError):
+    pass
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """
+    One message as the folder knew it when asked.
+
+    @ivar key: the Maildir base name without the info suffix: stable for the
+        message's life (POP3 UIDL), whatever its flags.
+    @ivar flags: a frozenset of IMAP system flags (C{"\\Seen"}, ...).
+    @ivar internaldate: arrival time, seconds since the epoch.
+    """
+
+    uid: int
+    key: str
+    path: Path
+    size: int
+    flags: frozenset
+    internaldate: int
+
+
+class _Entry:
+    """The mutable state of one message, owned by its L{Folder}."""
+
+    __slots__ = ("uid", "key", "name", "size", "internaldate")
+
+    def __init__(self, uid, key, name, size, internaldate):
+        self.uid = uid
+        self.key = key
+        self.name = name  # current file name in cur/
+        self.size = size
+        self.internaldate = internaldate
+
+
+def split_name(name):
+    """C{"key:2,FS"} -> C{("key", "FS")}; a name without info has C{""}."""
+    key, sep, letters = name.partition(INFO_SEPARATOR)
+    if not sep:
+        key = name.partition(":")[0]
+    return key, letters
+
+
+def flags_of(letters):
+    return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
+
+
+def size_from_key(key):
+    """The C{,S=<size>} field of a Maildir name, or L{None}."""
+    for field in key.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+def arrival_order(name):
+    """
+    Sort key putting names in arrival order: C{<seconds>.M<usec>...} names
+    compare by their numbers (C{"M9"} is before C{"M10"}), others by text.
+    """
+    head, _, rest = name.partition(".")
+    micro = rest[1:].split("P", 1)[0] if rest.startswith("M") else ""
+    return (
+        int(head) if head.isdigit() else 0,
+        int(micro) if micro.isdigit() else 0,
+        name,
+    )
+
+
+class Folder:
+    """
+    One Maildir with its UID index, shared by every session that uses it.
+
+    Listeners are objects with C{messages_added(uids)},
+    C{messages_expunged(uids)} and C{flags_changed(changes)} (a dict of UID to
+    flags). A change is announced to every listener but the one that made it
+    (C{origin}), which learns the result from the call itself.
+
+    @ivar name: the IMAP name (C{"INBOX"}, C{"Archive/2024"}).
+    @ivar path: the Maildir.
+    """
+
+    def __init__(self, store, user, name, path):
+        self.store = store
+        self.user = user
+        self.name = name
+        self.path = Path(path)
+        self.listeners = []
+        self._entries = {}  # uid -> _Entry
+        self._by_key = {}  # key -> uid
+        ensure_maildir(self.path)
+        self._index = UidList(self.path / UidList.FILENAME)
+        self._load()
+
+    # Reading
+
+    @property
+    def uidvalidity(self):
+        return self._index.uidvalidity
+
+    @property
+    def uidnext(self):
+        return self._index.uidnext
+
+    def __len__(self):
+        return len(self._entries)
+
+    def messages(self):
+        """A list of L{MessageInfo}, sorted by UID."""
+        return [self._info(self._entries[uid]) for uid in sorted(self._entries)]
+
+    def message(self, uid):
+        """The L{MessageInfo} of C{uid}; L{KeyError} if it is not here."""
+        return self._info(self._entries[uid])
+
+    def uids(self):
+        return sorted(self._entries)
+
+    def open(self, uid):
+        """
+        The message file, opened for binary reading.
+
+        @raise KeyError: no such UID.
+        @raise OSError: the file vanished (another program removed it).
+        """
+        return open(self._path(self._entries[uid]), "rb")
+
+    # Changing
+
+    def add_listener(self, listener):
+        self.listeners.append(listener)
+
+    def remove_listener(self, listener):
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def sync(self):
+        """
+        Bring the folder up to date with the disk: move C{new/} to C{cur/},
+        give new files UIDs in arrival order, forget vanished files, pick up
+        flags other programs changed. Persists the index when UIDs changed
+        and tells the listeners.
+
+        @return: C{(added, expunged, flag_changes)}: lists of UIDs and a
+            dict of UID to flags.
+        """
+        names = self._scan()
+        added, expunged, changes = [], [], {}
+        on_disk = {}
+        for name in names:
+            key, _ = split_name(name)
+            on_disk[key] = name
+        for uid, entry in list(self._entries.items()):
+            name = on_disk.pop(entry.key, None)
+            if name is None:
+                expunged.append(uid)
+                del self._entries[uid]
+                del self._by_key[entry.key]
+            elif name != entry.name:
+                before = flags_of(split_name(entry.name)[1])
+                entry.name = name
+                after = flags_of(split_name(name)[1])
+                if after != before:
+                    changes[uid] = after
+        for key in sorted(on_disk, key=arrival_order):
+            entry = self._new_entry(key, on_disk[key])
+            if entry is not None:
+                added.append(entry.uid)
+        if added or expunged:
+            self._save()
+        self._notify(None, added, expunged, changes)
+        return added, sorted(expunged), changes
+
+    def set_flags(self, uid, flags, origin=None):
+        """
+        Replace the system flags of C{uid} (other flags are dropped: keywords
+        are not stored yet) by renaming its file.
+
+        @return: the flags now set, a frozenset.
+        @raise KeyError: no such UID.
+        @raise OSError: the file vanished.
+        """
+        entry = self._entries[uid]
+        key, letters = split_name(entry.name)
+        flags = frozenset(f for f in flags if f in FLAG_LETTERS)
+        # keep letters other software set (lower case keywords)
+        others = "".join(c for c in letters if c not in LETTER_FLAGS)
+        new_letters = "".join(sorted({FLAG_LETTERS[f] for f in flags} | set(others)))
+        new_name = key + INFO_SEPARATOR + new_letters
+        if new_name != entry.name:
+            os.rename(self.path / "cur" / entry.name, self.path / "cur" / new_name)
+            entry.name = new_name
+            self._notify(origin, [], [], {uid: flags})
+        return flags
+
+    def delete(self, uids, origin=None):
+        """
+        Remove messages for good (IMAP EXPUNGE, POP3 QUIT). A file that is
+        already gone counts as deleted.
+
+        @return: the UIDs removed, ascending.
+        """
+        removed = []
+        for uid in sorted(set(uids)):
+            entry = self._entries.get(uid)
+            if entry is None:
+                continue
+            try:
+                os.unlink(self._path(entry))
+            except FileNotFoundError:
+                pass
+            del self._entries[uid]
+            del self._by_key[entry.key]
+            removed.append(uid)
+        if removed:
+            self._save()
+            self._notify(origin, [], removed, {})
+        return removed
+
+    def add(self, data, flags=(), date=None):
+        """
+        Store a new message (IMAP APPEND): written and fsync'd in a thread.
+        Every listener hears of it, the session that added it included
+        (RFC 3501 wants EXISTS for an APPEND to the selected mailbox).
+
+        @param data: the message, L{bytes} or a binary file.
+        @param date: its internal date (seconds); now when L{None}.
+        @return: a Deferred of its UID.
+        """
+        if date is None:
+            date = self.store.now()
+        d = threads.deferToThread(_write_message, self.path, data, flags, date)
+        d.addCallback(self._added, date)
+        return d
+
+    def copy(self, uid, other):
+        """
+        Copy message C{uid} into Folder C{other} with its flags and date.
+
+        @return: a Deferred of its UID in C{other}.
+        """
+        entry = self._entries[uid]
+        source = self._path(entry)
+        flags = flags_of(split_name(entry.name)[1])
+        d = threads.deferToThread(
+            _write_message, other.path, source, flags, entry.internaldate
+        )
+        d.addCallback(other._added, entry.internaldate)
+        return d
+
+    # Internals
+
+    def _path(self, entry):
+        return self.path / "cur" / entry.name
+
+    def _info(self, entry):
+        key, letters = split_name(entry.name)
+        return MessageInfo(
+            entry.uid, key, self._path(entry), entry.size, flags_of(letters),
+            entry.internaldate,
+        )
+
+    def _load(self):
+        """
+        Read the index, then sync. A message already in C{cur/} (we put it
+        there) but missing from the index means the index is older than the
+        folder, say after a crash: its UIDs cannot be trusted, so the folder
+        starts again with a new UIDVALIDITY rather than ever reusing a UID.
+        """
+        known = self._index.load()
+        found = self._scan(move_new=False)
+        in_cur = {split_name(n)[0]: n for n, where in found.items() if where == "cur"}
+        if known is None or not in_cur.keys() <= known.keys():
+            if known:
+                log.warn(
+                    "{path}: UID index is out of date; new UIDVALIDITY",
+                    path=str(self.path),
+                )
+            self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
+            known = {}
+        for key, (uid, internaldate, size) in known.items():
+            name = in_cur.get(key)
+            if name is not None:
+                self._entries[uid] = _Entry(uid, key, name, size, internaldate)
+                self._by_key[key] = uid
+        added, expunged, _ = self.sync()
+        if not (added or expunged) and len(self._entries) != len(known):
+            self._save()  # first index of this folder, or files vanished
+
+    def _scan(self, move_new=True):
+        """
+        The message file names now in C{cur/} (after moving C{new/} there).
+        With C{move_new=False}, a dict of name -> C{"new"} or C{"cur"}.
+        """
+        found = {}
+        for where in ("cur", "new"):
+            try:
+                names = os.listdir(self.path / where)
+            except FileNotFoundError:
+                ensure_maildir(self.path)
+                names = []
+            for name in names:
+                if not name.startswith(".") and "\n" not in name:
+                    found[name] = where
+        if not move_new:
+            return found
+        result = []
+        for name, where in found.items():
+            if where == "new":
+                key, letters = split_name(name)
+                target = key + INFO_SEPARATOR + letters
+                try:
+                    os.rename(self.path / "new" / name, self.path / "cur" / target)
+                except FileNotFoundError:
+                    continue  # taken by another process: it shows up in cur/
+                name = target
+            result.append(name)
+        return result
+
+    def _new_entry(self, key, name):
+        size = size_from_key(key)
+        try:
+            st = os.stat(self.path / "cur" / name)
+        except FileNotFoundError:
+            return None
+        if size is None:
+            size = st.st_size
+        uid = self._index.allocate()
+        entry = _Entry(uid, key, name, size, int(st.st_mtime))
+        self._entries[uid] = entry
+        self._by_key[key] = uid
+        return entry
+
+    def _added(self, name, date):
+        key, _ = split_name(name)
+        uid = self._index.allocate()
+        size = size_from_key(key)
+        self._entries[uid] = _Entry(uid, key, name, size, int(date))
+        self._by_key[key] = uid
+        self._save()
+        self._notify(None, [uid], [], {})
+        return uid
+
+    def _save(self):
+        self._index.save(
+            (e.uid, e.internaldate, e.size, e.key)
+            for e in sorted(self._entries.values(), key=lambda e: e.uid)
+        )
+
+    def _notify(self, origin, added, expunged, changes):
+        for listener in list(self.listeners):
+            if listener is origin:
+                continue
+            if expunged:
+                listener.messages_expunged(sorted(expunged))
+            if changes:
+                listener.flags_changed(dict(changes))
+            if added:
+                listener.messages_added(list(added))
+
+    def _forget(self):
+        """The folder was deleted: every session sees all messages expunged."""
+        uids = sorted(self._entries)
+        self._entries.clear()
+        self._by_key.clear()
+        self._notify(None, [], uids, {})
+
+
+def _write_message(maildir, data, flags, date):
+    """
+    Write a message into C{tmp/}, fsync it, date it and rename it into
+    C{cur/} with its flags; fsync C{cur/}. Runs in a thread.
+
+    @param data: L{bytes}, a binary file, or a path to copy.
+    @return: the new file name in C{cur/}.
+    """
+    maildir = Path(maildir)
+    temporary = maildir / "tmp" / unique_name(0)
+    try:
+        with open(temporary, "xb") as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            elif isinstance(data, (str, Path)):
+                with open(data, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            else:
+                shutil.copyfileobj(data, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        os.utime(temporary, (date, date))
+        letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
+        name = unique_name(size) + INFO_SEPARATOR + letters
+        os.rename(temporary, maildir / "cur" / name)
+        fsync_directory(maildir / "cur")
+    except BaseException:
+        if temporary.exists():
+            temporary.unlink()
+        raise
+    return name
 
 
 class MailStore:
+    """
+    All users' folders. L{folder} hands out one shared L{Folder} per
+    (user, folder) while anyone holds it, so that sessions see each other's
+    changes at once.
+    """
+
     def __init__(self, mail_root, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.mail_root = Path(mail_root)
         self.clock = clock
+        self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
+        self._last_uidvalidity = 0
+
+    def now(self):
+        return int(self.clock.seconds())
+
+    def new_uidvalidity(self, previous=0):
+        """A UIDVALIDITY never handed out before by this process or C{previous}."""
+        value = max(self.now(), self._last_uidvalidity + 1, previous + 1)
+        self._last_uidvalidity = value
+        return value
 
     def maildir(self, user, folder="INBOX"):
         """Where mail for C{user}'s C{folder} is delivered (no I/O)."""
         return folder_maildir(user_maildir(self.mail_root, user), folder)
+
+    def folder(self, user, name="INBOX"):
+        """
+        The shared L{Folder}. INBOX is created when missing; other folders
+        must exist.
+
+        @raise NoSuchFolder: it does not exist.
+        @raise ValueError: C{name} is not a valid folder name.
+        """
+        name = _canonical(name)
+        key = (user, name)
+        folder = self._folders.get(key)
+        if folder is not None:
+            return folder
+        path = self.maildir(user, name)
+        if name != "INBOX" and not (path / "cur").is_dir():
+            raise NoSuchFolder(f"no folder {name}")
+        folder = Folder(self, user, name, path)
+        self._folders[key] = folder
+        return folder
+
+    def notify(self, user, name="INBOX"):
+        """
+        New mail was delivered to C{user}'s folder: sync it now if a session
+        has it open (otherwise the next session syncs it anyway).
+        """
+        folder = self._folders.get((user, _canonical(name)))
+        if folder is not None and folder.listeners:
+            folder.sync()
+
+    def folders(self, user):
+        """The names of C{user}'s folders: C{"INBOX"} first, then sorted."""
+        inbox = user_maildir(self.mail_root, user)
+        names = []
+        try:
+            entries = os.listdir(inbox)
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.startswith(".") and len(entry) > 1 and entry[1] != ".":
+                if (inbox / entry / "cur").is_dir():
+                    names.append(entry[1:].replace(".", "/"))
+        return ["INBOX"] + sorted(names)
+
+    def create_folder(self, user, name):
+        """
+        Create a folder and any missing parents (RFC 3501 CREATE).
+
+        @raise FolderExists: it exists already.
+        @raise ValueError: not a valid name.
+        """
+        name = _canonical(name).rstrip("/")
+        path = self.maildir(user, name)
+        if name == "INBOX" or (path / "cur").is_dir():
+            raise FolderExists(f"folder {name} exists")
+        parts = name.split("/")
+        for depth in range(1, len(parts) + 1):
+            parent = self.maildir(user, "/".join(parts[:depth]))
+            if not (parent / "cur").is_dir():
+                ensure_maildir(parent)
+                (parent / "maildirfolder").touch()
+
+    def delete_folder(self, user, name):
+        """
+        Delete a folder and its messages. The directory is renamed out of
+        sight at once and removed in a thread.
+
+        @raise NoSuchFolder: it does not exist.
+        @raise FolderError: it is INBOX or has subfolders.
+        @return: a Deferred that fires when the files are gone.
+        """
+        name = _canonical(name)
+        if name == "INBOX":
+            raise FolderError("INBOX cannot be deleted")
+        path = self.maildir(user, name)
+        if not (path / "cur").is_dir():
+            raise NoSuchFolder(f"no folder {name}")
+        if any(n.startswith(name + "/") for n in self.folders(user)):
+            raise FolderError(f"folder {name} has subfolders; delete them first")
+        trash = path.parent / f"..deleted-{os.urandom(6).hex()}"
+        os.rename(path, trash)
+        folder = self._folders.pop((user, name), None)
+        if folder is not None:
+            folder._forget()
+        self.unsubscribe(user, name)
+        return threads.deferToThread(shutil.rmtree, trash, True)
+
+    def rename_folder(self, user, old, new):
+        """
+        Rename a folder with its subfolders; open folders follow.
+
+        @raise NoSuchFolder, FolderExists, FolderError, ValueError
+        """
+        old, new = _canonical(old), _canonical(new).rstrip("/")
+        if "INBOX" in (old, new):
+            raise FolderError("INBOX cannot be renamed")
+        if new.startswith(old + "/"):
+            raise FolderError("a folder cannot be moved into itself")
+        if not (self.maildir(user, old) / "cur").is_dir():
+            raise NoSuchFolder(f"no folder {old}")
+        if (self.maildir(user, new) / "cur").is_dir():
+            raise FolderExists(f"folder {new} exists")
+        self.maildir(user, new)  # validates the name
+        moves = [
+            (n, new + n[len(old):])
+            for n in self.folders(user)
+            if n == old or n.startswith(old + "/")
+        ]
+        parent = new.rpartition("/")[0]
+        if parent and not (self.maildir(user, parent) / "cur").is_dir():
+            self.create_folder(user, parent)
+        for source, target in moves:
+            os.rename(self.maildir(user, source), self.maildir(user, target))
+            folder = self._folders.pop((user, source), None)
+            if folder is not None:
+                folder.name = target
+                folder.path = self.maildir(user, target)
+                folder._index.path = folder.path / UidList.FILENAME
+                self._folders[(user, target)] = folder
+            if source in self.subscriptions(user):
+                self.unsubscribe(user, source)
+                self.subscribe(user, target)
+
+    # Subscriptions (IMAP LSUB): one name a line in <inbox>/subscriptions.
+
+    def subscriptions(self, user):
+        path = user_maildir(self.mail_root, user) / SUBSCRIPTIONS
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            return ["INBOX"]
+        return [line for line in text.splitlines() if line]
+
+    def subscribe(self, user, name):
+        names = self.subscriptions(user)
+        if _canonical(name) not in names:
+            self._write_subscriptions(user, names + [_canonical(name)])
+
+    def unsubscribe(self, user, name):
+        names = self.subscriptions(user)
+        if _canonical(name) in names:
+            names.remove(_canonical(name))
+            self._write_subscriptions(user, names)
+
+    def _write_subscriptions(self, user, names):
+        inbox = user_maildir(self.mail_root, user)
+        ensure_maildir(inbox)
+        temporary = inbox / (SUBSCRIPTIONS + ".tmp")
+        temporary.write_text("".join(n + "\n" for n in names), "utf-8")
+        os.replace(temporary, inbox / SUBSCRIPTIONS)
+
+
+def _canonical(name):
+    """INBOX in any case is INBOX (RFC 3501); other names keep their case."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
