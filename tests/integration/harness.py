@@ -1,0 +1,269 @@
+"""
+Start the real server (`twistd -n mailsrv`) on free loopback ports with a
+temporary config, and give tests what a user would have: ports, a user, the
+mailsrv command, clients bound to chosen loopback addresses.
+"""
+
+import os
+import poplib
+import imaplib
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import socketserver
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PASSWORD = "correct horse battery staple"
+
+LISTENERS = [
+    # name, protocol, role, tls
+    ("smtp", "smtp", "mx", "starttls"),
+    ("submission", "smtp", "submission", "starttls"),
+    ("smtps", "smtp", "submission", "implicit"),
+    ("pop3", "pop3", "", "starttls"),
+    ("pop3s", "pop3", "", "implicit"),
+    ("imap", "imap", "", "starttls"),
+    ("imaps", "imap", "", "implicit"),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tool(testcase, name):
+    """Skip (saying so) when a client program is not installed."""
+    if shutil.which(name) is None:
+        testcase.skipTest(f"{name} is not installed (.ci/run installs it)")
+
+
+def twistd():
+    path = BIN / "twistd"
+    return [str(path)] if path.exists() else [sys.executable, "-m", "twisted.scripts.twistd"]
+
+
+def mailsrv_command():
+    path = BIN / "mailsrv"
+    return [str(path)] if path.exists() else [sys.executable, "-m", "mailsrv.admin.cli"]
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+class MailServerProcess:
+    """
+    One running server. C{extra} adds or overrides config tables, e.g.
+    C{{"pop_before_smtp": {"window": 2}}}.
+    """
+
+    def __init__(self, extra=None, users=("alice@example.test", "bob@example.test")):
+        self.dir = Path(tempfile.mkdtemp(prefix="mailsrv-it-"))
+        self.ports = {name: free_port() for name, *_ in LISTENERS}
+        self.config = self.dir / "mailsrv.toml"
+        self.log = self.dir / "twistd.log"
+        self.process = None
+        tables = {
+            "server": {"hostname": "mail.example.test", "data_dir": "var"},
+            "domains": {"local": ["example.test"]},
+            "auth": {"allow_plaintext_on_loopback": True},
+            "delivery": {"retry": [1]},
+        }
+        for name, table in (extra or {}).items():
+            tables[name] = {**tables.get(name, {}), **table}
+        lines = []
+        for name, table in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines.append("")
+        for name, protocol, role, tls in LISTENERS:
+            lines += ["[[listen]]", f'protocol = "{protocol}"']
+            if role:
+                lines.append(f'role = "{role}"')
+            lines += [
+                f'endpoint = "tcp:{self.ports[name]}:interface=127.0.0.1"',
+                f'tls = "{tls}"',
+                "",
+            ]
+        self.config.write_text("\n".join(lines))
+        for user in users:
+            self.admin("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+
+    @property
+    def data_dir(self):
+        return self.dir / "var"
+
+    def admin(self, *args, input=None, check=True):
+        """Run `mailsrv --config <this config> ARGS`; the CompletedProcess."""
+        result = subprocess.run(
+            mailsrv_command() + ["--config", str(self.config), *args],
+            input=input, capture_output=True, text=True, timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"mailsrv {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def start(self):
+        self.logfile = open(self.log, "ab")
+        self.process = subprocess.Popen(
+            twistd() + ["-n", "--pidfile=", "mailsrv", "--config", str(self.config)],
+            stdout=self.logfile, stderr=subprocess.STDOUT, cwd=self.dir,
+        )
+        deadline = time.monotonic() + 30
+        for name in self.ports:
+            while True:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"server exited at start:\n{self.log_text()}")
+                try:
+                    socket.create_connection(("127.0.0.1", self.ports[name]), 1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"{name} did not listen:\n{self.log_text()}")
+                    time.sleep(0.05)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process:
+            self.logfile.close()
+        self.process = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_text(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_log(self, text, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the log:\n{self.log_text()}")
+
+    def maildir_files(self, user="alice@example.test", folder=""):
+        local, domain = user.split("@")
+        base = self.data_dir / "mail" / domain / local / folder
+        return sorted(p for sub in ("new", "cur") for p in (base / sub).glob("*")
+                      if p.is_file())
+
+    # Clients, optionally from another loopback address.
+
+    def smtp(self, port="smtp", source="127.0.0.1"):
+        return smtplib.SMTP("127.0.0.1", self.ports[port], timeout=30,
+                            source_address=(source, 0))
+
+    def pop3(self, source="127.0.0.1"):
+        return _BoundPOP3("127.0.0.1", self.ports["pop3"], source)
+
+    def imap(self, source="127.0.0.1"):
+        return _BoundIMAP4("127.0.0.1", self.ports["imap"], source)
+
+
+class _BoundPOP3(poplib.POP3):
+    def __init__(self, host, port, source):
+        self.source = source
+        super().__init__(host, port, timeout=30)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
+class _BoundIMAP4(imaplib.IMAP4):
+    def __init__(self, host, port, source):
+        self.source = source
+        super().__init__(host, port, timeout=30)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
+class SinkServer:
+    """
+    A minimal SMTP server in a thread, standing for a smart host or another
+    site's MX: it accepts everything and keeps (sender, recipients, data).
+    """
+
+    def __init__(self):
+        self.messages = []
+        self.port = free_port()
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def reply(self, line):
+                self.wfile.write(line.encode() + b"\r\n")
+
+            def handle(self):
+                self.reply("220 sink.test ESMTP")
+                sender, recipients = None, []
+                while True:
+                    line = self.rfile.readline(4096)
+                    if not line:
+                        return
+                    verb = line[:4].upper()
+                    if verb in (b"EHLO", b"HELO"):
+                        self.reply("250 sink.test")
+                    elif verb == b"MAIL":
+                        sender, recipients = line.decode().split(":", 1)[1].strip(), []
+                        self.reply("250 ok")
+                    elif verb == b"RCPT":
+                        recipients.append(line.decode().split(":", 1)[1].strip())
+                        self.reply("250 ok")
+                    elif verb == b"DATA":
+                        self.reply("354 go")
+                        data = []
+                        while True:
+                            part = self.rfile.readline()
+                            if part in (b".\r\n", b""):
+                                break
+                            data.append(part)
+                        sink.messages.append((sender, recipients, b"".join(data)))
+                        self.reply("250 ok queued")
+                    elif verb == b"QUIT":
+                        self.reply("221 bye")
+                        return
+                    else:
+                        self.reply("250 ok")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count, timeout=20):
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.messages
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
