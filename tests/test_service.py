@@ -1,0 +1,58 @@
+"""
+Connection limits and what a refused client is told.
+"""
+
+from collections import Counter
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.internet.address import IPv4Address
+from twisted.trial import unittest
+
+from mailsrv.service import BUSY_REPLIES, ConnectionLimits
+
+
+class Greeter(Protocol):
+    def connectionMade(self):
+        self.transport.write(b"hello\r\n")
+
+
+class ConnectionLimitTests(unittest.TestCase):
+    def setUp(self):
+        self.per_ip = Counter()
+        self.limits = ConnectionLimits(Factory.forProtocol(Greeter), BUSY_REPLIES["smtp"],
+                                       max_connections=3, max_per_ip=2, per_ip=self.per_ip)
+
+    def connect(self, ip):
+        address = IPv4Address("TCP", ip, 40000)
+        protocol = self.limits.buildProtocol(address)
+        transport = StringTransportWithDisconnection(peerAddress=address)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_per_ip_and_per_listener(self):
+        _, first = self.connect("10.0.0.1")
+        self.connect("10.0.0.1")
+        _, third = self.connect("10.0.0.1")
+        self.assertEqual(first.value(), b"hello\r\n")
+        self.assertEqual(third.value(), b"421 4.7.0 Too many connections, try again later\r\n")
+        self.assertFalse(third.connected)
+        self.connect("10.0.0.2")
+        _, fourth = self.connect("10.0.0.3")
+        self.assertEqual(fourth.value(), BUSY_REPLIES["smtp"])
+
+    def test_closing_frees_the_slot(self):
+        protocol, transport = self.connect("10.0.0.1")
+        self.connect("10.0.0.1")
+        transport.loseConnection()
+        self.assertEqual(self.per_ip["10.0.0.1"], 1)
+        _, again = self.connect("10.0.0.1")
+        self.assertEqual(again.value(), b"hello\r\n")
+
+    def test_refused_connection_does_not_count(self):
+        for _ in range(2):
+            self.connect("10.0.0.1")
+        _, refused = self.connect("10.0.0.1")
+        self.assertEqual(self.limits.active, 2)
+        self.assertEqual(self.per_ip["10.0.0.1"], 2)
