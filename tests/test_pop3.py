@@ -325,6 +325,18 @@ class TransactionTests(unittest.TestCase):
             + MESSAGES[2] + b"\r\n.\r\n"
         )
 
+    def test_small_message_read_at_once_larger_listed_size_streamed(self):
+        self.patch(pop3server, "SMALL_MESSAGE", len(MESSAGES[0]) - 1)
+        h = self.h
+        h.proto.deferToThread = lambda f, *a: self.fail("read small in a thread")
+        self.assertEqual(h.cmd(b"RETR 3"), b"+OK %d octets\r\n" % len(MESSAGES[2])
+                         + MESSAGES[2] + b"\r\n.\r\n")
+        reads = []
+        h.proto.deferToThread = lambda f, *a: reads.append(f) or defer.succeed(f(*a))
+        self.assertEqual(h.cmd(b"RETR 1"), b"+OK %d octets\r\n" % len(MESSAGES[0])
+                         + stuff(MESSAGES[0]))
+        self.assertEqual(len(reads), 1)
+
     def test_retr_is_one_write(self):
         h = self.h
         writes = []
@@ -507,6 +519,7 @@ class BadInputTests(unittest.TestCase):
 
     def test_client_vanishes_mid_retr(self):
         self.patch(pop3server, "CHUNK", 16)
+        self.patch(pop3server, "SMALL_MESSAGE", 0)
         h = Harness(self)
         h.login()
         reads = []
@@ -520,6 +533,7 @@ class BadInputTests(unittest.TestCase):
 class StreamingTests(unittest.TestCase):
     def test_large_message_in_chunks_with_backpressure(self):
         self.patch(pop3server, "CHUNK", 1000)
+        self.patch(pop3server, "SMALL_MESSAGE", 0)
         body = b"".join(
             b".line %d\r\n" % i if i % 3 else b"line %d\n" % i for i in range(2000)
         )

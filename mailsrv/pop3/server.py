@@ -40,6 +40,10 @@ MAX_ERRORS = 20
 MAX_BLOCKED = 100
 # Bytes read from a message file per thread hop.
 CHUNK = 1 << 20
+# Messages up to this size are read on the reactor thread: from the page
+# cache that takes microseconds, a thread hop about 100 (a third of the
+# server's time per small RETR, measured).
+SMALL_MESSAGE = 128 << 10
 
 # verb -> (minimum, maximum) number of arguments; None: the rest of the line.
 AUTHORIZATION_COMMANDS = {
@@ -518,7 +522,10 @@ class POP3Server(pop3.POP3):
             return None
         size = self.mbox.listMessages(index)
         return self._longOperation(
-            self._send(index, b"+OK %d octets\r\n" % (size,), self._stream)
+            self._send(
+                index, b"+OK %d octets\r\n" % (size,),
+                lambda fp, first: self._stream(fp, first, size),
+            )
         )
 
     def do_TOP(self, number, lines):
@@ -569,13 +576,22 @@ class POP3Server(pop3.POP3):
         return d
 
     @defer.inlineCallbacks
-    def _stream(self, fp, first):
+    def _stream(self, fp, first, size):
         """
         Send a message file: chunks read in a thread, dot-stuffed, written
         as they come while the client keeps up. A message smaller than
         L{CHUNK} goes out in one write, status line and terminator included.
+
+        @param size: the size the store lists; up to L{SMALL_MESSAGE} the
+            file is read at once, on this thread.
         """
         stuffer = DotStuffer()
+        if size <= SMALL_MESSAGE:
+            data = fp.read(SMALL_MESSAGE + 1)
+            if len(data) <= SMALL_MESSAGE:
+                self._write(first + stuffer.feed(data) + stuffer.finish())
+                return
+            first += stuffer.feed(data)  # the listed size was wrong
         throttle = _Throttle()
         self.transport.registerProducer(throttle, True)
         try:
