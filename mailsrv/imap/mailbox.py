@@ -1,0 +1,486 @@
+"""
+Twisted's IMAP interfaces over our store: L{Account} (a user's folders),
+L{Mailbox} (one session's view of a selected folder) and L{Message}.
+
+A L{Mailbox} keeps the session's own list of UIDs, so sequence numbers stay
+what the client was told: messages expunged by another session (or POP3)
+stay in the view until the server may announce them with EXPUNGE (see
+L{Mailbox.take_expunges}).
+"""
+
+import bisect
+import email.parser
+import email.policy
+import email.utils
+from io import BytesIO
+
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from mailsrv.imap.search import compile_search
+from mailsrv.store.folder import (
+    PERMANENT_FLAGS,
+    FolderError,
+    FolderExists,
+    NoSuchFolder,
+)
+
+log = Logger()
+
+DELIMITER = "/"
+_CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
+
+
+class _Info:
+    """What LIST shows about one folder."""
+
+    def __init__(self, flags=()):
+        self.flags = list(flags)
+
+    def getFlags(self):
+        return self.flags
+
+    def getHierarchicalDelimiter(self):
+        return DELIMITER
+
+
+@implementer(imap4.IAccount, imap4.INamespacePresenter)
+class Account:
+    """
+    A user's folders, for one IMAP session.
+    """
+
+    def __init__(self, store, user):
+        self.store = store
+        self.user = user
+
+    def select(self, name, readwrite=1):
+        try:
+            folder = self.store.folder(self.user, name)
+        except (NoSuchFolder, ValueError):
+            return None
+        folder.sync()
+        return Mailbox(folder, bool(readwrite))
+
+    def addMailbox(self, name, mbox=None):
+        raise imap4.MailboxException("not supported")
+
+    def create(self, pathspec):
+        try:
+            self.store.create_folder(self.user, pathspec)
+        except FolderExists:
+            raise imap4.MailboxCollision(pathspec)
+        except ValueError:
+            raise imap4.MailboxException(
+                "Invalid name: folder names may not contain '.' or empty parts"
+            )
+        return True
+
+    def delete(self, name):
+        try:
+            d = self.store.delete_folder(self.user, name)
+        except (FolderError, ValueError) as e:
+            raise imap4.MailboxException(str(e))
+        d.addErrback(
+            lambda f: log.failure("removing deleted folder {name}", f, name=name)
+        )
+
+    def rename(self, oldname, newname):
+        try:
+            self.store.rename_folder(self.user, oldname, newname)
+        except (FolderError, ValueError) as e:
+            raise imap4.MailboxException(str(e))
+
+    def isSubscribed(self, name):
+        return name in self.store.subscriptions(self.user)
+
+    def subscribe(self, name):
+        self.store.subscribe(self.user, name)
+
+    def unsubscribe(self, name):
+        self.store.unsubscribe(self.user, name)
+
+    def listMailboxes(self, ref, wildcard):
+        if not wildcard:
+            # LIST "" "": the client asks for the hierarchy delimiter
+            return [("", _Info(["\\Noselect"]))]
+        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
+        return [
+            (name, _Info())
+            for name in self.store.folders(self.user)
+            if pattern.fullmatch(name)
+        ]
+
+    def getPersonalNamespaces(self):
+        return [["", DELIMITER]]
+
+    def getSharedNamespaces(self):
+        return None
+
+    def getUserNamespaces(self):
+        return None
+
+
+@implementer(
+    imap4.IMailbox, imap4.ISearchableMailbox, imap4.IMessageCopier,
+    imap4.ICloseableMailbox,
+)
+class Mailbox:
+    """
+    One session's view of a L{mailsrv.store.folder.Folder}.
+
+    @ivar view: the UIDs the client knows, by sequence number - 1.
+    @ivar pending: UIDs gone from the folder but still in C{view}.
+    """
+
+    def __init__(self, folder, writeable):
+        self.folder = folder
+        self.writeable = writeable
+        self.view = folder.uids()
+        self.pending = set()
+        self.listeners = []
+
+    # Info
+
+    def getFlags(self):
+        return list(PERMANENT_FLAGS)
+
+    def getHierarchicalDelimiter(self):
+        return DELIMITER
+
+    def getUIDValidity(self):
+        return self.folder.uidvalidity
+
+    def getUIDNext(self):
+        return self.folder.uidnext
+
+    def getUID(self, message):
+        return self.view[message - 1]
+
+    def getMessageCount(self):
+        return len(self.view)
+
+    def getRecentCount(self):
+        return 0
+
+    def getUnseenCount(self):
+        return sum(1 for info in self._infos() if "\\Seen" not in info.flags)
+
+    def first_unseen(self):
+        """The sequence number of the first unseen message, or L{None}."""
+        for seq, uid in enumerate(self.view, 1):
+            if uid not in self.pending and "\\Seen" not in self.folder.message(uid).flags:
+                return seq
+        return None
+
+    def isWriteable(self):
+        return self.writeable
+
+    def destroy(self):
+        raise imap4.MailboxException("not supported")
+
+    def requestStatus(self, names):
+        self.folder.sync()
+        values = {
+            "MESSAGES": len(self.folder),
+            "RECENT": 0,
+            "UIDNEXT": self.folder.uidnext,
+            "UIDVALIDITY": self.folder.uidvalidity,
+            "UNSEEN": sum(1 for i in self.folder.messages() if "\\Seen" not in i.flags),
+        }
+        return {name.upper(): values[name.upper()] for name in names
+                if name.upper() in values}
+
+    # Listeners: the IMAP server of the session
+
+    def addListener(self, listener):
+        if not self.listeners:
+            self.folder.add_listener(self)
+        self.listeners.append(listener)
+
+    def removeListener(self, listener):
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+        if not self.listeners:
+            self.folder.remove_listener(self)
+
+    def close(self):
+        self.listeners = []
+        self.folder.remove_listener(self)
+
+    def messages_added(self, uids):
+        known = set(self.view)
+        fresh = sorted(u for u in uids if u not in known)
+        if fresh:
+            self.view.extend(fresh)
+            for listener in self.listeners:
+                listener.newMessages(len(self.view), None)
+
+    def messages_expunged(self, uids):
+        known = set(self.view)
+        self.pending.update(u for u in uids if u in known)
+        if self.pending:
+            for listener in self.listeners:
+                listener.expunges_pending()
+
+    def flags_changed(self, changes):
+        updates = {}
+        for uid, flags in changes.items():
+            seq = self._seq(uid)
+            if seq is not None and uid not in self.pending:
+                updates[seq] = sorted(flags)
+        if updates:
+            for listener in self.listeners:
+                listener.flagsChanged(updates)
+
+    def take_expunges(self):
+        """
+        Drop the messages others expunged from the view.
+
+        @return: their sequence numbers, in the order to announce them
+            (highest first, so each number is right when it is sent).
+        """
+        seqs = sorted((self._seq(uid) for uid in self.pending), reverse=True)
+        for seq in seqs:
+            del self.view[seq - 1]
+        self.pending.clear()
+        return seqs
+
+    # Messages
+
+    def fetch(self, messages, uid):
+        return [
+            (seq, Message(self.folder, self.folder.message(u)))
+            for seq, u in self._resolve(messages, uid)
+            if u not in self.pending
+        ]
+
+    def store(self, messages, flags, mode, uid):
+        flags = set(flags)
+        result = {}
+        for seq, u in self._resolve(messages, uid):
+            if u in self.pending:
+                continue
+            current = self.folder.message(u).flags
+            if mode > 0:
+                wanted = current | flags
+            elif mode < 0:
+                wanted = current - flags
+            else:
+                wanted = flags
+            try:
+                result[seq] = sorted(self.folder.set_flags(u, wanted, origin=self))
+            except FileNotFoundError:
+                continue  # removed under us: the next sync tells the client
+        return result
+
+    def mark_seen(self, seqs):
+        """
+        Set \\Seen on messages fetched with BODY[] or RFC822 (RFC 3501 6.4.5);
+        this session hears of the change like the others, as FETCH FLAGS.
+        """
+        for seq in seqs:
+            u = self.view[seq - 1]
+            if u in self.pending:
+                continue
+            flags = self.folder.message(u).flags
+            if "\\Seen" not in flags:
+                try:
+                    self.folder.set_flags(u, flags | {"\\Seen"})
+                except FileNotFoundError:
+                    continue
+
+    def expunge(self):
+        doomed = [
+            u for u in self.view
+            if u not in self.pending and "\\Deleted" in self.folder.message(u).flags
+        ]
+        removed = self.folder.delete(doomed, origin=self)
+        seqs = sorted((self._seq(u) for u in removed), reverse=True)
+        for seq in seqs:
+            del self.view[seq - 1]
+        return seqs
+
+    def addMessage(self, message, flags=(), date=None):
+        return self.folder.add(message, flags, date)
+
+    def copy(self, message):
+        return message.folder.copy(message.getUID(), self.folder)
+
+    def search(self, query, uid):
+        """
+        @return: a Deferred of matching sequence numbers. Criteria that need
+            the message text are evaluated in a thread.
+        """
+        matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
+        candidates = [
+            (seq, Message(self.folder, self.folder.message(u)))
+            for seq, u in enumerate(self.view, 1)
+            if u not in self.pending
+        ]
+
+        def run():
+            return [seq for seq, message in candidates if matcher(seq, message)]
+
+        if matcher.needs_text:
+            return threads.deferToThread(run)
+        return run()
+
+    # Internals
+
+    def _infos(self):
+        return [self.folder.message(u) for u in self.view if u not in self.pending]
+
+    def _seq(self, uid):
+        i = bisect.bisect_left(self.view, uid)
+        if i < len(self.view) and self.view[i] == uid:
+            return i + 1
+        return None
+
+    def _resolve(self, messages, uid):
+        """C{(seq, uid)} pairs for a MessageSet of UIDs or sequence numbers."""
+        if not self.view:
+            return []
+        star = self.view[-1] if uid else len(self.view)
+        found = {}
+        for low, high in messages.ranges:
+            low = star if low is None else low
+            high = star if high is None else high
+            if low > high:
+                low, high = high, low
+            if uid:
+                start = bisect.bisect_left(self.view, low)
+                end = bisect.bisect_right(self.view, high)
+                for i in range(start, end):
+                    found[i + 1] = self.view[i]
+            else:
+                for seq in range(max(low, 1), min(high, len(self.view)) + 1):
+                    found[seq] = self.view[seq - 1]
+        return sorted(found.items())
+
+
+@implementer(imap4.IMessage, imap4.IMessageFile)
+class Message:
+    """
+    A stored message. Headers are read on first use, the whole message
+    parsed only for MIME structure (BODYSTRUCTURE, numbered parts).
+    """
+
+    def __init__(self, folder, info):
+        self.folder = folder
+        self.info = info
+        self._header = None
+        self._parsed = None
+
+    def getUID(self):
+        return self.info.uid
+
+    def getFlags(self):
+        return sorted(self.info.flags)
+
+    def getInternalDate(self):
+        return email.utils.formatdate(self.info.internaldate)
+
+    def getSize(self):
+        return self.info.size
+
+    def open(self):
+        return self.folder.open(self.info.uid)
+
+    def header_bytes(self):
+        """The header block as stored, with its ending empty line."""
+        if self._header is None:
+            with self.open() as f:
+                lines = []
+                for line in f:
+                    lines.append(line)
+                    if line in (b"\r\n", b"\n"):
+                        break
+            self._header = b"".join(lines)
+        return self._header
+
+    def getHeaders(self, negate, *names):
+        return _headers(parse_header_bytes(self.header_bytes()), negate, names)
+
+    def getBodyFile(self):
+        f = self.open()
+        f.seek(len(self.header_bytes()))
+        return f
+
+    def body_size(self):
+        return self.info.size - len(self.header_bytes())
+
+    def isMultipart(self):
+        return _is_multipart(parse_header_bytes(self.header_bytes()))
+
+    def getSubPart(self, part):
+        return MessagePart(self._full().get_payload()[part])
+
+    def _full(self):
+        if self._parsed is None:
+            with self.open() as f:
+                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parse(f)
+        return self._parsed
+
+
+@implementer(imap4.IMessagePart)
+class MessagePart:
+    """A MIME part of a parsed message."""
+
+    def __init__(self, part):
+        self.part = part
+        self._body = None
+
+    def getHeaders(self, negate, *names):
+        return _headers(self.part, negate, names)
+
+    def _body_bytes(self):
+        if self._body is None:
+            if self.part.is_multipart():
+                whole = self.part.as_bytes(policy=_CRLF_POLICY)
+                self._body = whole.partition(b"\r\n\r\n")[2]
+            else:
+                payload = self.part.get_payload()
+                self._body = payload.encode("ascii", "surrogateescape")
+        return self._body
+
+    def getBodyFile(self):
+        return BytesIO(self._body_bytes())
+
+    def getSize(self):
+        return len(self._body_bytes())
+
+    def isMultipart(self):
+        return self.part.is_multipart()
+
+    def getSubPart(self, part):
+        if not self.part.is_multipart():
+            raise IndexError(part)
+        return MessagePart(self.part.get_payload()[part])
+
+
+def parse_header_bytes(data):
+    return email.parser.BytesHeaderParser(policy=_CRLF_POLICY).parsebytes(data)
+
+
+def _headers(message, negate, names):
+    """
+    The C{getHeaders} contract: lower-case name -> value (the first of
+    repeated fields), values limited to ASCII because Twisted writes them
+    with C{networkString}.
+    """
+    wanted = {n.lower() if isinstance(n, str) else n.decode("ascii", "replace").lower()
+              for n in names}
+    result = {}
+    for name, value in message.items():
+        lower = name.lower()
+        if (lower in wanted) != bool(negate) and lower not in result:
+            text = str(value)
+            result[lower] = text.encode("ascii", "replace").decode("ascii")
+    return result
+
+
+def _is_multipart(message):
+    return message.get_content_maintype() == "multipart"

@@ -1,0 +1,190 @@
+"""
+IMAP SEARCH criteria (RFC 3501 6.4.4) compiled into one predicate.
+
+Compiling happens on the reactor thread, so a syntax error is answered BAD
+at once; the predicate may run in a thread because criteria on headers and
+text read message files. Dates compare by UTC calendar day.
+"""
+
+import datetime
+import email.header
+import email.utils
+
+from twisted.mail import imap4
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun",
+     "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
+
+
+class _Matcher:
+    def __init__(self, test, needs_text):
+        self.test = test
+        self.needs_text = needs_text
+
+    def __call__(self, seq, message):
+        return self.test(seq, message)
+
+
+def compile_search(query, last_seq, last_uid):
+    """
+    @param query: the parsed criteria: a list of L{bytes} and nested lists.
+    @return: a callable C{(seq, message) -> bool} with a C{needs_text}
+        attribute (whether it reads message files).
+    @raise imap4.IllegalQueryError: the criteria are malformed.
+    """
+    state = {"text": False}
+    tokens = list(query)
+    if not tokens:
+        raise imap4.IllegalQueryError("missing search criteria")
+    tests = []
+    while tokens:
+        tests.append(_one(tokens, last_seq, last_uid, state))
+    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"])
+
+
+def _pop(tokens, what):
+    if not tokens:
+        raise imap4.IllegalQueryError(f"missing {what}")
+    value = tokens.pop(0)
+    if isinstance(value, list):
+        raise imap4.IllegalQueryError(f"expected {what}, not a list")
+    return value
+
+
+def _string(tokens):
+    return _pop(tokens, "string").decode("utf-8", "replace").lower()
+
+
+def _one(tokens, last_seq, last_uid, state):
+    token = tokens.pop(0)
+    if isinstance(token, list):
+        inner = []
+        while token:
+            inner.append(_one(token, last_seq, last_uid, state))
+        return lambda s, m: all(t(s, m) for t in inner)
+    if token[:1].isdigit() or token[:1] == b"*":
+        seqs = _set(token, last_seq)
+        return lambda s, m: s in seqs
+    key = token.decode("ascii", "replace").upper()
+    if key in ("KEYWORD", "UNKEYWORD"):
+        _pop(tokens, "keyword")  # keywords are not stored: none is ever set
+        return lambda s, m: key == "UNKEYWORD"
+    if key in ("ALL", "OLD"):
+        return lambda s, m: True
+    if key in ("NEW", "RECENT"):  # \Recent is never set
+        return lambda s, m: False
+    if key in _FLAG_KEYS:
+        flag, present = _FLAG_KEYS[key]
+        return lambda s, m: (flag in m.info.flags) == present
+    if key == "UID":
+        uids = _set(_pop(tokens, "UID set"), last_uid)
+        return lambda s, m: m.info.uid in uids
+    if key == "NOT":
+        inner = _one(tokens, last_seq, last_uid, state)
+        return lambda s, m: not inner(s, m)
+    if key == "OR":
+        left = _one(tokens, last_seq, last_uid, state)
+        right = _one(tokens, last_seq, last_uid, state)
+        return lambda s, m: left(s, m) or right(s, m)
+    if key in ("LARGER", "SMALLER"):
+        size = _number(_pop(tokens, "size"))
+        if key == "LARGER":
+            return lambda s, m: m.info.size > size
+        return lambda s, m: m.info.size < size
+    if key in ("BEFORE", "ON", "SINCE"):
+        day = _date(_pop(tokens, "date"))
+        return _compare(key, day, _internal_day)
+    if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        day = _date(_pop(tokens, "date"))
+        state["text"] = True
+        return _compare(key[4:], day, _sent_day)
+    if key in _HEADER_KEYS:
+        name, text = key.lower(), _string(tokens)
+        state["text"] = True
+        return lambda s, m: text in _header(m, name)
+    if key == "HEADER":
+        name, text = _string(tokens), _string(tokens)
+        state["text"] = True
+        return lambda s, m: text in _header(m, name)
+    if key in ("BODY", "TEXT"):
+        text = _string(tokens).encode("utf-8")
+        state["text"] = True
+        if key == "BODY":
+            return lambda s, m: text in _read_body(m).lower()
+        return lambda s, m: text in (m.header_bytes() + _read_body(m)).lower()
+    raise imap4.IllegalQueryError(f"unknown search key {key}")
+
+
+def _set(token, last):
+    try:
+        messages = imap4.parseIdList(token, last or 1)
+    except imap4.IllegalIdentifierError:
+        raise imap4.IllegalQueryError(f"bad message set {token!r}")
+    found = set()
+    for low, high in messages.ranges:
+        found.update(range(min(low, high), max(low, high) + 1))
+    return found
+
+
+def _number(token):
+    if not token.isdigit():
+        raise imap4.IllegalQueryError(f"not a number: {token!r}")
+    return int(token)
+
+
+def _date(token):
+    """C{1-Feb-1994} -> a date."""
+    try:
+        day, month, year = token.decode("ascii").split("-")
+        return datetime.date(int(year), _MONTHS[month.lower()], int(day))
+    except (ValueError, KeyError, UnicodeDecodeError):
+        raise imap4.IllegalQueryError(f"bad date {token!r}")
+
+
+def _compare(kind, day, day_of):
+    if kind == "BEFORE":
+        return lambda s, m: (d := day_of(m)) is not None and d < day
+    if kind == "ON":
+        return lambda s, m: day_of(m) == day
+    return lambda s, m: (d := day_of(m)) is not None and d >= day
+
+
+def _internal_day(message):
+    return datetime.datetime.fromtimestamp(
+        message.info.internaldate, datetime.timezone.utc
+    ).date()
+
+
+def _sent_day(message):
+    value = message.getHeaders(False, "date").get("date")
+    try:
+        return email.utils.parsedate_to_datetime(value).date()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _header(message, name):
+    """A header's value, RFC 2047 words decoded, lower case ("" if absent)."""
+    headers = message.getHeaders(False, name)
+    if name not in headers:
+        return ""
+    raw = headers[name]
+    try:
+        return str(email.header.make_header(email.header.decode_header(raw))).lower()
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return raw.lower()
+
+
+def _read_body(message):
+    with message.getBodyFile() as f:
+        return f.read()

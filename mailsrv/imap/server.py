@@ -1,0 +1,597 @@
+"""
+The IMAP listener: L{twisted.mail.imap4.IMAP4Server} with the gaps that
+matter to real clients closed. Each override below says which gap:
+
+- one command at a time, even pipelined (twisted#9282): the protocol stops
+  reading while a command waits on a Deferred and resumes after its tagged
+  reply, so replies keep the order of the commands;
+- passwords only where L{MailServer.plaintext_allowed} says so: otherwise
+  LOGINDISABLED and C{NO [PRIVACYREQUIRED]}; STARTTLS per listener, dropping
+  anything pipelined behind it (STARTTLS injection);
+- logins go through the shared portal, are logged (never the password) and
+  open the POP-before-SMTP window;
+- SELECT reports UNSEEN, PERMANENTFLAGS, UIDVALIDITY and UIDNEXT; FETCH of
+  BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
+  3501 allows (not during FETCH, STORE or SEARCH);
+- IDLE ends on DONE only, and sees new mail while it lasts;
+- bad input (overlong lines, garbage, unknown commands, bad literals) gets a
+  BAD and the connection goes on; Twisted's replies built from C{str} (a
+  TypeError that left the client waiting) are replaced.
+"""
+
+import datetime
+import re
+
+from twisted.cred import credentials, error
+from twisted.cred.portal import Portal
+from twisted.internet import defer, interfaces, protocol
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from mailsrv.context import is_secure
+from mailsrv.realm import MailRealm
+
+log = Logger()
+
+_TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
+_COMMAND = re.compile(rb"[A-Za-z]+")
+_LITERAL = re.compile(rb"\{(\d{1,20})\}")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun",
+           "jul", "aug", "sep", "oct", "nov", "dec")
+# Commands during which a sequence-number EXPUNGE must not be sent.
+_NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH")
+_STATES = ("unauth", "auth", "select", "logout")
+
+_base = imap4.IMAP4Server
+
+
+class IMAPServer(imap4.IMAP4Server):
+    """
+    One IMAP connection.
+
+    @ivar server: the shared L{mailsrv.context.MailServer}.
+    @ivar listener: this listener's L{mailsrv.config.Listener}.
+    """
+
+    IDENT = b"mailsrv IMAP4rev1 ready"
+    MAX_LENGTH = 65536
+    IDLE_POLL = 15  # seconds between folder scans while a client IDLEs
+
+    def __init__(self, server, listener, portal):
+        starttls = listener.tls in ("starttls", "required")
+        super().__init__(
+            contextFactory=server.tls_context if starttls else None,
+            scheduler=self._iterate,
+        )
+        self.server = server
+        self.listener = listener
+        self.portal = portal
+        self._tag = None  # the command being processed
+        self._command = None
+        self._discarding = False
+        self._refeed = b""
+        self._idle_tag = None
+        self._idle_poll = None
+        self._lost = False
+
+    # The clock: Twisted's timeouts and FETCH scheduling use the global
+    # reactor; ours follow server.clock so tests can drive them.
+
+    def callLater(self, delay, f, *args):
+        return self.server.clock.callLater(delay, f, *args)
+
+    def _iterate(self, steps):
+        """
+        Run a FETCH response generator: synchronous steps at once, waiting
+        on the Deferreds it yields; the end is reported on the next clock
+        turn so that long FETCHes do not recurse.
+        """
+        done = defer.Deferred()
+
+        def go(result):
+            while True:
+                try:
+                    step = next(steps)
+                except StopIteration:
+                    self.callLater(0, done.callback, result)
+                    return
+                except BaseException:
+                    done.errback()
+                    return
+                if isinstance(step, defer.Deferred):
+                    step.addCallbacks(go, done.errback)
+                    return
+                result = step
+
+        go(None)
+        return done
+
+    # Connection
+
+    def connectionLost(self, reason):
+        self._lost = True
+        self._stop_idle_poll()
+        if self.mbox is not None:
+            self.mbox.removeListener(self)
+            self.mbox.close()
+            self.mbox = None
+        super().connectionLost(reason)
+
+    def capabilities(self):
+        caps = {}
+        if self.state == "unauth":
+            if self._starttls_offered():
+                caps[b"STARTTLS"] = None
+            if not self._passwords_allowed():
+                caps[b"LOGINDISABLED"] = None
+        caps[b"NAMESPACE"] = None
+        caps[b"IDLE"] = None
+        return caps
+
+    def _starttls_offered(self):
+        return (
+            self.ctx is not None
+            and not self.startedTLS
+            and not is_secure(self.transport)
+            and interfaces.ITLSTransport(self.transport, None) is not None
+        )
+
+    def _passwords_allowed(self):
+        if self.listener.tls == "required":
+            return is_secure(self.transport)
+        return self.server.plaintext_allowed(self.transport)
+
+    def _peer_ip(self):
+        return getattr(self.transport.getPeer(), "host", "?")
+
+    # Input: line length, syntax, one command at a time
+
+    def dataReceived(self, data):
+        """Drop the rest of an overlong line, then parse as usual."""
+        while True:
+            if self._discarding:
+                _, newline, data = data.partition(b"\n")
+                if not newline:
+                    return
+                self._discarding = False
+            super().dataReceived(data)
+            if not self._refeed:
+                return
+            data, self._refeed = self._refeed, b""
+
+    def lineLengthExceeded(self, line):
+        """Twisted closes the connection here; a BAD is enough."""
+        _, newline, rest = line.partition(b"\n")
+        self._discarding = not newline
+        self._refeed = rest
+        self.sendBadResponse(None, b"Line too long")
+
+    def lineReceived(self, line):
+        super().lineReceived(line)
+        if self._tag is not None and self.parseState == "command" and not self._lost:
+            # the command waits on a Deferred: read nothing more until it
+            # has answered (twisted#9282); literals and IDLE still read
+            self.pauseProducing()
+
+    def parse_command(self, line):
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not _TAG.fullmatch(parts[0]):
+            self.sendBadResponse(None, b"Invalid tag or missing command")
+            return
+        if not _COMMAND.fullmatch(parts[1]):
+            self.sendBadResponse(parts[0], b"Invalid command")
+            return
+        self._tag = parts[0]
+        self._command = parts[1].upper()
+        try:
+            super().parse_command(line)
+        except Exception:
+            log.failure("IMAP command {command} failed", command=self._command)
+            self.sendBadResponse(parts[0], b"Internal server error")
+
+    def dispatchCommand(self, tag, cmd, rest, uid=None):
+        if not self.lookupCommand(cmd):
+            name = cmd.decode("ascii").upper()
+            if any(hasattr(self, f"{state}_{name}") for state in _STATES):
+                self.sendBadResponse(tag, b"Command not valid in this state")
+            else:
+                self.sendBadResponse(tag, b"Unknown command")
+            return
+        super().dispatchCommand(tag, cmd, rest, uid)
+
+    def _IMAP4Server__ebDispatch(self, failure, tag):
+        """
+        An argument failed to parse (Twisted's own errback would log a
+        traceback for every parser error that is not IllegalClientResponse).
+        """
+        if failure.check(imap4.IllegalOperation):
+            self.sendNegativeResponse(tag, _text(failure.value))
+        elif failure.check(
+            imap4.IllegalClientResponse, imap4.IMAP4Exception, ValueError
+        ) or failure.type is Exception:
+            self.sendBadResponse(tag, b"Syntax error: " + _text(failure.value))
+        else:
+            log.failure("IMAP command failed", failure)
+            self.sendBadResponse(tag, b"Internal server error")
+
+    def arg_literal(self, line):
+        """Refuse an APPEND bigger than we accept by SMTP before reading it."""
+        match = _LITERAL.fullmatch(line or b"")
+        limit = self.server.settings.access.max_message_size
+        if match and int(match.group(1)) > limit:
+            raise imap4.IllegalClientResponse(f"message larger than {limit} bytes")
+        return _base.arg_literal(self, line)
+
+    def do_UID(self, tag, command, line):
+        if command.upper() not in (b"COPY", b"FETCH", b"STORE", b"SEARCH"):
+            self.sendBadResponse(tag, b"Unknown UID command")
+            return
+        self.dispatchCommand(tag, command.upper(), line, uid=1)
+
+    select_UID = (do_UID, _base.arg_atom, _base.arg_line)
+
+    # Output: the end of a command
+
+    def _respond(self, state, tag, message):
+        if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
+            super()._respond(state, tag, message)
+            return
+        queued, self._queuedAsync = self._queuedAsync, []
+        for line in queued:
+            super()._respond(line, None, None)
+        if self.mbox is not None and (
+            self._command not in _NO_EXPUNGE or self._command == b"UID"
+        ):
+            self._send_expunges()
+        super()._respond(state, tag, message)
+        self._tag = self._command = None
+        if self.paused and not self._lost:
+            self.resumeProducing()
+
+    def _send_expunges(self):
+        for seq in self.mbox.take_expunges():
+            super()._respond(b"%d EXPUNGE" % seq, None, None)
+
+    def expunges_pending(self):
+        """Another session expunged messages we show: announce them if idle."""
+        if self.parseState == "idle":
+            self._send_expunges()
+
+    # Commands: not authenticated
+
+    def do_STARTTLS(self, tag):
+        if not self._starttls_offered():
+            self.sendBadResponse(tag, b"STARTTLS not available")
+            return
+        # whatever the client sent after STARTTLS came in clear: drop it
+        self.clearLineBuffer()
+        self.sendPositiveResponse(tag, b"Begin TLS negotiation now")
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+
+    unauth_STARTTLS = (do_STARTTLS,)
+
+    def do_LOGIN(self, tag, user, passwd):
+        if not self._passwords_allowed():
+            self.sendNegativeResponse(
+                tag, b"[PRIVACYREQUIRED] Passwords need TLS: use STARTTLS first"
+            )
+            return
+        d = self.portal.login(
+            credentials.UsernamePassword(user, passwd), None, imap4.IAccount
+        )
+        d.addCallbacks(
+            self._logged_in, self._login_failed, (tag,), None, (tag, user), None
+        )
+
+    unauth_LOGIN = (do_LOGIN, _base.arg_astring, _base.arg_finalastring)
+
+    def _logged_in(self, result, tag):
+        _, account, logout = result
+        ip = self._peer_ip()
+        if self._lost:
+            logout()
+            return None
+        self.account = account
+        self._onLogout = logout
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        log.info("login ok: user={user} ip={ip} protocol=imap", user=account.user, ip=ip)
+        d = defer.maybeDeferred(
+            self.server.sessions.record_login, account.user, ip, "imap"
+        )
+        d.addErrback(lambda f: log.failure("recording the login of {user}", f,
+                                           user=account.user))
+        d.addCallback(
+            lambda _: self.sendPositiveResponse(
+                tag, b"[CAPABILITY " + b" ".join(self.listCapabilities())
+                + b"] Logged in"
+            )
+        )
+        return d
+
+    def _login_failed(self, failure, tag, user):
+        name = _printable(user)
+        ip = self._peer_ip()
+        if failure.check(error.UnauthorizedLogin):
+            log.info("login failed: user={user} ip={ip} protocol=imap",
+                     user=name, ip=ip)
+            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
+        else:
+            log.failure("login error: user={user} ip={ip} protocol=imap", failure,
+                        user=name, ip=ip)
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] Authentication unavailable")
+
+    # Commands: authenticated
+
+    def _cbSelectWork(self, mbox, cmdName, tag):
+        if mbox is None:
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
+            return
+        self.mbox = mbox
+        mbox.addListener(self)
+        flags = " ".join(mbox.getFlags()).encode("ascii")
+        self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
+        self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
+        self.sendUntaggedResponse(b"0 RECENT")
+        unseen = mbox.first_unseen()
+        if unseen is not None:
+            self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
+        permanent = flags if mbox.isWriteable() else b""
+        self.sendPositiveResponse(None, b"[PERMANENTFLAGS (" + permanent + b")] Limited")
+        self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
+        self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
+        mode = b"[READ-WRITE]" if mbox.isWriteable() else b"[READ-ONLY]"
+        self.state = "select"
+        self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
+
+    def do_NOOP(self, tag):
+        if self.mbox is not None:
+            self.mbox.folder.sync()
+        self.sendPositiveResponse(tag, b"NOOP completed")
+
+    unauth_NOOP = auth_NOOP = select_NOOP = logout_NOOP = (do_NOOP,)
+
+    def checkpoint(self):
+        self.mbox.folder.sync()
+
+    def do_IDLE(self, tag):
+        self._idle_tag = tag
+        self.parseState = "idle"
+        self.sendContinuationRequest(b"idling")
+        if self.mbox is not None:
+            self._send_expunges()
+            self._poll_idle()
+
+    select_IDLE = auth_IDLE = (do_IDLE,)
+
+    def _poll_idle(self):
+        self._idle_poll = None
+        self.mbox.folder.sync()
+        self._idle_poll = self.callLater(self.IDLE_POLL, self._poll_idle)
+
+    def _stop_idle_poll(self):
+        if self._idle_poll is not None and self._idle_poll.active():
+            self._idle_poll.cancel()
+        self._idle_poll = None
+
+    def parse_idle(self, line):
+        """RFC 2177: only DONE ends IDLE (Twisted takes any line)."""
+        self._stop_idle_poll()
+        self.parseState = "command"
+        tag, self._idle_tag = self._idle_tag, None
+        if line.strip().upper() == b"DONE":
+            self.sendPositiveResponse(tag, b"IDLE terminated")
+        else:
+            self.sendBadResponse(tag, b"Expected DONE")
+
+    def do_APPEND(self, tag, mailbox, flags, date, message):
+        try:
+            when = _append_date(date) if date else None
+        except ValueError:
+            self.sendBadResponse(tag, b"Invalid date-time")
+            return
+        mbox = self.account.select(imap4._parseMbox(mailbox), 1)
+        if mbox is None:
+            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
+            return
+        names = [f.decode("ascii", "replace") for f in flags or ()]
+        d = mbox.addMessage(message, names, when)
+        d.addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, b"APPEND completed"),
+            self._failed, None, None, (tag, b"APPEND"), None,
+        )
+
+    auth_APPEND = select_APPEND = (
+        do_APPEND, _base.arg_astring, _base.opt_plist, _base.opt_datetime,
+        arg_literal,
+    )
+
+    def _failed(self, failure, tag, command):
+        log.failure("IMAP {command} failed", failure, command=command.decode())
+        self.sendNegativeResponse(tag, command + b" failed: server error")
+
+    # Commands: selected
+
+    def do_FETCH(self, tag, messages, query, uid=0):
+        if query and self.mbox.isWriteable() and any(map(_sets_seen, query)):
+            self.mbox.mark_seen(seq for seq, _ in self.mbox.fetch(messages, uid))
+        super().do_FETCH(tag, messages, query, uid)
+
+    select_FETCH = (do_FETCH, _base.arg_seqset, _base.arg_fetchatt)
+
+    def spew_bodystructure(self, id, msg, _w=None, _f=None):
+        """Sizes and line counts of the body, not of the whole message."""
+        _w(b"BODYSTRUCTURE " + imap4.collapseNestedLists(
+            [imap4.getBodyStructure(_Body(msg), True)]))
+
+    def spew_body(self, part, id, msg, _w=None, _f=None):
+        """
+        Headers exactly as stored (Twisted rebuilds them from a dict, losing
+        repeated fields and the closing empty line), BODY as the body
+        structure, and partial fetches cut to the range asked for.
+        """
+        if not part.part and part.header is not None and hasattr(msg, "header_bytes"):
+            data = _select_headers(
+                msg.header_bytes(), part.header.negate, part.header.fields
+            )
+            _w(bytes(part) + b" " + imap4._literal(_partial(part, data)))
+            return None
+        if part.partialBegin is not None and part.empty and not part.part:
+            with msg.open() as f:
+                f.seek(part.partialBegin)
+                data = f.read(part.partialLength)
+            _w(b"BODY[]<%d> " % part.partialBegin + imap4._literal(data))
+            return None
+        if not (part.header or part.text or part.mime or part.empty):
+            _w(b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_Body(msg))]))
+            return None
+        return super().spew_body(part, id, msg, _w, _f)
+
+    def do_STORE(self, tag, messages, mode, flags, uid=0):
+        if not self.mbox.isWriteable():
+            self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
+            return
+        if mode.upper().lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
+            self.sendBadResponse(tag, b"Expected FLAGS, +FLAGS or -FLAGS")
+            return
+        super().do_STORE(tag, messages, mode, flags, uid)
+
+    select_STORE = (do_STORE, _base.arg_seqset, _base.arg_atom, _base.arg_flaglist)
+
+    def do_COPY(self, tag, messages, mailbox, uid=0):
+        """In UID order, one at a time, so the copies' UIDs keep it."""
+        target = self.account.select(imap4._parseMbox(mailbox), 1)
+        if target is None:
+            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
+            return
+        pending = [message for _, message in self.mbox.fetch(messages, uid)]
+
+        def next_copy(_):
+            if pending:
+                return target.copy(pending.pop(0)).addCallback(next_copy)
+            return None
+
+        d = next_copy(None) or defer.succeed(None)
+        d.addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, b"COPY completed"),
+            self._failed, None, None, (tag, b"COPY"), None,
+        )
+
+    select_COPY = (do_COPY, _base.arg_seqset, _base.arg_finalastring)
+
+    def do_SEARCH(self, tag, charset, query, uid=0):
+        if charset and charset.upper() not in (b"UTF-8", b"US-ASCII"):
+            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+            return
+        d = defer.maybeDeferred(self.mbox.search, query, uid)
+        d.addCallbacks(self._searched, self._search_failed, (tag, uid), None, (tag,), None)
+
+    select_SEARCH = (do_SEARCH, _base.opt_charset, _base.arg_searchkeys)
+
+    def _searched(self, seqs, tag, uid):
+        ids = [self.mbox.getUID(s) if uid else s for s in seqs]
+        self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % i for i in ids]))
+        self.sendPositiveResponse(tag, b"SEARCH completed")
+
+    def _search_failed(self, failure, tag):
+        if failure.check(imap4.IllegalQueryError):
+            self.sendBadResponse(tag, b"Invalid search: " + _text(failure.value))
+        else:
+            self._failed(failure, tag, b"SEARCH")
+
+
+class _Body:
+    """A message seen as its body: what BODYSTRUCTURE measures."""
+
+    def __init__(self, message):
+        self._message = message
+
+    def __getattr__(self, name):
+        return getattr(self._message, name)
+
+    def getSize(self):
+        if hasattr(self._message, "body_size"):
+            return self._message.body_size()
+        return self._message.getSize()
+
+
+def _sets_seen(part):
+    """Whether fetching C{part} sets \\Seen (RFC 3501 6.4.5)."""
+    if part.type in ("rfc822", "rfc822text"):
+        return True
+    return part.type == "body" and not part.peek and bool(
+        part.header or part.text or part.mime or part.empty
+    )
+
+
+def _select_headers(block, negate, fields):
+    """
+    The header fields of C{block} (with continuation lines) named in
+    C{fields}, or all others when C{negate}; all of them without C{fields}.
+    Ends with the empty line, as RFC 3501 wants.
+    """
+    if not fields:
+        return block
+    wanted = {f.lower() if isinstance(f, bytes) else f.lower().encode() for f in fields}
+    out, keep = [], False
+    for line in block.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] not in (b" ", b"\t"):
+            keep = (line.split(b":", 1)[0].strip().lower() in wanted) != bool(negate)
+        if keep:
+            out.append(line)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _partial(part, data):
+    if part.partialBegin is None:
+        return data
+    return data[part.partialBegin:part.partialBegin + part.partialLength]
+
+
+def _append_date(text):
+    """IMAP date-time (C{"17-Jul-1996 02:44:25 -0700"}) -> epoch seconds."""
+    value = text.decode("ascii").strip()
+    day, month, rest = value.split("-", 2)
+    if month.lower() not in _MONTHS:
+        raise ValueError(value)
+    when = datetime.datetime.strptime(
+        f"{int(day):02d}-{_MONTHS.index(month.lower()) + 1:02d}-{rest}",
+        "%d-%m-%Y %H:%M:%S %z",
+    )
+    return int(when.timestamp())
+
+
+def _printable(value, limit=100):
+    """A client-supplied name made safe for a log line."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
+def _text(value):
+    return _printable(str(value), 200).encode("ascii", "replace")
+
+
+class IMAPFactory(protocol.ServerFactory):
+    def __init__(self, server, listener):
+        self.server = server
+        self.listener = listener
+        self.portal = Portal(MailRealm(server.store), [server.checker])
+
+    def buildProtocol(self, addr):
+        p = IMAPServer(self.server, self.listener, self.portal)
+        p.factory = self
+        return p
+
+
+def build_factory(server, listener):
+    """
+    The factory for one C{[[listen]]} table with C{protocol = "imap"}.
+    Implicit TLS is wrapped around it by the service; C{listener.tls} of
+    C{"starttls"} or C{"required"} makes it offer STARTTLS.
+    """
+    return IMAPFactory(server, listener)
