@@ -1,0 +1,213 @@
+"""
+Sender and recipient policy as stages (DESIGN.md, "one stage, one small
+object"). A stage has one method, C{check(session, transaction, subject)},
+returning a Deferred L{Verdict}; it never writes a reply. The server runs a
+chain with L{first_refusal} and turns a refusal into the SMTP reply, so each
+stage is tested without a transport.
+
+To add a check (kill list, SPF, ...), write a stage and add it to
+L{sender_stages} or L{recipient_stages}.
+"""
+
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailsrv.smtp.commands import is_mailbox
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """
+    @ivar accepted: whether the stage lets the command through.
+    @ivar code: the SMTP reply code of a refusal.
+    @ivar enhanced: its RFC 3463 enhanced code.
+    @ivar text: what the client is told.
+    @ivar reason: what the log says (may be more precise than C{text}).
+    """
+
+    accepted: bool
+    code: int = 250
+    enhanced: str = "2.0.0"
+    text: str = "Ok"
+    reason: str = ""
+
+    @classmethod
+    def accept(cls, reason=""):
+        return cls(True, reason=reason)
+
+    @classmethod
+    def refuse(cls, code, enhanced, text, reason=None):
+        return cls(False, code, enhanced, text, text if reason is None else reason)
+
+
+def first_refusal(stages, session, transaction, subject):
+    """
+    Run C{stages} in order.
+
+    @return: a Deferred of the first refusing L{Verdict}, or of an accepting
+        one whose reason joins every stage's reason. A stage that fails
+        (a bug, a lookup error) refuses with 451 4.3.0: a temporary error
+        never turns into a permanent refusal.
+    """
+    reasons = []
+
+    def run(remaining):
+        if not remaining:
+            return Verdict.accept("; ".join(reasons))
+        stage = remaining[0]
+        d = defer.maybeDeferred(stage.check, session, transaction, subject)
+        d.addCallbacks(judged, failed, callbackArgs=(remaining,), errbackArgs=(stage,))
+        return d
+
+    def judged(verdict, remaining):
+        if not verdict.accepted:
+            return verdict
+        if verdict.reason:
+            reasons.append(verdict.reason)
+        return run(remaining[1:])
+
+    def failed(failure, stage):
+        log.failure("policy stage {stage} failed", failure, stage=type(stage).__name__)
+        return Verdict.refuse(
+            451, "4.3.0", "Temporary failure, try again later",
+            f"{type(stage).__name__} failed: {failure.getErrorMessage()}",
+        )
+
+    return run(list(stages))
+
+
+# Sender stages: subject is the MAIL FROM address ("" for the null sender).
+
+
+class AuthRequired:
+    """Submission (RFC 6409): only authenticated users may send."""
+
+    def check(self, session, transaction, sender):
+        if session.user is None:
+            return defer.succeed(
+                Verdict.refuse(530, "5.7.0", "Authentication required")
+            )
+        return defer.succeed(Verdict.accept())
+
+
+class ValidSender:
+    """[access] check_valid_sender: a sender is a full user@domain, or <>."""
+
+    def check(self, session, transaction, sender):
+        if sender == "" or is_mailbox(sender):
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(
+            Verdict.refuse(
+                553, "5.1.7", f"<{sender}>: sender address must be a full user@domain"
+            )
+        )
+
+
+# Recipient stages: subject is a mailsrv.smtp.state.Recipient.
+
+
+class RecipientLimit:
+    """[access] max_recipients; 452 makes the client send the rest later."""
+
+    def __init__(self, max_recipients):
+        self.max_recipients = max_recipients
+
+    def check(self, session, transaction, recipient):
+        if len(transaction.recipients) >= self.max_recipients:
+            return defer.succeed(
+                Verdict.refuse(
+                    452, "4.5.3", "Too many recipients",
+                    f"more than {self.max_recipients} recipients",
+                )
+            )
+        return defer.succeed(Verdict.accept())
+
+
+class LocalRecipient:
+    """An address in our domains must be a user or an alias."""
+
+    def check(self, session, transaction, recipient):
+        if recipient.route is None:
+            return defer.succeed(
+                Verdict.refuse(
+                    550, "5.1.1", f"<{recipient.address}>: user unknown",
+                    f"unknown local user <{recipient.address}>",
+                )
+            )
+        return defer.succeed(Verdict.accept())
+
+
+class RelayPermission:
+    """
+    Mail for other domains is relayed only for an authenticated client, a
+    trusted IP ([relay] mode "trusted"), anyone (mode "anyone": an open
+    relay), or an IP with an open POP-before-SMTP window. Mode "none" still
+    relays for the last two kinds of user. Loopback is trusted only when
+    listed.
+    """
+
+    def __init__(self, mode, trusted, sessions, pop_before_smtp):
+        self.mode = mode
+        self.trusted = trusted
+        self.sessions = sessions
+        self.pop_before_smtp = pop_before_smtp
+
+    def check(self, session, transaction, recipient):
+        if recipient.route.is_local_domain:
+            return defer.succeed(Verdict.accept())
+        if session.user is not None:
+            return defer.succeed(Verdict.accept(f"relay: authenticated as {session.user}"))
+        if self.mode == "anyone":
+            log.warn(
+                "OPEN RELAY: relaying to <{address}> for {ip} because [relay] "
+                "mode = \"anyone\"",
+                address=recipient.address, ip=session.ip,
+            )
+            return defer.succeed(Verdict.accept("relay: mode anyone (open relay)"))
+        if self.mode == "trusted" and self.trusted.contains(session.ip):
+            return defer.succeed(Verdict.accept(f"relay: trusted IP {session.ip}"))
+        if not self.pop_before_smtp:
+            return defer.succeed(self._denied(session, recipient))
+        d = self.sessions.window_user(session.ip)
+        d.addCallback(self._window, session, recipient)
+        return d
+
+    def _window(self, user, session, recipient):
+        if user is None:
+            return self._denied(session, recipient)
+        session.pop_user = user
+        return Verdict.accept(f"relay: POP-before-SMTP window of {user}")
+
+    def _denied(self, session, recipient):
+        return Verdict.refuse(
+            550, "5.7.1",
+            f"<{recipient.address}>: relaying denied for {session.ip}",
+            f"relaying denied: <{recipient.address}> from {session.ip}",
+        )
+
+
+def sender_stages(server, listener):
+    """The MAIL FROM checks of one listener, in order."""
+    stages = []
+    if listener.role == "submission":
+        stages.append(AuthRequired())
+    if server.settings.access.check_valid_sender:
+        stages.append(ValidSender())
+    return stages
+
+
+def recipient_stages(server, listener):
+    """The RCPT TO checks of one listener, in order: cheapest first."""
+    settings = server.settings
+    return [
+        RecipientLimit(settings.access.max_recipients),
+        LocalRecipient(),
+        RelayPermission(
+            settings.relay.mode, server.trusted, server.sessions,
+            settings.pop_before_smtp.enabled,
+        ),
+    ]

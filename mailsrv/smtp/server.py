@@ -1,0 +1,553 @@
+"""
+The SMTP protocol (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN) and its factory.
+
+Input is buffered and handled one command at a time: while a command waits
+on a Deferred (a password check, a policy lookup, the spool commit), later
+input stays in the buffer, so pipelined commands are answered in order
+(twisted.mail.smtp does not do this: twisted#8126). The dispatcher, not each
+verb, applies the defences: line length, error count, idle timeout, HTTP
+requests, STARTTLS injection.
+"""
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.protocols import policies
+
+from mailsrv.context import is_secure
+from mailsrv.queue import intake
+from mailsrv.smtp import auth
+from mailsrv.smtp.commands import (
+    CommandError,
+    is_http_request,
+    parse_helo,
+    parse_mail,
+    parse_rcpt,
+    split_command,
+)
+from mailsrv.smtp.data import DataReader
+from mailsrv.smtp.policy import first_refusal, recipient_stages, sender_stages
+from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
+from mailsrv.smtp.trace import trace_headers
+
+log = Logger()
+
+# Commands a "tls = required" listener takes before STARTTLS (RFC 3207).
+_BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
+
+_TOO_LONG = object()  # what _next_line returns for an overlong line
+
+
+class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
+    """
+    One SMTP connection.
+
+    @ivar session: the L{Session}.
+    @ivar transaction: the current L{Transaction}, or L{None} outside MAIL..DATA.
+    """
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.server = factory.server
+        self.listener = factory.listener
+        self.limits = factory.limits
+        self.hostname = factory.server.settings.hostname
+        self.callLater = factory.clock.callLater
+        self.session = None
+        self.transaction = None
+        self._buffer = bytearray()
+        self._out = []
+        self._discarding = False  # inside an overlong command line
+        self._sasl = None  # the AUTH exchange waiting for the client's next line
+        self._reader = None  # the DataReader while in DATA
+        self._incoming = None  # the spool file being written
+        self._write_error = None
+        self._busy = False  # a command's Deferred has not fired yet
+        self._draining = False
+        self._closed = False
+        self._paused = False
+        self._errors = 0
+
+    # Connection events
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.session = Session(ip=getattr(peer, "host", ""), tls=is_secure(self.transport))
+        self.setTimeout(self.limits.idle_timeout)
+        self._send(f"220 {self.hostname} ESMTP mailsrv")
+        self._flush()
+
+    def dataReceived(self, data):
+        if self._closed:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._drain()
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        self._closed = True
+        self._buffer.clear()
+        if self._incoming is not None:
+            self._incoming.abort()
+            self._incoming = self._reader = None
+            log.info("{ip} disconnected during DATA; message discarded", ip=self.session.ip)
+
+    def timeoutConnection(self):
+        self._send(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+        self._close()
+
+    # The dispatcher
+
+    def _drain(self):
+        """Handle buffered input until it runs out or a command must wait."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._buffer and not self._busy and not self._closed:
+                if self._reader is not None:
+                    result = self._read_data()
+                else:
+                    line = self._next_line()
+                    if line is None:
+                        break
+                    result = self._line(line)
+                if isinstance(result, defer.Deferred):
+                    self._wait(result)
+        finally:
+            self._draining = False
+        self._flow_control()
+        self._flush()
+
+    def _wait(self, d):
+        self._busy = True
+        d.addErrback(self._internal_error)
+        d.addBoth(self._resume)
+
+    def _resume(self, _):
+        self._busy = False
+        self._drain()
+
+    def _internal_error(self, failure):
+        log.failure("SMTP session with {ip} failed", failure, ip=self.session.ip)
+        self._reply(451, "4.3.0", "Internal error, try again later")
+
+    def _flow_control(self):
+        """Stop reading while too much unprocessed input is waiting."""
+        if self._closed or getattr(self.transport, "disconnecting", False):
+            return
+        if not self._paused and len(self._buffer) > self.limits.max_buffer:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif self._paused and len(self._buffer) <= self.limits.max_buffer // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _next_line(self):
+        """
+        The next complete command line without its line end (CRLF, or a bare
+        LF, which we tolerate on command lines), L{_TOO_LONG}, or L{None}.
+        """
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) >= self.limits.max_line:
+                self._discarding = True  # keep memory bounded: drop it now
+                self._buffer.clear()
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        if self._discarding or end + 1 > self.limits.max_line:
+            self._discarding = False
+            return _TOO_LONG
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _line(self, line):
+        if line is _TOO_LONG:
+            self._sasl = None
+            return self._reply(500, "5.5.2", "Line too long")
+        if self._sasl is not None:
+            return self._auth_response(line)
+        if is_http_request(line):
+            log.info("{ip} sent an HTTP request; closing", ip=self.session.ip)
+            self._closed = True
+            self._buffer.clear()
+            self.transport.loseConnection()
+            return None
+        try:
+            verb, arg = split_command(line)
+        except CommandError as e:
+            return self._reply(e.code, e.enhanced, e.text)
+        handler = self._handlers.get(verb)
+        if handler is None:
+            return self._reply(500, "5.5.2", "Command not recognized")
+        if self.listener.tls == "required" and not self.session.tls and verb not in _BEFORE_TLS:
+            return self._reply(530, "5.7.0", "Must issue a STARTTLS command first")
+        try:
+            return handler(self, arg)
+        except CommandError as e:
+            return self._reply(e.code, e.enhanced, e.text)
+
+    # Replies
+
+    def _send(self, line):
+        if not self._closed:
+            self._out.append(line.encode("ascii") + b"\r\n")
+
+    def _flush(self):
+        """Write what is pending in one write: one packet per pipelined group."""
+        if self._out:
+            data, self._out = b"".join(self._out), []
+            self.transport.write(data)
+
+    def _reply(self, code, enhanced, text):
+        """Send one reply; too many errors end the session."""
+        self._send(f"{code} {enhanced} {text}")
+        if code >= 500:
+            self._errors += 1
+            if self._errors >= self.limits.max_errors and not self._closed:
+                log.info("{ip}: too many errors; closing", ip=self.session.ip)
+                self._send("421 4.7.0 Too many errors")
+                self._close()
+
+    def _refuse(self, verdict):
+        self._reply(verdict.code, verdict.enhanced, verdict.text)
+
+    def _close(self):
+        self._flush()
+        self._closed = True
+        self._buffer.clear()
+        self.transport.loseConnection()
+
+    # Session commands
+
+    def _greet(self, arg, esmtp):
+        name = parse_helo(arg)
+        self.session.helo = name
+        self.session.esmtp = esmtp
+        self.transaction = None
+        if not esmtp:
+            self._send(f"250 {self.hostname}")
+            return
+        lines = [self.hostname, *self._extensions()]
+        for line in lines[:-1]:
+            self._send(f"250-{line}")
+        self._send(f"250 {lines[-1]}")
+
+    def _extensions(self):
+        extensions = [
+            "PIPELINING",
+            f"SIZE {self.limits.max_message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self._tls_offered():
+            extensions.append("STARTTLS")
+        if self._auth_offered():
+            extensions.append("AUTH " + " ".join(auth.MECHANISMS))
+        extensions.append("HELP")
+        return extensions
+
+    def _tls_offered(self):
+        return (
+            self.listener.tls in ("starttls", "required")
+            and not self.session.tls
+            and self.server.tls_context is not None
+        )
+
+    def _auth_offered(self):
+        return self.listener.auth and self.server.plaintext_allowed(self.transport)
+
+    def smtp_EHLO(self, arg):
+        self._greet(arg, esmtp=True)
+
+    def smtp_HELO(self, arg):
+        self._greet(arg, esmtp=False)
+
+    def smtp_NOOP(self, arg):
+        self._reply(250, "2.0.0", "Ok")
+
+    def smtp_RSET(self, arg):
+        if arg:
+            raise CommandError(501, "5.5.4", "Syntax: RSET")
+        self.transaction = None
+        self._reply(250, "2.0.0", "Ok")
+
+    def smtp_QUIT(self, arg):
+        self._reply(221, "2.0.0", "Bye")
+        self._close()
+
+    def smtp_VRFY(self, arg):
+        if not arg:
+            raise CommandError(501, "5.5.4", "Syntax: VRFY address")
+        self._reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, arg):
+        self._reply(502, "5.5.1", "EXPN not available")
+
+    def smtp_HELP(self, arg):
+        self._reply(214, "2.0.0", "Commands: " + " ".join(sorted(self._handlers)))
+
+    def smtp_STARTTLS(self, arg):
+        if arg:
+            raise CommandError(501, "5.5.4", "Syntax: STARTTLS")
+        if self.session.tls:
+            raise CommandError(503, "5.5.1", "Already using TLS")
+        if not self._tls_offered():
+            raise CommandError(502, "5.5.1", "STARTTLS not available")
+        self._reply(220, "2.0.0", "Ready to start TLS")
+        self._flush()
+        # Whatever the client sent after STARTTLS in plaintext was not
+        # protected: drop it (STARTTLS command injection, CVE-2011-0411).
+        self._buffer.clear()
+        self.transport.startTLS(self.server.tls_context)
+        # RFC 3207 section 4.2: forget everything learnt before TLS.
+        self.session = Session(ip=self.session.ip, tls=True)
+        self.transaction = None
+
+    def smtp_AUTH(self, arg):
+        if not self.listener.auth:
+            raise CommandError(503, "5.5.1", "Authentication not enabled")
+        if not self.server.plaintext_allowed(self.transport):
+            raise CommandError(538, "5.7.11", "Encryption required for authentication")
+        if self.session.helo is None or not self.session.esmtp:
+            raise CommandError(503, "5.5.1", "Send EHLO first")
+        if self.session.user is not None:
+            raise CommandError(503, "5.5.1", "Already authenticated")
+        if self.transaction is not None:
+            raise CommandError(503, "5.5.1", "AUTH not allowed during a mail transaction")
+        name, _, initial = arg.partition(" ")
+        mechanism = auth.MECHANISMS.get(name.upper())
+        if mechanism is None:
+            raise CommandError(504, "5.5.4", "Unrecognized authentication mechanism")
+        exchange = mechanism()
+        return self._auth_step(exchange, exchange.start, initial.strip() or None)
+
+    def _auth_response(self, line):
+        exchange, self._sasl = self._sasl, None
+        return self._auth_step(exchange, exchange.respond, line.decode("latin-1").strip())
+
+    def _auth_step(self, exchange, step, value):
+        """Take one step of a SASL exchange: challenge again, or check the password."""
+        try:
+            result = step(value)
+        except CommandError as e:
+            return self._reply(e.code, e.enhanced, e.text)
+        if isinstance(result, auth.Challenge):
+            self._sasl = exchange
+            self._send(f"334 {result.text}")
+            return None
+        credentials = UsernamePassword(result.username, result.password)
+        d = defer.maybeDeferred(self.server.checker.requestAvatarId, credentials)
+        name = result.username.decode("utf-8", "replace")
+        d.addCallbacks(self._authenticated, self._auth_failed, errbackArgs=(name,))
+        return d
+
+    def _authenticated(self, user):
+        self.session.user = user
+        log.info("login {user} from {ip} over smtp: ok", user=user, ip=self.session.ip)
+        self._reply(235, "2.7.0", "Authentication successful")
+
+    def _auth_failed(self, failure, name):
+        if failure.check(UnauthorizedLogin, UnhandledCredentials):
+            log.info("login {user} from {ip} over smtp: failed", user=name, ip=self.session.ip)
+            self._reply(535, "5.7.8", "Authentication credentials invalid")
+        else:
+            log.failure("checking the password of {user} failed", failure, user=name)
+            self._reply(454, "4.7.0", "Temporary authentication failure, try again later")
+
+    # Mail transaction commands
+
+    def smtp_MAIL(self, arg):
+        if self.session.helo is None:
+            raise CommandError(503, "5.5.1", "Send HELO/EHLO first")
+        if self.transaction is not None:
+            raise CommandError(503, "5.5.1", "Nested MAIL command")
+        sender, params = parse_mail(arg)
+        if params.size is not None and params.size > self.limits.max_message_size:
+            raise CommandError(552, "5.3.4", "Message size exceeds fixed limit")
+        transaction = Transaction(sender, params)
+        d = first_refusal(self.factory.sender_stages, self.session, transaction, sender)
+        d.addCallback(self._mail_verdict, transaction)
+        return d
+
+    def _mail_verdict(self, verdict, transaction):
+        if not verdict.accepted:
+            log.info("refused MAIL FROM:<{sender}> from {ip}: {reason}",
+                     sender=transaction.sender, ip=self.session.ip, reason=verdict.reason)
+            return self._refuse(verdict)
+        self.transaction = transaction
+        self._reply(250, "2.1.0", "Ok")
+
+    def smtp_RCPT(self, arg):
+        if self.transaction is None:
+            raise CommandError(503, "5.5.1", "Need MAIL command")
+        address = parse_rcpt(arg)
+        directory = self.server.directory
+        if address.lower() == "postmaster":
+            route = directory.route(directory.login_name("postmaster"))
+        else:
+            route = directory.route(address)
+        recipient = Recipient(address, route)
+        d = first_refusal(
+            self.factory.recipient_stages, self.session, self.transaction, recipient
+        )
+        d.addCallback(self._rcpt_verdict, recipient)
+        return d
+
+    def _rcpt_verdict(self, verdict, recipient):
+        if not verdict.accepted:
+            log.info("refused RCPT TO:<{rcpt}> from {ip}: {reason}",
+                     rcpt=recipient.address, ip=self.session.ip, reason=verdict.reason)
+            return self._refuse(verdict)
+        self.transaction.recipients.append(recipient)
+        self._reply(250, "2.1.5", "Ok")
+
+    def smtp_DATA(self, arg):
+        if arg:
+            raise CommandError(501, "5.5.4", "Syntax: DATA")
+        if self.transaction is None:
+            raise CommandError(503, "5.5.1", "Need MAIL command")
+        if not self.transaction.recipients:
+            raise CommandError(503, "5.5.1", "Need RCPT command")
+        try:
+            incoming = self.server.spool.incoming()
+        except OSError as e:
+            log.error("cannot create a spool file: {error}", error=e)
+            raise CommandError(451, "4.3.0", "Cannot queue the message, try again later")
+        headers = trace_headers(
+            self.session, self.transaction, incoming.queue_id, self.hostname,
+            self.factory.clock.seconds(),
+        )
+        self._incoming = incoming
+        self._write_error = None
+        self._write(headers)
+        self._reader = DataReader()
+        self._send("354 End data with <CR><LF>.<CR><LF>")
+
+    def _write(self, data):
+        """Write through to the spool file; the first I/O error is kept for the end."""
+        if self._write_error is None:
+            try:
+                self._incoming.write(data)
+            except OSError as e:
+                self._write_error = e
+
+    def _read_data(self):
+        reader = self._reader
+        message, consumed = reader.feed(self._buffer)
+        del self._buffer[:consumed]
+        if message and reader.size <= self.limits.max_message_size:
+            if not reader.bare_line_ending:
+                self._write(message)
+        if reader.done:
+            return self._end_of_data()
+        return None
+
+    def _end_of_data(self):
+        reader, incoming, transaction = self._reader, self._incoming, self.transaction
+        self._reader = self._incoming = self.transaction = None
+        ip = self.session.ip
+        if reader.bare_line_ending:
+            incoming.abort()
+            log.info("refused message from {ip}: bare CR or LF in DATA", ip=ip)
+            return self._reply(
+                550, "5.6.0",
+                "Message contains bare CR or LF characters; lines must end with CRLF",
+            )
+        if reader.size > self.limits.max_message_size:
+            incoming.abort()
+            log.info("refused message from {ip}: {size} bytes is over the limit",
+                     ip=ip, size=reader.size)
+            return self._reply(552, "5.3.4", "Message size exceeds fixed limit")
+        if self._write_error is not None:
+            incoming.abort()
+            log.error("cannot write the spool file: {error}", error=self._write_error)
+            return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+        local_users = transaction.local_users()
+        remote = transaction.remote_addresses()
+        d = intake.commit(
+            self.server.spool,
+            incoming,
+            {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo},
+            [self.server.store.maildir(user) for user in local_users],
+            remote,
+        )
+        d.addCallbacks(
+            self._queued, self._not_queued,
+            callbackArgs=(transaction, reader.size, local_users, remote),
+        )
+        return d
+
+    def _queued(self, queue_id, transaction, size, local_users, remote):
+        log.info(
+            "accepted {queue_id} from {ip} sender=<{sender}> to={to} size={size} "
+            "delivered={delivered} queued={queued}",
+            queue_id=queue_id, ip=self.session.ip, sender=transaction.sender,
+            to=",".join(r.address for r in transaction.recipients), size=size,
+            delivered=",".join(local_users) or "-", queued=",".join(remote) or "-",
+        )
+        self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        if remote and self.server.queue_runner is not None:
+            self.server.queue_runner.wake()
+
+    def _not_queued(self, failure):
+        log.failure("cannot queue a message from {ip}", failure, ip=self.session.ip)
+        self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+
+    _handlers = {
+        "EHLO": smtp_EHLO,
+        "HELO": smtp_HELO,
+        "MAIL": smtp_MAIL,
+        "RCPT": smtp_RCPT,
+        "DATA": smtp_DATA,
+        "RSET": smtp_RSET,
+        "NOOP": smtp_NOOP,
+        "QUIT": smtp_QUIT,
+        "VRFY": smtp_VRFY,
+        "EXPN": smtp_EXPN,
+        "HELP": smtp_HELP,
+        "STARTTLS": smtp_STARTTLS,
+        "AUTH": smtp_AUTH,
+    }
+
+
+class SMTPFactory(protocol.ServerFactory):
+    """
+    Builds the connections of one [[listen]] table.
+
+    @ivar server: the shared L{mailsrv.context.MailServer}.
+    @ivar listener: the L{mailsrv.config.Listener}.
+    @ivar limits: the listener's L{Limits}.
+    @ivar sender_stages: the MAIL FROM policy chain.
+    @ivar recipient_stages: the RCPT TO policy chain.
+    @ivar clock: for timeouts and Received dates.
+    """
+
+    def __init__(self, server, listener):
+        self.server = server
+        self.listener = listener
+        self.limits = Limits.from_settings(server.settings)
+        self.sender_stages = sender_stages(server, listener)
+        self.recipient_stages = recipient_stages(server, listener)
+        if server.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = reactor
+        else:
+            self.clock = server.clock
+
+    def buildProtocol(self, addr):
+        return SMTPServer(self)
+
+
+def build_factory(server, listener):
+    """
+    The factory for one SMTP listener (role "mx" or "submission").
+
+    Implicit TLS is the caller's business (wrap the factory or use a TLS
+    endpoint); STARTTLS uses C{server.tls_context}.
+    """
+    return SMTPFactory(server, listener)

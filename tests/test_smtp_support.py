@@ -1,0 +1,141 @@
+"""
+Fixtures for the SMTP tests: a MailServer over temporary directories with
+the real directory, spool and Maildir store, and a connection driven
+through a StringTransport. (No test cases here.)
+"""
+
+from pathlib import Path
+
+from twisted.internet import defer, task, threads
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransportWithDisconnection
+from zope.interface import alsoProvides
+
+from mailsrv.context import MailServer
+from mailsrv.directory import AliasMap, Directory, UserDB
+from mailsrv.directory.checker import UserPasswordChecker
+from mailsrv.directory.passwords import hash_password
+from mailsrv.netaddr import IPList
+from mailsrv.queue.spool import Spool
+from mailsrv.sessions import MemorySessionStore
+from mailsrv.smtp.server import build_factory
+from mailsrv.store.folder import MailStore
+from tests.helpers import make_settings
+
+PASSWORD = "correct horse"
+_HASH = hash_password(PASSWORD)
+USERS = ("alice@example.test", "bob@example.test")
+ALIASES = "team@example.test: alice@example.test, bob@example.test\n" \
+          "outside@example.test: carol@remote.test\n"
+
+CLIENT_IP = "192.0.2.10"
+
+
+class QueueRunnerSpy:
+    """Counts wake() calls."""
+
+    def __init__(self):
+        self.wakes = 0
+
+    def wake(self):
+        self.wakes += 1
+
+
+class TLSCapableTransport(StringTransportWithDisconnection):
+    """A StringTransport that can "start TLS" and then says it is secure."""
+
+    tls_context = None
+
+    def startTLS(self, context):
+        self.tls_context = context
+        alsoProvides(self, ISSLTransport)
+
+
+def run_threads_inline(testcase):
+    """
+    Make deferToThread (spool commit, password hashing) run at once, so a
+    reply that waits on it is written before dataReceived returns.
+    """
+    testcase.patch(threads, "deferToThread",
+                   lambda f, *args, **kwargs: defer.maybeDeferred(f, *args, **kwargs))
+
+
+def make_mail_server(testcase, clock=None, **sections):
+    """
+    A MailServer like the service builds, over a fresh temporary directory,
+    with users alice and bob (password L{PASSWORD}) in example.test.
+    """
+    root = Path(testcase.mktemp()).absolute()
+    root.mkdir(parents=True)
+    settings = make_settings(root, **sections)
+    settings.users_file.write_text("".join(f"{u}:{_HASH}\n" for u in USERS))
+    settings.aliases_file.write_text(ALIASES)
+    clock = clock or task.Clock()
+    directory = Directory(
+        settings.local_domains,
+        UserDB(settings.users_file, clock),
+        AliasMap(settings.aliases_file, clock),
+    )
+    window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
+    return MailServer(
+        settings=settings,
+        directory=directory,
+        checker=UserPasswordChecker(directory),
+        sessions=MemorySessionStore(window, clock),
+        store=MailStore(settings.data_dir / "mail", clock),
+        spool=Spool(settings.data_dir / "queue"),
+        trusted=IPList(settings.relay.trusted),
+        tls_context=object(),
+        queue_runner=QueueRunnerSpy(),
+        clock=clock,
+    )
+
+
+class Connection:
+    """One client connection to a factory, fed bytes by the test."""
+
+    def __init__(self, factory, ip=CLIENT_IP, secure=False):
+        kind = IPv6Address if ":" in ip else IPv4Address
+        self.transport = TLSCapableTransport(peerAddress=kind("TCP", ip, 40000))
+        if secure:
+            alsoProvides(self.transport, ISSLTransport)
+        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        self.transport.protocol = self.protocol
+        self.protocol.makeConnection(self.transport)
+        self.greeting = self.take()
+
+    def take(self):
+        """What the server wrote since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def send(self, data):
+        """Feed C{data}; return what the server wrote in response."""
+        self.protocol.dataReceived(data)
+        return self.take()
+
+    @property
+    def closed(self):
+        return not self.transport.connected
+
+
+def connect(server, ip=CLIENT_IP, listener=0, secure=False):
+    """A connection to C{server}'s listener number C{listener}."""
+    factory = build_factory(server, server.settings.listeners[listener])
+    return Connection(factory, ip, secure)
+
+
+def maildir_messages(server, user):
+    """The contents of the files in C{user}'s INBOX new/, sorted."""
+    new = Path(server.store.maildir(user)) / "new"
+    if not new.exists():
+        return []
+    return sorted(p.read_bytes() for p in new.iterdir())
+
+
+def files_on_disk(server):
+    """Every file in the spool and in every Maildir: what a message left behind."""
+    roots = [server.spool.root, server.settings.data_dir / "mail"]
+    return sorted(p for root in roots if root.exists() for p in root.rglob("*") if p.is_file())
