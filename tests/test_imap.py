@@ -313,3 +313,332 @@ class RealCheckerTests(unittest.TestCase):
                 c.read(), b"a OK [CAPABILITY IMAP4rev1 NAMESPACE IDLE] Logged in\r\n"
             )
         )
+
+
+SELECT_REPLY = (
+    b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+    b"* 2 EXISTS\r\n"
+    b"* 0 RECENT\r\n"
+    b"* OK [UNSEEN 1] First unseen\r\n"
+    b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Limited\r\n"
+    b"* OK [UIDVALIDITY 1795000000] UIDs valid\r\n"
+    b"* OK [UIDNEXT 3] Predicted next UID\r\n"
+)
+
+
+class MailboxCommandTests(IMAPTestCase):
+    def test_select_and_examine(self):
+        deliver(self.store, MESSAGE)
+        deliver(self.store, MULTIPART)
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"s SELECT INBOX"),
+                         SELECT_REPLY + b"s OK [READ-WRITE] SELECT completed\r\n")
+        reply = c.cmd(b"e EXAMINE inbox")
+        self.assertIn(b"* OK [PERMANENTFLAGS ()] Limited\r\n", reply)
+        self.assertTrue(reply.endswith(b"e OK [READ-ONLY] EXAMINE completed\r\n"))
+        self.assertEqual(c.cmd(b"x SELECT Nope"), b"x NO [NONEXISTENT] No such mailbox\r\n")
+
+    def test_fetch_items(self):
+        c = self.selected(MESSAGE, MULTIPART)
+        reply = c.cmd(b"f FETCH 1 (FLAGS UID RFC822.SIZE ENVELOPE)")
+        self.assertEqual(
+            reply,
+            b'* 1 FETCH (FLAGS () UID 1 RFC822.SIZE 178 ENVELOPE ('
+            b'"Mon, 23 Nov 2026 09:00:00 +0000" "Hello there" '
+            b'(("Bob" NIL "bob" "example.org")) (("Bob" NIL "bob" "example.org")) '
+            b'(("Bob" NIL "bob" "example.org")) (("Alice" NIL "alice" "example.test")) '
+            b'NIL NIL NIL "<1@example.org>"))\r\nf OK FETCH completed\r\n',
+        )
+        self.assertEqual(
+            c.cmd(b"b FETCH 2 BODYSTRUCTURE"),
+            b'* 2 FETCH (BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL NIL'
+            b' 8 1 NIL NIL NIL NIL) ("application" "octet-stream" NIL NIL NIL "base64"'
+            b' 4 NIL NIL NIL NIL) "mixed" ("boundary" "xx") NIL NIL NIL))\r\n'
+            b"b OK FETCH completed\r\n",
+        )
+        self.assertRegex(c.cmd(b"d FETCH 1 INTERNALDATE"),
+                         rb'^\* 1 FETCH \(INTERNALDATE "\d\d-\w\w\w-\d{4} [\d:]{8} \+0000"\)')
+
+    def test_body_peek_keeps_unseen_body_sets_seen(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(
+            c.cmd(b"p FETCH 1 BODY.PEEK[]"),
+            b"* 1 FETCH (BODY[] {178}\r\n" + MESSAGE + b")\r\np OK FETCH completed\r\n",
+        )
+        self.assertEqual(c.cmd(b"f FETCH 1 FLAGS"),
+                         b"* 1 FETCH (FLAGS ())\r\nf OK FETCH completed\r\n")
+        self.assertEqual(
+            c.cmd(b"b UID FETCH 1 BODY[]"),
+            b"* 1 FETCH (FLAGS (\\Seen))\r\n* 1 FETCH (BODY[] {178}\r\n" + MESSAGE
+            + b" UID 1)\r\nb OK FETCH completed\r\n",
+        )
+        # the next session, even after a restart, sees \Seen
+        fresh = MailStore(self.root / "mail", self.clock)
+        self.assertEqual(fresh.folder(ALICE).message(1).flags, {"\\Seen"})
+
+    def test_header_fields_and_partial(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(
+            c.cmd(b"h FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)] BODY.PEEK[]<2.3>)"),
+            b"* 1 FETCH (BODY[HEADER.FIELDS (Subject From)] {53}\r\n"
+            b"From: Bob <bob@example.org>\r\nSubject: Hello there\r\n\r\n"
+            b" BODY[]<2> {3}\r\nom:)\r\nh OK FETCH completed\r\n",
+        )
+
+    def test_store_and_uid_store(self):
+        c = self.selected(MESSAGE, MULTIPART)
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS (\\Seen \\Flagged)"),
+                         b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\na OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"b UID STORE 1 -FLAGS (\\Flagged)"),
+                         b"* 1 FETCH (FLAGS (\\Seen) UID 1)\r\nb OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"c STORE 2 FLAGS.SILENT (\\Answered)"),
+                         b"c OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"d STORE 2 BOGUS (\\Seen)"),
+                         b"d BAD Expected FLAGS, +FLAGS or -FLAGS\r\n")
+        flags = [m.flags for m in self.store.folder(ALICE).messages()]
+        self.assertEqual(flags, [{"\\Seen"}, {"\\Answered"}])
+
+    def test_expunge(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        c.cmd(b"a STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.cmd(b"e EXPUNGE"),
+                         b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\ne OK EXPUNGE completed\r\n")
+        self.assertEqual(self.store.folder(ALICE).uids(), [2])
+        self.assertEqual(c.cmd(b"f FETCH 1 UID"), b"* 1 FETCH (UID 2)\r\nf OK FETCH completed\r\n")
+
+    def test_append(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b'a APPEND INBOX (\\Seen) "01-Jan-2020 10:00:00 +0000" {20}'),
+                         b"+ Ready for 20 octets of data\r\n")
+        self.assertEqual(c.send(b"Subject: x\r\n\r\nbody\r\n\r\n"), b"a OK APPEND completed\r\n")
+        info = self.store.folder(ALICE).message(1)
+        self.assertEqual((info.flags, info.internaldate, info.size),
+                         ({"\\Seen"}, 1577872800, 20))
+        self.assertEqual(info.path.read_bytes(), b"Subject: x\r\n\r\nbody\r\n")
+        c.cmd(b"b APPEND Nope {1}")
+        self.assertEqual(c.send(b"x\r\n"), b"b NO [TRYCREATE] No such mailbox\r\n")
+
+    def test_append_to_selected_sends_exists(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        c.cmd(b"a APPEND INBOX {3}")
+        self.assertEqual(c.send(b"x\r\n\r\n"), b"* 3 EXISTS\r\na OK APPEND completed\r\n")
+
+    def test_append_too_big(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(
+            c.cmd(b"a APPEND INBOX {999999999999}"),
+            b"a BAD Syntax error: message larger than 36700160 bytes\r\n",
+        )
+
+    def test_uid_copy(self):
+        c = self.selected(MESSAGE, MULTIPART)
+        self.assertEqual(c.cmd(b"a UID COPY 1:* Archive"),
+                         b"a NO [TRYCREATE] No such mailbox\r\n")
+        c.cmd(b"c CREATE Archive")
+        c.cmd(b"s STORE 2 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(c.cmd(b"a UID COPY 2,1 Archive"), b"a OK COPY completed\r\n")
+        copied = self.store.folder(ALICE, "Archive").messages()
+        self.assertEqual([(m.uid, m.flags) for m in copied],
+                         [(1, frozenset()), (2, {"\\Flagged"})])
+        self.assertEqual(copied[1].path.read_bytes(), MULTIPART)
+
+    def test_search(self):
+        c = self.selected(MESSAGE, MULTIPART)
+        c.cmd(b"s STORE 2 +FLAGS.SILENT (\\Seen)")
+        table = [
+            (b"ALL", b"1 2"),
+            (b"SEEN", b"2"),
+            (b"UNSEEN", b"1"),
+            (b"FROM bob", b"1"),
+            (b'TO "alice@example.test"', b"1 2"),
+            (b"SUBJECT hello", b"1"),
+            (b"SUBJECT gr\xc3\xbc\xc3\x9fe", b"2"),
+            (b"HEADER Message-ID <1@example.org>", b"1"),
+            (b"UID 2:*", b"2"),
+            (b"SINCE 1-Jan-2020", b"1 2"),
+            (b"BEFORE 1-Jan-2020", b""),
+            (b"OR FROM carol NOT SEEN", b"1 2"),
+            (b"(UNSEEN FROM nobody)", b""),
+            (b"BODY part", b"2"),
+        ]
+        for criteria, found in table:
+            self.assertEqual(
+                c.cmd(b"q SEARCH " + criteria),
+                b"* SEARCH" + (b" " + found if found else b"") + b"\r\nq OK SEARCH completed\r\n",
+                criteria,
+            )
+        self.assertEqual(c.cmd(b"u UID SEARCH FROM carol"),
+                         b"* SEARCH 2\r\nu OK SEARCH completed\r\n")
+        self.assertEqual(c.cmd(b"b SEARCH FOO"),
+                         b"b BAD Invalid search: unknown search key FOO\r\n")
+        self.assertEqual(c.cmd(b"b SEARCH SINCE yesterday"),
+                         b"b BAD Invalid search: bad date b'yesterday'\r\n")
+        self.assertEqual(c.cmd(b"b SEARCH CHARSET KOI8-R ALL"),
+                         b"b NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n")
+
+    def test_folders(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"a CREATE Archive/2024"), b"a OK Mailbox created\r\n")
+        self.assertEqual(c.cmd(b"a CREATE Archive"), b"a NO Mailbox named Archive already exists\r\n")
+        self.assertEqual(c.cmd(b'l LIST "" "*"'),
+                         b'* LIST () "/" "INBOX"\r\n* LIST () "/" "Archive"\r\n'
+                         b'* LIST () "/" "Archive/2024"\r\nl OK LIST completed\r\n')
+        self.assertEqual(c.cmd(b'l LIST "" ""'),
+                         b'* LIST (\\Noselect) "/" ""\r\nl OK LIST completed\r\n')
+        self.assertEqual(c.cmd(b"r RENAME Archive Old"), b"r OK Mailbox renamed\r\n")
+        self.assertEqual(c.cmd(b'l LIST "" "%"'),
+                         b'* LIST () "/" "INBOX"\r\n* LIST () "/" "Old"\r\nl OK LIST completed\r\n')
+        self.assertEqual(c.cmd(b"d DELETE Old"),
+                         b"d NO folder Old has subfolders; delete them first\r\n")
+        self.assertEqual(c.cmd(b"d DELETE Old/2024"), b"d OK Mailbox deleted\r\n")
+        self.assertEqual(c.cmd(b"s SUBSCRIBE Old"), b"s OK Subscribed\r\n")
+        self.assertEqual(c.cmd(b'l LSUB "" "*"'),
+                         b'* LSUB () "/" "INBOX"\r\n* LSUB () "/" "Old"\r\nl OK LSUB completed\r\n')
+        self.assertEqual(self.store.folders(ALICE), ["INBOX", "Old"])
+
+    def test_two_sessions_see_each_other(self):
+        deliver(self.store, MESSAGE)
+        deliver(self.store, MESSAGE)
+        a, b = self.selected(), self.client()
+        b.login()
+        b.cmd(b"s SELECT INBOX")
+        self.assertEqual(a.cmd(b"x STORE 1 +FLAGS.SILENT (\\Seen)"), b"x OK STORE completed\r\n")
+        self.assertEqual(b.read(), b"* 1 FETCH (FLAGS (\\Seen))\r\n")
+        a.cmd(b"y STORE 2 +FLAGS.SILENT (\\Deleted)")
+        b.read()
+        a.cmd(b"z EXPUNGE")
+        # not during FETCH; at the end of NOOP
+        self.assertEqual(b.cmd(b"f FETCH 1:* UID"),
+                         b"* 1 FETCH (UID 1)\r\nf OK FETCH completed\r\n")
+        self.assertEqual(b.cmd(b"n NOOP"), b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n")
+        deliver(self.store, MESSAGE)
+        self.assertEqual(b.cmd(b"n NOOP"), b"* 2 EXISTS\r\nn OK NOOP completed\r\n")
+        self.assertEqual(a.read(), b"* 2 EXISTS\r\n")
+
+    def test_idle(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b"i IDLE"), b"+ idling\r\n")
+        deliver(self.store, MESSAGE)
+        self.clock.advance(c.proto.IDLE_POLL)
+        self.assertEqual(c.read(), b"* 2 EXISTS\r\n")
+        self.store.folder(ALICE).delete([1])
+        self.assertEqual(c.read(), b"* 1 EXPUNGE\r\n")
+        self.assertEqual(c.cmd(b"DONE"), b"i OK IDLE terminated\r\n")
+        c.cmd(b"j IDLE")
+        self.assertEqual(c.cmd(b"k NOOP"), b"j BAD Expected DONE\r\n")
+        self.assertEqual(c.cmd(b"k NOOP"), b"k OK NOOP completed\r\n")
+
+    def test_store_notify_wakes_sessions(self):
+        c = self.selected(MESSAGE)
+        deliver(self.store, MESSAGE)
+        self.store.notify(ALICE)
+        self.assertEqual(c.read(), b"* 2 EXISTS\r\n")
+
+
+class PipeliningTests(IMAPTestCase):
+    def test_select_and_fetch_in_one_packet(self):
+        deliver(self.store, MESSAGE)
+        deliver(self.store, MULTIPART)
+        c = self.client()
+        c.login()
+        reply = c.send(b"s SELECT INBOX\r\nf FETCH 1:* (UID FLAGS)\r\nn NOOP\r\n")
+        self.assertEqual(
+            reply,
+            SELECT_REPLY + b"s OK [READ-WRITE] SELECT completed\r\n"
+            b"* 1 FETCH (UID 1 FLAGS ())\r\n* 2 FETCH (UID 2 FLAGS ())\r\n"
+            b"f OK FETCH completed\r\nn OK NOOP completed\r\n",
+        )
+
+    def test_commands_wait_for_a_pending_login(self):
+        pending = defer.Deferred()
+        self.server.checker.requestAvatarId = lambda creds: pending
+        c = self.client()
+        self.assertEqual(c.send(b"l LOGIN alice@example.test secret\r\n"
+                                b"s SELECT INBOX\r\nn NOOP\r\n"), b"")
+        self.assertEqual(c.transport.producerState, "paused")
+        pending.callback(ALICE)
+        reply = c.read()
+        self.assertTrue(reply.startswith(b"l OK [CAPABILITY"), reply)
+        self.assertIn(b"s OK [READ-WRITE] SELECT completed\r\nn OK NOOP completed\r\n", reply)
+        self.assertEqual(c.transport.producerState, "producing")
+
+
+class BadInputTests(IMAPTestCase):
+    """Each input gets its exact reply, then the connection still works."""
+
+    table = [
+        (b"x" * 70000 + b"\r\n", b"* BAD Line too long\r\n"),
+        (b"\x00\xff\xfe garbage\r\n", b"* BAD Invalid tag or missing command\r\n"),
+        (b"a \xff\xfe\r\n", b"a BAD Invalid command\r\n"),
+        (b"\r\n", b"* BAD Invalid tag or missing command\r\n"),
+        (b"lonely\r\n", b"* BAD Invalid tag or missing command\r\n"),
+        (b"a FROBNICATE\r\n", b"a BAD Unknown command\r\n"),
+        (b"a FETCH 1 FLAGS\r\n", b"a BAD Command not valid in this state\r\n"),
+        (b"a LOGIN {abc}\r\n", b"a BAD Syntax error: Bad literal size: b'abc'\r\n"),
+        (b"a LOGIN {5\r\n", b"a BAD Syntax error: Malformed literal\r\n"),
+        (b"a LOGIN {99999}\r\n",
+         b"a BAD Syntax error: Literal too long! I accept at most 4096 octets\r\n"),
+        (b'a LOGIN "unterminated\r\n', b"a BAD Syntax error: Unmatched quotes\r\n"),
+        (b"a LOGIN\r\n", b"a BAD Syntax error: Missing argument\r\n"),
+    ]
+    selected_table = [
+        (b"a FETCH 1 (FOO)\r\n", b"a BAD Syntax error: Nothing recognized in fetch_att: b'foo)'\r\n"),
+        (b"a FETCH x FLAGS\r\n", b"a BAD Syntax error: Bad message number b'x'\r\n"),
+        (b"a SEARCH (FROM\r\n", b"a BAD Syntax error: b'(FROM'\r\n"),
+        (b"a UID EXPUNGE 1\r\n", b"a BAD Unknown UID command\r\n"),
+        (b"a STORE 1 FLAGS (\\Seen\r\n", b"a BAD Syntax error: Mismatched parenthesis\r\n"),
+        (b"a LOGIN x y\r\n", b"a BAD Command not valid in this state\r\n"),
+    ]
+
+    def test_not_authenticated(self):
+        for data, reply in self.table:
+            c = self.client()
+            self.assertEqual(c.send(data), reply, data[:40])
+            self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n", data[:40])
+
+    def test_selected(self):
+        deliver(self.store, MESSAGE)
+        for data, reply in self.selected_table:
+            c = self.selected()
+            self.assertEqual(c.send(data), reply, data[:40])
+            self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n", data[:40])
+
+    def test_overlong_line_in_pieces(self):
+        c = self.client()
+        self.assertEqual(c.send(b"a " + b"x" * 70000), b"* BAD Line too long\r\n")
+        self.assertEqual(c.send(b"y" * 1000 + b"\r\nn NOOP\r\n"), b"n OK NOOP completed\r\n")
+
+    def test_unterminated_literal_then_vanish(self):
+        c = self.client()
+        c.login()
+        c.cmd(b"a APPEND INBOX {100}")
+        c.send(b"half a message")
+        c.proto.connectionLost(None)
+        self.assertEqual(self.store.folder(ALICE).messages(), [])
+        self.assertTrue(self.client().cmd(b"n NOOP").endswith(b"n OK NOOP completed\r\n"))
+
+    def test_vanish_during_login(self):
+        pending = defer.Deferred()
+        self.server.checker.requestAvatarId = lambda creds: pending
+        c = self.client()
+        c.cmd(b"l LOGIN alice@example.test secret")
+        c.proto.connectionLost(None)
+        pending.callback(ALICE)
+        self.assertEqual(c.read(), b"")
+
+    def test_vanish_while_selected_releases_folder(self):
+        c = self.selected(MESSAGE)
+        folder = self.store.folder(ALICE)
+        self.assertEqual(len(folder.listeners), 1)
+        c.proto.connectionLost(None)
+        self.assertEqual(folder.listeners, [])
+
+    def test_idle_timeout_closes(self):
+        c = self.client()
+        self.clock.advance(c.proto.timeOut + 1)
+        self.assertEqual(c.read(), b"* BYE Autologout; connection idle too long\r\n")
+        self.assertTrue(c.transport.disconnecting)

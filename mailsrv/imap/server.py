@@ -197,7 +197,8 @@ class IMAPServer(imap4.IMAP4Server):
             else:
                 self.sendBadResponse(tag, b"Unknown command")
             return
-        super().dispatchCommand(tag, cmd, rest, uid)
+        # no arguments at all must parse as missing ones, not crash
+        super().dispatchCommand(tag, cmd, rest or b"", uid)
 
     def _IMAP4Server__ebDispatch(self, failure, tag):
         """
@@ -431,17 +432,18 @@ class IMAPServer(imap4.IMAP4Server):
         repeated fields and the closing empty line), BODY as the body
         structure, and partial fetches cut to the range asked for.
         """
-        if not part.part and part.header is not None and hasattr(msg, "header_bytes"):
+        stored = not part.part and hasattr(msg, "header_bytes")
+        if stored and part.header is not None:
             data = _select_headers(
                 msg.header_bytes(), part.header.negate, part.header.fields
             )
-            _w(bytes(part) + b" " + imap4._literal(_partial(part, data)))
+            _w(_label(part) + b" " + imap4._literal(_partial(part, data)))
             return None
-        if part.partialBegin is not None and part.empty and not part.part:
-            with msg.open() as f:
-                f.seek(part.partialBegin)
+        if stored and part.partialBegin is not None and (part.text or part.empty):
+            with (msg.getBodyFile() if part.text else msg.open()) as f:
+                f.seek(part.partialBegin, 1)
                 data = f.read(part.partialLength)
-            _w(b"BODY[]<%d> " % part.partialBegin + imap4._literal(data))
+            _w(_label(part) + b" " + imap4._literal(data))
             return None
         if not (part.header or part.text or part.mime or part.empty):
             _w(b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_Body(msg))]))
@@ -544,6 +546,14 @@ def _select_headers(block, negate, fields):
             out.append(line)
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def _label(part):
+    """C{BODY[TEXT]<0.5>} is answered as C{BODY[TEXT]<0>} (RFC 3501 7.4.2)."""
+    label = bytes(part)
+    if part.partialBegin is not None:
+        label = label.rsplit(b"<", 1)[0] + b"<%d>" % part.partialBegin
+    return label
 
 
 def _partial(part, data):
