@@ -1,0 +1,211 @@
+"""
+The Maildir++ store: UIDs that survive restarts, flags in file names,
+listeners shared between sessions, folder management.
+"""
+
+import os
+from pathlib import Path
+
+from twisted.internet import task
+from twisted.trial import unittest
+
+from mailsrv.store.delivery import deliver_file
+from mailsrv.store.folder import (
+    FolderError,
+    FolderExists,
+    MailStore,
+    NoSuchFolder,
+    arrival_order,
+)
+
+ALICE = "alice@example.test"
+DATA = b"Subject: hi\r\n\r\nbody\r\n"
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def messages_added(self, uids):
+        self.events.append(("added", uids))
+
+    def messages_expunged(self, uids):
+        self.events.append(("expunged", uids))
+
+    def flags_changed(self, changes):
+        self.events.append(("flags", changes))
+
+
+class StoreTestCase(unittest.TestCase):
+    def setUp(self):
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MailStore(self.root / "mail", self.clock)
+
+    def deliver(self, count=1, folder="INBOX"):
+        source = self.root / "source"
+        source.write_bytes(DATA)
+        deliver_file(source, [self.store.maildir(ALICE, folder)] * count)
+
+    def restart(self):
+        self.store = MailStore(self.root / "mail", self.clock)
+        return self.store.folder(ALICE)
+
+
+class UIDTests(StoreTestCase):
+    def test_sync_moves_new_and_assigns_uids(self):
+        self.deliver(3)
+        folder = self.store.folder(ALICE)
+        self.assertEqual(folder.uids(), [1, 2, 3])
+        self.assertEqual((folder.uidvalidity, folder.uidnext), (1_700_000_000, 4))
+        self.assertEqual(os.listdir(folder.path / "new"), [])
+        info = folder.messages()[0]
+        self.assertEqual((info.size, info.flags), (len(DATA), frozenset()))
+        self.assertEqual(info.path.name, info.key + ":2,")
+        with folder.open(1) as f:
+            self.assertEqual(f.read(), DATA)
+
+    def test_uids_and_flags_persist_across_restart(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        keys = [m.key for m in folder.messages()]
+        folder.set_flags(2, {"\\Seen", "\\Answered", "$Keyword"})
+        self.clock.advance(100)
+        again = self.restart()
+        self.assertEqual((again.uidvalidity, again.uidnext), (1_700_000_000, 3))
+        self.assertEqual([(m.uid, m.key, m.flags) for m in again.messages()], [
+            (1, keys[0], frozenset()),
+            (2, keys[1], {"\\Seen", "\\Answered"}),
+        ])
+        self.assertTrue(again.message(2).path.name.endswith(":2,RS"))
+
+    def test_no_uid_reuse_after_delete_or_vanish(self):
+        self.deliver(3)
+        folder = self.store.folder(ALICE)
+        folder.delete([3])
+        os.unlink(folder.message(2).path)  # another program removed it
+        self.assertEqual(folder.sync(), ([], [2], {}))
+        self.deliver(1)
+        self.assertEqual(folder.sync()[0], [4])
+        self.assertEqual(self.restart().uids(), [1, 4])
+
+    def test_arrival_order(self):
+        names = ["1700000001.M9P1Q1.h", "1700000001.M10P1Q2.h", "1700000000.M5P1Q3.h"]
+        self.assertEqual(sorted(names, key=arrival_order),
+                         [names[2], names[0], names[1]])
+
+    def test_flags_renamed_by_another_program(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        path = folder.message(1).path
+        os.rename(path, str(path) + "FS")
+        self.assertEqual(folder.sync(), ([], [], {1: {"\\Flagged", "\\Seen"}}))
+
+    def test_stale_index_gets_new_uidvalidity(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        index = (folder.path / "mailsrv-uidlist").read_bytes()
+        self.deliver(1)
+        folder.sync()
+        # a crash lost the last index write: the file in cur/ is unknown
+        (folder.path / "mailsrv-uidlist").write_bytes(index)
+        del folder
+        again = self.restart()
+        self.assertEqual(again.uidvalidity, 1_700_000_001)
+        self.assertEqual(again.uids(), [1, 2])
+
+    def test_damaged_index_is_rebuilt(self):
+        self.deliver(1)
+        path = self.store.folder(ALICE).path / "mailsrv-uidlist"
+        path.write_text("garbage")
+        again = self.restart()
+        self.assertEqual(again.uids(), [1])
+        self.assertTrue(path.read_text().startswith("mailsrv-uidlist 1 "))
+
+    def test_index_format(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        info = folder.messages()[0]
+        self.assertEqual(
+            (folder.path / "mailsrv-uidlist").read_text(),
+            f"mailsrv-uidlist 1 1700000000 2\n1 {info.internaldate} {len(DATA)} {info.key}\n",
+        )
+
+
+class SharingTests(StoreTestCase):
+    def test_one_folder_object_per_user_and_name(self):
+        self.assertIs(self.store.folder(ALICE), self.store.folder(ALICE, "inbox"))
+
+    def test_listeners_see_each_others_changes(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        a, b = Recorder(), Recorder()
+        folder.add_listener(a)
+        folder.add_listener(b)
+        folder.set_flags(1, {"\\Seen"}, origin=a)
+        folder.delete([2], origin=b)
+        self.deliver(1)
+        self.store.notify(ALICE)
+        self.assertEqual(a.events, [("expunged", [2]), ("added", [3])])
+        self.assertEqual(b.events, [("flags", {1: {"\\Seen"}}), ("added", [3])])
+        folder.remove_listener(a)
+        folder.set_flags(1, set())
+        self.assertEqual(len(a.events), 2)
+
+    def test_add_and_copy_in_thread(self):
+        folder = self.store.folder(ALICE)
+        self.store.create_folder(ALICE, "Archive")
+        archive = self.store.folder(ALICE, "Archive")
+        listener = Recorder()
+        archive.add_listener(listener)
+
+        def added(uid):
+            self.assertEqual(uid, 1)
+            info = folder.message(1)
+            self.assertEqual((info.flags, info.internaldate, info.size),
+                             ({"\\Seen"}, 1_600_000_000, len(DATA)))
+            return folder.copy(1, archive)
+
+        def copied(uid):
+            self.assertEqual(uid, 1)
+            self.assertEqual(archive.message(1).flags, {"\\Seen"})
+            self.assertEqual(archive.message(1).path.read_bytes(), DATA)
+            self.assertEqual(listener.events, [("added", [1])])
+            self.assertEqual(self.restart().uids(), [1])
+
+        d = folder.add(DATA, {"\\Seen"}, 1_600_000_000)
+        return d.addCallback(added).addCallback(copied)
+
+
+class FolderManagementTests(StoreTestCase):
+    def test_create_list_rename_delete(self):
+        store = self.store
+        store.create_folder(ALICE, "Work/2024")
+        self.assertEqual(store.folders(ALICE), ["INBOX", "Work", "Work/2024"])
+        self.assertRaises(FolderExists, store.create_folder, ALICE, "Work")
+        self.assertRaises(ValueError, store.create_folder, ALICE, "a.b")
+        self.deliver(1, "Work/2024")
+        open_folder = store.folder(ALICE, "Work/2024")
+        store.subscribe(ALICE, "Work/2024")
+        store.rename_folder(ALICE, "Work", "Old")
+        self.assertEqual(store.folders(ALICE), ["INBOX", "Old", "Old/2024"])
+        self.assertEqual(open_folder.name, "Old/2024")
+        self.assertEqual(store.folder(ALICE, "Old/2024").uids(), [1])
+        self.assertEqual(store.subscriptions(ALICE), ["INBOX", "Old/2024"])
+        self.assertRaises(FolderError, store.delete_folder, ALICE, "Old")
+        self.assertRaises(FolderError, store.delete_folder, ALICE, "INBOX")
+        self.assertRaises(NoSuchFolder, store.folder, ALICE, "Nope")
+        listener = Recorder()
+        open_folder.add_listener(listener)
+        d = store.delete_folder(ALICE, "Old/2024")
+        self.assertEqual(listener.events, [("expunged", [1])])
+        self.assertEqual(store.folders(ALICE), ["INBOX", "Old"])
+
+        def gone(_):
+            inbox = store.maildir(ALICE)
+            self.assertEqual(sorted(n for n in os.listdir(inbox) if n.startswith(".")),
+                             [".Old"])
+
+        return d.addCallback(gone)
