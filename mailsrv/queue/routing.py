@@ -1,0 +1,45 @@
+"""
+Where mail for a remote recipient goes, from [delivery] settings: the
+per-domain transport if one is set, else the smart hosts (in preference
+order), else MX lookup. A route is a tuple of C{(host, port)} to try in
+order, or L{MX}.
+"""
+
+MX = "mx"
+
+
+def parse_host_port(text, default_port=25):
+    """C{"host:port"}, C{"[::1]:25"} or a bare host -> C{(host, port)}."""
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith(":") or not port.isdigit():
+        return text.strip("[]"), default_port
+    return host.strip("[]"), int(port)
+
+
+def route_for(address, delivery):
+    """
+    @param address: the recipient address.
+    @param delivery: the L{mailsrv.config.DeliverySettings}.
+    @return: a tuple of C{(host, port)} to try in order, or L{MX}.
+    """
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    for transport_domain, target in delivery.transports:
+        if transport_domain == domain:
+            return MX if target == MX else (parse_host_port(target),)
+    if delivery.smart_hosts:
+        return tuple((h.host, h.port) for h in delivery.smart_hosts)
+    return MX
+
+
+def group_by_route(recipients, delivery):
+    """
+    Split recipients by route so that each destination gets one connection
+    carrying all of its recipients.
+
+    @param recipients: objects with an C{address}.
+    @return: a dict of route -> list of recipients, in first-seen order.
+    """
+    groups = {}
+    for recipient in recipients:
+        groups.setdefault(route_for(recipient.address, delivery), []).append(recipient)
+    return groups

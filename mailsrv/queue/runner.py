@@ -1,0 +1,335 @@
+"""
+The queue runner: takes queued messages to their next hop and keeps each
+recipient's state on disk (docs/queue.md).
+
+It knows the spool's envelopes in memory, learns new ones from a directory
+scan (at once after L{QueueRunner.wake}, and every C{scan_interval} seconds
+for changes made by other programs), and sets one timer for the earliest
+retry. Each message is delivered by one job at a time, destination after
+destination, and its envelope is saved after each destination, so a restart
+never sends a recipient already acknowledged again.
+"""
+
+import random as _random
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from mailsrv.queue.courier import OK, PERMANENT, SMTPCourier
+from mailsrv.queue.retry import retry_delay
+from mailsrv.queue.routing import MX, group_by_route, route_for
+from mailsrv.queue.spool import DEFERRED, DELIVERED, FAILED
+
+log = Logger()
+
+
+def record_result(recipient, result, relay, now, created, delivery, random):
+    """
+    Update one L{RecipientState} with what a courier reported.
+
+    @param relay: C{"host:port"} that answered, for C{last_error}.
+    @param created: when the message was queued (for [delivery] max_age).
+    @param delivery: the L{mailsrv.config.DeliverySettings}.
+    @param random: passed to L{retry_delay}.
+    """
+    recipient.attempts += 1
+    if result.status == OK:
+        recipient.state = DELIVERED
+        recipient.last_error = ""
+        return
+    error = f"{relay}: {result.code} {result.text}" if result.code > 0 else \
+        f"{relay}: {result.text}"
+    if result.status == PERMANENT:
+        recipient.state = FAILED
+        recipient.last_error = error
+    elif now - created >= delivery.max_age:
+        recipient.state = FAILED
+        recipient.last_error = f"gave up after {delivery.max_age} s: {error}"
+    else:
+        recipient.state = DEFERRED
+        recipient.last_error = error
+        recipient.next_attempt = now + retry_delay(
+            recipient.attempts, delivery.retry, random=random
+        )
+
+
+class QueueRunner(service.Service):
+    """
+    @ivar spool: the L{mailsrv.queue.spool.Spool}.
+    @ivar courier: an L{ICourier}; SMTP by default.
+    @ivar max_deliveries: messages being delivered at once, at most.
+    @ivar scan_interval: seconds between spool scans.
+    @ivar deferToThread: how spool I/O leaves the reactor thread.
+    """
+
+    scan_interval = 60
+    deferToThread = staticmethod(threads.deferToThread)
+
+    def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=20,
+                 random=_random.random):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.spool = spool
+        self.settings = settings
+        self.delivery = settings.delivery
+        self.clock = clock
+        self.courier = courier if courier is not None else SMTPCourier(settings.hostname)
+        self.max_deliveries = max_deliveries
+        self.random = random
+        self._envelopes = {}  # queue id -> Envelope, as last written
+        self._busy = set()  # ids being delivered
+        self._unreadable = set()  # ids whose envelope could not be read
+        self._mx_noted = set()  # ids whose MX recipients were logged
+        self._starting = False
+        self._scanning = False
+        self._rescan = False
+        self._dispatching = False
+        self._redispatch = False
+        self._timer = None
+        self._loop = None
+        self._idle_waiters = []
+
+    # Service
+
+    def startService(self):
+        """Clean up what a crash left in the spool, then deliver what is due."""
+        super().startService()
+        self._starting = True
+        d = self.deferToThread(self.spool.recover)
+
+        def recovered(removed):
+            self._starting = False
+            if removed:
+                log.info("queue: removed {n} unacknowledged file(s) at start",
+                         n=removed)
+            if self.running:
+                self._loop = task.LoopingCall(self.wake)
+                self._loop.clock = self.clock
+                self._loop.start(self.scan_interval, now=True)
+            self._check_idle()
+
+        d.addErrback(lambda f: log.failure("queue: spool recovery failed", f))
+        d.addCallback(recovered)
+
+    def stopService(self):
+        """
+        Start nothing new. Deliveries under way finish on their own; one cut
+        short by the process ending is tried again at the next start.
+        """
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self._cancel_timer()
+
+    def wake(self):
+        """New mail is in the spool (or may be): look now."""
+        if not self.running:
+            return
+        if self._scanning:
+            self._rescan = True
+            return
+        self._scanning = True
+        d = self.deferToThread(self._read_spool, set(self._envelopes))
+        d.addCallback(self._scanned)
+        d.addErrback(lambda f: log.failure("queue: spool scan failed", f))
+        d.addBoth(self._scan_done)
+
+    def when_idle(self):
+        """
+        A Deferred that fires once start-up recovery, scans and deliveries
+        are all done (tests, and admin commands that act on a quiet queue).
+        """
+        if not self._active():
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    # Scanning
+
+    def _read_spool(self, known):
+        """In a thread: the spool's ids and the envelopes not yet C{known}."""
+        ids = self.spool.ids()
+        new, unreadable = {}, {}
+        for queue_id in ids:
+            if queue_id in known:
+                continue
+            try:
+                new[queue_id] = self.spool.load(queue_id)
+            except FileNotFoundError:
+                continue  # removed since the listing
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                unreadable[queue_id] = e
+        return ids, new, unreadable
+
+    def _scanned(self, result):
+        ids, new, unreadable = result
+        present = set(ids)
+        for queue_id in list(self._envelopes):
+            if queue_id not in present and queue_id not in self._busy:
+                del self._envelopes[queue_id]  # removed by someone else
+        for queue_id, error in unreadable.items():
+            if queue_id not in self._unreadable:
+                self._unreadable.add(queue_id)
+                log.error("queue {id}: cannot read its envelope, left alone: {error}",
+                          id=queue_id, error=error)
+        self._envelopes.update(new)
+        self._dispatch()
+
+    def _scan_done(self, _):
+        self._scanning = False
+        if self._rescan:
+            self._rescan = False
+            self.wake()
+        self._check_idle()
+
+    # Dispatching
+
+    def _dispatch(self):
+        """
+        Start jobs for messages with recipients due now; time the next.
+        A job that ends while this runs (its courier answered at once) asks
+        for another pass instead of nesting one.
+        """
+        if self._dispatching:
+            self._redispatch = True
+            return
+        self._dispatching = True
+        try:
+            self._redispatch = True
+            while self._redispatch and self.running:
+                self._redispatch = False
+                self._dispatch_once()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_once(self):
+        now = self.clock.seconds()
+        next_due = None
+        for queue_id, envelope in list(self._envelopes.items()):
+            if queue_id in self._busy:
+                continue
+            due, later = self._due(envelope, now)
+            if later is not None and (next_due is None or later < next_due):
+                next_due = later
+            if due:
+                if len(self._busy) >= self.max_deliveries:
+                    return  # a finishing job dispatches again
+                self._busy.add(queue_id)
+                self._deliver(envelope, due)
+        self._set_timer(next_due, now)
+
+    def _due(self, envelope, now):
+        """
+        @return: the recipients to try now, and the earliest later attempt
+            (or L{None}).
+        """
+        due, later, mx = [], None, []
+        for recipient in envelope.pending():
+            if route_for(recipient.address, self.delivery) == MX:
+                mx.append(recipient.address)
+            elif recipient.next_attempt <= now:
+                due.append(recipient)
+            elif later is None or recipient.next_attempt < later:
+                later = recipient.next_attempt
+        if mx and envelope.id not in self._mx_noted:
+            self._mx_noted.add(envelope.id)
+            log.warn(
+                "queue {id}: to={to}: delivery by MX lookup comes with the outbound "
+                "issue (issue 6); set [delivery] smart_host or a "
+                "[delivery.transports] entry for the domain. Left in the queue.",
+                id=envelope.id, to=",".join(mx),
+            )
+        return due, later
+
+    def _set_timer(self, when, now):
+        self._cancel_timer()
+        if when is not None:
+            self._timer = self.clock.callLater(max(0, when - now), self._timer_fired)
+
+    def _timer_fired(self):
+        self._timer = None
+        self._dispatch()
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # Delivering
+
+    @defer.inlineCallbacks
+    def _deliver(self, envelope, due):
+        """One job: every destination of one message, one after another."""
+        try:
+            path = self.spool.message_path(envelope.id)
+            for route, recipients in group_by_route(due, self.delivery).items():
+                addresses = [r.address for r in recipients]
+                results, relay = yield self._try_hosts(envelope, path, route, addresses)
+                now = self.clock.seconds()
+                for recipient, result in zip(recipients, results):
+                    record_result(recipient, result, relay, now, envelope.created,
+                                  self.delivery, self.random)
+                    self._log_result(envelope, recipient, result, relay)
+                yield self._persist(envelope)
+        except Exception:
+            log.failure("queue {id}: delivery job failed", id=envelope.id)
+        finally:
+            self._busy.discard(envelope.id)
+            self._dispatch()
+            self._check_idle()
+
+    @defer.inlineCallbacks
+    def _try_hosts(self, envelope, path, route, addresses):
+        """
+        Try the hosts of a route in order until one takes part.
+
+        @return: a Deferred of C{(results, "host:port")}.
+        """
+        for host, port in route:
+            results = yield self.courier.deliver(envelope, path, addresses, host, port)
+            if not all(r.host_failed for r in results):
+                break
+            log.info("queue {id}: {host}:{port} unavailable: {error}",
+                     id=envelope.id, host=host, port=port, error=results[0].text)
+        return results, f"{host}:{port}"
+
+    def _log_result(self, envelope, recipient, result, relay):
+        words = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "failed"}
+        text = f"{result.code} {result.text}" if result.code > 0 else result.text
+        note = ""
+        if recipient.state == FAILED:
+            note = " (no bounce is sent yet: bounces come with issue 6)"
+        elif recipient.state == DEFERRED:
+            note = f", attempt {recipient.attempts}, next in " \
+                   f"{int(recipient.next_attempt - self.clock.seconds())} s"
+        log.info(
+            "queue {id}: from=<{sender}> to=<{to}> relay={relay} status={status} "
+            "({text}){note}",
+            id=envelope.id, sender=envelope.sender, to=recipient.address,
+            relay=relay, status=words[recipient.state], text=text, note=note,
+        )
+
+    def _persist(self, envelope):
+        """Save the envelope, or remove the entry when nobody is left to try."""
+        if envelope.pending():
+            return self.deferToThread(self.spool.save, envelope)
+        d = self.deferToThread(self.spool.remove, envelope.id)
+        d.addCallback(lambda _: self._forget(envelope.id))
+        return d
+
+    def _forget(self, queue_id):
+        self._envelopes.pop(queue_id, None)
+        self._mx_noted.discard(queue_id)
+
+    def _active(self):
+        return self._starting or self._scanning or bool(self._busy)
+
+    def _check_idle(self):
+        if self._active():
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for d in waiters:
+            d.callback(None)

@@ -1,0 +1,439 @@
+"""
+The queue runner: retry schedule, routing, and delivery to real Twisted SMTP
+sinks on 127.0.0.1 (time is a task.Clock; the network is real).
+"""
+
+from pathlib import Path
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.logger import globalLogPublisher
+from twisted.mail import smtp
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result, SMTPCourier
+from mailsrv.queue.retry import retry_delay
+from mailsrv.queue.routing import MX, route_for
+from mailsrv.queue.runner import QueueRunner, record_result
+from mailsrv.queue.spool import (
+    DEFERRED, DELIVERED, FAILED, PENDING, Envelope, RecipientState, Spool,
+)
+from tests.helpers import make_settings
+
+MESSAGE = (
+    b"Received: from client (127.0.0.1)\r\nSubject: queued\r\n\r\n"
+    b"body \xc3\xa9\r\n.leading dot\r\n..two\r\n\r\nend\r\n"
+)
+START = 1_700_000_000.0
+
+
+class RetryDelayTests(unittest.TestCase):
+    SCHEDULE = (300, 900, 3600)
+
+    def test_table(self):
+        for attempts, random, expected in [
+            (1, 0.5, 300),
+            (2, 0.5, 900),
+            (3, 0.5, 3600),
+            (4, 0.5, 3600),  # the last step repeats
+            (50, 0.5, 3600),
+            (0, 0.5, 300),
+            (1, 0.0, 270),  # -10 %
+            (1, 1.0, 330),  # +10 % (random() stays below 1)
+            (3, 0.25, 3420),
+        ]:
+            self.assertAlmostEqual(
+                retry_delay(attempts, self.SCHEDULE, random=lambda: random), expected,
+                msg=(attempts, random),
+            )
+
+    def test_no_jitter(self):
+        self.assertEqual(retry_delay(2, (10, 20), jitter=0), 20)
+
+
+class RoutingTests(unittest.TestCase):
+    def test_table(self):
+        smart = make_settings(delivery={
+            "smart_host": [{"host": "b.test", "port": 2525, "preference": 20},
+                           {"host": "a.test", "port": 25, "preference": 10}],
+            "transports": {"internal.test": "10.0.0.5:2526", "direct.test": "mx",
+                           "v6.test": "[::1]:26"},
+        }).delivery
+        plain = make_settings(delivery={"transports": {"internal.test": "gw.test"}}
+                              ).delivery
+        for delivery, address, expected in [
+            (smart, "bob@remote.test", (("a.test", 25), ("b.test", 2525))),
+            (smart, "bob@Internal.TEST", (("10.0.0.5", 2526),)),
+            (smart, "bob@direct.test", MX),
+            (smart, "bob@v6.test", (("::1", 26),)),
+            (smart, "bob@sub.internal.test", (("a.test", 25), ("b.test", 2525))),
+            (plain, "bob@remote.test", MX),
+            (plain, "bob@internal.test", (("gw.test", 25),)),
+        ]:
+            self.assertEqual(route_for(address, delivery), expected, address)
+
+
+class RecordResultTests(unittest.TestCase):
+    delivery = make_settings(delivery={"retry": [60, 600], "max_age": 3600}).delivery
+
+    def record(self, result, now=START + 10, attempts=0):
+        recipient = RecipientState("bob@remote.test", attempts=attempts)
+        record_result(recipient, result, "h:25", now, START, self.delivery,
+                      lambda: 0.5)
+        return recipient
+
+    def test_ok(self):
+        r = self.record(Result("bob@remote.test", OK, 250, "2.0.0 queued"))
+        self.assertEqual((r.state, r.attempts, r.last_error), (DELIVERED, 1, ""))
+
+    def test_temporary(self):
+        r = self.record(Result("bob@remote.test", TEMPORARY, 451, "4.3.0 later"),
+                        attempts=1)
+        self.assertEqual(
+            (r.state, r.attempts, r.next_attempt, r.last_error),
+            (DEFERRED, 2, START + 10 + 600, "h:25: 451 4.3.0 later"),
+        )
+
+    def test_connection_failure_has_no_code(self):
+        r = self.record(Result("bob@remote.test", TEMPORARY, -1, "refused", True))
+        self.assertEqual(r.last_error, "h:25: refused")
+
+    def test_permanent(self):
+        r = self.record(Result("bob@remote.test", PERMANENT, 550, "5.1.1 unknown"))
+        self.assertEqual((r.state, r.last_error), (FAILED, "h:25: 550 5.1.1 unknown"))
+
+    def test_temporary_after_max_age_fails(self):
+        r = self.record(Result("bob@remote.test", TEMPORARY, 451, "later"),
+                        now=START + 3600)
+        self.assertEqual((r.state, r.last_error),
+                         (FAILED, "gave up after 3600 s: h:25: 451 later"))
+
+
+@implementer(smtp.IMessage)
+class SinkMessage:
+    def __init__(self, sink, sender, recipient):
+        self.sink, self.sender, self.recipient = sink, sender, recipient
+        self.lines = []
+
+    def lineReceived(self, line):
+        self.lines.append(line)
+
+    def eomReceived(self):
+        self.sink.received.append(
+            (self.sender, self.recipient, b"\r\n".join(self.lines) + b"\r\n")
+        )
+        return defer.succeed(None)
+
+    def connectionLost(self):
+        pass
+
+
+@implementer(smtp.IMessageDelivery)
+class SinkDelivery:
+    def __init__(self, sink):
+        self.sink = sink
+        self.sender = None
+
+    def receivedHeader(self, helo, origin, recipients):
+        return None
+
+    def validateFrom(self, helo, origin):
+        self.sink.transactions += 1
+        self.sender = str(origin)
+        return origin
+
+    def validateTo(self, user):
+        address = str(user.dest)
+        reply = self.sink.replies.get(address)
+        if reply is not None:
+            raise smtp.SMTPServerError(*reply)
+        return lambda: SinkMessage(self.sink, self.sender, address)
+
+
+class Sink(protocol.ServerFactory):
+    """
+    A remote SMTP server: collects (sender, recipient, data); C{replies}
+    maps a recipient to the (code, text) its RCPT gets instead of 250.
+    """
+
+    def __init__(self):
+        self.received = []
+        self.replies = {}
+        self.connections = 0
+        self.transactions = 0
+
+    def buildProtocol(self, addr):
+        self.connections += 1
+        proto = smtp.ESMTP()
+        proto.host = b"sink.test"
+        proto.delivery = SinkDelivery(self)
+        proto.factory = self
+        return proto
+
+
+class RunnerTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.sink = Sink()
+        port = reactor.listenTCP(0, self.sink, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        self.root = Path(self.mktemp())
+        self.spool = Spool(self.root / "queue")
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.runners = []
+
+    def settings(self, **delivery):
+        delivery.setdefault("smart_host", f"127.0.0.1:{self.port}")
+        delivery.setdefault("retry", [300, 900])
+        return make_settings(self.root, delivery=delivery)
+
+    def enqueue(self, recipients, sender="alice@example.test", data=MESSAGE):
+        incoming = self.spool.incoming()
+        incoming.write(data)
+        incoming.finish()
+        envelope = Envelope(
+            id=incoming.queue_id, sender=sender, created=START,
+            recipients=[r if isinstance(r, RecipientState) else RecipientState(r)
+                        for r in recipients],
+        )
+        self.spool.enqueue(incoming, envelope)
+        return envelope.id
+
+    def runner(self, settings=None, **kwargs):
+        runner = QueueRunner(self.spool, settings or self.settings(), self.clock,
+                             random=lambda: 0.5, **kwargs)
+        runner.startService()
+        self.runners.append(runner)
+        self.addCleanup(lambda: runner.running and runner.stopService())
+        return runner
+
+    def logged(self, text):
+        return [e["log_format"].format(**e) for e in self.events
+                if text in e.get("log_format", "").format(**e)]
+
+    @defer.inlineCallbacks
+    def test_delivers_to_smart_host_in_one_transaction(self):
+        queue_id = self.enqueue(["bob@remote.test", "carol@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(sorted(self.sink.received), [
+            ("alice@example.test", "bob@remote.test", MESSAGE),
+            ("alice@example.test", "carol@remote.test", MESSAGE),
+        ])
+        self.assertEqual((self.sink.connections, self.sink.transactions), (1, 1))
+        self.assertEqual(self.spool.ids(), [])
+        self.assertFalse((self.root / "queue" / "msg" / queue_id).exists())
+        [line] = self.logged("to=<bob@remote.test>")
+        self.assertIn(f"relay=127.0.0.1:{self.port} status=sent (250 ", line)
+
+    @defer.inlineCallbacks
+    def test_null_sender_and_lf_message(self):
+        self.enqueue(["bob@remote.test"], sender="", data=b"Subject: x\n\n.dot\nend")
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(self.sink.received,
+                         [("", "bob@remote.test", b"Subject: x\r\n\r\n.dot\r\nend\r\n")])
+
+    @defer.inlineCallbacks
+    def test_wake_delivers_new_mail(self):
+        runner = self.runner()
+        yield runner.when_idle()
+        self.enqueue(["bob@remote.test"])
+        runner.wake()
+        yield runner.when_idle()
+        self.assertEqual(len(self.sink.received), 1)
+
+    @defer.inlineCallbacks
+    def test_451_is_deferred_and_retried(self):
+        self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        queue_id = self.enqueue(["bob@remote.test", "carol@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        envelope = self.spool.load(queue_id)
+        bob, carol = envelope.recipients
+        self.assertEqual(carol.state, DELIVERED)
+        self.assertEqual(
+            (bob.state, bob.attempts, bob.next_attempt, bob.last_error),
+            (DEFERRED, 1, START + 300, f"127.0.0.1:{self.port}: 451 4.3.0 Try later"),
+        )
+        self.clock.advance(299)
+        yield runner.when_idle()
+        self.assertEqual(self.sink.transactions, 1)
+        del self.sink.replies["bob@remote.test"]
+        self.clock.advance(1)
+        yield runner.when_idle()
+        self.assertEqual(sorted(r for _, r, _ in self.sink.received),
+                         ["bob@remote.test", "carol@remote.test"])
+        self.assertEqual(self.spool.ids(), [])
+
+    @defer.inlineCallbacks
+    def test_second_retry_uses_the_next_step(self):
+        self.sink.replies["bob@remote.test"] = (421, "4.7.0 Busy")
+        queue_id = self.enqueue(["bob@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        self.clock.advance(300)
+        yield runner.when_idle()
+        bob = self.spool.load(queue_id).recipients[0]
+        self.assertEqual((bob.attempts, bob.next_attempt), (2, START + 300 + 900))
+
+    @defer.inlineCallbacks
+    def test_550_fails_without_retry(self):
+        self.sink.replies["bob@remote.test"] = (550, "5.1.1 No such user")
+        self.enqueue(["bob@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(self.sink.received, [])
+        self.assertEqual(self.spool.ids(), [])
+        [line] = self.logged("to=<bob@remote.test>")
+        self.assertIn("status=failed (550 5.1.1 No such user)", line)
+        self.assertIn("bounces come with issue 6", line)
+
+    @defer.inlineCallbacks
+    def test_restart_does_not_deliver_again(self):
+        self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        queue_id = self.enqueue(["bob@remote.test", "carol@remote.test"])
+        first = self.runner()
+        yield first.when_idle()
+        first.stopService()
+        self.assertEqual(len(self.sink.received), 1)
+        del self.sink.replies["bob@remote.test"]
+        self.clock.advance(300)
+        second = self.runner()
+        yield second.when_idle()
+        self.assertEqual(sorted(r for _, r, _ in self.sink.received),
+                         ["bob@remote.test", "carol@remote.test"])
+        self.assertFalse((self.root / "queue" / "env" / f"{queue_id}.json").exists())
+
+    @defer.inlineCallbacks
+    def test_start_recovers_the_spool(self):
+        (self.root / "queue" / "tmp" / "half").write_bytes(b"Subject: half")
+        (self.root / "queue" / "msg" / "orphan").write_bytes(b"Subject: orphan")
+        self.enqueue(["bob@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(list((self.root / "queue" / "tmp").iterdir()), [])
+        self.assertEqual(list((self.root / "queue" / "msg").iterdir()), [])
+        self.assertEqual(len(self.sink.received), 1)
+
+    @defer.inlineCallbacks
+    def test_smart_hosts_in_preference_order(self):
+        dead = reactor.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
+        dead_port = dead.getHost().port
+        yield dead.stopListening()  # nothing listens there now
+        settings = self.settings(smart_host=[
+            {"host": "127.0.0.1", "port": self.port, "preference": 20},
+            {"host": "127.0.0.1", "port": dead_port, "preference": 10},
+        ])
+        self.enqueue(["bob@remote.test"])
+        runner = self.runner(settings)
+        yield runner.when_idle()
+        self.assertEqual(len(self.sink.received), 1)
+        self.assertTrue(self.logged(f"127.0.0.1:{dead_port} unavailable"))
+
+    @defer.inlineCallbacks
+    def test_unreachable_host_defers(self):
+        dead = reactor.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
+        dead_port = dead.getHost().port
+        yield dead.stopListening()
+        queue_id = self.enqueue(["bob@remote.test"])
+        runner = self.runner(self.settings(smart_host=f"127.0.0.1:{dead_port}"))
+        yield runner.when_idle()
+        bob = self.spool.load(queue_id).recipients[0]
+        self.assertEqual((bob.state, bob.attempts), (DEFERRED, 1))
+        self.assertIn("refused", bob.last_error.lower())
+
+    @defer.inlineCallbacks
+    def test_transport_routes_a_domain(self):
+        settings = self.settings(smart_host="",
+                                 transports={"internal.test": f"127.0.0.1:{self.port}"})
+        self.enqueue(["bob@internal.test"])
+        runner = self.runner(settings)
+        yield runner.when_idle()
+        self.assertEqual(len(self.sink.received), 1)
+
+    @defer.inlineCallbacks
+    def test_mx_routes_stay_queued_with_a_log_line(self):
+        settings = self.settings(smart_host="",
+                                 transports={"internal.test": f"127.0.0.1:{self.port}"})
+        queue_id = self.enqueue(["bob@internal.test", "dave@elsewhere.test"])
+        runner = self.runner(settings)
+        yield runner.when_idle()
+        self.assertEqual([r for _, r, _ in self.sink.received], ["bob@internal.test"])
+        states = [(r.address, r.state) for r in self.spool.load(queue_id).recipients]
+        self.assertEqual(states, [("bob@internal.test", DELIVERED),
+                                  ("dave@elsewhere.test", PENDING)])
+        [line] = self.logged("MX lookup")
+        self.assertIn("dave@elsewhere.test", line)
+        self.assertIn("issue 6", line)
+        runner.wake()
+        yield runner.when_idle()
+        self.assertEqual(len(self.logged("MX lookup")), 1)
+
+
+class HeldCourier:
+    """A courier whose deliveries finish when the test says so."""
+
+    def __init__(self):
+        self.calls = []
+
+    def deliver(self, envelope, message_path, recipients, host, port):
+        d = defer.Deferred()
+        self.calls.append((envelope.id, recipients, host, port, d))
+        return d
+
+
+class ConcurrencyTests(unittest.TestCase):
+    def test_bounded_deliveries(self):
+        clock = task.Clock()
+        clock.advance(START)
+        root = Path(self.mktemp())
+        spool = Spool(root / "queue")
+        for n in range(5):
+            incoming = spool.incoming()
+            incoming.write(MESSAGE)
+            incoming.finish()
+            spool.enqueue(incoming, Envelope(id=incoming.queue_id, sender="",
+                                             recipients=[RecipientState(f"u{n}@r.test")]))
+        courier = HeldCourier()
+        runner = QueueRunner(
+            spool, make_settings(root, delivery={"smart_host": "h.test:25"}), clock,
+            courier=courier, max_deliveries=2,
+        )
+        runner.deferToThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        self.assertEqual(len(courier.calls), 2)
+        for done in range(5):
+            _, recipients, host, port, d = courier.calls[done]
+            self.assertEqual((host, port), ("h.test", 25))
+            d.callback([Result(recipients[0], OK, 250, "ok")])
+            self.assertEqual(len(courier.calls), min(done + 3, 5))
+        self.assertEqual(spool.ids(), [])
+        self.successResultOf(runner.when_idle())
+
+
+class CourierTests(unittest.TestCase):
+    """Reply mapping for failures the sink cannot easily produce."""
+
+    def test_mail_from_refused_applies_to_everyone(self):
+        from twisted.python.failure import Failure
+
+        courier = SMTPCourier("mail.example.test")
+        error = smtp.SMTPDeliveryError(553, b"5.7.1 Sender refused", b"", [])
+        results = courier._failed(["a@r.test", "b@r.test"], Failure(error))
+        self.assertEqual([(r.status, r.code, r.host_failed) for r in results],
+                         [(PERMANENT, 553, False)] * 2)
+
+    def test_non_ascii_recipient_is_permanent(self):
+        courier = SMTPCourier("mail.example.test")
+        envelope = Envelope(id="X", sender="a@example.test", recipients=[])
+        [result] = self.successResultOf(
+            courier.deliver(envelope, "/nonexistent", ["j\xf6rg@r.test"], "h", 25)
+        )
+        self.assertEqual(result.status, PERMANENT)
+        self.assertIn("SMTPUTF8", result.text)
