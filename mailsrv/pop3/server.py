@@ -1,6 +1,6 @@
 """
 The POP3 server protocol: Twisted's L{pop3.POP3} with what a mail server
-needs and Twisted lacks or gets wrong (docs/pop3.md in the project docs):
+needs and Twisted lacks or gets wrong:
 
 - STLS (RFC 2595), and passwords only where
   L{MailServer.plaintext_allowed} says so; no APOP (it needs plaintext

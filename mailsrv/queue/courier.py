@@ -87,6 +87,7 @@ class _Sender(smtp.ESMTPSender):
 class _SenderFactory(smtp.ESMTPSenderFactory):
     protocol = _Sender
     data_reply = None
+    noisy = False  # the runner logs one line per recipient instead
 
 
 def _text(resp):
