@@ -129,6 +129,7 @@ def make_service(settings):
         )
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(server.tls_context, False, factory)
+            factory.noisy = False
         ListenerService(listener, settings, factory).setServiceParent(top)
     return top
 
@@ -212,6 +213,8 @@ class ConnectionLimits(policies.WrappingFactory):
 
     def __init__(self, wrapped, busy_reply, max_connections, max_per_ip, per_ip):
         super().__init__(wrapped)
+        # One "listening:" line per listener says enough; no per-factory chatter.
+        self.noisy = wrapped.noisy = False
         self.busy_reply = busy_reply
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip

@@ -54,13 +54,9 @@ def body_below_trace_headers(delivered):
 
 
 class MailFlowTests(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = MailServerProcess().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
+    def setUp(self):
+        self.server = MailServerProcess().start()
+        self.addCleanup(self.server.cleanup)
 
     def send(self, message, to=ALICE, sender="sender@remote.test", source="127.0.0.1"):
         with self.server.smtp(source=source) as client:
@@ -77,21 +73,12 @@ class MailFlowTests(unittest.TestCase):
         client.quit()
         return messages
 
-    def delete_all(self):
-        client = self.server.pop3()
-        client.user(ALICE)
-        client.pass_(PASSWORD)
-        for n in range(client.stat()[0]):
-            client.dele(n + 1)
-        client.quit()
-
     def test_smtp_to_pop3_and_imap_byte_for_byte(self):
-        self.delete_all()
         self.send(TRICKY)
         (via_pop3,) = self.pop3_messages()
         self.assertEqual(body_below_trace_headers(via_pop3), TRICKY)
         self.assertTrue(via_pop3.startswith(b"Return-Path: <sender@remote.test>\r\n"))
-        received = via_pop3.split(b"\r\n")[1]
+        received = via_pop3.split(b"\r\nSubject:")[0].split(b"\r\n", 1)[1]
         self.assertIn(b"[127.0.0.1]", received)
         self.assertIn(b"by mail.example.test", received)
 
@@ -104,10 +91,8 @@ class MailFlowTests(unittest.TestCase):
         typ, data = imap.uid("FETCH", uid, "(BODY.PEEK[])")
         self.assertEqual(body_below_trace_headers(data[0][1]), TRICKY)
         imap.logout()
-        self.delete_all()
 
     def test_twenty_megabyte_message(self):
-        self.delete_all()
         line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\r\n"
         big = b"Subject: big\r\n\r\n" + line * (20 * 1024 * 1024 // len(line))
         self.send(big)
@@ -116,7 +101,6 @@ class MailFlowTests(unittest.TestCase):
                          .hexdigest(), hashlib.sha256(big).hexdigest())
         (via_pop3,) = self.pop3_messages()
         self.assertEqual(len(body_below_trace_headers(via_pop3)), len(big))
-        self.delete_all()
 
     def test_unknown_local_user_is_refused(self):
         with self.server.smtp() as client:
@@ -138,7 +122,6 @@ class MailFlowTests(unittest.TestCase):
     def test_swaks_then_curl_pop3_and_imap(self):
         for tool in ("swaks", "curl"):
             require_tool(self, tool)
-        self.delete_all()
         port = self.server.ports
         swaks = subprocess.run(
             ["swaks", "--server", "127.0.0.1", "--port", str(port["smtp"]),
@@ -170,11 +153,9 @@ class MailFlowTests(unittest.TestCase):
             ["curl", "-s", "-u", user, f"imap://127.0.0.1:{port['imap']}/INBOX;UID={uid}"],
             capture_output=True, text=True, timeout=60)
         self.assertIn("hello from swaks", fetched.stdout)
-        self.delete_all()
 
     def test_curl_over_implicit_tls_and_starttls(self):
         require_tool(self, "curl")
-        self.delete_all()
         self.send(b"Subject: tls\r\n\r\nover tls\r\n")
         user = f"{ALICE}:{PASSWORD}"
         port = self.server.ports
@@ -195,11 +176,9 @@ class MailFlowTests(unittest.TestCase):
                                     capture_output=True, text=True, timeout=60)
             self.assertEqual(result.returncode, 0, (url, result.stderr))
             self.assertIn("over tls", result.stdout, url)
-        self.delete_all()
 
     def test_fetchmail_keep_and_delete(self):
         require_tool(self, "fetchmail")
-        self.delete_all()
         self.send(b"Subject: for fetchmail\r\n\r\nfetch me\r\n")
         home = Path(tempfile.mkdtemp(prefix="fetchmail-"))
         mbox = home / "mbox"
@@ -207,7 +186,10 @@ class MailFlowTests(unittest.TestCase):
         rc.write_text(
             f'poll 127.0.0.1 service {self.server.ports["pop3"]} protocol pop3 '
             f'auth password user "{ALICE}" password "{PASSWORD}" '
-            f'keep mda "cat >> {mbox}"\n'
+            f'keep mda "cat >> {mbox}" '
+            # the server offers STLS: fetchmail takes it and checks the certificate
+            f'sslcertfile "{self.server.dir / "tls" / "cert.pem"}" '
+            f'sslcommonname "mail.example.test"\n'
         )
         rc.chmod(0o600)
         env = {**os.environ, "HOME": str(home), "FETCHMAILHOME": str(home)}
@@ -217,7 +199,8 @@ class MailFlowTests(unittest.TestCase):
         self.assertIn("fetch me", mbox.read_text())
         self.assertEqual(len(self.server.maildir_files()), 1)  # kept
 
-        rc.write_text(rc.read_text().replace(" keep ", " nokeep "))
+        # Delete mode: fetch everything, the already-seen message too, and delete it.
+        rc.write_text(rc.read_text().replace(" keep ", " nokeep fetchall "))
         mbox.unlink()
         run = subprocess.run(["fetchmail", "-f", str(rc), "-N", "--nosyslog", "-v"],
                              capture_output=True, text=True, timeout=60, env=env)
@@ -241,14 +224,25 @@ class MailFlowTests(unittest.TestCase):
         with self.server.smtp() as client:  # the server is still there
             self.assertEqual(client.noop()[0], 250)
 
-    def test_openssl_implicit_tls_listeners(self):
+    def test_openssl_implicit_tls_and_starttls(self):
         require_tool(self, "openssl")
-        for name, greeting in [("smtps", "220 "), ("pop3s", "+OK"), ("imaps", "* OK")]:
-            result = subprocess.run(
-                ["openssl", "s_client", "-connect", f"127.0.0.1:{self.server.ports[name]}",
-                 "-quiet", "-verify_quiet"],
-                input="", capture_output=True, text=True, timeout=30)
-            self.assertIn(greeting, result.stdout, (name, result.stderr))
+        for name, starttls, command, reply in [
+            ("smtps", None, "QUIT", "221 2.0.0"),
+            ("pop3s", None, "QUIT", "+OK"),
+            ("imaps", None, "a LOGOUT", "a OK"),
+            ("smtp", "smtp", "QUIT", "221 2.0.0"),
+            ("pop3", "pop3", "QUIT", "+OK"),
+            ("imap", "imap", "a LOGOUT", "a OK"),
+        ]:
+            # -ign_eof: send the command, then wait for the server to close.
+            args = ["openssl", "s_client", "-connect",
+                    f"127.0.0.1:{self.server.ports[name]}", "-ign_eof", "-brief"]
+            if starttls:
+                args += ["-starttls", starttls]
+            result = subprocess.run(args, input=command + "\r\n", capture_output=True,
+                                    text=True, timeout=30)
+            self.assertIn("Protocol version: TLSv1.", result.stderr, name)
+            self.assertIn(reply, result.stdout, (name, result.stdout, result.stderr))
 
 
 class PopBeforeSmtpTests(unittest.TestCase):
