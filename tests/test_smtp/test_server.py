@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from mailsrv.queue import intake
 from mailsrv.smtp.policy import Verdict
 from mailsrv.smtp.server import build_factory
-from tests.test_smtp_support import (
+from tests.test_smtp.support import (
     PASSWORD,
     Connection,
     connect,

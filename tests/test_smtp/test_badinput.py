@@ -8,7 +8,7 @@ import base64
 
 from twisted.trial import unittest
 
-from tests.test_smtp_support import (
+from tests.test_smtp.support import (
     connect,
     files_on_disk,
     make_mail_server,

@@ -1,0 +1,1 @@
+"""Tests of mailsrv.smtp: run them all with `trial tests.test_smtp`."""
