@@ -370,7 +370,7 @@ class MailboxCommandTests(IMAPTestCase):
                          b"* 1 FETCH (FLAGS ())\r\nf OK FETCH completed\r\n")
         self.assertEqual(
             c.cmd(b"b UID FETCH 1 BODY[]"),
-            b"* 1 FETCH (FLAGS (\\Seen))\r\n* 1 FETCH (BODY[] {178}\r\n" + MESSAGE
+            b"* 1 FETCH (FLAGS (\\Seen) BODY[] {178}\r\n" + MESSAGE
             + b" UID 1)\r\nb OK FETCH completed\r\n",
         )
         # the next session, even after a restart, sees \Seen

@@ -278,8 +278,8 @@ class Mailbox:
 
     def mark_seen(self, seqs):
         """
-        Set \\Seen on messages fetched with BODY[] or RFC822 (RFC 3501 6.4.5);
-        this session hears of the change like the others, as FETCH FLAGS.
+        Set \\Seen on messages fetched with BODY[] or RFC822 (RFC 3501 6.4.5).
+        Other sessions hear of it; this one gets FLAGS in the FETCH itself.
         """
         for seq in seqs:
             u = self.view[seq - 1]
@@ -288,7 +288,7 @@ class Mailbox:
             flags = self.folder.message(u).flags
             if "\\Seen" not in flags:
                 try:
-                    self.folder.set_flags(u, flags | {"\\Seen"})
+                    self.folder.set_flags(u, flags | {"\\Seen"}, origin=self)
                 except FileNotFoundError:
                     continue
 

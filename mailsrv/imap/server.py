@@ -417,6 +417,10 @@ class IMAPServer(imap4.IMAP4Server):
     def do_FETCH(self, tag, messages, query, uid=0):
         if query and self.mbox.isWriteable() and any(map(_sets_seen, query)):
             self.mbox.mark_seen(seq for seq, _ in self.mbox.fetch(messages, uid))
+            if not any(part.type == "flags" for part in query):
+                # in the same FETCH response: curl, for one, fails on a
+                # separate FLAGS-only FETCH before the body
+                query = [imap4._FetchParser.Flags()] + list(query)
         super().do_FETCH(tag, messages, query, uid)
 
     select_FETCH = (do_FETCH, _base.arg_seqset, _base.arg_fetchatt)
