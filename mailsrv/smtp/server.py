@@ -490,6 +490,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             delivered=",".join(local_users) or "-", queued=",".join(remote) or "-",
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        for user in local_users:  # open IMAP sessions (IDLE) see it at once
+            self.server.store.notify(user)
         if remote and self.server.queue_runner is not None:
             self.server.queue_runner.wake()
 

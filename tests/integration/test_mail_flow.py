@@ -318,3 +318,27 @@ class DurabilityTests(unittest.TestCase):
         pop3.pass_(PASSWORD)
         self.assertEqual(pop3.stat()[0], 20)
         pop3.quit()
+
+
+class IdlePushTests(unittest.TestCase):
+    def test_idle_session_sees_new_mail_within_a_second(self):
+        import socket
+
+        server = MailServerProcess().start()
+        self.addCleanup(server.cleanup)
+        with socket.create_connection(("127.0.0.1", server.ports["imap"]), 10) as s:
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(f'a LOGIN {ALICE} "{PASSWORD}"\r\nb SELECT INBOX\r\nc IDLE\r\n'.encode())
+            while not f.readline().startswith(b"+ "):
+                pass
+            started = time.monotonic()
+            with server.smtp() as client:
+                client.sendmail("sender@remote.test", [ALICE], b"Subject: push\r\n\r\nx\r\n")
+            s.settimeout(5)
+            line = f.readline()
+            elapsed = time.monotonic() - started
+            self.assertEqual(line, b"* 1 EXISTS\r\n")
+            self.assertLess(elapsed, 1.0)
+            s.sendall(b"DONE\r\n")
+            self.assertTrue(f.readline().startswith(b"c OK"))
