@@ -1,6 +1,5 @@
 """
-Shared test fixtures: a temporary config, settings and a MailServer built the
-way the service builds it.
+Shared test fixtures: settings for a temporary config.
 """
 
 import tempfile
@@ -28,12 +27,3 @@ def make_settings(tmpdir=None, **sections):
             data[name] = table
     return config.parse(data, tmpdir / "mailsrv.toml")
 
-
-def make_server(tmpdir=None, clock=None, **sections):
-    """A MailServer over temporary directories, with the real parts."""
-    from mailsrv.service import build_mail_server
-
-    settings = make_settings(tmpdir, **sections)
-    if clock is None:
-        from twisted.internet import reactor as clock
-    return build_mail_server(settings, clock)

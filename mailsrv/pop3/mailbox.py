@@ -10,7 +10,6 @@ so a dropped connection deletes nothing.
 
 import hashlib
 
-from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.mail import pop3
 from zope.interface import implementer
@@ -92,27 +91,4 @@ class FolderMailbox:
             return defer.succeed(None)
         d = defer.maybeDeferred(self.folder.delete, uids)
         d.addCallback(lambda _: self._deleted.clear())
-        return d
-
-
-@implementer(IRealm)
-class MailboxRealm:
-    """
-    Gives a POP3 login (the checker's avatar id is the user's address) its
-    INBOX, after a sync so that mail waiting in C{new/} is listed.
-    """
-
-    def __init__(self, store):
-        self.store = store
-
-    def requestAvatar(self, avatarId, mind, *interfaces):
-        if pop3.IMailbox not in interfaces:
-            raise NotImplementedError("mailsrv's POP3 realm gives only mailboxes")
-        if isinstance(avatarId, bytes):
-            avatarId = avatarId.decode("utf-8")
-        folder = self.store.folder(avatarId, "INBOX")
-        d = defer.maybeDeferred(folder.sync)
-        d.addCallback(
-            lambda _: (pop3.IMailbox, FolderMailbox(avatarId, folder), lambda: None)
-        )
         return d

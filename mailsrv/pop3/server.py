@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from mailsrv.realm import MailRealm
 from mailsrv.context import is_secure
-from mailsrv.pop3.mailbox import MailboxRealm
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 
 log = Logger()
@@ -625,7 +625,7 @@ class POP3Factory(protocol.ServerFactory):
     def __init__(self, server, listener):
         self.server = server
         self.listener = listener
-        self.portal = Portal(MailboxRealm(server.store), [server.checker])
+        self.portal = Portal(MailRealm(server.store), [server.checker])
 
     def buildProtocol(self, addr):
         proto = POP3Server(self.server, self.listener, self.portal)

@@ -4,7 +4,6 @@ temporary config, and give tests what a user would have: ports, a user, the
 mailsrv command, clients bound to chosen loopback addresses.
 """
 
-import os
 import poplib
 import imaplib
 import shutil

@@ -9,7 +9,7 @@ import socket
 
 from twisted.trial import unittest
 
-from tests.integration.harness import PASSWORD, MailServerProcess, twistd
+from tests.integration.harness import MailServerProcess, twistd
 
 
 class UserCommandTests(unittest.TestCase):

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import signal
-import smtplib
 import subprocess
 import tempfile
 import time

@@ -12,15 +12,9 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransportWithDisconnection
 from zope.interface import alsoProvides
 
-from mailsrv.context import MailServer
-from mailsrv.directory import AliasMap, Directory, UserDB
-from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.passwords import hash_password
-from mailsrv.netaddr import IPList
-from mailsrv.queue.spool import Spool
-from mailsrv.sessions import MemorySessionStore
+from mailsrv.service import build_mail_server
 from mailsrv.smtp.server import build_factory
-from mailsrv.store.folder import MailStore
 from tests.helpers import make_settings
 
 PASSWORD = "correct horse"
@@ -71,25 +65,9 @@ def make_mail_server(testcase, clock=None, **sections):
     settings = make_settings(root, **sections)
     settings.users_file.write_text("".join(f"{u}:{_HASH}\n" for u in USERS))
     settings.aliases_file.write_text(ALIASES)
-    clock = clock or task.Clock()
-    directory = Directory(
-        settings.local_domains,
-        UserDB(settings.users_file, clock),
-        AliasMap(settings.aliases_file, clock),
-    )
-    window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
-    return MailServer(
-        settings=settings,
-        directory=directory,
-        checker=UserPasswordChecker(directory),
-        sessions=MemorySessionStore(window, clock),
-        store=MailStore(settings.data_dir / "mail", clock),
-        spool=Spool(settings.data_dir / "queue"),
-        trusted=IPList(settings.relay.trusted),
-        tls_context=object(),
-        queue_runner=QueueRunnerSpy(),
-        clock=clock,
-    )
+    server = build_mail_server(settings, clock or task.Clock())
+    server.queue_runner = QueueRunnerSpy()
+    return server
 
 
 class Connection:
