@@ -347,12 +347,12 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _authenticated(self, user):
         self.session.user = user
-        log.info("login {user} from {ip} over smtp: ok", user=user, ip=self.session.ip)
+        log.info("login ok: user={user} ip={ip} protocol=smtp", user=user, ip=self.session.ip)
         self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure, name):
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
-            log.info("login {user} from {ip} over smtp: failed", user=name, ip=self.session.ip)
+            log.info("login failed: user={user} ip={ip} protocol=smtp", user=name, ip=self.session.ip)
             self._reply(535, "5.7.8", "Authentication credentials invalid")
         else:
             log.failure("checking the password of {user} failed", failure, user=name)

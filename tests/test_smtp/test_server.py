@@ -475,8 +475,8 @@ class AuthTests(SMTPTestCase):
             b"235 2.7.0 Authentication successful\r\n",
         ])
         text = logs.text()
-        self.assertIn("login alice@example.test from 127.0.0.1 over smtp: failed", text)
-        self.assertIn("login alice@example.test from 127.0.0.1 over smtp: ok", text)
+        self.assertIn("login failed: user=alice@example.test ip=127.0.0.1 protocol=smtp", text)
+        self.assertIn("login ok: user=alice@example.test ip=127.0.0.1 protocol=smtp", text)
         for secret in ("guess-one", "guess-two", PASSWORD, plain("alice@example.test", PASSWORD)):
             self.assertNotIn(secret, text)
 
