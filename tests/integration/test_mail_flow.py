@@ -341,3 +341,45 @@ class IdlePushTests(unittest.TestCase):
             self.assertLess(elapsed, 1.0)
             s.sendall(b"DONE\r\n")
             self.assertTrue(f.readline().startswith(b"c OK"))
+
+
+class PersistenceTests(unittest.TestCase):
+    def test_uids_flags_and_uidl_survive_a_restart(self):
+        server = MailServerProcess().start()
+        self.addCleanup(server.cleanup)
+        with server.smtp() as client:
+            for n in range(3):
+                client.sendmail("sender@remote.test", [ALICE],
+                                f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+
+        def imap_state():
+            imap = server.imap()
+            imap.login(ALICE, PASSWORD)
+            imap.select("INBOX")
+            validity = imap.response("UIDVALIDITY")[1][0]
+            typ, data = imap.uid("FETCH", "1:*", "(FLAGS)")
+            imap.logout()
+            return validity, [d.decode() for d in data]
+
+        def uidl():
+            pop3 = server.pop3()
+            pop3.user(ALICE)
+            pop3.pass_(PASSWORD)
+            listing = pop3.uidl()[1]
+            pop3.quit()
+            return listing
+
+        imap = server.imap()
+        imap.login(ALICE, PASSWORD)
+        imap.select("INBOX")
+        typ, _ = imap.uid("STORE", "2", "+FLAGS", r"(\Seen)")
+        self.assertEqual(typ, "OK")
+        imap.logout()
+        before, before_uidl = imap_state(), uidl()
+        self.assertEqual(before[1][1], r"2 (FLAGS (\Seen) UID 2)")
+        self.assertNotIn(r"\Seen", before[1][0])
+
+        server.stop()
+        server.start()
+        self.assertEqual(imap_state(), before)
+        self.assertEqual(uidl(), before_uidl)
