@@ -122,6 +122,8 @@ class AccessSettings:
     refuse_null_sender: bool
     check_valid_sender: bool
     verify_sender_domain: bool
+    local_sender_must_auth: bool
+    sender_must_be_owned: bool
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,8 @@ def parse(data, path):
         refuse_null_sender=access_table.boolean("refuse_null_sender", False),
         check_valid_sender=access_table.boolean("check_valid_sender", True),
         verify_sender_domain=access_table.boolean("verify_sender_domain", False),
+        local_sender_must_auth=access_table.boolean("local_sender_must_auth", True),
+        sender_must_be_owned=access_table.boolean("sender_must_be_owned", True),
     )
     access_table.check_unknown()
 

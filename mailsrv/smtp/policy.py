@@ -141,13 +141,13 @@ class LocalRecipient:
         return defer.succeed(Verdict.accept())
 
 
-class RelayPermission:
+class Standing:
     """
-    Mail for other domains is relayed only for an authenticated client, a
-    trusted IP ([relay] mode "trusted"), anyone (mode "anyone": an open
+    Whether a client may act beyond mail to our own users: authenticated,
+    a trusted IP ([relay] mode "trusted"), anyone (mode "anyone": an open
     relay), or an IP with an open POP-before-SMTP window. Mode "none" still
-    relays for the last two kinds of user. Loopback is trusted only when
-    listed.
+    counts the first and the last. Loopback is trusted only when listed.
+    Relaying and local senders on port 25 ask the same question.
     """
 
     def __init__(self, mode, trusted, sessions, pop_before_smtp):
@@ -156,58 +156,125 @@ class RelayPermission:
         self.sessions = sessions
         self.pop_before_smtp = pop_before_smtp
 
+    def reason(self, session):
+        """
+        @return: a Deferred of why the client stands (for the log), or of
+            L{None}; a POP-before-SMTP window is noted in C{session.pop_user}.
+        """
+        if session.user is not None:
+            return defer.succeed(f"authenticated as {session.user}")
+        if self.mode == "anyone":
+            return defer.succeed("[relay] mode anyone (open relay)")
+        if self.mode == "trusted" and self.trusted.contains(session.ip):
+            return defer.succeed(f"trusted IP {session.ip}")
+        if not self.pop_before_smtp:
+            return defer.succeed(None)
+        return self.sessions.window_user(session.ip).addCallback(self._window, session)
+
+    def _window(self, user, session):
+        if user is None:
+            return None
+        session.pop_user = user
+        return f"POP-before-SMTP window of {user}"
+
+
+class RelayPermission:
+    """Mail for other domains is relayed only for a client in L{Standing}."""
+
+    def __init__(self, standing):
+        self.standing = standing
+
     def check(self, session, transaction, recipient):
         if recipient.route.is_local_domain:
             return defer.succeed(Verdict.accept())
-        if session.user is not None:
-            return defer.succeed(Verdict.accept(f"relay: authenticated as {session.user}"))
-        if self.mode == "anyone":
+        return self.standing.reason(session).addCallback(self._judge, session, recipient)
+
+    def _judge(self, reason, session, recipient):
+        if reason is None:
+            return Verdict.refuse(
+                550, "5.7.1",
+                f"<{recipient.address}>: relaying denied for {session.ip}",
+                f"relaying denied: <{recipient.address}> from {session.ip}",
+            )
+        if self.standing.mode == "anyone" and session.user is None:
             log.warn(
                 "OPEN RELAY: relaying to <{address}> for {ip} because [relay] "
                 "mode = \"anyone\"",
                 address=recipient.address, ip=session.ip,
             )
-            return defer.succeed(Verdict.accept("relay: mode anyone (open relay)"))
-        if self.mode == "trusted" and self.trusted.contains(session.ip):
-            return defer.succeed(Verdict.accept(f"relay: trusted IP {session.ip}"))
-        if not self.pop_before_smtp:
-            return defer.succeed(self._denied(session, recipient))
-        d = self.sessions.window_user(session.ip)
-        d.addCallback(self._window, session, recipient)
-        return d
+        return Verdict.accept(f"relay: {reason}")
 
-    def _window(self, user, session, recipient):
-        if user is None:
-            return self._denied(session, recipient)
-        session.pop_user = user
-        return Verdict.accept(f"relay: POP-before-SMTP window of {user}")
 
-    def _denied(self, session, recipient):
-        return Verdict.refuse(
-            550, "5.7.1",
-            f"<{recipient.address}>: relaying denied for {session.ip}",
-            f"relaying denied: <{recipient.address}> from {session.ip}",
+class LocalSenderMustAuthenticate:
+    """
+    [access] local_sender_must_auth, on mx listeners: a MAIL FROM in one of
+    our own domains comes from a client in L{Standing}; from anyone else it
+    is forged (a spam classic), so it is refused.
+    """
+
+    def __init__(self, directory, standing):
+        self.directory = directory
+        self.standing = standing
+
+    def check(self, session, transaction, sender):
+        if sender == "" or not self.directory.is_local_address(sender):
+            return defer.succeed(Verdict.accept())
+        return self.standing.reason(session).addCallback(self._judge, sender)
+
+    def _judge(self, reason, sender):
+        if reason is None:
+            return Verdict.refuse(
+                553, "5.7.1", f"<{sender}>: authentication required for local senders",
+                f"local sender <{sender}> without authentication",
+            )
+        return Verdict.accept(f"local sender: {reason}")
+
+
+class SenderOwnedByUser:
+    """
+    [access] sender_must_be_owned: an authenticated user sends as their own
+    address or an alias that points to them, not as someone else.
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def check(self, session, transaction, sender):
+        user = session.user
+        if user is None or sender == "" or self.directory.owns(user, sender):
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(
+            Verdict.refuse(
+                553, "5.7.1", f"<{sender}>: sender address not owned by user {user}",
+            )
         )
+
+
+def standing(server):
+    settings = server.settings
+    return Standing(settings.relay.mode, server.trusted, server.sessions,
+                    settings.pop_before_smtp.enabled)
 
 
 def sender_stages(server, listener):
     """The MAIL FROM checks of one listener, in order."""
+    access = server.settings.access
     stages = []
     if listener.role == "submission":
         stages.append(AuthRequired())
-    if server.settings.access.check_valid_sender:
+    if access.check_valid_sender:
         stages.append(ValidSender())
+    if access.sender_must_be_owned:
+        stages.append(SenderOwnedByUser(server.directory))
+    if listener.role == "mx" and access.local_sender_must_auth:
+        stages.append(LocalSenderMustAuthenticate(server.directory, standing(server)))
     return stages
 
 
 def recipient_stages(server, listener):
     """The RCPT TO checks of one listener, in order: cheapest first."""
-    settings = server.settings
     return [
-        RecipientLimit(settings.access.max_recipients),
+        RecipientLimit(server.settings.access.max_recipients),
         LocalRecipient(),
-        RelayPermission(
-            settings.relay.mode, server.trusted, server.sessions,
-            settings.pop_before_smtp.enabled,
-        ),
+        RelayPermission(standing(server)),
     ]

@@ -259,23 +259,27 @@ class PopBeforeSmtpTests(unittest.TestCase):
         }).start()
         self.addCleanup(self.server.cleanup)
 
-    def rcpt_remote(self, source):
+    def relay(self, source, sender=ALICE):
+        """MAIL FROM sender, RCPT TO a remote address: the two reply codes."""
         with self.server.smtp(source=source) as client:
             client.ehlo("client.remote.test")
-            client.mail(ALICE)
-            return client.rcpt("friend@elsewhere.test")
+            mail = client.mail(sender)
+            if mail[0] != 250:
+                return mail[0], mail[1][:5], None
+            return mail[0], None, client.rcpt("friend@elsewhere.test")[0]
 
     def test_window_opens_on_login_and_closes(self):
-        code, text = self.rcpt_remote("127.0.0.2")
-        self.assertEqual((code, text[:5]), (550, b"5.7.1"))
+        # no login yet: alice's address may not be used, and nobody relays
+        self.assertEqual(self.relay("127.0.0.2"), (553, b"5.7.1", None))
+        self.assertEqual(self.relay("127.0.0.2", "someone@remote.test"), (250, None, 550))
 
         pop3 = self.server.pop3(source="127.0.0.2")
         pop3.user(ALICE)
         pop3.pass_(PASSWORD)
         pop3.quit()
-        self.assertEqual(self.rcpt_remote("127.0.0.2")[0], 250)
-        # another IP still may not relay
-        self.assertEqual(self.rcpt_remote("127.0.0.3")[0], 550)
+        self.assertEqual(self.relay("127.0.0.2"), (250, None, 250))
+        # another IP still may not
+        self.assertEqual(self.relay("127.0.0.3"), (553, b"5.7.1", None))
 
         with self.server.smtp(source="127.0.0.2") as client:
             client.sendmail(ALICE, ["friend@elsewhere.test"],
@@ -285,20 +289,20 @@ class PopBeforeSmtpTests(unittest.TestCase):
         self.assertIn(b"relayed", data)
 
         time.sleep(3.5)  # the real server's window is 3 seconds
-        code, text = self.rcpt_remote("127.0.0.2")
-        self.assertEqual((code, text[:5]), (550, b"5.7.1"))
+        self.assertEqual(self.relay("127.0.0.2"), (553, b"5.7.1", None))
+        self.assertEqual(self.relay("127.0.0.2", "someone@remote.test"), (250, None, 550))
 
     def test_imap_login_opens_a_window_too(self):
         imap = self.server.imap(source="127.0.0.4")
         imap.login(ALICE, PASSWORD)
         imap.logout()
-        self.assertEqual(self.rcpt_remote("127.0.0.4")[0], 250)
+        self.assertEqual(self.relay("127.0.0.4"), (250, None, 250))
 
     def test_failed_login_opens_nothing(self):
         pop3 = self.server.pop3(source="127.0.0.5")
         pop3.user(ALICE)
         self.assertRaises(Exception, pop3.pass_, "wrong password")
-        self.assertEqual(self.rcpt_remote("127.0.0.5")[0], 550)
+        self.assertEqual(self.relay("127.0.0.5", "someone@remote.test"), (250, None, 550))
 
 
 class DurabilityTests(unittest.TestCase):

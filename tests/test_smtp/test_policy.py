@@ -118,8 +118,11 @@ class RelayTests(unittest.TestCase):
         self.sessions = MemorySessionStore(1800, self.clock)
         self.trusted = IPList(["192.168.0.1-50", "10.1.0.0/255.255.0.0"])
 
+    def standing(self, mode="trusted", pop_before_smtp=True):
+        return policy.Standing(mode, self.trusted, self.sessions, pop_before_smtp)
+
     def check(self, mode, ip, user=None, recipient=REMOTE, pop_before_smtp=True):
-        stage = policy.RelayPermission(mode, self.trusted, self.sessions, pop_before_smtp)
+        stage = policy.RelayPermission(self.standing(mode, pop_before_smtp))
         return result(stage.check(Session(ip, user=user), None, recipient))
 
     def test_table(self):
@@ -159,7 +162,7 @@ class RelayTests(unittest.TestCase):
 
     def test_window_user_is_noted_on_the_session(self):
         self.sessions.record_login("bob@example.test", "192.0.2.77", "pop3")
-        stage = policy.RelayPermission("trusted", self.trusted, self.sessions, True)
+        stage = policy.RelayPermission(self.standing())
         session = Session("192.0.2.77")
         verdict = result(stage.check(session, None, REMOTE))
         self.assertEqual(session.pop_user, "bob@example.test")
@@ -168,3 +171,62 @@ class RelayTests(unittest.TestCase):
     def test_pop_before_smtp_disabled(self):
         self.sessions.record_login("bob@example.test", "192.0.2.77", "pop3")
         self.assertFalse(self.check("trusted", "192.0.2.77", pop_before_smtp=False).accepted)
+
+
+class SenderOwnershipTests(unittest.TestCase):
+    """Local senders must stand (mx); authenticated users send as themselves."""
+
+    def setUp(self):
+        from mailsrv.directory import AliasMap, Directory, UserDB
+
+        users_path, aliases_path = self.mktemp(), self.mktemp()
+        with open(users_path, "w") as f:
+            f.write("alice@example.test:hash\nbob@example.test:hash\n")
+        with open(aliases_path, "w") as f:
+            f.write("sales@example.test: alice@example.test, bob@example.test\n")
+        self.directory = Directory(["example.test"], UserDB(users_path),
+                                   AliasMap(aliases_path))
+        self.clock = task.Clock()
+        self.sessions = MemorySessionStore(1800, self.clock)
+        self.standing = policy.Standing("trusted", IPList(["192.168.0.1"]),
+                                        self.sessions, True)
+
+    def test_local_sender_must_authenticate(self):
+        stage = policy.LocalSenderMustAuthenticate(self.directory, self.standing)
+        self.sessions.record_login("bob@example.test", "192.0.2.77", "imap")
+        # sender, client IP, authenticated user -> accepted
+        for sender, ip, user, accepted in [
+            ("alice@example.test", "203.0.113.9", None, False),
+            ("ALICE@Example.TEST", "203.0.113.9", None, False),
+            ("alice@example.test", "203.0.113.9", "alice@example.test", True),
+            ("alice@example.test", "192.168.0.1", None, True),   # trusted IP
+            ("alice@example.test", "192.0.2.77", None, True),    # POP-before-SMTP
+            ("someone@remote.test", "203.0.113.9", None, True),  # not ours
+            ("", "203.0.113.9", None, True),                     # bounces
+        ]:
+            verdict = result(stage.check(Session(ip, user=user), None, sender))
+            self.assertEqual(verdict.accepted, accepted, (sender, ip, user))
+        verdict = result(stage.check(Session("203.0.113.9"), None, "alice@example.test"))
+        self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
+                         (553, "5.7.1",
+                          "<alice@example.test>: authentication required for local senders"))
+
+    def test_sender_must_be_owned(self):
+        stage = policy.SenderOwnedByUser(self.directory)
+        alice = "alice@example.test"
+        for sender, user, accepted in [
+            ("alice@example.test", alice, True),
+            ("Alice@Example.test", alice, True),
+            ("sales@example.test", alice, True),     # an alias that points to her
+            ("bob@example.test", alice, False),
+            ("ceo@remote.test", alice, False),
+            ("", alice, True),
+            ("bob@example.test", None, True),        # not authenticated: not this stage
+        ]:
+            verdict = result(stage.check(Session("203.0.113.9", user=user), None, sender))
+            self.assertEqual(verdict.accepted, accepted, (sender, user))
+        verdict = result(stage.check(Session("203.0.113.9", user=alice), None,
+                                     "bob@example.test"))
+        self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
+                         (553, "5.7.1", "<bob@example.test>: sender address not owned "
+                                        "by user alice@example.test"))
