@@ -73,11 +73,12 @@ def build_mail_server(settings, clock=reactor):
         raise config.ConfigError(settings.path, "[aliases] file", _file_problem(e))
     directory = Directory(settings.local_domains, users, aliases)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
+    sessions = MemorySessionStore(window, clock, settings.auth)
     return MailServer(
         settings=settings,
         directory=directory,
-        checker=UserPasswordChecker(directory),
-        sessions=MemorySessionStore(window, clock),
+        checker=UserPasswordChecker(directory, sessions),
+        sessions=sessions,
         store=MailStore(settings.data_dir / "mail", clock),
         spool=Spool(settings.data_dir / "queue"),
         trusted=_trusted_ips(settings),

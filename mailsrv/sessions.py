@@ -1,11 +1,16 @@
 """
-The session store all listeners share: who logged in, from where, when.
+The session store all listeners share: who logged in, from where, when, and
+who failed to.
 
-It answers one question for now: "may this IP relay because a user logged in
-over POP3 or IMAP from it recently?" (POP-before-SMTP). The interface returns
-Deferreds so a shared backend (Redis) can replace the in-memory one when
-several nodes serve one domain.
+It answers two questions: "may this IP relay because a user logged in over
+POP3 or IMAP from it recently?" (POP-before-SMTP), and "is this login
+refused for now because of earlier failures?" (login throttling, counted
+across SMTP, POP3 and IMAP). The interface returns Deferreds so a shared
+backend (Redis) can replace the in-memory one when several nodes serve one
+domain.
 """
+
+from collections import OrderedDict
 
 from twisted.internet import defer
 from zope.interface import Interface, implementer
@@ -28,8 +33,73 @@ class ISessionStore(Interface):
             for C{ip}, or of L{None} if none is.
         """
 
+    def login_refused(ip, user):
+        """
+        @return: a Deferred of the key (C{"ip"} or C{"ip/user"}) that is
+            locked out and refuses this login, or of L{None}.
+        """
+
+    def record_failure(ip, user, fingerprint):
+        """
+        Count a wrong password for C{(ip, user)} and for C{ip}, once per
+        distinct C{fingerprint} (an HMAC of the password, never the
+        password) within the failure window.
+
+        @return: a Deferred of the list of keys this failure locked out.
+        """
+
+    def clear_failures(ip, user):
+        """
+        Forget the failures of C{(ip, user)} after a successful login (and
+        only those: the IP's count stays).
+
+        @return: a Deferred that fires when done.
+        """
+
 
 WINDOW_PROTOCOLS = ("pop3", "imap")
+
+
+class ExpiringMap:
+    """
+    A mapping whose entries live C{lifetime} seconds from when they were
+    last set. One lifetime for every entry keeps insertion order equal to
+    expiry order, so expiring is popping from the front: memory follows
+    recent activity, never history.
+    """
+
+    def __init__(self, lifetime, clock):
+        self.lifetime = lifetime
+        self.clock = clock
+        self._entries = OrderedDict()  # key -> (expiry, value)
+
+    def _expire(self):
+        now = self.clock.seconds()
+        while self._entries:
+            expiry, _ = next(iter(self._entries.values()))
+            if expiry > now:
+                return
+            self._entries.popitem(last=False)
+
+    def set(self, key, value):
+        self._expire()
+        self._entries.pop(key, None)
+        self._entries[key] = (self.clock.seconds() + self.lifetime, value)
+
+    def get(self, key):
+        self._expire()
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def pop(self, key):
+        self._entries.pop(key, None)
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def __len__(self):
+        self._expire()
+        return len(self._entries)
 
 
 @implementer(ISessionStore)
@@ -37,33 +107,84 @@ class MemorySessionStore:
     """
     @ivar window: seconds a POP3/IMAP login lets its IP relay; 0 turns
         POP-before-SMTP off.
+    @ivar limits: the L{mailsrv.config.AuthSettings} (max_failures,
+        max_failures_per_ip, failure_window, lockout), or L{None} to count
+        no failures at all.
     """
 
-    def __init__(self, window, clock=None):
+    def __init__(self, window, clock=None, limits=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.window = window
         self.clock = clock
-        self._windows = {}  # normalised IP -> (expiry, user)
+        self.limits = limits
+        self._windows = ExpiringMap(window, clock)  # normalised IP -> user
+        if limits is not None:
+            # key -> ExpiringMap of the fingerprints of its counted failures
+            self._failures = ExpiringMap(limits.failure_window, clock)
+            self._locked = ExpiringMap(limits.lockout, clock)  # key -> True
 
     def record_login(self, user, ip, protocol):
         if self.window and protocol in WINDOW_PROTOCOLS:
-            now = self.clock.seconds()
-            self._expire(now)
-            self._windows[normalise_ip(ip)] = (now + self.window, user)
+            self._windows.set(str(normalise_ip(ip)), user)
         return defer.succeed(None)
 
     def window_user(self, ip):
         try:
-            key = normalise_ip(ip)
+            key = str(normalise_ip(ip))
         except ValueError:
             return defer.succeed(None)
-        entry = self._windows.get(key)
-        if entry is None or entry[0] <= self.clock.seconds():
-            return defer.succeed(None)
-        return defer.succeed(entry[1])
+        return defer.succeed(self._windows.get(key))
 
-    def _expire(self, now):
-        """Drop closed windows, so the table grows only with active IPs."""
-        for ip in [ip for ip, (expiry, _) in self._windows.items() if expiry <= now]:
-            del self._windows[ip]
+    def login_refused(self, ip, user):
+        if self.limits is None:
+            return defer.succeed(None)
+        for key in _keys(ip, user):
+            if key in self._locked:
+                return defer.succeed(key)
+        return defer.succeed(None)
+
+    def record_failure(self, ip, user, fingerprint):
+        if self.limits is None:
+            return defer.succeed([])
+        ip_key, pair_key = _keys(ip, user)
+        pair = self._failures.get(pair_key)
+        if pair is not None and fingerprint in pair:
+            return defer.succeed([])  # a client retrying the same password
+        locked = []
+        for key, limit in (
+            (pair_key, self.limits.max_failures),
+            (ip_key, self.limits.max_failures_per_ip),
+        ):
+            if self._count(key, fingerprint) >= limit:
+                # A lockout starts a fresh count for when it ends.
+                self._failures.pop(key)
+                self._locked.set(key, True)
+                locked.append(key)
+        return defer.succeed(locked)
+
+    def _count(self, key, fingerprint):
+        """Add one failure to C{key}; the number in its window now."""
+        fingerprints = self._failures.get(key)
+        if fingerprints is None:
+            fingerprints = ExpiringMap(self.limits.failure_window, self.clock)
+        fingerprints.set(fingerprint, True)
+        self._failures.set(key, fingerprints)  # kept while any entry lives
+        return len(fingerprints)
+
+    def clear_failures(self, ip, user):
+        if self.limits is not None:
+            self._failures.pop(_keys(ip, user)[1])
+        return defer.succeed(None)
+
+
+def _keys(ip, user):
+    """
+    The two keys a login counts under: the IP (IPv4-mapped IPv6 folded to
+    IPv4) and C{ip/user}. A peer that is no IP (a UNIX socket) is its own key.
+    """
+    try:
+        ip = str(normalise_ip(ip))
+    except ValueError:
+        pass
+    return ip, f"{ip}/{user}"

@@ -6,13 +6,15 @@ import os
 import stat
 
 from twisted.cred import credentials, error
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsrv.directory import AliasMap, Directory, UserDB
-from mailsrv.directory.checker import UserPasswordChecker
+from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
+from mailsrv.directory import checker as checker_module
 from mailsrv.directory.passwords import verify
+from mailsrv.sessions import MemorySessionStore
 
 
 class UsersFileTests(unittest.TestCase):
@@ -106,7 +108,7 @@ class DirectoryTests(unittest.TestCase):
         self.assertFalse(self.directory.owns("bob@example.test", "alice@example.test"))
 
     def test_checker(self):
-        checker = UserPasswordChecker(self.directory)
+        checker = UserPasswordChecker(self.directory, MemorySessionStore(0, task.Clock()))
         good = checker.requestAvatarId(credentials.UsernamePassword(b"alice", b"pw"))
         bad = checker.requestAvatarId(
             credentials.UsernamePassword(b"alice@example.test", b"nope"))
@@ -117,5 +119,109 @@ class DirectoryTests(unittest.TestCase):
         good.addCallback(self.assertEqual, "alice@example.test")
         for d in (bad, unknown, garbage):
             self.assertFailure(d, error.UnauthorizedLogin)
-        from twisted.internet import defer
         return defer.gatherResults([good, bad, unknown, garbage])
+
+
+class Limits:
+    max_failures = 5
+    max_failures_per_ip = 100
+    failure_window = 600
+    lockout = 900
+
+
+class ThrottlingCheckerTests(unittest.TestCase):
+    """
+    The checker counts wrong passwords in the store and refuses locked-out
+    keys before hashing (hashing runs inline here, so results are at once).
+    """
+
+    def setUp(self):
+        users = UserDB(self.mktemp())
+        for name in ("alice", "bob"):
+            users.set_password(f"{name}@example.test", "pw")
+        directory = Directory(["example.test"], users, AliasMap(self.mktemp()))
+        self.clock = task.Clock()
+        self.store = MemorySessionStore(0, self.clock, Limits())
+        self.checker = UserPasswordChecker(directory, self.store)
+        self.hashed = []
+
+        def verify_inline(stored, password):
+            self.hashed.append(stored is not None)
+            return defer.maybeDeferred(verify, stored, password)
+
+        self.patch(checker_module, "verify_in_thread", verify_inline)
+
+    def login(self, user, password, ip="198.51.100.7"):
+        """The avatar id, or the failure's exception."""
+        d = self.checker.requestAvatarId(ClientCredentials(user, password, ip))
+        results = []
+        d.addBoth(results.append)
+        (result,) = results
+        return result.value if hasattr(result, "value") else result
+
+    def test_five_distinct_wrong_passwords_lock_the_pair_out(self):
+        for n in range(5):
+            self.assertIsInstance(self.login(b"alice", b"wrong-%d" % n),
+                                  error.UnauthorizedLogin)
+        refused = self.login(b"alice", b"pw")
+        self.assertIsInstance(refused, LoginThrottled)
+        self.assertEqual(refused.key, "198.51.100.7/alice@example.test")
+        self.assertEqual(len(self.hashed), 5, "a refused login is not hashed")
+        self.assertEqual(self.login(b"ALICE@example.test", b"pw").key, refused.key)
+        self.assertEqual(self.login(b"bob", b"pw"), "bob@example.test")
+        self.assertEqual(self.login(b"alice", b"pw", ip="198.51.100.8"), "alice@example.test")
+        self.clock.advance(900)
+        self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
+
+    def test_the_same_wrong_password_counts_once(self):
+        for _ in range(20):
+            failure = self.login(b"alice", b"wrong")
+            self.assertIsInstance(failure, error.UnauthorizedLogin)
+            self.assertNotIsInstance(failure, LoginThrottled)
+        self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
+
+    def test_unknown_users_are_counted_too(self):
+        for n in range(5):
+            self.login(b"zed", b"guess-%d" % n)
+        self.assertIsInstance(self.login(b"zed", b"guess-5"), LoginThrottled)
+
+    def test_only_hmacs_are_kept(self):
+        self.login(b"alice", b"hunter2-secret")
+        self.assertNotIn(b"hunter2-secret", repr(vars(self.store)).encode())
+        (fingerprints,) = [v for _, v in self.store._failures._entries.values()][:1]
+        (fingerprint,) = fingerprints._entries
+        self.assertEqual(len(fingerprint), 32)
+        self.assertNotIn(b"hunter2", fingerprint)
+
+    def test_the_key_is_per_process(self):
+        other = UserPasswordChecker(self.checker.directory, self.store)
+        self.assertNotEqual(other._fingerprint("a@example.test", "pw"),
+                            self.checker._fingerprint("a@example.test", "pw"))
+
+    def test_locked_while_hashing(self):
+        """Parallel guesses that lock the key out also refuse a right password in flight."""
+        pending = []
+        self.patch(checker_module, "verify_in_thread",
+                   lambda stored, password: pending.append(
+                       (defer.Deferred(), verify(stored, password))) or pending[-1][0])
+        right = self.checker.requestAvatarId(ClientCredentials(b"alice", b"pw", "198.51.100.7"))
+        guesses = [
+            self.checker.requestAvatarId(ClientCredentials(b"alice", b"g%d" % n, "198.51.100.7"))
+            for n in range(5)
+        ]
+        for d, ok in pending[1:]:
+            d.callback(ok)
+        pending[0][0].callback(pending[0][1])
+        for d in guesses:
+            self.failureResultOf(d, error.UnauthorizedLogin)
+        self.failureResultOf(right, LoginThrottled)
+
+    def test_names_with_control_characters_are_refused_unhashed(self):
+        self.assertIsInstance(self.login(b"alice\r\nlogin ok", b"pw"), error.UnauthorizedLogin)
+        self.assertEqual(self.hashed, [])
+
+    def test_without_a_client_ip_nothing_is_counted(self):
+        for n in range(10):
+            self.failureResultOf(self.checker.requestAvatarId(
+                credentials.UsernamePassword(b"alice", b"wrong-%d" % n)), error.UnauthorizedLogin)
+        self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")

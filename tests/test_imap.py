@@ -296,7 +296,7 @@ class RealCheckerTests(unittest.TestCase):
         clock = task.Clock()
         UserDB(root / "users").set_password(ALICE, "secret")
         server = make_mail_server(root, clock)
-        checker = UserPasswordChecker(server.directory)
+        checker = UserPasswordChecker(server.directory, server.sessions)
         calls = []
 
         def request(creds):

@@ -10,15 +10,15 @@ verb, applies the defences: line length, error count, idle timeout, HTTP
 requests, STARTTLS injection.
 """
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
 
+from mailsrv import sasl
 from mailsrv.context import is_secure
+from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.queue import intake
-from mailsrv.smtp import auth
 from mailsrv.smtp.commands import (
     CommandError,
     is_http_request,
@@ -38,6 +38,13 @@ log = Logger()
 _BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 
 _TOO_LONG = object()  # what _next_line returns for an overlong line
+
+# How a SASL exchange that ends without a password check is answered.
+_SASL_REPLIES = {
+    sasl.Cancelled: (501, "5.7.0"),
+    sasl.Malformed: (501, "5.5.2"),
+    sasl.Forbidden: (535, "5.7.8"),
+}
 
 
 class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
@@ -246,7 +253,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         if self._tls_offered():
             extensions.append("STARTTLS")
         if self._auth_offered():
-            extensions.append("AUTH " + " ".join(auth.MECHANISMS))
+            extensions.append("AUTH " + " ".join(sasl.MECHANISMS))
         extensions.append("HELP")
         return extensions
 
@@ -319,7 +326,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         if self.transaction is not None:
             raise CommandError(503, "5.5.1", "AUTH not allowed during a mail transaction")
         name, _, initial = arg.partition(" ")
-        mechanism = auth.MECHANISMS.get(name.upper())
+        mechanism = sasl.MECHANISMS.get(name.upper())
         if mechanism is None:
             raise CommandError(504, "5.5.4", "Unrecognized authentication mechanism")
         exchange = mechanism()
@@ -333,13 +340,14 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         """Take one step of a SASL exchange: challenge again, or check the password."""
         try:
             result = step(value)
-        except CommandError as e:
-            return self._reply(e.code, e.enhanced, e.text)
-        if isinstance(result, auth.Challenge):
+        except sasl.SASLError as e:
+            code, enhanced = _SASL_REPLIES[type(e)]
+            return self._reply(code, enhanced, str(e))
+        if isinstance(result, sasl.Challenge):
             self._sasl = exchange
             self._send(f"334 {result.text}")
             return None
-        credentials = UsernamePassword(result.username, result.password)
+        credentials = ClientCredentials(result.username, result.password, self.session.ip)
         d = defer.maybeDeferred(self.server.checker.requestAvatarId, credentials)
         name = result.username.decode("utf-8", "replace")
         d.addCallbacks(self._authenticated, self._auth_failed, errbackArgs=(name,))
@@ -351,7 +359,10 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure, name):
-        if failure.check(UnauthorizedLogin, UnhandledCredentials):
+        if failure.check(LoginThrottled):
+            log.info("login refused (throttled): key={key} protocol=smtp", key=failure.value.key)
+            self._reply(454, "4.7.0", "Too many failed logins, try again later")
+        elif failure.check(UnauthorizedLogin, UnhandledCredentials):
             log.info("login failed: user={user} ip={ip} protocol=smtp", user=name, ip=self.session.ip)
             self._reply(535, "5.7.8", "Authentication credentials invalid")
         else:

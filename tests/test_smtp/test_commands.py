@@ -1,12 +1,9 @@
 """
-Table tests of the pure SMTP parsing functions and SASL exchanges.
+Table tests of the pure SMTP parsing functions.
 """
-
-import base64
 
 from twisted.trial import unittest
 
-from mailsrv.smtp import auth
 from mailsrv.smtp.commands import (
     CommandError,
     MailParams,
@@ -18,10 +15,6 @@ from mailsrv.smtp.commands import (
     parse_rcpt,
     split_command,
 )
-
-
-def b64(data):
-    return base64.b64encode(data).decode("ascii")
 
 
 class TableTestCase(unittest.TestCase):
@@ -159,34 +152,3 @@ class PathTests(TableTestCase):
             ("a@b_c.test", False),
         ]:
             self.assertEqual(is_mailbox(address), expected, address)
-
-
-class SASLTests(TableTestCase):
-    def test_plain(self):
-        plain = auth.Plain()
-        self.assertTable(plain.start, [
-            (None, auth.Challenge("")),
-            (b64(b"\0alice@example.test\0pw"),
-             auth.Credentials(b"alice@example.test", b"pw")),
-            (b64(b"alice\0alice\0pw"), auth.Credentials(b"alice", b"pw")),
-            (b64(b"bob\0alice\0pw"), error(535, "5.7.8", "Authentication credentials invalid")),
-            (b64(b"alice\0pw"), error(501, "5.5.2", "Malformed PLAIN response")),
-            (b64(b"\0\0pw"), error(501, "5.5.2", "Malformed PLAIN response")),
-            (b64(b"a\0b\0c\0d"), error(501, "5.5.2", "Malformed PLAIN response")),
-            ("=", error(501, "5.5.2", "Malformed PLAIN response")),
-            ("not base64!", error(501, "5.5.2", "Cannot decode base64 response")),
-            ("AGFsaWN", error(501, "5.5.2", "Cannot decode base64 response")),
-            ("*", error(501, "5.7.0", "Authentication cancelled")),
-        ])
-
-    def test_login(self):
-        login = auth.Login()
-        self.assertEqual(login.start(None), auth.Challenge("VXNlcm5hbWU6"))
-        self.assertEqual(login.respond(b64(b"alice")), auth.Challenge("UGFzc3dvcmQ6"))
-        self.assertEqual(login.respond(b64(b"pw")), auth.Credentials(b"alice", b"pw"))
-
-    def test_login_initial_response_and_cancel(self):
-        login = auth.Login()
-        self.assertEqual(login.start(b64(b"alice")), auth.Challenge("UGFzc3dvcmQ6"))
-        self.assertRaises(CommandError, login.respond, "*")
-        self.assertRaises(CommandError, auth.Login().start, "%%%")

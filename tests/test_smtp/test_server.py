@@ -521,6 +521,44 @@ class AuthTests(SMTPTestCase):
                          [b"454 4.7.0 Temporary authentication failure, try again later\r\n"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
+    def test_throttled_after_five_distinct_wrong_passwords(self):
+        logs = LogCapture(self)
+        guesses = [f"AUTH PLAIN {plain('alice', f'guess-{n}')}\r\n".encode() for n in range(5)]
+        right = f"AUTH PLAIN {plain('alice', PASSWORD)}\r\n".encode()
+        _, replies = self.authed(*guesses, right)
+        self.assertEqual(replies, [b"535 5.7.8 Authentication credentials invalid\r\n"] * 5
+                         + [b"454 4.7.0 Too many failed logins, try again later\r\n"])
+        # LOGIN, and the same IP written as IPv4-mapped IPv6, are refused too
+        _, replies = self.authed(
+            b"AUTH LOGIN\r\n", base64.b64encode(b"alice") + b"\r\n",
+            base64.b64encode(PASSWORD.encode()) + b"\r\n", ip="::ffff:127.0.0.1")
+        self.assertEqual(replies[-1], b"454 4.7.0 Too many failed logins, try again later\r\n")
+        _, replies = self.authed(f"AUTH PLAIN {plain('bob', PASSWORD)}\r\n".encode())
+        self.assertEqual(replies, [b"235 2.7.0 Authentication successful\r\n"])
+        self.server.clock.advance(900)
+        _, replies = self.authed(right)
+        self.assertEqual(replies, [b"235 2.7.0 Authentication successful\r\n"])
+        text = logs.text()
+        self.assertEqual(
+            text.count("login refused (throttled): key=127.0.0.1/alice@example.test "
+                       "protocol=smtp"), 2)
+        self.assertIn("login lockout started: key=127.0.0.1/alice@example.test", text)
+        for secret in ("guess-", PASSWORD):
+            self.assertNotIn(secret, text)
+
+    def test_the_same_wrong_password_retried_does_not_lock_out(self):
+        wrong = f"AUTH PLAIN {plain('alice', 'old password')}\r\n".encode()
+        for _ in range(4):
+            _, replies = self.authed(wrong, wrong, wrong, wrong, wrong)
+            self.assertEqual(set(replies), {b"535 5.7.8 Authentication credentials invalid\r\n"})
+        _, replies = self.authed(f"AUTH PLAIN {plain('alice', PASSWORD)}\r\n".encode())
+        self.assertEqual(replies, [b"235 2.7.0 Authentication successful\r\n"])
+
+    def test_overlong_sasl_response_cancels_the_exchange(self):
+        conn, replies = self.authed(b"AUTH PLAIN\r\n", b"A" * 5000 + b"\r\n")
+        self.assertEqual(replies, [b"334 \r\n", b"500 5.5.2 Line too long\r\n"])
+        self.assertEqual(conn.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
+
     def test_disabled_on_listener(self):
         self.server = make_mail_server(
             self, listen=[{"protocol": "smtp", "endpoint": "tcp:0", "auth": False}])

@@ -1,20 +1,39 @@
 """
-SASL PLAIN (RFC 4616) and LOGIN exchanges for SMTP AUTH (RFC 4954), as pure
-objects: the server feeds them the client's lines and gets back either the
-next challenge or the credentials to check. Nothing here logs: the lines
-carry passwords.
+SASL PLAIN (RFC 4616) and LOGIN exchanges, shared by SMTP AUTH (RFC 4954),
+POP3 AUTH (RFC 5034) and IMAP AUTHENTICATE (RFC 3501), as pure objects: a
+protocol feeds them the client's lines and gets back either the next
+challenge or the credentials to check, and turns a L{SASLError} into its
+own reply. Nothing here logs: the lines carry passwords.
 """
 
 import base64
 import binascii
 from dataclasses import dataclass
 
-from mailsrv.smtp.commands import CommandError
+# The longest client response taken (base64 text): a PLAIN response with a
+# 255-octet name and a 1000-octet password fits with room to spare.
+MAX_RESPONSE = 2048
+
+
+class SASLError(Exception):
+    """The exchange ends without a password check; C{str()} is for the client."""
+
+
+class Cancelled(SASLError):
+    """The client sent C{*} (all three RFCs: the command fails)."""
+
+
+class Malformed(SASLError):
+    """Not base64, too long, or not what the mechanism expects."""
+
+
+class Forbidden(SASLError):
+    """Acting for another identity (an authzid other than the user's own)."""
 
 
 @dataclass(frozen=True)
 class Challenge:
-    """Send C{334 <text>} and pass the client's next line to C{respond}."""
+    """Send this (base64) challenge and pass the client's next line to C{respond}."""
 
     text: str
 
@@ -29,30 +48,32 @@ class Credentials:
 
 def decode_response(text):
     """
-    One base64 client response. C{*} cancels the exchange (RFC 4954 section
-    4); C{=} is an empty initial response.
+    One base64 client response. C{*} cancels the exchange; C{=} is an
+    empty initial response (RFC 4954 section 4, RFC 4959).
     """
     if text == "*":
-        raise CommandError(501, "5.7.0", "Authentication cancelled")
+        raise Cancelled("Authentication cancelled")
+    if len(text) > MAX_RESPONSE:
+        raise Malformed("Response too long")
     if text == "=":
         return b""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise CommandError(501, "5.5.2", "Cannot decode base64 response")
+        raise Malformed("Cannot decode base64 response")
 
 
 def decode_plain(message):
     """
     C{authzid NUL authcid NUL password} -> C{Credentials}. Acting for
-    another identity (an authzid other than the user's own) is not offered.
+    another identity is not offered.
     """
     parts = message.split(b"\0")
     if len(parts) != 3 or not parts[1]:
-        raise CommandError(501, "5.5.2", "Malformed PLAIN response")
+        raise Malformed("Malformed PLAIN response")
     authzid, username, password = parts
     if authzid and authzid != username:
-        raise CommandError(535, "5.7.8", "Authentication credentials invalid")
+        raise Forbidden("Authentication credentials invalid")
     return Credentials(username, password)
 
 
@@ -61,7 +82,7 @@ class Plain:
 
     def start(self, initial):
         """
-        @param initial: the initial response on the AUTH line, or L{None}.
+        @param initial: the initial response on the command line, or L{None}.
         @return: a L{Challenge} or L{Credentials}.
         """
         if initial is None:
@@ -95,4 +116,6 @@ class Login:
         return Credentials(self.username, value)
 
 
+# What SMTP offers (submission clients still use LOGIN). POP3 and IMAP offer
+# PLAIN only; none offers CRAM-MD5 or APOP, which need plaintext passwords.
 MECHANISMS = {mechanism.name: mechanism for mechanism in (Plain, Login)}
