@@ -3,6 +3,7 @@ POP3: exact bytes in, exact bytes out, over a StringTransport with a Clock,
 on real Maildirs in temporary directories.
 """
 
+import base64
 import random
 from pathlib import Path
 
@@ -11,10 +12,13 @@ from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import alsoProvides, implementer
 
 from mailsrv.context import MailServer
+from mailsrv.directory import AliasMap, Directory, UserDB
+from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.pop3 import server as pop3server
 from mailsrv.pop3.mailbox import uidl_for
 from mailsrv.queue.dotstuff import DotStuffer, stuff
@@ -22,6 +26,7 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
 from tests.helpers import make_settings
+from tests.test_smtp.support import run_threads_inline
 
 USER = "alice@example.test"
 PASSWORD = b"s3cret pass"
@@ -79,7 +84,8 @@ class Harness:
     """One POP3 server connection on a fake transport."""
 
     def __init__(self, test, root=None, messages=MESSAGES, peer="127.0.0.1",
-                 tls="starttls", plaintext_on_loopback=True, deliver_now=True):
+                 tls="starttls", plaintext_on_loopback=True, deliver_now=True,
+                 auth=True, checker=None):
         self.clock = task.Clock()
         self.root = Path(root or test.mktemp())
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,8 +94,8 @@ class Harness:
         settings = make_settings(
             self.root, auth={"allow_plaintext_on_loopback": plaintext_on_loopback}
         )
-        self.checker = FakeChecker()
-        self.sessions = MemorySessionStore(1800, self.clock)
+        self.sessions = MemorySessionStore(1800, self.clock, settings.auth)
+        self.checker = FakeChecker() if checker is None else checker(self)
         self.server = MailServer(
             settings=settings, directory=None, checker=self.checker,
             sessions=self.sessions, store=MailStore(self.root, self.clock),
@@ -97,7 +103,7 @@ class Harness:
         )
         listener = [l for l in settings.listeners][0]
         self.listener = type(listener)(**{**listener.__dict__, "protocol": "pop3",
-                                          "role": "", "tls": tls})
+                                          "role": "", "tls": tls, "auth": auth})
         self.factory = pop3server.build_factory(self.server, self.listener)
         self.connect(peer)
 
@@ -144,7 +150,7 @@ class GreetingAndCapabilityTests(unittest.TestCase):
         self.assertEqual(
             h.cmd(b"CAPA"),
             b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\n"
-            b"AUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSTLS\r\n"
+            b"AUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\n"
             b"IMPLEMENTATION mailsrv\r\n.\r\n",
         )
 
@@ -152,6 +158,7 @@ class GreetingAndCapabilityTests(unittest.TestCase):
         h = Harness(self, peer="192.0.2.7")
         caps = h.cmd(b"capa").split(b"\r\n")
         self.assertNotIn(b"USER", caps)
+        self.assertNotIn(b"SASL PLAIN", caps)
         self.assertIn(b"STLS", caps)
 
     def test_no_stls_without_tls_on_listener(self):
@@ -268,12 +275,10 @@ class LoginTests(unittest.TestCase):
             % (sum(map(len, MESSAGES)), len(MESSAGES[0])),
         )
 
-    def test_apop_and_auth_are_refused(self):
+    def test_apop_is_refused(self):
         h = Harness(self)
         self.assertEqual(h.cmd(b"APOP alice c4c9334bac560ecc979e58001b3e22fb"),
                          b"-ERR APOP is not supported: use USER and PASS\r\n")
-        self.assertEqual(h.cmd(b"AUTH PLAIN"),
-                         b"-ERR AUTH is not supported: use USER and PASS\r\n")
 
     def test_vanished_during_login(self):
         h = Harness(self)
@@ -609,3 +614,132 @@ class UidlTests(unittest.TestCase):
             uidl = uidl_for(key)
             self.assertEqual(uidl, uidl_for(key))
             self.assertTrue(len(uidl) <= 70 and uidl.isascii() and " " not in uidl)
+
+
+def plain(user, password):
+    return base64.b64encode(b"\0" + user + b"\0" + password)
+
+
+class SASLTests(unittest.TestCase):
+    """AUTH PLAIN (RFC 5034), through the same checker as USER/PASS."""
+
+    def test_initial_response(self):
+        h = Harness(self)
+        self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(USER.encode(), PASSWORD)),
+                         b"+OK Logged in\r\n")
+        self.assertEqual(self.successResultOf(h.sessions.window_user("127.0.0.1")), USER)
+        self.assertEqual(h.cmd(b"AUTH PLAIN"), b"-ERR Already logged in\r\n")
+
+    def test_continuation(self):
+        h = Harness(self)
+        self.assertEqual(h.cmd(b"auth plain"), b"+ \r\n")
+        self.assertEqual(h.cmd(plain(USER.encode(), PASSWORD)), b"+OK Logged in\r\n")
+        self.assertEqual(h.cmd(b"STAT")[:5], b"+OK 3")
+
+    def test_wrong_password(self):
+        h = Harness(self)
+        self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(USER.encode(), b"nope")),
+                         b"-ERR [AUTH] Invalid user name or password\r\n")
+        self.assertIsNone(self.successResultOf(h.sessions.window_user("127.0.0.1")))
+
+    def test_cancel_malformed_and_unknown(self):
+        h = Harness(self)
+        table = [
+            (b"AUTH PLAIN", b"+ \r\n"),
+            (b"*", b"-ERR Authentication cancelled\r\n"),
+            (b"AUTH PLAIN %%%", b"-ERR Cannot decode base64 response\r\n"),
+            (b"AUTH PLAIN", b"+ \r\n"),
+            (b"not base64!", b"-ERR Cannot decode base64 response\r\n"),
+            (b"AUTH PLAIN " + base64.b64encode(b"alice\0pw"),
+             b"-ERR Malformed PLAIN response\r\n"),
+            (b"AUTH PLAIN " + base64.b64encode(b"bob\0" + USER.encode() + b"\0pw"),
+             b"-ERR Authentication credentials invalid\r\n"),
+            (b"AUTH PLAIN =", b"-ERR Malformed PLAIN response\r\n"),
+            (b"AUTH CRAM-MD5", b"-ERR Unrecognized authentication mechanism\r\n"),
+            (b"AUTH LOGIN", b"-ERR Unrecognized authentication mechanism\r\n"),
+            (b"AUTH", b"+OK\r\nPLAIN\r\n.\r\n"),
+        ]
+        for line, reply in table:
+            self.assertEqual(h.cmd(line), reply, line)
+        h.login()
+
+    def test_overlong_response_ends_the_exchange(self):
+        h = Harness(self)
+        self.assertEqual(h.cmd(b"AUTH PLAIN"), b"+ \r\n")
+        self.assertEqual(h.cmd(b"A" * 1500), b"-ERR Line too long\r\n")
+        self.assertEqual(h.cmd(b"NOOP"), b"-ERR Log in first (USER and PASS)\r\n")
+        h.login()
+
+    def test_pipelined_commands_wait_for_auth(self):
+        h = Harness(self)
+        h.checker.pending = []
+        reply = h.send(b"AUTH PLAIN\r\n" + plain(USER.encode(), PASSWORD) + b"\r\nSTAT\r\n")
+        self.assertEqual(reply, b"+ \r\n")
+        h.checker.pending.pop()()
+        self.assertEqual(h.read(), b"+OK Logged in\r\n+OK 3 %d\r\n" % sum(map(len, MESSAGES)))
+
+    def test_refused_before_tls_from_afar(self):
+        h = Harness(self, peer="192.0.2.7")
+        self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(USER.encode(), PASSWORD)),
+                         b"-ERR Passwords are only accepted over TLS: send STLS first\r\n")
+
+
+class AuthDisabledTests(unittest.TestCase):
+    """C{auth = false} on the listener: no password login at all."""
+
+    def test_nothing_offered_nothing_accepted(self):
+        h = Harness(self, auth=False)
+        caps = h.cmd(b"CAPA").split(b"\r\n")
+        self.assertNotIn(b"USER", caps)
+        self.assertNotIn(b"SASL PLAIN", caps)
+        refusal = b"-ERR Password logins are disabled on this port\r\n"
+        for line in (b"USER " + USER.encode(), b"PASS " + PASSWORD,
+                     b"AUTH PLAIN " + plain(USER.encode(), PASSWORD), b"AUTH",
+                     b"APOP alice c4c9334bac560ecc979e58001b3e22fb"):
+            self.assertEqual(h.cmd(line), refusal, line)
+
+    def test_even_over_tls(self):
+        h = Harness(self, auth=False, peer="192.0.2.7")
+        alsoProvides(h.transport, ISSLTransport)
+        self.assertEqual(h.cmd(b"USER " + USER.encode()),
+                         b"-ERR Password logins are disabled on this port\r\n")
+
+
+def real_checker(harness):
+    """The directory's checker over a users file with alice, counting in the store."""
+    users = UserDB(harness.root / "users")
+    users.set_password(USER, PASSWORD.decode())
+    directory = Directory(["example.test"], users, AliasMap(harness.root / "aliases"))
+    return UserPasswordChecker(directory, harness.sessions)
+
+
+class ThrottlingTests(unittest.TestCase):
+    def test_refused_after_five_distinct_wrong_passwords(self):
+        run_threads_inline(self)
+        logs = []
+        globalLogPublisher.addObserver(logs.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logs.append)
+        h = Harness(self, checker=real_checker)
+        for n in range(3):
+            h.cmd(b"USER " + USER.encode())
+            self.assertEqual(h.cmd(b"PASS guess-%d" % n),
+                             b"-ERR [AUTH] Invalid user name or password\r\n")
+        for n in range(3, 5):
+            self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(b"alice", b"guess-%d" % n)),
+                             b"-ERR [AUTH] Invalid user name or password\r\n")
+        throttled = b"-ERR [SYS/TEMP] Too many failed logins, try again later\r\n"
+        self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(USER.encode(), PASSWORD)), throttled)
+        h.cmd(b"USER " + USER.encode())
+        self.assertEqual(h.cmd(b"PASS " + PASSWORD), throttled)
+        self.assertIsNone(self.successResultOf(h.sessions.window_user("127.0.0.1")))
+        h.connect(peer="127.0.0.2")
+        self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(USER.encode(), PASSWORD)),
+                         b"+OK Logged in\r\n")
+        h.clock.advance(900)
+        h.connect()
+        h.login()
+        lines = [formatEvent(e) for e in logs if "refused" in e.get("log_format", "")]
+        self.assertEqual(lines, 2 * [
+            f"login refused (throttled): key=127.0.0.1/{USER} protocol=pop3"])
+        self.assertFalse([e for e in logs if b"guess-" in repr(e).encode()
+                          or PASSWORD.decode() in repr(e)])

@@ -3,8 +3,10 @@ The POP3 server protocol: Twisted's L{pop3.POP3} with what a mail server
 needs and Twisted lacks or gets wrong:
 
 - STLS (RFC 2595), and passwords only where
-  L{MailServer.plaintext_allowed} says so; no APOP (it needs plaintext
-  secrets on the server) and no SASL AUTH yet.
+  L{MailServer.plaintext_allowed} says so and the listener has C{auth};
+  SASL AUTH PLAIN (RFC 5034) beside USER/PASS; no APOP (it needs
+  plaintext secrets on the server). Logins go through the shared checker,
+  which throttles repeated failures (C{-ERR [SYS/TEMP]}).
 - One dispatcher with an explicit command table per state, so bad input
   gets one exact C{-ERR} line (never Twisted's "bad protocol or server:
   TypeError" with a logged traceback) and the session goes on.
@@ -18,7 +20,7 @@ needs and Twisted lacks or gets wrong:
 - Deletions happen at QUIT only; a dropped connection deletes nothing.
 """
 
-from twisted.cred import credentials, error as cred_error
+from twisted.cred import error as cred_error
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IPushProducer
@@ -26,8 +28,10 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
-from mailsrv.realm import MailRealm
+from mailsrv import sasl
 from mailsrv.context import is_secure
+from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.realm import MailRealm
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 
 log = Logger()
@@ -168,6 +172,7 @@ class POP3Server(pop3.POP3):
         self._reading_paused = False
         self._peer_ip = ""
         self._connected = False
+        self._sasl = None  # the AUTH exchange waiting for the client's next line
         clock = server.clock
         if clock is not None:
             self.callLater = clock.callLater
@@ -261,6 +266,11 @@ class POP3Server(pop3.POP3):
             self.transport.resumeProducing()
 
     def _dispatch(self, line):
+        if self._sasl is not None:
+            exchange, self._sasl = self._sasl, None
+            return self._sasl_step(
+                exchange, exchange.respond, line.decode("latin-1").strip()
+            )
         command = parse_command(line)
         if command is None:
             return self._refuse(b"Unknown command" if line.strip() else b"Empty command")
@@ -285,7 +295,11 @@ class POP3Server(pop3.POP3):
         return getattr(self, "do_" + verb.decode("ascii"))(*args)
 
     def _refuse(self, text):
-        """Answer a command that was not run; close after too many in a row."""
+        """
+        Answer a command (or SASL response) that was not run; close after
+        too many in a row.
+        """
+        self._sasl = None
         self._errors += 1
         if self._errors >= MAX_ERRORS:
             self.failResponse(b"Too many bad commands, closing")
@@ -299,6 +313,8 @@ class POP3Server(pop3.POP3):
     # Authorization
 
     def _passwords_allowed(self):
+        if not self.listener.auth:
+            return False
         if self.listener.tls == "required" and not is_secure(self.transport):
             return False
         return self.server.plaintext_allowed(self.transport)
@@ -312,7 +328,9 @@ class POP3Server(pop3.POP3):
         )
 
     def _refuse_password(self):
-        if self._stls_offered():
+        if not self.listener.auth:
+            self.failResponse(b"Password logins are disabled on this port")
+        elif self._stls_offered():
             self.failResponse(
                 b"Passwords are only accepted over TLS: send STLS first"
             )
@@ -326,6 +344,7 @@ class POP3Server(pop3.POP3):
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self._passwords_allowed():
             caps.append(b"USER")
+            caps.append(b"SASL PLAIN")
         if self._stls_offered():
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION mailsrv")
@@ -369,8 +388,11 @@ class POP3Server(pop3.POP3):
         if self._userIs is None:
             return self.failResponse(b"Send USER first")
         user, self._userIs = self._userIs, None
+        return self._login(user, password)
+
+    def _login(self, user, password):
         d = self.portal.login(
-            credentials.UsernamePassword(user, password), None, pop3.IMailbox
+            ClientCredentials(user, password, self._peer_ip), None, pop3.IMailbox
         )
         d.addCallbacks(self._logged_in, self._login_failed, (user,), None, (user,))
         return self._longOperation(d)
@@ -399,7 +421,13 @@ class POP3Server(pop3.POP3):
 
     def _login_failed(self, failure, user):
         name = user.decode("utf-8", "replace")[:100]
-        if failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
+        if failure.check(LoginThrottled):
+            log.info(
+                "login refused (throttled): key={key} protocol=pop3",
+                key=failure.value.key,
+            )
+            self.failResponse(b"[SYS/TEMP] Too many failed logins, try again later")
+        elif failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
             log.info(
                 "login failed: user={user} ip={ip} protocol=pop3",
                 user=name, ip=self._peer_ip,
@@ -418,9 +446,32 @@ class POP3Server(pop3.POP3):
         self.failResponse(b"APOP is not supported: use USER and PASS")
 
     def do_AUTH(self, rest):
+        """
+        RFC 5034, PLAIN only. A bare AUTH lists the mechanisms, as clients
+        of the older RFC 1734 servers expect.
+        """
         if not self._passwords_allowed():
             return self._refuse_password()
-        self.failResponse(b"AUTH is not supported: use USER and PASS")
+        mechanism, _, initial = rest.strip().partition(b" ")
+        if not mechanism:
+            return self._write(b"+OK\r\nPLAIN\r\n.\r\n")
+        if mechanism.upper() != b"PLAIN":
+            return self.failResponse(b"Unrecognized authentication mechanism")
+        exchange = sasl.Plain()
+        return self._sasl_step(
+            exchange, exchange.start, initial.strip().decode("latin-1") or None
+        )
+
+    def _sasl_step(self, exchange, step, value):
+        """One step of a PLAIN exchange: a C{+} challenge, or the password check."""
+        try:
+            result = step(value)
+        except sasl.SASLError as e:
+            return self.failResponse(str(e).encode("ascii"))
+        if isinstance(result, sasl.Challenge):
+            self._sasl = exchange
+            return self._write(b"+ " + result.text.encode("ascii") + b"\r\n")
+        return self._login(result.username, result.password)
 
     def do_QUIT(self):
         if self.mbox is None:
