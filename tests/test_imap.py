@@ -3,12 +3,14 @@ The IMAP server through its protocol: exact bytes in, exact replies out, with
 a StringTransport and a task.Clock.
 """
 
+import base64
 from pathlib import Path
 
 from twisted.cred import checkers, credentials, error
 from twisted.internet import defer, interfaces, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import alsoProvides, implementer
 
@@ -22,6 +24,7 @@ from mailsrv.store import folder as folder_module
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
 from tests.helpers import make_settings
+from tests.test_smtp.support import run_threads_inline
 
 ALICE = "alice@example.test"
 MESSAGE = (
@@ -113,8 +116,8 @@ def deliver(store, data, user=ALICE, folder="INBOX"):
 class Client:
     """One connection: send lines, read what the server wrote."""
 
-    def __init__(self, server, tls="starttls", ip="127.0.0.1", secure=False):
-        listener = _listener(server.settings, tls)
+    def __init__(self, server, tls="starttls", ip="127.0.0.1", secure=False, auth=True):
+        listener = _listener(server.settings, tls, auth)
         self.factory = build_factory(server, listener)
         self.clock = server.clock
         self.proto = self.factory.buildProtocol(None)
@@ -155,11 +158,11 @@ class Client:
         return reply
 
 
-def _listener(settings, tls):
+def _listener(settings, tls, auth=True):
     from mailsrv.config import Listener
 
     return Listener(index=0, protocol="imap", role="", endpoint="tcp:0", tls=tls,
-                    max_connections=10, auth=True, client_cert=None)
+                    max_connections=10, auth=auth, client_cert=None)
 
 
 class IMAPTestCase(unittest.TestCase):
@@ -192,7 +195,8 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client()
         self.assertEqual(
             c.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 STARTTLS NAMESPACE IDLE] mailsrv IMAP4rev1 ready\r\n",
+            b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN SASL-IR NAMESPACE IDLE] "
+            b"mailsrv IMAP4rev1 ready\r\n",
         )
 
     def test_capability_without_tls_remote(self):
@@ -218,7 +222,8 @@ class GreetingAndLoginTests(IMAPTestCase):
         self.assertIs(c.transport.tls, self.server.tls_context)
         self.assertEqual(
             c.cmd(b"a CAPABILITY"),
-            b"* CAPABILITY IMAP4rev1 NAMESPACE IDLE\r\na OK CAPABILITY completed\r\n",
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR NAMESPACE IDLE\r\n"
+            b"a OK CAPABILITY completed\r\n",
         )
         self.assertTrue(c.cmd(b"l LOGIN alice@example.test secret").startswith(b"l OK"))
 
@@ -235,7 +240,8 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client(tls="implicit", ip="192.0.2.7", secure=True)
         self.assertEqual(
             c.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 NAMESPACE IDLE] mailsrv IMAP4rev1 ready\r\n",
+            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR NAMESPACE IDLE] "
+            b"mailsrv IMAP4rev1 ready\r\n",
         )
         self.assertTrue(c.login().startswith(b"L OK"))
 
@@ -285,6 +291,125 @@ class GreetingAndLoginTests(IMAPTestCase):
             c.cmd(b"z LOGOUT"), b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n"
         )
         self.assertTrue(c.transport.disconnecting)
+
+
+def plain(user, password):
+    return base64.b64encode(b"\0" + user + b"\0" + password)
+
+
+LOGGED_IN = b"OK [CAPABILITY IMAP4rev1 NAMESPACE IDLE] Logged in\r\n"
+
+
+class AuthenticateTests(IMAPTestCase):
+    """AUTHENTICATE PLAIN (RFC 3501 6.2.2, SASL-IR from RFC 4959)."""
+
+    def test_with_continuation(self):
+        c = self.client()
+        self.assertEqual(c.cmd(b"a AUTHENTICATE PLAIN"), b"+ \r\n")
+        self.assertEqual(c.cmd(plain(b"alice@example.test", b"secret")), b"a " + LOGGED_IN)
+        self.assertEqual(
+            self.successResultOf(self.server.sessions.window_user("127.0.0.1")), ALICE)
+        self.assertEqual(c.cmd(b"b AUTHENTICATE PLAIN"),
+                         b"b BAD Command not valid in this state\r\n")
+
+    def test_initial_response(self):
+        c = self.client()
+        self.assertEqual(c.cmd(b"a authenticate plain " + plain(b"bob@example.test", b"pw")),
+                         b"a " + LOGGED_IN)
+
+    def test_wrong_password(self):
+        c = self.client()
+        self.assertEqual(c.cmd(b"a AUTHENTICATE PLAIN " + plain(b"bob@example.test", b"x")),
+                         b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+        self.assertEqual(c.proto.state, "unauth")
+
+    def test_cancel_malformed_and_unknown(self):
+        c = self.client()
+        table = [
+            (b"a AUTHENTICATE PLAIN", b"+ \r\n"),
+            (b"*", b"a BAD Authentication cancelled\r\n"),
+            (b"b AUTHENTICATE PLAIN %%%", b"b BAD Cannot decode base64 response\r\n"),
+            (b"c AUTHENTICATE PLAIN", b"+ \r\n"),
+            (b"A" * 3000, b"c BAD Response too long\r\n"),
+            (b"d AUTHENTICATE PLAIN =", b"d BAD Malformed PLAIN response\r\n"),
+            (b"e AUTHENTICATE PLAIN " + base64.b64encode(b"bob\0alice@example.test\0secret"),
+             b"e NO [AUTHORIZATIONFAILED] Authentication credentials invalid\r\n"),
+            (b"f AUTHENTICATE CRAM-MD5", b"f NO Unsupported authentication mechanism\r\n"),
+            (b"g AUTHENTICATE LOGIN", b"g NO Unsupported authentication mechanism\r\n"),
+            (b"h AUTHENTICATE", b"h BAD Syntax: AUTHENTICATE mechanism\r\n"),
+        ]
+        for line, reply in table:
+            self.assertEqual(c.cmd(line), reply, line)
+        self.assertEqual(c.proto.state, "unauth")
+        self.assertTrue(c.login().startswith(b"L OK"))
+
+    def test_overlong_response_line(self):
+        c = self.client()
+        self.assertEqual(c.cmd(b"a AUTHENTICATE PLAIN"), b"+ \r\n")
+        self.assertEqual(c.cmd(b"A" * 70000), b"a BAD Line too long\r\n")
+        self.assertEqual(c.cmd(b"b NOOP"), b"b OK NOOP completed\r\n")
+
+    def test_pipelined_behind_authenticate(self):
+        deliver(self.store, MESSAGE)
+        c = self.client()
+        reply = c.send(b"a AUTHENTICATE PLAIN\r\n" + plain(b"alice@example.test", b"secret")
+                       + b"\r\nb SELECT INBOX\r\n")
+        self.assertTrue(reply.startswith(b"+ \r\na " + LOGGED_IN), reply)
+        self.assertTrue(reply.endswith(b"b OK [READ-WRITE] SELECT completed\r\n"), reply)
+
+    def test_refused_without_tls_from_afar(self):
+        c = self.client(ip="192.0.2.7")
+        self.assertEqual(c.cmd(b"a AUTHENTICATE PLAIN"),
+                         b"a NO [PRIVACYREQUIRED] Passwords need TLS: use STARTTLS first\r\n")
+
+    def test_auth_disabled_on_listener(self):
+        c = self.client(auth=False, secure=True)
+        self.assertEqual(c.greeting,
+                         b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED NAMESPACE IDLE] "
+                         b"mailsrv IMAP4rev1 ready\r\n")
+        refusal = b"NO Password logins are disabled on this port\r\n"
+        self.assertEqual(c.cmd(b"a LOGIN alice@example.test secret"), b"a " + refusal)
+        self.assertEqual(c.cmd(b"b AUTHENTICATE PLAIN " + plain(b"alice@example.test", b"secret")),
+                         b"b " + refusal)
+        self.assertEqual(c.cmd(b"c AUTHENTICATE PLAIN"), b"c " + refusal)
+
+
+class ThrottlingTests(IMAPTestCase):
+    """The real checker, counting in a store with the [auth] defaults."""
+
+    def setUp(self):
+        super().setUp()
+        run_threads_inline(self)
+        users = UserDB(self.root / "users")
+        users.set_password(ALICE, "secret")
+        users.set_password("bob@example.test", "pw")
+        self.clock.advance(1)  # the directory looks at the file once a second
+        self.server.sessions = MemorySessionStore(1800, self.clock, self.server.settings.auth)
+        self.server.checker = UserPasswordChecker(self.server.directory, self.server.sessions)
+
+    def test_refused_after_five_distinct_wrong_passwords(self):
+        logs = []
+        globalLogPublisher.addObserver(logs.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logs.append)
+        c = self.client()
+        failed = b"NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        for n in range(3):
+            self.assertEqual(c.cmd(b"a%d LOGIN alice guess-%d" % (n, n)), b"a%d " % n + failed)
+        for n in range(3, 5):
+            self.assertEqual(c.cmd(b"a%d AUTHENTICATE PLAIN " % n + plain(b"alice", b"g%d" % n)),
+                             b"a%d " % n + failed)
+        throttled = b"NO [UNAVAILABLE] Too many failed logins, try again later\r\n"
+        self.assertEqual(c.cmd(b"x LOGIN alice@example.test secret"), b"x " + throttled)
+        self.assertEqual(c.cmd(b"y AUTHENTICATE PLAIN"), b"+ \r\n")
+        self.assertEqual(c.cmd(plain(b"alice", b"secret")), b"y " + throttled)
+        self.assertEqual(c.cmd(b"z LOGIN bob@example.test pw"), b"z " + LOGGED_IN)
+        self.assertTrue(self.client(ip="127.0.0.2").login().startswith(b"L OK"))
+        self.clock.advance(900)
+        self.assertTrue(self.client().login().startswith(b"L OK"))
+        lines = [formatEvent(e) for e in logs if "refused" in e.get("log_format", "")]
+        self.assertEqual(lines, 2 * [
+            "login refused (throttled): key=127.0.0.1/alice@example.test protocol=imap"])
+        self.assertFalse([e for e in logs if "guess-" in repr(e) or "secret" in repr(e)])
 
 
 class RealCheckerTests(unittest.TestCase):

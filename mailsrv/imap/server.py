@@ -5,11 +5,15 @@ matter to real clients closed. Each override below says which gap:
 - one command at a time, even pipelined (twisted#9282): the protocol stops
   reading while a command waits on a Deferred and resumes after its tagged
   reply, so replies keep the order of the commands;
-- passwords only where L{MailServer.plaintext_allowed} says so: otherwise
-  LOGINDISABLED and C{NO [PRIVACYREQUIRED]}; STARTTLS per listener, dropping
-  anything pipelined behind it (STARTTLS injection);
-- logins go through the shared portal, are logged (never the password) and
-  open the POP-before-SMTP window;
+- passwords only where L{MailServer.plaintext_allowed} says so and the
+  listener has C{auth}: otherwise LOGINDISABLED, no AUTH=, and C{NO
+  [PRIVACYREQUIRED]}; STARTTLS per listener, dropping anything pipelined
+  behind it (STARTTLS injection);
+- LOGIN and AUTHENTICATE PLAIN (with SASL-IR, RFC 4959) go through the
+  shared portal and its throttling checker (C{NO [UNAVAILABLE]} when
+  throttled), are logged (never the password) and open the
+  POP-before-SMTP window; Twisted's challengers (CRAM-MD5 needs plaintext
+  secrets) are not used;
 - SELECT reports UNSEEN, PERMANENTFLAGS, UIDVALIDITY and UIDNEXT; FETCH of
   BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
   3501 allows (not during FETCH, STORE or SEARCH);
@@ -22,13 +26,15 @@ matter to real clients closed. Each override below says which gap:
 import datetime
 import re
 
-from twisted.cred import credentials, error
+from twisted.cred import error
 from twisted.cred.portal import Portal
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from mailsrv import sasl
 from mailsrv.context import is_secure
+from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.realm import MailRealm
 
 log = Logger()
@@ -73,6 +79,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._idle_tag = None
         self._idle_poll = None
         self._lost = False
+        self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
     # reactor; ours follow server.clock so tests can drive them.
@@ -122,7 +129,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self.state == "unauth":
             if self._starttls_offered():
                 caps[b"STARTTLS"] = None
-            if not self._passwords_allowed():
+            if self._passwords_allowed():
+                caps[b"AUTH"] = [b"PLAIN"]
+                caps[b"SASL-IR"] = None
+            else:
                 caps[b"LOGINDISABLED"] = None
         caps[b"NAMESPACE"] = None
         caps[b"IDLE"] = None
@@ -137,6 +147,8 @@ class IMAPServer(imap4.IMAP4Server):
         )
 
     def _passwords_allowed(self):
+        if not self.listener.auth:
+            return False
         if self.listener.tls == "required":
             return is_secure(self.transport)
         return self.server.plaintext_allowed(self.transport)
@@ -164,7 +176,11 @@ class IMAPServer(imap4.IMAP4Server):
         _, newline, rest = line.partition(b"\n")
         self._discarding = not newline
         self._refeed = rest
-        self.sendBadResponse(None, b"Line too long")
+        tag = None
+        if self.parseState == "sasl":  # the response ends the AUTHENTICATE
+            (tag, _), self._sasl = self._sasl, None
+            self.parseState = "command"
+        self.sendBadResponse(tag, b"Line too long")
 
     def lineReceived(self, line):
         super().lineReceived(line)
@@ -272,20 +288,62 @@ class IMAPServer(imap4.IMAP4Server):
 
     unauth_STARTTLS = (do_STARTTLS,)
 
-    def do_LOGIN(self, tag, user, passwd):
-        if not self._passwords_allowed():
+    def _refuse_password(self, tag):
+        if not self.listener.auth:
+            self.sendNegativeResponse(tag, b"Password logins are disabled on this port")
+        else:
             self.sendNegativeResponse(
                 tag, b"[PRIVACYREQUIRED] Passwords need TLS: use STARTTLS first"
             )
-            return
+
+    def do_LOGIN(self, tag, user, passwd):
+        if not self._passwords_allowed():
+            return self._refuse_password(tag)
+        self._login(tag, user, passwd)
+
+    unauth_LOGIN = (do_LOGIN, _base.arg_astring, _base.arg_finalastring)
+
+    def do_AUTHENTICATE(self, tag, line):
+        """RFC 3501 6.2.2, PLAIN only, with an optional initial response (RFC 4959)."""
+        if not self._passwords_allowed():
+            return self._refuse_password(tag)
+        mechanism, _, initial = line.strip().partition(b" ")
+        if not mechanism:
+            return self.sendBadResponse(tag, b"Syntax: AUTHENTICATE mechanism")
+        if mechanism.upper() != b"PLAIN":
+            return self.sendNegativeResponse(tag, b"Unsupported authentication mechanism")
+        exchange = sasl.Plain()
+        self._sasl_step(tag, exchange, exchange.start, initial.strip().decode("latin-1") or None)
+
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, _base.arg_line)
+
+    def parse_sasl(self, line):
+        """The client's response to an AUTHENTICATE challenge."""
+        (tag, exchange), self._sasl = self._sasl, None
+        self.parseState = "command"
+        self._sasl_step(tag, exchange, exchange.respond, line.decode("latin-1").strip())
+
+    def _sasl_step(self, tag, exchange, step, value):
+        try:
+            result = step(value)
+        except sasl.Forbidden as e:
+            return self.sendNegativeResponse(tag, b"[AUTHORIZATIONFAILED] " + _text(e))
+        except sasl.SASLError as e:  # cancelled or malformed: BAD (RFC 3501 6.2.2)
+            return self.sendBadResponse(tag, _text(e))
+        if isinstance(result, sasl.Challenge):
+            self._sasl = (tag, exchange)
+            self.parseState = "sasl"
+            self.sendLine(b"+ " + result.text.encode("ascii"))
+            return None
+        return self._login(tag, result.username, result.password)
+
+    def _login(self, tag, user, passwd):
         d = self.portal.login(
-            credentials.UsernamePassword(user, passwd), None, imap4.IAccount
+            ClientCredentials(user, passwd, self._peer_ip()), None, imap4.IAccount
         )
         d.addCallbacks(
             self._logged_in, self._login_failed, (tag,), None, (tag, user), None
         )
-
-    unauth_LOGIN = (do_LOGIN, _base.arg_astring, _base.arg_finalastring)
 
     def _logged_in(self, result, tag):
         _, account, logout = result
@@ -314,7 +372,13 @@ class IMAPServer(imap4.IMAP4Server):
     def _login_failed(self, failure, tag, user):
         name = _printable(user)
         ip = self._peer_ip()
-        if failure.check(error.UnauthorizedLogin):
+        if failure.check(LoginThrottled):
+            log.info("login refused (throttled): key={key} protocol=imap",
+                     key=failure.value.key)
+            self.sendNegativeResponse(
+                tag, b"[UNAVAILABLE] Too many failed logins, try again later"
+            )
+        elif failure.check(error.UnauthorizedLogin):
             log.info("login failed: user={user} ip={ip} protocol=imap",
                      user=name, ip=ip)
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
