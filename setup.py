@@ -24,6 +24,7 @@ setup(
         "service-identity>=24.1",
         "cryptography>=42",
         "argon2-cffi>=23.1,<26",
+        "dnspython>=2.4,<3",
     ],
     entry_points={"console_scripts": ["mailsrv = mailsrv.admin.cli:main"]},
 )

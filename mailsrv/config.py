@@ -93,7 +93,7 @@ class RelaySettings:
 
 @dataclass(frozen=True)
 class DNSSettings:
-    servers: tuple
+    servers: tuple  # of (host, port)
     timeout: float
 
 
@@ -341,11 +341,10 @@ def parse(data, path):
 
     dns_table = _Table(path, "dns", top.get("dns", dict, {}))
     dns = DNSSettings(
-        servers=dns_table.strings("servers", ()),
+        servers=tuple(_host_port(dns_table, "servers", entry, 53)
+                      for entry in dns_table.strings("servers", ())),
         timeout=dns_table.get("timeout", float, 5.0),
     )
-    for server_entry in dns.servers:
-        _host_port(dns_table, "servers", server_entry, 53)
     dns_table.check_unknown()
 
     delivery = _delivery(path, top.get("delivery", dict, {}))

@@ -1,0 +1,203 @@
+"""
+The project's DNS resolver: every lookup returns a Deferred and never blocks
+the reactor.
+
+Decision: dnspython's blocking resolver runs in the reactor's thread pool
+(L{threads.deferToThread}), at most L{MAX_CONCURRENT} lookups at a time.
+dnspython's own async API runs on asyncio or trio, which would force the
+asyncio reactor on the whole process; the blocking resolver keeps every
+dnspython feature (resolv.conf, TCP fallback on truncation, retries across
+servers) and the thread hop costs far less than the lookup. The cap keeps
+slow lookups (up to C{[dns] timeout} each) from taking every pool thread
+that spool commits and password checks need.
+
+Answers are cached for their TTL (negative answers for L{NEGATIVE_TTL}
+seconds), in a bounded LRU. "No such domain" and "no records" are answers
+(an empty tuple); a timeout or SERVFAIL is L{TemporaryDNSError}, never
+cached, so callers can answer 4xx instead of refusing for good.
+"""
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from twisted.internet import defer, threads
+
+MAX_CONCURRENT = 4
+NEGATIVE_TTL = 60
+MAX_TTL = 86400
+CACHE_SIZE = 10000
+
+
+class TemporaryDNSError(Exception):
+    """A lookup that may succeed later: timeout, SERVFAIL, no server answered."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """
+    @ivar records: the answer's data as text, C{()} for NXDOMAIN or no data.
+    @ivar ttl: how many seconds it may be kept.
+    """
+
+    records: tuple
+    ttl: int
+
+
+class DNSPythonBackend:
+    """
+    Blocking lookups with dnspython (call in a thread).
+
+    @param servers: C{(host, port)} pairs; empty: the system's resolv.conf.
+    @param timeout: seconds for one whole lookup, every server and retry.
+    """
+
+    def __init__(self, servers, timeout):
+        import dns.nameserver
+        import dns.resolver
+
+        self._resolver = dns.resolver.Resolver(configure=not servers)
+        if servers:
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in servers
+            ]
+        self._resolver.lifetime = timeout
+        self._resolver.cache = None  # ours is in front of it
+
+    def query(self, name, rdtype):
+        import dns.exception
+        import dns.name
+        import dns.resolver
+
+        try:
+            answer = self._resolver.resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN,
+                dns.exception.SyntaxError, dns.name.NameTooLong):
+            # No such name, no such records, or a name that cannot exist.
+            return Answer((), NEGATIVE_TTL)
+        except dns.exception.Timeout:
+            raise TemporaryDNSError(f"{rdtype} {name}: timeout")
+        except dns.exception.DNSException as e:  # SERVFAIL everywhere, ...
+            raise TemporaryDNSError(f"{rdtype} {name}: {e}")
+        return Answer(tuple(_text(rdtype, r) for r in answer), answer.rrset.ttl)
+
+
+def _text(rdtype, record):
+    if rdtype == "MX":
+        return (record.preference, _name(record.exchange))
+    if rdtype in ("A", "AAAA"):
+        return record.address
+    return _name(record.target)
+
+
+def _name(name):
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def reverse_name(ip):
+    """The PTR name of an address: C{2.0.0.127.in-addr.arpa}."""
+    return ipaddress.ip_address(ip).reverse_pointer
+
+
+class Resolver:
+    """
+    Asynchronous, cached lookups over a blocking backend.
+
+    @param backend: has C{query(name, rdtype) -> Answer}, may raise
+        L{TemporaryDNSError}; called in a thread.
+    @param clock: for TTLs (the reactor by default).
+    """
+
+    def __init__(self, backend, clock=None, cache_size=CACHE_SIZE):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.backend = backend
+        self.clock = clock
+        self.cache_size = cache_size
+        self._cache = OrderedDict()  # (name, rdtype) -> (expires, records)
+        self._limit = defer.DeferredSemaphore(MAX_CONCURRENT)
+
+    def query(self, name, rdtype):
+        """A Deferred of the records (a tuple) of one type."""
+        key = (name.lower().rstrip("."), rdtype)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > self.clock.seconds():
+            self._cache.move_to_end(key)
+            return defer.succeed(cached[1])
+        d = self._limit.run(threads.deferToThread, self.backend.query, key[0], rdtype)
+        return d.addCallback(self._store, key)
+
+    def _store(self, answer, key):
+        self._cache[key] = (self.clock.seconds() + min(answer.ttl, MAX_TTL), answer.records)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return answer.records
+
+    def mx(self, domain):
+        """A Deferred of C{(preference, host)} pairs, best first."""
+        return self.query(domain, "MX").addCallback(sorted)
+
+    def ptr(self, ip):
+        """A Deferred of the names an address points back to."""
+        return self.query(reverse_name(ip), "PTR")
+
+    @defer.inlineCallbacks
+    def addresses(self, name):
+        """
+        A Deferred of the A and AAAA addresses of C{name}; temporary only
+        when neither family could be looked up.
+        """
+        found, errors = [], []
+        for rdtype in ("A", "AAAA"):
+            try:
+                found.extend((yield self.query(name, rdtype)))
+            except TemporaryDNSError as e:
+                errors.append(e)
+        if len(errors) == 2:
+            raise errors[0]
+        return tuple(found)
+
+    @defer.inlineCallbacks
+    def accepts_mail(self, domain):
+        """
+        Whether a domain can receive mail (RFC 5321 5.1): it has MX records
+        other than a null MX (RFC 7505), or, without MX, an address.
+
+        @return: a Deferred of a bool; fails with L{TemporaryDNSError}.
+        """
+        if domain.startswith("["):  # an address literal needs no DNS
+            return True
+        exchanges = yield self.mx(domain)
+        if exchanges:
+            return exchanges != [(0, "")]
+        return bool((yield self.addresses(domain)))
+
+    @defer.inlineCallbacks
+    def confirmed_names(self, ip):
+        """
+        The forward-confirmed reverse DNS names of C{ip}: PTR names whose
+        own addresses include C{ip} (anyone may put any name in a PTR).
+        """
+        address = ipaddress.ip_address(ip)
+        confirmed = []
+        for name in (yield self.ptr(ip)):
+            forward = yield self.addresses(name)
+            if any(ipaddress.ip_address(a) == address for a in forward):
+                confirmed.append(name)
+        return tuple(confirmed)
+
+
+_shared = {}
+
+
+def resolver_for(dns_settings):
+    """
+    The process's resolver for C{[dns]} settings: one per settings, so that
+    every stage and list shares its cache.
+    """
+    resolver = _shared.get(dns_settings)
+    if resolver is None:
+        backend = DNSPythonBackend(dns_settings.servers, dns_settings.timeout)
+        resolver = _shared[dns_settings] = Resolver(backend)
+    return resolver
