@@ -1,17 +1,22 @@
 """
 IP lists as admins write them: single addresses, CIDR (C{10.0.0.0/8}),
 address/netmask (C{10.1.0.0/255.255.0.0}), ranges (C{192.168.0.1-50},
-C{192.168.0.1-192.168.1.20}), IPv6 forms, and host names.
+C{192.168.0.1-192.168.1.20}), IPv6 forms, host names, and domains
+(C{.example.com} or C{*.example.com}: clients whose forward-confirmed
+reverse DNS name ends in that domain).
 
-Host names are resolved off the reactor thread and cached; L{IPList.contains}
-answers from what is known now, so it never blocks.
+Names are looked up through L{mailsrv.dns} (cached for their TTL).
+L{IPList.contains} answers from what is known now and never waits;
+L{IPList.match} looks names up first.
 """
 
 import ipaddress
-import socket
+import re
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
+
+from mailsrv.directory.listfile import ListFileError, read_lines
 
 log = Logger()
 
@@ -44,8 +49,8 @@ def parse_entry(entry):
     """
     Parse one list entry.
 
-    @return: C{("net", network)}, C{("range", first, last)} or
-        C{("host", name)}.
+    @return: C{("net", network)}, C{("range", first, last)},
+        C{("host", name)} or C{("domain", name)}.
     @raise ValueError: with the entry named, when it is none of these.
     """
     text = entry.strip()
@@ -80,38 +85,79 @@ def parse_entry(entry):
         return ("net", ipaddress.ip_network(text))
     except ValueError:
         pass
+    kind = "host"
+    for prefix in ("*.", "."):
+        if text.startswith(prefix):
+            kind, text = "domain", text[len(prefix):]
+            break
     name = text.rstrip(".").lower()
     labels = name.split(".")
     if all(
         label and len(label) < 64 and label.replace("-", "").isalnum()
         for label in labels
     ) and not name.replace(".", "").isdigit():
-        return ("host", name)
-    raise ValueError(f"not an address, network, range or host name: {entry!r}")
+        return (kind, name)
+    raise ValueError(f"not an address, network, range, host name or domain: {entry!r}")
+
+
+def split_entries(text):
+    """Entries on one line: separated by spaces, tabs, commas or semicolons."""
+    return [entry for entry in re.split(r"[\s,;]+", text) if entry]
+
+
+def read_entries(path):
+    """
+    The entries of a list file, each checked.
+
+    @return: a list of entry strings.
+    @raise ListFileError: naming the file, line and entry of the first bad one.
+    """
+    entries = []
+    for lineno, text in read_lines(path):
+        for entry in split_entries(text):
+            try:
+                parse_entry(entry)
+            except ValueError as e:
+                raise ListFileError(path, lineno, str(e))
+            entries.append(entry)
+    return entries
 
 
 class IPList:
     """
     A set of addresses built from list entries.
+
+    @param resolver: a L{mailsrv.dns.Resolver}; needed only when there are
+        host names or domains.
     """
 
-    def __init__(self, entries=()):
+    def __init__(self, entries=(), resolver=None):
+        self.resolver = resolver
         self._nets = []
         self._ranges = []
-        self._hosts = {}  # name -> frozenset of addresses, filled by resolve()
+        self._hosts = {}  # name -> frozenset of addresses, as last looked up
+        self._domains = []
         for entry in entries:
             kind, *value = parse_entry(entry)
             if kind == "net":
                 self._nets.append(value[0])
             elif kind == "range":
                 self._ranges.append(tuple(value))
-            else:
+            elif kind == "host":
                 self._hosts[value[0]] = frozenset()
+            else:
+                self._domains.append(value[0])
+        if (self._hosts or self._domains) and resolver is None:
+            raise ValueError("host names and domains need a resolver")
 
     def __bool__(self):
-        return bool(self._nets or self._ranges or self._hosts)
+        return bool(self._nets or self._ranges or self._hosts or self._domains)
+
+    def __len__(self):
+        return len(self._nets) + len(self._ranges) + len(self._hosts) + len(self._domains)
 
     def contains(self, ip):
+        """Whether C{ip} is listed by address, or by a host name as last looked up."""
         try:
             address = normalise_ip(ip)
         except ValueError:
@@ -124,16 +170,38 @@ class IPList:
                 return True
         return any(address in addresses for addresses in self._hosts.values())
 
+    @defer.inlineCallbacks
+    def match(self, ip):
+        """
+        Whether C{ip} is listed, host names looked up again when their TTL
+        has run out, and domains checked against the forward-confirmed
+        reverse DNS names of C{ip}.
+
+        @return: a Deferred of a bool; it fails with
+            L{mailsrv.dns.TemporaryDNSError} when only a failed lookup could
+            have matched.
+        """
+        yield self.resolve()
+        if self.contains(ip) or not self._domains:
+            return self.contains(ip)
+        try:
+            address = str(normalise_ip(ip))
+        except ValueError:
+            return False
+        names = yield self.resolver.confirmed_names(address)
+        return any(name.endswith("." + domain) for name in names for domain in self._domains)
+
     def resolve(self):
         """
-        Look up the host names in a thread; a name that does not resolve is
-        logged and matches nothing.
+        Look the host names up (answers come from the resolver's cache while
+        their TTL runs); a name that does not resolve now keeps its last
+        addresses, and is logged.
 
         @return: a Deferred that fires when every name has been tried.
         """
         return defer.DeferredList(
             [
-                threads.deferToThread(_addresses_of, name).addCallbacks(
+                self.resolver.addresses(name).addCallbacks(
                     self._resolved, self._unresolved, (name,), None, (name,)
                 )
                 for name in self._hosts
@@ -141,13 +209,31 @@ class IPList:
         )
 
     def _resolved(self, addresses, name):
-        self._hosts[name] = addresses
+        if not addresses:
+            log.warn("IP list: {name} has no address", name=name)
+        self._hosts[name] = frozenset(normalise_ip(a) for a in addresses)
 
     def _unresolved(self, failure, name):
         log.warn("IP list: cannot resolve {name}: {error}", name=name,
                  error=failure.getErrorMessage())
 
 
-def _addresses_of(name):
-    infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    return frozenset(normalise_ip(info[4][0]) for info in infos)
+def trusted_list(settings):
+    """
+    The L{IPList} of C{[relay] trusted} and C{trusted_file}.
+
+    @raise ConfigError: for a missing file or a bad entry.
+    """
+    from mailsrv import config, dns
+
+    entries = list(settings.relay.trusted)
+    path = settings.relay.trusted_file
+    if path is not None:
+        if not path.exists():
+            raise config.ConfigError(settings.path, "[relay] trusted_file",
+                                     f"{path} does not exist")
+        try:
+            entries += read_entries(path)
+        except (ListFileError, OSError) as e:
+            raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))
+    return IPList(entries, dns.resolver_for(settings.dns))

@@ -20,8 +20,8 @@ from mailsrv import config, tls
 from mailsrv.context import MailServer
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
-from mailsrv.directory.listfile import ListFileError, read_lines
-from mailsrv.netaddr import IPList, normalise_ip
+from mailsrv.directory.listfile import ListFileError
+from mailsrv.netaddr import normalise_ip, trusted_list
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.sessions import MemorySessionStore
@@ -81,7 +81,7 @@ def build_mail_server(settings, clock=reactor):
         sessions=sessions,
         store=MailStore(settings.data_dir / "mail", clock),
         spool=Spool(settings.data_dir / "queue"),
-        trusted=_trusted_ips(settings),
+        trusted=trusted_list(settings),
         tls_context=tls.server_context(settings),
         clock=clock,
     )
@@ -91,23 +91,6 @@ def _file_problem(error):
     if isinstance(error, OSError):
         return f"cannot read {error.filename}: {error.strerror}"
     return str(error)
-
-
-def _trusted_ips(settings):
-    entries = list(settings.relay.trusted)
-    path = settings.relay.trusted_file
-    if path is not None:
-        if not path.exists():
-            raise config.ConfigError(settings.path, "[relay] trusted_file",
-                                     f"{path} does not exist")
-        for lineno, text in read_lines(path):
-            entries.extend(
-                e for e in text.replace(",", " ").replace(";", " ").split() if e
-            )
-    try:
-        return IPList(entries)
-    except ValueError as e:
-        raise config.ConfigError(settings.path, "[relay] trusted", str(e))
 
 
 def make_service(settings):

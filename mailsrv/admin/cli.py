@@ -62,13 +62,13 @@ def main(argv=None, stdin=None, stdout=None):
 
 
 def check_config(settings, args, stdin, stdout):
-    from mailsrv.service import _trusted_ips
     from mailsrv.directory.aliases import parse_aliases
     from mailsrv.directory.users import parse_users
+    from mailsrv.netaddr import trusted_list
 
     parse_users(settings.users_file)
     parse_aliases(settings.aliases_file)
-    _trusted_ips(settings)
+    trusted_list(settings)
     stdout.write(f"{settings.path}: ok, {len(settings.listeners)} listeners\n")
     for listener in settings.listeners:
         stdout.write(f"  {listener.name} (tls {listener.tls})\n")

@@ -165,8 +165,16 @@ class Standing:
             return defer.succeed(f"authenticated as {session.user}")
         if self.mode == "anyone":
             return defer.succeed("[relay] mode anyone (open relay)")
-        if self.mode == "trusted" and self.trusted.contains(session.ip):
-            return defer.succeed(f"trusted IP {session.ip}")
+        if self.mode == "trusted" and self.trusted:
+            return self.trusted.match(session.ip).addCallback(self._trusted, session)
+        return self._window_reason(session)
+
+    def _trusted(self, listed, session):
+        if listed:
+            return f"trusted IP {session.ip}"
+        return self._window_reason(session)
+
+    def _window_reason(self, session):
         if not self.pop_before_smtp:
             return defer.succeed(None)
         return self.sessions.window_user(session.ip).addCallback(self._window, session)
