@@ -147,6 +147,15 @@ class Settings:
     def is_local_domain(self, domain):
         return domain.lower() in self.local_domains
 
+    def client_cert_mode(self, listener):
+        """
+        A listener's effective client_cert: its own, else the global one,
+        which an mx listener never takes (it would refuse Internet mail).
+        """
+        if listener.client_cert is not None:
+            return listener.client_cert
+        return "none" if listener.role == "mx" else self.tls.client_cert
+
 
 # Listeners used when the file has no [[listen]] table: the standard ports.
 DEFAULT_LISTENERS = (
@@ -308,8 +317,12 @@ def parse(data, path):
         client_cert=tls_table.string("client_cert", "none", CLIENT_CERT_MODES),
     )
     tls_table.check_unknown()
-    if tls.client_cert == "require" and tls.client_ca is None:
-        raise tls_table.error("client_cert", "'require' needs [tls] client_ca")
+    if tls.client_cert != "none" and tls.client_ca is None:
+        raise tls_table.error("client_cert", f"{tls.client_cert!r} needs [tls] client_ca")
+    for listener in listeners:
+        if listener.client_cert not in (None, "none") and tls.client_ca is None:
+            raise ConfigError(path, f"[listen #{listener.index + 1}] client_cert",
+                              f"{listener.client_cert!r} needs [tls] client_ca")
 
     auth_table = _Table(path, "auth", top.get("auth", dict, {}))
     auth = AuthSettings(

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport
 
-from mailsrv.netaddr import is_loopback
+from mailsrv.netaddr import is_loopback, normalise_ip
 
 
 @dataclass
@@ -21,8 +21,9 @@ class MailServer:
     @ivar store: the L{mailsrv.store.folder.MailStore} (Maildirs).
     @ivar spool: the L{mailsrv.queue.spool.Spool}.
     @ivar trusted: the L{mailsrv.netaddr.IPList} of [relay] trusted IPs.
-    @ivar tls_context: the server's TLS context factory (implicit TLS and
-        STARTTLS alike).
+    @ivar tls_context: the server's TLS context factory for listeners that
+        ask for no client certificate.
+    @ivar tls: the L{mailsrv.tls.ServerTLS} with the contexts that do.
     @ivar queue_runner: what delivers queued mail; C{wake()} after enqueueing.
     @ivar clock: the reactor, or a Clock in tests.
     """
@@ -37,6 +38,18 @@ class MailServer:
     tls_context: Any
     queue_runner: Any = None
     clock: Any = None
+    tls: Any = None
+
+    def tls_context_for(self, listener):
+        """
+        The TLS context factory of one listener, implicit TLS and STARTTLS
+        alike: it asks for client certificates as the listener's effective
+        client_cert says.
+        """
+        mode = self.settings.client_cert_mode(listener)
+        if mode == "none":
+            return self.tls_context
+        return self.tls.context(mode)
 
     def plaintext_allowed(self, transport):
         """
@@ -53,3 +66,15 @@ class MailServer:
 def is_secure(transport):
     """Whether the connection is encrypted (implicit TLS or after STARTTLS)."""
     return ISSLTransport.providedBy(transport)
+
+
+def peer_ip(address):
+    """
+    The IP of a peer address as lists and logs use it: IPv4-mapped IPv6
+    folded to IPv4; a non-IP host (a UNIX socket) as it is.
+    """
+    host = getattr(address, "host", "")
+    try:
+        return str(normalise_ip(host))
+    except ValueError:
+        return host

@@ -17,11 +17,11 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
 from mailsrv import config, tls
-from mailsrv.context import MailServer
+from mailsrv.context import MailServer, peer_ip
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
-from mailsrv.netaddr import normalise_ip, trusted_list
+from mailsrv.netaddr import trusted_list
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.sessions import MemorySessionStore
@@ -74,6 +74,7 @@ def build_mail_server(settings, clock=reactor):
     directory = Directory(settings.local_domains, users, aliases)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     sessions = MemorySessionStore(window, clock, settings.auth)
+    server_tls = tls.ServerTLS(settings)
     return MailServer(
         settings=settings,
         directory=directory,
@@ -82,7 +83,8 @@ def build_mail_server(settings, clock=reactor):
         store=MailStore(settings.data_dir / "mail", clock),
         spool=Spool(settings.data_dir / "queue"),
         trusted=trusted_list(settings),
-        tls_context=tls.server_context(settings),
+        tls_context=server_tls.context(),
+        tls=server_tls,
         clock=clock,
     )
 
@@ -98,6 +100,7 @@ def make_service(settings):
     top = service.MultiService()
     StartupNotes(settings).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
+    tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
     server.queue_runner = QueueRunner(server.spool, settings)
     server.queue_runner.setServiceParent(top)
     builders = _factory_builders()
@@ -112,7 +115,7 @@ def make_service(settings):
             per_ip=per_ip,
         )
         if listener.tls == "implicit":
-            factory = TLSMemoryBIOFactory(server.tls_context, False, factory)
+            factory = TLSMemoryBIOFactory(server.tls_context_for(listener), False, factory)
             factory.noisy = False
         ListenerService(listener, settings, factory).setServiceParent(top)
     return top
@@ -216,7 +219,7 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         limits = self.factory
-        ip = _ip_key(transport.getPeer())
+        ip = peer_ip(transport.getPeer())
         if (limits.active >= limits.max_connections
                 or limits.per_ip[ip] >= limits.max_per_ip):
             log.info("refused connection from {ip}: connection limit", ip=ip)
@@ -249,11 +252,3 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         if not limits.per_ip[self.counted_ip]:
             del limits.per_ip[self.counted_ip]
         super().connectionLost(reason)
-
-
-def _ip_key(address):
-    host = getattr(address, "host", "")
-    try:
-        return str(normalise_ip(host))
-    except ValueError:
-        return host

@@ -1,21 +1,52 @@
 """
-Server certificates: load them, or make a self-signed one at first start so
-that every listener can offer TLS from the first run.
+Server certificates and the TLS contexts built from them: load them (or make
+a self-signed one at first start so that every listener can offer TLS from
+the first run), verify client certificates against [tls] client_ca, reload
+everything on SIGHUP, and warn before the certificate expires.
 """
 
 import datetime
 import os
+import signal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import ssl
+from OpenSSL import SSL, crypto
+from twisted.application import service
+from twisted.internet import reactor, ssl, task
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailsrv.config import ConfigError
+from mailsrv.context import peer_ip
 
 log = Logger()
+
+# A certificate that expires sooner than this is logged at every check.
+EXPIRY_WARNING = datetime.timedelta(days=14)
+CHECK_INTERVAL = 86400  # seconds between expiry checks
+
+# OpenSSL verify results a client certificate usually fails with, worded
+# for the audit log (X509_V_ERR_*).
+VERIFY_ERRORS = {
+    2: "issuer certificate not found",
+    7: "bad signature",
+    9: "not yet valid",
+    10: "expired",
+    18: "self-signed",
+    19: "self-signed certificate in chain",
+    20: "not issued by client_ca",
+    21: "not issued by client_ca",
+    24: "issuer is not a CA",
+    26: "not for client authentication",
+}
+
+# TLS alerts a server sends when a required certificate is missing:
+# handshake_failure (TLS 1.2) and certificate_required (TLS 1.3).
+_NO_CERTIFICATE_ALERTS = (40, 116)
 
 
 def generate_self_signed(cert_path, key_path, hostname, days=3650):
@@ -60,14 +91,210 @@ def fingerprint(cert):
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def server_context(settings):
+class ServerTLS:
     """
-    The TLS context factory for every listener (implicit TLS and STARTTLS
-    alike), creating a self-signed certificate first when neither the
-    certificate nor the key exists.
+    The [tls] files of one process and one context factory per client_cert
+    mode, all sharing them. L{reload} swaps new files in for new connections;
+    connections already open keep the context they started with.
 
-    @raise ConfigError: for an unreadable or mismatched certificate or key.
+    @ivar certificate: the leaf certificate in use (a C{cryptography} object).
     """
+
+    def __init__(self, settings):
+        """
+        @raise ConfigError: for an unreadable or mismatched certificate or
+            key, or an unusable client_ca.
+        """
+        self.settings = settings
+        self._contexts = {}
+        _generate_if_missing(settings)
+        self._material = _load(settings)
+
+    @property
+    def certificate(self):
+        return self._material.leaf
+
+    def context(self, mode="none"):
+        """The context factory for listeners whose effective client_cert is C{mode}."""
+        if mode not in self._contexts:
+            self._contexts[mode] = ListenerContext(mode, self._material)
+        return self._contexts[mode]
+
+    def reload(self):
+        """
+        Read the files again; on any problem log it and keep serving the old
+        ones (a typo must not take TLS down).
+
+        @return: whether the new files are in use.
+        """
+        try:
+            material = _load(self.settings)
+        except ConfigError as e:
+            log.error("TLS reload failed, still using the previous certificate: {error}",
+                      error=str(e))
+            return False
+        self._material = material
+        for context in self._contexts.values():
+            context.use(material)
+        log.info("TLS certificate reloaded: {path} (SHA-256 {fingerprint})",
+                 path=str(self.settings.tls.cert), fingerprint=fingerprint(material.leaf))
+        self.check_expiry()
+        return True
+
+    def check_expiry(self, now=None):
+        """Log loudly an expired certificate, or one that expires within 14 days."""
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        leaf = self._material.leaf
+        not_after = leaf.not_valid_after_utc
+        fields = dict(path=str(self.settings.tls.cert), subject=leaf.subject.rfc4514_string(),
+                      not_after=not_after.isoformat())
+        if not_after <= now:
+            log.critical(
+                "TLS certificate EXPIRED: {path} subject={subject} notAfter={not_after}; "
+                "clients that verify refuse it: install a new one and send SIGHUP",
+                **fields)
+        elif not_after - now < EXPIRY_WARNING:
+            log.warn(
+                "TLS certificate expires in {days} days: {path} subject={subject} "
+                "notAfter={not_after}; install a new one and send SIGHUP",
+                days=(not_after - now).days, **fields)
+
+
+class CertificateWatch(service.Service):
+    """
+    Checks the certificate's expiry at start and then daily, and reloads
+    the [tls] files on SIGHUP (twistd itself uses SIGUSR1 and leaves SIGHUP
+    alone; a handler found installed is still called after ours).
+    """
+
+    def __init__(self, tls, clock):
+        self.tls = tls
+        self.clock = clock
+        self._loop = None
+        self._previous = None
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self.tls.check_expiry)
+        self._loop.clock = self.clock
+        self._loop.start(CHECK_INTERVAL, now=True)
+        self._previous = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum, frame):
+        # A signal handler may run in the middle of any reactor code: only
+        # schedule the reload.
+        reactor.callFromThread(self.tls.reload)
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def stopService(self):
+        super().stopService()
+        self._loop.stop()
+        signal.signal(signal.SIGHUP, self._previous)
+
+
+class _Material:
+    """What one reading of the [tls] files gave."""
+
+    def __init__(self, key, chain, client_cas):
+        self.key = key
+        self.chain = chain  # crypto.X509, leaf first
+        self.client_cas = client_cas  # crypto.X509
+        self.leaf = chain[0].to_cryptography()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ListenerContext:
+    """
+    A server TLS context factory (TLS 1.2 minimum, Twisted's default
+    ciphers) asking for client certificates per C{mode}: C{none},
+    C{request} (optional, but one that is sent must be valid) or
+    C{require}. Refusals are logged as C{tls_invalid_client_certificate}.
+    """
+
+    def __init__(self, mode, material):
+        self.mode = mode
+        self.use(material)
+
+    def use(self, material):
+        """Build the context new connections get from now on."""
+        options = ssl.CertificateOptions(
+            privateKey=material.key,
+            certificate=material.chain[0],
+            extraCertChain=material.chain[1:] or None,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+        context = options.getContext()
+        if self.mode != "none":
+            store = context.get_cert_store()
+            for ca in material.client_cas:
+                store.add_cert(ca)
+            context.set_client_ca_list([ca.get_subject() for ca in material.client_cas])
+            flags = SSL.VERIFY_PEER
+            if self.mode == "require":
+                flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            context.set_verify(flags, _verify_client)
+            context.set_info_callback(_watch_handshake)
+        self._context = context
+
+    def getContext(self):
+        return self._context
+
+    def serverConnectionForTLS(self, protocol):
+        return _Connection(self._context, None)
+
+
+class _Connection(SSL.Connection):
+    """An SSL connection remembering what the client-certificate callbacks saw."""
+
+    certificate_requested = False
+    certificate_seen = False
+
+
+def _verify_client(connection, certificate, errno, depth, ok):
+    """
+    OpenSSL's verdict on each certificate of the client's chain, kept (an
+    invalid certificate fails the handshake in both modes, so that
+    getPeerCertificate() only ever returns a verified one) and logged.
+    """
+    connection.certificate_seen = True
+    subject = certificate.to_cryptography().subject.rfc4514_string()
+    if not ok:
+        _audit_refusal(connection, VERIFY_ERRORS.get(errno, f"verify error {errno}"), subject)
+        return False
+    if depth == 0:
+        log.info("client certificate: subject={subject} ip={ip}",
+                 subject=subject, ip=_connection_ip(connection))
+    return True
+
+
+def _watch_handshake(connection, where, ret):
+    """
+    A client that sends no certificate where one is required never reaches
+    the verify callback: spot the alert OpenSSL sends it.
+    """
+    if where & SSL.SSL_CB_LOOP and b"certificate request" in connection.get_state_string():
+        connection.certificate_requested = True
+    elif (where & SSL.SSL_CB_WRITE_ALERT == SSL.SSL_CB_WRITE_ALERT
+          and connection.certificate_requested
+          and not connection.certificate_seen
+          and ret & 0xFF in _NO_CERTIFICATE_ALERTS):
+        _audit_refusal(connection, "no certificate", "(none)")
+
+
+def _audit_refusal(connection, reason, subject):
+    log.warn("tls_invalid_client_certificate: ip={ip} reason={reason} subject={subject}",
+             ip=_connection_ip(connection), reason=reason, subject=subject,
+             audit="tls_invalid_client_certificate")
+
+
+def _connection_ip(connection):
+    """The client's IP: the app data is Twisted's TLSMemoryBIOProtocol."""
+    protocol = connection.get_app_data()
+    return peer_ip(protocol.transport.getPeer())
+
+
+def _generate_if_missing(settings):
     tls = settings.tls
     cert_exists, key_exists = tls.cert.exists(), tls.key.exists()
     if not cert_exists and not key_exists:
@@ -82,35 +309,55 @@ def server_context(settings):
         missing, key = (tls.cert, "cert") if not cert_exists else (tls.key, "key")
         raise ConfigError(settings.path, f"[tls] {key}", f"{missing} does not exist",
                           "give both cert and key, or neither to generate them")
+
+
+def _load(settings):
+    """Read and check the [tls] files. @raise ConfigError: on any problem."""
+    tls = settings.tls
+    cert_pem = _read(settings, "cert", tls.cert)
+    key_pem = _read(settings, "key", tls.key)
     try:
-        cert_pem = tls.cert.read_bytes()
-        key_pem = tls.key.read_bytes()
-    except OSError as e:
-        raise ConfigError(settings.path, "[tls]", f"cannot read {e.filename}: {e.strerror}")
-    try:
-        certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-        chain = [
-            c.original
-            for c in _chain_certificates(cert_pem)[1:]
-        ]
-        options = ssl.CertificateOptions(
-            privateKey=certificate.privateKey.original,
-            certificate=certificate.original,
-            extraCertChain=chain or None,
-            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        )
-        options.getContext()  # checks that the key matches the certificate
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+        chain = _pem_certificates(cert_pem)
+        if not chain:
+            raise ValueError(f"{tls.cert} holds no PEM certificate")
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_certificate(chain[0])
+        context.use_privatekey(key)
+        context.check_privatekey()
     except Exception as e:
         raise ConfigError(settings.path, "[tls] cert",
                           f"cannot use {tls.cert} with {tls.key}: {e}",
                           "is the key the certificate's own?")
-    return options
+    client_cas = []
+    if tls.client_ca is not None:
+        ca_pem = _read(settings, "client_ca", tls.client_ca)
+        try:
+            client_cas = _pem_certificates(ca_pem)
+        except ValueError as e:
+            raise ConfigError(settings.path, "[tls] client_ca", f"{tls.client_ca}: {e}")
+        if not client_cas:
+            raise ConfigError(settings.path, "[tls] client_ca",
+                              f"{tls.client_ca} holds no PEM certificate",
+                              "give the CA certificates that issue client certificates, in PEM")
+    return _Material(key, chain, client_cas)
 
 
-def _chain_certificates(pem):
+def _read(settings, key, path):
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(settings.path, f"[tls] {key}", f"cannot read {path}: {e.strerror}")
+
+
+def _pem_certificates(pem):
+    """Every certificate of a PEM bundle, in order (a chain: the leaf first)."""
     marker = b"-----END CERTIFICATE-----"
-    return [
-        ssl.Certificate.loadPEM(block + marker)
-        for block in pem.split(marker)
-        if b"-----BEGIN CERTIFICATE-----" in block
-    ]
+    try:
+        return [
+            crypto.load_certificate(crypto.FILETYPE_PEM, block + marker)
+            for block in pem.split(marker)
+            if b"-----BEGIN CERTIFICATE-----" in block
+        ]
+    except crypto.Error as e:
+        raise ValueError(f"bad PEM certificate: {e}")

@@ -6,9 +6,10 @@ from collections import Counter
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransportWithDisconnection
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial import unittest
 
+from mailsrv.context import peer_ip
 from mailsrv.service import BUSY_REPLIES, ConnectionLimits
 
 
@@ -56,3 +57,20 @@ class ConnectionLimitTests(unittest.TestCase):
         _, refused = self.connect("10.0.0.1")
         self.assertEqual(self.limits.active, 2)
         self.assertEqual(self.per_ip["10.0.0.1"], 2)
+
+    def test_ipv4_mapped_peers_count_as_ipv4(self):
+        self.connect("10.0.0.1")
+        address = IPv6Address("TCP", "::ffff:10.0.0.1", 40000)
+        protocol = self.limits.buildProtocol(address)
+        transport = StringTransportWithDisconnection(peerAddress=address)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertEqual(self.per_ip, Counter({"10.0.0.1": 2}))
+
+
+class PeerIPTests(unittest.TestCase):
+    def test_forms(self):
+        self.assertEqual(peer_ip(IPv6Address("TCP", "::ffff:192.0.2.1", 1)), "192.0.2.1")
+        self.assertEqual(peer_ip(IPv6Address("TCP", "::1", 1)), "::1")
+        self.assertEqual(peer_ip(IPv4Address("TCP", "127.0.0.1", 1)), "127.0.0.1")
+        self.assertEqual(peer_ip(UNIXAddress(b"/tmp/sock")), "")

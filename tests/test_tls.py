@@ -1,54 +1,425 @@
+"""
+Certificates, client certificates over real loopback handshakes (implicit
+TLS and STARTTLS), expiry warnings, reload, the TLS version floor.
+"""
+
+import datetime
 import os
+import signal
+import socket
+import ssl
 import stat
+import struct
 from pathlib import Path
 
+from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from mailsrv import tls
 from mailsrv.config import ConfigError
+from mailsrv.context import MailServer
+from tests import certs
 from tests.helpers import make_settings
+
+
+class LogCapture:
+    """Twisted log events emitted while a test runs."""
+
+    def __init__(self, testcase):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def audit(self):
+        return [e for e in self.events if e.get("audit") == "tls_invalid_client_certificate"]
+
+    def formats(self):
+        return [e.get("log_format", "") for e in self.events]
 
 
 class CertificateTests(unittest.TestCase):
     def setUp(self):
-        self.dir = Path(self.mktemp())
+        self.dir = Path(self.mktemp()).absolute()
         self.settings = make_settings(self.dir, tls={"cert": "tls/cert.pem",
                                                      "key": "tls/key.pem"})
 
     def test_self_signed_certificate_is_generated_once(self):
-        options = tls.server_context(self.settings)
-        self.assertIsInstance(options.getContext(), SSL.Context)
+        server_tls = tls.ServerTLS(self.settings)
+        self.assertIsInstance(server_tls.context().getContext(), SSL.Context)
         cert, key = self.dir / "tls" / "cert.pem", self.dir / "tls" / "key.pem"
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
-        from cryptography import x509
-
         loaded = x509.load_pem_x509_certificate(cert.read_bytes())
         san = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         self.assertEqual(san.value.get_values_for_type(x509.DNSName), ["mail.example.test"])
         before = cert.read_bytes()
-        tls.server_context(self.settings)
+        tls.ServerTLS(self.settings)
         self.assertEqual(cert.read_bytes(), before)
 
-    def test_tls_1_2_is_the_minimum(self):
-        options = tls.server_context(self.settings)
-        self.assertEqual(options._options & SSL.OP_NO_TLSv1_1, SSL.OP_NO_TLSv1_1)
-        self.assertEqual(options._options & SSL.OP_NO_TLSv1, SSL.OP_NO_TLSv1)
-
     def test_key_that_does_not_match(self):
-        tls.server_context(self.settings)
+        tls.ServerTLS(self.settings)
         other = Path(self.mktemp())
         other.mkdir()
         tls.generate_self_signed(str(other / "c"), str(other / "k"), "x.test")
         (self.dir / "tls" / "key.pem").write_bytes((other / "k").read_bytes())
         with self.assertRaises(ConfigError) as caught:
-            tls.server_context(self.settings)
+            tls.ServerTLS(self.settings)
         self.assertIn("[tls] cert: cannot use", str(caught.exception))
 
     def test_only_one_of_the_pair(self):
-        tls.server_context(self.settings)
+        tls.ServerTLS(self.settings)
         (self.dir / "tls" / "key.pem").unlink()
         with self.assertRaises(ConfigError) as caught:
-            tls.server_context(self.settings)
+            tls.ServerTLS(self.settings)
         self.assertIn("[tls] key", str(caught.exception))
         self.assertIn("does not exist", str(caught.exception))
+
+    def test_chain_is_served_leaf_first(self):
+        ca = certs.make("Server CA", ca=True)
+        leaf = certs.make("mail.example.test", issuer=ca)
+        tls_dir = self.dir / "tls"
+        tls_dir.mkdir(parents=True)
+        (tls_dir / "cert.pem").write_bytes(leaf.cert_pem + ca.cert_pem)
+        (tls_dir / "key.pem").write_bytes(leaf.key_pem)
+        server_tls = tls.ServerTLS(self.settings)
+        self.assertEqual(server_tls.certificate, leaf.cert)
+
+
+class ClientCAConfigTests(unittest.TestCase):
+    def settings(self, **tls_keys):
+        self.dir = Path(self.mktemp()).absolute()
+        return make_settings(self.dir, tls=tls_keys)
+
+    def test_unreadable_client_ca_is_one_config_line(self):
+        settings = self.settings(client_ca="missing.pem", client_cert="require")
+        with self.assertRaises(ConfigError) as caught:
+            tls.ServerTLS(settings)
+        text = str(caught.exception)
+        self.assertIn("[tls] client_ca: cannot read", text)
+        self.assertIn("missing.pem", text)
+        self.assertNotIn("\n", text)
+
+    def test_client_ca_that_is_not_pem(self):
+        settings = self.settings(client_ca="ca.pem", client_cert="request")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "ca.pem").write_text("not a certificate\n")
+        with self.assertRaises(ConfigError) as caught:
+            tls.ServerTLS(settings)
+        self.assertIn("[tls] client_ca:", str(caught.exception))
+        self.assertIn("holds no PEM certificate", str(caught.exception))
+
+    def test_client_ca_with_a_broken_pem_block(self):
+        settings = self.settings(client_ca="ca.pem", client_cert="request")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "ca.pem").write_text(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        with self.assertRaises(ConfigError) as caught:
+            tls.ServerTLS(settings)
+        self.assertIn("bad PEM certificate", str(caught.exception))
+
+    def test_request_or_require_need_a_client_ca(self):
+        for mode in ("request", "require"):
+            with self.assertRaises(ConfigError) as caught:
+                self.settings(client_cert=mode)
+            self.assertIn(f"[tls] client_cert: '{mode}' needs [tls] client_ca",
+                          str(caught.exception))
+
+    def test_listener_value_needs_a_client_ca_too(self):
+        with self.assertRaises(ConfigError) as caught:
+            make_settings(Path(self.mktemp()), listen=[
+                {"protocol": "imap", "endpoint": "tcp:0", "client_cert": "require"}])
+        self.assertIn("[listen #1] client_cert: 'require' needs [tls] client_ca",
+                      str(caught.exception))
+
+
+class EffectiveModeTests(unittest.TestCase):
+    """[tls] client_cert applies to every listener but mx, which only takes its own."""
+
+    def setUp(self):
+        self.dir = Path(self.mktemp()).absolute()
+        self.paths = certs.client_set(self.dir / "certs")
+        self.settings = make_settings(
+            self.dir,
+            tls={"client_ca": str(self.paths["ca"][0]), "client_cert": "require"},
+            listen=[
+                {"protocol": "smtp", "role": "mx", "endpoint": "tcp:0"},
+                {"protocol": "smtp", "role": "mx", "endpoint": "tcp:0",
+                 "client_cert": "request"},
+                {"protocol": "smtp", "role": "submission", "endpoint": "tcp:0"},
+                {"protocol": "pop3", "endpoint": "tcp:0", "client_cert": "none"},
+                {"protocol": "imap", "endpoint": "tcp:0", "tls": "implicit"},
+            ],
+        )
+
+    def test_modes(self):
+        modes = [self.settings.client_cert_mode(l) for l in self.settings.listeners]
+        self.assertEqual(modes, ["none", "request", "require", "none", "require"])
+
+    def test_one_context_per_mode(self):
+        server_tls = tls.ServerTLS(self.settings)
+        server = MailServer(settings=self.settings, directory=None, checker=None,
+                            sessions=None, store=None, spool=None, trusted=None,
+                            tls_context=server_tls.context(), tls=server_tls)
+        mx, mx_request, submission, pop3, imap = (
+            server.tls_context_for(l) for l in self.settings.listeners)
+        self.assertIs(mx, server.tls_context)
+        self.assertIs(pop3, server.tls_context)
+        self.assertIs(submission, imap)
+        self.assertEqual(submission.mode, "require")
+        self.assertEqual(mx_request.mode, "request")
+        self.assertIsNot(mx_request, submission)
+
+
+class Reporter(Protocol):
+    """
+    Answers each line with the client certificate's subject (or "none");
+    a C{STARTTLS} line first starts TLS, as the mail protocols do.
+    """
+
+    context = None
+
+    def dataReceived(self, data):
+        if data == b"STARTTLS\n":
+            self.transport.write(b"GO\n")
+            self.transport.startTLS(self.context)
+            return
+        cert = self.transport.getPeerCertificate()
+        subject = cert.to_cryptography().subject.rfc4514_string() if cert else "none"
+        self.transport.write(subject.encode() + b"\n")
+
+
+def tls_client(port, client=None, starttls=False, host="127.0.0.1",
+               maximum=None):
+    """
+    A blocking Python ssl client (run it in a thread): the server's answer,
+    or C{"refused: ..."} when the handshake or first read fails.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if maximum:
+        context.maximum_version = maximum
+    if client:
+        context.load_cert_chain(*map(str, client))
+    with socket.create_connection((host, port), 10) as raw:
+        if starttls:
+            raw.sendall(b"STARTTLS\n")
+            assert raw.recv(3) == b"GO\n"
+        try:
+            with context.wrap_socket(raw) as conn:
+                conn.sendall(b"who\n")
+                answer = conn.recv(1000)
+        except (ssl.SSLError, OSError) as e:
+            return f"refused: {e}"
+        return answer.decode().strip() if answer else "refused: closed"
+
+
+class ClientCertificateTests(unittest.TestCase):
+    """Real handshakes on loopback against each client_cert mode."""
+
+    def setUp(self):
+        self.dir = Path(self.mktemp()).absolute()
+        self.paths = certs.client_set(self.dir / "certs")
+        settings = make_settings(self.dir, tls={"client_ca": str(self.paths["ca"][0])})
+        self.server_tls = tls.ServerTLS(settings)
+        self.log = LogCapture(self)
+
+    def listen(self, mode, starttls=False):
+        context = self.server_tls.context(mode)
+        factory = Factory.forProtocol(Reporter)
+        factory.protocol.context = context
+        if not starttls:
+            factory = TLSMemoryBIOFactory(context, False, factory)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def connect(self, port, name=None, starttls=False):
+        client = self.paths[name] if name else None
+        return threads.deferToThread(tls_client, port, client, starttls)
+
+    async def check_require(self, starttls):
+        port = self.listen("require", starttls)
+        self.assertEqual(await self.connect(port, "valid", starttls),
+                         "CN=alice@example.test")
+        self.assertIn("client certificate: subject={subject} ip={ip}", self.log.formats())
+        self.assertEqual(self.log.audit(), [])
+        reasons = {}
+        for name in (None, "selfsigned", "expired"):
+            answer = await self.connect(port, name, starttls)
+            self.assertTrue(answer.startswith("refused"), (name, answer))
+            event = self.log.audit()[-1]
+            self.assertEqual(event["ip"], "127.0.0.1")
+            reasons[name] = event["reason"]
+        self.assertEqual(reasons, {None: "no certificate", "selfsigned": "self-signed",
+                                   "expired": "expired"})
+        self.assertEqual(len(self.log.audit()), 3)
+
+    def test_require_implicit_tls(self):
+        return defer.ensureDeferred(self.check_require(starttls=False))
+
+    def test_require_starttls(self):
+        return defer.ensureDeferred(self.check_require(starttls=True))
+
+    async def check_no_certificate_tls_1_2(self):
+        port = self.listen("require")
+        answer = await threads.deferToThread(tls_client, port,
+                                             maximum=ssl.TLSVersion.TLSv1_2)
+        self.assertTrue(answer.startswith("refused"), answer)
+        self.assertEqual([e["reason"] for e in self.log.audit()], ["no certificate"])
+
+    def test_no_certificate_over_tls_1_2(self):
+        return defer.ensureDeferred(self.check_no_certificate_tls_1_2())
+
+    async def check_request(self):
+        port = self.listen("request")
+        self.assertEqual(await self.connect(port), "none")
+        self.assertEqual(await self.connect(port, "valid"), "CN=alice@example.test")
+        self.assertTrue((await self.connect(port, "selfsigned")).startswith("refused"))
+        self.assertEqual([e["reason"] for e in self.log.audit()], ["self-signed"])
+
+    def test_request_accepts_no_certificate_but_refuses_an_invalid_one(self):
+        return defer.ensureDeferred(self.check_request())
+
+    async def check_none(self):
+        port = self.listen("none")
+        self.assertEqual(await self.connect(port, "selfsigned"), "none")
+
+    def test_none_ignores_client_certificates(self):
+        return defer.ensureDeferred(self.check_none())
+
+
+def client_hello(version):
+    """A minimal ClientHello record offering only C{version} (no extensions)."""
+    body = (struct.pack("!H", version) + os.urandom(32) + b"\x00"
+            + b"\x00\x04\xc0\x13\x00\x2f" + b"\x01\x00")
+    handshake = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+
+
+def first_record(port, data):
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        s.sendall(data)
+        return s.recv(100)
+
+
+class VersionTests(unittest.TestCase):
+    def setUp(self):
+        settings = make_settings(Path(self.mktemp()))
+        factory = TLSMemoryBIOFactory(tls.ServerTLS(settings).context(), False,
+                                      Factory.forProtocol(Reporter))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    async def check(self):
+        tls11 = await threads.deferToThread(first_record, self.port, client_hello(0x0302))
+        # a fatal protocol_version alert
+        self.assertEqual(tls11[0], 0x15)
+        self.assertEqual(tls11[-2:], b"\x02\x46")
+        answer = await threads.deferToThread(tls_client, self.port,
+                                             maximum=ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(answer, "none")
+
+    def test_tls_1_1_is_refused_1_2_works(self):
+        return defer.ensureDeferred(self.check())
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class ExpiryAndReloadTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = Path(self.mktemp()).absolute()
+        self.settings = make_settings(self.dir)
+        self.cert = self.dir / "tls" / "cert.pem"
+        self.key = self.dir / "tls" / "key.pem"
+        self.log = LogCapture(self)
+
+    def install(self, days):
+        tls.generate_self_signed(str(self.cert), str(self.key), "mail.example.test", days)
+
+    def warnings(self):
+        return [e for e in self.log.events if "TLS certificate E" in e.get("log_format", "")
+                or "TLS certificate expires" in e.get("log_format", "")]
+
+    def test_expiring_soon_warns(self):
+        self.install(days=5)
+        tls.ServerTLS(self.settings).check_expiry()
+        [event] = self.warnings()
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertEqual(event["path"], str(self.cert))
+        self.assertEqual(event["subject"], "CN=mail.example.test")
+        self.assertIn(event["days"], (4, 5))
+
+    def test_expired_is_critical(self):
+        self.install(days=30)
+        tls.ServerTLS(self.settings).check_expiry(now=_now() + datetime.timedelta(days=31))
+        [event] = self.warnings()
+        self.assertEqual(event["log_level"].name, "critical")
+        self.assertIn("EXPIRED", event["log_format"])
+
+    def test_valid_certificate_is_quiet(self):
+        self.install(days=30)
+        tls.ServerTLS(self.settings).check_expiry()
+        self.assertEqual(self.warnings(), [])
+
+    def test_checked_at_start_and_daily(self):
+        self.install(days=5)
+        clock = task.Clock()
+        watch = tls.CertificateWatch(tls.ServerTLS(self.settings), clock)
+        previous = signal.getsignal(signal.SIGHUP)
+        watch.startService()
+        self.assertEqual(len(self.warnings()), 1)
+        clock.advance(tls.CHECK_INTERVAL)
+        self.assertEqual(len(self.warnings()), 2)
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), previous)
+        watch.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+        clock.advance(tls.CHECK_INTERVAL)
+        self.assertEqual(len(self.warnings()), 2)
+
+    def test_reload_takes_new_files_for_new_connections(self):
+        self.install(days=30)
+        server_tls = tls.ServerTLS(self.settings)
+        context = server_tls.context()
+        old = context.getContext()
+        self.install(days=60)
+        self.assertTrue(server_tls.reload())
+        self.assertIsNot(context.getContext(), old)
+        self.assertEqual(server_tls.certificate,
+                         x509.load_pem_x509_certificate(self.cert.read_bytes()))
+
+    def test_bad_new_files_keep_the_old_ones(self):
+        self.install(days=30)
+        server_tls = tls.ServerTLS(self.settings)
+        before = server_tls.certificate
+        context = server_tls.context("none").getContext()
+        self.key.write_text("garbage")
+        self.assertFalse(server_tls.reload())
+        self.assertEqual(server_tls.certificate, before)
+        self.assertIs(server_tls.context("none").getContext(), context)
+        self.assertIn("TLS reload failed, still using the previous certificate: {error}",
+                      self.log.formats())
+
+    async def check_sighup(self):
+        self.install(days=30)
+        server_tls = tls.ServerTLS(self.settings)
+        watch = tls.CertificateWatch(server_tls, task.Clock())
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        self.install(days=60)
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if server_tls.certificate.not_valid_after_utc > _now() + datetime.timedelta(days=45):
+                return
+            await task.deferLater(reactor, 0.02, lambda: None)
+        self.fail("SIGHUP did not reload the certificate")
+
+    def test_sighup_reloads(self):
+        return defer.ensureDeferred(self.check_sighup())

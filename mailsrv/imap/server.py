@@ -66,7 +66,7 @@ class IMAPServer(imap4.IMAP4Server):
     def __init__(self, server, listener, portal):
         starttls = listener.tls in ("starttls", "required")
         super().__init__(
-            contextFactory=server.tls_context if starttls else None,
+            contextFactory=server.tls_context_for(listener) if starttls else None,
             scheduler=self._iterate,
         )
         self.server = server

@@ -363,7 +363,7 @@ class POP3Server(pop3.POP3):
                 return self.failResponse(b"TLS is already active")
             return self.failResponse(b"STLS is not available here")
         self.successResponse(b"Begin TLS negotiation")
-        self.transport.startTLS(self.server.tls_context)
+        self.transport.startTLS(self.server.tls_context_for(self.listener))
         # What the client sent with STLS came before the handshake: an
         # attacker's injection, never the client's commands (RFC 2595 4).
         self._epoch += 1

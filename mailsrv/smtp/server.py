@@ -309,7 +309,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         # Whatever the client sent after STARTTLS in plaintext was not
         # protected: drop it (STARTTLS command injection, CVE-2011-0411).
         self._buffer.clear()
-        self.transport.startTLS(self.server.tls_context)
+        self.transport.startTLS(self.server.tls_context_for(self.listener))
         # RFC 3207 section 4.2: forget everything learnt before TLS.
         self.session = Session(ip=self.session.ip, tls=True)
         self.transaction = None
