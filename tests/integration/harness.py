@@ -67,15 +67,31 @@ def _toml_value(value):
     raise TypeError(value)
 
 
+def _interface(endpoint):
+    """The interface= of an endpoint string, unescaped (\\:\\:1 is ::1)."""
+    for part in endpoint.replace("\\:", "\0").split(":"):
+        if part.startswith("interface="):
+            return part[len("interface="):].replace("\0", ":")
+    return ""
+
+
 class MailServerProcess:
     """
     One running server. C{extra} adds or overrides config tables, e.g.
     C{{"pop_before_smtp": {"window": 2}}}.
     """
 
-    def __init__(self, extra=None, users=("alice@example.test", "bob@example.test")):
+    def __init__(self, extra=None, users=("alice@example.test", "bob@example.test"),
+                 listeners=None):
+        """
+        @param listeners: keys to add or override in chosen [[listen]]
+            tables, by name, e.g. C{{"imaps": {"client_cert": "require"}}};
+            an C{endpoint} may say C{{port}}, e.g. C{"tcp6:{port}:interface=\\:\\:1"}.
+        """
         self.dir = Path(tempfile.mkdtemp(prefix="mailsrv-it-"))
         self.ports = {name: free_port() for name, *_ in LISTENERS}
+        self.hosts = {name: "127.0.0.1" for name in self.ports}
+        listeners = listeners or {}
         self.config = self.dir / "mailsrv.toml"
         self.log = self.dir / "twistd.log"
         self.process = None
@@ -93,17 +109,22 @@ class MailServerProcess:
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
             lines.append("")
         for name, protocol, role, tls in LISTENERS:
-            lines += ["[[listen]]", f'protocol = "{protocol}"']
-            if role:
-                lines.append(f'role = "{role}"')
-            lines += [
-                f'endpoint = "tcp:{self.ports[name]}:interface=127.0.0.1"',
-                f'tls = "{tls}"',
-                "",
-            ]
+            table = {"protocol": protocol, "role": role,
+                     "endpoint": "tcp:{port}:interface=127.0.0.1", "tls": tls,
+                     **listeners.get(name, {})}
+            table["endpoint"] = table["endpoint"].format(port=self.ports[name])
+            if table["endpoint"].startswith("tcp6:"):
+                self.hosts[name] = _interface(table["endpoint"]) or "::1"
+            lines.append("[[listen]]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v != ""]
+            lines.append("")
         self.config.write_text("\n".join(lines))
         for user in users:
             self.admin("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+
+    def address(self, name):
+        """(host, port) where listener C{name} accepts connections."""
+        return self.hosts[name], self.ports[name]
 
     @property
     def data_dir(self):
@@ -131,7 +152,7 @@ class MailServerProcess:
                 if self.process.poll() is not None:
                     raise AssertionError(f"server exited at start:\n{self.log_text()}")
                 try:
-                    socket.create_connection(("127.0.0.1", self.ports[name]), 1).close()
+                    socket.create_connection(self.address(name), 1).close()
                     break
                 except OSError:
                     if time.monotonic() > deadline:
