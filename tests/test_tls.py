@@ -16,7 +16,6 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
@@ -25,15 +24,11 @@ from mailsrv.config import ConfigError
 from mailsrv.context import MailServer
 from tests import certs
 from tests.helpers import make_settings
+from tests.test_smtp.test_server import LogCapture
 
 
-class LogCapture:
-    """Twisted log events emitted while a test runs."""
-
-    def __init__(self, testcase):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+class TLSLogCapture(LogCapture):
+    """The log events of a test, with the TLS ones picked out."""
 
     def audit(self):
         return [e for e in self.events if e.get("audit") == "tls_invalid_client_certificate"]
@@ -226,7 +221,7 @@ class ClientCertificateTests(unittest.TestCase):
         self.paths = certs.client_set(self.dir / "certs")
         settings = make_settings(self.dir, tls={"client_ca": str(self.paths["ca"][0])})
         self.server_tls = tls.ServerTLS(settings)
-        self.log = LogCapture(self)
+        self.log = TLSLogCapture(self)
 
     def listen(self, mode, starttls=False):
         context = self.server_tls.context(mode)
@@ -339,7 +334,7 @@ class ExpiryAndReloadTests(unittest.TestCase):
         self.settings = make_settings(self.dir)
         self.cert = self.dir / "tls" / "cert.pem"
         self.key = self.dir / "tls" / "key.pem"
-        self.log = LogCapture(self)
+        self.log = TLSLogCapture(self)
 
     def install(self, days):
         tls.generate_self_signed(str(self.cert), str(self.key), "mail.example.test", days)
