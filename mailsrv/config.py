@@ -86,9 +86,38 @@ class PopBeforeSmtpSettings:
 
 @dataclass(frozen=True)
 class RelaySettings:
+    """
+    @ivar refusal_text: what a refused relay recipient is told after
+        C{<address>: }; C{%s} stands for the client's IP.
+    @ivar trusted_bypass_antispam: whether clients that may relay skip
+        the anti-spam stages.
+    """
+
     mode: str
     trusted: tuple
     trusted_file: Optional[Path]
+    refusal_text: str
+    trusted_bypass_antispam: bool
+
+
+@dataclass(frozen=True)
+class ListsSettings:
+    """
+    @ivar accept_remote: whether senders from other domains may post to
+        local lists (aliases with several members).
+    @ivar expn: whether EXPN shows a list's members.
+    """
+
+    accept_remote: bool
+    expn: bool
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """The archive mailboxes that get a copy of each message; "" = off."""
+
+    inbound: str
+    outbound: str
 
 
 @dataclass(frozen=True)
@@ -142,6 +171,8 @@ class Settings:
     dns: DNSSettings
     delivery: DeliverySettings
     access: AccessSettings
+    lists: ListsSettings
+    journal: JournalSettings
     not_yet_supported: tuple = field(default=())
 
     def is_local_domain(self, domain):
@@ -348,8 +379,12 @@ def parse(data, path):
         mode=relay_table.string("mode", "trusted", RELAY_MODES),
         trusted=relay_table.strings("trusted", ()),
         trusted_file=relay_table.file_path("trusted_file", "", base),
+        refusal_text=relay_table.string("refusal_text", "relaying denied for %s"),
+        trusted_bypass_antispam=relay_table.boolean("trusted_bypass_antispam", True),
     )
     _check_ip_entries(relay_table, "trusted", relay.trusted)
+    if not relay.refusal_text.isascii() or not relay.refusal_text.isprintable():
+        raise relay_table.error("refusal_text", "must be printable ASCII (it is an SMTP reply)")
     relay_table.check_unknown()
 
     dns_table = _Table(path, "dns", top.get("dns", dict, {}))
@@ -376,6 +411,20 @@ def parse(data, path):
     )
     access_table.check_unknown()
 
+    lists_table = _Table(path, "lists", top.get("lists", dict, {}))
+    lists = ListsSettings(
+        accept_remote=lists_table.boolean("accept_remote", True),
+        expn=lists_table.boolean("expn", False),
+    )
+    lists_table.check_unknown()
+
+    journal_table = _Table(path, "journal", top.get("journal", dict, {}))
+    journal = JournalSettings(
+        inbound=_address(journal_table, "inbound"),
+        outbound=_address(journal_table, "outbound"),
+    )
+    journal_table.check_unknown()
+
     not_yet = []
     for section in FUTURE_SECTIONS:
         if section in data:
@@ -398,6 +447,8 @@ def parse(data, path):
         dns=dns,
         delivery=delivery,
         access=access,
+        lists=lists,
+        journal=journal,
         not_yet_supported=tuple(not_yet),
     )
 
@@ -471,6 +522,16 @@ def _check_ip_entries(table, key, entries):
             parse_entry(entry)
         except ValueError as e:
             raise table.error(key, str(e))
+
+
+def _address(table, key):
+    """An optional mail address: "" (off) or user@domain, lower-cased."""
+    from mailsrv.directory.users import normalise_address, valid_address
+
+    value = normalise_address(table.string(key, ""))
+    if value and not valid_address(value):
+        raise table.error(key, f"{value!r} is not an address", 'write "user@domain" or ""')
+    return value
 
 
 def _host_port(table, key, text, default_port):

@@ -82,7 +82,24 @@ class ErrorTests(unittest.TestCase):
         ({"tls": {"client_cert": "require"}},
          "/c.toml: [tls] client_cert: 'require' needs [tls] client_ca"),
         ({"bogus": 1}, "/c.toml: bogus: unknown key"),
+        ({"relay": {"refusal_text": "no\r\n250 ok"}},
+         "/c.toml: [relay] refusal_text: must be printable ASCII"),
+        ({"journal": {"inbound": "archive"}},
+         "/c.toml: [journal] inbound: 'archive' is not an address"),
+        ({"lists": {"expn": "yes"}}, "/c.toml: [lists] expn: must be true or false"),
+        ({"dns": {"servers": ["127.0.0.1:0"]}}, "/c.toml: [dns] servers: bad port"),
     ]
+
+    def test_policy_defaults(self):
+        s = config.parse({}, Path("/c.toml"))
+        self.assertEqual((s.relay.refusal_text, s.relay.trusted_bypass_antispam),
+                         ("relaying denied for %s", True))
+        self.assertEqual((s.lists.accept_remote, s.lists.expn), (True, False))
+        self.assertEqual((s.journal.inbound, s.journal.outbound), ("", ""))
+        s = config.parse({"dns": {"servers": ["127.0.0.1:5353", "192.0.2.53"]},
+                          "journal": {"inbound": "Archive@Example.test"}}, Path("/c.toml"))
+        self.assertEqual(s.dns.servers, (("127.0.0.1", 5353), ("192.0.2.53", 53)))
+        self.assertEqual(s.journal.inbound, "archive@example.test")
 
     def test_errors(self):
         for data, expected in self.cases:

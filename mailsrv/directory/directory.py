@@ -57,6 +57,11 @@ class Directory:
         members = self.aliases.members(address) or ()
         return normalise_address(user) in members
 
+    def list_members(self, address):
+        """The members of C{address} if it is a list (an alias with several), else L{None}."""
+        members = self.aliases.members(address)
+        return members if members is not None and len(members) > 1 else None
+
     def route(self, address):
         """
         @return: a L{Route}, or L{None} when C{address} is in a local domain

@@ -5,7 +5,7 @@ returning a Deferred L{Verdict}; it never writes a reply. The server runs a
 chain with L{first_refusal} and turns a refusal into the SMTP reply, so each
 stage is tested without a transport.
 
-To add a check (kill list, SPF, ...), write a stage and add it to
+To add a check (SPF, DNSBL, ...), write a stage and add it to
 L{sender_stages} or L{recipient_stages}.
 """
 
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailsrv import config, dns
+from mailsrv.directory.listfile import ListFileError
 from mailsrv.smtp.commands import is_mailbox
+from mailsrv.smtp.killlist import KillList
 
 log = Logger()
 
@@ -107,7 +110,90 @@ class ValidSender:
         )
 
 
+class KilledSender:
+    """[access] kill_file: senders the admin has banned (kill.lst)."""
+
+    def __init__(self, kill_list):
+        self.kill_list = kill_list
+
+    def check(self, session, transaction, sender):
+        entry = self.kill_list.entry_for(sender) if sender else None
+        if entry is None:
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(
+            Verdict.refuse(501, "5.1.8", f"<{sender}>: unacceptable mail address",
+                           f"sender <{sender}> is in the kill list as {entry}")
+        )
+
+
+class NullSenderRefused:
+    """
+    [access] refuse_null_sender. Off by default: bounces, delivery and read
+    receipts (and Exchange's postmaster mail) come from <>. 550 5.7.1, as
+    it is policy, not a bad address.
+    """
+
+    def check(self, session, transaction, sender):
+        if sender:
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(
+            Verdict.refuse(550, "5.7.1", "<>: null sender not accepted here",
+                           "null sender refused ([access] refuse_null_sender)")
+        )
+
+
+class SenderDomainExists:
+    """
+    [access] verify_sender_domain: a remote sender's domain must be able to
+    take replies (MX, or A/AAAA); a DNS failure is temporary (451 4.4.3).
+    """
+
+    def __init__(self, directory, resolver):
+        self.directory = directory
+        self.resolver = resolver
+
+    def check(self, session, transaction, sender):
+        if not sender or self.directory.is_local_address(sender):
+            return defer.succeed(Verdict.accept())
+        domain = sender.rpartition("@")[2]
+        d = self.resolver.accepts_mail(domain)
+        return d.addCallbacks(self._judge, self._failed, (sender, domain), None, (sender, domain))
+
+    def _judge(self, accepts, sender, domain):
+        if accepts:
+            return Verdict.accept()
+        return Verdict.refuse(
+            553, "5.1.8", f"<{sender}>: sender domain {domain} does not accept mail",
+            f"sender domain {domain} has no MX or address record",
+        )
+
+    def _failed(self, failure, sender, domain):
+        failure.trap(dns.TemporaryDNSError)
+        return Verdict.refuse(
+            451, "4.4.3", f"<{sender}>: cannot check the sender domain now, try again later",
+            f"sender domain {domain}: {failure.getErrorMessage()}",
+        )
+
+
 # Recipient stages: subject is a mailsrv.smtp.state.Recipient.
+
+class RoutingTricksRefused:
+    """
+    Local parts that ask us to route onwards (C{user%other@our.domain},
+    C{host!user@our.domain}, C{"user@other"@our.domain}) are refused
+    outright, whatever the domain: old relays honoured them.
+    """
+
+    def check(self, session, transaction, recipient):
+        local = recipient.address.rpartition("@")[0]
+        if not ("%" in local or "!" in local or (local.startswith('"') and "@" in local)):
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(
+            Verdict.refuse(
+                550, "5.7.1", f"<{recipient.address}>: routing through this server is not allowed",
+                f"routing trick in <{recipient.address}> from {session.ip}",
+            )
+        )
 
 
 class RecipientLimit:
@@ -150,11 +236,22 @@ class Standing:
     Relaying and local senders on port 25 ask the same question.
     """
 
-    def __init__(self, mode, trusted, sessions, pop_before_smtp):
+    def __init__(self, mode, trusted, sessions, pop_before_smtp, bypass_antispam=True):
         self.mode = mode
         self.trusted = trusted
         self.sessions = sessions
         self.pop_before_smtp = pop_before_smtp
+        self.bypass_antispam = bypass_antispam
+
+    def skips_antispam(self, session):
+        """
+        [relay] trusted_bypass_antispam: a Deferred of whether the anti-spam
+        stages (none exist yet) should let this client's mail through
+        unchecked: it stands, and not merely because of mode "anyone".
+        """
+        if not self.bypass_antispam or (self.mode == "anyone" and session.user is None):
+            return defer.succeed(False)
+        return self.reason(session).addCallback(lambda reason: reason is not None)
 
     def reason(self, session):
         """
@@ -186,22 +283,56 @@ class Standing:
         return f"POP-before-SMTP window of {user}"
 
 
-class RelayPermission:
-    """Mail for other domains is relayed only for a client in L{Standing}."""
+class ListPosting:
+    """
+    [lists] accept_remote = false: a local list (an alias with several
+    members) takes mail only from senders in our own domains, whose
+    standing L{LocalSenderMustAuthenticate} checks at MAIL.
+    """
 
-    def __init__(self, standing):
+    def __init__(self, directory):
+        self.directory = directory
+
+    def check(self, session, transaction, recipient):
+        sender = transaction.sender
+        if (not recipient.route.is_local_domain
+                or self.directory.list_members(recipient.address) is None
+                or (sender and self.directory.is_local_address(sender))):
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(
+            Verdict.refuse(
+                550, "5.7.1", f"<{recipient.address}>: this list takes mail from local senders only",
+                f"list <{recipient.address}> refuses remote sender <{sender}>",
+            )
+        )
+
+
+class RelayPermission:
+    """
+    Mail for other domains is relayed only for a client in L{Standing}, or
+    when the domain is one of ours to pass on ([delivery.transports]).
+
+    @param refusal_text: [relay] refusal_text, C{%s} standing for the IP.
+    """
+
+    def __init__(self, standing, relay_domains=(), refusal_text="relaying denied for %s"):
         self.standing = standing
+        self.relay_domains = frozenset(relay_domains)
+        self.refusal_text = refusal_text
 
     def check(self, session, transaction, recipient):
         if recipient.route.is_local_domain:
             return defer.succeed(Verdict.accept())
+        domain = recipient.address.rpartition("@")[2].lower().rstrip(".")
+        if domain in self.relay_domains:
+            return defer.succeed(Verdict.accept(f"relay domain {domain}"))
         return self.standing.reason(session).addCallback(self._judge, session, recipient)
 
     def _judge(self, reason, session, recipient):
         if reason is None:
             return Verdict.refuse(
                 550, "5.7.1",
-                f"<{recipient.address}>: relaying denied for {session.ip}",
+                f"<{recipient.address}>: " + self.refusal_text.replace("%s", session.ip),
                 f"relaying denied: <{recipient.address}> from {session.ip}",
             )
         if self.standing.mode == "anyone" and session.user is None:
@@ -261,28 +392,52 @@ class SenderOwnedByUser:
 def standing(server):
     settings = server.settings
     return Standing(settings.relay.mode, server.trusted, server.sessions,
-                    settings.pop_before_smtp.enabled)
+                    settings.pop_before_smtp.enabled, settings.relay.trusted_bypass_antispam)
+
+
+def kill_list(server):
+    """The kill list of [access] kill_file; a bad file stops start-up."""
+    settings = server.settings
+    try:
+        return KillList(settings.access.kill_file, server.clock)
+    except (ListFileError, OSError) as e:
+        raise config.ConfigError(settings.path, "[access] kill_file", str(e))
 
 
 def sender_stages(server, listener):
-    """The MAIL FROM checks of one listener, in order."""
+    """The MAIL FROM checks of one listener, in order: DNS last."""
     access = server.settings.access
     stages = []
     if listener.role == "submission":
         stages.append(AuthRequired())
     if access.check_valid_sender:
         stages.append(ValidSender())
+    if access.refuse_null_sender:
+        stages.append(NullSenderRefused())
+    if access.kill_file is not None:
+        stages.append(KilledSender(kill_list(server)))
     if access.sender_must_be_owned:
         stages.append(SenderOwnedByUser(server.directory))
     if listener.role == "mx" and access.local_sender_must_auth:
         stages.append(LocalSenderMustAuthenticate(server.directory, standing(server)))
+    if access.verify_sender_domain:
+        stages.append(SenderDomainExists(server.directory,
+                                         dns.resolver_for(server.settings.dns)))
     return stages
 
 
 def recipient_stages(server, listener):
     """The RCPT TO checks of one listener, in order: cheapest first."""
-    return [
-        RecipientLimit(server.settings.access.max_recipients),
+    settings = server.settings
+    stages = [
+        RecipientLimit(settings.access.max_recipients),
+        RoutingTricksRefused(),
         LocalRecipient(),
-        RelayPermission(standing(server)),
     ]
+    if not settings.lists.accept_remote:
+        stages.append(ListPosting(server.directory))
+    stages.append(RelayPermission(
+        standing(server), (domain for domain, _ in settings.delivery.transports),
+        settings.relay.refusal_text,
+    ))
+    return stages

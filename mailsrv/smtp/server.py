@@ -292,7 +292,19 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         self._reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 
     def smtp_EXPN(self, arg):
-        self._reply(502, "5.5.1", "EXPN not available")
+        """[lists] expn: a list's members, one per line (RFC 5321 3.5.2)."""
+        if not self.server.settings.lists.expn:
+            raise CommandError(502, "5.5.1", "EXPN not available")
+        name = arg.strip().strip("<>")
+        if not name:
+            raise CommandError(501, "5.5.4", "Syntax: EXPN list")
+        directory = self.server.directory
+        members = directory.list_members(name if "@" in name else directory.login_name(name))
+        if members is None:
+            raise CommandError(550, "5.1.1", f"<{name}>: no such list")
+        for member in members[:-1]:
+            self._send(f"250-2.1.5 <{member}>")
+        self._reply(250, "2.1.5", f"<{members[-1]}>")
 
     def smtp_HELP(self, arg):
         self._reply(214, "2.0.0", "Commands: " + " ".join(sorted(self._handlers)))

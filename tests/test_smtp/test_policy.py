@@ -230,3 +230,199 @@ class SenderOwnershipTests(unittest.TestCase):
         self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
                          (553, "5.7.1", "<bob@example.test>: sender address not owned "
                                         "by user alice@example.test"))
+
+
+class KillListTests(unittest.TestCase):
+    def setUp(self):
+        from mailsrv.smtp.killlist import KillList
+
+        self.path = self.mktemp()
+        with open(self.path, "w") as f:
+            f.write("# spammers\nspam@bad.test, @worse.test ; Boss@Phish.test\n")
+        self.clock = task.Clock()
+        self.stage = policy.KilledSender(KillList(self.path, self.clock))
+
+    def verdict(self, sender):
+        return result(self.stage.check(Session("192.0.2.1"), None, sender))
+
+    def test_addresses_and_hosts(self):
+        for sender, accepted in [("spam@bad.test", False), ("SPAM@Bad.Test", False),
+                                 ("other@bad.test", True), ("any@worse.test", False),
+                                 ("any@sub.worse.test", True), ("boss@phish.test", False),
+                                 ("", True)]:
+            self.assertEqual(self.verdict(sender).accepted, accepted, sender)
+        verdict = self.verdict("any@worse.test")
+        self.assertEqual((verdict.code, verdict.enhanced, verdict.text, verdict.reason),
+                         (501, "5.1.8", "<any@worse.test>: unacceptable mail address",
+                          "sender <any@worse.test> is in the kill list as @worse.test"))
+
+    def test_edits_take_effect(self):
+        with open(self.path, "a") as f:
+            f.write("other@bad.test\n")
+        self.clock.advance(1)
+        self.assertFalse(self.verdict("other@bad.test").accepted)
+
+    def test_bad_entry(self):
+        from mailsrv.directory.listfile import ListFileError
+        from mailsrv.smtp.killlist import parse_kill_list
+
+        with open(self.path, "w") as f:
+            f.write("ok@bad.test\n\nnot-an-address\n")
+        with self.assertRaises(ListFileError) as caught:
+            parse_kill_list(self.path)
+        self.assertEqual(str(caught.exception),
+                         f"{self.path}:3: 'not-an-address': not userid@host or @host")
+
+
+class NullSenderTests(unittest.TestCase):
+    def test_refused(self):
+        stage = policy.NullSenderRefused()
+        verdict = result(stage.check(Session("192.0.2.1"), None, ""))
+        self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
+                         (550, "5.7.1", "<>: null sender not accepted here"))
+        self.assertTrue(result(stage.check(Session("192.0.2.1"), None, "a@b.test")).accepted)
+
+
+class FakeResolver:
+    """accepts_mail from a dict; an exception value is raised."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def accepts_mail(self, domain):
+        answer = self.answers[domain]
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+
+class SenderDomainTests(unittest.TestCase):
+    def setUp(self):
+        from mailsrv.directory import Directory
+        from mailsrv.dns import TemporaryDNSError
+
+        directory = Directory(["example.test"], None, None)
+        self.stage = policy.SenderDomainExists(directory, FakeResolver({
+            "good.test": True, "gone.test": False,
+            "slow.test": TemporaryDNSError("MX slow.test: timeout"),
+        }))
+
+    def verdict(self, sender):
+        return result(self.stage.check(Session("192.0.2.1"), None, sender))
+
+    def test_table(self):
+        for sender, expected in [
+            ("a@good.test", (True, 250, "2.0.0")),
+            ("a@example.test", (True, 250, "2.0.0")),  # ours: no lookup
+            ("", (True, 250, "2.0.0")),
+            ("a@gone.test", (False, 553, "5.1.8")),
+            ("a@slow.test", (False, 451, "4.4.3")),
+        ]:
+            verdict = self.verdict(sender)
+            self.assertEqual((verdict.accepted, verdict.code, verdict.enhanced), expected, sender)
+        self.assertEqual(self.verdict("a@gone.test").text,
+                         "<a@gone.test>: sender domain gone.test does not accept mail")
+        self.assertIn("timeout", self.verdict("a@slow.test").reason)
+
+
+class RoutingTricksTests(unittest.TestCase):
+    def test_table(self):
+        stage = policy.RoutingTricksRefused()
+        for address, accepted in [
+            ("user%other.test@example.test", False),
+            ("other.test!user@example.test", False),
+            ('"user@other.test"@example.test', False),
+            ('"user%other"@remote.test', False),
+            ("alice@example.test", True),
+            ('"alice smith"@example.test', True),
+        ]:
+            verdict = result(stage.check(Session("192.0.2.1"), None, Recipient(address, None)))
+            self.assertEqual(verdict.accepted, accepted, address)
+            if not accepted:
+                self.assertEqual((verdict.code, verdict.enhanced), (550, "5.7.1"))
+
+
+class ListAndRelayDomainTests(unittest.TestCase):
+    def setUp(self):
+        from mailsrv.directory import AliasMap, Directory, UserDB
+
+        users_path, aliases_path = self.mktemp(), self.mktemp()
+        with open(users_path, "w") as f:
+            f.write("alice@example.test:hash\nbob@example.test:hash\n")
+        with open(aliases_path, "w") as f:
+            f.write("team@example.test: alice@example.test, bob@example.test\n"
+                    "boss@example.test: alice@example.test\n")
+        self.directory = Directory(["example.test"], UserDB(users_path), AliasMap(aliases_path))
+        self.standing = policy.Standing("trusted", IPList(), MemorySessionStore(1800, task.Clock()),
+                                        True)
+
+    def test_lists_from_remote_senders(self):
+        stage = policy.ListPosting(self.directory)
+        team = Recipient("team@example.test", self.directory.route("team@example.test"))
+        boss = Recipient("boss@example.test", self.directory.route("boss@example.test"))
+        for sender, recipient, accepted in [
+            ("x@remote.test", team, False),
+            ("", team, False),
+            ("bob@example.test", team, True),
+            ("x@remote.test", boss, True),   # one member: an alias, not a list
+            ("x@remote.test", LOCAL, True),
+            ("x@remote.test", REMOTE, True),  # not ours: relaying decides
+        ]:
+            verdict = result(stage.check(Session("192.0.2.1"), Transaction(sender), recipient))
+            self.assertEqual(verdict.accepted, accepted, (sender, recipient.address))
+        verdict = result(stage.check(Session("192.0.2.1"), Transaction("x@remote.test"), team))
+        self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
+                         (550, "5.7.1",
+                          "<team@example.test>: this list takes mail from local senders only"))
+
+    def test_relay_domains_are_accepted_for_anyone(self):
+        stage = policy.RelayPermission(self.standing, ["internal.test"])
+        recipient = Recipient("x@Internal.test", self.directory.route("x@internal.test"))
+        verdict = result(stage.check(Session("203.0.113.9"), None, recipient))
+        self.assertEqual(verdict, Verdict.accept("relay domain internal.test"))
+        self.assertFalse(result(stage.check(Session("203.0.113.9"), None, REMOTE)).accepted)
+
+    def test_refusal_text(self):
+        stage = policy.RelayPermission(self.standing, (), "unknown local host %s, not a gateway")
+        verdict = result(stage.check(Session("203.0.113.9"), None, REMOTE))
+        self.assertEqual(verdict.text,
+                         "<carol@remote.test>: unknown local host 203.0.113.9, not a gateway")
+
+
+class AntispamBypassTests(unittest.TestCase):
+    def test_who_skips(self):
+        sessions = MemorySessionStore(1800, task.Clock())
+        trusted = IPList(["192.168.0.1"])
+        # mode, bypass setting, session -> skips anti-spam
+        for mode, bypass, session, skips in [
+            ("trusted", True, Session("192.168.0.1"), True),
+            ("trusted", True, Session("203.0.113.9", user="a@example.test"), True),
+            ("trusted", True, Session("203.0.113.9"), False),
+            ("trusted", False, Session("192.168.0.1"), False),
+            ("none", True, Session("192.168.0.1"), False),
+            ("anyone", True, Session("203.0.113.9"), False),
+        ]:
+            standing = policy.Standing(mode, trusted, sessions, True, bypass)
+            self.assertEqual(result(standing.skips_antispam(session)), skips,
+                             (mode, bypass, session))
+
+
+class DomainTrustTests(unittest.TestCase):
+    """Standing asks the list asynchronously: trusted domains by reverse DNS."""
+
+    def test_trusted_domain(self):
+        from mailsrv.dns import Answer, Resolver
+        from tests.test_dns import FakeBackend
+
+        backend = FakeBackend({
+            ("9.2.0.192.in-addr.arpa", "PTR"): Answer(("gw.office.test",), 300),
+            ("gw.office.test", "A"): Answer(("192.0.2.9",), 300),
+        })
+        trusted = IPList([".office.test"], Resolver(backend, task.Clock()))
+        standing = policy.Standing("trusted", trusted, MemorySessionStore(1800, task.Clock()),
+                                   False)
+        stage = policy.RelayPermission(standing)
+        d = stage.check(Session("192.0.2.9"), None, REMOTE)
+        d.addCallback(lambda verdict: self.assertEqual(
+            verdict, Verdict.accept("relay: trusted IP 192.0.2.9")))
+        return d

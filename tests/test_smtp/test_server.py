@@ -735,3 +735,22 @@ class FactoryTests(unittest.TestCase):
         self.assertEqual(factory.limits.max_message_size, 36700160)
         self.assertIs(factory.clock, server.clock)
         self.assertIsNot(factory.buildProtocol(None), factory.buildProtocol(None))
+
+
+class ExpnTests(SMTPTestCase):
+    sections = {"lists": {"expn": True}}
+
+    def test_members_of_lists_only(self):
+        conn = self.connect()
+        self.ehlo(conn)
+        for command, reply in [
+            (b"EXPN team\r\n",
+             b"250-2.1.5 <alice@example.test>\r\n250 2.1.5 <bob@example.test>\r\n"),
+            (b"EXPN <Team@Example.test>\r\n",
+             b"250-2.1.5 <alice@example.test>\r\n250 2.1.5 <bob@example.test>\r\n"),
+            (b"EXPN alice\r\n", b"550 5.1.1 <alice>: no such list\r\n"),
+            (b"EXPN outside@example.test\r\n",
+             b"550 5.1.1 <outside@example.test>: no such list\r\n"),
+            (b"EXPN\r\n", b"501 5.5.4 Syntax: EXPN list\r\n"),
+        ]:
+            self.assertEqual(conn.send(command), reply, command)
