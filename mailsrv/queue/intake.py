@@ -11,7 +11,7 @@ from mailsrv.queue.spool import Envelope, RecipientState
 from mailsrv.store.delivery import deliver_file
 
 
-def commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients):
+def commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients, journal=()):
     """
     Make a received message durable, then put it where it goes.
 
@@ -19,32 +19,74 @@ def commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients):
     @param envelope_fields: C{sender}, C{client_ip}, C{helo} for the queue.
     @param local_maildirs: Maildir paths to deliver into now.
     @param remote_recipients: addresses for the queue.
+    @param journal: L{mailsrv.queue.journal.JournalCopy}s to make too.
     @return: a Deferred that fires with the queue id when all is on disk;
-        it fails (and leaves nothing behind) on any I/O error.
+        it fails (and leaves nothing behind, journal copies included) on
+        any I/O error.
     """
     return threads.deferToThread(
-        _commit, spool, incoming, envelope_fields, local_maildirs, remote_recipients
+        _commit, spool, incoming, envelope_fields, local_maildirs, remote_recipients,
+        journal,
     )
 
 
-def _commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients):
-    delivered = []
+def _commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients, journal):
+    placed = []  # (delivered paths, queue id or None) of each file put in place
     try:
         incoming.finish()
-        if local_maildirs:
-            delivered = deliver_file(incoming.path, local_maildirs)
-        if remote_recipients:
-            envelope = Envelope(
-                id=incoming.queue_id,
-                recipients=[RecipientState(a) for a in remote_recipients],
-                **envelope_fields,
-            )
-            spool.enqueue(incoming, envelope)
-        else:
-            os.unlink(incoming.path)
+        for copy in journal:
+            message = _journal_copy(spool, incoming, copy.header)
+            journal_fields = {**envelope_fields, "sender": ""}  # no bounce reveals it
+            placed.append(_place(spool, message, journal_fields, copy.maildirs, copy.remote))
+        placed.append(_place(spool, incoming, envelope_fields, local_maildirs,
+                             remote_recipients))
     except BaseException:
-        for path in delivered:
-            os.unlink(path)
+        for delivered, queue_id in placed:
+            for path in delivered:
+                os.unlink(path)
+            if queue_id is not None:
+                spool.remove(queue_id)
         incoming.abort()
         raise
     return incoming.queue_id
+
+
+def _journal_copy(spool, incoming, header):
+    """A new fsync'd spool message: C{header}, then the received message."""
+    copy = spool.incoming()
+    try:
+        copy.write(header)
+        with open(incoming.path, "rb") as original:
+            while chunk := original.read(1 << 16):
+                copy.write(chunk)
+        copy.finish()
+    except BaseException:
+        copy.abort()
+        raise
+    return copy
+
+
+def _place(spool, message, envelope_fields, local_maildirs, remote_recipients):
+    """
+    Link a finished message into Maildirs and queue it (or drop the spool
+    file when nothing is remote).
+
+    @return: C{(delivered paths, queue id or None)} for undoing it.
+    """
+    delivered = deliver_file(message.path, local_maildirs) if local_maildirs else []
+    try:
+        if remote_recipients:
+            envelope = Envelope(
+                id=message.queue_id,
+                recipients=[RecipientState(a) for a in remote_recipients],
+                **envelope_fields,
+            )
+            spool.enqueue(message, envelope)
+            return delivered, message.queue_id
+        os.unlink(message.path)
+    except BaseException:
+        for path in delivered:
+            os.unlink(path)
+        message.abort()
+        raise
+    return delivered, None

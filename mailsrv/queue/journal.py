@@ -1,0 +1,75 @@
+"""
+Journaling: one extra copy of each message for an archive mailbox, with the
+whole envelope (Bcc recipients included) in a header of the copy only.
+
+Which messages, by the sender's domain, as Exchange classifies them:
+
+- inbound (C{[journal] inbound}): a sender outside our domains (or <>) and
+  at least one local recipient;
+- outbound (C{[journal] outbound}): a sender in our domains and at least
+  one remote recipient. On port 25 such a sender has authenticated, is
+  trusted or has a POP-before-SMTP window
+  (C{[access] local_sender_must_auth}); on submission, always.
+
+Mail from our domains to our domains only is neither. The original
+delivery is untouched: the copy is a separate file.
+"""
+
+from dataclasses import dataclass
+
+# RFC 5322 asks for lines under 78 characters: fold the recipient list.
+_FOLD = 76
+
+
+@dataclass(frozen=True)
+class JournalCopy:
+    """
+    @ivar header: the C{X-Mailsrv-Journal} header, CRLF-terminated.
+    @ivar maildirs: the archive's Maildirs (a local archive).
+    @ivar remote: the archive's addresses for the queue (a remote archive).
+    """
+
+    header: bytes
+    maildirs: tuple
+    remote: tuple
+
+
+def journal_header(sender, recipients):
+    """C{X-Mailsrv-Journal: sender=<s>; recipients=<a>, <b>}, folded."""
+    parts = [f"sender=<{sender}>;"]
+    parts += [f"<{r}>," for r in recipients[:-1]] + [f"<{recipients[-1]}>"]
+    parts[1] = "recipients=" + parts[1]
+    lines, line = [], "X-Mailsrv-Journal:"
+    for part in parts:
+        if len(line) + 1 + len(part) > _FOLD and line.strip():
+            lines.append(line)
+            line = "\t" + part
+        else:
+            line += " " + part
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+class Journal:
+    """Decides which archive copies a transaction gets (L{JournalCopy})."""
+
+    def __init__(self, journal_settings, directory, store):
+        self.settings = journal_settings
+        self.directory = directory
+        self.store = store
+
+    def copies(self, transaction):
+        sender = transaction.sender
+        local_sender = bool(sender) and self.directory.is_local_address(sender)
+        if local_sender and transaction.remote_addresses():
+            archive = self.settings.outbound
+        elif not local_sender and transaction.local_users():
+            archive = self.settings.inbound
+        else:
+            archive = ""
+        if not archive:
+            return ()
+        route = self.directory.route(archive)
+        header = journal_header(sender, [r.address for r in transaction.recipients])
+        return (JournalCopy(header, tuple(self.store.maildir(u) for u in route.local),
+                            route.remote),)
