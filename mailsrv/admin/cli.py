@@ -44,6 +44,10 @@ def _parser():
     queue.add_parser("list", help="list queued messages")
     queue.add_parser("flush", help="make every deferred recipient due now")
     queue.add_parser("remove", help="delete a queued message").add_argument("id")
+
+    lists = commands.add_parser("lists", help="the list files").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    lists.add_parser("check", help="validate every list file and count its entries")
     return parser
 
 
@@ -62,16 +66,52 @@ def main(argv=None, stdin=None, stdout=None):
 
 
 def check_config(settings, args, stdin, stdout):
-    from mailsrv.directory.aliases import parse_aliases
-    from mailsrv.directory.users import parse_users
     from mailsrv.netaddr import trusted_list
 
-    parse_users(settings.users_file)
-    parse_aliases(settings.aliases_file)
+    for _what, path, parse, _must_exist in _list_files(settings):
+        parse(path)
     trusted_list(settings)
     stdout.write(f"{settings.path}: ok, {len(settings.listeners)} listeners\n")
     for listener in settings.listeners:
         stdout.write(f"  {listener.name} (tls {listener.tls})\n")
+
+
+def _list_files(settings):
+    """(what, path, parser, must exist) of every list file the config names."""
+    from mailsrv.directory.aliases import parse_aliases
+    from mailsrv.directory.users import parse_users
+    from mailsrv.netaddr import read_entries
+    from mailsrv.smtp.killlist import parse_kill_list
+
+    files = [("users", settings.users_file, parse_users, False),
+             ("aliases", settings.aliases_file, parse_aliases, False)]
+    if settings.access.kill_file is not None:
+        files.append(("kill list", settings.access.kill_file, parse_kill_list, False))
+    if settings.relay.trusted_file is not None:
+        files.append(("trusted IPs", settings.relay.trusted_file, read_entries, True))
+    return files
+
+
+def lists_check(settings, args, stdin, stdout):
+    """Every list file: its entry count, or its first error (file:line: problem)."""
+    bad = 0
+    for what, path, parse, must_exist in _list_files(settings):
+        if not path.exists():
+            if must_exist:
+                bad += 1
+                stdout.write(f"{what}: {path}: missing\n")
+            else:
+                stdout.write(f"{what}: {path}: missing (empty)\n")
+            continue
+        try:
+            count = len(parse(path))
+        except (ListFileError, OSError) as e:
+            bad += 1
+            stdout.write(f"{what}: {e}\n")
+        else:
+            stdout.write(f"{what}: {path}: {count} entries\n")
+    if bad:
+        raise CommandError(f"{bad} list file(s) with errors")
 
 
 def _read_password(args, stdin):
@@ -171,6 +211,7 @@ HANDLERS = {
     ("queue", "list"): queue_list,
     ("queue", "flush"): queue_flush,
     ("queue", "remove"): queue_remove,
+    ("lists", "check"): lists_check,
 }
 
 if __name__ == "__main__":
