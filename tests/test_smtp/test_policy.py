@@ -173,19 +173,24 @@ class RelayTests(unittest.TestCase):
         self.assertFalse(self.check("trusted", "192.0.2.77", pop_before_smtp=False).accepted)
 
 
+def make_directory(testcase, aliases):
+    """A Directory of example.test with users alice and bob and C{aliases} (file text)."""
+    from mailsrv.directory import AliasMap, Directory, UserDB
+
+    users_path, aliases_path = testcase.mktemp(), testcase.mktemp()
+    with open(users_path, "w") as f:
+        f.write("alice@example.test:hash\nbob@example.test:hash\n")
+    with open(aliases_path, "w") as f:
+        f.write(aliases)
+    return Directory(["example.test"], UserDB(users_path), AliasMap(aliases_path))
+
+
 class SenderOwnershipTests(unittest.TestCase):
     """Local senders must stand (mx); authenticated users send as themselves."""
 
     def setUp(self):
-        from mailsrv.directory import AliasMap, Directory, UserDB
-
-        users_path, aliases_path = self.mktemp(), self.mktemp()
-        with open(users_path, "w") as f:
-            f.write("alice@example.test:hash\nbob@example.test:hash\n")
-        with open(aliases_path, "w") as f:
-            f.write("sales@example.test: alice@example.test, bob@example.test\n")
-        self.directory = Directory(["example.test"], UserDB(users_path),
-                                   AliasMap(aliases_path))
+        self.directory = make_directory(
+            self, "sales@example.test: alice@example.test, bob@example.test\n")
         self.clock = task.Clock()
         self.sessions = MemorySessionStore(1800, self.clock)
         self.standing = policy.Standing("trusted", IPList(["192.168.0.1"]),
@@ -344,15 +349,9 @@ class RoutingTricksTests(unittest.TestCase):
 
 class ListAndRelayDomainTests(unittest.TestCase):
     def setUp(self):
-        from mailsrv.directory import AliasMap, Directory, UserDB
-
-        users_path, aliases_path = self.mktemp(), self.mktemp()
-        with open(users_path, "w") as f:
-            f.write("alice@example.test:hash\nbob@example.test:hash\n")
-        with open(aliases_path, "w") as f:
-            f.write("team@example.test: alice@example.test, bob@example.test\n"
-                    "boss@example.test: alice@example.test\n")
-        self.directory = Directory(["example.test"], UserDB(users_path), AliasMap(aliases_path))
+        self.directory = make_directory(
+            self, "team@example.test: alice@example.test, bob@example.test\n"
+                  "boss@example.test: alice@example.test\n")
         self.standing = policy.Standing("trusted", IPList(), MemorySessionStore(1800, task.Clock()),
                                         True)
 
