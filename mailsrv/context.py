@@ -51,15 +51,21 @@ class MailServer:
             return self.tls_context
         return self.tls.context(mode)
 
-    def plaintext_allowed(self, transport):
+    def passwords_allowed(self, transport, listener):
         """
-        Whether a password may be sent on this connection now: over TLS, or
-        from loopback when [auth] allow_plaintext_on_loopback is set.
+        Whether a password may be sent on this connection now: the listener
+        takes logins (C{auth}), and the connection is encrypted, or comes
+        from loopback with [auth] allow_plaintext_on_loopback set and the
+        listener does not say C{tls = "required"}.
         """
+        if not listener.auth:
+            return False
         if is_secure(transport):
             return True
-        return self.settings.auth.allow_plaintext_on_loopback and is_loopback(
-            transport.getPeer().host
+        return (
+            listener.tls != "required"
+            and self.settings.auth.allow_plaintext_on_loopback
+            and is_loopback(transport.getPeer().host)
         )
 
 

@@ -5,8 +5,7 @@ matter to real clients closed. Each override below says which gap:
 - one command at a time, even pipelined (twisted#9282): the protocol stops
   reading while a command waits on a Deferred and resumes after its tagged
   reply, so replies keep the order of the commands;
-- passwords only where L{MailServer.plaintext_allowed} says so and the
-  listener has C{auth}: otherwise LOGINDISABLED, no AUTH=, and C{NO
+- passwords only where L{MailServer.passwords_allowed} says so: otherwise LOGINDISABLED, no AUTH=, and C{NO
   [PRIVACYREQUIRED]}; STARTTLS per listener, dropping anything pipelined
   behind it (STARTTLS injection);
 - LOGIN and AUTHENTICATE PLAIN (with SASL-IR, RFC 4959) go through the
@@ -147,11 +146,7 @@ class IMAPServer(imap4.IMAP4Server):
         )
 
     def _passwords_allowed(self):
-        if not self.listener.auth:
-            return False
-        if self.listener.tls == "required":
-            return is_secure(self.transport)
-        return self.server.plaintext_allowed(self.transport)
+        return self.server.passwords_allowed(self.transport, self.listener)
 
     def _peer_ip(self):
         return getattr(self.transport.getPeer(), "host", "?")

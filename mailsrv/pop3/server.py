@@ -3,7 +3,7 @@ The POP3 server protocol: Twisted's L{pop3.POP3} with what a mail server
 needs and Twisted lacks or gets wrong:
 
 - STLS (RFC 2595), and passwords only where
-  L{MailServer.plaintext_allowed} says so and the listener has C{auth};
+  L{MailServer.passwords_allowed} says so;
   SASL AUTH PLAIN (RFC 5034) beside USER/PASS; no APOP (it needs
   plaintext secrets on the server). Logins go through the shared checker,
   which throttles repeated failures (C{-ERR [SYS/TEMP]}).
@@ -313,11 +313,7 @@ class POP3Server(pop3.POP3):
     # Authorization
 
     def _passwords_allowed(self):
-        if not self.listener.auth:
-            return False
-        if self.listener.tls == "required" and not is_secure(self.transport):
-            return False
-        return self.server.plaintext_allowed(self.transport)
+        return self.server.passwords_allowed(self.transport, self.listener)
 
     def _stls_offered(self):
         return (

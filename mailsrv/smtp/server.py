@@ -265,7 +265,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         )
 
     def _auth_offered(self):
-        return self.listener.auth and self.server.plaintext_allowed(self.transport)
+        return self.server.passwords_allowed(self.transport, self.listener)
 
     def smtp_EHLO(self, arg):
         self._greet(arg, esmtp=True)
@@ -329,7 +329,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
     def smtp_AUTH(self, arg):
         if not self.listener.auth:
             raise CommandError(503, "5.5.1", "Authentication not enabled")
-        if not self.server.plaintext_allowed(self.transport):
+        if not self.server.passwords_allowed(self.transport, self.listener):
             raise CommandError(538, "5.7.11", "Encryption required for authentication")
         if self.session.helo is None or not self.session.esmtp:
             raise CommandError(503, "5.5.1", "Send EHLO first")

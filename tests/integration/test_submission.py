@@ -183,3 +183,50 @@ class LocalSenderTests(unittest.TestCase):
         self.server.start()
         with self.server.smtp() as client:
             self.assertEqual(client.sendmail(ALICE, [ALICE], b"Subject: x\r\n\r\ny\r\n"), {})
+
+
+class RequiredTLSTests(unittest.TestCase):
+    """tls = "required": before TLS only the commands that lead to it."""
+
+    def setUp(self):
+        required = {"tls": "required"}
+        self.server = MailServerProcess(
+            listeners={"submission": required, "pop3": required, "imap": required}).start()
+        self.addCleanup(self.server.cleanup)
+
+    def test_smtp(self):
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as client:
+            client.ehlo("laptop.example.test")
+            self.assertNotIn("auth", client.esmtp_features)  # not even on loopback
+            self.assertEqual(client.noop()[0], 250)
+            code, text = client.mail(ALICE)
+            self.assertEqual((code, text[:5]), (530, b"5.7.0"))
+            client.starttls(context=tls_context())
+            client.ehlo("laptop.example.test")
+            client.login(ALICE, PASSWORD)
+            self.assertEqual(client.mail(ALICE)[0], 250)
+
+    def test_pop3(self):
+        import poplib
+
+        pop3 = poplib.POP3("127.0.0.1", self.server.ports["pop3"], timeout=30)
+        self.assertNotIn("USER", pop3.capa())
+        self.assertIn("STLS", pop3.capa())
+        self.assertRaises(poplib.error_proto, pop3.user, ALICE)
+        self.assertRaises(poplib.error_proto, pop3.stat)
+        pop3.stls(context=tls_context())
+        pop3.user(ALICE)
+        pop3.pass_(PASSWORD)
+        self.assertEqual(pop3.stat(), (0, 0))
+        pop3.quit()
+
+    def test_imap(self):
+        import imaplib
+
+        imap = imaplib.IMAP4("127.0.0.1", self.server.ports["imap"], timeout=30)
+        self.assertIn("LOGINDISABLED", imap.capabilities)
+        self.assertRaises(imaplib.IMAP4.error, imap.login, ALICE, PASSWORD)
+        imap.starttls(ssl_context=tls_context())
+        imap.login(ALICE, PASSWORD)
+        self.assertEqual(imap.select("INBOX")[0], "OK")
+        imap.logout()
