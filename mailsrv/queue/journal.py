@@ -17,6 +17,10 @@ delivery is untouched: the copy is a separate file.
 
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
+log = Logger()
+
 # RFC 5322 asks for lines under 78 characters: fold the recipient list.
 _FOLD = 76
 
@@ -70,6 +74,10 @@ class Journal:
         if not archive:
             return ()
         route = self.directory.route(archive)
+        if route is None:
+            log.error("journal archive <{archive}> is not a user or an alias: "
+                      "no copy kept", archive=archive)
+            return ()
         header = journal_header(sender, [r.address for r in transaction.recipients])
         return (JournalCopy(header, tuple(self.store.maildir(u) for u in route.local),
                             route.remote),)

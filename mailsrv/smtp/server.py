@@ -19,6 +19,7 @@ from mailsrv import sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.queue import intake
+from mailsrv.queue.journal import Journal
 from mailsrv.smtp.commands import (
     CommandError,
     is_http_request,
@@ -497,6 +498,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo},
             [self.server.store.maildir(user) for user in local_users],
             remote,
+            self.factory.journal.copies(transaction),
         )
         d.addCallbacks(
             self._queued, self._not_queued,
@@ -557,6 +559,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.limits = Limits.from_settings(server.settings)
         self.sender_stages = sender_stages(server, listener)
         self.recipient_stages = recipient_stages(server, listener)
+        self.journal = Journal(server.settings.journal, server.directory, server.store)
         if server.clock is None:
             from twisted.internet import reactor
 

@@ -11,7 +11,7 @@ import time
 from twisted.trial import unittest
 
 from tests.dnsserver import TinyDNSServer
-from tests.integration.harness import MailServerProcess, SinkServer, require_tool
+from tests.integration.harness import PASSWORD, MailServerProcess, SinkServer, require_tool
 
 DNS_RECORDS = {
     ("mail.test", "MX"): ["10 mx.mail.test."],
@@ -188,3 +188,40 @@ class OpenRelayTests(unittest.TestCase):
 
 class OpenRelayTrustedModeTests(OpenRelayTests):
     mode = "trusted"
+
+
+class JournalTests(unittest.TestCase):
+    def setUp(self):
+        self.server = MailServerProcess(
+            extra={"journal": {"inbound": "archive@example.test"}},
+            users=("alice@example.test", "bob@example.test", "archive@example.test"),
+        ).start()
+        self.addCleanup(self.server.cleanup)
+
+    def test_one_copy_with_the_whole_envelope_and_untouched_originals(self):
+        with self.server.smtp() as client:
+            client.ehlo("client.remote.test")
+            refused = client.sendmail("sender@remote.test",
+                                      ["alice@example.test", "bob@example.test"],
+                                      b"To: alice@example.test\r\nSubject: j\r\n\r\nhi\r\n")
+            self.assertEqual(refused, {})
+        (alice,) = self.server.maildir_files("alice@example.test")
+        (bob,) = self.server.maildir_files("bob@example.test")
+        (copy,) = self.server.maildir_files("archive@example.test")
+        original = alice.read_bytes()
+        self.assertEqual(bob.read_bytes(), original)
+        self.assertNotIn(b"X-Mailsrv-Journal", original)
+        header, _, rest = copy.read_bytes().partition(b"\r\nReturn-Path: ")
+        self.assertEqual(b"Return-Path: " + rest, original)
+        self.assertIn(b"X-Mailsrv-Journal: sender=<sender@remote.test>;", header)
+        self.assertIn(b"<alice@example.test>", header)
+        self.assertIn(b"<bob@example.test>", header)  # Bcc: only in the envelope
+
+    def test_mail_between_local_users_is_not_journaled(self):
+        with self.server.smtp(port="submission") as client:
+            client.ehlo("laptop.example.test")
+            client.login("alice@example.test", PASSWORD)
+            client.sendmail("alice@example.test", ["bob@example.test"],
+                            b"Subject: a\r\n\r\nb\r\n")
+        self.assertEqual(len(self.server.maildir_files("bob@example.test")), 1)
+        self.assertEqual(self.server.maildir_files("archive@example.test"), [])
