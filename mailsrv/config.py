@@ -53,12 +53,42 @@ class Listener:
     max_connections: int
     auth: bool
     client_cert: Optional[str]
+    access: "ListenerAccessSettings" = field(default_factory=lambda: ListenerAccessSettings())
 
     @property
     def name(self):
         """A name for log lines and errors: C{smtp/mx tcp:25}."""
         kind = f"{self.protocol}/{self.role}" if self.role else self.protocol
         return f"{kind} {self.endpoint}"
+
+
+@dataclass(frozen=True)
+class ListenerAccessSettings:
+    """
+    Who may connect to one listener (docs/config.md, "Listener access").
+
+    @ivar allow: when not empty, only these clients may connect.
+    @ivar deny: these clients may not.
+    @ivar safe: these clients pass every restriction of the listener.
+    @ivar block_own_ips: refuse clients that come from the address they
+        connected to (a forged local source).
+    @ivar require_auth: smtp: "" (the role decides), "any" (every client
+        must log in before MAIL) or one account's address.
+    """
+
+    allow: tuple = ()
+    allow_file: Optional[Path] = None
+    deny: tuple = ()
+    deny_file: Optional[Path] = None
+    safe: tuple = ()
+    block_own_ips: bool = False
+    require_auth: str = ""
+
+    @property
+    def restricted(self):
+        """Whether a connection must be checked before it is served."""
+        return bool(self.allow or self.allow_file or self.deny or self.deny_file
+                    or self.block_own_ips)
 
 
 @dataclass(frozen=True)
@@ -492,10 +522,32 @@ def _listeners(path, tables):
                 max_connections=table.integer("max_connections", 200, 1),
                 auth=table.boolean("auth", True),
                 client_cert=client_cert,
+                access=_listener_access(table, protocol, Path(path).parent),
             )
         )
         table.check_unknown()
     return tuple(listeners)
+
+
+def _listener_access(table, protocol, base):
+    lists = {}
+    for key in ("allow", "deny", "safe"):
+        lists[key] = table.strings(key, ())
+        _check_ip_entries(table, key, lists[key])
+    for key in ("allow_file", "deny_file"):
+        lists[key] = table.file_path(key, "", base)
+        if lists[key] is not None and not lists[key].exists():
+            raise table.error(key, f"{lists[key]} does not exist")
+    require_auth = table.string("require_auth", "").lower()
+    if require_auth and protocol != "smtp":
+        raise table.error("require_auth", "only smtp listeners take mail to send")
+    if require_auth not in ("", "any"):
+        require_auth = _address(table, "require_auth")
+    return ListenerAccessSettings(
+        block_own_ips=table.boolean("block_own_ips", False),
+        require_auth=require_auth,
+        **lists,
+    )
 
 
 def _check_endpoint(table, endpoint):

@@ -3,7 +3,7 @@ What every listener shares: settings, directory, session store, mail store,
 spool, TLS context. Built once per process by L{mailsrv.service}.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport
@@ -39,6 +39,7 @@ class MailServer:
     queue_runner: Any = None
     clock: Any = None
     tls: Any = None
+    _listener_access: dict = field(default_factory=dict, init=False, repr=False)
 
     def tls_context_for(self, listener):
         """
@@ -50,6 +51,19 @@ class MailServer:
         if mode == "none":
             return self.tls_context
         return self.tls.context(mode)
+
+    def access_for(self, listener):
+        """
+        The connection stage of one listener (L{mailsrv.access.ListenerAccess}),
+        one per listener, shared by the service and the SMTP sender stages.
+        """
+        from mailsrv.access import ListenerAccess
+        from mailsrv.dns import resolver_for
+
+        if listener.index not in self._listener_access:
+            self._listener_access[listener.index] = ListenerAccess(
+                listener.access, resolver_for(self.settings.dns), self.clock)
+        return self._listener_access[listener.index]
 
     def passwords_allowed(self, transport, listener):
         """

@@ -35,6 +35,18 @@ BUSY_REPLIES = {
     "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
     "imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
 }
+# ... when the listener's connection stage refuses it (%s: its IP) ...
+DENIED_REPLIES = {
+    "smtp": b"554 5.7.1 Access denied for %s\r\n",
+    "pop3": b"-ERR Access denied for %s\r\n",
+    "imap": b"* BYE Access denied for %s\r\n",
+}
+# ... and when a lookup the stage needs failed.
+LATER_REPLIES = {
+    "smtp": b"421 4.4.3 Cannot check your address now, try again later\r\n",
+    "pop3": b"-ERR [SYS/TEMP] Cannot check your address now, try again later\r\n",
+    "imap": b"* BYE [UNAVAILABLE] Cannot check your address now, try again later\r\n",
+}
 
 
 def _factory_builders():
@@ -113,6 +125,9 @@ def make_service(settings):
             max_connections=listener.max_connections,
             max_per_ip=settings.access.max_connections_per_ip,
             per_ip=per_ip,
+            access=server.access_for(listener),
+            denied_reply=DENIED_REPLIES[listener.protocol],
+            later_reply=LATER_REPLIES[listener.protocol],
         )
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(server.tls_context_for(listener), False, factory)
@@ -193,15 +208,21 @@ class ListenerService(service.Service):
 class ConnectionLimits(policies.WrappingFactory):
     """
     Caps connections per listener and per client IP (counted across all
-    listeners), answering the protocol's own "busy" line before closing.
-    Also turns on TCP_NODELAY: without it small replies wait ~40 ms on
-    Nagle and the client's delayed ACK.
+    listeners), answering the protocol's own "busy" line before closing,
+    and runs the listener's connection stage (L{mailsrv.access}) before the
+    protocol sees the client: a refused client gets the protocol's "denied"
+    line. Also turns on TCP_NODELAY: without it small replies wait ~40 ms
+    on Nagle and the client's delayed ACK.
     """
 
-    def __init__(self, wrapped, busy_reply, max_connections, max_per_ip, per_ip):
+    def __init__(self, wrapped, busy_reply, max_connections, max_per_ip, per_ip,
+                 access=None, denied_reply=b"", later_reply=b""):
         super().__init__(wrapped)
         # One "listening:" line per listener says enough; no per-factory chatter.
         self.noisy = wrapped.noisy = False
+        self.access = access
+        self.denied_reply = denied_reply
+        self.later_reply = later_reply
         self.busy_reply = busy_reply
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
@@ -214,6 +235,7 @@ class ConnectionLimits(policies.WrappingFactory):
 
 class _LimitedProtocol(policies.ProtocolWrapper):
     counted_ip = None
+    _held = None  # input that arrived while the connection stage decides
 
     def makeConnection(self, transport):
         if hasattr(transport, "setTcpNoDelay"):
@@ -232,7 +254,31 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         limits.active += 1
         limits.per_ip[ip] += 1
         self.counted_ip = ip
+        if limits.access is None or not limits.access.settings.restricted:
+            return super().makeConnection(transport)
+        # Held until the connection stage decides: input waits, unread.
+        self.transport = transport
+        self.connected = 1
+        self._held = []
+        local = peer_ip(transport.getHost())
+        limits.access.check(ip, local).addCallback(self._decided, transport, ip)
+
+    def _decided(self, decision, transport, ip):
+        held, self._held = self._held, None
+        if not self.connected:
+            return
+        if not decision.allowed:
+            log.info("refused connection from {ip}: {reason}", ip=ip, reason=decision.reason)
+            limits = self.factory
+            transport.write(limits.later_reply if decision.temporary
+                            else limits.denied_reply.replace(b"%s", ip.encode()))
+            self.counted_ip = None
+            self._release(ip)
+            transport.loseConnection()
+            return
         super().makeConnection(transport)
+        for data in held:
+            super().dataReceived(data)
 
     def startTLS(self, context_factory, *args):
         """STARTTLS: the wrapper must say it is secure too, as the TCP transport does."""
@@ -240,15 +286,22 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         alsoProvides(self, ISSLTransport)
 
     def dataReceived(self, data):
-        if self.counted_ip is not None:
+        if self._held is not None:
+            self._held.append(data)
+        elif self.counted_ip is not None:
             super().dataReceived(data)
 
     def connectionLost(self, reason):
+        self.connected = 0
         if self.counted_ip is None:
             return
+        self._release(self.counted_ip)
+        if self._held is None:
+            super().connectionLost(reason)
+
+    def _release(self, ip):
         limits = self.factory
         limits.active -= 1
-        limits.per_ip[self.counted_ip] -= 1
-        if not limits.per_ip[self.counted_ip]:
-            del limits.per_ip[self.counted_ip]
-        super().connectionLost(reason)
+        limits.per_ip[ip] -= 1
+        if not limits.per_ip[ip]:
+            del limits.per_ip[ip]

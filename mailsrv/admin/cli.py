@@ -89,6 +89,11 @@ def _list_files(settings):
         files.append(("kill list", settings.access.kill_file, parse_kill_list, False))
     if settings.relay.trusted_file is not None:
         files.append(("trusted IPs", settings.relay.trusted_file, read_entries, True))
+    for listener in settings.listeners:
+        for kind in ("allow", "deny"):
+            path = getattr(listener.access, f"{kind}_file")
+            if path is not None:
+                files.append((f"{kind} list of {listener.name}", path, read_entries, True))
     return files
 
 

@@ -87,14 +87,31 @@ def first_refusal(stages, session, transaction, subject):
 
 
 class AuthRequired:
-    """Submission (RFC 6409): only authenticated users may send."""
+    """
+    Submission (RFC 6409) and [[listen]] require_auth: only logged-in users
+    may send, or only one named account. Clients on the listener's safe
+    list are exempt: they are scripts that cannot log in.
 
+    @ivar account: "any", or the one address that may send here.
+    @ivar access: the listener's L{mailsrv.access.ListenerAccess}, or L{None}.
+    """
+
+    def __init__(self, account="any", access=None):
+        self.account = account
+        self.access = access
+
+    @defer.inlineCallbacks
     def check(self, session, transaction, sender):
+        if self.access is not None and (yield self.access.is_safe(session.ip)):
+            return Verdict.accept(f"safe list: {session.ip}")
         if session.user is None:
-            return defer.succeed(
-                Verdict.refuse(530, "5.7.0", "Authentication required")
+            return Verdict.refuse(530, "5.7.0", "Authentication required")
+        if self.account != "any" and session.user != self.account:
+            return Verdict.refuse(
+                530, "5.7.0", f"This port takes mail only from {self.account}",
+                f"{session.user} is not {self.account}, the only account of this port",
             )
-        return defer.succeed(Verdict.accept())
+        return Verdict.accept()
 
 
 class ValidSender:
@@ -231,12 +248,15 @@ class Standing:
     """
     Whether a client may act beyond mail to our own users: authenticated,
     a trusted IP ([relay] mode "trusted"), anyone (mode "anyone": an open
-    relay), or an IP with an open POP-before-SMTP window. Mode "none" still
-    counts the first and the last. Loopback is trusted only when listed.
+    relay), an IP with an open POP-before-SMTP window, or a client on the
+    listener's safe list. Mode "none" still counts all but the trusted IPs.
+    Loopback is trusted only when listed.
     Relaying and local senders on port 25 ask the same question.
     """
 
-    def __init__(self, mode, trusted, sessions, pop_before_smtp, bypass_antispam=True):
+    def __init__(self, mode, trusted, sessions, pop_before_smtp, bypass_antispam=True,
+                 access=None):
+        self.access = access
         self.mode = mode
         self.trusted = trusted
         self.sessions = sessions
@@ -253,34 +273,26 @@ class Standing:
             return defer.succeed(False)
         return self.reason(session).addCallback(lambda reason: reason is not None)
 
+    @defer.inlineCallbacks
     def reason(self, session):
         """
         @return: a Deferred of why the client stands (for the log), or of
             L{None}; a POP-before-SMTP window is noted in C{session.pop_user}.
         """
         if session.user is not None:
-            return defer.succeed(f"authenticated as {session.user}")
+            return f"authenticated as {session.user}"
         if self.mode == "anyone":
-            return defer.succeed("[relay] mode anyone (open relay)")
-        if self.mode == "trusted" and self.trusted:
-            return self.trusted.match(session.ip).addCallback(self._trusted, session)
-        return self._window_reason(session)
-
-    def _trusted(self, listed, session):
-        if listed:
+            return "[relay] mode anyone (open relay)"
+        if self.access is not None and (yield self.access.is_safe(session.ip)):
+            return f"safe list of this port: {session.ip}"
+        if self.mode == "trusted" and self.trusted and (yield self.trusted.match(session.ip)):
             return f"trusted IP {session.ip}"
-        return self._window_reason(session)
-
-    def _window_reason(self, session):
-        if not self.pop_before_smtp:
-            return defer.succeed(None)
-        return self.sessions.window_user(session.ip).addCallback(self._window, session)
-
-    def _window(self, user, session):
-        if user is None:
-            return None
-        session.pop_user = user
-        return f"POP-before-SMTP window of {user}"
+        if self.pop_before_smtp:
+            user = yield self.sessions.window_user(session.ip)
+            if user is not None:
+                session.pop_user = user
+                return f"POP-before-SMTP window of {user}"
+        return None
 
 
 class ListPosting:
@@ -389,10 +401,11 @@ class SenderOwnedByUser:
         )
 
 
-def standing(server):
+def standing(server, listener):
     settings = server.settings
     return Standing(settings.relay.mode, server.trusted, server.sessions,
-                    settings.pop_before_smtp.enabled, settings.relay.trusted_bypass_antispam)
+                    settings.pop_before_smtp.enabled, settings.relay.trusted_bypass_antispam,
+                    server.access_for(listener))
 
 
 def kill_list(server):
@@ -408,8 +421,10 @@ def sender_stages(server, listener):
     """The MAIL FROM checks of one listener, in order: DNS last."""
     access = server.settings.access
     stages = []
-    if listener.role == "submission":
-        stages.append(AuthRequired())
+    require_auth = listener.access.require_auth or (
+        "any" if listener.role == "submission" else "")
+    if require_auth:
+        stages.append(AuthRequired(require_auth, server.access_for(listener)))
     if access.check_valid_sender:
         stages.append(ValidSender())
     if access.refuse_null_sender:
@@ -419,7 +434,7 @@ def sender_stages(server, listener):
     if access.sender_must_be_owned:
         stages.append(SenderOwnedByUser(server.directory))
     if listener.role == "mx" and access.local_sender_must_auth:
-        stages.append(LocalSenderMustAuthenticate(server.directory, standing(server)))
+        stages.append(LocalSenderMustAuthenticate(server.directory, standing(server, listener)))
     if access.verify_sender_domain:
         stages.append(SenderDomainExists(server.directory,
                                          dns.resolver_for(server.settings.dns)))
@@ -437,7 +452,7 @@ def recipient_stages(server, listener):
     if not settings.lists.accept_remote:
         stages.append(ListPosting(server.directory))
     stages.append(RelayPermission(
-        standing(server), (domain for domain, _ in settings.delivery.transports),
+        standing(server, listener), (domain for domain, _ in settings.delivery.transports),
         settings.relay.refusal_text,
     ))
     return stages
