@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsrv.directory.listfile import WatchedFile
 from mailsrv.dns import TemporaryDNSError
-from mailsrv.netaddr import IPList, normalise_ip, read_entries
+from mailsrv.netaddr import ListedClients, normalise_ip
 
 log = Logger()
 
@@ -30,34 +29,6 @@ class Decision:
     reason: str
     safe: bool = False
     temporary: bool = False
-
-
-class ListedClients:
-    """
-    Entries from the config plus an optional list file, which is re-read
-    when it changes so that an admin's edit holds for the next connection.
-    """
-
-    def __init__(self, entries, path, resolver, clock=None):
-        self._entries = tuple(entries)
-        self._resolver = resolver
-        self._file = WatchedFile(path, read_entries, clock) if path is not None else None
-        self._built_from = None
-        self._list = IPList(self._entries, resolver)
-
-    def __bool__(self):
-        return bool(self._entries) or self._file is not None
-
-    def current(self):
-        if self._file is not None:
-            from_file = self._file.get()
-            if from_file is not self._built_from:
-                self._list = IPList(self._entries + tuple(from_file), self._resolver)
-                self._built_from = from_file
-        return self._list
-
-    def match(self, ip):
-        return self.current().match(ip)
 
 
 class ListenerAccess:

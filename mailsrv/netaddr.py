@@ -16,7 +16,7 @@ import re
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsrv.directory.listfile import ListFileError, read_lines
+from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
 
 log = Logger()
 
@@ -218,22 +218,51 @@ class IPList:
                  error=failure.getErrorMessage())
 
 
+class ListedClients:
+    """
+    Entries from the config plus an optional list file, which is re-read
+    when it changes so that an admin's edit holds for the next connection.
+    """
+
+    def __init__(self, entries, path, resolver, clock=None):
+        self._entries = tuple(entries)
+        self._resolver = resolver
+        self._file = WatchedFile(path, read_entries, clock) if path is not None else None
+        self._built_from = None
+        self._list = IPList(self._entries, resolver)
+
+    def __bool__(self):
+        return bool(self._entries) or self._file is not None
+
+    def current(self):
+        if self._file is not None:
+            from_file = self._file.get()
+            if from_file is not self._built_from:
+                self._list = IPList(self._entries + tuple(from_file), self._resolver)
+                self._built_from = from_file
+        return self._list
+
+    def match(self, ip):
+        return self.current().match(ip)
+
+    def resolve(self):
+        return self.current().resolve()
+
+
 def trusted_list(settings):
     """
-    The L{IPList} of C{[relay] trusted} and C{trusted_file}.
+    The L{ListedClients} of C{[relay] trusted} and C{trusted_file} (the
+    file re-read when it changes).
 
     @raise ConfigError: for a missing file or a bad entry.
     """
     from mailsrv import config, dns
 
-    entries = list(settings.relay.trusted)
     path = settings.relay.trusted_file
-    if path is not None:
-        if not path.exists():
-            raise config.ConfigError(settings.path, "[relay] trusted_file",
-                                     f"{path} does not exist")
-        try:
-            entries += read_entries(path)
-        except (ListFileError, OSError) as e:
-            raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))
-    return IPList(entries, dns.resolver_for(settings.dns))
+    if path is not None and not path.exists():
+        raise config.ConfigError(settings.path, "[relay] trusted_file",
+                                 f"{path} does not exist")
+    try:
+        return ListedClients(settings.relay.trusted, path, dns.resolver_for(settings.dns))
+    except (ListFileError, OSError) as e:
+        raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))

@@ -225,3 +225,25 @@ class JournalTests(unittest.TestCase):
                             b"Subject: a\r\n\r\nb\r\n")
         self.assertEqual(len(self.server.maildir_files("bob@example.test")), 1)
         self.assertEqual(self.server.maildir_files("archive@example.test"), [])
+
+
+class TrustedFileTests(unittest.TestCase):
+    def test_trusted_file_edited_while_running(self):
+        from pathlib import Path
+
+        trusted = Path(self.mktemp()).absolute()
+        trusted.parent.mkdir(parents=True, exist_ok=True)
+        trusted.write_text("# nobody yet\n")
+        server = MailServerProcess(extra={"relay": {"trusted_file": str(trusted)}}).start()
+        self.addCleanup(server.cleanup)
+
+        def relay():
+            with server.smtp(source="127.0.0.2") as client:
+                client.ehlo("office.example.test")
+                client.mail("someone@remote.test")
+                return client.rcpt("friend@elsewhere.test")[0]
+
+        self.assertEqual(relay(), 550)
+        trusted.write_text("127.0.0.2\n")
+        time.sleep(2)
+        self.assertEqual(relay(), 250)
