@@ -71,6 +71,8 @@ class ListenerAccessTests(unittest.TestCase):
     def test_own_address_is_refused(self):
         self.assertEqual(first_line(self.server, "imap", "127.0.0.1"),
                          b"* BYE Access denied for 127.0.0.1\r\n")
+        self.server.wait_for_log(
+            "refused connection from 127.0.0.1: client uses the server's own address")
         self.assertTrue(first_line(self.server, "imap", "127.0.0.2").startswith(b"* OK"))
 
     def test_deny_file_edited_while_running(self):

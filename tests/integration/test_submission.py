@@ -64,7 +64,10 @@ class SubmissionTests(unittest.TestCase):
             client.ehlo("laptop.example.test")
             client.login(ALICE, PASSWORD)
             code, text = client.mail("bob@example.test")
-            self.assertEqual((code, text[:5]), (553, b"5.7.1"))
+            self.assertEqual((code, text), (553, b"5.7.1 <bob@example.test>: sender address "
+                                                 b"not owned by user alice@example.test"))
+            self.server.wait_for_log("refused MAIL FROM:<bob@example.test> from 127.0.0.1: "
+                                     "<bob@example.test>: sender address not owned")
             client.rset()
             self.assertEqual(client.mail("sales@example.test")[0], 250)  # her alias
 
@@ -174,6 +177,8 @@ class LocalSenderTests(unittest.TestCase):
             code, text = client.mail(ALICE)
         self.assertEqual(code, 553)
         self.assertIn(b"authentication required for local senders", text)
+        self.server.wait_for_log("refused MAIL FROM:<alice@example.test> from 127.0.0.1: "
+                                 "local sender <alice@example.test> without authentication")
 
     def test_can_be_turned_off(self):
         self.server.stop()
