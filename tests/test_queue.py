@@ -12,12 +12,14 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result, SMTPCourier
+from mailsrv.queue.mx import order_exchanges
 from mailsrv.queue.retry import retry_delay
 from mailsrv.queue.routing import MX, route_for
 from mailsrv.queue.runner import QueueRunner, record_result
 from mailsrv.queue.spool import (
     DEFERRED, DELIVERED, FAILED, PENDING, Envelope, RecipientState, Spool,
 )
+from tests.dnsserver import TinyDNSServer
 from tests.helpers import make_settings
 
 MESSAGE = (
@@ -356,23 +358,60 @@ class RunnerTests(unittest.TestCase):
         yield runner.when_idle()
         self.assertEqual(len(self.sink.received), 1)
 
+    def mx_settings(self):
+        dns = TinyDNSServer({
+            ("remote.test", "MX"): ["10 mx1.remote.test.", "20 mx2.remote.test."],
+            ("mx1.remote.test", "A"): ["127.0.0.2"],  # nothing listens there
+            ("mx2.remote.test", "A"): ["127.0.0.1"],
+            ("direct.test", "A"): ["127.0.0.1"],
+            ("nullmx.test", "MX"): ["0 ."],
+            ("lame.test", "MX"): ["10 nowhere.lame.test."],
+        }, failing={"broken.test"})
+        self.addCleanup(dns.close)
+        return make_settings(self.root, delivery={"mx_port": self.port},
+                             dns={"servers": [dns.address], "timeout": 2})
+
     @defer.inlineCallbacks
-    def test_mx_routes_stay_queued_with_a_log_line(self):
-        settings = self.settings(smart_host="",
-                                 transports={"internal.test": f"127.0.0.1:{self.port}"})
-        queue_id = self.enqueue(["bob@internal.test", "dave@elsewhere.test"])
+    def test_mx_delivery_tries_the_next_host(self):
+        settings = self.mx_settings()
+        self.enqueue(["bob@remote.test", "carol@direct.test"])
         runner = self.runner(settings)
         yield runner.when_idle()
-        self.assertEqual([r for _, r, _ in self.sink.received], ["bob@internal.test"])
-        states = [(r.address, r.state) for r in self.spool.load(queue_id).recipients]
-        self.assertEqual(states, [("bob@internal.test", DELIVERED),
-                                  ("dave@elsewhere.test", PENDING)])
-        [line] = self.logged("MX lookup")
-        self.assertIn("dave@elsewhere.test", line)
-        self.assertIn("issue 6", line)
-        runner.wake()
+        self.assertEqual(sorted(r for _, r, _ in self.sink.received),
+                         ["bob@remote.test", "carol@direct.test"])
+        self.assertEqual(self.sink.transactions, 2)  # one per domain
+        self.assertTrue(self.logged(f"127.0.0.2:{self.port} unavailable"))
+        self.assertEqual(self.spool.ids(), [])
+
+    @defer.inlineCallbacks
+    def test_mx_failures(self):
+        settings = self.mx_settings()
+        queue_id = self.enqueue([
+            "a@nullmx.test", "b@nowhere.test", "c@broken.test", "d@lame.test",
+        ])
+        runner = self.runner(settings)
         yield runner.when_idle()
-        self.assertEqual(len(self.logged("MX lookup")), 1)
+        states = {r.address: (r.state, r.last_error)
+                  for r in self.spool.load(queue_id).recipients}
+        self.assertEqual(states["a@nullmx.test"][0], FAILED, states)
+        self.assertTrue(states["a@nullmx.test"][1].startswith("MX nullmx.test: 556 5.1.10"))
+        self.assertEqual(states["b@nowhere.test"][0], FAILED)
+        self.assertIn("5.1.2", states["b@nowhere.test"][1])
+        self.assertEqual(states["c@broken.test"][0], DEFERRED)
+        self.assertIn("4.4.3", states["c@broken.test"][1])
+        self.assertEqual(states["d@lame.test"][0], DEFERRED)
+        self.assertEqual(self.sink.received, [])
+
+
+class OrderExchangesTests(unittest.TestCase):
+    def test_preference_then_random_among_equals(self):
+        records = [(20, "c"), (10, "b"), (10, "a"), (30, "d")]
+        randoms = iter([0.9, 0.1, 0.5, 0.0])
+        self.assertEqual(order_exchanges(records, lambda: next(randoms)),
+                         ["b", "a", "c", "d"])
+        randoms = iter([0.9, 0.9, 0.1, 0.0])
+        self.assertEqual(order_exchanges(records, lambda: next(randoms)),
+                         ["a", "b", "c", "d"])
 
 
 class HeldCourier:

@@ -16,13 +16,17 @@ def parse_host_port(text, default_port=25):
     return host.strip("[]"), int(port)
 
 
+def domain_of(address):
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
 def route_for(address, delivery):
     """
     @param address: the recipient address.
     @param delivery: the L{mailsrv.config.DeliverySettings}.
     @return: a tuple of C{(host, port)} to try in order, or L{MX}.
     """
-    domain = address.rpartition("@")[2].lower().rstrip(".")
+    domain = domain_of(address)
     for transport_domain, target in delivery.transports:
         if transport_domain == domain:
             return MX if target == MX else (parse_host_port(target),)
@@ -34,12 +38,16 @@ def route_for(address, delivery):
 def group_by_route(recipients, delivery):
     """
     Split recipients by route so that each destination gets one connection
-    carrying all of its recipients.
+    carrying all of its recipients; MX routes are split by domain.
 
     @param recipients: objects with an C{address}.
-    @return: a dict of route -> list of recipients, in first-seen order.
+    @return: a dict of route (or C{(MX, domain)}) -> list of recipients, in
+        first-seen order.
     """
     groups = {}
     for recipient in recipients:
-        groups.setdefault(route_for(recipient.address, delivery), []).append(recipient)
+        route = route_for(recipient.address, delivery)
+        if route == MX:
+            route = (MX, domain_of(recipient.address))
+        groups.setdefault(route, []).append(recipient)
     return groups

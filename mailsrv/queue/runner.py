@@ -16,9 +16,11 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from mailsrv.queue.courier import OK, PERMANENT, SMTPCourier
+from mailsrv.dns import resolver_for
+from mailsrv.queue.courier import OK, PERMANENT, Result, SMTPCourier
+from mailsrv.queue.mx import NoRoute, mx_route
 from mailsrv.queue.retry import retry_delay
-from mailsrv.queue.routing import MX, group_by_route, route_for
+from mailsrv.queue.routing import MX, group_by_route
 from mailsrv.queue.spool import DEFERRED, DELIVERED, FAILED
 
 log = Logger()
@@ -60,6 +62,7 @@ class QueueRunner(service.Service):
     @ivar courier: an L{ICourier}; SMTP by default.
     @ivar max_deliveries: messages being delivered at once, at most.
     @ivar scan_interval: seconds between spool scans.
+    @ivar resolver: the L{mailsrv.dns.Resolver} for MX routes.
     @ivar deferToThread: how spool I/O leaves the reactor thread.
     """
 
@@ -67,7 +70,7 @@ class QueueRunner(service.Service):
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=20,
-                 random=_random.random):
+                 random=_random.random, resolver=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.spool = spool
@@ -77,10 +80,10 @@ class QueueRunner(service.Service):
         self.courier = courier if courier is not None else SMTPCourier(settings.hostname)
         self.max_deliveries = max_deliveries
         self.random = random
+        self.resolver = resolver if resolver is not None else resolver_for(settings.dns)
         self._envelopes = {}  # queue id -> Envelope, as last written
         self._busy = set()  # ids being delivered
         self._unreadable = set()  # ids whose envelope could not be read
-        self._mx_noted = set()  # ids whose MX recipients were logged
         self._starting = False
         self._scanning = False
         self._rescan = False
@@ -226,22 +229,12 @@ class QueueRunner(service.Service):
         @return: the recipients to try now, and the earliest later attempt
             (or L{None}).
         """
-        due, later, mx = [], None, []
+        due, later = [], None
         for recipient in envelope.pending():
-            if route_for(recipient.address, self.delivery) == MX:
-                mx.append(recipient.address)
-            elif recipient.next_attempt <= now:
+            if recipient.next_attempt <= now:
                 due.append(recipient)
             elif later is None or recipient.next_attempt < later:
                 later = recipient.next_attempt
-        if mx and envelope.id not in self._mx_noted:
-            self._mx_noted.add(envelope.id)
-            log.warn(
-                "queue {id}: to={to}: delivery by MX lookup comes with the outbound "
-                "issue (issue 6); set [delivery] smart_host or a "
-                "[delivery.transports] entry for the domain. Left in the queue.",
-                id=envelope.id, to=",".join(mx),
-            )
         return due, later
 
     def _set_timer(self, when, now):
@@ -284,10 +277,19 @@ class QueueRunner(service.Service):
     @defer.inlineCallbacks
     def _try_hosts(self, envelope, path, route, addresses):
         """
-        Try the hosts of a route in order until one takes part.
+        Try the hosts of a route in order until one takes part; an MX route
+        C{(MX, domain)} is looked up first.
 
         @return: a Deferred of C{(results, "host:port")}.
         """
+        if route[0] == MX:
+            domain = route[1]
+            try:
+                route = yield mx_route(self.resolver, domain, self.delivery.mx_port,
+                                       self.random)
+            except NoRoute as e:
+                return [Result(a, e.status, e.code, e.text) for a in addresses], \
+                    f"MX {domain}"
         for host, port in route:
             results = yield self.courier.deliver(envelope, path, addresses, host, port)
             if not all(r.host_failed for r in results):
@@ -322,7 +324,6 @@ class QueueRunner(service.Service):
 
     def _forget(self, queue_id):
         self._envelopes.pop(queue_id, None)
-        self._mx_noted.discard(queue_id)
 
     def _active(self):
         return self._starting or self._scanning or bool(self._busy)

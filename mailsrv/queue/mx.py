@@ -1,0 +1,68 @@
+"""
+MX routing (RFC 5321 5.1, RFC 7505): the addresses that take mail for a
+domain, best first, from the project's resolver (mailsrv/dns.py).
+"""
+
+import random as _random
+
+from twisted.internet import defer
+
+from mailsrv.dns import TemporaryDNSError
+from mailsrv.queue.courier import PERMANENT, TEMPORARY
+
+
+NULL_MX = ("", ".")  # dnspython writes the root name as "."
+
+
+class NoRoute(Exception):
+    """
+    No host to try for a domain.
+
+    @ivar status: L{TEMPORARY} (a DNS failure) or L{PERMANENT}.
+    @ivar code: the reply code to record (-1: none, RFC 7505's 556).
+    @ivar text: what went wrong, with an enhanced status code.
+    """
+
+    def __init__(self, status, code, text):
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
+def order_exchanges(records, random=_random.random):
+    """
+    MX records C{(preference, host)} -> hosts, lowest preference first and
+    in random order among equal preferences (RFC 5321 5.1).
+    """
+    return [host for _, _, host in sorted((pref, random(), host) for pref, host in records)]
+
+
+@defer.inlineCallbacks
+def mx_route(resolver, domain, port, random=_random.random):
+    """
+    @param resolver: a L{mailsrv.dns.Resolver}.
+    @return: a Deferred of a tuple of C{(address, port)} to try in order;
+        it fails with L{NoRoute}.
+    """
+    try:
+        records = yield resolver.mx(domain)
+    except TemporaryDNSError as e:
+        raise NoRoute(TEMPORARY, -1, f"4.4.3 MX lookup failed: {e}")
+    exchanges = [(pref, host) for pref, host in records if host not in NULL_MX]
+    if records and not exchanges:
+        raise NoRoute(PERMANENT, 556, f"5.1.10 {domain} does not accept mail (null MX)")
+    hosts = order_exchanges(exchanges, random) if records else [domain]
+    route, errors = [], []
+    for host in hosts:
+        try:
+            addresses = yield resolver.addresses(host)
+        except TemporaryDNSError as e:
+            errors.append(str(e))
+            continue
+        route.extend((address, port) for address in addresses)
+    if route:
+        return tuple(route)
+    if errors:
+        raise NoRoute(TEMPORARY, -1, f"4.4.3 address lookup failed: {errors[0]}")
+    if not records:
+        raise NoRoute(PERMANENT, -1, f"5.1.2 {domain} has no MX or address record")
+    raise NoRoute(TEMPORARY, -1, f"4.4.4 no MX host of {domain} has an address")
