@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mailsrv.filters.actions import HEADER, parse_action
+from mailsrv.filters.dnsbl import DNSBL
+
 PROTOCOLS = ("smtp", "pop3", "imap")
 SMTP_ROLES = ("mx", "submission")
 TLS_MODES = ("starttls", "implicit", "required", "none")
@@ -157,6 +160,30 @@ class DNSSettings:
 
 
 @dataclass(frozen=True)
+class DNSBLSettings:
+    """
+    @ivar lists: L{mailsrv.filters.dnsbl.DNSBL}s.
+    @ivar threshold: standard-list hits that make a message spam.
+    @ivar timeout: seconds before a list that has not answered is skipped.
+    """
+
+    lists: tuple
+    threshold: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class AntispamSettings:
+    """
+    @ivar subject_prefix: what the subject action puts before the Subject.
+    @ivar dnsbl: L{DNSBLSettings}, or L{None} when [antispam.dnsbl] is absent.
+    """
+
+    subject_prefix: str = "[SPAM] "
+    dnsbl: Optional[DNSBLSettings] = None
+
+
+@dataclass(frozen=True)
 class SmartHost:
     host: str
     port: int
@@ -203,6 +230,7 @@ class Settings:
     access: AccessSettings
     lists: ListsSettings
     journal: JournalSettings
+    antispam: AntispamSettings = field(default_factory=AntispamSettings)
     not_yet_supported: tuple = field(default=())
 
     def is_local_domain(self, domain):
@@ -229,9 +257,10 @@ DEFAULT_LISTENERS = (
     {"protocol": "imap", "endpoint": "tcp:993", "tls": "implicit"},
 )
 
-# Sections that later releases will fill in. They are accepted so that a
-# config written to the design contract starts, and logged as ignored.
-FUTURE_SECTIONS = ("antispam",)
+# [antispam] filters that later releases will fill in. They are accepted so
+# that a config written to the design contract starts, and logged as ignored.
+FUTURE_FILTERS = ("spf",)
+DNSBL_KINDS = ("standard", "trusted")
 
 
 class _Table:
@@ -455,11 +484,7 @@ def parse(data, path):
     )
     journal_table.check_unknown()
 
-    not_yet = []
-    for section in FUTURE_SECTIONS:
-        if section in data:
-            top.used.add(section)
-            not_yet.append(section)
+    antispam, not_yet = _antispam(path, top.get("antispam", dict, {}))
     top.check_unknown()
 
     return Settings(
@@ -479,7 +504,8 @@ def parse(data, path):
         access=access,
         lists=lists,
         journal=journal,
-        not_yet_supported=tuple(not_yet),
+        antispam=antispam,
+        not_yet_supported=not_yet,
     )
 
 
@@ -593,6 +619,80 @@ def _host_port(table, key, text, default_port):
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise table.error(key, f"bad port in {text!r}", 'write "host:port"')
     return host.strip("[]"), int(port)
+
+
+def _action(table, key, default):
+    text = table.string(key, str(default))
+    try:
+        return parse_action(text)
+    except ValueError as e:
+        raise table.error(key, str(e))
+
+
+def _antispam(path, data):
+    """
+    @return: L{AntispamSettings} and the names of the sections accepted but
+        not implemented yet.
+    """
+    table = _Table(path, "antispam", data)
+    subject_prefix = table.string("subject_prefix", "[SPAM] ")
+    not_yet = []
+    for name in FUTURE_FILTERS:
+        if name in table.data:
+            table.used.add(name)
+            not_yet.append(f"antispam.{name}")
+    dnsbl = None
+    if "dnsbl" in table.data:
+        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}))
+    table.check_unknown()
+    return AntispamSettings(subject_prefix, dnsbl), tuple(not_yet)
+
+
+def _dnsbl(path, data):
+    table = _Table(path, "antispam.dnsbl", data)
+    action = _action(table, "action", HEADER)
+    entries = table.get("lists", list, [])
+    if not entries:
+        raise table.error("lists", "no list given", 'write lists = ["zone.example"]')
+    lists = tuple(_dnsbl_list(table, entry, action) for entry in entries)
+    standard = sum(1 for bl in lists if bl.kind == "standard")
+    threshold = table.integer("threshold", 1, minimum=1)
+    if "threshold" in table.data and threshold > standard:
+        raise table.error(
+            "threshold", f"{threshold} is more than the {standard} standard lists",
+            "the count could never reach it")
+    timeout = table.get("timeout", float, 5.0)
+    table.check_unknown()
+    return DNSBLSettings(lists, threshold, timeout)
+
+
+def _dnsbl_list(parent, entry, default_action):
+    if isinstance(entry, str):
+        entry = {"zone": entry}
+    if not isinstance(entry, dict):
+        raise parent.error("lists", f"every entry must be a zone or a table, not "
+                                    f"{_describe(entry)}")
+    table = _Table(parent.path, "antispam.dnsbl.lists", entry)
+    zone = table.string("zone", "").strip(".").lower()
+    if not zone:
+        raise table.error("zone", "missing", 'write zone = "zen.example"')
+    server = table.string("server", "")
+    codes = table.strings("codes", ())
+    for code in codes:
+        try:
+            socket.inet_aton(code)
+        except OSError:
+            raise table.error("codes", f"{code!r} is not an IPv4 address")
+    bl = DNSBL(
+        zone=zone,
+        name=table.string("name", zone),
+        server=_host_port(table, "server", server, 53) if server else None,
+        kind=table.string("kind", "standard", DNSBL_KINDS),
+        codes=codes,
+        action=_action(table, "action", default_action),
+    )
+    table.check_unknown()
+    return bl
 
 
 def _delivery(path, data):

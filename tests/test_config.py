@@ -54,8 +54,10 @@ class DefaultsTests(unittest.TestCase):
         self.assertTrue(all("127.0.0.1" in l.endpoint for l in s.listeners))
 
     def test_design_example_sections_are_accepted(self):
-        s = config.parse({"antispam": {"dnsbl": {"lists": ["zen.example"]}}}, Path("/x"))
-        self.assertEqual(s.not_yet_supported, ("antispam",))
+        s = config.parse({"antispam": {"dnsbl": {"lists": ["zen.example"]},
+                                       "spf": {"action": "header"}}}, Path("/x"))
+        self.assertEqual(s.antispam.dnsbl.lists[0].zone, "zen.example")
+        self.assertEqual(s.not_yet_supported, ("antispam.spf",))
 
 
 class ErrorTests(unittest.TestCase):

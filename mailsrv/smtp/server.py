@@ -18,6 +18,8 @@ from twisted.protocols import policies
 from mailsrv import sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.filters import pipeline
+from mailsrv.filters.actions import SubjectPrefixer
 from mailsrv.queue import intake
 from mailsrv.queue.journal import Journal
 from mailsrv.smtp.commands import (
@@ -29,7 +31,7 @@ from mailsrv.smtp.commands import (
     split_command,
 )
 from mailsrv.smtp.data import DataReader
-from mailsrv.smtp.policy import first_refusal, recipient_stages, sender_stages
+from mailsrv.smtp.policy import first_refusal, recipient_stages, sender_stages, standing
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
 from mailsrv.smtp.trace import trace_headers
 
@@ -71,6 +73,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         self._sasl = None  # the AUTH exchange waiting for the client's next line
         self._reader = None  # the DataReader while in DATA
         self._incoming = None  # the spool file being written
+        self._judgement = None  # the anti-spam filters' verdict on it
+        self._prefixer = None  # rewrites the Subject for the subject action
         self._write_error = None
         self._busy = False  # a command's Deferred has not fired yet
         self._draining = False
@@ -436,18 +440,38 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             raise CommandError(503, "5.5.1", "Need MAIL command")
         if not self.transaction.recipients:
             raise CommandError(503, "5.5.1", "Need RCPT command")
+        d = self.factory.filters.judge(self.session, self.transaction)
+        return d.addCallback(self._start_data)
+
+    def _start_data(self, judgement):
+        """The filters have judged the client: refuse, or take the message."""
+        if judgement.action.kind == "reject":
+            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
+                     ip=self.session.ip, sender=self.transaction.sender,
+                     summary=judgement.summary)
+            self.transaction = None
+            return self._reply(550, "5.7.1", "Message refused as spam")
         try:
             incoming = self.server.spool.incoming()
         except OSError as e:
             log.error("cannot create a spool file: {error}", error=e)
-            raise CommandError(451, "4.3.0", "Cannot queue the message, try again later")
+            return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
         headers = trace_headers(
             self.session, self.transaction, incoming.queue_id, self.hostname,
             self.factory.clock.seconds(),
         )
+        if judgement.checked:
+            log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
+                     queue_id=incoming.queue_id, ip=self.session.ip,
+                     summary=judgement.summary, action=judgement.action)
         self._incoming = incoming
+        self._judgement = judgement
+        self._prefixer = None
+        if judgement.action.kind == "subject":
+            prefix = self.factory.filters.subject_prefix.encode("utf-8")
+            self._prefixer = SubjectPrefixer(self._write, prefix)
         self._write_error = None
-        self._write(headers)
+        self._write(headers + judgement.header_block())
         self._reader = DataReader()
         self._send("354 End data with <CR><LF>.<CR><LF>")
 
@@ -465,7 +489,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         del self._buffer[:consumed]
         if message and reader.size <= self.limits.max_message_size:
             if not reader.bare_line_ending:
-                self._write(message)
+                (self._write if self._prefixer is None else self._prefixer.feed)(message)
         if reader.done:
             return self._end_of_data()
         return None
@@ -490,23 +514,44 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             incoming.abort()
             log.error("cannot write the spool file: {error}", error=self._write_error)
             return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+        if self._prefixer is not None:
+            self._prefixer.close()
+        action = self._judgement.action
+        if action.kind == "delete":
+            incoming.abort()
+            log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
+                     queue_id=incoming.queue_id, ip=ip, sender=transaction.sender)
+            return self._reply(250, "2.0.0", f"Ok: queued as {incoming.queue_id}")
+        folder = "INBOX"
         local_users = transaction.local_users()
         remote = transaction.remote_addresses()
+        if action.kind == "forward":
+            route = self.server.directory.route(action.argument)
+            if route is None:
+                log.error("forward:{address} is no local user or alias; "
+                          "{queue_id} goes to its recipients",
+                          address=action.argument, queue_id=incoming.queue_id)
+            else:
+                local_users, remote = list(route.local), list(route.remote)
+        if action.kind == "move":
+            folder = action.argument
+            for user in local_users:
+                pipeline.ensure_folder(self.server.store, user, folder)
         d = intake.commit(
             self.server.spool,
             incoming,
             {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo},
-            [self.server.store.maildir(user) for user in local_users],
+            [self.server.store.maildir(user, folder) for user in local_users],
             remote,
             self.factory.journal.copies(transaction),
         )
         d.addCallbacks(
             self._queued, self._not_queued,
-            callbackArgs=(transaction, reader.size, local_users, remote),
+            callbackArgs=(transaction, reader.size, local_users, remote, folder),
         )
         return d
 
-    def _queued(self, queue_id, transaction, size, local_users, remote):
+    def _queued(self, queue_id, transaction, size, local_users, remote, folder):
         log.info(
             "accepted {queue_id} from {ip} sender=<{sender}> to={to} size={size} "
             "delivered={delivered} queued={queued}",
@@ -516,7 +561,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         for user in local_users:  # open IMAP sessions (IDLE) see it at once
-            self.server.store.notify(user)
+            self.server.store.notify(user, folder)
         if remote and self.server.queue_runner is not None:
             self.server.queue_runner.wake()
 
@@ -566,6 +611,7 @@ class SMTPFactory(protocol.ServerFactory):
             self.clock = reactor
         else:
             self.clock = server.clock
+        self.filters = pipeline.build(server, standing(server, listener), self.clock)
 
     def buildProtocol(self, addr):
         return SMTPServer(self)

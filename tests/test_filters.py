@@ -1,0 +1,215 @@
+"""
+The action model: parsing, precedence, the summary header, the subject
+rewrite, and each action carried out by the SMTP server at DATA.
+"""
+
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from mailsrv.filters.actions import (
+    HEADER,
+    NONE,
+    SKIPPED,
+    Action,
+    FilterResult,
+    Judgement,
+    SubjectPrefixer,
+    combine,
+    parse_action,
+)
+from mailsrv.filters.pipeline import Filters
+from tests.test_smtp.support import (
+    connect,
+    files_on_disk,
+    make_mail_server,
+    maildir_messages,
+    run_threads_inline,
+)
+
+REJECT, DELETE = Action("reject"), Action("delete")
+MOVE, FORWARD = Action("move", "Junk"), Action("forward", "spam@remote.test")
+SUBJECT = Action("subject")
+
+
+class ParseActionTests(unittest.TestCase):
+    def test_valid(self):
+        for text, action in [
+            ("none", NONE), ("header", HEADER), ("subject", SUBJECT), ("delete", DELETE),
+            ("reject", REJECT), ("move:Junk", MOVE), ("MOVE: Junk", MOVE),
+            ("forward:spam@remote.test", FORWARD),
+        ]:
+            self.assertEqual(parse_action(text), action, text)
+
+    def test_invalid(self):
+        for text in ["junk", "move", "move:", "move:../x", "move:a.b", "forward:nobody",
+                     "reject:now", "header:X"]:
+            self.assertRaises(ValueError, parse_action, text)
+
+    def test_text_round_trips(self):
+        for action in [NONE, MOVE, FORWARD, REJECT]:
+            self.assertEqual(parse_action(str(action)), action)
+
+
+class CombineTests(unittest.TestCase):
+    """reject > delete > move > forward > subject > header > none, pair by pair."""
+
+    ORDER = [REJECT, DELETE, MOVE, FORWARD, SUBJECT, HEADER, NONE]
+
+    def test_table(self):
+        for i, stronger in enumerate(self.ORDER):
+            for weaker in self.ORDER[i:]:
+                self.assertEqual(combine([stronger, weaker]), stronger, (stronger, weaker))
+                self.assertEqual(combine([weaker, stronger]), stronger, (weaker, stronger))
+
+    def test_nothing_is_none(self):
+        self.assertEqual(combine([]), NONE)
+
+    def test_first_of_equals(self):
+        other = Action("move", "Spam")
+        self.assertEqual(combine([MOVE, other]), MOVE)
+
+
+class JudgementTests(unittest.TestCase):
+    def test_summary_and_headers(self):
+        judgement = Judgement.of([
+            FilterResult(True, MOVE, ("dnsbl a 127.0.0.2",), (("X-Mailsrv-DNSBL", "x"),)),
+            FilterResult(False, NONE, ("spf none",)),
+            FilterResult(True, HEADER, ("dnsbl b 127.0.0.3",)),
+        ])
+        self.assertEqual((judgement.spam, judgement.action), (True, MOVE))
+        self.assertEqual(judgement.summary,
+                         "yes; reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3")
+        self.assertEqual(judgement.header_block(),
+                         b"X-Mailsrv-DNSBL: x\r\nX-Mailsrv-Spam: yes; "
+                         b"reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3\r\n")
+
+    def test_clean(self):
+        judgement = Judgement.of([FilterResult(False)])
+        self.assertEqual(judgement.header_block(), b"X-Mailsrv-Spam: no; reasons=-\r\n")
+
+    def test_unchecked_has_no_header(self):
+        self.assertEqual(SKIPPED.header_block(), b"")
+
+
+class SubjectPrefixerTests(unittest.TestCase):
+    def rewrite(self, chunks, prefix=b"[SPAM] "):
+        out = []
+        prefixer = SubjectPrefixer(out.append, prefix)
+        for chunk in chunks:
+            prefixer.feed(chunk)
+        prefixer.close()
+        return b"".join(out)
+
+    def test_prefixes_the_subject(self):
+        message = b"From: a@b\r\nsubject:  hello\r\nTo: c@d\r\n\r\nSubject: body\r\n"
+        self.assertEqual(self.rewrite([message]),
+                         b"From: a@b\r\nSubject: [SPAM] hello\r\nTo: c@d\r\n\r\nSubject: body\r\n")
+
+    def test_any_chunking(self):
+        message = b"From: a@b\r\nSubject: hello\r\n\r\nbody\r\n"
+        expected = self.rewrite([message])
+        for size in (1, 2, 5, 13):
+            chunks = [message[i:i + size] for i in range(0, len(message), size)]
+            self.assertEqual(self.rewrite(chunks), expected, size)
+
+    def test_adds_a_missing_subject(self):
+        self.assertEqual(self.rewrite([b"From: a@b\r\n\r\nbody\r\n"]),
+                         b"From: a@b\r\nSubject: [SPAM]\r\n\r\nbody\r\n")
+
+    def test_header_only_message(self):
+        self.assertEqual(self.rewrite([b"From: a@b\r\n"]), b"From: a@b\r\nSubject: [SPAM]\r\n")
+
+
+class Fixed:
+    def __init__(self, result):
+        self.result = result
+
+    def check(self, session, transaction):
+        return defer.succeed(self.result)
+
+
+class Standing:
+    def __init__(self, skips=False):
+        self.skips = skips
+
+    def skips_antispam(self, session):
+        return defer.succeed(self.skips)
+
+
+MESSAGE = b"From: x@remote.test\r\nSubject: offer\r\n\r\nbuy\r\n.\r\n"
+
+
+class ServerActionTests(unittest.TestCase):
+    """Each action carried out by the SMTP server on a message to alice."""
+
+    def setUp(self):
+        run_threads_inline(self)
+        self.server = make_mail_server(self)
+
+    def send(self, action, spam=True, skips=False, to=b"alice@example.test"):
+        connection = connect(self.server)
+        connection.protocol.factory.filters = Filters(
+            [Fixed(FilterResult(spam, action, ("test hit",), (("X-Mailsrv-Test", "hit"),)))],
+            Standing(skips), "[SPAM] ")
+        connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n")
+        connection.send(b"RCPT TO:<" + to + b">\r\n")
+        data = connection.send(b"DATA\r\n")
+        if not data.startswith(b"354"):
+            return data
+        return connection.send(MESSAGE)
+
+    def folder(self, name):
+        new = Path(self.server.store.maildir("alice@example.test", name)) / "new"
+        return sorted(p.read_bytes() for p in new.iterdir()) if new.exists() else []
+
+    def test_header(self):
+        self.assertTrue(self.send(HEADER).startswith(b"250 2.0.0 Ok: queued as"))
+        [message] = maildir_messages(self.server, "alice@example.test")
+        self.assertIn(b"X-Mailsrv-Test: hit\r\nX-Mailsrv-Spam: yes; reasons=test hit\r\n", message)
+        self.assertIn(b"\r\nSubject: offer\r\n", message)
+
+    def test_none_still_has_the_summary(self):
+        self.send(NONE, spam=False)
+        [message] = maildir_messages(self.server, "alice@example.test")
+        self.assertIn(b"X-Mailsrv-Spam: no; reasons=test hit\r\n", message)
+
+    def test_skipped_has_no_header(self):
+        self.send(REJECT, skips=True)
+        [message] = maildir_messages(self.server, "alice@example.test")
+        self.assertNotIn(b"X-Mailsrv-", message)
+
+    def test_subject(self):
+        self.send(SUBJECT)
+        [message] = maildir_messages(self.server, "alice@example.test")
+        self.assertIn(b"\r\nSubject: [SPAM] offer\r\n", message)
+
+    def test_move_creates_the_folder(self):
+        self.assertTrue(self.send(MOVE).startswith(b"250 "))
+        self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
+        [message] = self.folder("Junk")
+        self.assertIn(b"X-Mailsrv-Spam: yes", message)
+        self.assertIn("Junk", self.server.store.folders("alice@example.test"))
+        self.send(MOVE)  # the folder exists now
+        self.assertEqual(len(self.folder("Junk")), 2)
+
+    def test_forward(self):
+        self.send(Action("forward", "bob@example.test"))
+        self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
+        [message] = maildir_messages(self.server, "bob@example.test")
+        self.assertIn(b"X-Mailsrv-Spam: yes", message)
+
+    def test_forward_to_an_unknown_user_delivers_as_usual(self):
+        self.assertTrue(self.send(Action("forward", "nobody@example.test")).startswith(b"250 "))
+        [message] = maildir_messages(self.server, "alice@example.test")
+        self.assertIn(b"X-Mailsrv-Spam: yes", message)
+
+    def test_delete(self):
+        self.assertTrue(self.send(DELETE).startswith(b"250 2.0.0 Ok"))
+        self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
+        self.assertEqual(files_on_disk(self.server), [])
+
+    def test_reject_before_the_message(self):
+        self.assertEqual(self.send(REJECT), b"550 5.7.1 Message refused as spam\r\n")
+        self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
