@@ -22,6 +22,7 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.netaddr import trusted_list
+from mailsrv.queue.intake import LocalRoutes
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.sessions import MemorySessionStore
@@ -113,7 +114,8 @@ def make_service(settings):
     StartupNotes(settings).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
-    server.queue_runner = QueueRunner(server.spool, settings)
+    server.queue_runner = QueueRunner(server.spool, settings,
+                                      local=LocalRoutes(server.directory, server.store))
     server.queue_runner.setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()

@@ -3,6 +3,7 @@ The queue runner: retry schedule, routing, and delivery to real Twisted SMTP
 sinks on 127.0.0.1 (time is a task.Clock; the network is real).
 """
 
+import email
 from pathlib import Path
 
 from twisted.internet import defer, protocol, reactor, task
@@ -289,11 +290,41 @@ class RunnerTests(unittest.TestCase):
         self.enqueue(["bob@remote.test"])
         runner = self.runner()
         yield runner.when_idle()
-        self.assertEqual(self.sink.received, [])
-        self.assertEqual(self.spool.ids(), [])
         [line] = self.logged("to=<bob@remote.test>")
         self.assertIn("status=failed (550 5.1.1 No such user)", line)
-        self.assertIn("bounces come with issue 6", line)
+        [line] = self.logged(": bounce ")
+        self.assertIn("to <alice@example.test>: queued", line)
+        # the bounce went out through the same queue (every address is remote here)
+        [(sender, recipient, data)] = self.sink.received
+        self.assertEqual((sender, recipient), ("", "alice@example.test"))
+        report = email.message_from_bytes(data)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        [status] = report.get_payload(1).get_payload()[1:]
+        self.assertEqual(status["Status"], "5.1.1")
+        self.assertEqual(self.spool.ids(), [])
+
+    @defer.inlineCallbacks
+    def test_failed_bounce_goes_to_postmaster_once(self):
+        self.sink.replies["bob@remote.test"] = (550, "5.1.1 No such user")
+        self.sink.replies["alice@example.test"] = (550, "5.1.1 Gone")
+        self.sink.replies["postmaster@example.test"] = (550, "5.1.1 Gone too")
+        self.enqueue(["bob@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(self.sink.received, [])
+        self.assertEqual(self.sink.transactions, 3)  # message, bounce, postmaster copy
+        self.assertEqual(len(self.logged(": bounce ")), 2)
+        self.assertEqual(len(self.logged("no bounce for a null-sender message")), 1)
+        self.assertEqual(self.spool.ids(), [])
+
+    @defer.inlineCallbacks
+    def test_no_bounce_for_null_sender(self):
+        self.sink.replies["bob@remote.test"] = (550, "5.1.1 No such user")
+        self.enqueue(["bob@remote.test"], sender="")
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(self.sink.transactions, 1)
+        self.assertEqual(len(self.logged("no bounce for a null-sender message")), 1)
 
     @defer.inlineCallbacks
     def test_restart_does_not_deliver_again(self):

@@ -90,3 +90,23 @@ def _place(spool, message, envelope_fields, local_maildirs, remote_recipients):
         message.abort()
         raise
     return delivered, None
+
+
+class LocalRoutes:
+    """
+    Where a message the queue makes itself (a bounce) goes, by the same
+    directory as received mail.
+
+    @return: (from a call with an address) C{(maildirs, remote addresses)},
+        or L{None} for an unknown address in a local domain.
+    """
+
+    def __init__(self, directory, store):
+        self.directory = directory
+        self.store = store
+
+    def __call__(self, address):
+        route = self.directory.route(address)
+        if route is None:
+            return None
+        return [self.store.maildir(user) for user in route.local], list(route.remote)

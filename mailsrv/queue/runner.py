@@ -17,6 +17,10 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from mailsrv.dns import resolver_for
+from mailsrv.queue import intake
+from mailsrv.queue.bounce import (
+    DSN, POSTMASTER, bounce_target, dsn_message, read_headers,
+)
 from mailsrv.queue.courier import OK, PERMANENT, Result, SMTPCourier
 from mailsrv.queue.mx import NoRoute, mx_route
 from mailsrv.queue.retry import retry_delay
@@ -63,6 +67,9 @@ class QueueRunner(service.Service):
     @ivar max_deliveries: messages being delivered at once, at most.
     @ivar scan_interval: seconds between spool scans.
     @ivar resolver: the L{mailsrv.dns.Resolver} for MX routes.
+    @ivar local: where a bounce goes, an L{intake.LocalRoutes}; by default
+        every address is remote.
+    @ivar postmaster: who gets a bounce that could not be delivered.
     @ivar deferToThread: how spool I/O leaves the reactor thread.
     """
 
@@ -70,7 +77,7 @@ class QueueRunner(service.Service):
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=20,
-                 random=_random.random, resolver=None):
+                 random=_random.random, resolver=None, local=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.spool = spool
@@ -81,6 +88,9 @@ class QueueRunner(service.Service):
         self.max_deliveries = max_deliveries
         self.random = random
         self.resolver = resolver if resolver is not None else resolver_for(settings.dns)
+        self.local = local if local is not None else (lambda address: ([], [address]))
+        domain = settings.local_domains[0] if settings.local_domains else settings.hostname
+        self.postmaster = f"postmaster@{domain}"
         self._envelopes = {}  # queue id -> Envelope, as last written
         self._busy = set()  # ids being delivered
         self._unreadable = set()  # ids whose envelope could not be read
@@ -266,6 +276,9 @@ class QueueRunner(service.Service):
                     record_result(recipient, result, relay, now, envelope.created,
                                   self.delivery, self.random)
                     self._log_result(envelope, recipient, result, relay)
+                failed = [r for r in recipients if r.state == FAILED]
+                if failed:  # before the state: a crash makes a duplicate, not a loss
+                    yield self._bounce(envelope, path, failed)
                 yield self._persist(envelope)
         except Exception:
             log.failure("queue {id}: delivery job failed", id=envelope.id)
@@ -298,13 +311,50 @@ class QueueRunner(service.Service):
                      id=envelope.id, host=host, port=port, error=results[0].text)
         return results, f"{host}:{port}"
 
+    @defer.inlineCallbacks
+    def _bounce(self, envelope, path, failed):
+        """
+        Send a DSN for C{failed} recipients (mailsrv/queue/bounce.py), into
+        local Maildirs or the queue, through intake like received mail. A
+        problem here is logged; the recipients stay failed.
+        """
+        target = bounce_target(envelope, self.postmaster)
+        if target is None:
+            log.info("queue {id}: no bounce for a null-sender message", id=envelope.id)
+            return
+        to, kind = target
+        route = self.local(to)
+        if route is None and kind == DSN:
+            log.warn("queue {id}: cannot bounce to <{to}>: no such local address; "
+                     "to the postmaster instead", id=envelope.id, to=to)
+            to, kind = self.postmaster, POSTMASTER
+            route = self.local(to)
+        if route is None:
+            log.error("queue {id}: no bounce: <{to}> is no local address",
+                      id=envelope.id, to=to)
+            return
+        maildirs, remote = route
+        try:
+            headers = yield self.deferToThread(read_headers, path)
+            incoming = self.spool.incoming()
+            incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
+                                       to, self.clock.seconds()))
+            queue_id = yield intake.commit(
+                self.spool, incoming, {"sender": "", "bounce": kind}, maildirs, remote,
+            )
+        except OSError as e:
+            log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id, error=e)
+            return
+        log.info("queue {id}: bounce {bounce} to <{to}>: {where}", id=envelope.id,
+                 bounce=queue_id, to=to, where="queued" if remote else "delivered")
+        if remote:
+            self.wake()
+
     def _log_result(self, envelope, recipient, result, relay):
         words = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "failed"}
         text = f"{result.code} {result.text}" if result.code > 0 else result.text
         note = ""
-        if recipient.state == FAILED:
-            note = " (no bounce is sent yet: bounces come with issue 6)"
-        elif recipient.state == DEFERRED:
+        if recipient.state == DEFERRED:
             note = f", attempt {recipient.attempts}, next in " \
                    f"{int(recipient.next_attempt - self.clock.seconds())} s"
         log.info(

@@ -42,6 +42,9 @@ class RecipientState:
 class Envelope:
     """
     @ivar sender: the MAIL FROM address, "" for the null sender.
+    @ivar bounce: "" for a received message; "dsn" for a bounce we made,
+        "postmaster" for the postmaster's copy of a bounce that failed
+        (mailsrv/queue/bounce.py).
     """
 
     id: str
@@ -50,6 +53,7 @@ class Envelope:
     created: float = field(default_factory=time.time)
     client_ip: str = ""
     helo: str = ""
+    bounce: str = ""
 
     def to_json(self):
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -1,0 +1,102 @@
+"""
+Outbound mail through the real server: MX lookup on a test DNS server
+(tests/dnsserver.py) pointing at sinks on high loopback ports, and the
+bounce a local sender gets when the far side refuses.
+"""
+
+import email
+import smtplib
+import socketserver
+import ssl
+import threading
+from email import policy
+
+from twisted.trial import unittest
+
+from tests.dnsserver import TinyDNSServer
+from tests.integration.harness import (
+    PASSWORD, MailServerProcess, SinkServer, free_port,
+)
+
+ALICE = "alice@example.test"
+
+
+class RefusingSink:
+    """A remote MX that answers every RCPT with C{550 5.1.1}."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.rcpts = []
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.wfile.write(b"220 refuser.test ESMTP\r\n")
+                for line in self.rfile:
+                    verb = line[:4].upper()
+                    if verb == b"RCPT":
+                        sink.rcpts.append(line.decode().split(":", 1)[1].strip())
+                        self.wfile.write(b"550 5.1.1 <nobody@remote.test>: No such user\r\n")
+                    elif verb == b"QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        self.wfile.write(b"250 refuser.test\r\n")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class OutboundTests(unittest.TestCase):
+    def start(self, sink):
+        self.addCleanup(sink.close)
+        dns = TinyDNSServer({
+            ("remote.test", "MX"): ["10 mx.remote.test."],
+            ("mx.remote.test", "A"): ["127.0.0.1"],
+        })
+        self.addCleanup(dns.close)
+        self.server = MailServerProcess(extra={
+            "dns": {"servers": [dns.address], "timeout": 2},
+            "delivery": {"mx_port": sink.port, "retry": [1]},
+        }).start()
+        self.addCleanup(self.server.cleanup)
+
+    def submit(self, recipient, message):
+        """As a user: submission, STARTTLS, AUTH, one message."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as c:
+            c.starttls(context=context)
+            c.login(ALICE, PASSWORD)
+            self.assertEqual(c.sendmail(ALICE, [recipient], message), {})
+
+    def test_delivery_by_mx(self):
+        sink = SinkServer()
+        self.start(sink)
+        self.submit("friend@remote.test", b"Subject: by MX\r\n\r\nhello\r\n")
+        (sender, recipients, data), = sink.wait_for(1)
+        self.assertEqual((sender, recipients), (f"<{ALICE}>", ["<friend@remote.test>"]))
+        self.assertIn(b"Subject: by MX", data)
+        self.server.wait_for_log(f"relay=127.0.0.1:{sink.port} status=sent")
+
+    def test_refused_recipient_bounces_to_the_senders_maildir(self):
+        self.start(RefusingSink())
+        self.submit("nobody@remote.test",
+                    b"Subject: lost\r\nMessage-ID: <lost@example.test>\r\n\r\nhello\r\n")
+        self.server.wait_for_log("to <alice@example.test>: delivered")
+        [path] = self.server.maildir_files(ALICE)
+        report = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        self.assertIn("MAILER-DAEMON@mail.example.test", report["From"])
+        text, status, headers = report.get_payload()
+        [_, recipient] = status.get_payload()
+        self.assertEqual(recipient["Final-Recipient"], "rfc822; nobody@remote.test")
+        self.assertEqual((recipient["Action"], recipient["Status"]), ("failed", "5.1.1"))
+        self.assertTrue(recipient["Diagnostic-Code"].startswith("smtp; 550 5.1.1"))
+        self.assertIn("Message-ID: <lost@example.test>", headers.get_payload())
