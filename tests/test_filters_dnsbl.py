@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from mailsrv import config, dns
 from mailsrv.filters.actions import HEADER, NONE, Action, parse_action
+from mailsrv.filters import dnsbl
 from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.smtp.state import Session
 
@@ -116,11 +117,14 @@ class FilterTests(unittest.TestCase):
         self.assertFalse(found.spam)
 
     def test_timeout_skips_the_list(self):
+        logged = []
+        self.patch(dnsbl.log, "info", lambda fmt, **kw: logged.append(kw["error"]))
         d = self.check([bl("slow.test"), bl("b.test")], {"slow.test": "pending", "b.test": LISTED})
         self.assertNoResult(d)
         self.clock.advance(5)
         found = result(d)
         self.assertEqual((found.spam, found.reasons), (True, ("dnsbl b.test 127.0.0.2",)))
+        self.assertEqual(logged, ["no answer in 5s"])
 
     def test_servfail_skips_the_list(self):
         found = result(self.check([bl("a.test")], {"a.test": "servfail"}))

@@ -101,8 +101,11 @@ class DNSBLFilter:
 
     def _failed(self, failure, bl, name):
         failure.trap(dns.TemporaryDNSError, defer.TimeoutError)
-        log.info("dnsbl {name} skipped: {query}: {error}",
-                 name=bl.name, query=name, error=failure.getErrorMessage() or "timeout")
+        if failure.check(defer.TimeoutError):
+            error = f"no answer in {self.timeout:g}s"
+        else:
+            error = failure.getErrorMessage()
+        log.info("dnsbl {name} skipped: {query}: {error}", name=bl.name, query=name, error=error)
         return "skipped", ""
 
     def _judge(self, outcomes, ip):
