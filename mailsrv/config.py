@@ -197,6 +197,7 @@ class DeliverySettings:
     retry: tuple
     max_age: int
     transports: tuple  # of (domain, "host:port" | "mx")
+    max_received: int  # more Received headers: a mail loop, bounced
 
 
 @dataclass(frozen=True)
@@ -736,6 +737,7 @@ def _delivery(path, data):
         retry=tuple(retry),
         max_age=table.integer("max_age", 432000, 60),
         transports=tuple((d.lower(), r) for d, r in sorted(transports.items())),
+        max_received=table.integer("max_received", 30, 1),
     )
     table.check_unknown()
     return delivery

@@ -153,6 +153,12 @@ class SinkDelivery:
         return lambda: SinkMessage(self.sink, self.sender, address)
 
 
+class SinkESMTP(smtp.ESMTP):
+    def connectionLost(self, reason):
+        self.factory.open -= 1
+        smtp.ESMTP.connectionLost(self, reason)
+
+
 class Sink(protocol.ServerFactory):
     """
     A remote SMTP server: collects (sender, recipient, data); C{replies}
@@ -163,11 +169,18 @@ class Sink(protocol.ServerFactory):
         self.received = []
         self.replies = {}
         self.connections = 0
+        self.open = 0
         self.transactions = 0
+
+    def all_closed(self):
+        """A Deferred that fires once no connection is open (the courier has sent QUIT)."""
+        return task.deferLater(reactor, 0.01, lambda: None).addCallback(
+            lambda _: self.open and self.all_closed())
 
     def buildProtocol(self, addr):
         self.connections += 1
-        proto = smtp.ESMTP()
+        self.open += 1
+        proto = SinkESMTP()
         proto.host = b"sink.test"
         proto.delivery = SinkDelivery(self)
         proto.factory = self
@@ -182,6 +195,7 @@ class RunnerTests(unittest.TestCase):
         port = reactor.listenTCP(0, self.sink, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
+        self.addCleanup(self.sink.all_closed)
         self.root = Path(self.mktemp())
         self.spool = Spool(self.root / "queue")
         self.events = []
@@ -316,6 +330,22 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual(len(self.logged(": bounce ")), 2)
         self.assertEqual(len(self.logged("no bounce for a null-sender message")), 1)
         self.assertEqual(self.spool.ids(), [])
+
+    @defer.inlineCallbacks
+    def test_too_many_received_headers_is_a_loop(self):
+        settings = self.settings(max_received=3)
+        self.enqueue(["bob@remote.test"], data=b"Received: x\r\n" * 3 + MESSAGE)
+        runner = self.runner(settings)
+        yield runner.when_idle()
+        [(sender, recipient, data)] = self.sink.received  # only the bounce
+        self.assertEqual((sender, recipient), ("", "alice@example.test"))
+        self.assertIn(b"Status: 5.4.6", data)
+        [line] = self.logged("to=<bob@remote.test>")
+        self.assertIn("relay=local status=failed (554 5.4.6 mail loop: 4 Received", line)
+        self.enqueue(["bob@remote.test"], data=b"Received: x\r\n" * 2 + MESSAGE)
+        runner.wake()
+        yield runner.when_idle()
+        self.assertEqual(self.sink.received[1][1], "bob@remote.test")
 
     @defer.inlineCallbacks
     def test_no_bounce_for_null_sender(self):

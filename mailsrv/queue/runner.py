@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from mailsrv.dns import resolver_for
 from mailsrv.queue import intake
 from mailsrv.queue.bounce import (
-    DSN, POSTMASTER, bounce_target, dsn_message, read_headers,
+    DSN, POSTMASTER, bounce_target, count_received, dsn_message, read_headers,
 )
 from mailsrv.queue.courier import OK, PERMANENT, Result, SMTPCourier
 from mailsrv.queue.mx import NoRoute, mx_route
@@ -265,27 +265,54 @@ class QueueRunner(service.Service):
 
     @defer.inlineCallbacks
     def _deliver(self, envelope, due):
-        """One job: every destination of one message, one after another."""
+        """
+        One job: every destination of one message, one after another; a
+        message with more than C{[delivery] max_received} Received headers
+        is a loop and fails at once (5.4.6).
+        """
         try:
             path = self.spool.message_path(envelope.id)
+            try:
+                headers = yield self.deferToThread(read_headers, path)
+            except OSError:
+                headers = b""  # the courier reports it
+            received = count_received(headers)
+            if received > self.delivery.max_received:
+                text = f"5.4.6 mail loop: {received} Received headers, more than " \
+                       f"{self.delivery.max_received}"
+                yield self._record(envelope, headers, "local", [
+                    (r, Result(r.address, PERMANENT, 554, text)) for r in due
+                ])
+                return
             for route, recipients in group_by_route(due, self.delivery).items():
                 addresses = [r.address for r in recipients]
                 results, relay = yield self._try_hosts(envelope, path, route, addresses)
-                now = self.clock.seconds()
-                for recipient, result in zip(recipients, results):
-                    record_result(recipient, result, relay, now, envelope.created,
-                                  self.delivery, self.random)
-                    self._log_result(envelope, recipient, result, relay)
-                failed = [r for r in recipients if r.state == FAILED]
-                if failed:  # before the state: a crash makes a duplicate, not a loss
-                    yield self._bounce(envelope, path, failed)
-                yield self._persist(envelope)
+                yield self._record(envelope, headers, relay, list(zip(recipients, results)))
         except Exception:
             log.failure("queue {id}: delivery job failed", id=envelope.id)
         finally:
             self._busy.discard(envelope.id)
             self._dispatch()
             self._check_idle()
+
+    @defer.inlineCallbacks
+    def _record(self, envelope, headers, relay, outcome):
+        """
+        Record, log and save what one destination answered, bouncing the
+        recipients that failed (before the state is saved: a crash makes a
+        duplicate bounce, not a lost one).
+
+        @param outcome: C{(RecipientState, Result)} pairs.
+        """
+        now = self.clock.seconds()
+        for recipient, result in outcome:
+            record_result(recipient, result, relay, now, envelope.created,
+                          self.delivery, self.random)
+            self._log_result(envelope, recipient, result, relay)
+        failed = [r for r, _ in outcome if r.state == FAILED]
+        if failed:
+            yield self._bounce(envelope, headers, failed)
+        yield self._persist(envelope)
 
     @defer.inlineCallbacks
     def _try_hosts(self, envelope, path, route, addresses):
@@ -312,7 +339,7 @@ class QueueRunner(service.Service):
         return results, f"{host}:{port}"
 
     @defer.inlineCallbacks
-    def _bounce(self, envelope, path, failed):
+    def _bounce(self, envelope, headers, failed):
         """
         Send a DSN for C{failed} recipients (mailsrv/queue/bounce.py), into
         local Maildirs or the queue, through intake like received mail. A
@@ -335,7 +362,6 @@ class QueueRunner(service.Service):
             return
         maildirs, remote = route
         try:
-            headers = yield self.deferToThread(read_headers, path)
             incoming = self.spool.incoming()
             incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
                                        to, self.clock.seconds()))
