@@ -25,6 +25,7 @@ setup(
         "cryptography>=42",
         "argon2-cffi>=23.1,<26",
         "dnspython>=2.4,<3",
+        "pyspf>=2.0.14,<3",
     ],
     entry_points={"console_scripts": ["mailsrv = mailsrv.admin.cli:main"]},
 )

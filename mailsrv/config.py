@@ -173,14 +173,34 @@ class DNSBLSettings:
 
 
 @dataclass(frozen=True)
+class SPFSettings:
+    """
+    @ivar actions: SPF result -> L{mailsrv.filters.actions.Action}.
+    @ivar max_lookups: DNS-querying mechanisms allowed (RFC 7208: 10).
+    @ivar max_void_lookups: lookups with no answer allowed (RFC 7208: 2).
+    @ivar timeout: seconds for one whole check.
+    """
+
+    actions: tuple  # of (result, Action), in SPF_RESULTS order
+    max_lookups: int
+    max_void_lookups: int
+    timeout: float
+
+    def action_for(self, result):
+        return dict(self.actions)[result]
+
+
+@dataclass(frozen=True)
 class AntispamSettings:
     """
     @ivar subject_prefix: what the subject action puts before the Subject.
     @ivar dnsbl: L{DNSBLSettings}, or L{None} when [antispam.dnsbl] is absent.
+    @ivar spf: L{SPFSettings}, or L{None} when [antispam.spf] is absent.
     """
 
     subject_prefix: str = "[SPAM] "
     dnsbl: Optional[DNSBLSettings] = None
+    spf: Optional[SPFSettings] = None
 
 
 @dataclass(frozen=True)
@@ -258,10 +278,8 @@ DEFAULT_LISTENERS = (
     {"protocol": "imap", "endpoint": "tcp:993", "tls": "implicit"},
 )
 
-# [antispam] filters that later releases will fill in. They are accepted so
-# that a config written to the design contract starts, and logged as ignored.
-FUTURE_FILTERS = ("spf",)
 DNSBL_KINDS = ("standard", "trusted")
+SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
 
 class _Table:
@@ -485,7 +503,7 @@ def parse(data, path):
     )
     journal_table.check_unknown()
 
-    antispam, not_yet = _antispam(path, top.get("antispam", dict, {}))
+    antispam = _antispam(path, top.get("antispam", dict, {}))
     top.check_unknown()
 
     return Settings(
@@ -506,7 +524,6 @@ def parse(data, path):
         lists=lists,
         journal=journal,
         antispam=antispam,
-        not_yet_supported=not_yet,
     )
 
 
@@ -632,21 +649,40 @@ def _action(table, key, default):
 
 def _antispam(path, data):
     """
-    @return: L{AntispamSettings} and the names of the sections accepted but
-        not implemented yet.
+    @return: L{AntispamSettings}.
     """
     table = _Table(path, "antispam", data)
     subject_prefix = table.string("subject_prefix", "[SPAM] ")
-    not_yet = []
-    for name in FUTURE_FILTERS:
-        if name in table.data:
-            table.used.add(name)
-            not_yet.append(f"antispam.{name}")
-    dnsbl = None
+    dnsbl = spf = None
     if "dnsbl" in table.data:
         dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}))
+    if "spf" in table.data:
+        spf = _spf(path, table.get("spf", dict, {}))
     table.check_unknown()
-    return AntispamSettings(subject_prefix, dnsbl), tuple(not_yet)
+    return AntispamSettings(subject_prefix, dnsbl, spf)
+
+
+def _spf(path, data):
+    table = _Table(path, "antispam.spf", data)
+    default = _action(table, "action", HEADER)
+    actions = tuple((result, _action(table, result, default)) for result in SPF_RESULTS)
+    settings = SPFSettings(
+        actions=actions,
+        max_lookups=_at_most(table, "max_lookups", 10, 1),
+        max_void_lookups=_at_most(table, "max_void_lookups", 2, 0),
+        timeout=table.get("timeout", float, 20.0),
+    )
+    table.check_unknown()
+    return settings
+
+
+def _at_most(table, key, limit, minimum):
+    """An RFC limit the config may lower, never raise."""
+    value = table.integer(key, limit, minimum)
+    if value > limit:
+        raise table.error(key, f"{value} is above the RFC 7208 limit of {limit}",
+                          "it may be lowered, never raised")
+    return value
 
 
 def _dnsbl(path, data):

@@ -53,15 +53,7 @@ class DNSPythonBackend:
     """
 
     def __init__(self, servers, timeout):
-        import dns.nameserver
-        import dns.resolver
-
-        self._resolver = dns.resolver.Resolver(configure=not servers)
-        if servers:
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(host, port) for host, port in servers
-            ]
-        self._resolver.lifetime = timeout
+        self._resolver = dnspython_resolver(servers, timeout)
         self._resolver.cache = None  # ours is in front of it
 
     def query(self, name, rdtype):
@@ -80,6 +72,23 @@ class DNSPythonBackend:
         except dns.exception.DNSException as e:  # SERVFAIL everywhere, ...
             raise TemporaryDNSError(f"{rdtype} {name}: {e}")
         return Answer(tuple(_text(rdtype, r) for r in answer), answer.rrset.ttl)
+
+
+def dnspython_resolver(servers, timeout):
+    """
+    A dnspython resolver for C{[dns]} settings (also used by libraries that
+    do their own blocking DNS, such as pyspf).
+    """
+    import dns.nameserver
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=not servers)
+    if servers:
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(host, port) for host, port in servers
+        ]
+    resolver.lifetime = timeout
+    return resolver
 
 
 def _text(rdtype, record):

@@ -7,6 +7,7 @@ from twisted.internet import defer
 
 from mailsrv import dns
 from mailsrv.config import DNSSettings
+from mailsrv.filters import spf
 from mailsrv.filters.actions import SKIPPED, Judgement
 from mailsrv.filters.dnsbl import DNSBLFilter
 from mailsrv.store.folder import FolderExists
@@ -54,6 +55,11 @@ def build(server, standing, clock):
             _resolvers(server.settings.dns), settings.dnsbl.timeout,
             clock,
         ))
+    if settings.spf is not None:
+        spf.install_lookup(server.settings.dns, settings.spf.max_lookups,
+                           settings.spf.max_void_lookups)
+        filters.append(spf.SPFFilter(settings.spf.action_for, server.settings.hostname,
+                                     settings.spf.timeout))
     return Filters(filters, standing, settings.subject_prefix)
 
 

@@ -1,7 +1,9 @@
 """
-DNS blacklists through the real server: clients on 127.0.0.1, .2 and .4
-(listed in a standard, no, and a trusted list), a list that never answers,
-and what they are told, where their mail lands and what the log says.
+DNS blacklists and SPF through the real server: clients on 127.0.0.1, .2,
+.3 and .4 (listed nowhere, in a standard list, refused by a list, in a
+trusted list), a list that never answers, senders whose domains give each
+SPF result, and what they are told, where their mail lands and what the
+log says.
 """
 
 import subprocess
@@ -15,6 +17,9 @@ DNS_RECORDS = {
     ("2.0.0.127.std.test", "A"): ["127.0.0.2"],
     ("4.0.0.127.tr.test", "A"): ["127.0.0.4"],
     ("3.0.0.127.std.test", "A"): ["127.255.255.254"],  # the list refuses to answer
+    ("pass.test", "TXT"): ['"v=spf1 ip4:127.0.0.0/8 -all"'],
+    ("fail.test", "TXT"): ['"v=spf1 -all"'],
+    ("softfail.test", "TXT"): ['"v=spf1 ~all"'],
 }
 SLOW = {f"{n}.0.0.127.slow.test" for n in (1, 2, 3, 4)}
 
@@ -100,3 +105,76 @@ class DNSBLTests(unittest.TestCase):
             client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE)
         [path] = self.server.maildir_files()
         self.assertNotIn("X-Mailsrv-", path.read_text())
+
+
+SPF = """
+[antispam.spf]
+action = "header"
+fail = "reject"
+softfail = "subject"
+
+[antispam.dnsbl]
+lists = ["std.test"]
+action = "move:Junk"
+"""
+
+
+class SPFTests(unittest.TestCase):
+    def setUp(self):
+        self.dns = TinyDNSServer(DNS_RECORDS)
+        self.addCleanup(self.dns.close)
+        self.server = MailServerProcess(extra={
+            "dns": {"servers": [self.dns.address], "timeout": 1},
+        })
+        with open(self.server.config, "a") as config:
+            config.write(SPF)
+        self.server.start()
+        self.addCleanup(self.server.cleanup)
+
+    def send(self, sender, source="127.0.0.1"):
+        with self.server.smtp(source=source) as client:
+            client.ehlo("client.test")
+            client.mail(sender)
+            client.rcpt("alice@example.test")
+            return client.data(MESSAGE)
+
+    def test_pass_gets_the_header(self):
+        self.assertEqual(self.send("x@pass.test")[0], 250)
+        [path] = self.server.maildir_files()
+        message = path.read_text()
+        self.assertIn("Received-SPF: Pass (mail.example.test: domain of pass.test "
+                      "designates 127.0.0.1 as permitted sender) client-ip=127.0.0.1; "
+                      'envelope-from="x@pass.test"; helo=client.test;', message)
+        self.assertIn("X-Mailsrv-Spam: no; reasons=spf pass\n", message)
+
+    def test_softfail_prefixes_the_subject(self):
+        self.assertEqual(self.send("x@softfail.test")[0], 250)
+        [path] = self.server.maildir_files()
+        message = path.read_text()
+        self.assertIn("Received-SPF: SoftFail (mail.example.test: ", message)
+        self.assertIn("\nSubject: [SPAM] offer\n", message)
+
+    def test_fail_is_refused(self):
+        with self.server.smtp() as client:
+            client.ehlo("client.test")
+            client.mail("x@fail.test")
+            client.rcpt("alice@example.test")
+            self.assertEqual(client.docmd("DATA"), (550, b"5.7.1 Message refused as spam"))
+        self.server.wait_for_log("refused message from 127.0.0.1 sender=<x@fail.test>: "
+                                 "X-Mailsrv-Spam: yes; reasons=spf fail")
+
+    def test_strongest_action_wins(self):
+        self.assertEqual(self.send("x@softfail.test", source="127.0.0.2")[0], 250)
+        [path] = self.server.maildir_files(folder=".Junk")
+        message = path.read_text()
+        self.assertIn("\nSubject: offer\n", message)
+        self.assertIn("X-Mailsrv-Spam: yes; reasons=dnsbl std.test 127.0.0.2, spf softfail",
+                      message)
+
+    def test_authenticated_sender_gets_no_spf_header(self):
+        with self.server.smtp(port="submission") as client:
+            client.ehlo("client.test")
+            client.login("alice@example.test", PASSWORD)
+            client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE)
+        [path] = self.server.maildir_files()
+        self.assertNotIn("Received-SPF", path.read_text())
