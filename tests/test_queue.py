@@ -348,6 +348,44 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual(self.sink.received[1][1], "bob@remote.test")
 
     @defer.inlineCallbacks
+    def request(self, runner, action, queue_id=""):
+        """What `mailsrv queue` does, then the runner's next look."""
+        path = self.spool.request(action, queue_id)
+        self.clock.advance(runner.control_interval)
+        yield runner.when_idle()
+        self.assertFalse(path.exists())
+
+    @defer.inlineCallbacks
+    def test_requests_hold_release_flush_remove(self):
+        self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        held = self.enqueue(["bob@remote.test"])
+        other = self.enqueue(["bob@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        self.assertEqual(self.sink.transactions, 2)
+        del self.sink.replies["bob@remote.test"]
+        yield self.request(runner, "hold", held)
+        self.assertTrue(self.spool.load(held).held)
+        yield self.request(runner, "flush")  # delivers the other one at once
+        self.assertEqual(self.sink.transactions, 3)
+        self.assertEqual(self.spool.ids(), [held])
+        self.clock.advance(1000)  # past its retry time: held, so not tried
+        yield runner.when_idle()
+        self.assertEqual(self.sink.transactions, 3)
+        yield self.request(runner, "release", held)
+        self.assertEqual(self.sink.transactions, 4)
+        self.assertEqual(self.spool.ids(), [])
+        self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        gone = self.enqueue(["bob@remote.test"])
+        runner.wake()
+        yield runner.when_idle()
+        yield self.request(runner, "remove", gone)
+        self.assertEqual(self.spool.ids(), [])
+        self.assertFalse(self.spool.message_path(gone).exists())
+        yield self.request(runner, "hold", gone)
+        self.assertEqual(len(self.logged("not queued, nothing done")), 1)
+
+    @defer.inlineCallbacks
     def test_no_bounce_for_null_sender(self):
         self.sink.replies["bob@remote.test"] = (550, "5.1.1 No such user")
         self.enqueue(["bob@remote.test"], sender="")

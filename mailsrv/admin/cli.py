@@ -44,6 +44,8 @@ def _parser():
     queue.add_parser("list", help="list queued messages")
     queue.add_parser("flush", help="make every deferred recipient due now")
     queue.add_parser("remove", help="delete a queued message").add_argument("id")
+    queue.add_parser("hold", help="stop delivering a queued message").add_argument("id")
+    queue.add_parser("release", help="deliver a held message now").add_argument("id")
 
     lists = commands.add_parser("lists", help="the list files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -179,32 +181,66 @@ def _spool(settings):
 def queue_list(settings, args, stdin, stdout):
     spool = _spool(settings)
     ids = spool.ids()
+    now = time.time()
     for queue_id in ids:
-        envelope = spool.load(queue_id)
+        try:
+            envelope = spool.load(queue_id)
+        except FileNotFoundError:
+            continue  # delivered since the listing
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(envelope.created))
-        stdout.write(f"{queue_id}  {created}  <{envelope.sender}>\n")
+        held = "  HELD" if envelope.held else ""
+        stdout.write(f"{queue_id}  {created}  age {_age(now - envelope.created)}  "
+                     f"<{envelope.sender}>{held}\n")
         for rcpt in envelope.recipients:
             detail = f"  ({rcpt.last_error})" if rcpt.last_error else ""
             stdout.write(f"    {rcpt.state:9} {rcpt.address}{detail}\n")
     stdout.write(f"{len(ids)} queued\n")
 
 
-def queue_flush(settings, args, stdin, stdout):
+def _age(seconds):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+REQUEST_WAIT = 5  # seconds for the running server to take a request
+
+
+def _request(settings, stdout, action, queue_id=""):
+    """
+    Ask the running server's queue runner to act, which alone writes
+    envelopes while it runs (docs/queue.md), and wait a little for it.
+    """
     spool = _spool(settings)
-    for queue_id in spool.ids():
-        envelope = spool.load(queue_id)
-        for rcpt in envelope.pending():
-            rcpt.next_attempt = 0.0
-        spool.save(envelope)
-    stdout.write("every queued recipient is due now; the server delivers on its next scan\n")
+    if queue_id and queue_id not in spool.ids():
+        raise CommandError(f"no queued message {queue_id}")
+    path = spool.request(action, queue_id)
+    deadline = time.monotonic() + REQUEST_WAIT
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    what = f"{action} {queue_id}".strip()
+    if path.exists():
+        stdout.write(f"{what}: requested; no running server took it within "
+                     f"{REQUEST_WAIT} s, the server does it when it starts\n")
+    else:
+        stdout.write(f"{what}: done\n")
+
+
+def queue_flush(settings, args, stdin, stdout):
+    _request(settings, stdout, "flush")
 
 
 def queue_remove(settings, args, stdin, stdout):
-    spool = _spool(settings)
-    if args.id not in spool.ids():
-        raise CommandError(f"no queued message {args.id}")
-    spool.remove(args.id)
-    stdout.write(f"removed {args.id}\n")
+    _request(settings, stdout, "remove", args.id)
+
+
+def queue_hold(settings, args, stdin, stdout):
+    _request(settings, stdout, "hold", args.id)
+
+
+def queue_release(settings, args, stdin, stdout):
+    _request(settings, stdout, "release", args.id)
 
 
 HANDLERS = {
@@ -216,6 +252,8 @@ HANDLERS = {
     ("queue", "list"): queue_list,
     ("queue", "flush"): queue_flush,
     ("queue", "remove"): queue_remove,
+    ("queue", "hold"): queue_hold,
+    ("queue", "release"): queue_release,
     ("lists", "check"): lists_check,
 }
 

@@ -66,6 +66,8 @@ class QueueRunner(service.Service):
     @ivar courier: an L{ICourier}; SMTP by default.
     @ivar max_deliveries: messages being delivered at once, at most.
     @ivar scan_interval: seconds between spool scans.
+    @ivar control_interval: seconds between looks for requests from
+        C{mailsrv queue} (a listing of an empty directory).
     @ivar resolver: the L{mailsrv.dns.Resolver} for MX routes.
     @ivar local: where a bounce goes, an L{intake.LocalRoutes}; by default
         every address is remote.
@@ -74,6 +76,7 @@ class QueueRunner(service.Service):
     """
 
     scan_interval = 60
+    control_interval = 1
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=20,
@@ -101,6 +104,8 @@ class QueueRunner(service.Service):
         self._redispatch = False
         self._timer = None
         self._loop = None
+        self._control_loop = None
+        self._controlling = False
         self._idle_waiters = []
 
     # Service
@@ -120,6 +125,9 @@ class QueueRunner(service.Service):
                 self._loop = task.LoopingCall(self.wake)
                 self._loop.clock = self.clock
                 self._loop.start(self.scan_interval, now=True)
+                self._control_loop = task.LoopingCall(self._control)
+                self._control_loop.clock = self.clock
+                self._control_loop.start(self.control_interval, now=False)
             self._check_idle()
 
         d.addErrback(lambda f: log.failure("queue: spool recovery failed", f))
@@ -131,9 +139,10 @@ class QueueRunner(service.Service):
         short by the process ending is tried again at the next start.
         """
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        for loop in (self._loop, self._control_loop):
+            if loop is not None and loop.running:
+                loop.stop()
+        self._loop = self._control_loop = None
         self._cancel_timer()
 
     def wake(self):
@@ -198,6 +207,63 @@ class QueueRunner(service.Service):
             self.wake()
         self._check_idle()
 
+    # Requests from `mailsrv queue`
+
+    def _control(self):
+        """Act on the requests in the spool's ctl/, if any (docs/queue.md)."""
+        if self._controlling or self._scanning or not any(self.spool.ctl.glob("*.json")):
+            return
+        self._controlling = True
+        d = self.deferToThread(self.spool.requests)
+        d.addCallback(self._act)
+        d.addErrback(lambda f: log.failure("queue: requests failed", f))
+        d.addBoth(self._control_done)
+
+    def _control_done(self, _):
+        self._controlling = False
+        self._dispatch()
+        self._check_idle()
+
+    @defer.inlineCallbacks
+    def _act(self, requests):
+        """
+        Apply each request to the envelopes held here, save them, then drop
+        the request. A request for a message being delivered waits for the
+        next look; one for a message not known yet makes a scan first.
+        """
+        for path, action, queue_id in requests:
+            changed, note = [], "done"
+            if action == "flush":
+                changed = [e for i, e in self._envelopes.items() if i not in self._busy]
+                for envelope in changed:
+                    for recipient in envelope.pending():
+                        recipient.next_attempt = 0.0
+            elif action in ("remove", "hold", "release"):
+                if queue_id in self._busy:
+                    continue
+                envelope = self._envelopes.get(queue_id)
+                if envelope is None:
+                    if queue_id in (yield self.deferToThread(self.spool.ids)):
+                        self.wake()
+                        continue
+                    note = "not queued, nothing done"
+                elif action == "remove":
+                    yield self.deferToThread(self.spool.remove, queue_id)
+                    self._forget(queue_id)
+                else:
+                    envelope.held = action == "hold"
+                    if not envelope.held:  # released: due now
+                        for recipient in envelope.pending():
+                            recipient.next_attempt = 0.0
+                    changed = [envelope]
+            else:
+                note = "unknown request, dropped"
+            for envelope in changed:
+                yield self.deferToThread(self.spool.save, envelope)
+            yield self.deferToThread(path.unlink, missing_ok=True)
+            log.info("queue {id}: {action} by mailsrv queue: {note}",
+                     id=queue_id or "*", action=action or path.name, note=note)
+
     # Dispatching
 
     def _dispatch(self):
@@ -222,7 +288,7 @@ class QueueRunner(service.Service):
         now = self.clock.seconds()
         next_due = None
         for queue_id, envelope in list(self._envelopes.items()):
-            if queue_id in self._busy:
+            if queue_id in self._busy or envelope.held:
                 continue
             due, later = self._due(envelope, now)
             if later is not None and (next_due is None or later < next_due):
@@ -402,7 +468,7 @@ class QueueRunner(service.Service):
         self._envelopes.pop(queue_id, None)
 
     def _active(self):
-        return self._starting or self._scanning or bool(self._busy)
+        return self._starting or self._scanning or self._controlling or bool(self._busy)
 
     def _check_idle(self):
         if self._active():

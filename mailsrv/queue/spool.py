@@ -4,6 +4,7 @@ The spool directory and its on-disk format (docs/queue.md):
     queue/tmp/ID        a message being received; never acknowledged
     queue/msg/ID        the message, with our trace headers, fsync'd
     queue/env/ID.json   envelope and per-recipient delivery state
+    queue/ctl/N.json    a request from `mailsrv queue` to the runner
 
 An entry is in the queue exactly when its C{env/ID.json} exists; the
 envelope is always written after its message file, by write-fsync-rename.
@@ -45,6 +46,7 @@ class Envelope:
     @ivar bounce: "" for a received message; "dsn" for a bounce we made,
         "postmaster" for the postmaster's copy of a bounce that failed
         (mailsrv/queue/bounce.py).
+    @ivar held: not delivered until released (C{mailsrv queue hold}).
     """
 
     id: str
@@ -54,6 +56,7 @@ class Envelope:
     client_ip: str = ""
     helo: str = ""
     bounce: str = ""
+    held: bool = False
 
     def to_json(self):
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -107,7 +110,8 @@ class Spool:
         self.tmp = self.root / "tmp"
         self.msg = self.root / "msg"
         self.env = self.root / "env"
-        for directory in (self.tmp, self.msg, self.env):
+        self.ctl = self.root / "ctl"
+        for directory in (self.tmp, self.msg, self.env, self.ctl):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def recover(self):
@@ -126,7 +130,7 @@ class Spool:
             if path.name not in queued:
                 path.unlink()
                 removed += 1
-        for path in self.env.glob(".*.tmp"):
+        for path in [*self.env.glob(".*.tmp"), *self.ctl.glob(".*.tmp")]:
             path.unlink()
         return removed
 
@@ -170,3 +174,34 @@ class Spool:
             self.message_path(queue_id).unlink()
         except FileNotFoundError:
             pass
+
+    # Requests from `mailsrv queue` to the running server's queue runner,
+    # which alone writes envelopes while it runs (docs/queue.md).
+
+    def request(self, action, queue_id=""):
+        """
+        Ask the runner to act (write, fsync, rename).
+
+        @return: the request's path; it is gone once the runner has acted.
+        """
+        name = f"{time.time_ns()}-{secrets.randbits(20):05x}"
+        temporary, final = self.ctl / f".{name}.tmp", self.ctl / f"{name}.json"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump({"action": action, "id": queue_id}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temporary, final)
+        return final
+
+    def requests(self):
+        """The waiting requests, oldest first: C{[(path, action, id)]}."""
+        found = []
+        for path in sorted(self.ctl.glob("*.json")):
+            try:
+                data = json.loads(path.read_text("utf-8"))
+                found.append((path, data["action"], data["id"]))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                found.append((path, "", ""))  # unreadable: dropped by the runner
+        return found

@@ -55,6 +55,9 @@ class RefusingSink:
 class OutboundTests(unittest.TestCase):
     def start(self, sink):
         self.addCleanup(sink.close)
+        self.start_with(sink.port)
+
+    def start_with(self, mx_port):
         dns = TinyDNSServer({
             ("remote.test", "MX"): ["10 mx.remote.test."],
             ("mx.remote.test", "A"): ["127.0.0.1"],
@@ -62,7 +65,7 @@ class OutboundTests(unittest.TestCase):
         self.addCleanup(dns.close)
         self.server = MailServerProcess(extra={
             "dns": {"servers": [dns.address], "timeout": 2},
-            "delivery": {"mx_port": sink.port, "retry": [1]},
+            "delivery": {"mx_port": mx_port, "retry": [1]},
         }).start()
         self.addCleanup(self.server.cleanup)
 
@@ -100,3 +103,24 @@ class OutboundTests(unittest.TestCase):
         self.assertEqual((recipient["Action"], recipient["Status"]), ("failed", "5.1.1"))
         self.assertTrue(recipient["Diagnostic-Code"].startswith("smtp; 550 5.1.1"))
         self.assertIn("Message-ID: <lost@example.test>", headers.get_payload())
+
+    def test_queue_commands_on_the_running_server(self):
+        self.start_with(free_port())  # nothing listens: deferred, retried every second
+        self.submit("friend@remote.test", b"Subject: waiting\r\n\r\nhello\r\n")
+        self.server.wait_for_log("status=deferred")
+        listing = self.server.admin("queue", "list").stdout
+        queue_id = listing.split()[0]
+        self.assertIn(f"<{ALICE}>", listing)
+        self.assertIn("deferred  friend@remote.test  (127.0.0.1:", listing)
+        self.assertEqual(self.server.admin("queue", "hold", queue_id).stdout,
+                         f"hold {queue_id}: done\n")
+        self.assertIn("HELD", self.server.admin("queue", "list").stdout)
+        self.assertEqual(self.server.admin("queue", "release", queue_id).stdout,
+                         f"release {queue_id}: done\n")
+        self.assertEqual(self.server.admin("queue", "flush").stdout, "flush: done\n")
+        self.assertEqual(self.server.admin("queue", "remove", queue_id).stdout,
+                         f"remove {queue_id}: done\n")
+        self.assertEqual(self.server.admin("queue", "list").stdout, "0 queued\n")
+        missing = self.server.admin("queue", "remove", queue_id, check=False)
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertIn(f"no queued message {queue_id}", missing.stderr)
