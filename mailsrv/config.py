@@ -173,6 +173,17 @@ class DNSBLSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    """
+    @ivar tests: the names of the enabled tests, of L{VALIDATION_TESTS}.
+    @ivar action: what a message gets when the count reaches the threshold.
+    """
+
+    tests: tuple
+    action: object
+
+
+@dataclass(frozen=True)
 class SPFSettings:
     """
     @ivar actions: SPF result -> L{mailsrv.filters.actions.Action}.
@@ -196,11 +207,13 @@ class AntispamSettings:
     @ivar subject_prefix: what the subject action puts before the Subject.
     @ivar dnsbl: L{DNSBLSettings}, or L{None} when [antispam.dnsbl] is absent.
     @ivar spf: L{SPFSettings}, or L{None} when [antispam.spf] is absent.
+    @ivar validation: L{ValidationSettings}, or L{None} when absent.
     """
 
     subject_prefix: str = "[SPAM] "
     dnsbl: Optional[DNSBLSettings] = None
     spf: Optional[SPFSettings] = None
+    validation: Optional[ValidationSettings] = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +292,9 @@ DEFAULT_LISTENERS = (
 )
 
 DNSBL_KINDS = ("standard", "trusted")
+# [antispam.validation] keys and the names of their tests.
+VALIDATION_TESTS = (("helo_fqdn", "helo-fqdn"), ("helo_not_ours", "helo-ours"),
+                    ("reverse_dns", "reverse-dns"), ("forward_confirmed", "fcrdns"))
 SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
 
@@ -653,13 +669,24 @@ def _antispam(path, data):
     """
     table = _Table(path, "antispam", data)
     subject_prefix = table.string("subject_prefix", "[SPAM] ")
-    dnsbl = spf = None
+    dnsbl = spf = validation = None
+    if "validation" in table.data:
+        validation = _validation(path, table.get("validation", dict, {}))
     if "dnsbl" in table.data:
-        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}))
+        tests = len(validation.tests) if validation is not None else 0
+        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests)
     if "spf" in table.data:
         spf = _spf(path, table.get("spf", dict, {}))
     table.check_unknown()
-    return AntispamSettings(subject_prefix, dnsbl, spf)
+    return AntispamSettings(subject_prefix, dnsbl, spf, validation)
+
+
+def _validation(path, data):
+    table = _Table(path, "antispam.validation", data)
+    tests = tuple(name for key, name in VALIDATION_TESTS if table.boolean(key, True))
+    settings = ValidationSettings(tests, _action(table, "action", HEADER))
+    table.check_unknown()
+    return settings
 
 
 def _spf(path, data):
@@ -685,19 +712,20 @@ def _at_most(table, key, limit, minimum):
     return value
 
 
-def _dnsbl(path, data):
+def _dnsbl(path, data, tests):
+    """@param tests: how many validation tests count with the lists."""
     table = _Table(path, "antispam.dnsbl", data)
     action = _action(table, "action", HEADER)
     entries = table.get("lists", list, [])
     if not entries:
         raise table.error("lists", "no list given", 'write lists = ["zone.example"]')
     lists = tuple(_dnsbl_list(table, entry, action) for entry in entries)
-    standard = sum(1 for bl in lists if bl.kind == "standard")
+    checks = sum(1 for bl in lists if bl.kind == "standard") + tests
     threshold = table.integer("threshold", 1, minimum=1)
-    if "threshold" in table.data and threshold > standard:
+    if "threshold" in table.data and threshold > checks:
         raise table.error(
-            "threshold", f"{threshold} is more than the {standard} standard lists",
-            "the count could never reach it")
+            "threshold", f"{threshold} is more than the {checks} standard lists and "
+            "validation tests", "the count could never reach it")
     timeout = table.get("timeout", float, 5.0)
     table.check_unknown()
     return DNSBLSettings(lists, threshold, timeout)

@@ -103,7 +103,7 @@ class FilterTests(unittest.TestCase):
                  bl("c.test")]
         below = result(self.check(lists, {"a.test": LISTED}, threshold=2))
         self.assertEqual((below.spam, below.action), (False, NONE))
-        self.assertIn("dnsbl below threshold 1/2", below.reasons)
+        self.assertIn("count below threshold 1/2", below.reasons)
         reached = result(self.check(lists, {"a.test": LISTED, "b.test": LISTED}, threshold=2))
         self.assertEqual((reached.spam, reached.action), (True, Action("reject")))
 

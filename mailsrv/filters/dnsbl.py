@@ -68,49 +68,68 @@ class DNSBL:
 
 class DNSBLFilter:
     """
+    The lists and the validation tests (L{mailsrv.filters.validation}),
+    which share one count: standard-list hits and failed tests add up, and
+    the message is spam when the count reaches C{threshold}; one hit on a
+    trusted list is enough alone.
+
     @param lists: L{DNSBL}s.
-    @param threshold: standard hits (with failed validation tests) that
-        make a message spam.
+    @param threshold: the count that makes a message spam.
     @param resolvers: a function from a list to its L{mailsrv.dns.Resolver}.
-    @param timeout: seconds before a list is skipped.
+    @param timeout: seconds before a list or a test is skipped.
     @param clock: for the timeout.
+    @param tests: validation tests: C{name}, C{action}, and
+        C{check(session)} giving a Deferred of L{None} (passed) or of what
+        failed.
     """
 
-    def __init__(self, lists, threshold, resolvers, timeout, clock):
+    def __init__(self, lists, threshold, resolvers, timeout, clock, tests=()):
         self.lists = tuple(lists)
         self.threshold = threshold
         self.resolvers = resolvers
         self.timeout = timeout
         self.clock = clock
+        self.tests = tuple(tests)
 
     def check(self, session, transaction):
-        lookups = [self._lookup(bl, session.ip) for bl in self.lists]
-        d = defer.gatherResults(lookups)
+        lookups = defer.gatherResults([self._lookup(bl, session.ip) for bl in self.lists])
+        tests = defer.gatherResults([self._test(test, session) for test in self.tests])
+        d = defer.gatherResults([lookups, tests])
         return d.addCallback(self._judge, session.ip)
 
     def _lookup(self, bl, ip):
         try:
             name = bl.query_name(ip)
         except ValueError:
-            return defer.succeed(("skipped", f"not an IP: {ip}"))
+            return defer.succeed(None)  # not an IP (a UNIX socket): nothing to look up
         d = self.resolvers(bl).query(name, "A")
         d.addTimeout(self.timeout, self.clock)
         d.addCallback(bl.classify)
-        d.addErrback(self._failed, bl, name)
-        return d
+        return d.addErrback(self._failed, "dnsbl", bl.name, name)
 
-    def _failed(self, failure, bl, name):
+    def _test(self, test, session):
+        d = defer.maybeDeferred(test.check, session)
+        d.addTimeout(self.timeout, self.clock)
+        return d.addErrback(self._failed, "validation", test.name, session.ip)
+
+    def _failed(self, failure, kind, name, subject):
+        """A timeout or a DNS failure skips the list or test (fail open)."""
         failure.trap(dns.TemporaryDNSError, defer.TimeoutError)
         if failure.check(defer.TimeoutError):
             error = f"no answer in {self.timeout:g}s"
         else:
             error = failure.getErrorMessage()
-        log.info("dnsbl {name} skipped: {query}: {error}", name=bl.name, query=name, error=error)
-        return "skipped", ""
+        log.info("{kind} {name} skipped: {subject}: {error}",
+                 kind=kind, name=name, subject=subject, error=error)
+        return None
 
     def _judge(self, outcomes, ip):
-        trusted, standard, reasons, headers = [], [], [], []
-        for bl, (outcome, code) in zip(self.lists, outcomes):
+        lookups, failures = outcomes
+        trusted, counted, reasons, headers = [], [], [], []
+        for bl, found in zip(self.lists, lookups):
+            if found is None:  # skipped
+                continue
+            outcome, code = found
             if outcome == "refused":
                 log.warn("dnsbl {name} refused the query for {ip} with {code}",
                          name=bl.name, ip=ip, code=code)
@@ -118,14 +137,18 @@ class DNSBLFilter:
                 continue
             reasons.append(f"dnsbl {bl.name} {code}")
             headers.append(("X-Mailsrv-DNSBL", f"{ip} listed in {bl.name} ({code})"))
-            (trusted if bl.kind == "trusted" else standard).append(bl)
-        spam = bool(trusted) or len(standard) >= self.threshold
-        if not spam:
-            if standard:
-                reasons.append(f"dnsbl below threshold {len(standard)}/{self.threshold}")
+            (trusted if bl.kind == "trusted" else counted).append(bl)
+        for test, failure in zip(self.tests, failures):
+            if failure is not None:
+                reasons.append(f"validation {test.name}")
+                headers.append(("X-Mailsrv-Validation", failure))
+                counted.append(test)
+        reached = len(counted) >= self.threshold
+        if not (trusted or reached):
+            if counted:
+                reasons.append(f"count below threshold {len(counted)}/{self.threshold}")
             return FilterResult(False, NONE, tuple(reasons), tuple(headers))
-        hits = trusted + (standard if len(standard) >= self.threshold else [])
-        action = combine(bl.action for bl in hits)
+        action = combine(check.action for check in trusted + (counted if reached else []))
         if action.kind == "none":
             headers = []
         return FilterResult(True, action, tuple(reasons), tuple(headers))

@@ -6,8 +6,8 @@ carrying out the combined action when the message is stored.
 from twisted.internet import defer
 
 from mailsrv import dns
-from mailsrv.config import DNSSettings
-from mailsrv.filters import spf
+from mailsrv.config import DNSBLSettings, DNSSettings
+from mailsrv.filters import spf, validation
 from mailsrv.filters.actions import SKIPPED, Judgement
 from mailsrv.filters.dnsbl import DNSBLFilter
 from mailsrv.store.folder import FolderExists
@@ -49,11 +49,11 @@ def build(server, standing, clock):
     """The L{Filters} of [antispam] for one listener."""
     settings = server.settings.antispam
     filters = []
-    if settings.dnsbl is not None:
+    if settings.dnsbl is not None or settings.validation is not None:
+        dnsbl = settings.dnsbl or DNSBLSettings((), 1, server.settings.dns.timeout)
         filters.append(DNSBLFilter(
-            settings.dnsbl.lists, settings.dnsbl.threshold,
-            _resolvers(server.settings.dns), settings.dnsbl.timeout,
-            clock,
+            dnsbl.lists, dnsbl.threshold, _resolvers(server.settings.dns), dnsbl.timeout,
+            clock, _validation_tests(server, settings.validation),
         ))
     if settings.spf is not None:
         spf.install_lookup(server.settings.dns, settings.spf.max_lookups,
@@ -61,6 +61,21 @@ def build(server, standing, clock):
         filters.append(spf.SPFFilter(settings.spf.action_for, server.settings.hostname,
                                      settings.spf.timeout))
     return Filters(filters, standing, settings.subject_prefix)
+
+
+def _validation_tests(server, settings):
+    if settings is None:
+        return ()
+    resolver = dns.resolver_for(server.settings.dns)
+    action = settings.action
+    tests = {
+        "helo-fqdn": lambda: validation.HeloIsFQDN(action),
+        "helo-ours": lambda: validation.HeloNotOurs(
+            server.settings.hostname, server.settings.local_domains, resolver, action),
+        "reverse-dns": lambda: validation.ReverseDNS(resolver, action),
+        "fcrdns": lambda: validation.ForwardConfirmed(resolver, action),
+    }
+    return tuple(tests[name]() for name in settings.tests)
 
 
 def _resolvers(dns_settings):

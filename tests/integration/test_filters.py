@@ -2,7 +2,8 @@
 DNS blacklists and SPF through the real server: clients on 127.0.0.1, .2,
 .3 and .4 (listed nowhere, in a standard list, refused by a list, in a
 trusted list), a list that never answers, senders whose domains give each
-SPF result, and what they are told, where their mail lands and what the
+SPF result, clients whose HELO and reverse DNS do or do not hold up, and
+what they are told, where their mail lands and what the
 log says.
 """
 
@@ -20,6 +21,8 @@ DNS_RECORDS = {
     ("pass.test", "TXT"): ['"v=spf1 ip4:127.0.0.0/8 -all"'],
     ("fail.test", "TXT"): ['"v=spf1 -all"'],
     ("softfail.test", "TXT"): ['"v=spf1 ~all"'],
+    ("5.0.0.127.in-addr.arpa", "PTR"): ["good.client.test."],
+    ("good.client.test", "A"): ["127.0.0.5"],
 }
 SLOW = {f"{n}.0.0.127.slow.test" for n in (1, 2, 3, 4)}
 
@@ -178,3 +181,49 @@ class SPFTests(unittest.TestCase):
             client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE)
         [path] = self.server.maildir_files()
         self.assertNotIn("Received-SPF", path.read_text())
+
+
+VALIDATION = """
+[antispam.validation]
+action = "subject"
+"""
+
+
+class ValidationTests(unittest.TestCase):
+    def setUp(self):
+        self.dns = TinyDNSServer(DNS_RECORDS)
+        self.addCleanup(self.dns.close)
+        self.server = MailServerProcess(extra={
+            "dns": {"servers": [self.dns.address], "timeout": 1},
+        })
+        with open(self.server.config, "a") as config:
+            config.write(VALIDATION)
+        self.server.start()
+        self.addCleanup(self.server.cleanup)
+
+    def send(self, helo, source):
+        with self.server.smtp(source=source) as client:
+            client.ehlo(helo)
+            client.mail("x@remote.test")
+            client.rcpt("alice@example.test")
+            return client.data(MESSAGE)
+
+    def test_client_that_holds_up(self):
+        self.assertEqual(self.send("good.client.test", "127.0.0.5")[0], 250)
+        [path] = self.server.maildir_files()
+        message = path.read_text()
+        self.assertIn("X-Mailsrv-Spam: no; reasons=-\n", message)
+        self.assertIn("\nSubject: offer\n", message)
+
+    def test_client_that_does_not(self):
+        self.assertEqual(self.send("mail.example.test", "127.0.0.1")[0], 250)
+        [path] = self.server.maildir_files()
+        message = path.read_text()
+        self.assertIn("X-Mailsrv-Validation: HELO mail.example.test claims to be this server\n"
+                      "X-Mailsrv-Validation: 127.0.0.1 has no reverse DNS\n", message)
+        self.assertIn("X-Mailsrv-Spam: yes; reasons=validation helo-ours, validation "
+                      "reverse-dns, validation fcrdns\n", message)
+        self.assertIn("\nSubject: [SPAM] offer\n", message)
+        self.server.wait_for_log("from 127.0.0.1: X-Mailsrv-Spam: yes; reasons=validation "
+                                 "helo-ours, validation reverse-dns, validation fcrdns "
+                                 "action=subject")

@@ -1,0 +1,168 @@
+"""
+The validation tests (HELO, reverse DNS) on their own and counted with
+DNS blacklist hits toward the threshold, with a fake resolver.
+"""
+
+from pathlib import Path
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from mailsrv import config, dns
+from mailsrv.filters import validation
+from mailsrv.filters.actions import HEADER, Action
+from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.smtp.state import Session
+
+JUNK = Action("move", "Junk")
+
+
+class Resolver:
+    """PTR and address records from dicts; a name in C{failing} is a temporary error."""
+
+    def __init__(self, ptr=None, addresses=None, failing=()):
+        self._ptr = ptr or {}
+        self._addresses = addresses or {}
+        self.failing = set(failing)
+
+    def _answer(self, key, table):
+        if key in self.failing:
+            return defer.fail(dns.TemporaryDNSError(f"{key}: SERVFAIL"))
+        return defer.succeed(tuple(table.get(key, ())))
+
+    def ptr(self, ip):
+        return self._answer(ip, self._ptr)
+
+    def addresses(self, name):
+        return self._answer(name, self._addresses)
+
+    @defer.inlineCallbacks
+    def confirmed_names(self, ip):
+        names = yield self.ptr(ip)
+        confirmed = []
+        for name in names:
+            if ip in (yield self.addresses(name)):
+                confirmed.append(name)
+        return tuple(confirmed)
+
+    def query(self, name, rdtype):
+        return self._answer(name, self._addresses)
+
+
+def result(d):
+    results = []
+    d.addBoth(results.append)
+    return results[0]
+
+
+RESOLVER = Resolver(
+    ptr={"192.0.2.1": ["good.client.test"], "192.0.2.2": ["liar.client.test"]},
+    addresses={"good.client.test": ["192.0.2.1"], "liar.client.test": ["203.0.113.9"],
+               "mail.example.test": ["198.51.100.25"]},
+    failing={"192.0.2.99"},
+)
+
+
+class HeloTests(unittest.TestCase):
+    def test_fqdn_table(self):
+        test = validation.HeloIsFQDN(HEADER)
+        for helo, passes in [
+            ("client.test", True), ("a.b.c.example", True), ("client.test.", True),
+            ("[192.0.2.1]", True), ("[IPv6:2001:db8::1]", True),
+            ("client", False), ("localhost", False), ("", False), ("192.0.2.1", False),
+            ("[not-an-ip]", False), ("under_score.test", False), ("-bad.test", False),
+            ("x..test", False),
+        ]:
+            failed = result(test.check(Session(ip="192.0.2.1", helo=helo)))
+            self.assertEqual(failed is None, passes, helo)
+
+    def test_not_ours_table(self):
+        test = validation.HeloNotOurs("mail.example.test", ("example.test",), RESOLVER, HEADER)
+        for helo, passes in [
+            ("client.test", True), ("[192.0.2.1]", True),
+            ("mail.example.test", False), ("MAIL.Example.Test.", False),
+            ("example.test", False), ("[198.51.100.25]", False),
+        ]:
+            failed = result(test.check(Session(ip="192.0.2.1", helo=helo)))
+            self.assertEqual(failed is None, passes, helo)
+
+
+class ReverseDNSTests(unittest.TestCase):
+    def test_table(self):
+        reverse = validation.ReverseDNS(RESOLVER, HEADER)
+        forward = validation.ForwardConfirmed(RESOLVER, HEADER)
+        for ip, has_ptr, confirmed in [
+            ("192.0.2.1", True, True), ("192.0.2.2", True, False), ("192.0.2.3", False, False),
+        ]:
+            session = Session(ip=ip, helo="client.test")
+            self.assertEqual(result(reverse.check(session)) is None, has_ptr, ip)
+            self.assertEqual(result(forward.check(session)) is None, confirmed, ip)
+
+    def test_failure_text(self):
+        failed = result(validation.ReverseDNS(RESOLVER, HEADER).check(Session(ip="192.0.2.3")))
+        self.assertEqual(failed, "192.0.2.3 has no reverse DNS")
+
+
+class CountTests(unittest.TestCase):
+    """Failed tests and standard-list hits share one count."""
+
+    def judge(self, ip, helo, threshold, lists=()):
+        tests = [validation.HeloIsFQDN(HEADER), validation.ReverseDNS(RESOLVER, JUNK),
+                 validation.ForwardConfirmed(RESOLVER, JUNK)]
+        f = DNSBLFilter(lists, threshold, lambda _: RESOLVER, 5, task.Clock(), tests)
+        return result(f.check(Session(ip=ip, helo=helo), None))
+
+    def test_all_pass(self):
+        found = self.judge("192.0.2.1", "good.client.test", 1)
+        self.assertEqual((found.spam, found.reasons, found.headers), (False, (), ()))
+
+    def test_failures_add_up_to_the_threshold(self):
+        below = self.judge("192.0.2.2", "client", 3)
+        self.assertEqual((below.spam, below.reasons),
+                         (False, ("validation helo-fqdn", "validation fcrdns",
+                                  "count below threshold 2/3")))
+        reached = self.judge("192.0.2.3", "client", 3)
+        self.assertEqual((reached.spam, reached.action), (True, JUNK))
+        self.assertIn(("X-Mailsrv-Validation", "192.0.2.3 has no reverse DNS"), reached.headers)
+
+    def test_with_a_list_hit(self):
+        listed = DNSBL("bl.test", "bl.test", None, "standard", (), Action("reject"))
+        resolver = Resolver(addresses={"2.2.0.192.bl.test": ["127.0.0.2"]},
+                            ptr=RESOLVER._ptr)
+        f = DNSBLFilter([listed], 2, lambda _: resolver, 5, task.Clock(),
+                        [validation.HeloIsFQDN(HEADER)])
+        found = result(f.check(Session(ip="192.0.2.2", helo="client"), None))
+        self.assertEqual((found.spam, found.action), (True, Action("reject")))
+        self.assertEqual(found.reasons, ("dnsbl bl.test 127.0.0.2", "validation helo-fqdn"))
+
+    def test_dns_failure_skips_the_test(self):
+        found = self.judge("192.0.2.99", "good.client.test", 1)
+        self.assertFalse(found.spam)
+
+
+def parse(antispam):
+    return config.parse({"antispam": antispam}, Path("/etc/mailsrv.toml")).antispam
+
+
+class ConfigTests(unittest.TestCase):
+    def test_defaults_and_switches(self):
+        s = parse({"validation": {}})
+        self.assertEqual(s.validation.tests, ("helo-fqdn", "helo-ours", "reverse-dns", "fcrdns"))
+        self.assertEqual(s.validation.action, HEADER)
+        s = parse({"validation": {"reverse_dns": False, "helo_fqdn": False, "action": "move:Junk"}})
+        self.assertEqual(s.validation.tests, ("helo-ours", "fcrdns"))
+        self.assertEqual(s.validation.action, JUNK)
+
+    def test_threshold_counts_the_tests(self):
+        s = parse({"validation": {"reverse_dns": False},
+                   "dnsbl": {"lists": ["a.test"], "threshold": 4}})
+        self.assertEqual(s.dnsbl.threshold, 4)
+        with self.assertRaises(config.ConfigError) as caught:
+            parse({"validation": {"reverse_dns": False},
+                   "dnsbl": {"lists": ["a.test"], "threshold": 5}})
+        self.assertIn("[antispam.dnsbl] threshold: 5 is more than the 4", str(caught.exception))
+
+    def test_unknown_key(self):
+        with self.assertRaises(config.ConfigError) as caught:
+            parse({"validation": {"helo": True}})
+        self.assertIn("[antispam.validation] helo", str(caught.exception))
