@@ -26,7 +26,7 @@ DNS_RECORDS = {
 }
 SLOW = {f"{n}.0.0.127.slow.test" for n in (1, 2, 3, 4)}
 
-ANTISPAM = """
+DNSBL = """
 [antispam]
 subject_prefix = "*** SPAM *** "
 
@@ -40,24 +40,44 @@ timeout = 1
 MESSAGE = "From: x@remote.test\r\nSubject: offer\r\n\r\nbuy now\r\n"
 
 
-class DNSBLTests(unittest.TestCase):
+class FilterServerCase(unittest.TestCase):
+    """
+    The real server with the test DNS server and the C{ANTISPAM} config.
+    (Not collected: it has no tests.)
+    """
+
+    ANTISPAM = ""
+    SILENT = ()
+
     def setUp(self):
-        self.dns = TinyDNSServer(DNS_RECORDS, silent=SLOW)
+        self.dns = TinyDNSServer(DNS_RECORDS, silent=self.SILENT)
         self.addCleanup(self.dns.close)
         self.server = MailServerProcess(extra={
             "dns": {"servers": [self.dns.address], "timeout": 1},
         })
         with open(self.server.config, "a") as config:
-            config.write(ANTISPAM)
+            config.write(self.ANTISPAM)
         self.server.start()
         self.addCleanup(self.server.cleanup)
 
-    def send(self, source):
+    def send(self, source="127.0.0.1", sender="x@remote.test", helo="client.test"):
+        """One message to alice; the reply to the end of DATA."""
         with self.server.smtp(source=source) as client:
-            client.ehlo("client.test")
-            client.mail("x@remote.test")
+            client.ehlo(helo)
+            client.mail(sender)
             client.rcpt("alice@example.test")
             return client.data(MESSAGE)
+
+    def send_authenticated(self, source="127.0.0.1"):
+        with self.server.smtp(port="submission", source=source) as client:
+            client.ehlo("client.test")
+            client.login("alice@example.test", PASSWORD)
+            client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE)
+
+
+class DNSBLTests(FilterServerCase):
+    ANTISPAM = DNSBL
+    SILENT = SLOW
 
     def test_unlisted_client_gets_inbox_and_no(self):
         self.assertEqual(self.send("127.0.0.1")[0], 250)
@@ -102,10 +122,7 @@ class DNSBLTests(unittest.TestCase):
                                  "X-Mailsrv-Spam: yes; reasons=dnsbl tr.test 127.0.0.4")
 
     def test_authenticated_client_is_not_checked(self):
-        with self.server.smtp(port="submission", source="127.0.0.2") as client:
-            client.ehlo("client.test")
-            client.login("alice@example.test", PASSWORD)
-            client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE)
+        self.send_authenticated(source="127.0.0.2")
         [path] = self.server.maildir_files()
         self.assertNotIn("X-Mailsrv-", path.read_text())
 
@@ -122,27 +139,11 @@ action = "move:Junk"
 """
 
 
-class SPFTests(unittest.TestCase):
-    def setUp(self):
-        self.dns = TinyDNSServer(DNS_RECORDS)
-        self.addCleanup(self.dns.close)
-        self.server = MailServerProcess(extra={
-            "dns": {"servers": [self.dns.address], "timeout": 1},
-        })
-        with open(self.server.config, "a") as config:
-            config.write(SPF)
-        self.server.start()
-        self.addCleanup(self.server.cleanup)
-
-    def send(self, sender, source="127.0.0.1"):
-        with self.server.smtp(source=source) as client:
-            client.ehlo("client.test")
-            client.mail(sender)
-            client.rcpt("alice@example.test")
-            return client.data(MESSAGE)
+class SPFTests(FilterServerCase):
+    ANTISPAM = SPF
 
     def test_pass_gets_the_header(self):
-        self.assertEqual(self.send("x@pass.test")[0], 250)
+        self.assertEqual(self.send(sender="x@pass.test")[0], 250)
         [path] = self.server.maildir_files()
         message = path.read_text()
         self.assertIn("Received-SPF: Pass (mail.example.test: domain of pass.test "
@@ -151,7 +152,7 @@ class SPFTests(unittest.TestCase):
         self.assertIn("X-Mailsrv-Spam: no; reasons=spf pass\n", message)
 
     def test_softfail_prefixes_the_subject(self):
-        self.assertEqual(self.send("x@softfail.test")[0], 250)
+        self.assertEqual(self.send(sender="x@softfail.test")[0], 250)
         [path] = self.server.maildir_files()
         message = path.read_text()
         self.assertIn("Received-SPF: SoftFail (mail.example.test: ", message)
@@ -167,7 +168,7 @@ class SPFTests(unittest.TestCase):
                                  "X-Mailsrv-Spam: yes; reasons=spf fail")
 
     def test_strongest_action_wins(self):
-        self.assertEqual(self.send("x@softfail.test", source="127.0.0.2")[0], 250)
+        self.assertEqual(self.send("127.0.0.2", sender="x@softfail.test")[0], 250)
         [path] = self.server.maildir_files(folder=".Junk")
         message = path.read_text()
         self.assertIn("\nSubject: offer\n", message)
@@ -175,10 +176,7 @@ class SPFTests(unittest.TestCase):
                       message)
 
     def test_authenticated_sender_gets_no_spf_header(self):
-        with self.server.smtp(port="submission") as client:
-            client.ehlo("client.test")
-            client.login("alice@example.test", PASSWORD)
-            client.sendmail("alice@example.test", ["alice@example.test"], MESSAGE)
+        self.send_authenticated()
         [path] = self.server.maildir_files()
         self.assertNotIn("Received-SPF", path.read_text())
 
@@ -189,34 +187,18 @@ action = "subject"
 """
 
 
-class ValidationTests(unittest.TestCase):
-    def setUp(self):
-        self.dns = TinyDNSServer(DNS_RECORDS)
-        self.addCleanup(self.dns.close)
-        self.server = MailServerProcess(extra={
-            "dns": {"servers": [self.dns.address], "timeout": 1},
-        })
-        with open(self.server.config, "a") as config:
-            config.write(VALIDATION)
-        self.server.start()
-        self.addCleanup(self.server.cleanup)
-
-    def send(self, helo, source):
-        with self.server.smtp(source=source) as client:
-            client.ehlo(helo)
-            client.mail("x@remote.test")
-            client.rcpt("alice@example.test")
-            return client.data(MESSAGE)
+class ValidationTests(FilterServerCase):
+    ANTISPAM = VALIDATION
 
     def test_client_that_holds_up(self):
-        self.assertEqual(self.send("good.client.test", "127.0.0.5")[0], 250)
+        self.assertEqual(self.send("127.0.0.5", helo="good.client.test")[0], 250)
         [path] = self.server.maildir_files()
         message = path.read_text()
         self.assertIn("X-Mailsrv-Spam: no; reasons=-\n", message)
         self.assertIn("\nSubject: offer\n", message)
 
     def test_client_that_does_not(self):
-        self.assertEqual(self.send("mail.example.test", "127.0.0.1")[0], 250)
+        self.assertEqual(self.send(helo="mail.example.test")[0], 250)
         [path] = self.server.maildir_files()
         message = path.read_text()
         self.assertIn("X-Mailsrv-Validation: HELO mail.example.test claims to be this server\n"
