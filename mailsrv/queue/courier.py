@@ -1,13 +1,13 @@
 """
 Couriers carry one queued message to one host. The interface is small on
-purpose (chasquid's courier, issue 6's MX courier will share it): the queue
+purpose (chasquid's courier; smart hosts, transports and MX share it): the queue
 runner decides routing, retries and state; a courier only says, per
 recipient, what the host answered.
 """
 
 from dataclasses import dataclass
 
-from twisted.internet import defer
+from twisted.internet import defer, ssl
 from twisted.mail import smtp
 from zope.interface import Interface, implementer
 
@@ -99,22 +99,27 @@ def _text(resp):
 @implementer(ICourier)
 class SMTPCourier:
     """
-    Delivers over plain SMTP with Twisted's ESMTP client: no AUTH and no
-    STARTTLS requirement yet (issue 6 adds them), HELO fallback for old
-    hosts.
+    Delivers over SMTP with Twisted's ESMTP client, HELO fallback for old
+    hosts. STARTTLS is used whenever the host offers it, without checking
+    its certificate (opportunistic TLS, RFC 7435: MX hosts seldom have a
+    certificate for the name we looked up, and refusing would only make us
+    send in plain text); a host that does not offer it gets plain SMTP.
 
     @ivar hostname: the name we give in EHLO.
     @ivar timeout: seconds to wait for any one reply.
+    @ivar tls_options: the client TLS options for STARTTLS, or L{None} for
+        never.
     """
 
     connect_timeout = 30
 
-    def __init__(self, hostname, reactor=None, timeout=300):
+    def __init__(self, hostname, reactor=None, timeout=300, starttls=True):
         if reactor is None:
             from twisted.internet import reactor
         self.hostname = hostname
         self.reactor = reactor
         self.timeout = timeout
+        self.tls_options = ssl.CertificateOptions(verify=False) if starttls else None
 
     def deliver(self, envelope, message_path, recipients, host, port):
         try:
@@ -136,7 +141,8 @@ class SMTPCourier:
         done = defer.Deferred()
         factory = _SenderFactory(
             None, None, envelope.sender, encoded, message, done,
-            retries=0, timeout=self.timeout, heloFallback=True,
+            retries=0, timeout=self.timeout, contextFactory=self.tls_options,
+            heloFallback=True,
             requireAuthentication=False, requireTransportSecurity=False,
         )
         factory.domain = self.hostname.encode("ascii", "replace")

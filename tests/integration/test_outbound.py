@@ -69,15 +69,15 @@ class OutboundTests(unittest.TestCase):
         }).start()
         self.addCleanup(self.server.cleanup)
 
-    def submit(self, recipient, message):
+    def submit(self, recipient, message, user=ALICE):
         """As a user: submission, STARTTLS, AUTH, one message."""
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as c:
             c.starttls(context=context)
-            c.login(ALICE, PASSWORD)
-            self.assertEqual(c.sendmail(ALICE, [recipient], message), {})
+            c.login(user, PASSWORD)
+            self.assertEqual(c.sendmail(user, [recipient], message), {})
 
     def test_delivery_by_mx(self):
         sink = SinkServer()
@@ -124,3 +124,19 @@ class OutboundTests(unittest.TestCase):
         missing = self.server.admin("queue", "remove", queue_id, check=False)
         self.assertNotEqual(missing.returncode, 0)
         self.assertIn(f"no queued message {queue_id}", missing.stderr)
+
+    def test_starttls_when_the_next_hop_offers_it(self):
+        """Another mailsrv as the smart host: its Received header says ESMTPS."""
+        far = MailServerProcess().start()
+        self.addCleanup(far.cleanup)
+        self.server = MailServerProcess(users=("carol@a.test",), extra={
+            "domains": {"local": ["a.test"]},
+            "delivery": {"smart_host": "127.0.0.1:%d" % far.ports["smtp"]},
+        }).start()
+        self.addCleanup(self.server.cleanup)
+        self.submit("bob@example.test", b"Subject: over TLS\r\n\r\nhello\r\n",
+                    user="carol@a.test")
+        far.wait_for_log("bob@example.test")
+        self.server.wait_for_log("status=sent")
+        [path] = far.maildir_files("bob@example.test")
+        self.assertIn(b"by mail.example.test (mailsrv) with ESMTPS id", path.read_bytes())
