@@ -5,10 +5,12 @@ bounce a local sender gets when the far side refuses.
 """
 
 import email
+import signal
 import smtplib
 import socketserver
 import ssl
 import threading
+import time
 from email import policy
 
 from twisted.trial import unittest
@@ -21,35 +23,62 @@ from tests.integration.harness import (
 ALICE = "alice@example.test"
 
 
-class RefusingSink:
-    """A remote MX that answers every RCPT with C{550 5.1.1}."""
+class ScriptedSink:
+    """
+    A remote SMTP server: every RCPT gets C{rcpt_reply}; while C{running}
+    is clear, a transaction stalls after the data (no reply to the final
+    dot) and never completes. C{messages} holds the acknowledged ones.
+    """
 
-    def __init__(self):
+    def __init__(self, rcpt_reply="250 2.1.5 ok"):
         self.port = free_port()
-        self.rcpts = []
+        self.rcpt_reply = rcpt_reply.encode() + b"\r\n"
+        self.running = threading.Event()
+        self.running.set()
+        self.stalled = 0
+        self.messages = []
         sink = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
-                self.wfile.write(b"220 refuser.test ESMTP\r\n")
+                self.wfile.write(b"220 sink.test ESMTP\r\n")
+                recipients = []
                 for line in self.rfile:
                     verb = line[:4].upper()
                     if verb == b"RCPT":
-                        sink.rcpts.append(line.decode().split(":", 1)[1].strip())
-                        self.wfile.write(b"550 5.1.1 <nobody@remote.test>: No such user\r\n")
+                        recipients.append(line.decode().split(":", 1)[1].strip())
+                        self.wfile.write(sink.rcpt_reply)
+                    elif verb == b"DATA":
+                        self.wfile.write(b"354 go\r\n")
+                        data = b"".join(iter(self.rfile.readline, b".\r\n"))
+                        if not sink.running.is_set():
+                            sink.stalled += 1
+                            sink.running.wait()
+                            return
+                        sink.messages.append((recipients, data))
+                        self.wfile.write(b"250 2.0.0 ok\r\n")
                     elif verb == b"QUIT":
                         self.wfile.write(b"221 bye\r\n")
                         return
                     else:
-                        self.wfile.write(b"250 refuser.test\r\n")
+                        self.wfile.write(b"250 sink.test\r\n")
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
+        self.running.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def wait_until(condition, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
 
 
 class OutboundTests(unittest.TestCase):
@@ -69,7 +98,7 @@ class OutboundTests(unittest.TestCase):
         }).start()
         self.addCleanup(self.server.cleanup)
 
-    def submit(self, recipient, message, user=ALICE):
+    def submit(self, recipients, message, user=ALICE):
         """As a user: submission, STARTTLS, AUTH, one message."""
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -77,20 +106,20 @@ class OutboundTests(unittest.TestCase):
         with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as c:
             c.starttls(context=context)
             c.login(user, PASSWORD)
-            self.assertEqual(c.sendmail(user, [recipient], message), {})
+            self.assertEqual(c.sendmail(user, recipients, message), {})
 
     def test_delivery_by_mx(self):
         sink = SinkServer()
         self.start(sink)
-        self.submit("friend@remote.test", b"Subject: by MX\r\n\r\nhello\r\n")
+        self.submit(["friend@remote.test"], b"Subject: by MX\r\n\r\nhello\r\n")
         (sender, recipients, data), = sink.wait_for(1)
         self.assertEqual((sender, recipients), (f"<{ALICE}>", ["<friend@remote.test>"]))
         self.assertIn(b"Subject: by MX", data)
         self.server.wait_for_log(f"relay=127.0.0.1:{sink.port} status=sent")
 
     def test_refused_recipient_bounces_to_the_senders_maildir(self):
-        self.start(RefusingSink())
-        self.submit("nobody@remote.test",
+        self.start(ScriptedSink("550 5.1.1 <nobody@remote.test>: No such user"))
+        self.submit(["nobody@remote.test"],
                     b"Subject: lost\r\nMessage-ID: <lost@example.test>\r\n\r\nhello\r\n")
         self.server.wait_for_log("to <alice@example.test>: delivered")
         [path] = self.server.maildir_files(ALICE)
@@ -106,7 +135,7 @@ class OutboundTests(unittest.TestCase):
 
     def test_queue_commands_on_the_running_server(self):
         self.start_with(free_port())  # nothing listens: deferred, retried every second
-        self.submit("friend@remote.test", b"Subject: waiting\r\n\r\nhello\r\n")
+        self.submit(["friend@remote.test"], b"Subject: waiting\r\n\r\nhello\r\n")
         self.server.wait_for_log("status=deferred")
         listing = self.server.admin("queue", "list").stdout
         queue_id = listing.split()[0]
@@ -134,9 +163,31 @@ class OutboundTests(unittest.TestCase):
             "delivery": {"smart_host": "127.0.0.1:%d" % far.ports["smtp"]},
         }).start()
         self.addCleanup(self.server.cleanup)
-        self.submit("bob@example.test", b"Subject: over TLS\r\n\r\nhello\r\n",
+        self.submit(["bob@example.test"], b"Subject: over TLS\r\n\r\nhello\r\n",
                     user="carol@a.test")
         far.wait_for_log("bob@example.test")
         self.server.wait_for_log("status=sent")
         [path] = far.maildir_files("bob@example.test")
         self.assertIn(b"by mail.example.test (mailsrv) with ESMTPS id", path.read_bytes())
+
+    def test_kill_9_during_delivery_loses_nothing_and_repeats_nothing(self):
+        one, two = ScriptedSink(), ScriptedSink()
+        for sink in (one, two):
+            self.addCleanup(sink.close)
+        two.running.clear()  # two.test's host stalls after the data
+        self.server = MailServerProcess()
+        self.addCleanup(self.server.cleanup)
+        with open(self.server.config, "a") as config:  # the harness writes no subtables
+            config.write(f'\n[delivery.transports]\n"one.test" = "127.0.0.1:{one.port}"\n'
+                         f'"two.test" = "127.0.0.1:{two.port}"\n')
+        self.server.start()
+        self.submit(["x@one.test", "y@two.test"], b"Subject: crash\r\n\r\nhello\r\n")
+        wait_until(lambda: two.stalled == 1)  # one.test has acknowledged x
+        self.server.stop(signal.SIGKILL)
+        two.running.set()
+        self.server.start()
+        wait_until(lambda: two.messages)
+        self.server.wait_for_log(f"relay=127.0.0.1:{two.port} status=sent")
+        wait_until(lambda: self.server.admin("queue", "list").stdout == "0 queued\n")
+        self.assertEqual([r for r, _ in one.messages], [["<x@one.test>"]])
+        self.assertEqual([r for r, _ in two.messages], [["<y@two.test>"]])
