@@ -100,7 +100,9 @@ def _text(rdtype, record):
 
 
 def _name(name):
-    return name.to_text(omit_final_dot=True).lower()
+    """A name as text; the root name (a null MX's, RFC 7505) as ""."""
+    text = name.to_text(omit_final_dot=True).lower()
+    return "" if text == "." else text
 
 
 def reverse_name(ip):

@@ -104,9 +104,17 @@ class RealServerTests(unittest.TestCase):
             ("mx.mail.test", "AAAA"): ["::1"],
             ("2.0.0.127.in-addr.arpa", "PTR"): ["relay.trusted.test."],
             ("relay.trusted.test", "A"): ["127.0.0.2"],
+            ("nullmx.test", "MX"): ["0 ."],
+            ("nullmx.test", "A"): ["127.0.0.9"],
         }, silent={"slow.test"}, failing={"broken.test"})
         self.addCleanup(self.server.close)
         self.resolver = Resolver(DNSPythonBackend([("127.0.0.1", self.server.port)], 0.5))
+
+    @defer.inlineCallbacks
+    def test_null_mx_from_a_real_server(self):
+        self.assertEqual((yield self.resolver.mx("nullmx.test")), [(0, "")])
+        self.assertFalse((yield self.resolver.accepts_mail("nullmx.test")))
+        self.assertTrue((yield self.resolver.accepts_mail("mail.test")))
 
     @defer.inlineCallbacks
     def test_lookups(self):

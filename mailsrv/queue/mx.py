@@ -11,7 +11,6 @@ from mailsrv.dns import TemporaryDNSError
 from mailsrv.queue.courier import PERMANENT, TEMPORARY
 
 
-NULL_MX = ("", ".")  # dnspython writes the root name as "."
 
 
 class NoRoute(Exception):
@@ -47,7 +46,7 @@ def mx_route(resolver, domain, port, random=_random.random):
         records = yield resolver.mx(domain)
     except TemporaryDNSError as e:
         raise NoRoute(TEMPORARY, -1, f"4.4.3 MX lookup failed: {e}")
-    exchanges = [(pref, host) for pref, host in records if host not in NULL_MX]
+    exchanges = [(pref, host) for pref, host in records if host]  # "": a null MX
     if records and not exchanges:
         raise NoRoute(PERMANENT, 556, f"5.1.10 {domain} does not accept mail (null MX)")
     hosts = order_exchanges(exchanges, random) if records else [domain]
