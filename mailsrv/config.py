@@ -265,7 +265,6 @@ class Settings:
     lists: ListsSettings
     journal: JournalSettings
     antispam: AntispamSettings = field(default_factory=AntispamSettings)
-    not_yet_supported: tuple = field(default=())
 
     def is_local_domain(self, domain):
         return domain.lower() in self.local_domains

@@ -154,9 +154,6 @@ class StartupNotes(service.Service):
                 "WARNING: [relay] mode = \"anyone\": this server is an OPEN RELAY "
                 "and will be abused by spammers; use \"trusted\" or \"none\""
             )
-        for section in s.not_yet_supported:
-            log.warn("[{section}] is not implemented in this version and is ignored",
-                     section=section)
 
 
 class TrustedResolver(service.Service):
