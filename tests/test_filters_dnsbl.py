@@ -194,7 +194,7 @@ class ConfigTests(unittest.TestCase):
         ))
 
     def test_errors(self):
-        for dnsbl, key in [
+        for table, key in [
             ({}, "[antispam.dnsbl] lists"),
             ({"lists": ["a.example"], "action": "junk"}, "[antispam.dnsbl] action"),
             ({"lists": ["a.example"], "threshold": 2}, "[antispam.dnsbl] threshold"),
@@ -207,9 +207,9 @@ class ConfigTests(unittest.TestCase):
             ({"lists": [3]}, "[antispam.dnsbl] lists"),
             ({"lists": ["a.example"], "treshold": 1}, "[antispam.dnsbl] treshold"),
         ]:
-            with self.assertRaises(config.ConfigError, msg=dnsbl) as caught:
-                parse(dnsbl)
-            self.assertIn(key, str(caught.exception), dnsbl)
+            with self.assertRaises(config.ConfigError, msg=table) as caught:
+                parse(table)
+            self.assertIn(key, str(caught.exception), table)
 
     def test_unknown_antispam_key(self):
         with self.assertRaises(config.ConfigError) as caught:

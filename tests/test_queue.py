@@ -18,7 +18,7 @@ from mailsrv.queue.retry import retry_delay
 from mailsrv.queue.routing import MX, route_for
 from mailsrv.queue.runner import QueueRunner, record_result
 from mailsrv.queue.spool import (
-    DEFERRED, DELIVERED, FAILED, PENDING, Envelope, RecipientState, Spool,
+    DEFERRED, DELIVERED, FAILED, Envelope, RecipientState, Spool,
 )
 from tests.dnsserver import TinyDNSServer
 from tests.helpers import make_settings
@@ -359,7 +359,7 @@ class RunnerTests(unittest.TestCase):
     def test_requests_hold_release_flush_remove(self):
         self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
         held = self.enqueue(["bob@remote.test"])
-        other = self.enqueue(["bob@remote.test"])
+        self.enqueue(["bob@remote.test"])  # the other one, delivered by the flush
         runner = self.runner()
         yield runner.when_idle()
         self.assertEqual(self.sink.transactions, 2)
