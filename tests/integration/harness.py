@@ -206,7 +206,9 @@ class MailServerProcess:
         return _BoundIMAP4("127.0.0.1", self.ports["imap"], source)
 
 
-class _BoundPOP3(poplib.POP3):
+class _FromSource:
+    """A poplib/imaplib client that connects from a chosen loopback address."""
+
     def __init__(self, host, port, source):
         self.source = source
         super().__init__(host, port, timeout=30)
@@ -216,14 +218,12 @@ class _BoundPOP3(poplib.POP3):
                                         source_address=(self.source, 0))
 
 
-class _BoundIMAP4(imaplib.IMAP4):
-    def __init__(self, host, port, source):
-        self.source = source
-        super().__init__(host, port, timeout=30)
+class _BoundPOP3(_FromSource, poplib.POP3):
+    pass
 
-    def _create_socket(self, timeout):
-        return socket.create_connection((self.host, self.port), timeout,
-                                        source_address=(self.source, 0))
+
+class _BoundIMAP4(_FromSource, imaplib.IMAP4):
+    pass
 
 
 class SinkServer:
