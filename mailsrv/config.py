@@ -216,11 +216,34 @@ class AntispamSettings:
     validation: Optional[ValidationSettings] = None
 
 
+OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
+
+
+@dataclass(frozen=True)
+class OutboundTLS:
+    """
+    How a courier treats one next hop.
+
+    @ivar tls: C{"opportunistic"} (STARTTLS when offered, certificate not
+        checked, plain SMTP when the handshake fails), C{"required"} (no
+        TLS, no delivery) or C{"verify"} (required, and the certificate must
+        match the host name and chain to C{ca_file} or the system's CAs).
+    @ivar username: for SMTP AUTH; "" for none. Credentials are only ever
+        sent over TLS.
+    """
+
+    tls: str = "opportunistic"
+    ca_file: Optional[Path] = None
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
 @dataclass(frozen=True)
 class SmartHost:
     host: str
     port: int
     preference: int = 0
+    outbound: OutboundTLS = OutboundTLS()
 
 
 @dataclass(frozen=True)
@@ -231,6 +254,10 @@ class DeliverySettings:
     max_age: int
     transports: tuple  # of (domain, "host:port" | "mx")
     max_received: int  # more Received headers: a mail loop, bounced
+    outbound: OutboundTLS = OutboundTLS()  # MX and transport hops
+    max_connections: int = 100
+    max_connections_per_destination: int = 20
+    delay_warning: int = 14400  # seconds before a "delayed" DSN; 0: none
 
 
 @dataclass(frozen=True)
@@ -488,7 +515,7 @@ def parse(data, path):
     )
     dns_table.check_unknown()
 
-    delivery = _delivery(path, top.get("delivery", dict, {}))
+    delivery = _delivery(path, top.get("delivery", dict, {}), base)
 
     access_table = _Table(path, "access", top.get("access", dict, {}))
     access = AccessSettings(
@@ -759,14 +786,19 @@ def _dnsbl_list(parent, entry, default_action):
     return bl
 
 
-def _delivery(path, data):
+def _delivery(path, data, base):
     table = _Table(path, "delivery", data)
+    ca_file = table.file_path("tls_ca_file", "", base)
+    outbound = _outbound(table, "tls", ca_file, "opportunistic")
+    smart_outbound = _outbound(table, "smart_host_tls", ca_file, outbound.tls,
+                               table.string("smart_host_username", ""),
+                               table.file_path("smart_host_password_file", "", base))
     raw = table.get("smart_host", (str, list), "")
     smart_hosts = []
     if isinstance(raw, str):
         if raw:
             host, port = _host_port(table, "smart_host", raw, 25)
-            smart_hosts.append(SmartHost(host, port))
+            smart_hosts.append(SmartHost(host, port, outbound=smart_outbound))
     else:
         for entry in raw:
             if not isinstance(entry, dict):
@@ -777,9 +809,12 @@ def _delivery(path, data):
             host = sub.string("host", "")
             if not host:
                 raise sub.error("host", "missing")
-            smart_hosts.append(
-                SmartHost(host, sub.integer("port", 25, 1), sub.integer("preference", 0))
-            )
+            smart_hosts.append(SmartHost(
+                host, sub.integer("port", 25, 1), sub.integer("preference", 0),
+                _outbound(sub, "tls", ca_file, smart_outbound.tls,
+                          sub.string("username", smart_outbound.username),
+                          sub.file_path("password_file", "", base), smart_outbound),
+            ))
             sub.check_unknown()
     smart_hosts.sort(key=lambda h: h.preference)
 
@@ -801,6 +836,54 @@ def _delivery(path, data):
         max_age=table.integer("max_age", 432000, 60),
         transports=tuple((d.lower(), r) for d, r in sorted(transports.items())),
         max_received=table.integer("max_received", 30, 1),
+        outbound=outbound,
+        max_connections=table.integer("max_connections", 100, 1),
+        max_connections_per_destination=table.integer(
+            "max_connections_per_destination", 20, 1),
+        delay_warning=table.integer("delay_warning", 14400, 0),
     )
     table.check_unknown()
     return delivery
+
+
+def _outbound(table, key, ca_file, default, username="", password_file=None,
+              inherited=None):
+    """
+    The L{OutboundTLS} of a hop from C{key} (a TLS mode) and credentials;
+    credentials make TLS required, since a password never goes in clear.
+
+    @param inherited: the L{OutboundTLS} whose password applies when this
+        table names a user but no password file of its own.
+    """
+    tls = table.string(key, default, OUTBOUND_TLS_MODES)
+    if not username:
+        return OutboundTLS(tls, ca_file)
+    if password_file is not None:
+        password = _read_secret(table, key.replace("tls", "password_file"), password_file)
+    elif inherited is not None and inherited.password:
+        password = inherited.password
+    else:
+        raise table.error(key.replace("tls", "password_file"), "missing",
+                          "a smart host username needs a file holding its password")
+    if tls == "opportunistic":
+        if table.data.get(key) == "opportunistic":
+            raise table.error(key, "must be \"required\" or \"verify\" with a username",
+                              "credentials are only sent over TLS")
+        tls = "required"
+    return OutboundTLS(tls, ca_file, username, password)
+
+
+def _read_secret(table, key, path):
+    """The first line of a password file that only its owner may read."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise table.error(key, f"cannot read {path}: {e.strerror}")
+    if mode & 0o077:
+        raise table.error(key, f"{path} may be read by others",
+                          f"chmod 600 {path}")
+    password = text.splitlines()[0] if text.strip() else ""
+    if not password:
+        raise table.error(key, f"{path} is empty", "write the password on its first line")
+    return password

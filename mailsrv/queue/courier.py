@@ -5,13 +5,19 @@ runner decides routing, retries and state; a courier only says, per
 recipient, what the host answered.
 """
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
-from twisted.internet import defer, ssl
-from twisted.mail import smtp
+from twisted.internet import defer, endpoints, ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from mailsrv.queue.dotstuff import DotStuffer
+from mailsrv.queue.client import OPPORTUNISTIC, ConnectionPool, HostFailure, SMTPConnection
+
+log = Logger()
+
+VERIFY = "verify"
 
 OK = "ok"
 TEMPORARY = "temporary"
@@ -48,132 +54,154 @@ def status_of(code):
 
 
 class ICourier(Interface):
-    def deliver(envelope, message_path, recipients, host, port):
+    def deliver(envelope, message_path, recipients, hop):
         """
-        Hand the message to C{host}:C{port} for C{recipients} in one
-        transaction.
+        Hand the message to C{hop} for C{recipients} in one transaction.
 
         @param envelope: the L{mailsrv.queue.spool.Envelope} (its sender).
         @param message_path: the spooled message file.
         @param recipients: addresses, a subset of the envelope's.
+        @param hop: the L{mailsrv.queue.client.Hop} to hand it to.
         @return: a Deferred of a list of L{Result}, one per recipient in
             order; it does not fail.
         """
 
-
-class _Sender(smtp.ESMTPSender):
-    """
-    Twisted's ESMTP sender with a transfer that sends the spool file as it
-    is (Twisted's transformChunk turns CRLF into CR CR LF and misses dots at
-    chunk boundaries) and that remembers the reply to DATA.
-    """
-
-    def smtpState_data(self, code, resp):
-        self._stuffer = DotStuffer()
-        smtp.ESMTPSender.smtpState_data(self, code, resp)
-
-    def transformChunk(self, chunk):
-        self.resetTimeout()
-        return self._stuffer.feed(chunk)
-
-    def finishedFileTransfer(self, lastsent):
-        self.transport.write(self._stuffer.finish())
-
-    def sentMail(self, code, resp, numOk, addresses, log):
-        self.factory.data_reply = (code, resp)
-        smtp.ESMTPSender.sentMail(self, code, resp, numOk, addresses, log)
+    def stop():
+        """Close the sessions kept open for the next message."""
 
 
-class _SenderFactory(smtp.ESMTPSenderFactory):
-    protocol = _Sender
-    data_reply = None
-    noisy = False  # the runner logs one line per recipient instead
-
-
-def _text(resp):
-    if isinstance(resp, bytes):
-        resp = resp.decode("utf-8", "replace")
-    return " ".join(str(resp).split())
+def _trust_root(ca_file):
+    """The CAs that "verify" hops must chain to: C{ca_file}'s, or the system's."""
+    if ca_file is None:
+        return ssl.platformTrust()
+    pem = ca_file.read_bytes()
+    certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+                    for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    return ssl.trustRootFromCertificates(certificates)
 
 
 @implementer(ICourier)
 class SMTPCourier:
     """
-    Delivers over SMTP with Twisted's ESMTP client, HELO fallback for old
-    hosts. STARTTLS is used whenever the host offers it, without checking
-    its certificate (opportunistic TLS, RFC 7435: MX hosts seldom have a
-    certificate for the name we looked up, and refusing would only make us
-    send in plain text); a host that does not offer it gets plain SMTP.
+    Delivers over SMTP (mailsrv/queue/client.py), reusing sessions from a
+    L{ConnectionPool}.
+
+    TLS, per hop (L{mailsrv.config.OutboundTLS}): in the C{"opportunistic"}
+    mode STARTTLS is used whenever the host offers it, without checking its
+    certificate (RFC 7435: MX hosts seldom have a certificate for the name we
+    looked up, and refusing would only make us send in plain text), and a
+    failed handshake is followed at once by a plain-text attempt, as Postfix
+    does; C{"required"} hops get no mail without TLS; C{"verify"} hops also
+    need a certificate for their name.
 
     @ivar hostname: the name we give in EHLO.
     @ivar timeout: seconds to wait for any one reply.
-    @ivar tls_options: the client TLS options for STARTTLS, or L{None} for
-        never.
     """
 
     connect_timeout = 30
 
-    def __init__(self, hostname, reactor=None, timeout=300, starttls=True):
+    def __init__(self, hostname, reactor=None, timeout=300, max_connections=100,
+                 max_connections_per_destination=20):
         if reactor is None:
             from twisted.internet import reactor
         self.hostname = hostname
         self.reactor = reactor
         self.timeout = timeout
-        self.tls_options = ssl.CertificateOptions(verify=False) if starttls else None
+        self.pool = ConnectionPool(self._open, reactor, max_connections,
+                                   max_connections_per_destination)
+        self._unverified = ssl.CertificateOptions(verify=False)
+        self._trust_roots = {}  # CA file (or None) -> trust root
 
-    def deliver(self, envelope, message_path, recipients, host, port):
+    def deliver(self, envelope, message_path, recipients, hop):
         try:
-            encoded = [r.encode("ascii") for r in recipients]
-            envelope.sender.encode("ascii")
+            for address in [envelope.sender, *recipients]:
+                address.encode("ascii")
         except UnicodeEncodeError:
             return defer.succeed([
                 Result(r, PERMANENT, -1,
                        "non-ASCII address needs SMTPUTF8, which is not supported yet")
                 for r in recipients
             ])
+        return self._deliver(envelope, message_path, recipients, hop)
+
+    @defer.inlineCallbacks
+    def _deliver(self, envelope, message_path, recipients, hop):
+        results = yield self._attempt(envelope, message_path, recipients, hop)
+        failure = getattr(results, "tls_failure", None)
+        if failure is not None and hop.outbound.tls == OPPORTUNISTIC:
+            log.info("queue {id}: {hop}: {error}; trying again without TLS",
+                     id=envelope.id, hop=hop, error=failure)
+            results = yield self._attempt(envelope, message_path, recipients,
+                                          replace(hop, plaintext=True))
+        return list(results)
+
+    @defer.inlineCallbacks
+    def _attempt(self, envelope, message_path, recipients, hop, fresh=False):
         try:
             message = open(message_path, "rb")
         except OSError as e:
-            return defer.succeed(
-                [Result(r, TEMPORARY, -1, f"cannot read the queued message: {e}")
-                 for r in recipients]
-            )
-        done = defer.Deferred()
-        factory = _SenderFactory(
-            None, None, envelope.sender, encoded, message, done,
-            retries=0, timeout=self.timeout, contextFactory=self.tls_options,
-            heloFallback=True,
-            requireAuthentication=False, requireTransportSecurity=False,
-        )
-        factory.domain = self.hostname.encode("ascii", "replace")
-        self.reactor.connectTCP(host, port, factory, timeout=self.connect_timeout)
-        done.addCallbacks(
-            lambda result: self._sent(recipients, result[1], factory.data_reply),
-            lambda failure: self._failed(recipients, failure),
-        )
-        done.addBoth(lambda results: (message.close(), results)[1])
-        return done
+            return [Result(r, TEMPORARY, -1, f"cannot read the queued message: {e}")
+                    for r in recipients]
+        with message:
+            size = os.fstat(message.fileno()).st_size
+            try:
+                connection = yield (self._open(hop) if fresh else self.pool.acquire(hop))
+            except HostFailure as e:
+                return _HostFailed(recipients, e)
+            reused = connection.transactions > 0
+            try:
+                replies = yield connection.transaction(envelope.sender, recipients,
+                                                       message, size)
+            except HostFailure as e:
+                self.pool.release(hop, connection, reusable=False)
+                if reused and not connection.answered:
+                    # the host had closed the idle session: a new one
+                    return (yield self._attempt(envelope, message_path, recipients,
+                                                hop, fresh=True))
+                return _HostFailed(recipients, e)
+        self.pool.release(hop, connection, reusable=all(r.code != 421 for r in replies))
+        return [Result(r, status_of(reply.code), reply.code, reply.text)
+                for r, reply in zip(recipients, replies)]
 
-    def _sent(self, recipients, replies, data_reply):
-        data_code, data_text = data_reply
-        results = []
-        for address, (_, code, resp) in zip(recipients, replies):
-            if 200 <= code < 300:
-                code, resp = data_code, data_text
-            results.append(Result(address, status_of(code), code, _text(resp)))
-        return results
+    def stop(self):
+        self.pool.close_idle()
 
-    def _failed(self, recipients, failure):
-        error = failure.value
-        if isinstance(error, smtp.SMTPDeliveryError):
-            if error.addresses:
-                return self._sent(recipients, error.addresses, (error.code, error.resp))
-            # MAIL FROM refused: the same answer for everyone
-            status = status_of(error.code)
-            return [Result(r, status, error.code, _text(error.resp)) for r in recipients]
-        if isinstance(error, smtp.SMTPClientError):
-            text = _text(error.resp)
-            code = error.code
+    def _open(self, hop):
+        """A new session to C{hop}, greeted, TLS and AUTH done."""
+        connection = SMTPConnection(self.timeout)
+        connection.callLater = self.reactor.callLater
+        if isIPv6Address(hop.host):
+            endpoint = endpoints.TCP6ClientEndpoint(self.reactor, hop.host, hop.port,
+                                                    self.connect_timeout)
+        elif isIPAddress(hop.host):
+            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, hop.host, hop.port,
+                                                    self.connect_timeout)
         else:
-            text, code = failure.getErrorMessage(), -1
-        return [Result(r, TEMPORARY, code, text, host_failed=True) for r in recipients]
+            endpoint = endpoints.HostnameEndpoint(self.reactor, hop.host, hop.port,
+                                                  self.connect_timeout)
+        d = endpoints.connectProtocol(endpoint, connection)
+        d.addErrback(lambda f: defer.fail(HostFailure(
+            f"cannot connect: {f.getErrorMessage()}")))
+        d.addCallback(lambda _: connection.open(self.hostname, hop, self._tls_options(hop)))
+        return d
+
+    def _tls_options(self, hop):
+        policy = hop.outbound
+        if policy.tls != VERIFY:
+            return self._unverified
+        if policy.ca_file not in self._trust_roots:
+            self._trust_roots[policy.ca_file] = _trust_root(policy.ca_file)
+        return ssl.optionsForClientTLS(hop.name or hop.host,
+                                       trustRoot=self._trust_roots[policy.ca_file])
+
+
+class _HostFailed(list):
+    """
+    The results when a host took no part, remembering a failed TLS
+    handshake so that the courier can try plain SMTP.
+    """
+
+    def __init__(self, recipients, error):
+        super().__init__(Result(r, TEMPORARY, error.code, error.text, host_failed=True)
+                         for r in recipients)
+        self.tls_failure = error.text if error.tls_failed else None

@@ -7,10 +7,10 @@ import random as _random
 
 from twisted.internet import defer
 
+from mailsrv.config import OutboundTLS
 from mailsrv.dns import TemporaryDNSError
+from mailsrv.queue.client import Hop
 from mailsrv.queue.courier import PERMANENT, TEMPORARY
-
-
 
 
 class NoRoute(Exception):
@@ -36,11 +36,13 @@ def order_exchanges(records, random=_random.random):
 
 
 @defer.inlineCallbacks
-def mx_route(resolver, domain, port, random=_random.random):
+def mx_route(resolver, domain, port, random=_random.random, outbound=OutboundTLS()):
     """
     @param resolver: a L{mailsrv.dns.Resolver}.
-    @return: a Deferred of a tuple of C{(address, port)} to try in order;
-        it fails with L{NoRoute}.
+    @param outbound: the L{OutboundTLS} policy of every hop.
+    @return: a Deferred of a tuple of L{Hop}s to try in order, each an
+        address of an exchange (named for certificate checks); it fails
+        with L{NoRoute}.
     """
     try:
         records = yield resolver.mx(domain)
@@ -57,7 +59,7 @@ def mx_route(resolver, domain, port, random=_random.random):
         except TemporaryDNSError as e:
             errors.append(str(e))
             continue
-        route.extend((address, port) for address in addresses)
+        route.extend(Hop(address, port, host, outbound) for address in addresses)
     if route:
         return tuple(route)
     if errors:

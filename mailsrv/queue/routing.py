@@ -1,9 +1,11 @@
 """
 Where mail for a remote recipient goes, from [delivery] settings: the
 per-domain transport if one is set, else the smart hosts (in preference
-order), else MX lookup. A route is a tuple of C{(host, port)} to try in
-order, or L{MX}.
+order), else MX lookup. A route is a tuple of L{Hop}s to try in order, or
+L{MX}.
 """
+
+from mailsrv.queue.client import Hop
 
 MX = "mx"
 
@@ -24,14 +26,17 @@ def route_for(address, delivery):
     """
     @param address: the recipient address.
     @param delivery: the L{mailsrv.config.DeliverySettings}.
-    @return: a tuple of C{(host, port)} to try in order, or L{MX}.
+    @return: a tuple of L{Hop}s to try in order, or L{MX}.
     """
     domain = domain_of(address)
     for transport_domain, target in delivery.transports:
         if transport_domain == domain:
-            return MX if target == MX else (parse_host_port(target),)
+            if target == MX:
+                return MX
+            host, port = parse_host_port(target)
+            return (Hop(host, port, host, delivery.outbound),)
     if delivery.smart_hosts:
-        return tuple((h.host, h.port) for h in delivery.smart_hosts)
+        return tuple(Hop(h.host, h.port, h.host, h.outbound) for h in delivery.smart_hosts)
     return MX
 
 

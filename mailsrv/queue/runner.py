@@ -64,7 +64,8 @@ class QueueRunner(service.Service):
     """
     @ivar spool: the L{mailsrv.queue.spool.Spool}.
     @ivar courier: an L{ICourier}; SMTP by default.
-    @ivar max_deliveries: messages being delivered at once, at most.
+    @ivar max_deliveries: messages being delivered at once, at most; by
+        default C{[delivery] max_connections}.
     @ivar scan_interval: seconds between spool scans.
     @ivar control_interval: seconds between looks for requests from
         C{mailsrv queue} (a listing of an empty directory).
@@ -79,7 +80,7 @@ class QueueRunner(service.Service):
     control_interval = 1
     deferToThread = staticmethod(threads.deferToThread)
 
-    def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=20,
+    def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=None,
                  random=_random.random, resolver=None, local=None):
         if clock is None:
             from twisted.internet import reactor as clock
@@ -87,8 +88,13 @@ class QueueRunner(service.Service):
         self.settings = settings
         self.delivery = settings.delivery
         self.clock = clock
-        self.courier = courier if courier is not None else SMTPCourier(settings.hostname)
-        self.max_deliveries = max_deliveries
+        if courier is None:
+            courier = SMTPCourier(
+                settings.hostname, max_connections=self.delivery.max_connections,
+                max_connections_per_destination=self.delivery.max_connections_per_destination,
+            )
+        self.courier = courier
+        self.max_deliveries = max_deliveries or self.delivery.max_connections
         self.random = random
         self.resolver = resolver if resolver is not None else resolver_for(settings.dns)
         self.local = local if local is not None else (lambda address: ([], [address]))
@@ -144,6 +150,7 @@ class QueueRunner(service.Service):
                 loop.stop()
         self._loop = self._control_loop = None
         self._cancel_timer()
+        self.courier.stop()
 
     def wake(self):
         """New mail is in the spool (or may be): look now."""
@@ -392,17 +399,17 @@ class QueueRunner(service.Service):
             domain = route[1]
             try:
                 route = yield mx_route(self.resolver, domain, self.delivery.mx_port,
-                                       self.random)
+                                       self.random, self.delivery.outbound)
             except NoRoute as e:
                 return [Result(a, e.status, e.code, e.text) for a in addresses], \
                     f"MX {domain}"
-        for host, port in route:
-            results = yield self.courier.deliver(envelope, path, addresses, host, port)
+        for hop in route:
+            results = yield self.courier.deliver(envelope, path, addresses, hop)
             if not all(r.host_failed for r in results):
                 break
-            log.info("queue {id}: {host}:{port} unavailable: {error}",
-                     id=envelope.id, host=host, port=port, error=results[0].text)
-        return results, f"{host}:{port}"
+            log.info("queue {id}: {hop} unavailable: {error}",
+                     id=envelope.id, hop=hop, error=results[0].text)
+        return results, str(hop)
 
     @defer.inlineCallbacks
     def _bounce(self, envelope, headers, failed):
