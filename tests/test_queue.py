@@ -322,6 +322,32 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual(self.spool.ids(), [])
 
     @defer.inlineCallbacks
+    def test_delayed_notice_once_after_delay_warning(self):
+        self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        queue_id = self.enqueue(["bob@remote.test"])
+        runner = self.runner(self.settings(retry=[600], delay_warning=1000,
+                                           max_age=7200))
+        yield runner.when_idle()
+        self.clock.advance(600)  # second attempt, 600 s after queueing: too soon
+        yield runner.when_idle()
+        self.assertEqual(self.logged("delay notice"), [])
+        self.clock.advance(600)  # third, at 1200 s: a notice
+        yield runner.when_idle()
+        self.clock.advance(600)  # fourth: no second notice
+        yield runner.when_idle()
+        [line] = self.logged("delay notice")
+        self.assertIn("to <alice@example.test>: queued", line)
+        [(sender, recipient, data)] = self.sink.received
+        self.assertEqual((sender, recipient), ("", "alice@example.test"))
+        report = email.message_from_bytes(data)
+        self.assertEqual(report["Subject"], "Delayed Mail (still being retried)")
+        [status] = report.get_payload(1).get_payload()[1:]
+        self.assertEqual((status["Action"], status["Status"]), ("delayed", "4.3.0"))
+        self.assertIn("Will-Retry-Until", status)
+        bob = self.spool.load(queue_id).recipients[0]
+        self.assertEqual((bob.state, bob.warned, bob.attempts), (DEFERRED, True, 4))
+
+    @defer.inlineCallbacks
     def test_failed_bounce_goes_to_postmaster_once(self):
         self.sink.replies["bob@remote.test"] = (550, "5.1.1 No such user")
         self.sink.replies["alice@example.test"] = (550, "5.1.1 Gone")

@@ -65,37 +65,51 @@ def _reply(last_error):
     return last_error.partition(": ")[2]
 
 
-def status_of(recipient):
+def status_of(recipient, delayed=False):
     """
     The RFC 3463 status of a failed recipient: the code in its last error,
     else 4.4.7 (delivery time expired) for a recipient given up on, else
-    5.0.0.
+    5.0.0. For a C{delayed} one: its temporary code, else 4.0.0.
     """
     text = re.sub(r"^-?\d{3} ", "", _reply(recipient.last_error))
     match = _STATUS.match(text)
+    if delayed:
+        return match.group(0) if match and match.group(1) == "4" else "4.0.0"
     if recipient.last_error.startswith("gave up"):
         return match.group(0) if match and match.group(1) == "5" else "4.4.7"
     return match.group(0) if match and match.group(1) != "2" else "5.0.0"
 
 
-def dsn_message(envelope, failed, headers, hostname, to, now):
+def dsn_message(envelope, failed, headers, hostname, to, now, retry_until=None):
     """
     A DSN for C{failed} recipients of C{envelope}, as bytes with CRLF.
 
-    @param failed: the L{RecipientState}s that failed.
+    @param failed: the L{RecipientState}s that failed (or are delayed).
     @param headers: the original message's header section (L{read_headers}).
     @param hostname: our name (Reporting-MTA, From, Message-ID).
     @param to: who the DSN goes to.
+    @param retry_until: for a "delayed" DSN (the recipients are still
+        being tried), when we give up; L{None} for a failure report.
     """
+    delayed = retry_until is not None
     boundary = f"{envelope.id}.{secrets.token_hex(8)}/{hostname}"
     date = email.utils.formatdate(now, localtime=False)
-    explanation = [
-        f"This is the mail system at {hostname}.",
-        "",
-        "Your message could not be delivered to one or more recipients.",
-        "It is attached below (headers only).",
-        "",
-    ] + [f"<{r.address}>: {r.last_error}" for r in failed]
+    if delayed:
+        until = email.utils.formatdate(retry_until, localtime=False)
+        subject = "Delayed Mail (still being retried)"
+        summary = [
+            "Your message could not be delivered yet to one or more recipients.",
+            f"The mail system will keep trying until {until}.",
+            "You do not need to send it again. Its headers are attached below.",
+        ]
+    else:
+        subject = "Undelivered Mail Returned to Sender"
+        summary = [
+            "Your message could not be delivered to one or more recipients.",
+            "It is attached below (headers only).",
+        ]
+    explanation = [f"This is the mail system at {hostname}.", "", *summary, ""] + \
+        [f"<{r.address}>: {r.last_error}" for r in failed]
     per_message = [
         f"Reporting-MTA: dns; {hostname}",
         f"X-Mailsrv-Queue-ID: {envelope.id}",
@@ -106,15 +120,15 @@ def dsn_message(envelope, failed, headers, hostname, to, now):
         per_recipient += [
             "",
             f"Final-Recipient: rfc822; {r.address}",
-            "Action: failed",
-            f"Status: {status_of(r)}",
+            f"Action: {'delayed' if delayed else 'failed'}",
+            f"Status: {status_of(r, delayed)}",
             f"Diagnostic-Code: {_diagnostic(r.last_error)}",
             f"Last-Attempt-Date: {date}",
-        ]
+        ] + ([f"Will-Retry-Until: {until}"] if delayed else [])
     parts = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{to}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {subject}",
         f"Date: {date}",
         f"Message-ID: <{envelope.id}.{secrets.token_hex(4)}.bounce@{hostname}>",
         "Auto-Submitted: auto-replied",

@@ -372,8 +372,9 @@ class QueueRunner(service.Service):
     def _record(self, envelope, headers, relay, outcome):
         """
         Record, log and save what one destination answered, bouncing the
-        recipients that failed (before the state is saved: a crash makes a
-        duplicate bounce, not a lost one).
+        recipients that failed and sending a "delayed" notice for those
+        deferred past C{[delivery] delay_warning} (before the state is
+        saved: a crash makes a duplicate notice, not a lost one).
 
         @param outcome: C{(RecipientState, Result)} pairs.
         """
@@ -385,7 +386,25 @@ class QueueRunner(service.Service):
         failed = [r for r, _ in outcome if r.state == FAILED]
         if failed:
             yield self._bounce(envelope, headers, failed)
+        delayed = self._newly_delayed(envelope, [r for r, _ in outcome], now)
+        if delayed:
+            yield self._bounce(envelope, headers, delayed,
+                               retry_until=envelope.created + self.delivery.max_age)
         yield self._persist(envelope)
+
+    def _newly_delayed(self, envelope, recipients, now):
+        """
+        The deferred recipients of a message from a real sender that has
+        waited C{[delivery] delay_warning} seconds, not yet noticed (and
+        now marked as noticed).
+        """
+        warning = self.delivery.delay_warning
+        if not warning or not envelope.sender or now - envelope.created < warning:
+            return []
+        delayed = [r for r in recipients if r.state == DEFERRED and not r.warned]
+        for recipient in delayed:
+            recipient.warned = True
+        return delayed
 
     @defer.inlineCallbacks
     def _try_hosts(self, envelope, path, route, addresses):
@@ -412,11 +431,13 @@ class QueueRunner(service.Service):
         return results, str(hop)
 
     @defer.inlineCallbacks
-    def _bounce(self, envelope, headers, failed):
+    def _bounce(self, envelope, headers, failed, retry_until=None):
         """
         Send a DSN for C{failed} recipients (mailsrv/queue/bounce.py), into
         local Maildirs or the queue, through intake like received mail. A
         problem here is logged; the recipients stay failed.
+
+        @param retry_until: see L{dsn_message}: a "delayed" notice.
         """
         target = bounce_target(envelope, self.postmaster)
         if target is None:
@@ -437,14 +458,15 @@ class QueueRunner(service.Service):
         try:
             incoming = self.spool.incoming()
             incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
-                                       to, self.clock.seconds()))
+                                       to, self.clock.seconds(), retry_until))
             queue_id = yield intake.commit(
                 self.spool, incoming, {"sender": "", "bounce": kind}, maildirs, remote,
             )
         except OSError as e:
             log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id, error=e)
             return
-        log.info("queue {id}: bounce {bounce} to <{to}>: {where}", id=envelope.id,
+        log.info("queue {id}: {what} {bounce} to <{to}>: {where}", id=envelope.id,
+                 what="bounce" if retry_until is None else "delay notice",
                  bounce=queue_id, to=to, where="queued" if remote else "delivered")
         if remote:
             self.wake()

@@ -37,6 +37,7 @@ class RecipientState:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str = ""
+    warned: bool = False  # a "delayed" DSN was sent
 
 
 @dataclass
