@@ -48,6 +48,35 @@ class DefaultsTests(unittest.TestCase):
         self.assertEqual([h.host for h in s.delivery.smart_hosts], ["a", "b"])
         self.assertEqual(s.delivery.smart_hosts[0].port, 25)
 
+    def test_smart_host_credentials_and_tls(self):
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        secret = directory / "relay.secret"
+        secret.write_text("s3cret\n")
+        secret.chmod(0o600)
+        s = config.parse({"delivery": {
+            "smart_host": "relay.example:587", "smart_host_username": "me",
+            "smart_host_password_file": "relay.secret", "tls": "verify",
+        }}, directory / "mailsrv.toml")
+        [host] = s.delivery.smart_hosts
+        self.assertEqual(host.outbound, config.OutboundTLS("verify", None, "me", "s3cret"))
+        self.assertNotIn("s3cret", repr(host))
+        self.assertEqual(s.delivery.outbound.tls, "verify")
+        s = config.parse({"delivery": {
+            "smart_host_username": "me", "smart_host_password_file": "relay.secret",
+            "smart_host": [{"host": "a", "tls": "verify"}, {"host": "b", "username": ""}],
+        }}, directory / "mailsrv.toml")
+        self.assertEqual([(h.outbound.tls, h.outbound.username, h.outbound.password)
+                          for h in s.delivery.smart_hosts],
+                         [("verify", "me", "s3cret"), ("required", "", "")])
+        secret.chmod(0o644)
+        with self.assertRaises(config.ConfigError) as caught:
+            config.parse({"delivery": {"smart_host_username": "me",
+                                       "smart_host_password_file": "relay.secret"}},
+                         directory / "mailsrv.toml")
+        self.assertIn("[delivery] smart_host_password_file: ", str(caught.exception))
+        self.assertIn("may be read by others (chmod 600 ", str(caught.exception))
+
     def test_example_config_is_valid(self):
         s = config.load(ROOT / "etc" / "mailsrv.toml")
         self.assertEqual(s.local_domains, ("example.test",))
@@ -90,6 +119,13 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [journal] inbound: 'archive' is not an address"),
         ({"lists": {"expn": "yes"}}, "/c.toml: [lists] expn: must be true or false"),
         ({"dns": {"servers": ["127.0.0.1:0"]}}, "/c.toml: [dns] servers: bad port"),
+        ({"delivery": {"tls": "always"}},
+         "/c.toml: [delivery] tls: unknown value 'always' (one of: opportunistic,"),
+        ({"delivery": {"smart_host_username": "me"}},
+         "/c.toml: [delivery] smart_host_password_file: missing"),
+        ({"delivery": {"smart_host_username": "me",
+                       "smart_host_password_file": "/nonexistent"}},
+         "/c.toml: [delivery] smart_host_password_file: cannot read /nonexistent"),
     ]
 
     def test_policy_defaults(self):

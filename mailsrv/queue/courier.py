@@ -8,7 +8,7 @@ recipient, what the host answered.
 import os
 from dataclasses import dataclass, replace
 
-from twisted.internet import defer, endpoints, ssl
+from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -179,7 +179,7 @@ class SMTPCourier:
         else:
             endpoint = endpoints.HostnameEndpoint(self.reactor, hop.host, hop.port,
                                                   self.connect_timeout)
-        d = endpoints.connectProtocol(endpoint, connection)
+        d = endpoint.connect(_OneSession(connection))
         d.addErrback(lambda f: defer.fail(HostFailure(
             f"cannot connect: {f.getErrorMessage()}")))
         d.addCallback(lambda _: connection.open(self.hostname, hop, self._tls_options(hop)))
@@ -193,6 +193,18 @@ class SMTPCourier:
             self._trust_roots[policy.ca_file] = _trust_root(policy.ca_file)
         return ssl.optionsForClientTLS(hop.name or hop.host,
                                        trustRoot=self._trust_roots[policy.ca_file])
+
+
+class _OneSession(protocol.Factory):
+    """Builds the one given connection (quietly: no log line per session)."""
+
+    noisy = False
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def buildProtocol(self, addr):
+        return self.connection
 
 
 class _HostFailed(list):

@@ -28,24 +28,54 @@ class ScriptedSink:
     A remote SMTP server: every RCPT gets C{rcpt_reply}; while C{running}
     is clear, a transaction stalls after the data (no reply to the final
     dot) and never completes. C{messages} holds the acknowledged ones.
+
+    @param extensions: EHLO keywords to offer.
+    @param break_tls: answer STARTTLS with 220, then garbage instead of a
+        TLS handshake.
+    @ivar connections: sessions so far; C{most_at_once}: the most open at
+        one time.
     """
 
-    def __init__(self, rcpt_reply="250 2.1.5 ok"):
+    def __init__(self, rcpt_reply="250 2.1.5 ok", extensions=(), break_tls=False):
         self.port = free_port()
         self.rcpt_reply = rcpt_reply.encode() + b"\r\n"
+        self.ehlo_reply = "".join(f"250-{e}\r\n" for e in ("sink.test", *extensions)
+                                  )[:-2].rpartition("250-")
+        self.ehlo_reply = (self.ehlo_reply[0] + "250 " + self.ehlo_reply[2] + "\r\n").encode()
         self.running = threading.Event()
         self.running.set()
         self.stalled = 0
         self.messages = []
+        self.connections = self.open = self.most_at_once = 0
+        lock = threading.Lock()
         sink = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
+                with lock:
+                    sink.connections += 1
+                    sink.open += 1
+                    sink.most_at_once = max(sink.most_at_once, sink.open)
+                try:
+                    self.session()
+                finally:
+                    with lock:
+                        sink.open -= 1
+
+            def session(self):
                 self.wfile.write(b"220 sink.test ESMTP\r\n")
                 recipients = []
                 for line in self.rfile:
                     verb = line[:4].upper()
-                    if verb == b"RCPT":
+                    if verb == b"EHLO":
+                        self.wfile.write(sink.ehlo_reply)
+                    elif verb == b"STAR" and break_tls:
+                        self.wfile.write(b"220 go ahead\r\n" + b"garbage\r\n" * 10)
+                        return
+                    elif verb == b"MAIL":
+                        recipients = []
+                        self.wfile.write(b"250 2.1.0 ok\r\n")
+                    elif verb == b"RCPT":
                         recipients.append(line.decode().split(":", 1)[1].strip())
                         self.wfile.write(sink.rcpt_reply)
                     elif verb == b"DATA":
@@ -191,3 +221,95 @@ class OutboundTests(unittest.TestCase):
         wait_until(lambda: self.server.admin("queue", "list").stdout == "0 queued\n")
         self.assertEqual([r for r, _ in one.messages], [["<x@one.test>"]])
         self.assertEqual([r for r, _ in two.messages], [["<y@two.test>"]])
+
+
+class SmartHostTests(unittest.TestCase):
+    """
+    Another mailsrv plays a provider's submission server: STARTTLS, then
+    AUTH, then relay.
+    """
+
+    def setUp(self):
+        self.far = MailServerProcess(extra={
+            "server": {"hostname": "localhost"},
+            "access": {"sender_must_be_owned": False},
+        }).start()
+        self.addCleanup(self.far.cleanup)
+
+    def start(self, password=PASSWORD, **delivery):
+        secret = self.far.dir / "relay.secret"
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        self.server = MailServerProcess(users=("carol@a.test",), extra={
+            "domains": {"local": ["a.test"]},
+            "delivery": {"smart_host_username": "bob@example.test",
+                         "smart_host_password_file": str(secret), **delivery},
+        }).start()
+        self.addCleanup(self.server.cleanup)
+        OutboundTests.submit(self, ["bob@example.test"],
+                             b"Subject: via the provider\r\n\r\nhello\r\n",
+                             user="carol@a.test")
+
+    def test_auth_over_starttls(self):
+        self.start(smart_host=f"127.0.0.1:{self.far.ports['submission']}")
+        self.server.wait_for_log("status=sent")
+        [path] = self.far.maildir_files("bob@example.test")
+        data = path.read_bytes()
+        self.assertIn(b"Subject: via the provider", data)
+        self.assertIn(b"by localhost (mailsrv) with ESMTPSA id", data)
+
+    def test_wrong_password_defers(self):
+        self.start(password="wrong", smart_host=f"127.0.0.1:{self.far.ports['submission']}")
+        self.server.wait_for_log("status=deferred")
+        self.assertIn("status=deferred (535 authentication as bob@example.test failed",
+                      self.server.log_text())
+        self.assertEqual(self.far.maildir_files("bob@example.test"), [])
+
+    def test_verified_certificate(self):
+        self.start(smart_host=f"localhost:{self.far.ports['submission']}",
+                   smart_host_tls="verify", tls_ca_file=str(self.far.dir / "tls/cert.pem"))
+        self.server.wait_for_log("status=sent")
+        self.assertEqual(len(self.far.maildir_files("bob@example.test")), 1)
+
+    def test_certificate_for_another_name_is_refused(self):
+        self.start(smart_host=f"127.0.0.1:{self.far.ports['submission']}",
+                   smart_host_tls="verify", tls_ca_file=str(self.far.dir / "tls/cert.pem"))
+        self.server.wait_for_log("status=deferred")
+        log = self.server.log_text()
+        self.assertIn("TLS handshake failed", log)
+        self.assertNotIn("trying again without TLS", log)
+        self.assertEqual(self.far.maildir_files("bob@example.test"), [])
+
+
+class ConnectionTests(unittest.TestCase):
+    def start(self, sink, **delivery):
+        self.addCleanup(sink.close)
+        self.server = MailServerProcess(extra={
+            "delivery": {"smart_host": f"127.0.0.1:{sink.port}", **delivery},
+        }).start()
+        self.addCleanup(self.server.cleanup)
+
+    def test_plain_text_after_a_failed_tls_handshake(self):
+        sink = ScriptedSink(extensions=["STARTTLS"], break_tls=True)
+        self.start(sink)
+        OutboundTests.submit(self, ["friend@remote.test"], b"Subject: x\r\n\r\nhi\r\n")
+        wait_until(lambda: sink.messages)
+        self.server.wait_for_log("status=sent")
+        self.assertIn("TLS handshake failed", self.server.log_text())
+        self.assertIn("trying again without TLS", self.server.log_text())
+        self.assertEqual(sink.connections, 2)
+
+    def test_sessions_reused_within_the_per_destination_limit(self):
+        sink = ScriptedSink(extensions=["PIPELINING"])
+        self.start(sink, max_connections_per_destination=2)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as c:
+            c.starttls(context=context)
+            c.login(ALICE, PASSWORD)
+            for n in range(12):
+                c.sendmail(ALICE, [f"friend{n}@remote.test"], b"Subject: x\r\n\r\nhi\r\n")
+        wait_until(lambda: len(sink.messages) == 12)
+        self.assertLessEqual(sink.most_at_once, 2)
+        self.assertLess(sink.connections, 12)
