@@ -258,6 +258,7 @@ class DeliverySettings:
     max_connections: int = 100
     max_connections_per_destination: int = 20
     delay_warning: int = 14400  # seconds before a "delayed" DSN; 0: none
+    reply_timeout: int = 300  # seconds a next hop may take for any one reply
 
 
 @dataclass(frozen=True)
@@ -841,6 +842,7 @@ def _delivery(path, data, base):
         max_connections_per_destination=table.integer(
             "max_connections_per_destination", 20, 1),
         delay_warning=table.integer("delay_warning", 14400, 0),
+        reply_timeout=table.integer("reply_timeout", 300, 1),
     )
     table.check_unknown()
     return delivery

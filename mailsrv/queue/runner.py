@@ -90,7 +90,8 @@ class QueueRunner(service.Service):
         self.clock = clock
         if courier is None:
             courier = SMTPCourier(
-                settings.hostname, max_connections=self.delivery.max_connections,
+                settings.hostname, timeout=self.delivery.reply_timeout,
+                max_connections=self.delivery.max_connections,
                 max_connections_per_destination=self.delivery.max_connections_per_destination,
             )
         self.courier = courier

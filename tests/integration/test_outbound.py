@@ -7,6 +7,7 @@ bounce a local sender gets when the far side refuses.
 import email
 import signal
 import smtplib
+import socket
 import socketserver
 import ssl
 import threading
@@ -103,6 +104,17 @@ class ScriptedSink:
         self.server.server_close()
 
 
+def submission(server, user):
+    """A client logged in as C{user} on the submission port, after STARTTLS."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client = smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30)
+    client.starttls(context=context)
+    client.login(user, PASSWORD)
+    return client
+
+
 def wait_until(condition, timeout=20):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -130,13 +142,8 @@ class OutboundTests(unittest.TestCase):
 
     def submit(self, recipients, message, user=ALICE):
         """As a user: submission, STARTTLS, AUTH, one message."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as c:
-            c.starttls(context=context)
-            c.login(user, PASSWORD)
-            self.assertEqual(c.sendmail(user, recipients, message), {})
+        with submission(self.server, user) as client:
+            self.assertEqual(client.sendmail(user, recipients, message), {})
 
     def test_delivery_by_mx(self):
         sink = SinkServer()
@@ -299,17 +306,30 @@ class ConnectionTests(unittest.TestCase):
         self.assertIn("trying again without TLS", self.server.log_text())
         self.assertEqual(sink.connections, 2)
 
+    def test_a_stalling_host_times_out_and_the_next_one_takes_the_mail(self):
+        stalling = socket.socket()
+        stalling.bind(("127.0.0.1", 0))
+        stalling.listen(8)  # connections complete, nothing is ever said
+        self.addCleanup(stalling.close)
+        stall_port = stalling.getsockname()[1]
+        sink = ScriptedSink()
+        self.start(sink, reply_timeout=2, smart_host=[
+            {"host": "127.0.0.1", "port": stall_port, "preference": 10},
+            {"host": "127.0.0.1", "port": sink.port, "preference": 20},
+        ])
+        OutboundTests.submit(self, ["friend@remote.test"], b"Subject: x\r\n\r\nhi\r\n")
+        wait_until(lambda: sink.messages)
+        self.server.wait_for_log(f"relay=127.0.0.1:{sink.port} status=sent")
+        self.assertIn(f"127.0.0.1:{stall_port} unavailable: no reply in 2 s",
+                      self.server.log_text())
+
     def test_sessions_reused_within_the_per_destination_limit(self):
         sink = ScriptedSink(extensions=["PIPELINING"])
         self.start(sink, max_connections_per_destination=2)
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as c:
-            c.starttls(context=context)
-            c.login(ALICE, PASSWORD)
+        with submission(self.server, ALICE) as client:
             for n in range(12):
-                c.sendmail(ALICE, [f"friend{n}@remote.test"], b"Subject: x\r\n\r\nhi\r\n")
+                client.sendmail(ALICE, [f"friend{n}@remote.test"],
+                                b"Subject: x\r\n\r\nhi\r\n")
         wait_until(lambda: len(sink.messages) == 12)
         self.assertLessEqual(sink.most_at_once, 2)
         self.assertLess(sink.connections, 12)
