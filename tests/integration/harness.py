@@ -77,6 +77,10 @@ def _interface(endpoint):
     return ""
 
 
+class PortTaken(Exception):
+    """Another process took a port between free_port() and the server's start."""
+
+
 class MailServerProcess:
     """
     One running server. C{extra} adds or overrides config tables, e.g.
@@ -142,8 +146,23 @@ class MailServerProcess:
             raise AssertionError(f"mailsrv {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def start(self):
+    def start(self, attempts=3):
+        """
+        Start the server and wait until every listener answers. free_port()
+        cannot reserve a port, so another process may take one first: then
+        the listeners move to fresh ports and the start is tried again.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise AssertionError(f"no free ports:\n{self.log_text()}")
+                self._move_ports()
+
+    def _start(self):
         self.logfile = open(self.log, "ab")
+        self.log_offset = self.logfile.tell()
         self.process = subprocess.Popen(
             twistd() + ["-n", "--pidfile=", "mailsrv", "--config", str(self.config)],
             stdout=self.logfile, stderr=subprocess.STDOUT, cwd=self.dir,
@@ -152,6 +171,10 @@ class MailServerProcess:
         for name in self.ports:
             while True:
                 if self.process.poll() is not None:
+                    self.stop()
+                    log = self.log.read_bytes()[self.log_offset:].decode(errors="replace")
+                    if "cannot listen" in log and "in use" in log:
+                        raise PortTaken()
                     raise AssertionError(f"server exited at start:\n{self.log_text()}")
                 try:
                     socket.create_connection(self.address(name), 1).close()
@@ -161,6 +184,14 @@ class MailServerProcess:
                         raise AssertionError(f"{name} did not listen:\n{self.log_text()}")
                     time.sleep(0.05)
         return self
+
+    def _move_ports(self):
+        """Give every listener a new port, in the config as it is now."""
+        text = self.config.read_text()
+        for name, port in list(self.ports.items()):
+            self.ports[name] = free_port()
+            text = text.replace(f":{port}:", f":{self.ports[name]}:")
+        self.config.write_text(text)
 
     def stop(self, sig=signal.SIGTERM):
         if self.process and self.process.poll() is None:
