@@ -83,7 +83,7 @@ def _list_files(settings):
     from mailsrv.directory.aliases import parse_aliases
     from mailsrv.directory.users import parse_users
     from mailsrv.netaddr import read_entries
-    from mailsrv.smtp.killlist import parse_kill_list
+    from mailsrv.directory.senderlist import parse_kill_list
 
     files = [("users", settings.users_file, parse_users, False),
              ("aliases", settings.aliases_file, parse_aliases, False)]
