@@ -11,17 +11,12 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.smtp import policy
 from mailsrv.smtp.policy import Verdict, first_refusal
 from mailsrv.smtp.state import Recipient, Session, Transaction
+from tests.helpers import result
 
 REMOTE = Recipient("carol@remote.test", Route(remote=("carol@remote.test",),
                                                is_local_domain=False))
 LOCAL = Recipient("alice@example.test", Route(local=("alice@example.test",)))
 UNKNOWN = Recipient("nobody@example.test", None)
-
-
-def result(d):
-    results = []
-    d.addBoth(results.append)
-    return results[0]
 
 
 class Fixed:
