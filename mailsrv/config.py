@@ -165,22 +165,40 @@ class DNSBLSettings:
     @ivar lists: L{mailsrv.filters.dnsbl.DNSBL}s.
     @ivar threshold: standard-list hits that make a message spam.
     @ivar timeout: seconds before a list that has not answered is skipped.
+    @ivar received_headers: whether the IP a trusted client received the
+        message from (its Received headers) is looked up too.
     """
 
     lists: tuple
     threshold: int
     timeout: float
+    received_headers: bool = False
 
 
 @dataclass(frozen=True)
 class ValidationSettings:
     """
-    @ivar tests: the names of the enabled tests, of L{VALIDATION_TESTS}.
-    @ivar action: what a message gets when the count reaches the threshold.
+    @ivar tests: C{(name, action)} of the enabled tests, names of
+        L{VALIDATION_TESTS}; the action applies when the count reaches the
+        threshold.
     """
 
     tests: tuple
-    action: object
+
+
+@dataclass(frozen=True)
+class WhitelistSettings:
+    """
+    [antispam.spamskip] (client IPs) or [antispam.whitelist] (senders).
+
+    @ivar file: the list file; missing = empty.
+    @ivar connection: whether listed mail skips the connection filters.
+    @ivar content: whether listed mail skips the content filters.
+    """
+
+    file: Path
+    connection: bool
+    content: bool
 
 
 @dataclass(frozen=True)
@@ -208,12 +226,16 @@ class AntispamSettings:
     @ivar dnsbl: L{DNSBLSettings}, or L{None} when [antispam.dnsbl] is absent.
     @ivar spf: L{SPFSettings}, or L{None} when [antispam.spf] is absent.
     @ivar validation: L{ValidationSettings}, or L{None} when absent.
+    @ivar spamskip: L{WhitelistSettings} of client IPs, or L{None}.
+    @ivar whitelist: L{WhitelistSettings} of senders, or L{None}.
     """
 
     subject_prefix: str = "[SPAM] "
     dnsbl: Optional[DNSBLSettings] = None
     spf: Optional[SPFSettings] = None
     validation: Optional[ValidationSettings] = None
+    spamskip: Optional[WhitelistSettings] = None
+    whitelist: Optional[WhitelistSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -323,6 +345,7 @@ DNSBL_KINDS = ("standard", "trusted")
 VALIDATION_TESTS = (("helo_fqdn", "helo-fqdn"), ("helo_not_ours", "helo-ours"),
                     ("reverse_dns", "reverse-dns"), ("forward_confirmed", "fcrdns"))
 SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
+WHITELIST_SCOPES = ("both", "connection", "content")
 
 
 class _Table:
@@ -696,7 +719,7 @@ def _antispam(path, data):
     """
     table = _Table(path, "antispam", data)
     subject_prefix = table.string("subject_prefix", "[SPAM] ")
-    dnsbl = spf = validation = None
+    dnsbl = spf = validation = spamskip = whitelist = None
     if "validation" in table.data:
         validation = _validation(path, table.get("validation", dict, {}))
     if "dnsbl" in table.data:
@@ -704,14 +727,38 @@ def _antispam(path, data):
         dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests)
     if "spf" in table.data:
         spf = _spf(path, table.get("spf", dict, {}))
+    if "spamskip" in table.data:
+        spamskip = _whitelist(path, "spamskip", table.get("spamskip", dict, {}))
+    if "whitelist" in table.data:
+        whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
     table.check_unknown()
-    return AntispamSettings(subject_prefix, dnsbl, spf, validation)
+    return AntispamSettings(subject_prefix, dnsbl, spf, validation, spamskip, whitelist)
 
 
 def _validation(path, data):
+    """Each test: true (on, with the section's action), false, or its own action."""
     table = _Table(path, "antispam.validation", data)
-    tests = tuple(name for key, name in VALIDATION_TESTS if table.boolean(key, True))
-    settings = ValidationSettings(tests, _action(table, "action", HEADER))
+    default = _action(table, "action", HEADER)
+    tests = []
+    for key, name in VALIDATION_TESTS:
+        value = table.get(key, (bool, str), True)
+        if value is not False:
+            tests.append((name, default if value is True else _action(table, key, default)))
+    table.check_unknown()
+    return ValidationSettings(tuple(tests))
+
+
+def _whitelist(path, name, data):
+    table = _Table(path, f"antispam.{name}", data)
+    scope = table.string("applies_to", "both", WHITELIST_SCOPES)
+    file = table.file_path("file", f"{name}.txt", Path(path).parent)
+    if file is None:
+        raise table.error("file", "empty", f"name the list file, or delete [antispam.{name}]")
+    settings = WhitelistSettings(
+        file=file,
+        connection=scope in ("both", "connection"),
+        content=scope in ("both", "content"),
+    )
     table.check_unknown()
     return settings
 
@@ -754,8 +801,9 @@ def _dnsbl(path, data, tests):
             "threshold", f"{threshold} is more than the {checks} standard lists and "
             "validation tests", "the count could never reach it")
     timeout = table.get("timeout", float, 5.0)
+    received_headers = table.boolean("received_headers", False)
     table.check_unknown()
-    return DNSBLSettings(lists, threshold, timeout)
+    return DNSBLSettings(lists, threshold, timeout, received_headers)
 
 
 def _dnsbl_list(parent, entry, default_action):

@@ -105,16 +105,46 @@ def split_entries(text):
     return [entry for entry in re.split(r"[\s,;]+", text) if entry]
 
 
+def _is_netmask(text):
+    """A dotted IPv4 netmask (C{255.255.255.0}): ones, then zeros."""
+    try:
+        mask = int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return False
+    host_bits = ~mask & 0xFFFFFFFF
+    return mask != 0 and host_bits & (host_bits + 1) == 0
+
+
+def _join_netmasks(entries):
+    """
+    C{192.168.1.0 255.255.255.0} (IMail's spamskip.txt form) is one network,
+    C{192.168.1.0/255.255.255.0}, not two addresses.
+    """
+    joined = []
+    for entry in entries:
+        if joined and "/" not in joined[-1] and _is_netmask(entry):
+            try:
+                ipaddress.IPv4Address(joined[-1])
+            except ValueError:
+                pass
+            else:
+                joined[-1] += "/" + entry
+                continue
+        joined.append(entry)
+    return joined
+
+
 def read_entries(path):
     """
-    The entries of a list file, each checked.
+    The entries of a list file, each checked; an IPv4 address followed by
+    a netmask is one entry.
 
     @return: a list of entry strings.
     @raise ListFileError: naming the file, line and entry of the first bad one.
     """
     entries = []
     for lineno, text in read_lines(path):
-        for entry in split_entries(text):
+        for entry in _join_netmasks(split_entries(text)):
             try:
                 parse_entry(entry)
             except ValueError as e:

@@ -1,5 +1,6 @@
 """
-Shared test fixtures: settings for a temporary config.
+Shared test fixtures: settings for a temporary config, the result of a
+Deferred that has fired.
 """
 
 import tempfile
@@ -27,3 +28,10 @@ def make_settings(tmpdir=None, **sections):
             data[name] = table
     return config.parse(data, tmpdir / "mailsrv.toml")
 
+
+
+def result(d):
+    """What a Deferred that has already fired gave: its result or its Failure."""
+    results = []
+    d.addBoth(results.append)
+    return results[0]

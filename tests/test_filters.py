@@ -16,6 +16,7 @@ from mailsrv.filters.actions import (
     FilterResult,
     Judgement,
     SubjectPrefixer,
+    Whitelisting,
     combine,
     parse_action,
 )
@@ -73,11 +74,11 @@ class CombineTests(unittest.TestCase):
 
 class JudgementTests(unittest.TestCase):
     def test_summary_and_headers(self):
-        judgement = Judgement.of([
+        judgement = Judgement(True, (
             FilterResult(True, MOVE, ("dnsbl a 127.0.0.2",), (("X-Mailsrv-DNSBL", "x"),)),
             FilterResult(False, NONE, ("spf none",)),
             FilterResult(True, HEADER, ("dnsbl b 127.0.0.3",)),
-        ])
+        ))
         self.assertEqual((judgement.spam, judgement.action), (True, MOVE))
         self.assertEqual(judgement.summary,
                          "yes; reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3")
@@ -86,11 +87,34 @@ class JudgementTests(unittest.TestCase):
                          b"reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3\r\n")
 
     def test_clean(self):
-        judgement = Judgement.of([FilterResult(False)])
+        judgement = Judgement(True, (FilterResult(False),))
         self.assertEqual(judgement.header_block(), b"X-Mailsrv-Spam: no; reasons=-\r\n")
 
     def test_unchecked_has_no_header(self):
         self.assertEqual(SKIPPED.header_block(), b"")
+
+    def test_counted_findings_act_at_the_threshold(self):
+        lists = FilterResult(False, reasons=("dnsbl a 127.0.0.2",), counted=(MOVE,))
+        tests = FilterResult(False, reasons=("validation helo-fqdn",), counted=(SUBJECT,))
+        spf = FilterResult(False, HEADER, ("spf pass",))
+        below = Judgement(True, (lists, spf), threshold=2)
+        self.assertEqual((below.spam, below.action), (False, HEADER))
+        self.assertEqual(below.summary, "no; reasons=dnsbl a 127.0.0.2, spf pass, "
+                                        "count below threshold 1/2")
+        reached = below.adding([tests])
+        self.assertEqual((reached.spam, reached.action), (True, MOVE))
+        self.assertEqual(reached.summary, "yes; reasons=dnsbl a 127.0.0.2, spf pass, "
+                                          "validation helo-fqdn")
+
+    def test_adding_to_a_skipped_judgement_checks_it(self):
+        found = SKIPPED.adding([FilterResult(True, SUBJECT, ("dnsbl a 127.0.0.2 received x",))])
+        self.assertTrue(found.checked)
+        self.assertEqual(found.header_block(),
+                         b"X-Mailsrv-Spam: yes; reasons=dnsbl a 127.0.0.2 received x\r\n")
+
+    def test_whitelist_reasons_come_first(self):
+        whitelisted = Judgement(True, whitelist=Whitelisting(("whitelist:spamskip",), True))
+        self.assertEqual(whitelisted.summary, "no; reasons=whitelist:spamskip")
 
 
 class SubjectPrefixerTests(unittest.TestCase):
@@ -153,7 +177,10 @@ class ServerActionTests(unittest.TestCase):
         connection.protocol.factory.filters = Filters(
             [Fixed(FilterResult(spam, action, ("test hit",), (("X-Mailsrv-Test", "hit"),)))],
             Standing(skips), "[SPAM] ")
-        connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n")
+        connection.send(b"EHLO client.test\r\n")
+        mail = connection.send(b"MAIL FROM:<x@remote.test>\r\n")
+        if not mail.startswith(b"250"):
+            return mail
         connection.send(b"RCPT TO:<" + to + b">\r\n")
         data = connection.send(b"DATA\r\n")
         if not data.startswith(b"354"):
@@ -210,6 +237,81 @@ class ServerActionTests(unittest.TestCase):
         self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
         self.assertEqual(files_on_disk(self.server), [])
 
-    def test_reject_before_the_message(self):
-        self.assertEqual(self.send(REJECT), b"550 5.7.1 Message refused as spam\r\n")
+    def test_reject_at_mail_with_the_reasons(self):
+        self.assertEqual(self.send(REJECT), b"550 5.7.1 Refused as spam: test hit\r\n")
         self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
+
+
+class FromHeader:
+    """A message filter that judges on the From header it is shown."""
+
+    def __init__(self, action):
+        self.action = action
+        self.pending = None
+
+    def check_message(self, session, transaction, header):
+        if self.pending is not None:
+            return self.pending
+        if b"From: spam" not in header:
+            return defer.succeed(None)
+        return defer.succeed(FilterResult(True, self.action, ("from spam",)))
+
+
+class MessageFilterTests(unittest.TestCase):
+    """Message filters see the header section before anything is written."""
+
+    def setUp(self):
+        run_threads_inline(self)
+        self.server = make_mail_server(self)
+
+    def connect(self, action):
+        """A trusted client (it skips the filters at MAIL) sends to alice."""
+        self.filter = FromHeader(action)
+        connection = connect(self.server)
+        connection.protocol.factory.filters = Filters([], Standing(skips=True), "[SPAM] ",
+                                                      message_filters=[self.filter])
+        connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n"
+                        b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
+        return connection
+
+    def test_subject_in_chunks(self):
+        connection = self.connect(SUBJECT)
+        message = b"From: spam@remote.test\r\nSubject: offer\r\n\r\nbody\r\n.\r\n"
+        for i in range(0, len(message), 7):
+            reply = connection.send(message[i:i + 7])
+        self.assertTrue(reply.startswith(b"250 2.0.0 Ok: queued as"), reply)
+        [stored] = maildir_messages(self.server, "alice@example.test")
+        self.assertTrue(stored.startswith(b"Return-Path: <x@remote.test>\r\nReceived: "))
+        self.assertIn(b"X-Mailsrv-Spam: yes; reasons=from spam\r\nFrom: spam@remote.test\r\n"
+                      b"Subject: [SPAM] offer\r\n\r\nbody\r\n", stored)
+
+    def test_nothing_found_leaves_the_message_unchecked(self):
+        connection = self.connect(SUBJECT)
+        connection.send(b"From: friend@remote.test\r\n\r\nhi\r\n.\r\n")
+        [stored] = maildir_messages(self.server, "alice@example.test")
+        self.assertNotIn(b"X-Mailsrv-", stored)
+        self.assertTrue(stored.endswith(b"From: friend@remote.test\r\n\r\nhi\r\n"))
+
+    def test_reject_after_the_message(self):
+        connection = self.connect(REJECT)
+        reply = connection.send(b"From: spam@remote.test\r\n\r\nbuy\r\n.\r\n")
+        self.assertEqual(reply, b"550 5.7.1 Message refused as spam\r\n")
+        self.assertEqual(files_on_disk(self.server), [])
+
+    def test_input_waits_for_the_judgement(self):
+        connection = self.connect(HEADER)
+        self.filter.pending = defer.Deferred()
+        self.assertEqual(connection.send(b"From: spam@remote.test\r\n\r\nbuy\r\n.\r\n"
+                                         b"NOOP\r\n"), b"")
+        self.filter.pending.callback(FilterResult(True, HEADER, ("late",)))
+        reply = connection.take()
+        self.assertTrue(reply.startswith(b"250 2.0.0 Ok: queued as"), reply)
+        self.assertTrue(reply.endswith(b"\r\n250 2.0.0 Ok\r\n"), reply)
+
+    def test_client_gone_while_judging(self):
+        connection = self.connect(HEADER)
+        self.filter.pending = defer.Deferred()
+        connection.send(b"From: spam@remote.test\r\n\r\nbuy")
+        connection.transport.loseConnection()
+        self.filter.pending.callback(None)
+        self.assertEqual(files_on_disk(self.server), [])

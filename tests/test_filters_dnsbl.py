@@ -9,10 +9,11 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsrv import config, dns
-from mailsrv.filters.actions import HEADER, NONE, Action, parse_action
-from mailsrv.filters import dnsbl
+from mailsrv.filters import failopen
+from mailsrv.filters.actions import HEADER, NONE, Action, Judgement, parse_action
 from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.smtp.state import Session
+from tests.helpers import result
 
 
 def bl(zone, kind="standard", codes=(), action=HEADER, server=None):
@@ -35,11 +36,6 @@ class FakeResolver:
             return defer.fail(dns.TemporaryDNSError(f"{rdtype} {name}: SERVFAIL"))
         return defer.succeed(answer)
 
-
-def result(d):
-    results = []
-    d.addBoth(results.append)
-    return results[0]
 
 
 class QueryNameTests(unittest.TestCase):
@@ -78,9 +74,11 @@ class FilterTests(unittest.TestCase):
         self.clock = task.Clock()
 
     def check(self, lists, answers, threshold=1):
+        """The judgement of the lists' result alone."""
         self.resolver = FakeResolver({f"10.2.0.192.{z}": a for z, a in answers.items()})
-        f = DNSBLFilter(lists, threshold, lambda _: self.resolver, 5, self.clock)
-        return f.check(Session(ip=IP), None)
+        f = DNSBLFilter(lists, lambda _: self.resolver, 5, self.clock)
+        d = f.check(Session(ip=IP), None)
+        return d.addCallback(lambda found: Judgement(True, (found,), threshold))
 
     def test_clean(self):
         found = result(self.check([bl("a.test"), bl("b.test")], {}))
@@ -118,7 +116,7 @@ class FilterTests(unittest.TestCase):
 
     def test_timeout_skips_the_list(self):
         logged = []
-        self.patch(dnsbl.log, "info", lambda fmt, **kw: logged.append(kw["error"]))
+        self.patch(failopen.log, "info", lambda fmt, **kw: logged.append(kw["error"]))
         d = self.check([bl("slow.test"), bl("b.test")], {"slow.test": "pending", "b.test": LISTED})
         self.assertNoResult(d)
         self.clock.advance(5)
@@ -134,10 +132,20 @@ class FilterTests(unittest.TestCase):
         found = result(self.check([bl("a.test", action=NONE)], {"a.test": LISTED}))
         self.assertEqual((found.spam, found.headers), (True, ()))
 
+    def test_received_ip_says_so(self):
+        self.resolver = FakeResolver({"9.113.0.203.a.test": LISTED})
+        f = DNSBLFilter([bl("a.test"), bl("t.test", kind="trusted")], lambda _: self.resolver,
+                        5, self.clock)
+        found = result(f.check_received("203.0.113.9"))
+        self.assertEqual((found.spam, found.counted), (False, (HEADER,)))
+        self.assertEqual(found.reasons, ("dnsbl a.test 127.0.0.2 received 203.0.113.9",))
+        self.assertEqual(found.headers, (("X-Mailsrv-DNSBL", "203.0.113.9 listed in a.test "
+                                                             "(127.0.0.2), from a Received header"),))
+
     def test_per_list_resolver(self):
         own = bl("own.test", server=("127.0.0.1", 5353))
         asked = []
-        f = DNSBLFilter([own], 1, lambda b: asked.append(b) or FakeResolver({}), 5, self.clock)
+        f = DNSBLFilter([own], lambda b: asked.append(b) or FakeResolver({}), 5, self.clock)
         result(f.check(Session(ip=IP), None))
         self.assertEqual(asked, [own])
 
@@ -158,9 +166,9 @@ class CachingTests(unittest.TestCase):
         self.patch(dns.threads, "deferToThread",
                    lambda f, *a: defer.maybeDeferred(f, *a))
         resolver = dns.Resolver(Backend(), clock)
-        f = DNSBLFilter([bl("a.test")], 1, lambda _: resolver, 5, clock)
+        f = DNSBLFilter([bl("a.test")], lambda _: resolver, 5, clock)
         for _ in range(2):
-            self.assertTrue(result(f.check(Session(ip=IP), None)).spam)
+            self.assertEqual(result(f.check(Session(ip=IP), None)).counted, (HEADER,))
         self.assertEqual(Backend.calls, 1)
         clock.advance(301)
         result(f.check(Session(ip=IP), None))
@@ -187,6 +195,9 @@ class ConfigTests(unittest.TestCase):
         s = settings.antispam
         self.assertEqual(s.subject_prefix, "***SPAM*** ")
         self.assertEqual((s.dnsbl.threshold, s.dnsbl.timeout), (1, 2.0))
+        self.assertFalse(s.dnsbl.received_headers)
+        self.assertTrue(parse({"lists": ["a.example"], "received_headers": True})
+                        .antispam.dnsbl.received_headers)
         self.assertEqual(s.dnsbl.lists, (
             DNSBL("zen.example", "zen.example", None, "standard", (), parse_action("subject")),
             DNSBL("bl.example", "BL", ("127.0.0.1", 5353), "trusted", ("127.0.0.4",),

@@ -10,9 +10,10 @@ from twisted.trial import unittest
 
 from mailsrv import config, dns
 from mailsrv.filters import validation
-from mailsrv.filters.actions import HEADER, Action
+from mailsrv.filters.actions import HEADER, NONE, Action, Judgement
 from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.smtp.state import Session
+from tests.helpers import result
 
 JUNK = Action("move", "Junk")
 
@@ -48,11 +49,6 @@ class Resolver:
     def query(self, name, rdtype):
         return self._answer(name, self._addresses)
 
-
-def result(d):
-    results = []
-    d.addBoth(results.append)
-    return results[0]
 
 
 RESOLVER = Resolver(
@@ -106,11 +102,15 @@ class ReverseDNSTests(unittest.TestCase):
 class CountTests(unittest.TestCase):
     """Failed tests and standard-list hits share one count."""
 
-    def judge(self, ip, helo, threshold, lists=()):
-        tests = [validation.HeloIsFQDN(HEADER), validation.ReverseDNS(RESOLVER, JUNK),
-                 validation.ForwardConfirmed(RESOLVER, JUNK)]
-        f = DNSBLFilter(lists, threshold, lambda _: RESOLVER, 5, task.Clock(), tests)
-        return result(f.check(Session(ip=ip, helo=helo), None))
+    def judge(self, ip, helo, threshold, tests=None, lists=(), resolver=RESOLVER):
+        tests = tests or [validation.HeloIsFQDN(HEADER), validation.ReverseDNS(RESOLVER, JUNK),
+                          validation.ForwardConfirmed(RESOLVER, JUNK)]
+        clock = task.Clock()
+        filters = [validation.ValidationFilter(tests, 5, clock),
+                   DNSBLFilter(lists, lambda _: resolver, 5, clock)]
+        session = Session(ip=ip, helo=helo)
+        found = [result(f.check(session, None)) for f in filters]
+        return Judgement(True, tuple(found), threshold)
 
     def test_all_pass(self):
         found = self.judge("192.0.2.1", "good.client.test", 1)
@@ -129,11 +129,25 @@ class CountTests(unittest.TestCase):
         listed = DNSBL("bl.test", "bl.test", None, "standard", (), Action("reject"))
         resolver = Resolver(addresses={"2.2.0.192.bl.test": ["127.0.0.2"]},
                             ptr=RESOLVER._ptr)
-        f = DNSBLFilter([listed], 2, lambda _: resolver, 5, task.Clock(),
-                        [validation.HeloIsFQDN(HEADER)])
-        found = result(f.check(Session(ip="192.0.2.2", helo="client"), None))
+        found = self.judge("192.0.2.2", "client", 2, [validation.HeloIsFQDN(HEADER)],
+                           [listed], resolver)
         self.assertEqual((found.spam, found.action), (True, Action("reject")))
-        self.assertEqual(found.reasons, ("dnsbl bl.test 127.0.0.2", "validation helo-fqdn"))
+        self.assertEqual(found.reasons, ("validation helo-fqdn", "dnsbl bl.test 127.0.0.2"))
+
+    def test_each_test_has_its_own_action_and_header(self):
+        subject = Action("subject")
+        tests = [validation.HeloIsFQDN(subject), validation.ReverseDNS(RESOLVER, NONE)]
+        helo = self.judge("192.0.2.1", "client", 1, tests)
+        self.assertEqual((helo.spam, helo.action), (True, subject))
+        self.assertEqual(helo.headers,
+                         (("X-Mailsrv-Validation", "HELO client is not a fully qualified "
+                                                   "domain name"),))
+        # action none: counted and reported, no header, nothing done
+        rdns = self.judge("192.0.2.3", "client.test", 1, tests)
+        self.assertEqual((rdns.spam, rdns.action, rdns.headers, rdns.reasons),
+                         (True, NONE, (), ("validation reverse-dns",)))
+        both = self.judge("192.0.2.3", "client", 2, tests)
+        self.assertEqual((both.spam, both.action), (True, subject))
 
     def test_dns_failure_skips_the_test(self):
         found = self.judge("192.0.2.99", "good.client.test", 1)
@@ -147,11 +161,25 @@ def parse(antispam):
 class ConfigTests(unittest.TestCase):
     def test_defaults_and_switches(self):
         s = parse({"validation": {}})
-        self.assertEqual(s.validation.tests, ("helo-fqdn", "helo-ours", "reverse-dns", "fcrdns"))
-        self.assertEqual(s.validation.action, HEADER)
+        self.assertEqual(s.validation.tests, (("helo-fqdn", HEADER), ("helo-ours", HEADER),
+                                              ("reverse-dns", HEADER), ("fcrdns", HEADER)))
         s = parse({"validation": {"reverse_dns": False, "helo_fqdn": False, "action": "move:Junk"}})
-        self.assertEqual(s.validation.tests, ("helo-ours", "fcrdns"))
-        self.assertEqual(s.validation.action, JUNK)
+        self.assertEqual(s.validation.tests, (("helo-ours", JUNK), ("fcrdns", JUNK)))
+
+    def test_own_actions(self):
+        s = parse({"validation": {"helo_fqdn": "subject", "helo_not_ours": "reject",
+                                  "reverse_dns": True, "forward_confirmed": "none",
+                                  "action": "move:Junk"}})
+        self.assertEqual(s.validation.tests, (("helo-fqdn", Action("subject")),
+                                              ("helo-ours", Action("reject")),
+                                              ("reverse-dns", JUNK), ("fcrdns", NONE)))
+
+    def test_bad_own_action(self):
+        for value, problem in [("junk", "unknown action 'junk'"), (3, "must be true or false "
+                                                                       "or a string")]:
+            with self.assertRaises(config.ConfigError) as caught:
+                parse({"validation": {"helo_fqdn": value}})
+            self.assertIn(f"[antispam.validation] helo_fqdn: {problem}", str(caught.exception))
 
     def test_threshold_counts_the_tests(self):
         s = parse({"validation": {"reverse_dns": False},

@@ -113,3 +113,17 @@ class ListFileTests(unittest.TestCase):
         with self.assertRaises(ListFileError) as caught:
             read_entries(path)
         self.assertEqual(str(caught.exception), f"{path}:3: bad network '10.0.0.0/33'")
+
+    def test_address_and_netmask_is_one_network(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("192.168.1.0 255.255.255.0\n10.0.0.1 10.0.0.2, 172.16.0.0\t255.240.0.0\n"
+                    "10.9.9.9 255.255.255.255 # one host\n192.0.2.1 0.0.0.0\n")
+        self.assertEqual(read_entries(path),
+                         ["192.168.1.0/255.255.255.0", "10.0.0.1", "10.0.0.2",
+                          "172.16.0.0/255.240.0.0", "10.9.9.9/255.255.255.255",
+                          "192.0.2.1", "0.0.0.0"])
+        iplist = IPList(read_entries(path))
+        self.assertTrue(iplist.contains("192.168.1.77"))
+        self.assertTrue(iplist.contains("172.31.0.1"))
+        self.assertFalse(iplist.contains("192.168.2.1"))

@@ -70,7 +70,7 @@ def main(argv=None, stdin=None, stdout=None):
 def check_config(settings, args, stdin, stdout):
     from mailsrv.netaddr import trusted_list
 
-    for _what, path, parse, _must_exist in _list_files(settings):
+    for _what, path, parse, _must_exist, _warnings in _list_files(settings):
         parse(path)
     trusted_list(settings)
     stdout.write(f"{settings.path}: ok, {len(settings.listeners)} listeners\n")
@@ -79,30 +79,56 @@ def check_config(settings, args, stdin, stdout):
 
 
 def _list_files(settings):
-    """(what, path, parser, must exist) of every list file the config names."""
+    """
+    (what, path, parser, must exist, warnings) of every list file the
+    config names; warnings is a function from the parsed entries to lines.
+    """
     from mailsrv.directory.aliases import parse_aliases
+    from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
     from mailsrv.directory.users import parse_users
     from mailsrv.netaddr import read_entries
-    from mailsrv.smtp.killlist import parse_kill_list
 
-    files = [("users", settings.users_file, parse_users, False),
-             ("aliases", settings.aliases_file, parse_aliases, False)]
+    def none(entries):
+        return []
+
+    files = [("users", settings.users_file, parse_users, False, none),
+             ("aliases", settings.aliases_file, parse_aliases, False, none)]
     if settings.access.kill_file is not None:
-        files.append(("kill list", settings.access.kill_file, parse_kill_list, False))
+        files.append(("kill list", settings.access.kill_file, parse_kill_list, False, none))
     if settings.relay.trusted_file is not None:
-        files.append(("trusted IPs", settings.relay.trusted_file, read_entries, True))
+        files.append(("trusted IPs", settings.relay.trusted_file, read_entries, True, none))
     for listener in settings.listeners:
         for kind in ("allow", "deny"):
             path = getattr(listener.access, f"{kind}_file")
             if path is not None:
-                files.append((f"{kind} list of {listener.name}", path, read_entries, True))
+                files.append((f"{kind} list of {listener.name}", path, read_entries, True,
+                              none))
+    antispam = settings.antispam
+    if antispam.spamskip is not None:
+        files.append(("spamskip", antispam.spamskip.file, read_entries, False, none))
+    if antispam.whitelist is not None:
+        files.append(("sender whitelist", antispam.whitelist.file, parse_whitelist, False,
+                      lambda entries: _local_whitelisted(settings, entries)))
     return files
+
+
+def _local_whitelisted(settings, entries):
+    """Warnings for whitelisted addresses and domains of our own."""
+    lines = []
+    for entry in sorted(entries):
+        domain = entry.rpartition("@")[2]
+        if settings.is_local_domain(domain):
+            shown = entry if not entry.startswith("@") else domain
+            lines.append(f"warning: {shown} is in our own domain {domain}: spammers forge "
+                         "such senders, so only clients that log in, are trusted or have a "
+                         "POP-before-SMTP window benefit; remove it")
+    return lines
 
 
 def lists_check(settings, args, stdin, stdout):
     """Every list file: its entry count, or its first error (file:line: problem)."""
     bad = 0
-    for what, path, parse, must_exist in _list_files(settings):
+    for what, path, parse, must_exist, warnings in _list_files(settings):
         if not path.exists():
             if must_exist:
                 bad += 1
@@ -111,12 +137,14 @@ def lists_check(settings, args, stdin, stdout):
                 stdout.write(f"{what}: {path}: missing (empty)\n")
             continue
         try:
-            count = len(parse(path))
+            entries = parse(path)
         except (ListFileError, OSError) as e:
             bad += 1
             stdout.write(f"{what}: {e}\n")
         else:
-            stdout.write(f"{what}: {path}: {count} entries\n")
+            stdout.write(f"{what}: {path}: {len(entries)} entries\n")
+            for line in warnings(entries):
+                stdout.write(f"{what}: {line}\n")
     if bad:
         raise CommandError(f"{bad} list file(s) with errors")
 

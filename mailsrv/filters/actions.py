@@ -4,7 +4,7 @@ what happens to the message, and the actions of several filters combine by
 a fixed precedence (the strongest wins).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailsrv.store.layout import folder_maildir
 
@@ -72,16 +72,42 @@ class FilterResult:
     """
     What one filter found.
 
-    @ivar spam: whether the filter counts the message as spam.
-    @ivar action: what the admin wants done (L{NONE} when not spam).
+    @ivar spam: whether the filter alone counts the message as spam.
+    @ivar action: what the admin wants done whatever the count (L{NONE}
+        when nothing).
     @ivar reasons: short texts for the summary header and the log.
     @ivar headers: C{(name, value)} pairs to add to the message.
+    @ivar counted: the actions of findings that count toward the shared
+        threshold (standard DNS blacklist hits, failed validation tests):
+        the message is spam when the findings of all filters reach it, and
+        only then do these actions apply.
     """
 
     spam: bool
     action: Action = NONE
     reasons: tuple = ()
     headers: tuple = ()
+    counted: tuple = ()
+
+
+@dataclass(frozen=True)
+class Whitelisting:
+    """
+    Which whitelists let a message skip which filters.
+
+    @ivar reasons: for the summary header and the log
+        (C{whitelist:spamskip}, ...).
+    @ivar connection: whether the connection filters (DNS blacklists,
+        validation, SPF, Received IPs) are skipped.
+    @ivar content: whether the content filters are skipped.
+    """
+
+    reasons: tuple = ()
+    connection: bool = False
+    content: bool = False
+
+
+NOT_WHITELISTED = Whitelisting()
 
 
 @dataclass(frozen=True)
@@ -90,24 +116,50 @@ class Judgement:
     The combined result of every filter for one message.
 
     @ivar checked: whether filters ran (not for skipped, trusted senders).
+    @ivar results: the L{FilterResult}s.
+    @ivar threshold: the count of counted findings that makes a message spam.
+    @ivar whitelist: the L{Whitelisting}; content filters read
+        C{whitelist.content} and skip the message when it is set.
     """
 
     checked: bool
-    spam: bool = False
-    action: Action = NONE
-    reasons: tuple = ()
-    headers: tuple = ()
+    results: tuple = ()
+    threshold: int = 1
+    whitelist: Whitelisting = NOT_WHITELISTED
 
-    @classmethod
-    def of(cls, results):
-        results = list(results)
-        return cls(
-            checked=True,
-            spam=any(r.spam for r in results),
-            action=combine(r.action for r in results),
-            reasons=tuple(reason for r in results for reason in r.reasons),
-            headers=tuple(header for r in results for header in r.headers),
-        )
+    def adding(self, results):
+        """This judgement with more results (of a later stage), checked."""
+        return replace(self, checked=True, results=self.results + tuple(results))
+
+    @property
+    def _counted(self):
+        return [action for r in self.results for action in r.counted]
+
+    @property
+    def _reached(self):
+        counted = self._counted
+        return bool(counted) and len(counted) >= self.threshold
+
+    @property
+    def spam(self):
+        return self._reached or any(r.spam for r in self.results)
+
+    @property
+    def action(self):
+        actions = [r.action for r in self.results]
+        return combine(actions + self._counted if self._reached else actions)
+
+    @property
+    def reasons(self):
+        reasons = [*self.whitelist.reasons, *(x for r in self.results for x in r.reasons)]
+        counted = self._counted
+        if counted and not self._reached:
+            reasons.append(f"count below threshold {len(counted)}/{self.threshold}")
+        return tuple(reasons)
+
+    @property
+    def headers(self):
+        return tuple(header for r in self.results for header in r.headers)
 
     @property
     def summary(self):

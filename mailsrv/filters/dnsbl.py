@@ -1,5 +1,6 @@
 """
-DNS blacklists ([antispam.dnsbl]): is the connecting IP listed?
+DNS blacklists ([antispam.dnsbl]): is the connecting IP (or an IP that
+our trusted hosts received the message from) listed?
 
 The client's address, reversed (octets for IPv4, nibbles for IPv6), is
 looked up as an A record under each list's zone, all lists at once. An
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsrv import dns
-from mailsrv.filters.actions import NONE, FilterResult, combine
+from mailsrv.filters.actions import FilterResult, combine
+from mailsrv.filters.failopen import skip_on_failure
 
 log = Logger()
 
@@ -68,34 +69,38 @@ class DNSBL:
 
 class DNSBLFilter:
     """
-    The lists and the validation tests (L{mailsrv.filters.validation}),
-    which share one count: standard-list hits and failed tests add up, and
-    the message is spam when the count reaches C{threshold}; one hit on a
-    trusted list is enough alone.
+    The lists, looked up in parallel for one IP. One hit on a trusted list
+    is enough alone; a hit on a standard list is a counted finding (see
+    L{mailsrv.filters.actions.FilterResult.counted}).
 
     @param lists: L{DNSBL}s.
-    @param threshold: the count that makes a message spam.
     @param resolvers: a function from a list to its L{mailsrv.dns.Resolver}.
-    @param timeout: seconds before a list or a test is skipped.
+    @param timeout: seconds before a list is skipped.
     @param clock: for the timeout.
-    @param tests: validation tests: C{name}, C{action}, and
-        C{check(session)} giving a Deferred of L{None} (passed) or of what
-        failed.
     """
 
-    def __init__(self, lists, threshold, resolvers, timeout, clock, tests=()):
+    def __init__(self, lists, resolvers, timeout, clock):
         self.lists = tuple(lists)
-        self.threshold = threshold
         self.resolvers = resolvers
         self.timeout = timeout
         self.clock = clock
-        self.tests = tuple(tests)
 
     def check(self, session, transaction):
-        lookups = defer.gatherResults([self._lookup(bl, session.ip) for bl in self.lists])
-        tests = defer.gatherResults([self._test(test, session) for test in self.tests])
-        d = defer.gatherResults([lookups, tests])
-        return d.addCallback(self._judge, session.ip)
+        """The client's IP."""
+        return self.check_ip(session.ip)
+
+    def check_received(self, ip):
+        """An IP from a Received header (L{mailsrv.filters.received})."""
+        return self.check_ip(ip, received=True)
+
+    def check_ip(self, ip, received=False):
+        """
+        @param received: whether C{ip} is from a Received header (the
+            reasons and headers say so).
+        @return: a Deferred L{FilterResult}.
+        """
+        d = defer.gatherResults([self._lookup(bl, ip) for bl in self.lists])
+        return d.addCallback(self._judge, ip, received)
 
     def _lookup(self, bl, ip):
         try:
@@ -103,28 +108,10 @@ class DNSBLFilter:
         except ValueError:
             return defer.succeed(None)  # not an IP (a UNIX socket): nothing to look up
         d = self.resolvers(bl).query(name, "A")
-        d.addTimeout(self.timeout, self.clock)
         d.addCallback(bl.classify)
-        return d.addErrback(self._failed, "dnsbl", bl.name, name)
+        return skip_on_failure(d, self.timeout, self.clock, "dnsbl", bl.name, name)
 
-    def _test(self, test, session):
-        d = defer.maybeDeferred(test.check, session)
-        d.addTimeout(self.timeout, self.clock)
-        return d.addErrback(self._failed, "validation", test.name, session.ip)
-
-    def _failed(self, failure, kind, name, subject):
-        """A timeout or a DNS failure skips the list or test (fail open)."""
-        failure.trap(dns.TemporaryDNSError, defer.TimeoutError)
-        if failure.check(defer.TimeoutError):
-            error = f"no answer in {self.timeout:g}s"
-        else:
-            error = failure.getErrorMessage()
-        log.info("{kind} {name} skipped: {subject}: {error}",
-                 kind=kind, name=name, subject=subject, error=error)
-        return None
-
-    def _judge(self, outcomes, ip):
-        lookups, failures = outcomes
+    def _judge(self, lookups, ip, received):
         trusted, counted, reasons, headers = [], [], [], []
         for bl, found in zip(self.lists, lookups):
             if found is None:  # skipped
@@ -135,20 +122,10 @@ class DNSBLFilter:
                          name=bl.name, ip=ip, code=code)
             if outcome != "hit":
                 continue
-            reasons.append(f"dnsbl {bl.name} {code}")
-            headers.append(("X-Mailsrv-DNSBL", f"{ip} listed in {bl.name} ({code})"))
-            (trusted if bl.kind == "trusted" else counted).append(bl)
-        for test, failure in zip(self.tests, failures):
-            if failure is not None:
-                reasons.append(f"validation {test.name}")
-                headers.append(("X-Mailsrv-Validation", failure))
-                counted.append(test)
-        reached = len(counted) >= self.threshold
-        if not (trusted or reached):
-            if counted:
-                reasons.append(f"count below threshold {len(counted)}/{self.threshold}")
-            return FilterResult(False, NONE, tuple(reasons), tuple(headers))
-        action = combine(check.action for check in trusted + (counted if reached else []))
-        if action.kind == "none":
-            headers = []
-        return FilterResult(True, action, tuple(reasons), tuple(headers))
+            reasons.append(f"dnsbl {bl.name} {code}" + (f" received {ip}" if received else ""))
+            if bl.action.kind != "none":
+                headers.append(("X-Mailsrv-DNSBL", f"{ip} listed in {bl.name} ({code})"
+                                + (", from a Received header" if received else "")))
+            (trusted if bl.kind == "trusted" else counted).append(bl.action)
+        return FilterResult(bool(trusted), combine(trusted), tuple(reasons), tuple(headers),
+                            tuple(counted))

@@ -1,15 +1,18 @@
 """
 Validation tests ([antispam.validation]): does the client's identity hold
 up? Each failed test adds one to the count that standard DNS blacklist
-hits add to (L{mailsrv.filters.dnsbl.DNSBLFilter}); a DNS failure skips
-the test. C{check(session)} gives a Deferred of L{None} (passed) or of
-what failed, for the X-Mailsrv-Validation header.
+hits add to, with the test's own action; a DNS failure skips the test.
+A test's C{check(session)} gives a Deferred of L{None} (passed) or of what
+failed, for its X-Mailsrv-Validation header; L{ValidationFilter} runs them.
 """
 
 import ipaddress
 import re
 
 from twisted.internet import defer
+
+from mailsrv.filters.actions import FilterResult
+from mailsrv.filters.failopen import skip_on_failure
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 
@@ -107,3 +110,37 @@ class ForwardConfirmed:
         return d.addCallback(
             lambda names: None if names else
             f"{session.ip} has no reverse DNS name that resolves back to it")
+
+
+class ValidationFilter:
+    """
+    The enabled tests, run in parallel: each failed test is a counted
+    finding with its own action, reason and header.
+
+    @param tests: objects with C{name}, C{action} and C{check(session)}.
+    @param timeout: seconds before a test is skipped.
+    @param clock: for the timeout.
+    """
+
+    def __init__(self, tests, timeout, clock):
+        self.tests = tuple(tests)
+        self.timeout = timeout
+        self.clock = clock
+
+    def check(self, session, transaction):
+        d = defer.gatherResults([
+            skip_on_failure(defer.maybeDeferred(test.check, session), self.timeout,
+                            self.clock, "validation", test.name, session.ip)
+            for test in self.tests])
+        return d.addCallback(self._judge)
+
+    def _judge(self, failures):
+        failed = [(test, failure) for test, failure in zip(self.tests, failures)
+                  if failure is not None]
+        return FilterResult(
+            False,
+            reasons=tuple(f"validation {test.name}" for test, _ in failed),
+            headers=tuple(("X-Mailsrv-Validation", failure) for test, failure in failed
+                          if test.action.kind != "none"),
+            counted=tuple(test.action for test, _ in failed),
+        )

@@ -127,3 +127,32 @@ def _only_crlf(data, start, stop):
     """Whether every CR and LF in C{data[start:stop]} is part of a CRLF."""
     pairs = data.count(b"\r\n", start, stop)
     return data.count(b"\r", start, stop) == pairs == data.count(b"\n", start, stop)
+
+
+class HeaderSection:
+    """
+    Holds the start of a message until its header section has ended, so
+    that filters can read the headers before anything is written.
+
+    @param limit: bytes held at most: a longer header section is judged on
+        its first C{limit} bytes.
+    @ivar data: every byte held (the header section and what followed it
+        in the same chunk).
+    @ivar complete: whether the header section (or C{limit}) is reached.
+    """
+
+    def __init__(self, limit=65536):
+        self.limit = limit
+        self.data = bytearray()
+        self.complete = False
+
+    def feed(self, message):
+        self.data += message
+        self.complete = (len(self.data) >= self.limit or self.data.startswith(b"\r\n")
+                         or b"\r\n\r\n" in self.data)
+
+    @property
+    def header(self):
+        """The header section (up to the empty line), or what there is of it."""
+        end = self.data.find(b"\r\n\r\n")
+        return bytes(self.data[:end + 2] if end >= 0 else self.data[:self.limit])

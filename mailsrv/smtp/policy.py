@@ -16,8 +16,8 @@ from twisted.logger import Logger
 
 from mailsrv import config, dns
 from mailsrv.directory.listfile import ListFileError
+from mailsrv.directory.senderlist import SenderList, parse_kill_list
 from mailsrv.smtp.commands import is_mailbox
-from mailsrv.smtp.killlist import KillList
 
 log = Logger()
 
@@ -266,8 +266,8 @@ class Standing:
     def skips_antispam(self, session):
         """
         [relay] trusted_bypass_antispam: a Deferred of whether the anti-spam
-        stages (none exist yet) should let this client's mail through
-        unchecked: it stands, and not merely because of mode "anyone".
+        filters should let this client's mail through unchecked: it
+        stands, and not merely because of mode "anyone".
         """
         if not self.bypass_antispam or (self.mode == "anyone" and session.user is None):
             return defer.succeed(False)
@@ -412,7 +412,7 @@ def kill_list(server):
     """The kill list of [access] kill_file; a bad file stops start-up."""
     settings = server.settings
     try:
-        return KillList(settings.access.kill_file, server.clock)
+        return SenderList(settings.access.kill_file, parse_kill_list, server.clock)
     except (ListFileError, OSError) as e:
         raise config.ConfigError(settings.path, "[access] kill_file", str(e))
 

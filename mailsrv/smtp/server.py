@@ -30,7 +30,7 @@ from mailsrv.smtp.commands import (
     parse_rcpt,
     split_command,
 )
-from mailsrv.smtp.data import DataReader
+from mailsrv.smtp.data import DataReader, HeaderSection
 from mailsrv.smtp.policy import first_refusal, recipient_stages, sender_stages, standing
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
 from mailsrv.smtp.trace import trace_headers
@@ -74,6 +74,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         self._reader = None  # the DataReader while in DATA
         self._incoming = None  # the spool file being written
         self._judgement = None  # the anti-spam filters' verdict on it
+        self._held = None  # the HeaderSection that message filters wait for
+        self._top = b""  # our headers, written on top once the judgement is final
         self._prefixer = None  # rewrites the Subject for the subject action
         self._write_error = None
         self._busy = False  # a command's Deferred has not fired yet
@@ -406,6 +408,17 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             log.info("refused MAIL FROM:<{sender}> from {ip}: {reason}",
                      sender=transaction.sender, ip=self.session.ip, reason=verdict.reason)
             return self._refuse(verdict)
+        d = self.factory.filters.judge(self.session, transaction)
+        return d.addCallback(self._mail_judged, transaction)
+
+    def _mail_judged(self, judgement, transaction):
+        """The connection filters have judged: refuse now, or keep the judgement."""
+        if judgement.action.kind == "reject":
+            log.info("refused MAIL FROM:<{sender}> from {ip}: X-Mailsrv-Spam: {summary}",
+                     sender=transaction.sender, ip=self.session.ip, summary=judgement.summary)
+            reasons = ", ".join(judgement.reasons).encode("ascii", "replace").decode()
+            return self._reply(550, "5.7.1", f"Refused as spam: {reasons}")
+        transaction.judgement = judgement
         self.transaction = transaction
         self._reply(250, "2.1.0", "Ok")
 
@@ -440,40 +453,46 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             raise CommandError(503, "5.5.1", "Need MAIL command")
         if not self.transaction.recipients:
             raise CommandError(503, "5.5.1", "Need RCPT command")
-        d = self.factory.filters.judge(self.session, self.transaction)
-        return d.addCallback(self._start_data)
-
-    def _start_data(self, judgement):
-        """The filters have judged the client: refuse, or take the message."""
-        if judgement.action.kind == "reject":
-            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
-                     ip=self.session.ip, sender=self.transaction.sender,
-                     summary=judgement.summary)
-            self.transaction = None
-            return self._reply(550, "5.7.1", "Message refused as spam")
         try:
             incoming = self.server.spool.incoming()
         except OSError as e:
             log.error("cannot create a spool file: {error}", error=e)
             return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
-        headers = trace_headers(
+        self._top = trace_headers(
             self.session, self.transaction, incoming.queue_id, self.hostname,
             self.factory.clock.seconds(),
         )
+        self._incoming = incoming
+        self._judgement = self.transaction.judgement
+        self._prefixer = None
+        self._write_error = None
+        if self.factory.filters.reads_message(self._judgement):
+            self._held = HeaderSection()
+        else:
+            self._begin_message()
+        self._reader = DataReader()
+        self._send("354 End data with <CR><LF>.<CR><LF>")
+
+    def _begin_message(self):
+        """The judgement is final: log it, write our headers, then the message."""
+        judgement = self._judgement
         if judgement.checked:
             log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
-                     queue_id=incoming.queue_id, ip=self.session.ip,
+                     queue_id=self._incoming.queue_id, ip=self.session.ip,
                      summary=judgement.summary, action=judgement.action)
-        self._incoming = incoming
-        self._judgement = judgement
-        self._prefixer = None
         if judgement.action.kind == "subject":
             prefix = self.factory.filters.subject_prefix.encode("utf-8")
             self._prefixer = SubjectPrefixer(self._write, prefix)
-        self._write_error = None
-        self._write(headers + judgement.header_block())
-        self._reader = DataReader()
-        self._send("354 End data with <CR><LF>.<CR><LF>")
+        self._write(self._top + judgement.header_block())
+
+    def _take(self, message):
+        """Message bytes: held for the message filters, or written."""
+        if self._held is not None:
+            self._held.feed(message)
+        elif self._prefixer is not None:
+            self._prefixer.feed(message)
+        else:
+            self._write(message)
 
     def _write(self, data):
         """Write through to the spool file; the first I/O error is kept for the end."""
@@ -487,16 +506,30 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         reader = self._reader
         message, consumed = reader.feed(self._buffer)
         del self._buffer[:consumed]
-        if message and reader.size <= self.limits.max_message_size:
-            if not reader.bare_line_ending:
-                (self._write if self._prefixer is None else self._prefixer.feed)(message)
+        refused = reader.bare_line_ending or reader.size > self.limits.max_message_size
+        if message and not refused:
+            self._take(message)
+        held = self._held
+        if held is not None and not refused and (held.complete or reader.done):
+            self._held = None
+            d = self.factory.filters.judge_message(
+                self._judgement, self.session, self.transaction, held.header)
+            return d.addCallback(self._message_judged, bytes(held.data), reader.done)
         if reader.done:
             return self._end_of_data()
         return None
 
+    def _message_judged(self, judgement, held, done):
+        if self._incoming is None:  # the client went away meanwhile
+            return None
+        self._judgement = judgement
+        self._begin_message()
+        self._take(held)
+        return self._end_of_data() if done else None
+
     def _end_of_data(self):
         reader, incoming, transaction = self._reader, self._incoming, self.transaction
-        self._reader = self._incoming = self.transaction = None
+        self._reader = self._incoming = self.transaction = self._held = None
         ip = self.session.ip
         if reader.bare_line_ending:
             incoming.abort()
@@ -517,6 +550,11 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         if self._prefixer is not None:
             self._prefixer.close()
         action = self._judgement.action
+        if action.kind == "reject":  # by a message filter
+            incoming.abort()
+            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
+                     ip=ip, sender=transaction.sender, summary=self._judgement.summary)
+            return self._reply(550, "5.7.1", "Message refused as spam")
         if action.kind == "delete":
             incoming.abort()
             log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",

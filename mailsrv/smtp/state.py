@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from mailsrv.directory import Route
+from mailsrv.filters.actions import SKIPPED, Judgement
 from mailsrv.smtp.commands import MailParams
 
 
@@ -80,11 +81,15 @@ class Recipient:
 
 @dataclass
 class Transaction:
-    """One message: MAIL FROM and the accepted recipients."""
+    """
+    One message: MAIL FROM, the accepted recipients, and what the
+    anti-spam filters made of it at MAIL FROM.
+    """
 
     sender: str
     params: MailParams = field(default_factory=MailParams)
     recipients: list = field(default_factory=list)
+    judgement: Judgement = SKIPPED
 
     def local_users(self):
         """Local mailboxes to deliver to, each once, in RCPT order."""

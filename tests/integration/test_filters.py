@@ -23,6 +23,8 @@ DNS_RECORDS = {
     ("softfail.test", "TXT"): ['"v=spf1 ~all"'],
     ("5.0.0.127.in-addr.arpa", "PTR"): ["good.client.test."],
     ("good.client.test", "A"): ["127.0.0.5"],
+    ("8.0.0.127.std.test", "A"): ["127.0.0.2"],
+    ("9.113.0.203.std.test", "A"): ["127.0.0.2"],
 }
 SLOW = {f"{n}.0.0.127.slow.test" for n in (1, 2, 3, 4)}
 
@@ -48,25 +50,44 @@ class FilterServerCase(unittest.TestCase):
 
     ANTISPAM = ""
     SILENT = ()
+    EXTRA = {}
+    FILES = {}  # list files beside the config
 
     def setUp(self):
         self.dns = TinyDNSServer(DNS_RECORDS, silent=self.SILENT)
         self.addCleanup(self.dns.close)
         self.server = MailServerProcess(extra={
-            "dns": {"servers": [self.dns.address], "timeout": 1},
+            "dns": {"servers": [self.dns.address], "timeout": 1}, **self.EXTRA,
         })
         with open(self.server.config, "a") as config:
             config.write(self.ANTISPAM)
+        for name, text in self.FILES.items():
+            (self.server.dir / name).write_text(text)
         self.server.start()
         self.addCleanup(self.server.cleanup)
 
-    def send(self, source="127.0.0.1", sender="x@remote.test", helo="client.test"):
+    def send(self, source="127.0.0.1", sender="x@remote.test", helo="client.test",
+             message=MESSAGE):
         """One message to alice; the reply to the end of DATA."""
         with self.server.smtp(source=source) as client:
             client.ehlo(helo)
             client.mail(sender)
             client.rcpt("alice@example.test")
-            return client.data(MESSAGE)
+            return client.data(message)
+
+    def delivered(self, folder=""):
+        """The one message in alice's INBOX (or C{folder})."""
+        [path] = self.server.maildir_files(folder=folder)
+        return path.read_text()
+
+    def swaks(self, source, sender="x@remote.test", *args):
+        """swaks from C{source} to alice; the CompletedProcess."""
+        require_tool(self, "swaks")
+        return subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(self.server.ports["smtp"]),
+             "--local-interface", source, "--from", sender, "--to", "alice@example.test",
+             *args],
+            capture_output=True, text=True, timeout=60)
 
     def send_authenticated(self, source="127.0.0.1"):
         with self.server.smtp(port="submission", source=source) as client:
@@ -109,16 +130,13 @@ class DNSBLTests(FilterServerCase):
         self.server.wait_for_log("dnsbl std.test refused the query for 127.0.0.3 "
                                  "with 127.255.255.254")
 
-    def test_trusted_list_hit_is_refused(self):
-        require_tool(self, "swaks")
-        result = subprocess.run(
-            ["swaks", "--server", "127.0.0.1", "--port", str(self.server.ports["smtp"]),
-             "--local-interface", "127.0.0.4", "--from", "x@remote.test",
-             "--to", "alice@example.test"],
-            capture_output=True, text=True, timeout=60)
-        self.assertIn("<** 550 5.7.1 Message refused as spam", result.stdout)
+    def test_trusted_list_hit_is_refused_at_mail(self):
+        result = self.swaks("127.0.0.4")
+        self.assertIn(" -> MAIL FROM:<x@remote.test>\n<** 550 5.7.1 Refused as spam: "
+                      "dnsbl tr.test 127.0.0.4\n", result.stdout)
+        self.assertNotIn("RCPT TO", result.stdout)
         self.assertEqual(self.server.maildir_files(), [])
-        self.server.wait_for_log("refused message from 127.0.0.4 sender=<x@remote.test>: "
+        self.server.wait_for_log("refused MAIL FROM:<x@remote.test> from 127.0.0.4: "
                                  "X-Mailsrv-Spam: yes; reasons=dnsbl tr.test 127.0.0.4")
 
     def test_authenticated_client_is_not_checked(self):
@@ -158,13 +176,12 @@ class SPFTests(FilterServerCase):
         self.assertIn("Received-SPF: SoftFail (mail.example.test: ", message)
         self.assertIn("\nSubject: [SPAM] offer\n", message)
 
-    def test_fail_is_refused(self):
+    def test_fail_is_refused_at_mail(self):
         with self.server.smtp() as client:
             client.ehlo("client.test")
-            client.mail("x@fail.test")
-            client.rcpt("alice@example.test")
-            self.assertEqual(client.docmd("DATA"), (550, b"5.7.1 Message refused as spam"))
-        self.server.wait_for_log("refused message from 127.0.0.1 sender=<x@fail.test>: "
+            self.assertEqual(client.mail("x@fail.test"),
+                             (550, b"5.7.1 Refused as spam: spf fail"))
+        self.server.wait_for_log("refused MAIL FROM:<x@fail.test> from 127.0.0.1: "
                                  "X-Mailsrv-Spam: yes; reasons=spf fail")
 
     def test_strongest_action_wins(self):
@@ -209,3 +226,109 @@ class ValidationTests(FilterServerCase):
         self.server.wait_for_log("from 127.0.0.1: X-Mailsrv-Spam: yes; reasons=validation "
                                  "helo-ours, validation reverse-dns, validation fcrdns "
                                  "action=subject")
+
+
+WHITELISTS = """
+[antispam.dnsbl]
+lists = ["std.test"]
+action = "move:Junk"
+received_headers = true
+
+[antispam.validation]
+helo_fqdn = "subject"
+helo_not_ours = "reject"
+reverse_dns = false
+forward_confirmed = false
+
+[antispam.spamskip]
+
+[antispam.whitelist]
+applies_to = "connection"
+"""
+
+RELAYED = ("Received: from relay.test (relay.test [127.0.0.6])\r\n"
+           "\tby gw.example.test with ESMTP; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+           "Received: from sender.test ([{ip}] helo=sender.test)\r\n"
+           "\tby relay.test with esmtp; Mon, 1 Jan 2024 00:00:00 +0000\r\n" + MESSAGE)
+
+
+class WhitelistTests(FilterServerCase):
+    """
+    127.0.0.2 and .8 are listed in std.test; .8 is in spamskip.txt; .6 is
+    a trusted host that passes on mail from 203.0.113.9 (listed) or
+    192.0.2.1 (not); partner.test is a whitelisted sender domain, and so,
+    by the admin's mistake, is our own example.test.
+    """
+
+    ANTISPAM = WHITELISTS
+    EXTRA = {"relay": {"trusted": ["127.0.0.6"]},
+             "access": {"local_sender_must_auth": False}}
+    FILES = {"spamskip.txt": "# IP and netmask, as IMail writes them\n"
+                             "127.0.0.8 255.255.255.248\n",
+             "whitelist.txt": "partner.test\nexample.test\n"}
+
+    def test_spamskip_client_skips_the_dnsbl(self):
+        self.assertEqual(self.send("127.0.0.8")[0], 250)
+        message = self.delivered()
+        self.assertIn("X-Mailsrv-Spam: no; reasons=whitelist:spamskip\n", message)
+        self.assertNotIn("X-Mailsrv-DNSBL", message)
+        self.server.wait_for_log("from 127.0.0.8: X-Mailsrv-Spam: no; "
+                                 "reasons=whitelist:spamskip action=none")
+
+    def test_whitelisted_sender_domain_skips_the_dnsbl(self):
+        self.assertEqual(self.send("127.0.0.2", sender="news@partner.test")[0], 250)
+        self.assertIn("X-Mailsrv-Spam: no; reasons=whitelist:sender\n", self.delivered())
+
+    def test_forged_local_sender_does_not_benefit(self):
+        self.assertEqual(self.send("127.0.0.2", sender="alice@example.test")[0], 250)
+        self.assertEqual(self.server.maildir_files(), [])
+        self.assertIn("X-Mailsrv-Spam: yes; reasons=whitelist ignored: unauthenticated local "
+                      "sender, dnsbl std.test 127.0.0.2\n", self.delivered(".Junk"))
+        self.server.wait_for_log("whitelist ignored for 127.0.0.2: local sender "
+                                 "<alice@example.test> without authentication")
+
+    def test_helo_test_with_its_own_subject_action(self):
+        self.assertEqual(self.send(helo="client")[0], 250)
+        message = self.delivered()
+        self.assertIn("X-Mailsrv-Validation: HELO client is not a fully qualified domain name\n"
+                      "X-Mailsrv-Spam: yes; reasons=validation helo-fqdn\n", message)
+        self.assertIn("\nSubject: [SPAM] offer\n", message)
+
+    def test_helo_test_with_reject_refuses_at_mail(self):
+        result = self.swaks("127.0.0.1", "x@remote.test", "--helo", "mail.example.test")
+        self.assertIn(" -> MAIL FROM:<x@remote.test>\n<** 550 5.7.1 Refused as spam: "
+                      "validation helo-ours\n", result.stdout)
+        self.assertNotEqual(result.returncode, 0)
+        self.server.wait_for_log("refused MAIL FROM:<x@remote.test> from 127.0.0.1: "
+                                 "X-Mailsrv-Spam: yes; reasons=validation helo-ours")
+
+    def test_whitelisted_sender_is_never_refused_at_mail(self):
+        result = self.swaks("127.0.0.1", "x@partner.test", "--helo", "mail.example.test")
+        self.assertIn("<-  250 2.1.0 Ok", result.stdout)
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertIn("X-Mailsrv-Spam: no; reasons=whitelist:sender\n", self.delivered())
+
+    def test_received_ip_from_a_trusted_host_is_checked(self):
+        self.assertEqual(self.send("127.0.0.6", message=RELAYED.format(ip="203.0.113.9"))[0],
+                         250)
+        message = self.delivered(".Junk")
+        self.assertIn("X-Mailsrv-DNSBL: 203.0.113.9 listed in std.test (127.0.0.2), from a "
+                      "Received header\nX-Mailsrv-Spam: yes; reasons=dnsbl std.test 127.0.0.2 "
+                      "received 203.0.113.9\nReceived: from relay.test", message)
+        self.server.wait_for_log("from 127.0.0.6: X-Mailsrv-Spam: yes; reasons=dnsbl std.test "
+                                 "127.0.0.2 received 203.0.113.9 action=move:Junk")
+
+    def test_clean_received_ip(self):
+        self.assertEqual(self.send("127.0.0.6", message=RELAYED.format(ip="192.0.2.1"))[0], 250)
+        self.assertIn("X-Mailsrv-Spam: no; reasons=-\nReceived: from relay.test",
+                      self.delivered())
+
+    def test_lists_check_warns_about_our_own_domain(self):
+        out = self.server.admin("lists", "check").stdout
+        self.assertIn(f"spamskip: {self.server.dir / 'spamskip.txt'}: 1 entries\n", out)
+        self.assertIn(f"sender whitelist: {self.server.dir / 'whitelist.txt'}: 2 entries\n"
+                      "sender whitelist: warning: example.test is in our own domain "
+                      "example.test: spammers forge such senders, so only clients that log "
+                      "in, are trusted or have a POP-before-SMTP window benefit; remove it\n",
+                      out)
+        self.assertNotIn("partner.test", out)

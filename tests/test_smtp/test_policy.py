@@ -11,17 +11,12 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.smtp import policy
 from mailsrv.smtp.policy import Verdict, first_refusal
 from mailsrv.smtp.state import Recipient, Session, Transaction
+from tests.helpers import result
 
 REMOTE = Recipient("carol@remote.test", Route(remote=("carol@remote.test",),
                                                is_local_domain=False))
 LOCAL = Recipient("alice@example.test", Route(local=("alice@example.test",)))
 UNKNOWN = Recipient("nobody@example.test", None)
-
-
-def result(d):
-    results = []
-    d.addBoth(results.append)
-    return results[0]
 
 
 class Fixed:
@@ -239,13 +234,13 @@ class SenderOwnershipTests(unittest.TestCase):
 
 class KillListTests(unittest.TestCase):
     def setUp(self):
-        from mailsrv.smtp.killlist import KillList
+        from mailsrv.directory.senderlist import SenderList, parse_kill_list
 
         self.path = self.mktemp()
         with open(self.path, "w") as f:
             f.write("# spammers\nspam@bad.test, @worse.test ; Boss@Phish.test\n")
         self.clock = task.Clock()
-        self.stage = policy.KilledSender(KillList(self.path, self.clock))
+        self.stage = policy.KilledSender(SenderList(self.path, parse_kill_list, self.clock))
 
     def verdict(self, sender):
         return result(self.stage.check(Session("192.0.2.1"), None, sender))
@@ -269,7 +264,7 @@ class KillListTests(unittest.TestCase):
 
     def test_bad_entry(self):
         from mailsrv.directory.listfile import ListFileError
-        from mailsrv.smtp.killlist import parse_kill_list
+        from mailsrv.directory.senderlist import parse_kill_list
 
         with open(self.path, "w") as f:
             f.write("ok@bad.test\n\nnot-an-address\n")
