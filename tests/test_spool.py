@@ -8,7 +8,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from mailsrv.queue import intake
-from mailsrv.queue.spool import Envelope, RecipientState, Spool
+from mailsrv.queue.spool import Envelope, IncomingMessage, RecipientState, Spool
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.layout import folder_maildir, unique_name, user_maildir
 
@@ -70,13 +70,26 @@ class SpoolTests(unittest.TestCase):
         self.assertEqual(self.spool.ids(), [])
 
     def test_abort_leaves_nothing(self):
-        incoming = self.spool.incoming()
-        incoming.write(b"partial")
-        incoming.abort()
+        for size in (10, IncomingMessage.IN_MEMORY + 1):
+            incoming = self.spool.incoming()
+            incoming.write(b"p" * size)
+            incoming.abort()
+            self.assertEqual(list(self.spool.tmp.iterdir()), [])
+
+    def test_small_message_held_until_finish_large_one_written_as_it_comes(self):
+        small, large = self.spool.incoming(), self.spool.incoming()
+        small.write(b"small\r\n")
+        large.write(b"L" * IncomingMessage.IN_MEMORY)
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
+        large.write(b"more\r\n")
+        self.assertEqual(list(self.spool.tmp.iterdir()), [large.path])
+        small.finish()
+        large.finish()
+        self.assertEqual(small.path.read_bytes(), b"small\r\n")
+        self.assertEqual(large.path.read_bytes(), b"L" * IncomingMessage.IN_MEMORY + b"more\r\n")
 
     def test_recover_removes_what_was_never_acknowledged(self):
-        self.spool.incoming().write(b"half a message")
+        self.spool.incoming().write(b"x" * (IncomingMessage.IN_MEMORY + 1))  # on disk
         (self.spool.msg / "ORPHAN").write_bytes(b"no envelope")
         self.spool.save(Envelope(id="KEPT", sender="a@b.test", recipients=[]))
         (self.spool.msg / "KEPT").write_bytes(MESSAGE)
