@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from mailsrv.store.delivery import fsync_directory
 from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
-from mailsrv.store.uidlist import UidList
+from mailsrv.store.uidlist import Record, UidList
 
 log = Logger()
 
@@ -33,6 +33,8 @@ FLAG_LETTERS = {
 }
 LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# atom-specials of RFC 3501 that may not be in a keyword ("]" included)
+KEYWORD_SPECIALS = frozenset('(){ %*"\\]')
 
 INFO_SEPARATOR = ":2,"
 SUBSCRIPTIONS = "subscriptions"
@@ -57,8 +59,10 @@ class MessageInfo:
 
     @ivar key: the Maildir base name without the info suffix: stable for the
         message's life (POP3 UIDL), whatever its flags.
-    @ivar flags: a frozenset of IMAP system flags (C{"\\Seen"}, ...).
+    @ivar flags: a frozenset of IMAP flags: system flags (C{"\\Seen"},
+        ...) and keywords (C{"$Junk"}, ...).
     @ivar internaldate: arrival time, seconds since the epoch.
+    @ivar modseq: the folder's MODSEQ at the message's last change (RFC 7162).
     """
 
     uid: int
@@ -67,19 +71,34 @@ class MessageInfo:
     size: int
     flags: frozenset
     internaldate: int
+    modseq: int
 
 
 class _Entry:
     """The mutable state of one message, owned by its L{Folder}."""
 
-    __slots__ = ("uid", "key", "name", "size", "internaldate")
+    __slots__ = ("uid", "key", "name", "size", "internaldate", "modseq", "keywords")
 
-    def __init__(self, uid, key, name, size, internaldate):
+    def __init__(self, uid, key, name, size, internaldate, modseq, keywords=()):
         self.uid = uid
         self.key = key
         self.name = name  # current file name in cur/
         self.size = size
         self.internaldate = internaldate
+        self.modseq = modseq
+        self.keywords = frozenset(keywords)
+
+    @property
+    def letters(self):
+        """The system-flag letters of the file name, sorted."""
+        return system_letters(split_name(self.name)[1])
+
+    def flags(self):
+        return flags_of(split_name(self.name)[1]) | self.keywords
+
+    def record(self):
+        return Record(self.uid, self.internaldate, self.size, self.modseq,
+                      self.letters, sorted(self.keywords))
 
 
 def split_name(name):
@@ -92,6 +111,16 @@ def split_name(name):
 
 def flags_of(letters):
     return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
+
+
+def system_letters(letters):
+    return "".join(sorted(c for c in letters if c in LETTER_FLAGS))
+
+
+def is_keyword(flag):
+    """An IMAP keyword (RFC 3501 flag-keyword): an atom, not a system flag."""
+    return bool(flag) and not flag.startswith("\\") and not (
+        set(flag) & KEYWORD_SPECIALS) and flag.isascii() and flag.isprintable()
 
 
 def size_from_key(key):
@@ -125,6 +154,9 @@ class Folder:
     flags). A change is announced to every listener but the one that made it
     (C{origin}), which learns the result from the call itself.
 
+    System flags live in the file names (other Maildir software reads them);
+    keywords and MODSEQs in the index.
+
     @ivar name: the IMAP name (C{"INBOX"}, C{"Archive/2024"}).
     @ivar path: the Maildir.
     """
@@ -151,6 +183,10 @@ class Folder:
     def uidnext(self):
         return self._index.uidnext
 
+    @property
+    def highestmodseq(self):
+        return self._index.highestmodseq
+
     def __len__(self):
         return len(self._entries)
 
@@ -164,6 +200,13 @@ class Folder:
 
     def uids(self):
         return sorted(self._entries)
+
+    def keywords(self):
+        """The keywords set on any message here, sorted."""
+        found = set()
+        for entry in self._entries.values():
+            found |= entry.keywords
+        return sorted(found)
 
     def open(self, uid):
         """
@@ -187,14 +230,14 @@ class Folder:
         """
         Bring the folder up to date with the disk: move C{new/} to C{cur/},
         give new files UIDs in arrival order, forget vanished files, pick up
-        flags other programs changed. Persists the index when UIDs changed
+        flags other programs changed (with a new MODSEQ). Persists the index
         and tells the listeners.
 
         @return: C{(added, expunged, flag_changes)}: lists of UIDs and a
             dict of UID to flags.
         """
         names = self._scan()
-        added, expunged, changes = [], [], {}
+        added, expunged, changed = [], [], []
         on_disk = {}
         for name in names:
             key, _ = split_name(name)
@@ -206,24 +249,25 @@ class Folder:
                 del self._entries[uid]
                 del self._by_key[entry.key]
             elif name != entry.name:
-                before = flags_of(split_name(entry.name)[1])
+                before = entry.letters
                 entry.name = name
-                after = flags_of(split_name(name)[1])
-                if after != before:
-                    changes[uid] = after
+                if entry.letters != before:
+                    changed.append(entry)
         for key in sorted(on_disk, key=arrival_order):
             entry = self._new_entry(key, on_disk[key])
             if entry is not None:
-                added.append(entry.uid)
-        if added or expunged:
-            self._save()
+                added.append(entry)
+        expunged.sort()
+        self._persist(added, changed, expunged)
+        changes = {entry.uid: entry.flags() for entry in changed}
+        added = [entry.uid for entry in added]
         self._notify(None, added, expunged, changes)
-        return added, sorted(expunged), changes
+        return added, expunged, changes
 
     def set_flags(self, uid, flags, origin=None):
         """
-        Replace the system flags of C{uid} (other flags are dropped: keywords
-        are not stored yet) by renaming its file.
+        Replace the flags of C{uid}: system flags by renaming its file,
+        keywords in the index. A change gives the message a new MODSEQ.
 
         @return: the flags now set, a frozenset.
         @raise KeyError: no such UID.
@@ -231,16 +275,21 @@ class Folder:
         """
         entry = self._entries[uid]
         key, letters = split_name(entry.name)
-        flags = frozenset(f for f in flags if f in FLAG_LETTERS)
+        system = frozenset(f for f in flags if f in FLAG_LETTERS)
+        keywords = frozenset(f for f in flags if is_keyword(f))
         # keep letters other software set (lower case keywords)
         others = "".join(c for c in letters if c not in LETTER_FLAGS)
-        new_letters = "".join(sorted({FLAG_LETTERS[f] for f in flags} | set(others)))
+        new_letters = "".join(sorted({FLAG_LETTERS[f] for f in system} | set(others)))
         new_name = key + INFO_SEPARATOR + new_letters
+        if new_name == entry.name and keywords == entry.keywords:
+            return entry.flags()
         if new_name != entry.name:
             os.rename(self.path / "cur" / entry.name, self.path / "cur" / new_name)
             entry.name = new_name
-            self._notify(origin, [], [], {uid: flags})
-        return flags
+        entry.keywords = keywords
+        self._persist([], [entry], [])
+        self._notify(origin, [], [], {uid: entry.flags()})
+        return entry.flags()
 
     def delete(self, uids, origin=None):
         """
@@ -258,12 +307,10 @@ class Folder:
                 os.unlink(self._path(entry))
             except FileNotFoundError:
                 pass
-            del self._entries[uid]
-            del self._by_key[entry.key]
+            self._drop(entry)
             removed.append(uid)
-        if removed:
-            self._save()
-            self._notify(origin, [], removed, {})
+        self._persist([], [], removed)
+        self._notify(origin, [], removed, {})
         return removed
 
     def add(self, data, flags=(), date=None):
@@ -273,13 +320,14 @@ class Folder:
         (RFC 3501 wants EXISTS for an APPEND to the selected mailbox).
 
         @param data: the message, L{bytes} or a binary file.
+        @param flags: system flags and keywords.
         @param date: its internal date (seconds); now when L{None}.
         @return: a Deferred of its UID.
         """
         if date is None:
             date = self.store.now()
         d = threads.deferToThread(_write_message, self.path, data, flags, date)
-        d.addCallback(self._added, date)
+        d.addCallback(self._added, date, flags)
         return d
 
     def copy(self, uid, other):
@@ -289,12 +337,47 @@ class Folder:
         @return: a Deferred of its UID in C{other}.
         """
         entry = self._entries[uid]
-        source = self._path(entry)
-        flags = flags_of(split_name(entry.name)[1])
+        flags = entry.flags()
         d = threads.deferToThread(
-            _write_message, other.path, source, flags, entry.internaldate
+            _write_message, other.path, self._path(entry), flags, entry.internaldate
         )
-        d.addCallback(other._added, entry.internaldate)
+        d.addCallback(other._added, entry.internaldate, flags)
+        return d
+
+    def move(self, uids, other, origin=None):
+        """
+        Move messages into Folder C{other} (IMAP MOVE) by renaming their
+        files, keeping flags and dates; C{cur/} of C{other} is fsync'd in a
+        thread before the Deferred fires.
+
+        @return: a Deferred of C{[(uid here, uid in other), ...]}, in UID
+            order; a message whose file vanished is left out.
+        """
+        moved, arrived, gone = [], [], []
+        try:
+            for uid in sorted(set(uids)):
+                entry = self._entries.get(uid)
+                if entry is None:
+                    continue
+                try:
+                    os.rename(self._path(entry), other.path / "cur" / entry.name)
+                except FileNotFoundError:
+                    continue
+                self._drop(entry)
+                gone.append(uid)
+                new = _Entry(other._index.allocate(), entry.key, entry.name,
+                             entry.size, entry.internaldate,
+                             other._index.next_modseq(), entry.keywords)
+                other._keep(new)
+                arrived.append(new)
+                moved.append((uid, new.uid))
+        finally:
+            self._persist([], [], gone)
+            other._persist(arrived, [], [])
+            self._notify(origin, [], gone, {})
+            other._notify(None, [new.uid for new in arrived], [], {})
+        d = threads.deferToThread(fsync_directory, other.path / "cur")
+        d.addCallback(lambda _: moved)
         return d
 
     # Internals
@@ -303,11 +386,18 @@ class Folder:
         return self.path / "cur" / entry.name
 
     def _info(self, entry):
-        key, letters = split_name(entry.name)
         return MessageInfo(
-            entry.uid, key, self._path(entry), entry.size, flags_of(letters),
-            entry.internaldate,
+            entry.uid, entry.key, self._path(entry), entry.size, entry.flags(),
+            entry.internaldate, entry.modseq,
         )
+
+    def _keep(self, entry):
+        self._entries[entry.uid] = entry
+        self._by_key[entry.key] = entry.uid
+
+    def _drop(self, entry):
+        del self._entries[entry.uid]
+        del self._by_key[entry.key]
 
     def _load(self):
         """
@@ -315,6 +405,8 @@ class Folder:
         there) but missing from the index means the index is older than the
         folder, say after a crash: its UIDs cannot be trusted, so the folder
         starts again with a new UIDVALIDITY rather than ever reusing a UID.
+        System flags that differ from what the index last saw changed while
+        the server was not looking: those messages get a new MODSEQ.
         """
         known = self._index.load()
         found = self._scan(move_new=False)
@@ -327,14 +419,19 @@ class Folder:
                 )
             self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
             known = {}
-        for key, (uid, internaldate, size) in known.items():
+        changed = []
+        for key, record in known.items():
             name = in_cur.get(key)
             if name is not None:
-                self._entries[uid] = _Entry(uid, key, name, size, internaldate)
-                self._by_key[key] = uid
+                entry = _Entry(record.uid, key, name, record.size, record.internaldate,
+                               record.modseq, record.keywords)
+                self._keep(entry)
+                if record.letters is not None and record.letters != entry.letters:
+                    changed.append(entry)
+        self._persist([], changed, [])
         added, expunged, _ = self.sync()
         if not (added or expunged) and len(self._entries) != len(known):
-            self._save()  # first index of this folder, or files vanished
+            self._snapshot()  # first index of this folder, or files vanished
 
     def _scan(self, move_new=True):
         """
@@ -374,26 +471,47 @@ class Folder:
             return None
         if size is None:
             size = st.st_size
-        uid = self._index.allocate()
-        entry = _Entry(uid, key, name, size, int(st.st_mtime))
-        self._entries[uid] = entry
-        self._by_key[key] = uid
+        entry = _Entry(self._index.allocate(), key, name, size, int(st.st_mtime),
+                       self._index.next_modseq())
+        self._keep(entry)
         return entry
 
-    def _added(self, name, date):
+    def _added(self, name, date, flags):
         key, _ = split_name(name)
-        uid = self._index.allocate()
-        size = size_from_key(key)
-        self._entries[uid] = _Entry(uid, key, name, size, int(date))
-        self._by_key[key] = uid
-        self._save()
-        self._notify(None, [uid], [], {})
-        return uid
+        entry = _Entry(self._index.allocate(), key, name, size_from_key(key), int(date),
+                       self._index.next_modseq(), filter(is_keyword, flags))
+        self._keep(entry)
+        self._persist([entry], [], [])
+        self._notify(None, [entry.uid], [], {})
+        return entry.uid
 
-    def _save(self):
+    def _persist(self, added, changed, removed):
+        """
+        Record changes in the index: appended lines, or a new snapshot when
+        the appended lines have grown larger than one. Flag changes and
+        removals take a new MODSEQ here (RFC 7162 wants HIGHESTMODSEQ to
+        grow at an expunge too).
+        """
+        if not (added or changed or removed):
+            return
+        for entry in changed:
+            entry.modseq = self._index.next_modseq()
+        if removed:
+            self._index.next_modseq()
+        if self._index.worth_a_snapshot(len(self._entries)):
+            self._snapshot()
+            return
+        if added:
+            self._index.append_added((e.key, e.record()) for e in added)
+        if changed:
+            self._index.append_flags(e.record() for e in changed)
+        if removed:
+            self._index.append_removed(removed)
+
+    def _snapshot(self):
         self._index.save(
-            (e.uid, e.internaldate, e.size, e.key)
-            for e in sorted(self._entries.values(), key=lambda e: e.uid)
+            (self._entries[uid].key, self._entries[uid].record())
+            for uid in sorted(self._entries)
         )
 
     def _notify(self, origin, added, expunged, changes):
@@ -418,7 +536,7 @@ class Folder:
 def _write_message(maildir, data, flags, date):
     """
     Write a message into C{tmp/}, fsync it, date it and rename it into
-    C{cur/} with its flags; fsync C{cur/}. Runs in a thread.
+    C{cur/} with its system flags; fsync C{cur/}. Runs in a thread.
 
     @param data: L{bytes}, a binary file, or a path to copy.
     @return: the new file name in C{cur/}.
@@ -447,7 +565,6 @@ def _write_message(maildir, data, flags, date):
             temporary.unlink()
         raise
     return name
-
 
 class MailStore:
     """
