@@ -27,6 +27,7 @@ class MailRealm:
             avatarId = avatarId.decode("utf-8")
         for interface in interfaces:
             if interface is imap4.IAccount:
+                self.store.create_special_folders(avatarId)
                 return interface, Account(self.store, avatarId), _nothing
             if interface is pop3.IMailbox:
                 return self._pop3_mailbox(avatarId)

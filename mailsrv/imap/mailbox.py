@@ -22,6 +22,7 @@ from zope.interface import implementer
 from mailsrv.imap.search import compile_search
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
+    SPECIAL_USE,
     FolderError,
     FolderExists,
     NoSuchFolder,
@@ -108,7 +109,7 @@ class Account:
             return [("", _Info(["\\Noselect"]))]
         pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
         return [
-            (name, _Info())
+            (name, _Info([SPECIAL_USE[name]] if name in SPECIAL_USE else []))
             for name in self.store.folders(self.user)
             if pattern.fullmatch(name)
         ]
@@ -145,7 +146,8 @@ class Mailbox:
     # Info
 
     def getFlags(self):
-        return list(PERMANENT_FLAGS)
+        """The system flags and the keywords in use here (SELECT's FLAGS)."""
+        return list(PERMANENT_FLAGS) + self.folder.keywords()
 
     def getHierarchicalDelimiter(self):
         return DELIMITER
@@ -189,6 +191,7 @@ class Mailbox:
             "UIDNEXT": self.folder.uidnext,
             "UIDVALIDITY": self.folder.uidvalidity,
             "UNSEEN": sum(1 for i in self.folder.messages() if "\\Seen" not in i.flags),
+            "HIGHESTMODSEQ": self.folder.highestmodseq,
         }
         return {name.upper(): values[name.upper()] for name in names
                 if name.upper() in values}
@@ -251,30 +254,49 @@ class Mailbox:
     # Messages
 
     def fetch(self, messages, uid):
-        return [
-            (seq, Message(self.folder, self.folder.message(u)))
-            for seq, u in self._resolve(messages, uid)
-            if u not in self.pending
-        ]
+        """
+        C{(seq, Message)} pairs; a L{ChangedSince} set keeps only messages
+        changed after its MODSEQ (RFC 7162 CHANGEDSINCE).
+        """
+        since = getattr(messages, "changedsince", None)
+        found = []
+        for seq, u in self.resolve(messages, uid):
+            if u not in self.pending:
+                info = self.folder.message(u)
+                if since is None or info.modseq > since:
+                    found.append((seq, Message(self.folder, info)))
+        return found
 
-    def store(self, messages, flags, mode, uid):
+    def store(self, messages, flags, mode, uid, unchangedsince=None):
+        """
+        Set, add (C{mode} > 0) or remove (< 0) flags.
+
+        @param unchangedsince: a MODSEQ: messages changed since are left
+            alone (RFC 7162 UNCHANGEDSINCE).
+        @return: C{({seq: MessageInfo}, [seqs left alone])}: the messages
+            stored, and those C{unchangedsince} protected.
+        """
         flags = set(flags)
-        result = {}
-        for seq, u in self._resolve(messages, uid):
+        result, modified = {}, []
+        for seq, u in self.resolve(messages, uid):
             if u in self.pending:
                 continue
-            current = self.folder.message(u).flags
+            current = self.folder.message(u)
+            if unchangedsince is not None and current.modseq > unchangedsince:
+                modified.append(seq)
+                continue
             if mode > 0:
-                wanted = current | flags
+                wanted = current.flags | flags
             elif mode < 0:
-                wanted = current - flags
+                wanted = current.flags - flags
             else:
                 wanted = flags
             try:
-                result[seq] = sorted(self.folder.set_flags(u, wanted, origin=self))
+                self.folder.set_flags(u, wanted, origin=self)
             except FileNotFoundError:
                 continue  # removed under us: the next sync tells the client
-        return result
+            result[seq] = self.folder.message(u)
+        return result, modified
 
     def mark_seen(self, seqs):
         """
@@ -292,16 +314,30 @@ class Mailbox:
                 except FileNotFoundError:
                     continue
 
-    def expunge(self):
+    def expunge(self, uids=None):
+        """
+        Remove the messages marked \\Deleted; with C{uids} (UID EXPUNGE,
+        RFC 4315), only those among them.
+
+        @return: their sequence numbers, highest first.
+        """
         doomed = [
-            u for u in self.view
-            if u not in self.pending and "\\Deleted" in self.folder.message(u).flags
+            u for u in self.view if u not in self.pending
+            and (uids is None or u in uids)
+            and "\\Deleted" in self.folder.message(u).flags
         ]
-        removed = self.folder.delete(doomed, origin=self)
-        seqs = sorted((self._seq(u) for u in removed), reverse=True)
-        for seq in seqs:
-            del self.view[seq - 1]
-        return seqs
+        return self._forget(self.folder.delete(doomed, origin=self))
+
+    def move(self, messages, uid, target):
+        """
+        Move messages into Mailbox C{target} (RFC 6851).
+
+        @return: a Deferred of C{([(uid, new uid)], [expunged seqs])}: the
+            pairs in UID order, the sequence numbers highest first.
+        """
+        uids = [u for _, u in self.resolve(messages, uid) if u not in self.pending]
+        d = self.folder.move(uids, target.folder, origin=self)
+        return d.addCallback(lambda pairs: (pairs, self._forget(u for u, _ in pairs)))
 
     def addMessage(self, message, flags=(), date=None):
         return self.folder.add(message, flags, date)
@@ -311,8 +347,9 @@ class Mailbox:
 
     def search(self, query, uid):
         """
-        @return: a Deferred of matching sequence numbers. Criteria that need
-            the message text are evaluated in a thread.
+        @return: C{(sequence numbers, uses_modseq)} or a Deferred of it
+            (criteria that need the message text are evaluated in a
+            thread); C{uses_modseq} says whether MODSEQ was a criterion.
         """
         matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
         candidates = [
@@ -325,10 +362,18 @@ class Mailbox:
             return [seq for seq, message in candidates if matcher(seq, message)]
 
         if matcher.needs_text:
-            return threads.deferToThread(run)
-        return run()
+            return threads.deferToThread(run).addCallback(
+                lambda seqs: (seqs, matcher.uses_modseq))
+        return run(), matcher.uses_modseq
 
     # Internals
+
+    def _forget(self, uids):
+        """Drop C{uids} from the view; their sequence numbers, highest first."""
+        seqs = sorted((self._seq(u) for u in uids), reverse=True)
+        for seq in seqs:
+            del self.view[seq - 1]
+        return seqs
 
     def _infos(self):
         return [self.folder.message(u) for u in self.view if u not in self.pending]
@@ -339,7 +384,7 @@ class Mailbox:
             return i + 1
         return None
 
-    def _resolve(self, messages, uid):
+    def resolve(self, messages, uid):
         """C{(seq, uid)} pairs for a MessageSet of UIDs or sequence numbers."""
         if not self.view:
             return []
@@ -459,6 +504,14 @@ class MessagePart:
         if not self.part.is_multipart():
             raise IndexError(part)
         return MessagePart(self.part.get_payload()[part])
+
+
+class ChangedSince:
+    """A message set for FETCH with the CHANGEDSINCE modifier (RFC 7162)."""
+
+    def __init__(self, messages, changedsince):
+        self.ranges = messages.ranges
+        self.changedsince = changedsince
 
 
 def parse_header_bytes(data):

@@ -27,9 +27,10 @@ _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
 
 
 class _Matcher:
-    def __init__(self, test, needs_text):
+    def __init__(self, test, needs_text, uses_modseq):
         self.test = test
         self.needs_text = needs_text
+        self.uses_modseq = uses_modseq
 
     def __call__(self, seq, message):
         return self.test(seq, message)
@@ -38,18 +39,20 @@ class _Matcher:
 def compile_search(query, last_seq, last_uid):
     """
     @param query: the parsed criteria: a list of L{bytes} and nested lists.
-    @return: a callable C{(seq, message) -> bool} with a C{needs_text}
-        attribute (whether it reads message files).
+    @return: a callable C{(seq, message) -> bool} with attributes
+        C{needs_text} (whether it reads message files) and C{uses_modseq}
+        (the criteria have MODSEQ: RFC 7162 wants the highest in the reply).
     @raise imap4.IllegalQueryError: the criteria are malformed.
     """
-    state = {"text": False}
+    state = {"text": False, "modseq": False}
     tokens = list(query)
     if not tokens:
         raise imap4.IllegalQueryError("missing search criteria")
     tests = []
     while tokens:
         tests.append(_one(tokens, last_seq, last_uid, state))
-    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"])
+    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"],
+                    state["modseq"])
 
 
 def _pop(tokens, what):
@@ -77,8 +80,17 @@ def _one(tokens, last_seq, last_uid, state):
         return lambda s, m: s in seqs
     key = token.decode("ascii", "replace").upper()
     if key in ("KEYWORD", "UNKEYWORD"):
-        _pop(tokens, "keyword")  # keywords are not stored: none is ever set
-        return lambda s, m: key == "UNKEYWORD"
+        keyword = _pop(tokens, "keyword").decode("ascii", "replace")
+        present = key == "KEYWORD"
+        return lambda s, m: (keyword in m.info.flags) == present
+    if key == "MODSEQ":
+        value = _pop(tokens, "mod-sequence")
+        if not value.isdigit():  # an entry name and type: all entries count
+            _pop(tokens, "entry type")
+            value = _pop(tokens, "mod-sequence")
+        modseq = _number(value)
+        state["modseq"] = True
+        return lambda s, m: m.info.modseq >= modseq
     if key in ("ALL", "OLD"):
         return lambda s, m: True
     if key in ("NEW", "RECENT"):  # \Recent is never set

@@ -12,6 +12,7 @@ import os
 import shutil
 import weakref
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from twisted.internet import threads
@@ -35,6 +36,14 @@ LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # atom-specials of RFC 3501 that may not be in a keyword ("]" included)
 KEYWORD_SPECIALS = frozenset('(){ %*"\\]')
+
+# Folders every user has, with their RFC 6154 attribute.
+SPECIAL_USE = {
+    "Drafts": "\\Drafts",
+    "Sent": "\\Sent",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+}
 
 INFO_SEPARATOR = ":2,"
 SUBSCRIPTIONS = "subscriptions"
@@ -315,7 +324,8 @@ class Folder:
 
     def add(self, data, flags=(), date=None):
         """
-        Store a new message (IMAP APPEND): written and fsync'd in a thread.
+        Store a new message (IMAP APPEND): written and fsync'd in a thread,
+        bare LF line ends made CRLF (so sizes are what POP3 and IMAP send).
         Every listener hears of it, the session that added it included
         (RFC 3501 wants EXISTS for an APPEND to the selected mailbox).
 
@@ -326,7 +336,10 @@ class Folder:
         """
         if date is None:
             date = self.store.now()
-        d = threads.deferToThread(_write_message, self.path, data, flags, date)
+        if isinstance(data, bytes):
+            data = BytesIO(data)
+        d = threads.deferToThread(
+            _write_message, self.path, _crlf_lines(data), flags, date)
         d.addCallback(self._added, date, flags)
         return d
 
@@ -538,20 +551,18 @@ def _write_message(maildir, data, flags, date):
     Write a message into C{tmp/}, fsync it, date it and rename it into
     C{cur/} with its system flags; fsync C{cur/}. Runs in a thread.
 
-    @param data: L{bytes}, a binary file, or a path to copy.
+    @param data: a path to copy, or an iterable of L{bytes}.
     @return: the new file name in C{cur/}.
     """
     maildir = Path(maildir)
     temporary = maildir / "tmp" / unique_name(0)
     try:
         with open(temporary, "xb") as out:
-            if isinstance(data, bytes):
-                out.write(data)
-            elif isinstance(data, (str, Path)):
+            if isinstance(data, (str, Path)):
                 with open(data, "rb") as source:
                     shutil.copyfileobj(source, out, 1 << 20)
             else:
-                shutil.copyfileobj(data, out, 1 << 20)
+                out.writelines(data)
             out.flush()
             os.fsync(out.fileno())
             size = out.tell()
@@ -565,6 +576,14 @@ def _write_message(maildir, data, flags, date):
             temporary.unlink()
         raise
     return name
+
+def _crlf_lines(lines):
+    """The lines of a binary file with a bare LF ending made CRLF."""
+    for line in lines:
+        if line.endswith(b"\n") and not line.endswith(b"\r\n"):
+            line = line[:-1] + b"\r\n"
+        yield line
+
 
 class MailStore:
     """
@@ -715,6 +734,17 @@ class MailStore:
             if source in self.subscriptions(user):
                 self.unsubscribe(user, source)
                 self.subscribe(user, target)
+
+    def create_special_folders(self, user):
+        """
+        Create (and subscribe) the L{SPECIAL_USE} folders the user lacks:
+        done at each IMAP login, so clients always find Drafts, Sent, Trash
+        and Junk.
+        """
+        for name in SPECIAL_USE:
+            if not (self.maildir(user, name) / "cur").is_dir():
+                self.create_folder(user, name)
+                self.subscribe(user, name)
 
     # Subscriptions (IMAP LSUB): one name a line in <inbox>/subscriptions.
 
