@@ -599,6 +599,7 @@ class MailStore:
         self.clock = clock
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
+        self._maildrop_locks = set()
 
     def now(self):
         return int(self.clock.seconds())
@@ -608,6 +609,20 @@ class MailStore:
         value = max(self.now(), self._last_uidvalidity + 1, previous + 1)
         self._last_uidvalidity = value
         return value
+
+    def lock_maildrop(self, user):
+        """
+        Take the user's POP3 maildrop lock (one POP3 session at a time).
+
+        @return: whether it was free.
+        """
+        if user in self._maildrop_locks:
+            return False
+        self._maildrop_locks.add(user)
+        return True
+
+    def unlock_maildrop(self, user):
+        self._maildrop_locks.discard(user)
 
     def maildir(self, user, folder="INBOX"):
         """Where mail for C{user}'s C{folder} is delivered (no I/O)."""
