@@ -12,6 +12,8 @@ import bisect
 import email.parser
 import email.policy
 import email.utils
+import functools
+import re
 from io import BytesIO
 
 from twisted.internet import threads
@@ -255,17 +257,17 @@ class Mailbox:
 
     def fetch(self, messages, uid):
         """
-        C{(seq, Message)} pairs; a L{ChangedSince} set keeps only messages
+        C{(seq, Message)} pairs, made as they are consumed (a FETCH of a big
+        folder may take several reactor turns: a message expunged
+        meanwhile is left out); a L{ChangedSince} set keeps only messages
         changed after its MODSEQ (RFC 7162 CHANGEDSINCE).
         """
         since = getattr(messages, "changedsince", None)
-        found = []
         for seq, u in self.resolve(messages, uid):
             if u not in self.pending:
                 info = self.folder.message(u)
                 if since is None or info.modseq > since:
-                    found.append((seq, Message(self.folder, info)))
-        return found
+                    yield seq, Message(self.folder, info)
 
     def store(self, messages, flags, mode, uid, unchangedsince=None):
         """
@@ -437,14 +439,28 @@ class Message:
     def header_bytes(self):
         """The header block as stored, with its ending empty line."""
         if self._header is None:
+            data = b""
             with self.open() as f:
-                lines = []
-                for line in f:
-                    lines.append(line)
-                    if line in (b"\r\n", b"\n"):
+                while True:
+                    chunk = f.read(8192)
+                    data += chunk
+                    end = _header_end(data)
+                    if end is not None or not chunk:
                         break
-            self._header = b"".join(lines)
+            self._header = data if end is None else data[:end]
         return self._header
+
+    def header(self, name):
+        """
+        The first C{name} field's value, unfolded, as text (UTF-8, or
+        Latin-1 bytes kept as they are), or L{None}. Much cheaper than
+        L{getHeaders}: SEARCH calls it for every message of a folder.
+        """
+        match = _field_pattern(name.lower()).search(self.header_bytes())
+        if match is None:
+            return None
+        value = _FOLD.sub(b" ", match.group(1)).strip()
+        return value.decode("utf-8", "surrogateescape")
 
     def getHeaders(self, negate, *names):
         return _headers(parse_header_bytes(self.header_bytes()), negate, names)
@@ -512,6 +528,26 @@ class ChangedSince:
     def __init__(self, messages, changedsince):
         self.ranges = messages.ranges
         self.changedsince = changedsince
+
+
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+@functools.lru_cache(maxsize=64)
+def _field_pattern(name):
+    """A pattern whose group 1 is the (folded) value of header field C{name}."""
+    return re.compile(
+        rb"^" + re.escape(name.encode("ascii", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
+def _header_end(data):
+    """Where the header block in C{data} ends (after its empty line), or L{None}."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return 1 if data[:1] == b"\n" else 2
+    ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+    return min(ends) if ends else None
 
 
 def parse_header_bytes(data):

@@ -178,7 +178,7 @@ def _internal_day(message):
 
 
 def _sent_day(message):
-    value = message.getHeaders(False, "date").get("date")
+    value = message.header("date")
     try:
         return email.utils.parsedate_to_datetime(value).date()
     except (TypeError, ValueError, IndexError):
@@ -187,10 +187,11 @@ def _sent_day(message):
 
 def _header(message, name):
     """A header's value, RFC 2047 words decoded, lower case ("" if absent)."""
-    headers = message.getHeaders(False, name)
-    if name not in headers:
+    raw = message.header(name)
+    if raw is None:
         return ""
-    raw = headers[name]
+    if "=?" not in raw:
+        return raw.lower()
     try:
         return str(email.header.make_header(email.header.decode_header(raw))).lower()
     except (ValueError, LookupError, UnicodeDecodeError):

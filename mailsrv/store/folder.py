@@ -8,19 +8,22 @@ thread; their UIDs are still assigned on the reactor thread, which is the only
 place that changes a folder's in-memory state.
 """
 
+import functools
 import os
 import shutil
+import sys
+import time
 import weakref
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 from twisted.internet import threads
 from twisted.logger import Logger
 
 from mailsrv.store.delivery import fsync_directory
 from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
-from mailsrv.store.uidlist import Record, UidList
+from mailsrv.store.uidlist import UidList
 
 log = Logger()
 
@@ -46,6 +49,9 @@ SPECIAL_USE = {
 }
 
 INFO_SEPARATOR = ":2,"
+# A directory modified longer ago than this (seconds) has a trustworthy
+# mtime: a later change must give it a different one.
+SETTLED = 2
 SUBSCRIPTIONS = "subscriptions"
 
 
@@ -61,10 +67,10 @@ class FolderExists(FolderError):
     pass
 
 
-@dataclass(frozen=True)
-class MessageInfo:
+class MessageInfo(NamedTuple):
     """
-    One message as the folder knew it when asked.
+    One message as the folder knew it when asked (a tuple: a FETCH of a
+    big folder makes one per message).
 
     @ivar key: the Maildir base name without the info suffix: stable for the
         message's life (POP3 UIDL), whatever its flags.
@@ -72,56 +78,82 @@ class MessageInfo:
         ...) and keywords (C{"$Junk"}, ...).
     @ivar internaldate: arrival time, seconds since the epoch.
     @ivar modseq: the folder's MODSEQ at the message's last change (RFC 7162).
+    @ivar name: the file name in C{cur/} when asked.
     """
 
     uid: int
     key: str
-    path: Path
     size: int
     flags: frozenset
     internaldate: int
     modseq: int
+    name: str
+    folder: object
+
+    @property
+    def path(self):
+        """The file (built on demand: listings need no Path objects)."""
+        return self.folder.path / "cur" / self.name
+
+
+_NO_KEYWORDS = frozenset()
 
 
 class _Entry:
-    """The mutable state of one message, owned by its L{Folder}."""
+    """
+    The mutable state of one message, owned by its L{Folder}; there are
+    as many as messages, so it keeps little: the file name is C{key +
+    suffix}, and the few distinct suffixes (C{":2,"}, C{":2,S"} ...) are
+    shared strings.
+    """
 
-    __slots__ = ("uid", "key", "name", "size", "internaldate", "modseq", "keywords")
+    __slots__ = ("uid", "key", "suffix", "size", "internaldate", "modseq", "keywords")
 
-    def __init__(self, uid, key, name, size, internaldate, modseq, keywords=()):
+    def __init__(self, uid, key, suffix, size, internaldate, modseq, keywords=()):
         self.uid = uid
         self.key = key
-        self.name = name  # current file name in cur/
+        self.suffix = sys.intern(suffix)
         self.size = size
         self.internaldate = internaldate
         self.modseq = modseq
-        self.keywords = frozenset(keywords)
+        self.keywords = frozenset(keywords) if keywords else _NO_KEYWORDS
+
+    @property
+    def name(self):
+        """The current file name in C{cur/}."""
+        return self.key + self.suffix
 
     @property
     def letters(self):
         """The system-flag letters of the file name, sorted."""
-        return system_letters(split_name(self.name)[1])
+        return system_letters(info_letters(self.suffix))
 
     def flags(self):
-        return flags_of(split_name(self.name)[1]) | self.keywords
+        return flags_of(info_letters(self.suffix)) | self.keywords
 
     def record(self):
-        return Record(self.uid, self.internaldate, self.size, self.modseq,
-                      self.letters, sorted(self.keywords))
+        """The index's tuple (L{UidList.save})."""
+        return (self.key, self.uid, self.internaldate, self.size, self.modseq,
+                self.letters, tuple(sorted(self.keywords)))
 
 
 def split_name(name):
-    """C{"key:2,FS"} -> C{("key", "FS")}; a name without info has C{""}."""
-    key, sep, letters = name.partition(INFO_SEPARATOR)
-    if not sep:
-        key = name.partition(":")[0]
-    return key, letters
+    """C{"key:2,FS"} -> C{("key", ":2,FS")}: a key never holds C{":"}."""
+    key, sep, rest = name.partition(":")
+    return key, sep + rest
 
 
+def info_letters(suffix):
+    """The letters of a C{":2,<letters>"} suffix; other suffixes have none."""
+    return suffix[3:] if suffix.startswith(INFO_SEPARATOR) else ""
+
+
+@functools.lru_cache(maxsize=256)
 def flags_of(letters):
     return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
 
 
+@functools.lru_cache(maxsize=256)
 def system_letters(letters):
     return "".join(sorted(c for c in letters if c in LETTER_FLAGS))
 
@@ -177,7 +209,7 @@ class Folder:
         self.path = Path(path)
         self.listeners = []
         self._entries = {}  # uid -> _Entry
-        self._by_key = {}  # key -> uid
+        self._clean_stamp = None  # see sync()
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
         self._load()
@@ -224,7 +256,7 @@ class Folder:
         @raise KeyError: no such UID.
         @raise OSError: the file vanished (another program removed it).
         """
-        return open(self._path(self._entries[uid]), "rb")
+        return open(os.path.join(self.path, "cur", self._entries[uid].name), "rb")
 
     # Changing
 
@@ -242,30 +274,47 @@ class Folder:
         flags other programs changed (with a new MODSEQ). Persists the index
         and tells the listeners.
 
+        Skipped when neither C{cur/} nor C{new/} changed since a scan that
+        found them settled (modified over L{SETTLED} seconds before): a
+        NOOP or IDLE in a big folder costs two C{stat}s, not a listing.
+
         @return: C{(added, expunged, flag_changes)}: lists of UIDs and a
             dict of UID to flags.
         """
-        names = self._scan()
-        added, expunged, changed = [], [], []
-        on_disk = {}
-        for name in names:
-            key, _ = split_name(name)
-            on_disk[key] = name
+        stamp = self._stamp()
+        if stamp is not None and stamp == self._clean_stamp:
+            return [], [], {}
+        result = self._apply(self._move_new(self._scan()))
+        self._settle(stamp)
+        return result
+
+    def _settle(self, stamp):
+        """A scan that began at C{stamp} is complete: trust it if settled."""
+        settled = stamp is not None and max(stamp) < (time.time() - SETTLED) * 10**9
+        self._clean_stamp = stamp if settled else None
+
+    def _stamp(self):
+        try:
+            return (os.stat(self.path / "cur").st_mtime_ns,
+                    os.stat(self.path / "new").st_mtime_ns)
+        except FileNotFoundError:
+            return None
+
+    def _apply(self, names):
+        """L{sync} for the names now in C{cur/}."""
+        expunged, changed = [], []
+        on_disk = dict(map(split_name, names))  # key -> suffix
         for uid, entry in list(self._entries.items()):
-            name = on_disk.pop(entry.key, None)
-            if name is None:
+            suffix = on_disk.pop(entry.key, None)
+            if suffix is None:
                 expunged.append(uid)
                 del self._entries[uid]
-                del self._by_key[entry.key]
-            elif name != entry.name:
+            elif suffix != entry.suffix:
                 before = entry.letters
-                entry.name = name
+                entry.suffix = sys.intern(suffix)
                 if entry.letters != before:
                     changed.append(entry)
-        for key in sorted(on_disk, key=arrival_order):
-            entry = self._new_entry(key, on_disk[key])
-            if entry is not None:
-                added.append(entry)
+        added = self._new_entries(on_disk)
         expunged.sort()
         self._persist(added, changed, expunged)
         changes = {entry.uid: entry.flags() for entry in changed}
@@ -283,18 +332,19 @@ class Folder:
         @raise OSError: the file vanished.
         """
         entry = self._entries[uid]
-        key, letters = split_name(entry.name)
+        letters = info_letters(entry.suffix)
         system = frozenset(f for f in flags if f in FLAG_LETTERS)
         keywords = frozenset(f for f in flags if is_keyword(f))
         # keep letters other software set (lower case keywords)
         others = "".join(c for c in letters if c not in LETTER_FLAGS)
         new_letters = "".join(sorted({FLAG_LETTERS[f] for f in system} | set(others)))
-        new_name = key + INFO_SEPARATOR + new_letters
-        if new_name == entry.name and keywords == entry.keywords:
+        suffix = INFO_SEPARATOR + new_letters
+        if suffix == entry.suffix and keywords == entry.keywords:
             return entry.flags()
-        if new_name != entry.name:
-            os.rename(self.path / "cur" / entry.name, self.path / "cur" / new_name)
-            entry.name = new_name
+        if suffix != entry.suffix:
+            os.rename(self.path / "cur" / entry.name,
+                      self.path / "cur" / (entry.key + suffix))
+            entry.suffix = sys.intern(suffix)
         entry.keywords = keywords
         self._persist([], [entry], [])
         self._notify(origin, [], [], {uid: entry.flags()})
@@ -316,7 +366,7 @@ class Folder:
                 os.unlink(self._path(entry))
             except FileNotFoundError:
                 pass
-            self._drop(entry)
+            del self._entries[uid]
             removed.append(uid)
         self._persist([], [], removed)
         self._notify(origin, [], removed, {})
@@ -376,12 +426,12 @@ class Folder:
                     os.rename(self._path(entry), other.path / "cur" / entry.name)
                 except FileNotFoundError:
                     continue
-                self._drop(entry)
+                del self._entries[uid]
                 gone.append(uid)
-                new = _Entry(other._index.allocate(), entry.key, entry.name,
+                new = _Entry(other._index.allocate(), entry.key, entry.suffix,
                              entry.size, entry.internaldate,
                              other._index.next_modseq(), entry.keywords)
-                other._keep(new)
+                other._entries[new.uid] = new
                 arrived.append(new)
                 moved.append((uid, new.uid))
         finally:
@@ -400,17 +450,9 @@ class Folder:
 
     def _info(self, entry):
         return MessageInfo(
-            entry.uid, entry.key, self._path(entry), entry.size, entry.flags(),
-            entry.internaldate, entry.modseq,
+            entry.uid, entry.key, entry.size, entry.flags(), entry.internaldate,
+            entry.modseq, entry.name, self,
         )
-
-    def _keep(self, entry):
-        self._entries[entry.uid] = entry
-        self._by_key[entry.key] = entry.uid
-
-    def _drop(self, entry):
-        del self._entries[entry.uid]
-        del self._by_key[entry.key]
 
     def _load(self):
         """
@@ -422,8 +464,9 @@ class Folder:
         the server was not looking: those messages get a new MODSEQ.
         """
         known = self._index.load()
-        found = self._scan(move_new=False)
-        in_cur = {split_name(n)[0]: n for n, where in found.items() if where == "cur"}
+        stamp = self._stamp()
+        found = self._scan()
+        in_cur = dict(split_name(n) for n, where in found.items() if where == "cur")
         if known is None or not in_cur.keys() <= known.keys():
             if known:
                 log.warn(
@@ -433,24 +476,25 @@ class Folder:
             self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
             known = {}
         changed = []
-        for key, record in known.items():
-            name = in_cur.get(key)
-            if name is not None:
-                entry = _Entry(record.uid, key, name, record.size, record.internaldate,
-                               record.modseq, record.keywords)
-                self._keep(entry)
-                if record.letters is not None and record.letters != entry.letters:
+        for key, (uid, internaldate, size, modseq, letters, keywords) in known.items():
+            suffix = in_cur.pop(key, None)
+            if suffix is not None:
+                entry = _Entry(uid, key, suffix, size, internaldate, modseq, keywords)
+                self._entries[uid] = entry
+                # (the first test is a shortcut for the usual ":2,<letters>")
+                if letters is not None and suffix[3:] != letters and letters != entry.letters:
                     changed.append(entry)
-        self._persist([], changed, [])
-        added, expunged, _ = self.sync()
-        if not (added or expunged) and len(self._entries) != len(known):
-            self._snapshot()  # first index of this folder, or files vanished
+        # after a reset all of cur/ is new to the index; new/ always is
+        new = self._move_new({n: where for n, where in found.items() if where == "new"})
+        in_cur.update(map(split_name, new))
+        added = self._new_entries(in_cur)
+        self._persist(added, changed, [])
+        self._settle(stamp)
+        if len(self._entries) - len(added) != len(known):
+            self._snapshot()  # files vanished while the server was down
 
-    def _scan(self, move_new=True):
-        """
-        The message file names now in C{cur/} (after moving C{new/} there).
-        With C{move_new=False}, a dict of name -> C{"new"} or C{"cur"}.
-        """
+    def _scan(self):
+        """The message file names in C{cur/} and C{new/}: name -> C{"cur"} or C{"new"}."""
         found = {}
         for where in ("cur", "new"):
             try:
@@ -461,13 +505,15 @@ class Folder:
             for name in names:
                 if not name.startswith(".") and "\n" not in name:
                     found[name] = where
-        if not move_new:
-            return found
+        return found
+
+    def _move_new(self, found):
+        """Move the C{new/} files of a L{_scan} to C{cur/}; the names now there."""
         result = []
         for name, where in found.items():
             if where == "new":
-                key, letters = split_name(name)
-                target = key + INFO_SEPARATOR + letters
+                key, suffix = split_name(name)
+                target = key + INFO_SEPARATOR + info_letters(suffix)
                 try:
                     os.rename(self.path / "new" / name, self.path / "cur" / target)
                 except FileNotFoundError:
@@ -476,24 +522,29 @@ class Folder:
             result.append(name)
         return result
 
-    def _new_entry(self, key, name):
+    def _new_entries(self, names):
+        """Entries for new files (key -> suffix), with UIDs in arrival order."""
+        entries = (self._new_entry(key, names[key]) for key in sorted(names, key=arrival_order))
+        return [entry for entry in entries if entry is not None]
+
+    def _new_entry(self, key, suffix):
         size = size_from_key(key)
         try:
-            st = os.stat(self.path / "cur" / name)
+            st = os.stat(self.path / "cur" / (key + suffix))
         except FileNotFoundError:
             return None
         if size is None:
             size = st.st_size
-        entry = _Entry(self._index.allocate(), key, name, size, int(st.st_mtime),
+        entry = _Entry(self._index.allocate(), key, suffix, size, int(st.st_mtime),
                        self._index.next_modseq())
-        self._keep(entry)
+        self._entries[entry.uid] = entry
         return entry
 
     def _added(self, name, date, flags):
-        key, _ = split_name(name)
-        entry = _Entry(self._index.allocate(), key, name, size_from_key(key), int(date),
+        key, suffix = split_name(name)
+        entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
                        self._index.next_modseq(), filter(is_keyword, flags))
-        self._keep(entry)
+        self._entries[entry.uid] = entry
         self._persist([entry], [], [])
         self._notify(None, [entry.uid], [], {})
         return entry.uid
@@ -515,17 +566,14 @@ class Folder:
             self._snapshot()
             return
         if added:
-            self._index.append_added((e.key, e.record()) for e in added)
+            self._index.append_added(e.record() for e in added)
         if changed:
             self._index.append_flags(e.record() for e in changed)
         if removed:
             self._index.append_removed(removed)
 
     def _snapshot(self):
-        self._index.save(
-            (self._entries[uid].key, self._entries[uid].record())
-            for uid in sorted(self._entries)
-        )
+        self._index.save(self._entries[uid].record() for uid in sorted(self._entries))
 
     def _notify(self, origin, added, expunged, changes):
         for listener in list(self.listeners):
@@ -542,7 +590,6 @@ class Folder:
         """The folder was deleted: every session sees all messages expunged."""
         uids = sorted(self._entries)
         self._entries.clear()
-        self._by_key.clear()
         self._notify(None, [], uids, {})
 
 

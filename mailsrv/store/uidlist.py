@@ -26,34 +26,15 @@ VERSION = "2"
 READABLE_VERSIONS = ("1", "2")
 
 
-class Record:
-    """
-    What the index knows about one message.
-
-    @ivar letters: the system-flag letters (C{"FS"}) the index last saw in
-        the file name, or L{None} when it does not know (a version 1 index).
-    @ivar keywords: a tuple of IMAP keywords, sorted.
-    """
-
-    __slots__ = ("uid", "internaldate", "size", "modseq", "letters", "keywords")
-
-    def __init__(self, uid, internaldate, size, modseq, letters, keywords=()):
-        self.uid = uid
-        self.internaldate = internaldate
-        self.size = size
-        self.modseq = modseq
-        self.letters = letters
-        self.keywords = tuple(keywords)
-
-
 def _flag_field(letters, keywords):
     return " ".join((":" + letters,) + tuple(keywords))
 
 
 def _parse_flag_field(text):
+    """C{":FS $a b"} -> C{("FS", ("$a", "b"))}."""
+    if " " not in text:
+        return text[1:], ()
     letters, *keywords = text.split(" ")
-    if not letters.startswith(":"):
-        raise ValueError("bad flags field")
     return letters[1:], tuple(k for k in keywords if k)
 
 
@@ -81,8 +62,11 @@ class UidList:
         """
         Read the file.
 
-        @return: a dict of key -> L{Record}, or L{None} when there is no
-            usable file (missing, or damaged: logged).
+        @return: a dict of key -> C{(uid, internaldate, size, modseq,
+            letters, keywords)}, or L{None} when there is no usable file
+            (missing, or damaged: logged). C{letters} are the system-flag
+            letters the index last saw in the file name, L{None} when it
+            does not know (a version 1 index); C{keywords} a tuple.
         """
         try:
             with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
@@ -108,42 +92,48 @@ class UidList:
             raise ValueError("unknown header")
         version = header[1]
         uidvalidity, uidnext = int(header[2]), int(header[3])
-        highest = int(header[4]) if version == "2" else 0
+        highest = int(header[4]) if version == "2" else 1
         if uidvalidity <= 0:
             raise ValueError("bad UIDVALIDITY")
-        entries = {}  # key -> Record
+        entries = {}  # key -> (uid, internaldate, size, modseq, letters, keywords)
         keys = {}  # uid -> key
+        changes = 0
         for line in lines[1:]:
-            if line.startswith("="):
+            first = line[:1]
+            if first == "=":
+                changes += 1
                 uid, modseq, flags = line[1:].split(" ", 2)
-                record = entries[keys[int(uid)]]
-                record.modseq = int(modseq)
-                record.letters, record.keywords = _parse_flag_field(flags)
-            elif line.startswith("-"):
+                key = keys[int(uid)]
+                modseq = int(modseq)
+                entries[key] = entries[key][:3] + (modseq,) + _parse_flag_field(flags)
+            elif first == "-":
+                changes += 1
                 modseq, _, uids = line[1:].partition(":")
-                highest = max(highest, int(modseq))
+                modseq = int(modseq)
                 for uid in uids.split():
-                    entries.pop(keys.pop(int(uid)), None)
-            elif version == "1":
-                uid, internaldate, size, key = line.split(" ", 3)
-                record = Record(int(uid), int(internaldate), int(size), 1, None)
-                entries[key], keys[record.uid] = record, key
+                    del entries[keys.pop(int(uid))]
             else:
-                uid, internaldate, size, modseq, rest = line.split(" ", 4)
-                key, _, flags = rest.partition(":")
-                letters, keywords = _parse_flag_field(":" + flags)
-                record = Record(int(uid), int(internaldate), int(size), int(modseq),
-                                letters, keywords)
-                entries[key], keys[record.uid] = record, key
-            if line[:1] not in ("=", "-"):
-                uidnext = max(uidnext, record.uid + 1)
-            highest = max(highest, record.modseq if line[:1] != "-" else 0)
-        for record in entries.values():
-            if not 0 < record.uid < uidnext:
-                raise ValueError(f"UID {record.uid} out of range")
+                if version == "1":
+                    uid, internaldate, size, key = line.split(" ", 3)
+                    modseq, letters, keywords = 1, None, ()
+                else:
+                    uid, internaldate, size, modseq, rest = line.split(" ", 4)
+                    key, _, flags = rest.partition(":")
+                    modseq = int(modseq)
+                    letters, keywords = _parse_flag_field(":" + flags)
+                uid = int(uid)
+                if uid >= uidnext:
+                    uidnext = uid + 1
+                entries[key] = (uid, int(internaldate), int(size), modseq, letters,
+                                keywords)
+                keys[uid] = key
+            if modseq > highest:
+                highest = modseq
+        if any(uid <= 0 for uid in keys):
+            raise ValueError("UID out of range")
         self.uidvalidity, self.uidnext = uidvalidity, uidnext
-        self.highestmodseq = max(highest, 1)
-        self.appended = len(lines) - 1 - len(entries)
+        self.highestmodseq = highest
+        self.appended = changes
         self.snapshot_due = version != VERSION  # no appending to an old format
         return entries
 
@@ -170,11 +160,12 @@ class UidList:
         """
         Replace the file with a snapshot.
 
-        @param entries: C{(key, Record)} pairs in UID order.
+        @param entries: C{(key, uid, internaldate, size, modseq, letters,
+            keywords)} tuples in UID order.
         """
         lines = [f"{MAGIC} {VERSION} {self.uidvalidity} {self.uidnext} "
                  f"{self.highestmodseq}\n"]
-        lines.extend(_entry_line(key, record) for key, record in entries)
+        lines.extend(map(_entry_line, entries))
         temporary = f"{self.path}.tmp"
         with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write("".join(lines))
@@ -183,13 +174,14 @@ class UidList:
         self.snapshot_due = False
 
     def append_added(self, entries):
-        """New messages: C{(key, Record)} pairs in UID order."""
-        self._append([_entry_line(key, record) for key, record in entries])
+        """New messages: tuples as for L{save}, in UID order."""
+        self._append(list(map(_entry_line, entries)))
 
-    def append_flags(self, records):
+    def append_flags(self, entries):
+        """Flag changes: tuples as for L{save}."""
         self._append([
-            f"={r.uid} {r.modseq} {_flag_field(r.letters, r.keywords)}\n"
-            for r in records
+            f"={uid} {modseq} {_flag_field(letters, keywords)}\n"
+            for _, uid, _, _, modseq, letters, keywords in entries
         ])
 
     def append_removed(self, uids):
@@ -202,6 +194,6 @@ class UidList:
         self.appended += len(lines)
 
 
-def _entry_line(key, r):
-    return (f"{r.uid} {r.internaldate} {r.size} {r.modseq} {key}"
-            f"{_flag_field(r.letters, r.keywords)}\n")
+def _entry_line(entry):
+    key, uid, internaldate, size, modseq, letters, keywords = entry
+    return f"{uid} {internaldate} {size} {modseq} {key}{_flag_field(letters, keywords)}\n"
