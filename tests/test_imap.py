@@ -18,6 +18,7 @@ from mailsrv import context
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.imap import mailbox as mailbox_module
+from mailsrv.imap import server as server_module
 from mailsrv.imap.server import build_factory
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.store import folder as folder_module
@@ -504,6 +505,29 @@ class MailboxCommandTests(IMAPTestCase):
         # the next session, even after a restart, sees \Seen
         fresh = MailStore(self.root / "mail", self.clock)
         self.assertEqual(fresh.folder(ALICE).message(1).flags, {"\\Seen"})
+
+    def test_large_message_structure_parsed_in_a_thread(self):
+        calls = []
+
+        class Recording(SyncThreads):
+            @staticmethod
+            def deferToThread(f, *args):
+                calls.append(f.__name__)
+                return SyncThreads.deferToThread(f, *args)
+
+        self.patch(server_module, "threads", Recording)
+        big = MULTIPART.replace(b"AAEC\r\n", b"AAEC\r\n" * 70000)
+        c = self.selected(MESSAGE, big)
+        self.assertEqual(
+            c.cmd(b"b FETCH 2 (BODYSTRUCTURE BODY.PEEK[1])"),
+            b'* 2 FETCH (BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL NIL'
+            b' 8 1 NIL NIL NIL NIL) ("application" "octet-stream" NIL NIL NIL "base64"'
+            b' 419998 NIL NIL NIL NIL) "mixed" ("boundary" "xx") NIL NIL NIL)'
+            b" BODY[1] {8}\r\npart one)\r\nb OK FETCH completed\r\n",
+        )
+        self.assertEqual(calls, ["getBodyStructure", "parse"])
+        c.cmd(b"s FETCH 1 BODYSTRUCTURE")
+        self.assertEqual(len(calls), 2)  # a small one is parsed at once
 
     def test_header_fields_and_partial(self):
         c = self.selected(MESSAGE)

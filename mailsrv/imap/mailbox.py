@@ -33,6 +33,8 @@ from mailsrv.store.folder import (
 log = Logger()
 
 DELIMITER = "/"
+# Bytes read to find a message's header: most fit (SEARCH reads thousands).
+HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
 
 
@@ -360,8 +362,14 @@ class Mailbox:
             if u not in self.pending
         ]
 
+        def matches(seq, message):
+            try:
+                return matcher(seq, message)
+            except (KeyError, OSError):
+                return False  # expunged while the search ran
+
         def run():
-            return [seq for seq, message in candidates if matcher(seq, message)]
+            return [seq for seq, message in candidates if matches(seq, message)]
 
         if matcher.needs_text:
             return threads.deferToThread(run).addCallback(
@@ -439,14 +447,13 @@ class Message:
     def header_bytes(self):
         """The header block as stored, with its ending empty line."""
         if self._header is None:
-            data = b""
-            with self.open() as f:
-                while True:
-                    chunk = f.read(8192)
-                    data += chunk
-                    end = _header_end(data)
-                    if end is not None or not chunk:
-                        break
+            size = HEADER_READ
+            while True:
+                data = self.folder.read_start(self.info.uid, size)
+                end = _header_end(data)
+                if end is not None or len(data) < size:
+                    break
+                size *= 4  # a long header: read it again, further
             self._header = data if end is None else data[:end]
         return self._header
 
@@ -477,12 +484,16 @@ class Message:
         return _is_multipart(parse_header_bytes(self.header_bytes()))
 
     def getSubPart(self, part):
-        return MessagePart(self._full().get_payload()[part])
+        return MessagePart(self.parse().get_payload()[part])
 
-    def _full(self):
+    def parse(self):
+        """The whole message parsed (once): its MIME tree."""
         if self._parsed is None:
             with self.open() as f:
-                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parse(f)
+                # parsebytes: parse(f) reads through universal newlines,
+                # turning every CRLF of the parts into LF
+                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parsebytes(
+                    f.read())
         return self._parsed
 
 

@@ -123,11 +123,11 @@ def _one(tokens, last_seq, last_uid, state):
     if key in _HEADER_KEYS:
         name, text = key.lower(), _string(tokens)
         state["text"] = True
-        return lambda s, m: text in _header(m, name)
+        return _header_contains(name, text)
     if key == "HEADER":
         name, text = _string(tokens), _string(tokens)
         state["text"] = True
-        return lambda s, m: text in _header(m, name)
+        return _header_contains(name, text)
     if key in ("BODY", "TEXT"):
         text = _string(tokens).encode("utf-8")
         state["text"] = True
@@ -183,6 +183,23 @@ def _sent_day(message):
         return email.utils.parsedate_to_datetime(value).date()
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def _header_contains(name, text):
+    """
+    A test for C{text} in header C{name}. Most header blocks do not hold
+    the text at all, nor encoded words that could hide it: those are
+    ruled out with one search of the raw bytes, before any parsing.
+    """
+    needle = text.encode("utf-8")
+
+    def test(seq, message):
+        block = message.header_bytes().lower()
+        if needle not in block and b"=?" not in block:
+            return False
+        return text in _header(message, name)
+
+    return test
 
 
 def _header(message, name):

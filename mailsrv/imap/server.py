@@ -33,7 +33,7 @@ import re
 
 from twisted.cred import error
 from twisted.cred.portal import Portal
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, threads
 from twisted.logger import Logger
 from twisted.mail import imap4
 
@@ -57,6 +57,9 @@ _STATES = ("unauth", "auth", "select", "logout")
 # FETCH items answered from the index alone (see _fetch_from_index).
 _INDEX_ITEMS = frozenset(("flags", "uid", "modseq", "rfc822size", "internaldate"))
 FETCH_BATCH = 2000
+# Messages above this size (bytes) are parsed for their MIME structure in
+# a thread: parsing megabytes would stall every connection.
+LARGE_MESSAGE = 256 << 10
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}")
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
@@ -657,8 +660,21 @@ class IMAPServer(imap4.IMAP4Server):
 
     def spew_bodystructure(self, id, msg, _w=None, _f=None):
         """Sizes and line counts of the body, not of the whole message."""
-        _w(b"BODYSTRUCTURE " + imap4.collapseNestedLists(
-            [imap4.getBodyStructure(_Body(msg), True)]))
+        return self._structure(msg, b"BODYSTRUCTURE ", True, _w)
+
+    def _structure(self, msg, label, extended, _w):
+        """
+        Write a body structure. Twisted's reads the whole message (line
+        counts, MIME parsing): for one over L{LARGE_MESSAGE} that happens
+        in a thread, and the FETCH waits for it.
+        """
+        def write(structure):
+            _w(label + imap4.collapseNestedLists([structure]))
+
+        if msg.getSize() <= LARGE_MESSAGE:
+            return write(imap4.getBodyStructure(_Body(msg), extended))
+        d = threads.deferToThread(imap4.getBodyStructure, _Body(msg), extended)
+        return d.addCallback(write)
 
     def spew_body(self, part, id, msg, _w=None, _f=None):
         """
@@ -680,8 +696,11 @@ class IMAPServer(imap4.IMAP4Server):
             _w(_label(part) + b" " + imap4._literal(data))
             return None
         if not (part.header or part.text or part.mime or part.empty):
-            _w(b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_Body(msg))]))
-            return None
+            return self._structure(msg, b"BODY ", False, _w)
+        if part.part and msg.getSize() > LARGE_MESSAGE and hasattr(msg, "parse"):
+            # a numbered part needs the MIME tree: parse it off the reactor
+            d = threads.deferToThread(msg.parse)
+            return d.addCallback(lambda _: _base.spew_body(self, part, id, msg, _w, _f))
         return super().spew_body(part, id, msg, _w, _f)
 
     def do_STORE(self, tag, messages, unchangedsince, mode, flags, uid=0):
