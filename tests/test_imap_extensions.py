@@ -5,6 +5,9 @@ test_imap_clients.py drives the same extensions with imaplib against the
 real server.)
 """
 
+from twisted.mail import imap4
+from twisted.trial import unittest
+
 from mailsrv.imap.syntax import (
     sequence_set,
     split_fetch_modifiers,
@@ -12,9 +15,7 @@ from mailsrv.imap.syntax import (
     take_modseq_item,
 )
 from mailsrv.store.folder import MailStore
-from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver
-from twisted.mail import imap4
-from twisted.trial import unittest
+from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase
 
 
 class UIDPlusTests(IMAPTestCase):
