@@ -10,7 +10,7 @@ from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
 from mailsrv.imap.mailbox import Account
-from mailsrv.pop3.mailbox import FolderMailbox
+from mailsrv.pop3.mailbox import FolderMailbox, MaildropInUse
 
 
 @implementer(IRealm)
@@ -27,6 +27,7 @@ class MailRealm:
             avatarId = avatarId.decode("utf-8")
         for interface in interfaces:
             if interface is imap4.IAccount:
+                self.store.create_special_folders(avatarId)
                 return interface, Account(self.store, avatarId), _nothing
             if interface is pop3.IMailbox:
                 return self._pop3_mailbox(avatarId)
@@ -34,10 +35,22 @@ class MailRealm:
 
 
     def _pop3_mailbox(self, user):
-        """The INBOX, synced first so that mail waiting in C{new/} is listed."""
+        """
+        The INBOX, synced first so that mail waiting in C{new/} is listed,
+        and locked for this POP3 session until it logs out (RFC 1939: one
+        POP3 session per maildrop; IMAP sessions may share it).
+
+        @raise MaildropInUse: another POP3 session holds it.
+        """
+        if not self.store.lock_maildrop(user):
+            return defer.fail(MaildropInUse(user))
         folder = self.store.folder(user, "INBOX")
         d = defer.maybeDeferred(folder.sync)
-        d.addCallback(lambda _: (pop3.IMailbox, FolderMailbox(user, folder), _nothing))
+        d.addCallbacks(
+            lambda _: (pop3.IMailbox, FolderMailbox(user, folder),
+                       lambda: self.store.unlock_maildrop(user)),
+            lambda failure: (self.store.unlock_maildrop(user), failure)[1],
+        )
         return d
 
 

@@ -18,6 +18,7 @@ from mailsrv import context
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.imap import mailbox as mailbox_module
+from mailsrv.imap import server as server_module
 from mailsrv.imap.server import build_factory
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.store import folder as folder_module
@@ -27,6 +28,8 @@ from tests.helpers import make_settings
 from tests.test_smtp.support import run_threads_inline
 
 ALICE = "alice@example.test"
+# every extension, in every state (tests/test_imap_extensions.py tests each)
+EXTENSIONS = b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
     b"To: Alice <alice@example.test>\r\n"
@@ -195,7 +198,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client()
         self.assertEqual(
             c.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN SASL-IR NAMESPACE IDLE] "
+            b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN SASL-IR " + EXTENSIONS + b"] "
             b"mailsrv IMAP4rev1 ready\r\n",
         )
 
@@ -203,7 +206,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client(ip="192.0.2.7")
         self.assertEqual(
             c.cmd(b"a CAPABILITY"),
-            b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED NAMESPACE IDLE\r\n"
+            b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED " + EXTENSIONS + b"\r\n"
             b"a OK CAPABILITY completed\r\n",
         )
 
@@ -222,7 +225,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         self.assertIs(c.transport.tls, self.server.tls_context)
         self.assertEqual(
             c.cmd(b"a CAPABILITY"),
-            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR NAMESPACE IDLE\r\n"
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR " + EXTENSIONS + b"\r\n"
             b"a OK CAPABILITY completed\r\n",
         )
         self.assertTrue(c.cmd(b"l LOGIN alice@example.test secret").startswith(b"l OK"))
@@ -240,7 +243,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client(tls="implicit", ip="192.0.2.7", secure=True)
         self.assertEqual(
             c.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR NAMESPACE IDLE] "
+            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR " + EXTENSIONS + b"] "
             b"mailsrv IMAP4rev1 ready\r\n",
         )
         self.assertTrue(c.login().startswith(b"L OK"))
@@ -260,7 +263,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client()
         self.assertEqual(
             c.cmd(b"a LOGIN alice@example.test secret"),
-            b"a OK [CAPABILITY IMAP4rev1 NAMESPACE IDLE] Logged in\r\n",
+            b"a OK [CAPABILITY IMAP4rev1 " + EXTENSIONS + b"] Logged in\r\n",
         )
         self.assertEqual(
             self.successResultOf(self.server.sessions.window_user("127.0.0.1")), ALICE
@@ -297,7 +300,7 @@ def plain(user, password):
     return base64.b64encode(b"\0" + user + b"\0" + password)
 
 
-LOGGED_IN = b"OK [CAPABILITY IMAP4rev1 NAMESPACE IDLE] Logged in\r\n"
+LOGGED_IN = b"OK [CAPABILITY IMAP4rev1 " + EXTENSIONS + b"] Logged in\r\n"
 
 
 class AuthenticateTests(IMAPTestCase):
@@ -365,7 +368,7 @@ class AuthenticateTests(IMAPTestCase):
     def test_auth_disabled_on_listener(self):
         c = self.client(auth=False, secure=True)
         self.assertEqual(c.greeting,
-                         b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED NAMESPACE IDLE] "
+                         b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED " + EXTENSIONS + b"] "
                          b"mailsrv IMAP4rev1 ready\r\n")
         refusal = b"NO Password logins are disabled on this port\r\n"
         self.assertEqual(c.cmd(b"a LOGIN alice@example.test secret"), b"a " + refusal)
@@ -435,7 +438,7 @@ class RealCheckerTests(unittest.TestCase):
         # the protocol's callbacks are on the same Deferred, before this one
         return calls[0].addCallback(
             lambda _: self.assertEqual(
-                c.read(), b"a OK [CAPABILITY IMAP4rev1 NAMESPACE IDLE] Logged in\r\n"
+                c.read(), b"a OK [CAPABILITY IMAP4rev1 " + EXTENSIONS + b"] Logged in\r\n"
             )
         )
 
@@ -445,9 +448,10 @@ SELECT_REPLY = (
     b"* 2 EXISTS\r\n"
     b"* 0 RECENT\r\n"
     b"* OK [UNSEEN 1] First unseen\r\n"
-    b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Limited\r\n"
+    b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n"
     b"* OK [UIDVALIDITY 1795000000] UIDs valid\r\n"
     b"* OK [UIDNEXT 3] Predicted next UID\r\n"
+    b"* OK [HIGHESTMODSEQ 2] Highest\r\n"
 )
 
 
@@ -502,6 +506,29 @@ class MailboxCommandTests(IMAPTestCase):
         fresh = MailStore(self.root / "mail", self.clock)
         self.assertEqual(fresh.folder(ALICE).message(1).flags, {"\\Seen"})
 
+    def test_large_message_structure_parsed_in_a_thread(self):
+        calls = []
+
+        class Recording(SyncThreads):
+            @staticmethod
+            def deferToThread(f, *args):
+                calls.append(f.__name__)
+                return SyncThreads.deferToThread(f, *args)
+
+        self.patch(server_module, "threads", Recording)
+        big = MULTIPART.replace(b"AAEC\r\n", b"AAEC\r\n" * 70000)
+        c = self.selected(MESSAGE, big)
+        self.assertEqual(
+            c.cmd(b"b FETCH 2 (BODYSTRUCTURE BODY.PEEK[1])"),
+            b'* 2 FETCH (BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL NIL'
+            b' 8 1 NIL NIL NIL NIL) ("application" "octet-stream" NIL NIL NIL "base64"'
+            b' 419998 NIL NIL NIL NIL) "mixed" ("boundary" "xx") NIL NIL NIL)'
+            b" BODY[1] {8}\r\npart one)\r\nb OK FETCH completed\r\n",
+        )
+        self.assertEqual(calls, ["getBodyStructure", "parse"])
+        c.cmd(b"s FETCH 1 BODYSTRUCTURE")
+        self.assertEqual(len(calls), 2)  # a small one is parsed at once
+
     def test_header_fields_and_partial(self):
         c = self.selected(MESSAGE)
         self.assertEqual(
@@ -537,7 +564,7 @@ class MailboxCommandTests(IMAPTestCase):
         c.login()
         self.assertEqual(c.cmd(b'a APPEND INBOX (\\Seen) "01-Jan-2020 10:00:00 +0000" {20}'),
                          b"+ Ready for 20 octets of data\r\n")
-        self.assertEqual(c.send(b"Subject: x\r\n\r\nbody\r\n\r\n"), b"a OK APPEND completed\r\n")
+        self.assertEqual(c.send(b"Subject: x\r\n\r\nbody\r\n\r\n"), b"a OK [APPENDUID 1795000000 1] APPEND completed\r\n")
         info = self.store.folder(ALICE).message(1)
         self.assertEqual((info.flags, info.internaldate, info.size),
                          ({"\\Seen"}, 1577872800, 20))
@@ -548,7 +575,7 @@ class MailboxCommandTests(IMAPTestCase):
     def test_append_to_selected_sends_exists(self):
         c = self.selected(MESSAGE, MESSAGE)
         c.cmd(b"a APPEND INBOX {3}")
-        self.assertEqual(c.send(b"x\r\n\r\n"), b"* 3 EXISTS\r\na OK APPEND completed\r\n")
+        self.assertEqual(c.send(b"x\r\n\r\n"), b"* 3 EXISTS\r\na OK [APPENDUID 1795000000 3] APPEND completed\r\n")
 
     def test_append_too_big(self):
         c = self.client()
@@ -564,7 +591,8 @@ class MailboxCommandTests(IMAPTestCase):
                          b"a NO [TRYCREATE] No such mailbox\r\n")
         c.cmd(b"c CREATE Archive")
         c.cmd(b"s STORE 2 +FLAGS.SILENT (\\Flagged)")
-        self.assertEqual(c.cmd(b"a UID COPY 2,1 Archive"), b"a OK COPY completed\r\n")
+        self.assertEqual(c.cmd(b"a UID COPY 2,1 Archive"),
+                         b"a OK [COPYUID 1795000001 1:2 1:2] COPY completed\r\n")
         copied = self.store.folder(ALICE, "Archive").messages()
         self.assertEqual([(m.uid, m.flags) for m in copied],
                          [(1, frozenset()), (2, {"\\Flagged"})])
@@ -609,21 +637,28 @@ class MailboxCommandTests(IMAPTestCase):
         c.login()
         self.assertEqual(c.cmd(b"a CREATE Archive/2024"), b"a OK Mailbox created\r\n")
         self.assertEqual(c.cmd(b"a CREATE Archive"), b"a NO Mailbox named Archive already exists\r\n")
-        self.assertEqual(c.cmd(b'l LIST "" "*"'),
-                         b'* LIST () "/" "INBOX"\r\n* LIST () "/" "Archive"\r\n'
+        self.assertEqual(c.cmd(b'l LIST "" "A*"'),
+                         b'* LIST () "/" "Archive"\r\n'
                          b'* LIST () "/" "Archive/2024"\r\nl OK LIST completed\r\n')
         self.assertEqual(c.cmd(b'l LIST "" ""'),
                          b'* LIST (\\Noselect) "/" ""\r\nl OK LIST completed\r\n')
         self.assertEqual(c.cmd(b"r RENAME Archive Old"), b"r OK Mailbox renamed\r\n")
         self.assertEqual(c.cmd(b'l LIST "" "%"'),
-                         b'* LIST () "/" "INBOX"\r\n* LIST () "/" "Old"\r\nl OK LIST completed\r\n')
+                         b'* LIST () "/" "INBOX"\r\n* LIST (\\Drafts) "/" "Drafts"\r\n'
+                         b'* LIST (\\Junk) "/" "Junk"\r\n* LIST () "/" "Old"\r\n'
+                         b'* LIST (\\Sent) "/" "Sent"\r\n* LIST (\\Trash) "/" "Trash"\r\n'
+                         b'l OK LIST completed\r\n')
         self.assertEqual(c.cmd(b"d DELETE Old"),
                          b"d NO folder Old has subfolders; delete them first\r\n")
         self.assertEqual(c.cmd(b"d DELETE Old/2024"), b"d OK Mailbox deleted\r\n")
         self.assertEqual(c.cmd(b"s SUBSCRIBE Old"), b"s OK Subscribed\r\n")
         self.assertEqual(c.cmd(b'l LSUB "" "*"'),
-                         b'* LSUB () "/" "INBOX"\r\n* LSUB () "/" "Old"\r\nl OK LSUB completed\r\n')
-        self.assertEqual(self.store.folders(ALICE), ["INBOX", "Old"])
+                         b'* LSUB () "/" "INBOX"\r\n* LSUB (\\Drafts) "/" "Drafts"\r\n'
+                         b'* LSUB (\\Junk) "/" "Junk"\r\n* LSUB () "/" "Old"\r\n'
+                         b'* LSUB (\\Sent) "/" "Sent"\r\n* LSUB (\\Trash) "/" "Trash"\r\n'
+                         b'l OK LSUB completed\r\n')
+        self.assertEqual(self.store.folders(ALICE),
+                         ["INBOX", "Drafts", "Junk", "Old", "Sent", "Trash"])
 
     def test_two_sessions_see_each_other(self):
         deliver(self.store, MESSAGE)
@@ -714,7 +749,8 @@ class BadInputTests(IMAPTestCase):
         (b"a FETCH 1 (FOO)\r\n", b"a BAD Syntax error: Nothing recognized in fetch_att: b'foo)'\r\n"),
         (b"a FETCH x FLAGS\r\n", b"a BAD Syntax error: Bad message number b'x'\r\n"),
         (b"a SEARCH (FROM\r\n", b"a BAD Syntax error: b'(FROM'\r\n"),
-        (b"a UID EXPUNGE 1\r\n", b"a BAD Unknown UID command\r\n"),
+        (b"a UID FROB 1\r\n", b"a BAD Unknown UID command\r\n"),
+        (b"a UID EXPUNGE\r\n", b"a BAD Syntax: EXPUNGE, or UID EXPUNGE set\r\n"),
         (b"a STORE 1 FLAGS (\\Seen\r\n", b"a BAD Syntax error: Mismatched parenthesis\r\n"),
         (b"a LOGIN x y\r\n", b"a BAD Command not valid in this state\r\n"),
     ]

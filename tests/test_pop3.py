@@ -108,6 +108,9 @@ class Harness:
         self.connect(peer)
 
     def connect(self, peer="127.0.0.1"):
+        """A new connection; the previous one, if the server closed it, is lost."""
+        if getattr(self, "transport", None) is not None and self.transport.disconnecting:
+            self.drop()
         self.proto = self.factory.buildProtocol(None)
         self.proto.deferToThread = lambda f, *a: defer.maybeDeferred(f, *a)
         self.transport = TLSStringTransport(
@@ -228,6 +231,18 @@ class LoginTests(unittest.TestCase):
             h.cmd(b"PASS wrong"), b"-ERR [AUTH] Invalid user name or password\r\n"
         )
         self.assertEqual(h.cmd(b"STAT"), b"-ERR Log in first (USER and PASS)\r\n")
+        h.login()
+
+    def test_one_session_per_maildrop(self):
+        h = Harness(self)
+        h.login()
+        first = h.proto
+        h.connect()
+        h.cmd(b"USER " + USER.encode())
+        self.assertEqual(h.cmd(b"PASS " + PASSWORD),
+                         b"-ERR [IN-USE] Mailbox in use by another POP3 session\r\n")
+        self.assertEqual(h.cmd(b"STAT"), b"-ERR Log in first (USER and PASS)\r\n")
+        first.connectionLost(None)  # QUIT or a dropped connection frees it
         h.login()
 
     def test_login_opens_pop_before_smtp_window(self):
@@ -736,6 +751,7 @@ class ThrottlingTests(unittest.TestCase):
         self.assertEqual(h.cmd(b"AUTH PLAIN " + plain(USER.encode(), PASSWORD)),
                          b"+OK Logged in\r\n")
         h.clock.advance(900)
+        h.drop()
         h.connect()
         h.login()
         lines = [formatEvent(e) for e in logs if "refused" in e.get("log_format", "")]

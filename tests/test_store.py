@@ -77,7 +77,7 @@ class UIDTests(StoreTestCase):
         self.assertEqual((again.uidvalidity, again.uidnext), (1_700_000_000, 3))
         self.assertEqual([(m.uid, m.key, m.flags) for m in again.messages()], [
             (1, keys[0], frozenset()),
-            (2, keys[1], {"\\Seen", "\\Answered"}),
+            (2, keys[1], {"\\Seen", "\\Answered", "$Keyword"}),
         ])
         self.assertTrue(again.message(2).path.name.endswith(":2,RS"))
 
@@ -122,7 +122,7 @@ class UIDTests(StoreTestCase):
         path.write_text("garbage")
         again = self.restart()
         self.assertEqual(again.uids(), [1])
-        self.assertTrue(path.read_text().startswith("mailsrv-uidlist 1 "))
+        self.assertTrue(path.read_text().startswith("mailsrv-uidlist 2 "))
 
     def test_index_format(self):
         self.deliver(1)
@@ -130,8 +130,84 @@ class UIDTests(StoreTestCase):
         info = folder.messages()[0]
         self.assertEqual(
             (folder.path / "mailsrv-uidlist").read_text(),
-            f"mailsrv-uidlist 1 1700000000 2\n1 {info.internaldate} {len(DATA)} {info.key}\n",
+            f"mailsrv-uidlist 2 1700000000 2 1\n"
+            f"1 {info.internaldate} {len(DATA)} 1 {info.key}:\n",
         )
+
+    def test_changes_are_appended_then_compacted(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        path = folder.path / "mailsrv-uidlist"
+        snapshot = path.read_text()
+        folder.set_flags(2, {"\\Seen", "$Label1", "$Done"})
+        folder.delete([1])
+        self.deliver(1)
+        folder.sync()
+        key = folder.message(3).key
+        self.assertEqual(
+            path.read_text(),
+            snapshot + "=2 3 :S $Done $Label1\n-4:1\n"
+            f"3 {folder.message(3).internaldate} {len(DATA)} 5 {key}:\n",
+        )
+        again = self.restart()
+        self.assertEqual([(m.uid, m.modseq, m.flags) for m in again.messages()], [
+            (2, 3, {"\\Seen", "$Label1", "$Done"}), (3, 5, frozenset())])
+        self.assertEqual((again.uidnext, again.highestmodseq), (4, 5))
+        for n in range(1001):
+            again.set_flags(3, {"$N%d" % n})
+        self.assertLess(len(path.read_text().splitlines()), 1000)
+        self.assertEqual(self.restart().message(3).flags, {"$N1000"})
+
+    def test_cut_append_loses_only_its_change(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        folder.set_flags(1, {"$A"})
+        path = folder.path / "mailsrv-uidlist"
+        with open(path, "a") as f:
+            f.write("=1 9 :S $Half")
+        self.assertEqual(self.restart().message(1).flags, {"$A"})
+
+    def test_version_1_index_is_read_and_upgraded(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        info = folder.message(1)
+        path = folder.path / "mailsrv-uidlist"
+        path.write_text(f"mailsrv-uidlist 1 1600000000 7\n"
+                        f"6 {info.internaldate} {info.size} {info.key}\n")
+        again = self.restart()
+        self.assertEqual((again.uidvalidity, again.uids(), again.uidnext), (1600000000, [6], 7))
+        again.set_flags(6, {"\\Flagged"})
+        self.assertTrue(path.read_text().startswith("mailsrv-uidlist 2 1600000000 7 2\n"))
+        self.assertEqual(self.restart().message(6).modseq, 2)
+
+
+class ModseqTests(StoreTestCase):
+    """MODSEQ (RFC 7162): every change to a message gives it a higher one."""
+
+    def test_changes_raise_modseq(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        self.assertEqual([m.modseq for m in folder.messages()], [1, 2])
+        folder.set_flags(1, {"\\Seen"})
+        folder.set_flags(1, {"\\Seen"})  # no change, no new MODSEQ
+        self.assertEqual((folder.message(1).modseq, folder.highestmodseq), (3, 3))
+        folder.delete([2])
+        self.assertEqual(folder.highestmodseq, 4)
+        again = self.restart()
+        self.assertEqual((again.message(1).modseq, again.highestmodseq), (3, 4))
+
+    def test_flags_changed_by_others_get_a_new_modseq(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        path = folder.message(1).path
+        os.rename(path, str(path) + "S")
+        folder.sync()
+        self.assertEqual(folder.message(1).modseq, 3)
+        del folder
+        path = self.store.folder(ALICE).message(2).path
+        os.rename(path, str(path) + "F")  # while the server is down
+        again = self.restart()
+        self.assertEqual([m.modseq for m in again.messages()], [3, 4])
 
 
 class SharingTests(StoreTestCase):
@@ -177,6 +253,31 @@ class SharingTests(StoreTestCase):
 
         d = folder.add(DATA, {"\\Seen"}, 1_600_000_000)
         return d.addCallback(added).addCallback(copied)
+
+    def test_move_renames_into_the_other_folder(self):
+        self.deliver(3)
+        folder = self.store.folder(ALICE)
+        folder.set_flags(2, {"\\Seen", "$Work"})
+        self.store.create_folder(ALICE, "Archive")
+        archive = self.store.folder(ALICE, "Archive")
+        here, there = Recorder(), Recorder()
+        folder.add_listener(here)
+        archive.add_listener(there)
+        names = [folder.message(u).path.name for u in (2, 3)]
+        d = folder.move([3, 2, 9], archive)
+
+        def moved(pairs):
+            self.assertEqual(pairs, [(2, 1), (3, 2)])
+            self.assertEqual(folder.uids(), [1])
+            self.assertEqual([(m.path.name, m.flags) for m in archive.messages()],
+                             [(names[0], {"\\Seen", "$Work"}), (names[1], frozenset())])
+            self.assertEqual((here.events, there.events),
+                             ([("expunged", [2, 3])], [("added", [1, 2])]))
+            self.assertEqual(self.restart().uids(), [1])
+            self.assertEqual(self.store.folder(ALICE, "Archive").message(1).flags,
+                             {"\\Seen", "$Work"})
+
+        return d.addCallback(moved)
 
 
 class FolderManagementTests(StoreTestCase):

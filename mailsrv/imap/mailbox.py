@@ -12,6 +12,8 @@ import bisect
 import email.parser
 import email.policy
 import email.utils
+import functools
+import re
 from io import BytesIO
 
 from twisted.internet import threads
@@ -22,6 +24,7 @@ from zope.interface import implementer
 from mailsrv.imap.search import compile_search
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
+    SPECIAL_USE,
     FolderError,
     FolderExists,
     NoSuchFolder,
@@ -30,6 +33,8 @@ from mailsrv.store.folder import (
 log = Logger()
 
 DELIMITER = "/"
+# Bytes read to find a message's header: most fit (SEARCH reads thousands).
+HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
 
 
@@ -108,7 +113,7 @@ class Account:
             return [("", _Info(["\\Noselect"]))]
         pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
         return [
-            (name, _Info())
+            (name, _Info([SPECIAL_USE[name]] if name in SPECIAL_USE else []))
             for name in self.store.folders(self.user)
             if pattern.fullmatch(name)
         ]
@@ -145,7 +150,8 @@ class Mailbox:
     # Info
 
     def getFlags(self):
-        return list(PERMANENT_FLAGS)
+        """The system flags and the keywords in use here (SELECT's FLAGS)."""
+        return list(PERMANENT_FLAGS) + self.folder.keywords()
 
     def getHierarchicalDelimiter(self):
         return DELIMITER
@@ -189,6 +195,7 @@ class Mailbox:
             "UIDNEXT": self.folder.uidnext,
             "UIDVALIDITY": self.folder.uidvalidity,
             "UNSEEN": sum(1 for i in self.folder.messages() if "\\Seen" not in i.flags),
+            "HIGHESTMODSEQ": self.folder.highestmodseq,
         }
         return {name.upper(): values[name.upper()] for name in names
                 if name.upper() in values}
@@ -251,30 +258,49 @@ class Mailbox:
     # Messages
 
     def fetch(self, messages, uid):
-        return [
-            (seq, Message(self.folder, self.folder.message(u)))
-            for seq, u in self._resolve(messages, uid)
-            if u not in self.pending
-        ]
+        """
+        C{(seq, Message)} pairs, made as they are consumed (a FETCH of a big
+        folder may take several reactor turns: a message expunged
+        meanwhile is left out); a L{ChangedSince} set keeps only messages
+        changed after its MODSEQ (RFC 7162 CHANGEDSINCE).
+        """
+        since = getattr(messages, "changedsince", None)
+        for seq, u in self.resolve(messages, uid):
+            if u not in self.pending:
+                info = self.folder.message(u)
+                if since is None or info.modseq > since:
+                    yield seq, Message(self.folder, info)
 
-    def store(self, messages, flags, mode, uid):
+    def store(self, messages, flags, mode, uid, unchangedsince=None):
+        """
+        Set, add (C{mode} > 0) or remove (< 0) flags.
+
+        @param unchangedsince: a MODSEQ: messages changed since are left
+            alone (RFC 7162 UNCHANGEDSINCE).
+        @return: C{({seq: MessageInfo}, [seqs left alone])}: the messages
+            stored, and those C{unchangedsince} protected.
+        """
         flags = set(flags)
-        result = {}
-        for seq, u in self._resolve(messages, uid):
+        result, modified = {}, []
+        for seq, u in self.resolve(messages, uid):
             if u in self.pending:
                 continue
-            current = self.folder.message(u).flags
+            current = self.folder.message(u)
+            if unchangedsince is not None and current.modseq > unchangedsince:
+                modified.append(seq)
+                continue
             if mode > 0:
-                wanted = current | flags
+                wanted = current.flags | flags
             elif mode < 0:
-                wanted = current - flags
+                wanted = current.flags - flags
             else:
                 wanted = flags
             try:
-                result[seq] = sorted(self.folder.set_flags(u, wanted, origin=self))
+                self.folder.set_flags(u, wanted, origin=self)
             except FileNotFoundError:
                 continue  # removed under us: the next sync tells the client
-        return result
+            result[seq] = self.folder.message(u)
+        return result, modified
 
     def mark_seen(self, seqs):
         """
@@ -292,16 +318,30 @@ class Mailbox:
                 except FileNotFoundError:
                     continue
 
-    def expunge(self):
+    def expunge(self, uids=None):
+        """
+        Remove the messages marked \\Deleted; with C{uids} (UID EXPUNGE,
+        RFC 4315), only those among them.
+
+        @return: their sequence numbers, highest first.
+        """
         doomed = [
-            u for u in self.view
-            if u not in self.pending and "\\Deleted" in self.folder.message(u).flags
+            u for u in self.view if u not in self.pending
+            and (uids is None or u in uids)
+            and "\\Deleted" in self.folder.message(u).flags
         ]
-        removed = self.folder.delete(doomed, origin=self)
-        seqs = sorted((self._seq(u) for u in removed), reverse=True)
-        for seq in seqs:
-            del self.view[seq - 1]
-        return seqs
+        return self._forget(self.folder.delete(doomed, origin=self))
+
+    def move(self, messages, uid, target):
+        """
+        Move messages into Mailbox C{target} (RFC 6851).
+
+        @return: a Deferred of C{([(uid, new uid)], [expunged seqs])}: the
+            pairs in UID order, the sequence numbers highest first.
+        """
+        uids = [u for _, u in self.resolve(messages, uid) if u not in self.pending]
+        d = self.folder.move(uids, target.folder, origin=self)
+        return d.addCallback(lambda pairs: (pairs, self._forget(u for u, _ in pairs)))
 
     def addMessage(self, message, flags=(), date=None):
         return self.folder.add(message, flags, date)
@@ -311,8 +351,9 @@ class Mailbox:
 
     def search(self, query, uid):
         """
-        @return: a Deferred of matching sequence numbers. Criteria that need
-            the message text are evaluated in a thread.
+        @return: C{(sequence numbers, uses_modseq)} or a Deferred of it
+            (criteria that need the message text are evaluated in a
+            thread); C{uses_modseq} says whether MODSEQ was a criterion.
         """
         matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
         candidates = [
@@ -321,14 +362,28 @@ class Mailbox:
             if u not in self.pending
         ]
 
+        def matches(seq, message):
+            try:
+                return matcher(seq, message)
+            except (KeyError, OSError):
+                return False  # expunged while the search ran
+
         def run():
-            return [seq for seq, message in candidates if matcher(seq, message)]
+            return [seq for seq, message in candidates if matches(seq, message)]
 
         if matcher.needs_text:
-            return threads.deferToThread(run)
-        return run()
+            return threads.deferToThread(run).addCallback(
+                lambda seqs: (seqs, matcher.uses_modseq))
+        return run(), matcher.uses_modseq
 
     # Internals
+
+    def _forget(self, uids):
+        """Drop C{uids} from the view; their sequence numbers, highest first."""
+        seqs = sorted((self._seq(u) for u in uids), reverse=True)
+        for seq in seqs:
+            del self.view[seq - 1]
+        return seqs
 
     def _infos(self):
         return [self.folder.message(u) for u in self.view if u not in self.pending]
@@ -339,7 +394,7 @@ class Mailbox:
             return i + 1
         return None
 
-    def _resolve(self, messages, uid):
+    def resolve(self, messages, uid):
         """C{(seq, uid)} pairs for a MessageSet of UIDs or sequence numbers."""
         if not self.view:
             return []
@@ -392,14 +447,27 @@ class Message:
     def header_bytes(self):
         """The header block as stored, with its ending empty line."""
         if self._header is None:
-            with self.open() as f:
-                lines = []
-                for line in f:
-                    lines.append(line)
-                    if line in (b"\r\n", b"\n"):
-                        break
-            self._header = b"".join(lines)
+            size = HEADER_READ
+            while True:
+                data = self.folder.read_start(self.info.uid, size)
+                end = _header_end(data)
+                if end is not None or len(data) < size:
+                    break
+                size *= 4  # a long header: read it again, further
+            self._header = data if end is None else data[:end]
         return self._header
+
+    def header(self, name):
+        """
+        The first C{name} field's value, unfolded, as text (UTF-8, or
+        Latin-1 bytes kept as they are), or L{None}. Much cheaper than
+        L{getHeaders}: SEARCH calls it for every message of a folder.
+        """
+        match = _field_pattern(name.lower()).search(self.header_bytes())
+        if match is None:
+            return None
+        value = _FOLD.sub(b" ", match.group(1)).strip()
+        return value.decode("utf-8", "surrogateescape")
 
     def getHeaders(self, negate, *names):
         return _headers(parse_header_bytes(self.header_bytes()), negate, names)
@@ -416,12 +484,16 @@ class Message:
         return _is_multipart(parse_header_bytes(self.header_bytes()))
 
     def getSubPart(self, part):
-        return MessagePart(self._full().get_payload()[part])
+        return MessagePart(self.parse().get_payload()[part])
 
-    def _full(self):
+    def parse(self):
+        """The whole message parsed (once): its MIME tree."""
         if self._parsed is None:
             with self.open() as f:
-                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parse(f)
+                # parsebytes: parse(f) reads through universal newlines,
+                # turning every CRLF of the parts into LF
+                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parsebytes(
+                    f.read())
         return self._parsed
 
 
@@ -459,6 +531,34 @@ class MessagePart:
         if not self.part.is_multipart():
             raise IndexError(part)
         return MessagePart(self.part.get_payload()[part])
+
+
+class ChangedSince:
+    """A message set for FETCH with the CHANGEDSINCE modifier (RFC 7162)."""
+
+    def __init__(self, messages, changedsince):
+        self.ranges = messages.ranges
+        self.changedsince = changedsince
+
+
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+@functools.lru_cache(maxsize=64)
+def _field_pattern(name):
+    """A pattern whose group 1 is the (folded) value of header field C{name}."""
+    return re.compile(
+        rb"^" + re.escape(name.encode("ascii", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
+def _header_end(data):
+    """Where the header block in C{data} ends (after its empty line), or L{None}."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return 1 if data[:1] == b"\n" else 2
+    ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+    return min(ends) if ends else None
 
 
 def parse_header_bytes(data):

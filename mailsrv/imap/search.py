@@ -27,9 +27,10 @@ _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
 
 
 class _Matcher:
-    def __init__(self, test, needs_text):
+    def __init__(self, test, needs_text, uses_modseq):
         self.test = test
         self.needs_text = needs_text
+        self.uses_modseq = uses_modseq
 
     def __call__(self, seq, message):
         return self.test(seq, message)
@@ -38,18 +39,20 @@ class _Matcher:
 def compile_search(query, last_seq, last_uid):
     """
     @param query: the parsed criteria: a list of L{bytes} and nested lists.
-    @return: a callable C{(seq, message) -> bool} with a C{needs_text}
-        attribute (whether it reads message files).
+    @return: a callable C{(seq, message) -> bool} with attributes
+        C{needs_text} (whether it reads message files) and C{uses_modseq}
+        (the criteria have MODSEQ: RFC 7162 wants the highest in the reply).
     @raise imap4.IllegalQueryError: the criteria are malformed.
     """
-    state = {"text": False}
+    state = {"text": False, "modseq": False}
     tokens = list(query)
     if not tokens:
         raise imap4.IllegalQueryError("missing search criteria")
     tests = []
     while tokens:
         tests.append(_one(tokens, last_seq, last_uid, state))
-    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"])
+    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"],
+                    state["modseq"])
 
 
 def _pop(tokens, what):
@@ -77,8 +80,17 @@ def _one(tokens, last_seq, last_uid, state):
         return lambda s, m: s in seqs
     key = token.decode("ascii", "replace").upper()
     if key in ("KEYWORD", "UNKEYWORD"):
-        _pop(tokens, "keyword")  # keywords are not stored: none is ever set
-        return lambda s, m: key == "UNKEYWORD"
+        keyword = _pop(tokens, "keyword").decode("ascii", "replace")
+        present = key == "KEYWORD"
+        return lambda s, m: (keyword in m.info.flags) == present
+    if key == "MODSEQ":
+        value = _pop(tokens, "mod-sequence")
+        if not value.isdigit():  # an entry name and type: all entries count
+            _pop(tokens, "entry type")
+            value = _pop(tokens, "mod-sequence")
+        modseq = _number(value)
+        state["modseq"] = True
+        return lambda s, m: m.info.modseq >= modseq
     if key in ("ALL", "OLD"):
         return lambda s, m: True
     if key in ("NEW", "RECENT"):  # \Recent is never set
@@ -111,11 +123,11 @@ def _one(tokens, last_seq, last_uid, state):
     if key in _HEADER_KEYS:
         name, text = key.lower(), _string(tokens)
         state["text"] = True
-        return lambda s, m: text in _header(m, name)
+        return _header_contains(name, text)
     if key == "HEADER":
         name, text = _string(tokens), _string(tokens)
         state["text"] = True
-        return lambda s, m: text in _header(m, name)
+        return _header_contains(name, text)
     if key in ("BODY", "TEXT"):
         text = _string(tokens).encode("utf-8")
         state["text"] = True
@@ -166,19 +178,37 @@ def _internal_day(message):
 
 
 def _sent_day(message):
-    value = message.getHeaders(False, "date").get("date")
+    value = message.header("date")
     try:
         return email.utils.parsedate_to_datetime(value).date()
     except (TypeError, ValueError, IndexError):
         return None
 
 
+def _header_contains(name, text):
+    """
+    A test for C{text} in header C{name}. Most header blocks do not hold
+    the text at all, nor encoded words that could hide it: those are
+    ruled out with one search of the raw bytes, before any parsing.
+    """
+    needle = text.encode("utf-8")
+
+    def test(seq, message):
+        block = message.header_bytes().lower()
+        if needle not in block and b"=?" not in block:
+            return False
+        return text in _header(message, name)
+
+    return test
+
+
 def _header(message, name):
     """A header's value, RFC 2047 words decoded, lower case ("" if absent)."""
-    headers = message.getHeaders(False, name)
-    if name not in headers:
+    raw = message.header(name)
+    if raw is None:
         return ""
-    raw = headers[name]
+    if "=?" not in raw:
+        return raw.lower()
     try:
         return str(email.header.make_header(email.header.decode_header(raw))).lower()
     except (ValueError, LookupError, UnicodeDecodeError):

@@ -17,23 +17,31 @@ matter to real clients closed. Each override below says which gap:
   BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
   3501 allows (not during FETCH, STORE or SEARCH);
 - IDLE ends on DONE only, and sees new mail while it lasts;
+- the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
+  UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
+  folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
+  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
+  keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals) gets a
   BAD and the connection goes on; Twisted's replies built from C{str} (a
   TypeError that left the client waiting) are replaced.
 """
 
 import datetime
+import itertools
 import re
 
 from twisted.cred import error
 from twisted.cred.portal import Portal
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, threads
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailsrv import sasl
+from mailsrv import __version__, sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.imap import syntax
+from mailsrv.imap.mailbox import ChangedSince
 from mailsrv.realm import MailRealm
 
 log = Logger()
@@ -46,8 +54,55 @@ _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun",
 # Commands during which a sequence-number EXPUNGE must not be sent.
 _NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH")
 _STATES = ("unauth", "auth", "select", "logout")
+# FETCH items answered from the index alone (see _fetch_from_index).
+_INDEX_ITEMS = frozenset(("flags", "uid", "modseq", "rfc822size", "internaldate"))
+FETCH_BATCH = 2000
+# Messages above this size (bytes) are parsed for their MIME structure in
+# a thread: parsing megabytes would stall every connection.
+LARGE_MESSAGE = 256 << 10
+_LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}")
+# Advertised in every state; each has its tests in tests/test_imap_extensions.py.
+EXTENSIONS = (
+    b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
+    b"SPECIAL-USE", b"CONDSTORE",
+)
+# Commands UID may prefix (RFC 3501, 4315, 6851).
+_UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE")
 
 _base = imap4.IMAP4Server
+
+
+def _arg_id(self, line):
+    """The ID argument (RFC 2971): NIL or a list of field-value pairs."""
+    if not line:
+        raise imap4.IllegalClientResponse("Missing argument")
+    parsed = imap4.parseNestedParens(line)
+    if len(parsed) != 1 or not (parsed[0] is None or isinstance(parsed[0], list)):
+        raise imap4.IllegalClientResponse("Expected NIL or a parenthesized list")
+    return parsed[0], b""
+
+
+def _arg_fetch(self, line):
+    """
+    FETCH's items and modifiers: C{((query, changedsince), b"")}, with
+    MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} in the query.
+    """
+    atts, changedsince = syntax.split_fetch_modifiers(line)
+    atts, modseq = syntax.take_modseq_item(atts)
+    query = [] if atts is None else _base.arg_fetchatt(self, atts)[0]
+    if modseq or changedsince is not None:
+        query.append(syntax.ModSeqItem())
+    return (query, changedsince), b""
+
+
+def _opt_unchangedsince(self, line):
+    return syntax.split_store_modifier(line)
+
+
+def _opt_seqset(self, line):
+    if not line:
+        return None, b""
+    return _base.arg_seqset(self, line)
 
 
 class IMAPServer(imap4.IMAP4Server):
@@ -79,6 +134,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._idle_poll = None
         self._lost = False
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
+        self._nonsync = False  # a LITERAL+ literal is being set up
+        self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
     # reactor; ours follow server.clock so tests can drive them.
@@ -133,8 +190,8 @@ class IMAPServer(imap4.IMAP4Server):
                 caps[b"SASL-IR"] = None
             else:
                 caps[b"LOGINDISABLED"] = None
-        caps[b"NAMESPACE"] = None
-        caps[b"IDLE"] = None
+        for name in EXTENSIONS:
+            caps[name] = None
         return caps
 
     def _starttls_offered(self):
@@ -178,6 +235,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendBadResponse(tag, b"Line too long")
 
     def lineReceived(self, line):
+        if self.blocked is None and self.parseState in ("command", "pending"):
+            line = self._literal_plus(line)
         super().lineReceived(line)
         if self._tag is not None and self.parseState == "command" and not self._lost:
             # the command waits on a Deferred: read nothing more until it
@@ -216,7 +275,14 @@ class IMAPServer(imap4.IMAP4Server):
         An argument failed to parse (Twisted's own errback would log a
         traceback for every parser error that is not IllegalClientResponse).
         """
-        if failure.check(imap4.IllegalOperation):
+        if self._nonsync:
+            # the client sends the literal anyway: no telling where its
+            # command ends, so give up on the connection (RFC 7888 4)
+            self._nonsync = False
+            self.sendBadResponse(tag, b"Literal refused: " + _text(failure.value))
+            self.sendUntaggedResponse(b"BYE Cannot read the rest of that command")
+            self.transport.loseConnection()
+        elif failure.check(imap4.IllegalOperation):
             self.sendNegativeResponse(tag, _text(failure.value))
         elif failure.check(
             imap4.IllegalClientResponse, imap4.IMAP4Exception, ValueError
@@ -225,6 +291,25 @@ class IMAPServer(imap4.IMAP4Server):
         else:
             log.failure("IMAP command failed", failure)
             self.sendBadResponse(tag, b"Internal server error")
+
+    def _literal_plus(self, line):
+        """
+        LITERAL+ (RFC 7888): a line ending in C{{N+}} is read as if it
+        ended in C{{N}}, without the continuation request the client does
+        not wait for.
+        """
+        self._nonsync = False
+        match = _LITERAL_PLUS.search(line)
+        if match is None or match.end() != len(line):
+            return line
+        self._nonsync = True
+        return line[:match.start()] + b"{" + match.group(1) + b"}"
+
+    def sendContinuationRequest(self, msg=b"Ready for additional command text"):
+        if self._nonsync:
+            self._nonsync = False
+            return
+        super().sendContinuationRequest(msg)
 
     def arg_literal(self, line):
         """Refuse an APPEND bigger than we accept by SMTP before reading it."""
@@ -235,7 +320,7 @@ class IMAPServer(imap4.IMAP4Server):
         return _base.arg_literal(self, line)
 
     def do_UID(self, tag, command, line):
-        if command.upper() not in (b"COPY", b"FETCH", b"STORE", b"SEARCH"):
+        if command.upper() not in _UID_COMMANDS:
             self.sendBadResponse(tag, b"Unknown UID command")
             return
         self.dispatchCommand(tag, command.upper(), line, uid=1)
@@ -384,6 +469,19 @@ class IMAPServer(imap4.IMAP4Server):
 
     # Commands: authenticated
 
+    def do_SELECT(self, tag, name, params, rw, command):
+        """SELECT and EXAMINE, with the CONDSTORE parameter (RFC 7162)."""
+        if params:
+            if [p.upper() if isinstance(p, bytes) else p for p in params] != [b"CONDSTORE"]:
+                return self.sendBadResponse(tag, b"Unknown SELECT parameter")
+            self._condstore = True
+        return self._selectWork(tag, name, rw, command)
+
+    auth_SELECT = select_SELECT = (
+        do_SELECT, _base.arg_astring, _base.opt_plist, 1, b"SELECT")
+    auth_EXAMINE = select_EXAMINE = (
+        do_SELECT, _base.arg_astring, _base.opt_plist, 0, b"EXAMINE")
+
     def _cbSelectWork(self, mbox, cmdName, tag):
         if mbox is None:
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
@@ -397,10 +495,12 @@ class IMAPServer(imap4.IMAP4Server):
         unseen = mbox.first_unseen()
         if unseen is not None:
             self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
-        permanent = flags if mbox.isWriteable() else b""
+        permanent = flags + b" \\*" if mbox.isWriteable() else b""
         self.sendPositiveResponse(None, b"[PERMANENTFLAGS (" + permanent + b")] Limited")
         self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
         self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
+        self.sendPositiveResponse(
+            None, b"[HIGHESTMODSEQ %d] Highest" % mbox.folder.highestmodseq)
         mode = b"[READ-WRITE]" if mbox.isWriteable() else b"[READ-ONLY]"
         self.state = "select"
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
@@ -411,6 +511,33 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendPositiveResponse(tag, b"NOOP completed")
 
     unauth_NOOP = auth_NOOP = select_NOOP = logout_NOOP = (do_NOOP,)
+
+    def do_ID(self, tag, params):
+        """RFC 2971: who we are; what the client says about itself is logged."""
+        if params:
+            log.info("client id: {id} ip={ip}", ip=self._peer_ip(), id=_printable(
+                b" ".join(p if isinstance(p, bytes) else b"NIL" for p in params)))
+        self.sendUntaggedResponse(
+            b'ID ("name" "mailsrv" "version" "' + __version__.encode("ascii") + b'")'
+        )
+        self.sendPositiveResponse(tag, b"ID completed")
+
+    unauth_ID = auth_ID = select_ID = (do_ID, _arg_id)
+
+    def do_ENABLE(self, tag, line):
+        """RFC 5161; CONDSTORE is the one extension it can switch on."""
+        names = line.upper().split()
+        if not names:
+            return self.sendBadResponse(tag, b"Syntax: ENABLE capability...")
+        enabled = b""
+        if b"CONDSTORE" in names and not self._condstore:
+            self._condstore = True
+            enabled = b" CONDSTORE"
+        self.sendUntaggedResponse(b"ENABLED" + enabled)
+        self.sendPositiveResponse(tag, b"ENABLE completed")
+        return None
+
+    auth_ENABLE = (do_ENABLE, _base.arg_line)
 
     def checkpoint(self):
         self.mbox.folder.sync()
@@ -458,7 +585,8 @@ class IMAPServer(imap4.IMAP4Server):
         names = [f.decode("ascii", "replace") for f in flags or ()]
         d = mbox.addMessage(message, names, when)
         d.addCallbacks(
-            lambda _: self.sendPositiveResponse(tag, b"APPEND completed"),
+            lambda uid: self.sendPositiveResponse(
+                tag, b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), uid)),
             self._failed, None, None, (tag, b"APPEND"), None,
         )
 
@@ -474,20 +602,79 @@ class IMAPServer(imap4.IMAP4Server):
     # Commands: selected
 
     def do_FETCH(self, tag, messages, query, uid=0):
+        query, changedsince = query
+        if changedsince is not None:
+            messages = ChangedSince(messages, changedsince)
+        if any(part.type == "modseq" for part in query):
+            self._condstore = True
+        elif self._condstore and any(part.type == "flags" for part in query):
+            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
         if query and self.mbox.isWriteable() and any(map(_sets_seen, query)):
             self.mbox.mark_seen(seq for seq, _ in self.mbox.fetch(messages, uid))
             if not any(part.type == "flags" for part in query):
                 # in the same FETCH response: curl, for one, fails on a
                 # separate FLAGS-only FETCH before the body
                 query = [imap4._FetchParser.Flags()] + list(query)
-        super().do_FETCH(tag, messages, query, uid)
+        if query and all(part.type in _INDEX_ITEMS for part in query):
+            self._fetch_from_index(tag, self.mbox.fetch(messages, uid), query, uid)
+        else:
+            super().do_FETCH(tag, messages, query, uid)
 
-    select_FETCH = (do_FETCH, _base.arg_seqset, _base.arg_fetchatt)
+    def _fetch_from_index(self, tag, found, query, uid):
+        """
+        A FETCH of items the index holds (FLAGS, UID, sizes, dates,
+        MODSEQ), as a client syncing a big folder sends: written
+        L{FETCH_BATCH} messages per reactor turn, without Twisted's
+        Deferred and generator per message. The items are Twisted's
+        C{spew_*} as for any FETCH.
+        """
+        if uid and not any(part.type == "uid" for part in query):
+            query = list(query) + [imap4._FetchParser.UID()]
+        found = iter(found)
+
+        def batch():
+            if self._lost:
+                return
+            out = []
+            count = 0
+            for seq, message in itertools.islice(found, FETCH_BATCH):
+                count += 1
+                out.append(b"* %d FETCH (" % seq)
+                for i, part in enumerate(query):
+                    if i:
+                        out.append(b" ")
+                    getattr(self, "spew_" + part.type)(seq, message, out.append, None)
+                out.append(b")\r\n")
+            self.transport.write(b"".join(out))
+            if count == FETCH_BATCH:
+                self.callLater(0, batch)
+            else:
+                self.sendPositiveResponse(tag, b"FETCH completed")
+
+        batch()
+
+    select_FETCH = (do_FETCH, _base.arg_seqset, _arg_fetch)
+
+    def spew_modseq(self, id, msg, _w=None, _f=None):
+        _w(b"MODSEQ (%d)" % msg.info.modseq)
 
     def spew_bodystructure(self, id, msg, _w=None, _f=None):
         """Sizes and line counts of the body, not of the whole message."""
-        _w(b"BODYSTRUCTURE " + imap4.collapseNestedLists(
-            [imap4.getBodyStructure(_Body(msg), True)]))
+        return self._structure(msg, b"BODYSTRUCTURE ", True, _w)
+
+    def _structure(self, msg, label, extended, _w):
+        """
+        Write a body structure. Twisted's reads the whole message (line
+        counts, MIME parsing): for one over L{LARGE_MESSAGE} that happens
+        in a thread, and the FETCH waits for it.
+        """
+        def write(structure):
+            _w(label + imap4.collapseNestedLists([structure]))
+
+        if msg.getSize() <= LARGE_MESSAGE:
+            return write(imap4.getBodyStructure(_Body(msg), extended))
+        d = threads.deferToThread(imap4.getBodyStructure, _Body(msg), extended)
+        return d.addCallback(write)
 
     def spew_body(self, part, id, msg, _w=None, _f=None):
         """
@@ -509,41 +696,138 @@ class IMAPServer(imap4.IMAP4Server):
             _w(_label(part) + b" " + imap4._literal(data))
             return None
         if not (part.header or part.text or part.mime or part.empty):
-            _w(b"BODY " + imap4.collapseNestedLists([imap4.getBodyStructure(_Body(msg))]))
-            return None
+            return self._structure(msg, b"BODY ", False, _w)
+        if part.part and msg.getSize() > LARGE_MESSAGE and hasattr(msg, "parse"):
+            # a numbered part needs the MIME tree: parse it off the reactor
+            d = threads.deferToThread(msg.parse)
+            return d.addCallback(lambda _: _base.spew_body(self, part, id, msg, _w, _f))
         return super().spew_body(part, id, msg, _w, _f)
 
-    def do_STORE(self, tag, messages, mode, flags, uid=0):
+    def do_STORE(self, tag, messages, unchangedsince, mode, flags, uid=0):
+        """
+        STORE with keywords, and UNCHANGEDSINCE (RFC 7162): messages
+        changed since are left alone and named in C{[MODIFIED]}. Once
+        CONDSTORE is on, every stored message is reported with its MODSEQ,
+        .SILENT or not.
+        """
         if not self.mbox.isWriteable():
-            self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
-            return
-        if mode.upper().lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
-            self.sendBadResponse(tag, b"Expected FLAGS, +FLAGS or -FLAGS")
-            return
-        super().do_STORE(tag, messages, mode, flags, uid)
+            return self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
+        mode = mode.upper()
+        if mode.lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
+            return self.sendBadResponse(tag, b"Expected FLAGS, +FLAGS or -FLAGS")
+        if unchangedsince is not None:
+            self._condstore = True
+        silent = mode.endswith(b".SILENT")
+        sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
+        names = [f.decode("ascii", "replace") for f in flags]
+        stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+        for seq, info in sorted(stored.items()):
+            if not silent or self._condstore:
+                self.sendUntaggedResponse(
+                    b"%d FETCH (%s)" % (seq, self._changed_items(info, not silent, uid)))
+        if modified:
+            ids = [self.mbox.getUID(s) for s in modified] if uid else modified
+            return self.sendPositiveResponse(
+                tag, b"[MODIFIED " + syntax.sequence_set(ids) + b"] Conditional STORE failed")
+        return self.sendPositiveResponse(tag, b"STORE completed")
 
-    select_STORE = (do_STORE, _base.arg_seqset, _base.arg_atom, _base.arg_flaglist)
+    select_STORE = (
+        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom,
+        _base.arg_flaglist,
+    )
 
-    def do_COPY(self, tag, messages, mailbox, uid=0):
-        """In UID order, one at a time, so the copies' UIDs keep it."""
+    def _changed_items(self, info, flags=True, uid=False):
+        """The items of a FETCH response that reports a flag change."""
+        items = []
+        if flags:
+            items.append(b"FLAGS (" + " ".join(sorted(info.flags)).encode("ascii") + b")")
+        if uid:
+            items.append(b"UID %d" % info.uid)
+        if self._condstore:
+            items.append(b"MODSEQ (%d)" % info.modseq)
+        return b" ".join(items)
+
+    def flagsChanged(self, newFlags):
+        """Another session changed flags: FETCH, with MODSEQ once enabled."""
+        for seq in sorted(newFlags):
+            info = self.mbox.folder.message(self.mbox.getUID(seq))
+            self.sendUntaggedResponse(
+                b"%d FETCH (%s)" % (seq, self._changed_items(info)), isAsync=True)
+
+    def _target(self, tag, mailbox):
+        """The Mailbox a COPY or MOVE goes to, or L{None} after saying NO."""
         target = self.account.select(imap4._parseMbox(mailbox), 1)
         if target is None:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
+        return target
+
+    def do_COPY(self, tag, messages, mailbox, uid=0):
+        """
+        In UID order, one at a time, so the copies' UIDs keep it; the OK
+        carries COPYUID (RFC 4315).
+        """
+        target = self._target(tag, mailbox)
+        if target is None:
             return
         pending = [message for _, message in self.mbox.fetch(messages, uid)]
+        pairs = []
 
         def next_copy(_):
-            if pending:
-                return target.copy(pending.pop(0)).addCallback(next_copy)
-            return None
+            if not pending:
+                return pairs
+            message = pending.pop(0)
+            d = target.copy(message)
+            d.addCallback(lambda new: pairs.append((message.getUID(), new)))
+            return d.addCallback(next_copy)
 
-        d = next_copy(None) or defer.succeed(None)
+        d = defer.maybeDeferred(next_copy, None)
         d.addCallbacks(
-            lambda _: self.sendPositiveResponse(tag, b"COPY completed"),
+            lambda pairs: self.sendPositiveResponse(
+                tag, _copyuid(target, pairs) + b"COPY completed"),
             self._failed, None, None, (tag, b"COPY"), None,
         )
 
     select_COPY = (do_COPY, _base.arg_seqset, _base.arg_finalastring)
+
+    def do_MOVE(self, tag, messages, mailbox, uid=0):
+        """
+        RFC 6851: COPYUID in an untagged OK, then the EXPUNGEs, then the
+        tagged OK. The files are renamed, not copied.
+        """
+        if not self.mbox.isWriteable():
+            return self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
+        target = self._target(tag, mailbox)
+        if target is None:
+            return None
+        d = self.mbox.move(messages, uid, target)
+
+        def moved(result):
+            pairs, seqs = result
+            if pairs:
+                self.sendPositiveResponse(None, _copyuid(target, pairs) + b"Moved")
+            for seq in seqs:
+                self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+            self.sendPositiveResponse(tag, b"MOVE completed")
+
+        d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
+        return None
+
+    select_MOVE = (do_MOVE, _base.arg_seqset, _base.arg_finalastring)
+
+    def do_EXPUNGE(self, tag, messages=None, uid=0):
+        """EXPUNGE, and UID EXPUNGE with a UID set (RFC 4315)."""
+        if bool(uid) != (messages is not None):
+            return self.sendBadResponse(tag, b"Syntax: EXPUNGE, or UID EXPUNGE set")
+        if not self.mbox.isWriteable():
+            return self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
+        uids = None
+        if messages is not None:
+            uids = {u for _, u in self.mbox.resolve(messages, 1)}
+        for seq in self.mbox.expunge(uids):
+            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+        return self.sendPositiveResponse(tag, b"EXPUNGE completed")
+
+    select_EXPUNGE = (do_EXPUNGE, _opt_seqset)
 
     def do_SEARCH(self, tag, charset, query, uid=0):
         if charset and charset.upper() not in (b"UTF-8", b"US-ASCII"):
@@ -554,9 +838,18 @@ class IMAPServer(imap4.IMAP4Server):
 
     select_SEARCH = (do_SEARCH, _base.opt_charset, _base.arg_searchkeys)
 
-    def _searched(self, seqs, tag, uid):
+    def _searched(self, result, tag, uid):
+        """With MODSEQ among the criteria, the highest MODSEQ found (RFC 7162)."""
+        seqs, uses_modseq = result
         ids = [self.mbox.getUID(s) if uid else s for s in seqs]
-        self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % i for i in ids]))
+        words = [b"SEARCH"] + [b"%d" % i for i in ids]
+        if uses_modseq:
+            self._condstore = True
+            if seqs:
+                highest = max(self.mbox.folder.message(self.mbox.getUID(s)).modseq
+                              for s in seqs)
+                words.append(b"(MODSEQ %d)" % highest)
+        self.sendUntaggedResponse(b" ".join(words))
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def _search_failed(self, failure, tag):
@@ -579,6 +872,17 @@ class _Body:
         if hasattr(self._message, "body_size"):
             return self._message.body_size()
         return self._message.getSize()
+
+
+def _copyuid(target, pairs):
+    """The C{[COPYUID ...] } response code (RFC 4315) for C{(old, new)} UIDs."""
+    if not pairs:
+        return b""
+    return b"[COPYUID %d %s %s] " % (
+        target.getUIDValidity(),
+        syntax.sequence_set([old for old, _ in pairs]),
+        syntax.sequence_set([new for _, new in pairs]),
+    )
 
 
 def _sets_seen(part):

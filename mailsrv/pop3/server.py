@@ -18,6 +18,8 @@ needs and Twisted lacks or gets wrong:
   boundaries, read off the reactor thread, in as few writes as the size
   allows, and paused when the client reads slowly.
 - Deletions happen at QUIT only; a dropped connection deletes nothing.
+- One POP3 session per maildrop: a second login gets C{-ERR [IN-USE]}
+  (RFC 2449) until the first ends; IMAP sessions are not locked out.
 """
 
 from twisted.cred import error as cred_error
@@ -31,6 +33,7 @@ from zope.interface import implementer
 from mailsrv import sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.pop3.mailbox import MaildropInUse
 from mailsrv.realm import MailRealm
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 
@@ -423,6 +426,10 @@ class POP3Server(pop3.POP3):
                 key=failure.value.key,
             )
             self.failResponse(b"[SYS/TEMP] Too many failed logins, try again later")
+        elif failure.check(MaildropInUse):
+            log.info("login refused (maildrop in use): user={user} ip={ip} protocol=pop3",
+                     user=name, ip=self._peer_ip)
+            self.failResponse(b"[IN-USE] Mailbox in use by another POP3 session")
         elif failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
             log.info(
                 "login failed: user={user} ip={ip} protocol=pop3",

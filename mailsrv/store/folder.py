@@ -8,11 +8,15 @@ thread; their UIDs are still assigned on the reactor thread, which is the only
 place that changes a folder's in-memory state.
 """
 
+import functools
 import os
 import shutil
+import sys
+import time
 import weakref
-from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 from twisted.internet import threads
 from twisted.logger import Logger
@@ -33,8 +37,21 @@ FLAG_LETTERS = {
 }
 LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# atom-specials of RFC 3501 that may not be in a keyword ("]" included)
+KEYWORD_SPECIALS = frozenset('(){ %*"\\]')
+
+# Folders every user has, with their RFC 6154 attribute.
+SPECIAL_USE = {
+    "Drafts": "\\Drafts",
+    "Sent": "\\Sent",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+}
 
 INFO_SEPARATOR = ":2,"
+# A directory modified longer ago than this (seconds) has a trustworthy
+# mtime: a later change must give it a different one.
+SETTLED = 2
 SUBSCRIPTIONS = "subscriptions"
 
 
@@ -50,48 +67,101 @@ class FolderExists(FolderError):
     pass
 
 
-@dataclass(frozen=True)
-class MessageInfo:
+class MessageInfo(NamedTuple):
     """
-    One message as the folder knew it when asked.
+    One message as the folder knew it when asked (a tuple: a FETCH of a
+    big folder makes one per message).
 
     @ivar key: the Maildir base name without the info suffix: stable for the
         message's life (POP3 UIDL), whatever its flags.
-    @ivar flags: a frozenset of IMAP system flags (C{"\\Seen"}, ...).
+    @ivar flags: a frozenset of IMAP flags: system flags (C{"\\Seen"},
+        ...) and keywords (C{"$Junk"}, ...).
     @ivar internaldate: arrival time, seconds since the epoch.
+    @ivar modseq: the folder's MODSEQ at the message's last change (RFC 7162).
+    @ivar name: the file name in C{cur/} when asked.
     """
 
     uid: int
     key: str
-    path: Path
     size: int
     flags: frozenset
     internaldate: int
+    modseq: int
+    name: str
+    folder: object
+
+    @property
+    def path(self):
+        """The file (built on demand: listings need no Path objects)."""
+        return self.folder.path / "cur" / self.name
+
+
+_NO_KEYWORDS = frozenset()
 
 
 class _Entry:
-    """The mutable state of one message, owned by its L{Folder}."""
+    """
+    The mutable state of one message, owned by its L{Folder}; there are
+    as many as messages, so it keeps little: the file name is C{key +
+    suffix}, and the few distinct suffixes (C{":2,"}, C{":2,S"} ...) are
+    shared strings.
+    """
 
-    __slots__ = ("uid", "key", "name", "size", "internaldate")
+    __slots__ = ("uid", "key", "suffix", "size", "internaldate", "modseq", "keywords")
 
-    def __init__(self, uid, key, name, size, internaldate):
+    def __init__(self, uid, key, suffix, size, internaldate, modseq, keywords=()):
         self.uid = uid
         self.key = key
-        self.name = name  # current file name in cur/
+        self.suffix = sys.intern(suffix)
         self.size = size
         self.internaldate = internaldate
+        self.modseq = modseq
+        self.keywords = frozenset(keywords) if keywords else _NO_KEYWORDS
+
+    @property
+    def name(self):
+        """The current file name in C{cur/}."""
+        return self.key + self.suffix
+
+    @property
+    def letters(self):
+        """The system-flag letters of the file name, sorted."""
+        return system_letters(info_letters(self.suffix))
+
+    def flags(self):
+        return flags_of(info_letters(self.suffix)) | self.keywords
+
+    def record(self):
+        """The index's tuple (L{UidList.save})."""
+        return (self.key, self.uid, self.internaldate, self.size, self.modseq,
+                self.letters, tuple(sorted(self.keywords)))
 
 
 def split_name(name):
-    """C{"key:2,FS"} -> C{("key", "FS")}; a name without info has C{""}."""
-    key, sep, letters = name.partition(INFO_SEPARATOR)
-    if not sep:
-        key = name.partition(":")[0]
-    return key, letters
+    """C{"key:2,FS"} -> C{("key", ":2,FS")}: a key never holds C{":"}."""
+    key, sep, rest = name.partition(":")
+    return key, sep + rest
 
 
+def info_letters(suffix):
+    """The letters of a C{":2,<letters>"} suffix; other suffixes have none."""
+    return suffix[3:] if suffix.startswith(INFO_SEPARATOR) else ""
+
+
+@functools.lru_cache(maxsize=256)
 def flags_of(letters):
     return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
+
+
+@functools.lru_cache(maxsize=256)
+def system_letters(letters):
+    return "".join(sorted(c for c in letters if c in LETTER_FLAGS))
+
+
+def is_keyword(flag):
+    """An IMAP keyword (RFC 3501 flag-keyword): an atom, not a system flag."""
+    return bool(flag) and not flag.startswith("\\") and not (
+        set(flag) & KEYWORD_SPECIALS) and flag.isascii() and flag.isprintable()
 
 
 def size_from_key(key):
@@ -125,6 +195,9 @@ class Folder:
     flags). A change is announced to every listener but the one that made it
     (C{origin}), which learns the result from the call itself.
 
+    System flags live in the file names (other Maildir software reads them);
+    keywords and MODSEQs in the index.
+
     @ivar name: the IMAP name (C{"INBOX"}, C{"Archive/2024"}).
     @ivar path: the Maildir.
     """
@@ -136,7 +209,7 @@ class Folder:
         self.path = Path(path)
         self.listeners = []
         self._entries = {}  # uid -> _Entry
-        self._by_key = {}  # key -> uid
+        self._clean_stamp = None  # see sync()
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
         self._load()
@@ -150,6 +223,10 @@ class Folder:
     @property
     def uidnext(self):
         return self._index.uidnext
+
+    @property
+    def highestmodseq(self):
+        return self._index.highestmodseq
 
     def __len__(self):
         return len(self._entries)
@@ -165,6 +242,13 @@ class Folder:
     def uids(self):
         return sorted(self._entries)
 
+    def keywords(self):
+        """The keywords set on any message here, sorted."""
+        found = set()
+        for entry in self._entries.values():
+            found |= entry.keywords
+        return sorted(found)
+
     def open(self, uid):
         """
         The message file, opened for binary reading.
@@ -172,7 +256,21 @@ class Folder:
         @raise KeyError: no such UID.
         @raise OSError: the file vanished (another program removed it).
         """
-        return open(self._path(self._entries[uid]), "rb")
+        return open(os.path.join(self.path, "cur", self._entries[uid].name), "rb")
+
+    def read_start(self, uid, size):
+        """
+        The first C{size} bytes of a message, read without a file object
+        (a quarter of the cost when SEARCH reads every message's header).
+
+        @raise KeyError: no such UID.
+        @raise OSError: the file vanished.
+        """
+        fd = os.open(os.path.join(self.path, "cur", self._entries[uid].name), os.O_RDONLY)
+        try:
+            return os.read(fd, size)
+        finally:
+            os.close(fd)
 
     # Changing
 
@@ -187,60 +285,84 @@ class Folder:
         """
         Bring the folder up to date with the disk: move C{new/} to C{cur/},
         give new files UIDs in arrival order, forget vanished files, pick up
-        flags other programs changed. Persists the index when UIDs changed
+        flags other programs changed (with a new MODSEQ). Persists the index
         and tells the listeners.
+
+        Skipped when neither C{cur/} nor C{new/} changed since a scan that
+        found them settled (modified over L{SETTLED} seconds before): a
+        NOOP or IDLE in a big folder costs two C{stat}s, not a listing.
 
         @return: C{(added, expunged, flag_changes)}: lists of UIDs and a
             dict of UID to flags.
         """
-        names = self._scan()
-        added, expunged, changes = [], [], {}
-        on_disk = {}
-        for name in names:
-            key, _ = split_name(name)
-            on_disk[key] = name
+        stamp = self._stamp()
+        if stamp is not None and stamp == self._clean_stamp:
+            return [], [], {}
+        result = self._apply(self._move_new(self._scan()))
+        self._settle(stamp)
+        return result
+
+    def _settle(self, stamp):
+        """A scan that began at C{stamp} is complete: trust it if settled."""
+        settled = stamp is not None and max(stamp) < (time.time() - SETTLED) * 10**9
+        self._clean_stamp = stamp if settled else None
+
+    def _stamp(self):
+        try:
+            return (os.stat(self.path / "cur").st_mtime_ns,
+                    os.stat(self.path / "new").st_mtime_ns)
+        except FileNotFoundError:
+            return None
+
+    def _apply(self, names):
+        """L{sync} for the names now in C{cur/}."""
+        expunged, changed = [], []
+        on_disk = dict(map(split_name, names))  # key -> suffix
         for uid, entry in list(self._entries.items()):
-            name = on_disk.pop(entry.key, None)
-            if name is None:
+            suffix = on_disk.pop(entry.key, None)
+            if suffix is None:
                 expunged.append(uid)
                 del self._entries[uid]
-                del self._by_key[entry.key]
-            elif name != entry.name:
-                before = flags_of(split_name(entry.name)[1])
-                entry.name = name
-                after = flags_of(split_name(name)[1])
-                if after != before:
-                    changes[uid] = after
-        for key in sorted(on_disk, key=arrival_order):
-            entry = self._new_entry(key, on_disk[key])
-            if entry is not None:
-                added.append(entry.uid)
-        if added or expunged:
-            self._save()
+            elif suffix != entry.suffix:
+                before = entry.letters
+                entry.suffix = sys.intern(suffix)
+                if entry.letters != before:
+                    changed.append(entry)
+        added = self._new_entries(on_disk)
+        expunged.sort()
+        self._persist(added, changed, expunged)
+        changes = {entry.uid: entry.flags() for entry in changed}
+        added = [entry.uid for entry in added]
         self._notify(None, added, expunged, changes)
-        return added, sorted(expunged), changes
+        return added, expunged, changes
 
     def set_flags(self, uid, flags, origin=None):
         """
-        Replace the system flags of C{uid} (other flags are dropped: keywords
-        are not stored yet) by renaming its file.
+        Replace the flags of C{uid}: system flags by renaming its file,
+        keywords in the index. A change gives the message a new MODSEQ.
 
         @return: the flags now set, a frozenset.
         @raise KeyError: no such UID.
         @raise OSError: the file vanished.
         """
         entry = self._entries[uid]
-        key, letters = split_name(entry.name)
-        flags = frozenset(f for f in flags if f in FLAG_LETTERS)
+        letters = info_letters(entry.suffix)
+        system = frozenset(f for f in flags if f in FLAG_LETTERS)
+        keywords = frozenset(f for f in flags if is_keyword(f))
         # keep letters other software set (lower case keywords)
         others = "".join(c for c in letters if c not in LETTER_FLAGS)
-        new_letters = "".join(sorted({FLAG_LETTERS[f] for f in flags} | set(others)))
-        new_name = key + INFO_SEPARATOR + new_letters
-        if new_name != entry.name:
-            os.rename(self.path / "cur" / entry.name, self.path / "cur" / new_name)
-            entry.name = new_name
-            self._notify(origin, [], [], {uid: flags})
-        return flags
+        new_letters = "".join(sorted({FLAG_LETTERS[f] for f in system} | set(others)))
+        suffix = INFO_SEPARATOR + new_letters
+        if suffix == entry.suffix and keywords == entry.keywords:
+            return entry.flags()
+        if suffix != entry.suffix:
+            os.rename(self.path / "cur" / entry.name,
+                      self.path / "cur" / (entry.key + suffix))
+            entry.suffix = sys.intern(suffix)
+        entry.keywords = keywords
+        self._persist([], [entry], [])
+        self._notify(origin, [], [], {uid: entry.flags()})
+        return entry.flags()
 
     def delete(self, uids, origin=None):
         """
@@ -259,27 +381,30 @@ class Folder:
             except FileNotFoundError:
                 pass
             del self._entries[uid]
-            del self._by_key[entry.key]
             removed.append(uid)
-        if removed:
-            self._save()
-            self._notify(origin, [], removed, {})
+        self._persist([], [], removed)
+        self._notify(origin, [], removed, {})
         return removed
 
     def add(self, data, flags=(), date=None):
         """
-        Store a new message (IMAP APPEND): written and fsync'd in a thread.
+        Store a new message (IMAP APPEND): written and fsync'd in a thread,
+        bare LF line ends made CRLF (so sizes are what POP3 and IMAP send).
         Every listener hears of it, the session that added it included
         (RFC 3501 wants EXISTS for an APPEND to the selected mailbox).
 
         @param data: the message, L{bytes} or a binary file.
+        @param flags: system flags and keywords.
         @param date: its internal date (seconds); now when L{None}.
         @return: a Deferred of its UID.
         """
         if date is None:
             date = self.store.now()
-        d = threads.deferToThread(_write_message, self.path, data, flags, date)
-        d.addCallback(self._added, date)
+        if isinstance(data, bytes):
+            data = BytesIO(data)
+        d = threads.deferToThread(
+            _write_message, self.path, _crlf_lines(data), flags, date)
+        d.addCallback(self._added, date, flags)
         return d
 
     def copy(self, uid, other):
@@ -289,12 +414,47 @@ class Folder:
         @return: a Deferred of its UID in C{other}.
         """
         entry = self._entries[uid]
-        source = self._path(entry)
-        flags = flags_of(split_name(entry.name)[1])
+        flags = entry.flags()
         d = threads.deferToThread(
-            _write_message, other.path, source, flags, entry.internaldate
+            _write_message, other.path, self._path(entry), flags, entry.internaldate
         )
-        d.addCallback(other._added, entry.internaldate)
+        d.addCallback(other._added, entry.internaldate, flags)
+        return d
+
+    def move(self, uids, other, origin=None):
+        """
+        Move messages into Folder C{other} (IMAP MOVE) by renaming their
+        files, keeping flags and dates; C{cur/} of C{other} is fsync'd in a
+        thread before the Deferred fires.
+
+        @return: a Deferred of C{[(uid here, uid in other), ...]}, in UID
+            order; a message whose file vanished is left out.
+        """
+        moved, arrived, gone = [], [], []
+        try:
+            for uid in sorted(set(uids)):
+                entry = self._entries.get(uid)
+                if entry is None:
+                    continue
+                try:
+                    os.rename(self._path(entry), other.path / "cur" / entry.name)
+                except FileNotFoundError:
+                    continue
+                del self._entries[uid]
+                gone.append(uid)
+                new = _Entry(other._index.allocate(), entry.key, entry.suffix,
+                             entry.size, entry.internaldate,
+                             other._index.next_modseq(), entry.keywords)
+                other._entries[new.uid] = new
+                arrived.append(new)
+                moved.append((uid, new.uid))
+        finally:
+            self._persist([], [], gone)
+            other._persist(arrived, [], [])
+            self._notify(origin, [], gone, {})
+            other._notify(None, [new.uid for new in arrived], [], {})
+        d = threads.deferToThread(fsync_directory, other.path / "cur")
+        d.addCallback(lambda _: moved)
         return d
 
     # Internals
@@ -303,10 +463,9 @@ class Folder:
         return self.path / "cur" / entry.name
 
     def _info(self, entry):
-        key, letters = split_name(entry.name)
         return MessageInfo(
-            entry.uid, key, self._path(entry), entry.size, flags_of(letters),
-            entry.internaldate,
+            entry.uid, entry.key, entry.size, entry.flags(), entry.internaldate,
+            entry.modseq, entry.name, self,
         )
 
     def _load(self):
@@ -315,10 +474,13 @@ class Folder:
         there) but missing from the index means the index is older than the
         folder, say after a crash: its UIDs cannot be trusted, so the folder
         starts again with a new UIDVALIDITY rather than ever reusing a UID.
+        System flags that differ from what the index last saw changed while
+        the server was not looking: those messages get a new MODSEQ.
         """
         known = self._index.load()
-        found = self._scan(move_new=False)
-        in_cur = {split_name(n)[0]: n for n, where in found.items() if where == "cur"}
+        stamp = self._stamp()
+        found = self._scan()
+        in_cur = dict(split_name(n) for n, where in found.items() if where == "cur")
         if known is None or not in_cur.keys() <= known.keys():
             if known:
                 log.warn(
@@ -327,20 +489,26 @@ class Folder:
                 )
             self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
             known = {}
-        for key, (uid, internaldate, size) in known.items():
-            name = in_cur.get(key)
-            if name is not None:
-                self._entries[uid] = _Entry(uid, key, name, size, internaldate)
-                self._by_key[key] = uid
-        added, expunged, _ = self.sync()
-        if not (added or expunged) and len(self._entries) != len(known):
-            self._save()  # first index of this folder, or files vanished
+        changed = []
+        for key, (uid, internaldate, size, modseq, letters, keywords) in known.items():
+            suffix = in_cur.pop(key, None)
+            if suffix is not None:
+                entry = _Entry(uid, key, suffix, size, internaldate, modseq, keywords)
+                self._entries[uid] = entry
+                # (the first test is a shortcut for the usual ":2,<letters>")
+                if letters is not None and suffix[3:] != letters and letters != entry.letters:
+                    changed.append(entry)
+        # after a reset all of cur/ is new to the index; new/ always is
+        new = self._move_new({n: where for n, where in found.items() if where == "new"})
+        in_cur.update(map(split_name, new))
+        added = self._new_entries(in_cur)
+        self._persist(added, changed, [])
+        self._settle(stamp)
+        if len(self._entries) - len(added) != len(known):
+            self._snapshot()  # files vanished while the server was down
 
-    def _scan(self, move_new=True):
-        """
-        The message file names now in C{cur/} (after moving C{new/} there).
-        With C{move_new=False}, a dict of name -> C{"new"} or C{"cur"}.
-        """
+    def _scan(self):
+        """The message file names in C{cur/} and C{new/}: name -> C{"cur"} or C{"new"}."""
         found = {}
         for where in ("cur", "new"):
             try:
@@ -351,13 +519,15 @@ class Folder:
             for name in names:
                 if not name.startswith(".") and "\n" not in name:
                     found[name] = where
-        if not move_new:
-            return found
+        return found
+
+    def _move_new(self, found):
+        """Move the C{new/} files of a L{_scan} to C{cur/}; the names now there."""
         result = []
         for name, where in found.items():
             if where == "new":
-                key, letters = split_name(name)
-                target = key + INFO_SEPARATOR + letters
+                key, suffix = split_name(name)
+                target = key + INFO_SEPARATOR + info_letters(suffix)
                 try:
                     os.rename(self.path / "new" / name, self.path / "cur" / target)
                 except FileNotFoundError:
@@ -366,35 +536,58 @@ class Folder:
             result.append(name)
         return result
 
-    def _new_entry(self, key, name):
+    def _new_entries(self, names):
+        """Entries for new files (key -> suffix), with UIDs in arrival order."""
+        entries = (self._new_entry(key, names[key]) for key in sorted(names, key=arrival_order))
+        return [entry for entry in entries if entry is not None]
+
+    def _new_entry(self, key, suffix):
         size = size_from_key(key)
         try:
-            st = os.stat(self.path / "cur" / name)
+            st = os.stat(self.path / "cur" / (key + suffix))
         except FileNotFoundError:
             return None
         if size is None:
             size = st.st_size
-        uid = self._index.allocate()
-        entry = _Entry(uid, key, name, size, int(st.st_mtime))
-        self._entries[uid] = entry
-        self._by_key[key] = uid
+        entry = _Entry(self._index.allocate(), key, suffix, size, int(st.st_mtime),
+                       self._index.next_modseq())
+        self._entries[entry.uid] = entry
         return entry
 
-    def _added(self, name, date):
-        key, _ = split_name(name)
-        uid = self._index.allocate()
-        size = size_from_key(key)
-        self._entries[uid] = _Entry(uid, key, name, size, int(date))
-        self._by_key[key] = uid
-        self._save()
-        self._notify(None, [uid], [], {})
-        return uid
+    def _added(self, name, date, flags):
+        key, suffix = split_name(name)
+        entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
+                       self._index.next_modseq(), filter(is_keyword, flags))
+        self._entries[entry.uid] = entry
+        self._persist([entry], [], [])
+        self._notify(None, [entry.uid], [], {})
+        return entry.uid
 
-    def _save(self):
-        self._index.save(
-            (e.uid, e.internaldate, e.size, e.key)
-            for e in sorted(self._entries.values(), key=lambda e: e.uid)
-        )
+    def _persist(self, added, changed, removed):
+        """
+        Record changes in the index: appended lines, or a new snapshot when
+        the appended lines have grown larger than one. Flag changes and
+        removals take a new MODSEQ here (RFC 7162 wants HIGHESTMODSEQ to
+        grow at an expunge too).
+        """
+        if not (added or changed or removed):
+            return
+        for entry in changed:
+            entry.modseq = self._index.next_modseq()
+        if removed:
+            self._index.next_modseq()
+        if self._index.worth_a_snapshot(len(self._entries)):
+            self._snapshot()
+            return
+        if added:
+            self._index.append_added(e.record() for e in added)
+        if changed:
+            self._index.append_flags(e.record() for e in changed)
+        if removed:
+            self._index.append_removed(removed)
+
+    def _snapshot(self):
+        self._index.save(self._entries[uid].record() for uid in sorted(self._entries))
 
     def _notify(self, origin, added, expunged, changes):
         for listener in list(self.listeners):
@@ -411,29 +604,26 @@ class Folder:
         """The folder was deleted: every session sees all messages expunged."""
         uids = sorted(self._entries)
         self._entries.clear()
-        self._by_key.clear()
         self._notify(None, [], uids, {})
 
 
 def _write_message(maildir, data, flags, date):
     """
     Write a message into C{tmp/}, fsync it, date it and rename it into
-    C{cur/} with its flags; fsync C{cur/}. Runs in a thread.
+    C{cur/} with its system flags; fsync C{cur/}. Runs in a thread.
 
-    @param data: L{bytes}, a binary file, or a path to copy.
+    @param data: a path to copy, or an iterable of L{bytes}.
     @return: the new file name in C{cur/}.
     """
     maildir = Path(maildir)
     temporary = maildir / "tmp" / unique_name(0)
     try:
         with open(temporary, "xb") as out:
-            if isinstance(data, bytes):
-                out.write(data)
-            elif isinstance(data, (str, Path)):
+            if isinstance(data, (str, Path)):
                 with open(data, "rb") as source:
                     shutil.copyfileobj(source, out, 1 << 20)
             else:
-                shutil.copyfileobj(data, out, 1 << 20)
+                out.writelines(data)
             out.flush()
             os.fsync(out.fileno())
             size = out.tell()
@@ -447,6 +637,13 @@ def _write_message(maildir, data, flags, date):
             temporary.unlink()
         raise
     return name
+
+def _crlf_lines(lines):
+    """The lines of a binary file with a bare LF ending made CRLF."""
+    for line in lines:
+        if line.endswith(b"\n") and not line.endswith(b"\r\n"):
+            line = line[:-1] + b"\r\n"
+        yield line
 
 
 class MailStore:
@@ -463,6 +660,7 @@ class MailStore:
         self.clock = clock
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
+        self._maildrop_locks = set()
 
     def now(self):
         return int(self.clock.seconds())
@@ -472,6 +670,20 @@ class MailStore:
         value = max(self.now(), self._last_uidvalidity + 1, previous + 1)
         self._last_uidvalidity = value
         return value
+
+    def lock_maildrop(self, user):
+        """
+        Take the user's POP3 maildrop lock (one POP3 session at a time).
+
+        @return: whether it was free.
+        """
+        if user in self._maildrop_locks:
+            return False
+        self._maildrop_locks.add(user)
+        return True
+
+    def unlock_maildrop(self, user):
+        self._maildrop_locks.discard(user)
 
     def maildir(self, user, folder="INBOX"):
         """Where mail for C{user}'s C{folder} is delivered (no I/O)."""
@@ -598,6 +810,17 @@ class MailStore:
             if source in self.subscriptions(user):
                 self.unsubscribe(user, source)
                 self.subscribe(user, target)
+
+    def create_special_folders(self, user):
+        """
+        Create (and subscribe) the L{SPECIAL_USE} folders the user lacks:
+        done at each IMAP login, so clients always find Drafts, Sent, Trash
+        and Junk.
+        """
+        for name in SPECIAL_USE:
+            if not (self.maildir(user, name) / "cur").is_dir():
+                self.create_folder(user, name)
+                self.subscribe(user, name)
 
     # Subscriptions (IMAP LSUB): one name a line in <inbox>/subscriptions.
 

@@ -1,0 +1,182 @@
+"""
+The real server's IMAP extensions through imaplib: every capability the
+server advertises is exercised (a new one without a check here fails the
+test); several sessions on one mailbox, POP3 beside IMAP, keywords across a
+restart.
+"""
+
+import re
+
+from twisted.trial import unittest
+
+from tests.integration.harness import PASSWORD, MailServerProcess
+
+ALICE = "alice@example.test"
+MESSAGE = b"From: bob@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
+
+
+def raw(imap, command):
+    """Send C{command} (bytes, may hold literals) under a fresh tag; the reply lines."""
+    tag = imap._new_tag()
+    imap.send(tag + b" " + command + b"\r\n")
+    lines = []
+    while True:
+        line = imap.readline()
+        lines.append(line)
+        if line.startswith(tag + b" ") or not line:
+            return lines
+
+
+class ExtensionTests(unittest.TestCase):
+    def setUp(self):
+        self.server = MailServerProcess().start()
+        self.addCleanup(self.server.cleanup)
+
+    def imap(self, select="INBOX"):
+        imap = self.server.imap()
+        self.addCleanup(lambda: imap.state == "LOGOUT" or imap.shutdown())
+        imap.login(ALICE, PASSWORD)
+        if select:
+            self.assertEqual(imap.select(select)[0], "OK")
+        return imap
+
+    def append(self, imap, count=1, folder="INBOX", flags=None):
+        uids = []
+        for _ in range(count):
+            typ, data = imap.append(folder, flags, None, MESSAGE)
+            self.assertEqual(typ, "OK")
+            uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+        return uids
+
+    def test_every_advertised_extension_works(self):
+        imap = self.imap(select=None)
+        typ, data = imap.capability()
+        advertised = data[0].split()[1:]
+        for name in advertised:
+            if name.startswith(b"AUTH=") or name in (b"SASL-IR", b"STARTTLS"):
+                continue
+            check = getattr(self, "check_" + name.decode().replace("+", "_PLUS")
+                            .replace("-", "_"), None)
+            self.assertIsNotNone(check, f"{name!r} is advertised but not tested")
+            check(self.imap(select=None))
+
+    def check_IMAP4rev1(self, imap):
+        self.assertEqual(imap.select("INBOX")[0], "OK")
+
+    def check_IDLE(self, imap):
+        imap.select("INBOX")
+        tag = imap._new_tag()
+        imap.send(tag + b" IDLE\r\n")
+        self.assertTrue(imap.readline().startswith(b"+ "))
+        self.append(self.imap(select=None))
+        self.assertRegex(imap.readline(), rb"^\* \d+ EXISTS\r\n$")
+        imap.send(b"DONE\r\n")
+        self.assertEqual(imap.readline(), tag + b" OK IDLE terminated\r\n")
+
+    def check_NAMESPACE(self, imap):
+        typ, data = imap.namespace()
+        self.assertEqual((typ, data), ("OK", [b'(("" "/")) NIL NIL']))
+
+    def check_ID(self, imap):
+        lines = raw(imap, b'ID ("name" "imaplib")')
+        self.assertEqual(lines[0], b'* ID ("name" "mailsrv" "version" "0.1.0")\r\n')
+        self.assertIn(b" OK ", lines[-1])
+
+    def check_ENABLE(self, imap):
+        self.assertEqual(imap.enable("CONDSTORE")[0], "OK")
+        self.assertEqual(imap.response("ENABLED")[1], [b"CONDSTORE"])
+
+    def check_LITERAL_PLUS(self, imap):
+        lines = raw(imap, b"APPEND Drafts {%d+}\r\n" % len(MESSAGE) + MESSAGE)
+        self.assertRegex(lines[-1], rb" OK \[APPENDUID \d+ 1\] APPEND completed")
+        self.assertEqual(len(lines), 1)  # no continuation request
+
+    def check_UIDPLUS(self, imap):
+        imap.select("INBOX")
+        uids = self.append(imap, 3)
+        self.assertEqual(imap.uid("COPY", f"{uids[0]}:{uids[1]}", "Trash")[0], "OK")
+        self.assertRegex(imap.response("COPYUID")[1][-1],
+                         rb"^\d+ %d:%d \d+:\d+$" % (uids[0], uids[1]))
+        imap.uid("STORE", f"{uids[0]}:{uids[2]}", "+FLAGS.SILENT", r"(\Deleted)")
+        typ, data = imap.uid("EXPUNGE", str(uids[2]))
+        self.assertEqual(typ, "OK")
+        typ, data = imap.uid("SEARCH", None, "ALL")
+        self.assertNotIn(str(uids[2]).encode(), data[0].split())
+        self.assertIn(str(uids[0]).encode(), data[0].split())
+
+    def check_MOVE(self, imap):
+        imap.select("INBOX")
+        uid = self.append(imap, 1, flags=r"(\Flagged $Later)")[0]
+        typ, data = imap.uid("MOVE", str(uid), "Junk")
+        self.assertEqual(typ, "OK")
+        self.assertRegex(imap.response("COPYUID")[1][-1], rb"^\d+ %d \d+$" % uid)
+        imap.select("Junk")
+        typ, data = imap.fetch("1:*", "(FLAGS)")
+        self.assertIn(b"$Later", data[-1])
+        self.assertIn(b"\\Flagged", data[-1])
+
+    def check_SPECIAL_USE(self, imap):
+        typ, data = imap.list()
+        attributes = {line.rsplit(b" ", 1)[1].strip(b'"'): line.split(b")")[0] + b")"
+                      for line in data}
+        self.assertEqual(
+            {name: attributes[name] for name in (b"Drafts", b"Sent", b"Trash", b"Junk")},
+            {b"Drafts": b"(\\Drafts)", b"Sent": b"(\\Sent)", b"Trash": b"(\\Trash)",
+             b"Junk": b"(\\Junk)"},
+        )
+
+    def check_CONDSTORE(self, imap):
+        imap.enable("CONDSTORE")
+        imap.select("Sent")
+        highest = int(imap.response("HIGHESTMODSEQ")[1][0])
+        uids = self.append(imap, 2, "Sent")
+        imap.uid("STORE", str(uids[0]), "+FLAGS.SILENT", r"(\Seen)")
+        typ, data = imap.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {highest + 2})")
+        self.assertEqual(len(data), 1)
+        self.assertRegex(data[0], rb"FLAGS \(\\Seen\) MODSEQ \(\d+\) UID %d" % uids[0])
+        typ, data = imap.uid("STORE", str(uids[1]), f"(UNCHANGEDSINCE {highest})",
+                             "+FLAGS", r"(\Flagged)")
+        self.assertEqual(typ, "OK")
+        self.assertRegex(imap.response("MODIFIED")[1][0], rb"^%d$" % uids[1])
+
+    def test_two_sessions_see_each_other(self):
+        a, b = self.imap(), self.imap()
+        self.append(a, 2)
+        b.noop()
+        self.assertEqual(b.response("EXISTS")[1][-1], b"2")
+        a.store("1", "+FLAGS", r"(\Seen $Label1)")
+        b.noop()
+        self.assertIn(b"1 (FLAGS ($Label1 \\Seen))", b.response("FETCH")[1])
+        a.store("2", "+FLAGS", r"(\Deleted)")
+        a.expunge()
+        b.noop()
+        self.assertEqual(b.response("EXPUNGE")[1], [b"2"])
+        # UIDs are never reused, after expunge or restart
+        self.assertEqual(self.append(a, 1), [3])
+
+    def test_pop3_and_imap_together(self):
+        imap = self.imap()
+        self.append(imap, 2)
+        pop = self.server.pop3()
+        pop.user(ALICE)
+        pop.pass_(PASSWORD)
+        self.assertEqual(pop.stat(), (2, 2 * len(MESSAGE)))
+        pop.dele(1)
+        imap.store("2", "+FLAGS", r"(\Flagged)")
+        self.assertEqual(pop.retr(2)[1][-1], b"body")
+        pop.quit()
+        imap.noop()
+        self.assertEqual(imap.response("EXPUNGE")[1], [b"1"])
+        typ, data = imap.uid("FETCH", "1:*", "(FLAGS)")
+        self.assertEqual(data, [b"1 (FLAGS (\\Flagged) UID 2)"])
+
+    def test_keywords_survive_a_restart(self):
+        imap = self.imap()
+        self.append(imap, 1, flags="($Important Project-X)")
+        imap.logout()
+        self.server.stop()
+        self.server.start()
+        imap = self.imap()
+        typ, data = imap.fetch("1", "(FLAGS)")
+        self.assertEqual(data, [b"1 (FLAGS ($Important Project-X))"])
+        self.assertIn(b"$Important Project-X", imap.response("FLAGS")[1][0])

@@ -1,0 +1,307 @@
+"""
+The IMAP extensions mailsrv advertises, one test class each, through the
+protocol: exact bytes in, exact replies out. (tests/integration/
+test_imap_clients.py drives the same extensions with imaplib against the
+real server.)
+"""
+
+from twisted.mail import imap4
+from twisted.trial import unittest
+
+from mailsrv.imap.syntax import (
+    sequence_set,
+    split_fetch_modifiers,
+    split_store_modifier,
+    take_modseq_item,
+)
+from mailsrv.store.folder import MailStore
+from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase
+
+
+class UIDPlusTests(IMAPTestCase):
+    """RFC 4315: APPENDUID, COPYUID, UID EXPUNGE."""
+
+    def test_appenduid_and_copyuid(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        c.cmd(b"a APPEND Trash {3}")
+        self.assertEqual(c.send(b"x\r\n\r\n"),
+                         b"a OK [APPENDUID 1795000001 1] APPEND completed\r\n")
+        self.assertEqual(c.cmd(b"c COPY 1:* Trash"),
+                         b"c OK [COPYUID 1795000001 1:3 2:4] COPY completed\r\n")
+        self.assertEqual(c.cmd(b"d UID COPY 2 Trash"),
+                         b"d OK [COPYUID 1795000001 2 5] COPY completed\r\n")
+        self.assertEqual(c.cmd(b"e UID COPY 9 Trash"), b"e OK COPY completed\r\n")
+
+    def test_uid_expunge_removes_only_the_set(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        c.cmd(b"s STORE 1:3 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.cmd(b"x UID EXPUNGE 2:3"),
+                         b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\nx OK EXPUNGE completed\r\n")
+        self.assertEqual(self.store.folder(ALICE).uids(), [1])
+        self.assertEqual(c.cmd(b"y EXPUNGE 1"),
+                         b"y BAD Syntax: EXPUNGE, or UID EXPUNGE set\r\n")
+        self.assertEqual(c.cmd(b"z EXPUNGE"), b"* 1 EXPUNGE\r\nz OK EXPUNGE completed\r\n")
+
+
+class MoveTests(IMAPTestCase):
+    """RFC 6851: MOVE and UID MOVE."""
+
+    def test_move_and_uid_move(self):
+        c = self.selected(MESSAGE, MULTIPART, MESSAGE, MESSAGE)
+        c.cmd(b"f STORE 2 +FLAGS.SILENT (\\Flagged $Work)")
+        self.assertEqual(
+            c.cmd(b"m MOVE 2:3 Trash"),
+            b"* OK [COPYUID 1795000001 2:3 1:2] Moved\r\n"
+            b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\nm OK MOVE completed\r\n",
+        )
+        self.assertEqual(
+            c.cmd(b"u UID MOVE 4 Trash"),
+            b"* OK [COPYUID 1795000001 4 3] Moved\r\n* 2 EXPUNGE\r\nu OK MOVE completed\r\n",
+        )
+        trash = self.store.folder(ALICE, "Trash")
+        self.assertEqual([(m.uid, m.flags) for m in trash.messages()],
+                         [(1, {"\\Flagged", "$Work"}), (2, frozenset()), (3, frozenset())])
+        self.assertEqual(trash.message(1).path.read_bytes(), MULTIPART)
+        self.assertEqual(self.store.folder(ALICE).uids(), [1])
+        self.assertEqual(c.cmd(b"n MOVE 1 Nope"), b"n NO [TRYCREATE] No such mailbox\r\n")
+        self.assertEqual(c.cmd(b"e UID MOVE 99 Trash"), b"e OK MOVE completed\r\n")
+
+    def test_other_session_sees_the_move(self):
+        a = self.selected(MESSAGE, MESSAGE)
+        b = self.selected()
+        a.cmd(b"m MOVE 1 Junk")
+        self.assertEqual(b.cmd(b"n NOOP"), b"* 1 EXPUNGE\r\nn OK NOOP completed\r\n")
+
+    def test_read_only(self):
+        c = self.selected(MESSAGE)
+        c.cmd(b"e EXAMINE INBOX")
+        self.assertEqual(c.cmd(b"m MOVE 1 Trash"),
+                         b"m NO [READ-ONLY] Mailbox is read-only\r\n")
+
+
+class NamespaceTests(IMAPTestCase):
+    def test_personal_namespace_only(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"n NAMESPACE"),
+                         b'* NAMESPACE (("" "/")) NIL NIL\r\nn OK NAMESPACE command completed\r\n')
+
+
+class IDTests(IMAPTestCase):
+    """RFC 2971, in any state."""
+
+    def test_id(self):
+        c = self.client()
+        reply = b'* ID ("name" "mailsrv" "version" "0.1.0")\r\na OK ID completed\r\n'
+        self.assertEqual(c.cmd(b'a ID ("name" "mutt" "version" "2.2")'), reply)
+        c.login()
+        self.assertEqual(c.cmd(b"a ID NIL"), reply)
+        self.assertEqual(c.cmd(b"b ID"), b"b BAD Syntax error: Missing argument\r\n")
+        self.assertEqual(c.cmd(b"b ID foo"),
+                         b"b BAD Syntax error: Expected NIL or a parenthesized list\r\n")
+
+
+class EnableTests(IMAPTestCase):
+    """RFC 5161."""
+
+    def test_enable(self):
+        c = self.client()
+        self.assertEqual(c.cmd(b"a ENABLE CONDSTORE"),
+                         b"a BAD Command not valid in this state\r\n")
+        c.login()
+        self.assertEqual(c.cmd(b"a ENABLE QRESYNC CONDSTORE"),
+                         b"* ENABLED CONDSTORE\r\na OK ENABLE completed\r\n")
+        self.assertEqual(c.cmd(b"b ENABLE CONDSTORE"),
+                         b"* ENABLED\r\nb OK ENABLE completed\r\n")
+        self.assertEqual(c.cmd(b"c ENABLE"), b"c BAD Syntax: ENABLE capability...\r\n")
+
+
+class LiteralPlusTests(IMAPTestCase):
+    """RFC 7888: no continuation request for {N+}."""
+
+    def test_login_and_append(self):
+        c = self.client()
+        reply = c.send(b"a LOGIN {18+}\r\nalice@example.test {6+}\r\nsecret\r\n")
+        self.assertTrue(reply.startswith(b"a OK [CAPABILITY"), reply)
+        self.assertEqual(
+            c.send(b"b APPEND INBOX (\\Seen) {14+}\r\nSubject: x\r\n\r\n\r\n"),
+            b"b OK [APPENDUID 1795000000 1] APPEND completed\r\n",
+        )
+        self.assertEqual(self.store.folder(ALICE).message(1).path.read_bytes(),
+                         b"Subject: x\r\n\r\n")
+        # a synchronizing literal still gets its continuation
+        self.assertEqual(c.cmd(b"c APPEND INBOX {3}"), b"+ Ready for 3 octets of data\r\n")
+
+    def test_refused_literal_closes(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(
+            c.cmd(b"a APPEND INBOX {999999999999+}"),
+            b"a BAD Literal refused: message larger than 36700160 bytes\r\n"
+            b"* BYE Cannot read the rest of that command\r\n",
+        )
+        self.assertTrue(c.transport.disconnecting)
+
+
+class SpecialUseTests(IMAPTestCase):
+    """RFC 6154: Drafts, Sent, Trash and Junk exist from the first login."""
+
+    def test_created_subscribed_and_listed(self):
+        self.assertEqual(self.store.folders(ALICE), ["INBOX"])
+        c = self.client()
+        c.login()
+        self.assertEqual(
+            c.cmd(b'l LIST "" "*"'),
+            b'* LIST () "/" "INBOX"\r\n* LIST (\\Drafts) "/" "Drafts"\r\n'
+            b'* LIST (\\Junk) "/" "Junk"\r\n* LIST (\\Sent) "/" "Sent"\r\n'
+            b'* LIST (\\Trash) "/" "Trash"\r\nl OK LIST completed\r\n',
+        )
+        self.assertEqual(self.store.subscriptions(ALICE),
+                         ["INBOX", "Drafts", "Sent", "Trash", "Junk"])
+        # deleted, it comes back at the next login; others are left alone
+        c.cmd(b"d DELETE Trash")
+        c.cmd(b"u UNSUBSCRIBE Sent")
+        self.client().login()
+        self.assertEqual(self.store.subscriptions(ALICE),
+                         ["INBOX", "Drafts", "Junk", "Trash"])
+
+
+class KeywordTests(IMAPTestCase):
+    def test_keywords_stored_listed_searched_and_kept(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS ($Label1 Work)"),
+                         b"* 1 FETCH (FLAGS ($Label1 Work))\r\na OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"b SEARCH KEYWORD Work"), b"* SEARCH 1\r\nb OK SEARCH completed\r\n")
+        self.assertEqual(c.cmd(b"c SEARCH UNKEYWORD $Label1"),
+                         b"* SEARCH 2\r\nc OK SEARCH completed\r\n")
+        self.store = self.server.store = MailStore(self.root / "mail", self.clock)  # restart
+        c = self.selected()
+        reply = c.cmd(b"s SELECT INBOX")
+        self.assertIn(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 Work)\r\n",
+                      reply)
+        self.assertIn(b"[PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
+                      b"$Label1 Work \\*)]", reply)
+        self.assertEqual(c.cmd(b"f FETCH 1 FLAGS"),
+                         b"* 1 FETCH (FLAGS ($Label1 Work))\r\nf OK FETCH completed\r\n")
+
+    def test_append_with_keyword_and_bare_lf(self):
+        c = self.client()
+        c.login()
+        c.cmd(b"a APPEND INBOX ($Draft \\Seen) {22}")
+        self.assertEqual(c.send(b"Subject: x\n\nline\nend\r\n\r\n"),
+                         b"a OK [APPENDUID 1795000000 1] APPEND completed\r\n")
+        info = self.store.folder(ALICE).message(1)
+        self.assertEqual(info.flags, {"$Draft", "\\Seen"})
+        self.assertEqual(info.path.read_bytes(), b"Subject: x\r\n\r\nline\r\nend\r\n")
+        self.assertEqual(info.size, 25)
+
+
+class CondstoreTests(IMAPTestCase):
+    """RFC 7162 CONDSTORE."""
+
+    def test_select_fetch_and_store(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        reply = c.cmd(b"s SELECT INBOX (CONDSTORE)")
+        self.assertIn(b"* OK [HIGHESTMODSEQ 3] Highest\r\n", reply)
+        self.assertEqual(
+            c.cmd(b"f FETCH 1:* (UID MODSEQ)"),
+            b"* 1 FETCH (UID 1 MODSEQ (1))\r\n* 2 FETCH (UID 2 MODSEQ (2))\r\n"
+            b"* 3 FETCH (UID 3 MODSEQ (3))\r\nf OK FETCH completed\r\n",
+        )
+        self.assertEqual(c.cmd(b"a STORE 2 +FLAGS.SILENT (\\Seen)"),
+                         b"* 2 FETCH (MODSEQ (4))\r\na OK STORE completed\r\n")
+        self.assertEqual(
+            c.cmd(b"b UID FETCH 1:* (FLAGS) (CHANGEDSINCE 3)"),
+            b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (4) UID 2)\r\nb OK FETCH completed\r\n",
+        )
+        self.assertEqual(
+            c.cmd(b"c STORE 1:3 (UNCHANGEDSINCE 3) +FLAGS (\\Flagged)"),
+            b"* 1 FETCH (FLAGS (\\Flagged) MODSEQ (5))\r\n"
+            b"* 3 FETCH (FLAGS (\\Flagged) MODSEQ (6))\r\n"
+            b"c OK [MODIFIED 2] Conditional STORE failed\r\n",
+        )
+        self.assertEqual(
+            c.cmd(b"d UID STORE 2 (UNCHANGEDSINCE 1) FLAGS ()"),
+            b"d OK [MODIFIED 2] Conditional STORE failed\r\n",
+        )
+        self.assertEqual(self.store.folder(ALICE).message(2).flags, {"\\Seen"})
+        self.assertEqual(c.cmd(b"e STORE 1 (FOO 1) FLAGS ()"),
+                         b"e BAD Syntax error: Unknown STORE modifier\r\n")
+
+    def test_search_modseq_and_status(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        c.cmd(b"a STORE 1 +FLAGS.SILENT (\\Seen)")
+        self.assertEqual(c.cmd(b"s SEARCH MODSEQ 3"),
+                         b"* SEARCH 1 3 (MODSEQ 4)\r\ns OK SEARCH completed\r\n")
+        self.assertEqual(c.cmd(b'u UID SEARCH MODSEQ "/flags/\\\\draft" all 4'),
+                         b"* SEARCH 1 (MODSEQ 4)\r\nu OK SEARCH completed\r\n")
+        self.assertEqual(c.cmd(b"n SEARCH MODSEQ 5"), b"* SEARCH\r\nn OK SEARCH completed\r\n")
+        self.assertEqual(c.cmd(b"t STATUS INBOX (HIGHESTMODSEQ MESSAGES)"),
+                         b"* STATUS INBOX (HIGHESTMODSEQ 4 MESSAGES 3)\r\nt OK STATUS complete\r\n")
+
+    def test_enabled_sessions_hear_modseq_of_others_changes(self):
+        a = self.selected(MESSAGE)
+        b = self.client()
+        b.login()
+        b.cmd(b"e ENABLE CONDSTORE")
+        b.cmd(b"s SELECT INBOX")
+        a.cmd(b"x STORE 1 +FLAGS.SILENT (\\Answered)")
+        self.assertEqual(b.read(), b"* 1 FETCH (FLAGS (\\Answered) MODSEQ (2))\r\n")
+        self.assertEqual(b.cmd(b"f FETCH 1 FLAGS"),
+                         b"* 1 FETCH (FLAGS (\\Answered) MODSEQ (2))\r\nf OK FETCH completed\r\n")
+
+    def test_without_condstore_no_modseq(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS.SILENT (\\Seen)"), b"a OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"f FETCH 1 FLAGS"),
+                         b"* 1 FETCH (FLAGS (\\Seen))\r\nf OK FETCH completed\r\n")
+        self.assertEqual(c.cmd(b"b SELECT INBOX (QRESYNC)"),
+                         b"b BAD Unknown SELECT parameter\r\n")
+
+
+class SyntaxTests(unittest.TestCase):
+    def test_fetch_modifiers(self):
+        table = [
+            (b"(FLAGS)", (b"(FLAGS)", None)),
+            (b"(FLAGS) (CHANGEDSINCE 12)", (b"(FLAGS)", 12)),
+            (b"FLAGS (changedsince 7)", (b"FLAGS", 7)),
+            (b"(BODY[HEADER.FIELDS (FROM)])", (b"(BODY[HEADER.FIELDS (FROM)])", None)),
+        ]
+        for line, expected in table:
+            self.assertEqual(split_fetch_modifiers(line), expected, line)
+
+    def test_modseq_item(self):
+        table = [
+            (b"(FLAGS MODSEQ)", (b"(FLAGS)", True)),
+            (b"(MODSEQ UID FLAGS)", (b"(UID FLAGS)", True)),
+            (b"MODSEQ", (None, True)),
+            (b"(modseq)", (None, True)),
+            (b"(FLAGS UID)", (b"(FLAGS UID)", False)),
+            (b"(X-MODSEQS)", (b"(X-MODSEQS)", False)),
+        ]
+        for atts, expected in table:
+            self.assertEqual(take_modseq_item(atts), expected, atts)
+
+    def test_store_modifier(self):
+        self.assertEqual(split_store_modifier(b"(UNCHANGEDSINCE 9) +FLAGS (x)"),
+                         (9, b"+FLAGS (x)"))
+        self.assertEqual(split_store_modifier(b"FLAGS x"), (None, b"FLAGS x"))
+        self.assertRaises(imap4.IllegalClientResponse, split_store_modifier, b"(X 1) FLAGS")
+
+    def test_sequence_set(self):
+        self.assertEqual(sequence_set([1, 2, 3, 5, 7, 8]), b"1:3,5,7:8")
+        self.assertEqual(sequence_set([4]), b"4")
+
+
+class CapabilityCoverageTests(unittest.TestCase):
+    """Every advertised extension has a test class here."""
+
+    def test_each_extension_is_tested(self):
+        from mailsrv.imap.server import EXTENSIONS
+
+        tested = {
+            b"LITERAL+": LiteralPlusTests, b"ID": IDTests, b"ENABLE": EnableTests,
+            b"NAMESPACE": NamespaceTests, b"UIDPLUS": UIDPlusTests, b"MOVE": MoveTests,
+            b"SPECIAL-USE": SpecialUseTests, b"CONDSTORE": CondstoreTests,
+        }
+        self.assertEqual(set(EXTENSIONS) - {b"IDLE"}, set(tested))
