@@ -1,0 +1,1 @@
+"""Small peer servers the harness runs in their own processes."""
