@@ -210,7 +210,7 @@ class Spool:
 
         @return: the request's path; it is gone once the runner has acted.
         """
-        name = f"{time.time_ns()}-{secrets.randbits(20):05x}"
+        name = f"{time.time_ns()}-{random.getrandbits(20):05x}"
         temporary, final = self.ctl / f".{name}.tmp", self.ctl / f"{name}.json"
         with open(temporary, "w", encoding="utf-8") as f:
             json.dump({"action": action, "id": queue_id}, f)
