@@ -33,10 +33,23 @@ LISTENERS = [
 ]
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A loopback port nothing listens on now, never the same twice in one
+    test run: the kernel readily hands out a port it has just freed again,
+    so two calls in a row may otherwise give one port to two listeners.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise AssertionError("no unused loopback port")
 
 
 def require_tool(testcase, name):
