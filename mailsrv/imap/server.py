@@ -650,6 +650,9 @@ class IMAPServer(imap4.IMAP4Server):
             producer.scheduled = None
             if self._lost:
                 return
+            if producer.paused:
+                producer.waiting = batch
+                return
             out = []
             count = size = 0
             try:
