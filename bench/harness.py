@@ -62,6 +62,8 @@ QUICK = Counts(smtp=500, smtp50=100, smtp1m=50, submission=300, pop3=1000,
                folders=(1000,), repeats=3, idle=1000, burst=1000, idle_hold=4.0,
                burst_timeout=20.0)
 
+# The FETCH rows are run again over this many connections at once.
+PARALLEL_FETCH = 4
 WORKLOADS = ("smtp", "smtp50", "smtp1m", "submission", "pop3", "imap", "idle", "burst")
 PROTOCOL = {"smtp": "smtp", "smtp50": "smtp", "smtp1m": "smtp", "submission": "submission",
             "pop3": "pop3", "imap": "imap", "idle": "imap", "burst": "smtp"}
@@ -132,7 +134,7 @@ class Bench:
         options = {}
         if cls.name == "mailsrv" and self.args.mailsrv_backlog:
             options["backlog"] = self.args.mailsrv_backlog
-        if cls.name == "mailsrv" and self.args.profile and workload == "smtp":
+        if cls.name == "mailsrv" and self.args.profile and workload in ("smtp", "imap"):
             options["profile"] = str(Path(self.args.profile).resolve())
         return options
 
@@ -363,6 +365,12 @@ class Bench:
                 await client.command("LOGOUT")
             finally:
                 client.close()
+            for name, command in (
+                    ("FETCH 1:* (FLAGS UID RFC822.SIZE)", "FETCH 1:* (FLAGS UID RFC822.SIZE)"),
+                    ("FETCH 1:* BODY.PEEK[]", "FETCH 1:* BODY.PEEK[]")):
+                times = await self._imap_parallel(system, command, PARALLEL_FETCH, repeats)
+                results.append((f"{name} over {PARALLEL_FETCH} connections", times,
+                                count * PARALLEL_FETCH, "msg/s"))
         for name, times, per_op, unit in results:
             total = sum(times)
             self.add(Row(system.name, f"IMAP {name}, {count} msgs", count=len(times),
@@ -370,6 +378,30 @@ class Bench:
                          rss=memory.peak, durable="n/a (read)",
                          notes=f"{len(times)} runs; latency = whole command; "
                                f"{memory.note()}"))
+
+    async def _imap_parallel(self, system, command, connections, repeats):
+        """
+        C{command} sent at once on C{connections} logged-in sessions with
+        INBOX selected: the seconds until the last tagged answer, per run.
+        """
+        clients = []
+        try:
+            for _ in range(connections):
+                client = await load.IMAPClient.connect(system.ports["imap"])
+                clients.append(client)
+                await client.command(f'LOGIN "{ALICE}" "{PASSWORD}"')
+                await client.command("SELECT INBOX")
+            times = []
+            for _ in range(repeats):
+                start = time.monotonic()
+                await asyncio.gather(*(c.command(command) for c in clients))
+                times.append(time.monotonic() - start)
+            for client in clients:
+                await client.command("LOGOUT")
+            return times
+        finally:
+            for client in clients:
+                client.close()
 
     # Many connections
 
@@ -440,7 +472,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", help="also write the report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--profile", metavar="FILE",
-                        help="run mailsrv under cProfile in the smtp workload; stats to FILE")
+                        help="run mailsrv under cProfile in the smtp or imap workload; stats to FILE")
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.systems = [s for s in args.systems.split(",") if s]

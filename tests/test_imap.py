@@ -4,6 +4,7 @@ a StringTransport and a task.Clock.
 """
 
 import base64
+import os
 from pathlib import Path
 
 from twisted.cred import checkers, credentials, error
@@ -697,6 +698,159 @@ class MailboxCommandTests(IMAPTestCase):
         deliver(self.store, MESSAGE)
         self.store.notify(ALICE)
         self.assertEqual(c.read(), b"* 2 EXISTS\r\n")
+
+
+class FastFetchTests(IMAPTestCase):
+    """
+    The fast FETCH path (index items and whole messages) answers byte for
+    byte as Twisted's general FETCH does, sets \\Seen by the same rules,
+    and yields to other connections between batches.
+    """
+
+    BIG = MESSAGE.replace(b"how are you?\r\n", b"how are you?\r\n" * 3000)
+    BARE_LF = MESSAGE.replace(b"\r\n", b"\n")
+    SETUP = (
+        b"a STORE 1 +FLAGS (\\Flagged $Junk)",
+        b"b STORE 2 +FLAGS (\\Seen \\Answered)",
+        b"c STORE 4 +FLAGS (\\Deleted \\Draft Later)",
+    )
+
+    def session(self, fast, commands, select=b"SELECT", setup=SETUP):
+        """The replies to C{commands} in a fresh store, fast path or not."""
+        root = Path(self.mktemp())
+        root.mkdir()
+        server = make_mail_server(root, self.clock)
+        for m in (MESSAGE, MULTIPART, self.BIG, self.BARE_LF, MESSAGE):
+            deliver(server.store, m)
+        saved = server_module._fast_item
+        if not fast:
+            server_module._fast_item = lambda part: False
+        try:
+            c = Client(server)
+            self.addCleanup(c.proto.connectionLost, None)
+            used = []
+            original = c.proto._fetch_fast
+
+            def recording(*args):
+                used.append(args[0])
+                return original(*args)
+            c.proto._fetch_fast = recording
+            c.login()
+            c.cmd(b"s SELECT INBOX")
+            for line in setup:
+                c.cmd(line)
+            if select != b"SELECT":
+                c.cmd(b"s " + select + b" INBOX")
+            replies = [c.cmd(line) for line in commands]
+        finally:
+            server_module._fast_item = saved
+        fetches = sum(1 for line in commands if b"FETCH" in line)
+        self.assertEqual(len(used), fetches if fast else 0)
+        return replies
+
+    def assertSame(self, commands, **kw):
+        fast = self.session(True, commands, **kw)
+        general = self.session(False, commands, **kw)
+        for command, a, b in zip(commands, fast, general):
+            if a != b:
+                self.fail(f"{command!r}: fast {a[:300]!r}... general {b[:300]!r}...")
+        for command, reply in zip(commands, fast):
+            if b"FETCH" in command:
+                self.assertTrue(reply.endswith(b" OK FETCH completed\r\n"), reply[-200:])
+        return fast
+
+    def test_index_items(self):
+        replies = self.assertSame([
+            b"f FETCH 1:* (FLAGS UID RFC822.SIZE)",
+            b"g UID FETCH 2:* (FLAGS RFC822.SIZE INTERNALDATE)",
+            b"h FETCH 1:3 (RFC822.SIZE)",
+            b"i UID FETCH 1:* FLAGS",
+        ])
+        self.assertIn(b"* 1 FETCH (FLAGS ($Junk \\Flagged) UID 1 RFC822.SIZE 178)", replies[0])
+        self.assertIn(b"* 4 FETCH (FLAGS (Later \\Deleted \\Draft) UID 4 ", replies[0])
+
+    def test_whole_messages_peek(self):
+        replies = self.assertSame([
+            b"p FETCH 1:* BODY.PEEK[]",
+            b"q UID FETCH 1:* (RFC822.SIZE BODY.PEEK[] FLAGS)",
+            b"f FETCH 1:* FLAGS",
+        ])
+        self.assertTrue(
+            (b"* 3 FETCH (BODY[] {%d}\r\n" % len(self.BIG) + self.BIG + b")\r\n") in replies[0])
+        self.assertIn(b"* 4 FETCH (BODY[] {%d}\r\n" % len(self.BARE_LF), replies[0])
+        self.assertNotIn(b"\\Seen) UID 1", replies[2])
+
+    def test_body_sets_seen(self):
+        replies = self.assertSame([
+            b"b FETCH 1,3 BODY[]",
+            b"u UID FETCH 4:5 (UID BODY[])",
+            b"r FETCH 2 RFC822",
+            b"f FETCH 1:* FLAGS",
+        ])
+        self.assertTrue(replies[0].startswith(
+            b"* 1 FETCH (FLAGS ($Junk \\Flagged \\Seen) BODY[] {178}\r\n" + MESSAGE + b")\r\n"))
+        self.assertIn(b"* 5 FETCH (FLAGS (\\Seen) UID 5 BODY[] {178}\r\n", replies[1])
+        self.assertIn(b"* 2 FETCH (FLAGS (\\Answered \\Seen) RFC822 {", replies[2])
+        self.assertIn(b"* 4 FETCH (FLAGS (Later \\Deleted \\Draft \\Seen))", replies[3])
+
+    def test_read_only_does_not_set_seen(self):
+        replies = self.assertSame([b"b FETCH 1 BODY[]", b"f FETCH 1 FLAGS"],
+                                  select=b"EXAMINE")
+        self.assertEqual(replies[0], b"* 1 FETCH (BODY[] {178}\r\n" + MESSAGE
+                         + b")\r\nb OK FETCH completed\r\n")
+
+    def test_condstore(self):
+        replies = self.assertSame([
+            b"e FETCH 1 (MODSEQ)",
+            b"f FETCH 1:* (FLAGS BODY.PEEK[])",
+            b"m FETCH 1:* (UID) (CHANGEDSINCE 2)",
+            b"b UID FETCH 1:2 (BODY[] MODSEQ)",
+        ])
+        self.assertIn(b"MODSEQ (", replies[1])
+
+    def test_batches_yield_and_follow_flow_control(self):
+        self.patch(server_module, "FETCH_BATCH", 2)
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE, MESSAGE, MESSAGE)
+        c.proto.dataReceived(b"f FETCH 1:* BODY.PEEK[]\r\n")
+        self.assertEqual(c.transport.value().count(b" FETCH ("), 2)
+        producer = c.transport.producer
+        producer.pauseProducing()
+        self.clock.advance(0)
+        self.assertEqual(c.transport.value().count(b" FETCH ("), 2)  # paused
+        producer.resumeProducing()
+        self.assertEqual(c.transport.value().count(b" FETCH ("), 4)
+        self.clock.advance(0)
+        reply = c.read()
+        self.assertEqual(reply.count(b" FETCH ("), 5)
+        self.assertTrue(reply.endswith(b"f OK FETCH completed\r\n"))
+        self.assertIsNone(c.transport.producer)
+        self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+
+    def test_byte_budget_per_batch(self):
+        self.patch(server_module, "FETCH_BATCH_BYTES", 1000)
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE, MESSAGE, MESSAGE, MESSAGE, MESSAGE)
+        c.proto.dataReceived(b"f FETCH 1:* (BODY.PEEK[])\r\n")
+        self.assertEqual(c.transport.value().count(b" FETCH ("), 5)  # 5 x 200 bytes
+        self.assertEqual(c.read().count(b" FETCH ("), 7)
+
+    def test_vanished_file_left_out(self):
+        c = self.selected(MESSAGE, MULTIPART, MESSAGE)
+        folder = self.store.folder(ALICE)
+        os.unlink(folder.cur_prefix() + folder.entry(2).name)
+        reply = c.cmd(b"f FETCH 1:* BODY.PEEK[]")
+        self.assertEqual(reply.count(b" FETCH ("), 2)
+        self.assertNotIn(b"* 2 FETCH", reply)
+        self.assertTrue(reply.endswith(b"f OK FETCH completed\r\n"))
+
+    def test_literal_is_the_file_size(self):
+        c = self.selected(MESSAGE)
+        folder = self.store.folder(ALICE)
+        with open(folder.cur_prefix() + folder.entry(1).name, "ab") as f:
+            f.write(b"PS\r\n")
+        self.assertEqual(
+            c.cmd(b"f FETCH 1 (RFC822.SIZE BODY.PEEK[])"),
+            b"* 1 FETCH (RFC822.SIZE 178 BODY[] {182}\r\n" + MESSAGE
+            + b"PS\r\n)\r\nf OK FETCH completed\r\n")
 
 
 class PipeliningTests(IMAPTestCase):

@@ -271,6 +271,21 @@ class Mailbox:
                 if since is None or info.modseq > since:
                     yield seq, Message(self.folder, info)
 
+    def fetch_entries(self, messages, uid):
+        """
+        L{fetch} without the L{Message} objects: C{(seq, entry)} pairs with
+        the folder's own record of each message (see L{Folder.entry}),
+        looked up as they are consumed.
+        """
+        since = getattr(messages, "changedsince", None)
+        pending = self.pending
+        entry = self.folder.entry
+        for seq, u in self.resolve(messages, uid):
+            if u not in pending:
+                found = entry(u)
+                if found is not None and (since is None or found.modseq > since):
+                    yield seq, found
+
     def store(self, messages, flags, mode, uid, unchangedsince=None):
         """
         Set, add (C{mode} > 0) or remove (< 0) flags.

@@ -242,6 +242,18 @@ class Folder:
     def uids(self):
         return sorted(self._entries)
 
+    def entry(self, uid):
+        """
+        The folder's own record of C{uid} (read it, never change it), or
+        L{None}: FETCH formats its fields without building a
+        L{MessageInfo} per message.
+        """
+        return self._entries.get(uid)
+
+    def cur_prefix(self):
+        """The path of C{cur/} with a trailing separator, as a string."""
+        return os.path.join(os.fspath(self.path), "cur", "")
+
     def keywords(self):
         """The keywords set on any message here, sorted."""
         found = set()
