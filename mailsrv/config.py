@@ -39,6 +39,14 @@ class ConfigError(Exception):
         super().__init__(text)
 
 
+# [[listen]] backlog: the kernel's queue of connections not yet accepted.
+# Twisted's default of 50 overflows when hundreds of clients connect at once
+# (a client then waits for a greeting that never comes); Linux caps the
+# value at net.core.somaxconn (4096 on current kernels).
+DEFAULT_BACKLOG = 1024
+_BACKLOG_ENDPOINTS = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
 @dataclass(frozen=True)
 class Listener:
     """
@@ -57,6 +65,19 @@ class Listener:
     auth: bool
     client_cert: Optional[str]
     access: "ListenerAccessSettings" = field(default_factory=lambda: ListenerAccessSettings())
+    backlog: int = DEFAULT_BACKLOG
+
+    @property
+    def listen_endpoint(self):
+        """
+        The endpoint string the service listens on: C{endpoint} with
+        C{:backlog=N} added for the types that take one, unless it names
+        its own backlog.
+        """
+        kind = self.endpoint.split(":", 1)[0].lower()
+        if kind not in _BACKLOG_ENDPOINTS or "backlog=" in self.endpoint:
+            return self.endpoint
+        return f"{self.endpoint}:backlog={self.backlog}"
 
     @property
     def name(self):
@@ -633,6 +654,7 @@ def _listeners(path, tables):
                 auth=table.boolean("auth", True),
                 client_cert=client_cert,
                 access=_listener_access(table, protocol, Path(path).parent),
+                backlog=table.integer("backlog", DEFAULT_BACKLOG, 1),
             )
         )
         table.check_unknown()

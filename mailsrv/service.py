@@ -181,7 +181,7 @@ class ListenerService(service.Service):
 
     def privilegedStartService(self):
         super().privilegedStartService()
-        endpoint = endpoints.serverFromString(reactor, self.listener.endpoint)
+        endpoint = endpoints.serverFromString(reactor, self.listener.listen_endpoint)
         result = []
         endpoint.listen(self.factory).addBoth(result.append)
         if not result:
