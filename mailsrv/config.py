@@ -130,6 +130,7 @@ class AuthSettings:
     max_failures_per_ip: int
     failure_window: int
     lockout: int
+    cache_ttl: int = 300
 
 
 @dataclass(frozen=True)
@@ -529,6 +530,7 @@ def parse(data, path):
         max_failures_per_ip=auth_table.integer("max_failures_per_ip", 100, 1),
         failure_window=auth_table.integer("failure_window", 600, 1),
         lockout=auth_table.integer("lockout", 900, 0),
+        cache_ttl=auth_table.integer("cache_ttl", 300, 0),
     )
     auth_table.check_unknown()
 
