@@ -375,7 +375,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _authenticated(self, user):
         self.session.user = user
-        log.info("login ok: user={user} ip={ip} protocol=smtp", user=user, ip=self.session.ip)
+        ip = self.session.ip
+        log.info(literal(f"login ok: user={user} ip={ip} protocol=smtp"), user=user, ip=ip)
         self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure, name):
@@ -407,8 +408,9 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _mail_verdict(self, verdict, transaction):
         if not verdict.accepted:
-            log.info("refused MAIL FROM:<{sender}> from {ip}: {reason}",
-                     sender=transaction.sender, ip=self.session.ip, reason=verdict.reason)
+            sender, ip, reason = transaction.sender, self.session.ip, verdict.reason
+            log.info(literal(f"refused MAIL FROM:<{sender}> from {ip}: {reason}"),
+                     sender=sender, ip=ip, reason=reason)
             return self._refuse(verdict)
         filters = self.factory.filters
         if not (filters.filters or filters.message_filters):  # no Deferred needed
@@ -446,8 +448,9 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _rcpt_verdict(self, verdict, recipient):
         if not verdict.accepted:
-            log.info("refused RCPT TO:<{rcpt}> from {ip}: {reason}",
-                     rcpt=recipient.address, ip=self.session.ip, reason=verdict.reason)
+            rcpt, ip, reason = recipient.address, self.session.ip, verdict.reason
+            log.info(literal(f"refused RCPT TO:<{rcpt}> from {ip}: {reason}"),
+                     rcpt=rcpt, ip=ip, reason=reason)
             return self._refuse(verdict)
         self.transaction.recipients.append(recipient)
         self._reply(250, "2.1.5", "Ok")
