@@ -14,6 +14,7 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
+from twisted.python.failure import Failure
 
 from mailsrv import sasl
 from mailsrv.context import is_secure
@@ -402,9 +403,21 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             raise CommandError(552, "5.3.4", "Message size exceeds fixed limit")
         transaction = Transaction(sender, params)
         verdict = run_stages(self.factory.sender_stages, self.session, transaction, sender)
-        if isinstance(verdict, defer.Deferred):
-            return verdict.addCallback(self._mail_verdict, transaction)
-        return self._mail_verdict(verdict, transaction)
+        return self._then(verdict, self._mail_verdict, transaction)
+
+    def _then(self, result, callback, *args):
+        """
+        C{callback(result, *args)} now, or when C{result} (a Deferred) fires.
+        Run now, a bug in it is answered as one in a Deferred callback is
+        (L{_internal_error}).
+        """
+        if isinstance(result, defer.Deferred):
+            return result.addCallback(callback, *args)
+        try:
+            return callback(result, *args)
+        except Exception:
+            self._internal_error(Failure())
+            return None
 
     def _mail_verdict(self, verdict, transaction):
         if not verdict.accepted:
@@ -442,9 +455,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         verdict = run_stages(
             self.factory.recipient_stages, self.session, self.transaction, recipient
         )
-        if isinstance(verdict, defer.Deferred):
-            return verdict.addCallback(self._rcpt_verdict, recipient)
-        return self._rcpt_verdict(verdict, recipient)
+        return self._then(verdict, self._rcpt_verdict, recipient)
 
     def _rcpt_verdict(self, verdict, recipient):
         if not verdict.accepted:
