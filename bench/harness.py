@@ -466,8 +466,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-smtp-source", action="store_true",
                         help="drive SMTP intake with the asyncio generator only")
     parser.add_argument("--mailsrv-backlog", type=int, metavar="N",
-                        help="add :backlog=N to mailsrv's listener endpoints "
-                             "(default: none, Twisted's 50)")
+                        help="set [[listen]] backlog = N for mailsrv's listeners "
+                             "(default: mailsrv's own, 1024)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--output", help="also write the report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

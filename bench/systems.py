@@ -157,7 +157,7 @@ class Mailsrv(System):
                 f"[[listen]] max_connections={MAILSRV_LIMITS['listen_max_connections']}; "
                 "filters off; plain-text logins on loopback; listen backlog "
                 + (str(self.options["backlog"]) if self.options.get("backlog")
-                   else "Twisted's default (50)"))
+                   else "mailsrv's default ([[listen]] backlog, 1024)"))
 
     def maildir(self, user):
         return self.dir / "var" / "mail" / DOMAIN / user
@@ -188,7 +188,7 @@ class Mailsrv(System):
             backlog = self.options.get("backlog")
             endpoint = f"tcp:{self.ports[protocol]}:interface=127.0.0.1"
             if backlog:
-                endpoint += f":backlog={backlog}"
+                lines.append(f"backlog = {backlog}")
             lines += [f'endpoint = "{endpoint}"',
                       'tls = "starttls"',
                       f"max_connections = {MAILSRV_LIMITS['listen_max_connections']}", ""]

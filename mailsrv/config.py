@@ -39,6 +39,14 @@ class ConfigError(Exception):
         super().__init__(text)
 
 
+# [[listen]] backlog: the kernel's queue of connections not yet accepted.
+# Twisted's default of 50 overflows when hundreds of clients connect at once
+# (a client then waits for a greeting that never comes); Linux caps the
+# value at net.core.somaxconn (4096 on current kernels).
+DEFAULT_BACKLOG = 1024
+_BACKLOG_ENDPOINTS = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
 @dataclass(frozen=True)
 class Listener:
     """
@@ -57,6 +65,19 @@ class Listener:
     auth: bool
     client_cert: Optional[str]
     access: "ListenerAccessSettings" = field(default_factory=lambda: ListenerAccessSettings())
+    backlog: int = DEFAULT_BACKLOG
+
+    @property
+    def listen_endpoint(self):
+        """
+        The endpoint string the service listens on: C{endpoint} with
+        C{:backlog=N} added for the types that take one, unless it names
+        its own backlog.
+        """
+        kind = self.endpoint.split(":", 1)[0].lower()
+        if kind not in _BACKLOG_ENDPOINTS or "backlog=" in self.endpoint:
+            return self.endpoint
+        return f"{self.endpoint}:backlog={self.backlog}"
 
     @property
     def name(self):
@@ -109,6 +130,7 @@ class AuthSettings:
     max_failures_per_ip: int
     failure_window: int
     lockout: int
+    cache_ttl: int = 300
 
 
 @dataclass(frozen=True)
@@ -508,6 +530,7 @@ def parse(data, path):
         max_failures_per_ip=auth_table.integer("max_failures_per_ip", 100, 1),
         failure_window=auth_table.integer("failure_window", 600, 1),
         lockout=auth_table.integer("lockout", 900, 0),
+        cache_ttl=auth_table.integer("cache_ttl", 300, 0),
     )
     auth_table.check_unknown()
 
@@ -633,6 +656,7 @@ def _listeners(path, tables):
                 auth=table.boolean("auth", True),
                 client_cert=client_cert,
                 access=_listener_access(table, protocol, Path(path).parent),
+                backlog=table.integer("backlog", DEFAULT_BACKLOG, 1),
             )
         )
         table.check_unknown()

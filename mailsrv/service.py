@@ -91,7 +91,7 @@ def build_mail_server(settings, clock=reactor):
     return MailServer(
         settings=settings,
         directory=directory,
-        checker=UserPasswordChecker(directory, sessions),
+        checker=UserPasswordChecker(directory, sessions, clock, settings.auth.cache_ttl),
         sessions=sessions,
         store=MailStore(settings.data_dir / "mail", clock),
         spool=Spool(settings.data_dir / "queue"),
@@ -181,7 +181,7 @@ class ListenerService(service.Service):
 
     def privilegedStartService(self):
         super().privilegedStartService()
-        endpoint = endpoints.serverFromString(reactor, self.listener.endpoint)
+        endpoint = endpoints.serverFromString(reactor, self.listener.listen_endpoint)
         result = []
         endpoint.listen(self.factory).addBoth(result.append)
         if not result:

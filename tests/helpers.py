@@ -6,6 +6,8 @@ Deferred that has fired.
 import tempfile
 from pathlib import Path
 
+from twisted.internet import defer
+
 from mailsrv import config
 
 
@@ -31,7 +33,12 @@ def make_settings(tmpdir=None, **sections):
 
 
 def result(d):
-    """What a Deferred that has already fired gave: its result or its Failure."""
+    """
+    What a Deferred that has already fired gave: its result or its Failure;
+    a plain value (a stage that answered synchronously) as it is.
+    """
+    if not isinstance(d, defer.Deferred):
+        return d
     results = []
     d.addBoth(results.append)
     return results[0]

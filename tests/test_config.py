@@ -33,6 +33,21 @@ class DefaultsTests(unittest.TestCase):
             ],
         )
 
+    def test_listen_backlog(self):
+        """[[listen]] backlog goes into the endpoint the service listens on."""
+        s = config.parse({"listen": [
+            {"protocol": "smtp", "endpoint": "tcp:2525:interface=127.0.0.1"},
+            {"protocol": "smtp", "endpoint": "tcp6:2526", "backlog": 100},
+            {"protocol": "smtp", "endpoint": "tcp:2527:backlog=7", "backlog": 100},
+        ]}, Path("/x"))
+        self.assertEqual(s.listeners[0].backlog, config.DEFAULT_BACKLOG)
+        self.assertEqual([l.listen_endpoint for l in s.listeners], [
+            f"tcp:2525:interface=127.0.0.1:backlog={config.DEFAULT_BACKLOG}",
+            "tcp6:2526:backlog=100",
+            "tcp:2527:backlog=7",  # the endpoint's own value wins
+        ])
+        self.assertEqual(s.listeners[0].name, "smtp/mx tcp:2525:interface=127.0.0.1")
+
     def test_relative_paths_are_relative_to_the_config_file(self):
         s = config.parse({"users": {"file": "u"}, "tls": {"cert": "/abs/c.pem"}},
                          Path("/srv/mail/mailsrv.toml"))
@@ -107,6 +122,8 @@ class ErrorTests(unittest.TestCase):
         ({"listen": [{"protocol": "pop3", "role": "mx", "endpoint": "tcp:110"}]},
          "/c.toml: [listen #1] role: only smtp listeners have a role"),
         ({"listen": [{"protocol": "smtp"}]}, "/c.toml: [listen #1] endpoint: missing"),
+        ({"listen": [{"protocol": "smtp", "endpoint": "tcp:25", "backlog": 0}]},
+         "/c.toml: [listen #1] backlog: must be at least 1, not 0"),
         ({"listen": []}, "/c.toml: [[listen]]: no listeners"),
         ({"delivery": {"smart_host": "relay:99999"}},
          "/c.toml: [delivery] smart_host: bad port in 'relay:99999'"),

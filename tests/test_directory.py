@@ -2,6 +2,7 @@
 Users file, aliases, routing and the password checker.
 """
 
+import hashlib
 import os
 import stat
 
@@ -13,6 +14,7 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory import checker as checker_module
+from mailsrv.directory import users as users_module
 from mailsrv.directory.passwords import verify
 from mailsrv.sessions import MemorySessionStore
 
@@ -201,6 +203,7 @@ class ThrottlingCheckerTests(unittest.TestCase):
     def test_locked_while_hashing(self):
         """Parallel guesses that lock the key out also refuse a right password in flight."""
         pending = []
+        self.checker = UserPasswordChecker(self.checker.directory, self.store, max_hashes=6)
         self.patch(checker_module, "verify_in_thread",
                    lambda stored, password: pending.append(
                        (defer.Deferred(), verify(stored, password))) or pending[-1][0])
@@ -225,3 +228,129 @@ class ThrottlingCheckerTests(unittest.TestCase):
             self.failureResultOf(self.checker.requestAvatarId(
                 credentials.UsernamePassword(b"alice", b"wrong-%d" % n)), error.UnauthorizedLogin)
         self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
+
+
+class LoginCacheTests(unittest.TestCase):
+    """
+    A correct password is remembered for [auth] cache_ttl seconds; a new
+    password or a deleted user ends it; wrong passwords are never cached.
+    Hashing runs inline here and is counted, with a cheap stand-in for
+    argon2 (salted, so that setting the same password again changes the
+    stored hash, as argon2 does).
+    """
+
+    def setUp(self):
+        salts = iter(range(1000))
+        self.patch(users_module, "hash_password",
+                   lambda pw: f"fake${next(salts)}${hashlib.sha256(pw.encode()).hexdigest()}")
+        self.clock = task.Clock()
+        self.users = UserDB(self.mktemp(), self.clock)
+        self.users.set_password("alice@example.test", "pw")
+        directory = Directory(["example.test"], self.users, AliasMap(self.mktemp()))
+        self.store = MemorySessionStore(0, self.clock, Limits())
+        self.checker = UserPasswordChecker(directory, self.store, self.clock, cache_ttl=300)
+        self.hashed = []
+
+        def verify_inline(stored, password):
+            self.hashed.append(password)
+            digest = hashlib.sha256(password.encode()).hexdigest()
+            return defer.succeed(stored is not None and stored.endswith("$" + digest))
+
+        self.patch(checker_module, "verify_in_thread", verify_inline)
+
+    def login(self, user, password, ip="198.51.100.7"):
+        d = self.checker.requestAvatarId(ClientCredentials(user, password, ip))
+        results = []
+        d.addBoth(results.append)
+        (result,) = results
+        return result.value if hasattr(result, "value") else result
+
+    def test_a_correct_password_is_hashed_once_until_it_expires(self):
+        self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
+        self.assertEqual(self.login(b"Alice@Example.test", b"pw"), "alice@example.test")
+        self.assertEqual(self.login(b"alice", b"pw", ip="203.0.113.1"), "alice@example.test")
+        self.assertEqual(self.hashed, ["pw"])
+        self.clock.advance(299)
+        self.login(b"alice", b"pw")
+        self.assertEqual(len(self.hashed), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
+        self.assertEqual(len(self.hashed), 2, "expired after cache_ttl")
+
+    def test_failures_are_never_cached(self):
+        for _ in range(3):
+            self.assertIsInstance(self.login(b"alice", b"wrong"), error.UnauthorizedLogin)
+        self.assertEqual(self.hashed, ["wrong"] * 3)
+        self.login(b"alice", b"pw")
+        self.assertIsInstance(self.login(b"alice", b"pw-"), error.UnauthorizedLogin)
+        self.assertIsInstance(self.login(b"alice", b"wrong"), error.UnauthorizedLogin)
+        self.assertEqual(len(self.checker._cache), 1)
+
+    def test_a_password_change_ends_the_entry(self):
+        self.login(b"alice", b"pw")
+        self.users.set_password("alice@example.test", "new")
+        self.assertIsInstance(self.login(b"alice", b"pw"), error.UnauthorizedLogin)
+        self.assertEqual(self.login(b"alice", b"new"), "alice@example.test")
+        self.assertEqual(self.hashed, ["pw", "pw", "new"])
+
+    def test_an_edit_of_the_file_by_hand_ends_the_entry(self):
+        """The server notices the file changed (at most a second later)."""
+        self.login(b"alice", b"pw")
+        other = UserDB(self.users.path)  # `mailsrv user passwd` in another process
+        other.set_password("alice@example.test", "new")
+        self.clock.advance(1)
+        self.assertIsInstance(self.login(b"alice", b"pw"), error.UnauthorizedLogin)
+
+    def test_a_deleted_user_is_refused(self):
+        self.login(b"alice", b"pw")
+        self.users.delete("alice@example.test")
+        self.assertIsInstance(self.login(b"alice", b"pw"), error.UnauthorizedLogin)
+
+    def test_a_locked_out_key_is_refused_even_when_cached(self):
+        self.login(b"alice", b"pw")
+        for n in range(5):
+            self.login(b"alice", b"wrong-%d" % n)
+        self.assertIsInstance(self.login(b"alice", b"pw"), LoginThrottled)
+
+    def test_only_hmacs_are_kept(self):
+        self.login(b"alice", b"hunter2-secret")  # wrong: not kept at all
+        self.users.set_password("alice@example.test", "hunter2-secret")
+        self.login(b"alice", b"hunter2-secret")
+        self.assertEqual(len(self.checker._cache), 1)
+        self.assertNotIn(b"hunter2", repr(vars(self.checker._cache)).encode())
+
+    def test_zero_ttl_turns_it_off(self):
+        self.checker = UserPasswordChecker(self.checker.directory, self.store, self.clock,
+                                           cache_ttl=0)
+        self.login(b"alice", b"pw")
+        self.login(b"alice", b"pw")
+        self.assertEqual(len(self.hashed), 2)
+
+
+class HashConcurrencyTests(unittest.TestCase):
+    def test_at_most_max_hashes_at_once(self):
+        """Further logins wait for a free slot instead of hashing in parallel."""
+        users = UserDB(self.mktemp())
+        directory = Directory(["example.test"], users, AliasMap(self.mktemp()))
+        clock = task.Clock()
+        checker = UserPasswordChecker(directory, MemorySessionStore(0, clock, Limits()), clock,
+                                      max_hashes=2)
+        running = []
+        self.patch(checker_module, "verify_in_thread",
+                   lambda stored, password: running.append(defer.Deferred()) or running[-1])
+        logins = [checker.requestAvatarId(ClientCredentials(b"u%d" % n, b"pw", "192.0.2.1"))
+                  for n in range(5)]
+        self.assertEqual(len(running), 2)
+        running[0].callback(False)
+        self.assertEqual(len(running), 3)
+        for d in running[1:3]:
+            d.callback(False)
+        self.assertEqual(len(running), 5)
+        for d in running[3:]:
+            d.callback(False)
+        for d in logins:
+            self.failureResultOf(d, error.UnauthorizedLogin)
+
+    def test_defaults_to_the_cpu_count(self):
+        checker = UserPasswordChecker(None, None)
+        self.assertEqual(checker._hashing.limit, os.cpu_count() or 1)

@@ -3,14 +3,16 @@ Connection limits and what a refused client is told.
 """
 
 from collections import Counter
+from pathlib import Path
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial import unittest
 
+from mailsrv import config
 from mailsrv.context import peer_ip
-from mailsrv.service import BUSY_REPLIES, ConnectionLimits
+from mailsrv.service import BUSY_REPLIES, ConnectionLimits, ListenerService
 
 
 class Greeter(Protocol):
@@ -74,3 +76,15 @@ class PeerIPTests(unittest.TestCase):
         self.assertEqual(peer_ip(IPv6Address("TCP", "::1", 1)), "::1")
         self.assertEqual(peer_ip(IPv4Address("TCP", "127.0.0.1", 1)), "127.0.0.1")
         self.assertEqual(peer_ip(UNIXAddress(b"/tmp/sock")), "")
+
+
+class ListenBacklogTests(unittest.TestCase):
+    def test_listener_listens_with_its_backlog(self):
+        """[[listen]] backlog reaches listen(2) (Twisted's own default is 50)."""
+        listener = config.parse(
+            {"listen": [{"protocol": "smtp", "endpoint": "tcp:0:interface=127.0.0.1",
+                         "backlog": 321}]}, Path("/x")).listeners[0]
+        service = ListenerService(listener, None, Factory.forProtocol(Greeter))
+        service.privilegedStartService()
+        self.addCleanup(service.port.stopListening)
+        self.assertEqual(service.port.backlog, 321)

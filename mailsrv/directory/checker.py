@@ -3,6 +3,12 @@ The cred checker every protocol shares: username/password against the users
 file, verified off the reactor thread, and the one place where failed logins
 are counted and throttled (the session store keeps the counts, so SMTP,
 POP3 and IMAP share them).
+
+A password hash (argon2id, 64 MiB, ~0.3 s of CPU) is the most expensive
+thing a session does, so: at most one hash per CPU runs at once (more only
+queue for the cores and add 64 MiB each), and a correct password is
+remembered for a few minutes (like Dovecot's auth_cache), so that a client
+that opens a connection per message or polls every minute pays it once.
 """
 
 import hashlib
@@ -18,6 +24,11 @@ from zope.interface import implementer
 from mailsrv.directory.passwords import verify_in_thread
 
 log = Logger()
+
+# [auth] cache_ttl: how long a correct password is remembered (Dovecot's
+# auth_cache_ttl is an hour; a few minutes covers clients that reconnect
+# for each message or poll).
+DEFAULT_CACHE_TTL = 300
 
 
 class ClientCredentials(credentials.UsernamePassword):
@@ -55,12 +66,22 @@ class UserPasswordChecker:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, directory, sessions):
+    def __init__(self, directory, sessions, clock=None, cache_ttl=DEFAULT_CACHE_TTL,
+                 max_hashes=None):
+        """
+        @param clock: for the login cache's expiry (the reactor by default).
+        @param cache_ttl: seconds a correct password is remembered ([auth]
+            cache_ttl); 0 turns the cache off.
+        @param max_hashes: password hashes run at once; the CPU count by default.
+        """
         self.directory = directory
         self.sessions = sessions
         # Wrong passwords are remembered only as HMACs under this key, so
         # not even a memory dump of the store gives them away.
         self._key = os.urandom(32)
+        self._clock = clock
+        self._hashing = defer.DeferredSemaphore(max_hashes or os.cpu_count() or 1)
+        self._cache = LoginCache(cache_ttl)
 
     def requestAvatarId(self, creds):
         try:
@@ -80,11 +101,28 @@ class UserPasswordChecker:
             return self._verify(address, password)
         return self._throttled_check(ip, address, password)
 
+    def _now(self):
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return self._clock.seconds()
+
     def _verify(self, address, password):
         stored = self.directory.users.hash_for(address)
-        d = verify_in_thread(stored, password)
-        d.addCallback(lambda ok: address if ok else _fail(_bad_password()))
+        if stored is not None and self._cache.ttl:
+            if self._cache.holds(address, password, stored, self._now()):
+                return defer.succeed(address)
+        d = self._hashing.run(verify_in_thread, stored, password)
+        d.addCallback(self._verified, address, password, stored)
         return d
+
+    def _verified(self, ok, address, password, stored):
+        if not ok:
+            raise _bad_password()  # failures are never remembered
+        if self._cache.ttl:
+            self._cache.add(address, password, stored, self._now())
+        return address
 
     @defer.inlineCallbacks
     def _throttled_check(self, ip, address, password):
@@ -118,6 +156,52 @@ class UserPasswordChecker:
         """Tells repeats of one wrong password apart from new ones, and nothing more."""
         message = address.encode("utf-8") + b"\0" + password.encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()
+
+
+class LoginCache:
+    """
+    Correct passwords checked in the last C{ttl} seconds, as
+    C{(address, HMAC of the password)} under a key made at start: nothing
+    in memory gives a password away, and a wrong password never matches.
+
+    Each entry keeps the stored hash it was checked against and holds only
+    while the users file still has that hash: a new password, or the user's
+    deletion, ends it as soon as the server has re-read the file (within a
+    second of the change).
+
+    @ivar ttl: seconds an entry lives; 0: nothing is remembered.
+    """
+
+    MAX_ENTRIES = 10000
+
+    def __init__(self, ttl):
+        self.ttl = ttl
+        self._key = os.urandom(32)
+        self._entries = {}  # (address, hmac) -> (stored hash, expiry)
+
+    def _digest(self, password):
+        return hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
+
+    def holds(self, address, password, stored, now):
+        """Whether C{password} was found right for C{address}'s C{stored} hash lately."""
+        key = (address, self._digest(password))
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        if entry[0] != stored or now >= entry[1]:
+            del self._entries[key]
+            return False
+        return True
+
+    def add(self, address, password, stored, now):
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[(address, self._digest(password))] = (stored, now + self.ttl)
+
+    def __len__(self):
+        return len(self._entries)
 
 
 def _bad_password():

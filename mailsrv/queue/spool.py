@@ -91,10 +91,17 @@ class IncomingMessage:
     def __init__(self, spool, queue_id):
         self.spool = spool
         self.queue_id = queue_id
-        self.path = spool.tmp / queue_id
+        self._path = None
         self.size = 0
         self._held = []
         self._file = None
+
+    @property
+    def path(self):
+        """C{tmp/ID}, made when first needed: off the reactor thread for a small message."""
+        if self._path is None:
+            self._path = self.spool.tmp / self.queue_id
+        return self._path
 
     def write(self, data):
         self.size += len(data)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailsrv import config, dns
 from mailsrv.directory.listfile import ListFileError
@@ -40,6 +41,8 @@ class Verdict:
 
     @classmethod
     def accept(cls, reason=""):
+        if not reason:
+            return _ACCEPTED  # frozen: one instance serves every plain accept
         return cls(True, reason=reason)
 
     @classmethod
@@ -47,40 +50,76 @@ class Verdict:
         return cls(False, code, enhanced, text, text if reason is None else reason)
 
 
-def first_refusal(stages, session, transaction, subject):
-    """
-    Run C{stages} in order.
+_ACCEPTED = Verdict(True)
 
-    @return: a Deferred of the first refusing L{Verdict}, or of an accepting
-        one whose reason joins every stage's reason. A stage that fails
-        (a bug, a lookup error) refuses with 451 4.3.0: a temporary error
-        never turns into a permanent refusal.
+
+def run_stages(stages, session, transaction, subject):
+    """
+    Run C{stages} in order: synchronously while each stage answers with a
+    L{Verdict}, through Deferreds only from the first stage that returns
+    one (a lookup). Most stages answer at once, and a Deferred per stage
+    cost more than the checks themselves.
+
+    @return: the first refusing L{Verdict}, or an accepting one whose
+        reason joins every stage's reason; or a Deferred of it when a stage
+        went asynchronous. A stage that fails (a bug, a lookup error)
+        refuses with 451 4.3.0: a temporary error never turns into a
+        permanent refusal.
     """
     reasons = []
-
-    def run(remaining):
-        if not remaining:
-            return Verdict.accept("; ".join(reasons))
-        stage = remaining[0]
-        d = defer.maybeDeferred(stage.check, session, transaction, subject)
-        d.addCallbacks(judged, failed, callbackArgs=(remaining,), errbackArgs=(stage,))
-        return d
-
-    def judged(verdict, remaining):
+    for index, stage in enumerate(stages):
+        try:
+            verdict = stage.check(session, transaction, subject)
+        except Exception:
+            return _stage_failed(Failure(), stage)
+        if isinstance(verdict, defer.Deferred):
+            return _run_async(verdict, stage, stages[index + 1:], session, transaction,
+                              subject, reasons)
         if not verdict.accepted:
             return verdict
         if verdict.reason:
             reasons.append(verdict.reason)
-        return run(remaining[1:])
+    return Verdict.accept("; ".join(reasons))
 
-    def failed(failure, stage):
-        log.failure("policy stage {stage} failed", failure, stage=type(stage).__name__)
-        return Verdict.refuse(
-            451, "4.3.0", "Temporary failure, try again later",
-            f"{type(stage).__name__} failed: {failure.getErrorMessage()}",
-        )
 
-    return run(list(stages))
+def _run_async(pending, stage, remaining, session, transaction, subject, reasons):
+    """The rest of L{run_stages} once C{stage} has returned a Deferred."""
+
+    def judged(verdict):
+        if not verdict.accepted:
+            return verdict
+        if verdict.reason:
+            reasons.append(verdict.reason)
+        rest = run_stages(remaining, session, transaction, subject)
+        if isinstance(rest, defer.Deferred):
+            return rest.addCallback(joined)
+        return joined(rest)
+
+    def joined(verdict):
+        if not verdict.accepted or not reasons:
+            return verdict
+        return Verdict.accept("; ".join([*reasons, verdict.reason] if verdict.reason
+                                        else reasons))
+
+    return pending.addCallbacks(judged, _stage_failed, errbackArgs=(stage,))
+
+
+def _stage_failed(failure, stage):
+    log.failure("policy stage {stage} failed", failure, stage=type(stage).__name__)
+    return Verdict.refuse(
+        451, "4.3.0", "Temporary failure, try again later",
+        f"{type(stage).__name__} failed: {failure.getErrorMessage()}",
+    )
+
+
+def first_refusal(stages, session, transaction, subject):
+    """
+    L{run_stages}, always as a Deferred (for callers that chain on it).
+    """
+    verdict = run_stages(list(stages), session, transaction, subject)
+    if isinstance(verdict, defer.Deferred):
+        return verdict
+    return defer.succeed(verdict)
 
 
 # Sender stages: subject is the MAIL FROM address ("" for the null sender).
@@ -100,9 +139,13 @@ class AuthRequired:
         self.account = account
         self.access = access
 
-    @defer.inlineCallbacks
     def check(self, session, transaction, sender):
-        if self.access is not None and (yield self.access.is_safe(session.ip)):
+        if self.access is not None and getattr(self.access, "safe", True):
+            return self.access.is_safe(session.ip).addCallback(self._judge, session)
+        return self._judge(False, session)  # no safe list: no lookup to wait for
+
+    def _judge(self, safe, session):
+        if safe:
             return Verdict.accept(f"safe list: {session.ip}")
         if session.user is None:
             return Verdict.refuse(530, "5.7.0", "Authentication required")
@@ -119,11 +162,9 @@ class ValidSender:
 
     def check(self, session, transaction, sender):
         if sender == "" or is_mailbox(sender):
-            return defer.succeed(Verdict.accept())
-        return defer.succeed(
-            Verdict.refuse(
-                553, "5.1.7", f"<{sender}>: sender address must be a full user@domain"
-            )
+            return Verdict.accept()
+        return Verdict.refuse(
+            553, "5.1.7", f"<{sender}>: sender address must be a full user@domain"
         )
 
 
@@ -136,11 +177,9 @@ class KilledSender:
     def check(self, session, transaction, sender):
         entry = self.kill_list.entry_for(sender) if sender else None
         if entry is None:
-            return defer.succeed(Verdict.accept())
-        return defer.succeed(
-            Verdict.refuse(501, "5.1.8", f"<{sender}>: unacceptable mail address",
-                           f"sender <{sender}> is in the kill list as {entry}")
-        )
+            return Verdict.accept()
+        return Verdict.refuse(501, "5.1.8", f"<{sender}>: unacceptable mail address",
+                              f"sender <{sender}> is in the kill list as {entry}")
 
 
 class NullSenderRefused:
@@ -152,11 +191,9 @@ class NullSenderRefused:
 
     def check(self, session, transaction, sender):
         if sender:
-            return defer.succeed(Verdict.accept())
-        return defer.succeed(
-            Verdict.refuse(550, "5.7.1", "<>: null sender not accepted here",
-                           "null sender refused ([access] refuse_null_sender)")
-        )
+            return Verdict.accept()
+        return Verdict.refuse(550, "5.7.1", "<>: null sender not accepted here",
+                              "null sender refused ([access] refuse_null_sender)")
 
 
 class SenderDomainExists:
@@ -171,7 +208,7 @@ class SenderDomainExists:
 
     def check(self, session, transaction, sender):
         if not sender or self.directory.is_local_address(sender):
-            return defer.succeed(Verdict.accept())
+            return Verdict.accept()
         domain = sender.rpartition("@")[2]
         d = self.resolver.accepts_mail(domain)
         return d.addCallbacks(self._judge, self._failed, (sender, domain), None, (sender, domain))
@@ -204,12 +241,10 @@ class RoutingTricksRefused:
     def check(self, session, transaction, recipient):
         local = recipient.address.rpartition("@")[0]
         if not ("%" in local or "!" in local or (local.startswith('"') and "@" in local)):
-            return defer.succeed(Verdict.accept())
-        return defer.succeed(
-            Verdict.refuse(
-                550, "5.7.1", f"<{recipient.address}>: routing through this server is not allowed",
-                f"routing trick in <{recipient.address}> from {session.ip}",
-            )
+            return Verdict.accept()
+        return Verdict.refuse(
+            550, "5.7.1", f"<{recipient.address}>: routing through this server is not allowed",
+            f"routing trick in <{recipient.address}> from {session.ip}",
         )
 
 
@@ -221,13 +256,11 @@ class RecipientLimit:
 
     def check(self, session, transaction, recipient):
         if len(transaction.recipients) >= self.max_recipients:
-            return defer.succeed(
-                Verdict.refuse(
-                    452, "4.5.3", "Too many recipients",
-                    f"more than {self.max_recipients} recipients",
-                )
+            return Verdict.refuse(
+                452, "4.5.3", "Too many recipients",
+                f"more than {self.max_recipients} recipients",
             )
-        return defer.succeed(Verdict.accept())
+        return Verdict.accept()
 
 
 class LocalRecipient:
@@ -235,13 +268,11 @@ class LocalRecipient:
 
     def check(self, session, transaction, recipient):
         if recipient.route is None:
-            return defer.succeed(
-                Verdict.refuse(
-                    550, "5.1.1", f"<{recipient.address}>: user unknown",
-                    f"unknown local user <{recipient.address}>",
-                )
+            return Verdict.refuse(
+                550, "5.1.1", f"<{recipient.address}>: user unknown",
+                f"unknown local user <{recipient.address}>",
             )
-        return defer.succeed(Verdict.accept())
+        return Verdict.accept()
 
 
 class Standing:
@@ -273,16 +304,27 @@ class Standing:
             return defer.succeed(False)
         return self.reason(session).addCallback(lambda reason: reason is not None)
 
-    @defer.inlineCallbacks
     def reason(self, session):
         """
         @return: a Deferred of why the client stands (for the log), or of
             L{None}; a POP-before-SMTP window is noted in C{session.pop_user}.
         """
+        reason = self.reason_now(session)
+        return reason if isinstance(reason, defer.Deferred) else defer.succeed(reason)
+
+    def reason_now(self, session):
+        """
+        L{reason}: the answer itself when it needs no lookup (a logged-in
+        user, mode "anyone"), else a Deferred of it.
+        """
         if session.user is not None:
             return f"authenticated as {session.user}"
         if self.mode == "anyone":
             return "[relay] mode anyone (open relay)"
+        return self._looked_up(session)
+
+    @defer.inlineCallbacks
+    def _looked_up(self, session):
         if self.access is not None and (yield self.access.is_safe(session.ip)):
             return f"safe list of this port: {session.ip}"
         if self.mode == "trusted" and self.trusted and (yield self.trusted.match(session.ip)):
@@ -310,12 +352,10 @@ class ListPosting:
         if (not recipient.route.is_local_domain
                 or self.directory.list_members(recipient.address) is None
                 or (sender and self.directory.is_local_address(sender))):
-            return defer.succeed(Verdict.accept())
-        return defer.succeed(
-            Verdict.refuse(
-                550, "5.7.1", f"<{recipient.address}>: this list takes mail from local senders only",
-                f"list <{recipient.address}> refuses remote sender <{sender}>",
-            )
+            return Verdict.accept()
+        return Verdict.refuse(
+            550, "5.7.1", f"<{recipient.address}>: this list takes mail from local senders only",
+            f"list <{recipient.address}> refuses remote sender <{sender}>",
         )
 
 
@@ -334,11 +374,14 @@ class RelayPermission:
 
     def check(self, session, transaction, recipient):
         if recipient.route.is_local_domain:
-            return defer.succeed(Verdict.accept())
+            return Verdict.accept()
         domain = recipient.address.rpartition("@")[2].lower().rstrip(".")
         if domain in self.relay_domains:
-            return defer.succeed(Verdict.accept(f"relay domain {domain}"))
-        return self.standing.reason(session).addCallback(self._judge, session, recipient)
+            return Verdict.accept(f"relay domain {domain}")
+        reason = self.standing.reason_now(session)
+        if isinstance(reason, defer.Deferred):
+            return reason.addCallback(self._judge, session, recipient)
+        return self._judge(reason, session, recipient)
 
     def _judge(self, reason, session, recipient):
         if reason is None:
@@ -369,8 +412,11 @@ class LocalSenderMustAuthenticate:
 
     def check(self, session, transaction, sender):
         if sender == "" or not self.directory.is_local_address(sender):
-            return defer.succeed(Verdict.accept())
-        return self.standing.reason(session).addCallback(self._judge, sender)
+            return Verdict.accept()
+        reason = self.standing.reason_now(session)
+        if isinstance(reason, defer.Deferred):
+            return reason.addCallback(self._judge, sender)
+        return self._judge(reason, sender)
 
     def _judge(self, reason, sender):
         if reason is None:
@@ -393,11 +439,9 @@ class SenderOwnedByUser:
     def check(self, session, transaction, sender):
         user = session.user
         if user is None or sender == "" or self.directory.owns(user, sender):
-            return defer.succeed(Verdict.accept())
-        return defer.succeed(
-            Verdict.refuse(
-                553, "5.7.1", f"<{sender}>: sender address not owned by user {user}",
-            )
+            return Verdict.accept()
+        return Verdict.refuse(
+            553, "5.7.1", f"<{sender}>: sender address not owned by user {user}",
         )
 
 

@@ -14,12 +14,14 @@ from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols import policies
+from twisted.python.failure import Failure
 
 from mailsrv import sasl
 from mailsrv.context import is_secure
+from mailsrv.logtext import literal
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.filters import pipeline
-from mailsrv.filters.actions import SubjectPrefixer
+from mailsrv.filters.actions import SKIPPED, SubjectPrefixer
 from mailsrv.queue import intake
 from mailsrv.queue.journal import Journal
 from mailsrv.smtp.commands import (
@@ -31,7 +33,7 @@ from mailsrv.smtp.commands import (
     split_command,
 )
 from mailsrv.smtp.data import DataReader, HeaderSection
-from mailsrv.smtp.policy import first_refusal, recipient_stages, sender_stages, standing
+from mailsrv.smtp.policy import recipient_stages, run_stages, sender_stages, standing
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
 from mailsrv.smtp.trace import trace_headers
 
@@ -374,7 +376,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _authenticated(self, user):
         self.session.user = user
-        log.info("login ok: user={user} ip={ip} protocol=smtp", user=user, ip=self.session.ip)
+        ip = self.session.ip
+        log.info(literal(f"login ok: user={user} ip={ip} protocol=smtp"), user=user, ip=ip)
         self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure, name):
@@ -399,16 +402,33 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         if params.size is not None and params.size > self.limits.max_message_size:
             raise CommandError(552, "5.3.4", "Message size exceeds fixed limit")
         transaction = Transaction(sender, params)
-        d = first_refusal(self.factory.sender_stages, self.session, transaction, sender)
-        d.addCallback(self._mail_verdict, transaction)
-        return d
+        verdict = run_stages(self.factory.sender_stages, self.session, transaction, sender)
+        return self._then(verdict, self._mail_verdict, transaction)
+
+    def _then(self, result, callback, *args):
+        """
+        C{callback(result, *args)} now, or when C{result} (a Deferred) fires.
+        Run now, a bug in it is answered as one in a Deferred callback is
+        (L{_internal_error}).
+        """
+        if isinstance(result, defer.Deferred):
+            return result.addCallback(callback, *args)
+        try:
+            return callback(result, *args)
+        except Exception:
+            self._internal_error(Failure())
+            return None
 
     def _mail_verdict(self, verdict, transaction):
         if not verdict.accepted:
-            log.info("refused MAIL FROM:<{sender}> from {ip}: {reason}",
-                     sender=transaction.sender, ip=self.session.ip, reason=verdict.reason)
+            sender, ip, reason = transaction.sender, self.session.ip, verdict.reason
+            log.info(literal(f"refused MAIL FROM:<{sender}> from {ip}: {reason}"),
+                     sender=sender, ip=ip, reason=reason)
             return self._refuse(verdict)
-        d = self.factory.filters.judge(self.session, transaction)
+        filters = self.factory.filters
+        if not (filters.filters or filters.message_filters):  # no Deferred needed
+            return self._mail_judged(SKIPPED, transaction)
+        d = filters.judge(self.session, transaction)
         return d.addCallback(self._mail_judged, transaction)
 
     def _mail_judged(self, judgement, transaction):
@@ -432,16 +452,16 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         else:
             route = directory.route(address)
         recipient = Recipient(address, route)
-        d = first_refusal(
+        verdict = run_stages(
             self.factory.recipient_stages, self.session, self.transaction, recipient
         )
-        d.addCallback(self._rcpt_verdict, recipient)
-        return d
+        return self._then(verdict, self._rcpt_verdict, recipient)
 
     def _rcpt_verdict(self, verdict, recipient):
         if not verdict.accepted:
-            log.info("refused RCPT TO:<{rcpt}> from {ip}: {reason}",
-                     rcpt=recipient.address, ip=self.session.ip, reason=verdict.reason)
+            rcpt, ip, reason = recipient.address, self.session.ip, verdict.reason
+            log.info(literal(f"refused RCPT TO:<{rcpt}> from {ip}: {reason}"),
+                     rcpt=rcpt, ip=ip, reason=reason)
             return self._refuse(verdict)
         self.transaction.recipients.append(recipient)
         self._reply(250, "2.1.5", "Ok")
@@ -590,12 +610,16 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         return d
 
     def _queued(self, queue_id, transaction, size, local_users, remote, folder):
+        # One line per message: formatted here once, not field by field by
+        # the logger's string.Formatter (a third of the line's cost).
+        ip, sender = self.session.ip, transaction.sender
+        to = ",".join([r.address for r in transaction.recipients])
+        delivered, queued = ",".join(local_users) or "-", ",".join(remote) or "-"
         log.info(
-            "accepted {queue_id} from {ip} sender=<{sender}> to={to} size={size} "
-            "delivered={delivered} queued={queued}",
-            queue_id=queue_id, ip=self.session.ip, sender=transaction.sender,
-            to=",".join(r.address for r in transaction.recipients), size=size,
-            delivered=",".join(local_users) or "-", queued=",".join(remote) or "-",
+            literal(f"accepted {queue_id} from {ip} sender=<{sender}> to={to} size={size} "
+                    f"delivered={delivered} queued={queued}"),
+            queue_id=queue_id, ip=ip, sender=sender, to=to, size=size,
+            delivered=delivered, queued=queued,
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         for user in local_users:  # open IMAP sessions (IDLE) see it at once

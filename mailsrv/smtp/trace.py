@@ -10,8 +10,33 @@ from email.utils import formatdate
 from mailsrv.netaddr import normalise_ip
 
 
+# Per-message work that repeats: a client sends many messages from one IP,
+# and many arrive in the same second. Both caches are small and bounded.
+_literals = {}
+_MAX_LITERALS = 4096
+_date = (None, "")  # (second, formatted date) of the last Received line
+
+
 def ip_literal(ip):
     """C{"192.0.2.1"} -> C{"[192.0.2.1]"}; IPv6 as C{"[IPv6:2001:db8::1]"}."""
+    literal = _literals.get(ip)
+    if literal is None:
+        if len(_literals) >= _MAX_LITERALS:
+            _literals.clear()
+        literal = _literals[ip] = _ip_literal(ip)
+    return literal
+
+
+def _received_date(when):
+    """The RFC 5322 date of C{when} (local time), formatted once a second."""
+    global _date
+    second = int(when)
+    if _date[0] != second:
+        _date = (second, formatdate(second, localtime=True))
+    return _date[1]
+
+
+def _ip_literal(ip):
     try:
         address = normalise_ip(ip)
     except ValueError:
@@ -34,6 +59,6 @@ def trace_headers(session, transaction, queue_id, hostname, when):
     )
     if len(transaction.recipients) == 1:
         received += f"\r\n\tfor <{transaction.recipients[0].address}>"
-    received += f";\r\n\t{formatdate(when, localtime=True)}"
+    received += f";\r\n\t{_received_date(when)}"
     text = f"Return-Path: <{transaction.sender}>\r\n{received}\r\n"
     return text.encode("ascii")

@@ -24,6 +24,21 @@ def fsync_directory(path):
         os.close(fd)
 
 
+# Maildirs this process has made sure of (cur/ new/ tmp/ exist), so that a
+# delivery does not pay three makedirs calls each time. One that has gone
+# since (removed by hand) is noticed by the failing link and made again.
+_ready = set()
+_MAX_READY = 10000
+
+
+def _ensure(maildir):
+    if maildir not in _ready:
+        ensure_maildir(maildir)
+        if len(_ready) >= _MAX_READY:
+            _ready.clear()
+        _ready.add(maildir)
+
+
 def deliver_file(source, maildirs):
     """
     Put the (already fsync'd) file C{source} into C{new/} of each Maildir.
@@ -35,11 +50,18 @@ def deliver_file(source, maildirs):
     delivered = []
     try:
         for maildir in maildirs:
-            ensure_maildir(maildir)
+            _ensure(maildir)
             name = unique_name(size)
             target = os.path.join(maildir, "new", name)
             try:
-                os.link(source, target)
+                try:
+                    os.link(source, target)
+                except FileNotFoundError:
+                    if not os.path.exists(source):
+                        raise
+                    _ready.discard(maildir)  # the Maildir went away: make it again
+                    _ensure(maildir)
+                    os.link(source, target)
             except OSError as e:
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise

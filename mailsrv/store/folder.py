@@ -673,6 +673,7 @@ class MailStore:
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
         self._maildrop_locks = set()
+        self._maildirs = {}  # (user, folder) -> Path, see maildir()
 
     def now(self):
         return int(self.clock.seconds())
@@ -698,8 +699,19 @@ class MailStore:
         self._maildrop_locks.discard(user)
 
     def maildir(self, user, folder="INBOX"):
-        """Where mail for C{user}'s C{folder} is delivered (no I/O)."""
-        return folder_maildir(user_maildir(self.mail_root, user), folder)
+        """
+        Where mail for C{user}'s C{folder} is delivered (no I/O). Remembered:
+        building the path costs more than the rest of a delivery's
+        bookkeeping, and users and their folders are few.
+        """
+        key = (user, folder)
+        path = self._maildirs.get(key)
+        if path is None:
+            path = folder_maildir(user_maildir(self.mail_root, user), folder)
+            if len(self._maildirs) >= 10000:
+                self._maildirs.clear()
+            self._maildirs[key] = path
+        return path
 
     def folder(self, user, name="INBOX"):
         """

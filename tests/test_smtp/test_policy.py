@@ -56,6 +56,36 @@ class FirstRefusalTests(unittest.TestCase):
         self.assertIn("lookup exploded", verdict.reason)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_synchronous_stages_need_no_deferred(self):
+        class Now:
+            def __init__(self, verdict):
+                self.verdict = verdict
+
+            def check(self, session, transaction, subject):
+                return self.verdict
+
+        verdict = policy.run_stages([Now(Verdict.accept("a")), Now(Verdict.accept())],
+                                    None, None, None)
+        self.assertEqual(verdict, Verdict.accept("a"))
+        refusal = Verdict.refuse(550, "5.7.1", "no")
+        self.assertIs(policy.run_stages([Now(refusal), Broken()], None, None, None), refusal)
+
+    def test_reasons_join_across_synchronous_and_asynchronous_stages(self):
+        pending = defer.Deferred()
+
+        class Slow:
+            def check(self, session, transaction, subject):
+                return pending
+
+        class Now:
+            def check(self, session, transaction, subject):
+                return Verdict.accept("three")
+
+        d = policy.run_stages([Fixed(Verdict.accept("one")), Slow(), Now()], None, None, None)
+        self.assertNoResult(d)
+        pending.callback(Verdict.accept("two"))
+        self.assertEqual(result(d), Verdict.accept("one; two; three"))
+
     def test_waits_for_asynchronous_stages(self):
         pending = defer.Deferred()
 

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from mailsrv.queue import intake
 from mailsrv.smtp.policy import Verdict
+from mailsrv.smtp import server as server_module
 from mailsrv.smtp.server import build_factory
 from tests.test_smtp.support import (
     PASSWORD,
@@ -401,6 +402,19 @@ class SenderTests(SMTPTestCase):
             b"553 5.1.7 <alice>: sender address must be a full user@domain\r\n",
         )
         self.assertEqual(conn.send(b"MAIL FROM:<>\r\n"), b"250 2.1.0 Ok\r\n")
+
+    def test_a_bug_after_synchronous_stages_is_a_temporary_error(self):
+        """Stages that answer at once need no Deferred; a bug after them still gets 451."""
+        def broken(self, verdict, transaction):
+            raise RuntimeError("bug")
+
+        self.patch(server_module.SMTPServer, "_mail_verdict", broken)
+        conn = self.connect()
+        self.ehlo(conn)
+        self.assertEqual(conn.send(b"MAIL FROM:<a@remote.test>\r\n"),
+                         b"451 4.3.0 Internal error, try again later\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(conn.send(b"NOOP\r\n"), b"250 2.0.0 Ok\r\n")
 
     def test_size_declared_too_big(self):
         conn = self.connect()
