@@ -55,6 +55,20 @@ class StoreTestCase(unittest.TestCase):
 
 
 class UIDTests(StoreTestCase):
+    def test_size_and_date_of_new_files_from_their_names(self):
+        new = self.store.maildir(ALICE) / "new"
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(new.parent / sub, exist_ok=True)
+        named = new / "1600000000.M5P1Q1.elsewhere,S=21"
+        bare = new / "1600000001.other-mda"
+        for path in (named, bare):
+            path.write_bytes(DATA)
+            os.utime(path, (1650000000, 1650000000))
+        folder = self.store.folder(ALICE)
+        # the delivering program's name is believed; without S= the file is asked
+        self.assertEqual([(m.size, m.internaldate) for m in folder.messages()],
+                         [(21, 1600000000), (len(DATA), 1650000000)])
+
     def test_sync_moves_new_and_assigns_uids(self):
         self.deliver(3)
         folder = self.store.folder(ALICE)
