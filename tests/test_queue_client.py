@@ -304,6 +304,17 @@ class PoolTests(unittest.TestCase):
         self.assertEqual(self.pool.total, 0)
         self.assertIsNot(self.successResultOf(self.pool.acquire(a)), first)
 
+    def test_fresh_skips_idle_sessions_and_is_counted(self):
+        a = Hop("a", 25)
+        stale = self.successResultOf(self.pool.acquire(a))
+        self.pool.release(a, stale, reusable=True)
+        fresh = self.successResultOf(self.pool.acquire(a, fresh=True))
+        self.assertIsNot(fresh, stale)
+        self.assertEqual(self.pool.total, 2)
+        self.pool.release(a, fresh, reusable=False)
+        self.clock.advance(2.1)  # the idle one expires
+        self.assertEqual(self.pool.total, 0)
+
     def test_not_reused_after_a_failure_or_max_reuse(self):
         a = Hop("a", 25)
         first = self.successResultOf(self.pool.acquire(a))

@@ -359,9 +359,14 @@ class ConnectionPool:
         self._idle = {}  # hop -> [(connection, timer)], most recent last
         self._waiting = {}  # hop -> deque of Deferreds
 
-    def acquire(self, hop):
-        """A Deferred of an open session to C{hop}; it fails with L{HostFailure}."""
-        idle = self._idle.get(hop)
+    def acquire(self, hop, fresh=False):
+        """
+        A Deferred of an open session to C{hop}; it fails with L{HostFailure}.
+
+        @param fresh: a new session, not an idle one (an idle one just turned
+            out to have been closed by the host).
+        """
+        idle = None if fresh else self._idle.get(hop)
         if idle:
             connection, timer = idle.pop()
             timer.cancel()

@@ -145,7 +145,7 @@ class SMTPCourier:
         with message:
             size = os.fstat(message.fileno()).st_size
             try:
-                connection = yield (self._open(hop) if fresh else self.pool.acquire(hop))
+                connection = yield self.pool.acquire(hop, fresh)
             except HostFailure as e:
                 return _HostFailed(recipients, e)
             reused = connection.transactions > 0
