@@ -124,6 +124,18 @@ class DirectoryTests(unittest.TestCase):
         return defer.gatherResults([good, bad, unknown, garbage])
 
 
+class LoginHelper:
+    """For test cases with a C{checker} whose hashing answers at once."""
+
+    def login(self, user, password, ip="198.51.100.7"):
+        """The avatar id, or the failure's exception."""
+        d = self.checker.requestAvatarId(ClientCredentials(user, password, ip))
+        results = []
+        d.addBoth(results.append)
+        (result,) = results
+        return result.value if hasattr(result, "value") else result
+
+
 class Limits:
     max_failures = 5
     max_failures_per_ip = 100
@@ -131,7 +143,7 @@ class Limits:
     lockout = 900
 
 
-class ThrottlingCheckerTests(unittest.TestCase):
+class ThrottlingCheckerTests(LoginHelper, unittest.TestCase):
     """
     The checker counts wrong passwords in the store and refuses locked-out
     keys before hashing (hashing runs inline here, so results are at once).
@@ -153,13 +165,6 @@ class ThrottlingCheckerTests(unittest.TestCase):
 
         self.patch(checker_module, "verify_in_thread", verify_inline)
 
-    def login(self, user, password, ip="198.51.100.7"):
-        """The avatar id, or the failure's exception."""
-        d = self.checker.requestAvatarId(ClientCredentials(user, password, ip))
-        results = []
-        d.addBoth(results.append)
-        (result,) = results
-        return result.value if hasattr(result, "value") else result
 
     def test_five_distinct_wrong_passwords_lock_the_pair_out(self):
         for n in range(5):
@@ -230,7 +235,7 @@ class ThrottlingCheckerTests(unittest.TestCase):
         self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
 
 
-class LoginCacheTests(unittest.TestCase):
+class LoginCacheTests(LoginHelper, unittest.TestCase):
     """
     A correct password is remembered for [auth] cache_ttl seconds; a new
     password or a deleted user ends it; wrong passwords are never cached.
@@ -258,12 +263,6 @@ class LoginCacheTests(unittest.TestCase):
 
         self.patch(checker_module, "verify_in_thread", verify_inline)
 
-    def login(self, user, password, ip="198.51.100.7"):
-        d = self.checker.requestAvatarId(ClientCredentials(user, password, ip))
-        results = []
-        d.addBoth(results.append)
-        (result,) = results
-        return result.value if hasattr(result, "value") else result
 
     def test_a_correct_password_is_hashed_once_until_it_expires(self):
         self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
