@@ -27,5 +27,8 @@ setup(
         "dnspython>=2.4,<3",
         "pyspf>=2.0.14,<3",
     ],
+    # The tests' own needs (README's test command installs them): hypothesis
+    # drives the property tests of every parser.
+    extras_require={"test": ["hypothesis>=6.100"]},
     entry_points={"console_scripts": ["mailsrv = mailsrv.admin.cli:main"]},
 )
