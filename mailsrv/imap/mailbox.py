@@ -499,7 +499,7 @@ class Message:
         return _is_multipart(parse_header_bytes(self.header_bytes()))
 
     def getSubPart(self, part):
-        return MessagePart(self.parse().get_payload()[part])
+        return _sub_part(self.parse(), part)
 
     def parse(self):
         """The whole message parsed (once): its MIME tree."""
@@ -543,9 +543,17 @@ class MessagePart:
         return self.part.is_multipart()
 
     def getSubPart(self, part):
-        if not self.part.is_multipart():
-            raise IndexError(part)
-        return MessagePart(self.part.get_payload()[part])
+        return _sub_part(self.part, part)
+
+
+def _sub_part(parsed, index):
+    """
+    Part C{index} of a parsed entity. A multipart whose boundary never
+    occurs has a text payload, not parts: it has no part C{index} either.
+    """
+    if not parsed.is_multipart():
+        raise IndexError(index)
+    return MessagePart(parsed.get_payload()[index])
 
 
 class ChangedSince:
