@@ -530,7 +530,9 @@ class MessagePart:
                 self._body = whole.partition(b"\r\n\r\n")[2]
             else:
                 payload = self.part.get_payload()
-                self._body = payload.encode("ascii", "surrogateescape")
+                # 8-bit bytes come back from surrogates; a message/rfc822 part
+                # inside may hold U+FFFD in their place, which UTF-8 keeps
+                self._body = payload.encode("utf-8", "surrogateescape")
         return self._body
 
     def getBodyFile(self):
