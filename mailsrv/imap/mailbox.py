@@ -36,6 +36,9 @@ DELIMITER = "/"
 # Bytes read to find a message's header: most fit (SEARCH reads thousands).
 HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
+# MIME parts nested deeper than this are shown empty: real mail nests a few
+# levels; each level costs a few stack frames in Twisted's BODYSTRUCTURE.
+MAX_MIME_DEPTH = 50
 
 
 class _Info:
@@ -502,13 +505,23 @@ class Message:
         return _sub_part(self.parse(), part)
 
     def parse(self):
-        """The whole message parsed (once): its MIME tree."""
+        """
+        The whole message parsed (once): its MIME tree, cut at
+        L{MAX_MIME_DEPTH}.
+        """
         if self._parsed is None:
             with self.open() as f:
-                # parsebytes: parse(f) reads through universal newlines,
-                # turning every CRLF of the parts into LF
-                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parsebytes(
-                    f.read())
+                data = f.read()
+            # parsebytes: parse(f) reads through universal newlines,
+            # turning every CRLF of the parts into LF
+            parser = email.parser.BytesParser(policy=_CRLF_POLICY)
+            try:
+                parsed = parser.parsebytes(data)
+            except RecursionError:  # nested past the parser's own stack
+                parsed = parser.parsebytes(data, headersonly=True)
+                parsed.set_payload("")
+            _cut_nesting(parsed, MAX_MIME_DEPTH)
+            self._parsed = parsed
         return self._parsed
 
 
@@ -546,6 +559,20 @@ class MessagePart:
 
     def getSubPart(self, part):
         return _sub_part(self.part, part)
+
+
+def _cut_nesting(parsed, depth):
+    """
+    Empty the multiparts (and attached messages) C{depth} levels down, so
+    that walking the tree (BODYSTRUCTURE, BODY[1.2.3]) stays far from
+    Python's recursion limit whatever a sender nested.
+    """
+    level = [parsed]
+    for _ in range(depth):
+        level = [sub for part in level if part.is_multipart() for sub in part.get_payload()]
+    for part in level:
+        if part.is_multipart():
+            part.set_payload("")
 
 
 def _sub_part(parsed, index):
