@@ -10,6 +10,7 @@ examples); a failure it finds prints the C{@example} to add.
 """
 
 import os
+import re
 
 from hypothesis import HealthCheck, settings
 
@@ -27,3 +28,14 @@ _SCALE = 20 if PROFILE == "soak" else 1
 def examples(count):
     """Settings for a property tried C{count} times in CI (more in a soak)."""
     return settings(max_examples=count * _SCALE)
+
+
+def packets(data, cuts):
+    """C{data} cut at the offsets C{cuts} (taken modulo its length, any order)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+def lines(data):
+    """C{data} cut after each LF (the last piece may have none)."""
+    return [line for line in re.split(rb"(?<=\n)", data) if line]

@@ -12,7 +12,7 @@ import re
 from hypothesis import example, given, strategies as st
 from twisted.trial import unittest
 
-from tests.fuzzing import examples
+from tests.fuzzing import examples, lines, packets
 from tests.test_pop3 import PASSWORD, USER, Harness
 
 _PLAIN = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD)
@@ -42,10 +42,6 @@ CONVERSATION = st.lists(st.one_of(LINE, LINE, LINE, SASL, LOGIN), max_size=25).m
 _RESPONSE = re.compile(rb"^(?:\+OK|-ERR|\+ )", re.M)
 
 
-def _lines(data):
-    return [line for line in re.split(rb"(?<=\n)", data) if line]
-
-
 class ConversationTests(unittest.TestCase):
     @examples(150)
     @given(CONVERSATION)
@@ -54,7 +50,7 @@ class ConversationTests(unittest.TestCase):
     def test_one_response_per_command_line(self, stream):
         """Fed line by line, each line gets exactly one response (message bodies aside)."""
         h = Harness(self, root=self.mktemp())
-        for line in _lines(stream):
+        for line in lines(stream):
             reply = h.send(line)
             if h.transport.disconnecting:
                 return
@@ -79,9 +75,7 @@ class ConversationTests(unittest.TestCase):
     def test_packet_boundaries_do_not_matter(self, stream, cuts):
         """Pipelined in any packets, a stream gets the same responses as line by line."""
         stream = stream.replace(b"STLS", b"NOOP")  # STLS drops what follows by design
-        points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-        packets = [stream[a:b] for a, b in zip(points, points[1:])]
-        self.assertEqual(self._transcript(packets), self._transcript(_lines(stream)))
+        self.assertEqual(self._transcript(packets(stream, cuts)), self._transcript(lines(stream)))
 
     def _transcript(self, packets):
         h = Harness(self, root=self.mktemp())

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from mailsrv.queue.dotstuff import stuff
 from mailsrv.smtp import commands
 from mailsrv.smtp.data import DataReader
-from tests.fuzzing import examples
+from tests.fuzzing import examples, lines, packets
 from tests.test_smtp.support import PASSWORD, connect, make_mail_server, run_threads_inline
 
 _PLAIN = base64.b64encode(b"\0alice@example.test\0" + PASSWORD.encode()).decode()
@@ -71,12 +71,6 @@ DATA_PIECES = st.one_of(
 )
 
 
-def _chunks(data, cuts):
-    """C{data} cut at the offsets C{cuts} (any order, out-of-range ignored)."""
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
-
-
 def _read_all(chunks):
     """Feed C{chunks} to one DataReader as the server does: the message, the rest, the reader."""
     reader, out, pending = DataReader(), [], bytearray()
@@ -97,7 +91,7 @@ class DataReaderTests(unittest.TestCase):
         """However the stream is cut into packets, the reader sees the same thing."""
         data = b"".join(pieces)
         whole, rest, reader = _read_all([data])
-        cut, cut_rest, cut_reader = _read_all(_chunks(data, cuts))
+        cut, cut_rest, cut_reader = _read_all(packets(data, cuts))
         self.assertEqual((cut, cut_rest, cut_reader.done, cut_reader.bare_line_ending),
                          (whole, rest, reader.done, reader.bare_line_ending))
         self.assertEqual(reader.size, len(whole))
@@ -112,7 +106,7 @@ class DataReaderTests(unittest.TestCase):
         """A message with CRLF lines, dot-stuffed as a client sends it, is read back unchanged."""
         message = b"".join(line + b"\r\n" for line in lines)
         wire = stuff(message) + b"NOOP\r\n"
-        read, rest, reader = _read_all(_chunks(wire, cuts))
+        read, rest, reader = _read_all(packets(wire, cuts))
         self.assertEqual((read, rest, reader.done, reader.bare_line_ending),
                          (message, b"NOOP\r\n", True, False))
 
@@ -154,11 +148,6 @@ CONVERSATION = st.lists(SEGMENT, max_size=25).map(b"".join)
 _FINAL = re.compile(rb"^\d{3} ", re.M)
 
 
-def _lines(data):
-    """C{data} cut after each LF (the last piece may have none)."""
-    return [line for line in re.split(rb"(?<=\n)", data) if line]
-
-
 class ConversationTests(unittest.TestCase):
     """The whole protocol, fed any byte stream."""
 
@@ -177,7 +166,7 @@ class ConversationTests(unittest.TestCase):
     def test_one_reply_per_command_line(self, stream):
         """Fed line by line, each command line (or SASL response) gets exactly one reply."""
         c = self._connect()
-        for line in _lines(stream):
+        for line in lines(stream):
             in_data = c.protocol._reader is not None
             reply = c.send(line)
             finals = _FINAL.findall(reply)
@@ -212,7 +201,7 @@ class ConversationTests(unittest.TestCase):
         """Cut into any packets, a stream gets the same replies as in one piece."""
         stream = stream.replace(b"STARTTLS", b"NOOP")  # STARTTLS drops what follows by design
         whole = self._transcript([stream])
-        self.assertEqual(self._transcript(_chunks(stream, cuts)), whole)
+        self.assertEqual(self._transcript(packets(stream, cuts)), whole)
 
     def _transcript(self, packets):
         c = self._connect()
