@@ -18,10 +18,16 @@ def read_lines(path):
     """
     Yield C{(lineno, text)} for each line that is not blank or a comment.
     A missing file has no lines.
+
+    @raise ListFileError: for a line that is not UTF-8.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ListFileError(path, lineno, "not UTF-8 text")
                 text = line.split("#", 1)[0].strip()
                 if text:
                     yield lineno, text

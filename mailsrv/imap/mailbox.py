@@ -36,6 +36,9 @@ DELIMITER = "/"
 # Bytes read to find a message's header: most fit (SEARCH reads thousands).
 HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
+# MIME parts nested deeper than this are shown empty: real mail nests a few
+# levels; each level costs a few stack frames in Twisted's BODYSTRUCTURE.
+MAX_MIME_DEPTH = 50
 
 
 class _Info:
@@ -499,16 +502,26 @@ class Message:
         return _is_multipart(parse_header_bytes(self.header_bytes()))
 
     def getSubPart(self, part):
-        return MessagePart(self.parse().get_payload()[part])
+        return _sub_part(self.parse(), part)
 
     def parse(self):
-        """The whole message parsed (once): its MIME tree."""
+        """
+        The whole message parsed (once): its MIME tree, cut at
+        L{MAX_MIME_DEPTH}.
+        """
         if self._parsed is None:
             with self.open() as f:
-                # parsebytes: parse(f) reads through universal newlines,
-                # turning every CRLF of the parts into LF
-                self._parsed = email.parser.BytesParser(policy=_CRLF_POLICY).parsebytes(
-                    f.read())
+                data = f.read()
+            # parsebytes: parse(f) reads through universal newlines,
+            # turning every CRLF of the parts into LF
+            parser = email.parser.BytesParser(policy=_CRLF_POLICY)
+            try:
+                parsed = parser.parsebytes(data)
+            except RecursionError:  # nested past the parser's own stack
+                parsed = parser.parsebytes(data, headersonly=True)
+                parsed.set_payload("")
+            _cut_nesting(parsed, MAX_MIME_DEPTH)
+            self._parsed = parsed
         return self._parsed
 
 
@@ -530,7 +543,9 @@ class MessagePart:
                 self._body = whole.partition(b"\r\n\r\n")[2]
             else:
                 payload = self.part.get_payload()
-                self._body = payload.encode("ascii", "surrogateescape")
+                # 8-bit bytes come back from surrogates; a message/rfc822 part
+                # inside may hold U+FFFD in their place, which UTF-8 keeps
+                self._body = payload.encode("utf-8", "surrogateescape")
         return self._body
 
     def getBodyFile(self):
@@ -543,9 +558,31 @@ class MessagePart:
         return self.part.is_multipart()
 
     def getSubPart(self, part):
-        if not self.part.is_multipart():
-            raise IndexError(part)
-        return MessagePart(self.part.get_payload()[part])
+        return _sub_part(self.part, part)
+
+
+def _cut_nesting(parsed, depth):
+    """
+    Empty the multiparts (and attached messages) C{depth} levels down, so
+    that walking the tree (BODYSTRUCTURE, BODY[1.2.3]) stays far from
+    Python's recursion limit whatever a sender nested.
+    """
+    level = [parsed]
+    for _ in range(depth):
+        level = [sub for part in level if part.is_multipart() for sub in part.get_payload()]
+    for part in level:
+        if part.is_multipart():
+            part.set_payload("")
+
+
+def _sub_part(parsed, index):
+    """
+    Part C{index} of a parsed entity. A multipart whose boundary never
+    occurs has a text payload, not parts: it has no part C{index} either.
+    """
+    if not parsed.is_multipart():
+        raise IndexError(index)
+    return MessagePart(parsed.get_payload()[index])
 
 
 class ChangedSince:

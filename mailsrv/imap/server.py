@@ -28,6 +28,7 @@ matter to real clients closed. Each override below says which gap:
 """
 
 import datetime
+import email.message
 import email.utils
 import os
 import re
@@ -1023,7 +1024,10 @@ def _fast_getter(server, part, cur):
 
 
 class _Body:
-    """A message seen as its body: what BODYSTRUCTURE measures."""
+    """
+    A message or part seen as its body: what BODYSTRUCTURE measures, with
+    its Content-Type in a form Twisted's structure code can read.
+    """
 
     def __init__(self, message):
         self._message = message
@@ -1035,6 +1039,36 @@ class _Body:
         if hasattr(self._message, "body_size"):
             return self._message.body_size()
         return self._message.getSize()
+
+    def getHeaders(self, negate, *names):
+        headers = self._message.getHeaders(negate, *names)
+        if "content-type" in headers:
+            headers["content-type"] = _readable_content_type(headers["content-type"])
+        return headers
+
+    def getSubPart(self, part):
+        return _Body(self._message.getSubPart(part))
+
+
+_UNSPLITTABLE = re.compile(r'[;"\r\n]')
+
+
+def _readable_content_type(value):
+    """
+    C{type/subtype; name="value"...} as the email package reads C{value}.
+    Twisted splits the raw field on C{;} and C{=} and fails on a parameter
+    without a value (C{text/plain;} is common in spam: the FETCH dropped
+    the connection), an empty one (C{boundary=}), or a C{;} inside quotes.
+    """
+    parsed = email.message.Message()
+    parsed["Content-Type"] = value
+    params = []
+    for name, param in parsed.get_params(header="content-type")[1:]:
+        text = _UNSPLITTABLE.sub("", email.utils.collapse_rfc2231_value(param))
+        name = _UNSPLITTABLE.sub("", name).replace("=", "")
+        if name:
+            params.append(f'{name}="{text}"')
+    return "; ".join([parsed.get_content_type(), *params])
 
 
 def _copyuid(target, pairs):
