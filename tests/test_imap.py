@@ -583,7 +583,7 @@ class MailboxCommandTests(IMAPTestCase):
         c.login()
         self.assertEqual(
             c.cmd(b"a APPEND INBOX {999999999999}"),
-            b"a BAD Syntax error: message larger than 36700160 bytes\r\n",
+            b"a NO [TOOBIG] Message larger than 36700160 bytes\r\n",
         )
 
     def test_uid_copy(self):
@@ -924,7 +924,7 @@ class BadInputTests(IMAPTestCase):
 
     def test_overlong_line_in_pieces(self):
         c = self.client()
-        self.assertEqual(c.send(b"a " + b"x" * 70000), b"* BAD Line too long\r\n")
+        self.assertEqual(c.send(b"a " + b"x" * 70000), b"a BAD Line too long\r\n")
         self.assertEqual(c.send(b"y" * 1000 + b"\r\nn NOOP\r\n"), b"n OK NOOP completed\r\n")
 
     def test_unterminated_literal_then_vanish(self):
