@@ -889,7 +889,7 @@ class BadInputTests(IMAPTestCase):
         (b"\x00\xff\xfe garbage\r\n", b"* BAD Invalid tag or missing command\r\n"),
         (b"a \xff\xfe\r\n", b"a BAD Invalid command\r\n"),
         (b"\r\n", b"* BAD Invalid tag or missing command\r\n"),
-        (b"lonely\r\n", b"* BAD Invalid tag or missing command\r\n"),
+        (b"lonely\r\n", b"lonely BAD Missing command\r\n"),
         (b"a FROBNICATE\r\n", b"a BAD Unknown command\r\n"),
         (b"a FETCH 1 FLAGS\r\n", b"a BAD Command not valid in this state\r\n"),
         (b"a LOGIN {abc}\r\n", b"a BAD Syntax error: Bad literal size: b'abc'\r\n"),

@@ -61,6 +61,8 @@ def _pop(tokens, what):
     if not tokens:
         raise imap4.IllegalQueryError(f"missing {what}")
     value = tokens.pop(0)
+    if value is None:
+        return b"NIL"
     if isinstance(value, list):
         raise imap4.IllegalQueryError(f"expected {what}, not a list")
     return value
@@ -87,6 +89,8 @@ def _one(tokens, last_seq, last_uid, state):
 
 def _key(tokens, last_seq, last_uid, state):
     token = tokens.pop(0)
+    if token is None:  # Twisted's parser reads the atom NIL so
+        token = b"NIL"
     if isinstance(token, list):
         inner = []
         while token:

@@ -130,6 +130,13 @@ _arg_final_mailbox = _decoded(_base.arg_finalastring, syntax.mailbox_name)
 _arg_list_pattern = _decoded(_base.arg_astring, syntax.list_pattern)
 
 
+def _arg_flaglist(self, line):
+    """Twisted's, but a missing list is a syntax error (it raised TypeError)."""
+    if not line:
+        raise imap4.IllegalClientResponse("Missing flag list")
+    return _base.arg_flaglist(self, line)
+
+
 def _opt_seqset(self, line):
     if not line:
         return None, b""
@@ -307,8 +314,11 @@ class IMAPServer(imap4.IMAP4Server):
 
     def parse_command(self, line):
         parts = line.split(None, 2)
-        if len(parts) < 2 or not _TAG.fullmatch(parts[0]):
+        if not parts or not _TAG.fullmatch(parts[0]):
             self.sendBadResponse(None, b"Invalid tag or missing command")
+            return
+        if len(parts) < 2:
+            self.sendBadResponse(parts[0], b"Missing command")
             return
         if not _COMMAND.fullmatch(parts[1]):
             self.sendBadResponse(parts[0], b"Invalid command")
@@ -875,8 +885,7 @@ class IMAPServer(imap4.IMAP4Server):
         return self.sendPositiveResponse(tag, b"STORE completed")
 
     select_STORE = (
-        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom,
-        _base.arg_flaglist,
+        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
     def _changed_items(self, info, flags=True, uid=False):
