@@ -22,9 +22,12 @@ matter to real clients closed. Each override below says which gap:
   folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
   keywords are stored (PERMANENTFLAGS has C{\\*});
-- bad input (overlong lines, garbage, unknown commands, bad literals) gets a
-  BAD and the connection goes on; Twisted's replies built from C{str} (a
-  TypeError that left the client waiting) are replaced.
+- bad input (overlong lines, garbage, unknown commands, bad literals, deep
+  nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
+  BAD or NO and the connection goes on (limits: docs/imap.md); Twisted's
+  replies built from C{str} (a TypeError that left the client waiting) are
+  replaced, and errors are logged through L{mailsrv.errorlog}, not as a
+  traceback each.
 """
 
 import datetime
