@@ -583,7 +583,7 @@ class MailboxCommandTests(IMAPTestCase):
         c.login()
         self.assertEqual(
             c.cmd(b"a APPEND INBOX {999999999999}"),
-            b"a BAD Syntax error: message larger than 36700160 bytes\r\n",
+            b"a NO [TOOBIG] Message larger than 36700160 bytes\r\n",
         )
 
     def test_uid_copy(self):
@@ -889,7 +889,7 @@ class BadInputTests(IMAPTestCase):
         (b"\x00\xff\xfe garbage\r\n", b"* BAD Invalid tag or missing command\r\n"),
         (b"a \xff\xfe\r\n", b"a BAD Invalid command\r\n"),
         (b"\r\n", b"* BAD Invalid tag or missing command\r\n"),
-        (b"lonely\r\n", b"* BAD Invalid tag or missing command\r\n"),
+        (b"lonely\r\n", b"lonely BAD Missing command\r\n"),
         (b"a FROBNICATE\r\n", b"a BAD Unknown command\r\n"),
         (b"a FETCH 1 FLAGS\r\n", b"a BAD Command not valid in this state\r\n"),
         (b"a LOGIN {abc}\r\n", b"a BAD Syntax error: Bad literal size: b'abc'\r\n"),
@@ -924,7 +924,7 @@ class BadInputTests(IMAPTestCase):
 
     def test_overlong_line_in_pieces(self):
         c = self.client()
-        self.assertEqual(c.send(b"a " + b"x" * 70000), b"* BAD Line too long\r\n")
+        self.assertEqual(c.send(b"a " + b"x" * 70000), b"a BAD Line too long\r\n")
         self.assertEqual(c.send(b"y" * 1000 + b"\r\nn NOOP\r\n"), b"n OK NOOP completed\r\n")
 
     def test_unterminated_literal_then_vanish(self):

@@ -137,7 +137,7 @@ class LiteralPlusTests(IMAPTestCase):
         c.login()
         self.assertEqual(
             c.cmd(b"a APPEND INBOX {999999999999+}"),
-            b"a BAD Literal refused: message larger than 36700160 bytes\r\n"
+            b"a BAD Literal refused: [TOOBIG] Message larger than 36700160 bytes\r\n"
             b"* BYE Cannot read the rest of that command\r\n",
         )
         self.assertTrue(c.transport.disconnecting)

@@ -29,6 +29,7 @@ from mailsrv.store.folder import (
     FolderExists,
     NoSuchFolder,
 )
+from mailsrv.store.layout import check_folder_name
 
 log = Logger()
 
@@ -80,11 +81,23 @@ class Account:
             self.store.create_folder(self.user, pathspec)
         except FolderExists:
             raise imap4.MailboxCollision(pathspec)
-        except ValueError:
-            raise imap4.MailboxException(
-                "Invalid name: folder names may not contain '.' or empty parts"
-            )
+        except ValueError as e:
+            raise imap4.MailboxException(str(e))
         return True
+
+    def check_name(self, name):
+        """
+        Refuse a name no folder can have, so that APPEND, COPY and MOVE to
+        it get a plain NO, not C{[TRYCREATE]}.
+
+        @raise imap4.MailboxException: with the reason.
+        """
+        if name.upper() == "INBOX":
+            return
+        try:
+            check_folder_name(name.rstrip("/"))
+        except ValueError as e:
+            raise imap4.MailboxException(str(e))
 
     def delete(self, name):
         try:
@@ -105,6 +118,7 @@ class Account:
         return name in self.store.subscriptions(self.user)
 
     def subscribe(self, name):
+        self.check_name(name)
         self.store.subscribe(self.user, name)
 
     def unsubscribe(self, name):

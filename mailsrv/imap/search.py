@@ -24,6 +24,8 @@ _FLAG_KEYS = {
     "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
 }
 _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
+# Levels of parentheses, NOT and OR (the server refuses deeper lines first).
+MAX_DEPTH = 100
 
 
 class _Matcher:
@@ -44,7 +46,7 @@ def compile_search(query, last_seq, last_uid):
         (the criteria have MODSEQ: RFC 7162 wants the highest in the reply).
     @raise imap4.IllegalQueryError: the criteria are malformed.
     """
-    state = {"text": False, "modseq": False}
+    state = {"text": False, "modseq": False, "depth": 0}
     tokens = list(query)
     if not tokens:
         raise imap4.IllegalQueryError("missing search criteria")
@@ -59,6 +61,8 @@ def _pop(tokens, what):
     if not tokens:
         raise imap4.IllegalQueryError(f"missing {what}")
     value = tokens.pop(0)
+    if value is None:
+        return b"NIL"
     if isinstance(value, list):
         raise imap4.IllegalQueryError(f"expected {what}, not a list")
     return value
@@ -69,7 +73,24 @@ def _string(tokens):
 
 
 def _one(tokens, last_seq, last_uid, state):
+    """
+    The test of the search key at the start of C{tokens}, which it takes.
+    Lists, NOT and OR nest: at most L{MAX_DEPTH} levels, as compiling and
+    matching recurse once per level.
+    """
+    if state["depth"] > MAX_DEPTH:  # lists, NOT and OR around this key
+        raise imap4.IllegalQueryError(f"criteria nested over {MAX_DEPTH} levels")
+    state["depth"] += 1
+    try:
+        return _key(tokens, last_seq, last_uid, state)
+    finally:
+        state["depth"] -= 1
+
+
+def _key(tokens, last_seq, last_uid, state):
     token = tokens.pop(0)
+    if token is None:  # Twisted's parser reads the atom NIL so
+        token = b"NIL"
     if isinstance(token, list):
         inner = []
         while token:

@@ -22,9 +22,12 @@ matter to real clients closed. Each override below says which gap:
   folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
   keywords are stored (PERMANENTFLAGS has C{\\*});
-- bad input (overlong lines, garbage, unknown commands, bad literals) gets a
-  BAD and the connection goes on; Twisted's replies built from C{str} (a
-  TypeError that left the client waiting) are replaced.
+- bad input (overlong lines, garbage, unknown commands, bad literals, deep
+  nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
+  BAD or NO and the connection goes on (limits: docs/imap.md); Twisted's
+  replies built from C{str} (a TypeError that left the client waiting) are
+  replaced, and errors are logged through L{mailsrv.errorlog}, not as a
+  traceback each.
 """
 
 import datetime
@@ -37,9 +40,10 @@ from twisted.cred import error
 from twisted.cred.portal import Portal
 from twisted.internet import defer, interfaces, protocol, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.mail import imap4
 
-from mailsrv import __version__, sasl
+from mailsrv import __version__, errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
@@ -65,6 +69,13 @@ FETCH_BATCH_BYTES = 1 << 20
 # a thread: parsing megabytes would stall every connection.
 LARGE_MESSAGE = 256 << 10
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}")
+# The end of a discarded overlong line announcing a LITERAL+ literal.
+_LITERAL_PLUS_END = re.compile(rb"\{\d{1,20}\+\}\r?$")
+# Parenthesised lists (and SEARCH's NOT and OR) may nest this deep: the
+# parsers recurse once per level.
+MAX_NESTING = 100
+# The largest number RFC 3501 allows (partial offsets and lengths).
+NUMBER_MAX = 2**32 - 1
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
@@ -94,6 +105,7 @@ def _arg_fetch(self, line):
     atts, changedsince = syntax.split_fetch_modifiers(line)
     atts, modseq = syntax.take_modseq_item(atts)
     query = [] if atts is None else _base.arg_fetchatt(self, atts)[0]
+    syntax.check_partials(query, NUMBER_MAX)
     if modseq or changedsince is not None:
         query.append(syntax.ModSeqItem())
     return (query, changedsince), b""
@@ -101,6 +113,32 @@ def _arg_fetch(self, line):
 
 def _opt_unchangedsince(self, line):
     return syntax.split_store_modifier(line)
+
+
+def _decoded(parse, decode):
+    """
+    An argument parser giving a mailbox name or LIST pattern as C{str}
+    (L{syntax.mailbox_name}, L{syntax.list_pattern}); Twisted's commands
+    take it so, without decoding it again.
+    """
+    def arg(self, line):
+        result = parse(self, line)
+        if isinstance(result, defer.Deferred):  # a literal: decode when read
+            return result.addCallback(lambda r: (decode(r[0]), r[1]))
+        return decode(result[0]), result[1]
+    return arg
+
+
+_arg_mailbox = _decoded(_base.arg_astring, syntax.mailbox_name)
+_arg_final_mailbox = _decoded(_base.arg_finalastring, syntax.mailbox_name)
+_arg_list_pattern = _decoded(_base.arg_astring, syntax.list_pattern)
+
+
+def _arg_flaglist(self, line):
+    """Twisted's, but a missing list is a syntax error (it raised TypeError)."""
+    if not line:
+        raise imap4.IllegalClientResponse("Missing flag list")
+    return _base.arg_flaglist(self, line)
 
 
 def _opt_seqset(self, line):
@@ -133,6 +171,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._tag = None  # the command being processed
         self._command = None
         self._discarding = False
+        self._discarded_tail = b""  # the last bytes of the line being discarded
         self._refeed = b""
         self._idle_tag = None
         self._idle_poll = None
@@ -218,25 +257,55 @@ class IMAPServer(imap4.IMAP4Server):
         """Drop the rest of an overlong line, then parse as usual."""
         while True:
             if self._discarding:
-                _, newline, data = data.partition(b"\n")
+                dropped, newline, data = data.partition(b"\n")
+                self._discarded_tail = (self._discarded_tail + dropped)[-32:]
                 if not newline:
                     return
                 self._discarding = False
+                if _LITERAL_PLUS_END.search(self._discarded_tail):
+                    return self._lost_track()
             super().dataReceived(data)
             if not self._refeed:
                 return
             data, self._refeed = self._refeed, b""
 
     def lineLengthExceeded(self, line):
-        """Twisted closes the connection here; a BAD is enough."""
-        _, newline, rest = line.partition(b"\n")
+        """
+        Twisted closes the connection here. We answer BAD, tagged when the
+        tag can be read or a command is under way (the tag would otherwise
+        never get its reply), and drop the line up to its CRLF.
+        """
+        dropped, newline, rest = line.partition(b"\n")
         self._discarding = not newline
+        self._discarded_tail = dropped[-32:]
         self._refeed = rest
         tag = None
         if self.parseState == "sasl":  # the response ends the AUTHENTICATE
             (tag, _), self._sasl = self._sasl, None
             self.parseState = "command"
+        elif self.parseState == "idle":
+            return self.parse_idle(b"")
+        elif self.parseState == "pending":  # the line after a literal
+            tag, self._pendingLiteral = self._tag, None
+            self.parseState = "command"
+        else:
+            match = _TAG.match(line)
+            if match and line[match.end():match.end() + 1] == b" ":
+                tag = match.group()
+        if newline and _LITERAL_PLUS_END.search(dropped):
+            self._refeed = b""
+            return self._lost_track(tag)
         self.sendBadResponse(tag, b"Line too long")
+        return None
+
+    def _lost_track(self, tag=None):
+        """
+        An overlong line announced a LITERAL+ literal, which the client
+        sends without waiting: its bytes cannot be told from commands.
+        """
+        self.sendBadResponse(tag, b"Line too long")
+        self.sendUntaggedResponse(b"BYE Cannot read the rest of that command")
+        self.transport.loseConnection()
 
     def lineReceived(self, line):
         if self.blocked is None and self.parseState in ("command", "pending"):
@@ -249,18 +318,25 @@ class IMAPServer(imap4.IMAP4Server):
 
     def parse_command(self, line):
         parts = line.split(None, 2)
-        if len(parts) < 2 or not _TAG.fullmatch(parts[0]):
+        if not parts or not _TAG.fullmatch(parts[0]):
             self.sendBadResponse(None, b"Invalid tag or missing command")
+            return
+        if len(parts) < 2:
+            self.sendBadResponse(parts[0], b"Missing command")
             return
         if not _COMMAND.fullmatch(parts[1]):
             self.sendBadResponse(parts[0], b"Invalid command")
+            return
+        if syntax.too_deep(line, MAX_NESTING):
+            self.sendBadResponse(parts[0], b"Too deeply nested: at most %d levels"
+                                 % MAX_NESTING)
             return
         self._tag = parts[0]
         self._command = parts[1].upper()
         try:
             super().parse_command(line)
         except Exception:
-            log.failure("IMAP command {command} failed", command=self._command)
+            self._client_error(Failure(), self._command)
             self.sendBadResponse(parts[0], b"Internal server error")
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
@@ -286,15 +362,37 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendBadResponse(tag, b"Literal refused: " + _text(failure.value))
             self.sendUntaggedResponse(b"BYE Cannot read the rest of that command")
             self.transport.loseConnection()
-        elif failure.check(imap4.IllegalOperation):
+        elif failure.check(imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
             self.sendNegativeResponse(tag, _text(failure.value))
         elif failure.check(
             imap4.IllegalClientResponse, imap4.IMAP4Exception, ValueError
         ) or failure.type is Exception:
             self.sendBadResponse(tag, b"Syntax error: " + _text(failure.value))
         else:
-            log.failure("IMAP command failed", failure)
+            self._client_error(failure, self._command)
             self.sendBadResponse(tag, b"Internal server error")
+
+    def _IMAP4Server__ebFetch(self, failure, tag):
+        """Twisted's FETCH errback, with the error logged as one line."""
+        self.setTimeout(self._oldTimeout)
+        del self._oldTimeout
+        self._client_error(failure, b"FETCH")
+        self.sendBadResponse(tag, b"FETCH failed: server error")
+
+    def _IMAP4Server__ebSpewMessage(self, failure):
+        """
+        Part of a FETCH response may be out already: all we can do is close
+        (as Twisted does), with the error logged as one line.
+        """
+        self._client_error(failure, b"FETCH")
+        self.transport.write(b"\r\n* BYE Server error while sending a FETCH response\r\n")
+        self.transport.loseConnection()
+
+    def _client_error(self, failure, command):
+        """Log an error the client's command caused (L{errorlog})."""
+        name = (command or b"command").decode("ascii", "replace")
+        errorlog.client_error(log, failure, f"IMAP {name}",
+                              f"imap {errorlog.peer(self.transport)}")
 
     def _literal_plus(self, line):
         """
@@ -316,12 +414,23 @@ class IMAPServer(imap4.IMAP4Server):
         super().sendContinuationRequest(msg)
 
     def arg_literal(self, line):
-        """Refuse an APPEND bigger than we accept by SMTP before reading it."""
+        """
+        Refuse an APPEND bigger than we accept by SMTP before reading it:
+        C{NO [TOOBIG]} (RFC 7889) before the continuation request.
+        """
         match = _LITERAL.fullmatch(line or b"")
+        if match is None:
+            raise imap4.IllegalClientResponse("Expected a literal: {size}")
         limit = self.server.settings.access.max_message_size
-        if match and int(match.group(1)) > limit:
-            raise imap4.IllegalClientResponse(f"message larger than {limit} bytes")
+        if int(match.group(1)) > limit:
+            raise imap4.IllegalOperation(f"[TOOBIG] Message larger than {limit} bytes")
         return _base.arg_literal(self, line)
+
+    def _stringLiteral(self, size):
+        """Twisted's, but a negative size is no size."""
+        if size < 0:
+            raise imap4.IllegalClientResponse("Bad literal size")
+        return _base._stringLiteral(self, size)
 
     def do_UID(self, tag, command, line):
         if command.upper() not in _UID_COMMANDS:
@@ -467,8 +576,8 @@ class IMAPServer(imap4.IMAP4Server):
                      user=name, ip=ip)
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
         else:
-            log.failure("login error: user={user} ip={ip} protocol=imap", failure,
-                        user=name, ip=ip)
+            errorlog.client_error(log, failure, f"IMAP login of {name}",
+                                  f"imap {errorlog.peer(self.transport)}")
             self.sendNegativeResponse(tag, b"[UNAVAILABLE] Authentication unavailable")
 
     # Commands: authenticated
@@ -481,10 +590,9 @@ class IMAPServer(imap4.IMAP4Server):
             self._condstore = True
         return self._selectWork(tag, name, rw, command)
 
-    auth_SELECT = select_SELECT = (
-        do_SELECT, _base.arg_astring, _base.opt_plist, 1, b"SELECT")
+    auth_SELECT = select_SELECT = (do_SELECT, _arg_mailbox, _base.opt_plist, 1, b"SELECT")
     auth_EXAMINE = select_EXAMINE = (
-        do_SELECT, _base.arg_astring, _base.opt_plist, 0, b"EXAMINE")
+        do_SELECT, _arg_mailbox, _base.opt_plist, 0, b"EXAMINE")
 
     def _cbSelectWork(self, mbox, cmdName, tag):
         if mbox is None:
@@ -582,9 +690,8 @@ class IMAPServer(imap4.IMAP4Server):
         except ValueError:
             self.sendBadResponse(tag, b"Invalid date-time")
             return
-        mbox = self.account.select(imap4._parseMbox(mailbox), 1)
+        mbox = self._target(tag, mailbox)
         if mbox is None:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
             return
         names = [f.decode("ascii", "replace") for f in flags or ()]
         d = mbox.addMessage(message, names, when)
@@ -595,13 +702,27 @@ class IMAPServer(imap4.IMAP4Server):
         )
 
     auth_APPEND = select_APPEND = (
-        do_APPEND, _base.arg_astring, _base.opt_plist, _base.opt_datetime,
-        arg_literal,
+        do_APPEND, _arg_mailbox, _base.opt_plist, _base.opt_datetime, arg_literal,
     )
 
     def _failed(self, failure, tag, command):
-        log.failure("IMAP {command} failed", failure, command=command.decode())
+        self._client_error(failure, command)
         self.sendNegativeResponse(tag, command + b" failed: server error")
+
+    # Mailbox names: decoded and checked by the argument parsers
+    # (_arg_mailbox), not by Twisted's _parseMbox, which logs a traceback
+    # for each name that is not mUTF-7.
+
+    auth_CREATE = select_CREATE = (_base.do_CREATE, _arg_final_mailbox)
+    auth_DELETE = select_DELETE = (_base.do_DELETE, _arg_final_mailbox)
+    auth_RENAME = select_RENAME = (_base.do_RENAME, _arg_mailbox, _arg_final_mailbox)
+    auth_SUBSCRIBE = select_SUBSCRIBE = (_base.do_SUBSCRIBE, _arg_final_mailbox)
+    auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (_base.do_UNSUBSCRIBE, _arg_final_mailbox)
+    auth_STATUS = select_STATUS = (_base.do_STATUS, _arg_mailbox, _base.arg_plist)
+    auth_LIST = select_LIST = (
+        _base._listWork, _arg_list_pattern, _arg_list_pattern, 0, b"LIST")
+    auth_LSUB = select_LSUB = (
+        _base._listWork, _arg_list_pattern, _arg_list_pattern, 1, b"LSUB")
 
     # Commands: selected
 
@@ -673,7 +794,7 @@ class IMAPServer(imap4.IMAP4Server):
                 else:
                     count = 0  # the end
             except Exception:
-                log.failure("IMAP FETCH failed")
+                self._client_error(Failure(), b"FETCH")
                 producer.finish()
                 self.transport.write(b"".join(out))
                 self.sendBadResponse(tag, b"FETCH failed: server error")
@@ -727,7 +848,8 @@ class IMAPServer(imap4.IMAP4Server):
         if stored and part.partialBegin is not None and (part.text or part.empty):
             with (msg.getBodyFile() if part.text else msg.open()) as f:
                 f.seek(part.partialBegin, 1)
-                data = f.read(part.partialLength)
+                # past the end: empty (RFC 3501 6.4.5); never more than the file
+                data = f.read(min(part.partialLength, msg.getSize()))
             _w(_label(part) + b" " + imap4._literal(data))
             return None
         if not (part.header or part.text or part.mime or part.empty):
@@ -767,8 +889,7 @@ class IMAPServer(imap4.IMAP4Server):
         return self.sendPositiveResponse(tag, b"STORE completed")
 
     select_STORE = (
-        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom,
-        _base.arg_flaglist,
+        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
     def _changed_items(self, info, flags=True, uid=False):
@@ -790,8 +911,16 @@ class IMAPServer(imap4.IMAP4Server):
                 b"%d FETCH (%s)" % (seq, self._changed_items(info)), isAsync=True)
 
     def _target(self, tag, mailbox):
-        """The Mailbox a COPY or MOVE goes to, or L{None} after saying NO."""
-        target = self.account.select(imap4._parseMbox(mailbox), 1)
+        """
+        The Mailbox an APPEND, COPY or MOVE goes to, or L{None} after saying
+        NO: C{[TRYCREATE]} only for a name a folder could have.
+        """
+        try:
+            self.account.check_name(mailbox)
+        except imap4.MailboxException as e:
+            self.sendNegativeResponse(tag, _text(e))
+            return None
+        target = self.account.select(mailbox, 1)
         if target is None:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
         return target
@@ -822,7 +951,7 @@ class IMAPServer(imap4.IMAP4Server):
             self._failed, None, None, (tag, b"COPY"), None,
         )
 
-    select_COPY = (do_COPY, _base.arg_seqset, _base.arg_finalastring)
+    select_COPY = (do_COPY, _base.arg_seqset, _arg_final_mailbox)
 
     def do_MOVE(self, tag, messages, mailbox, uid=0):
         """
@@ -847,7 +976,7 @@ class IMAPServer(imap4.IMAP4Server):
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
         return None
 
-    select_MOVE = (do_MOVE, _base.arg_seqset, _base.arg_finalastring)
+    select_MOVE = (do_MOVE, _base.arg_seqset, _arg_final_mailbox)
 
     def do_EXPUNGE(self, tag, messages=None, uid=0):
         """EXPUNGE, and UID EXPUNGE with a UID set (RFC 4315)."""

@@ -6,6 +6,7 @@ before handing the rest to Twisted; and the sequence sets of UIDPLUS
 response codes (RFC 4315).
 """
 
+import base64
 import re
 
 from twisted.mail import imap4
@@ -75,3 +76,108 @@ def sequence_set(numbers):
     return b",".join(
         b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs
     )
+
+
+def mailbox_name(raw):
+    """
+    A mailbox name as sent, in modified UTF-7 (RFC 3501 5.1.3) -> C{str}.
+    Strict, as Dovecot is: raw 8-bit or control bytes, an unterminated
+    C{&...}, bad base64, UTF-16 that is not, and printable ASCII spelt in
+    base64 are refused. (Twisted's decoder takes most of these, and its
+    encoder spells CR and LF as C{&-}, so it cannot check a round trip.)
+
+    @raise imap4.IllegalMailboxEncoding: not valid modified UTF-7.
+    """
+    if isinstance(raw, str):
+        return raw
+    text = []
+    pos = 0
+    while pos < len(raw):
+        match = _MUTF7_TOKEN.match(raw, pos)
+        if match is None:
+            raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+        token = match.group()
+        if token == b"&-":
+            text.append("&")
+        elif token[:1] == b"&":
+            text.append(_unbase64(token[1:-1]))
+        else:
+            text.append(token.decode("ascii"))
+        pos = match.end()
+    return "".join(text)
+
+
+_NOT_MUTF7 = "Mailbox name is not valid mUTF-7"
+# printable ASCII but "&" | "&-" | "&" modified base64 "-"
+_MUTF7_TOKEN = re.compile(rb"[\x20-\x25\x27-\x7e]+|&-|&[A-Za-z0-9+,]+-")
+
+
+def _unbase64(shifted):
+    data = shifted.replace(b",", b"/")
+    try:
+        utf16 = base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
+        text = utf16.decode("utf-16-be")
+    except (ValueError, UnicodeDecodeError):
+        raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+    if any(" " <= c <= "~" for c in text):
+        raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+    return text
+
+
+def list_pattern(raw):
+    """
+    A LIST or LSUB reference or pattern -> C{str}: decoded leniently (a
+    pattern is no name, and C{&} alone must not fail), raw 8-bit refused.
+
+    @raise imap4.IllegalMailboxEncoding: it cannot be decoded at all.
+    """
+    try:
+        return raw.decode("imap4-utf-7")
+    except (UnicodeError, ValueError):
+        raise imap4.IllegalMailboxEncoding("Mailbox name is not valid mUTF-7")
+
+
+def too_deep(line, limit):
+    """
+    Whether C{line}'s parentheses and brackets nest more than C{limit}
+    levels outside quoted strings (Twisted's parser and SEARCH recurse
+    once per level).
+    """
+    if line.count(b"(") + line.count(b"[") <= limit:
+        return False
+    depth = 0
+    quoted = escaped = False
+    for byte in line:
+        if quoted:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                quoted = False
+        elif byte == 0x22:
+            quoted = True
+        elif byte in (0x28, 0x5B):  # ( [
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x29, 0x5D):
+            depth -= 1
+    return False
+
+
+def check_partials(query, limit):
+    """
+    Refuse FETCH partials C{<offset.length>} RFC 3501 does not allow: an
+    offset or length over C{limit} (2**32 - 1, a number's maximum), a
+    negative one, or a zero length.
+
+    @raise imap4.IllegalClientResponse: with the reason.
+    """
+    for part in query:
+        begin = getattr(part, "partialBegin", None)
+        if begin is None:
+            continue
+        if not (0 <= begin <= limit and 0 < part.partialLength <= limit):
+            raise imap4.IllegalClientResponse(
+                f"Partial <offset.length> must be numbers up to {limit}, length not 0")

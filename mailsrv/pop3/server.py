@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
-from mailsrv import sasl
+from mailsrv import errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.pop3.mailbox import MaildropInUse
@@ -437,10 +437,8 @@ class POP3Server(pop3.POP3):
             )
             self.failResponse(b"[AUTH] Invalid user name or password")
         else:
-            log.failure(
-                "login error: user={user} ip={ip} protocol=pop3", failure,
-                user=name, ip=self._peer_ip,
-            )
+            errorlog.client_error(log, failure, f"POP3 login of {name}",
+                                  f"pop3 {errorlog.peer(self.transport)}")
             self.failResponse(b"[SYS/TEMP] Login temporarily unavailable, try later")
 
     def do_APOP(self, rest):
@@ -621,8 +619,8 @@ class POP3Server(pop3.POP3):
         d = defer.maybeDeferred(transfer, fp, first)
 
         def failed(failure):
-            log.failure("POP3 transfer of message {number} failed", failure,
-                        number=index + 1)
+            errorlog.client_error(log, failure, f"POP3 transfer of message {index + 1}",
+                                  f"pop3 {errorlog.peer(self.transport)}")
             self.transport.loseConnection()
 
         d.addErrback(failed)

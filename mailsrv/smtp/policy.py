@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsrv import config, dns
+from mailsrv import config, dns, errorlog
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import SenderList, parse_kill_list
 from mailsrv.smtp.commands import is_mailbox
@@ -71,7 +71,7 @@ def run_stages(stages, session, transaction, subject):
         try:
             verdict = stage.check(session, transaction, subject)
         except Exception:
-            return _stage_failed(Failure(), stage)
+            return _stage_failed(Failure(), stage, session)
         if isinstance(verdict, defer.Deferred):
             return _run_async(verdict, stage, stages[index + 1:], session, transaction,
                               subject, reasons)
@@ -101,11 +101,12 @@ def _run_async(pending, stage, remaining, session, transaction, subject, reasons
         return Verdict.accept("; ".join([*reasons, verdict.reason] if verdict.reason
                                         else reasons))
 
-    return pending.addCallbacks(judged, _stage_failed, errbackArgs=(stage,))
+    return pending.addCallbacks(judged, _stage_failed, errbackArgs=(stage, session))
 
 
-def _stage_failed(failure, stage):
-    log.failure("policy stage {stage} failed", failure, stage=type(stage).__name__)
+def _stage_failed(failure, stage, session):
+    errorlog.client_error(log, failure, f"policy stage {type(stage).__name__}",
+                          f"smtp {getattr(session, 'ip', '?')}")
     return Verdict.refuse(
         451, "4.3.0", "Temporary failure, try again later",
         f"{type(stage).__name__} failed: {failure.getErrorMessage()}",

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.python.failure import Failure
 
-from mailsrv import sasl
+from mailsrv import errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.logtext import literal
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
@@ -148,7 +148,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         self._drain()
 
     def _internal_error(self, failure):
-        log.failure("SMTP session with {ip} failed", failure, ip=self.session.ip)
+        errorlog.client_error(log, failure, "SMTP command",
+                              f"smtp {errorlog.peer(self.transport)}")
         self._reply(451, "4.3.0", "Internal error, try again later")
 
     def _flow_control(self):
@@ -388,7 +389,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             log.info("login failed: user={user} ip={ip} protocol=smtp", user=name, ip=self.session.ip)
             self._reply(535, "5.7.8", "Authentication credentials invalid")
         else:
-            log.failure("checking the password of {user} failed", failure, user=name)
+            errorlog.client_error(log, failure, f"SMTP AUTH of {name}",
+                                  f"smtp {errorlog.peer(self.transport)}")
             self._reply(454, "4.7.0", "Temporary authentication failure, try again later")
 
     # Mail transaction commands
@@ -628,7 +630,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             self.server.queue_runner.wake()
 
     def _not_queued(self, failure):
-        log.failure("cannot queue a message from {ip}", failure, ip=self.session.ip)
+        errorlog.client_error(log, failure, "SMTP queueing",
+                              f"smtp {errorlog.peer(self.transport)}")
         self._reply(451, "4.3.0", "Cannot queue the message, try again later")
 
     _handlers = {

@@ -8,9 +8,14 @@ import os
 import socket
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
 MAILDIR_SUBDIRS = ("cur", "new", "tmp")
+# A folder A/B/C is one directory, .A.B.C: its name (UTF-8) may have this
+# many bytes on every common file system.
+NAME_MAX = 255
+MAX_FOLDER_LEVELS = 16
 
 
 def user_maildir(mail_root, user):
@@ -26,10 +31,36 @@ def folder_maildir(inbox, folder):
     """The Maildir of IMAP C{folder} ("INBOX" or a "/"-separated name)."""
     if folder.upper() == "INBOX":
         return Path(inbox)
+    check_folder_name(folder)
+    return Path(inbox) / ("." + folder.replace("/", "."))
+
+
+def check_folder_name(folder):
+    """
+    Refuse a folder name the store cannot keep as one Maildir++ directory
+    (C{.A.B} for C{A/B}) inside the user's Maildir: empty levels, dots
+    (the Maildir++ separator, and C{..}), control characters (they hid
+    the folder from LIST and could split lines of the subscriptions
+    file), names longer than a directory name may be, and too many levels.
+
+    @raise ValueError: with a reason for the client (ASCII, without the name).
+    """
     parts = folder.split("/")
-    if any(not p or p in (".", "..") or "." in p or "\0" in p for p in parts):
-        raise ValueError(f"unsupported folder name {folder!r}")
-    return Path(inbox) / ("." + ".".join(parts))
+    if any(not p for p in parts):
+        raise ValueError("Folder names may not have empty levels or a leading '/'")
+    if "." in folder:
+        raise ValueError("Folder names may not contain '.'")
+    if any(_unsafe_character(c) for c in folder):
+        raise ValueError("Folder names may not contain control characters")
+    if len(parts) > MAX_FOLDER_LEVELS:
+        raise ValueError(f"Folder names may have at most {MAX_FOLDER_LEVELS} levels")
+    if len(folder.encode("utf-8")) + 1 > NAME_MAX:
+        raise ValueError(f"Folder names may be at most {NAME_MAX - 1} bytes long")
+
+
+def _unsafe_character(c):
+    """Controls (C0, DEL, C1), line and paragraph separators, lone surrogates."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")
 
 
 def ensure_maildir(path):

@@ -1,0 +1,167 @@
+"""
+Property tests of the IMAP command parser (issue 13, finding 6): arbitrary
+and structured command lines, with literals, nesting, odd atoms, sequence
+sets and FETCH partials, fed to a logged-in session on a StringTransport.
+
+Invariant: nothing is logged as an error, the command gets exactly one
+tagged OK, NO or BAD (or the connection closes after C{* BYE}), and the
+server answers the NOOP that follows.
+"""
+
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.logger import globalLogPublisher
+
+from mailsrv import errorlog
+from tests.test_imap import MESSAGE, MULTIPART, IMAPTestCase, deliver
+
+TAG = b"T7f3"
+_TAGGED = re.compile(rb"^T7f3 (OK|NO|BAD)( |$)", re.M)
+_SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.too_slow])
+
+VERBS = [
+    b"CAPABILITY", b"NOOP", b"SELECT", b"EXAMINE", b"CREATE", b"DELETE", b"RENAME",
+    b"SUBSCRIBE", b"UNSUBSCRIBE", b"LIST", b"LSUB", b"STATUS", b"APPEND", b"CHECK",
+    b"EXPUNGE", b"SEARCH", b"FETCH", b"STORE", b"COPY", b"MOVE", b"UID", b"ID",
+    b"ENABLE", b"NAMESPACE", b"IDLE", b"UID FETCH", b"UID SEARCH", b"UID STORE",
+    b"UID EXPUNGE", b"UID COPY", b"UID MOVE",
+]
+# No CLOSE, LOGOUT or second LOGIN: they end the selected state the NOOP
+# after them is checked in (LOGOUT is covered by the BYE branch anyway).
+
+numbers = st.one_of(
+    st.integers(0, 5), st.integers(0, 2**32 + 5),
+    st.sampled_from([2**32 - 1, 2**32, 2**64, 10**30, -1]),
+).map(lambda n: b"%d" % n)
+small_numbers = st.integers(0, 1000).map(lambda n: b"%d" % n)
+atoms = st.from_regex(rb"\A[A-Za-z0-9\\$.&*%:+-]{1,12}\Z")
+quoted = st.binary(max_size=20).map(
+    lambda b: b'"' + b.replace(b"\r", b"").replace(b"\n", b"") + b'"')
+names = st.one_of(
+    st.sampled_from([b"INBOX", b"Trash", b"a/b", b"&Jjo-", b"&Jjo", b"&", b"&-", b"..",
+                     b"/x", b"a//b", b"x" * 300, b"&AA0-", b'"\xc3\xa9"', b'""']),
+    atoms, quoted,
+)
+sequence_sets = st.lists(
+    st.one_of(numbers, st.just(b"*"),
+              st.tuples(numbers, st.one_of(numbers, st.just(b"*"))).map(b":".join)),
+    min_size=1, max_size=4,
+).map(b",".join)
+# SEARCH takes small sets only: a huge range builds a set of every number in
+# it (search._set), the next issue's "SEARCH on huge ranges".
+search_sets = st.lists(
+    st.one_of(small_numbers, st.tuples(small_numbers, small_numbers).map(b":".join)),
+    min_size=1, max_size=3,
+).map(b",".join)
+partials = st.tuples(numbers, numbers).map(lambda p: b"<%s.%s>" % p)
+sections = st.sampled_from([b"", b"TEXT", b"HEADER", b"1", b"2", b"1.MIME", b"3.1",
+                            b"HEADER.FIELDS (Subject From)", b"HEADER.FIELDS.NOT (To)"])
+fetch_items = st.one_of(
+    st.sampled_from([b"FLAGS", b"UID", b"RFC822.SIZE", b"INTERNALDATE", b"ENVELOPE",
+                     b"BODYSTRUCTURE", b"BODY", b"RFC822", b"RFC822.HEADER", b"MODSEQ",
+                     b"ALL", b"FAST", b"FULL"]),
+    st.tuples(st.sampled_from([b"BODY", b"BODY.PEEK"]), sections,
+              st.one_of(st.just(b""), partials)).map(lambda t: b"%s[%s]%s" % t),
+)
+search_keys = st.one_of(
+    st.sampled_from([b"ALL", b"SEEN", b"UNSEEN", b"NOT", b"OR", b"FROM", b"SUBJECT x",
+                     b"LARGER", b"SINCE 1-Feb-2020", b"BEFORE x", b"HEADER", b"MODSEQ 1",
+                     b"KEYWORD $x", b"TEXT hello", b"CHARSET UTF-8"]),
+    search_sets, st.tuples(st.just(b"UID"), search_sets).map(b" ".join),
+)
+
+
+def nested(inner, depth):
+    return b"(" * depth + inner + b")" * depth
+
+
+tokens = st.one_of(
+    atoms, quoted, numbers, sequence_sets, names, fetch_items, search_keys,
+    st.tuples(fetch_items, st.integers(0, 150)).map(lambda t: nested(*t)),
+    st.lists(fetch_items, max_size=4).map(lambda items: b"(" + b" ".join(items) + b")"),
+    st.sampled_from([b"(", b")", b"[", b"]", b"{", b"}", b"{5", b"{x}", b"{-1}", b"NIL",
+                     b"(\\Seen $Junk)", b"+FLAGS", b"-FLAGS.SILENT", b"(CHANGEDSINCE 1)",
+                     b"(UNCHANGEDSINCE 99999999999999999999)", b'"17-Jul-1996 02:44:25 -0700"']),
+)
+
+
+@st.composite
+def commands(draw):
+    """C{(segments, last)}: lines ending in a literal with its data, then the rest."""
+    verb = draw(st.sampled_from(VERBS))
+    head = draw(st.lists(tokens, max_size=6))
+    segments = []
+    for _ in range(draw(st.integers(0, 2))):
+        data = draw(st.binary(max_size=40))
+        plus = draw(st.booleans())
+        line = b" ".join([verb] + head) + (b" {%d%s}" % (len(data), b"+" if plus else b""))
+        segments.append((line, data, plus))
+        verb, head = b"", draw(st.lists(tokens, max_size=3))
+    last = b" ".join(([verb] if verb else []) + head)
+    return segments, last
+
+
+raw_lines = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+class FuzzTests(IMAPTestCase):
+    def setUp(self):
+        super().setUp()
+        deliver(self.store, MESSAGE)
+        deliver(self.store, MULTIPART)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.patch(errorlog, "client_errors", errorlog.ClientErrorLog(self.clock.seconds))
+
+    def run_command(self, segments, last):
+        """Send one command as a client would (waiting where it must); the replies."""
+        c = self.selected()
+        self.events.clear()
+        out, prefix = b"", TAG + b" "
+        for line, data, plus in segments:
+            reply = c.send(prefix + line + b"\r\n")
+            out, prefix = out + reply, b""
+            if not plus and not reply.startswith(b"+ "):
+                return c, out  # refused before the continuation
+            out += c.send(data)
+        out += c.send(prefix + last + b"\r\n")
+        if out.endswith(b"+ idling\r\n"):
+            out += c.cmd(b"DONE")
+        return c, out
+
+    def check(self, c, out):
+        self.assertEqual([e for e in self.events if "log_failure" in e
+                          or e.get("log_level") is not None
+                          and e["log_level"].name in ("error", "critical")], [])
+        if c.transport.disconnecting:
+            self.assertIn(b"* BYE", out)
+            return
+        self.assertEqual(len(_TAGGED.findall(out)), 1, out[-300:])
+        self.assertEqual(c.cmd(b"z NOOP")[-22:], b"z OK NOOP completed\r\n")
+
+    @_SETTINGS
+    @given(commands())
+    def test_structured_commands(self, command):
+        self.check(*self.run_command(*command))
+
+    @_SETTINGS
+    @given(st.sampled_from(VERBS), raw_lines)
+    def test_arbitrary_arguments(self, verb, rest):
+        self.check(*self.run_command([], verb + b" " + rest))
+
+    @_SETTINGS
+    @given(raw_lines)
+    def test_arbitrary_lines(self, line):
+        c = self.selected()
+        self.events.clear()
+        out = c.send(TAG + b" " + line + b"\r\n")
+        if out.endswith(b"+ idling\r\n"):
+            out += c.cmd(b"DONE")
+        elif b"+ Ready" in out:  # a literal the line announced: give it
+            size = int(re.search(rb"Ready for (\d+) octets", out).group(1))
+            out += c.send(b"x" * size + b"\r\n")
+        self.check(c, out)

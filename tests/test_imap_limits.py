@@ -1,0 +1,214 @@
+"""
+The IMAP server's limits on names, lines, literals, nesting and FETCH
+partials (issue 13, finding 6): a clean NO or BAD for each, nothing
+created on disk, no traceback, and the connection goes on.
+"""
+
+import os
+
+from twisted.logger import globalLogPublisher
+
+from mailsrv import errorlog
+from mailsrv.imap import mailbox as mailbox_module
+from tests.test_imap import ALICE, MESSAGE, IMAPTestCase, deliver
+
+
+class LimitTestCase(IMAPTestCase):
+    def setUp(self):
+        super().setUp()
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.patch(errorlog, "client_errors", errorlog.ClientErrorLog(self.clock.seconds))
+
+    def errors(self):
+        """Logged errors and tracebacks."""
+        return [e for e in self.events
+                if "log_failure" in e or e.get("log_level", None) is not None
+                and e["log_level"].name in ("error", "critical")]
+
+    def folders_on_disk(self):
+        return sorted(n for n in os.listdir(self.store.maildir(ALICE)) if n.startswith("."))
+
+
+class FolderNameTests(LimitTestCase):
+    def test_folder_name_with_control_characters_refused(self):
+        c = self.selected(MESSAGE)
+        before = self.folders_on_disk()
+        refused = b"a NO Folder names may not contain control characters\r\n"
+        # CR, LF, NUL, ^A, DEL and C1 NEL, as modified UTF-7 (RFC 3501 5.1.3)
+        for name in (b"a&AA0-b", b"a&AAo-b", b"&AAA-", b"x&AAE-", b"&AH8-", b"&AIU-"):
+            self.assertEqual(c.cmd(b"a CREATE " + name), refused, name)
+            self.assertEqual(c.cmd(b"a RENAME Junk " + name), refused, name)
+            self.assertEqual(c.cmd(b"a COPY 1 " + name), refused, name)
+            self.assertEqual(c.cmd(b"a MOVE 1 " + name), refused, name)
+            self.assertEqual(c.cmd(b"a SUBSCRIBE " + name), refused, name)
+            c.cmd(b"a APPEND " + name + b" {3}")
+            self.assertEqual(c.cmd(b"abc"), refused, name)
+        # the bytes themselves are no valid mUTF-7
+        self.assertEqual(c.cmd(b"a CREATE {3}"), b"+ Ready for 3 octets of text\r\n")
+        self.assertEqual(c.cmd(b"a\rb"), b"a NO Mailbox name is not valid mUTF-7\r\n")
+        self.assertEqual(self.folders_on_disk(), before)
+        self.assertNotIn(b"\r", (self.store.maildir(ALICE) / "subscriptions").read_bytes())
+        self.assertEqual(self.errors(), [])
+        self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+
+    def test_overlong_folder_name_refused(self):
+        c = self.client()
+        c.login()
+        longest = b"x" * 254  # ".xxx": a directory name of 255 bytes
+        self.assertEqual(c.cmd(b"a CREATE " + longest), b"a OK Mailbox created\r\n")
+        self.assertEqual(c.cmd(b"b CREATE " + longest + b"y"),
+                         b"b NO Folder names may be at most 254 bytes long\r\n")
+        self.assertEqual(c.cmd(b"c CREATE " + "\xe9".encode("imap4-utf-7") * 128),
+                         b"c NO Folder names may be at most 254 bytes long\r\n")
+        self.assertEqual(c.cmd(b"d RENAME " + longest + b" " + longest + b"y"),
+                         b"d NO Folder names may be at most 254 bytes long\r\n")
+        self.assertEqual(c.cmd(b"e CREATE " + b"/".join([b"a"] * 16)),
+                         b"e OK Mailbox created\r\n")
+        self.assertEqual(c.cmd(b"f CREATE " + b"/".join([b"b"] * 17)),
+                         b"f NO Folder names may have at most 16 levels\r\n")
+        self.assertEqual(self.errors(), [])
+
+    def test_8bit_folder_name_refused(self):
+        c = self.client()
+        c.login()
+        invalid = b"NO Mailbox name is not valid mUTF-7\r\n"
+        for command in (b'CREATE "\xc3\xa9t\xc3\xa9"', b"CREATE &Jjo", b"CREATE &AGE-",
+                        b'SELECT "\xff"', b'STATUS "\xc3\xa9" (MESSAGES)',
+                        b'DELETE "\xc3\xa9"', b'RENAME Junk "\xc3\xa9"',
+                        b'LIST "" "\xc3\xa9"', b'SUBSCRIBE "\xc3\xa9"'):
+            self.assertEqual(c.cmd(b"a " + command), b"a " + invalid, command)
+        # patterns are no names: a lone & matches nothing and is no error
+        for pattern in (b"&", b"&-*", b'"&Jjo"', b"%&"):
+            self.assertEqual(c.cmd(b'l LIST "" ' + pattern), b"l OK LIST completed\r\n")
+        self.assertEqual(c.cmd(b"a CREATE &Jjo-"), b"a OK Mailbox created\r\n")
+        self.assertIn(b'"&Jjo-"', c.cmd(b'l LIST "" *'))
+        self.assertEqual(self.errors(), [])
+
+    def test_folder_names_stay_inside_the_store(self):
+        c = self.client()
+        c.login()
+        before = sorted(p for p, _, _ in os.walk(self.root))
+        for name in (b"..", b"../x", b"a/../../b", b"/etc", b"a//b", b".hidden",
+                     b"a.b", b"~/x/.", b'"a/.."'):
+            for command in (b"CREATE ", b"RENAME Junk ", b"SELECT ", b"DELETE "):
+                reply = c.cmd(b"a " + command + name)
+                self.assertTrue(reply.startswith(b"a NO "), (command, name, reply))
+        self.assertEqual(sorted(p for p, _, _ in os.walk(self.root)), before)
+        self.assertEqual(self.errors(), [])
+
+
+class LineTests(LimitTestCase):
+    def test_overlong_line_gets_tagged_bad(self):
+        c = self.client()
+        self.assertEqual(c.send(b"a1 NOOP " + b"x" * 70000 + b"\r\nb NOOP\r\n"),
+                         b"a1 BAD Line too long\r\nb OK NOOP completed\r\n")
+        # the rest of a command after a literal
+        self.assertEqual(c.cmd(b"c LOGIN {5}"), b"+ Ready for 5 octets of text\r\n")
+        self.assertEqual(c.send(b"alice" + b" y" * 40000 + b"\r\n"),
+                         b"c BAD Line too long\r\n")
+        self.assertEqual(c.cmd(b"d NOOP"), b"d OK NOOP completed\r\n")
+        # IDLE's DONE line
+        c.login()
+        self.assertEqual(c.cmd(b"i IDLE"), b"+ idling\r\n")
+        self.assertEqual(c.cmd(b"D" * 70000), b"i BAD Expected DONE\r\n")
+        self.assertEqual(c.cmd(b"e NOOP"), b"e OK NOOP completed\r\n")
+        self.assertEqual(self.errors(), [])
+
+    def test_overlong_line_announcing_literal_plus_closes(self):
+        """The client sends the literal at once: its bytes are no commands."""
+        c = self.client()
+        c.login()
+        self.assertEqual(
+            c.send(b"a APPEND INBOX " + b"x" * 70000 + b" {9+}\r\nb LOGOUT\r\n"),
+            b"a BAD Line too long\r\n* BYE Cannot read the rest of that command\r\n")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_literal_limits(self):
+        c = self.client()
+        self.assertEqual(c.cmd(b"a LOGIN {-1}"), b"a BAD Syntax error: Bad literal size\r\n")
+        self.assertEqual(
+            c.cmd(b"b LOGIN {4097}"),
+            b"b BAD Syntax error: Literal too long! I accept at most 4096 octets\r\n")
+        c.login()
+        self.assertEqual(c.cmd(b"c APPEND INBOX {-1}"),
+                         b"c BAD Syntax error: Expected a literal: {size}\r\n")
+        self.assertEqual(c.cmd(b"d APPEND INBOX {36700161}"),
+                         b"d NO [TOOBIG] Message larger than 36700160 bytes\r\n")
+        self.assertEqual(c.cmd(b"e NOOP"), b"e OK NOOP completed\r\n")
+
+    def test_deep_parentheses_get_bad(self):
+        c = self.selected(MESSAGE)
+        too_deep = b"b BAD Too deeply nested: at most 100 levels\r\n"
+        self.assertEqual(c.cmd(b"b SEARCH " + b"(" * 1000 + b"ALL" + b")" * 1000), too_deep)
+        self.assertEqual(c.cmd(b"b FETCH 1 " + b"(" * 1000), too_deep)
+        self.assertEqual(c.cmd(b"b ID " + b"(" * 101 + b")" * 101), too_deep)
+        self.assertEqual(c.cmd(b"a SEARCH " + b"(" * 100 + b"ALL" + b")" * 100),
+                         b"* SEARCH 1\r\na OK SEARCH completed\r\n")
+        # parentheses inside a quoted string are text
+        self.assertEqual(c.cmd(b'a SEARCH SUBJECT "' + b"(" * 1000 + b'"'),
+                         b"* SEARCH\r\na OK SEARCH completed\r\n")
+        # NOT and OR nest too
+        self.assertEqual(
+            c.cmd(b"c SEARCH " + b"NOT " * 1000 + b"ALL"),
+            b"c BAD Invalid search: criteria nested over 100 levels\r\n")
+        self.assertEqual(
+            c.cmd(b"c SEARCH " + b"OR ALL " * 1000 + b"ALL"),
+            b"c BAD Invalid search: criteria nested over 100 levels\r\n")
+        self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+        self.assertEqual(self.errors(), [])
+
+
+class PartialTests(LimitTestCase):
+    def test_partial_range_is_clamped(self):
+        c = self.selected(MESSAGE)
+        size = len(MESSAGE)
+        self.assertEqual(
+            c.cmd(b"a FETCH 1 BODY.PEEK[]<0.4294967295>"),
+            b"* 1 FETCH (BODY[]<0> {%d}\r\n%b)\r\na OK FETCH completed\r\n" % (size, MESSAGE))
+        self.assertEqual(
+            c.cmd(b"a FETCH 1 BODY.PEEK[]<4294967295.4294967295>"),
+            b"* 1 FETCH (BODY[]<4294967295> {0}\r\n)\r\na OK FETCH completed\r\n")
+        body = MESSAGE.split(b"\r\n\r\n", 1)[1]
+        self.assertEqual(
+            c.cmd(b"a FETCH 1 BODY.PEEK[TEXT]<3.4294967295>"),
+            b"* 1 FETCH (BODY[TEXT]<3> {%d}\r\n%b)\r\na OK FETCH completed\r\n"
+            % (len(body) - 3, body[3:]))
+        self.assertEqual(
+            c.cmd(b"a FETCH 1 BODY.PEEK[HEADER]<4.4294967295>"),
+            b"* 1 FETCH (BODY[HEADER]<4> {%d}\r\n%b)\r\na OK FETCH completed\r\n"
+            % (size - len(body) - 4, MESSAGE[4:size - len(body)]))
+
+    def test_partial_numbers_beyond_rfc_get_bad(self):
+        c = self.selected(MESSAGE)
+        bad = (b"b BAD Syntax error: Partial <offset.length> must be numbers up to "
+               b"4294967295, length not 0\r\n")
+        for partial in (b"<0.99999999999999>", b"<99999999999999.1>", b"<0.4294967296>",
+                        b"<-1.5>", b"<0.-5>", b"<0.0>"):
+            self.assertEqual(c.cmd(b"b FETCH 1 BODY[]" + partial), bad, partial)
+        self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+        self.assertFalse(c.transport.disconnecting)
+        self.assertEqual(self.errors(), [])
+
+
+class ClientErrorLogTests(LimitTestCase):
+    def test_client_error_logs_one_line(self):
+        """1,000 commands that fail inside the server: one traceback in all."""
+        def broken(mailbox, query, uid):
+            raise RuntimeError("a bug any client can reach")
+
+        self.patch(mailbox_module.Mailbox, "search", broken)
+        c = self.selected(MESSAGE)
+        for i in range(1000):
+            self.assertEqual(c.cmd(b"s%d SEARCH ALL" % i),
+                             b"s%d NO SEARCH failed: server error\r\n" % i)
+        errors = self.errors()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len([e for e in errors if "log_failure" in e]), 1)
+        self.assertEqual(len(errors), 1000)
+        line = errors[-1]["log_format"]
+        self.assertEqual(
+            line, "IMAP SEARCH failed: imap 127.0.0.1:40000: "
+                  "RuntimeError: a bug any client can reach")
+        self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
