@@ -25,6 +25,9 @@ DEFERRED = "deferred"
 DELIVERED = "delivered"
 FAILED = "failed"
 
+# The directories of a spool, made when it is opened.
+SPOOL_DIRECTORIES = ("tmp", "msg", "env", "ctl")
+
 
 class QueueIds:
     """
@@ -174,10 +177,7 @@ class IncomingMessage:
 class Spool:
     def __init__(self, root):
         self.root = Path(root)
-        self.tmp = self.root / "tmp"
-        self.msg = self.root / "msg"
-        self.env = self.root / "env"
-        self.ctl = self.root / "ctl"
+        self.tmp, self.msg, self.env, self.ctl = (self.root / d for d in SPOOL_DIRECTORIES)
         for directory in (self.tmp, self.msg, self.env, self.ctl):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
