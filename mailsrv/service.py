@@ -18,6 +18,7 @@ from zope.interface import alsoProvides
 
 from mailsrv import config, tls
 from mailsrv.context import MailServer, peer_ip
+from mailsrv.datadir_lock import DataDirLock
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
@@ -64,14 +65,19 @@ def make_service_or_exit(config_path):
     For the twistd plugin: a bad config, or a file it names that start-up
     cannot use (the preflight C{mailsrv check-config} runs too), prints one
     line naming the file, key and problem, and exits non-zero (no traceback).
+    The data_dir lock is taken before anything reads the spool.
     """
     try:
         settings = config.load(config_path)
         preflight(settings)
-        return make_service(settings)
+        lock = DataDirLock(settings)
+        lock.acquire()
+        top = make_service(settings)
     except config.ConfigError as e:
         sys.stderr.write(f"mailsrv: {e}\n")
         sys.exit(1)
+    lock.setServiceParent(top)
+    return top
 
 
 def build_mail_server(settings, clock=reactor):

@@ -3,6 +3,7 @@ The `mailsrv` command and start-up errors, as an admin meets them.
 """
 
 import os
+import signal
 import stat
 import subprocess
 import socket
@@ -192,3 +193,41 @@ class PreflightTests(unittest.TestCase):
         self.assertIn("start-up creates it", result.stdout)
         self.assertEqual(sorted(p.name for p in self.server.dir.iterdir()),
                          ["mailsrv.toml"])
+
+
+class DataDirLockTests(unittest.TestCase):
+    def setUp(self):
+        self.first = MailServerProcess()
+        self.addCleanup(self.first.cleanup)
+        self.second = MailServerProcess(users=())
+        self.addCleanup(self.second.cleanup)
+
+    def test_second_server_on_one_data_dir_refuses_to_start(self):
+        first = self.first.start()
+        config = self.second.config
+        config.write_text(config.read_text().replace(
+            'data_dir = "var"', f'data_dir = "{first.data_dir}"'))
+        result = subprocess.run(
+            twistd() + ["-n", "--pidfile=", "mailsrv", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=self.second.dir,
+        )
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"mailsrv: {config}: [server] data_dir: {first.data_dir} is in use by another "
+            f"mailsrv (pid {first.process.pid}) (stop it, or give this server its own "
+            "data_dir)\n")
+        self.assertNotIn("listening", result.stdout)
+        # The first still serves, and the admin commands still work beside it.
+        with first.smtp() as client:
+            self.assertEqual(client.noop()[0], 250)
+        self.assertEqual(first.admin("queue", "list").stdout, "0 queued\n")
+        self.assertIn("alice@example.test", first.admin("user", "list").stdout)
+
+    def test_lock_goes_with_the_process(self):
+        """kill -9 leaves no stale lock: the kernel drops it."""
+        self.first.start()
+        self.assertEqual((self.first.data_dir / "mailsrv.lock").read_text(),
+                         f"{self.first.process.pid}\n")
+        self.first.stop(signal.SIGKILL)
+        self.first.start()
