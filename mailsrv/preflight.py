@@ -102,11 +102,11 @@ def file_problem(error, path):
 
 
 def _check_list_file(settings, listed):
-    if not listed.path.exists():
-        if listed.must_exist:
-            raise ConfigError(settings.path, listed.key, f"{listed.path} does not exist")
-        return []
     try:
+        if not listed.path.exists():
+            if listed.must_exist:
+                raise ConfigError(settings.path, listed.key, f"{listed.path} does not exist")
+            return []
         entries = listed.parse(listed.path)
     except (ListFileError, OSError, UnicodeDecodeError) as e:
         raise ConfigError(settings.path, listed.key, file_problem(e, listed.path),
