@@ -36,7 +36,13 @@ class ConfigError(Exception):
         text = f"{path}: {key}: {problem}" if key else f"{path}: {problem}"
         if hint:
             text += f" ({hint})"
-        super().__init__(text)
+        super().__init__(_one_line(text))
+
+
+def _one_line(text):
+    """C{text} with control characters (a key or value may hold them) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 # [[listen]] backlog: the kernel's queue of connections not yet accepted.
@@ -478,6 +484,8 @@ def load(path):
         raise ConfigError(path, "", f"cannot read: {e.strerror}")
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not UTF-8 text ({e.reason} at byte {e.start})")
     return parse(data, path)
 
 

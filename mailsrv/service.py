@@ -18,10 +18,12 @@ from zope.interface import alsoProvides
 
 from mailsrv import config, tls
 from mailsrv.context import MailServer, peer_ip
+from mailsrv.datadir_lock import DataDirLock
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.netaddr import trusted_list
+from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
 from mailsrv.queue.intake import LocalRoutes
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
@@ -60,14 +62,22 @@ def _factory_builders():
 
 def make_service_or_exit(config_path):
     """
-    For the twistd plugin: a bad config prints one line naming the file,
-    key and problem, and exits non-zero (no traceback).
+    For the twistd plugin: a bad config, or a file it names that start-up
+    cannot use (the preflight C{mailsrv check-config} runs too), prints one
+    line naming the file, key and problem, and exits non-zero (no traceback).
+    The data_dir lock is taken before anything reads the spool.
     """
     try:
-        return make_service(config.load(config_path))
+        settings = config.load(config_path)
+        preflight(settings)
+        lock = DataDirLock(settings)
+        lock.acquire()
+        top = make_service(settings)
     except config.ConfigError as e:
         sys.stderr.write(f"mailsrv: {e}\n")
         sys.exit(1)
+    lock.setServiceParent(top)
+    return top
 
 
 def build_mail_server(settings, clock=reactor):
@@ -78,12 +88,14 @@ def build_mail_server(settings, clock=reactor):
     try:
         users = UserDB(settings.users_file, clock)
     except (ListFileError, OSError) as e:
-        raise config.ConfigError(settings.path, "[users] file", _file_problem(e),
-                                 "fix or remove the line; `mailsrv user` writes it")
+        raise config.ConfigError(settings.path, "[users] file",
+                                 file_problem(e, settings.users_file),
+                                 USERS_FILE_HINT)
     try:
         aliases = AliasMap(settings.aliases_file, clock)
     except (ListFileError, OSError) as e:
-        raise config.ConfigError(settings.path, "[aliases] file", _file_problem(e))
+        raise config.ConfigError(settings.path, "[aliases] file",
+                                 file_problem(e, settings.aliases_file))
     directory = Directory(settings.local_domains, users, aliases)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     sessions = MemorySessionStore(window, clock, settings.auth)
@@ -100,12 +112,6 @@ def build_mail_server(settings, clock=reactor):
         tls=server_tls,
         clock=clock,
     )
-
-
-def _file_problem(error):
-    if isinstance(error, OSError):
-        return f"cannot read {error.filename}: {error.strerror}"
-    return str(error)
 
 
 def make_service(settings):

@@ -108,7 +108,7 @@ class ServerTLS:
         self.settings = settings
         self._contexts = {}
         _generate_if_missing(settings)
-        self._material = _load(settings)
+        self._material = load_files(settings)
 
     @property
     def certificate(self):
@@ -128,7 +128,7 @@ class ServerTLS:
         @return: whether the new files are in use.
         """
         try:
-            material = _load(self.settings)
+            material = load_files(self.settings)
         except ConfigError as e:
             log.error("TLS reload failed, still using the previous certificate: {error}",
                       error=str(e))
@@ -294,10 +294,24 @@ def _connection_ip(connection):
     return peer_ip(protocol.transport.getPeer())
 
 
-def _generate_if_missing(settings):
+def pair_missing(settings):
+    """
+    Whether neither the certificate nor the key exists (start-up makes them).
+
+    @raise ConfigError: when only one of them exists.
+    """
     tls = settings.tls
     cert_exists, key_exists = tls.cert.exists(), tls.key.exists()
-    if not cert_exists and not key_exists:
+    if cert_exists != key_exists:
+        missing, key = (tls.cert, "cert") if not cert_exists else (tls.key, "key")
+        raise ConfigError(settings.path, f"[tls] {key}", f"{missing} does not exist",
+                          "give both cert and key, or neither to generate them")
+    return not cert_exists
+
+
+def _generate_if_missing(settings):
+    if pair_missing(settings):
+        tls = settings.tls
         digest = generate_self_signed(str(tls.cert), str(tls.key), settings.hostname)
         log.warn(
             "generated a self-signed certificate for {hostname}: {path} "
@@ -305,13 +319,9 @@ def _generate_if_missing(settings):
             "that verify",
             hostname=settings.hostname, path=str(tls.cert), fingerprint=digest,
         )
-    elif not cert_exists or not key_exists:
-        missing, key = (tls.cert, "cert") if not cert_exists else (tls.key, "key")
-        raise ConfigError(settings.path, f"[tls] {key}", f"{missing} does not exist",
-                          "give both cert and key, or neither to generate them")
 
 
-def _load(settings):
+def load_files(settings):
     """Read and check the [tls] files. @raise ConfigError: on any problem."""
     tls = settings.tls
     cert_pem = _read(settings, "cert", tls.cert)
@@ -329,18 +339,24 @@ def _load(settings):
         raise ConfigError(settings.path, "[tls] cert",
                           f"cannot use {tls.cert} with {tls.key}: {e}",
                           "is the key the certificate's own?")
-    client_cas = []
-    if tls.client_ca is not None:
-        ca_pem = _read(settings, "client_ca", tls.client_ca)
-        try:
-            client_cas = _pem_certificates(ca_pem)
-        except ValueError as e:
-            raise ConfigError(settings.path, "[tls] client_ca", f"{tls.client_ca}: {e}")
-        if not client_cas:
-            raise ConfigError(settings.path, "[tls] client_ca",
-                              f"{tls.client_ca} holds no PEM certificate",
-                              "give the CA certificates that issue client certificates, in PEM")
-    return _Material(key, chain, client_cas)
+    return _Material(key, chain, load_client_cas(settings))
+
+
+def load_client_cas(settings):
+    """The [tls] client_ca certificates ([] when unset). @raise ConfigError."""
+    tls = settings.tls
+    if tls.client_ca is None:
+        return []
+    ca_pem = _read(settings, "client_ca", tls.client_ca)
+    try:
+        client_cas = _pem_certificates(ca_pem)
+    except ValueError as e:
+        raise ConfigError(settings.path, "[tls] client_ca", f"{tls.client_ca}: {e}")
+    if not client_cas:
+        raise ConfigError(settings.path, "[tls] client_ca",
+                          f"{tls.client_ca} holds no PEM certificate",
+                          "give the CA certificates that issue client certificates, in PEM")
+    return client_cas
 
 
 def _read(settings, key, path):

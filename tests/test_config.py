@@ -130,6 +130,7 @@ class ErrorTests(unittest.TestCase):
         ({"tls": {"client_cert": "require"}},
          "/c.toml: [tls] client_cert: 'require' needs [tls] client_ca"),
         ({"bogus": 1}, "/c.toml: bogus: unknown key"),
+        ({"server": {"data_dir\n250 ok": 1}}, "/c.toml: [server] data_dir\\n250 ok: unknown key"),
         ({"relay": {"refusal_text": "no\r\n250 ok"}},
          "/c.toml: [relay] refusal_text: must be printable ASCII"),
         ({"journal": {"inbound": "archive"}},
@@ -169,6 +170,14 @@ class ErrorTests(unittest.TestCase):
             config.load("/nonexistent/mailsrv.toml")
         self.assertEqual(str(caught.exception),
                          "/nonexistent/mailsrv.toml: file not found (pass --config PATH)")
+
+    def test_not_utf8(self):
+        path = Path(self.mktemp())
+        path.write_bytes(b'[server]\nhostname = "\xff"\n')
+        with self.assertRaises(config.ConfigError) as caught:
+            config.load(path)
+        self.assertEqual(str(caught.exception), f"{path.absolute()}: not UTF-8 text "
+                                                "(invalid start byte at byte 21)")
 
     def test_bad_toml(self):
         path = Path(self.mktemp())

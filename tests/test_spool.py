@@ -5,10 +5,13 @@ The spool and the step that makes a received message durable.
 import os
 from pathlib import Path
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from mailsrv.queue import intake
-from mailsrv.queue.spool import Envelope, IncomingMessage, RecipientState, Spool
+from mailsrv.queue.spool import (
+    Envelope, IncomingMessage, QueueIds, RecipientState, Spool, new_queue_id,
+)
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.layout import folder_maildir, unique_name, user_maildir
 
@@ -97,8 +100,36 @@ class SpoolTests(unittest.TestCase):
         self.assertEqual([p.name for p in self.spool.msg.iterdir()], ["KEPT"])
 
     def test_queue_ids_sort_by_arrival(self):
-        ids = [self.spool.incoming().queue_id for _ in range(50)]
+        """Many in a tight loop: most share a microsecond with another."""
+        ids = [self.spool.incoming().queue_id for _ in range(5000)]
         self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+
+
+class QueueIdTests(unittest.TestCase):
+    def test_ids_keep_rising_when_the_clock_steps_back(self):
+        clock = task.Clock()
+        clock.advance(1_700_000_000)
+        ids = QueueIds(now=lambda: int(clock.seconds() * 1e9), tag=0xABCDE)
+        first = [ids.next() for _ in range(3)]
+        clock.advance(-3600)
+        later = [ids.next() for _ in range(3)]
+        clock.advance(7200)
+        latest = ids.next()
+        made = first + later + [latest]
+        self.assertEqual(made, sorted(made))
+        self.assertEqual(len(set(made)), len(made))
+        self.assertEqual(first[0], f"{1_700_000_000 * 10**6:013X}ABCDE")
+        self.assertEqual(latest, f"{1_700_003_600 * 10**6:013X}ABCDE")
+
+    def test_same_microsecond_in_two_processes_differs_by_tag(self):
+        frozen = lambda: 1_700_000_000 * 10**9  # noqa: E731
+        a, b = QueueIds(now=frozen, tag=1), QueueIds(now=frozen, tag=2)
+        self.assertNotEqual(a.next(), b.next())
+
+    def test_ids_are_file_names_of_fixed_length(self):
+        queue_id = new_queue_id()
+        self.assertRegex(queue_id, r"\A[0-9A-F]{18}\Z")
 
 
 class IntakeTests(unittest.TestCase):

@@ -14,6 +14,7 @@ import time
 from mailsrv import config
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.users import UserDB, normalise_address, valid_address
+from mailsrv.preflight import file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
 
@@ -68,82 +69,38 @@ def main(argv=None, stdin=None, stdout=None):
 
 
 def check_config(settings, args, stdin, stdout):
-    from mailsrv.netaddr import trusted_list
-
-    for _what, path, parse, _must_exist, _warnings in _list_files(settings):
-        parse(path)
-    trusted_list(settings)
+    """
+    The preflight start-up runs: what fails here stops start-up with the
+    same line. Writes nothing.
+    """
+    notes = preflight(settings)
     stdout.write(f"{settings.path}: ok, {len(settings.listeners)} listeners\n")
     for listener in settings.listeners:
         stdout.write(f"  {listener.name} (tls {listener.tls})\n")
-
-
-def _list_files(settings):
-    """
-    (what, path, parser, must exist, warnings) of every list file the
-    config names; warnings is a function from the parsed entries to lines.
-    """
-    from mailsrv.directory.aliases import parse_aliases
-    from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
-    from mailsrv.directory.users import parse_users
-    from mailsrv.netaddr import read_entries
-
-    def none(entries):
-        return []
-
-    files = [("users", settings.users_file, parse_users, False, none),
-             ("aliases", settings.aliases_file, parse_aliases, False, none)]
-    if settings.access.kill_file is not None:
-        files.append(("kill list", settings.access.kill_file, parse_kill_list, False, none))
-    if settings.relay.trusted_file is not None:
-        files.append(("trusted IPs", settings.relay.trusted_file, read_entries, True, none))
-    for listener in settings.listeners:
-        for kind in ("allow", "deny"):
-            path = getattr(listener.access, f"{kind}_file")
-            if path is not None:
-                files.append((f"{kind} list of {listener.name}", path, read_entries, True,
-                              none))
-    antispam = settings.antispam
-    if antispam.spamskip is not None:
-        files.append(("spamskip", antispam.spamskip.file, read_entries, False, none))
-    if antispam.whitelist is not None:
-        files.append(("sender whitelist", antispam.whitelist.file, parse_whitelist, False,
-                      lambda entries: _local_whitelisted(settings, entries)))
-    return files
-
-
-def _local_whitelisted(settings, entries):
-    """Warnings for whitelisted addresses and domains of our own."""
-    lines = []
-    for entry in sorted(entries):
-        domain = entry.rpartition("@")[2]
-        if settings.is_local_domain(domain):
-            shown = entry if not entry.startswith("@") else domain
-            lines.append(f"warning: {shown} is in our own domain {domain}: spammers forge "
-                         "such senders, so only clients that log in, are trusted or have a "
-                         "POP-before-SMTP window benefit; remove it")
-    return lines
+    for note in notes:
+        stdout.write(f"note: {note}\n")
 
 
 def lists_check(settings, args, stdin, stdout):
     """Every list file: its entry count, or its first error (file:line: problem)."""
     bad = 0
-    for what, path, parse, must_exist, warnings in _list_files(settings):
+    for listed in list_files(settings):
+        what, path = listed.what, listed.path
         if not path.exists():
-            if must_exist:
+            if listed.must_exist:
                 bad += 1
                 stdout.write(f"{what}: {path}: missing\n")
             else:
                 stdout.write(f"{what}: {path}: missing (empty)\n")
             continue
         try:
-            entries = parse(path)
-        except (ListFileError, OSError) as e:
+            entries = listed.parse(path)
+        except (ListFileError, OSError, UnicodeDecodeError) as e:
             bad += 1
-            stdout.write(f"{what}: {e}\n")
+            stdout.write(f"{what}: {file_problem(e, path)}\n")
         else:
             stdout.write(f"{what}: {path}: {len(entries)} entries\n")
-            for line in warnings(entries):
+            for line in listed.warnings(entries):
                 stdout.write(f"{what}: {line}\n")
     if bad:
         raise CommandError(f"{bad} list file(s) with errors")

@@ -13,6 +13,7 @@ envelope is always written after its message file, by write-fsync-rename.
 import json
 import os
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,14 +25,50 @@ DEFERRED = "deferred"
 DELIVERED = "delivered"
 FAILED = "failed"
 
+# The directories of a spool, made when it is opened.
+SPOOL_DIRECTORIES = ("tmp", "msg", "env", "ctl")
+
+
+class QueueIds:
+    """
+    Queue ids: 13 hex digits of a microsecond tick, then 5 hex digits of
+    this process's tag (18 upper-case hex digits, as file names).
+
+    The tick is the clock's microseconds since the epoch, but never less
+    than the previous id's plus one: ids made in one microsecond, or after
+    the clock stepped back, still sort by arrival within the process. The
+    tag, 20 random bits drawn once per process (again after a fork), keeps
+    two processes that use one tick apart. The bits need not be secret
+    (the id is shown to the client).
+    """
+
+    def __init__(self, now=time.time_ns, tag=None):
+        """
+        @param now: the clock, in nanoseconds since the epoch.
+        @param tag: the process's 20 bits; random when L{None}.
+        """
+        self._now = now
+        self._tag = random.getrandbits(20) if tag is None else tag
+        self._last = 0
+        self._lock = threading.Lock()  # journal copies get ids in threads
+
+    def next(self):
+        with self._lock:
+            self._last = max(self._last + 1, self._now() // 1000)
+            return f"{self._last:013X}{self._tag:05X}"
+
+    def new_tag(self):
+        """In a forked child: its own tag, so parent and child never clash."""
+        self._tag = random.getrandbits(20)
+
+
+_queue_ids = QueueIds()
+os.register_at_fork(after_in_child=_queue_ids.new_tag)
+
 
 def new_queue_id():
-    """
-    Sortable by arrival, unique: microseconds since the epoch and 20 random
-    bits. The bits need not be secret (the id is shown to the client), so
-    they come from Python's generator, not from a system call per message.
-    """
-    return f"{time.time_ns() // 1000:013X}{random.getrandbits(20):05X}"
+    """The next queue id of this process (L{QueueIds})."""
+    return _queue_ids.next()
 
 
 @dataclass
@@ -140,10 +177,7 @@ class IncomingMessage:
 class Spool:
     def __init__(self, root):
         self.root = Path(root)
-        self.tmp = self.root / "tmp"
-        self.msg = self.root / "msg"
-        self.env = self.root / "env"
-        self.ctl = self.root / "ctl"
+        self.tmp, self.msg, self.env, self.ctl = (self.root / d for d in SPOOL_DIRECTORIES)
         for directory in (self.tmp, self.msg, self.env, self.ctl):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 

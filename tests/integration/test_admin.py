@@ -3,12 +3,14 @@ The `mailsrv` command and start-up errors, as an admin meets them.
 """
 
 import os
+import signal
 import stat
 import subprocess
 import socket
 
 from twisted.trial import unittest
 
+from mailsrv.tls import generate_self_signed
 from tests.integration.harness import MailServerProcess, twistd
 
 
@@ -107,3 +109,125 @@ class StartupErrorTests(unittest.TestCase):
         output = self.start_fails()
         self.assertIn(f"(imap tcp:{self.server.ports['imap']}:interface=127.0.0.1): "
                       "cannot listen", output)
+
+
+class PreflightTests(unittest.TestCase):
+    """
+    check-config and start-up run one preflight: each refuses a config the
+    other refuses, with the same one line and exit status 1.
+    """
+
+    def setUp(self):
+        self.server = MailServerProcess(users=())
+        self.addCleanup(self.server.cleanup)
+        self.tls = self.server.dir / "tls"
+        self.tls.mkdir()
+        generate_self_signed(str(self.tls / "cert.pem"), str(self.tls / "key.pem"),
+                             "mail.example.test")
+
+    def assert_both_refuse(self, *expected):
+        """
+        Both commands exit 1 with one identical `mailsrv: CONFIG: ...` line
+        holding each of C{expected}, and no traceback.
+        """
+        check = self.server.admin("check-config", check=False)
+        self.assertEqual(check.returncode, 1, check.stdout)
+        self.assertEqual(len(check.stderr.splitlines()), 1, check.stderr)
+        line = check.stderr.strip()
+        self.assertTrue(line.startswith(f"mailsrv: {self.server.config}: "), line)
+        for text in expected:
+            self.assertIn(text, line)
+        start = subprocess.run(
+            twistd() + ["-n", "--pidfile=", "mailsrv", "--config", str(self.server.config)],
+            capture_output=True, text=True, timeout=60, cwd=self.server.dir,
+        )
+        self.assertEqual(start.returncode, 1, start.stdout + start.stderr)
+        self.assertEqual(start.stderr.strip(), line)
+        self.assertNotIn("Traceback", start.stdout + start.stderr)
+
+    def test_missing_key_file(self):
+        (self.tls / "key.pem").unlink()
+        self.assert_both_refuse("[tls] key: ", "key.pem does not exist")
+
+    def test_garbage_certificate(self):
+        (self.tls / "cert.pem").write_text("garbage\n")
+        self.assert_both_refuse("[tls] cert: ", "cert.pem")
+
+    def test_garbage_key(self):
+        (self.tls / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n")
+        self.assert_both_refuse("[tls] cert: ", "key.pem")
+
+    def test_directory_as_certificate(self):
+        (self.tls / "cert.pem").unlink()
+        (self.tls / "cert.pem").mkdir()
+        self.assert_both_refuse("[tls] cert: ", "Is a directory")
+
+    def test_data_dir_that_is_a_file(self):
+        self.server.data_dir.write_text("not a directory\n")
+        self.assert_both_refuse(f"[server] data_dir: {self.server.data_dir} is not a directory")
+
+    def test_unparseable_users_file(self):
+        (self.server.dir / "users").write_text("garbage line\n")
+        self.assert_both_refuse("[users] file: ", "users:1: expected address:hash")
+
+    def test_unreadable_users_file(self):
+        (self.server.dir / "users").mkdir()  # unreadable as a file, even for root
+        self.assert_both_refuse("[users] file: ", "Is a directory")
+
+    def test_bad_allow_list_file(self):
+        allow = self.server.dir / "allow.txt"
+        allow.write_text("10.0.0.0/33\n")
+        config = self.server.config
+        config.write_text(config.read_text().replace(
+            'protocol = "pop3"', 'protocol = "pop3"\nallow_file = "allow.txt"', 1))
+        self.assert_both_refuse("[listen #4] allow_file: ", "allow.txt:1")
+
+    def test_check_config_changes_nothing(self):
+        """A pair start-up would generate, and a data_dir it would create, are fine."""
+        for path in self.tls.iterdir():
+            path.unlink()
+        self.tls.rmdir()
+        result = self.server.admin("check-config")
+        self.assertIn("ok, 7 listeners", result.stdout)
+        self.assertIn("start-up generates a self-signed certificate", result.stdout)
+        self.assertIn("start-up creates it", result.stdout)
+        self.assertEqual(sorted(p.name for p in self.server.dir.iterdir()),
+                         ["mailsrv.toml"])
+
+
+class DataDirLockTests(unittest.TestCase):
+    def setUp(self):
+        self.first = MailServerProcess()
+        self.addCleanup(self.first.cleanup)
+        self.second = MailServerProcess(users=())
+        self.addCleanup(self.second.cleanup)
+
+    def test_second_server_on_one_data_dir_refuses_to_start(self):
+        first = self.first.start()
+        config = self.second.config
+        config.write_text(config.read_text().replace(
+            'data_dir = "var"', f'data_dir = "{first.data_dir}"'))
+        result = subprocess.run(
+            twistd() + ["-n", "--pidfile=", "mailsrv", "--config", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=self.second.dir,
+        )
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"mailsrv: {config}: [server] data_dir: {first.data_dir} is in use by another "
+            f"mailsrv (pid {first.process.pid}) (stop it, or give this server its own "
+            "data_dir)\n")
+        self.assertNotIn("listening", result.stdout)
+        # The first still serves, and the admin commands still work beside it.
+        with first.smtp() as client:
+            self.assertEqual(client.noop()[0], 250)
+        self.assertEqual(first.admin("queue", "list").stdout, "0 queued\n")
+        self.assertIn("alice@example.test", first.admin("user", "list").stdout)
+
+    def test_lock_goes_with_the_process(self):
+        """kill -9 leaves no stale lock: the kernel drops it."""
+        self.first.start()
+        self.assertEqual((self.first.data_dir / "mailsrv.lock").read_text(),
+                         f"{self.first.process.pid}\n")
+        self.first.stop(signal.SIGKILL)
+        self.first.start()

@@ -1,0 +1,187 @@
+"""
+The checks that `twistd mailsrv` start-up and `mailsrv check-config` share.
+
+Start-up reads many files besides mailsrv.toml: list files, certificates,
+the data directory. Each is loaded here with the loader start-up uses, so
+a config check-config calls ok starts, and one that cannot start is refused
+by both with the same one line (a L{ConfigError}) instead of a traceback.
+
+Nothing here writes: what start-up would create (data_dir, a self-signed
+certificate) is only checked to be creatable, and reported as a note.
+"""
+
+import os
+from typing import Callable, NamedTuple
+
+from mailsrv import tls
+from mailsrv.config import ConfigError
+from mailsrv.directory.listfile import ListFileError
+from mailsrv.queue.spool import SPOOL_DIRECTORIES
+
+USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
+
+
+def preflight(settings):
+    """
+    Check everything start-up loads from files.
+
+    @return: notes for the admin (lines): what start-up will create, and
+        list-file warnings.
+    @raise ConfigError: naming the config key of the first problem.
+    """
+    notes = _check_data_dir(settings)
+    for listed in list_files(settings):
+        notes += _check_list_file(settings, listed)
+    notes += _check_tls(settings)
+    return notes
+
+
+class ListFile(NamedTuple):
+    """
+    A list file the config names.
+
+    @ivar what: its name for people ("kill list").
+    @ivar key: the config key that names it ("[access] kill_file").
+    @ivar parse: the parser start-up uses; raises L{ListFileError}.
+    @ivar must_exist: whether a missing file is an error (else it is empty).
+    @ivar warnings: from the parsed entries to lines worth showing.
+    @ivar hint: how to fix a bad file, for the error line.
+    """
+
+    what: str
+    key: str
+    path: os.PathLike
+    parse: Callable
+    must_exist: bool
+    warnings: Callable = lambda entries: []
+    hint: str = ""
+
+
+def list_files(settings):
+    """The L{ListFile}s of C{settings}, in config order."""
+    from mailsrv.directory.aliases import parse_aliases
+    from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
+    from mailsrv.directory.users import parse_users
+    from mailsrv.netaddr import read_entries
+
+    files = [ListFile("users", "[users] file", settings.users_file, parse_users, False,
+                      hint=USERS_FILE_HINT),
+             ListFile("aliases", "[aliases] file", settings.aliases_file, parse_aliases,
+                      False)]
+    if settings.access.kill_file is not None:
+        files.append(ListFile("kill list", "[access] kill_file", settings.access.kill_file,
+                              parse_kill_list, False))
+    if settings.relay.trusted_file is not None:
+        files.append(ListFile("trusted IPs", "[relay] trusted_file",
+                              settings.relay.trusted_file, read_entries, True))
+    for listener in settings.listeners:
+        for kind in ("allow", "deny"):
+            path = getattr(listener.access, f"{kind}_file")
+            if path is not None:
+                files.append(ListFile(f"{kind} list of {listener.name}",
+                                      f"[listen #{listener.index + 1}] {kind}_file", path,
+                                      read_entries, True))
+    antispam = settings.antispam
+    if antispam.spamskip is not None:
+        files.append(ListFile("spamskip", "[antispam.spamskip] file", antispam.spamskip.file,
+                              read_entries, False))
+    if antispam.whitelist is not None:
+        files.append(ListFile("sender whitelist", "[antispam.whitelist] file",
+                              antispam.whitelist.file, parse_whitelist, False,
+                              lambda entries: _local_whitelisted(settings, entries)))
+    return files
+
+
+def file_problem(error, path):
+    """The words for a list file at C{path} that could not be loaded."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+    if isinstance(error, OSError):
+        return f"cannot read {error.filename}: {error.strerror}"
+    return str(error)
+
+
+def _check_list_file(settings, listed):
+    try:
+        if not listed.path.exists():
+            if listed.must_exist:
+                raise ConfigError(settings.path, listed.key, f"{listed.path} does not exist")
+            return []
+        entries = listed.parse(listed.path)
+    except (ListFileError, OSError, UnicodeDecodeError) as e:
+        raise ConfigError(settings.path, listed.key, file_problem(e, listed.path),
+                          listed.hint)
+    return [f"{listed.what}: {line}" for line in listed.warnings(entries)]
+
+
+def _local_whitelisted(settings, entries):
+    """Warnings for whitelisted addresses and domains of our own."""
+    lines = []
+    for entry in sorted(entries):
+        domain = entry.rpartition("@")[2]
+        if settings.is_local_domain(domain):
+            shown = entry if not entry.startswith("@") else domain
+            lines.append(f"warning: {shown} is in our own domain {domain}: spammers forge "
+                         "such senders, so only clients that log in, are trusted or have a "
+                         "POP-before-SMTP window benefit; remove it")
+    return lines
+
+
+def _check_tls(settings):
+    """
+    What L{tls.ServerTLS} loads, or, when it would generate the pair, that
+    it can write it.
+    """
+    if not tls.pair_missing(settings):
+        tls.load_files(settings)
+        return []
+    cert, key = settings.tls.cert, settings.tls.key
+    creatable_below(settings, "[tls] cert", cert)
+    creatable_below(settings, "[tls] key", key)
+    tls.load_client_cas(settings)
+    return [f"tls: {cert} and {key} do not exist: start-up generates a self-signed "
+            f"certificate for {settings.hostname}"]
+
+
+def _check_data_dir(settings):
+    """
+    data_dir and the directories start-up makes in it are directories we
+    may write, or can be created.
+    """
+    data_dir = settings.data_dir
+    try:
+        if not data_dir.exists():
+            creatable_below(settings, "[server] data_dir", data_dir)
+            return [f"data_dir {data_dir} does not exist yet: start-up creates it"]
+        queue = data_dir / "queue"
+        for path in (data_dir, data_dir / "mail", queue,
+                     *(queue / name for name in SPOOL_DIRECTORIES)):
+            if path.exists():
+                _writable_directory(settings, "[server] data_dir", path)
+    except OSError as e:
+        raise ConfigError(settings.path, "[server] data_dir",
+                          f"cannot use {e.filename}: {e.strerror}")
+    return []
+
+
+def creatable_below(settings, key, path):
+    """
+    C{path} does not exist; its nearest existing ancestor must be a
+    directory we may write.
+    """
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(settings.path, key,
+                          f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(settings.path, key,
+                          f"cannot create {path}: {parent} is not writable")
+
+
+def _writable_directory(settings, key, path):
+    if not path.is_dir():
+        raise ConfigError(settings.path, key, f"{path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(settings.path, key, f"{path} is not writable")
