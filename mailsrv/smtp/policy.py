@@ -16,9 +16,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import config, dns
+from mailsrv.address import is_address
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import SenderList, parse_kill_list
-from mailsrv.smtp.commands import is_mailbox
 
 log = Logger()
 
@@ -161,7 +161,7 @@ class ValidSender:
     """[access] check_valid_sender: a sender is a full user@domain, or <>."""
 
     def check(self, session, transaction, sender):
-        if sender == "" or is_mailbox(sender):
+        if sender == "" or is_address(sender):
             return Verdict.accept()
         return Verdict.refuse(
             553, "5.1.7", f"<{sender}>: sender address must be a full user@domain"
