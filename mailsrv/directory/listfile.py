@@ -17,10 +17,12 @@ class ListFileError(Exception):
 def read_lines(path):
     """
     Yield C{(lineno, text)} for each line that is not blank or a comment.
-    A missing file has no lines.
+    A missing file has no lines. Bytes that are not UTF-8 come through as
+    lone surrogates, so the line's parser refuses that line by number
+    instead of the whole file failing to decode.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for lineno, line in enumerate(f, 1):
                 text = line.split("#", 1)[0].strip()
                 if text:
