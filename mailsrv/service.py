@@ -111,7 +111,7 @@ def _file_problem(error):
 def make_service(settings):
     server = build_mail_server(settings)
     top = service.MultiService()
-    StartupNotes(settings).setServiceParent(top)
+    StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
     server.queue_runner = QueueRunner(server.spool, settings,
@@ -141,8 +141,9 @@ def make_service(settings):
 class StartupNotes(service.Service):
     """Log, at every start, what an admin must not miss."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, directory):
         self.settings = settings
+        self.directory = directory
 
     def startService(self):
         super().startService()
@@ -154,6 +155,8 @@ class StartupNotes(service.Service):
                 "WARNING: [relay] mode = \"anyone\": this server is an OPEN RELAY "
                 "and will be abused by spammers; use \"trusted\" or \"none\""
             )
+        for problem in self.directory.alias_problems():
+            log.warn("aliases: {problem} (mailsrv lists check)", problem=problem)
 
 
 class TrustedResolver(service.Service):

@@ -264,14 +264,23 @@ class RecipientLimit:
 
 
 class LocalRecipient:
-    """An address in our domains must be a user or an alias."""
+    """
+    An address in our domains must reach a mailbox (or a remote address):
+    a user, or an alias with at least one live member. Dead members of an
+    alias that has live ones are logged, so the admin hears of them.
+    """
 
     def check(self, session, transaction, recipient):
-        if recipient.route is None:
+        route = recipient.route
+        if route is None:
             return Verdict.refuse(
                 550, "5.1.1", f"<{recipient.address}>: user unknown",
-                f"unknown local user <{recipient.address}>",
+                f"<{recipient.address}> reaches no local user or remote address",
             )
+        if route.dead:
+            log.warn("<{address}> reaches no mailbox through {dead} (see mailsrv lists "
+                     "check); delivering to the other members",
+                     address=recipient.address, dead=", ".join(route.dead))
         return Verdict.accept()
 
 
