@@ -121,6 +121,9 @@ class DirectoryTests(unittest.TestCase):
             ("alice@example.test", ((alice,), (), True)),
             ("ALICE@Example.Test", ((alice,), (), True)),
             ("alice+lists@example.test", ((alice,), (), True)),
+            ("+lists@example.test", None),
+            ("a/b@example.test", None),
+            ("not an address", None),
             ("nobody@example.test", None),
             ("someone@remote.test", ((), ("someone@remote.test",), False)),
             ("postmaster@example.test", ((alice,), (), True)),
@@ -441,3 +444,57 @@ class ListFileProperties(unittest.TestCase):
         for name, members in aliases.items():
             self.assertTrue(members)
             self.assertEqual(name, name.lower())
+
+
+class AliasGraphTests(unittest.TestCase):
+    """Dead members, loops and depth, on hand-made and on random alias graphs."""
+
+    def directory(self, aliases, users=("bob@example.test",)):
+        users_path, aliases_path = self.mktemp(), self.mktemp()
+        with open(users_path, "w") as f:
+            f.write("".join(f"{user}:$argon2id$x\n" for user in users))
+        db = UserDB(users_path)
+        with open(aliases_path, "w") as f:
+            f.write("".join(f"{name}: {', '.join(members)}\n" for name, members in aliases))
+        return Directory(["example.test"], db, AliasMap(aliases_path))
+
+    def test_deep_chain_is_cut_and_reported(self):
+        chain = [(f"a{i}@example.test", [f"a{i + 1}@example.test"]) for i in range(15)]
+        chain.append(("a15@example.test", ["bob@example.test"]))
+        directory = self.directory(chain)
+        self.assertIsNone(directory.route("a0@example.test"))
+        self.assertEqual(directory.route("a10@example.test").local, ("bob@example.test",))
+        problems = directory.alias_problems()
+        self.assertIn("a0@example.test: aliases nested deeper than 10 (at a11@example.test): "
+                      "the rest is not delivered", problems)
+
+    def test_missing_postmaster_is_reported(self):
+        self.assertIn("postmaster@example.test is no user or alias: RFC 5321 requires it, "
+                      "and bounces that reach no local sender go to it",
+                      self.directory([]).alias_problems())
+        self.assertEqual(self.directory([("postmaster", ["bob@example.test"])])
+                         .alias_problems(), [])
+
+    _NAMES = [f"n{i}@example.test" for i in range(6)] + ["bob@example.test",
+                                                        "x@remote.test"]
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(st.sampled_from(_NAMES[:6]),
+                           st.lists(st.sampled_from(_NAMES), min_size=1, max_size=4),
+                           max_size=6))
+    def test_any_graph_routes_to_what_it_reaches_or_to_nothing(self, graph):
+        directory = self.directory(graph.items())
+        for name in self._NAMES:
+            route = directory.route(name)
+            reachable, todo = set(), [name]
+            while todo:
+                address = todo.pop()
+                if address not in reachable:
+                    reachable.add(address)
+                    todo += graph.get(address, [])
+            live = reachable & {"bob@example.test", "x@remote.test"}
+            if not live:
+                self.assertIsNone(route, name)
+            else:
+                self.assertEqual(set(route.local) | set(route.remote), live, name)
+        directory.alias_problems()  # never raises

@@ -173,9 +173,9 @@ class _Walk:
         elif directory.users.exists(address):
             self.local.append(address)
         else:
-            local, _, domain = address.rpartition("@")
-            base, plus, _ = local.partition("+")
-            if plus:  # alice+tag@example.test is alice's
-                self.visit(f"{base}@{domain}")
+            mailbox = parse(address)
+            base, plus, _ = mailbox.local.partition("+")
+            if plus and base:  # alice+tag@example.test is alice's
+                self.visit(f"{base}@{mailbox.domain}")
             else:
                 self.dead.append(address)
