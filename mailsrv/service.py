@@ -76,10 +76,9 @@ def build_mail_server(settings, clock=reactor):
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        users = UserDB(settings.users_file, clock)
-    except (ListFileError, OSError) as e:
-        raise config.ConfigError(settings.path, "[users] file", _file_problem(e),
-                                 "fix or remove the line; `mailsrv user` writes it")
+        users = UserDB(settings.users_file, clock)  # bad lines are skipped and logged
+    except OSError as e:
+        raise config.ConfigError(settings.path, "[users] file", _file_problem(e))
     try:
         aliases = AliasMap(settings.aliases_file, clock)
     except (ListFileError, OSError) as e:
