@@ -720,10 +720,10 @@ def _check_ip_entries(table, key, entries):
 
 def _address(table, key):
     """An optional mail address: "" (off) or user@domain, lower-cased."""
-    from mailsrv.directory.users import normalise_address, valid_address
+    from mailsrv.address import is_address, normalise
 
-    value = normalise_address(table.string(key, ""))
-    if value and not valid_address(value):
+    value = normalise(table.string(key, ""))
+    if value and not is_address(value):
         raise table.error(key, f"{value!r} is not an address", 'write "user@domain" or ""')
     return value
 

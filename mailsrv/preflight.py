@@ -46,6 +46,9 @@ class ListFile(NamedTuple):
     @ivar must_exist: whether a missing file is an error (else it is empty).
     @ivar warnings: from the parsed entries to lines worth showing.
     @ivar hint: how to fix a bad file, for the error line.
+    @ivar skipped: from the path to the lines start-up skips rather than
+        refuses (L{ListFileError}s): warnings for check-config, errors for
+        C{lists check}.
     """
 
     what: str
@@ -55,19 +58,21 @@ class ListFile(NamedTuple):
     must_exist: bool
     warnings: Callable = lambda entries: []
     hint: str = ""
+    skipped: Callable = lambda path: []
 
 
 def list_files(settings):
     """The L{ListFile}s of C{settings}, in config order."""
     from mailsrv.directory.aliases import parse_aliases
     from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
-    from mailsrv.directory.users import parse_users
+    from mailsrv.directory.users import read_users
     from mailsrv.netaddr import read_entries
 
-    files = [ListFile("users", "[users] file", settings.users_file, parse_users, False,
-                      hint=USERS_FILE_HINT),
+    files = [ListFile("users", "[users] file", settings.users_file,
+                      lambda path: read_users(path)[0], False, hint=USERS_FILE_HINT,
+                      skipped=lambda path: read_users(path)[1]),
              ListFile("aliases", "[aliases] file", settings.aliases_file, parse_aliases,
-                      False)]
+                      False, lambda entries: _alias_problems(settings))]
     if settings.access.kill_file is not None:
         files.append(ListFile("kill list", "[access] kill_file", settings.access.kill_file,
                               parse_kill_list, False))
@@ -108,10 +113,21 @@ def _check_list_file(settings, listed):
                 raise ConfigError(settings.path, listed.key, f"{listed.path} does not exist")
             return []
         entries = listed.parse(listed.path)
+        skipped = listed.skipped(listed.path)
     except (ListFileError, OSError, UnicodeDecodeError) as e:
         raise ConfigError(settings.path, listed.key, file_problem(e, listed.path),
                           listed.hint)
-    return [f"{listed.what}: {line}" for line in listed.warnings(entries)]
+    return ([f"{listed.what}: warning: start-up skips {problem}" for problem in skipped]
+            + [f"{listed.what}: {line}" for line in listed.warnings(entries)])
+
+
+def _alias_problems(settings):
+    """Warnings for aliases with dead members, loops, or no mailbox at all."""
+    from mailsrv.directory import AliasMap, Directory, UserDB
+
+    directory = Directory(settings.local_domains, UserDB(settings.users_file),
+                          AliasMap(settings.aliases_file))
+    return [f"warning: {line}" for line in directory.alias_problems()]
 
 
 def _local_whitelisted(settings, entries):

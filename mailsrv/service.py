@@ -86,11 +86,10 @@ def build_mail_server(settings, clock=reactor):
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        users = UserDB(settings.users_file, clock)
-    except (ListFileError, OSError) as e:
+        users = UserDB(settings.users_file, clock)  # bad lines are skipped and logged
+    except OSError as e:
         raise config.ConfigError(settings.path, "[users] file",
-                                 file_problem(e, settings.users_file),
-                                 USERS_FILE_HINT)
+                                 file_problem(e, settings.users_file), USERS_FILE_HINT)
     try:
         aliases = AliasMap(settings.aliases_file, clock)
     except (ListFileError, OSError) as e:
@@ -117,7 +116,7 @@ def build_mail_server(settings, clock=reactor):
 def make_service(settings):
     server = build_mail_server(settings)
     top = service.MultiService()
-    StartupNotes(settings).setServiceParent(top)
+    StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
     server.queue_runner = QueueRunner(server.spool, settings,
@@ -147,8 +146,9 @@ def make_service(settings):
 class StartupNotes(service.Service):
     """Log, at every start, what an admin must not miss."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, directory):
         self.settings = settings
+        self.directory = directory
 
     def startService(self):
         super().startService()
@@ -160,6 +160,8 @@ class StartupNotes(service.Service):
                 "WARNING: [relay] mode = \"anyone\": this server is an OPEN RELAY "
                 "and will be abused by spammers; use \"trusted\" or \"none\""
             )
+        for problem in self.directory.alias_problems():
+            log.warn("aliases: {problem} (mailsrv lists check)", problem=problem)
 
 
 class TrustedResolver(service.Service):

@@ -6,11 +6,16 @@ import hashlib
 import os
 import stat
 
+from hypothesis import given, settings, strategies as st
 from twisted.cred import credentials, error
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from mailsrv.address import AddressError, parse_mailbox
 from mailsrv.directory import AliasMap, Directory, UserDB
+from mailsrv.directory.aliases import parse_aliases
+from mailsrv.directory.users import parse_users, read_users
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory import checker as checker_module
@@ -57,8 +62,34 @@ class UsersFileTests(unittest.TestCase):
         with open(self.path, "w") as f:
             f.write("# comment\n\nnot-an-entry\n")
         with self.assertRaises(ListFileError) as caught:
-            UserDB(self.path)
+            parse_users(self.path)
         self.assertEqual(str(caught.exception), f"{self.path}:3: expected address:hash")
+
+    def test_bad_lines_are_skipped_and_logged(self):
+        """A line from an older version keeps out its own user, not the rest."""
+        with open(self.path, "wb") as f:
+            f.write(b"alice@example.test:$argon2id$a\n"
+                    b"a/b@example.test:$argon2id$b\n"
+                    b"..@example.test:$argon2id$b\n"
+                    b"foo\n"
+                    b"@example.test:$argon2id$b\n"
+                    b"\xff@example.test:$argon2id$b\n"
+                    b"bob@example.test:$argon2id$c\n")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        users = UserDB(self.path)
+        self.assertEqual(users.addresses(), ["alice@example.test", "bob@example.test"])
+        logged = [formatEvent(e) for e in events]
+        self.assertEqual([line.split(": ")[1].rsplit(":", 1)[1] for line in logged],
+                         ["2", "3", "4", "5", "6"])
+        self.assertIn("'a/b@example.test'", logged[0])
+        self.assertEqual([p.lineno for p in users.problems], [2, 3, 4, 5, 6])
+
+    def test_set_password_refuses_a_name_the_reader_would_skip(self):
+        for name in ("a/b@example.test", "x\n@example.test", "..@example.test"):
+            self.assertRaises(AddressError, self.users.set_password, name, "pw")
+        self.assertFalse(os.path.exists(self.path))
 
     def test_unknown_user_never_verifies(self):
         self.assertFalse(verify(None, "mailsrv: no such user"))
@@ -90,6 +121,9 @@ class DirectoryTests(unittest.TestCase):
             ("alice@example.test", ((alice,), (), True)),
             ("ALICE@Example.Test", ((alice,), (), True)),
             ("alice+lists@example.test", ((alice,), (), True)),
+            ("+lists@example.test", None),
+            ("a/b@example.test", None),
+            ("not an address", None),
             ("nobody@example.test", None),
             ("someone@remote.test", ((), ("someone@remote.test",), False)),
             ("postmaster@example.test", ((alice,), (), True)),
@@ -353,3 +387,114 @@ class HashConcurrencyTests(unittest.TestCase):
     def test_defaults_to_the_cpu_count(self):
         checker = UserPasswordChecker(None, None)
         self.assertEqual(checker._hashing.limit, os.cpu_count() or 1)
+
+
+# Lines built from the characters that matter to these files.
+_LINE_CHARS = st.sampled_from(list("abz09.@:,;#/+-_ \t\r\"\\$=") + ["\u00e9", "\x00", "\x85"])
+_FILE = st.lists(st.text(_LINE_CHARS, max_size=40), max_size=8).map("\n".join)
+_BYTES = st.binary(max_size=200)
+
+
+class ListFileProperties(unittest.TestCase):
+    """Any file content gives entries or a ListFileError naming the line; nothing else."""
+
+    def write(self, content):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(content.encode("utf-8", "surrogatepass") if isinstance(content, str)
+                    else content)
+        return path
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(_FILE, _BYTES))
+    def test_users_reader(self, content):
+        path = self.write(content)
+        users, problems = read_users(path)
+        for address, stored in users.items():
+            self.assertEqual(parse_mailbox(address).normalised, address)
+            self.assertNotIn("\n", stored)
+        for problem in problems:
+            self.assertTrue(str(problem).startswith(f"{path}:{problem.lineno}: "))
+            self.assertNotIn("\n", str(problem))
+        if problems:
+            self.assertRaises(ListFileError, parse_users, path)
+        else:
+            self.assertEqual(parse_users(path), users)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.dictionaries(
+        st.from_regex(r"[a-z0-9][a-z0-9._-]{0,10}@example\.test", fullmatch=True)
+        .filter(lambda a: ".." not in a and ".@" not in a),
+        st.from_regex(r"\$argon2id\$[A-Za-z0-9$=,+/]{1,20}", fullmatch=True), max_size=5))
+    def test_users_file_round_trip(self, users):
+        db = UserDB(self.mktemp())
+        db._write(users)
+        self.assertEqual(read_users(db.path), (users, []))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(_FILE, _BYTES))
+    def test_aliases_reader(self, content):
+        path = self.write(content)
+        try:
+            aliases = parse_aliases(path)
+        except ListFileError as e:
+            self.assertTrue(str(e).startswith(f"{path}:{e.lineno}: "))
+            self.assertNotIn("\n", str(e))
+            return
+        for name, members in aliases.items():
+            self.assertTrue(members)
+            self.assertEqual(name, name.lower())
+
+
+class AliasGraphTests(unittest.TestCase):
+    """Dead members, loops and depth, on hand-made and on random alias graphs."""
+
+    def directory(self, aliases, users=("bob@example.test",)):
+        users_path, aliases_path = self.mktemp(), self.mktemp()
+        with open(users_path, "w") as f:
+            f.write("".join(f"{user}:$argon2id$x\n" for user in users))
+        db = UserDB(users_path)
+        with open(aliases_path, "w") as f:
+            f.write("".join(f"{name}: {', '.join(members)}\n" for name, members in aliases))
+        return Directory(["example.test"], db, AliasMap(aliases_path))
+
+    def test_deep_chain_is_cut_and_reported(self):
+        chain = [(f"a{i}@example.test", [f"a{i + 1}@example.test"]) for i in range(15)]
+        chain.append(("a15@example.test", ["bob@example.test"]))
+        directory = self.directory(chain)
+        self.assertIsNone(directory.route("a0@example.test"))
+        self.assertEqual(directory.route("a10@example.test").local, ("bob@example.test",))
+        problems = directory.alias_problems()
+        self.assertIn("a0@example.test: aliases nested deeper than 10 (at a11@example.test): "
+                      "the rest is not delivered", problems)
+
+    def test_missing_postmaster_is_reported(self):
+        self.assertIn("postmaster@example.test is no user or alias: RFC 5321 requires it, "
+                      "and bounces that reach no local sender go to it",
+                      self.directory([]).alias_problems())
+        self.assertEqual(self.directory([("postmaster", ["bob@example.test"])])
+                         .alias_problems(), [])
+
+    _NAMES = [f"n{i}@example.test" for i in range(6)] + ["bob@example.test",
+                                                        "x@remote.test"]
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(st.sampled_from(_NAMES[:6]),
+                           st.lists(st.sampled_from(_NAMES), min_size=1, max_size=4),
+                           max_size=6))
+    def test_any_graph_routes_to_what_it_reaches_or_to_nothing(self, graph):
+        directory = self.directory(graph.items())
+        for name in self._NAMES:
+            route = directory.route(name)
+            reachable, todo = set(), [name]
+            while todo:
+                address = todo.pop()
+                if address not in reachable:
+                    reachable.add(address)
+                    todo += graph.get(address, [])
+            live = reachable & {"bob@example.test", "x@remote.test"}
+            if not live:
+                self.assertIsNone(route, name)
+            else:
+                self.assertEqual(set(route.local) | set(route.remote), live, name)
+        directory.alias_problems()  # never raises

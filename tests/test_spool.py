@@ -24,7 +24,8 @@ class LayoutTests(unittest.TestCase):
         self.assertEqual(inbox, Path("/m/example.test/alice"))
         self.assertEqual(folder_maildir(inbox, "INBOX"), inbox)
         self.assertEqual(folder_maildir(inbox, "Lists/Twisted"), inbox / ".Lists.Twisted")
-        for bad in ("../x@example.test", "a@../x", "a/b@example.test", "@example.test"):
+        for bad in ("../x@example.test", "a@../x", "a/b@example.test", "@example.test",
+                    ".hidden@example.test", "..@example.test", "a@.", "x\n@example.test"):
             self.assertRaises(ValueError, user_maildir, "/m", bad)
         for bad in ("a.b", "../x", "a//b"):
             self.assertRaises(ValueError, folder_maildir, inbox, bad)
@@ -170,6 +171,17 @@ class IntakeTests(unittest.TestCase):
             (delivered,) = (self.root / "alice" / "new").iterdir()
             self.assertEqual(os.stat(delivered).st_ino,
                              os.stat(self.spool.message_path(queue_id)).st_ino)
+
+        return d.addCallback(check)
+
+    def test_a_message_with_nowhere_to_go_is_refused(self):
+        """No "250" for a message that would be dropped at once (an alias to nobody)."""
+        d = intake.commit(self.spool, self.receive(), self.fields, [], [])
+        self.assertFailure(d, intake.NoDestination)
+
+        def check(_):
+            self.assertEqual(list(self.spool.tmp.iterdir()), [])
+            self.assertEqual(self.spool.ids(), [])
 
         return d.addCallback(check)
 

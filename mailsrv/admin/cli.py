@@ -13,7 +13,8 @@ import time
 
 from mailsrv import config
 from mailsrv.directory.listfile import ListFileError
-from mailsrv.directory.users import UserDB, normalise_address, valid_address
+from mailsrv.address import AddressError, normalise, parse_mailbox
+from mailsrv.directory.users import UserDB
 from mailsrv.preflight import file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
@@ -100,6 +101,10 @@ def lists_check(settings, args, stdin, stdout):
             stdout.write(f"{what}: {file_problem(e, path)}\n")
         else:
             stdout.write(f"{what}: {path}: {len(entries)} entries\n")
+            skipped = listed.skipped(path)
+            for problem in skipped:
+                stdout.write(f"{what}: {problem} (the server skips this line)\n")
+            bad += bool(skipped)
             for line in listed.warnings(entries):
                 stdout.write(f"{what}: {line}\n")
     if bad:
@@ -122,34 +127,47 @@ def _users(settings):
     return UserDB(settings.users_file)
 
 
+def _change_users(users, change, address, *args):
+    """
+    Apply one change to the users file, telling the admin about the bad
+    lines the rewrite drops (the server skips them already).
+    """
+    try:
+        dropped = change(address, *args)
+    except OSError as e:
+        raise CommandError(f"{users.path}: cannot write it ({e.strerror}); it is unchanged")
+    for problem in dropped:
+        sys.stderr.write(f"mailsrv: warning: dropped {problem}\n")
+
+
 def user_add(settings, args, stdin, stdout):
-    address = normalise_address(args.address)
-    if not valid_address(address):
-        raise CommandError(f"{args.address!r} is not an address like user@example.test")
-    domain = address.rpartition("@")[2]
-    if domain not in settings.local_domains:
-        raise CommandError(f"{domain} is not in [domains] local of {settings.path}")
+    try:
+        address = parse_mailbox(args.address)
+    except AddressError as e:
+        raise CommandError(str(e))
+    if address.domain.lower() not in settings.local_domains:
+        raise CommandError(f"{address.domain} is not in [domains] local of {settings.path}")
     users = _users(settings)
-    if users.exists(address):
-        raise CommandError(f"{address} exists already (use: user passwd)")
-    users.set_password(address, _read_password(args, stdin))
-    stdout.write(f"added {address}\n")
+    if users.exists(address.normalised):
+        raise CommandError(f"{address.normalised} exists already (use: user passwd)")
+    _change_users(users, users.set_password, address.normalised, _read_password(args, stdin))
+    stdout.write(f"added {address.normalised}\n")
 
 
 def user_passwd(settings, args, stdin, stdout):
     users = _users(settings)
     if not users.exists(args.address):
-        raise CommandError(f"no such user: {args.address}")
-    users.set_password(args.address, _read_password(args, stdin))
-    stdout.write(f"changed the password of {normalise_address(args.address)}\n")
+        raise CommandError(f"no such user: {args.address!r}")
+    _change_users(users, users.set_password, args.address, _read_password(args, stdin))
+    stdout.write(f"changed the password of {normalise(args.address)}\n")
 
 
 def user_del(settings, args, stdin, stdout):
     users = _users(settings)
     if not users.exists(args.address):
-        raise CommandError(f"no such user: {args.address}")
-    users.delete(args.address)
-    stdout.write(f"deleted {normalise_address(args.address)} (the mailbox stays on disk)\n")
+        raise CommandError(f"no such user: {args.address!r}")
+    _change_users(users, users.delete, args.address)
+    stdout.write(f"deleted {normalise(args.address)} (the mailbox stays on disk)\n")
 
 
 def user_list(settings, args, stdin, stdout):

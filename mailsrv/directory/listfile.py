@@ -17,17 +17,13 @@ class ListFileError(Exception):
 def read_lines(path):
     """
     Yield C{(lineno, text)} for each line that is not blank or a comment.
-    A missing file has no lines.
-
-    @raise ListFileError: for a line that is not UTF-8.
+    A missing file has no lines. Bytes that are not UTF-8 come through as
+    lone surrogates, so the line's parser refuses that line by number
+    instead of the whole file failing to decode.
     """
     try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ListFileError(path, lineno, "not UTF-8 text")
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for lineno, line in enumerate(f, 1):
                 text = line.split("#", 1)[0].strip()
                 if text:
                     yield lineno, text

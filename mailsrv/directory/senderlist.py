@@ -8,8 +8,8 @@ that host; in the whitelist a bare C{host} is C{@host} too.
 
 from functools import partial
 
+from mailsrv.address import is_address, normalise
 from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
-from mailsrv.directory.users import normalise_address, valid_address
 from mailsrv.netaddr import split_entries
 
 
@@ -22,10 +22,10 @@ def parse_senders(path, bare_hosts=False):
     entries = set()
     for lineno, text in read_lines(path):
         for entry in split_entries(text):
-            entry = normalise_address(entry)
+            entry = normalise(entry)
             if bare_hosts and "@" not in entry:
                 entry = "@" + entry
-            if not valid_address(entry if not entry.startswith("@") else "x" + entry):
+            if not is_address(entry if not entry.startswith("@") else "x" + entry):
                 raise ListFileError(path, lineno, f"{entry!r}: not userid@host or @host"
                                     + (" or host" if bare_hosts else ""))
             entries.add(entry)
@@ -46,7 +46,7 @@ class SenderList:
 
     def entry_for(self, sender):
         """The entry that lists C{sender}, or L{None}."""
-        sender = normalise_address(sender)
+        sender = normalise(sender)
         entries = self._file.get()
         if sender in entries:
             return sender

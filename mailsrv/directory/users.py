@@ -2,56 +2,85 @@
 The users file: one C{address:hash} line per user, mode 0600.
 
 The server keeps the parsed file in memory and re-reads it when it changes
-(C{mailsrv user add} works while the server runs). Writes go through a
-temporary file and a rename so the server never reads half a file.
+(C{mailsrv user add} works while the server runs). Every address is a
+mailbox name by L{mailsrv.address.parse_mailbox}, since it becomes the
+directory C{mail/DOMAIN/LOCAL/}.
+
+A line the reader cannot take (written by an older version, or by hand) is
+skipped and logged with its file and line number: one bad line must not
+keep every other user's mail out. C{mailsrv lists check} and
+C{check-config} report it, and the next write by C{mailsrv user} drops it.
+
+Writes go through a temporary file in the same directory, fsync'd, renamed
+over the file, then the directory fsync'd: the server never reads half a
+file, and a failed write leaves the old one whole.
 """
 
 import os
+import stat
 import tempfile
 
+from twisted.logger import Logger
+
+from mailsrv.address import AddressError, normalise, parse_mailbox
 from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
 from mailsrv.directory.passwords import hash_password
+from mailsrv.store.delivery import fsync_directory
+
+log = Logger()
 
 
-def normalise_address(address):
-    """C{Alice@Example.TEST} -> C{alice@example.test}: our addresses ignore case."""
-    return address.strip().lower()
-
-
-def valid_address(address):
-    local, at, domain = address.rpartition("@")
-    return bool(
-        at and local and domain and "." in domain.strip(".")
-        and not any(c in address for c in " \t:<>,;\"\\")
-    )
+def read_users(path):
+    """
+    @return: C{(users, problems)}: a dict of normalised address to stored
+        hash, and a L{ListFileError} for each line skipped.
+    """
+    users, problems = {}, []
+    for lineno, text in read_lines(path):
+        address, sep, stored = text.partition(":")
+        try:
+            if not sep or not stored:
+                raise AddressError("expected address:hash")
+            if not stored.isascii() or not stored.isprintable() or " " in stored:
+                raise AddressError(f"{address.strip()!r}: the hash is not printable ASCII")
+            users[parse_mailbox(address).normalised] = stored
+        except AddressError as e:
+            problems.append(ListFileError(path, lineno, str(e)))
+    return users, problems
 
 
 def parse_users(path):
-    users = {}
-    for lineno, text in read_lines(path):
-        address, sep, stored = text.partition(":")
-        address = normalise_address(address)
-        if not sep or not stored or not valid_address(address):
-            raise ListFileError(path, lineno, "expected address:hash")
-        users[address] = stored
+    """The users of a file with no bad line (for the admin's checks)."""
+    users, problems = read_users(path)
+    if problems:
+        raise problems[0]
     return users
 
 
 class UserDB:
     """
     The users file, read into memory.
+
+    @ivar problems: the lines skipped at the last read (L{ListFileError}s).
     """
 
     def __init__(self, path, clock=None):
         self.path = path
-        self._file = WatchedFile(path, parse_users, clock)
+        self.problems = []
+        self._file = WatchedFile(path, self._read, clock)
+
+    def _read(self, path):
+        users, self.problems = read_users(path)
+        for problem in self.problems:
+            log.warn("users file: skipped {problem}", problem=problem)
+        return users
 
     def hash_for(self, address):
         """The stored hash, or L{None} if there is no such user."""
-        return self._file.get().get(normalise_address(address))
+        return self._file.get().get(normalise(address))
 
     def exists(self, address):
-        return normalise_address(address) in self._file.get()
+        return normalise(address) in self._file.get()
 
     def addresses(self):
         return sorted(self._file.get())
@@ -59,28 +88,50 @@ class UserDB:
     # Changes, used by the `mailsrv user` command.
 
     def set_password(self, address, password):
-        users = dict(parse_users(self.path))
-        users[normalise_address(address)] = hash_password(password)
+        """
+        @return: the bad lines this rewrite drops (L{ListFileError}s).
+        @raise AddressError: C{address} is no mailbox name.
+        """
+        address = parse_mailbox(address).normalised
+        users, dropped = read_users(self.path)
+        users[address] = hash_password(password)
         self._write(users)
+        return dropped
 
     def delete(self, address):
-        users = dict(parse_users(self.path))
-        del users[normalise_address(address)]
+        """@return: the bad lines this rewrite drops (L{ListFileError}s)."""
+        users, dropped = read_users(self.path)
+        del users[normalise(address)]
         self._write(users)
+        return dropped
 
     def _write(self, users):
-        directory = os.path.dirname(os.path.abspath(self.path))
+        """
+        Replace the file atomically, keeping its mode and owner (0600 and
+        ours for a new file).
+        """
+        path = os.path.abspath(self.path)
+        directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
+        try:
+            old = os.stat(path)
+        except FileNotFoundError:
+            old = None
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".users.")
         try:
-            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(fd, stat.S_IMODE(old.st_mode) if old else 0o600)
+                if old is not None:
+                    new = os.fstat(fd)
+                    if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+                        os.fchown(fd, old.st_uid, old.st_gid)
                 for address in sorted(users):
                     f.write(f"{address}:{users[address]}\n")
                 f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+                os.fsync(fd)
+            os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
+        fsync_directory(directory)
         self._file.reload()

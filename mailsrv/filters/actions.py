@@ -6,6 +6,7 @@ a fixed precedence (the strongest wins).
 
 from dataclasses import dataclass, replace
 
+from mailsrv.address import is_address
 from mailsrv.store.layout import folder_maildir
 
 # Strongest first.
@@ -51,7 +52,7 @@ def parse_action(text):
                          + ("FOLDER" if kind == "move" else "ADDRESS"))
     if kind not in _TAKES_ARGUMENT and colon:
         raise ValueError(f"{kind} takes no argument")
-    if kind == "forward" and "@" not in argument:
+    if kind == "forward" and not is_address(argument):
         raise ValueError(f"forward needs a full address, not {argument!r}")
     if kind == "move":
         folder_maildir("/", argument)  # raises ValueError for a bad name

@@ -11,6 +11,13 @@ from mailsrv.queue.spool import Envelope, RecipientState
 from mailsrv.store.delivery import deliver_file
 
 
+class NoDestination(Exception):
+    """
+    A message with no mailbox and no remote address to go to: committing
+    it would answer "250" and then drop it, so commit refuses.
+    """
+
+
 def commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients, journal=()):
     """
     Make a received message durable, then put it where it goes.
@@ -22,7 +29,8 @@ def commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients, 
     @param journal: L{mailsrv.queue.journal.JournalCopy}s to make too.
     @return: a Deferred that fires with the queue id when all is on disk;
         it fails (and leaves nothing behind, journal copies included) on
-        any I/O error.
+        any I/O error, or with L{NoDestination} when a message has nowhere
+        to go.
     """
     return threads.deferToThread(
         _commit, spool, incoming, envelope_fields, local_maildirs, remote_recipients,
@@ -73,6 +81,8 @@ def _place(spool, message, envelope_fields, local_maildirs, remote_recipients):
 
     @return: C{(delivered paths, queue id or None)} for undoing it.
     """
+    if not local_maildirs and not remote_recipients:
+        raise NoDestination(f"{message.queue_id} has no mailbox and no remote address")
     delivered = deliver_file(message.path, local_maildirs) if local_maildirs else []
     try:
         if remote_recipients:
@@ -98,7 +108,8 @@ class LocalRoutes:
     directory as received mail.
 
     @return: (from a call with an address) C{(maildirs, remote addresses)},
-        or L{None} for an unknown address in a local domain.
+        never both empty, or L{None} for an address in a local domain that
+        reaches no mailbox (L{mailsrv.directory.Directory.route}).
     """
 
     def __init__(self, directory, store):

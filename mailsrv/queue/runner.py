@@ -463,7 +463,7 @@ class QueueRunner(service.Service):
             queue_id = yield intake.commit(
                 self.spool, incoming, {"sender": "", "bounce": kind}, maildirs, remote,
             )
-        except OSError as e:
+        except (OSError, intake.NoDestination) as e:
             log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id, error=e)
             return
         log.info("queue {id}: {what} {bounce} to <{to}>: {where}", id=envelope.id,

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from mailsrv.address import is_address, is_bare_name
+
 
 class CommandError(Exception):
     """
@@ -124,24 +126,11 @@ def parse_rcpt(arg):
     if arg[:3].upper() != "TO:":
         raise CommandError(501, "5.5.4", "Syntax: RCPT TO:<address>")
     address, params = _split_path(arg[3:])
-    if not address or not (is_mailbox(address) or address.lower() == "postmaster"):
+    if not address or not (is_address(address) or address.lower() == "postmaster"):
         raise CommandError(501, "5.1.3", "Bad recipient address syntax")
     if params:
         raise CommandError(555, "5.5.4", "Unsupported RCPT parameter")
     return address
-
-
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
-_LOCAL_PART = re.compile(rf"(?:{_ATEXT}(?:\.{_ATEXT})*|{_QUOTED})\Z")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DOMAIN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[\x21-\x5a\x5e-\x7e]+\])\Z")
-
-
-def is_mailbox(address):
-    """Whether C{address} is C{local-part@domain} by RFC 5321's grammar."""
-    local, at, domain = address.rpartition("@")
-    return bool(at) and bool(_LOCAL_PART.match(local)) and bool(_DOMAIN.match(domain))
 
 
 def _split_path(text):
@@ -167,7 +156,7 @@ def _split_path(text):
         address, _, params = text.partition(" ")
         if not address:
             return None, params
-    if address and not is_mailbox(address) and not _BARE_NAME.match(address):
+    if address and not is_address(address) and not is_bare_name(address):
         return None, params
     return address, params.strip()
 
@@ -185,7 +174,3 @@ def _closing_bracket(text):
         elif char == ">" and not quoted:
             return index
     return None
-
-
-# <alice>: well formed, but not a full address (refusing it is policy).
-_BARE_NAME = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*\Z")

@@ -16,9 +16,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import config, dns, errorlog
+from mailsrv.address import is_address
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import SenderList, parse_kill_list
-from mailsrv.smtp.commands import is_mailbox
 
 log = Logger()
 
@@ -162,7 +162,7 @@ class ValidSender:
     """[access] check_valid_sender: a sender is a full user@domain, or <>."""
 
     def check(self, session, transaction, sender):
-        if sender == "" or is_mailbox(sender):
+        if sender == "" or is_address(sender):
             return Verdict.accept()
         return Verdict.refuse(
             553, "5.1.7", f"<{sender}>: sender address must be a full user@domain"
@@ -265,14 +265,23 @@ class RecipientLimit:
 
 
 class LocalRecipient:
-    """An address in our domains must be a user or an alias."""
+    """
+    An address in our domains must reach a mailbox (or a remote address):
+    a user, or an alias with at least one live member. Dead members of an
+    alias that has live ones are logged, so the admin hears of them.
+    """
 
     def check(self, session, transaction, recipient):
-        if recipient.route is None:
+        route = recipient.route
+        if route is None:
             return Verdict.refuse(
                 550, "5.1.1", f"<{recipient.address}>: user unknown",
-                f"unknown local user <{recipient.address}>",
+                f"<{recipient.address}> reaches no local user or remote address",
             )
+        if route.dead:
+            log.warn("<{address}> reaches no mailbox through {dead} (see mailsrv lists "
+                     "check); delivering to the other members",
+                     address=recipient.address, dead=", ".join(route.dead))
         return Verdict.accept()
 
 

@@ -582,34 +582,50 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
                      queue_id=incoming.queue_id, ip=ip, sender=transaction.sender)
             return self._reply(250, "2.0.0", f"Ok: queued as {incoming.queue_id}")
-        folder = "INBOX"
-        local_users = transaction.local_users()
-        remote = transaction.remote_addresses()
-        if action.kind == "forward":
-            route = self.server.directory.route(action.argument)
-            if route is None:
-                log.error("forward:{address} is no local user or alias; "
-                          "{queue_id} goes to its recipients",
-                          address=action.argument, queue_id=incoming.queue_id)
-            else:
-                local_users, remote = list(route.local), list(route.remote)
-        if action.kind == "move":
-            folder = action.argument
-            for user in local_users:
-                pipeline.ensure_folder(self.server.store, user, folder)
+        try:
+            local_users, remote, folder = self._destinations(transaction, action,
+                                                             incoming.queue_id)
+            maildirs = [self.server.store.maildir(user, folder) for user in local_users]
+            journal = self.factory.journal.copies(transaction)
+        except Exception:  # every error a client meets gets a reply and a log line
+            incoming.abort()
+            log.failure("cannot place {queue_id} from {ip}", queue_id=incoming.queue_id, ip=ip)
+            return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
         d = intake.commit(
             self.server.spool,
             incoming,
             {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo},
-            [self.server.store.maildir(user, folder) for user in local_users],
+            maildirs,
             remote,
-            self.factory.journal.copies(transaction),
+            journal,
         )
         d.addCallbacks(
             self._queued, self._not_queued,
             callbackArgs=(transaction, reader.size, local_users, remote, folder),
         )
         return d
+
+    def _destinations(self, transaction, action, queue_id):
+        """
+        C{(local users, remote addresses, folder)} of a message: its
+        recipients', or a C{forward:} action's, in C{move:}'s folder.
+        """
+        folder = "INBOX"
+        local_users = transaction.local_users()
+        remote = transaction.remote_addresses()
+        if action.kind == "forward":
+            route = self.server.directory.route(action.argument)
+            if route is None:
+                log.error("forward:{address} reaches no mailbox or remote address; "
+                          "{queue_id} goes to its recipients",
+                          address=action.argument, queue_id=queue_id)
+            else:
+                local_users, remote = list(route.local), list(route.remote)
+        if action.kind == "move":
+            folder = action.argument
+            for user in local_users:
+                pipeline.ensure_folder(self.server.store, user, folder)
+        return local_users, remote, folder
 
     def _queued(self, queue_id, transaction, size, local_users, remote, folder):
         # One line per message: formatted here once, not field by field by

@@ -11,6 +11,8 @@ import time
 import unicodedata
 from pathlib import Path
 
+from mailsrv.address import parse_mailbox
+
 MAILDIR_SUBDIRS = ("cur", "new", "tmp")
 # A folder A/B/C is one directory, .A.B.C: its name (UTF-8) may have this
 # many bytes on every common file system.
@@ -19,12 +21,14 @@ MAX_FOLDER_LEVELS = 16
 
 
 def user_maildir(mail_root, user):
-    """The INBOX Maildir of C{user} (an address) under C{mail_root}."""
-    local, _, domain = user.lower().rpartition("@")
-    for part in (local, domain):
-        if not part or part.startswith(".") or "/" in part or "\0" in part:
-            raise ValueError(f"unsafe mailbox name {user!r}")
-    return Path(mail_root) / domain / local
+    """
+    The INBOX Maildir of C{user} (an address) under C{mail_root}.
+
+    @raise mailsrv.address.AddressError: (a C{ValueError}) C{user} is no
+        mailbox name, so it cannot be a directory of ours.
+    """
+    address = parse_mailbox(user)
+    return Path(mail_root) / address.domain.lower() / address.local.lower()
 
 
 def folder_maildir(inbox, folder):

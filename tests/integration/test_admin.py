@@ -10,6 +10,7 @@ import socket
 
 from twisted.trial import unittest
 
+from mailsrv.directory.passwords import hash_password
 from mailsrv.tls import generate_self_signed
 from tests.integration.harness import MailServerProcess, twistd
 
@@ -95,11 +96,28 @@ class StartupErrorTests(unittest.TestCase):
         self.server.config.unlink()
         self.assertIn(f"{self.server.config}: file not found", self.start_fails())
 
-    def test_unreadable_users_file(self):
-        (self.server.dir / "users").write_text("garbage line\n")
-        output = self.start_fails()
-        self.assertIn("[users] file", output)
-        self.assertIn("users:1: expected address:hash", output)
+    def test_bad_users_lines_are_skipped_not_fatal(self):
+        """Lines an older `user add` wrote: their users are unknown, the rest is served."""
+        s = self.server
+        users = s.dir / "users"
+        users.write_text("garbage line\n"
+                         "a/b@example.test:$argon2id$x\n"
+                         "foo\n@example.test:$argon2id$x\n"
+                         f"alice@example.test:{hash_password('pw')}\n")
+        s.start()
+        for lineno in (1, 2, 3, 4):
+            s.wait_for_log(f"users file: skipped {users}:{lineno}: ")
+        self.assertNotIn(f"{users}:5", s.log_text())
+        with s.smtp() as client:
+            client.ehlo("client.test")
+            client.mail("someone@remote.test")
+            self.assertEqual(client.rcpt("a/b@example.test")[0], 550)
+            self.assertEqual(client.rcpt("alice@example.test")[0], 250)
+            self.assertEqual(client.data(b"Subject: hi\r\n\r\nhello\r\n")[0], 250)
+        self.assertEqual(len(s.maildir_files()), 1)
+        check = s.admin("lists", "check", check=False)
+        self.assertEqual(check.returncode, 1)
+        self.assertIn(f"users: {users}:1: expected address:hash", check.stdout)
 
     def test_port_in_use_names_the_listener(self):
         blocker = socket.socket()
@@ -166,9 +184,17 @@ class PreflightTests(unittest.TestCase):
         self.server.data_dir.write_text("not a directory\n")
         self.assert_both_refuse(f"[server] data_dir: {self.server.data_dir} is not a directory")
 
-    def test_unparseable_users_file(self):
+    def test_bad_users_line_is_a_warning_for_both(self):
+        """
+        Start-up skips a bad users line (one bad line must not keep every
+        user's mail out), so check-config passes and names it.
+        """
         (self.server.dir / "users").write_text("garbage line\n")
-        self.assert_both_refuse("[users] file: ", "users:1: expected address:hash")
+        check = self.server.admin("check-config")
+        self.assertIn("users: warning: start-up skips ", check.stdout)
+        self.assertIn("users:1: expected address:hash", check.stdout)
+        listed = self.server.admin("lists", "check", check=False)
+        self.assertEqual(listed.returncode, 1, listed.stdout)
 
     def test_unreadable_users_file(self):
         (self.server.dir / "users").mkdir()  # unreadable as a file, even for root

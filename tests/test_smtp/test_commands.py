@@ -8,7 +8,6 @@ from mailsrv.smtp.commands import (
     CommandError,
     MailParams,
     is_http_request,
-    is_mailbox,
     parse_helo,
     parse_mail,
     parse_mail_params,
@@ -135,20 +134,3 @@ class PathTests(TableTestCase):
             ("TO:<a@b.test> NOTIFY=NEVER", error(555, "5.5.4", "Unsupported RCPT parameter")),
             ("FROM:<a@b.test>", error(501, "5.5.4", "Syntax: RCPT TO:<address>")),
         ])
-
-    def test_is_mailbox(self):
-        for address, expected in [
-            ("a@b.test", True),
-            ("a.b+c@d-e.test", True),
-            ('"a b"@c.test', True),
-            ("a@localhost", True),
-            ("a@[IPv6:2001:db8::1]", True),
-            ("a", False),
-            ("@b.test", False),
-            ("a@", False),
-            (".a@b.test", False),
-            ("a..b@c.test", False),
-            ("a@-b.test", False),
-            ("a@b_c.test", False),
-        ]:
-            self.assertEqual(is_mailbox(address), expected, address)

@@ -1,0 +1,164 @@
+"""
+The `mailsrv` command in-process (tests/integration/test_admin.py runs it as
+a program): user names, the users file, `lists check`.
+"""
+
+import io
+import os
+import stat
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from mailsrv.admin import cli
+
+CONFIG = """\
+[server]
+hostname = "mail.example.test"
+data_dir = "var"
+[domains]
+local = ["example.test"]
+"""
+
+
+class AdminTestCase(unittest.TestCase):
+    def setUp(self):
+        self.root = Path(self.mktemp()).absolute()
+        self.root.mkdir()
+        self.config = self.root / "mailsrv.toml"
+        self.config.write_text(CONFIG)
+        self.users = self.root / "users"
+        self.aliases = self.root / "aliases"
+        self.stderr = io.StringIO()
+        self.patch(cli.sys, "stderr", self.stderr)
+
+    def run_command(self, *args, password="pw\n"):
+        """C{(exit status, stdout, stderr)} of one command."""
+        stdout = io.StringIO()
+        self.stderr.seek(0)
+        self.stderr.truncate()
+        status = cli.main(["--config", str(self.config), *args],
+                          stdin=io.StringIO(password), stdout=stdout)
+        return status, stdout.getvalue(), self.stderr.getvalue()
+
+    def add(self, address):
+        return self.run_command("user", "add", "--password-stdin", "--", address)
+
+
+class UserNameTests(AdminTestCase):
+    def test_user_add_refuses_path_names(self):
+        self.add("alice@example.test")
+        before = self.users.read_bytes()
+        for name in ("a/b", "..", ".hidden", "../../x", "foo@bar", "new\nline", "tab\tname",
+                     "a..b", "trailing.", "-dash", "nul\0", "x" * 65, "sp ace", "quo\"te",
+                     "percent%x", "caf\u00e9"):
+            status, out, err = self.add(f"{name}@example.test")
+            self.assertEqual((status, out), (1, ""), repr(name))
+            self.assertEqual(len(err.splitlines()), 1, repr(err))
+            self.assertTrue(err.startswith("mailsrv: '"), err)
+            self.assertIn("@example.test", err)
+        self.assertEqual(self.users.read_bytes(), before)
+        self.assertEqual(self.run_command("user", "list")[1], "alice@example.test\n")
+
+    def test_user_add_takes_the_safe_set(self):
+        for name in ("bob", "b.o.b", "b_o-b", "Bob2", "x" * 64):
+            self.assertEqual(self.add(f"{name}@example.test")[0], 0, name)
+
+    def test_server_starts_again_after_every_refused_name(self):
+        from mailsrv import config
+        from mailsrv.service import build_mail_server
+
+        self.add("x\n@example.test")
+        self.add("y@example.test")
+        server = build_mail_server(config.load(self.config))
+        self.assertEqual(server.directory.users.addresses(), ["y@example.test"])
+
+
+class UsersFileWriteTests(AdminTestCase):
+    def test_users_file_write_is_atomic(self):
+        """A write that fails half-way leaves the old file whole, and no temp file."""
+        self.add("alice@example.test")
+        before = self.users.read_bytes()
+        real_fsync = os.fsync
+
+        def fail_on_file(fd):
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(28, "No space left on device")
+            return real_fsync(fd)
+
+        self.patch(os, "fsync", fail_on_file)
+        status, _, err = self.add("bob@example.test")
+        self.assertEqual(status, 1)
+        self.assertIn("No space left on device", err)
+        self.assertEqual(self.users.read_bytes(), before)
+        self.assertEqual(sorted(p.name for p in self.root.iterdir()),
+                         ["mailsrv.toml", "users"])
+
+    def test_users_file_write_fsyncs_the_directory(self):
+        synced = []
+        real_fsync = os.fsync
+
+        def spy(fd):
+            synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+            return real_fsync(fd)
+
+        self.patch(os, "fsync", spy)
+        self.add("alice@example.test")
+        self.assertEqual(synced, [False, True])  # the file, then the rename
+
+    def test_users_file_write_keeps_mode_and_owner(self):
+        self.add("alice@example.test")
+        os.chmod(self.users, 0o640)
+        if os.geteuid() == 0:
+            os.chown(self.users, 1234, 1235)
+        self.add("bob@example.test")
+        st = os.stat(self.users)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o640)
+        if os.geteuid() == 0:
+            self.assertEqual((st.st_uid, st.st_gid), (1234, 1235))
+
+    def test_a_new_users_file_is_0600(self):
+        self.add("alice@example.test")
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)
+
+
+class BadUsersLineTests(AdminTestCase):
+    def setUp(self):
+        super().setUp()
+        self.users.write_text("alice@example.test:$argon2id$a\n"
+                              "a/b@example.test:$argon2id$b\n"
+                              "foo\n"
+                              "bob@example.test:$argon2id$c\n")
+
+    def test_lists_check_names_file_and_line(self):
+        status, out, err = self.run_command("lists", "check")
+        self.assertEqual(status, 1)
+        self.assertIn(f"users: {self.users}:2: ", out)
+        self.assertIn("'a/b@example.test'", out)
+
+    def test_a_write_drops_bad_lines_and_says_so(self):
+        status, out, err = self.add("carol@example.test")
+        self.assertEqual(status, 0)
+        self.assertIn(f"{self.users}:2: ", err)
+        self.assertIn(f"{self.users}:3: ", err)
+        self.assertEqual([line.split(":")[0] for line in self.users.read_text().splitlines()],
+                         ["alice@example.test", "bob@example.test", "carol@example.test"])
+
+
+class DeadAliasCheckTests(AdminTestCase):
+    def test_lists_check_reports_dead_members_and_loops(self):
+        self.add("bob@example.test")
+        self.aliases.write_text(
+            "postmaster: ghost@example.test\n"
+            "half@example.test: ghost@example.test, bob@example.test\n"
+            "loop1@example.test: loop2@example.test\n"
+            "loop2@example.test: loop1@example.test, bob@example.test\n")
+        status, out, err = self.run_command("lists", "check")
+        self.assertEqual(status, 0, out)
+        lines = [line for line in out.splitlines() if "warning" in line]
+        self.assertTrue(any("postmaster@example.test" in line and "ghost@example.test"
+                            in line and "no mailbox" in line for line in lines), out)
+        self.assertTrue(any("half@example.test" in line and "ghost@example.test" in line
+                            for line in lines), out)
+        self.assertTrue(any("loop" in line and "loop1@example.test" in line
+                            for line in lines), out)
