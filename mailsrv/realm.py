@@ -33,24 +33,27 @@ class MailRealm:
                 return self._pop3_mailbox(avatarId)
         raise NotImplementedError("no avatar for " + ", ".join(map(str, interfaces)))
 
-
     def _pop3_mailbox(self, user):
         """
         The INBOX, synced first so that mail waiting in C{new/} is listed,
         and locked for this POP3 session until it logs out (RFC 1939: one
         POP3 session per maildrop; IMAP sessions may share it).
 
-        @raise MaildropInUse: another POP3 session holds it.
+        @return: a Deferred of the avatar, failing with L{MaildropInUse}
+            when another POP3 session holds the lock; any other failure
+            releases the lock.
         """
         if not self.store.lock_maildrop(user):
             return defer.fail(MaildropInUse(user))
-        folder = self.store.folder(user, "INBOX")
-        d = defer.maybeDeferred(folder.sync)
-        d.addCallbacks(
-            lambda _: (pop3.IMailbox, FolderMailbox(user, folder),
-                       lambda: self.store.unlock_maildrop(user)),
-            lambda failure: (self.store.unlock_maildrop(user), failure)[1],
-        )
+
+        def open_inbox():
+            folder = self.store.folder(user, "INBOX")
+            folder.sync()
+            return (pop3.IMailbox, FolderMailbox(user, folder),
+                    lambda: self.store.unlock_maildrop(user))
+
+        d = defer.maybeDeferred(open_inbox)
+        d.addErrback(lambda failure: (self.store.unlock_maildrop(user), failure)[1])
         return d
 
 
