@@ -42,7 +42,7 @@ from mailsrv import __version__, sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
-from mailsrv.imap.mailbox import ChangedSince
+from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
 
 log = Logger()
@@ -508,6 +508,12 @@ class IMAPServer(imap4.IMAP4Server):
         self.state = "select"
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
 
+    def _ebSelectWork(self, failure, cmdName, tag):
+        """A folder whose Maildir cannot be made (a full disk) is a NO, not a BAD."""
+        if failure.check(OSError):
+            return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
+        return super()._ebSelectWork(failure, cmdName, tag)
+
     def do_NOOP(self, tag):
         if self.mbox is not None:
             self.mbox.folder.sync()
@@ -581,9 +587,8 @@ class IMAPServer(imap4.IMAP4Server):
         except ValueError:
             self.sendBadResponse(tag, b"Invalid date-time")
             return
-        mbox = self.account.select(imap4._parseMbox(mailbox), 1)
+        mbox = self._target(tag, mailbox, b"APPEND")
         if mbox is None:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
             return
         names = [f.decode("ascii", "replace") for f in flags or ()]
         d = mbox.addMessage(message, names, when)
@@ -599,6 +604,8 @@ class IMAPServer(imap4.IMAP4Server):
     )
 
     def _failed(self, failure, tag, command):
+        if failure.check(OSError):  # a full disk: no traceback, a response code
+            return self.sendNegativeResponse(tag, write_failure(command, failure.value))
         log.failure("IMAP {command} failed", failure, command=command.decode())
         self.sendNegativeResponse(tag, command + b" failed: server error")
 
@@ -754,7 +761,10 @@ class IMAPServer(imap4.IMAP4Server):
         silent = mode.endswith(b".SILENT")
         sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
         names = [f.decode("ascii", "replace") for f in flags]
-        stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+        try:
+            stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+        except OSError as e:
+            return self.sendNegativeResponse(tag, write_failure(b"STORE", e))
         for seq, info in sorted(stored.items()):
             if not silent or self._condstore:
                 self.sendUntaggedResponse(
@@ -788,9 +798,13 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendUntaggedResponse(
                 b"%d FETCH (%s)" % (seq, self._changed_items(info)), isAsync=True)
 
-    def _target(self, tag, mailbox):
+    def _target(self, tag, mailbox, command):
         """The Mailbox a COPY or MOVE goes to, or L{None} after saying NO."""
-        target = self.account.select(imap4._parseMbox(mailbox), 1)
+        try:
+            target = self.account.select(imap4._parseMbox(mailbox), 1)
+        except OSError as e:  # its Maildir cannot be made
+            self.sendNegativeResponse(tag, write_failure(command, e))
+            return None
         if target is None:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
         return target
@@ -800,7 +814,7 @@ class IMAPServer(imap4.IMAP4Server):
         In UID order, one at a time, so the copies' UIDs keep it; the OK
         carries COPYUID (RFC 4315).
         """
-        target = self._target(tag, mailbox)
+        target = self._target(tag, mailbox, b"COPY")
         if target is None:
             return
         pending = [message for _, message in self.mbox.fetch(messages, uid)]
@@ -830,10 +844,10 @@ class IMAPServer(imap4.IMAP4Server):
         """
         if not self.mbox.isWriteable():
             return self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
-        target = self._target(tag, mailbox)
+        target = self._target(tag, mailbox, b"MOVE")
         if target is None:
             return None
-        d = self.mbox.move(messages, uid, target)
+        d = defer.maybeDeferred(self.mbox.move, messages, uid, target)
 
         def moved(result):
             pairs, seqs = result

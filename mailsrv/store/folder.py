@@ -29,7 +29,7 @@ from typing import NamedTuple
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from mailsrv.store.delivery import fsync_directory
+from mailsrv.store.delivery import fsync_directory, write_all
 from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
 from mailsrv.store.uidlist import UidList
 
@@ -889,8 +889,7 @@ class MailStore:
         for depth in range(1, len(parts) + 1):
             parent = self.maildir(user, "/".join(parts[:depth]))
             if not (parent / "cur").is_dir():
-                ensure_maildir(parent)
-                (parent / "maildirfolder").touch()
+                _make_folder(parent)
 
     def delete_folder(self, user, name):
         """
@@ -914,7 +913,11 @@ class MailStore:
         folder = self._folders.pop((user, name), None)
         if folder is not None:
             folder._forget()
-        self.unsubscribe(user, name)
+        try:
+            self.unsubscribe(user, name)
+        except OSError as e:  # the folder is gone all the same; LSUB may list it
+            log.error("{user}: cannot unsubscribe deleted folder {name}: {error}",
+                      user=user, name=name, error=e)
         return threads.deferToThread(shutil.rmtree, trash, True)
 
     def rename_folder(self, user, old, new):
@@ -989,8 +992,38 @@ class MailStore:
         inbox = user_maildir(self.mail_root, user)
         ensure_maildir(inbox)
         temporary = inbox / (SUBSCRIPTIONS + ".tmp")
-        temporary.write_text("".join(n + "\n" for n in names), "utf-8")
-        os.replace(temporary, inbox / SUBSCRIPTIONS)
+        try:
+            _write_file(temporary, "".join(n + "\n" for n in names).encode("utf-8"))
+            os.replace(temporary, inbox / SUBSCRIPTIONS)
+        except OSError:
+            _remove(temporary)
+            raise
+
+
+def _write_file(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _make_folder(path):
+    """
+    A new Maildir++ folder, whole or not at all: C{cur/}, which makes a
+    directory a folder, comes last, and a directory made here is removed
+    again if a step fails (a full disk).
+    """
+    made = not os.path.isdir(path)
+    try:
+        for sub in ("new", "tmp"):
+            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        _write_file(os.path.join(path, "maildirfolder"), b"")
+        os.mkdir(os.path.join(path, "cur"), mode=0o700)
+    except OSError:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _canonical(name):
