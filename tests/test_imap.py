@@ -1041,12 +1041,10 @@ class FullDiskTests(IMAPTestCase):
         self.disk.fill()
         self.assertEqual(c.send(b"a APPEND INBOX {6+}\r\nHi\r\n\r\n\r\n"),
                          b"a NO [OVERQUOTA] APPEND failed: disk full\r\n")
-        self.assertEqual(c.cmd(b"c CREATE Work"),
-                         b"c NO [OVERQUOTA] CREATE failed: disk full\r\n")
-        self.assertEqual(c.cmd(b"k COPY 1 Drafts"),
-                         b"k NO [OVERQUOTA] COPY failed: disk full\r\n")
-        self.assertEqual(c.cmd(b"m MOVE 1 Drafts"),
-                         b"m NO [OVERQUOTA] MOVE failed: disk full\r\n")
+        for command in (b"CREATE Work", b"COPY 1 Drafts", b"MOVE 1 Drafts"):
+            name = command.split()[0]
+            self.assertEqual(c.cmd(b"t " + command),
+                             b"t NO [OVERQUOTA] " + name + b" failed: disk full\r\n")
         self.assertEqual(len(self.errors()), 4, self.errors())
         self.disk.free()
         self.assertEqual(self.store.folders(ALICE),
