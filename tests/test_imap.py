@@ -1028,6 +1028,21 @@ class FullDiskTests(IMAPTestCase):
                          b"* 1 FETCH (FLAGS ())\r\n* 2 FETCH (FLAGS ())\r\n"
                          b"f OK FETCH completed\r\n")
 
+    def test_store_failing_part_way_reports_what_it_stored(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        folder = self.store.folder(ALICE)
+        set_flags = folder.set_flags
+
+        def second_fails(uid, flags, origin=None):
+            if uid == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return set_flags(uid, flags, origin)
+
+        self.patch(folder, "set_flags", second_fails)
+        self.assertEqual(c.cmd(b"s STORE 1:2 +FLAGS ($Work)"),
+                         b"* 1 FETCH (FLAGS ($Work))\r\n"
+                         b"s NO [OVERQUOTA] STORE failed: disk full\r\n")
+
     def test_store_with_other_write_error_answers_no_serverbug(self):
         c = self.selected(MESSAGE)
         FullDisk(self, errno.EIO).fill()
