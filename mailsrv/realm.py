@@ -6,11 +6,14 @@ of the user's mail in the store.
 
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
 from mailsrv.imap.mailbox import Account
 from mailsrv.pop3.mailbox import FolderMailbox, MaildropInUse
+
+log = Logger()
 
 
 @implementer(IRealm)
@@ -27,12 +30,23 @@ class MailRealm:
             avatarId = avatarId.decode("utf-8")
         for interface in interfaces:
             if interface is imap4.IAccount:
-                self.store.create_special_folders(avatarId)
+                self._special_folders(avatarId)
                 return interface, Account(self.store, avatarId), _nothing
             if interface is pop3.IMailbox:
                 return self._pop3_mailbox(avatarId)
         raise NotImplementedError("no avatar for " + ", ".join(map(str, interfaces)))
 
+    def _special_folders(self, user):
+        """
+        Make the user's missing special folders; a login must not fail
+        because they cannot be made (a full disk): the next login tries
+        again.
+        """
+        try:
+            self.store.create_special_folders(user)
+        except OSError as e:
+            log.error("cannot create the special folders of {user}: {error}",
+                      user=user, error=e)
 
     def _pop3_mailbox(self, user):
         """
@@ -40,17 +54,21 @@ class MailRealm:
         and locked for this POP3 session until it logs out (RFC 1939: one
         POP3 session per maildrop; IMAP sessions may share it).
 
-        @raise MaildropInUse: another POP3 session holds it.
+        @return: a Deferred of the avatar, failing with L{MaildropInUse}
+            when another POP3 session holds the lock; any other failure
+            releases the lock.
         """
         if not self.store.lock_maildrop(user):
             return defer.fail(MaildropInUse(user))
-        folder = self.store.folder(user, "INBOX")
-        d = defer.maybeDeferred(folder.sync)
-        d.addCallbacks(
-            lambda _: (pop3.IMailbox, FolderMailbox(user, folder),
-                       lambda: self.store.unlock_maildrop(user)),
-            lambda failure: (self.store.unlock_maildrop(user), failure)[1],
-        )
+
+        def open_inbox():
+            folder = self.store.folder(user, "INBOX")
+            folder.sync()
+            return (pop3.IMailbox, FolderMailbox(user, folder),
+                    lambda: self.store.unlock_maildrop(user))
+
+        d = defer.maybeDeferred(open_inbox)
+        d.addErrback(lambda failure: (self.store.unlock_maildrop(user), failure)[1])
         return d
 
 

@@ -4,6 +4,7 @@ a StringTransport and a task.Clock.
 """
 
 import base64
+import errno
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.store import folder as folder_module
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
+from tests.fulldisk import FullDisk
 from tests.helpers import make_settings
 from tests.test_smtp.support import run_threads_inline
 
@@ -957,3 +959,110 @@ class BadInputTests(IMAPTestCase):
         self.clock.advance(c.proto.timeOut + 1)
         self.assertEqual(c.read(), b"* BYE Autologout; connection idle too long\r\n")
         self.assertTrue(c.transport.disconnecting)
+
+
+class FullDiskTests(IMAPTestCase):
+    """
+    Issue 13, finding 4: with the disk full, LOGIN, SELECT and FETCH work;
+    a command that must write answers NO [OVERQUOTA] (NO [SERVERBUG] for
+    other write errors), never BAD, and logs one line.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.logs = []
+        globalLogPublisher.addObserver(self.logs.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logs.append)
+        self.disk = FullDisk(self)
+
+    def errors(self):
+        return [formatEvent(e) for e in self.logs
+                if e.get("log_level") is not None and e["log_level"].name in ("error", "warn")
+                and e.get("log_namespace", "").startswith("mailsrv")]
+
+    def test_login_works_on_full_disk(self):
+        self.disk.fill()  # a new user: the special folders cannot be made
+        c = self.client()
+        c.login()
+        self.assertEqual(len(self.errors()), 1, self.errors())
+        self.assertIn("Drafts", self.errors()[0])
+        self.disk.free()
+        self.client().login()  # the next login makes them
+        self.assertEqual(self.store.folders(ALICE),
+                         ["INBOX", "Drafts", "Junk", "Sent", "Trash"])
+
+    def test_select_and_fetch_work_on_full_disk(self):
+        c = self.selected(MESSAGE)
+        deliver(self.store, MESSAGE)
+        self.disk.fill()
+        reply = c.cmd(b"s SELECT INBOX")  # the new message cannot be indexed: it waits
+        self.assertIn(b"* 1 EXISTS\r\n", reply)
+        self.assertTrue(reply.endswith(b"s OK [READ-WRITE] SELECT completed\r\n"), reply)
+        self.assertEqual(
+            c.cmd(b"f FETCH 1 BODY[]"),
+            b"* 1 FETCH (FLAGS () BODY[] {178}\r\n" + MESSAGE
+            + b")\r\nf OK FETCH completed\r\n",
+        )
+        self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+        self.assertEqual(len(self.errors()), 3, self.errors())  # one per failed write
+        self.disk.free()
+        self.assertEqual(c.cmd(b"n NOOP"), b"* 2 EXISTS\r\nn OK NOOP completed\r\n")
+
+    def test_select_answers_no_when_the_inbox_cannot_be_made(self):
+        self.disk.fill()
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"s SELECT INBOX"),
+                         b"s NO [OVERQUOTA] SELECT failed: disk full\r\n")
+
+    def test_store_on_full_disk_answers_no_overquota(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        self.disk.fill()
+        self.assertEqual(
+            c.cmd(b"s STORE 1:2 +FLAGS (\\Seen $Work)"),
+            b"s NO [OVERQUOTA] STORE failed: disk full\r\n",
+        )
+        self.assertEqual(len(self.errors()), 1, self.errors())
+        self.disk.free()
+        self.assertEqual(c.cmd(b"f FETCH 1:2 FLAGS"),
+                         b"* 1 FETCH (FLAGS ())\r\n* 2 FETCH (FLAGS ())\r\n"
+                         b"f OK FETCH completed\r\n")
+
+    def test_store_failing_part_way_reports_what_it_stored(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        folder = self.store.folder(ALICE)
+        set_flags = folder.set_flags
+
+        def second_fails(uid, flags, origin=None):
+            if uid == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return set_flags(uid, flags, origin)
+
+        self.patch(folder, "set_flags", second_fails)
+        self.assertEqual(c.cmd(b"s STORE 1:2 +FLAGS ($Work)"),
+                         b"* 1 FETCH (FLAGS ($Work))\r\n"
+                         b"s NO [OVERQUOTA] STORE failed: disk full\r\n")
+
+    def test_store_with_other_write_error_answers_no_serverbug(self):
+        c = self.selected(MESSAGE)
+        FullDisk(self, errno.EIO).fill()
+        self.assertEqual(
+            c.cmd(b"s STORE 1 +FLAGS ($Work)"),
+            b"s NO [SERVERBUG] STORE failed: server error\r\n",
+        )
+
+    def test_append_create_copy_on_full_disk_answer_no_overquota(self):
+        c = self.selected(MESSAGE)
+        self.disk.fill()
+        self.assertEqual(c.send(b"a APPEND INBOX {6+}\r\nHi\r\n\r\n\r\n"),
+                         b"a NO [OVERQUOTA] APPEND failed: disk full\r\n")
+        for command in (b"CREATE Work", b"COPY 1 Drafts", b"MOVE 1 Drafts"):
+            name = command.split()[0]
+            self.assertEqual(c.cmd(b"t " + command),
+                             b"t NO [OVERQUOTA] " + name + b" failed: disk full\r\n")
+        self.assertEqual(len(self.errors()), 4, self.errors())
+        self.disk.free()
+        self.assertEqual(self.store.folders(ALICE),
+                         ["INBOX", "Drafts", "Junk", "Sent", "Trash"])
+        self.assertEqual(len(self.store.folder(ALICE)), 1)
+        self.assertEqual(len(self.store.folder(ALICE, "Drafts")), 0)

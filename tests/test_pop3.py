@@ -20,11 +20,13 @@ from mailsrv.context import MailServer
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.pop3 import server as pop3server
-from mailsrv.pop3.mailbox import uidl_for
+from mailsrv import realm as realm_module
+from mailsrv.pop3.mailbox import FolderMailbox, uidl_for
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
+from tests.fulldisk import FullDisk
 from tests.helpers import make_settings
 from tests.test_smtp.support import run_threads_inline
 
@@ -759,3 +761,68 @@ class ThrottlingTests(unittest.TestCase):
             f"login refused (throttled): key=127.0.0.1/{USER} protocol=pop3"])
         self.assertFalse([e for e in logs if b"guess-" in repr(e).encode()
                           or PASSWORD.decode() in repr(e)])
+
+
+class MaildropLockTests(unittest.TestCase):
+    """
+    Issue 13, finding 5: whatever fails once the maildrop lock is taken,
+    the lock is released, so the next login is not refused [IN-USE].
+    """
+
+    def second_login_works(self, h):
+        h.connect()
+        h.login()
+
+    def test_pop3_lock_released_after_error(self):
+        """Opening the mailbox fails (its Maildir cannot be made: disk full)."""
+        h = Harness(self, deliver_now=False)
+        disk = FullDisk(self)
+        disk.fill()
+        h.cmd(b"USER " + USER.encode())
+        self.assertEqual(h.cmd(b"PASS " + PASSWORD),
+                         b"-ERR [SYS/TEMP] Login temporarily unavailable, try later\r\n")
+        disk.free()
+        self.second_login_works(h)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_lock_released_when_the_mailbox_view_fails(self):
+        h = Harness(self)
+        self.patch(realm_module, "FolderMailbox", lambda *a: 1 / 0)
+        h.cmd(b"USER " + USER.encode())
+        self.assertEqual(h.cmd(b"PASS " + PASSWORD),
+                         b"-ERR [SYS/TEMP] Login temporarily unavailable, try later\r\n")
+        self.patch(realm_module, "FolderMailbox", FolderMailbox)
+        self.second_login_works(h)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_lock_released_when_the_client_vanishes_during_login(self):
+        h = Harness(self)
+        h.checker.pending = []
+        h.send(b"USER " + USER.encode() + b"\r\nPASS " + PASSWORD + b"\r\n")
+        h.drop()  # the peer closed: no loseConnection on our side
+        h.checker.pending.pop()()
+        h.checker.pending = None
+        self.second_login_works(h)
+
+    def test_lock_released_when_the_login_continuation_fails(self):
+        h = Harness(self)
+        answer = h.proto.successResponse
+        self.patch(h.proto, "successResponse",
+                   lambda message=b"": 1 / 0 if message == b"Logged in" else answer(message))
+        h.cmd(b"USER " + USER.encode())
+        h.cmd(b"PASS " + PASSWORD)
+        h.drop()
+        self.second_login_works(h)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_lock_released_after_quit_fails(self):
+        h = Harness(self)
+        h.login()
+        h.cmd(b"DELE 1")
+        self.patch(h.proto.mbox.folder, "delete", lambda *a, **kw: 1 / 0)
+        self.assertEqual(h.cmd(b"QUIT"),
+                         b"-ERR [SYS/TEMP] Some deleted messages were not removed\r\n")
+        self.assertTrue(h.transport.disconnecting)
+        h.drop()
+        self.second_login_works(h)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)

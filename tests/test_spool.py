@@ -2,6 +2,7 @@
 The spool and the step that makes a received message durable.
 """
 
+import errno
 import os
 from pathlib import Path
 
@@ -197,3 +198,17 @@ class IntakeTests(unittest.TestCase):
             self.assertEqual(self.spool.ids(), [])
 
         return d.addCallback(check)
+
+    def test_abort_unlinks_when_close_fails(self):
+        """Issue 13, finding 4: closing flushes the last bytes, which a full disk refuses."""
+        incoming = self.spool.incoming()
+        incoming.write(b"p" * (IncomingMessage.IN_MEMORY + 1))
+        real_close = incoming._file.close
+
+        def close():
+            real_close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        incoming._file.close = close
+        incoming.abort()
+        self.assertEqual(list(self.spool.tmp.iterdir()), [])

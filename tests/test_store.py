@@ -3,12 +3,14 @@ The Maildir++ store: UIDs that survive restarts, flags in file names,
 listeners shared between sessions, folder management.
 """
 
+import errno
 import os
 from pathlib import Path
 
 from twisted.internet import task
 from twisted.trial import unittest
 
+from mailsrv.store import delivery, uidlist
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import (
     FolderError,
@@ -17,6 +19,7 @@ from mailsrv.store.folder import (
     NoSuchFolder,
     arrival_order,
 )
+from tests.fulldisk import FullDisk
 
 ALICE = "alice@example.test"
 DATA = b"Subject: hi\r\n\r\nbody\r\n"
@@ -324,3 +327,142 @@ class FolderManagementTests(StoreTestCase):
                              [".Old"])
 
         return d.addCallback(gone)
+
+
+class FullDiskTests(StoreTestCase):
+    """
+    Issue 13, finding 4: a write that fails (ENOSPC, or any other error)
+    leaves the UID index as it was, so the next start keeps UIDVALIDITY;
+    reading keeps working.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.disk = FullDisk(self)
+
+    def index(self, folder):
+        return folder.path / "mailsrv-uidlist"
+
+    def test_torn_index_line_keeps_uidvalidity(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        folder.set_flags(1, {"$A"})
+        with open(self.index(folder), "a") as f:
+            f.write("=1 9 :S $Ha")  # what ENOSPC left of an append
+        folder.set_flags(2, {"$B"})  # the server goes on writing
+        again = self.restart()
+        self.assertEqual(again.uidvalidity, 1_700_000_000)
+        self.assertEqual([m.flags for m in again.messages()], [{"$A"}, {"$B"}])
+
+    def test_garbage_last_index_line_is_ignored_then_cut(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        folder.set_flags(1, {"$A"})
+        with open(self.index(folder), "a") as f:
+            f.write("=1 x\x00\x00 :S\n")
+        del folder
+        again = self.restart()
+        self.assertEqual((again.uidvalidity, again.message(1).flags),
+                         (1_700_000_000, {"$A"}))
+        again.set_flags(1, {"$B"})
+        self.assertNotIn("x\x00", self.index(again).read_text())
+        self.assertEqual(self.restart().message(1).flags, {"$B"})
+
+    def test_store_on_full_disk_fails_and_changes_nothing(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        before = self.index(folder).read_bytes()
+        name = folder.message(1).name
+        self.disk.fill()
+        with self.assertRaises(OSError) as caught:
+            folder.set_flags(1, {"\\Seen", "$A"})
+        self.assertEqual(caught.exception.errno, errno.ENOSPC)
+        info = folder.message(1)
+        self.assertEqual((info.flags, info.name, info.modseq), (frozenset(), name, 1))
+        self.assertEqual(self.index(folder).read_bytes(), before)
+        self.disk.free()
+        folder.set_flags(1, {"$B"})
+        again = self.restart()
+        self.assertEqual((again.uidvalidity, again.message(1).flags),
+                         (1_700_000_000, {"$B"}))
+
+    def test_new_mail_waits_in_new_while_the_disk_is_full(self):
+        self.deliver(1)
+        folder = self.store.folder(ALICE)
+        listener = Recorder()
+        folder.add_listener(listener)
+        self.deliver(1)
+        self.disk.fill()
+        self.assertEqual(folder.sync(), ([], [], {}))
+        self.assertEqual((folder.uids(), len(os.listdir(folder.path / "new"))), ([1], 1))
+        self.disk.free()
+        self.assertEqual(folder.sync()[0], [3])  # UID 2 went with the failed write
+        self.assertEqual(listener.events, [("added", [3])])
+        again = self.restart()
+        self.assertEqual((again.uidvalidity, again.uids()), (1_700_000_000, [1, 3]))
+
+    def test_expunge_on_full_disk_removes_the_files(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        self.disk.fill()
+        self.assertEqual(folder.delete([1]), [1])
+        self.disk.free()
+        again = self.restart()
+        self.assertEqual((again.uidvalidity, again.uids()), (1_700_000_000, [2]))
+        self.assertGreater(again.highestmodseq, 2)  # the expunge's MODSEQ is not reused
+
+    def test_folder_opens_on_full_disk(self):
+        self.deliver(2)
+        self.disk.fill()
+        folder = self.store.folder(ALICE)
+        self.assertEqual(folder.uids(), [1, 2])
+        self.assertEqual(sorted(os.listdir(folder.path)), ["cur", "new", "tmp"])
+
+    def test_append_on_full_disk_fails_and_leaves_nothing(self):
+        folder = self.store.folder(ALICE)
+        self.disk.fill()
+        d = folder.add(DATA, {"\\Seen"})
+
+        def failed(failure):
+            failure.trap(OSError)
+            self.assertEqual(failure.value.errno, errno.ENOSPC)
+            self.assertEqual(len(folder), 0)
+            for sub in ("cur", "new", "tmp"):
+                self.assertEqual(os.listdir(folder.path / sub), [])
+
+        return d.addCallbacks(lambda _: self.fail("APPEND succeeded"), failed)
+
+    def test_move_on_full_disk_leaves_the_messages(self):
+        self.deliver(2)
+        folder = self.store.folder(ALICE)
+        self.store.create_folder(ALICE, "Archive")
+        archive = self.store.folder(ALICE, "Archive")
+        self.disk.fill()
+        self.assertRaises(OSError, folder.move, [1, 2], archive)
+        self.assertEqual((folder.uids(), archive.uids()), ([1, 2], []))
+        self.assertEqual(len(os.listdir(folder.path / "cur")), 2)
+        self.disk.free()
+        self.assertEqual(self.restart().uidvalidity, 1_700_000_000)
+
+    def test_snapshot_is_written_then_fsynced_then_renamed(self):
+        calls = []
+
+        class Recording:
+            def __getattr__(self, name):
+                return getattr(os, name)
+
+            def fsync(self, fd):
+                calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                os.fsync(fd)
+
+            def replace(self, source, target):
+                calls.append(("replace", os.path.abspath(target)))
+                os.replace(source, target)
+
+        self.deliver(1)
+        self.patch(uidlist, "os", Recording())
+        self.patch(delivery, "os", Recording())
+        folder = self.store.folder(ALICE)
+        index = os.path.abspath(self.index(folder))
+        self.assertEqual(calls, [("fsync", index + ".tmp"), ("replace", index),
+                                 ("fsync", os.path.abspath(folder.path))])

@@ -10,6 +10,7 @@ L{Mailbox.take_expunges}).
 
 import bisect
 import email.parser
+import errno
 import email.policy
 import email.utils
 import functools
@@ -40,6 +41,26 @@ _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
 # MIME parts nested deeper than this are shown empty: real mail nests a few
 # levels; each level costs a few stack frames in Twisted's BODYSTRUCTURE.
 MAX_MIME_DEPTH = 50
+
+
+def write_failure(command, error):
+    """
+    The text of the NO for C{command} (bytes) whose write failed with
+    L{OSError} C{error}, logged in one line: C{[OVERQUOTA]} for a full
+    disk or quota (the client may free space), C{[SERVERBUG]} otherwise.
+    """
+    log.error("IMAP {command} failed: {error}", command=command.decode(), error=error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return b"[OVERQUOTA] " + command + b" failed: disk full"
+    return b"[SERVERBUG] " + command + b" failed: server error"
+
+
+def _written(command, change, *args):
+    """Run C{change}; an L{OSError} becomes the NO of L{write_failure}."""
+    try:
+        return change(*args)
+    except OSError as e:
+        raise imap4.MailboxException(write_failure(command, e).decode())
 
 
 class _Info:
@@ -78,7 +99,7 @@ class Account:
 
     def create(self, pathspec):
         try:
-            self.store.create_folder(self.user, pathspec)
+            _written(b"CREATE", self.store.create_folder, self.user, pathspec)
         except FolderExists:
             raise imap4.MailboxCollision(pathspec)
         except ValueError as e:
@@ -101,7 +122,7 @@ class Account:
 
     def delete(self, name):
         try:
-            d = self.store.delete_folder(self.user, name)
+            d = _written(b"DELETE", self.store.delete_folder, self.user, name)
         except (FolderError, ValueError) as e:
             raise imap4.MailboxException(str(e))
         d.addErrback(
@@ -110,7 +131,7 @@ class Account:
 
     def rename(self, oldname, newname):
         try:
-            self.store.rename_folder(self.user, oldname, newname)
+            _written(b"RENAME", self.store.rename_folder, self.user, oldname, newname)
         except (FolderError, ValueError) as e:
             raise imap4.MailboxException(str(e))
 
@@ -119,10 +140,10 @@ class Account:
 
     def subscribe(self, name):
         self.check_name(name)
-        self.store.subscribe(self.user, name)
+        _written(b"SUBSCRIBE", self.store.subscribe, self.user, name)
 
     def unsubscribe(self, name):
-        self.store.unsubscribe(self.user, name)
+        _written(b"UNSUBSCRIBE", self.store.unsubscribe, self.user, name)
 
     def listMailboxes(self, ref, wildcard):
         if not wildcard:
@@ -311,6 +332,8 @@ class Mailbox:
             alone (RFC 7162 UNCHANGEDSINCE).
         @return: C{({seq: MessageInfo}, [seqs left alone])}: the messages
             stored, and those C{unchangedsince} protected.
+        @raise OSError: a change could not be written; the session hears
+            of those made before it as flag changes.
         """
         flags = set(flags)
         result, modified = {}, []
@@ -331,6 +354,9 @@ class Mailbox:
                 self.folder.set_flags(u, wanted, origin=self)
             except FileNotFoundError:
                 continue  # removed under us: the next sync tells the client
+            except OSError:
+                self.flags_changed({info.uid: info.flags for info in result.values()})
+                raise
             result[seq] = self.folder.message(u)
         return result, modified
 
@@ -338,6 +364,8 @@ class Mailbox:
         """
         Set \\Seen on messages fetched with BODY[] or RFC822 (RFC 3501 6.4.5).
         Other sessions hear of it; this one gets FLAGS in the FETCH itself.
+        A FETCH is a read: if \\Seen cannot be written (a full disk), the
+        messages are sent without it.
         """
         for seq in seqs:
             u = self.view[seq - 1]
@@ -349,6 +377,10 @@ class Mailbox:
                     self.folder.set_flags(u, flags | {"\\Seen"}, origin=self)
                 except FileNotFoundError:
                     continue
+                except OSError as e:
+                    log.error("{path}: cannot set \\Seen: {error}",
+                              path=str(self.folder.path), error=e)
+                    return
 
     def expunge(self, uids=None):
         """

@@ -47,7 +47,7 @@ from mailsrv import __version__, errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
-from mailsrv.imap.mailbox import ChangedSince
+from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
 
 log = Logger()
@@ -617,6 +617,12 @@ class IMAPServer(imap4.IMAP4Server):
         self.state = "select"
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
 
+    def _ebSelectWork(self, failure, cmdName, tag):
+        """A folder whose Maildir cannot be made (a full disk) is a NO, not a BAD."""
+        if failure.check(OSError):
+            return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
+        return super()._ebSelectWork(failure, cmdName, tag)
+
     def do_NOOP(self, tag):
         if self.mbox is not None:
             self.mbox.folder.sync()
@@ -690,7 +696,7 @@ class IMAPServer(imap4.IMAP4Server):
         except ValueError:
             self.sendBadResponse(tag, b"Invalid date-time")
             return
-        mbox = self._target(tag, mailbox)
+        mbox = self._target(tag, mailbox, b"APPEND")
         if mbox is None:
             return
         names = [f.decode("ascii", "replace") for f in flags or ()]
@@ -706,6 +712,8 @@ class IMAPServer(imap4.IMAP4Server):
     )
 
     def _failed(self, failure, tag, command):
+        if failure.check(OSError):  # a full disk: no traceback, a response code
+            return self.sendNegativeResponse(tag, write_failure(command, failure.value))
         self._client_error(failure, command)
         self.sendNegativeResponse(tag, command + b" failed: server error")
 
@@ -877,7 +885,10 @@ class IMAPServer(imap4.IMAP4Server):
         silent = mode.endswith(b".SILENT")
         sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
         names = [f.decode("ascii", "replace") for f in flags]
-        stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+        try:
+            stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+        except OSError as e:
+            return self.sendNegativeResponse(tag, write_failure(b"STORE", e))
         for seq, info in sorted(stored.items()):
             if not silent or self._condstore:
                 self.sendUntaggedResponse(
@@ -910,7 +921,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendUntaggedResponse(
                 b"%d FETCH (%s)" % (seq, self._changed_items(info)), isAsync=True)
 
-    def _target(self, tag, mailbox):
+    def _target(self, tag, mailbox, command):
         """
         The Mailbox an APPEND, COPY or MOVE goes to, or L{None} after saying
         NO: C{[TRYCREATE]} only for a name a folder could have.
@@ -920,7 +931,11 @@ class IMAPServer(imap4.IMAP4Server):
         except imap4.MailboxException as e:
             self.sendNegativeResponse(tag, _text(e))
             return None
-        target = self.account.select(mailbox, 1)
+        try:
+            target = self.account.select(mailbox, 1)
+        except OSError as e:  # its Maildir cannot be made
+            self.sendNegativeResponse(tag, write_failure(command, e))
+            return None
         if target is None:
             self.sendNegativeResponse(tag, b"[TRYCREATE] No such mailbox")
         return target
@@ -930,7 +945,7 @@ class IMAPServer(imap4.IMAP4Server):
         In UID order, one at a time, so the copies' UIDs keep it; the OK
         carries COPYUID (RFC 4315).
         """
-        target = self._target(tag, mailbox)
+        target = self._target(tag, mailbox, b"COPY")
         if target is None:
             return
         pending = [message for _, message in self.mbox.fetch(messages, uid)]
@@ -960,10 +975,10 @@ class IMAPServer(imap4.IMAP4Server):
         """
         if not self.mbox.isWriteable():
             return self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
-        target = self._target(tag, mailbox)
+        target = self._target(tag, mailbox, b"MOVE")
         if target is None:
             return None
-        d = self.mbox.move(messages, uid, target)
+        d = defer.maybeDeferred(self.mbox.move, messages, uid, target)
 
         def moved(result):
             pairs, seqs = result

@@ -394,15 +394,16 @@ class POP3Server(pop3.POP3):
             ClientCredentials(user, password, self._peer_ip), None, pop3.IMailbox
         )
         d.addCallbacks(self._logged_in, self._login_failed, (user,), None, (user,))
+        d.addErrback(self._login_broken)
         return self._longOperation(d)
 
     def _logged_in(self, result, user):
         interface, mailbox, logout = result
-        if self.transport.disconnecting:
-            logout()
+        if not self._connected or self.transport.disconnecting:
+            logout()  # the client left during the login: free the maildrop
             return None
+        self._onLogout = logout  # first: connectionLost frees the maildrop
         self.mbox = mailbox
-        self._onLogout = logout
         log.info(
             "login ok: user={user} ip={ip} protocol=pop3",
             user=mailbox.user, ip=self._peer_ip,
@@ -440,6 +441,14 @@ class POP3Server(pop3.POP3):
             errorlog.client_error(log, failure, f"POP3 login of {name}",
                                   f"pop3 {errorlog.peer(self.transport)}")
             self.failResponse(b"[SYS/TEMP] Login temporarily unavailable, try later")
+
+    def _login_broken(self, failure):
+        """
+        A bug after the password check: hang up, which frees the maildrop
+        (connectionLost), rather than leave the client waiting.
+        """
+        log.failure("POP3 login failed unexpectedly", failure)
+        self.transport.loseConnection()
 
     def do_APOP(self, rest):
         if not self._passwords_allowed():
@@ -491,8 +500,10 @@ class POP3Server(pop3.POP3):
             )
             self.failResponse(b"[SYS/TEMP] Some deleted messages were not removed")
 
-        d.addCallbacks(done, failed)
-        d.addCallback(lambda _: self.transport.loseConnection())
+        d.addCallback(done)
+        d.addErrback(failed)
+        # whatever happened: closing frees the maildrop (connectionLost)
+        d.addBoth(lambda _: self.transport.loseConnection())
         return self._longOperation(d)
 
     # Transaction

@@ -163,11 +163,18 @@ class IncomingMessage:
         self._file.close()
 
     def abort(self):
-        """Forget the message: nothing of it stays on disk."""
+        """
+        Forget the message: nothing of it stays on disk. Closing flushes
+        the last buffered bytes, which a full disk refuses: the file goes
+        all the same (the caller is already handling the failure).
+        """
         self._held = []
         if self._file is None:
             return
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass
         try:
             os.unlink(self.path)
         except FileNotFoundError:

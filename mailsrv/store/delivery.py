@@ -24,6 +24,17 @@ def fsync_directory(path):
         os.close(fd)
 
 
+def write_all(fd, data):
+    """
+    Write all of C{data} to file descriptor C{fd}: C{os.write} may take
+    only part (a nearly full disk takes what fits, then refuses the rest
+    with ENOSPC).
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 # Maildirs this process has made sure of (cur/ new/ tmp/ exist), so that a
 # delivery does not pay three makedirs calls each time. One that has gone
 # since (removed by hand) is noticed by the failing link and made again.

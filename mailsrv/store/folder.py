@@ -6,6 +6,14 @@ Everything here runs on the reactor thread except the bodies of L{Folder.add}
 and L{Folder.copy}, which write and fsync a whole message and so run in a
 thread; their UIDs are still assigned on the reactor thread, which is the only
 place that changes a folder's in-memory state.
+
+A file enters C{cur/} only after the index line that names it is written,
+so a file in C{cur/} unknown to the index always means the index lost
+writes (then the folder gets a new UIDVALIDITY, see L{Folder._load}). A
+write that fails (a full disk) undoes the change it was part of and raises
+L{OSError}, except where the files already say what happened (expunges,
+flags renamed by other programs): those are logged and re-read from the
+files at the next start. Reading never needs a write to succeed.
 """
 
 import functools
@@ -21,7 +29,7 @@ from typing import NamedTuple
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from mailsrv.store.delivery import fsync_directory
+from mailsrv.store.delivery import fsync_directory, write_all
 from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
 from mailsrv.store.uidlist import UidList
 
@@ -315,8 +323,8 @@ class Folder:
         stamp = self._stamp()
         if stamp is not None and stamp == self._clean_stamp:
             return [], [], {}
-        result = self._apply(self._move_new(self._scan()))
-        self._settle(stamp)
+        result, complete = self._apply(self._scan())
+        self._settle(stamp if complete else None)
         return result
 
     def _settle(self, stamp):
@@ -331,10 +339,16 @@ class Folder:
         except FileNotFoundError:
             return None
 
-    def _apply(self, names):
-        """L{sync} for the names now in C{cur/}."""
+    def _apply(self, found):
+        """
+        L{sync} for the files of a L{_scan}.
+
+        @return: C{((added, expunged, flag_changes), complete)}:
+            C{complete} is false when new mail had to wait (the index could
+            not be written).
+        """
         expunged, changed = [], []
-        on_disk = dict(map(split_name, names))  # key -> suffix
+        on_disk = dict(split_name(n) for n, where in found.items() if where == "cur")
         for uid, entry in list(self._entries.items()):
             suffix = on_disk.pop(entry.key, None)
             if suffix is None:
@@ -345,13 +359,13 @@ class Folder:
                 entry.suffix = sys.intern(suffix)
                 if entry.letters != before:
                     changed.append(entry)
-        added = self._new_entries(on_disk)
         expunged.sort()
-        self._persist(added, changed, expunged)
+        added = self._take_in(on_disk, found, changed, expunged)
+        complete = added is not None
         changes = {entry.uid: entry.flags() for entry in changed}
-        added = [entry.uid for entry in added]
+        added = [entry.uid for entry in added or ()]
         self._notify(None, added, expunged, changes)
-        return added, expunged, changes
+        return (added, expunged, changes), complete
 
     def set_flags(self, uid, flags, origin=None):
         """
@@ -372,12 +386,22 @@ class Folder:
         suffix = INFO_SEPARATOR + new_letters
         if suffix == entry.suffix and keywords == entry.keywords:
             return entry.flags()
-        if suffix != entry.suffix:
-            os.rename(self.path / "cur" / entry.name,
-                      self.path / "cur" / (entry.key + suffix))
-            entry.suffix = sys.intern(suffix)
-        entry.keywords = keywords
-        self._persist([], [entry], [])
+        # the index first: a file name it has not seen is taken as a
+        # change at the next start, keywords it has not written are lost
+        before = (entry.suffix, entry.keywords, entry.modseq)
+        entry.suffix, entry.keywords = sys.intern(suffix), keywords
+        try:
+            self._persist([], [entry], [])
+        except OSError:
+            entry.suffix, entry.keywords, entry.modseq = before
+            raise
+        if suffix != before[0]:
+            try:
+                os.rename(self.path / "cur" / (entry.key + before[0]),
+                          self.path / "cur" / entry.name)
+            except OSError:
+                entry.suffix = before[0]
+                raise
         self._notify(origin, [], [], {uid: entry.flags()})
         return entry.flags()
 
@@ -399,7 +423,7 @@ class Folder:
                 pass
             del self._entries[uid]
             removed.append(uid)
-        self._persist([], [], removed)
+        self._persist_or_log([], [], removed)
         self._notify(origin, [], removed, {})
         return removed
 
@@ -413,7 +437,8 @@ class Folder:
         @param data: the message, L{bytes} or a binary file.
         @param flags: system flags and keywords.
         @param date: its internal date (seconds); now when L{None}.
-        @return: a Deferred of its UID.
+        @return: a Deferred of its UID; it fails with L{OSError} when the
+            message or the index could not be written (nothing is left).
         """
         if date is None:
             date = self.store.now()
@@ -428,7 +453,7 @@ class Folder:
         """
         Copy message C{uid} into Folder C{other} with its flags and date.
 
-        @return: a Deferred of its UID in C{other}.
+        @return: a Deferred of its UID in C{other} (failing as L{add}'s).
         """
         entry = self._entries[uid]
         flags = entry.flags()
@@ -442,34 +467,47 @@ class Folder:
         """
         Move messages into Folder C{other} (IMAP MOVE) by renaming their
         files, keeping flags and dates; C{cur/} of C{other} is fsync'd in a
-        thread before the Deferred fires.
+        thread before the Deferred fires. C{other}'s index names them
+        before the files move.
 
         @return: a Deferred of C{[(uid here, uid in other), ...]}, in UID
             order; a message whose file vanished is left out.
+        @raise OSError: C{other}'s index could not be written (nothing
+            moved), or a file could not be moved (those before it moved).
         """
-        moved, arrived, gone = [], [], []
+        entries = [self._entries[uid] for uid in sorted(set(uids)) if uid in self._entries]
+        arrived = [
+            _Entry(other._index.allocate(), entry.key, entry.suffix, entry.size,
+                   entry.internaldate, other._index.next_modseq(), entry.keywords)
+            for entry in entries
+        ]
+        other._entries.update((new.uid, new) for new in arrived)
         try:
-            for uid in sorted(set(uids)):
-                entry = self._entries.get(uid)
-                if entry is None:
-                    continue
+            other._persist(arrived, [], [])
+        except OSError:
+            for new in arrived:
+                del other._entries[new.uid]
+            raise
+        moved, failure = [], None
+        for entry, new in zip(entries, arrived):
+            if failure is None:
                 try:
                     os.rename(self._path(entry), other.path / "cur" / entry.name)
-                except FileNotFoundError:
+                except OSError as e:
+                    if not isinstance(e, FileNotFoundError):
+                        failure = e
+                else:
+                    del self._entries[entry.uid]
+                    moved.append((entry.uid, new.uid))
                     continue
-                del self._entries[uid]
-                gone.append(uid)
-                new = _Entry(other._index.allocate(), entry.key, entry.suffix,
-                             entry.size, entry.internaldate,
-                             other._index.next_modseq(), entry.keywords)
-                other._entries[new.uid] = new
-                arrived.append(new)
-                moved.append((uid, new.uid))
-        finally:
-            self._persist([], [], gone)
-            other._persist(arrived, [], [])
-            self._notify(origin, [], gone, {})
-            other._notify(None, [new.uid for new in arrived], [], {})
+            del other._entries[new.uid]  # its index line names no file: dropped at load
+        gone = [uid for uid, _ in moved]
+        self._persist_or_log([], [], gone)
+        # after a failure the session learns of the moved ones as expunges
+        self._notify(origin if failure is None else None, [], gone, {})
+        other._notify(None, [uid for _, uid in moved], [], {})
+        if failure is not None:
+            raise failure
         d = threads.deferToThread(fsync_directory, other.path / "cur")
         d.addCallback(lambda _: moved)
         return d
@@ -498,7 +536,8 @@ class Folder:
         stamp = self._stamp()
         found = self._scan()
         in_cur = dict(split_name(n) for n, where in found.items() if where == "cur")
-        if known is None or not in_cur.keys() <= known.keys():
+        reset = known is None or not in_cur.keys() <= known.keys()
+        if reset:
             if known:
                 log.warn(
                     "{path}: UID index is out of date; new UIDVALIDITY",
@@ -515,14 +554,20 @@ class Folder:
                 # (the first test is a shortcut for the usual ":2,<letters>")
                 if letters is not None and suffix[3:] != letters and letters != entry.letters:
                     changed.append(entry)
-        # after a reset all of cur/ is new to the index; new/ always is
-        new = self._move_new({n: where for n, where in found.items() if where == "new"})
-        in_cur.update(map(split_name, new))
-        added = self._new_entries(in_cur)
-        self._persist(added, changed, [])
-        self._settle(stamp)
-        if len(self._entries) - len(added) != len(known):
-            self._snapshot()  # files vanished while the server was down
+        vanished = len(self._entries) != len(known)
+        if vanished:
+            self._index.next_modseq()  # an expunge (RFC 7162)
+        # after a reset all of cur/ is new to the index; new/ always is.
+        # The index written then is stale anyway: a failure to write it
+        # changes nothing, the files go to cur/ all the same.
+        added = self._take_in(in_cur, found, changed, [], keep=reset)
+        if added is not None or reset:
+            self._settle(stamp)
+        if vanished and added is not None:
+            try:
+                self._snapshot()  # files vanished while the server was down
+            except OSError as e:
+                self._log_write_error(e)
 
     def _scan(self):
         """The message file names in C{cur/} and C{new/}: name -> C{"cur"} or C{"new"}."""
@@ -538,27 +583,53 @@ class Folder:
                     found[name] = where
         return found
 
-    def _move_new(self, found):
-        """Move the C{new/} files of a L{_scan} to C{cur/}; the names now there."""
-        result = []
+    def _take_in(self, unknown, found, changed, removed, keep=False):
+        """
+        Give UIDs to the files the index does not know: C{unknown} in
+        C{cur/} (key -> suffix) and those of C{new/} in C{found} (a
+        L{_scan}), in arrival order; write them to the index with the flag
+        C{changed} entries and the C{removed} UIDs; then move the C{new/}
+        files to C{cur/}.
+
+        If the index cannot be written, the failure is logged and, unless
+        C{keep}, the new files are forgotten: those in C{new/} stay there
+        for the next sync.
+
+        @return: the added entries, or L{None} after a failure.
+        """
+        arriving = {key: (suffix, "cur/" + key + suffix) for key, suffix in unknown.items()}
         for name, where in found.items():
             if where == "new":
                 key, suffix = split_name(name)
-                target = key + INFO_SEPARATOR + info_letters(suffix)
+                arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
+        added = self._new_entries(arriving)
+        try:
+            self._persist(added, changed, removed)
+        except OSError as e:
+            self._log_write_error(e)
+            if not keep:
+                for entry in added:
+                    del self._entries[entry.uid]
+                return None
+        for entry in added:
+            now = arriving[entry.key][1]
+            if now.startswith("new/"):
                 try:
-                    os.rename(self.path / "new" / name, self.path / "cur" / target)
-                except FileNotFoundError:
-                    continue  # taken by another process: it shows up in cur/
-                name = target
-            result.append(name)
-        return result
+                    os.rename(self.path / now, self._path(entry))
+                except FileNotFoundError:  # taken by another process
+                    del self._entries[entry.uid]
+        return [entry for entry in added if entry.uid in self._entries]
 
-    def _new_entries(self, names):
-        """Entries for new files (key -> suffix), with UIDs in arrival order."""
-        entries = (self._new_entry(key, names[key]) for key in sorted(names, key=arrival_order))
+    def _new_entries(self, arriving):
+        """
+        Entries for new files (key -> C{(suffix, path in the Maildir now)}),
+        with UIDs in arrival order.
+        """
+        entries = (self._new_entry(key, *arriving[key])
+                   for key in sorted(arriving, key=arrival_order))
         return [entry for entry in entries if entry is not None]
 
-    def _new_entry(self, key, suffix):
+    def _new_entry(self, key, suffix, where):
         """
         The size and arrival time come from the name (C{,S=} and the
         leading seconds, which the delivering program wrote), so a folder
@@ -571,7 +642,7 @@ class Folder:
             date = int(seconds)
         else:
             try:
-                st = os.stat(self.path / "cur" / (key + suffix))
+                st = os.stat(self.path / where)
             except FileNotFoundError:
                 return None
             size = st.st_size if size is None else size
@@ -581,14 +652,27 @@ class Folder:
         self._entries[entry.uid] = entry
         return entry
 
-    def _added(self, name, date, flags):
+    def _added(self, written, date, flags):
+        """
+        The second half of L{add} and L{copy}, on the reactor thread: a
+        UID, the index line, then the file from C{tmp/} into C{cur/}
+        (fsync'd in a thread).
+        """
+        temporary, name = written
         key, suffix = split_name(name)
         entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
                        self._index.next_modseq(), filter(is_keyword, flags))
         self._entries[entry.uid] = entry
-        self._persist([entry], [], [])
+        try:
+            self._persist([entry], [], [])
+            os.rename(temporary, self._path(entry))
+        except OSError:
+            del self._entries[entry.uid]
+            _remove(temporary)
+            raise
         self._notify(None, [entry.uid], [], {})
-        return entry.uid
+        d = threads.deferToThread(fsync_directory, self.path / "cur")
+        return d.addCallback(lambda _: entry.uid)
 
     def _persist(self, added, changed, removed):
         """
@@ -613,6 +697,20 @@ class Folder:
         if removed:
             self._index.append_removed(removed)
 
+    def _persist_or_log(self, added, changed, removed):
+        """
+        L{_persist} for changes the files already show (expunges): if the
+        index cannot be written, the next start reads them from the files.
+        """
+        try:
+            self._persist(added, changed, removed)
+        except OSError as e:
+            self._log_write_error(e)
+
+    def _log_write_error(self, error):
+        log.error("{path}: cannot write the UID index: {error}",
+                  path=str(self.path), error=error)
+
     def _snapshot(self):
         self._index.save(self._entries[uid].record() for uid in sorted(self._entries))
 
@@ -636,11 +734,11 @@ class Folder:
 
 def _write_message(maildir, data, flags, date):
     """
-    Write a message into C{tmp/}, fsync it, date it and rename it into
-    C{cur/} with its system flags; fsync C{cur/}. Runs in a thread.
+    Write a message into C{tmp/}, fsync it and date it. Runs in a thread;
+    L{Folder._added} moves it into C{cur/}.
 
     @param data: a path to copy, or an iterable of L{bytes}.
-    @return: the new file name in C{cur/}.
+    @return: C{(the file in tmp/, its name in cur/)}.
     """
     maildir = Path(maildir)
     temporary = maildir / "tmp" / unique_name(0)
@@ -655,15 +753,20 @@ def _write_message(maildir, data, flags, date):
             os.fsync(out.fileno())
             size = out.tell()
         os.utime(temporary, (date, date))
-        letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
-        name = unique_name(size) + INFO_SEPARATOR + letters
-        os.rename(temporary, maildir / "cur" / name)
-        fsync_directory(maildir / "cur")
     except BaseException:
-        if temporary.exists():
-            temporary.unlink()
+        _remove(temporary)
         raise
-    return name
+    letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
+    return temporary, unique_name(size) + INFO_SEPARATOR + letters
+
+
+def _remove(path):
+    """Unlink C{path} if it is there: clean-up after a failure."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
 
 def _crlf_lines(lines):
     """The lines of a binary file with a bare LF ending made CRLF."""
@@ -786,8 +889,7 @@ class MailStore:
         for depth in range(1, len(parts) + 1):
             parent = self.maildir(user, "/".join(parts[:depth]))
             if not (parent / "cur").is_dir():
-                ensure_maildir(parent)
-                (parent / "maildirfolder").touch()
+                _make_folder(parent)
 
     def delete_folder(self, user, name):
         """
@@ -811,7 +913,11 @@ class MailStore:
         folder = self._folders.pop((user, name), None)
         if folder is not None:
             folder._forget()
-        self.unsubscribe(user, name)
+        try:
+            self.unsubscribe(user, name)
+        except OSError as e:  # the folder is gone all the same; LSUB may list it
+            log.error("{user}: cannot unsubscribe deleted folder {name}: {error}",
+                      user=user, name=name, error=e)
         return threads.deferToThread(shutil.rmtree, trash, True)
 
     def rename_folder(self, user, old, new):
@@ -886,8 +992,38 @@ class MailStore:
         inbox = user_maildir(self.mail_root, user)
         ensure_maildir(inbox)
         temporary = inbox / (SUBSCRIPTIONS + ".tmp")
-        temporary.write_text("".join(n + "\n" for n in names), "utf-8")
-        os.replace(temporary, inbox / SUBSCRIPTIONS)
+        try:
+            _write_file(temporary, "".join(n + "\n" for n in names).encode("utf-8"))
+            os.replace(temporary, inbox / SUBSCRIPTIONS)
+        except OSError:
+            _remove(temporary)
+            raise
+
+
+def _write_file(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _make_folder(path):
+    """
+    A new Maildir++ folder, whole or not at all: C{cur/}, which makes a
+    directory a folder, comes last, and a directory made here is removed
+    again if a step fails (a full disk).
+    """
+    made = not os.path.isdir(path)
+    try:
+        for sub in ("new", "tmp"):
+            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+        _write_file(os.path.join(path, "maildirfolder"), b"")
+        os.mkdir(os.path.join(path, "cur"), mode=0o700)
+    except OSError:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _canonical(name):

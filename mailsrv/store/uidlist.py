@@ -8,14 +8,22 @@ The per-folder UID index file (format in docs/store.md):
     -<modseq>:<uid>[ <uid>...]                    (messages removed)
 
 The first two kinds of lines are a snapshot, written whole to a temporary
-file and renamed over the old one, so a reader sees the old or the new
-snapshot, never half of one. Changes after it are appended as lines (new
-messages as entry lines, flag changes as C{=} lines, removals as C{-}
-lines) until there are enough of them to be worth a new snapshot: a flag
-change in a folder of 50,000 messages writes one line, not the folder.
+file, fsync'd and renamed over the old one, so a reader sees the old or the
+new snapshot, never half of one, even after a power cut. Changes after it
+are appended as lines (new messages as entry lines, flag changes as C{=}
+lines, removals as C{-} lines) until there are enough of them to be worth a
+new snapshot: a flag change in a folder of 50,000 messages writes one line,
+not the folder.
+
+A write can fail half done (a full disk takes what fits, a kill cuts it):
+the reader ignores a last line that is cut short or does not parse, and
+the next append first cuts the file back to its last whole line, so a torn
+line never ends up in the middle of the file.
 """
 
 import os
+
+from mailsrv.store.delivery import fsync_directory, write_all
 
 from twisted.logger import Logger
 
@@ -46,6 +54,9 @@ class UidList:
     @ivar appended: change lines written since the last snapshot.
     @ivar snapshot_due: whether the next write must be a snapshot (no file
         yet, a damaged one, or a reset).
+    @ivar whole: the length in bytes of the file's whole lines, as far as
+        this object knows: anything after it is a torn write, cut off
+        before the next append.
     """
 
     FILENAME = "mailsrv-uidlist"
@@ -57,6 +68,7 @@ class UidList:
         self.highestmodseq = 0
         self.appended = 0
         self.snapshot_due = True
+        self.whole = 0
 
     def load(self):
         """
@@ -69,24 +81,41 @@ class UidList:
             does not know (a version 1 index); C{keywords} a tuple.
         """
         try:
-            with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
+            with open(self.path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
         try:
-            return self._parse(text)
+            return self._parse(data)
         except (ValueError, KeyError) as e:
             log.warn("{path}: damaged UID index ({error}); rebuilding it",
                      path=str(self.path), error=e)
             return None
 
-    def _parse(self, text):
-        lines = text.split("\n")
-        # an append cut short by a crash: its change is lost, the rest holds
-        # (a message it added is in cur/ but unknown: see Folder._load)
+    def _parse(self, data):
+        lines = data.decode("utf-8", "surrogateescape").split("\n")
+        # an append cut short (a crash, a full disk): its change is lost,
+        # the rest holds; the next append cuts it off (see _append)
         lines.pop()
+        whole = data.rfind(b"\n") + 1
         if not lines:
             raise ValueError("truncated")
+        try:
+            entries = self._apply(lines)
+        except (ValueError, KeyError) as e:
+            if len(lines) < 2:
+                raise
+            # a last line that does not parse is a torn write too
+            log.warn("{path}: ignoring a damaged last line of the UID index ({error})",
+                     path=str(self.path), error=e)
+            lines.pop()
+            whole = data.rfind(b"\n", 0, whole - 1) + 1
+            entries = self._apply(lines)
+        self.whole = whole
+        return entries
+
+    def _apply(self, lines):
+        """The entries C{lines} (a header and whole lines) describe."""
         header = lines[0].split()
         if len(header) < 4 or header[0] != MAGIC or header[1] not in READABLE_VERSIONS:
             raise ValueError("unknown header")
@@ -110,8 +139,11 @@ class UidList:
                 changes += 1
                 modseq, _, uids = line[1:].partition(":")
                 modseq = int(modseq)
-                for uid in uids.split():
-                    del entries[keys.pop(int(uid))]
+                removed = [int(uid) for uid in uids.split()]
+                if not keys.keys() >= set(removed):
+                    raise KeyError("unknown UID removed")
+                for uid in removed:
+                    del entries[keys.pop(uid)]
             else:
                 if version == "1":
                     uid, internaldate, size, key = line.split(" ", 3)
@@ -158,18 +190,32 @@ class UidList:
 
     def save(self, entries):
         """
-        Replace the file with a snapshot.
+        Replace the file with a snapshot: a temporary file, fsync'd, renamed
+        over the old one, and the directory fsync'd. If any step fails, the
+        old file is left as it was.
 
         @param entries: C{(key, uid, internaldate, size, modseq, letters,
             keywords)} tuples in UID order.
+        @raise OSError: the snapshot could not be written.
         """
         lines = [f"{MAGIC} {VERSION} {self.uidvalidity} {self.uidnext} "
                  f"{self.highestmodseq}\n"]
         lines.extend(map(_entry_line, entries))
+        data = "".join(lines).encode("utf-8", "surrogateescape")
         temporary = f"{self.path}.tmp"
-        with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("".join(lines))
-        os.replace(temporary, self.path)
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except OSError:
+            _remove(temporary)
+            raise
+        fsync_directory(os.path.dirname(self.path))
+        self.whole = len(data)
         self.appended = 0
         self.snapshot_due = False
 
@@ -189,9 +235,38 @@ class UidList:
         self._append([f"-{self.highestmodseq}:{' '.join(map(str, uids))}\n"])
 
     def _append(self, lines):
-        with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("".join(lines))
+        """
+        Append whole lines, after cutting off what a failed write left
+        behind (see L{whole}). A write that fails is cut off at once too
+        where possible.
+
+        @raise OSError: the lines could not be written; the file's whole
+            lines are as before.
+        """
+        data = "".join(lines).encode("utf-8", "surrogateescape")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size > self.whole:
+                os.ftruncate(fd, self.whole)
+            try:
+                write_all(fd, data)
+            except OSError:
+                try:
+                    os.ftruncate(fd, self.whole)
+                except OSError:
+                    pass  # the next append tries again
+                raise
+        finally:
+            os.close(fd)
+        self.whole += len(data)
         self.appended += len(lines)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _entry_line(entry):
