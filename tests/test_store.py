@@ -193,8 +193,8 @@ class UIDTests(StoreTestCase):
                         f"6 {info.internaldate} {info.size} {info.key}\n")
         again = self.restart()
         self.assertEqual((again.uidvalidity, again.uids(), again.uidnext), (1600000000, [6], 7))
+        self.assertTrue(path.read_text().startswith("mailsrv-uidlist 2 1600000000 7 "))
         again.set_flags(6, {"\\Flagged"})
-        self.assertTrue(path.read_text().startswith("mailsrv-uidlist 2 1600000000 7 2\n"))
         self.assertEqual(self.restart().message(6).modseq, 2)
 
 
@@ -353,6 +353,16 @@ class FullDiskTests(StoreTestCase):
         again = self.restart()
         self.assertEqual(again.uidvalidity, 1_700_000_000)
         self.assertEqual([m.flags for m in again.messages()], [{"$A"}, {"$B"}])
+
+    def test_uidvalidity_of_an_empty_folder_survives_a_restart(self):
+        """
+        The crash test's finding: an empty folder's index was written only
+        with its first message, so a client that saw UIDVALIDITY and then
+        a restart (or kill -9) saw another one.
+        """
+        first = self.store.folder(ALICE).uidvalidity
+        self.clock.advance(10)
+        self.assertEqual(self.restart().uidvalidity, first)
 
     def test_garbage_last_index_line_is_ignored_then_cut(self):
         self.deliver(1)

@@ -563,9 +563,11 @@ class Folder:
         added = self._take_in(in_cur, found, changed, [], keep=reset)
         if added is not None or reset:
             self._settle(stamp)
-        if vanished and added is not None:
+        # files vanished while the server was down, or a new (empty) index:
+        # its UIDVALIDITY is on disk before any client sees it
+        if added is not None and (vanished or self._index.snapshot_due):
             try:
-                self._snapshot()  # files vanished while the server was down
+                self._snapshot()
             except OSError as e:
                 self._log_write_error(e)
 

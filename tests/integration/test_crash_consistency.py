@@ -280,7 +280,3 @@ class CrashConsistencyTests(unittest.TestCase):
     def test_uidvalidity_never_changes(self):
         self.assertEqual(Crashes.once(self).uidvalidity_changes, [])
 
-    test_uidvalidity_never_changes.todo = (
-        "store (owner: uidlist/folder): Folder.sync moves new/ files to cur/ before "
-        "the index records them; a SIGKILL in between leaves cur/ files the index "
-        "does not know, and loading takes that for an old index: new UIDVALIDITY")
