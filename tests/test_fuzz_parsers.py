@@ -189,7 +189,10 @@ class ListFileTests(unittest.TestCase):
             f.write(b"10.0.0.1\n\xff\xfe\n")
         with self.assertRaises(ListFileError) as caught:
             netaddr.read_entries(self.path)
-        self.assertEqual(str(caught.exception), f"{self.path}:2: not UTF-8 text")
+        # the line's own parser refuses it (bytes that are not UTF-8 reach
+        # it as lone surrogates): the users file can then skip just that line
+        self.assertTrue(str(caught.exception).startswith(f"{self.path}:2: "),
+                        caught.exception)
 
     @examples(300)
     @given(st.one_of(LIST_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),

@@ -108,7 +108,10 @@ class RealClientTests(unittest.TestCase):
         return found
 
     def run_client(self, argv, **kw):
+        # no PYTHONPATH: `trial -j` sets it to our interpreter's path, whose
+        # compiled modules break the Debian Python of offlineimap and getmail
         env = {**os.environ, "HOME": str(self.home)}
+        env.pop("PYTHONPATH", None)
         run = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                              env=env, cwd=self.home, **kw)
         self.assertEqual(run.returncode, 0, f"{argv[0]}:\n{run.stdout}\n{run.stderr}")
