@@ -237,15 +237,16 @@ class Deadline:
             return
         self._cancel()
         self._stopped = True
-        log.info("{connection}: {why}; closing", connection=self.name, why=_WHY[reason])
+        log.info("{connection}: {why}; closing", connection=self.name, why=WHY[reason])
         self._expired(reason)
         if not self._gone:
             self._call = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
 
-_WHY = {
+# Why a connection was closed: the log line's words, and the client's.
+WHY = {
     IDLE: "idle too long",
-    COMMAND: "command line not complete in time",
+    COMMAND: "command not complete in time",
     DATA: "message data too slow",
     LOGIN: "no login in time",
     EVICTED: "evicted to make room for a new connection",

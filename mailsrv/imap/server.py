@@ -24,7 +24,12 @@ matter to real clients closed. Each override below says which gap:
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals) gets a
   BAD and the connection goes on; Twisted's replies built from C{str} (a
-  TypeError that left the client waiting) are replaced.
+  TypeError that left the client waiting) are replaced;
+- deadlines (L{mailsrv.deadline}) replace Twisted's idle timer, which every
+  line and every literal chunk restarted: a login within C{login_timeout},
+  each command line within C{command_timeout}, literals at
+  C{min_data_rate}, silence (IDLE included) up to C{idle_timeout} after
+  login.
 """
 
 import datetime
@@ -40,6 +45,7 @@ from twisted.mail import imap4
 
 from mailsrv import __version__, sasl
 from mailsrv.context import is_secure
+from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
 from mailsrv.imap.mailbox import ChangedSince
@@ -119,6 +125,7 @@ class IMAPServer(imap4.IMAP4Server):
     IDENT = b"mailsrv IMAP4rev1 ready"
     MAX_LENGTH = 65536
     IDLE_POLL = 15  # seconds between folder scans while a client IDLEs
+    deadline = None
 
     def __init__(self, server, listener, portal):
         starttls = listener.tls in ("starttls", "required")
@@ -174,8 +181,41 @@ class IMAPServer(imap4.IMAP4Server):
 
     # Connection
 
+    def connectionMade(self):
+        self.deadline = Deadline(
+            self.server.clock, self.listener.timeouts, self.factory.load, self.transport,
+            f"imap {self._peer_ip()}", self._deadline_passed,
+        )
+        super().connectionMade()
+
+    def _deadline_passed(self, reason):
+        if reason == EVICTED:
+            self.sendUntaggedResponse(b"BYE [UNAVAILABLE] Too many connections; closing")
+        else:
+            self.sendUntaggedResponse(b"BYE Autologout; " + WHY[reason].encode("ascii"))
+        self.transport.loseConnection()
+
+    # Twisted's idle timer is replaced by the deadline: its calls do nothing.
+
+    def setTimeout(self, period):
+        return None
+
+    def resetTimeout(self):
+        pass
+
+    def setRawMode(self):
+        """A literal follows."""
+        self.deadline.expect_data()
+        super().setRawMode()
+
+    def setLineMode(self, extra=b""):
+        self.deadline.expect_command()
+        return super().setLineMode(extra)
+
     def connectionLost(self, reason):
         self._lost = True
+        if self.deadline is not None:
+            self.deadline.stop()
         self._stop_idle_poll()
         if self.mbox is not None:
             self.mbox.removeListener(self)
@@ -215,6 +255,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def dataReceived(self, data):
         """Drop the rest of an overlong line, then parse as usual."""
+        self.deadline.received(data)
         while True:
             if self._discarding:
                 _, newline, data = data.partition(b"\n")
@@ -245,6 +286,7 @@ class IMAPServer(imap4.IMAP4Server):
             # the command waits on a Deferred: read nothing more until it
             # has answered (twisted#9282); literals and IDLE still read
             self.pauseProducing()
+            self.deadline.hold()
 
     def parse_command(self, line):
         parts = line.split(None, 2)
@@ -345,8 +387,10 @@ class IMAPServer(imap4.IMAP4Server):
             self._send_expunges()
         super()._respond(state, tag, message)
         self._tag = self._command = None
-        if self.paused and not self._lost:
-            self.resumeProducing()
+        if not self._lost:
+            self.deadline.release()
+            if self.paused:
+                self.resumeProducing()
 
     def _send_expunges(self):
         for seq in self.mbox.take_expunges():
@@ -437,7 +481,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.account = account
         self._onLogout = logout
         self.state = "auth"
-        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        self.deadline.logged_in()
         log.info("login ok: user={user} ip={ip} protocol=imap", user=account.user, ip=ip)
         d = defer.maybeDeferred(
             self.server.sessions.record_login, account.user, ip, "imap"
@@ -1117,6 +1161,13 @@ def _text(value):
 
 
 class IMAPFactory(protocol.ServerFactory):
+    """
+    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
+        sets it): whether it is under stress.
+    """
+
+    load = Unloaded()
+
     def __init__(self, server, listener):
         self.server = server
         self.listener = listener
