@@ -5,14 +5,15 @@ Slow clients against the real server with its default limits and timeouts
 TRICKLERS connections from ADDRESSES loopback addresses (127.0.0.2, ...)
 each read the greeting, then send one byte of a command line every EVERY
 seconds, never its end; a trickler that is cut connects again at once, so
-the pressure lasts the whole run. Every PROBE_EVERY seconds a client from a
-fresh address (127.0.1.N) connects and waits for its greeting.
+the pressure lasts the whole run (with --once it does not: then the run
+shows how long the first crowd lasts). Every PROBE_EVERY seconds a client
+from a fresh address (127.0.1.N) connects and waits for its greeting.
 
 Prints how long the longest trickler connection lived, how many were cut
 for a timeout and how many made room for another, and how many probes were
 greeted. The goal: every probe greeted, no trickler kept over 120 s.
 
-    python bench/slow_clients.py [smtp|pop3|imap] [SECONDS] [TRICKLERS] [ADDRESSES]
+    python bench/slow_clients.py [--once] [smtp|pop3|imap] [SECONDS] [TRICKLERS] [ADDRESSES]
 """
 
 import select
@@ -31,8 +32,9 @@ GREETINGS = {"smtp": b"220 ", "pop3": b"+OK", "imap": b"* OK"}
 
 
 class Trickler:
-    def __init__(self, address, source):
-        self.address, self.source = address, source
+    def __init__(self, address, source, reconnect):
+        self.address, self.source, self.reconnect = address, source, reconnect
+        self.open = True
         self.lifetimes = []
         self.reasons = []
         self.connect()
@@ -66,7 +68,10 @@ class Trickler:
         lines = self.received.splitlines()
         self.reasons.append(lines[-1].decode(errors="replace") if len(lines) > 1 else "(none)")
         self.socket.close()
-        self.connect()
+        if self.reconnect:
+            self.connect()
+        else:
+            self.open = False
         return self.lifetimes[-1]
 
 
@@ -83,6 +88,8 @@ def probe(address, protocol, n):
 
 
 def main(argv):
+    once = "--once" in argv
+    argv = [a for a in argv if a != "--once"]
     protocol = argv[1] if len(argv) > 1 else "smtp"
     seconds = float(argv[2]) if len(argv) > 2 else 180
     count = int(argv[3]) if len(argv) > 3 else 300
@@ -91,22 +98,24 @@ def main(argv):
     try:
         address = server.address(protocol)
         sources = [f"127.0.0.{n}" for n in range(2, 2 + addresses)]
-        tricklers = [Trickler(address, sources[i % addresses]) for i in range(count)]
+        tricklers = [Trickler(address, sources[i % addresses], not once) for i in range(count)]
         print(f"{protocol}: {count} tricklers from {addresses} addresses, one byte every "
-              f"{EVERY} s, reconnecting when cut; {seconds:g} s", flush=True)
+              f"{EVERY} s, {'once' if once else 'reconnecting when cut'}; {seconds:g} s",
+              flush=True)
         start = time.monotonic()
         next_probe, probes = start + PROBE_EVERY, []
         while time.monotonic() < start + seconds:
-            select.select([t.socket for t in tricklers], [], [], 0.5)
+            live = [t for t in tricklers if t.open]
+            select.select([t.socket for t in live], [], [], 0.5)
             now = time.monotonic()
-            for t in tricklers:
+            for t in live:
                 t.step(now)
             if now >= next_probe:
                 next_probe = now + PROBE_EVERY
                 probes.append(probe(address, protocol, len(probes)))
         end = time.monotonic()
         lifetimes = [x for t in tricklers for x in t.lifetimes]
-        still_open = [end - t.opened for t in tricklers]
+        still_open = [end - t.opened for t in tricklers if t.open]
         reasons = {}
         for t in tricklers:
             for reason in t.reasons:
@@ -115,7 +124,7 @@ def main(argv):
         greeted = [p for p in probes if p[0]]
         print(f"connections cut: {len(lifetimes)}; longest lived "
               f"{max(lifetimes or [0]):.1f} s; open now: {len(still_open)}, the oldest "
-              f"{max(still_open):.1f} s")
+              f"{max(still_open, default=0):.1f} s")
         for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
             print(f"  {n:6d}  {reason}")
         print(f"fresh clients greeted: {len(greeted)} of {len(probes)}; slowest greeting "
@@ -124,7 +133,8 @@ def main(argv):
             if not p[0]:
                 print(f"  refused: {p[1]}")
         for t in tricklers:
-            t.socket.close()
+            if t.open:
+                t.socket.close()
     finally:
         server.cleanup()
 

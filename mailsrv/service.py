@@ -239,7 +239,9 @@ class ConnectionLimits(policies.WrappingFactory):
         self.per_ip = per_ip
         self.stress_connections = stress_connections
         self.active = 0
-        self.connections = set()  # the _LimitedProtocols counted in active
+        # the _LimitedProtocols counted in active, oldest first (a dict keeps
+        # the order, so of equally idle connections the oldest is evicted)
+        self.connections = {}
         wrapped.load = self
 
     def buildProtocol(self, addr):
@@ -260,7 +262,7 @@ class ConnectionLimits(policies.WrappingFactory):
         was_stressed = self.stressed
         self.active += 1
         self.per_ip[connection.counted_ip] += 1
-        self.connections.add(connection)
+        self.connections[connection] = None
         if self.stressed and not was_stressed:
             for other in list(self.connections):
                 if other.deadline is not None:
@@ -270,7 +272,7 @@ class ConnectionLimits(policies.WrappingFactory):
     def release(self, connection):
         if connection not in self.connections:
             return
-        self.connections.remove(connection)
+        del self.connections[connection]
         self.active -= 1
         ip = connection.counted_ip
         self.per_ip[ip] -= 1

@@ -6,10 +6,10 @@ listener evicts a slow client to greet a new one.
 """
 
 from collections import Counter
+from pathlib import Path
 
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
+from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -19,6 +19,7 @@ from mailsrv.smtp.server import build_factory as smtp_factory
 from tests.test_imap import Client as IMAPClient
 from tests.test_imap import make_mail_server as make_imap_server
 from tests.test_pop3 import Harness as POP3Harness
+from tests.test_service import connect_through
 from tests.test_smtp.support import (
     Connection,
     files_on_disk,
@@ -163,11 +164,9 @@ class POP3SlowClientTests(unittest.TestCase):
 class IMAPSlowClientTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
-        root = self.mktemp()
-        import pathlib
-
-        pathlib.Path(root).mkdir()
-        self.server = make_imap_server(pathlib.Path(root), self.clock)
+        root = Path(self.mktemp())
+        root.mkdir()
+        self.server = make_imap_server(root, self.clock)
 
     def client(self):
         c = IMAPClient(self.server)
@@ -259,12 +258,7 @@ class EvictionTests(unittest.TestCase):
                                        stress_connections=3)
 
     def connect(self, ip):
-        address = IPv4Address("TCP", ip, 40000)
-        protocol = self.limits.buildProtocol(address)
-        transport = StringTransportWithDisconnection(peerAddress=address)
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        return transport
+        return connect_through(self.limits, ip)[1]
 
     def test_slow_client_evicted_for_a_fresh_address(self):
         log = LogLines(self)
