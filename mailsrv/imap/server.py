@@ -17,16 +17,16 @@ matter to real clients closed. Each override below says which gap:
   BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
   3501 allows (not during FETCH, STORE or SEARCH);
 - IDLE ends on DONE only, and sees new mail while it lasts;
-- the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
-  UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
-  folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
-  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
-  keywords are stored (PERMANENTFLAGS has C{\\*});
 - deadlines (L{mailsrv.deadline}) replace Twisted's idle timer, which every
   line and every literal chunk restarted: a login within C{login_timeout},
   each command line within C{command_timeout}, literals at
   C{min_data_rate}, silence (IDLE included) up to C{idle_timeout} after
   login;
+- the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
+  UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
+  folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
+  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
+  keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals) gets a
   BAD and the connection goes on; Twisted's replies built from C{str} (a
   TypeError that left the client waiting) are replaced.
