@@ -78,7 +78,8 @@ class Trickler:
 def probe(address, protocol, n):
     started = time.monotonic()
     try:
-        with socket.create_connection(address, 10, source_address=(f"127.0.1.{n % 250 + 1}", 0)) as s:
+        source = (f"127.0.1.{n % 250 + 1}", 0)
+        with socket.create_connection(address, 10, source_address=source) as s:
             s.settimeout(10)
             line = s.makefile("rb").readline()
     except OSError as e:

@@ -100,7 +100,7 @@ class Deadline:
         self.name = name
         self._expired = expired
         now = clock.seconds()
-        self._login_ends = None if timeouts.login is None else now
+        self._login_since = None if timeouts.login is None else now  # connected, not logged in
         self._waiting_since = now
         self._line_started = None  # the first byte of an unfinished line
         self._data_ends = None  # set while message data is expected
@@ -130,7 +130,8 @@ class Deadline:
         now = self.clock.seconds()
         if self._data_ends is not None:
             gained = len(data) / self.timeouts.min_data_rate
-            self._data_ends = min(self._data_ends + gained, now + self._limit(self.timeouts.command))
+            cap = now + self._limit(self.timeouts.command)
+            self._data_ends = min(self._data_ends + gained, cap)
             self.last_progress = now
         else:
             end = data.rfind(b"\n")
@@ -171,7 +172,7 @@ class Deadline:
     def logged_in(self):
         """POP3/IMAP login (SMTP: AUTH or a first accepted MAIL): no login deadline now."""
         self._logged_in = True
-        self._login_ends = None
+        self._login_since = None
         self._arm()
 
     def refresh(self):
@@ -205,8 +206,8 @@ class Deadline:
             ends = [(self._line_started + self._limit(t.command), COMMAND)]
         else:
             ends = [(self._waiting_since + self._limit(t.idle), IDLE)]
-        if self._login_ends is not None:
-            ends.append((self._login_ends + self._limit(t.login), LOGIN))
+        if self._login_since is not None:
+            ends.append((self._login_since + self._limit(t.login), LOGIN))
         return min(ends)
 
     def _arm(self):
