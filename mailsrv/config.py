@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mailsrv.deadline import Timeouts
 from mailsrv.filters.actions import HEADER, parse_action
 from mailsrv.filters.dnsbl import DNSBL
 
@@ -52,6 +53,10 @@ def _one_line(text):
 DEFAULT_BACKLOG = 1024
 _BACKLOG_ENDPOINTS = frozenset({"tcp", "tcp6", "ssl", "unix"})
 
+# [[listen]] idle_timeout: RFC 5321 4.5.3.2.7 (SMTP, at least 5 minutes),
+# RFC 1939 3 (POP3, at least 10), RFC 3501 5.4 (IMAP, at least 30).
+DEFAULT_IDLE_TIMEOUTS = {"smtp": 300, "pop3": 600, "imap": 1800}
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -72,6 +77,12 @@ class Listener:
     client_cert: Optional[str]
     access: "ListenerAccessSettings" = field(default_factory=lambda: ListenerAccessSettings())
     backlog: int = DEFAULT_BACKLOG
+    timeouts: Optional[Timeouts] = None  # None: the protocol's defaults
+
+    def __post_init__(self):
+        if self.timeouts is None:
+            object.__setattr__(self, "timeouts",
+                               default_timeouts(self.protocol, self.max_connections))
 
     @property
     def listen_endpoint(self):
@@ -653,6 +664,7 @@ def _listeners(path, tables):
                 f"unknown value {client_cert!r}",
                 "one of: " + ", ".join(CLIENT_CERT_MODES),
             )
+        max_connections = table.integer("max_connections", 200, 1)
         listeners.append(
             Listener(
                 index=index,
@@ -660,15 +672,51 @@ def _listeners(path, tables):
                 role=role,
                 endpoint=endpoint,
                 tls=table.string("tls", "starttls", TLS_MODES),
-                max_connections=table.integer("max_connections", 200, 1),
+                max_connections=max_connections,
                 auth=table.boolean("auth", True),
                 client_cert=client_cert,
                 access=_listener_access(table, protocol, Path(path).parent),
                 backlog=table.integer("backlog", DEFAULT_BACKLOG, 1),
+                timeouts=_timeouts(table, protocol, max_connections),
             )
         )
         table.check_unknown()
     return tuple(listeners)
+
+
+def default_timeouts(protocol, max_connections):
+    """A listener's time limits when its table sets none."""
+    return Timeouts(
+        idle=DEFAULT_IDLE_TIMEOUTS[protocol],
+        command=60,
+        min_data_rate=500,  # Postfix's smtpd_min_data_rate
+        login=None if protocol == "smtp" else 60,
+        stress_connections=max(1, max_connections * 4 // 5),
+        stress=10,  # Postfix's smtpd_timeout under stress
+    )
+
+
+def _timeouts(table, protocol, max_connections):
+    """A listener's time limits (docs/config.md, "Timeouts")."""
+    default = default_timeouts(protocol, max_connections)
+    if default.login is None and "login_timeout" in table.data:
+        raise table.error("login_timeout", "only pop3 and imap listeners have one",
+                          "SMTP clients need not log in; see command_timeout")
+    return Timeouts(
+        idle=_seconds(table, "idle_timeout", default.idle),
+        command=_seconds(table, "command_timeout", default.command),
+        min_data_rate=table.integer("min_data_rate", default.min_data_rate, 1),
+        login=default.login and _seconds(table, "login_timeout", default.login),
+        stress_connections=table.integer("stress_connections", default.stress_connections, 1),
+        stress=_seconds(table, "stress_timeout", default.stress),
+    )
+
+
+def _seconds(table, key, default):
+    value = table.get(key, float, float(default))
+    if value <= 0:
+        raise table.error(key, f"must be more than 0 seconds, not {value:g}")
+    return value
 
 
 def _listener_access(table, protocol, base):

@@ -132,6 +132,7 @@ def make_service(settings):
             max_connections=listener.max_connections,
             max_per_ip=settings.access.max_connections_per_ip,
             per_ip=per_ip,
+            stress_connections=listener.timeouts.stress_connections,
             access=server.access_for(listener),
             denied_reply=DENIED_REPLIES[listener.protocol],
             later_reply=LATER_REPLIES[listener.protocol],
@@ -220,10 +221,20 @@ class ConnectionLimits(policies.WrappingFactory):
     protocol sees the client: a refused client gets the protocol's "denied"
     line. Also turns on TCP_NODELAY: without it small replies wait ~40 ms
     on Nagle and the client's delayed ACK.
+
+    Slow clients must not lock others out (issue 13): from
+    C{stress_connections} open connections on, the listener is under stress
+    and every connection's deadlines shrink (L{mailsrv.deadline}); when it
+    is full, a new client takes the place of a connection that has not
+    logged in, from the address holding the most connections, the one that
+    made no progress for longest (Dovecot's "Connection queue full").
+    The wrapped factory's C{load} is set to this object.
+
+    @ivar active: connections counted against C{max_connections}.
     """
 
     def __init__(self, wrapped, busy_reply, max_connections, max_per_ip, per_ip,
-                 access=None, denied_reply=b"", later_reply=b""):
+                 access=None, denied_reply=b"", later_reply=b"", stress_connections=None):
         super().__init__(wrapped)
         # One "listening:" line per listener says enough; no per-factory chatter.
         self.noisy = wrapped.noisy = False
@@ -234,33 +245,85 @@ class ConnectionLimits(policies.WrappingFactory):
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
         self.per_ip = per_ip
+        self.stress_connections = stress_connections
         self.active = 0
+        # the _LimitedProtocols counted in active, oldest first (a dict keeps
+        # the order, so of equally idle connections the oldest is evicted)
+        self.connections = {}
+        wrapped.load = self
 
     def buildProtocol(self, addr):
         return _LimitedProtocol(self, self.wrappedFactory.buildProtocol(addr))
+
+    @property
+    def stressed(self):
+        return self.stress_connections is not None and self.active >= self.stress_connections
+
+    def admit(self, connection):
+        """
+        Count a new connection, or return False when there is no room. The
+        last slot taken puts the listener under stress: the open connections
+        get their shorter deadlines at once.
+        """
+        if self.active >= self.max_connections and not self._evict():
+            return False
+        was_stressed = self.stressed
+        self.active += 1
+        self.per_ip[connection.counted_ip] += 1
+        self.connections[connection] = None
+        if self.stressed and not was_stressed:
+            for other in list(self.connections):
+                if other.deadline is not None:
+                    other.deadline.refresh()
+        return True
+
+    def release(self, connection):
+        if connection not in self.connections:
+            return
+        del self.connections[connection]
+        self.active -= 1
+        ip = connection.counted_ip
+        self.per_ip[ip] -= 1
+        if not self.per_ip[ip]:
+            del self.per_ip[ip]
+
+    def _evict(self):
+        """Close the least useful connection that has not logged in; False if none may go."""
+        candidates = [c for c in self.connections
+                      if c.deadline is not None and c.deadline.evictable]
+        if not candidates:
+            return False
+        victim = max(candidates, key=lambda c: (self.per_ip[c.counted_ip],
+                                                -c.deadline.last_progress))
+        self.release(victim)
+        victim.deadline.evict()
+        return True
 
 
 class _LimitedProtocol(policies.ProtocolWrapper):
     counted_ip = None
     _held = None  # input that arrived while the connection stage decides
 
+    @property
+    def deadline(self):
+        """The wrapped protocol's L{mailsrv.deadline.Deadline}, once it has one."""
+        return getattr(self.wrappedProtocol, "deadline", None)
+
     def makeConnection(self, transport):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         limits = self.factory
         ip = peer_ip(transport.getPeer())
-        if (limits.active >= limits.max_connections
-                or limits.per_ip[ip] >= limits.max_per_ip):
+        self.counted_ip = ip
+        if limits.per_ip[ip] >= limits.max_per_ip or not limits.admit(self):
             log.info("refused connection from {ip}: connection limit", ip=ip)
             # Not handed to the wrapped protocol at all: only the busy line.
+            self.counted_ip = None
             self.transport = transport
             self.connected = 1
             transport.write(limits.busy_reply)
             transport.loseConnection()
             return
-        limits.active += 1
-        limits.per_ip[ip] += 1
-        self.counted_ip = ip
         if limits.access is None or not limits.access.settings.restricted:
             return super().makeConnection(transport)
         # Held until the connection stage decides: input waits, unread.
@@ -279,8 +342,8 @@ class _LimitedProtocol(policies.ProtocolWrapper):
             limits = self.factory
             transport.write(limits.later_reply if decision.temporary
                             else limits.denied_reply.replace(b"%s", ip.encode()))
+            limits.release(self)
             self.counted_ip = None
-            self._release(ip)
             transport.loseConnection()
             return
         super().makeConnection(transport)
@@ -302,13 +365,6 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         self.connected = 0
         if self.counted_ip is None:
             return
-        self._release(self.counted_ip)
+        self.factory.release(self)
         if self._held is None:
             super().connectionLost(reason)
-
-    def _release(self, ip):
-        limits = self.factory
-        limits.active -= 1
-        limits.per_ip[ip] -= 1
-        if not limits.per_ip[ip]:
-            del limits.per_ip[ip]

@@ -7,6 +7,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from mailsrv import config
+from mailsrv.deadline import Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,22 @@ class DefaultsTests(unittest.TestCase):
             "tcp:2527:backlog=7",  # the endpoint's own value wins
         ])
         self.assertEqual(s.listeners[0].name, "smtp/mx tcp:2525:interface=127.0.0.1")
+
+    def test_listen_timeouts(self):
+        """Each protocol's RFC idle timeout; stress at 80 % of max_connections."""
+        s = config.parse({"listen": [
+            {"protocol": "smtp", "endpoint": "tcp:25"},
+            {"protocol": "pop3", "endpoint": "tcp:110", "max_connections": 50},
+            {"protocol": "imap", "endpoint": "tcp:143", "idle_timeout": 900,
+             "login_timeout": 30.5, "command_timeout": 20, "min_data_rate": 100,
+             "stress_connections": 7, "stress_timeout": 3},
+        ]}, Path("/x"))
+        smtp, pop3, imap = (l.timeouts for l in s.listeners)
+        self.assertEqual(smtp, Timeouts(idle=300, command=60, min_data_rate=500, login=None,
+                                        stress_connections=160, stress=10))
+        self.assertEqual((pop3.idle, pop3.login, pop3.stress_connections), (600, 60, 40))
+        self.assertEqual(imap, Timeouts(idle=900, command=20, min_data_rate=100, login=30.5,
+                                        stress_connections=7, stress=3))
 
     def test_relative_paths_are_relative_to_the_config_file(self):
         s = config.parse({"users": {"file": "u"}, "tls": {"cert": "/abs/c.pem"}},
@@ -125,6 +142,12 @@ class ErrorTests(unittest.TestCase):
         ({"listen": [{"protocol": "smtp", "endpoint": "tcp:25", "backlog": 0}]},
          "/c.toml: [listen #1] backlog: must be at least 1, not 0"),
         ({"listen": []}, "/c.toml: [[listen]]: no listeners"),
+        ({"listen": [{"protocol": "smtp", "endpoint": "tcp:25", "login_timeout": 5}]},
+         "/c.toml: [listen #1] login_timeout: only pop3 and imap listeners have one"),
+        ({"listen": [{"protocol": "imap", "endpoint": "tcp:143", "idle_timeout": 0}]},
+         "/c.toml: [listen #1] idle_timeout: must be more than 0 seconds, not 0"),
+        ({"listen": [{"protocol": "imap", "endpoint": "tcp:143", "command_timeout": "1m"}]},
+         "/c.toml: [listen #1] command_timeout: must be a number, not a string"),
         ({"delivery": {"smart_host": "relay:99999"}},
          "/c.toml: [delivery] smart_host: bad port in 'relay:99999'"),
         ({"tls": {"client_cert": "require"}},

@@ -956,8 +956,8 @@ class BadInputTests(IMAPTestCase):
 
     def test_idle_timeout_closes(self):
         c = self.client()
-        self.clock.advance(c.proto.timeOut + 1)
-        self.assertEqual(c.read(), b"* BYE Autologout; connection idle too long\r\n")
+        self.clock.advance(c.proto.deadline.timeouts.login)
+        self.assertEqual(c.read(), b"* BYE Autologout; no login in time\r\n")
         self.assertTrue(c.transport.disconnecting)
 
 

@@ -105,7 +105,8 @@ class Harness:
         )
         listener = [l for l in settings.listeners][0]
         self.listener = type(listener)(**{**listener.__dict__, "protocol": "pop3",
-                                          "role": "", "tls": tls, "auth": auth})
+                                          "role": "", "tls": tls, "auth": auth,
+                                          "timeouts": None})
         self.factory = pop3server.build_factory(self.server, self.listener)
         self.connect(peer)
 

@@ -15,6 +15,16 @@ from mailsrv.context import peer_ip
 from mailsrv.service import BUSY_REPLIES, ConnectionLimits, ListenerService
 
 
+def connect_through(limits, ip):
+    """A client from C{ip} connecting to the listener C{limits} wraps."""
+    address = IPv4Address("TCP", ip, 40000)
+    protocol = limits.buildProtocol(address)
+    transport = StringTransportWithDisconnection(peerAddress=address)
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
 class Greeter(Protocol):
     def connectionMade(self):
         self.transport.write(b"hello\r\n")
@@ -27,12 +37,7 @@ class ConnectionLimitTests(unittest.TestCase):
                                        max_connections=3, max_per_ip=2, per_ip=self.per_ip)
 
     def connect(self, ip):
-        address = IPv4Address("TCP", ip, 40000)
-        protocol = self.limits.buildProtocol(address)
-        transport = StringTransportWithDisconnection(peerAddress=address)
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return connect_through(self.limits, ip)
 
     def test_per_ip_and_per_listener(self):
         _, first = self.connect("10.0.0.1")

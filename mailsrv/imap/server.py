@@ -17,6 +17,11 @@ matter to real clients closed. Each override below says which gap:
   BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
   3501 allows (not during FETCH, STORE or SEARCH);
 - IDLE ends on DONE only, and sees new mail while it lasts;
+- deadlines (L{mailsrv.deadline}) replace Twisted's idle timer, which every
+  line and every literal chunk restarted: a login within C{login_timeout},
+  each command line within C{command_timeout}, literals at
+  C{min_data_rate}, silence (IDLE included) up to C{idle_timeout} after
+  login;
 - the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
   folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
@@ -45,6 +50,7 @@ from twisted.mail import imap4
 
 from mailsrv import __version__, errorlog, sasl
 from mailsrv.context import is_secure
+from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
 from mailsrv.imap.mailbox import ChangedSince, write_failure
@@ -158,6 +164,7 @@ class IMAPServer(imap4.IMAP4Server):
     IDENT = b"mailsrv IMAP4rev1 ready"
     MAX_LENGTH = 65536
     IDLE_POLL = 15  # seconds between folder scans while a client IDLEs
+    deadline = None
 
     def __init__(self, server, listener, portal):
         starttls = listener.tls in ("starttls", "required")
@@ -214,8 +221,41 @@ class IMAPServer(imap4.IMAP4Server):
 
     # Connection
 
+    def connectionMade(self):
+        self.deadline = Deadline(
+            self.server.clock, self.listener.timeouts, self.factory.load, self.transport,
+            f"imap {self._peer_ip()}", self._deadline_passed,
+        )
+        super().connectionMade()
+
+    def _deadline_passed(self, reason):
+        if reason == EVICTED:
+            self.sendUntaggedResponse(b"BYE [UNAVAILABLE] Too many connections; closing")
+        else:
+            self.sendUntaggedResponse(b"BYE Autologout; " + WHY[reason].encode("ascii"))
+        self.transport.loseConnection()
+
+    # Twisted's idle timer is replaced by the deadline: its calls do nothing.
+
+    def setTimeout(self, period):
+        return None
+
+    def resetTimeout(self):
+        pass
+
+    def setRawMode(self):
+        """A literal follows."""
+        self.deadline.expect_data()
+        super().setRawMode()
+
+    def setLineMode(self, extra=b""):
+        self.deadline.expect_command()
+        return super().setLineMode(extra)
+
     def connectionLost(self, reason):
         self._lost = True
+        if self.deadline is not None:
+            self.deadline.stop()
         self._stop_idle_poll()
         if self.mbox is not None:
             self.mbox.removeListener(self)
@@ -255,6 +295,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def dataReceived(self, data):
         """Drop the rest of an overlong line, then parse as usual."""
+        self.deadline.received(data)
         while True:
             if self._discarding:
                 dropped, newline, data = data.partition(b"\n")
@@ -315,6 +356,7 @@ class IMAPServer(imap4.IMAP4Server):
             # the command waits on a Deferred: read nothing more until it
             # has answered (twisted#9282); literals and IDLE still read
             self.pauseProducing()
+            self.deadline.hold()
 
     def parse_command(self, line):
         parts = line.split(None, 2)
@@ -455,8 +497,10 @@ class IMAPServer(imap4.IMAP4Server):
             self._send_expunges()
         super()._respond(state, tag, message)
         self._tag = self._command = None
-        if self.paused and not self._lost:
-            self.resumeProducing()
+        if not self._lost:
+            self.deadline.release()
+            if self.paused:
+                self.resumeProducing()
 
     def _send_expunges(self):
         for seq in self.mbox.take_expunges():
@@ -547,7 +591,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.account = account
         self._onLogout = logout
         self.state = "auth"
-        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        self.deadline.logged_in()
         log.info("login ok: user={user} ip={ip} protocol=imap", user=account.user, ip=ip)
         d = defer.maybeDeferred(
             self.server.sessions.record_login, account.user, ip, "imap"
@@ -1295,6 +1339,13 @@ def _text(value):
 
 
 class IMAPFactory(protocol.ServerFactory):
+    """
+    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
+        sets it): whether it is under stress.
+    """
+
+    load = Unloaded()
+
     def __init__(self, server, listener):
         self.server = server
         self.listener = listener

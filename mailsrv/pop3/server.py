@@ -20,6 +20,9 @@ needs and Twisted lacks or gets wrong:
 - Deletions happen at QUIT only; a dropped connection deletes nothing.
 - One POP3 session per maildrop: a second login gets C{-ERR [IN-USE]}
   (RFC 2449) until the first ends; IMAP sessions are not locked out.
+- Deadlines instead of Twisted's idle timer (L{mailsrv.deadline}): a login
+  within C{login_timeout}, each command line within C{command_timeout},
+  silence up to C{idle_timeout} (RFC 1939's ten minutes) after login.
 """
 
 from twisted.cred import error as cred_error
@@ -32,6 +35,7 @@ from zope.interface import implementer
 
 from mailsrv import errorlog, sasl
 from mailsrv.context import is_secure
+from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.pop3.mailbox import MaildropInUse
 from mailsrv.realm import MailRealm
@@ -157,11 +161,10 @@ class POP3Server(pop3.POP3):
     @ivar listener: this listener's L{mailsrv.config.Listener}.
     @ivar deferToThread: how file reads leave the reactor thread (tests
         pass a synchronous one).
+    @ivar deadline: the client's L{Deadline}.
     """
 
-    # RFC 1939's autologout timer: at least 10 minutes. (TimeoutMixin keeps
-    # the current value in timeOut, which a long operation sets to None.)
-    idle_timeout = 600
+    deadline = None
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, server, listener, portal):
@@ -191,12 +194,23 @@ class POP3Server(pop3.POP3):
                 set_no_delay(True)  # else every RETR waits ~40 ms (Nagle)
             except OSError:
                 pass
+        self.deadline = Deadline(
+            self.server.clock, self.listener.timeouts, self.factory.load, self.transport,
+            f"pop3 {self._peer_ip}", self._deadline_passed,
+        )
         self.successResponse(f"{self.server.settings.hostname} POP3 ready")
-        self.setTimeout(self.idle_timeout)
 
     def connectionLost(self, reason):
         self._connected = False
+        self.deadline.stop()
         pop3.POP3.connectionLost(self, reason)
+
+    def _deadline_passed(self, reason):
+        if reason == EVICTED:
+            self.failResponse(b"[SYS/TEMP] Too many connections; closing")
+        else:
+            self.failResponse(b"Disconnected: " + WHY[reason].encode("ascii"))
+        self.transport.loseConnection()
 
     def successResponse(self, message=b""):
         if isinstance(message, str):
@@ -205,18 +219,18 @@ class POP3Server(pop3.POP3):
 
     def _longOperation(self, d):
         """
-        Hold further commands until C{d} fires; no idle timeout meanwhile
-        (a 20 MB RETR to a slow client is not idleness).
+        Hold further commands until C{d} fires; the client is not timed
+        meanwhile (a 20 MB RETR to a slow client is not idleness).
         """
-        self.setTimeout(None)
+        self.deadline.hold()
         self.blocked = []
         d.addCallback(self._unblock)
-        d.addCallback(self._rearm_timeout)
+        d.addCallback(self._release_deadline)
         return d
 
-    def _rearm_timeout(self, _):
+    def _release_deadline(self, _):
         if self._connected and not self.transport.disconnecting:
-            self.setTimeout(self.idle_timeout)
+            self.deadline.release()
 
     def dataReceived(self, data):
         """
@@ -224,6 +238,7 @@ class POP3Server(pop3.POP3):
         answering an over-long line with one error once its end arrives.
         Input that came in with an STLS command is dropped (RFC 2595 4).
         """
+        self.deadline.received(data)
         lines = (self._buffer + data).split(b"\n")
         self._buffer = lines.pop()
         epoch = self._epoch
@@ -245,7 +260,6 @@ class POP3Server(pop3.POP3):
             self._discarding = True
 
     def lineReceived(self, line):
-        self.resetTimeout()
         if self.blocked is not None:
             self.blocked.append(line)
             if len(self.blocked) >= MAX_BLOCKED and not self._reading_paused:
@@ -404,6 +418,7 @@ class POP3Server(pop3.POP3):
             return None
         self._onLogout = logout  # first: connectionLost frees the maildrop
         self.mbox = mailbox
+        self.deadline.logged_in()
         log.info(
             "login ok: user={user} ip={ip} protocol=pop3",
             user=mailbox.user, ip=self._peer_ip,
@@ -683,7 +698,11 @@ class POP3Factory(protocol.ServerFactory):
     @ivar listener: the L{mailsrv.config.Listener}.
     @ivar portal: the cred portal: the shared password checker and a realm
         that opens the user's INBOX.
+    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
+        sets it): whether it is under stress.
     """
+
+    load = Unloaded()
 
     def __init__(self, server, listener):
         self.server = server

@@ -6,18 +6,19 @@ Input is buffered and handled one command at a time: while a command waits
 on a Deferred (a password check, a policy lookup, the spool commit), later
 input stays in the buffer, so pipelined commands are answered in order
 (twisted.mail.smtp does not do this: twisted#8126). The dispatcher, not each
-verb, applies the defences: line length, error count, idle timeout, HTTP
-requests, STARTTLS injection.
+verb, applies the defences: line length, error count, deadlines
+(L{mailsrv.deadline}: trickled bytes extend nothing), HTTP requests,
+STARTTLS injection.
 """
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.protocols import policies
 from twisted.python.failure import Failure
 
 from mailsrv import errorlog, sasl
 from mailsrv.context import is_secure
+from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.filters import pipeline
@@ -52,12 +53,13 @@ _SASL_REPLIES = {
 }
 
 
-class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
+class SMTPServer(protocol.Protocol):
     """
     One SMTP connection.
 
     @ivar session: the L{Session}.
     @ivar transaction: the current L{Transaction}, or L{None} outside MAIL..DATA.
+    @ivar deadline: the client's L{Deadline}.
     """
 
     def __init__(self, factory):
@@ -66,8 +68,8 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         self.listener = factory.listener
         self.limits = factory.limits
         self.hostname = factory.server.settings.hostname
-        self.callLater = factory.clock.callLater
         self.session = None
+        self.deadline = None
         self.transaction = None
         self._buffer = bytearray()
         self._out = []
@@ -91,19 +93,22 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.session = Session(ip=getattr(peer, "host", ""), tls=is_secure(self.transport))
-        self.setTimeout(self.limits.idle_timeout)
+        self.deadline = Deadline(
+            self.factory.clock, self.listener.timeouts, self.factory.load, self.transport,
+            f"smtp {self.session.ip}", self._deadline_passed,
+        )
         self._send(f"220 {self.hostname} ESMTP mailsrv")
         self._flush()
 
     def dataReceived(self, data):
         if self._closed:
             return
-        self.resetTimeout()
+        self.deadline.received(data)
         self._buffer += data
         self._drain()
 
     def connectionLost(self, reason):
-        self.setTimeout(None)
+        self.deadline.stop()
         self._closed = True
         self._buffer.clear()
         if self._incoming is not None:
@@ -111,8 +116,11 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             self._incoming = self._reader = None
             log.info("{ip} disconnected during DATA; message discarded", ip=self.session.ip)
 
-    def timeoutConnection(self):
-        self._send(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+    def _deadline_passed(self, reason):
+        if reason == EVICTED:
+            self._send(f"421 4.7.0 {self.hostname} Too many connections; closing")
+        else:
+            self._send(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
         self._close()
 
     # The dispatcher
@@ -140,11 +148,14 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _wait(self, d):
         self._busy = True
+        self.deadline.hold()
         d.addErrback(self._internal_error)
         d.addBoth(self._resume)
 
     def _resume(self, _):
         self._busy = False
+        if not self._closed:
+            self.deadline.release()
         self._drain()
 
     def _internal_error(self, failure):
@@ -377,6 +388,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
 
     def _authenticated(self, user):
         self.session.user = user
+        self.deadline.logged_in()
         ip = self.session.ip
         log.info(literal(f"login ok: user={user} ip={ip} protocol=smtp"), user=user, ip=ip)
         self._reply(235, "2.7.0", "Authentication successful")
@@ -442,6 +454,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
             return self._reply(550, "5.7.1", f"Refused as spam: {reasons}")
         transaction.judgement = judgement
         self.transaction = transaction
+        self.deadline.logged_in()  # a sender, not a slow attacker: not evicted
         self._reply(250, "2.1.0", "Ok")
 
     def smtp_RCPT(self, arg):
@@ -493,6 +506,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
         else:
             self._begin_message()
         self._reader = DataReader()
+        self.deadline.expect_data()
         self._send("354 End data with <CR><LF>.<CR><LF>")
 
     def _begin_message(self):
@@ -552,6 +566,7 @@ class SMTPServer(protocol.Protocol, policies.TimeoutMixin):
     def _end_of_data(self):
         reader, incoming, transaction = self._reader, self._incoming, self.transaction
         self._reader = self._incoming = self.transaction = self._held = None
+        self.deadline.expect_command()
         ip = self.session.ip
         if reader.bare_line_ending:
             incoming.abort()
@@ -677,7 +692,11 @@ class SMTPFactory(protocol.ServerFactory):
     @ivar sender_stages: the MAIL FROM policy chain.
     @ivar recipient_stages: the RCPT TO policy chain.
     @ivar clock: for timeouts and Received dates.
+    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
+        sets it): whether it is under stress.
     """
+
+    load = Unloaded()
 
     def __init__(self, server, listener):
         self.server = server

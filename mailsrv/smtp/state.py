@@ -21,7 +21,6 @@ class Limits:
     @ivar max_line: the longest command line, CRLF included (RFC 5321
         section 4.5.3.1.4).
     @ivar max_errors: error replies before the server gives up (421).
-    @ivar idle_timeout: seconds of client silence before 421.
     @ivar max_buffer: unprocessed input held before reading is paused.
     """
 
@@ -29,7 +28,6 @@ class Limits:
     max_recipients: int
     max_line: int = 512
     max_errors: int = 10
-    idle_timeout: int = 300
     max_buffer: int = 65536
 
     @classmethod
