@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.internet import defer
 
-from mailsrv import config
+from mailsrv import config, errorlog
 
 
 def make_settings(tmpdir=None, **sections):
@@ -42,3 +42,12 @@ def result(d):
     results = []
     d.addBoth(results.append)
     return results[0]
+
+
+def fresh_error_log(testcase):
+    """
+    Give C{testcase} its own limiter of client-error tracebacks: the
+    process-wide one writes each distinct traceback once per 10 minutes,
+    so a test that counts logged errors would depend on the tests before it.
+    """
+    testcase.patch(errorlog, "client_errors", errorlog.ClientErrorLog())

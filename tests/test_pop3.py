@@ -27,7 +27,7 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
 from tests.fulldisk import FullDisk
-from tests.helpers import make_settings
+from tests.helpers import fresh_error_log, make_settings
 from tests.test_smtp.support import run_threads_inline
 
 USER = "alice@example.test"
@@ -769,6 +769,9 @@ class MaildropLockTests(unittest.TestCase):
     Issue 13, finding 5: whatever fails once the maildrop lock is taken,
     the lock is released, so the next login is not refused [IN-USE].
     """
+
+    def setUp(self):
+        fresh_error_log(self)
 
     def second_login_works(self, h):
         h.connect()

@@ -11,6 +11,8 @@ verb, applies the defences: line length, error count, deadlines
 STARTTLS injection.
 """
 
+import errno
+
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -492,7 +494,7 @@ class SMTPServer(protocol.Protocol):
             incoming = self.server.spool.incoming()
         except OSError as e:
             log.error("cannot create a spool file: {error}", error=e)
-            return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+            return self._cannot_queue(e)
         self._top = trace_headers(
             self.session, self.transaction, incoming.queue_id, self.hostname,
             self.factory.clock.seconds(),
@@ -583,7 +585,7 @@ class SMTPServer(protocol.Protocol):
         if self._write_error is not None:
             incoming.abort()
             log.error("cannot write the spool file: {error}", error=self._write_error)
-            return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+            return self._cannot_queue(self._write_error)
         if self._prefixer is not None:
             self._prefixer.close()
         action = self._judgement.action
@@ -602,10 +604,11 @@ class SMTPServer(protocol.Protocol):
                                                              incoming.queue_id)
             maildirs = [self.server.store.maildir(user, folder) for user in local_users]
             journal = self.factory.journal.copies(transaction)
-        except Exception:  # every error a client meets gets a reply and a log line
+        except Exception as e:  # every error a client meets gets a reply and a log line
             incoming.abort()
-            log.failure("cannot place {queue_id} from {ip}", queue_id=incoming.queue_id, ip=ip)
-            return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+            errorlog.client_error(log, Failure(), f"placing {incoming.queue_id}",
+                                  f"smtp {errorlog.peer(self.transport)}")
+            return self._cannot_queue(e)
         d = intake.commit(
             self.server.spool,
             incoming,
@@ -663,7 +666,17 @@ class SMTPServer(protocol.Protocol):
     def _not_queued(self, failure):
         errorlog.client_error(log, failure, "SMTP queueing",
                               f"smtp {errorlog.peer(self.transport)}")
-        self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+        self._cannot_queue(failure.value)
+
+    def _cannot_queue(self, error):
+        """
+        The temporary refusal of a message we could not store: 452 4.3.1
+        for a full disk or quota (RFC 3463 "mail system full", as Postfix
+        says), 451 4.3.0 for anything else.
+        """
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._reply(452, "4.3.1", "Insufficient system storage, try again later")
+        return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
 
     _handlers = {
         "EHLO": smtp_EHLO,

@@ -6,6 +6,7 @@ dropped connection.
 
 from twisted.trial import unittest
 
+from tests.helpers import fresh_error_log
 from tests.test_smtp.support import (
     connect,
     files_on_disk,
@@ -106,6 +107,7 @@ class PathUserTests(NamesTestCase):
 
     def test_error_at_end_of_data_gets_a_reply(self):
         """Anything that fails while the message is being placed is a 451, not a hang-up."""
+        fresh_error_log(self)
         self.rcpt(b"alice@example.test")
 
         def broken(user, folder="INBOX"):

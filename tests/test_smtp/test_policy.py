@@ -11,7 +11,7 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.smtp import policy
 from mailsrv.smtp.policy import Verdict, first_refusal
 from mailsrv.smtp.state import Recipient, Session, Transaction
-from tests.helpers import result
+from tests.helpers import fresh_error_log, result
 
 REMOTE = Recipient("carol@remote.test", Route(remote=("carol@remote.test",),
                                                is_local_domain=False))
@@ -50,6 +50,7 @@ class FirstRefusalTests(unittest.TestCase):
         self.assertEqual(later.calls, 0)
 
     def test_a_failing_stage_is_a_temporary_refusal(self):
+        fresh_error_log(self)
         verdict = result(first_refusal([Broken()], None, None, None))
         self.assertEqual((verdict.accepted, verdict.code, verdict.enhanced),
                          (False, 451, "4.3.0"))

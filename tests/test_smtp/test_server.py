@@ -16,6 +16,7 @@ from mailsrv.queue import intake
 from mailsrv.smtp.policy import Verdict
 from mailsrv.smtp import server as server_module
 from mailsrv.smtp.server import build_factory
+from tests.helpers import fresh_error_log
 from tests.test_smtp.support import (
     PASSWORD,
     Connection,
@@ -405,6 +406,7 @@ class SenderTests(SMTPTestCase):
 
     def test_a_bug_after_synchronous_stages_is_a_temporary_error(self):
         """Stages that answer at once need no Deferred; a bug after them still gets 451."""
+        fresh_error_log(self)
         def broken(self, verdict, transaction):
             raise RuntimeError("bug")
 
@@ -528,6 +530,7 @@ class AuthTests(SMTPTestCase):
         self.assertEqual(conn.send(b"AUTH PLAIN\r\n"), b"503 5.5.1 Already authenticated\r\n")
 
     def test_checker_error_is_temporary(self):
+        fresh_error_log(self)
         self.server.checker = type("Broken", (), {
             "requestAvatarId": lambda self, creds: defer.fail(OSError("users file gone"))})()
         _, replies = self.authed(f"AUTH PLAIN {plain('alice', PASSWORD)}\r\n".encode())
@@ -670,6 +673,7 @@ class DataRefusalTests(SMTPTestCase):
         self.assertIsNotNone(qid)
 
     def test_disk_error_is_temporary(self):
+        fresh_error_log(self)
         maildir = Path(self.server.store.maildir("alice@example.test"))
         maildir.parent.mkdir(parents=True)
         maildir.write_text("a file where the Maildir should be")
@@ -690,7 +694,7 @@ class DataRefusalTests(SMTPTestCase):
         self.assertEqual(
             conn.send(b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"),
             b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
-            b"451 4.3.0 Cannot queue the message, try again later\r\n",
+            b"452 4.3.1 Insufficient system storage, try again later\r\n",
         )
 
     def test_vanishing_mid_data_leaves_nothing(self):
