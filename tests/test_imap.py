@@ -1069,3 +1069,43 @@ class FullDiskTests(IMAPTestCase):
                          ["INBOX", "Drafts", "Junk", "Sent", "Trash"])
         self.assertEqual(len(self.store.folder(ALICE)), 1)
         self.assertEqual(len(self.store.folder(ALICE, "Drafts")), 0)
+
+
+PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+
+
+class ComplianceTests(IMAPTestCase):
+    """What Dovecot's imaptest found (issue 14): flags, names, LSUB, LOGOUT."""
+
+    def test_system_flags_are_case_insensitive(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b"a STORE 1 FLAGS (\\seen \\DELETED \\fLaGgEd)"),
+                         b"* 1 FETCH (FLAGS (\\Deleted \\Flagged \\Seen))\r\n"
+                         b"a OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"b STORE 1 -FLAGS (\\DELETED)"),
+                         b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\nb OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"s SEARCH SEEN FLAGGED UNDELETED"),
+                         b"* SEARCH 1\r\ns OK SEARCH completed\r\n")
+        c.cmd(b"p APPEND INBOX (\\answered \\draft) {3}")
+        self.assertEqual(c.send(b"x\r\n\r\n"),
+                         b"* 2 EXISTS\r\np OK [APPENDUID 1795000000 2] APPEND completed\r\n")
+        self.assertEqual(self.store.folder(ALICE).message(2).flags,
+                         {"\\Answered", "\\Draft"})
+        c.cmd(b"c CREATE Archive")
+        self.assertEqual(c.cmd(b"k COPY 1:2 Archive"),
+                         b"k OK [COPYUID 1795000001 1:2 1:2] COPY completed\r\n")
+        self.assertEqual([m.flags for m in self.store.folder(ALICE, "Archive").messages()],
+                         [{"\\Flagged", "\\Seen"}, {"\\Answered", "\\Draft"}])
+
+    def test_recent_is_ignored_and_unknown_system_flags_refused(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS (\\Recent \\Seen)"),
+                         b"* 1 FETCH (FLAGS (\\Seen))\r\na OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"b STORE 1 +FLAGS (\\Bogus)"),
+                         b"b BAD Syntax error: Invalid system flag \\Bogus\r\n")
+        c.cmd(b"p APPEND INBOX (\\recent) {3}")
+        self.assertEqual(c.send(b"x\r\n\r\n"),
+                         b"* 2 EXISTS\r\np OK [APPENDUID 1795000000 2] APPEND completed\r\n")
+        self.assertEqual(c.cmd(b"q APPEND INBOX (\\Bogus) {3}"),
+                         b"q BAD Syntax error: Invalid system flag \\Bogus\r\n")
+        self.assertEqual(len(self.store.folder(ALICE)), 2)

@@ -141,10 +141,26 @@ _arg_list_pattern = _decoded(_base.arg_astring, syntax.list_pattern)
 
 
 def _arg_flaglist(self, line):
-    """Twisted's, but a missing list is a syntax error (it raised TypeError)."""
+    """
+    STORE's flags as L{syntax.client_flags} gives them; a missing list is
+    a syntax error (Twisted's parser raised TypeError).
+    """
     if not line:
         raise imap4.IllegalClientResponse("Missing flag list")
-    return _base.arg_flaglist(self, line)
+    flags, rest = _base.arg_flaglist(self, line)
+    return syntax.client_flags(flags), rest
+
+
+def _opt_flaglist(self, line):
+    """
+    APPEND's optional flags, as L{syntax.client_flags} gives them (the
+    keyword C{NIL} too, which Twisted's list parser reads as L{None}).
+    """
+    flags, rest = _base.opt_plist(self, line)
+    flags = [b"NIL" if flag is None else flag for flag in flags or ()]
+    if not all(isinstance(flag, bytes) for flag in flags):
+        raise imap4.IllegalClientResponse("Malformed flag")
+    return syntax.client_flags(flags), rest
 
 
 def _opt_seqset(self, line):
@@ -743,8 +759,7 @@ class IMAPServer(imap4.IMAP4Server):
         mbox = self._target(tag, mailbox, b"APPEND")
         if mbox is None:
             return
-        names = [f.decode("ascii", "replace") for f in flags or ()]
-        d = mbox.addMessage(message, names, when)
+        d = mbox.addMessage(message, flags, when)
         d.addCallbacks(
             lambda uid: self.sendPositiveResponse(
                 tag, b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), uid)),
@@ -752,7 +767,7 @@ class IMAPServer(imap4.IMAP4Server):
         )
 
     auth_APPEND = select_APPEND = (
-        do_APPEND, _arg_mailbox, _base.opt_plist, _base.opt_datetime, arg_literal,
+        do_APPEND, _arg_mailbox, _opt_flaglist, _base.opt_datetime, arg_literal,
     )
 
     def _failed(self, failure, tag, command):
@@ -928,9 +943,8 @@ class IMAPServer(imap4.IMAP4Server):
             self._condstore = True
         silent = mode.endswith(b".SILENT")
         sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
-        names = [f.decode("ascii", "replace") for f in flags]
         try:
-            stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+            stored, modified = self.mbox.store(messages, flags, sign, uid, unchangedsince)
         except OSError as e:
             return self.sendNegativeResponse(tag, write_failure(b"STORE", e))
         for seq, info in sorted(stored.items()):

@@ -2,8 +2,9 @@
 IMAP syntax Twisted's parser lacks, as pure functions: what CONDSTORE (RFC
 7162) adds to commands (the MODSEQ fetch item, the CHANGEDSINCE fetch
 modifier, the UNCHANGEDSINCE store modifier), which the server takes off
-before handing the rest to Twisted; and the sequence sets of UIDPLUS
-response codes (RFC 4315).
+before handing the rest to Twisted; the sequence sets of UIDPLUS
+response codes (RFC 4315); flags as clients send them; mailbox names and
+LIST patterns in modified UTF-7.
 """
 
 import base64
@@ -11,6 +12,11 @@ import re
 
 from twisted.mail import imap4
 
+from mailsrv.store.folder import PERMANENT_FLAGS
+
+# system flags by their upper-case spelling; \\Recent only the server sets
+_SYSTEM_FLAGS = {flag.upper(): flag for flag in PERMANENT_FLAGS}
+_RECENT = "\\RECENT"
 _CHANGEDSINCE = re.compile(rb"\s*\(\s*CHANGEDSINCE\s+(\d{1,19})\s*\)\s*$", re.I)
 _UNCHANGEDSINCE = re.compile(rb"\(\s*UNCHANGEDSINCE\s+(\d{1,19})\s*\)\s*", re.I)
 _MODSEQ_ITEM = re.compile(rb"(?<![^\s(])MODSEQ(?![^\s)])", re.I)
@@ -76,6 +82,32 @@ def sequence_set(numbers):
     return b",".join(
         b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs
     )
+
+
+def client_flags(flags):
+    """
+    The flags of a STORE or APPEND (C{bytes}) -> C{str}s as the store
+    keeps them. System flags are case-insensitive (RFC 3501 2.3.2: a
+    client's C{\\seen} is C{\\Seen}; the store knew only the latter and
+    dropped the rest silently); C{\\Recent} is left out (only the server
+    sets it; Dovecot refuses it, but clients send it back unchanged);
+    keywords are kept as spelt.
+
+    @raise imap4.IllegalClientResponse: a system flag RFC 3501 does not
+        define (Dovecot answers BAD too).
+    """
+    names = []
+    for flag in flags:
+        name = flag.decode("ascii", "replace")
+        if name.startswith("\\"):
+            upper = name.upper()
+            if upper == _RECENT:
+                continue
+            if upper not in _SYSTEM_FLAGS:
+                raise imap4.IllegalClientResponse(f"Invalid system flag {name}")
+            name = _SYSTEM_FLAGS[upper]
+        names.append(name)
+    return names
 
 
 def mailbox_name(raw):
