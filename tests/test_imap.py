@@ -31,6 +31,8 @@ from tests.helpers import make_settings
 from tests.test_smtp.support import run_threads_inline
 
 ALICE = "alice@example.test"
+# SELECT's FLAGS before any keyword
+PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
 EXTENSIONS = b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
 MESSAGE = (
@@ -1040,6 +1042,8 @@ class FullDiskTests(IMAPTestCase):
 
         self.patch(folder, "set_flags", second_fails)
         self.assertEqual(c.cmd(b"s STORE 1:2 +FLAGS ($Work)"),
+                         b"* FLAGS (" + PERMANENT + b" $Work)\r\n"
+                         b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $Work \\*)] Limited\r\n"
                          b"* 1 FETCH (FLAGS ($Work))\r\n"
                          b"s NO [OVERQUOTA] STORE failed: disk full\r\n")
 
@@ -1070,8 +1074,6 @@ class FullDiskTests(IMAPTestCase):
         self.assertEqual(len(self.store.folder(ALICE)), 1)
         self.assertEqual(len(self.store.folder(ALICE, "Drafts")), 0)
 
-
-PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 
 
 class ComplianceTests(IMAPTestCase):
@@ -1109,3 +1111,55 @@ class ComplianceTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"q APPEND INBOX (\\Bogus) {3}"),
                          b"q BAD Syntax error: Invalid system flag \\Bogus\r\n")
         self.assertEqual(len(self.store.folder(ALICE)), 2)
+
+    def test_flags_announced_before_new_keyword(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        other = self.client()
+        other.login()
+        other.cmd(b"s SELECT INBOX")
+        announced = (b"* FLAGS (" + PERMANENT + b" $hello)\r\n"
+                     b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $hello \\*)] Limited\r\n")
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS ($hello)"),
+                         announced + b"* 1 FETCH (FLAGS ($hello))\r\na OK STORE completed\r\n")
+        self.assertEqual(other.read(), announced + b"* 1 FETCH (FLAGS ($hello))\r\n")
+        # once announced, not again
+        self.assertEqual(c.cmd(b"b STORE 2 +FLAGS.SILENT ($hello)"),
+                         b"b OK STORE completed\r\n")
+        self.assertEqual(other.read(), b"* 2 FETCH (FLAGS ($hello))\r\n")
+        # a keyword arriving with new mail: announced before the FETCH shows it
+        c.cmd(b"p APPEND INBOX (NIL) {3}")
+        c.send(b"x\r\n\r\n")
+        self.assertEqual(other.cmd(b"n NOOP"), b"* 3 EXISTS\r\nn OK NOOP completed\r\n")
+        self.assertEqual(
+            other.cmd(b"f FETCH 3 (UID FLAGS)"),
+            b"* FLAGS (" + PERMANENT + b" $hello NIL)\r\n"
+            b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $hello NIL \\*)] Limited\r\n"
+            b"* 3 FETCH (UID 3 FLAGS (NIL))\r\nf OK FETCH completed\r\n")
+
+    def append_with_keyword(self, keyword=b"Work"):
+        """Another session appends a message with C{keyword}: no FETCH tells of it."""
+        other = self.client()
+        other.login()
+        other.cmd(b"p APPEND INBOX (" + keyword + b") {3}")
+        other.send(b"x\r\n\r\n")
+
+    def test_flags_announced_before_fetch_through_twisted(self):
+        c = self.selected(MESSAGE)
+        self.append_with_keyword()
+        c.cmd(b"n NOOP")
+        reply = c.cmd(b"f FETCH 2 (FLAGS ENVELOPE)")
+        self.assertTrue(reply.startswith(
+            b"* FLAGS (" + PERMANENT + b" Work)\r\n"
+            b"* OK [PERMANENTFLAGS (" + PERMANENT + b" Work \\*)] Limited\r\n"
+            b"* 2 FETCH (FLAGS (Work) ENVELOPE"), reply)
+
+    def test_examine_announces_flags_without_permanentflags(self):
+        deliver(self.store, MESSAGE)
+        c = self.client()
+        c.login()
+        c.cmd(b"e EXAMINE INBOX")
+        self.append_with_keyword()
+        c.cmd(b"n NOOP")
+        self.assertEqual(c.cmd(b"f FETCH 2 FLAGS"),
+                         b"* FLAGS (" + PERMANENT + b" Work)\r\n"
+                         b"* 2 FETCH (FLAGS (Work))\r\nf OK FETCH completed\r\n")

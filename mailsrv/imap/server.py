@@ -55,6 +55,7 @@ from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
+from mailsrv.store.folder import PERMANENT_FLAGS
 
 log = Logger()
 
@@ -202,6 +203,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
         self._nonsync = False  # a LITERAL+ literal is being set up
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
+        self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
     # reactor; ours follow server.clock so tests can drive them.
@@ -660,15 +662,15 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.mbox = mbox
         mbox.addListener(self)
-        flags = " ".join(mbox.getFlags()).encode("ascii")
-        self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
+        flags = mbox.getFlags()
+        self._flags = frozenset(flags)
+        self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")")
         self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
         self.sendUntaggedResponse(b"0 RECENT")
         unseen = mbox.first_unseen()
         if unseen is not None:
             self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
-        permanent = flags + b" \\*" if mbox.isWriteable() else b""
-        self.sendPositiveResponse(None, b"[PERMANENTFLAGS (" + permanent + b")] Limited")
+        self.sendPositiveResponse(None, _permanent_flags(flags, mbox.isWriteable()))
         self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
         self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendPositiveResponse(
@@ -809,8 +811,11 @@ class IMAPServer(imap4.IMAP4Server):
                 query = [imap4._FetchParser.Flags()] + list(query)
         if query and all(map(_fast_item, query)):
             self._fetch_fast(tag, messages, query, uid)
-        else:
-            super().do_FETCH(tag, messages, query, uid)
+            return
+        if any(part.type == "flags" for part in query):
+            self._announce_flags(set().union(
+                *(entry.keywords for _, entry in self.mbox.fetch_entries(messages, uid))))
+        super().do_FETCH(tag, messages, query, uid)
 
     def _fetch_fast(self, tag, messages, query, uid):
         """
@@ -832,6 +837,7 @@ class IMAPServer(imap4.IMAP4Server):
         getters = [_fast_getter(self, part, cur) for part in query]
         template = b"* %d FETCH (" + b" ".join([b"%b"] * len(getters)) + b")\r\n"
         reads = any(part.type in ("body", "rfc822") for part in query)
+        shows_flags = any(part.type == "flags" for part in query)
         found = self.mbox.fetch_entries(messages, uid)
         producer = _FetchProducer(self)
 
@@ -846,6 +852,10 @@ class IMAPServer(imap4.IMAP4Server):
             count = size = 0
             try:
                 for seq, entry in found:
+                    if shows_flags and not entry.keywords <= self._flags:
+                        self.transport.write(b"".join(out))
+                        out.clear()
+                        self._announce_flags(entry.keywords)
                     try:
                         line = template % (seq, *[g(entry) for g in getters])
                     except FileNotFoundError:
@@ -947,6 +957,7 @@ class IMAPServer(imap4.IMAP4Server):
             stored, modified = self.mbox.store(messages, flags, sign, uid, unchangedsince)
         except OSError as e:
             return self.sendNegativeResponse(tag, write_failure(b"STORE", e))
+        self._announce_flags(set().union(*(info.flags for info in stored.values())))
         for seq, info in sorted(stored.items()):
             if not silent or self._condstore:
                 self.sendUntaggedResponse(
@@ -961,6 +972,21 @@ class IMAPServer(imap4.IMAP4Server):
         do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
+    def _announce_flags(self, flags, isAsync=None):
+        """
+        Before a FETCH shows a keyword the client was not told of: the
+        new C{FLAGS} and C{PERMANENTFLAGS} (RFC 3501 7.2.6: a client may
+        take a flag missing from FLAGS for an error, as imaptest does).
+        """
+        new = {f for f in flags if not f.startswith("\\")} - self._flags
+        if not new:
+            return
+        self._flags |= new
+        flags = list(PERMANENT_FLAGS) + sorted(self._flags.difference(PERMANENT_FLAGS))
+        self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")", isAsync)
+        if self.mbox.isWriteable():
+            self.sendUntaggedResponse(b"OK " + _permanent_flags(flags, True), isAsync)
+
     def _changed_items(self, info, flags=True, uid=False):
         """The items of a FETCH response that reports a flag change."""
         items = []
@@ -974,6 +1000,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def flagsChanged(self, newFlags):
         """Another session changed flags: FETCH, with MODSEQ once enabled."""
+        self._announce_flags(set().union(*newFlags.values()), isAsync=True)
         for seq in sorted(newFlags):
             info = self.mbox.folder.message(self.mbox.getUID(seq))
             self.sendUntaggedResponse(
@@ -1156,6 +1183,16 @@ def _fast_item(part):
 
 
 _flag_bytes = {}  # (suffix, keywords) -> b"FLAGS (...)"
+
+
+def _flag_list(flags):
+    return " ".join(flags).encode("ascii")
+
+
+def _permanent_flags(flags, writeable):
+    """The C{[PERMANENTFLAGS ...]} response text: keywords may be created (C{\\*})."""
+    permanent = _flag_list(flags) + b" \\*" if writeable else b""
+    return b"[PERMANENTFLAGS (" + permanent + b")] Limited"
 
 
 def _flags_item(entry):
