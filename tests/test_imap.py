@@ -1163,3 +1163,27 @@ class ComplianceTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"f FETCH 2 FLAGS"),
                          b"* FLAGS (" + PERMANENT + b" Work)\r\n"
                          b"* 2 FETCH (FLAGS (Work))\r\nf OK FETCH completed\r\n")
+
+    def test_nothing_after_logout(self):
+        deliver(self.store, MESSAGE)
+        deliver(self.store, MESSAGE)
+        c, other = self.selected(), self.selected()
+        other.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
+        other.cmd(b"x EXPUNGE")
+        c.read()
+        self.assertEqual(c.send(b"z LOGOUT\r\nn NOOP\r\n"),
+                         b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n")
+        self.assertTrue(c.transport.disconnecting)
+        other.cmd(b"s STORE 1 +FLAGS (\\Seen)")
+        deliver(self.store, MESSAGE)
+        other.cmd(b"n NOOP")
+        self.assertEqual(c.read(), b"")
+
+    def test_nothing_after_logout_while_a_command_waits(self):
+        c = self.selected(MESSAGE)
+        waiting = defer.Deferred()
+        self.patch(c.proto.mbox, "search", lambda query, uid: waiting)
+        self.assertEqual(c.send(b"s SEARCH ALL\r\nz LOGOUT\r\n"), b"")
+        waiting.callback(([1], False))
+        self.assertEqual(c.read(), b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
+                         b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n")

@@ -313,6 +313,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     def dataReceived(self, data):
         """Drop the rest of an overlong line, then parse as usual."""
+        if self.transport.disconnecting:  # after LOGOUT: nothing more is read
+            return
         self.deadline.received(data)
         while True:
             if self._discarding:
@@ -684,6 +686,23 @@ class IMAPServer(imap4.IMAP4Server):
         if failure.check(OSError):
             return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
         return super()._ebSelectWork(failure, cmdName, tag)
+
+    def do_LOGOUT(self, tag):
+        """
+        C{* BYE}, the tagged OK, and nothing after (RFC 3501 6.1.3):
+        neither the EXPUNGEs and flag changes the end of a command
+        would flush, nor what other sessions do meanwhile.
+        """
+        self._stop_idle_poll()
+        if self.mbox is not None:
+            self.mbox.removeListener(self)
+            self.mbox.close()
+            self.mbox = None
+        self._queuedAsync = []
+        self.state = "logout"
+        super().do_LOGOUT(tag)
+
+    unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
 
     def do_NOOP(self, tag):
         if self.mbox is not None:
