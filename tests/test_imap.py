@@ -1187,3 +1187,24 @@ class ComplianceTests(IMAPTestCase):
         waiting.callback(([1], False))
         self.assertEqual(c.read(), b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
                          b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n")
+
+    def test_lsub_shows_unsubscribed_parent_noselect(self):
+        c = self.client()
+        c.login()
+        for name in (b"box/a", b"box/b/c", b"box/d/e"):
+            c.cmd(b"c CREATE " + name)
+        for name in (b"box/a", b"box/b/c", b"box/d/e", b"box/d"):
+            c.cmd(b"s SUBSCRIBE " + name)
+        self.assertEqual(c.cmd(b'l LSUB "" box/%'),
+                         b'* LSUB () "/" "box/a"\r\n'
+                         b'* LSUB (\\Noselect) "/" "box/b"\r\n'
+                         b'* LSUB () "/" "box/d"\r\nl OK LSUB completed\r\n')
+        self.assertEqual(c.cmd(b'l LSUB "" box/*'),
+                         b'* LSUB () "/" "box/a"\r\n* LSUB () "/" "box/b/c"\r\n'
+                         b'* LSUB () "/" "box/d"\r\n* LSUB () "/" "box/d/e"\r\n'
+                         b'l OK LSUB completed\r\n')
+        self.assertEqual(c.cmd(b'l LSUB "" %'),
+                         b'* LSUB () "/" "INBOX"\r\n* LSUB (\\Drafts) "/" "Drafts"\r\n'
+                         b'* LSUB (\\Junk) "/" "Junk"\r\n* LSUB (\\Sent) "/" "Sent"\r\n'
+                         b'* LSUB (\\Trash) "/" "Trash"\r\n'
+                         b'* LSUB (\\Noselect) "/" "box"\r\nl OK LSUB completed\r\n')

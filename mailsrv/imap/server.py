@@ -809,8 +809,14 @@ class IMAPServer(imap4.IMAP4Server):
     auth_STATUS = select_STATUS = (_base.do_STATUS, _arg_mailbox, _base.arg_plist)
     auth_LIST = select_LIST = (
         _base._listWork, _arg_list_pattern, _arg_list_pattern, 0, b"LIST")
-    auth_LSUB = select_LSUB = (
-        _base._listWork, _arg_list_pattern, _arg_list_pattern, 1, b"LSUB")
+
+    def do_LSUB(self, tag, ref, pattern):
+        """From the subscriptions, not the folders (L{Account.lsub})."""
+        d = defer.maybeDeferred(self.account.lsub, ref, pattern)
+        d.addCallback(self._cbListWork, tag, 0, b"LSUB")
+        d.addErrback(self._ebListWork, tag)
+
+    auth_LSUB = select_LSUB = (do_LSUB, _arg_list_pattern, _arg_list_pattern)
 
     # Commands: selected
 
