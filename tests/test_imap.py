@@ -1208,3 +1208,23 @@ class ComplianceTests(IMAPTestCase):
                          b'* LSUB (\\Junk) "/" "Junk"\r\n* LSUB (\\Sent) "/" "Sent"\r\n'
                          b'* LSUB (\\Trash) "/" "Trash"\r\n'
                          b'* LSUB (\\Noselect) "/" "box"\r\nl OK LSUB completed\r\n')
+
+    def test_list_pattern_with_ampersand(self):
+        c = self.client()
+        c.login()
+        c.cmd(b"c CREATE &-x")
+        for pattern in (b"&", b"&x", b"&-*", b"!#$&'+,-.0123456789:;<=>?@^_`|[}%*",
+                        b"&Jjo", b"&Jjo-", b"&AGE-*"):
+            for command in (b"LIST", b"LSUB"):
+                reply = c.cmd(b'l ' + command + b' "" ' + pattern)
+                self.assertTrue(reply.endswith(b"l OK " + command + b" completed\r\n"),
+                                (pattern, reply))
+        self.assertEqual(c.cmd(b'l LIST "" &-*'),
+                         b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n')
+        self.assertEqual(c.cmd(b'l LIST "" &x'),
+                         b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n')
+        # a bare "&" is itself, in the reference too
+        self.assertEqual(c.cmd(b'l LIST "&" "*"'),
+                         b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n')
+        self.assertEqual(c.cmd(b'l LIST "" "\xc3\xa9"'),
+                         b"l NO Mailbox name is not valid mUTF-7\r\n")

@@ -120,6 +120,14 @@ def mailbox_name(raw):
 
     @raise imap4.IllegalMailboxEncoding: not valid modified UTF-7.
     """
+    return _mutf7(raw, lenient=False)
+
+
+def _mutf7(raw, lenient):
+    """
+    Decode modified UTF-7; C{lenient}: an C{&} that starts no valid
+    base64 run is itself (raw 8-bit and control bytes are refused still).
+    """
     if isinstance(raw, str):
         return raw
     text = []
@@ -127,12 +135,21 @@ def mailbox_name(raw):
     while pos < len(raw):
         match = _MUTF7_TOKEN.match(raw, pos)
         if match is None:
-            raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+            if not (lenient and raw[pos:pos + 1] == b"&"):
+                raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+            text.append("&")
+            pos += 1
+            continue
         token = match.group()
         if token == b"&-":
             text.append("&")
         elif token[:1] == b"&":
-            text.append(_unbase64(token[1:-1]))
+            try:
+                text.append(_unbase64(token[1:-1]))
+            except imap4.IllegalMailboxEncoding:
+                if not lenient:
+                    raise
+                text.append(token.decode("ascii"))
         else:
             text.append(token.decode("ascii"))
         pos = match.end()
@@ -158,15 +175,13 @@ def _unbase64(shifted):
 
 def list_pattern(raw):
     """
-    A LIST or LSUB reference or pattern -> C{str}: decoded leniently (a
-    pattern is no name, and C{&} alone must not fail), raw 8-bit refused.
+    A LIST or LSUB reference or pattern -> C{str}, decoded leniently: a
+    pattern is no name, and Dovecot answers OK to one with a bare C{&}
+    (imaptest's atoms), which is taken as itself; raw 8-bit is refused.
 
-    @raise imap4.IllegalMailboxEncoding: it cannot be decoded at all.
+    @raise imap4.IllegalMailboxEncoding: raw 8-bit or control bytes.
     """
-    try:
-        return raw.decode("imap4-utf-7")
-    except (UnicodeError, ValueError):
-        raise imap4.IllegalMailboxEncoding("Mailbox name is not valid mUTF-7")
+    return _mutf7(raw, lenient=True)
 
 
 def too_deep(line, limit):
