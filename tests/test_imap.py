@@ -1209,6 +1209,21 @@ class ComplianceTests(IMAPTestCase):
                          b'* LSUB (\\Trash) "/" "Trash"\r\n'
                          b'* LSUB (\\Noselect) "/" "box"\r\nl OK LSUB completed\r\n')
 
+    def test_select_invalid_name_is_no(self):
+        c = self.selected(MESSAGE)
+        for name, reason in [
+            (b'"a.b"', b"Folder names may not contain '.'"),
+            (b'"a//b"', b"Folder names may not have empty levels or a leading '/'"),
+            (b'"a\\"b"', None),
+            (b"&Jjo", b"Mailbox name is not valid mUTF-7"),
+            (b"!#$&'+,-.0123456789:;<=>?@^_`|[}", b"Mailbox name is not valid mUTF-7"),
+        ]:
+            reply = c.cmd(b"s SELECT " + name)
+            if reason is None:
+                self.assertEqual(reply, b"s NO [NONEXISTENT] No such mailbox\r\n", name)
+            else:
+                self.assertEqual(reply, b"s NO " + reason + b"\r\n", name)
+
     def test_list_pattern_with_ampersand(self):
         c = self.client()
         c.login()

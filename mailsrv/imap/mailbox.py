@@ -87,10 +87,18 @@ class Account:
         self.user = user
 
     def select(self, name, readwrite=1):
+        """
+        The L{Mailbox} of folder C{name}, or L{None} if there is none.
+
+        @raise imap4.MailboxException: no folder can have that name (SELECT
+            and STATUS answer NO with the reason, not "no such mailbox").
+        """
         try:
             folder = self.store.folder(self.user, name)
-        except (NoSuchFolder, ValueError):
+        except NoSuchFolder:
             return None
+        except ValueError as e:
+            raise imap4.MailboxException(str(e))
         folder.sync()
         return Mailbox(folder, bool(readwrite))
 

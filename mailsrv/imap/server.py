@@ -136,9 +136,26 @@ def _decoded(parse, decode):
     return arg
 
 
-_arg_mailbox = _decoded(_base.arg_astring, syntax.mailbox_name)
-_arg_final_mailbox = _decoded(_base.arg_finalastring, syntax.mailbox_name)
-_arg_list_pattern = _decoded(_base.arg_astring, syntax.list_pattern)
+def _quoted_astring(parse):
+    """
+    C{parse} (Twisted's astring parser), but a quoted string may hold
+    C{\\"} and C{\\\\} (RFC 3501 quoted-specials): Twisted ends it at the
+    first quote, and the rest of the name was a BAD "too many arguments".
+    """
+    def arg(self, line):
+        line = line.lstrip()
+        match = _QUOTED.match(line)
+        if match is None:
+            return parse(self, line)
+        return _QUOTED_SPECIAL.sub(rb"\1", match.group(1)), line[match.end():].lstrip(b" ")
+    return arg
+
+
+_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?=\s|\)|$)')
+_QUOTED_SPECIAL = re.compile(rb'\\(["\\])')
+_arg_mailbox = _decoded(_quoted_astring(_base.arg_astring), syntax.mailbox_name)
+_arg_final_mailbox = _decoded(_quoted_astring(_base.arg_finalastring), syntax.mailbox_name)
+_arg_list_pattern = _decoded(_quoted_astring(_base.arg_astring), syntax.list_pattern)
 
 
 def _arg_flaglist(self, line):
@@ -682,10 +699,21 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
 
     def _ebSelectWork(self, failure, cmdName, tag):
-        """A folder whose Maildir cannot be made (a full disk) is a NO, not a BAD."""
+        """
+        A name no folder can have, and a folder whose Maildir cannot be
+        made (a full disk), are a NO, not a BAD.
+        """
+        if failure.check(imap4.MailboxException):
+            return self.sendNegativeResponse(tag, _text(failure.value))
         if failure.check(OSError):
             return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
         return super()._ebSelectWork(failure, cmdName, tag)
+
+    def _ebStatusGotMailbox(self, failure, tag):
+        """STATUS of a name no folder can have: NO with the reason."""
+        if failure.check(imap4.MailboxException):
+            return self.sendNegativeResponse(tag, _text(failure.value))
+        return super()._ebStatusGotMailbox(failure, tag)
 
     def do_LOGOUT(self, tag):
         """
