@@ -31,6 +31,8 @@ from tests.helpers import make_settings
 from tests.test_smtp.support import run_threads_inline
 
 ALICE = "alice@example.test"
+# SELECT's FLAGS before any keyword
+PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
 EXTENSIONS = b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
 MESSAGE = (
@@ -1040,6 +1042,8 @@ class FullDiskTests(IMAPTestCase):
 
         self.patch(folder, "set_flags", second_fails)
         self.assertEqual(c.cmd(b"s STORE 1:2 +FLAGS ($Work)"),
+                         b"* FLAGS (" + PERMANENT + b" $Work)\r\n"
+                         b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $Work \\*)] Limited\r\n"
                          b"* 1 FETCH (FLAGS ($Work))\r\n"
                          b"s NO [OVERQUOTA] STORE failed: disk full\r\n")
 
@@ -1069,3 +1073,171 @@ class FullDiskTests(IMAPTestCase):
                          ["INBOX", "Drafts", "Junk", "Sent", "Trash"])
         self.assertEqual(len(self.store.folder(ALICE)), 1)
         self.assertEqual(len(self.store.folder(ALICE, "Drafts")), 0)
+
+
+
+class ComplianceTests(IMAPTestCase):
+    """What Dovecot's imaptest found (issue 14): flags, names, LSUB, LOGOUT."""
+
+    def append_to_selected(self, c, flags, uid):
+        c.cmd(b"p APPEND INBOX (" + flags + b") {3}")
+        self.assertEqual(c.send(b"x\r\n\r\n"), b"* %d EXISTS\r\np OK [APPENDUID 1795000000 %d] "
+                         b"APPEND completed\r\n" % (uid, uid))
+
+    def test_system_flags_are_case_insensitive(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b"a STORE 1 FLAGS (\\seen \\DELETED \\fLaGgEd)"),
+                         b"* 1 FETCH (FLAGS (\\Deleted \\Flagged \\Seen))\r\n"
+                         b"a OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"b STORE 1 -FLAGS (\\DELETED)"),
+                         b"* 1 FETCH (FLAGS (\\Flagged \\Seen))\r\nb OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"s SEARCH SEEN FLAGGED UNDELETED"),
+                         b"* SEARCH 1\r\ns OK SEARCH completed\r\n")
+        self.append_to_selected(c, b"\\answered \\draft", 2)
+        self.assertEqual(self.store.folder(ALICE).message(2).flags,
+                         {"\\Answered", "\\Draft"})
+        c.cmd(b"c CREATE Archive")
+        self.assertEqual(c.cmd(b"k COPY 1:2 Archive"),
+                         b"k OK [COPYUID 1795000001 1:2 1:2] COPY completed\r\n")
+        self.assertEqual([m.flags for m in self.store.folder(ALICE, "Archive").messages()],
+                         [{"\\Flagged", "\\Seen"}, {"\\Answered", "\\Draft"}])
+
+    def test_recent_is_ignored_and_unknown_system_flags_refused(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS (\\Recent \\Seen)"),
+                         b"* 1 FETCH (FLAGS (\\Seen))\r\na OK STORE completed\r\n")
+        self.assertEqual(c.cmd(b"b STORE 1 +FLAGS (\\Bogus)"),
+                         b"b BAD Syntax error: Invalid system flag \\Bogus\r\n")
+        self.append_to_selected(c, b"\\recent", 2)
+        self.assertEqual(c.cmd(b"q APPEND INBOX (\\Bogus) {3}"),
+                         b"q BAD Syntax error: Invalid system flag \\Bogus\r\n")
+        self.assertEqual(len(self.store.folder(ALICE)), 2)
+
+    def test_flags_announced_before_new_keyword(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        other = self.client()
+        other.login()
+        other.cmd(b"s SELECT INBOX")
+        announced = (b"* FLAGS (" + PERMANENT + b" $hello)\r\n"
+                     b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $hello \\*)] Limited\r\n")
+        self.assertEqual(c.cmd(b"a STORE 1 +FLAGS ($hello)"),
+                         announced + b"* 1 FETCH (FLAGS ($hello))\r\na OK STORE completed\r\n")
+        self.assertEqual(other.read(), announced + b"* 1 FETCH (FLAGS ($hello))\r\n")
+        # once announced, not again
+        self.assertEqual(c.cmd(b"b STORE 2 +FLAGS.SILENT ($hello)"),
+                         b"b OK STORE completed\r\n")
+        self.assertEqual(other.read(), b"* 2 FETCH (FLAGS ($hello))\r\n")
+        # a keyword arriving with new mail: announced before the FETCH shows it
+        c.cmd(b"p APPEND INBOX (NIL) {3}")
+        c.send(b"x\r\n\r\n")
+        self.assertEqual(other.cmd(b"n NOOP"), b"* 3 EXISTS\r\nn OK NOOP completed\r\n")
+        self.assertEqual(
+            other.cmd(b"f FETCH 3 (UID FLAGS)"),
+            b"* FLAGS (" + PERMANENT + b" $hello NIL)\r\n"
+            b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $hello NIL \\*)] Limited\r\n"
+            b"* 3 FETCH (UID 3 FLAGS (NIL))\r\nf OK FETCH completed\r\n")
+
+    def append_with_keyword(self, keyword=b"Work"):
+        """Another session appends a message with C{keyword}: no FETCH tells of it."""
+        other = self.client()
+        other.login()
+        other.cmd(b"p APPEND INBOX (" + keyword + b") {3}")
+        other.send(b"x\r\n\r\n")
+
+    def test_flags_announced_before_fetch_through_twisted(self):
+        c = self.selected(MESSAGE)
+        self.append_with_keyword()
+        c.cmd(b"n NOOP")
+        reply = c.cmd(b"f FETCH 2 (FLAGS ENVELOPE)")
+        self.assertTrue(reply.startswith(
+            b"* FLAGS (" + PERMANENT + b" Work)\r\n"
+            b"* OK [PERMANENTFLAGS (" + PERMANENT + b" Work \\*)] Limited\r\n"
+            b"* 2 FETCH (FLAGS (Work) ENVELOPE"), reply)
+
+    def test_examine_announces_flags_without_permanentflags(self):
+        deliver(self.store, MESSAGE)
+        c = self.client()
+        c.login()
+        c.cmd(b"e EXAMINE INBOX")
+        self.append_with_keyword()
+        c.cmd(b"n NOOP")
+        self.assertEqual(c.cmd(b"f FETCH 2 FLAGS"),
+                         b"* FLAGS (" + PERMANENT + b" Work)\r\n"
+                         b"* 2 FETCH (FLAGS (Work))\r\nf OK FETCH completed\r\n")
+
+    def test_nothing_after_logout(self):
+        deliver(self.store, MESSAGE)
+        deliver(self.store, MESSAGE)
+        c, other = self.selected(), self.selected()
+        other.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
+        other.cmd(b"x EXPUNGE")
+        c.read()
+        self.assertEqual(c.send(b"z LOGOUT\r\nn NOOP\r\n"),
+                         b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n")
+        self.assertTrue(c.transport.disconnecting)
+        other.cmd(b"s STORE 1 +FLAGS (\\Seen)")
+        deliver(self.store, MESSAGE)
+        other.cmd(b"n NOOP")
+        self.assertEqual(c.read(), b"")
+
+    def test_nothing_after_logout_while_a_command_waits(self):
+        c = self.selected(MESSAGE)
+        waiting = defer.Deferred()
+        self.patch(c.proto.mbox, "search", lambda query, uid: waiting)
+        self.assertEqual(c.send(b"s SEARCH ALL\r\nz LOGOUT\r\n"), b"")
+        waiting.callback(([1], False))
+        self.assertEqual(c.read(), b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
+                         b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n")
+
+    def test_lsub_shows_unsubscribed_parent_noselect(self):
+        c = self.client()
+        c.login()
+        for name in (b"box/a", b"box/b/c", b"box/d/e"):
+            c.cmd(b"c CREATE " + name)
+        for name in (b"box/a", b"box/b/c", b"box/d/e", b"box/d"):
+            c.cmd(b"s SUBSCRIBE " + name)
+        self.assertEqual(c.cmd(b'l LSUB "" box/%'),
+                         b'* LSUB () "/" "box/a"\r\n'
+                         b'* LSUB (\\Noselect) "/" "box/b"\r\n'
+                         b'* LSUB () "/" "box/d"\r\nl OK LSUB completed\r\n')
+        self.assertEqual(c.cmd(b'l LSUB "" box/*'),
+                         b'* LSUB () "/" "box/a"\r\n* LSUB () "/" "box/b/c"\r\n'
+                         b'* LSUB () "/" "box/d"\r\n* LSUB () "/" "box/d/e"\r\n'
+                         b'l OK LSUB completed\r\n')
+        self.assertEqual(c.cmd(b'l LSUB "" %'),
+                         b'* LSUB () "/" "INBOX"\r\n* LSUB (\\Drafts) "/" "Drafts"\r\n'
+                         b'* LSUB (\\Junk) "/" "Junk"\r\n* LSUB (\\Sent) "/" "Sent"\r\n'
+                         b'* LSUB (\\Trash) "/" "Trash"\r\n'
+                         b'* LSUB (\\Noselect) "/" "box"\r\nl OK LSUB completed\r\n')
+
+    def test_select_invalid_name_is_no(self):
+        c = self.selected(MESSAGE)
+        for name, reason in [
+            (b'"a.b"', b"Folder names may not contain '.'"),
+            (b'"a//b"', b"Folder names may not have empty levels or a leading '/'"),
+            (b'"a\\"b"', None),
+            (b"&Jjo", b"Mailbox name is not valid mUTF-7"),
+            (b"!#$&'+,-.0123456789:;<=>?@^_`|[}", b"Mailbox name is not valid mUTF-7"),
+        ]:
+            reply = c.cmd(b"s SELECT " + name)
+            if reason is None:
+                self.assertEqual(reply, b"s NO [NONEXISTENT] No such mailbox\r\n", name)
+            else:
+                self.assertEqual(reply, b"s NO " + reason + b"\r\n", name)
+
+    def test_list_pattern_with_ampersand(self):
+        c = self.client()
+        c.login()
+        c.cmd(b"c CREATE &-x")
+        for pattern in (b"&", b"&x", b"&-*", b"!#$&'+,-.0123456789:;<=>?@^_`|[}%*",
+                        b"&Jjo", b"&Jjo-", b"&AGE-*"):
+            for command in (b"LIST", b"LSUB"):
+                reply = c.cmd(b'l ' + command + b' "" ' + pattern)
+                self.assertTrue(reply.endswith(b"l OK " + command + b" completed\r\n"),
+                                (pattern, reply))
+        # a bare "&" is itself, in the reference too
+        for arguments in (b'"" &-*', b'"" &x', b'"&" "*"'):
+            self.assertEqual(c.cmd(b"l LIST " + arguments),
+                             b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n', arguments)
+        self.assertEqual(c.cmd(b'l LIST "" "\xc3\xa9"'),
+                         b"l NO Mailbox name is not valid mUTF-7\r\n")

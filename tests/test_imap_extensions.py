@@ -169,7 +169,11 @@ class SpecialUseTests(IMAPTestCase):
 class KeywordTests(IMAPTestCase):
     def test_keywords_stored_listed_searched_and_kept(self):
         c = self.selected(MESSAGE, MESSAGE)
+        # the new keywords are announced before the FETCH that shows them
         self.assertEqual(c.cmd(b"a STORE 1 +FLAGS ($Label1 Work)"),
+                         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 Work)\r\n"
+                         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
+                         b"$Label1 Work \\*)] Limited\r\n"
                          b"* 1 FETCH (FLAGS ($Label1 Work))\r\na OK STORE completed\r\n")
         self.assertEqual(c.cmd(b"b SEARCH KEYWORD Work"), b"* SEARCH 1\r\nb OK SEARCH completed\r\n")
         self.assertEqual(c.cmd(b"c SEARCH UNKEYWORD $Label1"),

@@ -87,10 +87,18 @@ class Account:
         self.user = user
 
     def select(self, name, readwrite=1):
+        """
+        The L{Mailbox} of folder C{name}, or L{None} if there is none.
+
+        @raise imap4.MailboxException: no folder can have that name (SELECT
+            and STATUS answer NO with the reason, not "no such mailbox").
+        """
         try:
             folder = self.store.folder(self.user, name)
-        except (NoSuchFolder, ValueError):
+        except NoSuchFolder:
             return None
+        except ValueError as e:
+            raise imap4.MailboxException(str(e))
         folder.sync()
         return Mailbox(folder, bool(readwrite))
 
@@ -155,6 +163,29 @@ class Account:
             for name in self.store.folders(self.user)
             if pattern.fullmatch(name)
         ]
+
+    def lsub(self, ref, wildcard):
+        """
+        LSUB: the subscribed names matching, existing or not, and (RFC 3501
+        6.3.9) an unsubscribed parent that C{%} stops at above a
+        subscribed name, as C{\\Noselect}: C{LSUB "" "A/%"} with only
+        C{A/B/C} subscribed gives C{A/B}.
+        """
+        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
+        subscribed = self.store.subscriptions(self.user)
+        found = {}
+        for name in subscribed:
+            if pattern.fullmatch(name):
+                found[name] = [SPECIAL_USE[name]] if name in SPECIAL_USE else []
+                continue
+            levels = name.split(DELIMITER)
+            for depth in range(len(levels) - 1, 0, -1):
+                parent = DELIMITER.join(levels[:depth])
+                if pattern.fullmatch(parent) and parent not in subscribed:
+                    found.setdefault(parent, ["\\Noselect"])
+                    break
+        order = sorted(found, key=lambda name: (name.upper() != "INBOX", name))
+        return [(name, _Info(found[name])) for name in order]
 
     def getPersonalNamespaces(self):
         return [["", DELIMITER]]

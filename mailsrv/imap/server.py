@@ -55,6 +55,7 @@ from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import syntax
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
+from mailsrv.store.folder import PERMANENT_FLAGS
 
 log = Logger()
 
@@ -135,16 +136,49 @@ def _decoded(parse, decode):
     return arg
 
 
-_arg_mailbox = _decoded(_base.arg_astring, syntax.mailbox_name)
-_arg_final_mailbox = _decoded(_base.arg_finalastring, syntax.mailbox_name)
-_arg_list_pattern = _decoded(_base.arg_astring, syntax.list_pattern)
+def _quoted_astring(parse):
+    """
+    C{parse} (Twisted's astring parser), but a quoted string may hold
+    C{\\"} and C{\\\\} (RFC 3501 quoted-specials): Twisted ends it at the
+    first quote, and the rest of the name was a BAD "too many arguments".
+    """
+    def arg(self, line):
+        line = line.lstrip()
+        match = _QUOTED.match(line)
+        if match is None:
+            return parse(self, line)
+        return _QUOTED_SPECIAL.sub(rb"\1", match.group(1)), line[match.end():].lstrip(b" ")
+    return arg
+
+
+_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"(?=\s|\)|$)')
+_QUOTED_SPECIAL = re.compile(rb'\\(["\\])')
+_arg_mailbox = _decoded(_quoted_astring(_base.arg_astring), syntax.mailbox_name)
+_arg_final_mailbox = _decoded(_quoted_astring(_base.arg_finalastring), syntax.mailbox_name)
+_arg_list_pattern = _decoded(_quoted_astring(_base.arg_astring), syntax.list_pattern)
 
 
 def _arg_flaglist(self, line):
-    """Twisted's, but a missing list is a syntax error (it raised TypeError)."""
+    """
+    STORE's flags as L{syntax.client_flags} gives them; a missing list is
+    a syntax error (Twisted's parser raised TypeError).
+    """
     if not line:
         raise imap4.IllegalClientResponse("Missing flag list")
-    return _base.arg_flaglist(self, line)
+    flags, rest = _base.arg_flaglist(self, line)
+    return syntax.client_flags(flags), rest
+
+
+def _opt_flaglist(self, line):
+    """
+    APPEND's optional flags, as L{syntax.client_flags} gives them (the
+    keyword C{NIL} too, which Twisted's list parser reads as L{None}).
+    """
+    flags, rest = _base.opt_plist(self, line)
+    flags = [b"NIL" if flag is None else flag for flag in flags or ()]
+    if not all(isinstance(flag, bytes) for flag in flags):
+        raise imap4.IllegalClientResponse("Malformed flag")
+    return syntax.client_flags(flags), rest
 
 
 def _opt_seqset(self, line):
@@ -186,6 +220,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
         self._nonsync = False  # a LITERAL+ literal is being set up
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
+        self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
     # reactor; ours follow server.clock so tests can drive them.
@@ -295,6 +330,8 @@ class IMAPServer(imap4.IMAP4Server):
 
     def dataReceived(self, data):
         """Drop the rest of an overlong line, then parse as usual."""
+        if self.transport.disconnecting:  # after LOGOUT: nothing more is read
+            return
         self.deadline.received(data)
         while True:
             if self._discarding:
@@ -644,15 +681,15 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.mbox = mbox
         mbox.addListener(self)
-        flags = " ".join(mbox.getFlags()).encode("ascii")
-        self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
+        flags = mbox.getFlags()
+        self._flags = frozenset(flags)
+        self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")")
         self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
         self.sendUntaggedResponse(b"0 RECENT")
         unseen = mbox.first_unseen()
         if unseen is not None:
             self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
-        permanent = flags + b" \\*" if mbox.isWriteable() else b""
-        self.sendPositiveResponse(None, b"[PERMANENTFLAGS (" + permanent + b")] Limited")
+        self.sendPositiveResponse(None, _permanent_flags(flags, mbox.isWriteable()))
         self.sendPositiveResponse(None, b"[UIDVALIDITY %d] UIDs valid" % mbox.getUIDValidity())
         self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendPositiveResponse(
@@ -662,10 +699,38 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
 
     def _ebSelectWork(self, failure, cmdName, tag):
-        """A folder whose Maildir cannot be made (a full disk) is a NO, not a BAD."""
+        """
+        A name no folder can have, and a folder whose Maildir cannot be
+        made (a full disk), are a NO, not a BAD.
+        """
+        if failure.check(imap4.MailboxException):
+            return self.sendNegativeResponse(tag, _text(failure.value))
         if failure.check(OSError):
             return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
         return super()._ebSelectWork(failure, cmdName, tag)
+
+    def _ebStatusGotMailbox(self, failure, tag):
+        """STATUS of a name no folder can have: NO with the reason."""
+        if failure.check(imap4.MailboxException):
+            return self.sendNegativeResponse(tag, _text(failure.value))
+        return super()._ebStatusGotMailbox(failure, tag)
+
+    def do_LOGOUT(self, tag):
+        """
+        C{* BYE}, the tagged OK, and nothing after (RFC 3501 6.1.3):
+        neither the EXPUNGEs and flag changes the end of a command
+        would flush, nor what other sessions do meanwhile.
+        """
+        self._stop_idle_poll()
+        if self.mbox is not None:
+            self.mbox.removeListener(self)
+            self.mbox.close()
+            self.mbox = None
+        self._queuedAsync = []
+        self.state = "logout"
+        super().do_LOGOUT(tag)
+
+    unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
 
     def do_NOOP(self, tag):
         if self.mbox is not None:
@@ -743,8 +808,7 @@ class IMAPServer(imap4.IMAP4Server):
         mbox = self._target(tag, mailbox, b"APPEND")
         if mbox is None:
             return
-        names = [f.decode("ascii", "replace") for f in flags or ()]
-        d = mbox.addMessage(message, names, when)
+        d = mbox.addMessage(message, flags, when)
         d.addCallbacks(
             lambda uid: self.sendPositiveResponse(
                 tag, b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), uid)),
@@ -752,7 +816,7 @@ class IMAPServer(imap4.IMAP4Server):
         )
 
     auth_APPEND = select_APPEND = (
-        do_APPEND, _arg_mailbox, _base.opt_plist, _base.opt_datetime, arg_literal,
+        do_APPEND, _arg_mailbox, _opt_flaglist, _base.opt_datetime, arg_literal,
     )
 
     def _failed(self, failure, tag, command):
@@ -773,8 +837,14 @@ class IMAPServer(imap4.IMAP4Server):
     auth_STATUS = select_STATUS = (_base.do_STATUS, _arg_mailbox, _base.arg_plist)
     auth_LIST = select_LIST = (
         _base._listWork, _arg_list_pattern, _arg_list_pattern, 0, b"LIST")
-    auth_LSUB = select_LSUB = (
-        _base._listWork, _arg_list_pattern, _arg_list_pattern, 1, b"LSUB")
+
+    def do_LSUB(self, tag, ref, pattern):
+        """From the subscriptions, not the folders (L{Account.lsub})."""
+        d = defer.maybeDeferred(self.account.lsub, ref, pattern)
+        d.addCallback(self._cbListWork, tag, 0, b"LSUB")
+        d.addErrback(self._ebListWork, tag)
+
+    auth_LSUB = select_LSUB = (do_LSUB, _arg_list_pattern, _arg_list_pattern)
 
     # Commands: selected
 
@@ -794,8 +864,11 @@ class IMAPServer(imap4.IMAP4Server):
                 query = [imap4._FetchParser.Flags()] + list(query)
         if query and all(map(_fast_item, query)):
             self._fetch_fast(tag, messages, query, uid)
-        else:
-            super().do_FETCH(tag, messages, query, uid)
+            return
+        if any(part.type == "flags" for part in query):
+            self._announce_flags(set().union(
+                *(entry.keywords for _, entry in self.mbox.fetch_entries(messages, uid))))
+        super().do_FETCH(tag, messages, query, uid)
 
     def _fetch_fast(self, tag, messages, query, uid):
         """
@@ -817,6 +890,7 @@ class IMAPServer(imap4.IMAP4Server):
         getters = [_fast_getter(self, part, cur) for part in query]
         template = b"* %d FETCH (" + b" ".join([b"%b"] * len(getters)) + b")\r\n"
         reads = any(part.type in ("body", "rfc822") for part in query)
+        shows_flags = any(part.type == "flags" for part in query)
         found = self.mbox.fetch_entries(messages, uid)
         producer = _FetchProducer(self)
 
@@ -831,6 +905,10 @@ class IMAPServer(imap4.IMAP4Server):
             count = size = 0
             try:
                 for seq, entry in found:
+                    if shows_flags and not entry.keywords <= self._flags:
+                        self.transport.write(b"".join(out))
+                        out.clear()
+                        self._announce_flags(entry.keywords)
                     try:
                         line = template % (seq, *[g(entry) for g in getters])
                     except FileNotFoundError:
@@ -928,11 +1006,11 @@ class IMAPServer(imap4.IMAP4Server):
             self._condstore = True
         silent = mode.endswith(b".SILENT")
         sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
-        names = [f.decode("ascii", "replace") for f in flags]
         try:
-            stored, modified = self.mbox.store(messages, names, sign, uid, unchangedsince)
+            stored, modified = self.mbox.store(messages, flags, sign, uid, unchangedsince)
         except OSError as e:
             return self.sendNegativeResponse(tag, write_failure(b"STORE", e))
+        self._announce_flags(set().union(*(info.flags for info in stored.values())))
         for seq, info in sorted(stored.items()):
             if not silent or self._condstore:
                 self.sendUntaggedResponse(
@@ -947,6 +1025,21 @@ class IMAPServer(imap4.IMAP4Server):
         do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
+    def _announce_flags(self, flags, isAsync=None):
+        """
+        Before a FETCH shows a keyword the client was not told of: the
+        new C{FLAGS} and C{PERMANENTFLAGS} (RFC 3501 7.2.6: a client may
+        take a flag missing from FLAGS for an error, as imaptest does).
+        """
+        new = {f for f in flags if not f.startswith("\\")} - self._flags
+        if not new:
+            return
+        self._flags |= new
+        flags = list(PERMANENT_FLAGS) + sorted(self._flags.difference(PERMANENT_FLAGS))
+        self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")", isAsync)
+        if self.mbox.isWriteable():
+            self.sendUntaggedResponse(b"OK " + _permanent_flags(flags, True), isAsync)
+
     def _changed_items(self, info, flags=True, uid=False):
         """The items of a FETCH response that reports a flag change."""
         items = []
@@ -960,6 +1053,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def flagsChanged(self, newFlags):
         """Another session changed flags: FETCH, with MODSEQ once enabled."""
+        self._announce_flags(set().union(*newFlags.values()), isAsync=True)
         for seq in sorted(newFlags):
             info = self.mbox.folder.message(self.mbox.getUID(seq))
             self.sendUntaggedResponse(
@@ -1142,6 +1236,16 @@ def _fast_item(part):
 
 
 _flag_bytes = {}  # (suffix, keywords) -> b"FLAGS (...)"
+
+
+def _flag_list(flags):
+    return " ".join(flags).encode("ascii")
+
+
+def _permanent_flags(flags, writeable):
+    """The C{[PERMANENTFLAGS ...]} response text: keywords may be created (C{\\*})."""
+    permanent = _flag_list(flags) + b" \\*" if writeable else b""
+    return b"[PERMANENTFLAGS (" + permanent + b")] Limited"
 
 
 def _flags_item(entry):

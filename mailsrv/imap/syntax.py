@@ -2,8 +2,9 @@
 IMAP syntax Twisted's parser lacks, as pure functions: what CONDSTORE (RFC
 7162) adds to commands (the MODSEQ fetch item, the CHANGEDSINCE fetch
 modifier, the UNCHANGEDSINCE store modifier), which the server takes off
-before handing the rest to Twisted; and the sequence sets of UIDPLUS
-response codes (RFC 4315).
+before handing the rest to Twisted; the sequence sets of UIDPLUS
+response codes (RFC 4315); flags as clients send them; mailbox names and
+LIST patterns in modified UTF-7.
 """
 
 import base64
@@ -11,6 +12,11 @@ import re
 
 from twisted.mail import imap4
 
+from mailsrv.store.folder import PERMANENT_FLAGS
+
+# system flags by their upper-case spelling; \\Recent only the server sets
+_SYSTEM_FLAGS = {flag.upper(): flag for flag in PERMANENT_FLAGS}
+_RECENT = "\\RECENT"
 _CHANGEDSINCE = re.compile(rb"\s*\(\s*CHANGEDSINCE\s+(\d{1,19})\s*\)\s*$", re.I)
 _UNCHANGEDSINCE = re.compile(rb"\(\s*UNCHANGEDSINCE\s+(\d{1,19})\s*\)\s*", re.I)
 _MODSEQ_ITEM = re.compile(rb"(?<![^\s(])MODSEQ(?![^\s)])", re.I)
@@ -78,6 +84,32 @@ def sequence_set(numbers):
     )
 
 
+def client_flags(flags):
+    """
+    The flags of a STORE or APPEND (C{bytes}) -> C{str}s as the store
+    keeps them. System flags are case-insensitive (RFC 3501 2.3.2: a
+    client's C{\\seen} is C{\\Seen}; the store knew only the latter and
+    dropped the rest silently); C{\\Recent} is left out (only the server
+    sets it; Dovecot refuses it, but clients send it back unchanged);
+    keywords are kept as spelt.
+
+    @raise imap4.IllegalClientResponse: a system flag RFC 3501 does not
+        define (Dovecot answers BAD too).
+    """
+    names = []
+    for flag in flags:
+        name = flag.decode("ascii", "replace")
+        if name.startswith("\\"):
+            upper = name.upper()
+            if upper == _RECENT:
+                continue
+            if upper not in _SYSTEM_FLAGS:
+                raise imap4.IllegalClientResponse(f"Invalid system flag {name}")
+            name = _SYSTEM_FLAGS[upper]
+        names.append(name)
+    return names
+
+
 def mailbox_name(raw):
     """
     A mailbox name as sent, in modified UTF-7 (RFC 3501 5.1.3) -> C{str}.
@@ -88,6 +120,14 @@ def mailbox_name(raw):
 
     @raise imap4.IllegalMailboxEncoding: not valid modified UTF-7.
     """
+    return _mutf7(raw, lenient=False)
+
+
+def _mutf7(raw, lenient):
+    """
+    Decode modified UTF-7; C{lenient}: an C{&} that starts no valid
+    base64 run is itself (raw 8-bit and control bytes are refused still).
+    """
     if isinstance(raw, str):
         return raw
     text = []
@@ -95,12 +135,21 @@ def mailbox_name(raw):
     while pos < len(raw):
         match = _MUTF7_TOKEN.match(raw, pos)
         if match is None:
-            raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+            if not (lenient and raw[pos:pos + 1] == b"&"):
+                raise imap4.IllegalMailboxEncoding(_NOT_MUTF7)
+            text.append("&")
+            pos += 1
+            continue
         token = match.group()
         if token == b"&-":
             text.append("&")
         elif token[:1] == b"&":
-            text.append(_unbase64(token[1:-1]))
+            try:
+                text.append(_unbase64(token[1:-1]))
+            except imap4.IllegalMailboxEncoding:
+                if not lenient:
+                    raise
+                text.append(token.decode("ascii"))
         else:
             text.append(token.decode("ascii"))
         pos = match.end()
@@ -126,15 +175,13 @@ def _unbase64(shifted):
 
 def list_pattern(raw):
     """
-    A LIST or LSUB reference or pattern -> C{str}: decoded leniently (a
-    pattern is no name, and C{&} alone must not fail), raw 8-bit refused.
+    A LIST or LSUB reference or pattern -> C{str}, decoded leniently: a
+    pattern is no name, and Dovecot answers OK to one with a bare C{&}
+    (imaptest's atoms), which is taken as itself; raw 8-bit is refused.
 
-    @raise imap4.IllegalMailboxEncoding: it cannot be decoded at all.
+    @raise imap4.IllegalMailboxEncoding: raw 8-bit or control bytes.
     """
-    try:
-        return raw.decode("imap4-utf-7")
-    except (UnicodeError, ValueError):
-        raise imap4.IllegalMailboxEncoding("Mailbox name is not valid mUTF-7")
+    return _mutf7(raw, lenient=True)
 
 
 def too_deep(line, limit):
