@@ -5,6 +5,8 @@ created on disk, no traceback, and the connection goes on.
 """
 
 import os
+import time
+import tracemalloc
 
 from twisted.logger import globalLogPublisher
 
@@ -158,6 +160,63 @@ class LineTests(LimitTestCase):
             b"c BAD Invalid search: criteria nested over 100 levels\r\n")
         self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
         self.assertEqual(self.errors(), [])
+
+
+def peak_memory(run):
+    """The most memory (bytes) allocated at once while C{run()} ran."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+class SequenceSetTests(LimitTestCase):
+    """Issue 14: the cost of a sequence set follows the mailbox, not its numbers."""
+
+    def test_search_huge_uid_range_costs_the_mailbox_size(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        # 2,000,000 first: the code that expanded ranges fails there (a set
+        # of 2 million numbers), before 4294967295 could exhaust memory
+        for top in (b"2000000", b"4294967295"):
+            for command, reply in (
+                (b"a UID SEARCH UID 1:%s", b"* SEARCH 1 2 3\r\na OK SEARCH completed\r\n"),
+                (b"a SEARCH 2:%s", b"* SEARCH 2 3\r\na OK SEARCH completed\r\n"),
+                (b"a SEARCH NOT UID %s:2", b"* SEARCH 1\r\na OK SEARCH completed\r\n"),
+                (b"a UID FETCH 3:%s (UID)", b"* 3 FETCH (UID 3)\r\na OK FETCH completed\r\n"),
+                (b"a STORE 3:%s +FLAGS.SILENT ($x)", b"a OK STORE completed\r\n"),
+                (b"a UID EXPUNGE 3:%s", b"a OK EXPUNGE completed\r\n"),
+            ):
+                line = command % top
+                replies = []
+                peak = peak_memory(lambda: replies.append(c.cmd(line)))
+                self.assertEqual(replies, [reply], line)
+                self.assertLess(peak, 1 << 20, line)
+        self.assertEqual(self.errors(), [])
+
+    def test_many_ranges_parse_in_linear_time(self):
+        """Twisted's parser re-sorted the whole set after each range."""
+        c = self.selected(MESSAGE, MESSAGE)
+        ranges = b",".join(b"%d" % n for n in range(1, 20000, 2))  # 10,000 ranges
+        started = time.process_time()
+        self.assertEqual(c.cmd(b"a FETCH " + ranges + b" (UID)"),
+                         b"* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n")
+        self.assertEqual(c.cmd(b"a UID SEARCH UID " + ranges),
+                         b"* SEARCH 1\r\na OK SEARCH completed\r\n")
+        self.assertLess(time.process_time() - started, 2)
+
+    def test_sequence_numbers_beyond_rfc_get_bad(self):
+        c = self.selected(MESSAGE)
+        for token, part in ((b"0", b"0"), (b"4294967296", b"4294967296"), (b"+1", b"+1"),
+                            (b"1_0", b"1_0"), (b"2:", b"2:"), (b"1::2", b"1::2"),
+                            (b"1,,2", b""), (b"1:x", b"1:x")):
+            self.assertEqual(c.cmd(b"a FETCH " + token + b" (UID)"),
+                             b"a BAD Syntax error: Bad message number %r\r\n" % part, token)
+            self.assertEqual(c.cmd(b"a SEARCH UID " + token),
+                             b"a BAD Invalid search: bad message set %r\r\n" % token, token)
+        self.assertEqual(c.cmd(b"a UID FETCH *:* (UID)"),
+                         b"* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n")
 
 
 class PartialTests(LimitTestCase):

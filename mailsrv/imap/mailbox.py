@@ -23,6 +23,7 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailsrv.imap.search import compile_search
+from mailsrv.imap.sequence import SequenceSet
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
     SPECIAL_USE,
@@ -459,25 +460,15 @@ class Mailbox:
         return None
 
     def resolve(self, messages, uid):
-        """C{(seq, uid)} pairs for a MessageSet of UIDs or sequence numbers."""
-        if not self.view:
-            return []
-        star = self.view[-1] if uid else len(self.view)
-        found = {}
-        for low, high in messages.ranges:
-            low = star if low is None else low
-            high = star if high is None else high
-            if low > high:
-                low, high = high, low
-            if uid:
-                start = bisect.bisect_left(self.view, low)
-                end = bisect.bisect_right(self.view, high)
-                for i in range(start, end):
-                    found[i + 1] = self.view[i]
-            else:
-                for seq in range(max(low, 1), min(high, len(self.view)) + 1):
-                    found[seq] = self.view[seq - 1]
-        return sorted(found.items())
+        """
+        C{(seq, uid)} pairs, ascending, for a L{SequenceSet} of UIDs or
+        sequence numbers: its ranges intersected with the view, so the
+        cost follows the view's size, not the numbers in the set.
+        """
+        view = self.view
+        if uid:
+            return [(i + 1, view[i]) for i in messages.indexes(view)]
+        return [(seq, view[seq - 1]) for seq in messages.numbers(len(view))]
 
 
 @implementer(imap4.IMessage, imap4.IMessageFile)
@@ -631,11 +622,11 @@ def _sub_part(parsed, index):
     return MessagePart(parsed.get_payload()[index])
 
 
-class ChangedSince:
+class ChangedSince(SequenceSet):
     """A message set for FETCH with the CHANGEDSINCE modifier (RFC 7162)."""
 
     def __init__(self, messages, changedsince):
-        self.ranges = messages.ranges
+        super().__init__(messages.ranges)
         self.changedsince = changedsince
 
 

@@ -52,7 +52,7 @@ from mailsrv import __version__, errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
-from mailsrv.imap import syntax
+from mailsrv.imap import sequence, syntax
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
 
@@ -81,7 +81,7 @@ _LITERAL_PLUS_END = re.compile(rb"\{\d{1,20}\+\}\r?$")
 # parsers recurse once per level.
 MAX_NESTING = 100
 # The largest number RFC 3501 allows (partial offsets and lengths).
-NUMBER_MAX = 2**32 - 1
+NUMBER_MAX = sequence.NUMBER_MAX
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
@@ -147,10 +147,19 @@ def _arg_flaglist(self, line):
     return _base.arg_flaglist(self, line)
 
 
+def _arg_seqset(self, line):
+    """A sequence set kept as ranges (L{mailsrv.imap.sequence}), not Twisted's."""
+    text, _, rest = line.partition(b" ")
+    try:
+        return sequence.parse(text), rest
+    except sequence.BadSequenceSet as e:
+        raise imap4.IllegalClientResponse("Bad message number " + str(e))
+
+
 def _opt_seqset(self, line):
     if not line:
         return None, b""
-    return _base.arg_seqset(self, line)
+    return _arg_seqset(self, line)
 
 
 class IMAPServer(imap4.IMAP4Server):
@@ -861,7 +870,7 @@ class IMAPServer(imap4.IMAP4Server):
         producer.start()
         batch()
 
-    select_FETCH = (do_FETCH, _base.arg_seqset, _arg_fetch)
+    select_FETCH = (do_FETCH, _arg_seqset, _arg_fetch)
 
     def spew_modseq(self, id, msg, _w=None, _f=None):
         _w(b"MODSEQ (%d)" % msg.info.modseq)
@@ -944,7 +953,7 @@ class IMAPServer(imap4.IMAP4Server):
         return self.sendPositiveResponse(tag, b"STORE completed")
 
     select_STORE = (
-        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
+        do_STORE, _arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
     def _changed_items(self, info, flags=True, uid=False):
@@ -1010,7 +1019,7 @@ class IMAPServer(imap4.IMAP4Server):
             self._failed, None, None, (tag, b"COPY"), None,
         )
 
-    select_COPY = (do_COPY, _base.arg_seqset, _arg_final_mailbox)
+    select_COPY = (do_COPY, _arg_seqset, _arg_final_mailbox)
 
     def do_MOVE(self, tag, messages, mailbox, uid=0):
         """
@@ -1035,7 +1044,7 @@ class IMAPServer(imap4.IMAP4Server):
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
         return None
 
-    select_MOVE = (do_MOVE, _base.arg_seqset, _arg_final_mailbox)
+    select_MOVE = (do_MOVE, _arg_seqset, _arg_final_mailbox)
 
     def do_EXPUNGE(self, tag, messages=None, uid=0):
         """EXPUNGE, and UID EXPUNGE with a UID set (RFC 4315)."""
