@@ -219,6 +219,69 @@ class SequenceSetTests(LimitTestCase):
                          b"* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n")
 
 
+class LiteralSyncTests(LimitTestCase):
+    """
+    Issue 14: a literal is read as data, never as commands, whatever was
+    pipelined before it and whether or not its command is refused.
+    """
+
+    MAIL = b"Subject: hi\r\n\r\nx1 CREATE rf-inj\r\nx2 LOGOUT\r\n"
+
+    def test_pipelined_append_literal_is_not_run_as_commands(self):
+        c = self.selected(MESSAGE)
+        slow_fetch = b"f FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])\r\n"
+        fetched = (b"* 1 FETCH (BODY[HEADER.FIELDS (Subject)] {24}\r\n"
+                   b"Subject: Hello there\r\n\r\n)\r\nf OK FETCH completed\r\n")
+        # LITERAL+: the mail follows at once
+        self.assertEqual(
+            c.send(slow_fetch + b"a APPEND INBOX {%d+}\r\n" % len(self.MAIL) + self.MAIL
+                   + b"\r\nn NOOP\r\n"),
+            fetched + b"* 2 EXISTS\r\na OK [APPENDUID 1795000000 2] APPEND completed\r\n"
+            b"n OK NOOP completed\r\n")
+        # a synchronising literal: the client waits for the continuation
+        self.assertEqual(c.send(slow_fetch + b"b APPEND INBOX {%d}\r\n" % len(self.MAIL)),
+                         fetched + b"+ Ready for %d octets of data\r\n" % len(self.MAIL))
+        self.assertEqual(c.send(self.MAIL + b"\r\n"),
+                         b"* 3 EXISTS\r\nb OK [APPENDUID 1795000000 3] APPEND completed\r\n")
+        self.assertNotIn("rf-inj", self.store.folders(ALICE))
+        self.assertEqual(self.store.folder(ALICE).read_start(3, 1000), self.MAIL)
+        self.assertEqual(self.errors(), [])
+
+    def test_refused_command_skips_its_literal_plus(self):
+        c = self.client()
+        refused = [
+            (b"a FROBNICATE {%d+}", b"a BAD Unknown command\r\n"),
+            (b"a FETCH 1 BODY[] {%d+}", b"a BAD Command not valid in this state\r\n"),
+            (b"a NOOP {%d+}",
+             b"a BAD Illegal syntax: Too many arguments for command: b'{%d}'\r\n"),
+            (b"a APPEND INBOX " + b"(" * 101 + b" {%d+}",
+             b"a BAD Too deeply nested: at most 100 levels\r\n"),
+        ]
+        c.login()
+        for line, reply in refused:
+            size = len(self.MAIL)
+            # the rest of the refused command may announce another literal
+            sent = (line % size + b"\r\n" + self.MAIL + b" {5+}\r\nx3 CREATE rf-inj"
+                    + b"\r\nn NOOP\r\n")
+            expected = (reply % size if b"%d" in reply else reply) + b"n OK NOOP completed\r\n"
+            self.assertEqual(c.send(sent), expected, line)
+        self.assertNotIn("rf-inj", self.store.folders(ALICE))
+
+    def test_append_mailbox_as_literal(self):
+        c = self.selected()
+        self.assertEqual(c.send(b"a APPEND {5+}\r\nINBOX (\\Seen) {%d+}\r\n" % len(MESSAGE)
+                                + MESSAGE + b"\r\n"),
+                         b"* 1 EXISTS\r\na OK [APPENDUID 1795000000 1] APPEND completed\r\n")
+        self.assertEqual(c.cmd(b"b APPEND {5}"), b"+ Ready for 5 octets of text\r\n")
+        self.assertEqual(c.send(b"INBOX {%d}\r\n" % len(MESSAGE)),
+                         b"+ Ready for %d octets of data\r\n" % len(MESSAGE))
+        self.assertEqual(c.send(MESSAGE + b"\r\n"),
+                         b"* 2 EXISTS\r\nb OK [APPENDUID 1795000000 2] APPEND completed\r\n")
+        self.assertEqual(c.cmd(b"f FETCH 1:* (FLAGS)"),
+                         b"* 1 FETCH (FLAGS (\\Seen))\r\n* 2 FETCH (FLAGS ())\r\n"
+                         b"f OK FETCH completed\r\n")
+
+
 class PartialTests(LimitTestCase):
     def test_partial_range_is_clamped(self):
         c = self.selected(MESSAGE)

@@ -129,8 +129,10 @@ def _decoded(parse, decode):
     """
     def arg(self, line):
         result = parse(self, line)
-        if isinstance(result, defer.Deferred):  # a literal: decode when read
-            return result.addCallback(lambda r: (decode(r[0]), r[1]))
+        if isinstance(result, defer.Deferred):
+            # a literal: decode when read; the line after it starts with
+            # the space before the next argument (APPEND {5}CRLF INBOX {9})
+            return result.addCallback(lambda r: (decode(r[0]), r[1].removeprefix(b" ")))
         return decode(result[0]), result[1]
     return arg
 
@@ -193,7 +195,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._idle_poll = None
         self._lost = False
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
-        self._nonsync = False  # a LITERAL+ literal is being set up
+        self._nonsync = None  # the size of a LITERAL+ literal not yet being read
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
@@ -338,6 +340,11 @@ class IMAPServer(imap4.IMAP4Server):
         elif self.parseState == "pending":  # the line after a literal
             tag, self._pendingLiteral = self._tag, None
             self.parseState = "command"
+        elif self.parseState == "skip":  # a refused command: it has its BAD
+            self._pendingLiteral = None
+            self.parseState = "command"
+            if not (newline and _LITERAL_PLUS_END.search(dropped)):
+                return None
         else:
             match = _TAG.match(line)
             if match and line[match.end():match.end() + 1] == b" ":
@@ -358,9 +365,13 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.loseConnection()
 
     def lineReceived(self, line):
-        if self.blocked is None and self.parseState in ("command", "pending"):
+        if self.parseState in ("command", "pending", "skip"):
             line = self._literal_plus(line)
         super().lineReceived(line)
+        if self._nonsync is not None and self.parseState == "command" and not self._lost:
+            # refused before its literal was asked for: the client sends
+            # it anyway, and its bytes are no commands
+            self._skip_literal()
         if self._tag is not None and self.parseState == "command" and not self._lost:
             # the command waits on a Deferred: read nothing more until it
             # has answered (twisted#9282); literals and IDLE still read
@@ -406,10 +417,11 @@ class IMAPServer(imap4.IMAP4Server):
         An argument failed to parse (Twisted's own errback would log a
         traceback for every parser error that is not IllegalClientResponse).
         """
-        if self._nonsync:
-            # the client sends the literal anyway: no telling where its
-            # command ends, so give up on the connection (RFC 7888 4)
-            self._nonsync = False
+        if self._nonsync is not None and self._nonsync > self._largest_literal():
+            # the client sends the literal anyway, too much to read and
+            # drop: give up on the connection (RFC 7888 4); a smaller one
+            # is skipped after the reply below (lineReceived)
+            self._nonsync = None
             self.sendBadResponse(tag, b"Literal refused: " + _text(failure.value))
             self.sendUntaggedResponse(b"BYE Cannot read the rest of that command")
             self.transport.loseConnection()
@@ -451,18 +463,37 @@ class IMAPServer(imap4.IMAP4Server):
         ended in C{{N}}, without the continuation request the client does
         not wait for.
         """
-        self._nonsync = False
+        self._nonsync = None
         match = _LITERAL_PLUS.search(line)
         if match is None or match.end() != len(line):
             return line
-        self._nonsync = True
+        self._nonsync = int(match.group(1))
         return line[:match.start()] + b"{" + match.group(1) + b"}"
 
     def sendContinuationRequest(self, msg=b"Ready for additional command text"):
-        if self._nonsync:
-            self._nonsync = False
+        if self._nonsync is not None:
+            self._nonsync = None
             return
         super().sendContinuationRequest(msg)
+
+    def _skip_literal(self):
+        """
+        Read and drop the LITERAL+ literal of a command already answered
+        BAD (unknown, not valid now, too deep, too many arguments), then
+        the rest of that command (L{parse_skip}).
+        """
+        self._pendingLiteral = _SkippedLiteral(self._nonsync)
+        self._nonsync = None
+        self.parseState = "skip"
+        self.setRawMode()
+
+    def parse_skip(self, line):
+        """
+        The rest of a refused command after a skipped literal; if it ends
+        in another LITERAL+ literal, L{lineReceived} skips that too.
+        """
+        self._pendingLiteral = None
+        self.parseState = "command"
 
     def arg_literal(self, line):
         """
@@ -472,10 +503,13 @@ class IMAPServer(imap4.IMAP4Server):
         match = _LITERAL.fullmatch(line or b"")
         if match is None:
             raise imap4.IllegalClientResponse("Expected a literal: {size}")
-        limit = self.server.settings.access.max_message_size
+        limit = self._largest_literal()
         if int(match.group(1)) > limit:
             raise imap4.IllegalOperation(f"[TOOBIG] Message larger than {limit} bytes")
         return _base.arg_literal(self, line)
+
+    def _largest_literal(self):
+        return self.server.settings.access.max_message_size
 
     def _stringLiteral(self, size):
         """Twisted's, but a negative size is no size."""
@@ -497,6 +531,7 @@ class IMAPServer(imap4.IMAP4Server):
         if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
             super()._respond(state, tag, message)
             return
+        self.blocked = None  # a FETCH of Twisted's is over (see _unblock)
         queued, self._queuedAsync = self._queuedAsync, []
         for line in queued:
             super()._respond(line, None, None)
@@ -510,6 +545,15 @@ class IMAPServer(imap4.IMAP4Server):
             self.deadline.release()
             if self.paused:
                 self.resumeProducing()
+
+    def _unblock(self):
+        """
+        Twisted's FETCH calls this after its tagged reply, to replay the
+        lines it kept in C{blocked} meanwhile: split into lines, a
+        pipelined APPEND's literal ran as commands. We read nothing while
+        a command runs, and C{_respond} ends the FETCH's C{blocked} (which
+        then only holds back untagged replies): nothing to replay.
+        """
 
     def _send_expunges(self):
         for seq in self.mbox.take_expunges():
@@ -1089,6 +1133,21 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendBadResponse(tag, b"Invalid search: " + _text(failure.value))
         else:
             self._failed(failure, tag, b"SEARCH")
+
+
+class _SkippedLiteral:
+    """The bytes of a literal whose command was refused: counted, not kept."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def write(self, data):
+        """What follows the literal in C{data}, or L{None} if it goes on."""
+        if len(data) < self.size:
+            self.size -= len(data)
+            return None
+        rest, self.size = data[self.size:], 0
+        return rest
 
 
 class _FetchProducer:
