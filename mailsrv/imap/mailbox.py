@@ -519,10 +519,15 @@ class Message:
         L{getHeaders}: SEARCH calls it for every message of a folder.
         """
         match = _field_pattern(name.lower()).search(self.header_bytes())
-        if match is None:
-            return None
-        value = _FOLD.sub(b" ", match.group(1)).strip()
-        return value.decode("utf-8", "surrogateescape")
+        return None if match is None else _field_value(match)
+
+    def header_values(self, name):
+        """
+        Every C{name} field's value, as L{header} gives the first: SEARCH
+        looks in all of them (a header may be repeated).
+        """
+        return [_field_value(m)
+                for m in _field_pattern(name.lower()).finditer(self.header_bytes())]
 
     def getHeaders(self, negate, *names):
         return _headers(parse_header_bytes(self.header_bytes()), negate, names)
@@ -640,6 +645,11 @@ def _field_pattern(name):
         rb"^" + re.escape(name.encode("ascii", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
         re.IGNORECASE | re.MULTILINE,
     )
+
+
+def _field_value(match):
+    value = _FOLD.sub(b" ", match.group(1)).strip()
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _header_end(data):
