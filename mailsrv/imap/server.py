@@ -4,7 +4,9 @@ matter to real clients closed. Each override below says which gap:
 
 - one command at a time, even pipelined (twisted#9282): the protocol stops
   reading while a command waits on a Deferred and resumes after its tagged
-  reply, so replies keep the order of the commands;
+  reply, so replies keep the order of the commands (Twisted's FETCH kept
+  and replayed lines, which split a pipelined literal into commands); the
+  LITERAL+ literal of a refused command is read and dropped;
 - passwords only where L{MailServer.passwords_allowed} says so: otherwise LOGINDISABLED, no AUTH=, and C{NO
   [PRIVACYREQUIRED]}; STARTTLS per listener, dropping anything pipelined
   behind it (STARTTLS injection);
