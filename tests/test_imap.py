@@ -637,6 +637,38 @@ class MailboxCommandTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"b SEARCH CHARSET KOI8-R ALL"),
                          b"b NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n")
 
+    def search(self, c, criteria):
+        """The numbers a SEARCH found."""
+        reply = c.cmd(b"q SEARCH " + criteria)
+        self.assertTrue(reply.endswith(b"\r\nq OK SEARCH completed\r\n"), reply)
+        return reply.split(b"\r\n")[0][len(b"* SEARCH "):]
+
+    def test_search_header_empty_matches_only_messages_with_it(self):
+        c = self.selected(MESSAGE, b"X-Extra: one\r\nX-Extra: another\r\n\r\nbody\r\n")
+        self.assertEqual(self.search(c, b'HEADER X-Extra ""'), b"2")
+        self.assertEqual(self.search(c, b'NOT HEADER X-Extra ""'), b"1")
+        self.assertEqual(self.search(c, b'HEADER Subject ""'), b"1")
+        self.assertEqual(self.search(c, b'CC ""'), b"")
+
+    def test_search_every_instance_of_a_repeated_header(self):
+        c = self.selected(b"X-Extra: one\r\nX-Extra: another\r\nTo: a@x.org\r\n"
+                          b"To: =?utf-8?q?B=C3=BC?= <b@x.org>\r\n\r\nbody\r\n")
+        self.assertEqual(self.search(c, b"HEADER X-Extra another"), b"1")
+        self.assertEqual(self.search(c, b"TO b\xc3\xbc"), b"1")
+
+    def test_search_from_matches_addresses_with_comments(self):
+        c = self.selected(b"From: <bob (comment)@ (more) example.org>\r\n\r\nx\r\n",
+                          b"From: bob@example.org (Bob Real)\r\n\r\nx\r\n",
+                          b"From: Carol <carol@example.org>\r\n\r\nx\r\n")
+        self.assertEqual(self.search(c, b"FROM bob@example.org"), b"1 2")
+        self.assertEqual(self.search(c, b'FROM "bob real"'), b"2")
+        self.assertEqual(self.search(c, b'FROM "carol <carol@example.org>"'), b"3")
+
+    def test_search_subject_nil(self):
+        c = self.selected(b"Subject: nil\r\n\r\nx\r\n", MESSAGE)
+        self.assertEqual(self.search(c, b"SUBJECT NIL"), b"1")
+        self.assertEqual(self.search(c, b"BODY nil"), b"")
+
     def test_folders(self):
         c = self.client()
         c.login()

@@ -5,6 +5,8 @@ created on disk, no traceback, and the connection goes on.
 """
 
 import os
+import time
+import tracemalloc
 
 from twisted.logger import globalLogPublisher
 
@@ -158,6 +160,126 @@ class LineTests(LimitTestCase):
             b"c BAD Invalid search: criteria nested over 100 levels\r\n")
         self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
         self.assertEqual(self.errors(), [])
+
+
+def peak_memory(run):
+    """The most memory (bytes) allocated at once while C{run()} ran."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+class SequenceSetTests(LimitTestCase):
+    """Issue 14: the cost of a sequence set follows the mailbox, not its numbers."""
+
+    def test_search_huge_uid_range_costs_the_mailbox_size(self):
+        c = self.selected(MESSAGE, MESSAGE, MESSAGE)
+        # 2,000,000 first: the code that expanded ranges fails there (a set
+        # of 2 million numbers), before 4294967295 could exhaust memory
+        for top in (b"2000000", b"4294967295"):
+            for command, reply in (
+                (b"a UID SEARCH UID 1:%s", b"* SEARCH 1 2 3\r\na OK SEARCH completed\r\n"),
+                (b"a SEARCH 2:%s", b"* SEARCH 2 3\r\na OK SEARCH completed\r\n"),
+                (b"a SEARCH NOT UID %s:2", b"* SEARCH 1\r\na OK SEARCH completed\r\n"),
+                (b"a UID FETCH 3:%s (UID)", b"* 3 FETCH (UID 3)\r\na OK FETCH completed\r\n"),
+                (b"a STORE 3:%s +FLAGS.SILENT ($x)", b"a OK STORE completed\r\n"),
+                (b"a UID EXPUNGE 3:%s", b"a OK EXPUNGE completed\r\n"),
+            ):
+                line = command % top
+                replies = []
+                peak = peak_memory(lambda: replies.append(c.cmd(line)))
+                self.assertEqual(replies, [reply], line)
+                self.assertLess(peak, 1 << 20, line)
+        self.assertEqual(self.errors(), [])
+
+    def test_many_ranges_parse_in_linear_time(self):
+        """Twisted's parser re-sorted the whole set after each range."""
+        c = self.selected(MESSAGE, MESSAGE)
+        ranges = b",".join(b"%d" % n for n in range(1, 20000, 2))  # 10,000 ranges
+        started = time.process_time()
+        self.assertEqual(c.cmd(b"a FETCH " + ranges + b" (UID)"),
+                         b"* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n")
+        self.assertEqual(c.cmd(b"a UID SEARCH UID " + ranges),
+                         b"* SEARCH 1\r\na OK SEARCH completed\r\n")
+        self.assertLess(time.process_time() - started, 2)
+
+    def test_sequence_numbers_beyond_rfc_get_bad(self):
+        c = self.selected(MESSAGE)
+        for token, part in ((b"0", b"0"), (b"4294967296", b"4294967296"), (b"+1", b"+1"),
+                            (b"1_0", b"1_0"), (b"2:", b"2:"), (b"1::2", b"1::2"),
+                            (b"1,,2", b""), (b"1:x", b"1:x")):
+            self.assertEqual(c.cmd(b"a FETCH " + token + b" (UID)"),
+                             b"a BAD Syntax error: Bad message number %r\r\n" % part, token)
+            self.assertEqual(c.cmd(b"a SEARCH UID " + token),
+                             b"a BAD Invalid search: bad message set %r\r\n" % token, token)
+        self.assertEqual(c.cmd(b"a UID FETCH *:* (UID)"),
+                         b"* 1 FETCH (UID 1)\r\na OK FETCH completed\r\n")
+
+
+class LiteralSyncTests(LimitTestCase):
+    """
+    Issue 14: a literal is read as data, never as commands, whatever was
+    pipelined before it and whether or not its command is refused.
+    """
+
+    MAIL = b"Subject: hi\r\n\r\nx1 CREATE rf-inj\r\nx2 LOGOUT\r\n"
+
+    def test_pipelined_append_literal_is_not_run_as_commands(self):
+        c = self.selected(MESSAGE)
+        slow_fetch = b"f FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])\r\n"
+        fetched = (b"* 1 FETCH (BODY[HEADER.FIELDS (Subject)] {24}\r\n"
+                   b"Subject: Hello there\r\n\r\n)\r\nf OK FETCH completed\r\n")
+        # LITERAL+: the mail follows at once
+        self.assertEqual(
+            c.send(slow_fetch + b"a APPEND INBOX {%d+}\r\n" % len(self.MAIL) + self.MAIL
+                   + b"\r\nn NOOP\r\n"),
+            fetched + b"* 2 EXISTS\r\na OK [APPENDUID 1795000000 2] APPEND completed\r\n"
+            b"n OK NOOP completed\r\n")
+        # a synchronising literal: the client waits for the continuation
+        self.assertEqual(c.send(slow_fetch + b"b APPEND INBOX {%d}\r\n" % len(self.MAIL)),
+                         fetched + b"+ Ready for %d octets of data\r\n" % len(self.MAIL))
+        self.assertEqual(c.send(self.MAIL + b"\r\n"),
+                         b"* 3 EXISTS\r\nb OK [APPENDUID 1795000000 3] APPEND completed\r\n")
+        self.assertNotIn("rf-inj", self.store.folders(ALICE))
+        self.assertEqual(self.store.folder(ALICE).read_start(3, 1000), self.MAIL)
+        self.assertEqual(self.errors(), [])
+
+    def test_refused_command_skips_its_literal_plus(self):
+        c = self.client()
+        refused = [
+            (b"a FROBNICATE {%d+}", b"a BAD Unknown command\r\n"),
+            (b"a FETCH 1 BODY[] {%d+}", b"a BAD Command not valid in this state\r\n"),
+            (b"a NOOP {%d+}",
+             b"a BAD Illegal syntax: Too many arguments for command: b'{%d}'\r\n"),
+            (b"a APPEND INBOX " + b"(" * 101 + b" {%d+}",
+             b"a BAD Too deeply nested: at most 100 levels\r\n"),
+        ]
+        c.login()
+        for line, reply in refused:
+            size = len(self.MAIL)
+            # the rest of the refused command may announce another literal
+            sent = (line % size + b"\r\n" + self.MAIL + b" {5+}\r\nx3 CREATE rf-inj"
+                    + b"\r\nn NOOP\r\n")
+            expected = (reply % size if b"%d" in reply else reply) + b"n OK NOOP completed\r\n"
+            self.assertEqual(c.send(sent), expected, line)
+        self.assertNotIn("rf-inj", self.store.folders(ALICE))
+
+    def test_append_mailbox_as_literal(self):
+        c = self.selected()
+        self.assertEqual(c.send(b"a APPEND {5+}\r\nINBOX (\\Seen) {%d+}\r\n" % len(MESSAGE)
+                                + MESSAGE + b"\r\n"),
+                         b"* 1 EXISTS\r\na OK [APPENDUID 1795000000 1] APPEND completed\r\n")
+        self.assertEqual(c.cmd(b"b APPEND {5}"), b"+ Ready for 5 octets of text\r\n")
+        self.assertEqual(c.send(b"INBOX {%d}\r\n" % len(MESSAGE)),
+                         b"+ Ready for %d octets of data\r\n" % len(MESSAGE))
+        self.assertEqual(c.send(MESSAGE + b"\r\n"),
+                         b"* 2 EXISTS\r\nb OK [APPENDUID 1795000000 2] APPEND completed\r\n")
+        self.assertEqual(c.cmd(b"f FETCH 1:* (FLAGS)"),
+                         b"* 1 FETCH (FLAGS (\\Seen))\r\n* 2 FETCH (FLAGS ())\r\n"
+                         b"f OK FETCH completed\r\n")
 
 
 class PartialTests(LimitTestCase):

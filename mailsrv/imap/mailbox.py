@@ -23,6 +23,7 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailsrv.imap.search import compile_search
+from mailsrv.imap.sequence import SequenceSet
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
     SPECIAL_USE,
@@ -490,25 +491,15 @@ class Mailbox:
         return None
 
     def resolve(self, messages, uid):
-        """C{(seq, uid)} pairs for a MessageSet of UIDs or sequence numbers."""
-        if not self.view:
-            return []
-        star = self.view[-1] if uid else len(self.view)
-        found = {}
-        for low, high in messages.ranges:
-            low = star if low is None else low
-            high = star if high is None else high
-            if low > high:
-                low, high = high, low
-            if uid:
-                start = bisect.bisect_left(self.view, low)
-                end = bisect.bisect_right(self.view, high)
-                for i in range(start, end):
-                    found[i + 1] = self.view[i]
-            else:
-                for seq in range(max(low, 1), min(high, len(self.view)) + 1):
-                    found[seq] = self.view[seq - 1]
-        return sorted(found.items())
+        """
+        C{(seq, uid)} pairs, ascending, for a L{SequenceSet} of UIDs or
+        sequence numbers: its ranges intersected with the view, so the
+        cost follows the view's size, not the numbers in the set.
+        """
+        view = self.view
+        if uid:
+            return [(i + 1, view[i]) for i in messages.indexes(view)]
+        return [(seq, view[seq - 1]) for seq in messages.numbers(len(view))]
 
 
 @implementer(imap4.IMessage, imap4.IMessageFile)
@@ -559,10 +550,15 @@ class Message:
         L{getHeaders}: SEARCH calls it for every message of a folder.
         """
         match = _field_pattern(name.lower()).search(self.header_bytes())
-        if match is None:
-            return None
-        value = _FOLD.sub(b" ", match.group(1)).strip()
-        return value.decode("utf-8", "surrogateescape")
+        return None if match is None else _field_value(match)
+
+    def header_values(self, name):
+        """
+        Every C{name} field's value, as L{header} gives the first: SEARCH
+        looks in all of them (a header may be repeated).
+        """
+        return [_field_value(m)
+                for m in _field_pattern(name.lower()).finditer(self.header_bytes())]
 
     def getHeaders(self, negate, *names):
         return _headers(parse_header_bytes(self.header_bytes()), negate, names)
@@ -662,11 +658,11 @@ def _sub_part(parsed, index):
     return MessagePart(parsed.get_payload()[index])
 
 
-class ChangedSince:
+class ChangedSince(SequenceSet):
     """A message set for FETCH with the CHANGEDSINCE modifier (RFC 7162)."""
 
     def __init__(self, messages, changedsince):
-        self.ranges = messages.ranges
+        super().__init__(messages.ranges)
         self.changedsince = changedsince
 
 
@@ -680,6 +676,11 @@ def _field_pattern(name):
         rb"^" + re.escape(name.encode("ascii", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
         re.IGNORECASE | re.MULTILINE,
     )
+
+
+def _field_value(match):
+    value = _FOLD.sub(b" ", match.group(1)).strip()
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _header_end(data):

@@ -12,6 +12,8 @@ import email.utils
 
 from twisted.mail import imap4
 
+from mailsrv.imap import sequence
+
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun",
      "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
@@ -24,6 +26,7 @@ _FLAG_KEYS = {
     "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
 }
 _HEADER_KEYS = ("BCC", "CC", "FROM", "SUBJECT", "TO")
+_ADDRESS_FIELDS = frozenset(("from", "to", "cc", "bcc", "sender", "reply-to"))
 # Levels of parentheses, NOT and OR (the server refuses deeper lines first).
 MAX_DEPTH = 100
 
@@ -159,14 +162,11 @@ def _key(tokens, last_seq, last_uid, state):
 
 
 def _set(token, last):
+    """A sequence set's membership test, by bisecting its ranges (never expanded)."""
     try:
-        messages = imap4.parseIdList(token, last or 1)
-    except imap4.IllegalIdentifierError:
+        return sequence.parse(token).matcher(last)
+    except sequence.BadSequenceSet:
         raise imap4.IllegalQueryError(f"bad message set {token!r}")
-    found = set()
-    for low, high in messages.ranges:
-        found.update(range(min(low, high), max(low, high) + 1))
-    return found
 
 
 def _number(token):
@@ -208,26 +208,34 @@ def _sent_day(message):
 
 def _header_contains(name, text):
     """
-    A test for C{text} in header C{name}. Most header blocks do not hold
-    the text at all, nor encoded words that could hide it: those are
-    ruled out with one search of the raw bytes, before any parsing.
+    A test for C{text} in any C{name} field (there may be several); a
+    message without the field does not match, even C{""} (RFC 3501: the
+    header is present). Address fields also match their addresses as
+    parsed, without comments and spaces (C{<a (c)@ b.org>} is
+    C{a@b.org}). Most header blocks hold neither the text nor encoded
+    words that could hide it: those are ruled out with a byte search of
+    the raw block, before any parsing.
     """
     needle = text.encode("utf-8")
+    addresses = name in _ADDRESS_FIELDS
+    # comments and spaces only come between an address's tokens
+    pieces = needle.split(b"@") if addresses else [needle]
 
     def test(seq, message):
         block = message.header_bytes().lower()
-        if needle not in block and b"=?" not in block:
+        if b"=?" not in block and not all(p in block for p in pieces):
             return False
-        return text in _header(message, name)
+        values = [_decoded(raw) for raw in message.header_values(name)]
+        if addresses and values:
+            values += [f"{real} <{address}>"
+                       for real, address in email.utils.getaddresses(values)]
+        return any(text in value for value in values)
 
     return test
 
 
-def _header(message, name):
-    """A header's value, RFC 2047 words decoded, lower case ("" if absent)."""
-    raw = message.header(name)
-    if raw is None:
-        return ""
+def _decoded(raw):
+    """A header's value, RFC 2047 words decoded, lower case."""
     if "=?" not in raw:
         return raw.lower()
     try:

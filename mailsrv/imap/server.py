@@ -4,7 +4,9 @@ matter to real clients closed. Each override below says which gap:
 
 - one command at a time, even pipelined (twisted#9282): the protocol stops
   reading while a command waits on a Deferred and resumes after its tagged
-  reply, so replies keep the order of the commands;
+  reply, so replies keep the order of the commands (Twisted's FETCH kept
+  and replayed lines, which split a pipelined literal into commands); the
+  LITERAL+ literal of a refused command is read and dropped;
 - passwords only where L{MailServer.passwords_allowed} says so: otherwise LOGINDISABLED, no AUTH=, and C{NO
   [PRIVACYREQUIRED]}; STARTTLS per listener, dropping anything pipelined
   behind it (STARTTLS injection);
@@ -52,7 +54,7 @@ from mailsrv import __version__, errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
-from mailsrv.imap import syntax
+from mailsrv.imap import sequence, syntax
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
 from mailsrv.store.folder import PERMANENT_FLAGS
@@ -82,7 +84,7 @@ _LITERAL_PLUS_END = re.compile(rb"\{\d{1,20}\+\}\r?$")
 # parsers recurse once per level.
 MAX_NESTING = 100
 # The largest number RFC 3501 allows (partial offsets and lengths).
-NUMBER_MAX = 2**32 - 1
+NUMBER_MAX = sequence.NUMBER_MAX
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
@@ -130,8 +132,10 @@ def _decoded(parse, decode):
     """
     def arg(self, line):
         result = parse(self, line)
-        if isinstance(result, defer.Deferred):  # a literal: decode when read
-            return result.addCallback(lambda r: (decode(r[0]), r[1]))
+        if isinstance(result, defer.Deferred):
+            # a literal: decode when read; the line after it starts with
+            # the space before the next argument (APPEND {5}CRLF INBOX {9})
+            return result.addCallback(lambda r: (decode(r[0]), r[1].removeprefix(b" ")))
         return decode(result[0]), result[1]
     return arg
 
@@ -181,10 +185,19 @@ def _opt_flaglist(self, line):
     return syntax.client_flags(flags), rest
 
 
+def _arg_seqset(self, line):
+    """A sequence set kept as ranges (L{mailsrv.imap.sequence}), not Twisted's."""
+    text, _, rest = line.partition(b" ")
+    try:
+        return sequence.parse(text), rest
+    except sequence.BadSequenceSet as e:
+        raise imap4.IllegalClientResponse("Bad message number " + str(e))
+
+
 def _opt_seqset(self, line):
     if not line:
         return None, b""
-    return _base.arg_seqset(self, line)
+    return _arg_seqset(self, line)
 
 
 class IMAPServer(imap4.IMAP4Server):
@@ -218,7 +231,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._idle_poll = None
         self._lost = False
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
-        self._nonsync = False  # a LITERAL+ literal is being set up
+        self._nonsync = None  # the size of a LITERAL+ literal not yet being read
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
         self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
 
@@ -366,6 +379,11 @@ class IMAPServer(imap4.IMAP4Server):
         elif self.parseState == "pending":  # the line after a literal
             tag, self._pendingLiteral = self._tag, None
             self.parseState = "command"
+        elif self.parseState == "skip":  # a refused command: it has its BAD
+            self._pendingLiteral = None
+            self.parseState = "command"
+            if not (newline and _LITERAL_PLUS_END.search(dropped)):
+                return None
         else:
             match = _TAG.match(line)
             if match and line[match.end():match.end() + 1] == b" ":
@@ -386,9 +404,13 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.loseConnection()
 
     def lineReceived(self, line):
-        if self.blocked is None and self.parseState in ("command", "pending"):
+        if self.parseState in ("command", "pending", "skip"):
             line = self._literal_plus(line)
         super().lineReceived(line)
+        if self._nonsync is not None and self.parseState == "command" and not self._lost:
+            # refused before its literal was asked for: the client sends
+            # it anyway, and its bytes are no commands
+            self._skip_literal()
         if self._tag is not None and self.parseState == "command" and not self._lost:
             # the command waits on a Deferred: read nothing more until it
             # has answered (twisted#9282); literals and IDLE still read
@@ -434,10 +456,11 @@ class IMAPServer(imap4.IMAP4Server):
         An argument failed to parse (Twisted's own errback would log a
         traceback for every parser error that is not IllegalClientResponse).
         """
-        if self._nonsync:
-            # the client sends the literal anyway: no telling where its
-            # command ends, so give up on the connection (RFC 7888 4)
-            self._nonsync = False
+        if self._nonsync is not None and self._nonsync > self._largest_literal():
+            # the client sends the literal anyway, too much to read and
+            # drop: give up on the connection (RFC 7888 4); a smaller one
+            # is skipped after the reply below (lineReceived)
+            self._nonsync = None
             self.sendBadResponse(tag, b"Literal refused: " + _text(failure.value))
             self.sendUntaggedResponse(b"BYE Cannot read the rest of that command")
             self.transport.loseConnection()
@@ -479,18 +502,37 @@ class IMAPServer(imap4.IMAP4Server):
         ended in C{{N}}, without the continuation request the client does
         not wait for.
         """
-        self._nonsync = False
+        self._nonsync = None
         match = _LITERAL_PLUS.search(line)
         if match is None or match.end() != len(line):
             return line
-        self._nonsync = True
+        self._nonsync = int(match.group(1))
         return line[:match.start()] + b"{" + match.group(1) + b"}"
 
     def sendContinuationRequest(self, msg=b"Ready for additional command text"):
-        if self._nonsync:
-            self._nonsync = False
+        if self._nonsync is not None:
+            self._nonsync = None
             return
         super().sendContinuationRequest(msg)
+
+    def _skip_literal(self):
+        """
+        Read and drop the LITERAL+ literal of a command already answered
+        BAD (unknown, not valid now, too deep, too many arguments), then
+        the rest of that command (L{parse_skip}).
+        """
+        self._pendingLiteral = _SkippedLiteral(self._nonsync)
+        self._nonsync = None
+        self.parseState = "skip"
+        self.setRawMode()
+
+    def parse_skip(self, line):
+        """
+        The rest of a refused command after a skipped literal; if it ends
+        in another LITERAL+ literal, L{lineReceived} skips that too.
+        """
+        self._pendingLiteral = None
+        self.parseState = "command"
 
     def arg_literal(self, line):
         """
@@ -500,10 +542,13 @@ class IMAPServer(imap4.IMAP4Server):
         match = _LITERAL.fullmatch(line or b"")
         if match is None:
             raise imap4.IllegalClientResponse("Expected a literal: {size}")
-        limit = self.server.settings.access.max_message_size
+        limit = self._largest_literal()
         if int(match.group(1)) > limit:
             raise imap4.IllegalOperation(f"[TOOBIG] Message larger than {limit} bytes")
         return _base.arg_literal(self, line)
+
+    def _largest_literal(self):
+        return self.server.settings.access.max_message_size
 
     def _stringLiteral(self, size):
         """Twisted's, but a negative size is no size."""
@@ -525,6 +570,7 @@ class IMAPServer(imap4.IMAP4Server):
         if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
             super()._respond(state, tag, message)
             return
+        self.blocked = None  # a FETCH of Twisted's is over (see _unblock)
         queued, self._queuedAsync = self._queuedAsync, []
         for line in queued:
             super()._respond(line, None, None)
@@ -538,6 +584,15 @@ class IMAPServer(imap4.IMAP4Server):
             self.deadline.release()
             if self.paused:
                 self.resumeProducing()
+
+    def _unblock(self):
+        """
+        Twisted's FETCH calls this after its tagged reply, to replay the
+        lines it kept in C{blocked} meanwhile: split into lines, a
+        pipelined APPEND's literal ran as commands. We read nothing while
+        a command runs, and C{_respond} ends the FETCH's C{blocked} (which
+        then only holds back untagged replies): nothing to replay.
+        """
 
     def _send_expunges(self):
         for seq in self.mbox.take_expunges():
@@ -939,7 +994,7 @@ class IMAPServer(imap4.IMAP4Server):
         producer.start()
         batch()
 
-    select_FETCH = (do_FETCH, _base.arg_seqset, _arg_fetch)
+    select_FETCH = (do_FETCH, _arg_seqset, _arg_fetch)
 
     def spew_modseq(self, id, msg, _w=None, _f=None):
         _w(b"MODSEQ (%d)" % msg.info.modseq)
@@ -1022,7 +1077,7 @@ class IMAPServer(imap4.IMAP4Server):
         return self.sendPositiveResponse(tag, b"STORE completed")
 
     select_STORE = (
-        do_STORE, _base.arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
+        do_STORE, _arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
     def _announce_flags(self, flags, isAsync=None):
@@ -1104,7 +1159,7 @@ class IMAPServer(imap4.IMAP4Server):
             self._failed, None, None, (tag, b"COPY"), None,
         )
 
-    select_COPY = (do_COPY, _base.arg_seqset, _arg_final_mailbox)
+    select_COPY = (do_COPY, _arg_seqset, _arg_final_mailbox)
 
     def do_MOVE(self, tag, messages, mailbox, uid=0):
         """
@@ -1129,7 +1184,7 @@ class IMAPServer(imap4.IMAP4Server):
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
         return None
 
-    select_MOVE = (do_MOVE, _base.arg_seqset, _arg_final_mailbox)
+    select_MOVE = (do_MOVE, _arg_seqset, _arg_final_mailbox)
 
     def do_EXPUNGE(self, tag, messages=None, uid=0):
         """EXPUNGE, and UID EXPUNGE with a UID set (RFC 4315)."""
@@ -1174,6 +1229,21 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendBadResponse(tag, b"Invalid search: " + _text(failure.value))
         else:
             self._failed(failure, tag, b"SEARCH")
+
+
+class _SkippedLiteral:
+    """The bytes of a literal whose command was refused: counted, not kept."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def write(self, data):
+        """What follows the literal in C{data}, or L{None} if it goes on."""
+        if len(data) < self.size:
+            self.size -= len(data)
+            return None
+        rest, self.size = data[self.size:], 0
+        return rest
 
 
 class _FetchProducer:
