@@ -185,7 +185,7 @@ class SequenceSetTests(LimitTestCase):
                 (b"a SEARCH 2:%s", b"* SEARCH 2 3\r\na OK SEARCH completed\r\n"),
                 (b"a SEARCH NOT UID %s:2", b"* SEARCH 1\r\na OK SEARCH completed\r\n"),
                 (b"a UID FETCH 3:%s (UID)", b"* 3 FETCH (UID 3)\r\na OK FETCH completed\r\n"),
-                (b"a STORE 3:%s +FLAGS.SILENT ($x)", b"a OK STORE completed\r\n"),
+                (b"a STORE 3:%s +FLAGS.SILENT (\\Flagged)", b"a OK STORE completed\r\n"),
                 (b"a UID EXPUNGE 3:%s", b"a OK EXPUNGE completed\r\n"),
             ):
                 line = command % top
