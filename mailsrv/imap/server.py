@@ -16,6 +16,10 @@ matter to real clients closed. Each override below says which gap:
 - SELECT reports UNSEEN, PERMANENTFLAGS, UIDVALIDITY and UIDNEXT; FETCH of
   BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
   3501 allows (not during FETCH, STORE or SEARCH);
+- BODYSTRUCTURE, BODY, ENVELOPE, RFC822.HEADER and body sections come
+  from our own MIME tree (L{mailsrv.imap.mime}: capped, parsed in a thread
+  when costly), not Twisted's walker, which recursed per level, numbered
+  parts wrongly inside attached messages and raised on a missing part;
 - IDLE ends on DONE only, and sees new mail while it lasts;
 - deadlines (L{mailsrv.deadline}) replace Twisted's idle timer, which every
   line and every literal chunk restarted: a login within C{login_timeout},
@@ -36,7 +40,6 @@ matter to real clients closed. Each override below says which gap:
 """
 
 import datetime
-import email.message
 import email.utils
 import os
 import re
