@@ -10,14 +10,12 @@ import io
 from types import SimpleNamespace
 
 from hypothesis import example, given, strategies as st
-from twisted.mail import imap4
 from twisted.trial import unittest
 
 from mailsrv import netaddr, sasl
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
-from mailsrv.imap import mailbox
-from mailsrv.imap.server import _Body
+from mailsrv.imap import mailbox, mime
 from tests.fuzzing import examples
 
 RESPONSE = st.one_of(
@@ -88,7 +86,7 @@ HEADER_VALUE = st.one_of(
 
 
 @st.composite
-def mime(draw, depth=0):
+def mime_entity(draw, depth=0):
     """A MIME entity: headers (Content-Type often multipart) and parts or a body."""
     ctype = draw(HEADER_VALUE)
     headers = b"Content-Type: " + ctype + b"\r\n"
@@ -96,7 +94,7 @@ def mime(draw, depth=0):
         headers += b"Content-Transfer-Encoding: " + draw(
             st.sampled_from([b"base64", b"quoted-printable", b"8bit", b"x-\xff"])) + b"\r\n"
     if depth < 4 and draw(st.booleans()):
-        parts = draw(st.lists(mime(depth + 1), max_size=3))
+        parts = draw(st.lists(mime_entity(depth + 1), max_size=3))
         delimiter = b"\r\n--" + draw(st.sampled_from([b"x", b"", b"xx", b"y"]))
         body = b"".join(delimiter + b"\r\n" + part for part in parts)
         body += draw(st.sampled_from([delimiter + b"--\r\n", b"", b"\r\n--x"]))
@@ -106,26 +104,33 @@ def mime(draw, depth=0):
 
 
 class MIMEWalkerTests(unittest.TestCase):
-    """BODYSTRUCTURE and numbered parts, as the IMAP server computes them."""
+    """BODYSTRUCTURE, ENVELOPE and numbered sections (L{mime}), as FETCH computes them."""
 
     def _walk(self, data):
-        message = stored(data)
+        """Every entity's offsets nest; down the first parts, as BODY[1.1.1] does."""
+        data = mime.crlf(data)
+        root = stored(data).mime_tree()
         for extended in (False, True):
-            imap4.collapseNestedLists([imap4.getBodyStructure(_Body(message), extended)])
-        part, path = message, []
-        while part.isMultipart():  # down the first parts, as BODY[1.1.1] does
-            try:
-                part = part.getSubPart(0)
-            except IndexError:
-                break
-            path.append(part)
-            part.getHeaders(True)
-            part.getBodyFile().read()
-            part.getSize()
+            self.assertTrue(mime.body_structure(data, root, extended).startswith(b"("))
+        mime.envelope(root.fields)
+        pending = [(root, 0, len(data))]
+        while pending:
+            entity, low, high = pending.pop()
+            self.assertTrue(low <= entity.start <= entity.header_end <= entity.body_start
+                            <= entity.end <= high, (entity.start, entity.end, low, high))
+            children = (entity.parts or []) + [entity.message] * (entity.message is not None)
+            pending += [(child, entity.body_start, entity.end) for child in children]
+        numbers, path, entity = [], [], root
+        while entity.parts:
+            numbers.append(1)
+            entity = entity.parts[0]
+            path.append(entity)
+            for kind in ("", "mime", "header", "text"):
+                mime.section(data, root, numbers, kind)
         return path
 
     @examples(200)
-    @given(mime())
+    @given(mime_entity())
     def test_any_structure_is_walked(self, data):
         self._walk(data)
 
@@ -146,24 +151,26 @@ class MIMEWalkerTests(unittest.TestCase):
         for ctype in (b"text/plain;", b"text/plain; charset", b"multipart/mixed; boundary=",
                       b'text/plain; name="a;b"', b"text/plain; =x"):
             self._walk(b"Content-Type: " + ctype + b"\r\n\r\nbody\r\n")
-        structure = imap4.getBodyStructure(_Body(stored(
-            b'Content-Type: text/plain; charset="utf-8";\r\n\r\nbody\r\n')))
-        self.assertEqual(structure[:3], ["text", "plain", ["charset", "utf-8"]])
+        data = b'Content-Type: text/plain; charset="utf-8";\r\n\r\nbody\r\n'
+        self.assertTrue(mime.body_structure(data, mime.parse(data), False).startswith(
+            b'("text" "plain" ("charset" "utf-8")'))
 
     def test_deep_nesting_is_cut(self):
         """
         A multipart nested a thousand deep (30 KB) used to raise
         RecursionError out of the email parser; now the walk stops at
-        L{mailbox.MAX_MIME_DEPTH} and the innermost parts read as empty.
+        L{mime.MAX_DEPTH}, where the multipart has no parts.
         """
-        for depth in (mailbox.MAX_MIME_DEPTH + 1, 1000, 5000):
+        for depth in (mime.MAX_DEPTH + 1, 1000, 5000):
             path = self._walk(nested_multipart(depth))
-            self.assertLessEqual(len(path), mailbox.MAX_MIME_DEPTH)
+            self.assertEqual(len(path), mime.MAX_DEPTH)
+            self.assertEqual(path[-1].maintype, b"multipart")
 
     def test_nesting_up_to_the_limit_is_kept(self):
-        path = self._walk(nested_multipart(mailbox.MAX_MIME_DEPTH))
-        self.assertEqual(len(path), mailbox.MAX_MIME_DEPTH)
-        self.assertEqual(path[-1].getBodyFile().read(), b"innermost\r\n")
+        data = nested_multipart(mime.MAX_DEPTH)
+        path = self._walk(data)
+        self.assertEqual(len(path), mime.MAX_DEPTH)
+        self.assertEqual(path[-1].body(data), b"innermost\r\n")
 
 
 LIST_TEXT = st.lists(

@@ -15,13 +15,13 @@ import email.policy
 import email.utils
 import functools
 import re
-from io import BytesIO
 
 from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from mailsrv.imap import mime
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
 from mailsrv.store.folder import (
@@ -39,9 +39,6 @@ DELIMITER = "/"
 # Bytes read to find a message's header: most fit (SEARCH reads thousands).
 HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
-# MIME parts nested deeper than this are shown empty: real mail nests a few
-# levels; each level costs a few stack frames in Twisted's BODYSTRUCTURE.
-MAX_MIME_DEPTH = 50
 
 
 def write_failure(command, error):
@@ -506,14 +503,16 @@ class Mailbox:
 class Message:
     """
     A stored message. Headers are read on first use, the whole message
-    parsed only for MIME structure (BODYSTRUCTURE, numbered parts).
+    read and parsed only for MIME structure and sections
+    (L{mailsrv.imap.mime}).
     """
 
     def __init__(self, folder, info):
         self.folder = folder
         self.info = info
         self._header = None
-        self._parsed = None
+        self._data = None
+        self._tree = None
 
     def getUID(self):
         return self.info.uid
@@ -568,94 +567,21 @@ class Message:
         f.seek(len(self.header_bytes()))
         return f
 
-    def body_size(self):
-        return self.info.size - len(self.header_bytes())
-
-    def isMultipart(self):
-        return _is_multipart(parse_header_bytes(self.header_bytes()))
-
-    def getSubPart(self, part):
-        return _sub_part(self.parse(), part)
-
-    def parse(self):
+    def mime_bytes(self):
         """
-        The whole message parsed (once): its MIME tree, cut at
-        L{MAX_MIME_DEPTH}.
+        The whole message with CRLF line ends (a copy from another server's
+        Maildir may have bare LF), read once: sections are slices of it.
         """
-        if self._parsed is None:
+        if self._data is None:
             with self.open() as f:
-                data = f.read()
-            # parsebytes: parse(f) reads through universal newlines,
-            # turning every CRLF of the parts into LF
-            parser = email.parser.BytesParser(policy=_CRLF_POLICY)
-            try:
-                parsed = parser.parsebytes(data)
-            except RecursionError:  # nested past the parser's own stack
-                parsed = parser.parsebytes(data, headersonly=True)
-                parsed.set_payload("")
-            _cut_nesting(parsed, MAX_MIME_DEPTH)
-            self._parsed = parsed
-        return self._parsed
+                self._data = mime.crlf(f.read())
+        return self._data
 
-
-@implementer(imap4.IMessagePart)
-class MessagePart:
-    """A MIME part of a parsed message."""
-
-    def __init__(self, part):
-        self.part = part
-        self._body = None
-
-    def getHeaders(self, negate, *names):
-        return _headers(self.part, negate, names)
-
-    def _body_bytes(self):
-        if self._body is None:
-            if self.part.is_multipart():
-                whole = self.part.as_bytes(policy=_CRLF_POLICY)
-                self._body = whole.partition(b"\r\n\r\n")[2]
-            else:
-                payload = self.part.get_payload()
-                # 8-bit bytes come back from surrogates; a message/rfc822 part
-                # inside may hold U+FFFD in their place, which UTF-8 keeps
-                self._body = payload.encode("utf-8", "surrogateescape")
-        return self._body
-
-    def getBodyFile(self):
-        return BytesIO(self._body_bytes())
-
-    def getSize(self):
-        return len(self._body_bytes())
-
-    def isMultipart(self):
-        return self.part.is_multipart()
-
-    def getSubPart(self, part):
-        return _sub_part(self.part, part)
-
-
-def _cut_nesting(parsed, depth):
-    """
-    Empty the multiparts (and attached messages) C{depth} levels down, so
-    that walking the tree (BODYSTRUCTURE, BODY[1.2.3]) stays far from
-    Python's recursion limit whatever a sender nested.
-    """
-    level = [parsed]
-    for _ in range(depth):
-        level = [sub for part in level if part.is_multipart() for sub in part.get_payload()]
-    for part in level:
-        if part.is_multipart():
-            part.set_payload("")
-
-
-def _sub_part(parsed, index):
-    """
-    Part C{index} of a parsed entity. A multipart whose boundary never
-    occurs has a text payload, not parts: it has no part C{index} either.
-    """
-    if not parsed.is_multipart():
-        raise IndexError(index)
-    return MessagePart(parsed.get_payload()[index])
+    def mime_tree(self):
+        """The root L{mime.Entity} of L{mime_bytes}, parsed once (may be slow: see L{mime.costly})."""
+        if self._tree is None:
+            self._tree = mime.parse(self.mime_bytes())
+        return self._tree
 
 
 class ChangedSince(SequenceSet):
@@ -710,7 +636,3 @@ def _headers(message, negate, names):
             text = str(value)
             result[lower] = text.encode("ascii", "replace").decode("ascii")
     return result
-
-
-def _is_multipart(message):
-    return message.get_content_maintype() == "multipart"

@@ -18,6 +18,10 @@ matter to real clients closed. Each override below says which gap:
 - SELECT reports UNSEEN, PERMANENTFLAGS, UIDVALIDITY and UIDNEXT; FETCH of
   BODY[] sets \\Seen; other sessions' expunges are announced only where RFC
   3501 allows (not during FETCH, STORE or SEARCH);
+- BODYSTRUCTURE, BODY, ENVELOPE, RFC822.HEADER and body sections come
+  from our own MIME tree (L{mailsrv.imap.mime}: capped, parsed in a thread
+  when costly), not Twisted's walker, which recursed per level, numbered
+  parts wrongly inside attached messages and raised on a missing part;
 - IDLE ends on DONE only, and sees new mail while it lasts;
 - deadlines (L{mailsrv.deadline}) replace Twisted's idle timer, which every
   line and every literal chunk restarted: a login within C{login_timeout},
@@ -38,7 +42,6 @@ matter to real clients closed. Each override below says which gap:
 """
 
 import datetime
-import email.message
 import email.utils
 import os
 import re
@@ -54,7 +57,7 @@ from mailsrv import __version__, errorlog, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
-from mailsrv.imap import sequence, syntax
+from mailsrv.imap import mime, sequence, syntax
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.realm import MailRealm
 from mailsrv.store.folder import PERMANENT_FLAGS
@@ -74,9 +77,6 @@ _INDEX_ITEMS = frozenset(("flags", "uid", "modseq", "rfc822size", "internaldate"
 FETCH_BATCH = 2000
 # ... and at most about this many bytes of message text per reactor turn.
 FETCH_BATCH_BYTES = 1 << 20
-# Messages above this size (bytes) are parsed for their MIME structure in
-# a thread: parsing megabytes would stall every connection.
-LARGE_MESSAGE = 256 << 10
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}")
 # The end of a discarded overlong line announcing a LITERAL+ literal.
 _LITERAL_PLUS_END = re.compile(rb"\{\d{1,20}\+\}\r?$")
@@ -1000,50 +1000,67 @@ class IMAPServer(imap4.IMAP4Server):
         _w(b"MODSEQ (%d)" % msg.info.modseq)
 
     def spew_bodystructure(self, id, msg, _w=None, _f=None):
-        """Sizes and line counts of the body, not of the whole message."""
-        return self._structure(msg, b"BODYSTRUCTURE ", True, _w)
+        return self._from_tree(msg, lambda data, root: b"BODYSTRUCTURE "
+                               + mime.body_structure(data, root, True), _w)
 
-    def _structure(self, msg, label, extended, _w):
-        """
-        Write a body structure. Twisted's reads the whole message (line
-        counts, MIME parsing): for one over L{LARGE_MESSAGE} that happens
-        in a thread, and the FETCH waits for it.
-        """
-        def write(structure):
-            _w(label + imap4.collapseNestedLists([structure]))
+    def spew_envelope(self, id, msg, _w=None, _f=None):
+        """Address groups, comments and NIL for missing fields (L{mime.envelope})."""
+        _w(b"ENVELOPE " + mime.envelope(mime.header_fields(msg.header_bytes())))
 
-        if msg.getSize() <= LARGE_MESSAGE:
-            return write(imap4.getBodyStructure(_Body(msg), extended))
-        d = threads.deferToThread(imap4.getBodyStructure, _Body(msg), extended)
-        return d.addCallback(write)
+    def spew_rfc822header(self, id, msg, _w=None, _f=None):
+        """BODY[HEADER]: the header as stored, with its empty line (Twisted rebuilt it)."""
+        _w(b"RFC822.HEADER " + imap4._literal(mime.crlf(msg.header_bytes())))
+
+    def _from_tree(self, msg, format, _w):
+        """
+        Write C{format(data, root)} for C{msg}'s bytes and MIME tree
+        (L{mailsrv.imap.mime}): at once, or from a thread for a message
+        that is big or has many parts (L{mime.costly}); the FETCH waits
+        for it, other connections do not.
+        """
+        def run():
+            return format(msg.mime_bytes(), msg.mime_tree())
+
+        if not mime.costly(msg.mime_bytes()):
+            return _w(run())
+        return threads.deferToThread(run).addCallback(_w)
 
     def spew_body(self, part, id, msg, _w=None, _f=None):
         """
-        Headers exactly as stored (Twisted rebuilds them from a dict, losing
-        repeated fields and the closing empty line), BODY as the body
-        structure, and partial fetches cut to the range asked for.
+        Sections from our own MIME tree (L{mailsrv.imap.mime}): numbered
+        parts inside attached messages, a part that does not exist is
+        empty (Twisted raised TypeError and the client got C{* BYE}), the
+        header as stored (Twisted rebuilt it from a dict), partial fetches
+        cut to the range asked for.
         """
-        stored = not part.part and hasattr(msg, "header_bytes")
-        if stored and part.header is not None:
-            data = _select_headers(
-                msg.header_bytes(), part.header.negate, part.header.fields
+        if not part.part and part.header is not None:
+            data = mime.select_fields(
+                mime.crlf(msg.header_bytes()), part.header.fields, part.header.negate
             )
             _w(_label(part) + b" " + imap4._literal(_partial(part, data)))
             return None
-        if stored and part.partialBegin is not None and (part.text or part.empty):
+        if not part.part and part.partialBegin is not None and (part.text or part.empty):
             with (msg.getBodyFile() if part.text else msg.open()) as f:
                 f.seek(part.partialBegin, 1)
                 # past the end: empty (RFC 3501 6.4.5); never more than the file
                 data = f.read(min(part.partialLength, msg.getSize()))
             _w(_label(part) + b" " + imap4._literal(data))
             return None
+        if not part.part and part.empty:
+            return super().spew_body(part, id, msg, _w, _f)  # the file, as the fast path
         if not (part.header or part.text or part.mime or part.empty):
-            return self._structure(msg, b"BODY ", False, _w)
-        if part.part and msg.getSize() > LARGE_MESSAGE and hasattr(msg, "parse"):
-            # a numbered part needs the MIME tree: parse it off the reactor
-            d = threads.deferToThread(msg.parse)
-            return d.addCallback(lambda _: _base.spew_body(self, part, id, msg, _w, _f))
-        return super().spew_body(part, id, msg, _w, _f)
+            return self._from_tree(msg, lambda data, root: b"BODY "
+                                   + mime.body_structure(data, root, False), _w)
+        kind = "header" if part.header else "text" if part.text else "mime" if part.mime else ""
+        header = part.header
+
+        def section(data, root):
+            found = mime.section(
+                data, root, [n + 1 for n in part.part], kind,
+                header and header.fields, header and header.negate,
+            )
+            return _label(part) + b" " + imap4._literal(_partial(part, found))
+        return self._from_tree(msg, section, _w)
 
     def do_STORE(self, tag, messages, unchangedsince, mode, flags, uid=0):
         """
@@ -1385,54 +1402,6 @@ def _fast_getter(server, part, cur):
     return whole
 
 
-class _Body:
-    """
-    A message or part seen as its body: what BODYSTRUCTURE measures, with
-    its Content-Type in a form Twisted's structure code can read.
-    """
-
-    def __init__(self, message):
-        self._message = message
-
-    def __getattr__(self, name):
-        return getattr(self._message, name)
-
-    def getSize(self):
-        if hasattr(self._message, "body_size"):
-            return self._message.body_size()
-        return self._message.getSize()
-
-    def getHeaders(self, negate, *names):
-        headers = self._message.getHeaders(negate, *names)
-        if "content-type" in headers:
-            headers["content-type"] = _readable_content_type(headers["content-type"])
-        return headers
-
-    def getSubPart(self, part):
-        return _Body(self._message.getSubPart(part))
-
-
-_UNSPLITTABLE = re.compile(r'[;"\r\n]')
-
-
-def _readable_content_type(value):
-    """
-    C{type/subtype; name="value"...} as the email package reads C{value}.
-    Twisted splits the raw field on C{;} and C{=} and fails on a parameter
-    without a value (C{text/plain;} is common in spam: the FETCH dropped
-    the connection), an empty one (C{boundary=}), or a C{;} inside quotes.
-    """
-    parsed = email.message.Message()
-    parsed["Content-Type"] = value
-    params = []
-    for name, param in parsed.get_params(header="content-type")[1:]:
-        text = _UNSPLITTABLE.sub("", email.utils.collapse_rfc2231_value(param))
-        name = _UNSPLITTABLE.sub("", name).replace("=", "")
-        if name:
-            params.append(f'{name}="{text}"')
-    return "; ".join([parsed.get_content_type(), *params])
-
-
 def _copyuid(target, pairs):
     """The C{[COPYUID ...] } response code (RFC 4315) for C{(old, new)} UIDs."""
     if not pairs:
@@ -1451,27 +1420,6 @@ def _sets_seen(part):
     return part.type == "body" and not part.peek and bool(
         part.header or part.text or part.mime or part.empty
     )
-
-
-def _select_headers(block, negate, fields):
-    """
-    The header fields of C{block} (with continuation lines) named in
-    C{fields}, or all others when C{negate}; all of them without C{fields}.
-    Ends with the empty line, as RFC 3501 wants.
-    """
-    if not fields:
-        return block
-    wanted = {f.lower() if isinstance(f, bytes) else f.lower().encode() for f in fields}
-    out, keep = [], False
-    for line in block.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] not in (b" ", b"\t"):
-            keep = (line.split(b":", 1)[0].strip().lower() in wanted) != bool(negate)
-        if keep:
-            out.append(line)
-    out.append(b"\r\n")
-    return b"".join(out)
 
 
 def _label(part):
