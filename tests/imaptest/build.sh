@@ -31,7 +31,7 @@ libdir=/usr/lib/dovecot
 if [ ! -e "$libdir/libdovecot.so" ]; then
   libdir=$BUILD/dovecot-core/usr/lib/dovecot
   # the same version as dovecot-dev, whose headers we compile against
-  version=$(dpkg-query -W -f='${Version}' dovecot-dev)
+  version=$(dpkg-query -W -f='${Version}' dovecot-dev) || { echo "dovecot-dev is not installed"; exit 1; }
   mkdir -p deb && (cd deb && apt-get download -qq "dovecot-core=$version") >/dev/null 2>&1 ||
     { echo "apt-get download dovecot-core=$version failed"; exit 1; }
   dpkg -x deb/dovecot-core_*.deb dovecot-core
