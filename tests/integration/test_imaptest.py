@@ -264,4 +264,4 @@ class Stress(unittest.TestCase):
         "12,000 to 18,000 imaptest errors in 20 s: an APPEND {N+} pipelined "
         "behind another command has its literal parsed as commands (BAD Too many arguments); "
         "~1,000 without pipelining (untagged replies after LOGOUT, keywords not in FLAGS); "
-        "at times an Unhandled Error")
+        "at times an Unhandled Error (AttributeError: _pendingLiteral is None)")
