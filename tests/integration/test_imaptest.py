@@ -137,9 +137,9 @@ class GroupResult:
 
     @property
     def failed(self):
-        return (not self.finished or bool(self.server_note) or "\n*** Test " in "\n" + self.output
-                or "\nError: " in "\n" + self.output
-                or " 0 failed," not in self.output)
+        lines = self.output.splitlines()
+        return (not self.finished or bool(self.server_note) or " 0 failed," not in self.output
+                or any(line.startswith(("*** Test ", "Error: ")) for line in lines))
 
     @property
     def ran_nothing(self):
@@ -153,6 +153,7 @@ _advertised = set()  # the server's capabilities after login, upper case
 
 
 def capabilities_after_login(server):
+    """What a skipped group's reason compares its `capabilities:` with."""
     imap = server.imap()
     try:
         imap.login(USERS[0], PASSWORD)
@@ -205,7 +206,10 @@ class ScriptedGroups(unittest.TestCase):
     skip = not_built()
 
     def check_group(self, group):
-        result = scripted_results()[group]
+        result = scripted_results().get(group)
+        if result is None:
+            self.fail("the run of the groups stopped before this one (a restart of the "
+                      "server failed): see the first group test that failed")
         if result.failed:
             self.fail(f"imaptest group {group}:\n{result.output}\n{result.server_note}")
         if result.ran_nothing:
