@@ -20,7 +20,7 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # shellcheck disable=SC2086
   (apt-get install -y -qq $packages || { apt-get update -qq && apt-get install -y -qq $packages; }) \
-    >/dev/null
+    >/dev/null || { echo "apt-get install $packages failed"; exit 1; }
 fi
 
 rm -rf "$BUILD"; mkdir -p "$BUILD"
