@@ -6,6 +6,7 @@ mailsrv command, clients bound to chosen loopback addresses.
 
 import poplib
 import imaplib
+import resource
 import shutil
 import signal
 import smtplib
@@ -101,12 +102,16 @@ class MailServerProcess:
     """
 
     def __init__(self, extra=None, users=("alice@example.test", "bob@example.test"),
-                 listeners=None):
+                 listeners=None, memory_limit=None):
         """
         @param listeners: keys to add or override in chosen [[listen]]
             tables, by name, e.g. C{{"imaps": {"client_cert": "require"}}};
             an C{endpoint} may say C{{port}}, e.g. C{"tcp6:{port}:interface=\\:\\:1"}.
+        @param memory_limit: bytes of address space the server may take, so
+            that a runaway command ends in MemoryError in the server instead
+            of the kernel's OOM killer picking some process on the machine.
         """
+        self.memory_limit = memory_limit
         self.dir = Path(tempfile.mkdtemp(prefix="mailsrv-it-"))
         self.ports = {name: free_port() for name, *_ in LISTENERS}
         self.hosts = {name: "127.0.0.1" for name in self.ports}
@@ -179,6 +184,7 @@ class MailServerProcess:
         self.process = subprocess.Popen(
             twistd() + ["-n", "--pidfile=", "mailsrv", "--config", str(self.config)],
             stdout=self.logfile, stderr=subprocess.STDOUT, cwd=self.dir,
+            preexec_fn=self._limit_memory if self.memory_limit else None,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -198,6 +204,9 @@ class MailServerProcess:
         for name in self.ports:
             socket.create_connection(self.address(name), 5).close()
         return self
+
+    def _limit_memory(self):
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
 
     def _move_ports(self):
         """Give every listener a new port, in the config as it is now."""
