@@ -506,6 +506,20 @@ class IMAPServer(imap4.IMAP4Server):
         for seq in self.mbox.take_expunges():
             super()._respond(b"%d EXPUNGE" % seq, None, None)
 
+    def do_LOGOUT(self, tag):
+        """
+        What the client has yet to hear comes before BYE: a client forgets
+        the mailbox at BYE (imaptest reports an EXPUNGE after it).
+        """
+        if self.mbox is not None:
+            queued, self._queuedAsync = self._queuedAsync, []
+            for line in queued:
+                super()._respond(line, None, None)
+            self._send_expunges()
+        super().do_LOGOUT(tag)
+
+    unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
+
     def expunges_pending(self):
         """Another session expunged messages we show: announce them if idle."""
         if self.parseState == "idle":
