@@ -87,12 +87,28 @@ class Account:
         self.user = user
 
     def select(self, name, readwrite=1):
+        """
+        A Deferred of the L{Mailbox} once its folder is synced (the listing
+        runs in a thread), or L{None} when there is no such folder.
+        """
+        folder = self._folder(name)
+        if folder is None:
+            return None
+        return folder.sync().addCallback(lambda _: Mailbox(folder, bool(readwrite)))
+
+    def target(self, name):
+        """
+        The L{Mailbox} that APPEND, COPY or MOVE puts messages into, or
+        L{None}: not synced, as nothing reads its messages.
+        """
+        folder = self._folder(name)
+        return None if folder is None else Mailbox(folder, True)
+
+    def _folder(self, name):
         try:
-            folder = self.store.folder(self.user, name)
+            return self.store.folder(self.user, name)
         except (NoSuchFolder, ValueError):
             return None
-        folder.sync()
-        return Mailbox(folder, bool(readwrite))
 
     def addMailbox(self, name, mbox=None):
         raise imap4.MailboxException("not supported")
@@ -226,7 +242,9 @@ class Mailbox:
         raise imap4.MailboxException("not supported")
 
     def requestStatus(self, names):
-        self.folder.sync()
+        return self.folder.sync().addCallback(lambda _: self._status(names))
+
+    def _status(self, names):
         values = {
             "MESSAGES": len(self.folder),
             "RECENT": 0,

@@ -43,7 +43,7 @@ import re
 
 from twisted.cred import error
 from twisted.cred.portal import Portal
-from twisted.internet import defer, interfaces, protocol, threads
+from twisted.internet import base, defer, interfaces, protocol, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
@@ -653,6 +653,8 @@ class IMAPServer(imap4.IMAP4Server):
         do_SELECT, _arg_mailbox, _base.opt_plist, 0, b"EXAMINE")
 
     def _cbSelectWork(self, mbox, cmdName, tag):
+        if self._lost:  # gone while the folder was synced
+            return
         if mbox is None:
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
             return
@@ -682,9 +684,12 @@ class IMAPServer(imap4.IMAP4Server):
         return super()._ebSelectWork(failure, cmdName, tag)
 
     def do_NOOP(self, tag):
-        if self.mbox is not None:
-            self.mbox.folder.sync()
-        self.sendPositiveResponse(tag, b"NOOP completed")
+        if self.mbox is None:
+            return self.sendPositiveResponse(tag, b"NOOP completed")
+        d = self.mbox.folder.sync()
+        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, b"NOOP completed"),
+                       self._failed, None, None, (tag, b"NOOP"), None)
+        return None
 
     unauth_NOOP = auth_NOOP = select_NOOP = logout_NOOP = (do_NOOP,)
 
@@ -716,7 +721,7 @@ class IMAPServer(imap4.IMAP4Server):
     auth_ENABLE = (do_ENABLE, _base.arg_line)
 
     def checkpoint(self):
-        self.mbox.folder.sync()
+        return self.mbox.folder.sync()
 
     def do_IDLE(self, tag):
         self._idle_tag = tag
@@ -729,14 +734,20 @@ class IMAPServer(imap4.IMAP4Server):
     select_IDLE = auth_IDLE = (do_IDLE,)
 
     def _poll_idle(self):
-        self._idle_poll = None
-        self.mbox.folder.sync()
-        self._idle_poll = self.callLater(self.IDLE_POLL, self._poll_idle)
+        """Sync now, and again L{IDLE_POLL} seconds after this sync ends."""
+        syncing = self._idle_poll = self.mbox.folder.sync()
+
+        def again(_):
+            if self._idle_poll is syncing:  # still idling
+                self._idle_poll = self.callLater(self.IDLE_POLL, self._poll_idle)
+
+        syncing.addCallbacks(again, lambda f: self._client_error(f, b"IDLE"))
 
     def _stop_idle_poll(self):
-        if self._idle_poll is not None and self._idle_poll.active():
-            self._idle_poll.cancel()
-        self._idle_poll = None
+        """Stop polling (a sync under way ends, but starts no other)."""
+        poll, self._idle_poll = self._idle_poll, None
+        if isinstance(poll, base.DelayedCall) and poll.active():
+            poll.cancel()
 
     def parse_idle(self, line):
         """RFC 2177: only DONE ends IDLE (Twisted takes any line)."""
@@ -990,7 +1001,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, _text(e))
             return None
         try:
-            target = self.account.select(mailbox, 1)
+            target = self.account.target(mailbox)
         except OSError as e:  # its Maildir cannot be made
             self.sendNegativeResponse(tag, write_failure(command, e))
             return None
