@@ -291,7 +291,7 @@ class Mailbox:
     def flags_changed(self, changes):
         updates = {}
         for uid, flags in changes.items():
-            seq = self._seq(uid)
+            seq = self.seq(uid)
             if seq is not None and uid not in self.pending:
                 updates[seq] = sorted(flags)
         if updates:
@@ -305,7 +305,7 @@ class Mailbox:
         @return: their sequence numbers, in the order to announce them
             (highest first, so each number is right when it is sent).
         """
-        seqs = sorted((self._seq(uid) for uid in self.pending), reverse=True)
+        seqs = sorted((self.seq(uid) for uid in self.pending), reverse=True)
         for seq in seqs:
             del self.view[seq - 1]
         self.pending.clear()
@@ -462,7 +462,7 @@ class Mailbox:
 
     def _forget(self, uids):
         """Drop C{uids} from the view; their sequence numbers, highest first."""
-        seqs = sorted((self._seq(u) for u in uids), reverse=True)
+        seqs = sorted((self.seq(u) for u in uids), reverse=True)
         for seq in seqs:
             del self.view[seq - 1]
         return seqs
@@ -470,7 +470,8 @@ class Mailbox:
     def _infos(self):
         return [self.folder.message(u) for u in self.view if u not in self.pending]
 
-    def _seq(self, uid):
+    def seq(self, uid):
+        """The sequence number the client knows C{uid} by, or L{None}."""
         i = bisect.bisect_left(self.view, uid)
         if i < len(self.view) and self.view[i] == uid:
             return i + 1

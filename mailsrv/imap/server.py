@@ -176,6 +176,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.listener = listener
         self.portal = portal
         self._tag = None  # the command being processed
+        self._flag_news = set()  # UIDs whose flag change waits for a FETCH to end
         self._command = None
         self._discarding = False
         self._discarded_tail = b""  # the last bytes of the line being discarded
@@ -488,9 +489,7 @@ class IMAPServer(imap4.IMAP4Server):
         if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
             super()._respond(state, tag, message)
             return
-        queued, self._queuedAsync = self._queuedAsync, []
-        for line in queued:
-            super()._respond(line, None, None)
+        self._flush_news()
         if self.mbox is not None and (
             self._command not in _NO_EXPUNGE or self._command == b"UID"
         ):
@@ -512,11 +511,21 @@ class IMAPServer(imap4.IMAP4Server):
         the mailbox at BYE (imaptest reports an EXPUNGE after it).
         """
         if self.mbox is not None:
-            queued, self._queuedAsync = self._queuedAsync, []
-            for line in queued:
-                super()._respond(line, None, None)
+            self._flush_news()
             self._send_expunges()
+            self.mbox.removeListener(self)  # nothing more after BYE
+            self.mbox.close()
+            self.mbox = None
         super().do_LOGOUT(tag)
+
+    def _flush_news(self):
+        """Send what waited for the command to end (Twisted's queue, flag changes)."""
+        queued, self._queuedAsync = self._queuedAsync, []
+        for line in queued:
+            super()._respond(line, None, None)
+        if self._flag_news and self.mbox is not None:
+            uids, self._flag_news = self._flag_news, set()
+            self._send_flags(uids)
 
     unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
 
@@ -659,6 +668,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
             return
         self.mbox = mbox
+        self._flag_news.clear()  # of the mailbox selected before
         mbox.addListener(self)
         flags = " ".join(mbox.getFlags()).encode("ascii")
         self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
@@ -984,11 +994,24 @@ class IMAPServer(imap4.IMAP4Server):
         return b" ".join(items)
 
     def flagsChanged(self, newFlags):
-        """Another session changed flags: FETCH, with MODSEQ once enabled."""
-        for seq in sorted(newFlags):
-            info = self.mbox.folder.message(self.mbox.getUID(seq))
-            self.sendUntaggedResponse(
-                b"%d FETCH (%s)" % (seq, self._changed_items(info)), isAsync=True)
+        """
+        Another session changed flags: FETCH, with MODSEQ once enabled.
+        During a FETCH they wait for its end and are then read afresh: as
+        they were now, they could follow the FETCH's own newer MODSEQ.
+        """
+        uids = [self.mbox.getUID(seq) for seq in newFlags]
+        if self.blocked is not None:
+            self._flag_news.update(uids)
+        else:
+            self._send_flags(uids)
+
+    def _send_flags(self, uids):
+        for uid in sorted(uids):
+            seq = self.mbox.seq(uid)
+            if seq is None or uid in self.mbox.pending or self.mbox.folder.entry(uid) is None:
+                continue
+            info = self.mbox.folder.message(uid)
+            self._respond(b"%d FETCH (%s)" % (seq, self._changed_items(info)), None, None)
 
     def _target(self, tag, mailbox, command):
         """
