@@ -139,3 +139,26 @@ class _Listener:
 
     def flags_changed(self, changes):
         pass
+
+
+class RecentAndMoveTests(IMAPTestCase):
+    def test_recent_goes_to_the_first_session(self):
+        deliver(self.store, MESSAGE)
+        first = self.client()
+        first.login()
+        self.assertIn(b"* 1 RECENT\r\n", first.cmd(b"s SELECT INBOX"))
+        second = self.client()
+        second.login()
+        self.assertIn(b"* 0 RECENT\r\n", second.cmd(b"s SELECT INBOX"))
+        self.assertEqual(first.cmd(b"f FETCH 1 FLAGS"),
+                         b"* 1 FETCH (FLAGS (\\Recent))\r\nf OK FETCH completed\r\n")
+        self.assertEqual(second.cmd(b"f FETCH 1 FLAGS"),
+                         b"* 1 FETCH (FLAGS ())\r\nf OK FETCH completed\r\n")
+        self.assertIn(b"RECENT 0", second.cmd(b"t STATUS INBOX (RECENT)"))
+
+    def test_move_into_selected_mailbox_sends_exists_after_expunge(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(
+            c.cmd(b"m MOVE 1 INBOX"),
+            b"* OK [COPYUID 1795000000 1 2] Moved\r\n* 1 EXPUNGE\r\n* 1 EXISTS\r\n"
+            b"* 1 RECENT\r\nm OK MOVE completed\r\n")

@@ -192,6 +192,8 @@ class Mailbox:
 
     @ivar view: the UIDs the client knows, by sequence number - 1.
     @ivar pending: UIDs gone from the folder but still in C{view}.
+    @ivar recent: the UIDs in C{view} that are \\Recent for this session:
+        it was the first to see them (RFC 3501; EXAMINE takes none).
     """
 
     def __init__(self, folder, writeable):
@@ -199,7 +201,10 @@ class Mailbox:
         self.writeable = writeable
         self.view = folder.uids()
         self.pending = set()
+        self.recent = folder.claim_recent() if writeable else set()
         self.listeners = []
+        self._moving_here = False  # see move()
+        self._unannounced = False
 
     # Info
 
@@ -223,7 +228,7 @@ class Mailbox:
         return len(self.view)
 
     def getRecentCount(self):
-        return 0
+        return len(self.recent)
 
     def getUnseenCount(self):
         return sum(1 for info in self._infos() if "\\Seen" not in info.flags)
@@ -247,7 +252,7 @@ class Mailbox:
     def _status(self, names):
         values = {
             "MESSAGES": len(self.folder),
-            "RECENT": 0,
+            "RECENT": self.folder.recent_count(),
             "UIDNEXT": self.folder.uidnext,
             "UIDVALIDITY": self.folder.uidvalidity,
             "UNSEEN": sum(1 for i in self.folder.messages() if "\\Seen" not in i.flags),
@@ -278,8 +283,19 @@ class Mailbox:
         fresh = sorted(u for u in uids if u not in known)
         if fresh:
             self.view.extend(fresh)
-            for listener in self.listeners:
-                listener.newMessages(len(self.view), None)
+            if self.writeable:
+                self.recent |= self.folder.claim_recent(fresh)
+            self._unannounced = True
+            if not self._moving_here:
+                self.announce_arrivals()
+
+    def announce_arrivals(self):
+        """EXISTS and RECENT for the messages added to the view, if any."""
+        if not self._unannounced:
+            return
+        self._unannounced = False
+        for listener in self.listeners:
+            listener.newMessages(len(self.view), len(self.recent))
 
     def messages_expunged(self, uids):
         known = set(self.view)
@@ -308,6 +324,7 @@ class Mailbox:
         seqs = sorted((self.seq(uid) for uid in self.pending), reverse=True)
         for seq in seqs:
             del self.view[seq - 1]
+        self.recent -= self.pending
         self.pending.clear()
         return seqs
 
@@ -325,7 +342,7 @@ class Mailbox:
             if u not in self.pending:
                 info = self.folder.message(u)
                 if since is None or info.modseq > since:
-                    yield seq, Message(self.folder, info)
+                    yield seq, Message(self.folder, info, u in self.recent)
 
     def fetch_entries(self, messages, uid):
         """
@@ -422,7 +439,12 @@ class Mailbox:
             pairs in UID order, the sequence numbers highest first.
         """
         uids = [u for _, u in self.resolve(messages, uid) if u not in self.pending]
-        d = self.folder.move(uids, target.folder, origin=self)
+        # into this very folder: EXISTS after the EXPUNGEs (announce_arrivals)
+        self._moving_here = target.folder is self.folder
+        try:
+            d = self.folder.move(uids, target.folder, origin=self)
+        finally:
+            self._moving_here = False
         return d.addCallback(lambda pairs: (pairs, self._forget(u for u, _ in pairs)))
 
     def addMessage(self, message, flags=(), date=None):
@@ -462,6 +484,8 @@ class Mailbox:
 
     def _forget(self, uids):
         """Drop C{uids} from the view; their sequence numbers, highest first."""
+        uids = set(uids)
+        self.recent -= uids
         seqs = sorted((self.seq(u) for u in uids), reverse=True)
         for seq in seqs:
             del self.view[seq - 1]
@@ -506,9 +530,10 @@ class Message:
     parsed only for MIME structure (BODYSTRUCTURE, numbered parts).
     """
 
-    def __init__(self, folder, info):
+    def __init__(self, folder, info, recent=False):
         self.folder = folder
         self.info = info
+        self.recent = recent  # \\Recent in the session that fetches it
         self._header = None
         self._parsed = None
 
@@ -516,7 +541,7 @@ class Message:
         return self.info.uid
 
     def getFlags(self):
-        return sorted(self.info.flags)
+        return sorted(self.info.flags | {"\\Recent"} if self.recent else self.info.flags)
 
     def getInternalDate(self):
         return email.utils.formatdate(self.info.internaldate)

@@ -673,7 +673,7 @@ class IMAPServer(imap4.IMAP4Server):
         flags = " ".join(mbox.getFlags()).encode("ascii")
         self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
         self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
-        self.sendUntaggedResponse(b"0 RECENT")
+        self.sendUntaggedResponse(b"%d RECENT" % mbox.getRecentCount())
         unseen = mbox.first_unseen()
         if unseen is not None:
             self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
@@ -986,7 +986,9 @@ class IMAPServer(imap4.IMAP4Server):
         """The items of a FETCH response that reports a flag change."""
         items = []
         if flags:
-            items.append(b"FLAGS (" + " ".join(sorted(info.flags)).encode("ascii") + b")")
+            recent = {"\\Recent"} if info.uid in self.mbox.recent else set()
+            flags = " ".join(sorted(info.flags | recent))
+            items.append(b"FLAGS (" + flags.encode("ascii") + b")")
         if uid:
             items.append(b"UID %d" % info.uid)
         if self._condstore:
@@ -1078,6 +1080,7 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendPositiveResponse(None, _copyuid(target, pairs) + b"Moved")
             for seq in seqs:
                 self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+            self.mbox.announce_arrivals()  # a MOVE into this mailbox
             self.sendPositiveResponse(tag, b"MOVE completed")
 
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
@@ -1204,6 +1207,12 @@ def _flags_item(entry):
     return value
 
 
+def _recent_flags_item(entry):
+    """L{_flags_item} of a message that is \\Recent in this session."""
+    flags = sorted(entry.flags() | {"\\Recent"})
+    return b"FLAGS (" + " ".join(flags).encode("ascii") + b")"
+
+
 def _read_file(path, size):
     """The whole file: C{size} (the index's) is a hint, the file decides."""
     fd = os.open(path, os.O_RDONLY)
@@ -1233,7 +1242,10 @@ def _fast_getter(server, part, cur):
     """A function of a folder entry giving C{part}'s bytes in a FETCH response."""
     kind = part.type
     if kind == "flags":
-        return _flags_item
+        recent = server.mbox.recent
+        if not recent:
+            return _flags_item
+        return lambda e: _recent_flags_item(e) if e.uid in recent else _flags_item(e)
     if kind == "uid":
         return lambda e: b"UID %d" % e.uid
     if kind == "rfc822size":

@@ -229,6 +229,7 @@ class Folder:
         self._clean_stamp = None  # see sync()
         self._syncing = None  # the Deferreds waiting on the listing in a thread
         self._touched = None  # keys changed since that listing began
+        self._recent = set()  # UIDs that arrived here and no session has seen
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
         self._load()
@@ -272,6 +273,22 @@ class Folder:
     def cur_prefix(self):
         """The path of C{cur/} with a trailing separator, as a string."""
         return os.path.join(os.fspath(self.path), "cur", "")
+
+    def claim_recent(self, uids=None):
+        """
+        Take the \\Recent of C{uids} (all when L{None}) that no session
+        took before: the first session to see a message gets it.
+        """
+        if uids is None:
+            claimed, self._recent = self._recent, set()
+            return claimed
+        claimed = self._recent.intersection(uids)
+        self._recent -= claimed
+        return claimed
+
+    def recent_count(self):
+        """The messages no session has seen yet (STATUS RECENT)."""
+        return len(self._recent)
 
     def keywords(self):
         """The keywords set on any message here, sorted."""
@@ -628,6 +645,7 @@ class Folder:
         # The index written then is stale anyway: a failure to write it
         # changes nothing, the files go to cur/ all the same.
         added = self._take_in(in_cur, found, changed, [], keep=reset)
+        self._recent.update(entry.uid for entry in added or ())
         if added is not None or reset:
             self._settle(stamp)
         # files vanished while the server was down, or a new (empty) index:
@@ -793,6 +811,8 @@ class Folder:
         self._index.save(self._entries[uid].record() for uid in sorted(self._entries))
 
     def _notify(self, origin, added, expunged, changes):
+        self._recent.update(added)
+        self._recent.difference_update(expunged)
         for listener in list(self.listeners):
             if listener is origin:
                 continue
