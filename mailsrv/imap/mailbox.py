@@ -94,7 +94,7 @@ class Account:
         folder = self._folder(name)
         if folder is None:
             return None
-        return folder.sync().addCallback(lambda _: Mailbox(folder, bool(readwrite)))
+        return folder.sync().addCallback(lambda _: Mailbox(folder, bool(readwrite)).take_recent())
 
     def target(self, name):
         """
@@ -193,7 +193,8 @@ class Mailbox:
     @ivar view: the UIDs the client knows, by sequence number - 1.
     @ivar pending: UIDs gone from the folder but still in C{view}.
     @ivar recent: the UIDs in C{view} that are \\Recent for this session:
-        it was the first to see them (RFC 3501; EXAMINE takes none).
+        it was the first to see them (RFC 3501; EXAMINE shows them, leaving
+        them to the next SELECT).
     """
 
     def __init__(self, folder, writeable):
@@ -201,7 +202,7 @@ class Mailbox:
         self.writeable = writeable
         self.view = folder.uids()
         self.pending = set()
-        self.recent = folder.claim_recent() if writeable else set()
+        self.recent = set()  # see take_recent()
         self.listeners = []
         self._moving_here = False  # see move()
         self._unannounced = False
@@ -226,6 +227,11 @@ class Mailbox:
 
     def getMessageCount(self):
         return len(self.view)
+
+    def take_recent(self):
+        """Selected: the messages no session saw are \\Recent here (SELECT takes them)."""
+        self.recent = self.folder.claim_recent(take=self.writeable)
+        return self
 
     def getRecentCount(self):
         return len(self.recent)
@@ -283,8 +289,7 @@ class Mailbox:
         fresh = sorted(u for u in uids if u not in known)
         if fresh:
             self.view.extend(fresh)
-            if self.writeable:
-                self.recent |= self.folder.claim_recent(fresh)
+            self.recent |= self.folder.claim_recent(fresh, take=self.writeable)
             self._unannounced = True
             if not self._moving_here:
                 self.announce_arrivals()

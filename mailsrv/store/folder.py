@@ -229,7 +229,9 @@ class Folder:
         self._clean_stamp = None  # see sync()
         self._syncing = None  # the Deferreds waiting on the listing in a thread
         self._touched = None  # keys changed since that listing began
-        self._recent = set()  # UIDs that arrived here and no session has seen
+        # UIDs that arrived here and no session has seen: kept by the store,
+        # as a folder nobody holds (after an APPEND to it) is let go
+        self._recent = store.unseen_arrivals(user, name)
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
         self._load()
@@ -274,16 +276,15 @@ class Folder:
         """The path of C{cur/} with a trailing separator, as a string."""
         return os.path.join(os.fspath(self.path), "cur", "")
 
-    def claim_recent(self, uids=None):
+    def claim_recent(self, uids=None, take=True):
         """
-        Take the \\Recent of C{uids} (all when L{None}) that no session
-        took before: the first session to see a message gets it.
+        The \\Recent of C{uids} (all when L{None}) that no session took
+        before: the first session to see a message gets it (RFC 3501).
+        With C{take} false (EXAMINE) they stay for the next.
         """
-        if uids is None:
-            claimed, self._recent = self._recent, set()
-            return claimed
-        claimed = self._recent.intersection(uids)
-        self._recent -= claimed
+        claimed = set(self._recent) if uids is None else self._recent.intersection(uids)
+        if take:
+            self._recent -= claimed
         return claimed
 
     def recent_count(self):
@@ -889,6 +890,7 @@ class MailStore:
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
         self._maildrop_locks = set()
+        self._recent = {}  # (user, NAME) -> set of UIDs, see Folder.claim_recent
         self._maildirs = {}  # (user, folder) -> Path, see maildir()
 
     def now(self):
@@ -899,6 +901,10 @@ class MailStore:
         value = max(self.now(), self._last_uidvalidity + 1, previous + 1)
         self._last_uidvalidity = value
         return value
+
+    def unseen_arrivals(self, user, name):
+        """The set of UIDs of C{user}'s folder that are \\Recent for the next session."""
+        return self._recent.setdefault((user, name), set())
 
     def lock_maildrop(self, user):
         """
@@ -1016,6 +1022,7 @@ class MailStore:
         trash = path.parent / f"..deleted-{os.urandom(6).hex()}"
         os.rename(path, trash)
         folder = self._folders.pop((user, name), None)
+        self._recent.pop((user, name), None)
         if folder is not None:
             folder._forget()
         try:
@@ -1052,6 +1059,9 @@ class MailStore:
         for source, target in moves:
             os.rename(self.maildir(user, source), self.maildir(user, target))
             folder = self._folders.pop((user, source), None)
+            recent = self._recent.pop((user, source), None)
+            if recent is not None:
+                self._recent[(user, target)] = recent
             if folder is not None:
                 folder.name = target
                 folder.path = self.maildir(user, target)
