@@ -162,3 +162,4 @@ class RecentAndMoveTests(IMAPTestCase):
             c.cmd(b"m MOVE 1 INBOX"),
             b"* OK [COPYUID 1795000000 1 2] Moved\r\n* 1 EXPUNGE\r\n* 1 EXISTS\r\n"
             b"* 1 RECENT\r\nm OK MOVE completed\r\n")
+

@@ -647,7 +647,7 @@ class SMTPServer(protocol.Protocol):
         return local_users, remote, folder
 
     def _queued(self, committed, transaction, size, local_users, remote, folder):
-        queue_id, delivered = committed
+        queue_id, paths = committed
         # One line per message: formatted here once, not field by field by
         # the logger's string.Formatter (a third of the line's cost).
         ip, sender = self.session.ip, transaction.sender
@@ -660,7 +660,7 @@ class SMTPServer(protocol.Protocol):
             delivered=delivered, queued=queued,
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        for user, path in zip(local_users, delivered):  # open sessions see it at once
+        for user, path in zip(local_users, paths):  # open sessions see it at once
             self.server.store.notify(user, folder, [os.path.basename(path)])
         if remote and self.server.queue_runner is not None:
             self.server.queue_runner.wake()
