@@ -163,3 +163,14 @@ class RecentAndMoveTests(IMAPTestCase):
             b"* OK [COPYUID 1795000000 1 2] Moved\r\n* 1 EXPUNGE\r\n* 1 EXISTS\r\n"
             b"* 1 RECENT\r\nm OK MOVE completed\r\n")
 
+
+
+class LeavingTests(IMAPTestCase):
+    def test_noop_ending_after_the_client_left_writes_nothing(self):
+        c = self.selected(MESSAGE)
+        threads = HeldThreads()
+        self.patch(folder_module, "threads", threads)
+        c.send(b"n NOOP\r\n")
+        c.proto.connectionLost(None)
+        c.proto.transport = None  # as the connection wrapper leaves it
+        threads.run_all()  # no AttributeError on the missing transport

@@ -486,6 +486,8 @@ class IMAPServer(imap4.IMAP4Server):
     # Output: the end of a command
 
     def _respond(self, state, tag, message):
+        if self._lost:  # a command that waited on a sync ends after the client left
+            return
         if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
             super()._respond(state, tag, message)
             return
