@@ -63,9 +63,9 @@ class MailRealm:
 
         def open_inbox():
             folder = self.store.folder(user, "INBOX")
-            folder.sync()
-            return (pop3.IMailbox, FolderMailbox(user, folder),
-                    lambda: self.store.unlock_maildrop(user))
+            return folder.sync().addCallback(lambda _: (
+                pop3.IMailbox, FolderMailbox(user, folder),
+                lambda: self.store.unlock_maildrop(user)))
 
         d = defer.maybeDeferred(open_inbox)
         d.addErrback(lambda failure: (self.store.unlock_maildrop(user), failure)[1])

@@ -190,8 +190,10 @@ class IMAPTestCase(unittest.TestCase):
         return c
 
     def selected(self, *messages):
+        """A session with INBOX selected, holding C{messages}, none \\Recent."""
         for m in messages:
             deliver(self.store, m)
+        self.store.folder(ALICE).claim_recent()
         c = self.client()
         c.login()
         c.cmd(b"S SELECT INBOX")
@@ -451,7 +453,7 @@ class RealCheckerTests(unittest.TestCase):
 SELECT_REPLY = (
     b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
     b"* 2 EXISTS\r\n"
-    b"* 0 RECENT\r\n"
+    b"* 2 RECENT\r\n"
     b"* OK [UNSEEN 1] First unseen\r\n"
     b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Limited\r\n"
     b"* OK [UIDVALIDITY 1795000000] UIDs valid\r\n"
@@ -580,7 +582,8 @@ class MailboxCommandTests(IMAPTestCase):
     def test_append_to_selected_sends_exists(self):
         c = self.selected(MESSAGE, MESSAGE)
         c.cmd(b"a APPEND INBOX {3}")
-        self.assertEqual(c.send(b"x\r\n\r\n"), b"* 3 EXISTS\r\na OK [APPENDUID 1795000000 3] APPEND completed\r\n")
+        self.assertEqual(c.send(b"x\r\n\r\n"), b"* 3 EXISTS\r\n* 1 RECENT\r\n"
+                                            b"a OK [APPENDUID 1795000000 3] APPEND completed\r\n")
 
     def test_append_too_big(self):
         c = self.client()
@@ -713,15 +716,17 @@ class MailboxCommandTests(IMAPTestCase):
                          b"* 1 FETCH (UID 1)\r\nf OK FETCH completed\r\n")
         self.assertEqual(b.cmd(b"n NOOP"), b"* 2 EXPUNGE\r\nn OK NOOP completed\r\n")
         deliver(self.store, MESSAGE)
-        self.assertEqual(b.cmd(b"n NOOP"), b"* 2 EXISTS\r\nn OK NOOP completed\r\n")
-        self.assertEqual(a.read(), b"* 2 EXISTS\r\n")
+        # a heard first: the new message is \\Recent there
+        self.assertEqual(b.cmd(b"n NOOP"),
+                         b"* 2 EXISTS\r\n* 0 RECENT\r\nn OK NOOP completed\r\n")
+        self.assertEqual(a.read(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
 
     def test_idle(self):
         c = self.selected(MESSAGE)
         self.assertEqual(c.cmd(b"i IDLE"), b"+ idling\r\n")
         deliver(self.store, MESSAGE)
         self.clock.advance(c.proto.IDLE_POLL)
-        self.assertEqual(c.read(), b"* 2 EXISTS\r\n")
+        self.assertEqual(c.read(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
         self.store.folder(ALICE).delete([1])
         self.assertEqual(c.read(), b"* 1 EXPUNGE\r\n")
         self.assertEqual(c.cmd(b"DONE"), b"i OK IDLE terminated\r\n")
@@ -733,7 +738,7 @@ class MailboxCommandTests(IMAPTestCase):
         c = self.selected(MESSAGE)
         deliver(self.store, MESSAGE)
         self.store.notify(ALICE)
-        self.assertEqual(c.read(), b"* 2 EXISTS\r\n")
+        self.assertEqual(c.read(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
 
 
 class FastFetchTests(IMAPTestCase):
@@ -758,6 +763,7 @@ class FastFetchTests(IMAPTestCase):
         server = make_mail_server(root, self.clock)
         for m in (MESSAGE, MULTIPART, self.BIG, self.BARE_LF, MESSAGE):
             deliver(server.store, m)
+        server.store.folder(ALICE).claim_recent()  # FLAGS without \\Recent
         saved = server_module._fast_item
         if not fast:
             server_module._fast_item = lambda part: False
@@ -899,7 +905,7 @@ class PipeliningTests(IMAPTestCase):
         self.assertEqual(
             reply,
             SELECT_REPLY + b"s OK [READ-WRITE] SELECT completed\r\n"
-            b"* 1 FETCH (UID 1 FLAGS ())\r\n* 2 FETCH (UID 2 FLAGS ())\r\n"
+            b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n* 2 FETCH (UID 2 FLAGS (\\Recent))\r\n"
             b"f OK FETCH completed\r\nn OK NOOP completed\r\n",
         )
 
@@ -1040,7 +1046,7 @@ class FullDiskTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
         self.assertEqual(len(self.errors()), 3, self.errors())  # one per failed write
         self.disk.free()
-        self.assertEqual(c.cmd(b"n NOOP"), b"* 2 EXISTS\r\nn OK NOOP completed\r\n")
+        self.assertEqual(c.cmd(b"n NOOP"), b"* 2 EXISTS\r\n* 1 RECENT\r\nn OK NOOP completed\r\n")
 
     def test_select_answers_no_when_the_inbox_cannot_be_made(self):
         self.disk.fill()
@@ -1113,8 +1119,9 @@ class ComplianceTests(IMAPTestCase):
 
     def append_to_selected(self, c, flags, uid):
         c.cmd(b"p APPEND INBOX (" + flags + b") {3}")
-        self.assertEqual(c.send(b"x\r\n\r\n"), b"* %d EXISTS\r\np OK [APPENDUID 1795000000 %d] "
-                         b"APPEND completed\r\n" % (uid, uid))
+        # the appending session is the first to see the message: \Recent
+        self.assertEqual(c.send(b"x\r\n\r\n"), b"* %d EXISTS\r\n* 1 RECENT\r\n"
+                         b"p OK [APPENDUID 1795000000 %d] APPEND completed\r\n" % (uid, uid))
 
     def test_system_flags_are_case_insensitive(self):
         c = self.selected(MESSAGE)
@@ -1162,7 +1169,8 @@ class ComplianceTests(IMAPTestCase):
         # a keyword arriving with new mail: announced before the FETCH shows it
         c.cmd(b"p APPEND INBOX (NIL) {3}")
         c.send(b"x\r\n\r\n")
-        self.assertEqual(other.cmd(b"n NOOP"), b"* 3 EXISTS\r\nn OK NOOP completed\r\n")
+        self.assertEqual(other.cmd(b"n NOOP"),
+                         b"* 3 EXISTS\r\n* 0 RECENT\r\nn OK NOOP completed\r\n")
         self.assertEqual(
             other.cmd(b"f FETCH 3 (UID FLAGS)"),
             b"* FLAGS (" + PERMANENT + b" $hello NIL)\r\n"
@@ -1184,7 +1192,7 @@ class ComplianceTests(IMAPTestCase):
         self.assertTrue(reply.startswith(
             b"* FLAGS (" + PERMANENT + b" Work)\r\n"
             b"* OK [PERMANENTFLAGS (" + PERMANENT + b" Work \\*)] Limited\r\n"
-            b"* 2 FETCH (FLAGS (Work) ENVELOPE"), reply)
+            b"* 2 FETCH (FLAGS (Work \\Recent) ENVELOPE"), reply)
 
     def test_examine_announces_flags_without_permanentflags(self):
         deliver(self.store, MESSAGE)
@@ -1195,7 +1203,7 @@ class ComplianceTests(IMAPTestCase):
         c.cmd(b"n NOOP")
         self.assertEqual(c.cmd(b"f FETCH 2 FLAGS"),
                          b"* FLAGS (" + PERMANENT + b" Work)\r\n"
-                         b"* 2 FETCH (FLAGS (Work))\r\nf OK FETCH completed\r\n")
+                         b"* 2 FETCH (FLAGS (Work \\Recent))\r\nf OK FETCH completed\r\n")
 
     def test_nothing_after_logout(self):
         deliver(self.store, MESSAGE)
@@ -1204,8 +1212,10 @@ class ComplianceTests(IMAPTestCase):
         other.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
         other.cmd(b"x EXPUNGE")
         c.read()
+        # what the client has yet to hear comes before BYE, nothing after
         self.assertEqual(c.send(b"z LOGOUT\r\nn NOOP\r\n"),
-                         b"* BYE Nice talking to you\r\nz OK LOGOUT successful\r\n")
+                         b"* 1 EXPUNGE\r\n* BYE Nice talking to you\r\n"
+                         b"z OK LOGOUT successful\r\n")
         self.assertTrue(c.transport.disconnecting)
         other.cmd(b"s STORE 1 +FLAGS (\\Seen)")
         deliver(self.store, MESSAGE)

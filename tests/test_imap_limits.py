@@ -236,13 +236,13 @@ class LiteralSyncTests(LimitTestCase):
         self.assertEqual(
             c.send(slow_fetch + b"a APPEND INBOX {%d+}\r\n" % len(self.MAIL) + self.MAIL
                    + b"\r\nn NOOP\r\n"),
-            fetched + b"* 2 EXISTS\r\na OK [APPENDUID 1795000000 2] APPEND completed\r\n"
+            fetched + b"* 2 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID 1795000000 2] APPEND completed\r\n"
             b"n OK NOOP completed\r\n")
         # a synchronising literal: the client waits for the continuation
         self.assertEqual(c.send(slow_fetch + b"b APPEND INBOX {%d}\r\n" % len(self.MAIL)),
                          fetched + b"+ Ready for %d octets of data\r\n" % len(self.MAIL))
         self.assertEqual(c.send(self.MAIL + b"\r\n"),
-                         b"* 3 EXISTS\r\nb OK [APPENDUID 1795000000 3] APPEND completed\r\n")
+                         b"* 3 EXISTS\r\n* 2 RECENT\r\nb OK [APPENDUID 1795000000 3] APPEND completed\r\n")
         self.assertNotIn("rf-inj", self.store.folders(ALICE))
         self.assertEqual(self.store.folder(ALICE).read_start(3, 1000), self.MAIL)
         self.assertEqual(self.errors(), [])
@@ -271,14 +271,15 @@ class LiteralSyncTests(LimitTestCase):
         c = self.selected()
         self.assertEqual(c.send(b"a APPEND {5+}\r\nINBOX (\\Seen) {%d+}\r\n" % len(MESSAGE)
                                 + MESSAGE + b"\r\n"),
-                         b"* 1 EXISTS\r\na OK [APPENDUID 1795000000 1] APPEND completed\r\n")
+                         b"* 1 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID 1795000000 1] APPEND completed\r\n")
         self.assertEqual(c.cmd(b"b APPEND {5}"), b"+ Ready for 5 octets of text\r\n")
         self.assertEqual(c.send(b"INBOX {%d}\r\n" % len(MESSAGE)),
                          b"+ Ready for %d octets of data\r\n" % len(MESSAGE))
         self.assertEqual(c.send(MESSAGE + b"\r\n"),
-                         b"* 2 EXISTS\r\nb OK [APPENDUID 1795000000 2] APPEND completed\r\n")
+                         b"* 2 EXISTS\r\n* 2 RECENT\r\n"
+                         b"b OK [APPENDUID 1795000000 2] APPEND completed\r\n")
         self.assertEqual(c.cmd(b"f FETCH 1:* (FLAGS)"),
-                         b"* 1 FETCH (FLAGS (\\Seen))\r\n* 2 FETCH (FLAGS ())\r\n"
+                         b"* 1 FETCH (FLAGS (\\Recent \\Seen))\r\n* 2 FETCH (FLAGS (\\Recent))\r\n"
                          b"f OK FETCH completed\r\n")
 
 

@@ -109,7 +109,7 @@ class CommitTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_remote_archive_is_queued_from_the_null_sender(self):
-        queue_id = yield self.commit(self.root / "alice",
+        queue_id, _ = yield self.commit(self.root / "alice",
                                      [JournalCopy(self.header, (), ("archive@remote.test",))])
         (copy_id,) = self.spool.ids()
         self.assertNotEqual(copy_id, queue_id)

@@ -89,6 +89,7 @@ class Harness:
                  tls="starttls", plaintext_on_loopback=True, deliver_now=True,
                  auth=True, checker=None):
         self.clock = task.Clock()
+        run_threads_inline(test)  # the folder's listing at login
         self.root = Path(root or test.mktemp())
         self.root.mkdir(parents=True, exist_ok=True)
         if deliver_now:

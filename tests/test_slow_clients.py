@@ -164,6 +164,7 @@ class POP3SlowClientTests(unittest.TestCase):
 class IMAPSlowClientTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
+        run_threads_inline(self)  # SELECT's listing of the folder
         root = Path(self.mktemp())
         root.mkdir()
         self.server = make_imap_server(root, self.clock)

@@ -148,7 +148,7 @@ class IntakeTests(unittest.TestCase):
     def test_local_only_leaves_no_queue_entry(self):
         d = intake.commit(self.spool, self.receive(), self.fields, [self.root / "alice"], [])
 
-        def check(queue_id):
+        def check(committed):
             (delivered,) = (self.root / "alice" / "new").iterdir()
             self.assertEqual(delivered.read_bytes(), MESSAGE)
             self.assertEqual(self.spool.ids(), [])
@@ -161,7 +161,8 @@ class IntakeTests(unittest.TestCase):
         d = intake.commit(self.spool, incoming, self.fields, [self.root / "alice"],
                           ["x@remote.test", "y@remote.test"])
 
-        def check(queue_id):
+        def check(committed):
+            queue_id, _ = committed
             self.assertEqual(queue_id, incoming.queue_id)
             self.assertEqual(self.spool.ids(), [queue_id])
             envelope = self.spool.load(queue_id)

@@ -20,6 +20,7 @@ from mailsrv.store.folder import (
     arrival_order,
 )
 from tests.fulldisk import FullDisk
+from tests.test_smtp.support import run_threads_inline
 
 ALICE = "alice@example.test"
 DATA = b"Subject: hi\r\n\r\nbody\r\n"
@@ -46,6 +47,11 @@ class StoreTestCase(unittest.TestCase):
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
         self.store = MailStore(self.root / "mail", self.clock)
+        run_threads_inline(self)  # the listing of Folder.sync
+
+    def sync(self, folder):
+        """What C{self.sync(folder)} found (its listing runs at once here)."""
+        return self.successResultOf(folder.sync())
 
     def deliver(self, count=1, folder="INBOX"):
         source = self.root / "source"
@@ -103,9 +109,9 @@ class UIDTests(StoreTestCase):
         folder = self.store.folder(ALICE)
         folder.delete([3])
         os.unlink(folder.message(2).path)  # another program removed it
-        self.assertEqual(folder.sync(), ([], [2], {}))
+        self.assertEqual(self.sync(folder), ([], [2], {}))
         self.deliver(1)
-        self.assertEqual(folder.sync()[0], [4])
+        self.assertEqual(self.sync(folder)[0], [4])
         self.assertEqual(self.restart().uids(), [1, 4])
 
     def test_arrival_order(self):
@@ -118,14 +124,14 @@ class UIDTests(StoreTestCase):
         folder = self.store.folder(ALICE)
         path = folder.message(1).path
         os.rename(path, str(path) + "FS")
-        self.assertEqual(folder.sync(), ([], [], {1: {"\\Flagged", "\\Seen"}}))
+        self.assertEqual(self.sync(folder), ([], [], {1: {"\\Flagged", "\\Seen"}}))
 
     def test_stale_index_gets_new_uidvalidity(self):
         self.deliver(1)
         folder = self.store.folder(ALICE)
         index = (folder.path / "mailsrv-uidlist").read_bytes()
         self.deliver(1)
-        folder.sync()
+        self.sync(folder)
         # a crash lost the last index write: the file in cur/ is unknown
         (folder.path / "mailsrv-uidlist").write_bytes(index)
         del folder
@@ -159,7 +165,7 @@ class UIDTests(StoreTestCase):
         folder.set_flags(2, {"\\Seen", "$Label1", "$Done"})
         folder.delete([1])
         self.deliver(1)
-        folder.sync()
+        self.sync(folder)
         key = folder.message(3).key
         self.assertEqual(
             path.read_text(),
@@ -218,7 +224,7 @@ class ModseqTests(StoreTestCase):
         folder = self.store.folder(ALICE)
         path = folder.message(1).path
         os.rename(path, str(path) + "S")
-        folder.sync()
+        self.sync(folder)
         self.assertEqual(folder.message(1).modseq, 3)
         del folder
         path = self.store.folder(ALICE).message(2).path
@@ -403,10 +409,10 @@ class FullDiskTests(StoreTestCase):
         folder.add_listener(listener)
         self.deliver(1)
         self.disk.fill()
-        self.assertEqual(folder.sync(), ([], [], {}))
+        self.assertEqual(self.sync(folder), ([], [], {}))
         self.assertEqual((folder.uids(), len(os.listdir(folder.path / "new"))), ([1], 1))
         self.disk.free()
-        self.assertEqual(folder.sync()[0], [3])  # UID 2 went with the failed write
+        self.assertEqual(self.sync(folder)[0], [3])  # UID 2 went with the failed write
         self.assertEqual(listener.events, [("added", [3])])
         again = self.restart()
         self.assertEqual((again.uidvalidity, again.uids()), (1_700_000_000, [1, 3]))

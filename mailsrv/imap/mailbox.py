@@ -86,7 +86,8 @@ class Account:
 
     def select(self, name, readwrite=1):
         """
-        The L{Mailbox} of folder C{name}, or L{None} if there is none.
+        A Deferred of the L{Mailbox} once its folder is synced (the listing
+        runs in a thread), or L{None} when there is no such folder.
 
         @raise imap4.MailboxException: no folder can have that name (SELECT
             and STATUS answer NO with the reason, not "no such mailbox").
@@ -97,8 +98,18 @@ class Account:
             return None
         except ValueError as e:
             raise imap4.MailboxException(str(e))
-        folder.sync()
-        return Mailbox(folder, bool(readwrite))
+        return folder.sync().addCallback(lambda _: Mailbox(folder, bool(readwrite)).take_recent())
+
+    def target(self, name):
+        """
+        The L{Mailbox} that APPEND, COPY or MOVE puts messages into, or
+        L{None}: not synced, as nothing reads its messages.
+        """
+        try:
+            folder = self.store.folder(self.user, name)
+        except (NoSuchFolder, ValueError):
+            return None
+        return Mailbox(folder, True)
 
     def addMailbox(self, name, mbox=None):
         raise imap4.MailboxException("not supported")
@@ -205,6 +216,9 @@ class Mailbox:
 
     @ivar view: the UIDs the client knows, by sequence number - 1.
     @ivar pending: UIDs gone from the folder but still in C{view}.
+    @ivar recent: the UIDs in C{view} that are \\Recent for this session:
+        it was the first to see them (RFC 3501; EXAMINE shows them, leaving
+        them to the next SELECT).
     """
 
     def __init__(self, folder, writeable):
@@ -212,7 +226,10 @@ class Mailbox:
         self.writeable = writeable
         self.view = folder.uids()
         self.pending = set()
+        self.recent = set()  # see take_recent()
         self.listeners = []
+        self._moving_here = False  # see move()
+        self._unannounced = False
 
     # Info
 
@@ -235,8 +252,13 @@ class Mailbox:
     def getMessageCount(self):
         return len(self.view)
 
+    def take_recent(self):
+        """Selected: the messages no session saw are \\Recent here (SELECT takes them)."""
+        self.recent = self.folder.claim_recent(take=self.writeable)
+        return self
+
     def getRecentCount(self):
-        return 0
+        return len(self.recent)
 
     def getUnseenCount(self):
         return sum(1 for info in self._infos() if "\\Seen" not in info.flags)
@@ -255,10 +277,12 @@ class Mailbox:
         raise imap4.MailboxException("not supported")
 
     def requestStatus(self, names):
-        self.folder.sync()
+        return self.folder.sync().addCallback(lambda _: self._status(names))
+
+    def _status(self, names):
         values = {
             "MESSAGES": len(self.folder),
-            "RECENT": 0,
+            "RECENT": self.folder.recent_count(),
             "UIDNEXT": self.folder.uidnext,
             "UIDVALIDITY": self.folder.uidvalidity,
             "UNSEEN": sum(1 for i in self.folder.messages() if "\\Seen" not in i.flags),
@@ -289,8 +313,18 @@ class Mailbox:
         fresh = sorted(u for u in uids if u not in known)
         if fresh:
             self.view.extend(fresh)
-            for listener in self.listeners:
-                listener.newMessages(len(self.view), None)
+            self.recent |= self.folder.claim_recent(fresh, take=self.writeable)
+            self._unannounced = True
+            if not self._moving_here:
+                self.announce_arrivals()
+
+    def announce_arrivals(self):
+        """EXISTS and RECENT for the messages added to the view, if any."""
+        if not self._unannounced:
+            return
+        self._unannounced = False
+        for listener in self.listeners:
+            listener.newMessages(len(self.view), len(self.recent))
 
     def messages_expunged(self, uids):
         known = set(self.view)
@@ -302,7 +336,7 @@ class Mailbox:
     def flags_changed(self, changes):
         updates = {}
         for uid, flags in changes.items():
-            seq = self._seq(uid)
+            seq = self.seq(uid)
             if seq is not None and uid not in self.pending:
                 updates[seq] = sorted(flags)
         if updates:
@@ -316,9 +350,10 @@ class Mailbox:
         @return: their sequence numbers, in the order to announce them
             (highest first, so each number is right when it is sent).
         """
-        seqs = sorted((self._seq(uid) for uid in self.pending), reverse=True)
+        seqs = sorted((self.seq(uid) for uid in self.pending), reverse=True)
         for seq in seqs:
             del self.view[seq - 1]
+        self.recent -= self.pending
         self.pending.clear()
         return seqs
 
@@ -336,7 +371,7 @@ class Mailbox:
             if u not in self.pending:
                 info = self.folder.message(u)
                 if since is None or info.modseq > since:
-                    yield seq, Message(self.folder, info)
+                    yield seq, Message(self.folder, info, u in self.recent)
 
     def fetch_entries(self, messages, uid):
         """
@@ -433,7 +468,12 @@ class Mailbox:
             pairs in UID order, the sequence numbers highest first.
         """
         uids = [u for _, u in self.resolve(messages, uid) if u not in self.pending]
-        d = self.folder.move(uids, target.folder, origin=self)
+        # into this very folder: EXISTS after the EXPUNGEs (announce_arrivals)
+        self._moving_here = target.folder is self.folder
+        try:
+            d = self.folder.move(uids, target.folder, origin=self)
+        finally:
+            self._moving_here = False
         return d.addCallback(lambda pairs: (pairs, self._forget(u for u, _ in pairs)))
 
     def addMessage(self, message, flags=(), date=None):
@@ -473,7 +513,9 @@ class Mailbox:
 
     def _forget(self, uids):
         """Drop C{uids} from the view; their sequence numbers, highest first."""
-        seqs = sorted((self._seq(u) for u in uids), reverse=True)
+        uids = set(uids)
+        self.recent -= uids
+        seqs = sorted((self.seq(u) for u in uids), reverse=True)
         for seq in seqs:
             del self.view[seq - 1]
         return seqs
@@ -481,7 +523,8 @@ class Mailbox:
     def _infos(self):
         return [self.folder.message(u) for u in self.view if u not in self.pending]
 
-    def _seq(self, uid):
+    def seq(self, uid):
+        """The sequence number the client knows C{uid} by, or L{None}."""
         i = bisect.bisect_left(self.view, uid)
         if i < len(self.view) and self.view[i] == uid:
             return i + 1
@@ -507,9 +550,10 @@ class Message:
     (L{mailsrv.imap.mime}).
     """
 
-    def __init__(self, folder, info):
+    def __init__(self, folder, info, recent=False):
         self.folder = folder
         self.info = info
+        self.recent = recent  # \\Recent in the session that fetches it
         self._header = None
         self._data = None
         self._tree = None
@@ -518,7 +562,7 @@ class Message:
         return self.info.uid
 
     def getFlags(self):
-        return sorted(self.info.flags)
+        return sorted(self.info.flags | {"\\Recent"} if self.recent else self.info.flags)
 
     def getInternalDate(self):
         return email.utils.formatdate(self.info.internaldate)

@@ -48,7 +48,7 @@ import re
 
 from twisted.cred import error
 from twisted.cred.portal import Portal
-from twisted.internet import defer, interfaces, protocol, threads
+from twisted.internet import base, defer, interfaces, protocol, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
@@ -223,6 +223,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.listener = listener
         self.portal = portal
         self._tag = None  # the command being processed
+        self._flag_news = set()  # UIDs whose flag change waits for a FETCH to end
         self._command = None
         self._discarding = False
         self._discarded_tail = b""  # the last bytes of the line being discarded
@@ -567,13 +568,13 @@ class IMAPServer(imap4.IMAP4Server):
     # Output: the end of a command
 
     def _respond(self, state, tag, message):
+        if self._lost:  # a command that waited on a sync ends after the client left
+            return
         if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
             super()._respond(state, tag, message)
             return
         self.blocked = None  # a FETCH of Twisted's is over (see _unblock)
-        queued, self._queuedAsync = self._queuedAsync, []
-        for line in queued:
-            super()._respond(line, None, None)
+        self._flush_news()
         if self.mbox is not None and (
             self._command not in _NO_EXPUNGE or self._command == b"UID"
         ):
@@ -597,6 +598,15 @@ class IMAPServer(imap4.IMAP4Server):
     def _send_expunges(self):
         for seq in self.mbox.take_expunges():
             super()._respond(b"%d EXPUNGE" % seq, None, None)
+
+    def _flush_news(self):
+        """Send what waited for the command to end (Twisted's queue, flag changes)."""
+        queued, self._queuedAsync = self._queuedAsync, []
+        for line in queued:
+            super()._respond(line, None, None)
+        if self._flag_news and self.mbox is not None:
+            uids, self._flag_news = self._flag_news, set()
+            self._send_flags(uids)
 
     def expunges_pending(self):
         """Another session expunged messages we show: announce them if idle."""
@@ -731,16 +741,19 @@ class IMAPServer(imap4.IMAP4Server):
         do_SELECT, _arg_mailbox, _base.opt_plist, 0, b"EXAMINE")
 
     def _cbSelectWork(self, mbox, cmdName, tag):
+        if self._lost:  # gone while the folder was synced
+            return
         if mbox is None:
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
             return
         self.mbox = mbox
+        self._flag_news.clear()  # of the mailbox selected before
         mbox.addListener(self)
         flags = mbox.getFlags()
         self._flags = frozenset(flags)
         self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")")
         self.sendUntaggedResponse(b"%d EXISTS" % mbox.getMessageCount())
-        self.sendUntaggedResponse(b"0 RECENT")
+        self.sendUntaggedResponse(b"%d RECENT" % mbox.getRecentCount())
         unseen = mbox.first_unseen()
         if unseen is not None:
             self.sendPositiveResponse(None, b"[UNSEEN %d] First unseen" % unseen)
@@ -772,12 +785,15 @@ class IMAPServer(imap4.IMAP4Server):
 
     def do_LOGOUT(self, tag):
         """
-        C{* BYE}, the tagged OK, and nothing after (RFC 3501 6.1.3):
-        neither the EXPUNGEs and flag changes the end of a command
-        would flush, nor what other sessions do meanwhile.
+        What the client has yet to hear (EXPUNGEs, flag changes) comes
+        before C{* BYE}, since a client forgets the mailbox at BYE (imaptest
+        reports an EXPUNGE after it); then the tagged OK and nothing after
+        (RFC 3501 6.1.3), whatever other sessions do meanwhile.
         """
         self._stop_idle_poll()
         if self.mbox is not None:
+            self._flush_news()
+            self._send_expunges()
             self.mbox.removeListener(self)
             self.mbox.close()
             self.mbox = None
@@ -788,9 +804,12 @@ class IMAPServer(imap4.IMAP4Server):
     unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
 
     def do_NOOP(self, tag):
-        if self.mbox is not None:
-            self.mbox.folder.sync()
-        self.sendPositiveResponse(tag, b"NOOP completed")
+        if self.mbox is None:
+            return self.sendPositiveResponse(tag, b"NOOP completed")
+        d = self.mbox.folder.sync()
+        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, b"NOOP completed"),
+                       self._failed, None, None, (tag, b"NOOP"), None)
+        return None
 
     unauth_NOOP = auth_NOOP = select_NOOP = logout_NOOP = (do_NOOP,)
 
@@ -822,7 +841,7 @@ class IMAPServer(imap4.IMAP4Server):
     auth_ENABLE = (do_ENABLE, _base.arg_line)
 
     def checkpoint(self):
-        self.mbox.folder.sync()
+        return self.mbox.folder.sync()
 
     def do_IDLE(self, tag):
         self._idle_tag = tag
@@ -835,14 +854,20 @@ class IMAPServer(imap4.IMAP4Server):
     select_IDLE = auth_IDLE = (do_IDLE,)
 
     def _poll_idle(self):
-        self._idle_poll = None
-        self.mbox.folder.sync()
-        self._idle_poll = self.callLater(self.IDLE_POLL, self._poll_idle)
+        """Sync now, and again L{IDLE_POLL} seconds after this sync ends."""
+        syncing = self._idle_poll = self.mbox.folder.sync()
+
+        def again(_):
+            if self._idle_poll is syncing:  # still idling
+                self._idle_poll = self.callLater(self.IDLE_POLL, self._poll_idle)
+
+        syncing.addCallbacks(again, lambda f: self._client_error(f, b"IDLE"))
 
     def _stop_idle_poll(self):
-        if self._idle_poll is not None and self._idle_poll.active():
-            self._idle_poll.cancel()
-        self._idle_poll = None
+        """Stop polling (a sync under way ends, but starts no other)."""
+        poll, self._idle_poll = self._idle_poll, None
+        if isinstance(poll, base.DelayedCall) and poll.active():
+            poll.cancel()
 
     def parse_idle(self, line):
         """RFC 2177: only DONE ends IDLE (Twisted takes any line)."""
@@ -1116,7 +1141,9 @@ class IMAPServer(imap4.IMAP4Server):
         """The items of a FETCH response that reports a flag change."""
         items = []
         if flags:
-            items.append(b"FLAGS (" + " ".join(sorted(info.flags)).encode("ascii") + b")")
+            recent = {"\\Recent"} if info.uid in self.mbox.recent else set()
+            flags = " ".join(sorted(info.flags | recent))
+            items.append(b"FLAGS (" + flags.encode("ascii") + b")")
         if uid:
             items.append(b"UID %d" % info.uid)
         if self._condstore:
@@ -1124,12 +1151,25 @@ class IMAPServer(imap4.IMAP4Server):
         return b" ".join(items)
 
     def flagsChanged(self, newFlags):
-        """Another session changed flags: FETCH, with MODSEQ once enabled."""
-        self._announce_flags(set().union(*newFlags.values()), isAsync=True)
-        for seq in sorted(newFlags):
-            info = self.mbox.folder.message(self.mbox.getUID(seq))
-            self.sendUntaggedResponse(
-                b"%d FETCH (%s)" % (seq, self._changed_items(info)), isAsync=True)
+        """
+        Another session changed flags: FETCH, with MODSEQ once enabled.
+        During a FETCH they wait for its end and are then read afresh: as
+        they were now, they could follow the FETCH's own newer MODSEQ.
+        """
+        uids = [self.mbox.getUID(seq) for seq in newFlags]
+        if self.blocked is not None:
+            self._flag_news.update(uids)
+        else:
+            self._send_flags(uids)
+
+    def _send_flags(self, uids):
+        for uid in sorted(uids):
+            seq = self.mbox.seq(uid)
+            if seq is None or uid in self.mbox.pending or self.mbox.folder.entry(uid) is None:
+                continue
+            info = self.mbox.folder.message(uid)
+            self._announce_flags(info.flags)
+            self._respond(b"%d FETCH (%s)" % (seq, self._changed_items(info)), None, None)
 
     def _target(self, tag, mailbox, command):
         """
@@ -1142,7 +1182,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, _text(e))
             return None
         try:
-            target = self.account.select(mailbox, 1)
+            target = self.account.target(mailbox)
         except OSError as e:  # its Maildir cannot be made
             self.sendNegativeResponse(tag, write_failure(command, e))
             return None
@@ -1196,6 +1236,7 @@ class IMAPServer(imap4.IMAP4Server):
                 self.sendPositiveResponse(None, _copyuid(target, pairs) + b"Moved")
             for seq in seqs:
                 self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+            self.mbox.announce_arrivals()  # a MOVE into this mailbox
             self.sendPositiveResponse(tag, b"MOVE completed")
 
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
@@ -1347,6 +1388,12 @@ def _flags_item(entry):
     return value
 
 
+def _recent_flags_item(entry):
+    """L{_flags_item} of a message that is \\Recent in this session."""
+    flags = sorted(entry.flags() | {"\\Recent"})
+    return b"FLAGS (" + " ".join(flags).encode("ascii") + b")"
+
+
 def _read_file(path, size):
     """The whole file: C{size} (the index's) is a hint, the file decides."""
     fd = os.open(path, os.O_RDONLY)
@@ -1376,7 +1423,10 @@ def _fast_getter(server, part, cur):
     """A function of a folder entry giving C{part}'s bytes in a FETCH response."""
     kind = part.type
     if kind == "flags":
-        return _flags_item
+        recent = server.mbox.recent
+        if not recent:
+            return _flags_item
+        return lambda e: _recent_flags_item(e) if e.uid in recent else _flags_item(e)
     if kind == "uid":
         return lambda e: b"UID %d" % e.uid
     if kind == "rfc822size":

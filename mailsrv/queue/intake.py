@@ -27,8 +27,9 @@ def commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients, 
     @param local_maildirs: Maildir paths to deliver into now.
     @param remote_recipients: addresses for the queue.
     @param journal: L{mailsrv.queue.journal.JournalCopy}s to make too.
-    @return: a Deferred that fires with the queue id when all is on disk;
-        it fails (and leaves nothing behind, journal copies included) on
+    @return: a Deferred that fires with C{(queue id, delivered paths)} when
+        all is on disk, the paths in the order of C{local_maildirs} (so
+        open folders take them in without a listing); it fails (and leaves nothing behind, journal copies included) on
         any I/O error, or with L{NoDestination} when a message has nowhere
         to go.
     """
@@ -48,6 +49,7 @@ def _commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients,
             placed.append(_place(spool, message, journal_fields, copy.maildirs, copy.remote))
         placed.append(_place(spool, incoming, envelope_fields, local_maildirs,
                              remote_recipients))
+        delivered = placed[-1][0]
     except BaseException:
         for delivered, queue_id in placed:
             for path in delivered:
@@ -56,7 +58,7 @@ def _commit(spool, incoming, envelope_fields, local_maildirs, remote_recipients,
                 spool.remove(queue_id)
         incoming.abort()
         raise
-    return incoming.queue_id
+    return incoming.queue_id, delivered
 
 
 def _journal_copy(spool, incoming, header):

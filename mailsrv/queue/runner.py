@@ -460,7 +460,7 @@ class QueueRunner(service.Service):
             incoming = self.spool.incoming()
             incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
                                        to, self.clock.seconds(), retry_until))
-            queue_id = yield intake.commit(
+            queue_id, _ = yield intake.commit(
                 self.spool, incoming, {"sender": "", "bounce": kind}, maildirs, remote,
             )
         except (OSError, intake.NoDestination) as e:

@@ -12,6 +12,7 @@ STARTTLS injection.
 """
 
 import errno
+import os
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
@@ -645,7 +646,8 @@ class SMTPServer(protocol.Protocol):
                 pipeline.ensure_folder(self.server.store, user, folder)
         return local_users, remote, folder
 
-    def _queued(self, queue_id, transaction, size, local_users, remote, folder):
+    def _queued(self, committed, transaction, size, local_users, remote, folder):
+        queue_id, paths = committed
         # One line per message: formatted here once, not field by field by
         # the logger's string.Formatter (a third of the line's cost).
         ip, sender = self.session.ip, transaction.sender
@@ -658,8 +660,8 @@ class SMTPServer(protocol.Protocol):
             delivered=delivered, queued=queued,
         )
         self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        for user in local_users:  # open IMAP sessions (IDLE) see it at once
-            self.server.store.notify(user, folder)
+        for user, path in zip(local_users, paths):  # open sessions see it at once
+            self.server.store.notify(user, folder, [os.path.basename(path)])
         if remote and self.server.queue_runner is not None:
             self.server.queue_runner.wake()
 

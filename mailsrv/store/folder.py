@@ -3,9 +3,12 @@ The mail store: users' Maildir++ folders with persistent IMAP UIDs and flags.
 See docs/store.md.
 
 Everything here runs on the reactor thread except the bodies of L{Folder.add}
-and L{Folder.copy}, which write and fsync a whole message and so run in a
-thread; their UIDs are still assigned on the reactor thread, which is the only
-place that changes a folder's in-memory state.
+and L{Folder.copy}, which write and fsync a whole message, and the listing of
+L{Folder.sync}, which may take a whole folder: those run in a thread and hand
+their result back; UIDs are still assigned on the reactor thread, which is
+the only place that changes a folder's in-memory state and its index. A
+listing is already old when it arrives: the messages the server changed
+meanwhile (see L{Folder._touch}) are left out of what it is taken to say.
 
 A file enters C{cur/} only after the index line that names it is written,
 so a file in C{cur/} unknown to the index always means the index lost
@@ -26,7 +29,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from mailsrv.store.delivery import fsync_directory, write_all
@@ -223,6 +227,11 @@ class Folder:
         self.listeners = []
         self._entries = {}  # uid -> _Entry
         self._clean_stamp = None  # see sync()
+        self._syncing = None  # the Deferreds waiting on the listing in a thread
+        self._touched = None  # keys changed since that listing began
+        # UIDs that arrived here and no session has seen: kept by the store,
+        # as a folder nobody holds (after an APPEND to it) is let go
+        self._recent = store.unseen_arrivals(user, name)
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
         self._load()
@@ -266,6 +275,21 @@ class Folder:
     def cur_prefix(self):
         """The path of C{cur/} with a trailing separator, as a string."""
         return os.path.join(os.fspath(self.path), "cur", "")
+
+    def claim_recent(self, uids=None, take=True):
+        """
+        The \\Recent of C{uids} (all when L{None}) that no session took
+        before: the first session to see a message gets it (RFC 3501).
+        With C{take} false (EXAMINE) they stay for the next.
+        """
+        claimed = set(self._recent) if uids is None else self._recent.intersection(uids)
+        if take:
+            self._recent -= claimed
+        return claimed
+
+    def recent_count(self):
+        """The messages no session has seen yet (STATUS RECENT)."""
+        return len(self._recent)
 
     def keywords(self):
         """The keywords set on any message here, sorted."""
@@ -311,21 +335,70 @@ class Folder:
         Bring the folder up to date with the disk: move C{new/} to C{cur/},
         give new files UIDs in arrival order, forget vanished files, pick up
         flags other programs changed (with a new MODSEQ). Persists the index
-        and tells the listeners.
+        and tells the listeners. The directories are listed in a thread
+        (50,000 names take the reactor 100 ms and more); a sync asked for
+        while one is under way waits for it.
 
         Skipped when neither C{cur/} nor C{new/} changed since a scan that
         found them settled (modified over L{SETTLED} seconds before): a
         NOOP or IDLE in a big folder costs two C{stat}s, not a listing.
 
-        @return: C{(added, expunged, flag_changes)}: lists of UIDs and a
-            dict of UID to flags.
+        @return: a Deferred of C{(added, expunged, flag_changes)}: lists of
+            UIDs and a dict of UID to flags.
         """
+        waiting = defer.Deferred()
+        if self._syncing is not None:
+            self._syncing.append(waiting)
+            return waiting
+        self._syncing, self._touched = [waiting], set()
+        d = threads.deferToThread(self._look, self._clean_stamp)
+        d.addCallback(self._looked)
+        d.addBoth(self._synced)
+        return waiting
+
+    def _look(self, clean_stamp):
+        """In a thread: C{(stamp, listing)}; no listing when C{clean_stamp} holds."""
         stamp = self._stamp()
-        if stamp is not None and stamp == self._clean_stamp:
+        if stamp is not None and stamp == clean_stamp:
+            return stamp, None
+        return stamp, self._scan()
+
+    def _looked(self, looked):
+        stamp, found = looked
+        if found is None:
             return [], [], {}
-        result, complete = self._apply(self._scan())
-        self._settle(stamp if complete else None)
+        touched = self._touched
+        result, complete = self._apply(found, touched)
+        self._settle(stamp if complete and not touched else None)
         return result
+
+    def _synced(self, result):
+        waiting, self._syncing, self._touched = self._syncing, None, None
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def _touch(self, keys):
+        """The server changed these messages: a listing under way is out of date for them."""
+        if self._touched is not None:
+            self._touched.update(keys)
+
+    def arrived(self, names):
+        """
+        Files just delivered into C{new/} (their names): taken in without
+        listing the folder, so a delivery costs an open folder O(1).
+        """
+        arriving = {}
+        for name in names:
+            # on the reactor, so no sync can take it in between: one UID
+            if os.path.exists(os.path.join(self.path, "new", name)):
+                key, suffix = split_name(name)
+                arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
+        added = self._place(arriving, [], [])
+        if added:
+            self._notify(None, [entry.uid for entry in added], [], {})
 
     def _settle(self, stamp):
         """A scan that began at C{stamp} is complete: trust it if settled."""
@@ -339,9 +412,10 @@ class Folder:
         except FileNotFoundError:
             return None
 
-    def _apply(self, found):
+    def _apply(self, found, touched=frozenset()):
         """
-        L{sync} for the files of a L{_scan}.
+        L{sync} for the files of a L{_scan}, but for the keys in
+        C{touched}: the server changed those after the listing.
 
         @return: C{((added, expunged, flag_changes), complete)}:
             C{complete} is false when new mail had to wait (the index could
@@ -351,6 +425,8 @@ class Folder:
         on_disk = dict(split_name(n) for n, where in found.items() if where == "cur")
         for uid, entry in list(self._entries.items()):
             suffix = on_disk.pop(entry.key, None)
+            if entry.key in touched:
+                continue
             if suffix is None:
                 expunged.append(uid)
                 del self._entries[uid]
@@ -360,6 +436,10 @@ class Folder:
                 if entry.letters != before:
                     changed.append(entry)
         expunged.sort()
+        if touched:
+            on_disk = {k: v for k, v in on_disk.items() if k not in touched}
+            found = {n: w for n, w in found.items()
+                     if w == "cur" or split_name(n)[0] not in touched}
         added = self._take_in(on_disk, found, changed, expunged)
         complete = added is not None
         changes = {entry.uid: entry.flags() for entry in changed}
@@ -386,6 +466,7 @@ class Folder:
         suffix = INFO_SEPARATOR + new_letters
         if suffix == entry.suffix and keywords == entry.keywords:
             return entry.flags()
+        self._touch([entry.key])
         # the index first: a file name it has not seen is taken as a
         # change at the next start, keywords it has not written are lost
         before = (entry.suffix, entry.keywords, entry.modseq)
@@ -417,6 +498,7 @@ class Folder:
             entry = self._entries.get(uid)
             if entry is None:
                 continue
+            self._touch([entry.key])
             try:
                 os.unlink(self._path(entry))
             except FileNotFoundError:
@@ -476,6 +558,9 @@ class Folder:
             moved), or a file could not be moved (those before it moved).
         """
         entries = [self._entries[uid] for uid in sorted(set(uids)) if uid in self._entries]
+        keys = [entry.key for entry in entries]
+        self._touch(keys)
+        other._touch(keys)
         arrived = [
             _Entry(other._index.allocate(), entry.key, entry.suffix, entry.size,
                    entry.internaldate, other._index.next_modseq(), entry.keywords)
@@ -561,6 +646,7 @@ class Folder:
         # The index written then is stale anyway: a failure to write it
         # changes nothing, the files go to cur/ all the same.
         added = self._take_in(in_cur, found, changed, [], keep=reset)
+        self._recent.update(entry.uid for entry in added or ())
         if added is not None or reset:
             self._settle(stamp)
         # files vanished while the server was down, or a new (empty) index:
@@ -604,6 +690,14 @@ class Folder:
             if where == "new":
                 key, suffix = split_name(name)
                 arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
+        return self._place(arriving, changed, removed, keep)
+
+    def _place(self, arriving, changed, removed, keep=False):
+        """
+        L{_take_in} for the files in C{arriving} (key -> C{(suffix, path
+        in the Maildir now)}).
+        """
+        self._touch(arriving)
         added = self._new_entries(arriving)
         try:
             self._persist(added, changed, removed)
@@ -662,6 +756,7 @@ class Folder:
         """
         temporary, name = written
         key, suffix = split_name(name)
+        self._touch([key])
         entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
                        self._index.next_modseq(), filter(is_keyword, flags))
         self._entries[entry.uid] = entry
@@ -717,6 +812,8 @@ class Folder:
         self._index.save(self._entries[uid].record() for uid in sorted(self._entries))
 
     def _notify(self, origin, added, expunged, changes):
+        self._recent.update(added)
+        self._recent.difference_update(expunged)
         for listener in list(self.listeners):
             if listener is origin:
                 continue
@@ -793,6 +890,7 @@ class MailStore:
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
         self._maildrop_locks = set()
+        self._recent = {}  # (user, NAME) -> set of UIDs, see Folder.claim_recent
         self._maildirs = {}  # (user, folder) -> Path, see maildir()
 
     def now(self):
@@ -803,6 +901,10 @@ class MailStore:
         value = max(self.now(), self._last_uidvalidity + 1, previous + 1)
         self._last_uidvalidity = value
         return value
+
+    def unseen_arrivals(self, user, name):
+        """The set of UIDs of C{user}'s folder that are \\Recent for the next session."""
+        return self._recent.setdefault((user, name), set())
 
     def lock_maildrop(self, user):
         """
@@ -853,14 +955,21 @@ class MailStore:
         self._folders[key] = folder
         return folder
 
-    def notify(self, user, name="INBOX"):
+    def notify(self, user, name="INBOX", names=()):
         """
-        New mail was delivered to C{user}'s folder: sync it now if a session
-        has it open (otherwise the next session syncs it anyway).
+        New mail was delivered to C{user}'s folder, as C{names} in C{new/}:
+        an open folder takes them in now, without a listing (a folder
+        nobody has open takes them in when next opened). Without C{names},
+        an open folder is synced.
         """
         folder = self._folders.get((user, _canonical(name)))
-        if folder is not None and folder.listeners:
-            folder.sync()
+        if folder is None or not folder.listeners:
+            return
+        if names:
+            folder.arrived(names)
+        else:
+            folder.sync().addErrback(
+                lambda f: log.failure("{path}: sync after delivery", f, path=str(folder.path)))
 
     def folders(self, user):
         """The names of C{user}'s folders: C{"INBOX"} first, then sorted."""
@@ -913,6 +1022,7 @@ class MailStore:
         trash = path.parent / f"..deleted-{os.urandom(6).hex()}"
         os.rename(path, trash)
         folder = self._folders.pop((user, name), None)
+        self._recent.pop((user, name), None)
         if folder is not None:
             folder._forget()
         try:
@@ -949,6 +1059,9 @@ class MailStore:
         for source, target in moves:
             os.rename(self.maildir(user, source), self.maildir(user, target))
             folder = self._folders.pop((user, source), None)
+            recent = self._recent.pop((user, source), None)
+            if recent is not None:
+                self._recent[(user, target)] = recent
             if folder is not None:
                 folder.name = target
                 folder.path = self.maildir(user, target)

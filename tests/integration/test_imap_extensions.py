@@ -70,6 +70,7 @@ class ExtensionTests(unittest.TestCase):
         self.assertTrue(imap.readline().startswith(b"+ "))
         self.append(self.imap(select=None))
         self.assertRegex(imap.readline(), rb"^\* \d+ EXISTS\r\n$")
+        self.assertRegex(imap.readline(), rb"^\* \d+ RECENT\r\n$")
         imap.send(b"DONE\r\n")
         self.assertEqual(imap.readline(), tag + b" OK IDLE terminated\r\n")
 
@@ -133,7 +134,8 @@ class ExtensionTests(unittest.TestCase):
         imap.uid("STORE", str(uids[0]), "+FLAGS.SILENT", r"(\Seen)")
         typ, data = imap.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {highest + 2})")
         self.assertEqual(len(data), 1)
-        self.assertRegex(data[0], rb"FLAGS \(\\Seen\) MODSEQ \(\d+\) UID %d" % uids[0])
+        # appended while selected here: \\Recent in this session
+        self.assertRegex(data[0], rb"FLAGS \(\\Recent \\Seen\) MODSEQ \(\d+\) UID %d" % uids[0])
         typ, data = imap.uid("STORE", str(uids[1]), f"(UNCHANGEDSINCE {highest})",
                              "+FLAGS", r"(\Flagged)")
         self.assertEqual(typ, "OK")
@@ -168,7 +170,8 @@ class ExtensionTests(unittest.TestCase):
         imap.noop()
         self.assertEqual(imap.response("EXPUNGE")[1], [b"1"])
         typ, data = imap.uid("FETCH", "1:*", "(FLAGS)")
-        self.assertEqual(data, [b"1 (FLAGS (\\Flagged) UID 2)"])
+        # this session was the first to see it: \\Recent (RFC 3501)
+        self.assertEqual(data, [b"1 (FLAGS (\\Flagged \\Recent) UID 2)"])
 
     def test_keywords_survive_a_restart(self):
         imap = self.imap()

@@ -343,6 +343,7 @@ class IdlePushTests(unittest.TestCase):
             elapsed = time.monotonic() - started
             self.assertEqual(line, b"* 1 EXISTS\r\n")
             self.assertLess(elapsed, 1.0)
+            self.assertEqual(f.readline(), b"* 1 RECENT\r\n")
             s.sendall(b"DONE\r\n")
             self.assertTrue(f.readline().startswith(b"c OK"))
 
