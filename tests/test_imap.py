@@ -1141,6 +1141,21 @@ class ComplianceTests(IMAPTestCase):
         self.assertEqual([m.flags for m in self.store.folder(ALICE, "Archive").messages()],
                          [{"\\Flagged", "\\Seen"}, {"\\Answered", "\\Draft"}])
 
+    def test_search_new_old_recent(self):
+        """imaptest's search-flags: RECENT, NEW and OLD follow \\Recent."""
+        c = self.selected(MESSAGE)  # delivered before: another session's to claim
+        c.cmd(b"p APPEND INBOX (\\Seen) {3}")
+        c.send(b"x\r\n\r\n")
+        c.cmd(b"p APPEND INBOX () {3}")
+        c.send(b"x\r\n\r\n")
+        self.assertEqual(c.cmd(b"a FETCH 1:* FLAGS"),
+                         b"* 1 FETCH (FLAGS ())\r\n* 2 FETCH (FLAGS (\\Recent \\Seen))\r\n"
+                         b"* 3 FETCH (FLAGS (\\Recent))\r\na OK FETCH completed\r\n")
+        for key, found in ((b"RECENT", b" 2 3"), (b"NEW", b" 3"), (b"OLD", b" 1"),
+                           (b"NOT NEW", b" 1 2")):
+            self.assertEqual(c.cmd(b"s SEARCH " + key),
+                             b"* SEARCH" + found + b"\r\ns OK SEARCH completed\r\n", key)
+
     def test_recent_is_ignored_and_unknown_system_flags_refused(self):
         c = self.selected(MESSAGE)
         self.assertEqual(c.cmd(b"a STORE 1 +FLAGS (\\Recent \\Seen)"),

@@ -490,7 +490,7 @@ class Mailbox:
         """
         matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
         candidates = [
-            (seq, Message(self.folder, self.folder.message(u)))
+            (seq, Message(self.folder, self.folder.message(u), u in self.recent))
             for seq, u in enumerate(self.view, 1)
             if u not in self.pending
         ]

@@ -115,10 +115,14 @@ def _key(tokens, last_seq, last_uid, state):
         modseq = _number(value)
         state["modseq"] = True
         return lambda s, m: m.info.modseq >= modseq
-    if key in ("ALL", "OLD"):
+    if key == "ALL":
         return lambda s, m: True
-    if key in ("NEW", "RECENT"):  # \Recent is never set
-        return lambda s, m: False
+    if key == "RECENT":  # \Recent for this session (RFC 3501 2.3.2)
+        return lambda s, m: m.recent
+    if key == "OLD":
+        return lambda s, m: not m.recent
+    if key == "NEW":
+        return lambda s, m: m.recent and "\\Seen" not in m.info.flags
     if key in _FLAG_KEYS:
         flag, present = _FLAG_KEYS[key]
         return lambda s, m: (flag in m.info.flags) == present
