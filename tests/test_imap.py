@@ -1209,6 +1209,26 @@ class ComplianceTests(IMAPTestCase):
             b"* OK [PERMANENTFLAGS (" + PERMANENT + b" Work \\*)] Limited\r\n"
             b"* 2 FETCH (FLAGS (Work \\Recent) ENVELOPE"), reply)
 
+    def test_keyword_set_during_a_fetch_is_shown_after_its_announcement(self):
+        """
+        imaptest's stress mode: a keyword another session sets while
+        Twisted's FETCH runs was shown in that FETCH before any FLAGS
+        announced it.
+        """
+        c = self.selected(MESSAGE)
+        c.proto.blocked = []  # as during Twisted's FETCH
+        self.store.folder(ALICE).set_flags(1, {"$late"})  # another session's STORE
+        written = []
+        message = mailbox_module.Message(self.store.folder(ALICE),
+                                         self.store.folder(ALICE).message(1))
+        c.proto.spew_flags(1, message, written.append)
+        self.assertEqual(written, [b"FLAGS ()"])
+        c.proto.blocked = None
+        c.proto._flush_news()  # the end of the FETCH
+        self.assertEqual(c.read(), b"* FLAGS (" + PERMANENT + b" $late)\r\n"
+                         b"* OK [PERMANENTFLAGS (" + PERMANENT + b" $late \\*)] Limited\r\n"
+                         b"* 1 FETCH (FLAGS ($late))\r\n")
+
     def test_examine_announces_flags_without_permanentflags(self):
         deliver(self.store, MESSAGE)
         c = self.client()

@@ -1021,6 +1021,16 @@ class IMAPServer(imap4.IMAP4Server):
 
     select_FETCH = (do_FETCH, _arg_seqset, _arg_fetch)
 
+    def spew_flags(self, id, msg, _w=None, _f=None):
+        """
+        The flags this client has been told of: a keyword another session
+        sets while Twisted's FETCH runs (after its start announced the
+        keywords it would show) is left out here, and shown after the
+        FETCH by the flag change's own response, announced first.
+        """
+        shown = [f for f in msg.getFlags() if f.startswith("\\") or f in self._flags]
+        _w(b"FLAGS (" + b" ".join(f.encode("ascii") for f in shown) + b")")
+
     def spew_modseq(self, id, msg, _w=None, _f=None):
         _w(b"MODSEQ (%d)" % msg.info.modseq)
 

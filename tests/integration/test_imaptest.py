@@ -35,19 +35,7 @@ STRESS_CLIENTS = 10
 STRESS_SECONDS = 20
 
 # group: why it fails on main. Empty it as the groups are fixed.
-KNOWN_FAILURES = {
-    "copy": "no * N RECENT after COPY and no \\Recent in FETCH FLAGS (\\Recent is not kept)",
-    "fetch-body": "BODY[HEADER] is not the header imaptest expects",
-    "fetch-body-message-rfc822": "BODY[1.1], [1.HEADER] of a message/rfc822 part are wrong",
-    "fetch-body-message-rfc822-mime": "BODY[1.HEADER], [1.TEXT] of a message/rfc822 part are wrong",
-    "fetch-body-message-rfc822-x2": "BODY[1.1] of a nested message/rfc822 part is wrong",
-    "fetch-body-mime": "BODY[1] of a multipart: IndexError, * BYE Server error",
-    "fetch-bodystructure": 'BODY of a multipart lacks its parts: ("mixed")',
-    "fetch-envelope": "ENVELOPE drops group syntax (group:;) from address lists",
-    "move": "MOVE into the selected mailbox: no * N EXISTS for the moved message",
-    "search-flags": "SEARCH NEW, OLD, RECENT: \\Recent is not kept",
-    "select": "no * N RECENT on SELECT/EXAMINE, STATUS RECENT 0 (\\Recent is not kept)",
-}
+KNOWN_FAILURES = {}
 
 
 def scripted_groups():
@@ -254,6 +242,3 @@ class Stress(unittest.TestCase):
                 + ([] if finished else [f"imaptest did not finish in {STRESS_SECONDS + 60} s"])
                 + ["imaptest's last lines:", *output.splitlines()[-8:]]))
 
-    test_stress.todo = expected_to_fail(
-        "20 to 40 imaptest errors in 20 s: MODSEQ dropped (a session is sent an older MODSEQ "
-        "after a newer one), keywords used before FLAGS announced them")
