@@ -1,6 +1,6 @@
 """
 Shared test fixtures: settings for a temporary config, the result of a
-Deferred that has fired.
+Deferred that has fired, a loaded folder.
 """
 
 import tempfile
@@ -51,3 +51,8 @@ def fresh_error_log(testcase):
     so a test that counts logged errors would depend on the tests before it.
     """
     testcase.patch(errorlog, "client_errors", errorlog.ClientErrorLog())
+
+
+def opened(store, user, name="INBOX"):
+    """C{store.folder(user, name)}, loaded: for tests whose threads run at once."""
+    return result(store.folder(user, name).opened())

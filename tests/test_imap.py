@@ -27,7 +27,7 @@ from mailsrv.store import folder as folder_module
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
 from tests.fulldisk import FullDisk
-from tests.helpers import make_settings
+from tests.helpers import make_settings, opened
 from tests.test_smtp.support import run_threads_inline
 
 ALICE = "alice@example.test"
@@ -193,7 +193,7 @@ class IMAPTestCase(unittest.TestCase):
         """A session with INBOX selected, holding C{messages}, none \\Recent."""
         for m in messages:
             deliver(self.store, m)
-        self.store.folder(ALICE).claim_recent()
+        opened(self.store, ALICE).claim_recent()
         c = self.client()
         c.login()
         c.cmd(b"S SELECT INBOX")
@@ -511,7 +511,7 @@ class MailboxCommandTests(IMAPTestCase):
         )
         # the next session, even after a restart, sees \Seen
         fresh = MailStore(self.root / "mail", self.clock)
-        self.assertEqual(fresh.folder(ALICE).message(1).flags, {"\\Seen"})
+        self.assertEqual(opened(fresh, ALICE).message(1).flags, {"\\Seen"})
 
     def test_large_message_structure_parsed_in_a_thread(self):
         calls = []
@@ -555,7 +555,7 @@ class MailboxCommandTests(IMAPTestCase):
                          b"c OK STORE completed\r\n")
         self.assertEqual(c.cmd(b"d STORE 2 BOGUS (\\Seen)"),
                          b"d BAD Expected FLAGS, +FLAGS or -FLAGS\r\n")
-        flags = [m.flags for m in self.store.folder(ALICE).messages()]
+        flags = [m.flags for m in opened(self.store, ALICE).messages()]
         self.assertEqual(flags, [{"\\Seen"}, {"\\Answered"}])
 
     def test_expunge(self):
@@ -563,7 +563,7 @@ class MailboxCommandTests(IMAPTestCase):
         c.cmd(b"a STORE 1,3 +FLAGS.SILENT (\\Deleted)")
         self.assertEqual(c.cmd(b"e EXPUNGE"),
                          b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\ne OK EXPUNGE completed\r\n")
-        self.assertEqual(self.store.folder(ALICE).uids(), [2])
+        self.assertEqual(opened(self.store, ALICE).uids(), [2])
         self.assertEqual(c.cmd(b"f FETCH 1 UID"), b"* 1 FETCH (UID 2)\r\nf OK FETCH completed\r\n")
 
     def test_append(self):
@@ -572,7 +572,7 @@ class MailboxCommandTests(IMAPTestCase):
         self.assertEqual(c.cmd(b'a APPEND INBOX (\\Seen) "01-Jan-2020 10:00:00 +0000" {20}'),
                          b"+ Ready for 20 octets of data\r\n")
         self.assertEqual(c.send(b"Subject: x\r\n\r\nbody\r\n\r\n"), b"a OK [APPENDUID 1795000000 1] APPEND completed\r\n")
-        info = self.store.folder(ALICE).message(1)
+        info = opened(self.store, ALICE).message(1)
         self.assertEqual((info.flags, info.internaldate, info.size),
                          ({"\\Seen"}, 1577872800, 20))
         self.assertEqual(info.path.read_bytes(), b"Subject: x\r\n\r\nbody\r\n")
@@ -601,7 +601,7 @@ class MailboxCommandTests(IMAPTestCase):
         c.cmd(b"s STORE 2 +FLAGS.SILENT (\\Flagged)")
         self.assertEqual(c.cmd(b"a UID COPY 2,1 Archive"),
                          b"a OK [COPYUID 1795000001 1:2 1:2] COPY completed\r\n")
-        copied = self.store.folder(ALICE, "Archive").messages()
+        copied = opened(self.store, ALICE, "Archive").messages()
         self.assertEqual([(m.uid, m.flags) for m in copied],
                          [(1, frozenset()), (2, {"\\Flagged"})])
         self.assertEqual(copied[1].path.read_bytes(), MULTIPART)
@@ -727,7 +727,7 @@ class MailboxCommandTests(IMAPTestCase):
         deliver(self.store, MESSAGE)
         self.clock.advance(c.proto.IDLE_POLL)
         self.assertEqual(c.read(), b"* 2 EXISTS\r\n* 1 RECENT\r\n")
-        self.store.folder(ALICE).delete([1])
+        opened(self.store, ALICE).delete([1])
         self.assertEqual(c.read(), b"* 1 EXPUNGE\r\n")
         self.assertEqual(c.cmd(b"DONE"), b"i OK IDLE terminated\r\n")
         c.cmd(b"j IDLE")
@@ -763,7 +763,7 @@ class FastFetchTests(IMAPTestCase):
         server = make_mail_server(root, self.clock)
         for m in (MESSAGE, MULTIPART, self.BIG, self.BARE_LF, MESSAGE):
             deliver(server.store, m)
-        server.store.folder(ALICE).claim_recent()  # FLAGS without \\Recent
+        opened(server.store, ALICE).claim_recent()  # FLAGS without \\Recent
         saved = server_module._fast_item
         if not fast:
             server_module._fast_item = lambda part: False
@@ -877,7 +877,7 @@ class FastFetchTests(IMAPTestCase):
 
     def test_vanished_file_left_out(self):
         c = self.selected(MESSAGE, MULTIPART, MESSAGE)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         os.unlink(folder.cur_prefix() + folder.entry(2).name)
         reply = c.cmd(b"f FETCH 1:* BODY.PEEK[]")
         self.assertEqual(reply.count(b" FETCH ("), 2)
@@ -886,7 +886,7 @@ class FastFetchTests(IMAPTestCase):
 
     def test_literal_is_the_file_size(self):
         c = self.selected(MESSAGE)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         with open(folder.cur_prefix() + folder.entry(1).name, "ab") as f:
             f.write(b"PS\r\n")
         self.assertEqual(
@@ -975,7 +975,7 @@ class BadInputTests(IMAPTestCase):
         c.cmd(b"a APPEND INBOX {100}")
         c.send(b"half a message")
         c.proto.connectionLost(None)
-        self.assertEqual(self.store.folder(ALICE).messages(), [])
+        self.assertEqual(opened(self.store, ALICE).messages(), [])
         self.assertTrue(self.client().cmd(b"n NOOP").endswith(b"n OK NOOP completed\r\n"))
 
     def test_vanish_during_login(self):
@@ -989,7 +989,7 @@ class BadInputTests(IMAPTestCase):
 
     def test_vanish_while_selected_releases_folder(self):
         c = self.selected(MESSAGE)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.assertEqual(len(folder.listeners), 1)
         c.proto.connectionLost(None)
         self.assertEqual(folder.listeners, [])
@@ -1070,7 +1070,7 @@ class FullDiskTests(IMAPTestCase):
 
     def test_store_failing_part_way_reports_what_it_stored(self):
         c = self.selected(MESSAGE, MESSAGE)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         set_flags = folder.set_flags
 
         def second_fails(uid, flags, origin=None):
@@ -1109,8 +1109,8 @@ class FullDiskTests(IMAPTestCase):
         self.disk.free()
         self.assertEqual(self.store.folders(ALICE),
                          ["INBOX", "Drafts", "Junk", "Sent", "Trash"])
-        self.assertEqual(len(self.store.folder(ALICE)), 1)
-        self.assertEqual(len(self.store.folder(ALICE, "Drafts")), 0)
+        self.assertEqual(len(opened(self.store, ALICE)), 1)
+        self.assertEqual(len(opened(self.store, ALICE, "Drafts")), 0)
 
 
 
@@ -1133,12 +1133,12 @@ class ComplianceTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"s SEARCH SEEN FLAGGED UNDELETED"),
                          b"* SEARCH 1\r\ns OK SEARCH completed\r\n")
         self.append_to_selected(c, b"\\answered \\draft", 2)
-        self.assertEqual(self.store.folder(ALICE).message(2).flags,
+        self.assertEqual(opened(self.store, ALICE).message(2).flags,
                          {"\\Answered", "\\Draft"})
         c.cmd(b"c CREATE Archive")
         self.assertEqual(c.cmd(b"k COPY 1:2 Archive"),
                          b"k OK [COPYUID 1795000001 1:2 1:2] COPY completed\r\n")
-        self.assertEqual([m.flags for m in self.store.folder(ALICE, "Archive").messages()],
+        self.assertEqual([m.flags for m in opened(self.store, ALICE, "Archive").messages()],
                          [{"\\Flagged", "\\Seen"}, {"\\Answered", "\\Draft"}])
 
     def test_search_new_old_recent(self):
@@ -1165,7 +1165,7 @@ class ComplianceTests(IMAPTestCase):
         self.append_to_selected(c, b"\\recent", 2)
         self.assertEqual(c.cmd(b"q APPEND INBOX (\\Bogus) {3}"),
                          b"q BAD Syntax error: Invalid system flag \\Bogus\r\n")
-        self.assertEqual(len(self.store.folder(ALICE)), 2)
+        self.assertEqual(len(opened(self.store, ALICE)), 2)
 
     def test_flags_announced_before_new_keyword(self):
         c = self.selected(MESSAGE, MESSAGE)
@@ -1217,10 +1217,10 @@ class ComplianceTests(IMAPTestCase):
         """
         c = self.selected(MESSAGE)
         c.proto.blocked = []  # as during Twisted's FETCH
-        self.store.folder(ALICE).set_flags(1, {"$late"})  # another session's STORE
+        opened(self.store, ALICE).set_flags(1, {"$late"})  # another session's STORE
         written = []
-        message = mailbox_module.Message(self.store.folder(ALICE),
-                                         self.store.folder(ALICE).message(1))
+        message = mailbox_module.Message(opened(self.store, ALICE),
+                                         opened(self.store, ALICE).message(1))
         c.proto.spew_flags(1, message, written.append)
         self.assertEqual(written, [b"FLAGS ()"])
         c.proto.blocked = None

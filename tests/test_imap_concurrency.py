@@ -65,6 +65,8 @@ class StoreInterleavingTests(unittest.TestCase):
         self.threads = HeldThreads()
         self.patch(folder_module, "threads", self.threads)
         self.folder = self.store.folder(ALICE)
+        self.folder.opened()
+        self.threads.run_all()  # the first load
 
     def test_append_racing_a_scan_gets_one_uid(self):
         """A listing made before an APPEND's file reached cur/ is applied after it."""
@@ -125,6 +127,60 @@ class StoreInterleavingTests(unittest.TestCase):
         self.threads.run_all()
         self.store.notify(ALICE, "INBOX", [os.path.basename(path)])
         self.assertEqual((self.folder.uids(), self.folder.uidnext), ([1], 2))
+
+
+class FirstLoadTests(IMAPTestCase):
+    def setUp(self):
+        super().setUp()
+        self.threads = HeldThreads()
+        self.patch(folder_module, "threads", self.threads)
+        self.listings, listdir = [], os.listdir
+        self.patch(os, "listdir", lambda path: self.listings.append(path) or listdir(path))
+
+    def test_first_select_scans_off_the_reactor(self):
+        """Another client is answered while the first load of a folder is in its thread."""
+        deliver(self.store, MESSAGE)
+        other = self.client()
+        other.login()
+        first = self.client()
+        first.login()
+        first.send(b"s SELECT INBOX\r\n")
+        self.assertEqual(first.read(), b"")
+        self.assertEqual(len(self.threads.calls), 1)  # the load, held
+        self.assertEqual(self.listings, [])  # nothing listed on the reactor
+        self.assertEqual(other.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+        self.threads.run_all()
+        self.assertIn(b"* 1 EXISTS\r\n", first.read())
+
+    def test_append_racing_the_first_load_gets_one_uid(self):
+        """An APPEND whose file is written while the load lists the folder keeps one UID."""
+        folder = self.store.folder(ALICE)
+        folder.add(MESSAGE)
+        written = self.threads.run()  # in tmp/
+        folder.sync()
+        self.assertEqual(self.listings, [])
+        loaded = self.threads.run()  # the load: lists neither
+        written()  # waits for the load
+        loaded()
+        self.threads.run_all()
+        deliver(self.store, MESSAGE)
+        folder.sync()
+        self.threads.run_all()
+        self.assertEqual((folder.uids(), folder.uidnext), ([1, 2], 3))
+
+    def test_delivery_racing_the_first_load_gets_one_uid(self):
+        folder = self.store.folder(ALICE)
+        folder.sync()
+        source = Path(self.mktemp())
+        source.write_bytes(MESSAGE)
+        (path,) = deliver_file(source, [self.store.maildir(ALICE)])
+        self.assertEqual(self.listings, [])
+        loaded = self.threads.run()  # the load lists the delivered file
+        self.store.notify(ALICE, "INBOX", [os.path.basename(path)])
+        loaded()
+        folder.sync()
+        self.threads.run_all()
+        self.assertEqual((folder.uids(), folder.uidnext), ([1], 2))
 
 
 class _Listener:

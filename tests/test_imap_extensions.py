@@ -16,6 +16,7 @@ from mailsrv.imap.syntax import (
 )
 from mailsrv.store.folder import MailStore
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase
+from tests.helpers import opened
 
 
 class UIDPlusTests(IMAPTestCase):
@@ -37,7 +38,7 @@ class UIDPlusTests(IMAPTestCase):
         c.cmd(b"s STORE 1:3 +FLAGS.SILENT (\\Deleted)")
         self.assertEqual(c.cmd(b"x UID EXPUNGE 2:3"),
                          b"* 3 EXPUNGE\r\n* 2 EXPUNGE\r\nx OK EXPUNGE completed\r\n")
-        self.assertEqual(self.store.folder(ALICE).uids(), [1])
+        self.assertEqual(opened(self.store, ALICE).uids(), [1])
         self.assertEqual(c.cmd(b"y EXPUNGE 1"),
                          b"y BAD Syntax: EXPUNGE, or UID EXPUNGE set\r\n")
         self.assertEqual(c.cmd(b"z EXPUNGE"), b"* 1 EXPUNGE\r\nz OK EXPUNGE completed\r\n")
@@ -58,11 +59,11 @@ class MoveTests(IMAPTestCase):
             c.cmd(b"u UID MOVE 4 Trash"),
             b"* OK [COPYUID 1795000001 4 3] Moved\r\n* 2 EXPUNGE\r\nu OK MOVE completed\r\n",
         )
-        trash = self.store.folder(ALICE, "Trash")
+        trash = opened(self.store, ALICE, "Trash")
         self.assertEqual([(m.uid, m.flags) for m in trash.messages()],
                          [(1, {"\\Flagged", "$Work"}), (2, frozenset()), (3, frozenset())])
         self.assertEqual(trash.message(1).path.read_bytes(), MULTIPART)
-        self.assertEqual(self.store.folder(ALICE).uids(), [1])
+        self.assertEqual(opened(self.store, ALICE).uids(), [1])
         self.assertEqual(c.cmd(b"n MOVE 1 Nope"), b"n NO [TRYCREATE] No such mailbox\r\n")
         self.assertEqual(c.cmd(b"e UID MOVE 99 Trash"), b"e OK MOVE completed\r\n")
 
@@ -127,7 +128,7 @@ class LiteralPlusTests(IMAPTestCase):
             c.send(b"b APPEND INBOX (\\Seen) {14+}\r\nSubject: x\r\n\r\n\r\n"),
             b"b OK [APPENDUID 1795000000 1] APPEND completed\r\n",
         )
-        self.assertEqual(self.store.folder(ALICE).message(1).path.read_bytes(),
+        self.assertEqual(opened(self.store, ALICE).message(1).path.read_bytes(),
                          b"Subject: x\r\n\r\n")
         # a synchronizing literal still gets its continuation
         self.assertEqual(c.cmd(b"c APPEND INBOX {3}"), b"+ Ready for 3 octets of data\r\n")
@@ -194,7 +195,7 @@ class KeywordTests(IMAPTestCase):
         c.cmd(b"a APPEND INBOX ($Draft \\Seen) {22}")
         self.assertEqual(c.send(b"Subject: x\n\nline\nend\r\n\r\n"),
                          b"a OK [APPENDUID 1795000000 1] APPEND completed\r\n")
-        info = self.store.folder(ALICE).message(1)
+        info = opened(self.store, ALICE).message(1)
         self.assertEqual(info.flags, {"$Draft", "\\Seen"})
         self.assertEqual(info.path.read_bytes(), b"Subject: x\r\n\r\nline\r\nend\r\n")
         self.assertEqual(info.size, 25)
@@ -228,7 +229,7 @@ class CondstoreTests(IMAPTestCase):
             c.cmd(b"d UID STORE 2 (UNCHANGEDSINCE 1) FLAGS ()"),
             b"d OK [MODIFIED 2] Conditional STORE failed\r\n",
         )
-        self.assertEqual(self.store.folder(ALICE).message(2).flags, {"\\Seen"})
+        self.assertEqual(opened(self.store, ALICE).message(2).flags, {"\\Seen"})
         self.assertEqual(c.cmd(b"e STORE 1 (FOO 1) FLAGS ()"),
                          b"e BAD Syntax error: Unknown STORE modifier\r\n")
 

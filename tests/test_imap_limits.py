@@ -13,6 +13,7 @@ from twisted.logger import globalLogPublisher
 from mailsrv import errorlog
 from mailsrv.imap import mailbox as mailbox_module
 from tests.test_imap import ALICE, MESSAGE, IMAPTestCase, deliver
+from tests.helpers import opened
 
 
 class LimitTestCase(IMAPTestCase):
@@ -244,7 +245,7 @@ class LiteralSyncTests(LimitTestCase):
         self.assertEqual(c.send(self.MAIL + b"\r\n"),
                          b"* 3 EXISTS\r\n* 2 RECENT\r\nb OK [APPENDUID 1795000000 3] APPEND completed\r\n")
         self.assertNotIn("rf-inj", self.store.folders(ALICE))
-        self.assertEqual(self.store.folder(ALICE).read_start(3, 1000), self.MAIL)
+        self.assertEqual(opened(self.store, ALICE).read_start(3, 1000), self.MAIL)
         self.assertEqual(self.errors(), [])
 
     def test_refused_command_skips_its_literal_plus(self):

@@ -21,6 +21,7 @@ from mailsrv.store.folder import (
 )
 from tests.fulldisk import FullDisk
 from tests.test_smtp.support import run_threads_inline
+from tests.helpers import opened
 
 ALICE = "alice@example.test"
 DATA = b"Subject: hi\r\n\r\nbody\r\n"
@@ -60,7 +61,7 @@ class StoreTestCase(unittest.TestCase):
 
     def restart(self):
         self.store = MailStore(self.root / "mail", self.clock)
-        return self.store.folder(ALICE)
+        return opened(self.store, ALICE)
 
 
 class UIDTests(StoreTestCase):
@@ -73,14 +74,14 @@ class UIDTests(StoreTestCase):
         for path in (named, bare):
             path.write_bytes(DATA)
             os.utime(path, (1650000000, 1650000000))
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         # the delivering program's name is believed; without S= the file is asked
         self.assertEqual([(m.size, m.internaldate) for m in folder.messages()],
                          [(21, 1600000000), (len(DATA), 1650000000)])
 
     def test_sync_moves_new_and_assigns_uids(self):
         self.deliver(3)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.assertEqual(folder.uids(), [1, 2, 3])
         self.assertEqual((folder.uidvalidity, folder.uidnext), (1_700_000_000, 4))
         self.assertEqual(os.listdir(folder.path / "new"), [])
@@ -92,7 +93,7 @@ class UIDTests(StoreTestCase):
 
     def test_uids_and_flags_persist_across_restart(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         keys = [m.key for m in folder.messages()]
         folder.set_flags(2, {"\\Seen", "\\Answered", "$Keyword"})
         self.clock.advance(100)
@@ -106,7 +107,7 @@ class UIDTests(StoreTestCase):
 
     def test_no_uid_reuse_after_delete_or_vanish(self):
         self.deliver(3)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         folder.delete([3])
         os.unlink(folder.message(2).path)  # another program removed it
         self.assertEqual(self.sync(folder), ([], [2], {}))
@@ -121,14 +122,14 @@ class UIDTests(StoreTestCase):
 
     def test_flags_renamed_by_another_program(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         path = folder.message(1).path
         os.rename(path, str(path) + "FS")
         self.assertEqual(self.sync(folder), ([], [], {1: {"\\Flagged", "\\Seen"}}))
 
     def test_stale_index_gets_new_uidvalidity(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         index = (folder.path / "mailsrv-uidlist").read_bytes()
         self.deliver(1)
         self.sync(folder)
@@ -141,7 +142,7 @@ class UIDTests(StoreTestCase):
 
     def test_damaged_index_is_rebuilt(self):
         self.deliver(1)
-        path = self.store.folder(ALICE).path / "mailsrv-uidlist"
+        path = opened(self.store, ALICE).path / "mailsrv-uidlist"
         path.write_text("garbage")
         again = self.restart()
         self.assertEqual(again.uids(), [1])
@@ -149,7 +150,7 @@ class UIDTests(StoreTestCase):
 
     def test_index_format(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         info = folder.messages()[0]
         self.assertEqual(
             (folder.path / "mailsrv-uidlist").read_text(),
@@ -159,7 +160,7 @@ class UIDTests(StoreTestCase):
 
     def test_changes_are_appended_then_compacted(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         path = folder.path / "mailsrv-uidlist"
         snapshot = path.read_text()
         folder.set_flags(2, {"\\Seen", "$Label1", "$Done"})
@@ -183,7 +184,7 @@ class UIDTests(StoreTestCase):
 
     def test_cut_append_loses_only_its_change(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         folder.set_flags(1, {"$A"})
         path = folder.path / "mailsrv-uidlist"
         with open(path, "a") as f:
@@ -192,7 +193,7 @@ class UIDTests(StoreTestCase):
 
     def test_version_1_index_is_read_and_upgraded(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         info = folder.message(1)
         path = folder.path / "mailsrv-uidlist"
         path.write_text(f"mailsrv-uidlist 1 1600000000 7\n"
@@ -209,7 +210,7 @@ class ModseqTests(StoreTestCase):
 
     def test_changes_raise_modseq(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.assertEqual([m.modseq for m in folder.messages()], [1, 2])
         folder.set_flags(1, {"\\Seen"})
         folder.set_flags(1, {"\\Seen"})  # no change, no new MODSEQ
@@ -221,13 +222,13 @@ class ModseqTests(StoreTestCase):
 
     def test_flags_changed_by_others_get_a_new_modseq(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         path = folder.message(1).path
         os.rename(path, str(path) + "S")
         self.sync(folder)
         self.assertEqual(folder.message(1).modseq, 3)
         del folder
-        path = self.store.folder(ALICE).message(2).path
+        path = opened(self.store, ALICE).message(2).path
         os.rename(path, str(path) + "F")  # while the server is down
         again = self.restart()
         self.assertEqual([m.modseq for m in again.messages()], [3, 4])
@@ -239,7 +240,7 @@ class SharingTests(StoreTestCase):
 
     def test_listeners_see_each_others_changes(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         a, b = Recorder(), Recorder()
         folder.add_listener(a)
         folder.add_listener(b)
@@ -254,9 +255,9 @@ class SharingTests(StoreTestCase):
         self.assertEqual(len(a.events), 2)
 
     def test_add_and_copy_in_thread(self):
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.store.create_folder(ALICE, "Archive")
-        archive = self.store.folder(ALICE, "Archive")
+        archive = opened(self.store, ALICE, "Archive")
         listener = Recorder()
         archive.add_listener(listener)
 
@@ -279,10 +280,10 @@ class SharingTests(StoreTestCase):
 
     def test_move_renames_into_the_other_folder(self):
         self.deliver(3)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         folder.set_flags(2, {"\\Seen", "$Work"})
         self.store.create_folder(ALICE, "Archive")
-        archive = self.store.folder(ALICE, "Archive")
+        archive = opened(self.store, ALICE, "Archive")
         here, there = Recorder(), Recorder()
         folder.add_listener(here)
         archive.add_listener(there)
@@ -297,7 +298,7 @@ class SharingTests(StoreTestCase):
             self.assertEqual((here.events, there.events),
                              ([("expunged", [2, 3])], [("added", [1, 2])]))
             self.assertEqual(self.restart().uids(), [1])
-            self.assertEqual(self.store.folder(ALICE, "Archive").message(1).flags,
+            self.assertEqual(opened(self.store, ALICE, "Archive").message(1).flags,
                              {"\\Seen", "$Work"})
 
         return d.addCallback(moved)
@@ -311,12 +312,12 @@ class FolderManagementTests(StoreTestCase):
         self.assertRaises(FolderExists, store.create_folder, ALICE, "Work")
         self.assertRaises(ValueError, store.create_folder, ALICE, "a.b")
         self.deliver(1, "Work/2024")
-        open_folder = store.folder(ALICE, "Work/2024")
+        open_folder = opened(store, ALICE, "Work/2024")
         store.subscribe(ALICE, "Work/2024")
         store.rename_folder(ALICE, "Work", "Old")
         self.assertEqual(store.folders(ALICE), ["INBOX", "Old", "Old/2024"])
         self.assertEqual(open_folder.name, "Old/2024")
-        self.assertEqual(store.folder(ALICE, "Old/2024").uids(), [1])
+        self.assertEqual(opened(store, ALICE, "Old/2024").uids(), [1])
         self.assertEqual(store.subscriptions(ALICE), ["INBOX", "Old/2024"])
         self.assertRaises(FolderError, store.delete_folder, ALICE, "Old")
         self.assertRaises(FolderError, store.delete_folder, ALICE, "INBOX")
@@ -351,7 +352,7 @@ class FullDiskTests(StoreTestCase):
 
     def test_torn_index_line_keeps_uidvalidity(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         folder.set_flags(1, {"$A"})
         with open(self.index(folder), "a") as f:
             f.write("=1 9 :S $Ha")  # what ENOSPC left of an append
@@ -366,13 +367,13 @@ class FullDiskTests(StoreTestCase):
         with its first message, so a client that saw UIDVALIDITY and then
         a restart (or kill -9) saw another one.
         """
-        first = self.store.folder(ALICE).uidvalidity
+        first = opened(self.store, ALICE).uidvalidity
         self.clock.advance(10)
         self.assertEqual(self.restart().uidvalidity, first)
 
     def test_garbage_last_index_line_is_ignored_then_cut(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         folder.set_flags(1, {"$A"})
         with open(self.index(folder), "a") as f:
             f.write("=1 x\x00\x00 :S\n")
@@ -386,7 +387,7 @@ class FullDiskTests(StoreTestCase):
 
     def test_store_on_full_disk_fails_and_changes_nothing(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         before = self.index(folder).read_bytes()
         name = folder.message(1).name
         self.disk.fill()
@@ -404,7 +405,7 @@ class FullDiskTests(StoreTestCase):
 
     def test_new_mail_waits_in_new_while_the_disk_is_full(self):
         self.deliver(1)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         listener = Recorder()
         folder.add_listener(listener)
         self.deliver(1)
@@ -419,7 +420,7 @@ class FullDiskTests(StoreTestCase):
 
     def test_expunge_on_full_disk_removes_the_files(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.disk.fill()
         self.assertEqual(folder.delete([1]), [1])
         self.disk.free()
@@ -430,12 +431,12 @@ class FullDiskTests(StoreTestCase):
     def test_folder_opens_on_full_disk(self):
         self.deliver(2)
         self.disk.fill()
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.assertEqual(folder.uids(), [1, 2])
         self.assertEqual(sorted(os.listdir(folder.path)), ["cur", "new", "tmp"])
 
     def test_append_on_full_disk_fails_and_leaves_nothing(self):
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.disk.fill()
         d = folder.add(DATA, {"\\Seen"})
 
@@ -450,9 +451,9 @@ class FullDiskTests(StoreTestCase):
 
     def test_move_on_full_disk_leaves_the_messages(self):
         self.deliver(2)
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         self.store.create_folder(ALICE, "Archive")
-        archive = self.store.folder(ALICE, "Archive")
+        archive = opened(self.store, ALICE, "Archive")
         self.disk.fill()
         self.assertRaises(OSError, folder.move, [1, 2], archive)
         self.assertEqual((folder.uids(), archive.uids()), ([1, 2], []))
@@ -478,7 +479,7 @@ class FullDiskTests(StoreTestCase):
         self.deliver(1)
         self.patch(uidlist, "os", Recording())
         self.patch(delivery, "os", Recording())
-        folder = self.store.folder(ALICE)
+        folder = opened(self.store, ALICE)
         index = os.path.abspath(self.index(folder))
         self.assertEqual(calls, [("fsync", index + ".tmp"), ("replace", index),
                                  ("fsync", os.path.abspath(folder.path))])

@@ -103,7 +103,8 @@ class Account:
     def target(self, name):
         """
         The L{Mailbox} that APPEND, COPY or MOVE puts messages into, or
-        L{None}: not synced, as nothing reads its messages.
+        L{None}: not synced, as nothing reads its messages (they wait for
+        its folder's load, see L{Folder.opened}).
         """
         try:
             folder = self.store.folder(self.user, name)
@@ -468,13 +469,18 @@ class Mailbox:
             pairs in UID order, the sequence numbers highest first.
         """
         uids = [u for _, u in self.resolve(messages, uid) if u not in self.pending]
+        d = target.folder.opened()
+        d.addCallback(self._move, uids)
+        return d.addCallback(lambda pairs: (pairs, self._forget(u for u, _ in pairs)))
+
+    def _move(self, target, uids):
+        """L{move} once the target folder is loaded."""
         # into this very folder: EXISTS after the EXPUNGEs (announce_arrivals)
-        self._moving_here = target.folder is self.folder
+        self._moving_here = target is self.folder
         try:
-            d = self.folder.move(uids, target.folder, origin=self)
+            return self.folder.move(uids, target, origin=self)
         finally:
             self._moving_here = False
-        return d.addCallback(lambda pairs: (pairs, self._forget(u for u, _ in pairs)))
 
     def addMessage(self, message, flags=(), date=None):
         return self.folder.add(message, flags, date)

@@ -3,12 +3,15 @@ The mail store: users' Maildir++ folders with persistent IMAP UIDs and flags.
 See docs/store.md.
 
 Everything here runs on the reactor thread except the bodies of L{Folder.add}
-and L{Folder.copy}, which write and fsync a whole message, and the listing of
-L{Folder.sync}, which may take a whole folder: those run in a thread and hand
-their result back; UIDs are still assigned on the reactor thread, which is
-the only place that changes a folder's in-memory state and its index. A
-listing is already old when it arrives: the messages the server changed
-meanwhile (see L{Folder._touch}) are left out of what it is taken to say.
+and L{Folder.copy}, which write and fsync a whole message, the listing of
+L{Folder.sync}, and the first load of a folder (its index read and parsed,
+its directories listed, its unknown files described), which may take a whole
+folder: those run in a thread and hand their result back; UIDs are still
+assigned on the reactor thread, which is the only place that changes a
+loaded folder's in-memory state and its index. A listing is already old when
+it arrives: the messages the server changed meanwhile (see L{Folder._touch})
+are left out of what it is taken to say. Nothing reads or changes a folder
+before its load is applied (see L{Folder.opened}).
 
 A file enters C{cur/} only after the index line that names it is written,
 so a file in C{cur/} unknown to the index always means the index lost
@@ -234,7 +237,7 @@ class Folder:
         self._recent = store.unseen_arrivals(user, name)
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
-        self._load()
+        self._loaded = False  # see opened()
 
     # Reading
 
@@ -330,11 +333,23 @@ class Folder:
         if listener in self.listeners:
             self.listeners.remove(listener)
 
+    def opened(self):
+        """
+        A Deferred of this folder once loaded: the first L{sync} loads it
+        (in a thread: a 50,000-message index and listing take the reactor
+        a second and more). Whatever reads or changes the folder waits
+        on it.
+        """
+        if self._loaded:
+            return defer.succeed(self)
+        return self.sync().addCallback(lambda _: self)
+
     def sync(self):
         """
-        Bring the folder up to date with the disk: move C{new/} to C{cur/},
-        give new files UIDs in arrival order, forget vanished files, pick up
-        flags other programs changed (with a new MODSEQ). Persists the index
+        Bring the folder up to date with the disk (the first sync loads
+        it, see L{_read}): move C{new/} to C{cur/}, give new files UIDs in
+        arrival order, forget vanished files, pick up flags other programs
+        changed (with a new MODSEQ). Persists the index
         and tells the listeners. The directories are listed in a thread
         (50,000 names take the reactor 100 ms and more); a sync asked for
         while one is under way waits for it.
@@ -351,8 +366,12 @@ class Folder:
             self._syncing.append(waiting)
             return waiting
         self._syncing, self._touched = [waiting], set()
-        d = threads.deferToThread(self._look, self._clean_stamp)
-        d.addCallback(self._looked)
+        if self._loaded:
+            d = threads.deferToThread(self._look, self._clean_stamp)
+            d.addCallback(self._looked)
+        else:
+            d = threads.deferToThread(self._read)
+            d.addCallback(self._load)
         d.addBoth(self._synced)
         return waiting
 
@@ -396,7 +415,7 @@ class Folder:
             if os.path.exists(os.path.join(self.path, "new", name)):
                 key, suffix = split_name(name)
                 arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
-        added = self._place(arriving, [], [])
+        added = self._place(self._describe(arriving), [], [])
         if added:
             self._notify(None, [entry.uid for entry in added], [], {})
 
@@ -528,7 +547,7 @@ class Folder:
             data = BytesIO(data)
         d = threads.deferToThread(
             _write_message, self.path, _crlf_lines(data), flags, date)
-        d.addCallback(self._added, date, flags)
+        d.addCallback(self._added_when_opened, date, flags)
         return d
 
     def copy(self, uid, other):
@@ -542,15 +561,15 @@ class Folder:
         d = threads.deferToThread(
             _write_message, other.path, self._path(entry), flags, entry.internaldate
         )
-        d.addCallback(other._added, entry.internaldate, flags)
+        d.addCallback(other._added_when_opened, entry.internaldate, flags)
         return d
 
     def move(self, uids, other, origin=None):
         """
-        Move messages into Folder C{other} (IMAP MOVE) by renaming their
-        files, keeping flags and dates; C{cur/} of C{other} is fsync'd in a
-        thread before the Deferred fires. C{other}'s index names them
-        before the files move.
+        Move messages into Folder C{other} (IMAP MOVE), which must be
+        loaded (L{opened}), by renaming their files, keeping flags and
+        dates; C{cur/} of C{other} is fsync'd in a thread before the
+        Deferred fires. C{other}'s index names them before the files move.
 
         @return: a Deferred of C{[(uid here, uid in other), ...]}, in UID
             order; a message whose file vanished is left out.
@@ -608,20 +627,45 @@ class Folder:
             entry.modseq, entry.name, self,
         )
 
-    def _load(self):
+    def _read(self):
         """
-        Read the index, then sync. A message already in C{cur/} (we put it
-        there) but missing from the index means the index is older than the
-        folder, say after a crash: its UIDs cannot be trusted, so the folder
-        starts again with a new UIDVALIDITY rather than ever reusing a UID.
-        System flags that differ from what the index last saw changed while
-        the server was not looking: those messages get a new MODSEQ.
+        In a thread, the file work of the first load (L{_load}): the index
+        read and parsed, the listing, entries for the files the index
+        knows, and the size, date and order of those it does not. Nothing
+        touches the index of a folder not yet loaded (see L{opened}), so it
+        may be read here.
         """
         known = self._index.load()
         stamp = self._stamp()
         found = self._scan()
         in_cur = dict(split_name(n) for n, where in found.items() if where == "cur")
         reset = known is None or not in_cur.keys() <= known.keys()
+        entries, changed = {}, []
+        for key, (uid, internaldate, size, modseq, letters, keywords) in (
+                () if reset else known.items()):
+            suffix = in_cur.pop(key, None)
+            if suffix is not None:
+                entry = _Entry(uid, key, suffix, size, internaldate, modseq, keywords)
+                entries[uid] = entry
+                # (the first test is a shortcut for the usual ":2,<letters>")
+                if letters is not None and suffix[3:] != letters and letters != entry.letters:
+                    changed.append(entry)
+        vanished = not reset and len(entries) != len(known)
+        # after a reset all of cur/ is new to the index; new/ always is
+        arriving = self._describe(self._arriving(in_cur, found))
+        return known, reset, stamp, entries, changed, vanished, arriving
+
+    def _load(self, read):
+        """
+        Apply a L{_read} on the reactor. A message already in C{cur/} (we
+        put it there) but missing from the index means the index is older
+        than the folder, say after a crash: its UIDs cannot be trusted, so
+        the folder starts again with a new UIDVALIDITY rather than ever
+        reusing a UID. System flags that differ from what the index last
+        saw changed while the server was not looking: those messages get a
+        new MODSEQ.
+        """
+        known, reset, stamp, entries, changed, vanished, arriving = read
         if reset:
             if known:
                 log.warn(
@@ -629,23 +673,13 @@ class Folder:
                     path=str(self.path),
                 )
             self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
-            known = {}
-        changed = []
-        for key, (uid, internaldate, size, modseq, letters, keywords) in known.items():
-            suffix = in_cur.pop(key, None)
-            if suffix is not None:
-                entry = _Entry(uid, key, suffix, size, internaldate, modseq, keywords)
-                self._entries[uid] = entry
-                # (the first test is a shortcut for the usual ":2,<letters>")
-                if letters is not None and suffix[3:] != letters and letters != entry.letters:
-                    changed.append(entry)
-        vanished = len(self._entries) != len(known)
+        self._entries = entries
+        self._loaded = True
         if vanished:
             self._index.next_modseq()  # an expunge (RFC 7162)
-        # after a reset all of cur/ is new to the index; new/ always is.
-        # The index written then is stale anyway: a failure to write it
-        # changes nothing, the files go to cur/ all the same.
-        added = self._take_in(in_cur, found, changed, [], keep=reset)
+        # The index written after a reset is stale anyway: a failure to
+        # write it changes nothing, the files go to cur/ all the same.
+        added = self._place(arriving, changed, [], keep=reset)
         self._recent.update(entry.uid for entry in added or ())
         if added is not None or reset:
             self._settle(stamp)
@@ -656,6 +690,7 @@ class Folder:
                 self._snapshot()
             except OSError as e:
                 self._log_write_error(e)
+        return [], [], {}
 
     def _scan(self):
         """The message file names in C{cur/} and C{new/}: name -> C{"cur"} or C{"new"}."""
@@ -685,68 +720,80 @@ class Folder:
 
         @return: the added entries, or L{None} after a failure.
         """
+        return self._place(self._describe(self._arriving(unknown, found)),
+                           changed, removed, keep)
+
+    @staticmethod
+    def _arriving(unknown, found):
+        """The files of L{_take_in}: key -> C{(suffix, path in the Maildir now)}."""
         arriving = {key: (suffix, "cur/" + key + suffix) for key, suffix in unknown.items()}
         for name, where in found.items():
             if where == "new":
                 key, suffix = split_name(name)
                 arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
-        return self._place(arriving, changed, removed, keep)
+        return arriving
 
-    def _place(self, arriving, changed, removed, keep=False):
+    def _describe(self, arriving):
         """
-        L{_take_in} for the files in C{arriving} (key -> C{(suffix, path
-        in the Maildir now)}).
+        The files in C{arriving} (see L{_arriving}) in arrival order, as
+        C{(key, suffix, path now, size, date)}; no I/O but for a name that
+        lacks them, so it may run in a thread (L{_read}). The size and
+        arrival time come from the name (C{,S=} and the leading seconds,
+        which the delivering program wrote), so a folder of 50,000 new
+        messages costs no stat each; a name without them gets the file's
+        size and mtime, and is left out if the file is gone.
         """
-        self._touch(arriving)
-        added = self._new_entries(arriving)
+        described = []
+        for key in sorted(arriving, key=arrival_order):
+            suffix, now = arriving[key]
+            size = size_from_key(key)
+            seconds = key.partition(".")[0]
+            if size is not None and seconds.isdigit():
+                date = int(seconds)
+            else:
+                try:
+                    st = os.stat(self.path / now)
+                except FileNotFoundError:
+                    continue
+                size = st.st_size if size is None else size
+                date = int(st.st_mtime)
+            described.append((key, suffix, now, size, date))
+        return described
+
+    def _place(self, described, changed, removed, keep=False):
+        """
+        L{_take_in} for the files of a L{_describe}: UIDs in its order.
+        """
+        self._touch(key for key, *_ in described)
+        added = []
+        for key, suffix, now, size, date in described:
+            entry = _Entry(self._index.allocate(), key, suffix, size, date,
+                           self._index.next_modseq())
+            self._entries[entry.uid] = entry
+            added.append((entry, now))
         try:
-            self._persist(added, changed, removed)
+            self._persist([entry for entry, _ in added], changed, removed)
         except OSError as e:
             self._log_write_error(e)
             if not keep:
-                for entry in added:
+                for entry, _ in added:
                     del self._entries[entry.uid]
                 return None
-        for entry in added:
-            now = arriving[entry.key][1]
+        for entry, now in added:
             if now.startswith("new/"):
                 try:
                     os.rename(self.path / now, self._path(entry))
                 except FileNotFoundError:  # taken by another process
                     del self._entries[entry.uid]
-        return [entry for entry in added if entry.uid in self._entries]
+        return [entry for entry, _ in added if entry.uid in self._entries]
 
-    def _new_entries(self, arriving):
-        """
-        Entries for new files (key -> C{(suffix, path in the Maildir now)}),
-        with UIDs in arrival order.
-        """
-        entries = (self._new_entry(key, *arriving[key])
-                   for key in sorted(arriving, key=arrival_order))
-        return [entry for entry in entries if entry is not None]
-
-    def _new_entry(self, key, suffix, where):
-        """
-        The size and arrival time come from the name (C{,S=} and the
-        leading seconds, which the delivering program wrote), so a folder
-        of 50,000 new messages costs no stat each; a name without them
-        gets the file's size and mtime.
-        """
-        size = size_from_key(key)
-        seconds = key.partition(".")[0]
-        if size is not None and seconds.isdigit():
-            date = int(seconds)
-        else:
-            try:
-                st = os.stat(self.path / where)
-            except FileNotFoundError:
-                return None
-            size = st.st_size if size is None else size
-            date = int(st.st_mtime)
-        entry = _Entry(self._index.allocate(), key, suffix, size, date,
-                       self._index.next_modseq())
-        self._entries[entry.uid] = entry
-        return entry
+    def _added_when_opened(self, written, date, flags):
+        """L{_added} once the folder is loaded (an APPEND to a folder nobody opened)."""
+        if self._loaded:
+            return self._added(written, date, flags)
+        d = self.opened()
+        d.addErrback(lambda failure: (_remove(written[0]), failure)[1])
+        return d.addCallback(lambda _: self._added(written, date, flags))
 
     def _added(self, written, date, flags):
         """
