@@ -186,9 +186,9 @@ def is_keyword(flag):
         set(flag) & KEYWORD_SPECIALS) and flag.isascii() and flag.isprintable()
 
 
-def size_from_key(key):
-    """The C{,S=<size>} field of a Maildir name, or L{None}."""
-    start = key.find(",S=")
+def size_from_key(key, field=",S="):
+    """The C{,S=<size>} (or other C{field}) of a Maildir name, or L{None}."""
+    start = key.find(field)
     if start < 0:
         return None
     end = key.find(",", start + 3)
@@ -206,12 +206,9 @@ def wire_from_key(key, size):
     far as its name tells (docs/store.md): C{,W=} (Dovecot's), else
     C{size} for a name mailsrv gave, else L{None} (the file decides).
     """
-    start = key.find(",W=")
-    if start >= 0:
-        end = key.find(",", start + 3)
-        digits = key[start + 3:] if end < 0 else key[start + 3:end]
-        if digits.isdigit():
-            return int(digits)
+    wire = size_from_key(key, ",W=")
+    if wire is not None:
+        return wire
     return size if _OWN_NAME.match(key) else None
 
 
