@@ -1318,3 +1318,88 @@ class ComplianceTests(IMAPTestCase):
                              b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n', arguments)
         self.assertEqual(c.cmd(b'l LIST "" "\xc3\xa9"'),
                          b"l NO Mailbox name is not valid mUTF-7\r\n")
+
+
+class BareLFMaildirTests(IMAPTestCase):
+    """
+    Files copied in from another server's Maildir (Dovecot's: bare LF,
+    C{,S=} and C{,W=} in the name) are served with CRLF, and every size
+    IMAP and POP3 give is the size of what they send.
+    """
+
+    LF = MESSAGE.replace(b"\r\n", b"\n")
+
+    def copied_in(self, name):
+        new = self.store.maildir(ALICE) / "new"
+        new.mkdir(parents=True, exist_ok=True)
+        (new / name).write_bytes(self.LF)
+        self.store.folder(ALICE).claim_recent()
+
+    def fetched(self, *items):
+        c = self.client()
+        c.login()
+        c.cmd(b"S SELECT INBOX")
+        return [c.cmd(b"F FETCH 1 " + item) for item in items]
+
+    def check_crlf(self):
+        size = len(MESSAGE)
+        body = MESSAGE[MESSAGE.index(b"\r\n\r\n") + 4:]
+        items = (b"(RFC822.SIZE)", b"(BODY.PEEK[])", b"(BODY.PEEK[]<0.10>)",
+                 b"(RFC822.TEXT)", b"(BODY.PEEK[TEXT]<2.5>)", b"(RFC822)",
+                 b"(UID RFC822.SIZE BODY.PEEK[])")
+        replies = self.fetched(*items)
+        done = b"F OK FETCH completed\r\n"
+        self.assertEqual(replies[0], b"* 1 FETCH (RFC822.SIZE %d)\r\n" % size + done)
+        self.assertEqual(replies[1], b"* 1 FETCH (BODY[] {%d}\r\n%b)\r\n" % (size, MESSAGE)
+                         + done)
+        self.assertEqual(replies[2], b"* 1 FETCH (BODY[]<0> {10}\r\n%b)\r\n" % MESSAGE[:10]
+                         + done)
+        self.assertIn(b"RFC822.TEXT {%d}\r\n%b" % (len(body), body), replies[3])
+        self.assertIn(b"BODY[TEXT]<2> {5}\r\n%b)" % body[2:7], replies[4])
+        self.assertIn(b"RFC822 {%d}\r\n%b" % (size, MESSAGE), replies[5])
+        self.assertIn(b"RFC822.SIZE %d BODY[] {%d}\r\n%b)" % (size, size, MESSAGE),
+                      replies[6])
+        c = self.client()
+        c.login()
+        c.cmd(b"S SELECT INBOX")
+        self.assertIn(b"* SEARCH 1\r\n", c.cmd(b"s SEARCH LARGER %d" % (size - 1)))
+        self.assertIn(b"* SEARCH\r\n", c.cmd(b"s SEARCH LARGER %d" % size))
+        return replies[1]
+
+    def pop3_retr(self):
+        from mailsrv.pop3 import server as pop3server
+        listener = _listener(self.server.settings, "starttls")
+        listener = type(listener)(**{**listener.__dict__, "protocol": "pop3"})
+        proto = pop3server.build_factory(self.server, listener).buildProtocol(None)
+        proto.deferToThread = lambda f, *a: defer.maybeDeferred(f, *a)
+        transport = TLSStringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        self.addCleanup(proto.connectionLost, None)
+        for line in (b"USER " + ALICE.encode(), b"PASS secret"):
+            proto.dataReceived(line + b"\r\n")
+        transport.clear()
+        proto.dataReceived(b"LIST 1\r\n")
+        self.assertEqual(transport.value(), b"+OK 1 %d\r\n" % len(MESSAGE))
+        transport.clear()
+        proto.dataReceived(b"RETR 1\r\n")
+        status, _, rest = transport.value().partition(b"\r\n")
+        self.assertEqual(status, b"+OK %d octets" % len(MESSAGE))
+        return rest[:-len(b".\r\n")]
+
+    def test_bare_lf_maildir_file_served_with_crlf(self):
+        self.copied_in("1600000000.M1P2.host,S=%d,W=%d" % (len(self.LF), len(MESSAGE)))
+        imap_body = self.check_crlf()
+        self.assertEqual(self.pop3_retr(), MESSAGE)
+        self.assertIn(MESSAGE, imap_body)
+
+    def test_bare_lf_file_without_w_field(self):
+        self.copied_in("1600000000.M1P2.host,S=%d" % len(self.LF))
+        self.check_crlf()
+        self.assertEqual(self.pop3_retr(), MESSAGE)
+
+    def test_crlf_file_fetch_unchanged(self):
+        c = self.selected(MESSAGE)
+        self.assertEqual(
+            c.cmd(b"F FETCH 1 (RFC822.SIZE BODY.PEEK[] BODY.PEEK[]<0.10>)"),
+            b"* 1 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%b BODY[]<0> {10}\r\n%b)\r\n"
+            b"F OK FETCH completed\r\n" % (len(MESSAGE), len(MESSAGE), MESSAGE, MESSAGE[:10]))

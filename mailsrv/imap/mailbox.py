@@ -14,6 +14,7 @@ import errno
 import email.policy
 import email.utils
 import functools
+import io
 import re
 
 from twisted.internet import threads
@@ -577,6 +578,9 @@ class Message:
         return self.info.size
 
     def open(self):
+        """The message as sent: a file with bare LF (L{mime_bytes}) in memory, with CRLF."""
+        if self.info.converted:
+            return io.BytesIO(self.mime_bytes())
         return self.folder.open(self.info.uid)
 
     def header_bytes(self):
@@ -614,7 +618,8 @@ class Message:
 
     def getBodyFile(self):
         f = self.open()
-        f.seek(len(self.header_bytes()))
+        header = self.header_bytes()
+        f.seek(len(mime.crlf(header) if self.info.converted else header))
         return f
 
     def mime_bytes(self):
@@ -623,7 +628,7 @@ class Message:
         Maildir may have bare LF), read once: sections are slices of it.
         """
         if self._data is None:
-            with self.open() as f:
+            with self.folder.open(self.info.uid) as f:
                 self._data = mime.crlf(f.read())
         return self._data
 

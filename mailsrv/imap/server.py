@@ -1440,7 +1440,8 @@ def _fast_getter(server, part, cur):
     if kind == "uid":
         return lambda e: b"UID %d" % e.uid
     if kind == "rfc822size":
-        return lambda e: b"RFC822.SIZE %d" % e.size
+        wire_size = server.mbox.folder.wire_size
+        return lambda e: b"RFC822.SIZE %d" % (e.wire if e.wire is not None else wire_size(e))
     if kind == "modseq":
         return lambda e: b"MODSEQ (%d)" % e.modseq
     if kind == "internaldate":
@@ -1458,6 +1459,8 @@ def _fast_getter(server, part, cur):
 
     def whole(e):
         data = _read_file(cur + e.key + e.suffix, e.size)
+        if e.wire != e.size:  # bare LF (docs/store.md), or not known yet
+            data = mime.crlf(data)
         return b"%b{%d}\r\n%b" % (label, len(data), data)
     return whole
 

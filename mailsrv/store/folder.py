@@ -24,6 +24,7 @@ files at the next start. Reading never needs a write to succeed.
 
 import functools
 import os
+import re
 import shutil
 import sys
 import time
@@ -94,6 +95,9 @@ class MessageInfo(NamedTuple):
     @ivar internaldate: arrival time, seconds since the epoch.
     @ivar modseq: the folder's MODSEQ at the message's last change (RFC 7162).
     @ivar name: the file name in C{cur/} when asked.
+    @ivar size: the size as POP3 and IMAP send it (CRLF line ends).
+    @ivar converted: whether the file has bare LF line ends (copied from
+        another server's Maildir) and is served with CRLF.
     """
 
     uid: int
@@ -104,6 +108,7 @@ class MessageInfo(NamedTuple):
     modseq: int
     name: str
     folder: object
+    converted: bool = False
 
     @property
     def path(self):
@@ -120,15 +125,20 @@ class _Entry:
     as many as messages, so it keeps little: the file name is C{key +
     suffix}, and the few distinct suffixes (C{":2,"}, C{":2,S"} ...) are
     shared strings.
+
+    C{size} is the file's (the index's), C{wire} its size with CRLF line
+    ends (L{wire_from_key}; L{None} until L{Folder.wire_size} reads it).
     """
 
-    __slots__ = ("uid", "key", "suffix", "size", "internaldate", "modseq", "keywords")
+    __slots__ = ("uid", "key", "suffix", "size", "wire", "internaldate", "modseq",
+                 "keywords")
 
     def __init__(self, uid, key, suffix, size, internaldate, modseq, keywords=()):
         self.uid = uid
         self.key = key
         self.suffix = sys.intern(suffix)
         self.size = size
+        self.wire = wire_from_key(key, size)
         self.internaldate = internaldate
         self.modseq = modseq
         self.keywords = frozenset(keywords) if keywords else _NO_KEYWORDS
@@ -179,14 +189,30 @@ def is_keyword(flag):
         set(flag) & KEYWORD_SPECIALS) and flag.isascii() and flag.isprintable()
 
 
-def size_from_key(key):
-    """The C{,S=<size>} field of a Maildir name, or L{None}."""
-    start = key.find(",S=")
+def size_from_key(key, field=",S="):
+    """The C{,S=<size>} (or other C{field}) of a Maildir name, or L{None}."""
+    start = key.find(field)
     if start < 0:
         return None
     end = key.find(",", start + 3)
     digits = key[start + 3:] if end < 0 else key[start + 3:end]
     return int(digits) if digits.isdigit() else None
+
+
+# The names mailsrv gives (L{unique_name}): it writes only CRLF files.
+_OWN_NAME = re.compile(r"\d+\.M\d+P\d+Q\d+\.")
+
+
+def wire_from_key(key, size):
+    """
+    The size with CRLF line ends of the file C{key} of C{size} bytes, as
+    far as its name tells (docs/store.md): C{,W=} (Dovecot's), else
+    C{size} for a name mailsrv gave, else L{None} (the file decides).
+    """
+    wire = size_from_key(key, ",W=")
+    if wire is not None:
+        return wire
+    return size if _OWN_NAME.match(key) else None
 
 
 def arrival_order(name):
@@ -621,10 +647,26 @@ class Folder:
     def _path(self, entry):
         return self.path / "cur" / entry.name
 
+    def wire_size(self, entry):
+        """
+        C{entry}'s size with CRLF line ends: from its name, or counted
+        in the file once and remembered (in memory: the index has no
+        field for it). The file's size if it cannot be read.
+        """
+        if entry.wire is None:
+            try:
+                with open(self._path(entry), "rb") as f:
+                    data = f.read()
+            except OSError:
+                return entry.size
+            entry.wire = len(data) + data.count(b"\n") - data.count(b"\r\n")
+        return entry.wire
+
     def _info(self, entry):
+        wire = self.wire_size(entry)
         return MessageInfo(
-            entry.uid, entry.key, entry.size, entry.flags(), entry.internaldate,
-            entry.modseq, entry.name, self,
+            entry.uid, entry.key, wire, entry.flags(), entry.internaldate,
+            entry.modseq, entry.name, self, wire != entry.size,
         )
 
     def _read(self):
