@@ -1374,6 +1374,7 @@ def _fast_item(part):
 
 
 _flag_bytes = {}  # (suffix, keywords) -> b"FLAGS (...)"
+_recent_flag_bytes = {}  # the same, with \Recent
 
 
 def _flag_list(flags):
@@ -1386,22 +1387,25 @@ def _permanent_flags(flags, writeable):
     return b"[PERMANENTFLAGS (" + permanent + b")] Limited"
 
 
-def _flags_item(entry):
+def _flags_item(entry, cache=_flag_bytes, recent=frozenset()):
+    """
+    C{FLAGS (...)} of an entry, remembered per (file name suffix, keywords):
+    a folder has few distinct combinations.
+    """
     key = (entry.suffix, entry.keywords)
-    value = _flag_bytes.get(key)
+    value = cache.get(key)
     if value is None:
-        if len(_flag_bytes) > 4096:
-            _flag_bytes.clear()
-        flags = sorted(entry.flags())
+        if len(cache) > 4096:
+            cache.clear()
+        flags = sorted(entry.flags() | recent)
         value = b"FLAGS (" + b" ".join(f.encode("ascii") for f in flags) + b")"
-        _flag_bytes[key] = value
+        cache[key] = value
     return value
 
 
 def _recent_flags_item(entry):
     """L{_flags_item} of a message that is \\Recent in this session."""
-    flags = sorted(entry.flags() | {"\\Recent"})
-    return b"FLAGS (" + " ".join(flags).encode("ascii") + b")"
+    return _flags_item(entry, _recent_flag_bytes, frozenset({"\\Recent"}))
 
 
 def _read_file(path, size):
