@@ -21,6 +21,7 @@ the next append first cuts the file back to its last whole line, so a torn
 line never ends up in the middle of the file.
 """
 
+import contextlib
 import os
 
 from mailsrv.store.delivery import fsync_directory, write_all
@@ -251,10 +252,9 @@ class UidList:
             try:
                 write_all(fd, data)
             except OSError:
-                try:
+                # best effort: if this cut fails too, the next append makes it
+                with contextlib.suppress(OSError):
                     os.ftruncate(fd, self.whole)
-                except OSError:
-                    pass  # the next append tries again
                 raise
         finally:
             os.close(fd)
