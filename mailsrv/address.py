@@ -65,11 +65,6 @@ class Address:
         """C{Alice@Example.TEST} -> C{alice@example.test}: our addresses ignore case."""
         return str(self).lower()
 
-    @property
-    def is_mailbox(self):
-        """Whether it may name a mailbox here (L{parse_mailbox} takes it)."""
-        return mailbox_problem(self) is None
-
 
 def normalise(text):
     """

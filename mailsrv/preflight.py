@@ -21,17 +21,20 @@ from mailsrv.queue.spool import SPOOL_DIRECTORIES
 USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
 
 
-def preflight(settings):
+def preflight(settings, warnings=True):
     """
     Check everything start-up loads from files.
 
+    @param warnings: whether to work out list-file warnings (skipped users
+        lines, dead aliases...); start-up logs those itself when it loads
+        the files, so it asks for none.
     @return: notes for the admin (lines): what start-up will create, and
         list-file warnings.
     @raise ConfigError: naming the config key of the first problem.
     """
     notes = _check_data_dir(settings)
     for listed in list_files(settings):
-        notes += _check_list_file(settings, listed)
+        notes += _check_list_file(settings, listed, warnings)
     notes += _check_tls(settings)
     return notes
 
@@ -42,23 +45,27 @@ class ListFile(NamedTuple):
 
     @ivar what: its name for people ("kill list").
     @ivar key: the config key that names it ("[access] kill_file").
-    @ivar parse: the parser start-up uses; raises L{ListFileError}.
+    @ivar load: from the path to C{(entries, skipped)}, as start-up reads
+        the file: C{skipped} are the lines it skips rather than refuses
+        (L{ListFileError}s: warnings for check-config, errors for C{lists
+        check}); raises L{ListFileError} for a file it refuses.
     @ivar must_exist: whether a missing file is an error (else it is empty).
     @ivar warnings: from the parsed entries to lines worth showing.
     @ivar hint: how to fix a bad file, for the error line.
-    @ivar skipped: from the path to the lines start-up skips rather than
-        refuses (L{ListFileError}s): warnings for check-config, errors for
-        C{lists check}.
     """
 
     what: str
     key: str
     path: os.PathLike
-    parse: Callable
+    load: Callable
     must_exist: bool
     warnings: Callable = lambda entries: []
     hint: str = ""
-    skipped: Callable = lambda path: []
+
+
+def _whole(parse):
+    """A L{ListFile} loader for a file start-up takes whole or refuses."""
+    return lambda path: (parse(path), [])
 
 
 def list_files(settings):
@@ -68,31 +75,30 @@ def list_files(settings):
     from mailsrv.directory.users import read_users
     from mailsrv.netaddr import read_entries
 
-    files = [ListFile("users", "[users] file", settings.users_file,
-                      lambda path: read_users(path)[0], False, hint=USERS_FILE_HINT,
-                      skipped=lambda path: read_users(path)[1]),
-             ListFile("aliases", "[aliases] file", settings.aliases_file, parse_aliases,
-                      False, lambda entries: _alias_problems(settings))]
+    files = [ListFile("users", "[users] file", settings.users_file, read_users, False,
+                      hint=USERS_FILE_HINT),
+             ListFile("aliases", "[aliases] file", settings.aliases_file,
+                      _whole(parse_aliases), False, lambda entries: _alias_problems(settings))]
     if settings.access.kill_file is not None:
         files.append(ListFile("kill list", "[access] kill_file", settings.access.kill_file,
-                              parse_kill_list, False))
+                              _whole(parse_kill_list), False))
     if settings.relay.trusted_file is not None:
         files.append(ListFile("trusted IPs", "[relay] trusted_file",
-                              settings.relay.trusted_file, read_entries, True))
+                              settings.relay.trusted_file, _whole(read_entries), True))
     for listener in settings.listeners:
         for kind in ("allow", "deny"):
             path = getattr(listener.access, f"{kind}_file")
             if path is not None:
                 files.append(ListFile(f"{kind} list of {listener.name}",
                                       f"[listen #{listener.index + 1}] {kind}_file", path,
-                                      read_entries, True))
+                                      _whole(read_entries), True))
     antispam = settings.antispam
     if antispam.spamskip is not None:
         files.append(ListFile("spamskip", "[antispam.spamskip] file", antispam.spamskip.file,
-                              read_entries, False))
+                              _whole(read_entries), False))
     if antispam.whitelist is not None:
         files.append(ListFile("sender whitelist", "[antispam.whitelist] file",
-                              antispam.whitelist.file, parse_whitelist, False,
+                              antispam.whitelist.file, _whole(parse_whitelist), False,
                               lambda entries: _local_whitelisted(settings, entries)))
     return files
 
@@ -106,17 +112,18 @@ def file_problem(error, path):
     return str(error)
 
 
-def _check_list_file(settings, listed):
+def _check_list_file(settings, listed, warnings):
     try:
         if not listed.path.exists():
             if listed.must_exist:
                 raise ConfigError(settings.path, listed.key, f"{listed.path} does not exist")
             return []
-        entries = listed.parse(listed.path)
-        skipped = listed.skipped(listed.path)
+        entries, skipped = listed.load(listed.path)
     except (ListFileError, OSError, UnicodeDecodeError) as e:
         raise ConfigError(settings.path, listed.key, file_problem(e, listed.path),
                           listed.hint)
+    if not warnings:
+        return []
     return ([f"{listed.what}: warning: start-up skips {problem}" for problem in skipped]
             + [f"{listed.what}: {line}" for line in listed.warnings(entries)])
 

@@ -69,7 +69,7 @@ def make_service_or_exit(config_path):
     """
     try:
         settings = config.load(config_path)
-        preflight(settings)
+        preflight(settings, warnings=False)  # make_service logs them
         lock = DataDirLock(settings)
         lock.acquire()
         top = make_service(settings)

@@ -95,13 +95,12 @@ def lists_check(settings, args, stdin, stdout):
                 stdout.write(f"{what}: {path}: missing (empty)\n")
             continue
         try:
-            entries = listed.parse(path)
+            entries, skipped = listed.load(path)
         except (ListFileError, OSError, UnicodeDecodeError) as e:
             bad += 1
             stdout.write(f"{what}: {file_problem(e, path)}\n")
         else:
             stdout.write(f"{what}: {path}: {len(entries)} entries\n")
-            skipped = listed.skipped(path)
             for problem in skipped:
                 stdout.write(f"{what}: {problem} (the server skips this line)\n")
             bad += bool(skipped)
