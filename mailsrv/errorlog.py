@@ -12,7 +12,7 @@ an admin to report the bug, and bounded whatever clients do.
 
 import time
 
-from mailsrv.logtext import literal
+from mailsrv.logtext import literal, printable
 
 # Seconds during which one distinct error gets at most one traceback.
 INTERVAL = 600
@@ -80,8 +80,7 @@ def _key(failure):
 
 
 def _one_line(failure):
-    text = f"{failure.type.__name__}: {failure.getErrorMessage()}"
-    return "".join(c if c.isprintable() else "?" for c in text[:MESSAGE_CHARS])
+    return printable(f"{failure.type.__name__}: {failure.getErrorMessage()}", MESSAGE_CHARS)
 
 
 def peer(transport):

@@ -9,6 +9,13 @@ keyword arguments for any observer that reads them.
 """
 
 
+def printable(value, limit=100):
+    """Client-supplied text (str or bytes) made safe for one log line."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
 def literal(text):
     """A C{log_format} that formats to exactly C{text} (braces doubled)."""
     if "{" in text or "}" in text:

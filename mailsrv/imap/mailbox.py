@@ -647,7 +647,6 @@ class ChangedSince(SequenceSet):
         self.changedsince = changedsince
 
 
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 @functools.lru_cache(maxsize=64)
@@ -660,7 +659,7 @@ def _field_pattern(name):
 
 
 def _field_value(match):
-    value = _FOLD.sub(b" ", match.group(1)).strip()
+    value = mime.FOLD.sub(b" ", match.group(1)).strip()
     return value.decode("utf-8", "surrogateescape")
 
 

@@ -34,7 +34,8 @@ _DASH_LINE = re.compile(rb"^--[^\n]*", re.MULTILINE)
 # An empty line (the end of a header) or a line that may be a boundary.
 _HEADER_STOP = re.compile(rb"^(?:\r?\n|--[^\n]*)", re.MULTILINE)
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+# The line break of a folded header line (RFC 5322 2.2.3), for mailbox.py too.
+FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _PARAM = re.compile(rb';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;\s]*)')
 _QUOTED_PAIR = re.compile(rb"\\(.)")
 _CONTINUATION = re.compile(rb"(.+?)\*(\d{1,3})(\*?)")
@@ -218,7 +219,7 @@ def header_fields(block):
     for match in _FIELD.finditer(block):
         name = match.group(1).lower()
         if name not in fields:
-            fields[name] = _FOLD.sub(b"", match.group(2)).strip()
+            fields[name] = FOLD.sub(b"", match.group(2)).strip()
     return fields
 
 

@@ -58,7 +58,9 @@ from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled
 from mailsrv.imap import mime, sequence, syntax
+from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
+from mailsrv.logtext import printable
 from mailsrv.realm import MailRealm
 from mailsrv.store.folder import PERMANENT_FLAGS
 
@@ -81,10 +83,8 @@ _LITERAL_PLUS = re.compile(rb"\{(\d{1,20})\+\}")
 # The end of a discarded overlong line announcing a LITERAL+ literal.
 _LITERAL_PLUS_END = re.compile(rb"\{\d{1,20}\+\}\r?$")
 # Parenthesised lists (and SEARCH's NOT and OR) may nest this deep: the
-# parsers recurse once per level.
-MAX_NESTING = 100
-# The largest number RFC 3501 allows (partial offsets and lengths).
-NUMBER_MAX = sequence.NUMBER_MAX
+# parsers recurse once per level. SEARCH's own limit is the same number.
+MAX_NESTING = MAX_SEARCH_DEPTH
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
@@ -114,7 +114,7 @@ def _arg_fetch(self, line):
     atts, changedsince = syntax.split_fetch_modifiers(line)
     atts, modseq = syntax.take_modseq_item(atts)
     query = [] if atts is None else _base.arg_fetchatt(self, atts)[0]
-    syntax.check_partials(query, NUMBER_MAX)
+    syntax.check_partials(query, sequence.NUMBER_MAX)
     if modseq or changedsince is not None:
         query.append(syntax.ModSeqItem())
     return (query, changedsince), b""
@@ -477,8 +477,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _IMAP4Server__ebFetch(self, failure, tag):
         """Twisted's FETCH errback, with the error logged as one line."""
-        self.setTimeout(self._oldTimeout)
-        del self._oldTimeout
+        del self._oldTimeout  # Twisted's idle timer, which the deadline replaces
         self._client_error(failure, b"FETCH")
         self.sendBadResponse(tag, b"FETCH failed: server error")
 
@@ -709,7 +708,7 @@ class IMAPServer(imap4.IMAP4Server):
         return d
 
     def _login_failed(self, failure, tag, user):
-        name = _printable(user)
+        name = printable(user)
         ip = self._peer_ip()
         if failure.check(LoginThrottled):
             log.info("login refused (throttled): key={key} protocol=imap",
@@ -816,7 +815,7 @@ class IMAPServer(imap4.IMAP4Server):
     def do_ID(self, tag, params):
         """RFC 2971: who we are; what the client says about itself is logged."""
         if params:
-            log.info("client id: {id} ip={ip}", ip=self._peer_ip(), id=_printable(
+            log.info("client id: {id} ip={ip}", ip=self._peer_ip(), id=printable(
                 b" ".join(p if isinstance(p, bytes) else b"NIL" for p in params)))
         self.sendUntaggedResponse(
             b'ID ("name" "mailsrv" "version" "' + __version__.encode("ascii") + b'")'
@@ -1029,7 +1028,7 @@ class IMAPServer(imap4.IMAP4Server):
         FETCH by the flag change's own response, announced first.
         """
         shown = [f for f in msg.getFlags() if f.startswith("\\") or f in self._flags]
-        _w(b"FLAGS (" + b" ".join(f.encode("ascii") for f in shown) + b")")
+        _w(b"FLAGS (" + _flag_list(shown) + b")")
 
     def spew_modseq(self, id, msg, _w=None, _f=None):
         _w(b"MODSEQ (%d)" % msg.info.modseq)
@@ -1132,7 +1131,7 @@ class IMAPServer(imap4.IMAP4Server):
         do_STORE, _arg_seqset, _opt_unchangedsince, _base.arg_atom, _arg_flaglist,
     )
 
-    def _announce_flags(self, flags, isAsync=None):
+    def _announce_flags(self, flags):
         """
         Before a FETCH shows a keyword the client was not told of: the
         new C{FLAGS} and C{PERMANENTFLAGS} (RFC 3501 7.2.6: a client may
@@ -1143,17 +1142,16 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self._flags |= new
         flags = list(PERMANENT_FLAGS) + sorted(self._flags.difference(PERMANENT_FLAGS))
-        self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")", isAsync)
+        self.sendUntaggedResponse(b"FLAGS (" + _flag_list(flags) + b")")
         if self.mbox.isWriteable():
-            self.sendUntaggedResponse(b"OK " + _permanent_flags(flags, True), isAsync)
+            self.sendUntaggedResponse(b"OK " + _permanent_flags(flags, True))
 
     def _changed_items(self, info, flags=True, uid=False):
         """The items of a FETCH response that reports a flag change."""
         items = []
         if flags:
             recent = {"\\Recent"} if info.uid in self.mbox.recent else set()
-            flags = " ".join(sorted(info.flags | recent))
-            items.append(b"FLAGS (" + flags.encode("ascii") + b")")
+            items.append(b"FLAGS (" + _flag_list(sorted(info.flags | recent)) + b")")
         if uid:
             items.append(b"UID %d" % info.uid)
         if self._condstore:
@@ -1398,7 +1396,7 @@ def _flags_item(entry, cache=_flag_bytes, recent=frozenset()):
         if len(cache) > 4096:
             cache.clear()
         flags = sorted(entry.flags() | recent)
-        value = b"FLAGS (" + b" ".join(f.encode("ascii") for f in flags) + b")"
+        value = b"FLAGS (" + _flag_list(flags) + b")"
         cache[key] = value
     return value
 
@@ -1516,15 +1514,8 @@ def _append_date(text):
     return int(when.timestamp())
 
 
-def _printable(value, limit=100):
-    """A client-supplied name made safe for a log line."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return "".join(c if c.isprintable() else "?" for c in value[:limit])
-
-
 def _text(value):
-    return _printable(str(value), 200).encode("ascii", "replace")
+    return printable(str(value), 200).encode("ascii", "replace")
 
 
 class IMAPFactory(protocol.ServerFactory):
