@@ -263,12 +263,13 @@ class Mailbox:
         return len(self.recent)
 
     def getUnseenCount(self):
-        return sum(1 for info in self._infos() if "\\Seen" not in info.flags)
+        return sum(1 for u in self.view
+                   if u not in self.pending and "\\Seen" not in self.folder.flags(u))
 
     def first_unseen(self):
         """The sequence number of the first unseen message, or L{None}."""
         for seq, uid in enumerate(self.view, 1):
-            if uid not in self.pending and "\\Seen" not in self.folder.message(uid).flags:
+            if uid not in self.pending and "\\Seen" not in self.folder.flags(uid):
                 return seq
         return None
 
@@ -287,7 +288,7 @@ class Mailbox:
             "RECENT": self.folder.recent_count(),
             "UIDNEXT": self.folder.uidnext,
             "UIDVALIDITY": self.folder.uidvalidity,
-            "UNSEEN": sum(1 for i in self.folder.messages() if "\\Seen" not in i.flags),
+            "UNSEEN": sum(1 for u in self.folder.uids() if "\\Seen" not in self.folder.flags(u)),
             "HIGHESTMODSEQ": self.folder.highestmodseq,
         }
         return {name.upper(): values[name.upper()] for name in names
@@ -437,7 +438,7 @@ class Mailbox:
             u = self.view[seq - 1]
             if u in self.pending:
                 continue
-            flags = self.folder.message(u).flags
+            flags = self.folder.flags(u)
             if "\\Seen" not in flags:
                 try:
                     self.folder.set_flags(u, flags | {"\\Seen"}, origin=self)
@@ -458,7 +459,7 @@ class Mailbox:
         doomed = [
             u for u in self.view if u not in self.pending
             and (uids is None or u in uids)
-            and "\\Deleted" in self.folder.message(u).flags
+            and "\\Deleted" in self.folder.flags(u)
         ]
         return self._forget(self.folder.delete(doomed, origin=self))
 
@@ -526,9 +527,6 @@ class Mailbox:
         for seq in seqs:
             del self.view[seq - 1]
         return seqs
-
-    def _infos(self):
-        return [self.folder.message(u) for u in self.view if u not in self.pending]
 
     def seq(self, uid):
         """The sequence number the client knows C{uid} by, or L{None}."""

@@ -293,6 +293,13 @@ class Folder:
     def uids(self):
         return sorted(self._entries)
 
+    def flags(self, uid):
+        """
+        The flags of C{uid}; L{KeyError} if it is not here. Unlike
+        L{message}, never reads the file (a bare-LF file's CRLF size).
+        """
+        return self._entries[uid].flags()
+
     def entry(self, uid):
         """
         The folder's own record of C{uid} (read it, never change it), or
