@@ -95,6 +95,9 @@ def peer(transport):
 client_errors = ClientErrorLog()
 
 
-def client_error(logger, failure, what, session):
-    """Log an error a client triggered: see L{ClientErrorLog.failed}."""
-    client_errors.failed(logger, failure, what, session)
+def client_error(logger, failure, what, protocol, transport):
+    """
+    Log an error a client of C{protocol} ("smtp") triggered on
+    C{transport}: see L{ClientErrorLog.failed}.
+    """
+    client_errors.failed(logger, failure, what, f"{protocol} {peer(transport)}")

@@ -494,7 +494,7 @@ class IMAPServer(imap4.IMAP4Server):
         """Log an error the client's command caused (L{errorlog})."""
         name = (command or b"command").decode("ascii", "replace")
         errorlog.client_error(log, failure, f"IMAP {name}",
-                              f"imap {errorlog.peer(self.transport)}")
+                              "imap", self.transport)
 
     def _literal_plus(self, line):
         """
@@ -722,7 +722,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
         else:
             errorlog.client_error(log, failure, f"IMAP login of {name}",
-                                  f"imap {errorlog.peer(self.transport)}")
+                                  "imap", self.transport)
             self.sendNegativeResponse(tag, b"[UNAVAILABLE] Authentication unavailable")
 
     # Commands: authenticated

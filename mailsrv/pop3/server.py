@@ -454,7 +454,7 @@ class POP3Server(pop3.POP3):
             self.failResponse(b"[AUTH] Invalid user name or password")
         else:
             errorlog.client_error(log, failure, f"POP3 login of {name}",
-                                  f"pop3 {errorlog.peer(self.transport)}")
+                                  "pop3", self.transport)
             self.failResponse(b"[SYS/TEMP] Login temporarily unavailable, try later")
 
     def _login_broken(self, failure):
@@ -646,7 +646,7 @@ class POP3Server(pop3.POP3):
 
         def failed(failure):
             errorlog.client_error(log, failure, f"POP3 transfer of message {index + 1}",
-                                  f"pop3 {errorlog.peer(self.transport)}")
+                                  "pop3", self.transport)
             self.transport.loseConnection()
 
         d.addErrback(failed)

@@ -105,8 +105,8 @@ def _run_async(pending, stage, remaining, session, transaction, subject, reasons
 
 
 def _stage_failed(failure, stage, session):
-    errorlog.client_error(log, failure, f"policy stage {type(stage).__name__}",
-                          f"smtp {getattr(session, 'ip', '?')}")
+    errorlog.client_errors.failed(log, failure, f"policy stage {type(stage).__name__}",
+                                  f"smtp {getattr(session, 'ip', '?')}")
     return Verdict.refuse(
         451, "4.3.0", "Temporary failure, try again later",
         f"{type(stage).__name__} failed: {failure.getErrorMessage()}",

@@ -163,7 +163,7 @@ class SMTPServer(protocol.Protocol):
 
     def _internal_error(self, failure):
         errorlog.client_error(log, failure, "SMTP command",
-                              f"smtp {errorlog.peer(self.transport)}")
+                              "smtp", self.transport)
         self._reply(451, "4.3.0", "Internal error, try again later")
 
     def _flow_control(self):
@@ -405,7 +405,7 @@ class SMTPServer(protocol.Protocol):
             self._reply(535, "5.7.8", "Authentication credentials invalid")
         else:
             errorlog.client_error(log, failure, f"SMTP AUTH of {name}",
-                                  f"smtp {errorlog.peer(self.transport)}")
+                                  "smtp", self.transport)
             self._reply(454, "4.7.0", "Temporary authentication failure, try again later")
 
     # Mail transaction commands
@@ -608,7 +608,7 @@ class SMTPServer(protocol.Protocol):
         except Exception as e:  # every error a client meets gets a reply and a log line
             incoming.abort()
             errorlog.client_error(log, Failure(), f"placing {incoming.queue_id}",
-                                  f"smtp {errorlog.peer(self.transport)}")
+                                  "smtp", self.transport)
             return self._cannot_queue(e)
         d = intake.commit(
             self.server.spool,
@@ -667,7 +667,7 @@ class SMTPServer(protocol.Protocol):
 
     def _not_queued(self, failure):
         errorlog.client_error(log, failure, "SMTP queueing",
-                              f"smtp {errorlog.peer(self.transport)}")
+                              "smtp", self.transport)
         self._cannot_queue(failure.value)
 
     def _cannot_queue(self, error):
