@@ -35,6 +35,25 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+def write_file(path, data, fsync=False):
+    """Create or replace C{path} (mode 0600) with C{data}, fsync'd if asked."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def discard(path, ignore=FileNotFoundError):
+    """Unlink C{path}, a clean-up after a failure: errors of type C{ignore} pass."""
+    try:
+        os.unlink(path)
+    except ignore:
+        pass
+
+
 # Maildirs this process has made sure of (cur/ new/ tmp/ exist), so that a
 # delivery does not pay three makedirs calls each time. One that has gone
 # since (removed by hand) is noticed by the failing link and made again.

@@ -37,7 +37,7 @@ from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
-from mailsrv.store.delivery import fsync_directory, write_all
+from mailsrv.store.delivery import discard, fsync_directory, write_file
 from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
 from mailsrv.store.uidlist import UidList
 
@@ -841,7 +841,7 @@ class Folder:
         if self._loaded:
             return self._added(written, date, flags)
         d = self.opened()
-        d.addErrback(lambda failure: (_remove(written[0]), failure)[1])
+        d.addErrback(lambda failure: (discard(written[0]), failure)[1])
         return d.addCallback(lambda _: self._added(written, date, flags))
 
     def _added(self, written, date, flags):
@@ -861,7 +861,7 @@ class Folder:
             os.rename(temporary, self._path(entry))
         except OSError:
             del self._entries[entry.uid]
-            _remove(temporary)
+            discard(temporary)
             raise
         self._notify(None, [entry.uid], [], {})
         d = threads.deferToThread(fsync_directory, self.path / "cur")
@@ -949,18 +949,10 @@ def _write_message(maildir, data, flags, date):
             size = out.tell()
         os.utime(temporary, (date, date))
     except BaseException:
-        _remove(temporary)
+        discard(temporary)
         raise
     letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
     return temporary, unique_name(size) + INFO_SEPARATOR + letters
-
-
-def _remove(path):
-    """Unlink C{path} if it is there: clean-up after a failure."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _crlf_lines(lines):
@@ -1204,19 +1196,11 @@ class MailStore:
         ensure_maildir(inbox)
         temporary = inbox / (SUBSCRIPTIONS + ".tmp")
         try:
-            _write_file(temporary, "".join(n + "\n" for n in names).encode("utf-8"))
+            write_file(temporary, "".join(n + "\n" for n in names).encode("utf-8"))
             os.replace(temporary, inbox / SUBSCRIPTIONS)
         except OSError:
-            _remove(temporary)
+            discard(temporary)
             raise
-
-
-def _write_file(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _make_folder(path):
@@ -1229,7 +1213,7 @@ def _make_folder(path):
     try:
         for sub in ("new", "tmp"):
             os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
-        _write_file(os.path.join(path, "maildirfolder"), b"")
+        write_file(os.path.join(path, "maildirfolder"), b"")
         os.mkdir(os.path.join(path, "cur"), mode=0o700)
     except OSError:
         if made:

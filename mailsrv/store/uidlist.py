@@ -24,7 +24,7 @@ line never ends up in the middle of the file.
 import contextlib
 import os
 
-from mailsrv.store.delivery import fsync_directory, write_all
+from mailsrv.store.delivery import discard, fsync_directory, write_all, write_file
 
 from twisted.logger import Logger
 
@@ -205,15 +205,10 @@ class UidList:
         data = "".join(lines).encode("utf-8", "surrogateescape")
         temporary = f"{self.path}.tmp"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_file(temporary, data, fsync=True)
             os.replace(temporary, self.path)
         except OSError:
-            _remove(temporary)
+            discard(temporary, OSError)
             raise
         fsync_directory(os.path.dirname(self.path))
         self.whole = len(data)
@@ -260,13 +255,6 @@ class UidList:
             os.close(fd)
         self.whole += len(data)
         self.appended += len(lines)
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _entry_line(entry):
