@@ -1,0 +1,86 @@
+"""
+The header fields IMAP clients search, sort and thread on, taken from a
+message's header block once so that SEARCH, SORT and THREAD need not read
+the message file again (the folder's header cache keeps one L{Fields} per
+message, docs/store.md).
+
+Values are kept as the message has them, unfolded, RFC 2047 words not
+decoded: a search decodes what it compares, and the cache must never say
+something the file does not.
+"""
+
+import email.utils
+import re
+from typing import NamedTuple, Optional
+
+# Field name -> attribute of Fields holding its raw value.
+CACHED = {
+    "from": "from_",
+    "to": "to",
+    "cc": "cc",
+    "bcc": "bcc",
+    "subject": "subject",
+    "date": "date_text",
+    "message-id": "message_id",
+    "references": "references",
+    "in-reply-to": "in_reply_to",
+}
+
+_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+
+
+class Fields(NamedTuple):
+    """
+    One message's cached fields. A raw value is L{None} when the message
+    has no such field, and holds every occurrence joined by C{"\\n"} when it
+    has several (SEARCH matches any of them). C{date} is the Date field as
+    seconds since the epoch (UTC), or L{None} when absent or unparseable.
+    """
+
+    from_: Optional[str] = None
+    to: Optional[str] = None
+    cc: Optional[str] = None
+    bcc: Optional[str] = None
+    subject: Optional[str] = None
+    date_text: Optional[str] = None
+    message_id: Optional[str] = None
+    references: Optional[str] = None
+    in_reply_to: Optional[str] = None
+    date: Optional[int] = None
+
+    def values(self, name):
+        """Every C{name} field's raw value (a list, maybe empty); C{name} must be in L{CACHED}."""
+        value = getattr(self, CACHED[name.lower()])
+        return [] if value is None else value.split("\n")
+
+
+def field_value(raw):
+    """A field's value as bytes after the colon -> unfolded, stripped text (Latin-1 kept as is)."""
+    return _FOLD.sub(b"", raw).strip().decode("utf-8", "surrogateescape")
+
+
+def parse(header):
+    """The L{Fields} of a header block (bytes, CRLF or bare LF, with or without its empty line)."""
+    found = {}
+    for match in _FIELD.finditer(header):
+        attribute = CACHED.get(match.group(1).decode("ascii").lower())
+        if attribute is not None:
+            found.setdefault(attribute, []).append(field_value(match.group(2)))
+    values = {attribute: "\n".join(v) for attribute, v in found.items()}
+    date_text = found.get("date_text")
+    values["date"] = _epoch(date_text[0]) if date_text else None
+    return Fields(**values)
+
+
+def _epoch(text):
+    try:
+        parsed = email.utils.parsedate_tz(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None or parsed[0] < 1000:
+        return None
+    try:
+        return int(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
