@@ -1316,7 +1316,8 @@ class _FetchProducer:
     """
     Flow control of a fast FETCH (L{IMAPServer._fetch_fast}): registered
     with the transport while the FETCH runs, so that a client reading
-    slowly pauses it instead of letting the server buffer the folder.
+    slowly pauses it instead of letting the server buffer the folder; one
+    that stops reading is cut by its deadline (L{Deadline.output_stalled}).
     """
 
     def __init__(self, server):
@@ -1343,13 +1344,16 @@ class _FetchProducer:
         if self.registered:
             self.registered = False
             self.server.transport.unregisterProducer()
+        self.server.deadline.output_flowing()  # what is left is timed as idleness
 
     def pauseProducing(self):
         self.paused = True
+        self.server.deadline.output_stalled()
 
     def resumeProducing(self):
         """Run the next batch now (the transport has room for it)."""
         self.paused = False
+        self.server.deadline.output_flowing()
         batch, self.waiting = self.waiting, None
         if self.scheduled is not None and self.scheduled.active():
             batch = self.scheduled.func

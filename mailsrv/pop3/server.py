@@ -128,20 +128,24 @@ class _Throttle:
     """
     Registered with the transport while a message is sent, so that a slow
     reader pauses the reading of the file instead of letting the whole
-    message pile up in the transport's buffer.
+    message pile up in the transport's buffer; a reader that stops for
+    good is cut by its deadline (L{Deadline.output_stalled}).
     """
 
-    def __init__(self):
+    def __init__(self, deadline):
+        self.deadline = deadline
         self.stopped = False
         self._resumed = None
 
     def pauseProducing(self):
         if self._resumed is None:
             self._resumed = defer.Deferred()
+            self.deadline.output_stalled()
 
     def resumeProducing(self):
         resumed, self._resumed = self._resumed, None
         if resumed is not None:
+            self.deadline.output_flowing()
             resumed.callback(None)
 
     def stopProducing(self):
@@ -670,7 +674,7 @@ class POP3Server(pop3.POP3):
                 self._write(first + stuffer.feed(data) + stuffer.finish())
                 return
             first += stuffer.feed(data)  # the listed size was wrong
-        throttle = _Throttle()
+        throttle = _Throttle(self.deadline)
         self.transport.registerProducer(throttle, True)
         try:
             while True:
@@ -688,6 +692,7 @@ class POP3Server(pop3.POP3):
                     return
         finally:
             self.transport.unregisterProducer()
+            self.deadline.output_flowing()  # what is left is timed as idleness
 
 
 class POP3Factory(protocol.ServerFactory):
