@@ -120,7 +120,8 @@ def make_service(settings):
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
     server.queue_runner = QueueRunner(server.spool, settings,
-                                      local=LocalRoutes(server.directory, server.store))
+                                      local=LocalRoutes(server.directory, server.store),
+                                      store=server.store)
     server.queue_runner.setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()

@@ -4,6 +4,7 @@ Accepting a received message: the single step between the end of DATA and
 """
 
 import os
+from typing import NamedTuple
 
 from twisted.internet import threads
 
@@ -104,14 +105,22 @@ def _place(spool, message, envelope_fields, local_maildirs, remote_recipients):
     return delivered, None
 
 
+class LocalRoute(NamedTuple):
+    """Where one address's copy goes: C{maildirs} of C{users} (in that order), C{remote} addresses."""
+
+    maildirs: list
+    remote: list
+    users: tuple = ()
+
+
 class LocalRoutes:
     """
     Where a message the queue makes itself (a bounce) goes, by the same
     directory as received mail.
 
-    @return: (from a call with an address) C{(maildirs, remote addresses)},
-        never both empty, or L{None} for an address in a local domain that
-        reaches no mailbox (L{mailsrv.directory.Directory.route}).
+    @return: (from a call with an address) a L{LocalRoute}, never empty, or
+        L{None} for an address in a local domain that reaches no mailbox
+        (L{mailsrv.directory.Directory.route}).
     """
 
     def __init__(self, directory, store):
@@ -122,4 +131,6 @@ class LocalRoutes:
         route = self.directory.route(address)
         if route is None:
             return None
-        return [self.store.maildir(user) for user in route.local], list(route.remote)
+        users = tuple(route.local)
+        return LocalRoute([self.store.maildir(user) for user in users], list(route.remote),
+                          users)

@@ -10,6 +10,7 @@ destination, and its envelope is saved after each destination, so a restart
 never sends a recipient already acknowledged again.
 """
 
+import os
 import random as _random
 
 from twisted.application import service
@@ -72,6 +73,9 @@ class QueueRunner(service.Service):
     @ivar resolver: the L{mailsrv.dns.Resolver} for MX routes.
     @ivar local: where a bounce goes, an L{intake.LocalRoutes}; by default
         every address is remote.
+    @ivar store: the L{mailsrv.store.folder.MailStore} whose open folders
+        take in a bounce delivered locally at once (IDLE sees it), as SMTP
+        intake's deliveries.
     @ivar postmaster: who gets a bounce that could not be delivered.
     @ivar deferToThread: how spool I/O leaves the reactor thread.
     """
@@ -81,7 +85,7 @@ class QueueRunner(service.Service):
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=None,
-                 random=_random.random, resolver=None, local=None):
+                 random=_random.random, resolver=None, local=None, store=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.spool = spool
@@ -98,7 +102,9 @@ class QueueRunner(service.Service):
         self.max_deliveries = max_deliveries or self.delivery.max_connections
         self.random = random
         self.resolver = resolver if resolver is not None else resolver_for(settings.dns)
-        self.local = local if local is not None else (lambda address: ([], [address]))
+        self.local = local if local is not None else (
+            lambda address: intake.LocalRoute([], [address]))
+        self.store = store
         domain = settings.local_domains[0] if settings.local_domains else settings.hostname
         self.postmaster = f"postmaster@{domain}"
         self._envelopes = {}  # queue id -> Envelope, as last written
@@ -455,13 +461,13 @@ class QueueRunner(service.Service):
             log.error("queue {id}: no bounce: <{to}> is no local address",
                       id=envelope.id, to=to)
             return
-        maildirs, remote = route
+        remote = route.remote
         try:
             incoming = self.spool.incoming()
             incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
                                        to, self.clock.seconds(), retry_until))
-            queue_id, _ = yield intake.commit(
-                self.spool, incoming, {"sender": "", "bounce": kind}, maildirs, remote,
+            queue_id, paths = yield intake.commit(
+                self.spool, incoming, {"sender": "", "bounce": kind}, route.maildirs, remote,
             )
         except (OSError, intake.NoDestination) as e:
             log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id, error=e)
@@ -469,6 +475,9 @@ class QueueRunner(service.Service):
         log.info("queue {id}: {what} {bounce} to <{to}>: {where}", id=envelope.id,
                  what="bounce" if retry_until is None else "delay notice",
                  bounce=queue_id, to=to, where="queued" if remote else "delivered")
+        if self.store is not None:
+            for user, path in zip(route.users, paths):
+                self.store.notify(user, "INBOX", [os.path.basename(path)])
         if remote:
             self.wake()
 

@@ -86,8 +86,9 @@ class AliasToNobodyTests(NamesTestCase):
 
         routes = LocalRoutes(self.server.directory, self.server.store)
         self.assertIsNone(routes("ghosts@example.test"))
-        maildirs, remote = routes("half@example.test")
-        self.assertEqual((len(maildirs), remote), (1, []))
+        route = routes("half@example.test")
+        self.assertEqual((len(route.maildirs), route.remote, route.users),
+                         (1, [], ("bob@example.test",)))
 
 
 class PathUserTests(NamesTestCase):
