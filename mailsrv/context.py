@@ -24,6 +24,8 @@ class MailServer:
     @ivar tls_context: the server's TLS context factory for listeners that
         ask for no client certificate.
     @ivar tls: the L{mailsrv.tls.ServerTLS} with the contexts that do.
+    @ivar delivery: the L{mailsrv.queue.intake.LocalDelivery} that accepts
+        every message, received or a bounce.
     @ivar queue_runner: what delivers queued mail; C{wake()} after enqueueing.
     @ivar clock: the reactor, or a Clock in tests.
     """
@@ -36,6 +38,7 @@ class MailServer:
     spool: Any
     trusted: Any
     tls_context: Any
+    delivery: Any = None
     queue_runner: Any = None
     clock: Any = None
     tls: Any = None
