@@ -46,17 +46,16 @@ import email.utils
 import os
 import re
 
-from twisted.cred import error
 from twisted.cred.portal import Portal
 from twisted.internet import base, defer, interfaces, protocol, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
 
-from mailsrv import __version__, errorlog, sasl
+from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
-from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.directory.checker import ClientCredentials
 from mailsrv.imap import mime, sequence, syntax
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
@@ -90,6 +89,12 @@ EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
     b"SPECIAL-USE", b"CONDSTORE",
 )
+# How a failed login is answered (L{mailsrv.login}; RFC 5530 response codes).
+_LOGIN_REPLIES = {
+    login.THROTTLED: b"[UNAVAILABLE] Too many failed logins, try again later",
+    login.FAILED: b"[AUTHENTICATIONFAILED] Authentication failed",
+    login.BROKEN: b"[UNAVAILABLE] Authentication unavailable",
+}
 # Commands UID may prefix (RFC 3501, 4315, 6851).
 _UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE")
 
@@ -693,12 +698,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._onLogout = logout
         self.state = "auth"
         self.deadline.logged_in()
-        log.info("login ok: user={user} ip={ip} protocol=imap", user=account.user, ip=ip)
-        d = defer.maybeDeferred(
-            self.server.sessions.record_login, account.user, ip, "imap"
-        )
-        d.addErrback(lambda f: log.failure("recording the login of {user}", f,
-                                           user=account.user))
+        d = login.succeeded(self.server, account.user, ip, "imap")
         d.addCallback(
             lambda _: self.sendPositiveResponse(
                 tag, b"[CAPABILITY " + b" ".join(self.listCapabilities())
@@ -708,22 +708,8 @@ class IMAPServer(imap4.IMAP4Server):
         return d
 
     def _login_failed(self, failure, tag, user):
-        name = printable(user)
-        ip = self._peer_ip()
-        if failure.check(LoginThrottled):
-            log.info("login refused (throttled): key={key} protocol=imap",
-                     key=failure.value.key)
-            self.sendNegativeResponse(
-                tag, b"[UNAVAILABLE] Too many failed logins, try again later"
-            )
-        elif failure.check(error.UnauthorizedLogin):
-            log.info("login failed: user={user} ip={ip} protocol=imap",
-                     user=name, ip=ip)
-            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
-        else:
-            errorlog.client_error(log, failure, f"IMAP login of {name}",
-                                  "imap", self.transport)
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] Authentication unavailable")
+        outcome = login.failed(failure, user, self._peer_ip(), "imap", self.transport)
+        self.sendNegativeResponse(tag, _LOGIN_REPLIES[outcome])
 
     # Commands: authenticated
 

@@ -25,7 +25,6 @@ needs and Twisted lacks or gets wrong:
   silence up to C{idle_timeout} (RFC 1939's ten minutes) after login.
 """
 
-from twisted.cred import error as cred_error
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IPushProducer
@@ -33,11 +32,10 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
-from mailsrv import errorlog, sasl
+from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
-from mailsrv.directory.checker import ClientCredentials, LoginThrottled
-from mailsrv.pop3.mailbox import MaildropInUse
+from mailsrv.directory.checker import ClientCredentials
 from mailsrv.realm import MailRealm
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 
@@ -79,6 +77,14 @@ TRANSACTION_COMMANDS = {
     b"QUIT": (0, 0),
 }
 # A browser or proxy pointed at the POP3 port: not worth a second line.
+# How a failed login is answered (L{mailsrv.login}; RFC 2449 response codes).
+_LOGIN_REPLIES = {
+    login.THROTTLED: b"[SYS/TEMP] Too many failed logins, try again later",
+    login.IN_USE: b"[IN-USE] Mailbox in use by another POP3 session",
+    login.FAILED: b"[AUTH] Invalid user name or password",
+    login.BROKEN: b"[SYS/TEMP] Login temporarily unavailable, try later",
+}
+
 HTTP_VERBS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"CONNECT", b"OPTIONS"))
 
 SYNTAX = {
@@ -423,43 +429,13 @@ class POP3Server(pop3.POP3):
         self._onLogout = logout  # first: connectionLost frees the maildrop
         self.mbox = mailbox
         self.deadline.logged_in()
-        log.info(
-            "login ok: user={user} ip={ip} protocol=pop3",
-            user=mailbox.user, ip=self._peer_ip,
-        )
-        d = defer.maybeDeferred(
-            self.server.sessions.record_login, mailbox.user, self._peer_ip, "pop3"
-        )
-        d.addErrback(
-            lambda f: log.failure(
-                "could not record the POP3 login of {user}", f, user=mailbox.user
-            )
-        )
+        d = login.succeeded(self.server, mailbox.user, self._peer_ip, "pop3")
         d.addCallback(lambda _: self.successResponse(b"Logged in"))
         return d
 
     def _login_failed(self, failure, user):
-        name = user.decode("utf-8", "replace")[:100]
-        if failure.check(LoginThrottled):
-            log.info(
-                "login refused (throttled): key={key} protocol=pop3",
-                key=failure.value.key,
-            )
-            self.failResponse(b"[SYS/TEMP] Too many failed logins, try again later")
-        elif failure.check(MaildropInUse):
-            log.info("login refused (maildrop in use): user={user} ip={ip} protocol=pop3",
-                     user=name, ip=self._peer_ip)
-            self.failResponse(b"[IN-USE] Mailbox in use by another POP3 session")
-        elif failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
-            log.info(
-                "login failed: user={user} ip={ip} protocol=pop3",
-                user=name, ip=self._peer_ip,
-            )
-            self.failResponse(b"[AUTH] Invalid user name or password")
-        else:
-            errorlog.client_error(log, failure, f"POP3 login of {name}",
-                                  "pop3", self.transport)
-            self.failResponse(b"[SYS/TEMP] Login temporarily unavailable, try later")
+        outcome = login.failed(failure, user, self._peer_ip, "pop3", self.transport)
+        self.failResponse(_LOGIN_REPLIES[outcome])
 
     def _login_broken(self, failure):
         """

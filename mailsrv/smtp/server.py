@@ -11,16 +11,15 @@ verb, applies the defences: line length, error count, deadlines
 STARTTLS injection.
 """
 
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsrv import errorlog, sasl
+from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
-from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.directory.checker import ClientCredentials
 from mailsrv.filters import pipeline
 from mailsrv.filters.actions import SKIPPED
 from mailsrv.queue.journal import Journal
@@ -43,6 +42,13 @@ log = Logger()
 _BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 
 _TOO_LONG = object()  # what _next_line returns for an overlong line
+
+# How a failed AUTH is answered (L{mailsrv.login}).
+_LOGIN_REPLIES = {
+    login.THROTTLED: (454, "4.7.0", "Too many failed logins, try again later"),
+    login.FAILED: (535, "5.7.8", "Authentication credentials invalid"),
+    login.BROKEN: (454, "4.7.0", "Temporary authentication failure, try again later"),
+}
 
 # How a SASL exchange that ends without a password check is answered.
 _SASL_REPLIES = {
@@ -383,21 +389,12 @@ class SMTPServer(protocol.Protocol):
     def _authenticated(self, user):
         self.session.user = user
         self.deadline.logged_in()
-        ip = self.session.ip
-        log.info(literal(f"login ok: user={user} ip={ip} protocol=smtp"), user=user, ip=ip)
+        login.succeeded(self.server, user, self.session.ip, "smtp")
         self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure, name):
-        if failure.check(LoginThrottled):
-            log.info("login refused (throttled): key={key} protocol=smtp", key=failure.value.key)
-            self._reply(454, "4.7.0", "Too many failed logins, try again later")
-        elif failure.check(UnauthorizedLogin, UnhandledCredentials):
-            log.info("login failed: user={user} ip={ip} protocol=smtp", user=name, ip=self.session.ip)
-            self._reply(535, "5.7.8", "Authentication credentials invalid")
-        else:
-            errorlog.client_error(log, failure, f"SMTP AUTH of {name}",
-                                  "smtp", self.transport)
-            self._reply(454, "4.7.0", "Temporary authentication failure, try again later")
+        outcome = login.failed(failure, name, self.session.ip, "smtp", self.transport)
+        self._reply(*_LOGIN_REPLIES[outcome])
 
     # Mail transaction commands
 
