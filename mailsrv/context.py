@@ -68,6 +68,19 @@ class MailServer:
                 listener.access, resolver_for(self.settings.dns), self.clock)
         return self._listener_access[listener.index]
 
+    def starttls_offered(self, transport, listener):
+        """
+        Whether STARTTLS (STLS) may be offered on this connection now, by
+        any protocol: the listener has it, there is a context, and the
+        connection is plain. Protocols add their own states (after a POP3
+        login, after a STARTTLS already begun).
+        """
+        return (
+            listener.tls in ("starttls", "required")
+            and self.tls_context_for(listener) is not None
+            and not is_secure(transport)
+        )
+
     def passwords_allowed(self, transport, listener):
         """
         Whether a password may be sent on this connection now: the listener

@@ -53,7 +53,6 @@ from twisted.python.failure import Failure
 from twisted.mail import imap4
 
 from mailsrv import __version__, errorlog, login, sasl
-from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.imap import mime, sequence, syntax
@@ -332,11 +331,11 @@ class IMAPServer(imap4.IMAP4Server):
         return caps
 
     def _starttls_offered(self):
+        """Not once a STARTTLS has begun; only where Twisted can start TLS on the transport."""
         return (
-            self.ctx is not None
-            and not self.startedTLS
-            and not is_secure(self.transport)
+            not self.startedTLS
             and interfaces.ITLSTransport(self.transport, None) is not None
+            and self.server.starttls_offered(self.transport, self.listener)
         )
 
     def _passwords_allowed(self):

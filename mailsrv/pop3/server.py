@@ -343,12 +343,8 @@ class POP3Server(pop3.POP3):
         return self.server.passwords_allowed(self.transport, self.listener)
 
     def _stls_offered(self):
-        return (
-            self.listener.tls in ("starttls", "required")
-            and self.server.tls_context is not None
-            and not is_secure(self.transport)
-            and self.mbox is None
-        )
+        """Not after login (RFC 2595 4)."""
+        return self.mbox is None and self.server.starttls_offered(self.transport, self.listener)
 
     def _refuse_password(self):
         if not self.listener.auth:

@@ -279,11 +279,7 @@ class SMTPServer(protocol.Protocol):
         return extensions
 
     def _tls_offered(self):
-        return (
-            self.listener.tls in ("starttls", "required")
-            and not self.session.tls
-            and self.server.tls_context is not None
-        )
+        return not self.session.tls and self.server.starttls_offered(self.transport, self.listener)
 
     def _auth_offered(self):
         return self.server.passwords_allowed(self.transport, self.listener)
