@@ -16,6 +16,7 @@ from mailsrv.imap.syntax import (
 )
 from mailsrv.store.folder import MailStore
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase
+from tests.test_imap_append import BinaryTests, CatenateTests, MultiAppendTests
 from tests.helpers import opened
 
 
@@ -308,5 +309,7 @@ class CapabilityCoverageTests(unittest.TestCase):
             b"LITERAL+": LiteralPlusTests, b"ID": IDTests, b"ENABLE": EnableTests,
             b"NAMESPACE": NamespaceTests, b"UIDPLUS": UIDPlusTests, b"MOVE": MoveTests,
             b"SPECIAL-USE": SpecialUseTests, b"CONDSTORE": CondstoreTests,
+            b"MULTIAPPEND": MultiAppendTests, b"BINARY": BinaryTests,
+            b"CATENATE": CatenateTests,
         }
         self.assertEqual(set(EXTENSIONS) - {b"IDLE"}, set(tested))
