@@ -31,7 +31,9 @@ matter to real clients closed. Each override below says which gap:
 - the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
   folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
-  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
+  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
+  MULTIAPPEND, CATENATE (APPEND's syntax in L{mailsrv.imap.append}) and
+  BINARY (FETCH BINARY from the MIME tree, literal8 APPEND);
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
   nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
