@@ -348,7 +348,21 @@ class CatenateTests(AppendTestCase):
         c = self.selected()
         self.assertEqual(
             c.cmd(b'a APPEND INBOX CATENATE (URL "/Drafts/;UID=1" URL "/Drafts/;UID=1")'),
-            b"a NO [TOOBIG] Message larger than 100 bytes\r\n")
+            b"a NO [TOOBIG] Messages larger than 100 bytes in all\r\n")
+        # the size counts over all the messages of the APPEND
+        self.assertEqual(
+            c.cmd(b'b APPEND INBOX CATENATE (URL "/Drafts/;UID=1/;PARTIAL=0.60") '
+                  b'CATENATE (URL "/Drafts/;UID=1/;PARTIAL=0.60")'),
+            b"b NO [TOOBIG] Messages larger than 100 bytes in all\r\n")
+        self.assertEqual(self.stored(), [])
+
+    def test_urls_limited(self):
+        self.patch(append, "MAX_URLS", 2)
+        c = self.selected()
+        self.assertEqual(
+            c.cmd(b'a APPEND INBOX CATENATE (URL "/Drafts/;UID=1") CATENATE (URL "/Drafts/;UID=1"'
+                  b' URL "/Drafts/;UID=1")'),
+            b"a NO [LIMIT] At most 2 URLs in one APPEND\r\n")
         self.assertEqual(c.cmd(b'a APPEND Nope CATENATE (URL "/Drafts/;UID=1")'),
                          b"a NO [TRYCREATE] No such mailbox\r\n")
 

@@ -15,13 +15,15 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.mail import imap4
 
-from mailsrv.imap import mime, syntax
+from mailsrv.imap import mailbox, mime, syntax
 
 # Messages in one APPEND (MULTIAPPEND): each costs a file, a UID and an
 # index line; their data is held until the last one is read.
 MAX_MESSAGES = 1000
-# Parts of one CATENATE message: each URL costs a message read and parsed.
+# Parts of one CATENATE message, and URLs in one APPEND: each URL costs a
+# message read and parsed (a PARTIAL of one byte too).
 MAX_PARTS = 100
+MAX_URLS = 100
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun",
            "jul", "aug", "sep", "oct", "nov", "dec")
 _FLAGS = re.compile(rb"\(([^()]*)\)")
@@ -168,6 +170,7 @@ class AppendParser:
         self.largest = largest
         self.messages = []
         self.held = 0
+        self.urls = 0
 
     def parse(self, line):
         """
@@ -250,6 +253,9 @@ class AppendParser:
             match = _URL.match(line)
             if match is None:
                 raise imap4.IllegalClientResponse("Expected TEXT or URL")
+            self.urls += 1
+            if self.urls > MAX_URLS:
+                raise imap4.IllegalOperation(f"[LIMIT] At most {MAX_URLS} URLs in one APPEND")
             quoted, atom = match.groups()
             message.parts.append(
                 _QUOTED_SPECIAL.sub(rb"\1", quoted) if quoted is not None else atom)
@@ -257,7 +263,7 @@ class AppendParser:
 
 
 class TooBig(ValueError):
-    """A CATENATE message larger than a message may be."""
+    """CATENATE messages larger than an APPEND may be."""
 
 
 _URL_SECTION = re.compile(
@@ -288,28 +294,38 @@ def url_bytes(url, message):
     return data
 
 
-def build(message, found, largest):
+def build(messages, found, largest):
     """
-    The bytes of an APPEND C{message} that is not L{Message.plain}: its
-    literals and the sections its URLs name (C{found}: URL bytes ->
-    C{(URL, stored message)}) joined, and made base64 where it came as
-    literal8 with binary parts (L{mime.base64_binary_parts}). Reads
-    files: run it in a thread.
+    The data of each of C{messages}: a L{Message.plain} one as it came,
+    the others with their literals and the sections their URLs name
+    (C{found}: URL bytes -> C{(URL, stored message)}) joined, and made
+    base64 where they came as literal8 with binary parts
+    (L{mime.base64_binary_parts}). Reads files: run it in a thread. Each
+    URL's message is read afresh and let go once used, so what is held
+    is what is built.
 
-    @raise TooBig: larger than C{largest} bytes.
+    @raise TooBig: more than C{largest} bytes in all.
     """
-    pieces, binary, size = [], False, 0
-    for part in message.parts:
-        if isinstance(part, bytes):
-            piece = url_bytes(*found[part])
-        else:
-            data, literal8 = part
-            data.seek(0)
-            piece = data.read()
-            binary = binary or literal8
-        size += len(piece)
-        if size > largest:
-            raise TooBig(f"[TOOBIG] Message larger than {largest} bytes")
-        pieces.append(piece)
-    whole = b"".join(pieces)
-    return mime.base64_binary_parts(whole) if binary else whole
+    built, size = [], 0
+    for message in messages:
+        if message.plain:
+            built.append(message.parts[0][0])
+            size += message.size
+            continue
+        pieces, binary = [], False
+        for part in message.parts:
+            if isinstance(part, bytes):
+                url, stored = found[part]
+                piece = url_bytes(url, mailbox.Message(stored.folder, stored.info))
+            else:
+                data, literal8 = part
+                data.seek(0)
+                piece = data.read()
+                binary = binary or literal8
+            size += len(piece)
+            if size > largest:
+                raise TooBig(f"[TOOBIG] Messages larger than {largest} bytes in all")
+            pieces.append(piece)
+        whole = b"".join(pieces)
+        built.append(mime.base64_binary_parts(whole) if binary else whole)
+    return built

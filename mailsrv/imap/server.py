@@ -910,19 +910,17 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _appended_messages(self, found, messages):
         """
-        C{(data, flags, date)} for each message: a plain literal as it
+        C{(data, flags, date)} for each message: plain literals as they
         came, the others built in a thread (L{append.build}).
         """
-        largest = self._largest_literal()
-
-        def build_all():
-            return [(message.parts[0][0] if message.plain
-                     else append.build(message, found, largest), message.flags, message.date)
-                    for message in messages]
+        def build():
+            built = append.build(messages, found, self._largest_literal())
+            return [(data, message.flags, message.date)
+                    for data, message in zip(built, messages)]
 
         if all(message.plain for message in messages):
-            return build_all()
-        return threads.deferToThread(build_all)
+            return build()
+        return threads.deferToThread(build)
 
     def _append_failed(self, failure, tag):
         if failure.check(append.BadURL):
