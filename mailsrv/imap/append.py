@@ -116,7 +116,8 @@ def parse_url(text, user):
     server = _URL_SERVER.match(rest)
     if server is not None:
         named = server.group("user")
-        if named is None or unquote_to_bytes(named).decode("utf-8", "replace").lower() != user.lower():
+        named = None if named is None else unquote_to_bytes(named).decode("utf-8", "replace")
+        if named is None or named.lower() != user.lower():
             raise BadURL(text, "Only the logged-in user's mailboxes")
         rest = rest[server.end():]
     match = _URL_PATH.fullmatch(rest)

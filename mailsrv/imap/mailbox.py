@@ -505,7 +505,10 @@ class Mailbox:
         return self.folder.add(message, flags, date)
 
     def add_messages(self, messages):
-        """C{(data, flags, date)} each, all or none: a Deferred of their UIDs (L{Folder.add_all})."""
+        """
+        Store C{(data, flags, date)} each, all or none (MULTIAPPEND): a
+        Deferred of their UIDs (L{Folder.add_all}).
+        """
         return self.folder.add_all(messages)
 
     def copy(self, message):

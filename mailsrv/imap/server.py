@@ -902,7 +902,8 @@ class IMAPServer(imap4.IMAP4Server):
                 if message is None:
                     raise append.BadURL(url.text, "No such message")
                 found[text] = (url, message)
-            return self.account.find_message(url.mailbox, url.uidvalidity, url.uid).addCallback(check)
+            d = self.account.find_message(url.mailbox, url.uidvalidity, url.uid)
+            return d.addCallback(check)
 
         d = defer.gatherResults([look(text) for text in sorted(urls)], consumeErrors=True)
         d.addErrback(lambda failure: failure.value.subFailure)
@@ -924,9 +925,9 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _append_failed(self, failure, tag):
         if failure.check(append.BadURL):
+            url = _text(failure.value.url.decode("ascii", "replace")).replace(b" ", b"%20")
             return self.sendNegativeResponse(
-                tag, b"[BADURL " + _text(failure.value.url.decode("ascii", "replace")).replace(b" ", b"%20") + b"] "
-                + _text(failure.value))
+                tag, b"[BADURL " + url + b"] " + _text(failure.value))
         if failure.check(append.TooBig):
             return self.sendNegativeResponse(tag, _text(failure.value))
         return self._failed(failure, tag, b"APPEND")
@@ -972,8 +973,8 @@ class IMAPServer(imap4.IMAP4Server):
 
         def checked(encoding):
             if encoding is not None:
-                return self.sendNegativeResponse(
-                    tag, b"[UNKNOWN-CTE] Cannot decode " + _text(encoding.decode("ascii", "replace")))
+                name = _text(encoding.decode("ascii", "replace"))
+                return self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] Cannot decode " + name)
             return self._fetch(tag, messages, query, uid)
         d.addCallbacks(checked, self._failed, None, None, (tag, b"FETCH"), None)
         return None
