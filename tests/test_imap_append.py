@@ -492,3 +492,32 @@ class ParserPropertyTests(AppendTestCase):
         url = append.parse_url(text, "alice")
         self.assertEqual((url.mailbox, url.uidvalidity, url.uid, url.section, url.partial),
                          (mailbox, validity, uid, section, partial))
+
+
+_literal_data = st.lists(st.sampled_from([b"x CREATE inj\r\n", b"\x00", b"\n", b"\r", b"ab",
+                                          b"~{3+}\r\n", b" CATENATE (", b"\xff"]),
+                         max_size=8).map(b"".join)
+
+
+class ProtocolPropertyTests(AppendTestCase):
+    @examples(100)
+    @given(st.lists(st.tuples(_literal_data, st.booleans()), min_size=1, max_size=4),
+           st.integers(1, 64))
+    def test_multiappend_in_any_packets(self, messages, packet):
+        """
+        A MULTIAPPEND of LITERAL+ literals and literal8s holding NULs and
+        lines that look like commands, cut into packets of any size: one
+        reply, every message stored, nothing in the data runs.
+        """
+        c = self.selected()
+        data = b"a APPEND INBOX" + b"".join(
+            b" " + literal(body, plus=True, binary=binary) for body, binary in messages)
+        data += b"\r\nn NOOP\r\n"
+        out = b"".join(c.send(data[i:i + packet]) for i in range(0, len(data), packet))
+        count = len(opened(self.store, ALICE).uids())
+        first = count - len(messages) + 1
+        self.assertTrue(out.endswith(
+            b"a OK [APPENDUID %d %b] APPEND completed\r\nn OK NOOP completed\r\n"
+            % (opened(self.store, ALICE).uidvalidity,
+               b"%d" % first if first == count else b"%d:%d" % (first, count))), out)
+        self.assertNotIn("inj", self.store.folders(ALICE))
