@@ -356,7 +356,9 @@ class Bench:
                         ("FETCH 1:* (FLAGS UID RFC822.SIZE)",
                          "FETCH 1:* (FLAGS UID RFC822.SIZE)", "msg/s"),
                         ("FETCH 1:* BODY.PEEK[]", "FETCH 1:* BODY.PEEK[]", "msg/s"),
-                        ('SEARCH SUBJECT "needle"', 'SEARCH SUBJECT "needle"', "ops/s")):
+                        ('SEARCH SUBJECT "needle"', 'SEARCH SUBJECT "needle"', "ops/s"),
+                        ("SEARCH HEADER Message-ID",
+                         'SEARCH HEADER Message-ID "<bench.500@remote.test>"', "ops/s")):
                     times = []
                     for _ in range(repeats):
                         seconds, _ = await client.timed(command)
