@@ -25,6 +25,7 @@ from zope.interface import implementer
 from mailsrv.imap import mime
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
+from mailsrv.store import headerfields
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
     SPECIAL_USE,
@@ -37,8 +38,6 @@ from mailsrv.store.layout import check_folder_name
 log = Logger()
 
 DELIMITER = "/"
-# Bytes read to find a message's header: most fit (SEARCH reads thousands).
-HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
 
 
@@ -517,29 +516,50 @@ class Mailbox:
     def search(self, query, uid):
         """
         @return: C{(sequence numbers, uses_modseq)} or a Deferred of it
-            (criteria that need the message text are evaluated in a
-            thread); C{uses_modseq} says whether MODSEQ was a criterion.
+            (criteria on headers or text are evaluated in a thread: from
+            the folder's header cache where it can, else from the files,
+            each read at most once); C{uses_modseq} says whether MODSEQ
+            was a criterion.
         """
         matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
-        candidates = [
-            (seq, Message(self.folder, self.folder.message(u), u in self.recent))
-            for seq, u in enumerate(self.view, 1)
-            if u not in self.pending
-        ]
-
-        def matches(seq, message):
-            try:
-                return matcher(seq, message)
-            except (KeyError, OSError):
-                return False  # expunged while the search ran
+        candidates = [(seq, u) for seq, u in enumerate(self.view, 1) if u not in self.pending]
+        folder, recent = self.folder, frozenset(self.recent)
+        if not (matcher.needs_text or matcher.uses_fields):
+            return [seq for seq, u in candidates
+                    if matcher(seq, Message(folder, folder.message(u), u in recent))
+                    ], matcher.uses_modseq
 
         def run():
-            return [seq for seq, message in candidates if matches(seq, message)]
+            if matcher.uses_fields:
+                found, unknown = folder.headers.lookup([u for _, u in candidates],
+                                                       matcher.narrow)
+            else:
+                found, unknown = {}, None
+            seqs, learned = [], []
+            for seq, u in candidates:
+                fields = found.get(u)
+                if fields is None and unknown is not None and u not in unknown:
+                    continue  # ruled out by the cache
+                try:
+                    message = Message(folder, folder.message(u), u in recent, fields)
+                    message.whole = matcher.reads_body
+                    if fields is None and matcher.uses_fields:
+                        message.fields = headerfields.parse(message.header_bytes())
+                        learned.append((u, message.info.key, message.fields))
+                    if matcher(seq, message):
+                        seqs.append(seq)
+                except (KeyError, OSError):
+                    continue  # expunged while the search ran
+            folder.headers.learn(learned)
+            return seqs
 
-        if matcher.needs_text:
-            return threads.deferToThread(run).addCallback(
-                lambda seqs: (seqs, matcher.uses_modseq))
-        return run(), matcher.uses_modseq
+        def searched(seqs):
+            folder.headers.kick()  # writes what the search learned
+            return seqs, matcher.uses_modseq
+
+        d = folder.headers.ready() if matcher.uses_fields else defer.succeed(None)
+        d.addCallback(lambda _: threads.deferToThread(run))
+        return d.addCallback(searched)
 
     # Internals
 
@@ -579,11 +599,15 @@ class Message:
     (L{mailsrv.imap.mime}).
     """
 
-    def __init__(self, folder, info, recent=False):
+    def __init__(self, folder, info, recent=False, fields=None):
         self.folder = folder
         self.info = info
         self.recent = recent  # \\Recent in the session that fetches it
+        # the headerfields.Fields of the header cache (SEARCH), or None
+        self.fields = fields
+        self.whole = False  # read the whole file at once (SEARCH BODY or TEXT)
         self._header = None
+        self._body = None
         self._data = None
         self._tree = None
 
@@ -608,32 +632,46 @@ class Message:
     def header_bytes(self):
         """The header block as stored, with its ending empty line."""
         if self._header is None:
-            size = HEADER_READ
-            while True:
-                data = self.folder.read_start(self.info.uid, size)
-                end = _header_end(data)
-                if end is not None or len(data) < size:
-                    break
-                size *= 4  # a long header: read it again, further
-            self._header = data if end is None else data[:end]
+            if self.whole:
+                self.body_bytes()
+            else:
+                self._header = self.folder.read_header(self.info.uid)
         return self._header
+
+    def body_bytes(self):
+        """
+        The body as sent (CRLF line ends), read once with the header: a
+        SEARCH with several BODY and TEXT keys reads the file once.
+        """
+        if self._body is None:
+            with self.folder.open(self.info.uid) as f:
+                data = f.read()
+            if self._header is None:
+                end = headerfields.header_end(data)
+                self._header = data if end is None else data[:end]
+            body = data[len(self._header):]
+            self._body = mime.crlf(body) if self.info.converted else body
+        return self._body
 
     def header(self, name):
         """
         The first C{name} field's value, unfolded, as text (UTF-8, or
-        Latin-1 bytes kept as they are), or L{None}. Much cheaper than
-        L{getHeaders}: SEARCH calls it for every message of a folder.
+        Latin-1 bytes kept as they are), or L{None}.
         """
-        match = _field_pattern(name.lower()).search(self.header_bytes())
-        return None if match is None else _field_value(match)
+        values = self.header_values(name)
+        return values[0] if values else None
 
     def header_values(self, name):
         """
-        Every C{name} field's value, as L{header} gives the first: SEARCH
-        looks in all of them (a header may be repeated).
+        Every C{name} field's value (SEARCH looks in all of them: a header
+        may be repeated), from L{fields} when it has them: much cheaper
+        than L{getHeaders}, and the same as the file says.
         """
-        return [_field_value(m)
-                for m in _field_pattern(name.lower()).finditer(self.header_bytes())]
+        name = name.lower()
+        if self.fields is not None and name in headerfields.CACHED:
+            return self.fields.values(name)
+        return [headerfields.field_value(m.group(1))
+                for m in _field_pattern(name).finditer(self.header_bytes())]
 
     def getHeaders(self, negate, *names):
         return _headers(parse_header_bytes(self.header_bytes()), negate, names)
@@ -678,19 +716,6 @@ def _field_pattern(name):
         rb"^" + re.escape(name.encode("ascii", "replace")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
         re.IGNORECASE | re.MULTILINE,
     )
-
-
-def _field_value(match):
-    value = mime.FOLD.sub(b" ", match.group(1)).strip()
-    return value.decode("utf-8", "surrogateescape")
-
-
-def _header_end(data):
-    """Where the header block in C{data} ends (after its empty line), or L{None}."""
-    if data[:1] == b"\n" or data[:2] == b"\r\n":
-        return 1 if data[:1] == b"\n" else 2
-    ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
-    return min(ends) if ends else None
 
 
 def parse_header_bytes(data):

@@ -3,7 +3,9 @@ IMAP SEARCH criteria (RFC 3501 6.4.4) compiled into one predicate.
 
 Compiling happens on the reactor thread, so a syntax error is answered BAD
 at once; the predicate may run in a thread because criteria on headers and
-text read message files. Dates compare by UTC calendar day.
+text read message files, or the folder's header cache for the fields it
+keeps (the predicate asks C{message.header_values}, which answers from
+either, the same). Dates compare by UTC calendar day.
 """
 
 import datetime
@@ -13,6 +15,7 @@ import email.utils
 from twisted.mail import imap4
 
 from mailsrv.imap import sequence
+from mailsrv.store import headercache, headerfields
 
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun",
@@ -32,10 +35,13 @@ MAX_DEPTH = 100
 
 
 class _Matcher:
-    def __init__(self, test, needs_text, uses_modseq):
+    def __init__(self, test, state):
         self.test = test
-        self.needs_text = needs_text
-        self.uses_modseq = uses_modseq
+        self.needs_text = state["text"]
+        self.reads_body = state["body"]
+        self.uses_fields = state["fields"]
+        self.uses_modseq = state["modseq"]
+        self.narrow = tuple(state["narrow"])
 
     def __call__(self, seq, message):
         return self.test(seq, message)
@@ -45,19 +51,23 @@ def compile_search(query, last_seq, last_uid):
     """
     @param query: the parsed criteria: a list of L{bytes} and nested lists.
     @return: a callable C{(seq, message) -> bool} with attributes
-        C{needs_text} (whether it reads message files) and C{uses_modseq}
-        (the criteria have MODSEQ: RFC 7162 wants the highest in the reply).
+        C{needs_text} (whether it reads message files), C{reads_body}
+        (whether it reads them whole), C{uses_fields}
+        (whether it reads fields of the header cache), C{narrow} (what a
+        message's record must hold to match, for
+        L{headercache.HeaderCache.lookup}) and C{uses_modseq} (the
+        criteria have MODSEQ: RFC 7162 wants the highest in the reply).
     @raise imap4.IllegalQueryError: the criteria are malformed.
     """
-    state = {"text": False, "modseq": False, "depth": 0}
+    state = {"text": False, "body": False, "fields": False, "modseq": False, "depth": 0,
+             "negated": 0, "narrow": []}
     tokens = list(query)
     if not tokens:
         raise imap4.IllegalQueryError("missing search criteria")
     tests = []
     while tokens:
         tests.append(_one(tokens, last_seq, last_uid, state))
-    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"],
-                    state["modseq"])
+    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state)
 
 
 def _pop(tokens, what):
@@ -130,11 +140,15 @@ def _key(tokens, last_seq, last_uid, state):
         uids = _set(_pop(tokens, "UID set"), last_uid)
         return lambda s, m: m.info.uid in uids
     if key == "NOT":
+        state["negated"] += 1  # what a message must hold inside is not a must
         inner = _one(tokens, last_seq, last_uid, state)
+        state["negated"] -= 1
         return lambda s, m: not inner(s, m)
     if key == "OR":
+        state["negated"] += 1
         left = _one(tokens, last_seq, last_uid, state)
         right = _one(tokens, last_seq, last_uid, state)
+        state["negated"] -= 1
         return lambda s, m: left(s, m) or right(s, m)
     if key in ("LARGER", "SMALLER"):
         size = _number(_pop(tokens, "size"))
@@ -146,22 +160,17 @@ def _key(tokens, last_seq, last_uid, state):
         return _compare(key, day, _internal_day)
     if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         day = _date(_pop(tokens, "date"))
-        state["text"] = True
+        state["fields"] = True
         return _compare(key[4:], day, _sent_day)
-    if key in _HEADER_KEYS:
-        name, text = key.lower(), _string(tokens)
-        state["text"] = True
-        return _header_contains(name, text)
-    if key == "HEADER":
-        name, text = _string(tokens), _string(tokens)
-        state["text"] = True
-        return _header_contains(name, text)
+    if key in _HEADER_KEYS or key == "HEADER":
+        name = key.lower() if key in _HEADER_KEYS else _string(tokens)
+        return _header_contains(name, _string(tokens), state)
     if key in ("BODY", "TEXT"):
         text = _string(tokens).encode("utf-8")
-        state["text"] = True
+        state["text"] = state["body"] = True
         if key == "BODY":
-            return lambda s, m: text in _read_body(m).lower()
-        return lambda s, m: text in (m.header_bytes() + _read_body(m)).lower()
+            return lambda s, m: text in m.body_bytes().lower()
+        return lambda s, m: text in (m.header_bytes() + m.body_bytes()).lower()
     raise imap4.IllegalQueryError(f"unknown search key {key}")
 
 
@@ -210,26 +219,34 @@ def _sent_day(message):
         return None
 
 
-def _header_contains(name, text):
+def _header_contains(name, text, state):
     """
     A test for C{text} in any C{name} field (there may be several); a
     message without the field does not match, even C{""} (RFC 3501: the
     header is present). Address fields also match their addresses as
     parsed, without comments and spaces (C{<a (c)@ b.org>} is
-    C{a@b.org}). Most header blocks hold neither the text nor encoded
-    words that could hide it: those are ruled out with a byte search of
-    the raw block, before any parsing.
+    C{a@b.org}). Most fields hold neither the text nor encoded words
+    that could hide it: those are ruled out with a search of the raw
+    values, before any parsing (and, for a field the header cache
+    keeps, of the raw cache file: L{headercache.needle_pieces}).
     """
-    needle = text.encode("utf-8")
     addresses = name in _ADDRESS_FIELDS
     # comments and spaces only come between an address's tokens
-    pieces = needle.split(b"@") if addresses else [needle]
+    pieces = text.split("@") if addresses else [text]
+    if name in headerfields.CACHED:
+        state["fields"] = True
+        needed = headercache.needle_pieces(text, pieces)
+        if needed is not None and not state["negated"]:
+            state["narrow"].append(needed)
+    else:
+        state["text"] = True
 
     def test(seq, message):
-        block = message.header_bytes().lower()
-        if b"=?" not in block and not all(p in block for p in pieces):
+        raws = message.header_values(name)
+        joined = "\n".join(raws)
+        if "=?" not in joined and not all(p in joined.lower() for p in pieces):
             return False
-        values = [_decoded(raw) for raw in message.header_values(name)]
+        values = [_decoded(raw) for raw in raws]
         if addresses and values:
             values += [f"{real} <{address}>"
                        for real, address in email.utils.getaddresses(values)]
@@ -247,7 +264,3 @@ def _decoded(raw):
     except (ValueError, LookupError, UnicodeDecodeError):
         return raw.lower()
 
-
-def _read_body(message):
-    with message.getBodyFile() as f:
-        return f.read()

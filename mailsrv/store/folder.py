@@ -37,7 +37,9 @@ from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 
+from mailsrv.store import headerfields
 from mailsrv.store.delivery import discard, fsync_directory, write_file
+from mailsrv.store.headercache import HeaderCache
 from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
 from mailsrv.store.uidlist import UidList
 
@@ -69,6 +71,8 @@ INFO_SEPARATOR = ":2,"
 # mtime: a later change must give it a different one.
 SETTLED = 2
 SUBSCRIPTIONS = "subscriptions"
+# Bytes read to find a message's header: most fit (SEARCH reads thousands).
+HEADER_READ = 8192
 
 
 class FolderError(Exception):
@@ -264,6 +268,7 @@ class Folder:
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
         self._loaded = False  # see opened()
+        self.headers = HeaderCache(self, lambda f, *args: threads.deferToThread(f, *args))
 
     # Reading
 
@@ -356,6 +361,43 @@ class Folder:
             return os.read(fd, size)
         finally:
             os.close(fd)
+
+    def read_header(self, uid):
+        """
+        The header block of a message as stored, with its empty line
+        (the whole file if it has none): read in pieces, as most headers
+        are short and SEARCH reads thousands.
+
+        @raise KeyError: no such UID.
+        @raise OSError: the file vanished.
+        """
+        size = HEADER_READ
+        while True:
+            data = self.read_start(uid, size)
+            end = headerfields.header_end(data)
+            if end is not None or len(data) < size:
+                return data if end is None else data[:end]
+            size *= 4  # a long header: read it again, further
+
+    def fields(self, uids):
+        """
+        In a thread: C{{uid: headerfields.Fields}} of the messages of
+        C{uids} still here, from the header cache where it has them
+        (once L{HeaderCache.ready}), else from their files (those are
+        handed to the cache, written at its next C{kick}).
+        """
+        found, unknown = self.headers.lookup(uids)
+        learned = []
+        for uid in sorted(unknown):
+            try:
+                entry = self._entries[uid]
+                fields = headerfields.parse(self.read_header(uid))
+            except (KeyError, OSError):  # expunged meanwhile
+                continue
+            found[uid] = fields
+            learned.append((uid, entry.key, fields))
+        self.headers.learn(learned)
+        return found
 
     # Changing
 
@@ -931,6 +973,8 @@ class Folder:
     def _notify(self, origin, added, expunged, changes):
         self._recent.update(added)
         self._recent.difference_update(expunged)
+        self.headers.removed(expunged)
+        self.headers.added(added)
         for listener in list(self.listeners):
             if listener is origin:
                 continue

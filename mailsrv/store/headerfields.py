@@ -26,6 +26,7 @@ CACHED = {
     "in-reply-to": "in_reply_to",
 }
 
+_ATTRIBUTES = {name.encode("ascii"): attribute for name, attribute in CACHED.items()}
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
@@ -57,20 +58,30 @@ class Fields(NamedTuple):
 
 def field_value(raw):
     """A field's value as bytes after the colon -> unfolded, stripped text (Latin-1 kept as is)."""
-    return _FOLD.sub(b"", raw).strip().decode("utf-8", "surrogateescape")
+    if b"\n" in raw:
+        raw = _FOLD.sub(b"", raw)
+    return raw.strip().decode("utf-8", "surrogateescape")
 
 
 def parse(header):
     """The L{Fields} of a header block (bytes, CRLF or bare LF, with or without its empty line)."""
     found = {}
-    for match in _FIELD.finditer(header):
-        attribute = CACHED.get(match.group(1).decode("ascii").lower())
+    for name, raw in _FIELD.findall(header):
+        attribute = _ATTRIBUTES.get(name.lower())
         if attribute is not None:
-            found.setdefault(attribute, []).append(field_value(match.group(2)))
+            found.setdefault(attribute, []).append(field_value(raw))
     values = {attribute: "\n".join(v) for attribute, v in found.items()}
     date_text = found.get("date_text")
     values["date"] = _epoch(date_text[0]) if date_text else None
     return Fields(**values)
+
+
+def header_end(data):
+    """Where the header block in C{data} ends (after its empty line), or L{None}."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return 1 if data[:1] == b"\n" else 2
+    ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+    return min(ends) if ends else None
 
 
 def _epoch(text):

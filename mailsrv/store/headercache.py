@@ -1,0 +1,495 @@
+"""
+The per-folder header cache: one record of L{headerfields.Fields} per
+message, in a file beside the UID index, so that SEARCH (and SORT) on the
+fields clients use most need not read every message file (format and crash
+rules in docs/store.md):
+
+    mailsrv-headercache 1 <uidvalidity> <column>:<type>,...
+    <uid> TAB <key> TAB <value> TAB <value> ...
+    <uid> TAB <key> TAB !                        (too big: read the file)
+
+A record names the message file's key (the Maildir name without flags): a
+record is used only for the message that has that key under that UID, so a
+stale or foreign record is never taken for a file's content. Values are
+escaped (C{\\\\}, C{\\t}, C{\\n}), C{\\N} is "no such field".
+
+The cache is started by the first search that needs it (L{ready}): a
+folder nobody searches costs nothing. From then on new messages get their
+records appended (their heads read in a thread); messages without one (a
+new or damaged cache) get it from the first search that reads their files
+anyway (L{learn}). Records of expunged messages stay until they outnumber
+the live ones, then the file is rewritten without them. Every file access
+runs in a thread, one at a time per folder; the state below is changed on
+the reactor thread only. In memory: the set of UIDs with a good record
+(L{valid}), nothing per message else.
+"""
+
+import collections
+import os
+import re
+import typing
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.logger import Logger
+
+from mailsrv.store import headerfields
+from mailsrv.store.delivery import discard, write_all, write_file
+
+log = Logger()
+
+MAGIC = b"mailsrv-headercache"
+VERSION = b"1"
+# An encoded record longer than this is not kept (a huge References field):
+# the message's file is read instead.
+MAX_RECORD = 16384
+# Records written by one task in a thread (heads read for new messages).
+BATCH = 1000
+# Lines that never rule a message out whatever the needle: encoded words
+# (decoded before matching) and the two characters whose lower case is
+# ASCII (KELVIN SIGN, LATIN CAPITAL LETTER I WITH DOT ABOVE).
+_ALWAYS = (b"=?", "\u212a".encode(), "\u0130".encode())
+# Characters a search needle may not hold to be looked for in the raw file.
+_ESCAPED = frozenset("\\\t\n\r")
+_UNESCAPE = re.compile(rb"\\(.)")
+_UNESCAPED = {b"\\": b"\\", b"t": b"\t", b"n": b"\n"}
+_NONE = b"\\N"
+_TOO_BIG = b"!"
+
+
+def _columns():
+    """C{((name, is_int), ...)} of L{headerfields.Fields}: the record's columns."""
+    hints = typing.get_type_hints(headerfields.Fields)
+    return tuple((name, int in typing.get_args(hints[name]) or hints[name] is int)
+                 for name in headerfields.Fields._fields)
+
+
+COLUMNS = _columns()
+# The header names the columns: a cache written for other Fields is rebuilt.
+SPEC = ",".join(f"{name}:{'i' if is_int else 's'}" for name, is_int in COLUMNS).encode()
+
+
+def _escape(text):
+    data = text.encode("utf-8", "surrogateescape")
+    if b"\\" in data or b"\t" in data or b"\n" in data:
+        data = data.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
+    return data
+
+
+def _unescape(data):
+    if b"\\" in data:
+        data = _UNESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], data)
+    return data.decode("utf-8", "surrogateescape")
+
+
+def encode(uid, key, fields):
+    """A record line (bytes, with its newline) for C{fields} of message C{uid}, C{key}."""
+    parts = [b"%d" % uid, _escape(key)]
+    for value, (_, is_int) in zip(fields, COLUMNS):
+        if value is None:
+            parts.append(_NONE)
+        elif is_int:
+            parts.append(b"%d" % value)
+        else:
+            parts.append(_escape(value))
+    line = b"\t".join(parts) + b"\n"
+    if len(line) > MAX_RECORD:
+        return b"%d\t%s\t%s\n" % (uid, parts[1], _TOO_BIG)
+    return line
+
+
+def decode(line):
+    """
+    A record line (without its newline) -> C{(uid, key, Fields or None)}
+    (L{None}: too big to keep).
+
+    @raise ValueError: not a record of this format.
+    """
+    parts = line.split(b"\t")
+    uid, key = int(parts[0]), _unescape(parts[1])
+    if len(parts) == 3 and parts[2] == _TOO_BIG:
+        return uid, key, None
+    if len(parts) != len(COLUMNS) + 2:
+        raise ValueError("wrong number of columns")
+    values = [None if part == _NONE else int(part) if is_int else _unescape(part)
+              for part, (_, is_int) in zip(parts[2:], COLUMNS)]
+    return uid, key, headerfields.Fields(*values)
+
+
+def needle_pieces(text, pieces):
+    """
+    The bytes L{HeaderCache.lookup} may look for in the raw file for a
+    search of C{text} whose test needs every one of C{pieces} (str) in
+    the field's lower-case raw value, or L{None} when the raw file cannot
+    rule a message out (non-ASCII or escaped characters).
+    """
+    if not text.isascii() or _ESCAPED & set(text):
+        return None
+    return tuple(p.encode("ascii") for p in pieces if p)
+
+
+class HeaderCache:
+    """
+    One folder's cache file (see the module's docstring).
+
+    @ivar valid: the UIDs whose record in the file is good and is their
+        file's: a search may trust the file for them. Changed on the
+        reactor thread; a thread takes a copy before it reads the file.
+    """
+
+    FILENAME = "mailsrv-headercache"
+    # Records of gone messages worth a rewrite: more than this and than live ones.
+    COMPACT_AFTER = 1000
+
+    def __init__(self, folder, in_thread):
+        self.folder = folder
+        self._in_thread = in_thread  # deferToThread, as the folder's (tests patch it)
+        self.valid = set()
+        self._loaded = None  # None: not started; a list of waiters; True: loaded
+        self._too_big = set()  # UIDs whose record says "read the file"
+        self._queue = {}  # uid -> Fields (learned) or None (head to read): to write
+        self._learned = collections.deque()  # (uid, key, Fields) from threads
+        self._lines = 0  # record lines in the file
+        self._whole = 0  # bytes of whole lines in the file (after: a torn write)
+        self._rewrite = True  # the next write is a new file (none yet, damaged, old)
+        self._running = False
+        self._idle = []
+        self._identity = None  # (st_dev, st_ino) of the file this cache wrote or read
+        self._lost = False  # a lookup found the file gone or replaced (set in a thread)
+        self._stopped = False  # a write failed: no more for this folder object
+
+    @property
+    def path(self):
+        return self.folder.path / self.FILENAME
+
+    # On the reactor thread
+
+    def ready(self):
+        """
+        A Deferred that fires once the cache is loaded (started here the
+        first time) and holds what earlier searches learned: the search
+        after one that read every file uses the cache.
+        """
+        if self._loaded is True:
+            return self.idle()
+        d = defer.Deferred()
+        if self._loaded is None:
+            self._loaded = [d]
+            self._task(self._read_done, self._read, self.folder.uidvalidity)
+        else:
+            self._loaded.append(d)
+        return d
+
+    def added(self, uids):
+        """New messages in the folder: their records are written (once the cache is started)."""
+        if self._loaded is True:
+            self._queue.update(dict.fromkeys(uids))
+            self.kick()
+
+    def removed(self, uids):
+        """Messages gone: their records are dropped at the next rewrite."""
+        self.valid.difference_update(uids)
+        self._too_big.difference_update(uids)
+        for uid in uids:
+            self._queue.pop(uid, None)
+        if self._loaded is True:
+            self.kick()
+
+    def learn(self, records):
+        """
+        C{(uid, key, Fields)} a thread parsed from message files: written
+        at the next L{kick} where the cache lacks them. Safe from any thread.
+        """
+        if self._loaded is not None:  # else nobody searches: no cache
+            self._learned.extend(records)
+
+    def kick(self):
+        """Start the next write the cache needs, if none is under way."""
+        if self._running or self._loaded is not True:
+            return
+        if self._stopped:
+            self._queue.clear()
+            self._learned.clear()
+        if self._lost:  # the file holds none of the records it had
+            self._lost, self._rewrite = False, True
+            self.valid.clear()
+            self._too_big.clear()
+        while self._learned:
+            uid, key, fields = self._learned.popleft()
+            entry = self.folder.entry(uid)
+            if (entry is not None and entry.key == key and uid not in self.valid
+                    and uid not in self._too_big):
+                self._queue[uid] = fields
+        dead = self._lines - len(self.valid) - len(self._too_big)
+        if not self._stopped and (self._rewrite or dead > max(self.COMPACT_AFTER,
+                                                              len(self.folder))):
+            self._task(self._rewritten, self._write_file, frozenset(self.valid),
+                       frozenset(self._too_big), self.folder.uidvalidity)
+        elif self._queue:
+            batch = dict(self._queue.popitem() for _ in range(min(BATCH, len(self._queue))))
+            self._task(self._appended, self._append, batch)
+        if not self._running:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def idle(self):
+        """A Deferred that fires when nothing is left to write (tests)."""
+        if self._loaded is None:
+            return defer.succeed(None)
+        if self._loaded is not True:
+            return self.ready().addCallback(lambda _: self.idle())
+        if not (self._running or self._queue or self._learned or self._lost):
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        self.kick()
+        return d
+
+    def _task(self, apply, f, *args):
+        """
+        Run C{f} in a thread (the only file access under way), then
+        C{apply} its result on the reactor thread (L{None} if it failed:
+        logged, and the next write is a new file), then the next task.
+        """
+        self._running = True
+        d = self._in_thread(f, *args)
+        d.addErrback(self._failed)
+        d.addCallback(apply)
+        d.addBoth(self._finished)
+
+    def _failed(self, failure):
+        """A write failed (a full disk): searches read files until the folder is reopened."""
+        failure.trap(OSError)
+        log.warn("{path}: cannot write the header cache: {error}", path=str(self.path),
+                 error=failure.value)
+        self._stopped = True
+        return None
+
+    def _finished(self, result):
+        self._running = False
+        if isinstance(result, Failure):
+            log.failure("{path}: header cache", result, path=str(self.path))
+        self.kick()
+
+    def _read_done(self, read):
+        waiting, self._loaded = self._loaded, True
+        if read is not None:
+            valid, too_big, self._lines, self._whole, self._rewrite, self._identity = read
+            live = self.folder.entry
+            self.valid = {uid for uid in valid if live(uid) is not None}
+            self._too_big = {uid for uid in too_big if live(uid) is not None}
+        for d in waiting:
+            d.callback(None)
+        self.kick()
+
+    def _appended(self, written):
+        if written is not None:
+            valid, too_big, size, lines = written
+            self._whole += size
+            self._lines += lines
+            live = self.folder.entry
+            self.valid.update(uid for uid in valid if live(uid) is not None)
+            self._too_big.update(uid for uid in too_big if live(uid) is not None)
+
+    def _rewritten(self, written):
+        if written is not None:
+            kept, self._whole, self._identity = written
+            self._lines = len(kept)
+            self.valid &= kept  # a file lost meanwhile took its records along
+            self._too_big &= kept
+            self._rewrite = False
+
+    # In a thread
+
+    def _read(self, uidvalidity):
+        """
+        The file's good records: C{(valid uids, too-big uids, lines, whole
+        bytes, rewrite)}; C{rewrite} when the file is missing, of another
+        format or folder, or has a damaged line (logged).
+        """
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+                identity = _identity(f)
+        except OSError as e:
+            if not isinstance(e, FileNotFoundError):
+                log.warn("{path}: cannot read the header cache ({error}); rebuilding it",
+                         path=str(self.path), error=e)
+            return set(), set(), 0, 0, True, None
+        whole = data.rfind(b"\n") + 1  # after it: a torn write, ignored
+        header, _, body = data[:whole].partition(b"\n")
+        if header != _header(uidvalidity):
+            return set(), set(), 0, 0, True, None
+        valid, too_big, lines, damaged = set(), set(), 0, 0
+        entry = self.folder.entry
+        for line in body.split(b"\n")[:-1]:
+            lines += 1
+            try:
+                uid, _, rest = line.partition(b"\t")
+                uid = int(uid)
+                key, _, values = rest.partition(b"\t")
+                if values != _TOO_BIG and values.count(b"\t") != len(COLUMNS) - 1:
+                    raise ValueError("wrong number of columns")
+            except ValueError:
+                damaged += 1
+                continue
+            known = entry(uid)
+            if known is not None and _escape(known.key) == key:
+                (too_big if values == _TOO_BIG else valid).add(uid)
+        if damaged:
+            log.warn("{path}: {count} damaged header cache records; rewriting it",
+                     path=str(self.path), count=damaged)
+        return valid, too_big, lines, whole, bool(damaged), identity
+
+    def _write_file(self, valid, too_big, uidvalidity):
+        """
+        A new file: the header and the records of C{valid} and C{too_big}
+        UIDs of the old one (a temporary file renamed over it). Not
+        fsync'd: after a power cut the cache is at worst rebuilt.
+        """
+        keep = set(valid | too_big)
+        kept, lines = set(), []
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if keep:
+            body = data[data.find(b"\n") + 1:data.rfind(b"\n") + 1]
+            for line in body.split(b"\n")[:-1]:
+                uid = line.partition(b"\t")[0]
+                if uid.isdigit() and int(uid) in keep:
+                    lines.append(line + b"\n")
+                    keep.discard(int(uid))  # one record each
+                    kept.add(int(uid))
+        new = _header(uidvalidity) + b"\n" + b"".join(lines)
+        temporary = f"{self.path}.tmp"
+        try:
+            write_file(temporary, new)
+            os.replace(temporary, self.path)
+            identity = _identity(self.path)
+        except OSError:
+            discard(temporary, OSError)
+            raise
+        return kept, len(new), identity
+
+    def _append(self, batch):
+        """
+        Write the records of C{batch} (uid -> Fields, or L{None}: read its
+        head now) after the file's whole lines (cutting off a torn write).
+
+        @return: C{(valid uids, too-big uids, bytes, lines)} written.
+        """
+        lines, valid, too_big = [], [], []
+        for uid, fields in sorted(batch.items()):
+            entry = self.folder.entry(uid)
+            if entry is None:
+                continue
+            if fields is None:
+                try:
+                    fields = headerfields.parse(self.folder.read_header(uid))
+                except (KeyError, OSError):  # expunged meanwhile
+                    continue
+            line = encode(uid, entry.key, fields)
+            lines.append(line)
+            (too_big if line.endswith(b"\t!\n") else valid).append(uid)
+        data = b"".join(lines)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)  # never a file without header
+        except FileNotFoundError:  # removed behind our back: a new one, learned again
+            self._lost = True
+            return None
+        try:
+            if os.fstat(fd).st_size > self._whole:
+                os.ftruncate(fd, self._whole)
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        return valid, too_big, len(data), len(lines)
+
+    def lookup(self, uids, narrow=()):
+        """
+        In a thread: the cached L{headerfields.Fields} of C{uids}.
+
+        @param narrow: conditions (tuples of lower-case ASCII bytes, see
+            L{needle_pieces}) a message must meet to be worth returning:
+            each condition's pieces all in its record (in lower case).
+            Records that hold none of them rule their message out without
+            being decoded.
+        @return: C{(found, unknown)}: C{{uid: Fields}} of the messages the
+            cache holds and that meet C{narrow}; the set of C{uids} the cache
+            does not hold (read their files). The others were ruled out.
+        """
+        wanted = set(uids)
+        # before the file is read: all their records are in it
+        valid, whole, identity = self.valid & wanted, self._whole, self._identity
+        unknown = wanted - valid
+        if not valid:
+            return {}, unknown
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+                same = _identity(f) == identity and len(data) >= whole
+        except OSError:
+            same = False
+        if not same:  # deleted or replaced behind our back: rewritten at the next kick
+            self._lost = True
+            return {}, wanted
+        start, end = data.find(b"\n") + 1, data.rfind(b"\n") + 1
+        data = data[start:end]
+        conditions = [c for c in narrow if any(c)]
+        if conditions:
+            lower = data.lower()
+            starts = None
+            for pieces in conditions:
+                matching = None
+                for piece in pieces:
+                    if piece:
+                        found = _line_starts(lower, piece)
+                        matching = found if matching is None else matching & found
+                starts = matching if starts is None else starts & matching
+            for piece in _ALWAYS:
+                starts |= _line_starts(data, piece)
+            lines = (data[s:data.index(b"\n", s)] for s in starts)
+        else:
+            lines = data.split(b"\n")[:-1]
+        found = {}
+        entry = self.folder.entry
+        for line in lines:
+            uid = line.partition(b"\t")[0]
+            if not uid.isdigit() or int(uid) not in valid:
+                continue  # a gone message's, or one the caller did not ask for
+            try:
+                uid, key, fields = decode(line)
+            except ValueError:  # damaged since it was loaded: read the file
+                unknown.add(int(uid))
+                continue
+            known = entry(uid)
+            if known is None:
+                continue  # expunged meanwhile
+            if known.key == key and fields is not None:
+                found[uid] = fields
+            else:
+                unknown.add(uid)
+        return found, unknown
+
+
+def _header(uidvalidity):
+    return b" ".join((MAGIC, VERSION, b"%d" % uidvalidity, SPEC))
+
+
+def _identity(file):
+    """Which file this is (a path or an open file): C{(st_dev, st_ino)}."""
+    st = os.fstat(file.fileno()) if hasattr(file, "fileno") else os.stat(file)
+    return st.st_dev, st.st_ino
+
+
+def _line_starts(data, piece):
+    """Where the lines of C{data} holding C{piece} start (a set of offsets)."""
+    starts = set()
+    at = data.find(piece)
+    while at >= 0:
+        starts.add(data.rfind(b"\n", 0, at) + 1)
+        at = data.find(piece, data.index(b"\n", at))
+    return starts
