@@ -522,30 +522,35 @@ class Mailbox:
             was a criterion.
         """
         matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
-        candidates = [(seq, u) for seq, u in enumerate(self.view, 1) if u not in self.pending]
-        folder, recent = self.folder, frozenset(self.recent)
+        folder, view = self.folder, list(self.view)
+        pending, recent = frozenset(self.pending), frozenset(self.recent)
         if not (matcher.needs_text or matcher.uses_fields):
-            return [seq for seq, u in candidates
-                    if matcher(seq, Message(folder, folder.message(u), u in recent))
+            return [seq for seq, u in enumerate(view, 1) if u not in pending
+                    and matcher(seq, Message(folder, folder.message(u), u in recent))
                     ], matcher.uses_modseq
 
         def run():
             if matcher.uses_fields:
-                found, unknown = folder.headers.lookup([u for _, u in candidates],
-                                                       matcher.narrow)
+                # the others are ruled out by the cache
+                found, unknown = folder.headers.lookup(view, matcher.narrow)
+                candidates = [(bisect.bisect_left(view, u) + 1, u)
+                              for u in sorted(found.keys() | unknown)]
             else:
-                found, unknown = {}, None
+                found, candidates = {}, enumerate(view, 1)
             seqs, learned = [], []
             for seq, u in candidates:
+                if u in pending:
+                    continue
+                entry = folder.entry(u)  # before any read: the file the cache names
+                if entry is None:
+                    continue  # expunged while the search ran
                 fields = found.get(u)
-                if fields is None and unknown is not None and u not in unknown:
-                    continue  # ruled out by the cache
                 try:
-                    message = Message(folder, folder.message(u), u in recent, fields)
+                    message = _Searched(folder, u, u in recent, fields)
                     message.whole = matcher.reads_body
                     if fields is None and matcher.uses_fields:
                         message.fields = headerfields.parse(message.header_bytes())
-                        learned.append((u, message.info.key, message.fields))
+                        learned.append((u, entry.key, message.fields))
                     if matcher(seq, message):
                         seqs.append(seq)
                 except (KeyError, OSError):
@@ -635,7 +640,7 @@ class Message:
             if self.whole:
                 self.body_bytes()
             else:
-                self._header = self.folder.read_header(self.info.uid)
+                self._header = self.folder.read_header(self.getUID())
         return self._header
 
     def body_bytes(self):
@@ -644,7 +649,7 @@ class Message:
         SEARCH with several BODY and TEXT keys reads the file once.
         """
         if self._body is None:
-            with self.folder.open(self.info.uid) as f:
+            with self.folder.open(self.getUID()) as f:
                 data = f.read()
             if self._header is None:
                 end = headerfields.header_end(data)
@@ -697,6 +702,25 @@ class Message:
         if self._tree is None:
             self._tree = mime.parse(self.mime_bytes())
         return self._tree
+
+
+class _Searched(Message):
+    """
+    A message as SEARCH sees it: its L{MessageInfo} is made only if a
+    key needs it (flags, size, dates), as most searches are on fields.
+    """
+
+    def __init__(self, folder, uid, recent, fields):
+        super().__init__(folder, None, recent, fields)
+        del self.info  # made by the property when first asked
+        self.uid = uid
+
+    def getUID(self):
+        return self.uid
+
+    @functools.cached_property
+    def info(self):
+        return self.folder.message(self.uid)
 
 
 class ChangedSince(SequenceSet):

@@ -45,16 +45,16 @@ VERSION = b"1"
 MAX_RECORD = 16384
 # Records written by one task in a thread (heads read for new messages).
 BATCH = 1000
-# Lines that never rule a message out whatever the needle: encoded words
-# (decoded before matching) and the two characters whose lower case is
-# ASCII (KELVIN SIGN, LATIN CAPITAL LETTER I WITH DOT ABOVE).
-_ALWAYS = (b"=?", "\u212a".encode(), "\u0130".encode())
+# The two characters whose lower case is ASCII: KELVIN SIGN is "k", LATIN
+# CAPITAL LETTER I WITH DOT ABOVE "i" and a combining dot.
+_LOWERS_TO = {b"k": "\u212a".encode(), b"i": "\u0130".encode()}
 # Characters a search needle may not hold to be looked for in the raw file.
 _ESCAPED = frozenset("\\\t\n\r")
 _UNESCAPE = re.compile(rb"\\(.)")
 _UNESCAPED = {b"\\": b"\\", b"t": b"\t", b"n": b"\n"}
 _NONE = b"\\N"
 _TOO_BIG = b"!"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
 
 
 def _columns():
@@ -70,10 +70,9 @@ SPEC = ",".join(f"{name}:{'i' if is_int else 's'}" for name, is_int in COLUMNS).
 
 
 def _escape(text):
-    data = text.encode("utf-8", "surrogateescape")
-    if b"\\" in data or b"\t" in data or b"\n" in data:
-        data = data.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
-    return data
+    if "\\" in text or "\t" in text or "\n" in text:
+        return text.translate(_ESCAPES)
+    return text
 
 
 def _unescape(data):
@@ -84,17 +83,14 @@ def _unescape(data):
 
 def encode(uid, key, fields):
     """A record line (bytes, with its newline) for C{fields} of message C{uid}, C{key}."""
-    parts = [b"%d" % uid, _escape(key)]
-    for value, (_, is_int) in zip(fields, COLUMNS):
-        if value is None:
-            parts.append(_NONE)
-        elif is_int:
-            parts.append(b"%d" % value)
-        else:
-            parts.append(_escape(value))
-    line = b"\t".join(parts) + b"\n"
+    key = _escape(key)
+    parts = [str(uid), key]
+    for value in fields:
+        parts.append("\\N" if value is None else _escape(value) if value.__class__ is str
+                     else str(value))
+    line = "\t".join(parts).encode("utf-8", "surrogateescape") + b"\n"
     if len(line) > MAX_RECORD:
-        return b"%d\t%s\t%s\n" % (uid, parts[1], _TOO_BIG)
+        return f"{uid}\t{key}\t!\n".encode("utf-8", "surrogateescape")
     return line
 
 
@@ -335,7 +331,8 @@ class HeaderCache:
                 damaged += 1
                 continue
             known = entry(uid)
-            if known is not None and _escape(known.key) == key:
+            if known is not None and _escape(known.key).encode(
+                    "utf-8", "surrogateescape") == key:
                 (too_big if values == _TOO_BIG else valid).add(uid)
         if damaged:
             log.warn("{path}: {count} damaged header cache records; rewriting it",
@@ -393,7 +390,7 @@ class HeaderCache:
                     continue
             line = encode(uid, entry.key, fields)
             lines.append(line)
-            (too_big if line.endswith(b"\t!\n") else valid).append(uid)
+            (too_big if line.count(b"\t") == 2 else valid).append(uid)
         data = b"".join(lines)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)  # never a file without header
@@ -440,18 +437,7 @@ class HeaderCache:
         data = data[start:end]
         conditions = [c for c in narrow if any(c)]
         if conditions:
-            lower = data.lower()
-            starts = None
-            for pieces in conditions:
-                matching = None
-                for piece in pieces:
-                    if piece:
-                        found = _line_starts(lower, piece)
-                        matching = found if matching is None else matching & found
-                starts = matching if starts is None else starts & matching
-            for piece in _ALWAYS:
-                starts |= _line_starts(data, piece)
-            lines = (data[s:data.index(b"\n", s)] for s in starts)
+            lines = (data[s:data.index(b"\n", s)] for s in _candidates(data, conditions))
         else:
             lines = data.split(b"\n")[:-1]
         found = {}
@@ -485,6 +471,29 @@ def _identity(file):
     return st.st_dev, st.st_ino
 
 
+def _candidates(data, conditions):
+    """
+    Where the records of C{data} (whole lines) that may meet every
+    condition of L{HeaderCache.lookup} start: those holding all pieces of
+    each (in ASCII lower case), and those whose raw bytes cannot tell:
+    with an encoded word, or a character whose lower case is the ASCII
+    letter of a piece.
+    """
+    lower = data.lower()
+    starts = None
+    for pieces in conditions:
+        for piece in pieces:
+            if piece:
+                found = _line_starts(lower, piece)
+                starts = found if starts is None else starts & found
+    starts |= _encoded_word_lines(data)
+    if not data.isascii():
+        for letter, upper in _LOWERS_TO.items():
+            if any(letter in piece for pieces in conditions for piece in pieces):
+                starts |= _line_starts(data, upper)
+    return starts
+
+
 def _line_starts(data, piece):
     """Where the lines of C{data} holding C{piece} start (a set of offsets)."""
     starts = set()
@@ -492,4 +501,16 @@ def _line_starts(data, piece):
     while at >= 0:
         starts.add(data.rfind(b"\n", 0, at) + 1)
         at = data.find(piece, data.index(b"\n", at))
+    return starts
+
+
+def _encoded_word_lines(data):
+    """L{_line_starts} for C{"=?"}, looking for "?" (a search for one byte is much faster)."""
+    starts = set()
+    at = data.find(b"?")
+    while at >= 0:
+        if data[at - 1:at] == b"=":
+            starts.add(data.rfind(b"\n", 0, at) + 1)
+            at = data.index(b"\n", at)
+        at = data.find(b"?", at + 1)
     return starts

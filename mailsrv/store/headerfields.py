@@ -9,6 +9,7 @@ decoded: a search decodes what it compares, and the cache must never say
 something the file does not.
 """
 
+import calendar
 import email.utils
 import re
 from typing import NamedTuple, Optional
@@ -84,7 +85,32 @@ def header_end(data):
     return min(ends) if ends else None
 
 
+# Date as nearly every message writes it (RFC 5322 3.3): read without the
+# general parser, which costs a third of parse().
+_USUAL_DATE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([0-9]{4}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})")
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
 def _epoch(text):
+    """
+    What L{_parsed_epoch} gives, faster for the usual form: the same
+    arithmetic (C{calendar.timegm} less the zone's offset) without the
+    general parser.
+    """
+    usual = _USUAL_DATE.fullmatch(text)
+    if usual is None or usual.group(7) == "-0000" or usual.group(3) < "1000":
+        return _parsed_epoch(text)  # -0000: no zone, local time (as email.utils reads it)
+    day, month, year, hour, minute, second, zone = usual.groups()
+    offset = int(zone[1:3]) * 3600 + int(zone[3:]) * 60
+    return calendar.timegm((int(year), _MONTHS[month], int(day), int(hour), int(minute),
+                            int(second))) - (offset if zone[0] == "+" else -offset)
+
+
+def _parsed_epoch(text):
     try:
         parsed = email.utils.parsedate_tz(text)
     except (TypeError, ValueError, IndexError, OverflowError):
