@@ -369,3 +369,18 @@ class BehaviourTests(CacheTestCase):
         fields = folder.fields([1, 3, 99])
         self.assertEqual(sorted(fields), [1, 3])
         self.assertEqual(fields[3].subject, "needle two")
+
+
+class DateTests(unittest.TestCase):
+    """headerfields reads the usual Date form itself: the same as email.utils."""
+
+    @given(st.sampled_from(["", "Tue, ", "tue, ", "Xyz, "]), st.integers(0, 99),
+           st.sampled_from(["Jan", "Feb", "Dec", "jan", "Foo"]), st.integers(0, 9999),
+           st.integers(0, 99), st.integers(0, 99), st.integers(0, 99),
+           st.sampled_from(["+", "-"]), st.integers(0, 9999))
+    @examples(300)
+    @example("", 1, "Jan", 2024, 0, 0, 0, "-", 0)
+    def test_usual_date(self, weekday, day, month, year, hour, minute, second, sign, zone):
+        text = (f"{weekday}{day} {month} {year:04d} {hour:02d}:{minute:02d}:{second:02d} "
+                f"{sign}{zone:04d}")
+        self.assertEqual(headerfields._epoch(text), headerfields._parsed_epoch(text))
