@@ -426,15 +426,16 @@ class HeaderCache:
             return {}, unknown
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
-                same = _identity(f) == identity and len(data) >= whole
+                header = f.readline()
+                data = f.read()  # the records (one copy of them: 10 MB for 50,000)
+                same = _identity(f) == identity and len(header) + len(data) >= whole
         except OSError:
             same = False
         if not same:  # deleted or replaced behind our back: rewritten at the next kick
             self._lost = True
             return {}, wanted
-        start, end = data.find(b"\n") + 1, data.rfind(b"\n") + 1
-        data = data[start:end]
+        if not data.endswith(b"\n"):  # a write under way: its records are not valid yet
+            data = data[:data.rfind(b"\n") + 1]
         conditions = [c for c in narrow if any(c)]
         if conditions:
             lines = (data[s:data.index(b"\n", s)] for s in _candidates(data, conditions))
