@@ -214,6 +214,13 @@ class BehaviourTests(CacheTestCase):
         self.assertEqual(self.search(folder, [b"SUBJECT", b"needle"]), [1, 3])
         self.assertEqual(calls, [])  # no file read
 
+    def test_kept_up_to_date_once_a_folder_has_one(self):
+        folder = self.reopen(self.built())
+        (folder.path / "new" / "1700000100.test9").write_bytes(b"Subject: needle new\r\n\r\n")
+        folder.arrived(["1700000100.test9"])
+        result(folder.headers.idle())
+        self.assertEqual(len(self.records(folder)), 4)
+
     def test_rebuilt_when_deleted(self):
         folder = self.built()
         folder.headers.path.unlink()

@@ -790,6 +790,7 @@ class Folder:
                 self._snapshot()
             except OSError as e:
                 self._log_write_error(e)
+        self.headers.opened()
         return [], [], {}
 
     def _scan(self):

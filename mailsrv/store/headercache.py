@@ -13,11 +13,11 @@ record is used only for the message that has that key under that UID, so a
 stale or foreign record is never taken for a file's content. Values are
 escaped (C{\\\\}, C{\\t}, C{\\n}), C{\\N} is "no such field".
 
-The cache is started by the first search that needs it (L{ready}): a
-folder nobody searches costs nothing. From then on new messages get their
-records appended (their heads read in a thread); messages without one (a
-new or damaged cache) get it from the first search that reads their files
-anyway (L{learn}). Records of expunged messages stay until they outnumber
+The cache is started by the first search that needs it (L{ready}), or
+when a folder that has one is opened: a folder nobody searches costs
+nothing. From then on new messages get their records appended (their
+heads read in a thread); messages without one (a new or damaged cache)
+get it from the first search that reads their files anyway (L{learn}). Records of expunged messages stay until they outnumber
 the live ones, then the file is rewritten without them. Every file access
 runs in a thread, one at a time per folder; the state below is changed on
 the reactor thread only. In memory: the set of UIDs with a good record
@@ -176,6 +176,14 @@ class HeaderCache:
             self._loaded.append(d)
         return d
 
+    def opened(self):
+        """
+        The folder is loaded: a cache some search made before is kept up
+        to date from now on (a folder without one waits for a search).
+        """
+        if self._loaded is None and os.path.exists(self.path):
+            self.ready()
+
     def added(self, uids):
         """New messages in the folder: their records are written (once the cache is started)."""
         if self._loaded is True:
@@ -230,7 +238,7 @@ class HeaderCache:
                 d.callback(None)
 
     def idle(self):
-        """A Deferred that fires when nothing is left to write (tests)."""
+        """A Deferred that fires when nothing is left to write."""
         if self._loaded is None:
             return defer.succeed(None)
         if self._loaded is not True:
