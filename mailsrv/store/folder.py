@@ -990,6 +990,7 @@ class Folder:
         """The folder was deleted: every session sees all messages expunged."""
         uids = sorted(self._entries)
         self._entries.clear()
+        self.headers.stop()  # its directory is being removed
         self._notify(None, [], uids, {})
 
 

@@ -152,7 +152,7 @@ class HeaderCache:
         self._idle = []
         self._identity = None  # (st_dev, st_ino) of the file this cache wrote or read
         self._lost = False  # a lookup found the file gone or replaced (set in a thread)
-        self._stopped = False  # a write failed: no more for this folder object
+        self._stopped = False  # no more writes for this folder object: see stop()
 
     @property
     def path(self):
@@ -198,6 +198,13 @@ class HeaderCache:
             self._queue.pop(uid, None)
         if self._loaded is True:
             self.kick()
+
+    def stop(self):
+        """
+        Write nothing more (the folder is deleted, or a write failed):
+        searches read the files of messages without a record.
+        """
+        self._stopped = True
 
     def learn(self, records):
         """
@@ -267,7 +274,7 @@ class HeaderCache:
         failure.trap(OSError)
         log.warn("{path}: cannot write the header cache: {error}", path=str(self.path),
                  error=failure.value)
-        self._stopped = True
+        self.stop()
         return None
 
     def _finished(self, result):
