@@ -537,7 +537,7 @@ class Mailbox:
                               for u in sorted(found.keys() | unknown)]
             else:
                 found, candidates = {}, enumerate(view, 1)
-            seqs, learned = [], []
+            seqs, records = [], folder.headers.records()
             for seq, u in candidates:
                 if u in pending:
                     continue
@@ -550,12 +550,12 @@ class Mailbox:
                     message.whole = matcher.reads_body
                     if fields is None and matcher.uses_fields:
                         message.fields = headerfields.parse(message.header_bytes())
-                        learned.append((u, entry.key, message.fields))
+                        records.add(u, entry.key, message.fields)
                     if matcher(seq, message):
                         seqs.append(seq)
                 except (KeyError, OSError):
                     continue  # expunged while the search ran
-            folder.headers.learn(learned)
+            records.flush()
             return seqs
 
         def searched(seqs):

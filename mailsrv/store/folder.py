@@ -387,7 +387,7 @@ class Folder:
         handed to the cache, written at its next C{kick}).
         """
         found, unknown = self.headers.lookup(uids)
-        learned = []
+        records = self.headers.records()
         for uid in sorted(unknown):
             try:
                 entry = self._entries[uid]
@@ -395,8 +395,8 @@ class Folder:
             except (KeyError, OSError):  # expunged meanwhile
                 continue
             found[uid] = fields
-            learned.append((uid, entry.key, fields))
-        self.headers.learn(learned)
+            records.add(uid, entry.key, fields)
+        records.flush()
         return found
 
     # Changing

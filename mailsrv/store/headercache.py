@@ -17,11 +17,12 @@ The cache is started by the first search that needs it (L{ready}), or
 when a folder that has one is opened: a folder nobody searches costs
 nothing. From then on new messages get their records appended (their
 heads read in a thread); messages without one (a new or damaged cache)
-get it from the first search that reads their files anyway (L{learn}). Records of expunged messages stay until they outnumber
-the live ones, then the file is rewritten without them. Every file access
-runs in a thread, one at a time per folder; the state below is changed on
-the reactor thread only. In memory: the set of UIDs with a good record
-(L{valid}), nothing per message else.
+get it from the first search that reads their files anyway (L{Records}).
+Records of expunged messages stay until they outnumber the live ones,
+then the file is rewritten without them. Every file access runs in a
+thread, one at a time per folder; the state below is changed on the
+reactor thread only. In memory: the set of UIDs with a good record
+(L{HeaderCache.valid}), nothing else per message.
 """
 
 import collections
@@ -143,8 +144,8 @@ class HeaderCache:
         self.valid = set()
         self._loaded = None  # None: not started; a list of waiters; True: loaded
         self._too_big = set()  # UIDs whose record says "read the file"
-        self._queue = {}  # uid -> Fields (learned) or None (head to read): to write
-        self._learned = collections.deque()  # (uid, key, Fields) from threads
+        self._arrived = set()  # UIDs whose records the writer makes (reads their heads)
+        self._learned = collections.deque()  # chunks of Records made by threads
         self._lines = 0  # record lines in the file
         self._whole = 0  # bytes of whole lines in the file (after: a torn write)
         self._rewrite = True  # the next write is a new file (none yet, damaged, old)
@@ -187,15 +188,14 @@ class HeaderCache:
     def added(self, uids):
         """New messages in the folder: their records are written (once the cache is started)."""
         if self._loaded is True:
-            self._queue.update(dict.fromkeys(uids))
+            self._arrived.update(uids)
             self.kick()
 
     def removed(self, uids):
         """Messages gone: their records are dropped at the next rewrite."""
         self.valid.difference_update(uids)
         self._too_big.difference_update(uids)
-        for uid in uids:
-            self._queue.pop(uid, None)
+        self._arrived.difference_update(uids)
         if self._loaded is True:
             self.kick()
 
@@ -206,39 +206,35 @@ class HeaderCache:
         """
         self._stopped = True
 
-    def learn(self, records):
+    def records(self):
         """
-        C{(uid, key, Fields)} a thread parsed from message files: written
-        at the next L{kick} where the cache lacks them. Safe from any thread.
+        A L{Records} for a thread that reads message files the cache
+        lacks: what it learns is written at the next L{kick}.
         """
-        if self._loaded is not None:  # else nobody searches: no cache
-            self._learned.extend(records)
+        return Records(self._learned if self._loaded is not None else None)
 
     def kick(self):
         """Start the next write the cache needs, if none is under way."""
         if self._running or self._loaded is not True:
             return
         if self._stopped:
-            self._queue.clear()
+            self._arrived.clear()
             self._learned.clear()
         if self._lost:  # the file holds none of the records it had
             self._lost, self._rewrite = False, True
             self.valid.clear()
             self._too_big.clear()
-        while self._learned:
-            uid, key, fields = self._learned.popleft()
-            entry = self.folder.entry(uid)
-            if (entry is not None and entry.key == key and uid not in self.valid
-                    and uid not in self._too_big):
-                self._queue[uid] = fields
+        self._arrived -= self.valid
         dead = self._lines - len(self.valid) - len(self._too_big)
         if not self._stopped and (self._rewrite or dead > max(self.COMPACT_AFTER,
                                                               len(self.folder))):
             self._task(self._rewritten, self._write_file, frozenset(self.valid),
                        frozenset(self._too_big), self.folder.uidvalidity)
-        elif self._queue:
-            batch = dict(self._queue.popitem() for _ in range(min(BATCH, len(self._queue))))
-            self._task(self._appended, self._append, batch)
+        elif self._learned or self._arrived:
+            chunks = [self._learned.popleft() for _ in range(len(self._learned))]
+            arrived = sorted(self._arrived)[:BATCH]
+            self._arrived.difference_update(arrived)
+            self._task(self._appended, self._append, chunks, arrived)
         if not self._running:
             waiting, self._idle = self._idle, []
             for d in waiting:
@@ -250,7 +246,7 @@ class HeaderCache:
             return defer.succeed(None)
         if self._loaded is not True:
             return self.ready().addCallback(lambda _: self.idle())
-        if not (self._running or self._queue or self._learned or self._lost):
+        if not (self._running or self._arrived or self._learned or self._lost):
             return defer.succeed(None)
         d = defer.Deferred()
         self._idle.append(d)
@@ -386,27 +382,25 @@ class HeaderCache:
             raise
         return kept, len(new), identity
 
-    def _append(self, batch):
+    def _append(self, chunks, arrived):
         """
-        Write the records of C{batch} (uid -> Fields, or L{None}: read its
-        head now) after the file's whole lines (cutting off a torn write).
+        Write the learned C{chunks} and the records of the messages
+        C{arrived} (their heads read now) after the file's whole lines
+        (cutting off a torn write).
 
         @return: C{(valid uids, too-big uids, bytes, lines)} written.
         """
-        lines, valid, too_big = [], [], []
-        for uid, fields in sorted(batch.items()):
+        records = Records(chunks)
+        for uid in arrived:
             entry = self.folder.entry(uid)
-            if entry is None:
+            try:
+                records.add(uid, entry.key, headerfields.parse(self.folder.read_header(uid)))
+            except (AttributeError, KeyError, OSError):  # expunged meanwhile
                 continue
-            if fields is None:
-                try:
-                    fields = headerfields.parse(self.folder.read_header(uid))
-                except (KeyError, OSError):  # expunged meanwhile
-                    continue
-            line = encode(uid, entry.key, fields)
-            lines.append(line)
-            (too_big if line.count(b"\t") == 2 else valid).append(uid)
-        data = b"".join(lines)
+        records.flush()
+        valid = [uid for chunk in chunks for uid in chunk[0]]
+        too_big = [uid for chunk in chunks for uid in chunk[1]]
+        data = b"".join(chunk[2] for chunk in chunks)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)  # never a file without header
         except FileNotFoundError:  # removed behind our back: a new one, learned again
@@ -418,7 +412,7 @@ class HeaderCache:
             write_all(fd, data)
         finally:
             os.close(fd)
-        return valid, too_big, len(data), len(lines)
+        return valid, too_big, len(data), len(valid) + len(too_big)
 
     def lookup(self, uids, narrow=()):
         """
@@ -475,6 +469,32 @@ class HeaderCache:
             else:
                 unknown.add(uid)
         return found, unknown
+
+
+class Records:
+    """
+    Records made in a thread, handed over in chunks of L{BATCH} (one
+    bytes object each, not a Fields per message: a search that reads
+    50,000 files would hold 35 MB of them).
+    """
+
+    def __init__(self, chunks):
+        self._chunks = chunks  # where chunk() goes (a deque or list), or None: dropped
+        self._lines, self._valid, self._too_big = [], [], []
+
+    def add(self, uid, key, fields):
+        """The record of message C{uid} (file C{key}) holding C{fields}."""
+        line = encode(uid, key, fields)
+        (self._too_big if line.count(b"\t") == 2 else self._valid).append(uid)
+        self._lines.append(line)
+        if len(self._lines) >= BATCH:
+            self.flush()
+
+    def flush(self):
+        """Hand over what was added: C{(valid uids, too-big uids, lines)}."""
+        if self._lines and self._chunks is not None:
+            self._chunks.append((self._valid, self._too_big, b"".join(self._lines)))
+        self._lines, self._valid, self._too_big = [], [], []
 
 
 def _header(uidvalidity):
