@@ -361,7 +361,7 @@ class BehaviourTests(CacheTestCase):
         self.patch(folder_module.Folder, "open",
                    lambda f, uid: opens.append(uid) or real_open(f, uid))
         self.patch(folder_module.Folder, "read_start",
-                   lambda f, uid, size: opens.append(uid) or real_start(f, uid, size))
+                   lambda f, uid, *rest: opens.append(uid) or real_start(f, uid, *rest))
         query = [b"BODY", b"body", b"TEXT", b"needle", b"HEADER", b"X-Tag", b"",
                  b"NOT", b"BODY", b"zzz"]
         self.assertEqual(self.search(folder, query), [])

@@ -538,23 +538,22 @@ class Mailbox:
             else:
                 found, candidates = {}, enumerate(view, 1)
             seqs, records = [], folder.headers.records()
-            for seq, u in candidates:
-                if u in pending:
-                    continue
-                entry = folder.entry(u)  # before any read: the file the cache names
-                if entry is None:
-                    continue  # expunged while the search ran
-                fields = found.get(u)
-                try:
-                    message = _Searched(folder, u, u in recent, fields)
-                    message.whole = matcher.reads_body
-                    if fields is None and matcher.uses_fields:
-                        message.fields = headerfields.parse(message.header_bytes())
-                        records.add(u, entry.key, message.fields)
-                    if matcher(seq, message):
-                        seqs.append(seq)
-                except (KeyError, OSError):
-                    continue  # expunged while the search ran
+            with folder.cur_directory() as cur:
+                for seq, u in candidates:
+                    entry = folder.entry(u)  # before any read: the file the cache names
+                    if entry is None or u in pending:
+                        continue  # expunged (maybe while the search ran)
+                    fields = found.get(u)
+                    try:
+                        message = _Searched(folder, u, u in recent, fields, cur)
+                        message.whole = matcher.reads_body
+                        if fields is None and matcher.uses_fields:
+                            message.fields = headerfields.parse(message.header_bytes())
+                            records.add(u, entry.key, message.fields)
+                        if matcher(seq, message):
+                            seqs.append(seq)
+                    except (KeyError, OSError):
+                        continue  # expunged while the search ran
             records.flush()
             return seqs
 
@@ -604,6 +603,8 @@ class Message:
     (L{mailsrv.imap.mime}).
     """
 
+    cur = None  # a descriptor of the folder's cur/ to read the header in (SEARCH)
+
     def __init__(self, folder, info, recent=False, fields=None):
         self.folder = folder
         self.info = info
@@ -640,7 +641,7 @@ class Message:
             if self.whole:
                 self.body_bytes()
             else:
-                self._header = self.folder.read_header(self.getUID())
+                self._header = self.folder.read_header(self.getUID(), self.cur)
         return self._header
 
     def body_bytes(self):
@@ -710,10 +711,11 @@ class _Searched(Message):
     key needs it (flags, size, dates), as most searches are on fields.
     """
 
-    def __init__(self, folder, uid, recent, fields):
+    def __init__(self, folder, uid, recent, fields, cur):
         super().__init__(folder, None, recent, fields)
         del self.info  # made by the property when first asked
         self.uid = uid
+        self.cur = cur
 
     def getUID(self):
         return self.uid

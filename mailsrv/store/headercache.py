@@ -391,12 +391,14 @@ class HeaderCache:
         @return: C{(valid uids, too-big uids, bytes, lines)} written.
         """
         records = Records(chunks)
-        for uid in arrived:
-            entry = self.folder.entry(uid)
-            try:
-                records.add(uid, entry.key, headerfields.parse(self.folder.read_header(uid)))
-            except (AttributeError, KeyError, OSError):  # expunged meanwhile
-                continue
+        with self.folder.cur_directory() as cur:
+            for uid in arrived:
+                entry = self.folder.entry(uid)
+                try:
+                    fields = headerfields.parse(self.folder.read_header(uid, cur))
+                except (KeyError, OSError):  # expunged meanwhile
+                    continue
+                records.add(uid, entry.key, fields)
         records.flush()
         valid = [uid for chunk in chunks for uid in chunk[0]]
         too_big = [uid for chunk in chunks for uid in chunk[1]]

@@ -70,11 +70,12 @@ def parse(header):
     for name, raw in _FIELD.findall(header):
         attribute = _ATTRIBUTES.get(name.lower())
         if attribute is not None:
-            found.setdefault(attribute, []).append(field_value(raw))
-    values = {attribute: "\n".join(v) for attribute, v in found.items()}
+            value = field_value(raw)
+            found[attribute] = found[attribute] + "\n" + value if attribute in found else value
     date_text = found.get("date_text")
-    values["date"] = _epoch(date_text[0]) if date_text else None
-    return Fields(**values)
+    if date_text is not None:  # the first Date field's
+        found["date"] = _epoch(date_text.partition("\n")[0])
+    return Fields(**found)
 
 
 def header_end(data):
