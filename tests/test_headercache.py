@@ -169,6 +169,14 @@ class AgreementTests(CacheTestCase):
         self.assertLessEqual(len(line), headercache.MAX_RECORD)
 
 
+    def test_damaged_record_is_an_error(self):
+        empty = b"\t\\N" * len(headercache.COLUMNS)
+        headercache.decode(b"7\tkey" + empty)
+        for damaged in (b"7\tkey\\x" + empty, b"7\tkey" + empty[2:], b"x\tkey" + empty,
+                        b"7\tkey" + empty[:-3] + b"\tnot a number"):
+            self.assertRaises(ValueError, headercache.decode, damaged)
+
+
 SUBJECTS = [b"Subject: needle one\r\n\r\nbody\r\n", b"Subject: other\r\n\r\nbody\r\n",
             b"Subject: needle two\r\n\r\nbody\r\n"]
 

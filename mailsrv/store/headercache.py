@@ -51,9 +51,8 @@ BATCH = 1000
 _LOWERS_TO = {b"k": "\u212a".encode(), b"i": "\u0130".encode()}
 # Characters a search needle may not hold to be looked for in the raw file.
 _ESCAPED = frozenset("\\\t\n\r")
-_UNESCAPE = re.compile(rb"\\(.)")
-_UNESCAPED = {b"\\": b"\\", b"t": b"\t", b"n": b"\n"}
-_NONE = b"\\N"
+_UNESCAPE = re.compile(r"\\(.)")
+_UNESCAPED = {"\\": "\\", "t": "\t", "n": "\n"}
 _TOO_BIG = b"!"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
 
@@ -76,10 +75,17 @@ def _escape(text):
     return text
 
 
-def _unescape(data):
-    if b"\\" in data:
-        data = _UNESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], data)
-    return data.decode("utf-8", "surrogateescape")
+def _unescape(text):
+    if "\\" in text:
+        return _UNESCAPE.sub(_unescaped, text)
+    return text
+
+
+def _unescaped(match):
+    try:
+        return _UNESCAPED[match.group(1)]
+    except KeyError:
+        raise ValueError("damaged record") from None
 
 
 def encode(uid, key, fields):
@@ -102,15 +108,16 @@ def decode(line):
 
     @raise ValueError: not a record of this format.
     """
-    parts = line.split(b"\t")
+    # (decoded whole: a tab ends any UTF-8 sequence)
+    parts = line.decode("utf-8", "surrogateescape").split("\t")
     uid, key = int(parts[0]), _unescape(parts[1])
-    if len(parts) == 3 and parts[2] == _TOO_BIG:
+    if len(parts) == 3 and parts[2] == "!":
         return uid, key, None
     if len(parts) != len(COLUMNS) + 2:
         raise ValueError("wrong number of columns")
-    values = [None if part == _NONE else int(part) if is_int else _unescape(part)
-              for part, (_, is_int) in zip(parts[2:], COLUMNS)]
-    return uid, key, headerfields.Fields(*values)
+    return uid, key, headerfields.Fields._make([
+        None if part == "\\N" else int(part) if is_int else _unescape(part)
+        for part, (_, is_int) in zip(parts[2:], COLUMNS)])
 
 
 def needle_pieces(text, pieces):
