@@ -343,6 +343,8 @@ class BehaviourTests(CacheTestCase):
         self.assertEqual(self.search(folder, [b"SUBJECT", b"needle"]), [1, 3, 4])
         self.assertEqual(self.search(folder, [b"HEADER", b"references", b"<a@b> <a@b>"]),
                          [4])
+        result(folder.headers.idle())
+        self.assertEqual(len(self.records(folder)), 4)  # its file read again, not recorded
 
     def test_full_disk_leaves_searches_to_the_files(self):
         folder = self.built()

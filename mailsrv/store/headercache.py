@@ -218,7 +218,7 @@ class HeaderCache:
         A L{Records} for a thread that reads message files the cache
         lacks: what it learns is written at the next L{kick}.
         """
-        return Records(self._learned if self._loaded is not None else None)
+        return Records(self._learned if self._loaded is not None else None, self._too_big)
 
     def kick(self):
         """Start the next write the cache needs, if none is under way."""
@@ -487,12 +487,15 @@ class Records:
     50,000 files would hold 35 MB of them).
     """
 
-    def __init__(self, chunks):
-        self._chunks = chunks  # where chunk() goes (a deque or list), or None: dropped
+    def __init__(self, chunks, kept=frozenset()):
+        self._chunks = chunks  # where flush() puts them (a deque or list), or None: dropped
+        self._kept = kept  # UIDs the file has a record for already (too big ones)
         self._lines, self._valid, self._too_big = [], [], []
 
     def add(self, uid, key, fields):
         """The record of message C{uid} (file C{key}) holding C{fields}."""
+        if uid in self._kept:
+            return
         line = encode(uid, key, fields)
         (self._too_big if line.count(b"\t") == 2 else self._valid).append(uid)
         self._lines.append(line)
