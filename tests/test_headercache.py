@@ -401,3 +401,16 @@ class DateTests(unittest.TestCase):
         text = (f"{weekday}{day} {month} {year:04d} {hour:02d}:{minute:02d}:{second:02d} "
                 f"{sign}{zone:04d}")
         self.assertEqual(headerfields._epoch(text), headerfields._parsed_epoch(text))
+
+
+class HeaderEndTests(unittest.TestCase):
+    @given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b"\r\n"]), max_size=12).map(b"".join))
+    @examples(500)
+    def test_first_empty_line(self, data):
+        """Where the first empty line (CRLF or bare LF) ends."""
+        ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+        if data[:1] == b"\n" or data[:2] == b"\r\n":
+            expected = 1 if data[:1] == b"\n" else 2
+        else:
+            expected = min(ends) if ends else None
+        self.assertEqual(headerfields.header_end(data), expected)

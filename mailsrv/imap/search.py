@@ -67,6 +67,8 @@ def compile_search(query, last_seq, last_uid):
     tests = []
     while tokens:
         tests.append(_one(tokens, last_seq, last_uid, state))
+    if len(tests) == 1:  # (the usual case: SEARCH tests every message)
+        return _Matcher(tests[0], state)
     return _Matcher(lambda s, m: all(t(s, m) for t in tests), state)
 
 

@@ -92,9 +92,8 @@ def encode(uid, key, fields):
     """A record line (bytes, with its newline) for C{fields} of message C{uid}, C{key}."""
     key = _escape(key)
     parts = [str(uid), key]
-    for value in fields:
-        parts.append("\\N" if value is None else _escape(value) if value.__class__ is str
-                     else str(value))
+    parts += ["\\N" if value is None else _escape(value) if value.__class__ is str
+              else str(value) for value in fields]
     line = "\t".join(parts).encode("utf-8", "surrogateescape") + b"\n"
     if len(line) > MAX_RECORD:
         return f"{uid}\t{key}\t!\n".encode("utf-8", "surrogateescape")

@@ -80,10 +80,17 @@ def parse(header):
 
 def header_end(data):
     """Where the header block in C{data} ends (after its empty line), or L{None}."""
-    if data[:1] == b"\n" or data[:2] == b"\r\n":
-        return 1 if data[:1] == b"\n" else 2
-    ends = [i + len(sep) for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
-    return min(ends) if ends else None
+    if data.startswith(b"\n"):
+        return 1
+    if data.startswith(b"\r\n"):
+        return 2
+    crlf = data.find(b"\n\r\n")
+    # a bare LF empty line counts if it comes first: look no further (the
+    # whole of a CRLF message otherwise)
+    lf = data.find(b"\n\n", 0, len(data) if crlf < 0 else crlf + 1)
+    if lf >= 0:
+        return lf + 2
+    return None if crlf < 0 else crlf + 3
 
 
 # Date as nearly every message writes it (RFC 5322 3.3): read without the
