@@ -533,8 +533,11 @@ class Mailbox:
             if matcher.uses_fields:
                 # the others are ruled out by the cache
                 found, unknown = folder.headers.lookup(view, matcher.narrow)
-                candidates = [(bisect.bisect_left(view, u) + 1, u)
-                              for u in sorted(found.keys() | unknown)]
+                wanted = found.keys() | unknown
+                if len(wanted) * 8 < len(view):  # a few: found by bisecting
+                    candidates = [(bisect.bisect_left(view, u) + 1, u) for u in sorted(wanted)]
+                else:
+                    candidates = [(seq, u) for seq, u in enumerate(view, 1) if u in wanted]
             else:
                 found, candidates = {}, enumerate(view, 1)
             seqs, records = [], folder.headers.records()
@@ -546,7 +549,8 @@ class Mailbox:
                     fields = found.get(u)
                     try:
                         message = _Searched(folder, u, u in recent, fields, cur)
-                        message.whole = matcher.reads_body
+                        if matcher.reads_body:
+                            message.whole = True
                         if fields is None and matcher.uses_fields:
                             message.fields = headerfields.parse(message.header_bytes())
                             records.add(u, entry.key, message.fields)
@@ -604,6 +608,7 @@ class Message:
     """
 
     cur = None  # a descriptor of the folder's cur/ to read the header in (SEARCH)
+    whole = False  # read the whole file at once (SEARCH BODY or TEXT)
 
     def __init__(self, folder, info, recent=False, fields=None):
         self.folder = folder
@@ -611,7 +616,6 @@ class Message:
         self.recent = recent  # \\Recent in the session that fetches it
         # the headerfields.Fields of the header cache (SEARCH), or None
         self.fields = fields
-        self.whole = False  # read the whole file at once (SEARCH BODY or TEXT)
         self._header = None
         self._body = None
         self._data = None
@@ -712,10 +716,10 @@ class _Searched(Message):
     """
 
     def __init__(self, folder, uid, recent, fields, cur):
-        super().__init__(folder, None, recent, fields)
-        del self.info  # made by the property when first asked
-        self.uid = uid
-        self.cur = cur
+        # (not Message's: there is one per message searched, and no info)
+        self.folder, self.uid, self.recent, self.fields, self.cur = (
+            folder, uid, recent, fields, cur)
+        self._header = self._body = self._data = self._tree = None
 
     def getUID(self):
         return self.uid
