@@ -289,9 +289,8 @@ class HeaderCache:
         waiting, self._loaded = self._loaded, True
         if read is not None:
             valid, too_big, self._lines, self._whole, self._rewrite, self._identity = read
-            live = self.folder.entry
-            self.valid = {uid for uid in valid if live(uid) is not None}
-            self._too_big = {uid for uid in too_big if live(uid) is not None}
+            self.valid = set(self.folder.present(valid))
+            self._too_big = set(self.folder.present(too_big))
         for d in waiting:
             d.callback(None)
         self.kick()
@@ -301,9 +300,8 @@ class HeaderCache:
             valid, too_big, size, lines = written
             self._whole += size
             self._lines += lines
-            live = self.folder.entry
-            self.valid.update(uid for uid in valid if live(uid) is not None)
-            self._too_big.update(uid for uid in too_big if live(uid) is not None)
+            self.valid.update(self.folder.present(valid))
+            self._too_big.update(self.folder.present(too_big))
 
     def _rewritten(self, written):
         if written is not None:
@@ -408,7 +406,6 @@ class HeaderCache:
         records.flush()
         valid = [uid for chunk in chunks for uid in chunk[0]]
         too_big = [uid for chunk in chunks for uid in chunk[1]]
-        data = b"".join(chunk[2] for chunk in chunks)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)  # never a file without header
         except FileNotFoundError:  # removed behind our back: a new one, learned again
@@ -417,10 +414,12 @@ class HeaderCache:
         try:
             if os.fstat(fd).st_size > self._whole:
                 os.ftruncate(fd, self._whole)
-            write_all(fd, data)
+            for chunk in chunks:
+                write_all(fd, chunk[2])
         finally:
             os.close(fd)
-        return valid, too_big, len(data), len(valid) + len(too_big)
+        return (valid, too_big, sum(len(chunk[2]) for chunk in chunks),
+                len(valid) + len(too_big))
 
     def lookup(self, uids, narrow=()):
         """
