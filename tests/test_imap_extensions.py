@@ -165,7 +165,7 @@ class SpecialUseTests(IMAPTestCase):
         c.cmd(b"u UNSUBSCRIBE Sent")
         self.client().login()
         self.assertEqual(self.store.subscriptions(ALICE),
-                         ["INBOX", "Drafts", "Junk", "Trash"])
+                         ["INBOX", "Drafts", "Trash", "Junk"])
 
 
 class KeywordTests(IMAPTestCase):

@@ -327,6 +327,8 @@ class FolderManagementTests(StoreTestCase):
         d = store.delete_folder(ALICE, "Old/2024")
         self.assertEqual(listener.events, [("expunged", [1])])
         self.assertEqual(store.folders(ALICE), ["INBOX", "Old"])
+        # RFC 3501 6.3.6: a deleted folder's name stays subscribed
+        self.assertEqual(store.subscriptions(ALICE), ["INBOX", "Old/2024"])
 
         def gone(_):
             inbox = store.maildir(ALICE)

@@ -1137,7 +1137,8 @@ class MailStore:
     def delete_folder(self, user, name):
         """
         Delete a folder and its messages. The directory is renamed out of
-        sight at once and removed in a thread.
+        sight at once and removed in a thread. A subscription stays (RFC
+        3501 6.3.6: the server never removes a name from the list).
 
         @raise NoSuchFolder: it does not exist.
         @raise FolderError: it is INBOX or has subfolders.
@@ -1157,11 +1158,6 @@ class MailStore:
         self._recent.pop((user, name), None)
         if folder is not None:
             folder._forget()
-        try:
-            self.unsubscribe(user, name)
-        except OSError as e:  # the folder is gone all the same; LSUB may list it
-            log.error("{user}: cannot unsubscribe deleted folder {name}: {error}",
-                      user=user, name=name, error=e)
         return threads.deferToThread(shutil.rmtree, trash, True)
 
     def rename_folder(self, user, old, new):
