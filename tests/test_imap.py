@@ -35,7 +35,8 @@ ALICE = "alice@example.test"
 PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
 EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
-              b" MULTIAPPEND BINARY CATENATE")
+              b" MULTIAPPEND BINARY CATENATE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS"
+              b" STATUS=SIZE APPENDLIMIT=36700160")
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
     b"To: Alice <alice@example.test>\r\n"
@@ -679,15 +680,18 @@ class MailboxCommandTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"a CREATE Archive/2024"), b"a OK Mailbox created\r\n")
         self.assertEqual(c.cmd(b"a CREATE Archive"), b"a NO Mailbox named Archive already exists\r\n")
         self.assertEqual(c.cmd(b'l LIST "" "A*"'),
-                         b'* LIST () "/" "Archive"\r\n'
-                         b'* LIST () "/" "Archive/2024"\r\nl OK LIST completed\r\n')
+                         b'* LIST (\\HasChildren) "/" "Archive"\r\n'
+                         b'* LIST (\\HasNoChildren) "/" "Archive/2024"\r\nl OK LIST completed\r\n')
         self.assertEqual(c.cmd(b'l LIST "" ""'),
                          b'* LIST (\\Noselect) "/" ""\r\nl OK LIST completed\r\n')
         self.assertEqual(c.cmd(b"r RENAME Archive Old"), b"r OK Mailbox renamed\r\n")
         self.assertEqual(c.cmd(b'l LIST "" "%"'),
-                         b'* LIST () "/" "INBOX"\r\n* LIST (\\Drafts) "/" "Drafts"\r\n'
-                         b'* LIST (\\Junk) "/" "Junk"\r\n* LIST () "/" "Old"\r\n'
-                         b'* LIST (\\Sent) "/" "Sent"\r\n* LIST (\\Trash) "/" "Trash"\r\n'
+                         b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+                         b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+                         b'* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
+                         b'* LIST (\\HasChildren) "/" "Old"\r\n'
+                         b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+                         b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\n'
                          b'l OK LIST completed\r\n')
         self.assertEqual(c.cmd(b"d DELETE Old"),
                          b"d NO folder Old has subfolders; delete them first\r\n")
@@ -1316,7 +1320,7 @@ class ComplianceTests(IMAPTestCase):
         # a bare "&" is itself, in the reference too
         for arguments in (b'"" &-*', b'"" &x', b'"&" "*"'):
             self.assertEqual(c.cmd(b"l LIST " + arguments),
-                             b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n', arguments)
+                             b'* LIST (\\HasNoChildren) "/" "&-x"\r\nl OK LIST completed\r\n', arguments)
         self.assertEqual(c.cmd(b'l LIST "" "\xc3\xa9"'),
                          b"l NO Mailbox name is not valid mUTF-7\r\n")
 

@@ -15,7 +15,7 @@ from mailsrv.imap.syntax import (
     take_modseq_item,
 )
 from mailsrv.store.folder import MailStore
-from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase
+from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver
 from tests.test_imap_append import BinaryTests, CatenateTests, MultiAppendTests
 from tests.helpers import opened
 
@@ -154,9 +154,11 @@ class SpecialUseTests(IMAPTestCase):
         c.login()
         self.assertEqual(
             c.cmd(b'l LIST "" "*"'),
-            b'* LIST () "/" "INBOX"\r\n* LIST (\\Drafts) "/" "Drafts"\r\n'
-            b'* LIST (\\Junk) "/" "Junk"\r\n* LIST (\\Sent) "/" "Sent"\r\n'
-            b'* LIST (\\Trash) "/" "Trash"\r\nl OK LIST completed\r\n',
+            b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+            b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+            b'* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
+            b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+            b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\nl OK LIST completed\r\n',
         )
         self.assertEqual(self.store.subscriptions(ALICE),
                          ["INBOX", "Drafts", "Sent", "Trash", "Junk"])
@@ -243,7 +245,7 @@ class CondstoreTests(IMAPTestCase):
                          b"* SEARCH 1 (MODSEQ 4)\r\nu OK SEARCH completed\r\n")
         self.assertEqual(c.cmd(b"n SEARCH MODSEQ 5"), b"* SEARCH\r\nn OK SEARCH completed\r\n")
         self.assertEqual(c.cmd(b"t STATUS INBOX (HIGHESTMODSEQ MESSAGES)"),
-                         b"* STATUS INBOX (HIGHESTMODSEQ 4 MESSAGES 3)\r\nt OK STATUS complete\r\n")
+                         b'* STATUS "INBOX" (HIGHESTMODSEQ 4 MESSAGES 3)\r\nt OK STATUS complete\r\n')
 
     def test_enabled_sessions_hear_modseq_of_others_changes(self):
         a = self.selected(MESSAGE)
@@ -263,6 +265,287 @@ class CondstoreTests(IMAPTestCase):
                          b"* 1 FETCH (FLAGS (\\Seen))\r\nf OK FETCH completed\r\n")
         self.assertEqual(c.cmd(b"b SELECT INBOX (QRESYNC)"),
                          b"b BAD Unknown SELECT parameter\r\n")
+
+
+def rfc5258_folders(store):
+    """
+    RFC 5258 section 5's mailboxes: Fruit, Fruit/Apple, Fruit/Banana, Tofu,
+    Vegetable, Vegetable/Broccoli, Vegetable/Corn; subscribed Fruit/Banana,
+    Fruit/Peach (which does not exist), Vegetable, Vegetable/Broccoli.
+    """
+    for name in ("Fruit/Apple", "Fruit/Banana", "Tofu", "Vegetable/Broccoli", "Vegetable/Corn"):
+        store.create_folder(ALICE, name)
+    for name in ("Fruit/Banana", "Fruit/Peach", "Vegetable", "Vegetable/Broccoli"):
+        store.subscribe(ALICE, name)
+
+
+class ListExtendedTests(IMAPTestCase):
+    """RFC 5258 (section 5's examples), with RFC 6154's SPECIAL-USE options."""
+
+    def setUp(self):
+        super().setUp()
+        self.c = self.client()
+        self.c.login()
+        rfc5258_folders(self.store)
+
+    def test_plain_list(self):
+        self.assertEqual(
+            self.c.cmd(b'A01 LIST "" "*"'),
+            b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+            b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+            b'* LIST (\\HasChildren) "/" "Fruit"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Fruit/Apple"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Fruit/Banana"\r\n'
+            b'* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
+            b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Tofu"\r\n'
+            b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\n'
+            b'* LIST (\\HasChildren) "/" "Vegetable"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Vegetable/Broccoli"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Vegetable/Corn"\r\n'
+            b'A01 OK LIST completed\r\n')
+
+    def test_subscribed_lists_names_that_do_not_exist(self):
+        self.assertEqual(
+            self.c.cmd(b'A02 LIST (SUBSCRIBED) "" "*"'),
+            b'* LIST (\\Subscribed \\HasNoChildren) "/" "INBOX"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren) "/" "Fruit/Banana"\r\n'
+            b'* LIST (\\NonExistent \\Subscribed \\HasNoChildren) "/" "Fruit/Peach"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Junk) "/" "Junk"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Sent) "/" "Sent"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Trash) "/" "Trash"\r\n'
+            b'* LIST (\\Subscribed \\HasChildren) "/" "Vegetable"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren) "/" "Vegetable/Broccoli"\r\n'
+            b'A02 OK LIST completed\r\n')
+
+    def test_children_and_subscribed_return_options(self):
+        self.assertEqual(
+            self.c.cmd(b'A03 LIST () "" "%" RETURN (CHILDREN subscribed)'),
+            b'* LIST (\\Subscribed \\HasNoChildren) "/" "INBOX"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+            b'* LIST (\\HasChildren) "/" "Fruit"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Junk) "/" "Junk"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Sent) "/" "Sent"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Tofu"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren \\Trash) "/" "Trash"\r\n'
+            b'* LIST (\\Subscribed \\HasChildren) "/" "Vegetable"\r\n'
+            b'A03 OK LIST completed\r\n')
+
+    def test_recursivematch_childinfo(self):
+        """A parent is listed for a subscribed child no pattern matches."""
+        self.assertEqual(
+            self.c.cmd(b'A04 LIST (SUBSCRIBED RECURSIVEMATCH) "" ("Fruit" "Tofu" "Vegetable")'),
+            b'* LIST (\\HasChildren) "/" "Fruit" ("CHILDINFO" ("SUBSCRIBED"))\r\n'
+            b'* LIST (\\Subscribed \\HasChildren) "/" "Vegetable" ("CHILDINFO" ("SUBSCRIBED"))\r\n'
+            b'A04 OK LIST completed\r\n')
+        # a child the patterns match is listed itself: no CHILDINFO
+        self.assertEqual(
+            self.c.cmd(b'A05 LIST (SUBSCRIBED RECURSIVEMATCH) "" "Fruit*"'),
+            b'* LIST (\\Subscribed \\HasNoChildren) "/" "Fruit/Banana"\r\n'
+            b'* LIST (\\NonExistent \\Subscribed \\HasNoChildren) "/" "Fruit/Peach"\r\n'
+            b'A05 OK LIST completed\r\n')
+
+    def test_several_patterns_each_name_once(self):
+        self.assertEqual(
+            self.c.cmd(b'A06 LIST "" ("INBOX" "Fruit/*" "*/Banana" Tofu)'),
+            b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Fruit/Apple"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Fruit/Banana"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "Tofu"\r\n'
+            b'A06 OK LIST completed\r\n')
+
+    def test_special_use_options(self):
+        """RFC 6154 section 3."""
+        self.assertEqual(
+            self.c.cmd(b'A07 LIST (SPECIAL-USE) "" "*"'),
+            b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+            b'* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
+            b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+            b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\n'
+            b'A07 OK LIST completed\r\n')
+        self.assertEqual(
+            self.c.cmd(b'A08 LIST "" "S%" RETURN (SPECIAL-USE)'),
+            b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\nA08 OK LIST completed\r\n')
+
+    def test_empty_pattern(self):
+        """Only a plain LIST asks for the delimiter with "" (RFC 5258 3)."""
+        self.assertEqual(self.c.cmd(b'A09 LIST "" ""'),
+                         b'* LIST (\\Noselect) "/" ""\r\nA09 OK LIST completed\r\n')
+        self.assertEqual(self.c.cmd(b'A10 LIST () "" ""'), b"A10 OK LIST completed\r\n")
+        self.assertEqual(self.c.cmd(b'A11 LIST "" ("")'), b"A11 OK LIST completed\r\n")
+
+    def test_parent_made_by_another_program(self):
+        """A folder whose parent does not exist: the parent where % stops."""
+        (self.store.maildir(ALICE) / ".Lost.Found" / "cur").mkdir(parents=True)
+        self.assertEqual(self.c.cmd(b'B1 LIST "" "L%"'),
+                         b'* LIST (\\Noselect \\HasChildren) "/" "Lost"\r\n'
+                         b'B1 OK LIST completed\r\n')
+        self.assertEqual(self.c.cmd(b'B2 LIST "" "L*" RETURN (CHILDREN)'),
+                         b'* LIST (\\HasNoChildren) "/" "Lost/Found"\r\n'
+                         b'B2 OK LIST completed\r\n')
+        self.assertEqual(self.c.cmd(b'B3 LIST () "" "Lost"'),
+                         b'* LIST (\\NonExistent \\HasChildren) "/" "Lost"\r\n'
+                         b'B3 OK LIST completed\r\n')
+
+    def test_bad_options(self):
+        for line, why in [
+            (b'LIST (RECURSIVEMATCH) "" "%"', b"RECURSIVEMATCH needs another selection "
+                                              b"option than REMOTE"),
+            (b'LIST (REMOTE RECURSIVEMATCH) "" "%"', b"RECURSIVEMATCH needs another "
+                                                     b"selection option than REMOTE"),
+            (b'LIST (imaptest) "" ""', b"Unknown LIST selection option IMAPTEST"),
+            (b'LIST "" "" RETURN (imaptest)', b"Unknown LIST return option IMAPTEST"),
+            (b'LIST "" % RETURN (STATUS)', b"Expected STATUS (items)"),
+            (b'LIST "" % RETURN (STATUS (MESSAGES FOO))', b"Unknown STATUS item FOO"),
+            (b'LIST "" % RETURN (STATUS ())', b"Expected STATUS items"),
+            (b'LIST "" % RETURN CHILDREN', b"Expected RETURN (options)"),
+            (b'LIST "" % FOO (CHILDREN)', b"Expected RETURN (options)"),
+            (b'LIST ((SUBSCRIBED)) "" %', b"Unexpected list in selection options"),
+            (b'LIST "" ("a" (b))', b"Expected mailbox patterns"),
+            (b'LIST "" ()', b"Expected mailbox patterns"),
+            (b'LIST "" ("a"', b"Mismatched parenthesis"),
+        ]:
+            self.assertEqual(self.c.cmd(b"x " + line), b"x BAD Syntax error: " + why + b"\r\n",
+                             line)
+
+    def test_remote_and_repeated_options_are_harmless(self):
+        self.assertEqual(
+            self.c.cmd(b'A12 LIST (REMOTE subscribed SUBSCRIBED) "" "Veg*" '
+                       b'RETURN (CHILDREN CHILDREN)'),
+            b'* LIST (\\Subscribed \\HasChildren) "/" "Vegetable"\r\n'
+            b'* LIST (\\Subscribed \\HasNoChildren) "/" "Vegetable/Broccoli"\r\n'
+            b'A12 OK LIST completed\r\n')
+
+
+class ChildrenTests(IMAPTestCase):
+    """RFC 3348: \\HasChildren and \\HasNoChildren in every LIST response."""
+
+    def test_plain_list(self):
+        c = self.client()
+        c.login()
+        self.store.create_folder(ALICE, "Fruit/Apple")
+        self.assertEqual(c.cmd(b'ABC LIST "" "F%"'),
+                         b'* LIST (\\HasChildren) "/" "Fruit"\r\nABC OK LIST completed\r\n')
+        c.cmd(b"d DELETE Fruit/Apple")
+        self.assertEqual(c.cmd(b'ABD LIST "" "F%"'),
+                         b'* LIST (\\HasNoChildren) "/" "Fruit"\r\nABD OK LIST completed\r\n')
+
+
+class ListStatusTests(IMAPTestCase):
+    """RFC 5819: STATUS of each listed mailbox in one LIST."""
+
+    def setUp(self):
+        super().setUp()
+        self.store.create_folder(ALICE, "foo")
+        (self.store.maildir(ALICE) / ".bar.baz" / "cur").mkdir(parents=True)
+        for _ in range(3):
+            deliver(self.store, MESSAGE)
+        deliver(self.store, MESSAGE, folder="foo")
+        self.c = self.client()
+        self.c.login()
+        self.c.cmd(b"s SELECT foo")
+        self.c.cmd(b"f STORE 1 +FLAGS (\\Seen)")
+
+    def test_rfc_example(self):
+        self.assertEqual(
+            self.c.cmd(b'A01 LIST "" ("INBOX" foo bar) RETURN (STATUS (MESSAGES UNSEEN))'),
+            b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+            b'* STATUS "INBOX" (MESSAGES 3 UNSEEN 3)\r\n'
+            b'* LIST (\\NonExistent \\HasChildren) "/" "bar"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "foo"\r\n'
+            b'* STATUS "foo" (MESSAGES 1 UNSEEN 0)\r\n'
+            b'A01 OK LIST completed\r\n')
+
+    def test_every_item(self):
+        size = len(MESSAGE)
+        self.assertEqual(
+            self.c.cmd(b'A02 LIST "" "INBOX" RETURN (STATUS (MESSAGES RECENT UIDNEXT '
+                       b'UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE APPENDLIMIT))'),
+            b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+            b'* STATUS "INBOX" (MESSAGES 3 RECENT 3 UIDNEXT 4 UIDVALIDITY 1795000001 '
+            b'UNSEEN 3 HIGHESTMODSEQ 3 SIZE %d APPENDLIMIT 36700160)\r\n'
+            b'A02 OK LIST completed\r\n' % (3 * size))
+
+    def test_failed_status_still_listed(self):
+        """A folder whose STATUS fails is listed without it, and the LIST is OK."""
+        original = self.store.folder
+
+        def folder(user, name="INBOX"):
+            if name == "foo":
+                raise OSError(5, "Input/output error")
+            return original(user, name)
+        self.patch(self.store, "folder", folder)
+        self.assertEqual(
+            self.c.cmd(b'A03 LIST "" "fo%" RETURN (STATUS (MESSAGES))'),
+            b'* LIST (\\HasNoChildren) "/" "foo"\r\nA03 OK LIST completed\r\n')
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class StatusSizeTests(IMAPTestCase):
+    """RFC 8438: STATUS SIZE, the sum of the messages' RFC822.SIZE."""
+
+    def test_size(self):
+        c = self.selected(MESSAGE, MULTIPART)
+        self.assertEqual(c.cmd(b"A042 STATUS INBOX (UIDNEXT MESSAGES SIZE)"),
+                         b'* STATUS "INBOX" (UIDNEXT 3 MESSAGES 2 SIZE %d)\r\n'
+                         b"A042 OK STATUS complete\r\n" % (len(MESSAGE) + len(MULTIPART)))
+
+    def test_size_of_bare_lf_files_counts_crlf(self):
+        """A file copied from another server is counted as sent, once read (in a thread)."""
+        cur = self.store.maildir(ALICE, "Trash") / "cur"
+        c = self.client()
+        c.login()
+        (cur / "1700000000.foreign:2,S").write_bytes(b"Subject: x\n\nline\n")
+        self.assertEqual(c.cmd(b"s STATUS Trash (SIZE)"),
+                         b'* STATUS "Trash" (SIZE 20)\r\ns OK STATUS complete\r\n')
+        c.cmd(b"e EXAMINE Trash")
+        self.assertEqual(c.cmd(b"f FETCH 1 RFC822.SIZE"),
+                         b"* 1 FETCH (RFC822.SIZE 20)\r\nf OK FETCH completed\r\n")
+
+    def test_unknown_item_and_missing_mailbox(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"s STATUS INBOX (SIZE BIGNESS)"),
+                         b"s BAD Syntax error: Unknown STATUS item BIGNESS\r\n")
+        self.assertEqual(c.cmd(b"t STATUS Nope (SIZE)"),
+                         b"t NO [NONEXISTENT] No such mailbox\r\n")
+
+
+class AppendLimitTests(IMAPTestCase):
+    """RFC 7889: the largest APPEND, [access] max_message_size."""
+
+    def test_capability_status_and_toobig(self):
+        c = self.client()
+        self.assertIn(b" APPENDLIMIT=36700160", c.cmd(b"a CAPABILITY"))
+        c.login()
+        self.assertEqual(c.cmd(b"b STATUS INBOX (APPENDLIMIT)"),
+                         b'* STATUS "INBOX" (APPENDLIMIT 36700160)\r\nb OK STATUS complete\r\n')
+        self.assertEqual(c.cmd(b"c APPEND INBOX {36700161}"),
+                         b"c NO [TOOBIG] Message larger than 36700160 bytes\r\n")
+
+
+class UnselectTests(IMAPTestCase):
+    """RFC 3691: leave the mailbox without expunging."""
+
+    def test_unselect_keeps_deleted_messages(self):
+        c = self.selected(MESSAGE, MESSAGE)
+        c.cmd(b"s STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.cmd(b"u UNSELECT"), b"u OK UNSELECT completed\r\n")
+        self.assertEqual(opened(self.store, ALICE).uids(), [1, 2])
+        self.assertEqual(c.cmd(b"f FETCH 1 FLAGS"), b"f BAD Command not valid in this state\r\n")
+        self.assertEqual(c.cmd(b"v UNSELECT"), b"v BAD Command not valid in this state\r\n")
+
+    def test_other_sessions_changes_are_not_sent_after(self):
+        a = self.selected(MESSAGE, MESSAGE)
+        b = self.selected()
+        a.cmd(b"s STORE 1 +FLAGS.SILENT (\\Deleted)")
+        a.cmd(b"x EXPUNGE")
+        self.assertEqual(b.read(), b"* 1 FETCH (FLAGS (\\Deleted))\r\n")
+        # the EXPUNGE waits for b's next command, which leaves the mailbox
+        self.assertEqual(b.cmd(b"u UNSELECT"), b"u OK UNSELECT completed\r\n")
+        a.cmd(b"t STORE 1 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(b.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
 
 
 class SyntaxTests(unittest.TestCase):
@@ -311,5 +594,8 @@ class CapabilityCoverageTests(unittest.TestCase):
             b"SPECIAL-USE": SpecialUseTests, b"CONDSTORE": CondstoreTests,
             b"MULTIAPPEND": MultiAppendTests, b"BINARY": BinaryTests,
             b"CATENATE": CatenateTests,
+            b"UNSELECT": UnselectTests, b"CHILDREN": ChildrenTests,
+            b"LIST-EXTENDED": ListExtendedTests, b"LIST-STATUS": ListStatusTests,
+            b"STATUS=SIZE": StatusSizeTests,
         }
         self.assertEqual(set(EXTENSIONS) - {b"IDLE"}, set(tested))

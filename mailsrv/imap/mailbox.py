@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from mailsrv.imap import mime
+from mailsrv.imap import listing, mime
+from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
 from mailsrv.store.folder import (
@@ -36,7 +37,6 @@ from mailsrv.store.layout import check_folder_name
 
 log = Logger()
 
-DELIMITER = "/"
 # Bytes read to find a message's header: most fit (SEARCH reads thousands).
 HEADER_READ = 8192
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
@@ -181,16 +181,46 @@ class Account:
     def unsubscribe(self, name):
         _written(b"UNSUBSCRIBE", self.store.unsubscribe, self.user, name)
 
-    def listMailboxes(self, ref, wildcard):
-        if not wildcard:
-            # LIST "" "": the client asks for the hierarchy delimiter
-            return [("", _Info(["\\Noselect"]))]
-        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
-        return [
-            (name, _Info([SPECIAL_USE[name]] if name in SPECIAL_USE else []))
-            for name in self.store.folders(self.user)
-            if pattern.fullmatch(name)
-        ]
+    def list(self, ref, patterns, options):
+        """
+        The L{listing.Listed} names of a LIST: C{ref} joined to each of
+        C{patterns} (several with RFC 5258); C{LIST "" ""} asks for the
+        hierarchy delimiter (not so in an extended LIST, where C{""}
+        matches nothing).
+        """
+        if patterns == [""] and not options.extended:
+            return [listing.Listed("", ("\\Noselect",), (), False)]
+        compiled = [imap4.wildcardToRegexp(ref + p, DELIMITER) for p in patterns if p]
+        return listing.select(compiled, self.store.folders(self.user),
+                              self.store.subscriptions(self.user), options)
+
+    def status(self, name, items):
+        """
+        A Deferred of the STATUS values (a dict by item) the store holds
+        of folder C{name}, once synced (a first load runs in a thread);
+        L{None} when there is no such folder. SIZE may read files
+        (L{Folder.total_size}).
+
+        @raise imap4.MailboxException: no folder can have that name.
+        """
+        try:
+            folder = self.store.folder(self.user, name)
+        except NoSuchFolder:
+            return None
+        except ValueError as e:
+            raise imap4.MailboxException(str(e))
+        d = folder.sync().addCallback(lambda _: {
+            "MESSAGES": len(folder),
+            "RECENT": folder.recent_count(),
+            "UIDNEXT": folder.uidnext,
+            "UIDVALIDITY": folder.uidvalidity,
+            "UNSEEN": folder.unseen_count(),
+            "HIGHESTMODSEQ": folder.highestmodseq,
+        })
+        if "SIZE" in items:
+            d.addCallback(lambda values: folder.total_size().addCallback(
+                lambda size: dict(values, SIZE=size)))
+        return d
 
     def lsub(self, ref, wildcard):
         """
@@ -295,21 +325,6 @@ class Mailbox:
 
     def destroy(self):
         raise imap4.MailboxException("not supported")
-
-    def requestStatus(self, names):
-        return self.folder.sync().addCallback(lambda _: self._status(names))
-
-    def _status(self, names):
-        values = {
-            "MESSAGES": len(self.folder),
-            "RECENT": self.folder.recent_count(),
-            "UIDNEXT": self.folder.uidnext,
-            "UIDVALIDITY": self.folder.uidvalidity,
-            "UNSEEN": sum(1 for u in self.folder.uids() if "\\Seen" not in self.folder.flags(u)),
-            "HIGHESTMODSEQ": self.folder.highestmodseq,
-        }
-        return {name.upper(): values[name.upper()] for name in names
-                if name.upper() in values}
 
     # Listeners: the IMAP server of the session
 

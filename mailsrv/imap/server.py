@@ -30,10 +30,12 @@ matter to real clients closed. Each override below says which gap:
   login;
 - the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
-  folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
+  folders come from the realm), CONDSTORE (MODSEQ in FETCH, STORE,
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
-  MULTIAPPEND, CATENATE (APPEND's syntax in L{mailsrv.imap.append}) and
-  BINARY (FETCH BINARY from the MIME tree, literal8 APPEND);
+  MULTIAPPEND, CATENATE (APPEND's syntax in L{mailsrv.imap.append}),
+  BINARY (FETCH BINARY from the MIME tree, literal8 APPEND), UNSELECT,
+  and LIST-EXTENDED, LIST-STATUS, CHILDREN, STATUS=SIZE and APPENDLIMIT
+  (LIST and STATUS are ours, L{mailsrv.imap.listing});
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
   nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
@@ -56,7 +58,8 @@ from twisted.mail import imap4
 from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials
-from mailsrv.imap import append, mime, sequence, syntax
+from mailsrv.imap import append, listing, mime, sequence, syntax
+from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
@@ -85,6 +88,7 @@ MAX_NESTING = MAX_SEARCH_DEPTH
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
     b"SPECIAL-USE", b"CONDSTORE", b"MULTIAPPEND", b"BINARY", b"CATENATE",
+    b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
 )
 # How a failed login is answered (L{mailsrv.login}; RFC 5530 response codes).
 _LOGIN_REPLIES = {
@@ -165,6 +169,42 @@ _QUOTED_SPECIAL = re.compile(rb'\\(["\\])')
 _arg_mailbox = _decoded(_quoted_astring(_base.arg_astring), syntax.mailbox_name)
 _arg_final_mailbox = _decoded(_quoted_astring(_base.arg_finalastring), syntax.mailbox_name)
 _arg_list_pattern = _decoded(_quoted_astring(_base.arg_astring), syntax.list_pattern)
+
+
+def _opt_list_selection(self, line):
+    """LIST's selection options (RFC 5258), parsed, or L{None}."""
+    if not line.startswith(b"("):
+        return None, line
+    inside, rest = syntax.parenthesized(line)
+    return imap4.parseNestedParens(inside), rest
+
+
+def _arg_list_patterns(self, line):
+    """
+    LIST's pattern, or several in parentheses (RFC 5258; quoted or
+    atoms, no literals): C{([str], several)}.
+    """
+    if not line.startswith(b"("):
+        single = _arg_list_pattern(self, line)
+        if isinstance(single, defer.Deferred):
+            return single.addCallback(lambda r: (([r[0]], False), r[1]))
+        return ([single[0]], False), single[1]
+    inside, rest = syntax.parenthesized(line)
+    patterns = imap4.parseNestedParens(inside)
+    if not patterns or not all(isinstance(p, bytes) for p in patterns):
+        raise imap4.IllegalClientResponse("Expected mailbox patterns")
+    return ([syntax.list_pattern(p) for p in patterns], True), rest
+
+
+def _opt_list_return(self, line):
+    """LIST's C{RETURN (options)} (RFC 5258), parsed, or L{None}."""
+    if not line:
+        return None, b""
+    keyword, _, rest = line.partition(b" ")
+    if keyword.upper() != b"RETURN" or not rest.startswith(b"("):
+        raise imap4.IllegalClientResponse("Expected RETURN (options)")
+    inside, rest = syntax.parenthesized(rest)
+    return imap4.parseNestedParens(inside), rest
 
 
 def _arg_flaglist(self, line):
@@ -300,9 +340,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.deadline.stop()
         self._stop_idle_poll()
         if self.mbox is not None:
-            self.mbox.removeListener(self)
-            self.mbox.close()
-            self.mbox = None
+            self._drop_mailbox()
         super().connectionLost(reason)
 
     def capabilities(self):
@@ -317,6 +355,7 @@ class IMAPServer(imap4.IMAP4Server):
                 caps[b"LOGINDISABLED"] = None
         for name in EXTENSIONS:
             caps[name] = None
+        caps[b"APPENDLIMIT"] = [b"%d" % self._largest_literal()]  # RFC 7889
         return caps
 
     def _starttls_offered(self):
@@ -759,12 +798,6 @@ class IMAPServer(imap4.IMAP4Server):
             return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
         return super()._ebSelectWork(failure, cmdName, tag)
 
-    def _ebStatusGotMailbox(self, failure, tag):
-        """STATUS of a name no folder can have: NO with the reason."""
-        if failure.check(imap4.MailboxException):
-            return self.sendNegativeResponse(tag, _text(failure.value))
-        return super()._ebStatusGotMailbox(failure, tag)
-
     def do_LOGOUT(self, tag):
         """
         What the client has yet to hear (EXPUNGEs, flag changes) comes
@@ -776,14 +809,28 @@ class IMAPServer(imap4.IMAP4Server):
         if self.mbox is not None:
             self._flush_news()
             self._send_expunges()
-            self.mbox.removeListener(self)
-            self.mbox.close()
-            self.mbox = None
+            self._drop_mailbox()
         self._queuedAsync = []
         self.state = "logout"
         super().do_LOGOUT(tag)
 
     unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
+
+    def _drop_mailbox(self):
+        """No mailbox is selected any more: its changes are not ours to hear."""
+        self.mbox.removeListener(self)
+        self.mbox.close()
+        self.mbox = None
+        self._flag_news.clear()
+
+    def do_UNSELECT(self, tag):
+        """RFC 3691: CLOSE without expunging; what waited for the client is dropped."""
+        self._drop_mailbox()
+        self._queuedAsync = []
+        self.state = "auth"
+        self.sendPositiveResponse(tag, b"UNSELECT completed")
+
+    select_UNSELECT = (do_UNSELECT,)
 
     def do_NOOP(self, tag):
         if self.mbox is None:
@@ -947,9 +994,69 @@ class IMAPServer(imap4.IMAP4Server):
     auth_RENAME = select_RENAME = (_base.do_RENAME, _arg_mailbox, _arg_final_mailbox)
     auth_SUBSCRIBE = select_SUBSCRIBE = (_base.do_SUBSCRIBE, _arg_final_mailbox)
     auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (_base.do_UNSUBSCRIBE, _arg_final_mailbox)
-    auth_STATUS = select_STATUS = (_base.do_STATUS, _arg_mailbox, _base.arg_plist)
+
+    def do_STATUS(self, tag, name, items):
+        """With SIZE (RFC 8438) and APPENDLIMIT (RFC 7889); an unknown item is BAD."""
+        items = listing.status_items(items)
+        try:
+            d = self.account.status(name, items)
+        except imap4.MailboxException as e:
+            return self.sendNegativeResponse(tag, _text(e))
+        if d is None:
+            return self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
+        d.addCallback(lambda values: self.sendUntaggedResponse(
+            self._status_response(name, items, values)))
+        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, b"STATUS complete"),
+                       self._failed, None, None, (tag, b"STATUS"), None)
+        return None
+
+    auth_STATUS = select_STATUS = (do_STATUS, _arg_mailbox, _base.arg_plist)
+
+    def _status_response(self, name, items, values):
+        values = dict(values, APPENDLIMIT=self._largest_literal())
+        pairs = []
+        for item in items:
+            pairs += [imap4.DontQuoteMe(item.encode("ascii")), values[item]]
+        return imap4.collapseNestedLists(
+            [imap4.DontQuoteMe(b"STATUS"), name.encode("imap4-utf-7"), pairs])
+
+    def do_LIST(self, tag, selection, ref, patterns, returns):
+        """
+        LIST with RFC 5258's options and several patterns, CHILDREN
+        attributes always, and (RFC 5819) the STATUS of each selectable
+        name after its LIST response: the folders one after the other
+        (each first load in a thread), a folder whose STATUS fails is
+        listed without it.
+        """
+        patterns, several = patterns
+        options = listing.list_options(selection, returns, several)
+        d = self._list(tag, self.account.list(ref, patterns, options), options.status)
+        d.addErrback(self._failed, tag, b"LIST")
+
+    @defer.inlineCallbacks
+    def _list(self, tag, listed, status):
+        for found in listed:
+            if self._lost:
+                return
+            self.sendUntaggedResponse(_list_response(found))
+            if status and found.exists:
+                yield self._list_status(found.name, status)
+        self.sendPositiveResponse(tag, b"LIST completed")
+
     auth_LIST = select_LIST = (
-        _base._listWork, _arg_list_pattern, _arg_list_pattern, 0, b"LIST")
+        do_LIST, _opt_list_selection, _arg_list_pattern, _arg_list_patterns, _opt_list_return)
+
+    def _list_status(self, name, items):
+        """The STATUS response of a listed folder, or a log line if it fails (RFC 5819 2)."""
+        d = defer.maybeDeferred(self.account.status, name, items)
+
+        def send(values):
+            if values is not None:  # gone since it was listed
+                self.sendUntaggedResponse(self._status_response(name, items, values))
+
+        def failed(failure):
+            self._client_error(failure, b"LIST STATUS")
+        return d.addCallback(send).addErrback(failed)
 
     def do_LSUB(self, tag, ref, pattern):
         """From the subscriptions, not the folders (L{Account.lsub})."""
@@ -1604,6 +1711,19 @@ def _partial(part, data):
     if part.partialBegin is None:
         return data
     return data[part.partialBegin:part.partialBegin + part.partialLength]
+
+
+def _list_response(listed):
+    """The C{LIST (attributes) "/" name} line, with CHILDINFO (RFC 5258) when there is one."""
+    items = [
+        imap4.DontQuoteMe(b"LIST"),
+        [imap4.DontQuoteMe(a.encode("ascii")) for a in listed.attributes],
+        DELIMITER.encode("ascii"),
+        listed.name.encode("imap4-utf-7"),
+    ]
+    if listed.childinfo:
+        items.append([b"CHILDINFO", [c.encode("ascii") for c in listed.childinfo]])
+    return imap4.collapseNestedLists(items)
 
 
 def _text(value):

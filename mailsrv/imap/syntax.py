@@ -4,7 +4,8 @@ IMAP syntax Twisted's parser lacks, as pure functions: what CONDSTORE (RFC
 modifier, the UNCHANGEDSINCE store modifier), which the server takes off
 before handing the rest to Twisted; the sequence sets of UIDPLUS
 response codes (RFC 4315); flags as clients send them; mailbox names and
-LIST patterns in modified UTF-7.
+LIST patterns in modified UTF-7; the parenthesised lists of extended LIST
+(RFC 5258).
 """
 
 import base64
@@ -248,17 +249,10 @@ def list_pattern(raw):
     return _mutf7(raw, lenient=True)
 
 
-def too_deep(line, limit):
-    """
-    Whether C{line}'s parentheses and brackets nest more than C{limit}
-    levels outside quoted strings (Twisted's parser and SEARCH recurse
-    once per level).
-    """
-    if line.count(b"(") + line.count(b"[") <= limit:
-        return False
-    depth = 0
+def _unquoted(line):
+    """C{(index, byte)} of the bytes of C{line} outside quoted strings."""
     quoted = escaped = False
-    for byte in line:
+    for i, byte in enumerate(line):
         if quoted:
             if escaped:
                 escaped = False
@@ -268,7 +262,40 @@ def too_deep(line, limit):
                 quoted = False
         elif byte == 0x22:
             quoted = True
-        elif byte in (0x28, 0x5B):  # ( [
+        else:
+            yield i, byte
+
+
+def parenthesized(line):
+    """
+    C{b'(a (b) "c)") rest'} -> C{(b'a (b) "c)"', b"rest")}: what the
+    parentheses that open C{line} hold (quoted strings may hold
+    parentheses), and what follows them.
+
+    @raise imap4.IllegalClientResponse: they are not closed.
+    """
+    depth = 0
+    for i, byte in _unquoted(line):
+        if byte == 0x28:
+            depth += 1
+        elif byte == 0x29:
+            depth -= 1
+            if depth == 0:
+                return line[1:i], line[i + 1:].lstrip(b" ")
+    raise imap4.IllegalClientResponse("Mismatched parenthesis")
+
+
+def too_deep(line, limit):
+    """
+    Whether C{line}'s parentheses and brackets nest more than C{limit}
+    levels outside quoted strings (Twisted's parser and SEARCH recurse
+    once per level).
+    """
+    if line.count(b"(") + line.count(b"[") <= limit:
+        return False
+    depth = 0
+    for _, byte in _unquoted(line):
+        if byte in (0x28, 0x5B):  # ( [
             depth += 1
             if depth > limit:
                 return True

@@ -327,6 +327,33 @@ class Folder:
         """The messages no session has seen yet (STATUS RECENT)."""
         return len(self._recent)
 
+    def unseen_count(self):
+        """The messages without \\Seen (STATUS UNSEEN), from the file names."""
+        return sum(1 for entry in self._entries.values() if "S" not in info_letters(entry.suffix))
+
+    def total_size(self):
+        """
+        A Deferred of the sum of the messages' sizes as sent (STATUS SIZE,
+        RFC 8438: the sum of their RFC822.SIZE). A file whose size with
+        CRLF its name does not tell (L{wire_from_key}) is read once, in a
+        thread, like every file of a folder copied from another server.
+        """
+        entries = list(self._entries.values())
+        unknown = [(entry, self._path(entry)) for entry in entries if entry.wire is None]
+        known = sum(entry.wire for entry in entries if entry.wire is not None)
+        if not unknown:
+            return defer.succeed(known)
+
+        def measure():
+            return [(entry, _crlf_size(path)) for entry, path in unknown]
+
+        def measured(sizes):
+            for entry, size in sizes:
+                if size is not None:
+                    entry.wire = size
+            return known + sum(entry.size if size is None else size for entry, size in sizes)
+        return threads.deferToThread(measure).addCallback(measured)
+
     def keywords(self):
         """The keywords set on any message here, sorted."""
         found = set()
@@ -670,12 +697,10 @@ class Folder:
         field for it). The file's size if it cannot be read.
         """
         if entry.wire is None:
-            try:
-                with open(self._path(entry), "rb") as f:
-                    data = f.read()
-            except OSError:
+            size = _crlf_size(self._path(entry))
+            if size is None:
                 return entry.size
-            entry.wire = len(data) + data.count(b"\n") - data.count(b"\r\n")
+            entry.wire = size
         return entry.wire
 
     def _info(self, entry):
@@ -946,6 +971,16 @@ class Folder:
         uids = sorted(self._entries)
         self._entries.clear()
         self._notify(None, [], uids, {})
+
+
+def _crlf_size(path):
+    """The size of file C{path} with CRLF line ends, or L{None} if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def _write_message(maildir, data, flags, date):
