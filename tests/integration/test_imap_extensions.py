@@ -55,8 +55,9 @@ class ExtensionTests(unittest.TestCase):
         for name in advertised:
             if name.startswith(b"AUTH=") or name in (b"SASL-IR", b"STARTTLS"):
                 continue
+            name = re.sub(rb"=\d+$", b"", name)  # APPENDLIMIT=n
             check = getattr(self, "check_" + name.decode().replace("+", "_PLUS")
-                            .replace("-", "_"), None)
+                            .replace("-", "_").replace("=", "_"), None)
             self.assertIsNotNone(check, f"{name!r} is advertised but not tested")
             check(self.imap(select=None))
 
@@ -122,9 +123,50 @@ class ExtensionTests(unittest.TestCase):
                       for line in data}
         self.assertEqual(
             {name: attributes[name] for name in (b"Drafts", b"Sent", b"Trash", b"Junk")},
-            {b"Drafts": b"(\\Drafts)", b"Sent": b"(\\Sent)", b"Trash": b"(\\Trash)",
-             b"Junk": b"(\\Junk)"},
+            {b"Drafts": b"(\\HasNoChildren \\Drafts)", b"Sent": b"(\\HasNoChildren \\Sent)",
+             b"Trash": b"(\\HasNoChildren \\Trash)", b"Junk": b"(\\HasNoChildren \\Junk)"},
         )
+        lines = raw(imap, b'LIST (SPECIAL-USE) "" "*"')
+        self.assertEqual(len(lines), 5)
+
+    def check_UNSELECT(self, imap):
+        imap.create("Kept")
+        imap.select("Kept")
+        self.append(imap, 1, "Kept")
+        imap.store("1", "+FLAGS", r"(\Deleted)")
+        self.assertEqual(imap.unselect()[0], "OK")
+        self.assertEqual(imap.status("Kept", "(MESSAGES)")[1], [b'"Kept" (MESSAGES 1)'])
+
+    def check_CHILDREN(self, imap):
+        imap.create("Parent/Child")
+        typ, data = imap.list('""', "Parent*")
+        self.assertEqual(data, [b'(\\HasChildren) "/" "Parent"',
+                                b'(\\HasNoChildren) "/" "Parent/Child"'])
+
+    def check_LIST_EXTENDED(self, imap):
+        imap.create("Ext/Sub")
+        imap.subscribe("Ext/Sub")
+        lines = raw(imap, b'LIST (SUBSCRIBED RECURSIVEMATCH) "" "Ext" RETURN (CHILDREN)')
+        self.assertEqual(lines[0],
+                         b'* LIST (\\HasChildren) "/" "Ext" ("CHILDINFO" ("SUBSCRIBED"))\r\n')
+        self.assertIn(b" OK ", lines[-1])
+
+    def check_LIST_STATUS(self, imap):
+        imap.create("Counted")
+        self.append(imap, 2, "Counted")
+        lines = raw(imap, b'LIST "" "Counted" RETURN (STATUS (MESSAGES UNSEEN))')
+        self.assertEqual(lines[:2], [b'* LIST (\\HasNoChildren) "/" "Counted"\r\n',
+                                     b'* STATUS "Counted" (MESSAGES 2 UNSEEN 2)\r\n'])
+
+    def check_STATUS_SIZE(self, imap):
+        imap.create("Sized")
+        self.append(imap, 2, "Sized")
+        self.assertEqual(imap.status("Sized", "(SIZE)")[1],
+                         [b'"Sized" (SIZE %d)' % (2 * len(MESSAGE))])
+
+    def check_APPENDLIMIT(self, imap):
+        self.assertEqual(imap.status("INBOX", "(APPENDLIMIT)")[1],
+                         [b'"INBOX" (APPENDLIMIT 36700160)'])
 
     def check_CONDSTORE(self, imap):
         imap.enable("CONDSTORE")
