@@ -112,6 +112,34 @@ pipelined = st.lists(st.one_of(
 ), min_size=1, max_size=6)
 
 
+def parenthesised(items):
+    return b"(" + b" ".join(items) + b")"
+
+
+# extended LIST (RFC 5258, 5819, 6154): options known and not, in lists and not
+selection_options = st.lists(st.sampled_from([
+    b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE", b"subscribed", b"X-FOO",
+    b"(SUBSCRIBED)", b'"REMOTE"', b"NIL", b"STATUS"]), max_size=4).map(parenthesised)
+status_lists = st.lists(st.sampled_from([
+    b"MESSAGES", b"UNSEEN", b"SIZE", b"APPENDLIMIT", b"HIGHESTMODSEQ", b"RECENT", b"FOO",
+    b"(MESSAGES)", b"uidnext"]), max_size=5).map(parenthesised)
+return_options = st.lists(st.one_of(
+    st.sampled_from([b"CHILDREN", b"SUBSCRIBED", b"SPECIAL-USE", b"STATUS", b"X", b"()"]),
+    status_lists.map(lambda items: b"STATUS " + items),
+), max_size=4).map(lambda options: b" RETURN " + parenthesised(options))
+list_patterns = st.one_of(names, st.lists(names, max_size=4).map(parenthesised))
+
+
+@st.composite
+def extended_lists(draw):
+    parts = [b"LIST"]
+    if draw(st.booleans()):
+        parts.append(draw(selection_options))
+    parts += [draw(names), draw(list_patterns)]
+    tail = draw(st.one_of(st.just(b""), return_options, tokens.map(lambda t: b" " + t)))
+    return b" ".join(parts) + tail
+
+
 raw_lines = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
 
@@ -183,6 +211,15 @@ class FuzzTests(IMAPTestCase):
         self.assertNotIn("inj", self.store.folders(ALICE))
         self.assertEqual(self.errors(), [])
         self.assertEqual(c.cmd(b"z NOOP")[-22:], b"z OK NOOP completed\r\n")
+
+    @_SETTINGS
+    @given(extended_lists())
+    def test_extended_list(self, line):
+        """Every LIST gets its one tagged reply; a BAD lists nothing."""
+        c, out = self.run_command([], line)
+        self.check(c, out)
+        if re.search(rb"^T7f3 BAD", out, re.M):
+            self.assertNotIn(b"* LIST", out)
 
     @_SETTINGS
     @given(raw_lines)
