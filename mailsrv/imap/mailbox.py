@@ -85,10 +85,10 @@ class Account:
         self.store = store
         self.user = user
 
-    def select(self, name, readwrite=1):
+    def _synced(self, name):
         """
-        A Deferred of the L{Mailbox} once its folder is synced (the listing
-        runs in a thread), or L{None} when there is no such folder.
+        A Deferred of folder C{name} once synced (the listing runs in a
+        thread), or L{None} when there is no such folder.
 
         @raise imap4.MailboxException: no folder can have that name (SELECT
             and STATUS answer NO with the reason, not "no such mailbox").
@@ -99,7 +99,14 @@ class Account:
             return None
         except ValueError as e:
             raise imap4.MailboxException(str(e))
-        return folder.sync().addCallback(lambda _: Mailbox(folder, bool(readwrite)).take_recent())
+        return folder.sync().addCallback(lambda _: folder)
+
+    def select(self, name, readwrite=1):
+        """A Deferred of the L{Mailbox}, or L{None} (see L{_synced})."""
+        synced = self._synced(name)
+        if synced is None:
+            return None
+        return synced.addCallback(lambda folder: Mailbox(folder, bool(readwrite)).take_recent())
 
     def target(self, name):
         """
@@ -197,30 +204,13 @@ class Account:
     def status(self, name, items):
         """
         A Deferred of the STATUS values (a dict by item) the store holds
-        of folder C{name}, once synced (a first load runs in a thread);
-        L{None} when there is no such folder. SIZE may read files
-        (L{Folder.total_size}).
-
-        @raise imap4.MailboxException: no folder can have that name.
+        of folder C{name}, once synced; L{None} when there is no such
+        folder (see L{_synced}). SIZE may read files (L{Folder.total_size}).
         """
-        try:
-            folder = self.store.folder(self.user, name)
-        except NoSuchFolder:
+        synced = self._synced(name)
+        if synced is None:
             return None
-        except ValueError as e:
-            raise imap4.MailboxException(str(e))
-        d = folder.sync().addCallback(lambda _: {
-            "MESSAGES": len(folder),
-            "RECENT": folder.recent_count(),
-            "UIDNEXT": folder.uidnext,
-            "UIDVALIDITY": folder.uidvalidity,
-            "UNSEEN": folder.unseen_count(),
-            "HIGHESTMODSEQ": folder.highestmodseq,
-        })
-        if "SIZE" in items:
-            d.addCallback(lambda values: folder.total_size().addCallback(
-                lambda size: dict(values, SIZE=size)))
-        return d
+        return synced.addCallback(_status_values, items)
 
     def lsub(self, ref, wildcard):
         """
@@ -674,6 +664,21 @@ class Message:
         if self._tree is None:
             self._tree = mime.parse(self.mime_bytes())
         return self._tree
+
+
+def _status_values(folder, items):
+    """The STATUS values of a synced folder: a dict, or a Deferred of one for SIZE."""
+    values = {
+        "MESSAGES": len(folder),
+        "RECENT": folder.recent_count(),
+        "UIDNEXT": folder.uidnext,
+        "UIDVALIDITY": folder.uidvalidity,
+        "UNSEEN": folder.unseen_count(),
+        "HIGHESTMODSEQ": folder.highestmodseq,
+    }
+    if "SIZE" not in items:
+        return values
+    return folder.total_size().addCallback(lambda size: dict(values, SIZE=size))
 
 
 class ChangedSince(SequenceSet):
