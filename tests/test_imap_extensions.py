@@ -5,9 +5,12 @@ test_imap_clients.py drives the same extensions with imaplib against the
 real server.)
 """
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.mail import imap4
 from twisted.trial import unittest
 
+from mailsrv.imap import listing
 from mailsrv.imap.syntax import (
     sequence_set,
     split_fetch_modifiers,
@@ -15,9 +18,10 @@ from mailsrv.imap.syntax import (
     take_modseq_item,
 )
 from mailsrv.store.folder import MailStore
+from tests.fuzzing import examples
+from tests.helpers import opened
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver
 from tests.test_imap_append import BinaryTests, CatenateTests, MultiAppendTests
-from tests.helpers import opened
 
 
 class UIDPlusTests(IMAPTestCase):
@@ -546,6 +550,49 @@ class UnselectTests(IMAPTestCase):
         self.assertEqual(b.cmd(b"u UNSELECT"), b"u OK UNSELECT completed\r\n")
         a.cmd(b"t STORE 1 +FLAGS.SILENT (\\Flagged)")
         self.assertEqual(b.cmd(b"n NOOP"), b"n OK NOOP completed\r\n")
+
+
+_levels = st.sampled_from(["A", "B", "Sent", "x"])
+_names = st.lists(_levels, min_size=1, max_size=3).map("/".join)
+
+
+class ListingPropertyTests(unittest.TestCase):
+    """L{listing.select} over random folder trees, subscriptions and options."""
+
+    @examples(300)
+    @given(st.sets(_names, max_size=8), st.sets(_names, max_size=5),
+           st.lists(st.sampled_from(["*", "%", "A/%", "A*", "%/B", "x", "Sent"]),
+                    min_size=1, max_size=3),
+           st.booleans(), st.booleans(), st.booleans())
+    def test_what_is_listed(self, folders, subscribed, patterns, by_subscription,
+                            special_use, recursive):
+        options = listing.ListOptions(
+            subscribed=by_subscription, special_use=special_use,
+            recursive=recursive and (by_subscription or special_use),
+            show_subscribed=True, extended=True)
+        compiled = [imap4.wildcardToRegexp(p, "/") for p in patterns]
+        existing = {"INBOX"} | folders
+        listed = listing.select(compiled, sorted(existing), sorted(subscribed), options)
+        names = [found.name for found in listed]
+        self.assertEqual(len(names), len(set(names)))
+        for found in listed:
+            self.assertTrue(any(p.fullmatch(found.name) for p in compiled), found)
+            has_children = any(n.startswith(found.name + "/") for n in existing)
+            self.assertIn("\\HasChildren" if has_children else "\\HasNoChildren",
+                          found.attributes)
+            self.assertEqual("\\NonExistent" in found.attributes, found.name not in existing)
+            self.assertEqual("\\Subscribed" in found.attributes, found.name in subscribed)
+            if found.childinfo:
+                self.assertTrue(options.recursive)
+                continue
+            if by_subscription:
+                self.assertIn(found.name, subscribed)
+            if special_use:
+                self.assertEqual(found.name, "Sent")
+        if not (by_subscription or special_use):
+            # every folder a pattern matches is listed
+            self.assertLessEqual({n for n in existing
+                                  if any(p.fullmatch(n) for p in compiled)}, set(names))
 
 
 class SyntaxTests(unittest.TestCase):
