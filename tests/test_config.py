@@ -6,15 +6,15 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from mailsrv import config
-from mailsrv.deadline import Timeouts
+from mailsrv import config, preflight
+from mailsrv.config import Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def refuse(data):
     """What check-config and start-up check of the settings of C{data}, before the files."""
-    config.parse(data, Path("/c.toml"))
+    preflight.check_settings(config.parse(data, Path("/c.toml")))
 
 
 class DefaultsTests(unittest.TestCase):
@@ -369,8 +369,6 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [listen #1] allow: bad network '10.0.0.0/33'"),
         ({"listen": [{"endpoint": "tcp:25", "safe": ["10.0.0.0/33"]}]},
          "/c.toml: [listen #1] safe: bad network '10.0.0.0/33'"),
-        ({"listen": [{"endpoint": "tcp:25", "allow_file": "nope.txt"}]},
-         "/c.toml: [listen #1] allow_file: /nope.txt does not exist"),
         ({"antispam": {"dnsbl": {"lists": [{"zone": "a.example", "action": "move:a.b"}]}}},
          "/c.toml: [antispam.dnsbl.lists] action: Folder names may not contain '.'"),
         ({"antispam": {"dnsbl": {"lists": ["a.example"], "action": "junk"}}},
@@ -410,6 +408,17 @@ class ErrorTests(unittest.TestCase):
             self.assertTrue(str(caught.exception).startswith(expected),
                             f"{str(caught.exception)!r} does not start with {expected!r}")
             self.assertNotIn("\n", str(caught.exception))
+
+    def test_missing_allow_file(self):
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        settings = config.parse({"server": {"data_dir": "var"},
+                                 "listen": [{"endpoint": "tcp:25", "allow_file": "nope.txt"}]},
+                                directory / "c.toml")
+        with self.assertRaises(config.ConfigError) as caught:
+            preflight.preflight(settings)
+        self.assertEqual(str(caught.exception), f"{directory}/c.toml: [listen #1] allow_file: "
+                                                f"{directory}/nope.txt does not exist")
 
     def test_missing_file(self):
         with self.assertRaises(config.ConfigError) as caught:
