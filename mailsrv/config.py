@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from mailsrv.filters.actions import HEADER, parse_action
-from mailsrv.filters.dnsbl import DNSBL
+from mailsrv.address import is_address, normalise
+
 
 PROTOCOLS = ("smtp", "pop3", "imap")
 SMTP_ROLES = ("mx", "submission")
@@ -221,10 +221,36 @@ class DNSSettings:
     timeout: float
 
 
+# Actions are kept as the admin wrote them ("header", "move:Junk", ...): the
+# filters parse them (mailsrv.filters.actions), and preflight checks them.
+DEFAULT_ACTION = "header"
+
+
+@dataclass(frozen=True)
+class DNSBLList:
+    """
+    One entry of [antispam.dnsbl] lists.
+
+    @ivar name: for headers and the log (default: the zone).
+    @ivar server: C{(host, port)} of the list's own server, or L{None}.
+    @ivar kind: "standard" (hits add up to the threshold) or "trusted"
+        (one hit is enough).
+    @ivar codes: the answers that count as listed; empty: any 127.0.0.0/8.
+    @ivar action: the action's text.
+    """
+
+    zone: str
+    name: str
+    server: Optional[tuple]
+    kind: str
+    codes: tuple
+    action: str
+
+
 @dataclass(frozen=True)
 class DNSBLSettings:
     """
-    @ivar lists: L{mailsrv.filters.dnsbl.DNSBL}s.
+    @ivar lists: L{DNSBLList}s.
     @ivar threshold: standard-list hits that make a message spam.
     @ivar timeout: seconds before a list that has not answered is skipped.
     @ivar received_headers: whether the IP a trusted client received the
@@ -240,7 +266,7 @@ class DNSBLSettings:
 @dataclass(frozen=True)
 class ValidationSettings:
     """
-    @ivar tests: C{(name, action)} of the enabled tests, names of
+    @ivar tests: C{(name, action text)} of the enabled tests, names of
         L{VALIDATION_TESTS}; the action applies when the count reaches the
         threshold.
     """
@@ -266,19 +292,16 @@ class WhitelistSettings:
 @dataclass(frozen=True)
 class SPFSettings:
     """
-    @ivar actions: SPF result -> L{mailsrv.filters.actions.Action}.
+    @ivar actions: C{(SPF result, action text)}, in L{SPF_RESULTS} order.
     @ivar max_lookups: DNS-querying mechanisms allowed (RFC 7208: 10).
     @ivar max_void_lookups: lookups with no answer allowed (RFC 7208: 2).
     @ivar timeout: seconds for one whole check.
     """
 
-    actions: tuple  # of (result, Action), in SPF_RESULTS order
+    actions: tuple
     max_lookups: int
     max_void_lookups: int
     timeout: float
-
-    def action_for(self, result):
-        return dict(self.actions)[result]
 
 
 @dataclass(frozen=True)
@@ -290,6 +313,8 @@ class AntispamSettings:
     @ivar validation: L{ValidationSettings}, or L{None} when absent.
     @ivar spamskip: L{WhitelistSettings} of client IPs, or L{None}.
     @ivar whitelist: L{WhitelistSettings} of senders, or L{None}.
+    @ivar actions: C{(config key, action text)} of every action the
+        [antispam] tables write, in file order, for preflight to check.
     """
 
     subject_prefix: str = "[SPAM] "
@@ -298,6 +323,7 @@ class AntispamSettings:
     validation: Optional[ValidationSettings] = None
     spamskip: Optional[WhitelistSettings] = None
     whitelist: Optional[WhitelistSettings] = None
+    actions: tuple = ()
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -760,8 +786,6 @@ def _listener_access(table, protocol, base):
 
 def _address(table, key):
     """An optional mail address: "" (off) or user@domain, lower-cased."""
-    from mailsrv.address import is_address, normalise
-
     value = normalise(table.string(key, ""))
     if value and not is_address(value):
         raise table.error(key, f"{value!r} is not an address", 'write "user@domain" or ""')
@@ -777,12 +801,12 @@ def _host_port(table, key, text, default_port):
     return host.strip("[]"), int(port)
 
 
-def _action(table, key, default):
-    text = table.string(key, str(default))
-    try:
-        return parse_action(text)
-    except ValueError as e:
-        raise table.error(key, str(e))
+def _action(table, key, default, actions):
+    """The text of an action, noted in C{actions} when the table writes one."""
+    text = table.string(key, default)
+    if key in table.data:
+        actions.append((table.key(key), text))
+    return text
 
 
 def _antispam(path, data):
@@ -792,30 +816,33 @@ def _antispam(path, data):
     table = _Table(path, "antispam", data)
     subject_prefix = table.string("subject_prefix", "[SPAM] ")
     dnsbl = spf = validation = spamskip = whitelist = None
+    actions = []
     if "validation" in table.data:
-        validation = _validation(path, table.get("validation", dict, {}))
+        validation = _validation(path, table.get("validation", dict, {}), actions)
     if "dnsbl" in table.data:
         tests = len(validation.tests) if validation is not None else 0
-        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests)
+        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests, actions)
     if "spf" in table.data:
-        spf = _spf(path, table.get("spf", dict, {}))
+        spf = _spf(path, table.get("spf", dict, {}), actions)
     if "spamskip" in table.data:
         spamskip = _whitelist(path, "spamskip", table.get("spamskip", dict, {}))
     if "whitelist" in table.data:
         whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
     table.check_unknown()
-    return AntispamSettings(subject_prefix, dnsbl, spf, validation, spamskip, whitelist)
+    return AntispamSettings(subject_prefix, dnsbl, spf, validation, spamskip, whitelist,
+                            tuple(actions))
 
 
-def _validation(path, data):
+def _validation(path, data, actions):
     """Each test: true (on, with the section's action), false, or its own action."""
     table = _Table(path, "antispam.validation", data)
-    default = _action(table, "action", HEADER)
+    default = _action(table, "action", DEFAULT_ACTION, actions)
     tests = []
     for key, name in VALIDATION_TESTS:
         value = table.get(key, (bool, str), True)
         if value is not False:
-            tests.append((name, default if value is True else _action(table, key, default)))
+            tests.append((name, default if value is True
+                          else _action(table, key, default, actions)))
     table.check_unknown()
     return ValidationSettings(tuple(tests))
 
@@ -835,12 +862,12 @@ def _whitelist(path, name, data):
     return settings
 
 
-def _spf(path, data):
+def _spf(path, data, actions):
     table = _Table(path, "antispam.spf", data)
-    default = _action(table, "action", HEADER)
-    actions = tuple((result, _action(table, result, default)) for result in SPF_RESULTS)
+    default = _action(table, "action", DEFAULT_ACTION, actions)
     settings = SPFSettings(
-        actions=actions,
+        actions=tuple((result, _action(table, result, default, actions))
+                      for result in SPF_RESULTS),
         max_lookups=_at_most(table, "max_lookups", 10, 1),
         max_void_lookups=_at_most(table, "max_void_lookups", 2, 0),
         timeout=table.get("timeout", float, 20.0),
@@ -858,14 +885,14 @@ def _at_most(table, key, limit, minimum):
     return value
 
 
-def _dnsbl(path, data, tests):
+def _dnsbl(path, data, tests, actions):
     """@param tests: how many validation tests count with the lists."""
     table = _Table(path, "antispam.dnsbl", data)
-    action = _action(table, "action", HEADER)
+    action = _action(table, "action", DEFAULT_ACTION, actions)
     entries = table.get("lists", list, [])
     if not entries:
         raise table.error("lists", "no list given", 'write lists = ["zone.example"]')
-    lists = tuple(_dnsbl_list(table, entry, action) for entry in entries)
+    lists = tuple(_dnsbl_list(table, entry, action, actions) for entry in entries)
     checks = sum(1 for bl in lists if bl.kind == "standard") + tests
     threshold = table.integer("threshold", 1, minimum=1)
     if "threshold" in table.data and threshold > checks:
@@ -878,7 +905,7 @@ def _dnsbl(path, data, tests):
     return DNSBLSettings(lists, threshold, timeout, received_headers)
 
 
-def _dnsbl_list(parent, entry, default_action):
+def _dnsbl_list(parent, entry, default_action, actions):
     if isinstance(entry, str):
         entry = {"zone": entry}
     if not isinstance(entry, dict):
@@ -895,13 +922,13 @@ def _dnsbl_list(parent, entry, default_action):
             socket.inet_aton(code)
         except OSError:
             raise table.error("codes", f"{code!r} is not an IPv4 address")
-    bl = DNSBL(
+    bl = DNSBLList(
         zone=zone,
         name=table.string("name", zone),
         server=_host_port(table, "server", server, 53) if server else None,
         kind=table.string("kind", "standard", DNSBL_KINDS),
         codes=codes,
-        action=_action(table, "action", default_action),
+        action=_action(table, "action", default_action, actions),
     )
     table.check_unknown()
     return bl

@@ -7,7 +7,7 @@ a config check-config calls ok starts, and one that cannot start is refused
 by both with the same one line (a L{ConfigError}) instead of a traceback.
 
 Values in mailsrv.toml that only the server's own parsers understand
-(endpoints, IP list entries) are checked here too, by those parsers: the
+(endpoints, IP list entries, filter actions) are checked here too, by those parsers: the
 config module reads plain values and imports nothing of the server.
 
 Nothing here writes: what start-up would create (data_dir, a self-signed
@@ -22,6 +22,7 @@ from twisted.internet import endpoints, reactor
 from mailsrv import tls
 from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
+from mailsrv.filters.actions import parse_action
 from mailsrv.netaddr import parse_entry
 from mailsrv.queue.spool import SPOOL_DIRECTORIES
 
@@ -61,6 +62,11 @@ def check_settings(settings):
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
+    for key, text in settings.antispam.actions:
+        try:
+            parse_action(text)
+        except ValueError as e:
+            raise ConfigError(settings.path, key, str(e))
 
 
 def _check_endpoint(settings, key, endpoint):

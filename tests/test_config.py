@@ -123,7 +123,7 @@ class DefaultsTests(unittest.TestCase):
         s = config.parse({"antispam": {"dnsbl": {"lists": ["zen.example"]},
                                        "spf": {"action": "header"}}}, Path("/x"))
         self.assertEqual(s.antispam.dnsbl.lists[0].zone, "zen.example")
-        self.assertEqual(s.antispam.spf.action_for("fail").kind, "header")
+        self.assertEqual(dict(s.antispam.spf.actions)["fail"], "header")
 
 
 # Every key's default, named as the admin writes it, read from an empty file

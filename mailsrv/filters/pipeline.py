@@ -12,8 +12,8 @@ from mailsrv.config import ConfigError, DNSSettings
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import SenderList, parse_whitelist
 from mailsrv.filters import spf, validation
-from mailsrv.filters.actions import NOT_WHITELISTED, SKIPPED, Judgement
-from mailsrv.filters.dnsbl import DNSBLFilter
+from mailsrv.filters.actions import NOT_WHITELISTED, SKIPPED, Judgement, parse_action
+from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.filters.received import ReceivedIPs
 from mailsrv.filters.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
 from mailsrv.netaddr import ListedClients
@@ -84,14 +84,19 @@ class Filters:
 
 
 def build(server, standing, clock):
-    """The L{Filters} of [antispam] for one listener."""
+    """
+    The L{Filters} of [antispam] for one listener; the actions, written as
+    text in the config, are parsed here (preflight refused bad ones).
+    """
     settings = server.settings.antispam
     timeout = server.settings.dns.timeout
     filters, message_filters = [], []
     threshold = 1
     if settings.dnsbl is not None:
-        dnsbl = DNSBLFilter(settings.dnsbl.lists, _resolvers(server.settings.dns),
-                            settings.dnsbl.timeout, clock)
+        lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
+                 for bl in settings.dnsbl.lists]
+        dnsbl = DNSBLFilter(lists, _resolvers(server.settings.dns), settings.dnsbl.timeout,
+                            clock)
         filters.append(dnsbl)
         threshold, timeout = settings.dnsbl.threshold, settings.dnsbl.timeout
         if settings.dnsbl.received_headers:
@@ -102,7 +107,8 @@ def build(server, standing, clock):
     if settings.spf is not None:
         spf.install_lookup(server.settings.dns, settings.spf.max_lookups,
                            settings.spf.max_void_lookups)
-        filters.append(spf.SPFFilter(settings.spf.action_for, server.settings.hostname,
+        actions = {result: parse_action(text) for result, text in settings.spf.actions}
+        filters.append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
                                      settings.spf.timeout))
     return Filters(filters, standing, settings.subject_prefix, threshold,
                    _whitelists(server, standing, clock), message_filters)
@@ -139,7 +145,7 @@ def _validation_tests(server, settings):
         "reverse-dns": lambda action: validation.ReverseDNS(resolver, action),
         "fcrdns": lambda action: validation.ForwardConfirmed(resolver, action),
     }
-    return tuple(tests[name](action) for name, action in settings.tests)
+    return tuple(tests[name](parse_action(action)) for name, action in settings.tests)
 
 
 def _resolvers(dns_settings):
