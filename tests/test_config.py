@@ -332,7 +332,8 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [delivery] transports.a.example: must be \"host:port\" or \"mx\""),
         ({"delivery": {"transports": {"a.example": "host:0"}}},
          "/c.toml: [delivery] transports.a.example: bad port in 'host:0' (write \"host:port\")"),
-        ({"delivery": {"max_age": 59}}, "/c.toml: [delivery] max_age: must be at least 60, not 59"),
+        ({"delivery": {"max_age": 59}},
+         "/c.toml: [delivery] max_age: must be at least 60, not 59"),
         ({"delivery": {"smart_host": [3]}},
          "/c.toml: [delivery] smart_host: list entries must be {host, port, preference}"),
         ({"delivery": {"smart_host": [{"port": 25}]}}, "/c.toml: [delivery.smart_host] host: "
