@@ -394,21 +394,20 @@ class ErrorTests(unittest.TestCase):
         self.assertEqual(s.dns.servers, (("127.0.0.1", 5353), ("192.0.2.53", 53)))
         self.assertEqual(s.journal.inbound, "archive@example.test")
 
-    def test_errors(self):
-        for data, expected in self.cases:
+    def assert_each_refused(self, check, cases):
+        """C{check(data)} refuses each C{data} with one line starting as expected."""
+        for data, expected in cases:
             with self.assertRaises(config.ConfigError, msg=repr(data)) as caught:
-                config.parse(data, Path("/c.toml"))
+                check(data)
             self.assertTrue(str(caught.exception).startswith(expected),
                             f"{str(caught.exception)!r} does not start with {expected!r}")
             self.assertNotIn("\n", str(caught.exception))
 
+    def test_errors(self):
+        self.assert_each_refused(lambda data: config.parse(data, Path("/c.toml")), self.cases)
+
     def test_refused(self):
-        for data, expected in self.refused:
-            with self.assertRaises(config.ConfigError, msg=repr(data)) as caught:
-                refuse(data)
-            self.assertTrue(str(caught.exception).startswith(expected),
-                            f"{str(caught.exception)!r} does not start with {expected!r}")
-            self.assertNotIn("\n", str(caught.exception))
+        self.assert_each_refused(refuse, self.refused)
 
     def test_missing_allow_file(self):
         directory = Path(self.mktemp())

@@ -8,8 +8,7 @@ and carrying out the combined action when the message is stored.
 from twisted.internet import defer
 
 from mailsrv import dns
-from mailsrv.config import ConfigError, DNSSettings
-from mailsrv.directory.listfile import ListFileError
+from mailsrv.config import DNSSettings
 from mailsrv.directory.senderlist import SenderList, parse_whitelist
 from mailsrv.filters import spf, validation
 from mailsrv.filters.actions import NOT_WHITELISTED, SKIPPED, Judgement, parse_action
@@ -115,24 +114,16 @@ def build(server, standing, clock):
 
 
 def _whitelists(server, standing, clock):
-    """The whitelists; a bad file stops start-up."""
+    """The whitelists (preflight refused bad files before start-up builds them)."""
     settings = server.settings.antispam
-    resolver = dns.resolver_for(server.settings.dns)
-    kinds = (
-        ("spamskip", lambda section: ClientWhitelist(
-            ListedClients((), section.file, resolver, clock), section)),
-        ("whitelist", lambda section: SenderWhitelist(
-            SenderList(section.file, parse_whitelist, clock), section)),
-    )
     lists = []
-    for name, make in kinds:
-        section = getattr(settings, name)
-        if section is None:
-            continue
-        try:
-            lists.append(make(section))
-        except (ListFileError, OSError) as e:
-            raise ConfigError(server.settings.path, f"[antispam.{name}] file", str(e))
+    if settings.spamskip is not None:
+        resolver = dns.resolver_for(server.settings.dns)
+        lists.append(ClientWhitelist(ListedClients((), settings.spamskip.file, resolver, clock),
+                                     settings.spamskip))
+    if settings.whitelist is not None:
+        lists.append(SenderWhitelist(SenderList(settings.whitelist.file, parse_whitelist, clock),
+                                     settings.whitelist))
     return Whitelists(lists, server.directory, standing) if lists else None
 
 
