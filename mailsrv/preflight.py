@@ -7,8 +7,9 @@ a config check-config calls ok starts, and one that cannot start is refused
 by both with the same one line (a L{ConfigError}) instead of a traceback.
 
 Values in mailsrv.toml that only the server's own parsers understand
-(endpoints, IP list entries, filter actions) are checked here too, by those parsers: the
-config module reads plain values and imports nothing of the server.
+(endpoints, IP list entries, filter actions) are checked here too, by
+those parsers: the config module reads plain values and imports nothing
+of the server.
 
 Nothing here writes: what start-up would create (data_dir, a self-signed
 certificate) is only checked to be creatable, and reported as a note.
@@ -31,7 +32,8 @@ USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
 
 def preflight(settings, warnings=True):
     """
-    Check everything start-up loads from files.
+    Check the values only the server parses (L{check_settings}), then
+    everything start-up loads from files.
 
     @param warnings: whether to work out list-file warnings (skipped users
         lines, dead aliases...); start-up logs those itself when it loads
