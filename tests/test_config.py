@@ -116,6 +116,7 @@ class DefaultsTests(unittest.TestCase):
 
     def test_example_config_is_valid(self):
         s = config.load(ROOT / "etc" / "mailsrv.toml")
+        preflight.check_settings(s)
         self.assertEqual(s.local_domains, ("example.test",))
         self.assertTrue(all("127.0.0.1" in l.endpoint for l in s.listeners))
 
