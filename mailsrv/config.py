@@ -561,7 +561,8 @@ class Settings:
     antispam: AntispamSettings = AntispamSettings()
 
     def is_local_domain(self, domain):
-        return domain.lower() in self.local_domains
+        """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
+        return domain.lower().rstrip(".") in self.local_domains
 
     def client_cert_mode(self, listener):
         """

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 from twisted.internet import endpoints, reactor
 
 from mailsrv import tls
+from mailsrv.address import domain_of
 from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.filters.actions import parse_action
@@ -190,7 +191,7 @@ def _local_whitelisted(settings, entries):
     """Warnings for whitelisted addresses and domains of our own."""
     lines = []
     for entry in sorted(entries):
-        domain = entry.rpartition("@")[2]
+        domain = domain_of(entry)
         if settings.is_local_domain(domain):
             shown = entry if not entry.startswith("@") else domain
             lines.append(f"warning: {shown} is in our own domain {domain}: spammers forge "
