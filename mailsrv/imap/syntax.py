@@ -12,6 +12,7 @@ import re
 
 from twisted.mail import imap4
 
+from mailsrv.ranges import runs
 from mailsrv.store.folder import PERMANENT_FLAGS
 
 # system flags by their upper-case spelling; \\Recent only the server sets
@@ -73,14 +74,13 @@ def split_store_modifier(line):
 
 def sequence_set(numbers):
     """C{[1, 2, 3, 5]} -> C{b"1:3,5"}, in the order given (RFC 4315 sets)."""
-    runs = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
+    return ranges_text(runs(numbers))
+
+
+def ranges_text(ranges):
+    """C{[(1, 3), (5, 5)]} -> C{b"1:3,5"}."""
     return b",".join(
-        b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs
+        b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in ranges
     )
 
 
