@@ -903,10 +903,11 @@ class Folder:
         """
         if not (added or changed or removed):
             return
+        self._drop_stale_changes()
         for entry in changed:
             entry.modseq = self._index.next_modseq()
-        self._log_changes(added)
-        self._log_changes(changed)
+        self._changes.extend((entry.modseq, entry.uid) for entry in added)
+        self._changes.extend((entry.modseq, entry.uid) for entry in changed)
         if removed:
             self._index.expunged(sorted(removed))
         if self._index.worth_a_snapshot(len(self._entries)):
@@ -919,18 +920,18 @@ class Folder:
         if removed:
             self._index.append_removed(removed)
 
-    def _log_changes(self, entries):
+    def _drop_stale_changes(self):
         """
-        Record the MODSEQs just given to C{entries} for L{changed_since};
-        once stale records outnumber the messages, drop them (in order:
-        no sort).
+        Once the records of L{changed_since} outnumber the messages twice,
+        keep only the current ones (in order: no sort). Done before a
+        change takes its MODSEQ, so the record of one undone after a
+        failed write is still there.
         """
         changes = self._changes
-        changes.extend((entry.modseq, entry.uid) for entry in entries)
         if len(changes) > 2 * len(self._entries) + 1000:
-            present = self._entries
+            entries = self._entries
             self._changes = [(m, uid) for m, uid in changes
-                             if (entry := present.get(uid)) is not None and entry.modseq == m]
+                             if (entry := entries.get(uid)) is not None and entry.modseq == m]
 
     def _persist_or_log(self, added, changed, removed):
         """
