@@ -322,7 +322,7 @@ class ExpungeHistoryTests(StoreTestCase):
         for _ in range(1100):  # stale records are dropped as they pile up
             folder.set_flags(3, {"\\Seen"})
             folder.set_flags(3, set())
-        self.assertLess(len(folder._changes), 1100)
+        self.assertLess(len(folder._change_uids), 1100)
         self.assertEqual(folder.changed_since(5), [3])
 
 

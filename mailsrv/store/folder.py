@@ -25,6 +25,7 @@ files at the next start. Reading never needs a write to succeed.
 import bisect
 import functools
 import os
+from array import array
 import re
 import shutil
 import sys
@@ -256,9 +257,10 @@ class Folder:
         self.path = Path(path)
         self.listeners = []
         self._entries = {}  # uid -> _Entry
-        # (modseq, uid) of each MODSEQ given, ascending; a record whose
-        # message changed again or went is stale (see changed_since)
-        self._changes = []
+        # each MODSEQ given and its UID, ascending (arrays: 12 bytes a
+        # record); a record whose message changed again or went is stale
+        # (see changed_since)
+        self._change_modseqs, self._change_uids = array("Q"), array("L")
         self._clean_stamp = None  # see sync()
         self._syncing = None  # the Deferreds waiting on the listing in a thread
         self._touched = None  # keys changed since that listing began
@@ -293,10 +295,9 @@ class Folder:
         every message (a QRESYNC of a 50,000-message folder after ten
         changes looks at ten).
         """
-        changes = self._changes
-        start = bisect.bisect_right(changes, (modseq, sys.maxsize))
+        start = bisect.bisect_right(self._change_modseqs, modseq)
         entries = self._entries
-        return sorted(uid for m, uid in changes[start:]
+        return sorted(uid for m, uid in zip(self._change_modseqs[start:], self._change_uids[start:])
                       if (entry := entries.get(uid)) is not None and entry.modseq == m)
 
     def expunged_since(self, modseq):
@@ -727,7 +728,8 @@ class Folder:
             uid for uid, *_ in known.values() if uid not in entries)
         # after a reset all of cur/ is new to the index; new/ always is
         arriving = self._describe(self._arriving(in_cur, found))
-        changes = sorted((entry.modseq, uid) for uid, entry in entries.items())
+        order = sorted(entries, key=lambda uid: entries[uid].modseq)
+        changes = (array("Q", [entries[uid].modseq for uid in order]), array("L", order))
         return known, reset, stamp, entries, changes, changed, vanished, arriving
 
     def _load(self, read):
@@ -749,7 +751,7 @@ class Folder:
                 )
             self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
         self._entries = entries
-        self._changes = changes
+        self._change_modseqs, self._change_uids = changes
         self._loaded = True
         if vanished:
             self._index.expunged(vanished)
@@ -906,8 +908,9 @@ class Folder:
         self._drop_stale_changes()
         for entry in changed:
             entry.modseq = self._index.next_modseq()
-        self._changes.extend((entry.modseq, entry.uid) for entry in added)
-        self._changes.extend((entry.modseq, entry.uid) for entry in changed)
+        for entry in (*added, *changed):
+            self._change_modseqs.append(entry.modseq)
+            self._change_uids.append(entry.uid)
         if removed:
             self._index.expunged(sorted(removed))
         if self._index.worth_a_snapshot(len(self._entries)):
@@ -927,11 +930,12 @@ class Folder:
         change takes its MODSEQ, so the record of one undone after a
         failed write is still there.
         """
-        changes = self._changes
-        if len(changes) > 2 * len(self._entries) + 1000:
+        if len(self._change_uids) > 2 * len(self._entries) + 1000:
             entries = self._entries
-            self._changes = [(m, uid) for m, uid in changes
-                             if (entry := entries.get(uid)) is not None and entry.modseq == m]
+            current = [(m, uid) for m, uid in zip(self._change_modseqs, self._change_uids)
+                       if (entry := entries.get(uid)) is not None and entry.modseq == m]
+            self._change_modseqs = array("Q", [m for m, _ in current])
+            self._change_uids = array("L", [uid for _, uid in current])
 
     def _persist_or_log(self, added, changed, removed):
         """
