@@ -24,6 +24,7 @@ files at the next start. Reading never needs a write to succeed.
 
 import bisect
 import functools
+import operator
 import os
 from array import array
 import re
@@ -119,6 +120,7 @@ class MessageInfo(NamedTuple):
 
 
 _NO_KEYWORDS = frozenset()
+_MODSEQ, _UID = operator.attrgetter("modseq"), operator.attrgetter("uid")
 
 
 class _Entry:
@@ -728,8 +730,8 @@ class Folder:
             uid for uid, *_ in known.values() if uid not in entries)
         # after a reset all of cur/ is new to the index; new/ always is
         arriving = self._describe(self._arriving(in_cur, found))
-        order = sorted(entries, key=lambda uid: entries[uid].modseq)
-        changes = (array("Q", [entries[uid].modseq for uid in order]), array("L", order))
+        order = sorted(entries.values(), key=_MODSEQ)
+        changes = (array("Q", map(_MODSEQ, order)), array("L", map(_UID, order)))
         return known, reset, stamp, entries, changes, changed, vanished, arriving
 
     def _load(self, read):
