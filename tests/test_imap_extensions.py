@@ -443,8 +443,25 @@ class QResyncTests(IMAPTestCase):
         b.cmd(b"i IDLE")
         a.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
         a.cmd(b"x EXPUNGE")
-        self.assertEqual(b.read(), b"* 1 FETCH (FLAGS (\\Deleted) MODSEQ (9))\r\n"
+        self.assertEqual(b.read(), b"* 1 FETCH (FLAGS (\\Deleted) UID 4 MODSEQ (9))\r\n"
                                    b"* VANISHED 4\r\n")
+
+    def test_every_fetch_a_change_causes_has_the_uid(self):
+        """
+        3.2.4 (imaptest's stress mode found it): STORE, other sessions'
+        changes and a FETCH that sets \\Seen answer with UID and MODSEQ.
+        """
+        a = self.selected(MESSAGE, MESSAGE)
+        b = self.qresync_client()
+        b.cmd(b"s SELECT INBOX")
+        self.assertEqual(b.cmd(b"x STORE 1 +FLAGS.SILENT (\\Answered)"),
+                         b"* 1 FETCH (UID 1 MODSEQ (3))\r\nx OK STORE completed\r\n")
+        a.cmd(b"y STORE 2 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(b.read(), b"* 2 FETCH (FLAGS (\\Flagged) UID 2 MODSEQ (4))\r\n")
+        self.assertEqual(b.cmd(b"f FETCH 2 (BODY[HEADER.FIELDS (SUBJECT)])"),
+                         b"* 2 FETCH (FLAGS (\\Flagged \\Seen) BODY[HEADER.FIELDS (Subject)] "
+                         b"{24}\r\nSubject: Hello there\r\n\r\n UID 2 MODSEQ (5))\r\n"
+                         b"f OK FETCH completed\r\n")
 
     def test_held_back_expunges_lower_highestmodseq(self):
         """

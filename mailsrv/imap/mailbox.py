@@ -587,6 +587,7 @@ class Mailbox:
         return self._changed_pairs(modseq, lambda seq, uid: uid in member)
 
     def _changed_pairs(self, modseq, wanted):
+        """C{(seq, entry)} of the messages in the view changed after C{modseq} that C{wanted(seq, uid)}."""
         pairs = []
         for uid in self.folder.changed_since(modseq):
             seq = self.seq(uid)

@@ -831,8 +831,9 @@ class IMAPServer(imap4.IMAP4Server):
         of those changed since: costs follow the changes, not the folder.
         """
         known = resync.known_uids
-        if known is None:
-            known = [(1, self.mbox.getUIDNext() - 1)]
+        if known is None:  # all UIDs given out (none in a folder never used)
+            uidnext = self.mbox.getUIDNext()
+            known = [(1, uidnext - 1)] if uidnext > 1 else []
         for line in _vanished_lines(
                 self.mbox.vanished(resync.modseq, known, resync.seq_match), earlier=True):
             self.sendUntaggedResponse(line)
@@ -912,11 +913,12 @@ class IMAPServer(imap4.IMAP4Server):
         if not names:
             return self.sendBadResponse(tag, b"Syntax: ENABLE capability...")
         enabled = b""
-        for name in (b"CONDSTORE", b"QRESYNC"):
-            if name in names and not getattr(self, "_" + name.decode().lower()):
-                setattr(self, "_" + name.decode().lower(), True)
-                enabled += b" " + name
-        self._condstore = self._condstore or self._qresync
+        if b"CONDSTORE" in names and not self._condstore:
+            self._condstore = True
+            enabled += b" CONDSTORE"
+        if b"QRESYNC" in names and not self._qresync:
+            self._qresync = self._condstore = True
+            enabled += b" QRESYNC"
         self.sendUntaggedResponse(b"ENABLED" + enabled)
         self.sendPositiveResponse(tag, b"ENABLE completed")
         return None
@@ -1021,16 +1023,19 @@ class IMAPServer(imap4.IMAP4Server):
             self._fetch_vanished(messages, changedsince)
         if changedsince is not None:
             messages = ChangedSince(messages, changedsince)
-        if any(part.type == "modseq" for part in query):
-            self._condstore = True
-        elif self._condstore and any(part.type == "flags" for part in query):
-            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
-        if query and self.mbox.isWriteable() and any(map(_sets_seen, query)):
+        sets_seen = query and self.mbox.isWriteable() and any(map(_sets_seen, query))
+        if sets_seen:
             self.mbox.mark_seen(seq for seq, _ in self.mbox.fetch(messages, uid))
             if not any(part.type == "flags" for part in query):
                 # in the same FETCH response: curl, for one, fails on a
                 # separate FLAGS-only FETCH before the body
                 query = [imap4._FetchParser.Flags()] + list(query)
+            if self._qresync and not uid and not any(part.type == "uid" for part in query):
+                query.append(imap4._FetchParser.UID())  # RFC 7162 3.2.4
+        if any(part.type == "modseq" for part in query):
+            self._condstore = True
+        elif self._condstore and any(part.type == "flags" for part in query):
+            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
         if query and all(map(_fast_item, query)):
             self._fetch_fast(tag, messages, query, uid)
             return
@@ -1252,7 +1257,7 @@ class IMAPServer(imap4.IMAP4Server):
         if flags:
             recent = {"\\Recent"} if info.uid in self.mbox.recent else set()
             items.append(b"FLAGS (" + _flag_list(sorted(info.flags | recent)) + b")")
-        if uid:
+        if uid or self._qresync:  # RFC 7162 3.2.4: every FETCH a change causes
             items.append(b"UID %d" % info.uid)
         if self._condstore:
             items.append(b"MODSEQ (%d)" % info.modseq)
