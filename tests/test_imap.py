@@ -34,7 +34,8 @@ ALICE = "alice@example.test"
 # SELECT's FLAGS before any keyword
 PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
-EXTENSIONS = b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE QRESYNC"
+EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
+              b" QRESYNC MULTIAPPEND BINARY CATENATE")
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
     b"To: Alice <alice@example.test>\r\n"

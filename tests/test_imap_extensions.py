@@ -17,6 +17,7 @@ from mailsrv.imap.syntax import (
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver
+from tests.test_imap_append import BinaryTests, CatenateTests, MultiAppendTests
 from tests.helpers import opened
 
 
@@ -539,5 +540,7 @@ class CapabilityCoverageTests(unittest.TestCase):
             b"NAMESPACE": NamespaceTests, b"UIDPLUS": UIDPlusTests, b"MOVE": MoveTests,
             b"SPECIAL-USE": SpecialUseTests, b"CONDSTORE": CondstoreTests,
             b"QRESYNC": QResyncTests,
+            b"MULTIAPPEND": MultiAppendTests, b"BINARY": BinaryTests,
+            b"CATENATE": CatenateTests,
         }
         self.assertEqual(set(EXTENSIONS) - {b"IDLE"}, set(tested))
