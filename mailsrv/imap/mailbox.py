@@ -285,14 +285,13 @@ class Mailbox:
         return len(self.recent)
 
     def getUnseenCount(self):
-        return sum(1 for u in self.view
-                   if u not in self.pending and "\\Seen" not in self.folder.flags(u))
+        return sum(1 for u in self.folder.unseen(self.view) if u not in self.pending)
 
     def first_unseen(self):
         """The sequence number of the first unseen message, or L{None}."""
-        for seq, uid in enumerate(self.view, 1):
-            if uid not in self.pending and "\\Seen" not in self.folder.flags(uid):
-                return seq
+        for uid in self.folder.unseen(self.view):
+            if uid not in self.pending:
+                return self.seq(uid)
         return None
 
     def isWriteable(self):
@@ -310,7 +309,7 @@ class Mailbox:
             "RECENT": self.folder.recent_count(),
             "UIDNEXT": self.folder.uidnext,
             "UIDVALIDITY": self.folder.uidvalidity,
-            "UNSEEN": sum(1 for u in self.folder.uids() if "\\Seen" not in self.folder.flags(u)),
+            "UNSEEN": sum(1 for _ in self.folder.unseen()),
             "HIGHESTMODSEQ": self.folder.highestmodseq,
         }
         return {name.upper(): values[name.upper()] for name in names

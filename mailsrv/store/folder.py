@@ -183,6 +183,11 @@ def flags_of(letters):
 
 
 @functools.lru_cache(maxsize=256)
+def _seen_suffix(suffix):
+    return "S" in info_letters(suffix)
+
+
+@functools.lru_cache(maxsize=256)
 def system_letters(letters):
     return "".join(sorted(c for c in letters if c in LETTER_FLAGS))
 
@@ -326,6 +331,20 @@ class Folder:
         L{message}, never reads the file (a bare-LF file's CRLF size).
         """
         return self._entries[uid].flags()
+
+    def unseen(self, uids=None):
+        """
+        The UIDs of C{uids} (all when L{None}) here and without \\Seen, in
+        that order, as they are consumed: from the file name's letters,
+        one cached test per distinct name suffix, not a flag set per
+        message: SELECT's UNSEEN looks at every message of a folder that
+        is all read (50,000 messages: about half the time of L{flags}).
+        """
+        entries = self._entries
+        for uid in entries if uids is None else uids:
+            entry = entries.get(uid)
+            if entry is not None and not _seen_suffix(entry.suffix):
+                yield uid
 
     def entry(self, uid):
         """
