@@ -35,7 +35,7 @@ ALICE = "alice@example.test"
 PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
 EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
-              b" MULTIAPPEND BINARY CATENATE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS"
+              b" QRESYNC MULTIAPPEND BINARY CATENATE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS"
               b" STATUS=SIZE APPENDLIMIT=36700160")
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
@@ -475,7 +475,11 @@ class MailboxCommandTests(IMAPTestCase):
         reply = c.cmd(b"e EXAMINE inbox")
         self.assertIn(b"* OK [PERMANENTFLAGS ()] Limited\r\n", reply)
         self.assertTrue(reply.endswith(b"e OK [READ-ONLY] EXAMINE completed\r\n"))
-        self.assertEqual(c.cmd(b"x SELECT Nope"), b"x NO [NONEXISTENT] No such mailbox\r\n")
+        self.assertTrue(reply.startswith(b"* OK [CLOSED] Previous mailbox closed\r\n"))
+        # a SELECT that fails leaves no mailbox selected (RFC 3501 6.3.1)
+        self.assertEqual(c.cmd(b"x SELECT Nope"), b"* OK [CLOSED] Previous mailbox closed\r\n"
+                                                  b"x NO [NONEXISTENT] No such mailbox\r\n")
+        self.assertEqual(c.cmd(b"y SELECT Nope"), b"y NO [NONEXISTENT] No such mailbox\r\n")
 
     def test_fetch_items(self):
         c = self.selected(MESSAGE, MULTIPART)
@@ -1294,6 +1298,8 @@ class ComplianceTests(IMAPTestCase):
 
     def test_select_invalid_name_is_no(self):
         c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b's SELECT "a.b"'), b"* OK [CLOSED] Previous mailbox closed\r\n"
+                                                   b"s NO Folder names may not contain '.'\r\n")
         for name, reason in [
             (b'"a.b"', b"Folder names may not contain '.'"),
             (b'"a//b"', b"Folder names may not have empty levels or a leading '/'"),

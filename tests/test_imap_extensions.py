@@ -17,6 +17,7 @@ from mailsrv.imap.syntax import (
     split_store_modifier,
     take_modseq_item,
 )
+from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import MailStore
 from tests.fuzzing import examples
 from tests.helpers import opened
@@ -115,7 +116,7 @@ class EnableTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"a ENABLE CONDSTORE"),
                          b"a BAD Command not valid in this state\r\n")
         c.login()
-        self.assertEqual(c.cmd(b"a ENABLE QRESYNC CONDSTORE"),
+        self.assertEqual(c.cmd(b"a ENABLE X-UNKNOWN CONDSTORE"),
                          b"* ENABLED CONDSTORE\r\na OK ENABLE completed\r\n")
         self.assertEqual(c.cmd(b"b ENABLE CONDSTORE"),
                          b"* ENABLED\r\nb OK ENABLE completed\r\n")
@@ -267,7 +268,7 @@ class CondstoreTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"a STORE 1 +FLAGS.SILENT (\\Seen)"), b"a OK STORE completed\r\n")
         self.assertEqual(c.cmd(b"f FETCH 1 FLAGS"),
                          b"* 1 FETCH (FLAGS (\\Seen))\r\nf OK FETCH completed\r\n")
-        self.assertEqual(c.cmd(b"b SELECT INBOX (QRESYNC)"),
+        self.assertEqual(c.cmd(b"b SELECT INBOX (X-UNKNOWN)"),
                          b"b BAD Unknown SELECT parameter\r\n")
 
 
@@ -595,13 +596,242 @@ class ListingPropertyTests(unittest.TestCase):
                                   if any(p.fullmatch(n) for p in compiled)}, set(names))
 
 
+CLOSED = b"* OK [CLOSED] Previous mailbox closed\r\n"
+
+
+class QResyncTests(IMAPTestCase):
+    """RFC 7162 QRESYNC: the examples of sections 3.2.5 to 3.2.11."""
+
+    def qresync_client(self):
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"e ENABLE QRESYNC"),
+                         b"* ENABLED QRESYNC\r\ne OK ENABLE completed\r\n")
+        return c
+
+    def folder_of(self, count):
+        """INBOX with UIDs 1 to C{count}, none \\Recent."""
+        source = self.root / "source"
+        source.write_bytes(MESSAGE)
+        deliver_file(source, [self.store.maildir(ALICE)] * count)
+        folder = opened(self.store, ALICE)
+        folder.claim_recent()
+        return folder
+
+    def test_enable_implies_condstore(self):
+        c = self.qresync_client()
+        self.assertEqual(c.cmd(b"a ENABLE CONDSTORE QRESYNC"),
+                         b"* ENABLED\r\na OK ENABLE completed\r\n")
+        deliver(self.store, MESSAGE)
+        c.cmd(b"s SELECT INBOX")
+        self.assertEqual(c.cmd(b"f FETCH 1 (FLAGS)"),
+                         b"* 1 FETCH (FLAGS (\\Recent) MODSEQ (1))\r\nf OK FETCH completed\r\n")
+
+    def test_select_resync_rfc_example(self):
+        """3.2.5.1: the client's known UIDs, expunged and changed since its MODSEQ."""
+        folder = self.folder_of(541)
+        seen = folder.highestmodseq
+        folder.delete(list(range(1, 42)) + list(range(43, 117)) + [118]
+                      + list(range(120, 212)) + list(range(214, 541)))
+        folder.set_flags(117, {"\\Seen", "\\Answered"})
+        folder.set_flags(119, {"\\Draft", "$MDNSent"})
+        folder.set_flags(541, {"\\Seen", "$Forwarded"})
+        folder.set_flags(42, {"\\Seen"})  # not among the known UIDs
+        c = self.qresync_client()
+        reply = c.cmd(b"s SELECT INBOX (QRESYNC (%d %d 41,43:211,214:541))"
+                      % (folder.uidvalidity, seen))
+        self.assertTrue(reply.endswith(
+            b"* OK [HIGHESTMODSEQ 546] Highest\r\n"
+            b"* VANISHED (EARLIER) 41,43:116,118,120:211,214:540\r\n"
+            b"* 2 FETCH (UID 117 FLAGS (\\Answered \\Seen) MODSEQ (543))\r\n"
+            b"* 3 FETCH (UID 119 FLAGS ($MDNSent \\Draft) MODSEQ (544))\r\n"
+            b"* 6 FETCH (UID 541 FLAGS ($Forwarded \\Seen) MODSEQ (545))\r\n"
+            b"s OK [READ-WRITE] SELECT completed\r\n"), reply)
+        # without known UIDs: all of 1 to UIDNEXT - 1
+        reply = c.cmd(b"x EXAMINE INBOX (QRESYNC (%d %d))" % (folder.uidvalidity, seen))
+        self.assertTrue(reply.startswith(CLOSED), reply)
+        self.assertIn(b"* VANISHED (EARLIER) 1:41,43:116,118,120:211,214:540\r\n"
+                      b"* 1 FETCH (UID 42 FLAGS (\\Seen) MODSEQ (546))\r\n", reply)
+        # nothing changed since
+        reply = c.cmd(b"y SELECT INBOX (QRESYNC (%d 546 1:541))" % folder.uidvalidity)
+        self.assertTrue(reply.endswith(b"* OK [HIGHESTMODSEQ 546] Highest\r\n"
+                                       b"y OK [READ-WRITE] SELECT completed\r\n"), reply)
+
+    def test_other_uidvalidity_gets_a_plain_select(self):
+        folder = self.folder_of(3)
+        folder.delete([1])
+        c = self.qresync_client()
+        reply = c.cmd(b"s SELECT INBOX (QRESYNC (%d 1 1:3))" % (folder.uidvalidity + 1))
+        self.assertNotIn(b"VANISHED", reply)
+        self.assertNotIn(b"FETCH", reply)
+        self.assertTrue(reply.endswith(b"s OK [READ-WRITE] SELECT completed\r\n"))
+
+    def test_seq_match_data_narrows_vanished(self):
+        """
+        3.2.5.2: message 4 is still UID 8, message 12 was UID 24 and is now
+        25: the client knows every expunge up to UID 8, so the VANISHED
+        (EARLIER) starts above it, even where the history is too short.
+        """
+        folder = self.folder_of(30)
+        folder.delete([1, 2, 3, 4] + list(range(9, 17)))
+        seen = folder.highestmodseq  # the client: 5:8,17:30
+        folder.delete([24])
+        c = self.qresync_client()
+        match = b"(4,12 8,24)"
+        reply = c.cmd(b"s SELECT INBOX (QRESYNC (%d %d 1:30 %s))"
+                      % (folder.uidvalidity, seen, match))
+        self.assertIn(b"* VANISHED (EARLIER) 24\r\n", reply)
+        # the history does not reach back: every known UID that is gone ...
+        reply = c.cmd(b"t SELECT INBOX (QRESYNC (%d 0 1:30))" % folder.uidvalidity)
+        self.assertIn(b"* VANISHED (EARLIER) 1:4,9:16,24\r\n", reply)
+        folder._index.expunges.known_since = seen
+        reply = c.cmd(b"u SELECT INBOX (QRESYNC (%d 1 1:30))" % folder.uidvalidity)
+        self.assertIn(b"* VANISHED (EARLIER) 1:4,9:16,24\r\n", reply)
+        # ... but those up to the last matching pair
+        reply = c.cmd(b"v SELECT INBOX (QRESYNC (%d 1 1:30 %s))"
+                      % (folder.uidvalidity, match))
+        self.assertIn(b"* VANISHED (EARLIER) 9:16,24\r\n", reply)
+        # ranges pair up one by one: 1:4 is 5:8, all still there
+        reply = c.cmd(b"w SELECT INBOX (QRESYNC (%d 1 1:30 (1:4,12 5:8,24)))"
+                      % folder.uidvalidity)
+        self.assertIn(b"* VANISHED (EARLIER) 9:16,24\r\n", reply)
+        # a first pair that no longer holds narrows nothing
+        reply = c.cmd(b"x SELECT INBOX (QRESYNC (%d 1 1:30 (1 1)))" % folder.uidvalidity)
+        self.assertIn(b"* VANISHED (EARLIER) 1:4,9:16,24\r\n", reply)
+
+    def test_bad_parameters(self):
+        self.folder_of(2)
+        c = self.client()
+        c.login()
+        self.assertEqual(c.cmd(b"s SELECT INBOX (QRESYNC (1 1))"),
+                         b"s BAD QRESYNC is not enabled\r\n")
+        c.cmd(b"e ENABLE QRESYNC")
+        for params, error in [
+            (b"(QRESYNC)", b"QRESYNC needs (uidvalidity modseq ...)"),
+            (b"(QRESYNC (1))", b"QRESYNC needs (uidvalidity modseq ...)"),
+            (b"(QRESYNC (0 1))", b"QRESYNC UIDVALIDITY out of range"),
+            (b"(QRESYNC (1 99999999999999999999))", b"MODSEQ out of range"),
+            (b"(QRESYNC (1 1 1:*))", b"QRESYNC sets may not hold *"),
+            (b"(QRESYNC (1 1 1:x))", b"Bad message number b'1:x'"),
+            (b"(QRESYNC (1 1 1:5 (1:2 3)))",
+             b"QRESYNC sequence match data: the two sets differ in size"),
+            (b"(QRESYNC (1 1 1:5 (1:2)))",
+             b"QRESYNC sequence match data is (sequence-set uid-set)"),
+            (b"(QRESYNC (1 1 1:5 (1 1) x))", b"QRESYNC has too many arguments"),
+            (b"(QRESYNC (1 1) QRESYNC (1 1))", b"Unknown SELECT parameter"),
+        ]:
+            self.assertEqual(c.cmd(b"s SELECT INBOX " + params),
+                             b"s BAD " + error + b"\r\n", params)
+        self.assertTrue(c.cmd(b"s SELECT INBOX (QRESYNC (1 1 (1 1)) CONDSTORE)").endswith(
+            b"\r\ns OK [READ-WRITE] SELECT completed\r\n"))
+
+    def test_uid_fetch_vanished(self):
+        """3.2.6: UID FETCH ... (CHANGEDSINCE m VANISHED)."""
+        folder = self.folder_of(12)
+        c = self.qresync_client()
+        c.cmd(b"s SELECT INBOX")
+        folder.delete([3, 4, 5, 10])  # 13
+        folder.set_flags(6, {"\\Seen"})  # 14
+        c.cmd(b"n NOOP")
+        self.assertEqual(
+            c.cmd(b"f UID FETCH 4:* (FLAGS) (CHANGEDSINCE 12 VANISHED)"),
+            b"* VANISHED (EARLIER) 4:5,10\r\n"
+            b"* 3 FETCH (FLAGS (\\Seen) MODSEQ (14) UID 6)\r\nf OK FETCH completed\r\n")
+        self.assertEqual(c.cmd(b"g UID FETCH 1:* (FLAGS) (CHANGEDSINCE 14 VANISHED)"),
+                         b"g OK FETCH completed\r\n")
+        self.assertEqual(c.cmd(b"h FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)"),
+                         b"h BAD VANISHED is for UID FETCH\r\n")
+        self.assertEqual(c.cmd(b"i UID FETCH 1:* (FLAGS) (VANISHED)"),
+                         b"i BAD Syntax error: VANISHED needs CHANGEDSINCE\r\n")
+        other = self.selected()
+        self.assertEqual(other.cmd(b"j UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)"),
+                         b"j BAD QRESYNC is not enabled\r\n")
+
+    def test_expunge_and_move_answer_vanished(self):
+        """3.2.7 and 3.2.10: VANISHED with UID ranges, HIGHESTMODSEQ in the OK."""
+        self.folder_of(6)
+        c = self.qresync_client()
+        c.cmd(b"s SELECT INBOX")
+        c.cmd(b"d STORE 1:3,5 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(c.cmd(b"u UID EXPUNGE 3:6"),
+                         b"* VANISHED 3,5\r\nu OK [HIGHESTMODSEQ 11] EXPUNGE completed\r\n")
+        self.assertEqual(c.cmd(b"x EXPUNGE"),
+                         b"* VANISHED 1:2\r\nx OK [HIGHESTMODSEQ 12] EXPUNGE completed\r\n")
+        self.assertEqual(
+            c.cmd(b"m MOVE 1:2 Trash"),
+            b"* OK [COPYUID 1795000001 4,6 1:2] Moved\r\n"
+            b"* VANISHED 4,6\r\nm OK [HIGHESTMODSEQ 13] MOVE completed\r\n")
+
+    def test_other_sessions_expunges_are_vanished(self):
+        """A concurrent expunge reaches a QRESYNC session as one VANISHED, in IDLE too."""
+        a = self.selected(MESSAGE, MESSAGE, MESSAGE, MESSAGE)
+        b = self.qresync_client()
+        b.cmd(b"s SELECT INBOX")
+        a.cmd(b"d STORE 1:3 +FLAGS.SILENT (\\Deleted)")
+        b.read()
+        a.cmd(b"x EXPUNGE")
+        self.assertEqual(b.cmd(b"n NOOP"), b"* VANISHED 1:3\r\nn OK NOOP completed\r\n")
+        b.cmd(b"i IDLE")
+        a.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
+        a.cmd(b"x EXPUNGE")
+        self.assertEqual(b.read(), b"* 1 FETCH (FLAGS (\\Deleted) UID 4 MODSEQ (9))\r\n"
+                                   b"* VANISHED 4\r\n")
+
+    def test_every_fetch_a_change_causes_has_the_uid(self):
+        """
+        3.2.4 (imaptest's stress mode found it): STORE, other sessions'
+        changes and a FETCH that sets \\Seen answer with UID and MODSEQ.
+        """
+        a = self.selected(MESSAGE, MESSAGE)
+        b = self.qresync_client()
+        b.cmd(b"s SELECT INBOX")
+        self.assertEqual(b.cmd(b"x STORE 1 +FLAGS.SILENT (\\Answered)"),
+                         b"* 1 FETCH (UID 1 MODSEQ (3))\r\nx OK STORE completed\r\n")
+        a.cmd(b"y STORE 2 +FLAGS.SILENT (\\Flagged)")
+        self.assertEqual(b.read(), b"* 2 FETCH (FLAGS (\\Flagged) UID 2 MODSEQ (4))\r\n")
+        self.assertEqual(b.cmd(b"f FETCH 2 (BODY[HEADER.FIELDS (SUBJECT)])"),
+                         b"* 2 FETCH (FLAGS (\\Flagged \\Seen) BODY[HEADER.FIELDS (Subject)] "
+                         b"{24}\r\nSubject: Hello there\r\n\r\n UID 2 MODSEQ (5))\r\n"
+                         b"f OK FETCH completed\r\n")
+
+    def test_held_back_expunges_lower_highestmodseq(self):
+        """
+        3.2: an expunge held back during FETCH while the FETCH shows a later
+        MODSEQ: the client hears of a HIGHESTMODSEQ before the expunge.
+        """
+        a = self.selected(MESSAGE, MESSAGE)
+        b = self.qresync_client()
+        b.cmd(b"s SELECT INBOX")
+        a.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")  # 3
+        a.cmd(b"x EXPUNGE")  # 4
+        a.cmd(b"f STORE 1 +FLAGS.SILENT (\\Flagged)")  # UID 2: 5
+        b.transport.clear()
+        self.assertEqual(
+            b.cmd(b"f FETCH 2 (FLAGS)"),
+            b"* 2 FETCH (FLAGS (\\Flagged) MODSEQ (5))\r\n"
+            b"* OK [HIGHESTMODSEQ 3] Expunges pending\r\nf OK FETCH completed\r\n")
+        self.assertEqual(b.cmd(b"n NOOP"), b"* VANISHED 1\r\nn OK NOOP completed\r\n")
+
+    def test_closed_when_a_select_replaces_a_mailbox(self):
+        """3.2.11: OK [CLOSED] before what belongs to the new mailbox."""
+        c = self.selected(MESSAGE)
+        reply = c.cmd(b"e EXAMINE Trash")
+        self.assertTrue(reply.startswith(CLOSED + b"* FLAGS"), reply)
+        self.assertEqual(c.cmd(b"c CLOSE"), b"c OK CLOSE completed\r\n")
+        self.assertTrue(c.cmd(b"s SELECT INBOX").startswith(b"* FLAGS"))
+
+
 class SyntaxTests(unittest.TestCase):
     def test_fetch_modifiers(self):
         table = [
-            (b"(FLAGS)", (b"(FLAGS)", None)),
-            (b"(FLAGS) (CHANGEDSINCE 12)", (b"(FLAGS)", 12)),
-            (b"FLAGS (changedsince 7)", (b"FLAGS", 7)),
-            (b"(BODY[HEADER.FIELDS (FROM)])", (b"(BODY[HEADER.FIELDS (FROM)])", None)),
+            (b"(FLAGS)", (b"(FLAGS)", None, False)),
+            (b"(FLAGS) (CHANGEDSINCE 12)", (b"(FLAGS)", 12, False)),
+            (b"FLAGS (changedsince 7)", (b"FLAGS", 7, False)),
+            (b"(BODY[HEADER.FIELDS (FROM)])", (b"(BODY[HEADER.FIELDS (FROM)])", None, False)),
+            (b"(FLAGS) (CHANGEDSINCE 3 VANISHED)", (b"(FLAGS)", 3, True)),
+            (b"(FLAGS)(vanished changedsince 3)", (b"(FLAGS)", 3, True)),
+            (b"(BODY[HEADER.FIELDS (VANISHED)])", (b"(BODY[HEADER.FIELDS (VANISHED)])", None,
+                                                   False)),
         ]
         for line, expected in table:
             self.assertEqual(split_fetch_modifiers(line), expected, line)
@@ -639,6 +869,7 @@ class CapabilityCoverageTests(unittest.TestCase):
             b"LITERAL+": LiteralPlusTests, b"ID": IDTests, b"ENABLE": EnableTests,
             b"NAMESPACE": NamespaceTests, b"UIDPLUS": UIDPlusTests, b"MOVE": MoveTests,
             b"SPECIAL-USE": SpecialUseTests, b"CONDSTORE": CondstoreTests,
+            b"QRESYNC": QResyncTests,
             b"MULTIAPPEND": MultiAppendTests, b"BINARY": BinaryTests,
             b"CATENATE": CatenateTests,
             b"UNSELECT": UnselectTests, b"CHILDREN": ChildrenTests,

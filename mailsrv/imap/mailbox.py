@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from mailsrv import ranges
 from mailsrv.imap import listing, mime
 from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import compile_search
@@ -255,6 +256,9 @@ class Mailbox:
 
     @ivar view: the UIDs the client knows, by sequence number - 1.
     @ivar pending: UIDs gone from the folder but still in C{view}.
+    @ivar pending_since: the folder's HIGHESTMODSEQ before the first of
+        the C{pending} expunges (a client that saw a later MODSEQ has not
+        seen them: RFC 7162 3.2).
     @ivar recent: the UIDs in C{view} that are \\Recent for this session:
         it was the first to see them (RFC 3501; EXAMINE shows them, leaving
         them to the next SELECT).
@@ -265,6 +269,7 @@ class Mailbox:
         self.writeable = writeable
         self.view = folder.uids()
         self.pending = set()
+        self.pending_since = None
         self.recent = set()  # see take_recent()
         self.listeners = []
         self._moving_here = False  # see move()
@@ -300,14 +305,13 @@ class Mailbox:
         return len(self.recent)
 
     def getUnseenCount(self):
-        return sum(1 for u in self.view
-                   if u not in self.pending and "\\Seen" not in self.folder.flags(u))
+        return sum(1 for u in self.folder.unseen(self.view) if u not in self.pending)
 
     def first_unseen(self):
         """The sequence number of the first unseen message, or L{None}."""
-        for seq, uid in enumerate(self.view, 1):
-            if uid not in self.pending and "\\Seen" not in self.folder.flags(uid):
-                return seq
+        for uid in self.folder.unseen(self.view):
+            if uid not in self.pending:
+                return self.seq(uid)
         return None
 
     def isWriteable(self):
@@ -353,6 +357,8 @@ class Mailbox:
 
     def messages_expunged(self, uids):
         known = set(self.view)
+        if not self.pending:
+            self.pending_since = self.folder.highestmodseq - 1
         self.pending.update(u for u in uids if u in known)
         if self.pending:
             for listener in self.listeners:
@@ -372,15 +378,14 @@ class Mailbox:
         """
         Drop the messages others expunged from the view.
 
-        @return: their sequence numbers, in the order to announce them
-            (highest first, so each number is right when it is sent).
+        @return: their UIDs, ascending, and their sequence numbers in the
+            order to announce them (highest first, so each number is right
+            when it is sent).
         """
-        seqs = sorted((self.seq(uid) for uid in self.pending), reverse=True)
-        for seq in seqs:
-            del self.view[seq - 1]
-        self.recent -= self.pending
+        uids = sorted(self.pending)
         self.pending.clear()
-        return seqs
+        self.pending_since = None
+        return uids, self._forget(uids)
 
     # Messages
 
@@ -392,7 +397,7 @@ class Mailbox:
         changed after its MODSEQ (RFC 7162 CHANGEDSINCE).
         """
         since = getattr(messages, "changedsince", None)
-        for seq, u in self.resolve(messages, uid):
+        for seq, u in self._fetched(messages, uid):
             if u not in self.pending:
                 info = self.folder.message(u)
                 if since is None or info.modseq > since:
@@ -407,7 +412,7 @@ class Mailbox:
         since = getattr(messages, "changedsince", None)
         pending = self.pending
         entry = self.folder.entry
-        for seq, u in self.resolve(messages, uid):
+        for seq, u in self._fetched(messages, uid):
             if u not in pending:
                 found = entry(u)
                 if found is not None and (since is None or found.modseq > since):
@@ -476,14 +481,15 @@ class Mailbox:
         Remove the messages marked \\Deleted; with C{uids} (UID EXPUNGE,
         RFC 4315), only those among them.
 
-        @return: their sequence numbers, highest first.
+        @return: their UIDs, ascending, and sequence numbers, highest first.
         """
         doomed = [
             u for u in self.view if u not in self.pending
             and (uids is None or u in uids)
             and "\\Deleted" in self.folder.flags(u)
         ]
-        return self._forget(self.folder.delete(doomed, origin=self))
+        removed = self.folder.delete(doomed, origin=self)
+        return removed, self._forget(removed)
 
     def move(self, messages, uid, target):
         """
@@ -546,7 +552,92 @@ class Mailbox:
                 lambda seqs: (seqs, matcher.uses_modseq))
         return run(), matcher.uses_modseq
 
+    # QRESYNC (RFC 7162)
+
+    def vanished(self, modseq, known, seq_match=None):
+        """
+        The UIDs of C{known} (ranges) expunged after C{modseq}, as ranges.
+        When the folder's history does not reach back that far, those of
+        C{known} below UIDNEXT that are not here (RFC 7162 3.2.5.1 allows
+        it; it costs a walk over the UIDs in C{known}). C{seq_match}, the
+        client's C{(sequence numbers, UIDs)}, leaves out the UIDs up to
+        the last pair that still holds (3.2.5.2).
+        """
+        since = self.folder.expunged_since(modseq)
+        if since is None:
+            below_next = ranges.intersect(known, [(1, self.folder.uidnext - 1)])
+            gone = ranges.missing(below_next, self.view)
+        else:
+            gone = ranges.intersect(since, known)
+        if seq_match is not None and gone:
+            gone = ranges.above(gone, self._matched_uid(*seq_match))
+        return gone
+
+    def _matched_uid(self, seqs, uids):
+        """
+        The UID of the last pair of C{seqs} and C{uids} (ranges of equal
+        size, paired in order) such that it and every pair before it
+        match the view: the client knows every expunge up to it. Within a
+        stretch where both sets run on by one, the view's UID minus the
+        client's never decreases (UIDs ascend), so the matching pairs are
+        found by bisection, not one by one.
+        """
+        view = self.view
+        matched = 0
+        i = j = 0
+        seq, uid = seqs[0][0], uids[0][0]
+        while i < len(seqs) and j < len(uids):
+            length = min(seqs[i][1] - seq, uids[j][1] - uid, len(view) - seq) + 1
+            if length <= 0 or view[seq - 1] != uid:
+                return matched
+            # the first k of the stretch where view[seq - 1 + k] > uid + k
+            k = bisect.bisect_right(range(length), 0,
+                                    key=lambda k: view[seq - 1 + k] - uid - k)
+            matched = uid + k - 1
+            if k < length:
+                return matched
+            seq, uid = seq + length, uid + length
+            if seq > seqs[i][1]:
+                i += 1
+                seq = seqs[i][0] if i < len(seqs) else seq
+            if uid > uids[j][1]:
+                j += 1
+                uid = uids[j][0] if j < len(uids) else uid
+        return matched
+
+    def changed(self, modseq, known):
+        """
+        C{(seq, entry)} of the messages of C{known} (UID ranges) changed
+        after C{modseq}, ascending: from the folder's changes since, not
+        a look at every message.
+        """
+        member = SequenceSet(known).matcher(None)
+        return self._changed_pairs(modseq, lambda seq, uid: uid in member)
+
+    def _changed_pairs(self, modseq, wanted):
+        """C{(seq, entry)} of the messages in the view changed after C{modseq} that C{wanted(seq, uid)}."""
+        pairs = []
+        for uid in self.folder.changed_since(modseq):
+            seq = self.seq(uid)
+            if seq is not None and uid not in self.pending and wanted(seq, uid):
+                pairs.append((seq, self.folder.entry(uid)))
+        return pairs
+
     # Internals
+
+    def _fetched(self, messages, uid):
+        """
+        L{resolve} for a FETCH; with CHANGEDSINCE, the folder's changes
+        since, kept if in the set (a CONDSTORE client's C{1:*} of a big
+        folder looks at what changed, not at every message).
+        """
+        since = getattr(messages, "changedsince", None)
+        if since is None:
+            return self.resolve(messages, uid)
+        star = (self.view[-1] if uid else len(self.view)) if self.view else 0
+        member = messages.matcher(star)
+        return [(seq, entry.uid) for seq, entry in self._changed_pairs(
+            since, lambda seq, u: (u if uid else seq) in member)]
 
     def _forget(self, uids):
         """Drop C{uids} from the view; their sequence numbers, highest first."""

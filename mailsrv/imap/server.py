@@ -32,9 +32,10 @@ matter to real clients closed. Each override below says which gap:
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
   folders come from the realm), CONDSTORE (MODSEQ in FETCH, STORE,
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
-  MULTIAPPEND, CATENATE (APPEND's syntax in L{mailsrv.imap.append}),
-  BINARY (FETCH BINARY from the MIME tree, literal8 APPEND), UNSELECT,
-  and LIST-EXTENDED, LIST-STATUS, CHILDREN, STATUS=SIZE and APPENDLIMIT
+  QRESYNC (SELECT's resync, VANISHED, C{OK [CLOSED]}), MULTIAPPEND,
+  CATENATE (APPEND's syntax in L{mailsrv.imap.append}), BINARY (FETCH
+  BINARY from the MIME tree, literal8 APPEND), UNSELECT, and
+  LIST-EXTENDED, LIST-STATUS, CHILDREN, STATUS=SIZE and APPENDLIMIT
   (LIST and STATUS are ours, L{mailsrv.imap.listing});
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
@@ -63,6 +64,7 @@ from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
+from mailsrv.ranges import runs
 from mailsrv.realm import MailRealm
 from mailsrv.store.folder import PERMANENT_FLAGS
 
@@ -87,7 +89,7 @@ MAX_NESTING = MAX_SEARCH_DEPTH
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
-    b"SPECIAL-USE", b"CONDSTORE", b"MULTIAPPEND", b"BINARY", b"CATENATE",
+    b"SPECIAL-USE", b"CONDSTORE", b"QRESYNC", b"MULTIAPPEND", b"BINARY", b"CATENATE",
     b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
 )
 # How a failed login is answered (L{mailsrv.login}; RFC 5530 response codes).
@@ -114,11 +116,11 @@ def _arg_id(self, line):
 
 def _arg_fetch(self, line):
     """
-    FETCH's items and modifiers: C{((query, changedsince), b"")}, with
-    MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} and BINARY (RFC 3516) as
-    L{syntax.BinaryItem}s in the query.
+    FETCH's items and modifiers: C{((query, changedsince, vanished),
+    b"")}, with MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} and BINARY
+    (RFC 3516) as L{syntax.BinaryItem}s in the query.
     """
-    atts, changedsince = syntax.split_fetch_modifiers(line)
+    atts, changedsince, vanished = syntax.split_fetch_modifiers(line)
     atts, modseq = syntax.take_modseq_item(atts)
     atts, binary = (None, []) if atts is None else syntax.take_binary_items(atts)
     query = [] if atts is None else _base.arg_fetchatt(self, atts)[0]
@@ -126,7 +128,20 @@ def _arg_fetch(self, line):
     syntax.check_partials(query, sequence.NUMBER_MAX)
     if modseq or changedsince is not None:
         query.append(syntax.ModSeqItem())
-    return (query, changedsince), b""
+    return (query, changedsince, vanished), b""
+
+
+def _opt_select_params(self, line):
+    """
+    SELECT's and EXAMINE's parameters, nested as QRESYNC's are (Twisted's
+    C{opt_plist} ends the list at the first C{")"}).
+    """
+    if not line.startswith(b"("):
+        return None, line
+    parsed = imap4.parseNestedParens(line)
+    if len(parsed) != 1 or not isinstance(parsed[0], list):
+        raise imap4.IllegalClientResponse("Expected one parenthesized list")
+    return parsed[0], b""
 
 
 def _opt_unchangedsince(self, line):
@@ -267,6 +282,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
         self._nonsync = None  # the size of a LITERAL+ literal not yet being read
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
+        self._qresync = False  # QRESYNC enabled (RFC 7162 3.2.3): VANISHED, not EXPUNGE
+        self._resync = None  # the QRESYNC parameter of the SELECT under way
         self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
@@ -615,10 +632,11 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.blocked = None  # a FETCH of Twisted's is over (see _unblock)
         self._flush_news()
-        if self.mbox is not None and (
-            self._command not in _NO_EXPUNGE or self._command == b"UID"
-        ):
-            self._send_expunges()
+        if self.mbox is not None:
+            if self._command not in _NO_EXPUNGE or self._command == b"UID":
+                self._send_expunges()
+            else:
+                self._held_back_expunges()
         super()._respond(state, tag, message)
         self._tag = self._command = None
         if not self._lost:
@@ -636,8 +654,31 @@ class IMAPServer(imap4.IMAP4Server):
         """
 
     def _send_expunges(self):
-        for seq in self.mbox.take_expunges():
-            super()._respond(b"%d EXPUNGE" % seq, None, None)
+        uids, seqs = self.mbox.take_expunges()
+        self._announce_expunged(uids, seqs)
+
+    def _announce_expunged(self, uids, seqs):
+        """
+        Messages gone from the view: C{EXPUNGE} each, or once QRESYNC is
+        enabled C{VANISHED} with their UIDs as ranges (RFC 7162 3.2.10).
+        """
+        if self._qresync:
+            for line in _vanished_lines(runs(uids)):
+                super()._respond(line, None, None)
+        else:
+            for seq in seqs:
+                super()._respond(b"%d EXPUNGE" % seq, None, None)
+
+    def _held_back_expunges(self):
+        """
+        Expunges held back at the end of a FETCH, STORE or SEARCH: a
+        QRESYNC client may have seen a later MODSEQ, so it hears of a
+        HIGHESTMODSEQ before them, or it would resync past them after a
+        lost connection (RFC 7162 3.2).
+        """
+        if self._qresync and self.mbox.pending:
+            super()._respond(b"OK [HIGHESTMODSEQ %d] Expunges pending"
+                             % self.mbox.pending_since, None, None)
 
     def _flush_news(self):
         """Send what waited for the command to end (Twisted's queue, flag changes)."""
@@ -750,18 +791,33 @@ class IMAPServer(imap4.IMAP4Server):
     # Commands: authenticated
 
     def do_SELECT(self, tag, name, params, rw, command):
-        """SELECT and EXAMINE, with the CONDSTORE parameter (RFC 7162)."""
-        if params:
-            if [p.upper() if isinstance(p, bytes) else p for p in params] != [b"CONDSTORE"]:
-                return self.sendBadResponse(tag, b"Unknown SELECT parameter")
+        """SELECT and EXAMINE, with the CONDSTORE and QRESYNC parameters (RFC 7162)."""
+        try:
+            condstore, resync = syntax.select_params(params)
+        except imap4.IllegalClientResponse as e:
+            return self.sendBadResponse(tag, _text(e))
+        if resync is not None and not self._qresync:
+            return self.sendBadResponse(tag, b"QRESYNC is not enabled")
+        if condstore:
             self._condstore = True
+        self._resync = resync
         return self._selectWork(tag, name, rw, command)
 
-    auth_SELECT = select_SELECT = (do_SELECT, _arg_mailbox, _base.opt_plist, 1, b"SELECT")
+    auth_SELECT = select_SELECT = (do_SELECT, _arg_mailbox, _opt_select_params, 1, b"SELECT")
     auth_EXAMINE = select_EXAMINE = (
-        do_SELECT, _arg_mailbox, _base.opt_plist, 0, b"EXAMINE")
+        do_SELECT, _arg_mailbox, _opt_select_params, 0, b"EXAMINE")
+
+    def _selectWork(self, tag, name, rw, cmdName):
+        """
+        A SELECT or EXAMINE that closes the selected mailbox says so first
+        (C{OK [CLOSED]}, RFC 7162 3.2.11): what follows is the new one's.
+        """
+        if self.mbox is not None:
+            self.sendPositiveResponse(None, b"[CLOSED] Previous mailbox closed")
+        return super()._selectWork(tag, name, rw, cmdName)
 
     def _cbSelectWork(self, mbox, cmdName, tag):
+        resync, self._resync = self._resync, None
         if self._lost:  # gone while the folder was synced
             return
         if mbox is None:
@@ -783,9 +839,33 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendPositiveResponse(
             None, b"[HIGHESTMODSEQ %d] Highest" % mbox.folder.highestmodseq)
+        if resync is not None and resync.uidvalidity == mbox.getUIDValidity():
+            self._resync_mailbox(resync)
         mode = b"[READ-WRITE]" if mbox.isWriteable() else b"[READ-ONLY]"
         self.state = "select"
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
+
+    def _resync_mailbox(self, resync):
+        """
+        SELECT's QRESYNC (RFC 7162 3.2.5): the client's known UIDs (all
+        below UIDNEXT when not given) expunged since its MODSEQ, as one
+        C{VANISHED (EARLIER)} of ranges, then C{FETCH (UID FLAGS MODSEQ)}
+        of those changed since: costs follow the changes, not the folder.
+        """
+        known = resync.known_uids
+        if known is None:  # all UIDs given out (none in a folder never used)
+            uidnext = self.mbox.getUIDNext()
+            known = [(1, uidnext - 1)] if uidnext > 1 else []
+        for line in _vanished_lines(
+                self.mbox.vanished(resync.modseq, known, resync.seq_match), earlier=True):
+            self.sendUntaggedResponse(line)
+        changed = self.mbox.changed(resync.modseq, known)
+        self._announce_flags(set().union(*(entry.keywords for _, entry in changed)))
+        recent = self.mbox.recent
+        for seq, entry in changed:
+            flags = _recent_flags_item(entry) if entry.uid in recent else _flags_item(entry)
+            self.sendUntaggedResponse(b"%d FETCH (UID %d %b MODSEQ (%d))"
+                                      % (seq, entry.uid, flags, entry.modseq))
 
     def _ebSelectWork(self, failure, cmdName, tag):
         """
@@ -855,14 +935,20 @@ class IMAPServer(imap4.IMAP4Server):
     unauth_ID = auth_ID = select_ID = (do_ID, _arg_id)
 
     def do_ENABLE(self, tag, line):
-        """RFC 5161; CONDSTORE is the one extension it can switch on."""
+        """
+        RFC 5161: CONDSTORE and QRESYNC can be switched on; QRESYNC
+        switches CONDSTORE on too (RFC 7162 3.2.3).
+        """
         names = line.upper().split()
         if not names:
             return self.sendBadResponse(tag, b"Syntax: ENABLE capability...")
         enabled = b""
         if b"CONDSTORE" in names and not self._condstore:
             self._condstore = True
-            enabled = b" CONDSTORE"
+            enabled += b" CONDSTORE"
+        if b"QRESYNC" in names and not self._qresync:
+            self._qresync = self._condstore = True
+            enabled += b" QRESYNC"
         self.sendUntaggedResponse(b"ENABLED" + enabled)
         self.sendPositiveResponse(tag, b"ENABLE completed")
         return None
@@ -1069,20 +1155,25 @@ class IMAPServer(imap4.IMAP4Server):
     # Commands: selected
 
     def do_FETCH(self, tag, messages, query, uid=0):
-        query, changedsince = query
+        query, changedsince, vanished = query
+        if vanished:
+            if not uid:
+                return self.sendBadResponse(tag, b"VANISHED is for UID FETCH")
+            if not self._qresync:
+                return self.sendBadResponse(tag, b"QRESYNC is not enabled")
         if changedsince is not None:
             messages = ChangedSince(messages, changedsince)
         decoded = [part.numbers for part in query
                    if isinstance(part, syntax.BinaryItem) and part.numbers]
         if not decoded:
-            return self._fetch(tag, messages, query, uid)
+            return self._fetch(tag, messages, query, uid, vanished)
         d = self._unknown_encoding(messages, uid, decoded)
 
         def checked(encoding):
             if encoding is not None:
                 name = _text(encoding.decode("ascii", "replace"))
                 return self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] Cannot decode " + name)
-            return self._fetch(tag, messages, query, uid)
+            return self._fetch(tag, messages, query, uid, vanished)
         d.addCallbacks(checked, self._failed, None, None, (tag, b"FETCH"), None)
         return None
 
@@ -1110,17 +1201,21 @@ class IMAPServer(imap4.IMAP4Server):
             return None
         return threads.deferToThread(check)
 
-    def _fetch(self, tag, messages, query, uid):
-        if any(part.type == "modseq" for part in query):
-            self._condstore = True
-        elif self._condstore and any(part.type == "flags" for part in query):
-            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
+    def _fetch(self, tag, messages, query, uid, vanished):
+        if vanished:
+            self._fetch_vanished(messages)
         if query and self.mbox.isWriteable() and any(map(_sets_seen, query)):
             self.mbox.mark_seen(seq for seq, _ in self.mbox.fetch(messages, uid))
             if not any(part.type == "flags" for part in query):
                 # in the same FETCH response: curl, for one, fails on a
                 # separate FLAGS-only FETCH before the body
                 query = [imap4._FetchParser.Flags()] + list(query)
+            if self._qresync and not uid and not any(part.type == "uid" for part in query):
+                query.append(imap4._FetchParser.UID())  # RFC 7162 3.2.4
+        if any(part.type == "modseq" for part in query):
+            self._condstore = True
+        elif self._condstore and any(part.type == "flags" for part in query):
+            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
         if query and all(map(_fast_item, query)):
             self._fetch_fast(tag, messages, query, uid)
             return
@@ -1128,6 +1223,17 @@ class IMAPServer(imap4.IMAP4Server):
             self._announce_flags(set().union(
                 *(entry.keywords for _, entry in self.mbox.fetch_entries(messages, uid))))
         super().do_FETCH(tag, messages, query, uid)
+
+    def _fetch_vanished(self, messages):
+        """
+        The UIDs of a UID FETCH's set expunged since its CHANGEDSINCE (RFC
+        7162 3.2.6), before its FETCH responses; C{*} is the last UID
+        handed out, so that messages expunged at the end are in it.
+        """
+        known = messages.resolve(self.mbox.getUIDNext() - 1)
+        for line in _vanished_lines(self.mbox.vanished(messages.changedsince, known),
+                                    earlier=True):
+            self.sendUntaggedResponse(line)
 
     def _fetch_fast(self, tag, messages, query, uid):
         """
@@ -1347,7 +1453,7 @@ class IMAPServer(imap4.IMAP4Server):
         if flags:
             recent = {"\\Recent"} if info.uid in self.mbox.recent else set()
             items.append(b"FLAGS (" + _flag_list(sorted(info.flags | recent)) + b")")
-        if uid:
+        if uid or self._qresync:  # RFC 7162 3.2.4: every FETCH a change causes
             items.append(b"UID %d" % info.uid)
         if self._condstore:
             items.append(b"MODSEQ (%d)" % info.modseq)
@@ -1437,10 +1543,9 @@ class IMAPServer(imap4.IMAP4Server):
             pairs, seqs = result
             if pairs:
                 self.sendPositiveResponse(None, _copyuid(target, pairs) + b"Moved")
-            for seq in seqs:
-                self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+            self._announce_expunged([old for old, _ in pairs], seqs)
             self.mbox.announce_arrivals()  # a MOVE into this mailbox
-            self.sendPositiveResponse(tag, b"MOVE completed")
+            self.sendPositiveResponse(tag, self._highestmodseq_code() + b"MOVE completed")
 
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
         return None
@@ -1456,9 +1561,17 @@ class IMAPServer(imap4.IMAP4Server):
         uids = None
         if messages is not None:
             uids = {u for _, u in self.mbox.resolve(messages, 1)}
-        for seq in self.mbox.expunge(uids):
-            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
-        return self.sendPositiveResponse(tag, b"EXPUNGE completed")
+        self._announce_expunged(*self.mbox.expunge(uids))
+        return self.sendPositiveResponse(tag, self._highestmodseq_code() + b"EXPUNGE completed")
+
+    def _highestmodseq_code(self):
+        """
+        C{[HIGHESTMODSEQ n] } for the tagged OK of an EXPUNGE or MOVE once
+        QRESYNC is on (RFC 7162 3.2.7): the MODSEQ the VANISHED brought.
+        """
+        if not self._qresync:
+            return b""
+        return b"[HIGHESTMODSEQ %d] " % self.mbox.folder.highestmodseq
 
     select_EXPUNGE = (do_EXPUNGE, _opt_seqset)
 
@@ -1675,6 +1788,17 @@ def _fast_getter(server, part, cur):
             data = mime.crlf(data)
         return b"%b{%d}\r\n%b" % (label, len(data), data)
     return whole
+
+
+# UID ranges per VANISHED line: a line stays under about 8 KB (RFC 7162 4)
+VANISHED_RANGES = 400
+
+
+def _vanished_lines(uids, earlier=False):
+    """C{VANISHED [(EARLIER)] set} lines for UID ranges (none for none)."""
+    head = b"VANISHED (EARLIER) " if earlier else b"VANISHED "
+    return [head + syntax.ranges_text(uids[i:i + VANISHED_RANGES])
+            for i in range(0, len(uids), VANISHED_RANGES)]
 
 
 def _copyuid(target, pairs):

@@ -183,6 +183,51 @@ class ExtensionTests(unittest.TestCase):
         self.assertEqual(typ, "OK")
         self.assertRegex(imap.response("MODIFIED")[1][0], rb"^%d$" % uids[1])
 
+    def check_QRESYNC(self, imap):
+        self.assertEqual(raw(imap, b"ENABLE QRESYNC")[0], b"* ENABLED QRESYNC\r\n")
+        lines = raw(imap, b"SELECT Junk (CONDSTORE)")
+        uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", b"".join(lines)).group(1))
+        highest = int(re.search(rb"HIGHESTMODSEQ (\d+)", b"".join(lines)).group(1))
+        uids = self.append(imap, 3, "Junk")
+        raw(imap, b"UID STORE %d +FLAGS.SILENT (\\Deleted)" % uids[1])
+        self.assertEqual(raw(imap, b"UID EXPUNGE %d" % uids[1])[0],
+                         b"* VANISHED %d\r\n" % uids[1])
+        lines = raw(imap, b"SELECT Junk (QRESYNC (%d %d))" % (uidvalidity, highest))
+        self.assertEqual(lines[0], b"* OK [CLOSED] Previous mailbox closed\r\n")
+        self.assertIn(b"* VANISHED (EARLIER) %d\r\n" % uids[1], lines)
+        self.assertEqual(sum(b" FETCH (UID " in line for line in lines), 2)
+
+    def test_qresync_after_a_restart_and_a_pop3_deletion(self):
+        """
+        The expunges a phone missed (IMAP, POP3, while the server was
+        down), from the index of a restarted server, over a raw socket.
+        """
+        imap = self.imap()
+        uids = self.append(imap, 6)
+        lines = raw(imap, b"SELECT INBOX (CONDSTORE)")
+        uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", b"".join(lines)).group(1))
+        seen = int(re.search(rb"HIGHESTMODSEQ (\d+)", b"".join(lines)).group(1))
+        imap.uid("STORE", f"{uids[0]},{uids[1]}", "+FLAGS.SILENT", r"(\Deleted)")
+        imap.expunge()
+        imap.uid("STORE", str(uids[4]), "+FLAGS.SILENT", "($Phone)")
+        imap.logout()
+        pop = self.server.pop3()
+        pop.user(ALICE)
+        pop.pass_(PASSWORD)
+        pop.dele(2)  # the fourth message
+        pop.quit()
+        self.server.stop()
+        self.server.start()
+        imap = self.imap(select=None)
+        raw(imap, b"ENABLE QRESYNC")
+        lines = raw(imap, b"SELECT INBOX (QRESYNC (%d %d %d:%d))"
+                    % (uidvalidity, seen, uids[0], uids[-1]))
+        self.assertIn(b"* VANISHED (EARLIER) %d:%d,%d\r\n" % (uids[0], uids[1], uids[3]),
+                      lines)
+        self.assertEqual([line for line in lines if b"FETCH" in line],
+                         [b"* 2 FETCH (UID %d FLAGS ($Phone) MODSEQ (%d))\r\n"
+                          % (uids[4], seen + 4)])
+
     def check_MULTIAPPEND(self, imap):
         imap.create("Multi")
         lines = raw(imap, b"APPEND Multi (\\Seen) {%d+}\r\n%b {%d+}\r\n%b"
