@@ -25,6 +25,8 @@ from zope.interface import implementer
 from mailsrv.imap import mime
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
+from mailsrv.imap.sort import Record
+from mailsrv.store import headerfields
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
     SPECIAL_USE,
@@ -490,32 +492,56 @@ class Mailbox:
     def copy(self, message):
         return message.folder.copy(message.getUID(), self.folder)
 
-    def search(self, query, uid):
+    def search(self, query, uid, saved=frozenset()):
         """
+        @param uid: unused (Twisted's L{imap4.ISearchableMailbox} has it).
+        @param saved: the UIDs C{$} stands for (RFC 5182).
         @return: C{(sequence numbers, uses_modseq)} or a Deferred of it
             (criteria that need the message text are evaluated in a
             thread); C{uses_modseq} says whether MODSEQ was a criterion.
+        @raise imap4.IllegalQueryError: the criteria are malformed.
         """
-        matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
-        candidates = [
-            (seq, Message(self.folder, self.folder.message(u), u in self.recent))
-            for seq, u in enumerate(self.view, 1)
-            if u not in self.pending
-        ]
-
-        def matches(seq, message):
-            try:
-                return matcher(seq, message)
-            except (KeyError, OSError):
-                return False  # expunged while the search ran
+        matcher, candidates = self._search_plan(query, saved)
 
         def run():
-            return [seq for seq, message in candidates if matches(seq, message)]
+            return [seq for seq, message in candidates if _matches(matcher, seq, message)]
 
         if matcher.needs_text:
             return threads.deferToThread(run).addCallback(
                 lambda seqs: (seqs, matcher.uses_modseq))
         return run(), matcher.uses_modseq
+
+    def arrange(self, query, order, saved=frozenset()):
+        """
+        SORT and THREAD: a Deferred of C{(order(records), uses_modseq)},
+        where C{records} are the L{Record}s of the messages matching
+        C{query} (as L{search} takes it), in sequence order. Searching,
+        reading their header fields and C{order} all run in a thread.
+
+        @raise imap4.IllegalQueryError: the criteria are malformed.
+        """
+        matcher, candidates = self._search_plan(query, saved)
+        folder = self.folder
+
+        def run():
+            found = [(seq, m.info) for seq, m in candidates if _matches(matcher, seq, m)]
+            fields = header_fields(folder, [info.uid for _, info in found])
+            return order([Record(seq, info.uid, info.size, info.internaldate, fields[info.uid])
+                          for seq, info in found if info.uid in fields])
+
+        return threads.deferToThread(run).addCallback(
+            lambda result: (result, matcher.uses_modseq))
+
+    def _search_plan(self, query, saved):
+        """The compiled criteria and the C{(seq, Message)} pairs they are tried on."""
+        matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0,
+                                 saved)
+        candidates = [
+            (seq, Message(self.folder, self.folder.message(u), u in self.recent))
+            for seq, u in enumerate(self.view, 1)
+            if u not in self.pending
+        ]
+        return matcher, candidates
 
     # Internals
 
@@ -635,6 +661,28 @@ class Message:
         if self._tree is None:
             self._tree = mime.parse(self.mime_bytes())
         return self._tree
+
+
+def header_fields(folder, uids):
+    """
+    C{{uid: Fields}} of the messages of C{folder} with C{uids} that are
+    still there, each parsed from its header block (in a thread: it reads
+    every file). The folder's header cache is to answer this instead.
+    """
+    fields = {}
+    for uid in uids:
+        try:
+            fields[uid] = headerfields.parse(Message(folder, folder.message(uid)).header_bytes())
+        except (KeyError, OSError):
+            continue  # expunged meanwhile
+    return fields
+
+
+def _matches(matcher, seq, message):
+    try:
+        return matcher(seq, message)
+    except (KeyError, OSError):
+        return False  # expunged while the search ran
 
 
 class ChangedSince(SequenceSet):

@@ -12,6 +12,7 @@ import re
 
 from twisted.mail import imap4
 
+from mailsrv.imap import sequence
 from mailsrv.store.folder import PERMANENT_FLAGS
 
 # system flags by their upper-case spelling; \\Recent only the server sets
@@ -73,14 +74,8 @@ def split_store_modifier(line):
 
 def sequence_set(numbers):
     """C{[1, 2, 3, 5]} -> C{b"1:3,5"}, in the order given (RFC 4315 sets)."""
-    runs = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
     return b",".join(
-        b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs
+        b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in sequence.of_numbers(numbers).ranges
     )
 
 
