@@ -254,3 +254,20 @@ class ThreadTests(unittest.TestCase):
 def renumbered(found):
     """C{found} as if the others were expunged: sequence numbers from 1."""
     return [r._replace(seq=i + 1) for i, r in enumerate(found)]
+
+
+class SimpleAddressTests(unittest.TestCase):
+    """The regular expression for plain addresses agrees with ENVELOPE's tokenizer."""
+
+    @examples(500)
+    @given(st.text(alphabet=' \t"<>@.,;:()\\[]abAB=?_\u00e9', max_size=24))
+    def test_same_as_tokenizer(self, raw):
+        simple = sortkeys._simple_first_address(raw)
+        if simple is not None:
+            self.assertEqual(simple, sortkeys._first_address(raw))
+
+    def test_plain_forms_take_the_fast_path(self):
+        for raw in ("Sender 0 <sender0@remote.test>", '"Last, First" <x@y.z>', "a.b@c.d",
+                    "<a@b>", " =?utf-8?q?x?= <a@b> "):
+            self.assertIsNotNone(sortkeys._simple_first_address(raw), raw)
+            self.assertEqual(sortkeys._simple_first_address(raw), sortkeys._first_address(raw))

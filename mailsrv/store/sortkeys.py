@@ -18,6 +18,12 @@ _SPACES = re.compile(r"[ \t\r\n]+")
 # subj-leader (RFC 5256 5): *subj-blob subj-refwd, or one WSP
 _REFWD = re.compile(r"(?:\[[^\[\]]*\] *)*(?:re|fwd?) *(?:\[[^\[\]]*\] *)?:", re.IGNORECASE)
 _BLOB = re.compile(r"\[[^\[\]]*\] *")
+# One address, "Name <a@b>", "\"Name\" <a@b>" or "a@b": no comment, group,
+# route, escape or dot in the name (the tokenizer's cases)
+_ADDR = r'[^\s"(),:;<>@\[\]\\]+'
+_SIMPLE_ADDRESS = re.compile(
+    rf'\s*(?:(?:"([^"\\\r\n]*)"|([^"(),.:;<>@\[\]\\]*?))\s*<({_ADDR})@({_ADDR})>'
+    rf'|({_ADDR})@({_ADDR}))\s*')
 _MESSAGE_ID = re.compile(r"<\s*([^<>\s@]+@[^<>\s]+?)\s*>")
 
 
@@ -104,12 +110,10 @@ def address_keys(raw):
     """
     if raw is None:
         return None, None
-    found = addresses(raw.encode("utf-8", "surrogateescape"))
-    if not found:
+    first = _simple_first_address(raw) or _first_address(raw)
+    if first is None:
         return None, None
-    name, _, mailbox, host = (
-        None if v is None else v.decode("utf-8", "surrogateescape") for v in found[0])
-    mailbox = mailbox or ""
+    name, mailbox, host = first
     if name:
         display = decode_words(name)
     elif host:
@@ -117,6 +121,31 @@ def address_keys(raw):
     else:
         display = mailbox
     return casemap(mailbox), casemap(display)
+
+
+def _first_address(raw):
+    """C{(name, mailbox, host)} of the first address, as ENVELOPE's parser gives it, or L{None}."""
+    found = addresses(raw.encode("utf-8", "surrogateescape"))
+    if not found:
+        return None
+    name, _, mailbox, host = (
+        None if v is None else v.decode("utf-8", "surrogateescape") for v in found[0])
+    return name, mailbox or "", host
+
+
+def _simple_first_address(raw):
+    """
+    L{_first_address} of a field holding one plain address (most do),
+    with a regular expression instead of the tokenizer; else L{None}.
+    """
+    simple = _SIMPLE_ADDRESS.fullmatch(raw)
+    if simple is None:
+        return None
+    quoted, phrase, mailbox, host, bare_mailbox, bare_host = simple.groups()
+    if mailbox is None:
+        return None, bare_mailbox, bare_host
+    name = quoted if quoted is not None else " ".join(phrase.split()) or None
+    return name, mailbox, host
 
 
 def message_ids(raw):
