@@ -7,18 +7,28 @@ deep (a long reply chain), so trees are walked with explicit lists.
 Siblings are ordered by sent date, then sequence number (RFC 5256 2.2).
 """
 
+import operator
+
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
 
 class _Node:
-    """A message in a thread tree, or a dummy (C{record} L{None}) for a referenced one."""
+    """
+    A message in a thread tree, or a dummy (C{record} L{None}) for a
+    referenced one. C{key} orders siblings: sent date, then sequence
+    number; a dummy's is its first child's, once its children are sorted.
+    """
 
-    __slots__ = ("record", "parent", "children")
+    __slots__ = ("record", "parent", "children", "key")
 
     def __init__(self, record=None):
-        self.record = record
         self.parent = None
         self.children = []
+        self.place(record)
+
+    def place(self, record):
+        self.record = record
+        self.key = None if record is None else (record.sent, record.seq)
 
     def adopt(self, child):
         child.parent = self
@@ -51,11 +61,7 @@ def thread(algorithm, records):
     return references(records)
 
 
-def _date_key(node):
-    """Sent date, then sequence number; a dummy sorts as its first child (sorted before)."""
-    while node.record is None:
-        node = node.children[0]
-    return node.record.sent, node.record.seq
+_key = operator.attrgetter("key")
 
 
 def ordered_subject(records):
@@ -73,7 +79,7 @@ def ordered_subject(records):
         for record in members[1:]:
             root.adopt(_Node(record))
         roots.append(root)
-    roots.sort(key=_date_key)
+    roots.sort(key=_key)
     return roots
 
 
@@ -86,11 +92,12 @@ def references(records):
     roots = _prune(roots)  # step 3
     for root in roots:  # step 4
         if root.record is None:
-            root.children.sort(key=_date_key)
-    roots.sort(key=_date_key)
+            root.children.sort(key=_key)
+            root.key = root.children[0].key
+    roots.sort(key=_key)
     roots = _gather_subjects(roots)  # step 5
     _sort_siblings(roots)  # step 6
-    roots.sort(key=_date_key)
+    roots.sort(key=_key)
     return roots
 
 
@@ -104,7 +111,7 @@ def _link(record, by_id, nodes):
         if message_id is not None and message_id not in by_id:
             by_id[message_id] = node
     else:
-        node.record = record  # a dummy until now
+        node.place(record)  # a dummy until now
     previous = None
     for reference in (record.fields.thread_refs or "").split():
         current = by_id.get(reference)
@@ -205,7 +212,10 @@ def _gather_subjects(roots):
 def _sort_siblings(roots):
     """Step 6: every set of siblings by sent date, the deepest first."""
     for node in _post_order(roots):
-        node.children.sort(key=_date_key)
+        if node.children:
+            node.children.sort(key=_key)
+            if node.record is None:
+                node.key = node.children[0].key
 
 
 def format_threads(roots, number):
