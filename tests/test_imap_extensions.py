@@ -5,10 +5,13 @@ test_imap_clients.py drives the same extensions with imaplib against the
 real server.)
 """
 
+import gc
+
 from hypothesis import given, strategies as st
 from twisted.mail import imap4
 from twisted.trial import unittest
 
+from mailsrv.imap.mailbox import _collector_paused
 from mailsrv.imap.syntax import (
     sequence_set,
     split_fetch_modifiers,
@@ -472,6 +475,24 @@ class SortTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"j SORT (ARRIVAL) UTF-8 MODSEQ 2"),
                          b"* OK [HIGHESTMODSEQ 3] Highest\r\n"
                          b"* SORT 2 3 (MODSEQ 3)\r\nj OK SORT completed\r\n")
+
+
+class CollectorPauseTests(unittest.TestCase):
+    """SORT and THREAD run with the cycle collector off, and leave it as they found it."""
+
+    def test_paused_and_restored(self):
+        seen = []
+        work = _collector_paused(lambda: seen.append(gc.isenabled()) or 1 / 0)
+        self.assertTrue(gc.isenabled())
+        self.assertRaises(ZeroDivisionError, work)
+        self.assertEqual(seen, [False])
+        self.assertTrue(gc.isenabled())
+        gc.disable()
+        try:
+            self.assertRaises(ZeroDivisionError, work)
+            self.assertFalse(gc.isenabled())
+        finally:
+            gc.enable()
 
 
 class ESortTests(IMAPTestCase):

@@ -32,10 +32,11 @@ MAX_DEPTH = 100
 
 
 class _Matcher:
-    def __init__(self, test, needs_text, uses_modseq):
+    def __init__(self, test, needs_text, uses_modseq, everything):
         self.test = test
         self.needs_text = needs_text
         self.uses_modseq = uses_modseq
+        self.everything = everything
 
     def __call__(self, seq, message):
         return self.test(seq, message)
@@ -47,19 +48,22 @@ def compile_search(query, last_seq, last_uid, saved=frozenset()):
     @param saved: the UIDs of the saved result, which C{$} stands for in
         place of a sequence set, alone or after C{UID} (RFC 5182).
     @return: a callable C{(seq, message) -> bool} with attributes
-        C{needs_text} (whether it reads message files) and C{uses_modseq}
-        (the criteria have MODSEQ: RFC 7162 wants the highest in the reply).
+        C{needs_text} (whether it reads message files), C{uses_modseq}
+        (the criteria have MODSEQ: RFC 7162 wants the highest in the reply)
+        and C{everything} (the criteria are only C{ALL}: every message
+        matches, none need be tried).
     @raise imap4.IllegalQueryError: the criteria are malformed.
     """
     state = {"text": False, "modseq": False, "depth": 0, "saved": saved}
     tokens = list(query)
     if not tokens:
         raise imap4.IllegalQueryError("missing search criteria")
+    everything = all(isinstance(t, bytes) and t.upper() == b"ALL" for t in tokens)
     tests = []
     while tokens:
         tests.append(_one(tokens, last_seq, last_uid, state))
     return _Matcher(lambda s, m: all(t(s, m) for t in tests), state["text"],
-                    state["modseq"])
+                    state["modseq"], everything)
 
 
 def _pop(tokens, what):
