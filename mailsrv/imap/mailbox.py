@@ -502,7 +502,12 @@ class Mailbox:
             thread); C{uses_modseq} says whether MODSEQ was a criterion.
         @raise imap4.IllegalQueryError: the criteria are malformed.
         """
-        matcher, candidates = self._search_plan(query, saved)
+        matcher = self._matcher(query, saved)
+        candidates = [
+            (seq, Message(self.folder, self.folder.message(u), u in self.recent))
+            for seq, u in enumerate(self.view, 1)
+            if u not in self.pending
+        ]
 
         def run():
             return [seq for seq, message in candidates if _matches(matcher, seq, message)]
@@ -546,16 +551,6 @@ class Mailbox:
 
     def _matcher(self, query, saved):
         return compile_search(query, len(self.view), self.view[-1] if self.view else 0, saved)
-
-    def _search_plan(self, query, saved):
-        """The compiled criteria and the C{(seq, Message)} pairs they are tried on."""
-        matcher = self._matcher(query, saved)
-        candidates = [
-            (seq, Message(self.folder, self.folder.message(u), u in self.recent))
-            for seq, u in enumerate(self.view, 1)
-            if u not in self.pending
-        ]
-        return matcher, candidates
 
     # Internals
 

@@ -30,8 +30,10 @@ matter to real clients closed. Each override below says which gap:
   login;
 - the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
-  folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
-  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax});
+  folders come from the realm), CONDSTORE (MODSEQ in FETCH, STORE,
+  SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
+  ESEARCH, SEARCHRES and ESORT (RETURN options, C{$}), SORT,
+  SORT=DISPLAY and THREAD (L{mailsrv.imap.sort}, L{mailsrv.imap.thread});
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
   nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
@@ -196,7 +198,7 @@ def _arg_seqset(self, line):
     """
     text, _, rest = line.partition(b" ")
     if text == b"$":
-        return self.saved_set(), rest
+        return self._saved_set(), rest
     try:
         return sequence.parse(text), rest
     except sequence.BadSequenceSet as e:
@@ -1350,7 +1352,9 @@ class IMAPServer(imap4.IMAP4Server):
         number = (lambda r: r.uid) if uid else (lambda r: r.seq)
 
         def threaded(result):
-            data, _ = result
+            data, uses_modseq = result
+            if uses_modseq:
+                self._enable_condstore()
             self.sendUntaggedResponse(b"THREAD " + data if data else b"THREAD")
             self.sendPositiveResponse(tag, b"THREAD completed")
 
@@ -1440,7 +1444,7 @@ class IMAPServer(imap4.IMAP4Server):
             self._saved = []
         self._failed(failure, tag, command)
 
-    def saved_set(self):
+    def _saved_set(self):
         """
         C{$} (RFC 5182): the saved messages still in the mailbox, as UIDs
         in a UID command, else as sequence numbers.
