@@ -74,6 +74,20 @@ def normalise(text):
     return text.strip().lower()
 
 
+def domain_of(text):
+    """
+    The domain of an address as we compare domains: lower case, without
+    the root's trailing dot (C{bob@Example.TEST.} -> C{example.test}); no
+    validation, for addresses that have passed L{parse} or SMTP's parser.
+    """
+    return text.rpartition("@")[2].lower().rstrip(".")
+
+
+def local_part_of(text):
+    """The local part of an address as it is written (C{"a@b"@c.test} -> C{"a@b"})."""
+    return text.rpartition("@")[0]
+
+
 def parse(text):
     """
     C{" Alice@Example.TEST "} -> C{Address("Alice", "Example.TEST")}.

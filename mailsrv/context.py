@@ -24,6 +24,8 @@ class MailServer:
     @ivar tls_context: the server's TLS context factory for listeners that
         ask for no client certificate.
     @ivar tls: the L{mailsrv.tls.ServerTLS} with the contexts that do.
+    @ivar delivery: the L{mailsrv.queue.intake.LocalDelivery} that accepts
+        every message, received or a bounce.
     @ivar queue_runner: what delivers queued mail; C{wake()} after enqueueing.
     @ivar clock: the reactor, or a Clock in tests.
     """
@@ -36,6 +38,7 @@ class MailServer:
     spool: Any
     trusted: Any
     tls_context: Any
+    delivery: Any = None
     queue_runner: Any = None
     clock: Any = None
     tls: Any = None
@@ -64,6 +67,19 @@ class MailServer:
             self._listener_access[listener.index] = ListenerAccess(
                 listener.access, resolver_for(self.settings.dns), self.clock)
         return self._listener_access[listener.index]
+
+    def starttls_offered(self, transport, listener):
+        """
+        Whether STARTTLS (STLS) may be offered on this connection now, by
+        any protocol: the listener has it, there is a context, and the
+        connection is plain. Protocols add their own states (after a POP3
+        login, after a STARTTLS already begun).
+        """
+        return (
+            listener.tls in ("starttls", "required")
+            and self.tls_context_for(listener) is not None
+            and not is_secure(transport)
+        )
 
     def passwords_allowed(self, transport, listener):
         """

@@ -15,6 +15,10 @@ trickle in do not extend anything:
   at a fair rate never runs out, one that stalls or trickles does;
 - POP3 and IMAP clients must log in within C{login} seconds of connecting,
   whatever they do meanwhile (Dovecot's login timeout);
+- a client that stops reading what the server sends (a big RETR or FETCH
+  whose producer the transport paused) has C{command} seconds to read
+  again, even while the server works on its command; it sees no last
+  line (it does not read), its connection is aborted;
 - while the listener is under stress (at least C{stress_connections} open),
   each of these is cut to C{stress} seconds (Postfix's stress-dependent
   C{smtpd_timeout}).
@@ -37,6 +41,7 @@ COMMAND = "command"
 DATA = "data"
 LOGIN = "login"
 EVICTED = "evicted"
+WRITE = "write"
 
 # Seconds a closed connection may take to send its last line before it is
 # aborted (a client that does not read must not keep the socket).
@@ -106,6 +111,7 @@ class Deadline:
         self._data_ends = None  # set while message data is expected
         self._logged_in = False
         self._held = False
+        self._stalled_since = None  # the client stopped reading our output
         self._stopped = False  # the connection is gone or being closed
         self._gone = False
         self._call = None
@@ -169,6 +175,18 @@ class Deadline:
             self._data_ends = now + self._limit(self.timeouts.command)
         self._arm()
 
+    def output_stalled(self):
+        """The transport paused the command's output: the client does not read."""
+        if self._stalled_since is None:
+            self._stalled_since = self.clock.seconds()
+            self._arm()
+
+    def output_flowing(self):
+        """The client reads again (the transport resumed, or the output ended)."""
+        if self._stalled_since is not None:
+            self._stalled_since = None
+            self._arm()
+
     def logged_in(self):
         """POP3/IMAP login (SMTP: AUTH or a first accepted MAIL): no login deadline now."""
         self._logged_in = True
@@ -196,16 +214,22 @@ class Deadline:
         return seconds
 
     def _ends(self):
-        """When the client's time runs out and why, or L{None} while held."""
-        if self._held:
-            return None
+        """
+        When the client's time runs out and why, or L{None}: while held,
+        only a stalled reader is timed.
+        """
         t = self.timeouts
+        ends = []
+        if self._stalled_since is not None:
+            ends.append((self._stalled_since + self._limit(t.command), WRITE))
+        if self._held:
+            return min(ends, default=None)
         if self._data_ends is not None:
-            ends = [(self._data_ends, DATA)]
+            ends.append((self._data_ends, DATA))
         elif self._line_started is not None:  # a command has begun: no longer idle
-            ends = [(self._line_started + self._limit(t.command), COMMAND)]
+            ends.append((self._line_started + self._limit(t.command), COMMAND))
         else:
-            ends = [(self._waiting_since + self._limit(t.idle), IDLE)]
+            ends.append((self._waiting_since + self._limit(t.idle), IDLE))
         if self._login_since is not None:
             ends.append((self._login_since + self._limit(t.login), LOGIN))
         return min(ends)
@@ -240,7 +264,9 @@ class Deadline:
         self._stopped = True
         log.info("{connection}: {why}; closing", connection=self.name, why=WHY[reason])
         self._expired(reason)
-        if not self._gone:
+        if reason == WRITE and not self._gone:
+            self.transport.abortConnection()  # its buffer is full: nothing more gets out
+        elif not self._gone:
             self._call = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
 
@@ -251,4 +277,5 @@ WHY = {
     DATA: "message data too slow",
     LOGIN: "no login in time",
     EVICTED: "evicted to make room for a new connection",
+    WRITE: "not reading",
 }

@@ -36,6 +36,7 @@ def preflight(settings, warnings=True):
     for listed in list_files(settings):
         notes += _check_list_file(settings, listed, warnings)
     notes += _check_tls(settings)
+    _check_delivery_cas(settings)
     return notes
 
 
@@ -164,6 +165,15 @@ def _check_tls(settings):
     tls.load_client_cas(settings)
     return [f"tls: {cert} and {key} do not exist: start-up generates a self-signed "
             f"certificate for {settings.hostname}"]
+
+
+def _check_delivery_cas(settings):
+    """The CA file "verify" hops chain to: read when the first such hop is met, so checked here."""
+    try:
+        tls.trust_root(settings.delivery.outbound.ca_file)
+    except ValueError as e:
+        raise ConfigError(settings.path, "[delivery] tls_ca_file", str(e),
+                          "give the CA certificates (PEM) that issue the next hops' certificates")
 
 
 def _check_data_dir(settings):

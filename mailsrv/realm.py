@@ -11,7 +11,8 @@ from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
 from mailsrv.imap.mailbox import Account
-from mailsrv.pop3.mailbox import FolderMailbox, MaildropInUse
+from mailsrv.login import MaildropInUse
+from mailsrv.pop3.mailbox import FolderMailbox
 
 log = Logger()
 

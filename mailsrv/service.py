@@ -24,7 +24,7 @@ from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.netaddr import trusted_list
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
-from mailsrv.queue.intake import LocalRoutes
+from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.sessions import MemorySessionStore
@@ -99,13 +99,16 @@ def build_mail_server(settings, clock=reactor):
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)
+    store = MailStore(settings.data_dir / "mail", clock)
+    spool = Spool(settings.data_dir / "queue")
     return MailServer(
         settings=settings,
         directory=directory,
         checker=UserPasswordChecker(directory, sessions, clock, settings.auth.cache_ttl),
         sessions=sessions,
-        store=MailStore(settings.data_dir / "mail", clock),
-        spool=Spool(settings.data_dir / "queue"),
+        store=store,
+        spool=spool,
+        delivery=LocalDelivery(spool, store, directory),
         trusted=trusted_list(settings),
         tls_context=server_tls.context(),
         tls=server_tls,
@@ -119,8 +122,7 @@ def make_service(settings):
     StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
-    server.queue_runner = QueueRunner(server.spool, settings,
-                                      local=LocalRoutes(server.directory, server.store))
+    server.queue_runner = QueueRunner(server.spool, settings, local_delivery=server.delivery)
     server.queue_runner.setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()

@@ -359,6 +359,24 @@ def load_client_cas(settings):
     return client_cas
 
 
+def trust_root(ca_file):
+    """
+    The CAs that "verify" delivery hops must chain to: C{ca_file}'s (the
+    [delivery] tls_ca_file), or the system's when it is L{None}.
+    @raise ValueError: saying why the file cannot serve.
+    """
+    if ca_file is None:
+        return ssl.platformTrust()
+    try:
+        pem = ca_file.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {ca_file}: {e.strerror}")
+    certificates = _pem_certificates(pem)
+    if not certificates:
+        raise ValueError(f"{ca_file} holds no PEM certificate")
+    return ssl.trustRootFromCertificates([ssl.Certificate(c) for c in certificates])
+
+
 def _read(settings, key, path):
     try:
         return path.read_bytes()

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
 from mailsrv.address import (
-    Address, AddressError, is_address, parse, parse_mailbox,
+    Address, AddressError, domain_of, is_address, local_part_of, parse, parse_mailbox,
 )
 
 # Local parts and domains made of the characters that matter: the safe set,
@@ -96,3 +96,23 @@ class ParseProperties(unittest.TestCase):
         self.assertTrue(address.local.isascii() and address.local.isprintable())
         self.assertFalse(set(address.local) & set("/\\@\"% +"))
         self.assertNotIn(address.local[0], ".-_")
+
+
+class PartsTests(unittest.TestCase):
+    """Every module takes an address apart with these, so they agree on case and the root dot."""
+
+    def test_domain_of(self):
+        for text, domain in [("bob@Example.TEST", "example.test"),
+                             ("bob@example.test.", "example.test"),
+                             ('"a@b"@c.test', "c.test"), ("postmaster", "postmaster")]:
+            self.assertEqual(domain_of(text), domain, text)
+
+    def test_local_part_of(self):
+        self.assertEqual(local_part_of('"a@b"@c.test'), '"a@b"')
+        self.assertEqual(local_part_of("Bob@example.test"), "Bob")
+
+    def test_directory_and_routing_agree_on_the_root_dot(self):
+        from mailsrv.directory.directory import Directory
+
+        directory = Directory(("example.test",), users=None, aliases=None)
+        self.assertTrue(directory.is_local_address("bob@EXAMPLE.test."))

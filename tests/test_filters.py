@@ -3,6 +3,7 @@ The action model: parsing, precedence, the summary header, the subject
 rewrite, and each action carried out by the SMTP server at DATA.
 """
 
+import errno
 from pathlib import Path
 
 from twisted.internet import defer
@@ -314,4 +315,25 @@ class MessageFilterTests(unittest.TestCase):
         connection.send(b"From: spam@remote.test\r\n\r\nbuy")
         connection.transport.loseConnection()
         self.filter.pending.callback(None)
+        self.assertEqual(files_on_disk(self.server), [])
+
+    def test_write_error_while_adding_the_subject_at_the_end_refuses(self):
+        """
+        Regression: a message whose header never ends gets its Subject when
+        the final dot comes; a failed write then was not seen, and the
+        message was accepted without it.
+        """
+        from mailsrv.queue.spool import IncomingMessage
+
+        real_write = IncomingMessage.write
+
+        def write(incoming, data):
+            if b"Subject: [SPAM]" in data:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(incoming, data)
+
+        self.patch(IncomingMessage, "write", write)
+        connection = self.connect(SUBJECT)
+        reply = connection.send(b"From: spam@remote.test\r\n.\r\n")
+        self.assertEqual(reply, b"452 4.3.1 Insufficient system storage, try again later\r\n")
         self.assertEqual(files_on_disk(self.server), [])

@@ -34,8 +34,9 @@ ALICE = "alice@example.test"
 # SELECT's FLAGS before any keyword
 PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
-EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE ESEARCH "
-              b"SEARCHRES SORT SORT=DISPLAY THREAD=REFERENCES THREAD=ORDEREDSUBJECT ESORT")
+EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
+              b" MULTIAPPEND BINARY CATENATE ESEARCH SEARCHRES SORT SORT=DISPLAY"
+              b" THREAD=REFERENCES THREAD=ORDEREDSUBJECT ESORT")
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
     b"To: Alice <alice@example.test>\r\n"

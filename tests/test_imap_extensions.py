@@ -21,6 +21,7 @@ from mailsrv.imap.syntax import (
 from mailsrv.store.folder import MailStore
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase
 from tests.fuzzing import examples
+from tests.test_imap_append import BinaryTests, CatenateTests, MultiAppendTests
 from tests.helpers import opened
 
 
@@ -318,6 +319,8 @@ class CapabilityCoverageTests(unittest.TestCase):
             b"ESEARCH": ESearchTests, b"SEARCHRES": SearchResTests, b"SORT": SortTests,
             b"SORT=DISPLAY": SortTests, b"THREAD=REFERENCES": ThreadTests,
             b"THREAD=ORDEREDSUBJECT": ThreadTests, b"ESORT": ESortTests,
+            b"MULTIAPPEND": MultiAppendTests, b"BINARY": BinaryTests,
+            b"CATENATE": CatenateTests,
         }
         self.assertEqual(set(EXTENSIONS) - {b"IDLE"}, set(tested))
 

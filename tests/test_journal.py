@@ -5,13 +5,14 @@ and the commit that writes it beside an original left byte-identical.
 
 from pathlib import Path
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from mailsrv.config import JournalSettings
 from mailsrv.directory import Route
 from mailsrv.queue import intake
-from mailsrv.queue.journal import Journal, JournalCopy, journal_header
+from mailsrv.queue.intake import Destination, LocalDelivery
+from mailsrv.queue.journal import Journal, journal_header
 from mailsrv.queue.spool import Spool
 from mailsrv.smtp.state import Recipient, Transaction
 
@@ -32,11 +33,6 @@ class FakeDirectory:
         return Route(remote=(address,), is_local_domain=False)
 
 
-class FakeStore:
-    def maildir(self, user):
-        return f"/mail/{user}"
-
-
 class HeaderTests(unittest.TestCase):
     def test_short(self):
         self.assertEqual(journal_header("s@remote.test", ["a@x.test", "b@x.test"]),
@@ -55,19 +51,20 @@ class HeaderTests(unittest.TestCase):
 
 class DecisionTests(unittest.TestCase):
     def journal(self, inbound="in@example.test", outbound="out@remote.test"):
-        return Journal(JournalSettings(inbound, outbound), FakeDirectory(), FakeStore())
+        return Journal(JournalSettings(inbound, outbound),
+                       LocalDelivery(None, None, FakeDirectory()))
 
     def test_table(self):
-        # sender, recipients -> (maildirs, remote) of the one copy, or None
+        # sender, recipients -> the one copy's destination, or None
         for sender, recipients, expected in [
-            ("s@remote.test", [ALICE], (("/mail/in@example.test",), ())),
-            ("", [ALICE, CAROL], (("/mail/in@example.test",), ())),
-            ("bob@example.test", [CAROL, ALICE], ((), ("out@remote.test",))),
+            ("s@remote.test", [ALICE], Destination(("in@example.test",), ())),
+            ("", [ALICE, CAROL], Destination(("in@example.test",), ())),
+            ("bob@example.test", [CAROL, ALICE], Destination((), ("out@remote.test",))),
             ("bob@example.test", [ALICE], None),     # internal
             ("s@remote.test", [CAROL], None),        # relayed for a trusted client
         ]:
             copies = self.journal().copies(Transaction(sender, recipients=recipients))
-            found = (copies[0].maildirs, copies[0].remote) if copies else None
+            found = copies[0].destination if copies else None
             self.assertEqual(found, expected, (sender, recipients))
             self.assertLessEqual(len(copies), 1)
 
@@ -92,7 +89,8 @@ class CommitTests(unittest.TestCase):
     def commit(self, maildir, journal=()):
         incoming = self.spool.incoming()
         incoming.write(MESSAGE)
-        return intake.commit(self.spool, incoming, self.fields, [maildir], [], journal)
+        return defer.maybeDeferred(intake.commit, self.spool, incoming, self.fields, [maildir],
+                                   [], journal)
 
     def files(self, maildir):
         return [p.read_bytes() for p in (maildir / "new").iterdir()]
@@ -101,7 +99,7 @@ class CommitTests(unittest.TestCase):
     def test_local_archive_and_byte_identical_original(self):
         plain, journaled, archive = (self.root / n for n in ("plain", "journaled", "archive"))
         yield self.commit(plain)
-        yield self.commit(journaled, [JournalCopy(self.header, (archive,), ())])
+        yield self.commit(journaled, [(self.header, [archive], [])])
         self.assertEqual(self.files(journaled), self.files(plain))
         self.assertEqual(self.files(archive), [self.header + MESSAGE])
         self.assertEqual(self.spool.ids(), [])
@@ -110,7 +108,7 @@ class CommitTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_remote_archive_is_queued_from_the_null_sender(self):
         queue_id, _ = yield self.commit(self.root / "alice",
-                                     [JournalCopy(self.header, (), ("archive@remote.test",))])
+                                     [(self.header, [], ["archive@remote.test"])])
         (copy_id,) = self.spool.ids()
         self.assertNotEqual(copy_id, queue_id)
         envelope = self.spool.load(copy_id)
@@ -123,9 +121,46 @@ class CommitTests(unittest.TestCase):
     def test_a_failure_leaves_no_copy(self):
         (self.root / "blocked").write_text("not a directory")
         d = self.commit(self.root / "blocked",
-                        [JournalCopy(self.header, (self.root / "archive",), ("x@remote.test",))])
+                        [(self.header, [self.root / "archive"], ["x@remote.test"])])
         yield self.assertFailure(d, OSError)
         self.assertEqual(list((self.root / "archive" / "new").iterdir()), [])
         self.assertEqual(self.spool.ids(), [])
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
         self.assertEqual(list(self.spool.msg.iterdir()), [])
+
+
+class AnnouncingStore:
+    """Maildirs under C{root}; records what open folders would be told."""
+
+    def __init__(self, root):
+        self.root = root
+        self.told = []
+
+    def maildir(self, user, folder="INBOX"):
+        return self.root / user / folder
+
+    def create_folder(self, user, folder):
+        self.maildir(user, folder).mkdir(parents=True)
+
+    def notify(self, user, folder, names):
+        self.told.append((user, folder, len(names)))
+
+
+class LocalDeliveryTests(unittest.TestCase):
+    def test_open_folders_hear_of_the_message_and_its_journal_copy(self):
+        """An IMAP client in IDLE on the archive sees the copy at once, as the recipient does."""
+        root = Path(self.mktemp())
+        spool = Spool(root / "queue")
+        store = AnnouncingStore(root / "mail")
+        delivery = LocalDelivery(spool, store, FakeDirectory())
+        self.patch(threads, "deferToThread", defer.maybeDeferred)
+        incoming = spool.incoming()
+        incoming.write(MESSAGE)
+        destination = Destination(("alice@example.test",), (), "Junk")
+        journal = Journal(JournalSettings("in@example.test", ""), delivery).copies(
+            Transaction("s@remote.test", recipients=[ALICE]))
+        queue_id = self.successResultOf(delivery.deliver(
+            incoming, {"sender": "s@remote.test"}, destination, journal))
+        self.assertEqual(queue_id, incoming.queue_id)
+        self.assertEqual(store.told, [("alice@example.test", "Junk", 1),
+                                      ("in@example.test", "INBOX", 1)])

@@ -12,8 +12,10 @@ from twisted.mail import smtp
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from mailsrv.directory import Route
 from mailsrv.queue.client import Hop
 from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result, SMTPCourier
+from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.mx import order_exchanges
 from mailsrv.queue.retry import retry_delay
 from mailsrv.queue.routing import MX, route_for
@@ -30,6 +32,13 @@ MESSAGE = (
 )
 START = 1_700_000_000.0
 
+
+
+class EveryAddressRemote:
+    """A directory without local domains: bounces go out through the queue too."""
+
+    def route(self, address):
+        return Route(remote=(address,), is_local_domain=False)
 
 class RetryDelayTests(unittest.TestCase):
     SCHEDULE = (300, 900, 3600)
@@ -226,7 +235,9 @@ class RunnerTests(unittest.TestCase):
 
     def runner(self, settings=None, **kwargs):
         runner = QueueRunner(self.spool, settings or self.settings(), self.clock,
-                             random=lambda: 0.5, **kwargs)
+                             random=lambda: 0.5,
+                             local_delivery=LocalDelivery(self.spool, None, EveryAddressRemote()),
+                             **kwargs)
         runner.startService()
         self.runners.append(runner)
         self.addCleanup(lambda: runner.running and runner.stopService())

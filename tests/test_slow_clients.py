@@ -237,6 +237,41 @@ class DeadlineTests(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(self.expired, ["idle"])  # 20 s idle > 10 s under stress
 
+    def test_a_stalled_reader_is_cut_even_while_held(self):
+        d = self.deadline()
+        d.logged_in()
+        d.hold()  # a RETR or FETCH in progress
+        d.output_stalled()
+        self.clock.advance(59)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(1)
+        self.assertEqual(self.expired, ["write"])
+        self.assertTrue(self.transport.disconnected)  # at once: it reads no last line
+
+    def test_a_reader_that_catches_up_starts_afresh(self):
+        d = self.deadline()
+        d.logged_in()
+        d.hold()
+        for _ in range(5):
+            d.output_stalled()
+            self.clock.advance(50)
+            d.output_flowing()
+        self.assertEqual(self.expired, [])
+        d.output_stalled()
+        d.output_stalled()  # paused again before resuming: the stall began earlier
+        self.clock.advance(60)
+        self.assertEqual(self.expired, ["write"])
+
+    def test_output_done_leaves_the_idle_timer(self):
+        d = self.deadline()
+        d.logged_in()
+        d.output_stalled()
+        d.output_flowing()
+        self.clock.advance(299)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(1)
+        self.assertEqual(self.expired, ["idle"])
+
     def test_a_client_that_does_not_read_is_aborted(self):
         d = self.deadline()
         self.clock.advance(60)

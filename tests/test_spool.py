@@ -6,7 +6,7 @@ import errno
 import os
 from pathlib import Path
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsrv.queue import intake
@@ -146,7 +146,7 @@ class IntakeTests(unittest.TestCase):
         return incoming
 
     def test_local_only_leaves_no_queue_entry(self):
-        d = intake.commit(self.spool, self.receive(), self.fields, [self.root / "alice"], [])
+        d = defer.maybeDeferred(intake.commit, self.spool, self.receive(), self.fields, [self.root / "alice"], [])
 
         def check(committed):
             (delivered,) = (self.root / "alice" / "new").iterdir()
@@ -158,8 +158,8 @@ class IntakeTests(unittest.TestCase):
 
     def test_remote_recipients_are_queued(self):
         incoming = self.receive()
-        d = intake.commit(self.spool, incoming, self.fields, [self.root / "alice"],
-                          ["x@remote.test", "y@remote.test"])
+        d = defer.maybeDeferred(intake.commit, self.spool, incoming, self.fields, [self.root / "alice"],
+                                ["x@remote.test", "y@remote.test"])
 
         def check(committed):
             queue_id, _ = committed
@@ -168,7 +168,7 @@ class IntakeTests(unittest.TestCase):
             envelope = self.spool.load(queue_id)
             self.assertEqual(envelope.sender, "s@remote.test")
             self.assertEqual([r.address for r in envelope.pending()],
-                             ["x@remote.test", "y@remote.test"])
+                                   ["x@remote.test", "y@remote.test"])
             self.assertEqual(self.spool.message_path(queue_id).read_bytes(), MESSAGE)
             (delivered,) = (self.root / "alice" / "new").iterdir()
             self.assertEqual(os.stat(delivered).st_ino,
@@ -178,7 +178,7 @@ class IntakeTests(unittest.TestCase):
 
     def test_a_message_with_nowhere_to_go_is_refused(self):
         """No "250" for a message that would be dropped at once (an alias to nobody)."""
-        d = intake.commit(self.spool, self.receive(), self.fields, [], [])
+        d = defer.maybeDeferred(intake.commit, self.spool, self.receive(), self.fields, [], [])
         self.assertFailure(d, intake.NoDestination)
 
         def check(_):
@@ -189,8 +189,8 @@ class IntakeTests(unittest.TestCase):
 
     def test_io_error_leaves_nothing_behind(self):
         (self.root / "blocked").write_text("not a directory")
-        d = intake.commit(self.spool, self.receive(), self.fields,
-                          [self.root / "alice", self.root / "blocked"], ["x@remote.test"])
+        d = defer.maybeDeferred(intake.commit, self.spool, self.receive(), self.fields,
+                                [self.root / "alice", self.root / "blocked"], ["x@remote.test"])
         self.assertFailure(d, OSError)
 
         def check(_):

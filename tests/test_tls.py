@@ -84,6 +84,42 @@ class CertificateTests(unittest.TestCase):
         self.assertEqual(server_tls.certificate, leaf.cert)
 
 
+class DeliveryCAConfigTests(unittest.TestCase):
+    """[delivery] tls_ca_file is read at the first "verify" hop: start-up and check-config check it first."""
+
+    def preflight(self, pem):
+        from mailsrv.preflight import preflight
+
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir(parents=True)
+        if pem is not None:
+            (self.dir / "ca.pem").write_bytes(pem)
+        settings = make_settings(self.dir, delivery={"tls_ca_file": "ca.pem"})
+        return preflight(settings, warnings=False)
+
+    def test_missing_file_is_one_config_line(self):
+        with self.assertRaises(ConfigError) as caught:
+            self.preflight(None)
+        text = str(caught.exception)
+        self.assertIn("[delivery] tls_ca_file: cannot read", text)
+        self.assertNotIn("\n", text)
+
+    def test_file_without_certificates(self):
+        with self.assertRaises(ConfigError) as caught:
+            self.preflight(b"not a certificate\n")
+        self.assertIn("holds no PEM certificate", str(caught.exception))
+
+    def test_broken_pem_block(self):
+        with self.assertRaises(ConfigError) as caught:
+            self.preflight(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        self.assertIn("[delivery] tls_ca_file: bad PEM certificate", str(caught.exception))
+
+    def test_good_bundle_and_its_trust_root(self):
+        bundle = certs.make("CA one", ca=True).cert_pem + certs.make("CA two", ca=True).cert_pem
+        self.preflight(bundle)
+        self.assertIsNotNone(tls.trust_root(self.dir / "ca.pem"))
+
+
 class ClientCAConfigTests(unittest.TestCase):
     def settings(self, **tls_keys):
         self.dir = Path(self.mktemp()).absolute()

@@ -4,7 +4,7 @@ members is a list. A bare local part (C{postmaster: alice@example.test})
 applies in every local domain.
 """
 
-from mailsrv.address import AddressError, check_local_part, normalise, parse
+from mailsrv.address import AddressError, check_local_part, local_part_of, normalise, parse
 from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
 
 
@@ -46,7 +46,7 @@ class AliasMap:
         address = normalise(address)
         found = aliases.get(address)
         if found is None:
-            found = aliases.get(address.rpartition("@")[0])
+            found = aliases.get(local_part_of(address))
         return found
 
     def names(self):

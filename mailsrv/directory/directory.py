@@ -12,7 +12,7 @@ dead members, loops and over-deep chains (L{Directory.alias_problems}).
 
 from dataclasses import dataclass
 
-from mailsrv.address import AddressError, normalise, parse
+from mailsrv.address import AddressError, domain_of, normalise, parse
 
 MAX_ALIAS_DEPTH = 10
 
@@ -46,7 +46,7 @@ class Directory:
         return domain.lower().rstrip(".") in self.local_domains
 
     def is_local_address(self, address):
-        return self.is_local_domain(address.rpartition("@")[2])
+        return self.is_local_domain(domain_of(address))
 
     def login_name(self, name):
         """

@@ -8,7 +8,7 @@ that host; in the whitelist a bare C{host} is C{@host} too.
 
 from functools import partial
 
-from mailsrv.address import is_address, normalise
+from mailsrv.address import domain_of, is_address, normalise
 from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
 from mailsrv.netaddr import split_entries
 
@@ -50,5 +50,5 @@ class SenderList:
         entries = self._file.get()
         if sender in entries:
             return sender
-        domain = "@" + sender.rpartition("@")[2].rstrip(".")
+        domain = "@" + domain_of(sender)
         return domain if domain in entries else None

@@ -17,7 +17,6 @@ from mailsrv.filters.dnsbl import DNSBLFilter
 from mailsrv.filters.received import ReceivedIPs
 from mailsrv.filters.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
 from mailsrv.netaddr import ListedClients
-from mailsrv.store.folder import FolderExists
 
 
 class Filters:
@@ -82,14 +81,6 @@ class Filters:
             for f in self.message_filters])
         results = [r for r in results if r is not None]
         return judgement.adding(results) if results else judgement
-
-
-def ensure_folder(store, user, folder):
-    """move:FOLDER delivers into a folder that the user may not have yet."""
-    try:
-        store.create_folder(user, folder)
-    except FolderExists:
-        pass
 
 
 def build(server, standing, clock):

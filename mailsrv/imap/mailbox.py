@@ -18,7 +18,7 @@ import gc
 import io
 import re
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
@@ -115,6 +115,23 @@ class Account:
         except (NoSuchFolder, ValueError):
             return None
         return Mailbox(folder, True)
+
+    def find_message(self, name, uidvalidity, uid):
+        """
+        A Deferred of the L{Message} with C{uid} in folder C{name} (an URL
+        of CATENATE's), or of L{None}: no such folder or message, or its
+        UIDVALIDITY is not C{uidvalidity} (when not L{None}).
+        """
+        try:
+            folder = self.store.folder(self.user, name)
+        except (NoSuchFolder, ValueError):
+            return defer.succeed(None)
+
+        def found(folder):
+            if uidvalidity not in (None, folder.uidvalidity) or folder.entry(uid) is None:
+                return None
+            return Message(folder, folder.message(uid))
+        return folder.opened().addCallback(found)
 
     def addMailbox(self, name, mbox=None):
         raise imap4.MailboxException("not supported")
@@ -489,6 +506,13 @@ class Mailbox:
 
     def addMessage(self, message, flags=(), date=None):
         return self.folder.add(message, flags, date)
+
+    def add_messages(self, messages):
+        """
+        Store C{(data, flags, date)} each, all or none (MULTIAPPEND): a
+        Deferred of their UIDs (L{Folder.add_all}).
+        """
+        return self.folder.add_all(messages)
 
     def copy(self, message):
         return message.folder.copy(message.getUID(), self.folder)

@@ -15,6 +15,8 @@ message is the body of the last one). L{costly} says when parsing belongs
 in a thread.
 """
 
+import base64
+import binascii
 import functools
 import re
 
@@ -536,3 +538,97 @@ def _string(value):
     if any(b < 0x20 or b > 0x7e for b in value):
         return b"{%d}\r\n%b" % (len(value), value)
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+_IDENTITY_ENCODINGS = (b"", b"7bit", b"8bit", b"binary")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_LINE_END = re.compile(rb"\r?\n")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def encoding(entity):
+    """C{entity}'s Content-Transfer-Encoding, lower case (C{b""} when none)."""
+    return (entity.fields.get(b"content-transfer-encoding") or b"").strip().lower()
+
+
+def decodable(entity):
+    """Whether L{binary_section} can undo C{entity}'s Content-Transfer-Encoding."""
+    return encoding(entity) in _IDENTITY_ENCODINGS + (b"base64", b"quoted-printable")
+
+
+def binary_section(data, root, numbers):
+    """
+    FETCH BINARY[numbers] (RFC 3516): the part's body with its
+    Content-Transfer-Encoding undone (base64 and quoted-printable
+    decoded, 7bit, 8bit and binary as they are); the whole message
+    without numbers; empty for a part that does not exist, as BODY.
+    Check L{decodable} first: any other encoding is returned as it is.
+    """
+    if not numbers:
+        return data
+    entity = find(root, numbers)
+    if entity is None:
+        return b""
+    body = entity.body(data)
+    kind = encoding(entity)
+    if kind == b"base64":
+        return _unbase64(body)
+    if kind == b"quoted-printable":
+        return _unquote_printable(body)
+    return body
+
+
+def _unbase64(body):
+    """Base64 with white space and other junk skipped, a broken tail dropped."""
+    try:
+        return binascii.a2b_base64(body)
+    except binascii.Error:
+        clean = _NOT_BASE64.sub(b"", body.split(b"=", 1)[0])
+        return binascii.a2b_base64(clean[:len(clean) // 4 * 4])
+
+
+def _unquote_printable(body):
+    """
+    RFC 2045 6.7: white space at line ends dropped, C{=} at a line end
+    joins the lines, C{=XX} is byte XX; a C{=} without hex digits stays.
+    """
+    lines = _LINE_END.split(body)
+    out = []
+    for i, line in enumerate(lines):
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            out.append(line[:-1])
+        else:
+            out.append(line)
+            if i + 1 < len(lines):
+                out.append(b"\r\n")
+    return _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), b"".join(out))
+
+
+_ENCODING_FIELD = re.compile(rb"^(content-transfer-encoding[ \t]*:)[^\n]*\n(?:[ \t][^\n]*\n)*",
+                             re.I | re.M)
+
+
+def base64_binary_parts(data):
+    """
+    C{data} (a message APPENDed as literal8) with each part whose
+    Content-Transfer-Encoding is C{binary} made base64, so that it holds
+    no NUL or bare line end (every other program reads it as mail) and
+    FETCH BINARY gives its bytes back (RFC 3516 4.1).
+    """
+    root = parse(data)
+    out, pos = [], 0
+    stack = [root]
+    while stack:
+        entity = stack.pop()
+        if entity.parts is not None:
+            stack.extend(reversed(entity.parts))
+        elif entity.message is not None:
+            stack.append(entity.message)
+        elif encoding(entity) == b"binary":
+            header = _ENCODING_FIELD.sub(rb"\1 base64\r\n", entity.header(data))
+            body = base64.encodebytes(entity.body(data)).replace(b"\n", b"\r\n")
+            out += [data[pos:entity.start], header, body]
+            pos = entity.end
+    out.append(data[pos:])
+    return b"".join(out)

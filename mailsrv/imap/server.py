@@ -32,8 +32,10 @@ matter to real clients closed. Each override below says which gap:
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
   folders come from the realm), CONDSTORE (MODSEQ in FETCH, STORE,
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
-  ESEARCH, SEARCHRES and ESORT (RETURN options, C{$}), SORT,
-  SORT=DISPLAY and THREAD (L{mailsrv.imap.sort}, L{mailsrv.imap.thread});
+  MULTIAPPEND, CATENATE (APPEND's syntax in L{mailsrv.imap.append}),
+  BINARY (FETCH BINARY from the MIME tree, literal8 APPEND), ESEARCH,
+  SEARCHRES and ESORT (RETURN options, C{$}), SORT, SORT=DISPLAY and
+  THREAD (L{mailsrv.imap.sort}, L{mailsrv.imap.thread});
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
   nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
@@ -43,23 +45,20 @@ matter to real clients closed. Each override below says which gap:
   traceback each.
 """
 
-import datetime
 import email.utils
 import os
 import re
 
-from twisted.cred import error
 from twisted.cred.portal import Portal
 from twisted.internet import base, defer, interfaces, protocol, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
 
-from mailsrv import __version__, errorlog, sasl
-from mailsrv.context import is_secure
+from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
-from mailsrv.directory.checker import ClientCredentials, LoginThrottled
-from mailsrv.imap import mime, sequence, sort, syntax, thread
+from mailsrv.directory.checker import ClientCredentials
+from mailsrv.imap import append, mime, sequence, sort, syntax, thread
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
@@ -70,9 +69,6 @@ log = Logger()
 
 _TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
 _COMMAND = re.compile(rb"[A-Za-z]+")
-_LITERAL = re.compile(rb"\{(\d{1,20})\}")
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun",
-           "jul", "aug", "sep", "oct", "nov", "dec")
 # Commands during which a sequence-number EXPUNGE must not be sent.
 _NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 _STATES = ("unauth", "auth", "select", "logout")
@@ -90,9 +86,16 @@ MAX_NESTING = MAX_SEARCH_DEPTH
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
-    b"SPECIAL-USE", b"CONDSTORE", b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY",
-    b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT", b"ESORT",
+    b"SPECIAL-USE", b"CONDSTORE", b"MULTIAPPEND", b"BINARY", b"CATENATE", b"ESEARCH",
+    b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT",
+    b"ESORT",
 )
+# How a failed login is answered (L{mailsrv.login}; RFC 5530 response codes).
+_LOGIN_REPLIES = {
+    login.THROTTLED: b"[UNAVAILABLE] Too many failed logins, try again later",
+    login.FAILED: b"[AUTHENTICATIONFAILED] Authentication failed",
+    login.BROKEN: b"[UNAVAILABLE] Authentication unavailable",
+}
 # Commands UID may prefix (RFC 3501, 4315, 6851, 5256).
 _UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE", b"SORT",
                  b"THREAD")
@@ -115,11 +118,14 @@ def _arg_id(self, line):
 def _arg_fetch(self, line):
     """
     FETCH's items and modifiers: C{((query, changedsince), b"")}, with
-    MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} in the query.
+    MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} and BINARY (RFC 3516) as
+    L{syntax.BinaryItem}s in the query.
     """
     atts, changedsince = syntax.split_fetch_modifiers(line)
     atts, modseq = syntax.take_modseq_item(atts)
+    atts, binary = (None, []) if atts is None else syntax.take_binary_items(atts)
     query = [] if atts is None else _base.arg_fetchatt(self, atts)[0]
+    query += binary
     syntax.check_partials(query, sequence.NUMBER_MAX)
     if modseq or changedsince is not None:
         query.append(syntax.ModSeqItem())
@@ -176,18 +182,6 @@ def _arg_flaglist(self, line):
     if not line:
         raise imap4.IllegalClientResponse("Missing flag list")
     flags, rest = _base.arg_flaglist(self, line)
-    return syntax.client_flags(flags), rest
-
-
-def _opt_flaglist(self, line):
-    """
-    APPEND's optional flags, as L{syntax.client_flags} gives them (the
-    keyword C{NIL} too, which Twisted's list parser reads as L{None}).
-    """
-    flags, rest = _base.opt_plist(self, line)
-    flags = [b"NIL" if flag is None else flag for flag in flags or ()]
-    if not all(isinstance(flag, bytes) for flag in flags):
-        raise imap4.IllegalClientResponse("Malformed flag")
     return syntax.client_flags(flags), rest
 
 
@@ -362,11 +356,11 @@ class IMAPServer(imap4.IMAP4Server):
         return caps
 
     def _starttls_offered(self):
+        """Not once a STARTTLS has begun; only where Twisted can start TLS on the transport."""
         return (
-            self.ctx is not None
-            and not self.startedTLS
-            and not is_secure(self.transport)
+            not self.startedTLS
             and interfaces.ITLSTransport(self.transport, None) is not None
+            and self.server.starttls_offered(self.transport, self.listener)
         )
 
     def _passwords_allowed(self):
@@ -570,18 +564,27 @@ class IMAPServer(imap4.IMAP4Server):
         self._pendingLiteral = None
         self.parseState = "command"
 
-    def arg_literal(self, line):
+    def _arg_messages(self, line):
         """
-        Refuse an APPEND bigger than we accept by SMTP before reading it:
-        C{NO [TOOBIG]} (RFC 7889) before the continuation request.
+        APPEND's messages (L{append.AppendParser}): MULTIAPPEND, literal8,
+        CATENATE. A message bigger than we accept by SMTP is refused
+        before its literal is read: C{NO [TOOBIG]} (RFC 7889) before the
+        continuation request; so is one that would make the APPEND hold
+        more than that in all.
         """
-        match = _LITERAL.fullmatch(line or b"")
-        if match is None:
-            raise imap4.IllegalClientResponse("Expected a literal: {size}")
-        limit = self._largest_literal()
-        if int(match.group(1)) > limit:
-            raise imap4.IllegalOperation(f"[TOOBIG] Message larger than {limit} bytes")
-        return _base.arg_literal(self, line)
+        return append.AppendParser(self._read_append_literal, self._largest_literal()).parse(line)
+
+    def _read_append_literal(self, size, binary, held):
+        """
+        Twisted's C{_fileLiteral}, but in a temporary file once the APPEND
+        holds more than Twisted keeps in memory for one literal.
+        """
+        d = defer.Deferred()
+        self.parseState = "pending"
+        self._pendingLiteral = _AppendLiteral(size, d, held)
+        self.sendContinuationRequest(b"Ready for %d octets of data" % size)
+        self.setRawMode()
+        return d
 
     def _largest_literal(self):
         return self.server.settings.access.max_message_size
@@ -729,12 +732,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._onLogout = logout
         self.state = "auth"
         self.deadline.logged_in()
-        log.info("login ok: user={user} ip={ip} protocol=imap", user=account.user, ip=ip)
-        d = defer.maybeDeferred(
-            self.server.sessions.record_login, account.user, ip, "imap"
-        )
-        d.addErrback(lambda f: log.failure("recording the login of {user}", f,
-                                           user=account.user))
+        d = login.succeeded(self.server, account.user, ip, "imap")
         d.addCallback(
             lambda _: self.sendPositiveResponse(
                 tag, b"[CAPABILITY " + b" ".join(self.listCapabilities())
@@ -744,22 +742,8 @@ class IMAPServer(imap4.IMAP4Server):
         return d
 
     def _login_failed(self, failure, tag, user):
-        name = printable(user)
-        ip = self._peer_ip()
-        if failure.check(LoginThrottled):
-            log.info("login refused (throttled): key={key} protocol=imap",
-                     key=failure.value.key)
-            self.sendNegativeResponse(
-                tag, b"[UNAVAILABLE] Too many failed logins, try again later"
-            )
-        elif failure.check(error.UnauthorizedLogin):
-            log.info("login failed: user={user} ip={ip} protocol=imap",
-                     user=name, ip=ip)
-            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed")
-        else:
-            errorlog.client_error(log, failure, f"IMAP login of {name}",
-                                  "imap", self.transport)
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] Authentication unavailable")
+        outcome = login.failed(failure, user, self._peer_ip(), "imap", self.transport)
+        self.sendNegativeResponse(tag, _LOGIN_REPLIES[outcome])
 
     # Commands: authenticated
 
@@ -926,25 +910,76 @@ class IMAPServer(imap4.IMAP4Server):
         else:
             self.sendBadResponse(tag, b"Expected DONE")
 
-    def do_APPEND(self, tag, mailbox, flags, date, message):
-        try:
-            when = _append_date(date) if date else None
-        except ValueError:
-            self.sendBadResponse(tag, b"Invalid date-time")
-            return
+    def do_APPEND(self, tag, mailbox, messages):
+        """
+        One message or several (MULTIAPPEND, RFC 3502), stored all or
+        none; CATENATE's URLs (RFC 4469) are looked up here and read in a
+        thread with the rest of what needs reading (L{append.build}).
+        """
         mbox = self._target(tag, mailbox, b"APPEND")
         if mbox is None:
             return
-        d = mbox.addMessage(message, flags, when)
+        d = self._catenate_urls(messages)
+        d.addCallback(self._appended_messages, messages)
+        d.addCallback(mbox.add_messages)
         d.addCallbacks(
-            lambda uid: self.sendPositiveResponse(
-                tag, b"[APPENDUID %d %d] APPEND completed" % (mbox.getUIDValidity(), uid)),
-            self._failed, None, None, (tag, b"APPEND"), None,
+            lambda uids: self.sendPositiveResponse(
+                tag, b"[APPENDUID %d %s] APPEND completed"
+                % (mbox.getUIDValidity(), syntax.sequence_set(uids))),
+            self._append_failed, None, None, (tag,), None,
         )
 
-    auth_APPEND = select_APPEND = (
-        do_APPEND, _arg_mailbox, _opt_flaglist, _base.opt_datetime, arg_literal,
-    )
+    auth_APPEND = select_APPEND = (do_APPEND, _arg_mailbox, _arg_messages)
+
+    def _catenate_urls(self, messages):
+        """
+        A Deferred of C{{URL bytes: (L{append.URL}, stored message)}} for
+        the URLs of C{messages}; it fails with L{append.BadURL} at the
+        first one that names no message of this user's.
+        """
+        urls = {part for message in messages for part in message.parts
+                if isinstance(part, bytes)}
+        found = {}
+
+        def look(text):
+            try:
+                url = append.parse_url(text, self.account.user)
+            except append.BadURL as e:
+                return defer.fail(e)
+
+            def check(message):
+                if message is None:
+                    raise append.BadURL(url.text, "No such message")
+                found[text] = (url, message)
+            d = self.account.find_message(url.mailbox, url.uidvalidity, url.uid)
+            return d.addCallback(check)
+
+        d = defer.gatherResults([look(text) for text in sorted(urls)], consumeErrors=True)
+        d.addErrback(lambda failure: failure.value.subFailure)
+        return d.addCallback(lambda _: found)
+
+    def _appended_messages(self, found, messages):
+        """
+        C{(data, flags, date)} for each message: plain literals as they
+        came, the others built in a thread (L{append.build}).
+        """
+        def build():
+            built = append.build(messages, found, self._largest_literal())
+            return [(data, message.flags, message.date)
+                    for data, message in zip(built, messages)]
+
+        if all(message.plain for message in messages):
+            return build()
+        return threads.deferToThread(build)
+
+    def _append_failed(self, failure, tag):
+        if failure.check(append.BadURL):
+            url = _text(failure.value.url.decode("ascii", "replace")).replace(b" ", b"%20")
+            return self.sendNegativeResponse(
+                tag, b"[BADURL " + url + b"] " + _text(failure.value))
+        if failure.check(append.TooBig):
+            return self.sendNegativeResponse(tag, _text(failure.value))
+        return self._failed(failure, tag, b"APPEND")
 
     def _failed(self, failure, tag, command):
         if failure.check(OSError):  # a full disk: no traceback, a response code
@@ -979,6 +1014,45 @@ class IMAPServer(imap4.IMAP4Server):
         query, changedsince = query
         if changedsince is not None:
             messages = ChangedSince(messages, changedsince)
+        decoded = [part.numbers for part in query
+                   if isinstance(part, syntax.BinaryItem) and part.numbers]
+        if not decoded:
+            return self._fetch(tag, messages, query, uid)
+        d = self._unknown_encoding(messages, uid, decoded)
+
+        def checked(encoding):
+            if encoding is not None:
+                name = _text(encoding.decode("ascii", "replace"))
+                return self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] Cannot decode " + name)
+            return self._fetch(tag, messages, query, uid)
+        d.addCallbacks(checked, self._failed, None, None, (tag, b"FETCH"), None)
+        return None
+
+    def _unknown_encoding(self, messages, uid, sections):
+        """
+        A Deferred of the first Content-Transfer-Encoding FETCH BINARY
+        cannot decode (RFC 3516: C{NO [UNKNOWN-CTE]}, so before any
+        response) among C{sections} of C{messages}, or of L{None}.
+        Each message is read and parsed in a thread, one at a time.
+        """
+        found = [message for _, message in self.mbox.fetch(messages, uid)]
+        found.reverse()
+
+        def check():
+            while found:
+                message = found.pop()  # and let go of its bytes once checked
+                try:
+                    root = message.mime_tree()
+                except (KeyError, OSError):
+                    continue  # expunged meanwhile: the FETCH leaves it out
+                for numbers in sections:
+                    entity = mime.find(root, numbers)
+                    if entity is not None and not mime.decodable(entity):
+                        return mime.encoding(entity)
+            return None
+        return threads.deferToThread(check)
+
+    def _fetch(self, tag, messages, query, uid):
         if any(part.type == "modseq" for part in query):
             self._enable_condstore()
         elif self._condstore and any(part.type == "flags" for part in query):
@@ -1113,8 +1187,10 @@ class IMAPServer(imap4.IMAP4Server):
         parts inside attached messages, a part that does not exist is
         empty (Twisted raised TypeError and the client got C{* BYE}), the
         header as stored (Twisted rebuilt it from a dict), partial fetches
-        cut to the range asked for.
+        cut to the range asked for. BINARY items come here too.
         """
+        if isinstance(part, syntax.BinaryItem):
+            return self._spew_binary(part, msg, _w)
         if not part.part and part.header is not None:
             data = mime.select_fields(
                 mime.crlf(msg.header_bytes()), part.header.fields, part.header.negate
@@ -1142,6 +1218,19 @@ class IMAPServer(imap4.IMAP4Server):
                 header and header.fields, header and header.negate,
             )
             return _label(part) + b" " + imap4._literal(_partial(part, found))
+        return self._from_tree(msg, section, _w)
+
+    def _spew_binary(self, part, msg, _w):
+        """
+        BINARY[section] and BINARY.SIZE[section] (RFC 3516): the part
+        decoded (L{mime.binary_section}), as a literal8 when it holds NUL.
+        """
+        def section(data, root):
+            content = mime.binary_section(data, root, part.numbers)
+            if part.size:
+                return bytes(part) + b" %d" % len(content)
+            content = _partial(part, content)
+            return _label(part) + (b" ~" if b"\0" in content else b" ") + imap4._literal(content)
         return self._from_tree(msg, section, _w)
 
     def do_STORE(self, tag, messages, unchangedsince, mode, flags, uid=0):
@@ -1455,6 +1544,17 @@ class IMAPServer(imap4.IMAP4Server):
             [seq for seq in map(self.mbox.seq, self._saved) if seq is not None])
 
 
+class _AppendLiteral(imap4.LiteralFile):
+    """
+    A literal of an APPEND that holds C{held} bytes of earlier ones: kept
+    in memory as long as all of them fit in Twisted's limit for one.
+    """
+
+    def __init__(self, size, d, held):
+        self._memoryFileLimit = max(0, imap4.LiteralFile._memoryFileLimit - held)
+        super().__init__(size, d)
+
+
 class _SkippedLiteral:
     """The bytes of a literal whose command was refused: counted, not kept."""
 
@@ -1474,7 +1574,8 @@ class _FetchProducer:
     """
     Flow control of a fast FETCH (L{IMAPServer._fetch_fast}): registered
     with the transport while the FETCH runs, so that a client reading
-    slowly pauses it instead of letting the server buffer the folder.
+    slowly pauses it instead of letting the server buffer the folder; one
+    that stops reading is cut by its deadline (L{Deadline.output_stalled}).
     """
 
     def __init__(self, server):
@@ -1501,13 +1602,16 @@ class _FetchProducer:
         if self.registered:
             self.registered = False
             self.server.transport.unregisterProducer()
+        self.server.deadline.output_flowing()  # what is left is timed as idleness
 
     def pauseProducing(self):
         self.paused = True
+        self.server.deadline.output_stalled()
 
     def resumeProducing(self):
         """Run the next batch now (the transport has room for it)."""
         self.paused = False
+        self.server.deadline.output_flowing()
         batch, self.waiting = self.waiting, None
         if self.scheduled is not None and self.scheduled.active():
             batch = self.scheduled.func
@@ -1637,7 +1741,9 @@ def _copyuid(target, pairs):
 
 
 def _sets_seen(part):
-    """Whether fetching C{part} sets \\Seen (RFC 3501 6.4.5)."""
+    """Whether fetching C{part} sets \\Seen (RFC 3501 6.4.5, RFC 3516 4.2)."""
+    if isinstance(part, syntax.BinaryItem):
+        return not (part.peek or part.size)
     if part.type in ("rfc822", "rfc822text"):
         return True
     return part.type == "body" and not part.peek and bool(
@@ -1657,19 +1763,6 @@ def _partial(part, data):
     if part.partialBegin is None:
         return data
     return data[part.partialBegin:part.partialBegin + part.partialLength]
-
-
-def _append_date(text):
-    """IMAP date-time (C{"17-Jul-1996 02:44:25 -0700"}) -> epoch seconds."""
-    value = text.decode("ascii").strip()
-    day, month, rest = value.split("-", 2)
-    if month.lower() not in _MONTHS:
-        raise ValueError(value)
-    when = datetime.datetime.strptime(
-        f"{int(day):02d}-{_MONTHS.index(month.lower()) + 1:02d}-{rest}",
-        "%d-%m-%Y %H:%M:%S %z",
-    )
-    return int(when.timestamp())
 
 
 def _text(value):

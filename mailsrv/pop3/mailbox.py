@@ -15,10 +15,6 @@ from twisted.mail import pop3
 from zope.interface import implementer
 
 
-class MaildropInUse(Exception):
-    """Another POP3 session has the user's maildrop (RFC 2449 IN-USE)."""
-
-
 def uidl_for(key):
     """
     The POP3 unique-id of a message with Maildir base name C{key}: the name

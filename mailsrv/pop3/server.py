@@ -25,7 +25,6 @@ needs and Twisted lacks or gets wrong:
   silence up to C{idle_timeout} (RFC 1939's ten minutes) after login.
 """
 
-from twisted.cred import error as cred_error
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IPushProducer
@@ -33,11 +32,10 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
-from mailsrv import errorlog, sasl
+from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
-from mailsrv.directory.checker import ClientCredentials, LoginThrottled
-from mailsrv.pop3.mailbox import MaildropInUse
+from mailsrv.directory.checker import ClientCredentials
 from mailsrv.realm import MailRealm
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 
@@ -79,6 +77,14 @@ TRANSACTION_COMMANDS = {
     b"QUIT": (0, 0),
 }
 # A browser or proxy pointed at the POP3 port: not worth a second line.
+# How a failed login is answered (L{mailsrv.login}; RFC 2449 response codes).
+_LOGIN_REPLIES = {
+    login.THROTTLED: b"[SYS/TEMP] Too many failed logins, try again later",
+    login.IN_USE: b"[IN-USE] Mailbox in use by another POP3 session",
+    login.FAILED: b"[AUTH] Invalid user name or password",
+    login.BROKEN: b"[SYS/TEMP] Login temporarily unavailable, try later",
+}
+
 HTTP_VERBS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"CONNECT", b"OPTIONS"))
 
 SYNTAX = {
@@ -128,20 +134,24 @@ class _Throttle:
     """
     Registered with the transport while a message is sent, so that a slow
     reader pauses the reading of the file instead of letting the whole
-    message pile up in the transport's buffer.
+    message pile up in the transport's buffer; a reader that stops for
+    good is cut by its deadline (L{Deadline.output_stalled}).
     """
 
-    def __init__(self):
+    def __init__(self, deadline):
+        self.deadline = deadline
         self.stopped = False
         self._resumed = None
 
     def pauseProducing(self):
         if self._resumed is None:
             self._resumed = defer.Deferred()
+            self.deadline.output_stalled()
 
     def resumeProducing(self):
         resumed, self._resumed = self._resumed, None
         if resumed is not None:
+            self.deadline.output_flowing()
             resumed.callback(None)
 
     def stopProducing(self):
@@ -333,12 +343,8 @@ class POP3Server(pop3.POP3):
         return self.server.passwords_allowed(self.transport, self.listener)
 
     def _stls_offered(self):
-        return (
-            self.listener.tls in ("starttls", "required")
-            and self.server.tls_context is not None
-            and not is_secure(self.transport)
-            and self.mbox is None
-        )
+        """Not after login (RFC 2595 4)."""
+        return self.mbox is None and self.server.starttls_offered(self.transport, self.listener)
 
     def _refuse_password(self):
         if not self.listener.auth:
@@ -419,43 +425,13 @@ class POP3Server(pop3.POP3):
         self._onLogout = logout  # first: connectionLost frees the maildrop
         self.mbox = mailbox
         self.deadline.logged_in()
-        log.info(
-            "login ok: user={user} ip={ip} protocol=pop3",
-            user=mailbox.user, ip=self._peer_ip,
-        )
-        d = defer.maybeDeferred(
-            self.server.sessions.record_login, mailbox.user, self._peer_ip, "pop3"
-        )
-        d.addErrback(
-            lambda f: log.failure(
-                "could not record the POP3 login of {user}", f, user=mailbox.user
-            )
-        )
+        d = login.succeeded(self.server, mailbox.user, self._peer_ip, "pop3")
         d.addCallback(lambda _: self.successResponse(b"Logged in"))
         return d
 
     def _login_failed(self, failure, user):
-        name = user.decode("utf-8", "replace")[:100]
-        if failure.check(LoginThrottled):
-            log.info(
-                "login refused (throttled): key={key} protocol=pop3",
-                key=failure.value.key,
-            )
-            self.failResponse(b"[SYS/TEMP] Too many failed logins, try again later")
-        elif failure.check(MaildropInUse):
-            log.info("login refused (maildrop in use): user={user} ip={ip} protocol=pop3",
-                     user=name, ip=self._peer_ip)
-            self.failResponse(b"[IN-USE] Mailbox in use by another POP3 session")
-        elif failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
-            log.info(
-                "login failed: user={user} ip={ip} protocol=pop3",
-                user=name, ip=self._peer_ip,
-            )
-            self.failResponse(b"[AUTH] Invalid user name or password")
-        else:
-            errorlog.client_error(log, failure, f"POP3 login of {name}",
-                                  "pop3", self.transport)
-            self.failResponse(b"[SYS/TEMP] Login temporarily unavailable, try later")
+        outcome = login.failed(failure, user, self._peer_ip, "pop3", self.transport)
+        self.failResponse(_LOGIN_REPLIES[outcome])
 
     def _login_broken(self, failure):
         """
@@ -670,7 +646,7 @@ class POP3Server(pop3.POP3):
                 self._write(first + stuffer.feed(data) + stuffer.finish())
                 return
             first += stuffer.feed(data)  # the listed size was wrong
-        throttle = _Throttle()
+        throttle = _Throttle(self.deadline)
         self.transport.registerProducer(throttle, True)
         try:
             while True:
@@ -688,6 +664,7 @@ class POP3Server(pop3.POP3):
                     return
         finally:
             self.transport.unregisterProducer()
+            self.deadline.output_flowing()  # what is left is timed as idleness
 
 
 class POP3Factory(protocol.ServerFactory):

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from mailsrv.queue.client import OPPORTUNISTIC, ConnectionPool, HostFailure, SMTPConnection
+from mailsrv.tls import trust_root
 
 log = Logger()
 
@@ -68,16 +69,6 @@ class ICourier(Interface):
 
     def stop():
         """Close the sessions kept open for the next message."""
-
-
-def _trust_root(ca_file):
-    """The CAs that "verify" hops must chain to: C{ca_file}'s, or the system's."""
-    if ca_file is None:
-        return ssl.platformTrust()
-    pem = ca_file.read_bytes()
-    certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
-                    for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-    return ssl.trustRootFromCertificates(certificates)
 
 
 @implementer(ICourier)
@@ -190,7 +181,7 @@ class SMTPCourier:
         if policy.tls != VERIFY:
             return self._unverified
         if policy.ca_file not in self._trust_roots:
-            self._trust_roots[policy.ca_file] = _trust_root(policy.ca_file)
+            self._trust_roots[policy.ca_file] = trust_root(policy.ca_file)
         return ssl.optionsForClientTLS(hop.name or hop.host,
                                        trustRoot=self._trust_roots[policy.ca_file])
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from mailsrv.queue.intake import Destination
+
 log = Logger()
 
 # RFC 5322 asks for lines under 78 characters: fold the recipient list.
@@ -29,13 +31,12 @@ _FOLD = 76
 class JournalCopy:
     """
     @ivar header: the C{X-Mailsrv-Journal} header, CRLF-terminated.
-    @ivar maildirs: the archive's Maildirs (a local archive).
-    @ivar remote: the archive's addresses for the queue (a remote archive).
+    @ivar destination: the archive's L{mailsrv.queue.intake.Destination}:
+        its mailboxes (a local archive) or addresses (a remote one).
     """
 
     header: bytes
-    maildirs: tuple
-    remote: tuple
+    destination: Destination
 
 
 def journal_header(sender, recipients):
@@ -57,14 +58,14 @@ def journal_header(sender, recipients):
 class Journal:
     """Decides which archive copies a transaction gets (L{JournalCopy})."""
 
-    def __init__(self, journal_settings, directory, store):
+    def __init__(self, journal_settings, delivery):
+        """@param delivery: the L{mailsrv.queue.intake.LocalDelivery} that routes the archive."""
         self.settings = journal_settings
-        self.directory = directory
-        self.store = store
+        self.delivery = delivery
 
     def copies(self, transaction):
         sender = transaction.sender
-        local_sender = bool(sender) and self.directory.is_local_address(sender)
+        local_sender = bool(sender) and self.delivery.directory.is_local_address(sender)
         if local_sender and transaction.remote_addresses():
             archive = self.settings.outbound
         elif not local_sender and transaction.local_users():
@@ -73,11 +74,10 @@ class Journal:
             archive = ""
         if not archive:
             return ()
-        route = self.directory.route(archive)
-        if route is None:
+        destination = self.delivery.route(archive)
+        if destination is None:
             log.error("journal archive <{archive}> is not a user or an alias: "
                       "no copy kept", archive=archive)
             return ()
         header = journal_header(sender, [r.address for r in transaction.recipients])
-        return (JournalCopy(header, tuple(self.store.maildir(u) for u in route.local),
-                            route.remote),)
+        return (JournalCopy(header, destination),)

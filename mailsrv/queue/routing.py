@@ -5,6 +5,7 @@ order), else MX lookup. A route is a tuple of L{Hop}s to try in order, or
 L{MX}.
 """
 
+from mailsrv.address import domain_of
 from mailsrv.queue.client import Hop
 
 MX = "mx"
@@ -16,10 +17,6 @@ def parse_host_port(text, default_port=25):
     if not sep or host.endswith(":") or not port.isdigit():
         return text.strip("[]"), default_port
     return host.strip("[]"), int(port)
-
-
-def domain_of(address):
-    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 def route_for(address, delivery):

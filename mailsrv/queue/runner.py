@@ -70,8 +70,8 @@ class QueueRunner(service.Service):
     @ivar control_interval: seconds between looks for requests from
         C{mailsrv queue} (a listing of an empty directory).
     @ivar resolver: the L{mailsrv.dns.Resolver} for MX routes.
-    @ivar local: where a bounce goes, an L{intake.LocalRoutes}; by default
-        every address is remote.
+    @ivar local_delivery: the L{intake.LocalDelivery} that routes and delivers
+        bounces, as it does received mail.
     @ivar postmaster: who gets a bounce that could not be delivered.
     @ivar deferToThread: how spool I/O leaves the reactor thread.
     """
@@ -81,7 +81,7 @@ class QueueRunner(service.Service):
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=None,
-                 random=_random.random, resolver=None, local=None):
+                 random=_random.random, resolver=None, local_delivery=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.spool = spool
@@ -98,7 +98,7 @@ class QueueRunner(service.Service):
         self.max_deliveries = max_deliveries or self.delivery.max_connections
         self.random = random
         self.resolver = resolver if resolver is not None else resolver_for(settings.dns)
-        self.local = local if local is not None else (lambda address: ([], [address]))
+        self.local_delivery = local_delivery
         domain = settings.local_domains[0] if settings.local_domains else settings.hostname
         self.postmaster = f"postmaster@{domain}"
         self._envelopes = {}  # queue id -> Envelope, as last written
@@ -445,31 +445,29 @@ class QueueRunner(service.Service):
             log.info("queue {id}: no bounce for a null-sender message", id=envelope.id)
             return
         to, kind = target
-        route = self.local(to)
-        if route is None and kind == DSN:
+        destination = self.local_delivery.route(to)
+        if destination is None and kind == DSN:
             log.warn("queue {id}: cannot bounce to <{to}>: no such local address; "
                      "to the postmaster instead", id=envelope.id, to=to)
             to, kind = self.postmaster, POSTMASTER
-            route = self.local(to)
-        if route is None:
+            destination = self.local_delivery.route(to)
+        if destination is None:
             log.error("queue {id}: no bounce: <{to}> is no local address",
                       id=envelope.id, to=to)
             return
-        maildirs, remote = route
         try:
             incoming = self.spool.incoming()
             incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
                                        to, self.clock.seconds(), retry_until))
-            queue_id, _ = yield intake.commit(
-                self.spool, incoming, {"sender": "", "bounce": kind}, maildirs, remote,
-            )
+            queue_id = yield self.local_delivery.deliver(
+                incoming, {"sender": "", "bounce": kind}, destination)
         except (OSError, intake.NoDestination) as e:
             log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id, error=e)
             return
         log.info("queue {id}: {what} {bounce} to <{to}>: {where}", id=envelope.id,
                  what="bounce" if retry_until is None else "delay notice",
-                 bounce=queue_id, to=to, where="queued" if remote else "delivered")
-        if remote:
+                 bounce=queue_id, to=to, where="queued" if destination.remote else "delivered")
+        if destination.remote:
             self.wake()
 
     def _log_result(self, envelope, recipient, result, relay):

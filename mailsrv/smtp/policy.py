@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import config, dns, errorlog
-from mailsrv.address import is_address
+from mailsrv.address import domain_of, is_address, local_part_of
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import SenderList, parse_kill_list
 
@@ -210,7 +210,7 @@ class SenderDomainExists:
     def check(self, session, transaction, sender):
         if not sender or self.directory.is_local_address(sender):
             return Verdict.accept()
-        domain = sender.rpartition("@")[2]
+        domain = domain_of(sender)
         d = self.resolver.accepts_mail(domain)
         return d.addCallbacks(self._judge, self._failed, (sender, domain), None, (sender, domain))
 
@@ -240,7 +240,7 @@ class RoutingTricksRefused:
     """
 
     def check(self, session, transaction, recipient):
-        local = recipient.address.rpartition("@")[0]
+        local = local_part_of(recipient.address)
         if not ("%" in local or "!" in local or (local.startswith('"') and "@" in local)):
             return Verdict.accept()
         return Verdict.refuse(
@@ -385,7 +385,7 @@ class RelayPermission:
     def check(self, session, transaction, recipient):
         if recipient.route.is_local_domain:
             return Verdict.accept()
-        domain = recipient.address.rpartition("@")[2].lower().rstrip(".")
+        domain = domain_of(recipient.address)
         if domain in self.relay_domains:
             return Verdict.accept(f"relay domain {domain}")
         reason = self.standing.reason_now(session)

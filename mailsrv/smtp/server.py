@@ -11,22 +11,17 @@ verb, applies the defences: line length, error count, deadlines
 STARTTLS injection.
 """
 
-import errno
-import os
-
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsrv import errorlog, sasl
+from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
-from mailsrv.directory.checker import ClientCredentials, LoginThrottled
+from mailsrv.directory.checker import ClientCredentials
 from mailsrv.filters import pipeline
-from mailsrv.filters.actions import SKIPPED, SubjectPrefixer
-from mailsrv.queue import intake
+from mailsrv.filters.actions import SKIPPED
 from mailsrv.queue.journal import Journal
 from mailsrv.smtp.commands import (
     CommandError,
@@ -36,10 +31,10 @@ from mailsrv.smtp.commands import (
     parse_rcpt,
     split_command,
 )
-from mailsrv.smtp.data import DataReader, HeaderSection
+from mailsrv.smtp.data import DataReader
 from mailsrv.smtp.policy import recipient_stages, run_stages, sender_stages, standing
+from mailsrv.smtp.reception import Reception, cannot_queue
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
-from mailsrv.smtp.trace import trace_headers
 
 log = Logger()
 
@@ -47,6 +42,13 @@ log = Logger()
 _BEFORE_TLS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 
 _TOO_LONG = object()  # what _next_line returns for an overlong line
+
+# How a failed AUTH is answered (L{mailsrv.login}).
+_LOGIN_REPLIES = {
+    login.THROTTLED: (454, "4.7.0", "Too many failed logins, try again later"),
+    login.FAILED: (535, "5.7.8", "Authentication credentials invalid"),
+    login.BROKEN: (454, "4.7.0", "Temporary authentication failure, try again later"),
+}
 
 # How a SASL exchange that ends without a password check is answered.
 _SASL_REPLIES = {
@@ -79,12 +81,7 @@ class SMTPServer(protocol.Protocol):
         self._discarding = False  # inside an overlong command line
         self._sasl = None  # the AUTH exchange waiting for the client's next line
         self._reader = None  # the DataReader while in DATA
-        self._incoming = None  # the spool file being written
-        self._judgement = None  # the anti-spam filters' verdict on it
-        self._held = None  # the HeaderSection that message filters wait for
-        self._top = b""  # our headers, written on top once the judgement is final
-        self._prefixer = None  # rewrites the Subject for the subject action
-        self._write_error = None
+        self._reception = None  # the message being received, while in DATA
         self._busy = False  # a command's Deferred has not fired yet
         self._draining = False
         self._closed = False
@@ -114,9 +111,9 @@ class SMTPServer(protocol.Protocol):
         self.deadline.stop()
         self._closed = True
         self._buffer.clear()
-        if self._incoming is not None:
-            self._incoming.abort()
-            self._incoming = self._reader = None
+        if self._reception is not None:
+            self._reception.abort()
+            self._reception = self._reader = None
             log.info("{ip} disconnected during DATA; message discarded", ip=self.session.ip)
 
     def _deadline_passed(self, reason):
@@ -282,11 +279,7 @@ class SMTPServer(protocol.Protocol):
         return extensions
 
     def _tls_offered(self):
-        return (
-            self.listener.tls in ("starttls", "required")
-            and not self.session.tls
-            and self.server.tls_context is not None
-        )
+        return not self.session.tls and self.server.starttls_offered(self.transport, self.listener)
 
     def _auth_offered(self):
         return self.server.passwords_allowed(self.transport, self.listener)
@@ -392,21 +385,12 @@ class SMTPServer(protocol.Protocol):
     def _authenticated(self, user):
         self.session.user = user
         self.deadline.logged_in()
-        ip = self.session.ip
-        log.info(literal(f"login ok: user={user} ip={ip} protocol=smtp"), user=user, ip=ip)
+        login.succeeded(self.server, user, self.session.ip, "smtp")
         self._reply(235, "2.7.0", "Authentication successful")
 
     def _auth_failed(self, failure, name):
-        if failure.check(LoginThrottled):
-            log.info("login refused (throttled): key={key} protocol=smtp", key=failure.value.key)
-            self._reply(454, "4.7.0", "Too many failed logins, try again later")
-        elif failure.check(UnauthorizedLogin, UnhandledCredentials):
-            log.info("login failed: user={user} ip={ip} protocol=smtp", user=name, ip=self.session.ip)
-            self._reply(535, "5.7.8", "Authentication credentials invalid")
-        else:
-            errorlog.client_error(log, failure, f"SMTP AUTH of {name}",
-                                  "smtp", self.transport)
-            self._reply(454, "4.7.0", "Temporary authentication failure, try again later")
+        outcome = login.failed(failure, name, self.session.ip, "smtp", self.transport)
+        self._reply(*_LOGIN_REPLIES[outcome])
 
     # Mail transaction commands
 
@@ -495,190 +479,39 @@ class SMTPServer(protocol.Protocol):
             incoming = self.server.spool.incoming()
         except OSError as e:
             log.error("cannot create a spool file: {error}", error=e)
-            return self._cannot_queue(e)
-        self._top = trace_headers(
-            self.session, self.transaction, incoming.queue_id, self.hostname,
-            self.factory.clock.seconds(),
-        )
-        self._incoming = incoming
-        self._judgement = self.transaction.judgement
-        self._prefixer = None
-        self._write_error = None
-        if self.factory.filters.reads_message(self._judgement):
-            self._held = HeaderSection()
-        else:
-            self._begin_message()
+            return self._reply(*cannot_queue(e))
+        self._reception = Reception(self.factory, self.session, self.transaction, incoming,
+                                    self.transport)
         self._reader = DataReader()
         self.deadline.expect_data()
         self._send("354 End data with <CR><LF>.<CR><LF>")
 
-    def _begin_message(self):
-        """The judgement is final: log it, write our headers, then the message."""
-        judgement = self._judgement
-        if judgement.checked:
-            log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
-                     queue_id=self._incoming.queue_id, ip=self.session.ip,
-                     summary=judgement.summary, action=judgement.action)
-        if judgement.action.kind == "subject":
-            prefix = self.factory.filters.subject_prefix.encode("utf-8")
-            self._prefixer = SubjectPrefixer(self._write, prefix)
-        self._write(self._top + judgement.header_block())
-
-    def _take(self, message):
-        """Message bytes: held for the message filters, or written."""
-        if self._held is not None:
-            self._held.feed(message)
-        elif self._prefixer is not None:
-            self._prefixer.feed(message)
-        else:
-            self._write(message)
-
-    def _write(self, data):
-        """Write through to the spool file; the first I/O error is kept for the end."""
-        if self._write_error is None:
-            try:
-                self._incoming.write(data)
-            except OSError as e:
-                self._write_error = e
-
     def _read_data(self):
-        reader = self._reader
+        reader, reception = self._reader, self._reception
         message, consumed = reader.feed(self._buffer)
         del self._buffer[:consumed]
-        refused = reader.bare_line_ending or reader.size > self.limits.max_message_size
-        if message and not refused:
-            self._take(message)
-        held = self._held
-        if held is not None and not refused and (held.complete or reader.done):
-            self._held = None
-            d = self.factory.filters.judge_message(
-                self._judgement, self.session, self.transaction, held.header)
-            return d.addCallback(self._message_judged, bytes(held.data), reader.done)
+        if not (reader.bare_line_ending or reader.size > self.limits.max_message_size):
+            judging = reception.take(message, reader.done)
+            if judging is not None:
+                return judging.addCallback(self._judged, reception, reader.done)
         if reader.done:
             return self._end_of_data()
         return None
 
-    def _message_judged(self, judgement, held, done):
-        if self._incoming is None:  # the client went away meanwhile
-            return None
-        self._judgement = judgement
-        self._begin_message()
-        self._take(held)
-        return self._end_of_data() if done else None
+    def _judged(self, _, reception, done):
+        """The message filters are done with the header section (L{Reception.take})."""
+        if done and reception is self._reception:  # else the client went away meanwhile
+            return self._end_of_data()
+        return None
 
     def _end_of_data(self):
-        reader, incoming, transaction = self._reader, self._incoming, self.transaction
-        self._reader = self._incoming = self.transaction = self._held = None
+        reader, reception = self._reader, self._reception
+        self._reader = self._reception = self.transaction = None
         self.deadline.expect_command()
-        ip = self.session.ip
-        if reader.bare_line_ending:
-            incoming.abort()
-            log.info("refused message from {ip}: bare CR or LF in DATA", ip=ip)
-            return self._reply(
-                550, "5.6.0",
-                "Message contains bare CR or LF characters; lines must end with CRLF",
-            )
-        if reader.size > self.limits.max_message_size:
-            incoming.abort()
-            log.info("refused message from {ip}: {size} bytes is over the limit",
-                     ip=ip, size=reader.size)
-            return self._reply(552, "5.3.4", "Message size exceeds fixed limit")
-        if self._write_error is not None:
-            incoming.abort()
-            log.error("cannot write the spool file: {error}", error=self._write_error)
-            return self._cannot_queue(self._write_error)
-        if self._prefixer is not None:
-            self._prefixer.close()
-        action = self._judgement.action
-        if action.kind == "reject":  # by a message filter
-            incoming.abort()
-            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
-                     ip=ip, sender=transaction.sender, summary=self._judgement.summary)
-            return self._reply(550, "5.7.1", "Message refused as spam")
-        if action.kind == "delete":
-            incoming.abort()
-            log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
-                     queue_id=incoming.queue_id, ip=ip, sender=transaction.sender)
-            return self._reply(250, "2.0.0", f"Ok: queued as {incoming.queue_id}")
-        try:
-            local_users, remote, folder = self._destinations(transaction, action,
-                                                             incoming.queue_id)
-            maildirs = [self.server.store.maildir(user, folder) for user in local_users]
-            journal = self.factory.journal.copies(transaction)
-        except Exception as e:  # every error a client meets gets a reply and a log line
-            incoming.abort()
-            errorlog.client_error(log, Failure(), f"placing {incoming.queue_id}",
-                                  "smtp", self.transport)
-            return self._cannot_queue(e)
-        d = intake.commit(
-            self.server.spool,
-            incoming,
-            {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo},
-            maildirs,
-            remote,
-            journal,
-        )
-        d.addCallbacks(
-            self._queued, self._not_queued,
-            callbackArgs=(transaction, reader.size, local_users, remote, folder),
-        )
-        return d
-
-    def _destinations(self, transaction, action, queue_id):
-        """
-        C{(local users, remote addresses, folder)} of a message: its
-        recipients', or a C{forward:} action's, in C{move:}'s folder.
-        """
-        folder = "INBOX"
-        local_users = transaction.local_users()
-        remote = transaction.remote_addresses()
-        if action.kind == "forward":
-            route = self.server.directory.route(action.argument)
-            if route is None:
-                log.error("forward:{address} reaches no mailbox or remote address; "
-                          "{queue_id} goes to its recipients",
-                          address=action.argument, queue_id=queue_id)
-            else:
-                local_users, remote = list(route.local), list(route.remote)
-        if action.kind == "move":
-            folder = action.argument
-            for user in local_users:
-                pipeline.ensure_folder(self.server.store, user, folder)
-        return local_users, remote, folder
-
-    def _queued(self, committed, transaction, size, local_users, remote, folder):
-        queue_id, paths = committed
-        # One line per message: formatted here once, not field by field by
-        # the logger's string.Formatter (a third of the line's cost).
-        ip, sender = self.session.ip, transaction.sender
-        to = ",".join([r.address for r in transaction.recipients])
-        delivered, queued = ",".join(local_users) or "-", ",".join(remote) or "-"
-        log.info(
-            literal(f"accepted {queue_id} from {ip} sender=<{sender}> to={to} size={size} "
-                    f"delivered={delivered} queued={queued}"),
-            queue_id=queue_id, ip=ip, sender=sender, to=to, size=size,
-            delivered=delivered, queued=queued,
-        )
-        self._reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-        for user, path in zip(local_users, paths):  # open sessions see it at once
-            self.server.store.notify(user, folder, [os.path.basename(path)])
-        if remote and self.server.queue_runner is not None:
-            self.server.queue_runner.wake()
-
-    def _not_queued(self, failure):
-        errorlog.client_error(log, failure, "SMTP queueing",
-                              "smtp", self.transport)
-        self._cannot_queue(failure.value)
-
-    def _cannot_queue(self, error):
-        """
-        The temporary refusal of a message we could not store: 452 4.3.1
-        for a full disk or quota (RFC 3463 "mail system full", as Postfix
-        says), 451 4.3.0 for anything else.
-        """
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return self._reply(452, "4.3.1", "Insufficient system storage, try again later")
-        return self._reply(451, "4.3.0", "Cannot queue the message, try again later")
+        reply = reception.end(reader, self.limits.max_message_size)
+        if isinstance(reply, defer.Deferred):
+            return reply.addCallback(lambda reply: self._reply(*reply))
+        return self._reply(*reply)
 
     _handlers = {
         "EHLO": smtp_EHLO,
@@ -719,7 +552,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.limits = Limits.from_settings(server.settings)
         self.sender_stages = sender_stages(server, listener)
         self.recipient_stages = recipient_stages(server, listener)
-        self.journal = Journal(server.settings.journal, server.directory, server.store)
+        self.journal = Journal(server.settings.journal, server.delivery)
         if server.clock is None:
             from twisted.internet import reactor
 

@@ -563,24 +563,32 @@ class Folder:
 
     def add(self, data, flags=(), date=None):
         """
-        Store a new message (IMAP APPEND): written and fsync'd in a thread,
-        bare LF line ends made CRLF (so sizes are what POP3 and IMAP send).
-        Every listener hears of it, the session that added it included
+        Store a new message (IMAP APPEND): L{add_all} of one.
+
+        @return: a Deferred of its UID.
+        """
+        return self.add_all([(data, flags, date)]).addCallback(lambda uids: uids[0])
+
+    def add_all(self, messages):
+        """
+        Store new messages, all or none (IMAP APPEND, MULTIAPPEND): written
+        and fsync'd in a thread, bare LF line ends made CRLF (so sizes are
+        what POP3 and IMAP send), then given consecutive UIDs at once.
+        Every listener hears of them, the session that added them included
         (RFC 3501 wants EXISTS for an APPEND to the selected mailbox).
 
-        @param data: the message, L{bytes} or a binary file.
-        @param flags: system flags and keywords.
-        @param date: its internal date (seconds); now when L{None}.
-        @return: a Deferred of its UID; it fails with L{OSError} when the
-            message or the index could not be written (nothing is left).
+        @param messages: C{(data, flags, date)} each: the message as
+            L{bytes} or a binary file, system flags and keywords, its
+            internal date (seconds; now when L{None}).
+        @return: a Deferred of their UIDs, in order; it fails with
+            L{OSError} when a message or the index could not be written
+            (none of them is left).
         """
-        if date is None:
-            date = self.store.now()
-        if isinstance(data, bytes):
-            data = BytesIO(data)
-        d = threads.deferToThread(
-            _write_message, self.path, _crlf_lines(data), flags, date)
-        d.addCallback(self._added_when_opened, date, flags)
+        now = self.store.now()
+        dated = [(BytesIO(data) if isinstance(data, bytes) else data, flags,
+                  now if date is None else date) for data, flags, date in messages]
+        d = threads.deferToThread(_write_messages, self.path, dated)
+        d.addCallback(self._added_when_opened)
         return d
 
     def copy(self, uid, other):
@@ -594,8 +602,9 @@ class Folder:
         d = threads.deferToThread(
             _write_message, other.path, self._path(entry), flags, entry.internaldate
         )
-        d.addCallback(other._added_when_opened, entry.internaldate, flags)
-        return d
+        d.addCallback(lambda written: other._added_when_opened(
+            [(*written, entry.internaldate, flags)]))
+        return d.addCallback(lambda uids: uids[0])
 
     def move(self, uids, other, origin=None):
         """
@@ -836,36 +845,48 @@ class Folder:
                     del self._entries[entry.uid]
         return [entry for entry, _ in added if entry.uid in self._entries]
 
-    def _added_when_opened(self, written, date, flags):
+    def _added_when_opened(self, written):
         """L{_added} once the folder is loaded (an APPEND to a folder nobody opened)."""
         if self._loaded:
-            return self._added(written, date, flags)
+            return self._added(written)
         d = self.opened()
-        d.addErrback(lambda failure: (discard(written[0]), failure)[1])
-        return d.addCallback(lambda _: self._added(written, date, flags))
+        d.addErrback(lambda failure: (_discard_written(written), failure)[1])
+        return d.addCallback(lambda _: self._added(written))
 
-    def _added(self, written, date, flags):
+    def _added(self, written):
         """
-        The second half of L{add} and L{copy}, on the reactor thread: a
-        UID, the index line, then the file from C{tmp/} into C{cur/}
-        (fsync'd in a thread).
+        The second half of L{add_all} and L{copy}, on the reactor thread:
+        UIDs, the index lines, then the files from C{tmp/} into C{cur/}
+        (fsync'd in a thread). A failure takes back every file moved: a
+        line of the index that names no file is dropped at the next load.
+
+        @param written: C{(file in tmp/, name in cur/, date, flags)} each.
         """
-        temporary, name = written
-        key, suffix = split_name(name)
-        self._touch([key])
-        entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
-                       self._index.next_modseq(), filter(is_keyword, flags))
-        self._entries[entry.uid] = entry
+        entries = []
+        for _, name, date, flags in written:
+            key, suffix = split_name(name)
+            self._touch([key])
+            entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
+                           self._index.next_modseq(), filter(is_keyword, flags))
+            self._entries[entry.uid] = entry
+            entries.append(entry)
+        moved = []
         try:
-            self._persist([entry], [], [])
-            os.rename(temporary, self._path(entry))
+            self._persist(entries, [], [])
+            for entry, (temporary, *_) in zip(entries, written):
+                os.rename(temporary, self._path(entry))
+                moved.append(entry)
         except OSError:
-            del self._entries[entry.uid]
-            discard(temporary)
+            for entry in entries:
+                del self._entries[entry.uid]
+            for entry in moved:
+                discard(self._path(entry))
+            _discard_written(written)
             raise
-        self._notify(None, [entry.uid], [], {})
+        uids = [entry.uid for entry in entries]
+        self._notify(None, uids, [], {})
         d = threads.deferToThread(fsync_directory, self.path / "cur")
-        return d.addCallback(lambda _: entry.uid)
+        return d.addCallback(lambda _: uids)
 
     def _persist(self, added, changed, removed):
         """
@@ -953,6 +974,29 @@ def _write_message(maildir, data, flags, date):
         raise
     letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
     return temporary, unique_name(size) + INFO_SEPARATOR + letters
+
+
+def _write_messages(maildir, messages):
+    """
+    L{_write_message} for each C{(file, flags, date)}, bare LF made CRLF;
+    after a failure none is left.
+
+    @return: C{(file in tmp/, name in cur/, date, flags)} each.
+    """
+    written = []
+    try:
+        for data, flags, date in messages:
+            written.append((*_write_message(maildir, _crlf_lines(data), flags, date),
+                            date, flags))
+    except BaseException:
+        _discard_written(written)
+        raise
+    return written
+
+
+def _discard_written(written):
+    for temporary, *_ in written:
+        discard(temporary)
 
 
 def _crlf_lines(lines):

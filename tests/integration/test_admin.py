@@ -184,6 +184,13 @@ class PreflightTests(unittest.TestCase):
         self.server.data_dir.write_text("not a directory\n")
         self.assert_both_refuse(f"[server] data_dir: {self.server.data_dir} is not a directory")
 
+    def test_delivery_ca_file_without_certificates(self):
+        config = self.server.config.read_text()
+        self.server.config.write_text(
+            config.replace("[delivery]\n", '[delivery]\ntls_ca_file = "cas.pem"\n', 1))
+        (self.server.dir / "cas.pem").write_text("no certificate here\n")
+        self.assert_both_refuse("[delivery] tls_ca_file: ", "holds no PEM certificate")
+
     def test_bad_users_line_is_a_warning_for_both(self):
         """
         Start-up skips a bad users line (one bad line must not keep every

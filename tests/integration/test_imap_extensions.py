@@ -59,7 +59,9 @@ class ExtensionTests(unittest.TestCase):
             check = getattr(self, "check_" + name.decode().replace("+", "_PLUS")
                             .replace("-", "_").replace("=", "_"), None)
             self.assertIsNotNone(check, f"{name!r} is advertised but not tested")
-            check(self.imap(select=None))
+            session = self.imap(select=None)
+            check(session)
+            session.logout()  # the server allows so many connections per IP
 
     def check_IMAP4rev1(self, imap):
         self.assertEqual(imap.select("INBOX")[0], "OK")
@@ -141,6 +143,38 @@ class ExtensionTests(unittest.TestCase):
                              "+FLAGS", r"(\Flagged)")
         self.assertEqual(typ, "OK")
         self.assertRegex(imap.response("MODIFIED")[1][0], rb"^%d$" % uids[1])
+
+    def check_MULTIAPPEND(self, imap):
+        imap.create("Multi")
+        lines = raw(imap, b"APPEND Multi (\\Seen) {%d+}\r\n%b {%d+}\r\n%b"
+                    % (len(MESSAGE), MESSAGE, len(MESSAGE), MESSAGE))
+        self.assertRegex(lines[-1], rb" OK \[APPENDUID \d+ 1:2\] APPEND completed")
+        imap.select("Multi")
+        typ, data = imap.fetch("1:*", "(FLAGS)")
+        self.assertEqual(data, [b"1 (FLAGS (\\Recent \\Seen))", b"2 (FLAGS (\\Recent))"])
+
+    def check_BINARY(self, imap):
+        message = (b"Content-Type: application/octet-stream\r\n"
+                   b"Content-Transfer-Encoding: binary\r\n\r\n\x00\xff\n")
+        imap.create("Binary")
+        lines = raw(imap, b"APPEND Binary ~{%d+}\r\n%b" % (len(message), message))
+        self.assertRegex(lines[-1], rb" OK \[APPENDUID \d+ 1\] APPEND completed")
+        imap.select("Binary")
+        lines = raw(imap, b"FETCH 1 (BODY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[1])")
+        self.assertEqual(b"".join(lines[:-1]),
+                         b"* 1 FETCH (BODY[1] {6}\r\nAP8K\r\n BINARY.SIZE[1] 3 "
+                         b"BINARY[1] ~{3}\r\n\x00\xff\n)\r\n")
+
+    def check_CATENATE(self, imap):
+        uid = self.append(imap, 1, "Junk")[0]
+        lines = raw(imap, b'APPEND Junk CATENATE (URL "/Junk/;UID=%d/;SECTION=HEADER" '
+                    b"TEXT {5+}\r\nnew\r\n)" % uid)
+        self.assertRegex(lines[-1], rb" OK \[APPENDUID \d+ %d\] APPEND completed" % (uid + 1))
+        imap.select("Junk")
+        typ, data = imap.uid("FETCH", str(uid + 1), "(BODY.PEEK[])")
+        self.assertEqual(data[0][1], MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\nnew\r\n")
+        lines = raw(imap, b'APPEND Junk CATENATE (URL "/Junk/;UID=999")')
+        self.assertIn(b" NO [BADURL /Junk/;UID=999] ", lines[-1])
 
     def sorting_folder(self, imap):
         """Three messages in a new folder, selected: subjects c, Re: a, b; a thread of two."""

@@ -153,6 +153,19 @@ class MailFlowTests(unittest.TestCase):
             capture_output=True, text=True, timeout=60)
         self.assertIn("hello from swaks", fetched.stdout)
 
+    def test_curl_uploads_with_append(self):
+        require_tool(self, "curl")
+        upload = Path(self.mktemp())
+        upload.write_bytes(b"From: curl@example.test\r\nSubject: uploaded\r\n\r\nby APPEND\r\n")
+        user = f"{ALICE}:{PASSWORD}"
+        url = f"imap://127.0.0.1:{self.server.ports['imap']}/INBOX"
+        sent = subprocess.run(["curl", "-s", "-S", "-u", user, "-T", str(upload), url],
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        fetched = subprocess.run(["curl", "-s", "-u", user, url + "/;UID=1"],
+                                 capture_output=True, timeout=60)
+        self.assertEqual(fetched.stdout, upload.read_bytes())
+
     def test_curl_over_implicit_tls_and_starttls(self):
         require_tool(self, "curl")
         self.send(b"Subject: tls\r\n\r\nover tls\r\n")

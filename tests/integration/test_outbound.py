@@ -170,6 +170,22 @@ class OutboundTests(unittest.TestCase):
         self.assertTrue(recipient["Diagnostic-Code"].startswith("smtp; 550 5.1.1"))
         self.assertIn("Message-ID: <lost@example.test>", headers.get_payload())
 
+    def test_bounce_reaches_an_idle_client_at_once(self):
+        """As local mail does: not at the IDLE's next folder scan (15 s later)."""
+        self.start(ScriptedSink("550 5.1.1 <nobody@remote.test>: No such user"))
+        imap = self.server.imap()
+        self.addCleanup(imap.shutdown)
+        imap.login(ALICE, PASSWORD)
+        imap.select("INBOX")
+        imap.send(b"t IDLE\r\n")
+        self.assertTrue(imap.readline().startswith(b"+ "))
+        self.submit(["nobody@remote.test"], b"Subject: lost\r\n\r\nhello\r\n")
+        self.server.wait_for_log("to <alice@example.test>: delivered")
+        delivered = time.monotonic()
+        imap.sock.settimeout(10)
+        self.assertEqual(imap.readline(), b"* 1 EXISTS\r\n")
+        self.assertLess(time.monotonic() - delivered, 1)
+
     def test_queue_commands_on_the_running_server(self):
         self.start_with(free_port())  # nothing listens: deferred, retried every second
         self.submit(["friend@remote.test"], b"Subject: waiting\r\n\r\nhello\r\n")

@@ -11,7 +11,7 @@ import time
 
 from twisted.trial import unittest
 
-from tests.integration.harness import MailServerProcess
+from tests.integration.harness import PASSWORD, MailServerProcess
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 7)]  # 5 addresses
 PER_ADDRESS = 10  # [access] max_connections_per_ip
@@ -91,3 +91,57 @@ class SlowClientTests(unittest.TestCase):
         self.assertGreaterEqual(log.count("evicted to make room for a new connection"),
                                 len(tricklers) - MAX_CONNECTIONS)
         self.assertIn(": command not complete in time; closing", log)
+
+
+READ_TIMEOUT = 3  # the POP3 and IMAP listeners' command_timeout below
+MESSAGES = 4
+MESSAGE_SIZE = 3 << 20  # over the 1 MB POP3 and IMAP write in one go
+
+
+class NonReaderTests(unittest.TestCase):
+    """
+    A client that asks for a lot and then stops reading (a slow-read
+    attack) is cut command_timeout seconds after the server's output
+    stalls, even though its command is still running.
+    """
+
+    def setUp(self):
+        self.server = MailServerProcess(listeners={
+            "pop3": {"command_timeout": READ_TIMEOUT},
+            "imap": {"command_timeout": READ_TIMEOUT}})
+        self.server.start()
+        self.addCleanup(self.server.cleanup)
+        body = ("x" * 76 + "\r\n") * (MESSAGE_SIZE // 78)
+        with self.server.smtp() as smtp:
+            for n in range(MESSAGES):
+                smtp.sendmail("someone@elsewhere.test", ["alice@example.test"],
+                              f"Subject: big {n}\r\n\r\n{body}")
+
+    def stall(self, name, commands):
+        """Send C{commands}, read nothing; the bytes read once the server should have given up."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(self.server.address(name))
+        self.addCleanup(sock.close)
+        sock.sendall(commands)
+        self.server.wait_for_log(f"{name} 127.0.0.1: not reading; closing",
+                                 timeout=READ_TIMEOUT + 20)
+        sock.settimeout(10)
+        received = 0
+        try:
+            while data := sock.recv(1 << 16):
+                received += len(data)
+        except ConnectionResetError:
+            pass
+        return received
+
+    def test_pop3_retr_not_read_is_cut(self):
+        user = b"alice@example.test"
+        received = self.stall("pop3", b"USER " + user + b"\r\nPASS "
+                              + PASSWORD.encode() + b"\r\nRETR 1\r\n")
+        self.assertLess(received, MESSAGE_SIZE)
+
+    def test_imap_fetch_not_read_is_cut(self):
+        received = self.stall("imap", b"a LOGIN alice@example.test \"" + PASSWORD.encode()
+                              + b"\"\r\nb SELECT INBOX\r\nc FETCH 1:* BODY.PEEK[]\r\n")
+        self.assertLess(received, MESSAGES * MESSAGE_SIZE)

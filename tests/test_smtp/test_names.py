@@ -82,12 +82,10 @@ class AliasToNobodyTests(NamesTestCase):
 
     def test_a_bounce_to_an_alias_to_nobody_has_no_route(self):
         """The queue then bounces to the postmaster (or logs), never into nothing."""
-        from mailsrv.queue.intake import LocalRoutes
-
-        routes = LocalRoutes(self.server.directory, self.server.store)
-        self.assertIsNone(routes("ghosts@example.test"))
-        maildirs, remote = routes("half@example.test")
-        self.assertEqual((len(maildirs), remote), (1, []))
+        delivery = self.server.delivery
+        self.assertIsNone(delivery.route("ghosts@example.test"))
+        self.assertEqual(delivery.route("half@example.test"),
+                         (("bob@example.test",), (), "INBOX"))
 
 
 class PathUserTests(NamesTestCase):

@@ -12,7 +12,6 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from mailsrv.queue import intake
 from mailsrv.smtp.policy import Verdict
 from mailsrv.smtp import server as server_module
 from mailsrv.smtp.server import build_factory
@@ -261,14 +260,14 @@ class RealThreadTests(unittest.TestCase):
     def test_reply_after_commit(self):
         server = make_mail_server(self)
         commits = []
-        real_commit = intake.commit
+        real_deliver = server.delivery.deliver
 
         def spy(*args):
-            d = real_commit(*args)
+            d = real_deliver(*args)
             commits.append(d)
             return d
 
-        self.patch(intake, "commit", spy)
+        self.patch(server.delivery, "deliver", spy)
         conn = connect(server)
         conn.send(b"EHLO c.test\r\n")
         replies = conn.send(b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<alice@example.test>\r\n"

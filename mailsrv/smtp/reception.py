@@ -1,0 +1,196 @@
+"""
+One message from DATA to its reply. The protocol reads the data (with
+L{mailsrv.smtp.data.DataReader}) and hands the bytes to a L{Reception},
+which owns everything else about the message, as chasquid's C{queue.Put}
+and maddy's C{Body}/C{Commit} do: the spool file, our trace headers, the
+anti-spam filters' judgement (the message filters wait for the header
+section), the Subject prefix, then at the final dot the action the
+judgement names and the delivery (L{mailsrv.queue.intake.LocalDelivery}).
+"""
+
+import errno
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailsrv import errorlog
+from mailsrv.filters.actions import SubjectPrefixer
+from mailsrv.logtext import literal
+from mailsrv.smtp.data import HeaderSection
+from mailsrv.smtp.trace import trace_headers
+
+log = Logger()
+
+
+def cannot_queue(error):
+    """
+    The temporary refusal of a message we could not store: 452 4.3.1 for a
+    full disk or quota (RFC 3463 "mail system full", as Postfix says),
+    451 4.3.0 for anything else.
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 452, "4.3.1", "Insufficient system storage, try again later"
+    return 451, "4.3.0", "Cannot queue the message, try again later"
+
+
+class Reception:
+    """
+    @ivar judgement: the filters' L{mailsrv.filters.actions.Judgement}:
+        the sender's and recipients' so far, the message's once its header
+        section is judged.
+    """
+
+    def __init__(self, factory, session, transaction, incoming, transport):
+        """
+        @param factory: the listener's L{mailsrv.smtp.server.SMTPFactory}
+            (its filters, journal, clock and server).
+        @param incoming: the new spool file (L{mailsrv.queue.spool.IncomingMessage}).
+        @param transport: the connection, named in error log lines.
+        """
+        self.factory = factory
+        self.session = session
+        self.transaction = transaction
+        self.incoming = incoming
+        self.transport = transport
+        self.judgement = transaction.judgement
+        self.gone = False
+        self._top = trace_headers(session, transaction, incoming.queue_id,
+                                  factory.server.settings.hostname, factory.clock.seconds())
+        self._prefixer = None
+        self._write_error = None
+        self._held = None  # the HeaderSection the message filters wait for
+        if factory.filters.reads_message(self.judgement):
+            self._held = HeaderSection()
+        else:
+            self._begin()
+
+    def take(self, data, done):
+        """
+        Message bytes (C{done}: the last have come).
+
+        @return: a Deferred while the message filters judge the header
+            section (later input must wait for it), else L{None}.
+        """
+        held = self._held
+        if held is None:
+            self._write(data)
+            return None
+        held.feed(data)
+        if not (held.complete or done):
+            return None
+        self._held = None
+        d = self.factory.filters.judge_message(
+            self.judgement, self.session, self.transaction, held.header)
+        return d.addCallback(self._judged, bytes(held.data))
+
+    def _judged(self, judgement, held):
+        if self.gone:
+            return
+        self.judgement = judgement
+        self._begin()
+        self._write(held)
+
+    def _begin(self):
+        """The judgement is final: log it, write our headers, then the message."""
+        judgement = self.judgement
+        if judgement.checked:
+            log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
+                     queue_id=self.incoming.queue_id, ip=self.session.ip,
+                     summary=judgement.summary, action=judgement.action)
+        self._write_through(self._top + judgement.header_block())
+        if judgement.action.kind == "subject":
+            prefix = self.factory.filters.subject_prefix.encode("utf-8")
+            self._prefixer = SubjectPrefixer(self._write_through, prefix)
+
+    def _write(self, data):
+        if self._prefixer is not None:
+            self._prefixer.feed(data)
+        elif data:
+            self._write_through(data)
+
+    def _write_through(self, data):
+        """Write to the spool file; the first I/O error is kept for the end."""
+        if self._write_error is None:
+            try:
+                self.incoming.write(data)
+            except OSError as e:
+                self._write_error = e
+
+    def abort(self):
+        """The client went away before the final dot: nothing is kept."""
+        self.gone = True
+        self.incoming.abort()
+
+    def end(self, reader, max_size):
+        """
+        The final dot has come (C{reader} read the data, C{max_size} is
+        the listener's limit): refuse, delete or deliver the message.
+
+        @return: the reply, C{(code, enhanced code, text)}, or a Deferred
+            of it while the message is made durable.
+        """
+        incoming, transaction, ip = self.incoming, self.transaction, self.session.ip
+        if reader.bare_line_ending:
+            incoming.abort()
+            log.info("refused message from {ip}: bare CR or LF in DATA", ip=ip)
+            return (550, "5.6.0",
+                    "Message contains bare CR or LF characters; lines must end with CRLF")
+        if reader.size > max_size:
+            incoming.abort()
+            log.info("refused message from {ip}: {size} bytes is over the limit",
+                     ip=ip, size=reader.size)
+            return 552, "5.3.4", "Message size exceeds fixed limit"
+        if self._prefixer is not None:
+            self._prefixer.close()
+        if self._write_error is not None:
+            incoming.abort()
+            log.error("cannot write the spool file: {error}", error=self._write_error)
+            return cannot_queue(self._write_error)
+        action = self.judgement.action
+        if action.kind == "reject":  # by a message filter
+            incoming.abort()
+            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
+                     ip=ip, sender=transaction.sender, summary=self.judgement.summary)
+            return 550, "5.7.1", "Message refused as spam"
+        if action.kind == "delete":
+            incoming.abort()
+            log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
+                     queue_id=incoming.queue_id, ip=ip, sender=transaction.sender)
+            return 250, "2.0.0", f"Ok: queued as {incoming.queue_id}"
+        delivery = self.factory.server.delivery
+        try:
+            destination = delivery.destination(
+                transaction.local_users(), transaction.remote_addresses(), action,
+                incoming.queue_id)
+            journal = self.factory.journal.copies(transaction)
+            fields = {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo}
+            d = delivery.deliver(incoming, fields, destination, journal)
+        except Exception as e:  # every error a client meets gets a reply and a log line
+            incoming.abort()
+            errorlog.client_error(log, Failure(), f"placing {incoming.queue_id}",
+                                  "smtp", self.transport)
+            return cannot_queue(e)
+        d.addCallbacks(self._queued, self._not_queued, callbackArgs=(reader.size, destination))
+        return d
+
+    def _queued(self, queue_id, size, destination):
+        # One line per message: formatted here once, not field by field by
+        # the logger's string.Formatter (a third of the line's cost).
+        ip, sender = self.session.ip, self.transaction.sender
+        to = ",".join([r.address for r in self.transaction.recipients])
+        delivered = ",".join(destination.users) or "-"
+        queued = ",".join(destination.remote) or "-"
+        log.info(
+            literal(f"accepted {queue_id} from {ip} sender=<{sender}> to={to} size={size} "
+                    f"delivered={delivered} queued={queued}"),
+            queue_id=queue_id, ip=ip, sender=sender, to=to, size=size,
+            delivered=delivered, queued=queued,
+        )
+        runner = self.factory.server.queue_runner
+        if destination.remote and runner is not None:
+            runner.wake()
+        return 250, "2.0.0", f"Ok: queued as {queue_id}"
+
+    def _not_queued(self, failure):
+        errorlog.client_error(log, failure, "SMTP queueing", "smtp", self.transport)
+        return cannot_queue(failure.value)
