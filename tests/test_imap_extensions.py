@@ -533,3 +533,6 @@ class ThreadTests(IMAPTestCase):
                          b"d BAD Unknown threading algorithm\r\n")
         self.assertEqual(c.cmd(b"e THREAD REFERENCES KOI8-R ALL"),
                          b"e NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n")
+        # the algorithm alone (found by tests/test_imap_fuzz.py: a server error)
+        self.assertEqual(c.cmd(b"f THREAD REFERENCES"), b"f BAD Syntax error: Missing argument\r\n")
+        self.assertEqual(c.cmd(b"g SORT (DATE)"), b"g BAD Syntax error: Missing argument\r\n")

@@ -221,6 +221,12 @@ def _arg_sort_criteria(self, line):
         raise imap4.IllegalClientResponse(str(e))
 
 
+def _arg_algorithm(self, line):
+    """THREAD's algorithm, an atom (Twisted's parser gives L{None} for no rest)."""
+    algorithm, rest = _base.arg_atom(self, line)
+    return algorithm, rest or b""
+
+
 def _opt_seqset(self, line):
     if not line:
         return None, b""
@@ -1455,7 +1461,7 @@ class IMAPServer(imap4.IMAP4Server):
         d.addErrback(self._search_failed, tag, None, b"THREAD")
         return None
 
-    select_THREAD = (do_THREAD, _base.arg_atom, _base.arg_astring, _base.arg_searchkeys)
+    select_THREAD = (do_THREAD, _arg_algorithm, _base.arg_astring, _base.arg_searchkeys)
 
     def _refused_charset(self, tag, charset, returns):
         """NO [BADCHARSET] for a charset other than UTF-8 and US-ASCII (which empties C{$})."""
