@@ -36,7 +36,8 @@ PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
 EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
               b" QRESYNC MULTIAPPEND BINARY CATENATE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS"
-              b" STATUS=SIZE APPENDLIMIT=36700160")
+              b" STATUS=SIZE ESEARCH SEARCHRES SORT SORT=DISPLAY THREAD=REFERENCES"
+              b" THREAD=ORDEREDSUBJECT ESORT APPENDLIMIT=36700160")
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
     b"To: Alice <alice@example.test>\r\n"
@@ -1269,7 +1270,7 @@ class ComplianceTests(IMAPTestCase):
     def test_nothing_after_logout_while_a_command_waits(self):
         c = self.selected(MESSAGE)
         waiting = defer.Deferred()
-        self.patch(c.proto.mbox, "search", lambda query, uid: waiting)
+        self.patch(c.proto.mbox, "search", lambda query, uid, saved: waiting)
         self.assertEqual(c.send(b"s SEARCH ALL\r\nz LOGOUT\r\n"), b"")
         waiting.callback(([1], False))
         self.assertEqual(c.read(), b"* SEARCH 1\r\ns OK SEARCH completed\r\n"

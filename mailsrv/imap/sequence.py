@@ -104,6 +104,20 @@ def parse(text):
     return SequenceSet(ranges)
 
 
+def of_numbers(numbers):
+    """
+    A L{SequenceSet} of C{numbers} (a saved search result, a response's
+    set), one range per ascending run, in the order given.
+    """
+    ranges = []
+    for n in numbers:
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], n)
+        else:
+            ranges.append((n, n))
+    return SequenceSet(ranges)
+
+
 def _number(token, part):
     if not _NUMBER.fullmatch(token):
         raise BadSequenceSet(part)

@@ -34,9 +34,11 @@ matter to real clients closed. Each override below says which gap:
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
   QRESYNC (SELECT's resync, VANISHED, C{OK [CLOSED]}), MULTIAPPEND,
   CATENATE (APPEND's syntax in L{mailsrv.imap.append}), BINARY (FETCH
-  BINARY from the MIME tree, literal8 APPEND), UNSELECT, and
+  BINARY from the MIME tree, literal8 APPEND), UNSELECT,
   LIST-EXTENDED, LIST-STATUS, CHILDREN, STATUS=SIZE and APPENDLIMIT
-  (LIST and STATUS are ours, L{mailsrv.imap.listing});
+  (LIST and STATUS are ours, L{mailsrv.imap.listing}), ESEARCH,
+  SEARCHRES and ESORT (RETURN options, C{$}), SORT, SORT=DISPLAY and
+  THREAD (L{mailsrv.imap.sort}, L{mailsrv.imap.thread});
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
   nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
@@ -59,7 +61,7 @@ from twisted.mail import imap4
 from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials
-from mailsrv.imap import append, listing, mime, sequence, syntax
+from mailsrv.imap import append, listing, mime, sequence, sort, syntax, thread
 from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
@@ -73,7 +75,7 @@ log = Logger()
 _TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
 _COMMAND = re.compile(rb"[A-Za-z]+")
 # Commands during which a sequence-number EXPUNGE must not be sent.
-_NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH")
+_NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 _STATES = ("unauth", "auth", "select", "logout")
 # FETCH items answered from the index alone (see _fetch_from_index).
 _INDEX_ITEMS = frozenset(("flags", "uid", "modseq", "rfc822size", "internaldate"))
@@ -91,6 +93,8 @@ EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
     b"SPECIAL-USE", b"CONDSTORE", b"QRESYNC", b"MULTIAPPEND", b"BINARY", b"CATENATE",
     b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
+    b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES",
+    b"THREAD=ORDEREDSUBJECT", b"ESORT",
 )
 # How a failed login is answered (L{mailsrv.login}; RFC 5530 response codes).
 _LOGIN_REPLIES = {
@@ -98,8 +102,11 @@ _LOGIN_REPLIES = {
     login.FAILED: b"[AUTHENTICATIONFAILED] Authentication failed",
     login.BROKEN: b"[UNAVAILABLE] Authentication unavailable",
 }
-# Commands UID may prefix (RFC 3501, 4315, 6851).
-_UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE")
+# Commands UID may prefix (RFC 3501, 4315, 6851, 5256).
+_UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE", b"SORT",
+                 b"THREAD")
+# SEARCH and SORT RETURN options (RFC 4731, 5182, 5267).
+_RETURN_OPTIONS = frozenset((b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"))
 
 _base = imap4.IMAP4Server
 
@@ -234,12 +241,45 @@ def _arg_flaglist(self, line):
 
 
 def _arg_seqset(self, line):
-    """A sequence set kept as ranges (L{mailsrv.imap.sequence}), not Twisted's."""
+    """
+    A sequence set kept as ranges (L{mailsrv.imap.sequence}), not
+    Twisted's; C{$} is the saved search result (RFC 5182).
+    """
     text, _, rest = line.partition(b" ")
+    if text == b"$":
+        return self._saved_set(), rest
     try:
         return sequence.parse(text), rest
     except sequence.BadSequenceSet as e:
         raise imap4.IllegalClientResponse("Bad message number " + str(e))
+
+
+def _opt_search_return(self, line):
+    """
+    SEARCH's and SORT's optional C{RETURN (options)} (RFC 4731, 5267):
+    the options as a set (C{RETURN ()} is ALL), or L{None} without RETURN.
+    """
+    if line[:6].upper() != b"RETURN" or line[6:7] not in (b" ", b"("):
+        return None, line
+    options, rest = _base.arg_plist(self, line[6:].lstrip(b" "))
+    if not all(isinstance(o, bytes) and o.upper() in _RETURN_OPTIONS for o in options):
+        raise imap4.IllegalClientResponse("Unknown RETURN option")
+    return frozenset(o.upper() for o in options) or frozenset((b"ALL",)), rest
+
+
+def _arg_sort_criteria(self, line):
+    """SORT's parenthesised sort criteria (L{sort.parse_criteria})."""
+    words, rest = _base.arg_plist(self, line)
+    try:
+        return sort.parse_criteria(words), rest
+    except sort.BadCriteria as e:
+        raise imap4.IllegalClientResponse(str(e))
+
+
+def _arg_algorithm(self, line):
+    """THREAD's algorithm, an atom (Twisted's parser gives L{None} for no rest)."""
+    algorithm, rest = _base.arg_atom(self, line)
+    return algorithm, rest or b""
 
 
 def _opt_seqset(self, line):
@@ -284,6 +324,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
         self._qresync = False  # QRESYNC enabled (RFC 7162 3.2.3): VANISHED, not EXPUNGE
         self._resync = None  # the QRESYNC parameter of the SELECT under way
+        self._saved = []  # the UIDs of the saved search result, C{$} (RFC 5182)
+        self._by_uid = False  # the command under way is a UID command
         self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
@@ -498,6 +540,7 @@ class IMAPServer(imap4.IMAP4Server):
             else:
                 self.sendBadResponse(tag, b"Unknown command")
             return
+        self._by_uid = bool(uid)
         # no arguments at all must parse as missing ones, not crash
         super().dispatchCommand(tag, cmd, rest or b"", uid)
 
@@ -824,6 +867,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
             return
         self.mbox = mbox
+        self._saved = []  # RFC 5182: a new mailbox has no saved result
         self._flag_news.clear()  # of the mailbox selected before
         mbox.addListener(self)
         flags = mbox.getFlags()
@@ -954,6 +998,17 @@ class IMAPServer(imap4.IMAP4Server):
         return None
 
     auth_ENABLE = (do_ENABLE, _base.arg_line)
+
+    def _enable_condstore(self):
+        """
+        A command in the selected state used MODSEQ: CONDSTORE is on from
+        now, and the client hears the mailbox's HIGHESTMODSEQ, which its
+        SELECT did not report as enabled (RFC 7162 3.1).
+        """
+        if not self._condstore:
+            self._condstore = True
+            self.sendPositiveResponse(
+                None, b"[HIGHESTMODSEQ %d] Highest" % self.mbox.folder.highestmodseq)
 
     def checkpoint(self):
         return self.mbox.folder.sync()
@@ -1213,7 +1268,7 @@ class IMAPServer(imap4.IMAP4Server):
             if self._qresync and not uid and not any(part.type == "uid" for part in query):
                 query.append(imap4._FetchParser.UID())  # RFC 7162 3.2.4
         if any(part.type == "modseq" for part in query):
-            self._condstore = True
+            self._enable_condstore()
         elif self._condstore and any(part.type == "flags" for part in query):
             query.append(syntax.ModSeqItem())  # RFC 7162 3.2
         if query and all(map(_fast_item, query)):
@@ -1410,7 +1465,7 @@ class IMAPServer(imap4.IMAP4Server):
         if mode.lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
             return self.sendBadResponse(tag, b"Expected FLAGS, +FLAGS or -FLAGS")
         if unchangedsince is not None:
-            self._condstore = True
+            self._enable_condstore()
         silent = mode.endswith(b".SILENT")
         sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
         try:
@@ -1575,34 +1630,144 @@ class IMAPServer(imap4.IMAP4Server):
 
     select_EXPUNGE = (do_EXPUNGE, _opt_seqset)
 
-    def do_SEARCH(self, tag, charset, query, uid=0):
-        if charset and charset.upper() not in (b"UTF-8", b"US-ASCII"):
-            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+    def do_SEARCH(self, tag, returns, charset, query, uid=0):
+        """SEARCH, with RETURN options (ESEARCH, RFC 4731; SAVE, RFC 5182)."""
+        if self._refused_charset(tag, charset, returns):
             return
-        d = defer.maybeDeferred(self.mbox.search, query, uid)
-        d.addCallbacks(self._searched, self._search_failed, (tag, uid), None, (tag,), None)
+        d = defer.maybeDeferred(self.mbox.search, query, uid, frozenset(self._saved))
+        d.addCallback(lambda result: (
+            [(self.mbox.getUID(s) if uid else s, self.mbox.getUID(s)) for s in result[0]],
+            result[1]))
+        d.addCallback(self._found, tag, uid, returns, b"SEARCH")
+        d.addErrback(self._search_failed, tag, returns, b"SEARCH")
 
-    select_SEARCH = (do_SEARCH, _base.opt_charset, _base.arg_searchkeys)
+    select_SEARCH = (do_SEARCH, _opt_search_return, _base.opt_charset, _base.arg_searchkeys)
 
-    def _searched(self, result, tag, uid):
-        """With MODSEQ among the criteria, the highest MODSEQ found (RFC 7162)."""
-        seqs, uses_modseq = result
-        ids = [self.mbox.getUID(s) if uid else s for s in seqs]
-        words = [b"SEARCH"] + [b"%d" % i for i in ids]
+    def do_SORT(self, tag, returns, criteria, charset, query, uid=0):
+        """SORT (RFC 5256, 5957), with RETURN options (ESORT, RFC 5267)."""
+        if self._refused_charset(tag, charset, returns):
+            return
+        d = defer.maybeDeferred(
+            self.mbox.arrange, query,
+            lambda records: [(r.uid if uid else r.seq, r.uid) for r in sort.sort(records, criteria)],
+            frozenset(self._saved))
+        d.addCallback(self._found, tag, uid, returns, b"SORT")
+        d.addErrback(self._search_failed, tag, returns, b"SORT")
+
+    select_SORT = (do_SORT, _opt_search_return, _arg_sort_criteria, _base.arg_astring,
+                   _base.arg_searchkeys)
+
+    def do_THREAD(self, tag, algorithm, charset, query, uid=0):
+        """THREAD=REFERENCES and THREAD=ORDEREDSUBJECT (RFC 5256)."""
+        name = algorithm.decode("ascii", "replace").upper()
+        if name not in thread.ALGORITHMS:
+            return self.sendBadResponse(tag, b"Unknown threading algorithm")
+        if self._refused_charset(tag, charset, None):
+            return None
+        number = (lambda r: r.uid) if uid else (lambda r: r.seq)
+
+        def threaded(result):
+            data, uses_modseq = result
+            if uses_modseq:
+                self._enable_condstore()
+            self.sendUntaggedResponse(b"THREAD " + data if data else b"THREAD")
+            self.sendPositiveResponse(tag, b"THREAD completed")
+
+        d = defer.maybeDeferred(
+            self.mbox.arrange, query,
+            lambda records: thread.format_threads(thread.thread(name, records), number),
+            frozenset(self._saved))
+        d.addCallback(threaded)
+        d.addErrback(self._search_failed, tag, None, b"THREAD")
+        return None
+
+    select_THREAD = (do_THREAD, _arg_algorithm, _base.arg_astring, _base.arg_searchkeys)
+
+    def _refused_charset(self, tag, charset, returns):
+        """NO [BADCHARSET] for a charset other than UTF-8 and US-ASCII (which empties C{$})."""
+        if not charset or charset.upper() in (b"UTF-8", b"US-ASCII"):
+            return False
+        if returns and b"SAVE" in returns:
+            self._saved = []
+        self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+        return True
+
+    def _found(self, result, tag, uid, returns, command):
+        """
+        The answer of a SEARCH or SORT: C{result} is C{(ids, uses_modseq)},
+        C{ids} C{(number, uid)} pairs in the order to report, numbers being
+        UIDs or sequence numbers as the command asked. With MODSEQ among
+        the criteria, the highest MODSEQ found (RFC 7162 3.1.5).
+        """
+        found, uses_modseq = result
         if uses_modseq:
-            self._condstore = True
-            if seqs:
-                highest = max(self.mbox.folder.message(self.mbox.getUID(s)).modseq
-                              for s in seqs)
-                words.append(b"(MODSEQ %d)" % highest)
-        self.sendUntaggedResponse(b" ".join(words))
-        self.sendPositiveResponse(tag, b"SEARCH completed")
+            self._enable_condstore()
+        if returns is None:
+            words = [command] + [b"%d" % number for number, _ in found]
+            if uses_modseq and found:
+                words.append(b"(MODSEQ %d)" % self._highest_modseq(found))
+            self.sendUntaggedResponse(b" ".join(words))
+        else:
+            self._extended(tag, uid, returns, found, uses_modseq)
+        self.sendPositiveResponse(tag, command + b" completed")
 
-    def _search_failed(self, failure, tag):
+    def _extended(self, tag, uid, returns, found, uses_modseq):
+        """
+        RETURN options: the ESEARCH response (RFC 4731; for SORT, RFC 5267:
+        MIN and MAX are the first and last in the sort order) and SAVE
+        (RFC 5182: with only MIN or MAX, only those messages are saved; SAVE
+        alone sends no ESEARCH). MODSEQ is the highest of the messages
+        reported (RFC 7162 3.1.5).
+        """
+        reported = found
+        if found and not (returns & {b"ALL", b"COUNT"} or returns == {b"SAVE"}):
+            reported = ([found[0]] if b"MIN" in returns else []) + (
+                [found[-1]] if b"MAX" in returns else [])
+        if b"SAVE" in returns:
+            self._saved = sorted({u for _, u in reported})
+            if returns == {b"SAVE"}:
+                return
+        words = [b'ESEARCH (TAG "' + tag + b'")']
+        if uid:
+            words.append(b"UID")
+        if found:
+            if b"MIN" in returns:
+                words.append(b"MIN %d" % found[0][0])
+            if b"MAX" in returns:
+                words.append(b"MAX %d" % found[-1][0])
+            if b"ALL" in returns:
+                words.append(b"ALL " + syntax.sequence_set([number for number, _ in found]))
+        if b"COUNT" in returns:
+            words.append(b"COUNT %d" % len(found))
+        if uses_modseq and reported:
+            words.append(b"MODSEQ %d" % self._highest_modseq(reported))
+        self.sendUntaggedResponse(b" ".join(words))
+
+    def _highest_modseq(self, found):
+        entries = (self.mbox.folder.entry(u) for _, u in found)
+        return max((e.modseq for e in entries if e is not None), default=0)
+
+    def _search_failed(self, failure, tag, returns, command):
+        """
+        Bad criteria: BAD, C{$} unchanged; a failure (of the search or of
+        its answer): NO, and C{$} empty (RFC 5182 2.1).
+        """
         if failure.check(imap4.IllegalQueryError):
             self.sendBadResponse(tag, b"Invalid search: " + _text(failure.value))
-        else:
-            self._failed(failure, tag, b"SEARCH")
+            return
+        if returns and b"SAVE" in returns:
+            self._saved = []
+        self._failed(failure, tag, command)
+
+    def _saved_set(self):
+        """
+        C{$} (RFC 5182): the saved messages still in the mailbox, as UIDs
+        in a UID command, else as sequence numbers.
+        """
+        if self._by_uid:
+            return sequence.of_numbers(self._saved)
+        return sequence.of_numbers(
+            [seq for seq in map(self.mbox.seq, self._saved) if seq is not None])
 
 
 class _AppendLiteral(imap4.LiteralFile):

@@ -6,10 +6,11 @@ restart.
 """
 
 import re
+import subprocess
 
 from twisted.trial import unittest
 
-from tests.integration.harness import PASSWORD, MailServerProcess
+from tests.integration.harness import PASSWORD, MailServerProcess, require_tool
 
 ALICE = "alice@example.test"
 MESSAGE = b"From: bob@example.test\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -59,7 +60,9 @@ class ExtensionTests(unittest.TestCase):
             check = getattr(self, "check_" + name.decode().replace("+", "_PLUS")
                             .replace("-", "_").replace("=", "_"), None)
             self.assertIsNotNone(check, f"{name!r} is advertised but not tested")
-            check(self.imap(select=None))
+            session = self.imap(select=None)
+            check(session)
+            session.logout()  # the server allows so many connections per IP
 
     def check_IMAP4rev1(self, imap):
         self.assertEqual(imap.select("INBOX")[0], "OK")
@@ -259,6 +262,64 @@ class ExtensionTests(unittest.TestCase):
         self.assertEqual(data[0][1], MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\nnew\r\n")
         lines = raw(imap, b'APPEND Junk CATENATE (URL "/Junk/;UID=999")')
         self.assertIn(b" NO [BADURL /Junk/;UID=999] ", lines[-1])
+
+    def sorting_folder(self, imap):
+        """Three messages in a new folder, selected: subjects c, Re: a, b; a thread of two."""
+        self.folders = getattr(self, "folders", 0) + 1
+        name = f"Sorting{self.folders}"
+        imap.create(name)
+        for subject, extra in ((b"c", b"Message-ID: <1@x>\r\n"),
+                               (b"Re: a", b"References: <1@x>\r\n"), (b"b", b"")):
+            data = (b"From: Zed <z@example.test>\r\nTo: " + subject[-1:] + b"@example.test\r\n"
+                    b"Subject: " + subject + b"\r\n" + extra + b"\r\nbody\r\n")
+            self.assertEqual(imap.append(name, None, None, data)[0], "OK")
+        imap.select(name)
+
+    def check_ESEARCH(self, imap):
+        self.sorting_folder(imap)
+        lines = raw(imap, b"UID SEARCH RETURN (MIN MAX COUNT ALL) ALL")
+        self.assertRegex(lines[0], rb'^\* ESEARCH \(TAG "\w+"\) UID MIN 1 MAX 3 ALL 1:3 COUNT 3')
+
+    def check_SEARCHRES(self, imap):
+        self.sorting_folder(imap)
+        self.assertIn(b" OK ", raw(imap, b"SEARCH RETURN (SAVE) SUBJECT b")[-1])
+        typ, data = imap.uid("FETCH", "$", "(UID)")
+        self.assertEqual(data, [b"3 (UID 3)"])
+
+    def check_SORT(self, imap):
+        self.sorting_folder(imap)
+        self.assertEqual(imap.sort("(SUBJECT)", "UTF-8", "ALL"), ("OK", [b"2 3 1"]))
+        self.assertEqual(imap.uid("SORT", "(REVERSE TO)", "UTF-8", "ALL"), ("OK", [b"1 3 2"]))
+
+    def check_SORT_DISPLAY(self, imap):
+        self.sorting_folder(imap)
+        self.assertEqual(imap.sort("(DISPLAYTO)", "UTF-8", "ALL"), ("OK", [b"2 3 1"]))
+
+    def check_ESORT(self, imap):
+        self.sorting_folder(imap)
+        lines = raw(imap, b"SORT RETURN (MIN ALL) (SUBJECT) UTF-8 ALL")
+        self.assertRegex(lines[0], rb'^\* ESEARCH \(TAG "\w+"\) MIN 2 ALL 2:3,1\r\n')
+
+    def check_THREAD_REFERENCES(self, imap):
+        self.sorting_folder(imap)
+        self.assertEqual(imap.thread("REFERENCES", "UTF-8", "ALL"), ("OK", [b"(1 2)(3)"]))
+
+    def check_THREAD_ORDEREDSUBJECT(self, imap):
+        self.sorting_folder(imap)
+        self.assertEqual(imap.thread("ORDEREDSUBJECT", "UTF-8", "ALL"), ("OK", [b"(1)(2)(3)"]))
+
+    def test_curl_sort_and_thread(self):
+        """A real client's raw commands (curl -X), as the brief of issue 15 asks."""
+        require_tool(self, "curl")
+        self.sorting_folder(self.imap(select=None))
+        url = f"imap://127.0.0.1:{self.server.ports['imap']}/Sorting1"
+        for command, reply in (("UID SORT (SUBJECT) UTF-8 ALL", "* SORT 2 3 1"),
+                               ("UID SORT (REVERSE SUBJECT) UTF-8 ALL", "* SORT 1 3 2"),
+                               ("THREAD REFERENCES UTF-8 ALL", "* THREAD (1 2)(3)")):
+            result = subprocess.run(["curl", "-s", "-u", f"{ALICE}:{PASSWORD}", url,
+                                     "-X", command], capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn(reply + "\n", result.stdout)
 
     def test_two_sessions_see_each_other(self):
         a, b = self.imap(), self.imap()
