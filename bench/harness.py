@@ -358,7 +358,10 @@ class Bench:
                         ("FETCH 1:* BODY.PEEK[]", "FETCH 1:* BODY.PEEK[]", "msg/s"),
                         ('SEARCH SUBJECT "needle"', 'SEARCH SUBJECT "needle"', "ops/s"),
                         ("SEARCH HEADER Message-ID",
-                         'SEARCH HEADER Message-ID "<bench.500@remote.test>"', "ops/s")):
+                         'SEARCH HEADER Message-ID "<bench.500@remote.test>"', "ops/s"),
+                        ("SORT (REVERSE DATE) ALL", "SORT (REVERSE DATE) UTF-8 ALL", "ops/s"),
+                        ("THREAD REFERENCES UTF-8 ALL", "THREAD REFERENCES UTF-8 ALL",
+                         "ops/s")):
                     times = []
                     for _ in range(repeats):
                         seconds, _ = await client.timed(command)

@@ -7,18 +7,25 @@ Every server reads the same layout: files in C{cur/} named
 C{<seconds>.M<usec>P<pid>Q<n>.<host>,S=<size>:2,<flags>} with CRLF line ends
 (the size in the name is the file's size, as mailsrv and Dovecot expect).
 Every C{NEEDLE_EVERY}-th message has "needle" in its Subject, so a SEARCH
-has something to find; every third one is marked seen.
+has something to find; every third one is marked seen. Messages come in
+threads of C{THREAD_LENGTH} (each replies to the one before: References,
+"Re:"), with Date fields in no particular order, for SORT and THREAD.
 """
 
+import email.utils
 import os
 
 NEEDLE_EVERY = 100
+THREAD_LENGTH = 5
 BASE_TIME = 1_700_000_000
 
 
 def message_bytes(n, size=4096):
     """Message C{n} (from 0) of about C{size} bytes, CRLF line ends."""
-    subject = f"bench message {n}" + (" needle" if n % NEEDLE_EVERY == 0 else "")
+    root = n - n % THREAD_LENGTH
+    subject = ("Re: " if n != root else "") + f"bench message {root}" + (
+        " needle" if n % NEEDLE_EVERY == 0 else "")
+    reply = f"References: <bench.{n - 1}@remote.test>\r\n" if n != root else ""
     header = (
         f"Return-Path: <sender{n % 50}@remote.test>\r\n"
         f"Received: from client.remote.test ([127.0.0.1]) by mail.example.test; "
@@ -26,8 +33,9 @@ def message_bytes(n, size=4096):
         f"From: Sender {n % 50} <sender{n % 50}@remote.test>\r\n"
         f"To: alice@example.test\r\n"
         f"Subject: {subject}\r\n"
-        f"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        f"Date: {email.utils.formatdate(BASE_TIME - n * 7919 % 1_000_003, usegmt=True)}\r\n"
         f"Message-ID: <bench.{n}@remote.test>\r\n"
+        f"{reply}"
         f"MIME-Version: 1.0\r\n"
         f"Content-Type: text/plain; charset=us-ascii\r\n"
         f"\r\n"

@@ -1,21 +1,26 @@
 """
 mailsrv.toml -> validated, immutable settings.
 
-Every key has a safe default (see ../docs/config.md). Any problem raises
+Every key has a safe default (see ../docs/config.md), declared once, on the
+field of the settings class its table becomes. Any problem raises
 L{ConfigError}, whose text is one line naming the file, the key, the problem
 and a hint, so that C{twistd mailsrv} and C{mailsrv check-config} can print it
 and exit non-zero instead of showing a traceback.
+
+The settings are plain values, and this module imports nothing of the server
+(tests/test_architecture.py): what only the server's own parsers can check
+(endpoints, IP list entries, filter actions) and the files the config names
+are checked by L{mailsrv.preflight}, which start-up and check-config share.
 """
 
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
-from mailsrv.deadline import Timeouts
-from mailsrv.filters.actions import HEADER, parse_action
-from mailsrv.filters.dnsbl import DNSBL
+from mailsrv.address import is_address, normalise
+
 
 PROTOCOLS = ("smtp", "pop3", "imap")
 SMTP_ROLES = ("mx", "submission")
@@ -46,6 +51,110 @@ def _one_line(text):
                    for c in text)
 
 
+# Each key is declared once, as a field of the settings class its table
+# becomes: the default, and how the loader reads and checks the value
+# (L{_declared} reads every declared field of a table). Keys whose check
+# needs other keys (a listener's role needs its protocol) are read by hand,
+# their defaults still written once.
+
+
+def _key(read, default=MISSING, **where):
+    """
+    A field read from one key by C{read(table, key, base)}; C{base} is the
+    directory that relative paths start from.
+
+    @param where: C{key}, when the key is not named as the field is;
+        C{table}, for a L{Settings} field, the table that holds the key.
+    """
+    return field(default=default, metadata={"read": read, **where})
+
+
+def _flag(default, **where):
+    return _key(lambda table, key, base: table.boolean(key, default), default, **where)
+
+
+def _whole(default, minimum=0, **where):
+    return _key(lambda table, key, base: table.integer(key, default, minimum), default,
+                **where)
+
+
+def _number(default, **where):
+    return _key(lambda table, key, base: table.get(key, float, float(default)),
+                float(default), **where)
+
+
+def _choice(default, choices, **where):
+    return _key(lambda table, key, base: table.string(key, default, choices), default,
+                **where)
+
+
+def _text(default, **where):
+    return _key(lambda table, key, base: table.string(key, default), default, **where)
+
+
+def _texts(**where):
+    return _key(lambda table, key, base: table.strings(key, ()), (), **where)
+
+
+def _file(default="", **where):
+    """
+    A path relative to the config file; without a C{default} name, the key
+    is off (L{None}) unless set.
+    """
+    return _key(lambda table, key, base: table.file_path(key, default, base),
+                MISSING if default else None, **where)
+
+
+def _mail_address(**where):
+    """An optional mail address: "" (off) or user@domain, lower-cased."""
+    return _key(lambda table, key, base: _address(table, key), "", **where)
+
+
+def _host_ports(default_port, **where):
+    """A list of "host" or "host:port" (IPv6 in brackets), as C{(host, port)}s."""
+    return _key(lambda table, key, base: tuple(
+        _host_port(table, key, entry, default_port) for entry in table.strings(key, ())),
+        (), **where)
+
+
+def _domain_names(**where):
+    return _key(lambda table, key, base: tuple(
+        name.lower().rstrip(".") for name in table.strings(key, ())), (), **where)
+
+
+def _positive_seconds(default, **where):
+    """A non-empty list of whole seconds above 0."""
+    def read(table, key, base):
+        value = table.get(key, list, list(default))
+        if not value or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value
+        ):
+            raise table.error(key, "must be a list of positive whole seconds")
+        return tuple(value)
+    return _key(read, default, **where)
+
+
+def _rfc_limit(limit, minimum, **where):
+    """An RFC 7208 limit (the default) that the config may lower, never raise."""
+    def read(table, key, base):
+        value = table.integer(key, limit, minimum)
+        if value > limit:
+            raise table.error(key, f"{value} is above the RFC 7208 limit of {limit}",
+                              "it may be lowered, never raised")
+        return value
+    return _key(read, limit, **where)
+
+
+def _declared(table, cls, base=None):
+    """
+    C{{field name: value}} of the fields of C{cls} declared (L{_key}) for
+    C{table}, read in the order they are declared.
+    """
+    return {f.name: f.metadata["read"](table, f.metadata.get("key", f.name), base)
+            for f in fields(cls)
+            if "read" in f.metadata and f.metadata.get("table", table.name) == table.name}
+
+
 # [[listen]] backlog: the kernel's queue of connections not yet accepted.
 # Twisted's default of 50 overflows when hundreds of clients connect at once
 # (a client then waits for a greeting that never comes); Linux caps the
@@ -59,25 +168,84 @@ DEFAULT_IDLE_TIMEOUTS = {"smtp": 300, "pop3": 600, "imap": 1800}
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """
+    One listener's time limits, in seconds (docs/config.md, "Timeouts").
+
+    @ivar idle: silence allowed between commands (after login for POP3/IMAP);
+        by default L{DEFAULT_IDLE_TIMEOUTS}.
+    @ivar stress_connections: open connections at which the listener is
+        under stress; by default 80 % of its max_connections.
+    @ivar command: time from the first byte of a command line to its end;
+        also the longest pause in message data.
+    @ivar min_data_rate: bytes per second that message data must average
+        (Postfix's smtpd_min_data_rate).
+    @ivar login: POP3/IMAP: time from connecting to a successful login;
+        L{None} for SMTP.
+    @ivar stress: every limit above is at most this while under stress
+        (Postfix's smtpd_timeout under stress).
+    """
+
+    idle: float
+    stress_connections: int
+    command: float = 60
+    min_data_rate: int = 500
+    login: Optional[float] = 60
+    stress: float = 10
+
+
+@dataclass(frozen=True)
+class ListenerAccessSettings:
+    """
+    Who may connect to one listener (docs/config.md, "Listener access").
+
+    @ivar allow: when not empty, only these clients may connect.
+    @ivar deny: these clients may not.
+    @ivar safe: these clients pass every restriction of the listener.
+    @ivar block_own_ips: refuse clients that come from the address they
+        connected to (a forged local source).
+    @ivar require_auth: smtp: "" (the role decides), "any" (every client
+        must log in before MAIL) or one account's address.
+    """
+
+    allow: tuple = _texts()
+    allow_file: Optional[Path] = _file()
+    deny: tuple = _texts()
+    deny_file: Optional[Path] = _file()
+    safe: tuple = _texts()
+    block_own_ips: bool = _flag(False)
+    require_auth: str = ""
+
+    @property
+    def restricted(self):
+        """Whether a connection must be checked before it is served."""
+        return bool(self.allow or self.allow_file or self.deny or self.deny_file
+                    or self.block_own_ips)
+
+
+@dataclass(frozen=True)
 class Listener:
     """
     One C{[[listen]]} table.
 
+    @ivar role: smtp: C{"mx"} (the default) or C{"submission"}; "" for the
+        other protocols.
     @ivar client_cert: the listener's own C{client_cert}, or L{None} to take
         the global one (which an C{mx} listener never does).
+    @ivar timeouts: L{None} for the protocol's defaults (L{default_timeouts}).
     """
 
     index: int
-    protocol: str
-    role: str
-    endpoint: str
-    tls: str
-    max_connections: int
-    auth: bool
-    client_cert: Optional[str]
-    access: "ListenerAccessSettings" = field(default_factory=lambda: ListenerAccessSettings())
-    backlog: int = DEFAULT_BACKLOG
-    timeouts: Optional[Timeouts] = None  # None: the protocol's defaults
+    endpoint: str = _text("")
+    protocol: str = _choice("smtp", PROTOCOLS)
+    role: str = "mx"
+    tls: str = _choice("starttls", TLS_MODES)
+    max_connections: int = _whole(200, minimum=1)
+    auth: bool = _flag(True)
+    client_cert: Optional[str] = _choice(None, CLIENT_CERT_MODES)
+    access: ListenerAccessSettings = ListenerAccessSettings()
+    backlog: int = _whole(DEFAULT_BACKLOG, minimum=1)
+    timeouts: Optional[Timeouts] = None
 
     def __post_init__(self):
         if self.timeouts is None:
@@ -103,57 +271,43 @@ class Listener:
         return f"{kind} {self.endpoint}"
 
 
-@dataclass(frozen=True)
-class ListenerAccessSettings:
-    """
-    Who may connect to one listener (docs/config.md, "Listener access").
-
-    @ivar allow: when not empty, only these clients may connect.
-    @ivar deny: these clients may not.
-    @ivar safe: these clients pass every restriction of the listener.
-    @ivar block_own_ips: refuse clients that come from the address they
-        connected to (a forged local source).
-    @ivar require_auth: smtp: "" (the role decides), "any" (every client
-        must log in before MAIL) or one account's address.
-    """
-
-    allow: tuple = ()
-    allow_file: Optional[Path] = None
-    deny: tuple = ()
-    deny_file: Optional[Path] = None
-    safe: tuple = ()
-    block_own_ips: bool = False
-    require_auth: str = ""
-
-    @property
-    def restricted(self):
-        """Whether a connection must be checked before it is served."""
-        return bool(self.allow or self.allow_file or self.deny or self.deny_file
-                    or self.block_own_ips)
+def default_timeouts(protocol, max_connections):
+    """A listener's time limits when its table sets none."""
+    timeouts = Timeouts(idle=DEFAULT_IDLE_TIMEOUTS[protocol],
+                        stress_connections=max(1, max_connections * 4 // 5))
+    return replace(timeouts, login=None) if protocol == "smtp" else timeouts
 
 
 @dataclass(frozen=True)
 class TLSSettings:
-    cert: Path
-    key: Path
-    client_ca: Optional[Path]
-    client_cert: str
+    cert: Path = _file("tls/cert.pem")
+    key: Path = _file("tls/key.pem")
+    client_ca: Optional[Path] = _file()
+    client_cert: str = _choice("none", CLIENT_CERT_MODES)
 
 
 @dataclass(frozen=True)
 class AuthSettings:
-    allow_plaintext_on_loopback: bool
-    max_failures: int
-    max_failures_per_ip: int
-    failure_window: int
-    lockout: int
-    cache_ttl: int = 300
+    """
+    Login protection (docs/config.md, "Login protection").
+
+    @ivar cache_ttl: seconds a correct password is remembered, 0 for never
+        (Dovecot's auth_cache_ttl is an hour; a few minutes covers clients
+        that reconnect for each message or poll).
+    """
+
+    allow_plaintext_on_loopback: bool = _flag(False)
+    max_failures: int = _whole(5, minimum=1)
+    max_failures_per_ip: int = _whole(100, minimum=1)
+    failure_window: int = _whole(600, minimum=1)
+    lockout: int = _whole(900)
+    cache_ttl: int = _whole(300)
 
 
 @dataclass(frozen=True)
 class PopBeforeSmtpSettings:
-    enabled: bool
-    window: int
+    enabled: bool = _flag(True)
+    window: int = _whole(1800, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -165,11 +319,11 @@ class RelaySettings:
         the anti-spam stages.
     """
 
-    mode: str
-    trusted: tuple
-    trusted_file: Optional[Path]
-    refusal_text: str
-    trusted_bypass_antispam: bool
+    mode: str = _choice("trusted", RELAY_MODES)
+    trusted: tuple = _texts()
+    trusted_file: Optional[Path] = _file()
+    refusal_text: str = _text("relaying denied for %s")
+    trusted_bypass_antispam: bool = _flag(True)
 
 
 @dataclass(frozen=True)
@@ -180,28 +334,55 @@ class ListsSettings:
     @ivar expn: whether EXPN shows a list's members.
     """
 
-    accept_remote: bool
-    expn: bool
+    accept_remote: bool = _flag(True)
+    expn: bool = _flag(False)
 
 
 @dataclass(frozen=True)
 class JournalSettings:
     """The archive mailboxes that get a copy of each message; "" = off."""
 
-    inbound: str
-    outbound: str
+    inbound: str = _mail_address()
+    outbound: str = _mail_address()
 
 
 @dataclass(frozen=True)
 class DNSSettings:
-    servers: tuple  # of (host, port)
-    timeout: float
+    servers: tuple = _host_ports(53)  # of (host, port); none: the system's
+    timeout: float = _number(5.0)
+
+
+# Actions are kept as the admin wrote them ("header", "move:Junk", ...): the
+# filters parse them (mailsrv.filters.actions), and preflight checks them.
+DEFAULT_ACTION = "header"
+DNSBL_KINDS = ("standard", "trusted")
+
+
+@dataclass(frozen=True)
+class DNSBLList:
+    """
+    One entry of [antispam.dnsbl] lists.
+
+    @ivar name: for headers and the log (default: the zone).
+    @ivar server: C{(host, port)} of the list's own server, or L{None}.
+    @ivar kind: "standard" (hits add up to the threshold) or "trusted"
+        (one hit is enough).
+    @ivar codes: the answers that count as listed; empty: any 127.0.0.0/8.
+    @ivar action: the action's text (default: the section's action).
+    """
+
+    zone: str = _text("")
+    name: str = ""
+    server: Optional[tuple] = None
+    kind: str = _choice("standard", DNSBL_KINDS)
+    codes: tuple = _texts()
+    action: str = DEFAULT_ACTION
 
 
 @dataclass(frozen=True)
 class DNSBLSettings:
     """
-    @ivar lists: L{mailsrv.filters.dnsbl.DNSBL}s.
+    @ivar lists: L{DNSBLList}s.
     @ivar threshold: standard-list hits that make a message spam.
     @ivar timeout: seconds before a list that has not answered is skipped.
     @ivar received_headers: whether the IP a trusted client received the
@@ -209,20 +390,28 @@ class DNSBLSettings:
     """
 
     lists: tuple
-    threshold: int
-    timeout: float
-    received_headers: bool = False
+    threshold: int = _whole(1, minimum=1)
+    timeout: float = _number(5.0)
+    received_headers: bool = _flag(False)
+
+
+# [antispam.validation] keys and the names of their tests.
+VALIDATION_TESTS = (("helo_fqdn", "helo-fqdn"), ("helo_not_ours", "helo-ours"),
+                    ("reverse_dns", "reverse-dns"), ("forward_confirmed", "fcrdns"))
 
 
 @dataclass(frozen=True)
 class ValidationSettings:
     """
-    @ivar tests: C{(name, action)} of the enabled tests, names of
+    @ivar tests: C{(name, action text)} of the enabled tests, names of
         L{VALIDATION_TESTS}; the action applies when the count reaches the
         threshold.
     """
 
     tests: tuple
+
+
+WHITELIST_SCOPES = ("both", "connection", "content")
 
 
 @dataclass(frozen=True)
@@ -240,22 +429,22 @@ class WhitelistSettings:
     content: bool
 
 
+SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
+
+
 @dataclass(frozen=True)
 class SPFSettings:
     """
-    @ivar actions: SPF result -> L{mailsrv.filters.actions.Action}.
+    @ivar actions: C{(SPF result, action text)}, in L{SPF_RESULTS} order.
     @ivar max_lookups: DNS-querying mechanisms allowed (RFC 7208: 10).
     @ivar max_void_lookups: lookups with no answer allowed (RFC 7208: 2).
     @ivar timeout: seconds for one whole check.
     """
 
-    actions: tuple  # of (result, Action), in SPF_RESULTS order
-    max_lookups: int
-    max_void_lookups: int
-    timeout: float
-
-    def action_for(self, result):
-        return dict(self.actions)[result]
+    actions: tuple
+    max_lookups: int = _rfc_limit(10, minimum=1)
+    max_void_lookups: int = _rfc_limit(2, minimum=0)
+    timeout: float = _number(20.0)
 
 
 @dataclass(frozen=True)
@@ -267,14 +456,17 @@ class AntispamSettings:
     @ivar validation: L{ValidationSettings}, or L{None} when absent.
     @ivar spamskip: L{WhitelistSettings} of client IPs, or L{None}.
     @ivar whitelist: L{WhitelistSettings} of senders, or L{None}.
+    @ivar actions: C{(config key, action text)} of every action the
+        [antispam] tables write, in file order, for preflight to check.
     """
 
-    subject_prefix: str = "[SPAM] "
+    subject_prefix: str = _text("[SPAM] ")
     dnsbl: Optional[DNSBLSettings] = None
     spf: Optional[SPFSettings] = None
     validation: Optional[ValidationSettings] = None
     spamskip: Optional[WhitelistSettings] = None
     whitelist: Optional[WhitelistSettings] = None
+    actions: tuple = ()
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -301,48 +493,59 @@ class OutboundTLS:
 
 @dataclass(frozen=True)
 class SmartHost:
-    host: str
-    port: int
-    preference: int = 0
+    host: str = _text("")
+    port: int = _whole(25, minimum=1)
+    preference: int = _whole(0)
     outbound: OutboundTLS = OutboundTLS()
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
-    smart_hosts: tuple  # of SmartHost, sorted by preference
-    mx_port: int
-    retry: tuple
-    max_age: int
-    transports: tuple  # of (domain, "host:port" | "mx")
-    max_received: int  # more Received headers: a mail loop, bounced
-    outbound: OutboundTLS = OutboundTLS()  # MX and transport hops
-    max_connections: int = 100
-    max_connections_per_destination: int = 20
-    delay_warning: int = 14400  # seconds before a "delayed" DSN; 0: none
-    reply_timeout: int = 300  # seconds a next hop may take for any one reply
+    """
+    @ivar smart_hosts: L{SmartHost}s, sorted by preference.
+    @ivar transports: C{(domain, "host:port" or "mx")}s.
+    @ivar max_received: more Received headers than this: a mail loop, bounced.
+    @ivar outbound: the L{OutboundTLS} of MX and transport hops.
+    @ivar delay_warning: seconds before a "delayed" DSN; 0 for none.
+    @ivar reply_timeout: seconds a next hop may take for any one reply.
+    """
+
+    smart_hosts: tuple = ()
+    mx_port: int = _whole(25, minimum=1)
+    retry: tuple = _positive_seconds((300, 900, 3600, 14400))
+    max_age: int = _whole(432000, minimum=60)
+    transports: tuple = ()
+    max_received: int = _whole(30, minimum=1)
+    outbound: OutboundTLS = OutboundTLS()
+    max_connections: int = _whole(100, minimum=1)
+    max_connections_per_destination: int = _whole(20, minimum=1)
+    delay_warning: int = _whole(14400)
+    reply_timeout: int = _whole(300, minimum=1)
 
 
 @dataclass(frozen=True)
 class AccessSettings:
-    max_message_size: int
-    max_recipients: int
-    max_connections_per_ip: int
-    kill_file: Optional[Path]
-    refuse_null_sender: bool
-    check_valid_sender: bool
-    verify_sender_domain: bool
-    local_sender_must_auth: bool
-    sender_must_be_owned: bool
+    max_message_size: int = _whole(36700160, minimum=1024)
+    max_recipients: int = _whole(100, minimum=1)
+    max_connections_per_ip: int = _whole(20, minimum=1)
+    kill_file: Optional[Path] = _file()
+    refuse_null_sender: bool = _flag(False)
+    check_valid_sender: bool = _flag(True)
+    verify_sender_domain: bool = _flag(False)
+    local_sender_must_auth: bool = _flag(True)
+    sender_must_be_owned: bool = _flag(True)
 
 
 @dataclass(frozen=True)
 class Settings:
+    """
+    @ivar hostname: [server] hostname; "" in the file is this machine's name.
+    """
+
     path: Path
-    hostname: str
-    data_dir: Path
-    local_domains: tuple
-    users_file: Path
-    aliases_file: Path
+    data_dir: Path = _file("var", table="server")
+    users_file: Path = _file("users", table="users", key="file")
+    aliases_file: Path = _file("aliases", table="aliases", key="file")
     listeners: tuple
     tls: TLSSettings
     auth: AuthSettings
@@ -353,10 +556,13 @@ class Settings:
     access: AccessSettings
     lists: ListsSettings
     journal: JournalSettings
-    antispam: AntispamSettings = field(default_factory=AntispamSettings)
+    hostname: str = _text("", table="server")
+    local_domains: tuple = _domain_names(table="domains", key="local")
+    antispam: AntispamSettings = AntispamSettings()
 
     def is_local_domain(self, domain):
-        return domain.lower() in self.local_domains
+        """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
+        return domain.lower().rstrip(".") in self.local_domains
 
     def client_cert_mode(self, listener):
         """
@@ -378,13 +584,6 @@ DEFAULT_LISTENERS = (
     {"protocol": "imap", "endpoint": "tcp:143"},
     {"protocol": "imap", "endpoint": "tcp:993", "tls": "implicit"},
 )
-
-DNSBL_KINDS = ("standard", "trusted")
-# [antispam.validation] keys and the names of their tests.
-VALIDATION_TESTS = (("helo_fqdn", "helo-fqdn"), ("helo_not_ours", "helo-ours"),
-                    ("reverse_dns", "reverse-dns"), ("forward_confirmed", "fcrdns"))
-SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
-WHITELIST_SCOPES = ("both", "connection", "content")
 
 
 class _Table:
@@ -423,8 +622,9 @@ class _Table:
         return value
 
     def string(self, key, default, choices=None):
+        """A string; one of C{choices} when given (or the default, which may be L{None})."""
         value = self.get(key, str, default)
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:
             raise self.error(
                 key, f"unknown value {value!r}", "one of: " + ", ".join(choices)
             )
@@ -505,137 +705,64 @@ def parse(data, path):
     path = Path(path)
     base = path.parent
     top = _Table(path, "", data)
-
-    server = _Table(path, "server", top.get("server", dict, {}))
-    hostname = server.string("hostname", "") or socket.gethostname()
-    data_dir = server.file_path("data_dir", "var", base)
-    server.check_unknown()
-
-    domains = _Table(path, "domains", top.get("domains", dict, {}))
-    local_domains = tuple(d.lower().rstrip(".") for d in domains.strings("local", ()))
-    domains.check_unknown()
-
-    users = _Table(path, "users", top.get("users", dict, {}))
-    users_file = users.file_path("file", "users", base)
-    users.check_unknown()
-    aliases = _Table(path, "aliases", top.get("aliases", dict, {}))
-    aliases_file = aliases.file_path("file", "aliases", base)
-    aliases.check_unknown()
-
-    listen_tables = top.get("listen", list, None)
-    listeners = _listeners(path, listen_tables)
-
-    tls_table = _Table(path, "tls", top.get("tls", dict, {}))
-    tls = TLSSettings(
-        cert=tls_table.file_path("cert", "tls/cert.pem", base),
-        key=tls_table.file_path("key", "tls/key.pem", base),
-        client_ca=tls_table.file_path("client_ca", "", base),
-        client_cert=tls_table.string("client_cert", "none", CLIENT_CERT_MODES),
+    values = {}
+    for name in ("server", "domains", "users", "aliases"):
+        table = _Table(path, name, top.get(name, dict, {}))
+        values.update(_declared(table, Settings, base))
+        table.check_unknown()
+    values["hostname"] = values["hostname"] or socket.gethostname()
+    listeners = _listeners(path, top.get("listen", list, None), base)
+    settings = Settings(
+        path=path,
+        listeners=listeners,
+        tls=_tls(path, top.get("tls", dict, {}), base, listeners),
+        auth=_plain_table(path, top, "auth", AuthSettings, base),
+        pop_before_smtp=_plain_table(path, top, "pop_before_smtp", PopBeforeSmtpSettings,
+                                     base),
+        relay=_relay(path, top.get("relay", dict, {}), base),
+        dns=_plain_table(path, top, "dns", DNSSettings, base),
+        delivery=_delivery(path, top.get("delivery", dict, {}), base),
+        access=_plain_table(path, top, "access", AccessSettings, base),
+        lists=_plain_table(path, top, "lists", ListsSettings, base),
+        journal=_plain_table(path, top, "journal", JournalSettings, base),
+        antispam=_antispam(path, top.get("antispam", dict, {})),
+        **values,
     )
-    tls_table.check_unknown()
+    top.check_unknown()
+    return settings
+
+
+def _plain_table(path, top, name, cls, base):
+    """The C{cls} of table C{name}, all of whose keys are declared."""
+    table = _Table(path, name, top.get(name, dict, {}))
+    settings = cls(**_declared(table, cls, base))
+    table.check_unknown()
+    return settings
+
+
+def _tls(path, data, base, listeners):
+    table = _Table(path, "tls", data)
+    tls = TLSSettings(**_declared(table, TLSSettings, base))
+    table.check_unknown()
     if tls.client_cert != "none" and tls.client_ca is None:
-        raise tls_table.error("client_cert", f"{tls.client_cert!r} needs [tls] client_ca")
+        raise table.error("client_cert", f"{tls.client_cert!r} needs [tls] client_ca")
     for listener in listeners:
         if listener.client_cert not in (None, "none") and tls.client_ca is None:
             raise ConfigError(path, f"[listen #{listener.index + 1}] client_cert",
                               f"{listener.client_cert!r} needs [tls] client_ca")
+    return tls
 
-    auth_table = _Table(path, "auth", top.get("auth", dict, {}))
-    auth = AuthSettings(
-        allow_plaintext_on_loopback=auth_table.boolean(
-            "allow_plaintext_on_loopback", False
-        ),
-        max_failures=auth_table.integer("max_failures", 5, 1),
-        max_failures_per_ip=auth_table.integer("max_failures_per_ip", 100, 1),
-        failure_window=auth_table.integer("failure_window", 600, 1),
-        lockout=auth_table.integer("lockout", 900, 0),
-        cache_ttl=auth_table.integer("cache_ttl", 300, 0),
-    )
-    auth_table.check_unknown()
 
-    pbs_table = _Table(path, "pop_before_smtp", top.get("pop_before_smtp", dict, {}))
-    pop_before_smtp = PopBeforeSmtpSettings(
-        enabled=pbs_table.boolean("enabled", True),
-        window=pbs_table.integer("window", 1800, 1),
-    )
-    pbs_table.check_unknown()
-
-    relay_table = _Table(path, "relay", top.get("relay", dict, {}))
-    relay = RelaySettings(
-        mode=relay_table.string("mode", "trusted", RELAY_MODES),
-        trusted=relay_table.strings("trusted", ()),
-        trusted_file=relay_table.file_path("trusted_file", "", base),
-        refusal_text=relay_table.string("refusal_text", "relaying denied for %s"),
-        trusted_bypass_antispam=relay_table.boolean("trusted_bypass_antispam", True),
-    )
-    _check_ip_entries(relay_table, "trusted", relay.trusted)
+def _relay(path, data, base):
+    table = _Table(path, "relay", data)
+    relay = RelaySettings(**_declared(table, RelaySettings, base))
     if not relay.refusal_text.isascii() or not relay.refusal_text.isprintable():
-        raise relay_table.error("refusal_text", "must be printable ASCII (it is an SMTP reply)")
-    relay_table.check_unknown()
-
-    dns_table = _Table(path, "dns", top.get("dns", dict, {}))
-    dns = DNSSettings(
-        servers=tuple(_host_port(dns_table, "servers", entry, 53)
-                      for entry in dns_table.strings("servers", ())),
-        timeout=dns_table.get("timeout", float, 5.0),
-    )
-    dns_table.check_unknown()
-
-    delivery = _delivery(path, top.get("delivery", dict, {}), base)
-
-    access_table = _Table(path, "access", top.get("access", dict, {}))
-    access = AccessSettings(
-        max_message_size=access_table.integer("max_message_size", 36700160, 1024),
-        max_recipients=access_table.integer("max_recipients", 100, 1),
-        max_connections_per_ip=access_table.integer("max_connections_per_ip", 20, 1),
-        kill_file=access_table.file_path("kill_file", "", base),
-        refuse_null_sender=access_table.boolean("refuse_null_sender", False),
-        check_valid_sender=access_table.boolean("check_valid_sender", True),
-        verify_sender_domain=access_table.boolean("verify_sender_domain", False),
-        local_sender_must_auth=access_table.boolean("local_sender_must_auth", True),
-        sender_must_be_owned=access_table.boolean("sender_must_be_owned", True),
-    )
-    access_table.check_unknown()
-
-    lists_table = _Table(path, "lists", top.get("lists", dict, {}))
-    lists = ListsSettings(
-        accept_remote=lists_table.boolean("accept_remote", True),
-        expn=lists_table.boolean("expn", False),
-    )
-    lists_table.check_unknown()
-
-    journal_table = _Table(path, "journal", top.get("journal", dict, {}))
-    journal = JournalSettings(
-        inbound=_address(journal_table, "inbound"),
-        outbound=_address(journal_table, "outbound"),
-    )
-    journal_table.check_unknown()
-
-    antispam = _antispam(path, top.get("antispam", dict, {}))
-    top.check_unknown()
-
-    return Settings(
-        path=path,
-        hostname=hostname,
-        data_dir=data_dir,
-        local_domains=local_domains,
-        users_file=users_file,
-        aliases_file=aliases_file,
-        listeners=listeners,
-        tls=tls,
-        auth=auth,
-        pop_before_smtp=pop_before_smtp,
-        relay=relay,
-        dns=dns,
-        delivery=delivery,
-        access=access,
-        lists=lists,
-        journal=journal,
-        antispam=antispam,
-    )
+        raise table.error("refusal_text", "must be printable ASCII (it is an SMTP reply)")
+    table.check_unknown()
+    return relay
 
 
-def _listeners(path, tables):
+def _listeners(path, tables, base):
     if tables is None:
         tables = DEFAULT_LISTENERS
     if not tables:
@@ -645,55 +772,26 @@ def _listeners(path, tables):
         if not isinstance(raw, dict):
             raise ConfigError(path, "listen", "must be tables", "write [[listen]]")
         table = _Table(path, f"listen #{index + 1}", raw)
-        protocol = table.string("protocol", "smtp", PROTOCOLS)
+        values = _declared(table, Listener, base)
+        if not values["endpoint"]:
+            raise table.error("endpoint", "missing", 'for example endpoint = "tcp:2525"')
+        protocol = values["protocol"]
         if protocol == "smtp":
-            role = table.string("role", "mx", SMTP_ROLES)
+            role = table.string("role", Listener.role, SMTP_ROLES)
         else:
             role = ""
             if "role" in raw:
                 raise table.error("role", "only smtp listeners have a role")
             table.used.add("role")
-        endpoint = table.string("endpoint", "")
-        if not endpoint:
-            raise table.error("endpoint", "missing", 'for example endpoint = "tcp:2525"')
-        _check_endpoint(table, endpoint)
-        client_cert = table.get("client_cert", str, None)
-        if client_cert is not None and client_cert not in CLIENT_CERT_MODES:
-            raise table.error(
-                "client_cert",
-                f"unknown value {client_cert!r}",
-                "one of: " + ", ".join(CLIENT_CERT_MODES),
-            )
-        max_connections = table.integer("max_connections", 200, 1)
-        listeners.append(
-            Listener(
-                index=index,
-                protocol=protocol,
-                role=role,
-                endpoint=endpoint,
-                tls=table.string("tls", "starttls", TLS_MODES),
-                max_connections=max_connections,
-                auth=table.boolean("auth", True),
-                client_cert=client_cert,
-                access=_listener_access(table, protocol, Path(path).parent),
-                backlog=table.integer("backlog", DEFAULT_BACKLOG, 1),
-                timeouts=_timeouts(table, protocol, max_connections),
-            )
-        )
+        listeners.append(Listener(
+            index=index,
+            role=role,
+            access=_listener_access(table, protocol, base),
+            timeouts=_timeouts(table, protocol, values["max_connections"]),
+            **values,
+        ))
         table.check_unknown()
     return tuple(listeners)
-
-
-def default_timeouts(protocol, max_connections):
-    """A listener's time limits when its table sets none."""
-    return Timeouts(
-        idle=DEFAULT_IDLE_TIMEOUTS[protocol],
-        command=60,
-        min_data_rate=500,  # Postfix's smtpd_min_data_rate
-        login=None if protocol == "smtp" else 60,
-        stress_connections=max(1, max_connections * 4 // 5),
-        stress=10,  # Postfix's smtpd_timeout under stress
-    )
 
 
 def _timeouts(table, protocol, max_connections):
@@ -720,56 +818,17 @@ def _seconds(table, key, default):
 
 
 def _listener_access(table, protocol, base):
-    lists = {}
-    for key in ("allow", "deny", "safe"):
-        lists[key] = table.strings(key, ())
-        _check_ip_entries(table, key, lists[key])
-    for key in ("allow_file", "deny_file"):
-        lists[key] = table.file_path(key, "", base)
-        if lists[key] is not None and not lists[key].exists():
-            raise table.error(key, f"{lists[key]} does not exist")
+    values = _declared(table, ListenerAccessSettings, base)
     require_auth = table.string("require_auth", "").lower()
     if require_auth and protocol != "smtp":
         raise table.error("require_auth", "only smtp listeners take mail to send")
     if require_auth not in ("", "any"):
         require_auth = _address(table, "require_auth")
-    return ListenerAccessSettings(
-        block_own_ips=table.boolean("block_own_ips", False),
-        require_auth=require_auth,
-        **lists,
-    )
-
-
-def _check_endpoint(table, endpoint):
-    """
-    Parse the endpoint string the way the service will, without listening.
-    """
-    from twisted.internet import endpoints, reactor
-
-    try:
-        endpoints.serverFromString(reactor, endpoint)
-    except Exception as e:
-        raise table.error(
-            "endpoint",
-            f"bad endpoint {endpoint!r}: {e}",
-            'Twisted endpoint syntax, e.g. "tcp:2525:interface=127.0.0.1"',
-        )
-
-
-def _check_ip_entries(table, key, entries):
-    from mailsrv.netaddr import parse_entry
-
-    for entry in entries:
-        try:
-            parse_entry(entry)
-        except ValueError as e:
-            raise table.error(key, str(e))
+    return ListenerAccessSettings(require_auth=require_auth, **values)
 
 
 def _address(table, key):
     """An optional mail address: "" (off) or user@domain, lower-cased."""
-    from mailsrv.address import is_address, normalise
-
     value = normalise(table.string(key, ""))
     if value and not is_address(value):
         raise table.error(key, f"{value!r} is not an address", 'write "user@domain" or ""')
@@ -785,12 +844,12 @@ def _host_port(table, key, text, default_port):
     return host.strip("[]"), int(port)
 
 
-def _action(table, key, default):
-    text = table.string(key, str(default))
-    try:
-        return parse_action(text)
-    except ValueError as e:
-        raise table.error(key, str(e))
+def _action(table, key, default, actions):
+    """The text of an action, noted in C{actions} when the table writes one."""
+    text = table.string(key, default)
+    if key in table.data:
+        actions.append((table.key(key), text))
+    return text
 
 
 def _antispam(path, data):
@@ -798,32 +857,35 @@ def _antispam(path, data):
     @return: L{AntispamSettings}.
     """
     table = _Table(path, "antispam", data)
-    subject_prefix = table.string("subject_prefix", "[SPAM] ")
+    subject_prefix = _declared(table, AntispamSettings)["subject_prefix"]
     dnsbl = spf = validation = spamskip = whitelist = None
+    actions = []
     if "validation" in table.data:
-        validation = _validation(path, table.get("validation", dict, {}))
+        validation = _validation(path, table.get("validation", dict, {}), actions)
     if "dnsbl" in table.data:
         tests = len(validation.tests) if validation is not None else 0
-        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests)
+        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests, actions)
     if "spf" in table.data:
-        spf = _spf(path, table.get("spf", dict, {}))
+        spf = _spf(path, table.get("spf", dict, {}), actions)
     if "spamskip" in table.data:
         spamskip = _whitelist(path, "spamskip", table.get("spamskip", dict, {}))
     if "whitelist" in table.data:
         whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
     table.check_unknown()
-    return AntispamSettings(subject_prefix, dnsbl, spf, validation, spamskip, whitelist)
+    return AntispamSettings(subject_prefix, dnsbl, spf, validation, spamskip, whitelist,
+                            tuple(actions))
 
 
-def _validation(path, data):
+def _validation(path, data, actions):
     """Each test: true (on, with the section's action), false, or its own action."""
     table = _Table(path, "antispam.validation", data)
-    default = _action(table, "action", HEADER)
+    default = _action(table, "action", DEFAULT_ACTION, actions)
     tests = []
     for key, name in VALIDATION_TESTS:
         value = table.get(key, (bool, str), True)
         if value is not False:
-            tests.append((name, default if value is True else _action(table, key, default)))
+            tests.append((name, default if value is True
+                          else _action(table, key, default, actions)))
     table.check_unknown()
     return ValidationSettings(tuple(tests))
 
@@ -843,73 +905,60 @@ def _whitelist(path, name, data):
     return settings
 
 
-def _spf(path, data):
+def _spf(path, data, actions):
     table = _Table(path, "antispam.spf", data)
-    default = _action(table, "action", HEADER)
-    actions = tuple((result, _action(table, result, default)) for result in SPF_RESULTS)
+    default = _action(table, "action", DEFAULT_ACTION, actions)
     settings = SPFSettings(
-        actions=actions,
-        max_lookups=_at_most(table, "max_lookups", 10, 1),
-        max_void_lookups=_at_most(table, "max_void_lookups", 2, 0),
-        timeout=table.get("timeout", float, 20.0),
+        actions=tuple((result, _action(table, result, default, actions))
+                      for result in SPF_RESULTS),
+        **_declared(table, SPFSettings),
     )
     table.check_unknown()
     return settings
 
 
-def _at_most(table, key, limit, minimum):
-    """An RFC limit the config may lower, never raise."""
-    value = table.integer(key, limit, minimum)
-    if value > limit:
-        raise table.error(key, f"{value} is above the RFC 7208 limit of {limit}",
-                          "it may be lowered, never raised")
-    return value
-
-
-def _dnsbl(path, data, tests):
+def _dnsbl(path, data, tests, actions):
     """@param tests: how many validation tests count with the lists."""
     table = _Table(path, "antispam.dnsbl", data)
-    action = _action(table, "action", HEADER)
+    action = _action(table, "action", DEFAULT_ACTION, actions)
     entries = table.get("lists", list, [])
     if not entries:
         raise table.error("lists", "no list given", 'write lists = ["zone.example"]')
-    lists = tuple(_dnsbl_list(table, entry, action) for entry in entries)
+    lists = tuple(_dnsbl_list(table, entry, action, actions) for entry in entries)
+    values = _declared(table, DNSBLSettings)
     checks = sum(1 for bl in lists if bl.kind == "standard") + tests
-    threshold = table.integer("threshold", 1, minimum=1)
+    threshold = values["threshold"]
     if "threshold" in table.data and threshold > checks:
         raise table.error(
             "threshold", f"{threshold} is more than the {checks} standard lists and "
             "validation tests", "the count could never reach it")
-    timeout = table.get("timeout", float, 5.0)
-    received_headers = table.boolean("received_headers", False)
     table.check_unknown()
-    return DNSBLSettings(lists, threshold, timeout, received_headers)
+    return DNSBLSettings(lists, **values)
 
 
-def _dnsbl_list(parent, entry, default_action):
+def _dnsbl_list(parent, entry, default_action, actions):
     if isinstance(entry, str):
         entry = {"zone": entry}
     if not isinstance(entry, dict):
         raise parent.error("lists", f"every entry must be a zone or a table, not "
                                     f"{_describe(entry)}")
     table = _Table(parent.path, "antispam.dnsbl.lists", entry)
-    zone = table.string("zone", "").strip(".").lower()
+    values = _declared(table, DNSBLList)
+    zone = values.pop("zone").strip(".").lower()
     if not zone:
         raise table.error("zone", "missing", 'write zone = "zen.example"')
-    server = table.string("server", "")
-    codes = table.strings("codes", ())
-    for code in codes:
+    for code in values["codes"]:
         try:
             socket.inet_aton(code)
         except OSError:
             raise table.error("codes", f"{code!r} is not an IPv4 address")
-    bl = DNSBL(
+    server = table.string("server", "")
+    bl = DNSBLList(
         zone=zone,
         name=table.string("name", zone),
         server=_host_port(table, "server", server, 53) if server else None,
-        kind=table.string("kind", "standard", DNSBL_KINDS),
-        codes=codes,
-        action=_action(table, "action", default_action),
+        action=_action(table, "action", default_action, actions),
+        **values,
     )
     table.check_unknown()
     return bl
@@ -918,7 +967,7 @@ def _dnsbl_list(parent, entry, default_action):
 def _delivery(path, data, base):
     table = _Table(path, "delivery", data)
     ca_file = table.file_path("tls_ca_file", "", base)
-    outbound = _outbound(table, "tls", ca_file, "opportunistic")
+    outbound = _outbound(table, "tls", ca_file, OutboundTLS.tls)
     smart_outbound = _outbound(table, "smart_host_tls", ca_file, outbound.tls,
                                table.string("smart_host_username", ""),
                                table.file_path("smart_host_password_file", "", base))
@@ -926,7 +975,7 @@ def _delivery(path, data, base):
     smart_hosts = []
     if isinstance(raw, str):
         if raw:
-            host, port = _host_port(table, "smart_host", raw, 25)
+            host, port = _host_port(table, "smart_host", raw, SmartHost.port)
             smart_hosts.append(SmartHost(host, port, outbound=smart_outbound))
     else:
         for entry in raw:
@@ -935,23 +984,19 @@ def _delivery(path, data, base):
                     "smart_host", "list entries must be {host, port, preference}"
                 )
             sub = _Table(path, "delivery.smart_host", entry)
-            host = sub.string("host", "")
-            if not host:
+            values = _declared(sub, SmartHost)
+            if not values["host"]:
                 raise sub.error("host", "missing")
             smart_hosts.append(SmartHost(
-                host, sub.integer("port", 25, 1), sub.integer("preference", 0),
-                _outbound(sub, "tls", ca_file, smart_outbound.tls,
-                          sub.string("username", smart_outbound.username),
-                          sub.file_path("password_file", "", base), smart_outbound),
+                outbound=_outbound(sub, "tls", ca_file, smart_outbound.tls,
+                                   sub.string("username", smart_outbound.username),
+                                   sub.file_path("password_file", "", base),
+                                   smart_outbound),
+                **values,
             ))
             sub.check_unknown()
     smart_hosts.sort(key=lambda h: h.preference)
 
-    retry = table.get("retry", list, [300, 900, 3600, 14400])
-    if not retry or not all(
-        isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in retry
-    ):
-        raise table.error("retry", "must be a list of positive whole seconds")
     transports = table.get("transports", dict, {})
     for domain, route in transports.items():
         if not isinstance(route, str):
@@ -960,17 +1005,9 @@ def _delivery(path, data, base):
             _host_port(table, f"transports.{domain}", route, 25)
     delivery = DeliverySettings(
         smart_hosts=tuple(smart_hosts),
-        mx_port=table.integer("mx_port", 25, 1),
-        retry=tuple(retry),
-        max_age=table.integer("max_age", 432000, 60),
         transports=tuple((d.lower(), r) for d, r in sorted(transports.items())),
-        max_received=table.integer("max_received", 30, 1),
         outbound=outbound,
-        max_connections=table.integer("max_connections", 100, 1),
-        max_connections_per_destination=table.integer(
-            "max_connections_per_destination", 20, 1),
-        delay_warning=table.integer("delay_warning", 14400, 0),
-        reply_timeout=table.integer("reply_timeout", 300, 1),
+        **_declared(table, DeliverySettings, base),
     )
     table.check_unknown()
     return delivery

@@ -25,11 +25,9 @@ trickle in do not extend anything:
 
 While the server itself works on a command (a password check, a message
 going out) the client is not timed. The protocol writes its own final line
-when a deadline passes; this module writes the one log line.
+when a deadline passes; this module writes the one log line. The limits are
+the listener's L{mailsrv.config.Timeouts}.
 """
-
-from dataclasses import dataclass
-from typing import Optional
 
 from twisted.logger import Logger
 
@@ -46,30 +44,6 @@ WRITE = "write"
 # Seconds a closed connection may take to send its last line before it is
 # aborted (a client that does not read must not keep the socket).
 CLOSE_GRACE = 10
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """
-    One listener's time limits, in seconds (docs/config.md, "Timeouts").
-
-    @ivar idle: silence allowed between commands (after login for POP3/IMAP).
-    @ivar command: time from the first byte of a command line to its end;
-        also the longest pause in message data.
-    @ivar min_data_rate: bytes per second that message data must average.
-    @ivar login: POP3/IMAP: time from connecting to a successful login;
-        L{None} for SMTP.
-    @ivar stress_connections: open connections at which the listener is
-        under stress.
-    @ivar stress: every limit above is at most this while under stress.
-    """
-
-    idle: float
-    command: float
-    min_data_rate: int
-    login: Optional[float]
-    stress_connections: int
-    stress: float
 
 
 class Unloaded:

@@ -278,21 +278,3 @@ class ListedClients:
     def resolve(self):
         return self.current().resolve()
 
-
-def trusted_list(settings):
-    """
-    The L{ListedClients} of C{[relay] trusted} and C{trusted_file} (the
-    file re-read when it changes).
-
-    @raise ConfigError: for a missing file or a bad entry.
-    """
-    from mailsrv import config, dns
-
-    path = settings.relay.trusted_file
-    if path is not None and not path.exists():
-        raise config.ConfigError(settings.path, "[relay] trusted_file",
-                                 f"{path} does not exist")
-    try:
-        return ListedClients(settings.relay.trusted, path, dns.resolver_for(settings.dns))
-    except (ListFileError, OSError) as e:
-        raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))

@@ -6,6 +6,11 @@ the data directory. Each is loaded here with the loader start-up uses, so
 a config check-config calls ok starts, and one that cannot start is refused
 by both with the same one line (a L{ConfigError}) instead of a traceback.
 
+Values in mailsrv.toml that only the server's own parsers understand
+(endpoints, IP list entries, filter actions) are checked here too, by
+those parsers: the config module reads plain values and imports nothing
+of the server.
+
 Nothing here writes: what start-up would create (data_dir, a self-signed
 certificate) is only checked to be creatable, and reported as a note.
 """
@@ -13,9 +18,14 @@ certificate) is only checked to be creatable, and reported as a note.
 import os
 from typing import Callable, NamedTuple
 
+from twisted.internet import endpoints, reactor
+
 from mailsrv import tls
+from mailsrv.address import domain_of
 from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
+from mailsrv.filters.actions import parse_action
+from mailsrv.netaddr import parse_entry
 from mailsrv.queue.spool import SPOOL_DIRECTORIES
 
 USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
@@ -23,7 +33,8 @@ USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
 
 def preflight(settings, warnings=True):
     """
-    Check everything start-up loads from files.
+    Check the values only the server parses (L{check_settings}), then
+    everything start-up loads from files.
 
     @param warnings: whether to work out list-file warnings (skipped users
         lines, dead aliases...); start-up logs those itself when it loads
@@ -32,12 +43,50 @@ def preflight(settings, warnings=True):
         list-file warnings.
     @raise ConfigError: naming the config key of the first problem.
     """
+    check_settings(settings)
     notes = _check_data_dir(settings)
     for listed in list_files(settings):
         notes += _check_list_file(settings, listed, warnings)
     notes += _check_tls(settings)
     _check_delivery_cas(settings)
     return notes
+
+
+def check_settings(settings):
+    """
+    The values of mailsrv.toml that the server's parsers must accept:
+    every command of C{mailsrv} checks these, start-up through L{preflight}.
+
+    @raise ConfigError: naming the config key of the first problem.
+    """
+    for listener in settings.listeners:
+        key = f"[listen #{listener.index + 1}]"
+        _check_endpoint(settings, f"{key} endpoint", listener.endpoint)
+        for kind in ("allow", "deny", "safe"):
+            _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
+    _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
+    for key, text in settings.antispam.actions:
+        try:
+            parse_action(text)
+        except ValueError as e:
+            raise ConfigError(settings.path, key, str(e))
+
+
+def _check_endpoint(settings, key, endpoint):
+    """Parse the endpoint string the way the service will, without listening."""
+    try:
+        endpoints.serverFromString(reactor, endpoint)
+    except Exception as e:
+        raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: {e}",
+                          'Twisted endpoint syntax, e.g. "tcp:2525:interface=127.0.0.1"')
+
+
+def _check_ip_entries(settings, key, entries):
+    for entry in entries:
+        try:
+            parse_entry(entry)
+        except ValueError as e:
+            raise ConfigError(settings.path, key, str(e))
 
 
 class ListFile(NamedTuple):
@@ -142,7 +191,7 @@ def _local_whitelisted(settings, entries):
     """Warnings for whitelisted addresses and domains of our own."""
     lines = []
     for entry in sorted(entries):
-        domain = entry.rpartition("@")[2]
+        domain = domain_of(entry)
         if settings.is_local_domain(domain):
             shown = entry if not entry.startswith("@") else domain
             lines.append(f"warning: {shown} is in our own domain {domain}: spammers forge "

@@ -16,13 +16,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
-from mailsrv import config, tls
+from mailsrv import config, dns, tls
 from mailsrv.context import MailServer, peer_ip
 from mailsrv.datadir_lock import DataDirLock
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
-from mailsrv.netaddr import trusted_list
+from mailsrv.netaddr import ListedClients
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
@@ -109,11 +109,26 @@ def build_mail_server(settings, clock=reactor):
         store=store,
         spool=spool,
         delivery=LocalDelivery(spool, store, directory),
-        trusted=trusted_list(settings),
+        trusted=_trusted_clients(settings),
         tls_context=server_tls.context(),
         tls=server_tls,
         clock=clock,
     )
+
+
+def _trusted_clients(settings):
+    """
+    The clients of C{[relay] trusted} and C{trusted_file} (the file re-read
+    when it changes).
+    """
+    path = settings.relay.trusted_file
+    if path is not None and not path.exists():
+        raise config.ConfigError(settings.path, "[relay] trusted_file",
+                                 f"{path} does not exist")
+    try:
+        return ListedClients(settings.relay.trusted, path, dns.resolver_for(settings.dns))
+    except (ListFileError, OSError) as e:
+        raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))
 
 
 def make_service(settings):

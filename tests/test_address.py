@@ -116,3 +116,9 @@ class PartsTests(unittest.TestCase):
 
         directory = Directory(("example.test",), users=None, aliases=None)
         self.assertTrue(directory.is_local_address("bob@EXAMPLE.test."))
+
+    def test_settings_agree_too(self):
+        from tests.helpers import make_settings
+
+        settings = make_settings(self.mktemp())
+        self.assertTrue(settings.is_local_domain("EXAMPLE.test."))

@@ -6,10 +6,15 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from mailsrv import config
-from mailsrv.deadline import Timeouts
+from mailsrv import config, preflight
+from mailsrv.config import Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def refuse(data):
+    """What check-config and start-up check of the settings of C{data}, before the files."""
+    preflight.check_settings(config.parse(data, Path("/c.toml")))
 
 
 class DefaultsTests(unittest.TestCase):
@@ -111,6 +116,7 @@ class DefaultsTests(unittest.TestCase):
 
     def test_example_config_is_valid(self):
         s = config.load(ROOT / "etc" / "mailsrv.toml")
+        preflight.check_settings(s)
         self.assertEqual(s.local_domains, ("example.test",))
         self.assertTrue(all("127.0.0.1" in l.endpoint for l in s.listeners))
 
@@ -118,7 +124,127 @@ class DefaultsTests(unittest.TestCase):
         s = config.parse({"antispam": {"dnsbl": {"lists": ["zen.example"]},
                                        "spf": {"action": "header"}}}, Path("/x"))
         self.assertEqual(s.antispam.dnsbl.lists[0].zone, "zen.example")
-        self.assertEqual(s.antispam.spf.action_for("fail").kind, "header")
+        self.assertEqual(dict(s.antispam.spf.actions)["fail"], "header")
+
+
+# Every key's default, named as the admin writes it, read from an empty file
+# at /etc/m/c.toml (antispam sections: from empty tables, which turn them on).
+KEY_DEFAULTS = [
+    ("[server] data_dir", lambda s: s.data_dir, Path("/etc/m/var")),
+    ("[domains] local", lambda s: s.local_domains, ()),
+    ("[users] file", lambda s: s.users_file, Path("/etc/m/users")),
+    ("[aliases] file", lambda s: s.aliases_file, Path("/etc/m/aliases")),
+    ("[tls] cert", lambda s: s.tls.cert, Path("/etc/m/tls/cert.pem")),
+    ("[tls] key", lambda s: s.tls.key, Path("/etc/m/tls/key.pem")),
+    ("[tls] client_ca", lambda s: s.tls.client_ca, None),
+    ("[tls] client_cert", lambda s: s.tls.client_cert, "none"),
+    ("[auth] allow_plaintext_on_loopback", lambda s: s.auth.allow_plaintext_on_loopback,
+     False),
+    ("[auth] max_failures", lambda s: s.auth.max_failures, 5),
+    ("[auth] max_failures_per_ip", lambda s: s.auth.max_failures_per_ip, 100),
+    ("[auth] failure_window", lambda s: s.auth.failure_window, 600),
+    ("[auth] lockout", lambda s: s.auth.lockout, 900),
+    ("[auth] cache_ttl", lambda s: s.auth.cache_ttl, 300),
+    ("[pop_before_smtp] enabled", lambda s: s.pop_before_smtp.enabled, True),
+    ("[pop_before_smtp] window", lambda s: s.pop_before_smtp.window, 1800),
+    ("[relay] mode", lambda s: s.relay.mode, "trusted"),
+    ("[relay] trusted", lambda s: s.relay.trusted, ()),
+    ("[relay] trusted_file", lambda s: s.relay.trusted_file, None),
+    ("[relay] refusal_text", lambda s: s.relay.refusal_text, "relaying denied for %s"),
+    ("[relay] trusted_bypass_antispam", lambda s: s.relay.trusted_bypass_antispam, True),
+    ("[dns] servers", lambda s: s.dns.servers, ()),
+    ("[dns] timeout", lambda s: s.dns.timeout, 5.0),
+    ("[delivery] smart_host", lambda s: s.delivery.smart_hosts, ()),
+    ("[delivery] tls", lambda s: s.delivery.outbound.tls, "opportunistic"),
+    ("[delivery] tls_ca_file", lambda s: s.delivery.outbound.ca_file, None),
+    ("[delivery] mx_port", lambda s: s.delivery.mx_port, 25),
+    ("[delivery] retry", lambda s: s.delivery.retry, (300, 900, 3600, 14400)),
+    ("[delivery] max_age", lambda s: s.delivery.max_age, 432000),
+    ("[delivery] transports", lambda s: s.delivery.transports, ()),
+    ("[delivery] max_received", lambda s: s.delivery.max_received, 30),
+    ("[delivery] max_connections", lambda s: s.delivery.max_connections, 100),
+    ("[delivery] max_connections_per_destination",
+     lambda s: s.delivery.max_connections_per_destination, 20),
+    ("[delivery] delay_warning", lambda s: s.delivery.delay_warning, 14400),
+    ("[delivery] reply_timeout", lambda s: s.delivery.reply_timeout, 300),
+    ("[access] max_message_size", lambda s: s.access.max_message_size, 36700160),
+    ("[access] max_recipients", lambda s: s.access.max_recipients, 100),
+    ("[access] max_connections_per_ip", lambda s: s.access.max_connections_per_ip, 20),
+    ("[access] kill_file", lambda s: s.access.kill_file, None),
+    ("[access] refuse_null_sender", lambda s: s.access.refuse_null_sender, False),
+    ("[access] check_valid_sender", lambda s: s.access.check_valid_sender, True),
+    ("[access] verify_sender_domain", lambda s: s.access.verify_sender_domain, False),
+    ("[access] local_sender_must_auth", lambda s: s.access.local_sender_must_auth, True),
+    ("[access] sender_must_be_owned", lambda s: s.access.sender_must_be_owned, True),
+    ("[lists] accept_remote", lambda s: s.lists.accept_remote, True),
+    ("[lists] expn", lambda s: s.lists.expn, False),
+    ("[journal] inbound", lambda s: s.journal.inbound, ""),
+    ("[journal] outbound", lambda s: s.journal.outbound, ""),
+    ("[antispam] subject_prefix", lambda s: s.antispam.subject_prefix, "[SPAM] "),
+    ("[antispam.dnsbl] threshold", lambda s: s.antispam.dnsbl.threshold, 1),
+    ("[antispam.dnsbl] timeout", lambda s: s.antispam.dnsbl.timeout, 5.0),
+    ("[antispam.dnsbl] received_headers", lambda s: s.antispam.dnsbl.received_headers, False),
+    ("[antispam.dnsbl.lists] name, server, kind, codes, action",
+     lambda s: [(bl.zone, bl.name, bl.server, bl.kind, bl.codes, str(bl.action))
+                for bl in s.antispam.dnsbl.lists],
+     [("z.example", "z.example", None, "standard", (), "header")]),
+    ("[antispam.spf] action and each result",
+     lambda s: [(result, str(action)) for result, action in s.antispam.spf.actions],
+     [(result, "header") for result in
+      ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")]),
+    ("[antispam.spf] max_lookups", lambda s: s.antispam.spf.max_lookups, 10),
+    ("[antispam.spf] max_void_lookups", lambda s: s.antispam.spf.max_void_lookups, 2),
+    ("[antispam.spf] timeout", lambda s: s.antispam.spf.timeout, 20.0),
+    ("[antispam.validation] action and each test",
+     lambda s: [(name, str(action)) for name, action in s.antispam.validation.tests],
+     [("helo-fqdn", "header"), ("helo-ours", "header"), ("reverse-dns", "header"),
+      ("fcrdns", "header")]),
+    ("[antispam.spamskip] file, applies_to",
+     lambda s: (s.antispam.spamskip.file, s.antispam.spamskip.connection,
+                s.antispam.spamskip.content), (Path("/etc/m/spamskip.txt"), True, True)),
+    ("[antispam.whitelist] file, applies_to",
+     lambda s: (s.antispam.whitelist.file, s.antispam.whitelist.connection,
+                s.antispam.whitelist.content), (Path("/etc/m/whitelist.txt"), True, True)),
+]
+# ... and each [[listen]] key's, for a table that names only its endpoint.
+LISTEN_DEFAULTS = [
+    ("protocol", lambda l: l.protocol, "smtp"),
+    ("role", lambda l: l.role, "mx"),
+    ("tls", lambda l: l.tls, "starttls"),
+    ("max_connections", lambda l: l.max_connections, 200),
+    ("auth", lambda l: l.auth, True),
+    ("client_cert", lambda l: l.client_cert, None),
+    ("backlog", lambda l: l.backlog, 1024),
+    ("allow, deny, safe", lambda l: (l.access.allow, l.access.deny, l.access.safe),
+     ((), (), ())),
+    ("allow_file, deny_file", lambda l: (l.access.allow_file, l.access.deny_file),
+     (None, None)),
+    ("block_own_ips", lambda l: l.access.block_own_ips, False),
+    ("require_auth", lambda l: l.access.require_auth, ""),
+    ("timeouts", lambda l: l.timeouts,
+     Timeouts(idle=300, command=60, min_data_rate=500, login=None, stress_connections=160,
+              stress=10)),
+]
+
+
+class EveryDefaultTests(unittest.TestCase):
+    """Each key's default as users see it, pinned before the loader is rearranged."""
+
+    def test_every_key(self):
+        s = config.parse({"antispam": {"dnsbl": {"lists": ["z.example"]}, "spf": {},
+                                       "validation": {}, "spamskip": {}, "whitelist": {}}},
+                         Path("/etc/m/c.toml"))
+        empty = config.parse({}, Path("/etc/m/c.toml"))
+        self.assertEqual(empty.antispam, config.AntispamSettings())
+        for key, read, expected in KEY_DEFAULTS:
+            self.assertEqual(read(s), expected, key)
+            if not key.startswith("[antispam."):
+                self.assertEqual(read(empty), expected, key)
+
+    def test_every_listen_key(self):
+        [listener] = config.parse({"listen": [{"endpoint": "tcp:25"}]}, Path("/c.toml")).listeners
+        for key, read, expected in LISTEN_DEFAULTS:
+            self.assertEqual(read(listener), expected, key)
 
 
 class ErrorTests(unittest.TestCase):
@@ -132,10 +258,6 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [access] max_recipients: must be a whole number, not true/false"),
         ({"relay": {"mode": "open"}},
          "/c.toml: [relay] mode: unknown value 'open' (one of: none, trusted, anyone)"),
-        ({"relay": {"trusted": ["10.0.0.0/33"]}},
-         "/c.toml: [relay] trusted: bad network '10.0.0.0/33'"),
-        ({"listen": [{"protocol": "smtp", "endpoint": "tcpp:25"}]},
-         "/c.toml: [listen #1] endpoint: bad endpoint 'tcpp:25'"),
         ({"listen": [{"protocol": "pop3", "role": "mx", "endpoint": "tcp:110"}]},
          "/c.toml: [listen #1] role: only smtp listeners have a role"),
         ({"listen": [{"protocol": "smtp"}]}, "/c.toml: [listen #1] endpoint: missing"),
@@ -167,6 +289,99 @@ class ErrorTests(unittest.TestCase):
         ({"delivery": {"smart_host_username": "me",
                        "smart_host_password_file": "/nonexistent"}},
          "/c.toml: [delivery] smart_host_password_file: cannot read /nonexistent"),
+        ({"server": {"data_dir": 3}},
+         "/c.toml: [server] data_dir: must be a string, not a whole number"),
+        ({"server": []}, "/c.toml: server: must be a table, not a list"),
+        ({"domains": {"local": ["a", 3]}},
+         "/c.toml: [domains] local: every entry must be a string, not a whole number"),
+        ({"users": {"file": True}}, "/c.toml: [users] file: must be a string, not true or false"),
+        ({"auth": {"max_failures": 0}}, "/c.toml: [auth] max_failures: must be at least 1, not 0"),
+        ({"auth": {"lockout": -1}}, "/c.toml: [auth] lockout: must be at least 0, not -1"),
+        ({"auth": {"cache_ttl": -1}}, "/c.toml: [auth] cache_ttl: must be at least 0, not -1"),
+        ({"auth": {"allow_plaintext_on_loopback": 1}}, "/c.toml: [auth] "
+         "allow_plaintext_on_loopback: must be true or false, not a whole number"),
+        ({"pop_before_smtp": {"window": 0}},
+         "/c.toml: [pop_before_smtp] window: must be at least 1, not 0"),
+        ({"tls": {"client_cert": "maybe"}}, "/c.toml: [tls] client_cert: unknown value 'maybe' "
+         "(one of: none, request, require)"),
+        ({"listen": [{"endpoint": "tcp:25", "client_cert": "require"}]},
+         "/c.toml: [listen #1] client_cert: 'require' needs [tls] client_ca"),
+        ({"listen": [{"endpoint": "tcp:25", "client_cert": "always"}]},
+         "/c.toml: [listen #1] client_cert: unknown value 'always' (one of: none, request, "
+         "require)"),
+        ({"listen": [{"protocol": "pop3", "endpoint": "tcp:110", "require_auth": "any"}]},
+         "/c.toml: [listen #1] require_auth: only smtp listeners take mail to send"),
+        ({"listen": [{"endpoint": "tcp:25", "require_auth": "bob"}]},
+         "/c.toml: [listen #1] require_auth: 'bob' is not an address "
+         "(write \"user@domain\" or \"\")"),
+        ({"listen": [{"endpoint": "tcp:25", "max_connections": 0}]},
+         "/c.toml: [listen #1] max_connections: must be at least 1, not 0"),
+        ({"listen": [{"protocol": "nntp", "endpoint": "tcp:25"}]},
+         "/c.toml: [listen #1] protocol: unknown value 'nntp' (one of: smtp, pop3, imap)"),
+        ({"listen": [{"endpoint": "tcp:25", "tls": "maybe"}]},
+         "/c.toml: [listen #1] tls: unknown value 'maybe' (one of: starttls, implicit, "
+         "required, none)"),
+        ({"listen": [{"endpoint": "tcp:25", "min_data_rate": 0}]},
+         "/c.toml: [listen #1] min_data_rate: must be at least 1, not 0"),
+        ({"listen": [{"endpoint": "tcp:25", "stress_timeout": -1}]},
+         "/c.toml: [listen #1] stress_timeout: must be more than 0 seconds, not -1"),
+        ({"listen": [3]}, "/c.toml: listen: must be tables (write [[listen]])"),
+        ({"listen": {"endpoint": "tcp:25"}}, "/c.toml: listen: must be a list, not a table"),
+        ({"delivery": {"retry": []}},
+         "/c.toml: [delivery] retry: must be a list of positive whole seconds"),
+        ({"delivery": {"transports": {"a.example": 3}}},
+         "/c.toml: [delivery] transports.a.example: must be \"host:port\" or \"mx\""),
+        ({"delivery": {"transports": {"a.example": "host:0"}}},
+         "/c.toml: [delivery] transports.a.example: bad port in 'host:0' (write \"host:port\")"),
+        ({"delivery": {"max_age": 59}},
+         "/c.toml: [delivery] max_age: must be at least 60, not 59"),
+        ({"delivery": {"smart_host": [3]}},
+         "/c.toml: [delivery] smart_host: list entries must be {host, port, preference}"),
+        ({"delivery": {"smart_host": [{"port": 25}]}}, "/c.toml: [delivery.smart_host] host: "
+         "missing"),
+        ({"delivery": {"smart_host": [{"host": "a", "prot": 25}]}},
+         "/c.toml: [delivery.smart_host] prot: unknown key (check the spelling against "
+         "etc/mailsrv.toml)"),
+        ({"dns": {"timeout": "5s"}}, "/c.toml: [dns] timeout: must be a number, not a string"),
+        ({"antispam": {"subject_prefix": 3}},
+         "/c.toml: [antispam] subject_prefix: must be a string, not a whole number"),
+        ({"antispam": {"spf": {"timeout": "x"}}},
+         "/c.toml: [antispam.spf] timeout: must be a number, not a string"),
+        ({"antispam": {"dnsbl": {"lists": [{"zone": "a.example", "server": "h:0"}]}}},
+         "/c.toml: [antispam.dnsbl.lists] server: bad port in 'h:0' (write \"host:port\")"),
+        ({"antispam": {"spamskip": {"file": 3}}},
+         "/c.toml: [antispam.spamskip] file: must be a string, not a whole number"),
+        ({"access": {"max_message_size": 1023}},
+         "/c.toml: [access] max_message_size: must be at least 1024, not 1023"),
+        ({"access": {"kill_file": 3}},
+         "/c.toml: [access] kill_file: must be a string, not a whole number"),
+    ]
+
+    # Problems found by the server's own parsers (endpoints, IP entries,
+    # actions) and files the config names: refused by check-config and
+    # start-up alike.
+    refused = [
+        ({"listen": [{"protocol": "smtp", "endpoint": "tcpp:25"}]},
+         "/c.toml: [listen #1] endpoint: bad endpoint 'tcpp:25'"),
+        ({"relay": {"trusted": ["10.0.0.0/33"]}},
+         "/c.toml: [relay] trusted: bad network '10.0.0.0/33'"),
+        ({"relay": {"trusted": ["not an entry!"]}}, "/c.toml: [relay] trusted: not an address, "
+         "network, range, host name or domain: 'not an entry!'"),
+        ({"listen": [{"endpoint": "tcp:25", "allow": ["10.0.0.0/33"]}]},
+         "/c.toml: [listen #1] allow: bad network '10.0.0.0/33'"),
+        ({"listen": [{"endpoint": "tcp:25", "safe": ["10.0.0.0/33"]}]},
+         "/c.toml: [listen #1] safe: bad network '10.0.0.0/33'"),
+        ({"antispam": {"dnsbl": {"lists": [{"zone": "a.example", "action": "move:a.b"}]}}},
+         "/c.toml: [antispam.dnsbl.lists] action: Folder names may not contain '.'"),
+        ({"antispam": {"dnsbl": {"lists": ["a.example"], "action": "junk"}}},
+         "/c.toml: [antispam.dnsbl] action: unknown action 'junk' (one of: none, header, "
+         "subject, move:FOLDER, forward:ADDRESS, delete, reject)"),
+        ({"antispam": {"spf": {"fail": "forward:nobody"}}},
+         "/c.toml: [antispam.spf] fail: forward needs a full address, not 'nobody'"),
+        ({"antispam": {"validation": {"action": "move:"}}},
+         "/c.toml: [antispam.validation] action: move needs a target: move:FOLDER"),
+        ({"antispam": {"validation": {"helo_fqdn": "junk"}}},
+         "/c.toml: [antispam.validation] helo_fqdn: unknown action 'junk'"),
     ]
 
     def test_policy_defaults(self):
@@ -180,13 +395,31 @@ class ErrorTests(unittest.TestCase):
         self.assertEqual(s.dns.servers, (("127.0.0.1", 5353), ("192.0.2.53", 53)))
         self.assertEqual(s.journal.inbound, "archive@example.test")
 
-    def test_errors(self):
-        for data, expected in self.cases:
+    def assert_each_refused(self, check, cases):
+        """C{check(data)} refuses each C{data} with one line starting as expected."""
+        for data, expected in cases:
             with self.assertRaises(config.ConfigError, msg=repr(data)) as caught:
-                config.parse(data, Path("/c.toml"))
+                check(data)
             self.assertTrue(str(caught.exception).startswith(expected),
                             f"{str(caught.exception)!r} does not start with {expected!r}")
             self.assertNotIn("\n", str(caught.exception))
+
+    def test_errors(self):
+        self.assert_each_refused(lambda data: config.parse(data, Path("/c.toml")), self.cases)
+
+    def test_refused(self):
+        self.assert_each_refused(refuse, self.refused)
+
+    def test_missing_allow_file(self):
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        settings = config.parse({"server": {"data_dir": "var"},
+                                 "listen": [{"endpoint": "tcp:25", "allow_file": "nope.txt"}]},
+                                directory / "c.toml")
+        with self.assertRaises(config.ConfigError) as caught:
+            preflight.preflight(settings)
+        self.assertEqual(str(caught.exception), f"{directory}/c.toml: [listen #1] allow_file: "
+                                                f"{directory}/nope.txt does not exist")
 
     def test_missing_file(self):
         with self.assertRaises(config.ConfigError) as caught:

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.trial import unittest
 
-from mailsrv import config
+from mailsrv import config, preflight
 
 # A directory that does not exist, so that no generated path names a real file.
 CONFIG = Path("/nonexistent-mailsrv-test/c.toml")
@@ -144,6 +144,7 @@ class LoaderProperties(unittest.TestCase):
     def test_parse_gives_settings_or_one_line(self, document):
         try:
             result = config.parse(document, CONFIG)
+            preflight.check_settings(result)
         except config.ConfigError as e:
             self.assert_one_line_naming_file(e)
         else:

@@ -8,9 +8,9 @@ from pathlib import Path
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from mailsrv import config, dns
+from mailsrv import config, dns, preflight
 from mailsrv.filters import failopen
-from mailsrv.filters.actions import HEADER, NONE, Action, Judgement, parse_action
+from mailsrv.filters.actions import HEADER, NONE, Action, Judgement
 from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.smtp.state import Session
 from tests.helpers import result
@@ -176,7 +176,11 @@ class CachingTests(unittest.TestCase):
 
 
 def parse(dnsbl, **antispam):
-    return config.parse({"antispam": {**antispam, "dnsbl": dnsbl}}, Path("/etc/mailsrv.toml"))
+    """The settings of C{dnsbl}, checked as check-config and start-up do."""
+    settings = config.parse({"antispam": {**antispam, "dnsbl": dnsbl}},
+                            Path("/etc/mailsrv.toml"))
+    preflight.check_settings(settings)
+    return settings
 
 
 class ConfigTests(unittest.TestCase):
@@ -199,9 +203,9 @@ class ConfigTests(unittest.TestCase):
         self.assertTrue(parse({"lists": ["a.example"], "received_headers": True})
                         .antispam.dnsbl.received_headers)
         self.assertEqual(s.dnsbl.lists, (
-            DNSBL("zen.example", "zen.example", None, "standard", (), parse_action("subject")),
-            DNSBL("bl.example", "BL", ("127.0.0.1", 5353), "trusted", ("127.0.0.4",),
-                  Action("move", "Junk")),
+            config.DNSBLList("zen.example", "zen.example", None, "standard", (), "subject"),
+            config.DNSBLList("bl.example", "BL", ("127.0.0.1", 5353), "trusted",
+                             ("127.0.0.4",), "move:Junk"),
         ))
 
     def test_errors(self):

@@ -8,7 +8,7 @@ from pathlib import Path
 import spf as pyspf
 from twisted.trial import unittest
 
-from mailsrv import config
+from mailsrv import config, preflight
 from mailsrv.config import DNSSettings
 from mailsrv.filters import spf
 from mailsrv.filters.actions import HEADER, Action
@@ -103,7 +103,10 @@ class SPFTests(unittest.TestCase):
 
 
 def parse(spf_table):
-    return config.parse({"antispam": {"spf": spf_table}}, Path("/etc/mailsrv.toml"))
+    """The settings of C{spf_table}, checked as check-config and start-up do."""
+    settings = config.parse({"antispam": {"spf": spf_table}}, Path("/etc/mailsrv.toml"))
+    preflight.check_settings(settings)
+    return settings
 
 
 class ConfigTests(unittest.TestCase):
@@ -113,12 +116,13 @@ class ConfigTests(unittest.TestCase):
     def test_defaults(self):
         s = parse({}).antispam.spf
         self.assertEqual((s.max_lookups, s.max_void_lookups, s.timeout), (10, 2, 20.0))
-        self.assertEqual({s.action_for(r) for r in config.SPF_RESULTS}, {HEADER})
+        self.assertEqual([result for result, _ in s.actions], list(config.SPF_RESULTS))
+        self.assertEqual({action for _, action in s.actions}, {"header"})
 
     def test_per_result_overrides_the_default(self):
         s = parse({"action": "none", "fail": "reject", "softfail": "move:Junk"}).antispam.spf
-        self.assertEqual([s.action_for(r) for r in ("pass", "fail", "softfail")],
-                         [Action("none"), Action("reject"), Action("move", "Junk")])
+        self.assertEqual([dict(s.actions)[r] for r in ("pass", "fail", "softfail")],
+                         ["none", "reject", "move:Junk"])
 
     def test_errors(self):
         for table, key in [

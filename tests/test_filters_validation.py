@@ -8,7 +8,7 @@ from pathlib import Path
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from mailsrv import config, dns
+from mailsrv import config, dns, preflight
 from mailsrv.filters import validation
 from mailsrv.filters.actions import HEADER, NONE, Action, Judgement
 from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
@@ -155,24 +155,26 @@ class CountTests(unittest.TestCase):
 
 
 def parse(antispam):
-    return config.parse({"antispam": antispam}, Path("/etc/mailsrv.toml")).antispam
+    """The [antispam] settings of C{antispam}, checked as check-config and start-up do."""
+    settings = config.parse({"antispam": antispam}, Path("/etc/mailsrv.toml"))
+    preflight.check_settings(settings)
+    return settings.antispam
 
 
 class ConfigTests(unittest.TestCase):
     def test_defaults_and_switches(self):
         s = parse({"validation": {}})
-        self.assertEqual(s.validation.tests, (("helo-fqdn", HEADER), ("helo-ours", HEADER),
-                                              ("reverse-dns", HEADER), ("fcrdns", HEADER)))
+        self.assertEqual(s.validation.tests, (("helo-fqdn", "header"), ("helo-ours", "header"),
+                                              ("reverse-dns", "header"), ("fcrdns", "header")))
         s = parse({"validation": {"reverse_dns": False, "helo_fqdn": False, "action": "move:Junk"}})
-        self.assertEqual(s.validation.tests, (("helo-ours", JUNK), ("fcrdns", JUNK)))
+        self.assertEqual(s.validation.tests, (("helo-ours", "move:Junk"), ("fcrdns", "move:Junk")))
 
     def test_own_actions(self):
         s = parse({"validation": {"helo_fqdn": "subject", "helo_not_ours": "reject",
                                   "reverse_dns": True, "forward_confirmed": "none",
                                   "action": "move:Junk"}})
-        self.assertEqual(s.validation.tests, (("helo-fqdn", Action("subject")),
-                                              ("helo-ours", Action("reject")),
-                                              ("reverse-dns", JUNK), ("fcrdns", NONE)))
+        self.assertEqual(s.validation.tests, (("helo-fqdn", "subject"), ("helo-ours", "reject"),
+                                              ("reverse-dns", "move:Junk"), ("fcrdns", "none")))
 
     def test_bad_own_action(self):
         for value, problem in [("junk", "unknown action 'junk'"), (3, "must be true or false "

@@ -12,9 +12,10 @@ from twisted.trial import unittest
 from mailsrv import config
 from mailsrv.directory.senderlist import SenderList, parse_whitelist
 from mailsrv.filters.actions import HEADER, FilterResult, Whitelisting
-from mailsrv.filters.pipeline import Filters, build
+from mailsrv.filters.pipeline import Filters
 from mailsrv.filters.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
 from mailsrv.netaddr import ListedClients
+from mailsrv.preflight import preflight
 from mailsrv.smtp.state import Session, Transaction
 from tests.helpers import result
 from tests.test_smtp.support import make_mail_server
@@ -171,10 +172,11 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(text, str(caught.exception))
 
     def test_a_bad_file_stops_start_up(self):
+        """Start-up's preflight, which check-config runs too, refuses it."""
         server = make_mail_server(self, antispam={"spamskip": {}})
         path = server.settings.antispam.spamskip.file
         path.write_text("10.0.0.0/33\n")
         with self.assertRaises(config.ConfigError) as caught:
-            build(server, Standing(), task.Clock())
+            preflight(server.settings)
         self.assertIn(f"[antispam.spamskip] file: {path}:1: bad network '10.0.0.0/33'",
                       str(caught.exception))

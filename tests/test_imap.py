@@ -35,7 +35,9 @@ ALICE = "alice@example.test"
 PERMANENT = b"\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 # every extension, in every state (tests/test_imap_extensions.py tests each)
 EXTENSIONS = (b"LITERAL+ ID ENABLE NAMESPACE IDLE UIDPLUS MOVE SPECIAL-USE CONDSTORE"
-              b" MULTIAPPEND BINARY CATENATE")
+              b" QRESYNC MULTIAPPEND BINARY CATENATE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS"
+              b" STATUS=SIZE ESEARCH SEARCHRES SORT SORT=DISPLAY THREAD=REFERENCES"
+              b" THREAD=ORDEREDSUBJECT ESORT APPENDLIMIT=36700160")
 MESSAGE = (
     b"From: Bob <bob@example.org>\r\n"
     b"To: Alice <alice@example.test>\r\n"
@@ -474,7 +476,11 @@ class MailboxCommandTests(IMAPTestCase):
         reply = c.cmd(b"e EXAMINE inbox")
         self.assertIn(b"* OK [PERMANENTFLAGS ()] Limited\r\n", reply)
         self.assertTrue(reply.endswith(b"e OK [READ-ONLY] EXAMINE completed\r\n"))
-        self.assertEqual(c.cmd(b"x SELECT Nope"), b"x NO [NONEXISTENT] No such mailbox\r\n")
+        self.assertTrue(reply.startswith(b"* OK [CLOSED] Previous mailbox closed\r\n"))
+        # a SELECT that fails leaves no mailbox selected (RFC 3501 6.3.1)
+        self.assertEqual(c.cmd(b"x SELECT Nope"), b"* OK [CLOSED] Previous mailbox closed\r\n"
+                                                  b"x NO [NONEXISTENT] No such mailbox\r\n")
+        self.assertEqual(c.cmd(b"y SELECT Nope"), b"y NO [NONEXISTENT] No such mailbox\r\n")
 
     def test_fetch_items(self):
         c = self.selected(MESSAGE, MULTIPART)
@@ -679,15 +685,18 @@ class MailboxCommandTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"a CREATE Archive/2024"), b"a OK Mailbox created\r\n")
         self.assertEqual(c.cmd(b"a CREATE Archive"), b"a NO Mailbox named Archive already exists\r\n")
         self.assertEqual(c.cmd(b'l LIST "" "A*"'),
-                         b'* LIST () "/" "Archive"\r\n'
-                         b'* LIST () "/" "Archive/2024"\r\nl OK LIST completed\r\n')
+                         b'* LIST (\\HasChildren) "/" "Archive"\r\n'
+                         b'* LIST (\\HasNoChildren) "/" "Archive/2024"\r\nl OK LIST completed\r\n')
         self.assertEqual(c.cmd(b'l LIST "" ""'),
                          b'* LIST (\\Noselect) "/" ""\r\nl OK LIST completed\r\n')
         self.assertEqual(c.cmd(b"r RENAME Archive Old"), b"r OK Mailbox renamed\r\n")
         self.assertEqual(c.cmd(b'l LIST "" "%"'),
-                         b'* LIST () "/" "INBOX"\r\n* LIST (\\Drafts) "/" "Drafts"\r\n'
-                         b'* LIST (\\Junk) "/" "Junk"\r\n* LIST () "/" "Old"\r\n'
-                         b'* LIST (\\Sent) "/" "Sent"\r\n* LIST (\\Trash) "/" "Trash"\r\n'
+                         b'* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
+                         b'* LIST (\\HasNoChildren \\Drafts) "/" "Drafts"\r\n'
+                         b'* LIST (\\HasNoChildren \\Junk) "/" "Junk"\r\n'
+                         b'* LIST (\\HasChildren) "/" "Old"\r\n'
+                         b'* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n'
+                         b'* LIST (\\HasNoChildren \\Trash) "/" "Trash"\r\n'
                          b'l OK LIST completed\r\n')
         self.assertEqual(c.cmd(b"d DELETE Old"),
                          b"d NO folder Old has subfolders; delete them first\r\n")
@@ -1261,7 +1270,7 @@ class ComplianceTests(IMAPTestCase):
     def test_nothing_after_logout_while_a_command_waits(self):
         c = self.selected(MESSAGE)
         waiting = defer.Deferred()
-        self.patch(c.proto.mbox, "search", lambda query, uid: waiting)
+        self.patch(c.proto.mbox, "search", lambda query, uid, saved: waiting)
         self.assertEqual(c.send(b"s SEARCH ALL\r\nz LOGOUT\r\n"), b"")
         waiting.callback(([1], False))
         self.assertEqual(c.read(), b"* SEARCH 1\r\ns OK SEARCH completed\r\n"
@@ -1290,6 +1299,8 @@ class ComplianceTests(IMAPTestCase):
 
     def test_select_invalid_name_is_no(self):
         c = self.selected(MESSAGE)
+        self.assertEqual(c.cmd(b's SELECT "a.b"'), b"* OK [CLOSED] Previous mailbox closed\r\n"
+                                                   b"s NO Folder names may not contain '.'\r\n")
         for name, reason in [
             (b'"a.b"', b"Folder names may not contain '.'"),
             (b'"a//b"', b"Folder names may not have empty levels or a leading '/'"),
@@ -1316,7 +1327,7 @@ class ComplianceTests(IMAPTestCase):
         # a bare "&" is itself, in the reference too
         for arguments in (b'"" &-*', b'"" &x', b'"&" "*"'):
             self.assertEqual(c.cmd(b"l LIST " + arguments),
-                             b'* LIST () "/" "&-x"\r\nl OK LIST completed\r\n', arguments)
+                             b'* LIST (\\HasNoChildren) "/" "&-x"\r\nl OK LIST completed\r\n', arguments)
         self.assertEqual(c.cmd(b'l LIST "" "\xc3\xa9"'),
                          b"l NO Mailbox name is not valid mUTF-7\r\n")
 

@@ -13,8 +13,14 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
 
 from mailsrv import errorlog
+from mailsrv.imap import syntax
+from mailsrv.imap.mailbox import Mailbox
+from mailsrv.imap.server import _opt_select_params
+from mailsrv.ranges import count, merged, runs
+from tests.fuzzing import examples
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver
 
 TAG = b"T7f3"
@@ -77,7 +83,8 @@ tokens = st.one_of(
     st.lists(fetch_items, max_size=4).map(lambda items: b"(" + b" ".join(items) + b")"),
     st.sampled_from([b"(", b")", b"[", b"]", b"{", b"}", b"{5", b"{x}", b"{-1}", b"NIL",
                      b"(\\Seen $Junk)", b"+FLAGS", b"-FLAGS.SILENT", b"(CHANGEDSINCE 1)",
-                     b"(UNCHANGEDSINCE 99999999999999999999)", b'"17-Jul-1996 02:44:25 -0700"']),
+                     b"(UNCHANGEDSINCE 99999999999999999999)", b'"17-Jul-1996 02:44:25 -0700"',
+                     b"(CHANGEDSINCE 1 VANISHED)", b"(QRESYNC (1 1 1:5 (1,3 2,4)))", b"(QRESYNC)"]),
 )
 
 
@@ -112,7 +119,79 @@ pipelined = st.lists(st.one_of(
 ), min_size=1, max_size=6)
 
 
+def parenthesised(items):
+    return b"(" + b" ".join(items) + b")"
+
+
+# extended LIST (RFC 5258, 5819, 6154): options known and not, in lists and not
+selection_options = st.lists(st.sampled_from([
+    b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE", b"subscribed", b"X-FOO",
+    b"(SUBSCRIBED)", b'"REMOTE"', b"NIL", b"STATUS"]), max_size=4).map(parenthesised)
+status_lists = st.lists(st.sampled_from([
+    b"MESSAGES", b"UNSEEN", b"SIZE", b"APPENDLIMIT", b"HIGHESTMODSEQ", b"RECENT", b"FOO",
+    b"(MESSAGES)", b"uidnext"]), max_size=5).map(parenthesised)
+return_options = st.lists(st.one_of(
+    st.sampled_from([b"CHILDREN", b"SUBSCRIBED", b"SPECIAL-USE", b"STATUS", b"X", b"()"]),
+    status_lists.map(lambda items: b"STATUS " + items),
+), max_size=4).map(lambda options: b" RETURN " + parenthesised(options))
+list_patterns = st.one_of(names, st.lists(names, max_size=4).map(parenthesised))
+
+
+@st.composite
+def extended_lists(draw):
+    parts = [b"LIST"]
+    if draw(st.booleans()):
+        parts.append(draw(selection_options))
+    parts += [draw(names), draw(list_patterns)]
+    tail = draw(st.one_of(st.just(b""), return_options, tokens.map(lambda t: b" " + t)))
+    return b" ".join(parts) + tail
+
+
 raw_lines = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+uid_ranges = st.lists(
+    st.tuples(st.integers(1, 2**32 - 1), st.integers(0, 1000)).map(
+        lambda r: (r[0], min(r[0] + r[1], 2**32 - 1))),
+    min_size=1, max_size=5,
+).map(merged)
+
+
+def set_text(ranges):
+    return b",".join(b"%d:%d" % r if r[0] != r[1] else b"%d" % r[0] for r in ranges)
+
+
+@st.composite
+def qresync_params(draw):
+    """A valid C{QRESYNC (...)} parameter and the L{syntax.QResync} it means."""
+    uidvalidity = draw(st.integers(1, 2**32 - 1))
+    modseq = draw(st.integers(0, 2**63 - 1))
+    known = draw(st.one_of(st.none(), uid_ranges))
+    seq_match = None
+    if draw(st.booleans()):
+        seqs = draw(uid_ranges)
+        # the same count of UIDs, as ranges of their own
+        size, uids, start = count(seqs), [], draw(st.integers(1, 1000))
+        while size:
+            length = draw(st.integers(1, size))
+            uids.append((start, start + length - 1))
+            start += length + draw(st.integers(1, 5))
+            size -= length
+        seq_match = (seqs, merged(uids))
+    words = [b"%d" % uidvalidity, b"%d" % modseq]
+    if known is not None:
+        words.append(set_text(known))
+    if seq_match is not None:
+        words.append(b"(%s %s)" % (set_text(seq_match[0]), set_text(seq_match[1])))
+    line = b"(QRESYNC (" + b" ".join(words) + b"))"
+    return line, syntax.QResync(uidvalidity, modseq, known, seq_match)
+
+
+qresync_words = st.one_of(
+    numbers, sequence_sets, atoms, st.just(b"NIL"),
+    st.lists(st.one_of(numbers, sequence_sets), max_size=3).map(
+        lambda w: b"(" + b" ".join(w) + b")"),
+)
 
 
 class FuzzTests(IMAPTestCase):
@@ -185,6 +264,15 @@ class FuzzTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"z NOOP")[-22:], b"z OK NOOP completed\r\n")
 
     @_SETTINGS
+    @given(extended_lists())
+    def test_extended_list(self, line):
+        """Every LIST gets its one tagged reply; a BAD lists nothing."""
+        c, out = self.run_command([], line)
+        self.check(c, out)
+        if re.search(rb"^T7f3 BAD", out, re.M):
+            self.assertNotIn(b"* LIST", out)
+
+    @_SETTINGS
     @given(raw_lines)
     def test_arbitrary_lines(self, line):
         c = self.selected()
@@ -196,3 +284,61 @@ class FuzzTests(IMAPTestCase):
             size = int(re.search(rb"Ready for (\d+) octets", out).group(1))
             out += c.send(b"x" * size + b"\r\n")
         self.check(c, out)
+
+    @examples(200)
+    @given(qresync_params())
+    def test_valid_qresync_parameters_parse_to_what_they_say(self, param):
+        """SELECT's QRESYNC parameter (RFC 7162 3.2.5)."""
+        line, expected = param
+        params, rest = _opt_select_params(None, line)
+        self.assertEqual((rest, syntax.select_params(params)), (b"", (False, expected)))
+
+    @examples(200)
+    @given(st.lists(qresync_words, max_size=6), st.sampled_from([b"SELECT", b"EXAMINE"]))
+    def test_any_qresync_parameter_gets_one_reply(self, words, verb):
+        c = self.selected()
+        c.cmd(b"e ENABLE QRESYNC")
+        self.events.clear()
+        line = b"%s INBOX (QRESYNC (%s))" % (verb, b" ".join(words))
+        self.check(c, c.send(TAG + b" " + line + b"\r\n"))
+
+
+class _Uids:
+    """A folder as far as a L{Mailbox}'s view needs one."""
+
+    def __init__(self, uids):
+        self._uids = uids
+
+    def uids(self):
+        return list(self._uids)
+
+
+@st.composite
+def views_and_samples(draw):
+    """A mailbox's UIDs and seq-match data a client could send, right or stale."""
+    view = sorted(draw(st.sets(st.integers(1, 60), max_size=40)))
+    seqs = sorted(draw(st.sets(st.integers(1, 45), min_size=1, max_size=12)))
+    uids = sorted(draw(st.sets(st.integers(1, 60), min_size=len(seqs), max_size=len(seqs))))
+    if view and draw(st.booleans()):  # a client that is right about a prefix
+        seqs = list(range(1, len(view) + 1))[:len(seqs)]
+        uids = view[:len(seqs)]
+        if draw(st.booleans()) and len(uids) > 1:
+            uids[-1] += 1
+            uids = sorted(set(uids))
+            seqs = seqs[:len(uids)]
+    return view, seqs, uids
+
+
+class SeqMatchTests(unittest.TestCase):
+    @examples(300)
+    @given(views_and_samples())
+    def test_matched_uid_is_the_last_pair_of_the_matching_prefix(self, case):
+        """RFC 7162 3.2.5.2, pair by pair against the ranges' bisection."""
+        view, seqs, uids = case
+        expected = 0
+        for seq, uid in zip(seqs, uids):
+            if seq > len(view) or view[seq - 1] != uid:
+                break
+            expected = uid
+        mailbox = Mailbox(_Uids(view), False)
+        self.assertEqual(mailbox._matched_uid(runs(seqs), runs(uids)), expected)

@@ -319,7 +319,7 @@ class PartialTests(LimitTestCase):
 class ClientErrorLogTests(LimitTestCase):
     def test_client_error_logs_one_line(self):
         """1,000 commands that fail inside the server: one traceback in all."""
-        def broken(mailbox, query, uid):
+        def broken(mailbox, query, uid, saved):
             raise RuntimeError("a bug any client can reach")
 
         self.patch(mailbox_module.Mailbox, "search", broken)

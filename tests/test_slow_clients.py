@@ -13,7 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from mailsrv.deadline import Deadline, Timeouts
+from mailsrv.config import Timeouts
+from mailsrv.deadline import Deadline
 from mailsrv.service import BUSY_REPLIES, ConnectionLimits
 from mailsrv.smtp.server import build_factory as smtp_factory
 from tests.test_imap import Client as IMAPClient

@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.internet import task
 from twisted.trial import unittest
 
-from mailsrv.store import delivery, uidlist
+from mailsrv.store import delivery, expunges, uidlist
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.folder import (
     FolderError,
@@ -154,7 +154,7 @@ class UIDTests(StoreTestCase):
         info = folder.messages()[0]
         self.assertEqual(
             (folder.path / "mailsrv-uidlist").read_text(),
-            f"mailsrv-uidlist 2 1700000000 2 1\n"
+            f"mailsrv-uidlist 2 1700000000 2 1 0\n"
             f"1 {info.internaldate} {len(DATA)} 1 {info.key}:\n",
         )
 
@@ -232,6 +232,98 @@ class ModseqTests(StoreTestCase):
         os.rename(path, str(path) + "F")  # while the server is down
         again = self.restart()
         self.assertEqual([m.modseq for m in again.messages()], [3, 4])
+
+
+class ExpungeHistoryTests(StoreTestCase):
+    """
+    The UIDs a folder expunged, with the MODSEQ of each expunge (RFC 7162
+    QRESYNC), and the messages changed since a MODSEQ.
+    """
+
+    def test_expunges_are_remembered_across_restarts(self):
+        self.deliver(6)
+        folder = opened(self.store, ALICE)  # MODSEQ 1..6
+        folder.delete([2, 3])  # 7
+        folder.set_flags(4, {"\\Seen"})  # 8
+        folder.delete([5])  # 9
+        self.assertEqual(folder.expunged_since(6), [(2, 3), (5, 5)])
+        self.assertEqual(folder.expunged_since(7), [(5, 5)])
+        self.assertEqual(folder.expunged_since(9), [])
+        self.assertEqual(folder.changed_since(6), [4])
+        again = self.restart()  # from the change lines
+        self.assertEqual(again.expunged_since(6), [(2, 3), (5, 5)])
+        self.assertEqual(again.expunged_since(7), [(5, 5)])
+        self.assertEqual(again.changed_since(0), [1, 4, 6])
+        again._snapshot()
+        path = again.path / "mailsrv-uidlist"
+        self.assertEqual(path.read_text().splitlines()[-2:], ["~7:2:3", "~9:5"])
+        again = self.restart()  # from a snapshot
+        self.assertEqual(again.expunged_since(6), [(2, 3), (5, 5)])
+        self.assertEqual(again.expunged_since(8), [(5, 5)])
+
+    def test_files_vanished_while_down_are_expunges(self):
+        self.deliver(3)
+        folder = opened(self.store, ALICE)
+        folder.message(2).path.unlink()
+        del folder
+        again = self.restart()
+        self.assertEqual(again.highestmodseq, 4)
+        self.assertEqual(again.expunged_since(3), [(2, 2)])
+        self.assertEqual(self.restart().expunged_since(3), [(2, 2)])
+
+    def test_an_older_index_knows_expunges_only_from_its_snapshot_on(self):
+        self.deliver(3)
+        folder = opened(self.store, ALICE)
+        path = folder.path / "mailsrv-uidlist"
+        header, rest = path.read_text().split("\n", 1)
+        path.write_text(header.rsplit(" ", 1)[0] + "\n" + rest)  # no 6th field
+        del folder
+        again = self.restart()
+        again.delete([1])
+        self.assertIsNone(again.expunged_since(2))
+        self.assertEqual(again.expunged_since(3), [(1, 1)])
+        self.assertEqual(self.restart().expunged_since(3), [(1, 1)])
+
+    def test_a_new_uidvalidity_starts_a_new_history(self):
+        self.deliver(2)
+        folder = opened(self.store, ALICE)
+        folder.delete([1])
+        (folder.path / "mailsrv-uidlist").write_text("garbage")
+        self.clock.advance(1)  # UIDVALIDITY is the time: the old one is unreadable
+        again = self.restart()
+        self.assertNotEqual(again.uidvalidity, folder.uidvalidity)
+        self.assertEqual(again.expunged_since(0), [])
+
+    def test_fifty_thousand_expunges_stay_small(self):
+        history = expunges.ExpungeHistory()
+        for uid in range(1, 100_001, 2):  # every other UID, one at a time
+            history.add(uid, [(uid, uid)])
+        self.assertLessEqual(len(history), expunges.MAX_RUNS)
+        self.assertGreater(history.known_since, 0)
+        self.assertIsNone(history.since(history.known_since - 1))
+        self.assertEqual(history.since(99_997), [(99_999, 99_999)])
+        history = expunges.ExpungeHistory()
+        for uid in range(1, 50_001):  # the oldest first, one at a time
+            history.add(uid, [(uid, uid)])
+        self.assertLessEqual(len(history), expunges.MAX_RUNS)
+        self.assertEqual(history.since(49_998), [(49_999, 50_000)])
+        # merged runs take the later MODSEQ: reported again, never lost
+        self.assertEqual(history.since(0)[0][0], 1)
+
+    def test_changed_since_skips_what_changed_again_or_went(self):
+        self.deliver(3)
+        folder = opened(self.store, ALICE)
+        folder.set_flags(1, {"\\Seen"})  # 4
+        folder.set_flags(1, {"\\Flagged"})  # 5
+        folder.delete([2])  # 6
+        self.assertEqual(folder.changed_since(3), [1])
+        self.assertEqual(folder.changed_since(0), [1, 3])
+        self.assertEqual(folder.changed_since(5), [])
+        for _ in range(1100):  # stale records are dropped as they pile up
+            folder.set_flags(3, {"\\Seen"})
+            folder.set_flags(3, set())
+        self.assertLess(len(folder._change_uids), 1100)
+        self.assertEqual(folder.changed_since(5), [3])
 
 
 class SharingTests(StoreTestCase):
@@ -327,6 +419,8 @@ class FolderManagementTests(StoreTestCase):
         d = store.delete_folder(ALICE, "Old/2024")
         self.assertEqual(listener.events, [("expunged", [1])])
         self.assertEqual(store.folders(ALICE), ["INBOX", "Old"])
+        # RFC 3501 6.3.6: a deleted folder's name stays subscribed
+        self.assertEqual(store.subscriptions(ALICE), ["INBOX", "Old/2024"])
 
         def gone(_):
             inbox = store.maildir(ALICE)

@@ -15,7 +15,7 @@ from mailsrv import config
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.address import AddressError, normalise, parse_mailbox
 from mailsrv.directory.users import UserDB
-from mailsrv.preflight import file_problem, list_files, preflight
+from mailsrv.preflight import check_settings, file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
 
@@ -61,6 +61,7 @@ def main(argv=None, stdin=None, stdout=None):
     stdout = stdout or sys.stdout
     try:
         settings = config.load(args.config)
+        check_settings(settings)
         handler = HANDLERS[(args.command, getattr(args, "action", None))]
         handler(settings, args, stdin, stdout)
     except (config.ConfigError, CommandError, ListFileError) as e:

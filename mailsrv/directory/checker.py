@@ -21,14 +21,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailsrv.config import AuthSettings
 from mailsrv.directory.passwords import verify_in_thread
 
 log = Logger()
-
-# [auth] cache_ttl: how long a correct password is remembered (Dovecot's
-# auth_cache_ttl is an hour; a few minutes covers clients that reconnect
-# for each message or poll).
-DEFAULT_CACHE_TTL = 300
 
 
 class ClientCredentials(credentials.UsernamePassword):
@@ -66,7 +62,7 @@ class UserPasswordChecker:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, directory, sessions, clock=None, cache_ttl=DEFAULT_CACHE_TTL,
+    def __init__(self, directory, sessions, clock=None, cache_ttl=AuthSettings.cache_ttl,
                  max_hashes=None):
         """
         @param clock: for the login cache's expiry (the reactor by default).

@@ -8,12 +8,11 @@ and carrying out the combined action when the message is stored.
 from twisted.internet import defer
 
 from mailsrv import dns
-from mailsrv.config import ConfigError, DNSSettings
-from mailsrv.directory.listfile import ListFileError
+from mailsrv.config import DNSSettings
 from mailsrv.directory.senderlist import SenderList, parse_whitelist
 from mailsrv.filters import spf, validation
-from mailsrv.filters.actions import NOT_WHITELISTED, SKIPPED, Judgement
-from mailsrv.filters.dnsbl import DNSBLFilter
+from mailsrv.filters.actions import NOT_WHITELISTED, SKIPPED, Judgement, parse_action
+from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.filters.received import ReceivedIPs
 from mailsrv.filters.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
 from mailsrv.netaddr import ListedClients
@@ -84,14 +83,19 @@ class Filters:
 
 
 def build(server, standing, clock):
-    """The L{Filters} of [antispam] for one listener."""
+    """
+    The L{Filters} of [antispam] for one listener; the actions, written as
+    text in the config, are parsed here (preflight refused bad ones).
+    """
     settings = server.settings.antispam
     timeout = server.settings.dns.timeout
     filters, message_filters = [], []
     threshold = 1
     if settings.dnsbl is not None:
-        dnsbl = DNSBLFilter(settings.dnsbl.lists, _resolvers(server.settings.dns),
-                            settings.dnsbl.timeout, clock)
+        lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
+                 for bl in settings.dnsbl.lists]
+        dnsbl = DNSBLFilter(lists, _resolvers(server.settings.dns), settings.dnsbl.timeout,
+                            clock)
         filters.append(dnsbl)
         threshold, timeout = settings.dnsbl.threshold, settings.dnsbl.timeout
         if settings.dnsbl.received_headers:
@@ -102,31 +106,24 @@ def build(server, standing, clock):
     if settings.spf is not None:
         spf.install_lookup(server.settings.dns, settings.spf.max_lookups,
                            settings.spf.max_void_lookups)
-        filters.append(spf.SPFFilter(settings.spf.action_for, server.settings.hostname,
+        actions = {result: parse_action(text) for result, text in settings.spf.actions}
+        filters.append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
                                      settings.spf.timeout))
     return Filters(filters, standing, settings.subject_prefix, threshold,
                    _whitelists(server, standing, clock), message_filters)
 
 
 def _whitelists(server, standing, clock):
-    """The whitelists; a bad file stops start-up."""
+    """The whitelists (preflight refused bad files before start-up builds them)."""
     settings = server.settings.antispam
-    resolver = dns.resolver_for(server.settings.dns)
-    kinds = (
-        ("spamskip", lambda section: ClientWhitelist(
-            ListedClients((), section.file, resolver, clock), section)),
-        ("whitelist", lambda section: SenderWhitelist(
-            SenderList(section.file, parse_whitelist, clock), section)),
-    )
     lists = []
-    for name, make in kinds:
-        section = getattr(settings, name)
-        if section is None:
-            continue
-        try:
-            lists.append(make(section))
-        except (ListFileError, OSError) as e:
-            raise ConfigError(server.settings.path, f"[antispam.{name}] file", str(e))
+    if settings.spamskip is not None:
+        resolver = dns.resolver_for(server.settings.dns)
+        lists.append(ClientWhitelist(ListedClients((), settings.spamskip.file, resolver, clock),
+                                     settings.spamskip))
+    if settings.whitelist is not None:
+        lists.append(SenderWhitelist(SenderList(settings.whitelist.file, parse_whitelist, clock),
+                                     settings.whitelist))
     return Whitelists(lists, server.directory, standing) if lists else None
 
 
@@ -139,7 +136,7 @@ def _validation_tests(server, settings):
         "reverse-dns": lambda action: validation.ReverseDNS(resolver, action),
         "fcrdns": lambda action: validation.ForwardConfirmed(resolver, action),
     }
-    return tuple(tests[name](action) for name, action in settings.tests)
+    return tuple(tests[name](parse_action(action)) for name, action in settings.tests)
 
 
 def _resolvers(dns_settings):

@@ -14,6 +14,7 @@ import errno
 import email.policy
 import email.utils
 import functools
+import gc
 import io
 import re
 
@@ -22,9 +23,12 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from mailsrv.imap import mime
+from mailsrv import ranges
+from mailsrv.imap import listing, mime
+from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
+from mailsrv.imap.sort import Record
 from mailsrv.store import headerfields
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
@@ -37,7 +41,6 @@ from mailsrv.store.layout import check_folder_name
 
 log = Logger()
 
-DELIMITER = "/"
 _CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
 
 
@@ -84,10 +87,10 @@ class Account:
         self.store = store
         self.user = user
 
-    def select(self, name, readwrite=1):
+    def _synced(self, name):
         """
-        A Deferred of the L{Mailbox} once its folder is synced (the listing
-        runs in a thread), or L{None} when there is no such folder.
+        A Deferred of folder C{name} once synced (the listing runs in a
+        thread), or L{None} when there is no such folder.
 
         @raise imap4.MailboxException: no folder can have that name (SELECT
             and STATUS answer NO with the reason, not "no such mailbox").
@@ -98,7 +101,14 @@ class Account:
             return None
         except ValueError as e:
             raise imap4.MailboxException(str(e))
-        return folder.sync().addCallback(lambda _: Mailbox(folder, bool(readwrite)).take_recent())
+        return folder.sync().addCallback(lambda _: folder)
+
+    def select(self, name, readwrite=1):
+        """A Deferred of the L{Mailbox}, or L{None} (see L{_synced})."""
+        synced = self._synced(name)
+        if synced is None:
+            return None
+        return synced.addCallback(lambda folder: Mailbox(folder, bool(readwrite)).take_recent())
 
     def target(self, name):
         """
@@ -180,16 +190,29 @@ class Account:
     def unsubscribe(self, name):
         _written(b"UNSUBSCRIBE", self.store.unsubscribe, self.user, name)
 
-    def listMailboxes(self, ref, wildcard):
-        if not wildcard:
-            # LIST "" "": the client asks for the hierarchy delimiter
-            return [("", _Info(["\\Noselect"]))]
-        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
-        return [
-            (name, _Info([SPECIAL_USE[name]] if name in SPECIAL_USE else []))
-            for name in self.store.folders(self.user)
-            if pattern.fullmatch(name)
-        ]
+    def list(self, ref, patterns, options):
+        """
+        The L{listing.Listed} names of a LIST: C{ref} joined to each of
+        C{patterns} (several with RFC 5258); C{LIST "" ""} asks for the
+        hierarchy delimiter (not so in an extended LIST, where C{""}
+        matches nothing).
+        """
+        if patterns == [""] and not options.extended:
+            return [listing.Listed("", ("\\Noselect",), (), False)]
+        compiled = [imap4.wildcardToRegexp(ref + p, DELIMITER) for p in patterns if p]
+        return listing.select(compiled, self.store.folders(self.user),
+                              self.store.subscriptions(self.user), options)
+
+    def status(self, name, items):
+        """
+        A Deferred of the STATUS values (a dict by item) the store holds
+        of folder C{name}, once synced; L{None} when there is no such
+        folder (see L{_synced}). SIZE may read files (L{Folder.total_size}).
+        """
+        synced = self._synced(name)
+        if synced is None:
+            return None
+        return synced.addCallback(_status_values, items)
 
     def lsub(self, ref, wildcard):
         """
@@ -234,6 +257,9 @@ class Mailbox:
 
     @ivar view: the UIDs the client knows, by sequence number - 1.
     @ivar pending: UIDs gone from the folder but still in C{view}.
+    @ivar pending_since: the folder's HIGHESTMODSEQ before the first of
+        the C{pending} expunges (a client that saw a later MODSEQ has not
+        seen them: RFC 7162 3.2).
     @ivar recent: the UIDs in C{view} that are \\Recent for this session:
         it was the first to see them (RFC 3501; EXAMINE shows them, leaving
         them to the next SELECT).
@@ -244,6 +270,7 @@ class Mailbox:
         self.writeable = writeable
         self.view = folder.uids()
         self.pending = set()
+        self.pending_since = None
         self.recent = set()  # see take_recent()
         self.listeners = []
         self._moving_here = False  # see move()
@@ -279,14 +306,13 @@ class Mailbox:
         return len(self.recent)
 
     def getUnseenCount(self):
-        return sum(1 for u in self.view
-                   if u not in self.pending and "\\Seen" not in self.folder.flags(u))
+        return sum(1 for u in self.folder.unseen(self.view) if u not in self.pending)
 
     def first_unseen(self):
         """The sequence number of the first unseen message, or L{None}."""
-        for seq, uid in enumerate(self.view, 1):
-            if uid not in self.pending and "\\Seen" not in self.folder.flags(uid):
-                return seq
+        for uid in self.folder.unseen(self.view):
+            if uid not in self.pending:
+                return self.seq(uid)
         return None
 
     def isWriteable(self):
@@ -294,21 +320,6 @@ class Mailbox:
 
     def destroy(self):
         raise imap4.MailboxException("not supported")
-
-    def requestStatus(self, names):
-        return self.folder.sync().addCallback(lambda _: self._status(names))
-
-    def _status(self, names):
-        values = {
-            "MESSAGES": len(self.folder),
-            "RECENT": self.folder.recent_count(),
-            "UIDNEXT": self.folder.uidnext,
-            "UIDVALIDITY": self.folder.uidvalidity,
-            "UNSEEN": sum(1 for u in self.folder.uids() if "\\Seen" not in self.folder.flags(u)),
-            "HIGHESTMODSEQ": self.folder.highestmodseq,
-        }
-        return {name.upper(): values[name.upper()] for name in names
-                if name.upper() in values}
 
     # Listeners: the IMAP server of the session
 
@@ -347,6 +358,8 @@ class Mailbox:
 
     def messages_expunged(self, uids):
         known = set(self.view)
+        if not self.pending:
+            self.pending_since = self.folder.highestmodseq - 1
         self.pending.update(u for u in uids if u in known)
         if self.pending:
             for listener in self.listeners:
@@ -366,15 +379,14 @@ class Mailbox:
         """
         Drop the messages others expunged from the view.
 
-        @return: their sequence numbers, in the order to announce them
-            (highest first, so each number is right when it is sent).
+        @return: their UIDs, ascending, and their sequence numbers in the
+            order to announce them (highest first, so each number is right
+            when it is sent).
         """
-        seqs = sorted((self.seq(uid) for uid in self.pending), reverse=True)
-        for seq in seqs:
-            del self.view[seq - 1]
-        self.recent -= self.pending
+        uids = sorted(self.pending)
         self.pending.clear()
-        return seqs
+        self.pending_since = None
+        return uids, self._forget(uids)
 
     # Messages
 
@@ -386,7 +398,7 @@ class Mailbox:
         changed after its MODSEQ (RFC 7162 CHANGEDSINCE).
         """
         since = getattr(messages, "changedsince", None)
-        for seq, u in self.resolve(messages, uid):
+        for seq, u in self._fetched(messages, uid):
             if u not in self.pending:
                 info = self.folder.message(u)
                 if since is None or info.modseq > since:
@@ -401,7 +413,7 @@ class Mailbox:
         since = getattr(messages, "changedsince", None)
         pending = self.pending
         entry = self.folder.entry
-        for seq, u in self.resolve(messages, uid):
+        for seq, u in self._fetched(messages, uid):
             if u not in pending:
                 found = entry(u)
                 if found is not None and (since is None or found.modseq > since):
@@ -470,14 +482,15 @@ class Mailbox:
         Remove the messages marked \\Deleted; with C{uids} (UID EXPUNGE,
         RFC 4315), only those among them.
 
-        @return: their sequence numbers, highest first.
+        @return: their UIDs, ascending, and sequence numbers, highest first.
         """
         doomed = [
             u for u in self.view if u not in self.pending
             and (uids is None or u in uids)
             and "\\Deleted" in self.folder.flags(u)
         ]
-        return self._forget(self.folder.delete(doomed, origin=self))
+        removed = self.folder.delete(doomed, origin=self)
+        return removed, self._forget(removed)
 
     def move(self, messages, uid, target):
         """
@@ -513,15 +526,18 @@ class Mailbox:
     def copy(self, message):
         return message.folder.copy(message.getUID(), self.folder)
 
-    def search(self, query, uid):
+    def search(self, query, uid, saved=frozenset()):
         """
+        @param uid: unused (Twisted's L{imap4.ISearchableMailbox} has it).
+        @param saved: the UIDs C{$} stands for (RFC 5182).
         @return: C{(sequence numbers, uses_modseq)} or a Deferred of it
             (criteria on headers or text are evaluated in a thread: from
             the folder's header cache where it can, else from the files,
             each read at most once); C{uses_modseq} says whether MODSEQ
             was a criterion.
+        @raise imap4.IllegalQueryError: the criteria are malformed.
         """
-        matcher = compile_search(query, len(self.view), self.view[-1] if self.view else 0)
+        matcher = self._matcher(query, saved)
         folder, view = self.folder, list(self.view)
         pending, recent = frozenset(self.pending), frozenset(self.recent)
         if not (matcher.needs_text or matcher.uses_fields):
@@ -569,7 +585,132 @@ class Mailbox:
         d.addCallback(lambda _: threads.deferToThread(run))
         return d.addCallback(searched)
 
+    # QRESYNC (RFC 7162)
+
+    def vanished(self, modseq, known, seq_match=None):
+        """
+        The UIDs of C{known} (ranges) expunged after C{modseq}, as ranges.
+        When the folder's history does not reach back that far, those of
+        C{known} below UIDNEXT that are not here (RFC 7162 3.2.5.1 allows
+        it; it costs a walk over the UIDs in C{known}). C{seq_match}, the
+        client's C{(sequence numbers, UIDs)}, leaves out the UIDs up to
+        the last pair that still holds (3.2.5.2).
+        """
+        since = self.folder.expunged_since(modseq)
+        if since is None:
+            below_next = ranges.intersect(known, [(1, self.folder.uidnext - 1)])
+            gone = ranges.missing(below_next, self.view)
+        else:
+            gone = ranges.intersect(since, known)
+        if seq_match is not None and gone:
+            gone = ranges.above(gone, self._matched_uid(*seq_match))
+        return gone
+
+    def _matched_uid(self, seqs, uids):
+        """
+        The UID of the last pair of C{seqs} and C{uids} (ranges of equal
+        size, paired in order) such that it and every pair before it
+        match the view: the client knows every expunge up to it. Within a
+        stretch where both sets run on by one, the view's UID minus the
+        client's never decreases (UIDs ascend), so the matching pairs are
+        found by bisection, not one by one.
+        """
+        view = self.view
+        matched = 0
+        i = j = 0
+        seq, uid = seqs[0][0], uids[0][0]
+        while i < len(seqs) and j < len(uids):
+            length = min(seqs[i][1] - seq, uids[j][1] - uid, len(view) - seq) + 1
+            if length <= 0 or view[seq - 1] != uid:
+                return matched
+            # the first k of the stretch where view[seq - 1 + k] > uid + k
+            k = bisect.bisect_right(range(length), 0,
+                                    key=lambda k: view[seq - 1 + k] - uid - k)
+            matched = uid + k - 1
+            if k < length:
+                return matched
+            seq, uid = seq + length, uid + length
+            if seq > seqs[i][1]:
+                i += 1
+                seq = seqs[i][0] if i < len(seqs) else seq
+            if uid > uids[j][1]:
+                j += 1
+                uid = uids[j][0] if j < len(uids) else uid
+        return matched
+
+    def changed(self, modseq, known):
+        """
+        C{(seq, entry)} of the messages of C{known} (UID ranges) changed
+        after C{modseq}, ascending: from the folder's changes since, not
+        a look at every message.
+        """
+        member = SequenceSet(known).matcher(None)
+        return self._changed_pairs(modseq, lambda seq, uid: uid in member)
+
+    def _changed_pairs(self, modseq, wanted):
+        """C{(seq, entry)} of the messages in the view changed after C{modseq} that C{wanted(seq, uid)}."""
+        pairs = []
+        for uid in self.folder.changed_since(modseq):
+            seq = self.seq(uid)
+            if seq is not None and uid not in self.pending and wanted(seq, uid):
+                pairs.append((seq, self.folder.entry(uid)))
+        return pairs
+
+    def arrange(self, query, order, saved=frozenset()):
+        """
+        SORT and THREAD: a Deferred of C{(order(records), uses_modseq)},
+        where C{records} are the L{Record}s of the messages matching
+        C{query} (as L{search} takes it), in sequence order. Searching,
+        reading their header fields and C{order} all run in a thread;
+        criteria that are only C{ALL} (most SORT and THREAD commands) try
+        no message at all.
+
+        @raise imap4.IllegalQueryError: the criteria are malformed.
+        """
+        matcher = self._matcher(query, saved)
+        pairs = [(seq, u) for seq, u in enumerate(self.view, 1) if u not in self.pending]
+        recent = frozenset(self.recent)
+        folder = self.folder
+
+        @_collector_paused
+        def run():
+            found = pairs if matcher.everything else [
+                (seq, u) for seq, u in pairs if _matches_uid(matcher, folder, seq, u, recent)]
+            fields = folder.fields([u for _, u in found])
+            records = []
+            for seq, u in found:
+                entry = folder.entry(u)
+                if entry is not None and u in fields:
+                    records.append(Record(seq, u, folder.wire_size(entry), entry.internaldate,
+                                          fields[u]))
+            return order(records)
+
+        def arranged(result):
+            folder.headers.kick()  # writes what was read from files
+            return result, matcher.uses_modseq
+
+        d = folder.headers.ready()  # (the header cache's, where it has them)
+        d.addCallback(lambda _: threads.deferToThread(run))
+        return d.addCallback(arranged)
+
+    def _matcher(self, query, saved):
+        return compile_search(query, len(self.view), self.view[-1] if self.view else 0, saved)
+
     # Internals
+
+    def _fetched(self, messages, uid):
+        """
+        L{resolve} for a FETCH; with CHANGEDSINCE, the folder's changes
+        since, kept if in the set (a CONDSTORE client's C{1:*} of a big
+        folder looks at what changed, not at every message).
+        """
+        since = getattr(messages, "changedsince", None)
+        if since is None:
+            return self.resolve(messages, uid)
+        star = (self.view[-1] if uid else len(self.view)) if self.view else 0
+        member = messages.matcher(star)
+        return [(seq, entry.uid) for seq, entry in self._changed_pairs(
+            since, lambda seq, u: (u if uid else seq) in member)]
 
     def _forget(self, uids):
         """Drop C{uids} from the view; their sequence numbers, highest first."""
@@ -727,6 +868,60 @@ class _Searched(Message):
     @functools.cached_property
     def info(self):
         return self.folder.message(self.uid)
+
+
+def _status_values(folder, items):
+    """The STATUS values of a synced folder: a dict, or a Deferred of one for SIZE."""
+    values = {
+        "MESSAGES": len(folder),
+        "RECENT": folder.recent_count(),
+        "UIDNEXT": folder.uidnext,
+        "UIDVALIDITY": folder.uidvalidity,
+        "UNSEEN": folder.unseen_count(),
+        "HIGHESTMODSEQ": folder.highestmodseq,
+    }
+    if "SIZE" not in items:
+        return values
+    return folder.total_size().addCallback(lambda size: dict(values, SIZE=size))
+
+
+def _collector_paused(work):
+    """
+    C{work} run with Python's cycle collector off (if no one else turned
+    it off). SORT and THREAD of a big folder make some 100,000 objects
+    that live until the answer is sent; each collection they trigger
+    meanwhile walks every object of the process, every open folder's
+    records included: that was two thirds of the CPU time of a SORT of
+    50,000 messages, and half of a THREAD's. What they make has no cycle
+    to free before they end (a thread tree's are freed by the next
+    collection).
+    """
+    @functools.wraps(work)
+    def paused(*args):
+        if not gc.isenabled():
+            return work(*args)
+        gc.disable()
+        try:
+            return work(*args)
+        finally:
+            gc.enable()
+    return paused
+
+
+def _matches(matcher, seq, message):
+    try:
+        return matcher(seq, message)
+    except (KeyError, OSError):
+        return False  # expunged while the search ran
+
+
+def _matches_uid(matcher, folder, seq, uid, recent):
+    """L{_matches} for a UID, its L{Message} made here (in a thread: a folder's worth)."""
+    try:
+        message = Message(folder, folder.message(uid), uid in recent)
+    except KeyError:
+        return False
+    return _matches(matcher, seq, message)
 
 
 class ChangedSince(SequenceSet):

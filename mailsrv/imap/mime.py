@@ -378,14 +378,32 @@ def envelope(fields):
 
 def _address_list(value):
     """
-    The IMAP address list of an RFC 5322 address list, or C{b""} when it
-    has none. A group is C{(NIL NIL "name" NIL)}, its members, then
-    C{(NIL NIL NIL NIL)}; a comment names an address without a phrase; an
-    address without a domain gets Dovecot's C{MISSING_DOMAIN} (a NIL host
-    would mean a group).
+    The IMAP address list of an RFC 5322 address list (L{addresses}), or
+    C{b""} when it has none. An address without a domain gets Dovecot's
+    C{MISSING_DOMAIN} (a NIL host would mean a group).
+    """
+    out = []
+    for name, route, mailbox, host in addresses(value):
+        if host is not None:
+            out.append(b"(%b %b %b %b)" % (
+                _nstring(name), _nstring(route), _string(mailbox or b"MISSING_MAILBOX"),
+                _string(host or b"MISSING_DOMAIN")))
+        else:  # the start of a group, or its end
+            out.append(b"(NIL NIL " + _nstring(mailbox) + b" NIL)")
+    return b"(" + b"".join(out) + b")" if out else b""
+
+
+def addresses(value):
+    """
+    The addresses of an RFC 5322 address list (bytes, or L{None}) as
+    ENVELOPE (RFC 3501 7.4.2) has them: C{(name, route, mailbox, host)},
+    a missing mailbox or host C{b""}. A group is C{(None, None, name,
+    None)}, its members, then C{(None, None, None, None)}; a comment
+    names an address without a phrase. SORT takes its keys from the
+    first (RFC 5256, 5957).
     """
     if not value:
-        return b""
+        return []
     out = []
     words, comment, in_group = [], None, False
 
@@ -397,7 +415,7 @@ def _address_list(value):
         if kind == b"(":
             comment = text
         elif kind == b":" and not in_group and b"@" not in [k for k, _ in words]:
-            out.append(b"(NIL NIL " + _string(_phrase(words)) + b" NIL)")
+            out.append((None, None, _phrase(words) or b"", None))
             words, comment, in_group = [], None, True
         elif kind == b"<":
             words = [("<", _phrase(words) or comment)]
@@ -409,18 +427,18 @@ def _address_list(value):
             finish()
             words, comment = [], None
             if kind == b";" and in_group:
-                out.append(b"(NIL NIL NIL NIL)")
+                out.append((None, None, None, None))
                 in_group = False
         else:
             words.append((kind, text))
     finish()
     if in_group:
-        out.append(b"(NIL NIL NIL NIL)")
-    return b"(" + b"".join(out) + b")" if out else b""
+        out.append((None, None, None, None))
+    return out
 
 
 def _addr_spec(words, name, comment):
-    """C{(name route mailbox host)} of the words of an addr-spec, maybe with a route."""
+    """C{(name, route, mailbox, host)} of the words of an addr-spec, maybe with a route."""
     route = None
     if words and words[0][0] == "<":
         words = words[1:]
@@ -431,11 +449,8 @@ def _addr_spec(words, name, comment):
     at = max((i for i, (kind, _) in enumerate(words) if kind == b"@"), default=None)
     local = words if at is None else words[:at]
     host = b"".join(text for _, text in words[at + 1:]) if at is not None else b""
-    return b"(%b %b %b %b)" % (
-        _nstring(name if name is not None else comment), _nstring(route),
-        _string(b"".join(text for _, text in local) or b"MISSING_MAILBOX"),
-        _string(host or b"MISSING_DOMAIN"),
-    )
+    return (name if name is not None else comment, route,
+            b"".join(text for _, text in local), host)
 
 
 def _phrase(words):

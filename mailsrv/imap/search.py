@@ -9,13 +9,13 @@ either, the same). Dates compare by UTC calendar day.
 """
 
 import datetime
-import email.header
 import email.utils
 
 from twisted.mail import imap4
 
 from mailsrv.imap import sequence
 from mailsrv.store import headercache, headerfields
+from mailsrv.store.sortkeys import decode_words
 
 _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun",
@@ -35,41 +35,47 @@ MAX_DEPTH = 100
 
 
 class _Matcher:
-    def __init__(self, test, state):
+    def __init__(self, test, state, everything):
         self.test = test
         self.needs_text = state["text"]
         self.reads_body = state["body"]
         self.uses_fields = state["fields"]
         self.uses_modseq = state["modseq"]
         self.narrow = tuple(state["narrow"])
+        self.everything = everything
 
     def __call__(self, seq, message):
         return self.test(seq, message)
 
 
-def compile_search(query, last_seq, last_uid):
+def compile_search(query, last_seq, last_uid, saved=frozenset()):
     """
     @param query: the parsed criteria: a list of L{bytes} and nested lists.
+    @param saved: the UIDs of the saved result, which C{$} stands for in
+        place of a sequence set, alone or after C{UID} (RFC 5182).
     @return: a callable C{(seq, message) -> bool} with attributes
         C{needs_text} (whether it reads message files), C{reads_body}
         (whether it reads them whole), C{uses_fields}
         (whether it reads fields of the header cache), C{narrow} (what a
         message's record must hold to match, for
-        L{headercache.HeaderCache.lookup}) and C{uses_modseq} (the
-        criteria have MODSEQ: RFC 7162 wants the highest in the reply).
+        L{headercache.HeaderCache.lookup}), C{uses_modseq} (the criteria
+        have MODSEQ: RFC 7162 wants the highest in the reply) and
+        C{everything} (the criteria are only C{ALL}: every message
+        matches, none need be tried).
     @raise imap4.IllegalQueryError: the criteria are malformed.
     """
     state = {"text": False, "body": False, "fields": False, "modseq": False, "depth": 0,
-             "negated": 0, "narrow": []}
+             "negated": 0, "narrow": [], "saved": saved}
     tokens = list(query)
     if not tokens:
         raise imap4.IllegalQueryError("missing search criteria")
+    everything = all(isinstance(t, bytes) and t.upper() == b"ALL" for t in tokens)
     tests = []
     while tokens:
         tests.append(_one(tokens, last_seq, last_uid, state))
     if len(tests) == 1:  # (the usual case: SEARCH tests every message)
-        return _Matcher(tests[0], state)
-    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state)
+        return _Matcher(tests[0], state, everything)
+    return _Matcher(lambda s, m: all(t(s, m) for t in tests), state, everything)
 
 
 def _pop(tokens, what):
@@ -111,6 +117,8 @@ def _key(tokens, last_seq, last_uid, state):
         while token:
             inner.append(_one(token, last_seq, last_uid, state))
         return lambda s, m: all(t(s, m) for t in inner)
+    if token == b"$":
+        return _in_saved(state)
     if token[:1].isdigit() or token[:1] == b"*":
         seqs = _set(token, last_seq)
         return lambda s, m: s in seqs
@@ -139,7 +147,10 @@ def _key(tokens, last_seq, last_uid, state):
         flag, present = _FLAG_KEYS[key]
         return lambda s, m: (flag in m.info.flags) == present
     if key == "UID":
-        uids = _set(_pop(tokens, "UID set"), last_uid)
+        token = _pop(tokens, "UID set")
+        if token == b"$":
+            return _in_saved(state)
+        uids = _set(token, last_uid)
         return lambda s, m: m.info.uid in uids
     if key == "NOT":
         state["negated"] += 1  # what a message must hold inside is not a must
@@ -174,6 +185,11 @@ def _key(tokens, last_seq, last_uid, state):
             return lambda s, m: text in m.body_bytes().lower()
         return lambda s, m: text in (m.header_bytes() + m.body_bytes()).lower()
     raise imap4.IllegalQueryError(f"unknown search key {key}")
+
+
+def _in_saved(state):
+    saved = state["saved"]
+    return lambda s, m: m.info.uid in saved
 
 
 def _set(token, last):
@@ -259,10 +275,5 @@ def _header_contains(name, text, state):
 
 def _decoded(raw):
     """A header's value, RFC 2047 words decoded, lower case."""
-    if "=?" not in raw:
-        return raw.lower()
-    try:
-        return str(email.header.make_header(email.header.decode_header(raw))).lower()
-    except (ValueError, LookupError, UnicodeDecodeError):
-        return raw.lower()
+    return decode_words(raw).lower()
 

@@ -14,6 +14,8 @@ the command line (64 KiB), never the numbers in it. Parsing is linear
 import bisect
 import re
 
+from mailsrv.ranges import merged
+
 # The largest number RFC 3501 allows (nz-number is a 32-bit number).
 NUMBER_MAX = 2**32 - 1
 STAR = None  # "*": the largest number in use, known only at use
@@ -48,19 +50,11 @@ class SequenceSet:
         The ranges with C{*} as C{star}, each low first, sorted, and
         overlapping or adjacent ones merged: C{[(low, high)]}.
         """
-        bounded = sorted(
+        return merged(
             (min(a, b), max(a, b))
             for a, b in ((star if low is STAR else low, star if high is STAR else high)
                          for low, high in self.ranges)
         )
-        merged = []
-        for low, high in bounded:
-            if merged and low <= merged[-1][1] + 1:
-                if high > merged[-1][1]:
-                    merged[-1] = (merged[-1][0], high)
-            else:
-                merged.append((low, high))
-        return merged
 
     def indexes(self, ids):
         """
@@ -107,6 +101,20 @@ def parse(text):
         low, colon, high = part.partition(b":")
         first = _number(low, part)
         ranges.append((first, _number(high, part) if colon else first))
+    return SequenceSet(ranges)
+
+
+def of_numbers(numbers):
+    """
+    A L{SequenceSet} of C{numbers} (a saved search result, a response's
+    set), one range per ascending run, in the order given.
+    """
+    ranges = []
+    for n in numbers:
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], n)
+        else:
+            ranges.append((n, n))
     return SequenceSet(ranges)
 
 

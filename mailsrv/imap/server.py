@@ -30,10 +30,15 @@ matter to real clients closed. Each override below says which gap:
   login;
 - the extensions in L{EXTENSIONS} (docs/imap.md): LITERAL+, ID, ENABLE,
   UIDPLUS (APPENDUID, COPYUID, UID EXPUNGE), MOVE, SPECIAL-USE (the
-  folders come from the realm) and CONDSTORE (MODSEQ in FETCH, STORE,
+  folders come from the realm), CONDSTORE (MODSEQ in FETCH, STORE,
   SEARCH, SELECT and STATUS; their syntax in L{mailsrv.imap.syntax}),
-  MULTIAPPEND, CATENATE (APPEND's syntax in L{mailsrv.imap.append}) and
-  BINARY (FETCH BINARY from the MIME tree, literal8 APPEND);
+  QRESYNC (SELECT's resync, VANISHED, C{OK [CLOSED]}), MULTIAPPEND,
+  CATENATE (APPEND's syntax in L{mailsrv.imap.append}), BINARY (FETCH
+  BINARY from the MIME tree, literal8 APPEND), UNSELECT,
+  LIST-EXTENDED, LIST-STATUS, CHILDREN, STATUS=SIZE and APPENDLIMIT
+  (LIST and STATUS are ours, L{mailsrv.imap.listing}), ESEARCH,
+  SEARCHRES and ESORT (RETURN options, C{$}), SORT, SORT=DISPLAY and
+  THREAD (L{mailsrv.imap.sort}, L{mailsrv.imap.thread});
   keywords are stored (PERMANENTFLAGS has C{\\*});
 - bad input (overlong lines, garbage, unknown commands, bad literals, deep
   nesting, absurd FETCH partials, names that are not mUTF-7) gets a tagged
@@ -56,10 +61,12 @@ from twisted.mail import imap4
 from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
 from mailsrv.directory.checker import ClientCredentials
-from mailsrv.imap import append, mime, sequence, syntax
+from mailsrv.imap import append, listing, mime, sequence, sort, syntax, thread
+from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
+from mailsrv.ranges import runs
 from mailsrv.realm import MailRealm
 from mailsrv.store.folder import PERMANENT_FLAGS
 
@@ -68,7 +75,7 @@ log = Logger()
 _TAG = re.compile(rb"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
 _COMMAND = re.compile(rb"[A-Za-z]+")
 # Commands during which a sequence-number EXPUNGE must not be sent.
-_NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH")
+_NO_EXPUNGE = (b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD")
 _STATES = ("unauth", "auth", "select", "logout")
 # FETCH items answered from the index alone (see _fetch_from_index).
 _INDEX_ITEMS = frozenset(("flags", "uid", "modseq", "rfc822size", "internaldate"))
@@ -84,7 +91,10 @@ MAX_NESTING = MAX_SEARCH_DEPTH
 # Advertised in every state; each has its tests in tests/test_imap_extensions.py.
 EXTENSIONS = (
     b"LITERAL+", b"ID", b"ENABLE", b"NAMESPACE", b"IDLE", b"UIDPLUS", b"MOVE",
-    b"SPECIAL-USE", b"CONDSTORE", b"MULTIAPPEND", b"BINARY", b"CATENATE",
+    b"SPECIAL-USE", b"CONDSTORE", b"QRESYNC", b"MULTIAPPEND", b"BINARY", b"CATENATE",
+    b"UNSELECT", b"CHILDREN", b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
+    b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES",
+    b"THREAD=ORDEREDSUBJECT", b"ESORT",
 )
 # How a failed login is answered (L{mailsrv.login}; RFC 5530 response codes).
 _LOGIN_REPLIES = {
@@ -92,8 +102,11 @@ _LOGIN_REPLIES = {
     login.FAILED: b"[AUTHENTICATIONFAILED] Authentication failed",
     login.BROKEN: b"[UNAVAILABLE] Authentication unavailable",
 }
-# Commands UID may prefix (RFC 3501, 4315, 6851).
-_UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE")
+# Commands UID may prefix (RFC 3501, 4315, 6851, 5256).
+_UID_COMMANDS = (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"EXPUNGE", b"MOVE", b"SORT",
+                 b"THREAD")
+# SEARCH and SORT RETURN options (RFC 4731, 5182, 5267).
+_RETURN_OPTIONS = frozenset((b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"))
 
 _base = imap4.IMAP4Server
 
@@ -110,11 +123,11 @@ def _arg_id(self, line):
 
 def _arg_fetch(self, line):
     """
-    FETCH's items and modifiers: C{((query, changedsince), b"")}, with
-    MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} and BINARY (RFC 3516) as
-    L{syntax.BinaryItem}s in the query.
+    FETCH's items and modifiers: C{((query, changedsince, vanished),
+    b"")}, with MODSEQ (RFC 7162) as a L{syntax.ModSeqItem} and BINARY
+    (RFC 3516) as L{syntax.BinaryItem}s in the query.
     """
-    atts, changedsince = syntax.split_fetch_modifiers(line)
+    atts, changedsince, vanished = syntax.split_fetch_modifiers(line)
     atts, modseq = syntax.take_modseq_item(atts)
     atts, binary = (None, []) if atts is None else syntax.take_binary_items(atts)
     query = [] if atts is None else _base.arg_fetchatt(self, atts)[0]
@@ -122,7 +135,20 @@ def _arg_fetch(self, line):
     syntax.check_partials(query, sequence.NUMBER_MAX)
     if modseq or changedsince is not None:
         query.append(syntax.ModSeqItem())
-    return (query, changedsince), b""
+    return (query, changedsince, vanished), b""
+
+
+def _opt_select_params(self, line):
+    """
+    SELECT's and EXAMINE's parameters, nested as QRESYNC's are (Twisted's
+    C{opt_plist} ends the list at the first C{")"}).
+    """
+    if not line.startswith(b"("):
+        return None, line
+    parsed = imap4.parseNestedParens(line)
+    if len(parsed) != 1 or not isinstance(parsed[0], list):
+        raise imap4.IllegalClientResponse("Expected one parenthesized list")
+    return parsed[0], b""
 
 
 def _opt_unchangedsince(self, line):
@@ -167,6 +193,42 @@ _arg_final_mailbox = _decoded(_quoted_astring(_base.arg_finalastring), syntax.ma
 _arg_list_pattern = _decoded(_quoted_astring(_base.arg_astring), syntax.list_pattern)
 
 
+def _opt_list_selection(self, line):
+    """LIST's selection options (RFC 5258), parsed, or L{None}."""
+    if not line.startswith(b"("):
+        return None, line
+    inside, rest = syntax.parenthesized(line)
+    return imap4.parseNestedParens(inside), rest
+
+
+def _arg_list_patterns(self, line):
+    """
+    LIST's pattern, or several in parentheses (RFC 5258; quoted or
+    atoms, no literals): C{([str], several)}.
+    """
+    if not line.startswith(b"("):
+        single = _arg_list_pattern(self, line)
+        if isinstance(single, defer.Deferred):
+            return single.addCallback(lambda r: (([r[0]], False), r[1]))
+        return ([single[0]], False), single[1]
+    inside, rest = syntax.parenthesized(line)
+    patterns = imap4.parseNestedParens(inside)
+    if not patterns or not all(isinstance(p, bytes) for p in patterns):
+        raise imap4.IllegalClientResponse("Expected mailbox patterns")
+    return ([syntax.list_pattern(p) for p in patterns], True), rest
+
+
+def _opt_list_return(self, line):
+    """LIST's C{RETURN (options)} (RFC 5258), parsed, or L{None}."""
+    if not line:
+        return None, b""
+    keyword, _, rest = line.partition(b" ")
+    if keyword.upper() != b"RETURN" or not rest.startswith(b"("):
+        raise imap4.IllegalClientResponse("Expected RETURN (options)")
+    inside, rest = syntax.parenthesized(rest)
+    return imap4.parseNestedParens(inside), rest
+
+
 def _arg_flaglist(self, line):
     """
     STORE's flags as L{syntax.client_flags} gives them; a missing list is
@@ -179,12 +241,45 @@ def _arg_flaglist(self, line):
 
 
 def _arg_seqset(self, line):
-    """A sequence set kept as ranges (L{mailsrv.imap.sequence}), not Twisted's."""
+    """
+    A sequence set kept as ranges (L{mailsrv.imap.sequence}), not
+    Twisted's; C{$} is the saved search result (RFC 5182).
+    """
     text, _, rest = line.partition(b" ")
+    if text == b"$":
+        return self._saved_set(), rest
     try:
         return sequence.parse(text), rest
     except sequence.BadSequenceSet as e:
         raise imap4.IllegalClientResponse("Bad message number " + str(e))
+
+
+def _opt_search_return(self, line):
+    """
+    SEARCH's and SORT's optional C{RETURN (options)} (RFC 4731, 5267):
+    the options as a set (C{RETURN ()} is ALL), or L{None} without RETURN.
+    """
+    if line[:6].upper() != b"RETURN" or line[6:7] not in (b" ", b"("):
+        return None, line
+    options, rest = _base.arg_plist(self, line[6:].lstrip(b" "))
+    if not all(isinstance(o, bytes) and o.upper() in _RETURN_OPTIONS for o in options):
+        raise imap4.IllegalClientResponse("Unknown RETURN option")
+    return frozenset(o.upper() for o in options) or frozenset((b"ALL",)), rest
+
+
+def _arg_sort_criteria(self, line):
+    """SORT's parenthesised sort criteria (L{sort.parse_criteria})."""
+    words, rest = _base.arg_plist(self, line)
+    try:
+        return sort.parse_criteria(words), rest
+    except sort.BadCriteria as e:
+        raise imap4.IllegalClientResponse(str(e))
+
+
+def _arg_algorithm(self, line):
+    """THREAD's algorithm, an atom (Twisted's parser gives L{None} for no rest)."""
+    algorithm, rest = _base.arg_atom(self, line)
+    return algorithm, rest or b""
 
 
 def _opt_seqset(self, line):
@@ -227,6 +322,10 @@ class IMAPServer(imap4.IMAP4Server):
         self._sasl = None  # (tag, exchange) of an AUTHENTICATE awaiting a response
         self._nonsync = None  # the size of a LITERAL+ literal not yet being read
         self._condstore = False  # CONDSTORE enabled (RFC 7162 3.1)
+        self._qresync = False  # QRESYNC enabled (RFC 7162 3.2.3): VANISHED, not EXPUNGE
+        self._resync = None  # the QRESYNC parameter of the SELECT under way
+        self._saved = []  # the UIDs of the saved search result, C{$} (RFC 5182)
+        self._by_uid = False  # the command under way is a UID command
         self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
@@ -300,9 +399,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.deadline.stop()
         self._stop_idle_poll()
         if self.mbox is not None:
-            self.mbox.removeListener(self)
-            self.mbox.close()
-            self.mbox = None
+            self._drop_mailbox()
         super().connectionLost(reason)
 
     def capabilities(self):
@@ -317,6 +414,7 @@ class IMAPServer(imap4.IMAP4Server):
                 caps[b"LOGINDISABLED"] = None
         for name in EXTENSIONS:
             caps[name] = None
+        caps[b"APPENDLIMIT"] = [b"%d" % self._largest_literal()]  # RFC 7889
         return caps
 
     def _starttls_offered(self):
@@ -442,6 +540,7 @@ class IMAPServer(imap4.IMAP4Server):
             else:
                 self.sendBadResponse(tag, b"Unknown command")
             return
+        self._by_uid = bool(uid)
         # no arguments at all must parse as missing ones, not crash
         super().dispatchCommand(tag, cmd, rest or b"", uid)
 
@@ -576,10 +675,11 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.blocked = None  # a FETCH of Twisted's is over (see _unblock)
         self._flush_news()
-        if self.mbox is not None and (
-            self._command not in _NO_EXPUNGE or self._command == b"UID"
-        ):
-            self._send_expunges()
+        if self.mbox is not None:
+            if self._command not in _NO_EXPUNGE or self._command == b"UID":
+                self._send_expunges()
+            else:
+                self._held_back_expunges()
         super()._respond(state, tag, message)
         self._tag = self._command = None
         if not self._lost:
@@ -597,8 +697,31 @@ class IMAPServer(imap4.IMAP4Server):
         """
 
     def _send_expunges(self):
-        for seq in self.mbox.take_expunges():
-            super()._respond(b"%d EXPUNGE" % seq, None, None)
+        uids, seqs = self.mbox.take_expunges()
+        self._announce_expunged(uids, seqs)
+
+    def _announce_expunged(self, uids, seqs):
+        """
+        Messages gone from the view: C{EXPUNGE} each, or once QRESYNC is
+        enabled C{VANISHED} with their UIDs as ranges (RFC 7162 3.2.10).
+        """
+        if self._qresync:
+            for line in _vanished_lines(runs(uids)):
+                super()._respond(line, None, None)
+        else:
+            for seq in seqs:
+                super()._respond(b"%d EXPUNGE" % seq, None, None)
+
+    def _held_back_expunges(self):
+        """
+        Expunges held back at the end of a FETCH, STORE or SEARCH: a
+        QRESYNC client may have seen a later MODSEQ, so it hears of a
+        HIGHESTMODSEQ before them, or it would resync past them after a
+        lost connection (RFC 7162 3.2).
+        """
+        if self._qresync and self.mbox.pending:
+            super()._respond(b"OK [HIGHESTMODSEQ %d] Expunges pending"
+                             % self.mbox.pending_since, None, None)
 
     def _flush_news(self):
         """Send what waited for the command to end (Twisted's queue, flag changes)."""
@@ -711,24 +834,40 @@ class IMAPServer(imap4.IMAP4Server):
     # Commands: authenticated
 
     def do_SELECT(self, tag, name, params, rw, command):
-        """SELECT and EXAMINE, with the CONDSTORE parameter (RFC 7162)."""
-        if params:
-            if [p.upper() if isinstance(p, bytes) else p for p in params] != [b"CONDSTORE"]:
-                return self.sendBadResponse(tag, b"Unknown SELECT parameter")
+        """SELECT and EXAMINE, with the CONDSTORE and QRESYNC parameters (RFC 7162)."""
+        try:
+            condstore, resync = syntax.select_params(params)
+        except imap4.IllegalClientResponse as e:
+            return self.sendBadResponse(tag, _text(e))
+        if resync is not None and not self._qresync:
+            return self.sendBadResponse(tag, b"QRESYNC is not enabled")
+        if condstore:
             self._condstore = True
+        self._resync = resync
         return self._selectWork(tag, name, rw, command)
 
-    auth_SELECT = select_SELECT = (do_SELECT, _arg_mailbox, _base.opt_plist, 1, b"SELECT")
+    auth_SELECT = select_SELECT = (do_SELECT, _arg_mailbox, _opt_select_params, 1, b"SELECT")
     auth_EXAMINE = select_EXAMINE = (
-        do_SELECT, _arg_mailbox, _base.opt_plist, 0, b"EXAMINE")
+        do_SELECT, _arg_mailbox, _opt_select_params, 0, b"EXAMINE")
+
+    def _selectWork(self, tag, name, rw, cmdName):
+        """
+        A SELECT or EXAMINE that closes the selected mailbox says so first
+        (C{OK [CLOSED]}, RFC 7162 3.2.11): what follows is the new one's.
+        """
+        if self.mbox is not None:
+            self.sendPositiveResponse(None, b"[CLOSED] Previous mailbox closed")
+        return super()._selectWork(tag, name, rw, cmdName)
 
     def _cbSelectWork(self, mbox, cmdName, tag):
+        resync, self._resync = self._resync, None
         if self._lost:  # gone while the folder was synced
             return
         if mbox is None:
             self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
             return
         self.mbox = mbox
+        self._saved = []  # RFC 5182: a new mailbox has no saved result
         self._flag_news.clear()  # of the mailbox selected before
         mbox.addListener(self)
         flags = mbox.getFlags()
@@ -744,9 +883,33 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendPositiveResponse(None, b"[UIDNEXT %d] Predicted next UID" % mbox.getUIDNext())
         self.sendPositiveResponse(
             None, b"[HIGHESTMODSEQ %d] Highest" % mbox.folder.highestmodseq)
+        if resync is not None and resync.uidvalidity == mbox.getUIDValidity():
+            self._resync_mailbox(resync)
         mode = b"[READ-WRITE]" if mbox.isWriteable() else b"[READ-ONLY]"
         self.state = "select"
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
+
+    def _resync_mailbox(self, resync):
+        """
+        SELECT's QRESYNC (RFC 7162 3.2.5): the client's known UIDs (all
+        below UIDNEXT when not given) expunged since its MODSEQ, as one
+        C{VANISHED (EARLIER)} of ranges, then C{FETCH (UID FLAGS MODSEQ)}
+        of those changed since: costs follow the changes, not the folder.
+        """
+        known = resync.known_uids
+        if known is None:  # all UIDs given out (none in a folder never used)
+            uidnext = self.mbox.getUIDNext()
+            known = [(1, uidnext - 1)] if uidnext > 1 else []
+        for line in _vanished_lines(
+                self.mbox.vanished(resync.modseq, known, resync.seq_match), earlier=True):
+            self.sendUntaggedResponse(line)
+        changed = self.mbox.changed(resync.modseq, known)
+        self._announce_flags(set().union(*(entry.keywords for _, entry in changed)))
+        recent = self.mbox.recent
+        for seq, entry in changed:
+            flags = _recent_flags_item(entry) if entry.uid in recent else _flags_item(entry)
+            self.sendUntaggedResponse(b"%d FETCH (UID %d %b MODSEQ (%d))"
+                                      % (seq, entry.uid, flags, entry.modseq))
 
     def _ebSelectWork(self, failure, cmdName, tag):
         """
@@ -759,12 +922,6 @@ class IMAPServer(imap4.IMAP4Server):
             return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
         return super()._ebSelectWork(failure, cmdName, tag)
 
-    def _ebStatusGotMailbox(self, failure, tag):
-        """STATUS of a name no folder can have: NO with the reason."""
-        if failure.check(imap4.MailboxException):
-            return self.sendNegativeResponse(tag, _text(failure.value))
-        return super()._ebStatusGotMailbox(failure, tag)
-
     def do_LOGOUT(self, tag):
         """
         What the client has yet to hear (EXPUNGEs, flag changes) comes
@@ -776,14 +933,28 @@ class IMAPServer(imap4.IMAP4Server):
         if self.mbox is not None:
             self._flush_news()
             self._send_expunges()
-            self.mbox.removeListener(self)
-            self.mbox.close()
-            self.mbox = None
+            self._drop_mailbox()
         self._queuedAsync = []
         self.state = "logout"
         super().do_LOGOUT(tag)
 
     unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = logout_LOGOUT = (do_LOGOUT,)
+
+    def _drop_mailbox(self):
+        """No mailbox is selected any more: its changes are not ours to hear."""
+        self.mbox.removeListener(self)
+        self.mbox.close()
+        self.mbox = None
+        self._flag_news.clear()
+
+    def do_UNSELECT(self, tag):
+        """RFC 3691: CLOSE without expunging; what waited for the client is dropped."""
+        self._drop_mailbox()
+        self._queuedAsync = []
+        self.state = "auth"
+        self.sendPositiveResponse(tag, b"UNSELECT completed")
+
+    select_UNSELECT = (do_UNSELECT,)
 
     def do_NOOP(self, tag):
         if self.mbox is None:
@@ -808,19 +979,36 @@ class IMAPServer(imap4.IMAP4Server):
     unauth_ID = auth_ID = select_ID = (do_ID, _arg_id)
 
     def do_ENABLE(self, tag, line):
-        """RFC 5161; CONDSTORE is the one extension it can switch on."""
+        """
+        RFC 5161: CONDSTORE and QRESYNC can be switched on; QRESYNC
+        switches CONDSTORE on too (RFC 7162 3.2.3).
+        """
         names = line.upper().split()
         if not names:
             return self.sendBadResponse(tag, b"Syntax: ENABLE capability...")
         enabled = b""
         if b"CONDSTORE" in names and not self._condstore:
             self._condstore = True
-            enabled = b" CONDSTORE"
+            enabled += b" CONDSTORE"
+        if b"QRESYNC" in names and not self._qresync:
+            self._qresync = self._condstore = True
+            enabled += b" QRESYNC"
         self.sendUntaggedResponse(b"ENABLED" + enabled)
         self.sendPositiveResponse(tag, b"ENABLE completed")
         return None
 
     auth_ENABLE = (do_ENABLE, _base.arg_line)
+
+    def _enable_condstore(self):
+        """
+        A command in the selected state used MODSEQ: CONDSTORE is on from
+        now, and the client hears the mailbox's HIGHESTMODSEQ, which its
+        SELECT did not report as enabled (RFC 7162 3.1).
+        """
+        if not self._condstore:
+            self._condstore = True
+            self.sendPositiveResponse(
+                None, b"[HIGHESTMODSEQ %d] Highest" % self.mbox.folder.highestmodseq)
 
     def checkpoint(self):
         return self.mbox.folder.sync()
@@ -947,9 +1135,69 @@ class IMAPServer(imap4.IMAP4Server):
     auth_RENAME = select_RENAME = (_base.do_RENAME, _arg_mailbox, _arg_final_mailbox)
     auth_SUBSCRIBE = select_SUBSCRIBE = (_base.do_SUBSCRIBE, _arg_final_mailbox)
     auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (_base.do_UNSUBSCRIBE, _arg_final_mailbox)
-    auth_STATUS = select_STATUS = (_base.do_STATUS, _arg_mailbox, _base.arg_plist)
+
+    def do_STATUS(self, tag, name, items):
+        """With SIZE (RFC 8438) and APPENDLIMIT (RFC 7889); an unknown item is BAD."""
+        items = listing.status_items(items)
+        try:
+            d = self.account.status(name, items)
+        except imap4.MailboxException as e:
+            return self.sendNegativeResponse(tag, _text(e))
+        if d is None:
+            return self.sendNegativeResponse(tag, b"[NONEXISTENT] No such mailbox")
+        d.addCallback(lambda values: self.sendUntaggedResponse(
+            self._status_response(name, items, values)))
+        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, b"STATUS complete"),
+                       self._failed, None, None, (tag, b"STATUS"), None)
+        return None
+
+    auth_STATUS = select_STATUS = (do_STATUS, _arg_mailbox, _base.arg_plist)
+
+    def _status_response(self, name, items, values):
+        values = dict(values, APPENDLIMIT=self._largest_literal())
+        pairs = []
+        for item in items:
+            pairs += [imap4.DontQuoteMe(item.encode("ascii")), values[item]]
+        return imap4.collapseNestedLists(
+            [imap4.DontQuoteMe(b"STATUS"), name.encode("imap4-utf-7"), pairs])
+
+    def do_LIST(self, tag, selection, ref, patterns, returns):
+        """
+        LIST with RFC 5258's options and several patterns, CHILDREN
+        attributes always, and (RFC 5819) the STATUS of each selectable
+        name after its LIST response: the folders one after the other
+        (each first load in a thread), a folder whose STATUS fails is
+        listed without it.
+        """
+        patterns, several = patterns
+        options = listing.list_options(selection, returns, several)
+        d = self._list(tag, self.account.list(ref, patterns, options), options.status)
+        d.addErrback(self._failed, tag, b"LIST")
+
+    @defer.inlineCallbacks
+    def _list(self, tag, listed, status):
+        for found in listed:
+            if self._lost:
+                return
+            self.sendUntaggedResponse(_list_response(found))
+            if status and found.exists:
+                yield self._list_status(found.name, status)
+        self.sendPositiveResponse(tag, b"LIST completed")
+
     auth_LIST = select_LIST = (
-        _base._listWork, _arg_list_pattern, _arg_list_pattern, 0, b"LIST")
+        do_LIST, _opt_list_selection, _arg_list_pattern, _arg_list_patterns, _opt_list_return)
+
+    def _list_status(self, name, items):
+        """The STATUS response of a listed folder, or a log line if it fails (RFC 5819 2)."""
+        d = defer.maybeDeferred(self.account.status, name, items)
+
+        def send(values):
+            if values is not None:  # gone since it was listed
+                self.sendUntaggedResponse(self._status_response(name, items, values))
+
+        def failed(failure):
+            self._client_error(failure, b"LIST STATUS")
+        return d.addCallback(send).addErrback(failed)
 
     def do_LSUB(self, tag, ref, pattern):
         """From the subscriptions, not the folders (L{Account.lsub})."""
@@ -962,20 +1210,25 @@ class IMAPServer(imap4.IMAP4Server):
     # Commands: selected
 
     def do_FETCH(self, tag, messages, query, uid=0):
-        query, changedsince = query
+        query, changedsince, vanished = query
+        if vanished:
+            if not uid:
+                return self.sendBadResponse(tag, b"VANISHED is for UID FETCH")
+            if not self._qresync:
+                return self.sendBadResponse(tag, b"QRESYNC is not enabled")
         if changedsince is not None:
             messages = ChangedSince(messages, changedsince)
         decoded = [part.numbers for part in query
                    if isinstance(part, syntax.BinaryItem) and part.numbers]
         if not decoded:
-            return self._fetch(tag, messages, query, uid)
+            return self._fetch(tag, messages, query, uid, vanished)
         d = self._unknown_encoding(messages, uid, decoded)
 
         def checked(encoding):
             if encoding is not None:
                 name = _text(encoding.decode("ascii", "replace"))
                 return self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] Cannot decode " + name)
-            return self._fetch(tag, messages, query, uid)
+            return self._fetch(tag, messages, query, uid, vanished)
         d.addCallbacks(checked, self._failed, None, None, (tag, b"FETCH"), None)
         return None
 
@@ -1003,17 +1256,21 @@ class IMAPServer(imap4.IMAP4Server):
             return None
         return threads.deferToThread(check)
 
-    def _fetch(self, tag, messages, query, uid):
-        if any(part.type == "modseq" for part in query):
-            self._condstore = True
-        elif self._condstore and any(part.type == "flags" for part in query):
-            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
+    def _fetch(self, tag, messages, query, uid, vanished):
+        if vanished:
+            self._fetch_vanished(messages)
         if query and self.mbox.isWriteable() and any(map(_sets_seen, query)):
             self.mbox.mark_seen(seq for seq, _ in self.mbox.fetch(messages, uid))
             if not any(part.type == "flags" for part in query):
                 # in the same FETCH response: curl, for one, fails on a
                 # separate FLAGS-only FETCH before the body
                 query = [imap4._FetchParser.Flags()] + list(query)
+            if self._qresync and not uid and not any(part.type == "uid" for part in query):
+                query.append(imap4._FetchParser.UID())  # RFC 7162 3.2.4
+        if any(part.type == "modseq" for part in query):
+            self._enable_condstore()
+        elif self._condstore and any(part.type == "flags" for part in query):
+            query.append(syntax.ModSeqItem())  # RFC 7162 3.2
         if query and all(map(_fast_item, query)):
             self._fetch_fast(tag, messages, query, uid)
             return
@@ -1021,6 +1278,17 @@ class IMAPServer(imap4.IMAP4Server):
             self._announce_flags(set().union(
                 *(entry.keywords for _, entry in self.mbox.fetch_entries(messages, uid))))
         super().do_FETCH(tag, messages, query, uid)
+
+    def _fetch_vanished(self, messages):
+        """
+        The UIDs of a UID FETCH's set expunged since its CHANGEDSINCE (RFC
+        7162 3.2.6), before its FETCH responses; C{*} is the last UID
+        handed out, so that messages expunged at the end are in it.
+        """
+        known = messages.resolve(self.mbox.getUIDNext() - 1)
+        for line in _vanished_lines(self.mbox.vanished(messages.changedsince, known),
+                                    earlier=True):
+            self.sendUntaggedResponse(line)
 
     def _fetch_fast(self, tag, messages, query, uid):
         """
@@ -1197,7 +1465,7 @@ class IMAPServer(imap4.IMAP4Server):
         if mode.lstrip(b"+-") not in (b"FLAGS", b"FLAGS.SILENT"):
             return self.sendBadResponse(tag, b"Expected FLAGS, +FLAGS or -FLAGS")
         if unchangedsince is not None:
-            self._condstore = True
+            self._enable_condstore()
         silent = mode.endswith(b".SILENT")
         sign = {b"+": 1, b"-": -1}.get(mode[:1], 0)
         try:
@@ -1240,7 +1508,7 @@ class IMAPServer(imap4.IMAP4Server):
         if flags:
             recent = {"\\Recent"} if info.uid in self.mbox.recent else set()
             items.append(b"FLAGS (" + _flag_list(sorted(info.flags | recent)) + b")")
-        if uid:
+        if uid or self._qresync:  # RFC 7162 3.2.4: every FETCH a change causes
             items.append(b"UID %d" % info.uid)
         if self._condstore:
             items.append(b"MODSEQ (%d)" % info.modseq)
@@ -1330,10 +1598,9 @@ class IMAPServer(imap4.IMAP4Server):
             pairs, seqs = result
             if pairs:
                 self.sendPositiveResponse(None, _copyuid(target, pairs) + b"Moved")
-            for seq in seqs:
-                self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
+            self._announce_expunged([old for old, _ in pairs], seqs)
             self.mbox.announce_arrivals()  # a MOVE into this mailbox
-            self.sendPositiveResponse(tag, b"MOVE completed")
+            self.sendPositiveResponse(tag, self._highestmodseq_code() + b"MOVE completed")
 
         d.addCallbacks(moved, self._failed, None, None, (tag, b"MOVE"), None)
         return None
@@ -1349,40 +1616,158 @@ class IMAPServer(imap4.IMAP4Server):
         uids = None
         if messages is not None:
             uids = {u for _, u in self.mbox.resolve(messages, 1)}
-        for seq in self.mbox.expunge(uids):
-            self.sendUntaggedResponse(b"%d EXPUNGE" % seq)
-        return self.sendPositiveResponse(tag, b"EXPUNGE completed")
+        self._announce_expunged(*self.mbox.expunge(uids))
+        return self.sendPositiveResponse(tag, self._highestmodseq_code() + b"EXPUNGE completed")
+
+    def _highestmodseq_code(self):
+        """
+        C{[HIGHESTMODSEQ n] } for the tagged OK of an EXPUNGE or MOVE once
+        QRESYNC is on (RFC 7162 3.2.7): the MODSEQ the VANISHED brought.
+        """
+        if not self._qresync:
+            return b""
+        return b"[HIGHESTMODSEQ %d] " % self.mbox.folder.highestmodseq
 
     select_EXPUNGE = (do_EXPUNGE, _opt_seqset)
 
-    def do_SEARCH(self, tag, charset, query, uid=0):
-        if charset and charset.upper() not in (b"UTF-8", b"US-ASCII"):
-            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+    def do_SEARCH(self, tag, returns, charset, query, uid=0):
+        """SEARCH, with RETURN options (ESEARCH, RFC 4731; SAVE, RFC 5182)."""
+        if self._refused_charset(tag, charset, returns):
             return
-        d = defer.maybeDeferred(self.mbox.search, query, uid)
-        d.addCallbacks(self._searched, self._search_failed, (tag, uid), None, (tag,), None)
+        d = defer.maybeDeferred(self.mbox.search, query, uid, frozenset(self._saved))
+        d.addCallback(lambda result: (
+            [(self.mbox.getUID(s) if uid else s, self.mbox.getUID(s)) for s in result[0]],
+            result[1]))
+        d.addCallback(self._found, tag, uid, returns, b"SEARCH")
+        d.addErrback(self._search_failed, tag, returns, b"SEARCH")
 
-    select_SEARCH = (do_SEARCH, _base.opt_charset, _base.arg_searchkeys)
+    select_SEARCH = (do_SEARCH, _opt_search_return, _base.opt_charset, _base.arg_searchkeys)
 
-    def _searched(self, result, tag, uid):
-        """With MODSEQ among the criteria, the highest MODSEQ found (RFC 7162)."""
-        seqs, uses_modseq = result
-        ids = [self.mbox.getUID(s) if uid else s for s in seqs]
-        words = [b"SEARCH"] + [b"%d" % i for i in ids]
+    def do_SORT(self, tag, returns, criteria, charset, query, uid=0):
+        """SORT (RFC 5256, 5957), with RETURN options (ESORT, RFC 5267)."""
+        if self._refused_charset(tag, charset, returns):
+            return
+        d = defer.maybeDeferred(
+            self.mbox.arrange, query,
+            lambda records: [(r.uid if uid else r.seq, r.uid) for r in sort.sort(records, criteria)],
+            frozenset(self._saved))
+        d.addCallback(self._found, tag, uid, returns, b"SORT")
+        d.addErrback(self._search_failed, tag, returns, b"SORT")
+
+    select_SORT = (do_SORT, _opt_search_return, _arg_sort_criteria, _base.arg_astring,
+                   _base.arg_searchkeys)
+
+    def do_THREAD(self, tag, algorithm, charset, query, uid=0):
+        """THREAD=REFERENCES and THREAD=ORDEREDSUBJECT (RFC 5256)."""
+        name = algorithm.decode("ascii", "replace").upper()
+        if name not in thread.ALGORITHMS:
+            return self.sendBadResponse(tag, b"Unknown threading algorithm")
+        if self._refused_charset(tag, charset, None):
+            return None
+        number = (lambda r: r.uid) if uid else (lambda r: r.seq)
+
+        def threaded(result):
+            data, uses_modseq = result
+            if uses_modseq:
+                self._enable_condstore()
+            self.sendUntaggedResponse(b"THREAD " + data if data else b"THREAD")
+            self.sendPositiveResponse(tag, b"THREAD completed")
+
+        d = defer.maybeDeferred(
+            self.mbox.arrange, query,
+            lambda records: thread.format_threads(thread.thread(name, records), number),
+            frozenset(self._saved))
+        d.addCallback(threaded)
+        d.addErrback(self._search_failed, tag, None, b"THREAD")
+        return None
+
+    select_THREAD = (do_THREAD, _arg_algorithm, _base.arg_astring, _base.arg_searchkeys)
+
+    def _refused_charset(self, tag, charset, returns):
+        """NO [BADCHARSET] for a charset other than UTF-8 and US-ASCII (which empties C{$})."""
+        if not charset or charset.upper() in (b"UTF-8", b"US-ASCII"):
+            return False
+        if returns and b"SAVE" in returns:
+            self._saved = []
+        self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+        return True
+
+    def _found(self, result, tag, uid, returns, command):
+        """
+        The answer of a SEARCH or SORT: C{result} is C{(ids, uses_modseq)},
+        C{ids} C{(number, uid)} pairs in the order to report, numbers being
+        UIDs or sequence numbers as the command asked. With MODSEQ among
+        the criteria, the highest MODSEQ found (RFC 7162 3.1.5).
+        """
+        found, uses_modseq = result
         if uses_modseq:
-            self._condstore = True
-            if seqs:
-                highest = max(self.mbox.folder.message(self.mbox.getUID(s)).modseq
-                              for s in seqs)
-                words.append(b"(MODSEQ %d)" % highest)
-        self.sendUntaggedResponse(b" ".join(words))
-        self.sendPositiveResponse(tag, b"SEARCH completed")
+            self._enable_condstore()
+        if returns is None:
+            words = [command] + [b"%d" % number for number, _ in found]
+            if uses_modseq and found:
+                words.append(b"(MODSEQ %d)" % self._highest_modseq(found))
+            self.sendUntaggedResponse(b" ".join(words))
+        else:
+            self._extended(tag, uid, returns, found, uses_modseq)
+        self.sendPositiveResponse(tag, command + b" completed")
 
-    def _search_failed(self, failure, tag):
+    def _extended(self, tag, uid, returns, found, uses_modseq):
+        """
+        RETURN options: the ESEARCH response (RFC 4731; for SORT, RFC 5267:
+        MIN and MAX are the first and last in the sort order) and SAVE
+        (RFC 5182: with only MIN or MAX, only those messages are saved; SAVE
+        alone sends no ESEARCH). MODSEQ is the highest of the messages
+        reported (RFC 7162 3.1.5).
+        """
+        reported = found
+        if found and not (returns & {b"ALL", b"COUNT"} or returns == {b"SAVE"}):
+            reported = ([found[0]] if b"MIN" in returns else []) + (
+                [found[-1]] if b"MAX" in returns else [])
+        if b"SAVE" in returns:
+            self._saved = sorted({u for _, u in reported})
+            if returns == {b"SAVE"}:
+                return
+        words = [b'ESEARCH (TAG "' + tag + b'")']
+        if uid:
+            words.append(b"UID")
+        if found:
+            if b"MIN" in returns:
+                words.append(b"MIN %d" % found[0][0])
+            if b"MAX" in returns:
+                words.append(b"MAX %d" % found[-1][0])
+            if b"ALL" in returns:
+                words.append(b"ALL " + syntax.sequence_set([number for number, _ in found]))
+        if b"COUNT" in returns:
+            words.append(b"COUNT %d" % len(found))
+        if uses_modseq and reported:
+            words.append(b"MODSEQ %d" % self._highest_modseq(reported))
+        self.sendUntaggedResponse(b" ".join(words))
+
+    def _highest_modseq(self, found):
+        entries = (self.mbox.folder.entry(u) for _, u in found)
+        return max((e.modseq for e in entries if e is not None), default=0)
+
+    def _search_failed(self, failure, tag, returns, command):
+        """
+        Bad criteria: BAD, C{$} unchanged; a failure (of the search or of
+        its answer): NO, and C{$} empty (RFC 5182 2.1).
+        """
         if failure.check(imap4.IllegalQueryError):
             self.sendBadResponse(tag, b"Invalid search: " + _text(failure.value))
-        else:
-            self._failed(failure, tag, b"SEARCH")
+            return
+        if returns and b"SAVE" in returns:
+            self._saved = []
+        self._failed(failure, tag, command)
+
+    def _saved_set(self):
+        """
+        C{$} (RFC 5182): the saved messages still in the mailbox, as UIDs
+        in a UID command, else as sequence numbers.
+        """
+        if self._by_uid:
+            return sequence.of_numbers(self._saved)
+        return sequence.of_numbers(
+            [seq for seq in map(self.mbox.seq, self._saved) if seq is not None])
 
 
 class _AppendLiteral(imap4.LiteralFile):
@@ -1570,6 +1955,17 @@ def _fast_getter(server, part, cur):
     return whole
 
 
+# UID ranges per VANISHED line: a line stays under about 8 KB (RFC 7162 4)
+VANISHED_RANGES = 400
+
+
+def _vanished_lines(uids, earlier=False):
+    """C{VANISHED [(EARLIER)] set} lines for UID ranges (none for none)."""
+    head = b"VANISHED (EARLIER) " if earlier else b"VANISHED "
+    return [head + syntax.ranges_text(uids[i:i + VANISHED_RANGES])
+            for i in range(0, len(uids), VANISHED_RANGES)]
+
+
 def _copyuid(target, pairs):
     """The C{[COPYUID ...] } response code (RFC 4315) for C{(old, new)} UIDs."""
     if not pairs:
@@ -1604,6 +2000,19 @@ def _partial(part, data):
     if part.partialBegin is None:
         return data
     return data[part.partialBegin:part.partialBegin + part.partialLength]
+
+
+def _list_response(listed):
+    """The C{LIST (attributes) "/" name} line, with CHILDINFO (RFC 5258) when there is one."""
+    items = [
+        imap4.DontQuoteMe(b"LIST"),
+        [imap4.DontQuoteMe(a.encode("ascii")) for a in listed.attributes],
+        DELIMITER.encode("ascii"),
+        listed.name.encode("imap4-utf-7"),
+    ]
+    if listed.childinfo:
+        items.append([b"CHILDINFO", [c.encode("ascii") for c in listed.childinfo]])
+    return imap4.collapseNestedLists(items)
 
 
 def _text(value):

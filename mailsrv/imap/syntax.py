@@ -1,23 +1,32 @@
 """
-IMAP syntax Twisted's parser lacks, as pure functions: what CONDSTORE (RFC
-7162) adds to commands (the MODSEQ fetch item, the CHANGEDSINCE fetch
-modifier, the UNCHANGEDSINCE store modifier), which the server takes off
-before handing the rest to Twisted; the sequence sets of UIDPLUS
+IMAP syntax Twisted's parser lacks, as pure functions: what CONDSTORE and
+QRESYNC (RFC 7162) add to commands (the MODSEQ fetch item, the CHANGEDSINCE
+and VANISHED fetch modifiers, the UNCHANGEDSINCE store modifier, SELECT's
+CONDSTORE and QRESYNC parameters), which the server takes off before
+handing the rest to Twisted; the sequence sets of UIDPLUS
 response codes (RFC 4315); flags as clients send them; mailbox names and
-LIST patterns in modified UTF-7.
+LIST patterns in modified UTF-7; the parenthesised lists of extended LIST
+(RFC 5258).
 """
 
 import base64
 import re
+from typing import NamedTuple
 
 from twisted.mail import imap4
 
+from mailsrv.imap import sequence
+from mailsrv.ranges import count, runs
 from mailsrv.store.folder import PERMANENT_FLAGS
 
 # system flags by their upper-case spelling; \\Recent only the server sets
 _SYSTEM_FLAGS = {flag.upper(): flag for flag in PERMANENT_FLAGS}
 _RECENT = "\\RECENT"
-_CHANGEDSINCE = re.compile(rb"\s*\(\s*CHANGEDSINCE\s+(\d{1,19})\s*\)\s*$", re.I)
+_FETCH_MODIFIER = rb"(?:CHANGEDSINCE\s+\d{1,19}|VANISHED)"
+_FETCH_MODIFIERS = re.compile(
+    rb"\s*\(\s*(" + _FETCH_MODIFIER + rb"(?:\s+" + _FETCH_MODIFIER + rb")*)\s*\)\s*$", re.I)
+# RFC 7162: a positive 63-bit number (0 taken too: HIGHESTMODSEQ of a new folder)
+MODSEQ_MAX = 2**63 - 1
 _UNCHANGEDSINCE = re.compile(rb"\(\s*UNCHANGEDSINCE\s+(\d{1,19})\s*\)\s*", re.I)
 _MODSEQ_ITEM = re.compile(rb"(?<![^\s(])MODSEQ(?![^\s)])", re.I)
 _BINARY_ITEM = re.compile(
@@ -92,13 +101,116 @@ def take_binary_items(atts):
 
 def split_fetch_modifiers(line):
     """
-    C{b"1:* (FLAGS) (CHANGEDSINCE 5)"}'s attribute part and modifier:
-    C{(b"(FLAGS)", 5)}; the modifier is L{None} when absent.
+    C{b"1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)"}'s attribute part and
+    modifiers: C{(b"(FLAGS)", 5, True)}; CHANGEDSINCE is L{None} when
+    absent.
+
+    @raise imap4.IllegalClientResponse: a modifier twice, VANISHED without
+        CHANGEDSINCE (RFC 7162 3.2.6), a MODSEQ too big.
     """
-    match = _CHANGEDSINCE.search(line)
+    match = _FETCH_MODIFIERS.search(line)
     if match is None:
-        return line, None
-    return line[:match.start()], int(match.group(1))
+        return line, None, False
+    words = match.group(1).upper().split()
+    if len(words) != len(set(words)):
+        raise imap4.IllegalClientResponse("FETCH modifier given twice")
+    changedsince = None
+    if b"CHANGEDSINCE" in words:
+        changedsince = _modseq(words[words.index(b"CHANGEDSINCE") + 1])
+    vanished = b"VANISHED" in words
+    if vanished and changedsince is None:
+        raise imap4.IllegalClientResponse("VANISHED needs CHANGEDSINCE")
+    return line[:match.start()], changedsince, vanished
+
+
+def _modseq(text):
+    value = int(text)
+    if value > MODSEQ_MAX:
+        raise imap4.IllegalClientResponse("MODSEQ out of range")
+    return value
+
+
+class QResync(NamedTuple):
+    """
+    SELECT's QRESYNC parameter (RFC 7162 3.2.5).
+
+    @ivar known_uids: sorted, merged C{(low, high)} UID ranges, L{None}
+        when not given.
+    @ivar seq_match: C{(sequence numbers, UIDs)} as such ranges, the
+        same count of each, or L{None}.
+    """
+
+    uidvalidity: int
+    modseq: int
+    known_uids: list = None
+    seq_match: tuple = None
+
+
+_NUMBER = re.compile(rb"[0-9]{1,20}")
+
+
+def select_params(params):
+    """
+    SELECT's or EXAMINE's parameter list as Twisted parses it (bytes and
+    nested lists, L{None} for none) -> C{(condstore, qresync)}: whether
+    CONDSTORE was given, and a L{QResync} or L{None}.
+
+    @raise imap4.IllegalClientResponse: an unknown or repeated parameter,
+        or a QRESYNC parameter that is not C{(uidvalidity modseq
+        [known-uids] [(known-sequence-set known-uid-set)])}.
+    """
+    condstore, qresync = False, None
+    rest = list(params or ())
+    while rest:
+        name = rest.pop(0)
+        upper = name.upper() if isinstance(name, bytes) else None
+        if upper == b"CONDSTORE" and not condstore:
+            condstore = True
+        elif upper == b"QRESYNC" and qresync is None:
+            if not (rest and isinstance(rest[0], list)):
+                raise imap4.IllegalClientResponse("QRESYNC needs (uidvalidity modseq ...)")
+            qresync = _qresync(rest.pop(0))
+        else:
+            raise imap4.IllegalClientResponse("Unknown SELECT parameter")
+    return condstore, qresync
+
+
+def _qresync(args):
+    if len(args) < 2 or not all(isinstance(a, bytes) and _NUMBER.fullmatch(a)
+                                for a in args[:2]):
+        raise imap4.IllegalClientResponse("QRESYNC needs (uidvalidity modseq ...)")
+    uidvalidity = int(args[0])
+    if not 0 < uidvalidity <= sequence.NUMBER_MAX:
+        raise imap4.IllegalClientResponse("QRESYNC UIDVALIDITY out of range")
+    modseq = _modseq(args[1])
+    rest = args[2:]
+    known = None
+    if rest and isinstance(rest[0], bytes):
+        known = _uid_ranges(rest.pop(0))
+    seq_match = None
+    if rest and isinstance(rest[0], list):
+        pair = rest.pop(0)
+        if len(pair) != 2 or not all(isinstance(p, bytes) for p in pair):
+            raise imap4.IllegalClientResponse(
+                "QRESYNC sequence match data is (sequence-set uid-set)")
+        seq_match = (_uid_ranges(pair[0]), _uid_ranges(pair[1]))
+        if count(seq_match[0]) != count(seq_match[1]):
+            raise imap4.IllegalClientResponse(
+                "QRESYNC sequence match data: the two sets differ in size")
+    if rest:
+        raise imap4.IllegalClientResponse("QRESYNC has too many arguments")
+    return QResync(uidvalidity, modseq, known, seq_match)
+
+
+def _uid_ranges(text):
+    """A sequence set without C{*} (RFC 7162 known-uids) -> merged ranges."""
+    try:
+        numbers = sequence.parse(text)
+    except sequence.BadSequenceSet as e:
+        raise imap4.IllegalClientResponse("Bad message number " + str(e))
+    if any(sequence.STAR in pair for pair in numbers.ranges):
+        raise imap4.IllegalClientResponse("QRESYNC sets may not hold *")
+    return numbers.resolve(None)
 
 
 def take_modseq_item(atts):
@@ -137,14 +249,13 @@ def split_store_modifier(line):
 
 def sequence_set(numbers):
     """C{[1, 2, 3, 5]} -> C{b"1:3,5"}, in the order given (RFC 4315 sets)."""
-    runs = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
+    return ranges_text(runs(numbers))
+
+
+def ranges_text(ranges):
+    """C{[(1, 3), (5, 5)]} -> C{b"1:3,5"}."""
     return b",".join(
-        b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs
+        b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in ranges
     )
 
 
@@ -248,17 +359,10 @@ def list_pattern(raw):
     return _mutf7(raw, lenient=True)
 
 
-def too_deep(line, limit):
-    """
-    Whether C{line}'s parentheses and brackets nest more than C{limit}
-    levels outside quoted strings (Twisted's parser and SEARCH recurse
-    once per level).
-    """
-    if line.count(b"(") + line.count(b"[") <= limit:
-        return False
-    depth = 0
+def _unquoted(line):
+    """C{(index, byte)} of the bytes of C{line} outside quoted strings."""
     quoted = escaped = False
-    for byte in line:
+    for i, byte in enumerate(line):
         if quoted:
             if escaped:
                 escaped = False
@@ -268,7 +372,40 @@ def too_deep(line, limit):
                 quoted = False
         elif byte == 0x22:
             quoted = True
-        elif byte in (0x28, 0x5B):  # ( [
+        else:
+            yield i, byte
+
+
+def parenthesized(line):
+    """
+    C{b'(a (b) "c)") rest'} -> C{(b'a (b) "c)"', b"rest")}: what the
+    parentheses that open C{line} hold (quoted strings may hold
+    parentheses), and what follows them.
+
+    @raise imap4.IllegalClientResponse: they are not closed.
+    """
+    depth = 0
+    for i, byte in _unquoted(line):
+        if byte == 0x28:
+            depth += 1
+        elif byte == 0x29:
+            depth -= 1
+            if depth == 0:
+                return line[1:i], line[i + 1:].lstrip(b" ")
+    raise imap4.IllegalClientResponse("Mismatched parenthesis")
+
+
+def too_deep(line, limit):
+    """
+    Whether C{line}'s parentheses and brackets nest more than C{limit}
+    levels outside quoted strings (Twisted's parser and SEARCH recurse
+    once per level).
+    """
+    if line.count(b"(") + line.count(b"[") <= limit:
+        return False
+    depth = 0
+    for _, byte in _unquoted(line):
+        if byte in (0x28, 0x5B):  # ( [
             depth += 1
             if depth > limit:
                 return True

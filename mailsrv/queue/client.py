@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.protocols.basic import FileSender, LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from mailsrv.config import OutboundTLS
+from mailsrv.config import DeliverySettings, OutboundTLS
 from mailsrv.queue.dotstuff import DotStuffer
 
 OPPORTUNISTIC = "opportunistic"
@@ -94,7 +94,7 @@ class SMTPConnection(LineReceiver, TimeoutMixin):
     delimiter = b"\r\n"
     MAX_LENGTH = 16384
 
-    def __init__(self, timeout=300):
+    def __init__(self, timeout=DeliverySettings.reply_timeout):
         self.timeout = timeout
         self.extensions = {}
         self.tls = False
@@ -346,7 +346,8 @@ class ConnectionPool:
     @ivar open_session: C{hop -> Deferred of an open SMTPConnection}.
     """
 
-    def __init__(self, open_session, clock, max_total=100, max_per_destination=20,
+    def __init__(self, open_session, clock, max_total=DeliverySettings.max_connections,
+                 max_per_destination=DeliverySettings.max_connections_per_destination,
                  idle_timeout=2.0, max_reuse=100):
         self.open_session = open_session
         self.clock = clock

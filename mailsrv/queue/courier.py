@@ -13,6 +13,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from mailsrv.config import DeliverySettings
 from mailsrv.queue.client import OPPORTUNISTIC, ConnectionPool, HostFailure, SMTPConnection
 from mailsrv.tls import trust_root
 
@@ -91,8 +92,9 @@ class SMTPCourier:
 
     connect_timeout = 30
 
-    def __init__(self, hostname, reactor=None, timeout=300, max_connections=100,
-                 max_connections_per_destination=20):
+    def __init__(self, hostname, reactor=None, timeout=DeliverySettings.reply_timeout,
+                 max_connections=DeliverySettings.max_connections,
+                 max_connections_per_destination=DeliverySettings.max_connections_per_destination):
         if reactor is None:
             from twisted.internet import reactor
         self.hostname = hostname

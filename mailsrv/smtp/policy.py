@@ -15,9 +15,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsrv import config, dns, errorlog
+from mailsrv import dns, errorlog
 from mailsrv.address import domain_of, is_address, local_part_of
-from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.senderlist import SenderList, parse_kill_list
 
 log = Logger()
@@ -463,12 +462,8 @@ def standing(server, listener):
 
 
 def kill_list(server):
-    """The kill list of [access] kill_file; a bad file stops start-up."""
-    settings = server.settings
-    try:
-        return SenderList(settings.access.kill_file, parse_kill_list, server.clock)
-    except (ListFileError, OSError) as e:
-        raise config.ConfigError(settings.path, "[access] kill_file", str(e))
+    """The kill list of [access] kill_file (preflight refused a bad one before start-up)."""
+    return SenderList(server.settings.access.kill_file, parse_kill_list, server.clock)
 
 
 def sender_stages(server, listener):

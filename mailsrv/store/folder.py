@@ -22,9 +22,12 @@ flags renamed by other programs): those are logged and re-read from the
 files at the next start. Reading never needs a write to succeed.
 """
 
+import bisect
 import contextlib
 import functools
+import operator
 import os
+from array import array
 import re
 import shutil
 import sys
@@ -122,6 +125,7 @@ class MessageInfo(NamedTuple):
 
 
 _NO_KEYWORDS = frozenset()
+_MODSEQ, _UID = operator.attrgetter("modseq"), operator.attrgetter("uid")
 
 
 class _Entry:
@@ -181,6 +185,11 @@ def info_letters(suffix):
 @functools.lru_cache(maxsize=256)
 def flags_of(letters):
     return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
+
+
+@functools.lru_cache(maxsize=256)
+def _seen_suffix(suffix):
+    return "S" in info_letters(suffix)
 
 
 @functools.lru_cache(maxsize=256)
@@ -260,6 +269,10 @@ class Folder:
         self.path = Path(path)
         self.listeners = []
         self._entries = {}  # uid -> _Entry
+        # each MODSEQ given and its UID, ascending (arrays: 12 bytes a
+        # record); a record whose message changed again or went is stale
+        # (see changed_since)
+        self._change_modseqs, self._change_uids = array("Q"), array("L")
         self._clean_stamp = None  # see sync()
         self._syncing = None  # the Deferreds waiting on the listing in a thread
         self._touched = None  # keys changed since that listing began
@@ -288,6 +301,25 @@ class Folder:
     def __len__(self):
         return len(self._entries)
 
+    def changed_since(self, modseq):
+        """
+        The UIDs of the messages changed (or added) after C{modseq},
+        ascending: a bisection and the changes since, not a look at
+        every message (a QRESYNC of a 50,000-message folder after ten
+        changes looks at ten).
+        """
+        start = bisect.bisect_right(self._change_modseqs, modseq)
+        entries = self._entries
+        return sorted(uid for m, uid in zip(self._change_modseqs[start:], self._change_uids[start:])
+                      if (entry := entries.get(uid)) is not None and entry.modseq == m)
+
+    def expunged_since(self, modseq):
+        """
+        The UIDs expunged after C{modseq} as ranges, or L{None} when the
+        history does not go back that far (L{ExpungeHistory.since}).
+        """
+        return self._index.expunges.since(modseq)
+
     def messages(self):
         """A list of L{MessageInfo}, sorted by UID."""
         return [self._info(self._entries[uid]) for uid in sorted(self._entries)]
@@ -309,6 +341,20 @@ class Folder:
     def present(self, uids):
         """The UIDs of C{uids} still here, a list (no Python code per UID: 50,000 take 1 ms)."""
         return list(filter(self._entries.__contains__, uids))
+
+    def unseen(self, uids=None):
+        """
+        The UIDs of C{uids} (all when L{None}) here and without \\Seen, in
+        that order, as they are consumed: from the file name's letters,
+        one cached test per distinct name suffix, not a flag set per
+        message: SELECT's UNSEEN looks at every message of a folder that
+        is all read (50,000 messages: about half the time of L{flags}).
+        """
+        entries = self._entries
+        for uid in entries if uids is None else uids:
+            entry = entries.get(uid)
+            if entry is not None and not _seen_suffix(entry.suffix):
+                yield uid
 
     def entry(self, uid):
         """
@@ -336,6 +382,33 @@ class Folder:
     def recent_count(self):
         """The messages no session has seen yet (STATUS RECENT)."""
         return len(self._recent)
+
+    def unseen_count(self):
+        """The messages without \\Seen (STATUS UNSEEN), from the file names."""
+        return sum(1 for _ in self.unseen())
+
+    def total_size(self):
+        """
+        A Deferred of the sum of the messages' sizes as sent (STATUS SIZE,
+        RFC 8438: the sum of their RFC822.SIZE). A file whose size with
+        CRLF its name does not tell (L{wire_from_key}) is read once, in a
+        thread, like every file of a folder copied from another server.
+        """
+        entries = list(self._entries.values())
+        unknown = [(entry, self._path(entry)) for entry in entries if entry.wire is None]
+        known = sum(entry.wire for entry in entries if entry.wire is not None)
+        if not unknown:
+            return defer.succeed(known)
+
+        def measure():
+            return [(entry, _crlf_size(path)) for entry, path in unknown]
+
+        def measured(sizes):
+            for entry, size in sizes:
+                if size is not None:
+                    entry.wire = size
+            return known + sum(entry.size if size is None else size for entry, size in sizes)
+        return threads.deferToThread(measure).addCallback(measured)
 
     def keywords(self):
         """The keywords set on any message here, sorted."""
@@ -741,12 +814,10 @@ class Folder:
         field for it). The file's size if it cannot be read.
         """
         if entry.wire is None:
-            try:
-                with open(self._path(entry), "rb") as f:
-                    data = f.read()
-            except OSError:
+            size = _crlf_size(self._path(entry))
+            if size is None:
                 return entry.size
-            entry.wire = len(data) + data.count(b"\n") - data.count(b"\r\n")
+            entry.wire = size
         return entry.wire
 
     def _info(self, entry):
@@ -779,10 +850,13 @@ class Folder:
                 # (the first test is a shortcut for the usual ":2,<letters>")
                 if letters is not None and suffix[3:] != letters and letters != entry.letters:
                     changed.append(entry)
-        vanished = not reset and len(entries) != len(known)
+        vanished = [] if reset or len(entries) == len(known) else sorted(
+            uid for uid, *_ in known.values() if uid not in entries)
         # after a reset all of cur/ is new to the index; new/ always is
         arriving = self._describe(self._arriving(in_cur, found))
-        return known, reset, stamp, entries, changed, vanished, arriving
+        order = sorted(entries.values(), key=_MODSEQ)
+        changes = (array("Q", map(_MODSEQ, order)), array("L", map(_UID, order)))
+        return known, reset, stamp, entries, changes, changed, vanished, arriving
 
     def _load(self, read):
         """
@@ -794,7 +868,7 @@ class Folder:
         saw changed while the server was not looking: those messages get a
         new MODSEQ.
         """
-        known, reset, stamp, entries, changed, vanished, arriving = read
+        known, reset, stamp, entries, changes, changed, vanished, arriving = read
         if reset:
             if known:
                 log.warn(
@@ -803,9 +877,10 @@ class Folder:
                 )
             self._index.reset(self.store.new_uidvalidity(self._index.uidvalidity))
         self._entries = entries
+        self._change_modseqs, self._change_uids = changes
         self._loaded = True
         if vanished:
-            self._index.next_modseq()  # an expunge (RFC 7162)
+            self._index.expunged(vanished)
         # The index written after a reset is stale anyway: a failure to
         # write it changes nothing, the files go to cur/ all the same.
         added = self._place(arriving, changed, [], keep=reset)
@@ -969,10 +1044,14 @@ class Folder:
         """
         if not (added or changed or removed):
             return
+        self._drop_stale_changes()
         for entry in changed:
             entry.modseq = self._index.next_modseq()
+        for entry in (*added, *changed):
+            self._change_modseqs.append(entry.modseq)
+            self._change_uids.append(entry.uid)
         if removed:
-            self._index.next_modseq()
+            self._index.expunged(sorted(removed))
         if self._index.worth_a_snapshot(len(self._entries)):
             self._snapshot()
             return
@@ -982,6 +1061,20 @@ class Folder:
             self._index.append_flags(e.record() for e in changed)
         if removed:
             self._index.append_removed(removed)
+
+    def _drop_stale_changes(self):
+        """
+        Once the records of L{changed_since} outnumber the messages twice,
+        keep only the current ones (in order: no sort). Done before a
+        change takes its MODSEQ, so the record of one undone after a
+        failed write is still there.
+        """
+        if len(self._change_uids) > 2 * len(self._entries) + 1000:
+            entries = self._entries
+            current = [(m, uid) for m, uid in zip(self._change_modseqs, self._change_uids)
+                       if (entry := entries.get(uid)) is not None and entry.modseq == m]
+            self._change_modseqs = array("Q", [m for m, _ in current])
+            self._change_uids = array("L", [uid for _, uid in current])
 
     def _persist_or_log(self, added, changed, removed):
         """
@@ -1021,6 +1114,16 @@ class Folder:
         self._entries.clear()
         self.headers.stop()  # its directory is being removed
         self._notify(None, [], uids, {})
+
+
+def _crlf_size(path):
+    """The size of file C{path} with CRLF line ends, or L{None} if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def _write_message(maildir, data, flags, date):
@@ -1212,7 +1315,8 @@ class MailStore:
     def delete_folder(self, user, name):
         """
         Delete a folder and its messages. The directory is renamed out of
-        sight at once and removed in a thread.
+        sight at once and removed in a thread. A subscription stays (RFC
+        3501 6.3.6: the server never removes a name from the list).
 
         @raise NoSuchFolder: it does not exist.
         @raise FolderError: it is INBOX or has subfolders.
@@ -1232,11 +1336,6 @@ class MailStore:
         self._recent.pop((user, name), None)
         if folder is not None:
             folder._forget()
-        try:
-            self.unsubscribe(user, name)
-        except OSError as e:  # the folder is gone all the same; LSUB may list it
-            log.error("{user}: cannot unsubscribe deleted folder {name}: {error}",
-                      user=user, name=name, error=e)
         return threads.deferToThread(shutil.rmtree, trash, True)
 
     def rename_folder(self, user, old, new):

@@ -14,6 +14,8 @@ import email.utils
 import re
 from typing import NamedTuple, Optional
 
+from mailsrv.store import sortkeys
+
 # Field name -> attribute of Fields holding its raw value.
 CACHED = {
     "from": "from_",
@@ -38,6 +40,15 @@ class Fields(NamedTuple):
     has no such field, and holds every occurrence joined by C{"\\n"} when it
     has several (SEARCH matches any of them). C{date} is the Date field as
     seconds since the epoch (UTC), or L{None} when absent or unparseable.
+
+    The rest are SORT and THREAD keys (L{sortkeys}), casemapped:
+    C{sort_subject} the base subject (C{""} without Subject) and
+    C{subject_reply} 1 when the subject marked a reply or forward;
+    C{sort_from}, C{sort_to}, C{sort_cc} the first address's mailbox and
+    C{display_from}, C{display_to} its display name (L{None} without an
+    address); C{thread_id} the Message-ID's message ID and
+    C{thread_refs} the message IDs of References (or else the first of
+    In-Reply-To), space-separated (L{None} when there are none).
     """
 
     from_: Optional[str] = None
@@ -50,6 +61,15 @@ class Fields(NamedTuple):
     references: Optional[str] = None
     in_reply_to: Optional[str] = None
     date: Optional[int] = None
+    sort_subject: Optional[str] = None
+    subject_reply: Optional[int] = None
+    sort_from: Optional[str] = None
+    sort_to: Optional[str] = None
+    sort_cc: Optional[str] = None
+    display_from: Optional[str] = None
+    display_to: Optional[str] = None
+    thread_id: Optional[str] = None
+    thread_refs: Optional[str] = None
 
     def values(self, name):
         """Every C{name} field's raw value (a list, maybe empty); C{name} must be in L{CACHED}."""
@@ -73,8 +93,10 @@ def parse(header):
             value = field_value(raw)
             found[attribute] = found[attribute] + "\n" + value if attribute in found else value
     date_text = found.get("date_text")
+    first = {attribute: value.partition("\n")[0] for attribute, value in found.items()}
     if date_text is not None:  # the first Date field's
-        found["date"] = _epoch(date_text.partition("\n")[0])
+        found["date"] = _epoch(first["date_text"])
+    found.update(_sort_keys(first))
     return Fields(**found)
 
 
@@ -101,6 +123,22 @@ _USUAL_DATE = re.compile(
     r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})")
 _MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+def _sort_keys(first):
+    """The SORT and THREAD columns of L{Fields}, from the first value of each field."""
+    keys = {}
+    keys["sort_subject"], keys["subject_reply"] = sortkeys.subject_key(first.get("subject"))
+    keys["sort_from"], keys["display_from"] = sortkeys.address_keys(first.get("from_"))
+    keys["sort_to"], keys["display_to"] = sortkeys.address_keys(first.get("to"))
+    keys["sort_cc"], _ = sortkeys.address_keys(first.get("cc"))
+    ids = sortkeys.message_ids(first.get("message_id"))
+    keys["thread_id"] = ids[0] if ids else None
+    refs = sortkeys.message_ids(first.get("references"))
+    if not refs:
+        refs = sortkeys.message_ids(first.get("in_reply_to"))[:1]
+    keys["thread_refs"] = " ".join(refs) or None
+    return keys
 
 
 def _epoch(text):

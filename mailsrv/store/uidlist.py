@@ -1,13 +1,15 @@
 """
 The per-folder UID index file (format in docs/store.md):
 
-    mailsrv-uidlist 2 <uidvalidity> <uidnext> <highestmodseq>
+    mailsrv-uidlist 2 <uidvalidity> <uidnext> <highestmodseq> <expunges-known-since>
     <uid> <internaldate> <size> <modseq> <key>:<letters>[ <keyword>...]
+    ...
+    ~<modseq>:<low>[:<high>][,...]                (UIDs expunged at <modseq>)
     ...
     =<uid> <modseq> :<letters>[ <keyword>...]     (a flag change)
     -<modseq>:<uid>[ <uid>...]                    (messages removed)
 
-The first two kinds of lines are a snapshot, written whole to a temporary
+The first three kinds of lines are a snapshot, written whole to a temporary
 file, fsync'd and renamed over the old one, so a reader sees the old or the
 new snapshot, never half of one, even after a power cut. Changes after it
 are appended as lines (new messages as entry lines, flag changes as C{=}
@@ -24,7 +26,9 @@ line never ends up in the middle of the file.
 import contextlib
 import os
 
+from mailsrv.ranges import runs
 from mailsrv.store.delivery import discard, fsync_directory, write_all, write_file
+from mailsrv.store.expunges import ExpungeHistory
 
 from twisted.logger import Logger
 
@@ -52,6 +56,7 @@ class UidList:
     @ivar uidvalidity: 0 until loaded or reset.
     @ivar uidnext: the UID the next message gets.
     @ivar highestmodseq: the highest MODSEQ handed out (RFC 7162).
+    @ivar expunges: the L{ExpungeHistory}: removed UIDs and their MODSEQ.
     @ivar appended: change lines written since the last snapshot.
     @ivar snapshot_due: whether the next write must be a snapshot (no file
         yet, a damaged one, or a reset).
@@ -67,6 +72,7 @@ class UidList:
         self.uidvalidity = 0
         self.uidnext = 1
         self.highestmodseq = 0
+        self.expunges = ExpungeHistory()
         self.appended = 0
         self.snapshot_due = True
         self.whole = 0
@@ -125,6 +131,8 @@ class UidList:
         highest = int(header[4]) if version == "2" else 1
         if uidvalidity <= 0:
             raise ValueError("bad UIDVALIDITY")
+        # an index without the field predates the history: it starts here
+        expunges = ExpungeHistory(int(header[5]) if len(header) > 5 else highest)
         entries = {}  # key -> (uid, internaldate, size, modseq, letters, keywords)
         keys = {}  # uid -> key
         changes = 0
@@ -145,6 +153,11 @@ class UidList:
                     raise KeyError("unknown UID removed")
                 for uid in removed:
                     del entries[keys.pop(uid)]
+                expunges.add(modseq, runs(sorted(removed)))
+            elif first == "~":
+                modseq, _, uids = line[1:].partition(":")
+                modseq = int(modseq)
+                expunges.add(modseq, [_uid_range(r) for r in uids.split(",")])
             else:
                 if version == "1":
                     uid, internaldate, size, key = line.split(" ", 3)
@@ -166,14 +179,16 @@ class UidList:
             raise ValueError("UID out of range")
         self.uidvalidity, self.uidnext = uidvalidity, uidnext
         self.highestmodseq = highest
+        self.expunges = expunges
         self.appended = changes
         self.snapshot_due = version != VERSION  # no appending to an old format
         return entries
 
     def reset(self, uidvalidity):
-        """Start again: a new UIDVALIDITY, UIDs from 1."""
+        """Start again: a new UIDVALIDITY, UIDs from 1, nothing expunged yet."""
         self.uidvalidity = uidvalidity
         self.uidnext = 1
+        self.expunges = ExpungeHistory()
         self.snapshot_due = True
 
     def allocate(self):
@@ -184,6 +199,13 @@ class UidList:
     def next_modseq(self):
         self.highestmodseq += 1
         return self.highestmodseq
+
+    def expunged(self, uids):
+        """
+        Messages removed (ascending UIDs): a new MODSEQ, remembered with
+        them in L{expunges} (RFC 7162: an expunge is a change).
+        """
+        self.expunges.add(self.next_modseq(), runs(uids))
 
     def worth_a_snapshot(self, messages):
         """Whether the change lines outweigh a rewrite of C{messages} lines."""
@@ -200,8 +222,11 @@ class UidList:
         @raise OSError: the snapshot could not be written.
         """
         lines = [f"{MAGIC} {VERSION} {self.uidvalidity} {self.uidnext} "
-                 f"{self.highestmodseq}\n"]
+                 f"{self.highestmodseq} {self.expunges.known_since}\n"]
         lines.extend(map(_entry_line, entries))
+        lines.extend(
+            f"~{modseq}:{','.join(_range_text(r) for r in ranges)}\n"
+            for modseq, ranges in self.expunges.groups())
         data = "".join(lines).encode("utf-8", "surrogateescape")
         temporary = f"{self.path}.tmp"
         try:
@@ -255,6 +280,20 @@ class UidList:
             os.close(fd)
         self.whole += len(data)
         self.appended += len(lines)
+
+
+def _range_text(uids):
+    low, high = uids
+    return str(low) if low == high else f"{low}:{high}"
+
+
+def _uid_range(text):
+    """C{"4:9"} -> C{(4, 9)}, C{"4"} -> C{(4, 4)}."""
+    low, _, high = text.partition(":")
+    low, high = int(low), int(high or low)
+    if not 0 < low <= high:
+        raise ValueError("bad UID range")
+    return low, high
 
 
 def _entry_line(entry):

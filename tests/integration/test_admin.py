@@ -215,6 +215,16 @@ class PreflightTests(unittest.TestCase):
             'protocol = "pop3"', 'protocol = "pop3"\nallow_file = "allow.txt"', 1))
         self.assert_both_refuse("[listen #4] allow_file: ", "allow.txt:1")
 
+    def test_bad_trusted_entry(self):
+        config = self.server.config
+        config.write_text(config.read_text() + '\n[relay]\ntrusted = ["10.0.0.0/33"]\n')
+        self.assert_both_refuse("[relay] trusted: bad network '10.0.0.0/33'")
+
+    def test_bad_endpoint(self):
+        config = self.server.config
+        config.write_text(config.read_text().replace('endpoint = "tcp:', 'endpoint = "tcpp:', 1))
+        self.assert_both_refuse("[listen #1] endpoint: bad endpoint 'tcpp:")
+
     def test_check_config_changes_nothing(self):
         """A pair start-up would generate, and a data_dir it would create, are fine."""
         for path in self.tls.iterdir():

@@ -2,7 +2,8 @@
 Real mail clients against the real server: mbsync (isync), offlineimap3,
 getmail6 and mutt, as a user would run them. Each test is skipped, saying
 so, when its program is not installed (.ci/run installs them).
-(fetchmail and curl are in test_mail_flow.py.)
+curl sends LIST-STATUS; its mail download, and fetchmail, are in
+test_mail_flow.py.
 """
 
 import hashlib
@@ -164,9 +165,39 @@ class RealClientTests(unittest.TestCase):
         self.run_client(sync)
         self.assertEqual(self.server_messages("Archive"), {})
 
+    def test_curl_lists_folders_with_their_status(self):
+        """RFC 5819 as a client sends it: one LIST, every folder's counts."""
+        require_tool(self, "curl")
+        self.send("first")
+        self.send("second")
+        imap = self.imap()
+        imap.create("Projects/Alpha")
+        imap.append("Projects/Alpha", r"(\Seen)", None, b"Subject: alpha\r\n\r\nx\r\n")
+        imap.logout()
+        # curl prints only the LIST responses; its trace (-v) shows them all
+        run = subprocess.run(
+            ["curl", "-v", "-s", "-u", f"{ALICE}:{PASSWORD}",
+             "--url", f"imap://127.0.0.1:{self.server.ports['imap']}/",
+             "-X", 'LIST "" "*" RETURN (STATUS (MESSAGES UNSEEN SIZE))'],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertIn('* LIST (\\HasChildren) "/" "Projects"\n', run.stdout)
+        replies = [line[2:] for line in run.stderr.splitlines() if line.startswith("< * ")]
+        listed = replies[replies.index('* LIST (\\HasNoChildren) "/" "INBOX"'):]
+        self.assertRegex(listed[1], r'^\* STATUS "INBOX" \(MESSAGES 2 UNSEEN 2 SIZE \d+\)$')
+        alpha = listed.index('* LIST (\\HasNoChildren) "/" "Projects/Alpha"')
+        self.assertEqual(listed[alpha + 1],
+                         '* STATUS "Projects/Alpha" (MESSAGES 1 UNSEEN 0 SIZE 21)')
+        # each of the 7 folders (INBOX, 4 special, Projects, Projects/Alpha) has its STATUS
+        self.assertEqual([line.split()[1] for line in listed], ["LIST", "STATUS"] * 7)
+
     def test_offlineimap_one_run(self):
         require_tool(self, "offlineimap")
         self.send("for offlineimap")
+        imap = self.imap()  # a folder in a folder: LIST with CHILDREN attributes
+        imap.create("Projects/Alpha")
+        imap.append("Projects/Alpha", None, None, b"Subject: alpha\r\n\r\nx\r\n")
+        imap.logout()
         der = ssl.PEM_cert_to_DER_cert(self.cert.read_text())
         rc = self.home / "offlineimaprc"
         rc.write_text(
@@ -181,6 +212,7 @@ class RealClientTests(unittest.TestCase):
         )
         self.run_client(["offlineimap", "-o", "-u", "quiet", "-c", str(rc)])
         self.assertEqual(set(messages(self.home / "mail" / "INBOX")), {"for offlineimap"})
+        self.assertEqual(set(messages(self.home / "mail" / "Projects.Alpha")), {"alpha"})
 
     def test_getmail_pop3_and_imap(self):
         require_tool(self, "getmail")

@@ -1,0 +1,76 @@
+"""
+The "must not import" rules of docs/architecture.md ("Parts"), enforced.
+
+Each rule names a module and the only mailsrv modules it may import; it may
+import nothing of Twisted either. Both the import statements in its source
+(function-level ones included) and what importing it really loads, in a
+fresh interpreter, are checked.
+"""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial import unittest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# module -> the mailsrv modules it may import (besides itself).
+RULES = {
+    # Plain values from mailsrv.toml: the server's parsers (endpoints, IP
+    # lists, filter actions) run in preflight, objects are built in service.py.
+    "mailsrv.config": {"mailsrv.address"},
+}
+
+
+def imported_names(path):
+    """Every module an import statement in C{path} names, at any depth."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise AssertionError(f"{path}: relative import of {node.module}")
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if node.module == "mailsrv")
+    return names
+
+
+def loaded_by(module):
+    """The modules importing C{module} loads, in a fresh interpreter."""
+    code = ("import json, sys; before = set(sys.modules); import " + module +
+            "; print(json.dumps(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    return set(json.loads(out))
+
+
+def forbidden(names, module):
+    """The names among C{names} that C{module} may not import."""
+    allowed = RULES[module] | {module, "mailsrv"}
+    return sorted(name for name in names
+                  if name.split(".")[0] in ("twisted", "zope")
+                  or (name.split(".")[0] == "mailsrv" and name not in allowed))
+
+
+class ImportRuleTests(unittest.TestCase):
+    def test_import_statements(self):
+        for module in RULES:
+            path = ROOT / (module.replace(".", "/") + ".py")
+            self.assertEqual(forbidden(imported_names(path), module), [], module)
+
+    def test_what_importing_loads(self):
+        for module in RULES:
+            self.assertEqual(forbidden(loaded_by(module), module), [], module)
+
+    def test_the_rules_catch_an_import(self):
+        """A server module in the source, or loaded through another, is caught."""
+        self.assertEqual(forbidden({"mailsrv.filters.actions", "twisted.internet.reactor",
+                                    "mailsrv.address", "tomllib"}, "mailsrv.config"),
+                         ["mailsrv.filters.actions", "twisted.internet.reactor"])
+        self.assertIn("mailsrv.store.layout", forbidden(loaded_by("mailsrv.filters.actions"),
+                                                        "mailsrv.config"))
