@@ -4,12 +4,13 @@ avatar id the checker returns (the user's address) into that protocol's view
 of the user's mail in the store.
 """
 
-from twisted.cred.portal import IRealm
-from twisted.internet import defer
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
+from mailsrv.deadline import Unloaded
 from mailsrv.imap.mailbox import Account
 from mailsrv.login import MaildropInUse
 from mailsrv.pop3.mailbox import FolderMailbox
@@ -75,3 +76,28 @@ class MailRealm:
 
 def _nothing():
     """Logging out needs no clean-up: sessions release their folders."""
+
+
+class MailboxFactory(protocol.ServerFactory):
+    """
+    The factory of one POP3 or IMAP listener: its connections log in
+    through the shared password checker and a L{MailRealm} over the store.
+
+    @ivar protocol_class: the server protocol, built with C{(server,
+        listener, portal)}.
+    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
+        sets it): whether it is under stress.
+    """
+
+    protocol_class = None
+    load = Unloaded()
+
+    def __init__(self, server, listener):
+        self.server = server
+        self.listener = listener
+        self.portal = Portal(MailRealm(server.store), [server.checker])
+
+    def buildProtocol(self, addr):
+        built = self.protocol_class(self.server, self.listener, self.portal)
+        built.factory = self
+        return built

@@ -52,14 +52,13 @@ import email.utils
 import os
 import re
 
-from twisted.cred.portal import Portal
-from twisted.internet import base, defer, interfaces, protocol, threads
+from twisted.internet import base, defer, interfaces, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.mail import imap4
 
 from mailsrv import __version__, errorlog, login, sasl
-from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
+from mailsrv.deadline import EVICTED, WHY, Deadline
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.imap import append, listing, mime, sequence, sort, syntax, thread
 from mailsrv.imap.listing import DELIMITER
@@ -67,7 +66,7 @@ from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
 from mailsrv.ranges import runs
-from mailsrv.realm import MailRealm
+from mailsrv.realm import MailboxFactory
 from mailsrv.store.folder import PERMANENT_FLAGS
 
 log = Logger()
@@ -2019,23 +2018,8 @@ def _text(value):
     return printable(str(value), 200).encode("ascii", "replace")
 
 
-class IMAPFactory(protocol.ServerFactory):
-    """
-    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
-        sets it): whether it is under stress.
-    """
-
-    load = Unloaded()
-
-    def __init__(self, server, listener):
-        self.server = server
-        self.listener = listener
-        self.portal = Portal(MailRealm(server.store), [server.checker])
-
-    def buildProtocol(self, addr):
-        p = IMAPServer(self.server, self.listener, self.portal)
-        p.factory = self
-        return p
+class IMAPFactory(MailboxFactory):
+    protocol_class = IMAPServer
 
 
 def build_factory(server, listener):

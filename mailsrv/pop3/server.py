@@ -25,8 +25,7 @@ needs and Twisted lacks or gets wrong:
   silence up to C{idle_timeout} (RFC 1939's ten minutes) after login.
 """
 
-from twisted.cred.portal import Portal
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.mail import pop3
@@ -34,9 +33,9 @@ from zope.interface import implementer
 
 from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
-from mailsrv.deadline import EVICTED, WHY, Deadline, Unloaded
+from mailsrv.deadline import EVICTED, WHY, Deadline
 from mailsrv.directory.checker import ClientCredentials
-from mailsrv.realm import MailRealm
+from mailsrv.realm import MailboxFactory
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 
 log = Logger()
@@ -667,29 +666,8 @@ class POP3Server(pop3.POP3):
             self.deadline.output_flowing()  # what is left is timed as idleness
 
 
-class POP3Factory(protocol.ServerFactory):
-    """
-    One per POP3 listener.
-
-    @ivar server: the L{mailsrv.context.MailServer}.
-    @ivar listener: the L{mailsrv.config.Listener}.
-    @ivar portal: the cred portal: the shared password checker and a realm
-        that opens the user's INBOX.
-    @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
-        sets it): whether it is under stress.
-    """
-
-    load = Unloaded()
-
-    def __init__(self, server, listener):
-        self.server = server
-        self.listener = listener
-        self.portal = Portal(MailRealm(server.store), [server.checker])
-
-    def buildProtocol(self, addr):
-        proto = POP3Server(self.server, self.listener, self.portal)
-        proto.factory = self
-        return proto
+class POP3Factory(MailboxFactory):
+    protocol_class = POP3Server
 
 
 def build_factory(server, listener):
