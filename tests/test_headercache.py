@@ -168,6 +168,20 @@ class AgreementTests(CacheTestCase):
         self.assertEqual(decoded is None, line.endswith(b"\t!\n"))
         self.assertLessEqual(len(line), headercache.MAX_RECORD)
 
+    @given(messages(), st.sets(st.sampled_from(headerfields.Fields._fields)))
+    @examples(100)
+    def test_record_decoded_in_part(self, data, names):
+        """SORT and THREAD decode only the columns they read: the same values, the others None."""
+        fields = headerfields.parse(data[:headerfields.header_end(data) or len(data)])
+        line = headercache.encode(7, "key", fields)[:-1]
+        _, _, whole = headercache.decode(line)
+        _, _, part = headercache.decode(line, headercache.column_indexes(names))
+        if whole is None:
+            self.assertIsNone(part)
+            return
+        for name in headerfields.Fields._fields:
+            self.assertEqual(getattr(part, name), getattr(whole, name) if name in names else None)
+
 
     def test_damaged_record_is_an_error(self):
         empty = b"\t\\N" * len(headercache.COLUMNS)
@@ -394,6 +408,12 @@ class BehaviourTests(CacheTestCase):
         fields = folder.fields([1, 3, 99])
         self.assertEqual(sorted(fields), [1, 3])
         self.assertEqual(fields[3].subject, "needle two")
+
+    def test_fields_for_sort_in_part(self):
+        folder = self.built()
+        fields = folder.fields([1, 3], headercache.column_indexes({"subject"}))
+        self.assertEqual(fields[3].subject, "needle two")
+        self.assertIsNone(fields[3].from_)
 
 
 class DateTests(unittest.TestCase):
