@@ -568,7 +568,8 @@ class Mailbox:
                         if matcher.reads_body:
                             message.whole = True
                         if fields is None and matcher.uses_fields:
-                            message.fields = headerfields.parse(message.header_bytes())
+                            message.fields = headerfields.parse(message.header_bytes(),
+                                                                keys=False)
                             records.add(u, entry.key, message.fields)
                         if matcher(seq, message):
                             seqs.append(seq)

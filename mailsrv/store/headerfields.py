@@ -48,7 +48,10 @@ class Fields(NamedTuple):
     C{display_from}, C{display_to} its display name (L{None} without an
     address); C{thread_id} the Message-ID's message ID and
     C{thread_refs} the message IDs of References (or else the first of
-    In-Reply-To), space-separated (L{None} when there are none).
+    In-Reply-To), space-separated (L{None} when there are none). They
+    derive from the raw values alone; a search does not need them, so
+    they may be left out (all L{None}: L{has_keys} false) and added when
+    SORT or THREAD first needs them (L{with_keys}).
     """
 
     from_: Optional[str] = None
@@ -84,8 +87,12 @@ def field_value(raw):
     return raw.strip().decode("utf-8", "surrogateescape")
 
 
-def parse(header):
-    """The L{Fields} of a header block (bytes, CRLF or bare LF, with or without its empty line)."""
+def parse(header, keys=True):
+    """
+    The L{Fields} of a header block (bytes, CRLF or bare LF, with or
+    without its empty line); without the SORT and THREAD keys unless
+    C{keys} (they double the cost).
+    """
     found = {}
     for name, raw in _FIELD.findall(header):
         attribute = _ATTRIBUTES.get(name.lower())
@@ -96,8 +103,27 @@ def parse(header):
     first = {attribute: value.partition("\n")[0] for attribute, value in found.items()}
     if date_text is not None:  # the first Date field's
         found["date"] = _epoch(first["date_text"])
-    found.update(_sort_keys(first))
+    if keys:
+        found.update(_sort_keys(first))
     return Fields(**found)
+
+
+# The raw columns and date (the rest of Fields are SORT and THREAD keys).
+RAW = Fields._fields.index("sort_subject")
+
+
+def has_keys(fields):
+    """Whether C{fields} holds the SORT and THREAD keys (a base subject is never L{None})."""
+    return fields.sort_subject is not None
+
+
+def with_keys(fields):
+    """C{fields} with its SORT and THREAD keys (as L{parse} with C{keys} gives them)."""
+    if has_keys(fields):
+        return fields
+    first = {attribute: value.partition("\n")[0] for attribute in CACHED.values()
+             if (value := getattr(fields, attribute)) is not None}
+    return fields._replace(**_sort_keys(first))
 
 
 def header_end(data):
