@@ -256,6 +256,9 @@ class BehaviourTests(CacheTestCase):
         records = self.records(folder)
         self.assertEqual(len(records), len(folder.uids()))  # rewritten: the last of each
         self.assertEqual({r.count(b"\t") for r in records}, {1 + len(headercache.COLUMNS)})
+        self.assertEqual(self.cached(folder), set(folder.uids()))
+        self.assertEqual(folder.headers._lines, len(records))
+        self.assertEqual(self.search(folder, [b"SUBJECT", b"needle"]), [1, 3])
 
     def test_no_cache_until_a_search_needs_it(self):
         folder = self.folder_with(SUBJECTS)

@@ -276,10 +276,14 @@ class HeaderCache:
             self._too_big.clear()
         self._arrived -= self.valid
         dead = self._lines - len(self.valid) - len(self._too_big)
-        if not self._stopped and (self._rewrite or self._upgrades > self.COMPACT_AFTER
+        upgrades = self._upgrades + sum(chunk[3] for chunk in self._learned)
+        if not self._stopped and (self._rewrite or upgrades > self.COMPACT_AFTER
                                   or dead > max(self.COMPACT_AFTER, len(self.folder))):
+            # many records with keys (a first THREAD): written with the rest, not appended
+            chunks = [] if self._rewrite else [
+                self._learned.popleft() for _ in range(len(self._learned))]
             self._task(self._rewritten, self._write_file, frozenset(self.valid),
-                       frozenset(self._too_big), self.folder.uidvalidity)
+                       frozenset(self._too_big), self.folder.uidvalidity, chunks)
         elif self._learned or self._arrived:
             chunks = [self._learned.popleft() for _ in range(len(self._learned))]
             arrived = sorted(self._arrived)[:BATCH]
@@ -350,10 +354,12 @@ class HeaderCache:
 
     def _rewritten(self, written):
         if written is not None:
-            kept, self._whole, self._identity = written
-            self._lines, self._upgrades = len(kept), 0
+            kept, self._whole, self._identity, (valid, too_big) = written
+            self._lines, self._upgrades = len(kept) + len(valid) + len(too_big), 0
             self.valid &= kept  # a file lost meanwhile took its records along
             self._too_big &= kept
+            self.valid.update(self.folder.present(valid))
+            self._too_big.update(self.folder.present(too_big))
             self._rewrite = False
 
     # In a thread
@@ -399,13 +405,20 @@ class HeaderCache:
                      path=str(self.path), count=damaged)
         return valid, too_big, lines, whole, bool(damaged), identity
 
-    def _write_file(self, valid, too_big, uidvalidity):
+    def _write_file(self, valid, too_big, uidvalidity, chunks=()):
         """
-        A new file: the header and the records of C{valid} and C{too_big}
-        UIDs of the old one (a temporary file renamed over it). Not
-        fsync'd: after a power cut the cache is at worst rebuilt.
+        A new file: the header, the records of C{valid} and C{too_big}
+        UIDs of the old one, then those of the learned C{chunks} (in
+        place of the old ones of their UIDs), in a temporary file renamed
+        over the old. Not fsync'd: after a power cut the cache is at
+        worst rebuilt.
+
+        @return: C{(UIDs of the records kept, bytes, identity, (valid,
+            too-big UIDs of C{chunks}))}.
         """
-        keep = set(valid | too_big)
+        learned_valid = [uid for chunk in chunks for uid in chunk[0]]
+        learned_too_big = [uid for chunk in chunks for uid in chunk[1]]
+        keep = set(valid | too_big).difference(learned_valid, learned_too_big)
         kept, lines = set(), []
         try:
             with open(self.path, "rb") as f:
@@ -421,6 +434,7 @@ class HeaderCache:
                     keep.discard(int(uid))  # one record each
                     kept.add(int(uid))
             lines.reverse()
+        lines.extend(chunk[2] for chunk in chunks)
         new = _header(uidvalidity) + b"\n" + b"".join(lines)
         temporary = f"{self.path}.tmp"
         try:
@@ -430,7 +444,7 @@ class HeaderCache:
         except OSError:
             discard(temporary, OSError)
             raise
-        return kept, len(new), identity
+        return kept, len(new), identity, (learned_valid, learned_too_big)
 
     def _append(self, chunks, arrived):
         """
