@@ -154,9 +154,13 @@ def column_indexes(names):
     """
     The C{columns} argument of L{decode} for the L{headerfields.Fields}
     attributes C{names}: C{(text indexes, int indexes, needs keys)}
-    (a record without keys is then decoded whole, to make them).
+    (a record without keys is then decoded whole, to make them). With a
+    key, C{sort_subject} too: it says whether a record has keys
+    (L{headerfields.has_keys}).
     """
     indexes = [at for at, (name, _) in enumerate(COLUMNS) if name in names]
+    if any(at >= headerfields.RAW for at in indexes):
+        indexes.append(headerfields.RAW)  # sort_subject
     return (tuple(at for at in indexes if not COLUMNS[at][1]),
             tuple(at for at in indexes if COLUMNS[at][1]),
             any(at >= headerfields.RAW for at in indexes))
