@@ -281,9 +281,11 @@ class HeaderCache:
         self._arrived -= self.valid
         dead = self._lines - len(self.valid) - len(self._too_big)
         upgrades = self._upgrades + sum(chunk[3] for chunk in self._learned)
-        if not self._stopped and (self._rewrite or upgrades > self.COMPACT_AFTER
+        if not self._stopped and (self._rewrite
+                                  or upgrades > min(self.COMPACT_AFTER, len(self.folder) // 2)
                                   or dead > max(self.COMPACT_AFTER, len(self.folder))):
-            # many records with keys (a first THREAD): written with the rest, not appended
+            # records with keys for much of the folder (a first THREAD): written with the
+            # rest, not appended (a lookup would decode both records of each)
             chunks = [] if self._rewrite else [
                 self._learned.popleft() for _ in range(len(self._learned))]
             self._task(self._rewritten, self._write_file, frozenset(self.valid),
