@@ -149,11 +149,14 @@ class AgreementTests(CacheTestCase):
         if folder.headers.path.exists():
             records = folder.headers.path.read_bytes().split(b"\n")[1:-1]
             self.assertEqual({int(r.split(b"\t")[0]) for r in records}, set(folder.uids()))
-        fields = folder.fields(folder.uids())
-        for uid in folder.uids():
-            message = Message(folder, folder.message(uid))
-            for name in headerfields.CACHED:
-                self.assertEqual(fields[uid].values(name), message.header_values(name))
+        for _ in range(2):  # keys made from the raw records, then read from the cache
+            fields = folder.fields(folder.uids())
+            result(folder.headers.idle())
+            for uid in folder.uids():
+                message = Message(folder, folder.message(uid))
+                for name in headerfields.CACHED:
+                    self.assertEqual(fields[uid].values(name), message.header_values(name))
+                self.assertEqual(fields[uid], headerfields.parse(folder.read_header(uid)))
 
     @given(messages())
     @examples(200)
@@ -167,6 +170,22 @@ class AgreementTests(CacheTestCase):
         self.assertIn(decoded, (fields, None))
         self.assertEqual(decoded is None, line.endswith(b"\t!\n"))
         self.assertLessEqual(len(line), headercache.MAX_RECORD)
+
+    @given(messages(), st.sets(st.sampled_from(headerfields.Fields._fields)))
+    @examples(100)
+    def test_record_decoded_in_part(self, data, names):
+        """SORT and THREAD decode only the columns they read: the same values, the others None."""
+        fields = headerfields.parse(data[:headerfields.header_end(data) or len(data)])
+        line = headercache.encode(7, "key", fields)[:-1]
+        _, _, whole = headercache.decode(line)
+        _, _, part = headercache.decode(line, headercache.column_indexes(names))
+        if whole is None:
+            self.assertIsNone(part)
+            return
+        if any(name in names for name in headerfields.Fields._fields[headerfields.RAW:]):
+            names = names | {"sort_subject"}  # tells whether the record has keys
+        for name in headerfields.Fields._fields:
+            self.assertEqual(getattr(part, name), getattr(whole, name) if name in names else None)
 
 
     def test_damaged_record_is_an_error(self):
@@ -209,11 +228,60 @@ class BehaviourTests(CacheTestCase):
         self.assertTrue(headercache.SPEC.startswith(
             b"from_:s,to:s,cc:s,bcc:s,subject:s,date_text:s,message_id:s,"
             b"references:s,in_reply_to:s,date:i"))
-        self.assertTrue(record.startswith(
-            b"1\t1700000000.test0\t\\N\t\\N\t\\N\t\\N\ta\\tb\\tc\t"
-            b"1 Jan 2024 00:00 +0000\t\\N\t\\N\t\\N\t1704067200\t"))
-        self.assertEqual(record.count(b"\t"), 1 + len(headercache.COLUMNS))
+        # a search writes the raw columns only
+        self.assertEqual(record, b"1\t1700000000.test0\t\\N\t\\N\t\\N\t\\N\ta\\tb\\tc\t"
+                         b"1 Jan 2024 00:00 +0000\t\\N\t\\N\t\\N\t1704067200")
         self.assertEqual(end, b"")
+
+    def test_keys_added_by_the_first_sort(self):
+        """SORT and THREAD append a few records with keys; the last record of a UID is its record."""
+        folder = self.built(SUBJECTS * 2, found=(1, 3, 4, 6))
+        raw = self.records(folder)
+        self.assertEqual({r.count(b"\t") for r in raw}, {1 + headerfields.RAW})
+        fields = folder.fields([3], headercache.column_indexes({"sort_subject"}))
+        result(folder.headers.idle())
+        with_keys = self.records(folder)[len(raw):]
+        self.assertEqual(len(with_keys), 1)  # appended: under half the folder
+        self.assertEqual(with_keys[0].count(b"\t"), 1 + len(headercache.COLUMNS))
+        self.assertEqual(fields[3].sort_subject, "NEEDLE TWO")
+        again = self.reopen(folder)
+        result(again.headers.ready())
+        self.assertEqual(again.fields([3]), fields)
+        self.assertEqual(len(self.records(again)), len(raw) + 1)  # nothing to make again
+
+    def test_keys_for_most_of_the_folder_rewrite_it(self):
+        folder = self.built()
+        folder.fields(folder.uids(), headercache.column_indexes({"sort_subject"}))
+        result(folder.headers.idle())
+        records = self.records(folder)
+        self.assertEqual(len(records), len(folder.uids()))
+        self.assertEqual({r.count(b"\t") for r in records}, {1 + len(headercache.COLUMNS)})
+
+    def test_sort_by_another_key_from_records_with_keys(self):
+        """Regression: a SORT (TO) after a SORT (SUBJECT) made records of None keys."""
+        folder = self.folder_with([b"To: %s@x\r\nSubject: %s\r\n\r\n" % (to, to) for to in (b"c", b"a", b"b")])
+        uids = folder.uids()
+        result(folder.headers.ready())  # as SORT starts it
+        folder.fields(uids, headercache.column_indexes({"sort_subject"}))  # from the files
+        result(folder.headers.idle())
+        fields = folder.fields(uids, headercache.column_indexes({"sort_to"}))
+        result(folder.headers.idle())
+        for uid in uids:
+            self.assertEqual(fields[uid].sort_to, headerfields.parse(folder.read_header(uid)).sort_to)
+        self.assertEqual(folder.fields(uids), {uid: headerfields.parse(folder.read_header(uid))
+                                               for uid in uids})
+
+    def test_keys_kept_at_compaction(self):
+        folder = self.built()
+        self.patch(headercache.HeaderCache, "COMPACT_AFTER", 1)
+        folder.fields(folder.uids())
+        result(folder.headers.idle())
+        records = self.records(folder)
+        self.assertEqual(len(records), len(folder.uids()))  # rewritten: the last of each
+        self.assertEqual({r.count(b"\t") for r in records}, {1 + len(headercache.COLUMNS)})
+        self.assertEqual(self.cached(folder), set(folder.uids()))
+        self.assertEqual(folder.headers._lines, len(records))
+        self.assertEqual(self.search(folder, [b"SUBJECT", b"needle"]), [1, 3])
 
     def test_no_cache_until_a_search_needs_it(self):
         folder = self.folder_with(SUBJECTS)
@@ -394,6 +462,14 @@ class BehaviourTests(CacheTestCase):
         fields = folder.fields([1, 3, 99])
         self.assertEqual(sorted(fields), [1, 3])
         self.assertEqual(fields[3].subject, "needle two")
+        for uid in fields:
+            self.assertEqual(fields[uid], headerfields.parse(folder.read_header(uid)))
+
+    def test_fields_for_sort_in_part(self):
+        folder = self.built()
+        fields = folder.fields([1, 3], headercache.column_indexes({"subject"}))
+        self.assertEqual(fields[3].subject, "needle two")
+        self.assertIsNone(fields[3].from_)
 
 
 class DateTests(unittest.TestCase):

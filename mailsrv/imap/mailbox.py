@@ -29,7 +29,7 @@ from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
 from mailsrv.imap.sort import Record
-from mailsrv.store import headerfields
+from mailsrv.store import headercache, headerfields
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
     SPECIAL_USE,
@@ -568,7 +568,8 @@ class Mailbox:
                         if matcher.reads_body:
                             message.whole = True
                         if fields is None and matcher.uses_fields:
-                            message.fields = headerfields.parse(message.header_bytes())
+                            message.fields = headerfields.parse(message.header_bytes(),
+                                                                keys=False)
                             records.add(u, entry.key, message.fields)
                         if matcher(seq, message):
                             seqs.append(seq)
@@ -656,7 +657,7 @@ class Mailbox:
                 pairs.append((seq, self.folder.entry(uid)))
         return pairs
 
-    def arrange(self, query, order, saved=frozenset()):
+    def arrange(self, query, order, saved=frozenset(), columns=None):
         """
         SORT and THREAD: a Deferred of C{(order(records), uses_modseq)},
         where C{records} are the L{Record}s of the messages matching
@@ -665,18 +666,24 @@ class Mailbox:
         criteria that are only C{ALL} (most SORT and THREAD commands) try
         no message at all.
 
+        @param columns: the L{headerfields.Fields} attributes C{order}
+            reads (only those are decoded from the header cache), or
+            L{None} for all.
+
         @raise imap4.IllegalQueryError: the criteria are malformed.
         """
         matcher = self._matcher(query, saved)
         pairs = [(seq, u) for seq, u in enumerate(self.view, 1) if u not in self.pending]
         recent = frozenset(self.recent)
         folder = self.folder
+        if columns is not None:
+            columns = headercache.column_indexes(columns)
 
         @_collector_paused
         def run():
             found = pairs if matcher.everything else [
                 (seq, u) for seq, u in pairs if _matches_uid(matcher, folder, seq, u, recent)]
-            fields = folder.fields([u for _, u in found])
+            fields = folder.fields([u for _, u in found], columns)
             records = []
             for seq, u in found:
                 entry = folder.entry(u)

@@ -1649,7 +1649,7 @@ class IMAPServer(imap4.IMAP4Server):
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
             lambda records: [(r.uid if uid else r.seq, r.uid) for r in sort.sort(records, criteria)],
-            frozenset(self._saved))
+            frozenset(self._saved), sort.columns(criteria))
         d.addCallback(self._found, tag, uid, returns, b"SORT")
         d.addErrback(self._search_failed, tag, returns, b"SORT")
 
@@ -1675,7 +1675,7 @@ class IMAPServer(imap4.IMAP4Server):
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
             lambda records: thread.format_threads(thread.thread(name, records), number),
-            frozenset(self._saved))
+            frozenset(self._saved), thread.COLUMNS)
         d.addCallback(threaded)
         d.addErrback(self._search_failed, tag, None, b"THREAD")
         return None

@@ -40,6 +40,17 @@ _KEYS = {
 }
 
 
+# The Fields attributes each key reads.
+_COLUMNS = {"ARRIVAL": (), "CC": ("sort_cc",), "DATE": ("date",), "FROM": ("sort_from",),
+            "SIZE": (), "SUBJECT": ("sort_subject",), "TO": ("sort_to",),
+            "DISPLAYFROM": ("display_from",), "DISPLAYTO": ("display_to",)}
+
+
+def columns(criteria):
+    """The L{Fields} attributes a sort by C{criteria} reads."""
+    return {column for name, _ in criteria for column in _COLUMNS[name]}
+
+
 class BadCriteria(ValueError):
     """Not a list of sort criteria."""
 

@@ -10,6 +10,8 @@ Siblings are ordered by sent date, then sequence number (RFC 5256 2.2).
 import operator
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+# The Fields attributes both algorithms read.
+COLUMNS = ("date", "thread_id", "thread_refs", "sort_subject", "subject_reply")
 
 
 class _Node:

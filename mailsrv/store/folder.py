@@ -480,15 +480,26 @@ class Folder:
                 return data if end is None else data[:end]
             size *= 4  # a long header: read it again, further
 
-    def fields(self, uids):
+    def fields(self, uids, columns=None):
         """
         In a thread: C{{uid: headerfields.Fields}} of the messages of
         C{uids} still here, from the header cache where it has them
         (once L{HeaderCache.ready}), else from their files (those are
         handed to the cache, written at its next C{kick}).
+
+        @param columns: as for L{HeaderCache.lookup}: the attributes the
+            caller reads (the others may be L{None}). When they include
+            SORT or THREAD keys, records without them get them (written
+            to the cache: L{headercache.Records.upgrade}).
         """
-        found, unknown = self.headers.lookup(uids)
+        found, unknown = self.headers.lookup(uids, columns=columns)
         records = self.headers.records()
+        if columns is None or columns[2]:  # keys wanted: made for records without
+            for uid, fields in found.items():
+                entry = self._entries.get(uid)
+                if not headerfields.has_keys(fields) and entry is not None:
+                    found[uid] = fields = headerfields.with_keys(fields)
+                    records.upgrade(uid, entry.key, fields)
         with self.cur_directory() as cur:
             for uid in sorted(unknown):
                 try:

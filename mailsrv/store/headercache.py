@@ -8,6 +8,12 @@ rules in docs/store.md):
     <uid> TAB <key> TAB <value> TAB <value> ...
     <uid> TAB <key> TAB !                        (too big: read the file)
 
+A record holds every column, or only the raw ones and the date (up to
+C{sort_subject}): SEARCH needs no more, and the SORT and THREAD keys
+double the cost of the first search, which writes the whole cache. The
+first SORT or THREAD that needs the keys appends records with them
+(L{Records.upgrade}); a UID's last record is its record.
+
 A record names the message file's key (the Maildir name without flags): a
 record is used only for the message that has that key under that UID, so a
 stale or foreign record is never taken for a file's content. Values are
@@ -66,6 +72,8 @@ def _columns():
 
 COLUMNS = _columns()
 # The header names the columns: a cache written for other Fields is rebuilt.
+_INT_COLUMNS = tuple(at for at, (_, is_int) in enumerate(COLUMNS) if is_int)
+_WIDTHS = (len(COLUMNS), headerfields.RAW)
 SPEC = ",".join(f"{name}:{'i' if is_int else 's'}" for name, is_int in COLUMNS).encode()
 
 
@@ -92,6 +100,8 @@ def encode(uid, key, fields):
     """A record line (bytes, with its newline) for C{fields} of message C{uid}, C{key}."""
     key = _escape(key)
     parts = [str(uid), key]
+    if not headerfields.has_keys(fields):  # the raw columns only
+        fields = fields[:headerfields.RAW]
     parts += ["\\N" if value is None else _escape(value) if value.__class__ is str
               else str(value) for value in fields]
     line = "\t".join(parts).encode("utf-8", "surrogateescape") + b"\n"
@@ -100,10 +110,16 @@ def encode(uid, key, fields):
     return line
 
 
-def decode(line):
+def decode(line, columns=None):
     """
     A record line (without its newline) -> C{(uid, key, Fields or None)}
-    (L{None}: too big to keep).
+    (L{None}: too big to keep). A record of the raw columns only gives
+    Fields without keys (L{headerfields.has_keys}).
+
+    @param columns: L{column_indexes} of the only columns wanted (the
+        others L{None}: a SORT by date need not unescape addresses and
+        subjects), or L{None} for all. A record without the keys some
+        of them are is decoded whole.
 
     @raise ValueError: not a record of this format.
     """
@@ -112,11 +128,42 @@ def decode(line):
     uid, key = int(parts[0]), _unescape(parts[1])
     if len(parts) == 3 and parts[2] == "!":
         return uid, key, None
-    if len(parts) != len(COLUMNS) + 2:
+    width = len(parts) - 2
+    if width not in _WIDTHS:
         raise ValueError("wrong number of columns")
-    return uid, key, headerfields.Fields._make([
-        None if part == "\\N" else int(part) if is_int else _unescape(part)
-        for part, (_, is_int) in zip(parts[2:], COLUMNS)])
+    if columns is not None and (width == len(COLUMNS) or not columns[2]):
+        values = [None] * len(COLUMNS)
+        for at in columns[0]:
+            if at < width:
+                part = parts[at + 2]
+                values[at] = None if part == "\\N" else _unescape(part)
+        ints = columns[1]
+    else:  # (a SORT or THREAD of 50,000 decodes every record: tests inlined)
+        values = [None if part == "\\N" else _unescape(part) if "\\" in part else part
+                  for part in parts[2:]]
+        values += [None] * (len(COLUMNS) - width)
+        ints = _INT_COLUMNS
+    for at in ints:
+        if at < width:
+            part = parts[at + 2]
+            values[at] = None if part == "\\N" else int(part)
+    return uid, key, headerfields.Fields._make(values)
+
+
+def column_indexes(names):
+    """
+    The C{columns} argument of L{decode} for the L{headerfields.Fields}
+    attributes C{names}: C{(text indexes, int indexes, needs keys)}
+    (a record without keys is then decoded whole, to make them). With a
+    key, C{sort_subject} too: it says whether a record has keys
+    (L{headerfields.has_keys}).
+    """
+    indexes = [at for at, (name, _) in enumerate(COLUMNS) if name in names]
+    if any(at >= headerfields.RAW for at in indexes):
+        indexes.append(headerfields.RAW)  # sort_subject
+    return (tuple(at for at in indexes if not COLUMNS[at][1]),
+            tuple(at for at in indexes if COLUMNS[at][1]),
+            any(at >= headerfields.RAW for at in indexes))
 
 
 def needle_pieces(text, pieces):
@@ -153,6 +200,7 @@ class HeaderCache:
         self._arrived = set()  # UIDs whose records the writer makes (reads their heads)
         self._learned = collections.deque()  # chunks of Records made by threads
         self._lines = 0  # record lines in the file
+        self._upgrades = 0  # records with keys written after one without (see Records.upgrade)
         self._whole = 0  # bytes of whole lines in the file (after: a torn write)
         self._rewrite = True  # the next write is a new file (none yet, damaged, old)
         self._running = False
@@ -232,10 +280,16 @@ class HeaderCache:
             self._too_big.clear()
         self._arrived -= self.valid
         dead = self._lines - len(self.valid) - len(self._too_big)
-        if not self._stopped and (self._rewrite or dead > max(self.COMPACT_AFTER,
-                                                              len(self.folder))):
+        upgrades = self._upgrades + sum(chunk[3] for chunk in self._learned)
+        if not self._stopped and (self._rewrite
+                                  or upgrades > min(self.COMPACT_AFTER, len(self.folder) // 2)
+                                  or dead > max(self.COMPACT_AFTER, len(self.folder))):
+            # records with keys for much of the folder (a first THREAD): written with the
+            # rest, not appended (a lookup would decode both records of each)
+            chunks = [] if self._rewrite else [
+                self._learned.popleft() for _ in range(len(self._learned))]
             self._task(self._rewritten, self._write_file, frozenset(self.valid),
-                       frozenset(self._too_big), self.folder.uidvalidity)
+                       frozenset(self._too_big), self.folder.uidvalidity, chunks)
         elif self._learned or self._arrived:
             chunks = [self._learned.popleft() for _ in range(len(self._learned))]
             arrived = sorted(self._arrived)[:BATCH]
@@ -297,18 +351,21 @@ class HeaderCache:
 
     def _appended(self, written):
         if written is not None:
-            valid, too_big, size, lines = written
+            valid, too_big, size, lines, upgrades = written
             self._whole += size
             self._lines += lines
+            self._upgrades += upgrades
             self.valid.update(self.folder.present(valid))
             self._too_big.update(self.folder.present(too_big))
 
     def _rewritten(self, written):
         if written is not None:
-            kept, self._whole, self._identity = written
-            self._lines = len(kept)
+            kept, self._whole, self._identity, (valid, too_big) = written
+            self._lines, self._upgrades = len(kept) + len(valid) + len(too_big), 0
             self.valid &= kept  # a file lost meanwhile took its records along
             self._too_big &= kept
+            self.valid.update(self.folder.present(valid))
+            self._too_big.update(self.folder.present(too_big))
             self._rewrite = False
 
     # In a thread
@@ -340,7 +397,7 @@ class HeaderCache:
                 uid, _, rest = line.partition(b"\t")
                 uid = int(uid)
                 key, _, values = rest.partition(b"\t")
-                if values != _TOO_BIG and values.count(b"\t") != len(COLUMNS) - 1:
+                if values != _TOO_BIG and values.count(b"\t") + 1 not in _WIDTHS:
                     raise ValueError("wrong number of columns")
             except ValueError:
                 damaged += 1
@@ -354,13 +411,20 @@ class HeaderCache:
                      path=str(self.path), count=damaged)
         return valid, too_big, lines, whole, bool(damaged), identity
 
-    def _write_file(self, valid, too_big, uidvalidity):
+    def _write_file(self, valid, too_big, uidvalidity, chunks=()):
         """
-        A new file: the header and the records of C{valid} and C{too_big}
-        UIDs of the old one (a temporary file renamed over it). Not
-        fsync'd: after a power cut the cache is at worst rebuilt.
+        A new file: the header, the records of C{valid} and C{too_big}
+        UIDs of the old one, then those of the learned C{chunks} (in
+        place of the old ones of their UIDs), in a temporary file renamed
+        over the old. Not fsync'd: after a power cut the cache is at
+        worst rebuilt.
+
+        @return: C{(UIDs of the records kept, bytes, identity, (valid,
+            too-big UIDs of C{chunks}))}.
         """
-        keep = set(valid | too_big)
+        learned_valid = [uid for chunk in chunks for uid in chunk[0]]
+        learned_too_big = [uid for chunk in chunks for uid in chunk[1]]
+        keep = set(valid | too_big).difference(learned_valid, learned_too_big)
         kept, lines = set(), []
         try:
             with open(self.path, "rb") as f:
@@ -369,12 +433,14 @@ class HeaderCache:
             data = b""
         if keep:
             body = data[data.find(b"\n") + 1:data.rfind(b"\n") + 1]
-            for line in body.split(b"\n")[:-1]:
+            for line in reversed(body.split(b"\n")[:-1]):  # the last record of each
                 uid = line.partition(b"\t")[0]
                 if uid.isdigit() and int(uid) in keep:
                     lines.append(line + b"\n")
                     keep.discard(int(uid))  # one record each
                     kept.add(int(uid))
+            lines.reverse()
+        lines.extend(chunk[2] for chunk in chunks)
         new = _header(uidvalidity) + b"\n" + b"".join(lines)
         temporary = f"{self.path}.tmp"
         try:
@@ -384,7 +450,7 @@ class HeaderCache:
         except OSError:
             discard(temporary, OSError)
             raise
-        return kept, len(new), identity
+        return kept, len(new), identity, (learned_valid, learned_too_big)
 
     def _append(self, chunks, arrived):
         """
@@ -392,14 +458,14 @@ class HeaderCache:
         C{arrived} (their heads read now) after the file's whole lines
         (cutting off a torn write).
 
-        @return: C{(valid uids, too-big uids, bytes, lines)} written.
+        @return: C{(valid uids, too-big uids, bytes, lines, upgrades)} written.
         """
         records = Records(chunks)
         with self.folder.cur_directory() as cur:
             for uid in arrived:
                 entry = self.folder.entry(uid)
                 try:
-                    fields = headerfields.parse(self.folder.read_header(uid, cur))
+                    fields = headerfields.parse(self.folder.read_header(uid, cur), keys=False)
                 except (KeyError, OSError):  # expunged meanwhile
                     continue
                 records.add(uid, entry.key, fields)
@@ -419,9 +485,9 @@ class HeaderCache:
         finally:
             os.close(fd)
         return (valid, too_big, sum(len(chunk[2]) for chunk in chunks),
-                len(valid) + len(too_big))
+                len(valid) + len(too_big), sum(chunk[3] for chunk in chunks))
 
-    def lookup(self, uids, narrow=()):
+    def lookup(self, uids, narrow=(), columns=None):
         """
         In a thread: the cached L{headerfields.Fields} of C{uids}.
 
@@ -430,6 +496,9 @@ class HeaderCache:
             each condition's pieces all in its record (in lower case).
             Records that hold none of them rule their message out without
             being decoded.
+        @param columns: the only attributes of the Fields found that the
+            caller reads (L{column_indexes}; the others are L{None}), or
+            L{None} for all.
         @return: C{(found, unknown)}: C{{uid: Fields}} of the messages the
             cache holds and that meet C{narrow}; the set of C{uids} the cache
             does not hold (read their files). The others were ruled out.
@@ -464,7 +533,7 @@ class HeaderCache:
             if not uid.isdigit() or int(uid) not in valid:
                 continue  # a gone message's, or one the caller did not ask for
             try:
-                uid, key, fields = decode(line)
+                uid, key, fields = decode(line, columns)
             except ValueError:  # damaged since it was loaded: read the file
                 unknown.add(int(uid))
                 continue
@@ -488,7 +557,7 @@ class Records:
     def __init__(self, chunks, kept=frozenset()):
         self._chunks = chunks  # where flush() puts them (a deque or list), or None: dropped
         self._kept = kept  # UIDs the file has a record for already (too big ones)
-        self._lines, self._valid, self._too_big = [], [], []
+        self._lines, self._valid, self._too_big, self._upgrades = [], [], [], 0
 
     def add(self, uid, key, fields):
         """The record of message C{uid} (file C{key}) holding C{fields}."""
@@ -500,11 +569,26 @@ class Records:
         if len(self._lines) >= BATCH:
             self.flush()
 
+    def upgrade(self, uid, key, fields):
+        """
+        The record with keys of message C{uid}, whose record in the file
+        has none: it goes after that one (the last record of a UID is
+        its record), unless it is too big to keep.
+        """
+        line = encode(uid, key, fields)
+        if line.count(b"\t") != 2:
+            self._valid.append(uid)
+            self._lines.append(line)
+            self._upgrades += 1
+            if len(self._lines) >= BATCH:
+                self.flush()
+
     def flush(self):
-        """Hand over what was added: C{(valid uids, too-big uids, lines)}."""
+        """Hand over what was added: C{(valid uids, too-big uids, lines, upgrades)}."""
         if self._lines and self._chunks is not None:
-            self._chunks.append((self._valid, self._too_big, b"".join(self._lines)))
-        self._lines, self._valid, self._too_big = [], [], []
+            self._chunks.append((self._valid, self._too_big, b"".join(self._lines),
+                                 self._upgrades))
+        self._lines, self._valid, self._too_big, self._upgrades = [], [], [], 0
 
 
 def _header(uidvalidity):

@@ -11,6 +11,7 @@ something the file does not.
 
 import calendar
 import email.utils
+import functools
 import re
 from typing import NamedTuple, Optional
 
@@ -48,7 +49,10 @@ class Fields(NamedTuple):
     C{display_from}, C{display_to} its display name (L{None} without an
     address); C{thread_id} the Message-ID's message ID and
     C{thread_refs} the message IDs of References (or else the first of
-    In-Reply-To), space-separated (L{None} when there are none).
+    In-Reply-To), space-separated (L{None} when there are none). They
+    derive from the raw values alone; a search does not need them, so
+    they may be left out (all L{None}: L{has_keys} false) and added when
+    SORT or THREAD first needs them (L{with_keys}).
     """
 
     from_: Optional[str] = None
@@ -84,20 +88,43 @@ def field_value(raw):
     return raw.strip().decode("utf-8", "surrogateescape")
 
 
-def parse(header):
-    """The L{Fields} of a header block (bytes, CRLF or bare LF, with or without its empty line)."""
+def parse(header, keys=True):
+    """
+    The L{Fields} of a header block (bytes, CRLF or bare LF, with or
+    without its empty line); without the SORT and THREAD keys unless
+    C{keys} (they double the cost).
+    """
     found = {}
     for name, raw in _FIELD.findall(header):
         attribute = _ATTRIBUTES.get(name.lower())
         if attribute is not None:
-            value = field_value(raw)
+            if b"\n" in raw:  # (field_value, inlined: a folder's first search parses every header)
+                raw = _FOLD.sub(b"", raw)
+            value = raw.strip().decode("utf-8", "surrogateescape")
             found[attribute] = found[attribute] + "\n" + value if attribute in found else value
     date_text = found.get("date_text")
-    first = {attribute: value.partition("\n")[0] for attribute, value in found.items()}
     if date_text is not None:  # the first Date field's
-        found["date"] = _epoch(first["date_text"])
-    found.update(_sort_keys(first))
-    return Fields(**found)
+        found["date"] = _epoch(date_text.partition("\n")[0])
+    fields = Fields(**found)
+    return with_keys(fields) if keys else fields
+
+
+# The raw columns and date (the rest of Fields are SORT and THREAD keys).
+RAW = Fields._fields.index("sort_subject")
+
+
+def has_keys(fields):
+    """Whether C{fields} holds the SORT and THREAD keys (a base subject is never L{None})."""
+    return fields.sort_subject is not None
+
+
+def with_keys(fields):
+    """C{fields} with its SORT and THREAD keys (as L{parse} with C{keys} gives them)."""
+    if has_keys(fields):
+        return fields
+    first = {attribute: value.partition("\n")[0] for attribute in CACHED.values()
+             if (value := getattr(fields, attribute)) is not None}
+    return fields._replace(**_sort_keys(first))
 
 
 def header_end(data):
@@ -152,8 +179,14 @@ def _epoch(text):
         return _parsed_epoch(text)  # -0000: no zone, local time (as email.utils reads it)
     day, month, year, hour, minute, second, zone = usual.groups()
     offset = int(zone[1:3]) * 3600 + int(zone[3:]) * 60
-    return calendar.timegm((int(year), _MONTHS[month], int(day), int(hour), int(minute),
-                            int(second))) - (offset if zone[0] == "+" else -offset)
+    return (_month_start(year, month) + (int(day) - 1) * 86400 + int(hour) * 3600
+            + int(minute) * 60 + int(second) - (offset if zone[0] == "+" else -offset))
+
+
+@functools.lru_cache(maxsize=1024)
+def _month_start(year, month):
+    """C{calendar.timegm} of the month's first second (its sum for a day is linear, unchecked)."""
+    return calendar.timegm((int(year), _MONTHS[month], 1, 0, 0, 0))
 
 
 def _parsed_epoch(text):
