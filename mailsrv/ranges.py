@@ -8,7 +8,7 @@ import bisect
 
 
 def runs(numbers):
-    """Ascending numbers -> C{(low, high)} runs of consecutive ones."""
+    """Numbers -> C{(low, high)} runs of consecutive ascending ones, in the order given."""
     found = []
     for n in numbers:
         if found and n == found[-1][1] + 1:

@@ -14,7 +14,7 @@ the command line (64 KiB), never the numbers in it. Parsing is linear
 import bisect
 import re
 
-from mailsrv.ranges import merged
+from mailsrv.ranges import merged, runs
 
 # The largest number RFC 3501 allows (nz-number is a 32-bit number).
 NUMBER_MAX = 2**32 - 1
@@ -109,13 +109,7 @@ def of_numbers(numbers):
     A L{SequenceSet} of C{numbers} (a saved search result, a response's
     set), one range per ascending run, in the order given.
     """
-    ranges = []
-    for n in numbers:
-        if ranges and n == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], n)
-        else:
-            ranges.append((n, n))
-    return SequenceSet(ranges)
+    return SequenceSet(runs(numbers))
 
 
 def _number(token, part):
