@@ -22,6 +22,13 @@ RULES = {
     # Plain values from mailsrv.toml: the server's parsers (endpoints, IP
     # lists, filter actions) run in preflight, objects are built in service.py.
     "mailsrv.config": {"mailsrv.address"},
+    # What the header cache keeps is parsed from bytes alone: the store
+    # computes SORT's keys without the IMAP server (imap/ imports store/,
+    # never the other way round).
+    "mailsrv.addresslist": set(),
+    "mailsrv.store.sortkeys": {"mailsrv.store", "mailsrv.addresslist"},
+    "mailsrv.store.headerfields": {"mailsrv.store", "mailsrv.store.sortkeys",
+                                   "mailsrv.addresslist"},
 }
 
 

@@ -12,7 +12,7 @@ import functools
 import re
 import unicodedata
 
-from mailsrv.imap.mime import addresses
+from mailsrv.addresslist import addresses
 
 _SPACES = re.compile(r"[ \t\r\n]+")
 # subj-leader (RFC 5256 5): *subj-blob subj-refwd, or one WSP
