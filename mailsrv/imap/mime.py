@@ -21,6 +21,7 @@ import functools
 import re
 
 from mailsrv.addresslist import addresses
+from mailsrv.store.headerfields import FOLD
 
 # Multipart and message/rfc822 levels opened (Dovecot: 100 in total).
 MAX_DEPTH = 100
@@ -38,8 +39,6 @@ _DASH_LINE = re.compile(rb"^--[^\n]*", re.MULTILINE)
 # An empty line (the end of a header) or a line that may be a boundary.
 _HEADER_STOP = re.compile(rb"^(?:\r?\n|--[^\n]*)", re.MULTILINE)
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
-# The line break of a folded header line (RFC 5322 2.2.3), for mailbox.py too.
-FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _PARAM = re.compile(rb';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;\s]*)')
 _QUOTED_PAIR = re.compile(rb"\\(.)")
 _CONTINUATION = re.compile(rb"(.+?)\*(\d{1,3})(\*?)")

@@ -32,7 +32,8 @@ CACHED = {
 
 _ATTRIBUTES = {name.encode("ascii"): attribute for name, attribute in CACHED.items()}
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+# The line break of a folded header line (RFC 5322 2.2.3); MIME parsing unfolds with it too.
+FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 class Fields(NamedTuple):
@@ -84,7 +85,7 @@ class Fields(NamedTuple):
 def field_value(raw):
     """A field's value as bytes after the colon -> unfolded, stripped text (Latin-1 kept as is)."""
     if b"\n" in raw:
-        raw = _FOLD.sub(b"", raw)
+        raw = FOLD.sub(b"", raw)
     return raw.strip().decode("utf-8", "surrogateescape")
 
 
@@ -99,7 +100,7 @@ def parse(header, keys=True):
         attribute = _ATTRIBUTES.get(name.lower())
         if attribute is not None:
             if b"\n" in raw:  # (field_value, inlined: a folder's first search parses every header)
-                raw = _FOLD.sub(b"", raw)
+                raw = FOLD.sub(b"", raw)
             value = raw.strip().decode("utf-8", "surrogateescape")
             found[attribute] = found[attribute] + "\n" + value if attribute in found else value
     date_text = found.get("date_text")
