@@ -1042,6 +1042,27 @@ class SortTests(IMAPTestCase):
                          b"* SORT 2 3 (MODSEQ 3)\r\nj OK SORT completed\r\n")
 
 
+    def test_dates_read_once(self):
+        """
+        Once a SORT by date has read the messages' dates, the next reads
+        no header field, even after new mail (its date is learned when
+        the header cache records it), nor does a SORT by arrival or size.
+        """
+        c = self.selected(message("a", date="Mon, 23 Nov 2026 10:00:00 +0000"),
+                          message("b", date="Mon, 23 Nov 2026 08:00:00 +0000"))
+        self.assertEqual(c.cmd(b"a SORT (DATE) UTF-8 ALL"),
+                         b"* SORT 2 1\r\na OK SORT completed\r\n")
+        folder = opened(self.store, ALICE)
+        self.patch(folder, "fields", lambda *args: self.fail("header fields read"))
+        deliver(self.store, message("c", date="Mon, 23 Nov 2026 09:00:00 +0000"))
+        deliver(self.store, b"Subject: no date\r\n\r\nbody\r\n")  # sent: INTERNALDATE
+        c.cmd(b"n NOOP")
+        self.assertEqual(c.cmd(b"b SORT (REVERSE DATE) UTF-8 ALL"),
+                         b"* SORT 4 1 3 2\r\nb OK SORT completed\r\n")
+        self.assertEqual(c.cmd(b"c SORT (SIZE ARRIVAL) UTF-8 ALL"),
+                         b"* SORT 4 1 2 3\r\nc OK SORT completed\r\n")
+
+
 class CollectorPauseTests(unittest.TestCase):
     """SORT and THREAD run with the cycle collector off, and leave it as they found it."""
 

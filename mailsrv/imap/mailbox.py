@@ -16,6 +16,7 @@ import email.utils
 import functools
 import gc
 import io
+import operator
 import re
 
 from twisted.internet import defer, threads
@@ -28,7 +29,7 @@ from mailsrv.imap import listing, mime
 from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
-from mailsrv.imap.sort import Record
+from mailsrv.imap.sort import Record, Rows
 from mailsrv.store import headercache, headerfields
 from mailsrv.store.folder import (
     PERMANENT_FLAGS,
@@ -659,16 +660,18 @@ class Mailbox:
 
     def arrange(self, query, order, saved=frozenset(), columns=None):
         """
-        SORT and THREAD: a Deferred of C{(order(records), uses_modseq)},
-        where C{records} are the L{Record}s of the messages matching
-        C{query} (as L{search} takes it), in sequence order. Searching,
-        reading their header fields and C{order} all run in a thread;
-        criteria that are only C{ALL} (most SORT and THREAD commands) try
-        no message at all.
+        SORT and THREAD: a Deferred of C{(order(rows), uses_modseq)},
+        where C{rows} are the L{Rows} of the messages matching C{query}
+        (as L{search} takes it), in sequence order. Searching, reading
+        their header fields and C{order} all run in a thread; criteria
+        that are only C{ALL} (most SORT and THREAD commands) try no
+        message at all.
 
         @param columns: the L{headerfields.Fields} attributes C{order}
             reads (only those are decoded from the header cache), or
-            L{None} for all.
+            L{None} for all. An order that reads none, or only the date
+            that every message already knows (L{Rows} column C{"sent"}),
+            reads no header cache: a SORT by date, arrival or size.
 
         @raise imap4.IllegalQueryError: the criteria are malformed.
         """
@@ -676,21 +679,23 @@ class Mailbox:
         pairs = [(seq, u) for seq, u in enumerate(self.view, 1) if u not in self.pending]
         recent = frozenset(self.recent)
         folder = self.folder
-        if columns is not None:
-            columns = headercache.column_indexes(columns)
+        indexes = None if columns is None else headercache.column_indexes(columns)
+        dates_only = columns is not None and set(columns) <= {"date"}
 
         @_collector_paused
         def run():
             found = pairs if matcher.everything else [
                 (seq, u) for seq, u in pairs if _matches_uid(matcher, folder, seq, u, recent)]
-            fields = folder.fields([u for _, u in found], columns)
-            records = []
-            for seq, u in found:
-                entry = folder.entry(u)
-                if entry is not None and u in fields:
-                    records.append(Record(seq, u, folder.wire_size(entry), entry.internaldate,
-                                          fields[u]))
-            return order(records)
+            entries = [folder.entry(u) for _, u in found]
+            fields = None
+            if not dates_only or "date" in columns and any(e.sent is None for e in entries
+                                                           if e is not None):
+                fields = folder.fields([u for _, u in found], indexes)
+            if fields is not None or None in entries:  # expunged meanwhile
+                kept = [at for at, (_, u) in enumerate(found) if entries[at] is not None
+                        and (fields is None or u in fields)]
+                found, entries = [found[at] for at in kept], [entries[at] for at in kept]
+            return order(_rows(folder, found, entries, fields))
 
         def arranged(result):
             folder.headers.kick()  # writes what was read from files
@@ -890,6 +895,31 @@ def _status_values(folder, items):
     if "SIZE" not in items:
         return values
     return folder.total_size().addCallback(lambda size: dict(values, SIZE=size))
+
+
+def _rows(folder, found, entries, fields):
+    """
+    The L{Rows} of the messages C{found} (C{(seq, uid)} pairs) whose
+    folder entries are C{entries}, and header L{Fields} C{fields} (by
+    UID; L{None} when no column of them is read).
+    """
+    uids = [u for _, u in found]
+
+    def column(name):
+        if name == "sent":
+            return [e.sent for e in entries]
+        if name == "arrival":
+            return [e.internaldate for e in entries]
+        if name == "size":
+            return [folder.wire_size(e) for e in entries]
+        value = operator.attrgetter(name)
+        return [value(fields[u]) for u in uids]
+
+    def records():
+        return [Record(seq, u, folder.wire_size(e), e.internaldate, fields[u])
+                for (seq, u), e in zip(found, entries)]
+
+    return Rows([seq for seq, _ in found], uids, column, records)
 
 
 def _collector_paused(work):

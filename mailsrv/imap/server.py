@@ -1648,7 +1648,7 @@ class IMAPServer(imap4.IMAP4Server):
             return
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
-            lambda records: [(r.uid if uid else r.seq, r.uid) for r in sort.sort(records, criteria)],
+            lambda rows: _numbered(rows, sort.sort(rows, criteria), uid),
             frozenset(self._saved), sort.columns(criteria))
         d.addCallback(self._found, tag, uid, returns, b"SORT")
         d.addErrback(self._search_failed, tag, returns, b"SORT")
@@ -1674,7 +1674,7 @@ class IMAPServer(imap4.IMAP4Server):
 
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
-            lambda records: thread.format_threads(thread.thread(name, records), number),
+            lambda rows: thread.format_threads(thread.thread(name, rows.records()), number),
             frozenset(self._saved), thread.COLUMNS)
         d.addCallback(threaded)
         d.addErrback(self._search_failed, tag, None, b"THREAD")
@@ -1956,6 +1956,13 @@ def _fast_getter(server, part, cur):
 
 # UID ranges per VANISHED line: a line stays under about 8 KB (RFC 7162 4)
 VANISHED_RANGES = 400
+
+
+def _numbered(rows, order, uid):
+    """SORT's C{(number, uid)} pairs: the L{sort.Rows} at C{order}, by UID or sequence number."""
+    uids = rows.uids
+    numbers = uids if uid else rows.seqs
+    return [(numbers[at], uids[at]) for at in order]
 
 
 def _vanished_lines(uids, earlier=False):

@@ -125,6 +125,7 @@ class MessageInfo(NamedTuple):
 
 
 _NO_KEYWORDS = frozenset()
+_DATE = headerfields.Fields._fields.index("date")
 _MODSEQ, _UID = operator.attrgetter("modseq"), operator.attrgetter("uid")
 
 
@@ -137,10 +138,14 @@ class _Entry:
 
     C{size} is the file's (the index's), C{wire} its size with CRLF line
     ends (L{wire_from_key}; L{None} until L{Folder.wire_size} reads it).
+    C{sent} is SORT's date (RFC 5256 2.2: the Date field, else
+    INTERNALDATE) once the header cache or the file told it (L{dated}),
+    L{None} until then: a SORT by date reads no cache when every message
+    knows it. A file never changes under its UID, so a thread may set it.
     """
 
     __slots__ = ("uid", "key", "suffix", "size", "wire", "internaldate", "modseq",
-                 "keywords")
+                 "keywords", "sent")
 
     def __init__(self, uid, key, suffix, size, internaldate, modseq, keywords=()):
         self.uid = uid
@@ -151,6 +156,11 @@ class _Entry:
         self.internaldate = internaldate
         self.modseq = modseq
         self.keywords = frozenset(keywords) if keywords else _NO_KEYWORDS
+        self.sent = None
+
+    def dated(self, date):
+        """The message's Date field was read: C{date} (seconds, or L{None})."""
+        self.sent = self.internaldate if date is None else date
 
     @property
     def name(self):
@@ -490,7 +500,8 @@ class Folder:
         @param columns: as for L{HeaderCache.lookup}: the attributes the
             caller reads (the others may be L{None}). When they include
             SORT or THREAD keys, records without them get them (written
-            to the cache: L{headercache.Records.upgrade}).
+            to the cache: L{headercache.Records.upgrade}). When they
+            include the date, the messages learn it (L{_Entry.dated}).
         """
         found, unknown = self.headers.lookup(uids, columns=columns)
         records = self.headers.records()
@@ -510,6 +521,12 @@ class Folder:
                 found[uid] = fields
                 records.add(uid, entry.key, fields)
         records.flush()
+        if columns is None or _DATE in columns[1]:
+            entries = self._entries
+            for uid, fields in found.items():
+                entry = entries.get(uid)
+                if entry is not None:
+                    entry.dated(fields.date)
         return found
 
     # Changing
