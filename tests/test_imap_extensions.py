@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.mail import imap4
 from twisted.trial import unittest
 
-from mailsrv.imap import listing
+from mailsrv.imap import listing, thread
 from mailsrv.imap.mailbox import _collector_paused
 from mailsrv.imap.syntax import (
     sequence_set,
@@ -1061,6 +1061,44 @@ class SortTests(IMAPTestCase):
                          b"* SORT 4 1 3 2\r\nb OK SORT completed\r\n")
         self.assertEqual(c.cmd(b"c SORT (SIZE ARRIVAL) UTF-8 ALL"),
                          b"* SORT 4 1 2 3\r\nc OK SORT completed\r\n")
+
+
+class ThreadAnswerTests(IMAPTestCase):
+    """A folder keeps its last THREAD answer, for exactly the same messages only."""
+
+    def test_kept_for_the_same_messages(self):
+        threaded = []
+
+        def counted(algorithm, records):
+            threaded.append(algorithm)
+            return algorithms(algorithm, records)
+
+        algorithms = thread.thread
+        self.patch(thread, "thread", counted)
+        c = self.selected(message("x", extra="Message-ID: <1@x>\r\n"),
+                          message("Re: x", extra="Message-ID: <2@x>\r\nReferences: <1@x>\r\n"))
+        first = b"* THREAD (1 2)\r\na OK THREAD completed\r\n"
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"), first)
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"), first)
+        c.cmd(b"s STORE 1 +FLAGS (\\Seen)")  # the same messages
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"), first)
+        self.assertEqual(len(threaded), 1)
+        self.assertEqual(c.cmd(b"u UID THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (1 2)\r\nu OK THREAD completed\r\n")
+        self.assertEqual(c.cmd(b"o THREAD ORDEREDSUBJECT UTF-8 ALL"),
+                         b"* THREAD (1 2)\r\no OK THREAD completed\r\n")
+        self.assertEqual(len(threaded), 3)
+        deliver(self.store, message("Re: x", extra="Message-ID: <3@x>\r\nReferences: <2@x>\r\n"))
+        c.cmd(b"n NOOP")
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (1 2 3)\r\na OK THREAD completed\r\n")
+        c.cmd(b"s STORE 1 +FLAGS (\\Deleted)")
+        c.cmd(b"e EXPUNGE")
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (1 2)\r\na OK THREAD completed\r\n")
+        self.assertEqual(c.cmd(b"u UID THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (2 3)\r\nu OK THREAD completed\r\n")
+        self.assertEqual(len(threaded), 6)
 
 
 class CollectorPauseTests(unittest.TestCase):

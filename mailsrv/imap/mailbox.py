@@ -18,6 +18,8 @@ import gc
 import io
 import operator
 import re
+import weakref
+from array import array
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -658,7 +660,7 @@ class Mailbox:
                 pairs.append((seq, self.folder.entry(uid)))
         return pairs
 
-    def arrange(self, query, order, saved=frozenset(), columns=None):
+    def arrange(self, query, order, saved=frozenset(), columns=None, name=None):
         """
         SORT and THREAD: a Deferred of C{(order(rows), uses_modseq)},
         where C{rows} are the L{Rows} of the messages matching C{query}
@@ -672,6 +674,12 @@ class Mailbox:
             L{None} for all. An order that reads none, or only the date
             that every message already knows (L{Rows} column C{"sent"}),
             reads no header cache: a SORT by date, arrival or size.
+        @param name: names C{order} (as C{("THREAD", "REFERENCES", uid)})
+            when its answer depends only on the messages it is given: the
+            folder keeps its last answer by that name, the answer again
+            for exactly the same messages (the same UIDs at the same
+            sequence numbers; a message's header never changes under its
+            UID). Webmail sends the same THREAD for every page it shows.
 
         @raise imap4.IllegalQueryError: the criteria are malformed.
         """
@@ -681,21 +689,37 @@ class Mailbox:
         folder = self.folder
         indexes = None if columns is None else headercache.column_indexes(columns)
         dates_only = columns is not None and set(columns) <= {"date"}
+        answers = _answers.setdefault(folder, {})
 
         @_collector_paused
         def run():
             found = pairs if matcher.everything else [
                 (seq, u) for seq, u in pairs if _matches_uid(matcher, folder, seq, u, recent)]
+            if name is not None:
+                given = (array("I", [seq for seq, _ in found]), array("I", [u for _, u in found]))
+                last = answers.get(name)
+                if last is not None and last[0] == given:
+                    return last[1]
+                answer, whole = answered(found)
+                if whole:  # (not when some were expunged meanwhile)
+                    answers[name] = (given, answer)
+                return answer
+            return answered(found)[0]
+
+        def answered(found):
+            """C{(order's answer, whether it had all of C{found})}."""
             entries = [folder.entry(u) for _, u in found]
             fields = None
             if not dates_only or "date" in columns and any(e.sent is None for e in entries
                                                            if e is not None):
                 fields = folder.fields([u for _, u in found], indexes)
+            whole = True
             if fields is not None or None in entries:  # expunged meanwhile
                 kept = [at for at, (_, u) in enumerate(found) if entries[at] is not None
                         and (fields is None or u in fields)]
+                whole = len(kept) == len(found)
                 found, entries = [found[at] for at in kept], [entries[at] for at in kept]
-            return order(_rows(folder, found, entries, fields))
+            return order(_rows(folder, found, entries, fields)), whole
 
         def arranged(result):
             folder.headers.kick()  # writes what was read from files
@@ -895,6 +919,10 @@ def _status_values(folder, items):
     if "SIZE" not in items:
         return values
     return folder.total_size().addCallback(lambda size: dict(values, SIZE=size))
+
+
+# Folder -> {name: (the messages given, the answer)}: see Mailbox.arrange's name.
+_answers = weakref.WeakKeyDictionary()
 
 
 def _rows(folder, found, entries, fields):

@@ -1675,7 +1675,7 @@ class IMAPServer(imap4.IMAP4Server):
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
             lambda rows: thread.format_threads(thread.thread(name, rows.records()), number),
-            frozenset(self._saved), thread.COLUMNS)
+            frozenset(self._saved), thread.COLUMNS, ("THREAD", name, uid))
         d.addCallback(threaded)
         d.addErrback(self._search_failed, tag, None, b"THREAD")
         return None
