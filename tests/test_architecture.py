@@ -29,6 +29,8 @@ RULES = {
     "mailsrv.store.sortkeys": {"mailsrv.store", "mailsrv.addresslist"},
     "mailsrv.store.headerfields": {"mailsrv.store", "mailsrv.store.sortkeys",
                                    "mailsrv.addresslist"},
+    # The Maildir file-name codec: names in, flags and sizes out.
+    "mailsrv.store.names": {"mailsrv.store"},
 }
 
 

@@ -17,7 +17,7 @@ from mailsrv.imap.mailbox import Mailbox, Message
 from mailsrv.imap.search import compile_search
 from mailsrv.store import folder as folder_module
 from mailsrv.store import delivery, headercache, headerfields
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.fulldisk import FailingOS
 from tests.fuzzing import examples
 from tests.helpers import opened, result

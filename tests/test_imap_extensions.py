@@ -21,7 +21,7 @@ from mailsrv.imap.syntax import (
     take_modseq_item,
 )
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.fuzzing import examples
 from tests.helpers import opened
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver

@@ -33,13 +33,9 @@ from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
 from mailsrv.imap.sort import Record, Rows
 from mailsrv.store import headercache, headerfields
-from mailsrv.store.folder import (
-    PERMANENT_FLAGS,
-    SPECIAL_USE,
-    FolderError,
-    FolderExists,
-    NoSuchFolder,
-)
+from mailsrv.store.folder import FolderError, FolderExists, NoSuchFolder
+from mailsrv.store.mailstore import SPECIAL_USE
+from mailsrv.store.names import PERMANENT_FLAGS
 from mailsrv.store.layout import check_folder_name
 
 log = Logger()

@@ -67,7 +67,7 @@ from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
 from mailsrv.ranges import runs
 from mailsrv.realm import MailboxFactory
-from mailsrv.store.folder import PERMANENT_FLAGS
+from mailsrv.store.names import PERMANENT_FLAGS
 
 log = Logger()
 
