@@ -1,10 +1,12 @@
 """
 The "must not import" rules of docs/architecture.md ("Parts"), enforced.
 
-Each rule names a module and the only mailsrv modules it may import; it may
-import nothing of Twisted either. Both the import statements in its source
-(function-level ones included) and what importing it really loads, in a
-fresh interpreter, are checked.
+Each rule of L{RULES} names a module and the only mailsrv modules it may
+import; it may import nothing of Twisted either. Both the import statements
+in its source (function-level ones included) and what importing it really
+loads, in a fresh interpreter, are checked. Each rule of L{PACKAGES} names
+a package and the only mailsrv modules and packages its modules' import
+statements may name (Twisted is theirs to use).
 """
 
 import ast
@@ -32,6 +34,39 @@ RULES = {
     # The Maildir file-name codec: names in, flags and sizes out.
     "mailsrv.store.names": {"mailsrv.store"},
 }
+
+
+# package -> the mailsrv modules and packages (with all they hold) its
+# modules may import, besides its own.
+PACKAGES = {
+    # Maildirs, UIDs, the header cache: nothing of the protocols, the queue,
+    # the directory or the config (the protocols import the store).
+    "mailsrv.store": {"mailsrv.address", "mailsrv.addresslist", "mailsrv.ranges"},
+    # Users, aliases, lists, passwords: no protocol, queue or store (but
+    # fsync_directory, to write the users file durably).
+    "mailsrv.directory": {"mailsrv.address", "mailsrv.config", "mailsrv.netaddr",
+                          "mailsrv.store.delivery"},
+    # The spool and delivery, local and remote: no protocol, filter or directory.
+    "mailsrv.queue": {"mailsrv.address", "mailsrv.config", "mailsrv.dns", "mailsrv.store",
+                      "mailsrv.tls"},
+    # The mailbox protocols: over the store and the login module, never the
+    # SMTP server, the queue (but its dot-stuffing) or each other.
+    "mailsrv.imap": {"mailsrv.__version__", "mailsrv.addresslist", "mailsrv.deadline",
+                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.login",
+                     "mailsrv.logtext", "mailsrv.ranges", "mailsrv.realm", "mailsrv.sasl",
+                     "mailsrv.store"},
+    "mailsrv.pop3": {"mailsrv.context", "mailsrv.deadline", "mailsrv.directory.checker",
+                     "mailsrv.errorlog", "mailsrv.login", "mailsrv.queue.dotstuff",
+                     "mailsrv.realm", "mailsrv.sasl"},
+}
+
+
+def outside(names, package):
+    """The mailsrv modules among C{names} that modules of C{package} may not import."""
+    allowed = PACKAGES[package] | {package}
+    return sorted(name for name in names
+                  if name.startswith("mailsrv.")
+                  and not any(name == a or name.startswith(a + ".") for a in allowed))
 
 
 def imported_names(path):
@@ -83,3 +118,17 @@ class ImportRuleTests(unittest.TestCase):
                          ["mailsrv.filters.actions", "twisted.internet.reactor"])
         self.assertIn("mailsrv.store.layout", forbidden(loaded_by("mailsrv.filters.actions"),
                                                         "mailsrv.config"))
+
+
+class PackageRuleTests(unittest.TestCase):
+    def test_import_statements(self):
+        for package in PACKAGES:
+            for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
+                self.assertEqual(outside(imported_names(path), package), [], str(path))
+
+    def test_the_rules_catch_an_import(self):
+        self.assertEqual(outside({"mailsrv.store.folder", "mailsrv.imap.server", "mailsrv",
+                                  "mailsrv.ranges", "mailsrv.storex", "twisted.internet"},
+                                 "mailsrv.store"),
+                         ["mailsrv.imap.server", "mailsrv.storex"])
+        self.assertEqual(outside({"mailsrv.smtp"}, "mailsrv.pop3"), ["mailsrv.smtp"])
