@@ -5,8 +5,10 @@ a StringTransport and a task.Clock.
 
 import base64
 import errno
+import itertools
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from twisted.cred import checkers, credentials, error
 from twisted.internet import defer, interfaces, task
@@ -23,7 +25,7 @@ from mailsrv.imap import mailbox as mailbox_module
 from mailsrv.imap import server as server_module
 from mailsrv.imap.server import build_factory
 from mailsrv.sessions import MemorySessionStore
-from mailsrv.store import folder as folder_module
+from mailsrv.store import folder as folder_module, layout
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.mailstore import MailStore
 from tests.fulldisk import FullDisk
@@ -771,6 +773,9 @@ class FastFetchTests(IMAPTestCase):
         root = Path(self.mktemp())
         root.mkdir()
         server = make_mail_server(root, self.clock)
+        # both stores' messages arrive in the same order at the same second (INTERNALDATE)
+        ticks = itertools.count()
+        self.patch(layout, "time", SimpleNamespace(time=lambda: 1_795_000_000 + next(ticks) / 1000))
         for m in (MESSAGE, MULTIPART, self.BIG, self.BARE_LF, MESSAGE):
             deliver(server.store, m)
         opened(server.store, ALICE).claim_recent()  # FLAGS without \\Recent
