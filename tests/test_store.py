@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from mailsrv.store import delivery, expunges, uidlist
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import FolderError, FolderExists, NoSuchFolder
+from mailsrv.store.folder import SETTLED, FolderError, FolderExists, NoSuchFolder
 from mailsrv.store.mailstore import MailStore
 from mailsrv.store.names import arrival_order
 from tests.fulldisk import FullDisk
@@ -390,6 +390,62 @@ class SharingTests(StoreTestCase):
                              {"\\Seen", "$Work"})
 
         return d.addCallback(moved)
+
+
+class OwnChangesTests(StoreTestCase):
+    """
+    The server's own changes leave a settled folder trusted (no listing of
+    it at the next sync); another program's change made meanwhile is seen
+    once the folder has settled.
+    """
+
+    def settled(self):
+        """INBOX with 3 messages, its directories old and listed: trusted."""
+        self.deliver(3)
+        folder = opened(self.store, ALICE)
+        for sub in ("cur", "new"):
+            os.utime(folder.path / sub, (1_600_000_000, 1_600_000_000))
+        self.sync(folder)
+        self.listings = []
+        scan = folder._scan
+        self.patch(folder, "_scan", lambda: self.listings.append(1) or scan())
+        self.assertEqual(self.sync(folder), ([], [], {}))
+        self.assertEqual(self.listings, [])
+        return folder
+
+    def test_store_and_expunge_need_no_listing(self):
+        folder = self.settled()
+        folder.set_flags(1, {"\\Seen"})
+        self.assertEqual(self.sync(folder), ([], [], {}))
+        folder.delete([2])
+        self.deliver(1)
+        self.store.notify(ALICE)  # (nobody listens: no take-in)
+        folder.add_listener(Recorder())
+        self.store.notify(ALICE, names=os.listdir(folder.path / "new"))
+        self.assertEqual(self.sync(folder), ([], [], {}))
+        self.assertEqual(self.listings, [])
+        self.assertEqual(folder.uids(), [1, 3, 4])
+
+    def test_other_programs_change_seen_once_settled(self):
+        folder = self.settled()
+        recorder = Recorder()
+        folder.add_listener(recorder)
+        folder.set_flags(1, {"\\Seen"}, origin=recorder)
+        path = folder.message(3).path
+        os.rename(path, path.with_name(path.name + "F"))  # another program flags it
+        self.assertEqual(self.sync(folder), ([], [], {}))  # hidden behind ours
+        self.clock.advance(SETTLED + 1)
+        self.assertEqual(self.listings, [1])
+        self.assertEqual(recorder.events, [("flags", {3: {"\\Flagged"}})])
+        self.assertEqual(folder.message(3).flags, {"\\Flagged"})
+
+    def test_a_folder_not_trusted_stays_listed(self):
+        self.deliver(3)
+        folder = opened(self.store, ALICE)  # its directories just changed: not settled
+        folder.set_flags(1, {"\\Seen"})
+        path = folder.message(3).path
+        os.rename(path, path.with_name(path.name + "F"))
+        self.assertEqual(self.sync(folder), ([], [], {3: {"\\Flagged"}}))
 
 
 class FolderManagementTests(StoreTestCase):

@@ -197,6 +197,8 @@ class Folder:
         # (see changed_since)
         self._change_modseqs, self._change_uids = array("Q"), array("L")
         self._clean_stamp = None  # see sync()
+        self._own_changes = False  # the server changed a trusted folder since: see _touch()
+        self._confirming = None  # the DelayedCall of _confirm()
         self._syncing = None  # the Deferreds waiting on the listing in a thread
         self._touched = None  # keys changed since that listing began
         # UIDs that arrived here and no session has seen: kept by the store,
@@ -475,6 +477,8 @@ class Folder:
         Skipped when neither C{cur/} nor C{new/} changed since a scan that
         found them settled (modified over L{SETTLED} seconds before): a
         NOOP or IDLE in a big folder costs two C{stat}s, not a listing.
+        Changes the server made itself (L{_touch}) do not count: this
+        object holds their result already.
 
         @return: a Deferred of C{(added, expunged, flag_changes)}: lists of
             UIDs and a dict of UID to flags.
@@ -485,24 +489,30 @@ class Folder:
             return waiting
         self._syncing, self._touched = [waiting], set()
         if self._loaded:
-            d = threads.deferToThread(self._look, self._clean_stamp)
-            d.addCallback(self._looked)
+            own, self._own_changes = self._own_changes and self._clean_stamp is not None, False
+            d = threads.deferToThread(self._look, self._clean_stamp, own)
+            d.addCallback(self._looked, own)
         else:
             d = threads.deferToThread(self._read)
             d.addCallback(self._load)
         d.addBoth(self._synced)
         return waiting
 
-    def _look(self, clean_stamp):
-        """In a thread: C{(stamp, listing)}; no listing when C{clean_stamp} holds."""
+    def _look(self, clean_stamp, own):
+        """
+        In a thread: C{(stamp, listing)}; no listing when C{clean_stamp}
+        holds, or when only the server changed the folder since (C{own}).
+        """
         stamp = self._stamp()
-        if stamp is not None and stamp == clean_stamp:
+        if stamp is not None and (stamp == clean_stamp or own):
             return stamp, None
         return stamp, self._scan()
 
-    def _looked(self, looked):
+    def _looked(self, looked, own):
         stamp, found = looked
         if found is None:
+            if own and self._clean_stamp is not None:  # (not if a listing found it changed)
+                self._clean_stamp = stamp  # until _confirm()
             return [], [], {}
         touched = self._touched
         result, complete = self._apply(found, touched)
@@ -518,9 +528,31 @@ class Folder:
                 d.callback(result)
 
     def _touch(self, keys):
-        """The server changed these messages: a listing under way is out of date for them."""
+        """
+        The server changes these messages (a file in C{cur/} or C{new/}
+        renamed, linked or removed, its index line written first): a
+        listing under way is out of date for them. A folder trusted at its
+        last listing stays trusted, so the NOOP, IDLE or SELECT after a
+        STORE or EXPUNGE in a 50,000-message folder does not list it again
+        (L{sync}). Another program's change at the same time would hide
+        behind it: a listing confirms the folder once it has settled.
+        """
         if self._touched is not None:
             self._touched.update(keys)
+        if self._clean_stamp is not None:
+            self._own_changes = True
+            if self._confirming is not None and self._confirming.active():
+                self._confirming.reset(SETTLED + 1)
+            else:
+                self._confirming = self.store.clock.callLater(SETTLED + 1, self._confirm)
+
+    def _confirm(self):
+        """L{SETTLED} seconds after the server's last change: list the folder again."""
+        self._confirming = None
+        self._clean_stamp, self._own_changes = None, False
+        if self.listeners:
+            self.sync().addErrback(
+                lambda f: log.failure("{path}: sync", f, path=str(self.path)))
 
     def arrived(self, names):
         """
@@ -541,6 +573,7 @@ class Folder:
         """A scan that began at C{stamp} is complete: trust it if settled."""
         settled = stamp is not None and max(stamp) < (time.time() - SETTLED) * 10**9
         self._clean_stamp = stamp if settled else None
+        self._own_changes = self._own_changes and settled
 
     def _stamp(self):
         try:
