@@ -439,6 +439,14 @@ class OwnChangesTests(StoreTestCase):
         self.assertEqual(recorder.events, [("flags", {3: {"\\Flagged"}})])
         self.assertEqual(folder.message(3).flags, {"\\Flagged"})
 
+    def test_more_changes_do_not_put_off_the_listing(self):
+        folder = self.settled()
+        folder.add_listener(Recorder())
+        for uid in (1, 2, 3):
+            folder.set_flags(uid, {"\\Seen"})
+            self.clock.advance(SETTLED - 0.5)
+        self.assertEqual(self.listings, [1])
+
     def test_a_folder_not_trusted_stays_listed(self):
         self.deliver(3)
         folder = opened(self.store, ALICE)  # its directories just changed: not settled

@@ -534,20 +534,19 @@ class Folder:
         listing under way is out of date for them. A folder trusted at its
         last listing stays trusted, so the NOOP, IDLE or SELECT after a
         STORE or EXPUNGE in a 50,000-message folder does not list it again
-        (L{sync}). Another program's change at the same time would hide
-        behind it: a listing confirms the folder once it has settled.
+        (L{sync}). Another program's change made meanwhile would hide
+        behind ours: a listing confirms the folder L{SETTLED} + 1 seconds
+        after the first of our changes.
         """
         if self._touched is not None:
             self._touched.update(keys)
         if self._clean_stamp is not None:
             self._own_changes = True
-            if self._confirming is not None and self._confirming.active():
-                self._confirming.reset(SETTLED + 1)
-            else:
+            if self._confirming is None:  # (not put off by more changes: at most this late)
                 self._confirming = self.store.clock.callLater(SETTLED + 1, self._confirm)
 
     def _confirm(self):
-        """L{SETTLED} seconds after the server's last change: list the folder again."""
+        """A while after the server's first change to a trusted folder: list it again."""
         self._confirming = None
         self._clean_stamp, self._own_changes = None, False
         if self.listeners:
