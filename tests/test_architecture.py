@@ -1,10 +1,11 @@
 """
 The "must not import" rules of docs/architecture.md ("Parts"), enforced.
 
-Each rule names a module and the only mailsrv modules it may import; it may
-import nothing of Twisted either. Both the import statements in its source
-(function-level ones included) and what importing it really loads, in a
-fresh interpreter, are checked.
+Each of L{RULES} names a module and the only mailsrv modules it may import;
+it may import nothing of Twisted either. Each of L{PACKAGE_RULES} names a
+package and what none of its modules may import. Both the import
+statements in the source (function-level ones included) and what importing
+a module really loads, in a fresh interpreter, are checked.
 """
 
 import ast
@@ -32,6 +33,37 @@ RULES = {
 }
 
 
+# package -> what no module in it may import: (in its source, when loaded).
+PACKAGE_RULES = {
+    # The policy framework and its checks decide; the protocols write the
+    # replies and the delivery agent places the message. Not checked at
+    # load: the directory loads the store (directory/users.py takes
+    # fsync_directory from store/delivery.py).
+    "mailsrv.policy": (("mailsrv.smtp.server", "twisted.internet.reactor", "mailsrv.store"),
+                       ("mailsrv.smtp.server", "twisted.internet.reactor")),
+}
+
+# Packages whose modules may not import each other: one check never
+# depends on another (what two share is given to each).
+SEPARATE = ("mailsrv.policy.checks",)
+
+
+def modules_of(package):
+    """The modules of C{package}, itself included, by dotted name."""
+    root = ROOT / package.replace(".", "/")
+    return sorted(".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(
+        ".__init__") for path in root.rglob("*.py"))
+
+
+def path_of(module):
+    path = ROOT / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def within(name, prefixes):
+    return sorted(p for p in prefixes if name == p or name.startswith(p + "."))
+
+
 def imported_names(path):
     """Every module an import statement in C{path} names, at any depth."""
     names = set()
@@ -43,7 +75,7 @@ def imported_names(path):
                 raise AssertionError(f"{path}: relative import of {node.module}")
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if node.module == "mailsrv")
+                         if (ROOT / node.module.replace(".", "/")).is_dir())
     return names
 
 
@@ -74,6 +106,25 @@ class ImportRuleTests(unittest.TestCase):
         for module in RULES:
             self.assertEqual(forbidden(loaded_by(module), module), [], module)
 
+    def test_package_import_statements(self):
+        for package, (in_source, _) in PACKAGE_RULES.items():
+            for module in modules_of(package):
+                names = imported_names(path_of(module))
+                self.assertEqual([n for n in sorted(names) if within(n, in_source)], [], module)
+
+    def test_what_importing_a_package_module_loads(self):
+        for package, (_, when_loaded) in PACKAGE_RULES.items():
+            for module in modules_of(package):
+                self.assertEqual([n for n in sorted(loaded_by(module)) if within(n, when_loaded)],
+                                 [], module)
+
+    def test_separate_modules(self):
+        for package in SEPARATE:
+            for module in modules_of(package):
+                others = [n for n in imported_names(path_of(module))
+                          if within(n, [package]) and n not in (module, package)]
+                self.assertEqual(others, [], module)
+
     def test_the_rules_catch_an_import(self):
         """A server module in the source, or loaded through another, is caught."""
         self.assertEqual(forbidden({"mailsrv.filters.actions", "twisted.internet.reactor",
@@ -81,3 +132,10 @@ class ImportRuleTests(unittest.TestCase):
                          ["mailsrv.filters.actions", "twisted.internet.reactor"])
         self.assertIn("mailsrv.store.layout", forbidden(loaded_by("mailsrv.filters.actions"),
                                                         "mailsrv.config"))
+        in_source, _ = PACKAGE_RULES["mailsrv.policy"]
+        self.assertEqual(within("mailsrv.store.layout", in_source), ["mailsrv.store"])
+        self.assertEqual(within("mailsrv.smtp.state", in_source), [])
+        self.assertIn("mailsrv.policy.checks.sender", modules_of("mailsrv.policy.checks"))
+        source = Path(self.mktemp())
+        source.write_text("from mailsrv.policy.checks import sender\n")
+        self.assertIn("mailsrv.policy.checks.sender", imported_names(source))

@@ -23,7 +23,7 @@ class Filters:
     @param filters: objects with C{check(session, transaction)} returning a
         Deferred L{mailsrv.filters.actions.FilterResult}, run in parallel
         at MAIL FROM.
-    @param standing: the listener's L{mailsrv.smtp.policy.Standing}:
+    @param standing: the listener's L{mailsrv.policy.standing.Standing}:
         authenticated and trusted clients skip the filters.
     @param subject_prefix: [antispam] subject_prefix, for the subject action.
     @param threshold: the count of counted findings that makes a message spam.

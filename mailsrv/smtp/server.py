@@ -19,6 +19,8 @@ from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
+from mailsrv.policy import hooks
+from mailsrv.policy.listener import recipient_checks, sender_checks, standing
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.filters import pipeline
 from mailsrv.filters.actions import SKIPPED
@@ -32,7 +34,6 @@ from mailsrv.smtp.commands import (
     split_command,
 )
 from mailsrv.smtp.data import DataReader
-from mailsrv.smtp.policy import recipient_stages, run_stages, sender_stages, standing
 from mailsrv.smtp.reception import Reception, cannot_queue
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
 
@@ -403,7 +404,7 @@ class SMTPServer(protocol.Protocol):
         if params.size is not None and params.size > self.limits.max_message_size:
             raise CommandError(552, "5.3.4", "Message size exceeds fixed limit")
         transaction = Transaction(sender, params)
-        verdict = run_stages(self.factory.sender_stages, self.session, transaction, sender)
+        verdict = hooks.run(self.factory.sender_checks, self.session, transaction, sender)
         return self._then(verdict, self._mail_verdict, transaction)
 
     def _then(self, result, callback, *args):
@@ -454,8 +455,8 @@ class SMTPServer(protocol.Protocol):
         else:
             route = directory.route(address)
         recipient = Recipient(address, route)
-        verdict = run_stages(
-            self.factory.recipient_stages, self.session, self.transaction, recipient
+        verdict = hooks.run(
+            self.factory.recipient_checks, self.session, self.transaction, recipient
         )
         return self._then(verdict, self._rcpt_verdict, recipient)
 
@@ -537,8 +538,8 @@ class SMTPFactory(protocol.ServerFactory):
     @ivar server: the shared L{mailsrv.context.MailServer}.
     @ivar listener: the L{mailsrv.config.Listener}.
     @ivar limits: the listener's L{Limits}.
-    @ivar sender_stages: the MAIL FROM policy chain.
-    @ivar recipient_stages: the RCPT TO policy chain.
+    @ivar sender_checks: the checks of the sender hook (MAIL FROM).
+    @ivar recipient_checks: the checks of the recipient hook (RCPT TO).
     @ivar clock: for timeouts and Received dates.
     @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
         sets it): whether it is under stress.
@@ -550,8 +551,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.server = server
         self.listener = listener
         self.limits = Limits.from_settings(server.settings)
-        self.sender_stages = sender_stages(server, listener)
-        self.recipient_stages = recipient_stages(server, listener)
+        self.sender_checks = sender_checks(server, listener)
+        self.recipient_checks = recipient_checks(server, listener)
         self.journal = Journal(server.settings.journal, server.delivery)
         if server.clock is None:
             from twisted.internet import reactor
