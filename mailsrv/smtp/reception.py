@@ -3,9 +3,9 @@ One message from DATA to its reply. The protocol reads the data (with
 L{mailsrv.smtp.data.DataReader}) and hands the bytes to a L{Reception},
 which owns everything else about the message, as chasquid's C{queue.Put}
 and maddy's C{Body}/C{Commit} do: the spool file, our trace headers, the
-anti-spam filters' judgement (the message filters wait for the header
-section), the Subject prefix, then at the final dot the action the
-judgement names and the delivery (L{mailsrv.queue.intake.LocalDelivery}).
+policy's judgement (the header hook's checks wait for the header section),
+then at the final dot what the policy makes of it (L{mailsrv.policy.apply})
+and the delivery (L{mailsrv.queue.intake.LocalDelivery}).
 """
 
 import errno
@@ -14,7 +14,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import errorlog
-from mailsrv.filters.actions import SubjectPrefixer
 from mailsrv.logtext import literal
 from mailsrv.smtp.data import HeaderSection
 from mailsrv.smtp.trace import trace_headers
@@ -35,15 +34,15 @@ def cannot_queue(error):
 
 class Reception:
     """
-    @ivar judgement: the filters' L{mailsrv.filters.actions.Judgement}:
-        the sender's and recipients' so far, the message's once its header
-        section is judged.
+    @ivar judgement: the policy's L{mailsrv.policy.judgement.Judgement}:
+        the transaction's so far, the message's once its header section is
+        judged.
     """
 
     def __init__(self, factory, session, transaction, incoming, transport):
         """
         @param factory: the listener's L{mailsrv.smtp.server.SMTPFactory}
-            (its filters, journal, clock and server).
+            (its policy, journal, clock and server).
         @param incoming: the new spool file (L{mailsrv.queue.spool.IncomingMessage}).
         @param transport: the connection, named in error log lines.
         """
@@ -52,14 +51,15 @@ class Reception:
         self.transaction = transaction
         self.incoming = incoming
         self.transport = transport
+        self.policy = factory.policy
         self.judgement = transaction.judgement
         self.gone = False
         self._top = trace_headers(session, transaction, incoming.queue_id,
                                   factory.server.settings.hostname, factory.clock.seconds())
         self._prefixer = None
         self._write_error = None
-        self._held = None  # the HeaderSection the message filters wait for
-        if factory.filters.reads_message(self.judgement):
+        self._held = None  # the HeaderSection the header hook waits for
+        if self.policy.reads_header(self.judgement):
             self._held = HeaderSection()
         else:
             self._begin()
@@ -68,7 +68,7 @@ class Reception:
         """
         Message bytes (C{done}: the last have come).
 
-        @return: a Deferred while the message filters judge the header
+        @return: a Deferred while the header hook judges the header
             section (later input must wait for it), else L{None}.
         """
         held = self._held
@@ -79,8 +79,7 @@ class Reception:
         if not (held.complete or done):
             return None
         self._held = None
-        d = self.factory.filters.judge_message(
-            self.judgement, self.session, self.transaction, held.header)
+        d = self.policy.header(self.judgement, self.session, self.transaction, held.header)
         return d.addCallback(self._judged, bytes(held.data))
 
     def _judged(self, judgement, held):
@@ -91,16 +90,10 @@ class Reception:
         self._write(held)
 
     def _begin(self):
-        """The judgement is final: log it, write our headers, then the message."""
-        judgement = self.judgement
-        if judgement.checked:
-            log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
-                     queue_id=self.incoming.queue_id, ip=self.session.ip,
-                     summary=judgement.summary, action=judgement.action)
-        self._write_through(self._top + judgement.header_block())
-        if judgement.action.kind == "subject":
-            prefix = self.factory.filters.subject_prefix.encode("utf-8")
-            self._prefixer = SubjectPrefixer(self._write_through, prefix)
+        """The judgement is final: our headers and the policy's, then the message."""
+        headers, self._prefixer = self.policy.begin(
+            self.judgement, self.session, self.incoming.queue_id, self._write_through)
+        self._write_through(self._top + headers)
 
     def _write(self, data):
         if self._prefixer is not None:
@@ -146,22 +139,15 @@ class Reception:
             incoming.abort()
             log.error("cannot write the spool file: {error}", error=self._write_error)
             return cannot_queue(self._write_error)
-        action = self.judgement.action
-        if action.kind == "reject":  # by a message filter
+        verdict = self.policy.end(self.judgement, self.session, transaction, incoming.queue_id)
+        if verdict is not None:  # refused or dropped: nothing is kept
             incoming.abort()
-            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
-                     ip=ip, sender=transaction.sender, summary=self.judgement.summary)
-            return 550, "5.7.1", "Message refused as spam"
-        if action.kind == "delete":
-            incoming.abort()
-            log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
-                     queue_id=incoming.queue_id, ip=ip, sender=transaction.sender)
-            return 250, "2.0.0", f"Ok: queued as {incoming.queue_id}"
+            return verdict.code, verdict.enhanced, verdict.text
         delivery = self.factory.server.delivery
         try:
             destination = delivery.destination(
-                transaction.local_users(), transaction.remote_addresses(), action,
-                incoming.queue_id)
+                transaction.local_users(), transaction.remote_addresses(),
+                self.judgement.action, incoming.queue_id)
             journal = self.factory.journal.copies(transaction)
             fields = {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo}
             d = delivery.deliver(incoming, fields, destination, journal)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from mailsrv.directory import Route
-from mailsrv.filters.actions import SKIPPED, Judgement
+from mailsrv.policy.judgement import SKIPPED, Judgement
 from mailsrv.smtp.commands import MailParams
 
 

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsrv.dns import TemporaryDNSError
-from mailsrv.filters.actions import NOT_WHITELISTED, Whitelisting
+from mailsrv.policy.judgement import NOT_WHITELISTED, Whitelisting
 
 log = Logger()
 
