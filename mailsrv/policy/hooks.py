@@ -9,10 +9,11 @@ each hook passes (docs/policy.md):
     sender     MAIL FROM                   Session      the sender ("" for <>)
     recipient  RCPT TO                     Session      a Recipient
     header     the header section is in    Session      the header section (bytes)
-    body       the final dot               Session      the L{Message} (on disk)
+    body       the final dot               Session      the L{Message}
 """
 
 from dataclasses import dataclass
+from typing import BinaryIO, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,6 +38,21 @@ class Peer:
 
     ip: str
     local_ip: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """
+    What the body hook's checks read: the message as the client sent it
+    (without our headers).
+
+    @ivar size: its length in bytes.
+    @ivar open: a function giving a binary file of it; call it, and read,
+        off the reactor thread (a big message is on disk).
+    """
+
+    size: int
+    open: Callable[[], BinaryIO]
 
 
 def run(checks, session, transaction, subject):

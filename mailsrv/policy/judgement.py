@@ -37,14 +37,16 @@ class Judgement:
     @ivar checked: whether filters ran (not for skipped, trusted senders).
     @ivar findings: the L{mailsrv.policy.verdict.Finding}s.
     @ivar threshold: the count of counted findings that makes a message spam.
-    @ivar whitelist: the L{Whitelisting}; content filters read
-        C{whitelist.content} and skip the message when it is set.
+    @ivar whitelist: the L{Whitelisting}.
+    @ivar content: whether the body hook's checks judge the message: not
+        for clients that skip the filters, nor for content whitelisted.
     """
 
     checked: bool
     findings: tuple = ()
     threshold: int = 1
     whitelist: Whitelisting = NOT_WHITELISTED
+    content: bool = False
 
     def adding(self, verdicts):
         """This judgement with the findings of more verdicts (of a later hook), checked."""

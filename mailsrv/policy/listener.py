@@ -101,7 +101,8 @@ class ListenerPolicy:
         whitelist = NOT_WHITELISTED
         if self.whitelists is not None:
             whitelist = yield self.whitelists.match(session, transaction)
-        judgement = Judgement(checked=not skipped, threshold=self.threshold, whitelist=whitelist)
+        judgement = Judgement(checked=not skipped, threshold=self.threshold, whitelist=whitelist,
+                              content=not (skipped or whitelist.content))
         if skipped or whitelist.connection or not self.filters[SENDER]:
             return judgement
         verdicts = yield _together(self.filters[SENDER], session, transaction,
@@ -125,6 +126,18 @@ class ListenerPolicy:
         d = _together(self.filters[HEADER], session, transaction, header)
         return d.addCallback(_added_to, judgement)
 
+    def reads_body(self, judgement):
+        """Whether L{body} must see the whole message before anything is written."""
+        return bool(self.filters[BODY]) and judgement.content
+
+    def body(self, judgement, session, transaction, message):
+        """
+        @param message: the L{hooks.Message}.
+        @return: a Deferred of the L{Judgement} with the body filters' findings.
+        """
+        d = _together(self.filters[BODY], session, transaction, message)
+        return d.addCallback(_added_to, judgement)
+
     def begin(self, judgement, session, queue_id, write):
         """L{apply.begin} with this listener's subject prefix."""
         return apply.begin(judgement, session, queue_id, self.subject_prefix, write)
@@ -135,9 +148,13 @@ class ListenerPolicy:
 
 
 def _together(checks, session, transaction, subject):
-    """A Deferred of the verdicts of C{checks}, run at once."""
-    return defer.gatherResults([defer.maybeDeferred(check.check, session, transaction, subject)
-                                for check in checks])
+    """
+    A Deferred of the verdicts of C{checks}, run at once; it fails as the
+    first check that fails (the others' failures are not logged again).
+    """
+    d = defer.gatherResults([defer.maybeDeferred(check.check, session, transaction, subject)
+                             for check in checks], consumeErrors=True)
+    return d.addErrback(lambda failure: failure.value.subFailure)
 
 
 def _added_to(verdicts, judgement):

@@ -3,18 +3,21 @@ One message from DATA to its reply. The protocol reads the data (with
 L{mailsrv.smtp.data.DataReader}) and hands the bytes to a L{Reception},
 which owns everything else about the message, as chasquid's C{queue.Put}
 and maddy's C{Body}/C{Commit} do: the spool file, our trace headers, the
-policy's judgement (the header hook's checks wait for the header section),
-then at the final dot what the policy makes of it (L{mailsrv.policy.apply})
-and the delivery (L{mailsrv.queue.intake.LocalDelivery}).
+policy's judgement (the header hook's checks wait for the header section,
+the body hook's for the whole message), then at the final dot what the
+policy makes of it (L{mailsrv.policy.apply}) and the delivery
+(L{mailsrv.queue.intake.LocalDelivery}).
 """
 
 import errno
 
+from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import errorlog
 from mailsrv.logtext import literal
+from mailsrv.policy.hooks import Message
 from mailsrv.smtp.data import HeaderSection
 from mailsrv.smtp.trace import trace_headers
 
@@ -35,8 +38,8 @@ def cannot_queue(error):
 class Reception:
     """
     @ivar judgement: the policy's L{mailsrv.policy.judgement.Judgement}:
-        the transaction's so far, the message's once its header section is
-        judged.
+        the transaction's so far, the message's once its header section
+        (and its body) is judged.
     """
 
     def __init__(self, factory, session, transaction, incoming, transport):
@@ -59,9 +62,14 @@ class Reception:
         self._prefixer = None
         self._write_error = None
         self._held = None  # the HeaderSection the header hook waits for
+        # The message as it comes, while the body hook waits for all of it:
+        # our headers and the Subject depend on its judgement.
+        self._received = None
+        if self.policy.reads_body(self.judgement):
+            self._received = factory.server.spool.incoming()
         if self.policy.reads_header(self.judgement):
             self._held = HeaderSection()
-        else:
+        elif self._received is None:
             self._begin()
 
     def take(self, data, done):
@@ -86,7 +94,8 @@ class Reception:
         if self.gone:
             return
         self.judgement = judgement
-        self._begin()
+        if self._received is None:
+            self._begin()
         self._write(held)
 
     def _begin(self):
@@ -96,23 +105,34 @@ class Reception:
         self._write_through(self._top + headers)
 
     def _write(self, data):
-        if self._prefixer is not None:
+        if self._received is not None:
+            self._write_to(self._received, data)
+        elif self._prefixer is not None:
             self._prefixer.feed(data)
         elif data:
-            self._write_through(data)
+            self._write_to(self.incoming, data)
 
     def _write_through(self, data):
-        """Write to the spool file; the first I/O error is kept for the end."""
+        """Write to the spool file, past the Subject prefixer."""
+        self._write_to(self.incoming, data)
+
+    def _write_to(self, message, data):
+        """The first I/O error is kept for the end."""
         if self._write_error is None:
             try:
-                self.incoming.write(data)
+                message.write(data)
             except OSError as e:
                 self._write_error = e
 
     def abort(self):
         """The client went away before the final dot: nothing is kept."""
         self.gone = True
+        self._drop()
+
+    def _drop(self):
         self.incoming.abort()
+        if self._received is not None:
+            self._received.abort()
 
     def end(self, reader, max_size):
         """
@@ -122,17 +142,52 @@ class Reception:
         @return: the reply, C{(code, enhanced code, text)}, or a Deferred
             of it while the message is made durable.
         """
-        incoming, transaction, ip = self.incoming, self.transaction, self.session.ip
+        ip = self.session.ip
         if reader.bare_line_ending:
-            incoming.abort()
+            self._drop()
             log.info("refused message from {ip}: bare CR or LF in DATA", ip=ip)
             return (550, "5.6.0",
                     "Message contains bare CR or LF characters; lines must end with CRLF")
         if reader.size > max_size:
-            incoming.abort()
+            self._drop()
             log.info("refused message from {ip}: {size} bytes is over the limit",
                      ip=ip, size=reader.size)
             return 552, "5.3.4", "Message size exceeds fixed limit"
+        received, self._received = self._received, None
+        if received is None:
+            return self._finish(reader)
+        if self._write_error is not None:
+            received.abort()
+            return self._finish(reader)
+        d = self.policy.body(self.judgement, self.session, self.transaction,
+                             Message(received.size, received.reader))
+        d.addCallback(self._body_judged, received)
+        d.addCallbacks(lambda _: self._finish(reader), self._body_failed, errbackArgs=(received,))
+        return d
+
+    def _body_judged(self, judgement, received):
+        """Our headers and the policy's, then the message as received, in a thread."""
+        self.judgement = judgement
+        self._begin()
+        return threads.deferToThread(self._copy, received)
+
+    def _copy(self, received):
+        try:
+            with received.reader() as message:
+                while chunk := message.read(1 << 16):
+                    self._write(chunk)
+        finally:
+            received.abort()
+
+    def _body_failed(self, failure, received):
+        received.abort()
+        self.incoming.abort()
+        errorlog.client_error(log, failure, "policy body hook", "smtp", self.transport)
+        return 451, "4.3.0", "Temporary failure, try again later"
+
+    def _finish(self, reader):
+        """The judgement is final and the message written: refuse, delete or deliver it."""
+        incoming, transaction, ip = self.incoming, self.transaction, self.session.ip
         if self._prefixer is not None:
             self._prefixer.close()
         if self._write_error is not None:
