@@ -33,14 +33,16 @@ RULES = {
 }
 
 
+_PROTOCOLS = ("mailsrv.smtp", "mailsrv.pop3", "mailsrv.imap", "mailsrv.service")
+
 # package -> what no module in it may import: (in its source, when loaded).
 PACKAGE_RULES = {
     # The policy framework and its checks decide; the protocols write the
-    # replies and the delivery agent places the message. Not checked at
-    # load: the directory loads the store (directory/users.py takes
+    # replies and the delivery agent places the message. The store is not
+    # checked at load: the directory loads it (directory/users.py takes
     # fsync_directory from store/delivery.py).
-    "mailsrv.policy": (("mailsrv.smtp.server", "twisted.internet.reactor", "mailsrv.store"),
-                       ("mailsrv.smtp.server", "twisted.internet.reactor")),
+    "mailsrv.policy": (_PROTOCOLS + ("mailsrv.queue", "twisted.internet.reactor", "mailsrv.store"),
+                       _PROTOCOLS + ("mailsrv.queue", "twisted.internet.reactor")),
 }
 
 # Packages whose modules may not import each other: one check never
@@ -134,7 +136,8 @@ class ImportRuleTests(unittest.TestCase):
                                                         "mailsrv.config"))
         in_source, _ = PACKAGE_RULES["mailsrv.policy"]
         self.assertEqual(within("mailsrv.store.layout", in_source), ["mailsrv.store"])
-        self.assertEqual(within("mailsrv.smtp.state", in_source), [])
+        self.assertEqual(within("mailsrv.smtp.server", in_source), ["mailsrv.smtp"])
+        self.assertEqual(within("mailsrv.smtpd", in_source), [])
         self.assertIn("mailsrv.policy.checks.sender", modules_of("mailsrv.policy.checks"))
         source = Path(self.mktemp())
         source.write_text("from mailsrv.policy.checks import sender\n")
