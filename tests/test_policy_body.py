@@ -7,7 +7,6 @@ action is carried out by the framework, never by the check.
 
 from pathlib import Path
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsrv.policy.actions import HEADER, NONE, Action
@@ -17,6 +16,8 @@ from mailsrv.policy.listener import ListenerPolicy
 from mailsrv.policy.verdict import Verdict
 from mailsrv.queue.spool import IncomingMessage
 from tests.helpers import fresh_error_log
+from tests.test_filters import Standing
+from tests.test_filters_whitelist import Fixed as Listed
 from tests.test_smtp.support import (
     connect,
     files_on_disk,
@@ -42,24 +43,6 @@ class Phrase:
             return Verdict.found(False)
         return Verdict.found(True, self.action, ("phrase " + self.phrase.decode(),),
                              (("X-Mailsrv-Phrase", self.phrase.decode()),))
-
-
-class Standing:
-    def __init__(self, skips=False):
-        self.skips = skips
-
-    def skips_antispam(self, session):
-        return defer.succeed(self.skips)
-
-
-class Listed:
-    """A whitelist that lists every sender for C{whitelisting}."""
-
-    def __init__(self, whitelisting):
-        self.whitelisting = whitelisting
-
-    def match(self, session, transaction):
-        return defer.succeed(self.whitelisting)
 
 
 MESSAGE = b"From: x@remote.test\r\nSubject: offer\r\n\r\ncheap pills\r\n"
