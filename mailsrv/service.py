@@ -46,7 +46,7 @@ DENIED_REPLIES = {
     "pop3": b"-ERR Access denied for %s\r\n",
     "imap": b"* BYE Access denied for %s\r\n",
 }
-# ... and when a lookup the stage needs failed.
+# ... and when a lookup the connect hook needs failed.
 LATER_REPLIES = {
     "smtp": b"421 4.4.3 Cannot check your address now, try again later\r\n",
     "pop3": b"-ERR [SYS/TEMP] Cannot check your address now, try again later\r\n",

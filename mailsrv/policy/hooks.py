@@ -107,6 +107,7 @@ def _run_async(pending, check, remaining, session, transaction, subject, reasons
 
 
 def _check_failed(failure, check, session):
+    # The log line still says "policy stage", as admins' filters expect.
     errorlog.client_errors.failed(log, failure, f"policy stage {type(check).__name__}",
                                   f"smtp {getattr(session, 'ip', '?')}")
     return Verdict.refuse(

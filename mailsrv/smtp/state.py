@@ -1,7 +1,7 @@
 """
 The two kinds of SMTP state, kept apart (as aiosmtpd does): a L{Session} lives
 as long as the connection (or until STARTTLS), a L{Transaction} from MAIL to
-the end of DATA (or RSET). Policy stages get both, never the transport.
+the end of DATA (or RSET). Policy checks get both, never the transport.
 """
 
 from dataclasses import dataclass, field
