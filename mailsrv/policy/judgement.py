@@ -5,6 +5,7 @@ summary header and one log line.
 """
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from mailsrv.policy.actions import combine
 
@@ -53,11 +54,14 @@ class Judgement:
         found = tuple(v.finding for v in verdicts if v.finding is not None)
         return replace(self, checked=True, findings=self.findings + found)
 
-    @property
+    # Derived once per judgement (frozen: its findings never change): the
+    # action is asked at the start and at the end of every message.
+
+    @cached_property
     def _counted(self):
         return [action for f in self.findings for action in f.counted]
 
-    @property
+    @cached_property
     def _reached(self):
         counted = self._counted
         return bool(counted) and len(counted) >= self.threshold
@@ -66,7 +70,7 @@ class Judgement:
     def spam(self):
         return self._reached or any(f.spam for f in self.findings)
 
-    @property
+    @cached_property
     def action(self):
         actions = [f.action for f in self.findings]
         return combine(actions + self._counted if self._reached else actions)

@@ -102,7 +102,7 @@ class Reception:
         """The judgement is final: our headers and the policy's, then the message."""
         headers, self._prefixer = self.policy.begin(
             self.judgement, self.session, self.incoming.queue_id, self._write_through)
-        self._write_through(self._top + headers)
+        self._write_to(self.incoming, self._top + headers)
 
     def _write(self, data):
         if self._received is not None:
