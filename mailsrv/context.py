@@ -18,7 +18,7 @@ class MailServer:
     @ivar directory: the L{mailsrv.directory.Directory}.
     @ivar checker: the shared username/password cred checker.
     @ivar sessions: the L{mailsrv.sessions.ISessionStore}.
-    @ivar store: the L{mailsrv.store.folder.MailStore} (Maildirs).
+    @ivar store: the L{mailsrv.store.mailstore.MailStore} (Maildirs).
     @ivar spool: the L{mailsrv.queue.spool.Spool}.
     @ivar trusted: the L{mailsrv.netaddr.IPList} of [relay] trusted IPs.
     @ivar tls_context: the server's TLS context factory for listeners that

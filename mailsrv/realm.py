@@ -21,7 +21,7 @@ log = Logger()
 @implementer(IRealm)
 class MailRealm:
     """
-    @ivar store: the L{mailsrv.store.folder.MailStore}.
+    @ivar store: the L{mailsrv.store.mailstore.MailStore}.
     """
 
     def __init__(self, store):

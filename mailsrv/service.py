@@ -30,7 +30,7 @@ from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.sessions import MemorySessionStore
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 
 log = Logger()
 

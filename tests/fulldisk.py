@@ -9,9 +9,9 @@ import os
 
 from twisted.python.monkey import MonkeyPatcher
 
-from mailsrv.store import delivery, folder, headercache, layout, uidlist
+from mailsrv.store import delivery, folder, headercache, layout, mailstore, uidlist
 
-STORE_MODULES = (delivery, folder, headercache, layout, uidlist)
+STORE_MODULES = (delivery, folder, headercache, layout, mailstore, uidlist)
 
 
 class FailingOS:

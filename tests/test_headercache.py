@@ -17,7 +17,7 @@ from mailsrv.imap.mailbox import Mailbox, Message
 from mailsrv.imap.search import compile_search
 from mailsrv.store import folder as folder_module
 from mailsrv.store import delivery, headercache, headerfields
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.fulldisk import FailingOS
 from tests.fuzzing import examples
 from tests.helpers import opened, result
@@ -473,17 +473,22 @@ class BehaviourTests(CacheTestCase):
 
 
 class DateTests(unittest.TestCase):
-    """headerfields reads the usual Date form itself: the same as email.utils."""
+    """headerfields reads the usual Date forms itself: the same as email.utils."""
 
     @given(st.sampled_from(["", "Tue, ", "tue, ", "Xyz, "]), st.integers(0, 99),
            st.sampled_from(["Jan", "Feb", "Dec", "jan", "Foo"]), st.integers(0, 9999),
            st.integers(0, 99), st.integers(0, 99), st.integers(0, 99),
-           st.sampled_from(["+", "-"]), st.integers(0, 9999))
+           st.sampled_from(["+", "-"]), st.integers(0, 9999),
+           st.sampled_from(["", "GMT", "UT", "UTC", "gmt", "EST", "Z"]),
+           st.sampled_from(["", " (UTC)", " (Pacific Standard Time)", " (a)(b)", " ()", " (",
+                            " x", "  (UTC)"]))
     @examples(300)
-    @example("", 1, "Jan", 2024, 0, 0, 0, "-", 0)
-    def test_usual_date(self, weekday, day, month, year, hour, minute, second, sign, zone):
+    @example("", 1, "Jan", 2024, 0, 0, 0, "-", 0, "", "")
+    @example("Tue, ", 14, "Nov", 2023, 22, 13, 20, "+", 0, "GMT", "")
+    def test_usual_date(self, weekday, day, month, year, hour, minute, second, sign, zone,
+                        named, comment):
         text = (f"{weekday}{day} {month} {year:04d} {hour:02d}:{minute:02d}:{second:02d} "
-                f"{sign}{zone:04d}")
+                f"{named or f'{sign}{zone:04d}'}{comment}")
         self.assertEqual(headerfields._epoch(text), headerfields._parsed_epoch(text))
 
 

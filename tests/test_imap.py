@@ -25,7 +25,7 @@ from mailsrv.imap.server import build_factory
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.store import folder as folder_module
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.fulldisk import FullDisk
 from tests.helpers import make_settings, opened
 from tests.test_smtp.support import run_threads_inline

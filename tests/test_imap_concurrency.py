@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from mailsrv.store import folder as folder_module
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.test_imap import ALICE, MESSAGE, IMAPTestCase, deliver
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.mail import imap4
 from twisted.trial import unittest
 
-from mailsrv.imap import listing
+from mailsrv.imap import listing, thread
 from mailsrv.imap.mailbox import _collector_paused
 from mailsrv.imap.syntax import (
     sequence_set,
@@ -21,7 +21,7 @@ from mailsrv.imap.syntax import (
     take_modseq_item,
 )
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.fuzzing import examples
 from tests.helpers import opened
 from tests.test_imap import ALICE, MESSAGE, MULTIPART, IMAPTestCase, deliver
@@ -1040,6 +1040,65 @@ class SortTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"j SORT (ARRIVAL) UTF-8 MODSEQ 2"),
                          b"* OK [HIGHESTMODSEQ 3] Highest\r\n"
                          b"* SORT 2 3 (MODSEQ 3)\r\nj OK SORT completed\r\n")
+
+
+    def test_dates_read_once(self):
+        """
+        Once a SORT by date has read the messages' dates, the next reads
+        no header field, even after new mail (its date is learned when
+        the header cache records it), nor does a SORT by arrival or size.
+        """
+        c = self.selected(message("a", date="Mon, 23 Nov 2026 10:00:00 +0000"),
+                          message("b", date="Mon, 23 Nov 2026 08:00:00 +0000"))
+        self.assertEqual(c.cmd(b"a SORT (DATE) UTF-8 ALL"),
+                         b"* SORT 2 1\r\na OK SORT completed\r\n")
+        folder = opened(self.store, ALICE)
+        self.patch(folder, "fields", lambda *args: self.fail("header fields read"))
+        deliver(self.store, message("c", date="Mon, 23 Nov 2026 09:00:00 +0000"))
+        deliver(self.store, b"Subject: no date\r\n\r\nbody\r\n")  # sent: INTERNALDATE
+        c.cmd(b"n NOOP")
+        self.assertEqual(c.cmd(b"b SORT (REVERSE DATE) UTF-8 ALL"),
+                         b"* SORT 4 1 3 2\r\nb OK SORT completed\r\n")
+        self.assertEqual(c.cmd(b"c SORT (SIZE ARRIVAL) UTF-8 ALL"),
+                         b"* SORT 4 1 2 3\r\nc OK SORT completed\r\n")
+
+
+class ThreadAnswerTests(IMAPTestCase):
+    """A folder keeps its last THREAD answer, for exactly the same messages only."""
+
+    def test_kept_for_the_same_messages(self):
+        threaded = []
+
+        def counted(algorithm, records):
+            threaded.append(algorithm)
+            return algorithms(algorithm, records)
+
+        algorithms = thread.thread
+        self.patch(thread, "thread", counted)
+        c = self.selected(message("x", extra="Message-ID: <1@x>\r\n"),
+                          message("Re: x", extra="Message-ID: <2@x>\r\nReferences: <1@x>\r\n"))
+        first = b"* THREAD (1 2)\r\na OK THREAD completed\r\n"
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"), first)
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"), first)
+        c.cmd(b"s STORE 1 +FLAGS (\\Seen)")  # the same messages
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"), first)
+        self.assertEqual(len(threaded), 1)
+        self.assertEqual(c.cmd(b"u UID THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (1 2)\r\nu OK THREAD completed\r\n")
+        self.assertEqual(c.cmd(b"o THREAD ORDEREDSUBJECT UTF-8 ALL"),
+                         b"* THREAD (1 2)\r\no OK THREAD completed\r\n")
+        self.assertEqual(len(threaded), 3)
+        deliver(self.store, message("Re: x", extra="Message-ID: <3@x>\r\nReferences: <2@x>\r\n"))
+        c.cmd(b"n NOOP")
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (1 2 3)\r\na OK THREAD completed\r\n")
+        c.cmd(b"s STORE 1 +FLAGS (\\Deleted)")
+        c.cmd(b"e EXPUNGE")
+        self.assertEqual(c.cmd(b"a THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (1 2)\r\na OK THREAD completed\r\n")
+        self.assertEqual(c.cmd(b"u UID THREAD REFERENCES UTF-8 ALL"),
+                         b"* THREAD (2 3)\r\nu OK THREAD completed\r\n")
+        self.assertEqual(len(threaded), 6)
 
 
 class CollectorPauseTests(unittest.TestCase):

@@ -30,6 +30,12 @@ def seqs(ordered):
     return [r.seq for r in ordered]
 
 
+def sorted_seqs(found, criteria):
+    """The sequence numbers of C{found} (L{records}) as L{sort.sort} orders them."""
+    rows = sort.Rows.of(found)
+    return [rows.seqs[at] for at in sort.sort(rows, criteria)]
+
+
 def threads(algorithm, found):
     return thread.format_threads(thread.thread(algorithm, found), lambda r: r.seq)
 
@@ -141,9 +147,9 @@ class SortTests(unittest.TestCase):
                         "From: user2@domain1.org\nCc: user2: blah@domain1.org;",
                         "From: user1@domain1.org\nCc: user1@domain1.org", arrivals=[1, 2, 3])
         for key in ("FROM", "CC"):
-            self.assertEqual(seqs(sort.sort(found, [(key, False)])), [3, 1, 2])
-            self.assertEqual(seqs(sort.sort(found, [(key, True)])), [1, 2, 3])
-            self.assertEqual(seqs(sort.sort(found, [(key, False), ("ARRIVAL", True)])),
+            self.assertEqual(sorted_seqs(found, [(key, False)]), [3, 1, 2])
+            self.assertEqual(sorted_seqs(found, [(key, True)]), [1, 2, 3])
+            self.assertEqual(sorted_seqs(found, [(key, False), ("ARRIVAL", True)]),
                              [3, 2, 1])
 
     def test_date_falls_back_to_arrival(self):
@@ -158,9 +164,9 @@ class SortTests(unittest.TestCase):
                         arrivals=[0, 0, 0, 0, timegm((2008, 2, 21, 23, 30, 23)), 0,
                                   timegm((2008, 2, 21, 23, 0, 0))],
                         sizes=[1, 2, 3, 4, 5, 6, 7])
-        self.assertEqual(seqs(sort.sort(found, [("DATE", False)])), [1, 3, 7, 5, 2, 4, 6])
-        self.assertEqual(seqs(sort.sort(found, [("DATE", True)])), [2, 4, 6, 5, 3, 7, 1])
-        self.assertEqual(seqs(sort.sort(found, [("DATE", False), ("SIZE", True)])),
+        self.assertEqual(sorted_seqs(found, [("DATE", False)]), [1, 3, 7, 5, 2, 4, 6])
+        self.assertEqual(sorted_seqs(found, [("DATE", True)]), [2, 4, 6, 5, 3, 7, 1])
+        self.assertEqual(sorted_seqs(found, [("DATE", False), ("SIZE", True)]),
                          [1, 7, 3, 5, 6, 4, 2])
 
     def test_subject(self):
@@ -169,7 +175,7 @@ class SortTests(unittest.TestCase):
                     "=?iso-8859-1?q?RE:_C?=", "=?us-ascii?b?UmU6IGM=?=", "Ad: Re: Ad: Re: Ad: x",
                     "re: [fwd: [fwd: re: [fwd: babylon]]]"]
         found = records(*["" if s is None else "Subject: " + s for s in subjects])
-        self.assertEqual(seqs(sort.sort(found, [("SUBJECT", False)])),
+        self.assertEqual(sorted_seqs(found, [("SUBJECT", False)]),
                          [9, 10, 1, 14, 3, 5, 11, 6, 15, 2, 7, 12, 13, 8, 4])
 
     def test_display(self):
@@ -177,8 +183,8 @@ class SortTests(unittest.TestCase):
                         "To: =?iso-8859-1?q?foo_aar?= <e@f.g>",
                         "To: =?iso-8859-1?q?foo_car?= <f@g.h>", "To: a: xx@xx.org, yy@yy.org;",
                         "To: z: aa@aa.org, bb@bb.org;", "To: empty:;")
-        self.assertEqual(seqs(sort.sort(found, [("DISPLAYTO", False)])), [6, 2, 3, 8, 4, 1, 5, 7])
-        self.assertEqual(seqs(sort.sort(found, [("DISPLAYTO", True)])), [7, 5, 1, 4, 8, 3, 2, 6])
+        self.assertEqual(sorted_seqs(found, [("DISPLAYTO", False)]), [6, 2, 3, 8, 4, 1, 5, 7])
+        self.assertEqual(sorted_seqs(found, [("DISPLAYTO", True)]), [7, 5, 1, 4, 8, 3, 2, 6])
 
 
 class ThreadTests(unittest.TestCase):

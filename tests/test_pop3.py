@@ -25,7 +25,7 @@ from mailsrv.pop3.mailbox import FolderMailbox, uidl_for
 from mailsrv.queue.dotstuff import DotStuffer, stuff
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import MailStore
+from mailsrv.store.mailstore import MailStore
 from tests.fulldisk import FullDisk
 from tests.helpers import fresh_error_log, make_settings
 from tests.test_smtp.support import run_threads_inline

@@ -12,13 +12,9 @@ from twisted.trial import unittest
 
 from mailsrv.store import delivery, expunges, uidlist
 from mailsrv.store.delivery import deliver_file
-from mailsrv.store.folder import (
-    FolderError,
-    FolderExists,
-    MailStore,
-    NoSuchFolder,
-    arrival_order,
-)
+from mailsrv.store.folder import FolderError, FolderExists, NoSuchFolder
+from mailsrv.store.mailstore import MailStore
+from mailsrv.store.names import arrival_order
 from tests.fulldisk import FullDisk
 from tests.test_smtp.support import run_threads_inline
 from tests.helpers import opened

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from twisted.mail import imap4
 
-from mailsrv.store.folder import SPECIAL_USE
+from mailsrv.store.mailstore import SPECIAL_USE
 
 DELIMITER = "/"
 # STATUS items (RFC 3501, 7162 HIGHESTMODSEQ, 8438 SIZE, 7889 APPENDLIMIT)

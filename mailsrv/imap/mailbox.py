@@ -16,7 +16,10 @@ import email.utils
 import functools
 import gc
 import io
+import operator
 import re
+import weakref
+from array import array
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -28,15 +31,11 @@ from mailsrv.imap import listing, mime
 from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import compile_search
 from mailsrv.imap.sequence import SequenceSet
-from mailsrv.imap.sort import Record
+from mailsrv.imap.sort import Record, Rows
 from mailsrv.store import headercache, headerfields
-from mailsrv.store.folder import (
-    PERMANENT_FLAGS,
-    SPECIAL_USE,
-    FolderError,
-    FolderExists,
-    NoSuchFolder,
-)
+from mailsrv.store.folder import FolderError, FolderExists, NoSuchFolder
+from mailsrv.store.mailstore import SPECIAL_USE
+from mailsrv.store.names import PERMANENT_FLAGS
 from mailsrv.store.layout import check_folder_name
 
 log = Logger()
@@ -657,18 +656,26 @@ class Mailbox:
                 pairs.append((seq, self.folder.entry(uid)))
         return pairs
 
-    def arrange(self, query, order, saved=frozenset(), columns=None):
+    def arrange(self, query, order, saved=frozenset(), columns=None, name=None):
         """
-        SORT and THREAD: a Deferred of C{(order(records), uses_modseq)},
-        where C{records} are the L{Record}s of the messages matching
-        C{query} (as L{search} takes it), in sequence order. Searching,
-        reading their header fields and C{order} all run in a thread;
-        criteria that are only C{ALL} (most SORT and THREAD commands) try
-        no message at all.
+        SORT and THREAD: a Deferred of C{(order(rows), uses_modseq)},
+        where C{rows} are the L{Rows} of the messages matching C{query}
+        (as L{search} takes it), in sequence order. Searching, reading
+        their header fields and C{order} all run in a thread; criteria
+        that are only C{ALL} (most SORT and THREAD commands) try no
+        message at all.
 
         @param columns: the L{headerfields.Fields} attributes C{order}
             reads (only those are decoded from the header cache), or
-            L{None} for all.
+            L{None} for all. An order that reads none, or only the date
+            that every message already knows (L{Rows} column C{"sent"}),
+            reads no header cache: a SORT by date, arrival or size.
+        @param name: names C{order} (as C{("THREAD", "REFERENCES", uid)})
+            when its answer depends only on the messages it is given: the
+            folder keeps its last answer by that name, the answer again
+            for exactly the same messages (the same UIDs at the same
+            sequence numbers; a message's header never changes under its
+            UID). Webmail sends the same THREAD for every page it shows.
 
         @raise imap4.IllegalQueryError: the criteria are malformed.
         """
@@ -676,21 +683,39 @@ class Mailbox:
         pairs = [(seq, u) for seq, u in enumerate(self.view, 1) if u not in self.pending]
         recent = frozenset(self.recent)
         folder = self.folder
-        if columns is not None:
-            columns = headercache.column_indexes(columns)
+        indexes = None if columns is None else headercache.column_indexes(columns)
+        dates_only = columns is not None and set(columns) <= {"date"}
+        answers = _answers.setdefault(folder, {})
 
         @_collector_paused
         def run():
             found = pairs if matcher.everything else [
                 (seq, u) for seq, u in pairs if _matches_uid(matcher, folder, seq, u, recent)]
-            fields = folder.fields([u for _, u in found], columns)
-            records = []
-            for seq, u in found:
-                entry = folder.entry(u)
-                if entry is not None and u in fields:
-                    records.append(Record(seq, u, folder.wire_size(entry), entry.internaldate,
-                                          fields[u]))
-            return order(records)
+            if name is not None:
+                given = (array("I", [seq for seq, _ in found]), array("I", [u for _, u in found]))
+                last = answers.get(name)
+                if last is not None and last[0] == given:
+                    return last[1]
+                answer, whole = answered(found)
+                if whole:  # (not when some were expunged meanwhile)
+                    answers[name] = (given, answer)
+                return answer
+            return answered(found)[0]
+
+        def answered(found):
+            """C{(order's answer, whether it had all of C{found})}."""
+            entries = [folder.entry(u) for _, u in found]
+            fields = None
+            if not dates_only or "date" in columns and any(e.sent is None for e in entries
+                                                           if e is not None):
+                fields = folder.fields([u for _, u in found], indexes)
+            whole = True
+            if fields is not None or None in entries:  # expunged meanwhile
+                kept = [at for at, (_, u) in enumerate(found) if entries[at] is not None
+                        and (fields is None or u in fields)]
+                whole = len(kept) == len(found)
+                found, entries = [found[at] for at in kept], [entries[at] for at in kept]
+            return order(_rows(folder, found, entries, fields)), whole
 
         def arranged(result):
             folder.headers.kick()  # writes what was read from files
@@ -890,6 +915,35 @@ def _status_values(folder, items):
     if "SIZE" not in items:
         return values
     return folder.total_size().addCallback(lambda size: dict(values, SIZE=size))
+
+
+# Folder -> {name: (the messages given, the answer)}: see Mailbox.arrange's name.
+_answers = weakref.WeakKeyDictionary()
+
+
+def _rows(folder, found, entries, fields):
+    """
+    The L{Rows} of the messages C{found} (C{(seq, uid)} pairs) whose
+    folder entries are C{entries}, and header L{Fields} C{fields} (by
+    UID; L{None} when no column of them is read).
+    """
+    uids = [u for _, u in found]
+
+    def column(name):
+        if name == "sent":
+            return [e.sent for e in entries]
+        if name == "arrival":
+            return [e.internaldate for e in entries]
+        if name == "size":
+            return [folder.wire_size(e) for e in entries]
+        value = operator.attrgetter(name)
+        return [value(fields[u]) for u in uids]
+
+    def records():
+        return [Record(seq, u, folder.wire_size(e), e.internaldate, fields[u])
+                for (seq, u), e in zip(found, entries)]
+
+    return Rows([seq for seq, _ in found], uids, column, records)
 
 
 def _collector_paused(work):

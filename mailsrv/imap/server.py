@@ -67,7 +67,7 @@ from mailsrv.imap.mailbox import ChangedSince, write_failure
 from mailsrv.logtext import printable
 from mailsrv.ranges import runs
 from mailsrv.realm import MailboxFactory
-from mailsrv.store.folder import PERMANENT_FLAGS
+from mailsrv.store.names import PERMANENT_FLAGS
 
 log = Logger()
 
@@ -1648,7 +1648,7 @@ class IMAPServer(imap4.IMAP4Server):
             return
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
-            lambda records: [(r.uid if uid else r.seq, r.uid) for r in sort.sort(records, criteria)],
+            lambda rows: _numbered(rows, sort.sort(rows, criteria), uid),
             frozenset(self._saved), sort.columns(criteria))
         d.addCallback(self._found, tag, uid, returns, b"SORT")
         d.addErrback(self._search_failed, tag, returns, b"SORT")
@@ -1674,8 +1674,8 @@ class IMAPServer(imap4.IMAP4Server):
 
         d = defer.maybeDeferred(
             self.mbox.arrange, query,
-            lambda records: thread.format_threads(thread.thread(name, records), number),
-            frozenset(self._saved), thread.COLUMNS)
+            lambda rows: thread.format_threads(thread.thread(name, rows.records()), number),
+            frozenset(self._saved), thread.COLUMNS, ("THREAD", name, uid))
         d.addCallback(threaded)
         d.addErrback(self._search_failed, tag, None, b"THREAD")
         return None
@@ -1956,6 +1956,13 @@ def _fast_getter(server, part, cur):
 
 # UID ranges per VANISHED line: a line stays under about 8 KB (RFC 7162 4)
 VANISHED_RANGES = 400
+
+
+def _numbered(rows, order, uid):
+    """SORT's C{(number, uid)} pairs: the L{sort.Rows} at C{order}, by UID or sequence number."""
+    uids = rows.uids
+    numbers = uids if uid else rows.seqs
+    return [(numbers[at], uids[at]) for at in order]
 
 
 def _vanished_lines(uids, earlier=False):

@@ -17,7 +17,7 @@ from twisted.mail import imap4
 
 from mailsrv.imap import sequence
 from mailsrv.ranges import count, runs
-from mailsrv.store.folder import PERMANENT_FLAGS
+from mailsrv.store.names import PERMANENT_FLAGS
 
 # system flags by their upper-case spelling; \\Recent only the server sets
 _SYSTEM_FLAGS = {flag.upper(): flag for flag in PERMANENT_FLAGS}

@@ -24,15 +24,12 @@ files at the next start. Reading never needs a write to succeed.
 
 import bisect
 import contextlib
-import functools
 import operator
 import os
 from array import array
-import re
 import shutil
 import sys
 import time
-import weakref
 from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
@@ -42,39 +39,30 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from mailsrv.store import headerfields
-from mailsrv.store.delivery import discard, fsync_directory, write_file
+from mailsrv.store.delivery import discard, fsync_directory
 from mailsrv.store.headercache import HeaderCache
-from mailsrv.store.layout import ensure_maildir, folder_maildir, unique_name, user_maildir
+from mailsrv.store.layout import ensure_maildir, unique_name
+from mailsrv.store.names import (
+    FLAG_LETTERS,
+    INFO_SEPARATOR,
+    LETTER_FLAGS,
+    arrival_order,
+    flags_of,
+    info_letters,
+    is_keyword,
+    seen_suffix,
+    size_from_key,
+    split_name,
+    system_letters,
+    wire_from_key,
+)
 from mailsrv.store.uidlist import UidList
 
 log = Logger()
 
-# IMAP system flag <-> Maildir info letter (the letters stay sorted in names).
-FLAG_LETTERS = {
-    "\\Draft": "D",
-    "\\Flagged": "F",
-    "\\Answered": "R",
-    "\\Seen": "S",
-    "\\Deleted": "T",
-}
-LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
-PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-# atom-specials of RFC 3501 that may not be in a keyword ("]" included)
-KEYWORD_SPECIALS = frozenset('(){ %*"\\]')
-
-# Folders every user has, with their RFC 6154 attribute.
-SPECIAL_USE = {
-    "Drafts": "\\Drafts",
-    "Sent": "\\Sent",
-    "Trash": "\\Trash",
-    "Junk": "\\Junk",
-}
-
-INFO_SEPARATOR = ":2,"
 # A directory modified longer ago than this (seconds) has a trustworthy
 # mtime: a later change must give it a different one.
 SETTLED = 2
-SUBSCRIPTIONS = "subscriptions"
 # Bytes read to find a message's header: most fit (SEARCH reads thousands).
 HEADER_READ = 8192
 
@@ -125,6 +113,7 @@ class MessageInfo(NamedTuple):
 
 
 _NO_KEYWORDS = frozenset()
+_DATE = headerfields.Fields._fields.index("date")
 _MODSEQ, _UID = operator.attrgetter("modseq"), operator.attrgetter("uid")
 
 
@@ -137,10 +126,14 @@ class _Entry:
 
     C{size} is the file's (the index's), C{wire} its size with CRLF line
     ends (L{wire_from_key}; L{None} until L{Folder.wire_size} reads it).
+    C{sent} is SORT's date (RFC 5256 2.2: the Date field, else
+    INTERNALDATE) once the header cache or the file told it (L{dated}),
+    L{None} until then: a SORT by date reads no cache when every message
+    knows it. A file never changes under its UID, so a thread may set it.
     """
 
     __slots__ = ("uid", "key", "suffix", "size", "wire", "internaldate", "modseq",
-                 "keywords")
+                 "keywords", "sent")
 
     def __init__(self, uid, key, suffix, size, internaldate, modseq, keywords=()):
         self.uid = uid
@@ -151,6 +144,11 @@ class _Entry:
         self.internaldate = internaldate
         self.modseq = modseq
         self.keywords = frozenset(keywords) if keywords else _NO_KEYWORDS
+        self.sent = None
+
+    def dated(self, date):
+        """The message's Date field was read: C{date} (seconds, or L{None})."""
+        self.sent = self.internaldate if date is None else date
 
     @property
     def name(self):
@@ -169,81 +167,6 @@ class _Entry:
         """The index's tuple (L{UidList.save})."""
         return (self.key, self.uid, self.internaldate, self.size, self.modseq,
                 self.letters, tuple(sorted(self.keywords)))
-
-
-def split_name(name):
-    """C{"key:2,FS"} -> C{("key", ":2,FS")}: a key never holds C{":"}."""
-    key, sep, rest = name.partition(":")
-    return key, sep + rest
-
-
-def info_letters(suffix):
-    """The letters of a C{":2,<letters>"} suffix; other suffixes have none."""
-    return suffix[3:] if suffix.startswith(INFO_SEPARATOR) else ""
-
-
-@functools.lru_cache(maxsize=256)
-def flags_of(letters):
-    return frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS)
-
-
-@functools.lru_cache(maxsize=256)
-def _seen_suffix(suffix):
-    return "S" in info_letters(suffix)
-
-
-@functools.lru_cache(maxsize=256)
-def system_letters(letters):
-    return "".join(sorted(c for c in letters if c in LETTER_FLAGS))
-
-
-def is_keyword(flag):
-    """An IMAP keyword (RFC 3501 flag-keyword): an atom, not a system flag."""
-    return bool(flag) and not flag.startswith("\\") and not (
-        set(flag) & KEYWORD_SPECIALS) and flag.isascii() and flag.isprintable()
-
-
-def size_from_key(key, field=",S="):
-    """The C{,S=<size>} (or other C{field}) of a Maildir name, or L{None}."""
-    start = key.find(field)
-    if start < 0:
-        return None
-    end = key.find(",", start + 3)
-    digits = key[start + 3:] if end < 0 else key[start + 3:end]
-    return int(digits) if digits.isdigit() else None
-
-
-# The names mailsrv gives (L{unique_name}): it writes only CRLF files.
-_OWN_NAME = re.compile(r"\d+\.M\d+P\d+Q\d+\.")
-
-
-def wire_from_key(key, size):
-    """
-    The size with CRLF line ends of the file C{key} of C{size} bytes, as
-    far as its name tells (docs/store.md): C{,W=} (Dovecot's), else
-    C{size} for a name mailsrv gave, else L{None} (the file decides).
-    """
-    wire = size_from_key(key, ",W=")
-    if wire is not None:
-        return wire
-    return size if _OWN_NAME.match(key) else None
-
-
-def arrival_order(name):
-    """
-    Sort key putting names in arrival order: C{<seconds>.M<usec>...} names
-    compare by their numbers (C{"M9"} is before C{"M10"}), others by text.
-    """
-    head, _, rest = name.partition(".")
-    micro = ""
-    if rest[:1] == "M":
-        end = rest.find("P")
-        micro = rest[1:end] if end > 0 else rest[1:]
-    return (
-        int(head) if head.isdigit() else 0,
-        int(micro) if micro.isdigit() else 0,
-        name,
-    )
 
 
 class Folder:
@@ -353,7 +276,7 @@ class Folder:
         entries = self._entries
         for uid in entries if uids is None else uids:
             entry = entries.get(uid)
-            if entry is not None and not _seen_suffix(entry.suffix):
+            if entry is not None and not seen_suffix(entry.suffix):
                 yield uid
 
     def entry(self, uid):
@@ -490,7 +413,8 @@ class Folder:
         @param columns: as for L{HeaderCache.lookup}: the attributes the
             caller reads (the others may be L{None}). When they include
             SORT or THREAD keys, records without them get them (written
-            to the cache: L{headercache.Records.upgrade}).
+            to the cache: L{headercache.Records.upgrade}). When they
+            include the date, the messages learn it (L{_Entry.dated}).
         """
         found, unknown = self.headers.lookup(uids, columns=columns)
         records = self.headers.records()
@@ -510,6 +434,12 @@ class Folder:
                 found[uid] = fields
                 records.add(uid, entry.key, fields)
         records.flush()
+        if columns is None or _DATE in columns[1]:
+            entries = self._entries
+            for uid, fields in found.items():
+                entry = entries.get(uid)
+                if entry is not None:
+                    entry.dated(fields.date)
         return found
 
     # Changing
@@ -1119,7 +1049,12 @@ class Folder:
             if added:
                 listener.messages_added(list(added))
 
-    def _forget(self):
+    def moved(self, name, path):
+        """The folder was renamed to C{name}, its Maildir now at C{path}."""
+        self.name, self.path = name, path
+        self._index.path = path / UidList.FILENAME
+
+    def forget(self):
         """The folder was deleted: every session sees all messages expunged."""
         uids = sorted(self._entries)
         self._entries.clear()
@@ -1194,263 +1129,3 @@ def _crlf_lines(lines):
         if line.endswith(b"\n") and not line.endswith(b"\r\n"):
             line = line[:-1] + b"\r\n"
         yield line
-
-
-class MailStore:
-    """
-    All users' folders. L{folder} hands out one shared L{Folder} per
-    (user, folder) while anyone holds it, so that sessions see each other's
-    changes at once.
-    """
-
-    def __init__(self, mail_root, clock=None):
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.mail_root = Path(mail_root)
-        self.clock = clock
-        self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
-        self._last_uidvalidity = 0
-        self._maildrop_locks = set()
-        self._recent = {}  # (user, NAME) -> set of UIDs, see Folder.claim_recent
-        self._maildirs = {}  # (user, folder) -> Path, see maildir()
-
-    def now(self):
-        return int(self.clock.seconds())
-
-    def new_uidvalidity(self, previous=0):
-        """A UIDVALIDITY never handed out before by this process or C{previous}."""
-        value = max(self.now(), self._last_uidvalidity + 1, previous + 1)
-        self._last_uidvalidity = value
-        return value
-
-    def unseen_arrivals(self, user, name):
-        """The set of UIDs of C{user}'s folder that are \\Recent for the next session."""
-        return self._recent.setdefault((user, name), set())
-
-    def lock_maildrop(self, user):
-        """
-        Take the user's POP3 maildrop lock (one POP3 session at a time).
-
-        @return: whether it was free.
-        """
-        if user in self._maildrop_locks:
-            return False
-        self._maildrop_locks.add(user)
-        return True
-
-    def unlock_maildrop(self, user):
-        self._maildrop_locks.discard(user)
-
-    def maildir(self, user, folder="INBOX"):
-        """
-        Where mail for C{user}'s C{folder} is delivered (no I/O). Remembered:
-        building the path costs more than the rest of a delivery's
-        bookkeeping, and users and their folders are few.
-        """
-        key = (user, folder)
-        path = self._maildirs.get(key)
-        if path is None:
-            path = folder_maildir(user_maildir(self.mail_root, user), folder)
-            if len(self._maildirs) >= 10000:
-                self._maildirs.clear()
-            self._maildirs[key] = path
-        return path
-
-    def folder(self, user, name="INBOX"):
-        """
-        The shared L{Folder}. INBOX is created when missing; other folders
-        must exist.
-
-        @raise NoSuchFolder: it does not exist.
-        @raise ValueError: C{name} is not a valid folder name.
-        """
-        name = _canonical(name)
-        key = (user, name)
-        folder = self._folders.get(key)
-        if folder is not None:
-            return folder
-        path = self.maildir(user, name)
-        if name != "INBOX" and not (path / "cur").is_dir():
-            raise NoSuchFolder(f"no folder {name}")
-        folder = Folder(self, user, name, path)
-        self._folders[key] = folder
-        return folder
-
-    def notify(self, user, name="INBOX", names=()):
-        """
-        New mail was delivered to C{user}'s folder, as C{names} in C{new/}:
-        an open folder takes them in now, without a listing (a folder
-        nobody has open takes them in when next opened). Without C{names},
-        an open folder is synced.
-        """
-        folder = self._folders.get((user, _canonical(name)))
-        if folder is None or not folder.listeners:
-            return
-        if names:
-            folder.arrived(names)
-        else:
-            folder.sync().addErrback(
-                lambda f: log.failure("{path}: sync after delivery", f, path=str(folder.path)))
-
-    def folders(self, user):
-        """The names of C{user}'s folders: C{"INBOX"} first, then sorted."""
-        inbox = user_maildir(self.mail_root, user)
-        names = []
-        try:
-            entries = os.listdir(inbox)
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if entry.startswith(".") and len(entry) > 1 and entry[1] != ".":
-                if (inbox / entry / "cur").is_dir():
-                    names.append(entry[1:].replace(".", "/"))
-        return ["INBOX"] + sorted(names)
-
-    def create_folder(self, user, name):
-        """
-        Create a folder and any missing parents (RFC 3501 CREATE).
-
-        @raise FolderExists: it exists already.
-        @raise ValueError: not a valid name.
-        """
-        name = _canonical(name).rstrip("/")
-        path = self.maildir(user, name)
-        if name == "INBOX" or (path / "cur").is_dir():
-            raise FolderExists(f"folder {name} exists")
-        parts = name.split("/")
-        for depth in range(1, len(parts) + 1):
-            parent = self.maildir(user, "/".join(parts[:depth]))
-            if not (parent / "cur").is_dir():
-                _make_folder(parent)
-
-    def delete_folder(self, user, name):
-        """
-        Delete a folder and its messages. The directory is renamed out of
-        sight at once and removed in a thread. A subscription stays (RFC
-        3501 6.3.6: the server never removes a name from the list).
-
-        @raise NoSuchFolder: it does not exist.
-        @raise FolderError: it is INBOX or has subfolders.
-        @return: a Deferred that fires when the files are gone.
-        """
-        name = _canonical(name)
-        if name == "INBOX":
-            raise FolderError("INBOX cannot be deleted")
-        path = self.maildir(user, name)
-        if not (path / "cur").is_dir():
-            raise NoSuchFolder(f"no folder {name}")
-        if any(n.startswith(name + "/") for n in self.folders(user)):
-            raise FolderError(f"folder {name} has subfolders; delete them first")
-        trash = path.parent / f"..deleted-{os.urandom(6).hex()}"
-        os.rename(path, trash)
-        folder = self._folders.pop((user, name), None)
-        self._recent.pop((user, name), None)
-        if folder is not None:
-            folder._forget()
-        return threads.deferToThread(shutil.rmtree, trash, True)
-
-    def rename_folder(self, user, old, new):
-        """
-        Rename a folder with its subfolders; open folders follow.
-
-        @raise NoSuchFolder, FolderExists, FolderError, ValueError
-        """
-        old, new = _canonical(old), _canonical(new).rstrip("/")
-        if "INBOX" in (old, new):
-            raise FolderError("INBOX cannot be renamed")
-        if new.startswith(old + "/"):
-            raise FolderError("a folder cannot be moved into itself")
-        if not (self.maildir(user, old) / "cur").is_dir():
-            raise NoSuchFolder(f"no folder {old}")
-        if (self.maildir(user, new) / "cur").is_dir():
-            raise FolderExists(f"folder {new} exists")
-        self.maildir(user, new)  # validates the name
-        moves = [
-            (n, new + n[len(old):])
-            for n in self.folders(user)
-            if n == old or n.startswith(old + "/")
-        ]
-        parent = new.rpartition("/")[0]
-        if parent and not (self.maildir(user, parent) / "cur").is_dir():
-            self.create_folder(user, parent)
-        for source, target in moves:
-            os.rename(self.maildir(user, source), self.maildir(user, target))
-            folder = self._folders.pop((user, source), None)
-            recent = self._recent.pop((user, source), None)
-            if recent is not None:
-                self._recent[(user, target)] = recent
-            if folder is not None:
-                folder.name = target
-                folder.path = self.maildir(user, target)
-                folder._index.path = folder.path / UidList.FILENAME
-                self._folders[(user, target)] = folder
-            if source in self.subscriptions(user):
-                self.unsubscribe(user, source)
-                self.subscribe(user, target)
-
-    def create_special_folders(self, user):
-        """
-        Create (and subscribe) the L{SPECIAL_USE} folders the user lacks:
-        done at each IMAP login, so clients always find Drafts, Sent, Trash
-        and Junk.
-        """
-        for name in SPECIAL_USE:
-            if not (self.maildir(user, name) / "cur").is_dir():
-                self.create_folder(user, name)
-                self.subscribe(user, name)
-
-    # Subscriptions (IMAP LSUB): one name a line in <inbox>/subscriptions.
-
-    def subscriptions(self, user):
-        path = user_maildir(self.mail_root, user) / SUBSCRIPTIONS
-        try:
-            text = path.read_text("utf-8")
-        except FileNotFoundError:
-            return ["INBOX"]
-        return [line for line in text.splitlines() if line]
-
-    def subscribe(self, user, name):
-        names = self.subscriptions(user)
-        if _canonical(name) not in names:
-            self._write_subscriptions(user, names + [_canonical(name)])
-
-    def unsubscribe(self, user, name):
-        names = self.subscriptions(user)
-        if _canonical(name) in names:
-            names.remove(_canonical(name))
-            self._write_subscriptions(user, names)
-
-    def _write_subscriptions(self, user, names):
-        inbox = user_maildir(self.mail_root, user)
-        ensure_maildir(inbox)
-        temporary = inbox / (SUBSCRIPTIONS + ".tmp")
-        try:
-            write_file(temporary, "".join(n + "\n" for n in names).encode("utf-8"))
-            os.replace(temporary, inbox / SUBSCRIPTIONS)
-        except OSError:
-            discard(temporary)
-            raise
-
-
-def _make_folder(path):
-    """
-    A new Maildir++ folder, whole or not at all: C{cur/}, which makes a
-    directory a folder, comes last, and a directory made here is removed
-    again if a step fails (a full disk).
-    """
-    made = not os.path.isdir(path)
-    try:
-        for sub in ("new", "tmp"):
-            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
-        write_file(os.path.join(path, "maildirfolder"), b"")
-        os.mkdir(os.path.join(path, "cur"), mode=0o700)
-    except OSError:
-        if made:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-
-
-def _canonical(name):
-    """INBOX in any case is INBOX (RFC 3501); other names keep their case."""
-    return "INBOX" if name.upper() == "INBOX" else name
-

@@ -469,6 +469,7 @@ class HeaderCache:
                 except (KeyError, OSError):  # expunged meanwhile
                     continue
                 records.add(uid, entry.key, fields)
+                entry.dated(fields.date)  # (a SORT by date need not read it back)
         records.flush()
         valid = [uid for chunk in chunks for uid in chunk[0]]
         too_big = [uid for chunk in chunks for uid in chunk[1]]

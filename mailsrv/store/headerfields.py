@@ -30,7 +30,6 @@ CACHED = {
     "in-reply-to": "in_reply_to",
 }
 
-_ATTRIBUTES = {name.encode("ascii"): attribute for name, attribute in CACHED.items()}
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
 # The line break of a folded header line (RFC 5322 2.2.3); MIME parsing unfolds with it too.
 FOLD = re.compile(rb"\r?\n(?=[ \t])")
@@ -95,19 +94,39 @@ def parse(header, keys=True):
     without its empty line); without the SORT and THREAD keys unless
     C{keys} (they double the cost).
     """
-    found = {}
+    values = [None] * len(Fields._fields)
+    spellings = _SPELLINGS
     for name, raw in _FIELD.findall(header):
-        attribute = _ATTRIBUTES.get(name.lower())
-        if attribute is not None:
+        at = spellings.get(name, _UNSEEN)
+        if at is _UNSEEN:
+            at = _column_of(name)
+        if at is not None:
             if b"\n" in raw:  # (field_value, inlined: a folder's first search parses every header)
                 raw = FOLD.sub(b"", raw)
             value = raw.strip().decode("utf-8", "surrogateescape")
-            found[attribute] = found[attribute] + "\n" + value if attribute in found else value
-    date_text = found.get("date_text")
+            values[at] = value if values[at] is None else values[at] + "\n" + value
+    date_text = values[_DATE_TEXT]
     if date_text is not None:  # the first Date field's
-        found["date"] = _epoch(date_text.partition("\n")[0])
-    fields = Fields(**found)
+        values[_DATE] = _epoch(date_text.partition("\n")[0])
+    fields = Fields._make(values)
     return with_keys(fields) if keys else fields
+
+
+_COLUMN = {name.encode("ascii"): Fields._fields.index(attribute)
+           for name, attribute in CACHED.items()}
+_DATE_TEXT, _DATE = Fields._fields.index("date_text"), Fields._fields.index("date")
+# Field names as messages spell them -> their Fields column (None: not
+# cached): a few spellings per name, and no lower() of every field's name.
+_SPELLINGS = {}
+_UNSEEN = object()
+
+
+def _column_of(name):
+    """The Fields column of field C{name} (any case), or L{None}; remembered."""
+    at = _COLUMN.get(name.lower())
+    if len(_SPELLINGS) < 10000:
+        _SPELLINGS[name] = at
+    return at
 
 
 # The raw columns and date (the rest of Fields are SORT and THREAD keys).
@@ -143,12 +162,13 @@ def header_end(data):
     return None if crlf < 0 else crlf + 3
 
 
-# Date as nearly every message writes it (RFC 5322 3.3): read without the
-# general parser, which costs a third of parse().
+# Date as nearly every message writes it (RFC 5322 3.3), with a numeric
+# zone or GMT/UT/UTC (RFC 5322 4.3, still common) and maybe a comment
+# after: read without the general parser, which costs a third of parse().
 _USUAL_DATE = re.compile(
     r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) "
     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([0-9]{4}) "
-    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})")
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4}|GMT|UTC?)(?: \([^()\\]*\))?")
 _MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 
@@ -179,7 +199,7 @@ def _epoch(text):
     if usual is None or usual.group(7) == "-0000" or usual.group(3) < "1000":
         return _parsed_epoch(text)  # -0000: no zone, local time (as email.utils reads it)
     day, month, year, hour, minute, second, zone = usual.groups()
-    offset = int(zone[1:3]) * 3600 + int(zone[3:]) * 60
+    offset = int(zone[1:3]) * 3600 + int(zone[3:]) * 60 if zone[0] in "+-" else 0
     return (_month_start(year, month) + (int(day) - 1) * 86400 + int(hour) * 3600
             + int(minute) * 60 + int(second) - (offset if zone[0] == "+" else -offset))
 
