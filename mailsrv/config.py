@@ -353,7 +353,7 @@ class DNSSettings:
 
 
 # Actions are kept as the admin wrote them ("header", "move:Junk", ...): the
-# filters parse them (mailsrv.filters.actions), and preflight checks them.
+# the policy parses them (mailsrv.policy.actions), and preflight checks them.
 DEFAULT_ACTION = "header"
 DNSBL_KINDS = ("standard", "trusted")
 

@@ -57,10 +57,11 @@ class MailServer:
 
     def access_for(self, listener):
         """
-        The connection stage of one listener (L{mailsrv.access.ListenerAccess}),
-        one per listener, shared by the service and the SMTP sender stages.
+        The connect check of one listener
+        (L{mailsrv.policy.checks.connect.ListenerAccess}), one per listener,
+        shared by the service and the SMTP sender checks.
         """
-        from mailsrv.access import ListenerAccess
+        from mailsrv.policy.checks.connect import ListenerAccess
         from mailsrv.dns import resolver_for
 
         if listener.index not in self._listener_access:

@@ -24,9 +24,10 @@ from mailsrv import tls
 from mailsrv.address import domain_of
 from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
-from mailsrv.filters.actions import parse_action
+from mailsrv.policy.actions import parse_action
 from mailsrv.netaddr import parse_entry
 from mailsrv.queue.spool import SPOOL_DIRECTORIES
+from mailsrv.store.layout import check_folder_name
 
 USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
 
@@ -67,7 +68,9 @@ def check_settings(settings):
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
     for key, text in settings.antispam.actions:
         try:
-            parse_action(text)
+            action = parse_action(text)
+            if action.kind == "move":
+                check_folder_name(action.argument)
         except ValueError as e:
             raise ConfigError(settings.path, key, str(e))
 

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 
 from twisted.application import service
-from twisted.internet import endpoints, reactor
+from twisted.internet import defer, endpoints, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
@@ -23,6 +23,8 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.netaddr import ListedClients
+from mailsrv.policy import hooks
+from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
@@ -38,13 +40,13 @@ BUSY_REPLIES = {
     "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
     "imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
 }
-# ... when the listener's connection stage refuses it (%s: its IP) ...
+# ... when the listener's connect hook refuses it (%s: its IP) ...
 DENIED_REPLIES = {
     "smtp": b"554 5.7.1 Access denied for %s\r\n",
     "pop3": b"-ERR Access denied for %s\r\n",
     "imap": b"* BYE Access denied for %s\r\n",
 }
-# ... and when a lookup the stage needs failed.
+# ... and when a lookup the connect hook needs failed.
 LATER_REPLIES = {
     "smtp": b"421 4.4.3 Cannot check your address now, try again later\r\n",
     "pop3": b"-ERR [SYS/TEMP] Cannot check your address now, try again later\r\n",
@@ -234,7 +236,7 @@ class ConnectionLimits(policies.WrappingFactory):
     """
     Caps connections per listener and per client IP (counted across all
     listeners), answering the protocol's own "busy" line before closing,
-    and runs the listener's connection stage (L{mailsrv.access}) before the
+    and runs the listener's connect hook (L{mailsrv.policy.checks.connect}) before the
     protocol sees the client: a refused client gets the protocol's "denied"
     line. Also turns on TCP_NODELAY: without it small replies wait ~40 ms
     on Nagle and the client's delayed ACK.
@@ -319,7 +321,7 @@ class ConnectionLimits(policies.WrappingFactory):
 
 class _LimitedProtocol(policies.ProtocolWrapper):
     counted_ip = None
-    _held = None  # input that arrived while the connection stage decides
+    _held = None  # input that arrived while the connect hook decides
 
     @property
     def deadline(self):
@@ -343,21 +345,25 @@ class _LimitedProtocol(policies.ProtocolWrapper):
             return
         if limits.access is None or not limits.access.settings.restricted:
             return super().makeConnection(transport)
-        # Held until the connection stage decides: input waits, unread.
+        # Held until the connect hook decides: input waits, unread.
         self.transport = transport
         self.connected = 1
         self._held = []
         local = peer_ip(transport.getHost())
-        limits.access.check(ip, local).addCallback(self._decided, transport, ip)
+        verdict = hooks.run([limits.access], Peer(ip, local), None, None)
+        if isinstance(verdict, defer.Deferred):
+            verdict.addCallback(self._decided, transport, ip)
+        else:
+            self._decided(verdict, transport, ip)
 
-    def _decided(self, decision, transport, ip):
+    def _decided(self, verdict, transport, ip):
         held, self._held = self._held, None
         if not self.connected:
             return
-        if not decision.allowed:
-            log.info("refused connection from {ip}: {reason}", ip=ip, reason=decision.reason)
+        if not verdict.accepted:
+            log.info("refused connection from {ip}: {reason}", ip=ip, reason=verdict.reason)
             limits = self.factory
-            transport.write(limits.later_reply if decision.temporary
+            transport.write(limits.later_reply if verdict.temporary
                             else limits.denied_reply.replace(b"%s", ip.encode()))
             limits.release(self)
             self.counted_ip = None

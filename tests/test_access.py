@@ -12,11 +12,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial import unittest
 
-from mailsrv.access import Decision, ListenerAccess
 from mailsrv.config import ListenerAccessSettings
 from mailsrv.dns import TemporaryDNSError
+from mailsrv.policy.checks.connect import SAFE, ListenerAccess
+from mailsrv.policy.checks.sender import AuthRequired
+from mailsrv.policy.hooks import Peer
+from mailsrv.policy.verdict import Verdict
 from mailsrv.service import BUSY_REPLIES, DENIED_REPLIES, LATER_REPLIES, ConnectionLimits
-from mailsrv.smtp.policy import AuthRequired
 from mailsrv.smtp.state import Session
 
 
@@ -47,31 +49,31 @@ class ListenerAccessTests(unittest.TestCase):
             ("10.0.0.1", "10.0.0.1", False, False),      # our own address
             ("::ffff:10.0.0.1", "10.0.0.1", False, False),
         ]:
-            decision = decided(access.check(peer, local))
-            self.assertEqual((decision.allowed, decision.safe), (allowed, safe), peer)
+            verdict = decided(access.check(Peer(peer, local), None, None))
+            self.assertEqual((verdict.accepted, verdict.reason == SAFE), (allowed, safe), peer)
 
     def test_deny(self):
         access = self.access(deny=["192.0.2.0/24"])
-        self.assertEqual(decided(access.check("192.0.2.7", "10.0.0.1")),
-                         Decision(False, "deny list"))
-        self.assertTrue(decided(access.check("198.51.100.1", "10.0.0.1")).allowed)
+        verdict = decided(access.check(Peer("192.0.2.7", "10.0.0.1"), None, None))
+        self.assertEqual((verdict.accepted, verdict.reason), (False, "deny list"))
+        self.assertTrue(decided(access.check(Peer("198.51.100.1", "10.0.0.1"), None, None)).accepted)
 
     def test_a_list_file_edit_holds_for_the_next_connection(self):
         path = Path(self.mktemp())
         path.write_text("# nobody yet\n")
         clock = task.Clock()
         access = self.access(clock, deny_file=path)
-        self.assertTrue(decided(access.check("192.0.2.7", "10.0.0.1")).allowed)
+        self.assertTrue(decided(access.check(Peer("192.0.2.7", "10.0.0.1"), None, None)).accepted)
         path.write_text("192.0.2.7, 192.0.2.8; 203.0.113.0/24\n")
         clock.advance(2)
-        self.assertFalse(decided(access.check("192.0.2.7", "10.0.0.1")).allowed)
-        self.assertFalse(decided(access.check("203.0.113.9", "10.0.0.1")).allowed)
+        self.assertFalse(decided(access.check(Peer("192.0.2.7", "10.0.0.1"), None, None)).accepted)
+        self.assertFalse(decided(access.check(Peer("203.0.113.9", "10.0.0.1"), None, None)).accepted)
 
     def test_failed_lookup_is_a_temporary_refusal(self):
         access = ListenerAccess(ListenerAccessSettings(allow=[".example.test"]),
                                 FailingResolver())
-        decision = decided(access.check("192.0.2.7", "10.0.0.1"))
-        self.assertEqual((decision.allowed, decision.temporary), (False, True))
+        verdict = decided(access.check(Peer("192.0.2.7", "10.0.0.1"), None, None))
+        self.assertEqual((verdict.accepted, verdict.temporary), (False, True))
 
 
 class Greeter(Protocol):
@@ -84,14 +86,14 @@ class Greeter(Protocol):
 
 
 class Pending:
-    """A connection stage whose decision the test makes."""
+    """A connect check whose verdict the test makes."""
 
     settings = ListenerAccessSettings(deny=["192.0.2.0/24"])
 
     def __init__(self):
         self.decision = defer.Deferred()
 
-    def check(self, peer_ip, local_ip):
+    def check(self, peer, transaction, subject):
         return self.decision
 
 
@@ -114,14 +116,14 @@ class HeldConnectionTests(unittest.TestCase):
         limits, protocol, transport = self.connect(access)
         protocol.dataReceived(b"EHLO early\r\n")
         self.assertEqual(transport.value(), b"")  # no greeting before the decision
-        access.decision.callback(Decision(True, ""))
+        access.decision.callback(Verdict.accept())
         self.assertEqual(transport.value(), b"220 hello\r\n")
         self.assertEqual(protocol.wrappedProtocol.received, b"EHLO early\r\n")
 
     def test_refused(self):
         access = Pending()
         limits, protocol, transport = self.connect(access)
-        access.decision.callback(Decision(False, "deny list"))
+        access.decision.callback(Verdict.refuse(554, "5.7.1", "Access denied", "deny list"))
         self.assertEqual(transport.value(), b"554 5.7.1 Access denied for 192.0.2.7\r\n")
         self.assertFalse(transport.connected)
         self.assertEqual((limits.active, dict(limits.per_ip)), (0, {}))
@@ -129,14 +131,14 @@ class HeldConnectionTests(unittest.TestCase):
     def test_temporary(self):
         access = Pending()
         _, protocol, transport = self.connect(access)
-        access.decision.callback(Decision(False, "lookup failed", temporary=True))
+        access.decision.callback(Verdict.refuse(421, "4.7.0", "Try again later", "lookup failed"))
         self.assertEqual(transport.value(), LATER_REPLIES["smtp"])
 
     def test_client_gone_before_the_decision(self):
         access = Pending()
         limits, protocol, transport = self.connect(access)
         transport.loseConnection()
-        access.decision.callback(Decision(True, ""))
+        access.decision.callback(Verdict.accept())
         self.assertEqual(transport.value(), b"")
         self.assertEqual(limits.active, 0)
 

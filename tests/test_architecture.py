@@ -6,7 +6,9 @@ import; it may import nothing of Twisted either. Both the import statements
 in its source (function-level ones included) and what importing it really
 loads, in a fresh interpreter, are checked. Each rule of L{PACKAGES} names
 a package and the only mailsrv modules and packages its modules' import
-statements may name (Twisted is theirs to use).
+statements may name (Twisted is theirs to use); L{NOT_LOADED} says what
+importing any module of a package must not load, and L{SEPARATE} names
+packages whose modules may not import each other.
 """
 
 import ast
@@ -58,7 +60,24 @@ PACKAGES = {
     "mailsrv.pop3": {"mailsrv.context", "mailsrv.deadline", "mailsrv.directory.checker",
                      "mailsrv.errorlog", "mailsrv.login", "mailsrv.queue.dotstuff",
                      "mailsrv.realm", "mailsrv.sasl"},
+    # The policy framework and its checks decide; the protocols write the
+    # replies and the delivery agent places the message: no protocol, no
+    # queue, no store.
+    "mailsrv.policy": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
+                       "mailsrv.dns", "mailsrv.errorlog", "mailsrv.netaddr"},
 }
+
+# package -> what importing any of its modules, in a fresh interpreter,
+# must not load (what it may import may load more than it names: the
+# directory loads the store).
+NOT_LOADED = {
+    "mailsrv.policy": ("twisted.internet.reactor", "mailsrv.smtp", "mailsrv.pop3",
+                       "mailsrv.imap", "mailsrv.service", "mailsrv.queue"),
+}
+
+# Packages whose modules may not import each other: one check never
+# depends on another (what two share is given to each).
+SEPARATE = ("mailsrv.policy.checks",)
 
 
 def outside(names, package):
@@ -67,6 +86,23 @@ def outside(names, package):
     return sorted(name for name in names
                   if name.startswith("mailsrv.")
                   and not any(name == a or name.startswith(a + ".") for a in allowed))
+
+
+def within(name, packages):
+    """The packages among C{packages} that hold C{name} (or are it)."""
+    return sorted(p for p in packages if name == p or name.startswith(p + "."))
+
+
+def modules_of(package):
+    """The modules of C{package}, itself included, by dotted name."""
+    root = ROOT / package.replace(".", "/")
+    return sorted(".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(
+        ".__init__") for path in root.rglob("*.py"))
+
+
+def path_of(module):
+    path = ROOT / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def imported_names(path):
@@ -80,7 +116,7 @@ def imported_names(path):
                 raise AssertionError(f"{path}: relative import of {node.module}")
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if node.module == "mailsrv")
+                         if (ROOT / node.module.replace(".", "/")).is_dir())
     return names
 
 
@@ -113,10 +149,10 @@ class ImportRuleTests(unittest.TestCase):
 
     def test_the_rules_catch_an_import(self):
         """A server module in the source, or loaded through another, is caught."""
-        self.assertEqual(forbidden({"mailsrv.filters.actions", "twisted.internet.reactor",
+        self.assertEqual(forbidden({"mailsrv.policy.actions", "twisted.internet.reactor",
                                     "mailsrv.address", "tomllib"}, "mailsrv.config"),
-                         ["mailsrv.filters.actions", "twisted.internet.reactor"])
-        self.assertIn("mailsrv.store.layout", forbidden(loaded_by("mailsrv.filters.actions"),
+                         ["mailsrv.policy.actions", "twisted.internet.reactor"])
+        self.assertIn("mailsrv.store.layout", forbidden(loaded_by("mailsrv.queue.intake"),
                                                         "mailsrv.config"))
 
 
@@ -126,9 +162,32 @@ class PackageRuleTests(unittest.TestCase):
             for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
                 self.assertEqual(outside(imported_names(path), package), [], str(path))
 
+    def test_what_importing_a_module_loads(self):
+        for package, names in NOT_LOADED.items():
+            for module in modules_of(package):
+                loaded = [n for n in sorted(loaded_by(module)) if within(n, names)]
+                self.assertEqual(loaded, [], module)
+
+    def test_separate_modules(self):
+        for package in SEPARATE:
+            for module in modules_of(package):
+                others = [n for n in imported_names(path_of(module))
+                          if within(n, [package]) and n not in (module, package)]
+                self.assertEqual(others, [], module)
+
     def test_the_rules_catch_an_import(self):
         self.assertEqual(outside({"mailsrv.store.folder", "mailsrv.imap.server", "mailsrv",
                                   "mailsrv.ranges", "mailsrv.storex", "twisted.internet"},
                                  "mailsrv.store"),
                          ["mailsrv.imap.server", "mailsrv.storex"])
         self.assertEqual(outside({"mailsrv.smtp"}, "mailsrv.pop3"), ["mailsrv.smtp"])
+        self.assertEqual(outside({"mailsrv.store.layout", "mailsrv.smtp.server",
+                                  "mailsrv.directory.senderlist"}, "mailsrv.policy"),
+                         ["mailsrv.smtp.server", "mailsrv.store.layout"])
+        self.assertEqual(within("mailsrv.smtp.server", NOT_LOADED["mailsrv.policy"]),
+                         ["mailsrv.smtp"])
+        self.assertEqual(within("mailsrv.smtpd", NOT_LOADED["mailsrv.policy"]), [])
+        self.assertIn("mailsrv.policy.checks.sender", modules_of("mailsrv.policy.checks"))
+        source = Path(self.mktemp())
+        source.write_text("from mailsrv.policy.checks import sender\n")
+        self.assertIn("mailsrv.policy.checks.sender", imported_names(source))

@@ -373,6 +373,8 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [listen #1] safe: bad network '10.0.0.0/33'"),
         ({"antispam": {"dnsbl": {"lists": [{"zone": "a.example", "action": "move:a.b"}]}}},
          "/c.toml: [antispam.dnsbl.lists] action: Folder names may not contain '.'"),
+        ({"antispam": {"spf": {"fail": "move:../x"}}},
+         "/c.toml: [antispam.spf] fail: Folder names may not contain '.'"),
         ({"antispam": {"dnsbl": {"lists": ["a.example"], "action": "junk"}}},
          "/c.toml: [antispam.dnsbl] action: unknown action 'junk' (one of: none, header, "
          "subject, move:FOLDER, forward:ADDRESS, delete, reject)"),

@@ -6,7 +6,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsrv import errorlog
-from mailsrv.smtp import policy
+from mailsrv.policy import hooks
 
 
 def failure_at(where):
@@ -79,6 +79,6 @@ class PolicyStageTests(unittest.TestCase):
             ip = "192.0.2.9"
 
         for _ in range(50):
-            verdict = policy.run_stages([Broken()], Session(), None, "x@example.org")
+            verdict = hooks.run([Broken()], Session(), None, "x@example.org")
             self.assertEqual(verdict.code, 451)
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)

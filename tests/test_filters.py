@@ -1,6 +1,7 @@
 """
 The action model: parsing, precedence, the summary header, the subject
-rewrite, and each action carried out by the SMTP server at DATA.
+rewrite, and each action carried out by the policy framework for a message
+received over SMTP.
 """
 
 import errno
@@ -9,19 +10,13 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from mailsrv.filters.actions import (
-    HEADER,
-    NONE,
-    SKIPPED,
-    Action,
-    FilterResult,
-    Judgement,
-    SubjectPrefixer,
-    Whitelisting,
-    combine,
-    parse_action,
-)
-from mailsrv.filters.pipeline import Filters
+from mailsrv.policy.actions import HEADER, NONE, Action, combine, parse_action
+from mailsrv.policy.apply import SubjectPrefixer
+from mailsrv.policy.hooks import HEADER as HEADER_HOOK
+from mailsrv.policy.hooks import SENDER
+from mailsrv.policy.judgement import SKIPPED, Judgement, Whitelisting
+from mailsrv.policy.listener import ListenerPolicy
+from mailsrv.policy.verdict import Verdict
 from tests.test_smtp.support import (
     connect,
     files_on_disk,
@@ -45,8 +40,8 @@ class ParseActionTests(unittest.TestCase):
             self.assertEqual(parse_action(text), action, text)
 
     def test_invalid(self):
-        for text in ["junk", "move", "move:", "move:../x", "move:a.b", "forward:nobody",
-                     "reject:now", "header:X"]:
+        """(A move: folder's name is the store's to refuse: tests/test_config.py.)"""
+        for text in ["junk", "move", "move:", "forward:nobody", "reject:now", "header:X"]:
             self.assertRaises(ValueError, parse_action, text)
 
     def test_text_round_trips(self):
@@ -75,11 +70,11 @@ class CombineTests(unittest.TestCase):
 
 class JudgementTests(unittest.TestCase):
     def test_summary_and_headers(self):
-        judgement = Judgement(True, (
-            FilterResult(True, MOVE, ("dnsbl a 127.0.0.2",), (("X-Mailsrv-DNSBL", "x"),)),
-            FilterResult(False, NONE, ("spf none",)),
-            FilterResult(True, HEADER, ("dnsbl b 127.0.0.3",)),
-        ))
+        judgement = Judgement(True).adding([
+            Verdict.found(True, MOVE, ("dnsbl a 127.0.0.2",), (("X-Mailsrv-DNSBL", "x"),)),
+            Verdict.found(False, NONE, ("spf none",)),
+            Verdict.found(True, HEADER, ("dnsbl b 127.0.0.3",)),
+        ])
         self.assertEqual((judgement.spam, judgement.action), (True, MOVE))
         self.assertEqual(judgement.summary,
                          "yes; reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3")
@@ -88,17 +83,17 @@ class JudgementTests(unittest.TestCase):
                          b"reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3\r\n")
 
     def test_clean(self):
-        judgement = Judgement(True, (FilterResult(False),))
+        judgement = Judgement(True).adding([Verdict.found(False)])
         self.assertEqual(judgement.header_block(), b"X-Mailsrv-Spam: no; reasons=-\r\n")
 
     def test_unchecked_has_no_header(self):
         self.assertEqual(SKIPPED.header_block(), b"")
 
     def test_counted_findings_act_at_the_threshold(self):
-        lists = FilterResult(False, reasons=("dnsbl a 127.0.0.2",), counted=(MOVE,))
-        tests = FilterResult(False, reasons=("validation helo-fqdn",), counted=(SUBJECT,))
-        spf = FilterResult(False, HEADER, ("spf pass",))
-        below = Judgement(True, (lists, spf), threshold=2)
+        lists = Verdict.found(False, reasons=("dnsbl a 127.0.0.2",), counted=(MOVE,))
+        tests = Verdict.found(False, reasons=("validation helo-fqdn",), counted=(SUBJECT,))
+        spf = Verdict.found(False, HEADER, ("spf pass",))
+        below = Judgement(True, threshold=2).adding([lists, spf])
         self.assertEqual((below.spam, below.action), (False, HEADER))
         self.assertEqual(below.summary, "no; reasons=dnsbl a 127.0.0.2, spf pass, "
                                         "count below threshold 1/2")
@@ -108,7 +103,7 @@ class JudgementTests(unittest.TestCase):
                                           "validation helo-fqdn")
 
     def test_adding_to_a_skipped_judgement_checks_it(self):
-        found = SKIPPED.adding([FilterResult(True, SUBJECT, ("dnsbl a 127.0.0.2 received x",))])
+        found = SKIPPED.adding([Verdict.found(True, SUBJECT, ("dnsbl a 127.0.0.2 received x",))])
         self.assertTrue(found.checked)
         self.assertEqual(found.header_block(),
                          b"X-Mailsrv-Spam: yes; reasons=dnsbl a 127.0.0.2 received x\r\n")
@@ -151,7 +146,7 @@ class Fixed:
     def __init__(self, result):
         self.result = result
 
-    def check(self, session, transaction):
+    def check(self, session, transaction, sender):
         return defer.succeed(self.result)
 
 
@@ -175,9 +170,10 @@ class ServerActionTests(unittest.TestCase):
 
     def send(self, action, spam=True, skips=False, to=b"alice@example.test"):
         connection = connect(self.server)
-        connection.protocol.factory.filters = Filters(
-            [Fixed(FilterResult(spam, action, ("test hit",), (("X-Mailsrv-Test", "hit"),)))],
-            Standing(skips), "[SPAM] ")
+        finding = Verdict.found(spam, action, ("test hit",), (("X-Mailsrv-Test", "hit"),))
+        factory = connection.protocol.factory
+        factory.policy = ListenerPolicy(factory.policy.gates, {SENDER: [Fixed(finding)]},
+                                        Standing(skips), "[SPAM] ")
         connection.send(b"EHLO client.test\r\n")
         mail = connection.send(b"MAIL FROM:<x@remote.test>\r\n")
         if not mail.startswith(b"250"):
@@ -244,22 +240,22 @@ class ServerActionTests(unittest.TestCase):
 
 
 class FromHeader:
-    """A message filter that judges on the From header it is shown."""
+    """A check of the header hook that judges on the From header it is shown."""
 
     def __init__(self, action):
         self.action = action
         self.pending = None
 
-    def check_message(self, session, transaction, header):
+    def check(self, session, transaction, header):
         if self.pending is not None:
             return self.pending
         if b"From: spam" not in header:
-            return defer.succeed(None)
-        return defer.succeed(FilterResult(True, self.action, ("from spam",)))
+            return defer.succeed(Verdict.accept())
+        return defer.succeed(Verdict.found(True, self.action, ("from spam",)))
 
 
 class MessageFilterTests(unittest.TestCase):
-    """Message filters see the header section before anything is written."""
+    """Checks of the header hook see the header section before anything is written."""
 
     def setUp(self):
         run_threads_inline(self)
@@ -269,8 +265,9 @@ class MessageFilterTests(unittest.TestCase):
         """A trusted client (it skips the filters at MAIL) sends to alice."""
         self.filter = FromHeader(action)
         connection = connect(self.server)
-        connection.protocol.factory.filters = Filters([], Standing(skips=True), "[SPAM] ",
-                                                      message_filters=[self.filter])
+        factory = connection.protocol.factory
+        factory.policy = ListenerPolicy(factory.policy.gates, {HEADER_HOOK: [self.filter]},
+                                        Standing(skips=True), "[SPAM] ")
         connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n"
                         b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
         return connection
@@ -304,7 +301,7 @@ class MessageFilterTests(unittest.TestCase):
         self.filter.pending = defer.Deferred()
         self.assertEqual(connection.send(b"From: spam@remote.test\r\n\r\nbuy\r\n.\r\n"
                                          b"NOOP\r\n"), b"")
-        self.filter.pending.callback(FilterResult(True, HEADER, ("late",)))
+        self.filter.pending.callback(Verdict.found(True, HEADER, ("late",)))
         reply = connection.take()
         self.assertTrue(reply.startswith(b"250 2.0.0 Ok: queued as"), reply)
         self.assertTrue(reply.endswith(b"\r\n250 2.0.0 Ok\r\n"), reply)
@@ -314,7 +311,7 @@ class MessageFilterTests(unittest.TestCase):
         self.filter.pending = defer.Deferred()
         connection.send(b"From: spam@remote.test\r\n\r\nbuy")
         connection.transport.loseConnection()
-        self.filter.pending.callback(None)
+        self.filter.pending.callback(Verdict.accept())
         self.assertEqual(files_on_disk(self.server), [])
 
     def test_write_error_while_adding_the_subject_at_the_end_refuses(self):

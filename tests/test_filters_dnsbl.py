@@ -9,9 +9,10 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsrv import config, dns, preflight
-from mailsrv.filters import failopen
-from mailsrv.filters.actions import HEADER, NONE, Action, Judgement
-from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy import failopen
+from mailsrv.policy.actions import HEADER, NONE, Action
+from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy.judgement import Judgement
 from mailsrv.smtp.state import Session
 from tests.helpers import result
 
@@ -77,8 +78,8 @@ class FilterTests(unittest.TestCase):
         """The judgement of the lists' result alone."""
         self.resolver = FakeResolver({f"10.2.0.192.{z}": a for z, a in answers.items()})
         f = DNSBLFilter(lists, lambda _: self.resolver, 5, self.clock)
-        d = f.check(Session(ip=IP), None)
-        return d.addCallback(lambda found: Judgement(True, (found,), threshold))
+        d = f.check(Session(ip=IP), None, None)
+        return d.addCallback(lambda found: Judgement(True, threshold=threshold).adding([found]))
 
     def test_clean(self):
         found = result(self.check([bl("a.test"), bl("b.test")], {}))
@@ -136,7 +137,7 @@ class FilterTests(unittest.TestCase):
         self.resolver = FakeResolver({"9.113.0.203.a.test": LISTED})
         f = DNSBLFilter([bl("a.test"), bl("t.test", kind="trusted")], lambda _: self.resolver,
                         5, self.clock)
-        found = result(f.check_received("203.0.113.9"))
+        found = result(f.check_received("203.0.113.9")).finding
         self.assertEqual((found.spam, found.counted), (False, (HEADER,)))
         self.assertEqual(found.reasons, ("dnsbl a.test 127.0.0.2 received 203.0.113.9",))
         self.assertEqual(found.headers, (("X-Mailsrv-DNSBL", "203.0.113.9 listed in a.test "
@@ -146,7 +147,7 @@ class FilterTests(unittest.TestCase):
         own = bl("own.test", server=("127.0.0.1", 5353))
         asked = []
         f = DNSBLFilter([own], lambda b: asked.append(b) or FakeResolver({}), 5, self.clock)
-        result(f.check(Session(ip=IP), None))
+        result(f.check(Session(ip=IP), None, None))
         self.assertEqual(asked, [own])
 
 
@@ -168,10 +169,11 @@ class CachingTests(unittest.TestCase):
         resolver = dns.Resolver(Backend(), clock)
         f = DNSBLFilter([bl("a.test")], lambda _: resolver, 5, clock)
         for _ in range(2):
-            self.assertEqual(result(f.check(Session(ip=IP), None)).counted, (HEADER,))
+            verdict = result(f.check(Session(ip=IP), None, None))
+            self.assertEqual(verdict.finding.counted, (HEADER,))
         self.assertEqual(Backend.calls, 1)
         clock.advance(301)
-        result(f.check(Session(ip=IP), None))
+        result(f.check(Session(ip=IP), None, None))
         self.assertEqual(Backend.calls, 2)
 
 

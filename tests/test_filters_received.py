@@ -6,9 +6,9 @@ looked up when a trusted host passes a message on.
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from mailsrv.filters.actions import FilterResult
-from mailsrv.filters.received import ReceivedIPs, received_from
 from mailsrv.netaddr import ListedClients
+from mailsrv.policy.checks.received import ReceivedIPs, received_from
+from mailsrv.policy.verdict import Verdict
 from mailsrv.smtp.state import Session
 from tests.helpers import result
 
@@ -50,10 +50,10 @@ class WalkTests(unittest.TestCase):
 
         def check_ip(address):
             checked.append(address)
-            return defer.succeed(FilterResult(True, reasons=(f"dnsbl x {address}",)))
+            return defer.succeed(Verdict.found(True, reasons=(f"dnsbl x {address}",)))
 
         stage = ReceivedIPs(ListedClients(trusted, None, None), check_ip)
-        found = result(stage.check_message(Session(ip=ip, user=user), None, header))
+        found = result(stage.check(Session(ip=ip, user=user), None, header)).finding
         return checked, found
 
     def test_first_untrusted_hop_is_checked(self):

@@ -10,8 +10,8 @@ from twisted.trial import unittest
 
 from mailsrv import config, preflight
 from mailsrv.config import DNSSettings
-from mailsrv.filters import spf
-from mailsrv.filters.actions import HEADER, Action
+from mailsrv.policy.actions import HEADER, Action
+from mailsrv.policy.checks import spf
 from mailsrv.smtp.state import Session, Transaction
 from tests.dnsserver import TinyDNSServer
 
@@ -52,7 +52,9 @@ class SPFTests(unittest.TestCase):
         spf.install_lookup(DNSSettings((("127.0.0.1", self.dns.port),), 2), lookups, void)
 
     def check(self, sender, helo="client.test", ip="127.0.0.1"):
-        return self.filter.check(Session(ip=ip, helo=helo), Transaction(sender))
+        """The finding of the check."""
+        d = self.filter.check(Session(ip=ip, helo=helo), Transaction(sender), sender)
+        return d.addCallback(lambda verdict: verdict.finding)
 
     async def expect(self, sender, result, **kwargs):
         found = await self.check(sender, **kwargs)

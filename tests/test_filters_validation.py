@@ -9,9 +9,10 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsrv import config, dns, preflight
-from mailsrv.filters import validation
-from mailsrv.filters.actions import HEADER, NONE, Action, Judgement
-from mailsrv.filters.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy.actions import HEADER, NONE, Action
+from mailsrv.policy.checks import validation
+from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy.judgement import Judgement
 from mailsrv.smtp.state import Session
 from tests.helpers import result
 
@@ -109,8 +110,8 @@ class CountTests(unittest.TestCase):
         filters = [validation.ValidationFilter(tests, 5, clock),
                    DNSBLFilter(lists, lambda _: resolver, 5, clock)]
         session = Session(ip=ip, helo=helo)
-        found = [result(f.check(session, None)) for f in filters]
-        return Judgement(True, tuple(found), threshold)
+        found = [result(f.check(session, None, None)) for f in filters]
+        return Judgement(True, threshold=threshold).adding(found)
 
     def test_all_pass(self):
         found = self.judge("192.0.2.1", "good.client.test", 1)

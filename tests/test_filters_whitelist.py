@@ -11,9 +11,12 @@ from twisted.trial import unittest
 
 from mailsrv import config
 from mailsrv.directory.senderlist import SenderList, parse_whitelist
-from mailsrv.filters.actions import HEADER, FilterResult, Whitelisting
-from mailsrv.filters.pipeline import Filters
-from mailsrv.filters.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
+from mailsrv.policy.actions import HEADER
+from mailsrv.policy.hooks import SENDER
+from mailsrv.policy.judgement import Whitelisting
+from mailsrv.policy.listener import ListenerPolicy
+from mailsrv.policy.verdict import Verdict
+from mailsrv.policy.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
 from mailsrv.netaddr import ListedClients
 from mailsrv.preflight import preflight
 from mailsrv.smtp.state import Session, Transaction
@@ -107,13 +110,13 @@ class WhitelistTests(unittest.TestCase):
 
 
 class Counting:
-    """A connection filter that counts its calls."""
+    """A filter check of the sender hook that counts its calls."""
 
     calls = 0
 
-    def check(self, session, transaction):
+    def check(self, session, transaction, sender):
         self.calls += 1
-        return defer.succeed(FilterResult(True, HEADER, ("dnsbl a 127.0.0.2",)))
+        return defer.succeed(Verdict.found(True, HEADER, ("dnsbl a 127.0.0.2",)))
 
 
 class Fixed:
@@ -127,8 +130,11 @@ class Fixed:
 class PipelineTests(unittest.TestCase):
     def judge(self, whitelisting):
         self.filter = Counting()
-        filters = Filters([self.filter], Standing(), "[SPAM] ", 1, Fixed(whitelisting))
-        return result(filters.judge(Session(ip="192.0.2.1"), Transaction("x@partner.test")))
+        policy = ListenerPolicy({}, {SENDER: [self.filter]}, Standing(), "[SPAM] ", 1,
+                                Fixed(whitelisting))
+        transaction = Transaction("x@partner.test")
+        self.assertTrue(result(policy.sender(Session(ip="192.0.2.1"), transaction)).accepted)
+        return transaction.judgement
 
     def test_connection_whitelist_skips_the_connection_filters(self):
         found = self.judge(Whitelisting(("whitelist:spamskip",), connection=True))

@@ -10,6 +10,7 @@ An entry is in the queue exactly when its C{env/ID.json} exists; the
 envelope is always written after its message file, by write-fsync-rename.
 """
 
+import io
 import json
 import os
 import random
@@ -153,6 +154,16 @@ class IncomingMessage:
         self._file = open(self.path, "xb", buffering=1 << 16)
         self._file.write(b"".join(self._held))
         self._held = []
+
+    def reader(self):
+        """
+        The bytes written so far, as a binary file to read (call off the
+        reactor thread: a big message is on disk).
+        """
+        if self._file is None:
+            return io.BytesIO(b"".join(self._held))
+        self._file.flush()
+        return open(self.path, "rb")
 
     def finish(self):
         """Write what is held, flush and fsync (call off the reactor thread)."""

@@ -3,19 +3,21 @@ One message from DATA to its reply. The protocol reads the data (with
 L{mailsrv.smtp.data.DataReader}) and hands the bytes to a L{Reception},
 which owns everything else about the message, as chasquid's C{queue.Put}
 and maddy's C{Body}/C{Commit} do: the spool file, our trace headers, the
-anti-spam filters' judgement (the message filters wait for the header
-section), the Subject prefix, then at the final dot the action the
-judgement names and the delivery (L{mailsrv.queue.intake.LocalDelivery}).
+policy's judgement (the header hook's checks wait for the header section,
+the body hook's for the whole message), then at the final dot what the
+policy makes of it (L{mailsrv.policy.apply}) and the delivery
+(L{mailsrv.queue.intake.LocalDelivery}).
 """
 
 import errno
 
+from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import errorlog
-from mailsrv.filters.actions import SubjectPrefixer
 from mailsrv.logtext import literal
+from mailsrv.policy.hooks import Message
 from mailsrv.smtp.data import HeaderSection
 from mailsrv.smtp.trace import trace_headers
 
@@ -35,15 +37,15 @@ def cannot_queue(error):
 
 class Reception:
     """
-    @ivar judgement: the filters' L{mailsrv.filters.actions.Judgement}:
-        the sender's and recipients' so far, the message's once its header
-        section is judged.
+    @ivar judgement: the policy's L{mailsrv.policy.judgement.Judgement}:
+        the transaction's so far, the message's once its header section
+        (and its body) is judged.
     """
 
     def __init__(self, factory, session, transaction, incoming, transport):
         """
         @param factory: the listener's L{mailsrv.smtp.server.SMTPFactory}
-            (its filters, journal, clock and server).
+            (its policy, journal, clock and server).
         @param incoming: the new spool file (L{mailsrv.queue.spool.IncomingMessage}).
         @param transport: the connection, named in error log lines.
         """
@@ -52,23 +54,29 @@ class Reception:
         self.transaction = transaction
         self.incoming = incoming
         self.transport = transport
+        self.policy = factory.policy
         self.judgement = transaction.judgement
         self.gone = False
         self._top = trace_headers(session, transaction, incoming.queue_id,
                                   factory.server.settings.hostname, factory.clock.seconds())
         self._prefixer = None
         self._write_error = None
-        self._held = None  # the HeaderSection the message filters wait for
-        if factory.filters.reads_message(self.judgement):
+        self._held = None  # the HeaderSection the header hook waits for
+        # The message as it comes, while the body hook waits for all of it:
+        # our headers and the Subject depend on its judgement.
+        self._received = None
+        if self.policy.reads_body(self.judgement):
+            self._received = factory.server.spool.incoming()
+        if self.policy.reads_header(self.judgement):
             self._held = HeaderSection()
-        else:
+        elif self._received is None:
             self._begin()
 
     def take(self, data, done):
         """
         Message bytes (C{done}: the last have come).
 
-        @return: a Deferred while the message filters judge the header
+        @return: a Deferred while the header hook judges the header
             section (later input must wait for it), else L{None}.
         """
         held = self._held
@@ -79,47 +87,52 @@ class Reception:
         if not (held.complete or done):
             return None
         self._held = None
-        d = self.factory.filters.judge_message(
-            self.judgement, self.session, self.transaction, held.header)
+        d = self.policy.header(self.judgement, self.session, self.transaction, held.header)
         return d.addCallback(self._judged, bytes(held.data))
 
     def _judged(self, judgement, held):
         if self.gone:
             return
         self.judgement = judgement
-        self._begin()
+        if self._received is None:
+            self._begin()
         self._write(held)
 
     def _begin(self):
-        """The judgement is final: log it, write our headers, then the message."""
-        judgement = self.judgement
-        if judgement.checked:
-            log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
-                     queue_id=self.incoming.queue_id, ip=self.session.ip,
-                     summary=judgement.summary, action=judgement.action)
-        self._write_through(self._top + judgement.header_block())
-        if judgement.action.kind == "subject":
-            prefix = self.factory.filters.subject_prefix.encode("utf-8")
-            self._prefixer = SubjectPrefixer(self._write_through, prefix)
+        """The judgement is final: our headers and the policy's, then the message."""
+        headers, self._prefixer = self.policy.begin(
+            self.judgement, self.session, self.incoming.queue_id, self._write_through)
+        self._write_to(self.incoming, self._top + headers)
 
     def _write(self, data):
-        if self._prefixer is not None:
+        if self._received is not None:
+            self._write_to(self._received, data)
+        elif self._prefixer is not None:
             self._prefixer.feed(data)
         elif data:
-            self._write_through(data)
+            self._write_to(self.incoming, data)
 
     def _write_through(self, data):
-        """Write to the spool file; the first I/O error is kept for the end."""
+        """Write to the spool file, past the Subject prefixer."""
+        self._write_to(self.incoming, data)
+
+    def _write_to(self, message, data):
+        """The first I/O error is kept for the end."""
         if self._write_error is None:
             try:
-                self.incoming.write(data)
+                message.write(data)
             except OSError as e:
                 self._write_error = e
 
     def abort(self):
         """The client went away before the final dot: nothing is kept."""
         self.gone = True
+        self._drop()
+
+    def _drop(self):
         self.incoming.abort()
+        if self._received is not None:
+            self._received.abort()
 
     def end(self, reader, max_size):
         """
@@ -129,39 +142,67 @@ class Reception:
         @return: the reply, C{(code, enhanced code, text)}, or a Deferred
             of it while the message is made durable.
         """
-        incoming, transaction, ip = self.incoming, self.transaction, self.session.ip
+        ip = self.session.ip
         if reader.bare_line_ending:
-            incoming.abort()
+            self._drop()
             log.info("refused message from {ip}: bare CR or LF in DATA", ip=ip)
             return (550, "5.6.0",
                     "Message contains bare CR or LF characters; lines must end with CRLF")
         if reader.size > max_size:
-            incoming.abort()
+            self._drop()
             log.info("refused message from {ip}: {size} bytes is over the limit",
                      ip=ip, size=reader.size)
             return 552, "5.3.4", "Message size exceeds fixed limit"
+        received, self._received = self._received, None
+        if received is None:
+            return self._finish(reader)
+        if self._write_error is not None:
+            received.abort()
+            return self._finish(reader)
+        d = self.policy.body(self.judgement, self.session, self.transaction,
+                             Message(received.size, received.reader))
+        d.addCallback(self._body_judged, received)
+        d.addCallbacks(lambda _: self._finish(reader), self._body_failed, errbackArgs=(received,))
+        return d
+
+    def _body_judged(self, judgement, received):
+        """Our headers and the policy's, then the message as received, in a thread."""
+        self.judgement = judgement
+        self._begin()
+        return threads.deferToThread(self._copy, received)
+
+    def _copy(self, received):
+        try:
+            with received.reader() as message:
+                while chunk := message.read(1 << 16):
+                    self._write(chunk)
+        finally:
+            received.abort()
+
+    def _body_failed(self, failure, received):
+        received.abort()
+        self.incoming.abort()
+        errorlog.client_error(log, failure, "policy body hook", "smtp", self.transport)
+        return 451, "4.3.0", "Temporary failure, try again later"
+
+    def _finish(self, reader):
+        """The judgement is final and the message written: refuse, delete or deliver it."""
+        incoming, transaction, ip = self.incoming, self.transaction, self.session.ip
         if self._prefixer is not None:
             self._prefixer.close()
         if self._write_error is not None:
             incoming.abort()
             log.error("cannot write the spool file: {error}", error=self._write_error)
             return cannot_queue(self._write_error)
-        action = self.judgement.action
-        if action.kind == "reject":  # by a message filter
+        verdict = self.policy.end(self.judgement, self.session, transaction, incoming.queue_id)
+        if verdict is not None:  # refused or dropped: nothing is kept
             incoming.abort()
-            log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
-                     ip=ip, sender=transaction.sender, summary=self.judgement.summary)
-            return 550, "5.7.1", "Message refused as spam"
-        if action.kind == "delete":
-            incoming.abort()
-            log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
-                     queue_id=incoming.queue_id, ip=ip, sender=transaction.sender)
-            return 250, "2.0.0", f"Ok: queued as {incoming.queue_id}"
+            return verdict.code, verdict.enhanced, verdict.text
         delivery = self.factory.server.delivery
         try:
             destination = delivery.destination(
-                transaction.local_users(), transaction.remote_addresses(), action,
-                incoming.queue_id)
+                transaction.local_users(), transaction.remote_addresses(),
+                self.judgement.action, incoming.queue_id)
             journal = self.factory.journal.copies(transaction)
             fields = {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo}
             d = delivery.deliver(incoming, fields, destination, journal)

@@ -19,9 +19,8 @@ from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
+from mailsrv.policy import listener as listener_policy
 from mailsrv.directory.checker import ClientCredentials
-from mailsrv.filters import pipeline
-from mailsrv.filters.actions import SKIPPED
 from mailsrv.queue.journal import Journal
 from mailsrv.smtp.commands import (
     CommandError,
@@ -32,7 +31,6 @@ from mailsrv.smtp.commands import (
     split_command,
 )
 from mailsrv.smtp.data import DataReader
-from mailsrv.smtp.policy import recipient_stages, run_stages, sender_stages, standing
 from mailsrv.smtp.reception import Reception, cannot_queue
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
 
@@ -403,7 +401,7 @@ class SMTPServer(protocol.Protocol):
         if params.size is not None and params.size > self.limits.max_message_size:
             raise CommandError(552, "5.3.4", "Message size exceeds fixed limit")
         transaction = Transaction(sender, params)
-        verdict = run_stages(self.factory.sender_stages, self.session, transaction, sender)
+        verdict = self.factory.policy.sender(self.session, transaction)
         return self._then(verdict, self._mail_verdict, transaction)
 
     def _then(self, result, callback, *args):
@@ -426,20 +424,6 @@ class SMTPServer(protocol.Protocol):
             log.info(literal(f"refused MAIL FROM:<{sender}> from {ip}: {reason}"),
                      sender=sender, ip=ip, reason=reason)
             return self._refuse(verdict)
-        filters = self.factory.filters
-        if not (filters.filters or filters.message_filters):  # no Deferred needed
-            return self._mail_judged(SKIPPED, transaction)
-        d = filters.judge(self.session, transaction)
-        return d.addCallback(self._mail_judged, transaction)
-
-    def _mail_judged(self, judgement, transaction):
-        """The connection filters have judged: refuse now, or keep the judgement."""
-        if judgement.action.kind == "reject":
-            log.info("refused MAIL FROM:<{sender}> from {ip}: X-Mailsrv-Spam: {summary}",
-                     sender=transaction.sender, ip=self.session.ip, summary=judgement.summary)
-            reasons = ", ".join(judgement.reasons).encode("ascii", "replace").decode()
-            return self._reply(550, "5.7.1", f"Refused as spam: {reasons}")
-        transaction.judgement = judgement
         self.transaction = transaction
         self.deadline.logged_in()  # a sender, not a slow attacker: not evicted
         self._reply(250, "2.1.0", "Ok")
@@ -454,9 +438,7 @@ class SMTPServer(protocol.Protocol):
         else:
             route = directory.route(address)
         recipient = Recipient(address, route)
-        verdict = run_stages(
-            self.factory.recipient_stages, self.session, self.transaction, recipient
-        )
+        verdict = self.factory.policy.recipient(self.session, self.transaction, recipient)
         return self._then(verdict, self._rcpt_verdict, recipient)
 
     def _rcpt_verdict(self, verdict, recipient):
@@ -499,7 +481,7 @@ class SMTPServer(protocol.Protocol):
         return None
 
     def _judged(self, _, reception, done):
-        """The message filters are done with the header section (L{Reception.take})."""
+        """The header hook is done with the header section (L{Reception.take})."""
         if done and reception is self._reception:  # else the client went away meanwhile
             return self._end_of_data()
         return None
@@ -537,8 +519,8 @@ class SMTPFactory(protocol.ServerFactory):
     @ivar server: the shared L{mailsrv.context.MailServer}.
     @ivar listener: the L{mailsrv.config.Listener}.
     @ivar limits: the listener's L{Limits}.
-    @ivar sender_stages: the MAIL FROM policy chain.
-    @ivar recipient_stages: the RCPT TO policy chain.
+    @ivar policy: the listener's L{mailsrv.policy.listener.ListenerPolicy}:
+        the protocol asks it at MAIL, RCPT and DATA.
     @ivar clock: for timeouts and Received dates.
     @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
         sets it): whether it is under stress.
@@ -550,8 +532,6 @@ class SMTPFactory(protocol.ServerFactory):
         self.server = server
         self.listener = listener
         self.limits = Limits.from_settings(server.settings)
-        self.sender_stages = sender_stages(server, listener)
-        self.recipient_stages = recipient_stages(server, listener)
         self.journal = Journal(server.settings.journal, server.delivery)
         if server.clock is None:
             from twisted.internet import reactor
@@ -559,7 +539,7 @@ class SMTPFactory(protocol.ServerFactory):
             self.clock = reactor
         else:
             self.clock = server.clock
-        self.filters = pipeline.build(server, standing(server, listener), self.clock)
+        self.policy = listener_policy.build(server, listener, self.clock)
 
     def buildProtocol(self, addr):
         return SMTPServer(self)

@@ -1,14 +1,14 @@
 """
 The two kinds of SMTP state, kept apart (as aiosmtpd does): a L{Session} lives
 as long as the connection (or until STARTTLS), a L{Transaction} from MAIL to
-the end of DATA (or RSET). Policy stages get both, never the transport.
+the end of DATA (or RSET). Policy checks get both, never the transport.
 """
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 from mailsrv.directory import Route
-from mailsrv.filters.actions import SKIPPED, Judgement
+from mailsrv.policy.judgement import SKIPPED, Judgement
 from mailsrv.smtp.commands import MailParams
 
 

@@ -12,7 +12,8 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from mailsrv.smtp.policy import Verdict
+from mailsrv.policy.hooks import RECIPIENT, SENDER
+from mailsrv.policy.verdict import Verdict
 from mailsrv.smtp import server as server_module
 from mailsrv.smtp.server import build_factory
 from tests.helpers import fresh_error_log
@@ -297,7 +298,7 @@ class PipeliningTests(SMTPTestCase):
                 return d
 
         conn = self.connect()
-        conn.protocol.factory.recipient_stages.insert(0, Later())
+        conn.protocol.factory.policy.gates[RECIPIENT].insert(0, Later())
         self.ehlo(conn)
         out = conn.send(
             b"MAIL FROM:<sender@remote.test>\r\n"
@@ -341,7 +342,7 @@ class PipeliningTests(SMTPTestCase):
                 return pending
 
         conn = self.connect()
-        conn.protocol.factory.sender_stages.insert(0, Stuck())
+        conn.protocol.factory.policy.gates[SENDER].insert(0, Stuck())
         self.ehlo(conn)
         conn.send(b"MAIL FROM:<a@remote.test>\r\n" + b"NOOP\r\n" * 20000)
         self.assertEqual(conn.transport.producerState, "paused")

@@ -3,7 +3,8 @@ Validation tests ([antispam.validation]): does the client's identity hold
 up? Each failed test adds one to the count that standard DNS blacklist
 hits add to, with the test's own action; a DNS failure skips the test.
 A test's C{check(session)} gives a Deferred of L{None} (passed) or of what
-failed, for its X-Mailsrv-Validation header; L{ValidationFilter} runs them.
+failed, for its X-Mailsrv-Validation header; L{ValidationFilter}, a filter
+check of the sender hook, runs them.
 """
 
 import ipaddress
@@ -11,8 +12,8 @@ import re
 
 from twisted.internet import defer
 
-from mailsrv.filters.actions import FilterResult
-from mailsrv.filters.failopen import skip_on_failure
+from mailsrv.policy.failopen import skip_on_failure
+from mailsrv.policy.verdict import Verdict
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 
@@ -127,7 +128,7 @@ class ValidationFilter:
         self.timeout = timeout
         self.clock = clock
 
-    def check(self, session, transaction):
+    def check(self, session, transaction, sender):
         d = defer.gatherResults([
             skip_on_failure(defer.maybeDeferred(test.check, session), self.timeout,
                             self.clock, "validation", test.name, session.ip)
@@ -137,10 +138,10 @@ class ValidationFilter:
     def _judge(self, failures):
         failed = [(test, failure) for test, failure in zip(self.tests, failures)
                   if failure is not None]
-        return FilterResult(
+        return Verdict.found(
             False,
-            reasons=tuple(f"validation {test.name}" for test, _ in failed),
-            headers=tuple(("X-Mailsrv-Validation", failure) for test, failure in failed
-                          if test.action.kind != "none"),
-            counted=tuple(test.action for test, _ in failed),
+            reasons=[f"validation {test.name}" for test, _ in failed],
+            headers=[("X-Mailsrv-Validation", failure) for test, failure in failed
+                     if test.action.kind != "none"],
+            counted=[test.action for test, _ in failed],
         )

@@ -1,34 +1,20 @@
 """
-The connection stage: who may connect to one listener ([[listen]] allow,
-deny, safe, block_own_ips; docs/config.md "Listener access"). It knows no
-protocol: the service asks it before a connection is handed to one, and the
-SMTP sender stage asks it whether a client is on the safe list.
+The check of the connect hook: who may connect to one listener ([[listen]]
+allow, deny, safe, block_own_ips; docs/config.md "Listener access"). It
+knows no protocol: the service runs it before a connection is handed to
+one (each protocol has its own "denied" and "later" lines), and the sender
+check L{mailsrv.policy.checks.sender.AuthRequired} is given it to ask
+whether a client is on the safe list.
 """
 
-from dataclasses import dataclass
-
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from mailsrv.dns import TemporaryDNSError
 from mailsrv.netaddr import ListedClients, normalise_ip
+from mailsrv.policy.verdict import Verdict
 
-log = Logger()
-
-
-@dataclass(frozen=True)
-class Decision:
-    """
-    @ivar allowed: whether the client is served.
-    @ivar safe: whether it is on the safe list (every restriction waived).
-    @ivar temporary: a refusal for a failed lookup: try again later.
-    @ivar reason: for the log.
-    """
-
-    allowed: bool
-    reason: str
-    safe: bool = False
-    temporary: bool = False
+# The reason of a client on the safe list (every restriction waived).
+SAFE = "safe list"
 
 
 class ListenerAccess:
@@ -49,27 +35,37 @@ class ListenerAccess:
             return defer.succeed(False)
         return self.safe.match(ip).addErrback(lambda f: f.trap(TemporaryDNSError) and False)
 
-    def check(self, peer_ip, local_ip):
-        """@return: a Deferred of a L{Decision} for a client at C{peer_ip}."""
-        d = self._check(peer_ip, local_ip)
+    def check(self, peer, transaction, subject):
+        """
+        @param peer: the L{mailsrv.policy.hooks.Peer}.
+        @return: a Deferred of a L{Verdict} for the client: a refusal says
+            why in its reason; a temporary one (a failed lookup) means "try
+            again later".
+        """
+        d = self._check(peer.ip, peer.local_ip)
         d.addErrback(self._lookup_failed)
         return d
 
     @defer.inlineCallbacks
     def _check(self, peer_ip, local_ip):
         if (yield self.is_safe(peer_ip)):
-            return Decision(True, "safe list", safe=True)
+            return Verdict.accept(SAFE)
         if self.settings.block_own_ips and _same(peer_ip, local_ip):
-            return Decision(False, "client uses the server's own address")
+            return _denied("client uses the server's own address")
         if self.deny and (yield self.deny.match(peer_ip)):
-            return Decision(False, "deny list")
+            return _denied("deny list")
         if self.allow and not (yield self.allow.match(peer_ip)):
-            return Decision(False, "not on the allow list")
-        return Decision(True, "")
+            return _denied("not on the allow list")
+        return Verdict.accept()
 
     def _lookup_failed(self, failure):
         failure.trap(TemporaryDNSError)
-        return Decision(False, f"lookup failed: {failure.getErrorMessage()}", temporary=True)
+        return Verdict.refuse(421, "4.7.0", "Try again later",
+                              f"lookup failed: {failure.getErrorMessage()}")
+
+
+def _denied(reason):
+    return Verdict.refuse(554, "5.7.1", "Access denied", reason)
 
 
 def _same(a, b):

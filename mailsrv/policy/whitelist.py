@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsrv.dns import TemporaryDNSError
-from mailsrv.filters.actions import NOT_WHITELISTED, Whitelisting
+from mailsrv.policy.judgement import NOT_WHITELISTED, Whitelisting
 
 log = Logger()
 
@@ -61,7 +61,7 @@ class Whitelists:
     """
     @param lists: L{ClientWhitelist}, L{SenderWhitelist}.
     @param directory: tells our own addresses.
-    @param standing: the listener's L{mailsrv.smtp.policy.Standing}.
+    @param standing: the listener's L{mailsrv.policy.standing.Standing}.
     """
 
     def __init__(self, lists, directory, standing):

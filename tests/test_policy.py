@@ -1,5 +1,6 @@
 """
-The sender and recipient stages, tested without any transport.
+The hook runner and the checks of the sender and recipient hooks, tested
+without any transport.
 """
 
 from twisted.internet import defer, task
@@ -8,8 +9,11 @@ from twisted.trial import unittest
 from mailsrv.directory import Route
 from mailsrv.netaddr import IPList
 from mailsrv.sessions import MemorySessionStore
-from mailsrv.smtp import policy
-from mailsrv.smtp.policy import Verdict, first_refusal
+from mailsrv.policy.standing import Standing
+from mailsrv.policy.checks import recipient as recipient_checks
+from mailsrv.policy.checks import sender as sender_checks
+from mailsrv.policy.hooks import run
+from mailsrv.policy.verdict import Verdict
 from mailsrv.smtp.state import Recipient, Session, Transaction
 from tests.helpers import fresh_error_log, result
 
@@ -29,29 +33,34 @@ class Fixed:
         return defer.succeed(self.verdict)
 
 
+def result_of(checks, session, transaction, subject):
+    """L{run}'s verdict, whether it answered at once or through a Deferred."""
+    return defer.maybeDeferred(run, list(checks), session, transaction, subject)
+
+
 class Broken:
     def check(self, session, transaction, subject):
         raise RuntimeError("lookup exploded")
 
 
-class FirstRefusalTests(unittest.TestCase):
+class HookRunnerTests(unittest.TestCase):
     def test_all_accept(self):
         stages = [Fixed(Verdict.accept("one")), Fixed(Verdict.accept()),
                   Fixed(Verdict.accept("two"))]
-        verdict = result(first_refusal(stages, None, None, None))
+        verdict = result(result_of(stages, None, None, None))
         self.assertEqual(verdict, Verdict.accept("one; two"))
 
-    def test_first_refusal_stops_the_chain(self):
+    def test_the_first_refusal_stops_the_hook(self):
         refusal = Verdict.refuse(550, "5.7.1", "no", "because")
         later = Fixed(Verdict.accept())
-        verdict = result(first_refusal([Fixed(Verdict.accept()), Fixed(refusal), later],
+        verdict = result(result_of([Fixed(Verdict.accept()), Fixed(refusal), later],
                                        None, None, None))
         self.assertEqual(verdict, refusal)
         self.assertEqual(later.calls, 0)
 
     def test_a_failing_stage_is_a_temporary_refusal(self):
         fresh_error_log(self)
-        verdict = result(first_refusal([Broken()], None, None, None))
+        verdict = result(result_of([Broken()], None, None, None))
         self.assertEqual((verdict.accepted, verdict.code, verdict.enhanced),
                          (False, 451, "4.3.0"))
         self.assertIn("lookup exploded", verdict.reason)
@@ -65,11 +74,11 @@ class FirstRefusalTests(unittest.TestCase):
             def check(self, session, transaction, subject):
                 return self.verdict
 
-        verdict = policy.run_stages([Now(Verdict.accept("a")), Now(Verdict.accept())],
+        verdict = run([Now(Verdict.accept("a")), Now(Verdict.accept())],
                                     None, None, None)
         self.assertEqual(verdict, Verdict.accept("a"))
         refusal = Verdict.refuse(550, "5.7.1", "no")
-        self.assertIs(policy.run_stages([Now(refusal), Broken()], None, None, None), refusal)
+        self.assertIs(run([Now(refusal), Broken()], None, None, None), refusal)
 
     def test_reasons_join_across_synchronous_and_asynchronous_stages(self):
         pending = defer.Deferred()
@@ -82,7 +91,7 @@ class FirstRefusalTests(unittest.TestCase):
             def check(self, session, transaction, subject):
                 return Verdict.accept("three")
 
-        d = policy.run_stages([Fixed(Verdict.accept("one")), Slow(), Now()], None, None, None)
+        d = run([Fixed(Verdict.accept("one")), Slow(), Now()], None, None, None)
         self.assertNoResult(d)
         pending.callback(Verdict.accept("two"))
         self.assertEqual(result(d), Verdict.accept("one; two; three"))
@@ -94,7 +103,7 @@ class FirstRefusalTests(unittest.TestCase):
             def check(self, session, transaction, subject):
                 return pending
 
-        d = first_refusal([Slow(), Fixed(Verdict.refuse(452, "4.5.3", "x"))], None, None, None)
+        d = result_of([Slow(), Fixed(Verdict.refuse(452, "4.5.3", "x"))], None, None, None)
         self.assertNoResult(d)
         pending.callback(Verdict.accept())
         self.assertEqual(result(d).code, 452)
@@ -102,7 +111,7 @@ class FirstRefusalTests(unittest.TestCase):
 
 class SenderStageTests(unittest.TestCase):
     def test_valid_sender(self):
-        stage = policy.ValidSender()
+        stage = sender_checks.ValidSender()
         for sender, accepted in [("a@b.test", True), ("", True), ("alice", False)]:
             verdict = result(stage.check(Session("192.0.2.1"), None, sender))
             self.assertEqual(verdict.accepted, accepted, sender)
@@ -111,7 +120,7 @@ class SenderStageTests(unittest.TestCase):
                          (553, "5.1.7", "<alice>: sender address must be a full user@domain"))
 
     def test_auth_required(self):
-        stage = policy.AuthRequired()
+        stage = sender_checks.AuthRequired()
         verdict = result(stage.check(Session("192.0.2.1"), None, "a@b.test"))
         self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
                          (530, "5.7.0", "Authentication required"))
@@ -121,7 +130,7 @@ class SenderStageTests(unittest.TestCase):
 
 class RecipientStageTests(unittest.TestCase):
     def test_local_recipient(self):
-        stage = policy.LocalRecipient()
+        stage = recipient_checks.LocalRecipient()
         self.assertTrue(result(stage.check(None, None, LOCAL)).accepted)
         self.assertTrue(result(stage.check(None, None, REMOTE)).accepted)
         verdict = result(stage.check(None, None, UNKNOWN))
@@ -129,7 +138,7 @@ class RecipientStageTests(unittest.TestCase):
                          (550, "5.1.1", "<nobody@example.test>: user unknown"))
 
     def test_recipient_limit(self):
-        stage = policy.RecipientLimit(2)
+        stage = recipient_checks.RecipientLimit(2)
         transaction = Transaction("a@b.test", recipients=[LOCAL])
         self.assertTrue(result(stage.check(None, transaction, LOCAL)).accepted)
         transaction.recipients.append(LOCAL)
@@ -145,10 +154,10 @@ class RelayTests(unittest.TestCase):
         self.trusted = IPList(["192.168.0.1-50", "10.1.0.0/255.255.0.0"])
 
     def standing(self, mode="trusted", pop_before_smtp=True):
-        return policy.Standing(mode, self.trusted, self.sessions, pop_before_smtp)
+        return Standing(mode, self.trusted, self.sessions, pop_before_smtp)
 
     def check(self, mode, ip, user=None, recipient=REMOTE, pop_before_smtp=True):
-        stage = policy.RelayPermission(self.standing(mode, pop_before_smtp))
+        stage = recipient_checks.RelayPermission(self.standing(mode, pop_before_smtp))
         return result(stage.check(Session(ip, user=user), None, recipient))
 
     def test_table(self):
@@ -188,7 +197,7 @@ class RelayTests(unittest.TestCase):
 
     def test_window_user_is_noted_on_the_session(self):
         self.sessions.record_login("bob@example.test", "192.0.2.77", "pop3")
-        stage = policy.RelayPermission(self.standing())
+        stage = recipient_checks.RelayPermission(self.standing())
         session = Session("192.0.2.77")
         verdict = result(stage.check(session, None, REMOTE))
         self.assertEqual(session.pop_user, "bob@example.test")
@@ -219,11 +228,11 @@ class SenderOwnershipTests(unittest.TestCase):
             self, "sales@example.test: alice@example.test, bob@example.test\n")
         self.clock = task.Clock()
         self.sessions = MemorySessionStore(1800, self.clock)
-        self.standing = policy.Standing("trusted", IPList(["192.168.0.1"]),
+        self.standing = Standing("trusted", IPList(["192.168.0.1"]),
                                         self.sessions, True)
 
     def test_local_sender_must_authenticate(self):
-        stage = policy.LocalSenderMustAuthenticate(self.directory, self.standing)
+        stage = sender_checks.LocalSenderMustAuthenticate(self.directory, self.standing)
         self.sessions.record_login("bob@example.test", "192.0.2.77", "imap")
         # sender, client IP, authenticated user -> accepted
         for sender, ip, user, accepted in [
@@ -243,7 +252,7 @@ class SenderOwnershipTests(unittest.TestCase):
                           "<alice@example.test>: authentication required for local senders"))
 
     def test_sender_must_be_owned(self):
-        stage = policy.SenderOwnedByUser(self.directory)
+        stage = sender_checks.SenderOwnedByUser(self.directory)
         alice = "alice@example.test"
         for sender, user, accepted in [
             ("alice@example.test", alice, True),
@@ -271,7 +280,7 @@ class KillListTests(unittest.TestCase):
         with open(self.path, "w") as f:
             f.write("# spammers\nspam@bad.test, @worse.test ; Boss@Phish.test\n")
         self.clock = task.Clock()
-        self.stage = policy.KilledSender(SenderList(self.path, parse_kill_list, self.clock))
+        self.stage = sender_checks.KilledSender(SenderList(self.path, parse_kill_list, self.clock))
 
     def verdict(self, sender):
         return result(self.stage.check(Session("192.0.2.1"), None, sender))
@@ -307,7 +316,7 @@ class KillListTests(unittest.TestCase):
 
 class NullSenderTests(unittest.TestCase):
     def test_refused(self):
-        stage = policy.NullSenderRefused()
+        stage = sender_checks.NullSenderRefused()
         verdict = result(stage.check(Session("192.0.2.1"), None, ""))
         self.assertEqual((verdict.code, verdict.enhanced, verdict.text),
                          (550, "5.7.1", "<>: null sender not accepted here"))
@@ -333,7 +342,7 @@ class SenderDomainTests(unittest.TestCase):
         from mailsrv.dns import TemporaryDNSError
 
         directory = Directory(["example.test"], None, None)
-        self.stage = policy.SenderDomainExists(directory, FakeResolver({
+        self.stage = sender_checks.SenderDomainExists(directory, FakeResolver({
             "good.test": True, "gone.test": False,
             "slow.test": TemporaryDNSError("MX slow.test: timeout"),
         }))
@@ -358,7 +367,7 @@ class SenderDomainTests(unittest.TestCase):
 
 class RoutingTricksTests(unittest.TestCase):
     def test_table(self):
-        stage = policy.RoutingTricksRefused()
+        stage = recipient_checks.RoutingTricksRefused()
         for address, accepted in [
             ("user%other.test@example.test", False),
             ("other.test!user@example.test", False),
@@ -378,11 +387,11 @@ class ListAndRelayDomainTests(unittest.TestCase):
         self.directory = make_directory(
             self, "team@example.test: alice@example.test, bob@example.test\n"
                   "boss@example.test: alice@example.test\n")
-        self.standing = policy.Standing("trusted", IPList(), MemorySessionStore(1800, task.Clock()),
+        self.standing = Standing("trusted", IPList(), MemorySessionStore(1800, task.Clock()),
                                         True)
 
     def test_lists_from_remote_senders(self):
-        stage = policy.ListPosting(self.directory)
+        stage = recipient_checks.ListPosting(self.directory)
         team = Recipient("team@example.test", self.directory.route("team@example.test"))
         boss = Recipient("boss@example.test", self.directory.route("boss@example.test"))
         for sender, recipient, accepted in [
@@ -401,14 +410,14 @@ class ListAndRelayDomainTests(unittest.TestCase):
                           "<team@example.test>: this list takes mail from local senders only"))
 
     def test_relay_domains_are_accepted_for_anyone(self):
-        stage = policy.RelayPermission(self.standing, ["internal.test"])
+        stage = recipient_checks.RelayPermission(self.standing, ["internal.test"])
         recipient = Recipient("x@Internal.test", self.directory.route("x@internal.test"))
         verdict = result(stage.check(Session("203.0.113.9"), None, recipient))
         self.assertEqual(verdict, Verdict.accept("relay domain internal.test"))
         self.assertFalse(result(stage.check(Session("203.0.113.9"), None, REMOTE)).accepted)
 
     def test_refusal_text(self):
-        stage = policy.RelayPermission(self.standing, (), "unknown local host %s, not a gateway")
+        stage = recipient_checks.RelayPermission(self.standing, (), "unknown local host %s, not a gateway")
         verdict = result(stage.check(Session("203.0.113.9"), None, REMOTE))
         self.assertEqual(verdict.text,
                          "<carol@remote.test>: unknown local host 203.0.113.9, not a gateway")
@@ -427,7 +436,7 @@ class AntispamBypassTests(unittest.TestCase):
             ("none", True, Session("192.168.0.1"), False),
             ("anyone", True, Session("203.0.113.9"), False),
         ]:
-            standing = policy.Standing(mode, trusted, sessions, True, bypass)
+            standing = Standing(mode, trusted, sessions, True, bypass)
             self.assertEqual(result(standing.skips_antispam(session)), skips,
                              (mode, bypass, session))
 
@@ -444,9 +453,9 @@ class DomainTrustTests(unittest.TestCase):
             ("gw.office.test", "A"): Answer(("192.0.2.9",), 300),
         })
         trusted = IPList([".office.test"], Resolver(backend, task.Clock()))
-        standing = policy.Standing("trusted", trusted, MemorySessionStore(1800, task.Clock()),
+        standing = Standing("trusted", trusted, MemorySessionStore(1800, task.Clock()),
                                    False)
-        stage = policy.RelayPermission(standing)
+        stage = recipient_checks.RelayPermission(standing)
         d = stage.check(Session("192.0.2.9"), None, REMOTE)
         d.addCallback(lambda verdict: self.assertEqual(
             verdict, Verdict.accept("relay: trusted IP 192.0.2.9")))

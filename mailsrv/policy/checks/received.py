@@ -17,6 +17,7 @@ from twisted.internet import defer
 
 from mailsrv.dns import TemporaryDNSError
 from mailsrv.netaddr import normalise_ip
+from mailsrv.policy.verdict import Verdict
 
 # The "from" clause of a Received header: up to " by ".
 _FROM = re.compile(r"^\s*from\s+(.*?)(?:\bby\b|;|$)", re.IGNORECASE | re.DOTALL)
@@ -49,11 +50,11 @@ def _first_address(text):
 
 class ReceivedIPs:
     """
-    A message stage: C{check_message(session, transaction, header)}.
+    A filter check of the header hook: it reads the header section.
 
     @param trusted: the L{mailsrv.netaddr.ListedClients} of [relay] trusted.
     @param check_ip: a function from an IP to a Deferred
-        L{mailsrv.filters.actions.FilterResult} (the DNS blacklists).
+        L{mailsrv.policy.verdict.Verdict} with a finding (the DNS blacklists).
     """
 
     def __init__(self, trusted, check_ip):
@@ -61,20 +62,21 @@ class ReceivedIPs:
         self.check_ip = check_ip
 
     @defer.inlineCallbacks
-    def check_message(self, session, transaction, header):
+    def check(self, session, transaction, header):
         """
-        @return: a Deferred L{FilterResult}, or L{None} when the client is
-            not a trusted host or no untrusted IP is named.
+        @return: a Deferred L{Verdict}: C{check_ip}'s, or one without a
+            finding when the client is not a trusted host or no untrusted
+            IP is named.
         """
         if (session.user is not None or not self.trusted
                 or not (yield self._trusted(session.ip))):
-            return None
+            return Verdict.accept()
         for ip in received_from(header):
             if ip is None:
-                return None  # a hop we cannot follow
+                return Verdict.accept()  # a hop we cannot follow
             if not (yield self._trusted(ip)):
                 return (yield self.check_ip(ip))
-        return None  # trusted all the way
+        return Verdict.accept()  # trusted all the way
 
     def _trusted(self, ip):
         d = self.trusted.match(ip)

@@ -16,7 +16,7 @@ import spf
 from twisted.internet import defer, threads
 
 from mailsrv.dns import dnspython_resolver
-from mailsrv.filters.actions import FilterResult
+from mailsrv.policy.verdict import Verdict
 
 SPAM_RESULTS = frozenset({"fail", "softfail"})
 MAX_CONCURRENT = 4
@@ -58,7 +58,7 @@ def _value(qtype, rdata):
 class SPFFilter:
     """
     @param actions: a function from an SPF result to its
-        L{mailsrv.filters.actions.Action}.
+        L{mailsrv.policy.actions.Action}.
     @param receiver: our host name, for the Received-SPF header.
     @param timeout: seconds for the whole check (RFC 7208 4.6.4 says 20).
     """
@@ -69,7 +69,7 @@ class SPFFilter:
         self.timeout = timeout
         self._limit = defer.DeferredSemaphore(MAX_CONCURRENT)
 
-    def check(self, session, transaction):
+    def check(self, session, transaction, sender):
         d = self._limit.run(threads.deferToThread, self._query, session.ip,
                             transaction.sender, session.helo or "")
         return d.addCallback(self._judge)
@@ -83,6 +83,6 @@ class SPFFilter:
 
     def _judge(self, outcome):
         result, header = outcome
-        return FilterResult(result in SPAM_RESULTS, self.actions(result), (f"spf {result}",),
-                            (("Received-SPF", header),))
+        return Verdict.found(result in SPAM_RESULTS, self.actions(result), (f"spf {result}",),
+                             (("Received-SPF", header),))
 

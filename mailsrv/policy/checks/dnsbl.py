@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsrv.filters.actions import FilterResult, combine
-from mailsrv.filters.failopen import skip_on_failure
+from mailsrv.policy.actions import combine
+from mailsrv.policy.failopen import skip_on_failure
+from mailsrv.policy.verdict import Verdict
 
 log = Logger()
 
@@ -33,7 +34,7 @@ class DNSBL:
     @ivar kind: "standard" (hits add up to the threshold) or "trusted"
         (one hit is enough).
     @ivar codes: the answers that count as listed; empty: any 127.0.0.0/8.
-    @ivar action: an L{mailsrv.filters.actions.Action}.
+    @ivar action: an L{mailsrv.policy.actions.Action}.
     """
 
     zone: str
@@ -71,7 +72,8 @@ class DNSBLFilter:
     """
     The lists, looked up in parallel for one IP. One hit on a trusted list
     is enough alone; a hit on a standard list is a counted finding (see
-    L{mailsrv.filters.actions.FilterResult.counted}).
+    L{mailsrv.policy.verdict.Finding.counted}). A filter check of the
+    sender hook.
 
     @param lists: L{DNSBL}s.
     @param resolvers: a function from a list to its L{mailsrv.dns.Resolver}.
@@ -85,19 +87,19 @@ class DNSBLFilter:
         self.timeout = timeout
         self.clock = clock
 
-    def check(self, session, transaction):
+    def check(self, session, transaction, sender):
         """The client's IP."""
         return self.check_ip(session.ip)
 
     def check_received(self, ip):
-        """An IP from a Received header (L{mailsrv.filters.received})."""
+        """An IP from a Received header (L{mailsrv.policy.checks.received})."""
         return self.check_ip(ip, received=True)
 
     def check_ip(self, ip, received=False):
         """
         @param received: whether C{ip} is from a Received header (the
             reasons and headers say so).
-        @return: a Deferred L{FilterResult}.
+        @return: a Deferred L{Verdict} with its finding.
         """
         d = defer.gatherResults([self._lookup(bl, ip) for bl in self.lists])
         return d.addCallback(self._judge, ip, received)
@@ -127,5 +129,4 @@ class DNSBLFilter:
                 headers.append(("X-Mailsrv-DNSBL", f"{ip} listed in {bl.name} ({code})"
                                 + (", from a Received header" if received else "")))
             (trusted if bl.kind == "trusted" else counted).append(bl.action)
-        return FilterResult(bool(trusted), combine(trusted), tuple(reasons), tuple(headers),
-                            tuple(counted))
+        return Verdict.found(bool(trusted), combine(trusted), reasons, headers, counted)

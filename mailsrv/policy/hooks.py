@@ -1,0 +1,116 @@
+"""
+Running the checks of one hook. A check is an object with one method,
+C{check(session, transaction, subject)}, returning a L{Verdict} or a
+Deferred of one; it never writes a reply and knows no other check. What
+each hook passes (docs/policy.md):
+
+    hook       when                       session      subject
+    connect    before the protocol greets  L{Peer}      L{None}
+    sender     MAIL FROM                   Session      the sender ("" for <>)
+    recipient  RCPT TO                     Session      a Recipient
+    header     the header section is in    Session      the header section (bytes)
+    body       the final dot               Session      the L{Message}
+"""
+
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailsrv import errorlog
+from mailsrv.policy.verdict import Verdict
+
+log = Logger()
+
+CONNECT, SENDER, RECIPIENT, HEADER, BODY = "connect", "sender", "recipient", "header", "body"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """
+    What the connect hook knows of a client, before any protocol.
+
+    @ivar ip: the client's address.
+    @ivar local_ip: our address it connected to.
+    """
+
+    ip: str
+    local_ip: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """
+    What the body hook's checks read: the message as the client sent it
+    (without our headers).
+
+    @ivar size: its length in bytes.
+    @ivar open: a function giving a binary file of it; call it, and read,
+        off the reactor thread (a big message is on disk).
+    """
+
+    size: int
+    open: Callable[[], BinaryIO]
+
+
+def run(checks, session, transaction, subject):
+    """
+    Run C{checks} in order: synchronously while each check answers with a
+    L{Verdict}, through Deferreds only from the first check that returns
+    one (a lookup). Most checks answer at once, and a Deferred per check
+    cost more than the checks themselves.
+
+    @return: the first refusing L{Verdict}, or an accepting one whose
+        reason joins every check's reason; or a Deferred of it when a check
+        went asynchronous. A check that fails (a bug, a lookup error)
+        refuses with 451 4.3.0: a temporary error never turns into a
+        permanent refusal.
+    """
+    reasons = []
+    for index, check in enumerate(checks):
+        try:
+            verdict = check.check(session, transaction, subject)
+        except Exception:
+            return _check_failed(Failure(), check, session)
+        if isinstance(verdict, defer.Deferred):
+            return _run_async(verdict, check, checks[index + 1:], session, transaction,
+                              subject, reasons)
+        if not verdict.accepted:
+            return verdict
+        if verdict.reason:
+            reasons.append(verdict.reason)
+    return Verdict.accept("; ".join(reasons))
+
+
+def _run_async(pending, check, remaining, session, transaction, subject, reasons):
+    """The rest of L{run} once C{check} has returned a Deferred."""
+
+    def judged(verdict):
+        if not verdict.accepted:
+            return verdict
+        if verdict.reason:
+            reasons.append(verdict.reason)
+        rest = run(remaining, session, transaction, subject)
+        if isinstance(rest, defer.Deferred):
+            return rest.addCallback(joined)
+        return joined(rest)
+
+    def joined(verdict):
+        if not verdict.accepted or not reasons:
+            return verdict
+        return Verdict.accept("; ".join([*reasons, verdict.reason] if verdict.reason
+                                        else reasons))
+
+    return pending.addCallbacks(judged, _check_failed, errbackArgs=(check, session))
+
+
+def _check_failed(failure, check, session):
+    # The log line still says "policy stage", as admins' filters expect.
+    errorlog.client_errors.failed(log, failure, f"policy stage {type(check).__name__}",
+                                  f"smtp {getattr(session, 'ip', '?')}")
+    return Verdict.refuse(
+        451, "4.3.0", "Temporary failure, try again later",
+        f"{type(check).__name__} failed: {failure.getErrorMessage()}",
+    )

@@ -1,0 +1,286 @@
+"""
+One listener's policy: which checks each hook runs, built from the config
+(L{build}: the one place that knows every check; the checks know none of
+each other), and L{ListenerPolicy}, what the protocol asks at each hook.
+"""
+
+from twisted.internet import defer
+
+from mailsrv import dns
+from mailsrv.config import DNSSettings
+from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
+from mailsrv.netaddr import ListedClients
+from mailsrv.policy import apply, hooks
+from mailsrv.policy.actions import parse_action
+from mailsrv.policy.checks import spf, validation
+from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy.checks.received import ReceivedIPs
+from mailsrv.policy.checks.recipient import (
+    ListPosting,
+    LocalRecipient,
+    RecipientLimit,
+    RelayPermission,
+    RoutingTricksRefused,
+)
+from mailsrv.policy.checks.sender import (
+    AuthRequired,
+    KilledSender,
+    LocalSenderMustAuthenticate,
+    NullSenderRefused,
+    SenderDomainExists,
+    SenderOwnedByUser,
+    ValidSender,
+)
+from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER
+from mailsrv.policy.judgement import NOT_WHITELISTED, SKIPPED, Judgement
+from mailsrv.policy.standing import Standing
+from mailsrv.policy.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
+
+
+class ListenerPolicy:
+    """
+    The checks of one listener's hooks, of two kinds. A hook's gates run
+    first, in order (L{hooks.run}): the first refusal refuses the command
+    with its own reply. Then its filters run together: each accepts with
+    a L{mailsrv.policy.verdict.Finding}, and the findings add up in the
+    message's L{Judgement}, whose action L{apply} carries out.
+
+    @param gates: hook -> the checks that may refuse it.
+    @param filters: hook -> the filter checks (sender: the connection
+        filters; header: they see the header section, and judge the
+        message even when its client skips the others; body: they see the
+        whole message).
+    @param standing: the listener's L{Standing}: authenticated and trusted
+        clients skip the connection filters.
+    @param subject_prefix: [antispam] subject_prefix, for the subject action.
+    @param threshold: the count of counted findings that makes a message spam.
+    @param whitelists: the L{Whitelists}, or L{None}.
+    """
+
+    def __init__(self, gates, filters, standing, subject_prefix="[SPAM] ", threshold=1,
+                 whitelists=None):
+        self.gates = {hook: list(gates.get(hook, ())) for hook in (SENDER, RECIPIENT)}
+        self.filters = {hook: tuple(filters.get(hook, ())) for hook in (SENDER, HEADER, BODY)}
+        self.standing = standing
+        self.subject_prefix = subject_prefix
+        self.threshold = threshold
+        self.whitelists = whitelists
+        self._judges = any(self.filters.values())
+
+    def sender(self, session, transaction):
+        """
+        MAIL FROM: the sender gates, then the connection filters. An
+        accepted sender's transaction keeps the judgement.
+
+        @return: a L{Verdict}, or a Deferred of one.
+        """
+        verdict = hooks.run(self.gates[SENDER], session, transaction, transaction.sender)
+        if isinstance(verdict, defer.Deferred):
+            return verdict.addCallback(self._judge_sender, session, transaction)
+        return self._judge_sender(verdict, session, transaction)
+
+    def _judge_sender(self, verdict, session, transaction):
+        if not verdict.accepted or not self._judges:  # no Deferred needed
+            return verdict
+        d = self._judge(session, transaction)
+        return d.addCallback(self._sender_judged, transaction, verdict)
+
+    def _sender_judged(self, judgement, transaction, verdict):
+        refusal = apply.at_sender(judgement)
+        if refusal is not None:
+            return refusal
+        transaction.judgement = judgement
+        return verdict
+
+    @defer.inlineCallbacks
+    def _judge(self, session, transaction):
+        """The connection filters' L{Judgement} (L{SKIPPED}: nothing to check)."""
+        skipped = yield self.standing.skips_antispam(session)
+        if skipped and not (self.filters[HEADER] or self.filters[BODY]):
+            return SKIPPED
+        whitelist = NOT_WHITELISTED
+        if self.whitelists is not None:
+            whitelist = yield self.whitelists.match(session, transaction)
+        judgement = Judgement(checked=not skipped, threshold=self.threshold, whitelist=whitelist,
+                              content=not (skipped or whitelist.content))
+        if skipped or whitelist.connection or not self.filters[SENDER]:
+            return judgement
+        verdicts = yield _together(self.filters[SENDER], session, transaction,
+                                   transaction.sender)
+        return judgement.adding(verdicts)
+
+    def recipient(self, session, transaction, recipient):
+        """RCPT TO: a L{Verdict}, or a Deferred of one."""
+        return hooks.run(self.gates[RECIPIENT], session, transaction, recipient)
+
+    def reads_header(self, judgement):
+        """Whether L{header} must see the header section before it is written."""
+        return bool(self.filters[HEADER]) and not judgement.whitelist.connection
+
+    def header(self, judgement, session, transaction, header):
+        """
+        @param judgement: the transaction's so far.
+        @param header: the message's header section (bytes).
+        @return: a Deferred of the L{Judgement} with the header filters' findings.
+        """
+        d = _together(self.filters[HEADER], session, transaction, header)
+        return d.addCallback(_added_to, judgement)
+
+    def reads_body(self, judgement):
+        """Whether L{body} must see the whole message before anything is written."""
+        return bool(self.filters[BODY]) and judgement.content
+
+    def body(self, judgement, session, transaction, message):
+        """
+        @param message: the L{hooks.Message}.
+        @return: a Deferred of the L{Judgement} with the body filters' findings.
+        """
+        d = _together(self.filters[BODY], session, transaction, message)
+        return d.addCallback(_added_to, judgement)
+
+    def begin(self, judgement, session, queue_id, write):
+        """L{apply.begin} with this listener's subject prefix."""
+        return apply.begin(judgement, session, queue_id, self.subject_prefix, write)
+
+    def end(self, judgement, session, transaction, queue_id):
+        """L{apply.at_end}: a L{Verdict} when the message goes no further, else L{None}."""
+        return apply.at_end(judgement, session, transaction, queue_id)
+
+
+def _together(checks, session, transaction, subject):
+    """
+    A Deferred of the verdicts of C{checks}, run at once; it fails as the
+    first check that fails (the others' failures are not logged again).
+    """
+    d = defer.gatherResults([defer.maybeDeferred(check.check, session, transaction, subject)
+                             for check in checks], consumeErrors=True)
+    return d.addErrback(lambda failure: failure.value.subFailure)
+
+
+def _added_to(verdicts, judgement):
+    """C{judgement} with the findings of C{verdicts}, as it was when there are none."""
+    if any(v.finding is not None for v in verdicts):
+        return judgement.adding(verdicts)
+    return judgement
+
+
+def build(server, listener, clock):
+    """
+    The L{ListenerPolicy} of one listener, from the config. The filters'
+    actions, written as text in the config, are parsed here (preflight
+    refused bad ones).
+    """
+    standing = _standing(server, listener)
+    gates = {SENDER: _sender_gates(server, listener, standing),
+             RECIPIENT: _recipient_gates(server, standing)}
+    settings = server.settings.antispam
+    timeout = server.settings.dns.timeout
+    filters = {SENDER: [], HEADER: []}
+    threshold = 1
+    if settings.dnsbl is not None:
+        lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
+                 for bl in settings.dnsbl.lists]
+        dnsbl = DNSBLFilter(lists, _resolvers(server.settings.dns), settings.dnsbl.timeout,
+                            clock)
+        filters[SENDER].append(dnsbl)
+        threshold, timeout = settings.dnsbl.threshold, settings.dnsbl.timeout
+        if settings.dnsbl.received_headers:
+            filters[HEADER].append(ReceivedIPs(server.trusted, dnsbl.check_received))
+    if settings.validation is not None:
+        filters[SENDER].append(validation.ValidationFilter(
+            _validation_tests(server, settings.validation), timeout, clock))
+    if settings.spf is not None:
+        spf.install_lookup(server.settings.dns, settings.spf.max_lookups,
+                           settings.spf.max_void_lookups)
+        actions = {result: parse_action(text) for result, text in settings.spf.actions}
+        filters[SENDER].append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
+                                             settings.spf.timeout))
+    return ListenerPolicy(gates, filters, standing, settings.subject_prefix, threshold,
+                          _whitelists(server, standing, clock))
+
+
+def _standing(server, listener):
+    settings = server.settings
+    return Standing(settings.relay.mode, server.trusted, server.sessions,
+                    settings.pop_before_smtp.enabled, settings.relay.trusted_bypass_antispam,
+                    server.access_for(listener))
+
+
+def _kill_list(server):
+    """The kill list of [access] kill_file (preflight refused a bad one before start-up)."""
+    return SenderList(server.settings.access.kill_file, parse_kill_list, server.clock)
+
+
+def _sender_gates(server, listener, standing):
+    """The MAIL FROM checks of one listener, in order: DNS last."""
+    access = server.settings.access
+    checks = []
+    require_auth = listener.access.require_auth or (
+        "any" if listener.role == "submission" else "")
+    if require_auth:
+        checks.append(AuthRequired(require_auth, server.access_for(listener)))
+    if access.check_valid_sender:
+        checks.append(ValidSender())
+    if access.refuse_null_sender:
+        checks.append(NullSenderRefused())
+    if access.kill_file is not None:
+        checks.append(KilledSender(_kill_list(server)))
+    if access.sender_must_be_owned:
+        checks.append(SenderOwnedByUser(server.directory))
+    if listener.role == "mx" and access.local_sender_must_auth:
+        checks.append(LocalSenderMustAuthenticate(server.directory, standing))
+    if access.verify_sender_domain:
+        checks.append(SenderDomainExists(server.directory,
+                                         dns.resolver_for(server.settings.dns)))
+    return checks
+
+
+def _recipient_gates(server, standing):
+    """The RCPT TO checks of one listener, in order: cheapest first."""
+    settings = server.settings
+    checks = [
+        RecipientLimit(settings.access.max_recipients),
+        RoutingTricksRefused(),
+        LocalRecipient(),
+    ]
+    if not settings.lists.accept_remote:
+        checks.append(ListPosting(server.directory))
+    checks.append(RelayPermission(
+        standing, (domain for domain, _ in settings.delivery.transports),
+        settings.relay.refusal_text,
+    ))
+    return checks
+
+
+def _whitelists(server, standing, clock):
+    """The whitelists (preflight refused bad files before start-up builds them)."""
+    settings = server.settings.antispam
+    lists = []
+    if settings.spamskip is not None:
+        resolver = dns.resolver_for(server.settings.dns)
+        lists.append(ClientWhitelist(ListedClients((), settings.spamskip.file, resolver, clock),
+                                     settings.spamskip))
+    if settings.whitelist is not None:
+        lists.append(SenderWhitelist(SenderList(settings.whitelist.file, parse_whitelist, clock),
+                                     settings.whitelist))
+    return Whitelists(lists, server.directory, standing) if lists else None
+
+
+def _validation_tests(server, settings):
+    resolver = dns.resolver_for(server.settings.dns)
+    tests = {
+        "helo-fqdn": lambda action: validation.HeloIsFQDN(action),
+        "helo-ours": lambda action: validation.HeloNotOurs(
+            server.settings.hostname, server.settings.local_domains, resolver, action),
+        "reverse-dns": lambda action: validation.ReverseDNS(resolver, action),
+        "fcrdns": lambda action: validation.ForwardConfirmed(resolver, action),
+    }
+    return tuple(tests[name](parse_action(action)) for name, action in settings.tests)
+
+
+def _resolvers(dns_settings):
+    def resolver(bl):
+        if bl.server is None:
+            return dns.resolver_for(dns_settings)
+        return dns.resolver_for(DNSSettings((bl.server,), dns_settings.timeout))
+    return resolver
