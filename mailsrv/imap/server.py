@@ -850,7 +850,7 @@ class IMAPServer(TwistedIMAP4Server):
             self._condstore = True
         self._resync = resync
         if self.mbox is not None:
-            # what follows is the new mailbox's (RFC 7162 3.2.11)
+            # closing it is said first: what follows is the new one's (RFC 7162 3.2.11)
             self.sendPositiveResponse(None, b"[CLOSED] Previous mailbox closed")
         return self.select_mailbox(tag, name, rw, command)
 
