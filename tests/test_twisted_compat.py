@@ -16,6 +16,7 @@ import twisted
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsrv.imap import _twisted_compat as compat
@@ -261,3 +262,54 @@ class HelpersTests(unittest.TestCase):
         self.assertFalse(isinstance(big.data, BytesIO),
                          f"{TWISTED}: LiteralFile no longer reads _memoryFileLimit")
         big.data.close()
+
+
+class ReliedOnTests(unittest.TestCase):
+    """
+    What the servers take from Twisted beyond PRIVATES and older Twisted
+    lacks: why setup.py asks for Twisted 26.10 at least (with 24.3, 33 POP3
+    and IMAP tests failed for these three).
+    """
+
+    def test_fetch_items_as_server_reads_them(self):
+        """
+        FETCH's items come from Twisted's parser as instances of its
+        private C{_FetchParser} classes; server.py reads their attributes
+        and their C{getBytes} (Twisted 24.11).
+        """
+        query, _ = compat.TwistedIMAP4Server().arg_fetchatt(
+            b"(BODY.PEEK[1.HEADER.FIELDS.NOT (To)]<0.10> BODY[TEXT] FLAGS)")
+        header, text, flags = query
+        self.assertTrue(hasattr(header, "getBytes"), f"{TWISTED}: FETCH's items have no getBytes")
+        self.assertEqual(
+            [(item.type, item.part, bool(item.header), bool(item.text), bool(item.mime),
+              item.empty, item.peek, item.partialBegin, item.partialLength, item.getBytes())
+             for item in (header, text)],
+            [("body", (0,), True, False, False, False, True, 0, 10,
+              b"BODY[1.HEADER.FIELDS.NOT (To)]<0.10>"),
+             ("body", (), False, True, False, False, False, None, None, b"BODY[TEXT]")],
+            f"{TWISTED}: FETCH's parsed body items changed")
+        self.assertEqual((header.header.fields, header.header.negate, flags.type),
+                         ([b"TO"], True, "flags"), f"{TWISTED}: FETCH's parsed items changed")
+
+    def test_list_patterns_are_no_regular_expressions(self):
+        """A LIST pattern's other characters match themselves (Twisted 26.10); else BAD."""
+        message = f"{TWISTED}: wildcardToRegexp reads a pattern as a regular expression"
+        try:
+            pattern = imap4.wildcardToRegexp("a(b[c%", "/")
+        except re.error:
+            self.fail(message)
+        self.assertTrue(pattern.fullmatch("a(b[cd") and not pattern.fullmatch("a(b[c/d"), message)
+
+    def test_failure_frames_are_hashable(self):
+        """
+        L{mailsrv.errorlog} keys errors by their innermost frame: tuples
+        since Twisted 24.10, lists before once a Deferred cleaned the failure.
+        """
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        failure.cleanFailure()
+        frame = failure.frames[-1][1:3]
+        self.assertIsInstance(frame, tuple, f"{TWISTED}: Failure.frames holds no tuples")
