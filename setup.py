@@ -19,7 +19,7 @@ setup(
     package_dir={"": "."},
     packages=find_packages(include=["mailsrv", "mailsrv.*"]) + ["twisted.plugins"],
     install_requires=[
-        "Twisted[tls]>=24.3,<27",
+        "Twisted[tls]>=26.10,<27",  # the range tests/test_twisted_compat.py verifies
         "pyOpenSSL>=24.0",
         "service-identity>=24.1",
         "cryptography>=42",

@@ -8,13 +8,18 @@ loads, in a fresh interpreter, are checked. Each rule of L{PACKAGES} names
 a package and the only mailsrv modules and packages its modules' import
 statements may name (Twisted is theirs to use); L{NOT_LOADED} says what
 importing any module of a package must not load, and L{SEPARATE} names
-packages whose modules may not import each other.
+packages whose modules may not import each other. Twisted's privates may
+be touched only in the modules of L{TWISTED_COMPAT}.
 """
 
 import ast
+import importlib
+import inspect
 import json
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -105,6 +110,76 @@ def path_of(module):
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+# The only modules that may touch a private of Twisted (a class's or a
+# module's, mangled names included); each declares what it relies on in
+# its PRIVATES, which tests/test_twisted_compat.py checks against the
+# installed Twisted. POP3 needs none.
+TWISTED_COMPAT = ("mailsrv/imap/_twisted_compat.py",)
+_MANGLED = re.compile(r"_[A-Z][A-Za-z0-9]*__[A-Za-z]")
+
+
+def _private(name):
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def twisted_private_names(cls):
+    """
+    The privates of C{cls}'s Twisted bases: what they define, and the
+    C{self._x} attributes their methods keep (mangled as Python does).
+    """
+    names = set()
+    for base in cls.__mro__:
+        if not base.__module__.startswith("twisted."):
+            continue
+        names.update(name for name in vars(base) if _private(name))
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(base)))):
+            if (isinstance(node, ast.Attribute) and _private(node.attr)
+                    and isinstance(node.value, ast.Name) and node.value.id == "self"):
+                mangled = node.attr.startswith("__")
+                names.add(f"_{base.__name__.lstrip('_')}{node.attr}" if mangled else node.attr)
+    return names
+
+
+def twisted_privates_in(source, namespace):
+    """
+    The C{(line, name)}s where C{source}, whose top-level names are bound
+    as in C{namespace}, touches a private of Twisted: a private attribute
+    of a name imported from Twisted (C{imap4._literal}), a private
+    imported from Twisted, a mangled name anywhere, and in a class with
+    Twisted bases a private of those bases (defined, called or set).
+    """
+    tree = ast.parse(source)
+    from_twisted = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            module = node.module if isinstance(node, ast.ImportFrom) else ""
+            for alias in node.names:
+                if (module or alias.name).split(".")[0] == "twisted":
+                    if _private(alias.name.rsplit(".", 1)[-1]):
+                        found.append((node.lineno, alias.name))
+                    from_twisted.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        names = [getattr(node, field, None) for field in ("attr", "name", "id", "value")]
+        found.extend((node.lineno, name) for name in names
+                     if isinstance(name, str) and _MANGLED.search(name))
+        if (isinstance(node, ast.Attribute) and _private(node.attr)
+                and isinstance(node.value, ast.Name) and node.value.id in from_twisted):
+            found.append((node.lineno, f"{node.value.id}.{node.attr}"))
+    for node in tree.body:
+        cls = namespace.get(node.name) if isinstance(node, ast.ClassDef) else None
+        if not isinstance(cls, type):
+            continue
+        privates = twisted_private_names(cls)
+        for inner in ast.walk(node):
+            name = getattr(inner, "attr", None) or getattr(inner, "name", None)
+            if isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Store):
+                name = inner.id
+            if name in privates:
+                found.append((inner.lineno, name))
+    return sorted(set(found))
+
+
 def imported_names(path):
     """Every module an import statement in C{path} names, at any depth."""
     names = set()
@@ -191,3 +266,46 @@ class PackageRuleTests(unittest.TestCase):
         source = Path(self.mktemp())
         source.write_text("from mailsrv.policy.checks import sender\n")
         self.assertIn("mailsrv.policy.checks.sender", imported_names(source))
+
+
+class TwistedPrivatesTests(unittest.TestCase):
+    """Twisted's privates are touched in TWISTED_COMPAT only."""
+
+    def test_only_the_compat_modules_touch_twisted_privates(self):
+        for path in sorted((ROOT / "mailsrv").rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative in TWISTED_COMPAT:
+                continue
+            module = importlib.import_module(relative[:-3].replace("/", ".").removesuffix(".__init__"))
+            found = twisted_privates_in(path.read_text(), vars(module))
+            self.assertEqual(found, [], f"{relative} touches Twisted's privates (line, name): "
+                             f"go through a _twisted_compat module ({', '.join(TWISTED_COMPAT)})")
+
+    def test_the_rule_catches_a_private(self):
+        """Each way in: a module's, a mangled name, a base's hook, its state, a shadowing name."""
+        source = textwrap.dedent("""\
+            from twisted.mail import imap4, pop3
+
+            class Server(imap4.IMAP4Server):
+                def _IMAP4Server__ebDispatch(self, failure, tag):
+                    return imap4._literal(b"")
+
+                def respond(self):
+                    self._queuedAsync = []
+                    super()._respond(b"OK", None, None)
+
+            class Mailbox:
+                def _respond(self):
+                    pass
+
+            class POP3Server(pop3.POP3):
+                _userIs = None
+
+                def __init__(self):
+                    self._buffer = b""
+            """)
+        namespace = {}
+        exec(source, namespace)
+        self.assertEqual(twisted_privates_in(source, namespace), [
+            (4, "_IMAP4Server__ebDispatch"), (5, "imap4._literal"), (8, "_queuedAsync"),
+            (9, "_respond"), (16, "_userIs"), (19, "_buffer")])

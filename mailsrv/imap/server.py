@@ -61,6 +61,8 @@ from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.imap import append, listing, mime, sequence, sort, syntax, thread
+from mailsrv.imap._twisted_compat import (LITERAL_MEMORY_LIMIT, LiteralFile, TwistedIMAP4Server,
+                                          flags_item, literal, uid_item)
 from mailsrv.imap.listing import DELIMITER
 from mailsrv.imap.search import MAX_DEPTH as MAX_SEARCH_DEPTH
 from mailsrv.imap.mailbox import ChangedSince, write_failure
@@ -287,7 +289,7 @@ def _opt_seqset(self, line):
     return _arg_seqset(self, line)
 
 
-class IMAPServer(imap4.IMAP4Server):
+class IMAPServer(TwistedIMAP4Server):
     """
     One IMAP connection.
 
@@ -326,6 +328,7 @@ class IMAPServer(imap4.IMAP4Server):
         self._saved = []  # the UIDs of the saved search result, C{$} (RFC 5182)
         self._by_uid = False  # the command under way is a UID command
         self._flags = frozenset()  # the FLAGS the client was told (a keyword's first use)
+        self._logout = None  # the realm's, once logged in: called when the connection ends
 
     # The clock: Twisted's timeouts and FETCH scheduling use the global
     # reactor; ours follow server.clock so tests can drive them.
@@ -400,6 +403,9 @@ class IMAPServer(imap4.IMAP4Server):
         if self.mbox is not None:
             self._drop_mailbox()
         super().connectionLost(reason)
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
 
     def capabilities(self):
         caps = {}
@@ -468,10 +474,10 @@ class IMAPServer(imap4.IMAP4Server):
         elif self.parseState == "idle":
             return self.parse_idle(b"")
         elif self.parseState == "pending":  # the line after a literal
-            tag, self._pendingLiteral = self._tag, None
+            tag, self.pending_literal = self._tag, None
             self.parseState = "command"
         elif self.parseState == "skip":  # a refused command: it has its BAD
-            self._pendingLiteral = None
+            self.pending_literal = None
             self.parseState = "command"
             if not (newline and _LITERAL_PLUS_END.search(dropped)):
                 return None
@@ -543,7 +549,7 @@ class IMAPServer(imap4.IMAP4Server):
         # no arguments at all must parse as missing ones, not crash
         super().dispatchCommand(tag, cmd, rest or b"", uid)
 
-    def _IMAP4Server__ebDispatch(self, failure, tag):
+    def arguments_failed(self, failure, tag):
         """
         An argument failed to parse (Twisted's own errback would log a
         traceback for every parser error that is not IllegalClientResponse).
@@ -566,13 +572,12 @@ class IMAPServer(imap4.IMAP4Server):
             self._client_error(failure, self._command)
             self.sendBadResponse(tag, b"Internal server error")
 
-    def _IMAP4Server__ebFetch(self, failure, tag):
+    def fetch_failed(self, failure, tag):
         """Twisted's FETCH errback, with the error logged as one line."""
-        del self._oldTimeout  # Twisted's idle timer, which the deadline replaces
         self._client_error(failure, b"FETCH")
         self.sendBadResponse(tag, b"FETCH failed: server error")
 
-    def _IMAP4Server__ebSpewMessage(self, failure):
+    def fetch_broke_off(self, failure):
         """
         Part of a FETCH response may be out already: all we can do is close
         (as Twisted does), with the error logged as one line.
@@ -612,7 +617,7 @@ class IMAPServer(imap4.IMAP4Server):
         BAD (unknown, not valid now, too deep, too many arguments), then
         the rest of that command (L{parse_skip}).
         """
-        self._pendingLiteral = _SkippedLiteral(self._nonsync)
+        self.pending_literal = _SkippedLiteral(self._nonsync)
         self._nonsync = None
         self.parseState = "skip"
         self.setRawMode()
@@ -622,7 +627,7 @@ class IMAPServer(imap4.IMAP4Server):
         The rest of a refused command after a skipped literal; if it ends
         in another LITERAL+ literal, L{lineReceived} skips that too.
         """
-        self._pendingLiteral = None
+        self.pending_literal = None
         self.parseState = "command"
 
     def _arg_messages(self, line):
@@ -642,7 +647,8 @@ class IMAPServer(imap4.IMAP4Server):
         """
         d = defer.Deferred()
         self.parseState = "pending"
-        self._pendingLiteral = _AppendLiteral(size, d, held)
+        # in memory while the APPEND's literals, this one too, fit in Twisted's limit for one
+        self.pending_literal = LiteralFile(size, d, max(0, LITERAL_MEMORY_LIMIT - held))
         self.sendContinuationRequest(b"Ready for %d octets of data" % size)
         self.setRawMode()
         return d
@@ -650,11 +656,11 @@ class IMAPServer(imap4.IMAP4Server):
     def _largest_literal(self):
         return self.server.settings.access.max_message_size
 
-    def _stringLiteral(self, size):
+    def string_literal(self, size):
         """Twisted's, but a negative size is no size."""
         if size < 0:
             raise imap4.IllegalClientResponse("Bad literal size")
-        return _base._stringLiteral(self, size)
+        return super().string_literal(size)
 
     def do_UID(self, tag, command, line):
         if command.upper() not in _UID_COMMANDS:
@@ -666,32 +672,32 @@ class IMAPServer(imap4.IMAP4Server):
 
     # Output: the end of a command
 
-    def _respond(self, state, tag, message):
+    def respond(self, state, tag, message):
         if self._lost:  # a command that waited on a sync ends after the client left
             return
         if not (tag is not None and tag == self._tag and state in (b"OK", b"NO", b"BAD")):
-            super()._respond(state, tag, message)
+            self.write_response(state, tag, message)
             return
-        self.blocked = None  # a FETCH of Twisted's is over (see _unblock)
+        self.blocked = None  # a FETCH of Twisted's is over (see replay_blocked)
         self._flush_news()
         if self.mbox is not None:
             if self._command not in _NO_EXPUNGE or self._command == b"UID":
                 self._send_expunges()
             else:
                 self._held_back_expunges()
-        super()._respond(state, tag, message)
+        self.write_response(state, tag, message)
         self._tag = self._command = None
         if not self._lost:
             self.deadline.release()
             if self.paused:
                 self.resumeProducing()
 
-    def _unblock(self):
+    def replay_blocked(self):
         """
         Twisted's FETCH calls this after its tagged reply, to replay the
         lines it kept in C{blocked} meanwhile: split into lines, a
         pipelined APPEND's literal ran as commands. We read nothing while
-        a command runs, and C{_respond} ends the FETCH's C{blocked} (which
+        a command runs, and L{respond} ends the FETCH's C{blocked} (which
         then only holds back untagged replies): nothing to replay.
         """
 
@@ -706,10 +712,10 @@ class IMAPServer(imap4.IMAP4Server):
         """
         if self._qresync:
             for line in _vanished_lines(runs(uids)):
-                super()._respond(line, None, None)
+                self.write_response(line, None, None)
         else:
             for seq in seqs:
-                super()._respond(b"%d EXPUNGE" % seq, None, None)
+                self.write_response(b"%d EXPUNGE" % seq, None, None)
 
     def _held_back_expunges(self):
         """
@@ -719,14 +725,14 @@ class IMAPServer(imap4.IMAP4Server):
         lost connection (RFC 7162 3.2).
         """
         if self._qresync and self.mbox.pending:
-            super()._respond(b"OK [HIGHESTMODSEQ %d] Expunges pending"
-                             % self.mbox.pending_since, None, None)
+            self.write_response(b"OK [HIGHESTMODSEQ %d] Expunges pending"
+                                % self.mbox.pending_since, None, None)
 
     def _flush_news(self):
         """Send what waited for the command to end (Twisted's queue, flag changes)."""
-        queued, self._queuedAsync = self._queuedAsync, []
+        queued, self.queued_untagged = self.queued_untagged, []
         for line in queued:
-            super()._respond(line, None, None)
+            self.write_response(line, None, None)
         if self._flag_news and self.mbox is not None:
             uids, self._flag_news = self._flag_news, set()
             self._send_flags(uids)
@@ -814,7 +820,7 @@ class IMAPServer(imap4.IMAP4Server):
             logout()
             return None
         self.account = account
-        self._onLogout = logout
+        self._logout = logout
         self.state = "auth"
         self.deadline.logged_in()
         d = login.succeeded(self.server, account.user, ip, "imap")
@@ -843,22 +849,16 @@ class IMAPServer(imap4.IMAP4Server):
         if condstore:
             self._condstore = True
         self._resync = resync
-        return self._selectWork(tag, name, rw, command)
+        if self.mbox is not None:
+            # closing it is said first: what follows is the new one's (RFC 7162 3.2.11)
+            self.sendPositiveResponse(None, b"[CLOSED] Previous mailbox closed")
+        return self.select_mailbox(tag, name, rw, command)
 
     auth_SELECT = select_SELECT = (do_SELECT, _arg_mailbox, _opt_select_params, 1, b"SELECT")
     auth_EXAMINE = select_EXAMINE = (
         do_SELECT, _arg_mailbox, _opt_select_params, 0, b"EXAMINE")
 
-    def _selectWork(self, tag, name, rw, cmdName):
-        """
-        A SELECT or EXAMINE that closes the selected mailbox says so first
-        (C{OK [CLOSED]}, RFC 7162 3.2.11): what follows is the new one's.
-        """
-        if self.mbox is not None:
-            self.sendPositiveResponse(None, b"[CLOSED] Previous mailbox closed")
-        return super()._selectWork(tag, name, rw, cmdName)
-
-    def _cbSelectWork(self, mbox, cmdName, tag):
+    def mailbox_selected(self, mbox, cmdName, tag):
         resync, self._resync = self._resync, None
         if self._lost:  # gone while the folder was synced
             return
@@ -910,7 +910,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendUntaggedResponse(b"%d FETCH (UID %d %b MODSEQ (%d))"
                                       % (seq, entry.uid, flags, entry.modseq))
 
-    def _ebSelectWork(self, failure, cmdName, tag):
+    def select_failed(self, failure, cmdName, tag):
         """
         A name no folder can have, and a folder whose Maildir cannot be
         made (a full disk), are a NO, not a BAD.
@@ -919,7 +919,7 @@ class IMAPServer(imap4.IMAP4Server):
             return self.sendNegativeResponse(tag, _text(failure.value))
         if failure.check(OSError):
             return self.sendNegativeResponse(tag, write_failure(cmdName, failure.value))
-        return super()._ebSelectWork(failure, cmdName, tag)
+        return super().select_failed(failure, cmdName, tag)
 
     def do_LOGOUT(self, tag):
         """
@@ -933,7 +933,7 @@ class IMAPServer(imap4.IMAP4Server):
             self._flush_news()
             self._send_expunges()
             self._drop_mailbox()
-        self._queuedAsync = []
+        self.queued_untagged = []
         self.state = "logout"
         super().do_LOGOUT(tag)
 
@@ -949,7 +949,7 @@ class IMAPServer(imap4.IMAP4Server):
     def do_UNSELECT(self, tag):
         """RFC 3691: CLOSE without expunging; what waited for the client is dropped."""
         self._drop_mailbox()
-        self._queuedAsync = []
+        self.queued_untagged = []
         self.state = "auth"
         self.sendPositiveResponse(tag, b"UNSELECT completed")
 
@@ -1201,8 +1201,7 @@ class IMAPServer(imap4.IMAP4Server):
     def do_LSUB(self, tag, ref, pattern):
         """From the subscriptions, not the folders (L{Account.lsub})."""
         d = defer.maybeDeferred(self.account.lsub, ref, pattern)
-        d.addCallback(self._cbListWork, tag, 0, b"LSUB")
-        d.addErrback(self._ebListWork, tag)
+        self.send_listing(d, tag, b"LSUB")
 
     auth_LSUB = select_LSUB = (do_LSUB, _arg_list_pattern, _arg_list_pattern)
 
@@ -1263,9 +1262,9 @@ class IMAPServer(imap4.IMAP4Server):
             if not any(part.type == "flags" for part in query):
                 # in the same FETCH response: curl, for one, fails on a
                 # separate FLAGS-only FETCH before the body
-                query = [imap4._FetchParser.Flags()] + list(query)
+                query = [flags_item()] + list(query)
             if self._qresync and not uid and not any(part.type == "uid" for part in query):
-                query.append(imap4._FetchParser.UID())  # RFC 7162 3.2.4
+                query.append(uid_item())  # RFC 7162 3.2.4
         if any(part.type == "modseq" for part in query):
             self._enable_condstore()
         elif self._condstore and any(part.type == "flags" for part in query):
@@ -1303,7 +1302,7 @@ class IMAPServer(imap4.IMAP4Server):
         (tests/test_imap.py FastFetchTests).
         """
         if uid and not any(part.type == "uid" for part in query):
-            query = list(query) + [imap4._FetchParser.UID()]
+            query = list(query) + [uid_item()]
         folder = self.mbox.folder
         cur = folder.cur_prefix()
         getters = [_fast_getter(self, part, cur) for part in query]
@@ -1383,7 +1382,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def spew_rfc822header(self, id, msg, _w=None, _f=None):
         """BODY[HEADER]: the header as stored, with its empty line (Twisted rebuilt it)."""
-        _w(b"RFC822.HEADER " + imap4._literal(mime.crlf(msg.header_bytes())))
+        _w(b"RFC822.HEADER " + literal(mime.crlf(msg.header_bytes())))
 
     def _from_tree(self, msg, format, _w):
         """
@@ -1413,14 +1412,14 @@ class IMAPServer(imap4.IMAP4Server):
             data = mime.select_fields(
                 mime.crlf(msg.header_bytes()), part.header.fields, part.header.negate
             )
-            _w(_label(part) + b" " + imap4._literal(_partial(part, data)))
+            _w(_label(part) + b" " + literal(_partial(part, data)))
             return None
         if not part.part and part.partialBegin is not None and (part.text or part.empty):
             with (msg.getBodyFile() if part.text else msg.open()) as f:
                 f.seek(part.partialBegin, 1)
                 # past the end: empty (RFC 3501 6.4.5); never more than the file
                 data = f.read(min(part.partialLength, msg.getSize()))
-            _w(_label(part) + b" " + imap4._literal(data))
+            _w(_label(part) + b" " + literal(data))
             return None
         if not part.part and part.empty:
             return super().spew_body(part, id, msg, _w, _f)  # the file, as the fast path
@@ -1435,7 +1434,7 @@ class IMAPServer(imap4.IMAP4Server):
                 data, root, [n + 1 for n in part.part], kind,
                 header and header.fields, header and header.negate,
             )
-            return _label(part) + b" " + imap4._literal(_partial(part, found))
+            return _label(part) + b" " + literal(_partial(part, found))
         return self._from_tree(msg, section, _w)
 
     def _spew_binary(self, part, msg, _w):
@@ -1448,7 +1447,7 @@ class IMAPServer(imap4.IMAP4Server):
             if part.size:
                 return bytes(part) + b" %d" % len(content)
             content = _partial(part, content)
-            return _label(part) + (b" ~" if b"\0" in content else b" ") + imap4._literal(content)
+            return _label(part) + (b" ~" if b"\0" in content else b" ") + literal(content)
         return self._from_tree(msg, section, _w)
 
     def do_STORE(self, tag, messages, unchangedsince, mode, flags, uid=0):
@@ -1532,7 +1531,7 @@ class IMAPServer(imap4.IMAP4Server):
                 continue
             info = self.mbox.folder.message(uid)
             self._announce_flags(info.flags)
-            self._respond(b"%d FETCH (%s)" % (seq, self._changed_items(info)), None, None)
+            self.respond(b"%d FETCH (%s)" % (seq, self._changed_items(info)), None, None)
 
     def _target(self, tag, mailbox, command):
         """
@@ -1767,17 +1766,6 @@ class IMAPServer(imap4.IMAP4Server):
             return sequence.of_numbers(self._saved)
         return sequence.of_numbers(
             [seq for seq in map(self.mbox.seq, self._saved) if seq is not None])
-
-
-class _AppendLiteral(imap4.LiteralFile):
-    """
-    A literal of an APPEND that holds C{held} bytes of earlier ones: kept
-    in memory as long as all of them fit in Twisted's limit for one.
-    """
-
-    def __init__(self, size, d, held):
-        self._memoryFileLimit = max(0, imap4.LiteralFile._memoryFileLimit - held)
-        super().__init__(size, d)
 
 
 class _SkippedLiteral:

@@ -180,7 +180,7 @@ class POP3Server(pop3.POP3):
         self.server = server
         self.listener = listener
         self.portal = portal
-        self._buffer = b""
+        self._partial_line = b""  # input after the last line end
         self._discarding = False
         self._epoch = 0
         self._errors = 0
@@ -188,6 +188,8 @@ class POP3Server(pop3.POP3):
         self._peer_ip = ""
         self._connected = False
         self._sasl = None  # the AUTH exchange waiting for the client's next line
+        self._user = None  # USER's name, waiting for PASS
+        self._logout = None  # the realm's, once logged in: frees the maildrop
         clock = server.clock
         if clock is not None:
             self.callLater = clock.callLater
@@ -212,6 +214,9 @@ class POP3Server(pop3.POP3):
     def connectionLost(self, reason):
         self._connected = False
         self.deadline.stop()
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
         pop3.POP3.connectionLost(self, reason)
 
     def _deadline_passed(self, reason):
@@ -226,14 +231,14 @@ class POP3Server(pop3.POP3):
             message = message.encode("utf-8")
         self.transport.write(b"+OK " + message + b"\r\n" if message else b"+OK\r\n")
 
-    def _longOperation(self, d):
+    def _hold_commands(self, d):
         """
         Hold further commands until C{d} fires; the client is not timed
         meanwhile (a 20 MB RETR to a slow client is not idleness).
         """
         self.deadline.hold()
         self.blocked = []
-        d.addCallback(self._unblock)
+        d.addCallback(self._run_held)
         d.addCallback(self._release_deadline)
         return d
 
@@ -248,8 +253,8 @@ class POP3Server(pop3.POP3):
         Input that came in with an STLS command is dropped (RFC 2595 4).
         """
         self.deadline.received(data)
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
+        lines = (self._partial_line + data).split(b"\n")
+        self._partial_line = lines.pop()
         epoch = self._epoch
         for line in lines:
             if self.transport.disconnecting or epoch != self._epoch:
@@ -264,8 +269,8 @@ class POP3Server(pop3.POP3):
                 self._refuse(b"Line too long")
                 continue
             self.lineReceived(line)
-        if epoch == self._epoch and len(self._buffer) > MAX_LINE:
-            self._buffer = b""
+        if epoch == self._epoch and len(self._partial_line) > MAX_LINE:
+            self._partial_line = b""
             self._discarding = True
 
     def lineReceived(self, line):
@@ -277,7 +282,7 @@ class POP3Server(pop3.POP3):
             return
         self._dispatch(line)
 
-    def _unblock(self, _):
+    def _run_held(self, _):
         """Run the commands pipelined behind the one that just finished."""
         lines, self.blocked = self.blocked, None
         epoch = self._epoch
@@ -385,9 +390,9 @@ class POP3Server(pop3.POP3):
         # What the client sent with STLS came before the handshake: an
         # attacker's injection, never the client's commands (RFC 2595 4).
         self._epoch += 1
-        self._buffer = b""
+        self._partial_line = b""
         self._discarding = False
-        self._userIs = None
+        self._user = None
         if self.blocked is not None:
             self.blocked = []
 
@@ -397,15 +402,15 @@ class POP3Server(pop3.POP3):
         user = user.strip()
         if not user:
             return self.failResponse(b"Syntax: USER name")
-        self._userIs = user
+        self._user = user
         self.successResponse(b"Send PASS")
 
     def do_PASS(self, password):
         if not self._passwords_allowed():
             return self._refuse_password()
-        if self._userIs is None:
+        if self._user is None:
             return self.failResponse(b"Send USER first")
-        user, self._userIs = self._userIs, None
+        user, self._user = self._user, None
         return self._login(user, password)
 
     def _login(self, user, password):
@@ -414,14 +419,14 @@ class POP3Server(pop3.POP3):
         )
         d.addCallbacks(self._logged_in, self._login_failed, (user,), None, (user,))
         d.addErrback(self._login_broken)
-        return self._longOperation(d)
+        return self._hold_commands(d)
 
     def _logged_in(self, result, user):
         interface, mailbox, logout = result
         if not self._connected or self.transport.disconnecting:
             logout()  # the client left during the login: free the maildrop
             return None
-        self._onLogout = logout  # first: connectionLost frees the maildrop
+        self._logout = logout  # first: connectionLost frees the maildrop
         self.mbox = mailbox
         self.deadline.logged_in()
         d = login.succeeded(self.server, mailbox.user, self._peer_ip, "pop3")
@@ -494,7 +499,7 @@ class POP3Server(pop3.POP3):
         d.addErrback(failed)
         # whatever happened: closing frees the maildrop (connectionLost)
         d.addBoth(lambda _: self.transport.loseConnection())
-        return self._longOperation(d)
+        return self._hold_commands(d)
 
     # Transaction
 
@@ -574,7 +579,7 @@ class POP3Server(pop3.POP3):
         if index is None:
             return None
         size = self.mbox.listMessages(index)
-        return self._longOperation(
+        return self._hold_commands(
             self._send(
                 index, b"+OK %d octets\r\n" % (size,),
                 lambda fp, first: self._stream(fp, first, size),
@@ -594,7 +599,7 @@ class POP3Server(pop3.POP3):
             d.addCallback(lambda data: self._write(first + stuff(data)))
             return d
 
-        return self._longOperation(
+        return self._hold_commands(
             self._send(index, b"+OK Top of message follows\r\n", send_top)
         )
 
