@@ -28,6 +28,8 @@ class MailServer:
         every message, received or a bounce.
     @ivar queue_runner: what delivers queued mail; C{wake()} after enqueueing.
     @ivar clock: the reactor, or a Clock in tests.
+    @ivar resolvers: the L{mailsrv.dns.Resolvers}: the resolver of each
+        C{[dns]} settings.
     """
 
     settings: Any
@@ -42,6 +44,7 @@ class MailServer:
     queue_runner: Any = None
     clock: Any = None
     tls: Any = None
+    resolvers: Any = None
     _listener_access: dict = field(default_factory=dict, init=False, repr=False)
 
     def tls_context_for(self, listener):
@@ -62,11 +65,10 @@ class MailServer:
         shared by the service and the SMTP sender checks.
         """
         from mailsrv.policy.checks.connect import ListenerAccess
-        from mailsrv.dns import resolver_for
 
         if listener.index not in self._listener_access:
             self._listener_access[listener.index] = ListenerAccess(
-                listener.access, resolver_for(self.settings.dns), self.clock)
+                listener.access, self.resolvers(self.settings.dns), self.clock)
         return self._listener_access[listener.index]
 
     def starttls_offered(self, transport, listener):

@@ -199,16 +199,21 @@ class Resolver:
         return tuple(confirmed)
 
 
-_shared = {}
-
-
-def resolver_for(dns_settings):
+class Resolvers:
     """
-    The process's resolver for C{[dns]} settings: one per settings, so that
-    every stage and list shares its cache.
+    One server's resolvers, one per C{[dns]} settings (a blacklist with a
+    server of its own has its own), so that every check, list and the
+    queue share one cache per settings. Built once, in service.py.
     """
-    resolver = _shared.get(dns_settings)
-    if resolver is None:
-        backend = DNSPythonBackend(dns_settings.servers, dns_settings.timeout)
-        resolver = _shared[dns_settings] = Resolver(backend)
-    return resolver
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._made = {}
+
+    def __call__(self, dns_settings):
+        """The resolver for C{dns_settings} (a L{mailsrv.config.DNSSettings})."""
+        resolver = self._made.get(dns_settings)
+        if resolver is None:
+            backend = DNSPythonBackend(dns_settings.servers, dns_settings.timeout)
+            resolver = self._made[dns_settings] = Resolver(backend, self.clock)
+        return resolver

@@ -102,6 +102,7 @@ def build_mail_server(settings, clock=reactor):
     sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)
     store = MailStore(settings.data_dir / "mail", clock)
+    resolvers = dns.Resolvers(clock)
     spool = Spool(settings.data_dir / "queue")
     return MailServer(
         settings=settings,
@@ -111,14 +112,15 @@ def build_mail_server(settings, clock=reactor):
         store=store,
         spool=spool,
         delivery=LocalDelivery(spool, store, directory),
-        trusted=_trusted_clients(settings),
+        trusted=_trusted_clients(settings, resolvers),
         tls_context=server_tls.context(),
         tls=server_tls,
         clock=clock,
+        resolvers=resolvers,
     )
 
 
-def _trusted_clients(settings):
+def _trusted_clients(settings, resolvers):
     """
     The clients of C{[relay] trusted} and C{trusted_file} (the file re-read
     when it changes).
@@ -128,7 +130,7 @@ def _trusted_clients(settings):
         raise config.ConfigError(settings.path, "[relay] trusted_file",
                                  f"{path} does not exist")
     try:
-        return ListedClients(settings.relay.trusted, path, dns.resolver_for(settings.dns))
+        return ListedClients(settings.relay.trusted, path, resolvers(settings.dns))
     except (ListFileError, OSError) as e:
         raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))
 
@@ -139,7 +141,9 @@ def make_service(settings):
     StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
-    server.queue_runner = QueueRunner(server.spool, settings, local_delivery=server.delivery)
+    server.queue_runner = QueueRunner(server.spool, settings, server.clock,
+                                      server.resolvers(settings.dns),
+                                      local_delivery=server.delivery)
     server.queue_runner.setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()

@@ -18,7 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import alsoProvides, implementer
 
-from mailsrv import context
+from mailsrv import context, dns
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.imap import mailbox as mailbox_module
@@ -116,6 +116,7 @@ def make_mail_server(root, clock, checker=None, **sections):
         trusted=None,
         tls_context=object(),
         clock=clock,
+        resolvers=dns.Resolvers(clock),
     )
 
 

@@ -16,6 +16,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import alsoProvides, implementer
 
+from mailsrv import dns
 from mailsrv.context import MailServer
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
@@ -103,6 +104,7 @@ class Harness:
             settings=settings, directory=None, checker=self.checker,
             sessions=self.sessions, store=MailStore(self.root, self.clock),
             spool=None, trusted=None, tls_context=object(), clock=self.clock,
+            resolvers=dns.Resolvers(self.clock),
         )
         listener = [l for l in settings.listeners][0]
         self.listener = type(listener)(**{**listener.__dict__, "protocol": "pop3",

@@ -12,6 +12,7 @@ from twisted.mail import smtp
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from mailsrv import dns
 from mailsrv.directory import Route
 from mailsrv.queue.client import Hop
 from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result, SMTPCourier
@@ -234,8 +235,9 @@ class RunnerTests(unittest.TestCase):
         return envelope.id
 
     def runner(self, settings=None, **kwargs):
-        runner = QueueRunner(self.spool, settings or self.settings(), self.clock,
-                             random=lambda: 0.5,
+        settings = settings or self.settings()
+        runner = QueueRunner(self.spool, settings, self.clock,
+                             dns.Resolvers(self.clock)(settings.dns), random=lambda: 0.5,
                              local_delivery=LocalDelivery(self.spool, None, EveryAddressRemote()),
                              **kwargs)
         runner.startService()
@@ -582,10 +584,9 @@ class ConcurrencyTests(unittest.TestCase):
             spool.enqueue(incoming, Envelope(id=incoming.queue_id, sender="",
                                              recipients=[RecipientState(f"u{n}@r.test")]))
         courier = HeldCourier()
-        runner = QueueRunner(
-            spool, make_settings(root, delivery={"smart_host": "h.test:25"}), clock,
-            courier=courier, max_deliveries=2,
-        )
+        settings = make_settings(root, delivery={"smart_host": "h.test:25"})
+        runner = QueueRunner(spool, settings, clock, dns.Resolvers(clock)(settings.dns),
+                             courier=courier, max_deliveries=2)
         runner.deferToThread = lambda f, *a: defer.maybeDeferred(f, *a)
         runner.startService()
         self.addCleanup(runner.stopService)

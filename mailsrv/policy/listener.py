@@ -6,7 +6,6 @@ each other), and L{ListenerPolicy}, what the protocol asks at each hook.
 
 from twisted.internet import defer
 
-from mailsrv import dns
 from mailsrv.config import DNSSettings
 from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
 from mailsrv.netaddr import ListedClients
@@ -180,7 +179,7 @@ def build(server, listener, clock):
     if settings.dnsbl is not None:
         lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
                  for bl in settings.dnsbl.lists]
-        dnsbl = DNSBLFilter(lists, _resolvers(server.settings.dns), settings.dnsbl.timeout,
+        dnsbl = DNSBLFilter(lists, _resolvers(server), settings.dnsbl.timeout,
                             clock)
         filters[SENDER].append(dnsbl)
         threshold, timeout = settings.dnsbl.threshold, settings.dnsbl.timeout
@@ -231,7 +230,7 @@ def _sender_gates(server, listener, standing):
         checks.append(LocalSenderMustAuthenticate(server.directory, standing))
     if access.verify_sender_domain:
         checks.append(SenderDomainExists(server.directory,
-                                         dns.resolver_for(server.settings.dns)))
+                                         server.resolvers(server.settings.dns)))
     return checks
 
 
@@ -257,7 +256,7 @@ def _whitelists(server, standing, clock):
     settings = server.settings.antispam
     lists = []
     if settings.spamskip is not None:
-        resolver = dns.resolver_for(server.settings.dns)
+        resolver = server.resolvers(server.settings.dns)
         lists.append(ClientWhitelist(ListedClients((), settings.spamskip.file, resolver, clock),
                                      settings.spamskip))
     if settings.whitelist is not None:
@@ -267,7 +266,7 @@ def _whitelists(server, standing, clock):
 
 
 def _validation_tests(server, settings):
-    resolver = dns.resolver_for(server.settings.dns)
+    resolver = server.resolvers(server.settings.dns)
     tests = {
         "helo-fqdn": lambda action: validation.HeloIsFQDN(action),
         "helo-ours": lambda action: validation.HeloNotOurs(
@@ -278,9 +277,11 @@ def _validation_tests(server, settings):
     return tuple(tests[name](parse_action(action)) for name, action in settings.tests)
 
 
-def _resolvers(dns_settings):
+def _resolvers(server):
+    dns_settings = server.settings.dns
+
     def resolver(bl):
         if bl.server is None:
-            return dns.resolver_for(dns_settings)
-        return dns.resolver_for(DNSSettings((bl.server,), dns_settings.timeout))
+            return server.resolvers(dns_settings)
+        return server.resolvers(DNSSettings((bl.server,), dns_settings.timeout))
     return resolver

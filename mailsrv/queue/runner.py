@@ -16,7 +16,6 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from mailsrv.dns import resolver_for
 from mailsrv.queue import intake
 from mailsrv.queue.bounce import (
     DSN, POSTMASTER, bounce_target, count_received, dsn_message, read_headers,
@@ -80,8 +79,8 @@ class QueueRunner(service.Service):
     control_interval = 1
     deferToThread = staticmethod(threads.deferToThread)
 
-    def __init__(self, spool, settings, clock=None, courier=None, max_deliveries=None,
-                 random=_random.random, resolver=None, local_delivery=None):
+    def __init__(self, spool, settings, clock, resolver, courier=None, max_deliveries=None,
+                 random=_random.random, local_delivery=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.spool = spool
@@ -97,7 +96,7 @@ class QueueRunner(service.Service):
         self.courier = courier
         self.max_deliveries = max_deliveries or self.delivery.max_connections
         self.random = random
-        self.resolver = resolver if resolver is not None else resolver_for(settings.dns)
+        self.resolver = resolver
         self.local_delivery = local_delivery
         domain = settings.local_domains[0] if settings.local_domains else settings.hostname
         self.postmaster = f"postmaster@{domain}"
