@@ -1,17 +1,37 @@
 """
 What every listener shares: settings, directory, session store, mail store,
-spool, TLS context. Built once per process by L{mailsrv.service}.
+spool, TLS context. Built once per process by L{mailsrv.service}, the only
+place that builds these objects and hands out the reactor; frozen, so no
+part of the server swaps another's.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from twisted.internet.interfaces import ISSLTransport
 
 from mailsrv.netaddr import is_loopback, normalise_ip
 
+if TYPE_CHECKING:  # (for the annotations only: they import much of the server)
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.internet.interfaces import IReactorTime
 
-@dataclass
+    from mailsrv.config import Settings
+    from mailsrv.directory import Directory
+    from mailsrv.dns import Resolvers
+    from mailsrv.netaddr import ListedClients
+    from mailsrv.policy.checks.connect import ListenerAccess
+    from mailsrv.queue.intake import LocalDelivery
+    from mailsrv.queue.runner import QueueRunner
+    from mailsrv.queue.spool import Spool
+    from mailsrv.sessions import ISessionStore
+    from mailsrv.store.mailstore import MailStore
+    from mailsrv.tls import ServerTLS
+
+
+@dataclass(frozen=True)
 class MailServer:
     """
     @ivar settings: the L{mailsrv.config.Settings}.
@@ -30,22 +50,23 @@ class MailServer:
     @ivar clock: the reactor, or a Clock in tests.
     @ivar resolvers: the L{mailsrv.dns.Resolvers}: the resolver of each
         C{[dns]} settings.
+    @ivar listener_access: each listener's connect check, by its index.
     """
 
-    settings: Any
-    directory: Any
-    checker: Any
-    sessions: Any
-    store: Any
-    spool: Any
-    trusted: Any
-    tls_context: Any
-    delivery: Any = None
-    queue_runner: Any = None
-    clock: Any = None
-    tls: Any = None
-    resolvers: Any = None
-    _listener_access: dict = field(default_factory=dict, init=False, repr=False)
+    settings: Settings
+    directory: Optional[Directory]
+    checker: Optional[ICredentialsChecker]
+    sessions: Optional[ISessionStore]
+    store: Optional[MailStore]
+    spool: Optional[Spool]
+    trusted: Optional[ListedClients]
+    tls_context: object
+    clock: IReactorTime
+    resolvers: Optional[Resolvers]
+    delivery: Optional[LocalDelivery] = None
+    queue_runner: Optional[QueueRunner] = None
+    tls: Optional[ServerTLS] = None
+    listener_access: Mapping[int, ListenerAccess] = field(default_factory=dict)
 
     def tls_context_for(self, listener):
         """
@@ -64,12 +85,7 @@ class MailServer:
         (L{mailsrv.policy.checks.connect.ListenerAccess}), one per listener,
         shared by the service and the SMTP sender checks.
         """
-        from mailsrv.policy.checks.connect import ListenerAccess
-
-        if listener.index not in self._listener_access:
-            self._listener_access[listener.index] = ListenerAccess(
-                listener.access, self.resolvers(self.settings.dns), self.clock)
-        return self._listener_access[listener.index]
+        return self.listener_access[listener.index]
 
     def starttls_offered(self, transport, listener):
         """

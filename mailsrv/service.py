@@ -24,6 +24,7 @@ from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.netaddr import ListedClients
 from mailsrv.policy import hooks
+from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
 from mailsrv.queue.intake import LocalDelivery
@@ -104,6 +105,7 @@ def build_mail_server(settings, clock=reactor):
     store = MailStore(settings.data_dir / "mail", clock)
     resolvers = dns.Resolvers(clock)
     spool = Spool(settings.data_dir / "queue")
+    delivery = LocalDelivery(spool, store, directory)
     return MailServer(
         settings=settings,
         directory=directory,
@@ -111,7 +113,12 @@ def build_mail_server(settings, clock=reactor):
         sessions=sessions,
         store=store,
         spool=spool,
-        delivery=LocalDelivery(spool, store, directory),
+        delivery=delivery,
+        queue_runner=QueueRunner(spool, settings, clock, resolvers(settings.dns),
+                                 local_delivery=delivery),
+        listener_access={listener.index: ListenerAccess(listener.access,
+                                                        resolvers(settings.dns), clock)
+                         for listener in settings.listeners},
         trusted=_trusted_clients(settings, resolvers),
         tls_context=server_tls.context(),
         tls=server_tls,
@@ -141,9 +148,6 @@ def make_service(settings):
     StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
-    server.queue_runner = QueueRunner(server.spool, settings, server.clock,
-                                      server.resolvers(settings.dns),
-                                      local_delivery=server.delivery)
     server.queue_runner.setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()

@@ -4,6 +4,7 @@ a StringTransport and a task.Clock.
 """
 
 import base64
+import dataclasses
 import errno
 import itertools
 import os
@@ -400,8 +401,10 @@ class ThrottlingTests(IMAPTestCase):
         users.set_password(ALICE, "secret")
         users.set_password("bob@example.test", "pw")
         self.clock.advance(1)  # the directory looks at the file once a second
-        self.server.sessions = MemorySessionStore(1800, self.clock, self.server.settings.auth)
-        self.server.checker = UserPasswordChecker(self.server.directory, self.server.sessions)
+        sessions = MemorySessionStore(1800, self.clock, self.server.settings.auth)
+        self.server = dataclasses.replace(
+            self.server, sessions=sessions,
+            checker=UserPasswordChecker(self.server.directory, sessions))
 
     def test_refused_after_five_distinct_wrong_passwords(self):
         logs = []

@@ -5,6 +5,7 @@ test_imap_clients.py drives the same extensions with imaplib against the
 real server.)
 """
 
+import dataclasses
 import gc
 
 from hypothesis import given
@@ -190,7 +191,8 @@ class KeywordTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"b SEARCH KEYWORD Work"), b"* SEARCH 1\r\nb OK SEARCH completed\r\n")
         self.assertEqual(c.cmd(b"c SEARCH UNKEYWORD $Label1"),
                          b"* SEARCH 2\r\nc OK SEARCH completed\r\n")
-        self.store = self.server.store = MailStore(self.root / "mail", self.clock)  # restart
+        self.store = MailStore(self.root / "mail", self.clock)  # restart
+        self.server = dataclasses.replace(self.server, store=self.store)
         c = self.selected()
         reply = c.cmd(b"s SELECT INBOX")
         self.assertIn(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 Work)\r\n",

@@ -194,7 +194,8 @@ class EffectiveModeTests(unittest.TestCase):
         server_tls = tls.ServerTLS(self.settings)
         server = MailServer(settings=self.settings, directory=None, checker=None,
                             sessions=None, store=None, spool=None, trusted=None,
-                            tls_context=server_tls.context(), tls=server_tls)
+                            tls_context=server_tls.context(), tls=server_tls,
+                            clock=task.Clock(), resolvers=None)
         mx, mx_request, submission, pop3, imap = (
             server.tls_context_for(l) for l in self.settings.listeners)
         self.assertIs(mx, server.tls_context)

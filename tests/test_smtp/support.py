@@ -4,6 +4,7 @@ the real directory, spool and Maildir store, and a connection driven
 through a StringTransport. (No test cases here.)
 """
 
+import dataclasses
 from pathlib import Path
 
 from twisted.internet import defer, task, threads
@@ -66,8 +67,7 @@ def make_mail_server(testcase, clock=None, **sections):
     settings.users_file.write_text("".join(f"{u}:{_HASH}\n" for u in USERS))
     settings.aliases_file.write_text(ALIASES)
     server = build_mail_server(settings, clock or task.Clock())
-    server.queue_runner = QueueRunnerSpy()
-    return server
+    return dataclasses.replace(server, queue_runner=QueueRunnerSpy())
 
 
 class Connection:

@@ -4,6 +4,7 @@ task.Clock; mail goes through the real spool into real Maildirs.
 """
 
 import base64
+import dataclasses
 import re
 from email.utils import formatdate
 from pathlib import Path
@@ -531,8 +532,8 @@ class AuthTests(SMTPTestCase):
 
     def test_checker_error_is_temporary(self):
         fresh_error_log(self)
-        self.server.checker = type("Broken", (), {
-            "requestAvatarId": lambda self, creds: defer.fail(OSError("users file gone"))})()
+        self.server = dataclasses.replace(self.server, checker=type("Broken", (), {
+            "requestAvatarId": lambda self, creds: defer.fail(OSError("users file gone"))})())
         _, replies = self.authed(f"AUTH PLAIN {plain('alice', PASSWORD)}\r\n".encode())
         self.assertEqual(replies,
                          [b"454 4.7.0 Temporary authentication failure, try again later\r\n"])
