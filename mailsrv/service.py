@@ -24,6 +24,7 @@ from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.netaddr import ListedClients
 from mailsrv.policy import hooks
+from mailsrv.policy.checks import spf
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
@@ -99,6 +100,10 @@ def build_mail_server(settings, clock=reactor):
         raise config.ConfigError(settings.path, "[aliases] file",
                                  file_problem(e, settings.aliases_file))
     directory = Directory(settings.local_domains, users, aliases)
+    if settings.antispam.spf is not None:
+        # pyspf's DNS and limits are its module's, one set per process: set here, once
+        spf.install_lookup(settings.dns, settings.antispam.spf.max_lookups,
+                           settings.antispam.spf.max_void_lookups)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)

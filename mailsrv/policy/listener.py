@@ -188,9 +188,7 @@ def build(server, listener, clock):
     if settings.validation is not None:
         filters[SENDER].append(validation.ValidationFilter(
             _validation_tests(server, settings.validation), timeout, clock))
-    if settings.spf is not None:
-        spf.install_lookup(server.settings.dns, settings.spf.max_lookups,
-                           settings.spf.max_void_lookups)
+    if settings.spf is not None:  # (pyspf's DNS: service.build_mail_server installs it)
         actions = {result: parse_action(text) for result, text in settings.spf.actions}
         filters[SENDER].append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
                                              settings.spf.timeout))

@@ -5,7 +5,8 @@ domain (or, for the null sender, for its HELO name)?
 pyspf does the work, blocking, so it runs in the thread pool (a few
 checks at a time, so that slow domains cannot take every thread). It does
 its DNS through its module-level C{DNSLookup} function, which
-L{install_lookup} replaces once at start with one that asks our [dns]
+L{install_lookup} replaces once at start (service.build_mail_server, the
+one place that sets process-wide state) with one that asks our [dns]
 servers, port and timeout. RFC 7208's limits (10 DNS-querying mechanisms,
 2 void lookups) are pyspf's module limits; the config may lower them.
 """
@@ -25,7 +26,7 @@ MAX_CONCURRENT = 4
 def install_lookup(dns_settings, max_lookups, max_void_lookups):
     """
     Point pyspf's DNS at C{[dns]} and set its limits (process-wide, as
-    pyspf's are; called once when the filter is built).
+    pyspf's are; called once, by service.build_mail_server).
     """
     resolver = dnspython_resolver(dns_settings.servers, dns_settings.timeout)
 
