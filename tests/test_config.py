@@ -377,7 +377,7 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [antispam.spf] fail: Folder names may not contain '.'"),
         ({"antispam": {"dnsbl": {"lists": ["a.example"], "action": "junk"}}},
          "/c.toml: [antispam.dnsbl] action: unknown action 'junk' (one of: none, header, "
-         "subject, move:FOLDER, forward:ADDRESS, delete, reject)"),
+         "subject, move:FOLDER, forward:ADDRESS, delete, tempfail, reject)"),
         ({"antispam": {"spf": {"fail": "forward:nobody"}}},
          "/c.toml: [antispam.spf] fail: forward needs a full address, not 'nobody'"),
         ({"antispam": {"validation": {"action": "move:"}}},

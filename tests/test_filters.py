@@ -25,7 +25,7 @@ from tests.test_smtp.support import (
     run_threads_inline,
 )
 
-REJECT, DELETE = Action("reject"), Action("delete")
+REJECT, TEMPFAIL, DELETE = Action("reject"), Action("tempfail"), Action("delete")
 MOVE, FORWARD = Action("move", "Junk"), Action("forward", "spam@remote.test")
 SUBJECT = Action("subject")
 
@@ -34,14 +34,16 @@ class ParseActionTests(unittest.TestCase):
     def test_valid(self):
         for text, action in [
             ("none", NONE), ("header", HEADER), ("subject", SUBJECT), ("delete", DELETE),
-            ("reject", REJECT), ("move:Junk", MOVE), ("MOVE: Junk", MOVE),
+            ("reject", REJECT), ("tempfail", TEMPFAIL), ("move:Junk", MOVE),
+            ("MOVE: Junk", MOVE),
             ("forward:spam@remote.test", FORWARD),
         ]:
             self.assertEqual(parse_action(text), action, text)
 
     def test_invalid(self):
         """(A move: folder's name is the store's to refuse: tests/test_config.py.)"""
-        for text in ["junk", "move", "move:", "forward:nobody", "reject:now", "header:X"]:
+        for text in ["junk", "move", "move:", "forward:nobody", "reject:now", "header:X",
+                     "tempfail:60"]:
             self.assertRaises(ValueError, parse_action, text)
 
     def test_text_round_trips(self):
@@ -50,9 +52,9 @@ class ParseActionTests(unittest.TestCase):
 
 
 class CombineTests(unittest.TestCase):
-    """reject > delete > move > forward > subject > header > none, pair by pair."""
+    """reject > tempfail > delete > move > forward > subject > header > none, pair by pair."""
 
-    ORDER = [REJECT, DELETE, MOVE, FORWARD, SUBJECT, HEADER, NONE]
+    ORDER = [REJECT, TEMPFAIL, DELETE, MOVE, FORWARD, SUBJECT, HEADER, NONE]
 
     def test_table(self):
         for i, stronger in enumerate(self.ORDER):
@@ -238,6 +240,10 @@ class ServerActionTests(unittest.TestCase):
         self.assertEqual(self.send(REJECT), b"550 5.7.1 Refused as spam: test hit\r\n")
         self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
 
+    def test_tempfail_at_mail(self):
+        self.assertEqual(self.send(TEMPFAIL), b"451 4.7.1 Try again later: test hit\r\n")
+        self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
+
 
 class FromHeader:
     """A check of the header hook that judges on the From header it is shown."""
@@ -295,6 +301,13 @@ class MessageFilterTests(unittest.TestCase):
         reply = connection.send(b"From: spam@remote.test\r\n\r\nbuy\r\n.\r\n")
         self.assertEqual(reply, b"550 5.7.1 Message refused as spam\r\n")
         self.assertEqual(files_on_disk(self.server), [])
+
+    def test_tempfail_after_the_message(self):
+        connection = self.connect(TEMPFAIL)
+        reply = connection.send(b"From: spam@remote.test\r\n\r\nbuy\r\n.\r\n")
+        self.assertEqual(reply, b"451 4.7.1 Message refused for now, try again later\r\n")
+        self.assertEqual(files_on_disk(self.server), [])
+        self.assertEqual(maildir_messages(self.server, "alice@example.test"), [])
 
     def test_input_waits_for_the_judgement(self):
         connection = self.connect(HEADER)

@@ -1,6 +1,7 @@
 """
 The actions an admin picks for a check's findings ([antispam.*] action):
-none, header, subject, move:FOLDER, forward:ADDRESS, delete, reject. The
+none, header, subject, move:FOLDER, forward:ADDRESS, delete, tempfail,
+reject. The
 actions of several checks combine by a fixed precedence (the strongest
 wins); L{mailsrv.policy.apply} carries out the result, never a check.
 """
@@ -9,8 +10,9 @@ from dataclasses import dataclass
 
 from mailsrv.address import is_address
 
-# Strongest first.
-PRECEDENCE = ("reject", "delete", "move", "forward", "subject", "header", "none")
+# Strongest first (a temporary refusal is weaker than a permanent one, and
+# stronger than anything that accepts the message).
+PRECEDENCE = ("reject", "tempfail", "delete", "move", "forward", "subject", "header", "none")
 _TAKES_ARGUMENT = ("move", "forward")
 
 
@@ -47,7 +49,7 @@ def parse_action(text):
     kind, argument = kind.strip().lower(), argument.strip()
     if kind not in PRECEDENCE:
         raise ValueError(f"unknown action {text!r} (one of: none, header, subject, "
-                         "move:FOLDER, forward:ADDRESS, delete, reject)")
+                         "move:FOLDER, forward:ADDRESS, delete, tempfail, reject)")
     if kind in _TAKES_ARGUMENT and not argument:
         raise ValueError(f"{kind} needs a target: {kind}:"
                          + ("FOLDER" if kind == "move" else "ADDRESS"))

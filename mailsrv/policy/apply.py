@@ -1,7 +1,9 @@
 """
 Carrying out a message's judgement: the one place the configured action of
 the checks' findings is applied, never by a check. C{reject} refuses
-(at MAIL FROM, or after the final dot for findings on the message),
+(at MAIL FROM, or after the final dot for findings on the message), and
+C{tempfail} likewise with a temporary refusal (451: the client tries
+again later),
 C{delete} accepts and drops, C{subject} rewrites the Subject as the
 message is written, C{header} adds the findings' headers; C{move:} and
 C{forward:} are where the delivery agent places the message
@@ -17,14 +19,17 @@ log = Logger()
 
 def at_sender(judgement):
     """
-    The judgement at MAIL FROM: a refusal for C{reject} (its reasons for
-    the client, the summary for the log), else L{None}.
+    The judgement at MAIL FROM: a refusal for C{reject} or C{tempfail}
+    (its reasons for the client, the summary for the log), else L{None}.
     """
-    if judgement.action.kind != "reject":
+    kind = judgement.action.kind
+    if kind not in ("reject", "tempfail"):
         return None
     reasons = ", ".join(judgement.reasons).encode("ascii", "replace").decode()
-    return Verdict.refuse(550, "5.7.1", f"Refused as spam: {reasons}",
-                          f"X-Mailsrv-Spam: {judgement.summary}")
+    summary = f"X-Mailsrv-Spam: {judgement.summary}"
+    if kind == "tempfail":
+        return Verdict.refuse(451, "4.7.1", f"Try again later: {reasons}", summary)
+    return Verdict.refuse(550, "5.7.1", f"Refused as spam: {reasons}", summary)
 
 
 def begin(judgement, session, queue_id, subject_prefix, write):
@@ -49,15 +54,19 @@ def begin(judgement, session, queue_id, subject_prefix, write):
 def at_end(judgement, session, transaction, queue_id):
     """
     The final dot has come: a L{Verdict} when the message goes no further
-    (refused for C{reject}, accepted and dropped for C{delete}), logged;
-    else L{None}, and the message is delivered.
+    (refused for C{reject} and C{tempfail}, accepted and dropped for
+    C{delete}), logged; else L{None}, and the message is delivered.
     """
     kind, ip, sender = judgement.action.kind, session.ip, transaction.sender
-    if kind == "reject":  # by a finding on the message
-        log.info("refused message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
+    if kind in ("reject", "tempfail"):  # by a finding on the message
+        log.info("{refused} message from {ip} sender=<{sender}>: X-Mailsrv-Spam: {summary}",
+                 refused="refused" if kind == "reject" else "deferred",
                  ip=ip, sender=sender, summary=judgement.summary)
-        return Verdict.refuse(550, "5.7.1", "Message refused as spam",
-                              f"X-Mailsrv-Spam: {judgement.summary}")
+        summary = f"X-Mailsrv-Spam: {judgement.summary}"
+        if kind == "tempfail":
+            return Verdict.refuse(451, "4.7.1", "Message refused for now, try again later",
+                                  summary)
+        return Verdict.refuse(550, "5.7.1", "Message refused as spam", summary)
     if kind == "delete":
         log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
                  queue_id=queue_id, ip=ip, sender=sender)
