@@ -70,6 +70,18 @@ PACKAGES = {
     # queue, no store.
     "mailsrv.policy": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
                        "mailsrv.dns", "mailsrv.errorlog", "mailsrv.netaddr"},
+    # The SMTP server reads commands and DATA and writes replies: the policy
+    # decides, the delivery agent (reached through the server context)
+    # places the message; it never touches the store, the queue's runner
+    # and courier, or the mailbox protocols.
+    "mailsrv.smtp": {"mailsrv.address", "mailsrv.context", "mailsrv.deadline",
+                     "mailsrv.directory", "mailsrv.errorlog", "mailsrv.login",
+                     "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
+                     "mailsrv.queue.journal", "mailsrv.sasl"},
+    # The mailsrv command: files and the spool as an admin sees them, never
+    # the server's protocols or the running reactor's services.
+    "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
+                      "mailsrv.preflight", "mailsrv.queue.spool"},
 }
 
 # package -> what importing any of its modules, in a fresh interpreter,
