@@ -116,12 +116,10 @@ class Resolver:
 
     @param backend: has C{query(name, rdtype) -> Answer}, may raise
         L{TemporaryDNSError}; called in a thread.
-    @param clock: for TTLs (the reactor by default).
+    @param clock: for TTLs.
     """
 
-    def __init__(self, backend, clock=None, cache_size=CACHE_SIZE):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, backend, clock, cache_size=CACHE_SIZE):
         self.backend = backend
         self.clock = clock
         self.cache_size = cache_size

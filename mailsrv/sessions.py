@@ -112,9 +112,7 @@ class MemorySessionStore:
         no failures at all.
     """
 
-    def __init__(self, window, clock=None, limits=None):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, window, clock, limits=None):
         self.window = window
         self.clock = clock
         self.limits = limits

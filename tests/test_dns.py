@@ -108,7 +108,8 @@ class RealServerTests(unittest.TestCase):
             ("nullmx.test", "A"): ["127.0.0.9"],
         }, silent={"slow.test"}, failing={"broken.test"})
         self.addCleanup(self.server.close)
-        self.resolver = Resolver(DNSPythonBackend([("127.0.0.1", self.server.port)], 0.5))
+        self.resolver = Resolver(DNSPythonBackend([("127.0.0.1", self.server.port)], 0.5),
+                                 task.Clock())
 
     @defer.inlineCallbacks
     def test_null_mx_from_a_real_server(self):

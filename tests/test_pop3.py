@@ -75,7 +75,7 @@ class FakeChecker:
 
 def deliver(root, user, messages):
     """Deliver messages into C{user}'s INBOX as the SMTP server does."""
-    store = MailStore(root)
+    store = MailStore(root, task.Clock())
     for number, data in enumerate(messages):
         source = Path(root) / f"incoming-{number}"
         source.write_bytes(data)

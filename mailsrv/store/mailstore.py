@@ -36,9 +36,7 @@ class MailStore:
     changes at once.
     """
 
-    def __init__(self, mail_root, clock=None):
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, mail_root, clock):
         self.mail_root = Path(mail_root)
         self.clock = clock
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
