@@ -254,7 +254,7 @@ class ListedClients:
     when it changes so that an admin's edit holds for the next connection.
     """
 
-    def __init__(self, entries, path, resolver, clock=None):
+    def __init__(self, entries, path, resolver, clock):
         self._entries = tuple(entries)
         self._resolver = resolver
         self._file = WatchedFile(path, read_entries, clock) if path is not None else None

@@ -18,7 +18,7 @@ certificate) is only checked to be creatable, and reported as a note.
 import os
 from typing import Callable, NamedTuple
 
-from twisted.internet import endpoints, reactor
+from twisted.internet import endpoints
 
 from mailsrv import tls
 from mailsrv.address import domain_of
@@ -32,11 +32,13 @@ from mailsrv.store.layout import check_folder_name
 USERS_FILE_HINT = "fix or remove the line; `mailsrv user` writes it"
 
 
-def preflight(settings, warnings=True):
+def preflight(settings, reactor, warnings=True):
     """
     Check the values only the server parses (L{check_settings}), then
     everything start-up loads from files.
 
+    @param reactor: the one the endpoints are parsed for, and the list
+        files' clock.
     @param warnings: whether to work out list-file warnings (skipped users
         lines, dead aliases...); start-up logs those itself when it loads
         the files, so it asks for none.
@@ -44,16 +46,16 @@ def preflight(settings, warnings=True):
         list-file warnings.
     @raise ConfigError: naming the config key of the first problem.
     """
-    check_settings(settings)
+    check_settings(settings, reactor)
     notes = _check_data_dir(settings)
-    for listed in list_files(settings):
+    for listed in list_files(settings, reactor):
         notes += _check_list_file(settings, listed, warnings)
     notes += _check_tls(settings)
     _check_delivery_cas(settings)
     return notes
 
 
-def check_settings(settings):
+def check_settings(settings, reactor):
     """
     The values of mailsrv.toml that the server's parsers must accept:
     every command of C{mailsrv} checks these, start-up through L{preflight}.
@@ -62,7 +64,7 @@ def check_settings(settings):
     """
     for listener in settings.listeners:
         key = f"[listen #{listener.index + 1}]"
-        _check_endpoint(settings, f"{key} endpoint", listener.endpoint)
+        _check_endpoint(settings, reactor, f"{key} endpoint", listener.endpoint)
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
@@ -75,7 +77,7 @@ def check_settings(settings):
             raise ConfigError(settings.path, key, str(e))
 
 
-def _check_endpoint(settings, key, endpoint):
+def _check_endpoint(settings, reactor, key, endpoint):
     """Parse the endpoint string the way the service will, without listening."""
     try:
         endpoints.serverFromString(reactor, endpoint)
@@ -121,8 +123,13 @@ def _whole(parse):
     return lambda path: (parse(path), [])
 
 
-def list_files(settings):
-    """The L{ListFile}s of C{settings}, in config order."""
+def list_files(settings, clock):
+    """
+    The L{ListFile}s of C{settings}, in config order.
+
+    @param clock: the clock of the users and aliases files the alias
+        warnings read.
+    """
     from mailsrv.directory.aliases import parse_aliases
     from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
     from mailsrv.directory.users import read_users
@@ -131,7 +138,8 @@ def list_files(settings):
     files = [ListFile("users", "[users] file", settings.users_file, read_users, False,
                       hint=USERS_FILE_HINT),
              ListFile("aliases", "[aliases] file", settings.aliases_file,
-                      _whole(parse_aliases), False, lambda entries: _alias_problems(settings))]
+                      _whole(parse_aliases), False,
+                      lambda entries: _alias_problems(settings, clock))]
     if settings.access.kill_file is not None:
         files.append(ListFile("kill list", "[access] kill_file", settings.access.kill_file,
                               _whole(parse_kill_list), False))
@@ -181,12 +189,12 @@ def _check_list_file(settings, listed, warnings):
             + [f"{listed.what}: {line}" for line in listed.warnings(entries)])
 
 
-def _alias_problems(settings):
+def _alias_problems(settings, clock):
     """Warnings for aliases with dead members, loops, or no mailbox at all."""
     from mailsrv.directory import AliasMap, Directory, UserDB
 
-    directory = Directory(settings.local_domains, UserDB(settings.users_file),
-                          AliasMap(settings.aliases_file))
+    directory = Directory(settings.local_domains, UserDB(settings.users_file, clock),
+                          AliasMap(settings.aliases_file, clock))
     return [f"warning: {line}" for line in directory.alias_problems()]
 
 

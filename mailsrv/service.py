@@ -73,7 +73,7 @@ def make_service_or_exit(config_path):
     """
     try:
         settings = config.load(config_path)
-        preflight(settings, warnings=False)  # make_service logs them
+        preflight(settings, reactor, warnings=False)  # make_service logs them
         lock = DataDirLock(settings)
         lock.acquire()
         top = make_service(settings)
@@ -124,7 +124,7 @@ def build_mail_server(settings, clock=reactor):
         listener_access={listener.index: ListenerAccess(listener.access,
                                                         resolvers(settings.dns), clock)
                          for listener in settings.listeners},
-        trusted=_trusted_clients(settings, resolvers),
+        trusted=_trusted_clients(settings, resolvers, clock),
         tls_context=server_tls.context(),
         tls=server_tls,
         clock=clock,
@@ -132,7 +132,7 @@ def build_mail_server(settings, clock=reactor):
     )
 
 
-def _trusted_clients(settings, resolvers):
+def _trusted_clients(settings, resolvers, clock):
     """
     The clients of C{[relay] trusted} and C{trusted_file} (the file re-read
     when it changes).
@@ -142,7 +142,7 @@ def _trusted_clients(settings, resolvers):
         raise config.ConfigError(settings.path, "[relay] trusted_file",
                                  f"{path} does not exist")
     try:
-        return ListedClients(settings.relay.trusted, path, resolvers(settings.dns))
+        return ListedClients(settings.relay.trusted, path, resolvers(settings.dns), clock)
     except (ListFileError, OSError) as e:
         raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))
 

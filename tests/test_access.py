@@ -35,7 +35,7 @@ class FailingResolver:
 
 class ListenerAccessTests(unittest.TestCase):
     def access(self, clock=None, **settings):
-        return ListenerAccess(ListenerAccessSettings(**settings), None, clock)
+        return ListenerAccess(ListenerAccessSettings(**settings), None, clock or task.Clock())
 
     def test_table(self):
         access = self.access(allow=["10.0.0.0/8"], deny=["10.0.0.9"], safe=["10.0.0.9",
@@ -71,7 +71,7 @@ class ListenerAccessTests(unittest.TestCase):
 
     def test_failed_lookup_is_a_temporary_refusal(self):
         access = ListenerAccess(ListenerAccessSettings(allow=[".example.test"]),
-                                FailingResolver())
+                                FailingResolver(), task.Clock())
         verdict = decided(access.check(Peer("192.0.2.7", "10.0.0.1"), None, None))
         self.assertEqual((verdict.accepted, verdict.temporary), (False, True))
 
@@ -145,7 +145,7 @@ class HeldConnectionTests(unittest.TestCase):
 
 class RequireAuthTests(unittest.TestCase):
     def test_named_account_and_safe_list(self):
-        access = ListenerAccess(ListenerAccessSettings(safe=["192.0.2.1"]), None)
+        access = ListenerAccess(ListenerAccessSettings(safe=["192.0.2.1"]), None, task.Clock())
         stage = AuthRequired("bob@example.test", access)
         for ip, user, accepted in [
             ("192.0.2.9", None, False),

@@ -4,6 +4,7 @@ Config parsing: defaults, the errors an admin sees, and the example config.
 
 from pathlib import Path
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from mailsrv import config, preflight
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def refuse(data):
     """What check-config and start-up check of the settings of C{data}, before the files."""
-    preflight.check_settings(config.parse(data, Path("/c.toml")))
+    preflight.check_settings(config.parse(data, Path("/c.toml")), task.Clock())
 
 
 class DefaultsTests(unittest.TestCase):
@@ -116,7 +117,7 @@ class DefaultsTests(unittest.TestCase):
 
     def test_example_config_is_valid(self):
         s = config.load(ROOT / "etc" / "mailsrv.toml")
-        preflight.check_settings(s)
+        preflight.check_settings(s, task.Clock())
         self.assertEqual(s.local_domains, ("example.test",))
         self.assertTrue(all("127.0.0.1" in l.endpoint for l in s.listeners))
 
@@ -419,7 +420,7 @@ class ErrorTests(unittest.TestCase):
                                  "listen": [{"endpoint": "tcp:25", "allow_file": "nope.txt"}]},
                                 directory / "c.toml")
         with self.assertRaises(config.ConfigError) as caught:
-            preflight.preflight(settings)
+            preflight.preflight(settings, task.Clock())
         self.assertEqual(str(caught.exception), f"{directory}/c.toml: [listen #1] allow_file: "
                                                 f"{directory}/nope.txt does not exist")
 

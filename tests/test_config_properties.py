@@ -8,6 +8,7 @@ import string
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
+from twisted.internet import task
 from twisted.trial import unittest
 
 from mailsrv import config, preflight
@@ -144,7 +145,7 @@ class LoaderProperties(unittest.TestCase):
     def test_parse_gives_settings_or_one_line(self, document):
         try:
             result = config.parse(document, CONFIG)
-            preflight.check_settings(result)
+            preflight.check_settings(result, task.Clock())
         except config.ConfigError as e:
             self.assert_one_line_naming_file(e)
         else:

@@ -78,7 +78,7 @@ class UsersFileTests(unittest.TestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        users = UserDB(self.path)
+        users = UserDB(self.path, self.clock)
         self.assertEqual(users.addresses(), ["alice@example.test", "bob@example.test"])
         logged = [formatEvent(e) for e in events]
         self.assertEqual([line.split(": ")[1].rsplit(":", 1)[1] for line in logged],
@@ -98,7 +98,8 @@ class UsersFileTests(unittest.TestCase):
 class DirectoryTests(unittest.TestCase):
     def setUp(self):
         users_path, aliases_path = self.mktemp(), self.mktemp()
-        users = UserDB(users_path)
+        self.clock = task.Clock()
+        users = UserDB(users_path, self.clock)
         for name in ("alice", "bob"):
             users.set_password(f"{name}@example.test", "pw")
         with open(aliases_path, "w") as f:
@@ -109,7 +110,7 @@ class DirectoryTests(unittest.TestCase):
                 "loop2@example.test: loop1@example.test, bob@example.test\n"
                 "all@example.test: team@example.test, Alice@example.test\n"
             )
-        self.directory = Directory(["example.test"], users, AliasMap(aliases_path))
+        self.directory = Directory(["example.test"], users, AliasMap(aliases_path, self.clock))
 
     def route(self, address):
         found = self.directory.route(address)
@@ -144,7 +145,7 @@ class DirectoryTests(unittest.TestCase):
         self.assertFalse(self.directory.owns("bob@example.test", "alice@example.test"))
 
     def test_checker(self):
-        checker = UserPasswordChecker(self.directory, MemorySessionStore(0, task.Clock()))
+        checker = UserPasswordChecker(self.directory, MemorySessionStore(0, self.clock), self.clock)
         good = checker.requestAvatarId(credentials.UsernamePassword(b"alice", b"pw"))
         bad = checker.requestAvatarId(
             credentials.UsernamePassword(b"alice@example.test", b"nope"))
@@ -184,13 +185,13 @@ class ThrottlingCheckerTests(LoginHelper, unittest.TestCase):
     """
 
     def setUp(self):
-        users = UserDB(self.mktemp())
+        self.clock = task.Clock()
+        users = UserDB(self.mktemp(), self.clock)
         for name in ("alice", "bob"):
             users.set_password(f"{name}@example.test", "pw")
-        directory = Directory(["example.test"], users, AliasMap(self.mktemp()))
-        self.clock = task.Clock()
+        directory = Directory(["example.test"], users, AliasMap(self.mktemp(), self.clock))
         self.store = MemorySessionStore(0, self.clock, Limits())
-        self.checker = UserPasswordChecker(directory, self.store)
+        self.checker = UserPasswordChecker(directory, self.store, self.clock)
         self.hashed = []
 
         def verify_inline(stored, password):
@@ -235,14 +236,15 @@ class ThrottlingCheckerTests(LoginHelper, unittest.TestCase):
         self.assertNotIn(b"hunter2", fingerprint)
 
     def test_the_key_is_per_process(self):
-        other = UserPasswordChecker(self.checker.directory, self.store)
+        other = UserPasswordChecker(self.checker.directory, self.store, self.clock)
         self.assertNotEqual(other._fingerprint("a@example.test", "pw"),
                             self.checker._fingerprint("a@example.test", "pw"))
 
     def test_locked_while_hashing(self):
         """Parallel guesses that lock the key out also refuse a right password in flight."""
         pending = []
-        self.checker = UserPasswordChecker(self.checker.directory, self.store, max_hashes=6)
+        self.checker = UserPasswordChecker(self.checker.directory, self.store, self.clock,
+                                           max_hashes=6)
         self.patch(checker_module, "verify_in_thread",
                    lambda stored, password: pending.append(
                        (defer.Deferred(), verify(stored, password))) or pending[-1][0])
@@ -285,7 +287,7 @@ class LoginCacheTests(LoginHelper, unittest.TestCase):
         self.clock = task.Clock()
         self.users = UserDB(self.mktemp(), self.clock)
         self.users.set_password("alice@example.test", "pw")
-        directory = Directory(["example.test"], self.users, AliasMap(self.mktemp()))
+        directory = Directory(["example.test"], self.users, AliasMap(self.mktemp(), self.clock))
         self.store = MemorySessionStore(0, self.clock, Limits())
         self.checker = UserPasswordChecker(directory, self.store, self.clock, cache_ttl=300)
         self.hashed = []
@@ -329,7 +331,7 @@ class LoginCacheTests(LoginHelper, unittest.TestCase):
     def test_an_edit_of_the_file_by_hand_ends_the_entry(self):
         """The server notices the file changed (at most a second later)."""
         self.login(b"alice", b"pw")
-        other = UserDB(self.users.path)  # `mailsrv user passwd` in another process
+        other = UserDB(self.users.path, task.Clock())  # `mailsrv user passwd` in another process
         other.set_password("alice@example.test", "new")
         self.clock.advance(1)
         self.assertIsInstance(self.login(b"alice", b"pw"), error.UnauthorizedLogin)
@@ -363,9 +365,9 @@ class LoginCacheTests(LoginHelper, unittest.TestCase):
 class HashConcurrencyTests(unittest.TestCase):
     def test_at_most_max_hashes_at_once(self):
         """Further logins wait for a free slot instead of hashing in parallel."""
-        users = UserDB(self.mktemp())
-        directory = Directory(["example.test"], users, AliasMap(self.mktemp()))
         clock = task.Clock()
+        users = UserDB(self.mktemp(), clock)
+        directory = Directory(["example.test"], users, AliasMap(self.mktemp(), clock))
         checker = UserPasswordChecker(directory, MemorySessionStore(0, clock, Limits()), clock,
                                       max_hashes=2)
         running = []
@@ -385,7 +387,7 @@ class HashConcurrencyTests(unittest.TestCase):
             self.failureResultOf(d, error.UnauthorizedLogin)
 
     def test_defaults_to_the_cpu_count(self):
-        checker = UserPasswordChecker(None, None)
+        checker = UserPasswordChecker(None, None, task.Clock())
         self.assertEqual(checker._hashing.limit, os.cpu_count() or 1)
 
 
@@ -427,7 +429,7 @@ class ListFileProperties(unittest.TestCase):
         .filter(lambda a: ".." not in a and ".@" not in a),
         st.from_regex(r"\$argon2id\$[A-Za-z0-9$=,+/]{1,20}", fullmatch=True), max_size=5))
     def test_users_file_round_trip(self, users):
-        db = UserDB(self.mktemp())
+        db = UserDB(self.mktemp(), task.Clock())
         db._write(users)
         self.assertEqual(read_users(db.path), (users, []))
 
@@ -453,10 +455,11 @@ class AliasGraphTests(unittest.TestCase):
         users_path, aliases_path = self.mktemp(), self.mktemp()
         with open(users_path, "w") as f:
             f.write("".join(f"{user}:$argon2id$x\n" for user in users))
-        db = UserDB(users_path)
+        clock = task.Clock()
+        db = UserDB(users_path, clock)
         with open(aliases_path, "w") as f:
             f.write("".join(f"{name}: {', '.join(members)}\n" for name, members in aliases))
-        return Directory(["example.test"], db, AliasMap(aliases_path))
+        return Directory(["example.test"], db, AliasMap(aliases_path, clock))
 
     def test_deep_chain_is_cut_and_reported(self):
         chain = [(f"a{i}@example.test", [f"a{i + 1}@example.test"]) for i in range(15)]

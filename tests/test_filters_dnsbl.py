@@ -181,7 +181,7 @@ def parse(dnsbl, **antispam):
     """The settings of C{dnsbl}, checked as check-config and start-up do."""
     settings = config.parse({"antispam": {**antispam, "dnsbl": dnsbl}},
                             Path("/etc/mailsrv.toml"))
-    preflight.check_settings(settings)
+    preflight.check_settings(settings, task.Clock())
     return settings
 
 

@@ -3,7 +3,7 @@
 looked up when a trusted host passes a message on.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsrv.netaddr import ListedClients
@@ -52,7 +52,7 @@ class WalkTests(unittest.TestCase):
             checked.append(address)
             return defer.succeed(Verdict.found(True, reasons=(f"dnsbl x {address}",)))
 
-        stage = ReceivedIPs(ListedClients(trusted, None, None), check_ip)
+        stage = ReceivedIPs(ListedClients(trusted, None, None, task.Clock()), check_ip)
         found = result(stage.check(Session(ip=ip, user=user), None, header)).finding
         return checked, found
 

@@ -6,6 +6,7 @@ loopback: each result, the RFC 7208 limits, the header and the actions.
 from pathlib import Path
 
 import spf as pyspf
+from twisted.internet import task
 from twisted.trial import unittest
 
 from mailsrv import config, preflight
@@ -107,7 +108,7 @@ class SPFTests(unittest.TestCase):
 def parse(spf_table):
     """The settings of C{spf_table}, checked as check-config and start-up do."""
     settings = config.parse({"antispam": {"spf": spf_table}}, Path("/etc/mailsrv.toml"))
-    preflight.check_settings(settings)
+    preflight.check_settings(settings, task.Clock())
     return settings
 
 

@@ -158,7 +158,7 @@ class CountTests(unittest.TestCase):
 def parse(antispam):
     """The [antispam] settings of C{antispam}, checked as check-config and start-up do."""
     settings = config.parse({"antispam": antispam}, Path("/etc/mailsrv.toml"))
-    preflight.check_settings(settings)
+    preflight.check_settings(settings, task.Clock())
     return settings.antispam
 
 

@@ -183,6 +183,6 @@ class ConfigTests(unittest.TestCase):
         path = server.settings.antispam.spamskip.file
         path.write_text("10.0.0.0/33\n")
         with self.assertRaises(config.ConfigError) as caught:
-            preflight(server.settings)
+            preflight(server.settings, server.clock)
         self.assertIn(f"[antispam.spamskip] file: {path}:1: bad network '10.0.0.0/33'",
                       str(caught.exception))

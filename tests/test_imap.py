@@ -397,14 +397,14 @@ class ThrottlingTests(IMAPTestCase):
     def setUp(self):
         super().setUp()
         run_threads_inline(self)
-        users = UserDB(self.root / "users")
+        users = UserDB(self.root / "users", self.clock)
         users.set_password(ALICE, "secret")
         users.set_password("bob@example.test", "pw")
         self.clock.advance(1)  # the directory looks at the file once a second
         sessions = MemorySessionStore(1800, self.clock, self.server.settings.auth)
         self.server = dataclasses.replace(
             self.server, sessions=sessions,
-            checker=UserPasswordChecker(self.server.directory, sessions))
+            checker=UserPasswordChecker(self.server.directory, sessions, self.clock))
 
     def test_refused_after_five_distinct_wrong_passwords(self):
         logs = []
@@ -438,9 +438,9 @@ class RealCheckerTests(unittest.TestCase):
         root = Path(self.mktemp())
         root.mkdir()
         clock = task.Clock()
-        UserDB(root / "users").set_password(ALICE, "secret")
+        UserDB(root / "users", clock).set_password(ALICE, "secret")
         server = make_mail_server(root, clock)
-        checker = UserPasswordChecker(server.directory, server.sessions)
+        checker = UserPasswordChecker(server.directory, server.sessions, clock)
         calls = []
 
         def request(creds):

@@ -217,7 +217,8 @@ def make_directory(testcase, aliases):
         f.write("alice@example.test:hash\nbob@example.test:hash\n")
     with open(aliases_path, "w") as f:
         f.write(aliases)
-    return Directory(["example.test"], UserDB(users_path), AliasMap(aliases_path))
+    clock = task.Clock()
+    return Directory(["example.test"], UserDB(users_path, clock), AliasMap(aliases_path, clock))
 
 
 class SenderOwnershipTests(unittest.TestCase):

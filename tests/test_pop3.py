@@ -728,10 +728,11 @@ class AuthDisabledTests(unittest.TestCase):
 
 def real_checker(harness):
     """The directory's checker over a users file with alice, counting in the store."""
-    users = UserDB(harness.root / "users")
+    users = UserDB(harness.root / "users", harness.clock)
     users.set_password(USER, PASSWORD.decode())
-    directory = Directory(["example.test"], users, AliasMap(harness.root / "aliases"))
-    return UserPasswordChecker(directory, harness.sessions)
+    directory = Directory(["example.test"], users,
+                          AliasMap(harness.root / "aliases", harness.clock))
+    return UserPasswordChecker(directory, harness.sessions, harness.clock)
 
 
 class ThrottlingTests(unittest.TestCase):

@@ -95,7 +95,7 @@ class DeliveryCAConfigTests(unittest.TestCase):
         if pem is not None:
             (self.dir / "ca.pem").write_bytes(pem)
         settings = make_settings(self.dir, delivery={"tls_ca_file": "ca.pem"})
-        return preflight(settings, warnings=False)
+        return preflight(settings, task.Clock(), warnings=False)
 
     def test_missing_file_is_one_config_line(self):
         with self.assertRaises(ConfigError) as caught:

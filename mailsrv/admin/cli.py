@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from twisted.internet import reactor
+
 from mailsrv import config
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.address import AddressError, normalise, parse_mailbox
@@ -61,7 +63,7 @@ def main(argv=None, stdin=None, stdout=None):
     stdout = stdout or sys.stdout
     try:
         settings = config.load(args.config)
-        check_settings(settings)
+        check_settings(settings, reactor)
         handler = HANDLERS[(args.command, getattr(args, "action", None))]
         handler(settings, args, stdin, stdout)
     except (config.ConfigError, CommandError, ListFileError) as e:
@@ -75,7 +77,7 @@ def check_config(settings, args, stdin, stdout):
     The preflight start-up runs: what fails here stops start-up with the
     same line. Writes nothing.
     """
-    notes = preflight(settings)
+    notes = preflight(settings, reactor)
     stdout.write(f"{settings.path}: ok, {len(settings.listeners)} listeners\n")
     for listener in settings.listeners:
         stdout.write(f"  {listener.name} (tls {listener.tls})\n")
@@ -86,7 +88,7 @@ def check_config(settings, args, stdin, stdout):
 def lists_check(settings, args, stdin, stdout):
     """Every list file: its entry count, or its first error (file:line: problem)."""
     bad = 0
-    for listed in list_files(settings):
+    for listed in list_files(settings, reactor):
         what, path = listed.what, listed.path
         if not path.exists():
             if listed.must_exist:
@@ -124,7 +126,7 @@ def _read_password(args, stdin):
 
 
 def _users(settings):
-    return UserDB(settings.users_file)
+    return UserDB(settings.users_file, reactor)
 
 
 def _change_users(users, change, address, *args):

@@ -36,7 +36,7 @@ def _alias_name(text):
 
 
 class AliasMap:
-    def __init__(self, path, clock=None):
+    def __init__(self, path, clock):
         self.path = path
         self._file = WatchedFile(path, parse_aliases, clock)
 

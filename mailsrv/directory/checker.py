@@ -62,10 +62,10 @@ class UserPasswordChecker:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, directory, sessions, clock=None, cache_ttl=AuthSettings.cache_ttl,
+    def __init__(self, directory, sessions, clock, cache_ttl=AuthSettings.cache_ttl,
                  max_hashes=None):
         """
-        @param clock: for the login cache's expiry (the reactor by default).
+        @param clock: for the login cache's expiry.
         @param cache_ttl: seconds a correct password is remembered ([auth]
             cache_ttl); 0 turns the cache off.
         @param max_hashes: password hashes run at once; the CPU count by default.
@@ -97,17 +97,10 @@ class UserPasswordChecker:
             return self._verify(address, password)
         return self._throttled_check(ip, address, password)
 
-    def _now(self):
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor
-        return self._clock.seconds()
-
     def _verify(self, address, password):
         stored = self.directory.users.hash_for(address)
         if stored is not None and self._cache.ttl:
-            if self._cache.holds(address, password, stored, self._now()):
+            if self._cache.holds(address, password, stored, self._clock.seconds()):
                 return defer.succeed(address)
         d = self._hashing.run(verify_in_thread, stored, password)
         d.addCallback(self._verified, address, password, stored)
@@ -117,7 +110,7 @@ class UserPasswordChecker:
         if not ok:
             raise _bad_password()  # failures are never remembered
         if self._cache.ttl:
-            self._cache.add(address, password, stored, self._now())
+            self._cache.add(address, password, stored, self._clock.seconds())
         return address
 
     @defer.inlineCallbacks

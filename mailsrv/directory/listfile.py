@@ -40,7 +40,7 @@ class WatchedFile:
 
     interval = 1.0
 
-    def __init__(self, path, parse, clock=None):
+    def __init__(self, path, parse, clock):
         self.path = path
         self._parse = parse
         self._clock = clock
@@ -48,13 +48,6 @@ class WatchedFile:
         self._checked = None
         self.value = None
         self.reload()
-
-    def _now(self):
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor
-        return self._clock.seconds()
 
     def _stat_signature(self):
         try:
@@ -68,11 +61,11 @@ class WatchedFile:
         signature = self._stat_signature()
         self.value = self._parse(self.path)
         self._signature = signature
-        self._checked = self._now()
+        self._checked = self._clock.seconds()
 
     def get(self):
         """The parsed value, re-read first if the file changed."""
-        now = self._now()
+        now = self._clock.seconds()
         if now - self._checked >= self.interval:
             self._checked = now
             if self._stat_signature() != self._signature:

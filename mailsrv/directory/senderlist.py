@@ -41,7 +41,7 @@ class SenderList:
     @param parse: L{parse_kill_list} or L{parse_whitelist}.
     """
 
-    def __init__(self, path, parse, clock=None):
+    def __init__(self, path, parse, clock):
         self._file = WatchedFile(path, parse, clock)
 
     def entry_for(self, sender):

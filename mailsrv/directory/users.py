@@ -64,7 +64,7 @@ class UserDB:
     @ivar problems: the lines skipped at the last read (L{ListFileError}s).
     """
 
-    def __init__(self, path, clock=None):
+    def __init__(self, path, clock):
         self.path = path
         self.problems = []
         self._file = WatchedFile(path, self._read, clock)

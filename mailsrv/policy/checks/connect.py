@@ -23,9 +23,9 @@ class ListenerAccess:
     server's own address, the deny list, the allow list.
     """
 
-    def __init__(self, settings, resolver, clock=None):
+    def __init__(self, settings, resolver, clock):
         self.settings = settings
-        self.safe = ListedClients(settings.safe, None, resolver)
+        self.safe = ListedClients(settings.safe, None, resolver, clock)
         self.deny = ListedClients(settings.deny, settings.deny_file, resolver, clock)
         self.allow = ListedClients(settings.allow, settings.allow_file, resolver, clock)
 
