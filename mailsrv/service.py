@@ -28,6 +28,7 @@ from mailsrv.policy.checks import spf
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
+from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
@@ -87,6 +88,9 @@ def make_service_or_exit(config_path):
 def build_mail_server(settings, clock=reactor):
     """
     The shared state of one process. Raises ConfigError for unusable files.
+
+    @param clock: the reactor (a Clock in tests): every object's clock, and
+        what the queue's courier connects with.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
@@ -120,6 +124,7 @@ def build_mail_server(settings, clock=reactor):
         spool=spool,
         delivery=delivery,
         queue_runner=QueueRunner(spool, settings, clock, resolvers(settings.dns),
+                                 SMTPCourier.from_settings(settings, clock),
                                  local_delivery=delivery),
         listener_access={listener.index: ListenerAccess(listener.access,
                                                         resolvers(settings.dns), clock)

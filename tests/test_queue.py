@@ -237,7 +237,8 @@ class RunnerTests(unittest.TestCase):
     def runner(self, settings=None, **kwargs):
         settings = settings or self.settings()
         runner = QueueRunner(self.spool, settings, self.clock,
-                             dns.Resolvers(self.clock)(settings.dns), random=lambda: 0.5,
+                             dns.Resolvers(self.clock)(settings.dns),
+                             SMTPCourier.from_settings(settings, reactor), random=lambda: 0.5,
                              local_delivery=LocalDelivery(self.spool, None, EveryAddressRemote()),
                              **kwargs)
         runner.startService()
@@ -603,7 +604,7 @@ class ConcurrencyTests(unittest.TestCase):
 class CourierTests(unittest.TestCase):
 
     def test_non_ascii_recipient_is_permanent(self):
-        courier = SMTPCourier("mail.example.test")
+        courier = SMTPCourier("mail.example.test", task.Clock())
         envelope = Envelope(id="X", sender="a@example.test", recipients=[])
         [result] = self.successResultOf(
             courier.deliver(envelope, "/nonexistent", ["j\xf6rg@r.test"], Hop("h", 25))

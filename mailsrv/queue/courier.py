@@ -92,11 +92,9 @@ class SMTPCourier:
 
     connect_timeout = 30
 
-    def __init__(self, hostname, reactor=None, timeout=DeliverySettings.reply_timeout,
+    def __init__(self, hostname, reactor, timeout=DeliverySettings.reply_timeout,
                  max_connections=DeliverySettings.max_connections,
                  max_connections_per_destination=DeliverySettings.max_connections_per_destination):
-        if reactor is None:
-            from twisted.internet import reactor
         self.hostname = hostname
         self.reactor = reactor
         self.timeout = timeout
@@ -104,6 +102,14 @@ class SMTPCourier:
                                    max_connections_per_destination)
         self._unverified = ssl.CertificateOptions(verify=False)
         self._trust_roots = {}  # CA file (or None) -> trust root
+
+    @classmethod
+    def from_settings(cls, settings, reactor):
+        """The courier C{settings} ask for: our hostname and C{[delivery]}'s limits."""
+        delivery = settings.delivery
+        return cls(settings.hostname, reactor, timeout=delivery.reply_timeout,
+                   max_connections=delivery.max_connections,
+                   max_connections_per_destination=delivery.max_connections_per_destination)
 
     def deliver(self, envelope, message_path, recipients, hop):
         try:

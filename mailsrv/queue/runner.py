@@ -20,7 +20,7 @@ from mailsrv.queue import intake
 from mailsrv.queue.bounce import (
     DSN, POSTMASTER, bounce_target, count_received, dsn_message, read_headers,
 )
-from mailsrv.queue.courier import OK, PERMANENT, Result, SMTPCourier
+from mailsrv.queue.courier import OK, PERMANENT, Result
 from mailsrv.queue.mx import NoRoute, mx_route
 from mailsrv.queue.retry import retry_delay
 from mailsrv.queue.routing import MX, group_by_route
@@ -62,7 +62,7 @@ def record_result(recipient, result, relay, now, created, delivery, random):
 class QueueRunner(service.Service):
     """
     @ivar spool: the L{mailsrv.queue.spool.Spool}.
-    @ivar courier: an L{ICourier}; SMTP by default.
+    @ivar courier: an L{mailsrv.queue.courier.ICourier}; service.py gives an SMTPCourier.
     @ivar max_deliveries: messages being delivered at once, at most; by
         default C{[delivery] max_connections}.
     @ivar scan_interval: seconds between spool scans.
@@ -79,20 +79,12 @@ class QueueRunner(service.Service):
     control_interval = 1
     deferToThread = staticmethod(threads.deferToThread)
 
-    def __init__(self, spool, settings, clock, resolver, courier=None, max_deliveries=None,
+    def __init__(self, spool, settings, clock, resolver, courier, max_deliveries=None,
                  random=_random.random, local_delivery=None):
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.spool = spool
         self.settings = settings
         self.delivery = settings.delivery
         self.clock = clock
-        if courier is None:
-            courier = SMTPCourier(
-                settings.hostname, timeout=self.delivery.reply_timeout,
-                max_connections=self.delivery.max_connections,
-                max_connections_per_destination=self.delivery.max_connections_per_destination,
-            )
         self.courier = courier
         self.max_deliveries = max_deliveries or self.delivery.max_connections
         self.random = random
