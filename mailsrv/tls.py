@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.application import service
-from twisted.internet import reactor, ssl, task
+from twisted.internet import ssl, task
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -165,25 +165,28 @@ class CertificateWatch(service.Service):
     Checks the certificate's expiry at start and then daily, and reloads
     the [tls] files on SIGHUP (twistd itself uses SIGUSR1 and leaves SIGHUP
     alone; a handler found installed is still called after ours).
+
+    @ivar reactor: runs the daily check, and the reload the signal handler
+        schedules (a Clock in tests that send no signal).
     """
 
-    def __init__(self, tls, clock):
+    def __init__(self, tls, reactor):
         self.tls = tls
-        self.clock = clock
+        self.reactor = reactor
         self._loop = None
         self._previous = None
 
     def startService(self):
         super().startService()
         self._loop = task.LoopingCall(self.tls.check_expiry)
-        self._loop.clock = self.clock
+        self._loop.clock = self.reactor
         self._loop.start(CHECK_INTERVAL, now=True)
         self._previous = signal.signal(signal.SIGHUP, self._sighup)
 
     def _sighup(self, signum, frame):
         # A signal handler may run in the middle of any reactor code: only
         # schedule the reload.
-        reactor.callFromThread(self.tls.reload)
+        self.reactor.callFromThread(self.tls.reload)
         if callable(self._previous):
             self._previous(signum, frame)
 

@@ -442,7 +442,7 @@ class ExpiryAndReloadTests(unittest.TestCase):
     async def check_sighup(self):
         self.install(days=30)
         server_tls = tls.ServerTLS(self.settings)
-        watch = tls.CertificateWatch(server_tls, task.Clock())
+        watch = tls.CertificateWatch(server_tls, reactor)  # the signal's reload runs on it
         watch.startService()
         self.addCleanup(watch.stopService)
         self.install(days=60)

@@ -533,12 +533,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.listener = listener
         self.limits = Limits.from_settings(server.settings)
         self.journal = Journal(server.settings.journal, server.delivery)
-        if server.clock is None:
-            from twisted.internet import reactor
-
-            self.clock = reactor
-        else:
-            self.clock = server.clock
+        self.clock = server.clock
         self.policy = listener_policy.build(server, listener, self.clock)
 
     def buildProtocol(self, addr):
