@@ -321,3 +321,60 @@ class TwistedPrivatesTests(unittest.TestCase):
         self.assertEqual(twisted_privates_in(source, namespace), [
             (4, "_IMAP4Server__ebDispatch"), (5, "imap4._literal"), (8, "_queuedAsync"),
             (9, "_respond"), (16, "_userIs"), (19, "_buffer")])
+
+
+# The modules that hand out the reactor: the server's builder and the CLI
+# (twisted/plugins is outside mailsrv/). Every other module is given its
+# clock or reactor, so that tests can give a Clock.
+REACTOR_GIVERS = ("mailsrv/service.py", "mailsrv/admin/cli.py")
+REACTOR = "twisted.internet.reactor"
+
+
+def reactor_imports(source):
+    """
+    The lines where C{source} imports the reactor, in any form and at any
+    depth: C{import twisted.internet.reactor}, C{from twisted.internet
+    import reactor}, C{from twisted.internet.reactor import ...}, or
+    C{twisted.internet.reactor} reached through an imported package.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Attribute) and node.attr == "reactor":
+            names = [f"{ast.unparse(node.value)}.reactor"]
+        else:
+            continue
+        if any(name == REACTOR or name.startswith(REACTOR + ".")
+               or name == "internet.reactor" for name in names):
+            found.append(node.lineno)
+    return sorted(set(found))
+
+
+class ReactorGiverTests(unittest.TestCase):
+    """No module falls back to importing the reactor: service.py and the CLI hand it out."""
+
+    def test_only_the_givers_import_the_reactor(self):
+        for path in sorted((ROOT / "mailsrv").rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative not in REACTOR_GIVERS:
+                self.assertEqual(reactor_imports(path.read_text()), [],
+                                 f"{relative} imports the reactor (lines): take it, or a "
+                                 f"clock, as an argument from {' or '.join(REACTOR_GIVERS)}")
+
+    def test_the_rule_catches_every_form(self):
+        source = textwrap.dedent("""\
+            from twisted.internet import defer, reactor as r
+            import twisted.internet.reactor
+            from twisted import internet
+
+            def now(clock=None):
+                from twisted.internet.reactor import callLater
+                return (clock or internet.reactor).seconds()
+
+            def later(clock):
+                return clock.reactor, twisted.internet.reactor
+            """)
+        self.assertEqual(reactor_imports(source), [1, 2, 6, 7, 10])
