@@ -60,6 +60,7 @@ def check_settings(settings, reactor):
     The values of mailsrv.toml that the server's parsers must accept:
     every command of C{mailsrv} checks these, start-up through L{preflight}.
 
+    @param reactor: the one the endpoints are parsed for (nothing listens).
     @raise ConfigError: naming the config key of the first problem.
     """
     for listener in settings.listeners:
