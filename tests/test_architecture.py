@@ -79,7 +79,7 @@ PACKAGES = {
                      "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
                      "mailsrv.queue.journal", "mailsrv.sasl"},
     # The mailsrv command: files and the spool as an admin sees them, never
-    # the server's protocols or the running reactor's services.
+    # the server's protocols or service.py.
     "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
                       "mailsrv.preflight", "mailsrv.queue.spool"},
 }
