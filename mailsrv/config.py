@@ -110,6 +110,17 @@ def _mail_address(**where):
     return _key(lambda table, key, base: _address(table, key), "", **where)
 
 
+def _mail_addresses(**where):
+    """A list of mail addresses (user@domain), lower-cased."""
+    def read(table, key, base):
+        addresses = tuple(normalise(entry) for entry in table.strings(key, ()))
+        for address in addresses:
+            if not is_address(address):
+                raise table.error(key, f"{address!r} is not an address", 'write "user@domain"')
+        return addresses
+    return _key(read, (), **where)
+
+
 def _host_ports(default_port, **where):
     """A list of "host" or "host:port" (IPv6 in brackets), as C{(host, port)}s."""
     return _key(lambda table, key, base: tuple(
@@ -451,6 +462,11 @@ class SPFSettings:
 class AntispamSettings:
     """
     @ivar subject_prefix: what the subject action puts before the Subject.
+    @ivar content_for_authenticated: whether the content filters (the body
+        hook's) also judge mail from clients that skip the others
+        (authenticated, trusted, POP-before-SMTP, a safe list).
+    @ivar admins: senders the content filters never judge even then (an
+        admin forwarding a misfiled message is not filtered twice).
     @ivar dnsbl: L{DNSBLSettings}, or L{None} when [antispam.dnsbl] is absent.
     @ivar spf: L{SPFSettings}, or L{None} when [antispam.spf] is absent.
     @ivar validation: L{ValidationSettings}, or L{None} when absent.
@@ -461,6 +477,8 @@ class AntispamSettings:
     """
 
     subject_prefix: str = _text("[SPAM] ")
+    content_for_authenticated: bool = _flag(False)
+    admins: tuple = _mail_addresses()
     dnsbl: Optional[DNSBLSettings] = None
     spf: Optional[SPFSettings] = None
     validation: Optional[ValidationSettings] = None
@@ -857,7 +875,7 @@ def _antispam(path, data):
     @return: L{AntispamSettings}.
     """
     table = _Table(path, "antispam", data)
-    subject_prefix = _declared(table, AntispamSettings)["subject_prefix"]
+    declared = _declared(table, AntispamSettings)
     dnsbl = spf = validation = spamskip = whitelist = None
     actions = []
     if "validation" in table.data:
@@ -872,8 +890,8 @@ def _antispam(path, data):
     if "whitelist" in table.data:
         whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
     table.check_unknown()
-    return AntispamSettings(subject_prefix, dnsbl, spf, validation, spamskip, whitelist,
-                            tuple(actions))
+    return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,
+                            spamskip=spamskip, whitelist=whitelist, actions=tuple(actions))
 
 
 def _validation(path, data, actions):

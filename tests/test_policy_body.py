@@ -6,9 +6,12 @@ action is carried out by the framework, never by the check.
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from twisted.trial import unittest
 
+from mailsrv.config import AntispamSettings
+from mailsrv.policy import listener
 from mailsrv.policy.actions import HEADER, NONE, Action
 from mailsrv.policy.hooks import BODY, HEADER as HEADER_HOOK, SENDER
 from mailsrv.policy.judgement import Whitelisting
@@ -30,9 +33,10 @@ from tests.test_smtp.support import (
 class Phrase:
     """A content check: the message is spam when it holds C{phrase}."""
 
-    def __init__(self, phrase, action):
+    def __init__(self, phrase, action, subject_prefix=None):
         self.phrase = phrase
         self.action = action
+        self.subject_prefix = subject_prefix
         self.seen = []
 
     def check(self, session, transaction, message):
@@ -42,7 +46,8 @@ class Phrase:
         if self.phrase not in text:
             return Verdict.found(False)
         return Verdict.found(True, self.action, ("phrase " + self.phrase.decode(),),
-                             (("X-Mailsrv-Phrase", self.phrase.decode()),))
+                             (("X-Mailsrv-Phrase", self.phrase.decode()),),
+                             subject_prefix=self.subject_prefix)
 
 
 MESSAGE = b"From: x@remote.test\r\nSubject: offer\r\n\r\ncheap pills\r\n"
@@ -53,14 +58,15 @@ class BodyHookTests(unittest.TestCase):
         run_threads_inline(self)
         self.server = make_mail_server(self)
 
-    def send(self, check, message=MESSAGE, skips=False, whitelisting=None, filters=None):
+    def send(self, check, message=MESSAGE, skips=False, whitelisting=None, filters=None,
+             content_for=None):
         """Send C{message} to alice through a listener whose body hook runs C{check}."""
         self.check = check
         connection = connect(self.server)
         factory = connection.protocol.factory
         factory.policy = ListenerPolicy(
             factory.policy.gates, filters or {BODY: [check]}, Standing(skips), "[SPAM] ",
-            whitelists=whitelisting and Listed(whitelisting))
+            whitelists=whitelisting and Listed(whitelisting), content_for=content_for)
         connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n"
                         b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
         return connection.send(message + b".\r\n")
@@ -136,6 +142,29 @@ class BodyHookTests(unittest.TestCase):
         [stored] = self.inbox()
         self.assertNotIn(b"X-Mailsrv-", stored)
 
+    def test_content_for_clients_that_stand(self):
+        """[antispam] content_for_authenticated: their mail is read, but not the admins'."""
+        self.send(Phrase(b"pills", HEADER), skips=True, content_for=lambda session, t: True)
+        self.assertEqual(len(self.check.seen), 1)
+        self.send(Phrase(b"pills", HEADER), skips=True, content_for=lambda session, t: False)
+        self.assertEqual(self.check.seen, [])
+        self.assertEqual(sorted(b"X-Mailsrv-Spam: yes; reasons=phrase pills\r\n" in stored
+                                for stored in self.inbox()), [False, True])
+
+    def test_own_prefix_with_move(self):
+        """A check's own subject_prefix marks the message whatever delivers it."""
+        self.send(Phrase(b"pills", Action("move", "Junk"), "[PHRASE] "))
+        junk = Path(self.server.store.maildir("alice@example.test", "Junk")) / "new"
+        [stored] = [p.read_bytes() for p in junk.iterdir()]
+        self.assertIn(b"\r\nSubject: [PHRASE] offer\r\n", stored)
+
+    def test_own_prefixes_of_the_checks_that_found_spam(self):
+        found = [Phrase(b"pills", HEADER, "[A] "), Phrase(b"cheap", Action("subject"), "[B] "),
+                 Phrase(b"casino", Action("subject"), "[C] "), Phrase(b"offer", HEADER, "[A] ")]
+        self.send(found[0], filters={BODY: found})
+        [stored] = self.inbox()
+        self.assertIn(b"\r\nSubject: [A] [B] offer\r\n", stored)
+
     def test_whitelisted_content_is_not_read(self):
         self.send(Phrase(b"pills", Action("reject")),
                   whitelisting=Whitelisting(("whitelist:sender",), content=True))
@@ -159,6 +188,29 @@ class BodyHookTests(unittest.TestCase):
         self.assertEqual(reply, b"451 4.3.0 Temporary failure, try again later\r\n")
         self.assertEqual(files_on_disk(self.server), [])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ContentForTests(unittest.TestCase):
+    """[antispam] content_for_authenticated and admins, as the listener's policy asks them."""
+
+    def test_admins_by_login_or_envelope_sender(self):
+        judged = listener._content_for(AntispamSettings(content_for_authenticated=True,
+                                                        admins=("boss@example.test",)))
+        self.assertTrue(judged(Session("alice@example.test"), Transaction("alice@example.test")))
+        self.assertFalse(judged(Session("Boss@example.test"), Transaction("x@remote.test")))
+        self.assertFalse(judged(Session(None), Transaction("boss@EXAMPLE.test")))
+        self.assertTrue(judged(Session(None), Transaction("")))
+
+    def test_off_by_default(self):
+        self.assertIsNone(listener._content_for(AntispamSettings()))
+
+
+def Session(user):
+    return SimpleNamespace(user=user)
+
+
+def Transaction(sender):
+    return SimpleNamespace(sender=sender)
 
 
 class Found:

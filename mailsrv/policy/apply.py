@@ -36,7 +36,9 @@ def begin(judgement, session, queue_id, subject_prefix, write):
     """
     The judgement is final before the message is written: log it.
 
-    @param subject_prefix: the text of the C{subject} action.
+    @param subject_prefix: the text of the C{subject} action
+        ([antispam] subject_prefix; a check may have its own:
+        L{Judgement.subject_prefix}).
     @param write: where the message goes.
     @return: C{(headers to write on top of the message, a L{SubjectPrefixer}
         over C{write} that the message goes through, or L{None})}.
@@ -46,8 +48,9 @@ def begin(judgement, session, queue_id, subject_prefix, write):
                  queue_id=queue_id, ip=session.ip, summary=judgement.summary,
                  action=judgement.action)
     prefixer = None
-    if judgement.action.kind == "subject":
-        prefixer = SubjectPrefixer(write, subject_prefix.encode("utf-8"))
+    prefix = judgement.subject_prefix(subject_prefix)
+    if prefix:
+        prefixer = SubjectPrefixer(write, prefix.encode("utf-8"))
     return judgement.header_block(), prefixer
 
 

@@ -83,6 +83,23 @@ class Judgement:
             reasons.append(f"count below threshold {len(counted)}/{self.threshold}")
         return tuple(reasons)
 
+    def subject_prefix(self, default):
+        """
+        What goes before the message's Subject, or L{None}: the own
+        prefixes of the checks that found it spam (whatever the action
+        that delivers it: a message moved to Junk may be marked too), in
+        order, each once; else C{default} ([antispam] subject_prefix) for
+        the C{subject} action.
+        """
+        own = []
+        for finding in self.findings:
+            prefix = finding.subject_prefix
+            if finding.spam and prefix and prefix not in own:
+                own.append(prefix)
+        if own:
+            return "".join(own)
+        return default if self.action.kind == "subject" else None
+
     @property
     def headers(self):
         return tuple(header for f in self.findings for header in f.headers)

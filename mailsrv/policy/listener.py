@@ -6,6 +6,7 @@ each other), and L{ListenerPolicy}, what the protocol asks at each hook.
 
 from twisted.internet import defer
 
+from mailsrv.address import normalise
 from mailsrv.config import DNSSettings
 from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
 from mailsrv.netaddr import ListedClients
@@ -54,16 +55,21 @@ class ListenerPolicy:
     @param subject_prefix: [antispam] subject_prefix, for the subject action.
     @param threshold: the count of counted findings that makes a message spam.
     @param whitelists: the L{Whitelists}, or L{None}.
+    @param content_for: senders whose mail the content filters judge even
+        when their client skips the others ([antispam]
+        content_for_authenticated): C{content_for(session, transaction)},
+        or L{None} for none.
     """
 
     def __init__(self, gates, filters, standing, subject_prefix="[SPAM] ", threshold=1,
-                 whitelists=None):
+                 whitelists=None, content_for=None):
         self.gates = {hook: list(gates.get(hook, ())) for hook in (SENDER, RECIPIENT)}
         self.filters = {hook: tuple(filters.get(hook, ())) for hook in (SENDER, HEADER, BODY)}
         self.standing = standing
         self.subject_prefix = subject_prefix
         self.threshold = threshold
         self.whitelists = whitelists
+        self.content_for = content_for
         self._judges = any(self.filters.values())
 
     def sender(self, session, transaction):
@@ -100,8 +106,10 @@ class ListenerPolicy:
         whitelist = NOT_WHITELISTED
         if self.whitelists is not None:
             whitelist = yield self.whitelists.match(session, transaction)
+        content = not whitelist.content and (
+            not skipped or (self.content_for is not None and self.content_for(session, transaction)))
         judgement = Judgement(checked=not skipped, threshold=self.threshold, whitelist=whitelist,
-                              content=not (skipped or whitelist.content))
+                              content=content)
         if skipped or whitelist.connection or not self.filters[SENDER]:
             return judgement
         verdicts = yield _together(self.filters[SENDER], session, transaction,
@@ -193,7 +201,22 @@ def build(server, listener, clock):
         filters[SENDER].append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
                                              settings.spf.timeout))
     return ListenerPolicy(gates, filters, standing, settings.subject_prefix, threshold,
-                          _whitelists(server, standing, clock))
+                          _whitelists(server, standing, clock), _content_for(settings))
+
+
+def _content_for(settings):
+    """
+    [antispam] content_for_authenticated: the content filters judge the
+    mail of clients that skip the others, but not that of C{admins} (by
+    login or envelope sender).
+    """
+    if not settings.content_for_authenticated:
+        return None
+    admins = frozenset(settings.admins)
+
+    def judged(session, transaction):
+        return not ({normalise(session.user or ""), normalise(transaction.sender)} & admins)
+    return judged
 
 
 def _standing(server, listener):

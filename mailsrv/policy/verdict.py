@@ -27,6 +27,8 @@ class Finding:
         threshold (standard DNS blacklist hits, failed validation tests):
         the message is spam when the findings of all checks reach it, and
         only then do these actions apply.
+    @ivar subject_prefix: the check's own [antispam.NAME] subject_prefix,
+        or L{None}: see L{mailsrv.policy.judgement.Judgement.subject_prefix}.
     """
 
     spam: bool
@@ -34,6 +36,7 @@ class Finding:
     reasons: tuple = ()
     headers: tuple = ()
     counted: tuple = ()
+    subject_prefix: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,11 @@ class Verdict:
         return cls(False, code, enhanced, text, text if reason is None else reason)
 
     @classmethod
-    def found(cls, spam, action=NONE, reasons=(), headers=(), counted=()):
+    def found(cls, spam, action=NONE, reasons=(), headers=(), counted=(), subject_prefix=None):
         """A filter check's answer: accepted, with what it found."""
         return cls(True, reason=", ".join(reasons),
-                   finding=Finding(spam, action, tuple(reasons), tuple(headers), tuple(counted)))
+                   finding=Finding(spam, action, tuple(reasons), tuple(headers), tuple(counted),
+                                   subject_prefix))
 
     @property
     def temporary(self):
