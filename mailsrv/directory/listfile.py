@@ -3,6 +3,10 @@ Plain list files: one entry a line, C{#} comments, re-read when they change.
 """
 
 import os
+import stat
+import tempfile
+
+from mailsrv.store.delivery import fsync_directory
 
 
 class ListFileError(Exception):
@@ -29,6 +33,38 @@ def read_lines(path):
                     yield lineno, text
     except FileNotFoundError:
         return
+
+
+def replace_list_file(path, text):
+    """
+    Replace list file C{path} with C{text}, whole or not at all (a temporary
+    file, fsync'd, renamed over it, the directory fsync'd), keeping its mode
+    and owner (0600 and ours for a new file): the users file, a filter's
+    table.
+    """
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            os.fchmod(fd, stat.S_IMODE(old.st_mode) if old else 0o600)
+            if old is not None:
+                new = os.fstat(fd)
+                if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+                    os.fchown(fd, old.st_uid, old.st_gid)
+            f.write(text)
+            f.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_directory(directory)
 
 
 class WatchedFile:

@@ -16,16 +16,11 @@ over the file, then the directory fsync'd: the server never reads half a
 file, and a failed write leaves the old one whole.
 """
 
-import os
-import stat
-import tempfile
-
 from twisted.logger import Logger
 
 from mailsrv.address import AddressError, normalise, parse_mailbox
-from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
+from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines, replace_list_file
 from mailsrv.directory.passwords import hash_password
-from mailsrv.store.delivery import fsync_directory
 
 log = Logger()
 
@@ -106,32 +101,7 @@ class UserDB:
         return dropped
 
     def _write(self, users):
-        """
-        Replace the file atomically, keeping its mode and owner (0600 and
-        ours for a new file).
-        """
-        path = os.path.abspath(self.path)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        try:
-            old = os.stat(path)
-        except FileNotFoundError:
-            old = None
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".users.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(fd, stat.S_IMODE(old.st_mode) if old else 0o600)
-                if old is not None:
-                    new = os.fstat(fd)
-                    if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
-                        os.fchown(fd, old.st_uid, old.st_gid)
-                for address in sorted(users):
-                    f.write(f"{address}:{users[address]}\n")
-                f.flush()
-                os.fsync(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        fsync_directory(directory)
+        """Replace the file atomically (L{replace_list_file}), then read it again."""
+        replace_list_file(self.path, "".join(f"{address}:{users[address]}\n"
+                                             for address in sorted(users)))
         self._file.reload()
