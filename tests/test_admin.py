@@ -162,3 +162,51 @@ class DeadAliasCheckTests(AdminTestCase):
                             for line in lines), out)
         self.assertTrue(any("loop" in line and "loop1@example.test" in line
                             for line in lines), out)
+
+
+class FilterMergeTests(AdminTestCase):
+    """`mailsrv filter merge` (IMail's cleanlist): counts add up, duplicates go, bad entries reported."""
+
+    def write(self, name, text):
+        path = self.root / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def test_tables_add_up(self):
+        a = self.write("a-table.txt", "_messages 2 3\ncheap 2 0\nlunch 0 3\n")
+        b = self.write("b-table.txt", "_messages 1 1\ncheap 1 1\nv1agra 1 0\nx\n")
+        out = str(self.root / "antispam-table.txt")
+        status, stdout, _ = self.run_command("filter", "merge", a, b, "-o", out)
+        self.assertEqual(status, 0)
+        self.assertEqual(Path(out).read_text(), "_messages 3 4\ncheap 3 1\nlunch 0 3\n")
+        self.assertEqual(stdout.splitlines(), [
+            f"{b}:3: 'v1agra' is not a word of 2-40 letters (left out)",
+            f"{b}:4: write: word spam_count good_count (left out)",
+            f"{out}: 2 entries from 2 files, 2 left out"])
+
+    def test_phrases_and_urls_lose_duplicates(self):
+        a = self.write("a.txt", "Cheap  Pills\nbuy now # a comment\nno\n")
+        b = self.write("b.txt", "cheap pills\n" + "x" * 33 + "\n")
+        out = str(self.root / "phrase-list.txt")
+        status, stdout, _ = self.run_command("filter", "merge", a, b, "-o", out)
+        self.assertEqual(Path(out).read_text(), "cheap pills\nbuy now\n")
+        self.assertIn(f"{a}:3: 'no': a phrase has 3-32 characters (left out)", stdout)
+        self.assertIn("2 entries from 2 files, 2 left out", stdout)
+        urls = self.write("u.txt", "Spam.Example.\nspam.example\n192.0.2.010\n[2001:DB8::1]\n"
+                                   "münchen.example\nnot_a_domain\nlocalhost\n")
+        status, stdout, _ = self.run_command("filter", "merge", urls, "--kind", "urls",
+                                             "-o", str(self.root / "out.txt"))
+        self.assertEqual((self.root / "out.txt").read_text(),
+                         "spam.example\n2001:db8::1\nxn--mnchen-3ya.example\n")
+        self.assertIn("'192.0.2.010' is not a domain or an IP address", stdout)
+        self.assertIn("'localhost' is not a domain or an IP address", stdout)
+
+    def test_kind_from_the_name_or_said(self):
+        a = self.write("a.txt", "cheap pills\n")
+        status, _, stderr = self.run_command("filter", "merge", a, "-o",
+                                             str(self.root / "merged.txt"))
+        self.assertEqual(status, 1)
+        self.assertIn("say what the files are: --kind table|phrases|urls", stderr)
+        status, _, stderr = self.run_command("filter", "merge", str(self.root / "nope.txt"),
+                                             "-o", str(self.root / "phrase-list.txt"))
+        self.assertEqual((status, stderr.strip()), (1, f"mailsrv: {self.root}/nope.txt: no such file"))

@@ -81,7 +81,7 @@ PACKAGES = {
     # The mailsrv command: files and the spool as an admin sees them, never
     # the server's protocols or service.py.
     "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
-                      "mailsrv.preflight", "mailsrv.queue.spool"},
+                      "mailsrv.policy.lists", "mailsrv.preflight", "mailsrv.queue.spool"},
 }
 
 # package -> what importing any of its modules, in a fresh interpreter,

@@ -80,13 +80,6 @@ class TableTests(unittest.TestCase):
         self.assertEqual(table.counts, {"cheap": [4, 6]})
         self.assertEqual(bayes.Table.parse(self.mktemp()).counts, {})
 
-    def test_merge(self):
-        a, b = bayes.Table(1, 2, {"cheap": [1, 0]}), bayes.Table(3, 4, {"cheap": [2, 1],
-                                                                        "lunch": [0, 4]})
-        a.merge(b)
-        self.assertEqual((a.spam_messages, a.ham_messages, a.counts),
-                         (4, 6, {"cheap": [3, 1], "lunch": [0, 4]}))
-
 
 class ProbabilityTests(unittest.TestCase):
     def trained(self):

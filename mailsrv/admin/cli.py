@@ -1,5 +1,6 @@
 """
-The `mailsrv` admin command: check the config, manage users, look at the queue.
+The `mailsrv` admin command: check the config, manage users, look at the
+queue, keep the content filters' lists.
 
     mailsrv --config etc/mailsrv.toml check-config
     mailsrv --config etc/mailsrv.toml user add alice@example.test --password-stdin
@@ -14,9 +15,10 @@ import time
 from twisted.internet import reactor
 
 from mailsrv import config
-from mailsrv.directory.listfile import ListFileError
+from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
 from mailsrv.directory.users import UserDB
+from mailsrv.policy.lists import KINDS, merge
 from mailsrv.preflight import check_settings, file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
@@ -54,6 +56,17 @@ def _parser():
     lists = commands.add_parser("lists", help="the list files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     lists.add_parser("check", help="validate every list file and count its entries")
+
+    filters = commands.add_parser("filter", help="the content filters' lists").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    merge = filters.add_parser(
+        "merge", help="merge word tables, phrase lists or URL lists into one: counts add up, "
+                      "duplicates go, bad entries are reported")
+    merge.add_argument("files", nargs="+", metavar="FILE")
+    merge.add_argument("-o", "--output", required=True, metavar="OUT")
+    merge.add_argument("--kind", choices=KINDS,
+                       help="what the files are (default: from OUT's name: *table*, "
+                            "*phrase*, *url*)")
     return parser
 
 
@@ -111,6 +124,32 @@ def lists_check(settings, args, stdin, stdout):
                 stdout.write(f"{what}: {line}\n")
     if bad:
         raise CommandError(f"{bad} list file(s) with errors")
+
+
+def filter_merge(settings, args, stdin, stdout):
+    """`filter merge`: the files' entries in one file (written whole or not at all)."""
+    kind = args.kind or _kind_of(args.output)
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise CommandError(f"{path}: no such file")
+    text, count, problems = merge(kind, args.files)
+    for problem in problems:
+        stdout.write(f"{problem} (left out)\n")
+    try:
+        replace_list_file(args.output, text)
+    except OSError as e:
+        raise CommandError(f"{args.output}: cannot write it ({e.strerror})")
+    stdout.write(f"{args.output}: {count} entries from {len(args.files)} files, "
+                 f"{len(problems)} left out\n")
+
+
+def _kind_of(output):
+    """The kind of list file named C{output}, by its name (as the example files are named)."""
+    name = os.path.basename(output).lower()
+    for kind, part in (("table", "table"), ("phrases", "phrase"), ("urls", "url")):
+        if part in name:
+            return kind
+    raise CommandError(f"{output}: say what the files are: --kind {'|'.join(KINDS)}")
 
 
 def _read_password(args, stdin):
@@ -260,6 +299,7 @@ HANDLERS = {
     ("queue", "hold"): queue_hold,
     ("queue", "release"): queue_release,
     ("lists", "check"): lists_check,
+    ("filter", "merge"): filter_merge,
 }
 
 if __name__ == "__main__":

@@ -87,20 +87,31 @@ class Table:
         """
         table = cls()
         for lineno, text in read_lines(path):
-            parts = text.split()
-            if len(parts) != 3 or not all(p.isdigit() for p in parts[1:]):
-                raise ListFileError(path, lineno, "write: word spam_count good_count")
-            word, spam, ham = parts[0], int(parts[1]), int(parts[2])
-            if word == MESSAGES:
-                table.spam_messages, table.ham_messages = spam, ham
-            elif word.isalpha() and MIN_LETTERS <= len(word) <= MAX_LETTERS:
-                counts = table.counts.setdefault(word.casefold(), [0, 0])
-                counts[0] += spam
-                counts[1] += ham
-            else:
-                raise ListFileError(path, lineno, f"{word!r} is not a word of "
-                                                  f"{MIN_LETTERS}-{MAX_LETTERS} letters")
+            try:
+                table.add_line(text)
+            except ValueError as e:
+                raise ListFileError(path, lineno, str(e)) from None
         return table
+
+    def add_line(self, text):
+        """
+        Add the counts of one line of a table file.
+
+        @raise ValueError: not a line of the format, with what is wrong.
+        """
+        parts = text.split()
+        if len(parts) != 3 or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError("write: word spam_count good_count")
+        word, spam, ham = parts[0], int(parts[1]), int(parts[2])
+        if word == MESSAGES:
+            self.spam_messages += spam
+            self.ham_messages += ham
+        elif word.isalpha() and MIN_LETTERS <= len(word) <= MAX_LETTERS:
+            counts = self.counts.setdefault(word.casefold(), [0, 0])
+            counts[0] += spam
+            counts[1] += ham
+        else:
+            raise ValueError(f"{word!r} is not a word of {MIN_LETTERS}-{MAX_LETTERS} letters")
 
     def text(self):
         """The file's text: the message counts, then the words, most seen first."""
@@ -122,15 +133,6 @@ class Table:
             self.spam_messages += 1
         else:
             self.ham_messages += 1
-
-    def merge(self, other):
-        """Add the counts of table C{other} to this one."""
-        self.spam_messages += other.spam_messages
-        self.ham_messages += other.ham_messages
-        for word, (spam, ham) in other.counts.items():
-            counts = self.counts.setdefault(word, [0, 0])
-            counts[0] += spam
-            counts[1] += ham
 
     def spamminess(self, word):
         """Robinson's f(w): the word's spam probability, pulled to 0.5 when seen rarely."""

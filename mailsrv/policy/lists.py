@@ -1,0 +1,82 @@
+"""
+The content filters' list files as admins write them (issue 17): the
+phrase list (phrase-list.txt: one phrase a line, 3-32 characters) and the
+URL list (url-domain-bl.txt: one domain or IP address a line; a domain
+covers its subdomains), each entry normalised the way the filters compare
+it; and merging lists and word tables (`mailsrv filter merge`, IMail's
+cleanlist): counts add up, duplicates go, bad entries are reported.
+"""
+
+import ipaddress
+import re
+
+from mailsrv.directory.listfile import read_lines
+from mailsrv.policy import bayes
+
+MIN_PHRASE, MAX_PHRASE = 3, 32
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+KINDS = ("table", "phrases", "urls")
+
+
+def phrase(text):
+    """
+    A phrase as the filter compares it: spaces collapsed, case folded.
+
+    @raise ValueError: not 3-32 characters.
+    """
+    normal = " ".join(text.split()).casefold()
+    if not MIN_PHRASE <= len(normal) <= MAX_PHRASE:
+        raise ValueError(f"{text!r}: a phrase has {MIN_PHRASE}-{MAX_PHRASE} characters")
+    return normal
+
+
+def url_entry(text):
+    """
+    A domain (lower case, IDNA, no trailing dot) or an IP address (its
+    usual text form) of the URL list.
+
+    @raise ValueError: neither.
+    """
+    host = text.strip().rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{text!r} is not a domain or an IP address") from None
+    labels = host.split(".")
+    if (len(host) > 253 or len(labels) < 2 or labels[-1].isdigit()  # (192.0.2.010: no IP)
+            or not all(_LABEL.match(label) for label in labels)):
+        raise ValueError(f"{text!r} is not a domain or an IP address")
+    return host
+
+
+def merge(kind, paths):
+    """
+    The merged list (or table) of the files C{paths}.
+
+    @param kind: one of L{KINDS}.
+    @return: C{(text of the merged file, entries, problems)}; each
+        problem is C{"path:line: what"} (that entry left out).
+    """
+    problems = []
+    if kind == "table":
+        merged = bayes.Table()
+        for path in paths:
+            for lineno, text in read_lines(path):
+                try:
+                    merged.add_line(text)
+                except ValueError as e:
+                    problems.append(f"{path}:{lineno}: {e}")
+        return merged.text(), len(merged.counts), problems
+    normal = phrase if kind == "phrases" else url_entry
+    entries = {}
+    for path in paths:
+        for lineno, text in read_lines(path):
+            try:
+                entries.setdefault(normal(text), None)
+            except ValueError as e:
+                problems.append(f"{path}:{lineno}: {e}")
+    return "".join(f"{entry}\n" for entry in entries), len(entries), problems
