@@ -12,14 +12,15 @@ each hook passes (docs/policy.md):
     body       the final dot               Session      the L{Message}
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import errorlog
+from mailsrv.policy import content
 from mailsrv.policy.verdict import Verdict
 
 log = Logger()
@@ -53,6 +54,40 @@ class Message:
 
     size: int
     open: Callable[[], BinaryIO]
+    _content: list = field(default_factory=list, compare=False, repr=False)
+
+    def content(self):
+        """
+        A Deferred of the message's L{content.Content}, worked out in a
+        thread on the first call; the content filters all share it (the
+        message is parsed once, and only when a check asks).
+        """
+        if not self._content:
+            self._content.append(_Shared(threads.deferToThread(content.analyse, self.open)))
+        return self._content[0].wait()
+
+
+class _Shared:
+    """One Deferred's result, for any number of waiters (each gets its own Deferred)."""
+
+    def __init__(self, pending):
+        self._waiting = []
+        self._outcome = None
+        pending.addBoth(self._done)
+
+    def wait(self):
+        d = defer.Deferred()
+        if self._outcome is None:
+            self._waiting.append(d)
+        else:
+            d.callback(self._outcome)  # (a Failure errbacks)
+        return d
+
+    def _done(self, outcome):
+        self._outcome = outcome
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(outcome)
 
 
 def run(checks, session, transaction, subject):
