@@ -458,6 +458,66 @@ class SPFSettings:
     timeout: float = _number(20.0)
 
 
+def _extensions(default):
+    """File name extensions: lower case, without the dot."""
+    def read(table, key, base):
+        extensions = tuple(e.strip().lstrip(".").lower() for e in table.strings(key, default))
+        for extension in extensions:
+            if not extension or any(c in extension for c in " ./\\"):
+                raise table.error(key, f"{extension!r} is not a file name extension",
+                                  'write them without the dot: ["exe", "scr"]')
+        return extensions
+    return _key(read, default)
+
+
+def _media_types(**where):
+    """Content types, "type/subtype" or "type/*", lower case."""
+    def read(table, key, base):
+        types = tuple(t.strip().lower() for t in table.strings(key, ()))
+        for kind in types:
+            major, slash, minor = kind.partition("/")
+            if not (major and slash and minor) or major == "*" or " " in kind:
+                raise table.error(key, f"{kind!r} is not a content type",
+                                  'write "type/subtype" or "type/*"')
+        return types
+    return _key(read, (), **where)
+
+
+@dataclass(frozen=True)
+class MIMESettings:
+    """
+    [antispam.mime]: IMail's four broken-MIME-header checks.
+
+    @ivar action: the action's text.
+    @ivar subject_prefix: this filter's text for the subject action
+        (L{None}: [antispam] subject_prefix).
+    """
+
+    action: str
+    subject_prefix: Optional[str] = _text(None)
+
+
+DEFAULT_BLOCKED_EXTENSIONS = ("exe", "scr", "js", "vbs", "bat", "com", "pif")
+
+
+@dataclass(frozen=True)
+class AttachmentSettings:
+    """
+    [antispam.attachments]: attachments refused by name or type.
+
+    @ivar action: the action's text.
+    @ivar extensions: file name extensions (the last one of a name, also
+        of the names inside zip files).
+    @ivar content_types: content types ("type/*" for a whole type).
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str
+    extensions: tuple = _extensions(DEFAULT_BLOCKED_EXTENSIONS)
+    content_types: tuple = _media_types()
+    subject_prefix: Optional[str] = _text(None)
+
+
 @dataclass(frozen=True)
 class AntispamSettings:
     """
@@ -472,6 +532,8 @@ class AntispamSettings:
     @ivar validation: L{ValidationSettings}, or L{None} when absent.
     @ivar spamskip: L{WhitelistSettings} of client IPs, or L{None}.
     @ivar whitelist: L{WhitelistSettings} of senders, or L{None}.
+    @ivar mime: L{MIMESettings}, or L{None} when [antispam.mime] is absent.
+    @ivar attachments: L{AttachmentSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -485,6 +547,8 @@ class AntispamSettings:
     spamskip: Optional[WhitelistSettings] = None
     whitelist: Optional[WhitelistSettings] = None
     actions: tuple = ()
+    mime: Optional[MIMESettings] = None
+    attachments: Optional[AttachmentSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -889,9 +953,23 @@ def _antispam(path, data):
         spamskip = _whitelist(path, "spamskip", table.get("spamskip", dict, {}))
     if "whitelist" in table.data:
         whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
+    content_filters = {name: _content_filter(path, name, table.get(name, dict, {}), cls, actions)
+                       for name, cls in (("mime", MIMESettings),
+                                         ("attachments", AttachmentSettings))
+                       if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,
-                            spamskip=spamskip, whitelist=whitelist, actions=tuple(actions))
+                            spamskip=spamskip, whitelist=whitelist, actions=tuple(actions),
+                            **content_filters)
+
+
+def _content_filter(path, name, data, cls, actions):
+    """A content filter's section: on when present, with its action and declared keys."""
+    table = _Table(path, f"antispam.{name}", data)
+    settings = cls(action=_action(table, "action", DEFAULT_ACTION, actions),
+                   **_declared(table, cls))
+    table.check_unknown()
+    return settings
 
 
 def _validation(path, data, actions):

@@ -209,6 +209,12 @@ KEY_DEFAULTS = [
     ("[antispam.whitelist] file, applies_to",
      lambda s: (s.antispam.whitelist.file, s.antispam.whitelist.connection,
                 s.antispam.whitelist.content), (Path("/etc/m/whitelist.txt"), True, True)),
+    ("[antispam.mime] action, subject_prefix",
+     lambda s: (s.antispam.mime.action, s.antispam.mime.subject_prefix), ("header", None)),
+    ("[antispam.attachments] action, extensions, content_types, subject_prefix",
+     lambda s: (s.antispam.attachments.action, s.antispam.attachments.extensions,
+                s.antispam.attachments.content_types, s.antispam.attachments.subject_prefix),
+     ("header", ("exe", "scr", "js", "vbs", "bat", "com", "pif"), (), None)),
 ]
 # ... and each [[listen]] key's, for a table that names only its endpoint.
 LISTEN_DEFAULTS = [
@@ -236,7 +242,8 @@ class EveryDefaultTests(unittest.TestCase):
 
     def test_every_key(self):
         s = config.parse({"antispam": {"dnsbl": {"lists": ["z.example"]}, "spf": {},
-                                       "validation": {}, "spamskip": {}, "whitelist": {}}},
+                                       "validation": {}, "spamskip": {}, "whitelist": {},
+                                       "mime": {}, "attachments": {}}},
                          Path("/etc/m/c.toml"))
         empty = config.parse({}, Path("/etc/m/c.toml"))
         self.assertEqual(empty.antispam, config.AntispamSettings())
@@ -357,6 +364,15 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [antispam.dnsbl.lists] server: bad port in 'h:0' (write \"host:port\")"),
         ({"antispam": {"spamskip": {"file": 3}}},
          "/c.toml: [antispam.spamskip] file: must be a string, not a whole number"),
+        ({"antispam": {"attachments": {"extensions": ["pdf.exe"]}}},
+         "/c.toml: [antispam.attachments] extensions: 'pdf.exe' is not a file name extension "
+         "(write them without the dot: [\"exe\", \"scr\"])"),
+        ({"antispam": {"attachments": {"content_types": ["application"]}}},
+         "/c.toml: [antispam.attachments] content_types: 'application' is not a content type "
+         "(write \"type/subtype\" or \"type/*\")"),
+        ({"antispam": {"mime": {"boundary": 70}}},
+         "/c.toml: [antispam.mime] boundary: unknown key (check the spelling against "
+         "etc/mailsrv.toml)"),
         ({"access": {"max_message_size": 1023}},
          "/c.toml: [access] max_message_size: must be at least 1024, not 1023"),
         ({"access": {"kill_file": 3}},
@@ -379,6 +395,11 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [listen #1] safe: bad network '10.0.0.0/33'"),
         ({"antispam": {"dnsbl": {"lists": [{"zone": "a.example", "action": "move:a.b"}]}}},
          "/c.toml: [antispam.dnsbl.lists] action: Folder names may not contain '.'"),
+        ({"antispam": {"attachments": {"action": "move:a.b"}}},
+         "/c.toml: [antispam.attachments] action: Folder names may not contain '.'"),
+        ({"antispam": {"mime": {"action": "junk"}}},
+         "/c.toml: [antispam.mime] action: unknown action 'junk' (one of: none, header, "
+         "subject, move:FOLDER, forward:ADDRESS, delete, tempfail, reject)"),
         ({"antispam": {"spf": {"fail": "move:../x"}}},
          "/c.toml: [antispam.spf] fail: Folder names may not contain '.'"),
         ({"antispam": {"dnsbl": {"lists": ["a.example"], "action": "junk"}}},

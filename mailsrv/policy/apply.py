@@ -69,12 +69,22 @@ def at_end(judgement, session, transaction, queue_id):
         if kind == "tempfail":
             return Verdict.refuse(451, "4.7.1", "Message refused for now, try again later",
                                   summary)
+        refusals = [f.refusal for f in judgement.findings
+                    if f.refusal and f.action.kind == "reject"]
+        if refusals:  # what the message holds is refused (RFC 5321 4.2.5: 554 after DATA)
+            return Verdict.refuse(554, "5.7.1", _reply_text("; ".join(refusals)), summary)
         return Verdict.refuse(550, "5.7.1", "Message refused as spam", summary)
     if kind == "delete":
         log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",
                  queue_id=queue_id, ip=ip, sender=sender)
         return Verdict(True, 250, "2.0.0", f"Ok: queued as {queue_id}", "deleted as spam")
     return None
+
+
+def _reply_text(text, limit=400):
+    """C{text} as one reply line may carry it: printable ASCII, cut at C{limit} characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class SubjectPrefixer:

@@ -144,7 +144,7 @@ class _Walk:
             boundary = _boundary(fields)
             self.parts.append(Part(header, content_type, depth, boundary))
             if boundary and self._deeper(depth):
-                for part_start, part_end in _parts(data, body, end, _raw(boundary)):
+                for part_start, part_end in _parts(data, body, end, raw_bytes(boundary)):
                     self.entity(data, part_start, part_end, depth + 1)
             return
         encoding = str(fields.get("content-transfer-encoding", "")).strip().lower()
@@ -234,7 +234,7 @@ def _boundary(fields):
     return boundary if boundary else None
 
 
-def _raw(text):
+def raw_bytes(text):
     """The bytes a header value came from (compat32 keeps 8-bit bytes as surrogates)."""
     try:
         return text.encode("utf-8", "surrogateescape")

@@ -13,7 +13,9 @@ from mailsrv.netaddr import ListedClients
 from mailsrv.policy import apply, hooks
 from mailsrv.policy.actions import parse_action
 from mailsrv.policy.checks import spf, validation
+from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy.checks.mime import BrokenMIME
 from mailsrv.policy.checks.received import ReceivedIPs
 from mailsrv.policy.checks.recipient import (
     ListPosting,
@@ -182,7 +184,7 @@ def build(server, listener, clock):
              RECIPIENT: _recipient_gates(server, standing)}
     settings = server.settings.antispam
     timeout = server.settings.dns.timeout
-    filters = {SENDER: [], HEADER: []}
+    filters = {SENDER: [], HEADER: [], BODY: _content_filters(settings)}
     threshold = 1
     if settings.dnsbl is not None:
         lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
@@ -217,6 +219,18 @@ def _content_for(settings):
     def judged(session, transaction):
         return not ({normalise(session.user or ""), normalise(transaction.sender)} & admins)
     return judged
+
+
+def _content_filters(settings):
+    """The body hook's filters: they share one analysis of the message (Message.content)."""
+    filters = []
+    if settings.mime is not None:
+        filters.append(BrokenMIME(parse_action(settings.mime.action)))
+    if settings.attachments is not None:
+        attachments = settings.attachments
+        filters.append(BlockedAttachments(attachments.extensions, attachments.content_types,
+                                          parse_action(attachments.action)))
+    return filters
 
 
 def _standing(server, listener):

@@ -29,6 +29,10 @@ class Finding:
         only then do these actions apply.
     @ivar subject_prefix: the check's own [antispam.NAME] subject_prefix,
         or L{None}: see L{mailsrv.policy.judgement.Judgement.subject_prefix}.
+    @ivar refusal: for a check that names what in the message it refuses
+        (an attachment): what the client is told when its C{reject}
+        refuses the message after the final dot (L{mailsrv.policy.apply}
+        gives the code); "" for the plain spam refusal.
     """
 
     spam: bool
@@ -37,6 +41,7 @@ class Finding:
     headers: tuple = ()
     counted: tuple = ()
     subject_prefix: Optional[str] = None
+    refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,12 @@ class Verdict:
         return cls(False, code, enhanced, text, text if reason is None else reason)
 
     @classmethod
-    def found(cls, spam, action=NONE, reasons=(), headers=(), counted=(), subject_prefix=None):
+    def found(cls, spam, action=NONE, reasons=(), headers=(), counted=(), subject_prefix=None,
+              refusal=""):
         """A filter check's answer: accepted, with what it found."""
         return cls(True, reason=", ".join(reasons),
                    finding=Finding(spam, action, tuple(reasons), tuple(headers), tuple(counted),
-                                   subject_prefix))
+                                   subject_prefix, refusal))
 
     @property
     def temporary(self):
