@@ -7,6 +7,7 @@ here and through the SMTP protocol with the server's own config.
 from io import BytesIO
 from pathlib import Path
 
+from hypothesis import given
 from twisted.trial import unittest
 
 from mailsrv.config import DEFAULT_BLOCKED_EXTENSIONS
@@ -15,7 +16,8 @@ from mailsrv.policy.actions import Action
 from mailsrv.policy.checks.attachments import BlockedAttachments, blocked, extension
 from mailsrv.policy.checks.mime import BrokenMIME, broken_headers
 from mailsrv.policy.hooks import Message
-from tests.test_policy_content import TOP, attachment, multipart, zipped
+from tests.fuzzing import examples
+from tests.test_policy_content import MESSAGES, TOP, attachment, multipart, zipped
 from tests.test_smtp.support import (
     connect,
     files_on_disk,
@@ -172,3 +174,15 @@ class ThroughSMTPTests(unittest.TestCase):
         junk = Path(self.server.store.maildir("alice@example.test", "Junk")) / "new"
         [stored] = [p.read_bytes() for p in junk.iterdir()]
         self.assertIn(b"X-Mailsrv-Spam: yes; reasons=attachment a.zip:b.js\r\n", stored)
+
+
+class PropertyTests(unittest.TestCase):
+    @examples(200)
+    @given(MESSAGES)
+    def test_every_message_gets_a_verdict(self, message):
+        """Random and broken MIME through both filters: a verdict, never an exception."""
+        run_threads_inline(self)
+        message = _message(message)
+        for check in (BrokenMIME(Action("header")),
+                      BlockedAttachments(EXTENSIONS, ("application/*",), Action("reject"))):
+            self.assertTrue(self.successResultOf(check.check(None, None, message)).accepted)

@@ -184,7 +184,7 @@ _LINES = st.sampled_from([
     b"Content-Disposition: attachment; filename*0*=utf-8''%FF; filename*1=.exe",
     b"Content-Type: application/zip; name=a.zip", b"PK\x05\x06" + b"\xff" * 18,
 ])
-_MESSAGES = st.one_of(
+MESSAGES = st.one_of(
     st.lists(st.one_of(_LINES, st.binary(max_size=30)), max_size=60).map(b"\r\n".join),
     st.binary(max_size=2000),
 )
@@ -192,7 +192,7 @@ _MESSAGES = st.one_of(
 
 class PropertyTests(unittest.TestCase):
     @examples(300)
-    @given(_MESSAGES)
+    @given(MESSAGES)
     @example(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n" * 3000)
     @example(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
              + b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 300)

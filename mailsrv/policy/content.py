@@ -145,6 +145,9 @@ class _Walk:
             self.parts.append(Part(header, content_type, depth, boundary))
             if boundary and self._deeper(depth):
                 for part_start, part_end in _parts(data, body, end, raw_bytes(boundary)):
+                    if len(self.parts) >= MAX_PARTS:  # (stop looking for more)
+                        self.limits.add("parts")
+                        break
                     self.entity(data, part_start, part_end, depth + 1)
             return
         encoding = str(fields.get("content-transfer-encoding", "")).strip().lower()
