@@ -167,6 +167,13 @@ class ThroughSMTPTests(unittest.TestCase):
         reply = self.send(message, mime={"action": "reject"}, attachments={})
         self.assertEqual(reply, b"550 5.7.1 Message refused as spam\r\n")
 
+    def test_own_subject_prefix(self):
+        message = TOP + b"Content-Type: multipart/mixed\r\n\r\nx\r\n"
+        self.send(message, mime={"action": "move:Junk", "subject_prefix": "[MIME] "})
+        junk = Path(self.server.store.maildir("alice@example.test", "Junk")) / "new"
+        [stored] = [p.read_bytes() for p in junk.iterdir()]
+        self.assertIn(b"\r\nSubject: [MIME] hi\r\n", stored)
+
     def test_attachment_moved(self):
         message = multipart(b"b", attachment(b"a.zip", zipped("b.js")), header=TOP)
         self.send(message, attachments={"action": "move:Junk"})

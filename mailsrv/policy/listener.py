@@ -225,11 +225,13 @@ def _content_filters(settings):
     """The body hook's filters: they share one analysis of the message (Message.content)."""
     filters = []
     if settings.mime is not None:
-        filters.append(BrokenMIME(parse_action(settings.mime.action)))
+        filters.append(BrokenMIME(parse_action(settings.mime.action),
+                                  settings.mime.subject_prefix))
     if settings.attachments is not None:
         attachments = settings.attachments
         filters.append(BlockedAttachments(attachments.extensions, attachments.content_types,
-                                          parse_action(attachments.action)))
+                                          parse_action(attachments.action),
+                                          attachments.subject_prefix))
     return filters
 
 

@@ -43,12 +43,14 @@ class BlockedAttachments:
     @param extensions: file name extensions, lower case, without the dot.
     @param content_types: content types, "type/subtype" or "type/*".
     @param action: the L{mailsrv.policy.actions.Action} for what it finds.
+    @param subject_prefix: its own Subject mark, or L{None}.
     """
 
-    def __init__(self, extensions, content_types, action):
+    def __init__(self, extensions, content_types, action, subject_prefix=None):
         self.extensions = frozenset(extensions)
         self.content_types = frozenset(content_types)
         self.action = action
+        self.subject_prefix = subject_prefix
 
     def check(self, session, transaction, message):
         return message.content().addCallback(self._judge)
@@ -58,4 +60,5 @@ class BlockedAttachments:
         if not found:
             return Verdict.found(False)
         return Verdict.found(True, self.action, tuple(f"attachment {what}" for what in found),
+                             subject_prefix=self.subject_prefix,
                              refusal=f"Attachment refused: {', '.join(found)}")

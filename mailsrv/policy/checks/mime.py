@@ -48,10 +48,12 @@ class BrokenMIME:
     four ways.
 
     @param action: the L{mailsrv.policy.actions.Action} for what it finds.
+    @param subject_prefix: its own Subject mark, or L{None}.
     """
 
-    def __init__(self, action):
+    def __init__(self, action, subject_prefix=None):
         self.action = action
+        self.subject_prefix = subject_prefix
 
     def check(self, session, transaction, message):
         return message.content().addCallback(self._judge)
@@ -60,4 +62,5 @@ class BrokenMIME:
         found = broken_headers(content)
         if not found:
             return Verdict.found(False)
-        return Verdict.found(True, self.action, tuple(f"mime {name}" for name in found))
+        return Verdict.found(True, self.action, tuple(f"mime {name}" for name in found),
+                             subject_prefix=self.subject_prefix)
