@@ -24,6 +24,7 @@ from tests.test_smtp.support import (
     make_mail_server,
     maildir_messages,
     run_threads_inline,
+    send_to_alice,
 )
 
 PLAIN = b"Content-Type: text/plain\r\n\r\nhello"
@@ -134,10 +135,7 @@ class ThroughSMTPTests(unittest.TestCase):
 
     def send(self, message, **antispam):
         self.server = make_mail_server(self, antispam=antispam)
-        connection = connect(self.server)
-        connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n"
-                        b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
-        return connection.send(message + b".\r\n")
+        return send_to_alice(connect(self.server), message)
 
     def inbox(self):
         return maildir_messages(self.server, "alice@example.test")

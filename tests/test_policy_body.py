@@ -27,6 +27,7 @@ from tests.test_smtp.support import (
     make_mail_server,
     maildir_messages,
     run_threads_inline,
+    send_to_alice,
 )
 
 
@@ -67,9 +68,7 @@ class BodyHookTests(unittest.TestCase):
         factory.policy = ListenerPolicy(
             factory.policy.gates, filters or {BODY: [check]}, Standing(skips), "[SPAM] ",
             whitelists=whitelisting and Listed(whitelisting), content_for=content_for)
-        connection.send(b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n"
-                        b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
-        return connection.send(message + b".\r\n")
+        return send_to_alice(connection, message)
 
     def inbox(self):
         return maildir_messages(self.server, "alice@example.test")

@@ -105,6 +105,17 @@ def connect(server, ip=CLIENT_IP, listener=0, secure=False):
     return Connection(factory, ip, secure)
 
 
+# Up to DATA: a message from a remote sender to alice.
+TO_ALICE = (b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\n"
+            b"RCPT TO:<alice@example.test>\r\nDATA\r\n")
+
+
+def send_to_alice(connection, message):
+    """Send C{message} (CRLF lines) to alice: the reply to its final dot."""
+    connection.send(TO_ALICE)
+    return connection.send(message + b".\r\n")
+
+
 def maildir_messages(server, user):
     """The contents of the files in C{user}'s INBOX new/, sorted."""
     new = Path(server.store.maildir(user)) / "new"
