@@ -61,7 +61,6 @@ class PartsTests(unittest.TestCase):
         self.assertEqual(parsed.texts("text/plain"), ["plain text"])
         self.assertEqual(parsed.texts("text/html"), ["<p>html</p>"])
         self.assertEqual(parsed.parts[1].boundary, "in")
-        self.assertTrue(parsed.parts[4].attachment)
         self.assertEqual(parsed.parts[4].filename, "a.pdf")
 
     def test_an_attached_message_is_read_too(self):
@@ -114,6 +113,14 @@ class PartsTests(unittest.TestCase):
                             attachment(b"fake.zip", b"not a zip"), header=TOP)
         parts = content.parse(message).parts
         self.assertEqual([p.members for p in parts[1:]], [("a.txt", "dir/run.exe"), ("b.scr",), ()])
+
+    def test_no_line_end_reaches_a_name(self):
+        """Names and types go into reasons, hence headers: no CR or LF in them."""
+        message = multipart(b"b", attachment(b"a.zip", zipped("x\r\nX-Evil: 1.exe")),
+                            b"Content-Type: text/\r\n x-evil\r\n\r\nx", header=TOP)
+        parts = content.parse(message).parts
+        self.assertEqual(parts[1].members, ("x??X-Evil: 1.exe",))
+        self.assertEqual(parts[2].content_type, "text/ x-evil")
 
     def test_a_zip_with_too_many_members_is_not_listed(self):
         message = multipart(b"b", attachment(b"many.zip", zipped(

@@ -67,8 +67,6 @@ class Part:
     @ivar boundary: a multipart's boundary parameter, L{None} when missing.
     @ivar filename: the file name (Content-Disposition filename, else
         Content-Type name), RFC 2231 and RFC 2047 decoded; "" for none.
-    @ivar attachment: whether it is an attachment (a file name, or
-        Content-Disposition: attachment).
     @ivar text: the decoded text of a text/plain or text/html part, else
         L{None}.
     @ivar members: the names inside a zip attachment.
@@ -79,7 +77,6 @@ class Part:
     depth: int
     boundary: Optional[str] = None
     filename: str = ""
-    attachment: bool = False
     text: Optional[str] = None
     members: tuple = ()
 
@@ -139,7 +136,7 @@ class _Walk:
             header = header[:MAX_HEADER]
             self.limits.add("header")
         fields = _fields(header)
-        content_type = fields.get_content_type()
+        content_type = _printable(fields.get_content_type(), "")  # (folded: CRLF inside)
         if content_type.startswith("multipart/"):
             boundary = _boundary(fields)
             self.parts.append(Part(header, content_type, depth, boundary))
@@ -167,15 +164,13 @@ class _Walk:
 
     def _leaf(self, fields, header, content_type, depth, encoding, data, start, end):
         filename = _filename(fields)
-        disposition = str(fields.get("content-disposition", "")).split(";")[0]
-        attachment = bool(filename) or disposition.strip().lower() == "attachment"
         text, members = None, ()
         if content_type in TEXT_TYPES:
             payload = self._decoded(data, start, end, encoding)
             text = _text(payload, fields.get_content_charset())
         elif content_type in ZIP_TYPES or filename.lower().endswith(".zip"):
             members = self._members(self._decoded(data, start, end, encoding))
-        return Part(header, content_type, depth, None, filename, attachment, text, members)
+        return Part(header, content_type, depth, None, filename, text, members)
 
     def _decoded(self, data, start, end, encoding):
         """The body C{data[start:end]} with its transfer encoding undone, within the budget."""
@@ -204,7 +199,8 @@ class _Walk:
             return ()
         try:
             with zipfile.ZipFile(io.BytesIO(payload)) as archive:
-                return tuple(info.filename for info in archive.infolist()[:MAX_MEMBERS])
+                return tuple(_printable(info.filename)
+                             for info in archive.infolist()[:MAX_MEMBERS])
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError,
                 NotImplementedError):
             return ()
@@ -315,7 +311,10 @@ def _filename(fields):
         word if isinstance(word, str) else _text(word, charset) for word, charset in words))
 
 
-def _printable(name):
-    """A file name as a reason may show it: surrogates (8-bit bytes) and controls replaced."""
-    return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else "?"
+def _printable(name, unprintable="?"):
+    """
+    A name as a reason (a header, a reply) may show it: surrogates (8-bit
+    bytes) and controls, CR and LF included, replaced.
+    """
+    return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else unprintable
                    for c in name).strip()
