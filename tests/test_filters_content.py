@@ -97,6 +97,12 @@ class AttachmentTests(unittest.TestCase):
                             attachment(b"run.scr  ", b"MZ"), header=TOP)
         self.assertEqual(refused(message), ["invoice.pdf.exe", "run.scr"])
 
+    def test_hidden_by_an_opening_boundary_in_the_header(self):
+        message = (TOP + b"Content-Type: multipart/mixed; boundary=\"b\"\r\n--b\r\n"
+                   + attachment(b"evil.exe", b"MZ") + b"\r\n--b--\r\n")
+        self.assertEqual(refused(message), ["evil.exe"])
+        self.assertEqual(broken(message), ["boundary-in-header"])
+
     def test_names_inside_zip_files(self):
         message = multipart(b"b", attachment(b"docs.zip", zipped("a.txt", "sub/setup.exe")),
                             header=TOP)

@@ -141,7 +141,12 @@ class _Walk:
             boundary = _boundary(fields)
             self.parts.append(Part(header, content_type, depth, boundary))
             if boundary and self._deeper(depth):
-                for part_start, part_end in _parts(data, body, end, raw_bytes(boundary)):
+                delimiter = b"--" + raw_bytes(boundary)
+                # An opening delimiter in the header block (the mime filter's
+                # boundary-in-header) starts the parts there, as mail readers do.
+                hidden = next(_lines_starting(data, delimiter, start, header_end), -1)
+                for part_start, part_end in _parts(data, body if hidden < 0 else hidden, end,
+                                                   delimiter):
                     if len(self.parts) >= MAX_PARTS:  # (stop looking for more)
                         self.limits.add("parts")
                         break
@@ -241,31 +246,32 @@ def raw_bytes(text):
         return text.encode("utf-8", "replace")
 
 
-def _parts(data, start, end, boundary):
+def _parts(data, start, end, delimiter):
     """
     C{(start, end)} of each part of a multipart whose body is
-    C{data[start:end]}: between delimiter lines (C{--boundary} at a line
-    start), until the closing one (C{--boundary--}) or the end.
+    C{data[start:end]}: between C{delimiter} lines (C{--boundary}), until
+    the closing one (C{--boundary--}) or the end.
     """
-    delimiter = b"--" + boundary
     part_start = None
-    pos = start
-    while True:
-        found = data.find(delimiter, pos, end)
-        if found < 0:
-            break
-        pos = found + len(delimiter)
-        if found != start and data[found - 1] != 0x0a:
-            continue  # not at a line start
+    for found in _lines_starting(data, delimiter, start, end):
         if part_start is not None:
             yield part_start, _before_line_end(data, part_start, found)
-        closing = data.startswith(b"--", pos, end)
+        pos = found + len(delimiter)
         line_end = data.find(b"\n", pos, end)
         part_start = end if line_end < 0 else line_end + 1
-        if closing:
-            return
+        if data.startswith(b"--", pos, end):
+            return  # the closing delimiter
     if part_start is not None and part_start < end:
         yield part_start, end  # no closing delimiter: the last part runs to the end
+
+
+def _lines_starting(data, prefix, start, end):
+    """The positions of the lines of C{data[start:end]} that begin with C{prefix}."""
+    pos = start
+    while (found := data.find(prefix, pos, end)) >= 0:
+        pos = found + len(prefix)
+        if found == start or data[found - 1] == 0x0a:
+            yield found
 
 
 def _before_line_end(data, start, delimiter):
