@@ -10,9 +10,10 @@ import time
 import zipfile
 
 from hypothesis import example, given, strategies as st
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from mailsrv.policy import content
+from mailsrv.policy import content, hooks
 from mailsrv.policy.hooks import Message
 from tests.fuzzing import examples
 from tests.test_smtp.support import run_threads_inline
@@ -237,3 +238,20 @@ class SharedTests(unittest.TestCase):
         message = Message(1, unreadable)
         self.failureResultOf(message.content(), OSError)
         self.failureResultOf(message.content(), OSError)
+
+    def test_few_messages_at_once(self):
+        started = []
+
+        def in_thread(f, *args):
+            started.append(defer.Deferred())
+            return started[-1]
+
+        self.patch(threads, "deferToThread", in_thread)
+        messages = [Message(1, None) for _ in range(hooks.MAX_ANALYSES + 1)]
+        waiting = [m.content() for m in messages]
+        self.assertEqual(len(started), hooks.MAX_ANALYSES)
+        started[0].callback(content.Content(()))
+        self.assertEqual(self.successResultOf(waiting[0]), content.Content(()))
+        self.assertEqual(len(started), hooks.MAX_ANALYSES + 1)
+        for d in started[1:]:
+            d.callback(content.Content(()))

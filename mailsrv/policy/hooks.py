@@ -41,6 +41,13 @@ class Peer:
     local_ip: str
 
 
+# Messages analysed at once (Message.content): each may hold up to about
+# 100 MB while it is parsed (content.MAX_READ and MAX_DECODED), and the
+# reactor's thread pool also writes the spool.
+MAX_ANALYSES = 2
+_analyses = defer.DeferredSemaphore(MAX_ANALYSES)
+
+
 @dataclass(frozen=True)
 class Message:
     """
@@ -59,11 +66,13 @@ class Message:
     def content(self):
         """
         A Deferred of the message's L{content.Content}, worked out in a
-        thread on the first call; the content filters all share it (the
-        message is parsed once, and only when a check asks).
+        thread on the first call (at most L{MAX_ANALYSES} messages at
+        once); the content filters all share it (the message is parsed
+        once, and only when a check asks).
         """
         if not self._content:
-            self._content.append(_Shared(threads.deferToThread(content.analyse, self.open)))
+            self._content.append(_Shared(
+                _analyses.run(lambda: threads.deferToThread(content.analyse, self.open))))
         return self._content[0].wait()
 
 
