@@ -186,7 +186,7 @@ class _Walk:
             limit, decode = budget * 3, binascii.a2b_qp
         else:
             limit, decode = budget, bytes
-        decoded = decode(data[start:min(end, start + limit)])
+        decoded = decode(memoryview(data)[start:min(end, start + limit)])  # (not copied)
         if len(decoded) > budget or end - start > limit:
             self.limits.add("decoded")
             decoded = decoded[:budget]
@@ -289,7 +289,7 @@ def _unbase64(raw):
     try:
         return binascii.a2b_base64(raw)
     except binascii.Error:
-        clean = re.sub(rb"[^A-Za-z0-9+/]", b"", raw.split(b"=", 1)[0])
+        clean = re.sub(rb"[^A-Za-z0-9+/]", b"", bytes(raw).split(b"=", 1)[0])
         return binascii.a2b_base64(clean[:len(clean) // 4 * 4])
 
 

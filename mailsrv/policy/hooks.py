@@ -41,8 +41,8 @@ class Peer:
     local_ip: str
 
 
-# Messages analysed at once (Message.content): each may hold up to about
-# 100 MB while it is parsed (content.MAX_READ and MAX_DECODED), and the
+# Messages analysed at once (Message.content): each may hold about 130 MB
+# while it is parsed (content.MAX_READ, MAX_DECODED as text), and the
 # reactor's thread pool also writes the spool.
 MAX_ANALYSES = 2
 _analyses = defer.DeferredSemaphore(MAX_ANALYSES)
