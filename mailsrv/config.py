@@ -497,6 +497,35 @@ class MIMESettings:
     subject_prefix: Optional[str] = _text(None)
 
 
+def _probability(default, **where):
+    """A probability above 0, at most 1."""
+    def read(table, key, base):
+        value = table.get(key, float, float(default))
+        if not 0.0 < value <= 1.0:
+            raise table.error(key, f"must be above 0 and at most 1, not {value}")
+        return value
+    return _key(read, float(default), **where)
+
+
+@dataclass(frozen=True)
+class StatisticalSettings:
+    """
+    [antispam.statistical]: the Bayesian word filter.
+
+    @ivar action: the action's text.
+    @ivar table: the word table ("word spam_count good_count" lines).
+    @ivar exclude: the words never counted (a missing file: none).
+    @ivar threshold: the spam probability at or above which the message is spam.
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str
+    table: Path = _file("antispam-table.txt")
+    exclude: Path = _file("antispam-exclude.txt")
+    threshold: float = _probability(0.9)
+    subject_prefix: Optional[str] = _text(None)
+
+
 DEFAULT_BLOCKED_EXTENSIONS = ("exe", "scr", "js", "vbs", "bat", "com", "pif")
 
 
@@ -534,6 +563,7 @@ class AntispamSettings:
     @ivar whitelist: L{WhitelistSettings} of senders, or L{None}.
     @ivar mime: L{MIMESettings}, or L{None} when [antispam.mime] is absent.
     @ivar attachments: L{AttachmentSettings}, or L{None} when absent.
+    @ivar statistical: L{StatisticalSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -549,6 +579,7 @@ class AntispamSettings:
     actions: tuple = ()
     mime: Optional[MIMESettings] = None
     attachments: Optional[AttachmentSettings] = None
+    statistical: Optional[StatisticalSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -955,7 +986,8 @@ def _antispam(path, data):
         whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
     content_filters = {name: _content_filter(path, name, table.get(name, dict, {}), cls, actions)
                        for name, cls in (("mime", MIMESettings),
-                                         ("attachments", AttachmentSettings))
+                                         ("attachments", AttachmentSettings),
+                                         ("statistical", StatisticalSettings))
                        if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,
@@ -967,7 +999,7 @@ def _content_filter(path, name, data, cls, actions):
     """A content filter's section: on when present, with its action and declared keys."""
     table = _Table(path, f"antispam.{name}", data)
     settings = cls(action=_action(table, "action", DEFAULT_ACTION, actions),
-                   **_declared(table, cls))
+                   **_declared(table, cls, Path(path).parent))
     table.check_unknown()
     return settings
 

@@ -25,6 +25,7 @@ from mailsrv.address import domain_of
 from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.policy.actions import parse_action
+from mailsrv.policy.bayes import Table, parse_exclude
 from mailsrv.netaddr import parse_entry
 from mailsrv.queue.spool import SPOOL_DIRECTORIES
 from mailsrv.store.layout import check_folder_name
@@ -162,7 +163,17 @@ def list_files(settings, clock):
         files.append(ListFile("sender whitelist", "[antispam.whitelist] file",
                               antispam.whitelist.file, _whole(parse_whitelist), False,
                               lambda entries: _local_whitelisted(settings, entries)))
+    if antispam.statistical is not None:
+        files.append(ListFile("word table", "[antispam.statistical] table",
+                              antispam.statistical.table, _whole(_table_words), False))
+        files.append(ListFile("excluded words", "[antispam.statistical] exclude",
+                              antispam.statistical.exclude, _whole(parse_exclude), False))
     return files
+
+
+def _table_words(path):
+    """The words of a word table (what `lists check` counts)."""
+    return list(Table.parse(path).counts)
 
 
 def file_problem(error, path):

@@ -81,7 +81,9 @@ PACKAGES = {
     # The mailsrv command: files and the spool as an admin sees them, never
     # the server's protocols or service.py.
     "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
-                      "mailsrv.policy.lists", "mailsrv.preflight", "mailsrv.queue.spool"},
+                      "mailsrv.policy.bayes", "mailsrv.policy.checks.statistical",
+                      "mailsrv.policy.content", "mailsrv.policy.lists", "mailsrv.preflight",
+                      "mailsrv.queue.spool"},
 }
 
 # package -> what importing any of its modules, in a fresh interpreter,

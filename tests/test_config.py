@@ -356,6 +356,8 @@ class ErrorTests(unittest.TestCase):
         ({"dns": {"timeout": "5s"}}, "/c.toml: [dns] timeout: must be a number, not a string"),
         ({"antispam": {"subject_prefix": 3}},
          "/c.toml: [antispam] subject_prefix: must be a string, not a whole number"),
+        ({"antispam": {"statistical": {"threshold": 1.5}}},
+         "/c.toml: [antispam.statistical] threshold: must be above 0 and at most 1, not 1.5"),
         ({"antispam": {"admins": ["boss"]}},
          "/c.toml: [antispam] admins: 'boss' is not an address (write \"user@domain\")"),
         ({"antispam": {"spf": {"timeout": "x"}}},

@@ -8,6 +8,7 @@ queue, keep the content filters' lists.
 
 import argparse
 import getpass
+import mailbox
 import os
 import sys
 import time
@@ -18,6 +19,9 @@ from mailsrv import config
 from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
 from mailsrv.directory.users import UserDB
+from mailsrv.policy.bayes import Table, parse_exclude
+from mailsrv.policy.checks.statistical import message_words
+from mailsrv.policy.content import parse as parse_content
 from mailsrv.policy.lists import KINDS, merge
 from mailsrv.preflight import check_settings, file_problem, list_files, preflight
 
@@ -67,6 +71,13 @@ def _parser():
     merge.add_argument("--kind", choices=KINDS,
                        help="what the files are (default: from OUT's name: *table*, "
                             "*phrase*, *url*)")
+    train = filters.add_parser(
+        "train", help="teach the statistical filter's word table from Maildir folders or "
+                      "mbox files of spam and of good mail")
+    train.add_argument("--spam", action="append", default=[], metavar="PATH")
+    train.add_argument("--ham", action="append", default=[], metavar="PATH")
+    train.add_argument("--table", metavar="PATH",
+                       help="the table to add to (default: [antispam.statistical] table)")
     return parser
 
 
@@ -141,6 +152,50 @@ def filter_merge(settings, args, stdin, stdout):
         raise CommandError(f"{args.output}: cannot write it ({e.strerror})")
     stdout.write(f"{args.output}: {count} entries from {len(args.files)} files, "
                  f"{len(problems)} left out\n")
+
+
+def filter_train(settings, args, stdin, stdout):
+    """`filter train`: the words of every message given, added to the word table."""
+    statistical = settings.antispam.statistical
+    if args.table is None and statistical is None:
+        raise CommandError("no [antispam.statistical] section: add one, or say --table PATH")
+    if not (args.spam or args.ham):
+        raise CommandError("say --spam PATH and/or --ham PATH (Maildir folders or mbox files)")
+    path = args.table or statistical.table
+    table = Table.parse(path)
+    exclude = parse_exclude(statistical.exclude) if statistical is not None else frozenset()
+    counts = {}
+    for spam, sources in ((True, args.spam), (False, args.ham)):
+        for source in sources:
+            counts[source] = 0
+            for data in _messages_in(source):
+                table.learn(message_words(parse_content(data), exclude), spam)
+                counts[source] += 1
+    try:
+        table.write(path)
+    except OSError as e:
+        raise CommandError(f"{path}: cannot write it ({e.strerror}); it is unchanged")
+    for source, count in counts.items():
+        stdout.write(f"{source}: {count} messages\n")
+    stdout.write(f"{path}: {len(table.counts)} words from {table.spam_messages} spam and "
+                 f"{table.ham_messages} good messages\n")
+
+
+def _messages_in(source):
+    """The messages (bytes) of a Maildir folder or an mbox file."""
+    if os.path.isdir(source):
+        if not os.path.isdir(os.path.join(source, "cur")):
+            raise CommandError(f"{source}: not a Maildir folder (no cur/)")
+        box = mailbox.Maildir(source, factory=None, create=False)
+    elif os.path.isfile(source):
+        box = mailbox.mbox(source, factory=None, create=False)
+    else:
+        raise CommandError(f"{source}: no such folder or file")
+    for key in box.iterkeys():
+        try:
+            yield box.get_bytes(key)
+        except (KeyError, OSError):  # gone meanwhile
+            continue
 
 
 def _kind_of(output):
@@ -300,6 +355,7 @@ HANDLERS = {
     ("queue", "release"): queue_release,
     ("lists", "check"): lists_check,
     ("filter", "merge"): filter_merge,
+    ("filter", "train"): filter_train,
 }
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ from twisted.internet import defer
 
 from mailsrv.address import normalise
 from mailsrv.config import DNSSettings
+from mailsrv.directory.listfile import WatchedFile
 from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
 from mailsrv.netaddr import ListedClients
-from mailsrv.policy import apply, hooks
+from mailsrv.policy import apply, bayes, hooks
 from mailsrv.policy.actions import parse_action
 from mailsrv.policy.checks import spf, validation
 from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.policy.checks.mime import BrokenMIME
+from mailsrv.policy.checks.statistical import StatisticalFilter
 from mailsrv.policy.checks.received import ReceivedIPs
 from mailsrv.policy.checks.recipient import (
     ListPosting,
@@ -184,7 +186,7 @@ def build(server, listener, clock):
              RECIPIENT: _recipient_gates(server, standing)}
     settings = server.settings.antispam
     timeout = server.settings.dns.timeout
-    filters = {SENDER: [], HEADER: [], BODY: _content_filters(settings)}
+    filters = {SENDER: [], HEADER: [], BODY: _content_filters(settings, clock)}
     threshold = 1
     if settings.dnsbl is not None:
         lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
@@ -221,9 +223,16 @@ def _content_for(settings):
     return judged
 
 
-def _content_filters(settings):
+def _content_filters(settings, clock):
     """The body hook's filters: they share one analysis of the message (Message.content)."""
     filters = []
+    if settings.statistical is not None:
+        statistical = settings.statistical
+        filters.append(StatisticalFilter(
+            WatchedFile(statistical.table, bayes.Table.parse, clock),
+            WatchedFile(statistical.exclude, bayes.parse_exclude, clock),
+            statistical.threshold, parse_action(statistical.action),
+            statistical.subject_prefix))
     if settings.mime is not None:
         filters.append(BrokenMIME(parse_action(settings.mime.action),
                                   settings.mime.subject_prefix))

@@ -1,0 +1,76 @@
+"""
+[antispam.statistical]: the Bayesian word filter (issue 17). It reads the
+words a reader sees: the Subject, the text/plain parts and what the
+text/html parts show (L{mailsrv.policy.htmltext}), and gives the message
+the spam probability of its words by the word table (L{bayes}); at or above
+C{threshold} the message is spam, and the reason names the probability and
+the words that weighed most, so an admin sees why.
+
+The table and the exclude list are plain files an admin (and `mailsrv
+filter train`) edits; they are re-read within a second of a change, in the
+thread the judgement runs in (a big table takes a while to parse).
+"""
+
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from twisted.internet import threads
+
+from mailsrv.policy import bayes
+from mailsrv.policy.htmltext import read_html
+from mailsrv.policy.verdict import Verdict
+
+# Words named in the reason (the most telling ones).
+NAMED_CLUES = 5
+
+
+def message_words(content, exclude=frozenset()):
+    """The counted words (L{bayes.words}) of a message's L{content.Content}."""
+    texts = [subject_of(content.parts[0].header)] if content.parts else []
+    texts.extend(content.texts("text/plain"))
+    texts.extend(read_html(html).text for html in content.texts("text/html"))
+    return bayes.words("\n".join(texts), exclude)
+
+
+def subject_of(header):
+    """The decoded Subject of a raw header block ("" for none or unreadable)."""
+    try:
+        value = BytesHeaderParser(policy=compat32).parsebytes(header).get("subject")
+        return "" if value is None else str(make_header(decode_header(str(value))))
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return ""
+
+
+class StatisticalFilter:
+    """
+    A body filter: spam when the message's words make it spam with at
+    least C{threshold} probability.
+
+    @param table: a L{mailsrv.directory.listfile.WatchedFile} of the
+        L{bayes.Table}.
+    @param exclude: one of the exclude list (words never counted).
+    @param action: the L{mailsrv.policy.actions.Action} for spam.
+    @param subject_prefix: its own Subject mark, or L{None}.
+    """
+
+    def __init__(self, table, exclude, threshold, action, subject_prefix=None):
+        self.table = table
+        self.exclude = exclude
+        self.threshold = threshold
+        self.action = action
+        self.subject_prefix = subject_prefix
+
+    def check(self, session, transaction, message):
+        d = message.content()
+        return d.addCallback(lambda content: threads.deferToThread(self.judge, content))
+
+    def judge(self, content):
+        """In a thread: the L{Verdict} on a message's L{content.Content}."""
+        probability, clues = self.table.get().probability(
+            message_words(content, self.exclude.get()))
+        if probability < self.threshold:
+            return Verdict.found(False)
+        words = ", ".join([word for word, f in clues if f > bayes.UNKNOWN][:NAMED_CLUES])
+        return Verdict.found(True, self.action, (f"statistical {probability:.2f} ({words})",),
+                             subject_prefix=self.subject_prefix)
