@@ -526,6 +526,28 @@ class StatisticalSettings:
     subject_prefix: Optional[str] = _text(None)
 
 
+PHRASE_SCANS = ("subject", "headers", "body", "all")
+
+
+@dataclass(frozen=True)
+class PhraseSettings:
+    """
+    [antispam.phrases]: the phrase filter.
+
+    @ivar action: the action's text.
+    @ivar file: the phrase list (one phrase a line, 3-32 characters).
+    @ivar normalize: compare the letters of words only ("v.i.a.g.r.a").
+    @ivar scan: what is read: subject, headers, body or all.
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str
+    file: Path = _file("phrase-list.txt")
+    normalize: bool = _flag(True)
+    scan: str = _choice("all", PHRASE_SCANS)
+    subject_prefix: Optional[str] = _text(None)
+
+
 DEFAULT_BLOCKED_EXTENSIONS = ("exe", "scr", "js", "vbs", "bat", "com", "pif")
 
 
@@ -564,6 +586,7 @@ class AntispamSettings:
     @ivar mime: L{MIMESettings}, or L{None} when [antispam.mime] is absent.
     @ivar attachments: L{AttachmentSettings}, or L{None} when absent.
     @ivar statistical: L{StatisticalSettings}, or L{None} when absent.
+    @ivar phrases: L{PhraseSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -580,6 +603,7 @@ class AntispamSettings:
     mime: Optional[MIMESettings] = None
     attachments: Optional[AttachmentSettings] = None
     statistical: Optional[StatisticalSettings] = None
+    phrases: Optional[PhraseSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -987,7 +1011,8 @@ def _antispam(path, data):
     content_filters = {name: _content_filter(path, name, table.get(name, dict, {}), cls, actions)
                        for name, cls in (("mime", MIMESettings),
                                          ("attachments", AttachmentSettings),
-                                         ("statistical", StatisticalSettings))
+                                         ("statistical", StatisticalSettings),
+                                         ("phrases", PhraseSettings))
                        if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,

@@ -26,6 +26,7 @@ from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.policy.actions import parse_action
 from mailsrv.policy.bayes import Table, parse_exclude
+from mailsrv.policy.lists import read_phrases
 from mailsrv.netaddr import parse_entry
 from mailsrv.queue.spool import SPOOL_DIRECTORIES
 from mailsrv.store.layout import check_folder_name
@@ -168,6 +169,9 @@ def list_files(settings, clock):
                               antispam.statistical.table, _whole(_table_words), False))
         files.append(ListFile("excluded words", "[antispam.statistical] exclude",
                               antispam.statistical.exclude, _whole(parse_exclude), False))
+    if antispam.phrases is not None:
+        files.append(ListFile("phrase list", "[antispam.phrases] file", antispam.phrases.file,
+                              read_phrases, False))
     return files
 
 

@@ -356,6 +356,9 @@ class ErrorTests(unittest.TestCase):
         ({"dns": {"timeout": "5s"}}, "/c.toml: [dns] timeout: must be a number, not a string"),
         ({"antispam": {"subject_prefix": 3}},
          "/c.toml: [antispam] subject_prefix: must be a string, not a whole number"),
+        ({"antispam": {"phrases": {"scan": "everything"}}},
+         "/c.toml: [antispam.phrases] scan: unknown value 'everything' (one of: subject, "
+         "headers, body, all)"),
         ({"antispam": {"statistical": {"threshold": 1.5}}},
          "/c.toml: [antispam.statistical] threshold: must be above 0 and at most 1, not 1.5"),
         ({"antispam": {"admins": ["boss"]}},

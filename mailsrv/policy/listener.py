@@ -5,6 +5,7 @@ each other), and L{ListenerPolicy}, what the protocol asks at each hook.
 """
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from mailsrv.address import normalise
 from mailsrv.config import DNSSettings
@@ -17,6 +18,7 @@ from mailsrv.policy.checks import spf, validation
 from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.policy.checks.mime import BrokenMIME
+from mailsrv.policy.checks.phrases import PhraseFilter
 from mailsrv.policy.checks.statistical import StatisticalFilter
 from mailsrv.policy.checks.received import ReceivedIPs
 from mailsrv.policy.checks.recipient import (
@@ -36,9 +38,12 @@ from mailsrv.policy.checks.sender import (
     ValidSender,
 )
 from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER
+from mailsrv.policy.lists import read_phrases
 from mailsrv.policy.judgement import NOT_WHITELISTED, SKIPPED, Judgement
 from mailsrv.policy.standing import Standing
 from mailsrv.policy.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
+
+log = Logger()
 
 
 class ListenerPolicy:
@@ -233,6 +238,11 @@ def _content_filters(settings, clock):
             WatchedFile(statistical.exclude, bayes.parse_exclude, clock),
             statistical.threshold, parse_action(statistical.action),
             statistical.subject_prefix))
+    if settings.phrases is not None:
+        phrases = settings.phrases
+        filters.append(PhraseFilter(WatchedFile(phrases.file, _phrases_logged, clock),
+                                    phrases.normalize, phrases.scan,
+                                    parse_action(phrases.action), phrases.subject_prefix))
     if settings.mime is not None:
         filters.append(BrokenMIME(parse_action(settings.mime.action),
                                   settings.mime.subject_prefix))
@@ -242,6 +252,14 @@ def _content_filters(settings, clock):
                                           parse_action(attachments.action),
                                           attachments.subject_prefix))
     return filters
+
+
+def _phrases_logged(path):
+    """The phrases of a phrase list; its bad lines are left out, each logged."""
+    phrases, skipped = read_phrases(path)
+    for problem in skipped:
+        log.warn("{problem} (left out)", problem=problem)
+    return phrases
 
 
 def _standing(server, listener):

@@ -10,7 +10,7 @@ cleanlist): counts add up, duplicates go, bad entries are reported.
 import ipaddress
 import re
 
-from mailsrv.directory.listfile import read_lines
+from mailsrv.directory.listfile import ListFileError, read_lines
 from mailsrv.policy import bayes
 
 MIN_PHRASE, MAX_PHRASE = 3, 32
@@ -28,6 +28,21 @@ def phrase(text):
     if not MIN_PHRASE <= len(normal) <= MAX_PHRASE:
         raise ValueError(f"{text!r}: a phrase has {MIN_PHRASE}-{MAX_PHRASE} characters")
     return normal
+
+
+def read_phrases(path):
+    """
+    The phrase list in file C{path}: C{(phrases in order, each once; the
+    bad lines as L{ListFileError}s)}: a bad line is left out and reported
+    (at load, and by `mailsrv lists check`), the others are used.
+    """
+    phrases, skipped = {}, []
+    for lineno, text in read_lines(path):
+        try:
+            phrases.setdefault(phrase(text), None)
+        except ValueError as e:
+            skipped.append(ListFileError(path, lineno, str(e)))
+    return tuple(phrases), skipped
 
 
 def url_entry(text):

@@ -11,14 +11,10 @@ filter train`) edits; they are re-read within a second of a change, in the
 thread the judgement runs in (a big table takes a while to parse).
 """
 
-from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-
 from twisted.internet import threads
 
 from mailsrv.policy import bayes
-from mailsrv.policy.htmltext import read_html
+from mailsrv.policy.reading import body_text, subject_of
 from mailsrv.policy.verdict import Verdict
 
 # Words named in the reason (the most telling ones).
@@ -27,19 +23,7 @@ NAMED_CLUES = 5
 
 def message_words(content, exclude=frozenset()):
     """The counted words (L{bayes.words}) of a message's L{content.Content}."""
-    texts = [subject_of(content.parts[0].header)] if content.parts else []
-    texts.extend(content.texts("text/plain"))
-    texts.extend(read_html(html).text for html in content.texts("text/html"))
-    return bayes.words("\n".join(texts), exclude)
-
-
-def subject_of(header):
-    """The decoded Subject of a raw header block ("" for none or unreadable)."""
-    try:
-        value = BytesHeaderParser(policy=compat32).parsebytes(header).get("subject")
-        return "" if value is None else str(make_header(decode_header(str(value))))
-    except (LookupError, UnicodeError, ValueError, TypeError):
-        return ""
+    return bayes.words(subject_of(content) + "\n" + body_text(content), exclude)
 
 
 class StatisticalFilter:

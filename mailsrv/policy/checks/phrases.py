@@ -1,0 +1,80 @@
+"""
+[antispam.phrases]: the phrase filter (issue 17). The message is spam when
+its text holds a phrase of the phrase list (phrase-list.txt, read by
+L{mailsrv.policy.lists.read_phrases}). What is read is C{scan}: the
+decoded Subject, every decoded header field, the body (plain text and what
+HTML shows), or all of them. With C{normalize}, the letters of each word
+are compared without what sits between them: "v.i.a.g.r.a" and
+"V-I-A-G-R-A" are "viagra", and a domain name in the list ("spam.example")
+matches where the text writes it. Without, the phrase is looked for as
+written (case and runs of spaces aside).
+"""
+
+from twisted.internet import threads
+
+from mailsrv.policy.reading import body_text, header_values, subject_of
+from mailsrv.policy.verdict import Verdict
+
+SCANS = ("subject", "headers", "body", "all")
+# Characters of text searched (the phrases' cost follows the message to this).
+MAX_TEXT = 1 << 20
+# Phrases named in the reason.
+NAMED = 3
+
+
+def normalized(text, normalize):
+    """C{text} as phrases are compared with it: words apart by one space, case folded."""
+    words = text.casefold().split()
+    if normalize:
+        words = ["".join(char for char in word if char.isalpha()) for word in words]
+    return " ".join(word for word in words if word)
+
+
+def scanned_text(content, scan):
+    """The text of a message's L{content.Content} the filter reads, for C{scan}."""
+    texts = []
+    if scan == "subject":
+        texts.append(subject_of(content))
+    if scan in ("headers", "all") and content.parts:
+        texts.extend(header_values(content.parts[0].header))
+    if scan in ("body", "all"):
+        texts.append(body_text(content))
+    return "\n".join(texts)[:MAX_TEXT]
+
+
+class PhraseFilter:
+    """
+    A body filter: spam when the scanned text holds a listed phrase.
+
+    @param phrases: a L{mailsrv.directory.listfile.WatchedFile} of the
+        phrases (L{mailsrv.policy.lists.read_phrases}'s, without the
+        skipped lines).
+    @param normalize: compare the letters of words only.
+    @param scan: one of L{SCANS}.
+    @param action: the L{mailsrv.policy.actions.Action} for spam.
+    @param subject_prefix: its own Subject mark, or L{None}.
+    """
+
+    def __init__(self, phrases, normalize, scan, action, subject_prefix=None):
+        self.phrases = phrases
+        self.normalize = normalize
+        self.scan = scan
+        self.action = action
+        self.subject_prefix = subject_prefix
+
+    def check(self, session, transaction, message):
+        d = message.content()
+        return d.addCallback(lambda content: threads.deferToThread(self.judge, content))
+
+    def judge(self, content):
+        """In a thread: the L{Verdict} on a message's L{content.Content}."""
+        text = " " + normalized(scanned_text(content, self.scan), self.normalize) + " "
+        found = []
+        for phrase in self.phrases.get():
+            wanted = normalized(phrase, self.normalize)
+            if wanted and (f" {wanted} " in text if self.normalize else wanted in text):
+                found.append(phrase)
+        if not found:
+            return Verdict.found(False)
+        return Verdict.found(True, self.action, tuple(f"phrase {p}" for p in found[:NAMED]),
+                             subject_prefix=self.subject_prefix)

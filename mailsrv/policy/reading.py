@@ -1,0 +1,44 @@
+"""
+The text of a message as a reader sees it, for the content filters that
+read words (issue 17): the decoded Subject and header fields, the
+text/plain parts, and what the text/html parts show
+(L{mailsrv.policy.htmltext}), from the shared analysis
+(L{mailsrv.policy.content.Content}).
+"""
+
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from mailsrv.policy.htmltext import read_html
+
+_UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError)
+
+
+def header_values(header, name=None):
+    """The values of a raw header block's fields (only C{name}'s, if given), RFC 2047 decoded."""
+    try:
+        fields = BytesHeaderParser(policy=compat32).parsebytes(header)
+    except _UNREADABLE:
+        return []
+    values = []
+    for key, value in fields.items():
+        if name is None or key.lower() == name:
+            try:
+                values.append(str(make_header(decode_header(str(value)))))
+            except _UNREADABLE:
+                values.append(str(value))
+    return values
+
+
+def subject_of(content):
+    """The message's decoded Subject ("" for none)."""
+    found = header_values(content.parts[0].header, "subject") if content.parts else []
+    return found[0] if found else ""
+
+
+def body_text(content):
+    """The text/plain parts and what the text/html parts show, one text."""
+    texts = list(content.texts("text/plain"))
+    texts.extend(read_html(html).text for html in content.texts("text/html"))
+    return "\n".join(texts)
