@@ -10,6 +10,8 @@ from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from twisted.internet import threads
+
 from mailsrv.policy.htmltext import read_html
 
 _UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError)
@@ -35,6 +37,17 @@ def subject_of(content):
     """The message's decoded Subject ("" for none)."""
     found = header_values(content.parts[0].header, "subject") if content.parts else []
     return found[0] if found else ""
+
+
+class ReadsText:
+    """
+    A content filter that reads the message's text: its C{judge(content)}
+    runs in a thread (a big message's words take a while).
+    """
+
+    def check(self, session, transaction, message):
+        d = message.content()
+        return d.addCallback(lambda content: threads.deferToThread(self.judge, content))
 
 
 def body_text(content):

@@ -10,9 +10,7 @@ matches where the text writes it. Without, the phrase is looked for as
 written (case and runs of spaces aside).
 """
 
-from twisted.internet import threads
-
-from mailsrv.policy.reading import body_text, header_values, subject_of
+from mailsrv.policy.reading import ReadsText, body_text, header_values, subject_of
 from mailsrv.policy.verdict import Verdict
 
 SCANS = ("subject", "headers", "body", "all")
@@ -42,7 +40,7 @@ def scanned_text(content, scan):
     return "\n".join(texts)[:MAX_TEXT]
 
 
-class PhraseFilter:
+class PhraseFilter(ReadsText):
     """
     A body filter: spam when the scanned text holds a listed phrase.
 
@@ -61,10 +59,6 @@ class PhraseFilter:
         self.scan = scan
         self.action = action
         self.subject_prefix = subject_prefix
-
-    def check(self, session, transaction, message):
-        d = message.content()
-        return d.addCallback(lambda content: threads.deferToThread(self.judge, content))
 
     def judge(self, content):
         """In a thread: the L{Verdict} on a message's L{content.Content}."""

@@ -11,10 +11,8 @@ filter train`) edits; they are re-read within a second of a change, in the
 thread the judgement runs in (a big table takes a while to parse).
 """
 
-from twisted.internet import threads
-
 from mailsrv.policy import bayes
-from mailsrv.policy.reading import body_text, subject_of
+from mailsrv.policy.reading import ReadsText, body_text, subject_of
 from mailsrv.policy.verdict import Verdict
 
 # Words named in the reason (the most telling ones).
@@ -26,7 +24,7 @@ def message_words(content, exclude=frozenset()):
     return bayes.words(subject_of(content) + "\n" + body_text(content), exclude)
 
 
-class StatisticalFilter:
+class StatisticalFilter(ReadsText):
     """
     A body filter: spam when the message's words make it spam with at
     least C{threshold} probability.
@@ -44,10 +42,6 @@ class StatisticalFilter:
         self.threshold = threshold
         self.action = action
         self.subject_prefix = subject_prefix
-
-    def check(self, session, transaction, message):
-        d = message.content()
-        return d.addCallback(lambda content: threads.deferToThread(self.judge, content))
 
     def judge(self, content):
         """In a thread: the L{Verdict} on a message's L{content.Content}."""
