@@ -548,6 +548,26 @@ class PhraseSettings:
     subject_prefix: Optional[str] = _text(None)
 
 
+URL_SCANS = ("html", "all")
+
+
+@dataclass(frozen=True)
+class URLSettings:
+    """
+    [antispam.urls]: the URL filter.
+
+    @ivar action: the action's text.
+    @ivar file: the URL list (domains and IP addresses).
+    @ivar scan: html (HREF and IMG SRC) or all (URLs in the text too).
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str
+    file: Path = _file("url-domain-bl.txt")
+    scan: str = _choice("html", URL_SCANS)
+    subject_prefix: Optional[str] = _text(None)
+
+
 DEFAULT_BLOCKED_EXTENSIONS = ("exe", "scr", "js", "vbs", "bat", "com", "pif")
 
 
@@ -587,6 +607,7 @@ class AntispamSettings:
     @ivar attachments: L{AttachmentSettings}, or L{None} when absent.
     @ivar statistical: L{StatisticalSettings}, or L{None} when absent.
     @ivar phrases: L{PhraseSettings}, or L{None} when absent.
+    @ivar urls: L{URLSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -604,6 +625,7 @@ class AntispamSettings:
     attachments: Optional[AttachmentSettings] = None
     statistical: Optional[StatisticalSettings] = None
     phrases: Optional[PhraseSettings] = None
+    urls: Optional[URLSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -1012,7 +1034,8 @@ def _antispam(path, data):
                        for name, cls in (("mime", MIMESettings),
                                          ("attachments", AttachmentSettings),
                                          ("statistical", StatisticalSettings),
-                                         ("phrases", PhraseSettings))
+                                         ("phrases", PhraseSettings),
+                                         ("urls", URLSettings))
                        if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,

@@ -26,7 +26,7 @@ from mailsrv.config import ConfigError
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.policy.actions import parse_action
 from mailsrv.policy.bayes import Table, parse_exclude
-from mailsrv.policy.lists import read_phrases
+from mailsrv.policy.lists import read_phrases, read_urls
 from mailsrv.netaddr import parse_entry
 from mailsrv.queue.spool import SPOOL_DIRECTORIES
 from mailsrv.store.layout import check_folder_name
@@ -172,6 +172,9 @@ def list_files(settings, clock):
     if antispam.phrases is not None:
         files.append(ListFile("phrase list", "[antispam.phrases] file", antispam.phrases.file,
                               read_phrases, False))
+    if antispam.urls is not None:
+        files.append(ListFile("URL list", "[antispam.urls] file", antispam.urls.file,
+                              read_urls, False))
     return files
 
 

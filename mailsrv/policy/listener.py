@@ -19,6 +19,7 @@ from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.policy.checks.mime import BrokenMIME
 from mailsrv.policy.checks.phrases import PhraseFilter
+from mailsrv.policy.checks.urls import URLFilter
 from mailsrv.policy.checks.statistical import StatisticalFilter
 from mailsrv.policy.checks.received import ReceivedIPs
 from mailsrv.policy.checks.recipient import (
@@ -38,7 +39,7 @@ from mailsrv.policy.checks.sender import (
     ValidSender,
 )
 from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER
-from mailsrv.policy.lists import read_phrases
+from mailsrv.policy.lists import read_phrases, read_urls
 from mailsrv.policy.judgement import NOT_WHITELISTED, SKIPPED, Judgement
 from mailsrv.policy.standing import Standing
 from mailsrv.policy.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
@@ -240,9 +241,13 @@ def _content_filters(settings, clock):
             statistical.subject_prefix))
     if settings.phrases is not None:
         phrases = settings.phrases
-        filters.append(PhraseFilter(WatchedFile(phrases.file, _phrases_logged, clock),
+        filters.append(PhraseFilter(WatchedFile(phrases.file, _skipping(read_phrases), clock),
                                     phrases.normalize, phrases.scan,
                                     parse_action(phrases.action), phrases.subject_prefix))
+    if settings.urls is not None:
+        urls = settings.urls
+        filters.append(URLFilter(WatchedFile(urls.file, _skipping(read_urls), clock), urls.scan,
+                                 parse_action(urls.action), urls.subject_prefix))
     if settings.mime is not None:
         filters.append(BrokenMIME(parse_action(settings.mime.action),
                                   settings.mime.subject_prefix))
@@ -254,12 +259,14 @@ def _content_filters(settings, clock):
     return filters
 
 
-def _phrases_logged(path):
-    """The phrases of a phrase list; its bad lines are left out, each logged."""
-    phrases, skipped = read_phrases(path)
-    for problem in skipped:
-        log.warn("{problem} (left out)", problem=problem)
-    return phrases
+def _skipping(read):
+    """A loader of a list whose bad lines C{read} leaves out: each is logged."""
+    def entries(path):
+        found, skipped = read(path)
+        for problem in skipped:
+            log.warn("{problem} (left out)", problem=problem)
+        return found
+    return entries
 
 
 def _standing(server, listener):

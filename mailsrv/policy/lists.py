@@ -45,6 +45,20 @@ def read_phrases(path):
     return tuple(phrases), skipped
 
 
+def read_urls(path):
+    """
+    The URL list in file C{path}: C{(entries, a frozenset; the bad lines as
+    L{ListFileError}s)}, bad lines left out and reported as for phrases.
+    """
+    entries, skipped = set(), []
+    for lineno, text in read_lines(path):
+        try:
+            entries.add(url_entry(text))
+        except ValueError as e:
+            skipped.append(ListFileError(path, lineno, str(e)))
+    return frozenset(entries), skipped
+
+
 def url_entry(text):
     """
     A domain (lower case, IDNA, no trailing dot) or an IP address (its
