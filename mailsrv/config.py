@@ -549,6 +549,40 @@ class PhraseSettings:
 
 
 URL_SCANS = ("html", "all")
+# IMail's HTML features ([antispam.html] features; policy/htmltext.py finds them).
+HTML_FEATURES = ("nested_table", "hyperlink", "script_tag", "invalid_tag", "image_tag",
+                 "mailto_link", "deceptive_url", "embedded_comment", "deceptive_text")
+
+
+def _html_features(default):
+    """Names of L{HTML_FEATURES}, each once."""
+    def read(table, key, base):
+        names = tuple(dict.fromkeys(table.strings(key, default)))
+        for name in names:
+            if name not in HTML_FEATURES:
+                raise table.error(key, f"unknown feature {name!r}",
+                                  "one of: " + ", ".join(HTML_FEATURES))
+        if not names:
+            raise table.error(key, "empty", "name at least one feature")
+        return names
+    return _key(read, default)
+
+
+@dataclass(frozen=True)
+class HTMLSettings:
+    """
+    [antispam.html]: IMail's HTML features.
+
+    @ivar action: the action's text.
+    @ivar features: the features that count (L{HTML_FEATURES}).
+    @ivar min_features: how many of them make the message spam.
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str
+    features: tuple = _html_features(("embedded_comment", "deceptive_url"))
+    min_features: int = _whole(2, minimum=1)
+    subject_prefix: Optional[str] = _text(None)
 
 
 @dataclass(frozen=True)
@@ -608,6 +642,7 @@ class AntispamSettings:
     @ivar statistical: L{StatisticalSettings}, or L{None} when absent.
     @ivar phrases: L{PhraseSettings}, or L{None} when absent.
     @ivar urls: L{URLSettings}, or L{None} when absent.
+    @ivar html: L{HTMLSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -626,6 +661,7 @@ class AntispamSettings:
     statistical: Optional[StatisticalSettings] = None
     phrases: Optional[PhraseSettings] = None
     urls: Optional[URLSettings] = None
+    html: Optional[HTMLSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -1035,7 +1071,8 @@ def _antispam(path, data):
                                          ("attachments", AttachmentSettings),
                                          ("statistical", StatisticalSettings),
                                          ("phrases", PhraseSettings),
-                                         ("urls", URLSettings))
+                                         ("urls", URLSettings),
+                                         ("html", HTMLSettings))
                        if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,

@@ -359,6 +359,12 @@ class ErrorTests(unittest.TestCase):
         ({"antispam": {"phrases": {"scan": "everything"}}},
          "/c.toml: [antispam.phrases] scan: unknown value 'everything' (one of: subject, "
          "headers, body, all)"),
+        ({"antispam": {"html": {"features": ["blink_tag"]}}},
+         "/c.toml: [antispam.html] features: unknown feature 'blink_tag' (one of: "
+         "nested_table, hyperlink, script_tag, invalid_tag, image_tag, mailto_link, "
+         "deceptive_url, embedded_comment, deceptive_text)"),
+        ({"antispam": {"html": {"min_features": 0}}},
+         "/c.toml: [antispam.html] min_features: must be at least 1, not 0"),
         ({"antispam": {"statistical": {"threshold": 1.5}}},
          "/c.toml: [antispam.statistical] threshold: must be above 0 and at most 1, not 1.5"),
         ({"antispam": {"admins": ["boss"]}},

@@ -17,6 +17,7 @@ from mailsrv.policy.actions import parse_action
 from mailsrv.policy.checks import spf, validation
 from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
+from mailsrv.policy.checks.html import HTMLFeatures
 from mailsrv.policy.checks.mime import BrokenMIME
 from mailsrv.policy.checks.phrases import PhraseFilter
 from mailsrv.policy.checks.urls import URLFilter
@@ -248,6 +249,10 @@ def _content_filters(settings, clock):
         urls = settings.urls
         filters.append(URLFilter(WatchedFile(urls.file, _skipping(read_urls), clock), urls.scan,
                                  parse_action(urls.action), urls.subject_prefix))
+    if settings.html is not None:
+        html = settings.html
+        filters.append(HTMLFeatures(html.features, html.min_features,
+                                    parse_action(html.action), html.subject_prefix))
     if settings.mime is not None:
         filters.append(BrokenMIME(parse_action(settings.mime.action),
                                   settings.mime.subject_prefix))
