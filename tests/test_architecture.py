@@ -82,7 +82,8 @@ PACKAGES = {
     # the server's protocols or service.py.
     "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
                       "mailsrv.policy.bayes", "mailsrv.policy.checks.statistical",
-                      "mailsrv.policy.content", "mailsrv.policy.lists", "mailsrv.preflight",
+                      "mailsrv.policy.checks.urls", "mailsrv.policy.content",
+                      "mailsrv.policy.lists", "mailsrv.policy.urlhost", "mailsrv.preflight",
                       "mailsrv.queue.spool"},
 }
 

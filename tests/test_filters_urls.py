@@ -3,11 +3,14 @@
 through the SMTP protocol with the server's own config.
 """
 
+import io
+import mailbox
 from pathlib import Path
 
 from twisted.internet import task
 from twisted.trial import unittest
 
+from mailsrv.admin import cli
 from mailsrv.directory.listfile import WatchedFile
 from mailsrv.policy import content
 from mailsrv.policy.actions import Action
@@ -76,3 +79,26 @@ class ThroughSMTPTests(unittest.TestCase):
         self.assertTrue(send_to_alice(connect(server), MESSAGE).startswith(b"250 "))
         [stored] = maildir_messages(server, "alice@example.test")
         self.assertIn(b"X-Mailsrv-Spam: yes; reasons=url spam.example\r\n", stored)
+
+
+class SeedURLsTests(unittest.TestCase):
+    """`mailsrv filter seed-urls` (IMail's antispamseeder)."""
+
+    def test_hosts_of_spam_added_to_the_list(self):
+        root = Path(self.mktemp()).absolute()
+        root.mkdir()
+        config = root / "mailsrv.toml"
+        config.write_text('[server]\nhostname = "mail.example.test"\ndata_dir = "var"\n'
+                          '[domains]\nlocal = ["example.test"]\n[antispam.urls]\n')
+        (root / "url-domain-bl.txt").write_text("spam.example\n")
+        spam = mailbox.Maildir(root / "Junk")
+        spam.add(MESSAGE)
+        spam.add(MESSAGE.replace(b"text.example", b"other.example"))
+        stdout = io.StringIO()
+        self.patch(cli.sys, "stderr", io.StringIO())
+        status = cli.main(["--config", str(config), "filter", "seed-urls", str(root / "Junk"),
+                           "--min-messages", "2"], stdin=io.StringIO(), stdout=stdout)
+        self.assertEqual(status, 0, cli.sys.stderr.getvalue())
+        self.assertEqual((root / "url-domain-bl.txt").read_text(),
+                         "spam.example\n192.0.2.1\n")
+        self.assertIn("+ 192.0.2.1 (2 messages)", stdout.getvalue())

@@ -22,7 +22,9 @@ from mailsrv.directory.users import UserDB
 from mailsrv.policy.bayes import Table, parse_exclude
 from mailsrv.policy.checks.statistical import message_words
 from mailsrv.policy.content import parse as parse_content
-from mailsrv.policy.lists import KINDS, merge
+from mailsrv.policy.checks.urls import links
+from mailsrv.policy.lists import KINDS, merge, read_urls
+from mailsrv.policy.urlhost import host_of, listed as covered
 from mailsrv.preflight import check_settings, file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
@@ -78,6 +80,14 @@ def _parser():
     train.add_argument("--ham", action="append", default=[], metavar="PATH")
     train.add_argument("--table", metavar="PATH",
                        help="the table to add to (default: [antispam.statistical] table)")
+    seed = filters.add_parser(
+        "seed-urls", help="add the hosts the links of spam go to (Maildir folders or mbox "
+                          "files) to a URL list")
+    seed.add_argument("sources", nargs="+", metavar="PATH")
+    seed.add_argument("-o", "--output", metavar="OUT",
+                      help="the URL list to add to (default: [antispam.urls] file)")
+    seed.add_argument("--min-messages", type=int, default=1, metavar="N",
+                      help="only hosts linked from at least N messages (default 1)")
     return parser
 
 
@@ -179,6 +189,33 @@ def filter_train(settings, args, stdin, stdout):
         stdout.write(f"{source}: {count} messages\n")
     stdout.write(f"{path}: {len(table.counts)} words from {table.spam_messages} spam and "
                  f"{table.ham_messages} good messages\n")
+
+
+def filter_seed_urls(settings, args, stdin, stdout):
+    """`filter seed-urls` (IMail's antispamseeder): link hosts of spam, added to a URL list."""
+    path = args.output or (settings.antispam.urls.file if settings.antispam.urls else None)
+    if path is None:
+        raise CommandError("no [antispam.urls] section: add one, or say -o OUT")
+    entries, skipped = read_urls(path) if os.path.exists(path) else (frozenset(), [])
+    for problem in skipped:
+        stdout.write(f"{problem} (left out)\n")
+    seen = {}
+    for source in args.sources:
+        for data in _messages_in(source):
+            # (the HREFs and IMG SRCs only: a link's text may show the bank it fakes)
+            hosts = {host.removeprefix("www.") for host in map(host_of, links(
+                parse_content(data), "html")) if host is not None}
+            for host in hosts:
+                seen[host] = seen.get(host, 0) + 1
+    new = [host for host, count in sorted(seen.items(), key=lambda item: (-item[1], item[0]))
+           if count >= args.min_messages and covered(host, entries) is None]
+    try:
+        replace_list_file(path, "".join(f"{entry}\n" for entry in sorted(entries) + new))
+    except OSError as e:
+        raise CommandError(f"{path}: cannot write it ({e.strerror}); it is unchanged")
+    for host in new:
+        stdout.write(f"+ {host} ({seen[host]} messages)\n")
+    stdout.write(f"{path}: {len(new)} hosts added, {len(entries) + len(new)} entries\n")
 
 
 def _messages_in(source):
@@ -356,6 +393,7 @@ HANDLERS = {
     ("lists", "check"): lists_check,
     ("filter", "merge"): filter_merge,
     ("filter", "train"): filter_train,
+    ("filter", "seed-urls"): filter_seed_urls,
 }
 
 if __name__ == "__main__":
