@@ -78,13 +78,16 @@ PACKAGES = {
                      "mailsrv.directory", "mailsrv.errorlog", "mailsrv.login",
                      "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
                      "mailsrv.queue.journal", "mailsrv.sasl"},
-    # The mailsrv command: files and the spool as an admin sees them, never
-    # the server's protocols or service.py.
+    # The mailsrv command: files and the spool as an admin sees them, the
+    # filters' lists, and `explain` (service.py builds its context), never
+    # the server's protocols.
     "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
                       "mailsrv.policy.bayes", "mailsrv.policy.checks.statistical",
                       "mailsrv.policy.checks.urls", "mailsrv.policy.content",
-                      "mailsrv.policy.lists", "mailsrv.policy.urlhost", "mailsrv.preflight",
-                      "mailsrv.queue.spool"},
+                      "mailsrv.policy.hooks", "mailsrv.policy.judgement",
+                      "mailsrv.policy.listener", "mailsrv.policy.lists",
+                      "mailsrv.policy.urlhost", "mailsrv.preflight", "mailsrv.queue.spool",
+                      "mailsrv.service"},
 }
 
 # package -> what importing any of its modules, in a fresh interpreter,

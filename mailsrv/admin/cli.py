@@ -9,6 +9,8 @@ queue, keep the content filters' lists.
 import argparse
 import getpass
 import mailbox
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses, parseaddr
 import os
 import sys
 import time
@@ -25,6 +27,7 @@ from mailsrv.policy.content import parse as parse_content
 from mailsrv.policy.checks.urls import links
 from mailsrv.policy.lists import KINDS, merge, read_urls
 from mailsrv.policy.urlhost import host_of, listed as covered
+from mailsrv.admin.explain import explain
 from mailsrv.preflight import check_settings, file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
@@ -80,6 +83,16 @@ def _parser():
     train.add_argument("--ham", action="append", default=[], metavar="PATH")
     train.add_argument("--table", metavar="PATH",
                        help="the table to add to (default: [antispam.statistical] table)")
+    explain = commands.add_parser(
+        "explain", help="run the filters on one message, offline, and say what each found "
+                        "and what the server would do")
+    explain.add_argument("message", metavar="MESSAGE.eml")
+    explain.add_argument("--ip", default="192.0.2.1", help="the client's address")
+    explain.add_argument("--helo", default="client.example", help="its EHLO name")
+    explain.add_argument("--from", dest="sender", metavar="SENDER",
+                         help="MAIL FROM (default: the message's From address)")
+    explain.add_argument("--to", dest="recipients", action="append", metavar="RECIPIENT",
+                         help="RCPT TO, may be repeated (default: the message's To and Cc)")
     seed = filters.add_parser(
         "seed-urls", help="add the hosts the links of spam go to (Maildir folders or mbox "
                           "files) to a URL list")
@@ -216,6 +229,33 @@ def filter_seed_urls(settings, args, stdin, stdout):
     for host in new:
         stdout.write(f"+ {host} ({seen[host]} messages)\n")
     stdout.write(f"{path}: {len(new)} hosts added, {len(entries) + len(new)} entries\n")
+
+
+def explain_message(settings, args, stdin, stdout):
+    """`explain`: the filters on one message, offline (docs/filters.md, "Explain")."""
+    try:
+        with open(args.message, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CommandError(f"{args.message}: {e.strerror}")
+    header = BytesHeaderParser().parsebytes(data)
+    sender = args.sender
+    if sender is None:
+        sender = parseaddr(header.get("from", ""))[1]
+    domain = settings.local_domains[0] if settings.local_domains else settings.hostname
+    recipients = args.recipients or [
+        address for _, address in getaddresses(header.get_all("to", []) + header.get_all(
+            "cc", [])) if address] or [f"postmaster@{domain}"]
+    failure = []
+    d = explain(settings, reactor, data, args.ip, args.helo, sender, recipients,
+                lambda line: stdout.write(line + "\n"))
+    d.addErrback(failure.append)
+    d.addBoth(lambda _: reactor.stop())
+    reactor.callWhenRunning(lambda: None)
+    if not d.called:
+        reactor.run(installSignalHandlers=False)
+    if failure:
+        raise CommandError(f"explain failed: {failure[0].getErrorMessage()}")
 
 
 def _messages_in(source):
@@ -394,6 +434,7 @@ HANDLERS = {
     ("filter", "merge"): filter_merge,
     ("filter", "train"): filter_train,
     ("filter", "seed-urls"): filter_seed_urls,
+    ("explain", None): explain_message,
 }
 
 if __name__ == "__main__":

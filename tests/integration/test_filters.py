@@ -332,3 +332,43 @@ class WhitelistTests(FilterServerCase):
                       "in, are trusted or have a POP-before-SMTP window benefit; remove it\n",
                       out)
         self.assertNotIn("partner.test", out)
+
+
+CONTENT = DNSBL + """
+[antispam.phrases]
+action = "subject"
+
+[antispam.html]
+features = ["script_tag", "image_tag"]
+action = "move:Junk"
+"""
+
+HTML_MESSAGE = ("From: x@remote.test\r\nSubject: offer\r\nContent-Type: text/html\r\n\r\n"
+                "<p>buy cheap pills</p><script>1</script><img src=x>\r\n")
+
+
+class ContentAndExplainTests(FilterServerCase):
+    """
+    The content filters through the real server, and `mailsrv explain` on
+    the same message saying what the server did, DNS lookups included.
+    """
+
+    ANTISPAM = CONTENT
+    FILES = {"phrase-list.txt": "cheap pills\n"}
+
+    def test_explain_says_what_the_server_did(self):
+        self.assertEqual(self.send(source="127.0.0.2", message=HTML_MESSAGE)[0], 250)
+        stored = self.delivered(folder=".Junk")
+        [spam_header] = [line for line in stored.splitlines()
+                         if line.startswith("X-Mailsrv-Spam: ")]
+        message = self.server.dir / "message.eml"
+        message.write_bytes(HTML_MESSAGE.encode())
+        out = self.server.admin("explain", str(message), "--ip", "127.0.0.2",
+                                "--helo", "client.test", "--to", "alice@example.test").stdout
+        lines = out.splitlines()
+        self.assertIn(spam_header, lines)
+        self.assertIn("body PhraseFilter: spam, action subject: phrase cheap pills", lines)
+        self.assertIn("sender DNSBLFilter: counts, action none: dnsbl std.test 127.0.0.2",
+                      lines)
+        self.assertEqual(lines[-1], "result: delivered, action move:Junk")
+        self.assertIn("Subject: offer", stored)  # (the subject action lost to move:Junk)
