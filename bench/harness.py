@@ -457,8 +457,9 @@ def machine_line():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Compare mailsrv with Postfix, Dovecot, aiosmtpd and Twisted's "
-                    "own mail server on 127.0.0.1 (docs/performance.md).")
+        description="Compare mailsrv with Postfix (alone and with rspamd), Dovecot, "
+                    "aiosmtpd and Twisted's own mail server on 127.0.0.1 "
+                    "(docs/performance.md).")
     parser.add_argument("--quick", action="store_true",
                         help="small counts (500 messages, 1,000-message folder): "
                              "3 to 6 minutes")

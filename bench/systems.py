@@ -361,9 +361,10 @@ class PostfixRspamd(Postfix):
     name = "postfix-rspamd"
     durable = "queue file fsync'd by cleanup, after rspamd's scan"
     config_note = (Postfix.config_note + "; smtpd_milters = rspamd_proxy in milter mode "
-                   "(Debian's rspamd 3.4 defaults: proxy count 1 forwarding to one normal "
-                   "worker), milter_default_action = accept, no Redis (Bayes, fuzzy, "
-                   "greylist, ratelimit, replies, history, neural off), "
+                   "(Debian's rspamd 3.4 defaults: one proxy forwarding to the normal "
+                   "workers, cores - 2 of them, at least 1), milter_default_action = accept, no Redis (Bayes, greylist, "
+                   "ratelimit, replies, history_redis, neural, url_redirector off), "
+                   "DNS to a stub answering NXDOMAIN at once, "
                    "milter_headers extended_spam_headers (X-Spamd-Result checked on the "
                    "first message); memory = Postfix's and rspamd's processes")
     ready_timeout = 180  # the first start compiles rspamd's hyperscan database
