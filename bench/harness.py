@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import load, procs
-from bench.maildir import build_maildir, maildir_count
+from bench.maildir import build_maildir, first_message, maildir_count
 from bench.stats import Row, format_table
 from bench.systems import DOMAIN, PASSWORD, SYSTEMS, Skip
 from tests.integration.harness import free_port
@@ -165,7 +165,8 @@ class Bench:
         # creates the Maildirs and warms caches.) Not counted.
         asyncio.run(load.smtp_session(port, 1, SENDER, recipients, data, []))
         self._wait_delivered(maildirs, len(maildirs), timeout=60, system=system)
-        with procs.MemorySampler(system.pid) as memory:
+        system.check_delivered(first_message(maildirs[0]))
+        with procs.MemorySampler(*system.pids) as memory:
             if smtp_source:
                 elapsed, accepted, errors = self._smtp_source(port, total, recipients, size)
                 latencies = []
@@ -266,7 +267,7 @@ class Bench:
             threading.Thread(target=count, daemon=True).start()
             data = message(4096)
             auth = (ALICE, PASSWORD)
-            with procs.MemorySampler(system.pid) as memory:
+            with procs.MemorySampler(*system.pids) as memory:
                 start = time.monotonic()
                 accepted, elapsed, latencies, errors = asyncio.run(load.smtp_load(
                     system.ports["submission"], total, 10, 20, ALICE,
@@ -320,7 +321,7 @@ class Bench:
         count = self.counts.pop3
         self._prepare(system, count)
         system.start()
-        with procs.MemorySampler(system.pid) as memory:
+        with procs.MemorySampler(*system.pids) as memory:
             got, elapsed, latencies, size = asyncio.run(
                 load.pop3_retr_all(system.ports["pop3"], ALICE, PASSWORD))
         if got < count:
@@ -342,7 +343,7 @@ class Bench:
 
     async def _imap_folder(self, system, count):
         repeats = self.counts.repeats if count <= 1000 else max(1, self.counts.repeats - 2)
-        with procs.MemorySampler(system.pid) as memory:
+        with procs.MemorySampler(*system.pids) as memory:
             client = await load.IMAPClient.connect(system.ports["imap"])
             try:
                 await client.command(f'LOGIN "{ALICE}" "{PASSWORD}"')
@@ -413,7 +414,7 @@ class Bench:
     def w_idle(self, system):
         count = self.counts.idle
         system.start()
-        with procs.MemorySampler(system.pid) as memory:
+        with procs.MemorySampler(*system.pids) as memory:
             before = memory.sample()
             alive, opened, errors = asyncio.run(load.idle_imap(
                 system.ports["imap"], count, self.counts.idle_hold, memory.sample))
@@ -433,7 +434,7 @@ class Bench:
         data = message(4096)
         # Does it take mail at all? Not counted.
         asyncio.run(load.smtp_session(system.ports["smtp"], 1, SENDER, [ALICE], data, []))
-        with procs.MemorySampler(system.pid) as memory:
+        with procs.MemorySampler(*system.pids) as memory:
             accepted, elapsed, latencies, errors, most = asyncio.run(
                 load.smtp_burst(system.ports["smtp"], count, SENDER, ALICE, data,
                                 timeout=self.counts.burst_timeout))
@@ -456,8 +457,9 @@ def machine_line():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Compare mailsrv with Postfix, Dovecot, aiosmtpd and Twisted's "
-                    "own mail server on 127.0.0.1 (docs/performance.md).")
+        description="Compare mailsrv with Postfix (alone and with rspamd), Dovecot, "
+                    "aiosmtpd and Twisted's own mail server on 127.0.0.1 "
+                    "(docs/performance.md).")
     parser.add_argument("--quick", action="store_true",
                         help="small counts (500 messages, 1,000-message folder): "
                              "3 to 6 minutes")

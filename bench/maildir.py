@@ -94,3 +94,15 @@ def maildir_count(path):
         except FileNotFoundError:
             pass
     return total
+
+
+def first_message(path):
+    """The bytes of one message in C{new/} or C{cur/} of Maildir C{path}, or b""."""
+    for sub in ("new", "cur"):
+        directory = os.path.join(path, sub)
+        names = sorted(n for n in os.listdir(directory) if not n.startswith(".")) \
+            if os.path.isdir(directory) else []
+        if names:
+            with open(os.path.join(directory, names[0]), "rb") as f:
+                return f.read()
+    return b""

@@ -99,10 +99,10 @@ def _ppid_map():
     return children
 
 
-def descendants(pid):
-    """Every process below C{pid} (children, grandchildren, ...)."""
+def descendants(*pids):
+    """Every process below C{pids} (children, grandchildren, ...)."""
     children = _ppid_map()
-    found, todo = [], [pid]
+    found, todo = [], list(pids)
     while todo:
         for child in children.get(todo.pop(), []):
             found.append(child)
@@ -140,15 +140,16 @@ def tree_rss(pid):
     return sum(status_kb(p, "VmRSS") for p in pids) * 1024, len(pids)
 
 
-def tree_memory(pid):
+def tree_memory(*roots):
     """
     The memory of a server: its RSS when it is one process; for a server
-    of many processes (Postfix, Dovecot) the sum of their PSS, since a sum
-    of RSS counts every shared page once per process.
+    of many processes (Postfix, Dovecot, Postfix with rspamd beside it:
+    several C{roots}) the sum of their PSS, since a sum of RSS counts every
+    shared page once per process.
 
     @return: C{(bytes, RSS sum in bytes, process count)}.
     """
-    pids = [pid] + descendants(pid)
+    pids = list(roots) + descendants(*roots)
     rss = sum(status_kb(p, "VmRSS") for p in pids) * 1024
     if len(pids) == 1:
         return rss, rss, 1
@@ -165,8 +166,9 @@ class MemorySampler:
     process only, so it would not compare with the multi-process servers.
     """
 
-    def __init__(self, pid, interval=0.1):
+    def __init__(self, pid, *more, interval=0.1):
         self.pid = pid
+        self.more = more  # other process trees of the same server (rspamd)
         self.interval = interval
         self.peak = 0
         self.peak_rss_sum = 0
@@ -184,7 +186,7 @@ class MemorySampler:
         self.stop()
 
     def sample(self):
-        memory, rss_sum, count = tree_memory(self.pid)
+        memory, rss_sum, count = tree_memory(self.pid, *self.more)
         self.hwm = max(self.hwm, status_kb(self.pid, "VmHWM") * 1024)
         if memory > self.peak:
             self.peak, self.peak_rss_sum, self.processes = memory, rss_sum, count

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 from bench import procs
@@ -37,8 +39,13 @@ class Skip(Exception):
 _apt_updated = False
 
 
-def _apt_install(*packages):
-    """apt-get install (as root, on Debian) or raise Skip."""
+def _apt_install(*packages, recommends=True):
+    """
+    apt-get install (as root, on Debian) or raise Skip.
+
+    @param recommends: False adds --no-install-recommends (rspamd recommends
+        redis-server, which its bench peer must run without).
+    """
     global _apt_updated
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise Skip(f"not installed ({' '.join(packages)}), and apt-get needs root on Debian")
@@ -47,12 +54,13 @@ def _apt_install(*packages):
         # Install without a system configuration: no main.cf, nothing on port 25.
         subprocess.run(["debconf-set-selections"], env=env, check=False,
                        input=b"postfix postfix/main_mailer_type select No configuration\n")
-    print(f"bench: apt-get install -y {' '.join(packages)}", flush=True)
+    options = [] if recommends else ["--no-install-recommends"]
+    print(f"bench: apt-get install -y {' '.join(options + list(packages))}", flush=True)
     if not _apt_updated:
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
                        stdout=subprocess.DEVNULL, timeout=600)
         _apt_updated = True
-    result = subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env,
+    result = subprocess.run(["apt-get", "install", "-y", "-qq", *options, *packages], env=env,
                             capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise Skip(f"apt-get install {' '.join(packages)} failed: "
@@ -138,6 +146,17 @@ class System:
     @property
     def pid(self):
         return self.process.pid
+
+    @property
+    def pids(self):
+        """The roots of its process trees, whose memory is its memory."""
+        return (self.pid,)
+
+    def check_delivered(self, message):
+        """
+        Raise L{Skip} when C{message}, the bytes of the first delivered
+        message, lacks what this system must have done to it.
+        """
 
     def stop(self):
         if self.process is not None:
@@ -281,7 +300,7 @@ class Postfix(System):
             biff = no
             maillog_file = {self.dir / "maillog"}
             maillog_file_prefixes = {self.dir}
-            """))
+            """) + self.main_cf_extra())
         services = [
             (f"127.0.0.1:{self.ports['smtp']}", "inet", "n", "-", "n", "-", "-", "smtpd"),
             ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
@@ -312,6 +331,10 @@ class Postfix(System):
         self.process = procs.spawn(self.name, argv, self.dir / "server.log")
         self._wait()
 
+    def main_cf_extra(self):
+        """main.cf lines a variant adds to the bench's Postfix."""
+        return ""
+
     def log_tail(self, lines=15):
         text = super().log_tail(lines)
         maillog = self.dir / "maillog"
@@ -324,6 +347,157 @@ class Postfix(System):
             subprocess.run(["postfix", "-c", str(self.dir / "conf"), "stop"],
                            capture_output=True, timeout=60)
         super().stop()
+
+
+class PostfixRspamd(Postfix):
+    """
+    The bench's Postfix with Debian's rspamd as its milter (issue 17's
+    comparison point for mailsrv's content filters): rspamd's own
+    /etc/rspamd/rspamd.conf, with LOCAL_CONFDIR, DBDIR, RUNDIR and LOGDIR
+    in the temporary directory, so /etc/rspamd and the system's rspamd
+    service are never touched.
+    """
+
+    name = "postfix-rspamd"
+    durable = "queue file fsync'd by cleanup, after rspamd's scan"
+    config_note = (Postfix.config_note + "; smtpd_milters = rspamd_proxy in milter mode "
+                   "(Debian's rspamd 3.4 defaults: one proxy forwarding to the normal "
+                   "workers, cores - 2 of them, at least 1), milter_default_action = accept, no Redis (Bayes, greylist, "
+                   "ratelimit, replies, history_redis, neural, url_redirector off), "
+                   "DNS to a stub answering NXDOMAIN at once, "
+                   "milter_headers extended_spam_headers (X-Spamd-Result checked on the "
+                   "first message); memory = Postfix's and rspamd's processes")
+    ready_timeout = 180  # the first start compiles rspamd's hyperscan database
+
+    def ensure_installed(self):
+        super().ensure_installed()
+        if shutil.which("rspamd") is None:
+            if not self.install:
+                raise Skip("rspamd is not installed (--no-install)")
+            # rspamd recommends redis-server: this peer runs without Redis.
+            _apt_install("rspamd", recommends=False)
+        try:
+            pwd.getpwnam("_rspamd")
+        except KeyError:
+            raise Skip("rspamd's user _rspamd is missing (Debian's package creates it)")
+
+    def start(self):
+        from tests.dnsserver import TinyDNSServer
+
+        self.rspamd = None
+        # rspamd's RBL, SPF and DMARC lookups go to this stub, which answers
+        # NXDOMAIN at once (nothing listed): the sandbox's resolver lets
+        # them time out, which would measure DNS, not rspamd.
+        self.dns = TinyDNSServer({})
+        self.rspamd_ports = {worker: free_port()
+                             for worker in ("proxy", "normal", "controller")}
+        self._start_rspamd()
+        super().start()
+
+    def main_cf_extra(self):
+        return textwrap.dedent(f"""\
+            smtpd_milters = inet:127.0.0.1:{self.rspamd_ports["proxy"]}
+            non_smtpd_milters = $smtpd_milters
+            milter_default_action = accept
+            milter_protocol = 6
+            milter_mail_macros = i {{mail_addr}} {{client_addr}} {{client_name}} {{auth_authen}}
+            """)
+
+    def _start_rspamd(self):
+        """rspamd -f on Debian's config with our local.d/override.d; wait until it scans."""
+        home = self.dir / "rspamd"
+        local, override = home / "local" / "local.d", home / "local" / "override.d"
+        for d in (local, override):
+            d.mkdir(parents=True, exist_ok=True)
+        owner = pwd.getpwnam("_rspamd")
+        for sub in ("db", "run", "log"):
+            (home / sub).mkdir(exist_ok=True)
+            os.chown(home / sub, owner.pw_uid, owner.pw_gid)
+        ports = self.rspamd_ports
+        # override.d replaces: a local.d bind_socket or upstream would be
+        # merged with rspamd.conf's localhost:1133x, binding both.
+        (override / "worker-normal.inc").write_text(
+            f'bind_socket = "127.0.0.1:{ports["normal"]}";\n')
+        (override / "worker-controller.inc").write_text(
+            f'bind_socket = "127.0.0.1:{ports["controller"]}";\n')
+        (override / "worker-proxy.inc").write_text(textwrap.dedent(f"""\
+            bind_socket = "127.0.0.1:{ports["proxy"]}";
+            upstream "local" {{
+              default = yes;
+              hosts = "127.0.0.1:{ports["normal"]}";
+            }}
+            """))
+        (local / "options.inc").write_text(
+            f'dns {{ nameserver = ["{self.dns.address}"]; }}\n')
+        # The bench's client is 127.0.0.1: without these, milter_headers
+        # skips local senders and the delivered mail would carry no proof
+        # of the scan.
+        (local / "milter_headers.conf").write_text(textwrap.dedent("""\
+            extended_spam_headers = true;
+            skip_local = false;
+            skip_authenticated = false;
+            """))
+        argv = ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd",
+                "-c", "/etc/rspamd/rspamd.conf",
+                f"--var=LOCAL_CONFDIR={home / 'local'}", f"--var=DBDIR={home / 'db'}",
+                f"--var=RUNDIR={home / 'run'}", f"--var=LOGDIR={home / 'log'}"]
+        log = home / "log" / "rspamd.log"
+        start = log.stat().st_size if log.exists() else 0  # a restart appends
+        self.rspamd = procs.spawn("rspamd", argv, home / "stdout.log")
+        self._wait_rspamd(log, start)
+
+    def _wait_rspamd(self, log, start):
+        """
+        Until rspamd's hyperscan database is loaded (compiled on a first
+        start: scans before it fall back to slower PCRE) and its normal
+        worker answers a scan with the milter headers it will add.
+        """
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.rspamd.poll() is not None:
+                raise Skip(f"rspamd exited: {self.log_tail(5)[-300:]}")
+            text = log.read_bytes()[start:] if log.exists() else b""
+            if b"full hyperscan database" in text:
+                try:
+                    request = urllib.request.Request(
+                        f"http://127.0.0.1:{self.rspamd_ports['normal']}/checkv2",
+                        data=b"Subject: ready?\r\n\r\nready?\r\n",
+                        headers={"IP": "127.0.0.1"})
+                    with urllib.request.urlopen(request, timeout=5) as answer:
+                        if b"X-Spamd-Result" in answer.read():
+                            if procs.wait_for_port(self.rspamd_ports["proxy"], timeout=10,
+                                                   process=self.rspamd):
+                                return
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise Skip(f"rspamd did not become ready in {self.ready_timeout}s: "
+                   f"{self.log_tail(5)[-300:]}")
+
+    def check_delivered(self, message):
+        header, _, _ = message.replace(b"\r\n", b"\n").partition(b"\n\n")
+        if b"\nX-Spamd-Result:" not in b"\n" + header:
+            raise Skip("the delivered message has no X-Spamd-Result header: rspamd did "
+                       f"not scan it; {self.log_tail(5)[-300:]}")
+
+    @property
+    def pids(self):
+        return (self.pid, self.rspamd.pid)
+
+    def log_tail(self, lines=15):
+        log = self.dir / "rspamd" / "log" / "rspamd.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return super().log_tail(lines) + "\n" + "\n".join(text.splitlines()[-lines:])
+
+    def stop(self):
+        super().stop()
+        if getattr(self, "rspamd", None) is not None:
+            procs.stop(self.rspamd)
+            self.rspamd = None
+        if getattr(self, "dns", None) is not None:
+            self.dns.close()
+            self.dns = None
 
 
 class Dovecot(System):
@@ -529,5 +703,5 @@ class TwistedSMTP(System):
         self._wait()
 
 
-SYSTEMS = {cls.name: cls for cls in (Mailsrv, Postfix, Dovecot, Aiosmtpd, AiosmtpdThreads,
-                                     TwistedSMTP, TwistdMail)}
+SYSTEMS = {cls.name: cls for cls in (Mailsrv, Postfix, PostfixRspamd, Dovecot, Aiosmtpd,
+                                     AiosmtpdThreads, TwistedSMTP, TwistdMail)}

@@ -9,8 +9,10 @@ import tempfile
 from twisted.trial import unittest
 
 from bench import harness
-from bench.maildir import NEEDLE_EVERY, build_maildir, maildir_count, message_bytes
+from bench.maildir import (NEEDLE_EVERY, build_maildir, first_message, maildir_count,
+                           message_bytes)
 from bench.stats import Row, format_table, percentile, ratios
+from bench.systems import SYSTEMS, Skip
 
 
 class PercentileTests(unittest.TestCase):
@@ -122,3 +124,38 @@ class OptionsTests(unittest.TestCase):
         self.assertLessEqual(abs(len(data) - 4096), 80)
         self.assertTrue(data.endswith(b"\r\n"))
         self.assertFalse(any(line.startswith(b".") for line in data.split(b"\r\n")))
+
+
+class RspamdPeerTests(unittest.TestCase):
+    """The postfix-rspamd peer's proof that rspamd scanned the mail."""
+
+    def peer(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(root))
+        return SYSTEMS["postfix-rspamd"](root, ["alice"], install=False)
+
+    def test_scanned_message_passes(self):
+        self.peer().check_delivered(
+            b"Return-Path: <a@b>\r\nX-Spamd-Result: default: False [0.90 / 15.00];\r\n"
+            b"\tMIME_GOOD(-0.10)[text/plain];\r\nSubject: x\r\n\r\nbody\r\n")
+
+    def test_unscanned_message_is_a_skip(self):
+        peer = self.peer()
+        self.assertRaises(Skip, peer.check_delivered, b"Subject: x\r\n\r\nbody\r\n")
+        # the header's name in the body proves nothing
+        self.assertRaises(Skip, peer.check_delivered,
+                          b"Subject: x\r\n\r\nX-Spamd-Result: forged\r\n")
+
+    def test_other_systems_check_nothing(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(root))
+        SYSTEMS["postfix"](root, ["alice"]).check_delivered(b"")
+
+    def test_first_message_of_a_maildir(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(root))
+        self.assertEqual(first_message(os.path.join(root, "missing")), b"")
+        first = sorted(build_maildir(root, 2))[0]
+        with open(os.path.join(root, "cur", first), "rb") as f:
+            self.assertEqual(first_message(root), f.read())
+
