@@ -174,12 +174,28 @@ class Mailsrv(System):
         return (f"[access] max_connections_per_ip={MAILSRV_LIMITS['access']['max_connections_per_ip']}"
                 f", max_recipients={MAILSRV_LIMITS['access']['max_recipients']}; "
                 f"[[listen]] max_connections={MAILSRV_LIMITS['listen_max_connections']}; "
-                "filters off; plain-text logins on loopback; listen backlog "
+                + ("every content filter on (mime, attachments, html, phrases: 200, "
+                   "urls: 200, statistical: 5,000 words)"
+                   if self.options.get("content_filters") else "filters off")
+                + "; plain-text logins on loopback; listen backlog "
                 + (str(self.options["backlog"]) if self.options.get("backlog")
                    else "mailsrv's default ([[listen]] backlog, 1024)"))
 
     def maildir(self, user):
         return self.dir / "var" / "mail" / DOMAIN / user
+
+    def _content_filters(self):
+        """Every content filter of issue 17 on, with lists of a realistic size beside the config."""
+        (self.dir / "phrase-list.txt").write_text(
+            "".join(f"cheap offer number {n}\n" for n in range(200)))
+        (self.dir / "url-domain-bl.txt").write_text(
+            "".join(f"spam{n}.example\n" for n in range(200)))
+        words = "".join(f"{chr(97 + n % 26)}{chr(97 + n // 26 % 26)}word{chr(97 + n // 676)} "
+                        f"{n % 7} {n % 11}\n" for n in range(5000))
+        (self.dir / "antispam-table.txt").write_text("_messages 500 800\n" + words)
+        return {"antispam.mime": {}, "antispam.attachments": {}, "antispam.html": {},
+                "antispam.phrases": {}, "antispam.urls": {"scan": "all"},
+                "antispam.statistical": {}}
 
     def start(self):
         from mailsrv.directory.passwords import hash_password
@@ -194,6 +210,8 @@ class Mailsrv(System):
         }
         if self.options.get("smart_host"):
             tables["delivery"]["smart_host"] = self.options["smart_host"]
+        if self.options.get("content_filters"):
+            tables.update(self._content_filters())
         lines = []
         for name, table in tables.items():
             lines.append(f"[{name}]")

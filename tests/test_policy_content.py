@@ -215,6 +215,13 @@ class PropertyTests(unittest.TestCase):
 class SharedTests(unittest.TestCase):
     """Message.content: one analysis for every check that asks."""
 
+    def test_small_messages_on_the_reactor_thread(self):
+        """Below INLINE, no thread hop: the analysis and the judges run at once."""
+        self.patch(threads, "deferToThread", lambda *a: self.fail("a thread hop"))
+        message = Message(hooks.INLINE, lambda: io.BytesIO(TOP + b"\r\nhello"))
+        self.assertEqual(self.successResultOf(message.judged(
+            lambda analysed: analysed.texts("text/plain"))), ["hello"])
+
     def test_parsed_once(self):
         run_threads_inline(self)
         opened = []
@@ -247,7 +254,7 @@ class SharedTests(unittest.TestCase):
             return started[-1]
 
         self.patch(threads, "deferToThread", in_thread)
-        messages = [Message(1, None) for _ in range(hooks.MAX_ANALYSES + 1)]
+        messages = [Message(hooks.INLINE + 1, None) for _ in range(hooks.MAX_ANALYSES + 1)]
         waiting = [m.content() for m in messages]
         self.assertEqual(len(started), hooks.MAX_ANALYSES)
         started[0].callback(content.Content(()))
@@ -255,3 +262,35 @@ class SharedTests(unittest.TestCase):
         self.assertEqual(len(started), hooks.MAX_ANALYSES + 1)
         for d in started[1:]:
             d.callback(content.Content(()))
+
+    def test_judges_share_one_thread_hop(self):
+        """The text filters of one message judge in one thread hop together; each gets its own result."""
+        hops = []
+
+        def in_thread(f, *args):
+            hops.append((f, args, defer.Deferred()))
+            return hops[-1][2]
+
+        def run_hop(n):
+            f, args, d = hops[n]
+            d.callback(f(*args))
+
+        self.patch(threads, "deferToThread", in_thread)
+        self.patch(hooks, "INLINE", 0)  # (a big message's way)
+        message = Message(6, lambda: io.BytesIO(TOP + b"\r\nhello"))
+
+        def broken(analysed):
+            raise ValueError("judge exploded")
+
+        first = message.judged(lambda analysed: analysed.texts("text/plain"))
+        second = message.judged(broken)
+        third = message.judged(lambda analysed: len(analysed.parts))
+        run_hop(0)  # the analysis
+        self.assertEqual(len(hops), 2)  # then every judge, in one hop
+        run_hop(1)
+        self.assertEqual(self.successResultOf(first), ["hello"])
+        self.failureResultOf(second, ValueError)
+        self.assertEqual(self.successResultOf(third), 1)
+        later = message.judged(lambda analysed: "late")  # after that hop: one more
+        run_hop(2)
+        self.assertEqual((self.successResultOf(later), len(hops)), ("late", 3))

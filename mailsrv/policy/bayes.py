@@ -22,6 +22,7 @@ Each word counts once per message it was in.
 """
 
 import math
+import re
 
 from mailsrv.directory.listfile import ListFileError, read_lines, replace_list_file
 
@@ -40,20 +41,25 @@ MESSAGES = "_messages"
 def words(text, exclude=frozenset()):
     """The distinct counted words of C{text}, in the order first seen."""
     found = {}
-    word = []
-    for char in text + " ":
-        if char.isalpha():
-            word.append(char)
-            continue
-        if word:
+    for run in _LETTERS.findall(text):
+        for word in (run,) if run.isalpha() else _letter_runs(run):
             if MIN_LETTERS <= len(word) <= MAX_LETTERS:
-                token = "".join(word).casefold()
-                if token not in exclude and token not in found:
-                    found[token] = None
+                word = word.casefold()
+                if word not in exclude and word not in found:
+                    found[word] = None
                     if len(found) >= MAX_WORDS:
-                        break
-            word = []
+                        return list(found)
     return list(found)
+
+
+# Runs of letters, as the regular expression engine knows them (fast); a
+# run holding a character it counts as a letter and str.isalpha() does not
+# (a superscript digit) is split by isalpha.
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def _letter_runs(text):
+    return "".join(char if char.isalpha() else " " for char in text).split()
 
 
 def parse_exclude(path):

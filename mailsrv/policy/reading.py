@@ -10,8 +10,6 @@ from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from twisted.internet import threads
-
 from mailsrv.policy.htmltext import read_html
 
 _UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError)
@@ -42,12 +40,12 @@ def subject_of(content):
 class ReadsText:
     """
     A content filter that reads the message's text: its C{judge(content)}
-    runs in a thread (a big message's words take a while).
+    runs in a thread (a big message's words take a while), with the other
+    text filters' (L{mailsrv.policy.hooks.Message.judged}).
     """
 
     def check(self, session, transaction, message):
-        d = message.content()
-        return d.addCallback(lambda content: threads.deferToThread(self.judge, content))
+        return message.judged(self.judge)
 
 
 def body_text(content):

@@ -10,6 +10,8 @@ matches where the text writes it. Without, the phrase is looked for as
 written (case and runs of spaces aside).
 """
 
+import re
+
 from mailsrv.policy.reading import ReadsText, body_text, header_values, subject_of
 from mailsrv.policy.verdict import Verdict
 
@@ -22,10 +24,14 @@ NAMED = 3
 
 def normalized(text, normalize):
     """C{text} as phrases are compared with it: words apart by one space, case folded."""
-    words = text.casefold().split()
+    text = text.casefold()
     if normalize:
-        words = ["".join(char for char in word if char.isalpha()) for word in words]
-    return " ".join(word for word in words if word)
+        text = _NOT_LETTERS.sub("", text)
+    return " ".join(text.split())
+
+
+# What normalize removes: all but letters and white space.
+_NOT_LETTERS = re.compile(r"[^\w\s]|[\d_]")
 
 
 def scanned_text(content, scan):
@@ -59,15 +65,25 @@ class PhraseFilter(ReadsText):
         self.scan = scan
         self.action = action
         self.subject_prefix = subject_prefix
+        self._compared = (None, ())  # the list's phrases, and what each is looked for as
+
+    def _wanted(self):
+        """C{(phrase, what the text must hold)}, worked out once per version of the list."""
+        phrases = self.phrases.get()
+        listed, wanted = self._compared
+        if listed is not phrases:
+            wanted = []
+            for phrase in phrases:
+                normal = normalized(phrase, self.normalize)
+                if normal:  # (whole words when normalised)
+                    wanted.append((phrase, f" {normal} " if self.normalize else normal))
+            self._compared = (phrases, wanted)
+        return wanted
 
     def judge(self, content):
         """In a thread: the L{Verdict} on a message's L{content.Content}."""
         text = " " + normalized(scanned_text(content, self.scan), self.normalize) + " "
-        found = []
-        for phrase in self.phrases.get():
-            wanted = normalized(phrase, self.normalize)
-            if wanted and (f" {wanted} " in text if self.normalize else wanted in text):
-                found.append(phrase)
+        found = [phrase for phrase, wanted in self._wanted() if wanted in text]
         if not found:
             return Verdict.found(False)
         return Verdict.found(True, self.action, tuple(f"phrase {p}" for p in found[:NAMED]),
