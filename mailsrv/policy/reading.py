@@ -6,6 +6,7 @@ text/plain parts, and what the text/html parts show
 (L{mailsrv.policy.content.Content}).
 """
 
+import functools
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -17,18 +18,26 @@ _UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError)
 
 def header_values(header, name=None):
     """The values of a raw header block's fields (only C{name}'s, if given), RFC 2047 decoded."""
+    return [value for key, value in _decoded_fields(header) if name is None or key == name]
+
+
+@functools.lru_cache(maxsize=16)
+def _decoded_fields(header):
+    """
+    C{((lower-case name, decoded value), ...)} of a header block: parsed
+    once for the filters of a message that ask (the Subject, every field).
+    """
     try:
         fields = BytesHeaderParser(policy=compat32).parsebytes(header)
     except _UNREADABLE:
-        return []
-    values = []
+        return ()
+    decoded = []
     for key, value in fields.items():
-        if name is None or key.lower() == name:
-            try:
-                values.append(str(make_header(decode_header(str(value)))))
-            except _UNREADABLE:
-                values.append(str(value))
-    return values
+        try:
+            decoded.append((key.lower(), str(make_header(decode_header(str(value))))))
+        except _UNREADABLE:
+            decoded.append((key.lower(), str(value)))
+    return tuple(decoded)
 
 
 def subject_of(content):
