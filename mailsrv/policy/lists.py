@@ -36,12 +36,8 @@ def read_phrases(path):
     bad lines as L{ListFileError}s)}: a bad line is left out and reported
     (at load, and by `mailsrv lists check`), the others are used.
     """
-    phrases, skipped = {}, []
-    for lineno, text in read_lines(path):
-        try:
-            phrases.setdefault(phrase(text), None)
-        except ValueError as e:
-            skipped.append(ListFileError(path, lineno, str(e)))
+    phrases = {}
+    skipped = _take_lines([path], lambda text: phrases.setdefault(phrase(text), None))
     return tuple(phrases), skipped
 
 
@@ -50,13 +46,24 @@ def read_urls(path):
     The URL list in file C{path}: C{(entries, a frozenset; the bad lines as
     L{ListFileError}s)}, bad lines left out and reported as for phrases.
     """
-    entries, skipped = set(), []
-    for lineno, text in read_lines(path):
-        try:
-            entries.add(url_entry(text))
-        except ValueError as e:
-            skipped.append(ListFileError(path, lineno, str(e)))
+    entries = set()
+    skipped = _take_lines([path], lambda text: entries.add(url_entry(text)))
     return frozenset(entries), skipped
+
+
+def _take_lines(paths, take):
+    """
+    C{take(text)} of each line of the files C{paths}; the lines it refuses
+    (C{ValueError}) are left out: returned as L{ListFileError}s.
+    """
+    skipped = []
+    for path in paths:
+        for lineno, text in read_lines(path):
+            try:
+                take(text)
+            except ValueError as e:
+                skipped.append(ListFileError(path, lineno, str(e)))
+    return skipped
 
 
 def url_entry(text):
@@ -90,22 +97,11 @@ def merge(kind, paths):
     @return: C{(text of the merged file, entries, problems)}; each
         problem is C{"path:line: what"} (that entry left out).
     """
-    problems = []
     if kind == "table":
         merged = bayes.Table()
-        for path in paths:
-            for lineno, text in read_lines(path):
-                try:
-                    merged.add_line(text)
-                except ValueError as e:
-                    problems.append(f"{path}:{lineno}: {e}")
-        return merged.text(), len(merged.counts), problems
+        skipped = _take_lines(paths, merged.add_line)
+        return merged.text(), len(merged.counts), [str(e) for e in skipped]
     normal = phrase if kind == "phrases" else url_entry
     entries = {}
-    for path in paths:
-        for lineno, text in read_lines(path):
-            try:
-                entries.setdefault(normal(text), None)
-            except ValueError as e:
-                problems.append(f"{path}:{lineno}: {e}")
-    return "".join(f"{entry}\n" for entry in entries), len(entries), problems
+    skipped = _take_lines(paths, lambda text: entries.setdefault(normal(text), None))
+    return "".join(f"{entry}\n" for entry in entries), len(entries), [str(e) for e in skipped]
