@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from twisted.internet import defer
 
-from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER, Message
+from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER, Message, header_section
 from mailsrv.policy.listener import build as build_policy
 from mailsrv.policy.judgement import SKIPPED
 from mailsrv.service import build_mail_server
@@ -42,7 +42,7 @@ def explain(settings, reactor, data, ip, helo, sender, recipients, write):
     policy = build_policy(server, listener, reactor)
     session = SimpleNamespace(ip=ip, helo=helo, esmtp=True, tls=False, user=None, pop_user=None)
     transaction = SimpleNamespace(sender=sender, recipients=[], judgement=SKIPPED)
-    header = data[:_header_end(data)]
+    header = header_section(data)  # (as the SMTP server holds it for the header hook)
     message = Message(len(data), lambda: BytesIO(data))
     write(f"listener {listener.name}, client {ip} ({helo}), from <{sender}>")
 
@@ -123,12 +123,3 @@ def _show(write, hook, check, session, transaction, subject):
         reasons = ", ".join(finding.reasons) or "-"
         write(f"{hook} {name}: {found}, action {finding.action}: {reasons}")
     return verdict
-
-
-def _header_end(data):
-    """Where the header section ends (after its empty line), or the end."""
-    for end in (b"\r\n\r\n", b"\n\n"):
-        at = data.find(end)
-        if at >= 0:
-            return at + len(end)
-    return len(data)

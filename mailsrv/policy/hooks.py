@@ -144,6 +144,21 @@ class _Shared:
             d.callback(outcome)
 
 
+# Bytes of a message's start the header hook reads when its header
+# section does not end sooner.
+HEADER_LIMIT = 65536
+
+
+def header_section(data, limit=HEADER_LIMIT):
+    """
+    What the header hook's checks read of a message that starts with
+    C{data}: its header section up to the empty line, or its first
+    C{limit} bytes when the section does not end before.
+    """
+    end = data.find(b"\r\n\r\n")
+    return bytes(data[:end + 2] if end >= 0 else data[:limit])
+
+
 def run(checks, session, transaction, subject):
     """
     Run C{checks} in order: synchronously while each check answers with a

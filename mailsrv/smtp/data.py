@@ -12,6 +12,8 @@ stream stays in step) but marked, and the server refuses the message.
 
 import re
 
+from mailsrv.policy.hooks import HEADER_LIMIT, header_section
+
 _CR, _LF, _DOT = 13, 10, 46
 _LINE_BREAK = re.compile(rb"[\r\n]")
 
@@ -141,7 +143,7 @@ class HeaderSection:
     @ivar complete: whether the header section (or C{limit}) is reached.
     """
 
-    def __init__(self, limit=65536):
+    def __init__(self, limit=HEADER_LIMIT):
         self.limit = limit
         self.data = bytearray()
         self.complete = False
@@ -154,5 +156,4 @@ class HeaderSection:
     @property
     def header(self):
         """The header section (up to the empty line), or what there is of it."""
-        end = self.data.find(b"\r\n\r\n")
-        return bytes(self.data[:end + 2] if end >= 0 else self.data[:self.limit])
+        return header_section(self.data, self.limit)
