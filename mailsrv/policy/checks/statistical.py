@@ -7,8 +7,9 @@ C{threshold} the message is spam, and the reason names the probability and
 the words that weighed most, so an admin sees why.
 
 The table and the exclude list are plain files an admin (and `mailsrv
-filter train`) edits; they are re-read within a second of a change, in the
-thread the judgement runs in (a big table takes a while to parse).
+filter train`) edits; they are re-read within a second of a change, where
+the next judgement runs (L{mailsrv.policy.hooks.Message.judged}: the
+reactor thread for a small message, so a big table's parse holds it once).
 """
 
 from mailsrv.policy import bayes
