@@ -430,6 +430,29 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual(len(self.logged("not queued, nothing done")), 1)
 
     @defer.inlineCallbacks
+    def test_remove_is_not_undone_by_a_delivery(self):
+        """
+        Regression: a message that came due while its removal was in a
+        thread was delivered (and its envelope written back, deferred).
+        """
+        self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        gone = self.enqueue(["bob@remote.test"])
+        runner = self.runner()
+        yield runner.when_idle()
+        tried = self.sink.transactions
+        real = runner.deferToThread
+
+        def hop(f, *args, **kwargs):
+            if f == self.spool.remove:  # the retry timer fires meanwhile
+                self.clock.advance(1000)
+            return real(f, *args, **kwargs)
+
+        runner.deferToThread = hop
+        yield self.request(runner, "remove", gone)
+        yield runner.when_idle()
+        self.assertEqual((self.spool.ids(), self.sink.transactions), ([], tried))
+
+    @defer.inlineCallbacks
     def test_no_bounce_for_null_sender(self):
         self.sink.replies["bob@remote.test"] = (550, "5.1.1 No such user")
         self.enqueue(["bob@remote.test"], sender="")

@@ -247,8 +247,8 @@ class QueueRunner(service.Service):
                         continue
                     note = "not queued, nothing done"
                 elif action == "remove":
+                    self._forget(queue_id)  # first: no delivery may start while its files go
                     yield self.deferToThread(self.spool.remove, queue_id)
-                    self._forget(queue_id)
                 else:
                     envelope.held = action == "hold"
                     if not envelope.held:  # released: due now
