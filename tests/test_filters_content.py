@@ -8,6 +8,7 @@ from io import BytesIO
 from pathlib import Path
 
 from hypothesis import given
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsrv.config import DEFAULT_BLOCKED_EXTENSIONS
@@ -67,15 +68,20 @@ class BrokenMIMETests(unittest.TestCase):
         run_threads_inline(self)
         check = BrokenMIME(Action("move", "Junk"))
         message = TOP + b"Content-Type: multipart/mixed\r\n\r\nx"
-        verdict = self.successResultOf(check.check(None, None, _message(message)))
+        verdict = verdict_of(self, check, message)
         self.assertEqual((verdict.finding.spam, verdict.finding.reasons, verdict.finding.action),
                          (True, ("mime no-boundary",), Action("move", "Junk")))
-        verdict = self.successResultOf(check.check(None, None, _message(TOP + b"\r\nx")))
+        verdict = verdict_of(self, check, TOP + b"\r\nx")
         self.assertFalse(verdict.finding.spam)
 
 
 def _message(data):
     return Message(len(data), lambda: BytesIO(data))
+
+
+def verdict_of(testcase, check, data):
+    """What C{check} says of the message C{data}, given at once or by a Deferred."""
+    return testcase.successResultOf(defer.maybeDeferred(check.check, None, None, _message(data)))
 
 
 EXTENSIONS = frozenset(DEFAULT_BLOCKED_EXTENSIONS)
@@ -128,7 +134,7 @@ class AttachmentTests(unittest.TestCase):
         run_threads_inline(self)
         check = BlockedAttachments(EXTENSIONS, (), Action("reject"))
         message = multipart(b"b", attachment(b"a.pdf.exe", b"MZ"), header=TOP)
-        finding = self.successResultOf(check.check(None, None, _message(message))).finding
+        finding = verdict_of(self, check, message).finding
         self.assertEqual((finding.spam, finding.reasons, finding.refusal),
                          (True, ("attachment a.pdf.exe",), "Attachment refused: a.pdf.exe"))
 
@@ -193,7 +199,6 @@ class PropertyTests(unittest.TestCase):
     def test_every_message_gets_a_verdict(self, message):
         """Random and broken MIME through both filters: a verdict, never an exception."""
         run_threads_inline(self)
-        message = _message(message)
         for check in (BrokenMIME(Action("header")),
                       BlockedAttachments(EXTENSIONS, ("application/*",), Action("reject"))):
-            self.assertTrue(self.successResultOf(check.check(None, None, message)).accepted)
+            self.assertTrue(verdict_of(self, check, message).accepted)

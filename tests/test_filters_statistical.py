@@ -18,7 +18,7 @@ from mailsrv.policy import bayes, content
 from mailsrv.policy.actions import Action
 from mailsrv.policy.checks.statistical import StatisticalFilter, message_words
 from tests.fuzzing import examples
-from tests.test_filters_content import _message
+from tests.test_filters_content import verdict_of
 from tests.test_policy_content import MESSAGES
 from tests.test_smtp.support import (
     connect,
@@ -83,8 +83,7 @@ class FilterTests(unittest.TestCase):
         """Random and broken MIME: a verdict, never an exception."""
         run_threads_inline(self)
         check = self.check()
-        self.assertTrue(self.successResultOf(check.check(None, None, _message(message)))
-                        .accepted)
+        self.assertTrue(verdict_of(self, check, message).accepted)
 
 
 class ThroughSMTPTests(unittest.TestCase):

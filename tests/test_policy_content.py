@@ -213,17 +213,16 @@ class PropertyTests(unittest.TestCase):
 
 
 class SharedTests(unittest.TestCase):
-    """Message.content: one analysis for every check that asks."""
+    """Message.judged: one analysis for every check that asks."""
 
     def test_small_messages_on_the_reactor_thread(self):
-        """Below INLINE, no thread hop: the analysis and the judges run at once."""
+        """Up to INLINE, no thread hop and no Deferred: the analysis and the judge run at once."""
         self.patch(threads, "deferToThread", lambda *a: self.fail("a thread hop"))
         message = Message(hooks.INLINE, lambda: io.BytesIO(TOP + b"\r\nhello"))
-        self.assertEqual(self.successResultOf(message.judged(
-            lambda analysed: analysed.texts("text/plain"))), ["hello"])
+        self.assertEqual(message.judged(lambda analysed: analysed.texts("text/plain")),
+                         ["hello"])
 
     def test_parsed_once(self):
-        run_threads_inline(self)
         opened = []
 
         def open_message():
@@ -231,37 +230,58 @@ class SharedTests(unittest.TestCase):
             return io.BytesIO(TOP + b"\r\nhello")
 
         message = Message(11, open_message)
-        first, second = message.content(), message.content()
-        self.assertIs(self.successResultOf(first), self.successResultOf(second))
-        self.assertEqual(self.successResultOf(message.content()).texts("text/plain"), ["hello"])
+        first, second = (message.judged(lambda analysed: analysed) for _ in range(2))
+        self.assertIs(first, second)
+        self.assertEqual(first.texts("text/plain"), ["hello"])
         self.assertEqual(opened, [1])
 
     def test_a_failure_reaches_every_check(self):
+        opened = []
+
+        def unreadable():
+            opened.append(1)
+            raise OSError("gone")
+
+        message = Message(1, unreadable)
+        for _ in range(2):
+            self.assertRaises(OSError, message.judged, lambda analysed: analysed)
+        self.assertEqual(opened, [1])
+
+    def test_a_big_message_failure_reaches_every_check(self):
         run_threads_inline(self)
 
         def unreadable():
             raise OSError("gone")
 
-        message = Message(1, unreadable)
-        self.failureResultOf(message.content(), OSError)
-        self.failureResultOf(message.content(), OSError)
+        message = Message(hooks.INLINE + 1, unreadable)
+        first = message.judged(lambda analysed: analysed)
+        self.failureResultOf(first, OSError)
+        self.failureResultOf(message.judged(lambda analysed: analysed), OSError)
 
     def test_few_messages_at_once(self):
         started = []
 
         def in_thread(f, *args):
-            started.append(defer.Deferred())
-            return started[-1]
+            started.append((f, args, defer.Deferred()))
+            return started[-1][2]
+
+        def run(n):
+            f, args, d = started[n]
+            d.callback(f(*args))
 
         self.patch(threads, "deferToThread", in_thread)
-        messages = [Message(hooks.INLINE + 1, None) for _ in range(hooks.MAX_ANALYSES + 1)]
-        waiting = [m.content() for m in messages]
+        messages = [Message(hooks.INLINE + 1, lambda: io.BytesIO(b""))
+                    for _ in range(hooks.MAX_ANALYSES + 1)]
+        waiting = [m.judged(lambda analysed: len(analysed.parts)) for m in messages]
         self.assertEqual(len(started), hooks.MAX_ANALYSES)
-        started[0].callback(content.Content(()))
-        self.assertEqual(self.successResultOf(waiting[0]), content.Content(()))
-        self.assertEqual(len(started), hooks.MAX_ANALYSES + 1)
-        for d in started[1:]:
-            d.callback(content.Content(()))
+        run(0)
+        # The first message's judges, and the next message's analysis:
+        self.assertEqual(len(started), hooks.MAX_ANALYSES + 2)
+        ran = 1
+        while ran < len(started):  # (the semaphore is the module's: give every token back)
+            run(ran)
+            ran += 1
+        self.assertEqual([self.successResultOf(d) for d in waiting], [1] * len(waiting))
 
     def test_judges_share_one_thread_hop(self):
         """The text filters of one message judge in one thread hop together; each gets its own result."""

@@ -41,7 +41,7 @@ class Peer:
     local_ip: str
 
 
-# Messages analysed at once (Message.content): each may hold about 130 MB
+# Messages analysed at once (Message.judged): each may hold about 130 MB
 # while it is parsed (content.MAX_READ, MAX_DECODED as text), and the
 # reactor's thread pool also writes the spool.
 MAX_ANALYSES = 2
@@ -65,39 +65,52 @@ class Message:
 
     size: int
     open: Callable[[], BinaryIO]
-    _content: list = field(default_factory=list, compare=False, repr=False)
+    _analysed: list = field(default_factory=list, compare=False, repr=False)
     _judges: list = field(default_factory=list, compare=False, repr=False)
-
-    def content(self):
-        """
-        A Deferred of the message's L{content.Content}, worked out in a
-        thread on the first call (at most L{MAX_ANALYSES} messages at
-        once); the content filters all share it (the message is parsed
-        once, and only when a check asks).
-        """
-        if not self._content:
-            if self.size <= INLINE:
-                analysed = defer.maybeDeferred(content.analyse, self.open)
-            else:
-                analysed = _analyses.run(lambda: threads.deferToThread(content.analyse, self.open))
-            self._content.append(_Shared(analysed))
-        return self._content[0].wait()
 
     def judged(self, judge):
         """
-        A Deferred of C{judge(content)} (L{content}), run in a thread with
-        the other judges the body hook's checks asked for meanwhile: the
-        checks are all asked before the analysis can end, so a message's
-        text filters cost one thread hop together, not one each.
+        C{judge(content)}: what a content filter makes of the message's
+        L{content.Content}, which is worked out once, on the first call,
+        and shared by every filter (the message is parsed only when a check
+        asks).
+
+        A small message (L{INLINE}) is analysed and judged at once: the
+        judge's result comes back as it is (an exception raised as it is),
+        with no Deferred. A bigger one is analysed in a thread (at most
+        L{MAX_ANALYSES} messages at once), and the judges the body hook's
+        checks asked for meanwhile run together in one more thread hop:
+        the checks are all asked before the analysis can end, so a
+        message's filters cost one hop together, not one each. Then the
+        result is a Deferred.
         """
-        if self.size <= INLINE:  # (see INLINE)
-            return self.content().addCallback(judge)
+        if self.size <= INLINE:
+            return judge(self._inline())
         d = defer.Deferred()
         first = not self._judges
         self._judges.append((judge, d))
         if first:
-            self.content().addCallbacks(self._judge_all, self._judges_failed)
+            self._in_thread().addCallbacks(self._judge_all, self._judges_failed)
         return d
+
+    def _inline(self):
+        """The L{content.Content} of a small message, analysed on the first call."""
+        if not self._analysed:
+            try:
+                self._analysed.append(content.analyse(self.open))
+            except Exception:
+                self._analysed.append(Failure())
+        analysed = self._analysed[0]
+        if isinstance(analysed, Failure):
+            analysed.raiseException()
+        return analysed
+
+    def _in_thread(self):
+        """A Deferred of a big message's L{content.Content}, analysed in a thread once."""
+        if not self._analysed:
+            analysed = _analyses.run(lambda: threads.deferToThread(content.analyse, self.open))
+            self._analysed.append(_Shared(analysed))
+        return self._analysed[0].wait()
 
     def _judge_all(self, analysed):
         waiting, self._judges[:] = list(self._judges), []
@@ -111,6 +124,18 @@ class Message:
             waiting, self._judges[:] = list(self._judges), []
         for _, waiter in waiting:
             waiter.errback(failure)
+
+
+class ContentFilter:
+    """
+    A body hook check that reads the message's L{content.Content}: its
+    C{judge(content)} gives the L{Verdict}, at once for a small message, in
+    a thread with the other filters' judges for a big one
+    (L{Message.judged}).
+    """
+
+    def check(self, session, transaction, message):
+        return message.judged(self.judge)
 
 
 def _outcome(judge, analysed):

@@ -46,17 +46,6 @@ def subject_of(content):
     return found[0] if found else ""
 
 
-class ReadsText:
-    """
-    A content filter that reads the message's text: its C{judge(content)}
-    runs in a thread (a big message's words take a while), with the other
-    text filters' (L{mailsrv.policy.hooks.Message.judged}).
-    """
-
-    def check(self, session, transaction, message):
-        return message.judged(self.judge)
-
-
 def body_text(content):
     """The text/plain parts and what the text/html parts show, one text."""
     texts = list(content.texts("text/plain"))

@@ -155,10 +155,15 @@ class IncomingMessage:
         self._file.write(b"".join(self._held))
         self._held = []
 
+    @property
+    def in_memory(self):
+        """Whether every byte is still held here (nothing on disk yet)."""
+        return self._file is None
+
     def reader(self):
         """
         The bytes written so far, as a binary file to read (call off the
-        reactor thread: a big message is on disk).
+        reactor thread unless L{in_memory}: a big message is on disk).
         """
         if self._file is None:
             return io.BytesIO(b"".join(self._held))

@@ -166,9 +166,14 @@ class Reception:
         return d
 
     def _body_judged(self, judgement, received):
-        """Our headers and the policy's, then the message as received, in a thread."""
+        """
+        Our headers and the policy's, then the message as received: at
+        once from memory, in a thread from its file.
+        """
         self.judgement = judgement
         self._begin()
+        if received.in_memory:
+            return self._copy(received)
         return threads.deferToThread(self._copy, received)
 
     def _copy(self, received):

@@ -10,6 +10,7 @@ analysis (L{mailsrv.policy.hooks.Message.content}); a zip inside a zip is
 not opened.
 """
 
+from mailsrv.policy.hooks import ContentFilter
 from mailsrv.policy.verdict import Verdict
 
 
@@ -36,7 +37,7 @@ def blocked(content, extensions, content_types):
     return list(dict.fromkeys(found))
 
 
-class BlockedAttachments:
+class BlockedAttachments(ContentFilter):
     """
     A body filter: spam when an attachment is refused.
 
@@ -52,10 +53,8 @@ class BlockedAttachments:
         self.action = action
         self.subject_prefix = subject_prefix
 
-    def check(self, session, transaction, message):
-        return message.content().addCallback(self._judge)
-
-    def _judge(self, content):
+    def judge(self, content):
+        """The L{Verdict} on a message's L{content.Content}."""
         found = blocked(content, self.extensions, self.content_types)
         if not found:
             return Verdict.found(False)

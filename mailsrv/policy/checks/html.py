@@ -8,8 +8,8 @@ C{via<!-- -->gra}) and deceptive_text (text hidden, tiny, or in its
 background's colour). The parts are read by L{mailsrv.policy.htmltext}.
 """
 
+from mailsrv.policy.hooks import ContentFilter
 from mailsrv.policy.htmltext import read_html
-from mailsrv.policy.reading import ReadsText
 from mailsrv.policy.urlhost import host_of
 from mailsrv.policy.verdict import Verdict
 
@@ -36,7 +36,7 @@ def features(content):
     return found
 
 
-class HTMLFeatures(ReadsText):
+class HTMLFeatures(ContentFilter):
     """
     A body filter: spam when the HTML has at least C{min_features} of
     C{selected}.
@@ -53,7 +53,7 @@ class HTMLFeatures(ReadsText):
         self.subject_prefix = subject_prefix
 
     def judge(self, content):
-        """In a thread: the L{Verdict} on a message's L{content.Content}."""
+        """The L{Verdict} on a message's L{content.Content}."""
         found = features(content)
         counted = [name for name in self.selected if name in found]
         if not counted or len(counted) < self.min_features:

@@ -17,6 +17,7 @@ They read the raw header blocks of the shared content analysis
 import re
 
 from mailsrv.policy.content import raw_bytes
+from mailsrv.policy.hooks import ContentFilter
 from mailsrv.policy.verdict import Verdict
 
 MAX_BOUNDARY = 70  # RFC 2046 5.1.1
@@ -42,7 +43,7 @@ def broken_headers(content):
     return list(dict.fromkeys(found))
 
 
-class BrokenMIME:
+class BrokenMIME(ContentFilter):
     """
     A body filter: spam when a part's MIME header is broken in one of the
     four ways.
@@ -55,10 +56,8 @@ class BrokenMIME:
         self.action = action
         self.subject_prefix = subject_prefix
 
-    def check(self, session, transaction, message):
-        return message.content().addCallback(self._judge)
-
-    def _judge(self, content):
+    def judge(self, content):
+        """The L{Verdict} on a message's L{content.Content}."""
         found = broken_headers(content)
         if not found:
             return Verdict.found(False)

@@ -13,7 +13,8 @@ reactor thread for a small message, so a big table's parse holds it once).
 """
 
 from mailsrv.policy import bayes
-from mailsrv.policy.reading import ReadsText, body_text, subject_of
+from mailsrv.policy.hooks import ContentFilter
+from mailsrv.policy.reading import body_text, subject_of
 from mailsrv.policy.verdict import Verdict
 
 # Words named in the reason (the most telling ones).
@@ -25,7 +26,7 @@ def message_words(content, exclude=frozenset()):
     return bayes.words(subject_of(content) + "\n" + body_text(content), exclude)
 
 
-class StatisticalFilter(ReadsText):
+class StatisticalFilter(ContentFilter):
     """
     A body filter: spam when the message's words make it spam with at
     least C{threshold} probability.
@@ -45,7 +46,7 @@ class StatisticalFilter(ReadsText):
         self.subject_prefix = subject_prefix
 
     def judge(self, content):
-        """In a thread: the L{Verdict} on a message's L{content.Content}."""
+        """The L{Verdict} on a message's L{content.Content}."""
         probability, clues = self.table.get().probability(
             message_words(content, self.exclude.get()))
         if probability < self.threshold:
