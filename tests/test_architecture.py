@@ -37,7 +37,9 @@ RULES = {
     "mailsrv.addresslist": set(),
     "mailsrv.store.sortkeys": {"mailsrv.store", "mailsrv.addresslist"},
     "mailsrv.store.headerfields": {"mailsrv.store", "mailsrv.store.sortkeys",
-                                   "mailsrv.addresslist"},
+                                   "mailsrv.addresslist", "mailsrv.headerblock"},
+    # How header fields are found, for the header cache and the content filters.
+    "mailsrv.headerblock": set(),
     # The Maildir file-name codec: names in, flags and sizes out.
     "mailsrv.store.names": {"mailsrv.store"},
 }
@@ -48,7 +50,8 @@ RULES = {
 PACKAGES = {
     # Maildirs, UIDs, the header cache: nothing of the protocols, the queue,
     # the directory or the config (the protocols import the store).
-    "mailsrv.store": {"mailsrv.address", "mailsrv.addresslist", "mailsrv.ranges"},
+    "mailsrv.store": {"mailsrv.address", "mailsrv.addresslist", "mailsrv.headerblock",
+                      "mailsrv.ranges"},
     # Users, aliases, lists, passwords: no protocol, queue or store (but
     # fsync_directory, to write the users file durably).
     "mailsrv.directory": {"mailsrv.address", "mailsrv.config", "mailsrv.netaddr",
@@ -69,7 +72,8 @@ PACKAGES = {
     # replies and the delivery agent places the message: no protocol, no
     # queue, no store.
     "mailsrv.policy": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
-                       "mailsrv.dns", "mailsrv.errorlog", "mailsrv.netaddr"},
+                       "mailsrv.dns", "mailsrv.errorlog", "mailsrv.headerblock",
+                       "mailsrv.logtext", "mailsrv.netaddr"},
     # The SMTP server reads commands and DATA and writes replies: the policy
     # decides, the delivery agent (reached through the server context)
     # places the message; it never touches the store, the queue's runner

@@ -12,6 +12,7 @@ C{forward:} are where the delivery agent places the message
 
 from twisted.logger import Logger
 
+from mailsrv.logtext import literal
 from mailsrv.policy.verdict import Verdict
 
 log = Logger()
@@ -43,10 +44,11 @@ def begin(judgement, session, queue_id, subject_prefix, write):
     @return: C{(headers to write on top of the message, a L{SubjectPrefixer}
         over C{write} that the message goes through, or L{None})}.
     """
-    if judgement.checked:
-        log.info("antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} action={action}",
-                 queue_id=queue_id, ip=session.ip, summary=judgement.summary,
-                 action=judgement.action)
+    if judgement.checked:  # (a line a message: formatted here, mailsrv.logtext)
+        ip, summary, action = session.ip, judgement.summary, judgement.action
+        log.info(literal(f"antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} "
+                         f"action={action}"),
+                 queue_id=queue_id, ip=ip, summary=summary, action=action)
     prefixer = None
     prefix = judgement.subject_prefix(subject_prefix)
     if prefix:

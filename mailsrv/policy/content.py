@@ -16,24 +16,27 @@ The part structure is found here, on the bytes (delimiter lines at line
 starts, each byte scanned about once per level), not by C{email}'s
 parser: that one keeps neither a part's raw header block (the broken-MIME
 checks read exactly those bytes) nor any limit on parts or depth (it
-recurses once per level). Each header block is then read by the stdlib
-C{email} package (compat32): its parameter parsing knows RFC 2231 values
-and continuations, and C{email.header} decodes RFC 2047 encoded words in
+recurses once per level). The MIME fields of each header block
+(L{mailsrv.headerblock}) are then read by the stdlib C{email} package
+(compat32): its parameter parsing knows RFC 2231 values and
+continuations, and C{email.header} decodes RFC 2047 encoded words in
 file names; no need for a parser of our own there. The decoding of
 bodies is the stdlib's C{binascii} (base64, quoted-printable) and codecs.
 """
 
 import binascii
 import codecs
+import email.message
 import io
 import re
 import zipfile
 from dataclasses import dataclass
 from email import errors as email_errors
 from email.header import decode_header
-from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Optional
+
+from mailsrv.headerblock import FIELD, compat32_value
 
 MAX_READ = 32 << 20      # bytes of the message analysed (the rest is not read)
 MAX_PARTS = 1000         # parts, attached messages included
@@ -224,13 +227,20 @@ def _header_bounds(data, start, end):
 
 
 def _fields(header):
-    """The header block as a compat32 message, with long MIME fields cut (quadratic parsing)."""
-    fields = BytesHeaderParser(policy=compat32).parsebytes(header)
-    for name in ("content-type", "content-disposition"):
-        value = fields.get(name)
-        if value is not None and len(str(value)) > MAX_FIELD:
-            fields.replace_header(name, str(value)[:MAX_FIELD])
+    """
+    The MIME fields of a header block (the first of each) as a compat32
+    message, whose methods read their parameters; long values cut (their
+    parsing takes quadratic time).
+    """
+    fields = email.message.Message(policy=compat32)
+    for name, raw in FIELD.findall(header):
+        name = name.lower()
+        if name in _MIME_FIELDS and name.decode() not in fields:
+            fields[name.decode()] = compat32_value(raw)[:MAX_FIELD]
     return fields
+
+
+_MIME_FIELDS = frozenset({b"content-type", b"content-transfer-encoding", b"content-disposition"})
 
 
 def _boundary(fields):

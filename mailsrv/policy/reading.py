@@ -7,13 +7,13 @@ text/plain parts, and what the text/html parts show
 """
 
 import functools
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
+from mailsrv.headerblock import FIELD
 from mailsrv.policy.htmltext import read_html
 
-_UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError)
+_UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError, HeaderParseError)
 
 
 def header_values(header, name=None):
@@ -24,19 +24,18 @@ def header_values(header, name=None):
 @functools.lru_cache(maxsize=16)
 def _decoded_fields(header):
     """
-    C{((lower-case name, decoded value), ...)} of a header block: parsed
+    C{((lower-case name, decoded value), ...)} of a header block: found
     once for the filters of a message that ask (the Subject, every field).
+    8-bit bytes are read as UTF-8 (RFC 6532), what does not decode replaced.
     """
-    try:
-        fields = BytesHeaderParser(policy=compat32).parsebytes(header)
-    except _UNREADABLE:
-        return ()
     decoded = []
-    for key, value in fields.items():
+    for name, raw in FIELD.findall(header):
+        value = raw.decode("utf-8", "replace").lstrip(" \t").rstrip("\r\n")
         try:
-            decoded.append((key.lower(), str(make_header(decode_header(str(value))))))
+            value = str(make_header(decode_header(value)))
         except _UNREADABLE:
-            decoded.append((key.lower(), str(value)))
+            pass  # (kept as written)
+        decoded.append((name.decode("ascii").lower(), value))
     return tuple(decoded)
 
 

@@ -15,6 +15,7 @@ import functools
 import re
 from typing import NamedTuple, Optional
 
+from mailsrv.headerblock import FIELD, FOLD
 from mailsrv.store import sortkeys
 
 # Field name -> attribute of Fields holding its raw value.
@@ -30,9 +31,6 @@ CACHED = {
     "in-reply-to": "in_reply_to",
 }
 
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
-# The line break of a folded header line (RFC 5322 2.2.3); MIME parsing unfolds with it too.
-FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 class Fields(NamedTuple):
@@ -96,7 +94,7 @@ def parse(header, keys=True):
     """
     values = [None] * len(Fields._fields)
     spellings = _SPELLINGS
-    for name, raw in _FIELD.findall(header):
+    for name, raw in FIELD.findall(header):
         at = spellings.get(name, _UNSEEN)
         if at is _UNSEEN:
             at = _column_of(name)
