@@ -74,14 +74,17 @@ def url_entry(text):
     @raise ValueError: neither.
     """
     host = text.strip().rstrip(".").lower()
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        pass
-    try:
-        host = host.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{text!r} is not a domain or an IP address") from None
+    address = host.strip("[]")
+    if address[:1].isdigit() or ":" in address:  # (else no IP address: no exception)
+        try:
+            return str(ipaddress.ip_address(address))
+        except ValueError:
+            pass
+    if not host.isascii():  # (an ASCII name is its IDNA form: _LABEL checks the lengths)
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{text!r} is not a domain or an IP address") from None
     labels = host.split(".")
     if (len(host) > 253 or len(labels) < 2 or labels[-1].isdigit()  # (192.0.2.010: no IP)
             or not all(_LABEL.match(label) for label in labels)):

@@ -7,6 +7,7 @@ names), in the form the URL list keeps (L{mailsrv.policy.lists.url_entry}),
 and whether the list covers it (a listed domain covers its subdomains).
 """
 
+import functools
 import html
 import ipaddress
 import re
@@ -22,11 +23,13 @@ _CONTROL = re.compile(r"[\x00-\x20\x7f]+")
 _BARE = re.compile(r"www\.", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=4096)
 def host_of(url):
     """
     The host C{url} (as written in a message: entities and percent-escapes
     included) goes to, normalised; L{None} for other schemes (mailto:,
-    cid:, ...) and for what is no URL.
+    cid:, ...) and for what is no URL. Remembered for the URLs seen last:
+    a message repeats its links, and mail its senders'.
     """
     # browsers drop control characters and read a backslash as a slash
     text = _CONTROL.sub("", html.unescape(url)).replace("\\", "/")
@@ -58,11 +61,13 @@ def host_of(url):
 
 def _numeric_ip(host):
     """An IPv4 address written as C{inet_aton} reads it (3221225985, 0xC0.0.2.1, 0300.0.2.1)."""
+    if not host[0].isdigit() and ":" not in host:  # (a name: no exception to raise and catch)
+        return None
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if not _NUMERIC.match(host) or not host[0].isdigit():
+    if not _NUMERIC.match(host):
         return None
     try:
         return socket.inet_ntoa(socket.inet_aton(host))

@@ -73,22 +73,34 @@ class PhraseFilter(ContentFilter):
         self._compared = (None, ())  # the list's phrases, and what each is looked for as
 
     def _wanted(self):
-        """C{(phrase, what the text must hold)}, worked out once per version of the list."""
+        """
+        C{(phrase, its first word or "", what the text must hold)}, worked
+        out once per version of the list. The first word is known when
+        normalised (phrases match whole words then): a phrase whose first
+        word the text lacks is not searched for, so a long list costs a
+        set lookup a phrase, not a search of the text.
+        """
         phrases = self.phrases.get()
         listed, wanted = self._compared
         if listed is not phrases:
             wanted = []
             for phrase in phrases:
                 normal = normalized(phrase, self.normalize)
-                if normal:  # (whole words when normalised)
-                    wanted.append((phrase, f" {normal} " if self.normalize else normal))
+                if not normal:
+                    continue
+                if self.normalize:
+                    wanted.append((phrase, normal.partition(" ")[0], f" {normal} "))
+                else:
+                    wanted.append((phrase, "", normal))
             self._compared = (phrases, wanted)
         return wanted
 
     def judge(self, content):
         """The L{Verdict} on a message's L{content.Content}."""
         text = " " + normalized(scanned_text(content, self.scan), self.normalize) + " "
-        found = [phrase for phrase, wanted in self._wanted() if wanted in text]
+        words = frozenset(text.split()) if self.normalize else frozenset()
+        found = [phrase for phrase, first, wanted in self._wanted()
+                 if (not first or first in words) and wanted in text]
         if not found:
             return Verdict.found(False)
         return Verdict.found(True, self.action, tuple(f"phrase {p}" for p in found[:NAMED]),

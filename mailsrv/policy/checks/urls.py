@@ -64,7 +64,7 @@ class URLFilter(ContentFilter):
         """The L{Verdict} on a message's L{content.Content}."""
         entries = self.entries.get()
         found = {}
-        for url in links(content, self.scan):
+        for url in dict.fromkeys(links(content, self.scan)):  # (each once)
             host = host_of(url)
             entry = host and listed(host, entries)
             if entry:
