@@ -31,10 +31,11 @@ def _decoded_fields(header):
     decoded = []
     for name, raw in FIELD.findall(header):
         value = raw.decode("utf-8", "replace").lstrip(" \t").rstrip("\r\n")
-        try:
-            value = str(make_header(decode_header(value)))
-        except _UNREADABLE:
-            pass  # (kept as written)
+        if "=?" in value:  # RFC 2047 encoded words (the rest is as written)
+            try:
+                value = str(make_header(decode_header(value)))
+            except _UNREADABLE:
+                pass  # (kept as written)
         decoded.append((name.decode("ascii").lower(), value))
     return tuple(decoded)
 
