@@ -164,6 +164,24 @@ class System:
             self.process = None
 
 
+def content_filter_tables(directory):
+    """
+    Every content filter of issue 17 on: the config tables, and beside the
+    config (in C{directory}) lists of a realistic size.
+    """
+    directory = Path(directory)
+    (directory / "phrase-list.txt").write_text(
+        "".join(f"cheap offer number {n}\n" for n in range(200)))
+    (directory / "url-domain-bl.txt").write_text(
+        "".join(f"spam{n}.example\n" for n in range(200)))
+    words = "".join(f"{chr(97 + n % 26)}{chr(97 + n // 26 % 26)}word{chr(97 + n // 676)} "
+                    f"{n % 7} {n % 11}\n" for n in range(5000))
+    (directory / "antispam-table.txt").write_text("_messages 500 800\n" + words)
+    return {"antispam.mime": {}, "antispam.attachments": {}, "antispam.html": {},
+            "antispam.phrases": {}, "antispam.urls": {"scan": "all"},
+            "antispam.statistical": {}}
+
+
 class Mailsrv(System):
     name = "mailsrv"
     protocols = frozenset({"smtp", "submission", "pop3", "imap"})
@@ -184,19 +202,6 @@ class Mailsrv(System):
     def maildir(self, user):
         return self.dir / "var" / "mail" / DOMAIN / user
 
-    def _content_filters(self):
-        """Every content filter of issue 17 on, with lists of a realistic size beside the config."""
-        (self.dir / "phrase-list.txt").write_text(
-            "".join(f"cheap offer number {n}\n" for n in range(200)))
-        (self.dir / "url-domain-bl.txt").write_text(
-            "".join(f"spam{n}.example\n" for n in range(200)))
-        words = "".join(f"{chr(97 + n % 26)}{chr(97 + n // 26 % 26)}word{chr(97 + n // 676)} "
-                        f"{n % 7} {n % 11}\n" for n in range(5000))
-        (self.dir / "antispam-table.txt").write_text("_messages 500 800\n" + words)
-        return {"antispam.mime": {}, "antispam.attachments": {}, "antispam.html": {},
-                "antispam.phrases": {}, "antispam.urls": {"scan": "all"},
-                "antispam.statistical": {}}
-
     def start(self):
         from mailsrv.directory.passwords import hash_password
 
@@ -211,7 +216,7 @@ class Mailsrv(System):
         if self.options.get("smart_host"):
             tables["delivery"]["smart_host"] = self.options["smart_host"]
         if self.options.get("content_filters"):
-            tables.update(self._content_filters())
+            tables.update(content_filter_tables(self.dir))
         lines = []
         for name, table in tables.items():
             lines.append(f"[{name}]")

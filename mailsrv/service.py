@@ -56,6 +56,13 @@ LATER_REPLIES = {
     "imap": b"* BYE [UNAVAILABLE] Cannot check your address now, try again later\r\n",
 }
 
+# How long a thread keeps the interpreter lock while another waits for it
+# (CPython's default: 5 ms). The reactor thread lets the lock go at every
+# system call; while a big message is judged in a thread, the default made
+# it wait up to 5 ms for each of them, and other clients' rate fell to a
+# third (bench/content_speed.py, docs/performance.md).
+SWITCH_INTERVAL = 0.0005
+
 
 def _factory_builders():
     from mailsrv.imap.server import build_factory as imap
@@ -153,6 +160,7 @@ def _trusted_clients(settings, resolvers, clock):
 
 
 def make_service(settings):
+    sys.setswitchinterval(SWITCH_INTERVAL)
     server = build_mail_server(settings)
     top = service.MultiService()
     StartupNotes(settings, server.directory).setServiceParent(top)

@@ -206,7 +206,7 @@ def build(server, listener, clock):
              RECIPIENT: _recipient_gates(server, standing)}
     settings = server.settings.antispam
     timeout = server.settings.dns.timeout
-    filters = {SENDER: [], HEADER: [], BODY: _content_filters(settings, clock)}
+    filters = {SENDER: [], HEADER: [], BODY: content_filters(settings, clock)}
     threshold = 1
     if settings.dnsbl is not None:
         lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
@@ -243,7 +243,7 @@ def _content_for(settings):
     return judged
 
 
-def _content_filters(settings, clock):
+def content_filters(settings, clock):
     """The body hook's filters: they share one analysis of the message (Message.content)."""
     filters = []
     if settings.statistical is not None:
