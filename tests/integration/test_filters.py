@@ -7,7 +7,9 @@ what they are told, where their mail lands and what the
 log says.
 """
 
+import mailbox
 import subprocess
+import time
 
 from twisted.trial import unittest
 
@@ -372,3 +374,42 @@ class ContentAndExplainTests(FilterServerCase):
                       lines)
         self.assertEqual(lines[-1], "result: delivered, action move:Junk")
         self.assertIn("Subject: offer", stored)  # (the subject action lost to move:Junk)
+
+
+SPAM_TEXT = ("From: x@remote.test\r\nSubject: winner\r\n\r\n"
+             "Cheap pills, casino winner, buy now\r\n")
+GOOD_TEXT = ("From: y@remote.test\r\nSubject: lunch\r\n\r\n"
+             "The meeting agenda for tomorrow, and the report\r\n")
+
+
+class RetrainingTests(FilterServerCase):
+    """
+    `mailsrv filter train` on the running server's table: the next
+    messages are judged by what it learned, without a restart.
+    """
+
+    ANTISPAM = """
+[antispam.statistical]
+action = "move:Junk"
+subject_prefix = "[BAYES] "
+"""
+
+    def test_training_sends_that_kind_of_message_to_junk(self):
+        self.assertEqual(self.send(message=SPAM_TEXT)[0], 250)  # an empty table knows nothing
+        self.assertIn("X-Mailsrv-Spam: no; reasons=-", self.delivered())
+        for name, text in (("Spam", SPAM_TEXT), ("Good", GOOD_TEXT)):
+            folder = mailbox.Maildir(self.server.dir / name)
+            for _ in range(3):
+                folder.add(text)
+        self.server.admin("filter", "train", "--spam", str(self.server.dir / "Spam"),
+                          "--ham", str(self.server.dir / "Good"))
+        deadline = time.monotonic() + 5  # (the table is re-read within a second of a change)
+        while not self.server.maildir_files(folder=".Junk"):
+            self.assertLess(time.monotonic(), deadline, "still not in Junk")
+            self.assertEqual(self.send(message=SPAM_TEXT)[0], 250)
+            time.sleep(0.2)
+        stored = self.delivered(folder=".Junk")
+        self.assertIn("X-Mailsrv-Spam: yes; reasons=statistical ", stored)
+        self.assertIn("Subject: [BAYES] winner", stored)
+        self.assertEqual(self.send(message=GOOD_TEXT)[0], 250)
+        self.assertEqual(len(self.server.maildir_files(folder=".Junk")), 1)
