@@ -222,6 +222,24 @@ class SharedTests(unittest.TestCase):
         self.assertEqual(message.judged(lambda analysed: analysed.texts("text/plain")),
                          ["hello"])
 
+    def test_a_small_message_with_much_html_is_judged_in_a_thread(self):
+        """Analysed at once, but its HTML (over INLINE_HTML) read by the judges in a thread."""
+        hops = []
+
+        def in_thread(f, *args):
+            hops.append(f)
+            return defer.maybeDeferred(f, *args)
+
+        self.patch(threads, "deferToThread", in_thread)
+        html = b"<b>x</b>" * (hooks.INLINE_HTML // 8 + 1)
+        message = Message(hooks.INLINE, lambda: io.BytesIO(
+            TOP + b"Content-Type: text/html\r\n\r\n" + html))
+        first = message.judged(lambda analysed: len(analysed.parts))
+        second = message.judged(lambda analysed: analysed.texts("text/html")[0][:8])
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)),
+                         (1, "<b>x</b>"))
+        self.assertEqual(len(hops), 2)  # (one hop for each judge here: a hop runs at once)
+
     def test_parsed_once(self):
         opened = []
 

@@ -46,10 +46,13 @@ class Peer:
 # reactor's thread pool also writes the spool.
 MAX_ANALYSES = 2
 _analyses = defer.DeferredSemaphore(MAX_ANALYSES)
-# A message this small (most mail) is analysed and judged on the reactor
-# thread, in about a millisecond at most: the two thread hops, and the
-# interpreter lock passed back and forth, cost more than the work.
+# A message this small (most mail) is analysed on the reactor thread, and
+# judged there too unless its HTML is longer than INLINE_HTML: that takes
+# a millisecond or two at most, and two thread hops, with the interpreter
+# lock passed back and forth, cost more than the work. The HTML is what
+# takes long (html.parser: about 5 us a tag, 16 KB of tags 9 ms).
 INLINE = 16 << 10
+INLINE_HTML = 4 << 10
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,10 @@ class Message:
         and shared by every filter (the message is parsed only when a check
         asks).
 
-        A small message (L{INLINE}) is analysed and judged at once: the
-        judge's result comes back as it is (an exception raised as it is),
-        with no Deferred. A bigger one is analysed in a thread (at most
+        A small message (L{INLINE}) is analysed at once, and judged at once
+        unless it holds much HTML (L{INLINE_HTML}): the judge's result
+        comes back as it is (an exception raised as it is), with no
+        Deferred. A bigger one is analysed in a thread (at most
         L{MAX_ANALYSES} messages at once), and the judges the body hook's
         checks asked for meanwhile run together in one more thread hop:
         the checks are all asked before the analysis can end, so a
@@ -85,7 +89,9 @@ class Message:
         result is a Deferred.
         """
         if self.size <= INLINE:
-            return judge(self._inline())
+            analysed = self._inline()
+            if sum(map(len, analysed.texts("text/html"))) <= INLINE_HTML:
+                return judge(analysed)
         d = defer.Deferred()
         first = not self._judges
         self._judges.append((judge, d))
@@ -106,7 +112,12 @@ class Message:
         return analysed
 
     def _in_thread(self):
-        """A Deferred of a big message's L{content.Content}, analysed in a thread once."""
+        """
+        A Deferred of the L{content.Content} of a message judged in a
+        thread: analysed in a thread once (a big message), or already.
+        """
+        if self.size <= INLINE:  # (a small message with much HTML)
+            return defer.succeed(self._inline())
         if not self._analysed:
             analysed = _analyses.run(lambda: threads.deferToThread(content.analyse, self.open))
             self._analysed.append(_Shared(analysed))
