@@ -43,3 +43,23 @@ class ReadHtmlTests(unittest.TestCase):
         html = read_html(source)
         self.assertIsInstance(html.text, str)
         self.assertLess(time.monotonic() - start, 1.0)
+
+    def test_hostile_nesting_costs_its_size(self):
+        # What an HTML5 tree builder (selectolax's lexbor, 1.0.2) takes
+        # superlinear time on, and html.parser's tag stream reads in time
+        # proportional to its size (0.1-0.5 s of CPU each here): lexbor
+        # took 23 s on the divs, 8.5 s on the lists, 4 s on the spans (each
+        # </q> searches them all) and 25 s on the formatting elements (each
+        # <p> reopens all 3,000).
+        reopened = ("<div>" + "".join(f"<b id={i}>" for i in range(3000)) + "</div>"
+                    + "<p>x" * 3000)
+        for source, words in [("<div>x" * 100000, 100000),
+                              ("<table><tr><td>x" * 30000, 30000),
+                              ("<ul><li>x" * 30000, 30000),
+                              ("<span>x" * 30000 + "</q>" * 30000, 1),
+                              (reopened, 3000)]:
+            start = time.process_time()
+            html = read_html(source)
+            self.assertLess(time.process_time() - start, 2.0, source[:20])
+            self.assertEqual(len(html.text.split()), words, source[:20])
+
