@@ -433,7 +433,9 @@ class RunnerTests(unittest.TestCase):
     def test_remove_is_not_undone_by_a_delivery(self):
         """
         Regression: a message that came due while its removal was in a
-        thread was delivered (and its envelope written back, deferred).
+        thread was delivered (and its envelope written back, deferred); so
+        was one that a scan started meanwhile read back in before its file
+        went.
         """
         self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
         gone = self.enqueue(["bob@remote.test"])
@@ -443,8 +445,10 @@ class RunnerTests(unittest.TestCase):
         real = runner.deferToThread
 
         def hop(f, *args, **kwargs):
-            if f == self.spool.remove:  # the retry timer fires meanwhile
+            if f == self.spool.remove:  # the retry timer and the scan fire meanwhile
                 self.clock.advance(1000)
+            if f == runner._read_spool:  # at once: before the removal's thread runs
+                return defer.maybeDeferred(f, *args, **kwargs)
             return real(f, *args, **kwargs)
 
         runner.deferToThread = hop

@@ -145,10 +145,14 @@ class QueueRunner(service.Service):
         self.courier.stop()
 
     def wake(self):
-        """New mail is in the spool (or may be): look now."""
+        """
+        New mail is in the spool (or may be): look now, or once the scan or
+        control pass under way ends (a scan during a removal would read the
+        envelope back in: the id is forgotten before its file goes).
+        """
         if not self.running:
             return
-        if self._scanning:
+        if self._scanning or self._controlling:
             self._rescan = True
             return
         self._scanning = True
@@ -201,10 +205,14 @@ class QueueRunner(service.Service):
 
     def _scan_done(self, _):
         self._scanning = False
+        self._scan_if_asked()
+        self._check_idle()
+
+    def _scan_if_asked(self):
+        """Make the scan L{wake} put off."""
         if self._rescan:
             self._rescan = False
             self.wake()
-        self._check_idle()
 
     # Requests from `mailsrv queue`
 
@@ -221,6 +229,7 @@ class QueueRunner(service.Service):
     def _control_done(self, _):
         self._controlling = False
         self._dispatch()
+        self._scan_if_asked()
         self._check_idle()
 
     @defer.inlineCallbacks
