@@ -69,6 +69,13 @@ class FilterTests(unittest.TestCase):
         self.assertTrue(self.judge(["viagra"], scan="headers").spam)
         self.assertFalse(self.judge(["cheap pills"], scan="subject").spam)
 
+    def test_encoded_words_the_email_package_refuses(self):
+        """Broken base64, a charset named in 8-bit bytes: read as written (was a 451)."""
+        parsed = content.parse(b"Subject: =?utf-8?b?a?= cheap\r\n"
+                               b"X-Name: =?u\xffx?q?pills?=\r\n\r\nx\r\n")
+        self.assertEqual(scanned_text(parsed, "subject"), "=?utf-8?b?a?= cheap")
+        self.assertIn("=?u\ufffdx?q?pills?=", scanned_text(parsed, "headers"))
+
 
 class ThroughSMTPTests(unittest.TestCase):
     def setUp(self):

@@ -7,13 +7,16 @@ text/plain parts, and what the text/html parts show
 """
 
 import functools
-from email.errors import HeaderParseError
+from email.errors import MessageError
 from email.header import decode_header, make_header
 
 from mailsrv.headerblock import FIELD
 from mailsrv.policy.htmltext import read_html
 
-_UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError, HeaderParseError)
+# What decoding a field may raise: the email package's own errors too
+# (HeaderParseError for broken base64, CharsetError for a charset named in
+# 8-bit bytes).
+_UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError, MessageError)
 
 
 def header_values(header, name=None):
