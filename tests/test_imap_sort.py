@@ -73,6 +73,12 @@ class BaseSubjectTests(unittest.TestCase):
         self.assertEqual(sortkeys.subject_key("=?iso-8859-1?q?_?="), ("", 0))
         self.assertEqual(sortkeys.subject_key(None), ("", 0))
 
+    def test_broken_encoded_words_read_as_written(self):
+        """Regression: the email package's own errors (broken base64, a charset named in
+        8-bit bytes) escaped decode_words, failing SEARCH and SORT on such a message."""
+        for raw in ("=?utf-8?b?a?=", "=?u\xffx?q?a?=", "=?u\udcffx?q?a?="):
+            self.assertEqual(sortkeys.decode_words(raw), raw)
+
     @examples(300)
     @given(st.text(alphabet=" \t[]():refwdREFWDxyz\u00e9", max_size=40))
     def test_idempotent_and_trimmed(self, subject):

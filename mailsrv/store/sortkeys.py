@@ -7,6 +7,7 @@ Keys are compared with i;unicode-casemap (RFC 5051): each is stored
 already mapped (L{casemap}), so plain string order is the collation's.
 """
 
+import email.errors
 import email.header
 import functools
 import re
@@ -33,8 +34,8 @@ def decode_words(raw):
         return raw
     try:
         return str(email.header.make_header(email.header.decode_header(raw)))
-    except (ValueError, LookupError, UnicodeDecodeError):
-        return raw
+    except (ValueError, LookupError, email.errors.MessageError):
+        return raw  # (MessageError: broken base64, a charset named in 8-bit bytes)
 
 
 def casemap(text):
