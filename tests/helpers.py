@@ -1,12 +1,13 @@
 """
 Shared test fixtures: settings for a temporary config, the result of a
-Deferred that has fired, a loaded folder.
+Deferred that has fired, the lines logged, a loaded folder.
 """
 
 import tempfile
 from pathlib import Path
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 
 from mailsrv import config, errorlog
 
@@ -51,6 +52,17 @@ def fresh_error_log(testcase):
     so a test that counts logged errors would depend on the tests before it.
     """
     testcase.patch(errorlog, "client_errors", errorlog.ClientErrorLog())
+
+
+def log_lines(testcase):
+    """The lines logged from now on, as the log shows them (a list that grows)."""
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines
 
 
 def opened(store, user, name="INBOX"):

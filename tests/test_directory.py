@@ -5,11 +5,12 @@ Users file, aliases, routing and the password checker.
 import hashlib
 import os
 import stat
+from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 from twisted.cred import credentials, error
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.trial import unittest
 
 from mailsrv.address import AddressError, parse_mailbox
@@ -17,11 +18,13 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.aliases import parse_aliases
 from mailsrv.directory.users import parse_users, read_users
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
-from mailsrv.directory.listfile import ListFileError
+from mailsrv.directory.listfile import ListFileError, WatchedFile
 from mailsrv.directory import checker as checker_module
 from mailsrv.directory import users as users_module
 from mailsrv.directory.passwords import verify
 from mailsrv.sessions import MemorySessionStore
+from tests.helpers import log_lines
+from tests.test_smtp.support import run_threads_inline
 
 
 class UsersFileTests(unittest.TestCase):
@@ -52,6 +55,7 @@ class UsersFileTests(unittest.TestCase):
         self.assertEqual(self.users.addresses(), ["bob@example.test"])
 
     def test_edits_by_another_process_are_seen(self):
+        run_threads_inline(self)  # (the re-read)
         other = UserDB(self.path, self.clock)
         other.set_password("carol@example.test", "c")
         self.assertFalse(self.users.exists("carol@example.test"))  # checked < 1 s ago
@@ -86,6 +90,17 @@ class UsersFileTests(unittest.TestCase):
         self.assertIn("'a/b@example.test'", logged[0])
         self.assertEqual([p.lineno for p in users.problems], [2, 3, 4, 5, 6])
 
+    def test_a_re_read_logs_its_skipped_lines_once(self):
+        """On the reactor thread: the re-read itself runs in a thread."""
+        run_threads_inline(self)
+        logged = log_lines(self)
+        with open(self.path, "w") as f:
+            f.write("foo\nalice@example.test:$argon2id$a\n")
+        self.clock.advance(1)
+        self.assertTrue(self.users.exists("alice@example.test"))
+        self.assertTrue(self.users.exists("alice@example.test"))
+        self.assertEqual(logged, [f"users file: skipped {self.path}:1: expected address:hash"])
+
     def test_set_password_refuses_a_name_the_reader_would_skip(self):
         for name in ("a/b@example.test", "x\n@example.test", "..@example.test"):
             self.assertRaises(AddressError, self.users.set_password, name, "pw")
@@ -93,6 +108,85 @@ class UsersFileTests(unittest.TestCase):
 
     def test_unknown_user_never_verifies(self):
         self.assertFalse(verify(None, "mailsrv: no such user"))
+
+
+class WatchedFileTests(unittest.TestCase):
+    """
+    A list file is looked at once a second at most; a changed one is
+    re-parsed in a thread, one re-read at a time, the previous contents
+    served until the new ones are in.
+    """
+
+    def setUp(self):
+        self.path = Path(self.mktemp())
+        self.path.write_text("a\n")
+        self.clock = task.Clock()
+        self.parsed = []
+        self.rereads = []  # (the parse in its thread, the Deferred of its result)
+        self.patch(threads, "deferToThread", self.in_thread)
+        self.watched = WatchedFile(self.path, self.parse, self.clock)
+
+    def parse(self, path):
+        self.parsed.append(path)
+        text = Path(path).read_text()
+        if "bad" in text:
+            raise ListFileError(path, 1, "bad")
+        if "bug" in text:
+            raise ZeroDivisionError()
+        return text
+
+    def in_thread(self, f, *args):
+        d = defer.Deferred()
+        self.rereads.append((lambda: f(*args), d))
+        return d
+
+    def finish_reread(self):
+        """The last re-read's thread ends: its result (or error) reaches the reactor thread."""
+        run, d = self.rereads[-1]
+        defer.maybeDeferred(run).chainDeferred(d)
+
+    def test_an_unchanged_file_is_not_re_read(self):
+        for _ in range(3):
+            self.clock.advance(1)
+            self.assertEqual(self.watched.get(), "a\n")
+        self.assertEqual((len(self.parsed), self.rereads), (1, []))
+
+    def test_a_change_is_parsed_in_a_thread(self):
+        self.path.write_text("bb\n")
+        self.assertEqual(self.watched.get(), "a\n")  # looked at less than a second ago
+        self.clock.advance(1)
+        self.assertEqual(self.watched.get(), "a\n")  # the old contents until the thread ends
+        self.assertEqual((len(self.parsed), len(self.rereads)), (1, 1))
+        self.finish_reread()
+        self.assertEqual(self.watched.get(), "bb\n")
+
+    def test_one_re_read_at_a_time(self):
+        self.path.write_text("bb\n")
+        self.clock.advance(1)
+        self.watched.get()
+        self.path.write_text("ccc\n")
+        self.clock.advance(1)
+        self.assertEqual(self.watched.get(), "a\n")
+        self.assertEqual(len(self.rereads), 1)
+        self.finish_reread()  # it read "ccc", but its stat saw "bb": the next look reads again
+        self.assertEqual(self.watched.get(), "ccc\n")
+        self.assertEqual(len(self.rereads), 2)
+
+    def test_a_refused_file_keeps_the_previous_contents(self):
+        """Until its next change; a parser's bug is logged with its traceback."""
+        logged = log_lines(self)
+        for rereads, text in enumerate(["bad\n", "a bug\n"], 1):
+            self.path.write_text(text)
+            self.clock.advance(1)
+            self.watched.get()
+            self.finish_reread()
+            self.clock.advance(1)
+            self.assertEqual(self.watched.get(), "a\n")
+            self.assertEqual(len(self.rereads), rereads)
+        self.assertEqual(logged, [
+            f"keeping the previous contents of {self.path}: {self.path}:1: bad",
+            f"keeping the previous contents of {self.path}"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 
 class DirectoryTests(unittest.TestCase):
@@ -330,6 +424,7 @@ class LoginCacheTests(LoginHelper, unittest.TestCase):
 
     def test_an_edit_of_the_file_by_hand_ends_the_entry(self):
         """The server notices the file changed (at most a second later)."""
+        run_threads_inline(self)  # (the re-read)
         self.login(b"alice", b"pw")
         other = UserDB(self.users.path, task.Clock())  # `mailsrv user passwd` in another process
         other.set_password("alice@example.test", "new")

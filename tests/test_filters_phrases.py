@@ -8,11 +8,11 @@ from pathlib import Path
 from twisted.internet import task
 from twisted.trial import unittest
 
-from mailsrv.directory.listfile import WatchedFile
 from mailsrv.policy import content
 from mailsrv.policy.actions import Action
 from mailsrv.policy.checks.phrases import PhraseFilter, normalized, scanned_text
-from mailsrv.policy.lists import read_phrases
+from mailsrv.policy.lists import read_phrases, watched
+from tests.helpers import log_lines
 from tests.test_smtp.support import (
     connect,
     make_mail_server,
@@ -27,7 +27,52 @@ MESSAGE = (b"From: =?utf-8?q?V=2EI=2EA=2EG=2ER=2EA?= <x@remote.test>\r\n"
            b"<script>hidden phrase</script>\r\n")
 
 
-class PhraseListTests(unittest.TestCase):
+class WatchedListTests:
+    """
+    A phrase or URL list as the filter watches it (L{watched}): start-up
+    takes the good lines and logs each bad one; an edit with a bad line is
+    not used, the previous contents stay and one log line says why.
+
+    @cvar read: the list's reader; C{lines}, three good lines; C{bad}, a
+        bad line and C{problem}, what the log says of it; C{entries}, from
+        good lines to what the list holds.
+    """
+
+    def watch(self, *lines):
+        self.path = Path(self.mktemp())
+        self.path.write_text("".join(line + "\n" for line in lines))
+        self.clock = task.Clock()
+        return watched(str(self.path), self.read, self.clock)
+
+    def test_start_up_takes_the_good_lines(self):
+        logged = log_lines(self)
+        first, second, third = self.lines
+        listed = self.watch(first, self.bad, second)
+        self.assertEqual(listed.value, self.entries(first, second))
+        self.assertEqual(logged, [f"{self.path}:2: {self.problem} (left out)"])
+
+    def test_an_edit_with_a_bad_line_keeps_the_previous_contents(self):
+        run_threads_inline(self)
+        first, second, third = self.lines
+        listed = self.watch(first)
+        logged = log_lines(self)
+        self.path.write_text(f"{first}\n{second}\n{self.bad}\n")
+        self.clock.advance(1)
+        self.assertEqual(listed.get(), self.entries(first))
+        self.assertEqual(logged, [f"keeping the previous contents of {self.path}: "
+                                  f"{self.path}:3: {self.problem}"])
+        self.path.write_text(f"{first}\n{second}\n{third}\n")  # fixed
+        self.clock.advance(1)
+        self.assertEqual(listed.get(), self.entries(first, second, third))
+        self.assertEqual(len(logged), 1)
+
+
+class PhraseListTests(WatchedListTests, unittest.TestCase):
+    read = staticmethod(read_phrases)
+    lines = ("cheap pills", "lottery", "act now")
+    bad, problem = "no", "'no': a phrase has 3-32 characters"
+    entries = staticmethod(lambda *lines: lines)
+
     def test_read(self):
         path = self.mktemp()
         Path(path).write_text("Cheap  Pills\nno\ncheap pills\nspam.example\n" + "x" * 33 + "\n")
@@ -42,8 +87,8 @@ class FilterTests(unittest.TestCase):
     def judge(self, phrases, normalize=True, scan="all"):
         path = self.mktemp()
         Path(path).write_text("".join(p + "\n" for p in phrases))
-        check = PhraseFilter(WatchedFile(path, lambda p: read_phrases(p)[0], task.Clock()),
-                             normalize, scan, Action("subject"), "[PHRASE] ")
+        check = PhraseFilter(watched(path, read_phrases, task.Clock()), normalize, scan,
+                             Action("subject"), "[PHRASE] ")
         return check.judge(content.parse(MESSAGE)).finding
 
     def test_normalized_words(self):

@@ -9,7 +9,7 @@ import mailbox
 from pathlib import Path
 
 from hypothesis import given
-from twisted.internet import task
+from twisted.internet import defer, task, threads
 from twisted.trial import unittest
 
 from mailsrv.admin import cli
@@ -76,6 +76,32 @@ class FilterTests(unittest.TestCase):
 
     def test_good_mail(self):
         self.assertFalse(self.check().judge(content.parse(HAM)).finding.spam)
+
+    def test_a_changed_table_is_parsed_in_a_thread(self):
+        """
+        The old table judges until the new one is in: a big table's parse
+        never holds the reactor thread, which judges a small message.
+        """
+        rereads = []
+
+        def in_thread(f, *args):
+            rereads.append((f, args, defer.Deferred()))
+            return rereads[-1][2]
+        self.patch(threads, "deferToThread", in_thread)
+        clock = task.Clock()
+        table = Path(self.mktemp())
+        check = StatisticalFilter(WatchedFile(table, bayes.Table.parse, clock),
+                                  WatchedFile(self.mktemp(), bayes.parse_exclude, clock),
+                                  0.9, Action("move", "Junk"))
+        self.assertFalse(verdict_of(self, check, SPAM).finding.spam)  # no table yet
+        trained(table)
+        clock.advance(1)
+        self.assertFalse(verdict_of(self, check, SPAM).finding.spam)
+        clock.advance(1)
+        self.assertFalse(verdict_of(self, check, SPAM).finding.spam)
+        [(parse, args, parsed)] = rereads  # one re-read, in a thread
+        parsed.callback(parse(*args))
+        self.assertTrue(verdict_of(self, check, SPAM).finding.spam)
 
     @examples(100)
     @given(MESSAGES)

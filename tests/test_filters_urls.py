@@ -11,11 +11,11 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from mailsrv.admin import cli
-from mailsrv.directory.listfile import WatchedFile
 from mailsrv.policy import content
 from mailsrv.policy.actions import Action
 from mailsrv.policy.checks.urls import URLFilter, links
-from mailsrv.policy.lists import read_urls
+from mailsrv.policy.lists import read_urls, watched
+from tests.test_filters_phrases import WatchedListTests
 from tests.test_smtp.support import (
     connect,
     make_mail_server,
@@ -33,7 +33,12 @@ MESSAGE = (b"From: x@remote.test\r\nSubject: hi\r\n"
            b"--b--\r\n")
 
 
-class URLListTests(unittest.TestCase):
+class URLListTests(WatchedListTests, unittest.TestCase):
+    read = staticmethod(read_urls)
+    lines = ("spam.example", "192.0.2.1", "phish.example")
+    bad, problem = "not a host", "'not a host' is not a domain or an IP address"
+    entries = staticmethod(lambda *lines: frozenset(lines))
+
     def test_read(self):
         path = self.mktemp()
         Path(path).write_text("Spam.Example.\n192.0.2.1\nnot a host\n")
@@ -47,8 +52,7 @@ class FilterTests(unittest.TestCase):
     def judge(self, entries, scan="html"):
         path = self.mktemp()
         Path(path).write_text("".join(e + "\n" for e in entries))
-        check = URLFilter(WatchedFile(path, lambda p: read_urls(p)[0], task.Clock()), scan,
-                          Action("move", "Junk"))
+        check = URLFilter(watched(path, read_urls, task.Clock()), scan, Action("move", "Junk"))
         return check.judge(content.parse(MESSAGE)).finding
 
     def test_links_looked_at(self):

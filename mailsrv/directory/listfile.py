@@ -6,7 +6,12 @@ import os
 import stat
 import tempfile
 
+from twisted.internet import threads
+from twisted.logger import Logger
+
 from mailsrv.store.delivery import fsync_directory
+
+log = Logger()
 
 
 class ListFileError(Exception):
@@ -69,21 +74,32 @@ def replace_list_file(path, text):
 
 class WatchedFile:
     """
-    Re-parses a file when its modification time or size changes, at most
-    once per C{interval} seconds, so that admins' edits take effect without a
-    restart and a lookup costs one C{stat} at most.
+    A list file's parsed contents, re-parsed when its modification time,
+    size or inode changes, looked for at most once per C{interval}
+    seconds: admins' edits take effect without a restart, and a lookup
+    costs one C{stat} at most. The re-parse runs in a thread (a word table
+    has hundreds of thousands of lines) while the previous contents keep
+    being served; contents the parser refuses are not used: the previous
+    ones stay, and one log line says why.
+
+    @ivar value: the parsed contents, which any thread may read.
     """
 
     interval = 1.0
 
-    def __init__(self, path, parse, clock):
+    def __init__(self, path, parse, clock, first=None):
+        """
+        @param parse: from the path to the contents; raises
+            L{ListFileError} for a file it refuses. It runs in a thread on
+            a re-read, so it logs nothing and changes nothing shared.
+        @param first: how start-up parses the file, if not as C{parse}.
+        @raise ListFileError: start-up's parser refused the file.
+        """
         self.path = path
         self._parse = parse
         self._clock = clock
-        self._signature = None
-        self._checked = None
-        self.value = None
-        self.reload()
+        self._rereading = False
+        self._load(first or parse)
 
     def _stat_signature(self):
         try:
@@ -93,26 +109,43 @@ class WatchedFile:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def reload(self):
-        """Parse the file now (raising the parser's error for a bad file)."""
+        """Parse the file now, on this thread (raising the parser's error): after our own write."""
+        self._load(self._parse)
+
+    def _load(self, parse):
         signature = self._stat_signature()
-        self.value = self._parse(self.path)
+        self.value = parse(self.path)
         self._signature = signature
         self._checked = self._clock.seconds()
 
     def get(self):
-        """The parsed value, re-read first if the file changed."""
-        now = self._clock.seconds()
-        if now - self._checked >= self.interval:
-            self._checked = now
-            if self._stat_signature() != self._signature:
-                try:
-                    self.reload()
-                except (ListFileError, OSError) as e:
-                    from twisted.logger import Logger
-
-                    Logger().error(
-                        "keeping the previous contents of {path}: {error}",
-                        path=self.path, error=e,
-                    )
-                    self._signature = self._stat_signature()
+        """The parsed contents, after L{refresh}: on the reactor thread."""
+        self.refresh()
         return self.value
+
+    def refresh(self):
+        """
+        On the reactor thread: if the file changed, start its re-read in a
+        thread (one at a time); L{value} is the new contents once it ends.
+        """
+        now = self._clock.seconds()
+        if now - self._checked >= self.interval and not self._rereading:
+            self._checked = now
+            signature = self._stat_signature()
+            if signature != self._signature:
+                self._rereading = True
+                d = threads.deferToThread(self._parse, self.path)
+                d.addCallbacks(self._reread, self._refused, (signature,), None, (signature,))
+
+    def _reread(self, value, signature):
+        self._rereading = False
+        self.value, self._signature = value, signature
+
+    def _refused(self, failure, signature):
+        self._rereading = False
+        self._signature = signature  # (not tried again until the next change)
+        if failure.check(ListFileError, OSError):
+            log.error("keeping the previous contents of {path}: {error}",
+                      path=self.path, error=failure.value)
+        else:
+            log.failure("keeping the previous contents of {path}", failure, path=self.path)

@@ -62,23 +62,30 @@ class UserDB:
     def __init__(self, path, clock):
         self.path = path
         self.problems = []
-        self._file = WatchedFile(path, self._read, clock)
+        self._file = WatchedFile(path, read_users, clock)
+        self._users()  # (start-up's log lines)
 
-    def _read(self, path):
-        users, self.problems = read_users(path)
-        for problem in self.problems:
-            log.warn("users file: skipped {problem}", problem=problem)
+    def _users(self):
+        """
+        The users as last read. The lines a new read skipped are logged
+        here, on the reactor thread (a re-read runs in a thread).
+        """
+        users, problems = self._file.get()
+        if problems is not self.problems:
+            self.problems = problems
+            for problem in problems:
+                log.warn("users file: skipped {problem}", problem=problem)
         return users
 
     def hash_for(self, address):
         """The stored hash, or L{None} if there is no such user."""
-        return self._file.get().get(normalise(address))
+        return self._users().get(normalise(address))
 
     def exists(self, address):
-        return normalise(address) in self._file.get()
+        return normalise(address) in self._users()
 
     def addresses(self):
-        return sorted(self._file.get())
+        return sorted(self._users())
 
     # Changes, used by the `mailsrv user` command.
 

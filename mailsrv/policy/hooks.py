@@ -143,9 +143,17 @@ class ContentFilter:
     C{judge(content)} gives the L{Verdict}, at once for a small message, in
     a thread with the other filters' judges for a big one
     (L{Message.judged}).
+
+    @ivar lists: the L{mailsrv.directory.listfile.WatchedFile}s whose
+        C{value} C{judge} reads: C{check} has them look for an edit first,
+        on the reactor thread.
     """
 
+    lists = ()
+
     def check(self, session, transaction, message):
+        for watched in self.lists:
+            watched.refresh()
         return message.judged(self.judge)
 
 

@@ -5,7 +5,6 @@ each other), and L{ListenerPolicy}, what the protocol asks at each hook.
 """
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from mailsrv.address import normalise
 from mailsrv.config import DNSSettings
@@ -40,12 +39,10 @@ from mailsrv.policy.checks.sender import (
     ValidSender,
 )
 from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER
-from mailsrv.policy.lists import read_phrases, read_urls
+from mailsrv.policy.lists import read_phrases, read_urls, watched
 from mailsrv.policy.judgement import NOT_WHITELISTED, SKIPPED, Judgement
 from mailsrv.policy.standing import Standing
 from mailsrv.policy.whitelist import ClientWhitelist, SenderWhitelist, Whitelists
-
-log = Logger()
 
 
 class ListenerPolicy:
@@ -255,12 +252,12 @@ def content_filters(settings, clock):
             statistical.subject_prefix))
     if settings.phrases is not None:
         phrases = settings.phrases
-        filters.append(PhraseFilter(WatchedFile(phrases.file, _skipping(read_phrases), clock),
+        filters.append(PhraseFilter(watched(phrases.file, read_phrases, clock),
                                     phrases.normalize, phrases.scan,
                                     parse_action(phrases.action), phrases.subject_prefix))
     if settings.urls is not None:
         urls = settings.urls
-        filters.append(URLFilter(WatchedFile(urls.file, _skipping(read_urls), clock), urls.scan,
+        filters.append(URLFilter(watched(urls.file, read_urls, clock), urls.scan,
                                  parse_action(urls.action), urls.subject_prefix))
     if settings.html is not None:
         html = settings.html
@@ -275,16 +272,6 @@ def content_filters(settings, clock):
                                           parse_action(attachments.action),
                                           attachments.subject_prefix))
     return filters
-
-
-def _skipping(read):
-    """A loader of a list whose bad lines C{read} leaves out: each is logged."""
-    def entries(path):
-        found, skipped = read(path)
-        for problem in skipped:
-            log.warn("{problem} (left out)", problem=problem)
-        return found
-    return entries
 
 
 def _standing(server, listener):

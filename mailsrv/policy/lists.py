@@ -5,13 +5,22 @@ URL list (url-domain-bl.txt: one domain or IP address a line; a domain
 covers its subdomains), each entry normalised the way the filters compare
 it; and merging lists and word tables (`mailsrv filter merge`, IMail's
 cleanlist): counts add up, duplicates go, bad entries are reported.
+
+The filters watch the phrase and URL lists (L{watched}): start-up uses a
+list's good lines and logs each bad one; an edit with a bad line is not
+used, the previous contents stay and one log line says why, so a slip in
+an edit never drops the entries the server was using.
 """
 
 import ipaddress
 import re
 
-from mailsrv.directory.listfile import ListFileError, read_lines
+from twisted.logger import Logger
+
+from mailsrv.directory.listfile import ListFileError, WatchedFile, read_lines
 from mailsrv.policy import bayes
+
+log = Logger()
 
 MIN_PHRASE, MAX_PHRASE = 3, 32
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
@@ -33,8 +42,8 @@ def phrase(text):
 def read_phrases(path):
     """
     The phrase list in file C{path}: C{(phrases in order, each once; the
-    bad lines as L{ListFileError}s)}: a bad line is left out and reported
-    (at load, and by `mailsrv lists check`), the others are used.
+    bad lines as L{ListFileError}s)}: a bad line is left out, the others
+    are used (L{watched} says when).
     """
     phrases = {}
     skipped = _take_lines([path], lambda text: phrases.setdefault(phrase(text), None))
@@ -49,6 +58,35 @@ def read_urls(path):
     entries = set()
     skipped = _take_lines([path], lambda text: entries.add(url_entry(text)))
     return frozenset(entries), skipped
+
+
+def watched(path, read, clock):
+    """
+    The L{WatchedFile} of the phrase or URL list at C{path}.
+
+    @param read: L{read_phrases} or L{read_urls}.
+    """
+    return WatchedFile(path, _refusing(read), clock, first=_skipping(read))
+
+
+def _skipping(read):
+    """Start-up's loader: the good lines, each bad one logged."""
+    def entries(path):
+        found, skipped = read(path)
+        for problem in skipped:
+            log.warn("{problem} (left out)", problem=problem)
+        return found
+    return entries
+
+
+def _refusing(read):
+    """A re-read's loader: a bad line refuses the list (L{ListFileError})."""
+    def entries(path):
+        found, skipped = read(path)
+        if skipped:
+            raise skipped[0]
+        return found
+    return entries
 
 
 def _take_lines(paths, take):

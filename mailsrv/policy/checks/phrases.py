@@ -56,8 +56,7 @@ class PhraseFilter(ContentFilter):
     A body filter: spam when the scanned text holds a listed phrase.
 
     @param phrases: a L{mailsrv.directory.listfile.WatchedFile} of the
-        phrases (L{mailsrv.policy.lists.read_phrases}'s, without the
-        skipped lines).
+        phrases (L{mailsrv.policy.lists.watched}).
     @param normalize: compare the letters of words only.
     @param scan: one of L{SCANS}.
     @param action: the L{mailsrv.policy.actions.Action} for spam.
@@ -66,6 +65,7 @@ class PhraseFilter(ContentFilter):
 
     def __init__(self, phrases, normalize, scan, action, subject_prefix=None):
         self.phrases = phrases
+        self.lists = (phrases,)
         self.normalize = normalize
         self.scan = scan
         self.action = action
@@ -80,7 +80,7 @@ class PhraseFilter(ContentFilter):
         word the text lacks is not searched for, so a long list costs a
         set lookup a phrase, not a search of the text.
         """
-        phrases = self.phrases.get()
+        phrases = self.phrases.value
         listed, wanted = self._compared
         if listed is not phrases:
             wanted = []

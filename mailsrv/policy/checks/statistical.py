@@ -7,9 +7,9 @@ C{threshold} the message is spam, and the reason names the probability and
 the words that weighed most, so an admin sees why.
 
 The table and the exclude list are plain files an admin (and `mailsrv
-filter train`) edits; they are re-read within a second of a change, where
-the next judgement runs (L{mailsrv.policy.hooks.Message.judged}: the
-reactor thread for a small message, so a big table's parse holds it once).
+filter train`) edits; they are re-read within a second of a change, in a
+thread (L{mailsrv.directory.listfile.WatchedFile}: a big table's parse
+never holds the reactor), the previous contents judging meanwhile.
 """
 
 from mailsrv.policy import bayes
@@ -41,14 +41,15 @@ class StatisticalFilter(ContentFilter):
     def __init__(self, table, exclude, threshold, action, subject_prefix=None):
         self.table = table
         self.exclude = exclude
+        self.lists = (table, exclude)
         self.threshold = threshold
         self.action = action
         self.subject_prefix = subject_prefix
 
     def judge(self, content):
         """The L{Verdict} on a message's L{content.Content}."""
-        probability, clues = self.table.get().probability(
-            message_words(content, self.exclude.get()))
+        probability, clues = self.table.value.probability(
+            message_words(content, self.exclude.value))
         if probability < self.threshold:
             return Verdict.found(False)
         words = ", ".join([word for word, f in clues if f > bayes.UNKNOWN][:NAMED_CLUES])

@@ -56,13 +56,14 @@ class URLFilter(ContentFilter):
 
     def __init__(self, entries, scan, action, subject_prefix=None):
         self.entries = entries
+        self.lists = (entries,)
         self.scan = scan
         self.action = action
         self.subject_prefix = subject_prefix
 
     def judge(self, content):
         """The L{Verdict} on a message's L{content.Content}."""
-        entries = self.entries.get()
+        entries = self.entries.value
         found = {}
         for url in dict.fromkeys(links(content, self.scan)):  # (each once)
             host = host_of(url)
