@@ -20,7 +20,6 @@ from mailsrv.policy.hooks import Peer
 from mailsrv.policy.verdict import Verdict
 from mailsrv.service import BUSY_REPLIES, DENIED_REPLIES, LATER_REPLIES, ConnectionLimits
 from mailsrv.smtp.state import Session
-from tests.test_smtp.support import run_threads_inline
 
 
 def decided(d):
@@ -60,7 +59,6 @@ class ListenerAccessTests(unittest.TestCase):
         self.assertTrue(decided(access.check(Peer("198.51.100.1", "10.0.0.1"), None, None)).accepted)
 
     def test_a_list_file_edit_holds_for_the_next_connection(self):
-        run_threads_inline(self)  # (the re-read)
         path = Path(self.mktemp())
         path.write_text("# nobody yet\n")
         clock = task.Clock()

@@ -18,13 +18,13 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.aliases import parse_aliases
 from mailsrv.directory.users import parse_users, read_users
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
+from mailsrv.directory import listfile
 from mailsrv.directory.listfile import ListFileError, WatchedFile
 from mailsrv.directory import checker as checker_module
 from mailsrv.directory import users as users_module
 from mailsrv.directory.passwords import verify
 from mailsrv.sessions import MemorySessionStore
 from tests.helpers import log_lines
-from tests.test_smtp.support import run_threads_inline
 
 
 class UsersFileTests(unittest.TestCase):
@@ -55,7 +55,6 @@ class UsersFileTests(unittest.TestCase):
         self.assertEqual(self.users.addresses(), ["bob@example.test"])
 
     def test_edits_by_another_process_are_seen(self):
-        run_threads_inline(self)  # (the re-read)
         other = UserDB(self.path, self.clock)
         other.set_password("carol@example.test", "c")
         self.assertFalse(self.users.exists("carol@example.test"))  # checked < 1 s ago
@@ -91,8 +90,7 @@ class UsersFileTests(unittest.TestCase):
         self.assertEqual([p.lineno for p in users.problems], [2, 3, 4, 5, 6])
 
     def test_a_re_read_logs_its_skipped_lines_once(self):
-        """On the reactor thread: the re-read itself runs in a thread."""
-        run_threads_inline(self)
+        """On the reactor thread (a big file's re-read runs in a thread)."""
         logged = log_lines(self)
         with open(self.path, "w") as f:
             f.write("foo\nalice@example.test:$argon2id$a\n")
@@ -112,9 +110,9 @@ class UsersFileTests(unittest.TestCase):
 
 class WatchedFileTests(unittest.TestCase):
     """
-    A list file is looked at once a second at most; a changed one is
-    re-parsed in a thread, one re-read at a time, the previous contents
-    served until the new ones are in.
+    A list file is looked at once a second at most; a changed one over
+    INLINE bytes (here: any) is re-parsed in a thread, one re-read at a
+    time, the previous contents served until the new ones are in.
     """
 
     def setUp(self):
@@ -124,6 +122,7 @@ class WatchedFileTests(unittest.TestCase):
         self.parsed = []
         self.rereads = []  # (the parse in its thread, the Deferred of its result)
         self.patch(threads, "deferToThread", self.in_thread)
+        self.patch(listfile, "INLINE", 0)
         self.watched = WatchedFile(self.path, self.parse, self.clock)
 
     def parse(self, path):
@@ -159,6 +158,14 @@ class WatchedFileTests(unittest.TestCase):
         self.assertEqual((len(self.parsed), len(self.rereads)), (1, 1))
         self.finish_reread()
         self.assertEqual(self.watched.get(), "bb\n")
+
+    def test_a_small_file_is_re_read_at_once(self):
+        """On the reactor thread: an edit holds for the very next lookup."""
+        self.patch(listfile, "INLINE", len("bb\n"))
+        self.path.write_text("bb\n")
+        self.clock.advance(1)
+        self.assertEqual(self.watched.get(), "bb\n")
+        self.assertEqual((len(self.parsed), self.rereads), (2, []))
 
     def test_one_re_read_at_a_time(self):
         self.path.write_text("bb\n")
@@ -424,7 +431,6 @@ class LoginCacheTests(LoginHelper, unittest.TestCase):
 
     def test_an_edit_of_the_file_by_hand_ends_the_entry(self):
         """The server notices the file changed (at most a second later)."""
-        run_threads_inline(self)  # (the re-read)
         self.login(b"alice", b"pw")
         other = UserDB(self.users.path, task.Clock())  # `mailsrv user passwd` in another process
         other.set_password("alice@example.test", "new")

@@ -52,7 +52,6 @@ class WatchedListTests:
         self.assertEqual(logged, [f"{self.path}:2: {self.problem} (left out)"])
 
     def test_an_edit_with_a_bad_line_keeps_the_previous_contents(self):
-        run_threads_inline(self)
         first, second, third = self.lines
         listed = self.watch(first)
         logged = log_lines(self)

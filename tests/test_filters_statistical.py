@@ -5,6 +5,7 @@ server's own config, and `mailsrv filter train` changing that verdict.
 """
 
 import io
+import itertools
 import mailbox
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from twisted.internet import defer, task, threads
 from twisted.trial import unittest
 
 from mailsrv.admin import cli
+from mailsrv.directory import listfile
 from mailsrv.directory.listfile import WatchedFile
 from mailsrv.policy import bayes, content
 from mailsrv.policy.actions import Action
@@ -94,7 +96,11 @@ class FilterTests(unittest.TestCase):
                                   WatchedFile(self.mktemp(), bayes.parse_exclude, clock),
                                   0.9, Action("move", "Junk"))
         self.assertFalse(verdict_of(self, check, SPAM).finding.spam)  # no table yet
-        trained(table)
+        big = trained()
+        for word in itertools.islice(map("".join, itertools.product("xyz", repeat=8)), 300):
+            big.add_line(f"{word} 1 1")
+        big.write(table)
+        self.assertGreater(table.stat().st_size, listfile.INLINE)
         clock.advance(1)
         self.assertFalse(verdict_of(self, check, SPAM).finding.spam)
         clock.advance(1)

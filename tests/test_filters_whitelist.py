@@ -21,7 +21,7 @@ from mailsrv.netaddr import ListedClients
 from mailsrv.preflight import preflight
 from mailsrv.smtp.state import Session, Transaction
 from tests.helpers import result
-from tests.test_smtp.support import make_mail_server, run_threads_inline
+from tests.test_smtp.support import make_mail_server
 
 
 
@@ -99,7 +99,6 @@ class WhitelistTests(unittest.TestCase):
         self.assertTrue(self.match("10.0.0.1", "alice@example.test", user="alice").connection)
 
     def test_files_are_re_read(self):
-        run_threads_inline(self)
         whitelists = self.whitelists()
         session, transaction = Session(ip="192.0.2.1"), Transaction("new@newpartner.test")
         self.assertFalse(result(whitelists.match(session, transaction)).reasons)

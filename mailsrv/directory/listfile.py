@@ -6,12 +6,17 @@ import os
 import stat
 import tempfile
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailsrv.store.delivery import fsync_directory
 
 log = Logger()
+
+# A list file this small (most that admins keep by hand) is re-parsed at
+# once, on the reactor thread, in a millisecond or so, so that an edit holds
+# for the very next lookup; a bigger one (a word table) in a thread.
+INLINE = 2 << 10
 
 
 class ListFileError(Exception):
@@ -77,10 +82,10 @@ class WatchedFile:
     A list file's parsed contents, re-parsed when its modification time,
     size or inode changes, looked for at most once per C{interval}
     seconds: admins' edits take effect without a restart, and a lookup
-    costs one C{stat} at most. The re-parse runs in a thread (a word table
-    has hundreds of thousands of lines) while the previous contents keep
-    being served; contents the parser refuses are not used: the previous
-    ones stay, and one log line says why.
+    costs one C{stat} at most. A file over L{INLINE} bytes is re-parsed in
+    a thread (a word table has hundreds of thousands of lines) while the
+    previous contents keep being served. Contents the parser refuses are
+    not used: the previous ones stay, and one log line says why.
 
     @ivar value: the parsed contents, which any thread may read.
     """
@@ -90,8 +95,8 @@ class WatchedFile:
     def __init__(self, path, parse, clock, first=None):
         """
         @param parse: from the path to the contents; raises
-            L{ListFileError} for a file it refuses. It runs in a thread on
-            a re-read, so it logs nothing and changes nothing shared.
+            L{ListFileError} for a file it refuses. It may run in a thread
+            on a re-read, so it logs nothing and changes nothing shared.
         @param first: how start-up parses the file, if not as C{parse}.
         @raise ListFileError: start-up's parser refused the file.
         """
@@ -102,6 +107,7 @@ class WatchedFile:
         self._load(first or parse)
 
     def _stat_signature(self):
+        """C{(modification time, size, inode)}, or L{None} for a missing file."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -125,8 +131,9 @@ class WatchedFile:
 
     def refresh(self):
         """
-        On the reactor thread: if the file changed, start its re-read in a
-        thread (one at a time); L{value} is the new contents once it ends.
+        On the reactor thread: if the file changed, re-read it, a big one
+        in a thread (one re-read at a time); L{value} is the new contents
+        once it ends.
         """
         now = self._clock.seconds()
         if now - self._checked >= self.interval and not self._rereading:
@@ -134,7 +141,10 @@ class WatchedFile:
             signature = self._stat_signature()
             if signature != self._signature:
                 self._rereading = True
-                d = threads.deferToThread(self._parse, self.path)
+                if signature is None or signature[1] <= INLINE:  # (its size)
+                    d = defer.maybeDeferred(self._parse, self.path)
+                else:
+                    d = threads.deferToThread(self._parse, self.path)
                 d.addCallbacks(self._reread, self._refused, (signature,), None, (signature,))
 
     def _reread(self, value, signature):

@@ -7,9 +7,9 @@ C{threshold} the message is spam, and the reason names the probability and
 the words that weighed most, so an admin sees why.
 
 The table and the exclude list are plain files an admin (and `mailsrv
-filter train`) edits; they are re-read within a second of a change, in a
-thread (L{mailsrv.directory.listfile.WatchedFile}: a big table's parse
-never holds the reactor), the previous contents judging meanwhile.
+filter train`) edits; they are re-read within a second of a change, a big
+one in a thread (L{mailsrv.directory.listfile.WatchedFile}: a big table's
+parse never holds the reactor), the previous contents judging meanwhile.
 """
 
 from mailsrv.policy import bayes
