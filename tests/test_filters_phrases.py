@@ -46,7 +46,7 @@ class WatchedListTests:
 
     def test_start_up_takes_the_good_lines(self):
         logged = log_lines(self)
-        first, second, third = self.lines
+        first, second, _ = self.lines
         listed = self.watch(first, self.bad, second)
         self.assertEqual(listed.value, self.entries(first, second))
         self.assertEqual(logged, [f"{self.path}:2: {self.problem} (left out)"])
