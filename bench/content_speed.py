@@ -106,11 +106,12 @@ def judge_once(checks, data):
     reading._decoded_fields.cache_clear()
     urlhost.host_of.cache_clear()
     message = hooks.Message(len(data), lambda: io.BytesIO(data))
-    inline, hooks.INLINE = hooks.INLINE, len(data)  # (the work, not the thread hops)
+    limits = hooks.INLINE, hooks.INLINE_HTML
+    hooks.INLINE = hooks.INLINE_HTML = len(data)  # (the work, not the thread hops)
     try:
         return [check.check(None, None, message) for check in checks]
     finally:
-        hooks.INLINE = inline
+        hooks.INLINE, hooks.INLINE_HTML = limits
 
 
 def cost(checks, data, repeats):
