@@ -28,7 +28,6 @@ import io
 import smtplib
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import task  # noqa: E402
 
+from bench.busy import foreground_rate  # noqa: E402
 from bench.systems import content_filter_tables  # noqa: E402
 from mailsrv import config  # noqa: E402
 from mailsrv.policy import hooks, htmltext, reading, urlhost  # noqa: E402
@@ -141,28 +141,11 @@ def small_client_rate(messages, filters, background_clients):
                     f'{key} = "{value}"\n' for key, value in table.items()))
     server.start()
     big = newsletter(5 << 20)
-    stop = threading.Event()
-
-    def background():
-        while not stop.is_set():
-            send(server, big)
-
     try:
-        send(server, SMALL)
-        threads = [threading.Thread(target=background) for _ in range(background_clients)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1)
-        start = time.monotonic()
-        for _ in range(messages):
-            send(server, SMALL)
-        rate = messages / (time.monotonic() - start)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        return foreground_rate(lambda: send(server, SMALL), lambda: send(server, big),
+                               background_clients, messages)
     finally:
         server.cleanup()
-    return rate
 
 
 def main(repeats=10, messages=200):

@@ -20,13 +20,13 @@ Prints the client's messages/s in each run and the ratio of run 3 to run
 import smtplib
 import sys
 import threading
-import time
 from pathlib import Path
 
 import dns.message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.busy import foreground_rate  # noqa: E402
 from tests.dnsserver import TinyDNSServer  # noqa: E402
 from tests.integration.harness import MailServerProcess  # noqa: E402
 
@@ -72,31 +72,18 @@ def run(messages, antispam, background_clients):
         with open(server.config, "a") as config:
             config.write('\n[antispam.dnsbl]\nlists = ["slow.test"]\naction = "none"\n')
     server.start()
-    stop = threading.Event()
     counter = iter(range(2, 1 << 16))
 
-    def background():
-        while not stop.is_set():
-            n = next(counter)
-            send(server, f"127.0.{n // 250}.{n % 250 + 2}")
+    def from_a_new_address():
+        n = next(counter)
+        send(server, f"127.0.{n // 250}.{n % 250 + 2}")
 
-    try:
-        send(server, "127.0.0.1")  # warm-up: the answer for 127.0.0.1 is cached
-        threads = [threading.Thread(target=background) for _ in range(background_clients)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1)
-        start = time.monotonic()
-        for _ in range(messages):
-            send(server, "127.0.0.1")
-        rate = messages / (time.monotonic() - start)
-        stop.set()
-        for thread in threads:
-            thread.join()
+    try:  # (the warm-up caches the answer for 127.0.0.1)
+        return foreground_rate(lambda: send(server, "127.0.0.1"), from_a_new_address,
+                               background_clients, messages)
     finally:
         server.cleanup()
         dns.close()
-    return rate
 
 
 def main():

@@ -1,7 +1,7 @@
 """
 What the content filters read of a message (issue 17), worked out once per
-message for all of them (L{mailsrv.policy.hooks.Message.content}), in a
-thread: the raw header block of each part, its content type, boundary and
+message for all of them (L{mailsrv.policy.hooks.Message.judged}): the
+raw header block of each part, its content type, boundary and
 file name, the decoded text of text/plain and text/html parts, and the
 names inside zip attachments.
 

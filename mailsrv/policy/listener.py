@@ -241,7 +241,7 @@ def _content_for(settings):
 
 
 def content_filters(settings, clock):
-    """The body hook's filters: they share one analysis of the message (Message.content)."""
+    """The body hook's filters: they share one analysis of the message (Message.judged)."""
     filters = []
     if settings.statistical is not None:
         statistical = settings.statistical

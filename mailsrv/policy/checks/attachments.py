@@ -6,7 +6,7 @@ The extension is the name's last one, after the trailing dots and spaces
 Windows ignores ("invoice.pdf.exe", "invoice.exe . "): a double extension
 shows what a reader expects, the last one what Windows runs. Zip files are
 listed (their names only: nothing is extracted) by the shared content
-analysis (L{mailsrv.policy.hooks.Message.content}); a zip inside a zip is
+analysis (L{mailsrv.policy.hooks.Message.judged}); a zip inside a zip is
 not opened.
 """
 

@@ -11,7 +11,7 @@ that a part one of them sees is hidden from the other:
   without the leading white space that would continue the Content-Type.
 
 They read the raw header blocks of the shared content analysis
-(L{mailsrv.policy.hooks.Message.content}).
+(L{mailsrv.policy.hooks.Message.judged}).
 """
 
 import re
