@@ -18,6 +18,7 @@ cached, so callers can answer 4xx instead of refusing for good.
 """
 
 import ipaddress
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -49,12 +50,46 @@ class DNSPythonBackend:
     Blocking lookups with dnspython (call in a thread).
 
     @param servers: C{(host, port)} pairs; empty: the system's resolv.conf.
+        A host given by name (a blacklist's own server, "ns.list.example")
+        is looked up by C{names}, in the thread of the first query, and
+        again when its answer's TTL runs out.
     @param timeout: seconds for one whole lookup, every server and retry.
+    @param names: the backend that finds the servers' addresses (the
+        server's C{[dns]} one).
     """
 
-    def __init__(self, servers, timeout):
-        self._resolver = dnspython_resolver(servers, timeout)
-        self._resolver.cache = None  # ours is in front of it
+    def __init__(self, servers, timeout, names=None):
+        self._servers = tuple(servers)
+        self._timeout = timeout
+        self._names = names
+        self._by_name = any(not _is_address(host) for host, _ in self._servers)
+        self._resolver = None if self._by_name else self._made(self._servers)
+        self._expires = 0.0
+
+    def _made(self, servers):
+        resolver = dnspython_resolver(servers, self._timeout)
+        resolver.cache = None  # ours is in front of it
+        return resolver
+
+    def _current(self):
+        """The dnspython resolver, its servers' names looked up if needed (in a thread)."""
+        if self._by_name and (self._resolver is None or time.monotonic() >= self._expires):
+            servers, ttl = [], MAX_TTL
+            for host, port in self._servers:
+                if _is_address(host):
+                    servers.append((host, port))
+                    continue
+                for rdtype in ("A", "AAAA"):
+                    answer = self._names.query(host, rdtype)
+                    servers.extend((address, port) for address in answer.records)
+                    if answer.records:
+                        ttl = min(ttl, answer.ttl)
+            if not servers:
+                raise TemporaryDNSError(
+                    "no address for " + ", ".join(h for h, _ in self._servers))
+            self._resolver = self._made(servers)
+            self._expires = time.monotonic() + max(ttl, NEGATIVE_TTL)
+        return self._resolver
 
     def query(self, name, rdtype):
         import dns.exception
@@ -62,7 +97,7 @@ class DNSPythonBackend:
         import dns.resolver
 
         try:
-            answer = self._resolver.resolve(name, rdtype, search=False)
+            answer = self._current().resolve(name, rdtype, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN,
                 dns.exception.SyntaxError, dns.name.NameTooLong):
             # No such name, no such records, or a name that cannot exist.
@@ -72,6 +107,14 @@ class DNSPythonBackend:
         except dns.exception.DNSException as e:  # SERVFAIL everywhere, ...
             raise TemporaryDNSError(f"{rdtype} {name}: {e}")
         return Answer(tuple(_text(rdtype, r) for r in answer), answer.rrset.ttl)
+
+
+def _is_address(host):
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def dnspython_resolver(servers, timeout):
@@ -204,14 +247,22 @@ class Resolvers:
     queue share one cache per settings. Built once, in service.py.
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock, names=None):
+        """
+        @param names: the server's C{[dns]} settings, whose servers find
+            the addresses of servers given by name (L{DNSPythonBackend}).
+        """
         self.clock = clock
+        self._names = names
         self._made = {}
 
     def __call__(self, dns_settings):
         """The resolver for C{dns_settings} (a L{mailsrv.config.DNSSettings})."""
         resolver = self._made.get(dns_settings)
         if resolver is None:
-            backend = DNSPythonBackend(dns_settings.servers, dns_settings.timeout)
+            names = None
+            if self._names is not None and dns_settings != self._names:
+                names = DNSPythonBackend(self._names.servers, self._names.timeout)
+            backend = DNSPythonBackend(dns_settings.servers, dns_settings.timeout, names)
             resolver = self._made[dns_settings] = Resolver(backend, self.clock)
         return resolver

@@ -119,7 +119,7 @@ def build_mail_server(settings, clock=reactor):
     sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)
     store = MailStore(settings.data_dir / "mail", clock)
-    resolvers = dns.Resolvers(clock)
+    resolvers = dns.Resolvers(clock, settings.dns)
     spool = Spool(settings.data_dir / "queue")
     delivery = LocalDelivery(spool, store, directory)
     return MailServer(

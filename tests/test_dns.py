@@ -6,7 +6,8 @@ dnspython backend against a tiny DNS server on 127.0.0.1.
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from mailsrv.dns import Answer, DNSPythonBackend, Resolver, TemporaryDNSError
+from mailsrv.config import DNSSettings
+from mailsrv.dns import Answer, DNSPythonBackend, Resolver, Resolvers, TemporaryDNSError
 from tests.dnsserver import TinyDNSServer
 
 
@@ -135,3 +136,20 @@ class RealServerTests(unittest.TestCase):
         for name in ("slow.test", "broken.test"):
             with self.assertRaises(TemporaryDNSError):
                 yield self.resolver.accepts_mail(name)
+
+    @defer.inlineCallbacks
+    def test_a_server_given_by_name(self):
+        """
+        Regression: a blacklist's own server written as a name ("ns.own.test:PORT")
+        was handed to dnspython as an address, and every lookup through it timed out.
+        """
+        listed = TinyDNSServer({("2.0.0.127.own.test", "A"): ["127.0.0.2"]})
+        self.addCleanup(listed.close)
+        self.server.records[("ns.own.test", "A")] = ["127.0.0.1"]
+        main = DNSSettings((("127.0.0.1", self.server.port),), 0.5)
+        resolvers = Resolvers(task.Clock(), main)
+        own = resolvers(DNSSettings((("ns.own.test", listed.port),), 0.5))
+        self.assertEqual((yield own.query("2.0.0.127.own.test", "A")), ("127.0.0.2",))
+        unknown = resolvers(DNSSettings((("ns.nowhere.test", listed.port),), 0.5))
+        with self.assertRaises(TemporaryDNSError):
+            yield unknown.query("2.0.0.127.own.test", "A")
