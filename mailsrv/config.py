@@ -367,6 +367,9 @@ class DNSSettings:
 # the policy parses them (mailsrv.policy.actions), and preflight checks them.
 DEFAULT_ACTION = "header"
 DNSBL_KINDS = ("standard", "trusted")
+# What a list is asked about: the client's address (and Received IPs), or a
+# name (RHSBL): the sender's domain, or the HELO name.
+DNSBL_LOOKUPS = ("ip", "sender", "helo")
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,7 @@ class DNSBLList:
         (one hit is enough).
     @ivar codes: the answers that count as listed; empty: any 127.0.0.0/8.
     @ivar action: the action's text (default: the section's action).
+    @ivar lookup: what is looked up, one of L{DNSBL_LOOKUPS}.
     """
 
     zone: str = _text("")
@@ -388,6 +392,7 @@ class DNSBLList:
     kind: str = _choice("standard", DNSBL_KINDS)
     codes: tuple = _texts()
     action: str = DEFAULT_ACTION
+    lookup: str = _choice("ip", DNSBL_LOOKUPS)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from mailsrv.smtp.state import Session
 from tests.helpers import result
 
 
-def bl(zone, kind="standard", codes=(), action=HEADER, server=None):
-    return DNSBL(zone, zone, server, kind, codes, action)
+def bl(zone, kind="standard", codes=(), action=HEADER, server=None, lookup="ip"):
+    return DNSBL(zone, zone, server, kind, codes, action, lookup)
 
 
 class FakeResolver:
@@ -49,6 +49,16 @@ class QueryNameTests(unittest.TestCase):
     def test_ipv6_nibbles(self):
         name = bl("zen.test").query_name("2001:db8::1")
         self.assertEqual(name, "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.zen.test")
+
+
+class NameQueryTests(unittest.TestCase):
+    """RHSBL: a name looked up under the zone."""
+
+    def test_names(self):
+        self.assertEqual(bl("dbl.test").name_query("Spam.Example."), "spam.example.dbl.test")
+        for no_domain in ("[192.0.2.1]", "localhost", "", "a..example", "-a.example",
+                          "a" * 64 + ".example", ("a" * 60 + ".") * 4 + "example"):
+            self.assertRaises(ValueError, bl("dbl.test").name_query, no_domain)
 
 
 class ClassifyTests(unittest.TestCase):
@@ -143,6 +153,35 @@ class FilterTests(unittest.TestCase):
         self.assertEqual(found.headers, (("X-Mailsrv-DNSBL", "203.0.113.9 listed in a.test "
                                                              "(127.0.0.2), from a Received header"),))
 
+    def test_sender_domain_and_helo_lists(self):
+        """Lists with lookup "sender" or "helo" (RHSBL) ask about names, beside the IP lists."""
+        resolver = FakeResolver({"spam.example.dbl.test": ("127.0.1.2",),
+                                 "bad.helo.example.hbl.test": ("127.0.0.2",)})
+        lists = [bl("zen.test"), bl("dbl.test", lookup="sender"),
+                 bl("hbl.test", kind="trusted", lookup="helo")]
+        f = DNSBLFilter(lists, lambda _: resolver, 5, self.clock)
+        found = result(f.check(Session(ip=IP, helo="bad.helo.example"), None,
+                               "x@spam.example")).finding
+        self.assertEqual(sorted(resolver.queries), [
+            ("10.2.0.192.zen.test", "A"), ("bad.helo.example.hbl.test", "A"),
+            ("spam.example.dbl.test", "A")])
+        self.assertEqual(found.reasons, ("dnsbl dbl.test 127.0.1.2 sender spam.example",
+                                         "dnsbl hbl.test 127.0.0.2 helo bad.helo.example"))
+        self.assertEqual(found.headers, (
+            ("X-Mailsrv-DNSBL", "spam.example listed in dbl.test (127.0.1.2), the sender name"),
+            ("X-Mailsrv-DNSBL", "bad.helo.example listed in hbl.test (127.0.0.2), "
+                                "the helo name")))
+        self.assertTrue(found.spam)  # (the trusted HELO list alone)
+
+    def test_names_not_looked_up(self):
+        """The null sender, an address literal HELO, a Received IP: no name query."""
+        resolver = FakeResolver({})
+        lists = [bl("dbl.test", lookup="sender"), bl("hbl.test", lookup="helo")]
+        f = DNSBLFilter(lists, lambda _: resolver, 5, self.clock)
+        result(f.check(Session(ip=IP, helo="[192.0.2.10]"), None, ""))
+        result(f.check_received("192.0.2.20"))
+        self.assertEqual(resolver.queries, [])
+
     def test_per_list_resolver(self):
         own = bl("own.test", server=("127.0.0.1", 5353))
         asked = []
@@ -209,6 +248,8 @@ class ConfigTests(unittest.TestCase):
             config.DNSBLList("bl.example", "BL", ("127.0.0.1", 5353), "trusted",
                              ("127.0.0.4",), "move:Junk"),
         ))
+        self.assertEqual(parse({"lists": [{"zone": "dbl.example", "lookup": "sender"}]})
+                         .antispam.dnsbl.lists[0].lookup, "sender")
 
     def test_errors(self):
         for table, key in [
@@ -221,6 +262,8 @@ class ConfigTests(unittest.TestCase):
             ({"lists": [{"zone": "a.example", "codes": ["x"]}]}, "[antispam.dnsbl.lists] codes"),
             ({"lists": [{"name": "a"}]}, "[antispam.dnsbl.lists] zone"),
             ({"lists": [{"zone": "a.example", "typo": 1}]}, "[antispam.dnsbl.lists] typo"),
+            ({"lists": [{"zone": "a.example", "lookup": "from"}]},
+             "[antispam.dnsbl.lists] lookup"),
             ({"lists": [3]}, "[antispam.dnsbl] lists"),
             ({"lists": ["a.example"], "treshold": 1}, "[antispam.dnsbl] treshold"),
         ]:

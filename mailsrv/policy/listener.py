@@ -206,7 +206,8 @@ def build(server, listener, clock):
     filters = {SENDER: [], HEADER: [], BODY: content_filters(settings, clock)}
     threshold = 1
     if settings.dnsbl is not None:
-        lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action))
+        lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action),
+                       bl.lookup)
                  for bl in settings.dnsbl.lists]
         dnsbl = DNSBLFilter(lists, _resolvers(server), settings.dnsbl.timeout,
                             clock)

@@ -27,6 +27,9 @@ DNS_RECORDS = {
     ("good.client.test", "A"): ["127.0.0.5"],
     ("8.0.0.127.std.test", "A"): ["127.0.0.2"],
     ("9.113.0.203.std.test", "A"): ["127.0.0.2"],
+    ("spam-sender.test.dbl.test", "A"): ["127.0.1.2"],
+    ("bad.helo.test.hbl.test", "A"): ["127.0.0.2"],
+    ("ns.std.test", "A"): ["127.0.0.1"],
 }
 SLOW = {f"{n}.0.0.127.slow.test" for n in (1, 2, 3, 4)}
 
@@ -413,3 +416,57 @@ subject_prefix = "[BAYES] "
         self.assertIn("Subject: [BAYES] winner", stored)
         self.assertEqual(self.send(message=GOOD_TEXT)[0], 250)
         self.assertEqual(len(self.server.maildir_files(folder=".Junk")), 1)
+
+
+class RHSBLTests(FilterServerCase):
+    """Lists that look up the sender's domain and the HELO name, beside the IP lists."""
+
+    ANTISPAM = """
+[antispam.dnsbl]
+lists = [{ zone = "dbl.test", lookup = "sender" },
+         { zone = "hbl.test", lookup = "helo", kind = "trusted", action = "reject" }]
+action = "move:Junk"
+timeout = 1
+"""
+
+    def test_listed_sender_domain_lands_in_junk(self):
+        self.assertEqual(self.send(sender="x@spam-sender.test")[0], 250)
+        stored = self.delivered(folder=".Junk")
+        self.assertIn("X-Mailsrv-Spam: yes; reasons=dnsbl dbl.test 127.0.1.2 sender "
+                      "spam-sender.test", stored)
+        self.assertIn("X-Mailsrv-DNSBL: spam-sender.test listed in dbl.test (127.0.1.2), "
+                      "the sender name", stored)
+
+    def test_listed_helo_is_refused_at_mail(self):
+        done = self.swaks("127.0.0.1", "x@remote.test", "--helo", "bad.helo.test")
+        self.assertIn("550 5.7.1", done.stdout)
+        self.assertIn("dnsbl hbl.test 127.0.0.2 helo bad.helo.test", done.stdout)
+        self.assertEqual(self.server.maildir_files(), [])
+
+    def test_clean_sender_and_helo(self):
+        self.assertEqual(self.send(sender="x@remote.test", helo="client.test")[0], 250)
+        self.assertIn("X-Mailsrv-Spam: no; reasons=-", self.delivered())
+
+
+class ListServerByNameTests(FilterServerCase):
+    """Regression: a list's own server given by name ("ns.std.test:PORT") is looked up."""
+
+    def setUp(self):
+        self.ANTISPAM = f"""
+[antispam.dnsbl]
+lists = [{{ zone = "std.test", server = "ns.std.test:{self.list_dns_port()}" }}]
+action = "move:Junk"
+timeout = 2
+"""
+        super().setUp()
+
+    def list_dns_port(self):
+        self.list_dns = TinyDNSServer({("2.0.0.127.std.test", "A"): ["127.0.0.2"]})
+        self.addCleanup(self.list_dns.close)
+        return self.list_dns.port
+
+    def test_listed_client_lands_in_junk(self):
+        self.assertEqual(self.send(source="127.0.0.2")[0], 250)
+        self.assertIn("X-Mailsrv-Spam: yes; reasons=dnsbl std.test 127.0.0.2",
+                      self.delivered(folder=".Junk"))
+        self.assertIn(("2.0.0.127.std.test", "A"), self.list_dns.queries)  # (its own server)

@@ -1,20 +1,25 @@
 """
 DNS blacklists ([antispam.dnsbl]): is the connecting IP (or an IP that
-our trusted hosts received the message from) listed?
+our trusted hosts received the message from) listed? And, for the lists
+that look up names (RHSBL, C{lookup = "sender"} or C{"helo"}), the
+sender's domain or the HELO name?
 
-The client's address, reversed (octets for IPv4, nibbles for IPv6), is
-looked up as an A record under each list's zone, all lists at once. An
-answer in 127.255.255.0/24 is the list refusing the query (for example
-"you query too much through a public resolver"): an error, not a hit. A
-timeout or SERVFAIL skips the list and is logged: the filter fails open.
+The client's address, reversed (octets for IPv4, nibbles for IPv6), or
+the name, is looked up as an A record under each list's zone, all lists
+at once. An answer in 127.255.255.0/24 is the list refusing the query
+(for example "you query too much through a public resolver"): an error,
+not a hit. A timeout or SERVFAIL skips the list and is logged: the filter
+fails open.
 """
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailsrv.address import domain_of
 from mailsrv.policy.actions import combine
 from mailsrv.policy.failopen import skip_on_failure
 from mailsrv.policy.verdict import Verdict
@@ -22,6 +27,8 @@ from mailsrv.policy.verdict import Verdict
 log = Logger()
 
 _REFUSED = ipaddress.ip_network("127.255.255.0/24")
+# A label of a name an RHSBL is asked about (underscores occur in mail names).
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class DNSBL:
         (one hit is enough).
     @ivar codes: the answers that count as listed; empty: any 127.0.0.0/8.
     @ivar action: an L{mailsrv.policy.actions.Action}.
+    @ivar lookup: "ip" (the client's address), "sender" (the sender's
+        domain) or "helo" (the HELO name).
     """
 
     zone: str
@@ -43,6 +52,7 @@ class DNSBL:
     kind: str
     codes: tuple
     action: object
+    lookup: str = "ip"
 
     def query_name(self, ip):
         """C{1.2.0.192.zone} for 192.0.2.1; 32 nibbles for IPv6."""
@@ -52,6 +62,21 @@ class DNSBL:
         reversed_ip = address.reverse_pointer.rpartition(
             ".in-addr.arpa" if address.version == 4 else ".ip6.arpa")[0]
         return f"{reversed_ip}.{self.zone}"
+
+    def name_query(self, name):
+        """
+        C{spam.example.zone} for the name spam.example (RHSBL).
+
+        @raise ValueError: no domain name (an address literal, one label,
+            a name too long to look up under the zone).
+        """
+        name = name.strip().rstrip(".").lower()
+        labels = name.split(".")
+        query = f"{name}.{self.zone}"
+        if (len(labels) < 2 or not all(_LABEL.match(label) for label in labels)
+                or len(query) > 253):
+            raise ValueError(f"{name!r} is not a domain name")
+        return query
 
     def classify(self, records):
         """
@@ -88,45 +113,54 @@ class DNSBLFilter:
         self.clock = clock
 
     def check(self, session, transaction, sender):
-        """The client's IP."""
-        return self.check_ip(session.ip)
+        """The client's IP, and the names the RHSBLs look up (the sender's domain, the HELO)."""
+        subjects = {"ip": session.ip, "sender": domain_of(sender) if sender else "",
+                    "helo": session.helo or ""}
+        return self._check([(bl, subjects[bl.lookup]) for bl in self.lists])
 
     def check_received(self, ip):
         """An IP from a Received header (L{mailsrv.policy.checks.received})."""
-        return self.check_ip(ip, received=True)
+        return self._check([(bl, ip) for bl in self.lists if bl.lookup == "ip"], received=True)
 
-    def check_ip(self, ip, received=False):
+    def _check(self, asked, received=False):
         """
-        @param received: whether C{ip} is from a Received header (the
+        @param asked: C{(list, what it looks up)} pairs.
+        @param received: whether the IP is from a Received header (the
             reasons and headers say so).
         @return: a Deferred L{Verdict} with its finding.
         """
-        d = defer.gatherResults([self._lookup(bl, ip) for bl in self.lists])
-        return d.addCallback(self._judge, ip, received)
+        d = defer.gatherResults([self._lookup(bl, subject) for bl, subject in asked])
+        return d.addCallback(self._judge, asked, received)
 
-    def _lookup(self, bl, ip):
+    def _lookup(self, bl, subject):
         try:
-            name = bl.query_name(ip)
+            name = bl.query_name(subject) if bl.lookup == "ip" else bl.name_query(subject)
         except ValueError:
-            return defer.succeed(None)  # not an IP (a UNIX socket): nothing to look up
+            return defer.succeed(None)  # nothing to look up (a UNIX socket, HELO [192.0.2.1])
         d = self.resolvers(bl).query(name, "A")
         d.addCallback(bl.classify)
         return skip_on_failure(d, self.timeout, self.clock, "dnsbl", bl.name, name)
 
-    def _judge(self, lookups, ip, received):
+    def _judge(self, lookups, asked, received):
         trusted, counted, reasons, headers = [], [], [], []
-        for bl, found in zip(self.lists, lookups):
+        for (bl, subject), found in zip(asked, lookups):
             if found is None:  # skipped
                 continue
             outcome, code = found
             if outcome == "refused":
-                log.warn("dnsbl {name} refused the query for {ip} with {code}",
-                         name=bl.name, ip=ip, code=code)
+                log.warn("dnsbl {name} refused the query for {subject} with {code}",
+                         name=bl.name, subject=subject, code=code)
             if outcome != "hit":
                 continue
-            reasons.append(f"dnsbl {bl.name} {code}" + (f" received {ip}" if received else ""))
+            if received:
+                what, where = f" received {subject}", ", from a Received header"
+            elif bl.lookup == "ip":
+                what, where = "", ""
+            else:
+                what, where = f" {bl.lookup} {subject}", f", the {bl.lookup} name"
+            reasons.append(f"dnsbl {bl.name} {code}{what}")
             if bl.action.kind != "none":
-                headers.append(("X-Mailsrv-DNSBL", f"{ip} listed in {bl.name} ({code})"
-                                + (", from a Received header" if received else "")))
+                headers.append(("X-Mailsrv-DNSBL",
+                                f"{subject} listed in {bl.name} ({code}){where}"))
             (trusted if bl.kind == "trusted" else counted).append(bl.action)
         return Verdict.found(bool(trusted), combine(trusted), reasons, headers, counted)
