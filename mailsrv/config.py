@@ -317,8 +317,16 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class PopBeforeSmtpSettings:
+    """
+    @ivar counts_as_auth: whether a window also satisfies submission
+        listeners and [[listen]] require_auth, as if its user had logged in
+        over SMTP (IceWarp's "same rights"); off by default: a shared IP
+        (NAT) would let its neighbours submit.
+    """
+
     enabled: bool = _flag(True)
     window: int = _whole(1800, minimum=1)
+    counts_as_auth: bool = _flag(False)
 
 
 @dataclass(frozen=True)

@@ -290,11 +290,14 @@ def _kill_list(server):
 def _sender_gates(server, listener, standing):
     """The MAIL FROM checks of one listener, in order: DNS last."""
     access = server.settings.access
+    pop = server.settings.pop_before_smtp
+    windows_count = pop.enabled and pop.counts_as_auth
     checks = []
     require_auth = listener.access.require_auth or (
         "any" if listener.role == "submission" else "")
     if require_auth:
-        checks.append(AuthRequired(require_auth, server.access_for(listener)))
+        checks.append(AuthRequired(require_auth, server.access_for(listener),
+                                   server.sessions if windows_count else None))
     if access.check_valid_sender:
         checks.append(ValidSender())
     if access.refuse_null_sender:
@@ -302,7 +305,7 @@ def _sender_gates(server, listener, standing):
     if access.kill_file is not None:
         checks.append(KilledSender(_kill_list(server)))
     if access.sender_must_be_owned:
-        checks.append(SenderOwnedByUser(server.directory))
+        checks.append(SenderOwnedByUser(server.directory, windows_count))
     if listener.role == "mx" and access.local_sender_must_auth:
         checks.append(LocalSenderMustAuthenticate(server.directory, standing))
     if access.verify_sender_domain:

@@ -235,3 +235,35 @@ class RequiredTLSTests(unittest.TestCase):
         imap.login(ALICE, PASSWORD)
         self.assertEqual(imap.select("INBOX")[0], "OK")
         imap.logout()
+
+
+class PopBeforeSMTPSubmissionTests(unittest.TestCase):
+    """[pop_before_smtp] counts_as_auth: fetchmail-era clients submit after a POP3 login."""
+
+    def setUp(self):
+        self.sink = SinkServer()
+        self.addCleanup(self.sink.close)
+        self.server = MailServerProcess(extra={
+            "delivery": {"smart_host": f"127.0.0.1:{self.sink.port}", "retry": [1]},
+            "pop_before_smtp": {"counts_as_auth": True},
+        })
+        self.server.start()
+        self.addCleanup(self.server.cleanup)
+
+    def test_a_pop3_login_lets_that_address_submit(self):
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as client:
+            client.ehlo("laptop.example.test")
+            self.assertEqual(client.mail(ALICE)[:1], (530,))  # no window yet
+        pop = self.server.pop3()
+        pop.user(ALICE)
+        pop.pass_(PASSWORD)
+        pop.quit()
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as client:
+            client.ehlo("laptop.example.test")
+            client.starttls(context=tls_context())
+            client.ehlo("laptop.example.test")
+            refused = client.sendmail(ALICE, ["friend@elsewhere.test"],
+                                      b"Subject: out\r\n\r\nafter POP\r\n")
+            self.assertEqual(refused, {})
+        (sender, recipients, _), = self.sink.wait_for(1)
+        self.assertEqual((sender, recipients), (f"<{ALICE}>", ["<friend@elsewhere.test>"]))

@@ -19,6 +19,7 @@ from mailsrv.smtp import server as server_module
 from mailsrv.smtp.server import build_factory
 from tests.helpers import fresh_error_log
 from tests.test_smtp.support import (
+    CLIENT_IP,
     PASSWORD,
     Connection,
     connect,
@@ -450,6 +451,41 @@ class SubmissionTests(SMTPTestCase):
             received(qid, "carol@remote.test", proto="ESMTPSA",
                      sender="alice@example.test") + STORED_BODY,
         )
+
+
+class PopWindowSubmissionTests(SMTPTestCase):
+    """[pop_before_smtp] counts_as_auth: a window satisfies submission, as a login would."""
+
+    sections = {"listen": [{"protocol": "smtp", "role": "submission", "endpoint": "tcp:0"}],
+                "pop_before_smtp": {"counts_as_auth": True},
+                "access": {"sender_must_be_owned": True}}
+
+    def window(self):
+        self.server.sessions.record_login("alice@example.test", CLIENT_IP, "pop3")
+        conn = self.connect(secure=True)
+        self.ehlo(conn)
+        return conn
+
+    def test_a_window_sends_and_relays_as_its_user(self):
+        replies = self.send_mail(self.window(), [b"carol@remote.test"],
+                                 sender=b"alice@example.test")
+        self.assertIsNotNone(queue_id(replies), replies)
+
+    def test_as_its_user_only(self):
+        self.assertEqual(self.window().send(b"MAIL FROM:<bob@example.test>\r\n"),
+                         b"553 5.7.1 <bob@example.test>: sender address not owned by user "
+                         b"alice@example.test\r\n")
+
+    def test_no_window_no_mail(self):
+        conn = self.connect(secure=True)
+        self.ehlo(conn)
+        self.assertEqual(conn.send(b"MAIL FROM:<alice@example.test>\r\n"),
+                         b"530 5.7.0 Authentication required\r\n")
+
+    def test_off_by_default(self):
+        self.server = make_mail_server(self, listen=self.sections["listen"])
+        self.assertEqual(self.window().send(b"MAIL FROM:<alice@example.test>\r\n"),
+                         b"530 5.7.0 Authentication required\r\n")
 
 
 class AuthTests(SMTPTestCase):

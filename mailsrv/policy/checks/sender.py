@@ -15,31 +15,44 @@ class AuthRequired:
     """
     Submission (RFC 6409) and [[listen]] require_auth: only logged-in users
     may send, or only one named account. Clients on the listener's safe
-    list are exempt: they are scripts that cannot log in.
+    list are exempt: they are scripts that cannot log in. With
+    C{windows}, an open POP-before-SMTP window counts as a login of its
+    user ([pop_before_smtp] counts_as_auth), noted in C{session.pop_user}.
 
     @ivar account: "any", or the one address that may send here.
     @ivar access: the listener's L{mailsrv.policy.checks.connect.ListenerAccess}, or L{None}.
+    @ivar windows: the session store whose windows count, or L{None}.
     """
 
-    def __init__(self, account="any", access=None):
+    def __init__(self, account="any", access=None, windows=None):
         self.account = account
         self.access = access
+        self.windows = windows
 
     def check(self, session, transaction, sender):
         if self.access is not None and getattr(self.access, "safe", True):
-            return self.access.is_safe(session.ip).addCallback(self._judge, session)
-        return self._judge(False, session)  # no safe list: no lookup to wait for
+            return self.access.is_safe(session.ip).addCallback(self._unless_safe, session)
+        return self._unless_safe(False, session)  # no safe list: no lookup to wait for
 
-    def _judge(self, safe, session):
+    def _unless_safe(self, safe, session):
         if safe:
             return Verdict.accept(f"safe list: {session.ip}")
-        if session.user is None:
+        if session.user is None and self.windows is not None:
+            return self.windows.window_user(session.ip).addCallback(self._judge, session)
+        return self._judge(None, session)
+
+    def _judge(self, window_user, session):
+        user = session.user or window_user
+        if user is None:
             return Verdict.refuse(530, "5.7.0", "Authentication required")
-        if self.account != "any" and session.user != self.account:
+        if self.account != "any" and user != self.account:
             return Verdict.refuse(
                 530, "5.7.0", f"This port takes mail only from {self.account}",
-                f"{session.user} is not {self.account}, the only account of this port",
+                f"{user} is not {self.account}, the only account of this port",
             )
+        if session.user is None:
+            session.pop_user = window_user
+            return Verdict.accept(f"POP-before-SMTP window of {window_user}")
         return Verdict.accept()
 
 
@@ -150,11 +163,13 @@ class SenderOwnedByUser:
     address or an alias that points to them, not as someone else.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, windows_count=False):
+        """@param windows_count: whether a POP-before-SMTP window's user counts as logged in."""
         self.directory = directory
+        self.windows_count = windows_count
 
     def check(self, session, transaction, sender):
-        user = session.user
+        user = session.user or (session.pop_user if self.windows_count else None)
         if user is None or sender == "" or self.directory.owns(user, sender):
             return Verdict.accept()
         return Verdict.refuse(
