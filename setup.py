@@ -26,6 +26,7 @@ setup(
         "argon2-cffi>=23.1,<26",
         "dnspython>=2.4,<3",
         "pyspf>=2.0.14,<3",
+        "psutil>=5.9",  # this machine's addresses ([[listen]] block_own_ips, the "self" entry)
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.

@@ -3,7 +3,8 @@ IP lists as admins write them: single addresses, CIDR (C{10.0.0.0/8}),
 address/netmask (C{10.1.0.0/255.255.0.0}), ranges (C{192.168.0.1-50},
 C{192.168.0.1-192.168.1.20}), IPv6 forms, host names, and domains
 (C{.example.com} or C{*.example.com}: clients whose forward-confirmed
-reverse DNS name ends in that domain).
+reverse DNS name ends in that domain), and C{self}: every address of
+this machine (L{own_addresses}), so that an admin need not list them.
 
 Names are looked up through L{mailsrv.dns} (cached for their TTL).
 L{IPList.contains} answers from what is known now and never waits;
@@ -12,7 +13,10 @@ L{IPList.match} looks names up first.
 
 import ipaddress
 import re
+import socket
+import time
 
+import psutil
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -45,17 +49,44 @@ def _range(first, last, entry):
     return ("range", first, last)
 
 
+# The entry that stands for every address of this machine.
+SELF = "self"
+# Seconds the machine's addresses are remembered (an interface may get a
+# new address: DHCP, a VPN coming up).
+OWN_ADDRESSES_TTL = 60
+_own = (0.0, frozenset())
+
+
+def own_addresses():
+    """
+    Every address of this machine's interfaces (loopback included), as
+    L{normalise_ip} gives them; read again after L{OWN_ADDRESSES_TTL}
+    seconds (psutil: getifaddrs, a few microseconds).
+    """
+    global _own
+    expires, addresses = _own
+    if time.monotonic() >= expires:
+        addresses = frozenset(
+            normalise_ip(found.address)
+            for interface in psutil.net_if_addrs().values() for found in interface
+            if found.family in (socket.AF_INET, socket.AF_INET6))
+        _own = (time.monotonic() + OWN_ADDRESSES_TTL, addresses)
+    return addresses
+
+
 def parse_entry(entry):
     """
     Parse one list entry.
 
     @return: C{("net", network)}, C{("range", first, last)},
-        C{("host", name)} or C{("domain", name)}.
+        C{("host", name)}, C{("domain", name)} or C{("self",)}.
     @raise ValueError: with the entry named, when it is none of these.
     """
     text = entry.strip()
     if not text:
         raise ValueError("empty entry")
+    if text.lower() == SELF:
+        return (SELF,)
     if "/" in text:
         address, _, mask = text.partition("/")
         try:
@@ -167,9 +198,12 @@ class IPList:
         self._ranges = []
         self._hosts = {}  # name -> frozenset of addresses, as last looked up
         self._domains = []
+        self._own = False
         for entry in entries:
             kind, *value = parse_entry(entry)
-            if kind == "net":
+            if kind == SELF:
+                self._own = True
+            elif kind == "net":
                 self._nets.append(value[0])
             elif kind == "range":
                 self._ranges.append(tuple(value))
@@ -181,10 +215,11 @@ class IPList:
             raise ValueError("host names and domains need a resolver")
 
     def __bool__(self):
-        return bool(self._nets or self._ranges or self._hosts or self._domains)
+        return bool(self._own or self._nets or self._ranges or self._hosts or self._domains)
 
     def __len__(self):
-        return len(self._nets) + len(self._ranges) + len(self._hosts) + len(self._domains)
+        return (self._own + len(self._nets) + len(self._ranges) + len(self._hosts)
+                + len(self._domains))
 
     def contains(self, ip):
         """Whether C{ip} is listed by address, or by a host name as last looked up."""
@@ -198,6 +233,8 @@ class IPList:
         for first, last in self._ranges:
             if address.version == first.version and first <= address <= last:
                 return True
+        if self._own and address in own_addresses():
+            return True
         return any(address in addresses for addresses in self._hosts.values())
 
     @defer.inlineCallbacks

@@ -3,6 +3,7 @@ The connection stage of a listener, and how the service holds a connection
 until it has decided.
 """
 
+import ipaddress
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial import unittest
 
+from mailsrv import netaddr
 from mailsrv.config import ListenerAccessSettings
 from mailsrv.dns import TemporaryDNSError
 from mailsrv.policy.checks.connect import SAFE, ListenerAccess
@@ -51,6 +53,23 @@ class ListenerAccessTests(unittest.TestCase):
         ]:
             verdict = decided(access.check(Peer(peer, local), None, None))
             self.assertEqual((verdict.accepted, verdict.reason == SAFE), (allowed, safe), peer)
+
+    def test_block_own_ips_covers_every_address_of_this_machine(self):
+        """Not only the address the client reached: any of this machine's (issue 18)."""
+        self.patch(netaddr, "_own", (float("inf"), frozenset(
+            {ipaddress.ip_address("192.0.2.50"), ipaddress.ip_address("2001:db8::5")})))
+        access = self.access(block_own_ips=True)
+        for peer, allowed in [("192.0.2.50", False), ("2001:db8::5", False),
+                              ("::ffff:192.0.2.50", False), ("192.0.2.51", True)]:
+            verdict = decided(access.check(Peer(peer, "10.0.0.1"), None, None))
+            self.assertEqual(verdict.accepted, allowed, peer)
+
+    def test_this_machine_on_the_safe_list_by_one_word(self):
+        self.patch(netaddr, "_own", (float("inf"), frozenset({ipaddress.ip_address("192.0.2.50")})))
+        access = self.access(safe=["self"], deny=["0.0.0.0/0"])
+        self.assertEqual(decided(access.check(Peer("192.0.2.50", "10.0.0.1"), None, None)).reason,
+                         SAFE)
+        self.assertFalse(decided(access.check(Peer("192.0.2.51", "10.0.0.1"), None, None)).accepted)
 
     def test_deny(self):
         access = self.access(deny=["192.0.2.0/24"])

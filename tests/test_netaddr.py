@@ -1,6 +1,9 @@
+import ipaddress
+
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from mailsrv import netaddr
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.dns import Answer, Resolver, TemporaryDNSError
 from mailsrv.netaddr import (
@@ -16,6 +19,19 @@ DNS = {
     ("forged.office.test", "A"): Answer(("198.51.100.1",), 300),
     ("7.2.0.192.in-addr.arpa", "PTR"): TemporaryDNSError("PTR: timeout"),
 }
+
+
+class OwnAddressesTests(unittest.TestCase):
+    def test_this_machine(self):
+        """Read from the interfaces (loopback's too), remembered, and one list entry: self."""
+        self.patch(netaddr, "_own", (0.0, frozenset()))
+        own = netaddr.own_addresses()
+        self.assertIn(ipaddress.ip_address("127.0.0.1"), own)
+        self.assertIs(netaddr.own_addresses(), own)
+        self.assertEqual(netaddr.parse_entry(" Self "), ("self",))
+        listed = netaddr.IPList(["self"])
+        self.assertTrue(listed.contains("127.0.0.1"))
+        self.assertFalse(listed.contains("198.51.100.7"))
 
 
 class IPListTests(unittest.TestCase):

@@ -10,7 +10,7 @@ whether a client is on the safe list.
 from twisted.internet import defer
 
 from mailsrv.dns import TemporaryDNSError
-from mailsrv.netaddr import ListedClients, normalise_ip
+from mailsrv.netaddr import ListedClients, normalise_ip, own_addresses
 from mailsrv.policy.verdict import Verdict
 
 # The reason of a client on the safe list (every restriction waived).
@@ -50,7 +50,7 @@ class ListenerAccess:
     def _check(self, peer_ip, local_ip):
         if (yield self.is_safe(peer_ip)):
             return Verdict.accept(SAFE)
-        if self.settings.block_own_ips and _same(peer_ip, local_ip):
+        if self.settings.block_own_ips and _own(peer_ip, local_ip):
             return _denied("client uses the server's own address")
         if self.deny and (yield self.deny.match(peer_ip)):
             return _denied("deny list")
@@ -68,8 +68,17 @@ def _denied(reason):
     return Verdict.refuse(554, "5.7.1", "Access denied", reason)
 
 
-def _same(a, b):
+def _own(peer_ip, local_ip):
+    """Whether a client comes from one of this machine's addresses (the one it reached, or any)."""
     try:
-        return normalise_ip(a) == normalise_ip(b)
+        peer = normalise_ip(peer_ip)
     except ValueError:
-        return False
+        return False  # (a UNIX socket)
+    return peer in own_addresses() or peer == _address_or_none(local_ip)
+
+
+def _address_or_none(ip):
+    try:
+        return normalise_ip(ip)
+    except ValueError:
+        return None
