@@ -11,8 +11,10 @@ Which messages, by the sender's domain, as Exchange classifies them:
   trusted or has a POP-before-SMTP window
   (C{[access] local_sender_must_auth}); on submission, always.
 
-Mail from our domains to our domains only is neither. The original
-delivery is untouched: the copy is a separate file.
+Mail from our domains to our domains only is both (IMail journals
+"every message"): one copy to the inbound archive, and one to the outbound
+archive when that is another. The original delivery is untouched: each
+copy is a separate file.
 """
 
 from dataclasses import dataclass
@@ -67,17 +69,19 @@ class Journal:
         sender = transaction.sender
         local_sender = bool(sender) and self.delivery.directory.is_local_address(sender)
         if local_sender and transaction.remote_addresses():
-            archive = self.settings.outbound
-        elif not local_sender and transaction.local_users():
-            archive = self.settings.inbound
+            archives = [self.settings.outbound]
+        elif transaction.local_users():  # (from a local sender: mail between our users)
+            archives = [self.settings.inbound] + ([self.settings.outbound] if local_sender
+                                                  else [])
         else:
-            archive = ""
-        if not archive:
-            return ()
-        destination = self.delivery.route(archive)
-        if destination is None:
-            log.error("journal archive <{archive}> is not a user or an alias: "
-                      "no copy kept", archive=archive)
-            return ()
+            archives = []
+        copies = []
         header = journal_header(sender, [r.address for r in transaction.recipients])
-        return (JournalCopy(header, destination),)
+        for archive in dict.fromkeys(a for a in archives if a):
+            destination = self.delivery.route(archive)
+            if destination is None:
+                log.error("journal archive <{archive}> is not a user or an alias: "
+                          "no copy kept", archive=archive)
+                continue
+            copies.append(JournalCopy(header, destination))
+        return tuple(copies)

@@ -217,14 +217,18 @@ class JournalTests(unittest.TestCase):
         self.assertIn(b"<alice@example.test>", header)
         self.assertIn(b"<bob@example.test>", header)  # Bcc: only in the envelope
 
-    def test_mail_between_local_users_is_not_journaled(self):
+    def test_mail_between_local_users_is_journaled_too(self):
+        """IMail's "every message": local to local is copied to the inbound archive (issue 18)."""
         with self.server.smtp(port="submission") as client:
             client.ehlo("laptop.example.test")
             client.login("alice@example.test", PASSWORD)
             client.sendmail("alice@example.test", ["bob@example.test"],
                             b"Subject: a\r\n\r\nb\r\n")
         self.assertEqual(len(self.server.maildir_files("bob@example.test")), 1)
-        self.assertEqual(self.server.maildir_files("archive@example.test"), [])
+        (copy,) = self.server.maildir_files("archive@example.test")
+        self.assertTrue(copy.read_bytes().startswith(
+            b"X-Mailsrv-Journal: sender=<alice@example.test>;\r\n\trecipients=<bob@example.test>"
+            b"\r\nReturn-Path: <alice@example.test>\r\n"))
 
 
 class TrustedFileTests(unittest.TestCase):
