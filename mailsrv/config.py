@@ -375,6 +375,8 @@ class DNSSettings:
 # the policy parses them (mailsrv.policy.actions), and preflight checks them.
 DEFAULT_ACTION = "header"
 DNSBL_KINDS = ("standard", "trusted")
+# What becomes of outbound mail found spam ([antispam] outbound_action).
+OUTBOUND_ACTIONS = ("hold", "reject", "header")
 # What a list is asked about: the client's address (and Received IPs), or a
 # name (RHSBL): the sender's domain, or the HELO name.
 DNSBL_LOOKUPS = ("ip", "sender", "helo")
@@ -645,6 +647,10 @@ class AntispamSettings:
         (authenticated, trusted, POP-before-SMTP, a safe list).
     @ivar admins: senders the content filters never judge even then (an
         admin forwarding a misfiled message is not filtered twice).
+    @ivar outbound: whether the content filters also judge mail such
+        clients send to remote domains.
+    @ivar outbound_action: what becomes of such a message found spam:
+        hold (queued, held for an admin), reject, or header.
     @ivar dnsbl: L{DNSBLSettings}, or L{None} when [antispam.dnsbl] is absent.
     @ivar spf: L{SPFSettings}, or L{None} when [antispam.spf] is absent.
     @ivar validation: L{ValidationSettings}, or L{None} when absent.
@@ -663,6 +669,8 @@ class AntispamSettings:
     subject_prefix: str = _text("[SPAM] ")
     content_for_authenticated: bool = _flag(False)
     admins: tuple = _mail_addresses()
+    outbound: bool = _flag(False)
+    outbound_action: str = _choice("hold", OUTBOUND_ACTIONS)
     dnsbl: Optional[DNSBLSettings] = None
     spf: Optional[SPFSettings] = None
     validation: Optional[ValidationSettings] = None

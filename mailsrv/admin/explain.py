@@ -76,7 +76,7 @@ def explain(settings, reactor, data, ip, helo, sender, recipients, write):
     judgement = transaction.judgement
     if policy.reads_header(judgement):
         judgement = yield policy.header(judgement, session, transaction, header)
-    if policy.reads_body(judgement):
+    if policy.reads_body(judgement, transaction):
         judgement = yield policy.body(judgement, session, transaction, message)
     if judgement.checked:
         write(f"X-Mailsrv-Spam: {judgement.summary}")

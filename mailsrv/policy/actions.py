@@ -1,9 +1,10 @@
 """
 The actions an admin picks for a check's findings ([antispam.*] action):
 none, header, subject, move:FOLDER, forward:ADDRESS, delete, tempfail,
-reject. The
-actions of several checks combine by a fixed precedence (the strongest
-wins); L{mailsrv.policy.apply} carries out the result, never a check.
+reject; and for mail leaving from our own users ([antispam]
+outbound_action) hold: queued for an admin to release. The actions of
+several checks combine by a fixed precedence (the strongest wins);
+L{mailsrv.policy.apply} carries out the result, never a check.
 """
 
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from mailsrv.address import is_address
 
 # Strongest first (a temporary refusal is weaker than a permanent one, and
 # stronger than anything that accepts the message).
-PRECEDENCE = ("reject", "tempfail", "delete", "move", "forward", "subject", "header", "none")
+PRECEDENCE = ("reject", "tempfail", "hold", "delete", "move", "forward", "subject", "header",
+              "none")
 _TAKES_ARGUMENT = ("move", "forward")
 
 
@@ -47,6 +49,9 @@ def parse_action(text):
     """
     kind, colon, argument = text.partition(":")
     kind, argument = kind.strip().lower(), argument.strip()
+    if kind == "hold":
+        raise ValueError("hold is for mail that leaves ([antispam] outbound_action) only: "
+                         "the queue holds remote recipients")
     if kind not in PRECEDENCE:
         raise ValueError(f"unknown action {text!r} (one of: none, header, subject, "
                          "move:FOLDER, forward:ADDRESS, delete, tempfail, reject)")

@@ -75,6 +75,10 @@ def at_end(judgement, session, transaction, queue_id):
                     if f.refusal and f.action.kind == "reject"]
         if refusals:  # what the message holds is refused (RFC 5321 4.2.5: 554 after DATA)
             return Verdict.refuse(554, "5.7.1", _reply_text("; ".join(refusals)), summary)
+        if judgement.outbound_action is not None:  # our own user, told why
+            reasons = ", ".join(judgement.reasons)
+            return Verdict.refuse(550, "5.7.1", _reply_text(
+                f"Message not sent: it looks like spam ({reasons})"), summary)
         return Verdict.refuse(550, "5.7.1", "Message refused as spam", summary)
     if kind == "delete":
         log.info("deleted {queue_id} from {ip} sender=<{sender}> as spam",

@@ -6,8 +6,9 @@ summary header and one log line.
 
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Optional
 
-from mailsrv.policy.actions import combine
+from mailsrv.policy.actions import NONE, Action, combine
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class Judgement:
     @ivar whitelist: the L{Whitelisting}.
     @ivar content: whether the body hook's checks judge the message: not
         for clients that skip the filters, nor for content whitelisted.
+    @ivar outbound_action: for a client that skips the filters but whose
+        mail to remote domains is judged ([antispam] outbound): the
+        L{mailsrv.policy.actions.Action} for such mail found spam, which
+        replaces the filters' own; else L{None}.
     """
 
     checked: bool
@@ -48,6 +53,7 @@ class Judgement:
     threshold: int = 1
     whitelist: Whitelisting = NOT_WHITELISTED
     content: bool = False
+    outbound_action: Optional[Action] = None
 
     def adding(self, verdicts):
         """This judgement with the findings of more verdicts (of a later hook), checked."""
@@ -72,6 +78,8 @@ class Judgement:
 
     @cached_property
     def action(self):
+        if self.outbound_action is not None:
+            return self.outbound_action if self.spam else NONE
         actions = [f.action for f in self.findings]
         return combine(actions + self._counted if self._reached else actions)
 
@@ -91,6 +99,8 @@ class Judgement:
         order, each once; else C{default} ([antispam] subject_prefix) for
         the C{subject} action.
         """
+        if self.outbound_action is not None:
+            return None  # (our user's mail leaves as written)
         own = []
         for finding in self.findings:
             prefix = finding.subject_prefix

@@ -12,7 +12,7 @@ from mailsrv.directory.listfile import WatchedFile
 from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
 from mailsrv.netaddr import ListedClients
 from mailsrv.policy import apply, bayes, hooks
-from mailsrv.policy.actions import parse_action
+from mailsrv.policy.actions import Action, parse_action
 from mailsrv.policy.checks import spf, validation
 from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
@@ -67,10 +67,13 @@ class ListenerPolicy:
         when their client skips the others ([antispam]
         content_for_authenticated): C{content_for(session, transaction)},
         or L{None} for none.
+    @param outbound_action: with [antispam] outbound, the
+        L{mailsrv.policy.actions.Action} for spam that such clients send to
+        remote domains (the content filters judge it); L{None}: off.
     """
 
     def __init__(self, gates, filters, standing, subject_prefix="[SPAM] ", threshold=1,
-                 whitelists=None, content_for=None):
+                 whitelists=None, content_for=None, outbound_action=None):
         self.gates = {hook: list(gates.get(hook, ())) for hook in (SENDER, RECIPIENT)}
         self.filters = {hook: tuple(filters.get(hook, ())) for hook in (SENDER, HEADER, BODY)}
         self.standing = standing
@@ -78,6 +81,7 @@ class ListenerPolicy:
         self.threshold = threshold
         self.whitelists = whitelists
         self.content_for = content_for
+        self.outbound_action = outbound_action
         self._judges = any(self.filters.values())
 
     def sender(self, session, transaction):
@@ -114,10 +118,13 @@ class ListenerPolicy:
         whitelist = NOT_WHITELISTED
         if self.whitelists is not None:
             whitelist = yield self.whitelists.match(session, transaction)
-        content = not whitelist.content and (
-            not skipped or (self.content_for is not None and self.content_for(session, transaction)))
+        judged_as_any = not skipped or (self.content_for is not None
+                                        and self.content_for(session, transaction))
+        # Our own users' mail that leaves: judged with the outbound action.
+        leaving = None if judged_as_any else self.outbound_action
+        content = not whitelist.content and (judged_as_any or leaving is not None)
         judgement = Judgement(checked=not skipped, threshold=self.threshold, whitelist=whitelist,
-                              content=content)
+                              content=content, outbound_action=leaving)
         if skipped or whitelist.connection or not self.filters[SENDER]:
             return judgement
         verdicts = yield _together(self.filters[SENDER], session, transaction,
@@ -141,9 +148,15 @@ class ListenerPolicy:
         d = _together(self.filters[HEADER], session, transaction, header)
         return d.addCallback(_added_to, judgement)
 
-    def reads_body(self, judgement):
-        """Whether L{body} must see the whole message before anything is written."""
-        return bool(self.filters[BODY]) and judgement.content
+    def reads_body(self, judgement, transaction):
+        """
+        Whether L{body} must see the whole message before anything is
+        written: mail from a client that skips the filters only when it
+        leaves ([antispam] outbound).
+        """
+        return (bool(self.filters[BODY]) and judgement.content
+                and (judgement.outbound_action is None
+                     or bool(transaction.remote_addresses())))
 
     def body(self, judgement, session, transaction, message):
         """
@@ -223,7 +236,8 @@ def build(server, listener, clock):
         filters[SENDER].append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
                                              settings.spf.timeout))
     return ListenerPolicy(gates, filters, standing, settings.subject_prefix, threshold,
-                          _whitelists(server, standing, clock), _content_for(settings))
+                          _whitelists(server, standing, clock), _content_for(settings),
+                          Action(settings.outbound_action) if settings.outbound else None)
 
 
 def _content_for(settings):

@@ -109,12 +109,14 @@ def _place(spool, message, envelope_fields, local_maildirs, remote_recipients):
 class Destination(NamedTuple):
     """
     Where one copy of a message goes: the Maildir folder C{folder} of each
-    local user in C{users} (in order), and C{remote} addresses for the queue.
+    local user in C{users} (in order), and C{remote} addresses for the
+    queue, C{held} there for an admin (the C{hold} action) or not.
     """
 
     users: tuple
     remote: tuple
     folder: str = "INBOX"
+    held: bool = False
 
 
 class LocalDelivery:
@@ -152,7 +154,7 @@ class LocalDelivery:
                       "{queue_id} goes to its recipients",
                       address=action.argument, queue_id=queue_id)
         folder = action.argument if action.kind == "move" else "INBOX"
-        return Destination(tuple(users), tuple(remote), folder)
+        return Destination(tuple(users), tuple(remote), folder, action.kind == "hold")
 
     def deliver(self, incoming, envelope_fields, destination, journal=()):
         """
@@ -175,6 +177,8 @@ class LocalDelivery:
         if destination.folder != "INBOX":
             for user in destination.users:
                 _ensure_folder(self.store, user, destination.folder)
+        if destination.held:
+            envelope_fields = {**envelope_fields, "held": True}
         return commit(self.spool, incoming, envelope_fields, maildirs,
                       list(destination.remote), copies)
 

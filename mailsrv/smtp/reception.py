@@ -65,7 +65,7 @@ class Reception:
         # The message as it comes, while the body hook waits for all of it:
         # our headers and the Subject depend on its judgement.
         self._received = None
-        if self.policy.reads_body(self.judgement):
+        if self.policy.reads_body(self.judgement, transaction):
             self._received = factory.server.spool.incoming()
         if self.policy.reads_header(self.judgement):
             self._held = HeaderSection()

@@ -84,8 +84,7 @@ class AliasToNobodyTests(NamesTestCase):
         """The queue then bounces to the postmaster (or logs), never into nothing."""
         delivery = self.server.delivery
         self.assertIsNone(delivery.route("ghosts@example.test"))
-        self.assertEqual(delivery.route("half@example.test"),
-                         (("bob@example.test",), (), "INBOX"))
+        self.assertEqual(delivery.route("half@example.test")[:2], (("bob@example.test",), ()))
 
 
 class PathUserTests(NamesTestCase):
