@@ -298,6 +298,25 @@ class TLSSettings:
 
 
 @dataclass(frozen=True)
+class DomainSettings:
+    """
+    One C{[domain."NAME"]} table: what a local domain does differently.
+
+    @ivar name: the domain, lower-case, without the root's dot.
+    @ivar tls_cert: the certificate (with C{tls_key}) served by SNI to
+        clients asking for one of the domain's names; L{None}: the global one.
+    """
+
+    name: str
+    tls_cert: Optional[Path] = _file()
+    tls_key: Optional[Path] = _file()
+
+    def key(self, key):
+        """How errors name one of the table's keys."""
+        return f'[domain."{self.name}"] {key}'
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     """
     Login protection (docs/config.md, "Login protection").
@@ -756,6 +775,7 @@ class AccessSettings:
 class Settings:
     """
     @ivar hostname: [server] hostname; "" in the file is this machine's name.
+    @ivar per_domain: the L{DomainSettings} of the C{[domain."NAME"]} tables.
     """
 
     path: Path
@@ -775,6 +795,7 @@ class Settings:
     hostname: str = _text("", table="server")
     local_domains: tuple = _domain_names(table="domains", key="local")
     antispam: AntispamSettings = AntispamSettings()
+    per_domain: tuple = ()
 
     def is_local_domain(self, domain):
         """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
@@ -942,6 +963,8 @@ def parse(data, path):
         lists=_plain_table(path, top, "lists", ListsSettings, base),
         journal=_plain_table(path, top, "journal", JournalSettings, base),
         antispam=_antispam(path, top.get("antispam", dict, {})),
+        per_domain=_per_domain(path, top.get("domain", dict, {}), base,
+                               values["local_domains"]),
         **values,
     )
     top.check_unknown()
@@ -967,6 +990,30 @@ def _tls(path, data, base, listeners):
             raise ConfigError(path, f"[listen #{listener.index + 1}] client_cert",
                               f"{listener.client_cert!r} needs [tls] client_ca")
     return tls
+
+
+def _per_domain(path, data, base, local_domains):
+    """The C{[domain."NAME"]} tables, each of a local domain, in file order."""
+    domains = {}
+    for name, raw in data.items():
+        table = _Table(path, f'domain."{name}"', raw)
+        domain = name.lower().rstrip(".")
+        if domain not in local_domains:
+            raise ConfigError(path, f"[{table.name}]", f"{name} is not a local domain",
+                              "add it to [domains] local, or remove the table")
+        if domain in domains:
+            raise ConfigError(path, f"[{table.name}]", f"{domain} has two tables",
+                              "merge them")
+        if "antispam" in table.data:
+            raise table.error("antispam", "per-domain filter settings are not supported yet",
+                              "set them in the global [antispam] sections")
+        settings = DomainSettings(name=domain, **_declared(table, DomainSettings, base))
+        table.check_unknown()
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            missing = "tls_key" if settings.tls_key is None else "tls_cert"
+            raise table.error(missing, "missing", "give both tls_cert and tls_key")
+        domains[domain] = settings
+    return tuple(domains.values())
 
 
 def _relay(path, data, base):

@@ -232,8 +232,8 @@ def _local_whitelisted(settings, entries):
 
 def _check_tls(settings):
     """
-    What L{tls.ServerTLS} loads, or, when it would generate the pair, that
-    it can write it.
+    What L{tls.ServerTLS} loads, or, when it would generate the [tls] pair,
+    that it can write it (and the rest).
     """
     if not tls.pair_missing(settings):
         tls.load_files(settings)
@@ -242,6 +242,7 @@ def _check_tls(settings):
     creatable_below(settings, "[tls] cert", cert)
     creatable_below(settings, "[tls] key", key)
     tls.load_client_cas(settings)
+    tls.load_domain_certificates(settings)
     return [f"tls: {cert} and {key} do not exist: start-up generates a self-signed "
             f"certificate for {settings.hostname}"]
 

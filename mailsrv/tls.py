@@ -1,11 +1,14 @@
 """
 Server certificates and the TLS contexts built from them: load them (or make
 a self-signed one at first start so that every listener can offer TLS from
-the first run), verify client certificates against [tls] client_ca, reload
-everything on SIGHUP, and warn before the certificate expires.
+the first run), serve the [domain] tables' own certificates to clients that
+ask for their names (SNI), verify client certificates against [tls]
+client_ca, reload everything on SIGHUP, and warn before a certificate
+expires.
 """
 
 import datetime
+import functools
 import os
 import signal
 
@@ -93,11 +96,13 @@ def fingerprint(cert):
 
 class ServerTLS:
     """
-    The [tls] files of one process and one context factory per client_cert
-    mode, all sharing them. L{reload} swaps new files in for new connections;
-    connections already open keep the context they started with.
+    The [tls] files and the [domain] tables' certificates of one process,
+    and one context factory per client_cert mode, all sharing them.
+    L{reload} swaps new files in for new connections; connections already
+    open keep the context they started with.
 
-    @ivar certificate: the leaf certificate in use (a C{cryptography} object).
+    @ivar certificate: the global leaf certificate in use (a C{cryptography}
+        object).
     """
 
     def __init__(self, settings):
@@ -112,7 +117,7 @@ class ServerTLS:
 
     @property
     def certificate(self):
-        return self._material.leaf
+        return self._material.certificate.leaf
 
     def context(self, mode="none"):
         """The context factory for listeners whose effective client_cert is C{mode}."""
@@ -123,7 +128,7 @@ class ServerTLS:
     def reload(self):
         """
         Read the files again; on any problem log it and keep serving the old
-        ones (a typo must not take TLS down).
+        ones, every domain's too (a typo must not take TLS down).
 
         @return: whether the new files are in use.
         """
@@ -136,28 +141,37 @@ class ServerTLS:
         self._material = material
         for context in self._contexts.values():
             context.use(material)
-        log.info("TLS certificate reloaded: {path} (SHA-256 {fingerprint})",
-                 path=str(self.settings.tls.cert), fingerprint=fingerprint(material.leaf))
+        for certificate in material.all():
+            log.info(_named(certificate, "reloaded: {path} (SHA-256 {fingerprint})"),
+                     domain=certificate.domain, path=str(certificate.path),
+                     fingerprint=fingerprint(certificate.leaf))
         self.check_expiry()
         return True
 
     def check_expiry(self, now=None):
-        """Log loudly an expired certificate, or one that expires within 14 days."""
+        """Log loudly each expired certificate, and each that expires within 14 days."""
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        leaf = self._material.leaf
-        not_after = leaf.not_valid_after_utc
-        fields = dict(path=str(self.settings.tls.cert), subject=leaf.subject.rfc4514_string(),
-                      not_after=not_after.isoformat())
-        if not_after <= now:
-            log.critical(
-                "TLS certificate EXPIRED: {path} subject={subject} notAfter={not_after}; "
-                "clients that verify refuse it: install a new one and send SIGHUP",
-                **fields)
-        elif not_after - now < EXPIRY_WARNING:
-            log.warn(
-                "TLS certificate expires in {days} days: {path} subject={subject} "
-                "notAfter={not_after}; install a new one and send SIGHUP",
-                days=(not_after - now).days, **fields)
+        for certificate in self._material.all():
+            leaf = certificate.leaf
+            not_after = leaf.not_valid_after_utc
+            fields = dict(domain=certificate.domain, path=str(certificate.path),
+                          subject=leaf.subject.rfc4514_string(),
+                          not_after=not_after.isoformat())
+            if not_after <= now:
+                log.critical(_named(
+                    certificate, "EXPIRED: {path} subject={subject} notAfter={not_after}; "
+                    "clients that verify refuse it: install a new one and send SIGHUP"),
+                    **fields)
+            elif not_after - now < EXPIRY_WARNING:
+                log.warn(_named(
+                    certificate, "expires in {days} days: {path} subject={subject} "
+                    "notAfter={not_after}; install a new one and send SIGHUP"),
+                    days=(not_after - now).days, **fields)
+
+
+def _named(certificate, text):
+    """A log format about C{certificate}: the domain's is named as such."""
+    return ("TLS certificate of {domain} " if certificate.domain else "TLS certificate ") + text
 
 
 class CertificateWatch(service.Service):
@@ -196,14 +210,39 @@ class CertificateWatch(service.Service):
         signal.signal(signal.SIGHUP, self._previous)
 
 
-class _Material:
-    """What one reading of the [tls] files gave."""
+class _Certificate:
+    """
+    A certificate chain and its key.
 
-    def __init__(self, key, chain, client_cas):
+    @ivar domain: the [domain] table that names it; "" for [tls]'s.
+    @ivar names: the server names that select it: the domain and its
+        subjectAltName DNS names (C{*.example.org} too), lower-case.
+    """
+
+    def __init__(self, key, chain, path, domain=""):
         self.key = key
         self.chain = chain  # crypto.X509, leaf first
-        self.client_cas = client_cas  # crypto.X509
+        self.path = path
+        self.domain = domain
         self.leaf = chain[0].to_cryptography()
+        try:
+            alt_names = self.leaf.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            alt_names = []
+        self.names = [domain] + [name.lower().rstrip(".") for name in alt_names]
+
+
+class _Material:
+    """What one reading of the [tls] files and the domains' certificates gave."""
+
+    def __init__(self, certificate, domains, client_cas):
+        self.certificate = certificate  # the global _Certificate
+        self.domains = domains  # the domains' _Certificates, in config order
+        self.client_cas = client_cas  # crypto.X509
+
+    def all(self):
+        return [self.certificate, *self.domains]
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -213,6 +252,8 @@ class ListenerContext:
     ciphers) asking for client certificates per C{mode}: C{none},
     C{request} (optional, but one that is sent must be valid) or
     C{require}. Refusals are logged as C{tls_invalid_client_certificate}.
+    A client whose ClientHello names a domain's certificate (SNI) gets that
+    one, in a context alike in all else.
     """
 
     def __init__(self, mode, material):
@@ -220,31 +261,59 @@ class ListenerContext:
         self.use(material)
 
     def use(self, material):
-        """Build the context new connections get from now on."""
+        """Build the contexts new connections get from now on."""
+        context = self._build(material.certificate, material.client_cas)
+        by_name = {}
+        for certificate in material.domains:
+            domain_context = self._build(certificate, material.client_cas)
+            for name in certificate.names:
+                # a domain's own name first, then the first certificate to list it
+                if name == certificate.domain or name not in by_name:
+                    by_name[name] = domain_context
+        if by_name:
+            context.set_tlsext_servername_callback(functools.partial(_select, by_name))
+        self._context = context
+
+    def _build(self, certificate, client_cas):
         options = ssl.CertificateOptions(
-            privateKey=material.key,
-            certificate=material.chain[0],
-            extraCertChain=material.chain[1:] or None,
+            privateKey=certificate.key,
+            certificate=certificate.chain[0],
+            extraCertChain=certificate.chain[1:] or None,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
         context = options.getContext()
         if self.mode != "none":
             store = context.get_cert_store()
-            for ca in material.client_cas:
+            for ca in client_cas:
                 store.add_cert(ca)
-            context.set_client_ca_list([ca.get_subject() for ca in material.client_cas])
+            context.set_client_ca_list([ca.get_subject() for ca in client_cas])
             flags = SSL.VERIFY_PEER
             if self.mode == "require":
                 flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             context.set_verify(flags, _verify_client)
             context.set_info_callback(_watch_handshake)
-        self._context = context
+        return context
 
     def getContext(self):
         return self._context
 
     def serverConnectionForTLS(self, protocol):
         return _Connection(self._context, None)
+
+
+def _select(by_name, connection):
+    """
+    The SNI callback: switch C{connection} to the context of the
+    certificate that lists the name it asks for (a C{*.} name covers one
+    label), else leave it on the global one.
+    """
+    name = connection.get_servername()
+    if name is None:
+        return
+    name = name.decode("ascii", "replace").lower().rstrip(".")
+    context = by_name.get(name) or by_name.get("*." + name.partition(".")[2])
+    if context is not None:
+        connection.set_context(context)
 
 
 class _Connection(SSL.Connection):
@@ -325,24 +394,41 @@ def _generate_if_missing(settings):
 
 
 def load_files(settings):
-    """Read and check the [tls] files. @raise ConfigError: on any problem."""
+    """
+    Read and check the [tls] files and the domains' certificates.
+    @raise ConfigError: on any problem.
+    """
     tls = settings.tls
-    cert_pem = _read(settings, "cert", tls.cert)
-    key_pem = _read(settings, "key", tls.key)
+    certificate = _load_pair(settings, "[tls] cert", tls.cert, "[tls] key", tls.key)
+    return _Material(certificate, load_domain_certificates(settings),
+                     load_client_cas(settings))
+
+
+def load_domain_certificates(settings):
+    """The L{_Certificate}s of the [domain] tables that give one. @raise ConfigError."""
+    return [_load_pair(settings, domain.key("tls_cert"), domain.tls_cert,
+                       domain.key("tls_key"), domain.tls_key, domain.name)
+            for domain in settings.per_domain if domain.tls_cert is not None]
+
+
+def _load_pair(settings, cert_key, cert_path, key_key, key_path, domain=""):
+    """A certificate chain and its key from their files. @raise ConfigError."""
+    cert_pem = _read(settings, cert_key, cert_path)
+    key_pem = _read(settings, key_key, key_path)
     try:
         key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
         chain = _pem_certificates(cert_pem)
         if not chain:
-            raise ValueError(f"{tls.cert} holds no PEM certificate")
+            raise ValueError(f"{cert_path} holds no PEM certificate")
         context = SSL.Context(SSL.TLS_METHOD)
         context.use_certificate(chain[0])
         context.use_privatekey(key)
         context.check_privatekey()
     except Exception as e:
-        raise ConfigError(settings.path, "[tls] cert",
-                          f"cannot use {tls.cert} with {tls.key}: {e}",
+        raise ConfigError(settings.path, cert_key,
+                          f"cannot use {cert_path} with {key_path}: {e}",
                           "is the key the certificate's own?")
-    return _Material(key, chain, load_client_cas(settings))
+    return _Certificate(key, chain, cert_path, domain)
 
 
 def load_client_cas(settings):
@@ -350,7 +436,7 @@ def load_client_cas(settings):
     tls = settings.tls
     if tls.client_ca is None:
         return []
-    ca_pem = _read(settings, "client_ca", tls.client_ca)
+    ca_pem = _read(settings, "[tls] client_ca", tls.client_ca)
     try:
         client_cas = _pem_certificates(ca_pem)
     except ValueError as e:
@@ -384,7 +470,7 @@ def _read(settings, key, path):
     try:
         return path.read_bytes()
     except OSError as e:
-        raise ConfigError(settings.path, f"[tls] {key}", f"cannot read {path}: {e.strerror}")
+        raise ConfigError(settings.path, key, f"cannot read {path}: {e.strerror}")
 
 
 def _pem_certificates(pem):

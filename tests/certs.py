@@ -40,10 +40,11 @@ def _name(common_name):
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make(common_name, issuer=None, ca=False, days=30, expired=False):
+def make(common_name, issuer=None, ca=False, days=30, expired=False, names=()):
     """
     A certificate for C{common_name}, signed by C{issuer} (an L{Issued}) or
-    self-signed; C{expired} puts its validity in the past.
+    self-signed; C{expired} puts its validity in the past; C{names} are its
+    subjectAltName DNS names.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -60,6 +61,9 @@ def make(common_name, issuer=None, ca=False, days=30, expired=False):
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
     )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), False)
     if ca:
         builder = builder.add_extension(
             x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,

@@ -258,6 +258,26 @@ class EveryDefaultTests(unittest.TestCase):
             self.assertEqual(read(listener), expected, key)
 
 
+LOCAL = {"domains": {"local": ["example.test", "example.org"]}}
+
+
+class DomainTableTests(unittest.TestCase):
+    """[domain."NAME"] tables: a local domain's own certificate."""
+
+    def test_certificate_paths_are_relative_to_the_config_file(self):
+        s = config.parse({**LOCAL, "domain": {
+            "Example.ORG": {"tls_cert": "tls/org.pem", "tls_key": "/k/org.key"},
+            "example.test": {}}}, Path("/etc/m/c.toml"))
+        org, test = s.per_domain
+        self.assertEqual((org.name, org.tls_cert, org.tls_key),
+                         ("example.org", Path("/etc/m/tls/org.pem"), Path("/k/org.key")))
+        self.assertEqual((test.name, test.tls_cert, test.tls_key), ("example.test", None, None))
+        self.assertEqual(org.key("tls_cert"), '[domain."example.org"] tls_cert')
+
+    def test_none_by_default(self):
+        self.assertEqual(config.parse(LOCAL, Path("/c.toml")).per_domain, ())
+
+
 class ErrorTests(unittest.TestCase):
     """Each bad config gives one line: file, key, problem."""
 
@@ -388,6 +408,25 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [access] max_message_size: must be at least 1024, not 1023"),
         ({"access": {"kill_file": 3}},
          "/c.toml: [access] kill_file: must be a string, not a whole number"),
+        ({"domain": {"example.org": {"tls_cert": "org.pem", "tls_key": "org.key"}}},
+         '/c.toml: [domain."example.org"]: example.org is not a local domain (add it to '
+         "[domains] local, or remove the table)"),
+        ({**LOCAL, "domain": {"example.org": {"tls_cert": "org.pem"}}},
+         '/c.toml: [domain."example.org"] tls_key: missing (give both tls_cert and tls_key)'),
+        ({**LOCAL, "domain": {"example.org": {"tls_key": "org.key"}}},
+         '/c.toml: [domain."example.org"] tls_cert: missing'),
+        ({**LOCAL, "domain": {"example.org": {"tls_crt": "org.pem"}}},
+         '/c.toml: [domain."example.org"] tls_crt: unknown key'),
+        ({**LOCAL, "domain": {"example.org": {"tls_cert": 3}}},
+         '/c.toml: [domain."example.org"] tls_cert: must be a string, not a whole number'),
+        ({**LOCAL, "domain": {"example.org": {"antispam": {"phrases": {"file": "p.txt"}}}}},
+         '/c.toml: [domain."example.org"] antispam: per-domain filter settings are not '
+         "supported yet (set them in the global [antispam] sections)"),
+        ({**LOCAL, "domain": {"example.org": "x"}},
+         '/c.toml: domain."example.org": must be a table'),
+        ({**LOCAL, "domain": {"example.org": {}, "Example.org.": {}}},
+         '/c.toml: [domain."Example.org."]: example.org has two tables'),
+        ({"domain": 3}, "/c.toml: domain: must be a table, not a whole number"),
     ]
 
     # Problems found by the server's own parsers (endpoints, IP entries,

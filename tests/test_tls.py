@@ -5,16 +5,19 @@ TLS and STARTTLS), expiry warnings, reload, the TLS version floor.
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 import ssl
 import stat
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer, reactor, task, threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
@@ -455,3 +458,146 @@ class ExpiryAndReloadTests(unittest.TestCase):
 
     def test_sighup_reloads(self):
         return defer.ensureDeferred(self.check_sighup())
+
+
+def handshake(factory, server_name=None, client=None):
+    """
+    A TLS handshake in memory between a connection of C{factory} and a
+    client asking for C{server_name} (SNI) with C{client}'s certificate.
+
+    @return: the certificate the server presented (C{cryptography}).
+    @raise SSL.Error: when the server refuses the handshake.
+    """
+    server = factory.serverConnectionForTLS(None)
+    server.set_app_data(SimpleNamespace(
+        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 1))))
+    server.set_accept_state()
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if client:
+        context.use_certificate_file(str(client[0]))
+        context.use_privatekey_file(str(client[1]))
+    peer = SSL.Connection(context, None)
+    if server_name:
+        peer.set_tlsext_host_name(server_name.encode())
+    peer.set_connect_state()
+    for _ in range(5):
+        for side, other in ((peer, server), (server, peer)):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(side.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    return peer.get_peer_certificate().to_cryptography()
+
+
+class DomainCertificateTests(unittest.TestCase):
+    """
+    [domain."NAME"] certificates chosen by the name the client asks for:
+    the domain's own, then its certificate's subjectAltNames.
+    """
+
+    def setUp(self):
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir(parents=True)
+        self.org = self.install("example.org", ["example.org", "mail.example.org",
+                                                "example.net"])
+        self.net = self.install("example.net", ["mail.example.net", "*.pop.example.net"])
+        self.paths = certs.client_set(self.dir / "clients")
+        self.log = TLSLogCapture(self)
+
+    def install(self, domain, names, days=30):
+        issued = certs.make(f"mail.{domain}", names=names, days=days)
+        issued.write(self.dir, domain)
+        return issued.cert
+
+    def settings(self, **tls_keys):
+        return make_settings(
+            self.dir, tls=tls_keys,
+            domains={"local": ["example.test", "example.org", "example.net"]},
+            domain={name: {"tls_cert": f"{name}.pem", "tls_key": f"{name}.key"}
+                    for name in ("example.org", "example.net")})
+
+    def server_tls(self, **tls_keys):
+        return tls.ServerTLS(self.settings(**tls_keys))
+
+    def test_each_name_gets_its_certificate(self):
+        server_tls = self.server_tls()
+        for name, expected in [
+            ("example.org", self.org),
+            ("MAIL.example.org.", self.org),
+            ("example.net", self.net),  # its own domain, before example.org's altName
+            ("mail.example.net", self.net),
+            ("imap.pop.example.net", self.net),
+            ("a.b.pop.example.net", server_tls.certificate),  # * is one label
+            ("pop.example.net", server_tls.certificate),
+            ("example.test", server_tls.certificate),
+            ("unknown.example", server_tls.certificate),
+            (None, server_tls.certificate),
+        ]:
+            self.assertEqual(handshake(server_tls.context(), name), expected, name)
+
+    def test_client_certificates_are_still_verified(self):
+        server_tls = self.server_tls(client_ca=str(self.paths["ca"][0]))
+        context = server_tls.context("require")
+        self.assertEqual(handshake(context, "example.org", self.paths["valid"]), self.org)
+        for bad in (None, "selfsigned"):
+            with self.assertRaises(SSL.Error):
+                handshake(context, "example.org", self.paths.get(bad))
+        self.assertEqual([e["reason"] for e in self.log.audit()],
+                         ["no certificate", "self-signed"])
+
+    def test_reload_takes_the_domains_new_files(self):
+        server_tls = self.server_tls()
+        new = self.install("example.org", ["example.org"], days=60)
+        self.assertTrue(server_tls.reload())
+        self.assertEqual(handshake(server_tls.context(), "example.org"), new)
+        self.assertEqual(handshake(server_tls.context(), "mail.example.net"), self.net)
+        [event] = [e for e in self.log.events if e.get("domain") == "example.org"]
+        self.assertEqual(event["log_format"],
+                         "TLS certificate of {domain} reloaded: {path} (SHA-256 {fingerprint})")
+        self.assertEqual(event["path"], str(self.dir / "example.org.pem"))
+
+    def test_a_bad_domain_file_keeps_every_old_certificate(self):
+        server_tls = self.server_tls()
+        global_before = server_tls.certificate
+        (self.dir / "example.net.key").write_text("garbage")
+        tls.generate_self_signed(str(self.dir / "tls" / "cert.pem"),
+                                 str(self.dir / "tls" / "key.pem"), "new.example.test")
+        self.assertFalse(server_tls.reload())
+        self.assertEqual(handshake(server_tls.context(), "example.net"), self.net)
+        self.assertEqual(handshake(server_tls.context()), global_before)
+        [event] = [e for e in self.log.events if "TLS reload failed" in e["log_format"]]
+        self.assertIn('[domain."example.net"] tls_cert: cannot use', event["error"])
+
+    def test_expiry_warning_names_the_domain(self):
+        self.install("example.net", ["mail.example.net"], days=5)
+        self.server_tls().check_expiry()
+        [event] = [e for e in self.log.events if "expires in" in e.get("log_format", "")]
+        self.assertTrue(event["log_format"].startswith("TLS certificate of {domain} expires"))
+        self.assertEqual((event["domain"], event["path"], event["subject"]),
+                         ("example.net", str(self.dir / "example.net.pem"),
+                          "CN=mail.example.net"))
+
+    def test_missing_or_mismatched_files_are_config_errors(self):
+        from mailsrv.preflight import preflight
+
+        (self.dir / "example.org.key").write_bytes((self.dir / "example.net.key").read_bytes())
+        with self.assertRaises(ConfigError) as caught:
+            self.server_tls()
+        self.assertIn('[domain."example.org"] tls_cert: cannot use '
+                      f'{self.dir}/example.org.pem with {self.dir}/example.org.key',
+                      str(caught.exception))
+        (self.dir / "example.org.key").unlink()
+        expected = (f'[domain."example.org"] tls_key: cannot read {self.dir}/example.org.key: '
+                    "No such file or directory")
+        with self.assertRaises(ConfigError) as caught:
+            self.server_tls()
+        self.assertIn(expected, str(caught.exception))
+        # check-config too, even while the [tls] pair is still to be generated
+        shutil.rmtree(self.dir / "tls")
+        with self.assertRaises(ConfigError) as caught:
+            preflight(self.settings(), task.Clock(), warnings=False)
+        self.assertIn(expected, str(caught.exception))

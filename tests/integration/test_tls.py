@@ -1,7 +1,7 @@
 """
 TLS against the real server: client certificates with Python and openssl
 clients, IPv6 listeners, bad input on TLS ports, certificate reload on
-SIGHUP and the expiry warning.
+SIGHUP and the expiry warning, domains' certificates by SNI.
 """
 
 import hashlib
@@ -16,11 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from cryptography import x509
 from twisted.trial import unittest
 
 from mailsrv.tls import generate_self_signed
 from tests import certs
-from tests.integration.harness import PASSWORD, MailServerProcess, require_tool
+from tests.integration.harness import LISTENERS, PASSWORD, MailServerProcess, require_tool
 
 ALICE = "alice@example.test"
 AUDIT = "tls_invalid_client_certificate"
@@ -325,3 +326,77 @@ class ReloadTests(unittest.TestCase):
         self.server.start()
         self.server.wait_for_log("TLS certificate expires in 4 days: " + str(self.cert))
         self.assertIn("subject=CN=mail.example.test notAfter=", self.server.log_text())
+
+
+# What `openssl s_client -starttls` calls each STARTTLS listener's protocol.
+S_CLIENT_STARTTLS = {"smtp": "smtp", "submission": "smtp", "pop3": "pop3", "imap": "imap"}
+
+
+class DomainCertificateTests(unittest.TestCase):
+    """
+    [domain."NAME"] certificates by SNI on every listener, STARTTLS and
+    implicit TLS, asked for with `openssl s_client -servername`.
+    """
+
+    def setUp(self):
+        require_tool(self, "openssl")
+        self.certs = Path(self.mktemp()).absolute()
+        self.certs.mkdir(parents=True)
+        self.org = self.install("example.org", ["example.org", "mail.example.org"])
+        self.net = self.install("example.net", ["mail.example.net"])
+        self.server = MailServerProcess(extra={
+            "domains": {"local": ["example.test", "example.org", "example.net"]},
+            **{f'domain."{name}"': {"tls_cert": str(self.certs / f"{name}.pem"),
+                                    "tls_key": str(self.certs / f"{name}.key")}
+               for name in ("example.org", "example.net")},
+        })
+        self.addCleanup(self.server.cleanup)
+
+    def install(self, domain, names):
+        issued = certs.make(f"mail.{domain}", names=names)
+        issued.write(self.certs, domain)
+        return issued.cert
+
+    def served(self, listener, server_name):
+        """The certificate listener C{listener} presents to C{server_name} (None: no SNI)."""
+        host, port = self.server.address(listener)
+        command = ["openssl", "s_client", "-connect", f"{host}:{port}"]
+        command += ["-servername", server_name] if server_name else ["-noservername"]
+        if listener in S_CLIENT_STARTTLS:
+            command += ["-starttls", S_CLIENT_STARTTLS[listener]]
+        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=30)
+        begin = result.stdout.find("-----BEGIN CERTIFICATE-----")
+        self.assertNotEqual(begin, -1, (listener, server_name, result.stdout, result.stderr))
+        return x509.load_pem_x509_certificate(result.stdout[begin:].encode())
+
+    def test_each_name_gets_its_certificate_on_every_listener(self):
+        self.server.start()
+        default = x509.load_pem_x509_certificate(
+            (self.server.dir / "tls" / "cert.pem").read_bytes())
+        for listener, *_ in LISTENERS:
+            for name, expected in (("example.org", self.org), ("mail.example.org", self.org),
+                                   ("example.net", self.net), ("mail.example.net", self.net),
+                                   ("unknown.example", default), ("example.test", default),
+                                   (None, default)):
+                self.assertEqual(self.served(listener, name), expected, (listener, name))
+
+    def test_sighup_serves_a_domains_new_certificate(self):
+        self.server.start()
+        new = self.install("example.org", ["example.org"])
+        self.server.process.send_signal(signal.SIGHUP)
+        self.server.wait_for_log("TLS certificate of example.org reloaded: "
+                                 f"{self.certs / 'example.org.pem'}")
+        for listener in ("smtp", "pop3", "imaps"):
+            self.assertEqual(self.served(listener, "example.org"), new, listener)
+            self.assertEqual(self.served(listener, "example.net"), self.net, listener)
+
+    def test_a_missing_domain_file_stops_check_config_and_start_up(self):
+        (self.certs / "example.net.key").unlink()
+        expected = (f'[domain."example.net"] tls_key: cannot read '
+                    f'{self.certs / "example.net.key"}: No such file or directory')
+        check = self.server.admin("check-config", check=False)
+        self.assertEqual(check.returncode, 1)
+        self.assertIn(expected, check.stderr)
+        with self.assertRaises(AssertionError) as caught:
+            self.server.start()
+        self.assertIn(expected, str(caught.exception))
