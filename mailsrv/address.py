@@ -138,6 +138,11 @@ def is_address(text):
     return True
 
 
+def is_host_name(text):
+    """Whether C{text} is a host name (letters, digits and hyphens in dotted labels)."""
+    return len(text) <= MAX_DOMAIN and bool(_HOST.match(text))
+
+
 def is_bare_name(text):
     """Whether C{text} is a dot-atom without a domain (C{<alice>}, C{postmaster})."""
     return bool(_DOT_ATOM.match(text))

@@ -13,13 +13,14 @@ The settings are plain values, and this module imports nothing of the server
 are checked by L{mailsrv.preflight}, which start-up and check-config share.
 """
 
+import ipaddress
 import socket
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
-from mailsrv.address import is_address, normalise
+from mailsrv.address import is_address, is_host_name, normalise
 
 
 PROTOCOLS = ("smtp", "pop3", "imap")
@@ -727,18 +728,31 @@ class OutboundTLS:
 
 
 @dataclass(frozen=True)
-class SmartHost:
+class NextHop:
+    """
+    One next hop of a route (C{[delivery] smart_host}, C{[delivery.transports]}),
+    tried in order (docs/queue.md, "Routes and failover").
+
+    @ivar host: a host name or an IP address to connect to; with C{mx}, the
+        domain whose MX hosts are the hops ("" for each recipient's own).
+    @ivar port: the port; for an MX hop, that of every MX host.
+    @ivar preference: a smart host table's place in the list, lowest first.
+    @ivar mx: C{host} is a mail domain to look up (RFC 5321 5.1).
+    """
+
     host: str = _text("")
     port: int = _whole(25, minimum=1)
     preference: int = _whole(0)
     outbound: OutboundTLS = OutboundTLS()
+    mx: bool = False
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
     """
-    @ivar smart_hosts: L{SmartHost}s, sorted by preference.
-    @ivar transports: C{(domain, "host:port" or "mx")}s.
+    @ivar smart_hosts: L{NextHop}s, sorted by preference.
+    @ivar transports: C{(domain, (NextHop, ...))}s; C{"mx"} in the file is
+        one MX hop for the recipient's own domain.
     @ivar max_received: more Received headers than this: a mail loop, bounced.
     @ivar outbound: the L{OutboundTLS} of MX and transport hops.
     @ivar delay_warning: seconds before a "delayed" DSN; 0 for none.
@@ -1247,51 +1261,142 @@ def _dnsbl_list(parent, entry, default_action, actions):
 
 def _delivery(path, data, base):
     table = _Table(path, "delivery", data)
+    declared = _declared(table, DeliverySettings, base)
     ca_file = table.file_path("tls_ca_file", "", base)
     outbound = _outbound(table, "tls", ca_file, OutboundTLS.tls)
     smart_outbound = _outbound(table, "smart_host_tls", ca_file, outbound.tls,
                                table.string("smart_host_username", ""),
                                table.file_path("smart_host_password_file", "", base))
-    raw = table.get("smart_host", (str, list), "")
-    smart_hosts = []
-    if isinstance(raw, str):
-        if raw:
-            host, port = _host_port(table, "smart_host", raw, SmartHost.port)
-            smart_hosts.append(SmartHost(host, port, outbound=smart_outbound))
-    else:
-        for entry in raw:
-            if not isinstance(entry, dict):
-                raise table.error(
-                    "smart_host", "list entries must be {host, port, preference}"
-                )
-            sub = _Table(path, "delivery.smart_host", entry)
-            values = _declared(sub, SmartHost)
-            if not values["host"]:
-                raise sub.error("host", "missing")
-            smart_hosts.append(SmartHost(
-                outbound=_outbound(sub, "tls", ca_file, smart_outbound.tls,
-                                   sub.string("username", smart_outbound.username),
-                                   sub.file_path("password_file", "", base),
-                                   smart_outbound),
-                **values,
-            ))
-            sub.check_unknown()
-    smart_hosts.sort(key=lambda h: h.preference)
-
-    transports = table.get("transports", dict, {})
-    for domain, route in transports.items():
-        if not isinstance(route, str):
-            raise table.error(f"transports.{domain}", 'must be "host:port" or "mx"')
-        if route != "mx":
-            _host_port(table, f"transports.{domain}", route, 25)
     delivery = DeliverySettings(
-        smart_hosts=tuple(smart_hosts),
-        transports=tuple((d.lower(), r) for d, r in sorted(transports.items())),
+        smart_hosts=_smart_hosts(path, table, ca_file, smart_outbound, outbound,
+                                 declared["mx_port"], base),
+        transports=_transports(table, outbound, declared["mx_port"]),
         outbound=outbound,
-        **_declared(table, DeliverySettings, base),
+        **declared,
     )
     table.check_unknown()
     return delivery
+
+
+def _smart_hosts(path, table, ca_file, outbound, mx_outbound, mx_port, base):
+    """
+    C{[delivery] smart_host}: one next hop, or a list of next hops and
+    C{{host, port, preference, tls, username, password_file}} tables, sorted
+    by preference (a string's is 0; equal ones keep their order). C{"mx"}
+    alone is delivery to the recipients' MX hosts, with C{mx_outbound}: the
+    smart hosts' credentials never go there.
+    """
+    raw = table.get("smart_host", (str, list), "")
+    entries = ([raw] if raw else []) if isinstance(raw, str) else raw
+    hops = []
+    for entry in entries:
+        if isinstance(entry, str):
+            hop = _next_hop(table, "smart_host", entry, outbound, mx_port)
+            hops.append(replace(hop, outbound=mx_outbound) if hop.mx and not hop.host else hop)
+            continue
+        if not isinstance(entry, dict):
+            raise table.error(
+                "smart_host", 'list entries must be "host:port" or {host, port, preference}'
+            )
+        sub = _Table(path, "delivery.smart_host", entry)
+        values = _declared(sub, NextHop)
+        if not values["host"]:
+            raise sub.error("host", "missing")
+        if values["host"].lower() == "mx":
+            raise sub.error("host", '"mx" alone is no smart host',
+                            'list it as a string: smart_host = [{...}, "mx"]')
+        hops.append(_next_hop(
+            sub, "host", values["host"],
+            _outbound(sub, "tls", ca_file, outbound.tls,
+                      sub.string("username", outbound.username),
+                      sub.file_path("password_file", "", base), outbound),
+            mx_port, values["port"] if "port" in entry else None, values["preference"],
+        ))
+        sub.check_unknown()
+    hops.sort(key=lambda h: h.preference)
+    return tuple(hops)
+
+
+def _transports(table, outbound, mx_port):
+    """C{[delivery.transports]}: per domain, a next hop or a list of them, or "mx"."""
+    routes = []
+    for domain, value in table.get("transports", dict, {}).items():
+        key = f"transports.{domain}"
+        hops = [value] if isinstance(value, str) else value
+        if not isinstance(hops, list) or not all(isinstance(h, str) for h in hops):
+            raise table.error(key, "must be a next hop or a list of next hops", NEXT_HOP_FORMS)
+        if not hops:
+            raise table.error(key, "empty list", 'give at least one next hop, or "mx"')
+        routes.append((domain.lower().rstrip("."),
+                       tuple(_next_hop(table, key, hop, outbound, mx_port) for hop in hops)))
+    return tuple(sorted(routes, key=lambda route: route[0]))
+
+
+NEXT_HOP_FORMS = 'write "host", "host:port", "[2001:db8::1]:port", "mx:domain" or "mx"'
+
+
+def _next_hop(table, key, text, outbound, mx_port, port=None, preference=0):
+    """
+    The L{NextHop} C{text} names (L{parse_next_hop}); without a port, C{port}
+    (a table's own key), else [delivery] mx_port for MX hops and 25 for hosts.
+    """
+    try:
+        host, written_port, mx = parse_next_hop(text)
+    except ValueError as e:
+        raise table.error(key, f"{e} in {text!r}", NEXT_HOP_FORMS)
+    if written_port is not None and port is not None:
+        raise table.error(key, f"{text!r} has a port, and so has port", "give it once")
+    port = written_port or port or (mx_port if mx else NextHop.port)
+    return NextHop(host, port, preference, outbound, mx)
+
+
+def parse_next_hop(text):
+    """
+    One next hop as the config writes it: C{"host"}, C{"host:port"}, an IPv4
+    address with an optional port, an IPv6 address (with a port only in
+    brackets: C{"[2001:db8::1]:2525"}), a host name in brackets (Postfix's
+    way of saying "no MX lookup", which is what a host means here anyway),
+    C{"mx:domain"}, C{"mx:domain:port"}, or C{"mx"} alone (the recipient's
+    own domain).
+
+    @return: C{(host, port or None, mx)}; host names lower-cased, the
+        root's dot dropped; C{""} with C{"mx"} alone.
+    @raise ValueError: what is wrong, in words for the admin.
+    """
+    if text.lower() == "mx":
+        return "", None, True
+    mx = text[:3].lower() == "mx:"
+    rest = text[3:] if mx else text
+    if rest.startswith("["):
+        inside, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ValueError("bad brackets")
+        if mx:
+            raise ValueError("mx: takes a domain, not a bracketed host")
+        host, port = inside, tail[1:] if tail else None
+    elif rest.count(":") > 1:
+        if not _is_ip(rest, 6):
+            raise ValueError("an IPv6 address with a port goes in brackets")
+        host, port = rest, None
+    else:
+        host, colon, port = rest.partition(":")
+        port = port if colon else None
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError("bad port")
+    host = host.lower().removesuffix(".") if not _is_ip(host, 6) else host
+    if mx and (not is_host_name(host) or _is_ip(host, 4)):
+        raise ValueError("mx: needs a mail domain")
+    if not (_is_ip(host, 4) or _is_ip(host, 6) or
+            is_host_name(host) and not host.replace(".", "").isdigit()):
+        raise ValueError("not a host name or IP address")
+    return host, int(port) if port is not None else None, mx
+
+
+def _is_ip(text, version):
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
 
 
 def _outbound(table, key, ca_file, default, username="", password_file=None,

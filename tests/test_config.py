@@ -4,11 +4,15 @@ Config parsing: defaults, the errors an admin sees, and the example config.
 
 from pathlib import Path
 
+from hypothesis import given, strategies as st
 from twisted.internet import task
 from twisted.trial import unittest
 
 from mailsrv import config, preflight
 from mailsrv.config import Timeouts
+from tests.fuzzing import examples
+
+HOP_FORMS = config.NEXT_HOP_FORMS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,12 +83,33 @@ class DefaultsTests(unittest.TestCase):
 
     def test_smart_host_forms(self):
         s = config.parse({"delivery": {"smart_host": "relay.example:2525"}}, Path("/x"))
-        self.assertEqual(s.delivery.smart_hosts, (config.SmartHost("relay.example", 2525),))
+        self.assertEqual(s.delivery.smart_hosts, (config.NextHop("relay.example", 2525),))
         s = config.parse({"delivery": {"smart_host": [
             {"host": "b", "port": 26, "preference": 20},
             {"host": "a", "preference": 10}]}}, Path("/x"))
         self.assertEqual([h.host for h in s.delivery.smart_hosts], ["a", "b"])
         self.assertEqual(s.delivery.smart_hosts[0].port, 25)
+
+    def test_next_hop_lists(self):
+        s = config.parse({"delivery": {
+            "mx_port": 2500,
+            "smart_host": ["relay.test", {"host": "mx:other.test", "port": 26, "preference": 5},
+                           {"host": "mx:provider.test"}, "[10.0.0.9]:587"],
+            "transports": {"Gateway.TEST.": ["10.0.0.5", "mx:relay.test:2526"],
+                           "old.test": "gw.test:2525", "direct.test": "mx"},
+        }}, Path("/x"))
+        self.assertEqual([(h.host, h.port, h.mx, h.preference) for h in s.delivery.smart_hosts], [
+            ("relay.test", 25, False, 0), ("provider.test", 2500, True, 0),
+            ("10.0.0.9", 587, False, 0), ("other.test", 26, True, 5),
+        ])
+        self.assertEqual(
+            [(domain, [(h.host, h.port, h.mx) for h in hops])
+             for domain, hops in s.delivery.transports],
+            [("direct.test", [("", 2500, True)]),
+             ("gateway.test", [("10.0.0.5", 25, False), ("relay.test", 2526, True)]),
+             ("old.test", [("gw.test", 2525, False)])])
+        self.assertEqual(config.parse({"delivery": {"smart_host": []}}, Path("/x")
+                                      ).delivery.smart_hosts, ())
 
     def test_smart_host_credentials_and_tls(self):
         directory = Path(self.mktemp())
@@ -361,13 +386,36 @@ class ErrorTests(unittest.TestCase):
         ({"delivery": {"retry": []}},
          "/c.toml: [delivery] retry: must be a list of positive whole seconds"),
         ({"delivery": {"transports": {"a.example": 3}}},
-         "/c.toml: [delivery] transports.a.example: must be \"host:port\" or \"mx\""),
+         "/c.toml: [delivery] transports.a.example: must be a next hop or a list of next "
+         f"hops ({HOP_FORMS})"),
         ({"delivery": {"transports": {"a.example": "host:0"}}},
-         "/c.toml: [delivery] transports.a.example: bad port in 'host:0' (write \"host:port\")"),
+         f"/c.toml: [delivery] transports.a.example: bad port in 'host:0' ({HOP_FORMS})"),
+        ({"delivery": {"transports": {"a.example": []}}},
+         "/c.toml: [delivery] transports.a.example: empty list "
+         "(give at least one next hop, or \"mx\")"),
+        ({"delivery": {"transports": {"a.example": ["gw.test", "mx:"]}}},
+         "/c.toml: [delivery] transports.a.example: mx: needs a mail domain in 'mx:' "
+         f"({HOP_FORMS})"),
+        ({"delivery": {"transports": {"a.example": ["2001:db8:0:0:0:0:0:1:2525"]}}},
+         "/c.toml: [delivery] transports.a.example: an IPv6 address with a port goes in "
+         f"brackets in '2001:db8:0:0:0:0:0:1:2525' ({HOP_FORMS})"),
+        ({"delivery": {"transports": {"a.example": ["gw.test", 25]}}},
+         "/c.toml: [delivery] transports.a.example: must be a next hop or a list of next "
+         f"hops ({HOP_FORMS})"),
+        ({"delivery": {"smart_host": ["relay.test", "a b"]}},
+         "/c.toml: [delivery] smart_host: not a host name or IP address in 'a b' "
+         f"({HOP_FORMS})"),
+        ({"delivery": {"smart_host": [{"host": "relay.test:26", "port": 26}]}},
+         "/c.toml: [delivery.smart_host] host: 'relay.test:26' has a port, and so has "
+         "port (give it once)"),
+        ({"delivery": {"smart_host": [{"host": "mx"}]}},
+         "/c.toml: [delivery.smart_host] host: \"mx\" alone is no smart host (list it as "
+         "a string: smart_host = [{...}, \"mx\"])"),
         ({"delivery": {"max_age": 59}},
          "/c.toml: [delivery] max_age: must be at least 60, not 59"),
         ({"delivery": {"smart_host": [3]}},
-         "/c.toml: [delivery] smart_host: list entries must be {host, port, preference}"),
+         "/c.toml: [delivery] smart_host: list entries must be \"host:port\" or "
+         "{host, port, preference}"),
         ({"delivery": {"smart_host": [{"port": 25}]}}, "/c.toml: [delivery.smart_host] host: "
          "missing"),
         ({"delivery": {"smart_host": [{"host": "a", "prot": 25}]}},
@@ -520,3 +568,60 @@ class ErrorTests(unittest.TestCase):
         with self.assertRaises(config.ConfigError) as caught:
             config.load(path)
         self.assertIn("not valid TOML", str(caught.exception))
+
+
+class NextHopSyntaxTests(unittest.TestCase):
+    def test_table(self):
+        for text, expected in [
+            ("relay.test", ("relay.test", None, False)),
+            ("Relay.TEST.:2525", ("relay.test", 2525, False)),
+            ("10.0.0.5", ("10.0.0.5", None, False)),
+            ("10.0.0.5:26", ("10.0.0.5", 26, False)),
+            ("[2001:db8::1]:2525", ("2001:db8::1", 2525, False)),
+            ("[2001:db8::1]", ("2001:db8::1", None, False)),
+            ("2001:db8::1", ("2001:db8::1", None, False)),  # bare: no port
+            ("[relay.test]:587", ("relay.test", 587, False)),  # Postfix's brackets
+            ("mx:Relay.Test", ("relay.test", None, True)),
+            ("MX:relay.test:2525", ("relay.test", 2525, True)),
+            ("mx", ("", None, True)),
+            ("", "not a host name or IP address"),
+            ("host:0", "bad port"),
+            ("host:65536", "bad port"),
+            ("host:", "bad port"),
+            ("host:x", "bad port"),
+            (":25", "not a host name or IP address"),
+            ("a b", "not a host name or IP address"),
+            ("-a.test", "not a host name or IP address"),
+            ("10.0.0.999", "not a host name or IP address"),
+            ("2001:db8:0:0:0:0:0:1:2525:x", "an IPv6 address with a port goes in brackets"),
+            ("[::1", "bad brackets"),
+            ("[::1]25", "bad brackets"),
+            ("mx:", "mx: needs a mail domain"),
+            ("mx:10.0.0.5", "mx: needs a mail domain"),
+            ("mx:2001:db8::1", "mx: needs a mail domain"),
+            ("mx:[relay.test]", "mx: takes a domain, not a bracketed host"),
+        ]:
+            if isinstance(expected, tuple):
+                self.assertEqual(config.parse_next_hop(text), expected, text)
+            else:
+                with self.assertRaises(ValueError, msg=text) as caught:
+                    config.parse_next_hop(text)
+                self.assertEqual(str(caught.exception), expected, text)
+
+    @examples(300)
+    @given(st.one_of(
+        st.text(max_size=30),
+        st.from_regex(r"(mx:)?(\[[0-9a-f:.]{0,20}\]|[a-z0-9.:-]{0,20})(:[0-9]{0,6})?",
+                      fullmatch=True),
+    ))
+    def test_any_text_parses_or_says_why(self, text):
+        """What parses is written back to the same hop; the rest is a ValueError."""
+        try:
+            host, port, mx = config.parse_next_hop(text)
+        except ValueError:
+            return
+        shown = f"[{host}]" if ":" in host else host
+        written = ("mx:" if mx else "") + shown + (f":{port}" if port is not None else "")
+        self.assertEqual(config.parse_next_hop(written if host or not mx else "mx"),
+                         (host, port, mx))
+        self.assertTrue(port is None or 0 < port < 65536)

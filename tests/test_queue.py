@@ -17,9 +17,9 @@ from mailsrv.directory import Route
 from mailsrv.queue.client import Hop
 from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result, SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
-from mailsrv.queue.mx import order_exchanges
+from mailsrv.queue.mx import MXLookup, order_exchanges
 from mailsrv.queue.retry import retry_delay
-from mailsrv.queue.routing import MX, route_for
+from mailsrv.queue.routing import route_for
 from mailsrv.queue.runner import QueueRunner, record_result
 from mailsrv.queue.spool import (
     DEFERRED, DELIVERED, FAILED, Envelope, RecipientState, Spool,
@@ -71,23 +71,47 @@ class RoutingTests(unittest.TestCase):
             "smart_host": [{"host": "b.test", "port": 2525, "preference": 20},
                            {"host": "a.test", "port": 25, "preference": 10}],
             "transports": {"internal.test": "10.0.0.5:2526", "direct.test": "mx",
-                           "v6.test": "[::1]:26"},
+                           "v6.test": "[::1]:26",
+                           "gateway.test": ["10.0.0.5", "[2001:db8::1]:2525",
+                                            "mx:relay.test", "mx:other.test:26", "mx"]},
+            "mx_port": 2500,
         }).delivery
         plain = make_settings(delivery={"transports": {"internal.test": "gw.test"}}
                               ).delivery
+        mx_first = make_settings(delivery={"smart_host": ["mx:relay.test", "gw.test:26"]}
+                                 ).delivery
         for delivery, address, expected in [
             (smart, "bob@remote.test", (("a.test", 25), ("b.test", 2525))),
             (smart, "bob@Internal.TEST", (("10.0.0.5", 2526),)),
-            (smart, "bob@direct.test", MX),
+            (smart, "bob@direct.test", (("MX", "direct.test", 2500, False),)),
             (smart, "bob@v6.test", (("::1", 26),)),
             (smart, "bob@sub.internal.test", (("a.test", 25), ("b.test", 2525))),
-            (plain, "bob@remote.test", MX),
+            (smart, "bob@gateway.test", (
+                ("10.0.0.5", 25), ("2001:db8::1", 2525), ("MX", "relay.test", 2500, True),
+                ("MX", "other.test", 26, True), ("MX", "gateway.test", 2500, False))),
+            (plain, "bob@remote.test", (("MX", "remote.test", 25, False),)),
             (plain, "bob@internal.test", (("gw.test", 25),)),
+            (mx_first, "bob@remote.test", (("MX", "relay.test", 25, True), ("gw.test", 26))),
         ]:
-            route = route_for(address, delivery)
-            if route != MX:
-                route = tuple((hop.host, hop.port) for hop in route)
+            route = tuple(
+                ("MX", hop.domain, hop.port, hop.relay) if isinstance(hop, MXLookup)
+                else (hop.host, hop.port) for hop in route_for(address, delivery))
             self.assertEqual(route, expected, address)
+
+    def test_credentials_never_go_to_recipients_mx_hosts(self):
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "secret").write_text("pw\n")
+        (directory / "secret").chmod(0o600)
+        delivery = make_settings(directory, delivery={
+            "smart_host": ["relay.test:587", "mx:provider.test", "mx"],
+            "smart_host_username": "me", "smart_host_password_file": "secret",
+        }).delivery
+        relay, provider, own = route_for("bob@remote.test", delivery)
+        self.assertEqual((relay.outbound.username, provider.outbound.username),
+                         ("me", "me"))
+        self.assertEqual(own.outbound, delivery.outbound)
+        self.assertEqual(own.outbound.username, "")
 
 
 class RecordResultTests(unittest.TestCase):

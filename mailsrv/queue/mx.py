@@ -4,6 +4,7 @@ domain, best first, from the project's resolver (mailsrv/dns.py).
 """
 
 import random as _random
+from dataclasses import dataclass
 
 from twisted.internet import defer
 
@@ -25,6 +26,22 @@ class NoRoute(Exception):
     def __init__(self, status, code, text):
         super().__init__(text)
         self.status, self.code, self.text = status, code, text
+
+
+@dataclass(frozen=True)
+class MXLookup:
+    """
+    A next hop that is a mail domain: its MX hosts (or its own addresses),
+    each on C{port} with the C{outbound} TLS policy.
+
+    @ivar relay: the config names the domain (C{"mx:domain"}); it is not
+        the recipient's own.
+    """
+
+    domain: str
+    port: int
+    outbound: OutboundTLS = OutboundTLS()
+    relay: bool = False
 
 
 def order_exchanges(records, random=_random.random):
@@ -67,3 +84,22 @@ def mx_route(resolver, domain, port, random=_random.random, outbound=OutboundTLS
     if not records:
         raise NoRoute(PERMANENT, -1, f"5.1.2 {domain} has no MX or address record")
     raise NoRoute(TEMPORARY, -1, f"4.4.4 no MX host of {domain} has an address")
+
+
+@defer.inlineCallbacks
+def mx_hops(resolver, lookup, random=_random.random):
+    """
+    The hops of an L{MXLookup}, as L{mx_route}, except that a relay domain
+    the config names with no host to try is a temporary failure: the
+    config is wrong, not the recipient's address, and the mail waits for
+    the admin to fix it instead of bouncing (as Postfix defers mail when
+    its relayhost does not resolve).
+    """
+    try:
+        return (yield mx_route(resolver, lookup.domain, lookup.port, random,
+                               lookup.outbound))
+    except NoRoute as e:
+        if lookup.relay and e.status == PERMANENT:
+            raise NoRoute(TEMPORARY, -1,
+                          f"4.4.4 next hop mx:{lookup.domain}: {e.text.partition(' ')[2]}")
+        raise

@@ -1,55 +1,52 @@
 """
 Where mail for a remote recipient goes, from [delivery] settings: the
-per-domain transport if one is set, else the smart hosts (in preference
-order), else MX lookup. A route is a tuple of L{Hop}s to try in order, or
-L{MX}.
+per-domain transport if one is set, else the smart hosts, else the
+recipient domain's MX hosts. A route is a tuple of next hops tried in order
+(docs/queue.md, "Routes and failover"): L{Hop}s, and L{MXLookup}s that the
+runner turns into hops when it reaches them.
 """
 
 from mailsrv.address import domain_of
 from mailsrv.queue.client import Hop
-
-MX = "mx"
-
-
-def parse_host_port(text, default_port=25):
-    """C{"host:port"}, C{"[::1]:25"} or a bare host -> C{(host, port)}."""
-    host, sep, port = text.rpartition(":")
-    if not sep or host.endswith(":") or not port.isdigit():
-        return text.strip("[]"), default_port
-    return host.strip("[]"), int(port)
+from mailsrv.queue.mx import MXLookup
 
 
 def route_for(address, delivery):
     """
     @param address: the recipient address.
     @param delivery: the L{mailsrv.config.DeliverySettings}.
-    @return: a tuple of L{Hop}s to try in order, or L{MX}.
+    @return: a tuple of L{Hop}s and L{MXLookup}s to try in order.
     """
     domain = domain_of(address)
-    for transport_domain, target in delivery.transports:
+    hops = delivery.smart_hosts
+    for transport_domain, transport in delivery.transports:
         if transport_domain == domain:
-            if target == MX:
-                return MX
-            host, port = parse_host_port(target)
-            return (Hop(host, port, host, delivery.outbound),)
-    if delivery.smart_hosts:
-        return tuple(Hop(h.host, h.port, h.host, h.outbound) for h in delivery.smart_hosts)
-    return MX
+            hops = transport
+            break
+    if not hops:
+        return (MXLookup(domain, delivery.mx_port, delivery.outbound),)
+    return tuple(_route_entry(hop, domain) for hop in hops)
+
+
+def _route_entry(hop, domain):
+    """A L{mailsrv.config.NextHop} for mail to C{domain}, as a route entry."""
+    if not hop.mx:
+        return Hop(hop.host, hop.port, hop.host, hop.outbound)
+    if hop.host:
+        return MXLookup(hop.host, hop.port, hop.outbound, relay=True)
+    return MXLookup(domain, hop.port, hop.outbound)
 
 
 def group_by_route(recipients, delivery):
     """
     Split recipients by route so that each destination gets one connection
-    carrying all of its recipients; MX routes are split by domain.
+    carrying all of its recipients; MX routes of the recipients' own domains
+    are split by domain.
 
     @param recipients: objects with an C{address}.
-    @return: a dict of route (or C{(MX, domain)}) -> list of recipients, in
-        first-seen order.
+    @return: a dict of route -> list of recipients, in first-seen order.
     """
     groups = {}
     for recipient in recipients:
-        route = route_for(recipient.address, delivery)
-        if route == MX:
-            route = (MX, domain_of(recipient.address))
-        groups.setdefault(route, []).append(recipient)
+        groups.setdefault(route_for(recipient.address, delivery), []).append(recipient)
     return groups

@@ -20,13 +20,18 @@ from mailsrv.queue import intake
 from mailsrv.queue.bounce import (
     DSN, POSTMASTER, bounce_target, count_received, dsn_message, read_headers,
 )
-from mailsrv.queue.courier import OK, PERMANENT, Result
-from mailsrv.queue.mx import NoRoute, mx_route
+from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result
+from mailsrv.queue.mx import MXLookup, NoRoute, mx_hops
 from mailsrv.queue.retry import retry_delay
-from mailsrv.queue.routing import MX, group_by_route
+from mailsrv.queue.routing import group_by_route
 from mailsrv.queue.spool import DEFERRED, DELIVERED, FAILED
 
 log = Logger()
+
+
+def _reply_text(result):
+    """A result's reply as a log line shows it: C{"451 4.3.0 later"}, or the text alone."""
+    return f"{result.code} {result.text}" if result.code > 0 else result.text
 
 
 def record_result(recipient, result, relay, now, created, delivery, random):
@@ -43,8 +48,7 @@ def record_result(recipient, result, relay, now, created, delivery, random):
         recipient.state = DELIVERED
         recipient.last_error = ""
         return
-    error = f"{relay}: {result.code} {result.text}" if result.code > 0 else \
-        f"{relay}: {result.text}"
+    error = f"{relay}: {_reply_text(result)}"
     if result.status == PERMANENT:
         recipient.state = FAILED
         recipient.last_error = error
@@ -354,14 +358,17 @@ class QueueRunner(service.Service):
             if received > self.delivery.max_received:
                 text = f"5.4.6 mail loop: {received} Received headers, more than " \
                        f"{self.delivery.max_received}"
-                yield self._record(envelope, headers, "local", [
-                    (r, Result(r.address, PERMANENT, 554, text)) for r in due
+                yield self._record(envelope, headers, [
+                    (r, Result(r.address, PERMANENT, 554, text), "local") for r in due
                 ])
                 return
             for route, recipients in group_by_route(due, self.delivery).items():
-                addresses = [r.address for r in recipients]
-                results, relay = yield self._try_hosts(envelope, path, route, addresses)
-                yield self._record(envelope, headers, relay, list(zip(recipients, results)))
+                outcome = yield self._try_route(envelope, path, route,
+                                                [r.address for r in recipients])
+                yield self._record(envelope, headers, [
+                    (recipient, result, relay)
+                    for recipient, (result, relay) in zip(recipients, outcome)
+                ])
         except Exception:
             log.failure("queue {id}: delivery job failed", id=envelope.id)
         finally:
@@ -370,24 +377,26 @@ class QueueRunner(service.Service):
             self._check_idle()
 
     @defer.inlineCallbacks
-    def _record(self, envelope, headers, relay, outcome):
+    def _record(self, envelope, headers, outcome):
         """
-        Record, log and save what one destination answered, bouncing the
+        Record, log and save what one route answered, bouncing the
         recipients that failed and sending a "delayed" notice for those
         deferred past C{[delivery] delay_warning} (before the state is
         saved: a crash makes a duplicate notice, not a lost one).
 
-        @param outcome: C{(RecipientState, Result)} pairs.
+        @param outcome: C{(RecipientState, Result, relay)} triples; C{relay}
+            names the hop that gave the result.
         """
         now = self.clock.seconds()
-        for recipient, result in outcome:
+        for recipient, result, relay in outcome:
             record_result(recipient, result, relay, now, envelope.created,
                           self.delivery, self.random)
             self._log_result(envelope, recipient, result, relay)
-        failed = [r for r, _ in outcome if r.state == FAILED]
+        recipients = [recipient for recipient, _, _ in outcome]
+        failed = [r for r in recipients if r.state == FAILED]
         if failed:
             yield self._bounce(envelope, headers, failed)
-        delayed = self._newly_delayed(envelope, [r for r, _ in outcome], now)
+        delayed = self._newly_delayed(envelope, recipients, now)
         if delayed:
             yield self._bounce(envelope, headers, delayed,
                                retry_until=envelope.created + self.delivery.max_age)
@@ -408,28 +417,52 @@ class QueueRunner(service.Service):
         return delayed
 
     @defer.inlineCallbacks
-    def _try_hosts(self, envelope, path, route, addresses):
+    def _try_route(self, envelope, path, route, addresses):
         """
-        Try the hosts of a route in order until one takes part; an MX route
-        C{(MX, domain)} is looked up first.
+        Try the next hops of a route in order (docs/queue.md, "Routes and
+        failover"): a recipient goes on to the next hop while its result is
+        temporary; a 2xx or 5xx is final. An L{MXLookup} becomes its hosts
+        when it is reached.
 
-        @return: a Deferred of C{(results, "host:port")}.
+        @return: a Deferred of a C{(Result, relay)} per address, in order;
+            C{relay} names the hop that gave the result.
         """
-        if route[0] == MX:
-            domain = route[1]
-            try:
-                route = yield mx_route(self.resolver, domain, self.delivery.mx_port,
-                                       self.random, self.delivery.outbound)
-            except NoRoute as e:
-                return [Result(a, e.status, e.code, e.text) for a in addresses], \
-                    f"MX {domain}"
-        for hop in route:
-            results = yield self.courier.deliver(envelope, path, addresses, hop)
-            if not all(r.host_failed for r in results):
+        outcome = {}
+        waiting = list(addresses)
+        deferred_by = None  # the hop that left recipients to the next one
+        for entry in route:
+            if not waiting:
                 break
-            log.info("queue {id}: {hop} unavailable: {error}",
-                     id=envelope.id, hop=hop, error=results[0].text)
-        return results, str(hop)
+            if isinstance(entry, MXLookup):
+                try:
+                    hops = yield mx_hops(self.resolver, entry, self.random)
+                except NoRoute as e:
+                    for address in waiting:
+                        outcome[address] = (Result(address, e.status, e.code, e.text),
+                                            f"MX {entry.domain}")
+                    if e.status == PERMANENT:
+                        break
+                    continue
+            else:
+                hops = (entry,)
+            for hop in hops:
+                if not waiting:
+                    break
+                if deferred_by is not None:
+                    log.info("queue {id}: {hop} deferred {n} recipient(s) ({error}); "
+                             "trying {next}", id=envelope.id, hop=deferred_by[0],
+                             n=len(waiting), error=deferred_by[1], next=hop)
+                    deferred_by = None
+                results = yield self.courier.deliver(envelope, path, waiting, hop)
+                for result in results:
+                    outcome[result.address] = (result, str(hop))
+                waiting = [r.address for r in results if r.status == TEMPORARY]
+                if all(r.host_failed for r in results):
+                    log.info("queue {id}: {hop} unavailable: {error}",
+                             id=envelope.id, hop=hop, error=results[0].text)
+                elif waiting:
+                    deferred_by = hop, _reply_text(outcome[waiting[0]][0])
+        return [outcome[address] for address in addresses]
 
     @defer.inlineCallbacks
     def _bounce(self, envelope, headers, failed, retry_until=None):
@@ -472,7 +505,7 @@ class QueueRunner(service.Service):
 
     def _log_result(self, envelope, recipient, result, relay):
         words = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "failed"}
-        text = f"{result.code} {result.text}" if result.code > 0 else result.text
+        text = _reply_text(result)
         note = ""
         if recipient.state == DEFERRED:
             note = f", attempt {recipient.attempts}, next in " \
