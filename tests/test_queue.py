@@ -7,6 +7,7 @@ import email
 from pathlib import Path
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import globalLogPublisher
 from twisted.mail import smtp
 from twisted.trial import unittest
@@ -225,7 +226,9 @@ class Sink(protocol.ServerFactory):
         return proto
 
 
-class RunnerTests(unittest.TestCase):
+class RunnerFixture(unittest.TestCase):
+    """A spool, a sink as the smart host, and runners on a clock."""
+
     def setUp(self):
         self.clock = task.Clock()
         self.clock.advance(START)
@@ -274,6 +277,8 @@ class RunnerTests(unittest.TestCase):
         return [e["log_format"].format(**e) for e in self.events
                 if text in e.get("log_format", "").format(**e)]
 
+
+class RunnerTests(RunnerFixture):
     @defer.inlineCallbacks
     def test_delivers_to_smart_host_in_one_transaction(self):
         queue_id = self.enqueue(["bob@remote.test", "carol@remote.test"])
@@ -595,6 +600,153 @@ class RunnerTests(unittest.TestCase):
         self.assertIn("4.4.3", states["c@broken.test"][1])
         self.assertEqual(states["d@lame.test"][0], DEFERRED)
         self.assertEqual(self.sink.received, [])
+
+
+class Busy(protocol.Protocol):
+    """A host that greets with 421 and hangs up."""
+
+    def connectionMade(self):
+        self.transport.write(b"421 4.3.2 busy, try another host\r\n")
+        self.transport.loseConnection()
+
+
+class FailoverTests(RunnerFixture):
+    """
+    A route of several next hops ([delivery.transports] lists, mx:domain):
+    a recipient moves on while its result is temporary (docs/queue.md,
+    "Routes and failover"). Bounces go to the default sink (the smart host).
+    """
+
+    def listen(self, factory, interface="127.0.0.1", port=0):
+        listening = reactor.listenTCP(port, factory, interface=interface)
+        self.addCleanup(listening.stopListening)
+        if isinstance(factory, Sink):
+            self.addCleanup(factory.all_closed)
+        return listening.getHost().port
+
+    @defer.inlineCallbacks
+    def dead_port(self):
+        listening = reactor.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
+        port = listening.getHost().port
+        yield listening.stopListening()  # nothing listens there now
+        return port
+
+    def deliver(self, recipients, **delivery):
+        queue_id = self.enqueue(recipients)
+        runner = self.runner(self.settings(**delivery))
+        return runner.when_idle().addCallback(lambda _: {
+            r.address: r for r in self.spool.load(queue_id).recipients
+        } if queue_id in self.spool.ids() else {})
+
+    @defer.inlineCallbacks
+    def test_refused_connection_moves_on_to_the_next_hop(self):
+        dead = yield self.dead_port()
+        second = Sink()
+        port = self.listen(second)
+        left = yield self.deliver(["bob@remote.test"], transports={
+            "remote.test": [f"127.0.0.1:{dead}", f"127.0.0.1:{port}"]})
+        self.assertEqual(left, {})
+        self.assertEqual([r for _, r, _ in second.received], ["bob@remote.test"])
+        self.assertTrue(self.logged(f"127.0.0.1:{dead} unavailable: cannot connect"))
+        [line] = self.logged("to=<bob@remote.test>")
+        self.assertIn(f"relay=127.0.0.1:{port} status=sent", line)
+
+    @defer.inlineCallbacks
+    def test_421_greeting_moves_on_to_the_next_hop(self):
+        busy = protocol.ServerFactory.forProtocol(Busy)
+        busy_port = self.listen(busy)
+        second = Sink()
+        port = self.listen(second)
+        yield self.deliver(["bob@remote.test"], transports={
+            "remote.test": [f"127.0.0.1:{busy_port}", f"127.0.0.1:{port}"]})
+        self.assertEqual([r for _, r, _ in second.received], ["bob@remote.test"])
+        self.assertTrue(self.logged(
+            f"127.0.0.1:{busy_port} unavailable: greeting: 4.3.2 busy, try another host"))
+
+    @defer.inlineCallbacks
+    def test_451_moves_only_that_recipient_on(self):
+        first, second = Sink(), Sink()
+        first.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        first_port, second_port = self.listen(first), self.listen(second)
+        yield self.deliver(["bob@remote.test", "carol@remote.test"], transports={
+            "remote.test": [f"127.0.0.1:{first_port}", f"127.0.0.1:{second_port}"]})
+        self.assertEqual([r for _, r, _ in first.received], ["carol@remote.test"])
+        self.assertEqual([r for _, r, _ in second.received], ["bob@remote.test"])
+        [line] = self.logged(f"127.0.0.1:{first_port} deferred 1 recipient(s)")
+        self.assertIn(f"(451 4.3.0 Try later); trying 127.0.0.1:{second_port}", line)
+
+    @defer.inlineCallbacks
+    def test_550_bounces_without_trying_the_next_hop(self):
+        first, second = Sink(), Sink()
+        first.replies["bob@remote.test"] = (550, "5.1.1 No such user")
+        first_port, second_port = self.listen(first), self.listen(second)
+        left = yield self.deliver(["bob@remote.test"], transports={
+            "remote.test": [f"127.0.0.1:{first_port}", f"127.0.0.1:{second_port}"]})
+        self.assertEqual(left, {})
+        self.assertEqual((first.received, second.connections), ([], 0))
+        [line] = self.logged("to=<bob@remote.test>")
+        self.assertIn(f"relay=127.0.0.1:{first_port} status=failed (550 5.1.1", line)
+        [(sender, recipient, data)] = self.sink.received  # the bounce
+        self.assertEqual((sender, recipient), ("", "alice@example.test"))
+        self.assertIn(b"Status: 5.1.1", data)
+
+    @defer.inlineCallbacks
+    def test_all_hops_down_defers_with_the_last_error(self):
+        dead = yield self.dead_port()
+        busy_port = self.listen(protocol.ServerFactory.forProtocol(Busy))
+        left = yield self.deliver(["bob@remote.test"], transports={
+            "remote.test": [f"127.0.0.1:{dead}", f"127.0.0.1:{busy_port}"]})
+        bob = left["bob@remote.test"]
+        self.assertEqual((bob.state, bob.attempts, bob.next_attempt, bob.last_error), (
+            DEFERRED, 1, START + 300,
+            f"127.0.0.1:{busy_port}: 421 greeting: 4.3.2 busy, try another host"))
+        self.assertEqual(len(self.logged(" unavailable: ")), 2)
+        self.clock.advance(300)  # the next attempt starts at the first hop again
+        yield self.runners[0].when_idle()
+        self.assertEqual(len(self.logged(f"127.0.0.1:{dead} unavailable")), 2)
+
+    def dns(self, records, **kwargs):
+        server = TinyDNSServer(records, **kwargs)
+        self.addCleanup(server.close)
+        return {"servers": [server.address], "timeout": 2}
+
+    @defer.inlineCallbacks
+    def test_mx_domain_hosts_in_preference_order(self):
+        """
+        mx:relay.test is looked up as MX delivery is: its better host (the
+        second record) first, the other when that one answers 451.
+        """
+        first, second = Sink(), Sink()
+        port = self.listen(first)
+        try:
+            self.listen(second, "127.0.0.3", port)  # the same port, another address
+        except CannotListenError:
+            raise unittest.SkipTest(f"127.0.0.3:{port} is taken")
+        first.replies["bob@remote.test"] = (451, "4.3.0 Try later")
+        dead = yield self.dead_port()
+        settings = make_settings(self.root, dns=self.dns({
+            ("relay.test", "MX"): ["20 b.relay.test.", "10 a.relay.test."],
+            ("a.relay.test", "A"): ["127.0.0.1"],
+            ("b.relay.test", "A"): ["127.0.0.3"],
+        }), delivery={"transports": {
+            "remote.test": [f"127.0.0.1:{dead}", f"mx:relay.test:{port}"]}})
+        self.enqueue(["bob@remote.test", "carol@remote.test"])
+        yield self.runner(settings).when_idle()
+        self.assertEqual([r for _, r, _ in first.received], ["carol@remote.test"])
+        self.assertEqual([r for _, r, _ in second.received], ["bob@remote.test"])
+        [line] = self.logged("to=<bob@remote.test>")
+        self.assertIn(f"relay=127.0.0.3:{port} status=sent", line)
+
+    @defer.inlineCallbacks
+    def test_mx_domain_that_does_not_resolve_is_deferred_not_bounced(self):
+        settings = make_settings(self.root, dns=self.dns({}), delivery={
+            "smart_host": "mx:relay.test", "retry": [300]})
+        queue_id = self.enqueue(["bob@remote.test"])
+        yield self.runner(settings).when_idle()
+        bob = self.spool.load(queue_id).recipients[0]
+        self.assertEqual((bob.state, bob.last_error), (
+            DEFERRED, "MX relay.test: 4.4.4 next hop mx:relay.test: "
+                      "relay.test has no MX or address record"))
 
 
 class OrderExchangesTests(unittest.TestCase):

@@ -246,6 +246,36 @@ class OutboundTests(unittest.TestCase):
         self.assertEqual([r for r, _ in two.messages], [["<y@two.test>"]])
 
 
+class NextHopListTests(unittest.TestCase):
+    def test_first_next_hop_down_the_second_takes_the_mail(self):
+        """
+        A relay domain with two next hops, the first a sink that has shut
+        down, the second named by mx: and looked up through [dns] servers.
+        """
+        first, second = SinkServer(), SinkServer()
+        first.close()
+        self.addCleanup(second.close)
+        dns = TinyDNSServer({
+            ("relay.test", "MX"): ["10 mx.relay.test."],
+            ("mx.relay.test", "A"): ["127.0.0.1"],
+        })
+        self.addCleanup(dns.close)
+        self.server = MailServerProcess(extra={
+            "dns": {"servers": [dns.address], "timeout": 2},
+            "delivery.transports": {'"internal.test"': [
+                f"127.0.0.1:{first.port}", f"mx:relay.test:{second.port}"]},
+        }).start()
+        self.addCleanup(self.server.cleanup)
+        OutboundTests.submit(self, ["bob@internal.test"], b"Subject: failover\r\n\r\nhi\r\n")
+        (sender, recipients, data), = second.wait_for(1)
+        self.assertEqual((sender, recipients), (f"<{ALICE}>", ["<bob@internal.test>"]))
+        self.assertIn(b"Subject: failover", data)
+        self.server.wait_for_log(f"relay=127.0.0.1:{second.port} status=sent")
+        self.assertIn(f"127.0.0.1:{first.port} unavailable: cannot connect",
+                      self.server.log_text())
+        self.assertEqual(first.messages, [])
+
+
 class SmartHostTests(unittest.TestCase):
     """
     Another mailsrv plays a provider's submission server: STARTTLS, then
