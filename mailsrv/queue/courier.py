@@ -35,9 +35,9 @@ class Result:
     @ivar code: the host's SMTP reply code, or -1 when there was none.
     @ivar text: the host's reply text, or what went wrong.
     @ivar host_failed: the host took no part in the decision (no connection,
-        refused session, timeout): another host of the same route may do
-        better. Replies about this recipient in particular are final for
-        this attempt.
+        refused session, timeout), as opposed to a reply about this
+        recipient. Either way a L{TEMPORARY} result sends the recipient on
+        to the route's next hop (docs/queue.md, "Routes and failover").
     """
 
     address: str
