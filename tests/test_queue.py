@@ -748,6 +748,18 @@ class FailoverTests(RunnerFixture):
             DEFERRED, "MX relay.test: 4.4.4 next hop mx:relay.test: "
                       "relay.test has no MX or address record"))
 
+    @defer.inlineCallbacks
+    def test_mx_domain_lookup_failure_moves_on_to_the_next_hop(self):
+        settings = make_settings(self.root, dns=self.dns({}, failing={"relay.test"}),
+                                 delivery={"smart_host": ["mx:relay.test",
+                                                          f"127.0.0.1:{self.port}"]})
+        self.enqueue(["bob@remote.test"])
+        yield self.runner(settings).when_idle()
+        self.assertEqual([r for _, r, _ in self.sink.received], ["bob@remote.test"])
+        [line] = self.logged("MX relay.test deferred 1 recipient(s)")
+        self.assertIn("(4.4.3 MX lookup failed: ", line)
+        self.assertIn(f"; trying 127.0.0.1:{self.port}", line)
+
 
 class OrderExchangesTests(unittest.TestCase):
     def test_preference_then_random_among_equals(self):

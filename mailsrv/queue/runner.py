@@ -429,7 +429,7 @@ class QueueRunner(service.Service):
         """
         outcome = {}
         waiting = list(addresses)
-        deferred_by = None  # the hop that left recipients to the next one
+        deferred_by = None  # (hop or MX lookup, error) that left recipients to the next
         for entry in route:
             if not waiting:
                 break
@@ -437,11 +437,12 @@ class QueueRunner(service.Service):
                 try:
                     hops = yield mx_hops(self.resolver, entry, self.random)
                 except NoRoute as e:
+                    relay = f"MX {entry.domain}"
                     for address in waiting:
-                        outcome[address] = (Result(address, e.status, e.code, e.text),
-                                            f"MX {entry.domain}")
+                        outcome[address] = (Result(address, e.status, e.code, e.text), relay)
                     if e.status == PERMANENT:
                         break
+                    deferred_by = relay, e.text
                     continue
             else:
                 hops = (entry,)
