@@ -1114,11 +1114,19 @@ def _address(table, key):
 
 def _host_port(table, key, text, default_port):
     host, sep, port = text.rpartition(":")
-    if not sep or host.endswith(":"):  # bare host, or a bare IPv6 address
+    if not sep or host.endswith(":") or _is_ipv6(text):  # bare host, or a bare IPv6 address
         return text.strip("[]"), default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise table.error(key, f"bad port in {text!r}", 'write "host:port"')
     return host.strip("[]"), int(port)
+
+
+def _is_ipv6(text):
+    """Whether C{text} is an IPv6 address without brackets (2001:db8:1:2:3:4:5:6 has no port)."""
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _action(table, key, default, actions):

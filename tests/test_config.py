@@ -521,6 +521,11 @@ class ErrorTests(unittest.TestCase):
                           "journal": {"inbound": "Archive@Example.test"}}, Path("/c.toml"))
         self.assertEqual(s.dns.servers, (("127.0.0.1", 5353), ("192.0.2.53", 53)))
         self.assertEqual(s.journal.inbound, "archive@example.test")
+        # Regression: a bare IPv6 address of 8 groups was read as host:port.
+        s = config.parse({"dns": {"servers": ["2001:db8:1:2:3:4:5:6", "[2001:db8::1]:5353",
+                                              "::1"]}}, Path("/c.toml"))
+        self.assertEqual(s.dns.servers, (("2001:db8:1:2:3:4:5:6", 53), ("2001:db8::1", 5353),
+                                         ("::1", 53)))
 
     def assert_each_refused(self, check, cases):
         """C{check(data)} refuses each C{data} with one line starting as expected."""
