@@ -658,6 +658,38 @@ class AttachmentSettings:
     subject_prefix: Optional[str] = _text(None)
 
 
+CLAMAV_ON_ERROR = ("tempfail", "accept")
+
+
+def _timeout(default, **where):
+    """Seconds, more than 0."""
+    return _key(lambda table, key, base: _seconds(table, key, default), float(default),
+                **where)
+
+
+@dataclass(frozen=True)
+class ClamAVSettings:
+    """
+    [antispam.clamav]: a real clamd scans each message (INSTREAM).
+
+    @ivar action: the action's text for a virus found: C{reject} unless
+        set (not C{header}, as for the spam filters: a virus is refused,
+        never delivered with a mark; the sender is told which).
+    @ivar endpoint: clamd's socket, a Twisted client endpoint string
+        ("unix:PATH" or "tcp:HOST:PORT").
+    @ivar on_error: when clamd cannot say: C{tempfail} (451, the client
+        sends again later) or C{accept} (delivered unscanned).
+    @ivar timeout: seconds for the whole scan, connection included.
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str = "reject"
+    endpoint: str = _text("unix:/run/clamav/clamd.ctl")
+    on_error: str = _choice("tempfail", CLAMAV_ON_ERROR)
+    timeout: float = _timeout(60)
+    subject_prefix: Optional[str] = _text(None)
+
+
 @dataclass(frozen=True)
 class AntispamSettings:
     """
@@ -682,6 +714,7 @@ class AntispamSettings:
     @ivar phrases: L{PhraseSettings}, or L{None} when absent.
     @ivar urls: L{URLSettings}, or L{None} when absent.
     @ivar html: L{HTMLSettings}, or L{None} when absent.
+    @ivar clamav: L{ClamAVSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -703,6 +736,7 @@ class AntispamSettings:
     phrases: Optional[PhraseSettings] = None
     urls: Optional[URLSettings] = None
     html: Optional[HTMLSettings] = None
+    clamav: Optional[ClamAVSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -1162,7 +1196,8 @@ def _antispam(path, data):
                                          ("statistical", StatisticalSettings),
                                          ("phrases", PhraseSettings),
                                          ("urls", URLSettings),
-                                         ("html", HTMLSettings))
+                                         ("html", HTMLSettings),
+                                         ("clamav", ClamAVSettings))
                        if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,
@@ -1171,9 +1206,13 @@ def _antispam(path, data):
 
 
 def _content_filter(path, name, data, cls, actions):
-    """A content filter's section: on when present, with its action and declared keys."""
+    """
+    A body filter's section: on when present, with its action (the class's
+    own default, else L{DEFAULT_ACTION}) and declared keys.
+    """
     table = _Table(path, f"antispam.{name}", data)
-    settings = cls(action=_action(table, "action", DEFAULT_ACTION, actions),
+    default = getattr(cls, "action", DEFAULT_ACTION)
+    settings = cls(action=_action(table, "action", default, actions),
                    **_declared(table, cls, Path(path).parent))
     table.check_unknown()
     return settings

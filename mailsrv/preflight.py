@@ -71,6 +71,9 @@ def check_settings(settings, reactor):
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
+    if settings.antispam.clamav is not None:
+        _check_client_endpoint(settings, reactor, "[antispam.clamav] endpoint",
+                               settings.antispam.clamav.endpoint)
     for key, text in settings.antispam.actions:
         try:
             action = parse_action(text)
@@ -87,6 +90,16 @@ def _check_endpoint(settings, reactor, key, endpoint):
     except Exception as e:
         raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: {e}",
                           'Twisted endpoint syntax, e.g. "tcp:2525:interface=127.0.0.1"')
+
+
+def _check_client_endpoint(settings, reactor, key, endpoint):
+    """Parse a client endpoint string the way the server will, without connecting."""
+    try:
+        endpoints.clientFromString(reactor, endpoint)
+    except Exception as e:
+        raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: {e}",
+                          'Twisted endpoint syntax, e.g. "unix:/run/clamav/clamd.ctl" '
+                          'or "tcp:127.0.0.1:3310"')
 
 
 def _check_ip_entries(settings, key, entries):

@@ -4,7 +4,7 @@ One listener's policy: which checks each hook runs, built from the config
 each other), and L{ListenerPolicy}, what the protocol asks at each hook.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 
 from mailsrv.address import normalise
 from mailsrv.config import DNSSettings
@@ -15,6 +15,7 @@ from mailsrv.policy import apply, bayes, hooks
 from mailsrv.policy.actions import Action, parse_action
 from mailsrv.policy.checks import spf, validation
 from mailsrv.policy.checks.attachments import BlockedAttachments
+from mailsrv.policy.checks.clamav import ClamAVScanner
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.policy.checks.html import HTMLFeatures
 from mailsrv.policy.checks.mime import BrokenMIME
@@ -256,7 +257,12 @@ def _content_for(settings):
 
 
 def content_filters(settings, clock):
-    """The body hook's filters: they share one analysis of the message (Message.judged)."""
+    """
+    The body hook's filters: the content filters share one analysis of the
+    message (Message.judged); the virus scanner reads its bytes.
+
+    @param clock: the reactor (a Clock in tests): the scanner connects with it.
+    """
     filters = []
     if settings.statistical is not None:
         statistical = settings.statistical
@@ -286,6 +292,12 @@ def content_filters(settings, clock):
         filters.append(BlockedAttachments(attachments.extensions, attachments.content_types,
                                           parse_action(attachments.action),
                                           attachments.subject_prefix))
+    if settings.clamav is not None:
+        clamav = settings.clamav
+        filters.append(ClamAVScanner(endpoints.clientFromString(clock, clamav.endpoint),
+                                     clamav.endpoint, clamav.timeout, clamav.on_error,
+                                     parse_action(clamav.action), clamav.subject_prefix,
+                                     clock))
     return filters
 
 

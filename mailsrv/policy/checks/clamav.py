@@ -1,0 +1,255 @@
+"""
+[antispam.clamav]: the message scanned by a real clamd over its socket
+(unix or TCP), with its INSTREAM command: C{zINSTREAM\\0}, then the
+message in chunks, each after its length (4 bytes, big-endian), then a
+chunk of length 0; clamd answers one line ending in NUL: C{stream: OK},
+C{stream: NAME FOUND}, or C{... ERROR}.
+
+clamd decodes the MIME parts (base64, quoted-printable) and opens the
+archives itself: it reads the message as the client sent it, as the
+content filters do, and costs no parse of ours (it needs none of them).
+The message is read a chunk at a time, and the next chunk only when the
+socket has taken the last one (the scanner is the transport's pull
+producer): at most one chunk of it is in memory here. A small message is
+read on the reactor thread (it is in memory, L{hooks.INLINE}), a bigger
+one in a thread per chunk (it may be on disk).
+
+When clamd cannot say (no connection, no answer in time, an ERROR reply,
+the connection closed early), the admin's C{on_error} decides: C{tempfail}
+(451: the client sends again later) or C{accept} (the message goes
+through, unscanned, its X-Mailsrv-Spam saying so); one log line names the
+endpoint and what went wrong.
+"""
+
+import struct
+
+from twisted.internet import defer, error, protocol, threads
+from twisted.internet.endpoints import connectProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailsrv.logtext import printable
+from mailsrv.policy.actions import NONE, Action
+from mailsrv.policy.hooks import INLINE
+from mailsrv.policy.verdict import Verdict
+
+log = Logger()
+
+CHUNK = 64 << 10
+# A reply longer than this without its NUL is not clamd's.
+MAX_REPLY = 4096
+INSTREAM = b"zINSTREAM\0"
+END_OF_STREAM = struct.pack(">I", 0)
+TEMPFAIL = Action("tempfail")
+UNSCANNED = "clamav unscanned"
+
+
+class ScanError(Exception):
+    """clamd did not say whether the message is clean: why."""
+
+
+def parse_reply(reply):
+    """
+    What clamd's reply (without its NUL) says: the name of what it found,
+    or L{None} for a clean message.
+
+    @raise ScanError: for an ERROR reply, or any it does not give.
+    """
+    text = reply.decode("ascii", "replace").strip()
+    if text == "stream: OK":
+        return None
+    if text.startswith("stream: ") and text.endswith(" FOUND"):
+        name = text[len("stream: "):-len(" FOUND")].strip()
+        if name:
+            return printable(name)
+    raise ScanError(f"clamd answered {printable(text)!r}")
+
+
+class MessageChunks:
+    """
+    The bytes of a L{mailsrv.policy.hooks.Message}, L{CHUNK} at a time:
+    read at once for a small message (held in memory), in a thread each
+    for a bigger one (on disk).
+
+    @param in_thread: how a big one's reads run (L{threads.deferToThread}).
+    """
+
+    def __init__(self, message, in_thread=threads.deferToThread):
+        self._message = message
+        self._run = in_thread if message.size > INLINE else defer.maybeDeferred
+        self._file = None
+        self._reading = False
+        self._closed = False
+
+    def next(self):
+        """A Deferred of the next chunk; C{b""} at the end."""
+        self._reading = True
+        return self._run(self._read).addBoth(self._read_done)
+
+    def _read(self):
+        if self._file is None:
+            self._file = self._message.open()
+        return self._file.read(CHUNK)
+
+    def _read_done(self, result):
+        self._reading = False
+        if self._closed:
+            self._close_file()
+        return result
+
+    def close(self):
+        """Done with the message: its file is closed, once a read under way ends."""
+        self._closed = True
+        if not self._reading:
+            self._close_file()
+
+    def _close_file(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class InstreamClient(protocol.Protocol):
+    """
+    One INSTREAM scan on one connection; the transport's pull producer
+    (it asks for the next chunk when it has sent the last).
+
+    @ivar result: a Deferred of clamd's reply (bytes, without its NUL);
+        it fails with L{ScanError} when the connection ends first, or as
+        reading the message failed. Cancelling it aborts the connection.
+    """
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.result = defer.Deferred(lambda _: self._abort())
+        self._reply = bytearray()
+        self._reading = False
+        self._producing = False
+
+    def connectionMade(self):
+        self.transport.write(INSTREAM)
+        self._producing = True
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self):
+        if self._producing and not self._reading:
+            self._reading = True
+            self.chunks.next().addCallbacks(self._send, self._read_failed)
+
+    def pauseProducing(self):
+        """(A pull producer is never paused: it is asked for each chunk.)"""
+
+    def stopProducing(self):
+        self._producing = False
+
+    def _send(self, chunk):
+        self._reading = False
+        if not self._producing:  # (answered or closed meanwhile)
+            return
+        if not chunk:
+            self._stop_producing()
+            self.transport.write(END_OF_STREAM)
+            return
+        self.transport.writeSequence([struct.pack(">I", len(chunk)), chunk])
+
+    def _read_failed(self, failure):
+        self._reading = False
+        self._done(failure)
+        self._abort()
+
+    def dataReceived(self, data):
+        if self.result.called:
+            return
+        self._reply += data
+        end = self._reply.find(b"\0")
+        if end >= 0:
+            self._done(bytes(self._reply[:end]))
+            self.transport.loseConnection()
+        elif len(self._reply) > MAX_REPLY:
+            self._done(ScanError(f"no reply end in {MAX_REPLY} bytes"))
+            self._abort()
+
+    def connectionLost(self, reason):
+        self._producing = False
+        if not self.result.called:
+            self._done(ScanError(f"connection closed before the reply "
+                                 f"({reason.getErrorMessage()})"))
+
+    def _done(self, outcome):
+        self._stop_producing()
+        self.chunks.close()
+        if not self.result.called:
+            if isinstance(outcome, (Exception, Failure)):
+                self.result.errback(outcome)
+            else:
+                self.result.callback(outcome)
+
+    def _stop_producing(self):
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+
+    def _abort(self):
+        self._stop_producing()
+        self.chunks.close()
+        self.transport.abortConnection()
+
+
+class ClamAVScanner:
+    """
+    A body check: the message is spam (a virus) when clamd finds something
+    in it.
+
+    @param endpoint: the client endpoint of clamd's socket.
+    @param name: how the log names it (the endpoint's string).
+    @param timeout: seconds for the whole scan, connection included.
+    @param on_error: C{"tempfail"} or C{"accept"}: what a scan that
+        cannot say (L{ScanError}, no connection, the timeout) gives.
+    @param action: the L{Action} for what it finds.
+    @param subject_prefix: its own Subject mark, or L{None}.
+    @param clock: the timeout's clock.
+    @param in_thread: how a big message's reads run (L{MessageChunks}).
+    """
+
+    def __init__(self, endpoint, name, timeout, on_error, action, subject_prefix, clock,
+                 in_thread=threads.deferToThread):
+        self.endpoint = endpoint
+        self.name = name
+        self.timeout = timeout
+        self.on_error = on_error
+        self.action = action
+        self.subject_prefix = subject_prefix
+        self.clock = clock
+        self.in_thread = in_thread
+
+    def check(self, session, transaction, message):
+        chunks = MessageChunks(message, self.in_thread)
+        d = connectProtocol(self.endpoint, InstreamClient(chunks))
+        d.addCallback(lambda client: client.result)
+        d.addTimeout(self.timeout, self.clock)
+        d.addCallback(self._judge)
+        return d.addErrback(self._unscanned, session)
+
+    def _judge(self, reply):
+        found = parse_reply(reply)
+        if found is None:
+            return Verdict.found(False)
+        return Verdict.found(True, self.action, (f"clamav {found}",),
+                             subject_prefix=self.subject_prefix,
+                             refusal=f"Virus found: {found}")
+
+    def _unscanned(self, failure, session):
+        """clamd could not say: one log line, and the verdict of L{on_error}."""
+        failure.trap(ScanError, error.ConnectError, defer.TimeoutError)
+        if failure.check(defer.TimeoutError):
+            why = f"no reply in {self.timeout:g}s"
+        elif failure.check(error.ConnectError):
+            why = f"cannot connect: {failure.getErrorMessage()}"
+        else:
+            why = failure.getErrorMessage()
+        log.warn("clamav {endpoint}: {why}; message from {ip} {outcome}",
+                 endpoint=self.name, why=why, ip=session.ip,
+                 outcome="deferred (on_error tempfail)" if self.on_error == "tempfail"
+                 else "accepted unscanned (on_error accept)")
+        action = TEMPFAIL if self.on_error == "tempfail" else NONE
+        return Verdict.found(False, action, (UNSCANNED,))
