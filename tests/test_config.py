@@ -240,6 +240,9 @@ KEY_DEFAULTS = [
      lambda s: (s.antispam.attachments.action, s.antispam.attachments.extensions,
                 s.antispam.attachments.content_types, s.antispam.attachments.subject_prefix),
      ("header", ("exe", "scr", "js", "vbs", "bat", "com", "pif"), (), None)),
+    ("[antispam.clamav] action, endpoint, on_error, timeout, subject_prefix",
+     lambda s: s.antispam.clamav,
+     config.ClamAVSettings("reject", "unix:/run/clamav/clamd.ctl", "tempfail", 60.0, None)),
 ]
 # ... and each [[listen]] key's, for a table that names only its endpoint.
 LISTEN_DEFAULTS = [
@@ -268,7 +271,7 @@ class EveryDefaultTests(unittest.TestCase):
     def test_every_key(self):
         s = config.parse({"antispam": {"dnsbl": {"lists": ["z.example"]}, "spf": {},
                                        "validation": {}, "spamskip": {}, "whitelist": {},
-                                       "mime": {}, "attachments": {}}},
+                                       "mime": {}, "attachments": {}, "clamav": {}}},
                          Path("/etc/m/c.toml"))
         empty = config.parse({}, Path("/etc/m/c.toml"))
         self.assertEqual(empty.antispam, config.AntispamSettings())
@@ -452,6 +455,13 @@ class ErrorTests(unittest.TestCase):
         ({"antispam": {"mime": {"boundary": 70}}},
          "/c.toml: [antispam.mime] boundary: unknown key (check the spelling against "
          "etc/mailsrv.toml)"),
+        ({"antispam": {"clamav": {"on_error": "reject"}}},
+         "/c.toml: [antispam.clamav] on_error: unknown value 'reject' (one of: tempfail, "
+         "accept)"),
+        ({"antispam": {"clamav": {"timeout": 0}}},
+         "/c.toml: [antispam.clamav] timeout: must be more than 0 seconds, not 0"),
+        ({"antispam": {"clamav": {"socket": "/run/clamd"}}},
+         "/c.toml: [antispam.clamav] socket: unknown key"),
         ({"access": {"max_message_size": 1023}},
          "/c.toml: [access] max_message_size: must be at least 1024, not 1023"),
         ({"access": {"kill_file": 3}},
@@ -495,6 +505,10 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [antispam.dnsbl.lists] action: Folder names may not contain '.'"),
         ({"antispam": {"attachments": {"action": "move:a.b"}}},
          "/c.toml: [antispam.attachments] action: Folder names may not contain '.'"),
+        ({"antispam": {"clamav": {"endpoint": "/run/clamav/clamd.ctl"}}},
+         "/c.toml: [antispam.clamav] endpoint: bad endpoint '/run/clamav/clamd.ctl'"),
+        ({"antispam": {"clamav": {"action": "junk"}}},
+         "/c.toml: [antispam.clamav] action: unknown action 'junk'"),
         ({"antispam": {"mime": {"action": "junk"}}},
          "/c.toml: [antispam.mime] action: unknown action 'junk' (one of: none, header, "
          "subject, move:FOLDER, forward:ADDRESS, delete, tempfail, reject)"),
