@@ -11,6 +11,8 @@ import struct
 from io import BytesIO
 from types import SimpleNamespace
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -31,6 +33,7 @@ from mailsrv.policy.checks.clamav import (
 )
 from mailsrv.policy.hooks import INLINE, Message
 from mailsrv.policy.judgement import Judgement
+from tests.fuzzing import examples, packets
 from tests.helpers import log_lines
 
 SMALL = b"From: x@remote.test\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -96,6 +99,21 @@ class ReplyTests(unittest.TestCase):
     def test_a_name_cannot_carry_a_line_end(self):
         self.assertEqual(parse_reply(b"stream: A\r\nX-Evil: 1 FOUND"), "A??X-Evil: 1")
 
+    @examples(300)
+    @given(st.binary(max_size=200))
+    def test_any_reply_is_an_answer_or_a_scan_error(self, reply):
+        try:
+            found = parse_reply(reply)
+        except ScanError:
+            return
+        self.assertTrue(found is None or (found and found.isprintable()))
+
+    @examples(100)
+    @given(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                   max_size=60))
+    def test_every_name_comes_back(self, name):
+        self.assertEqual(parse_reply(f"stream: {name} FOUND".encode()), name)
+
 
 class InstreamTests(unittest.TestCase):
     def test_a_small_message(self):
@@ -136,6 +154,17 @@ class InstreamTests(unittest.TestCase):
         client, transport = connected(SMALL, in_thread)
         send_all(transport)
         self.assertEqual(transport.value(), framed(SMALL))
+
+    @examples(50)
+    @given(st.integers(0, 3 * CHUNK), st.lists(st.integers(0, 60), max_size=5))
+    def test_any_size_and_any_reply_cuts(self, size, cuts):
+        data = bytes(i % 251 for i in range(size))
+        client, transport = connected(data)
+        send_all(transport)
+        self.assertEqual(transport.value(), framed(data))
+        for piece in packets(b"stream: Eicar-Test-Signature FOUND\0", cuts):
+            client.dataReceived(piece)
+        self.assertEqual(outcome(client.result), b"stream: Eicar-Test-Signature FOUND")
 
     def test_found_in_pieces(self):
         client, transport = connected(SMALL)
