@@ -24,8 +24,10 @@ endpoint and what went wrong.
 import struct
 
 from twisted.internet import defer, error, protocol, threads
+from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailsrv.logtext import printable
 from mailsrv.policy.actions import NONE, Action
@@ -108,6 +110,7 @@ class MessageChunks:
             self._file = None
 
 
+@implementer(IPullProducer)
 class InstreamClient(protocol.Protocol):
     """
     One INSTREAM scan on one connection; the transport's pull producer
@@ -134,9 +137,6 @@ class InstreamClient(protocol.Protocol):
         if self._producing and not self._reading:
             self._reading = True
             self.chunks.next().addCallbacks(self._send, self._read_failed)
-
-    def pauseProducing(self):
-        """(A pull producer is never paused: it is asked for each chunk.)"""
 
     def stopProducing(self):
         self._producing = False
