@@ -124,11 +124,15 @@ def wait_until(condition, timeout=20):
 
 
 class OutboundTests(unittest.TestCase):
-    def start(self, sink):
+    def start(self, sink, files=None, **extra):
         self.addCleanup(sink.close)
-        self.start_with(sink.port)
+        self.start_with(sink.port, files, **extra)
 
-    def start_with(self, mx_port):
+    def start_with(self, mx_port, files=None, **extra):
+        """
+        The server, remote.test's MX on C{mx_port}; C{extra} config tables,
+        C{files} beside the config (name: text).
+        """
         dns = TinyDNSServer({
             ("remote.test", "MX"): ["10 mx.remote.test."],
             ("mx.remote.test", "A"): ["127.0.0.1"],
@@ -136,8 +140,11 @@ class OutboundTests(unittest.TestCase):
         self.addCleanup(dns.close)
         self.server = MailServerProcess(extra={
             "dns": {"servers": [dns.address], "timeout": 2},
-            "delivery": {"mx_port": mx_port, "retry": [1]},
-        }).start()
+            "delivery": {"mx_port": mx_port, "retry": [1]}, **extra,
+        })
+        for name, text in (files or {}).items():
+            (self.server.dir / name).write_text(text)
+        self.server.start()
         self.addCleanup(self.server.cleanup)
 
     def submit(self, recipients, message, user=ALICE):
@@ -206,6 +213,28 @@ class OutboundTests(unittest.TestCase):
         missing = self.server.admin("queue", "remove", queue_id, check=False)
         self.assertNotEqual(missing.returncode, 0)
         self.assertIn(f"no queued message {queue_id}", missing.stderr)
+
+    def test_outbound_spam_is_held_until_an_admin_releases_it(self):
+        """[antispam] outbound: `mailsrv queue` shows the held message; release sends it."""
+        sink = SinkServer()
+        self.start(sink, {"phrase-list.txt": "cheap pills\n"}, antispam={"outbound": True},
+                   **{"antispam.phrases": {"action": "move:Junk"}})
+        with submission(self.server, ALICE) as client:
+            self.assertEqual(client.sendmail(ALICE, ["friend@remote.test"],
+                                             b"Subject: hi\r\n\r\ncheap pills here\r\n"), {})
+            self.assertEqual(client.sendmail(ALICE, ["friend@remote.test"],
+                                             b"Subject: lunch\r\n\r\nat noon\r\n"), {})
+        (_, _, data), = sink.wait_for(1)  # the good one
+        self.assertIn(b"Subject: lunch", data)
+        self.server.wait_for_log("action=hold")
+        listing = self.server.admin("queue", "list").stdout
+        self.assertIn("HELD", listing)
+        queue_id = listing.split()[0]
+        self.assertEqual(self.server.admin("queue", "release", queue_id).stdout,
+                         f"release {queue_id}: done\n")
+        (_, _, _), (_, recipients, data) = sink.wait_for(2)
+        self.assertEqual(recipients, ["<friend@remote.test>"])
+        self.assertIn(b"X-Mailsrv-Spam: yes; reasons=phrase cheap pills", data)
 
     def test_starttls_when_the_next_hop_offers_it(self):
         """Another mailsrv as the smart host: its Received header says ESMTPS."""
@@ -379,42 +408,3 @@ class ConnectionTests(unittest.TestCase):
         wait_until(lambda: len(sink.messages) == 12)
         self.assertLessEqual(sink.most_at_once, 2)
         self.assertLess(sink.connections, 12)
-
-
-class OutboundFilteringTests(unittest.TestCase):
-    """
-    [antispam] outbound: a logged-in user's spam to a remote domain is held
-    in the queue; `mailsrv queue` shows it, and release sends it on.
-    """
-
-    def test_held_until_an_admin_releases_it(self):
-        sink = SinkServer()
-        self.addCleanup(sink.close)
-        dns = TinyDNSServer({("remote.test", "MX"): ["10 mx.remote.test."],
-                             ("mx.remote.test", "A"): ["127.0.0.1"]})
-        self.addCleanup(dns.close)
-        self.server = MailServerProcess(extra={
-            "dns": {"servers": [dns.address], "timeout": 2},
-            "delivery": {"mx_port": sink.port, "retry": [1]},
-            "antispam": {"outbound": True},
-            "antispam.phrases": {"action": "move:Junk"},
-        })
-        (self.server.dir / "phrase-list.txt").write_text("cheap pills\n")
-        self.server.start()
-        self.addCleanup(self.server.cleanup)
-        with submission(self.server, ALICE) as client:
-            self.assertEqual(client.sendmail(ALICE, ["friend@remote.test"],
-                                             b"Subject: hi\r\n\r\ncheap pills here\r\n"), {})
-            self.assertEqual(client.sendmail(ALICE, ["friend@remote.test"],
-                                             b"Subject: lunch\r\n\r\nat noon\r\n"), {})
-        (_, _, data), = sink.wait_for(1)  # the good one
-        self.assertIn(b"Subject: lunch", data)
-        self.server.wait_for_log("action=hold")
-        listing = self.server.admin("queue", "list").stdout
-        self.assertIn("HELD", listing)
-        queue_id = listing.split()[0]
-        self.assertEqual(self.server.admin("queue", "release", queue_id).stdout,
-                         f"release {queue_id}: done\n")
-        (_, _, _), (_, recipients, data) = sink.wait_for(2)
-        self.assertEqual(recipients, ["<friend@remote.test>"])
-        self.assertIn(b"X-Mailsrv-Spam: yes; reasons=phrase cheap pills", data)
