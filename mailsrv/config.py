@@ -658,7 +658,7 @@ class AttachmentSettings:
     subject_prefix: Optional[str] = _text(None)
 
 
-CLAMAV_ON_ERROR = ("tempfail", "accept")
+SCANNER_ON_ERROR = ("tempfail", "accept")
 
 
 def _timeout(default, **where):
@@ -685,7 +685,7 @@ class ClamAVSettings:
 
     action: str = "reject"
     endpoint: str = _text("unix:/run/clamav/clamd.ctl")
-    on_error: str = _choice("tempfail", CLAMAV_ON_ERROR)
+    on_error: str = _choice("tempfail", SCANNER_ON_ERROR)
     timeout: float = _timeout(60)
     subject_prefix: Optional[str] = _text(None)
 

@@ -21,16 +21,14 @@ from twisted.trial import unittest
 from mailsrv.policy import apply
 from mailsrv.policy.actions import NONE, Action
 from mailsrv.policy.checks.clamav import (
-    CHUNK,
     END_OF_STREAM,
     INSTREAM,
     MAX_REPLY,
     ClamAVScanner,
     InstreamClient,
-    MessageChunks,
-    ScanError,
     parse_reply,
 )
+from mailsrv.policy.checks.scanning import CHUNK, MessageChunks, ScanError
 from mailsrv.policy.hooks import INLINE, Message
 from mailsrv.policy.judgement import Judgement
 from tests.fuzzing import examples, packets

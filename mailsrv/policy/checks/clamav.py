@@ -23,30 +23,19 @@ endpoint and what went wrong.
 
 import struct
 
-from twisted.internet import defer, error, protocol, threads
+from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IPullProducer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv.logtext import printable
-from mailsrv.policy.actions import NONE, Action
-from mailsrv.policy.hooks import INLINE
+from mailsrv.policy.checks.scanning import MessageChunks, ScanError, unscanned, why_unscanned
 from mailsrv.policy.verdict import Verdict
 
-log = Logger()
-
-CHUNK = 64 << 10
 # A reply longer than this without its NUL is not clamd's.
 MAX_REPLY = 4096
 INSTREAM = b"zINSTREAM\0"
 END_OF_STREAM = struct.pack(">I", 0)
-TEMPFAIL = Action("tempfail")
-UNSCANNED = "clamav unscanned"
-
-
-class ScanError(Exception):
-    """clamd did not say whether the message is clean: why."""
 
 
 def parse_reply(reply):
@@ -64,50 +53,6 @@ def parse_reply(reply):
         if name:
             return printable(name)
     raise ScanError(f"clamd answered {printable(text)!r}")
-
-
-class MessageChunks:
-    """
-    The bytes of a L{mailsrv.policy.hooks.Message}, L{CHUNK} at a time:
-    read at once for a small message (held in memory), in a thread each
-    for a bigger one (on disk).
-
-    @param in_thread: how a big one's reads run (L{threads.deferToThread}).
-    """
-
-    def __init__(self, message, in_thread=threads.deferToThread):
-        self._message = message
-        self._run = in_thread if message.size > INLINE else defer.maybeDeferred
-        self._file = None
-        self._reading = False
-        self._closed = False
-
-    def next(self):
-        """A Deferred of the next chunk; C{b""} at the end."""
-        self._reading = True
-        return self._run(self._read).addBoth(self._read_done)
-
-    def _read(self):
-        if self._file is None:
-            self._file = self._message.open()
-        return self._file.read(CHUNK)
-
-    def _read_done(self, result):
-        self._reading = False
-        if self._closed:
-            self._close_file()
-        return result
-
-    def close(self):
-        """Done with the message: its file is closed, once a read under way ends."""
-        self._closed = True
-        if not self._reading:
-            self._close_file()
-
-    def _close_file(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 @implementer(IPullProducer)
@@ -253,17 +198,5 @@ class ClamAVScanner:
                              refusal=f"Virus found: {found}")
 
     def _unscanned(self, failure, session):
-        """clamd could not say: one log line, and the verdict of L{on_error}."""
-        failure.trap(ScanError, error.ConnectError, defer.TimeoutError)
-        if failure.check(defer.TimeoutError):
-            why = f"no reply in {self.timeout:g}s"
-        elif failure.check(error.ConnectError):
-            why = f"cannot connect: {failure.getErrorMessage()}"
-        else:
-            why = failure.getErrorMessage()
-        log.warn("clamav {endpoint}: {why}; message from {ip} {outcome}",
-                 endpoint=self.name, why=why, ip=session.ip,
-                 outcome="deferred (on_error tempfail)" if self.on_error == "tempfail"
-                 else "accepted unscanned (on_error accept)")
-        action = TEMPFAIL if self.on_error == "tempfail" else NONE
-        return Verdict.found(False, action, (UNSCANNED,))
+        return unscanned("clamav", self.name, why_unscanned(failure, self.timeout),
+                         self.on_error, session)
