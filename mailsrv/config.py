@@ -691,6 +691,27 @@ class ClamAVSettings:
 
 
 @dataclass(frozen=True)
+class RspamdSettings:
+    """
+    [antispam.rspamd]: a real rspamd judges each message (HTTP, /checkv2).
+
+    @ivar action: the action's text for rspamd's own reject: C{reject}
+        unless set (rspamd's other actions have fixed counterparts:
+        L{mailsrv.policy.checks.rspamd.ACTIONS}).
+    @ivar url: rspamd's normal worker, C{http://HOST:PORT}.
+    @ivar on_error: as L{ClamAVSettings.on_error}.
+    @ivar timeout: seconds for the whole scan, connection included.
+    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
+    """
+
+    action: str = "reject"
+    url: str = _text("http://127.0.0.1:11333")
+    on_error: str = _choice("tempfail", SCANNER_ON_ERROR)
+    timeout: float = _timeout(30)
+    subject_prefix: Optional[str] = _text(None)
+
+
+@dataclass(frozen=True)
 class AntispamSettings:
     """
     @ivar subject_prefix: what the subject action puts before the Subject.
@@ -715,6 +736,7 @@ class AntispamSettings:
     @ivar urls: L{URLSettings}, or L{None} when absent.
     @ivar html: L{HTMLSettings}, or L{None} when absent.
     @ivar clamav: L{ClamAVSettings}, or L{None} when absent.
+    @ivar rspamd: L{RspamdSettings}, or L{None} when absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -737,6 +759,7 @@ class AntispamSettings:
     urls: Optional[URLSettings] = None
     html: Optional[HTMLSettings] = None
     clamav: Optional[ClamAVSettings] = None
+    rspamd: Optional[RspamdSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -1197,7 +1220,8 @@ def _antispam(path, data):
                                          ("phrases", PhraseSettings),
                                          ("urls", URLSettings),
                                          ("html", HTMLSettings),
-                                         ("clamav", ClamAVSettings))
+                                         ("clamav", ClamAVSettings),
+                                         ("rspamd", RspamdSettings))
                        if name in table.data}
     table.check_unknown()
     return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,

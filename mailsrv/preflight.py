@@ -17,6 +17,7 @@ certificate) is only checked to be creatable, and reported as a note.
 
 import os
 from typing import Callable, NamedTuple
+from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 
@@ -74,6 +75,8 @@ def check_settings(settings, reactor):
     if settings.antispam.clamav is not None:
         _check_client_endpoint(settings, reactor, "[antispam.clamav] endpoint",
                                settings.antispam.clamav.endpoint)
+    if settings.antispam.rspamd is not None:
+        _check_http_url(settings, "[antispam.rspamd] url", settings.antispam.rspamd.url)
     for key, text in settings.antispam.actions:
         try:
             action = parse_action(text)
@@ -100,6 +103,18 @@ def _check_client_endpoint(settings, reactor, key, endpoint):
         raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: {e}",
                           'Twisted endpoint syntax, e.g. "unix:/run/clamav/clamd.ctl" '
                           'or "tcp:127.0.0.1:3310"')
+
+
+def _check_http_url(settings, key, url):
+    """An http:// or https:// URL with a host: what the HTTP client can ask."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+    except ValueError:  # (a port that is no number)
+        usable = False
+    if not usable:
+        raise ConfigError(settings.path, key, f"bad URL {url!r}",
+                          'an http:// URL with host and port, e.g. "http://127.0.0.1:11333"')
 
 
 def _check_ip_entries(settings, key, entries):

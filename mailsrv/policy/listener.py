@@ -23,6 +23,7 @@ from mailsrv.policy.checks.phrases import PhraseFilter
 from mailsrv.policy.checks.urls import URLFilter
 from mailsrv.policy.checks.statistical import StatisticalFilter
 from mailsrv.policy.checks.received import ReceivedIPs
+from mailsrv.policy.checks.rspamd import RspamdScanner, quiet_agent
 from mailsrv.policy.checks.recipient import (
     ListPosting,
     LocalRecipient,
@@ -259,9 +260,9 @@ def _content_for(settings):
 def content_filters(settings, clock):
     """
     The body hook's filters: the content filters share one analysis of the
-    message (Message.judged); the virus scanner reads its bytes.
+    message (Message.judged); the scanners (clamav, rspamd) read its bytes.
 
-    @param clock: the reactor (a Clock in tests): the scanner connects with it.
+    @param clock: the reactor (a Clock in tests): the scanners connect with it.
     """
     filters = []
     if settings.statistical is not None:
@@ -297,6 +298,12 @@ def content_filters(settings, clock):
         filters.append(ClamAVScanner(endpoints.clientFromString(clock, clamav.endpoint),
                                      clamav.endpoint, clamav.timeout, clamav.on_error,
                                      parse_action(clamav.action), clamav.subject_prefix,
+                                     clock))
+    if settings.rspamd is not None:
+        rspamd = settings.rspamd
+        filters.append(RspamdScanner(quiet_agent(clock, rspamd.timeout), rspamd.url,
+                                     rspamd.timeout, rspamd.on_error,
+                                     parse_action(rspamd.action), rspamd.subject_prefix,
                                      clock))
     return filters
 
