@@ -13,8 +13,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 from bench import procs
@@ -375,10 +373,10 @@ class Postfix(System):
 class PostfixRspamd(Postfix):
     """
     The bench's Postfix with Debian's rspamd as its milter (issue 17's
-    comparison point for mailsrv's content filters): rspamd's own
-    /etc/rspamd/rspamd.conf, with LOCAL_CONFDIR, DBDIR, RUNDIR and LOGDIR
-    in the temporary directory, so /etc/rspamd and the system's rspamd
-    service are never touched.
+    comparison point for mailsrv's content filters): the tests' own
+    rspamd (tests/rspamdserver.py: Debian's /etc/rspamd/rspamd.conf with its
+    folders in the temporary directory, so /etc/rspamd and the system's
+    rspamd service are never touched).
     """
 
     name = "postfix-rspamd"
@@ -405,98 +403,38 @@ class PostfixRspamd(Postfix):
             raise Skip("rspamd's user _rspamd is missing (Debian's package creates it)")
 
     def start(self):
-        from tests.dnsserver import TinyDNSServer
+        from tests.rspamdserver import RspamdServer
 
-        self.rspamd = None
-        # rspamd's RBL, SPF and DMARC lookups go to this stub, which answers
-        # NXDOMAIN at once (nothing listed): the sandbox's resolver lets
-        # them time out, which would measure DNS, not rspamd.
-        self.dns = TinyDNSServer({})
-        self.rspamd_ports = {worker: free_port()
-                             for worker in ("proxy", "normal", "controller")}
-        self._start_rspamd()
+        # tests/rspamdserver.py: its workers on free ports, its RBL, SPF and
+        # DMARC lookups to a stub answering NXDOMAIN at once (the sandbox's
+        # resolver lets them time out, which would measure DNS, not rspamd).
+        # The bench's client is 127.0.0.1: without milter_headers' options,
+        # milter_headers skips local senders and the delivered mail would
+        # carry no proof of the scan. Hyperscan, as in production: start()
+        # waits for its database (compiled on a first start).
+        self.rspamd = RspamdServer(
+            home=self.dir / "rspamd", hyperscan=True,
+            local={"milter_headers.conf": textwrap.dedent("""\
+                extended_spam_headers = true;
+                skip_local = false;
+                skip_authenticated = false;
+                """)},
+            spawn=lambda argv, log: procs.spawn("rspamd", argv, log), halt=procs.stop)
+        try:
+            self.rspamd.start(self.ready_timeout)
+        except RuntimeError as e:
+            self.stop()
+            raise Skip(str(e))
         super().start()
 
     def main_cf_extra(self):
         return textwrap.dedent(f"""\
-            smtpd_milters = inet:127.0.0.1:{self.rspamd_ports["proxy"]}
+            smtpd_milters = inet:127.0.0.1:{self.rspamd.ports["proxy"]}
             non_smtpd_milters = $smtpd_milters
             milter_default_action = accept
             milter_protocol = 6
             milter_mail_macros = i {{mail_addr}} {{client_addr}} {{client_name}} {{auth_authen}}
             """)
-
-    def _start_rspamd(self):
-        """rspamd -f on Debian's config with our local.d/override.d; wait until it scans."""
-        home = self.dir / "rspamd"
-        local, override = home / "local" / "local.d", home / "local" / "override.d"
-        for d in (local, override):
-            d.mkdir(parents=True, exist_ok=True)
-        owner = pwd.getpwnam("_rspamd")
-        for sub in ("db", "run", "log"):
-            (home / sub).mkdir(exist_ok=True)
-            os.chown(home / sub, owner.pw_uid, owner.pw_gid)
-        ports = self.rspamd_ports
-        # override.d replaces: a local.d bind_socket or upstream would be
-        # merged with rspamd.conf's localhost:1133x, binding both.
-        (override / "worker-normal.inc").write_text(
-            f'bind_socket = "127.0.0.1:{ports["normal"]}";\n')
-        (override / "worker-controller.inc").write_text(
-            f'bind_socket = "127.0.0.1:{ports["controller"]}";\n')
-        (override / "worker-proxy.inc").write_text(textwrap.dedent(f"""\
-            bind_socket = "127.0.0.1:{ports["proxy"]}";
-            upstream "local" {{
-              default = yes;
-              hosts = "127.0.0.1:{ports["normal"]}";
-            }}
-            """))
-        (local / "options.inc").write_text(
-            f'dns {{ nameserver = ["{self.dns.address}"]; }}\n')
-        # The bench's client is 127.0.0.1: without these, milter_headers
-        # skips local senders and the delivered mail would carry no proof
-        # of the scan.
-        (local / "milter_headers.conf").write_text(textwrap.dedent("""\
-            extended_spam_headers = true;
-            skip_local = false;
-            skip_authenticated = false;
-            """))
-        argv = ["rspamd", "-f", "-u", "_rspamd", "-g", "_rspamd",
-                "-c", "/etc/rspamd/rspamd.conf",
-                f"--var=LOCAL_CONFDIR={home / 'local'}", f"--var=DBDIR={home / 'db'}",
-                f"--var=RUNDIR={home / 'run'}", f"--var=LOGDIR={home / 'log'}"]
-        log = home / "log" / "rspamd.log"
-        start = log.stat().st_size if log.exists() else 0  # a restart appends
-        self.rspamd = procs.spawn("rspamd", argv, home / "stdout.log")
-        self._wait_rspamd(log, start)
-
-    def _wait_rspamd(self, log, start):
-        """
-        Until rspamd's hyperscan database is loaded (compiled on a first
-        start: scans before it fall back to slower PCRE) and its normal
-        worker answers a scan with the milter headers it will add.
-        """
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.rspamd.poll() is not None:
-                raise Skip(f"rspamd exited: {self.log_tail(5)[-300:]}")
-            text = log.read_bytes()[start:] if log.exists() else b""
-            if b"full hyperscan database" in text:
-                try:
-                    request = urllib.request.Request(
-                        f"http://127.0.0.1:{self.rspamd_ports['normal']}/checkv2",
-                        data=b"Subject: ready?\r\n\r\nready?\r\n",
-                        headers={"IP": "127.0.0.1"})
-                    with urllib.request.urlopen(request, timeout=5) as answer:
-                        if b"X-Spamd-Result" in answer.read():
-                            if procs.wait_for_port(self.rspamd_ports["proxy"], timeout=10,
-                                                   process=self.rspamd):
-                                return
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        self.stop()
-        raise Skip(f"rspamd did not become ready in {self.ready_timeout}s: "
-                   f"{self.log_tail(5)[-300:]}")
 
     def check_delivered(self, message):
         header, _, _ = message.replace(b"\r\n", b"\n").partition(b"\n\n")
@@ -506,21 +444,16 @@ class PostfixRspamd(Postfix):
 
     @property
     def pids(self):
-        return (self.pid, self.rspamd.pid)
+        return (self.pid, self.rspamd.process.pid)
 
     def log_tail(self, lines=15):
-        log = self.dir / "rspamd" / "log" / "rspamd.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
-        return super().log_tail(lines) + "\n" + "\n".join(text.splitlines()[-lines:])
+        rspamd = getattr(self, "rspamd", None)
+        return super().log_tail(lines) + "\n" + (rspamd.log_tail(lines) if rspamd else "")
 
     def stop(self):
         super().stop()
         if getattr(self, "rspamd", None) is not None:
-            procs.stop(self.rspamd)
-            self.rspamd = None
-        if getattr(self, "dns", None) is not None:
-            self.dns.close()
-            self.dns = None
+            self.rspamd.cleanup()
 
 
 class Dovecot(System):

@@ -89,17 +89,21 @@ class RspamdServer:
     @param rules: the text of $LOCAL_CONFDIR/rspamd.local.lua, or "".
     @param hyperscan: False for rspamd's slower PCRE matching, which
         starts at once (hyperscan compiles its database on a first start).
-    @param spawn: C{spawn(argv, log_path)} giving a C{subprocess.Popen}.
+    @param spawn: C{spawn(argv, log_path)} giving a C{subprocess.Popen}
+        (its own process group: rspamd forks its workers).
+    @param halt: C{halt(process)} stops it and its workers.
     @ivar ports: C{{worker: port}} of L{WORKERS}.
     """
 
-    def __init__(self, home=None, local=None, rules="", hyperscan=False, spawn=None):
+    def __init__(self, home=None, local=None, rules="", hyperscan=False, spawn=None,
+                 halt=None):
         self.own_home = home is None
         self.home = Path(tempfile.mkdtemp(prefix="rspamd-")) if home is None else Path(home)
         self.local = dict(local or {})
         self.rules = rules
         self.hyperscan = hyperscan
         self.spawn = spawn or _spawn
+        self.halt = halt or _halt
         self.process = None
         self.dns = None
         self.ports = {worker: free_port() for worker in WORKERS}
@@ -197,16 +201,9 @@ class RspamdServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self):
-        """SIGTERM its process group (rspamd forks its workers); SIGKILL what stays."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait(5)
+        if process is not None:
+            self.halt(process)
 
     def cleanup(self):
         self.stop()
@@ -221,6 +218,18 @@ def _spawn(argv, log):
     with open(log, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _halt(process):
+    """SIGTERM its process group (rspamd and its workers); SIGKILL what stays."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, 15)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait(5)
 
 
 def _listens(port):
