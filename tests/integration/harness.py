@@ -251,6 +251,14 @@ class MailServerProcess:
 
     # Clients, optionally from another loopback address.
 
+    def send(self, message, sender="x@remote.test", helo="client.test", source="127.0.0.1"):
+        """One message to alice over SMTP; the reply to the end of DATA."""
+        with self.smtp(source=source) as client:
+            client.ehlo(helo)
+            client.mail(sender)
+            client.rcpt("alice@example.test")
+            return client.data(message)
+
     def smtp(self, port="smtp", source="127.0.0.1"):
         return smtplib.SMTP("127.0.0.1", self.ports[port], timeout=30,
                             source_address=(source, 0))

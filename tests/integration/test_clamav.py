@@ -196,21 +196,14 @@ class SMTPTests(unittest.TestCase):
         self.addCleanup(server.cleanup)
         return server.start()
 
-    def send(self, server, message):
-        with server.smtp() as client:
-            client.ehlo("client.test")
-            client.mail("x@remote.test")
-            client.rcpt("alice@example.test")
-            return client.data(message)
-
     def test_clean_and_eicar(self):
         server = self.server()
-        self.assertEqual(self.send(server, CLEAN)[0], 250)
+        self.assertEqual(server.send(CLEAN)[0], 250)
         [path] = server.maildir_files()
         self.assertIn("X-Mailsrv-Spam: no; reasons=-\n", path.read_text())
-        self.assertEqual(self.send(server, IN_ZIP),
+        self.assertEqual(server.send(IN_ZIP),
                          (554, f"5.7.1 Virus found: {FOUND}".encode()))
-        self.assertEqual(self.send(server, IN_ATTACHMENT)[0], 554)
+        self.assertEqual(server.send(IN_ATTACHMENT)[0], 554)
         self.assertEqual(len(server.maildir_files()), 1)
         server.wait_for_log(f"refused message from 127.0.0.1 sender=<x@remote.test>: "
                             f"X-Mailsrv-Spam: yes; reasons=clamav {FOUND}")
@@ -218,17 +211,17 @@ class SMTPTests(unittest.TestCase):
     def test_clamd_stopped(self):
         server = self.server()
         self.clamd.stop()
-        code, text = self.send(server, CLEAN)
+        code, text = server.send(CLEAN)
         self.assertEqual((code, text[:5]), (451, b"4.7.1"))
         self.assertEqual(server.maildir_files(), [])
         server.wait_for_log(f"clamav {self.clamd.endpoint}: cannot connect: ")
         self.clamd.start()  # the client's retry gets through
-        self.assertEqual(self.send(server, CLEAN)[0], 250)
+        self.assertEqual(server.send(CLEAN)[0], 250)
 
     def test_clamd_stopped_accept(self):
         server = self.server(on_error="accept")
         self.clamd.stop()
-        self.assertEqual(self.send(server, IN_ATTACHMENT)[0], 250)
+        self.assertEqual(server.send(IN_ATTACHMENT)[0], 250)
         [path] = server.maildir_files()
         self.assertIn("X-Mailsrv-Spam: no; reasons=clamav unscanned\n", path.read_text())
         server.wait_for_log(f"clamav {self.clamd.endpoint}: cannot connect: ")

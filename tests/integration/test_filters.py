@@ -74,11 +74,7 @@ class FilterServerCase(unittest.TestCase):
     def send(self, source="127.0.0.1", sender="x@remote.test", helo="client.test",
              message=MESSAGE):
         """One message to alice; the reply to the end of DATA."""
-        with self.server.smtp(source=source) as client:
-            client.ehlo(helo)
-            client.mail(sender)
-            client.rcpt("alice@example.test")
-            return client.data(message)
+        return self.server.send(message, sender, helo, source)
 
     def delivered(self, folder=""):
         """The one message in alice's INBOX (or C{folder})."""

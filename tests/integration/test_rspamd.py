@@ -94,17 +94,10 @@ class SMTPTests(unittest.TestCase):
         self.addCleanup(server.cleanup)
         return server.start()
 
-    def send(self, server, message):
-        with server.smtp() as client:
-            client.ehlo("client.test")
-            client.mail("x@remote.test")
-            client.rcpt("alice@example.test")
-            return client.data(message)
-
     def test_gtube_and_clean(self):
         server = self.server(started_rspamd(self))
-        self.assertEqual(self.send(server, with_body(GTUBE)), (554, b"5.7.1 Gtube pattern"))
-        self.assertEqual(self.send(server, CLEAN)[0], 250)
+        self.assertEqual(server.send(with_body(GTUBE)), (554, b"5.7.1 Gtube pattern"))
+        self.assertEqual(server.send(CLEAN)[0], 250)
         [path] = server.maildir_files()
         self.assertIn("X-Mailsrv-Spam: no; reasons=rspamd no_action ", path.read_text())
         server.wait_for_log("refused message from 127.0.0.1 sender=<x@remote.test>: "
@@ -114,11 +107,11 @@ class SMTPTests(unittest.TestCase):
         rspamd = started_rspamd(self)
         deferring, accepting = self.server(rspamd), self.server(rspamd, on_error="accept")
         rspamd.stop()
-        code, text = self.send(deferring, CLEAN)
+        code, text = deferring.send(CLEAN)
         self.assertEqual((code, text[:5]), (451, b"4.7.1"))
         self.assertEqual(deferring.maildir_files(), [])
         deferring.wait_for_log(f"rspamd {rspamd.url}: cannot connect: ")
-        self.assertEqual(self.send(accepting, with_body(GTUBE))[0], 250)
+        self.assertEqual(accepting.send(with_body(GTUBE))[0], 250)
         [path] = accepting.maildir_files()
         self.assertIn("X-Mailsrv-Spam: no; reasons=rspamd unscanned\n", path.read_text())
         accepting.wait_for_log("accepted unscanned (on_error accept)")

@@ -23,13 +23,13 @@ endpoint and what went wrong.
 
 import struct
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IPullProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv.logtext import printable
-from mailsrv.policy.checks.scanning import MessageChunks, ScanError, unscanned, why_unscanned
+from mailsrv.policy.checks.scanning import DaemonScanner, MessageChunks, ScanError
 from mailsrv.policy.verdict import Verdict
 
 # A reply longer than this without its NUL is not clamd's.
@@ -154,32 +154,21 @@ class _OneScan(protocol.Factory):
         return self.client
 
 
-class ClamAVScanner:
+class ClamAVScanner(DaemonScanner):
     """
     A body check: the message is spam (a virus) when clamd finds something
     in it.
 
     @param endpoint: the client endpoint of clamd's socket.
     @param name: how the log names it (the endpoint's string).
-    @param timeout: seconds for the whole scan, connection included.
-    @param on_error: C{"tempfail"} or C{"accept"}: what a scan that
-        cannot say (L{ScanError}, no connection, the timeout) gives.
-    @param action: the L{Action} for what it finds.
-    @param subject_prefix: its own Subject mark, or L{None}.
-    @param clock: the timeout's clock.
-    @param in_thread: how a big message's reads run (L{MessageChunks}).
+    @param args: L{DaemonScanner}'s, after C{where}.
     """
 
-    def __init__(self, endpoint, name, timeout, on_error, action, subject_prefix, clock,
-                 in_thread=threads.deferToThread):
+    token = "clamav"
+
+    def __init__(self, endpoint, name, *args, **kwargs):
+        super().__init__(name, *args, **kwargs)
         self.endpoint = endpoint
-        self.name = name
-        self.timeout = timeout
-        self.on_error = on_error
-        self.action = action
-        self.subject_prefix = subject_prefix
-        self.clock = clock
-        self.in_thread = in_thread
 
     def check(self, session, transaction, message):
         chunks = MessageChunks(message, self.in_thread)
@@ -196,7 +185,3 @@ class ClamAVScanner:
         return Verdict.found(True, self.action, (f"clamav {found}",),
                              subject_prefix=self.subject_prefix,
                              refusal=f"Virus found: {found}")
-
-    def _unscanned(self, failure, session):
-        return unscanned("clamav", self.name, why_unscanned(failure, self.timeout),
-                         self.on_error, session)

@@ -22,8 +22,9 @@ C{on_error} decides, as for clamav (L{scanning.unscanned}).
 """
 
 import json
+from dataclasses import dataclass
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -40,13 +41,7 @@ from zope.interface import implementer
 
 from mailsrv.logtext import printable
 from mailsrv.policy.actions import HEADER, NONE, Action
-from mailsrv.policy.checks.scanning import (
-    TEMPFAIL,
-    MessageChunks,
-    ScanError,
-    unscanned,
-    why_unscanned,
-)
+from mailsrv.policy.checks.scanning import TEMPFAIL, DaemonScanner, MessageChunks, ScanError
 from mailsrv.policy.verdict import Verdict
 
 # How many of the symbols that weigh most the reason names.
@@ -64,6 +59,7 @@ ACTIONS = {
 REJECT = "reject"
 
 
+@dataclass(frozen=True)
 class Reply:
     """
     What rspamd's /checkv2 reply says.
@@ -77,12 +73,11 @@ class Reply:
         C{messages.smtp_message}), or "".
     """
 
-    def __init__(self, action, score, required, symbols, message):
-        self.action = action
-        self.score = score
-        self.required = required
-        self.symbols = symbols
-        self.message = message
+    action: str
+    score: float
+    required: float
+    symbols: tuple
+    message: str
 
     def reason(self):
         """The reason token: action, score/required, the top symbols."""
@@ -176,38 +171,28 @@ class MessageBody:
         self.chunks.close()
 
 
-class RspamdScanner:
+class RspamdScanner(DaemonScanner):
     """
     A body check: rspamd's verdict on the message.
 
-    @param agent: the HTTP client (a L{twisted.web.client.Agent}).
+    @param agent: the HTTP client (L{quiet_agent}).
     @param url: rspamd's base URL (the normal worker's), without /checkv2.
-    @param timeout: seconds for the whole scan, connection included.
-    @param on_error: C{"tempfail"} or C{"accept"}: what a scan that
-        cannot say gives.
-    @param action: the L{Action} for rspamd's reject.
-    @param subject_prefix: its own Subject mark, or L{None}. rspamd's
-        C{subject} is not used: our C{subject} action puts a prefix before
-        the Subject as the message streams to the mailbox, and rspamd's is
-        the whole new Subject.
-    @param clock: the timeout's clock.
-    @param in_thread: how a big message's reads run (L{MessageChunks}).
+    @param args: L{DaemonScanner}'s, after C{where}; C{action} is for
+        rspamd's reject, C{subject_prefix} for its rewrite subject
+        (rspamd's own C{subject} is not used: our C{subject} action puts a
+        prefix before the Subject as the message streams to the mailbox,
+        and rspamd's is the whole new Subject).
     """
 
-    def __init__(self, agent, url, timeout, on_error, action, subject_prefix, clock,
-                 in_thread=threads.deferToThread):
+    token = "rspamd"
+
+    def __init__(self, agent, url, *args, **kwargs):
+        super().__init__(url.rstrip("/"), *args, **kwargs)
         self.agent = agent
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.on_error = on_error
-        self.action = action
-        self.subject_prefix = subject_prefix
-        self.clock = clock
-        self.in_thread = in_thread
 
     def check(self, session, transaction, message):
         body = MessageBody(MessageChunks(message, self.in_thread), message.size)
-        d = self.agent.request(b"POST", f"{self.url}/checkv2".encode("ascii"),
+        d = self.agent.request(b"POST", f"{self.where}/checkv2".encode("ascii"),
                                request_headers(session, transaction), body)
         d.addCallback(self._read)
         d.addErrback(_as_cancelled)
@@ -233,16 +218,13 @@ class RspamdScanner:
                              subject_prefix=self.subject_prefix if spam else None,
                              refusal=refusal)
 
-    def _unscanned(self, failure, session):
-        """rspamd could not say: L{scanning.unscanned}."""
+    def _why(self, failure):
         if failure.check(ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed):
-            why = "connection lost: " + "; ".join(
+            return "connection lost: " + "; ".join(
                 reason.getErrorMessage() for reason in failure.value.reasons)
-        elif failure.check(PartialDownloadError):
-            why = "reply cut short"
-        else:
-            why = why_unscanned(failure, self.timeout)
-        return unscanned("rspamd", self.url, why, self.on_error, session)
+        if failure.check(PartialDownloadError):
+            return "reply cut short"
+        return super()._why(failure)
 
 
 def _as_cancelled(failure):

@@ -68,6 +68,41 @@ class MessageChunks:
             self._file = None
 
 
+class DaemonScanner:
+    """
+    A body check that asks a daemon about the message.
+
+    @ivar token: its reason token (C{clamav}, C{rspamd}).
+    @param where: the daemon's address, as the log names it.
+    @param timeout: seconds for the whole scan, connection included.
+    @param on_error: C{"tempfail"} or C{"accept"}: what a scan that
+        cannot say gives.
+    @param action: the L{Action} for what it finds.
+    @param subject_prefix: its own Subject mark, or L{None}.
+    @param clock: the timeout's clock.
+    @param in_thread: how a big message's reads run (L{MessageChunks}).
+    """
+
+    token = ""
+
+    def __init__(self, where, timeout, on_error, action, subject_prefix, clock,
+                 in_thread=threads.deferToThread):
+        self.where = where
+        self.timeout = timeout
+        self.on_error = on_error
+        self.action = action
+        self.subject_prefix = subject_prefix
+        self.clock = clock
+        self.in_thread = in_thread
+
+    def _unscanned(self, failure, session):
+        """The daemon could not say: L{unscanned}, with L{why_unscanned}."""
+        return unscanned(self.token, self.where, self._why(failure), self.on_error, session)
+
+    def _why(self, failure):
+        return why_unscanned(failure, self.timeout)
+
+
 def why_unscanned(failure, timeout):
     """
     The log's words for why a scan failed, for a L{ScanError}, a
