@@ -99,6 +99,8 @@ class RspamdServer:
                  halt=None):
         self.own_home = home is None
         self.home = Path(tempfile.mkdtemp(prefix="rspamd-")) if home is None else Path(home)
+        if self.own_home:
+            self.home.chmod(0o755)  # (mkdtemp's 0700: _rspamd could not reach its folders)
         self.local = dict(local or {})
         self.rules = rules
         self.hyperscan = hyperscan

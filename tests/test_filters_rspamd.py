@@ -54,10 +54,13 @@ class FakeRspamd(resource.Resource):
         self.requests = []
         self.answer = (200, reply("no action", 0.9))
         self.silent = False
+        self.hang_up = False
 
     def render_POST(self, request):
         self.requests.append((request.path, request.requestHeaders, request.content.read()))
-        if self.silent:
+        if self.hang_up:
+            request.transport.abortConnection()
+        if self.silent or self.hang_up:
             return server.NOT_DONE_YET
         code, body = self.answer
         request.setResponseCode(code)
@@ -181,6 +184,14 @@ class ScannerTests(unittest.TestCase):
         self.assertTrue(line.startswith(f"rspamd {url}: cannot connect: "), line)
 
     @defer.inlineCallbacks
+    def test_connection_lost_before_the_reply(self):
+        self.rspamd.hang_up = True
+        verdict = yield self.scan()
+        self.assert_found(verdict, False, Action("tempfail"), "rspamd unscanned")
+        [line] = self.lines
+        self.assertIn(f"rspamd {self.url}: connection lost: ", line)
+
+    @defer.inlineCallbacks
     def test_timeout(self):
         self.rspamd.silent = True
         d = self.scan()
@@ -191,6 +202,17 @@ class ScannerTests(unittest.TestCase):
         self.assert_found(verdict, False, Action("tempfail"), "rspamd unscanned")
         self.assertEqual(self.lines, [f"rspamd {self.url}: no reply in 30s; message from "
                                       "192.0.2.7 deferred (on_error tempfail)"])
+
+
+    @defer.inlineCallbacks
+    def test_a_message_that_cannot_be_read_is_no_rspamd_error(self):
+        """The framework's 451 4.3.0 (and traceback) for our own failure, not on_error."""
+        def broken():
+            raise OSError("gone")
+        d = self.scanner(on_error="accept").check(SESSION, TRANSACTION, Message(10, broken))
+        with self.assertRaises(OSError):
+            yield d
+        self.assertEqual(self.lines, [])
 
 
 class ParserTests(unittest.TestCase):

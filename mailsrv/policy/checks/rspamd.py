@@ -24,11 +24,12 @@ C{on_error} decides, as for clamav (L{scanning.unscanned}).
 import json
 from dataclasses import dataclass
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
     PartialDownloadError,
+    RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
@@ -47,6 +48,9 @@ from mailsrv.policy.verdict import Verdict
 # How many of the symbols that weigh most the reason names.
 TOP_SYMBOLS = 3
 SUBJECT = Action("subject")
+# How the Agent wraps what ends a request.
+WRAPPED = (ResponseFailed, ResponseNeverReceived, RequestGenerationFailed,
+           RequestTransmissionFailed)
 # rspamd's actions but reject (the section's action): ours, and whether
 # the message counts as spam.
 ACTIONS = {
@@ -195,7 +199,7 @@ class RspamdScanner(DaemonScanner):
         d = self.agent.request(b"POST", f"{self.where}/checkv2".encode("ascii"),
                                request_headers(session, transaction), body)
         d.addCallback(self._read)
-        d.addErrback(_as_cancelled)
+        d.addErrback(_unwrapped)
         d.addTimeout(self.timeout, self.clock)
         d.addCallback(self._judge)
         return d.addErrback(self._unscanned, session)
@@ -219,7 +223,7 @@ class RspamdScanner(DaemonScanner):
                              refusal=refusal)
 
     def _why(self, failure):
-        if failure.check(ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed):
+        if failure.check(*WRAPPED):
             return "connection lost: " + "; ".join(
                 reason.getErrorMessage() for reason in failure.value.reasons)
         if failure.check(PartialDownloadError):
@@ -227,15 +231,19 @@ class RspamdScanner(DaemonScanner):
         return super()._why(failure)
 
 
-def _as_cancelled(failure):
+def _unwrapped(failure):
     """
-    A cancelled request as L{defer.CancelledError}, which C{addTimeout} turns
-    into its TimeoutError (the Agent wraps it in a ResponseFailed or
-    ResponseNeverReceived).
+    What the Agent wraps (L{WRAPPED}), where it is not rspamd's doing: a cancelled
+    request as L{defer.CancelledError} (which C{addTimeout} turns into its
+    TimeoutError), and a failure to read the message as itself (ours, not
+    rspamd's: the framework's 451 4.3.0, not C{on_error}).
     """
-    if failure.check(ResponseFailed, ResponseNeverReceived) and any(
-            reason.check(defer.CancelledError) for reason in failure.value.reasons):
-        raise defer.CancelledError()
+    if failure.check(*WRAPPED):
+        for reason in failure.value.reasons:
+            if reason.check(defer.CancelledError):
+                raise defer.CancelledError()
+            if not reason.check(error.ConnectionLost, error.ConnectionDone):
+                return reason
     return failure
 
 
