@@ -106,10 +106,10 @@ def _check_client_endpoint(settings, reactor, key, endpoint):
 
 
 def _check_http_url(settings, key, url):
-    """An http:// or https:// URL with a host: what the HTTP client can ask."""
+    """An http:// URL with a host: what the scanner's HTTP client can ask."""
     try:
         parts = urlsplit(url)
-        usable = parts.scheme in ("http", "https") and parts.hostname and parts.port != 0
+        usable = parts.scheme == "http" and parts.hostname and parts.port != 0
     except ValueError:  # (a port that is no number)
         usable = False
     if not usable:

@@ -28,7 +28,7 @@ from mailsrv.policy.checks.clamav import (
     InstreamClient,
     parse_reply,
 )
-from mailsrv.policy.checks.scanning import CHUNK, MessageChunks, ScanError
+from mailsrv.policy.scanning import CHUNK, MessageChunks, ScanError
 from mailsrv.policy.hooks import INLINE, Message
 from mailsrv.policy.judgement import Judgement
 from tests.fuzzing import examples, packets

@@ -17,11 +17,11 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from mailsrv import config
+from mailsrv import config, preflight
 from mailsrv.policy import apply
 from mailsrv.policy.actions import HEADER, NONE, Action
 from mailsrv.policy.checks.rspamd import RspamdScanner, ScanError, parse_reply, quiet_agent
-from mailsrv.policy.checks.scanning import CHUNK
+from mailsrv.policy.scanning import CHUNK
 from mailsrv.policy.hooks import INLINE, Message
 from mailsrv.policy.judgement import Judgement
 from tests.fuzzing import examples
@@ -304,6 +304,15 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(settings, config.RspamdSettings(
             action="header", url="http://10.0.0.2:11333", on_error="accept", timeout=5.0,
             subject_prefix="[R] "))
+
+    def test_check_config_wants_an_http_url(self):
+        for url in ("https://127.0.0.1:11333", "127.0.0.1:11333", "http://x:port", "http://"):
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(f'[antispam.rspamd]\nurl = "{url}"\n')
+            with self.assertRaises(config.ConfigError) as raised:
+                preflight.check_settings(config.load(path), reactor)
+            self.assertIn("[antispam.rspamd] url", str(raised.exception))
 
     def test_bad_on_error(self):
         self.assertRaises(config.ConfigError, self.load,

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsrv.logtext import printable
-from mailsrv.policy.checks.scanning import DaemonScanner, MessageChunks, ScanError
+from mailsrv.policy.scanning import DaemonScanner, MessageChunks, ScanError
 from mailsrv.policy.verdict import Verdict
 
 # A reply longer than this without its NUL is not clamd's.

@@ -18,31 +18,31 @@ The message is read as the clamav scanner reads it (L{MessageChunks}: a
 chunk at a time, in a thread each for a big one), the next chunk when the
 connection has taken the last. When rspamd cannot say (no connection, no
 answer in time, an HTTP error, a reply that is not its JSON) the admin's
-C{on_error} decides, as for clamav (L{scanning.unscanned}).
+C{on_error} decides, as for clamav (L{mailsrv.policy.scanning.unscanned}).
 """
 
 import json
 from dataclasses import dataclass
 
 from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import (
     Agent,
-    HTTPConnectionPool,
     PartialDownloadError,
     RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
-    _HTTP11ClientFactory,
     readBody,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from mailsrv.logtext import printable
 from mailsrv.policy.actions import HEADER, NONE, Action
-from mailsrv.policy.checks.scanning import TEMPFAIL, DaemonScanner, MessageChunks, ScanError
+from mailsrv.policy.scanning import TEMPFAIL, DaemonScanner, MessageChunks, ScanError
 from mailsrv.policy.verdict import Verdict
 
 # How many of the symbols that weigh most the reason names.
@@ -262,18 +262,37 @@ def request_headers(session, transaction):
 
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    """Each connection's factory, quiet: its start and stop would be two log lines a message."""
+@implementer(IAgentEndpointFactory)
+class _QuietEndpoints:
+    """
+    The Agent's endpoints (plain HTTP: rspamd's normal worker speaks no
+    TLS), each making its connection's factory quiet: a factory's start
+    and stop would be two log lines a message.
+    """
 
-    noisy = False
+    def __init__(self, reactor, timeout):
+        self.reactor = reactor
+        self.timeout = timeout
+
+    def endpointForURI(self, uri):
+        return _QuietEndpoint(HostnameEndpoint(self.reactor, uri.host, uri.port,
+                                               timeout=self.timeout))
+
+
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def connect(self, factory):
+        factory.noisy = False
+        return self.endpoint.connect(factory)
 
 
 def quiet_agent(reactor, timeout):
     """
-    The scanner's HTTP client: quiet (Twisted's documented way: the pool's
-    C{_factory}), a connection per scan (none kept alive that rspamd may
-    close as the next request starts: that request would fail).
+    The scanner's HTTP client: quiet, a connection per scan (none kept
+    alive that rspamd may close as the next request starts: that request
+    would fail).
     """
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = _QuietFactory
-    return Agent(reactor, connectTimeout=timeout, pool=pool)
+    return Agent.usingEndpointFactory(reactor, _QuietEndpoints(reactor, timeout))
