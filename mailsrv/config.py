@@ -668,47 +668,51 @@ def _timeout(default, **where):
 
 
 @dataclass(frozen=True)
-class ClamAVSettings:
+class ScannerSettings:
     """
-    [antispam.clamav]: a real clamd scans each message (INSTREAM).
+    What the sections of the scanners that ask a daemon share.
 
-    @ivar action: the action's text for a virus found: C{reject} unless
-        set (not C{header}, as for the spam filters: a virus is refused,
-        never delivered with a mark; the sender is told which).
-    @ivar endpoint: clamd's socket, a Twisted client endpoint string
-        ("unix:PATH" or "tcp:HOST:PORT").
-    @ivar on_error: when clamd cannot say: C{tempfail} (451, the client
-        sends again later) or C{accept} (delivered unscanned).
+    @ivar action: the action's text for what the daemon finds: C{reject}
+        unless set.
+    @ivar on_error: when the daemon cannot say: C{tempfail} (451, the
+        client sends again later) or C{accept} (delivered unscanned).
     @ivar timeout: seconds for the whole scan, connection included.
     @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
     """
 
     action: str = "reject"
-    endpoint: str = _text("unix:/run/clamav/clamd.ctl")
     on_error: str = _choice("tempfail", SCANNER_ON_ERROR)
     timeout: float = _timeout(60)
     subject_prefix: Optional[str] = _text(None)
 
 
 @dataclass(frozen=True)
-class RspamdSettings:
+class ClamAVSettings(ScannerSettings):
+    """
+    [antispam.clamav]: a real clamd scans each message (INSTREAM). Its
+    C{action} is C{reject} (not C{header}, as for the spam filters: a
+    virus is refused, never delivered with a mark; the sender is told
+    which).
+
+    @ivar endpoint: clamd's socket, a Twisted client endpoint string
+        ("unix:PATH" or "tcp:HOST:PORT").
+    """
+
+    endpoint: str = _text("unix:/run/clamav/clamd.ctl")
+
+
+@dataclass(frozen=True)
+class RspamdSettings(ScannerSettings):
     """
     [antispam.rspamd]: a real rspamd judges each message (HTTP, /checkv2).
+    Its C{action} is for rspamd's own reject (rspamd's other actions have
+    fixed counterparts: L{mailsrv.policy.checks.rspamd.ACTIONS}).
 
-    @ivar action: the action's text for rspamd's own reject: C{reject}
-        unless set (rspamd's other actions have fixed counterparts:
-        L{mailsrv.policy.checks.rspamd.ACTIONS}).
     @ivar url: rspamd's normal worker, C{http://HOST:PORT}.
-    @ivar on_error: as L{ClamAVSettings.on_error}.
-    @ivar timeout: seconds for the whole scan, connection included.
-    @ivar subject_prefix: as L{MIMESettings.subject_prefix}.
     """
 
-    action: str = "reject"
-    url: str = _text("http://127.0.0.1:11333")
-    on_error: str = _choice("tempfail", SCANNER_ON_ERROR)
     timeout: float = _timeout(30)
-    subject_prefix: Optional[str] = _text(None)
+    url: str = _text("http://127.0.0.1:11333")
 
 
 @dataclass(frozen=True)

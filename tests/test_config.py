@@ -242,7 +242,8 @@ KEY_DEFAULTS = [
      ("header", ("exe", "scr", "js", "vbs", "bat", "com", "pif"), (), None)),
     ("[antispam.clamav] action, endpoint, on_error, timeout, subject_prefix",
      lambda s: s.antispam.clamav,
-     config.ClamAVSettings("reject", "unix:/run/clamav/clamd.ctl", "tempfail", 60.0, None)),
+     config.ClamAVSettings(action="reject", endpoint="unix:/run/clamav/clamd.ctl",
+                           on_error="tempfail", timeout=60.0, subject_prefix=None)),
 ]
 # ... and each [[listen]] key's, for a table that names only its endpoint.
 LISTEN_DEFAULTS = [
