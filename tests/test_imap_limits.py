@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from mailsrv import errorlog
 from mailsrv.imap import mailbox as mailbox_module
-from tests.test_imap import ALICE, MESSAGE, IMAPTestCase, deliver
+from tests.test_imap import ALICE, MESSAGE, IMAPTestCase
 from tests.helpers import opened
 
 

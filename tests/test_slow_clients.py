@@ -274,7 +274,7 @@ class DeadlineTests(unittest.TestCase):
         self.assertEqual(self.expired, ["idle"])
 
     def test_a_client_that_does_not_read_is_aborted(self):
-        d = self.deadline()
+        self.deadline()
         self.clock.advance(60)
         self.assertEqual(self.expired, ["login"])
         self.clock.advance(10)

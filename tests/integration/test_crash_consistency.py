@@ -8,7 +8,6 @@ half-written, UIDVALIDITY never changes, a UID always names the same
 message, and every flag whose STORE got OK is still set.
 """
 
-import imaplib
 import random
 import re
 import signal
