@@ -136,6 +136,8 @@ class Bench:
             options["backlog"] = self.args.mailsrv_backlog
         if cls.name == "mailsrv" and self.args.mailsrv_content_filters:
             options["content_filters"] = True
+        if cls.name == "mailsrv" and self.args.mailsrv_rspamd:
+            options["rspamd"] = True
         if cls.name == "mailsrv" and self.args.profile and workload in ("smtp", "imap"):
             options["profile"] = str(Path(self.args.profile).resolve())
         return options
@@ -480,6 +482,9 @@ def parse_args(argv=None):
     parser.add_argument("--mailsrv-content-filters", action="store_true",
                         help="turn every content filter of mailsrv on (issue 17's comparison "
                              "with postfix-rspamd)")
+    parser.add_argument("--mailsrv-rspamd", action="store_true",
+                        help="give mailsrv an rspamd of its own, started as postfix-rspamd's, "
+                             "in [antispam.rspamd] (issue 18)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--output", help="also write the report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -111,6 +111,7 @@ class System:
         self.options = options or {}
         self.ports = {}
         self.process = None
+        self.daemons = []  # scanners started for it (tests/rspamdserver.py's RspamdServer)
 
     def ensure_installed(self):
         """Install what is missing (when allowed) or raise L{Skip}."""
@@ -128,9 +129,9 @@ class System:
 
     def log_tail(self, lines=15):
         log = self.dir / "server.log"
-        if not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        text = ("\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                if log.exists() else "")
+        return "\n".join([text] + [daemon.log_tail(lines) for daemon in self.daemons])
 
     def _wait(self, what=None):
         for protocol, port in self.ports.items():
@@ -147,8 +148,8 @@ class System:
 
     @property
     def pids(self):
-        """The roots of its process trees, whose memory is its memory."""
-        return (self.pid,)
+        """The roots of its process trees (its scanners' too), whose memory is its memory."""
+        return (self.pid,) + tuple(daemon.process.pid for daemon in self.daemons)
 
     def check_delivered(self, message):
         """
@@ -160,6 +161,64 @@ class System:
         if self.process is not None:
             procs.stop(self.process)
             self.process = None
+        daemons, self.daemons = self.daemons, []
+        for daemon in daemons:
+            daemon.cleanup()
+
+    def start_rspamd(self):
+        """
+        Debian's rspamd as tests/rspamdserver.py starts it (its workers on
+        free ports, its RBL, SPF and DMARC lookups to a stub answering
+        NXDOMAIN at once: the sandbox's resolver lets them time out, which
+        would measure DNS, not rspamd), under this system's directory.
+        The bench's client is 127.0.0.1: without milter_headers' options,
+        milter_headers skips local senders and a milter's delivered mail
+        would carry no proof of the scan. Hyperscan, as in production:
+        this waits for its database (compiled on a first start).
+        """
+        from tests.rspamdserver import RspamdServer
+
+        rspamd = RspamdServer(
+            home=self.dir / "rspamd", hyperscan=True,
+            local={"milter_headers.conf": textwrap.dedent("""\
+                extended_spam_headers = true;
+                skip_local = false;
+                skip_authenticated = false;
+                """)},
+            spawn=lambda argv, log: procs.spawn("rspamd", argv, log), halt=procs.stop)
+        self.daemons.append(rspamd)
+        try:
+            rspamd.start(RSPAMD_READY_TIMEOUT)
+        except RuntimeError as e:
+            self.stop()
+            raise Skip(str(e))
+        return rspamd
+
+
+# The first start of rspamd in a directory compiles its hyperscan database.
+RSPAMD_READY_TIMEOUT = 180
+
+
+def ensure_rspamd(install):
+    """Install Debian's rspamd when missing (and allowed), or raise L{Skip}."""
+    if shutil.which("rspamd") is None:
+        if not install:
+            raise Skip("rspamd is not installed (--no-install)")
+        # rspamd recommends redis-server: the bench runs it without Redis.
+        _apt_install("rspamd", recommends=False)
+    try:
+        pwd.getpwnam("_rspamd")
+    except KeyError:
+        raise Skip("rspamd's user _rspamd is missing (Debian's package creates it)")
+
+
+def header_field(message, name):
+    """The unfolded value of header field C{name} (bytes, with its colon) of C{message}, or None."""
+    header = message.replace(b"\r\n", b"\n").partition(b"\n\n")[0]
+    for field in header.replace(b"\n\t", b" ").replace(b"\n ", b" ").split(b"\n"):
+        if field.lower().startswith(name.lower()):
+            return field[len(name):]
+    return None
 
 
 def content_filter_tables(directory):
@@ -193,12 +252,26 @@ class Mailsrv(System):
                 + ("every content filter on (mime, attachments, html, phrases: 200, "
                    "urls: 200, statistical: 5,000 words)"
                    if self.options.get("content_filters") else "filters off")
+                + ("; [antispam.rspamd] on (its own rspamd, configured as postfix-rspamd's, "
+                   "action: rspamd's own mapping, the default)"
+                   if self.options.get("rspamd") else "")
                 + "; plain-text logins on loopback; listen backlog "
                 + (str(self.options["backlog"]) if self.options.get("backlog")
                    else "mailsrv's default ([[listen]] backlog, 1024)"))
 
+    def ensure_installed(self):
+        if self.options.get("rspamd"):
+            ensure_rspamd(self.install)
+
     def maildir(self, user):
         return self.dir / "var" / "mail" / DOMAIN / user
+
+    def check_delivered(self, message):
+        verdict = header_field(message, b"X-Mailsrv-Spam:")
+        if self.options.get("rspamd") and (verdict is None or b"reasons=rspamd" not in verdict
+                                           or b"unscanned" in verdict):
+            raise Skip("the delivered message has no X-Mailsrv-Spam header naming rspamd: "
+                       f"rspamd did not scan it; {self.log_tail(5)[-300:]}")
 
     def start(self):
         from mailsrv.directory.passwords import hash_password
@@ -215,6 +288,8 @@ class Mailsrv(System):
             tables["delivery"]["smart_host"] = self.options["smart_host"]
         if self.options.get("content_filters"):
             tables.update(content_filter_tables(self.dir))
+        if self.options.get("rspamd"):
+            tables["antispam.rspamd"] = {"url": self.start_rspamd().url}
         lines = []
         for name, table in tables.items():
             lines.append(f"[{name}]")
@@ -388,43 +463,12 @@ class PostfixRspamd(Postfix):
                    "DNS to a stub answering NXDOMAIN at once, "
                    "milter_headers extended_spam_headers (X-Spamd-Result checked on the "
                    "first message); memory = Postfix's and rspamd's processes")
-    ready_timeout = 180  # the first start compiles rspamd's hyperscan database
-
     def ensure_installed(self):
         super().ensure_installed()
-        if shutil.which("rspamd") is None:
-            if not self.install:
-                raise Skip("rspamd is not installed (--no-install)")
-            # rspamd recommends redis-server: this peer runs without Redis.
-            _apt_install("rspamd", recommends=False)
-        try:
-            pwd.getpwnam("_rspamd")
-        except KeyError:
-            raise Skip("rspamd's user _rspamd is missing (Debian's package creates it)")
+        ensure_rspamd(self.install)
 
     def start(self):
-        from tests.rspamdserver import RspamdServer
-
-        # tests/rspamdserver.py: its workers on free ports, its RBL, SPF and
-        # DMARC lookups to a stub answering NXDOMAIN at once (the sandbox's
-        # resolver lets them time out, which would measure DNS, not rspamd).
-        # The bench's client is 127.0.0.1: without milter_headers' options,
-        # milter_headers skips local senders and the delivered mail would
-        # carry no proof of the scan. Hyperscan, as in production: start()
-        # waits for its database (compiled on a first start).
-        self.rspamd = RspamdServer(
-            home=self.dir / "rspamd", hyperscan=True,
-            local={"milter_headers.conf": textwrap.dedent("""\
-                extended_spam_headers = true;
-                skip_local = false;
-                skip_authenticated = false;
-                """)},
-            spawn=lambda argv, log: procs.spawn("rspamd", argv, log), halt=procs.stop)
-        try:
-            self.rspamd.start(self.ready_timeout)
-        except RuntimeError as e:
-            self.stop()
-            raise Skip(str(e))
+        self.rspamd = self.start_rspamd()
         super().start()
 
     def main_cf_extra(self):
@@ -437,23 +481,9 @@ class PostfixRspamd(Postfix):
             """)
 
     def check_delivered(self, message):
-        header, _, _ = message.replace(b"\r\n", b"\n").partition(b"\n\n")
-        if b"\nX-Spamd-Result:" not in b"\n" + header:
+        if header_field(message, b"X-Spamd-Result:") is None:
             raise Skip("the delivered message has no X-Spamd-Result header: rspamd did "
                        f"not scan it; {self.log_tail(5)[-300:]}")
-
-    @property
-    def pids(self):
-        return (self.pid, self.rspamd.process.pid)
-
-    def log_tail(self, lines=15):
-        rspamd = getattr(self, "rspamd", None)
-        return super().log_tail(lines) + "\n" + (rspamd.log_tail(lines) if rspamd else "")
-
-    def stop(self):
-        super().stop()
-        if getattr(self, "rspamd", None) is not None:
-            self.rspamd.cleanup()
 
 
 class Dovecot(System):

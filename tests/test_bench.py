@@ -151,6 +151,24 @@ class RspamdPeerTests(unittest.TestCase):
         self.addCleanup(lambda: __import__("shutil").rmtree(root))
         SYSTEMS["postfix"](root, ["alice"]).check_delivered(b"")
 
+    def test_mailsrv_with_rspamd_needs_its_verdict(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(root))
+        mailsrv = SYSTEMS["mailsrv"](root, ["alice"], install=False, options={"rspamd": True})
+        mailsrv.check_delivered(
+            b"X-Mailsrv-Spam: no;\r\n\treasons=rspamd no_action 0.90/15 MIME_GOOD(-0.1)\r\n"
+            b"Subject: x\r\n\r\nbody\r\n")
+        for unscanned in (b"Subject: x\r\n\r\nX-Mailsrv-Spam: no; reasons=rspamd\r\n",
+                          b"X-Mailsrv-Spam: no; reasons=rspamd unscanned\r\n\r\nbody\r\n"):
+            self.assertRaises(Skip, mailsrv.check_delivered, unscanned)
+        SYSTEMS["mailsrv"](root, ["alice"]).check_delivered(b"Subject: x\r\n\r\nbody\r\n")
+
+    def test_mailsrv_rspamd_option(self):
+        args = harness.parse_args(["--systems", "postfix-rspamd", "--mailsrv-rspamd"])
+        bench = harness.Bench(args, harness.QUICK, tempfile.gettempdir())
+        self.assertEqual(bench.options(SYSTEMS["mailsrv"], "smtp"), {"rspamd": True})
+        self.assertEqual(bench.options(SYSTEMS["postfix-rspamd"], "smtp"), {})
+
     def test_first_message_of_a_maildir(self):
         root = tempfile.mkdtemp()
         self.addCleanup(lambda: __import__("shutil").rmtree(root))
