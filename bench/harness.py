@@ -138,6 +138,8 @@ class Bench:
             options["content_filters"] = True
         if cls.name == "mailsrv" and self.args.mailsrv_rspamd:
             options["rspamd"] = True
+        if cls.name == "mailsrv" and self.args.mailsrv_clamav:
+            options["clamav"] = True
         if cls.name == "mailsrv" and self.args.profile and workload in ("smtp", "imap"):
             options["profile"] = str(Path(self.args.profile).resolve())
         return options
@@ -461,8 +463,8 @@ def machine_line():
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Compare mailsrv with Postfix (alone and with rspamd), Dovecot, "
-                    "aiosmtpd and Twisted's own mail server on 127.0.0.1 "
+        description="Compare mailsrv with Postfix (alone, with rspamd, with clamav-milter), "
+                    "Dovecot, aiosmtpd and Twisted's own mail server on 127.0.0.1 "
                     "(docs/performance.md).")
     parser.add_argument("--quick", action="store_true",
                         help="small counts (500 messages, 1,000-message folder): "
@@ -485,6 +487,9 @@ def parse_args(argv=None):
     parser.add_argument("--mailsrv-rspamd", action="store_true",
                         help="give mailsrv an rspamd of its own, started as postfix-rspamd's, "
                              "in [antispam.rspamd] (issue 18)")
+    parser.add_argument("--mailsrv-clamav", action="store_true",
+                        help="give mailsrv a clamd of its own (EICAR-only database), started "
+                             "as postfix-clamav's, in [antispam.clamav] (issue 18)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--output", help="also write the report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench import procs
 from tests.integration.harness import _toml_value, free_port, twistd
+from tests.integration.test_clamav import Clamd, clamd_program
 
 DOMAIN = "example.test"
 PASSWORD = "bench-password"
@@ -195,8 +196,43 @@ class System:
         return rspamd
 
 
+    def start_clamd(self):
+        """
+        A clamd of its own as tests/integration/test_clamav.py starts it:
+        a database holding only the EICAR signature (nothing downloaded),
+        a unix socket in a temporary folder (a socket path has at most 107
+        bytes).
+        """
+        clamd = BenchClamd(clamd_program())
+        self.daemons.append(clamd)
+        try:
+            clamd.start()
+        except AssertionError as e:
+            self.stop()
+            raise Skip(str(e)[-300:])
+        return clamd
+
+
 # The first start of rspamd in a directory compiles its hyperscan database.
 RSPAMD_READY_TIMEOUT = 180
+
+
+class BenchClamd(Clamd):
+    """The tests' clamd, whose log the bench shows when a run fails."""
+
+    def log_tail(self, lines=15):
+        log = self.dir / "clamd.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def ensure_clamd(install):
+    """Install Debian's clamd when missing (and allowed), or raise L{Skip}."""
+    if clamd_program() is None:
+        if not install:
+            raise Skip("clamd is not installed (--no-install)")
+        # clamav-daemon recommends clamav-freshclam: the bench's database is EICAR's only.
+        _apt_install("clamav-daemon", recommends=False)
 
 
 def ensure_rspamd(install):
@@ -255,6 +291,9 @@ class Mailsrv(System):
                 + ("; [antispam.rspamd] on (its own rspamd, configured as postfix-rspamd's, "
                    "action: rspamd's own mapping, the default)"
                    if self.options.get("rspamd") else "")
+                + ("; [antispam.clamav] on (its own clamd, EICAR-only database, unix socket; "
+                   "action reject, on_error tempfail: the defaults)"
+                   if self.options.get("clamav") else "")
                 + "; plain-text logins on loopback; listen backlog "
                 + (str(self.options["backlog"]) if self.options.get("backlog")
                    else "mailsrv's default ([[listen]] backlog, 1024)"))
@@ -262,6 +301,8 @@ class Mailsrv(System):
     def ensure_installed(self):
         if self.options.get("rspamd"):
             ensure_rspamd(self.install)
+        if self.options.get("clamav"):
+            ensure_clamd(self.install)
 
     def maildir(self, user):
         return self.dir / "var" / "mail" / DOMAIN / user
@@ -272,6 +313,10 @@ class Mailsrv(System):
                                            or b"unscanned" in verdict):
             raise Skip("the delivered message has no X-Mailsrv-Spam header naming rspamd: "
                        f"rspamd did not scan it; {self.log_tail(5)[-300:]}")
+        # A clean message gets no header from clamav; with on_error tempfail
+        # (the default) it is delivered only when clamd said it is clean.
+        if self.options.get("clamav") and b"clamav unscanned" in (verdict or b""):
+            raise Skip(f"clamd did not scan the delivered message; {self.log_tail(5)[-300:]}")
 
     def start(self):
         from mailsrv.directory.passwords import hash_password
@@ -290,6 +335,8 @@ class Mailsrv(System):
             tables.update(content_filter_tables(self.dir))
         if self.options.get("rspamd"):
             tables["antispam.rspamd"] = {"url": self.start_rspamd().url}
+        if self.options.get("clamav"):
+            tables["antispam.clamav"] = {"endpoint": self.start_clamd().endpoint}
         lines = []
         for name, table in tables.items():
             lines.append(f"[{name}]")
@@ -484,6 +531,107 @@ class PostfixRspamd(Postfix):
         if header_field(message, b"X-Spamd-Result:") is None:
             raise Skip("the delivered message has no X-Spamd-Result header: rspamd did "
                        f"not scan it; {self.log_tail(5)[-300:]}")
+
+
+class ClamavMilter:
+    """
+    Debian's clamav-milter in the foreground on a free loopback port, with
+    its config and log in C{directory}, asking C{clamd} (a L{BenchClamd}).
+    """
+
+    def __init__(self, directory, clamd):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = self.dir / "clamav-milter.log"
+        self.config = self.dir / "clamav-milter.conf"
+        # Debian's clamav-milter.conf but in the foreground, on our port and
+        # clamd, as root (no User), with what mailsrv's [antispam.clamav]
+        # does by default: refuse a virus, defer when clamd cannot say.
+        self.config.write_text(textwrap.dedent(f"""\
+            MilterSocket inet:{self.port}@127.0.0.1
+            ClamdSocket unix:{clamd.socket}
+            Foreground yes
+            ReadTimeout 120
+            OnClean Accept
+            OnInfected Reject
+            OnFail Defer
+            AddHeader Replace
+            MaxFileSize 25M
+            SupportMultipleRecipients false
+            TemporaryDirectory /tmp
+            LogFile {self.log}
+            LogTime true
+            LogInfected Basic
+            """))
+        self.process = None
+
+    def start(self):
+        self.process = procs.spawn("clamav-milter", [CLAMAV_MILTER, "-c", str(self.config)],
+                                   self.dir / "stdout.log")
+        if not procs.wait_for_port(self.port, process=self.process, timeout=30):
+            raise Skip(f"clamav-milter did not listen on {self.port}: {self.log_tail(5)}")
+
+    def log_tail(self, lines=15):
+        text = "".join(path.read_text(errors="replace") for path in
+                       (self.dir / "stdout.log", self.log) if path.exists())
+        return "\n".join(text.splitlines()[-lines:])
+
+    def cleanup(self):
+        process, self.process = self.process, None
+        if process is not None:
+            procs.stop(process)
+
+
+CLAMAV_MILTER = "/usr/sbin/clamav-milter"
+
+
+class PostfixClamav(Postfix):
+    """
+    The bench's Postfix with Debian's clamav-milter as its milter (issue
+    18's comparison point for [antispam.clamav]), asking a clamd of its
+    own with the EICAR-only database of the tests.
+    """
+
+    name = "postfix-clamav"
+    durable = "queue file fsync'd by cleanup, after clamd's scan"
+    config_note = (Postfix.config_note + "; smtpd_milters = clamav-milter (Debian's, "
+                   "OnClean Accept, OnInfected Reject, OnFail Defer, AddHeader Replace), "
+                   "milter_default_action = tempfail, clamd with an EICAR-only database "
+                   "on a unix socket (X-Virus-Scanned checked on the first message); "
+                   "memory = Postfix's, clamav-milter's and clamd's processes")
+
+    def ensure_installed(self):
+        super().ensure_installed()
+        ensure_clamd(self.install)
+        if not Path(CLAMAV_MILTER).exists():
+            if not self.install:
+                raise Skip("clamav-milter is not installed (--no-install)")
+            _apt_install("clamav-milter", recommends=False)
+
+    def start(self):
+        clamd = self.start_clamd()
+        self.milter = ClamavMilter(self.dir / "clamav-milter", clamd)
+        self.daemons.append(self.milter)
+        try:
+            self.milter.start()
+        except Skip:
+            self.stop()
+            raise
+        super().start()
+
+    def main_cf_extra(self):
+        return textwrap.dedent(f"""\
+            smtpd_milters = inet:127.0.0.1:{self.milter.port}
+            non_smtpd_milters = $smtpd_milters
+            milter_default_action = tempfail
+            milter_protocol = 6
+            """)
+
+    def check_delivered(self, message):
+        if header_field(message, b"X-Virus-Scanned:") is None:
+            raise Skip("the delivered message has no X-Virus-Scanned header: clamav-milter "
+                       f"did not scan it; {self.log_tail(5)[-300:]}")
 
 
 class Dovecot(System):
@@ -689,5 +837,5 @@ class TwistedSMTP(System):
         self._wait()
 
 
-SYSTEMS = {cls.name: cls for cls in (Mailsrv, Postfix, PostfixRspamd, Dovecot, Aiosmtpd,
-                                     AiosmtpdThreads, TwistedSMTP, TwistdMail)}
+SYSTEMS = {cls.name: cls for cls in (Mailsrv, Postfix, PostfixRspamd, PostfixClamav, Dovecot,
+                                     Aiosmtpd, AiosmtpdThreads, TwistedSMTP, TwistdMail)}

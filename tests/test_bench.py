@@ -167,7 +167,27 @@ class RspamdPeerTests(unittest.TestCase):
         args = harness.parse_args(["--systems", "postfix-rspamd", "--mailsrv-rspamd"])
         bench = harness.Bench(args, harness.QUICK, tempfile.gettempdir())
         self.assertEqual(bench.options(SYSTEMS["mailsrv"], "smtp"), {"rspamd": True})
+        args = harness.parse_args(["--systems", "postfix-clamav", "--mailsrv-clamav"])
+        bench = harness.Bench(args, harness.QUICK, tempfile.gettempdir())
+        self.assertEqual(bench.options(SYSTEMS["mailsrv"], "smtp"), {"clamav": True})
         self.assertEqual(bench.options(SYSTEMS["postfix-rspamd"], "smtp"), {})
+
+    def test_clamav_peer_needs_the_milters_header(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(root))
+        peer = SYSTEMS["postfix-clamav"](root, ["alice"], install=False)
+        peer.check_delivered(b"X-Virus-Scanned: clamav-milter 1.4.6 at postfix.bench.test\r\n"
+                             b"X-Virus-Status: Clean\r\n\r\nbody\r\n")
+        self.assertRaises(Skip, peer.check_delivered,
+                          b"Subject: x\r\n\r\nX-Virus-Scanned: forged\r\n")
+
+    def test_mailsrv_with_clamav_must_not_say_unscanned(self):
+        root = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(root))
+        mailsrv = SYSTEMS["mailsrv"](root, ["alice"], install=False, options={"clamav": True})
+        mailsrv.check_delivered(b"Subject: x\r\n\r\nbody\r\n")
+        self.assertRaises(Skip, mailsrv.check_delivered,
+                          b"X-Mailsrv-Spam: no; reasons=clamav unscanned\r\n\r\nbody\r\n")
 
     def test_first_message_of_a_maildir(self):
         root = tempfile.mkdtemp()
