@@ -112,7 +112,7 @@ class System:
         self.options = options or {}
         self.ports = {}
         self.process = None
-        self.daemons = []  # scanners started for it (tests/rspamdserver.py's RspamdServer)
+        self.daemons = []  # the scanners started for it (rspamd, clamd, clamav-milter)
 
     def ensure_installed(self):
         """Install what is missing (when allowed) or raise L{Skip}."""
@@ -194,7 +194,6 @@ class System:
             self.stop()
             raise Skip(str(e))
         return rspamd
-
 
     def start_clamd(self):
         """
