@@ -35,7 +35,7 @@ RULES = {
     # computes SORT's keys without the IMAP server (imap/ imports store/,
     # never the other way round).
     "mailsrv.addresslist": set(),
-    "mailsrv.store.sortkeys": {"mailsrv.store", "mailsrv.addresslist"},
+    "mailsrv.store.sortkeys": {"mailsrv.store", "mailsrv.addresslist", "mailsrv.headerblock"},
     "mailsrv.store.headerfields": {"mailsrv.store", "mailsrv.store.sortkeys",
                                    "mailsrv.addresslist", "mailsrv.headerblock"},
     # How header fields are found, for the header cache and the content filters.

@@ -7,16 +7,9 @@ text/plain parts, and what the text/html parts show
 """
 
 import functools
-from email.errors import MessageError
-from email.header import decode_header, make_header
 
-from mailsrv.headerblock import FIELD
+from mailsrv.headerblock import FIELD, decode_words
 from mailsrv.policy.htmltext import read_html
-
-# What decoding a field may raise: the email package's own errors too
-# (HeaderParseError for broken base64, CharsetError for a charset named in
-# 8-bit bytes).
-_UNREADABLE = (LookupError, UnicodeError, ValueError, TypeError, MessageError)
 
 
 def header_values(header, name=None):
@@ -34,12 +27,7 @@ def _decoded_fields(header):
     decoded = []
     for name, raw in FIELD.findall(header):
         value = raw.decode("utf-8", "replace").lstrip(" \t").rstrip("\r\n")
-        if "=?" in value:  # RFC 2047 encoded words (the rest is as written)
-            try:
-                value = str(make_header(decode_header(value)))
-            except _UNREADABLE:
-                pass  # (kept as written)
-        decoded.append((name.decode("ascii").lower(), value))
+        decoded.append((name.decode("ascii").lower(), decode_words(value)))
     return tuple(decoded)
 
 

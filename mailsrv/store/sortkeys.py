@@ -7,13 +7,12 @@ Keys are compared with i;unicode-casemap (RFC 5051): each is stored
 already mapped (L{casemap}), so plain string order is the collation's.
 """
 
-import email.errors
-import email.header
 import functools
 import re
 import unicodedata
 
 from mailsrv.addresslist import addresses
+from mailsrv.headerblock import decode_words
 
 _SPACES = re.compile(r"[ \t\r\n]+")
 # subj-leader (RFC 5256 5): *subj-blob subj-refwd, or one WSP
@@ -26,16 +25,6 @@ _SIMPLE_ADDRESS = re.compile(
     rf'\s*(?:(?:"([^"\\\r\n]*)"|([^"(),.:;<>@\[\]\\]*?))\s*<({_ADDR})@({_ADDR})>'
     rf'|({_ADDR})@({_ADDR}))\s*')
 _MESSAGE_ID = re.compile(r"<\s*([^<>\s@]+@[^<>\s]+?)\s*>")
-
-
-def decode_words(raw):
-    """A header value with its RFC 2047 encoded words decoded (as it is if they are broken)."""
-    if "=?" not in raw:
-        return raw
-    try:
-        return str(email.header.make_header(email.header.decode_header(raw)))
-    except (ValueError, LookupError, email.errors.MessageError):
-        return raw  # (MessageError: broken base64, a charset named in 8-bit bytes)
 
 
 def casemap(text):
