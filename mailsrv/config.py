@@ -306,11 +306,15 @@ class DomainSettings:
     @ivar name: the domain, lower-case, without the root's dot.
     @ivar tls_cert: the certificate (with C{tls_key}) served by SNI to
         clients asking for one of the domain's names; L{None}: the global one.
+    @ivar antispam: the L{AntispamSettings} for mail to the domain's
+        recipients when its table has [antispam.*] sections (the global
+        ones with those replaced); L{None}: the global settings.
     """
 
     name: str
     tls_cert: Optional[Path] = _file()
     tls_key: Optional[Path] = _file()
+    antispam: Optional["AntispamSettings"] = None
 
     def key(self, key):
         """How errors name one of the table's keys."""
@@ -876,6 +880,15 @@ class Settings:
         """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
         return domain.lower().rstrip(".") in self.local_domains
 
+    def antispam_groups(self):
+        """
+        C{(table name, L{AntispamSettings})}: the global [antispam], then
+        each domain's that has its own sections.
+        """
+        return [("antispam", self.antispam)] + [
+            (f'domain."{d.name}".antispam', d.antispam)
+            for d in self.per_domain if d.antispam is not None]
+
     def client_cert_mode(self, listener):
         """
         A listener's effective client_cert: its own, else the global one,
@@ -1024,6 +1037,7 @@ def parse(data, path):
         table.check_unknown()
     values["hostname"] = values["hostname"] or socket.gethostname()
     listeners = _listeners(path, top.get("listen", list, None), base)
+    antispam = _antispam(path, top.get("antispam", dict, {}))
     settings = Settings(
         path=path,
         listeners=listeners,
@@ -1037,9 +1051,9 @@ def parse(data, path):
         access=_plain_table(path, top, "access", AccessSettings, base),
         lists=_plain_table(path, top, "lists", ListsSettings, base),
         journal=_plain_table(path, top, "journal", JournalSettings, base),
-        antispam=_antispam(path, top.get("antispam", dict, {})),
+        antispam=antispam,
         per_domain=_per_domain(path, top.get("domain", dict, {}), base,
-                               values["local_domains"]),
+                               values["local_domains"], antispam),
         **values,
     )
     top.check_unknown()
@@ -1067,8 +1081,13 @@ def _tls(path, data, base, listeners):
     return tls
 
 
-def _per_domain(path, data, base, local_domains):
-    """The C{[domain."NAME"]} tables, each of a local domain, in file order."""
+def _per_domain(path, data, base, local_domains, antispam):
+    """
+    The C{[domain."NAME"]} tables, each of a local domain, in file order.
+
+    @param antispam: the global L{AntispamSettings}, which a domain's
+        [antispam.*] sections replace section by section.
+    """
     domains = {}
     for name, raw in data.items():
         table = _Table(path, f'domain."{name}"', raw)
@@ -1079,10 +1098,11 @@ def _per_domain(path, data, base, local_domains):
         if domain in domains:
             raise ConfigError(path, f"[{table.name}]", f"{domain} has two tables",
                               "merge them")
+        own = None
         if "antispam" in table.data:
-            raise table.error("antispam", "per-domain filter settings are not supported yet",
-                              "set them in the global [antispam] sections")
-        settings = DomainSettings(name=domain, **_declared(table, DomainSettings, base))
+            own = _domain_antispam(table, antispam)
+        settings = DomainSettings(name=domain, antispam=own,
+                                  **_declared(table, DomainSettings, base))
         table.check_unknown()
         if (settings.tls_cert is None) != (settings.tls_key is None):
             missing = "tls_key" if settings.tls_key is None else "tls_cert"
@@ -1198,47 +1218,91 @@ def _action(table, key, default, actions):
     return text
 
 
+# The [antispam.*] sections: each may be switched off (enabled = false)
+# and each may differ per domain ([domain."NAME".antispam.*]).
+CONTENT_SECTIONS = (("mime", MIMESettings), ("attachments", AttachmentSettings),
+                    ("statistical", StatisticalSettings), ("phrases", PhraseSettings),
+                    ("urls", URLSettings), ("html", HTMLSettings),
+                    ("clamav", ClamAVSettings), ("rspamd", RspamdSettings))
+ANTISPAM_SECTIONS = ("validation", "dnsbl", "spf", "spamskip", "whitelist",
+                     *(name for name, _ in CONTENT_SECTIONS))
+
+
 def _antispam(path, data):
     """
     @return: L{AntispamSettings}.
     """
     table = _Table(path, "antispam", data)
     declared = _declared(table, AntispamSettings)
-    dnsbl = spf = validation = spamskip = whitelist = None
-    actions = []
-    if "validation" in table.data:
-        validation = _validation(path, table.get("validation", dict, {}), actions)
-    if "dnsbl" in table.data:
-        tests = len(validation.tests) if validation is not None else 0
-        dnsbl = _dnsbl(path, table.get("dnsbl", dict, {}), tests, actions)
-    if "spf" in table.data:
-        spf = _spf(path, table.get("spf", dict, {}), actions)
-    if "spamskip" in table.data:
-        spamskip = _whitelist(path, "spamskip", table.get("spamskip", dict, {}))
-    if "whitelist" in table.data:
-        whitelist = _whitelist(path, "whitelist", table.get("whitelist", dict, {}))
-    content_filters = {name: _content_filter(path, name, table.get(name, dict, {}), cls, actions)
-                       for name, cls in (("mime", MIMESettings),
-                                         ("attachments", AttachmentSettings),
-                                         ("statistical", StatisticalSettings),
-                                         ("phrases", PhraseSettings),
-                                         ("urls", URLSettings),
-                                         ("html", HTMLSettings),
-                                         ("clamav", ClamAVSettings),
-                                         ("rspamd", RspamdSettings))
-                       if name in table.data}
+    antispam = _antispam_sections(table, AntispamSettings(**declared))
     table.check_unknown()
-    return AntispamSettings(**declared, dnsbl=dnsbl, spf=spf, validation=validation,
-                            spamskip=spamskip, whitelist=whitelist, actions=tuple(actions),
-                            **content_filters)
+    return antispam
+
+
+def _antispam_sections(table, antispam):
+    """
+    C{antispam} with the sections that C{table} (an [antispam] table) has:
+    each present one replaces C{antispam}'s, or turns it off
+    (C{enabled = false}); the others are left as they are.
+    """
+    path, sections, actions = table.path, {}, []
+    for name in ANTISPAM_SECTIONS:
+        if name not in table.data:
+            continue
+        data = dict(table.get(name, dict, {}))
+        key = f"{table.name}.{name}"
+        enabled = data.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(path, f"[{key}] enabled", "must be true or false")
+        if not enabled:
+            sections[name] = None
+        elif name == "validation":
+            sections[name] = _validation(path, key, data, actions)
+        elif name == "dnsbl":
+            validation = sections.get("validation", antispam.validation)
+            tests = len(validation.tests) if validation is not None else 0
+            sections[name] = _dnsbl(path, key, data, tests, actions)
+        elif name == "spf":
+            sections[name] = _spf(path, key, data, actions)
+        elif name in ("spamskip", "whitelist"):
+            sections[name] = _whitelist(path, key, data)
+        else:
+            cls = dict(CONTENT_SECTIONS)[name]
+            sections[name] = _content_filter(path, key, data, cls, actions)
+    return replace(antispam, actions=antispam.actions + tuple(actions), **sections)
+
+
+def _domain_antispam(table, antispam):
+    """
+    A domain's C{[domain."NAME".antispam.*]} sections over the global
+    L{AntispamSettings} C{antispam}: only sections may differ (the
+    [antispam] keys themselves are the server's).
+    """
+    data = table.get("antispam", dict, {})
+    inner = _Table(table.path, f"{table.name}.antispam", data)
+    for key, value in data.items():
+        if key not in ANTISPAM_SECTIONS:
+            if isinstance(value, dict):
+                raise inner.error(key, "unknown section",
+                                  "one of: " + ", ".join(ANTISPAM_SECTIONS))
+            raise inner.error(key, "is set for the whole server only",
+                              "set it in [antispam]; per domain, give [antispam.*] sections")
+    spf = data.get("spf")
+    for key in ("max_lookups", "max_void_lookups"):
+        if isinstance(spf, dict) and key in spf:  # (pyspf's limits are the process's)
+            raise ConfigError(table.path, f"[{inner.name}.spf] {key}",
+                              "is set for the whole server only", "set it in [antispam.spf]")
+    return _antispam_sections(inner, antispam)
 
 
 def _content_filter(path, name, data, cls, actions):
     """
     A body filter's section: on when present, with its action (the class's
     own default, else L{DEFAULT_ACTION}) and declared keys.
+
+    @param name: the table's name (C{antispam.NAME}, or a domain's).
     """
-    table = _Table(path, f"antispam.{name}", data)
+    table = _Table(path, name, data)
     default = getattr(cls, "action", DEFAULT_ACTION)
     settings = cls(action=_action(table, "action", default, actions),
                    **_declared(table, cls, Path(path).parent))
@@ -1246,9 +1310,9 @@ def _content_filter(path, name, data, cls, actions):
     return settings
 
 
-def _validation(path, data, actions):
+def _validation(path, name, data, actions):
     """Each test: true (on, with the section's action), false, or its own action."""
-    table = _Table(path, "antispam.validation", data)
+    table = _Table(path, name, data)
     default = _action(table, "action", DEFAULT_ACTION, actions)
     tests = []
     for key, name in VALIDATION_TESTS:
@@ -1261,11 +1325,11 @@ def _validation(path, data, actions):
 
 
 def _whitelist(path, name, data):
-    table = _Table(path, f"antispam.{name}", data)
+    table = _Table(path, name, data)
     scope = table.string("applies_to", "both", WHITELIST_SCOPES)
-    file = table.file_path("file", f"{name}.txt", Path(path).parent)
+    file = table.file_path("file", f"{name.rpartition('.')[2]}.txt", Path(path).parent)
     if file is None:
-        raise table.error("file", "empty", f"name the list file, or delete [antispam.{name}]")
+        raise table.error("file", "empty", f"name the list file, or delete [{name}]")
     settings = WhitelistSettings(
         file=file,
         connection=scope in ("both", "connection"),
@@ -1275,8 +1339,8 @@ def _whitelist(path, name, data):
     return settings
 
 
-def _spf(path, data, actions):
-    table = _Table(path, "antispam.spf", data)
+def _spf(path, name, data, actions):
+    table = _Table(path, name, data)
     default = _action(table, "action", DEFAULT_ACTION, actions)
     settings = SPFSettings(
         actions=tuple((result, _action(table, result, default, actions))
@@ -1287,9 +1351,9 @@ def _spf(path, data, actions):
     return settings
 
 
-def _dnsbl(path, data, tests, actions):
+def _dnsbl(path, name, data, tests, actions):
     """@param tests: how many validation tests count with the lists."""
-    table = _Table(path, "antispam.dnsbl", data)
+    table = _Table(path, name, data)
     action = _action(table, "action", DEFAULT_ACTION, actions)
     entries = table.get("lists", list, [])
     if not entries:
@@ -1312,7 +1376,7 @@ def _dnsbl_list(parent, entry, default_action, actions):
     if not isinstance(entry, dict):
         raise parent.error("lists", f"every entry must be a zone or a table, not "
                                     f"{_describe(entry)}")
-    table = _Table(parent.path, "antispam.dnsbl.lists", entry)
+    table = _Table(parent.path, f"{parent.name}.lists", entry)
     values = _declared(table, DNSBLList)
     zone = values.pop("zone").strip(".").lower()
     if not zone:

@@ -16,6 +16,7 @@ certificate) is only checked to be creatable, and reported as a note.
 """
 
 import os
+from dataclasses import replace
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
@@ -23,7 +24,7 @@ from twisted.internet import endpoints
 
 from mailsrv import tls
 from mailsrv.address import domain_of
-from mailsrv.config import ConfigError
+from mailsrv.config import ANTISPAM_SECTIONS, ConfigError
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.policy.actions import parse_action
 from mailsrv.policy.bayes import Table, parse_exclude
@@ -72,12 +73,14 @@ def check_settings(settings, reactor):
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
-    if settings.antispam.clamav is not None:
-        _check_client_endpoint(settings, reactor, "[antispam.clamav] endpoint",
-                               settings.antispam.clamav.endpoint)
-    if settings.antispam.rspamd is not None:
-        _check_http_url(settings, "[antispam.rspamd] url", settings.antispam.rspamd.url)
-    for key, text in settings.antispam.actions:
+    for name, antispam in _own_sections(settings):
+        if antispam.clamav is not None:
+            _check_client_endpoint(settings, reactor, f"[{name}.clamav] endpoint",
+                                   antispam.clamav.endpoint)
+        if antispam.rspamd is not None:
+            _check_http_url(settings, f"[{name}.rspamd] url", antispam.rspamd.url)
+    for key, text in {key: text for _, antispam in settings.antispam_groups()
+                      for key, text in antispam.actions}.items():
         try:
             action = parse_action(text)
             if action.kind == "move":
@@ -184,26 +187,42 @@ def list_files(settings, clock):
                 files.append(ListFile(f"{kind} list of {listener.name}",
                                       f"[listen #{listener.index + 1}] {kind}_file", path,
                                       _whole(read_entries), True))
-    antispam = settings.antispam
-    if antispam.spamskip is not None:
-        files.append(ListFile("spamskip", "[antispam.spamskip] file", antispam.spamskip.file,
-                              _whole(read_entries), False))
-    if antispam.whitelist is not None:
-        files.append(ListFile("sender whitelist", "[antispam.whitelist] file",
-                              antispam.whitelist.file, _whole(parse_whitelist), False,
-                              lambda entries: _local_whitelisted(settings, entries)))
-    if antispam.statistical is not None:
-        files.append(ListFile("word table", "[antispam.statistical] table",
-                              antispam.statistical.table, _whole(_table_words), False))
-        files.append(ListFile("excluded words", "[antispam.statistical] exclude",
-                              antispam.statistical.exclude, _whole(parse_exclude), False))
-    if antispam.phrases is not None:
-        files.append(ListFile("phrase list", "[antispam.phrases] file", antispam.phrases.file,
-                              read_phrases, False))
-    if antispam.urls is not None:
-        files.append(ListFile("URL list", "[antispam.urls] file", antispam.urls.file,
-                              read_urls, False))
+    for name, antispam in _own_sections(settings):
+        if antispam.spamskip is not None:
+            files.append(ListFile("spamskip", f"[{name}.spamskip] file",
+                                  antispam.spamskip.file, _whole(read_entries), False))
+        if antispam.whitelist is not None:
+            files.append(ListFile("sender whitelist", f"[{name}.whitelist] file",
+                                  antispam.whitelist.file, _whole(parse_whitelist), False,
+                                  lambda entries: _local_whitelisted(settings, entries)))
+        if antispam.statistical is not None:
+            files.append(ListFile("word table", f"[{name}.statistical] table",
+                                  antispam.statistical.table, _whole(_table_words), False))
+            files.append(ListFile("excluded words", f"[{name}.statistical] exclude",
+                                  antispam.statistical.exclude, _whole(parse_exclude), False))
+        if antispam.phrases is not None:
+            files.append(ListFile("phrase list", f"[{name}.phrases] file",
+                                  antispam.phrases.file, read_phrases, False))
+        if antispam.urls is not None:
+            files.append(ListFile("URL list", f"[{name}.urls] file", antispam.urls.file,
+                                  read_urls, False))
     return files
+
+
+def _own_sections(settings):
+    """
+    C{(table name, L{AntispamSettings})} of the global [antispam] and of
+    each domain's, the latter with only the sections the domain sets (the
+    others are the global ones, checked once).
+    """
+    groups = settings.antispam_groups()
+    everywhere = groups[0][1]
+    own = [groups[0]]
+    for name, antispam in groups[1:]:
+        own.append((name, replace(antispam, **{
+            section: None for section in ANTISPAM_SECTIONS
+            if getattr(antispam, section) is getattr(everywhere, section)})))
+    return own
 
 
 def _table_words(path):

@@ -111,10 +111,12 @@ def build_mail_server(settings, clock=reactor):
         raise config.ConfigError(settings.path, "[aliases] file",
                                  file_problem(e, settings.aliases_file))
     directory = Directory(settings.local_domains, users, aliases)
-    if settings.antispam.spf is not None:
-        # pyspf's DNS and limits are its module's, one set per process: set here, once
-        spf.install_lookup(settings.dns, settings.antispam.spf.max_lookups,
-                           settings.antispam.spf.max_void_lookups)
+    spf_sections = [a.spf for _, a in settings.antispam_groups() if a.spf is not None]
+    if spf_sections:
+        # pyspf's DNS and limits are its module's, one set per process: set here,
+        # once (a domain's [antispam.spf] cannot set the limits: config.py)
+        spf.install_lookup(settings.dns, spf_sections[0].max_lookups,
+                           spf_sections[0].max_void_lookups)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)

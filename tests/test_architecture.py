@@ -57,12 +57,13 @@ PACKAGES = {
     "mailsrv.directory": {"mailsrv.address", "mailsrv.config", "mailsrv.netaddr",
                           "mailsrv.store.delivery"},
     # The spool and delivery, local and remote: no protocol, filter or directory.
-    "mailsrv.queue": {"mailsrv.address", "mailsrv.config", "mailsrv.dns", "mailsrv.store",
-                      "mailsrv.tls"},
+    "mailsrv.queue": {"mailsrv.address", "mailsrv.config", "mailsrv.dns", "mailsrv.gather",
+                      "mailsrv.store", "mailsrv.tls"},
     # The mailbox protocols: over the store and the login module, never the
     # SMTP server, the queue (but its dot-stuffing) or each other.
     "mailsrv.imap": {"mailsrv.__version__", "mailsrv.addresslist", "mailsrv.deadline",
-                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.login",
+                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.gather",
+                     "mailsrv.login",
                      "mailsrv.logtext", "mailsrv.ranges", "mailsrv.realm", "mailsrv.sasl",
                      "mailsrv.store"},
     "mailsrv.pop3": {"mailsrv.context", "mailsrv.deadline", "mailsrv.directory.checker",
@@ -72,14 +73,14 @@ PACKAGES = {
     # replies and the delivery agent places the message: no protocol, no
     # queue, no store.
     "mailsrv.policy": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
-                       "mailsrv.dns", "mailsrv.errorlog", "mailsrv.headerblock",
+                       "mailsrv.dns", "mailsrv.errorlog", "mailsrv.gather", "mailsrv.headerblock",
                        "mailsrv.logtext", "mailsrv.netaddr"},
     # The SMTP server reads commands and DATA and writes replies: the policy
     # decides, the delivery agent (reached through the server context)
     # places the message; it never touches the store, the queue's runner
     # and courier, or the mailbox protocols.
     "mailsrv.smtp": {"mailsrv.address", "mailsrv.context", "mailsrv.deadline",
-                     "mailsrv.directory", "mailsrv.errorlog", "mailsrv.login",
+                     "mailsrv.directory", "mailsrv.errorlog", "mailsrv.gather", "mailsrv.login",
                      "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
                      "mailsrv.queue.journal", "mailsrv.sasl"},
     # The mailsrv command: files and the spool as an admin sees them, the

@@ -306,6 +306,34 @@ class DomainTableTests(unittest.TestCase):
     def test_none_by_default(self):
         self.assertEqual(config.parse(LOCAL, Path("/c.toml")).per_domain, ())
 
+    def test_antispam_sections_replace_the_global_ones(self):
+        """A domain's section replaces the global one; enabled = false removes it."""
+        s = config.parse({**LOCAL,
+                          "antispam": {"subject_prefix": "[S] ", "mime": {},
+                                       "dnsbl": {"lists": ["zen.example"]},
+                                       "phrases": {"file": "p.txt"}},
+                          "domain": {"example.org": {"antispam": {
+                              "phrases": {"file": "org.txt", "action": "reject"},
+                              "dnsbl": {"enabled": False}, "html": {"enabled": True}}},
+                              "example.test": {"tls_cert": "c", "tls_key": "k"}}},
+                         Path("/etc/m/c.toml"))
+        org, test = s.per_domain
+        self.assertIsNone(test.antispam)
+        everywhere, own = s.antispam, org.antispam
+        self.assertEqual((own.phrases.file, own.phrases.action),
+                         (Path("/etc/m/org.txt"), "reject"))
+        self.assertEqual((own.dnsbl, own.html.action), (None, "header"))
+        self.assertIs(own.mime, everywhere.mime)
+        self.assertEqual(own.subject_prefix, "[S] ")
+        self.assertEqual(s.antispam_groups(), [("antispam", everywhere),
+                                               ('domain."example.org".antispam', own)])
+        self.assertIn(('[domain."example.org".antispam.phrases] action', "reject"),
+                      own.actions)
+
+    def test_enabled_false_turns_a_global_section_off(self):
+        s = config.parse({"antispam": {"mime": {"enabled": False}}}, Path("/c.toml"))
+        self.assertIsNone(s.antispam.mime)
+
 
 class ErrorTests(unittest.TestCase):
     """Each bad config gives one line: file, key, problem."""
@@ -478,9 +506,21 @@ class ErrorTests(unittest.TestCase):
          '/c.toml: [domain."example.org"] tls_crt: unknown key'),
         ({**LOCAL, "domain": {"example.org": {"tls_cert": 3}}},
          '/c.toml: [domain."example.org"] tls_cert: must be a string, not a whole number'),
-        ({**LOCAL, "domain": {"example.org": {"antispam": {"phrases": {"file": "p.txt"}}}}},
-         '/c.toml: [domain."example.org"] antispam: per-domain filter settings are not '
-         "supported yet (set them in the global [antispam] sections)"),
+        ({**LOCAL, "domain": {"example.org": {"antispam": {"subject_prefix": "[S] "}}}},
+         '/c.toml: [domain."example.org".antispam] subject_prefix: is set for the whole '
+         "server only (set it in [antispam]; per domain, give [antispam.*] sections)"),
+        ({**LOCAL, "domain": {"example.org": {"antispam": {"phrase": {}}}}},
+         '/c.toml: [domain."example.org".antispam] phrase: unknown section (one of: '
+         "validation, dnsbl, spf, spamskip, whitelist, mime, attachments, statistical, "
+         "phrases, urls, html, clamav, rspamd)"),
+        ({**LOCAL, "domain": {"example.org": {"antispam": {"spf": {"max_lookups": 5}}}}},
+         '/c.toml: [domain."example.org".antispam.spf] max_lookups: is set for the whole '
+         "server only (set it in [antispam.spf])"),
+        ({**LOCAL, "domain": {"example.org": {"antispam": {"mime": {"enabled": "no"}}}}},
+         '/c.toml: [domain."example.org".antispam.mime] enabled: must be true or false'),
+        ({**LOCAL, "domain": {"example.org": {"antispam": {"phrases": {"fiel": "p.txt"}}}}},
+         '/c.toml: [domain."example.org".antispam.phrases] fiel: unknown key '
+         "(check the spelling against etc/mailsrv.toml)"),
         ({**LOCAL, "domain": {"example.org": "x"}},
          '/c.toml: domain."example.org": must be a table'),
         ({**LOCAL, "domain": {"example.org": {}, "Example.org.": {}}},
@@ -508,6 +548,9 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [antispam.attachments] action: Folder names may not contain '.'"),
         ({"antispam": {"clamav": {"endpoint": "/run/clamav/clamd.ctl"}}},
          "/c.toml: [antispam.clamav] endpoint: bad endpoint '/run/clamav/clamd.ctl'"),
+        ({"domains": {"local": ["example.org"]},
+          "domain": {"example.org": {"antispam": {"clamav": {"endpoint": "/x/clamd.ctl"}}}}},
+         '/c.toml: [domain."example.org".antispam.clamav] endpoint: bad endpoint'),
         ({"antispam": {"clamav": {"action": "junk"}}},
          "/c.toml: [antispam.clamav] action: unknown action 'junk'"),
         ({"antispam": {"mime": {"action": "junk"}}},
@@ -524,6 +567,9 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [antispam.validation] action: move needs a target: move:FOLDER"),
         ({"antispam": {"validation": {"helo_fqdn": "junk"}}},
          "/c.toml: [antispam.validation] helo_fqdn: unknown action 'junk'"),
+        ({"domains": {"local": ["example.org"]},
+          "domain": {"example.org": {"antispam": {"mime": {"action": "bounce"}}}}},
+         "/c.toml: [domain.\"example.org\".antispam.mime] action: unknown action 'bounce'"),
     ]
 
     def test_policy_defaults(self):

@@ -58,3 +58,25 @@ class ExplainTests(unittest.TestCase):
             self.assertFalse([line for line in lines if "RelayPermission" in line])
         d = self.run_explain(self.settings(), ["nobody@example.test"])
         return d.addCallback(explained)
+
+    def test_one_explanation_per_copy_with_per_domain_sections(self):
+        settings = self.settings()
+        root = settings.path.parent
+        settings = make_settings(root, domains={"local": ["example.test", "example.org"]},
+                                 antispam={"phrases": {"file": str(root / "phrases.txt"),
+                                                       "action": "subject"}},
+                                 domain={"example.org": {"antispam": {"phrases": {
+                                     "file": str(root / "phrases.txt"), "action": "reject"}}}})
+        settings.users_file.write_text(f"alice@example.test:{_HASH}\ndave@example.org:{_HASH}\n")
+
+        def explained(lines):
+            first = lines.index("copy for <alice@example.test>: the [antispam] sections")
+            second = lines.index('copy for <dave@example.org>: the sections of '
+                                 '[domain."example.org"]')
+            self.assertLess(first, second)
+            self.assertEqual(lines[second - 1],
+                             "result: delivered, action subject, Subject prefixed with '[SPAM] '")
+            self.assertEqual(lines[-1], "result: refused after the final dot: 550 5.7.1 "
+                                        "Message refused as spam")
+        d = self.run_explain(settings, ["alice@example.test", "dave@example.org"])
+        return d.addCallback(explained)

@@ -365,6 +365,23 @@ class RunnerTests(RunnerFixture):
         self.assertEqual(self.spool.ids(), [])
 
     @defer.inlineCallbacks
+    def test_bounce_of_a_refused_copy(self):
+        """SplitReception: a copy refused by a domain's filters goes back to its sender."""
+        runner = self.runner()
+        yield runner.bounce_refused("Q1", "alice@example.test", ["dave@example.org"],
+                                    "mailsrv: 550 5.7.1 Message refused as spam",
+                                    b"Subject: offer\r\n", "192.0.2.10", "client.test")
+        yield runner.when_idle()
+        [(sender, recipient, data)] = self.sink.received
+        self.assertEqual((sender, recipient), ("", "alice@example.test"))
+        report = email.message_from_bytes(data)
+        [status] = report.get_payload(1).get_payload()[1:]
+        self.assertEqual((status["Final-Recipient"], status["Status"]),
+                         ("rfc822; dave@example.org", "5.7.1"))
+        self.assertIn("550 5.7.1 Message refused as spam", status["Diagnostic-Code"])
+        self.assertIn("Subject: offer", report.get_payload(2).as_string())
+
+    @defer.inlineCallbacks
     def test_delayed_notice_once_after_delay_warning(self):
         self.sink.replies["bob@remote.test"] = (451, "4.3.0 Try later")
         queue_id = self.enqueue(["bob@remote.test"])

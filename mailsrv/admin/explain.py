@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from twisted.internet import defer
 
 from mailsrv.policy.hooks import BODY, HEADER, RECIPIENT, SENDER, Message, header_section
-from mailsrv.policy.listener import build as build_policy
+from mailsrv.policy.listener import DomainPolicies, build as build_policy
 from mailsrv.policy.judgement import SKIPPED
 from mailsrv.service import build_mail_server
 
@@ -41,10 +41,37 @@ def explain(settings, reactor, data, ip, helo, sender, recipients, write):
     server = build_mail_server(settings, reactor)
     policy = build_policy(server, listener, reactor)
     session = SimpleNamespace(ip=ip, helo=helo, esmtp=True, tls=False, user=None, pop_user=None)
+    write(f"listener {listener.name}, client {ip} ({helo}), from <{sender}>")
+    copies = _copies(policy, recipients)
+    for name, (each, addresses) in copies.items():
+        if len(copies) > 1:  # (as the server splits the message: docs/filters.md)
+            write(f"copy for {', '.join(f'<{a}>' for a in addresses)}: {name}")
+        yield _explain_copy(write, server, each, session, data, sender, addresses)
+
+
+def _copies(policy, recipients):
+    """
+    Which settings judge which recipients: C{{name: (ListenerPolicy,
+    addresses)}}, one entry without per-domain sections.
+    """
+    if not isinstance(policy, DomainPolicies):
+        return {"the [antispam] sections": (policy, recipients)}
+    names = {policy.everywhere: "the [antispam] sections"}
+    for domain, each in policy.by_domain.items():
+        names.setdefault(each, f'the sections of [domain."{domain}"]')
+    copies = {}
+    for address in recipients or [""]:
+        each = policy.policy_of(address)
+        copies.setdefault(names[each], (each, []))[1].extend([address] if address else [])
+    return copies
+
+
+@defer.inlineCallbacks
+def _explain_copy(write, server, policy, session, data, sender, recipients):
+    """The explanation of one L{ListenerPolicy} on the message to C{recipients}."""
     transaction = SimpleNamespace(sender=sender, recipients=[], judgement=SKIPPED)
     header = header_section(data)  # (as the SMTP server holds it for the header hook)
     message = Message(len(data), lambda: BytesIO(data))
-    write(f"listener {listener.name}, client {ip} ({helo}), from <{sender}>")
 
     # Each check alone, as it answers (gates in order, until one refuses)
     yield _gates(write, "sender", policy.gates[SENDER], session, transaction, sender)

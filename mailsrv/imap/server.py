@@ -60,6 +60,7 @@ from twisted.mail import imap4
 from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline
 from mailsrv.directory.checker import ClientCredentials
+from mailsrv.gather import gather
 from mailsrv.imap import append, listing, mime, sequence, sort, syntax, thread
 from mailsrv.imap._twisted_compat import (LITERAL_MEMORY_LIMIT, LiteralFile, TwistedIMAP4Server,
                                           flags_item, literal, uid_item)
@@ -1092,8 +1093,7 @@ class IMAPServer(TwistedIMAP4Server):
             d = self.account.find_message(url.mailbox, url.uidvalidity, url.uid)
             return d.addCallback(check)
 
-        d = defer.gatherResults([look(text) for text in sorted(urls)], consumeErrors=True)
-        d.addErrback(lambda failure: failure.value.subFailure)
+        d = gather([look(text) for text in sorted(urls)])
         return d.addCallback(lambda _: found)
 
     def _appended_messages(self, found, messages):

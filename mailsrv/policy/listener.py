@@ -4,12 +4,15 @@ One listener's policy: which checks each hook runs, built from the config
 each other), and L{ListenerPolicy}, what the protocol asks at each hook.
 """
 
+from dataclasses import replace
+
 from twisted.internet import defer, endpoints
 
-from mailsrv.address import normalise
+from mailsrv.address import domain_of, normalise
 from mailsrv.config import DNSSettings
 from mailsrv.directory.listfile import WatchedFile
 from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
+from mailsrv.gather import gather
 from mailsrv.netaddr import ListedClients
 from mailsrv.policy import apply, bayes, hooks
 from mailsrv.policy.actions import Action, parse_action
@@ -104,6 +107,16 @@ class ListenerPolicy:
         d = self._judge(session, transaction)
         return d.addCallback(self._sender_judged, transaction, verdict)
 
+    def judgement(self, session, transaction):
+        """A Deferred of the connection filters' L{Judgement} at MAIL FROM (gates passed)."""
+        if not self._judges:
+            return defer.succeed(SKIPPED)
+        return self._judge(session, transaction)
+
+    def groups(self, transaction):
+        """C{(policy, transaction)} of each copy of the message: this one, all of it."""
+        return [(self, transaction)]
+
     def _sender_judged(self, judgement, transaction, verdict):
         refusal = apply.at_sender(judgement)
         if refusal is not None:
@@ -177,6 +190,79 @@ class ListenerPolicy:
         return apply.at_end(judgement, session, transaction, queue_id)
 
 
+class DomainPolicies:
+    """
+    The policy of a listener where some domains have [antispam.*] sections
+    of their own (docs/filters.md, "Per-domain settings"): a
+    L{ListenerPolicy} for each different set, and one message judged as
+    one copy per set of its recipients (L{groups}).
+
+    The gates are the server's. The connection filters of every set judge
+    the client at MAIL FROM; their refusal refuses MAIL FROM when every
+    set refuses, else each RCPT TO of a set that refuses.
+
+    @param everywhere: the policy of the global sections (remote
+        recipients and domains without sections of their own).
+    @param by_domain: domain -> its L{ListenerPolicy}.
+    """
+
+    def __init__(self, everywhere, by_domain):
+        self.everywhere = everywhere
+        self.by_domain = by_domain
+        self.policies = list(dict.fromkeys([everywhere, *by_domain.values()]))
+
+    def policy_of(self, address):
+        """The L{ListenerPolicy} of mail to C{address} (as RCPT TO wrote it)."""
+        return self.by_domain.get(domain_of(address), self.everywhere)
+
+    def sender(self, session, transaction):
+        """MAIL FROM: the server's gates, then every set's connection filters."""
+        verdict = hooks.run(self.everywhere.gates[SENDER], session, transaction,
+                            transaction.sender)
+        if isinstance(verdict, defer.Deferred):
+            return verdict.addCallback(self._judge_sender, session, transaction)
+        return self._judge_sender(verdict, session, transaction)
+
+    def _judge_sender(self, verdict, session, transaction):
+        if not verdict.accepted:
+            return verdict
+        d = gather([p.judgement(session, transaction) for p in self.policies])
+        return d.addCallback(self._sender_judged, transaction, verdict)
+
+    def _sender_judged(self, judgements, transaction, verdict):
+        refusals = [apply.at_sender(judgement) for judgement in judgements]
+        if all(refusals):
+            return refusals[0]
+        transaction.judgements = dict(zip(self.policies, judgements))
+        transaction.judgement = judgements[0]
+        return verdict
+
+    def recipient(self, session, transaction, recipient):
+        """RCPT TO: the server's gates, then the refusal of the recipient's set, if any."""
+        verdict = hooks.run(self.everywhere.gates[RECIPIENT], session, transaction, recipient)
+        if isinstance(verdict, defer.Deferred):
+            return verdict.addCallback(self._recipient_judged, transaction, recipient)
+        return self._recipient_judged(verdict, transaction, recipient)
+
+    def _recipient_judged(self, verdict, transaction, recipient):
+        if not verdict.accepted:
+            return verdict
+        judgement = transaction.judgements.get(self.policy_of(recipient.address), SKIPPED)
+        return apply.at_sender(judgement) or verdict
+
+    def groups(self, transaction):
+        """
+        C{(policy, transaction)} of each copy of the message: the
+        recipients of each set, with that set's judgement so far.
+        """
+        recipients = {}
+        for recipient in transaction.recipients:
+            recipients.setdefault(self.policy_of(recipient.address), []).append(recipient)
+        return [(policy, replace(transaction, recipients=group,
+                                 judgement=transaction.judgements.get(policy, SKIPPED)))
+                for policy, group in recipients.items()]
+
+
 def _together(checks, session, transaction, subject):
     """
     A Deferred of the verdicts of C{checks}, run at once; it fails as the
@@ -195,9 +281,7 @@ def _together(checks, session, transaction, subject):
         return defer.fail()
     if not any(isinstance(answer, defer.Deferred) for answer in answers):
         return defer.succeed(answers)
-    d = defer.gatherResults([a if isinstance(a, defer.Deferred) else defer.succeed(a)
-                             for a in answers], consumeErrors=True)
-    return d.addErrback(lambda failure: failure.value.subFailure)
+    return gather([a if isinstance(a, defer.Deferred) else defer.succeed(a) for a in answers])
 
 
 def _added_to(verdicts, judgement):
@@ -209,37 +293,99 @@ def _added_to(verdicts, judgement):
 
 def build(server, listener, clock):
     """
-    The L{ListenerPolicy} of one listener, from the config. The filters'
-    actions, written as text in the config, are parsed here (preflight
-    refused bad ones).
+    The policy of one listener, from the config: a L{ListenerPolicy}, or
+    a L{DomainPolicies} when some domains have [antispam.*] sections of
+    their own. The filters' actions, written as text in the config, are
+    parsed here (preflight refused bad ones).
     """
     standing = _standing(server, listener)
     gates = {SENDER: _sender_gates(server, listener, standing),
              RECIPIENT: _recipient_gates(server, standing)}
-    settings = server.settings.antispam
-    timeout = server.settings.dns.timeout
-    filters = {SENDER: [], HEADER: [], BODY: content_filters(settings, clock)}
+    checks = _Checks(server, standing, clock)
+    everywhere = _policy(server.settings.antispam, gates, standing, checks)
+    groups = {}  # one policy for each different set of sections
+    by_domain = {}
+    for domain in server.settings.per_domain:
+        if domain.antispam is not None:
+            key = replace(domain.antispam, actions=())
+            if key not in groups:
+                groups[key] = _policy(domain.antispam, gates, standing, checks)
+            by_domain[domain.name] = groups[key]
+    return DomainPolicies(everywhere, by_domain) if by_domain else everywhere
+
+
+def _policy(settings, gates, standing, checks):
+    """The L{ListenerPolicy} of one L{mailsrv.config.AntispamSettings}."""
+    filters = {SENDER: [], HEADER: [], BODY: content_filters(settings, checks.clock,
+                                                             checks.memo)}
     threshold = 1
+    timeout = checks.server.settings.dns.timeout
     if settings.dnsbl is not None:
-        lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes, parse_action(bl.action),
-                       bl.lookup)
-                 for bl in settings.dnsbl.lists]
-        dnsbl = DNSBLFilter(lists, _resolvers(server), settings.dnsbl.timeout,
-                            clock)
+        dnsbl = checks.dnsbl(settings.dnsbl)
         filters[SENDER].append(dnsbl)
         threshold, timeout = settings.dnsbl.threshold, settings.dnsbl.timeout
         if settings.dnsbl.received_headers:
-            filters[HEADER].append(ReceivedIPs(server.trusted, dnsbl.check_received))
+            filters[HEADER].append(checks.memo(
+                ("received", settings.dnsbl),
+                lambda: ReceivedIPs(checks.server.trusted, dnsbl.check_received)))
     if settings.validation is not None:
-        filters[SENDER].append(validation.ValidationFilter(
-            _validation_tests(server, settings.validation), timeout, clock))
+        filters[SENDER].append(checks.memo(
+            ("validation", settings.validation, timeout),
+            lambda: validation.ValidationFilter(
+                _validation_tests(checks.server, settings.validation), timeout, checks.clock)))
     if settings.spf is not None:  # (pyspf's DNS: service.build_mail_server installs it)
-        actions = {result: parse_action(text) for result, text in settings.spf.actions}
-        filters[SENDER].append(spf.SPFFilter(actions.__getitem__, server.settings.hostname,
-                                             settings.spf.timeout))
+        filters[SENDER].append(checks.memo(settings.spf, lambda: _spf(checks.server,
+                                                                      settings.spf)))
     return ListenerPolicy(gates, filters, standing, settings.subject_prefix, threshold,
-                          _whitelists(server, standing, clock), _content_for(settings),
+                          checks.whitelists(settings), _content_for(settings),
                           Action(settings.outbound_action) if settings.outbound else None)
+
+
+class _Checks:
+    """
+    What L{build} makes checks with, and the checks it made: a section
+    that several domains share (the global one most often) is one check
+    object, with one copy of its lists and one set of connections.
+    """
+
+    def __init__(self, server, standing, clock):
+        self.server = server
+        self.standing = standing
+        self.clock = clock
+        self._made = {}
+
+    def memo(self, section, make):
+        """The check of C{section} (a settings value, hashable), made once."""
+        if section not in self._made:
+            self._made[section] = make()
+        return self._made[section]
+
+    def dnsbl(self, settings):
+        def make():
+            lists = [DNSBL(bl.zone, bl.name, bl.server, bl.kind, bl.codes,
+                           parse_action(bl.action), bl.lookup)
+                     for bl in settings.lists]
+            return DNSBLFilter(lists, _resolvers(self.server), settings.timeout, self.clock)
+        return self.memo(settings, make)
+
+    def whitelists(self, settings):
+        """The whitelists (preflight refused bad files before start-up builds them)."""
+        server, clock = self.server, self.clock
+        lists = []
+        if settings.spamskip is not None:
+            lists.append(self.memo(("spamskip", settings.spamskip), lambda: ClientWhitelist(
+                ListedClients((), settings.spamskip.file, server.resolvers(server.settings.dns),
+                              clock), settings.spamskip)))
+        if settings.whitelist is not None:
+            lists.append(self.memo(("whitelist", settings.whitelist), lambda: SenderWhitelist(
+                SenderList(settings.whitelist.file, parse_whitelist, clock),
+                settings.whitelist)))
+        return Whitelists(lists, server.directory, self.standing) if lists else None
+
+
+def _spf(server, settings):
+    actions = {result: parse_action(text) for result, text in settings.actions}
+    return spf.SPFFilter(actions.__getitem__, server.settings.hostname, settings.timeout)
 
 
 def _content_for(settings):
@@ -257,54 +403,62 @@ def _content_for(settings):
     return judged
 
 
-def content_filters(settings, clock):
+def _made(section, make):
+    """L{content_filters}' default memo: every check is made."""
+    return make()
+
+
+def content_filters(settings, clock, memo=_made):
     """
     The body hook's filters: the content filters share one analysis of the
     message (Message.judged); the scanners (clamav, rspamd) read its bytes.
 
     @param clock: the reactor (a Clock in tests): the scanners connect with it.
+    @param memo: C{memo(section, make)}: the check of a section (L{_Checks.memo}).
     """
     filters = []
     if settings.statistical is not None:
         statistical = settings.statistical
-        filters.append(StatisticalFilter(
+        filters.append(memo(statistical, lambda: StatisticalFilter(
             WatchedFile(statistical.table, bayes.Table.parse, clock),
             WatchedFile(statistical.exclude, bayes.parse_exclude, clock),
             statistical.threshold, parse_action(statistical.action),
-            statistical.subject_prefix))
+            statistical.subject_prefix)))
     if settings.phrases is not None:
         phrases = settings.phrases
-        filters.append(PhraseFilter(watched(phrases.file, read_phrases, clock),
-                                    phrases.normalize, phrases.scan,
-                                    parse_action(phrases.action), phrases.subject_prefix))
+        filters.append(memo(phrases, lambda: PhraseFilter(
+            watched(phrases.file, read_phrases, clock), phrases.normalize, phrases.scan,
+            parse_action(phrases.action), phrases.subject_prefix)))
     if settings.urls is not None:
         urls = settings.urls
-        filters.append(URLFilter(watched(urls.file, read_urls, clock), urls.scan,
-                                 parse_action(urls.action), urls.subject_prefix))
+        filters.append(memo(urls, lambda: URLFilter(
+            watched(urls.file, read_urls, clock), urls.scan, parse_action(urls.action),
+            urls.subject_prefix)))
     if settings.html is not None:
         html = settings.html
-        filters.append(HTMLFeatures(html.features, html.min_features,
-                                    parse_action(html.action), html.subject_prefix))
+        filters.append(memo(html, lambda: HTMLFeatures(
+            html.features, html.min_features, parse_action(html.action),
+            html.subject_prefix)))
     if settings.mime is not None:
-        filters.append(BrokenMIME(parse_action(settings.mime.action),
-                                  settings.mime.subject_prefix))
+        mime = settings.mime
+        filters.append(memo(mime, lambda: BrokenMIME(parse_action(mime.action),
+                                                     mime.subject_prefix)))
     if settings.attachments is not None:
         attachments = settings.attachments
-        filters.append(BlockedAttachments(attachments.extensions, attachments.content_types,
-                                          parse_action(attachments.action),
-                                          attachments.subject_prefix))
+        filters.append(memo(attachments, lambda: BlockedAttachments(
+            attachments.extensions, attachments.content_types,
+            parse_action(attachments.action), attachments.subject_prefix)))
     if settings.clamav is not None:
         clamav = settings.clamav
-        filters.append(ClamAVScanner(endpoints.clientFromString(clock, clamav.endpoint),
-                                     clamav.endpoint, clamav.timeout, clamav.on_error,
-                                     parse_action(clamav.action), clamav.subject_prefix,
-                                     clock))
+        filters.append(memo(clamav, lambda: ClamAVScanner(
+            endpoints.clientFromString(clock, clamav.endpoint), clamav.endpoint,
+            clamav.timeout, clamav.on_error, parse_action(clamav.action),
+            clamav.subject_prefix, clock)))
     if settings.rspamd is not None:
         rspamd = settings.rspamd
-        filters.append(RspamdScanner(quiet_agent(clock, rspamd.timeout), rspamd.url,
-                                     rspamd.timeout, rspamd.on_error,
-                                     parse_action(rspamd.action), rspamd.subject_prefix,
-                                     clock))
+        filters.append(memo(rspamd, lambda: RspamdScanner(
+            quiet_agent(clock, rspamd.timeout), rspamd.url, rspamd.timeout, rspamd.on_error,
+            parse_action(rspamd.action), rspamd.subject_prefix, clock)))
     return filters
 
 
@@ -362,20 +516,6 @@ def _recipient_gates(server, standing):
         settings.relay.refusal_text,
     ))
     return checks
-
-
-def _whitelists(server, standing, clock):
-    """The whitelists (preflight refused bad files before start-up builds them)."""
-    settings = server.settings.antispam
-    lists = []
-    if settings.spamskip is not None:
-        resolver = server.resolvers(server.settings.dns)
-        lists.append(ClientWhitelist(ListedClients((), settings.spamskip.file, resolver, clock),
-                                     settings.spamskip))
-    if settings.whitelist is not None:
-        lists.append(SenderWhitelist(SenderList(settings.whitelist.file, parse_whitelist, clock),
-                                     settings.whitelist))
-    return Whitelists(lists, server.directory, standing) if lists else None
 
 
 def _validation_tests(server, settings):

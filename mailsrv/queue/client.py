@@ -20,6 +20,7 @@ from twisted.protocols.basic import FileSender, LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
 from mailsrv.config import DeliverySettings, OutboundTLS
+from mailsrv.gather import gather
 from mailsrv.queue.dotstuff import DotStuffer
 
 OPPORTUNISTIC = "opportunistic"
@@ -310,9 +311,7 @@ class SMTPConnection(LineReceiver, TimeoutMixin):
 
     def _gather(self, deferreds):
         """All replies, or the session's failure (once, not once per command)."""
-        d = defer.gatherResults(deferreds, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure)
-        return d
+        return gather(deferreds)
 
     def _send_data(self, message, size):
         """

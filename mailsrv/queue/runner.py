@@ -24,7 +24,7 @@ from mailsrv.queue.courier import OK, PERMANENT, TEMPORARY, Result
 from mailsrv.queue.mx import MXLookup, NoRoute, mx_hops
 from mailsrv.queue.retry import retry_delay
 from mailsrv.queue.routing import group_by_route
-from mailsrv.queue.spool import DEFERRED, DELIVERED, FAILED
+from mailsrv.queue.spool import DEFERRED, DELIVERED, FAILED, Envelope, RecipientState
 
 log = Logger()
 
@@ -464,6 +464,24 @@ class QueueRunner(service.Service):
                 elif waiting:
                     deferred_by = hop, _reply_text(outcome[waiting[0]][0])
         return [outcome[address] for address in addresses]
+
+    def bounce_refused(self, queue_id, sender, addresses, error, headers, client_ip="",
+                       helo=""):
+        """
+        A DSN for recipients whose copy of a message the filters refused
+        while its other copies were accepted (one reply cannot say both:
+        mailsrv.smtp.reception.SplitReception).
+
+        @param error: the refusal, C{"mailsrv: 550 5.7.1 TEXT"} (the DSN's
+            status is its enhanced code).
+        @param headers: the message's header section.
+        @return: a Deferred that fires once the DSN is on disk (or logged as lost).
+        """
+        envelope = Envelope(id=queue_id, sender=sender, created=self.clock.seconds(),
+                            client_ip=client_ip, helo=helo,
+                            recipients=[RecipientState(a, FAILED, last_error=error)
+                                        for a in addresses])
+        return self._bounce(envelope, headers, envelope.recipients)
 
     @defer.inlineCallbacks
     def _bounce(self, envelope, headers, failed, retry_until=None):

@@ -11,11 +11,12 @@ policy makes of it (L{mailsrv.policy.apply}) and the delivery
 
 import errno
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsrv import errorlog
+from mailsrv.gather import gather
 from mailsrv.logtext import literal
 from mailsrv.policy.hooks import Message
 from mailsrv.smtp.data import HeaderSection
@@ -35,6 +36,21 @@ def cannot_queue(error):
     return 451, "4.3.0", "Cannot queue the message, try again later"
 
 
+def receive(factory, session, transaction, transport):
+    """
+    The L{Reception} of a transaction's message, or a L{SplitReception}
+    when its recipients' domains are judged with different settings.
+
+    @raise OSError: a spool file could not be made.
+    """
+    groups = factory.policy.groups(transaction)
+    if len(groups) == 1:
+        policy, part = groups[0]
+        return Reception(factory, session, part, factory.server.spool.incoming(), transport,
+                         policy, transaction)
+    return SplitReception(factory, session, transaction, groups, transport)
+
+
 class Reception:
     """
     @ivar judgement: the policy's L{mailsrv.policy.judgement.Judgement}:
@@ -42,19 +58,26 @@ class Reception:
         (and its body) is judged.
     """
 
-    def __init__(self, factory, session, transaction, incoming, transport):
+    def __init__(self, factory, session, transaction, incoming, transport, policy,
+                 journal_of=None):
         """
         @param factory: the listener's L{mailsrv.smtp.server.SMTPFactory}
-            (its policy, journal, clock and server).
+            (its journal, clock and server).
+        @param transaction: the recipients of this copy of the message.
         @param incoming: the new spool file (L{mailsrv.queue.spool.IncomingMessage}).
         @param transport: the connection, named in error log lines.
+        @param policy: the L{mailsrv.policy.listener.ListenerPolicy} that
+            judges this copy.
+        @param journal_of: the whole transaction, whose journal copies go
+            with this copy ([journal]); L{None}: none.
         """
         self.factory = factory
         self.session = session
         self.transaction = transaction
         self.incoming = incoming
         self.transport = transport
-        self.policy = factory.policy
+        self.policy = policy
+        self.journal_of = journal_of
         self.judgement = transaction.judgement
         self.gone = False
         self._top = trace_headers(session, transaction, incoming.queue_id,
@@ -142,6 +165,16 @@ class Reception:
         @return: the reply, C{(code, enhanced code, text)}, or a Deferred
             of it while the message is made durable.
         """
+        refusal = self.refusal(reader, max_size)
+        if refusal is not None:
+            return refusal
+        concluded = self.conclude()
+        if isinstance(concluded, defer.Deferred):
+            return concluded.addCallback(lambda reply: reply or self.deliver(reader))
+        return concluded or self.deliver(reader)
+
+    def refusal(self, reader, max_size):
+        """The reply to data that is no message (nothing is kept), else L{None}."""
         ip = self.session.ip
         if reader.bare_line_ending:
             self._drop()
@@ -153,16 +186,26 @@ class Reception:
             log.info("refused message from {ip}: {size} bytes is over the limit",
                      ip=ip, size=reader.size)
             return 552, "5.3.4", "Message size exceeds fixed limit"
+        return None
+
+    def conclude(self):
+        """
+        Judge what is left to judge and write the message.
+
+        @return: L{None} when the message is to be delivered (L{deliver}),
+            else the reply of a message that goes no further (refused,
+            deleted, or not written); or a Deferred of either.
+        """
         received, self._received = self._received, None
         if received is None:
-            return self._finish(reader)
+            return self._verdict()
         if self._write_error is not None:
             received.abort()
-            return self._finish(reader)
+            return self._verdict()
         d = self.policy.body(self.judgement, self.session, self.transaction,
                              Message(received.size, received.reader))
         d.addCallback(self._body_judged, received)
-        d.addCallbacks(lambda _: self._finish(reader), self._body_failed, errbackArgs=(received,))
+        d.addCallbacks(lambda _: self._verdict(), self._body_failed, errbackArgs=(received,))
         return d
 
     def _body_judged(self, judgement, received):
@@ -190,26 +233,39 @@ class Reception:
         errorlog.client_error(log, failure, "policy body hook", "smtp", self.transport)
         return 451, "4.3.0", "Temporary failure, try again later"
 
-    def _finish(self, reader):
-        """The judgement is final and the message written: refuse, delete or deliver it."""
-        incoming, transaction, ip = self.incoming, self.transaction, self.session.ip
+    def _verdict(self):
+        """The judgement is final and the message written: L{conclude}'s answer."""
+        incoming = self.incoming
         if self._prefixer is not None:
             self._prefixer.close()
         if self._write_error is not None:
             incoming.abort()
             log.error("cannot write the spool file: {error}", error=self._write_error)
             return cannot_queue(self._write_error)
-        verdict = self.policy.end(self.judgement, self.session, transaction, incoming.queue_id)
+        verdict = self.policy.end(self.judgement, self.session, self.transaction,
+                                  incoming.queue_id)
         if verdict is not None:  # refused or dropped: nothing is kept
             incoming.abort()
             return verdict.code, verdict.enhanced, verdict.text
+        return None
+
+    def deliver(self, reader):
+        """
+        Put the written message where it goes.
+
+        @return: a Deferred of the reply once it is durable, or the reply
+            of a message that could not be placed.
+        """
+        incoming, transaction = self.incoming, self.transaction
         delivery = self.factory.server.delivery
         try:
             destination = delivery.destination(
                 transaction.local_users(), transaction.remote_addresses(),
                 self.judgement.action, incoming.queue_id)
-            journal = self.factory.journal.copies(transaction)
-            fields = {"sender": transaction.sender, "client_ip": ip, "helo": self.session.helo}
+            journal = () if self.journal_of is None else \
+                self.factory.journal.copies(self.journal_of)
+            fields = {"sender": transaction.sender, "client_ip": self.session.ip,
+                      "helo": self.session.helo}
             d = delivery.deliver(incoming, fields, destination, journal)
         except Exception as e:  # every error a client meets gets a reply and a log line
             incoming.abort()
@@ -240,3 +296,99 @@ class Reception:
     def _not_queued(self, failure):
         errorlog.client_error(log, failure, "SMTP queueing", "smtp", self.transport)
         return cannot_queue(failure.value)
+
+
+class SplitReception:
+    """
+    One message to recipients whose domains are judged with different
+    settings (docs/filters.md, "Per-domain settings"): a L{Reception} for
+    each set's copy, fed the same data, each with its own spool file,
+    headers and action. One reply answers for all of them:
+
+      - a temporary refusal of any copy (a scanner away, a full disk)
+        refuses the whole message for now: nothing is kept, the client
+        sends it again;
+      - every copy refused (or deleted): the first refusal (or 250);
+      - else the copies that pass are delivered (250), and each refused
+        copy is bounced to the sender with the refusal, as an after-queue
+        filter does (never for the null sender).
+    """
+
+    def __init__(self, factory, session, transaction, groups, transport):
+        """
+        @param groups: C{(policy, transaction)} of each copy (L{mailsrv.policy.listener}).
+        @raise OSError: a spool file could not be made (none is left).
+        """
+        self.factory = factory
+        self.session = session
+        self.transaction = transaction
+        self.header = HeaderSection()  # (for the bounces)
+        self.copies = []
+        try:
+            for policy, part in groups:
+                journal_of = None if self.copies else transaction
+                self.copies.append(Reception(factory, session, part,
+                                             factory.server.spool.incoming(), transport,
+                                             policy, journal_of))
+        except OSError:
+            self.abort()
+            raise
+
+    def take(self, data, done):
+        """As L{Reception.take}, for every copy."""
+        if not self.header.complete:
+            self.header.feed(data)
+        waits = [d for d in (copy.take(data, done) for copy in self.copies) if d is not None]
+        return gather(waits) if waits else None
+
+    def abort(self):
+        for copy in self.copies:
+            copy.abort()
+
+    def end(self, reader, max_size):
+        """As L{Reception.end}: one reply for every copy."""
+        refusal = self.copies[0].refusal(reader, max_size)
+        if refusal is not None:
+            for copy in self.copies[1:]:
+                copy.abort()
+            return refusal
+        d = gather([defer.maybeDeferred(copy.conclude) for copy in self.copies])
+        return d.addCallback(self._concluded, reader)
+
+    def _concluded(self, replies, reader):
+        ready = [copy for copy, reply in zip(self.copies, replies) if reply is None]
+        refused = [reply for reply in replies if reply is not None and reply[0] >= 400]
+        temporary = [reply for reply in refused if reply[0] < 500]
+        if temporary:
+            for copy in ready:
+                copy.incoming.abort()
+            log.info("deferred message from {ip}: a copy was refused for now: {reply}",
+                     ip=self.session.ip, reply=" ".join(map(str, temporary[0])))
+            return temporary[0]
+        if not ready:
+            return refused[0] if refused else replies[0]
+        d = gather([defer.maybeDeferred(copy.deliver, reader) for copy in ready])
+        return d.addCallback(self._delivered, replies)
+
+    @defer.inlineCallbacks
+    def _delivered(self, delivered, replies):
+        failed = [reply for reply in delivered if reply[0] != 250]
+        if failed:  # (the copies on disk come again with the client's retry: never lost)
+            return failed[0]
+        for copy, reply in zip(self.copies, replies):
+            if reply is not None and reply[0] >= 500:
+                yield self._bounce(copy, reply)
+        ids = " ".join(text.rpartition(" ")[2] for _, _, text in delivered)
+        return 250, "2.0.0", f"Ok: queued as {ids}"
+
+    def _bounce(self, copy, reply):
+        """A DSN of a refused copy's recipients, made by the queue runner."""
+        runner = self.factory.server.queue_runner
+        queue_id = copy.incoming.queue_id
+        if runner is None:
+            log.error("no bounce of {id}: no queue runner", id=queue_id)
+            return None
+        return runner.bounce_refused(
+            queue_id, self.transaction.sender, [r.address for r in copy.transaction.recipients],
+            "mailsrv: " + " ".join(map(str, reply)), bytes(self.header.header),
+            self.session.ip, self.session.helo or "")

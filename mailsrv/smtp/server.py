@@ -31,7 +31,7 @@ from mailsrv.smtp.commands import (
     split_command,
 )
 from mailsrv.smtp.data import DataReader
-from mailsrv.smtp.reception import Reception, cannot_queue
+from mailsrv.smtp.reception import cannot_queue, receive
 from mailsrv.smtp.state import Limits, Recipient, Session, Transaction
 
 log = Logger()
@@ -458,12 +458,11 @@ class SMTPServer(protocol.Protocol):
         if not self.transaction.recipients:
             raise CommandError(503, "5.5.1", "Need RCPT command")
         try:
-            incoming = self.server.spool.incoming()
+            self._reception = receive(self.factory, self.session, self.transaction,
+                                      self.transport)
         except OSError as e:
             log.error("cannot create a spool file: {error}", error=e)
             return self._reply(*cannot_queue(e))
-        self._reception = Reception(self.factory, self.session, self.transaction, incoming,
-                                    self.transport)
         self._reader = DataReader()
         self.deadline.expect_data()
         self._send("354 End data with <CR><LF>.<CR><LF>")

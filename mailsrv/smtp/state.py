@@ -82,12 +82,17 @@ class Transaction:
     """
     One message: MAIL FROM, the accepted recipients, and what the
     anti-spam filters made of it at MAIL FROM.
+
+    @ivar judgements: with per-domain [antispam] sections
+        (L{mailsrv.policy.listener.DomainPolicies}), each set's judgement
+        at MAIL FROM; C{judgement} is the global one's.
     """
 
     sender: str
     params: MailParams = field(default_factory=MailParams)
     recipients: list = field(default_factory=list)
     judgement: Judgement = SKIPPED
+    judgements: dict = field(default_factory=dict)
 
     def local_users(self):
         """Local mailboxes to deliver to, each once, in RCPT order."""

@@ -28,13 +28,18 @@ CLIENT_IP = "192.0.2.10"
 
 
 class QueueRunnerSpy:
-    """Counts wake() calls."""
+    """Counts wake() calls, and keeps what it is asked to bounce."""
 
     def __init__(self):
         self.wakes = 0
+        self.bounces = []
 
     def wake(self):
         self.wakes += 1
+
+    def bounce_refused(self, queue_id, sender, addresses, error, headers, client_ip, helo):
+        self.bounces.append((sender, addresses, error, headers))
+        return defer.succeed(None)
 
 
 class TLSCapableTransport(StringTransportWithDisconnection):
@@ -56,15 +61,16 @@ def run_threads_inline(testcase):
                    lambda f, *args, **kwargs: defer.maybeDeferred(f, *args, **kwargs))
 
 
-def make_mail_server(testcase, clock=None, **sections):
+def make_mail_server(testcase, clock=None, more_users=(), **sections):
     """
     A MailServer like the service builds, over a fresh temporary directory,
-    with users alice and bob (password L{PASSWORD}) in example.test.
+    with users alice and bob (password L{PASSWORD}) in example.test, and
+    C{more_users}.
     """
     root = Path(testcase.mktemp()).absolute()
     root.mkdir(parents=True)
     settings = make_settings(root, **sections)
-    settings.users_file.write_text("".join(f"{u}:{_HASH}\n" for u in USERS))
+    settings.users_file.write_text("".join(f"{u}:{_HASH}\n" for u in USERS + more_users))
     settings.aliases_file.write_text(ALIASES)
     server = build_mail_server(settings, clock or task.Clock())
     return dataclasses.replace(server, queue_runner=QueueRunnerSpy())
