@@ -321,14 +321,74 @@ class DomainSettings:
         return f'[domain."{self.name}"] {key}'
 
 
+AUTH_SOURCES = ("file", "ldap", "smtp")
+SMTP_AUTH_TLS = ("starttls", "implicit", "none")
+
+
+@dataclass(frozen=True)
+class LDAPSettings:
+    """
+    C{[auth.ldap]}: passwords checked by binding as the user's entry, and
+    the local addresses the directory holds (docs/auth.md).
+
+    @ivar url: C{ldap://host[:port]} or C{ldaps://host[:port]}.
+    @ivar filter: finds a user's entry; C{{address}} is the address,
+        escaped (RFC 4515).
+    @ivar bind_password_file: a file (mode 0600) holding C{bind_dn}'s password.
+    @ivar ca_file: the CAs that sign the server's certificate (ldaps:// or
+        starttls); empty: the system's.
+    @ivar users_filter: the entries whose addresses are local mailboxes.
+    @ivar address_attribute: an entry's mailbox address.
+    @ivar alias_attributes: an entry's other addresses, delivered to its mailbox.
+    @ivar refresh: seconds between two reads of the addresses.
+    """
+
+    url: str = _text("ldap://127.0.0.1:389")
+    base: str = _text("")
+    filter: str = _text("(mail={address})")
+    bind_dn: str = _text("")
+    bind_password_file: Optional[Path] = _file()
+    starttls: bool = _flag(False)
+    ca_file: Optional[Path] = _file()
+    timeout: float = _number(5.0)
+    users_filter: str = _text("(mail=*)")
+    address_attribute: str = _text("mail")
+    alias_attributes: tuple = _key(lambda table, key, base: table.strings(
+        key, ("mailAlternateAddress", "mailLocalAddress")),
+        ("mailAlternateAddress", "mailLocalAddress"))
+    refresh: int = _whole(60, minimum=1)
+
+
+@dataclass(frozen=True)
+class SMTPAuthSettings:
+    """
+    C{[auth.smtp]}: passwords checked by AUTH PLAIN against another SMTP
+    server (docs/auth.md).
+
+    @ivar host: C{(host, port)}; its certificate must name the host.
+    @ivar tls: C{starttls}, C{implicit}, or C{none} (loopback only).
+    @ivar ca_file: the CAs that sign its certificate; empty: the system's.
+    """
+
+    host: tuple = _key(lambda table, key, base: _host_port(
+        table, key, table.string(key, "127.0.0.1:587"), 587), ("127.0.0.1", 587))
+    tls: str = _choice("starttls", SMTP_AUTH_TLS)
+    ca_file: Optional[Path] = _file()
+    timeout: float = _number(10.0)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     """
-    Login protection (docs/config.md, "Login protection").
+    Login protection (docs/config.md, "Login protection") and where
+    passwords are checked.
 
     @ivar cache_ttl: seconds a correct password is remembered, 0 for never
         (Dovecot's auth_cache_ttl is an hour; a few minutes covers clients
         that reconnect for each message or poll).
+    @ivar source: C{file} (the users file), C{ldap} or C{smtp}.
+    @ivar ldap: the L{LDAPSettings} (source ldap), else L{None}.
+    @ivar smtp: the L{SMTPAuthSettings} (source smtp), else L{None}.
     """
 
     allow_plaintext_on_loopback: bool = _flag(False)
@@ -337,6 +397,9 @@ class AuthSettings:
     failure_window: int = _whole(600, minimum=1)
     lockout: int = _whole(900)
     cache_ttl: int = _whole(300)
+    source: str = _choice("file", AUTH_SOURCES)
+    ldap: Optional[LDAPSettings] = None
+    smtp: Optional[SMTPAuthSettings] = None
 
 
 @dataclass(frozen=True)
@@ -1042,7 +1105,7 @@ def parse(data, path):
         path=path,
         listeners=listeners,
         tls=_tls(path, top.get("tls", dict, {}), base, listeners),
-        auth=_plain_table(path, top, "auth", AuthSettings, base),
+        auth=_auth(path, top.get("auth", dict, {}), base),
         pop_before_smtp=_plain_table(path, top, "pop_before_smtp", PopBeforeSmtpSettings,
                                      base),
         relay=_relay(path, top.get("relay", dict, {}), base),
@@ -1079,6 +1142,50 @@ def _tls(path, data, base, listeners):
             raise ConfigError(path, f"[listen #{listener.index + 1}] client_cert",
                               f"{listener.client_cert!r} needs [tls] client_ca")
     return tls
+
+
+def _auth(path, data, base):
+    """[auth], with [auth.ldap] or [auth.smtp] as C{source} says."""
+    table = _Table(path, "auth", data)
+    values = _declared(table, AuthSettings, base)
+    sources = {}
+    for name, cls in (("ldap", LDAPSettings), ("smtp", SMTPAuthSettings)):
+        if name in table.data:
+            if values["source"] != name:
+                raise table.error(name, f'[auth.{name}] is used only with source = "{name}"',
+                                  f'set [auth] source = "{name}", or remove [auth.{name}]')
+            inner = _Table(path, f"auth.{name}", table.get(name, dict, {}))
+            sources[name] = cls(**_declared(inner, cls, base))
+            inner.check_unknown()
+    table.check_unknown()
+    source = values["source"]
+    if source == "ldap":
+        sources["ldap"] = ldap = sources.get("ldap") or LDAPSettings()
+        if not ldap.url.startswith(("ldap://", "ldaps://")):
+            raise ConfigError(path, "[auth.ldap] url", f"{ldap.url!r} is not an LDAP URL",
+                              'write "ldap://host:389" or "ldaps://host:636"')
+        if ldap.url.startswith("ldaps://") and ldap.starttls:
+            raise ConfigError(path, "[auth.ldap] starttls", "ldaps:// is TLS already",
+                              "remove starttls, or use ldap://")
+        if "{address}" not in ldap.filter:
+            raise ConfigError(path, "[auth.ldap] filter", "must contain {address}",
+                              'e.g. "(mail={address})"')
+        if ldap.bind_dn and ldap.bind_password_file is None:
+            raise ConfigError(path, "[auth.ldap] bind_password_file", "missing",
+                              "bind_dn needs the file that holds its password")
+    if source == "smtp":
+        sources["smtp"] = smtp = sources.get("smtp") or SMTPAuthSettings()
+        if smtp.tls == "none" and not _is_loopback(smtp.host[0]):
+            raise ConfigError(path, "[auth.smtp] tls", "passwords go in plain text only to "
+                              "loopback", 'use "starttls" or "implicit"')
+    return AuthSettings(**values, **sources)
+
+
+def _is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _per_domain(path, data, base, local_domains, antispam):

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsrv import errorlog
-from mailsrv.directory.checker import LoginThrottled
+from mailsrv.directory.checker import LoginThrottled, SourceUnavailable
 from mailsrv.logtext import literal, printable
 
 log = Logger()
@@ -19,7 +19,8 @@ log = Logger()
 THROTTLED = "throttled"  # too many failures from this address or for this user
 FAILED = "failed"  # wrong name or password
 IN_USE = "in use"  # POP3: the maildrop is locked by another session
-BROKEN = "broken"  # the check itself failed (a bug, an unreadable file): try later
+BROKEN = "broken"  # the check itself failed (a bug, an unreadable file, the
+# password source away: SourceUnavailable): try later
 
 
 class MaildropInUse(Exception):
@@ -42,6 +43,10 @@ def failed(failure, name, ip, protocol, transport):
         log.info("login refused (maildrop in use): user={user} ip={ip} protocol={protocol}",
                  user=name, ip=ip, protocol=protocol)
         return IN_USE
+    if failure.check(SourceUnavailable):  # (no traceback: the source's own words)
+        log.warn("login unavailable: user={user} ip={ip} protocol={protocol}: {error}",
+                 user=name, ip=ip, protocol=protocol, error=failure.getErrorMessage())
+        return BROKEN
     if failure.check(LoginFailed):
         log.info("login failed: user={user} ip={ip} protocol={protocol}",
                  user=name, ip=ip, protocol=protocol)

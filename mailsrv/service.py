@@ -21,7 +21,14 @@ from mailsrv.context import MailServer, peer_ip
 from mailsrv.datadir_lock import DataDirLock
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
+from mailsrv.directory.ldapsource import (
+    LDAPAddressBook,
+    LDAPConnections,
+    LDAPSource,
+    read_bind_password,
+)
 from mailsrv.directory.listfile import ListFileError
+from mailsrv.directory.smtpsource import SMTPSource
 from mailsrv.netaddr import ListedClients
 from mailsrv.policy import hooks
 from mailsrv.policy.checks import spf
@@ -110,7 +117,8 @@ def build_mail_server(settings, clock=reactor):
     except (ListFileError, OSError) as e:
         raise config.ConfigError(settings.path, "[aliases] file",
                                  file_problem(e, settings.aliases_file))
-    directory = Directory(settings.local_domains, users, aliases)
+    source, book = _password_source(settings, clock)
+    directory = Directory(settings.local_domains, users, aliases, book)
     spf_sections = [a.spf for _, a in settings.antispam_groups() if a.spf is not None]
     if spf_sections:
         # pyspf's DNS and limits are its module's, one set per process: set here,
@@ -127,7 +135,8 @@ def build_mail_server(settings, clock=reactor):
     return MailServer(
         settings=settings,
         directory=directory,
-        checker=UserPasswordChecker(directory, sessions, clock, settings.auth.cache_ttl),
+        checker=UserPasswordChecker(directory, sessions, clock, settings.auth.cache_ttl,
+                                    source=source),
         sessions=sessions,
         store=store,
         spool=spool,
@@ -144,6 +153,28 @@ def build_mail_server(settings, clock=reactor):
         clock=clock,
         resolvers=resolvers,
     )
+
+
+def _password_source(settings, clock):
+    """
+    [auth] source: the checker's password source (L{None}: the users file)
+    and, for LDAP, the book of the directory's addresses (else L{None}).
+    """
+    auth = settings.auth
+    if auth.source == "smtp":
+        return SMTPSource(auth.smtp, settings.hostname), None
+    if auth.source != "ldap":
+        return None, None
+    password = ""
+    if auth.ldap.bind_password_file is not None:
+        try:
+            password = read_bind_password(auth.ldap.bind_password_file)
+        except OSError as e:
+            raise config.ConfigError(settings.path, "[auth.ldap] bind_password_file",
+                                     file_problem(e, auth.ldap.bind_password_file))
+    connections = LDAPConnections(auth.ldap, password)
+    return LDAPSource(connections), LDAPAddressBook(connections, settings.local_domains,
+                                                    auth.ldap.refresh, clock)
 
 
 def _trusted_clients(settings, resolvers, clock):
@@ -169,6 +200,8 @@ def make_service(settings):
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
     server.queue_runner.setServiceParent(top)
+    if server.directory.book is not None:
+        server.directory.book.setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()
     for listener in settings.listeners:

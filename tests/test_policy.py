@@ -3,6 +3,8 @@ The hook runner and the checks of the sender and recipient hooks, tested
 without any transport.
 """
 
+from types import SimpleNamespace
+
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
@@ -130,7 +132,7 @@ class SenderStageTests(unittest.TestCase):
 
 class RecipientStageTests(unittest.TestCase):
     def test_local_recipient(self):
-        stage = recipient_checks.LocalRecipient()
+        stage = recipient_checks.LocalRecipient(SimpleNamespace(complete=True))
         self.assertTrue(result(stage.check(None, None, LOCAL)).accepted)
         self.assertTrue(result(stage.check(None, None, REMOTE)).accepted)
         verdict = result(stage.check(None, None, UNKNOWN))

@@ -39,6 +39,15 @@ class ClientCredentials(credentials.UsernamePassword):
         self.ip = ip
 
 
+class SourceUnavailable(Exception):
+    """
+    The password source ([auth] source: an LDAP directory, another SMTP
+    server) could not answer: down, slow, or its TLS did not verify. A
+    temporary refusal (never a success, never a wrong password), and not
+    counted as a failed login.
+    """
+
+
 class LoginThrottled(error.UnauthorizedLogin):
     """
     Refused without checking the password: too many recent failures for
@@ -63,15 +72,20 @@ class UserPasswordChecker:
     credentialInterfaces = (credentials.IUsernamePassword,)
 
     def __init__(self, directory, sessions, clock, cache_ttl=AuthSettings.cache_ttl,
-                 max_hashes=None):
+                 max_hashes=None, source=None):
         """
         @param clock: for the login cache's expiry.
         @param cache_ttl: seconds a correct password is remembered ([auth]
             cache_ttl); 0 turns the cache off.
         @param max_hashes: password hashes run at once; the CPU count by default.
+        @param source: where passwords are checked when not against the
+            users file ([auth] source): C{name}, and C{check(address,
+            password)}, a Deferred of a bool that fails with
+            L{SourceUnavailable}; L{None}: the users file.
         """
         self.directory = directory
         self.sessions = sessions
+        self.source = source
         # Wrong passwords are remembered only as HMACs under this key, so
         # not even a memory dump of the store gives them away.
         self._key = os.urandom(32)
@@ -98,6 +112,8 @@ class UserPasswordChecker:
         return self._throttled_check(ip, address, password)
 
     def _verify(self, address, password):
+        if self.source is not None:
+            return self._ask_source(address, password)
         stored = self.directory.users.hash_for(address)
         if stored is not None and self._cache.ttl:
             if self._cache.holds(address, password, stored, self._clock.seconds()):
@@ -105,6 +121,14 @@ class UserPasswordChecker:
         d = self._hashing.run(verify_in_thread, stored, password)
         d.addCallback(self._verified, address, password, stored)
         return d
+
+    def _ask_source(self, address, password):
+        """The source's answer; a success is remembered as one of the users file is."""
+        name = self.source.name
+        if self._cache.ttl and self._cache.holds(address, password, name, self._clock.seconds()):
+            return defer.succeed(address)
+        d = self.source.check(address, password)
+        return d.addCallback(self._verified, address, password, name)
 
     def _verified(self, ok, address, password, stored):
         if not ok:

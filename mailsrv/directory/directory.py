@@ -37,10 +37,30 @@ class Route:
 
 
 class Directory:
-    def __init__(self, local_domains, users, aliases):
+    """
+    @ivar book: the addresses an LDAP directory holds beside the users and
+        aliases files (L{mailsrv.directory.ldapsource.LDAPAddressBook}:
+        C{loaded}, C{exists(address)}, C{mailbox_of(alias)}), or L{None}.
+    """
+
+    def __init__(self, local_domains, users, aliases, book=None):
         self.local_domains = frozenset(d.lower() for d in local_domains)
         self.users = users
         self.aliases = aliases
+        self.book = book
+
+    @property
+    def complete(self):
+        """Whether an address unknown here is unknown for good (the book has been read)."""
+        return self.book is None or self.book.loaded
+
+    def _is_user(self, address):
+        return self.users.exists(address) or (self.book is not None
+                                              and self.book.exists(address))
+
+    def _book_alias(self, address):
+        """The mailbox a directory alias (C{mailAlternateAddress}) delivers to, or L{None}."""
+        return None if self.book is None else self.book.mailbox_of(address)
 
     def is_local_domain(self, domain):
         return domain.lower().rstrip(".") in self.local_domains
@@ -61,11 +81,11 @@ class Directory:
 
     def owns(self, user, address):
         """Whether C{user} may send as C{address}: theirs, or an alias of theirs."""
-        address = normalise(address)
-        if address == normalise(user):
+        address, user = normalise(address), normalise(user)
+        if address == user or self._book_alias(address) == user:
             return True
         members = self.aliases.members(address) or ()
-        return normalise(user) in members
+        return user in members
 
     def list_members(self, address):
         """The members of C{address} if it is a list (an alias with several), else L{None}."""
@@ -121,7 +141,7 @@ class Directory:
                                  f"(at {walk.too_deep[0]}): the rest is not delivered")
         postmaster = self.login_name("postmaster")
         if self.local_domains and self.aliases.members(postmaster) is None \
-                and not self.users.exists(postmaster):
+                and not self._is_user(postmaster) and self._book_alias(postmaster) is None:
             lines.append(f"{postmaster} is no user or alias: RFC 5321 requires it, and "
                          "bounces that reach no local sender go to it")
         return lines
@@ -170,8 +190,10 @@ class _Walk:
         if members is not None:
             for member in members:
                 self.visit(member)
-        elif directory.users.exists(address):
+        elif directory._is_user(address):
             self.local.append(address)
+        elif (mailbox := directory._book_alias(address)) is not None:
+            self.visit(mailbox)
         else:
             mailbox = parse(address)
             base, plus, _ = mailbox.local.partition("+")

@@ -507,7 +507,7 @@ def _recipient_gates(server, standing):
     checks = [
         RecipientLimit(settings.access.max_recipients),
         RoutingTricksRefused(),
-        LocalRecipient(),
+        LocalRecipient(server.directory),
     ]
     if not settings.lists.accept_remote:
         checks.append(ListPosting(server.directory))

@@ -49,11 +49,20 @@ class LocalRecipient:
     """
     An address in our domains must reach a mailbox (or a remote address):
     a user, or an alias with at least one live member. Dead members of an
-    alias that has live ones are logged, so the admin hears of them.
+    alias that has live ones are logged, so the admin hears of them. While
+    the directory is incomplete (its LDAP addresses not read yet), an
+    unknown address is refused for now, not for good.
     """
+
+    def __init__(self, directory):
+        self.directory = directory
 
     def check(self, session, transaction, recipient):
         route = recipient.route
+        if route is None and not self.directory.complete:  # (the LDAP book not read yet)
+            return Verdict.refuse(
+                451, "4.3.0", "Directory unavailable, try again later",
+                f"<{recipient.address}>: unknown, and the directory is not read yet")
         if route is None:
             return Verdict.refuse(
                 550, "5.1.1", f"<{recipient.address}>: user unknown",
