@@ -27,6 +27,7 @@ setup(
         "dnspython>=2.4,<3",
         "pyspf>=2.0.14,<3",
         "psutil>=5.9",  # this machine's addresses ([[listen]] block_own_ips, the "self" entry)
+        "ldap3>=2.9,<3",  # [auth] source = "ldap" (README: why not ldaptor)
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.

@@ -56,6 +56,7 @@ def preflight(settings, reactor, warnings=True):
         notes += _check_list_file(settings, listed, warnings)
     notes += _check_tls(settings)
     _check_delivery_cas(settings)
+    _check_auth_files(settings)
     return notes
 
 
@@ -301,6 +302,25 @@ def _check_delivery_cas(settings):
     except ValueError as e:
         raise ConfigError(settings.path, "[delivery] tls_ca_file", str(e),
                           "give the CA certificates (PEM) that issue the next hops' certificates")
+
+
+def _check_auth_files(settings):
+    """The files of [auth.ldap] and [auth.smtp]: the bind password readable, the CAs PEM."""
+    auth = settings.auth
+    source = auth.ldap if auth.source == "ldap" else auth.smtp
+    if auth.source == "ldap" and auth.ldap.bind_password_file is not None:
+        path = auth.ldap.bind_password_file
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(settings.path, "[auth.ldap] bind_password_file",
+                              file_problem(e, path))
+    if source is not None and source.ca_file is not None:
+        try:
+            tls.trust_root(source.ca_file)
+        except ValueError as e:
+            raise ConfigError(settings.path, f"[auth.{auth.source}] ca_file", str(e))
 
 
 def _check_data_dir(settings):

@@ -21,8 +21,9 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import SourceUnavailable, UserPasswordChecker
 from mailsrv.directory.ldapsource import LDAPAddressBook, LDAPConnections
 from mailsrv.policy.checks.recipient import LocalRecipient
+from mailsrv.preflight import preflight
 from mailsrv.sessions import MemorySessionStore
-from tests.helpers import log_lines
+from tests.helpers import log_lines, make_settings
 from tests.slapdserver import BASE, SEARCH_DN, SEARCH_PASSWORD, SlapdServer, person, slapd_missing
 from tests.test_directory import Limits, LoginHelper
 
@@ -214,3 +215,21 @@ class SlapdTests(unittest.TestCase):
             self.assertTrue(book.exists("alice@example.test"))
             self.assertIn("ldap: cannot read the addresses", " ".join(lines))
         return d.addCallback(refreshed)
+
+
+class PreflightTests(unittest.TestCase):
+    def test_the_source_files_are_checked(self):
+        root = Path(self.mktemp()).absolute()
+        root.mkdir()
+        settings = make_settings(root, auth={"source": "ldap", "ldap": {
+            "bind_dn": "cn=x", "bind_password_file": "missing"}})
+        with self.assertRaises(config.ConfigError) as caught:
+            preflight(settings, task.Clock())
+        self.assertIn("[auth.ldap] bind_password_file", str(caught.exception))
+        (root / "ca.pem").write_text("not a certificate\n")
+        settings = make_settings(root, auth={"source": "smtp", "smtp": {
+            "host": "localhost:587", "ca_file": "ca.pem"}})
+        with self.assertRaises(config.ConfigError) as caught:
+            preflight(settings, task.Clock())
+        self.assertIn("[auth.smtp] ca_file:", str(caught.exception))
+        self.assertIn("holds no PEM certificate", str(caught.exception))
