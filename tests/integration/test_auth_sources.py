@@ -122,12 +122,16 @@ class SMTPSourceTests(unittest.TestCase):
         self.other_cert = self.other_cert.rename(tls / "cert.pem")
         self.other.start()
         self.addCleanup(self.other.cleanup)
-        self.server = MailServerProcess(users=(), extra={"auth": {
+        self.server = self.start("starttls", "submission")
+
+    def start(self, tls, port):
+        server = MailServerProcess(users=(), extra={"auth": {
             "source": "smtp", "cache_ttl": 0,
-            "smtp": {"host": f"localhost:{self.other.ports['submission']}",
-                     "tls": "starttls", "ca_file": str(self.other_cert), "timeout": 2}}})
-        self.server.start()
-        self.addCleanup(self.server.cleanup)
+            "smtp": {"host": f"localhost:{self.other.ports[port]}",
+                     "tls": tls, "ca_file": str(self.other_cert), "timeout": 2}}})
+        server.start()
+        self.addCleanup(server.cleanup)
+        return server
 
     def imap_login(self, user, password):
         with self.server.imap() as client:
@@ -140,6 +144,11 @@ class SMTPSourceTests(unittest.TestCase):
         self.assertEqual(self.imap_login("carol@example.test", PASSWORD), "OK")
         self.assertIn("[AUTHENTICATIONFAILED]", self.imap_login("carol@example.test", "nope"))
         self.assertIn("login ok: user=carol@example.test", self.other.log_text())
+
+    def test_implicit_tls(self):
+        self.server.cleanup()
+        self.server = self.start("implicit", "smtps")
+        self.assertEqual(self.imap_login("carol@example.test", PASSWORD), "OK")
 
     def test_the_other_server_away_is_a_temporary_refusal(self):
         self.other.stop()
