@@ -18,6 +18,7 @@ from zope.interface import alsoProvides
 
 from mailsrv import config, dns, tls
 from mailsrv.context import MailServer, peer_ip
+from mailsrv.control import SOCKET_NAME, ControlFactory, ControlService
 from mailsrv.datadir_lock import DataDirLock
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
@@ -202,6 +203,8 @@ def make_service(settings):
     server.queue_runner.setServiceParent(top)
     if server.directory.book is not None:
         server.directory.book.setServiceParent(top)
+    ControlService(settings.data_dir / SOCKET_NAME, ControlFactory(server.sessions),
+                   reactor).setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()
     for listener in settings.listeners:

@@ -56,6 +56,21 @@ class ISessionStore(Interface):
         @return: a Deferred that fires when done.
         """
 
+    def locked():
+        """
+        @return: a Deferred of the locked-out keys, C{[(key, seconds
+            left)]}, soonest to end first (`mailsrv auth locked`).
+        """
+
+    def unlock(target):
+        """
+        End the lockouts (and forget the failures) of C{target}: an IP (its
+        own key and every C{ip/user} of it), a user (every C{ip/user} of
+        that user), or a key as L{locked} shows it.
+
+        @return: a Deferred of the keys unlocked.
+        """
+
 
 WINDOW_PROTOCOLS = ("pop3", "imap")
 
@@ -93,6 +108,12 @@ class ExpiringMap:
 
     def pop(self, key):
         self._entries.pop(key, None)
+
+    def items(self):
+        """C{(key, seconds left)} of the live entries, soonest to expire first."""
+        self._expire()
+        now = self.clock.seconds()
+        return [(key, expiry - now) for key, (expiry, _) in self._entries.items()]
 
     def __contains__(self, key):
         return self.get(key) is not None
@@ -174,6 +195,29 @@ class MemorySessionStore:
         if self.limits is not None:
             self._failures.pop(_keys(ip, user)[1])
         return defer.succeed(None)
+
+    def locked(self):
+        return defer.succeed([] if self.limits is None else self._locked.items())
+
+    def unlock(self, target):
+        if self.limits is None:
+            return defer.succeed([])
+        try:
+            target = str(normalise_ip(target))
+        except ValueError:
+            target = target.lower()
+        unlocked = [key for key, _ in self._locked.items() if _matches(key, target)]
+        for key in unlocked:
+            self._locked.pop(key)
+        for key in [key for key, _ in self._failures.items() if _matches(key, target)]:
+            self._failures.pop(key)
+        return defer.succeed(unlocked)
+
+
+def _matches(key, target):
+    """Whether lockout C{key} (C{ip} or C{ip/user}) is C{target}'s: the key, its IP or its user."""
+    ip, _, user = key.partition("/")
+    return target in (key, ip, user)
 
 
 def _keys(ip, user):

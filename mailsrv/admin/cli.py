@@ -8,16 +8,19 @@ queue, keep the content filters' lists.
 
 import argparse
 import getpass
+import json
 import mailbox
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parseaddr
 import os
+import socket
 import sys
 import time
 
 from twisted.internet import reactor
 
-from mailsrv import config
+from mailsrv import __version__, config
+from mailsrv.control import SOCKET_NAME
 from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
 from mailsrv.directory.users import UserDB
@@ -39,6 +42,7 @@ class CommandError(Exception):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="mailsrv", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"mailsrv {__version__}")
     parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
                         help=f"path to mailsrv.toml (default: {DEFAULT_CONFIG})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,7 +56,8 @@ def _parser():
         sub.add_argument("--password-stdin", action="store_true",
                          help="read the password from the first line of standard input")
     user.add_parser("del", help="delete a user (the mailbox stays)").add_argument("address")
-    user.add_parser("list", help="list users")
+    user.add_parser("list", help="list users").add_argument(
+        "--json", action="store_true", help="one JSON array of {address, source}")
 
     queue = commands.add_parser("queue", help="look at the outbound queue").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -61,6 +66,14 @@ def _parser():
     queue.add_parser("remove", help="delete a queued message").add_argument("id")
     queue.add_parser("hold", help="stop delivering a queued message").add_argument("id")
     queue.add_parser("release", help="deliver a held message now").add_argument("id")
+    queue.add_parser("show", help="one queued message: envelope, each recipient's state "
+                                  "and last error, headers").add_argument("id")
+
+    auth = commands.add_parser("auth", help="login lockouts of the running server")
+    auth = auth.add_subparsers(dest="action", required=True, metavar="ACTION")
+    auth.add_parser("locked", help="the IPs and IP/user pairs locked out, and for how long")
+    auth.add_parser("unlock", help="end the lockouts of an IP, a user, or an IP/user key"
+                    ).add_argument("target", metavar="IP|USER|KEY")
 
     lists = commands.add_parser("lists", help="the list files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -113,8 +126,15 @@ def main(argv=None, stdin=None, stdout=None):
         check_settings(settings, reactor)
         handler = HANDLERS[(args.command, getattr(args, "action", None))]
         handler(settings, args, stdin, stdout)
+        stdout.flush()
     except (config.ConfigError, CommandError, ListFileError) as e:
         sys.stderr.write(f"mailsrv: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\nmailsrv: interrupted, nothing changed\n")
+        return 130
+    except BrokenPipeError:  # (`mailsrv queue list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
 
@@ -287,10 +307,17 @@ def _kind_of(output):
 def _read_password(args, stdin):
     if args.password_stdin:
         password = stdin.readline().rstrip("\r\n")
+    elif not stdin.isatty():
+        raise CommandError("no terminal to ask for the password: pipe it in with "
+                           "--password-stdin (printf '%s\\n' \"$PASSWORD\" | mailsrv ... "
+                           "--password-stdin)")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            raise CommandError("the passwords differ")
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                raise CommandError("the passwords differ")
+        except EOFError:
+            raise CommandError("no password given (end of input); nothing changed")
     if not password:
         raise CommandError("empty password")
     return password
@@ -344,7 +371,12 @@ def user_del(settings, args, stdin, stdout):
 
 
 def user_list(settings, args, stdin, stdout):
-    for address in _users(settings).addresses():
+    addresses = _users(settings).addresses()
+    if args.json:
+        source = "users file"
+        stdout.write(json.dumps([{"address": a, "source": source} for a in addresses]) + "\n")
+        return
+    for address in addresses:
         stdout.write(address + "\n")
 
 
@@ -378,6 +410,86 @@ def _age(seconds):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{max(0, int(seconds))}s"
+
+
+def queue_show(settings, args, stdin, stdout):
+    """One queued message, all the queue knows of it (docs/queue.md, "Commands")."""
+    spool = _spool(settings)
+    try:
+        envelope = spool.load(args.id)
+    except (FileNotFoundError, ValueError):
+        raise CommandError(f"no queued message {args.id}")
+    now = time.time()
+    path = spool.message_path(envelope.id)
+    size = path.stat().st_size if path.exists() else 0
+    lines = [
+        f"id: {envelope.id}",
+        f"sender: <{envelope.sender}>" + (f" (a {envelope.bounce})" if envelope.bounce else ""),
+        f"queued: {_when(envelope.created)} (age {_age(now - envelope.created)})",
+        f"from: {envelope.client_ip or '-'} (helo {envelope.helo or '-'})",
+        f"size: {size} bytes",
+        f"held: {'yes (mailsrv queue release ' + envelope.id + ')' if envelope.held else 'no'}",
+        "recipients:",
+    ]
+    for rcpt in envelope.recipients:
+        due = ""
+        if rcpt.state in ("pending", "deferred") and rcpt.next_attempt:
+            due = f", next attempt {_when(rcpt.next_attempt)}"
+        lines.append(f"  <{rcpt.address}>: {rcpt.state}, {rcpt.attempts} attempts{due}")
+        if rcpt.last_error:
+            lines.append(f"    last error: {rcpt.last_error}")
+    lines.append("headers:")
+    if path.exists():
+        from mailsrv.queue.bounce import read_headers
+        headers = read_headers(path).decode("utf-8", "replace")
+        lines += ["  " + line for line in headers.splitlines()]
+    stdout.write("\n".join(lines) + "\n")
+
+
+def _when(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def auth_locked(settings, args, stdin, stdout):
+    locked = _control(settings, "locked")["locked"]
+    for key, left in locked:
+        stdout.write(f"{key}  locked for {_age(left)} more\n")
+    stdout.write(f"{len(locked)} locked out\n")
+
+
+def auth_unlock(settings, args, stdin, stdout):
+    unlocked = _control(settings, f"unlock {args.target}")["unlocked"]
+    if not unlocked:
+        raise CommandError(f"nothing locked out matches {args.target!r} (see: auth locked)")
+    stdout.write(f"unlocked: {', '.join(unlocked)}\n")
+
+
+def _control(settings, command):
+    """The running server's answer to C{command} on its control socket (mailsrv/control.py)."""
+    path = settings.data_dir / SOCKET_NAME
+    data = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(path))
+            conn.sendall(command.encode("utf-8") + b"\n")
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise CommandError(f"no running server answers on {path}: is mailsrv running with "
+                           f"{settings.path}?")
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror or e}")
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise CommandError(f"{path}: no answer from the server")
+    if not answer.get("ok"):
+        raise CommandError(answer.get("error", "the server refused"))
+    return answer
 
 
 REQUEST_WAIT = 5  # seconds for the running server to take a request
@@ -430,6 +542,9 @@ HANDLERS = {
     ("queue", "remove"): queue_remove,
     ("queue", "hold"): queue_hold,
     ("queue", "release"): queue_release,
+    ("queue", "show"): queue_show,
+    ("auth", "locked"): auth_locked,
+    ("auth", "unlock"): auth_unlock,
     ("lists", "check"): lists_check,
     ("filter", "merge"): filter_merge,
     ("filter", "train"): filter_train,

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from mailsrv.directory.passwords import hash_password
 from mailsrv.tls import generate_self_signed
-from tests.integration.harness import MailServerProcess, twistd
+from tests.integration.harness import MailServerProcess, mailsrv_command, twistd
 
 
 class UserCommandTests(unittest.TestCase):
@@ -64,6 +64,22 @@ class UserCommandTests(unittest.TestCase):
     def test_check_config(self):
         result = self.server.admin("check-config")
         self.assertIn("ok, 7 listeners", result.stdout)
+
+    def test_a_closed_pipe_and_no_terminal_are_no_tracebacks(self):
+        """Regressions: `user list | head -1` and `user add` from a script printed tracebacks."""
+        users = "".join(f"user{n}@example.test:$argon2id$x\n" for n in range(20000))
+        (self.server.dir / "users").write_text(users)
+        command = " ".join(mailsrv_command() + ["--config", str(self.server.config)])
+        listed = subprocess.run(["bash", "-c", f"{command} user list | head -1"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual((listed.stdout, listed.stderr), ("user0@example.test\n", ""))
+        added = subprocess.run(mailsrv_command() + ["--config", str(self.server.config), "user",
+                                                    "add", "eve@example.test"],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=60)
+        self.assertEqual(added.returncode, 1)
+        self.assertNotIn("Traceback", added.stderr)
+        self.assertIn("--password-stdin", added.stderr)
 
 
 class StartupErrorTests(unittest.TestCase):

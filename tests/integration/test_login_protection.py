@@ -111,3 +111,33 @@ class LoginProtectionTests(unittest.TestCase):
                         .startswith(b"+OK"))
         self.assertEqual(client.stat(), (0, 0))
         client.quit()
+
+
+class AdminUnlockTests(unittest.TestCase):
+    """`mailsrv auth locked` and `auth unlock` against the running server's control socket."""
+
+    def setUp(self):
+        self.server = MailServerProcess(extra={"auth": {"lockout": 900}})
+        self.server.start()
+        self.addCleanup(self.server.cleanup)
+
+    def imap_login(self, password, source="127.0.0.4"):
+        with self.server.imap(source) as client:
+            try:
+                return client.login(ALICE, password)[0]
+            except imaplib.IMAP4.error as e:
+                return str(e)
+
+    def test_an_admin_ends_a_lockout(self):
+        for n in range(5):
+            self.imap_login(f"wrong {n}")
+        self.assertIn("[UNAVAILABLE]", self.imap_login(PASSWORD))
+        locked = self.server.admin("auth", "locked").stdout
+        self.assertRegex(locked, rf"^127\.0\.0\.4/{ALICE}  locked for 1[45]m more\n1 locked out\n$")
+        self.assertEqual(self.server.admin("auth", "unlock", ALICE).stdout,
+                         f"unlocked: 127.0.0.4/{ALICE}\n")
+        self.assertEqual(self.imap_login(PASSWORD), "OK")
+        again = self.server.admin("auth", "unlock", ALICE, check=False)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("nothing locked out matches", again.stderr)
+        self.server.wait_for_log(f"login lockout ended by an admin: 127.0.0.4/{ALICE}")

@@ -1,0 +1,105 @@
+"""
+The running server's control socket, for the `mailsrv` command: what only
+the server process knows or can do (its login lockouts live in its
+memory). A UNIX socket in data_dir (C{control.sock}, mode 0600 in a 0700
+directory: only the server's user, and root, reach it); one command a
+line, one JSON object a line in answer: C{{"ok": true, ...}} or
+C{{"ok": false, "error": "..."}}.
+
+  - C{locked}: C{{"locked": [[key, seconds left], ...]}}
+  - C{unlock TARGET}: C{{"unlocked": [key, ...]}} (an IP, a user or a key)
+"""
+
+import json
+import os
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.internet.protocol import Factory
+
+log = Logger()
+
+SOCKET_NAME = "control.sock"
+
+
+class ControlProtocol(LineOnlyReceiver):
+    """One admin's connection: commands answered in order."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024
+
+    def lineReceived(self, line):
+        words = line.decode("utf-8", "replace").split()
+        command, args = (words[0].lower(), words[1:]) if words else ("", [])
+        if command not in self.factory.commands:
+            return self._answer({"ok": False, "error": f"unknown command {command!r}"})
+        usage, handler = self.factory.commands[command]
+        if len(args) != len(usage.split()) - 1:
+            return self._answer({"ok": False, "error": f"usage: {usage}"})
+        d = defer.maybeDeferred(handler, *args)
+        d.addCallbacks(lambda answer: {"ok": True, **answer},
+                       lambda failure: {"ok": False, "error": failure.getErrorMessage()})
+        d.addCallback(self._answer)
+
+    def _answer(self, answer):
+        self.sendLine(json.dumps(answer).encode("utf-8"))
+
+    def lineLengthExceeded(self, line):
+        self._answer({"ok": False, "error": "line too long"})
+        self.transport.loseConnection()
+
+
+class ControlFactory(Factory):
+    protocol = ControlProtocol
+
+    def __init__(self, sessions):
+        """@param sessions: the L{mailsrv.sessions.ISessionStore}."""
+        self.commands = {  # name -> (usage, handler)
+            "locked": ("locked", lambda: sessions.locked().addCallback(
+                lambda keys: {"locked": [[key, round(left)] for key, left in keys]})),
+            "unlock": ("unlock TARGET", lambda target: self._unlock(sessions, target)),
+        }
+
+    @staticmethod
+    def _unlock(sessions, target):
+        d = sessions.unlock(target)
+
+        def unlocked(keys):
+            log.info("login lockout ended by an admin: {keys}", keys=", ".join(keys) or "-")
+            return {"unlocked": keys}
+        return d.addCallback(unlocked)
+
+
+class ControlService(service.Service):
+    """Listens on data_dir/control.sock while the server runs."""
+
+    def __init__(self, path, factory, reactor):
+        self.path = path
+        self.factory = factory
+        self.reactor = reactor
+        self._port = None
+
+    def startService(self):
+        super().startService()
+        try:  # a socket left by a server that died: ours now (data_dir is locked)
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        endpoint = endpoints.UNIXServerEndpoint(self.reactor, str(self.path), mode=0o600)
+        d = endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, self._not_listening)
+
+    def _listening(self, port):
+        self._port = port
+
+    def _not_listening(self, failure):
+        log.error("control socket {path}: {error}; `mailsrv auth` cannot reach the server",
+                  path=self.path, error=failure.getErrorMessage())
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+        return None
