@@ -917,6 +917,10 @@ class AccessSettings:
 class Settings:
     """
     @ivar hostname: [server] hostname; "" in the file is this machine's name.
+    @ivar user: [server] user: started as root, run as this user after
+        binding the ports (mailsrv/privileges.py); "": stay who we are.
+    @ivar group: [server] group; "": the user's own group.
+    @ivar allow_root: [server] allow_root: running as root is meant (no warning).
     @ivar per_domain: the L{DomainSettings} of the C{[domain."NAME"]} tables.
     """
 
@@ -935,6 +939,9 @@ class Settings:
     lists: ListsSettings
     journal: JournalSettings
     hostname: str = _text("", table="server")
+    user: str = _text("", table="server")
+    group: str = _text("", table="server")
+    allow_root: bool = _flag(False, table="server")
     local_domains: tuple = _domain_names(table="domains", key="local")
     antispam: AntispamSettings = AntispamSettings()
     per_domain: tuple = ()

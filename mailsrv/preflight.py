@@ -15,7 +15,9 @@ Nothing here writes: what start-up would create (data_dir, a self-signed
 certificate) is only checked to be creatable, and reported as a note.
 """
 
+import grp
 import os
+import pwd
 from dataclasses import replace
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
@@ -68,6 +70,7 @@ def check_settings(settings, reactor):
     @param reactor: the one the endpoints are parsed for (nothing listens).
     @raise ConfigError: naming the config key of the first problem.
     """
+    _check_account(settings)
     for listener in settings.listeners:
         key = f"[listen #{listener.index + 1}]"
         _check_endpoint(settings, reactor, f"{key} endpoint", listener.endpoint)
@@ -88,6 +91,21 @@ def check_settings(settings, reactor):
                 check_folder_name(action.argument)
         except ValueError as e:
             raise ConfigError(settings.path, key, str(e))
+
+
+def _check_account(settings):
+    """[server] user and group name an account of this machine."""
+    if settings.group and not settings.user:
+        raise ConfigError(settings.path, "[server] group", "needs [server] user")
+    for key, lookup in (("user", pwd.getpwnam), ("group", grp.getgrnam)):
+        name = getattr(settings, key)
+        if name:
+            try:
+                lookup(name)
+            except KeyError:
+                raise ConfigError(settings.path, f"[server] {key}", f"no such {key} {name!r}",
+                                  f"create it, or name another ({key}s are in /etc/"
+                                  f"{'passwd' if key == 'user' else 'group'})")
 
 
 def _check_endpoint(settings, reactor, key, endpoint):

@@ -5,6 +5,7 @@ the shared state, from validated settings.
 
 import sys
 from collections import Counter
+from pathlib import Path
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, reactor
@@ -35,7 +36,8 @@ from mailsrv.policy import hooks
 from mailsrv.policy.checks import spf
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
-from mailsrv.preflight import USERS_FILE_HINT, file_problem, preflight
+from mailsrv.preflight import USERS_FILE_HINT, file_problem, list_files, preflight
+from mailsrv.privileges import DropPrivileges
 from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
@@ -92,12 +94,32 @@ def make_service_or_exit(config_path):
         preflight(settings, reactor, warnings=False)  # make_service logs them
         lock = DataDirLock(settings)
         lock.acquire()
+        generated = tls.pair_missing(settings)  # (make_service makes the pair)
         top = make_service(settings)
     except config.ConfigError as e:
         sys.stderr.write(f"mailsrv: {e}\n")
         sys.exit(1)
     lock.setServiceParent(top)
+    # Last: the listeners have bound their ports (privilegedStartService)
+    made = (settings.tls.cert, settings.tls.key) if generated else ()
+    DropPrivileges(settings, _files_read_later(settings), made).setServiceParent(top)
     return top
+
+
+def _files_read_later(settings):
+    """The files outside data_dir the server reads again while it runs."""
+    files = [listed.path for listed in list_files(settings, reactor)]
+    files += [settings.tls.cert, settings.tls.key, settings.tls.client_ca]
+    files += [path for domain in settings.per_domain for path in (domain.tls_cert,
+                                                                   domain.tls_key)]
+    auth = settings.auth
+    if auth.ldap is not None:
+        files += [auth.ldap.bind_password_file, auth.ldap.ca_file]
+    if auth.smtp is not None:
+        files.append(auth.smtp.ca_file)
+    data_dir = settings.data_dir.absolute()
+    return [path for path in files
+            if path is not None and data_dir not in Path(path).absolute().parents]
 
 
 def build_mail_server(settings, clock=reactor):

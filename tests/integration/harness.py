@@ -4,6 +4,7 @@ temporary config, and give tests what a user would have: ports, a user, the
 mailsrv command, clients bound to chosen loopback addresses.
 """
 
+import os
 import poplib
 import imaplib
 import resource
@@ -120,7 +121,9 @@ class MailServerProcess:
         self.log = self.dir / "twistd.log"
         self.process = None
         tables = {
-            "server": {"hostname": "mail.example.test", "data_dir": "var"},
+            # (as root, the tests' servers stay root: their files are root's)
+            "server": {"hostname": "mail.example.test", "data_dir": "var",
+                       "allow_root": os.geteuid() == 0},
             "domains": {"local": ["example.test"]},
             "auth": {"allow_plaintext_on_loopback": True},
             "delivery": {"retry": [1]},
