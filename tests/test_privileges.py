@@ -1,6 +1,8 @@
 """mailsrv/privileges.py: who may read what, decided from owners and modes alone."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -12,12 +14,13 @@ OTHER = 65534  # a uid that owns none of the test's files
 
 class UnreadableTests(unittest.TestCase):
     def setUp(self):
-        self.root = Path(self.mktemp()).absolute()
-        self.root.mkdir()
+        # (not under trial's temp folder: that may be closed to others)
+        self.root = Path(tempfile.mkdtemp(prefix="mailsrv-privileges-"))
+        self.addCleanup(shutil.rmtree, self.root)
         self.root.chmod(0o755)
         self.file = self.root / "users"
         self.file.write_text("x")
-        for parent in self.root.parents:  # (trial's temp folders: reachable for the test)
+        for parent in self.root.parents:
             if parent.stat().st_mode & 0o001 == 0:
                 raise unittest.SkipTest(f"{parent} is not reachable by others here")
         self.gid = os.stat(self.file).st_gid
