@@ -110,11 +110,42 @@ def _check_account(settings):
 
 def _check_endpoint(settings, reactor, key, endpoint):
     """Parse the endpoint string the way the service will, without listening."""
+    if endpoint.lower().startswith("systemd:") and not _under_systemd():
+        return _check_systemd_endpoint(settings, key, endpoint)
     try:
         endpoints.serverFromString(reactor, endpoint)
     except Exception as e:
         raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: {e}",
                           'Twisted endpoint syntax, e.g. "tcp:2525:interface=127.0.0.1"')
+
+
+def _under_systemd():
+    """Whether systemd handed this process its sockets (sd_listen_fds(3))."""
+    return os.environ.get("LISTEN_PID") == str(os.getpid())
+
+
+SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def _check_systemd_endpoint(settings, key, endpoint):
+    """
+    A systemd: endpoint outside systemd (`mailsrv check-config`, ExecStartPre):
+    Twisted's parser looks the inherited socket up, so only its syntax is
+    checked here: domain=INET|INET6|UNIX and index=N or name=NAME.
+    """
+    options = dict(part.partition("=")[::2] for part in endpoint.split(":")[1:])
+    hint = 'e.g. "systemd:domain=INET:index=0" (docs/config.md, "Running as a service")'
+    if options.get("domain") not in SYSTEMD_DOMAINS:
+        raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: domain must be "
+                          "INET, INET6 or UNIX", hint)
+    if not (options.get("index", "").isdigit() or options.get("name")):
+        raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: give index=N "
+                          "(the socket's place in the unit's ListenStream= lines) or "
+                          "name=NAME (its FileDescriptorName=)", hint)
+    unknown = set(options) - {"domain", "index", "name"}
+    if unknown:
+        raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: unknown option "
+                          f"{sorted(unknown)[0]!r}", hint)
 
 
 def _check_client_endpoint(settings, reactor, key, endpoint):
