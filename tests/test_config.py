@@ -534,6 +534,12 @@ class ErrorTests(unittest.TestCase):
     refused = [
         ({"listen": [{"protocol": "smtp", "endpoint": "tcpp:25"}]},
          "/c.toml: [listen #1] endpoint: bad endpoint 'tcpp:25'"),
+        ({"listen": [{"protocol": "smtp", "endpoint": "systemd:domain=INET:index=x"}]},
+         "/c.toml: [listen #1] endpoint: bad endpoint 'systemd:domain=INET:index=x': give "
+         "index=N"),
+        ({"listen": [{"protocol": "smtp", "endpoint": "systemd:domain=IP:index=0"}]},
+         "/c.toml: [listen #1] endpoint: bad endpoint 'systemd:domain=IP:index=0': domain "
+         "must be INET, INET6 or UNIX"),
         ({"relay": {"trusted": ["10.0.0.0/33"]}},
          "/c.toml: [relay] trusted: bad network '10.0.0.0/33'"),
         ({"relay": {"trusted": ["not an entry!"]}}, "/c.toml: [relay] trusted: not an address, "
@@ -602,6 +608,12 @@ class ErrorTests(unittest.TestCase):
 
     def test_refused(self):
         self.assert_each_refused(refuse, self.refused)
+
+    def test_systemd_endpoints_outside_systemd(self):
+        """check-config (ExecStartPre) runs without the sockets: their syntax is enough."""
+        for endpoint in ("systemd:domain=INET6:index=0", "systemd:domain=INET:name=smtp"):
+            settings = config.parse({"listen": [{"endpoint": endpoint}]}, Path("/c.toml"))
+            preflight.check_settings(settings, task.Clock())
 
     def test_missing_allow_file(self):
         directory = Path(self.mktemp())
