@@ -452,6 +452,27 @@ class JournalSettings:
     outbound: str = _mail_address()
 
 
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """
+    C{[log]} (docs/config.md, "Logs").
+
+    @ivar format: C{text} (twistd's lines) or C{json} (one object a line).
+    @ivar file: where the log goes; L{None}: where twistd puts it (stdout
+        under C{twistd -n}, twistd.log when it daemonizes).
+    @ivar max_size: bytes at which C{file} is rotated.
+    @ivar max_files: rotated files kept (C{file.1} the newest).
+    """
+
+    format: str = _choice("text", LOG_FORMATS)
+    file: Optional[Path] = _file()
+    max_size: int = _whole(10 * 1024 * 1024, minimum=4096)
+    max_files: int = _whole(10, minimum=1)
+
+
 @dataclass(frozen=True)
 class DNSSettings:
     servers: tuple = _host_ports(53)  # of (host, port); none: the system's
@@ -938,6 +959,7 @@ class Settings:
     access: AccessSettings
     lists: ListsSettings
     journal: JournalSettings
+    log: LogSettings
     hostname: str = _text("", table="server")
     user: str = _text("", table="server")
     group: str = _text("", table="server")
@@ -1121,6 +1143,7 @@ def parse(data, path):
         access=_plain_table(path, top, "access", AccessSettings, base),
         lists=_plain_table(path, top, "lists", ListsSettings, base),
         journal=_plain_table(path, top, "journal", JournalSettings, base),
+        log=_plain_table(path, top, "log", LogSettings, base),
         antispam=antispam,
         per_domain=_per_domain(path, top.get("domain", dict, {}), base,
                                values["local_domains"], antispam),

@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
-from mailsrv import config, dns, tls
+from mailsrv import config, dns, logs, tls
 from mailsrv.context import MailServer, peer_ip
 from mailsrv.control import SOCKET_NAME, ControlFactory, ControlService
 from mailsrv.datadir_lock import DataDirLock
@@ -218,7 +218,7 @@ def _trusted_clients(settings, resolvers, clock):
 def make_service(settings):
     sys.setswitchinterval(SWITCH_INTERVAL)
     server = build_mail_server(settings)
-    top = service.MultiService()
+    top = MailService(settings.log)
     StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
@@ -247,6 +247,22 @@ def make_service(settings):
             factory.noisy = False
         ListenerService(listener, settings, factory).setServiceParent(top)
     return top
+
+
+class MailService(service.MultiService):
+    """
+    The whole server. Given to twistd's application, it hands it the log
+    observer [log] asks for (twistd uses an application's ILogObserver).
+    """
+
+    def __init__(self, log_settings):
+        super().__init__()
+        self.log_settings = log_settings
+
+    def setServiceParent(self, parent):
+        if hasattr(parent, "setComponent"):  # (twistd's Application, a Componentized)
+            logs.give_to(parent, self.log_settings)
+        super().setServiceParent(parent)
 
 
 class StartupNotes(service.Service):

@@ -92,7 +92,8 @@ PACKAGES = {
                       "mailsrv.policy.hooks", "mailsrv.policy.judgement",
                       "mailsrv.policy.listener", "mailsrv.policy.lists",
                       "mailsrv.policy.urlhost", "mailsrv.preflight", "mailsrv.queue.spool",
-                      "mailsrv.queue.bounce", "mailsrv.control", "mailsrv.service",
+                      "mailsrv.queue.bounce", "mailsrv.control", "mailsrv.logs",
+                      "mailsrv.service",
                       "mailsrv.__version__"},
 }
 

@@ -21,6 +21,7 @@ from twisted.internet import reactor
 
 from mailsrv import __version__, config
 from mailsrv.control import SOCKET_NAME
+from mailsrv.logs import files_of, trace
 from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
 from mailsrv.directory.users import UserDB
@@ -68,6 +69,14 @@ def _parser():
     queue.add_parser("release", help="deliver a held message now").add_argument("id")
     queue.add_parser("show", help="one queued message: envelope, each recipient's state "
                                   "and last error, headers").add_argument("id")
+
+    log_command = commands.add_parser("log", help="read the server's log").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    trace = log_command.add_parser("trace", help="every line of one message, by queue ID")
+    trace.add_argument("queue_id", metavar="QUEUEID")
+    trace.add_argument("files", nargs="*", metavar="FILE",
+                       help="log files, or - for standard input (default: [log] file and "
+                            "its rotated files)")
 
     auth = commands.add_parser("auth", help="login lockouts of the running server")
     auth = auth.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -450,6 +459,36 @@ def _when(seconds):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
+def log_trace(settings, args, stdin, stdout):
+    """`log trace`: mailsrv/logs.py's trace over the log files, oldest first."""
+    if args.files:
+        paths = args.files
+    elif settings.log.file is not None:
+        paths = files_of(settings.log.file)
+    else:
+        raise CommandError("[log] file is not set, so the log is where twistd writes it: "
+                           "name it (twistd.log), or pipe it in: journalctl -u mailsrv -o cat "
+                           f"| mailsrv log trace {args.queue_id} -")
+    found = 0
+    for line in trace(_lines(paths, stdin), args.queue_id):
+        stdout.write(line if line.endswith("\n") else line + "\n")
+        found += 1
+    if not found:
+        raise CommandError(f"no line names {args.queue_id}")
+
+
+def _lines(paths, stdin):
+    for path in paths:
+        if str(path) == "-":
+            yield from stdin
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                yield from f
+        except OSError as e:
+            raise CommandError(f"{path}: {e.strerror}")
+
+
 def auth_locked(settings, args, stdin, stdout):
     locked = _control(settings, "locked")["locked"]
     for key, left in locked:
@@ -543,6 +582,7 @@ HANDLERS = {
     ("queue", "hold"): queue_hold,
     ("queue", "release"): queue_release,
     ("queue", "show"): queue_show,
+    ("log", "trace"): log_trace,
     ("auth", "locked"): auth_locked,
     ("auth", "unlock"): auth_unlock,
     ("lists", "check"): lists_check,

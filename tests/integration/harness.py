@@ -199,7 +199,10 @@ class MailServerProcess:
                 raise AssertionError(f"server exited at start:\n{self.log_text()}")
             # every listener logs "listening:" once its port is bound: a port
             # that answers is not enough, another process may hold it
-            if log.count("[mailsrv.service#info] listening: ") >= len(self.ports):
+            # (text lines, or [log] format = "json" objects)
+            listening = [line for line in log.splitlines()
+                         if "mailsrv.service" in line and "listening: " in line]
+            if len(listening) >= len(self.ports):
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"the server did not listen:\n{self.log_text()}")
