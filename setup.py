@@ -28,6 +28,7 @@ setup(
         "pyspf>=2.0.14,<3",
         "psutil>=5.9",  # this machine's addresses ([[listen]] block_own_ips, the "self" entry)
         "ldap3>=2.9,<3",  # [auth] source = "ldap" (README: why not ldaptor)
+        "prometheus-client>=0.20",  # [metrics]: /metrics over twisted.web
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.

@@ -452,6 +452,29 @@ class JournalSettings:
     outbound: str = _mail_address()
 
 
+@dataclass(frozen=True)
+class MetricsSettings:
+    """
+    C{[metrics]} (docs/config.md, "Metrics").
+
+    @ivar endpoint: where /metrics, /healthz and /readyz are served ("":
+        nowhere); a tcp: endpoint without an interface is on 127.0.0.1.
+    @ivar min_free: bytes free on data_dir's disk below which /readyz
+        says the server is not ready.
+    """
+
+    endpoint: str = _text("")
+    min_free: int = _whole(100 * 1024 * 1024)
+
+    @property
+    def listen_endpoint(self):
+        kind = self.endpoint.split(":", 1)[0].lower()
+        if kind in ("tcp", "tcp6") and "interface=" not in self.endpoint:
+            return self.endpoint + (":interface=127.0.0.1" if kind == "tcp"
+                                    else ":interface=\\:\\:1")
+        return self.endpoint
+
+
 LOG_FORMATS = ("text", "json")
 
 
@@ -960,6 +983,7 @@ class Settings:
     lists: ListsSettings
     journal: JournalSettings
     log: LogSettings
+    metrics: MetricsSettings
     hostname: str = _text("", table="server")
     user: str = _text("", table="server")
     group: str = _text("", table="server")
@@ -1144,6 +1168,7 @@ def parse(data, path):
         lists=_plain_table(path, top, "lists", ListsSettings, base),
         journal=_plain_table(path, top, "journal", JournalSettings, base),
         log=_plain_table(path, top, "log", LogSettings, base),
+        metrics=_plain_table(path, top, "metrics", MetricsSettings, base),
         antispam=antispam,
         per_domain=_per_domain(path, top.get("domain", dict, {}), base,
                                values["local_domains"], antispam),

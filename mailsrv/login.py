@@ -9,7 +9,7 @@ from twisted.cred.error import LoginFailed
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsrv import errorlog
+from mailsrv import errorlog, metrics
 from mailsrv.directory.checker import LoginThrottled, SourceUnavailable
 from mailsrv.logtext import literal, printable
 
@@ -29,11 +29,17 @@ class MaildropInUse(Exception):
 
 def failed(failure, name, ip, protocol, transport):
     """
-    Class a login's failure and write its one log line.
+    Class a login's failure, write its one log line, and count it.
 
     @param name: the login name the client sent (str or bytes).
     @return: L{THROTTLED}, L{FAILED}, L{IN_USE} or L{BROKEN}.
     """
+    outcome = _classed(failure, name, ip, protocol, transport)
+    metrics.LOGINS.labels(protocol, outcome).inc()
+    return outcome
+
+
+def _classed(failure, name, ip, protocol, transport):
     name = printable(name)
     if failure.check(LoginThrottled):
         log.info("login refused (throttled): key={key} protocol={protocol}",
@@ -66,6 +72,7 @@ def succeeded(server, user, ip, protocol):
     """
     log.info(literal(f"login ok: user={user} ip={ip} protocol={protocol}"),
              user=user, ip=ip, protocol=protocol)
+    metrics.LOGINS.labels(protocol, "ok").inc()
     d = defer.maybeDeferred(server.sessions.record_login, user, ip, protocol)
     d.addErrback(lambda f: log.failure("recording the {protocol} login of {user}", f,
                                        protocol=protocol, user=user))

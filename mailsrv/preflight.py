@@ -77,6 +77,9 @@ def check_settings(settings, reactor):
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
+    if settings.metrics.endpoint:
+        _check_endpoint(settings, reactor, "[metrics] endpoint",
+                        settings.metrics.listen_endpoint)
     for name, antispam in _own_sections(settings):
         if antispam.clamav is not None:
             _check_client_endpoint(settings, reactor, f"[{name}.clamav] endpoint",

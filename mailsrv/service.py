@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
-from mailsrv import config, dns, logs, tls
+from mailsrv import config, dns, logs, metrics, metricsweb, tls
 from mailsrv.context import MailServer, peer_ip
 from mailsrv.control import SOCKET_NAME, ControlFactory, ControlService
 from mailsrv.datadir_lock import DataDirLock
@@ -229,6 +229,7 @@ def make_service(settings):
                    reactor).setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()
+    listening = []
     for listener in settings.listeners:
         factory = builders[listener.protocol](server, listener)
         factory = ConnectionLimits(
@@ -241,11 +242,21 @@ def make_service(settings):
             access=server.access_for(listener),
             denied_reply=DENIED_REPLIES[listener.protocol],
             later_reply=LATER_REPLIES[listener.protocol],
+            name=listener.name,
         )
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(server.tls_context_for(listener), False, factory)
             factory.noisy = False
-        ListenerService(listener, settings, factory).setServiceParent(top)
+        listening.append(ListenerService(listener, settings, factory))
+        listening[-1].setServiceParent(top)
+    runner = server.queue_runner
+    metrics.QUEUE_MESSAGES.set_function(lambda: runner.queued()[0])
+    metrics.QUEUE_OLDEST.set_function(lambda: runner.queued()[1])
+    if settings.metrics.endpoint:
+        readiness = metricsweb.Readiness(listening, server.spool.root, settings.data_dir,
+                                         settings.metrics.min_free)
+        metricsweb.MetricsService(settings.metrics.listen_endpoint, readiness,
+                                  reactor).setServiceParent(top)
     return top
 
 
@@ -355,8 +366,10 @@ class ConnectionLimits(policies.WrappingFactory):
     """
 
     def __init__(self, wrapped, busy_reply, max_connections, max_per_ip, per_ip,
-                 access=None, denied_reply=b"", later_reply=b"", stress_connections=None):
+                 access=None, denied_reply=b"", later_reply=b"", stress_connections=None,
+                 name="-"):
         super().__init__(wrapped)
+        self.name = name  # (the listener's, for the metrics)
         # One "listening:" line per listener says enough; no per-factory chatter.
         self.noisy = wrapped.noisy = False
         self.access = access
@@ -390,6 +403,8 @@ class ConnectionLimits(policies.WrappingFactory):
             return False
         was_stressed = self.stressed
         self.active += 1
+        metrics.CONNECTIONS.labels(self.name).inc()
+        metrics.OPEN_CONNECTIONS.labels(self.name).inc()
         self.per_ip[connection.counted_ip] += 1
         self.connections[connection] = None
         if self.stressed and not was_stressed:
@@ -403,6 +418,7 @@ class ConnectionLimits(policies.WrappingFactory):
             return
         del self.connections[connection]
         self.active -= 1
+        metrics.OPEN_CONNECTIONS.labels(self.name).dec()
         ip = connection.counted_ip
         self.per_ip[ip] -= 1
         if not self.per_ip[ip]:
@@ -438,6 +454,7 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         self.counted_ip = ip
         if limits.per_ip[ip] >= limits.max_per_ip or not limits.admit(self):
             log.info("refused connection from {ip}: connection limit", ip=ip)
+            metrics.CONNECTIONS_REFUSED.labels(limits.name, "busy").inc()
             # Not handed to the wrapped protocol at all: only the busy line.
             self.counted_ip = None
             self.transport = transport
@@ -465,6 +482,8 @@ class _LimitedProtocol(policies.ProtocolWrapper):
         if not verdict.accepted:
             log.info("refused connection from {ip}: {reason}", ip=ip, reason=verdict.reason)
             limits = self.factory
+            metrics.CONNECTIONS_REFUSED.labels(
+                limits.name, "later" if verdict.temporary else "denied").inc()
             transport.write(limits.later_reply if verdict.temporary
                             else limits.denied_reply.replace(b"%s", ip.encode()))
             limits.release(self)

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailsrv import metrics
 from mailsrv.config import ConfigError
 from mailsrv.context import peer_ip
 
@@ -50,6 +51,7 @@ VERIFY_ERRORS = {
 # TLS alerts a server sends when a required certificate is missing:
 # handshake_failure (TLS 1.2) and certificate_required (TLS 1.3).
 _NO_CERTIFICATE_ALERTS = (40, 116)
+_FATAL = 2  # (an alert's level, RFC 8446 6)
 
 
 def generate_self_signed(cert_path, key_path, hostname, days=3650):
@@ -291,7 +293,7 @@ class ListenerContext:
             if self.mode == "require":
                 flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             context.set_verify(flags, _verify_client)
-            context.set_info_callback(_watch_handshake)
+        context.set_info_callback(_watch_handshake)
         return context
 
     def getContext(self):
@@ -342,9 +344,14 @@ def _verify_client(connection, certificate, errno, depth, ok):
 
 def _watch_handshake(connection, where, ret):
     """
-    A client that sends no certificate where one is required never reaches
-    the verify callback: spot the alert OpenSSL sends it.
+    Count handshakes done and refused (a fatal alert we send). A client
+    that sends no certificate where one is required never reaches the
+    verify callback: spot the alert OpenSSL sends it.
     """
+    if where & SSL.SSL_CB_HANDSHAKE_DONE:
+        metrics.TLS_HANDSHAKES.labels("ok").inc()
+    elif where & SSL.SSL_CB_WRITE_ALERT == SSL.SSL_CB_WRITE_ALERT and ret >> 8 == _FATAL:
+        metrics.TLS_HANDSHAKES.labels("failed").inc()
     if where & SSL.SSL_CB_LOOP and b"certificate request" in connection.get_state_string():
         connection.certificate_requested = True
     elif (where & SSL.SSL_CB_WRITE_ALERT == SSL.SSL_CB_WRITE_ALERT

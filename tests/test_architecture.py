@@ -58,7 +58,7 @@ PACKAGES = {
                           "mailsrv.store.delivery"},
     # The spool and delivery, local and remote: no protocol, filter or directory.
     "mailsrv.queue": {"mailsrv.address", "mailsrv.config", "mailsrv.dns", "mailsrv.gather",
-                      "mailsrv.store", "mailsrv.tls"},
+                      "mailsrv.metrics", "mailsrv.store", "mailsrv.tls"},
     # The mailbox protocols: over the store and the login module, never the
     # SMTP server, the queue (but its dot-stuffing) or each other.
     "mailsrv.imap": {"mailsrv.__version__", "mailsrv.addresslist", "mailsrv.deadline",
@@ -74,6 +74,7 @@ PACKAGES = {
     # queue, no store.
     "mailsrv.policy": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
                        "mailsrv.dns", "mailsrv.errorlog", "mailsrv.gather", "mailsrv.headerblock",
+                       "mailsrv.metrics",
                        "mailsrv.logtext", "mailsrv.netaddr"},
     # The SMTP server reads commands and DATA and writes replies: the policy
     # decides, the delivery agent (reached through the server context)
@@ -81,6 +82,7 @@ PACKAGES = {
     # and courier, or the mailbox protocols.
     "mailsrv.smtp": {"mailsrv.address", "mailsrv.context", "mailsrv.deadline",
                      "mailsrv.directory", "mailsrv.errorlog", "mailsrv.gather", "mailsrv.login",
+                     "mailsrv.metrics",
                      "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
                      "mailsrv.queue.journal", "mailsrv.sasl"},
     # The mailsrv command: files and the spool as an admin sees them, the

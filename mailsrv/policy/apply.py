@@ -12,6 +12,7 @@ C{forward:} are where the delivery agent places the message
 
 from twisted.logger import Logger
 
+from mailsrv import metrics
 from mailsrv.logtext import literal
 from mailsrv.policy.verdict import Verdict
 
@@ -46,6 +47,7 @@ def begin(judgement, session, queue_id, subject_prefix, write):
     """
     if judgement.checked:  # (a line a message: formatted here, mailsrv.logtext)
         ip, summary, action = session.ip, judgement.summary, judgement.action
+        metrics.FILTER_VERDICTS.labels("yes" if judgement.spam else "no", action.kind).inc()
         log.info(literal(f"antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} "
                          f"action={action}"),
                  queue_id=queue_id, ip=ip, summary=summary, action=action)

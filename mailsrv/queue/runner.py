@@ -16,6 +16,7 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from mailsrv import metrics
 from mailsrv.queue import intake
 from mailsrv.queue.bounce import (
     DSN, POSTMASTER, bounce_target, count_received, dsn_message, read_headers,
@@ -164,6 +165,13 @@ class QueueRunner(service.Service):
         d.addCallback(self._scanned)
         d.addErrback(lambda f: log.failure("queue: spool scan failed", f))
         d.addBoth(self._scan_done)
+
+    def queued(self):
+        """C{(messages in the queue, seconds the oldest has waited)} (the metrics)."""
+        if not self._envelopes:
+            return 0, 0.0
+        oldest = min(envelope.created for envelope in self._envelopes.values())
+        return len(self._envelopes), max(0.0, self.clock.seconds() - oldest)
 
     def when_idle(self):
         """
@@ -363,8 +371,10 @@ class QueueRunner(service.Service):
                 ])
                 return
             for route, recipients in group_by_route(due, self.delivery).items():
+                started = self.clock.seconds()
                 outcome = yield self._try_route(envelope, path, route,
                                                 [r.address for r in recipients])
+                metrics.DELIVERY_SECONDS.observe(self.clock.seconds() - started)
                 yield self._record(envelope, headers, [
                     (recipient, result, relay)
                     for recipient, (result, relay) in zip(recipients, outcome)
@@ -524,6 +534,7 @@ class QueueRunner(service.Service):
 
     def _log_result(self, envelope, recipient, result, relay):
         words = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "failed"}
+        metrics.DELIVERIES.labels(words[recipient.state]).inc()
         text = _reply_text(result)
         note = ""
         if recipient.state == DEFERRED:

@@ -15,7 +15,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsrv import errorlog, login, sasl
+from mailsrv import errorlog, login, metrics, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
@@ -420,6 +420,7 @@ class SMTPServer(protocol.Protocol):
 
     def _mail_verdict(self, verdict, transaction):
         if not verdict.accepted:
+            metrics.SMTP_REFUSALS.labels("mail", verdict.enhanced).inc()
             sender, ip, reason = transaction.sender, self.session.ip, verdict.reason
             log.info(literal(f"refused MAIL FROM:<{sender}> from {ip}: {reason}"),
                      sender=sender, ip=ip, reason=reason)
@@ -443,6 +444,7 @@ class SMTPServer(protocol.Protocol):
 
     def _rcpt_verdict(self, verdict, recipient):
         if not verdict.accepted:
+            metrics.SMTP_REFUSALS.labels("rcpt", verdict.enhanced).inc()
             rcpt, ip, reason = recipient.address, self.session.ip, verdict.reason
             log.info(literal(f"refused RCPT TO:<{rcpt}> from {ip}: {reason}"),
                      rcpt=rcpt, ip=ip, reason=reason)
@@ -489,9 +491,16 @@ class SMTPServer(protocol.Protocol):
         reader, reception = self._reader, self._reception
         self._reader = self._reception = self.transaction = None
         self.deadline.expect_command()
+        started = self.factory.clock.seconds()
         reply = reception.end(reader, self.limits.max_message_size)
         if isinstance(reply, defer.Deferred):
-            return reply.addCallback(lambda reply: self._reply(*reply))
+            return reply.addCallback(self._data_reply, started)
+        return self._data_reply(reply, started)
+
+    def _data_reply(self, reply, started):
+        code, enhanced, _ = reply
+        metrics.MESSAGES.labels(metrics.outcome_of(code), enhanced).inc()
+        metrics.INTAKE_SECONDS.observe(self.factory.clock.seconds() - started)
         return self._reply(*reply)
 
     _handlers = {
