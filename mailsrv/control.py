@@ -8,6 +8,7 @@ C{{"ok": false, "error": "..."}}.
 
   - C{locked}: C{{"locked": [[key, seconds left], ...]}}
   - C{unlock TARGET}: C{{"unlocked": [key, ...]}} (an IP, a user or a key)
+  - C{reload}: C{{"changed": [...], "restart": [...]}} (mailsrv/reload.py)
 """
 
 import json
@@ -53,14 +54,20 @@ class ControlProtocol(LineOnlyReceiver):
 
 class ControlFactory(Factory):
     protocol = ControlProtocol
+    noisy = False
 
-    def __init__(self, sessions):
-        """@param sessions: the L{mailsrv.sessions.ISessionStore}."""
+    def __init__(self, sessions, reload=None):
+        """
+        @param sessions: the L{mailsrv.sessions.ISessionStore}.
+        @param reload: reloads the config (L{mailsrv.reload.Reloader.reload}).
+        """
         self.commands = {  # name -> (usage, handler)
             "locked": ("locked", lambda: sessions.locked().addCallback(
                 lambda keys: {"locked": [[key, round(left)] for key, left in keys]})),
             "unlock": ("unlock TARGET", lambda target: self._unlock(sessions, target)),
         }
+        if reload is not None:
+            self.commands["reload"] = ("reload", reload)
 
     @staticmethod
     def _unlock(sessions, target):

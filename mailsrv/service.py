@@ -38,6 +38,7 @@ from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, list_files, preflight
 from mailsrv.privileges import DropPrivileges
+from mailsrv.reload import Reloader
 from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
@@ -221,15 +222,17 @@ def make_service(settings):
     top = MailService(settings.log)
     StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
-    tls.CertificateWatch(server.tls, server.clock).setServiceParent(top)
+    builders = _factory_builders()
+    per_ip = Counter()
+    listening, limits = [], []
+    reloader = Reloader(server, limits, builders, server.tls.reload, reactor, _trusted_clients)
+    tls.CertificateWatch(server.tls, server.clock, reloader.on_hangup).setServiceParent(top)
     server.queue_runner.setServiceParent(top)
     if server.directory.book is not None:
         server.directory.book.setServiceParent(top)
-    ControlService(settings.data_dir / SOCKET_NAME, ControlFactory(server.sessions),
+    ControlService(settings.data_dir / SOCKET_NAME,
+                   ControlFactory(server.sessions, reloader.reload),
                    reactor).setServiceParent(top)
-    builders = _factory_builders()
-    per_ip = Counter()
-    listening = []
     for listener in settings.listeners:
         factory = builders[listener.protocol](server, listener)
         factory = ConnectionLimits(
@@ -244,6 +247,7 @@ def make_service(settings):
             later_reply=LATER_REPLIES[listener.protocol],
             name=listener.name,
         )
+        limits.append(factory)
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(server.tls_context_for(listener), False, factory)
             factory.noisy = False

@@ -179,16 +179,19 @@ def _named(certificate, text):
 class CertificateWatch(service.Service):
     """
     Checks the certificate's expiry at start and then daily, and reloads
-    the [tls] files on SIGHUP (twistd itself uses SIGUSR1 and leaves SIGHUP
-    alone; a handler found installed is still called after ours).
+    on SIGHUP (twistd itself uses SIGUSR1 and leaves SIGHUP alone; a
+    handler found installed is still called after ours).
 
     @ivar reactor: runs the daily check, and the reload the signal handler
         schedules (a Clock in tests that send no signal).
+    @ivar on_hangup: what SIGHUP reloads: the [tls] files by default, the
+        whole config in the server (mailsrv/reload.py).
     """
 
-    def __init__(self, tls, reactor):
+    def __init__(self, tls, reactor, on_hangup=None):
         self.tls = tls
         self.reactor = reactor
+        self.on_hangup = on_hangup or tls.reload
         self._loop = None
         self._previous = None
 
@@ -202,7 +205,7 @@ class CertificateWatch(service.Service):
     def _sighup(self, signum, frame):
         # A signal handler may run in the middle of any reactor code: only
         # schedule the reload.
-        self.reactor.callFromThread(self.tls.reload)
+        self.reactor.callFromThread(self.on_hangup)
         if callable(self._previous):
             self._previous(signum, frame)
 

@@ -7,15 +7,18 @@ and a password prompt with no terminal.
 
 import io
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from mailsrv import config
 from mailsrv.admin import cli
 from mailsrv.control import ControlFactory
 from mailsrv.queue.spool import Envelope, RecipientState, Spool
+from mailsrv.reload import changes, needs_restart, running_part
 from mailsrv.sessions import MemorySessionStore
 from tests.test_admin import AdminTestCase
 
@@ -133,3 +136,21 @@ class CommandTests(AdminTestCase):
         self.assertIn("headers:\n  Subject: held back\n", out)
         status, _, err = self.run_command("queue", "show", "NOPE")
         self.assertEqual((status, err), (1, "mailsrv: no queued message NOPE\n"))
+
+
+class ReloadChangesTests(unittest.TestCase):
+    def test_changes_and_what_waits_for_a_restart(self):
+        old = config.parse({"access": {"max_message_size": 10000}}, Path("/c.toml"))
+        new = config.parse({"access": {"max_message_size": 20000},
+                            "auth": {"cache_ttl": 0, "lockout": 60},
+                            "domains": {"local": ["example.test"]},
+                            "listen": [{"endpoint": "tcp:2525"}]}, Path("/c.toml"))
+        found = changes(old, new)
+        self.assertEqual(found, ["[[listen]]", "[auth] lockout", "[auth] cache_ttl",
+                                 "[access] max_message_size", "[domains] local"])
+        self.assertEqual([c for c in found if needs_restart(c)],
+                         ["[[listen]]", "[auth] lockout"])
+        running = running_part(old, new)
+        self.assertEqual((running.access.max_message_size, running.auth.cache_ttl,
+                          running.auth.lockout, running.listeners),
+                         (20000, 0, old.auth.lockout, old.listeners))

@@ -48,6 +48,8 @@ def _parser():
                         help=f"path to mailsrv.toml (default: {DEFAULT_CONFIG})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("check-config", help="validate the config and its files")
+    commands.add_parser("reload", help="make the running server read its config again "
+                                       "(as SIGHUP does)")
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -489,6 +491,15 @@ def _lines(paths, stdin):
             raise CommandError(f"{path}: {e.strerror}")
 
 
+def reload_config(settings, args, stdin, stdout):
+    """`reload`: the running server reads its config again (mailsrv/reload.py)."""
+    answer = _control(settings, "reload")
+    changed, restart = answer["changed"], answer["restart"]
+    stdout.write(f"reloaded: {', '.join(changed) if changed else 'no change'}\n")
+    if restart:
+        stdout.write(f"needs a restart: {', '.join(restart)}\n")
+
+
 def auth_locked(settings, args, stdin, stdout):
     locked = _control(settings, "locked")["locked"]
     for key, left in locked:
@@ -572,6 +583,7 @@ def queue_release(settings, args, stdin, stdout):
 
 HANDLERS = {
     ("check-config", None): check_config,
+    ("reload", None): reload_config,
     ("user", "add"): user_add,
     ("user", "passwd"): user_passwd,
     ("user", "del"): user_del,

@@ -166,6 +166,18 @@ class QueueRunner(service.Service):
         d.addErrback(lambda f: log.failure("queue: spool scan failed", f))
         d.addBoth(self._scan_done)
 
+    def reconfigure(self, settings, courier, resolver, local_delivery):
+        """
+        A reload's new settings (mailsrv/reload.py): deliveries from now on
+        use them; those under way finish as they began.
+        """
+        self.settings = settings
+        self.delivery = settings.delivery
+        self.max_deliveries = self.delivery.max_connections
+        self.courier = courier
+        self.resolver = resolver
+        self.local_delivery = local_delivery
+
     def queued(self):
         """C{(messages in the queue, seconds the oldest has waited)} (the metrics)."""
         if not self._envelopes:
