@@ -60,7 +60,8 @@ def changes(old, new):
             found += [f"[{f.name}] {g.name}" for g in fields(before)
                       if getattr(before, g.name) != getattr(after, g.name)]
         else:
-            found.append(RESTART.get(f.name, f"[{f.name}]"))
+            found.append(RESTART.get(f.name, "[domain]" if f.name == "per_domain"
+                                     else f"[{f.name}]"))
     return found
 
 
