@@ -31,6 +31,7 @@ from mailsrv.directory.ldapsource import (
 )
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.smtpsource import SMTPSource
+from mailsrv.logtext import literal
 from mailsrv.netaddr import ListedClients
 from mailsrv.policy import hooks
 from mailsrv.policy.checks import spf
@@ -466,6 +467,7 @@ class _LimitedProtocol(policies.ProtocolWrapper):
             transport.write(limits.busy_reply)
             transport.loseConnection()
             return
+        log.info(literal(f"connect from {ip} to {limits.name}"), ip=ip, listener=limits.name)
         if limits.access is None or not limits.access.settings.restricted:
             return super().makeConnection(transport)
         # Held until the connect hook decides: input waits, unread.

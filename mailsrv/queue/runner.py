@@ -392,7 +392,7 @@ class QueueRunner(service.Service):
                     for recipient, (result, relay) in zip(recipients, outcome)
                 ])
         except Exception:
-            log.failure("queue {id}: delivery job failed", id=envelope.id)
+            log.failure("queue {id}: delivery job failed", id=envelope.id, queue_id=envelope.id)
         finally:
             self._busy.discard(envelope.id)
             self._dispatch()
@@ -473,7 +473,8 @@ class QueueRunner(service.Service):
                     break
                 if deferred_by is not None:
                     log.info("queue {id}: {hop} deferred {n} recipient(s) ({error}); "
-                             "trying {next}", id=envelope.id, hop=deferred_by[0],
+                             "trying {next}", id=envelope.id, queue_id=envelope.id,
+                             hop=deferred_by[0],
                              n=len(waiting), error=deferred_by[1], next=hop)
                     deferred_by = None
                 results = yield self.courier.deliver(envelope, path, waiting, hop)
@@ -482,7 +483,7 @@ class QueueRunner(service.Service):
                 waiting = [r.address for r in results if r.status == TEMPORARY]
                 if all(r.host_failed for r in results):
                     log.info("queue {id}: {hop} unavailable: {error}",
-                             id=envelope.id, hop=hop, error=results[0].text)
+                             id=envelope.id, queue_id=envelope.id, hop=hop, error=results[0].text)
                 elif waiting:
                     deferred_by = hop, _reply_text(outcome[waiting[0]][0])
         return [outcome[address] for address in addresses]
@@ -516,18 +517,19 @@ class QueueRunner(service.Service):
         """
         target = bounce_target(envelope, self.postmaster)
         if target is None:
-            log.info("queue {id}: no bounce for a null-sender message", id=envelope.id)
+            log.info("queue {id}: no bounce for a null-sender message", id=envelope.id,
+                     queue_id=envelope.id)
             return
         to, kind = target
         destination = self.local_delivery.route(to)
         if destination is None and kind == DSN:
             log.warn("queue {id}: cannot bounce to <{to}>: no such local address; "
-                     "to the postmaster instead", id=envelope.id, to=to)
+                     "to the postmaster instead", id=envelope.id, queue_id=envelope.id, to=to)
             to, kind = self.postmaster, POSTMASTER
             destination = self.local_delivery.route(to)
         if destination is None:
             log.error("queue {id}: no bounce: <{to}> is no local address",
-                      id=envelope.id, to=to)
+                      id=envelope.id, queue_id=envelope.id, to=to)
             return
         try:
             incoming = self.spool.incoming()
@@ -536,9 +538,11 @@ class QueueRunner(service.Service):
             queue_id = yield self.local_delivery.deliver(
                 incoming, {"sender": "", "bounce": kind}, destination)
         except (OSError, intake.NoDestination) as e:
-            log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id, error=e)
+            log.error("queue {id}: cannot make a bounce: {error}", id=envelope.id,
+                      queue_id=envelope.id, error=e)
             return
         log.info("queue {id}: {what} {bounce} to <{to}>: {where}", id=envelope.id,
+                 queue_id=envelope.id,
                  what="bounce" if retry_until is None else "delay notice",
                  bounce=queue_id, to=to, where="queued" if destination.remote else "delivered")
         if destination.remote:
@@ -555,7 +559,7 @@ class QueueRunner(service.Service):
         log.info(
             "queue {id}: from=<{sender}> to=<{to}> relay={relay} status={status} "
             "({text}){note}",
-            id=envelope.id, sender=envelope.sender, to=recipient.address,
+            id=envelope.id, queue_id=envelope.id, sender=envelope.sender, to=recipient.address,
             relay=relay, status=words[recipient.state], text=text, note=note,
         )
 

@@ -25,5 +25,7 @@ class JSONLogTests(unittest.TestCase):
                       and r["text"].startswith("accepted")]
         self.assertEqual((accepted["system"], accepted["level"], accepted["ip"]),
                          ("mailsrv.smtp.reception", "info", "127.0.0.1"))
+        connects = [r for r in records if r["text"].startswith("connect from 127.0.0.1 to ")]
+        self.assertTrue(connects and all(r["listener"] for r in connects), connects)
         traced = server.admin("log", "trace", queue_id, str(server.log)).stdout
         self.assertIn(f'"text": "accepted {queue_id} from 127.0.0.1', traced)
