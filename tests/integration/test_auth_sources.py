@@ -28,6 +28,15 @@ from tests.slapdserver import (
 ALICE_PASSWORD = "alice in ldap"
 
 
+def imap_login(server, user, password):
+    """The tagged answer's status (OK), or the error text of a refused LOGIN."""
+    with server.imap() as client:
+        try:
+            return client.login(user, password)[0]
+        except imaplib.IMAP4.error as e:
+            return str(e)
+
+
 class LDAPSourceTests(unittest.TestCase):
     def setUp(self):
         missing = slapd_missing()
@@ -50,11 +59,7 @@ class LDAPSourceTests(unittest.TestCase):
         self.server.wait_for_log("ldap: 2 addresses read")
 
     def imap_login(self, user, password):
-        with self.server.imap() as client:
-            try:
-                return client.login(user, password)[0]
-            except imaplib.IMAP4.error as e:
-                return str(e)
+        return imap_login(self.server, user, password)
 
     def test_logins_with_the_directory_password(self):
         self.assertEqual(self.imap_login("alice@example.test", ALICE_PASSWORD), "OK")
@@ -134,11 +139,7 @@ class SMTPSourceTests(unittest.TestCase):
         return server
 
     def imap_login(self, user, password):
-        with self.server.imap() as client:
-            try:
-                return client.login(user, password)[0]
-            except imaplib.IMAP4.error as e:
-                return str(e)
+        return imap_login(self.server, user, password)
 
     def test_the_other_server_says_yes_and_no(self):
         self.assertEqual(self.imap_login("carol@example.test", PASSWORD), "OK")
