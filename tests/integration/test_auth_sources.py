@@ -10,12 +10,13 @@ mailsrv checks the passwords for the first by AUTH PLAIN over STARTTLS.
 import imaplib
 import poplib
 import smtplib
+import subprocess
 import time
 
 from twisted.trial import unittest
 
 from tests import certs
-from tests.integration.harness import PASSWORD, MailServerProcess
+from tests.integration.harness import PASSWORD, MailServerProcess, require_tool
 from tests.slapdserver import (
     BASE,
     SEARCH_DN,
@@ -75,6 +76,28 @@ class LDAPSourceTests(unittest.TestCase):
             self.assertEqual(client.login("alice@example.test", ALICE_PASSWORD)[0], 235)
         self.assertIn("ldap: 2 entries match (mail=dup@example.test): refused",
                       self.server.log_text())
+
+    def test_real_clients(self):
+        """curl reads over POP3 and IMAP as the directory's user; swaks submits."""
+        require_tool(self, "curl")
+        require_tool(self, "swaks")
+        sent = subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(self.server.ports["submission"]),
+             "--tls", "--auth", "PLAIN", "--auth-user", "alice@example.test",
+             "--auth-password", ALICE_PASSWORD, "--from", "alice@example.test",
+             "--to", "ali@example.test", "--header", "Subject: from swaks"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(sent.returncode, 0, sent.stdout)
+        self.server.wait_for_log("delivered=alice@example.test")
+        for url in (f"pop3://127.0.0.1:{self.server.ports['pop3']}/1",
+                    f"imap://127.0.0.1:{self.server.ports['imap']}/INBOX;UID=1"):
+            got = subprocess.run(["curl", "-s", "-u", f"alice@example.test:{ALICE_PASSWORD}",
+                                  url], capture_output=True, text=True, timeout=60)
+            self.assertIn("Subject: from swaks", got.stdout, url)
+        wrong = subprocess.run(["curl", "-s", "-u", "alice@example.test:nope",
+                                f"imap://127.0.0.1:{self.server.ports['imap']}/INBOX;UID=1"],
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(wrong.returncode, 67, "curl: login denied")
 
     def test_directory_addresses_and_aliases_take_mail(self):
         with self.server.smtp() as client:
