@@ -23,6 +23,7 @@ from twisted.internet.protocol import Factory
 log = Logger()
 
 SOCKET_NAME = "control.sock"
+UNIX_PATH_MAX = 107  # bytes of a UNIX socket's path on Linux (sun_path, less its NUL)
 
 
 class ControlProtocol(LineOnlyReceiver):
@@ -90,6 +91,11 @@ class ControlService(service.Service):
 
     def startService(self):
         super().startService()
+        if len(os.fsencode(self.path)) > UNIX_PATH_MAX:
+            log.warn("control socket {path}: longer than a UNIX socket's path may be; "
+                     "`mailsrv reload` and `mailsrv auth` cannot reach this server (SIGHUP "
+                     "still reloads)", path=self.path)
+            return
         try:  # a socket left by a server that died: ours now (data_dir is locked)
             os.unlink(self.path)
         except FileNotFoundError:

@@ -20,7 +20,7 @@ import time
 from twisted.internet import reactor
 
 from mailsrv import __version__, config
-from mailsrv.control import SOCKET_NAME
+from mailsrv.control import SOCKET_NAME, UNIX_PATH_MAX
 from mailsrv.logs import files_of, trace
 from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
@@ -517,6 +517,10 @@ def auth_unlock(settings, args, stdin, stdout):
 def _control(settings, command):
     """The running server's answer to C{command} on its control socket (mailsrv/control.py)."""
     path = settings.data_dir / SOCKET_NAME
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise CommandError(f"no running server answers on {path}: the path is longer than a "
+                           f"UNIX socket's ({UNIX_PATH_MAX} bytes), so no server listens "
+                           "there; give [server] data_dir a shorter path")
     data = b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
