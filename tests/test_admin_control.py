@@ -97,7 +97,8 @@ class CommandTests(AdminTestCase):
     def test_no_server_to_ask(self):
         status, out, err = self.run_command("auth", "locked")
         self.assertEqual(status, 1)
-        self.assertIn("control.sock: is mailsrv running with", err)
+        self.assertIn("mailsrv: no running server answers on ", err)  # (either reason)
+        self.assertTrue("is mailsrv running with" in err or "shorter path" in err, err)
 
     def test_user_list_json(self):
         self.add("bob@example.test")
