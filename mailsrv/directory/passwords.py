@@ -84,9 +84,11 @@ class _ShaCrypt:
         self.handler = handler
 
     def check(self, text):
-        rounds = self.handler.from_string(text).rounds
-        if rounds > MAX_SHA_CRYPT_ROUNDS:
-            raise ValueError(f"{rounds} rounds are over {MAX_SHA_CRYPT_ROUNDS}: "
+        parsed = self.handler.from_string(text)
+        if parsed.checksum is None:  # (libpass takes a bare salt: a config string)
+            raise ValueError("no checksum")
+        if parsed.rounds > MAX_SHA_CRYPT_ROUNDS:
+            raise ValueError(f"{parsed.rounds} rounds are over {MAX_SHA_CRYPT_ROUNDS}: "
                              "too slow to verify")
 
     def verify(self, text, password):
