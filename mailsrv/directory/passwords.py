@@ -171,7 +171,7 @@ def _parse(stored_hash):
     try:
         verifier.check(text)
     except ValueError as e:
-        return None, f"{name} is malformed ({e})"
+        return None, f"{name} is malformed" + (f" ({e})" if str(e) else "")
     return verifier, text
 
 
