@@ -133,7 +133,7 @@ class UserPasswordChecker:
     def _verified(self, ok, address, password, stored):
         if not ok:
             raise _bad_password()  # failures are never remembered
-        if needs_rehash(stored):  # (a hash from another server, or older parameters)
+        if self.source is None and needs_rehash(stored):  # (an imported hash, older parameters)
             return self._rehash(address, password, stored)
         if self._cache.ttl:
             self._cache.add(address, password, stored, self._clock.seconds())
