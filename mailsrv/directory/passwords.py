@@ -50,14 +50,18 @@ _BCRYPT_MAX_BYTES = 72
 _BCRYPT_FORMAT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}\Z")
 
 
+class _TooCostly(ValueError):
+    """A well-formed hash whose cost is over our limits."""
+
+
 class _Argon2:
     def check(self, text):
         parameters = extract_parameters(text)
         if parameters.type is Type.D:
             raise ValueError("argon2d is not meant for passwords")
         if parameters.memory_cost > MAX_ARGON2_MEMORY:
-            raise ValueError(f"{parameters.memory_cost} KiB of memory is over "
-                             f"{MAX_ARGON2_MEMORY}: too much to verify")
+            raise _TooCostly(f"{parameters.memory_cost} KiB of memory is over "
+                             f"{MAX_ARGON2_MEMORY}")
 
     def verify(self, text, password):
         try:
@@ -72,8 +76,7 @@ class _Bcrypt:
         if match is None:
             raise ValueError("not $2y$NN$ and 53 characters")
         if int(match.group(1)) > MAX_BCRYPT_COST:
-            raise ValueError(f"cost 2^{match.group(1)} is over 2^{MAX_BCRYPT_COST}: "
-                             "too slow to verify")
+            raise _TooCostly(f"cost 2^{match.group(1)} is over 2^{MAX_BCRYPT_COST}")
 
     def verify(self, text, password):
         return bcrypt.checkpw(password.encode("utf-8")[:_BCRYPT_MAX_BYTES], text.encode("ascii"))
@@ -88,8 +91,7 @@ class _ShaCrypt:
         if parsed.checksum is None:  # (libpass takes a bare salt: a config string)
             raise ValueError("no checksum")
         if parsed.rounds > MAX_SHA_CRYPT_ROUNDS:
-            raise ValueError(f"{parsed.rounds} rounds are over {MAX_SHA_CRYPT_ROUNDS}: "
-                             "too slow to verify")
+            raise _TooCostly(f"{parsed.rounds} rounds are over {MAX_SHA_CRYPT_ROUNDS}")
 
     def verify(self, text, password):
         return self.handler.verify(password, text)
@@ -170,6 +172,8 @@ def _parse(stored_hash):
             return None, "the hash is in no format mailsrv knows"
     try:
         verifier.check(text)
+    except _TooCostly as e:
+        return None, f"{name} costs too much to verify at every login ({e})"
     except ValueError as e:
         return None, f"{name} is malformed" + (f" ({e})" if str(e) else "")
     return verifier, text
