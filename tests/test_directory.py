@@ -424,6 +424,10 @@ class RehashTests(unittest.TestCase):
         (line,) = [line for line in self.logged if "could not store" in line]
         self.assertIn("users file: could not store the argon2id hash of bob@example.test (", line)
         self.assertIn("Permission denied", line)
+        # The old hash is cached: no hash and no write at every login (a
+        # users file the server's user may not replace).
+        self.assertEqual((yield self.login(b"bob", b"onetestandone")), "bob@example.test")
+        self.assertEqual(len([line for line in self.logged if "could not store" in line]), 1)
 
 
 class LoginHelper:

@@ -135,6 +135,9 @@ class UserPasswordChecker:
             raise _bad_password()  # failures are never remembered
         if self.source is None and needs_rehash(stored):  # (an imported hash, older parameters)
             return self._rehash(address, password, stored)
+        return self._remember(address, password, stored)
+
+    def _remember(self, address, password, stored):
         if self._cache.ttl:
             self._cache.add(address, password, stored, self._clock.seconds())
         return address
@@ -143,7 +146,9 @@ class UserPasswordChecker:
         """
         Store the argon2id hash of a password just found right for an
         older hash (L{UserDB.rehash}, in a thread: an argon2 hash, so in a
-        hashing slot). The login succeeds whatever the write does.
+        hashing slot). The login succeeds whatever the write does; after a
+        failed write the old hash is cached, so the next try (and its
+        hash) waits for the entry to expire.
         """
         d = self._hashing.run(threads.deferToThread, self.directory.users.rehash,
                               address, password, stored)
@@ -155,12 +160,12 @@ class UserPasswordChecker:
                 return address
             log.info("users file: rehashed the password of {address} with argon2id",
                      address=address)
-            return self._verified(True, address, password, new)
+            return self._remember(address, password, new)
 
         def not_rehashed(failure):
             log.error("users file: could not store the argon2id hash of {address} "
                       "({error}); the old hash stays", address=address, error=failure.value)
-            return address
+            return self._remember(address, password, stored)
 
         d.addCallbacks(rehashed, not_rehashed)
         return d
