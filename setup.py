@@ -24,6 +24,12 @@ setup(
         "service-identity>=24.1",
         "cryptography>=42",
         "argon2-cffi>=23.1,<26",
+        # Hashes imported from Dovecot/OpenLDAP (mailsrv/directory/passwords.py):
+        # bcrypt for {BLF-CRYPT}; libpass, the maintained passlib fork (import
+        # name passlib; never also install the passlib distribution, which
+        # would write over its files), for {SHA512-CRYPT}/{SHA256-CRYPT}.
+        "bcrypt>=4.1,<6",
+        "libpass>=1.9,<2",
         "dnspython>=2.4,<3",
         "pyspf>=2.0.14,<3",
         "psutil>=5.9",  # this machine's addresses ([[listen]] block_own_ips, the "self" entry)

@@ -219,11 +219,13 @@ def list_files(settings, clock):
     """
     from mailsrv.directory.aliases import parse_aliases
     from mailsrv.directory.senderlist import parse_kill_list, parse_whitelist
-    from mailsrv.directory.users import read_users
+    from mailsrv.directory.users import read_users, refused_hashes
     from mailsrv.netaddr import read_entries
 
     files = [ListFile("users", "[users] file", settings.users_file, read_users, False,
-                      hint=USERS_FILE_HINT),
+                      lambda users: [f"warning: {problem}"
+                                     for problem in refused_hashes(settings.users_file)],
+                      USERS_FILE_HINT),
              ListFile("aliases", "[aliases] file", settings.aliases_file,
                       _whole(parse_aliases), False,
                       lambda entries: _alias_problems(settings, clock))]

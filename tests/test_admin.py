@@ -210,3 +210,109 @@ class FilterMergeTests(AdminTestCase):
         status, _, stderr = self.run_command("filter", "merge", str(self.root / "nope.txt"),
                                              "-o", str(self.root / "phrase-list.txt"))
         self.assertEqual((status, stderr.strip()), (1, f"mailsrv: {self.root}/nope.txt: no such file"))
+
+
+# `doveadm pw` outputs (passwords "onetestandone" and "Flz_3qc123").
+SHA512_CRYPT = ("{SHA512-CRYPT}$6$dEqUVsCirHzV8kHw$hgC0x0ufah.N0PzUVvhLEMnoww5lo.JBmeLSsRNDkgWV"
+                "ylC55Gk6zA1KWsn.SiIAAIDEqHxtugGZWHl1qMex..")
+BLF_CRYPT = "{BLF-CRYPT}$2y$05$F9s0JlyUD1MTWGVe1vIfqeKRWLg8f9H0dntjtme1W38HqQ5TEvzv6"
+
+
+class ImportUsersTests(AdminTestCase):
+    """`mailsrv import users FILE`: a Dovecot passwd-file, all lines or none."""
+
+    def passwd_file(self, text):
+        path = self.root / "dovecot-users"
+        path.write_text(text)
+        return str(path)
+
+    def import_users(self, text, *options):
+        return self.run_command("import", "users", self.passwd_file(text), *options)
+
+    def users_file(self):
+        return dict(line.split(":", 1) for line in self.users.read_text().splitlines())
+
+    def test_adds_users_with_their_hashes(self):
+        status, out, err = self.import_users(
+            "# from dovecot\n\n"
+            f"bob@example.test:{SHA512_CRYPT}:5000:5000::/var/vmail/bob::userdb_quota=1G\n"
+            f"carol:{BLF_CRYPT}::::::\n", "--domain", "example.test")
+        self.assertEqual((status, out, err), (0, "2 added, 0 kept, 0 skipped\n", ""))
+        self.assertEqual(self.users_file(), {"bob@example.test": SHA512_CRYPT,
+                                             "carol@example.test": BLF_CRYPT})
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)
+        status, out, _ = self.run_command("lists", "check")
+        self.assertEqual(status, 0, out)
+        self.assertNotIn("warning", out)
+
+    def test_keeps_existing_users_unless_replace(self):
+        self.add("bob@example.test")
+        ours = self.users_file()["bob@example.test"]
+        text = f"bob@example.test:{SHA512_CRYPT}\ncarol@example.test:{BLF_CRYPT}\n"
+        status, out, _ = self.import_users(text)
+        self.assertEqual((status, out), (0, "1 added, 1 kept, 0 skipped\n"))
+        self.assertEqual(self.users_file()["bob@example.test"], ours)
+        status, out, _ = self.import_users(text, "--replace")
+        self.assertEqual((status, out), (0, "0 added, 2 replaced, 0 kept, 0 skipped\n"))
+        self.assertEqual(self.users_file()["bob@example.test"], SHA512_CRYPT)
+
+    def test_a_bad_line_refuses_the_whole_file(self):
+        self.add("alice@example.test")
+        before = self.users.read_bytes()
+        status, out, err = self.import_users(
+            f"bob@example.test:{SHA512_CRYPT}\n"
+            "old@example.test:{MD5}$1$saltsalt$2vnaRpHa6Jxjz5n83ok8Z0\n"
+            "plain@example.test:{PLAIN}secret:::\n"
+            "rot@example.test:{ROT13}frperg\n"
+            f"a/b@example.test:{BLF_CRYPT}\n"
+            f"far@remote.test:{BLF_CRYPT}\n"
+            f"nodomain:{BLF_CRYPT}\n"
+            "nohash@example.test::1000:1000\n"
+            f"Bob@example.test:{BLF_CRYPT}\n")
+        path = self.root / "dovecot-users"
+        self.assertEqual(status, 1)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 8, out)
+        for line, start in zip(lines, [
+            f"{path}:2: old@example.test: {{MD5}} is not accepted (unsafe)",
+            f"{path}:3: plain@example.test: {{PLAIN}} is not accepted (unsafe)",
+            f"{path}:4: rot@example.test: {{ROT13}} is not a scheme mailsrv knows",
+            f"{path}:5: 'a/b@example.test': a mailbox name may hold only ",
+            f"{path}:6: far@remote.test: remote.test is not one of [domains] local",
+            f"{path}:7: 'nodomain' has no @domain: say --domain DOMAIN",
+            f"{path}:8: nohash@example.test: no password hash",
+            f"{path}:9: bob@example.test is listed already, at line 1",
+        ]):
+            self.assertTrue(line.startswith(start), (line, start))
+        self.assertEqual(err, f"mailsrv: 8 bad line(s) in {path}, nothing imported "
+                              "(--skip-bad imports the other lines)\n")
+        self.assertEqual(self.users.read_bytes(), before)
+
+    def test_skip_bad_imports_the_rest(self):
+        status, out, _ = self.import_users(
+            f"bob@example.test:{SHA512_CRYPT}\nold@example.test:{{PLAIN-MD5}}abc\n", "--skip-bad")
+        self.assertEqual(status, 0)
+        self.assertEqual(out.splitlines(), [
+            f"{self.root}/dovecot-users:2: old@example.test: {{PLAIN-MD5}} is not accepted "
+            "(unsafe) (skipped)",
+            "1 added, 0 kept, 1 skipped"])
+        self.assertEqual(list(self.users_file()), ["bob@example.test"])
+
+    def test_a_missing_file(self):
+        status, out, err = self.run_command("import", "users", str(self.root / "nope"))
+        self.assertEqual((status, err), (1, f"mailsrv: {self.root}/nope: no such file\n"))
+        self.assertFalse(self.users.exists())
+
+
+class RefusedHashCheckTests(AdminTestCase):
+    def test_check_config_and_lists_check_name_file_line_and_user(self):
+        self.users.write_text(f"bob@example.test:{SHA512_CRYPT}\n"
+                              "old@example.test:{MD5}$1$saltsalt$2vnaRpHa6Jxjz5n83ok8Z0\n")
+        expected = (f"users: warning: {self.users}:2: user old@example.test: {{MD5}} is not "
+                    "accepted (unsafe); set a new password with `mailsrv user passwd`\n")
+        status, out, _ = self.run_command("check-config")
+        self.assertEqual(status, 0)
+        self.assertIn("note: " + expected, out)
+        status, out, _ = self.run_command("lists", "check")
+        self.assertEqual(status, 0, "a warning: the server starts, other users log in")
+        self.assertIn(expected, out)

@@ -16,15 +16,19 @@ from twisted.trial import unittest
 from mailsrv.address import AddressError, parse_mailbox
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.aliases import parse_aliases
-from mailsrv.directory.users import parse_users, read_users
+from mailsrv.directory.users import parse_users, read_users, refused_hashes, replace_hash
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
 from mailsrv.directory import listfile
 from mailsrv.directory.listfile import ListFileError, WatchedFile
 from mailsrv.directory import checker as checker_module
 from mailsrv.directory import users as users_module
-from mailsrv.directory.passwords import verify
+from mailsrv.directory.passwords import hash_password, verify
 from mailsrv.sessions import MemorySessionStore
 from tests.helpers import log_lines
+
+# A well-formed hash (of "password", from the argon2 reference CLI): one that
+# login accepts, so that the users file logs nothing about it.
+HASH = "$argon2id$v=19$m=65536,t=2,p=4$c29tZXNhbHQ$GpZ3sK/oH9p7VIiV56G/64Zo/8GaUw434IimaPqxwCo"
 
 
 class UsersFileTests(unittest.TestCase):
@@ -71,13 +75,13 @@ class UsersFileTests(unittest.TestCase):
     def test_bad_lines_are_skipped_and_logged(self):
         """A line from an older version keeps out its own user, not the rest."""
         with open(self.path, "wb") as f:
-            f.write(b"alice@example.test:$argon2id$a\n"
-                    b"a/b@example.test:$argon2id$b\n"
+            f.write(f"alice@example.test:{HASH}\n".encode()
+                    + b"a/b@example.test:$argon2id$b\n"
                     b"..@example.test:$argon2id$b\n"
                     b"foo\n"
                     b"@example.test:$argon2id$b\n"
                     b"\xff@example.test:$argon2id$b\n"
-                    b"bob@example.test:$argon2id$c\n")
+                    + f"bob@example.test:{HASH}\n".encode())
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -93,7 +97,7 @@ class UsersFileTests(unittest.TestCase):
         """On the reactor thread (a big file's re-read runs in a thread)."""
         logged = log_lines(self)
         with open(self.path, "w") as f:
-            f.write("foo\nalice@example.test:$argon2id$a\n")
+            f.write(f"foo\nalice@example.test:{HASH}\n")
         self.clock.advance(1)
         self.assertTrue(self.users.exists("alice@example.test"))
         self.assertTrue(self.users.exists("alice@example.test"))
@@ -258,6 +262,172 @@ class DirectoryTests(unittest.TestCase):
         for d in (bad, unknown, garbage):
             self.assertFailure(d, error.UnauthorizedLogin)
         return defer.gatherResults([good, bad, unknown, garbage])
+
+
+# {SHA512-CRYPT} of "onetestandone", from `doveadm pw -s SHA512-crypt`.
+SHA512_CRYPT = ("{SHA512-CRYPT}$6$dEqUVsCirHzV8kHw$hgC0x0ufah.N0PzUVvhLEMnoww5lo.JBmeLSsRNDkgWV"
+                "ylC55Gk6zA1KWsn.SiIAAIDEqHxtugGZWHl1qMex..")
+
+
+class RefusedHashTests(unittest.TestCase):
+    """
+    A user whose hash login refuses ({MD5}, an unknown scheme) still gets
+    mail; start-up logs them once, check-config names file, line and user.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        with open(self.path, "w") as f:
+            f.write(f"# migrated\nalice@example.test:{HASH}\n"
+                    "bob@example.test:{MD5}$1$saltsalt$2vnaRpHa6Jxjz5n83ok8Z0\n"
+                    "carol@example.test:{ROT13}pnebyf\n")
+        self.clock = task.Clock()
+
+    def test_kept_and_logged_once(self):
+        logged = log_lines(self)
+        users = UserDB(self.path, self.clock)
+        self.assertEqual(users.addresses(),
+                         ["alice@example.test", "bob@example.test", "carol@example.test"])
+        self.assertEqual(logged, [
+            f"users file {self.path}: user bob@example.test: {{MD5}} is not accepted (unsafe); "
+            "set a new password with `mailsrv user passwd`",
+            f"users file {self.path}: user carol@example.test: {{ROT13}} is not a scheme "
+            "mailsrv knows; set a new password with `mailsrv user passwd`"])
+        with open(self.path, "a") as f:
+            f.write("dave@example.test:{PLAIN}x\n")
+        self.clock.advance(1)
+        self.assertTrue(users.exists("dave@example.test"))
+        self.assertEqual(len(logged), 3, "only the new one")
+        self.assertIn("user dave@example.test: {PLAIN}", logged[2])
+
+    def test_check_config_names_file_line_and_user(self):
+        self.assertEqual([str(problem) for problem in refused_hashes(self.path)], [
+            f"{self.path}:3: user bob@example.test: {{MD5}} is not accepted (unsafe); "
+            "set a new password with `mailsrv user passwd`",
+            f"{self.path}:4: user carol@example.test: {{ROT13}} is not a scheme mailsrv "
+            "knows; set a new password with `mailsrv user passwd`"])
+
+    def test_their_login_fails_like_a_wrong_password(self):
+        users = UserDB(self.path, self.clock)
+        directory = Directory(["example.test"], users, AliasMap(self.mktemp(), self.clock))
+        checker = UserPasswordChecker(directory, MemorySessionStore(0, self.clock), self.clock)
+        d = checker.requestAvatarId(credentials.UsernamePassword(b"carol", b"pnebyf"))
+        return self.assertFailure(d, error.UnauthorizedLogin)
+
+
+class ReplaceHashTests(unittest.TestCase):
+    def setUp(self):
+        self.path = self.mktemp()
+        self.text = (f"# users\n\nalice@example.test:{HASH}\n"
+                     f"Bob@Example.test:{SHA512_CRYPT}  # from dovecot\n"
+                     "garbage line\n")
+        with open(self.path, "w") as f:
+            f.write(self.text)
+
+    def test_only_that_line_changes(self):
+        self.assertTrue(replace_hash(self.path, "bob@example.test", SHA512_CRYPT, "$new"))
+        with open(self.path) as f:
+            self.assertEqual(f.read(), self.text.replace(SHA512_CRYPT, "$new"))
+
+    def test_a_hash_changed_meanwhile_wins(self):
+        for address, old in (("bob@example.test", HASH), ("zed@example.test", HASH)):
+            self.assertFalse(replace_hash(self.path, address, old, "$new"))
+        with open(self.path) as f:
+            self.assertEqual(f.read(), self.text)
+
+
+class RehashTests(unittest.TestCase):
+    """
+    A correct password for a hash that is not our argon2id is stored again
+    as argon2id, in the users file, by the server; real hashing in threads.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.path = self.mktemp()
+        self.alice_hash = hash_password("password")
+        with open(self.path, "w") as f:
+            f.write(f"# imported\nbob@example.test:{SHA512_CRYPT}\n"
+                    f"alice@example.test:{self.alice_hash}\n")
+        self.users = UserDB(self.path, self.clock)
+        directory = Directory(["example.test"], self.users, AliasMap(self.mktemp(), self.clock))
+        self.checker = UserPasswordChecker(directory, MemorySessionStore(0, self.clock, Limits()),
+                                           self.clock, cache_ttl=300)
+        self.logged = log_lines(self)
+
+    def login(self, name, password, ip="198.51.100.7"):
+        return self.checker.requestAvatarId(ClientCredentials(name, password, ip))
+
+    def line_of(self, address):
+        with open(self.path) as f:
+            (line,) = [line for line in f if line.startswith(address + ":")]
+        return line.rstrip("\n").split(":", 1)[1]
+
+    @defer.inlineCallbacks
+    def test_the_file_gets_argon2id_and_the_next_login_uses_it(self):
+        self.assertEqual((yield self.login(b"bob", b"onetestandone")), "bob@example.test")
+        stored = self.line_of("bob@example.test")
+        self.assertTrue(stored.startswith("$argon2id$"), stored)
+        self.assertTrue(verify(stored, "onetestandone"))
+        self.assertEqual(self.line_of("alice@example.test"), self.alice_hash, "other lines stay")
+        with open(self.path) as f:
+            self.assertTrue(f.read().startswith("# imported\n"))
+        self.assertEqual(self.users.hash_for("bob@example.test"), stored)
+        self.assertEqual([line for line in self.logged if "rehashed" in line],
+                         ["users file: rehashed the password of bob@example.test with argon2id"])
+        # The cache holds the new hash: no hashing at all for the next login.
+        verified = []
+        self.patch(checker_module, "verify_in_thread",
+                   lambda stored, password: verified.append(stored) or defer.succeed(False))
+        self.assertEqual((yield self.login(b"bob", b"onetestandone")), "bob@example.test")
+        self.assertEqual(verified, [])
+        self.checker._cache = checker_module.LoginCache(300)
+        yield self.assertFailure(self.login(b"bob", b"onetestandone"), error.UnauthorizedLogin)
+        self.assertEqual(verified, [stored], "argon2id is what is verified now")
+
+    @defer.inlineCallbacks
+    def test_wrong_passwords_and_current_argon2id_are_not_rewritten(self):
+        with open(self.path) as f:
+            before = f.read()
+        yield self.assertFailure(self.login(b"bob", b"wrong"), error.UnauthorizedLogin)
+        self.assertEqual((yield self.login(b"alice", b"password")), "alice@example.test")
+        with open(self.path) as f:
+            self.assertEqual(f.read(), before)
+
+    @defer.inlineCallbacks
+    def test_a_change_by_the_admin_meanwhile_is_not_lost(self):
+        """`mailsrv user passwd` between the verify and the write: the admin's hash stays."""
+        real_verify = checker_module.verify_in_thread
+
+        def admin_edits(ok):
+            UserDB(self.path, task.Clock()).set_password("bob@example.test", "from-admin")
+            return ok
+
+        def verify_then_admin_edits(stored, password):
+            return real_verify(stored, password).addCallback(admin_edits)
+
+        self.patch(checker_module, "verify_in_thread", verify_then_admin_edits)
+        self.assertEqual((yield self.login(b"bob", b"onetestandone")), "bob@example.test")
+        self.assertTrue(verify(self.line_of("bob@example.test"), "from-admin"))
+        self.assertEqual([line for line in self.logged if "changed while" in line],
+                         ["users file: bob@example.test changed while logging in; their hash "
+                          "is left as it is"])
+
+    @defer.inlineCallbacks
+    def test_a_failed_write_is_logged_and_the_login_succeeds(self):
+        def refuse(path, text):
+            raise PermissionError(13, "Permission denied", path)
+
+        self.patch(users_module, "replace_list_file", refuse)
+        self.assertEqual((yield self.login(b"bob", b"onetestandone")), "bob@example.test")
+        self.assertEqual(self.line_of("bob@example.test"), SHA512_CRYPT)
+        (line,) = [line for line in self.logged if "could not store" in line]
+        self.assertIn("users file: could not store the argon2id hash of bob@example.test (", line)
+        self.assertIn("Permission denied", line)
+        # The old hash is cached: no hash and no write at every login (a
+        # users file the server's user may not replace).
+        self.assertEqual((yield self.login(b"bob", b"onetestandone")), "bob@example.test")
+        self.assertEqual(len([line for line in self.logged if "could not store" in line]), 1)
 
 
 class LoginHelper:

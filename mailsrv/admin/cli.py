@@ -4,6 +4,7 @@ queue, keep the content filters' lists.
 
     mailsrv --config etc/mailsrv.toml check-config
     mailsrv --config etc/mailsrv.toml user add alice@example.test --password-stdin
+    mailsrv --config etc/mailsrv.toml import users /etc/dovecot/users --domain example.test
 """
 
 import argparse
@@ -24,6 +25,7 @@ from mailsrv.control import SOCKET_NAME, UNIX_PATH_MAX
 from mailsrv.logs import files_of, trace
 from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
+from mailsrv.directory.passwdfile import read_passwd_file
 from mailsrv.directory.users import UserDB
 from mailsrv.policy.bayes import Table, parse_exclude
 from mailsrv.policy.checks.statistical import message_words
@@ -61,6 +63,18 @@ def _parser():
     user.add_parser("del", help="delete a user (the mailbox stays)").add_argument("address")
     user.add_parser("list", help="list users").add_argument(
         "--json", action="store_true", help="one JSON array of {address, source}")
+
+    imports = commands.add_parser("import", help="bring users from another server").add_subparsers(
+        dest="action", required=True, metavar="WHAT")
+    import_users = imports.add_parser(
+        "users", help="add the users of a Dovecot passwd-file with their hashes "
+                      "(user:{SCHEME}hash:...); a bad line stops it unless --skip-bad")
+    import_users.add_argument("file", metavar="FILE")
+    import_users.add_argument("--domain", help="the domain of user names without @DOMAIN")
+    import_users.add_argument("--replace", action="store_true",
+                              help="replace the hash of users that exist (default: keep it)")
+    import_users.add_argument("--skip-bad", action="store_true",
+                              help="import the good lines and skip the bad ones")
 
     queue = commands.add_parser("queue", help="look at the outbound queue").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -391,6 +405,36 @@ def user_list(settings, args, stdin, stdout):
         stdout.write(address + "\n")
 
 
+def import_users(settings, args, stdin, stdout):
+    """
+    `import users`: the users of a Dovecot passwd-file, whose hashes the
+    server verifies and turns into argon2id at their first login. All
+    lines or nothing, unless --skip-bad.
+    """
+    if not os.path.isfile(args.file):
+        raise CommandError(f"{args.file}: no such file")
+    try:
+        entries, problems = read_passwd_file(args.file, args.domain,
+                                             settings.is_local_domain)
+    except OSError as e:
+        raise CommandError(f"{args.file}: cannot read it ({e.strerror})")
+    for problem in problems:
+        stdout.write(f"{problem}{' (skipped)' if args.skip_bad else ''}\n")
+    if problems and not args.skip_bad:
+        raise CommandError(f"{len(problems)} bad line(s) in {args.file}, nothing imported "
+                           "(--skip-bad imports the other lines)")
+    users = _users(settings)
+    existing = {entry.address for entry in entries if users.exists(entry.address)}
+    new = {entry.address: entry.stored for entry in entries
+           if args.replace or entry.address not in existing}
+    if new:
+        _change_users(users, users.set_hashes, new)
+    kept = 0 if args.replace else len(existing)
+    replaced = f"{len(existing)} replaced, " if args.replace else ""
+    stdout.write(f"{len(entries) - len(existing)} added, {replaced}{kept} kept, "
+                 f"{len(problems)} skipped\n")
+
+
 def _spool(settings):
     from mailsrv.queue.spool import Spool
 
@@ -592,6 +636,7 @@ HANDLERS = {
     ("user", "passwd"): user_passwd,
     ("user", "del"): user_del,
     ("user", "list"): user_list,
+    ("import", "users"): import_users,
     ("queue", "list"): queue_list,
     ("queue", "flush"): queue_flush,
     ("queue", "remove"): queue_remove,

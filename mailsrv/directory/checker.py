@@ -17,12 +17,12 @@ import os
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsrv.config import AuthSettings
-from mailsrv.directory.passwords import verify_in_thread
+from mailsrv.directory.passwords import needs_rehash, verify_in_thread
 
 log = Logger()
 
@@ -133,9 +133,42 @@ class UserPasswordChecker:
     def _verified(self, ok, address, password, stored):
         if not ok:
             raise _bad_password()  # failures are never remembered
+        if self.source is None and needs_rehash(stored):  # (an imported hash, older parameters)
+            return self._rehash(address, password, stored)
+        return self._remember(address, password, stored)
+
+    def _remember(self, address, password, stored):
         if self._cache.ttl:
             self._cache.add(address, password, stored, self._clock.seconds())
         return address
+
+    def _rehash(self, address, password, stored):
+        """
+        Store the argon2id hash of a password just found right for an
+        older hash (L{UserDB.rehash}, in a thread: an argon2 hash, so in a
+        hashing slot). The login succeeds whatever the write does; after a
+        failed write the old hash is cached, so the next try (and its
+        hash) waits for the entry to expire.
+        """
+        d = self._hashing.run(threads.deferToThread, self.directory.users.rehash,
+                              address, password, stored)
+
+        def rehashed(new):
+            if new is None:
+                log.info("users file: {address} changed while logging in; their hash is "
+                         "left as it is", address=address)
+                return address
+            log.info("users file: rehashed the password of {address} with argon2id",
+                     address=address)
+            return self._remember(address, password, new)
+
+        def not_rehashed(failure):
+            log.error("users file: could not store the argon2id hash of {address} "
+                      "({error}); the old hash stays", address=address, error=failure.value)
+            return self._remember(address, password, stored)
+
+        d.addCallbacks(rehashed, not_rehashed)
+        return d
 
     @defer.inlineCallbacks
     def _throttled_check(self, ip, address, password):
