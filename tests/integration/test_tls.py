@@ -314,10 +314,12 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(old.select("INBOX")[0], "OK")
         self.assertEqual(old.noop()[0], "OK")
         old.logout()
-        # a broken file on the next reload: logged, the current one stays
+        # a broken file on the next reload: the whole reload is refused (the
+        # config's files are checked first), the current certificate stays
         self.key.write_text("not a key\n")
         self.server.process.send_signal(signal.SIGHUP)
-        self.server.wait_for_log("TLS reload failed, still using the previous certificate")
+        self.server.wait_for_log("reload refused: ")
+        self.assertIn("running on as before", self.server.log_text())
         self.assertEqual(server_fingerprint(address), after)
         self.assertIsNone(self.server.process.poll())
 
