@@ -117,6 +117,32 @@ class MailServer:
             and is_loopback(transport.getPeer().host)
         )
 
+    def client_certificate(self, transport, listener):
+        """
+        The client's certificate (a C{cryptography} object) when it may
+        vouch for a login on this connection (SASL EXTERNAL), else L{None}:
+        the listener takes logins and asks for certificates (C{request} or
+        C{require}), and the client sent one. Such a listener's handshake
+        fails on a certificate that does not verify against [tls]
+        client_ca, so one that is here has been verified.
+        """
+        if (not listener.auth or not is_secure(transport)
+                or self.settings.client_cert_mode(listener) == "none"):
+            return None
+        certificate = transport.getPeerCertificate()
+        return None if certificate is None else certificate.to_cryptography()
+
+    def external_offered(self, transport, listener):
+        """
+        Whether SASL EXTERNAL is offered on this connection now: there is a
+        client certificate (L{client_certificate}), or there will be: under
+        C{require} a TLS connection without one fails its handshake, and
+        the IMAP greeting is written before the handshake ends.
+        """
+        return self.client_certificate(transport, listener) is not None or (
+            listener.auth and is_secure(transport)
+            and self.settings.client_cert_mode(listener) == "require")
+
 
 def is_secure(transport):
     """Whether the connection is encrypted (implicit TLS or after STARTTLS)."""

@@ -11,6 +11,7 @@ from twisted.mail import imap4, pop3
 from zope.interface import implementer
 
 from mailsrv.deadline import Unloaded
+from mailsrv.directory.certificate import CertificateChecker
 from mailsrv.imap.mailbox import Account
 from mailsrv.login import MaildropInUse
 from mailsrv.pop3.mailbox import FolderMailbox
@@ -81,7 +82,8 @@ def _nothing():
 class MailboxFactory(protocol.ServerFactory):
     """
     The factory of one POP3 or IMAP listener: its connections log in
-    through the shared password checker and a L{MailRealm} over the store.
+    through the shared password checker (or a certificate, SASL EXTERNAL)
+    and a L{MailRealm} over the store.
 
     @ivar protocol_class: the server protocol, built with C{(server,
         listener, portal)}.
@@ -95,7 +97,8 @@ class MailboxFactory(protocol.ServerFactory):
     def __init__(self, server, listener):
         self.server = server
         self.listener = listener
-        self.portal = Portal(MailRealm(server.store), [server.checker])
+        self.portal = Portal(MailRealm(server.store), [
+            server.checker, CertificateChecker(server.directory, server.sessions)])
 
     def buildProtocol(self, addr):
         built = self.protocol_class(self.server, self.listener, self.portal)

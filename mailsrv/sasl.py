@@ -1,8 +1,9 @@
 """
-SASL PLAIN (RFC 4616) and LOGIN exchanges, shared by SMTP AUTH (RFC 4954),
-POP3 AUTH (RFC 5034) and IMAP AUTHENTICATE (RFC 3501), as pure objects: a
-protocol feeds them the client's lines and gets back either the next
-challenge or the credentials to check, and turns a L{SASLError} into its
+SASL PLAIN (RFC 4616), LOGIN and EXTERNAL (RFC 4422 appendix A) exchanges,
+shared by SMTP AUTH (RFC 4954), POP3 AUTH (RFC 5034) and IMAP AUTHENTICATE
+(RFC 3501), as pure objects: a protocol feeds them the client's lines and
+gets back either the next challenge or what to check (a password, or the
+TLS client certificate for EXTERNAL), and turns a L{SASLError} into its
 own reply. Nothing here logs: the lines carry passwords.
 """
 
@@ -46,6 +47,16 @@ class Credentials:
     password: bytes
 
 
+@dataclass(frozen=True)
+class Authorization:
+    """
+    The EXTERNAL exchange is complete: log in as the user the client's
+    certificate names, who must be C{authzid} when that is not empty.
+    """
+
+    authzid: bytes
+
+
 def decode_response(text):
     """
     One base64 client response. C{*} cancels the exchange; C{=} is an
@@ -77,17 +88,21 @@ def decode_plain(message):
     return Credentials(username, password)
 
 
-class Plain:
-    name = "PLAIN"
+class _OneMessage:
+    """A mechanism whose client sends one message, after an empty challenge unless initially."""
 
     def start(self, initial):
         """
         @param initial: the initial response on the command line, or L{None}.
-        @return: a L{Challenge} or L{Credentials}.
+        @return: a L{Challenge}, or what C{respond} returns.
         """
         if initial is None:
             return Challenge("")
         return self.respond(initial)
+
+
+class Plain(_OneMessage):
+    name = "PLAIN"
 
     def respond(self, line):
         return decode_plain(decode_response(line))
@@ -116,6 +131,30 @@ class Login:
         return Credentials(self.username, value)
 
 
-# What SMTP offers (submission clients still use LOGIN). POP3 and IMAP offer
-# PLAIN only; none offers CRAM-MD5 or APOP, which need plaintext passwords.
-MECHANISMS = {mechanism.name: mechanism for mechanism in (Plain, Login)}
+class External(_OneMessage):
+    """
+    The EXTERNAL mechanism: the TLS client certificate has authenticated
+    the client; its one message is the identity to act as, usually empty.
+    """
+
+    name = "EXTERNAL"
+
+    def respond(self, line):
+        return Authorization(decode_response(line))
+
+
+# None offers CRAM-MD5 or APOP, which need plaintext passwords.
+PASSWORD_MECHANISMS = {mechanism.name: mechanism for mechanism in (Plain, Login)}
+
+
+def mechanisms(certificate):
+    """
+    The mechanisms a connection where passwords may be sent offers, by
+    name, in the order they are advertised.
+
+    @param certificate: whether the client presented a verified
+        certificate that vouches for a login (EXTERNAL).
+    """
+    if certificate:
+        return {**PASSWORD_MECHANISMS, External.name: External}
+    return PASSWORD_MECHANISMS

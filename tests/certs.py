@@ -9,6 +9,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import crypto
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
+from zope.interface import alsoProvides
 
 
 class Issued:
@@ -36,15 +40,38 @@ class Issued:
         return cert, key
 
 
-def _name(common_name):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def present(transport, issued):
+    """
+    Make a fake transport look like a TLS connection whose client sent
+    C{issued}'s certificate (verified, as the handshake does), or none
+    when C{issued} is L{None}.
+    """
+    alsoProvides(transport, ISSLTransport)
+    certificate = None if issued is None else crypto.X509.from_cryptography(issued.cert)
+    transport.getPeerCertificate = lambda: certificate
+    return transport
 
 
-def make(common_name, issuer=None, ca=False, days=30, expired=False, names=()):
+def tls_transport(issued, **kwargs):
+    """A StringTransport over TLS with C{issued}'s client certificate (L{present})."""
+    return present(StringTransport(**kwargs), issued)
+
+
+def _name(common_name, email=None):
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if email is not None:
+        attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, email))
+    return x509.Name(attributes)
+
+
+def make(common_name, issuer=None, ca=False, days=30, expired=False, names=(), emails=(),
+         subject_email=None):
     """
     A certificate for C{common_name}, signed by C{issuer} (an L{Issued}) or
     self-signed; C{expired} puts its validity in the past; C{names} are its
-    subjectAltName DNS names.
+    subjectAltName DNS names, C{emails} its subjectAltName email
+    (rfc822Name) entries; C{subject_email} adds an emailAddress to its
+    subject.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -53,7 +80,7 @@ def make(common_name, issuer=None, ca=False, days=30, expired=False, names=()):
     signer = issuer.key if issuer else key
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, subject_email))
         .issuer_name(issuer.cert.subject if issuer else _name(common_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -61,9 +88,10 @@ def make(common_name, issuer=None, ca=False, days=30, expired=False, names=()):
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
     )
-    if names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), False)
+    if names or emails:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(name) for name in names]
+            + [x509.RFC822Name(email) for email in emails]), False)
     if ca:
         builder = builder.add_extension(
             x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,

@@ -62,12 +62,12 @@ PACKAGES = {
     # The mailbox protocols: over the store and the login module, never the
     # SMTP server, the queue (but its dot-stuffing) or each other.
     "mailsrv.imap": {"mailsrv.__version__", "mailsrv.addresslist", "mailsrv.deadline",
-                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.gather",
-                     "mailsrv.login",
+                     "mailsrv.directory.certificate", "mailsrv.directory.checker",
+                     "mailsrv.errorlog", "mailsrv.gather", "mailsrv.login",
                      "mailsrv.logtext", "mailsrv.ranges", "mailsrv.realm", "mailsrv.sasl",
                      "mailsrv.store"},
-    "mailsrv.pop3": {"mailsrv.context", "mailsrv.deadline", "mailsrv.directory.checker",
-                     "mailsrv.errorlog", "mailsrv.login", "mailsrv.queue.dotstuff",
+    "mailsrv.pop3": {"mailsrv.context", "mailsrv.deadline", "mailsrv.directory.certificate",
+                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.login", "mailsrv.queue.dotstuff",
                      "mailsrv.realm", "mailsrv.sasl"},
     # The policy framework and its checks decide; the protocols write the
     # replies and the delivery agent places the message: no protocol, no

@@ -17,6 +17,11 @@ from mailsrv.address import AddressError, parse_mailbox
 from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.aliases import parse_aliases
 from mailsrv.directory.users import parse_users, read_users, refused_hashes, replace_hash
+from mailsrv.directory.certificate import (
+    CertificateChecker,
+    CertificateCredentials,
+    certificate_addresses,
+)
 from mailsrv.directory.checker import ClientCredentials, LoginThrottled, UserPasswordChecker
 from mailsrv.directory import listfile
 from mailsrv.directory.listfile import ListFileError, WatchedFile
@@ -24,6 +29,7 @@ from mailsrv.directory import checker as checker_module
 from mailsrv.directory import users as users_module
 from mailsrv.directory.passwords import hash_password, verify
 from mailsrv.sessions import MemorySessionStore
+from tests import certs
 from tests.helpers import log_lines
 
 # A well-formed hash (of "password", from the argon2 reference CLI): one that
@@ -540,6 +546,87 @@ class ThrottlingCheckerTests(LoginHelper, unittest.TestCase):
             self.failureResultOf(self.checker.requestAvatarId(
                 credentials.UsernamePassword(b"alice", b"wrong-%d" % n)), error.UnauthorizedLogin)
         self.assertEqual(self.login(b"alice", b"pw"), "alice@example.test")
+
+
+class CertificateAddressesTests(unittest.TestCase):
+    """Which addresses a client certificate names, for SASL EXTERNAL."""
+
+    def test_table(self):
+        for made, expected in [
+            (certs.make("alice@example.test"), ["alice@example.test"]),
+            (certs.make("Alice", subject_email="Alice@Example.TEST"), ["Alice@Example.TEST"]),
+            (certs.make("bob@example.test", subject_email="alice@example.test"),
+             ["alice@example.test"]),
+            (certs.make("bob@example.test", subject_email="carol@example.test",
+                        emails=["alice@example.test", "alice.smith@example.test"],
+                        names=["host.example.test"]),
+             ["alice@example.test", "alice.smith@example.test"]),
+            (certs.make("bob@example.test", emails=["example.test"]), ["bob@example.test"]),
+            (certs.make("Test Client", names=["alice.example.test"]), []),
+            (certs.make("not an@address"), []),
+        ]:
+            self.assertEqual(certificate_addresses(made.cert), expected,
+                             made.cert.subject.rfc4514_string())
+
+
+class CertificateCheckerTests(unittest.TestCase):
+    """SASL EXTERNAL: the user a certificate names, throttled like passwords."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        users = UserDB(self.mktemp(), self.clock)
+        for name in ("alice", "alice.smith", "bob"):
+            users.set_password(f"{name}@example.test", "pw")
+        directory = Directory(["example.test"], users, AliasMap(self.mktemp(), self.clock))
+        self.store = MemorySessionStore(0, self.clock, Limits())
+        self.checker = CertificateChecker(directory, self.store)
+        self.patch(checker_module, "verify_in_thread", lambda *a: self.fail("hashed"))
+
+    def login(self, made, authzid=b"", ip="198.51.100.7"):
+        """The avatar id, or the failure's exception."""
+        d = self.checker.requestAvatarId(CertificateCredentials(made.cert, authzid, ip))
+        results = []
+        d.addBoth(results.append)
+        (result,) = results
+        return result.value if hasattr(result, "value") else result
+
+    def test_the_first_address_that_is_a_user(self):
+        made = certs.make("x", emails=["nobody@example.test", "Alice.Smith@example.test",
+                                       "alice@example.test"])
+        self.assertEqual(self.login(made), "alice.smith@example.test")
+        self.assertEqual(self.login(made, b"alice"), "alice@example.test")
+        self.assertEqual(self.login(made, b"ALICE@example.test"), "alice@example.test")
+
+    def test_another_authzid_or_no_user_fails(self):
+        alice = certs.make("alice@example.test")
+        for made, authzid in [(alice, b"bob@example.test"), (alice, b"\xff"),
+                              (certs.make("carol@example.test"), b""),
+                              (certs.make("carol@example.test"), b"carol@example.test"),
+                              (certs.make("Test Client"), b"")]:
+            failure = self.login(made, authzid)
+            self.assertIsInstance(failure, error.UnauthorizedLogin, (made, authzid))
+            self.assertNotIsInstance(failure, LoginThrottled)
+
+    def test_failures_count_towards_the_lockout(self):
+        alice = certs.make("alice@example.test")
+        for n in range(5):  # five certificates: five distinct failures
+            self.login(certs.make("alice@example.test"), b"bob@example.test")
+        refused = self.login(alice, b"bob@example.test")
+        self.assertIsInstance(refused, LoginThrottled)
+        self.assertEqual(refused.key, "198.51.100.7/bob@example.test")
+        self.assertEqual(self.login(alice), "alice@example.test")
+
+    def test_a_pair_locked_out_by_passwords_is_refused(self):
+        for n in range(5):
+            self.store.record_failure("198.51.100.7", "alice@example.test", b"%d" % n)
+        alice = certs.make("alice@example.test")
+        self.assertIsInstance(self.login(alice), LoginThrottled)
+        self.assertEqual(self.login(alice, ip="198.51.100.8"), "alice@example.test")
+
+    def test_the_same_attempt_counts_once(self):
+        made = certs.make("carol@example.test")
+        for _ in range(10):
+            self.assertNotIsInstance(self.login(made), LoginThrottled)
 
 
 class LoginCacheTests(LoginHelper, unittest.TestCase):

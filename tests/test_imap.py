@@ -29,9 +29,11 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.store import folder as folder_module, layout
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.mailstore import MailStore
+from tests import certs
 from tests.fulldisk import FullDisk
 from tests.helpers import make_settings, opened
 from tests.test_smtp.support import run_threads_inline
+from tests.test_smtp.test_server import LogCapture
 
 ALICE = "alice@example.test"
 # SELECT's FLAGS before any keyword
@@ -131,14 +133,18 @@ def deliver(store, data, user=ALICE, folder="INBOX"):
 class Client:
     """One connection: send lines, read what the server wrote."""
 
-    def __init__(self, server, tls="starttls", ip="127.0.0.1", secure=False, auth=True):
-        listener = _listener(server.settings, tls, auth)
+    def __init__(self, server, tls="starttls", ip="127.0.0.1", secure=False, auth=True,
+                 client_cert=None, issued=None):
+        """@param issued: the client's certificate (L{certs.present}) if C{client_cert}."""
+        listener = _listener(server.settings, tls, auth, client_cert)
         self.factory = build_factory(server, listener)
         self.clock = server.clock
         self.proto = self.factory.buildProtocol(None)
         self.transport = TLSStringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
         if secure:
             alsoProvides(self.transport, interfaces.ISSLTransport)
+        if client_cert is not None:
+            certs.present(self.transport, issued)
         self.proto.makeConnection(self.transport)
         self.greeting = self.read()
 
@@ -173,11 +179,11 @@ class Client:
         return reply
 
 
-def _listener(settings, tls, auth=True):
+def _listener(settings, tls, auth=True, client_cert=None):
     from mailsrv.config import Listener
 
     return Listener(index=0, protocol="imap", role="", endpoint="tcp:0", tls=tls,
-                    max_connections=10, auth=auth, client_cert=None)
+                    max_connections=10, auth=auth, client_cert=client_cert)
 
 
 class IMAPTestCase(unittest.TestCase):
@@ -212,7 +218,8 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client()
         self.assertEqual(
             c.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN SASL-IR " + EXTENSIONS + b"] "
+            b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN AUTH=LOGIN SASL-IR " + EXTENSIONS
+            + b"] "
             b"mailsrv IMAP4rev1 ready\r\n",
         )
 
@@ -239,7 +246,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         self.assertIs(c.transport.tls, self.server.tls_context)
         self.assertEqual(
             c.cmd(b"a CAPABILITY"),
-            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR " + EXTENSIONS + b"\r\n"
+            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR " + EXTENSIONS + b"\r\n"
             b"a OK CAPABILITY completed\r\n",
         )
         self.assertTrue(c.cmd(b"l LOGIN alice@example.test secret").startswith(b"l OK"))
@@ -257,7 +264,7 @@ class GreetingAndLoginTests(IMAPTestCase):
         c = self.client(tls="implicit", ip="192.0.2.7", secure=True)
         self.assertEqual(
             c.greeting,
-            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR " + EXTENSIONS + b"] "
+            b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR " + EXTENSIONS + b"] "
             b"mailsrv IMAP4rev1 ready\r\n",
         )
         self.assertTrue(c.login().startswith(b"L OK"))
@@ -352,13 +359,39 @@ class AuthenticateTests(IMAPTestCase):
             (b"e AUTHENTICATE PLAIN " + base64.b64encode(b"bob\0alice@example.test\0secret"),
              b"e NO [AUTHORIZATIONFAILED] Authentication credentials invalid\r\n"),
             (b"f AUTHENTICATE CRAM-MD5", b"f NO Unsupported authentication mechanism\r\n"),
-            (b"g AUTHENTICATE LOGIN", b"g NO Unsupported authentication mechanism\r\n"),
+            (b"g AUTHENTICATE EXTERNAL", b"g NO Unsupported authentication mechanism\r\n"),
             (b"h AUTHENTICATE", b"h BAD Syntax: AUTHENTICATE mechanism\r\n"),
         ]
         for line, reply in table:
             self.assertEqual(c.cmd(line), reply, line)
         self.assertEqual(c.proto.state, "unauth")
         self.assertTrue(c.login().startswith(b"L OK"))
+
+    def test_login_mechanism(self):
+        c = self.client()
+        table = [
+            (b"a AUTHENTICATE LOGIN", b"+ VXNlcm5hbWU6\r\n"),
+            (base64.b64encode(b"bob@example.test"), b"+ UGFzc3dvcmQ6\r\n"),
+            (base64.b64encode(b"x"), b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
+            (b"b AUTHENTICATE LOGIN", b"+ VXNlcm5hbWU6\r\n"),
+            (b"*", b"b BAD Authentication cancelled\r\n"),
+            (b"c AUTHENTICATE LOGIN " + base64.b64encode(b"bob@example.test"),
+             b"+ UGFzc3dvcmQ6\r\n"),
+            (base64.b64encode(b"pw"), b"c " + LOGGED_IN),
+        ]
+        for line, reply in table:
+            self.assertEqual(c.cmd(line), reply, line)
+        self.assertEqual(
+            self.successResultOf(self.server.sessions.window_user("127.0.0.1")),
+            "bob@example.test")
+
+    def test_login_mechanism_needs_tls_from_afar(self):
+        c = self.client(ip="192.0.2.7")
+        self.assertEqual(c.cmd(b"a AUTHENTICATE LOGIN"),
+                         b"a NO [PRIVACYREQUIRED] Passwords need TLS: use STARTTLS first\r\n")
+        c = self.client(ip="192.0.2.7", tls="implicit", secure=True)
+        self.assertIn(b" AUTH=PLAIN AUTH=LOGIN SASL-IR ", c.greeting)
+        self.assertEqual(c.cmd(b"a AUTHENTICATE LOGIN"), b"+ VXNlcm5hbWU6\r\n")
 
     def test_overlong_response_line(self):
         c = self.client()
@@ -389,6 +422,69 @@ class AuthenticateTests(IMAPTestCase):
         self.assertEqual(c.cmd(b"b AUTHENTICATE PLAIN " + plain(b"alice@example.test", b"secret")),
                          b"b " + refusal)
         self.assertEqual(c.cmd(b"c AUTHENTICATE PLAIN"), b"c " + refusal)
+
+
+class ExternalTests(IMAPTestCase):
+    """AUTHENTICATE EXTERNAL: the verified client certificate names the user (RFC 4422 A)."""
+
+    def setUp(self):
+        super().setUp()
+        UserDB(self.root / "users", self.clock).set_password(ALICE, "secret")
+        self.clock.advance(1)  # the directory looks at the file once a second
+        self.alice = certs.make(ALICE)
+
+    def client(self, issued=None, client_cert="require", ip="192.0.2.7"):
+        c = Client(self.server, tls="implicit", ip=ip, secure=True, client_cert=client_cert,
+                   issued=issued)
+        self.addCleanup(c.proto.connectionLost, None)
+        return c
+
+    def test_offered_with_a_certificate_only(self):
+        for c in (self.client(self.alice), self.client(self.alice, client_cert="request")):
+            self.assertIn(b" AUTH=PLAIN AUTH=LOGIN AUTH=EXTERNAL SASL-IR ", c.greeting)
+            self.assertIn(b" AUTH=PLAIN AUTH=LOGIN AUTH=EXTERNAL SASL-IR ",
+                          c.cmd(b"a CAPABILITY"))
+        for c in (self.client(None, client_cert="request"),
+                  self.client(self.alice, client_cert="none")):
+            self.assertIn(b" AUTH=PLAIN AUTH=LOGIN SASL-IR ", c.cmd(b"a CAPABILITY"))
+            self.assertEqual(c.cmd(b"b AUTHENTICATE EXTERNAL ="),
+                             b"b NO Unsupported authentication mechanism\r\n")
+
+    def test_offered_in_the_greeting_before_the_handshake_under_require(self):
+        """The greeting is written before the handshake, which ends with a certificate."""
+        c = self.client(None)
+        self.assertIn(b" AUTH=PLAIN AUTH=LOGIN AUTH=EXTERNAL SASL-IR ", c.greeting)
+        self.assertEqual(c.cmd(b"a AUTHENTICATE EXTERNAL ="),
+                         b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+
+    def test_success(self):
+        logs = LogCapture(self)
+        for lines in ([b"a AUTHENTICATE EXTERNAL ="], [b"a AUTHENTICATE EXTERNAL", b""],
+                      [b"a AUTHENTICATE EXTERNAL " + base64.b64encode(ALICE.encode())]):
+            c = self.client(self.alice)
+            replies = [c.cmd(line) for line in lines]
+            self.assertTrue(replies[-1].startswith(b"a OK [CAPABILITY IMAP4rev1 "), lines)
+            self.assertEqual(c.proto.state, "auth")
+        self.assertEqual(
+            self.successResultOf(self.server.sessions.window_user("192.0.2.7")), ALICE)
+        self.assertEqual(
+            logs.text().count(f"login ok: user={ALICE} ip=192.0.2.7 protocol=imap"), 3)
+
+    def test_failures(self):
+        logs = LogCapture(self)
+        failed = b"NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        c = self.client(self.alice)
+        self.assertEqual(c.cmd(b"a AUTHENTICATE EXTERNAL " + base64.b64encode(b"bob")),
+                         b"a " + failed)
+        self.assertEqual(c.cmd(b"b AUTHENTICATE EXTERNAL"), b"+ \r\n")
+        self.assertEqual(c.cmd(b"*"), b"b BAD Authentication cancelled\r\n")
+        c = self.client(certs.make("carol@example.test"))
+        self.assertEqual(c.cmd(b"c AUTHENTICATE EXTERNAL ="), b"c " + failed)
+        self.assertEqual(c.proto.state, "unauth")
+        text = logs.text()
+        self.assertIn("login failed: user=bob ip=192.0.2.7 protocol=imap", text)
+        self.assertIn("login failed: user=carol@example.test ip=192.0.2.7 protocol=imap", text)
+        self.assertNotIn("login ok", text)
 
 
 class ThrottlingTests(IMAPTestCase):

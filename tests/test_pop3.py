@@ -27,9 +27,11 @@ from mailsrv.queue.dotstuff import DotStuffer, stuff
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.store.delivery import deliver_file
 from mailsrv.store.mailstore import MailStore
+from tests import certs
 from tests.fulldisk import FullDisk
 from tests.helpers import fresh_error_log, make_settings
 from tests.test_smtp.support import run_threads_inline
+from tests.test_smtp.test_server import LogCapture
 
 USER = "alice@example.test"
 PASSWORD = b"s3cret pass"
@@ -88,7 +90,8 @@ class Harness:
 
     def __init__(self, test, root=None, messages=MESSAGES, peer="127.0.0.1",
                  tls="starttls", plaintext_on_loopback=True, deliver_now=True,
-                 auth=True, checker=None):
+                 auth=True, checker=None, client_cert=None):
+        """@param client_cert: the listener's, with a [tls] client_ca."""
         self.clock = task.Clock()
         run_threads_inline(test)  # the folder's listing at login
         self.root = Path(root or test.mktemp())
@@ -96,12 +99,14 @@ class Harness:
         if deliver_now:
             deliver(self.root, USER, messages)
         settings = make_settings(
-            self.root, auth={"allow_plaintext_on_loopback": plaintext_on_loopback}
+            self.root, auth={"allow_plaintext_on_loopback": plaintext_on_loopback},
+            tls={"client_ca": str(self.root / "ca.pem")},
         )
         self.sessions = MemorySessionStore(1800, self.clock, settings.auth)
         self.checker = FakeChecker() if checker is None else checker(self)
         self.server = MailServer(
-            settings=settings, directory=None, checker=self.checker,
+            settings=settings, directory=getattr(self.checker, "directory", None),
+            checker=self.checker,
             sessions=self.sessions, store=MailStore(self.root, self.clock),
             spool=None, trusted=None, tls_context=object(), clock=self.clock,
             resolvers=dns.Resolvers(self.clock),
@@ -109,7 +114,7 @@ class Harness:
         listener = [l for l in settings.listeners][0]
         self.listener = type(listener)(**{**listener.__dict__, "protocol": "pop3",
                                           "role": "", "tls": tls, "auth": auth,
-                                          "timeouts": None})
+                                          "client_cert": client_cert, "timeouts": None})
         self.factory = pop3server.build_factory(self.server, self.listener)
         self.connect(peer)
 
@@ -159,7 +164,7 @@ class GreetingAndCapabilityTests(unittest.TestCase):
         self.assertEqual(
             h.cmd(b"CAPA"),
             b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\n"
-            b"AUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\n"
+            b"AUTH-RESP-CODE\r\nPIPELINING\r\nUSER\r\nSASL PLAIN LOGIN\r\nSTLS\r\n"
             b"IMPLEMENTATION mailsrv\r\n.\r\n",
         )
 
@@ -167,7 +172,7 @@ class GreetingAndCapabilityTests(unittest.TestCase):
         h = Harness(self, peer="192.0.2.7")
         caps = h.cmd(b"capa").split(b"\r\n")
         self.assertNotIn(b"USER", caps)
-        self.assertNotIn(b"SASL PLAIN", caps)
+        self.assertFalse([c for c in caps if c.startswith(b"SASL")])
         self.assertIn(b"STLS", caps)
 
     def test_no_stls_without_tls_on_listener(self):
@@ -677,12 +682,35 @@ class SASLTests(unittest.TestCase):
              b"-ERR Authentication credentials invalid\r\n"),
             (b"AUTH PLAIN =", b"-ERR Malformed PLAIN response\r\n"),
             (b"AUTH CRAM-MD5", b"-ERR Unrecognized authentication mechanism\r\n"),
-            (b"AUTH LOGIN", b"-ERR Unrecognized authentication mechanism\r\n"),
-            (b"AUTH", b"+OK\r\nPLAIN\r\n.\r\n"),
+            (b"AUTH EXTERNAL", b"-ERR Unrecognized authentication mechanism\r\n"),
+            (b"AUTH", b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"),
         ]
         for line, reply in table:
             self.assertEqual(h.cmd(line), reply, line)
         h.login()
+
+    def test_login_mechanism(self):
+        h = Harness(self)
+        table = [
+            (b"AUTH LOGIN", b"+ VXNlcm5hbWU6\r\n"),
+            (base64.b64encode(USER.encode()), b"+ UGFzc3dvcmQ6\r\n"),
+            (base64.b64encode(b"nope"), b"-ERR [AUTH] Invalid user name or password\r\n"),
+            (b"AUTH LOGIN", b"+ VXNlcm5hbWU6\r\n"),
+            (b"*", b"-ERR Authentication cancelled\r\n"),
+            (b"AUTH LOGIN " + base64.b64encode(USER.encode()), b"+ UGFzc3dvcmQ6\r\n"),
+            (base64.b64encode(PASSWORD), b"+OK Logged in\r\n"),
+        ]
+        for line, reply in table:
+            self.assertEqual(h.cmd(line), reply, line)
+        self.assertEqual(self.successResultOf(h.sessions.window_user("127.0.0.1")), USER)
+
+    def test_login_mechanism_needs_tls_from_afar(self):
+        h = Harness(self, peer="192.0.2.7")
+        self.assertEqual(h.cmd(b"AUTH LOGIN"),
+                         b"-ERR Passwords are only accepted over TLS: send STLS first\r\n")
+        alsoProvides(h.transport, ISSLTransport)
+        self.assertIn(b"SASL PLAIN LOGIN\r\n", h.cmd(b"CAPA"))
+        self.assertEqual(h.cmd(b"AUTH LOGIN"), b"+ VXNlcm5hbWU6\r\n")
 
     def test_overlong_response_ends_the_exchange(self):
         h = Harness(self)
@@ -705,6 +733,58 @@ class SASLTests(unittest.TestCase):
                          b"-ERR Passwords are only accepted over TLS: send STLS first\r\n")
 
 
+class ExternalTests(unittest.TestCase):
+    """AUTH EXTERNAL: the verified client certificate names the user (RFC 4422 A)."""
+
+    def harness(self, issued, client_cert="require", peer="192.0.2.7"):
+        h = Harness(self, peer=peer, tls="implicit", checker=real_checker,
+                    client_cert=client_cert)
+        certs.present(h.transport, issued)
+        return h
+
+    def test_offered_with_a_certificate_only(self):
+        alice = certs.make(USER)
+        self.assertIn(b"SASL PLAIN LOGIN EXTERNAL\r\n", self.harness(alice).cmd(b"CAPA"))
+        self.assertEqual(self.harness(alice).cmd(b"AUTH"),
+                         b"+OK\r\nPLAIN\r\nLOGIN\r\nEXTERNAL\r\n.\r\n")
+        self.assertIn(b"SASL PLAIN LOGIN EXTERNAL\r\n",
+                      self.harness(alice, client_cert="request").cmd(b"CAPA"))
+        for h in (self.harness(None, client_cert="request"),
+                  self.harness(alice, client_cert="none")):
+            self.assertIn(b"SASL PLAIN LOGIN\r\n", h.cmd(b"CAPA"))
+            self.assertEqual(h.cmd(b"AUTH EXTERNAL ="),
+                             b"-ERR Unrecognized authentication mechanism\r\n")
+
+    def test_success(self):
+        logs = LogCapture(self)
+        for lines in ([b"AUTH EXTERNAL ="], [b"AUTH EXTERNAL", b""],
+                      [b"AUTH EXTERNAL " + base64.b64encode(b"alice")]):
+            h = self.harness(certs.make(USER))
+            replies = [h.cmd(line) for line in lines]
+            self.assertEqual(replies[-1], b"+OK Logged in\r\n", lines)
+            self.assertEqual(h.cmd(b"STAT")[:5], b"+OK 3")
+            h.drop()
+        self.assertEqual(self.successResultOf(h.sessions.window_user("192.0.2.7")), USER)
+        self.assertEqual(
+            logs.text().count(f"login ok: user={USER} ip=192.0.2.7 protocol=pop3"), 3)
+
+    def test_failures(self):
+        logs = LogCapture(self)
+        failed = b"-ERR [AUTH] Invalid user name or password\r\n"
+        h = self.harness(certs.make(USER))
+        self.assertEqual(h.cmd(b"AUTH EXTERNAL " + base64.b64encode(b"bob@example.test")),
+                         failed)
+        self.assertEqual(h.cmd(b"AUTH EXTERNAL"), b"+ \r\n")
+        self.assertEqual(h.cmd(b"*"), b"-ERR Authentication cancelled\r\n")
+        h = self.harness(certs.make("carol@example.test"))
+        self.assertEqual(h.cmd(b"AUTH EXTERNAL ="), failed)
+        self.assertEqual(h.cmd(b"STAT"), b"-ERR Log in first (USER and PASS)\r\n")
+        self.assertIsNone(self.successResultOf(h.sessions.window_user("192.0.2.7")))
+        text = logs.text()
+        self.assertIn("login failed: user=bob@example.test ip=192.0.2.7 protocol=pop3", text)
+        self.assertIn("login failed: user=carol@example.test ip=192.0.2.7 protocol=pop3", text)
+
+
 class AuthDisabledTests(unittest.TestCase):
     """C{auth = false} on the listener: no password login at all."""
 
@@ -712,7 +792,7 @@ class AuthDisabledTests(unittest.TestCase):
         h = Harness(self, auth=False)
         caps = h.cmd(b"CAPA").split(b"\r\n")
         self.assertNotIn(b"USER", caps)
-        self.assertNotIn(b"SASL PLAIN", caps)
+        self.assertFalse([c for c in caps if c.startswith(b"SASL")])
         refusal = b"-ERR Password logins are disabled on this port\r\n"
         for line in (b"USER " + USER.encode(), b"PASS " + PASSWORD,
                      b"AUTH PLAIN " + plain(USER.encode(), PASSWORD), b"AUTH",

@@ -60,5 +60,17 @@ class SASLTests(unittest.TestCase):
         self.assertRaises(sasl.Cancelled, login.respond, "*")
         self.assertRaises(sasl.Malformed, sasl.Login().start, "%%%")
 
+    def test_external(self):
+        self.assertTable(sasl.External().start, [
+            (None, sasl.Challenge("")),
+            ("=", sasl.Authorization(b"")),
+            (b64(b"alice@example.test"), sasl.Authorization(b"alice@example.test")),
+            ("not base64!", (sasl.Malformed, "Cannot decode base64 response")),
+            ("*", (sasl.Cancelled, "Authentication cancelled")),
+        ])
+        self.assertEqual(sasl.External().respond(""), sasl.Authorization(b""))
+
     def test_no_mechanism_needs_plaintext_secrets(self):
-        self.assertEqual(sorted(sasl.MECHANISMS), ["LOGIN", "PLAIN"])
+        self.assertEqual(list(sasl.mechanisms(certificate=False)), ["PLAIN", "LOGIN"])
+        self.assertEqual(list(sasl.mechanisms(certificate=True)),
+                         ["PLAIN", "LOGIN", "EXTERNAL"])

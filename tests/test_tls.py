@@ -19,6 +19,7 @@ from OpenSSL import SSL
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
@@ -207,6 +208,52 @@ class EffectiveModeTests(unittest.TestCase):
         self.assertEqual(submission.mode, "require")
         self.assertEqual(mx_request.mode, "request")
         self.assertIsNot(mx_request, submission)
+
+
+class ClientCertificateForLoginTests(unittest.TestCase):
+    """MailServer.client_certificate: when a certificate may vouch for a login."""
+
+    def setUp(self):
+        self.dir = Path(self.mktemp()).absolute()
+        self.paths = certs.client_set(self.dir / "certs")
+        self.settings = make_settings(
+            self.dir,
+            tls={"client_ca": str(self.paths["ca"][0]), "client_cert": "require"},
+            listen=[
+                {"protocol": "imap", "endpoint": "tcp:0"},
+                {"protocol": "imap", "endpoint": "tcp:0", "client_cert": "request"},
+                {"protocol": "imap", "endpoint": "tcp:0", "client_cert": "none"},
+                {"protocol": "imap", "endpoint": "tcp:0", "auth": False},
+                {"protocol": "smtp", "role": "mx", "endpoint": "tcp:0"},
+            ],
+        )
+        self.server = MailServer(settings=self.settings, directory=None, checker=None,
+                                 sessions=None, store=None, spool=None, trusted=None,
+                                 tls_context=None, clock=task.Clock(), resolvers=None)
+        self.alice = certs.make("alice@example.test")
+
+    def certificates(self, transport):
+        return [self.server.client_certificate(transport, listener)
+                for listener in self.settings.listeners]
+
+    def test_require_and_request_with_a_certificate(self):
+        self.assertEqual(self.certificates(certs.tls_transport(self.alice)),
+                         [self.alice.cert, self.alice.cert, None, None, None])
+
+    def test_no_certificate_or_no_tls(self):
+        self.assertEqual(self.certificates(certs.tls_transport(None)), 5 * [None])
+        self.assertEqual(self.certificates(StringTransport()), 5 * [None])
+
+    def test_external_offered(self):
+        def offered(transport):
+            return [self.server.external_offered(transport, listener)
+                    for listener in self.settings.listeners]
+
+        self.assertEqual(offered(certs.tls_transport(self.alice)),
+                         [True, True, False, False, False])
+        # before the handshake ends, "require" promises a certificate
+        self.assertEqual(offered(certs.tls_transport(None)), [True, False, False, False, False])
+        self.assertEqual(offered(StringTransport()), 5 * [False])
 
 
 class Reporter(Protocol):

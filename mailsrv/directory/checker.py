@@ -170,38 +170,47 @@ class UserPasswordChecker:
         d.addCallbacks(rehashed, not_rehashed)
         return d
 
-    @defer.inlineCallbacks
     def _throttled_check(self, ip, address, password):
         """
         A locked-out key is refused before hashing: the answer does not
         depend on the password, so there is no timing to hide, and a
-        guesser then costs no CPU. The lockout is asked again after a
-        correct password, in case parallel guesses locked the key while
-        this one was being hashed.
+        guesser then costs no CPU.
         """
-        yield self._refuse_if_locked(ip, address)
-        try:
-            ok = yield self._verify(address, password)
-        except error.UnauthorizedLogin:
-            locked = yield self.sessions.record_failure(
-                ip, address, self._fingerprint(address, password)
-            )
-            for key in locked:
-                log.warn("login lockout started: key={key}", key=key)
-            raise
-        yield self._refuse_if_locked(ip, address)
-        yield self.sessions.clear_failures(ip, address)
-        return ok
-
-    def _refuse_if_locked(self, ip, address):
-        d = self.sessions.login_refused(ip, address)
-        d.addCallback(lambda key: None if key is None else _fail(LoginThrottled(key)))
-        return d
+        return throttled(self.sessions, ip, address, self._fingerprint(address, password),
+                         lambda: self._verify(address, password))
 
     def _fingerprint(self, address, password):
         """Tells repeats of one wrong password apart from new ones, and nothing more."""
         message = address.encode("utf-8") + b"\0" + password.encode("utf-8")
         return hmac.new(self._key, message, hashlib.sha256).digest()
+
+
+@defer.inlineCallbacks
+def throttled(sessions, ip, address, fingerprint, verify):
+    """
+    Run C{verify()} (a Deferred of the avatar id, failing with
+    C{UnauthorizedLogin}) unless C{(ip, address)} is locked out, and count
+    its failure once per distinct C{fingerprint}. The lockout is asked
+    again after a success, in case parallel guesses locked the key
+    meanwhile.
+    """
+    yield _refuse_if_locked(sessions, ip, address)
+    try:
+        ok = yield verify()
+    except error.UnauthorizedLogin:
+        locked = yield sessions.record_failure(ip, address, fingerprint)
+        for key in locked:
+            log.warn("login lockout started: key={key}", key=key)
+        raise
+    yield _refuse_if_locked(sessions, ip, address)
+    yield sessions.clear_failures(ip, address)
+    return ok
+
+
+def _refuse_if_locked(sessions, ip, address):
+    d = sessions.login_refused(ip, address)
+    d.addCallback(lambda key: None if key is None else _fail(LoginThrottled(key)))
+    return d
 
 
 class LoginCache:

@@ -10,9 +10,9 @@ matter to real clients closed. Each override below says which gap:
 - passwords only where L{MailServer.passwords_allowed} says so: otherwise LOGINDISABLED, no AUTH=, and C{NO
   [PRIVACYREQUIRED]}; STARTTLS per listener, dropping anything pipelined
   behind it (STARTTLS injection);
-- LOGIN and AUTHENTICATE PLAIN (with SASL-IR, RFC 4959) go through the
-  shared portal and its throttling checker (C{NO [UNAVAILABLE]} when
-  throttled), are logged (never the password) and open the
+- LOGIN and AUTHENTICATE PLAIN, LOGIN and EXTERNAL (with SASL-IR, RFC
+  4959) go through the shared portal and its throttling checkers (C{NO
+  [UNAVAILABLE]} when throttled), are logged (never the password) and open the
   POP-before-SMTP window; Twisted's challengers (CRAM-MD5 needs plaintext
   secrets) are not used;
 - SELECT reports UNSEEN, PERMANENTFLAGS, UIDVALIDITY and UIDNEXT; FETCH of
@@ -59,6 +59,7 @@ from twisted.mail import imap4
 
 from mailsrv import __version__, errorlog, login, sasl
 from mailsrv.deadline import EVICTED, WHY, Deadline
+from mailsrv.directory.certificate import CertificateCredentials
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.gather import gather
 from mailsrv.imap import append, listing, mime, sequence, sort, syntax, thread
@@ -414,7 +415,7 @@ class IMAPServer(TwistedIMAP4Server):
             if self._starttls_offered():
                 caps[b"STARTTLS"] = None
             if self._passwords_allowed():
-                caps[b"AUTH"] = [b"PLAIN"]
+                caps[b"AUTH"] = [name.encode("ascii") for name in self._mechanisms()]
                 caps[b"SASL-IR"] = None
             else:
                 caps[b"LOGINDISABLED"] = None
@@ -433,6 +434,9 @@ class IMAPServer(TwistedIMAP4Server):
 
     def _passwords_allowed(self):
         return self.server.passwords_allowed(self.transport, self.listener)
+
+    def _mechanisms(self):
+        return sasl.mechanisms(self.server.external_offered(self.transport, self.listener))
 
     def _peer_ip(self):
         return getattr(self.transport.getPeer(), "host", "?")
@@ -773,15 +777,16 @@ class IMAPServer(TwistedIMAP4Server):
     unauth_LOGIN = (do_LOGIN, _base.arg_astring, _base.arg_finalastring)
 
     def do_AUTHENTICATE(self, tag, line):
-        """RFC 3501 6.2.2, PLAIN only, with an optional initial response (RFC 4959)."""
+        """RFC 3501 6.2.2, with an optional initial response (RFC 4959)."""
         if not self._passwords_allowed():
             return self._refuse_password(tag)
-        mechanism, _, initial = line.strip().partition(b" ")
-        if not mechanism:
+        name, _, initial = line.strip().partition(b" ")
+        if not name:
             return self.sendBadResponse(tag, b"Syntax: AUTHENTICATE mechanism")
-        if mechanism.upper() != b"PLAIN":
+        mechanism = self._mechanisms().get(name.upper().decode("ascii", "replace"))
+        if mechanism is None:
             return self.sendNegativeResponse(tag, b"Unsupported authentication mechanism")
-        exchange = sasl.Plain()
+        exchange = mechanism()
         self._sasl_step(tag, exchange, exchange.start, initial.strip().decode("latin-1") or None)
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, _base.arg_line)
@@ -804,14 +809,20 @@ class IMAPServer(TwistedIMAP4Server):
             self.parseState = "sasl"
             self.sendLine(b"+ " + result.text.encode("ascii"))
             return None
+        if isinstance(result, sasl.Authorization):
+            certificate = self.server.client_certificate(self.transport, self.listener)
+            credentials = CertificateCredentials(certificate, result.authzid, self._peer_ip())
+            return self._check(tag, credentials, credentials.name)
         return self._login(tag, result.username, result.password)
 
     def _login(self, tag, user, passwd):
-        d = self.portal.login(
-            ClientCredentials(user, passwd, self._peer_ip()), None, imap4.IAccount
-        )
+        self._check(tag, ClientCredentials(user, passwd, self._peer_ip()), user)
+
+    def _check(self, tag, credentials, name):
+        """Log in with a password or certificate; C{name} is for the failure's log line."""
+        d = self.portal.login(credentials, None, imap4.IAccount)
         d.addCallbacks(
-            self._logged_in, self._login_failed, (tag,), None, (tag, user), None
+            self._logged_in, self._login_failed, (tag,), None, (tag, name), None
         )
 
     def _logged_in(self, result, tag):

@@ -4,9 +4,9 @@ needs and Twisted lacks or gets wrong:
 
 - STLS (RFC 2595), and passwords only where
   L{MailServer.passwords_allowed} says so;
-  SASL AUTH PLAIN (RFC 5034) beside USER/PASS; no APOP (it needs
-  plaintext secrets on the server). Logins go through the shared checker,
-  which throttles repeated failures (C{-ERR [SYS/TEMP]}).
+  SASL AUTH PLAIN, LOGIN and EXTERNAL (RFC 5034) beside USER/PASS; no
+  APOP (it needs plaintext secrets on the server). Logins go through the
+  shared checkers, which throttle repeated failures (C{-ERR [SYS/TEMP]}).
 - One dispatcher with an explicit command table per state, so bad input
   gets one exact C{-ERR} line (never Twisted's "bad protocol or server:
   TypeError" with a logged traceback) and the session goes on.
@@ -34,6 +34,7 @@ from zope.interface import implementer
 from mailsrv import errorlog, login, sasl
 from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, WHY, Deadline
+from mailsrv.directory.certificate import CertificateCredentials
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.realm import MailboxFactory
 from mailsrv.queue.dotstuff import DotStuffer, stuff
@@ -346,6 +347,11 @@ class POP3Server(pop3.POP3):
     def _passwords_allowed(self):
         return self.server.passwords_allowed(self.transport, self.listener)
 
+    def _mechanisms(self):
+        """The SASL mechanisms by name (bytes) when passwords are allowed."""
+        offered = sasl.mechanisms(self.server.external_offered(self.transport, self.listener))
+        return {name.encode("ascii"): mechanism for name, mechanism in offered.items()}
+
     def _stls_offered(self):
         """Not after login (RFC 2595 4)."""
         return self.mbox is None and self.server.starttls_offered(self.transport, self.listener)
@@ -367,7 +373,7 @@ class POP3Server(pop3.POP3):
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self._passwords_allowed():
             caps.append(b"USER")
-            caps.append(b"SASL PLAIN")
+            caps.append(b" ".join([b"SASL", *self._mechanisms()]))
         if self._stls_offered():
             caps.append(b"STLS")
         caps.append(b"IMPLEMENTATION mailsrv")
@@ -414,10 +420,12 @@ class POP3Server(pop3.POP3):
         return self._login(user, password)
 
     def _login(self, user, password):
-        d = self.portal.login(
-            ClientCredentials(user, password, self._peer_ip), None, pop3.IMailbox
-        )
-        d.addCallbacks(self._logged_in, self._login_failed, (user,), None, (user,))
+        return self._check(ClientCredentials(user, password, self._peer_ip), user)
+
+    def _check(self, credentials, name):
+        """Log in with a password or certificate; C{name} is for the failure's log line."""
+        d = self.portal.login(credentials, None, pop3.IMailbox)
+        d.addCallbacks(self._logged_in, self._login_failed, (name,), None, (name,))
         d.addErrback(self._login_broken)
         return self._hold_commands(d)
 
@@ -452,23 +460,25 @@ class POP3Server(pop3.POP3):
 
     def do_AUTH(self, rest):
         """
-        RFC 5034, PLAIN only. A bare AUTH lists the mechanisms, as clients
-        of the older RFC 1734 servers expect.
+        RFC 5034. A bare AUTH lists the mechanisms, as clients of the older
+        RFC 1734 servers expect.
         """
         if not self._passwords_allowed():
             return self._refuse_password()
-        mechanism, _, initial = rest.strip().partition(b" ")
-        if not mechanism:
-            return self._write(b"+OK\r\nPLAIN\r\n.\r\n")
-        if mechanism.upper() != b"PLAIN":
+        name, _, initial = rest.strip().partition(b" ")
+        offered = self._mechanisms()
+        if not name:
+            return self._write(b"+OK\r\n" + b"".join(n + b"\r\n" for n in offered) + b".\r\n")
+        mechanism = offered.get(name.upper())
+        if mechanism is None:
             return self.failResponse(b"Unrecognized authentication mechanism")
-        exchange = sasl.Plain()
+        exchange = mechanism()
         return self._sasl_step(
             exchange, exchange.start, initial.strip().decode("latin-1") or None
         )
 
     def _sasl_step(self, exchange, step, value):
-        """One step of a PLAIN exchange: a C{+} challenge, or the password check."""
+        """One step of a SASL exchange: a C{+} challenge, or the login check."""
         try:
             result = step(value)
         except sasl.SASLError as e:
@@ -476,6 +486,10 @@ class POP3Server(pop3.POP3):
         if isinstance(result, sasl.Challenge):
             self._sasl = exchange
             return self._write(b"+ " + result.text.encode("ascii") + b"\r\n")
+        if isinstance(result, sasl.Authorization):
+            certificate = self.server.client_certificate(self.transport, self.listener)
+            credentials = CertificateCredentials(certificate, result.authzid, self._peer_ip)
+            return self._check(credentials, credentials.name)
         return self._login(result.username, result.password)
 
     def do_QUIT(self):

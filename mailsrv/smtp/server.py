@@ -1,6 +1,6 @@
 """
 The SMTP protocol (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN) and its factory.
+ENHANCEDSTATUSCODES, STARTTLS, AUTH PLAIN/LOGIN/EXTERNAL) and its factory.
 
 Input is buffered and handled one command at a time: while a command waits
 on a Deferred (a password check, a policy lookup, the spool commit), later
@@ -20,6 +20,7 @@ from mailsrv.context import is_secure
 from mailsrv.deadline import EVICTED, Deadline, Unloaded
 from mailsrv.logtext import literal
 from mailsrv.policy import listener as listener_policy
+from mailsrv.directory.certificate import CertificateChecker, CertificateCredentials
 from mailsrv.directory.checker import ClientCredentials
 from mailsrv.queue.journal import Journal
 from mailsrv.smtp.commands import (
@@ -272,7 +273,7 @@ class SMTPServer(protocol.Protocol):
         if self._tls_offered():
             extensions.append("STARTTLS")
         if self._auth_offered():
-            extensions.append("AUTH " + " ".join(sasl.MECHANISMS))
+            extensions.append("AUTH " + " ".join(self._mechanisms()))
         extensions.append("HELP")
         return extensions
 
@@ -281,6 +282,9 @@ class SMTPServer(protocol.Protocol):
 
     def _auth_offered(self):
         return self.server.passwords_allowed(self.transport, self.listener)
+
+    def _mechanisms(self):
+        return sasl.mechanisms(self.server.external_offered(self.transport, self.listener))
 
     def smtp_EHLO(self, arg):
         self._greet(arg, esmtp=True)
@@ -353,7 +357,7 @@ class SMTPServer(protocol.Protocol):
         if self.transaction is not None:
             raise CommandError(503, "5.5.1", "AUTH not allowed during a mail transaction")
         name, _, initial = arg.partition(" ")
-        mechanism = sasl.MECHANISMS.get(name.upper())
+        mechanism = self._mechanisms().get(name.upper())
         if mechanism is None:
             raise CommandError(504, "5.5.4", "Unrecognized authentication mechanism")
         exchange = mechanism()
@@ -364,7 +368,7 @@ class SMTPServer(protocol.Protocol):
         return self._auth_step(exchange, exchange.respond, line.decode("latin-1").strip())
 
     def _auth_step(self, exchange, step, value):
-        """Take one step of a SASL exchange: challenge again, or check the password."""
+        """Take one step of a SASL exchange: challenge again, or check the password or certificate."""
         try:
             result = step(value)
         except sasl.SASLError as e:
@@ -374,9 +378,14 @@ class SMTPServer(protocol.Protocol):
             self._sasl = exchange
             self._send(f"334 {result.text}")
             return None
-        credentials = ClientCredentials(result.username, result.password, self.session.ip)
-        d = defer.maybeDeferred(self.server.checker.requestAvatarId, credentials)
-        name = result.username.decode("utf-8", "replace")
+        if isinstance(result, sasl.Authorization):
+            certificate = self.server.client_certificate(self.transport, self.listener)
+            credentials = CertificateCredentials(certificate, result.authzid, self.session.ip)
+            checker, name = self.factory.certificate_checker, credentials.name
+        else:
+            credentials = ClientCredentials(result.username, result.password, self.session.ip)
+            checker, name = self.server.checker, result.username.decode("utf-8", "replace")
+        d = defer.maybeDeferred(checker.requestAvatarId, credentials)
         d.addCallbacks(self._authenticated, self._auth_failed, errbackArgs=(name,))
         return d
 
@@ -529,6 +538,8 @@ class SMTPFactory(protocol.ServerFactory):
     @ivar limits: the listener's L{Limits}.
     @ivar policy: the listener's L{mailsrv.policy.listener.ListenerPolicy}:
         the protocol asks it at MAIL, RCPT and DATA.
+    @ivar certificate_checker: checks AUTH EXTERNAL (the password checker
+        is C{server.checker}).
     @ivar clock: for timeouts and Received dates.
     @ivar load: the listener's load (L{mailsrv.service.ConnectionLimits}
         sets it): whether it is under stress.
@@ -543,6 +554,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.journal = Journal(server.settings.journal, server.delivery)
         self.clock = server.clock
         self.policy = listener_policy.build(server, listener, self.clock)
+        self.certificate_checker = CertificateChecker(server.directory, server.sessions)
 
     def buildProtocol(self, addr):
         return SMTPServer(self)

@@ -17,6 +17,7 @@ from mailsrv.policy.hooks import RECIPIENT, SENDER
 from mailsrv.policy.verdict import Verdict
 from mailsrv.smtp import server as server_module
 from mailsrv.smtp.server import build_factory
+from tests import certs
 from tests.helpers import fresh_error_log
 from tests.test_smtp.support import (
     CLIENT_IP,
@@ -620,6 +621,77 @@ class AuthTests(SMTPTestCase):
         self.assertNotIn(b"AUTH", self.ehlo(conn))
         self.assertEqual(conn.send(b"AUTH PLAIN\r\n"),
                          b"503 5.5.1 Authentication not enabled\r\n")
+
+
+class ExternalTests(SMTPTestCase):
+    """AUTH EXTERNAL: the verified client certificate names the user (RFC 4422 A)."""
+
+    def setUp(self):
+        run_threads_inline(self)
+        paths = certs.client_set(Path(self.mktemp()).absolute())
+        self.server = make_mail_server(
+            self, tls={"client_ca": str(paths["ca"][0])},
+            listen=[{"protocol": "smtp", "role": "submission", "endpoint": "tcp:0",
+                     "client_cert": "require"},
+                    {"protocol": "smtp", "role": "submission", "endpoint": "tcp:0"},
+                    {"protocol": "smtp", "role": "submission", "endpoint": "tcp:0",
+                     "client_cert": "request"}])
+        self.alice = certs.make("alice@example.test")
+
+    def authed(self, *lines, issued=True, listener=0):
+        conn = self.connect(secure=True, listener=listener)
+        certs.present(conn.transport, self.alice if issued is True else issued)
+        self.assertIn(b"250-AUTH PLAIN LOGIN", self.ehlo(conn))
+        return conn, [conn.send(line) for line in lines]
+
+    def test_offered_with_a_certificate_only(self):
+        for listener in (0, 2):  # require, request
+            conn, _ = self.authed(listener=listener)
+            self.assertIn(b"250-AUTH PLAIN LOGIN EXTERNAL\r\n", self.ehlo(conn))
+        unrecognized = b"504 5.5.4 Unrecognized authentication mechanism\r\n"
+        for listener, issued in ((2, None), (1, True)):  # no certificate; client_cert none
+            conn, replies = self.authed(b"EHLO c.test\r\n", b"AUTH EXTERNAL =\r\n",
+                                        issued=issued, listener=listener)
+            self.assertIn(b"250-AUTH PLAIN LOGIN\r\n", replies[0])
+            self.assertEqual(replies[1], unrecognized)
+
+    def test_success_with_and_without_authzid(self):
+        logs = LogCapture(self)
+        for lines in ([b"AUTH EXTERNAL =\r\n"],
+                      [b"AUTH EXTERNAL\r\n", b"=\r\n"],
+                      [b"auth external " + base64.b64encode(b"alice") + b"\r\n"]):
+            conn, replies = self.authed(*lines)
+            self.assertEqual(replies[-1], b"235 2.7.0 Authentication successful\r\n")
+            self.assertEqual(conn.protocol.session.user, "alice@example.test")
+        self.assertEqual(logs.text().count(
+            f"login ok: user=alice@example.test ip={CLIENT_IP} protocol=smtp"), 3)
+        self.assertIsNotNone(queue_id(self.send_mail(
+            conn, [b"carol@remote.test"], sender=b"alice@example.test")))
+
+    def test_failures(self):
+        logs = LogCapture(self)
+        failed = b"535 5.7.8 Authentication credentials invalid\r\n"
+        _, replies = self.authed(b"AUTH EXTERNAL " + base64.b64encode(b"bob@example.test")
+                                 + b"\r\n")
+        self.assertEqual(replies, [failed])
+        conn, replies = self.authed(b"AUTH EXTERNAL =\r\n",
+                                    issued=certs.make("carol@example.test"))
+        self.assertEqual(replies, [failed])
+        self.assertIsNone(conn.protocol.session.user)
+        _, replies = self.authed(b"AUTH EXTERNAL\r\n", b"*\r\n", b"AUTH EXTERNAL %%\r\n")
+        self.assertEqual(replies, [b"334 \r\n", b"501 5.7.0 Authentication cancelled\r\n",
+                                   b"501 5.5.2 Cannot decode base64 response\r\n"])
+        text = logs.text()
+        self.assertIn(f"login failed: user=bob@example.test ip={CLIENT_IP} protocol=smtp", text)
+        self.assertIn(f"login failed: user=carol@example.test ip={CLIENT_IP} protocol=smtp",
+                      text)
+        self.assertNotIn("login ok", text)
+
+    def test_throttled(self):
+        for n in range(5):
+            self.server.sessions.record_failure(CLIENT_IP, "alice@example.test", b"%d" % n)
+        _, replies = self.authed(b"AUTH EXTERNAL =\r\n")
+        self.assertEqual(replies, [b"454 4.7.0 Too many failed logins, try again later\r\n"])
 
 
 class StartTLSTests(SMTPTestCase):
