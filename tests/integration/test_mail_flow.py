@@ -153,6 +153,27 @@ class MailFlowTests(unittest.TestCase):
             capture_output=True, text=True, timeout=60)
         self.assertIn("hello from swaks", fetched.stdout)
 
+    def test_curl_auth_login_pop3_and_imap(self):
+        """SASL LOGIN over TLS; IMAP with the user name as initial response (SASL-IR)."""
+        require_tool(self, "curl")
+        self.send(b"Subject: login\r\n\r\nby AUTH LOGIN\r\n")
+        port = self.server.ports
+        for url, extra, sent in [
+            (f"pop3s://127.0.0.1:{port['pop3s']}/1", [], "> AUTH LOGIN\r\n"),
+            (f"imaps://127.0.0.1:{port['imaps']}/INBOX;UID=1", ["--sasl-ir"],
+             "> A002 AUTHENTICATE LOGIN YWxpY2VAZXhhbXBsZS50ZXN0\r\n"),
+        ]:
+            result = subprocess.run(
+                ["curl", "-s", "-v", "-k", "--login-options", "AUTH=LOGIN", *extra,
+                 "-u", f"{ALICE}:{PASSWORD}", url],
+                capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, (url, result.stderr))
+            self.assertIn("by AUTH LOGIN", result.stdout, url)
+            self.assertIn(sent.rstrip("\r\n"), result.stderr, url)
+        log = self.server.log_text()
+        for protocol in ("pop3", "imap"):
+            self.assertIn(f"login ok: user={ALICE} ip=127.0.0.1 protocol={protocol}", log)
+
     def test_curl_uploads_with_append(self):
         require_tool(self, "curl")
         upload = Path(self.mktemp())

@@ -131,6 +131,72 @@ class ClientCertificateTests(unittest.TestCase):
         self.server.wait_for_log(f"{AUDIT}: ip=127.0.0.1 reason=self-signed")
 
 
+class SASLExternalTests(unittest.TestCase):
+    """
+    AUTH EXTERNAL with curl (swaks 20201014 has no EXTERNAL): the client
+    certificate names the user, over implicit TLS and STARTTLS.
+    """
+
+    def setUp(self):
+        require_tool(self, "curl")
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir(parents=True)
+        ca = certs.make("Test Client CA", ca=True, days=365)
+        self.certs = {name: made.write(directory, name) for name, made in [
+            ("ca", ca),
+            ("alice", certs.make("Alice", issuer=ca, emails=[ALICE])),
+            ("carol", certs.make("carol@example.test", issuer=ca)),
+        ]}
+        self.server = MailServerProcess(extra={
+            "tls": {"client_ca": str(self.certs["ca"][0]), "client_cert": "require"},
+        }).start()
+        self.addCleanup(self.server.cleanup)
+
+    def curl(self, url, *extra, client="alice", user=f"{ALICE}:"):
+        cert, key = self.certs[client]
+        return subprocess.run(
+            ["curl", "-s", "-v", "-k", "--cert", str(cert), "--key", str(key),
+             "--login-options", "AUTH=EXTERNAL", "-u", user, *extra, url],
+            input="Subject: external\r\n\r\nsent with a certificate\r\n",
+            capture_output=True, text=True, timeout=60)
+
+    def test_curl_logs_in_with_its_certificate(self):
+        ports = self.server.ports
+        sent = self.curl(f"smtp://127.0.0.1:{ports['submission']}/", "--ssl-reqd",
+                         "--mail-from", ALICE, "--mail-rcpt", ALICE, "-T", "-")
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        self.assertIn("< 250-AUTH PLAIN LOGIN EXTERNAL", sent.stderr)
+        self.assertIn("< 235 2.7.0 Authentication successful", sent.stderr)
+        listing = self.curl(f"pop3s://127.0.0.1:{ports['pop3s']}/1", user=":")
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertIn("> AUTH EXTERNAL", listing.stderr)
+        self.assertIn("sent with a certificate", listing.stdout)
+        fetched = self.curl(f"imap://127.0.0.1:{ports['imap']}/INBOX;UID=1", "--ssl-reqd",
+                            "--sasl-ir")
+        self.assertEqual(fetched.returncode, 0, fetched.stderr)
+        self.assertIn("> A004 AUTHENTICATE EXTERNAL YWxpY2VAZXhhbXBsZS50ZXN0", fetched.stderr)
+        self.assertIn("sent with a certificate", fetched.stdout)
+        log = self.server.log_text()
+        for protocol in ("smtp", "pop3", "imap"):
+            self.assertIn(f"login ok: user={ALICE} ip=127.0.0.1 protocol={protocol}", log)
+
+    def test_another_user_or_none_is_refused(self):
+        ports = self.server.ports
+        for url in (f"imaps://127.0.0.1:{ports['imaps']}/INBOX",
+                    f"pop3s://127.0.0.1:{ports['pop3s']}/"):
+            as_bob = self.curl(url, user="bob@example.test:")
+            self.assertEqual(as_bob.returncode, 67, as_bob.stderr)  # login denied
+            nobody = self.curl(url, client="carol", user=":")
+            self.assertEqual(nobody.returncode, 67, nobody.stderr)
+        log = self.server.log_text()
+        for protocol in ("imap", "pop3"):
+            self.assertIn(f"login failed: user=bob@example.test ip=127.0.0.1 "
+                          f"protocol={protocol}", log)
+            self.assertIn(f"login failed: user=carol@example.test ip=127.0.0.1 "
+                          f"protocol={protocol}", log)
+        self.assertNotIn("login ok", log)
+
+
 class IPv6Tests(unittest.TestCase):
     """
     tcp6 listeners on ::1, and listeners on an IPv4-mapped address, whose
