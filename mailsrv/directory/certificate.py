@@ -96,7 +96,7 @@ class CertificateChecker:
         names = [self.directory.login_name(a) for a in creds.addresses]
         users = [name for name in names if self.directory.users.exists(name)]
         if creds.authzid:
-            address = self.directory.login_name(creds.name)
+            address = self.directory.login_name(creds.authzid.decode("utf-8", "replace"))
             user = address if address in users else None
         else:
             user = users[0] if users else None
