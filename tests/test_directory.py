@@ -597,6 +597,11 @@ class CertificateCheckerTests(unittest.TestCase):
         self.assertEqual(self.login(made, b"alice"), "alice@example.test")
         self.assertEqual(self.login(made, b"ALICE@example.test"), "alice@example.test")
 
+    def test_a_user_of_the_ldap_book(self):
+        self.checker.directory.book = type("Book", (), {
+            "exists": staticmethod(lambda address: address == "dave@example.test")})()
+        self.assertEqual(self.login(certs.make("Dave@example.test")), "dave@example.test")
+
     def test_another_authzid_or_no_user_fails(self):
         alice = certs.make("alice@example.test")
         for made, authzid in [(alice, b"bob@example.test"), (alice, b"\xff"),

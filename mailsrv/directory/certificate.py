@@ -94,7 +94,7 @@ class CertificateChecker:
 
     def requestAvatarId(self, creds):
         names = [self.directory.login_name(a) for a in creds.addresses]
-        users = [name for name in names if self.directory.users.exists(name)]
+        users = [name for name in names if self.directory.is_user(name)]
         if creds.authzid:
             address = self.directory.login_name(creds.authzid.decode("utf-8", "replace"))
             user = address if address in users else None

@@ -54,7 +54,8 @@ class Directory:
         """Whether an address unknown here is unknown for good (the book has been read)."""
         return self.book is None or self.book.loaded
 
-    def _is_user(self, address):
+    def is_user(self, address):
+        """Whether C{address} (normalised) is a user: in the users file or the LDAP book."""
         return self.users.exists(address) or (self.book is not None
                                               and self.book.exists(address))
 
@@ -141,7 +142,7 @@ class Directory:
                                  f"(at {walk.too_deep[0]}): the rest is not delivered")
         postmaster = self.login_name("postmaster")
         if self.local_domains and self.aliases.members(postmaster) is None \
-                and not self._is_user(postmaster) and self._book_alias(postmaster) is None:
+                and not self.is_user(postmaster) and self._book_alias(postmaster) is None:
             lines.append(f"{postmaster} is no user or alias: RFC 5321 requires it, and "
                          "bounces that reach no local sender go to it")
         return lines
@@ -190,7 +191,7 @@ class _Walk:
         if members is not None:
             for member in members:
                 self.visit(member)
-        elif directory._is_user(address):
+        elif directory.is_user(address):
             self.local.append(address)
         elif (mailbox := directory._book_alias(address)) is not None:
             self.visit(mailbox)
