@@ -89,7 +89,7 @@ def decode_plain(message):
 
 
 class _OneMessage:
-    """A mechanism whose client sends one message: the initial response, or after an empty challenge."""
+    """A mechanism of one client message: the initial response, or after an empty challenge."""
 
     def start(self, initial):
         """
