@@ -67,8 +67,8 @@ PACKAGES = {
                      "mailsrv.logtext", "mailsrv.ranges", "mailsrv.realm", "mailsrv.sasl",
                      "mailsrv.store"},
     "mailsrv.pop3": {"mailsrv.context", "mailsrv.deadline", "mailsrv.directory.certificate",
-                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.login", "mailsrv.queue.dotstuff",
-                     "mailsrv.realm", "mailsrv.sasl"},
+                     "mailsrv.directory.checker", "mailsrv.errorlog", "mailsrv.login",
+                     "mailsrv.queue.dotstuff", "mailsrv.realm", "mailsrv.sasl"},
     # The policy framework and its checks decide; the protocols write the
     # replies and the delivery agent places the message: no protocol, no
     # queue, no store.

@@ -368,7 +368,7 @@ class SMTPServer(protocol.Protocol):
         return self._auth_step(exchange, exchange.respond, line.decode("latin-1").strip())
 
     def _auth_step(self, exchange, step, value):
-        """Take one step of a SASL exchange: challenge again, or check the password or certificate."""
+        """One step of a SASL exchange: challenge again, or check the password or certificate."""
         try:
             result = step(value)
         except sasl.SASLError as e:
