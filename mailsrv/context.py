@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Mapping, Optional
 
 from twisted.internet.interfaces import ISSLTransport
 
-from mailsrv.netaddr import is_loopback, normalise_ip
+from mailsrv.netaddr import is_loopback
 
 if TYPE_CHECKING:  # (for the annotations only: they import much of the server)
     from twisted.cred.checkers import ICredentialsChecker
@@ -147,15 +147,3 @@ class MailServer:
 def is_secure(transport):
     """Whether the connection is encrypted (implicit TLS or after STARTTLS)."""
     return ISSLTransport.providedBy(transport)
-
-
-def peer_ip(address):
-    """
-    The IP of a peer address as lists and logs use it: IPv4-mapped IPv6
-    folded to IPv4; a non-IP host (a UNIX socket) as it is.
-    """
-    host = getattr(address, "host", "")
-    try:
-        return str(normalise_ip(host))
-    except ValueError:
-        return host

@@ -315,3 +315,14 @@ class ListedClients:
     def resolve(self):
         return self.current().resolve()
 
+
+def peer_ip(address):
+    """
+    The IP of a peer address as lists and logs use it: IPv4-mapped IPv6
+    folded to IPv4; a non-IP host (a UNIX socket) as it is.
+    """
+    host = getattr(address, "host", "")
+    try:
+        return str(normalise_ip(host))
+    except ValueError:
+        return host

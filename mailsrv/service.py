@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
 from mailsrv import config, dns, logs, metrics, metricsweb, tls
-from mailsrv.context import MailServer, peer_ip
+from mailsrv.context import MailServer
 from mailsrv.control import SOCKET_NAME, ControlFactory, ControlService
 from mailsrv.datadir_lock import DataDirLock
 from mailsrv.directory import AliasMap, Directory, UserDB
@@ -32,7 +32,7 @@ from mailsrv.directory.ldapsource import (
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.smtpsource import SMTPSource
 from mailsrv.logtext import literal
-from mailsrv.netaddr import ListedClients
+from mailsrv.netaddr import ListedClients, peer_ip
 from mailsrv.policy import hooks
 from mailsrv.policy.checks import spf
 from mailsrv.policy.checks.connect import ListenerAccess

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from mailsrv import metrics
 from mailsrv.config import ConfigError
-from mailsrv.context import peer_ip
+from mailsrv.netaddr import peer_ip
 
 log = Logger()
 

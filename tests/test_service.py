@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial import unittest
 
 from mailsrv import config, service
-from mailsrv.context import peer_ip
+from mailsrv.netaddr import peer_ip
 from mailsrv.service import BUSY_REPLIES, ConnectionLimits, ListenerService
 from tests.helpers import make_settings
 
