@@ -686,7 +686,7 @@ class Folder:
         """
         return self.add_all([(data, flags, date)]).addCallback(lambda uids: uids[0])
 
-    def add_all(self, messages):
+    def add_all(self, messages, uids=None):
         """
         Store new messages, all or none (IMAP APPEND, MULTIAPPEND): written
         and fsync'd in a thread, bare LF line ends made CRLF (so sizes are
@@ -697,6 +697,9 @@ class Folder:
         @param messages: C{(data, flags, date)} each: the message as
             L{bytes} or a binary file, system flags and keywords, its
             internal date (seconds; now when L{None}).
+        @param uids: for C{mailsrv import}, the UID each message should
+            get (L{None}: any): kept when it is not below UIDNEXT then,
+            else the message gets the next UID like any other.
         @return: a Deferred of their UIDs, in order; it fails with
             L{OSError} when a message or the index could not be written
             (none of them is left).
@@ -705,8 +708,27 @@ class Folder:
         dated = [(BytesIO(data) if isinstance(data, bytes) else data, flags,
                   now if date is None else date) for data, flags, date in messages]
         d = threads.deferToThread(_write_messages, self.path, dated)
-        d.addCallback(self._added_when_opened)
+        d.addCallback(self._added_when_opened, uids)
         return d
+
+    def adopt_uidvalidity(self, uidvalidity):
+        """
+        Take another server's UIDVALIDITY, so that L{add_all} can keep the
+        UIDs it gave and its clients need not fetch the messages again
+        (C{mailsrv import}). Only a loaded folder that is empty and that no
+        session has open: UIDs must never change under a session.
+
+        @return: whether the folder has C{uidvalidity} now.
+        """
+        if uidvalidity == self._index.uidvalidity:
+            return True
+        if not self._loaded or self._entries or self.listeners or self._syncing is not None:
+            return False
+        log.info("{path}: UIDVALIDITY {old} replaced by {new} (import)", path=str(self.path),
+                 old=self._index.uidvalidity, new=uidvalidity)
+        self._index.reset(uidvalidity)
+        self._snapshot()
+        return True
 
     def copy(self, uid, other):
         """
@@ -965,15 +987,15 @@ class Folder:
                     del self._entries[entry.uid]
         return [entry for entry, _ in added if entry.uid in self._entries]
 
-    def _added_when_opened(self, written):
+    def _added_when_opened(self, written, uids=None):
         """L{_added} once the folder is loaded (an APPEND to a folder nobody opened)."""
         if self._loaded:
-            return self._added(written)
+            return self._added(written, uids)
         d = self.opened()
         d.addErrback(lambda failure: (_discard_written(written), failure)[1])
-        return d.addCallback(lambda _: self._added(written))
+        return d.addCallback(lambda _: self._added(written, uids))
 
-    def _added(self, written):
+    def _added(self, written, uids=None):
         """
         The second half of L{add_all} and L{copy}, on the reactor thread:
         UIDs, the index lines, then the files from C{tmp/} into C{cur/}
@@ -981,13 +1003,14 @@ class Folder:
         line of the index that names no file is dropped at the next load.
 
         @param written: C{(file in tmp/, name in cur/, date, flags)} each.
+        @param uids: the UIDs wanted (see L{add_all}), or L{None}.
         """
         entries = []
-        for _, name, date, flags in written:
+        for (_, name, date, flags), wanted in zip(written, uids or [None] * len(written)):
             key, suffix = split_name(name)
             self._touch([key])
-            entry = _Entry(self._index.allocate(), key, suffix, size_from_key(key), int(date),
-                           self._index.next_modseq(), filter(is_keyword, flags))
+            entry = _Entry(self._index.allocate(wanted), key, suffix, size_from_key(key),
+                           int(date), self._index.next_modseq(), filter(is_keyword, flags))
             self._entries[entry.uid] = entry
             entries.append(entry)
         moved = []

@@ -191,9 +191,10 @@ class UidList:
         self.expunges = ExpungeHistory()
         self.snapshot_due = True
 
-    def allocate(self):
-        uid = self.uidnext
-        self.uidnext += 1
+    def allocate(self, wanted=None):
+        """The next UID, or C{wanted} when it is not below it (an import keeping UIDs)."""
+        uid = self.uidnext if wanted is None or wanted < self.uidnext else wanted
+        self.uidnext = uid + 1
         return uid
 
     def next_modseq(self):
