@@ -45,6 +45,7 @@ from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.sessions import MemorySessionStore
+from mailsrv.store.importer import IMPORT_REQUESTS, ImportRequests
 from mailsrv.store.mailstore import MailStore
 
 log = Logger()
@@ -234,6 +235,8 @@ def make_service(settings):
     ControlService(settings.data_dir / SOCKET_NAME,
                    ControlFactory(server.sessions, reloader.reload),
                    reactor).setServiceParent(top)
+    ImportRequests(settings.data_dir / IMPORT_REQUESTS, server.store,
+                   server.clock).setServiceParent(top)
     for listener in settings.listeners:
         factory = builders[listener.protocol](server, listener)
         factory = ConnectionLimits(

@@ -86,16 +86,18 @@ PACKAGES = {
                      "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
                      "mailsrv.queue.journal", "mailsrv.sasl"},
     # The mailsrv command: files and the spool as an admin sees them, the
-    # filters' lists, and `explain` (service.py builds its context), never
-    # the server's protocols.
-    "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.directory",
+    # filters' lists, `explain` (service.py builds its context), and the
+    # store for `import` (with the data_dir lock: by this process only
+    # when no server runs), never the server's protocols.
+    "mailsrv.admin": {"mailsrv.address", "mailsrv.config", "mailsrv.datadir_lock",
+                      "mailsrv.directory",
                       "mailsrv.policy.bayes", "mailsrv.policy.checks.statistical",
                       "mailsrv.policy.checks.urls", "mailsrv.policy.content",
                       "mailsrv.policy.hooks", "mailsrv.policy.judgement",
                       "mailsrv.policy.listener", "mailsrv.policy.lists",
                       "mailsrv.policy.urlhost", "mailsrv.preflight", "mailsrv.queue.spool",
                       "mailsrv.queue.bounce", "mailsrv.control", "mailsrv.logs",
-                      "mailsrv.service",
+                      "mailsrv.service", "mailsrv.store",
                       "mailsrv.__version__"},
 }
 

@@ -34,6 +34,10 @@ from mailsrv.policy.checks.urls import links
 from mailsrv.policy.lists import KINDS, merge, read_urls
 from mailsrv.policy.urlhost import host_of, listed as covered
 from mailsrv.admin.explain import explain
+from mailsrv.datadir_lock import LOCK_FILE, DataDirLock
+from mailsrv.store.importer import IMPORT_REQUESTS, ImportReport, request_import, run_import
+from mailsrv.store.layout import check_folder_name
+from mailsrv.store.mailstore import MailStore
 from mailsrv.preflight import check_settings, file_problem, list_files, preflight
 
 DEFAULT_CONFIG = os.environ.get("MAILSRV_CONFIG", "etc/mailsrv.toml")
@@ -64,7 +68,8 @@ def _parser():
     user.add_parser("list", help="list users").add_argument(
         "--json", action="store_true", help="one JSON array of {address, source}")
 
-    imports = commands.add_parser("import", help="bring users from another server").add_subparsers(
+    imports = commands.add_parser(
+        "import", help="bring users and their mailboxes from another server").add_subparsers(
         dest="action", required=True, metavar="WHAT")
     import_users = imports.add_parser(
         "users", help="add the users of a Dovecot passwd-file with their hashes "
@@ -75,6 +80,16 @@ def _parser():
                               help="replace the hash of users that exist (default: keep it)")
     import_users.add_argument("--skip-bad", action="store_true",
                               help="import the good lines and skip the bad ones")
+    maildir = imports.add_parser(
+        "maildir", help="a user's Maildir, or Maildir++ tree with subfolders (Dovecot's): "
+                        "every folder, with flags, keywords and Dovecot's UIDs (safe while "
+                        "the server runs; a second run adds nothing twice)")
+    mbox = imports.add_parser("mbox", help="an mbox file into one of a user's folders (safe "
+                                           "while the server runs; nothing twice)")
+    mbox.add_argument("--folder", default="INBOX", help="the folder (default INBOX)")
+    for sub in (maildir, mbox):
+        sub.add_argument("path", metavar="PATH")
+        sub.add_argument("--user", required=True, metavar="ADDRESS")
 
     queue = commands.add_parser("queue", help="look at the outbound queue").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -301,6 +316,109 @@ def explain_message(settings, args, stdin, stdout):
         reactor.run(installSignalHandlers=False)
     if failure:
         raise CommandError(f"explain failed: {failure[0].getErrorMessage()}")
+
+
+def import_mailbox(settings, args, stdin, stdout):
+    """
+    `import maildir|mbox`: by this process, holding the data_dir lock, when
+    no server runs; else by the running server, asked through
+    C{data_dir/import/} (docs/store.md, "Importing").
+    """
+    users = _users(settings)
+    if not users.exists(args.user):
+        raise CommandError(f"no such user: {args.user!r}")
+    user = normalise(args.user)
+    path = os.path.abspath(args.path)
+    folder = getattr(args, "folder", "INBOX")
+    if folder.upper() != "INBOX":
+        try:
+            check_folder_name(folder)
+        except ValueError as e:
+            raise CommandError(f"--folder {folder}: {e}")
+    lock = DataDirLock(settings)
+    try:
+        lock.acquire()
+    except config.ConfigError:
+        ok = _import_by_server(settings, args.action, path, user, folder, stdout)
+    else:
+        ok = _import_here(settings, args.action, path, user, folder, stdout)
+    if not ok:
+        raise CommandError("some messages were not imported (see above)")
+
+
+def _import_here(settings, kind, path, user, folder, stdout):
+    """The import in this process, on its own reactor: no server runs."""
+    report = ImportReport(lambda line: stdout.write(line + "\n"))
+    store = MailStore(settings.data_dir / "mail", reactor)
+    failure = []
+    d = run_import(store, kind, path, user, folder, report)
+    d.addErrback(failure.append)
+    d.addBoth(lambda _: reactor.stop())
+    if not d.called:
+        reactor.run(installSignalHandlers=False)
+    if failure:
+        raise CommandError(f"import failed: {failure[0].getErrorMessage()}")
+    return not report.failed
+
+
+def _import_by_server(settings, kind, path, user, folder, stdout):
+    """
+    Ask the running server to import (it owns the folders' indexes) and
+    show what it says as it goes; wait for it as long as it runs.
+    """
+    directory = settings.data_dir / IMPORT_REQUESTS
+    name = request_import(directory, kind, path, user, folder)
+    request, out, done = (directory / f"{name}.{ext}" for ext in ("json", "out", "done"))
+    deadline = time.monotonic() + REQUEST_WAIT
+    while request.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        request.unlink()  # not taken: withdrawn, so no later start does it unasked
+    except FileNotFoundError:
+        pass
+    else:
+        raise CommandError(f"the running server did not take the import within "
+                           f"{REQUEST_WAIT} s; nothing was imported")
+    shown = 0
+    while True:
+        finished = done.exists()  # (before reading: the last lines are out by then)
+        shown = _show_from(out, shown, stdout)
+        if finished:
+            break
+        if not _server_runs(settings):
+            raise CommandError("the server stopped during the import; run it again to "
+                               "import the rest (nothing is added twice)")
+        time.sleep(0.2)
+    ok = done.read_bytes() == b"ok"
+    for path in (out, done):
+        path.unlink(missing_ok=True)
+    return ok
+
+
+def _show_from(path, offset, stdout):
+    """Write the whole lines of C{path} from C{offset} on; @return: the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    whole = data[:data.rfind(b"\n") + 1]
+    stdout.write(whole.decode("utf-8", "replace"))
+    stdout.flush()
+    return offset + len(whole)
+
+
+def _server_runs(settings):
+    """Whether the process named in the data_dir lock file is alive."""
+    try:
+        pid = int((settings.data_dir / LOCK_FILE).read_text().strip())
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True  # cannot tell: keep waiting
+    return True
 
 
 def _messages_in(source):
@@ -651,6 +769,8 @@ HANDLERS = {
     ("filter", "train"): filter_train,
     ("filter", "seed-urls"): filter_seed_urls,
     ("explain", None): explain_message,
+    ("import", "maildir"): import_mailbox,
+    ("import", "mbox"): import_mailbox,
 }
 
 if __name__ == "__main__":

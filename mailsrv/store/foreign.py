@@ -17,7 +17,7 @@ import re
 import time
 from typing import NamedTuple, Optional
 
-from mailsrv.store.names import LETTER_FLAGS, info_letters, split_name
+from mailsrv.store.names import flags_of, info_letters, is_keyword, split_name
 
 UIDLIST = "dovecot-uidlist"
 KEYWORDS = "dovecot-keywords"
@@ -35,7 +35,7 @@ class Found(NamedTuple):
 
     @ivar identity: what the import state remembers (docs/store.md).
     @ivar flags: IMAP system flags and keywords.
-    @ivar date: internal date, seconds since the epoch.
+    @ivar date: internal date, seconds since the epoch (L{None}: when stored).
     @ivar uid: the UID the old server gave it, or L{None}.
     @ivar data: the message, or L{None} when it could not be read.
     @ivar problem: why it is skipped (L{None}: it is not).
@@ -44,7 +44,7 @@ class Found(NamedTuple):
 
     identity: str
     flags: frozenset
-    date: int
+    date: Optional[int]
     uid: Optional[int]
     data: Optional[bytes]
     problem: Optional[str]
@@ -108,15 +108,9 @@ def parse_keywords(text):
     for line in text.split("\n"):
         index, _, keyword = line.strip().partition(" ")
         if (index.isascii() and index.isdigit() and int(index) < len(KEYWORD_LETTERS)
-                and _is_keyword(keyword)):
+                and is_keyword(keyword)):
             found[KEYWORD_LETTERS[int(index)]] = keyword
     return found
-
-
-def _is_keyword(flag):
-    """An IMAP keyword (RFC 3501 atom, not a system flag)."""
-    return (bool(flag) and flag.isascii() and flag.isprintable() and not flag.startswith("\\")
-            and not set(flag) & set('(){ %*"\\]'))
 
 
 def maildir_folders(root):
@@ -133,7 +127,7 @@ def maildir_folders(root):
     folders = [("INBOX", root)]
     for entry in sorted(os.listdir(root)):
         path = os.path.join(root, entry)
-        if (entry.startswith(".") and entry not in (".", "..") and len(entry) > 1
+        if (entry.startswith(".") and len(entry) > 1 and entry[1] != "."
                 and os.path.isdir(os.path.join(path, "cur"))):
             folders.append((decode_mutf7(entry[1:]).replace(".", "/"), path))
     return folders
@@ -186,8 +180,7 @@ def maildir_message(path, keywords, uids):
     """One message file as a L{Found}: flags from its info, keywords through C{keywords}."""
     key, suffix = split_name(os.path.basename(path))
     letters = info_letters(suffix)
-    flags = frozenset(LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS) | frozenset(
-        keywords[c] for c in letters if c in keywords)
+    flags = flags_of(letters) | frozenset(keywords[c] for c in letters if c in keywords)
     uid = uids.get(key)
     try:
         with open(path, "rb") as f:
@@ -271,7 +264,7 @@ def _mbox_message(lines, start, seen, where, from_line):
         elif name == b"x-status":
             flags.update(X_STATUS_FLAGS[c] for c in text if c in X_STATUS_FLAGS)
         elif name == b"x-keywords":
-            flags.update(k for k in re.split(r"[\s,]+", text) if _is_keyword(k))
+            flags.update(k for k in re.split(r"[\s,]+", text) if is_keyword(k))
         elif name == b"x-imap" or name == b"x-imapbase":
             internal = True
         if not skip:
@@ -289,10 +282,11 @@ def _mbox_message(lines, start, seen, where, from_line):
 def from_line_date(line):
     """
     The date of a C{From sender Tue Jan  2 03:04:05 2024} line (asctime,
-    taken as UTC), or now when it has none that parses.
+    taken as UTC), or L{None} when it has none that parses (the message
+    is then dated when it is stored).
     """
     words = line.decode("ascii", "replace").split()
     try:
         return calendar.timegm(time.strptime(" ".join(words[2:7]), "%a %b %d %H:%M:%S %Y"))
     except (ValueError, OverflowError):
-        return int(time.time())
+        return None

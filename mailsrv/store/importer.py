@@ -9,13 +9,20 @@ Reading the source runs in a thread, a batch at a time: an mbox of
 gigabytes is never held whole, and the reactor never parses.
 """
 
+import json
 import os
+import time
+from pathlib import Path
 
-from twisted.internet import defer, threads
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
 
 from mailsrv.store import foreign
-from mailsrv.store.delivery import write_all
+from mailsrv.store.delivery import discard, write_all, write_file
 from mailsrv.store.folder import NoSuchFolder
+
+log = Logger()
 
 # What an imported folder remembers of its messages, one identity a line.
 STATE = "mailsrv-imported"
@@ -116,10 +123,14 @@ def import_folder(store, user, name, messages, uidlist, report):
     UIDVALIDITY already or can take it (L{Folder.adopt_uidvalidity}).
     """
     try:
-        folder = store.folder(user, name)
-    except NoSuchFolder:
-        store.create_folder(user, name)
-        folder = store.folder(user, name)
+        try:
+            folder = store.folder(user, name)
+        except NoSuchFolder:
+            store.create_folder(user, name)
+            folder = store.folder(user, name)
+    except ValueError as e:  # a name the old server allowed and we do not
+        report.problem(name, f"cannot be a folder here ({e}); not imported")
+        return
     yield folder.opened()
     state = folder.path / STATE
     known = yield threads.deferToThread(_read_state, state)
@@ -136,7 +147,13 @@ def import_folder(store, user, name, messages, uidlist, report):
         if not batch:
             break
         uids = [found.uid for found in batch] if keep else None
-        yield folder.add_all([(found.data, found.flags, found.date) for found in batch], uids)
+        try:
+            yield folder.add_all([(found.data, found.flags, found.date) for found in batch],
+                                 uids)
+        except OSError as e:  # a full disk: what is stored stays, a second run adds the rest
+            report.problem(name, f"cannot store messages ({e.strerror}); {imported} "
+                                 f"imported before it stopped")
+            return
         identities = [found.identity for found in batch]
         yield threads.deferToThread(_remember, state, identities)
         known.update(identities)
@@ -187,3 +204,116 @@ def _remember(path, identities):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# `mailsrv import` while the server runs: the server owns every folder's
+# index, so it does the import; the command asks it through a directory.
+#   <name>.json   a request (written to .<name>.tmp, fsync'd, renamed)
+#   <name>.run    taken: the server imports
+#   <name>.out    what it says, a line at a time
+#   <name>.done   finished: "ok" or "failed"
+IMPORT_REQUESTS = "import"  # the directory, in data_dir
+REQUEST_FIELDS = ("kind", "path", "user", "folder")
+CHECK_INTERVAL = 1.0
+
+
+def request_import(directory, kind, path, user, folder):
+    """Ask the running server for an import. @return: the request's name."""
+    directory = Path(directory)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    name = f"{time.time_ns()}-{os.getpid()}"
+    temporary = directory / f".{name}.tmp"
+    request = dict(zip(REQUEST_FIELDS, (kind, path, user, folder)))
+    write_file(temporary, json.dumps(request).encode("utf-8"), fsync=True)
+    os.rename(temporary, directory / f"{name}.json")
+    return name
+
+
+class ImportRequests(service.Service):
+    """
+    The server's side of L{request_import}: every L{CHECK_INTERVAL}
+    seconds a look into the directory (a listing, in a thread), then the
+    requests one at a time, oldest first, by L{run_import} on this
+    process's folders.
+    """
+
+    def __init__(self, directory, store, clock):
+        self.directory = Path(directory)
+        self.store = store
+        self.clock = clock
+        self._loop = None
+        self._busy = False
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self.check)
+        self._loop.clock = self.clock
+        self._loop.start(CHECK_INTERVAL, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def check(self):
+        """Take the waiting requests, unless those taken before are still under way."""
+        if self._busy:
+            return None
+        self._busy = True
+        d = threads.deferToThread(_take_requests, self.directory)
+        d.addCallback(self._run_all)
+        d.addErrback(lambda f: log.failure("import: requests failed", f))
+        d.addBoth(self._done)
+        return d
+
+    def _done(self, _):
+        self._busy = False
+
+    @defer.inlineCallbacks
+    def _run_all(self, taken):
+        for name, request in taken:
+            out = open(self.directory / f"{name}.out", "a", encoding="utf-8")
+            report = ImportReport(lambda line: (out.write(line + "\n"), out.flush()))
+            try:
+                if request is None:
+                    report.problem(name, "unreadable request, dropped")
+                else:
+                    log.info("import: {kind} {path} for {user} asked by mailsrv import",
+                             **request)
+                    yield run_import(self.store, *(request[f] for f in REQUEST_FIELDS),
+                                     report)
+            except Exception as e:
+                log.failure("import: {name}", name=name)
+                report.problem(name, f"import failed: {e}")
+            finally:
+                out.close()
+            yield threads.deferToThread(_finish, self.directory, name, report.failed)
+
+
+def _take_requests(directory):
+    """
+    In a thread: the waiting requests, oldest first, each renamed to
+    C{.run}: C{[(name, request or None when unreadable)]}.
+    """
+    taken = []
+    for path in sorted(directory.glob("*.json")):
+        name = path.stem
+        try:
+            request = json.loads(path.read_text("utf-8"))
+            if not all(isinstance(request.get(f), str) for f in REQUEST_FIELDS):
+                request = None
+        except (OSError, ValueError, AttributeError):
+            request = None
+        try:
+            os.rename(path, directory / f"{name}.run")
+        except FileNotFoundError:  # withdrawn by the command meanwhile
+            continue
+        taken.append((name, request))
+    return taken
+
+
+def _finish(directory, name, failed):
+    write_file(directory / f".{name}.done.tmp", b"failed" if failed else b"ok", fsync=True)
+    os.rename(directory / f".{name}.done.tmp", directory / f"{name}.done")
+    discard(directory / f"{name}.run")
