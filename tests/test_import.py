@@ -78,7 +78,7 @@ class ImportTestCase(unittest.TestCase):
         write(source / "cur" / "1600000002.M2P1.old,S=40:2,FRc", message("two"), 1_600_000_002)
         write(source / "new" / "1600000003.M3P1.old", message("three"), 1_600_000_003)
         (source / "dovecot-uidlist").write_text(
-            "3 V1234567 N31 G3085f01b7f11094c501100008c4a11c1\n"
+            "3 V1234567 N40 G3085f01b7f11094c501100008c4a11c1\n"
             "7 W42 :1600000001.M1P1.old,S=40,W=42\n"
             "30 G0123 :1600000002.M2P1.old,S=40\n")
         (source / "dovecot-keywords").write_text("0 $Label1\n2 Work\n")
@@ -94,7 +94,8 @@ class ImportTestCase(unittest.TestCase):
         self.assertEqual(inbox["one"][:3], (7, {"\\Seen", "$Label1"}, 1_600_000_001))
         self.assertEqual(inbox["two"][:3], (30, {"\\Flagged", "\\Answered", "Work"},
                                             1_600_000_002))
-        self.assertEqual(inbox["three"][:3], (31, set(), 1_600_000_003))
+        # (not 31: UIDs up to N40 may have been seen, for messages since expunged)
+        self.assertEqual(inbox["three"][:3], (40, set(), 1_600_000_003))
         self.assertEqual(inbox["one"][3], b"Subject: one\r\nFrom: x@example.org\r\n\r\nbody\r\n")
         self.assertEqual(self.store.folders(ALICE), ["INBOX", "Lists", "Lists/Caf\u00e9"])
         self.assertEqual({s: v[1] for s, v in self.contents("Lists/Caf\u00e9").items()},
@@ -112,7 +113,7 @@ class ImportTestCase(unittest.TestCase):
         self.assertEqual(self.lines, ["INBOX: 1 imported, 3 already there",
                                       "Lists/Caf\u00e9: 0 imported, 1 already there"])
         self.assertEqual(sorted(self.contents()), ["later", "one", "three", "two"])
-        self.assertEqual(self.contents()["later"][0], 32)  # the same UIDVALIDITY: UIDs go on
+        self.assertEqual(self.contents()["later"][0], 41)  # the same UIDVALIDITY: UIDs go on
 
     def test_uidlist_version_1(self):
         source = make_maildir(self.root / "old")
@@ -123,6 +124,10 @@ class ImportTestCase(unittest.TestCase):
         self.assertEqual(self.folder().uidvalidity, 555)
         self.assertEqual({s: v[:2] for s, v in self.contents().items()},
                          {"one": (40, {"\\Seen"}), "two": (50, set())})
+        # the old server may have given 51 to 89 to messages it expunged since
+        self.assertEqual(self.folder().uidnext, 90)
+        self.store = MailStore(self.root / "mail", self.clock)  # and after a restart
+        self.assertEqual(self.folder().uidnext, 90)
 
     def test_uids_not_kept_in_a_folder_with_messages(self):
         folder = self.folder()
@@ -336,3 +341,12 @@ class ImportRequestTests(unittest.TestCase):
         self.assertEqual(lines, ["a\x01b: cannot be a folder here (Folder names may not contain "
                                  "control characters); not imported"])
         self.assertTrue(report.failed)
+
+    def test_what_the_last_run_left_is_removed(self):
+        self.requests.mkdir()
+        for name in ("1-1.run", "1-1.out", "2-2.done", "2-2.out"):
+            (self.requests / name).write_text("")
+        (self.requests / "3-3.json").write_text("{}")  # a command waits for this one
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.assertEqual([p.name for p in self.requests.iterdir()], ["3-3.json"])

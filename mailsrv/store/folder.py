@@ -730,6 +730,16 @@ class Folder:
         self._snapshot()
         return True
 
+    def skip_uids(self, uidnext):
+        """
+        Hand out no UID below C{uidnext}: the server whose UIDs an import
+        kept gave them, to messages it has since expunged, and its
+        clients may remember them.
+        """
+        if uidnext > self._index.uidnext:
+            self._index.uidnext = uidnext
+            self._snapshot()
+
     def copy(self, uid, other):
         """
         Copy message C{uid} into Folder C{other} with its flags and date.

@@ -120,7 +120,8 @@ def import_folder(store, user, name, messages, uidlist, report):
     are added to that file once the batch is stored.
 
     The old server's UIDs (C{uidlist}) are kept when the folder has its
-    UIDVALIDITY already or can take it (L{Folder.adopt_uidvalidity}).
+    UIDVALIDITY already or can take it (L{Folder.adopt_uidvalidity}), and
+    UIDs go on from its UIDNEXT.
     """
     try:
         try:
@@ -146,7 +147,8 @@ def import_folder(store, user, name, messages, uidlist, report):
             report.problem(found.where, f"{found.problem} (skipped)")
         if not batch:
             break
-        uids = [found.uid for found in batch] if keep else None
+        # (a message the old server had given no UID yet takes its UIDNEXT)
+        uids = [found.uid or uidlist.uidnext for found in batch] if keep else None
         try:
             yield folder.add_all([(found.data, found.flags, found.date) for found in batch],
                                  uids)
@@ -158,6 +160,8 @@ def import_folder(store, user, name, messages, uidlist, report):
         yield threads.deferToThread(_remember, state, identities)
         known.update(identities)
         imported += len(batch)
+    if keep:
+        folder.skip_uids(uidlist.uidnext)
     report.say(f"{name}: {imported} imported, {already} already there")
 
 
@@ -246,6 +250,9 @@ class ImportRequests(service.Service):
 
     def startService(self):
         super().startService()
+        d = threads.deferToThread(_abandoned, self.directory)
+        d.addCallback(_log_cut_short)
+        d.addErrback(lambda f: log.failure("import: files left by the last run", f))
         self._loop = task.LoopingCall(self.check)
         self._loop.clock = self.clock
         self._loop.start(CHECK_INTERVAL, now=False)
@@ -311,6 +318,26 @@ def _take_requests(directory):
             continue
         taken.append((name, request))
     return taken
+
+
+def _abandoned(directory):
+    """
+    In a thread, at start: what the last run left (its commands have
+    ended: they watch the server's PID) is removed.
+
+    @return: the names of the imports it did not finish.
+    """
+    cut = sorted(path.stem for path in directory.glob("*.run"))
+    for pattern in ("*.run", "*.out", "*.done", ".*.tmp"):
+        for path in directory.glob(pattern):
+            discard(path)
+    return cut
+
+
+def _log_cut_short(names):
+    for name in names:
+        log.warn("import {name}: cut short by the last stop; run it again for the rest",
+                 name=name)
 
 
 def _finish(directory, name, failed):
