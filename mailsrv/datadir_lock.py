@@ -7,7 +7,8 @@ start, before anything reads the spool, and holds it for the life of the
 process. The kernel drops it when the process ends, however it ends
 (C{kill -9} included), so a lock is never stale and the file is never
 removed. `mailsrv user` and `mailsrv queue` do not take it: they are safe
-beside a running server (docs/queue.md).
+beside a running server (docs/queue.md); `mailsrv import` takes it when it
+is free and imports by itself (docs/store.md, "Importing").
 """
 
 import fcntl
@@ -18,6 +19,16 @@ from twisted.application import service
 from mailsrv.config import ConfigError
 
 LOCK_FILE = "mailsrv.lock"
+
+
+class DataDirInUse(ConfigError):
+    """Another process holds the lock (a server, or `mailsrv import`)."""
+
+    def __init__(self, settings, holder):
+        super().__init__(settings.path, "[server] data_dir",
+                         f"{settings.data_dir} is in use by another mailsrv (pid {holder})",
+                         "stop it, or give this server its own data_dir")
+        self.holder = holder
 
 
 class DataDirLock(service.Service):
@@ -35,7 +46,8 @@ class DataDirLock(service.Service):
         """
         Take the lock, creating data_dir if need be.
 
-        @raise ConfigError: another process holds it, or it cannot be taken.
+        @raise DataDirInUse: another process holds it.
+        @raise ConfigError: it cannot be taken.
         """
         data_dir = self.settings.data_dir
         try:
@@ -49,9 +61,7 @@ class DataDirLock(service.Service):
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(self.settings.path, "[server] data_dir",
-                              f"{data_dir} is in use by another mailsrv (pid {holder})",
-                              "stop it, or give this server its own data_dir")
+            raise DataDirInUse(self.settings, holder)
         self._fd = fd
         self._write_pid()
 

@@ -316,3 +316,39 @@ class RefusedHashCheckTests(AdminTestCase):
         status, out, _ = self.run_command("lists", "check")
         self.assertEqual(status, 0, "a warning: the server starts, other users log in")
         self.assertIn(expected, out)
+
+class ImportCommandTests(AdminTestCase):
+    """`mailsrv import`'s refusals; the imports themselves: tests/integration/test_import.py."""
+
+    def test_refusals(self):
+        self.add("alice@example.test")
+        mbox = self.root / "old.mbox"
+        mbox.write_bytes(b"From a Tue Jan  2 03:04:05 2024\nSubject: x\n\nx\n")
+        for args, message in [
+            (("--user", "bob@example.test"), "no such user: 'bob@example.test'"),
+            (("--user", "alice@elsewhere.test"), "elsewhere.test is not in [domains] local"),
+            (("--user", "not an address"), "not an address"),
+            (("--user", "alice@example.test", "--folder", "a.b"),
+             "--folder a.b: Folder names may not contain '.'"),
+        ]:
+            status, out, err = self.run_command("import", "mbox", str(mbox), *args)
+            self.assertEqual((status, out), (1, ""), args)
+            self.assertIn(message, err)
+        self.assertFalse((self.root / "var" / "mail").exists())
+
+    def test_the_lock_holder_takes_no_request(self):
+        """Another import (no server) holds the data_dir lock: nothing waits forever."""
+        from mailsrv import config
+        from mailsrv.datadir_lock import DataDirLock
+
+        self.add("alice@example.test")
+        self.patch(cli, "REQUEST_WAIT", 0.1)
+        holder = DataDirLock(config.load(str(self.config)))
+        holder.acquire()
+        self.addCleanup(os.close, holder._fd)
+        status, out, err = self.run_command("import", "mbox", str(self.root / "x"),
+                                            "--user", "alice@example.test")
+        self.assertEqual(status, 1)
+        self.assertIn(f"(pid {os.getpid()}: a server, or another mailsrv import) did not take "
+                      "the import within 0.1 s; nothing was imported", err)
+        self.assertEqual(list((self.root / "var" / "import").iterdir()), [])

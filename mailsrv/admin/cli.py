@@ -34,7 +34,7 @@ from mailsrv.policy.checks.urls import links
 from mailsrv.policy.lists import KINDS, merge, read_urls
 from mailsrv.policy.urlhost import host_of, listed as covered
 from mailsrv.admin.explain import explain
-from mailsrv.datadir_lock import LOCK_FILE, DataDirLock
+from mailsrv.datadir_lock import LOCK_FILE, DataDirInUse, DataDirLock
 from mailsrv.store.importer import IMPORT_REQUESTS, ImportReport, request_import, run_import
 from mailsrv.store.layout import check_folder_name
 from mailsrv.store.mailstore import MailStore
@@ -324,10 +324,16 @@ def import_mailbox(settings, args, stdin, stdout):
     no server runs; else by the running server, asked through
     C{data_dir/import/} (docs/store.md, "Importing").
     """
-    users = _users(settings)
-    if not users.exists(args.user):
+    try:
+        address = parse_mailbox(args.user)
+    except AddressError as e:
+        raise CommandError(str(e))
+    user = address.normalised  # (the name sessions open folders under)
+    if address.domain.lower() not in settings.local_domains:
+        raise CommandError(f"{address.domain} is not in [domains] local of {settings.path}")
+    # (an LDAP or SMTP [auth] source knows its users; the users file does not)
+    if settings.auth.source == "file" and not _users(settings).exists(user):
         raise CommandError(f"no such user: {args.user!r}")
-    user = normalise(args.user)
     path = os.path.abspath(args.path)
     folder = getattr(args, "folder", "INBOX")
     if folder.upper() != "INBOX":
@@ -338,8 +344,8 @@ def import_mailbox(settings, args, stdin, stdout):
     lock = DataDirLock(settings)
     try:
         lock.acquire()
-    except config.ConfigError:
-        ok = _import_by_server(settings, args.action, path, user, folder, stdout)
+    except DataDirInUse as e:
+        ok = _import_by_server(settings, args.action, path, user, folder, stdout, e.holder)
     else:
         ok = _import_here(settings, args.action, path, user, folder, stdout)
     if not ok:
@@ -361,10 +367,12 @@ def _import_here(settings, kind, path, user, folder, stdout):
     return not report.failed
 
 
-def _import_by_server(settings, kind, path, user, folder, stdout):
+def _import_by_server(settings, kind, path, user, folder, stdout, holder):
     """
     Ask the running server to import (it owns the folders' indexes) and
     show what it says as it goes; wait for it as long as it runs.
+
+    @param holder: the PID the data_dir lock file names, for people.
     """
     directory = settings.data_dir / IMPORT_REQUESTS
     name = request_import(directory, kind, path, user, folder)
@@ -377,8 +385,9 @@ def _import_by_server(settings, kind, path, user, folder, stdout):
     except FileNotFoundError:
         pass
     else:
-        raise CommandError(f"the running server did not take the import within "
-                           f"{REQUEST_WAIT} s; nothing was imported")
+        raise CommandError(f"the process that holds the data_dir lock (pid {holder}: a "
+                           f"server, or another mailsrv import) did not take the import "
+                           f"within {REQUEST_WAIT} s; nothing was imported")
     shown = 0
     while True:
         finished = done.exists()  # (before reading: the last lines are out by then)
