@@ -193,6 +193,18 @@ class ImportTestCase(unittest.TestCase):
         self.import_mbox(path, "Old")
         self.assertEqual(self.lines, ["Old: 0 imported, 2 already there"])
 
+    def test_mbox_folder_data_message_is_no_message(self):
+        """UW-IMAP's first message holds its folder state: left out, no error."""
+        path = self.mbox(
+            b"From MAILER-DAEMON Tue Jan  2 03:04:05 2024\nSubject: DON'T DELETE THIS MESSAGE"
+            b" -- FOLDER INTERNAL DATA\nX-IMAP: 1234 0000000002\n\nThis text is part of "
+            b"the internal format of your mail folder, and is not\na real message.\n\n"
+            b"From a Tue Jan  2 03:04:05 2024\nSubject: real\nX-UID: 1\n\nx\n")
+        self.import_mbox(path)
+        self.assertEqual({s: v[3] for s, v in self.contents().items()},
+                         {"real": b"Subject: real\r\n\r\nx\r\n"})
+        self.assertFalse(self.report.failed)
+
     def test_mbox_same_message_twice(self):
         """Two copies of one message are two messages, the second run adds neither again."""
         one = b"From a Tue Jan  2 03:04:05 2024\nSubject: same\n\nx\n\n"

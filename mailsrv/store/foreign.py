@@ -231,7 +231,7 @@ def mbox_messages(f, where):
         line_number += 1
         if line.startswith(b"From ") and blank:
             if lines is not None:
-                yield _mbox_message(lines, start, seen, where, from_line)
+                yield from _mbox_message(lines, start, seen, where, from_line)
             lines, start, from_line = [], line_number, line
         elif lines is not None:
             lines.append(line[1:] if _QUOTED_FROM.match(line) else line)
@@ -239,11 +239,14 @@ def mbox_messages(f, where):
             raise ForeignError(f"line {line_number}: not an mbox (no From line first)")
         blank = line in (b"\n", b"\r\n")
     if lines is not None:
-        yield _mbox_message(lines, start, seen, where, from_line)
+        yield from _mbox_message(lines, start, seen, where, from_line)
 
 
 def _mbox_message(lines, start, seen, where, from_line):
-    """One message of L{mbox_messages}: C{lines} after its C{From } line."""
+    """
+    The message of L{mbox_messages} in C{lines} (after its C{From } line),
+    if it is one: UW-IMAP's "FOLDER INTERNAL DATA" pseudo message is not.
+    """
     if lines and lines[-1] in (b"\n", b"\r\n"):
         lines = lines[:-1]  # the empty line before the next From line is the format's
     header_end = next((i for i, line in enumerate(lines) if line in (b"\n", b"\r\n")),
@@ -270,13 +273,12 @@ def _mbox_message(lines, start, seen, where, from_line):
         if not skip:
             kept.append(line)
     data = b"".join(kept + lines[header_end:])
+    if internal and b"FOLDER INTERNAL DATA" in data:
+        return
     digest = hashlib.sha256(data).hexdigest()
     seen[digest] = count = seen.get(digest, 0) + 1
-    problem = malformed(data)
-    if internal and b"FOLDER INTERNAL DATA" in data:  # UW-IMAP's pseudo message
-        problem = "the old server's folder data, not a message"
-    return Found(f"{digest} {count}", frozenset(flags), from_line_date(from_line), None, data,
-                 problem, f"{where}:{start}")
+    yield Found(f"{digest} {count}", frozenset(flags), from_line_date(from_line), None, data,
+                malformed(data), f"{where}:{start}")
 
 
 def from_line_date(line):
