@@ -237,7 +237,7 @@ class ImportTestCase(unittest.TestCase):
         self.import_mbox(path)
         self.assertTrue(self.report.failed)
         self.assertEqual(self.lines, [
-            "INBOX: cannot store messages (No space left on device); 0 imported before it "
+            "INBOX: cannot write the folder (No space left on device); 0 imported before it "
             "stopped"])
         disk.free()
         del self.lines[:]

@@ -133,36 +133,42 @@ def import_folder(store, user, name, messages, uidlist, report):
         report.problem(name, f"cannot be a folder here ({e}); not imported")
         return
     yield folder.opened()
+    counts = [0, 0]  # imported, already there
+    try:
+        yield _fill(folder, messages, uidlist, report, counts)
+    except OSError as e:  # a full disk: what is stored stays, a second run adds the rest
+        report.problem(name, f"cannot write the folder ({e.strerror}); {counts[0]} "
+                             f"imported before it stopped")
+        return
+    imported, already = counts
+    report.say(f"{name}: {imported} imported, {already} already there")
+
+
+@defer.inlineCallbacks
+def _fill(folder, messages, uidlist, report, counts):
+    """L{import_folder} once the folder is open; C{counts} as it goes."""
     state = folder.path / STATE
     known = yield threads.deferToThread(_read_state, state)
     keep = uidlist is not None and folder.adopt_uidvalidity(uidlist.uidvalidity)
     if uidlist is not None and not keep:
-        report.say(f"{name}: has messages or is open; the old UIDs are not kept, new ones "
-                   f"go on from {folder.uidnext}")
-    imported = already = 0
+        report.say(f"{folder.name}: has messages or is open; the old UIDs are not kept, new "
+                   f"ones go on from {folder.uidnext}")
     while True:
         batch, skipped, seen = yield threads.deferToThread(_next_batch, messages, known)
-        already += seen
+        counts[1] += seen
         for found in skipped:
             report.problem(found.where, f"{found.problem} (skipped)")
         if not batch:
             break
         # (a message the old server had given no UID yet takes its UIDNEXT)
         uids = [found.uid or uidlist.uidnext for found in batch] if keep else None
-        try:
-            yield folder.add_all([(found.data, found.flags, found.date) for found in batch],
-                                 uids)
-        except OSError as e:  # a full disk: what is stored stays, a second run adds the rest
-            report.problem(name, f"cannot store messages ({e.strerror}); {imported} "
-                                 f"imported before it stopped")
-            return
+        yield folder.add_all([(found.data, found.flags, found.date) for found in batch], uids)
         identities = [found.identity for found in batch]
         yield threads.deferToThread(_remember, state, identities)
         known.update(identities)
-        imported += len(batch)
+        counts[0] += len(batch)
     if keep:
         folder.skip_uids(uidlist.uidnext)
-    report.say(f"{name}: {imported} imported, {already} already there")
 
 
 def _next_batch(messages, known):
