@@ -349,6 +349,11 @@ class ImportCommandTests(AdminTestCase):
         status, out, err = self.run_command("import", "mbox", str(self.root / "x"),
                                             "--user", "alice@example.test")
         self.assertEqual(status, 1)
+        self.assertIn("takes no imports (", err)
+        (self.root / "var" / "import").mkdir()  # as a server makes it
+        status, out, err = self.run_command("import", "mbox", str(self.root / "x"),
+                                            "--user", "alice@example.test")
+        self.assertEqual(status, 1)
         self.assertIn(f"(pid {os.getpid()}: a server, or another mailsrv import) did not take "
                       "the import within 0.1 s; nothing was imported", err)
         self.assertEqual(list((self.root / "var" / "import").iterdir()), [])

@@ -5,6 +5,7 @@ keywords) or mbox into a user's folders (mailsrv/store/importer.py).
 
 import calendar
 import os
+import stat
 from io import BytesIO
 from pathlib import Path
 
@@ -325,9 +326,11 @@ class ImportRequestTests(unittest.TestCase):
     def test_request_is_taken_done_and_reported(self):
         mbox = self.root / "old.mbox"
         mbox.write_bytes(b"From a Tue Jan  2 03:04:05 2024\nSubject: one\n\nx\n\n")
-        name = importer.request_import(self.requests, "mbox", str(mbox), ALICE, "Old")
-        self.service.startService()
+        self.service.startService()  # makes the directory
         self.addCleanup(self.service.stopService)
+        name = importer.request_import(self.requests, "mbox", str(mbox), ALICE, "Old")
+        self.assertEqual(stat.S_IMODE(os.stat(self.requests / f"{name}.json").st_mode) & 0o444,
+                         0o444)  # (the command may be root, the server not)
         self.assertTrue((self.requests / f"{name}.json").exists())
         self.clock.advance(importer.CHECK_INTERVAL)
         self.assertEqual(sorted(p.name for p in self.requests.iterdir()),

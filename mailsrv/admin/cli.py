@@ -375,7 +375,11 @@ def _import_by_server(settings, kind, path, user, folder, stdout, holder):
     @param holder: the PID the data_dir lock file names, for people.
     """
     directory = settings.data_dir / IMPORT_REQUESTS
-    name = request_import(directory, kind, path, user, folder)
+    try:
+        name = request_import(directory, kind, path, user, folder)
+    except FileNotFoundError:
+        raise CommandError(f"the process that holds the data_dir lock (pid {holder}) takes "
+                           f"no imports ({directory} is missing): is it an older mailsrv?")
     request, out, done = (directory / f"{name}.{ext}" for ext in ("json", "out", "done"))
     deadline = time.monotonic() + REQUEST_WAIT
     while request.exists() and time.monotonic() < deadline:

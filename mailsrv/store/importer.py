@@ -228,13 +228,24 @@ CHECK_INTERVAL = 1.0
 
 
 def request_import(directory, kind, path, user, folder):
-    """Ask the running server for an import. @return: the request's name."""
+    """
+    Ask the running server for an import, in the directory it made (as
+    its own user: the command may run as root). The request is readable
+    by the server's user (mode 0644).
+
+    @return: the request's name.
+    @raise FileNotFoundError: no server made the directory.
+    """
     directory = Path(directory)
-    directory.mkdir(mode=0o700, exist_ok=True)
     name = f"{time.time_ns()}-{os.getpid()}"
     temporary = directory / f".{name}.tmp"
     request = dict(zip(REQUEST_FIELDS, (kind, path, user, folder)))
-    write_file(temporary, json.dumps(request).encode("utf-8"), fsync=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, json.dumps(request).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.rename(temporary, directory / f"{name}.json")
     return name
 
@@ -328,11 +339,13 @@ def _take_requests(directory):
 
 def _abandoned(directory):
     """
-    In a thread, at start: what the last run left (its commands have
-    ended: they watch the server's PID) is removed.
+    In a thread, at start: the directory made if missing; what the last
+    run left (its commands have ended: they watch the server's PID)
+    removed.
 
     @return: the names of the imports it did not finish.
     """
+    directory.mkdir(mode=0o700, exist_ok=True)
     cut = sorted(path.stem for path in directory.glob("*.run"))
     for pattern in ("*.run", "*.out", "*.done", ".*.tmp"):
         for path in directory.glob(pattern):
