@@ -8,10 +8,14 @@ mailsrv checks the passwords for the first by AUTH PLAIN over STARTTLS.
 """
 
 import imaplib
+import os
 import poplib
+import shutil
 import smtplib
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from twisted.trial import unittest
 
@@ -78,7 +82,7 @@ class LDAPSourceTests(unittest.TestCase):
                       self.server.log_text())
 
     def test_real_clients(self):
-        """curl reads over POP3 and IMAP as the directory's user; swaks submits."""
+        """swaks submits as the directory's user; curl and fetchmail read (POP3, IMAP)."""
         require_tool(self, "curl")
         require_tool(self, "swaks")
         sent = subprocess.run(
@@ -94,6 +98,22 @@ class LDAPSourceTests(unittest.TestCase):
             got = subprocess.run(["curl", "-s", "-u", f"alice@example.test:{ALICE_PASSWORD}",
                                   url], capture_output=True, text=True, timeout=60)
             self.assertIn("Subject: from swaks", got.stdout, url)
+        require_tool(self, "fetchmail")
+        home = Path(tempfile.mkdtemp(prefix="fetchmail-"))
+        self.addCleanup(shutil.rmtree, home, True)
+        rc = home / "fetchmailrc"
+        rc.write_text(
+            f'poll 127.0.0.1 service {self.server.ports["pop3"]} protocol pop3 '
+            f'auth password user "alice@example.test" password "{ALICE_PASSWORD}" '
+            f'keep mda "cat >> {home / "mbox"}" sslcertfile '
+            f'"{self.server.dir / "tls" / "cert.pem"}" sslcommonname "mail.example.test"\n')
+        rc.chmod(0o600)
+        fetched = subprocess.run(["fetchmail", "-f", str(rc), "-N", "--nosyslog"],
+                                 capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "HOME": str(home),
+                                      "FETCHMAILHOME": str(home)})
+        self.assertEqual(fetched.returncode, 0, fetched.stdout + fetched.stderr)
+        self.assertIn("Subject: from swaks", (home / "mbox").read_text())
         wrong = subprocess.run(["curl", "-s", "-u", "alice@example.test:nope",
                                 f"imap://127.0.0.1:{self.server.ports['imap']}/INBOX;UID=1"],
                                capture_output=True, text=True, timeout=60)
