@@ -38,6 +38,6 @@ setup(
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.
-    extras_require={"test": ["hypothesis>=6.100"]},
+    extras_require={"test": ["hypothesis>=6.100", "dkimpy>=1.1"]},
     entry_points={"console_scripts": ["mailsrv = mailsrv.admin.cli:main"]},
 )

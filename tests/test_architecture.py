@@ -97,6 +97,7 @@ PACKAGES = {
                       "mailsrv.policy.listener", "mailsrv.policy.lists",
                       "mailsrv.policy.urlhost", "mailsrv.preflight", "mailsrv.queue.spool",
                       "mailsrv.queue.bounce", "mailsrv.control", "mailsrv.logs",
+                      "mailsrv.dkimkeys", "mailsrv.dns",
                       "mailsrv.service", "mailsrv.store",
                       "mailsrv.__version__"},
 }

@@ -17,11 +17,13 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 from twisted.internet import reactor
 
-from mailsrv import __version__, config
+from mailsrv import __version__, config, dkimkeys
 from mailsrv.control import SOCKET_NAME, UNIX_PATH_MAX
+from mailsrv.dkimkeys import KEY_TYPES
 from mailsrv.logs import files_of, trace
 from mailsrv.directory.listfile import ListFileError, replace_list_file
 from mailsrv.address import AddressError, normalise, parse_mailbox
@@ -100,6 +102,20 @@ def _parser():
     queue.add_parser("release", help="deliver a held message now").add_argument("id")
     queue.add_parser("show", help="one queued message: envelope, each recipient's state "
                                   "and last error, headers").add_argument("id")
+
+    dkim_command = commands.add_parser("dkim", help="DKIM keys and their DNS records")
+    dkim_command = dkim_command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("keygen", "make a key and print the TXT record to publish"),
+                         ("check", "look the TXT record up and compare it with the key")):
+        sub = dkim_command.add_parser(action, help=text)
+        sub.add_argument("domain")
+        sub.add_argument("selector")
+        sub.add_argument("--key", metavar="PATH",
+                         help="the key file (default: dkim/DOMAIN.SELECTOR.key beside the "
+                              "config)")
+        if action == "keygen":
+            sub.add_argument("--type", choices=KEY_TYPES, default="rsa",
+                             help="rsa (2048 bits, the default) or ed25519 (RFC 8463)")
 
     log_command = commands.add_parser("log", help="read the server's log").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -636,6 +652,61 @@ def _when(seconds):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
+def _dkim_key_path(settings, args):
+    if args.key:
+        return Path(args.key)
+    return settings.path.parent / "dkim" / f"{args.domain.lower()}.{args.selector}.key"
+
+
+def dkim_keygen(settings, args, stdin, stdout):
+    """`dkim keygen`: a new key (0600, never over a file) and its record (mailsrv/dkimkeys.py)."""
+    domain = args.domain.lower().rstrip(".")
+    if not settings.is_local_domain(domain):
+        raise CommandError(f"{domain} is not in [domains] local of {settings.path}")
+    path = _dkim_key_path(settings, args)
+    key = dkimkeys.generate(args.type)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dkimkeys.write_key(key, path)
+    except FileExistsError:
+        raise CommandError(f"{path} exists already: pick another selector (or --key PATH)")
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror}")
+    size = f" {key.key_size}" if args.type == "rsa" else ""
+    stdout.write(f"wrote {path} ({args.type}{size} bits, mode 0600)\n"
+                 f"publish this TXT record, then run: mailsrv dkim check {domain} "
+                 f"{args.selector}\n{dkimkeys.zone_line(domain, args.selector, key)}\n")
+
+
+def dkim_check(settings, args, stdin, stdout):
+    """`dkim check`: the published record against the key, through [dns] servers."""
+    import dns.exception
+    import dns.resolver
+
+    from mailsrv.dns import dnspython_resolver
+
+    path = _dkim_key_path(settings, args)
+    try:
+        key = dkimkeys.read_key(path)
+    except (dkimkeys.DKIMKeyError, OSError) as e:
+        raise CommandError(str(e) if isinstance(e, dkimkeys.DKIMKeyError)
+                           else f"{path}: {e.strerror}")
+    name = dkimkeys.record_name(args.domain, args.selector)
+    resolver = dnspython_resolver(settings.dns.servers, settings.dns.timeout)
+    try:
+        answer = resolver.resolve(name, "TXT", search=False)
+        texts = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        texts = []
+    except dns.exception.DNSException as e:
+        raise CommandError(f"{name}: no answer from DNS ({e}); try again later")
+    ok, why = dkimkeys.compare(key, texts)
+    stdout.write(f"{name}: {'ok' if ok else 'MISMATCH'}: {why}\n")
+    if not ok:
+        stdout.write(f"publish: {dkimkeys.zone_line(args.domain, args.selector, key)}\n")
+        raise CommandError(f"{name} does not hold the key in {path}")
+
+
 def log_trace(settings, args, stdin, stdout):
     """`log trace`: mailsrv/logs.py's trace over the log files, oldest first."""
     if args.files:
@@ -775,6 +846,8 @@ HANDLERS = {
     ("queue", "release"): queue_release,
     ("queue", "show"): queue_show,
     ("log", "trace"): log_trace,
+    ("dkim", "keygen"): dkim_keygen,
+    ("dkim", "check"): dkim_check,
     ("auth", "locked"): auth_locked,
     ("auth", "unlock"): auth_unlock,
     ("lists", "check"): lists_check,
