@@ -67,10 +67,9 @@ def changes(old, new):
 
 def needs_restart(change):
     """Whether a change named by L{changes} waits for a restart."""
-    if change in RESTART.values() or change.startswith(("[pop_before_smtp]", "[log]",
-                                                        "[metrics]")):
+    table, _, key = change.partition(" ")  # (a whole table: "[log] format" is in "[log]")
+    if change in RESTART.values() or table in RESTART.values():
         return True
-    table, _, key = change.partition(" ")
     return table == "[auth]" and key in AUTH_RESTART
 
 
