@@ -35,9 +35,11 @@ setup(
         "psutil>=5.9",  # this machine's addresses ([[listen]] block_own_ips, the "self" entry)
         "ldap3>=2.9,<3",  # [auth] source = "ldap" (README: why not ldaptor)
         "prometheus-client>=0.20",  # [metrics]: /metrics over twisted.web
+        "dkimpy>=1.1,<2",  # DKIM (and ARC) signatures: signing, [antispam.dkim], DMARC
+        "publicsuffixlist>=1.0",  # DMARC's organisational domains, the list shipped inside
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.
-    extras_require={"test": ["hypothesis>=6.100", "dkimpy>=1.1"]},
+    extras_require={"test": ["hypothesis>=6.100"]},
     entry_points={"console_scripts": ["mailsrv = mailsrv.admin.cli:main"]},
 )

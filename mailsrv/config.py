@@ -146,12 +146,12 @@ def _positive_seconds(default, **where):
     return _key(read, default, **where)
 
 
-def _rfc_limit(limit, minimum, **where):
-    """An RFC 7208 limit (the default) that the config may lower, never raise."""
+def _rfc_limit(limit, minimum, rfc="RFC 7208", **where):
+    """An RFC's limit (the default) that the config may lower, never raise."""
     def read(table, key, base):
         value = table.integer(key, limit, minimum)
         if value > limit:
-            raise table.error(key, f"{value} is above the RFC 7208 limit of {limit}",
+            raise table.error(key, f"{value} is above the {rfc} limit of {limit}",
                               "it may be lowered, never raised")
         return value
     return _key(read, limit, **where)
@@ -604,6 +604,38 @@ class SPFSettings:
     timeout: float = _number(20.0)
 
 
+DKIM_RESULTS = ("pass", "fail", "neutral", "none", "permerror", "temperror")
+
+
+@dataclass(frozen=True)
+class DKIMSettings:
+    """
+    [antispam.dkim]: every DKIM signature of a message is verified.
+
+    @ivar actions: C{(DKIM result, action text)}, in L{DKIM_RESULTS} order.
+    @ivar max_signatures: signatures verified per message (the rest are not).
+    """
+
+    actions: tuple
+    max_signatures: int = _rfc_limit(5, minimum=1, rfc="mailsrv")
+
+
+DMARC_RESULTS = ("pass", "fail", "none", "permerror", "temperror")
+
+
+@dataclass(frozen=True)
+class DMARCSettings:
+    """
+    [antispam.dmarc]: the From: domain's DMARC policy (RFC 7489).
+
+    @ivar actions: C{(outcome, action text)}: each of L{DMARC_RESULTS}
+        (C{fail}: a failure under C{p=none}), then C{reject} and
+        C{quarantine}, a failure under that policy.
+    """
+
+    actions: tuple
+
+
 def _extensions(default):
     """File name extensions: lower case, without the dot."""
     def read(table, key, base):
@@ -852,6 +884,8 @@ class AntispamSettings:
     @ivar html: L{HTMLSettings}, or L{None} when absent.
     @ivar clamav: L{ClamAVSettings}, or L{None} when absent.
     @ivar rspamd: L{RspamdSettings}, or L{None} when absent.
+    @ivar dkim: L{DKIMSettings}, or L{None} when [antispam.dkim] is absent.
+    @ivar dmarc: L{DMARCSettings}, or L{None} when [antispam.dmarc] is absent.
     @ivar actions: C{(config key, action text)} of every action the
         [antispam] tables write, in file order, for preflight to check.
     """
@@ -875,6 +909,8 @@ class AntispamSettings:
     html: Optional[HTMLSettings] = None
     clamav: Optional[ClamAVSettings] = None
     rspamd: Optional[RspamdSettings] = None
+    dkim: Optional[DKIMSettings] = None
+    dmarc: Optional[DMARCSettings] = None
 
 
 OUTBOUND_TLS_MODES = ("opportunistic", "required", "verify")
@@ -1387,7 +1423,7 @@ CONTENT_SECTIONS = (("mime", MIMESettings), ("attachments", AttachmentSettings),
                     ("urls", URLSettings), ("html", HTMLSettings),
                     ("clamav", ClamAVSettings), ("rspamd", RspamdSettings))
 ANTISPAM_SECTIONS = ("validation", "dnsbl", "spf", "spamskip", "whitelist",
-                     *(name for name, _ in CONTENT_SECTIONS))
+                     *(name for name, _ in CONTENT_SECTIONS), "dkim", "dmarc")
 
 
 def _antispam(path, data):
@@ -1426,6 +1462,10 @@ def _antispam_sections(table, antispam):
             sections[name] = _dnsbl(path, key, data, tests, actions)
         elif name == "spf":
             sections[name] = _spf(path, key, data, actions)
+        elif name == "dkim":
+            sections[name] = _dkim(path, key, data, actions)
+        elif name == "dmarc":
+            sections[name] = _dmarc(path, key, data, actions)
         elif name in ("spamskip", "whitelist"):
             sections[name] = _whitelist(path, key, data)
         else:
@@ -1511,6 +1551,29 @@ def _spf(path, name, data, actions):
     )
     table.check_unknown()
     return settings
+
+
+def _dkim(path, name, data, actions):
+    table = _Table(path, name, data)
+    default = _action(table, "action", DEFAULT_ACTION, actions)
+    settings = DKIMSettings(
+        actions=tuple((result, _action(table, result, default, actions))
+                      for result in DKIM_RESULTS),
+        **_declared(table, DKIMSettings),
+    )
+    table.check_unknown()
+    return settings
+
+
+def _dmarc(path, name, data, actions):
+    """The domain's own policy decides: C{reject} and C{quarantine} default to it."""
+    table = _Table(path, name, data)
+    default = _action(table, "action", DEFAULT_ACTION, actions)
+    outcomes = [(result, _action(table, result, default, actions)) for result in DMARC_RESULTS]
+    outcomes.append(("reject", _action(table, "reject", "reject", actions)))
+    outcomes.append(("quarantine", _action(table, "quarantine", "move:Junk", actions)))
+    table.check_unknown()
+    return DMARCSettings(tuple(outcomes))
 
 
 def _dnsbl(path, name, data, tests, actions):

@@ -135,6 +135,8 @@ def dnspython_resolver(servers, timeout):
 
 
 def _text(rdtype, record):
+    if rdtype == "TXT":  # one record's strings are one text (RFC 7208 3.3, RFC 6376 3.6.2.2)
+        return b"".join(record.strings).decode("ascii", "replace")
     if rdtype == "MX":
         return (record.preference, _name(record.exchange))
     if rdtype in ("A", "AAAA"):
@@ -189,6 +191,10 @@ class Resolver:
     def mx(self, domain):
         """A Deferred of C{(preference, host)} pairs, best first."""
         return self.query(domain, "MX").addCallback(sorted)
+
+    def txt(self, name):
+        """A Deferred of the TXT records of C{name}, each one text."""
+        return self.query(name, "TXT")
 
     def ptr(self, ip):
         """A Deferred of the names an address points back to."""

@@ -33,8 +33,7 @@ from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.smtpsource import SMTPSource
 from mailsrv.logtext import literal
 from mailsrv.netaddr import ListedClients, peer_ip
-from mailsrv.policy import hooks
-from mailsrv.policy.checks import spf
+from mailsrv.policy import hooks, spfeval
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import USERS_FILE_HINT, file_problem, list_files, preflight
@@ -145,12 +144,13 @@ def build_mail_server(settings, clock=reactor):
                                  file_problem(e, settings.aliases_file))
     source, book = _password_source(settings, clock)
     directory = Directory(settings.local_domains, users, aliases, book)
-    spf_sections = [a.spf for _, a in settings.antispam_groups() if a.spf is not None]
-    if spf_sections:
+    groups = [antispam for _, antispam in settings.antispam_groups()]
+    spf_sections = [a.spf for a in groups if a.spf is not None]
+    if spf_sections or any(a.dmarc is not None for a in groups):
         # pyspf's DNS and limits are its module's, one set per process: set here,
         # once (a domain's [antispam.spf] cannot set the limits: config.py)
-        spf.install_lookup(settings.dns, spf_sections[0].max_lookups,
-                           spf_sections[0].max_void_lookups)
+        limits = spf_sections[0] if spf_sections else config.SPFSettings(())
+        spfeval.install_lookup(settings.dns, limits.max_lookups, limits.max_void_lookups)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)

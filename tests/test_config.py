@@ -512,7 +512,7 @@ class ErrorTests(unittest.TestCase):
         ({**LOCAL, "domain": {"example.org": {"antispam": {"phrase": {}}}}},
          '/c.toml: [domain."example.org".antispam] phrase: unknown section (one of: '
          "validation, dnsbl, spf, spamskip, whitelist, mime, attachments, statistical, "
-         "phrases, urls, html, clamav, rspamd)"),
+         "phrases, urls, html, clamav, rspamd, dkim, dmarc)"),
         ({**LOCAL, "domain": {"example.org": {"antispam": {"spf": {"max_lookups": 5}}}}},
          '/c.toml: [domain."example.org".antispam.spf] max_lookups: is set for the whole '
          "server only (set it in [antispam.spf])"),

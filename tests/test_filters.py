@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsrv.policy.actions import HEADER, NONE, Action, combine, parse_action
-from mailsrv.policy.apply import SubjectPrefixer
+from mailsrv.policy.apply import HeaderRewriter
 from mailsrv.policy.hooks import HEADER as HEADER_HOOK
 from mailsrv.policy.hooks import SENDER
 from mailsrv.policy.judgement import SKIPPED, Judgement, Whitelisting
@@ -80,16 +80,16 @@ class JudgementTests(unittest.TestCase):
         self.assertEqual((judgement.spam, judgement.action), (True, MOVE))
         self.assertEqual(judgement.summary,
                          "yes; reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3")
-        self.assertEqual(judgement.header_block(),
+        self.assertEqual(judgement.header_block("mx.test"),
                          b"X-Mailsrv-DNSBL: x\r\nX-Mailsrv-Spam: yes; "
                          b"reasons=dnsbl a 127.0.0.2, spf none, dnsbl b 127.0.0.3\r\n")
 
     def test_clean(self):
         judgement = Judgement(True).adding([Verdict.found(False)])
-        self.assertEqual(judgement.header_block(), b"X-Mailsrv-Spam: no; reasons=-\r\n")
+        self.assertEqual(judgement.header_block("mx.test"), b"X-Mailsrv-Spam: no; reasons=-\r\n")
 
     def test_unchecked_has_no_header(self):
-        self.assertEqual(SKIPPED.header_block(), b"")
+        self.assertEqual(SKIPPED.header_block("mx.test"), b"")
 
     def test_counted_findings_act_at_the_threshold(self):
         lists = Verdict.found(False, reasons=("dnsbl a 127.0.0.2",), counted=(MOVE,))
@@ -107,7 +107,7 @@ class JudgementTests(unittest.TestCase):
     def test_adding_to_a_skipped_judgement_checks_it(self):
         found = SKIPPED.adding([Verdict.found(True, SUBJECT, ("dnsbl a 127.0.0.2 received x",))])
         self.assertTrue(found.checked)
-        self.assertEqual(found.header_block(),
+        self.assertEqual(found.header_block("mx.test"),
                          b"X-Mailsrv-Spam: yes; reasons=dnsbl a 127.0.0.2 received x\r\n")
 
     def test_whitelist_reasons_come_first(self):
@@ -115,10 +115,10 @@ class JudgementTests(unittest.TestCase):
         self.assertEqual(whitelisted.summary, "no; reasons=whitelist:spamskip")
 
 
-class SubjectPrefixerTests(unittest.TestCase):
+class HeaderRewriterTests(unittest.TestCase):
     def rewrite(self, chunks, prefix=b"[SPAM] "):
         out = []
-        prefixer = SubjectPrefixer(out.append, prefix)
+        prefixer = HeaderRewriter(out.append, "MX.test", prefix)
         for chunk in chunks:
             prefixer.feed(chunk)
         prefixer.close()
@@ -142,6 +142,32 @@ class SubjectPrefixerTests(unittest.TestCase):
 
     def test_header_only_message(self):
         self.assertEqual(self.rewrite([b"From: a@b\r\n"]), b"From: a@b\r\nSubject: [SPAM]\r\n")
+
+    def test_folded_subject_keeps_its_lines(self):
+        message = b"Subject: one\r\n two\r\nTo: c@d\r\n\r\nbody\r\n"
+        self.assertEqual(self.rewrite([message]),
+                         b"Subject: [SPAM] one\r\n two\r\nTo: c@d\r\n\r\nbody\r\n")
+
+    def test_drops_authentication_results_in_our_name(self):
+        """RFC 8601 5: a forged result with our authserv-id never reaches the user."""
+        message = (b"Authentication-Results: mx.test; dmarc=pass\r\n"
+                   b"authentication-results:\r\n (comment) MX.TEST;\r\n\tdkim=pass\r\n"
+                   b"Authentication-Results: other.test; spf=fail\r\n"
+                   b"Authentication-Results: mx.test.evil; spf=pass\r\n"
+                   b"Subject: hi\r\n\r\n"
+                   b"Authentication-Results: mx.test; in the body stays\r\n")
+        expected = (b"Authentication-Results: other.test; spf=fail\r\n"
+                    b"Authentication-Results: mx.test.evil; spf=pass\r\n"
+                    b"Subject: hi\r\n\r\n"
+                    b"Authentication-Results: mx.test; in the body stays\r\n")
+        for size in (1, 7, len(message)):
+            chunks = [message[i:i + size] for i in range(0, len(message), size)]
+            self.assertEqual(self.rewrite(chunks, prefix=None), expected, size)
+
+    def test_a_field_past_the_limit_passes_unread(self):
+        huge = b"X-Long: a\r\n" + b" b\r\n" * 20000
+        message = huge + b"Subject: hi\r\n\r\nbody"
+        self.assertEqual(self.rewrite([message], prefix=None), message)
 
 
 class Fixed:

@@ -12,6 +12,7 @@ from twisted.trial import unittest
 from mailsrv import config, preflight
 from mailsrv.config import DNSSettings
 from mailsrv.policy.actions import HEADER, Action
+from mailsrv.policy import spfeval
 from mailsrv.policy.checks import spf
 from mailsrv.smtp.state import Session, Transaction
 from tests.dnsserver import TinyDNSServer
@@ -50,7 +51,7 @@ class SPFTests(unittest.TestCase):
         pyspf.DNSLookup, pyspf.MAX_LOOKUP, pyspf.MAX_VOID_LOOKUPS = lookup, max_lookup, max_void
 
     def use_limits(self, lookups, void):
-        spf.install_lookup(DNSSettings((("127.0.0.1", self.dns.port),), 2), lookups, void)
+        spfeval.install_lookup(DNSSettings((("127.0.0.1", self.dns.port),), 2), lookups, void)
 
     def check(self, sender, helo="client.test", ip="127.0.0.1"):
         """The finding of the check."""

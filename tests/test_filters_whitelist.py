@@ -139,7 +139,7 @@ class PipelineTests(unittest.TestCase):
     def test_connection_whitelist_skips_the_connection_filters(self):
         found = self.judge(Whitelisting(("whitelist:spamskip",), connection=True))
         self.assertEqual(self.filter.calls, 0)
-        self.assertEqual(found.header_block(), b"X-Mailsrv-Spam: no; reasons=whitelist:spamskip\r\n")
+        self.assertEqual(found.header_block("mx.test"), b"X-Mailsrv-Spam: no; reasons=whitelist:spamskip\r\n")
         self.assertFalse(found.whitelist.content)
 
     def test_content_whitelist_is_a_flag_for_content_filters(self):

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from mailsrv import metrics
 from mailsrv.logtext import literal
+from mailsrv.policy import authentication
 from mailsrv.policy.verdict import Verdict
 
 log = Logger()
@@ -34,16 +35,18 @@ def at_sender(judgement):
     return Verdict.refuse(550, "5.7.1", f"Refused as spam: {reasons}", summary)
 
 
-def begin(judgement, session, queue_id, subject_prefix, write):
+def begin(judgement, session, queue_id, subject_prefix, authserv_id, write):
     """
     The judgement is final before the message is written: log it.
 
     @param subject_prefix: the text of the C{subject} action
         ([antispam] subject_prefix; a check may have its own:
         L{Judgement.subject_prefix}).
+    @param authserv_id: our host name, which our Authentication-Results
+        header carries (and no other may).
     @param write: where the message goes.
-    @return: C{(headers to write on top of the message, a L{SubjectPrefixer}
-        over C{write} that the message goes through, or L{None})}.
+    @return: C{(headers to write on top of the message, a L{HeaderRewriter}
+        over C{write} that the message goes through)}.
     """
     if judgement.checked:  # (a line a message: formatted here, mailsrv.logtext)
         ip, summary, action = session.ip, judgement.summary, judgement.action
@@ -51,11 +54,9 @@ def begin(judgement, session, queue_id, subject_prefix, write):
         log.info(literal(f"antispam {queue_id} from {ip}: X-Mailsrv-Spam: {summary} "
                          f"action={action}"),
                  queue_id=queue_id, ip=ip, summary=summary, action=action)
-    prefixer = None
     prefix = judgement.subject_prefix(subject_prefix)
-    if prefix:
-        prefixer = SubjectPrefixer(write, prefix.encode("utf-8"))
-    return judgement.header_block(), prefixer
+    rewriter = HeaderRewriter(write, authserv_id, prefix.encode("utf-8") if prefix else None)
+    return judgement.header_block(authserv_id), rewriter
 
 
 def at_end(judgement, session, transaction, queue_id):
@@ -95,21 +96,31 @@ def _reply_text(text, limit=400):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-class SubjectPrefixer:
+# A header field longer than this is passed on as it is, unread: nothing
+# we rewrite (a Subject, our Authentication-Results) needs more.
+MAX_FIELD = 65536
+
+
+class HeaderRewriter:
     """
-    Streams a message through, prefixing its Subject (adding one when it
-    has none) in the header section.
+    Streams a message through, rewriting its header section: fields of
+    C{Authentication-Results} that carry our host name are dropped (RFC
+    8601 5: only our own checks may speak in our name), and the Subject is
+    prefixed (one added when there is none) for a C{prefix}.
 
     @param write: where the message goes.
-    @param prefix: bytes put before the subject text.
+    @param authserv_id: our host name, lower case.
+    @param prefix: bytes put before the subject text, or L{None}.
     """
 
-    def __init__(self, write, prefix):
+    def __init__(self, write, authserv_id, prefix=None):
         self.write = write
+        self.authserv_id = authserv_id.lower()
         self.prefix = prefix
         self._pending = bytearray()
+        self._field = []  # the lines of the field being read (it may go on)
+        self._field_size = 0
         self._in_header = True
-        self._done = False
 
     def feed(self, data):
         if not self._in_header:
@@ -117,33 +128,59 @@ class SubjectPrefixer:
             return
         self._pending += data
         while self._in_header:
-            end = self._pending.find(b"\r\n")
+            end = self._pending.find(b"\n")
             if end < 0:
                 return
-            line = bytes(self._pending[:end + 2])
-            del self._pending[:end + 2]
-            if line == b"\r\n":
-                self._end_of_header()
-                self.write(line)
-            elif not self._done and line[:8].lower() == b"subject:":
-                text = line[8:].lstrip(b" \t")
-                self.write(b"Subject: " + self.prefix + text)
-                self._done = True
-            else:
-                self.write(line)
+            line = bytes(self._pending[:end + 1])
+            del self._pending[:end + 1]
+            self._header_line(line)
         if self._pending:
             self.write(bytes(self._pending))
             self._pending.clear()
 
+    def _header_line(self, line):
+        if line[:1] in (b" ", b"\t") and self._field:
+            if self._field_size + len(line) > MAX_FIELD:  # kept as it is
+                self._flush()
+                self.write(line)
+                return
+            self._field.append(line)
+            self._field_size += len(line)
+            return
+        self._flush()
+        if line in (b"\r\n", b"\n"):
+            self._end_of_header()
+            self.write(line)
+        else:
+            self._field, self._field_size = [line], len(line)
+
+    def _flush(self):
+        """The field read so far goes out: dropped, rewritten or as it is."""
+        field, self._field, self._field_size = b"".join(self._field), [], 0
+        if not field:
+            return
+        name = field.split(b":", 1)[0].strip().lower()
+        if name == b"authentication-results" and self._ours(field):
+            return
+        if name == b"subject" and self.prefix is not None:
+            text = field.split(b":", 1)[1].lstrip(b" \t")
+            field, self.prefix = b"Subject: " + self.prefix + text, None
+        self.write(field)
+
+    def _ours(self, field):
+        value = field.split(b":", 1)[1].decode("ascii", "replace")
+        return authentication.authserv_id(value) == self.authserv_id
+
     def _end_of_header(self):
         self._in_header = False
-        if not self._done:
+        if self.prefix is not None:
             self.write(b"Subject: " + self.prefix.rstrip() + b"\r\n")
-            self._done = True
+            self.prefix = None
 
     def close(self):
         """The message ended: a message with no body still gets its Subject."""
         if self._in_header:
+            self._flush()
             if self._pending:
                 self.write(bytes(self._pending))
                 self._pending.clear()

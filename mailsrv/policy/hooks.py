@@ -70,6 +70,17 @@ class Message:
     open: Callable[[], BinaryIO]
     _analysed: list = field(default_factory=list, compare=False, repr=False)
     _judges: list = field(default_factory=list, compare=False, repr=False)
+    _shared: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def shared(self, key, work):
+        """
+        A Deferred of C{work()}'s result (a Deferred), worked out once per
+        message for every check that asks with the same C{key}: DKIM's
+        verification serves [antispam.dkim] and [antispam.dmarc] alike.
+        """
+        if key not in self._shared:
+            self._shared[key] = _Shared(defer.maybeDeferred(work))
+        return self._shared[key].wait()
 
     def judged(self, judge):
         """

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Optional
 
 from mailsrv.policy.actions import NONE, Action, combine
+from mailsrv.policy.authentication import header_value
 
 
 @dataclass(frozen=True)
@@ -115,16 +116,28 @@ class Judgement:
         return tuple(header for f in self.findings for header in f.headers)
 
     @property
+    def results(self):
+        """The authentication checks' L{mailsrv.policy.authentication.AuthResult}s."""
+        return tuple(result for f in self.findings for result in f.results)
+
+    @property
     def summary(self):
         """The value of X-Mailsrv-Spam (and of the log line)."""
         reasons = ", ".join(self.reasons) or "-"
         return f"{'yes' if self.spam else 'no'}; reasons={reasons}"
 
-    def header_block(self):
-        """The headers to write on top of the message (bytes, CRLF ends)."""
+    def header_block(self, authserv_id):
+        """
+        The headers to write on top of the message (bytes, CRLF ends): the
+        findings' own, one Authentication-Results (RFC 8601) with our host
+        name C{authserv_id} when an authentication check ran, the summary.
+        """
         if not self.checked:
             return b""
         lines = [f"{name}: {value}\r\n" for name, value in self.headers]
+        results = self.results
+        if results:
+            lines.append(f"Authentication-Results: {header_value(authserv_id, results)}\r\n")
         lines.append(f"X-Mailsrv-Spam: {self.summary}\r\n")
         return "".join(lines).encode("ascii", "replace")
 

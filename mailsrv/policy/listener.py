@@ -14,11 +14,13 @@ from mailsrv.directory.listfile import WatchedFile
 from mailsrv.directory.senderlist import SenderList, parse_kill_list, parse_whitelist
 from mailsrv.gather import gather
 from mailsrv.netaddr import ListedClients
-from mailsrv.policy import apply, bayes, hooks
+from mailsrv.policy import apply, bayes, dkimverify, hooks
 from mailsrv.policy.actions import Action, parse_action
 from mailsrv.policy.checks import spf, validation
 from mailsrv.policy.checks.attachments import BlockedAttachments
 from mailsrv.policy.checks.clamav import ClamAVScanner
+from mailsrv.policy.checks.dkim import DKIMFilter
+from mailsrv.policy.checks.dmarc import DMARCFilter
 from mailsrv.policy.checks.dnsbl import DNSBL, DNSBLFilter
 from mailsrv.policy.checks.html import HTMLFeatures
 from mailsrv.policy.checks.mime import BrokenMIME
@@ -181,9 +183,10 @@ class ListenerPolicy:
         d = _together(self.filters[BODY], session, transaction, message)
         return d.addCallback(_added_to, judgement)
 
-    def begin(self, judgement, session, queue_id, write):
+    def begin(self, judgement, session, queue_id, authserv_id, write):
         """L{apply.begin} with this listener's subject prefix."""
-        return apply.begin(judgement, session, queue_id, self.subject_prefix, write)
+        return apply.begin(judgement, session, queue_id, self.subject_prefix, authserv_id,
+                           write)
 
     def end(self, judgement, session, transaction, queue_id):
         """L{apply.at_end}: a L{Verdict} when the message goes no further, else L{None}."""
@@ -336,6 +339,7 @@ def _policy(settings, gates, standing, checks):
     if settings.spf is not None:  # (pyspf's DNS: service.build_mail_server installs it)
         filters[SENDER].append(checks.memo(settings.spf, lambda: _spf(checks.server,
                                                                       settings.spf)))
+    filters[BODY].extend(_authentication(settings, checks))
     return ListenerPolicy(gates, filters, standing, settings.subject_prefix, threshold,
                           checks.whitelists(settings), _content_for(settings),
                           Action(settings.outbound_action) if settings.outbound else None)
@@ -381,6 +385,32 @@ class _Checks:
                 SenderList(settings.whitelist.file, parse_whitelist, clock),
                 settings.whitelist)))
         return Whitelists(lists, server.directory, self.standing) if lists else None
+
+
+def _authentication(settings, checks):
+    """
+    The body hook's DKIM and DMARC checks, sharing one verification of the
+    message (L{dkimverify.Verifier}).
+    """
+    if settings.dkim is None and settings.dmarc is None:
+        return []
+    server = checks.server
+    resolver = server.resolvers(server.settings.dns)
+    limit = dkimverify.MAX_SIGNATURES if settings.dkim is None else \
+        settings.dkim.max_signatures
+    verifier = checks.memo(("dkim verifier", limit),
+                           lambda: dkimverify.Verifier(resolver, limit))
+    made = []
+    if settings.dkim is not None:
+        actions = {result: parse_action(text) for result, text in settings.dkim.actions}
+        made.append(checks.memo(settings.dkim, lambda: DKIMFilter(verifier,
+                                                                  actions.__getitem__)))
+    if settings.dmarc is not None:
+        actions = {outcome: parse_action(text) for outcome, text in settings.dmarc.actions}
+        spf_timeout = settings.spf.timeout if settings.spf is not None else 20
+        made.append(checks.memo(settings.dmarc, lambda: DMARCFilter(
+            verifier, resolver, actions, server.settings.hostname, spf_timeout)))
+    return made
 
 
 def _spf(server, settings):

@@ -33,6 +33,9 @@ class Finding:
         (an attachment): what the client is told when its C{reject}
         refuses the message after the final dot (L{mailsrv.policy.apply}
         gives the code); "" for the plain spam refusal.
+    @ivar results: the L{mailsrv.policy.authentication.AuthResult}s of an
+        authentication check (SPF, DKIM, DMARC), for the one
+        Authentication-Results header.
     """
 
     spam: bool
@@ -42,6 +45,7 @@ class Finding:
     counted: tuple = ()
     subject_prefix: Optional[str] = None
     refusal: str = ""
+    results: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,11 @@ class Verdict:
 
     @classmethod
     def found(cls, spam, action=NONE, reasons=(), headers=(), counted=(), subject_prefix=None,
-              refusal=""):
+              refusal="", results=()):
         """A filter check's answer: accepted, with what it found."""
         return cls(True, reason=", ".join(reasons),
                    finding=Finding(spam, action, tuple(reasons), tuple(headers), tuple(counted),
-                                   subject_prefix, refusal))
+                                   subject_prefix, refusal, tuple(results)))
 
     @property
     def temporary(self):

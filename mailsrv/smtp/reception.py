@@ -82,7 +82,7 @@ class Reception:
         self.gone = False
         self._top = trace_headers(session, transaction, incoming.queue_id,
                                   factory.server.settings.hostname, factory.clock.seconds())
-        self._prefixer = None
+        self._rewriter = None
         self._write_error = None
         self._held = None  # the HeaderSection the header hook waits for
         # The message as it comes, while the body hook waits for all of it:
@@ -123,20 +123,21 @@ class Reception:
 
     def _begin(self):
         """The judgement is final: our headers and the policy's, then the message."""
-        headers, self._prefixer = self.policy.begin(
-            self.judgement, self.session, self.incoming.queue_id, self._write_through)
+        headers, self._rewriter = self.policy.begin(
+            self.judgement, self.session, self.incoming.queue_id,
+            self.factory.server.settings.hostname, self._write_through)
         self._write_to(self.incoming, self._top + headers)
 
     def _write(self, data):
         if self._received is not None:
             self._write_to(self._received, data)
-        elif self._prefixer is not None:
-            self._prefixer.feed(data)
+        elif self._rewriter is not None:
+            self._rewriter.feed(data)
         elif data:
             self._write_to(self.incoming, data)
 
     def _write_through(self, data):
-        """Write to the spool file, past the Subject prefixer."""
+        """Write to the spool file, past the header rewriter."""
         self._write_to(self.incoming, data)
 
     def _write_to(self, message, data):
@@ -236,8 +237,8 @@ class Reception:
     def _verdict(self):
         """The judgement is final and the message written: L{conclude}'s answer."""
         incoming = self.incoming
-        if self._prefixer is not None:
-            self._prefixer.close()
+        if self._rewriter is not None:
+            self._rewriter.close()
         if self._write_error is not None:
             incoming.abort()
             log.error("cannot write the spool file: {error}", error=self._write_error)

@@ -1,0 +1,200 @@
+"""
+DKIM verification (RFC 6376) of one message, done once and shared by the
+checks that need it ([antispam.dkim] reports it, [antispam.dmarc] looks
+for an aligned pass): L{Verifier.verify} through L{hooks.Message.shared}.
+
+dkimpy does the canonicalisation and the cryptography, in three steps so
+that no thread waits for DNS and the reactor does no hashing:
+
+  1. in a thread: read the message, parse its header, find the
+     signatures (at most L{MAX_SIGNATURES}) and the From: fields;
+  2. on the reactor: look up each signature's key (a TXT record at
+     SELECTOR._domainkey.DOMAIN) through our cached resolver;
+  3. in a thread: verify each signature against the keys found.
+
+RFC 8301's limits: RSA keys under 1024 bits fail (dkimpy's C{minkey}),
+keys over L{MAX_KEY_BITS} are not used (their cost would be the sender's
+to choose), and rsa-sha1 signatures are not accepted.
+"""
+
+from dataclasses import dataclass
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+from twisted.internet import defer, threads
+
+from mailsrv.dns import TemporaryDNSError
+from mailsrv.policy.authentication import AuthResult
+
+MAX_SIGNATURES = 5  # verified per message; RFC 6376 6.1: a verifier MAY limit them
+MAX_KEY_BITS = 4096  # RFC 8301 3.2: verifiers MUST validate 1024 to 4096
+MAX_CONCURRENT = 2  # messages read and verified at once: each is held whole in memory
+_verifying = defer.DeferredSemaphore(MAX_CONCURRENT)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """
+    One DKIM-Signature's outcome.
+
+    @ivar domain: its C{d=} (lower case), "" when unreadable.
+    @ivar selector: its C{s=}.
+    @ivar result: pass, fail, neutral, temperror or permerror (RFC 8601 2.7.1).
+    @ivar why: what went wrong, for the log and the header's comment ("" on pass).
+    @ivar b: the start of its C{b=}, which tells signatures of one domain apart
+        (RFC 6008).
+    """
+
+    domain: str
+    selector: str
+    result: str
+    why: str = ""
+    b: str = ""
+
+    def auth_result(self):
+        properties = [("header.d", self.domain), ("header.s", self.selector)]
+        if self.b:
+            properties.append(("header.b", self.b))
+        return AuthResult("dkim", self.result, tuple(properties), self.why)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """
+    What verification found in one message.
+
+    @ivar signatures: the L{Signature}s verified, in header order.
+    @ivar senders: the values of its From: fields (text), for DMARC.
+    @ivar skipped: signatures past L{MAX_SIGNATURES}, not verified.
+    @ivar error: why the header could not be read, else "".
+    """
+
+    signatures: tuple = ()
+    senders: tuple = ()
+    skipped: int = 0
+    error: str = ""
+
+    def passed(self):
+        """The domains of the signatures that passed."""
+        return [s.domain for s in self.signatures if s.result == "pass"]
+
+
+class Verifier:
+    """
+    @param resolver: the L{mailsrv.dns.Resolver} keys are looked up with.
+    """
+
+    def __init__(self, resolver, max_signatures=MAX_SIGNATURES):
+        self.resolver = resolver
+        self.max_signatures = max_signatures
+
+    def verify(self, message):
+        """A Deferred of the message's L{Verified}, worked out once per message."""
+        return message.shared("dkim", lambda: _verifying.run(self._verify, message))
+
+    @defer.inlineCallbacks
+    def _verify(self, message):
+        found = yield threads.deferToThread(_read, message.open, self.max_signatures)
+        if isinstance(found, Verified):  # no signature, or no readable header
+            return found
+        checker, senders, signed, skipped = found
+        keys = {}
+        for _, domain, selector, _ in signed:
+            name = f"{selector}._domainkey.{domain}"
+            if domain and name not in keys:
+                try:
+                    keys[name] = (yield self.resolver.txt(name))
+                except TemporaryDNSError as e:
+                    keys[name] = e
+        signatures = yield threads.deferToThread(_check_all, checker, signed, keys)
+        return Verified(tuple(signatures), senders, skipped)
+
+
+def _read(open_message, limit):
+    """
+    In a thread: the message's From: values and signatures, as
+    C{(dkimpy's DKIM, senders, [(index, domain, selector, problem)], skipped)};
+    a L{Verified} when there is nothing to verify.
+    """
+    with open_message() as f:
+        data = f.read()
+    try:
+        checker = dkim.DKIM(data, minkey=1024)
+    except dkim.DKIMException as e:
+        return Verified(error=f"unreadable header: {e}")
+    senders = tuple(value.decode("utf-8", "replace").strip()
+                    for name, value in checker.headers if name.lower() == b"from")
+    fields = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+    if not fields:
+        return Verified(senders=senders)
+    signed = []
+    for index, value in enumerate(fields[:limit]):
+        domain = selector = problem = ""
+        try:
+            tags = parse_tag_value(value)
+            domain = tags.get(b"d", b"").decode("ascii").lower().rstrip(".")
+            selector = tags.get(b"s", b"").decode("ascii").lower()
+            if tags.get(b"a", b"").lower() == b"rsa-sha1":
+                problem = "rsa-sha1 is not accepted (RFC 8301)"
+            elif not (domain and selector):
+                problem = "no d= or s="
+        except (InvalidTagValueList, UnicodeDecodeError) as e:
+            problem = f"unreadable signature: {e}"
+        signed.append((index, domain, selector, problem))
+    return checker, senders, signed, max(0, len(fields) - limit)
+
+
+def _check_all(checker, signed, keys):
+    """In a thread: the L{Signature} of each signed entry."""
+    return [_check(checker, index, domain, selector, problem, keys)
+            for index, domain, selector, problem in signed]
+
+
+def _check(checker, index, domain, selector, problem, keys):
+    if problem:
+        return Signature(domain, selector, "neutral" if domain else "permerror", problem)
+    name = f"{selector}._domainkey.{domain}"
+    records = keys.get(name)
+    if isinstance(records, TemporaryDNSError):
+        return Signature(domain, selector, "temperror", f"key lookup: {records}")
+    if not records:
+        return Signature(domain, selector, "permerror", f"no key at {name}")
+    record = records[0].encode("ascii", "replace")
+    try:
+        _, bits, _, _ = dkim.evaluate_pk(name, record)
+    except dkim.DKIMException as e:
+        return Signature(domain, selector, "permerror", f"bad key: {e}")
+    except Exception as e:  # (dkimpy's key parsers raise more than its own errors)
+        return Signature(domain, selector, "permerror", f"bad key: {type(e).__name__}")
+    if bits is not None and bits > MAX_KEY_BITS:
+        return Signature(domain, selector, "permerror", f"key of {bits} bits is too long")
+    b = _b_start(checker, index)
+    try:
+        good = checker.verify(idx=index, dnsfunc=lambda _name, timeout=5: record)
+    except dkim.KeyFormatError as e:  # (a key too short: RFC 8301)
+        return Signature(domain, selector, "permerror", str(e), b)
+    except dkim.ValidationError as e:
+        result = "fail" if "body hash mismatch" in str(e) else "neutral"
+        return Signature(domain, selector, result, _short(e), b)
+    except dkim.DKIMException as e:
+        return Signature(domain, selector, "neutral", _short(e), b)
+    if good:
+        return Signature(domain, selector, "pass", "", b)
+    return Signature(domain, selector, "fail", "signature does not verify", b)
+
+
+def _b_start(checker, index):
+    """The first 8 characters of signature C{index}'s b= (RFC 6008)."""
+    fields = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+    try:
+        b = parse_tag_value(fields[index]).get(b"b", b"")
+    except InvalidTagValueList:
+        return ""
+    return b"".join(b.split())[:8].decode("ascii", "replace")
+
+
+def _short(error):
+    text = str(error)
+    if text.startswith("body hash mismatch"):
+        return "body hash mismatch"
+    return text[:120]
