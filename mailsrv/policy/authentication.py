@@ -15,6 +15,9 @@ other check.
 import re
 from dataclasses import dataclass
 
+# The order methods are written in: what each builds on comes first.
+METHODS = ("spf", "dkim", "arc", "dmarc")
+
 # RFC 2045's tspecials and space: a property value with any of them is quoted.
 _TSPECIALS = re.compile(r'[()<>@,;:\\"/\[\]?= \t]')
 
@@ -48,9 +51,10 @@ class AuthResult:
 def header_value(authserv_id, results):
     """
     The value of the C{Authentication-Results} field: our host name, then
-    each distinct result (C{none} when there is none: RFC 8601 2.2).
+    each distinct result, by method (L{METHODS}; C{none} when there is
+    none: RFC 8601 2.2).
     """
-    distinct = list(dict.fromkeys(results))
+    distinct = sorted(dict.fromkeys(results), key=_method_order)
     if not distinct:
         return f"{authserv_id}; none"
     return authserv_id + ";\r\n\t" + ";\r\n\t".join(r.text() for r in distinct)
@@ -64,6 +68,10 @@ def authserv_id(value):
     value = re.sub(r"\([^()]*\)", " ", value)  # (comments, one level: enough to find the id)
     first = value.split(";", 1)[0].split()
     return first[0].lower() if first else ""
+
+
+def _method_order(result):
+    return METHODS.index(result.method) if result.method in METHODS else len(METHODS)
 
 
 def _value(value):
