@@ -36,6 +36,7 @@ setup(
         "ldap3>=2.9,<3",  # [auth] source = "ldap" (README: why not ldaptor)
         "prometheus-client>=0.20",  # [metrics]: /metrics over twisted.web
         "dkimpy>=1.1,<2",  # DKIM (and ARC) signatures: signing, [antispam.dkim], DMARC
+        "authres>=1.2",  # what dkimpy's ARC sealing reads our Authentication-Results with
         "publicsuffixlist>=1.0",  # DMARC's organisational domains, the list shipped inside
     ],
     # The tests' own needs (README's test command installs them): hypothesis

@@ -181,6 +181,48 @@ class DKIMTests(unittest.TestCase):
         self.assertEqual(self.resolver.asked, ["s1._domainkey.example.test"])
 
 
+def sealed(message, domain="lists.test", selector="s1", key=RSA):
+    """C{message} with an ARC set of dkimpy's, as a mailing list at C{domain} adds."""
+    pem = key.private_bytes(serialization.Encoding.PEM,
+                            serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    chain = "; arc=pass" if b"ARC-Seal:" in message else ""  # (dkimpy's cv= comes from it)
+    message = f"Authentication-Results: {domain}; dkim=pass{chain}\r\n".encode() + message
+    arc = dkim.arc_sign(message, selector.encode(), domain.encode(), pem, domain.encode())
+    return b"".join(arc) + message
+
+
+class ARCTests(unittest.TestCase):
+    def setUp(self):
+        run_threads_inline(self)
+        self.resolver = Resolver(keys(**{"s1._domainkey.lists.test": (dkimkeys.record(RSA),)}))
+        self.filter = DKIMFilter(Verifier(self.resolver), ACTIONS.__getitem__)
+
+    def arc(self, data):
+        finding = self.successResultOf(self.filter.check(Session(), Transaction(),
+                                                         message(data))).finding
+        return [r for r in finding.results if r.method == "arc"]
+
+    def test_a_sealed_chain_passes(self):
+        once = sealed(signed(from_("alice@example.test")))
+        self.assertEqual(self.arc(once), [AuthResult("arc", "pass", (), "i=1 d=lists.test")])
+        self.assertEqual(self.arc(sealed(once))[0].comment, "i=2 d=lists.test")
+
+    def test_a_changed_message_breaks_the_chain(self):
+        data = sealed(from_("alice@example.test")).replace(b"hello", b"hullo")
+        self.assertEqual(self.arc(data)[0].result, "fail")
+
+    def test_no_chain_reports_nothing(self):
+        self.assertEqual(self.arc(signed(from_("alice@example.test"))), [])
+
+    def test_a_long_chain_fails_unread(self):
+        data = b"".join(b"ARC-Seal: i=%d; a=rsa-sha256; cv=none; d=x.test; s=s; b=AA\r\n" % i
+                        for i in range(1, 12)) + from_("alice@example.test")
+        self.assertEqual(self.arc(data),
+                         [AuthResult("arc", "fail", (), "11 ARC sets, more than 10")])
+        self.assertEqual(self.resolver.asked, [])
+
+
 DMARC_ACTIONS = {"pass": Action("none"), "fail": HEADER, "none": HEADER,
                  "permerror": HEADER, "temperror": Action("tempfail"),
                  "reject": Action("reject"), "quarantine": Action("move:Junk")}

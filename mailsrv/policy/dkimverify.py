@@ -15,6 +15,11 @@ that no thread waits for DNS and the reactor does no hashing:
 RFC 8301's limits: RSA keys under 1024 bits fail (dkimpy's C{minkey}),
 keys over L{MAX_KEY_BITS} are not used (their cost would be the sender's
 to choose), and rsa-sha1 signatures are not accepted.
+
+An ARC chain (RFC 8617: the ARC-Seal, ARC-Message-Signature and
+ARC-Authentication-Results sets that forwarders add) is verified the same
+way, its keys looked up with the signatures'; a chain of more than
+L{MAX_ARC_SETS} sets fails unread.
 """
 
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from mailsrv.policy.authentication import AuthResult
 
 MAX_SIGNATURES = 5  # verified per message; RFC 6376 6.1: a verifier MAY limit them
 MAX_KEY_BITS = 4096  # RFC 8301 3.2: verifiers MUST validate 1024 to 4096
+MAX_ARC_SETS = 10  # RFC 8617 allows 50; real chains have two or three
 MAX_CONCURRENT = 2  # messages read and verified at once: each is held whole in memory
 _verifying = defer.DeferredSemaphore(MAX_CONCURRENT)
 
@@ -67,12 +73,19 @@ class Verified:
     @ivar senders: the values of its From: fields (text), for DMARC.
     @ivar skipped: signatures past L{MAX_SIGNATURES}, not verified.
     @ivar error: why the header could not be read, else "".
+    @ivar arc: the ARC chain's L{AuthResult} (C{arc=none}: no chain).
     """
 
     signatures: tuple = ()
     senders: tuple = ()
     skipped: int = 0
     error: str = ""
+    arc: AuthResult = AuthResult("arc", "none")
+
+    def results(self):
+        """The L{AuthResult}s to report: each signature's, and the ARC chain's if any."""
+        found = tuple(signature.auth_result() for signature in self.signatures)
+        return found + ((self.arc,) if self.arc.result != "none" else ())
 
     def passed(self):
         """The domains of the signatures that passed."""
@@ -97,17 +110,19 @@ class Verifier:
         found = yield threads.deferToThread(_read, message.open, self.max_signatures)
         if isinstance(found, Verified):  # no signature, or no readable header
             return found
-        checker, senders, signed, skipped = found
+        checker, senders, signed, skipped, chain = found
         keys = {}
-        for _, domain, selector, _ in signed:
+        names = [(domain, selector) for _, domain, selector, _ in signed if domain]
+        for domain, selector in names + (chain.keys if chain else []):
             name = f"{selector}._domainkey.{domain}"
-            if domain and name not in keys:
+            if name not in keys:
                 try:
                     keys[name] = (yield self.resolver.txt(name))
                 except TemporaryDNSError as e:
                     keys[name] = e
-        signatures = yield threads.deferToThread(_check_all, checker, signed, keys)
-        return Verified(tuple(signatures), senders, skipped)
+        signatures, arc = yield threads.deferToThread(_check_all, checker, signed, chain,
+                                                      keys)
+        return Verified(tuple(signatures), senders, skipped, arc=arc)
 
 
 def _read(open_message, limit):
@@ -125,7 +140,8 @@ def _read(open_message, limit):
     senders = tuple(value.decode("utf-8", "replace").strip()
                     for name, value in checker.headers if name.lower() == b"from")
     fields = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
-    if not fields:
+    chain = _Chain.of(data, checker.headers)
+    if not fields and chain is None:
         return Verified(senders=senders)
     signed = []
     for index, value in enumerate(fields[:limit]):
@@ -141,13 +157,73 @@ def _read(open_message, limit):
         except (InvalidTagValueList, UnicodeDecodeError) as e:
             problem = f"unreadable signature: {e}"
         signed.append((index, domain, selector, problem))
-    return checker, senders, signed, max(0, len(fields) - limit)
+    return checker, senders, signed, max(0, len(fields) - limit), chain
 
 
-def _check_all(checker, signed, keys):
-    """In a thread: the L{Signature} of each signed entry."""
-    return [_check(checker, index, domain, selector, problem, keys)
-            for index, domain, selector, problem in signed]
+class _Chain:
+    """
+    A message's ARC chain, to verify: the message, its sets' keys
+    (C{(domain, selector)}) and, when it is not to be verified at all, why
+    (C{problem}).
+    """
+
+    def __init__(self, data, keys=(), problem=""):
+        self.data = data
+        self.keys = list(keys)
+        self.problem = problem
+
+    @classmethod
+    def of(cls, data, headers):
+        """The chain of a message with C{headers} (dkimpy's), or L{None} when it has none."""
+        fields = [value for name, value in headers
+                  if name.lower() in (b"arc-seal", b"arc-message-signature")]
+        if not fields:
+            return None
+        seals = sum(1 for name, _ in headers if name.lower() == b"arc-seal")
+        if seals > MAX_ARC_SETS:
+            return cls(data, problem=f"{seals} ARC sets, more than {MAX_ARC_SETS}")
+        keys = []
+        for value in fields:
+            try:
+                tags = parse_tag_value(value)
+                key = (tags[b"d"].decode("ascii").lower().rstrip("."),
+                       tags[b"s"].decode("ascii").lower())
+            except (InvalidTagValueList, KeyError, UnicodeDecodeError):
+                continue  # (dkimpy finds it broken)
+            if all(key) and key not in keys:
+                keys.append(key)
+        return cls(data, keys)
+
+    def result(self, keys):
+        """In a thread: the chain's L{AuthResult}."""
+        if self.problem:
+            return AuthResult("arc", "fail", (), self.problem)
+
+        def lookup(name, timeout=5):
+            records = keys.get(name.decode("ascii", "replace").rstrip(".").lower())
+            if not records or isinstance(records, TemporaryDNSError):
+                return None
+            return records[0].encode("ascii", "replace")
+        try:
+            cv, sets, why = dkim.ARC(self.data, minkey=1024).verify(dnsfunc=lookup)
+        except dkim.DKIMException as e:
+            return AuthResult("arc", "fail", (), _short(e))
+        except Exception as e:  # (dkimpy's parsers raise more than its own errors)
+            return AuthResult("arc", "fail", (), type(e).__name__)
+        if cv == dkim.CV_Pass:
+            newest = sets[0]
+            sealer = newest.get("as-domain", b"").decode("ascii", "replace")
+            return AuthResult("arc", "pass", (), f"i={newest['instance']} d={sealer}")
+        if cv == dkim.CV_None:
+            return AuthResult("arc", "none")
+        return AuthResult("arc", "fail", (), _short(why))
+
+
+def _check_all(checker, signed, chain, keys):
+    """In a thread: the L{Signature} of each signed entry, and the ARC chain's result."""
+    signatures = [_check(checker, index, domain, selector, problem, keys)
+                  for index, domain, selector, problem in signed]
+    return signatures, chain.result(keys) if chain else Verified.arc
 
 
 def _check(checker, index, domain, selector, problem, keys):

@@ -2,7 +2,8 @@
 DKIM ([antispam.dkim], RFC 6376): does each signature of the message
 verify? The verification is L{mailsrv.policy.dkimverify}'s, done once per
 message (DMARC reads the same); this check reports it, as one result with
-its action and one Authentication-Results entry per signature.
+its action and one Authentication-Results entry per signature, and one
+for the ARC chain (RFC 8617) when the message has one.
 
 No result counts as spam by itself: a mailing list that edits the Subject
 breaks a signature of honest mail, and RFC 6376 6.1 says a broken
@@ -41,9 +42,9 @@ class DKIMFilter:
 
     def _judge(self, verified):
         result = overall(verified)
-        results = tuple(signature.auth_result() for signature in verified.signatures)
-        if not results:
-            results = (AuthResult("dkim", result, (), verified.error),)
+        results = verified.results()
+        if not verified.signatures:
+            results = (AuthResult("dkim", result, (), verified.error),) + results
         domains = sorted({s.domain for s in verified.signatures if s.result == result})
         reason = f"dkim {result}" + (f" {','.join(domains)}" if domains else "")
         return Verdict.found(False, self.actions(result), (reason,), results=results)

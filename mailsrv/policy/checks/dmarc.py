@@ -116,7 +116,7 @@ class DMARCFilter:
     @defer.inlineCallbacks
     def check(self, session, transaction, message):
         verified = yield self.verifier.verify(message)
-        dkim = tuple(signature.auth_result() for signature in verified.signatures)
+        dkim = verified.results()
         author, problem = author_domain(verified.senders)
         if author is None:
             return self._found("permerror", "permerror", None, dkim, problem)
