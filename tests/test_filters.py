@@ -164,6 +164,18 @@ class HeaderRewriterTests(unittest.TestCase):
             chunks = [message[i:i + size] for i in range(0, len(message), size)]
             self.assertEqual(self.rewrite(chunks, prefix=None), expected, size)
 
+    def test_a_line_past_the_limit_is_not_held(self):
+        """A 2 MB first line is passed on as it comes, with the Subject mark before it."""
+        out = []
+        rewriter = HeaderRewriter(out.append, "mx.test", b"[SPAM] ")
+        for _ in range(32):
+            rewriter.feed(b"x" * 65536)
+        self.assertGreater(sum(map(len, out)), 31 * 65536)
+        rewriter.feed(b"\r\nSubject: hi\r\n\r\n")
+        rewriter.close()
+        self.assertEqual(b"".join(out), b"Subject: [SPAM]\r\n" + b"x" * 2097152
+                         + b"\r\nSubject: hi\r\n\r\n")
+
     def test_a_field_past_the_limit_passes_unread(self):
         huge = b"X-Long: a\r\n" + b" b\r\n" * 20000
         message = huge + b"Subject: hi\r\n\r\nbody"

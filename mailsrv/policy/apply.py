@@ -96,8 +96,9 @@ def _reply_text(text, limit=400):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-# A header field longer than this is passed on as it is, unread: nothing
-# we rewrite (a Subject, our Authentication-Results) needs more.
+# A header field (or line) longer than this is passed on as it is, unread:
+# nothing we rewrite (a Subject, our Authentication-Results) needs more, and
+# what is held while a field is read stays bounded.
 MAX_FIELD = 65536
 
 
@@ -130,6 +131,10 @@ class HeaderRewriter:
         while self._in_header:
             end = self._pending.find(b"\n")
             if end < 0:
+                if len(self._pending) > MAX_FIELD:  # no header: the rest goes as it is
+                    self._flush()
+                    self._end_of_header()
+                    break
                 return
             line = bytes(self._pending[:end + 1])
             del self._pending[:end + 1]
