@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from mailsrv.address import is_address, is_host_name, normalise
 
@@ -28,6 +29,8 @@ SMTP_ROLES = ("mx", "submission")
 TLS_MODES = ("starttls", "implicit", "required", "none")
 CLIENT_CERT_MODES = ("none", "request", "require")
 RELAY_MODES = ("none", "trusted", "anyone")
+SESSION_BACKENDS = ("memory", "redis")
+REDIS_PORT = 6379
 
 
 class ConfigError(Exception):
@@ -414,6 +417,111 @@ class PopBeforeSmtpSettings:
     enabled: bool = _flag(True)
     window: int = _whole(1800, minimum=1)
     counts_as_auth: bool = _flag(False)
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """
+    Where Redis listens, read from C{[sessions] redis_url}: a TCP C{host}
+    and C{port}, or a UNIX socket C{path}; the database number and the
+    credentials to send first.
+    """
+
+    host: str = ""
+    port: int = REDIS_PORT
+    path: str = ""
+    db: int = 0
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def __str__(self):
+        """For the log: never the password."""
+        where = self.path or (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"unix://{where}?db={self.db}" if self.path else f"redis://{where}:{self.port}/{self.db}"
+
+
+def _redis_url(default):
+    """C{redis://[[user]:password@]host[:port][/db]} or C{unix://[[user]:password@]/path[?db=N]}."""
+    def read(table, key, base):
+        text = table.string(key, default)
+        try:
+            return parse_redis_url(text)
+        except ValueError as e:
+            raise table.error(key, f"{text!r}: {e}",
+                              'write "redis://host:6379/0" or "unix:///run/redis/redis.sock?db=0"')
+    return _key(read, parse_redis_url(default))
+
+
+def parse_redis_url(text):
+    """
+    @return: the L{RedisAddress} of a redis:// or unix:// URL.
+    @raise ValueError: it is neither, or its parts are wrong.
+    """
+    parts = urlsplit(text)
+    query = parse_qs(parts.query)
+    try:
+        port = parts.port
+        if port == 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535")
+    credentials = {"username": unquote(parts.username or ""),
+                   "password": unquote(parts.password or "")}
+    if parts.scheme == "redis":
+        if not parts.hostname:
+            raise ValueError("no host")
+        if set(query) or parts.fragment:
+            raise ValueError("redis:// takes no ?query or #fragment")
+        db = parts.path.strip("/") or "0"
+        return RedisAddress(host=parts.hostname, port=port or REDIS_PORT,
+                            db=_redis_db(db), **credentials)
+    if parts.scheme == "unix":
+        if parts.hostname or port:
+            raise ValueError("unix:// takes a path, no host (three slashes: unix:///path)")
+        if not parts.path.startswith("/"):
+            raise ValueError("the socket's path must be absolute")
+        if set(query) - {"db"} or parts.fragment:
+            raise ValueError("unix:// takes only ?db=N")
+        return RedisAddress(path=parts.path, db=_redis_db(query.get("db", ["0"])[-1]),
+                            **credentials)
+    if parts.scheme == "rediss":
+        raise ValueError("TLS to Redis (rediss://) is not supported")
+    raise ValueError("not a redis:// or unix:// URL")
+
+
+def _redis_db(text):
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"the database {text!r} is not a number")
+    return int(text)
+
+
+def _positive_number(default, **where):
+    """Seconds above 0, whole or not."""
+    def read(table, key, base):
+        value = table.get(key, float, float(default))
+        if not value > 0:
+            raise table.error(key, "must be a number of seconds above 0")
+        return value
+    return _key(read, float(default), **where)
+
+
+@dataclass(frozen=True)
+class SessionsSettings:
+    """
+    C{[sessions]} (docs/scale-out.md): where the state that nodes share
+    lives: POP-before-SMTP windows, login failures and lockouts, POP3
+    maildrop locks.
+
+    @ivar backend: C{memory} (this process alone) or C{redis}.
+    @ivar redis_url: the L{RedisAddress} (read even when the backend is
+        memory, so a typo is found before the switch).
+    @ivar redis_timeout: seconds a Redis command may take before Redis is
+        taken for away.
+    """
+
+    backend: str = _choice("memory", SESSION_BACKENDS)
+    redis_url: RedisAddress = _redis_url("redis://127.0.0.1:6379/0")
+    redis_timeout: float = _positive_number(2)
 
 
 @dataclass(frozen=True)
@@ -1012,6 +1120,7 @@ class Settings:
     tls: TLSSettings
     auth: AuthSettings
     pop_before_smtp: PopBeforeSmtpSettings
+    sessions: SessionsSettings
     relay: RelaySettings
     dns: DNSSettings
     delivery: DeliverySettings
@@ -1197,6 +1306,7 @@ def parse(data, path):
         auth=_auth(path, top.get("auth", dict, {}), base),
         pop_before_smtp=_plain_table(path, top, "pop_before_smtp", PopBeforeSmtpSettings,
                                      base),
+        sessions=_plain_table(path, top, "sessions", SessionsSettings, base),
         relay=_relay(path, top.get("relay", dict, {}), base),
         dns=_plain_table(path, top, "dns", DNSSettings, base),
         delivery=_delivery(path, top.get("delivery", dict, {}), base),

@@ -38,6 +38,7 @@ RESTART = {
     "log": "[log]",
     "metrics": "[metrics]",
     "pop_before_smtp": "[pop_before_smtp]",
+    "sessions": "[sessions]",
 }
 # [auth] keys kept by the session store and the password source.
 AUTH_RESTART = ("max_failures", "max_failures_per_ip", "failure_window", "lockout",

@@ -173,6 +173,10 @@ KEY_DEFAULTS = [
     ("[auth] cache_ttl", lambda s: s.auth.cache_ttl, 300),
     ("[pop_before_smtp] enabled", lambda s: s.pop_before_smtp.enabled, True),
     ("[pop_before_smtp] window", lambda s: s.pop_before_smtp.window, 1800),
+    ("[sessions] backend", lambda s: s.sessions.backend, "memory"),
+    ("[sessions] redis_url", lambda s: s.sessions.redis_url,
+     config.RedisAddress(host="127.0.0.1", port=6379, db=0)),
+    ("[sessions] redis_timeout", lambda s: s.sessions.redis_timeout, 2.0),
     ("[relay] mode", lambda s: s.relay.mode, "trusted"),
     ("[relay] trusted", lambda s: s.relay.trusted, ()),
     ("[relay] trusted_file", lambda s: s.relay.trusted_file, None),
@@ -335,6 +339,27 @@ class DomainTableTests(unittest.TestCase):
         self.assertIsNone(s.antispam.mime)
 
 
+class RedisURLTests(unittest.TestCase):
+    """[sessions] redis_url: both forms, with what they may carry."""
+
+    def test_forms(self):
+        for url, address in [
+            ("redis://10.0.0.7", config.RedisAddress(host="10.0.0.7")),
+            ("redis://:secret@[::1]:6380/3",
+             config.RedisAddress(host="::1", port=6380, db=3, password="secret")),
+            ("unix:///run/redis/redis.sock?db=2", config.RedisAddress(path="/run/redis/redis.sock", db=2)),
+            ("unix://mailsrv:p%40ss@/run/r.sock",
+             config.RedisAddress(path="/run/r.sock", username="mailsrv", password="p@ss")),
+        ]:
+            self.assertEqual(config.parse_redis_url(url), address, url)
+
+    def test_the_log_never_shows_the_password(self):
+        address = config.parse_redis_url("redis://u:secret@cache:6380/1")
+        self.assertEqual(str(address), "redis://cache:6380/1")
+        self.assertNotIn("secret", repr(address))
+        self.assertEqual(str(config.parse_redis_url("unix://:secret@/r.sock")), "unix:///r.sock?db=0")
+
+
 class ErrorTests(unittest.TestCase):
     """Each bad config gives one line: file, key, problem."""
 
@@ -390,6 +415,22 @@ class ErrorTests(unittest.TestCase):
          "allow_plaintext_on_loopback: must be true or false, not a whole number"),
         ({"pop_before_smtp": {"window": 0}},
          "/c.toml: [pop_before_smtp] window: must be at least 1, not 0"),
+        ({"sessions": {"backend": "memcached"}},
+         "/c.toml: [sessions] backend: unknown value 'memcached' (one of: memory, redis)"),
+        ({"sessions": {"redis_url": "redis://cache:99999/0"}},
+         "/c.toml: [sessions] redis_url: 'redis://cache:99999/0': the port is not a number"),
+        ({"sessions": {"redis_url": "unix://run/redis.sock"}},
+         "/c.toml: [sessions] redis_url: 'unix://run/redis.sock': unix:// takes a path, no host"),
+        ({"sessions": {"redis_url": "unix:///run/redis.sock?database=1"}},
+         "/c.toml: [sessions] redis_url: 'unix:///run/redis.sock?database=1': unix:// takes only"),
+        ({"sessions": {"redis_url": "redis://cache/one"}},
+         "/c.toml: [sessions] redis_url: 'redis://cache/one': the database 'one' is not a number"),
+        ({"sessions": {"redis_url": "rediss://cache"}},
+         "/c.toml: [sessions] redis_url: 'rediss://cache': TLS to Redis (rediss://) is not"),
+        ({"sessions": {"redis_url": "127.0.0.1:6379"}},
+         "/c.toml: [sessions] redis_url: '127.0.0.1:6379': not a redis:// or unix:// URL"),
+        ({"sessions": {"redis_timeout": 0}},
+         "/c.toml: [sessions] redis_timeout: must be a number of seconds above 0"),
         ({"tls": {"client_cert": "maybe"}}, "/c.toml: [tls] client_cert: unknown value 'maybe' "
          "(one of: none, request, require)"),
         ({"listen": [{"endpoint": "tcp:25", "client_cert": "require"}]},
