@@ -38,6 +38,7 @@ setup(
         "dkimpy>=1.1,<2",  # DKIM (and ARC) signatures: signing, [antispam.dkim], DMARC
         "authres>=1.2",  # what dkimpy's ARC sealing reads our Authentication-Results with
         "publicsuffixlist>=1.0",  # DMARC's organisational domains, the list shipped inside
+        "txredisapi>=1.5,<2",  # [sessions] backend = "redis" (README: why not redis-py)
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.

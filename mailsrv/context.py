@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # (for the annotations only: they import much of the server)
     from mailsrv.queue.intake import LocalDelivery
     from mailsrv.queue.runner import QueueRunner
     from mailsrv.queue.spool import Spool
+    from mailsrv.redis.link import RedisLink
     from mailsrv.sessions import ISessionStore
     from mailsrv.store.mailstore import MailStore
     from mailsrv.tls import ServerTLS
@@ -38,6 +39,8 @@ class MailServer:
     @ivar directory: the L{mailsrv.directory.Directory}.
     @ivar checker: the shared username/password cred checker.
     @ivar sessions: the L{mailsrv.sessions.ISessionStore}.
+    @ivar redis: the L{mailsrv.redis.link.RedisLink} the session store uses
+        ([sessions] backend = "redis"), else L{None}.
     @ivar store: the L{mailsrv.store.mailstore.MailStore} (Maildirs).
     @ivar spool: the L{mailsrv.queue.spool.Spool}.
     @ivar trusted: the L{mailsrv.netaddr.IPList} of [relay] trusted IPs.
@@ -67,6 +70,7 @@ class MailServer:
     queue_runner: Optional[QueueRunner] = None
     tls: Optional[ServerTLS] = None
     listener_access: Mapping[int, ListenerAccess] = field(default_factory=dict)
+    redis: Optional[RedisLink] = None
 
     def tls_context_for(self, listener):
         """

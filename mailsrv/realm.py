@@ -23,10 +23,14 @@ log = Logger()
 class MailRealm:
     """
     @ivar store: the L{mailsrv.store.mailstore.MailStore}.
+    @ivar sessions: the L{mailsrv.sessions.ISessionStore}, which holds the
+        POP3 maildrop locks (shared by every node with [sessions] backend =
+        "redis").
     """
 
-    def __init__(self, store):
+    def __init__(self, store, sessions):
         self.store = store
+        self.sessions = sessions
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         if isinstance(avatarId, bytes):
@@ -61,18 +65,20 @@ class MailRealm:
             when another POP3 session holds the lock; any other failure
             releases the lock.
         """
-        if not self.store.lock_maildrop(user):
-            return defer.fail(MaildropInUse(user))
-
         def open_inbox():
             folder = self.store.folder(user, "INBOX")
             return folder.sync().addCallback(lambda _: (
                 pop3.IMailbox, FolderMailbox(user, folder),
-                lambda: self.store.unlock_maildrop(user)))
+                lambda: self.sessions.unlock_maildrop(user)))
 
-        d = defer.maybeDeferred(open_inbox)
-        d.addErrback(lambda failure: (self.store.unlock_maildrop(user), failure)[1])
-        return d
+        def locked(free):
+            if not free:
+                raise MaildropInUse(user)
+            d = defer.maybeDeferred(open_inbox)
+            d.addErrback(lambda failure: (self.sessions.unlock_maildrop(user), failure)[1])
+            return d
+
+        return self.sessions.lock_maildrop(user).addCallback(locked)
 
 
 def _nothing():
@@ -97,7 +103,7 @@ class MailboxFactory(protocol.ServerFactory):
     def __init__(self, server, listener):
         self.server = server
         self.listener = listener
-        self.portal = Portal(MailRealm(server.store), [
+        self.portal = Portal(MailRealm(server.store, server.sessions), [
             server.checker, CertificateChecker(server.directory, server.sessions)])
 
     def buildProtocol(self, addr):

@@ -43,7 +43,9 @@ from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
+from mailsrv.redis.link import RedisLink
 from mailsrv.sessions import MemorySessionStore
+from mailsrv.redis.sessions import RedisSessionStore
 from mailsrv.store.importer import IMPORT_REQUESTS, ImportRequests
 from mailsrv.store.mailstore import MailStore
 
@@ -152,7 +154,12 @@ def build_mail_server(settings, clock=reactor):
         limits = spf_sections[0] if spf_sections else config.SPFSettings(())
         spfeval.install_lookup(settings.dns, limits.max_lookups, limits.max_void_lookups)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
-    sessions = MemorySessionStore(window, clock, settings.auth)
+    redis = None
+    if settings.sessions.backend == "redis":
+        redis = RedisLink(settings.sessions.redis_url, settings.sessions.redis_timeout, clock)
+        sessions = RedisSessionStore(redis, window, clock, settings.auth)
+    else:
+        sessions = MemorySessionStore(window, clock, settings.auth)
     server_tls = tls.ServerTLS(settings)
     store = MailStore(settings.data_dir / "mail", clock)
     resolvers = dns.Resolvers(clock, settings.dns)
@@ -164,6 +171,7 @@ def build_mail_server(settings, clock=reactor):
         checker=UserPasswordChecker(directory, sessions, clock, settings.auth.cache_ttl,
                                     source=source),
         sessions=sessions,
+        redis=redis,
         store=store,
         spool=spool,
         delivery=delivery,
@@ -229,6 +237,8 @@ def make_service(settings):
     listening, limits = [], []
     reloader = Reloader(server, limits, builders, server.tls.reload, reactor, _trusted_clients)
     tls.CertificateWatch(server.tls, server.clock, reloader.on_hangup).setServiceParent(top)
+    if server.redis is not None:
+        server.redis.setServiceParent(top)
     server.queue_runner.setServiceParent(top)
     if server.directory.book is not None:
         server.directory.book.setServiceParent(top)

@@ -5,9 +5,10 @@ who failed to.
 It answers two questions: "may this IP relay because a user logged in over
 POP3 or IMAP from it recently?" (POP-before-SMTP), and "is this login
 refused for now because of earlier failures?" (login throttling, counted
-across SMTP, POP3 and IMAP). The interface returns Deferreds so a shared
-backend (Redis) can replace the in-memory one when several nodes serve one
-domain.
+across SMTP, POP3 and IMAP); and it holds the POP3 maildrop locks (one
+POP3 session per maildrop, RFC 1939). The interface returns Deferreds so
+the shared backend (L{mailsrv.redis.sessions}) can replace the in-memory
+one when several nodes serve one domain ([sessions] backend).
 """
 
 from collections import OrderedDict
@@ -69,6 +70,20 @@ class ISessionStore(Interface):
         that user), or a key as L{locked} shows it.
 
         @return: a Deferred of the keys unlocked.
+        """
+
+    def lock_maildrop(user):
+        """
+        Take C{user}'s POP3 maildrop lock for one POP3 session.
+
+        @return: a Deferred of whether it was free.
+        """
+
+    def unlock_maildrop(user):
+        """
+        Release the lock L{lock_maildrop} took (when its session ends).
+
+        @return: a Deferred that fires when it is released; it does not fail.
         """
 
 
@@ -138,6 +153,7 @@ class MemorySessionStore:
         self.clock = clock
         self.limits = limits
         self._windows = ExpiringMap(window, clock)  # normalised IP -> user
+        self._maildrops = set()  # users whose maildrop a POP3 session holds
         if limits is not None:
             # key -> ExpiringMap of the fingerprints of its counted failures
             self._failures = ExpiringMap(limits.failure_window, clock)
@@ -145,12 +161,12 @@ class MemorySessionStore:
 
     def record_login(self, user, ip, protocol):
         if self.window and protocol in WINDOW_PROTOCOLS:
-            self._windows.set(str(normalise_ip(ip)), user)
+            self._windows.set(window_key(ip), user)
         return defer.succeed(None)
 
     def window_user(self, ip):
         try:
-            key = str(normalise_ip(ip))
+            key = window_key(ip)
         except ValueError:
             return defer.succeed(None)
         return defer.succeed(self._windows.get(key))
@@ -158,7 +174,7 @@ class MemorySessionStore:
     def login_refused(self, ip, user):
         if self.limits is None:
             return defer.succeed(None)
-        for key in _keys(ip, user):
+        for key in lockout_keys(ip, user):
             if key in self._locked:
                 return defer.succeed(key)
         return defer.succeed(None)
@@ -166,7 +182,7 @@ class MemorySessionStore:
     def record_failure(self, ip, user, fingerprint):
         if self.limits is None:
             return defer.succeed([])
-        ip_key, pair_key = _keys(ip, user)
+        ip_key, pair_key = lockout_keys(ip, user)
         pair = self._failures.get(pair_key)
         if pair is not None and fingerprint in pair:
             return defer.succeed([])  # a client retrying the same password
@@ -193,7 +209,7 @@ class MemorySessionStore:
 
     def clear_failures(self, ip, user):
         if self.limits is not None:
-            self._failures.pop(_keys(ip, user)[1])
+            self._failures.pop(lockout_keys(ip, user)[1])
         return defer.succeed(None)
 
     def locked(self):
@@ -202,25 +218,50 @@ class MemorySessionStore:
     def unlock(self, target):
         if self.limits is None:
             return defer.succeed([])
-        try:
-            target = str(normalise_ip(target))
-        except ValueError:
-            target = target.lower()
-        unlocked = [key for key, _ in self._locked.items() if _matches(key, target)]
+        target = unlock_target(target)
+        unlocked = [key for key, _ in self._locked.items() if lockout_matches(key, target)]
         for key in unlocked:
             self._locked.pop(key)
-        for key in [key for key, _ in self._failures.items() if _matches(key, target)]:
+        for key in [key for key, _ in self._failures.items()
+                    if lockout_matches(key, target)]:
             self._failures.pop(key)
         return defer.succeed(unlocked)
 
+    def lock_maildrop(self, user):
+        if user in self._maildrops:
+            return defer.succeed(False)
+        self._maildrops.add(user)
+        return defer.succeed(True)
 
-def _matches(key, target):
+    def unlock_maildrop(self, user):
+        self._maildrops.discard(user)
+        return defer.succeed(None)
+
+
+def window_key(ip):
+    """
+    The key of C{ip}'s POP-before-SMTP window: IPv4-mapped IPv6 folded to IPv4.
+
+    @raise ValueError: C{ip} is no IP address.
+    """
+    return str(normalise_ip(ip))
+
+
+def unlock_target(target):
+    """What L{ISessionStore.unlock} compares keys with: an IP normalised, else lower case."""
+    try:
+        return str(normalise_ip(target))
+    except ValueError:
+        return target.lower()
+
+
+def lockout_matches(key, target):
     """Whether lockout C{key} (C{ip} or C{ip/user}) is C{target}'s: the key, its IP or its user."""
     ip, _, user = key.partition("/")
     return target in (key, ip, user)
 
 
-def _keys(ip, user):
+def lockout_keys(ip, user):
     """
     The two keys a login counts under: the IP (IPv4-mapped IPv6 folded to
     IPv4) and C{ip/user}. A peer that is no IP (a UNIX socket) is its own key.

@@ -1,6 +1,6 @@
 """
 All users' folders: the shared L{Folder} of each open folder, creating,
-deleting and renaming folders, subscriptions, and the POP3 maildrop lock.
+deleting and renaming folders, subscriptions.
 See docs/store.md.
 """
 
@@ -41,7 +41,6 @@ class MailStore:
         self.clock = clock
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
-        self._maildrop_locks = set()
         self._recent = {}  # (user, NAME) -> set of UIDs, see Folder.claim_recent
         self._maildirs = {}  # (user, folder) -> Path, see maildir()
 
@@ -57,20 +56,6 @@ class MailStore:
     def unseen_arrivals(self, user, name):
         """The set of UIDs of C{user}'s folder that are \\Recent for the next session."""
         return self._recent.setdefault((user, name), set())
-
-    def lock_maildrop(self, user):
-        """
-        Take the user's POP3 maildrop lock (one POP3 session at a time).
-
-        @return: whether it was free.
-        """
-        if user in self._maildrop_locks:
-            return False
-        self._maildrop_locks.add(user)
-        return True
-
-    def unlock_maildrop(self, user):
-        self._maildrop_locks.discard(user)
 
     def maildir(self, user, folder="INBOX"):
         """

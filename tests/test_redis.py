@@ -1,0 +1,332 @@
+"""
+[sessions] backend = "redis": the connection (RedisLink, on a Clock with a
+fake endpoint: its outages, their one log line each, the command deadline)
+and the session store against a real redis-server (tests/redisserver.py):
+the same rules as the memory store, shared by two stores as by two nodes,
+and what each part does while Redis is away.
+"""
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from mailsrv.config import parse_redis_url
+from mailsrv.redis.link import RETRY_DELAYS, RedisLink, RedisUnavailable
+from mailsrv.redis.sessions import LEASE, RENEW, RedisSessionStore
+from tests.helpers import log_lines
+from tests.redisserver import RedisServer, redis_missing
+from tests.test_sessions import ALICE, BOB, Limits
+
+
+class FakeEndpoint:
+    """Connects at once (a StringTransport) or refuses, as C{self.refuse} says."""
+
+    def __init__(self):
+        self.refuse = False
+        self.connections = []
+
+    def connect(self, factory):
+        if self.refuse:
+            return defer.fail(ConnectionRefusedError("refused"))
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.connections.append(protocol)
+        return defer.succeed(protocol)
+
+
+class RedisLinkTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.endpoint = FakeEndpoint()
+        self.log = log_lines(self)
+        self.link = RedisLink(parse_redis_url("redis://:pw@cache/2"), 2, self.clock,
+                              self.endpoint)
+        self.changes = []
+        self.link.observe(self.changes.append)
+
+    def connection(self):
+        return self.endpoint.connections[-1]
+
+    def answer(self, *replies):
+        for reply in replies:
+            self.connection().dataReceived(reply)
+
+    def start(self):
+        self.link.startService()
+        self.addCleanup(self.link.stopService)
+        self.answer(b"+OK\r\n", b"+OK\r\n", b"+PONG\r\n")
+
+    def test_logs_in_chooses_the_database_then_is_up(self):
+        self.start()
+        self.assertEqual(self.connection().transport.value(),
+                         b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+                         b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n*1\r\n$4\r\nPING\r\n")
+        self.assertTrue(self.link.up)
+        self.assertEqual(self.changes, [True])
+        self.assertEqual(self.log, ["Redis connected: redis://cache:6379/2"])
+
+    def test_a_command_and_its_reply(self):
+        self.start()
+        d = self.link.execute("GET", "k")
+        self.answer(b"$1\r\nv\r\n")
+        self.assertEqual(self.successResultOf(d), "v")
+
+    def test_an_error_reply_is_no_outage(self):
+        self.start()
+        d = self.link.execute("BOGUS")
+        self.answer(b"-ERR unknown command\r\n")
+        self.failureResultOf(d)
+        self.assertTrue(self.link.up)
+
+    def test_one_line_when_it_goes_away_and_one_when_it_is_back(self):
+        self.start()
+        self.endpoint.refuse = True
+        self.connection().transport.loseConnection()
+        self.connection().connectionLost(ConnectionError("gone"))
+        self.assertFalse(self.link.up)
+        # commands fail at once, without waiting for a timeout
+        self.failureResultOf(self.link.execute("GET", "k"), RedisUnavailable)
+        for delay in RETRY_DELAYS * 3:  # every attempt refused: no more lines
+            self.clock.advance(delay)
+        self.endpoint.refuse = False
+        self.clock.advance(RETRY_DELAYS[-1])
+        self.answer(b"+OK\r\n", b"+OK\r\n", b"+PONG\r\n")
+        self.assertTrue(self.link.up)
+        self.assertEqual(self.changes, [True, False, True])
+        lines = self.log
+        self.assertEqual(len(lines), 3, lines)
+        self.assertTrue(lines[1].startswith(
+            "Redis went away: redis://cache:6379/2: connection lost; reconnecting;"), lines[1])
+        self.assertIn("POP-before-SMTP windows are closed", lines[1])
+        self.assertEqual(lines[2], "Redis is back: redis://cache:6379/2")
+
+    def test_no_answer_in_time_is_an_outage(self):
+        self.start()
+        d = self.link.execute("GET", "k")
+        self.clock.advance(2)
+        self.assertIn("no answer within 2 s", str(self.failureResultOf(d, RedisUnavailable).value))
+        self.assertFalse(self.link.up)
+        self.assertTrue(self.connection().transport.disconnecting)
+
+    def test_unreachable_at_start(self):
+        self.endpoint.refuse = True
+        self.link.startService()
+        self.addCleanup(self.link.stopService)
+        self.assertFalse(self.link.up)
+        self.assertEqual(len(self.log), 1)
+        self.assertTrue(self.log[0].startswith("Redis unreachable: redis://cache:6379/2: "))
+
+    def test_stopping_stops_retrying(self):
+        self.endpoint.refuse = True
+        self.link.startService()
+        self.link.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RealRedisTestCase(unittest.TestCase):
+    """A redis-server for each test, and stores on it whose time is a Clock."""
+
+    def setUp(self):
+        missing = redis_missing()
+        if missing:
+            raise unittest.SkipTest(missing)
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.cleanup)
+        self.redis.start()
+        self.clock = task.Clock()
+        self.log = log_lines(self)
+
+    @defer.inlineCallbacks
+    def link(self):
+        """A RedisLink to the server, up."""
+        link = RedisLink(parse_redis_url(self.redis.url), 2, reactor)
+        up = defer.Deferred()
+        link.observe(lambda is_up: is_up and not up.called and up.callback(None))
+        link.startService()
+        self.addCleanup(link.stopService)
+        yield up
+        return link
+
+    @defer.inlineCallbacks
+    def store(self, window=1800, limits=Limits()):
+        return RedisSessionStore((yield self.link()), window, self.clock, limits)
+
+    def went_away(self, link):
+        d = defer.Deferred()
+        link.observe(lambda is_up: not is_up and not d.called and d.callback(None))
+        self.redis.stop()
+        return d
+
+
+class RedisWindowTests(RealRedisTestCase):
+    @defer.inlineCallbacks
+    def test_a_login_on_one_node_opens_the_window_on_the_other(self):
+        a, b = (yield self.store()), (yield self.store())
+        yield a.record_login(ALICE, "::ffff:127.0.0.2", "imap")
+        yield a.record_login(BOB, "127.0.0.3", "smtp")  # no window
+        self.assertEqual((yield b.window_user("127.0.0.2")), ALICE)
+        self.assertIsNone((yield b.window_user("127.0.0.3")))
+        self.assertIsNone((yield b.window_user("not an ip")))
+        self.clock.advance(1799)
+        self.assertEqual((yield b.window_user("127.0.0.2")), ALICE)
+        self.clock.advance(1)
+        self.assertIsNone((yield b.window_user("127.0.0.2")))
+
+    @defer.inlineCallbacks
+    def test_redis_lets_it_go_with_the_window(self):
+        store = yield self.store(window=60)
+        yield store.record_login(ALICE, "127.0.0.2", "pop3")
+        ttl = int(self.redis.command("PTTL", "mailsrv:window:127.0.0.2")[1:-2])
+        self.assertTrue(0 < ttl <= 60000, ttl)
+
+    @defer.inlineCallbacks
+    def test_while_redis_is_away_windows_are_closed_and_logins_recorded_nowhere(self):
+        store = yield self.store()
+        yield store.record_login(ALICE, "127.0.0.2", "pop3")
+        yield self.went_away(store.redis)
+        self.assertIsNone((yield store.window_user("127.0.0.2")))
+        self.assertIsNone((yield store.record_login(BOB, "127.0.0.3", "pop3")))
+
+
+class RedisThrottlingTests(RealRedisTestCase):
+    @defer.inlineCallbacks
+    def test_five_wrong_passwords_on_one_node_lock_out_on_the_other(self):
+        a, b = (yield self.store()), (yield self.store())
+        ip, pair = "198.51.100.7", "198.51.100.7/" + ALICE
+        for n in range(20):  # one password repeated counts once
+            self.assertEqual((yield a.record_failure(ip, ALICE, b"same")), [])
+        for n in range(3):
+            self.assertEqual((yield b.record_failure(ip, ALICE, b"guess-%d" % n)), [])
+        self.assertIsNone((yield b.login_refused(ip, ALICE)))
+        self.assertEqual((yield a.record_failure(ip, ALICE, b"guess-last")), [pair])
+        self.assertEqual((yield b.login_refused(ip, ALICE)), pair)
+        self.assertIsNone((yield b.login_refused(ip, BOB)))
+        self.assertIsNone((yield b.login_refused("198.51.100.8", ALICE)))
+        self.assertEqual((yield b.locked()), [(pair, 900.0)])
+        self.clock.advance(900)
+        self.assertIsNone((yield b.login_refused(ip, ALICE)))
+        self.assertEqual((yield b.locked()), [])
+        # a fresh count
+        self.assertEqual((yield a.record_failure(ip, ALICE, b"after")), [])
+
+    @defer.inlineCallbacks
+    def test_failures_expire_with_the_window(self):
+        store = yield self.store()
+        for n in range(4):
+            yield store.record_failure("198.51.100.7", ALICE, b"old-%d" % n)
+        self.clock.advance(600)
+        for n in range(4):
+            self.assertEqual((yield store.record_failure("198.51.100.7", ALICE, b"new-%d" % n)),
+                             [])
+
+    @defer.inlineCallbacks
+    def test_per_ip_limit_and_a_success_clears_only_its_own_key(self):
+        store = yield self.store(limits=type("Tight", (Limits,), {"max_failures_per_ip": 7})())
+        ip = "198.51.100.7"
+        for n in range(4):
+            yield store.record_failure(ip, ALICE, b"a-%d" % n)
+        yield store.record_failure(ip, BOB, b"b-0")
+        yield store.clear_failures(ip, BOB)
+        self.assertEqual((yield store.record_failure(ip, ALICE, b"a-4")), [f"{ip}/{ALICE}"])
+        self.assertEqual((yield store.record_failure(ip, BOB, b"b-1")), [ip])
+        self.assertEqual((yield store.login_refused(ip, "carol@example.test")), ip)
+
+    @defer.inlineCallbacks
+    def test_unlock_by_ip_user_or_key(self):
+        store = yield self.store()
+        for ip in ("198.51.100.7", "198.51.100.8"):
+            for user in (ALICE, BOB):
+                for n in range(5):
+                    yield store.record_failure(ip, user, b"%d" % n)
+        yield store.record_failure("198.51.100.9", ALICE, b"x")  # failing, not locked
+        self.assertEqual(sorted((yield store.unlock("198.51.100.7"))),
+                         [f"198.51.100.7/{ALICE}", f"198.51.100.7/{BOB}"])
+        self.assertEqual((yield store.unlock(BOB.upper())), [f"198.51.100.8/{BOB}"])
+        self.assertEqual((yield store.unlock(f"198.51.100.8/{ALICE}")),
+                         [f"198.51.100.8/{ALICE}"])
+        self.assertEqual((yield store.locked()), [])
+        self.assertEqual((yield store.unlock(ALICE)), [])
+        # the failing key was forgotten too: four more do not lock it out
+        for n in range(4):
+            self.assertEqual((yield store.record_failure("198.51.100.9", ALICE, b"y%d" % n)), [])
+
+    @defer.inlineCallbacks
+    def test_lockout_zero_counts_but_never_refuses(self):
+        store = yield self.store(limits=type("Off", (Limits,), {"lockout": 0})())
+        for n in range(10):
+            yield store.record_failure("198.51.100.7", ALICE, b"guess-%d" % n)
+        self.assertIsNone((yield store.login_refused("198.51.100.7", ALICE)))
+
+    @defer.inlineCallbacks
+    def test_while_redis_is_away_throttling_fails_open(self):
+        store = yield self.store()
+        for n in range(5):
+            yield store.record_failure("198.51.100.7", ALICE, b"%d" % n)
+        yield self.went_away(store.redis)
+        self.assertIsNone((yield store.login_refused("198.51.100.7", ALICE)))
+        self.assertEqual((yield store.record_failure("198.51.100.7", ALICE, b"9")), [])
+        self.assertIsNone((yield store.clear_failures("198.51.100.7", ALICE)))
+        # the admin's commands say so
+        yield self.assertFailure(store.locked(), RedisUnavailable)
+        yield self.assertFailure(store.unlock(ALICE), RedisUnavailable)
+        lines = [line for line in self.log if "Redis" in line]
+        self.assertEqual(len(lines), 2, lines)  # connected, went away: once
+
+    @defer.inlineCallbacks
+    def test_recovery_without_restart(self):
+        store = yield self.store()
+        yield self.went_away(store.redis)
+        back = defer.Deferred()
+        store.redis.observe(lambda up: up and not back.called and back.callback(None))
+        self.redis.start()
+        yield back
+        yield store.record_login(ALICE, "127.0.0.2", "pop3")
+        self.assertEqual((yield store.window_user("127.0.0.2")), ALICE)
+        self.assertIn("Redis is back: " + str(store.redis.address), self.log)
+
+
+class RedisMaildropLockTests(RealRedisTestCase):
+    @defer.inlineCallbacks
+    def test_one_pop3_session_per_maildrop_across_nodes(self):
+        a, b = (yield self.store()), (yield self.store())
+        self.assertTrue((yield a.lock_maildrop(ALICE)))
+        self.assertFalse((yield a.lock_maildrop(ALICE)))
+        self.assertFalse((yield b.lock_maildrop(ALICE)))
+        self.assertTrue((yield b.lock_maildrop(BOB)))
+        yield a.unlock_maildrop(ALICE)
+        yield b.unlock_maildrop(BOB)
+        self.assertTrue((yield b.lock_maildrop(ALICE)))
+        yield b.unlock_maildrop(ALICE)
+
+    @defer.inlineCallbacks
+    def test_the_lease_is_renewed_while_the_session_lives(self):
+        store = yield self.store()
+        yield store.lock_maildrop(ALICE)
+        self.addCleanup(store.unlock_maildrop, ALICE)
+        key = "mailsrv:maildrop:" + ALICE
+        self.redis.command("PEXPIRE", key, 5000)
+        self.clock.advance(RENEW)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        ttl = int(self.redis.command("PTTL", key)[1:-2])
+        self.assertTrue(5000 < ttl <= LEASE * 1000, ttl)
+
+    @defer.inlineCallbacks
+    def test_a_dead_nodes_lock_lapses(self):
+        a, b = (yield self.store()), (yield self.store())
+        yield a.lock_maildrop(ALICE)
+        a._renewal.stop()  # (a is killed: nothing renews, nothing releases)
+        self.redis.command("PEXPIRE", "mailsrv:maildrop:" + ALICE, 1)  # (the lease ends)
+        yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue((yield b.lock_maildrop(ALICE)))
+        b.unlock_maildrop(ALICE)
+
+    @defer.inlineCallbacks
+    def test_while_redis_is_away_this_nodes_locks_still_hold(self):
+        store = yield self.store()
+        yield self.went_away(store.redis)
+        self.assertTrue((yield store.lock_maildrop(ALICE)))
+        self.assertFalse((yield store.lock_maildrop(ALICE)))
+        yield store.unlock_maildrop(ALICE)
+        self.assertTrue((yield store.lock_maildrop(ALICE)))
+        yield store.unlock_maildrop(ALICE)
+
