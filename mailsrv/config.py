@@ -160,6 +160,22 @@ def _rfc_limit(limit, minimum, rfc="RFC 7208", **where):
     return _key(read, limit, **where)
 
 
+def _node_name(**where):
+    """A name that is a directory of its own: letters, digits, ".", "_" and "-"."""
+    def read(table, key, base):
+        name = table.string(key, "")
+        if name and (_safe_node_name(name) != name or name.startswith(".")):
+            raise table.error(key, f"{name!r} is not a node name",
+                              'letters, digits, ".", "_" and "-", e.g. "mx1"')
+        return name
+    return _key(read, "", **where)
+
+
+def _safe_node_name(name):
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-"
+                   for c in name).lstrip(".") or "node"
+
+
 def _declared(table, cls, base=None):
     """
     C{{field name: value}} of the fields of C{cls} declared (L{_key}) for
@@ -1110,6 +1126,9 @@ class Settings:
     @ivar group: [server] group; "": the user's own group.
     @ivar allow_root: [server] allow_root: running as root is meant (no warning).
     @ivar per_domain: the L{DomainSettings} of the C{[domain."NAME"]} tables.
+    @ivar node: [server] node: this node's name among those that share
+        data_dir ([sessions] backend = "redis"); "" in the file is this
+        machine's short name.
     """
 
     path: Path
@@ -1130,12 +1149,25 @@ class Settings:
     log: LogSettings
     metrics: MetricsSettings
     hostname: str = _text("", table="server")
+    node: str = _node_name(table="server")
     user: str = _text("", table="server")
     group: str = _text("", table="server")
     allow_root: bool = _flag(False, table="server")
     local_domains: tuple = _domain_names(table="domains", key="local")
     antispam: AntispamSettings = AntispamSettings()
     per_domain: tuple = ()
+
+    @property
+    def node_dir(self):
+        """
+        Where this server keeps what is its own (the data_dir lock, the
+        spool, the control socket, import requests): data_dir itself, or
+        with [sessions] backend = "redis", where several nodes share
+        data_dir, C{data_dir/nodes/NODE} (docs/scale-out.md).
+        """
+        if self.sessions.backend == "redis":
+            return self.data_dir / "nodes" / self.node
+        return self.data_dir
 
     def is_local_domain(self, domain):
         """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
@@ -1297,6 +1329,7 @@ def parse(data, path):
         values.update(_declared(table, Settings, base))
         table.check_unknown()
     values["hostname"] = values["hostname"] or socket.gethostname()
+    values["node"] = values["node"] or _safe_node_name(socket.gethostname().split(".")[0])
     listeners = _listeners(path, top.get("listen", list, None), base)
     antispam = _antispam(path, top.get("antispam", dict, {}))
     settings = Settings(

@@ -387,8 +387,8 @@ def _check_data_dir(settings):
         if not data_dir.exists():
             creatable_below(settings, "[server] data_dir", data_dir)
             return [f"data_dir {data_dir} does not exist yet: start-up creates it"]
-        queue = data_dir / "queue"
-        for path in (data_dir, data_dir / "mail", queue,
+        queue = settings.node_dir / "queue"
+        for path in (data_dir, data_dir / "mail", settings.node_dir, queue,
                      *(queue / name for name in SPOOL_DIRECTORIES)):
             if path.exists():
                 _writable_directory(settings, "[server] data_dir", path)

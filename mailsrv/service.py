@@ -163,7 +163,7 @@ def build_mail_server(settings, clock=reactor):
     server_tls = tls.ServerTLS(settings)
     store = MailStore(settings.data_dir / "mail", clock)
     resolvers = dns.Resolvers(clock, settings.dns)
-    spool = Spool(settings.data_dir / "queue")
+    spool = Spool(settings.node_dir / "queue")
     delivery = LocalDelivery(spool, store, directory)
     return MailServer(
         settings=settings,
@@ -242,10 +242,10 @@ def make_service(settings):
     server.queue_runner.setServiceParent(top)
     if server.directory.book is not None:
         server.directory.book.setServiceParent(top)
-    ControlService(settings.data_dir / SOCKET_NAME,
+    ControlService(settings.node_dir / SOCKET_NAME,
                    ControlFactory(server.sessions, reloader.reload),
                    reactor).setServiceParent(top)
-    ImportRequests(settings.data_dir / IMPORT_REQUESTS, server.store,
+    ImportRequests(settings.node_dir / IMPORT_REQUESTS, server.store,
                    server.clock).setServiceParent(top)
     for listener in settings.listeners:
         factory = builders[listener.protocol](server, listener)

@@ -339,6 +339,19 @@ class DomainTableTests(unittest.TestCase):
         self.assertIsNone(s.antispam.mime)
 
 
+class NodeDirTests(unittest.TestCase):
+    def test_data_dir_alone_or_the_nodes_part(self):
+        memory = config.parse({"server": {"node": "mx1"}}, Path("/etc/m/c.toml"))
+        self.assertEqual(memory.node_dir, Path("/etc/m/var"))
+        redis = config.parse({"server": {"node": "mx1"}, "sessions": {"backend": "redis"}},
+                             Path("/etc/m/c.toml"))
+        self.assertEqual(redis.node_dir, Path("/etc/m/var/nodes/mx1"))
+
+    def test_the_default_node_is_this_machines_short_name(self):
+        node = config.parse({}, Path("/c.toml")).node
+        self.assertTrue(node and "." not in node and "/" not in node, node)
+
+
 class RedisURLTests(unittest.TestCase):
     """[sessions] redis_url: both forms, with what they may carry."""
 
@@ -429,6 +442,8 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [sessions] redis_url: 'rediss://cache': TLS to Redis (rediss://) is not"),
         ({"sessions": {"redis_url": "127.0.0.1:6379"}},
          "/c.toml: [sessions] redis_url: '127.0.0.1:6379': not a redis:// or unix:// URL"),
+        ({"server": {"node": "../mx1"}},
+         "/c.toml: [server] node: '../mx1' is not a node name"),
         ({"sessions": {"redis_timeout": 0}},
          "/c.toml: [sessions] redis_timeout: must be a number of seconds above 0"),
         ({"tls": {"client_cert": "maybe"}}, "/c.toml: [tls] client_cert: unknown value 'maybe' "

@@ -390,7 +390,7 @@ def _import_by_server(settings, kind, path, user, folder, stdout, holder):
 
     @param holder: the PID the data_dir lock file names, for people.
     """
-    directory = settings.data_dir / IMPORT_REQUESTS
+    directory = settings.node_dir / IMPORT_REQUESTS
     try:
         name = request_import(directory, kind, path, user, folder)
     except FileNotFoundError:
@@ -441,7 +441,7 @@ def _show_from(path, offset, stdout):
 def _server_runs(settings):
     """Whether the process named in the data_dir lock file is alive."""
     try:
-        pid = int((settings.data_dir / LOCK_FILE).read_text().strip())
+        pid = int((settings.node_dir / LOCK_FILE).read_text().strip())
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -585,7 +585,7 @@ def import_users(settings, args, stdin, stdout):
 def _spool(settings):
     from mailsrv.queue.spool import Spool
 
-    return Spool(settings.data_dir / "queue")
+    return Spool(settings.node_dir / "queue")
 
 
 def queue_list(settings, args, stdin, stdout):
@@ -762,7 +762,7 @@ def auth_unlock(settings, args, stdin, stdout):
 
 def _control(settings, command):
     """The running server's answer to C{command} on its control socket (mailsrv/control.py)."""
-    path = settings.data_dir / SOCKET_NAME
+    path = settings.node_dir / SOCKET_NAME
     if len(os.fsencode(path)) > UNIX_PATH_MAX:
         raise CommandError(f"no running server answers on {path}: the path is longer than a "
                            f"UNIX socket's ({UNIX_PATH_MAX} bytes), so no server listens "
