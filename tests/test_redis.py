@@ -116,6 +116,13 @@ class RedisLinkTests(unittest.TestCase):
         self.assertEqual(len(self.log), 1)
         self.assertTrue(self.log[0].startswith("Redis unreachable: redis://cache:6379/2: "))
 
+    def test_stopping_is_no_outage(self):
+        self.start()
+        self.link.stopService()
+        self.connection().connectionLost(ConnectionError("closed"))
+        self.assertEqual(self.changes, [True])
+        self.assertEqual(len(self.log), 1)
+
     def test_stopping_stops_retrying(self):
         self.endpoint.refuse = True
         self.link.startService()

@@ -142,11 +142,12 @@ class RedisLink(service.Service):
         self._schedule()
 
     def _lost(self, connection):
-        if connection is self._protocol:
-            self._protocol = None
+        if connection is not self._protocol:
+            return
+        self._protocol = None
+        if self.running:  # (else we closed it: no outage)
             self._down("connection lost")
-            if self.running:
-                self._schedule()
+            self._schedule()
 
     def _schedule(self):
         if not self.running or self._retry is not None:

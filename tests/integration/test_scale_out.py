@@ -1,0 +1,133 @@
+"""
+Two nodes on one data_dir sharing a real redis-server ([sessions] backend =
+"redis", docs/scale-out.md): a login on node A opens a POP-before-SMTP
+window on node B, wrong passwords on A lock out on B, one POP3 session per
+maildrop across both, and Redis stopped and started again mid-run (relay
+windows closed, logins still working, all back without a restart).
+"""
+
+import imaplib
+import poplib
+import smtplib
+import time
+
+from twisted.trial import unittest
+
+from tests.integration.harness import PASSWORD, MailServerProcess
+from tests.redisserver import RedisServer, redis_missing
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+
+
+class TwoNodesTests(unittest.TestCase):
+    def setUp(self):
+        missing = redis_missing()
+        if missing:
+            raise unittest.SkipTest(missing)
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.cleanup)
+        self.redis.start()
+        self.a = self.node("a")
+        self.b = self.node("b", data_dir=self.a.data_dir)
+
+    def node(self, name, data_dir=None):
+        server = {"node": name}
+        if data_dir is not None:
+            server["data_dir"] = str(data_dir)
+        node = MailServerProcess(extra={
+            "server": server,
+            "sessions": {"backend": "redis", "redis_url": self.redis.url, "redis_timeout": 1},
+            "relay": {"mode": "none"},
+        })
+        self.addCleanup(node.cleanup)
+        node.start()
+        node.wait_for_log("Redis connected: unix://")
+        return node
+
+    def imap_login(self, node, source, user, password=PASSWORD):
+        """C{"OK"}, or the server's reason for refusing."""
+        client = node.imap(source)
+        try:
+            client.login(user, password)
+        except imaplib.IMAP4.error as e:
+            return str(e)
+        finally:
+            client.shutdown()
+        return "OK"
+
+    def relay(self, node, source):
+        """The reply to RCPT TO a remote address, over port 25 without AUTH."""
+        with node.smtp(source=source) as client:
+            client.ehlo("laptop.example.test")
+            client.mail("laptop-user@elsewhere.test")
+            reply = client.rcpt("someone@remote.test")
+            client.rset()
+            return reply[0]
+
+    def pop3(self, node):
+        client = node.pop3()
+        self.addCleanup(_quietly, client.close)
+        client.user(ALICE)
+        return client
+
+    def test_a_login_on_a_lets_its_ip_relay_through_b(self):
+        self.assertEqual(self.relay(self.b, "127.0.0.2"), 550)
+        self.assertEqual(self.imap_login(self.a, "127.0.0.2", ALICE), "OK")
+        self.assertEqual(self.relay(self.b, "127.0.0.2"), 250)
+        self.assertEqual(self.relay(self.b, "127.0.0.3"), 550)
+
+    def test_five_wrong_passwords_on_a_lock_out_on_b(self):
+        for n in range(5):
+            self.assertIn("AUTHENTICATIONFAILED",
+                          self.imap_login(self.a, "127.0.0.4", ALICE, f"guess {n}"))
+        self.assertIn("[UNAVAILABLE] Too many failed logins",
+                      self.imap_login(self.b, "127.0.0.4", ALICE))
+        self.assertEqual(self.imap_login(self.b, "127.0.0.5", ALICE), "OK")
+        locked = self.b.admin("auth", "locked").stdout
+        self.assertIn("127.0.0.4/alice@example.test", locked)
+
+    def test_pop3_on_a_and_b_at_once_is_in_use(self):
+        first = self.pop3(self.a)
+        first.pass_(PASSWORD)
+        second = self.pop3(self.b)
+        with self.assertRaises(poplib.error_proto) as caught:
+            second.pass_(PASSWORD)
+        self.assertEqual(caught.exception.args[0],
+                         b"-ERR [IN-USE] Mailbox in use by another POP3 session")
+        first.quit()
+        third = self.pop3(self.b)
+        self.assertTrue(third.pass_(PASSWORD).startswith(b"+OK"))
+        third.quit()
+
+    def test_redis_stopped_and_started_mid_run(self):
+        self.assertEqual(self.imap_login(self.a, "127.0.0.6", ALICE), "OK")
+        self.assertEqual(self.relay(self.b, "127.0.0.6"), 250)
+        self.redis.stop()
+        for node in (self.a, self.b):
+            node.wait_for_log("Redis went away: unix://")
+        # relay windows fail closed; logins and mail intake keep working
+        self.assertEqual(self.relay(self.b, "127.0.0.6"), 550)
+        self.assertEqual(self.imap_login(self.a, "127.0.0.6", BOB), "OK")
+        self.assertEqual(self.imap_login(self.b, "127.0.0.6", BOB, "wrong"),
+                         "b'[AUTHENTICATIONFAILED] Authentication failed'")
+        self.assertEqual(self.b.send("Subject: while Redis is away\r\n\r\nhi\r\n")[0], 250)
+        self.redis.start()
+        for node in (self.a, self.b):
+            node.wait_for_log("Redis is back: unix://")
+        self.assertEqual(self.imap_login(self.a, "127.0.0.6", ALICE), "OK")
+        self.assertEqual(self.relay(self.b, "127.0.0.6"), 250)
+        for node in (self.a, self.b):  # one line for the outage, one for the return
+            log = node.log_text()
+            self.assertEqual((log.count("Redis went away"), log.count("Redis is back")), (1, 1))
+        deadline = time.monotonic() + 10
+        while not self.a.maildir_files() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(len(self.a.maildir_files()), 1)
+
+
+def _quietly(close):
+    try:
+        close()
+    except (OSError, smtplib.SMTPException, poplib.error_proto):
+        pass
