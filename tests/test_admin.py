@@ -317,6 +317,17 @@ class RefusedHashCheckTests(AdminTestCase):
         self.assertEqual(status, 0, "a warning: the server starts, other users log in")
         self.assertIn(expected, out)
 
+class RedisBackendCheckConfigTests(AdminTestCase):
+    def test_check_config_needs_no_redis(self):
+        """[sessions] backend = "redis" with nothing listening there: the config is fine."""
+        with self.config.open("a") as f:
+            f.write('[sessions]\nbackend = "redis"\n'
+                    f'redis_url = "unix://{self.root}/no-redis.sock"\n')
+        status, out, err = self.run_command("check-config")
+        self.assertEqual((status, err), (0, ""))
+        self.assertFalse((self.root / "var").exists())
+
+
 class ImportCommandTests(AdminTestCase):
     """`mailsrv import`'s refusals; the imports themselves: tests/integration/test_import.py."""
 
