@@ -44,6 +44,7 @@ from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
 from mailsrv.redis.link import RedisLink
+from mailsrv.redis.nodes import NodeLease
 from mailsrv.sessions import MemorySessionStore
 from mailsrv.redis.sessions import RedisSessionStore
 from mailsrv.store.importer import IMPORT_REQUESTS, ImportRequests
@@ -240,6 +241,9 @@ def make_service(settings):
     if server.redis is not None:
         server.redis.setServiceParent(top)
     server.queue_runner.setServiceParent(top)
+    if server.redis is not None:  # (after the runner: a taken-over queue wakes it)
+        NodeLease(server.redis, settings, server.spool, server.queue_runner.wake, server.clock,
+                  server.sessions.token).setServiceParent(top)
     if server.directory.book is not None:
         server.directory.book.setServiceParent(top)
     ControlService(settings.node_dir / SOCKET_NAME,

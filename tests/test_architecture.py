@@ -86,9 +86,10 @@ PACKAGES = {
                      "mailsrv.logtext", "mailsrv.netaddr", "mailsrv.policy",
                      "mailsrv.queue.journal", "mailsrv.sasl"},
     # The state nodes share through Redis: the session store's interface
-    # and helpers, nothing of the protocols, the store or the queue (they
-    # reach it through the interfaces the memory backends implement).
-    "mailsrv.redis": {"mailsrv.sessions"},
+    # and helpers, and for taking over a dead node's queue its spool and
+    # lock file; nothing of the protocols, the store, the queue's runner
+    # (they reach it through the interfaces the memory backends implement).
+    "mailsrv.redis": {"mailsrv.sessions", "mailsrv.queue.spool", "mailsrv.datadir_lock"},
     # The mailsrv command: files and the spool as an admin sees them, the
     # filters' lists, `explain` (service.py builds its context), and the
     # store for `import` (with the data_dir lock: by this process only

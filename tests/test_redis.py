@@ -6,14 +6,19 @@ the same rules as the memory store, shared by two stores as by two nodes,
 and what each part does while Redis is away.
 """
 
+import os
+
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsrv.config import parse_redis_url
 from mailsrv.redis.link import RETRY_DELAYS, RedisLink, RedisUnavailable
+from mailsrv.datadir_lock import DataDirLock
+from mailsrv.queue.spool import Envelope, RecipientState, Spool
+from mailsrv.redis.nodes import NodeLease
 from mailsrv.redis.sessions import LEASE, RENEW, RedisSessionStore
-from tests.helpers import log_lines
+from tests.helpers import log_lines, make_settings
 from tests.redisserver import RedisServer, redis_missing
 from tests.test_sessions import ALICE, BOB, Limits
 
@@ -337,3 +342,65 @@ class RedisMaildropLockTests(RealRedisTestCase):
         self.assertTrue((yield store.lock_maildrop(ALICE)))
         yield store.unlock_maildrop(ALICE)
 
+
+
+class NodeLeaseTests(RealRedisTestCase):
+    """Node a takes over the queue of node b once b's lease has lapsed."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        super().setUp()
+        tmp = self.mktemp()
+        self.settings = {name: make_settings(tmp, server={"node": name},
+                                             sessions={"backend": "redis"})
+                         for name in ("a", "b")}
+        self.spool = Spool(self.settings["a"].node_dir / "queue")
+        self.dead = Spool(self.settings["b"].node_dir / "queue")
+        self.dead.save(Envelope(id="E1", sender="x@example.test",
+                                recipients=[RecipientState("y@remote.test")]))
+        self.dead.message_path("E1").write_bytes(b"Subject: x\r\n\r\nx\r\n")
+        self.woken = []
+        self.lease = NodeLease((yield self.link()), self.settings["a"], self.spool,
+                               lambda: self.woken.append(True), self.clock, "token-a")
+        self.lease.deferToThread = lambda f, *a: defer.maybeDeferred(f, *a)
+
+    @defer.inlineCallbacks
+    def test_renews_its_own_lease(self):
+        yield self.lease.tick()
+        self.assertEqual(self.redis.command("GET", "mailsrv:node:a"), b"$7\r\ntoken-a\r\n")
+
+    @defer.inlineCallbacks
+    def test_takes_over_a_dead_nodes_queue(self):
+        self.clock.advance(LEASE - 1)
+        yield self.lease.tick()
+        self.assertEqual(self.spool.ids(), [])  # Redis not up for a whole lease yet
+        self.clock.advance(1)
+        yield self.lease.tick()
+        self.assertEqual((self.spool.ids(), self.dead.ids()), (["E1"], []))
+        self.assertEqual(self.woken, [True])
+        self.assertIn("queue: took over 1 message(s) of node b, whose lease lapsed "
+                      "(a message it was delivering when it died may be delivered again)",
+                      self.log)
+
+    @defer.inlineCallbacks
+    def test_a_living_node_keeps_its_queue(self):
+        self.redis.command("SET", "mailsrv:node:b", "token-b")
+        self.clock.advance(LEASE)
+        yield self.lease.tick()
+        self.assertEqual(self.dead.ids(), ["E1"])
+
+    @defer.inlineCallbacks
+    def test_a_node_that_holds_its_lock_keeps_its_queue(self):
+        lock = DataDirLock(self.settings["b"])
+        lock.acquire()
+        self.addCleanup(lambda: [os.close(fd) for fd in (lock._fd, lock._shared_fd)])
+        self.clock.advance(LEASE)
+        yield self.lease.tick()
+        self.assertEqual(self.dead.ids(), ["E1"])
+
+    @defer.inlineCallbacks
+    def test_nothing_is_taken_over_while_redis_is_away(self):
+        yield self.went_away(self.lease.redis)
+        self.clock.advance(LEASE)
+        yield self.lease.tick()
+        self.assertEqual(self.dead.ids(), ["E1"])

@@ -101,6 +101,33 @@ class SpoolTests(unittest.TestCase):
         self.assertEqual(Spool(self.root).recover(), 2)
         self.assertEqual([p.name for p in self.spool.msg.iterdir()], ["KEPT"])
 
+    def entry(self, spool, queue_id):
+        spool.save(Envelope(id=queue_id, sender="a@b.test", recipients=[RecipientState("c@d.test")]))
+        spool.message_path(queue_id).write_bytes(MESSAGE)
+
+    def test_adopt_moves_a_dead_nodes_entries(self):
+        dead = Spool(Path(self.mktemp()))
+        self.entry(dead, "E1")
+        self.entry(dead, "E2")
+        self.assertEqual(self.spool.adopt(dead), ["E1", "E2"])
+        self.assertEqual((dead.ids(), list(dead.msg.iterdir())), ([], []))
+        self.assertEqual(self.spool.ids(), ["E1", "E2"])
+        self.assertEqual(self.spool.message_path("E2").read_bytes(), MESSAGE)
+        self.assertEqual(self.spool.load("E1").recipients, [RecipientState("c@d.test")])
+
+    def test_adopt_again_after_a_crash_between_its_steps(self):
+        dead = Spool(Path(self.mktemp()))
+        self.entry(dead, "LINKED")  # crashed after the link: the entry is still the dead's
+        os.link(dead.message_path("LINKED"), self.spool.message_path("LINKED"))
+        self.entry(dead, "RENAMED")  # crashed after the rename: ours, a leftover there
+        self.spool.save(dead.load("RENAMED"))
+        os.link(dead.message_path("RENAMED"), self.spool.message_path("RENAMED"))
+        (dead.env / "RENAMED.json").unlink()
+        self.assertEqual(dead.recover(), 1)  # (the dead node's start drops its leftover)
+        self.assertEqual(self.spool.adopt(dead), ["LINKED"])
+        self.assertEqual(self.spool.ids(), ["LINKED", "RENAMED"])
+        self.assertEqual(Spool(self.root).recover(), 0)
+
     def test_queue_ids_sort_by_arrival(self):
         """Many in a tight loop: most share a microsecond with another."""
         ids = [self.spool.incoming().queue_id for _ in range(5000)]

@@ -265,6 +265,34 @@ class Spool:
         except FileNotFoundError:
             pass
 
+    def adopt(self, other):
+        """
+        Move every entry of another node's spool (C{other}, a L{Spool} whose
+        node is dead and whose lock the caller holds) into this one. No
+        moment of a crash loses an entry or gives it to both: the message
+        is linked here, then the envelope renamed here (the entry is now
+        ours: the other's start removes its leftover message), then the
+        other's link removed. Call off the reactor thread.
+
+        @return: the ids moved.
+        """
+        moved = []
+        for queue_id in other.ids():
+            try:
+                os.link(other.message_path(queue_id), self.message_path(queue_id))
+            except FileExistsError:
+                pass  # linked before a crash: the same file (ids never repeat)
+            except FileNotFoundError:
+                continue  # an envelope without a message: its own start drops it
+            fsync_directory(self.msg)
+            os.rename(other.env / f"{queue_id}.json", self.env / f"{queue_id}.json")
+            fsync_directory(self.env)
+            fsync_directory(other.env)
+            other.message_path(queue_id).unlink()
+            moved.append(queue_id)
+        fsync_directory(other.msg)
+        return moved
+
     # Requests from `mailsrv queue` to the running server's queue runner,
     # which alone writes envelopes while it runs (docs/queue.md).
 

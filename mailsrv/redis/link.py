@@ -180,7 +180,7 @@ class RedisLink(service.Service):
 
     def _changed(self, up):
         self.up = up
-        for changed in self._observers:
+        for changed in list(self._observers):  # (an observer may add one)
             changed(up)
 
 

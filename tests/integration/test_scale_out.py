@@ -2,25 +2,30 @@
 Two nodes on one data_dir sharing a real redis-server ([sessions] backend =
 "redis", docs/scale-out.md): a login on node A opens a POP-before-SMTP
 window on node B, wrong passwords on A lock out on B, one POP3 session per
-maildrop across both, and Redis stopped and started again mid-run (relay
-windows closed, logins still working, all back without a restart).
+maildrop across both, Redis stopped and started again mid-run (relay
+windows closed, logins still working, all back without a restart), and a
+node killed with its queue: the other delivers it once the lease lapses.
 """
 
 import imaplib
 import poplib
+import signal
 import smtplib
 import time
 
 from twisted.trial import unittest
 
-from tests.integration.harness import PASSWORD, MailServerProcess
+from mailsrv.redis.sessions import LEASE, RENEW
+from tests.integration.harness import PASSWORD, MailServerProcess, SinkServer, free_port
 from tests.redisserver import RedisServer, redis_missing
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 
 
-class TwoNodesTests(unittest.TestCase):
+class TwoNodesTestCase(unittest.TestCase):
+    """Nodes a and b on one data_dir and one redis-server."""
+
     def setUp(self):
         missing = redis_missing()
         if missing:
@@ -31,6 +36,10 @@ class TwoNodesTests(unittest.TestCase):
         self.a = self.node("a")
         self.b = self.node("b", data_dir=self.a.data_dir)
 
+    def smart_host(self, name):
+        """Where node C{name} hands remote mail: by default a port where nothing listens."""
+        return f"127.0.0.1:{free_port()}"
+
     def node(self, name, data_dir=None):
         server = {"node": name}
         if data_dir is not None:
@@ -38,7 +47,8 @@ class TwoNodesTests(unittest.TestCase):
         node = MailServerProcess(extra={
             "server": server,
             "sessions": {"backend": "redis", "redis_url": self.redis.url, "redis_timeout": 1},
-            "relay": {"mode": "none"},
+            "relay": {"mode": "trusted", "trusted": ["127.0.0.9"]},
+            "delivery": {"smart_host": self.smart_host(name)},
         })
         self.addCleanup(node.cleanup)
         node.start()
@@ -66,11 +76,15 @@ class TwoNodesTests(unittest.TestCase):
             return reply[0]
 
     def pop3(self, node):
+        """A POP3 client of C{node} that has sent USER for alice."""
         client = node.pop3()
         self.addCleanup(_quietly, client.close)
         client.user(ALICE)
         return client
 
+
+
+class SharedSessionsTests(TwoNodesTestCase):
     def test_a_login_on_a_lets_its_ip_relay_through_b(self):
         self.assertEqual(self.relay(self.b, "127.0.0.2"), 550)
         self.assertEqual(self.imap_login(self.a, "127.0.0.2", ALICE), "OK")
@@ -124,6 +138,30 @@ class TwoNodesTests(unittest.TestCase):
         while not self.a.maildir_files() and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual(len(self.a.maildir_files()), 1)
+
+
+class QueueTakeoverTests(TwoNodesTestCase):
+    def setUp(self):
+        self.sink = SinkServer()
+        self.addCleanup(self.sink.close)
+        super().setUp()
+
+    def smart_host(self, name):
+        """Node a delivers to the sink; node b's smart host never answers."""
+        return f"127.0.0.1:{self.sink.port}" if name == "a" else super().smart_host(name)
+
+    def test_a_killed_nodes_queue_is_delivered_by_the_other_after_its_lease(self):
+        with self.b.smtp(source="127.0.0.9") as client:
+            client.sendmail("x@example.test", ["friend@remote.test"],
+                            b"Subject: stranded\r\n\r\nhello\r\n")
+        self.b.wait_for_log("status=deferred")
+        self.b.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        [(sender, recipients, data)] = self.sink.wait_for(1, timeout=LEASE + 2 * RENEW + 10)
+        self.assertGreater(time.monotonic() - killed, LEASE - RENEW)  # not before the lease
+        self.assertEqual(recipients, ["<friend@remote.test>"])
+        self.assertIn(b"Subject: stranded", data)
+        self.a.wait_for_log("queue: took over 1 message(s) of node b, whose lease lapsed")
 
 
 def _quietly(close):
