@@ -39,6 +39,7 @@ setup(
         "authres>=1.2",  # what dkimpy's ARC sealing reads our Authentication-Results with
         "publicsuffixlist>=1.0",  # DMARC's organisational domains, the list shipped inside
         "txredisapi>=1.5,<2",  # [sessions] backend = "redis" (README: why not redis-py)
+        "PyNaCl>=1.5,<2",  # dkimpy's Ed25519 (RFC 8463): [antispam.dkim], and our tests
     ],
     # The tests' own needs (README's test command installs them): hypothesis
     # drives the property tests of every parser.

@@ -14,6 +14,7 @@ are checked by L{mailsrv.preflight}, which start-up and check-config share.
 """
 
 import ipaddress
+import re
 import socket
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -577,6 +578,28 @@ class JournalSettings:
 
 
 @dataclass(frozen=True)
+class DKIMSigningKey:
+    """
+    One C{[[dkim.sign]]} table: mail whose From: is of C{domain} is signed
+    with C{key}, published at C{selector}._domainkey.C{domain}.
+
+    @ivar key: the PEM key file; by default C{dkim/DOMAIN.SELECTOR.key}
+        beside the config, where C{mailsrv dkim keygen} writes it.
+    """
+
+    domain: str
+    selector: str
+    key: Path
+
+
+@dataclass(frozen=True)
+class DKIMSettings:
+    """[[dkim.sign]]: the signing keys, in file order; two of a domain both sign (RFC 8463)."""
+
+    sign: tuple = ()
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """
     C{[metrics]} (docs/config.md, "Metrics").
@@ -1129,6 +1152,7 @@ class Settings:
     @ivar node: [server] node: this node's name among those that share
         data_dir ([sessions] backend = "redis"); "" in the file is this
         machine's short name.
+    @ivar dkim: the L{DKIMSettings}: [[dkim.sign]].
     """
 
     path: Path
@@ -1156,6 +1180,7 @@ class Settings:
     local_domains: tuple = _domain_names(table="domains", key="local")
     antispam: AntispamSettings = AntispamSettings()
     per_domain: tuple = ()
+    dkim: DKIMSettings = DKIMSettings()
 
     @property
     def node_dir(self):
@@ -1351,6 +1376,7 @@ def parse(data, path):
         antispam=antispam,
         per_domain=_per_domain(path, top.get("domain", dict, {}), base,
                                values["local_domains"], antispam),
+        dkim=_dkim(path, top.get("dkim", dict, {}), base),
         **values,
     )
     top.check_unknown()
@@ -1450,6 +1476,39 @@ def _per_domain(path, data, base, local_domains, antispam):
             raise table.error(missing, "missing", "give both tls_cert and tls_key")
         domains[domain] = settings
     return tuple(domains.values())
+
+
+# A selector is one or more DNS labels (RFC 6376 3.1).
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
+
+
+def _dkim(path, data, base):
+    """[dkim] with its [[dkim.sign]] tables (docs/dkim.md)."""
+    table = _Table(path, "dkim", data)
+    entries = table.get("sign", list, [])
+    table.check_unknown()
+    keys, seen = [], set()
+    for index, raw in enumerate(entries):
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "[dkim] sign", "must be tables", "write [[dkim.sign]]")
+        entry = _Table(path, f"dkim.sign #{index + 1}", raw)
+        domain = entry.string("domain", "").lower().rstrip(".")
+        selector = entry.string("selector", "")
+        if not is_host_name(domain):
+            raise entry.error("domain", f"{domain!r} is not a domain name" if domain
+                              else "missing", 'e.g. domain = "example.org"')
+        if not _SELECTOR.match(selector):
+            raise entry.error("selector", f"{selector!r} is not a selector" if selector
+                              else "missing", 'DNS labels, e.g. selector = "s2026"')
+        if (domain, selector) in seen:
+            raise entry.error("selector", f"{domain} has two tables for {selector}",
+                              "remove one")
+        seen.add((domain, selector))
+        key = entry.file_path("key", f"dkim/{domain}.{selector}.key", base)
+        entry.check_unknown()
+        keys.append(DKIMSigningKey(domain, selector, key))
+    return DKIMSettings(tuple(keys))
 
 
 def _relay(path, data, base):

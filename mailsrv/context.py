@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # (for the annotations only: they import much of the server)
     from mailsrv.queue.spool import Spool
     from mailsrv.redis.link import RedisLink
     from mailsrv.sessions import ISessionStore
+    from mailsrv.signing import Signer
     from mailsrv.store.mailstore import MailStore
     from mailsrv.tls import ServerTLS
 
@@ -54,6 +55,8 @@ class MailServer:
     @ivar resolvers: the L{mailsrv.dns.Resolvers}: the resolver of each
         C{[dns]} settings.
     @ivar listener_access: each listener's connect check, by its index.
+    @ivar signer: the L{mailsrv.signing.Signer} of [[dkim.sign]], or
+        L{None} when there is none.
     """
 
     settings: Settings
@@ -71,6 +74,7 @@ class MailServer:
     tls: Optional[ServerTLS] = None
     listener_access: Mapping[int, ListenerAccess] = field(default_factory=dict)
     redis: Optional[RedisLink] = None
+    signer: Optional[Signer] = None
 
     def tls_context_for(self, listener):
         """

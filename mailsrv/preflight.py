@@ -18,13 +18,14 @@ certificate) is only checked to be creatable, and reported as a note.
 import grp
 import os
 import pwd
+import stat
 from dataclasses import replace
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
 from twisted.internet import endpoints
 
-from mailsrv import tls
+from mailsrv import dkimkeys, signing, tls
 from mailsrv.address import domain_of
 from mailsrv.config import ANTISPAM_SECTIONS, ConfigError
 from mailsrv.directory.listfile import ListFileError
@@ -59,6 +60,7 @@ def preflight(settings, reactor, warnings=True):
     notes += _check_tls(settings)
     _check_delivery_cas(settings)
     _check_auth_files(settings)
+    dkim_signer(settings)
     return notes
 
 
@@ -375,6 +377,32 @@ def _check_auth_files(settings):
             tls.trust_root(source.ca_file)
         except ValueError as e:
             raise ConfigError(settings.path, f"[auth.{auth.source}] ca_file", str(e))
+
+
+def dkim_signer(settings):
+    """
+    The L{signing.Signer} of [[dkim.sign]] (L{None}: no table), each key
+    file read: start-up and reload use it, so check-config refuses what
+    they would. A key other users may read is refused, as OpenDKIM does;
+    its group may (0640, the group the server runs as).
+
+    @raise ConfigError: naming the table's key and the file's problem.
+    """
+    keys = []
+    for index, entry in enumerate(settings.dkim.sign):
+        name, path = f"[dkim.sign #{index + 1}] key", entry.key
+        try:
+            if os.stat(path).st_mode & stat.S_IROTH:
+                raise ConfigError(settings.path, name, f"{path} is readable by every user",
+                                  f"chmod 600 {path}; a key others could read is best replaced")
+            keys.append(signing.signing_key(entry.domain, entry.selector,
+                                            dkimkeys.read_key(path)))
+        except OSError as e:
+            raise ConfigError(settings.path, name, file_problem(e, path),
+                              f"mailsrv dkim keygen {entry.domain} {entry.selector} writes it")
+        except dkimkeys.DKIMKeyError as e:
+            raise ConfigError(settings.path, name, str(e))
+    return signing.Signer(keys) if keys else None
 
 
 def _check_data_dir(settings):

@@ -8,7 +8,8 @@ What a reload swaps: each listener's protocol factory (built anew on the
 new settings, so new connections get them while open ones keep the
 settings they started with, their factory's), the directory's domains and
 files, the password checker, the trusted IPs, the queue's [delivery]
-settings, and the certificates (mailsrv/tls.py). What it cannot swap is
+settings, the DKIM keys (read again), and the certificates
+(mailsrv/tls.py). What it cannot swap is
 kept as it runs and logged as needing a restart: the listeners, data_dir,
 the account, the log, the metrics endpoint, the password source, and the
 login throttling and POP-before-SMTP windows (state kept in memory).
@@ -23,7 +24,7 @@ from mailsrv.directory import AliasMap, Directory, UserDB
 from mailsrv.directory.checker import UserPasswordChecker
 from mailsrv.logtext import literal
 from mailsrv.policy.checks.connect import ListenerAccess
-from mailsrv.preflight import preflight
+from mailsrv.preflight import dkim_signer, preflight
 from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
 
@@ -139,15 +140,17 @@ class Reloader:
         directory = _directory(old, settings)
         delivery = LocalDelivery(old.spool, old.store, directory)
         trusted = self._trusted(old, settings)
+        signer = dkim_signer(settings)
         server = replace(
             old, settings=settings, directory=directory, delivery=delivery, trusted=trusted,
+            signer=signer,
             checker=UserPasswordChecker(directory, old.sessions, old.clock,
                                         settings.auth.cache_ttl, source=old.checker.source),
             listener_access={listener.index: ListenerAccess(
                 listener.access, old.resolvers(settings.dns), old.clock)
                 for listener in settings.listeners})
         old.queue_runner.reconfigure(settings, SMTPCourier.from_settings(settings, self.reactor),
-                                     old.resolvers(settings.dns), delivery)
+                                     old.resolvers(settings.dns), delivery, signer)
         for listener, limits in zip(settings.listeners, self.limits):
             factory = self.builders[listener.protocol](server, listener)
             factory.load = limits

@@ -36,7 +36,13 @@ from mailsrv.netaddr import ListedClients, peer_ip
 from mailsrv.policy import hooks, spfeval
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
-from mailsrv.preflight import USERS_FILE_HINT, file_problem, list_files, preflight
+from mailsrv.preflight import (
+    USERS_FILE_HINT,
+    dkim_signer,
+    file_problem,
+    list_files,
+    preflight,
+)
 from mailsrv.privileges import DropPrivileges
 from mailsrv.reload import Reloader
 from mailsrv.queue.courier import SMTPCourier
@@ -115,6 +121,7 @@ def _files_read_later(settings):
     """The files outside data_dir the server reads again while it runs."""
     files = [listed.path for listed in list_files(settings, reactor)]
     files += [settings.tls.cert, settings.tls.key, settings.tls.client_ca]
+    files += [entry.key for entry in settings.dkim.sign]  # (read again on reload)
     files += [path for domain in settings.per_domain for path in (domain.tls_cert,
                                                                    domain.tls_key)]
     auth = settings.auth
@@ -166,6 +173,7 @@ def build_mail_server(settings, clock=reactor):
     resolvers = dns.Resolvers(clock, settings.dns)
     spool = Spool(settings.node_dir / "queue")
     delivery = LocalDelivery(spool, store, directory)
+    signer = dkim_signer(settings)
     return MailServer(
         settings=settings,
         directory=directory,
@@ -178,7 +186,7 @@ def build_mail_server(settings, clock=reactor):
         delivery=delivery,
         queue_runner=QueueRunner(spool, settings, clock, resolvers(settings.dns),
                                  SMTPCourier.from_settings(settings, clock),
-                                 local_delivery=delivery),
+                                 local_delivery=delivery, signer=signer),
         listener_access={listener.index: ListenerAccess(listener.access,
                                                         resolvers(settings.dns), clock)
                          for listener in settings.listeners},
@@ -187,6 +195,7 @@ def build_mail_server(settings, clock=reactor):
         tls=server_tls,
         clock=clock,
         resolvers=resolvers,
+        signer=signer,
     )
 
 

@@ -42,6 +42,9 @@ RULES = {
     "mailsrv.headerblock": set(),
     # The Maildir file-name codec: names in, flags and sizes out.
     "mailsrv.store.names": {"mailsrv.store"},
+    # DKIM signatures are CPU work on bytes: the callers (the SMTP
+    # reception, the queue's bounces) choose the thread.
+    "mailsrv.signing": {"mailsrv.dkimkeys", "mailsrv.addresslist", "mailsrv.headerblock"},
 }
 
 

@@ -77,6 +77,8 @@ class QueueRunner(service.Service):
     @ivar local_delivery: the L{intake.LocalDelivery} that routes and delivers
         bounces, as it does received mail.
     @ivar postmaster: who gets a bounce that could not be delivered.
+    @ivar signer: the L{mailsrv.signing.Signer} that signs the bounces and
+        delay notices that leave, or L{None}.
     @ivar deferToThread: how spool I/O leaves the reactor thread.
     """
 
@@ -85,7 +87,7 @@ class QueueRunner(service.Service):
     deferToThread = staticmethod(threads.deferToThread)
 
     def __init__(self, spool, settings, clock, resolver, courier, max_deliveries=None,
-                 random=_random.random, local_delivery=None):
+                 random=_random.random, local_delivery=None, signer=None):
         self.spool = spool
         self.settings = settings
         self.delivery = settings.delivery
@@ -95,6 +97,7 @@ class QueueRunner(service.Service):
         self.random = random
         self.resolver = resolver
         self.local_delivery = local_delivery
+        self.signer = signer
         domain = settings.local_domains[0] if settings.local_domains else settings.hostname
         self.postmaster = f"postmaster@{domain}"
         self._envelopes = {}  # queue id -> Envelope, as last written
@@ -166,7 +169,7 @@ class QueueRunner(service.Service):
         d.addErrback(lambda f: log.failure("queue: spool scan failed", f))
         d.addBoth(self._scan_done)
 
-    def reconfigure(self, settings, courier, resolver, local_delivery):
+    def reconfigure(self, settings, courier, resolver, local_delivery, signer=None):
         """
         A reload's new settings (mailsrv/reload.py): deliveries from now on
         use them; those under way finish as they began.
@@ -177,6 +180,7 @@ class QueueRunner(service.Service):
         self.courier = courier
         self.resolver = resolver
         self.local_delivery = local_delivery
+        self.signer = signer
 
     def queued(self):
         """C{(messages in the queue, seconds the oldest has waited)} (the metrics)."""
@@ -532,9 +536,12 @@ class QueueRunner(service.Service):
                       id=envelope.id, queue_id=envelope.id, to=to)
             return
         try:
+            message = dsn_message(envelope, failed, headers, self.settings.hostname, to,
+                                  self.clock.seconds(), retry_until)
+            if destination.remote:
+                message = self._signed(message, envelope)
             incoming = self.spool.incoming()
-            incoming.write(dsn_message(envelope, failed, headers, self.settings.hostname,
-                                       to, self.clock.seconds(), retry_until))
+            incoming.write(message)
             queue_id = yield self.local_delivery.deliver(
                 incoming, {"sender": "", "bounce": kind}, destination)
         except (OSError, intake.NoDestination) as e:
@@ -547,6 +554,21 @@ class QueueRunner(service.Service):
                  bounce=queue_id, to=to, where="queued" if destination.remote else "delivered")
         if destination.remote:
             self.wake()
+
+    def _signed(self, message, envelope):
+        """
+        A DSN that leaves, with the DKIM signatures of its From: domain (our
+        hostname's, or a parent's: docs/dkim.md): small, so signed at once.
+        A signing error is logged and the DSN goes unsigned.
+        """
+        if self.signer is None:
+            return message
+        try:
+            return self.signer.signature(message) + message
+        except Exception as e:  # (never a lost bounce for want of a signature)
+            log.error("queue {id}: bounce not signed: {error}", id=envelope.id,
+                      queue_id=envelope.id, error=e)
+            return message
 
     def _log_result(self, envelope, recipient, result, relay):
         words = {DELIVERED: "sent", DEFERRED: "deferred", FAILED: "failed"}
