@@ -207,10 +207,12 @@ class DomainPolicies:
     @param everywhere: the policy of the global sections (remote
         recipients and domains without sections of their own).
     @param by_domain: domain -> its L{ListenerPolicy}.
+    @ivar standing: the server's L{Standing}, as every set's.
     """
 
     def __init__(self, everywhere, by_domain):
         self.everywhere = everywhere
+        self.standing = everywhere.standing
         self.by_domain = by_domain
         self.policies = list(dict.fromkeys([everywhere, *by_domain.values()]))
 

@@ -4,9 +4,9 @@ L{mailsrv.smtp.data.DataReader}) and hands the bytes to a L{Reception},
 which owns everything else about the message, as chasquid's C{queue.Put}
 and maddy's C{Body}/C{Commit} do: the spool file, our trace headers, the
 policy's judgement (the header hook's checks wait for the header section,
-the body hook's for the whole message), then at the final dot what the
-policy makes of it (L{mailsrv.policy.apply}) and the delivery
-(L{mailsrv.queue.intake.LocalDelivery}).
+the body hook's for the whole message), our DKIM signature (docs/dkim.md),
+then at the final dot what the policy makes of it (L{mailsrv.policy.apply})
+and the delivery (L{mailsrv.queue.intake.LocalDelivery}).
 """
 
 import errno
@@ -23,6 +23,11 @@ from mailsrv.smtp.data import HeaderSection
 from mailsrv.smtp.trace import trace_headers
 
 log = Logger()
+
+# Big messages signed at once, at most: each is read whole into memory (and
+# dkimpy's canonical forms are copies), up to [access] max_message_size.
+MAX_BIG_SIGNINGS = 2
+_big_signings = defer.DeferredSemaphore(MAX_BIG_SIGNINGS)
 
 
 def cannot_queue(error):
@@ -51,11 +56,24 @@ def receive(factory, session, transaction, transport):
     return SplitReception(factory, session, transaction, groups, transport)
 
 
+def signer_of(server, transaction):
+    """
+    The L{mailsrv.signing.Signer} that signs a transaction's message, or
+    L{None}: mail that leaves (a signature is for other servers), from a
+    client that stands (L{mailsrv.smtp.state.Transaction.signable}).
+    """
+    if server.signer is None or transaction.signable is None:
+        return None
+    return server.signer if transaction.remote_addresses() else None
+
+
 class Reception:
     """
     @ivar judgement: the policy's L{mailsrv.policy.judgement.Judgement}:
         the transaction's so far, the message's once its header section
         (and its body) is judged.
+    @ivar signer: the L{mailsrv.signing.Signer} when the message is to be
+        signed (L{signer_of}), else L{None}.
     """
 
     def __init__(self, factory, session, transaction, incoming, transport, policy,
@@ -85,10 +103,13 @@ class Reception:
         self._rewriter = None
         self._write_error = None
         self._held = None  # the HeaderSection the header hook waits for
-        # The message as it comes, while the body hook waits for all of it:
-        # our headers and the Subject depend on its judgement.
+        self.signer = signer_of(factory.server, transaction)
+        self._reads_body = self.policy.reads_body(self.judgement, transaction)
+        # The message as it comes, while the body hook or the signer waits
+        # for all of it: our headers, the Subject and the signature depend
+        # on the whole.
         self._received = None
-        if self.policy.reads_body(self.judgement, transaction):
+        if self._reads_body or self.signer is not None:
             self._received = factory.server.spool.incoming()
         if self.policy.reads_header(self.judgement):
             self._held = HeaderSection()
@@ -203,35 +224,74 @@ class Reception:
         if self._write_error is not None:
             received.abort()
             return self._verdict()
+        if not self._reads_body:
+            written = self._write_received(received)
+            if written is None:
+                return self._verdict()
+            return written.addCallbacks(lambda _: self._verdict(), self._failed,
+                                        errbackArgs=(received, "copying the message"))
         d = self.policy.body(self.judgement, self.session, self.transaction,
                              Message(received.size, received.reader))
         d.addCallback(self._body_judged, received)
-        d.addCallbacks(lambda _: self._verdict(), self._body_failed, errbackArgs=(received,))
+        d.addCallbacks(lambda _: self._verdict(), self._failed,
+                       errbackArgs=(received, "policy body hook"))
         return d
 
     def _body_judged(self, judgement, received):
-        """
-        Our headers and the policy's, then the message as received: at
-        once from memory, in a thread from its file.
-        """
         self.judgement = judgement
-        self._begin()
-        if received.in_memory:
-            return self._copy(received)
-        return threads.deferToThread(self._copy, received)
+        return self._write_received(received)
 
-    def _copy(self, received):
+    def _write_received(self, received):
+        """
+        Our headers and the policy's, our DKIM signature, then the message
+        as received: at once from memory, in a thread from its file.
+
+        @return: L{None} when written, or a Deferred that fires then.
+        """
+        self._begin()
+        signer = self.signer
+        if signer is not None and self._prefixer is not None:
+            signer = None  # (it would sign a Subject that the reader does not get)
+            self._not_signed("the Subject is prefixed (an anti-spam action)")
+        if received.in_memory:
+            self._not_signed(self._copy(received, signer))
+            return None
+        if signer is None:
+            return threads.deferToThread(self._copy, received, None)
+        return _big_signings.run(threads.deferToThread, self._copy, received,
+                                 signer).addCallback(self._not_signed)
+
+    def _copy(self, received, signer):
+        """
+        @return: why the message went unsigned when C{signer} could not
+            sign it, else L{None}.
+        """
         try:
             with received.reader() as message:
-                while chunk := message.read(1 << 16):
-                    self._write(chunk)
+                if signer is None:
+                    while chunk := message.read(1 << 16):
+                        self._write(chunk)
+                    return None
+                data = message.read()
+            try:
+                signature, why = signer.signature(data), None
+            except Exception as e:  # (a signing error never costs the message)
+                signature, why = b"", str(e) or type(e).__name__
+            self._write(signature)
+            self._write(data)
+            return why
         finally:
             received.abort()
 
-    def _body_failed(self, failure, received):
+    def _not_signed(self, why):
+        if why is not None:
+            queue_id = self.incoming.queue_id
+            log.info("not signed {queue_id}: {why}", queue_id=queue_id, why=why)
+
+    def _failed(self, failure, received, what):
         received.abort()
         self.incoming.abort()
-        errorlog.client_error(log, failure, "policy body hook", "smtp", self.transport)
+        errorlog.client_error(log, failure, what, "smtp", self.transport)
         return 451, "4.3.0", "Temporary failure, try again later"
 
     def _verdict(self):

@@ -434,6 +434,23 @@ class SMTPServer(protocol.Protocol):
             log.info(literal(f"refused MAIL FROM:<{sender}> from {ip}: {reason}"),
                      sender=sender, ip=ip, reason=reason)
             return self._refuse(verdict)
+        if self.server.signer is None:
+            return self._mail_accepted(None, transaction)
+        return self._then(self._signable(), self._mail_accepted, transaction)
+
+    def _signable(self):
+        """
+        Why this client's mail may carry our DKIM signature ([[dkim.sign]]):
+        it stands (L{mailsrv.policy.standing.Standing}), and not merely
+        because [relay] mode is "anyone"; else L{None}. Or a Deferred of it.
+        """
+        standing = self.factory.policy.standing
+        if standing.mode == "anyone" and self.session.user is None:
+            return None
+        return standing.reason_now(self.session)
+
+    def _mail_accepted(self, signable, transaction):
+        transaction.signable = signable
         self.transaction = transaction
         self.deadline.logged_in()  # a sender, not a slow attacker: not evicted
         self._reply(250, "2.1.0", "Ok")

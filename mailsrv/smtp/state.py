@@ -86,6 +86,9 @@ class Transaction:
     @ivar judgements: with per-domain [antispam] sections
         (L{mailsrv.policy.listener.DomainPolicies}), each set's judgement
         at MAIL FROM; C{judgement} is the global one's.
+    @ivar signable: why the client's mail may carry our DKIM signature
+        (it stands: L{mailsrv.policy.standing.Standing}), asked at MAIL
+        FROM when [[dkim.sign]] has keys; L{None}: it may not.
     """
 
     sender: str
@@ -93,6 +96,7 @@ class Transaction:
     recipients: list = field(default_factory=list)
     judgement: Judgement = SKIPPED
     judgements: dict = field(default_factory=dict)
+    signable: Optional[str] = None
 
     def local_users(self):
         """Local mailboxes to deliver to, each once, in RCPT order."""

@@ -1,0 +1,376 @@
+"""
+DKIM signing (mailsrv/signing.py, docs/dkim.md): the [[dkim.sign]] tables,
+the keys check-config reads, the signatures (verified by dkimpy against
+the records `mailsrv dkim keygen` prints), and where they are made: the
+mail of clients that stand as it is received, and our bounces.
+"""
+
+import base64
+import os
+from pathlib import Path
+
+import dkim
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from mailsrv import config, dkimkeys, signing
+from mailsrv.policy.actions import Action
+from mailsrv.policy.hooks import BODY
+from mailsrv.policy.listener import ListenerPolicy
+from mailsrv.policy.verdict import Verdict
+from mailsrv.preflight import dkim_signer
+from mailsrv.queue.spool import IncomingMessage
+from mailsrv.service import build_mail_server
+from mailsrv.smtp import reception
+from tests.helpers import make_settings
+from tests.test_smtp.support import (
+    PASSWORD,
+    connect,
+    make_mail_server,
+    maildir_messages,
+    run_threads_inline,
+)
+
+MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: carol@remote.test\r\n"
+           b"Subject: signed\r\nDate: Sun, 06 Dec 2026 09:00:00 +0000\r\n"
+           b"Message-ID: <1@example.test>\r\n\r\nhello\r\n")
+
+
+def write_keys(testcase, *kinds):
+    """
+    Keys of C{kinds} for example.test (selectors s0, s1...) in a new
+    folder: C{([[dkim.sign]] tables, the TXT records by DNS name)}.
+    """
+    folder = Path(testcase.mktemp()).absolute()
+    folder.mkdir()
+    tables, records = [], {}
+    for index, kind in enumerate(kinds):
+        key = dkimkeys.generate(kind)
+        path = folder / f"{kind}.key"
+        dkimkeys.write_key(key, path)
+        selector = f"s{index}"
+        tables.append({"domain": "example.test", "selector": selector, "key": str(path)})
+        records[dkimkeys.record_name("example.test", selector)] = dkimkeys.record(key)
+    return tables, records
+
+
+def verifies(message, records, index=0):
+    """Whether dkimpy finds the C{index}th DKIM-Signature of C{message} good."""
+    def dnsfunc(name, timeout=5):
+        text = records.get(name.decode().rstrip("."))
+        return text.encode() if text else None
+    try:
+        return dkim.DKIM(message).verify(idx=index, dnsfunc=dnsfunc)
+    except dkim.DKIMException:
+        return False
+
+
+def signatures(message):
+    """The DKIM-Signature fields' tags of a message, topmost first."""
+    header = message.split(b"\r\n\r\n", 1)[0]
+    fields = [field for field in header.replace(b"\r\n ", b" ").split(b"\r\n")
+              if field.lower().startswith(b"dkim-signature:")]
+    return [dkimkeys.tags(field.split(b":", 1)[1].decode()) for field in fields]
+
+
+class ConfigTests(unittest.TestCase):
+    def test_tables(self):
+        settings = make_settings(self.mktemp(), dkim={"sign": [
+            {"domain": "Example.TEST.", "selector": "s2026"},
+            {"domain": "example.test", "selector": "e2026", "key": "/etc/keys/e.pem"}]})
+        base = settings.path.parent
+        self.assertEqual(settings.dkim.sign, (
+            config.DKIMSigningKey("example.test", "s2026", base / "dkim/example.test.s2026.key"),
+            config.DKIMSigningKey("example.test", "e2026", Path("/etc/keys/e.pem"))))
+        self.assertEqual(make_settings(self.mktemp()).dkim.sign, ())
+
+    def test_refused(self):
+        for sign, expected in [
+            ({"selector": "s1"}, "[dkim.sign #1] domain: missing"),
+            ({"domain": "exa mple.test", "selector": "s1"},
+             "[dkim.sign #1] domain: 'exa mple.test' is not a domain name"),
+            ({"domain": "example.test"}, "[dkim.sign #1] selector: missing"),
+            ({"domain": "example.test", "selector": "s_1"},
+             "[dkim.sign #1] selector: 's_1' is not a selector"),
+            ({"domain": "example.test", "selector": "s1", "keys": "k"},
+             "[dkim.sign #1] keys: unknown key"),
+        ]:
+            with self.assertRaises(config.ConfigError) as caught:
+                make_settings(self.mktemp(), dkim={"sign": [sign]})
+            self.assertIn(expected, str(caught.exception))
+        with self.assertRaises(config.ConfigError) as caught:
+            make_settings(self.mktemp(), dkim={"sign": [
+                {"domain": "example.test", "selector": "s1"},
+                {"domain": "EXAMPLE.test", "selector": "s1"}]})
+        self.assertIn("[dkim.sign #2] selector: example.test has two tables for s1",
+                      str(caught.exception))
+
+
+class PreflightTests(unittest.TestCase):
+    """check-config, start-up and reload read every key and name its table and problem."""
+
+    def problem(self, path):
+        settings = make_settings(self.mktemp(), dkim={"sign": [
+            {"domain": "example.test", "selector": "s1", "key": str(path)}]})
+        with self.assertRaises(config.ConfigError) as caught:
+            dkim_signer(settings)
+        return str(caught.exception)
+
+    def test_missing_unreadable_and_no_key(self):
+        path = Path(self.mktemp()).absolute()
+        self.assertIn(f"[dkim.sign #1] key: cannot read {path}: No such file or directory "
+                      "(mailsrv dkim keygen example.test s1 writes it)", self.problem(path))
+        path.write_text("not a key\n")
+        os.chmod(path, 0o600)
+        self.assertIn(f"[dkim.sign #1] key: {path}: not a PEM private key", self.problem(path))
+
+    def test_a_key_others_may_read_is_refused(self):
+        tables, _ = write_keys(self, "rsa")
+        path = tables[0]["key"]
+        os.chmod(path, 0o644)
+        self.assertIn(f"[dkim.sign #1] key: {path} is readable by every user (chmod 600",
+                      self.problem(path))
+        os.chmod(path, 0o640)  # (the server's group may read it)
+        settings = make_settings(self.mktemp(), dkim={"sign": tables})
+        self.assertEqual(dkim_signer(settings).keys_for("example.test")[0].selector, "s0")
+
+    def test_none_without_tables(self):
+        self.assertIsNone(dkim_signer(make_settings(self.mktemp())))
+
+
+class FromDomainTests(unittest.TestCase):
+    def test_table(self):
+        for header, expected in [
+            (b"From: alice@Example.TEST\r\n", "example.test"),
+            (b"from:\r\n \"Alice, A.\" <alice@example.test.>\r\n", "example.test"),
+            (b"Subject: x\r\nFROM: Alice <alice@sub.example.test> (work)\r\n",
+             "sub.example.test"),
+        ]:
+            self.assertEqual(signing.from_domain(header), expected, header)
+
+    def test_refused(self):
+        for header, expected in [
+            (b"Subject: x\r\n", "no From: field"),
+            (b"From: a@example.test\r\nFrom: b@example.test\r\n", "2 From: fields"),
+            (b"From: a@example.test, b@example.test\r\n", "From: does not hold one address"),
+            (b"From: undisclosed\r\n", "From: holds no address with a domain"),
+        ]:
+            with self.assertRaises(signing.SigningError) as caught:
+                signing.from_domain(header)
+            self.assertEqual(str(caught.exception), expected, header)
+
+
+class SignerTests(unittest.TestCase):
+    def signer(self, *kinds):
+        tables, self.records = write_keys(self, *kinds)
+        return dkim_signer(make_settings(self.mktemp(), dkim={"sign": tables}))
+
+    def test_both_keys_sign_and_verify(self):
+        signature = self.signer("rsa", "ed25519").signature(MESSAGE)
+        message = signature + MESSAGE
+        found = signatures(message)
+        self.assertEqual([(tags["a"], tags["s"], tags["d"], tags["c"]) for tags in found],
+                         [("rsa-sha256", "s0", "example.test", "relaxed/relaxed"),
+                          ("ed25519-sha256", "s1", "example.test", "relaxed/relaxed")])
+        # RFC 6376 5.4.1's fields the message has, From: once more (5.4.2).
+        self.assertEqual(found[0]["h"], "from:to:subject:date:message-id:from")
+        self.assertTrue(verifies(message, self.records, 0))
+        self.assertTrue(verifies(message, self.records, 1))
+        tampered = message.replace(b"hello", b"hullo")
+        self.assertFalse(verifies(tampered, self.records, 0))
+        self.assertFalse(verifies(tampered, self.records, 1))
+        added = message.replace(b"\r\n\r\n", b"\r\nFrom: mallory@example.test\r\n\r\n")
+        self.assertFalse(verifies(added, self.records, 0))
+
+    def test_relaxed_survives_refolding(self):
+        message = self.signer("rsa").signature(MESSAGE) + MESSAGE
+        refolded = message.replace(b"Subject: signed", b"Subject:  \r\n\tsigned")
+        self.assertTrue(verifies(refolded, self.records))
+
+    def test_keys_of_the_domain_or_its_nearest_parent(self):
+        keys = [signing.SigningKey("example.test", "a", b"rsa-sha256"),
+                signing.SigningKey("mail.example.test", "b", b"rsa-sha256"),
+                signing.SigningKey("example.test", "c", b"ed25519-sha256")]
+        signer = signing.Signer(keys)
+        self.assertEqual(signer.keys_for("example.test"), [keys[0], keys[2]])
+        self.assertEqual(signer.keys_for("mail.example.test"), [keys[1]])
+        self.assertEqual(signer.keys_for("a.b.example.test"), [keys[0], keys[2]])
+        self.assertEqual(signer.keys_for("elsewhere.test"), [])
+        self.assertEqual(signer.keys_for("test"), [])
+        self.assertNotIn("PRIVATE", repr(keys[0]))
+
+    def test_nothing_for_a_domain_without_key(self):
+        other = MESSAGE.replace(b"alice@example.test", b"alice@other.test")
+        self.assertEqual(self.signer("rsa").signature(other), b"")
+
+    def test_ed25519_key_is_the_seed(self):
+        key = dkimkeys.generate("ed25519")
+        made = signing.signing_key("example.test", "s", key)
+        self.assertEqual(made.algorithm, b"ed25519-sha256")
+        self.assertEqual(len(base64.b64decode(made.private)), 32)
+
+
+class Standing:
+    """A client that stands (C{reason}) or not, as the signing question asks."""
+
+    mode = "trusted"
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def reason_now(self, session):
+        return self.reason
+
+    def skips_antispam(self, session):
+        return defer.succeed(False)
+
+
+class Prefixing:
+    """A body check that finds every message spam, with the subject action."""
+
+    def check(self, session, transaction, message):
+        return Verdict.found(True, Action("subject"), ("test",), ())
+
+
+class ReceptionTests(unittest.TestCase):
+    """Mail is signed before it is queued, when it leaves from a client that stands."""
+
+    def setUp(self):
+        run_threads_inline(self)
+        self.tables, self.records = write_keys(self, "rsa", "ed25519")
+        self.server = self.make_server({"trusted": ["192.0.2.20"]})
+        self.logged = []
+        self.patch(reception.log, "info", self.log)
+
+    def log(self, text, **fields):
+        if text.startswith("not signed"):
+            self.logged.append(text.format(**fields))
+
+    def make_server(self, relay):
+        return make_mail_server(self, relay=relay, dkim={"sign": self.tables},
+                                delivery={"transports": {"gateway.test": "10.0.0.5"}})
+
+    def send(self, ip="192.0.2.10", login=False, to=b"carol@remote.test", message=MESSAGE,
+             sender=b"alice@example.test"):
+        """The spooled copy of C{message}, or L{None} when none was queued."""
+        conn = connect(self.server, ip=ip)
+        conn.send(b"EHLO client.test\r\n")
+        if login:
+            plain = base64.b64encode(f"\0alice@example.test\0{PASSWORD}".encode())
+            self.assertEqual(conn.send(b"AUTH PLAIN " + plain + b"\r\n")[:3], b"235")
+        reply = conn.send(b"MAIL FROM:<" + sender + b">\r\nRCPT TO:<" + to + b">\r\nDATA\r\n"
+                          + message + b".\r\n")
+        self.assertIn(b"250 2.0.0 Ok: queued as ", reply)
+        queue_id = reply.rsplit(b" ", 1)[1].strip().decode()
+        path = self.server.spool.message_path(queue_id)
+        return path.read_bytes() if path.exists() else None
+
+    def assertSigned(self, stored, count=2):
+        self.assertEqual(len(signatures(stored)), count)
+        for index in range(count):
+            self.assertTrue(verifies(stored, self.records, index), index)
+
+    def test_signed_when_authenticated(self):
+        stored = self.send(ip="127.0.0.1", login=True)
+        self.assertSigned(stored)
+        head, _, rest = stored.partition(b"DKIM-Signature:")
+        self.assertTrue(head.startswith(b"Return-Path: <alice@example.test>\r\nReceived: "))
+        self.assertTrue(stored.endswith(MESSAGE))
+        self.assertEqual(self.logged, [])
+
+    def test_signed_for_a_trusted_ip_and_a_pop_window(self):
+        self.assertSigned(self.send(ip="192.0.2.20"))
+        self.server.sessions.record_login("alice@example.test", "192.0.2.30", "pop3")
+        self.assertSigned(self.send(ip="192.0.2.30"))
+
+    def test_not_when_anonymous(self):
+        # A From: of ours, forged: a relay domain of ours takes anyone's mail onward.
+        stored = self.send(to=b"x@gateway.test", sender=b"x@remote.test")
+        self.assertEqual(signatures(stored), [])
+        self.assertTrue(stored.endswith(MESSAGE))
+
+    def test_an_open_relay_signs_only_what_a_login_sends(self):
+        self.server = self.make_server({"mode": "anyone", "trusted": ["192.0.2.20"]})
+        self.assertEqual(signatures(self.send(ip="192.0.2.20")), [])
+        self.assertSigned(self.send(ip="127.0.0.1", login=True))
+
+    def test_not_for_a_from_domain_without_key(self):
+        other = MESSAGE.replace(b"alice@example.test", b"alice@other.test")
+        stored = self.send(ip="192.0.2.20", message=other)
+        self.assertEqual(signatures(stored), [])
+        self.assertEqual(self.logged, [])
+
+    def test_not_for_mail_that_stays(self):
+        self.send(ip="192.0.2.20", to=b"bob@example.test")
+        [stored] = maildir_messages(self.server, "bob@example.test")
+        self.assertEqual(signatures(stored), [])
+
+    def test_a_message_that_cannot_be_signed_goes_unsigned(self):
+        stored = self.send(ip="192.0.2.20", message=MESSAGE.replace(b"From:", b"X-From:"))
+        self.assertEqual(signatures(stored), [])
+        self.assertEqual(len(self.logged), 1)
+        self.assertRegex(self.logged[0], r"^not signed \w+: no From: field$")
+
+    def test_a_signing_error_costs_no_message(self):
+        def broken(message):
+            raise dkim.KeyFormatError("invalid ed25519 private key or format")
+        self.patch(self.server.signer, "signature", broken)
+        stored = self.send(ip="192.0.2.20")
+        self.assertTrue(stored.endswith(MESSAGE))
+        self.assertEqual(signatures(stored), [])
+        self.assertRegex(self.logged[0], r"^not signed \w+: invalid ed25519 private key")
+
+    def test_a_big_message_is_signed_from_its_file(self):
+        big = MESSAGE + b"0123456789abcdef" * (IncomingMessage.IN_MEMORY // 16 + 1) + b"\r\n"
+        stored = self.send(ip="192.0.2.20", message=big)
+        self.assertSigned(stored)
+        self.assertTrue(stored.endswith(big))
+
+    def test_not_when_the_subject_is_prefixed(self):
+        conn = connect(self.server, ip="192.0.2.20")
+        factory = conn.protocol.factory
+        factory.policy = ListenerPolicy(factory.policy.gates, {BODY: [Prefixing()]},
+                                        Standing("trusted IP 192.0.2.20"))
+        conn.send(b"EHLO client.test\r\n")
+        reply = conn.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<carol@remote.test>\r\n"
+                          b"DATA\r\n" + MESSAGE + b".\r\n")
+        queue_id = reply.rsplit(b" ", 1)[1].strip().decode()
+        stored = self.server.spool.message_path(queue_id).read_bytes()
+        self.assertIn(b"Subject: [SPAM] signed", stored)
+        self.assertEqual(signatures(stored), [])
+        self.assertEqual(self.logged, [f"not signed {queue_id}: the Subject is prefixed "
+                                       "(an anti-spam action)"])
+
+
+class BounceTests(unittest.TestCase):
+    """Our bounces and delay notices that leave are signed as the hostname's domain."""
+
+    def setUp(self):
+        run_threads_inline(self)
+        tables, self.records = write_keys(self, "rsa")
+        self.server = make_mail_server(self, dkim={"sign": tables})
+        self.runner = queue_runner(self.server)
+
+    def bounce(self, sender):
+        d = self.runner.bounce_refused("Q1", sender, ["x@remote.test"],
+                                       "mailsrv: 550 5.7.1 refused", MESSAGE)
+        self.successResultOf(d)
+
+    def test_a_bounce_that_leaves_is_signed(self):
+        self.bounce("carol@remote.test")
+        [path] = [p for p in self.server.spool.msg.iterdir()]
+        stored = path.read_bytes()
+        self.assertIn(b"From: Mail Delivery System <MAILER-DAEMON@mail.example.test>", stored)
+        [tags] = signatures(stored)
+        self.assertEqual(tags["d"], "example.test")  # (mail.example.test's parent)
+        self.assertTrue(verifies(stored, self.records))
+
+    def test_one_delivered_here_is_not(self):
+        self.bounce("alice@example.test")
+        [stored] = maildir_messages(self.server, "alice@example.test")
+        self.assertEqual(signatures(stored), [])
+
+
+def queue_runner(server):
+    """The QueueRunner start-up builds for C{server} (make_mail_server puts a spy)."""
+    return build_mail_server(server.settings, server.clock).queue_runner
