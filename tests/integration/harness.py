@@ -79,8 +79,9 @@ def _toml_value(value):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, dict):  # (a key with a dot, a domain, is quoted)
+        return "{" + ", ".join(f"{_toml_value(k) if '.' in k else k} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
