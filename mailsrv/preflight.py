@@ -395,8 +395,8 @@ def dkim_signer(settings):
             if os.stat(path).st_mode & stat.S_IROTH:
                 raise ConfigError(settings.path, name, f"{path} is readable by every user",
                                   f"chmod 600 {path}; a key others could read is best replaced")
-            keys.append(signing.signing_key(entry.domain, entry.selector,
-                                            dkimkeys.read_key(path)))
+            keys.append(signing.SigningKey(entry.domain, entry.selector,
+                                           dkimkeys.read_key(path)))
         except OSError as e:
             raise ConfigError(settings.path, name, file_problem(e, path),
                               f"mailsrv dkim keygen {entry.domain} {entry.selector} writes it")

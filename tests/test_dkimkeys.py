@@ -48,7 +48,8 @@ class KeyTests(unittest.TestCase):
         self.assertIn("2 TXT records", dkimkeys.compare(key, ["a", "b"])[1])
 
     def test_dkimpy_signs_and_verifies_with_them(self):
-        # (RSA only: dkimpy's ed25519 needs PyNaCl, which we do not install)
+        # (RSA: dkimpy signs Ed25519 from a raw seed, not our PEM; tests/test_signing.py
+        # signs with both kinds)
         key = dkimkeys.generate("rsa")
         pem = key.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.TraditionalOpenSSL,

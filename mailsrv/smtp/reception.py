@@ -24,10 +24,14 @@ from mailsrv.smtp.trace import trace_headers
 
 log = Logger()
 
-# Big messages signed at once, at most: each is read whole into memory (and
-# dkimpy's canonical forms are copies), up to [access] max_message_size.
-MAX_BIG_SIGNINGS = 2
-_big_signings = defer.DeferredSemaphore(MAX_BIG_SIGNINGS)
+# A message signed on the reactor thread, at most (bytes): about 2 ms with
+# an RSA-2048 key (docs/performance.md, "DKIM signing"), as a content
+# filter's parse of a small message (docs/policy.md). A bigger one is
+# signed in a thread, MAX_SIGNINGS at once: each is read whole into memory
+# (and dkimpy's canonical form is a copy), up to [access] max_message_size.
+SIGN_INLINE = 16 * 1024
+MAX_SIGNINGS = 2
+_signings = defer.DeferredSemaphore(MAX_SIGNINGS)
 
 
 def cannot_queue(error):
@@ -244,7 +248,8 @@ class Reception:
     def _write_received(self, received):
         """
         Our headers and the policy's, our DKIM signature, then the message
-        as received: at once from memory, in a thread from its file.
+        as received: at once from memory, in a thread from its file; signed
+        at once up to L{SIGN_INLINE} bytes, else in a thread.
 
         @return: L{None} when written, or a Deferred that fires then.
         """
@@ -253,13 +258,15 @@ class Reception:
         if signer is not None and self._prefixer is not None:
             signer = None  # (it would sign a Subject that the reader does not get)
             self._not_signed("the Subject is prefixed (an anti-spam action)")
-        if received.in_memory:
+        if signer is None:
+            if received.in_memory:
+                return self._copy(received, None)
+            return threads.deferToThread(self._copy, received, None)
+        if received.size <= SIGN_INLINE:
             self._not_signed(self._copy(received, signer))
             return None
-        if signer is None:
-            return threads.deferToThread(self._copy, received, None)
-        return _big_signings.run(threads.deferToThread, self._copy, received,
-                                 signer).addCallback(self._not_signed)
+        return _signings.run(threads.deferToThread, self._copy, received,
+                             signer).addCallback(self._not_signed)
 
     def _copy(self, received, signer):
         """
