@@ -125,15 +125,14 @@ class Signer:
         @raise dkim.DKIMException: dkimpy cannot read the message.
         """
         end = -2 if message.startswith(b"\r\n") else message.find(b"\r\n\r\n")
-        header = message if end == -1 else message[:end + 2]
+        header, body = (message, b"") if end == -1 else (message[:end + 2], message[end + 4:])
         keys = self.keys_for(from_domain(header))
         if not keys:
             return b""
-        parsed = dkim.DKIM(message)
+        parsed = dkim.DKIM(header)  # (the header fields only: the body is CRLF text already)
         names = [name.lower() for name in parsed.default_sign_headers()]
         headers = RELAXED.canonicalize_headers(parsed.headers)
-        body_hash = base64.b64encode(
-            hashlib.sha256(RELAXED.canonicalize_body(parsed.body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(body)).digest())
         now = int(time.time())
         return b"".join(_signature_field(key, headers, names, body_hash, now) for key in keys)
 
