@@ -17,6 +17,7 @@ It imports nothing of Twisted: the callers choose the thread.
 
 import base64
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ from mailsrv.headerblock import FIELD
 # changes of the relays between us and the reader (RFC 6376 3.4).
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+_TRAILING_WSP = re.compile(rb"[\t ]+(?=\r\n)")
+_WSP_TO_COMPRESS = re.compile(rb"\t[\t ]*| [\t ]+")  # (a single space stays as it is)
 _WIDTH = 76  # a folded DKIM-Signature line's length, at most (but a long word)
 
 
@@ -132,9 +135,25 @@ class Signer:
         parsed = dkim.DKIM(header)  # (the header fields only: the body is CRLF text already)
         names = [name.lower() for name in parsed.default_sign_headers()]
         headers = RELAXED.canonicalize_headers(parsed.headers)
-        body_hash = base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         now = int(time.time())
         return b"".join(_signature_field(key, headers, names, body_hash, now) for key in keys)
+
+
+def relaxed_body(body):
+    """
+    The relaxed canonical form of a body of CRLF lines (RFC 6376 3.4.4),
+    as dkimpy's C{Relaxed.canonicalize_body} makes it, but its regular
+    expressions run only when the body has something for them: most text
+    has no tab, no double space and no space at a line's end, and dkimpy's
+    replacement of every single space took a third of a signature's time.
+    """
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP_TO_COMPRESS.sub(b" ", body)
+    body = body.rstrip(b"\r\n")  # (no bare CR or LF: DATA refuses them)
+    return body + b"\r\n" if body else b""
 
 
 def _signature_field(key, headers, names, body_hash, now):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import dkim
 from cryptography.exceptions import InvalidSignature
+from dkim.canonicalization import Relaxed
+from hypothesis import example, given, strategies as st
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 from twisted.internet import defer, threads
@@ -27,6 +29,7 @@ from mailsrv.preflight import dkim_signer
 from mailsrv.queue.spool import IncomingMessage
 from mailsrv.service import build_mail_server
 from mailsrv.smtp import reception
+from tests.fuzzing import examples
 from tests.helpers import make_settings
 from tests.test_smtp.support import (
     PASSWORD,
@@ -207,6 +210,16 @@ class FromDomainTests(unittest.TestCase):
             with self.assertRaises(signing.SigningError) as caught:
                 signing.from_domain(header)
             self.assertEqual(str(caught.exception), expected, header)
+
+
+class RelaxedBodyTests(unittest.TestCase):
+    @examples(300)
+    @given(st.lists(st.sampled_from([b"a", b"b", b" ", b"\t", b"\r\n"]), max_size=40))
+    @example([b"a", b" ", b"\t"])
+    @example([b"\r\n", b"\r\n"])
+    def test_as_dkimpy_makes_it(self, pieces):
+        body = b"".join(pieces)
+        self.assertEqual(signing.relaxed_body(body), Relaxed.canonicalize_body(body))
 
 
 class SignerTests(unittest.TestCase):
