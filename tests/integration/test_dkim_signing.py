@@ -6,6 +6,7 @@ keygen printed; a tampered copy fails.
 """
 
 import re
+import smtplib
 import socketserver
 import subprocess
 import threading
@@ -72,15 +73,19 @@ class SigningTests(unittest.TestCase):
                               {"domain": "example.test", "selector": "ed2026"}]},
         })
         self.records = {}
-        for selector, kind in (("rsa2026", "rsa"), ("ed2026", "ed25519")):
-            out = self.server.admin("dkim", "keygen", "example.test", selector,
-                                    "--type", kind).stdout
-            line = [line for line in out.splitlines() if "IN TXT" in line][0]
-            self.records[f"{selector}._domainkey.example.test"] = \
-                "".join(re.findall(r'"([^"]*)"', line)).encode()
+        self.keygen("rsa2026", "rsa")
+        self.keygen("ed2026", "ed25519")
         self.assertIn("ok", self.server.admin("check-config").stdout)
         self.server.start()
         self.addCleanup(self.server.cleanup)
+
+    def keygen(self, selector, kind):
+        """A key made by `mailsrv dkim keygen`, its record kept as DNS would serve it."""
+        out = self.server.admin("dkim", "keygen", "example.test", selector,
+                                "--type", kind).stdout
+        line = [line for line in out.splitlines() if "IN TXT" in line][0]
+        self.records[f"{selector}._domainkey.example.test"] = \
+            "".join(re.findall(r'"([^"]*)"', line)).encode()
 
     def test_submitted_mail_is_signed_by_both_keys(self):
         require_tool(self, "swaks")
@@ -113,5 +118,19 @@ class SigningTests(unittest.TestCase):
         self.assertEqual((sender, recipients), ("<>", ["<x@remote.test>"]))
         self.assertIn(b"From: Mail Delivery System <MAILER-DAEMON@mail.example.test>", data)
         self.assertEqual(data.count(b"DKIM-Signature:"), 2)  # (the forged copy's got none)
+        self.assertTrue(verifies(data, self.records, 0))
+        self.assertTrue(verifies(data, self.records, 1))
+
+    def test_key_rotation_by_reload(self):
+        self.keygen("rsa2027", "rsa")
+        self.server.config.write_text(
+            self.server.config.read_text().replace('"rsa2026"', '"rsa2027"'))
+        self.assertEqual(self.server.admin("reload").stdout, "reloaded: [dkim] sign\n")
+        with smtplib.SMTP("127.0.0.1", self.server.ports["submission"], timeout=30) as client:
+            client.login("alice@example.test", PASSWORD)  # (plain text on loopback: the tests')
+            client.sendmail("alice@example.test", ["friend@elsewhere.test"],
+                            b"From: alice@example.test\r\nSubject: new key\r\n\r\nhello\r\n")
+        (_, _, data), = self.sink.wait_for(1)
+        self.assertEqual(re.findall(rb"\bs=(\w+);", data), [b"rsa2027", b"ed2026"])
         self.assertTrue(verifies(data, self.records, 0))
         self.assertTrue(verifies(data, self.records, 1))
