@@ -593,7 +593,7 @@ class DKIMSigningKey:
 
 
 @dataclass(frozen=True)
-class DKIMSettings:
+class DKIMSigningSettings:
     """[[dkim.sign]]: the signing keys, in file order; two of a domain both sign (RFC 8463)."""
 
     sign: tuple = ()
@@ -1152,7 +1152,7 @@ class Settings:
     @ivar node: [server] node: this node's name among those that share
         data_dir ([sessions] backend = "redis"); "" in the file is this
         machine's short name.
-    @ivar dkim: the L{DKIMSettings}: [[dkim.sign]].
+    @ivar dkim: the L{DKIMSigningSettings}: [[dkim.sign]].
     """
 
     path: Path
@@ -1180,7 +1180,7 @@ class Settings:
     local_domains: tuple = _domain_names(table="domains", key="local")
     antispam: AntispamSettings = AntispamSettings()
     per_domain: tuple = ()
-    dkim: DKIMSettings = DKIMSettings()
+    dkim: DKIMSigningSettings = DKIMSigningSettings()
 
     @property
     def node_dir(self):
@@ -1376,7 +1376,7 @@ def parse(data, path):
         antispam=antispam,
         per_domain=_per_domain(path, top.get("domain", dict, {}), base,
                                values["local_domains"], antispam),
-        dkim=_dkim(path, top.get("dkim", dict, {}), base),
+        dkim=_dkim_signing(path, top.get("dkim", dict, {}), base),
         **values,
     )
     top.check_unknown()
@@ -1483,7 +1483,7 @@ _SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
-def _dkim(path, data, base):
+def _dkim_signing(path, data, base):
     """[dkim] with its [[dkim.sign]] tables (docs/dkim.md)."""
     table = _Table(path, "dkim", data)
     entries = table.get("sign", list, [])
@@ -1508,7 +1508,7 @@ def _dkim(path, data, base):
         key = entry.file_path("key", f"dkim/{domain}.{selector}.key", base)
         entry.check_unknown()
         keys.append(DKIMSigningKey(domain, selector, key))
-    return DKIMSettings(tuple(keys))
+    return DKIMSigningSettings(tuple(keys))
 
 
 def _relay(path, data, base):

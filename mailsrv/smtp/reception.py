@@ -255,7 +255,7 @@ class Reception:
         """
         self._begin()
         signer = self.signer
-        if signer is not None and self._prefixer is not None:
+        if signer is not None and self._rewriter.prefix is not None:
             signer = None  # (it would sign a Subject that the reader does not get)
             self._not_signed("the Subject is prefixed (an anti-spam action)")
         if signer is None:
