@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import re
+from io import BytesIO
 from pathlib import Path
 
 import dkim
@@ -22,7 +23,9 @@ from twisted.trial import unittest
 
 from mailsrv import config, dkimkeys, signing
 from mailsrv.policy.actions import Action
-from mailsrv.policy.hooks import BODY
+from mailsrv.policy.checks.dkim import DKIMFilter
+from mailsrv.policy.dkimverify import Verifier
+from mailsrv.policy.hooks import BODY, Message
 from mailsrv.policy.listener import ListenerPolicy
 from mailsrv.policy.verdict import Verdict
 from mailsrv.preflight import dkim_signer
@@ -31,6 +34,10 @@ from mailsrv.service import build_mail_server
 from mailsrv.smtp import reception
 from tests.fuzzing import examples
 from tests.helpers import make_settings
+from tests.test_filters_dkim import ACTIONS as DKIM_ACTIONS
+from tests.test_filters_dkim import Resolver as DKIMResolver
+from tests.test_filters_dkim import Session as DKIMSession
+from tests.test_filters_dkim import Transaction as DKIMTransaction
 from tests.test_smtp.support import (
     PASSWORD,
     connect,
@@ -257,6 +264,16 @@ class SignerTests(unittest.TestCase):
             self.assertTrue(rfc_verifies(signed, key.public_key()), kind)
             self.assertFalse(rfc_verifies(signed.replace(b"two", b"tw0"), key.public_key()))
             self.assertFalse(rfc_verifies(signed.replace(b"carol", b"c4rol"), key.public_key()))
+
+    def test_our_own_antispam_dkim_passes_them(self):
+        run_threads_inline(self)
+        signed = self.signer("rsa", "ed25519").signature(MESSAGE) + MESSAGE
+        resolver = DKIMResolver({name: (text,) for name, text in self.records.items()})
+        check = DKIMFilter(Verifier(resolver), DKIM_ACTIONS.__getitem__)
+        verdict = self.successResultOf(check.check(DKIMSession(), DKIMTransaction(),
+                                                   Message(len(signed), lambda: BytesIO(signed))))
+        self.assertEqual(verdict.finding.reasons, ("dkim pass example.test",))
+        self.assertEqual([r.result for r in verdict.finding.results], ["pass", "pass"])
 
     def test_relaxed_survives_refolding(self):
         message = self.signer("rsa").signature(MESSAGE) + MESSAGE
