@@ -127,8 +127,7 @@ class Signer:
         @raise SigningError: the From: names no one domain.
         @raise dkim.DKIMException: dkimpy cannot read the message.
         """
-        end = -2 if message.startswith(b"\r\n") else message.find(b"\r\n\r\n")
-        header, body = (message, b"") if end == -1 else (message[:end + 2], message[end + 4:])
+        header, body = _sections(message)
         keys = self.keys_for(from_domain(header))
         if not keys:
             return b""
@@ -138,6 +137,16 @@ class Signer:
         body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         now = int(time.time())
         return b"".join(_signature_field(key, headers, names, body_hash, now) for key in keys)
+
+
+def _sections(message):
+    """C{(header section, its last CRLF included; body)} of a message of CRLF lines."""
+    if message.startswith(b"\r\n"):
+        return b"", message[2:]
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        return message, b""
+    return message[:end + 2], message[end + 4:]
 
 
 def relaxed_body(body):

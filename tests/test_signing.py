@@ -293,6 +293,13 @@ class SignerTests(unittest.TestCase):
         self.assertEqual(signer.keys_for("test"), [])
         self.assertEqual(repr(keys[2]), "SigningKey('example.test', 'c', b'ed25519-sha256')")
 
+    def test_no_body_and_no_header(self):
+        signer = self.signer("rsa")
+        header_only = MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n"
+        self.assertTrue(verifies(signer.signature(header_only) + header_only, self.records))
+        with self.assertRaises(signing.SigningError):
+            signer.signature(b"\r\nFrom: alice@example.test\r\n")  # (that is the body)
+
     def test_nothing_for_a_domain_without_key(self):
         other = MESSAGE.replace(b"alice@example.test", b"alice@other.test")
         self.assertEqual(self.signer("rsa").signature(other), b"")
