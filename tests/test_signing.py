@@ -443,6 +443,68 @@ class ReceptionTests(unittest.TestCase):
                                        "(an anti-spam action)"])
 
 
+class ARCSealTests(unittest.TestCase):
+    """Mail from the outside that we forward (an alias to a remote address) is sealed."""
+
+    def setUp(self):
+        run_threads_inline(self)
+        self.tables, self.records = write_keys(self, "rsa")
+        self.server = make_mail_server(self, dkim={"sign": self.tables},
+                                       antispam={"dkim": {}})
+        self.logged = []
+        self.patch(reception.log, "info", lambda text, **fields: self.logged.append(
+            text.format(**fields)) if text.startswith("not sealed") else None)
+
+    def send(self, to):
+        conn = connect(self.server, ip="192.0.2.10")
+        conn.send(b"EHLO client.test\r\n")
+        reply = conn.send(b"MAIL FROM:<x@remote.test>\r\nRCPT TO:<" + to + b">\r\nDATA\r\n"
+                          + MESSAGE + b".\r\n")
+        self.assertIn(b"250 2.0.0 Ok: queued as ", reply)
+        return reply.rsplit(b" ", 1)[1].strip().decode()
+
+    def arc_verify(self, message):
+        def dnsfunc(name, timeout=5):
+            text = self.records.get(name.decode().rstrip("."))
+            return text.encode() if text else None
+        return dkim.arc_verify(message, dnsfunc=dnsfunc)
+
+    def test_forwarded_mail_is_sealed_and_verifies(self):
+        queue_id = self.send(b"outside@example.test")
+        stored = self.server.spool.message_path(queue_id).read_bytes()
+        self.assertTrue(stored.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256; "
+                                          b"d=example.test; s=s0;"), stored[:200])
+        self.assertIn(b"ARC-Authentication-Results: i=1; mail.example.test;", stored)
+        self.assertTrue(stored.endswith(MESSAGE))
+        cv, _, why = self.arc_verify(stored)
+        self.assertEqual((cv, why), (dkim.CV_Pass, "success"))
+        cv, _, _ = self.arc_verify(stored.replace(b"hello", b"hullo"))
+        self.assertEqual(cv, dkim.CV_Fail)
+        self.assertEqual(self.logged, [])
+
+    def test_mail_that_stays_is_not_sealed(self):
+        self.send(b"bob@example.test")
+        [stored] = maildir_messages(self.server, "bob@example.test")
+        self.assertNotIn(b"ARC-Seal", stored)
+
+    def test_not_without_a_result_of_ours(self):
+        self.server = make_mail_server(self, dkim={"sign": self.tables})
+        queue_id = self.send(b"outside@example.test")
+        stored = self.server.spool.message_path(queue_id).read_bytes()
+        self.assertNotIn(b"ARC-Seal", stored)
+        self.assertEqual(self.logged, [])
+
+    def test_a_sealing_error_costs_no_message(self):
+        def broken(message, hostname):
+            raise dkim.ParameterError("Maximum instance tag value exceeded")
+        self.patch(self.server.signer, "seal", broken)
+        queue_id = self.send(b"outside@example.test")
+        stored = self.server.spool.message_path(queue_id).read_bytes()
+        self.assertTrue(stored.endswith(MESSAGE))
+        self.assertEqual(self.logged, [f"not sealed {queue_id}: Maximum instance tag value "
+                                       "exceeded"])
+
+
 class BounceTests(unittest.TestCase):
     """Our bounces and delay notices that leave are signed as the hostname's domain."""
 

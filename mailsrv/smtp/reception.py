@@ -71,6 +71,21 @@ def signer_of(server, transaction):
     return server.signer if transaction.remote_addresses() else None
 
 
+def sealer_of(server, transaction):
+    """
+    The L{mailsrv.signing.Signer} that seals a transaction's message with
+    ARC (RFC 8617), or L{None}: mail from the outside that we forward (an
+    alias or list with remote members) when we have an RSA key for our
+    host name's domain, so that it keeps passing DMARC downstream.
+    """
+    signer = server.signer
+    if signer is None or transaction.signable is not None:
+        return None
+    if signer.sealing_key(server.settings.hostname) is None:
+        return None
+    return signer if transaction.remote_addresses() else None
+
+
 class Reception:
     """
     @ivar judgement: the policy's L{mailsrv.policy.judgement.Judgement}:
@@ -78,6 +93,8 @@ class Reception:
         (and its body) is judged.
     @ivar signer: the L{mailsrv.signing.Signer} when the message is to be
         signed (L{signer_of}), else L{None}.
+    @ivar sealer: the L{mailsrv.signing.Signer} when the message is to be
+        sealed (L{sealer_of}), else L{None}.
     """
 
     def __init__(self, factory, session, transaction, incoming, transport, policy,
@@ -108,12 +125,14 @@ class Reception:
         self._write_error = None
         self._held = None  # the HeaderSection the header hook waits for
         self.signer = signer_of(factory.server, transaction)
+        self.sealer = sealer_of(factory.server, transaction)
+        self._sealed = None  # the message as written, while the sealer waits for all of it
         self._reads_body = self.policy.reads_body(self.judgement, transaction)
-        # The message as it comes, while the body hook or the signer waits
-        # for all of it: our headers, the Subject and the signature depend
-        # on the whole.
+        # The message as it comes, while the body hook, the signer or the
+        # sealer waits for all of it: our headers, the Subject and the
+        # signature depend on the whole.
         self._received = None
-        if self._reads_body or self.signer is not None:
+        if self._reads_body or self.signer is not None or self.sealer is not None:
             self._received = factory.server.spool.incoming()
         if self.policy.reads_header(self.judgement):
             self._held = HeaderSection()
@@ -167,6 +186,9 @@ class Reception:
 
     def _write_to(self, message, data):
         """The first I/O error is kept for the end."""
+        if self._sealed is not None and message is self.incoming:
+            self._sealed += data
+            return
         if self._write_error is None:
             try:
                 message.write(data)
@@ -253,6 +275,17 @@ class Reception:
 
         @return: L{None} when written, or a Deferred that fires then.
         """
+        if (self.sealer is not None and self.judgement.results
+                and self.judgement.action.kind not in _DROPPED):
+            self._sealed = bytearray()
+            written = self._write_and_sign(received)
+            if written is None:
+                return self._seal()
+            return written.addCallback(lambda _: self._seal())
+        return self._write_and_sign(received)
+
+    def _write_and_sign(self, received):
+        """L{_write_received}, before any ARC seal."""
         self._begin()
         signer = self.signer
         if signer is not None and self._rewriter.prefix is not None:
@@ -289,6 +322,23 @@ class Reception:
             return why
         finally:
             received.abort()
+
+    def _seal(self):
+        """
+        The message is written (to memory): our ARC set, made in a thread,
+        then the message, to the spool file.
+        """
+        self._rewriter.close()
+        message, self._sealed = bytes(self._sealed), None
+        hostname = self.factory.server.settings.hostname
+        d = _signings.run(threads.deferToThread, _arc_set, self.sealer, message, hostname)
+        return d.addCallback(self._sealed_as, message)
+
+    def _sealed_as(self, outcome, message):
+        arc, why = outcome
+        if why is not None:
+            log.info("not sealed {queue_id}: {why}", queue_id=self.incoming.queue_id, why=why)
+        self._write_to(self.incoming, arc + message)
 
     def _not_signed(self, why):
         if why is not None:
@@ -364,6 +414,19 @@ class Reception:
     def _not_queued(self, failure):
         errorlog.client_error(log, failure, "SMTP queueing", "smtp", self.transport)
         return cannot_queue(failure.value)
+
+
+# Actions after which the message is not kept: nothing to seal.
+_DROPPED = frozenset({"reject", "tempfail", "delete"})
+
+
+def _arc_set(sealer, message, hostname):
+    """In a thread: C{(the ARC set, L{None})}, or C{(b"", why not)}: never the message's loss."""
+    try:
+        arc = sealer.seal(message, hostname)
+    except Exception as e:
+        return b"", str(e) or type(e).__name__
+    return arc, None if arc else "our Authentication-Results holds no arc= for its ARC chain"
 
 
 class SplitReception:
