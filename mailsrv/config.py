@@ -778,9 +778,12 @@ class DMARCSettings:
     @ivar actions: C{(outcome, action text)}: each of L{DMARC_RESULTS}
         (C{fail}: a failure under C{p=none}), then C{reject} and
         C{quarantine}, a failure under that policy.
+    @ivar trusted_sealers: domains whose passing ARC seal makes a failure
+        take the C{pass} action (mailing lists that rewrite mail).
     """
 
     actions: tuple
+    trusted_sealers: tuple = _domain_names()
 
 
 def _extensions(default):
@@ -1774,8 +1777,9 @@ def _dmarc(path, name, data, actions):
     outcomes = [(result, _action(table, result, default, actions)) for result in DMARC_RESULTS]
     outcomes.append(("reject", _action(table, "reject", "reject", actions)))
     outcomes.append(("quarantine", _action(table, "quarantine", "move:Junk", actions)))
+    settings = DMARCSettings(tuple(outcomes), **_declared(table, DMARCSettings))
     table.check_unknown()
-    return DMARCSettings(tuple(outcomes))
+    return settings
 
 
 def _dnsbl(path, name, data, tests, actions):

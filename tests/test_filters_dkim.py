@@ -348,6 +348,21 @@ class DMARCTests(unittest.TestCase):
         self.assertEqual(self.dmarc(self.judge(data)).result, "permerror")
         self.assertEqual(self.dmarc(self.judge(BODY)).result, "permerror")
 
+    def test_a_trusted_sealer_overrides_a_failure(self):
+        """RFC 8617 7.2: a list that changed the mail and sealed it, trusted by the admin."""
+        self.resolver.records["s1._domainkey.lists.test"] = (dkimkeys.record(RSA),)
+        data = sealed(signed(from_("ceo@example.test")).replace(b"hello", b"[list] hello"))
+        finding = self.judge(data)
+        self.assertEqual(finding.action, Action("reject"))  # (not trusted yet)
+        self.filter = DMARCFilter(Verifier(self.resolver), self.resolver, DMARC_ACTIONS,
+                                  "mx.test", trusted_sealers=["lists.test"])
+        finding = self.judge(data)
+        self.assertEqual((finding.action, finding.spam, finding.reasons),
+                         (Action("none"), False, ("dmarc fail p=reject arc-override",)))
+        self.assertEqual(self.dmarc(finding).comment,
+                         "p=reject overridden: ARC sealed by lists.test")
+        self.assertIn(AuthResult("arc", "pass", (), "i=1 d=lists.test"), finding.results)
+
     def test_records(self):
         self.assertIsNone(dmarc.parse_record("v=spf1 -all"))
         self.assertIsNone(dmarc.parse_record("v=DMARC1; p=bogus"))

@@ -74,6 +74,7 @@ class Verified:
     @ivar skipped: signatures past L{MAX_SIGNATURES}, not verified.
     @ivar error: why the header could not be read, else "".
     @ivar arc: the ARC chain's L{AuthResult} (C{arc=none}: no chain).
+    @ivar sealer: the domain of the newest ARC-Seal of a chain that passes, else "".
     """
 
     signatures: tuple = ()
@@ -81,6 +82,7 @@ class Verified:
     skipped: int = 0
     error: str = ""
     arc: AuthResult = AuthResult("arc", "none")
+    sealer: str = ""
 
     def results(self):
         """The L{AuthResult}s to report: each signature's, and the ARC chain's if any."""
@@ -120,9 +122,9 @@ class Verifier:
                     keys[name] = (yield self.resolver.txt(name))
                 except TemporaryDNSError as e:
                     keys[name] = e
-        signatures, arc = yield threads.deferToThread(_check_all, checker, signed, chain,
-                                                      keys)
-        return Verified(tuple(signatures), senders, skipped, arc=arc)
+        signatures, (arc, sealer) = yield threads.deferToThread(_check_all, checker, signed,
+                                                                chain, keys)
+        return Verified(tuple(signatures), senders, skipped, arc=arc, sealer=sealer)
 
 
 def _read(open_message, limit):
@@ -195,9 +197,9 @@ class _Chain:
         return cls(data, keys)
 
     def result(self, keys):
-        """In a thread: the chain's L{AuthResult}."""
+        """In a thread: the chain's L{AuthResult}, and its newest sealer's domain if it passes."""
         if self.problem:
-            return AuthResult("arc", "fail", (), self.problem)
+            return AuthResult("arc", "fail", (), self.problem), ""
 
         def lookup(name, timeout=5):
             records = keys.get(name.decode("ascii", "replace").rstrip(".").lower())
@@ -207,23 +209,23 @@ class _Chain:
         try:
             cv, sets, why = dkim.ARC(self.data, minkey=1024).verify(dnsfunc=lookup)
         except dkim.DKIMException as e:
-            return AuthResult("arc", "fail", (), _short(e))
+            return AuthResult("arc", "fail", (), _short(e)), ""
         except Exception as e:  # (dkimpy's parsers raise more than its own errors)
-            return AuthResult("arc", "fail", (), type(e).__name__)
+            return AuthResult("arc", "fail", (), type(e).__name__), ""
         if cv == dkim.CV_Pass:
             newest = sets[0]
-            sealer = newest.get("as-domain", b"").decode("ascii", "replace")
-            return AuthResult("arc", "pass", (), f"i={newest['instance']} d={sealer}")
+            sealer = newest.get("as-domain", b"").decode("ascii", "replace").lower()
+            return AuthResult("arc", "pass", (), f"i={newest['instance']} d={sealer}"), sealer
         if cv == dkim.CV_None:
-            return AuthResult("arc", "none")
-        return AuthResult("arc", "fail", (), _short(why))
+            return Verified.arc, ""
+        return AuthResult("arc", "fail", (), _short(why)), ""
 
 
 def _check_all(checker, signed, chain, keys):
     """In a thread: the L{Signature} of each signed entry, and the ARC chain's result."""
     signatures = [_check(checker, index, domain, selector, problem, keys)
                   for index, domain, selector, problem in signed]
-    return signatures, chain.result(keys) if chain else Verified.arc
+    return signatures, chain.result(keys) if chain else (Verified.arc, "")
 
 
 def _check(checker, index, domain, selector, problem, keys):

@@ -411,7 +411,8 @@ def _authentication(settings, checks):
         actions = {outcome: parse_action(text) for outcome, text in settings.dmarc.actions}
         spf_timeout = settings.spf.timeout if settings.spf is not None else 20
         made.append(checks.memo(settings.dmarc, lambda: DMARCFilter(
-            verifier, resolver, actions, server.settings.hostname, spf_timeout)))
+            verifier, resolver, actions, server.settings.hostname, spf_timeout,
+            settings.dmarc.trusted_sealers)))
     return made
 
 

@@ -100,13 +100,17 @@ class DMARCFilter:
         permerror, temperror, reject, quarantine.
     @param receiver: our host name (SPF's).
     @param spf_timeout: seconds for SPF when this check evaluates it.
+    @param trusted_sealers: domains whose ARC seal (RFC 8617 7.2) turns a
+        failure into the pass outcome: mailing lists and forwarders the
+        admin trusts to have checked the mail before they changed it.
     @param sample: a function giving a number in [0, 1): which failures
         fall within C{pct=}.
     """
 
     def __init__(self, verifier, resolver, actions, receiver, spf_timeout=20,
-                 sample=random.random):
+                 trusted_sealers=(), sample=random.random):
         self.verifier = verifier
+        self.trusted_sealers = frozenset(trusted_sealers)
         self.resolver = resolver
         self.actions = actions
         self.receiver = receiver
@@ -137,8 +141,16 @@ class DMARCFilter:
         policy = record["p"] if organizational_domain(author) == author else record["sp"]
         if policy != "none" and self.sample() * 100 >= record["pct"]:
             policy = _WEAKER[policy]  # outside pct=
+        if policy != "none" and self._trusts(verified.sealer):
+            return self._found("fail", "pass", author, known,
+                               f"overridden: ARC sealed by {verified.sealer}", policy=policy)
         outcome = "fail" if policy == "none" else policy
         return self._found("fail", outcome, author, known, "no aligned pass", policy=policy)
+
+    def _trusts(self, sealer):
+        """Whether C{sealer} (a passing chain's newest sealer) or a parent domain is trusted."""
+        labels = sealer.split(".") if sealer else []
+        return any(".".join(labels[i:]) in self.trusted_sealers for i in range(len(labels)))
 
     @defer.inlineCallbacks
     def _record(self, author):
@@ -177,5 +189,7 @@ class DMARCFilter:
         properties = (("header.from", author),) if author else ()
         results = (*known, AuthResult("dmarc", result, properties, comment))
         reason = f"dmarc {result}" + (f" p={policy}" if result == "fail" else "")
+        if result == "fail" and outcome == "pass":
+            reason += " arc-override"
         spam = outcome in ("reject", "quarantine")
         return Verdict.found(spam, self.actions[outcome], (reason,), results=results)
