@@ -1746,28 +1746,24 @@ def _whitelist(path, name, data):
     return settings
 
 
-def _spf(path, name, data, actions):
-    table = _Table(path, name, data)
-    default = _action(table, "action", DEFAULT_ACTION, actions)
-    settings = SPFSettings(
-        actions=tuple((result, _action(table, result, default, actions))
-                      for result in SPF_RESULTS),
-        **_declared(table, SPFSettings),
-    )
-    table.check_unknown()
-    return settings
+def _per_result(cls, results):
+    """
+    The reader of a section with an action per result (SPF's, DKIM's):
+    C{action} is the default of each result's own key.
+    """
+    def read(path, name, data, actions):
+        table = _Table(path, name, data)
+        default = _action(table, "action", DEFAULT_ACTION, actions)
+        settings = cls(actions=tuple((result, _action(table, result, default, actions))
+                                     for result in results),
+                       **_declared(table, cls))
+        table.check_unknown()
+        return settings
+    return read
 
 
-def _dkim(path, name, data, actions):
-    table = _Table(path, name, data)
-    default = _action(table, "action", DEFAULT_ACTION, actions)
-    settings = DKIMSettings(
-        actions=tuple((result, _action(table, result, default, actions))
-                      for result in DKIM_RESULTS),
-        **_declared(table, DKIMSettings),
-    )
-    table.check_unknown()
-    return settings
+_spf = _per_result(SPFSettings, SPF_RESULTS)
+_dkim = _per_result(DKIMSettings, DKIM_RESULTS)
 
 
 def _dmarc(path, name, data, actions):
