@@ -140,6 +140,8 @@ class Bench:
             options["rspamd"] = True
         if cls.name == "mailsrv" and self.args.mailsrv_clamav:
             options["clamav"] = True
+        if cls.name == "mailsrv" and self.args.mailsrv_dkim:
+            options["dkim"] = SENDER.rpartition("@")[2]
         if cls.name == "mailsrv" and self.args.profile and workload in ("smtp", "imap"):
             options["profile"] = str(Path(self.args.profile).resolve())
         return options
@@ -490,6 +492,10 @@ def parse_args(argv=None):
     parser.add_argument("--mailsrv-clamav", action="store_true",
                         help="give mailsrv a clamd of its own (EICAR-only database), started "
                              "as postfix-clamav's, in [antispam.clamav] (issue 18)")
+    parser.add_argument("--mailsrv-dkim", action="store_true",
+                        help="give mailsrv an RSA-2048 [[dkim.sign]] key for the sender's "
+                             "domain (submission's mail is signed) and [antispam.dkim] "
+                             "(intake verifies) (issue 21)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--output", help="also write the report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")

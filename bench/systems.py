@@ -293,6 +293,9 @@ class Mailsrv(System):
                 + ("; [antispam.clamav] on (its own clamd, EICAR-only database, unix socket; "
                    "action reject, on_error tempfail: the defaults)"
                    if self.options.get("clamav") else "")
+                + (f"; [[dkim.sign]] RSA-2048 for {self.options['dkim']} (submission signs) "
+                   "and [antispam.dkim] (intake verifies; the load is unsigned)"
+                   if self.options.get("dkim") else "")
                 + "; plain-text logins on loopback; listen backlog "
                 + (str(self.options["backlog"]) if self.options.get("backlog")
                    else "mailsrv's default ([[listen]] backlog, 1024)"))
@@ -336,11 +339,20 @@ class Mailsrv(System):
             tables["antispam.rspamd"] = {"url": self.start_rspamd().url}
         if self.options.get("clamav"):
             tables["antispam.clamav"] = {"endpoint": self.start_clamd().endpoint}
+        if self.options.get("dkim"):
+            tables["antispam.dkim"] = {}
         lines = []
         for name, table in tables.items():
             lines.append(f"[{name}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
             lines.append("")
+        if self.options.get("dkim"):
+            from mailsrv import dkimkeys
+            key = self.dir / "bench.key"
+            if not key.exists():
+                dkimkeys.write_key(dkimkeys.generate("rsa"), key)
+            lines += ["[[dkim.sign]]", f'domain = "{self.options["dkim"]}"',
+                      'selector = "bench"', f'key = "{key}"', ""]
         for protocol, role in (("smtp", "mx"), ("submission", "submission"),
                                ("pop3", ""), ("imap", "")):
             lines += ["[[listen]]", f'protocol = "{"smtp" if role else protocol}"']

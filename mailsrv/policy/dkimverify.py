@@ -6,8 +6,9 @@ for an aligned pass): L{Verifier.verify} through L{hooks.Message.shared}.
 dkimpy does the canonicalisation and the cryptography, in three steps so
 that no thread waits for DNS and the reactor does no hashing:
 
-  1. in a thread: read the message, parse its header, find the
-     signatures (at most L{MAX_SIGNATURES}) and the From: fields;
+  1. read the message, parse its header, find the signatures (at most
+     L{MAX_SIGNATURES}) and the From: fields: in a thread, or at once for
+     a small message (L{INLINE});
   2. on the reactor: look up each signature's key (a TXT record at
      SELECTOR._domainkey.DOMAIN) through our cached resolver;
   3. in a thread: verify each signature against the keys found.
@@ -35,6 +36,11 @@ MAX_SIGNATURES = 5  # verified per message; RFC 6376 6.1: a verifier MAY limit t
 MAX_KEY_BITS = 4096  # RFC 8301 3.2: verifiers MUST validate 1024 to 4096
 MAX_ARC_SETS = 10  # RFC 8617 allows 50; real chains have two or three
 MAX_CONCURRENT = 2  # messages read and verified at once: each is held whole in memory
+# A message this small is read on the reactor thread, as the content
+# filters read theirs (hooks.INLINE): dkimpy splits a 16 KiB message's
+# header in about 0.1 ms, less than a thread hop; keys and hashing still wait
+# for the resolver and a thread.
+INLINE = 16 << 10
 _verifying = defer.DeferredSemaphore(MAX_CONCURRENT)
 
 
@@ -109,7 +115,10 @@ class Verifier:
 
     @defer.inlineCallbacks
     def _verify(self, message):
-        found = yield threads.deferToThread(_read, message.open, self.max_signatures)
+        if message.size <= INLINE:  # (most mail, unsigned mostly: no thread hop for it)
+            found = _read(message.open, self.max_signatures)
+        else:
+            found = yield threads.deferToThread(_read, message.open, self.max_signatures)
         if isinstance(found, Verified):  # no signature, or no readable header
             return found
         checker, senders, signed, skipped, chain = found
@@ -129,14 +138,18 @@ class Verifier:
 
 def _read(open_message, limit):
     """
-    In a thread: the message's From: values and signatures, as
+    The message's From: values and signatures (in a thread for a big one), as
     C{(dkimpy's DKIM, senders, [(index, domain, selector, problem)], skipped)};
     a L{Verified} when there is nothing to verify.
     """
     with open_message() as f:
         data = f.read()
-    try:
-        checker = dkim.DKIM(data, minkey=1024)
+    end = data.find(b"\r\n\r\n")
+    header = data if end < 0 else data[:end + 2]
+    lowered = header.lower()
+    signed_at_all = b"dkim-signature" in lowered or b"arc-" in lowered
+    try:  # (unsigned, most mail: the header alone is read, for its From:)
+        checker = dkim.DKIM(data if signed_at_all else header, minkey=1024)
     except dkim.DKIMException as e:
         return Verified(error=f"unreadable header: {e}")
     senders = tuple(value.decode("utf-8", "replace").strip()
