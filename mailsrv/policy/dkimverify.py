@@ -111,16 +111,27 @@ class Verifier:
 
     def verify(self, message):
         """A Deferred of the message's L{Verified}, worked out once per message."""
-        return message.shared("dkim", lambda: _verifying.run(self._verify, message))
+        return message.shared("dkim", lambda: self._start(message))
+
+    def _start(self, message):
+        """
+        A small message is read at once, and one with nothing to verify
+        (most mail) is done then, with no Deferred of its own; a big one is
+        read in a thread, L{MAX_CONCURRENT} at once.
+        """
+        if message.size > INLINE:
+            return _verifying.run(self._read_and_verify, message)
+        found = _read(message.open, self.max_signatures)
+        return found if isinstance(found, Verified) else self._verified(found)
+
+    def _read_and_verify(self, message):
+        d = threads.deferToThread(_read, message.open, self.max_signatures)
+        return d.addCallback(lambda found: found if isinstance(found, Verified)
+                             else self._verified(found))
 
     @defer.inlineCallbacks
-    def _verify(self, message):
-        if message.size <= INLINE:  # (most mail, unsigned mostly: no thread hop for it)
-            found = _read(message.open, self.max_signatures)
-        else:
-            found = yield threads.deferToThread(_read, message.open, self.max_signatures)
-        if isinstance(found, Verified):  # no signature, or no readable header
-            return found
+    def _verified(self, found):
+        """The signatures and chain that L{_read} found, with their keys, checked in a thread."""
         checker, senders, signed, skipped, chain = found
         keys = {}
         names = [(domain, selector) for _, domain, selector, _ in signed if domain]
