@@ -374,6 +374,38 @@ class DMARCTests(unittest.TestCase):
         self.assertEqual(dmarc.organizational_domain("example.test"), "example.test")
 
 
+class RFCExampleTests(unittest.TestCase):
+    """The examples of RFC 7489 (DMARC) and RFC 8601 (Authentication-Results)."""
+
+    def test_rfc7489_records(self):
+        """Appendix B.2: the policies a domain owner publishes."""
+        monitor = dmarc.parse_record("v=DMARC1; p=none; rua=mailto:dmarc-feedback@example.com")
+        self.assertEqual((monitor["p"], monitor["pct"]), ("none", 100))
+        sampled = dmarc.parse_record("v=DMARC1; p=quarantine; "
+                                     "rua=mailto:dmarc-feedback@example.com; "
+                                     "ruf=mailto:auth-reports@thirdparty.example.net; pct=10")
+        self.assertEqual((sampled["p"], sampled["sp"], sampled["pct"]),
+                         ("quarantine", "quarantine", 10))
+
+    def test_rfc7489_alignment(self):
+        """Section 3.1.1: foo.example.com and example.com align relaxed, not strict."""
+        self.assertTrue(dmarc.aligned("example.com", "foo.example.com", "r"))
+        self.assertFalse(dmarc.aligned("example.com", "foo.example.com", "s"))
+        self.assertTrue(dmarc.aligned("example.com", "example.com", "s"))
+
+    def test_rfc8601_authserv_ids(self):
+        """Appendix B: the headers an MTA may find, and whose they are."""
+        for value, expected in (
+                ("example.com; none", "example.com"),
+                ("example.com; spf=pass smtp.mailfrom=example.net", "example.com"),
+                ("example.com; auth=pass (cram-md5) smtp.auth=sender@example.net; "
+                 "spf=pass smtp.mailfrom=example.net", "example.com"),
+                ("example.com 1; none", "example.com"),
+                ("mail-router.example.net; dkim=pass (good signature) header.d=newyork.example.com",
+                 "mail-router.example.net")):
+            self.assertEqual(authserv_id(value), expected, value)
+
+
 class AuthenticationResultsTests(unittest.TestCase):
     def test_header_value(self):
         results = (AuthResult("spf", "pass", (("smtp.mailfrom", "a@example.test"),)),
