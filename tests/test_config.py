@@ -569,6 +569,12 @@ class ErrorTests(unittest.TestCase):
          '/c.toml: [domain."example.org".antispam] phrase: unknown section (one of: '
          "validation, dnsbl, spf, spamskip, whitelist, mime, attachments, statistical, "
          "phrases, urls, html, clamav, rspamd, dkim, dmarc)"),
+        ({"antispam": {"dkim": {"max_signatures": 50}}},
+         "/c.toml: [antispam.dkim] max_signatures: 50 is above the mailsrv limit of 5"),
+        ({"antispam": {"dkim": {"failed": "reject"}}},
+         "/c.toml: [antispam.dkim] failed: unknown key"),
+        ({"antispam": {"dmarc": {"trusted_sealers": "lists.test"}}},
+         "/c.toml: [antispam.dmarc] trusted_sealers: must be a list"),
         ({**LOCAL, "domain": {"example.org": {"antispam": {"spf": {"max_lookups": 5}}}}},
          '/c.toml: [domain."example.org".antispam.spf] max_lookups: is set for the whole '
          "server only (set it in [antispam.spf])"),
@@ -588,6 +594,8 @@ class ErrorTests(unittest.TestCase):
     # actions) and files the config names: refused by check-config and
     # start-up alike.
     refused = [
+        ({"antispam": {"dmarc": {"reject": "bounce"}}},
+         "/c.toml: [antispam.dmarc] reject: "),
         ({"listen": [{"protocol": "smtp", "endpoint": "tcpp:25"}]},
          "/c.toml: [listen #1] endpoint: bad endpoint 'tcpp:25'"),
         ({"listen": [{"protocol": "smtp", "endpoint": "systemd:domain=INET:index=x"}]},
