@@ -166,6 +166,25 @@ class DKIMTests(unittest.TestCase):
         self.assertEqual(len(finding.results), 2)
         self.assertEqual(len(self.resolver.asked), 2)
 
+    def test_key_lookups_are_capped_and_made_at_once(self):
+        """A sender's many selectors cost one lookup's time, at most MAX_KEY_LOOKUPS names."""
+        pending = {}
+        self.resolver.txt = lambda name: pending.setdefault(name, defer.Deferred())
+        self.filter = DKIMFilter(Verifier(self.resolver, max_signatures=5),
+                                 ACTIONS.__getitem__)
+        data = from_("alice@example.test")
+        for selector in ("a", "b", "c", "d", "e"):
+            data = signed(data, selector=selector)
+        chain = b"".join(b"ARC-Seal: i=%d; a=rsa-sha256; cv=none; d=x%d.test; s=s; b=AA\r\n"
+                         b"ARC-Message-Signature: i=%d; a=rsa-sha256; d=y%d.test; s=s; "
+                         b"h=from; bh=AA; b=AA\r\n" % (i, i, i, i) for i in range(1, 6))
+        d = self.filter.check(Session(), Transaction(), message(chain + data))
+        self.assertEqual(len(pending), 8)  # all asked before any answered
+        for name, waiting in pending.items():
+            waiting.errback(TemporaryDNSError("timeout"))
+        self.assertEqual({r.result for r in self.successResultOf(d).finding.results
+                          if r.method == "dkim"}, {"temperror"})
+
     def test_unreadable_signature_and_garbage(self):
         data = b"DKIM-Signature: v=1; a=rsa-sha256; garbage\r\n" + from_("a@example.test")
         self.assertEqual(self.judge(data).results[0].result, "permerror")

@@ -34,11 +34,15 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.internet import defer, threads
 
 from mailsrv.dns import TemporaryDNSError
+from mailsrv.gather import gather
 from mailsrv.policy.authentication import AuthResult
 
 MAX_SIGNATURES = 5  # verified per message; RFC 6376 6.1: a verifier MAY limit them
 MAX_KEY_BITS = 4096  # RFC 8301 3.2: verifiers MUST validate 1024 to 4096
 MAX_ARC_SETS = 10  # RFC 8617 allows 50; real chains have two or three
+# Keys looked up per message, all at once: a sender's slow DNS costs one
+# lookup's time, not one per signature (a chain's sets share one key or two).
+MAX_KEY_LOOKUPS = 8
 MAX_CONCURRENT = 2  # messages read and verified at once: each is held whole in memory
 # A message this small is read on the reactor thread, as the content
 # filters read theirs (hooks.INLINE): dkimpy splits a 16 KiB message's
@@ -137,15 +141,13 @@ class Verifier:
     def _verified(self, found):
         """The signatures and chain that L{_read} found, with their keys, checked in a thread."""
         checker, senders, signed, skipped, chain = found
-        keys = {}
-        names = [(domain, selector) for _, domain, selector, _ in signed if domain]
-        for domain, selector in names + (chain.keys if chain else []):
-            name = f"{selector}._domainkey.{domain}"
-            if name not in keys:
-                try:
-                    keys[name] = (yield self.resolver.txt(name))
-                except TemporaryDNSError as e:
-                    keys[name] = e
+        pairs = [(domain, selector) for _, domain, selector, _ in signed if domain]
+        names = list(dict.fromkeys(f"{selector}._domainkey.{domain}" for domain, selector
+                                   in pairs + (chain.keys if chain else [])))
+        names = names[:MAX_KEY_LOOKUPS]  # (the rest: no key, as if unpublished)
+        answers = yield gather([self.resolver.txt(name).addErrback(_temporary)
+                                for name in names])
+        keys = dict(zip(names, answers))
         signatures, (arc, sealer) = yield threads.deferToThread(_check_all, checker, signed,
                                                                 chain, keys)
         return Verified(tuple(signatures), senders, skipped, arc=arc, sealer=sealer)
@@ -282,6 +284,12 @@ def _check(checker, index, domain, selector, problem, keys):
     if good:
         return Signature(domain, selector, "pass", "", b)
     return Signature(domain, selector, "fail", "signature does not verify", b)
+
+
+def _temporary(failure):
+    """A key lookup that failed for now is its answer (temperror), not the message's failure."""
+    failure.trap(TemporaryDNSError)
+    return failure.value
 
 
 @functools.lru_cache(maxsize=1024)
