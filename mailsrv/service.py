@@ -49,6 +49,7 @@ from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
 from mailsrv.queue.runner import QueueRunner
 from mailsrv.queue.spool import Spool
+from mailsrv.redis.events import NewMailEvents
 from mailsrv.redis.link import RedisLink
 from mailsrv.redis.nodes import NodeLease
 from mailsrv.sessions import MemorySessionStore
@@ -250,6 +251,9 @@ def make_service(settings):
     tls.CertificateWatch(server.tls, server.clock, reloader.on_hangup).setServiceParent(top)
     if server.redis is not None:
         server.redis.setServiceParent(top)
+        events = NewMailEvents(server.redis, server.store, server.sessions.token)
+        server.store.publish = events.publish
+        events.setServiceParent(top)
     server.queue_runner.setServiceParent(top)
     if server.redis is not None:  # (after the runner: a taken-over queue wakes it)
         NodeLease(server.redis, settings, server.spool, server.queue_runner.wake, server.clock,

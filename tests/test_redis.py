@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsrv.config import parse_redis_url
+from mailsrv.redis.events import NewMailEvents
 from mailsrv.redis.link import RETRY_DELAYS, RedisLink, RedisUnavailable
 from mailsrv.datadir_lock import DataDirLock
 from mailsrv.queue.spool import Envelope, RecipientState, Spool
@@ -404,3 +405,73 @@ class NodeLeaseTests(RealRedisTestCase):
         self.clock.advance(LEASE)
         yield self.lease.tick()
         self.assertEqual(self.dead.ids(), ["E1"])
+
+
+class DeliveryRecorder:
+    """A store that records what other nodes delivered and what it synced."""
+
+    def __init__(self):
+        self.delivered = []
+        self.synced = 0
+        self.got = defer.Deferred()
+
+    def delivered_elsewhere(self, user, folder, names):
+        self.delivered.append((user, folder, names))
+        if not self.got.called:
+            self.got.callback(None)
+
+    def sync_open_folders(self):
+        self.synced += 1
+
+
+class NewMailEventsTests(RealRedisTestCase):
+    """Two nodes' L{NewMailEvents} on one redis-server."""
+
+    @defer.inlineCallbacks
+    def node(self, name):
+        store = DeliveryRecorder()
+        events = NewMailEvents((yield self.link()), store, "token-" + name)
+        subscribed = self.subscribed(events)
+        events.startService()
+        self.addCleanup(events.stopService)
+        yield subscribed
+        return events, store
+
+    def subscribed(self, events):
+        """A Deferred that fires once C{events} is (again) subscribed."""
+        d = defer.Deferred()
+        events.subscriber.observe(
+            lambda up: up and not d.called and reactor.callLater(0.05, d.callback, None))
+        return d
+
+    @defer.inlineCallbacks
+    def test_a_delivery_on_one_node_reaches_the_other_not_itself(self):
+        a, a_store = yield self.node("a")
+        b, b_store = yield self.node("b")
+        a.publish(ALICE, "INBOX", ["1700000000.M1P2.host,S=10"])
+        yield b_store.got
+        self.assertEqual(b_store.delivered, [(ALICE, "INBOX", ["1700000000.M1P2.host,S=10"])])
+        self.assertEqual(a_store.delivered, [])
+
+    @defer.inlineCallbacks
+    def test_a_message_that_names_paths_is_ignored_with_a_line(self):
+        _, b_store = yield self.node("b")
+        for message in ('["token-x", "%s", "INBOX", ["../../etc/x"]]' % ALICE, "{"):
+            self.redis.command("PUBLISH", "mailsrv:delivered:0", message)
+        self.redis.command("PUBLISH", "mailsrv:delivered:0",
+                           '["token-x", "%s", "INBOX", ["ok"]]' % ALICE)
+        yield b_store.got
+        self.assertEqual(b_store.delivered, [(ALICE, "INBOX", ["ok"])])
+        self.assertEqual(sum("new-mail events: ignoring a message that does not parse" in line
+                             for line in self.log), 2)
+
+    @defer.inlineCallbacks
+    def test_while_redis_is_away_publishing_fails_quietly_and_open_folders_sync_after(self):
+        a, a_store = yield self.node("a")
+        yield self.went_away(a.redis)
+        a.publish(ALICE, "INBOX", ["x"])  # no error, no line of its own
+        back = self.subscribed(a)
+        self.redis.start()
+        yield back
+        self.assertEqual(a_store.synced, 1)
+        self.assertFalse([line for line in self.log if "new-mail event" in line])

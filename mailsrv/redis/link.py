@@ -16,7 +16,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from txredisapi import ConnectionError as RedisConnectionError
-from txredisapi import RedisProtocol
+from txredisapi import RedisProtocol, SubscriberProtocol
 
 log = Logger()
 
@@ -27,8 +27,9 @@ RETRY_DELAYS = (0.5, 1, 2)
 
 
 # What an outage means, said in its one log line (docs/scale-out.md).
-CONSEQUENCES = ("POP-before-SMTP windows are closed, login throttling is off, and POP3 "
-                "maildrop locks hold on this node only")
+CONSEQUENCES = ("POP-before-SMTP windows are closed, login throttling is off, POP3 "
+                "maildrop locks hold on this node only, and IDLE hears of other nodes' "
+                "deliveries only at its next poll")
 
 
 class RedisUnavailable(Exception):
@@ -42,12 +43,17 @@ class RedisLink(service.Service):
     @ivar up: whether Redis answers: L{None} before the first attempt ends.
     """
 
-    def __init__(self, address, timeout, reactor, endpoint=None):
+    def __init__(self, address, timeout, reactor, endpoint=None, on_message=None):
         """
         @param endpoint: the client endpoint to connect with (tests); by
             default the TCP or UNIX endpoint C{address} names.
+        @param on_message: makes this a subscriber's connection (pub/sub
+            needs one of its own): C{on_message(channel, message)} is
+            called for each message of the channels it SUBSCRIBEs to. Its
+            outages are not logged: the main link's line says them.
         """
         self.address = address
+        self.on_message = on_message
         self.timeout = timeout
         self.reactor = reactor
         self.endpoint = endpoint or _endpoint(address, timeout, reactor)
@@ -108,7 +114,7 @@ class RedisLink(service.Service):
 
     def _connect(self):
         self._retry = None
-        d = self.endpoint.connect(_Factory(self.address))
+        d = self.endpoint.connect(_Factory(self.on_message))
         d.addCallbacks(self._connected, self._not_connected)
 
     def _connected(self, connection):
@@ -159,7 +165,9 @@ class RedisLink(service.Service):
     def _up(self):
         if self.up:
             return
-        if self.up is False:
+        if self.on_message is not None:  # (the main link's lines say it)
+            pass
+        elif self.up is False:
             log.info("Redis is back: {address}", address=str(self.address))
         else:
             log.info("Redis connected: {address}", address=str(self.address))
@@ -168,7 +176,9 @@ class RedisLink(service.Service):
     def _down(self, reason):
         if self.up is False:
             return
-        if self.up:
+        if self.on_message is not None:  # (the main link's lines say it)
+            pass
+        elif self.up:
             log.warn("Redis went away: {address}: {reason}; reconnecting; until it is back, "
                      "{consequences}", address=str(self.address), reason=reason,
                      consequences=CONSEQUENCES)
@@ -189,13 +199,21 @@ class _Factory(protocol.ClientFactory):
 
     noisy = False
 
-    def __init__(self, address):
-        self.address = address
+    def __init__(self, on_message):
+        self.on_message = on_message
 
     def buildProtocol(self, addr):
-        built = RedisProtocol(charset="utf-8", convertNumbers=False)
+        if self.on_message is None:
+            built = RedisProtocol(charset="utf-8", convertNumbers=False)
+        else:
+            built = _Subscriber(charset="utf-8", convertNumbers=False)
         built.factory = self
         return built
+
+
+class _Subscriber(SubscriberProtocol):
+    def messageReceived(self, pattern, channel, message):
+        self.factory.on_message(channel, message)
 
 
 def _endpoint(address, timeout, reactor):

@@ -39,6 +39,8 @@ class MailStore:
     def __init__(self, mail_root, clock):
         self.mail_root = Path(mail_root)
         self.clock = clock
+        # tells other nodes of each delivery (L{mailsrv.redis.events}); one node: None
+        self.publish = None
         self._folders = weakref.WeakValueDictionary()  # (user, NAME) -> Folder
         self._last_uidvalidity = 0
         self._recent = {}  # (user, NAME) -> set of UIDs, see Folder.claim_recent
@@ -96,17 +98,43 @@ class MailStore:
         """
         New mail was delivered to C{user}'s folder, as C{names} in C{new/}:
         an open folder takes them in now, without a listing (a folder
-        nobody has open takes them in when next opened). Without C{names},
-        an open folder is synced.
+        nobody has open takes them in when next opened), and other nodes
+        hear of it (L{publish}). Without C{names}, an open folder is synced.
         """
+        if names and self.publish is not None:
+            self.publish(user, name, names)
         folder = self._folders.get((user, _canonical(name)))
         if folder is None or not folder.listeners:
             return
         if names:
             folder.arrived(names)
         else:
-            folder.sync().addErrback(
-                lambda f: log.failure("{path}: sync after delivery", f, path=str(folder.path)))
+            self._sync(folder)
+
+    def delivered_elsewhere(self, user, name, names):
+        """
+        Another node delivered C{names} into C{user}'s folder: an open
+        folder takes them in from C{new/}, or, when a process took one in
+        already, is synced.
+        """
+        folder = self._folders.get((user, _canonical(name)))
+        if folder is None or not folder.listeners:
+            return
+        if all(os.path.exists(folder.path / "new" / name) for name in names):
+            folder.arrived(names)
+        else:
+            self._sync(folder)
+
+    def sync_open_folders(self):
+        """Sync every folder a session has open (new-mail events were missed)."""
+        for folder in list(self._folders.values()):
+            if folder.listeners:
+                self._sync(folder)
+
+    @staticmethod
+    def _sync(folder):
+        folder.sync().addErrback(
+            lambda f: log.failure("{path}: sync after delivery", f, path=str(folder.path)))
 
     def folders(self, user):
         """The names of C{user}'s folders: C{"INBOX"} first, then sorted."""

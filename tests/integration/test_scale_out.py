@@ -2,7 +2,7 @@
 Two nodes on one data_dir sharing a real redis-server ([sessions] backend =
 "redis", docs/scale-out.md): a login on node A opens a POP-before-SMTP
 window on node B, wrong passwords on A lock out on B, one POP3 session per
-maildrop across both, Redis stopped and started again mid-run (relay
+maildrop across both, a delivery on A wakes an IDLE on B at once, Redis stopped and started again mid-run (relay
 windows closed, logins still working, all back without a restart), and a
 node killed with its queue: the other delivers it once the lease lapses.
 """
@@ -138,6 +138,27 @@ class SharedSessionsTests(TwoNodesTestCase):
         while not self.a.maildir_files() and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual(len(self.a.maildir_files()), 1)
+
+
+class NewMailEventTests(TwoNodesTestCase):
+    def idle(self, node):
+        """An IMAP client of C{node} idling in alice's INBOX."""
+        imap = node.imap()
+        self.addCleanup(_quietly, imap.shutdown)
+        imap.login(ALICE, PASSWORD)
+        imap.select("INBOX")
+        imap.send(b"t IDLE\r\n")
+        self.assertTrue(imap.readline().startswith(b"+ "))
+        return imap
+
+    def test_idle_on_b_sees_a_delivery_on_a_within_a_second(self):
+        """Not at the IDLE's next folder scan (15 s later)."""
+        imap = self.idle(self.b)
+        self.assertEqual(self.a.send("Subject: to b's IDLE\r\n\r\nhi\r\n")[0], 250)
+        delivered = time.monotonic()
+        imap.sock.settimeout(10)
+        self.assertEqual(imap.readline(), b"* 1 EXISTS\r\n")
+        self.assertLess(time.monotonic() - delivered, 1)
 
 
 class QueueTakeoverTests(TwoNodesTestCase):
