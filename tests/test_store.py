@@ -392,6 +392,85 @@ class SharingTests(StoreTestCase):
         return d.addCallback(moved)
 
 
+class TwoProcessesTests(StoreTestCase):
+    """
+    Two stores on one Maildir, as two processes (nodes on shared storage)
+    have: their locks are separate open files, so they exclude each other
+    as two processes' do.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.deliver(1)
+        self.other = MailStore(self.root / "mail", self.clock)
+        self.here = opened(self.store, ALICE)
+        self.there = opened(self.other, ALICE)
+        self.here.add_listener(Recorder())
+        self.heard = Recorder()
+        self.there.add_listener(self.heard)
+
+    def test_appends_on_both_never_share_a_uid(self):
+        uids = []
+        for n in range(6):
+            folder = (self.here, self.there)[n % 2]
+            uids.append(self.successResultOf(folder.add(DATA + b"%d" % n)))
+        self.assertEqual(uids, [2, 3, 4, 5, 6, 7])
+        self.here.set_flags(1, set())  # (any change takes in the other's first)
+        for folder in (self.here, self.there):
+            self.assertEqual((folder.uids(), folder.uidnext), ([1, 2, 3, 4, 5, 6, 7], 8))
+            self.assertEqual([folder.message(u).path.read_bytes() for u in (2, 7)],
+                             [DATA + b"0", DATA + b"5"])
+        # each at its next change there, its own added after it
+        self.assertEqual(self.heard.events, [("added", [n]) for n in range(2, 8)])
+        self.assertEqual(self.restart().uids(), [1, 2, 3, 4, 5, 6, 7])
+
+    def test_a_delivery_taken_in_here_gets_its_uid_there(self):
+        self.deliver(1)
+        self.store.notify(ALICE, "INBOX", os.listdir(self.here.path / "new"))
+        self.assertEqual(self.here.uids(), [1, 2])
+        self.sync(self.there)  # it finds the file in cur/: the index says its UID
+        self.assertEqual((self.there.uids(), self.there.uidnext), ([1, 2], 3))
+        self.assertEqual(self.heard.events, [("added", [2])])
+        self.assertEqual(self.restart().uids(), [1, 2])
+
+    def test_flags_and_expunges_cross(self):
+        self.deliver(2)
+        self.sync(self.here)
+        self.sync(self.there)
+        del self.heard.events[:]
+        self.here.set_flags(2, {"\\Seen", "$Work"})
+        self.here.delete([3])
+        self.there.set_flags(1, {"\\Flagged"})
+        self.assertEqual((self.there.uids(), self.there.message(2).flags),
+                         ([1, 2], {"\\Seen", "$Work"}))
+        self.assertEqual(self.heard.events, [("expunged", [3]),
+                                             ("flags", {2: {"\\Seen", "$Work"}}),
+                                             ("flags", {1: {"\\Flagged"}})])
+        self.assertEqual(self.there.message(2).path.name,
+                         self.here.message(2).path.name)
+        self.assertEqual(self.there.highestmodseq, self.here.highestmodseq + 1)
+        again = self.restart()
+        self.assertEqual([again.message(u).flags for u in again.uids()],
+                         [{"\\Flagged"}, {"\\Seen", "$Work"}])
+
+    def test_the_others_snapshot_is_read_whole(self):
+        self.here._index.snapshot_due = True
+        self.successResultOf(self.here.add(DATA))
+        self.here.delete([1])
+        self.successResultOf(self.there.add(DATA))
+        self.assertEqual(self.there.uids(), [2, 3])
+        self.assertEqual(self.heard.events, [("expunged", [1]), ("added", [2]), ("added", [3])])
+        self.assertEqual(self.restart().uids(), [2, 3])
+
+    def test_a_load_that_raced_a_write_reads_again(self):
+        self.successResultOf(self.here.add(DATA))
+        late = MailStore(self.root / "mail", self.clock).folder(ALICE)
+        read = late._read()
+        self.successResultOf(self.here.add(DATA))  # after the read, before it is applied
+        self.successResultOf(late._load(read))
+        self.assertEqual((late.uids(), late.uidvalidity), ([1, 2, 3], self.here.uidvalidity))
+
+
 class OwnChangesTests(StoreTestCase):
     """
     The server's own changes leave a settled folder trusted (no listing of
@@ -587,7 +666,9 @@ class FullDiskTests(StoreTestCase):
         self.disk.fill()
         folder = opened(self.store, ALICE)
         self.assertEqual(folder.uids(), [1, 2])
-        self.assertEqual(sorted(os.listdir(folder.path)), ["cur", "new", "tmp"])
+        # no index (nor its temporary file): the empty lock file only
+        self.assertEqual(sorted(os.listdir(folder.path)),
+                         ["cur", "mailsrv-uidlist.lock", "new", "tmp"])
 
     def test_append_on_full_disk_fails_and_leaves_nothing(self):
         folder = opened(self.store, ALICE)

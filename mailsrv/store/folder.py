@@ -8,8 +8,14 @@ L{Folder.sync}, and the first load of a folder (its index read and parsed,
 its directories listed, its unknown files described), which may take a whole
 folder: those run in a thread and hand their result back; UIDs are still
 assigned on the reactor thread, which is the only place that changes a
-loaded folder's in-memory state and its index. A listing is already old when
-it arrives: the messages the server changed meanwhile (see L{Folder._touch})
+loaded folder's in-memory state and its index.
+
+Other processes may change the folder too (nodes on shared storage,
+docs/scale-out.md): every change to the index is made holding the folder's
+lock, after taking in what the others wrote to it (L{Folder._writing}), so
+no two messages ever get one UID and no process writes over another's
+lines; a first load whose index changed while it was read is read again.
+A listing is already old when it arrives: the messages the server changed meanwhile (see L{Folder._touch})
 are left out of what it is taken to say. Nothing reads or changes a folder
 before its load is applied (see L{Folder.opened}).
 
@@ -65,6 +71,9 @@ log = Logger()
 SETTLED = 2
 # Bytes read to find a message's header: most fit (SEARCH reads thousands).
 HEADER_READ = 8192
+# Times a first load reads a folder without its lock, while other processes
+# change its index meanwhile, before it reads holding the lock.
+STALE_READS = 3
 
 
 class FolderError(Exception):
@@ -206,6 +215,7 @@ class Folder:
         self._recent = store.unseen_arrivals(user, name)
         ensure_maildir(self.path)
         self._index = UidList(self.path / UidList.FILENAME)
+        self._caught = set()  # keys other processes added, taken in by this _writing()
         self._loaded = False  # see opened()
         self.headers = HeaderCache(self, lambda f, *args: threads.deferToThread(f, *args))
 
@@ -558,13 +568,15 @@ class Folder:
         Files just delivered into C{new/} (their names): taken in without
         listing the folder, so a delivery costs an open folder O(1).
         """
-        arriving = {}
-        for name in names:
-            # on the reactor, so no sync can take it in between: one UID
-            if os.path.exists(os.path.join(self.path, "new", name)):
-                key, suffix = split_name(name)
-                arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
-        added = self._place(self._describe(arriving), [], [])
+        with self._writing():
+            arriving = {}
+            for name in names:
+                # on the reactor and locked, so no sync here nor another
+                # process can take it in between: one UID
+                if os.path.exists(os.path.join(self.path, "new", name)):
+                    key, suffix = split_name(name)
+                    arriving[key] = (INFO_SEPARATOR + info_letters(suffix), "new/" + name)
+            added = self._place(self._describe(arriving), [], [])
         if added:
             self._notify(None, [entry.uid for entry in added], [], {})
 
@@ -581,35 +593,37 @@ class Folder:
         except FileNotFoundError:
             return None
 
-    def _apply(self, found, touched=frozenset()):
+    def _apply(self, found, touched):
         """
         L{sync} for the files of a L{_scan}, but for the keys in
-        C{touched}: the server changed those after the listing.
+        C{touched} (the live set of L{_touch}): the server, or another
+        process, changed those after the listing.
 
         @return: C{((added, expunged, flag_changes), complete)}:
             C{complete} is false when new mail had to wait (the index could
             not be written).
         """
-        expunged, changed = [], []
-        on_disk = dict(split_name(n) for n, where in found.items() if where == "cur")
-        for uid, entry in list(self._entries.items()):
-            suffix = on_disk.pop(entry.key, None)
-            if entry.key in touched:
-                continue
-            if suffix is None:
-                expunged.append(uid)
-                del self._entries[uid]
-            elif suffix != entry.suffix:
-                before = entry.letters
-                entry.suffix = sys.intern(suffix)
-                if entry.letters != before:
-                    changed.append(entry)
-        expunged.sort()
-        if touched:
-            on_disk = {k: v for k, v in on_disk.items() if k not in touched}
-            found = {n: w for n, w in found.items()
-                     if w == "cur" or split_name(n)[0] not in touched}
-        added = self._take_in(on_disk, found, changed, expunged)
+        with self._writing():  # (what others changed since is touched: see _catch_up)
+            expunged, changed = [], []
+            on_disk = dict(split_name(n) for n, where in found.items() if where == "cur")
+            for uid, entry in list(self._entries.items()):
+                suffix = on_disk.pop(entry.key, None)
+                if entry.key in touched:
+                    continue
+                if suffix is None:
+                    expunged.append(uid)
+                    del self._entries[uid]
+                elif suffix != entry.suffix:
+                    before = entry.letters
+                    entry.suffix = sys.intern(suffix)
+                    if entry.letters != before:
+                        changed.append(entry)
+            expunged.sort()
+            if touched:
+                on_disk = {k: v for k, v in on_disk.items() if k not in touched}
+                found = {n: w for n, w in found.items()
+                         if w == "cur" or split_name(n)[0] not in touched}
+            added = self._take_in(on_disk, found, changed, expunged)
         complete = added is not None
         changes = {entry.uid: entry.flags() for entry in changed}
         added = [entry.uid for entry in added or ()]
@@ -625,35 +639,36 @@ class Folder:
         @raise KeyError: no such UID.
         @raise OSError: the file vanished.
         """
-        entry = self._entries[uid]
-        letters = info_letters(entry.suffix)
-        system = frozenset(f for f in flags if f in FLAG_LETTERS)
-        keywords = frozenset(f for f in flags if is_keyword(f))
-        # keep letters other software set (lower case keywords)
-        others = "".join(c for c in letters if c not in LETTER_FLAGS)
-        new_letters = "".join(sorted({FLAG_LETTERS[f] for f in system} | set(others)))
-        suffix = INFO_SEPARATOR + new_letters
-        if suffix == entry.suffix and keywords == entry.keywords:
-            return entry.flags()
-        self._touch([entry.key])
-        # the index first: a file name it has not seen is taken as a
-        # change at the next start, keywords it has not written are lost
-        before = (entry.suffix, entry.keywords, entry.modseq)
-        entry.suffix, entry.keywords = sys.intern(suffix), keywords
-        try:
-            self._persist([], [entry], [])
-        except OSError:
-            entry.suffix, entry.keywords, entry.modseq = before
-            raise
-        if suffix != before[0]:
+        with self._writing():
+            entry = self._entries[uid]
+            letters = info_letters(entry.suffix)
+            system = frozenset(f for f in flags if f in FLAG_LETTERS)
+            keywords = frozenset(f for f in flags if is_keyword(f))
+            # keep letters other software set (lower case keywords)
+            others = "".join(c for c in letters if c not in LETTER_FLAGS)
+            new_letters = "".join(sorted({FLAG_LETTERS[f] for f in system} | set(others)))
+            suffix = INFO_SEPARATOR + new_letters
+            if suffix == entry.suffix and keywords == entry.keywords:
+                return entry.flags()
+            self._touch([entry.key])
+            # the index first: a file name it has not seen is taken as a
+            # change at the next start, keywords it has not written are lost
+            before = (entry.suffix, entry.keywords, entry.modseq)
+            entry.suffix, entry.keywords = sys.intern(suffix), keywords
             try:
-                os.rename(self.path / "cur" / (entry.key + before[0]),
-                          self.path / "cur" / entry.name)
+                self._persist([], [entry], [])
             except OSError:
-                entry.suffix = before[0]
+                entry.suffix, entry.keywords, entry.modseq = before
                 raise
-        self._notify(origin, [], [], {uid: entry.flags()})
-        return entry.flags()
+            if suffix != before[0]:
+                try:
+                    os.rename(self.path / "cur" / (entry.key + before[0]),
+                              self.path / "cur" / entry.name)
+                except OSError:
+                    entry.suffix = before[0]
+                    raise
+            self._notify(origin, [], [], {uid: entry.flags()})
+            return entry.flags()
 
     def delete(self, uids, origin=None):
         """
@@ -662,21 +677,22 @@ class Folder:
 
         @return: the UIDs removed, ascending.
         """
-        removed = []
-        for uid in sorted(set(uids)):
-            entry = self._entries.get(uid)
-            if entry is None:
-                continue
-            self._touch([entry.key])
-            try:
-                os.unlink(self._path(entry))
-            except FileNotFoundError:
-                pass
-            del self._entries[uid]
-            removed.append(uid)
-        self._persist_or_log([], [], removed)
-        self._notify(origin, [], removed, {})
-        return removed
+        with self._writing():
+            removed = []
+            for uid in sorted(set(uids)):
+                entry = self._entries.get(uid)
+                if entry is None:
+                    continue
+                self._touch([entry.key])
+                try:
+                    os.unlink(self._path(entry))
+                except FileNotFoundError:
+                    pass
+                del self._entries[uid]
+                removed.append(uid)
+            self._persist_or_log([], [], removed)
+            self._notify(origin, [], removed, {})
+            return removed
 
     def add(self, data, flags=(), date=None):
         """
@@ -720,15 +736,16 @@ class Folder:
 
         @return: whether the folder has C{uidvalidity} now.
         """
-        if uidvalidity == self._index.uidvalidity:
+        with self._writing():
+            if uidvalidity == self._index.uidvalidity:
+                return True
+            if not self._loaded or self._entries or self.listeners or self._syncing is not None:
+                return False
+            log.info("{path}: UIDVALIDITY {old} replaced by {new} (import)", path=str(self.path),
+                     old=self._index.uidvalidity, new=uidvalidity)
+            self._index.reset(uidvalidity)
+            self._snapshot()
             return True
-        if not self._loaded or self._entries or self.listeners or self._syncing is not None:
-            return False
-        log.info("{path}: UIDVALIDITY {old} replaced by {new} (import)", path=str(self.path),
-                 old=self._index.uidvalidity, new=uidvalidity)
-        self._index.reset(uidvalidity)
-        self._snapshot()
-        return True
 
     def skip_uids(self, uidnext):
         """
@@ -736,9 +753,10 @@ class Folder:
         kept gave them, to messages it has since expunged, and its
         clients may remember them.
         """
-        if uidnext > self._index.uidnext:
-            self._index.uidnext = uidnext
-            self._snapshot()
+        with self._writing():
+            if uidnext > self._index.uidnext:
+                self._index.uidnext = uidnext
+                self._snapshot()
 
     def copy(self, uid, other):
         """
@@ -767,37 +785,41 @@ class Folder:
         @raise OSError: C{other}'s index could not be written (nothing
             moved), or a file could not be moved (those before it moved).
         """
-        entries = [self._entries[uid] for uid in sorted(set(uids)) if uid in self._entries]
-        keys = [entry.key for entry in entries]
-        self._touch(keys)
-        other._touch(keys)
-        arrived = [
-            _Entry(other._index.allocate(), entry.key, entry.suffix, entry.size,
-                   entry.internaldate, other._index.next_modseq(), entry.keywords)
-            for entry in entries
-        ]
-        other._entries.update((new.uid, new) for new in arrived)
-        try:
-            other._persist(arrived, [], [])
-        except OSError:
-            for new in arrived:
-                del other._entries[new.uid]
-            raise
-        moved, failure = [], None
-        for entry, new in zip(entries, arrived):
-            if failure is None:
-                try:
-                    os.rename(self._path(entry), other.path / "cur" / entry.name)
-                except OSError as e:
-                    if not isinstance(e, FileNotFoundError):
-                        failure = e
-                else:
-                    del self._entries[entry.uid]
-                    moved.append((entry.uid, new.uid))
-                    continue
-            del other._entries[new.uid]  # its index line names no file: dropped at load
-        gone = [uid for uid, _ in moved]
-        self._persist_or_log([], [], gone)
+        with contextlib.ExitStack() as held:
+            # both locks, taken in one order everywhere: no deadlock
+            for folder in sorted((self, other), key=lambda f: str(f.path)):
+                held.enter_context(folder._writing())
+            entries = [self._entries[uid] for uid in sorted(set(uids)) if uid in self._entries]
+            keys = [entry.key for entry in entries]
+            self._touch(keys)
+            other._touch(keys)
+            arrived = [
+                _Entry(other._index.allocate(), entry.key, entry.suffix, entry.size,
+                       entry.internaldate, other._index.next_modseq(), entry.keywords)
+                for entry in entries
+            ]
+            other._entries.update((new.uid, new) for new in arrived)
+            try:
+                other._persist(arrived, [], [])
+            except OSError:
+                for new in arrived:
+                    del other._entries[new.uid]
+                raise
+            moved, failure = [], None
+            for entry, new in zip(entries, arrived):
+                if failure is None:
+                    try:
+                        os.rename(self._path(entry), other.path / "cur" / entry.name)
+                    except OSError as e:
+                        if not isinstance(e, FileNotFoundError):
+                            failure = e
+                    else:
+                        del self._entries[entry.uid]
+                        moved.append((entry.uid, new.uid))
+                        continue
+                del other._entries[new.uid]  # its index line names no file: dropped at load
+            gone = [uid for uid, _ in moved]
+            self._persist_or_log([], [], gone)
         # after a failure the session learns of the moved ones as expunges
         self._notify(origin if failure is None else None, [], gone, {})
         other._notify(None, [uid for _, uid in moved], [], {})
@@ -832,14 +854,20 @@ class Folder:
             entry.modseq, entry.name, self, wire != entry.size,
         )
 
-    def _read(self):
+    def _read(self, locked=False):
         """
         In a thread, the file work of the first load (L{_load}): the index
         read and parsed, the listing, entries for the files the index
         knows, and the size, date and order of those it does not. Nothing
-        touches the index of a folder not yet loaded (see L{opened}), so it
-        may be read here.
+        here touches the index of a folder not yet loaded (see L{opened}),
+        so it may be read here; another process may write it meanwhile
+        (then L{_load} reads again, the last time C{locked}: holding the
+        folder's lock).
         """
+        with self._index.locked() if locked else contextlib.nullcontext():
+            return self._read_unlocked()
+
+    def _read_unlocked(self):
         known = self._index.load()
         stamp = self._stamp()
         found = self._scan()
@@ -863,7 +891,7 @@ class Folder:
         changes = (array("Q", map(_MODSEQ, order)), array("L", map(_UID, order)))
         return known, reset, stamp, entries, changes, changed, vanished, arriving
 
-    def _load(self, read):
+    def _load(self, read, attempts=1):
         """
         Apply a L{_read} on the reactor. A message already in C{cur/} (we
         put it there) but missing from the index means the index is older
@@ -873,6 +901,14 @@ class Folder:
         saw changed while the server was not looking: those messages get a
         new MODSEQ.
         """
+        with self._index.locked():
+            if self._index.stale():  # another process wrote it since it was read
+                d = threads.deferToThread(self._read, attempts >= STALE_READS)
+                return d.addCallback(self._load, attempts + 1)
+            self._caught = set()
+            return self._loaded_from(read)
+
+    def _loaded_from(self, read):
         known, reset, stamp, entries, changes, changed, vanished, arriving = read
         if reset:
             if known:
@@ -974,28 +1010,31 @@ class Folder:
         """
         L{_take_in} for the files of a L{_describe}: UIDs in its order.
         """
-        self._touch(key for key, *_ in described)
-        added = []
-        for key, suffix, now, size, date in described:
-            entry = _Entry(self._index.allocate(), key, suffix, size, date,
-                           self._index.next_modseq())
-            self._entries[entry.uid] = entry
-            added.append((entry, now))
-        try:
-            self._persist([entry for entry, _ in added], changed, removed)
-        except OSError as e:
-            self._log_write_error(e)
-            if not keep:
-                for entry, _ in added:
-                    del self._entries[entry.uid]
-                return None
-        for entry, now in added:
-            if now.startswith("new/"):
-                try:
-                    os.rename(self.path / now, self._path(entry))
-                except FileNotFoundError:  # taken by another process
-                    del self._entries[entry.uid]
-        return [entry for entry, _ in added if entry.uid in self._entries]
+        with self._writing():
+            # (others may have taken some in since they were listed)
+            described = [d for d in described if d[0] not in self._caught]
+            self._touch(key for key, *_ in described)
+            added = []
+            for key, suffix, now, size, date in described:
+                entry = _Entry(self._index.allocate(), key, suffix, size, date,
+                               self._index.next_modseq())
+                self._entries[entry.uid] = entry
+                added.append((entry, now))
+            try:
+                self._persist([entry for entry, _ in added], changed, removed)
+            except OSError as e:
+                self._log_write_error(e)
+                if not keep:
+                    for entry, _ in added:
+                        del self._entries[entry.uid]
+                    return None
+            for entry, now in added:
+                if now.startswith("new/"):
+                    try:
+                        os.rename(self.path / now, self._path(entry))
+                    except FileNotFoundError:  # taken by another process
+                        del self._entries[entry.uid]
+            return [entry for entry, _ in added if entry.uid in self._entries]
 
     def _added_when_opened(self, written, uids=None):
         """L{_added} once the folder is loaded (an APPEND to a folder nobody opened)."""
@@ -1015,31 +1054,132 @@ class Folder:
         @param written: C{(file in tmp/, name in cur/, date, flags)} each.
         @param uids: the UIDs wanted (see L{add_all}), or L{None}.
         """
-        entries = []
-        for (_, name, date, flags), wanted in zip(written, uids or [None] * len(written)):
-            key, suffix = split_name(name)
-            self._touch([key])
-            entry = _Entry(self._index.allocate(wanted), key, suffix, size_from_key(key),
-                           int(date), self._index.next_modseq(), filter(is_keyword, flags))
-            self._entries[entry.uid] = entry
-            entries.append(entry)
-        moved = []
-        try:
-            self._persist(entries, [], [])
-            for entry, (temporary, *_) in zip(entries, written):
-                os.rename(temporary, self._path(entry))
-                moved.append(entry)
-        except OSError:
-            for entry in entries:
-                del self._entries[entry.uid]
-            for entry in moved:
-                discard(self._path(entry))
-            _discard_written(written)
-            raise
+        with self._writing():
+            entries = []
+            for (_, name, date, flags), wanted in zip(written, uids or [None] * len(written)):
+                key, suffix = split_name(name)
+                self._touch([key])
+                entry = _Entry(self._index.allocate(wanted), key, suffix, size_from_key(key),
+                               int(date), self._index.next_modseq(), filter(is_keyword, flags))
+                self._entries[entry.uid] = entry
+                entries.append(entry)
+            moved = []
+            try:
+                self._persist(entries, [], [])
+                for entry, (temporary, *_) in zip(entries, written):
+                    os.rename(temporary, self._path(entry))
+                    moved.append(entry)
+            except OSError:
+                for entry in entries:
+                    del self._entries[entry.uid]
+                for entry in moved:
+                    discard(self._path(entry))
+                _discard_written(written)
+                raise
         uids = [entry.uid for entry in entries]
         self._notify(None, uids, [], {})
         d = threads.deferToThread(fsync_directory, self.path / "cur")
         return d.addCallback(lambda _: uids)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """
+        Hold the folder's lock, with what other processes wrote to the
+        index since taken in first (L{_catch_up}): every change to the
+        index is made under it. Taken again within, it is a no-op.
+        """
+        with self._index.locked() as first:
+            if first:
+                self._caught = self._catch_up()
+            yield
+
+    def _catch_up(self):
+        """
+        Take in what other processes wrote to the index (its lock held):
+        their messages, flag changes and removals, told to the listeners;
+        a listing under way leaves their messages alone (L{_touch}).
+
+        @return: the keys of the messages they added.
+        """
+        uidvalidity = self._index.uidvalidity
+        news = self._index.news()
+        if news is None or (news.entries is None and not news.lines):
+            return set()
+        if news.entries is None:
+            added, expunged, changed = self._replay(news.lines)
+        else:
+            if self._index.uidvalidity != uidvalidity:
+                log.warn("{path}: another process gave the folder a new UIDVALIDITY",
+                         path=str(self.path))
+                expunged = list(self._entries.values())
+                self._entries = {}
+            else:
+                expunged = []
+            added, gone, changed = self._reconcile(news.entries)
+            expunged += gone
+        self._touch(entry.key for entry in (*added, *changed, *expunged))
+        for entry in sorted((*added, *changed), key=_MODSEQ):
+            self._change_modseqs.append(entry.modseq)
+            self._change_uids.append(entry.uid)
+        self._notify(None, [entry.uid for entry in added],
+                     sorted(entry.uid for entry in expunged),
+                     {entry.uid: entry.flags() for entry in changed})
+        return {entry.key for entry in added}
+
+    def _replay(self, lines):
+        """
+        L{_catch_up} for change lines (L{mailsrv.store.uidlist.News}).
+
+        @return: the added, expunged and changed entries.
+        """
+        added, changed, expunged = {}, {}, []
+        for kind, *fields in lines:
+            if kind == "+":
+                key, uid, internaldate, size, modseq, letters, keywords = fields
+                entry = _Entry(uid, key, INFO_SEPARATOR + (letters or ""), size, internaldate,
+                               modseq, keywords)
+                self._entries[uid] = added[uid] = entry
+            elif kind == "=":
+                uid, modseq, letters, keywords = fields
+                entry = self._entries.get(uid)
+                if entry is not None:
+                    _recorded(entry, modseq, letters, keywords)
+                    if uid not in added:
+                        changed[uid] = entry
+            elif kind == "-":
+                for uid in fields[1]:
+                    entry = self._entries.pop(uid, None)
+                    if entry is not None and added.pop(uid, None) is None:
+                        changed.pop(uid, None)
+                        expunged.append(entry)
+        return list(added.values()), expunged, list(changed.values())
+
+    def _reconcile(self, entries):
+        """
+        L{_catch_up} for another process's snapshot (key -> C{(uid,
+        internaldate, size, modseq, letters, keywords)}).
+
+        @return: the added, expunged and changed entries.
+        """
+        records = {record[0]: (key, *record[1:]) for key, record in entries.items()}
+        expunged, changed = [], []
+        for uid, entry in list(self._entries.items()):
+            record = records.get(uid)
+            if record is None or record[0] != entry.key:
+                expunged.append(self._entries.pop(uid))
+                continue
+            del records[uid]
+            key, internaldate, size, modseq, letters, keywords = record
+            if modseq != entry.modseq:
+                _recorded(entry, modseq, letters, keywords)
+                changed.append(entry)
+        added = []
+        for uid, (key, internaldate, size, modseq, letters, keywords) in records.items():
+            entry = _Entry(uid, key, INFO_SEPARATOR + (letters or ""), size, internaldate,
+                           modseq, keywords)
+            self._entries[uid] = entry
+            added.append(entry)
+        return added, expunged, changed
 
     def _persist(self, added, changed, removed):
         """
@@ -1125,6 +1265,18 @@ class Folder:
         self._entries.clear()
         self.headers.stop()  # its directory is being removed
         self._notify(None, [], uids, {})
+
+
+def _recorded(entry, modseq, letters, keywords):
+    """
+    Another process changed C{entry}'s flags as its index line says (the
+    file renamed as L{Folder.set_flags} does: letters other software set
+    kept).
+    """
+    others = "".join(c for c in info_letters(entry.suffix) if c not in LETTER_FLAGS)
+    entry.suffix = sys.intern(INFO_SEPARATOR + "".join(sorted(set(letters or "") | set(others))))
+    entry.keywords = frozenset(keywords) if keywords else _NO_KEYWORDS
+    entry.modseq = modseq
 
 
 def _crlf_size(path):

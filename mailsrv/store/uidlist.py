@@ -21,10 +21,19 @@ A write can fail half done (a full disk takes what fits, a kill cuts it):
 the reader ignores a last line that is cut short or does not parse, and
 the next append first cuts the file back to its last whole line, so a torn
 line never ends up in the middle of the file.
+
+Several processes may write one index (nodes on shared storage,
+docs/scale-out.md): each change is made holding the folder's lock
+(L{UidList.locked}, C{flock} on C{mailsrv-uidlist.lock} beside it), after
+taking in what the others wrote since (L{UidList.news}): the lines
+appended after the ones this process knows, or, after another's snapshot
+(a new file), the whole file.
 """
 
 import contextlib
+import fcntl
 import os
+from typing import NamedTuple
 
 from mailsrv.ranges import runs
 from mailsrv.store.delivery import discard, fsync_directory, write_all, write_file
@@ -51,6 +60,18 @@ def _parse_flag_field(text):
     return letters[1:], tuple(k for k in keywords if k)
 
 
+class News(NamedTuple):
+    """
+    What other processes wrote to the index since this process last read
+    or wrote it: the change lines after what it knew (C{lines}, parsed by
+    L{_parse_line}), or a new snapshot (C{entries}, as L{UidList.load}
+    gives them, L{None} when it did not parse).
+    """
+
+    lines: tuple = ()
+    entries: dict = None
+
+
 class UidList:
     """
     @ivar uidvalidity: 0 until loaded or reset.
@@ -62,7 +83,11 @@ class UidList:
         yet, a damaged one, or a reset).
     @ivar whole: the length in bytes of the file's whole lines, as far as
         this object knows: anything after it is a torn write, cut off
-        before the next append.
+        before the next append, or lines another process wrote since
+        (L{news}).
+    @ivar seen: the file's inode and size when this object last read or
+        wrote it (L{None}: no file): another's snapshot is a new file, its
+        appends make it longer.
     """
 
     FILENAME = "mailsrv-uidlist"
@@ -76,6 +101,74 @@ class UidList:
         self.appended = 0
         self.snapshot_due = True
         self.whole = 0
+        self.seen = None
+        self._lock_fd = None
+
+    @contextlib.contextmanager
+    def locked(self):
+        """
+        Hold the folder's lock (blocking: other processes hold it for an
+        append or a snapshot); within a hold, taking it again is a no-op.
+
+        @return: a context manager of whether this call took the lock.
+        """
+        if self._lock_fd is not None:
+            yield False
+            return
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+            yield True
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # (releases the lock)
+
+    def stale(self):
+        """Whether another process wrote the file since this object read or wrote it."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_ino, st.st_size) != self.seen
+
+    def news(self):
+        """
+        What other processes wrote since this object last read or wrote the
+        file (call it holding L{locked}): a L{News}, or L{None} when
+        nothing. Change lines are read from where this object's knowledge
+        ends; a new file is read whole (one in every L{worth_a_snapshot}).
+        """
+        if not self.stale():
+            return None
+        with open(self.path, "rb") as f:
+            if self.seen is None or os.fstat(f.fileno()).st_ino != self.seen[0]:
+                entries = self.load()
+                if entries is None:
+                    self.snapshot_due = True  # (ours replaces it)
+                return News(entries=entries)
+            f.seek(self.whole)
+            data = f.read()
+        whole = data.rfind(b"\n") + 1  # (a torn last line is cut off at the next append)
+        lines = []
+        for line in data[:whole].decode("utf-8", "surrogateescape").split("\n")[:-1]:
+            try:
+                lines.append(_parse_line(line, VERSION))
+            except (ValueError, KeyError) as e:
+                log.warn("{path}: ignoring a damaged line another process wrote to the UID "
+                         "index ({error})", path=str(self.path), error=e)
+        self.seen = (self.seen[0], self.whole + len(data))
+        self.whole += whole
+        for kind, *fields in lines:
+            if kind == "+":
+                self.uidnext = max(self.uidnext, fields[1] + 1)
+                self.highestmodseq = max(self.highestmodseq, fields[4])
+            else:
+                self.appended += 1
+                self.highestmodseq = max(self.highestmodseq, fields[1 if kind == "=" else 0])
+                if kind == "-":
+                    self.expunges.add(fields[0], runs(sorted(fields[1])))
+        return News(lines=tuple(lines))
 
     def load(self):
         """
@@ -90,6 +183,7 @@ class UidList:
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
+                self.seen = (os.fstat(f.fileno()).st_ino, len(data))
         except FileNotFoundError:
             return None
         try:
@@ -137,41 +231,28 @@ class UidList:
         keys = {}  # uid -> key
         changes = 0
         for line in lines[1:]:
-            first = line[:1]
-            if first == "=":
+            kind, *fields = _parse_line(line, version)
+            if kind == "=":
                 changes += 1
-                uid, modseq, flags = line[1:].split(" ", 2)
-                key = keys[int(uid)]
-                modseq = int(modseq)
-                entries[key] = entries[key][:3] + (modseq,) + _parse_flag_field(flags)
-            elif first == "-":
+                uid, modseq, letters, keywords = fields
+                key = keys[uid]
+                entries[key] = entries[key][:3] + (modseq, letters, keywords)
+            elif kind == "-":
                 changes += 1
-                modseq, _, uids = line[1:].partition(":")
-                modseq = int(modseq)
-                removed = [int(uid) for uid in uids.split()]
+                modseq, removed = fields
                 if not keys.keys() >= set(removed):
                     raise KeyError("unknown UID removed")
                 for uid in removed:
                     del entries[keys.pop(uid)]
                 expunges.add(modseq, runs(sorted(removed)))
-            elif first == "~":
-                modseq, _, uids = line[1:].partition(":")
-                modseq = int(modseq)
-                expunges.add(modseq, [_uid_range(r) for r in uids.split(",")])
+            elif kind == "~":
+                modseq, ranges = fields
+                expunges.add(modseq, ranges)
             else:
-                if version == "1":
-                    uid, internaldate, size, key = line.split(" ", 3)
-                    modseq, letters, keywords = 1, None, ()
-                else:
-                    uid, internaldate, size, modseq, rest = line.split(" ", 4)
-                    key, _, flags = rest.partition(":")
-                    modseq = int(modseq)
-                    letters, keywords = _parse_flag_field(":" + flags)
-                uid = int(uid)
+                key, uid, internaldate, size, modseq, letters, keywords = fields
                 if uid >= uidnext:
                     uidnext = uid + 1
-                entries[key] = (uid, int(internaldate), int(size), modseq, letters,
-                                keywords)
+                entries[key] = (uid, internaldate, size, modseq, letters, keywords)
                 keys[uid] = key
             if modseq > highest:
                 highest = modseq
@@ -237,6 +318,7 @@ class UidList:
             discard(temporary, OSError)
             raise
         fsync_directory(os.path.dirname(self.path))
+        self.seen = (os.stat(self.path).st_ino, len(data))
         self.whole = len(data)
         self.appended = 0
         self.snapshot_due = False
@@ -277,10 +359,38 @@ class UidList:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, self.whole)
                 raise
+            self.seen = (os.fstat(fd).st_ino, self.whole + len(data))
         finally:
             os.close(fd)
         self.whole += len(data)
         self.appended += len(lines)
+
+
+def _parse_line(line, version):
+    """
+    One line after the header: C{("+", key, uid, internaldate, size,
+    modseq, letters, keywords)} (a message), C{("=", uid, modseq, letters,
+    keywords)} (its flags), C{("-", modseq, [uid, ...])} (removed) or
+    C{("~", modseq, [(low, high), ...])} (expunged before the snapshot).
+
+    @raise ValueError: it does not parse.
+    """
+    first = line[:1]
+    if first == "=":
+        uid, modseq, flags = line[1:].split(" ", 2)
+        return ("=", int(uid), int(modseq), *_parse_flag_field(flags))
+    if first in ("-", "~"):
+        modseq, _, uids = line[1:].partition(":")
+        if first == "-":
+            return ("-", int(modseq), [int(uid) for uid in uids.split()])
+        return ("~", int(modseq), [_uid_range(r) for r in uids.split(",")])
+    if version == "1":
+        uid, internaldate, size, key = line.split(" ", 3)
+        return ("+", key, int(uid), int(internaldate), int(size), 1, None, ())
+    uid, internaldate, size, modseq, rest = line.split(" ", 4)
+    key, _, flags = rest.partition(":")
+    return ("+", key, int(uid), int(internaldate), int(size), int(modseq),
+            *_parse_flag_field(":" + flags))
 
 
 def _range_text(uids):

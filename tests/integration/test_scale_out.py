@@ -9,8 +9,10 @@ node killed with its queue: the other delivers it once the lease lapses.
 
 import imaplib
 import poplib
+import re
 import signal
 import smtplib
+import threading
 import time
 
 from twisted.trial import unittest
@@ -159,6 +161,67 @@ class NewMailEventTests(TwoNodesTestCase):
         imap.sock.settimeout(10)
         self.assertEqual(imap.readline(), b"* 1 EXISTS\r\n")
         self.assertLess(time.monotonic() - delivered, 1)
+
+
+class SharedFolderTests(TwoNodesTestCase):
+    def session(self, node):
+        imap = node.imap()
+        self.addCleanup(_quietly, imap.shutdown)
+        imap.login(ALICE, PASSWORD)
+        imap.select("INBOX")
+        return imap
+
+    def subjects(self, imap):
+        """UID -> Subject of every message, as C{imap}'s session sees the folder."""
+        imap.noop()
+        listing = imap.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1]
+        return {int(re.search(rb"UID (\d+)", item[0]).group(1)): item[1].strip().decode()
+                for item in listing if isinstance(item, tuple)}
+
+    def test_two_nodes_adding_to_one_folder_give_each_message_its_own_uid(self):
+        """
+        Deliveries and APPENDs at once through both nodes, each with a
+        session in the folder (so each takes the new mail in itself): both
+        nodes, and a node started afterwards, see the same message under
+        each UID, and UIDNEXT follows the highest.
+        """
+        watching = [self.session(node) for node in (self.a, self.b)]
+        failures = []
+
+        def deliver(node, name):
+            for n in range(15):
+                if node.send(f"Subject: {name} {n}\r\n\r\nhi\r\n")[0] != 250:
+                    failures.append((name, n))
+
+        def append(node, name):
+            imap = node.imap()
+            imap.login(ALICE, PASSWORD)
+            for n in range(15):
+                message = f"Subject: {name} {n}\r\n\r\nhi\r\n".encode()
+                if imap.append("INBOX", None, None, message)[0] != "OK":
+                    failures.append((name, n))
+            imap.logout()
+
+        work = [threading.Thread(target=job, args=(node, f"{job.__name__} {name}"))
+                for node, name in ((self.a, "a"), (self.b, "b")) for job in (deliver, append)]
+        for thread in work:
+            thread.start()
+        for thread in work:
+            thread.join()
+        self.assertEqual(failures, [])
+        later = self.node("c", data_dir=self.a.data_dir)
+        everyone = [*watching, self.session(self.a), self.session(self.b), self.session(later)]
+        deadline = time.monotonic() + 10
+        while True:  # (a session hears of the other node's last ones within a second)
+            views = [self.subjects(imap) for imap in everyone]
+            if all(view == views[-1] for view in views) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for view in views:
+            self.assertEqual(view, views[-1])
+        self.assertEqual(len(set(views[-1].values())), 60)
+        status = everyone[-1].status("INBOX", "(UIDNEXT)")[1][0].decode()
+        self.assertIn(f"(UIDNEXT {max(views[-1]) + 1})", status)
 
 
 class QueueTakeoverTests(TwoNodesTestCase):
