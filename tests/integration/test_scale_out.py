@@ -43,15 +43,21 @@ class TwoNodesTestCase(unittest.TestCase):
         return f"127.0.0.1:{free_port()}"
 
     def node(self, name, data_dir=None):
-        server = {"node": name}
+        """
+        Node C{name}; with C{data_dir} (node a's), it shares a's users file
+        too, as nodes on shared storage do.
+        """
+        server, shared = {"node": name}, {}
         if data_dir is not None:
             server["data_dir"] = str(data_dir)
+            shared = {"users": {"file": str(self.a.dir / "users")}}
         node = MailServerProcess(extra={
             "server": server,
             "sessions": {"backend": "redis", "redis_url": self.redis.url, "redis_timeout": 1},
             "relay": {"mode": "trusted", "trusted": ["127.0.0.9"]},
             "delivery": {"smart_host": self.smart_host(name)},
-        })
+            **shared,
+        }, users=() if shared else ("alice@example.test", "bob@example.test"))
         self.addCleanup(node.cleanup)
         node.start()
         node.wait_for_log("Redis connected: unix://")
@@ -115,6 +121,22 @@ class SharedSessionsTests(TwoNodesTestCase):
         third = self.pop3(self.b)
         self.assertTrue(third.pass_(PASSWORD).startswith(b"+OK"))
         third.quit()
+
+    def test_a_password_changed_on_a_ends_the_cached_login_on_b(self):
+        """
+        No Redis message needed: B re-reads the shared users file itself,
+        within a second of the change, and its login cache holds only
+        while the file has the hash it was checked against.
+        """
+        self.assertEqual(self.imap_login(self.b, "127.0.0.7", ALICE), "OK")  # (now cached)
+        self.a.admin("user", "passwd", ALICE, "--password-stdin", input="new secret\n")
+        deadline = time.monotonic() + 5
+        while (self.imap_login(self.b, "127.0.0.8", ALICE) == "OK"
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        self.assertEqual(self.imap_login(self.b, "127.0.0.8", ALICE),
+                         "b'[AUTHENTICATIONFAILED] Authentication failed'")
+        self.assertEqual(self.imap_login(self.b, "127.0.0.8", ALICE, "new secret"), "OK")
 
     def test_redis_stopped_and_started_mid_run(self):
         self.assertEqual(self.imap_login(self.a, "127.0.0.6", ALICE), "OK")
