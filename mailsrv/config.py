@@ -1154,7 +1154,10 @@ class Settings:
     @ivar per_domain: the L{DomainSettings} of the C{[domain."NAME"]} tables.
     @ivar node: [server] node: this node's name among those that share
         data_dir ([sessions] backend = "redis"); "" in the file is this
-        machine's short name.
+        machine's short name. A worker of [server] workers is node
+        C{NODE-K} (L{worker}).
+    @ivar workers: [server] workers: reactor processes on this machine
+        (mailsrv/workers.py); more than one needs the redis backend.
     @ivar dkim: the L{DKIMSigningSettings}: [[dkim.sign]].
     """
 
@@ -1177,6 +1180,7 @@ class Settings:
     metrics: MetricsSettings
     hostname: str = _text("", table="server")
     node: str = _node_name(table="server")
+    workers: int = _whole(1, minimum=1, table="server")
     user: str = _text("", table="server")
     group: str = _text("", table="server")
     allow_root: bool = _flag(False, table="server")
@@ -1196,6 +1200,10 @@ class Settings:
         if self.sessions.backend == "redis":
             return self.data_dir / "nodes" / self.node
         return self.data_dir
+
+    def worker(self, number):
+        """These settings as worker C{number} (from 1) of [server] workers runs them."""
+        return replace(self, node=f"{self.node}-{number}")
 
     def is_local_domain(self, domain):
         """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
@@ -1383,6 +1391,10 @@ def parse(data, path):
         **values,
     )
     top.check_unknown()
+    if settings.workers > 1 and settings.sessions.backend != "redis":
+        raise ConfigError(path, "[server] workers",
+                          f"{settings.workers} workers need [sessions] backend = \"redis\"",
+                          'set [sessions] backend = "redis" and redis_url, or workers = 1')
     return settings
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
@@ -56,6 +56,7 @@ from mailsrv.sessions import MemorySessionStore
 from mailsrv.redis.sessions import RedisSessionStore
 from mailsrv.store.importer import IMPORT_REQUESTS, ImportRequests
 from mailsrv.store.mailstore import MailStore
+from mailsrv.workers import ParentWatch, Workers, inherited_port
 
 log = Logger()
 
@@ -94,24 +95,35 @@ def _factory_builders():
     return {"smtp": smtp, "pop3": pop3, "imap": imap}
 
 
-def make_service_or_exit(config_path):
+def make_service_or_exit(config_path, worker=0):
     """
     For the twistd plugin: a bad config, or a file it names that start-up
     cannot use (the preflight C{mailsrv check-config} runs too), prints one
     line naming the file, key and problem, and exits non-zero (no traceback).
     The data_dir lock is taken before anything reads the spool.
+
+    @param worker: 0, or the number of the worker of [server] workers this
+        process is (mailsrv/workers.py); with workers > 1, process 0 is
+        their parent.
     """
     try:
         settings = config.load(config_path)
+        if worker:
+            settings = settings.worker(worker)
         preflight(settings, reactor, warnings=False)  # make_service logs them
+        if settings.workers > 1 and not worker:
+            tls.pair_missing(settings)  # (once, before the workers look for it)
+            return make_parent_service(settings)
         lock = DataDirLock(settings)
         lock.acquire()
         generated = tls.pair_missing(settings)  # (make_service makes the pair)
-        top = make_service(settings)
+        top = make_service(settings, worker)
     except config.ConfigError as e:
         sys.stderr.write(f"mailsrv: {e}\n")
         sys.exit(1)
     lock.setServiceParent(top)
+    if worker:
+        ParentWatch(reactor).setServiceParent(top)
     # Last: the listeners have bound their ports (privilegedStartService)
     made = (settings.tls.cert, settings.tls.key) if generated else ()
     DropPrivileges(settings, _files_read_later(settings), made).setServiceParent(top)
@@ -238,7 +250,25 @@ def _trusted_clients(settings, resolvers, clock):
         raise config.ConfigError(settings.path, "[relay] trusted_file", str(e))
 
 
-def make_service(settings):
+def make_parent_service(settings):
+    """
+    The parent of [server] workers: the listening sockets, bound once, and
+    the workers that accept on them (mailsrv/workers.py).
+    """
+    top = MailService(settings.log)
+    ports = [ListenerService(listener, settings, protocol.Factory())
+             for listener in settings.listeners]
+    for port in ports:
+        port.setServiceParent(top)
+    Workers(settings, ports, reactor).setServiceParent(top)
+    return top
+
+
+def make_service(settings, worker=0):
+    """
+    @param worker: as for L{make_service_or_exit}: a worker listens on the
+        sockets its parent bound, and only worker 1 serves [metrics].
+    """
     sys.setswitchinterval(SWITCH_INTERVAL)
     server = build_mail_server(settings)
     top = MailService(settings.log)
@@ -283,12 +313,12 @@ def make_service(settings):
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(server.tls_context_for(listener), False, factory)
             factory.noisy = False
-        listening.append(ListenerService(listener, settings, factory))
+        listening.append(ListenerService(listener, settings, factory, inherited=bool(worker)))
         listening[-1].setServiceParent(top)
     runner = server.queue_runner
     metrics.QUEUE_MESSAGES.set_function(lambda: runner.queued()[0])
     metrics.QUEUE_OLDEST.set_function(lambda: runner.queued()[1])
-    if settings.metrics.endpoint:
+    if settings.metrics.endpoint and worker <= 1:
         readiness = metricsweb.Readiness(listening, server.spool.root, settings.data_dir,
                                          settings.metrics.min_free)
         metricsweb.MetricsService(settings.metrics.listen_endpoint, readiness,
@@ -350,14 +380,24 @@ class ListenerService(service.Service):
     start-up with a line naming the listener.
     """
 
-    def __init__(self, listener, settings, factory):
+    def __init__(self, listener, settings, factory, inherited=False):
+        """
+        @param inherited: listen on the socket the parent of [server]
+            workers bound (L{mailsrv.workers.inherited_port}).
+        """
         self.listener = listener
         self.settings = settings
         self.factory = factory
+        self.inherited = inherited
         self.port = None
 
     def privilegedStartService(self):
         super().privilegedStartService()
+        if self.inherited:
+            self.port = inherited_port(self.listener.index, self.factory, reactor)
+            log.info("listening: {name} (the socket of the workers' parent)",
+                     name=self.listener.name)
+            return
         endpoint = endpoints.serverFromString(reactor, self.listener.listen_endpoint)
         result = []
         endpoint.listen(self.factory).addBoth(result.append)

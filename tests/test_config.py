@@ -173,6 +173,7 @@ KEY_DEFAULTS = [
     ("[auth] cache_ttl", lambda s: s.auth.cache_ttl, 300),
     ("[pop_before_smtp] enabled", lambda s: s.pop_before_smtp.enabled, True),
     ("[pop_before_smtp] window", lambda s: s.pop_before_smtp.window, 1800),
+    ("[server] workers", lambda s: s.workers, 1),
     ("[sessions] backend", lambda s: s.sessions.backend, "memory"),
     ("[sessions] redis_url", lambda s: s.sessions.redis_url,
      config.RedisAddress(host="127.0.0.1", port=6379, db=0)),
@@ -347,6 +348,11 @@ class NodeDirTests(unittest.TestCase):
                              Path("/etc/m/c.toml"))
         self.assertEqual(redis.node_dir, Path("/etc/m/var/nodes/mx1"))
 
+    def test_a_worker_is_a_node_of_its_own(self):
+        settings = config.parse({"server": {"node": "mx1", "workers": 2},
+                                 "sessions": {"backend": "redis"}}, Path("/etc/m/c.toml"))
+        self.assertEqual(settings.worker(2).node_dir, Path("/etc/m/var/nodes/mx1-2"))
+
     def test_the_default_node_is_this_machines_short_name(self):
         node = config.parse({}, Path("/c.toml")).node
         self.assertTrue(node and "." not in node and "/" not in node, node)
@@ -444,6 +450,9 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [sessions] redis_url: '127.0.0.1:6379': not a redis:// or unix:// URL"),
         ({"server": {"node": "../mx1"}},
          "/c.toml: [server] node: '../mx1' is not a node name"),
+        ({"server": {"workers": 0}}, "/c.toml: [server] workers: must be at least 1, not 0"),
+        ({"server": {"workers": 2}}, '/c.toml: [server] workers: 2 workers need [sessions] '
+         'backend = "redis" (set [sessions] backend = "redis" and redis_url, or workers = 1)'),
         ({"sessions": {"redis_timeout": 0}},
          "/c.toml: [sessions] redis_timeout: must be a number of seconds above 0"),
         ({"tls": {"client_cert": "maybe"}}, "/c.toml: [tls] client_cert: unknown value 'maybe' "

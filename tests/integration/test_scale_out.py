@@ -8,6 +8,7 @@ node killed with its queue: the other delivers it once the lease lapses.
 """
 
 import imaplib
+import os
 import poplib
 import re
 import signal
@@ -268,6 +269,56 @@ class QueueTakeoverTests(TwoNodesTestCase):
         self.assertEqual(recipients, ["<friend@remote.test>"])
         self.assertIn(b"Subject: stranded", data)
         self.a.wait_for_log("queue: took over 1 message(s) of node b, whose lease lapsed")
+
+
+class WorkersTests(unittest.TestCase):
+    """[server] workers = 2: one parent, two worker nodes, one redis-server."""
+
+    def setUp(self):
+        missing = redis_missing()
+        if missing:
+            raise unittest.SkipTest(missing)
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.cleanup)
+        self.redis.start()
+        self.server = MailServerProcess(extra={
+            "server": {"node": "w", "workers": 2},
+            "sessions": {"backend": "redis", "redis_url": self.redis.url},
+        })
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+        self.pids = self.workers(2)
+
+    def workers(self, count):
+        """The PIDs of the workers started last, by number, once C{count} answer Redis."""
+        deadline = time.monotonic() + 20
+        while self.server.log_text().count("Redis connected") < count:
+            self.assertLess(time.monotonic(), deadline, self.server.log_text())
+            time.sleep(0.05)
+        return dict(re.findall(r"worker (\d) started: node w-\d, PID (\d+)",
+                               self.server.log_text()))
+
+    def test_two_workers_serve_and_a_kill_9_of_one_does_not_stop_service(self):
+        self.assertEqual(sorted(self.pids), ["1", "2"])
+        self.assertEqual(sorted(p.name for p in (self.server.data_dir / "nodes").iterdir()),
+                         ["w-1", "w-2"])
+        for n in range(4):
+            self.assertEqual(self.server.send(f"Subject: {n}\r\n\r\nhi\r\n")[0], 250)
+        imap = self.server.imap()
+        imap.login(ALICE, PASSWORD)
+        imap.logout()
+        os.kill(int(self.pids["1"]), signal.SIGKILL)
+        for n in range(4, 10):  # at once: worker 2 accepts alone meanwhile
+            self.assertEqual(self.server.send(f"Subject: {n}\r\n\r\nhi\r\n")[0], 250)
+        self.server.wait_for_log(f"worker 1 (PID {self.pids['1']}) ended (killed by signal 9); "
+                                 "starting it again in 0.5 s")
+        restarted = self.workers(3)
+        self.assertNotEqual(restarted["1"], self.pids["1"])
+        self.assertEqual(len(self.server.maildir_files()), 10)
+        self.server.stop()  # SIGTERM: the parent stops both workers
+        for pid in (restarted["1"], self.pids["2"]):
+            with self.assertRaises(ProcessLookupError):
+                os.kill(int(pid), 0)
 
 
 def _quietly(close):

@@ -11,6 +11,8 @@ from zope.interface import implementer
 class Options(usage.Options):
     optParameters = [
         ["config", "c", "etc/mailsrv.toml", "Path to mailsrv.toml."],
+        ["worker", None, 0, "(started by mailsrv itself) run as this worker of "
+         "[server] workers.", int],
     ]
 
 
@@ -23,7 +25,7 @@ class MailsrvServiceMaker:
     def makeService(self, options):
         from mailsrv.service import make_service_or_exit
 
-        return make_service_or_exit(options["config"])
+        return make_service_or_exit(options["config"], options["worker"])
 
 
 serviceMaker = MailsrvServiceMaker()
