@@ -2,7 +2,10 @@
 Two nodes on one data_dir sharing a real redis-server ([sessions] backend =
 "redis", docs/scale-out.md): a login on node A opens a POP-before-SMTP
 window on node B, wrong passwords on A lock out on B, one POP3 session per
-maildrop across both, a delivery on A wakes an IDLE on B at once, Redis stopped and started again mid-run (relay
+maildrop across both, a delivery on A wakes an IDLE on B at once, two
+nodes adding to one folder agree on every UID, 500 queued messages with
+both runners on are each delivered once, [server] workers = 2 survives a
+kill -9 of one worker, Redis stopped and started again mid-run (relay
 windows closed, logins still working, all back without a restart), and a
 node killed with its queue: the other delivers it once the lease lapses.
 """
@@ -269,6 +272,37 @@ class QueueTakeoverTests(TwoNodesTestCase):
         self.assertEqual(recipients, ["<friend@remote.test>"])
         self.assertIn(b"Subject: stranded", data)
         self.a.wait_for_log("queue: took over 1 message(s) of node b, whose lease lapsed")
+
+
+class QueueAtScaleTests(TwoNodesTestCase):
+    def setUp(self):
+        self.sink = SinkServer()
+        self.addCleanup(self.sink.close)
+        super().setUp()
+
+    def smart_host(self, name):
+        return f"127.0.0.1:{self.sink.port}"
+
+    def test_500_queued_messages_with_both_runners_on_are_each_delivered_once(self):
+        def submit(node):
+            with node.smtp(source="127.0.0.9") as client:  # (trusted: relays)
+                for n in range(250):
+                    client.sendmail("x@example.test", [f"friend{n % 7}@remote.test"],
+                                    f"Subject: {node.dir.name} {n}\r\n\r\nhi\r\n".encode())
+
+        work = [threading.Thread(target=submit, args=(node,)) for node in (self.a, self.b)]
+        for thread in work:
+            thread.start()
+        for thread in work:
+            thread.join()
+        self.sink.wait_for(500, timeout=120)
+        time.sleep(3)  # (retries come every second: a second delivery would be here by now)
+        subjects = [re.search(rb"Subject: ([^\r]+)", data).group(1)
+                    for _, _, data in self.sink.messages]
+        self.assertEqual(len(subjects), 500)
+        self.assertEqual(len(set(subjects)), 500)
+        for node in (self.a, self.b):
+            self.assertEqual(node.admin("queue", "list").stdout, "0 queued\n")
 
 
 class WorkersTests(unittest.TestCase):
