@@ -13,11 +13,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from bench import procs
 from tests.integration.harness import _toml_value, free_port, twistd
 from tests.integration.test_clamav import Clamd, clamd_program
+from tests.redisserver import RedisServer, redis_missing
 
 DOMAIN = "example.test"
 PASSWORD = "bench-password"
@@ -381,6 +383,8 @@ class Mailsrv(System):
         if self.options.get("dkim"):
             tables["antispam.dkim"] = {}
             tables["dns"] = {"servers": [self.start_key_server()], "timeout": 1}
+        for name, table in self.more_tables().items():
+            tables[name] = {**tables.get(name, {}), **table}
         lines = []
         for name, table in tables.items():
             lines.append(f"[{name}]")
@@ -416,6 +420,64 @@ class Mailsrv(System):
         self.process = procs.spawn(self.name, argv, self.dir / "server.log", env=env,
                                    cwd=self.dir)
         self._wait()
+
+    def more_tables(self):
+        """Config tables to add (a subclass's)."""
+        return {}
+
+
+class MailsrvWorkers(Mailsrv):
+    """
+    mailsrv with [server] workers = 2 (docs/scale-out.md): the parent binds
+    the ports, two worker nodes accept on them, sharing a redis-server of
+    their own (on a unix socket, persisting nothing).
+    """
+
+    name = "mailsrv-2w"
+    workers = 2
+
+    @property
+    def config_note(self):
+        return (f"[server] workers = {self.workers}, [sessions] backend = \"redis\" (its own "
+                f"redis-server, unix socket); " + super().config_note)
+
+    def ensure_installed(self):
+        super().ensure_installed()
+        if redis_missing():
+            if not self.install:
+                raise Skip(redis_missing())
+            _apt_install("redis-server")
+
+    def more_tables(self):
+        redis = BenchRedis()
+        self.daemons.append(redis)
+        try:
+            redis.start()
+        except RuntimeError as e:
+            self.stop()
+            raise Skip(str(e)[-300:])
+        return {"server": {"workers": self.workers, "node": "bench"},
+                "sessions": {"backend": "redis", "redis_url": redis.url}}
+
+    def start(self):
+        """Once every worker answers (the parent listens before they run)."""
+        super().start()
+        log = self.dir / "server.log"
+        deadline = time.monotonic() + 60
+        while log.read_text(errors="replace").count("Redis connected") < self.workers:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise Skip(f"the workers did not start: {self.log_tail(5)[-300:]}")
+            time.sleep(0.1)
+
+
+class BenchRedis(RedisServer):
+    """The tests' redis-server, whose log the bench shows when a run fails."""
+
+    def log_tail(self, lines=15):
+        log = self.dir / "redis.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 class Postfix(System):
@@ -884,5 +946,5 @@ class TwistedSMTP(System):
         self._wait()
 
 
-SYSTEMS = {cls.name: cls for cls in (Mailsrv, Postfix, PostfixRspamd, PostfixClamav, Dovecot,
+SYSTEMS = {cls.name: cls for cls in (Mailsrv, MailsrvWorkers, Postfix, PostfixRspamd, PostfixClamav, Dovecot,
                                      Aiosmtpd, AiosmtpdThreads, TwistedSMTP, TwistdMail)}
