@@ -40,6 +40,19 @@ def account(settings):
     return user.pw_uid, gid, user.pw_name
 
 
+def give_made_files(settings, made):
+    """
+    As root with a [server] user: files this start made outside data_dir
+    (the generated certificate and key) become the user's, who reads them
+    again on SIGHUP.
+    """
+    if os.geteuid() != 0 or not settings.user:
+        return
+    uid, gid, _ = account(settings)
+    for path in made:
+        os.lchown(path, uid, gid)
+
+
 def unreadable(paths, uid, gids):
     """The first of C{paths} (existing files) that C{uid} with C{gids} cannot read, or L{None}."""
     for path in paths:
@@ -89,9 +102,8 @@ class DropPrivileges(service.Service):
         settings = self.settings
         if os.geteuid() != 0 or not settings.user:
             return
+        give_made_files(settings, self.made)
         uid, gid, name = account(settings)
-        for path in self.made:
-            os.lchown(path, uid, gid)
         gids = {gid, *(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)}
         blocked = unreadable(self.files, uid, gids)
         if blocked is not None:

@@ -43,7 +43,7 @@ from mailsrv.preflight import (
     list_files,
     preflight,
 )
-from mailsrv.privileges import DropPrivileges
+from mailsrv.privileges import DropPrivileges, give_made_files
 from mailsrv.reload import Reloader
 from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
@@ -112,7 +112,9 @@ def make_service_or_exit(config_path, worker=0):
             settings = settings.worker(worker)
         preflight(settings, reactor, warnings=False)  # make_service logs them
         if settings.workers > 1 and not worker:
-            tls.pair_missing(settings)  # (once, before the workers look for it)
+            # once, before the workers look for it, and theirs once they drop privileges
+            if tls.generate_if_missing(settings):
+                give_made_files(settings, (settings.tls.cert, settings.tls.key))
             return make_parent_service(settings)
         lock = DataDirLock(settings)
         lock.acquire()

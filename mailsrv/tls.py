@@ -114,7 +114,7 @@ class ServerTLS:
         """
         self.settings = settings
         self._contexts = {}
-        _generate_if_missing(settings)
+        generate_if_missing(settings)
         self._material = load_files(settings)
 
     @property
@@ -391,7 +391,8 @@ def pair_missing(settings):
     return not cert_exists
 
 
-def _generate_if_missing(settings):
+def generate_if_missing(settings):
+    """Make a self-signed pair when neither [tls] file exists; whether it did."""
     if pair_missing(settings):
         tls = settings.tls
         digest = generate_self_signed(str(tls.cert), str(tls.key), settings.hostname)
@@ -401,6 +402,8 @@ def _generate_if_missing(settings):
             "that verify",
             hostname=settings.hostname, path=str(tls.cert), fingerprint=digest,
         )
+        return True
+    return False
 
 
 def load_files(settings):

@@ -334,6 +334,8 @@ class WorkersTests(unittest.TestCase):
 
     def test_two_workers_serve_and_a_kill_9_of_one_does_not_stop_service(self):
         self.assertEqual(sorted(self.pids), ["1", "2"])
+        # the parent made the self-signed pair, once, before the workers looked
+        self.assertEqual(self.server.log_text().count("generated a self-signed certificate"), 1)
         self.assertEqual(sorted(p.name for p in (self.server.data_dir / "nodes").iterdir()),
                          ["w-1", "w-2"])
         for n in range(4):
