@@ -4,6 +4,8 @@ sinks on 127.0.0.1 (time is a task.Clock; the network is real).
 """
 
 import email
+import os
+import time
 from pathlib import Path
 
 from twisted.internet import defer, protocol, reactor, task
@@ -529,8 +531,11 @@ class RunnerTests(RunnerFixture):
 
     @defer.inlineCallbacks
     def test_start_recovers_the_spool(self):
-        (self.root / "queue" / "tmp" / "half").write_bytes(b"Subject: half")
-        (self.root / "queue" / "msg" / "orphan").write_bytes(b"Subject: orphan")
+        crashed = time.time() - 60  # (what a crash left before this start)
+        for leftover in ("tmp/half", "msg/orphan"):
+            path = self.root / "queue" / leftover
+            path.write_bytes(b"Subject: " + leftover.encode())
+            os.utime(path, (crashed, crashed))
         self.enqueue(["bob@remote.test"])
         runner = self.runner()
         yield runner.when_idle()

@@ -4,6 +4,7 @@ The spool and the step that makes a received message durable.
 
 import errno
 import os
+import time
 from pathlib import Path
 
 from twisted.internet import defer, task
@@ -100,6 +101,22 @@ class SpoolTests(unittest.TestCase):
         (self.spool.msg / "KEPT").write_bytes(MESSAGE)
         self.assertEqual(Spool(self.root).recover(), 2)
         self.assertEqual([p.name for p in self.spool.msg.iterdir()], ["KEPT"])
+
+    def test_recover_spares_what_this_start_began(self):
+        """Recovery runs in a thread while the server takes mail: it removes only older files."""
+        started = time.time()
+        old = self.spool.tmp / "OLD"
+        old.write_bytes(b"a crash's")
+        os.utime(old, (started - 60, started - 60))
+        orphan = self.spool.msg / "ORPHAN"
+        orphan.write_bytes(b"a crash's, renamed before its envelope was written")
+        os.utime(orphan, (started - 60, started - 60))
+        current = self.spool.incoming()
+        current.write(b"x" * (IncomingMessage.IN_MEMORY + 1))  # on disk, begun just now
+        (self.spool.msg / "RENAMED").write_bytes(b"its envelope is being written")
+        self.assertEqual(Spool(self.root).recover(started - 1), 2)
+        self.assertEqual(sorted(p.name for p in self.spool.msg.iterdir()), ["RENAMED"])
+        self.assertEqual(list(self.spool.tmp.iterdir()), [current.path])
 
     def entry(self, spool, queue_id):
         spool.save(Envelope(id=queue_id, sender="a@b.test", recipients=[RecipientState("c@d.test")]))

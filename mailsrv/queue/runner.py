@@ -11,6 +11,7 @@ never sends a recipient already acknowledged again.
 """
 
 import random as _random
+import time
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
@@ -120,7 +121,9 @@ class QueueRunner(service.Service):
         """Clean up what a crash left in the spool, then deliver what is due."""
         super().startService()
         self._starting = True
-        d = self.deferToThread(self.spool.recover)
+        # Files this process writes from now on are not a crash's (a second
+        # less: the kernel stamps files with a coarse clock).
+        d = self.deferToThread(self.spool.recover, time.time() - 1)
 
         def recovered(removed):
             self._starting = False

@@ -204,24 +204,25 @@ class Spool:
         for directory in (self.tmp, self.msg, self.env, self.ctl):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def recover(self):
+    def recover(self, before=None):
         """
         At start-up, remove what was never acknowledged: messages still in
         tmp/ and message files without an envelope.
 
+        @param before: a time (seconds since the epoch): only files last
+            written before it go, so that recovery in a thread never takes a
+            file this process has begun meanwhile (a bounce, a message that
+            came in as the listeners started); L{None}: every such file.
         @return: how many files were removed.
         """
         removed = 0
-        for path in self.tmp.iterdir():
-            path.unlink()
-            removed += 1
         queued = {p.name[: -len(".json")] for p in self.env.glob("*.json")}
-        for path in self.msg.iterdir():
-            if path.name not in queued:
-                path.unlink()
-                removed += 1
+        stale = [path for path in self.tmp.iterdir()]
+        stale += [path for path in self.msg.iterdir() if path.name not in queued]
+        for path in stale:
+            removed += _remove_older(path, before)
         for path in [*self.env.glob(".*.tmp"), *self.ctl.glob(".*.tmp")]:
-            path.unlink()
+            _remove_older(path, before)
         return removed
 
     def incoming(self):
@@ -323,3 +324,14 @@ class Spool:
             except (OSError, ValueError, KeyError, TypeError):
                 found.append((path, "", ""))  # unreadable: dropped by the runner
         return found
+
+
+def _remove_older(path, before):
+    """Remove C{path} if it was last written before C{before} (any time: L{None}); 1 if so."""
+    try:
+        if before is not None and path.stat().st_mtime >= before:
+            return 0
+        path.unlink()
+    except FileNotFoundError:  # (finished and moved on meanwhile)
+        return 0
+    return 1
