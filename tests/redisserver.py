@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from twisted.trial import unittest
+
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
@@ -24,6 +26,20 @@ def redis_missing():
         return (f"{REDIS_SERVER} is missing (Debian: apt-get install redis-server; "
                 ".ci/run installs it)")
     return None
+
+
+def started(testcase):
+    """
+    A redis-server started for C{testcase}, stopped when it ends; the
+    test is skipped, saying why, where none can run.
+    """
+    missing = redis_missing()
+    if missing:
+        raise unittest.SkipTest(missing)
+    server = RedisServer()
+    testcase.addCleanup(server.cleanup)
+    server.start()
+    return server
 
 
 class RedisServer:

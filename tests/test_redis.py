@@ -20,7 +20,7 @@ from mailsrv.queue.spool import Envelope, RecipientState, Spool
 from mailsrv.redis.nodes import NodeLease
 from mailsrv.redis.sessions import LEASE, RENEW, RedisSessionStore
 from tests.helpers import log_lines, make_settings
-from tests.redisserver import RedisServer, redis_missing
+from tests import redisserver
 from tests.test_sessions import ALICE, BOB, Limits
 
 
@@ -140,12 +140,7 @@ class RealRedisTestCase(unittest.TestCase):
     """A redis-server for each test, and stores on it whose time is a Clock."""
 
     def setUp(self):
-        missing = redis_missing()
-        if missing:
-            raise unittest.SkipTest(missing)
-        self.redis = RedisServer()
-        self.addCleanup(self.redis.cleanup)
-        self.redis.start()
+        self.redis = redisserver.started(self)
         self.clock = task.Clock()
         self.log = log_lines(self)
 

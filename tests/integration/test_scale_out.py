@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from mailsrv.redis.sessions import LEASE, RENEW
 from tests.integration.harness import PASSWORD, MailServerProcess, SinkServer, free_port
-from tests.redisserver import RedisServer, redis_missing
+from tests import redisserver
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -33,12 +33,7 @@ class TwoNodesTestCase(unittest.TestCase):
     """Nodes a and b on one data_dir and one redis-server."""
 
     def setUp(self):
-        missing = redis_missing()
-        if missing:
-            raise unittest.SkipTest(missing)
-        self.redis = RedisServer()
-        self.addCleanup(self.redis.cleanup)
-        self.redis.start()
+        self.redis = redisserver.started(self)
         self.a = self.node("a")
         self.b = self.node("b", data_dir=self.a.data_dir)
 
@@ -309,12 +304,7 @@ class WorkersTests(unittest.TestCase):
     """[server] workers = 2: one parent, two worker nodes, one redis-server."""
 
     def setUp(self):
-        missing = redis_missing()
-        if missing:
-            raise unittest.SkipTest(missing)
-        self.redis = RedisServer()
-        self.addCleanup(self.redis.cleanup)
-        self.redis.start()
+        self.redis = redisserver.started(self)
         self.server = MailServerProcess(extra={
             "server": {"node": "w", "workers": 2},
             "sessions": {"backend": "redis", "redis_url": self.redis.url},
