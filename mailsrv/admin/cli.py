@@ -307,6 +307,17 @@ def filter_seed_urls(settings, args, stdin, stdout):
     stdout.write(f"{path}: {len(new)} hosts added, {len(entries) + len(new)} entries\n")
 
 
+def _run_until(d):
+    """
+    Run the reactor until C{d} fires; not at all when it already has (the
+    work needed no waiting: stopping a reactor that never ran raises).
+    """
+    if d.called:
+        return
+    d.addBoth(lambda _: reactor.stop())
+    reactor.run(installSignalHandlers=False)
+
+
 def explain_message(settings, args, stdin, stdout):
     """`explain`: the filters on one message, offline (docs/filters.md, "Explain")."""
     try:
@@ -326,10 +337,7 @@ def explain_message(settings, args, stdin, stdout):
     d = explain(settings, reactor, data, args.ip, args.helo, sender, recipients,
                 lambda line: stdout.write(line + "\n"))
     d.addErrback(failure.append)
-    d.addBoth(lambda _: reactor.stop())
-    reactor.callWhenRunning(lambda: None)
-    if not d.called:
-        reactor.run(installSignalHandlers=False)
+    _run_until(d)
     if failure:
         raise CommandError(f"explain failed: {failure[0].getErrorMessage()}")
 
@@ -375,9 +383,7 @@ def _import_here(settings, kind, path, user, folder, stdout):
     failure = []
     d = run_import(store, kind, path, user, folder, report)
     d.addErrback(failure.append)
-    d.addBoth(lambda _: reactor.stop())
-    if not d.called:
-        reactor.run(installSignalHandlers=False)
+    _run_until(d)
     if failure:
         raise CommandError(f"import failed: {failure[0].getErrorMessage()}")
     return not report.failed

@@ -65,6 +65,15 @@ class UserCommandTests(unittest.TestCase):
         result = self.server.admin("check-config")
         self.assertIn("ok, 7 listeners", result.stdout)
 
+    def test_explain_that_needs_no_waiting(self):
+        """Regression: explain whose checks all answered at once stopped a reactor not running."""
+        message = self.server.dir / "m.eml"
+        message.write_bytes(b"From: a@remote.test\r\nSubject: hi\r\n\r\nhello\r\n")
+        result = self.server.admin("explain", str(message), "--to", "nobody@example.test")
+        self.assertEqual(result.stderr, "")
+        self.assertIn("result: RCPT TO:<nobody@example.test> refused: 550 5.1.1",
+                      result.stdout)
+
     def test_a_closed_pipe_and_no_terminal_are_no_tracebacks(self):
         """Regressions: `user list | head -1` and `user add` from a script printed tracebacks."""
         users = "".join(f"user{n}@example.test:$argon2id$x\n" for n in range(20000))
