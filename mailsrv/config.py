@@ -1205,6 +1205,15 @@ class Settings:
         """These settings as worker C{number} (from 1) of [server] workers runs them."""
         return replace(self, node=f"{self.node}-{number}")
 
+    def nodes_here(self):
+        """
+        The settings of each node this config runs on this machine: itself,
+        or with [server] workers, each worker (for the `mailsrv` command).
+        """
+        if self.workers > 1:
+            return tuple(self.worker(number) for number in range(1, self.workers + 1))
+        return (self,)
+
     def is_local_domain(self, domain):
         """As L{mailsrv.directory.Directory.is_local_domain}: case and the root's dot do not count."""
         return domain.lower().rstrip(".") in self.local_domains

@@ -9,13 +9,20 @@ C{{"ok": false, "error": "..."}}.
   - C{locked}: C{{"locked": [[key, seconds left], ...]}}
   - C{unlock TARGET}: C{{"unlocked": [key, ...]}} (an IP, a user or a key)
   - C{reload}: C{{"changed": [...], "restart": [...]}} (mailsrv/reload.py)
+  - C{metrics}: C{{"text": "..."}}, the Prometheus text of /metrics
+  - C{ready}: C{{"problems": [...]}}, what /readyz would say (empty: ready)
+
+The parent of [server] workers asks its workers C{metrics} and C{ready}
+to serve [metrics] for all of them (mailsrv/metricsweb.py).
 """
 
 import json
 import os
+import socket
 
+from prometheus_client import generate_latest
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.internet.protocol import Factory
@@ -24,6 +31,51 @@ log = Logger()
 
 SOCKET_NAME = "control.sock"
 UNIX_PATH_MAX = 107  # bytes of a UNIX socket's path on Linux (sun_path, less its NUL)
+MAX_ANSWER = 16 << 20  # bytes of an answer a client reads at most
+
+
+class ControlError(Exception):
+    """A control socket gave no usable answer, or the server refused."""
+
+
+class ServerAway(ControlError):
+    """No server listens on the control socket."""
+
+
+def ask(path, command, timeout=10):
+    """
+    The answer (a dict) of the server on control socket C{path} to
+    C{command}. Blocking: for the `mailsrv` command, or in a thread.
+
+    @raise ServerAway: nobody listens there.
+    @raise ControlError: no answer, or the server refused (its error).
+    """
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise ServerAway(f"no running server answers on {path}: the path is longer than a "
+                         f"UNIX socket's ({UNIX_PATH_MAX} bytes), so no server listens "
+                         "there; give [server] data_dir a shorter path")
+    data = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(path))
+            conn.sendall(command.encode("utf-8") + b"\n")
+            while not data.endswith(b"\n") and len(data) < MAX_ANSWER:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ServerAway(f"no running server answers on {path}")
+    except OSError as e:
+        raise ControlError(f"{path}: {e.strerror or e}")
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ControlError(f"{path}: no answer from the server")
+    if not answer.get("ok"):
+        raise ControlError(answer.get("error", "the server refused"))
+    return answer
 
 
 class ControlProtocol(LineOnlyReceiver):
@@ -57,18 +109,23 @@ class ControlFactory(Factory):
     protocol = ControlProtocol
     noisy = False
 
-    def __init__(self, sessions, reload=None):
+    def __init__(self, sessions, reload=None, readiness=None):
         """
         @param sessions: the L{mailsrv.sessions.ISessionStore}.
         @param reload: reloads the config (L{mailsrv.reload.Reloader.reload}).
+        @param readiness: the L{mailsrv.metricsweb.Readiness} of /readyz.
         """
         self.commands = {  # name -> (usage, handler)
             "locked": ("locked", lambda: sessions.locked().addCallback(
                 lambda keys: {"locked": [[key, round(left)] for key, left in keys]})),
             "unlock": ("unlock TARGET", lambda target: self._unlock(sessions, target)),
+            "metrics": ("metrics", lambda: threads.deferToThread(generate_latest).addCallback(
+                lambda text: {"text": text.decode("utf-8")})),  # (in a thread, as /metrics)
         }
         if reload is not None:
             self.commands["reload"] = ("reload", reload)
+        if readiness is not None:
+            self.commands["ready"] = ("ready", lambda: {"problems": readiness.problems()})
 
     @staticmethod
     def _unlock(sessions, target):

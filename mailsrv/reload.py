@@ -91,9 +91,13 @@ class Reloader:
     @param reload_tls: reloads the certificates (L{mailsrv.tls.ServerTLS.reload}).
     @param trusted_clients: C{(settings, resolvers, clock)} -> the [relay]
         trusted clients (as start-up builds them).
+    @param worker: the number of the worker of [server] workers this process
+        is, or 0: the config read again is that worker's (its node).
     """
 
-    def __init__(self, server, limits, builders, reload_tls, reactor, trusted_clients):
+    def __init__(self, server, limits, builders, reload_tls, reactor, trusted_clients,
+                 worker=0):
+        self.worker = worker
         self.server = server
         self.limits = limits
         self.builders = builders
@@ -111,6 +115,8 @@ class Reloader:
         old = self.server.settings
         try:
             new = config.load(old.path)
+            if self.worker:
+                new = new.worker(self.worker)
             preflight(new, self.reactor, warnings=False)
         except config.ConfigError as e:
             log.error("reload refused: {error}; running on as before", error=str(e))

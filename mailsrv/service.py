@@ -263,23 +263,30 @@ def make_parent_service(settings):
     for port in ports:
         port.setServiceParent(top)
     Workers(settings, ports, reactor).setServiceParent(top)
+    if settings.metrics.endpoint:
+        sockets = {node.node: node.node_dir / SOCKET_NAME for node in settings.nodes_here()}
+        metricsweb.MetricsService(
+            settings.metrics.listen_endpoint,
+            metricsweb.WorkersReadiness(sockets, reactor, ports), reactor,
+            metrics=metricsweb.WorkersMetrics(sockets, reactor)).setServiceParent(top)
     return top
 
 
 def make_service(settings, worker=0):
     """
     @param worker: as for L{make_service_or_exit}: a worker listens on the
-        sockets its parent bound, and only worker 1 serves [metrics].
+        sockets its parent bound, and its parent serves [metrics].
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
     server = build_mail_server(settings)
-    top = MailService(settings.log)
+    top = MailService(settings.log, worker=bool(worker))
     StartupNotes(settings, server.directory).setServiceParent(top)
     TrustedResolver(server.trusted).setServiceParent(top)
     builders = _factory_builders()
     per_ip = Counter()
     listening, limits = [], []
-    reloader = Reloader(server, limits, builders, server.tls.reload, reactor, _trusted_clients)
+    reloader = Reloader(server, limits, builders, server.tls.reload, reactor, _trusted_clients,
+                        worker)
     tls.CertificateWatch(server.tls, server.clock, reloader.on_hangup).setServiceParent(top)
     if server.redis is not None:
         server.redis.setServiceParent(top)
@@ -292,8 +299,10 @@ def make_service(settings, worker=0):
                   server.sessions.token).setServiceParent(top)
     if server.directory.book is not None:
         server.directory.book.setServiceParent(top)
+    readiness = metricsweb.Readiness(listening, server.spool.root, settings.data_dir,
+                                     settings.metrics.min_free)
     ControlService(settings.node_dir / SOCKET_NAME,
-                   ControlFactory(server.sessions, reloader.reload),
+                   ControlFactory(server.sessions, reloader.reload, readiness),
                    reactor).setServiceParent(top)
     ImportRequests(settings.node_dir / IMPORT_REQUESTS, server.store,
                    server.clock).setServiceParent(top)
@@ -320,9 +329,7 @@ def make_service(settings, worker=0):
     runner = server.queue_runner
     metrics.QUEUE_MESSAGES.set_function(lambda: runner.queued()[0])
     metrics.QUEUE_OLDEST.set_function(lambda: runner.queued()[1])
-    if settings.metrics.endpoint and worker <= 1:
-        readiness = metricsweb.Readiness(listening, server.spool.root, settings.data_dir,
-                                         settings.metrics.min_free)
+    if settings.metrics.endpoint and not worker:  # (the workers' parent serves theirs)
         metricsweb.MetricsService(settings.metrics.listen_endpoint, readiness,
                                   reactor).setServiceParent(top)
     return top
@@ -334,13 +341,15 @@ class MailService(service.MultiService):
     observer [log] asks for (twistd uses an application's ILogObserver).
     """
 
-    def __init__(self, log_settings):
+    def __init__(self, log_settings, worker=False):
+        """@param worker: a worker of [server] workers logs to its parent."""
         super().__init__()
         self.log_settings = log_settings
+        self.worker = worker
 
     def setServiceParent(self, parent):
         if hasattr(parent, "setComponent"):  # (twistd's Application, a Componentized)
-            logs.give_to(parent, self.log_settings)
+            logs.give_to(parent, self.log_settings, self.worker)
         super().setServiceParent(parent)
 
 

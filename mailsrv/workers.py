@@ -34,6 +34,8 @@ from twisted.application import service
 from twisted.internet import defer, protocol, task
 from twisted.logger import Logger
 
+from mailsrv.logs import WorkerLog
+
 log = Logger()
 
 # Seconds before a worker that ended is started again; one that lived less
@@ -92,7 +94,7 @@ class Workers(service.Service):
         return self._stopped
 
     def _start(self, number):
-        fds = {0: "w", 1: 1, 2: 2}
+        fds = {0: "w", 1: "r", 2: "r"}  # (their log comes to ours: mailsrv/logs.py)
         for port in self.ports:
             fds[FIRST_FD + port.listener.index] = port.port.fileno()
         worker = _Worker(self, number)
@@ -138,6 +140,10 @@ class _Worker(protocol.ProcessProtocol):
         self.number = number
         self.pid = None
         self._started = time.monotonic()
+        self.log = WorkerLog(workers.settings.worker(number).node)
+
+    def childDataReceived(self, fd, data):
+        self.log.received(fd, data)
 
     def connectionMade(self):
         self.pid = self.transport.pid
@@ -146,6 +152,7 @@ class _Worker(protocol.ProcessProtocol):
         return time.monotonic() - self._started
 
     def processEnded(self, reason):
+        self.log.ended()
         self.workers._ended(self, reason)
 
 

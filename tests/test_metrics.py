@@ -10,7 +10,8 @@ from types import SimpleNamespace
 from prometheus_client import REGISTRY
 from twisted.trial import unittest
 
-from mailsrv.metricsweb import Readiness
+from mailsrv.control import ControlError
+from mailsrv.metricsweb import Readiness, WorkersReadiness, merged_metrics
 from tests.test_smtp.support import connect, make_mail_server, run_threads_inline
 
 
@@ -63,3 +64,37 @@ class ReadinessTests(unittest.TestCase):
         problems = self.readiness(listening=False, min_free=1 << 62).problems()
         self.assertEqual(problems[0], "smtp/mx tcp:25: not listening")
         self.assertIn("bytes free, below 4611686018427387904", problems[1])
+
+
+class WorkersMetricsTests(unittest.TestCase):
+    """The parent of [server] workers shows theirs (mailsrv/metricsweb.py)."""
+
+    WORKER = (
+        "# HELP mailsrv_messages_total Messages at the end of DATA\n"
+        "# TYPE mailsrv_messages_total counter\n"
+        'mailsrv_messages_total{outcome="accepted",status="2.0.0"} %d.0\n'
+        "# HELP mailsrv_queue_messages Messages in the queue\n"
+        "# TYPE mailsrv_queue_messages gauge\n"
+        "mailsrv_queue_messages %d.0\n")
+
+    def test_each_workers_series_under_its_node(self):
+        text = merged_metrics({"mx-1": self.WORKER % (3, 1), "mx-2": self.WORKER % (4, 0)},
+                              3).decode()
+        self.assertEqual(text.count("# TYPE mailsrv_messages_total counter"), 1)
+        self.assertIn('mailsrv_messages_total{node="mx-1",outcome="accepted",status="2.0.0"} '
+                      '3.0\n', text)
+        self.assertIn('mailsrv_messages_total{node="mx-2",outcome="accepted",status="2.0.0"} '
+                      '4.0\n', text)
+        self.assertIn('mailsrv_queue_messages{node="mx-2"} 0.0\n', text)
+        self.assertIn("mailsrv_workers_answering 2.0\n", text)
+
+    def test_ready_when_every_worker_is(self):
+        listener = SimpleNamespace(listener=SimpleNamespace(name="smtp/mx tcp:25"),
+                                   port=object())
+        readiness = WorkersReadiness({}, None, [listener])
+        self.assertEqual(readiness.page({"mx-1": {"problems": []}}), (200, b"ready\n"))
+        self.assertEqual(readiness.page({
+            "mx-1": {"problems": ["spool /q: not writable"]},
+            "mx-2": ControlError("no running server answers on /d/control.sock")}), (503,
+            b"mx-1: spool /q: not writable\n"
+            b"mx-2: not answering (no running server answers on /d/control.sock)\n"))

@@ -4,15 +4,17 @@ with processes that are not spawned; tests/integration/test_scale_out.py
 runs real workers.
 """
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 from twisted.internet import task
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.logger import Logger, formatEvent, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from mailsrv import config
+from mailsrv import config, logs
 from mailsrv.workers import RESTART_DELAYS, STOP_TIMEOUT, YOUNG, Workers
 from tests.helpers import log_lines
 
@@ -76,7 +78,7 @@ class WorkersTests(unittest.TestCase):
 
     def test_each_worker_gets_the_sockets_the_parent_stopped_reading(self):
         self.assertEqual([(args, fds) for _, args, fds in self.reactor.spawned], [
-            (["worker", "-n", str(n)], {0: "w", 1: 1, 2: 2, 3: 7, 4: 9}) for n in (1, 2)])
+            (["worker", "-n", str(n)], {0: "w", 1: "r", 2: "r", 3: 7, 4: 9}) for n in (1, 2)])
         self.assertEqual([port.reading for port in self.ports], [False, False])
         self.assertIn("worker 2 started: node mx-2, PID 101", self.log)
 
@@ -100,6 +102,20 @@ class WorkersTests(unittest.TestCase):
         self.assertIn("worker 2 (PID 102) ended (killed by signal 9); starting it again in "
                       "0.5 s", self.log)
 
+    def test_a_workers_log_is_the_parents_under_its_node_name(self):
+        worker = self.reactor.spawned[1][0]
+        events = []
+        Logger(namespace="mailsrv.smtp.reception", observer=events.append).info(
+            "accepted {queue_id}", queue_id="Q1")
+        line = logs._event_as_json_line(events[0]).encode("utf-8")
+        worker.childDataReceived(1, line[:10])
+        worker.childDataReceived(1, line[10:] + b"Traceback? no: a stray line\n")
+        worker.childDataReceived(2, b"mailsrv: c.toml: [server] bad")
+        self.end(2, ProcessDone(0))
+        self.assertIn("accepted Q1", self.log)
+        self.assertIn("mx-2: Traceback? no: a stray line", self.log)
+        self.assertIn("mx-2: mailsrv: c.toml: [server] bad", self.log)
+
     def test_stopping_ends_every_worker_then_kills_the_slow(self):
         stopped = self.workers.stopService()
         processes = [protocol.transport for protocol, _, _ in self.reactor.spawned]
@@ -111,3 +127,52 @@ class WorkersTests(unittest.TestCase):
         self.end(2, ProcessTerminated(signal=9))
         self.successResultOf(stopped)
         self.assertEqual(len(self.reactor.spawned), 2)  # none started again
+
+
+class WorkerLogTests(unittest.TestCase):
+    """The parent's end of a worker's log (mailsrv/logs.py)."""
+
+    def setUp(self):
+        self.events = []
+        self.relay = logs.WorkerLog("mx1-2", self.events.append)
+
+    def relayed(self, log_call, **fields):
+        emitted = []
+        log_call(Logger(namespace="mailsrv.smtp.reception", observer=emitted.append))
+        self.relay.received(1, logs._event_as_json_line(emitted[0]).encode("utf-8"))
+        return self.events[-1]
+
+    def test_text_and_json_lines_name_the_worker(self):
+        event = self.relayed(lambda log: log.warn("refused {ip}", ip="192.0.2.1"))
+        self.assertRegex(formatEventAsClassicLogText(event),
+                         r"\[mx1-2 mailsrv.smtp.reception#warn\] refused 192.0.2.1\n$")
+        record = json.loads(logs.json_line(event))
+        self.assertEqual((record["system"], record["level"], record["node"], record["ip"],
+                          record["text"]),
+                         ("mailsrv.smtp.reception", "warn", "mx1-2", "192.0.2.1",
+                          "refused 192.0.2.1"))
+
+    def test_a_failure_keeps_its_traceback_and_message(self):
+        def fail(log):
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                log.failure("delivery failed")
+        event = self.relayed(fail)
+        text = formatEventAsClassicLogText(event)
+        self.assertIn("delivery failed", text)
+        self.assertIn("ZeroDivisionError: division by zero", text)
+        self.assertIn("ZeroDivisionError: division by zero",
+                      json.loads(logs.json_line(event))["traceback"])
+
+    def test_a_line_past_the_limit_is_cut_not_held(self):
+        self.patch(logs.WorkerLog, "MAX_LINE", 100)
+        self.relay.received(2, b"x" * 250)
+        self.relay.received(2, b"y" * 10 + b"\n")
+        texts = [formatEvent(e) for e in self.events]
+        self.assertEqual(texts, ["mx1-2: " + "x" * 100 + " [cut]", "mx1-2: " + "y" * 10])
+
+    def test_what_is_not_an_event_is_a_warning_line(self):
+        self.relay.received(1, b'{"not": "an event"}\n\n[1, 2]\n')
+        self.assertEqual([formatEvent(e) for e in self.events],
+                         ['mx1-2: {"not": "an event"}', "mx1-2: [1, 2]"])

@@ -14,7 +14,6 @@ import mailbox
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parseaddr
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from twisted.internet import reactor
 
 from mailsrv import __version__, config, dkimkeys
-from mailsrv.control import SOCKET_NAME, UNIX_PATH_MAX
+from mailsrv.control import SOCKET_NAME, ControlError, ServerAway, ask
 from mailsrv.dkimkeys import KEY_TYPES
 from mailsrv.logs import files_of, trace
 from mailsrv.directory.listfile import ListFileError, replace_list_file
@@ -346,7 +345,8 @@ def import_mailbox(settings, args, stdin, stdout):
     """
     `import maildir|mbox`: by this process, holding the data_dir lock, when
     no server runs; else by the running server, asked through
-    C{data_dir/import/} (docs/store.md, "Importing").
+    C{data_dir/import/} (docs/store.md, "Importing"); with [server]
+    workers, by worker 1.
     """
     try:
         address = parse_mailbox(args.user)
@@ -365,6 +365,7 @@ def import_mailbox(settings, args, stdin, stdout):
             check_folder_name(folder)
         except ValueError as e:
             raise CommandError(f"--folder {folder}: {e}")
+    settings = settings.nodes_here()[0]
     lock = DataDirLock(settings)
     try:
         lock.acquire()
@@ -588,17 +589,25 @@ def import_users(settings, args, stdin, stdout):
                  f"{len(problems)} skipped\n")
 
 
-def _spool(settings):
+def _spools(settings):
+    """The spool of each node of this config on this machine (L{config.Settings.nodes_here})."""
     from mailsrv.queue.spool import Spool
 
-    return Spool(settings.node_dir / "queue")
+    return [Spool(node.node_dir / "queue") for node in settings.nodes_here()]
+
+
+def _spool_holding(settings, queue_id):
+    """The spool that holds C{queue_id}, or L{None}."""
+    for spool in _spools(settings):
+        if queue_id in spool.ids():
+            return spool
+    return None
 
 
 def queue_list(settings, args, stdin, stdout):
-    spool = _spool(settings)
-    ids = spool.ids()
+    listed = [(spool, queue_id) for spool in _spools(settings) for queue_id in spool.ids()]
     now = time.time()
-    for queue_id in ids:
+    for spool, queue_id in listed:
         try:
             envelope = spool.load(queue_id)
         except FileNotFoundError:
@@ -610,7 +619,7 @@ def queue_list(settings, args, stdin, stdout):
         for rcpt in envelope.recipients:
             detail = f"  ({rcpt.last_error})" if rcpt.last_error else ""
             stdout.write(f"    {rcpt.state:9} {rcpt.address}{detail}\n")
-    stdout.write(f"{len(ids)} queued\n")
+    stdout.write(f"{len(listed)} queued\n")
 
 
 def _age(seconds):
@@ -622,8 +631,10 @@ def _age(seconds):
 
 def queue_show(settings, args, stdin, stdout):
     """One queued message, all the queue knows of it (docs/queue.md, "Commands")."""
-    spool = _spool(settings)
+    spool = _spool_holding(settings, args.id)
     try:
+        if spool is None:
+            raise FileNotFoundError(args.id)
         envelope = spool.load(args.id)
     except (FileNotFoundError, ValueError):
         raise CommandError(f"no queued message {args.id}")
@@ -744,58 +755,54 @@ def _lines(paths, stdin):
 
 
 def reload_config(settings, args, stdin, stdout):
-    """`reload`: the running server reads its config again (mailsrv/reload.py)."""
-    answer = _control(settings, "reload")
-    changed, restart = answer["changed"], answer["restart"]
+    """
+    `reload`: the running server reads its config again (mailsrv/reload.py);
+    with [server] workers, each worker does.
+    """
+    answers = [_control(node, "reload") for node in settings.nodes_here()]
+    changed = sorted({key for answer in answers for key in answer["changed"]})
+    restart = sorted({key for answer in answers for key in answer["restart"]})
     stdout.write(f"reloaded: {', '.join(changed) if changed else 'no change'}\n")
     if restart:
         stdout.write(f"needs a restart: {', '.join(restart)}\n")
 
 
 def auth_locked(settings, args, stdin, stdout):
-    locked = _control(settings, "locked")["locked"]
+    locked = _control_any(settings, "locked")["locked"]
     for key, left in locked:
         stdout.write(f"{key}  locked for {_age(left)} more\n")
     stdout.write(f"{len(locked)} locked out\n")
 
 
 def auth_unlock(settings, args, stdin, stdout):
-    unlocked = _control(settings, f"unlock {args.target}")["unlocked"]
+    unlocked = _control_any(settings, f"unlock {args.target}")["unlocked"]
     if not unlocked:
         raise CommandError(f"nothing locked out matches {args.target!r} (see: auth locked)")
     stdout.write(f"unlocked: {', '.join(unlocked)}\n")
 
 
+def _control_any(settings, command):
+    """
+    The answer of the first node here that answers: with [server] workers,
+    lockouts live in Redis, shared by all of them.
+    """
+    nodes = settings.nodes_here()
+    for node in nodes[:-1]:
+        try:
+            return _control(node, command)
+        except CommandError:
+            continue
+    return _control(nodes[-1], command)
+
+
 def _control(settings, command):
     """The running server's answer to C{command} on its control socket (mailsrv/control.py)."""
-    path = settings.node_dir / SOCKET_NAME
-    if len(os.fsencode(path)) > UNIX_PATH_MAX:
-        raise CommandError(f"no running server answers on {path}: the path is longer than a "
-                           f"UNIX socket's ({UNIX_PATH_MAX} bytes), so no server listens "
-                           "there; give [server] data_dir a shorter path")
-    data = b""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(10)
-            conn.connect(str(path))
-            conn.sendall(command.encode("utf-8") + b"\n")
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise CommandError(f"no running server answers on {path}: is mailsrv running with "
-                           f"{settings.path}?")
-    except OSError as e:
-        raise CommandError(f"{path}: {e.strerror or e}")
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        raise CommandError(f"{path}: no answer from the server")
-    if not answer.get("ok"):
-        raise CommandError(answer.get("error", "the server refused"))
-    return answer
+        return ask(settings.node_dir / SOCKET_NAME, command)
+    except ServerAway as e:
+        raise CommandError(f"{e}: is mailsrv running with {settings.path}?")
+    except ControlError as e:
+        raise CommandError(str(e))
 
 
 REQUEST_WAIT = 5  # seconds for the running server to take a request
@@ -804,17 +811,23 @@ REQUEST_WAIT = 5  # seconds for the running server to take a request
 def _request(settings, stdout, action, queue_id=""):
     """
     Ask the running server's queue runner to act, which alone writes
-    envelopes while it runs (docs/queue.md), and wait a little for it.
+    envelopes while it runs (docs/queue.md), and wait a little for it;
+    with [server] workers, the runner of the worker that holds C{queue_id},
+    or for a flush, every worker's.
     """
-    spool = _spool(settings)
-    if queue_id and queue_id not in spool.ids():
-        raise CommandError(f"no queued message {queue_id}")
-    path = spool.request(action, queue_id)
+    if queue_id:
+        spool = _spool_holding(settings, queue_id)
+        if spool is None:
+            raise CommandError(f"no queued message {queue_id}")
+        spools = [spool]
+    else:
+        spools = _spools(settings)
+    paths = [spool.request(action, queue_id) for spool in spools]
     deadline = time.monotonic() + REQUEST_WAIT
-    while path.exists() and time.monotonic() < deadline:
+    while any(path.exists() for path in paths) and time.monotonic() < deadline:
         time.sleep(0.05)
     what = f"{action} {queue_id}".strip()
-    if path.exists():
+    if any(path.exists() for path in paths):
         stdout.write(f"{what}: requested; no running server took it within "
                      f"{REQUEST_WAIT} s, the server does it when it starts\n")
     else:

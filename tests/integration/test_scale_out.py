@@ -11,6 +11,7 @@ node killed with its queue: the other delivers it once the lease lapses.
 """
 
 import imaplib
+import json
 import os
 import poplib
 import re
@@ -18,6 +19,7 @@ import signal
 import smtplib
 import threading
 import time
+import urllib.request
 
 from twisted.trial import unittest
 
@@ -305,9 +307,14 @@ class WorkersTests(unittest.TestCase):
 
     def setUp(self):
         self.redis = redisserver.started(self)
+        self.metrics_port = free_port()
         self.server = MailServerProcess(extra={
             "server": {"node": "w", "workers": 2},
             "sessions": {"backend": "redis", "redis_url": self.redis.url},
+            "relay": {"mode": "trusted", "trusted": ["127.0.0.9"]},
+            "delivery": {"smart_host": f"127.0.0.1:{free_port()}", "retry": [600]},
+            "metrics": {"endpoint": f"tcp:{self.metrics_port}:interface=127.0.0.1"},
+            "log": {"format": "json"},
         })
         self.addCleanup(self.server.cleanup)
         self.server.start()
@@ -345,6 +352,47 @@ class WorkersTests(unittest.TestCase):
         for pid in (restarted["1"], self.pids["2"]):
             with self.assertRaises(ProcessLookupError):
                 os.kill(int(pid), 0)
+
+
+    def test_the_commands_metrics_and_log_cover_every_worker(self):
+        spools = [self.server.data_dir / "nodes" / f"w-{n}" / "queue" / "env" for n in (1, 2)]
+        for n in range(40):  # until each worker took some (the kernel picks one)
+            if all(_entries(spool) for spool in spools):
+                break
+            with self.server.smtp(source="127.0.0.9") as client:
+                client.sendmail("x@remote.test", ["bob@far.test"], f"Subject: {n}\r\n\r\nhi\r\n")
+        held = [_entries(spool) for spool in spools]
+        self.assertTrue(all(held), held)
+        queued = sum(len(entries) for entries in held)
+        listing = self.server.admin("queue", "list").stdout
+        self.assertTrue(listing.endswith(f"\n{queued} queued\n"), listing)
+        second = held[1][0]
+        self.assertIn(f"id: {second}\n", self.server.admin("queue", "show", second).stdout)
+        self.assertEqual(self.server.admin("queue", "hold", second).stdout,
+                         f"hold {second}: done\n")
+        self.assertIn(f"{second}  ", self.server.admin("queue", "list").stdout)
+        self.assertEqual(self.server.admin("reload").stdout, "reloaded: no change\n")
+        self.assertEqual(self.server.admin("auth", "locked").stdout, "0 locked out\n")
+        metrics = _get(self.metrics_port, "/metrics")
+        for node in ("w-1", "w-2"):
+            self.assertRegex(metrics, r'mailsrv_messages_total\{node="%s",outcome="accepted",'
+                                      r'status="2.0.0"\} [1-9]' % node)
+        self.assertIn("mailsrv_workers_answering 2.0", metrics)
+        self.assertEqual(_get(self.metrics_port, "/readyz"), "ready\n")
+        accepted = [json.loads(line) for line in self.server.log_text().splitlines()
+                    if '"accepted ' in line]
+        self.assertEqual({record["node"] for record in accepted}, {"w-1", "w-2"})
+        self.assertEqual(len(accepted), queued)
+
+
+def _entries(directory):
+    """The queue ids of a spool's envelopes."""
+    return sorted(p.stem for p in directory.iterdir()) if directory.exists() else []
+
+
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return answer.read().decode("utf-8")
 
 
 def _quietly(close):
