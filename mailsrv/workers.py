@@ -24,7 +24,9 @@ them all (SIGTERM, then SIGKILL after L{STOP_TIMEOUT} s). A worker whose
 parent is gone stops by itself.
 """
 
+import functools
 import os
+import select
 import signal
 import socket
 import sys
@@ -168,7 +170,11 @@ def inherited_port(index, factory, reactor):
     In a worker: listen with C{factory} on the socket of [[listen]] table
     C{index} (from 0) that the parent handed down.
     """
-    fd = FIRST_FD + index
+    return adopted_port(FIRST_FD + index, factory, reactor)
+
+
+def adopted_port(fd, factory, reactor):
+    """Listen with C{factory} on the listening socket C{fd} (closed: the port has its own)."""
     family = socket.socket(fileno=os.dup(fd))
     try:
         kind = family.family
@@ -176,7 +182,33 @@ def inherited_port(index, factory, reactor):
         family.close()
     port = reactor.adoptStreamPort(fd, kind, factory)
     os.close(fd)  # (adoptStreamPort took a copy)
+    port.doRead = functools.partial(_accept_one, port)
+    _wake_one(reactor, port.fileno())
     return port
+
+
+def _wake_one(reactor, fd):
+    """
+    Register the listening socket in epoll with EPOLLEXCLUSIVE (Linux 4.5),
+    which Twisted's epoll reactor does not offer: a new connection then
+    wakes one idle worker, the one that waited longest, rather than all.
+    """
+    poller = getattr(reactor, "_poller", None)  # (Twisted's epoll object, a private)
+    exclusive = getattr(select, "EPOLLEXCLUSIVE", None)
+    if exclusive is None or not isinstance(poller, select.epoll):
+        return
+    poller.unregister(fd)
+    poller.register(fd, select.EPOLLIN | exclusive)
+
+
+def _accept_one(port):
+    """
+    Take one waiting connection per wake-up, not Twisted's batch of up to
+    all of them: a burst of connections then spreads over the workers (the
+    idle ones take the rest) instead of piling on the one that woke first.
+    """
+    port.numberAccepts = 1
+    type(port).doRead(port)
 
 
 class ParentWatch(service.Service):

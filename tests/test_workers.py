@@ -5,17 +5,22 @@ runs real workers.
 """
 
 import json
+import os
+import re
+import select
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
-from twisted.internet import task
+from twisted.internet import reactor, task
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger, formatEvent, formatEventAsClassicLogText
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsrv import config, logs
-from mailsrv.workers import RESTART_DELAYS, STOP_TIMEOUT, YOUNG, Workers
+from mailsrv.workers import RESTART_DELAYS, STOP_TIMEOUT, YOUNG, Workers, adopted_port
 from tests.helpers import log_lines
 
 
@@ -176,3 +181,35 @@ class WorkerLogTests(unittest.TestCase):
         self.relay.received(1, b'{"not": "an event"}\n\n[1, 2]\n')
         self.assertEqual([formatEvent(e) for e in self.events],
                          ['mx1-2: {"not": "an event"}', "mx1-2: [1, 2]"])
+
+
+class AdoptedPortTests(unittest.TestCase):
+    """A worker's listening port (the real reactor): one accept a wake-up, one worker woken."""
+
+    def setUp(self):
+        self.listening = socket.socket()
+        self.addCleanup(self.listening.close)
+        self.listening.bind(("127.0.0.1", 0))
+        self.listening.listen(8)
+        self.factory = Factory.forProtocol(Protocol)
+        self.built = []
+        self.factory.buildProtocol = lambda addr: self.built.append(addr) or Protocol()
+        self.port = adopted_port(os.dup(self.listening.fileno()), self.factory, reactor)
+        self.addCleanup(self.port.stopListening)
+
+    def test_one_connection_per_wake_up(self):
+        clients = [socket.create_connection(self.listening.getsockname()) for _ in range(3)]
+        for client in clients:
+            self.addCleanup(client.close)
+        self.port.doRead()
+        self.assertEqual(len(self.built), 1)
+        self.port.doRead()
+        self.assertEqual(len(self.built), 2)
+
+    def test_registered_in_epoll_as_exclusive(self):
+        poller = getattr(reactor, "_poller", None)
+        if not isinstance(poller, select.epoll) or not hasattr(select, "EPOLLEXCLUSIVE"):
+            raise unittest.SkipTest("not the epoll reactor")
+        info = Path(f"/proc/self/fdinfo/{poller.fileno()}").read_text()
+        mask = re.search(rf"tfd:\s+{self.port.fileno()}\s+events:\s*([0-9a-f]+)", info)
+        self.assertTrue(int(mask.group(1), 16) & select.EPOLLEXCLUSIVE, info)
