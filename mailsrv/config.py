@@ -32,6 +32,7 @@ CLIENT_CERT_MODES = ("none", "request", "require")
 RELAY_MODES = ("none", "trusted", "anyone")
 SESSION_BACKENDS = ("memory", "redis")
 REDIS_PORT = 6379
+SENTINEL_PORT = 26379
 
 
 class ConfigError(Exception):
@@ -440,8 +441,10 @@ class PopBeforeSmtpSettings:
 class RedisAddress:
     """
     Where Redis listens, read from C{[sessions] redis_url}: a TCP C{host}
-    and C{port}, or a UNIX socket C{path}; the database number and the
-    credentials to send first.
+    and C{port} (over TLS when C{tls}), a UNIX socket C{path}, or the
+    C{sentinels} (C{(host, port)}s) that name the current master of
+    C{master}; the database number and the credentials to send first (to
+    the master, never to a sentinel).
     """
 
     host: str = ""
@@ -450,30 +453,54 @@ class RedisAddress:
     db: int = 0
     username: str = ""
     password: str = field(default="", repr=False)
+    tls: bool = False
+    sentinels: tuple = ()
+    master: str = ""
 
     def __str__(self):
         """For the log: never the password."""
-        where = self.path or (f"[{self.host}]" if ":" in self.host else self.host)
-        return f"unix://{where}?db={self.db}" if self.path else f"redis://{where}:{self.port}/{self.db}"
+        if self.path:
+            return f"unix://{self.path}?db={self.db}"
+        scheme = "rediss" if self.tls else "redis"
+        if self.sentinels:
+            hosts = ",".join(f"{_bracketed(host)}:{port}" for host, port in self.sentinels)
+            return f"{scheme}+sentinel://{hosts}/{self.master}/{self.db}"
+        return f"{scheme}://{_bracketed(self.host)}:{self.port}/{self.db}"
+
+
+def _bracketed(host):
+    return f"[{host}]" if ":" in host else host
+
+
+REDIS_URL_HINT = ('write "redis://host:6379/0", "rediss://host:6379/0", '
+                  '"redis+sentinel://host1:26379,host2:26379/MASTER/0" or '
+                  '"unix:///run/redis/redis.sock?db=0"')
 
 
 def _redis_url(default):
-    """C{redis://[[user]:password@]host[:port][/db]} or C{unix://[[user]:password@]/path[?db=N]}."""
+    """
+    C{redis[s]://[[user]:password@]host[:port][/db]},
+    C{redis[s]+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]}
+    or C{unix://[[user]:password@]/path[?db=N]}.
+    """
     def read(table, key, base):
         text = table.string(key, default)
         try:
             return parse_redis_url(text)
         except ValueError as e:
-            raise table.error(key, f"{text!r}: {e}",
-                              'write "redis://host:6379/0" or "unix:///run/redis/redis.sock?db=0"')
+            raise table.error(key, f"{text!r}: {e}", REDIS_URL_HINT)
     return _key(read, parse_redis_url(default))
 
 
 def parse_redis_url(text):
     """
-    @return: the L{RedisAddress} of a redis:// or unix:// URL.
-    @raise ValueError: it is neither, or its parts are wrong.
+    @return: the L{RedisAddress} of a redis://, rediss://, redis+sentinel://,
+        rediss+sentinel:// or unix:// URL.
+    @raise ValueError: it is none of them, or its parts are wrong.
     """
+    scheme, _, rest = text.partition("://")
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel_url(scheme, rest)
     parts = urlsplit(text)
     query = parse_qs(parts.query)
     try:
@@ -484,14 +511,14 @@ def parse_redis_url(text):
         raise ValueError("the port is not a number from 1 to 65535")
     credentials = {"username": unquote(parts.username or ""),
                    "password": unquote(parts.password or "")}
-    if parts.scheme == "redis":
+    if parts.scheme in ("redis", "rediss"):
         if not parts.hostname:
             raise ValueError("no host")
         if set(query) or parts.fragment:
-            raise ValueError("redis:// takes no ?query or #fragment")
+            raise ValueError(f"{parts.scheme}:// takes no ?query or #fragment")
         db = parts.path.strip("/") or "0"
         return RedisAddress(host=parts.hostname, port=port or REDIS_PORT,
-                            db=_redis_db(db), **credentials)
+                            db=_redis_db(db), tls=parts.scheme == "rediss", **credentials)
     if parts.scheme == "unix":
         if parts.hostname or port:
             raise ValueError("unix:// takes a path, no host (three slashes: unix:///path)")
@@ -501,9 +528,49 @@ def parse_redis_url(text):
             raise ValueError("unix:// takes only ?db=N")
         return RedisAddress(path=parts.path, db=_redis_db(query.get("db", ["0"])[-1]),
                             **credentials)
-    if parts.scheme == "rediss":
-        raise ValueError("TLS to Redis (rediss://) is not supported")
-    raise ValueError("not a redis:// or unix:// URL")
+    raise ValueError("not a redis://, rediss://, redis+sentinel:// or unix:// URL")
+
+
+def _sentinel_url(scheme, rest):
+    """
+    The L{RedisAddress} of C{SCHEME://REST}, a redis+sentinel:// URL: split
+    here, as urlsplit reads one host, not a list of them.
+    """
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"{scheme}:// takes no ?query or #fragment")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = tuple(_sentinel(entry) for entry in hosts.split(","))
+    path = path.split("/")  # "master/db"
+    if not path[0]:
+        raise ValueError("no master name (write /MASTER/DB after the sentinels, "
+                         "MASTER as in their \"sentinel monitor\" line)")
+    if len(path) > 2:
+        raise ValueError("the path is /MASTER/DB, nothing more")
+    master = unquote(path[0])
+    if not master.isprintable() or any(c.isspace() for c in master):
+        raise ValueError(f"the master name {master!r} has spaces or control characters")
+    return RedisAddress(sentinels=sentinels, master=master,
+                        db=_redis_db(path[1] if len(path) == 2 and path[1] else "0"),
+                        tls=scheme == "rediss+sentinel", username=unquote(username), password=unquote(password))
+
+
+def _sentinel(text):
+    """One sentinel's C{(host, port)} from C{host}, C{host:port} or C{[IPv6]:port}."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"bad sentinel {text!r} (write [IPv6]:port)")
+        port = port[1:]
+    else:
+        host, _, port = text.partition(":")
+    if not (is_host_name(host) or _is_ip(host, 4) or _is_ip(host, 6)):
+        raise ValueError(f"bad sentinel {text!r} (write host:port or [IPv6]:port)" if text
+                         else "a sentinel without a host")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"bad port in sentinel {text!r}")
+    return host.lower(), int(port) if port else SENTINEL_PORT
 
 
 def _redis_db(text):
@@ -534,11 +601,18 @@ class SessionsSettings:
         memory, so a typo is found before the switch).
     @ivar redis_timeout: seconds a Redis command may take before Redis is
         taken for away.
+    @ivar redis_ca: with TLS (rediss://), the CA certificates (PEM) the
+        server's certificate must chain to; L{None}: the system's.
+    @ivar redis_cert: with TLS, the client certificate (PEM) to show
+        (Redis's C{tls-auth-clients yes}), with C{redis_key}; L{None}: none.
     """
 
     backend: str = _choice("memory", SESSION_BACKENDS)
     redis_url: RedisAddress = _redis_url("redis://127.0.0.1:6379/0")
     redis_timeout: float = _positive_number(2)
+    redis_ca: Optional[Path] = _file()
+    redis_cert: Optional[Path] = _file()
+    redis_key: Optional[Path] = _file()
 
 
 @dataclass(frozen=True)
@@ -1384,7 +1458,7 @@ def parse(data, path):
         auth=_auth(path, top.get("auth", dict, {}), base),
         pop_before_smtp=_plain_table(path, top, "pop_before_smtp", PopBeforeSmtpSettings,
                                      base),
-        sessions=_plain_table(path, top, "sessions", SessionsSettings, base),
+        sessions=_sessions(path, top, base),
         relay=_relay(path, top.get("relay", dict, {}), base),
         dns=_plain_table(path, top, "dns", DNSSettings, base),
         delivery=_delivery(path, top.get("delivery", dict, {}), base),
@@ -1413,6 +1487,21 @@ def _plain_table(path, top, name, cls, base):
     settings = cls(**_declared(table, cls, base))
     table.check_unknown()
     return settings
+
+
+def _sessions(path, top, base):
+    """[sessions]: the TLS files only with a TLS URL, the client certificate with its key."""
+    sessions = _plain_table(path, top, "sessions", SessionsSettings, base)
+    table = _Table(path, "sessions", {})
+    for key in ("redis_ca", "redis_cert", "redis_key"):
+        if getattr(sessions, key) is not None and not sessions.redis_url.tls:
+            raise table.error(key, "is for TLS to Redis, and redis_url has none",
+                              "write rediss:// (or rediss+sentinel://), or remove " + key)
+    if (sessions.redis_cert is None) != (sessions.redis_key is None):
+        given, missing = (("redis_cert", "redis_key") if sessions.redis_key is None
+                          else ("redis_key", "redis_cert"))
+        raise table.error(missing, "missing", f"{given} needs {missing}: give both or neither")
+    return sessions
 
 
 def _tls(path, data, base, listeners):

@@ -60,6 +60,7 @@ def preflight(settings, reactor, warnings=True):
     notes += _check_tls(settings)
     _check_delivery_cas(settings)
     _check_auth_files(settings)
+    tls.redis_client_tls(settings)
     dkim_signer(settings)
     return notes
 

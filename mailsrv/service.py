@@ -180,7 +180,8 @@ def build_mail_server(settings, clock=reactor):
     window = settings.pop_before_smtp.window if settings.pop_before_smtp.enabled else 0
     redis = None
     if settings.sessions.backend == "redis":
-        redis = RedisLink(settings.sessions.redis_url, settings.sessions.redis_timeout, clock)
+        redis = RedisLink(settings.sessions.redis_url, settings.sessions.redis_timeout, clock,
+                          tls=tls.redis_client_tls(settings))
         sessions = RedisSessionStore(redis, window, clock, settings.auth)
     else:
         sessions = MemorySessionStore(window, clock, settings.auth)

@@ -463,8 +463,9 @@ def load_client_cas(settings):
 
 def trust_root(ca_file):
     """
-    The CAs that "verify" delivery hops must chain to: C{ca_file}'s (the
-    [delivery] tls_ca_file), or the system's when it is L{None}.
+    The CAs that "verify" delivery hops (or Redis) must chain to:
+    C{ca_file}'s (the [delivery] tls_ca_file, [sessions] redis_ca), or the
+    system's when it is L{None}.
     @raise ValueError: saying why the file cannot serve.
     """
     if ca_file is None:
@@ -477,6 +478,38 @@ def trust_root(ca_file):
     if not certificates:
         raise ValueError(f"{ca_file} holds no PEM certificate")
     return ssl.trustRootFromCertificates([ssl.Certificate(c) for c in certificates])
+
+
+def redis_client_tls(settings):
+    """
+    How connections to Redis over TLS (rediss://, rediss+sentinel://) are
+    made, read once at start-up: a function of the host name Redis's
+    certificate must name (as the URL or a sentinel gives it) to the client
+    TLS options, trusting [sessions] redis_ca (or the system's CAs) and
+    showing redis_cert; L{None} without TLS.
+
+    @raise ConfigError: naming the [sessions] key whose file cannot serve.
+    """
+    sessions = settings.sessions
+    if not sessions.redis_url.tls:
+        return None
+    try:
+        trust = trust_root(sessions.redis_ca)
+    except ValueError as e:
+        raise ConfigError(settings.path, "[sessions] redis_ca", str(e),
+                          "give the CA certificates (PEM) that issue Redis's certificate")
+    client = {}
+    if sessions.redis_cert is not None:
+        pair = _load_pair(settings, "[sessions] redis_cert", sessions.redis_cert,
+                          "[sessions] redis_key", sessions.redis_key)
+        client = {"clientCertificate": ssl.PrivateCertificate.fromCertificateAndKeyPair(
+                      ssl.Certificate(pair.chain[0]), ssl.KeyPair(pair.key)),
+                  "extraCertChain": pair.chain[1:]}
+    return functools.partial(_redis_options, trust, client)
+
+
+def _redis_options(trust, client, host):
+    return ssl.optionsForClientTLS(host, trustRoot=trust, **client)
 
 
 def _read(settings, key, path):

@@ -8,7 +8,8 @@ and what each part does while Redis is away.
 
 import os
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, error, reactor, task
+from twisted.python import failure
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -24,26 +25,60 @@ from tests import redisserver
 from tests.test_sessions import ALICE, BOB, Limits
 
 
-class FakeEndpoint:
-    """Connects at once (a StringTransport) or refuses, as C{self.refuse} says."""
+class FakeNetwork:
+    """
+    The link's C{endpoint(host, port)}: each connects at once (over a
+    L{ClosingTransport}), refuses (C{self.refuse}: all; C{self.down}: those
+    C{(host, port)}s), or never answers (C{self.silent}).
+    """
 
     def __init__(self):
         self.refuse = False
-        self.connections = []
+        self.down = set()
+        self.silent = set()
+        self.connections = []  # protocols, in order
+        self.reached = []  # the (host, port) of each
+
+    def __call__(self, host, port):
+        return _FakeEndpoint(self, (host, port))
+
+
+class _FakeEndpoint:
+    def __init__(self, network, where):
+        self.network = network
+        self.where = where
 
     def connect(self, factory):
-        if self.refuse:
+        if self.network.refuse or self.where in self.network.down:
             return defer.fail(ConnectionRefusedError("refused"))
+        if self.where in self.network.silent:
+            return defer.Deferred()
         protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
-        self.connections.append(protocol)
+        protocol.makeConnection(ClosingTransport(protocol))
+        self.network.connections.append(protocol)
+        self.network.reached.append(self.where)
         return defer.succeed(protocol)
+
+
+class ClosingTransport(StringTransport):
+    """A StringTransport whose closing ends the connection at once, as the reactor would soon."""
+
+    def __init__(self, protocol):
+        super().__init__()
+        self.protocol = protocol
+
+    def loseConnection(self):
+        if not self.disconnecting:
+            super().loseConnection()
+            self.protocol.connectionLost(failure.Failure(error.ConnectionDone()))
+
+    abortConnection = loseConnection
 
 
 class RedisLinkTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
-        self.endpoint = FakeEndpoint()
+        self.endpoint = FakeNetwork()
         self.log = log_lines(self)
         self.link = RedisLink(parse_redis_url("redis://:pw@cache/2"), 2, self.clock,
                               self.endpoint)
@@ -88,7 +123,6 @@ class RedisLinkTests(unittest.TestCase):
         self.start()
         self.endpoint.refuse = True
         self.connection().transport.loseConnection()
-        self.connection().connectionLost(ConnectionError("gone"))
         self.assertFalse(self.link.up)
         # commands fail at once, without waiting for a timeout
         self.failureResultOf(self.link.execute("GET", "k"), RedisUnavailable)
@@ -125,7 +159,7 @@ class RedisLinkTests(unittest.TestCase):
     def test_stopping_is_no_outage(self):
         self.start()
         self.link.stopService()
-        self.connection().connectionLost(ConnectionError("closed"))
+        self.assertTrue(self.connection().transport.disconnecting)
         self.assertEqual(self.changes, [True])
         self.assertEqual(len(self.log), 1)
 

@@ -30,17 +30,15 @@ class NewMailEvents(service.Service):
     @ivar sender: this node's token: its own events are not taken in again.
     """
 
-    def __init__(self, redis, store, sender, endpoint=None):
-        """
-        @param endpoint: the subscriber's client endpoint (tests); by default
-            the one C{redis.address} names.
-        """
+    def __init__(self, redis, store, sender):
         self.redis = redis
         self.store = store
         self.sender = sender
         self.channel = f"{PREFIX}delivered:{redis.address.db}"
-        self.subscriber = RedisLink(redis.address, redis.timeout, redis.reactor, endpoint,
-                                    on_message=self._received)
+        # (reaching the same Redis as the main link: with Sentinel, its master)
+        self.subscriber = RedisLink(redis.address, redis.timeout, redis.reactor,
+                                    redis.endpoint, on_message=self._received,
+                                    tls=redis.tls)
         self.subscriber.observe(self._subscriber_changed)
         self._missed = False  # the subscription was lost: events may have gone by
 

@@ -10,13 +10,26 @@ and gives every command a deadline. While Redis is away a command fails at
 once with L{RedisUnavailable}: callers decide what that means (relay
 windows fail closed, throttling fails open) without waiting for a timeout
 on each login.
+
+With Sentinel (redis+sentinel://) the link finds the master before each
+connection: it asks the sentinels in turn (C{SENTINEL
+get-master-addr-by-name}), from the one that answered last, connects to
+the address the first that knows the master names, and counts Redis as up
+only once that server's C{ROLE} says master (right after a failover a
+sentinel may still name the old master, now a replica, where every write
+would fail). A lost connection, a command past its deadline or a
+C{READONLY} reply (the master was demoted) makes it ask again. Sentinels
+get no AUTH: the URL's credentials are the master's.
 """
 
+import functools
+
+from OpenSSL import SSL
 from twisted.application import service
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints, error, protocol, ssl
 from twisted.logger import Logger
 from txredisapi import ConnectionError as RedisConnectionError
-from txredisapi import RedisProtocol, SubscriberProtocol
+from txredisapi import RedisProtocol, ResponseError, SubscriberProtocol
 
 log = Logger()
 
@@ -39,26 +52,38 @@ class RedisUnavailable(Exception):
 class RedisLink(service.Service):
     """
     @ivar address: the L{mailsrv.config.RedisAddress}.
-    @ivar timeout: seconds for one command, and for connecting.
+    @ivar timeout: seconds for one command, for connecting, and for asking
+        one sentinel.
     @ivar up: whether Redis answers: L{None} before the first attempt ends.
+    @ivar master: with Sentinel, the C{(host, port)} the sentinels named
+        last; else L{None}.
     """
 
-    def __init__(self, address, timeout, reactor, endpoint=None, on_message=None):
+    def __init__(self, address, timeout, reactor, endpoint=None, on_message=None, tls=None):
         """
-        @param endpoint: the client endpoint to connect with (tests); by
-            default the TCP or UNIX endpoint C{address} names.
+        @param endpoint: C{endpoint(host, port)}, the client endpoint to reach
+            a Redis or a sentinel with (tests); by default TCP (TLS for
+            rediss://) or the UNIX socket C{address} names.
         @param on_message: makes this a subscriber's connection (pub/sub
             needs one of its own): C{on_message(channel, message)} is
             called for each message of the channels it SUBSCRIBEs to. Its
             outages are not logged: the main link's line says them.
+        @param tls: for rediss://, C{tls(host)}: the client TLS options for
+            a server that must prove it is C{host}
+            (L{mailsrv.tls.redis_client_tls}); by default the system's CAs
+            and no client certificate.
         """
         self.address = address
         self.on_message = on_message
         self.timeout = timeout
         self.reactor = reactor
-        self.endpoint = endpoint or _endpoint(address, timeout, reactor)
+        self.tls = tls or ssl.optionsForClientTLS
+        self.endpoint = endpoint or functools.partial(_endpoint, self)
         self.up = None
+        self.master = None
         self._protocol = None
+        self._connecting = None
+        self._first_sentinel = 0  # (the one that answered last)
         self._attempts = 0
         self._retry = None
         self._observers = []
@@ -75,6 +100,8 @@ class RedisLink(service.Service):
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()  # (a no-op once connected)
         if self._protocol is not None:
             self._protocol.transport.loseConnection()
 
@@ -104,21 +131,87 @@ class RedisLink(service.Service):
     def _failed(self, failure, connection):
         if failure.check(defer.TimeoutError):
             reason = f"no answer within {self.timeout:g} s"
-            connection.transport.abortConnection()  # a late reply must not answer the next
         elif failure.check(RedisConnectionError):
             reason = failure.getErrorMessage()
+        elif self.address.sentinels and _demoted(failure):
+            reason = f"{_host_port(self.master)} is no longer the master ({failure.value})"
         else:
             return failure  # Redis answered (an error reply): not an outage
         self._down(reason)
+        connection.transport.abortConnection()  # (a late reply must not answer the next)
         raise RedisUnavailable(f"Redis is away ({self.address}): {reason}")
 
     def _connect(self):
         self._retry = None
-        d = self.endpoint.connect(_Factory(self.on_message))
+        if self.address.sentinels:
+            d = self._ask_sentinels(self._sentinel_order(), [])
+        else:
+            d = defer.succeed((self.address.host, self.address.port))
+        d.addCallback(self._reach)
         d.addCallbacks(self._connected, self._not_connected)
+        self._connecting = d
+
+    def _reach(self, where):
+        if self.address.sentinels:
+            self.master = where
+        return self.endpoint(*where).connect(_Factory(self.on_message))
+
+    def _sentinel_order(self):
+        count = len(self.address.sentinels)
+        return [(self._first_sentinel + n) % count for n in range(count)]
+
+    def _ask_sentinels(self, order, problems):
+        """
+        The master's C{(host, port)} as the first of the sentinels C{order}
+        (indexes) that knows it names it; failing with what each said.
+        """
+        if not order:
+            return defer.fail(RedisConnectionError(
+                f"no sentinel named master {self.address.master!r} ({'; '.join(problems)})"))
+        index = order[0]
+        sentinel = self.address.sentinels[index]
+        d = self._ask_sentinel(sentinel)
+
+        def answered(master):
+            self._first_sentinel = index
+            return master
+
+        def failed(failure):
+            if failure.check(defer.CancelledError):  # (stopped)
+                return failure
+            problems.append(f"{_host_port(sentinel)}: {_problem(failure, self.timeout)}")
+            return self._ask_sentinels(order[1:], problems)
+        d.addCallbacks(answered, failed)
+        return d
+
+    def _ask_sentinel(self, sentinel):
+        """One sentinel's answer, within the deadline: the master's C{(host, port)}."""
+        d = self.endpoint(*sentinel).connect(_Factory(None))
+
+        def ask(connection):
+            asked = connection.execute_command("SENTINEL", "get-master-addr-by-name",
+                                               self.address.master)
+
+            def close(result):
+                connection.transport.loseConnection()
+                return result
+            return asked.addBoth(close)
+        d.addCallback(ask)
+        d.addTimeout(self.timeout, self.reactor)
+        d.addCallback(self._named)
+        return d
+
+    def _named(self, reply):
+        if not reply:
+            raise RedisConnectionError(f"knows no master {self.address.master!r}")
+        host, port = reply
+        return host, int(port)
 
     def _connected(self, connection):
-        """Log in and choose the database, then count Redis as up once it answers PING."""
+        """
+        Log in and choose the database, then count Redis as up once it
+        answers PING (with Sentinel: once its ROLE says master).
+        """
         self._protocol = connection
         connection.whenDisconnected().addCallback(self._lost)
         address = self.address
@@ -129,7 +222,11 @@ class RedisLink(service.Service):
             d.addCallback(lambda _: connection.execute_command("AUTH", *credentials))
         if address.db:
             d.addCallback(lambda _: connection.execute_command("SELECT", address.db))
-        d.addCallback(lambda _: connection.execute_command("PING"))
+        if address.sentinels:
+            d.addCallback(lambda _: connection.execute_command("ROLE"))
+            d.addCallback(self._check_role)
+        else:
+            d.addCallback(lambda _: connection.execute_command("PING"))
         d.addTimeout(self.timeout, self.reactor)
 
         def answered(_):
@@ -137,13 +234,21 @@ class RedisLink(service.Service):
             self._up()
 
         def refused(failure):
+            if self.running:
+                self._down(_problem(failure, self.timeout))
             connection.transport.abortConnection()
-            self._down(failure.getErrorMessage()
-                       if not failure.check(defer.TimeoutError)
-                       else f"no answer within {self.timeout:g} s")
         d.addCallbacks(answered, refused)
 
+    def _check_role(self, reply):
+        role = reply[0] if isinstance(reply, list) and reply else reply
+        if role != "master":
+            raise RedisConnectionError(
+                f"{_host_port(self.master)}, named by the sentinels, is a {role}, not the "
+                "master (a failover under way?)")
+
     def _not_connected(self, failure):
+        if not self.running:  # (stopped while connecting)
+            return
         self._down(failure.getErrorMessage())
         self._schedule()
 
@@ -152,7 +257,7 @@ class RedisLink(service.Service):
             return
         self._protocol = None
         if self.running:  # (else we closed it: no outage)
-            self._down("connection lost")
+            self._down(_lost_reason(connection.lost_reason))
             self._schedule()
 
     def _schedule(self):
@@ -162,15 +267,21 @@ class RedisLink(service.Service):
         self._attempts += 1
         self._retry = self.reactor.callLater(delay, self._connect)
 
+    def _where(self):
+        """The address for the log: with Sentinel, and the master reached or last tried."""
+        if self.master is None:
+            return str(self.address)
+        return f"{self.address} (master {_host_port(self.master)})"
+
     def _up(self):
         if self.up:
             return
         if self.on_message is not None:  # (the main link's lines say it)
             pass
         elif self.up is False:
-            log.info("Redis is back: {address}", address=str(self.address))
+            log.info("Redis is back: {address}", address=self._where())
         else:
-            log.info("Redis connected: {address}", address=str(self.address))
+            log.info("Redis connected: {address}", address=self._where())
         self._changed(True)
 
     def _down(self, reason):
@@ -180,11 +291,11 @@ class RedisLink(service.Service):
             pass
         elif self.up:
             log.warn("Redis went away: {address}: {reason}; reconnecting; until it is back, "
-                     "{consequences}", address=str(self.address), reason=reason,
+                     "{consequences}", address=self._where(), reason=reason,
                      consequences=CONSEQUENCES)
         else:
             log.warn("Redis unreachable: {address}: {reason}; retrying; until it answers, "
-                     "{consequences}", address=str(self.address), reason=reason,
+                     "{consequences}", address=self._where(), reason=reason,
                      consequences=CONSEQUENCES)
         self._changed(False)
 
@@ -192,6 +303,36 @@ class RedisLink(service.Service):
         self.up = up
         for changed in list(self._observers):  # (an observer may add one)
             changed(up)
+
+
+def _demoted(failure):
+    """Whether a command failed because the server is a replica now (READONLY)."""
+    return failure.check(ResponseError) and str(failure.value).startswith("READONLY")
+
+
+def _problem(failure, timeout):
+    """The log's words for why asking a server failed."""
+    if failure.check(defer.TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return failure.getErrorMessage()
+
+
+def _lost_reason(reason):
+    """The log's words for why a connection ended: a TLS handshake's failure says why."""
+    if reason is not None and reason.check(SSL.Error):
+        try:
+            words = "; ".join(entry[-1] for entry in reason.value.args[0])
+        except (IndexError, TypeError):
+            words = reason.getErrorMessage()
+        return f"TLS failed: {words}"
+    if reason is None or reason.check(error.ConnectionDone, error.ConnectionLost):
+        return "connection lost"
+    return f"connection lost: {reason.getErrorMessage()}"
+
+
+def _host_port(where):
+    host, port = where
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Factory(protocol.ClientFactory):
@@ -204,19 +345,38 @@ class _Factory(protocol.ClientFactory):
 
     def buildProtocol(self, addr):
         if self.on_message is None:
-            built = RedisProtocol(charset="utf-8", convertNumbers=False)
+            built = _Redis(charset="utf-8", convertNumbers=False)
         else:
             built = _Subscriber(charset="utf-8", convertNumbers=False)
         built.factory = self
         return built
 
 
-class _Subscriber(SubscriberProtocol):
+class _KeepsLostReason:
+    """Keeps why the connection ended, for the log line (a TLS failure's own words)."""
+
+    lost_reason = None
+
+    def connectionLost(self, reason):
+        self.lost_reason = reason
+        super().connectionLost(reason)
+
+
+class _Redis(_KeepsLostReason, RedisProtocol):
+    pass
+
+
+class _Subscriber(_KeepsLostReason, SubscriberProtocol):
     def messageReceived(self, pattern, channel, message):
         self.factory.on_message(channel, message)
 
 
-def _endpoint(address, timeout, reactor):
+def _endpoint(link, host, port):
+    """The client endpoint to C{host}:C{port}, or to the link's UNIX socket."""
+    address = link.address
     if address.path:
-        return endpoints.UNIXClientEndpoint(reactor, address.path, timeout=timeout)
-    return endpoints.HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+        return endpoints.UNIXClientEndpoint(link.reactor, address.path, timeout=link.timeout)
+    tcp = endpoints.HostnameEndpoint(link.reactor, host, port, timeout=link.timeout)
+    if address.tls:
+        return endpoints.wrapClientTLS(link.tls(host), tcp)
+    return tcp
