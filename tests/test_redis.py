@@ -28,11 +28,12 @@ from tests.test_sessions import ALICE, BOB, Limits
 class FakeNetwork:
     """
     The link's C{endpoint(host, port)}: each connects at once (over a
-    L{ClosingTransport}), refuses (C{self.refuse}: all; C{self.down}: those
-    C{(host, port)}s), or never answers (C{self.silent}).
+    L{ClosingTransport} on C{clock}), refuses (C{self.refuse}: all;
+    C{self.down}: those C{(host, port)}s), or never answers (C{self.silent}).
     """
 
-    def __init__(self):
+    def __init__(self, clock):
+        self.clock = clock
         self.refuse = False
         self.down = set()
         self.silent = set()
@@ -54,23 +55,29 @@ class _FakeEndpoint:
         if self.where in self.network.silent:
             return defer.Deferred()
         protocol = factory.buildProtocol(None)
-        protocol.makeConnection(ClosingTransport(protocol))
+        protocol.makeConnection(ClosingTransport(protocol, self.network.clock))
         self.network.connections.append(protocol)
         self.network.reached.append(self.where)
         return defer.succeed(protocol)
 
 
 class ClosingTransport(StringTransport):
-    """A StringTransport whose closing ends the connection at once, as the reactor would soon."""
+    """A StringTransport whose closing ends the connection at the clock's next turn, as a reactor's."""
 
-    def __init__(self, protocol):
+    def __init__(self, protocol, clock):
         super().__init__()
         self.protocol = protocol
+        self.clock = clock
 
     def loseConnection(self):
         if not self.disconnecting:
             super().loseConnection()
-            self.protocol.connectionLost(failure.Failure(error.ConnectionDone()))
+            self.clock.callLater(0, self.protocol.connectionLost,
+                                 failure.Failure(error.ConnectionDone()))
+
+    def resumeProducing(self):
+        if not self.disconnecting:  # (a reactor's transport lets the reader resume too)
+            super().resumeProducing()
 
     abortConnection = loseConnection
 
@@ -78,7 +85,7 @@ class ClosingTransport(StringTransport):
 class RedisLinkTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
-        self.endpoint = FakeNetwork()
+        self.endpoint = FakeNetwork(self.clock)
         self.log = log_lines(self)
         self.link = RedisLink(parse_redis_url("redis://:pw@cache/2"), 2, self.clock,
                               self.endpoint)
@@ -91,6 +98,7 @@ class RedisLinkTests(unittest.TestCase):
     def answer(self, *replies):
         for reply in replies:
             self.connection().dataReceived(reply)
+        self.clock.advance(0)  # (what the replies closed is closed)
 
     def start(self):
         self.link.startService()
@@ -123,6 +131,7 @@ class RedisLinkTests(unittest.TestCase):
         self.start()
         self.endpoint.refuse = True
         self.connection().transport.loseConnection()
+        self.clock.advance(0)
         self.assertFalse(self.link.up)
         # commands fail at once, without waiting for a timeout
         self.failureResultOf(self.link.execute("GET", "k"), RedisUnavailable)
@@ -168,6 +177,164 @@ class RedisLinkTests(unittest.TestCase):
         self.link.startService()
         self.link.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def bulk(*words):
+    """A RESP array of bulk strings, as a sentinel names a master."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+MASTER_ROLE = b"*3\r\n$6\r\nmaster\r\n:42\r\n*0\r\n"
+REPLICA_ROLE = (b"*5\r\n$5\r\nslave\r\n$8\r\n10.0.0.2\r\n:6379\r\n"
+                b"$9\r\nconnected\r\n:42\r\n")
+
+
+class SentinelLinkTests(unittest.TestCase):
+    """redis+sentinel://: the link asks the sentinels for the master, on a Clock."""
+
+    URL = "redis+sentinel://:pw@s1:26379,s2:26380/mymaster/2"
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.network = FakeNetwork(self.clock)
+        self.log = log_lines(self)
+        self.link = RedisLink(parse_redis_url(self.URL), 2, self.clock, self.network)
+        self.changes = []
+        self.link.observe(self.changes.append)
+
+    def connection(self):
+        return self.network.connections[-1]
+
+    def answer(self, *replies):
+        for reply in replies:
+            self.connection().dataReceived(reply)
+        self.clock.advance(0)  # (what the replies closed is closed)
+
+    def sentinel_names(self, host, port):
+        """The sentinel connected to last names C{host:port}: the link connects there."""
+        self.assertEqual(self.connection().transport.value(),
+                         b"*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n"
+                         b"$8\r\nmymaster\r\n")
+        self.answer(bulk(host, port))
+
+    def master_answers(self, role=MASTER_ROLE):
+        self.answer(b"+OK\r\n", b"+OK\r\n", role)
+
+    def start(self):
+        self.link.startService()
+        self.addCleanup(self.link.stopService)
+
+    def test_asks_a_sentinel_then_logs_in_to_the_master_it_names(self):
+        self.start()
+        self.assertEqual(self.network.reached, [("s1", 26379)])
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.assertTrue(self.network.connections[0].transport.disconnecting)
+        self.assertEqual(self.network.reached[-1], ("10.0.0.1", 6379))
+        self.master_answers()
+        # the password is the master's: the sentinel got none
+        self.assertEqual(self.connection().transport.value(),
+                         b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+                         b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n*1\r\n$4\r\nROLE\r\n")
+        self.assertTrue(self.link.up)
+        self.assertEqual(self.log, ["Redis connected: redis+sentinel://s1:26379,s2:26380/"
+                                    "mymaster/2 (master 10.0.0.1:6379)"])
+
+    def test_a_sentinel_down_or_silent_the_next_is_asked_and_then_asked_first(self):
+        self.network.down.add(("s1", 26379))
+        self.start()
+        self.assertEqual(self.network.reached, [("s2", 26380)])
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.master_answers()
+        self.connection().transport.loseConnection()
+        self.clock.advance(0)
+        self.network.down.clear()
+        self.clock.advance(RETRY_DELAYS[0])
+        self.assertEqual(self.network.reached[-1], ("s2", 26380))  # the one that answered
+        self.network.silent.add(("s2", 26380))
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.master_answers()
+        self.connection().transport.loseConnection()
+        self.clock.advance(0)
+        self.clock.advance(RETRY_DELAYS[0])
+        self.clock.advance(2)  # s2 never answers: s1 is asked after the deadline
+        self.assertEqual(self.network.reached[-1], ("s1", 26379))
+        self.sentinel_names(b"10.0.0.3", b"6379")
+        self.master_answers()
+        self.assertTrue(self.link.up)
+        self.assertEqual(self.log[-1], "Redis is back: redis+sentinel://s1:26379,s2:26380/"
+                                       "mymaster/2 (master 10.0.0.3:6379)")
+
+    def test_no_sentinel_names_it_one_line_saying_what_each_said(self):
+        self.network.down.add(("s1", 26379))
+        self.start()
+        self.answer(b"*-1\r\n")  # s2 does not know the master
+        self.assertFalse(self.link.up)
+        self.assertEqual(len(self.log), 1, self.log)
+        self.assertTrue(self.log[0].startswith(
+            "Redis unreachable: redis+sentinel://s1:26379,s2:26380/mymaster/2: no sentinel "
+            "named master 'mymaster' (s1:26379: refused; s2:26380: knows no master "
+            "'mymaster'); retrying;"), self.log[0])
+        self.network.down.clear()
+        self.clock.advance(RETRY_DELAYS[0])
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.master_answers()
+        self.assertTrue(self.link.up)
+
+    def test_the_named_master_says_it_is_a_replica_the_sentinels_are_asked_again(self):
+        self.start()
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.master_answers(REPLICA_ROLE)
+        self.assertFalse(self.link.up)
+        self.assertTrue(self.connection().transport.disconnecting)
+        self.assertIn("10.0.0.1:6379, named by the sentinels, is a slave, not the master",
+                      self.log[0])
+        self.clock.advance(RETRY_DELAYS[0])
+        self.sentinel_names(b"10.0.0.2", b"6379")
+        self.master_answers()
+        self.assertTrue(self.link.up)
+        self.assertEqual(self.network.reached[-1], ("10.0.0.2", 6379))
+
+    def test_readonly_is_an_outage_and_the_new_master_is_found(self):
+        self.start()
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.master_answers()
+        d = self.link.execute("SET", "k", "v")
+        self.answer(b"-READONLY You can't write against a read only replica.\r\n")
+        self.assertIn("10.0.0.1:6379 is no longer the master",
+                      str(self.failureResultOf(d, RedisUnavailable).value))
+        self.assertFalse(self.link.up)
+        self.assertTrue(self.log[1].startswith(
+            "Redis went away: redis+sentinel://s1:26379,s2:26380/mymaster/2 (master "
+            "10.0.0.1:6379): 10.0.0.1:6379 is no longer the master (READONLY"), self.log[1])
+        self.clock.advance(RETRY_DELAYS[0])
+        self.sentinel_names(b"10.0.0.2", b"6379")
+        self.master_answers()
+        self.assertEqual(self.changes, [True, False, True])
+        self.assertEqual(self.log[2], "Redis is back: redis+sentinel://s1:26379,s2:26380/"
+                                      "mymaster/2 (master 10.0.0.2:6379)")
+
+    def test_other_error_replies_are_no_outage(self):
+        self.start()
+        self.sentinel_names(b"10.0.0.1", b"6379")
+        self.master_answers()
+        d = self.link.execute("BOGUS")
+        self.answer(b"-ERR unknown command\r\n")
+        self.failureResultOf(d)
+        self.assertTrue(self.link.up)
+
+    def test_stopping_while_asking_leaves_nothing_behind(self):
+        self.network.silent.add(("s1", 26379))
+        self.start()
+        self.link.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.log, [])
+
+    def test_a_plain_redis_url_never_asks_role(self):
+        link = RedisLink(parse_redis_url("redis://cache"), 2, self.clock, self.network)
+        link.startService()
+        self.addCleanup(link.stopService)
+        self.assertEqual(self.network.reached, [("cache", 6379)])
+        self.assertEqual(self.connection().transport.value(), b"*1\r\n$4\r\nPING\r\n")
 
 
 class RealRedisTestCase(unittest.TestCase):

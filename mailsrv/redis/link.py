@@ -154,7 +154,7 @@ class RedisLink(service.Service):
     def _reach(self, where):
         if self.address.sentinels:
             self.master = where
-        return self.endpoint(*where).connect(_Factory(self.on_message))
+        return self.endpoint(*where).connect(_Factory(self.on_message, self.reactor))
 
     def _sentinel_order(self):
         count = len(self.address.sentinels)
@@ -186,7 +186,7 @@ class RedisLink(service.Service):
 
     def _ask_sentinel(self, sentinel):
         """One sentinel's answer, within the deadline: the master's C{(host, port)}."""
-        d = self.endpoint(*sentinel).connect(_Factory(None))
+        d = self.endpoint(*sentinel).connect(_Factory(None, self.reactor))
 
         def ask(connection):
             asked = connection.execute_command("SENTINEL", "get-master-addr-by-name",
@@ -336,12 +336,16 @@ def _host_port(where):
 
 
 class _Factory(protocol.ClientFactory):
-    """Builds txredisapi's protocol; the link sends AUTH and SELECT itself."""
+    """
+    Builds txredisapi's protocol, its timers on the link's clock (it
+    pauses on bulk replies); the link sends AUTH and SELECT itself.
+    """
 
     noisy = False
 
-    def __init__(self, on_message):
+    def __init__(self, on_message, clock):
         self.on_message = on_message
+        self.clock = clock
 
     def buildProtocol(self, addr):
         if self.on_message is None:
@@ -349,6 +353,7 @@ class _Factory(protocol.ClientFactory):
         else:
             built = _Subscriber(charset="utf-8", convertNumbers=False)
         built.factory = self
+        built.callLater = self.clock.callLater
         return built
 
 
