@@ -498,18 +498,21 @@ def redis_client_tls(settings):
     except ValueError as e:
         raise ConfigError(settings.path, "[sessions] redis_ca", str(e),
                           "give the CA certificates (PEM) that issue Redis's certificate")
-    client = {}
+    pair = None
     if sessions.redis_cert is not None:
         pair = _load_pair(settings, "[sessions] redis_cert", sessions.redis_cert,
                           "[sessions] redis_key", sessions.redis_key)
-        client = {"clientCertificate": ssl.PrivateCertificate.fromCertificateAndKeyPair(
-                      ssl.Certificate(pair.chain[0]), ssl.KeyPair(pair.key)),
-                  "extraCertChain": pair.chain[1:]}
-    return functools.partial(_redis_options, trust, client)
+    return functools.partial(_redis_options, trust, pair)
 
 
-def _redis_options(trust, client, host):
-    return ssl.optionsForClientTLS(host, trustRoot=trust, **client)
+def _redis_options(trust, pair, host):
+    if pair is None:
+        return ssl.optionsForClientTLS(host, trustRoot=trust)
+    return ssl.optionsForClientTLS(
+        host, trustRoot=trust,
+        clientCertificate=ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            ssl.Certificate(pair.chain[0]), ssl.KeyPair(pair.key)),
+        extraCertificateOptions={"extraCertChain": pair.chain[1:]})
 
 
 def _read(settings, key, path):

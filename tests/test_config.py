@@ -3,6 +3,7 @@ Config parsing: defaults, the errors an admin sees, and the example config.
 """
 
 from pathlib import Path
+from urllib.parse import quote
 
 from hypothesis import given, strategies as st
 from twisted.internet import task
@@ -178,6 +179,9 @@ KEY_DEFAULTS = [
     ("[sessions] redis_url", lambda s: s.sessions.redis_url,
      config.RedisAddress(host="127.0.0.1", port=6379, db=0)),
     ("[sessions] redis_timeout", lambda s: s.sessions.redis_timeout, 2.0),
+    ("[sessions] redis_ca", lambda s: s.sessions.redis_ca, None),
+    ("[sessions] redis_cert", lambda s: s.sessions.redis_cert, None),
+    ("[sessions] redis_key", lambda s: s.sessions.redis_key, None),
     ("[relay] mode", lambda s: s.relay.mode, "trusted"),
     ("[relay] trusted", lambda s: s.relay.trusted, ()),
     ("[relay] trusted_file", lambda s: s.relay.trusted_file, None),
@@ -359,13 +363,22 @@ class NodeDirTests(unittest.TestCase):
 
 
 class RedisURLTests(unittest.TestCase):
-    """[sessions] redis_url: both forms, with what they may carry."""
+    """[sessions] redis_url: every form, with what it may carry."""
 
     def test_forms(self):
         for url, address in [
             ("redis://10.0.0.7", config.RedisAddress(host="10.0.0.7")),
             ("redis://:secret@[::1]:6380/3",
              config.RedisAddress(host="::1", port=6380, db=3, password="secret")),
+            ("rediss://mailsrv:secret@cache.example:6380/1",
+             config.RedisAddress(host="cache.example", port=6380, db=1, tls=True,
+                                 username="mailsrv", password="secret")),
+            ("redis+sentinel://s1,S2:26380,[::1]:5000,10.0.0.1/mymaster",
+             config.RedisAddress(sentinels=(("s1", 26379), ("s2", 26380), ("::1", 5000),
+                                            ("10.0.0.1", 26379)), master="mymaster")),
+            ("rediss+sentinel://u:p%40ss:x@s1:26379/m/4",
+             config.RedisAddress(sentinels=(("s1", 26379),), master="m", db=4, tls=True,
+                                 username="u", password="p@ss:x")),
             ("unix:///run/redis/redis.sock?db=2", config.RedisAddress(path="/run/redis/redis.sock", db=2)),
             ("unix://mailsrv:p%40ss@/run/r.sock",
              config.RedisAddress(path="/run/r.sock", username="mailsrv", password="p@ss")),
@@ -377,6 +390,60 @@ class RedisURLTests(unittest.TestCase):
         self.assertEqual(str(address), "redis://cache:6380/1")
         self.assertNotIn("secret", repr(address))
         self.assertEqual(str(config.parse_redis_url("unix://:secret@/r.sock")), "unix:///r.sock?db=0")
+        self.assertEqual(str(config.parse_redis_url("rediss://:secret@cache")),
+                         "rediss://cache:6379/0")
+        address = config.parse_redis_url("redis+sentinel://:secret@s1,[::1]:5000/m")
+        self.assertEqual(str(address), "redis+sentinel://s1:26379,[::1]:5000/m/0")
+        self.assertNotIn("secret", repr(address))
+
+    def test_what_a_sentinel_url_may_not_be(self):
+        for url, problem in [
+            ("redis+sentinel://s1", "no master name"),
+            ("redis+sentinel://s1/", "no master name"),
+            ("redis+sentinel:///m", "a sentinel without a host"),
+            ("redis+sentinel://s1,,s2/m", "a sentinel without a host"),
+            ("redis+sentinel://s1:0/m", "bad port in sentinel 's1:0'"),
+            ("redis+sentinel://s1:26379x/m", "bad port in sentinel"),
+            ("redis+sentinel://::1/m", "bad sentinel '::1' (write host:port or [IPv6]:port)"),
+            ("redis+sentinel://[::1/m", "bad sentinel '[::1'"),
+            ("redis+sentinel://s_1/m", "bad sentinel 's_1'"),
+            ("redis+sentinel://s1/m/x", "the database 'x' is not a number"),
+            ("redis+sentinel://s1/m/1/2", "the path is /MASTER/DB, nothing more"),
+            ("redis+sentinel://s1/m%20x", "the master name 'm x' has spaces"),
+            ("redis+sentinel://s1/m?db=1", "takes no ?query"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                config.parse_redis_url(url)
+            self.assertIn(problem, str(caught.exception), url)
+
+
+class RedisURLPropertyTests(unittest.TestCase):
+    """Sentinel URLs, split by hand: what is written is read back; anything else is a ValueError."""
+
+    @examples(200)
+    @given(st.lists(st.tuples(st.sampled_from(["s1", "sentinel.example", "10.0.0.9", "::1"]),
+                              st.integers(1, 65535)), min_size=1, max_size=4),
+           st.text(st.characters(min_codepoint=33, max_codepoint=126,
+                                 blacklist_characters="/%?#"), min_size=1, max_size=12),
+           st.integers(0, 65535), st.text(max_size=8), st.text(max_size=8), st.booleans())
+    def test_read_back(self, sentinels, master, db, username, password, tls):
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinels)
+        userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}@"
+        url = f"{'rediss' if tls else 'redis'}+sentinel://{userinfo}{hosts}/{master}/{db}"
+        self.assertEqual(config.parse_redis_url(url), config.RedisAddress(
+            sentinels=tuple(sentinels), master=master, db=db, tls=tls, username=username,
+            password=password))
+
+    @examples(300)
+    @given(st.sampled_from(["redis+sentinel://", "rediss+sentinel://", "redis://",
+                            "rediss://", "unix://"]),
+           st.text(st.sampled_from("s1:/,[]@%?#0.9ab-_ "), max_size=30))
+    def test_anything_else_is_a_value_error(self, scheme, rest):
+        try:
+            address = config.parse_redis_url(scheme + rest)
+        except ValueError:
+            return
+        self.assertIsInstance(address, config.RedisAddress)
 
 
 class ErrorTests(unittest.TestCase):
@@ -444,10 +511,19 @@ class ErrorTests(unittest.TestCase):
          "/c.toml: [sessions] redis_url: 'unix:///run/redis.sock?database=1': unix:// takes only"),
         ({"sessions": {"redis_url": "redis://cache/one"}},
          "/c.toml: [sessions] redis_url: 'redis://cache/one': the database 'one' is not a number"),
-        ({"sessions": {"redis_url": "rediss://cache"}},
-         "/c.toml: [sessions] redis_url: 'rediss://cache': TLS to Redis (rediss://) is not"),
+        ({"sessions": {"redis_url": "redis+sentinel://s1:26379"}},
+         "/c.toml: [sessions] redis_url: 'redis+sentinel://s1:26379': no master name"),
         ({"sessions": {"redis_url": "127.0.0.1:6379"}},
-         "/c.toml: [sessions] redis_url: '127.0.0.1:6379': not a redis:// or unix:// URL"),
+         "/c.toml: [sessions] redis_url: '127.0.0.1:6379': not a redis://, rediss://, "
+         "redis+sentinel:// or unix:// URL"),
+        ({"sessions": {"redis_ca": "ca.pem"}},
+         "/c.toml: [sessions] redis_ca: is for TLS to Redis, and redis_url has none (write "
+         "rediss:// (or rediss+sentinel://), or remove redis_ca)"),
+        ({"sessions": {"redis_url": "rediss://cache", "redis_cert": "c.pem"}},
+         "/c.toml: [sessions] redis_key: missing (redis_cert needs redis_key: give both or "
+         "neither)"),
+        ({"sessions": {"redis_url": "rediss://cache", "redis_key": "c.key"}},
+         "/c.toml: [sessions] redis_cert: missing (redis_key needs redis_cert"),
         ({"server": {"node": "../mx1"}},
          "/c.toml: [server] node: '../mx1' is not a node name"),
         ({"server": {"workers": 0}}, "/c.toml: [server] workers: must be at least 1, not 0"),

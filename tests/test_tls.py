@@ -88,6 +88,57 @@ class CertificateTests(unittest.TestCase):
         self.assertEqual(server_tls.certificate, leaf.cert)
 
 
+class RedisTLSConfigTests(unittest.TestCase):
+    """[sessions] redis_ca, redis_cert and redis_key: read at start-up, checked by check-config too."""
+
+    def setUp(self):
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir(parents=True)
+        self.authority = certs.make("Redis CA", ca=True)
+
+    def preflight(self, **sessions):
+        from mailsrv.preflight import preflight
+
+        settings = make_settings(self.dir, sessions={"redis_url": "rediss://cache:6380/0",
+                                                     **sessions})
+        preflight(settings, task.Clock(), warnings=False)
+        return settings
+
+    def refused(self, **sessions):
+        with self.assertRaises(ConfigError) as caught:
+            self.preflight(**sessions)
+        text = str(caught.exception)
+        self.assertNotIn("\n", text)
+        return text
+
+    def test_ca_missing_or_not_pem(self):
+        self.assertIn("[sessions] redis_ca: cannot read " + str(self.dir / "ca.pem"),
+                      self.refused(redis_ca="ca.pem"))
+        (self.dir / "ca.pem").write_text("not a certificate\n")
+        self.assertIn("[sessions] redis_ca: " + str(self.dir / "ca.pem") +
+                      " holds no PEM certificate", self.refused(redis_ca="ca.pem"))
+
+    def test_client_certificate_unreadable_or_not_its_keys(self):
+        client = certs.make("mailsrv", issuer=self.authority)
+        cert, _ = client.write(self.dir, "client")
+        self.assertIn("[sessions] redis_key: cannot read",
+                      self.refused(redis_cert="client.pem", redis_key="none.key"))
+        certs.make("other").write(self.dir, "other")
+        self.assertIn("[sessions] redis_cert: cannot use " + str(cert),
+                      self.refused(redis_cert="client.pem", redis_key="other.key"))
+
+    def test_options_name_the_host_and_show_the_client_certificate(self):
+        self.authority.write(self.dir, "ca")
+        certs.make("mailsrv", issuer=self.authority).write(self.dir, "client")
+        settings = self.preflight(redis_ca="ca.pem", redis_cert="client.pem",
+                                  redis_key="client.key")
+        options = tls.redis_client_tls(settings)("cache.example")
+        self.assertEqual(options._hostnameASCII, "cache.example")
+
+    def test_none_without_tls(self):
+        self.assertIsNone(tls.redis_client_tls(make_settings(self.dir)))
+
+
 class DeliveryCAConfigTests(unittest.TestCase):
     """[delivery] tls_ca_file is read at the first "verify" hop: start-up and check-config check it first."""
 
