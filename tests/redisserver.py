@@ -1,21 +1,29 @@
 """
-A real redis-server of our own (Debian's package), for the [sessions]
-backend = "redis" tests: on a UNIX socket in a temporary folder (no TCP
-port: `--port 0`), persisting nothing (`--save ""`, no AOF), started in the
-foreground and stopped by its PID, never the system's Redis. It can be
-stopped and started again on the same socket, for the "Redis away" tests;
-what it held is then gone, as after a restart of a Redis without
-persistence.
+Real redis-servers of our own (Debian's package), for the [sessions]
+backend = "redis" tests, persisting nothing (`--save ""`, no AOF), each
+in a temporary folder, stopped by its PID (L{tests.daemon}), never the
+system's Redis:
+
+- L{RedisServer}: on a UNIX socket (no TCP port: `--port 0`); or on a
+  loopback TCP port, as a replica of another if asked (Sentinel's
+  servers: sentinels watch TCP addresses); or over TLS only
+  (`--tls-port`, `--port 0`) with a certificate for "localhost" from a
+  CA of the test's. It can be stopped and started again on the same
+  address, for the "Redis away" tests; what it held is then gone, as
+  after a restart of a Redis without persistence.
+- L{RedisSentinel}: `redis-server --sentinel` (the same binary) watching
+  one master.
 """
 
-import shutil
 import socket
-import subprocess
-import tempfile
-import time
+import ssl
+import textwrap
 from pathlib import Path
 
 from twisted.trial import unittest
+
+from tests import certs
+from tests.daemon import Daemon
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -28,56 +36,119 @@ def redis_missing():
     return None
 
 
-def started(testcase):
+def started(testcase, server_class=None, **kwargs):
     """
-    A redis-server started for C{testcase}, stopped when it ends; the
-    test is skipped, saying why, where none can run.
+    A redis-server (or a C{server_class} of C{kwargs}) started for
+    C{testcase}, stopped when it ends; the test is skipped, saying why,
+    where none can run.
     """
     missing = redis_missing()
     if missing:
         raise unittest.SkipTest(missing)
-    server = RedisServer()
+    server = (server_class or RedisServer)(**kwargs)
     testcase.addCleanup(server.cleanup)
     server.start()
     return server
 
 
-class RedisServer:
+class TLSFiles:
+    """
+    A CA, a certificate for "localhost" it issued (the server's), and one
+    for a client, written into C{directory}.
+
+    @ivar ca: the CA's PEM file.
+    @ivar cert: the server's (C{key}: its key).
+    @ivar client_cert: the client's (C{client_key}: its key).
+    """
+
+    def __init__(self, directory):
+        authority = certs.make("mailsrv test Redis CA", ca=True)
+        self.ca, _ = authority.write(directory, "ca")
+        self.cert, self.key = certs.make("localhost", issuer=authority,
+                                         names=("localhost",)).write(directory, "redis")
+        self.client_cert, self.client_key = certs.make("mailsrv", issuer=authority).write(
+            directory, "client")
+
+
+class RedisServer(Daemon):
     """
     One redis-server.
 
-    @ivar socket: the path of its UNIX socket.
-    @ivar url: C{unix://SOCKET?db=0}, for [sessions] redis_url.
+    @ivar url: for [sessions] redis_url: C{unix://SOCKET?db=0},
+        C{redis://127.0.0.1:PORT/0}, or C{rediss://localhost:PORT/0}.
+    @ivar tls: the L{TLSFiles} of a server over TLS, else L{None}.
     """
 
-    def __init__(self):
-        self.dir = Path(tempfile.mkdtemp(prefix="mailsrv-redis-"))
+    name = "redis"
+
+    def __init__(self, port=None, tls=False, client_certificates=False, replica_of=None,
+                 user=None):
+        """
+        @param port: a TCP port on 127.0.0.1 (L{None}: a UNIX socket).
+        @param user: C{(name, password)} of the only account that may log
+            in (an ACL user of Redis 6; the default user is off).
+        @param tls: whether the port speaks TLS, and only TLS.
+        @param client_certificates: whether clients must show a certificate
+            from the test's CA (C{tls-auth-clients yes}).
+        @param replica_of: the port of the master to replicate.
+        """
+        super().__init__()
+        self.port = port
+        self.replica_of = replica_of
+        self.client_certificates = client_certificates
+        self.user = user
+        self.tls = TLSFiles(self.dir) if tls else None
         self.socket = self.dir / "redis.sock"
-        self.url = f"unix://{self.socket}?db=0"
-        self.process = None
-        self.log = None
+        if port is None:
+            self.url = f"unix://{self.socket}?db=0"
+        elif tls:
+            self.url = f"rediss://localhost:{port}/0"
+        else:
+            self.url = f"redis://127.0.0.1:{port}/0"
 
-    def start(self):
-        self.log = open(self.dir / "redis.log", "ab")
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket),
-             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--daemonize", "no"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("redis-server exited: " + (self.dir / "redis.log").read_text())
-            if self._answers():
-                return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not answer within 20 s")
+    def argv(self):
+        argv = [REDIS_SERVER, "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                "--daemonize", "no", "--bind", "127.0.0.1"]
+        if self.port is None:
+            argv += ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        elif self.tls:
+            argv += ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                     "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "yes" if self.client_certificates else "no"]
+        else:
+            argv += ["--port", str(self.port)]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        if self.user is not None:
+            name, password = self.user
+            argv += ["--user", "default off", "--user", f"{name} on >{password} ~* &* +@all"]
+        return argv
 
-    def _answers(self):
+    def connection(self):
+        """
+        A socket connected to it (over TLS for a TLS server, showing the
+        client's certificate), logged in as C{user} if it has one.
+        """
+        if self.port is None:
+            client = socket.socket(socket.AF_UNIX)
+            client.settimeout(5)
+            client.connect(str(self.socket))
+        else:
+            client = socket.create_connection(("127.0.0.1", self.port), 5)
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+            client = context.wrap_socket(client, server_hostname="localhost")
+        if self.user is not None:
+            client.sendall(_request(("AUTH",) + self.user))
+            client.recv(64)
+        return client
+
+    def answers(self):
         try:
-            with socket.socket(socket.AF_UNIX) as client:
+            with self.connection() as client:
                 client.settimeout(0.5)
-                client.connect(str(self.socket))
                 client.sendall(b"PING\r\n")
                 return client.recv(16).startswith(b"+PONG")
         except OSError:
@@ -85,27 +156,52 @@ class RedisServer:
 
     def command(self, *words):
         """One command over a fresh connection (the tests' own look at Redis): its raw reply."""
-        request = b"*%d\r\n" % len(words) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(w), w) for w in (str(w).encode() for w in words))
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(5)
-            client.connect(str(self.socket))
-            client.sendall(request)
+        with self.connection() as client:
+            client.sendall(_request(words))
             return client.recv(65536)
 
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-        if self.log is not None:
-            self.log.close()
-            self.log = None
 
-    def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+class RedisSentinel(Daemon):
+    """
+    One sentinel on 127.0.0.1:C{port} watching the master C{name} at
+    127.0.0.1:C{master_port}: a quorum of 1, the master down after
+    C{down_after} ms without an answer, a failover given 5 s.
+
+    @ivar url: C{redis+sentinel://127.0.0.1:PORT/NAME/0}.
+    """
+
+    name = "sentinel"
+
+    def __init__(self, port, name, master_port, down_after=1000):
+        super().__init__()
+        self.port = port
+        self.url = f"redis+sentinel://127.0.0.1:{port}/{name}/0"
+        self.config = self.dir / "sentinel.conf"  # (a sentinel rewrites its config)
+        self.config.write_text(textwrap.dedent(f"""\
+            port {port}
+            bind 127.0.0.1
+            dir {self.dir}
+            sentinel monitor {name} 127.0.0.1 {master_port} 1
+            sentinel down-after-milliseconds {name} {down_after}
+            sentinel failover-timeout {name} 5000
+            sentinel parallel-syncs {name} 1
+            """))
+
+    def argv(self):
+        return [REDIS_SERVER, str(self.config), "--sentinel", "--daemonize", "no"]
+
+    def answers(self):
+        try:
+            return self.command("PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *words):
+        with socket.create_connection(("127.0.0.1", self.port), 5) as client:
+            client.sendall(_request(words))
+            return client.recv(65536)
+
+
+def _request(words):
+    return b"*%d\r\n" % len(words) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(w), w) for w in (str(w).encode() for w in words))

@@ -6,14 +6,13 @@ all in a temporary folder; ldap:// and ldaps:// on free loopback ports;
 started in the foreground (stopped by its PID), never the system's slapd.
 """
 
-import shutil
+import socket
 import subprocess
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 from tests import certs
+from tests.daemon import Daemon
 from tests.integration.harness import free_port
 
 SLAPD = "/usr/sbin/slapd"
@@ -43,7 +42,7 @@ def person(uid, password, mail, *aliases):
     return "\n".join(lines) + "\n"
 
 
-class SlapdServer:
+class SlapdServer(Daemon):
     """
     One slapd. C{people} are LDIF entries (L{person}) under L{BASE}; the
     searching account L{SEARCH_DN} may read everything but passwords, and
@@ -54,8 +53,10 @@ class SlapdServer:
     @ivar ca: the PEM file of the CA that signed it.
     """
 
+    name = "slapd"
+
     def __init__(self, people):
-        self.dir = Path(tempfile.mkdtemp(prefix="mailsrv-slapd-"))
+        super().__init__()
         self.port, self.tls_port = free_port(), free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.tls_url = f"ldaps://localhost:{self.tls_port}"
@@ -112,40 +113,17 @@ class SlapdServer:
         (self.dir / "data.ldif").write_text(data)
         subprocess.run([SLAPADD, "-f", str(self.config), "-l", str(self.dir / "data.ldif")],
                        check=True, capture_output=True, timeout=60)
-        self.process = None
 
-    def start(self):
-        self.log = open(self.dir / "slapd.log", "wb")
-        self.process = subprocess.Popen(
-            [SLAPD, "-d", "0", "-f", str(self.config), "-h",
-             f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("slapd exited: " + (self.dir / "slapd.log").read_text())
-            if self._answers():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("slapd did not answer within 20 s")
+    def argv(self):
+        return [SLAPD, "-d", "0", "-f", str(self.config), "-h",
+                f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"]
 
-    def _answers(self):
-        import socket
+    def answers(self):
         try:
             with socket.create_connection(("127.0.0.1", self.port), 0.2):
                 return True
         except OSError:
             return False
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
     def pause(self):
         """SIGSTOP: the server accepts connections but answers nothing (a slow directory)."""
@@ -153,9 +131,3 @@ class SlapdServer:
 
     def resume(self):
         self.process.send_signal(18)
-
-    def cleanup(self):
-        self.stop()
-        if hasattr(self, "log"):
-            self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
