@@ -122,7 +122,8 @@ class RedisServer(Daemon):
             argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         if self.user is not None:
             name, password = self.user
-            argv += ["--user", "default off", "--user", f"{name} on >{password} ~* &* +@all"]
+            argv += ["--user", "default", "off", "--user", name, "on", f">{password}", "~*",
+                     "&*", "+@all"]
         return argv
 
     def connection(self):

@@ -7,12 +7,14 @@ and what each part does while Redis is away.
 """
 
 import os
+from pathlib import Path
 
 from twisted.internet import defer, error, reactor, task
 from twisted.python import failure
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from mailsrv import tls
 from mailsrv.config import parse_redis_url
 from mailsrv.redis.events import NewMailEvents
 from mailsrv.redis.link import RETRY_DELAYS, RedisLink, RedisUnavailable
@@ -21,7 +23,8 @@ from mailsrv.queue.spool import Envelope, RecipientState, Spool
 from mailsrv.redis.nodes import NodeLease
 from mailsrv.redis.sessions import LEASE, RENEW, RedisSessionStore
 from tests.helpers import log_lines, make_settings
-from tests import redisserver
+from tests import certs, redisserver
+from tests.integration.harness import free_port
 from tests.test_sessions import ALICE, BOB, Limits
 
 
@@ -671,3 +674,166 @@ class NewMailEventsTests(RealRedisTestCase):
         yield back
         self.assertEqual(a_store.synced, 1)
         self.assertFalse([line for line in self.log if "new-mail event" in line])
+
+
+class RealTLSTests(unittest.TestCase):
+    """rediss:// to a real redis-server that speaks only TLS, with a CA of the test's."""
+
+    def setUp(self):
+        self.log = log_lines(self)
+        self.clock = task.Clock()
+
+    def server(self, **kwargs):
+        return redisserver.started(self, port=free_port(), tls=True, **kwargs)
+
+    def link(self, server, url=None, **sessions):
+        """A RedisLink made as start-up makes it, from [sessions] keys; started."""
+        settings = make_settings(self.mktemp(), sessions={
+            "backend": "redis", "redis_url": url or server.url, **sessions})
+        link = RedisLink(settings.sessions.redis_url, 2, reactor,
+                         tls=tls.redis_client_tls(settings))
+        link.startService()
+        self.addCleanup(link.stopService)
+        return link
+
+    def changed(self, link):
+        """A Deferred of the link's next change: whether it is up."""
+        d = defer.Deferred()
+        link.observe(lambda up: not d.called and d.callback(up))
+        return d
+
+    @defer.inlineCallbacks
+    def test_a_store_over_tls_with_a_client_certificate_and_an_acl_user(self):
+        server = self.server(client_certificates=True, user=("mailsrv", "s3cret"))
+        files = server.tls
+        url = f"rediss://mailsrv:s3cret@localhost:{server.port}/0"
+        links = [self.link(server, url, redis_ca=str(files.ca), redis_cert=str(files.client_cert),
+                           redis_key=str(files.client_key)) for _ in range(2)]
+        for link in links:
+            if link.up is None:
+                self.assertTrue((yield self.changed(link)))
+        a, b = (RedisSessionStore(link, 1800, self.clock, Limits()) for link in links)
+        yield a.record_login(ALICE, "127.0.0.2", "imap")
+        self.assertEqual((yield b.window_user("127.0.0.2")), ALICE)
+        self.assertIn(b"127.0.0.2", server.command("KEYS", "mailsrv:window:*"))
+        self.assertIn(f"Redis connected: rediss://localhost:{server.port}/0", self.log)
+
+    @defer.inlineCallbacks
+    def test_a_certificate_from_another_ca_is_refused_with_one_clear_line(self):
+        server = self.server()
+        other = Path(self.mktemp()).absolute()
+        other.mkdir(parents=True)
+        ca, _ = certs.make("another CA", ca=True).write(other, "ca")
+        link = self.link(server, redis_ca=str(ca))
+        self.assertFalse((yield self.changed(link)))
+        lines = [line for line in self.log if "Redis" in line]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(
+            f"Redis unreachable: rediss://localhost:{server.port}/0: TLS failed: certificate "
+            "verify failed; retrying;"), lines[0])
+
+    @defer.inlineCallbacks
+    def test_no_client_certificate_where_redis_wants_one(self):
+        server = self.server(client_certificates=True)
+        link = self.link(server, redis_ca=str(server.tls.ca))
+        self.assertFalse((yield self.changed(link)))
+        lines = [line for line in self.log if "Redis" in line]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"rediss://localhost:{server.port}/0: TLS failed: ", lines[0])
+        self.assertIn("certificate required", lines[0])
+
+
+class RealSentinelTests(unittest.TestCase):
+    """
+    redis+sentinel:// to a real master, its replica and one sentinel: the
+    store works, then goes on working on the new master after a failover,
+    without a restart.
+    """
+
+    def setUp(self):
+        self.log = log_lines(self)
+        self.clock = task.Clock()
+        self.master = redisserver.started(self, port=free_port())
+        self.replica = redisserver.started(self, port=free_port(), replica_of=self.master.port)
+        self.sentinel = redisserver.started(
+            self, redisserver.RedisSentinel, port=free_port(), name="m",
+            master_port=self.master.port)
+
+    def link(self, on_message=None):
+        link = RedisLink(parse_redis_url(self.sentinel.url), 2, reactor)
+        link.startService()
+        self.addCleanup(link.stopService)
+        return link
+
+    @defer.inlineCallbacks
+    def until(self, what, condition, timeout=30):
+        """Poll C{condition()} (a Deferred or a value) every 0.1 s until it holds."""
+        deadline = reactor.seconds() + timeout
+        while True:
+            try:
+                if (yield defer.maybeDeferred(condition)):
+                    return
+            except RedisUnavailable:
+                pass
+            if reactor.seconds() > deadline:
+                self.fail(f"{what}: not within {timeout} s")
+            yield task.deferLater(reactor, 0.1, lambda: None)
+
+    def replica_known(self):
+        """Whether the sentinel knows a replica it could promote."""
+        reply = self.sentinel.command("SENTINEL", "REPLICAS", "m")
+        return b"\r\nslave\r\n" in reply and b"s_down" not in reply
+
+    @defer.inlineCallbacks
+    def failover(self):
+        yield self.until("the sentinel knows the replica", self.replica_known)
+        yield self.until("SENTINEL FAILOVER accepted", lambda: self.sentinel.command(
+            "SENTINEL", "FAILOVER", "m").startswith(b"+OK"))
+
+    @defer.inlineCallbacks
+    def test_the_store_follows_the_master_through_a_failover(self):
+        link = self.link()
+        store = RedisSessionStore(link, 1800, self.clock, Limits())
+        yield self.until("up", lambda: link.up)
+        self.assertEqual(link.master, ("127.0.0.1", self.master.port))
+        yield store.record_login(ALICE, "127.0.0.2", "imap")
+        self.assertIn(b"127.0.0.2", self.master.command("KEYS", "*"))
+        yield self.failover()
+
+        @defer.inlineCallbacks
+        def works_on_the_new_master():
+            yield store.record_login(BOB, "127.0.0.3", "imap")
+            return (link.master == ("127.0.0.1", self.replica.port)
+                    and (yield store.window_user("127.0.0.3")) == BOB)
+        yield self.until("the store works on the new master", works_on_the_new_master)
+        self.assertIn(b"127.0.0.3", self.replica.command("KEYS", "*"))
+        lines = [line for line in self.log if line.startswith("Redis")]
+        self.assertEqual(lines[0], f"Redis connected: {self.sentinel.url} "
+                                   f"(master 127.0.0.1:{self.master.port})")
+        self.assertEqual(lines[-1], f"Redis is back: {self.sentinel.url} "
+                                    f"(master 127.0.0.1:{self.replica.port})")
+        self.assertTrue(lines[1].startswith(f"Redis went away: {self.sentinel.url} "
+                                            f"(master 127.0.0.1:{self.master.port}): "), lines)
+
+    @defer.inlineCallbacks
+    def test_new_mail_events_follow_the_master_when_it_dies(self):
+        nodes = []
+        for name in ("a", "b"):
+            store = DeliveryRecorder()
+            events = NewMailEvents(self.link(), store, "token-" + name)
+            events.startService()
+            self.addCleanup(events.stopService)
+            nodes.append((events, store))
+        (a, _), (b, b_store) = nodes
+
+        def subscribed(server):
+            reply = server.command("PUBSUB", "NUMSUB", "mailsrv:delivered:0")
+            return reply.endswith(b":2\r\n") and a.redis.up
+        yield self.until("both subscribed", lambda: subscribed(self.master))
+        yield self.until("the sentinel knows the replica", self.replica_known)
+        self.master.kill()
+        yield self.until("both subscribed to the new master", lambda: subscribed(self.replica))
+        a.publish(ALICE, "INBOX", ["1700000000.M1P2.host,S=10"])
+        yield b_store.got
+        self.assertEqual(b_store.delivered, [(ALICE, "INBOX", ["1700000000.M1P2.host,S=10"])])
+        self.assertEqual(a.redis.master, ("127.0.0.1", self.replica.port))
