@@ -4,6 +4,7 @@ certificates it issues (valid or expired), self-signed ones.
 """
 
 import datetime
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -65,13 +66,13 @@ def _name(common_name, email=None):
 
 
 def make(common_name, issuer=None, ca=False, days=30, expired=False, names=(), emails=(),
-         subject_email=None):
+         subject_email=None, ips=()):
     """
     A certificate for C{common_name}, signed by C{issuer} (an L{Issued}) or
     self-signed; C{expired} puts its validity in the past; C{names} are its
     subjectAltName DNS names, C{emails} its subjectAltName email
-    (rfc822Name) entries; C{subject_email} adds an emailAddress to its
-    subject.
+    (rfc822Name) entries, C{ips} its IP addresses; C{subject_email} adds an
+    emailAddress to its subject.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -88,10 +89,11 @@ def make(common_name, issuer=None, ca=False, days=30, expired=False, names=(), e
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
     )
-    if names or emails:
+    if names or emails or ips:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.DNSName(name) for name in names]
-            + [x509.RFC822Name(email) for email in emails]), False)
+            + [x509.RFC822Name(email) for email in emails]
+            + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]), False)
     if ca:
         builder = builder.add_extension(
             x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,

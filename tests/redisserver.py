@@ -53,8 +53,8 @@ def started(testcase, server_class=None, **kwargs):
 
 class TLSFiles:
     """
-    A CA, a certificate for "localhost" it issued (the server's), and one
-    for a client, written into C{directory}.
+    A CA, a certificate for "localhost" and 127.0.0.1 it issued (the
+    servers'), and one for a client, written into C{directory}.
 
     @ivar ca: the CA's PEM file.
     @ivar cert: the server's (C{key}: its key).
@@ -64,8 +64,8 @@ class TLSFiles:
     def __init__(self, directory):
         authority = certs.make("mailsrv test Redis CA", ca=True)
         self.ca, _ = authority.write(directory, "ca")
-        self.cert, self.key = certs.make("localhost", issuer=authority,
-                                         names=("localhost",)).write(directory, "redis")
+        self.cert, self.key = certs.make("localhost", issuer=authority, names=("localhost",),
+                                         ips=("127.0.0.1",)).write(directory, "redis")
         self.client_cert, self.client_key = certs.make("mailsrv", issuer=authority).write(
             directory, "client")
 
@@ -87,7 +87,9 @@ class RedisServer(Daemon):
         @param port: a TCP port on 127.0.0.1 (L{None}: a UNIX socket).
         @param user: C{(name, password)} of the only account that may log
             in (an ACL user of Redis 6; the default user is off).
-        @param tls: whether the port speaks TLS, and only TLS.
+        @param tls: whether the port speaks TLS, and only TLS (true: with
+            L{TLSFiles} of its own; or the L{TLSFiles} to use), replicating
+            over TLS too.
         @param client_certificates: whether clients must show a certificate
             from the test's CA (C{tls-auth-clients yes}).
         @param replica_of: the port of the master to replicate.
@@ -97,7 +99,7 @@ class RedisServer(Daemon):
         self.replica_of = replica_of
         self.client_certificates = client_certificates
         self.user = user
-        self.tls = TLSFiles(self.dir) if tls else None
+        self.tls = (TLSFiles(self.dir) if tls is True else tls) or None
         self.socket = self.dir / "redis.sock"
         if port is None:
             self.url = f"unix://{self.socket}?db=0"
@@ -112,7 +114,7 @@ class RedisServer(Daemon):
         if self.port is None:
             argv += ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         elif self.tls:
-            argv += ["--port", "0", "--tls-port", str(self.port),
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-replication", "yes",
                      "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
                      "--tls-ca-cert-file", str(self.tls.ca),
                      "--tls-auth-clients", "yes" if self.client_certificates else "no"]
@@ -166,20 +168,31 @@ class RedisSentinel(Daemon):
     """
     One sentinel on 127.0.0.1:C{port} watching the master C{name} at
     127.0.0.1:C{master_port}: a quorum of 1, the master down after
-    C{down_after} ms without an answer, a failover given 5 s.
+    C{down_after} ms without an answer, a failover given 5 s. With C{tls}
+    (L{TLSFiles}), it speaks only TLS, to its clients and to the servers.
 
-    @ivar url: C{redis+sentinel://127.0.0.1:PORT/NAME/0}.
+    @ivar url: C{redis+sentinel://127.0.0.1:PORT/NAME/0}, or
+        C{rediss+sentinel://localhost:PORT/NAME/0}.
     """
 
     name = "sentinel"
 
-    def __init__(self, port, name, master_port, down_after=1000):
+    def __init__(self, port, name, master_port, down_after=1000, tls=None):
         super().__init__()
         self.port = port
-        self.url = f"redis+sentinel://127.0.0.1:{port}/{name}/0"
+        self.tls = tls
+        self.url = (f"rediss+sentinel://localhost:{port}/{name}/0" if tls
+                    else f"redis+sentinel://127.0.0.1:{port}/{name}/0")
+        listen = f"port {port}" if tls is None else textwrap.dedent(f"""\
+            port 0
+            tls-port {port}
+            tls-replication yes
+            tls-auth-clients no
+            tls-cert-file {tls.cert}
+            tls-key-file {tls.key}
+            tls-ca-cert-file {tls.ca}""")
         self.config = self.dir / "sentinel.conf"  # (a sentinel rewrites its config)
-        self.config.write_text(textwrap.dedent(f"""\
-            port {port}
+        self.config.write_text(listen + "\n" + textwrap.dedent(f"""\
             bind 127.0.0.1
             dir {self.dir}
             sentinel monitor {name} 127.0.0.1 {master_port} 1
@@ -198,7 +211,11 @@ class RedisSentinel(Daemon):
             return False
 
     def command(self, *words):
-        with socket.create_connection(("127.0.0.1", self.port), 5) as client:
+        client = socket.create_connection(("127.0.0.1", self.port), 5)
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            client = context.wrap_socket(client, server_hostname="localhost")
+        with client:
             client.sendall(_request(words))
             return client.recv(65536)
 

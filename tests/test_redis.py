@@ -743,24 +743,28 @@ class RealTLSTests(unittest.TestCase):
         self.assertIn("certificate required", lines[0])
 
 
-class RealSentinelTests(unittest.TestCase):
-    """
-    redis+sentinel:// to a real master, its replica and one sentinel: the
-    store works, then goes on working on the new master after a failover,
-    without a restart.
-    """
+class SentinelTestCase(unittest.TestCase):
+    """A real master, its replica and one sentinel watching them (over TLS if C{tls})."""
+
+    tls = None
 
     def setUp(self):
         self.log = log_lines(self)
         self.clock = task.Clock()
-        self.master = redisserver.started(self, port=free_port())
-        self.replica = redisserver.started(self, port=free_port(), replica_of=self.master.port)
+        self.master = redisserver.started(self, port=free_port(), tls=self.tls)
+        self.replica = redisserver.started(self, port=free_port(), tls=self.tls,
+                                           replica_of=self.master.port)
         self.sentinel = redisserver.started(
             self, redisserver.RedisSentinel, port=free_port(), name="m",
-            master_port=self.master.port)
+            master_port=self.master.port, tls=self.tls)
 
-    def link(self, on_message=None):
-        link = RedisLink(parse_redis_url(self.sentinel.url), 2, reactor)
+    def link(self):
+        sessions = {"redis_url": self.sentinel.url}
+        if self.tls is not None:
+            sessions["redis_ca"] = str(self.tls.ca)
+        settings = make_settings(self.mktemp(), sessions=sessions)
+        link = RedisLink(settings.sessions.redis_url, 2, reactor,
+                         tls=tls.redis_client_tls(settings))
         link.startService()
         self.addCleanup(link.stopService)
         return link
@@ -789,6 +793,14 @@ class RealSentinelTests(unittest.TestCase):
         yield self.until("the sentinel knows the replica", self.replica_known)
         yield self.until("SENTINEL FAILOVER accepted", lambda: self.sentinel.command(
             "SENTINEL", "FAILOVER", "m").startswith(b"+OK"))
+
+
+
+class RealSentinelTests(SentinelTestCase):
+    """
+    redis+sentinel://: the store works, then goes on working on the new
+    master after a failover, without a restart.
+    """
 
     @defer.inlineCallbacks
     def test_the_store_follows_the_master_through_a_failover(self):
@@ -837,3 +849,26 @@ class RealSentinelTests(unittest.TestCase):
         yield b_store.got
         self.assertEqual(b_store.delivered, [(ALICE, "INBOX", ["1700000000.M1P2.host,S=10"])])
         self.assertEqual(a.redis.master, ("127.0.0.1", self.replica.port))
+
+
+class RealTLSSentinelTests(SentinelTestCase):
+    """rediss+sentinel://: TLS to the sentinel (named localhost) and to the masters (127.0.0.1)."""
+
+    def setUp(self):
+        files = Path(self.mktemp()).absolute()
+        files.mkdir(parents=True)
+        self.tls = redisserver.TLSFiles(files)
+        super().setUp()
+
+    @defer.inlineCallbacks
+    def test_the_store_works_over_tls_and_after_the_master_died(self):
+        link = self.link()
+        store = RedisSessionStore(link, 1800, self.clock, Limits())
+        yield self.until("up", lambda: link.up)
+        yield store.record_login(ALICE, "127.0.0.2", "imap")
+        yield self.until("the sentinel knows the replica", self.replica_known)
+        self.master.kill()
+        yield self.until("the store works on the new master", lambda: (
+            link.up and link.master == ("127.0.0.1", self.replica.port)))
+        yield store.record_login(BOB, "127.0.0.3", "imap")
+        self.assertEqual((yield store.window_user("127.0.0.3")), BOB)
