@@ -9,6 +9,7 @@ and what each part does while Redis is away.
 import os
 from pathlib import Path
 
+from OpenSSL import SSL
 from twisted.internet import defer, error, reactor, task
 from twisted.python import failure
 from twisted.internet.testing import StringTransport
@@ -282,6 +283,16 @@ class SentinelLinkTests(unittest.TestCase):
         self.sentinel_names(b"10.0.0.1", b"6379")
         self.master_answers()
         self.assertTrue(self.link.up)
+
+    def test_a_sentinel_whose_tls_fails_is_named_with_the_reason(self):
+        self.start()
+        self.connection().connectionLost(failure.Failure(
+            SSL.Error([("SSL routines", "", "certificate verify failed")])))
+        self.answer(b"*-1\r\n")  # s2
+        self.assertEqual(len(self.log), 1, self.log)
+        self.assertIn(": no sentinel named master 'mymaster' (s1:26379: TLS failed: certificate "
+                      "verify failed; s2:26380: knows no master 'mymaster'); retrying;",
+                      self.log[0])
 
     def test_the_named_master_says_it_is_a_replica_the_sentinels_are_asked_again(self):
         self.start()

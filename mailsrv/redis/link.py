@@ -195,7 +195,11 @@ class RedisLink(service.Service):
             def close(result):
                 connection.transport.loseConnection()
                 return result
-            return asked.addBoth(close)
+
+            def lost(failure):  # (say why: a TLS handshake's failure, say)
+                failure.trap(RedisConnectionError)
+                raise RedisConnectionError(_lost_reason(connection.lost_reason))
+            return asked.addBoth(close).addErrback(lost)
         d.addCallback(ask)
         d.addTimeout(self.timeout, self.reactor)
         d.addCallback(self._named)

@@ -6,8 +6,10 @@ maildrop across both, a delivery on A wakes an IDLE on B at once, two
 nodes adding to one folder agree on every UID, 500 queued messages with
 both runners on are each delivered once, [server] workers = 2 survives a
 kill -9 of one worker, Redis stopped and started again mid-run (relay
-windows closed, logins still working, all back without a restart), and a
-node killed with its queue: the other delivers it once the lease lapses.
+windows closed, logins still working, all back without a restart), a
+node killed with its queue: the other delivers it once the lease lapses,
+and both nodes finding Redis through a sentinel and following it to the
+new master when the old one dies.
 """
 
 import imaplib
@@ -61,7 +63,7 @@ class TwoNodesTestCase(unittest.TestCase):
         }, users=() if shared else ("alice@example.test", "bob@example.test"))
         self.addCleanup(node.cleanup)
         node.start()
-        node.wait_for_log("Redis connected: unix://")
+        node.wait_for_log(f"Redis connected: {self.redis.url.split('?')[0]}")
         return node
 
     def imap_login(self, node, source, user, password=PASSWORD):
@@ -91,6 +93,33 @@ class TwoNodesTestCase(unittest.TestCase):
         client.user(ALICE)
         return client
 
+
+
+class SentinelNodesTests(TwoNodesTestCase):
+    """The two nodes find Redis through a sentinel (redis+sentinel://) and follow a failover."""
+
+    def setUp(self):
+        self.master = redisserver.started(self, port=free_port())
+        self.replica = redisserver.started(self, port=free_port(), replica_of=self.master.port)
+        self.redis = redisserver.started(self, redisserver.RedisSentinel, port=free_port(),
+                                         name="m", master_port=self.master.port)
+        self.a = self.node("a")
+        self.b = self.node("b", data_dir=self.a.data_dir)
+
+    def test_a_window_opened_on_a_works_on_b_before_and_after_the_master_dies(self):
+        self.assertEqual(self.imap_login(self.a, "127.0.0.2", ALICE), "OK")
+        self.assertEqual(self.relay(self.b, "127.0.0.2"), 250)
+        deadline = time.monotonic() + 20  # (the sentinel must know the replica to promote it)
+        while b"\r\nslave\r\n" not in self.redis.command("SENTINEL", "REPLICAS", "m"):
+            self.assertLess(time.monotonic(), deadline, "the sentinel knows no replica")
+            time.sleep(0.1)
+        self.master.kill()
+        for node in (self.a, self.b):
+            node.wait_for_log(f"Redis is back: {self.redis.url} "
+                              f"(master 127.0.0.1:{self.replica.port})", timeout=30)
+        self.assertEqual(self.imap_login(self.a, "127.0.0.3", ALICE), "OK")
+        self.assertEqual(self.relay(self.b, "127.0.0.3"), 250)
+        self.assertEqual(self.relay(self.b, "127.0.0.4"), 550)
 
 
 class SharedSessionsTests(TwoNodesTestCase):
