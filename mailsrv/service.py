@@ -144,6 +144,8 @@ def _files_read_later(settings):
         files += [auth.ldap.bind_password_file, auth.ldap.ca_file]
     if auth.smtp is not None:
         files.append(auth.smtp.ca_file)
+    sessions = settings.sessions  # (a reload's preflight reads the Redis TLS files again)
+    files += [sessions.redis_ca, sessions.redis_cert, sessions.redis_key]
     data_dir = settings.data_dir.absolute()
     return [path for path in files
             if path is not None and data_dir not in Path(path).absolute().parents]
