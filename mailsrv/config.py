@@ -472,11 +472,6 @@ def _bracketed(host):
     return f"[{host}]" if ":" in host else host
 
 
-REDIS_URL_HINT = ('write "redis://host:6379/0", "rediss://host:6379/0", '
-                  '"redis+sentinel://host1:26379,host2:26379/MASTER/0" or '
-                  '"unix:///run/redis/redis.sock?db=0"')
-
-
 def _redis_url(default):
     """
     C{redis[s]://[[user]:password@]host[:port][/db]},
@@ -488,7 +483,10 @@ def _redis_url(default):
         try:
             return parse_redis_url(text)
         except ValueError as e:
-            raise table.error(key, f"{text!r}: {e}", REDIS_URL_HINT)
+            raise table.error(key, f"{text!r}: {e}",
+                              'write "redis://host:6379/0", "rediss://host:6379/0", '
+                              '"redis+sentinel://host1:26379,host2:26379/MASTER/0" or '
+                              '"unix:///run/redis/redis.sock?db=0"')
     return _key(read, parse_redis_url(default))
 
 
@@ -553,7 +551,8 @@ def _sentinel_url(scheme, rest):
         raise ValueError(f"the master name {master!r} has spaces or control characters")
     return RedisAddress(sentinels=sentinels, master=master,
                         db=_redis_db(path[1] if len(path) == 2 and path[1] else "0"),
-                        tls=scheme == "rediss+sentinel", username=unquote(username), password=unquote(password))
+                        tls=scheme == "rediss+sentinel", username=unquote(username),
+                        password=unquote(password))
 
 
 def _sentinel(text):
@@ -1492,15 +1491,15 @@ def _plain_table(path, top, name, cls, base):
 def _sessions(path, top, base):
     """[sessions]: the TLS files only with a TLS URL, the client certificate with its key."""
     sessions = _plain_table(path, top, "sessions", SessionsSettings, base)
-    table = _Table(path, "sessions", {})
     for key in ("redis_ca", "redis_cert", "redis_key"):
         if getattr(sessions, key) is not None and not sessions.redis_url.tls:
-            raise table.error(key, "is for TLS to Redis, and redis_url has none",
-                              "write rediss:// (or rediss+sentinel://), or remove " + key)
+            raise ConfigError(path, f"[sessions] {key}", "is for TLS to Redis, and redis_url has "
+                              "none", f"write rediss:// (or rediss+sentinel://), or remove {key}")
     if (sessions.redis_cert is None) != (sessions.redis_key is None):
         given, missing = (("redis_cert", "redis_key") if sessions.redis_key is None
                           else ("redis_key", "redis_cert"))
-        raise table.error(missing, "missing", f"{given} needs {missing}: give both or neither")
+        raise ConfigError(path, f"[sessions] {missing}", "missing",
+                          f"{given} needs {missing}: give both or neither")
     return sessions
 
 

@@ -66,7 +66,7 @@ class _FakeEndpoint:
 
 
 class ClosingTransport(StringTransport):
-    """A StringTransport whose closing ends the connection at the clock's next turn, as a reactor's."""
+    """A StringTransport whose closing ends the connection at the clock's next turn."""
 
     def __init__(self, protocol, clock):
         super().__init__()
