@@ -266,6 +266,10 @@ class Listener:
     @ivar client_cert: the listener's own C{client_cert}, or L{None} to take
         the global one (which an C{mx} listener never does).
     @ivar timeouts: L{None} for the protocol's defaults (L{default_timeouts}).
+    @ivar proxy_protocol: every connection starts with a PROXY protocol
+        header from a load balancer (L{mailsrv.proxyprotocol}).
+    @ivar proxy_from: the balancers' addresses and networks: no one else may
+        send the header.
     """
 
     index: int
@@ -279,6 +283,8 @@ class Listener:
     access: ListenerAccessSettings = ListenerAccessSettings()
     backlog: int = _whole(DEFAULT_BACKLOG, minimum=1)
     timeouts: Optional[Timeouts] = None
+    proxy_protocol: bool = _flag(False)
+    proxy_from: tuple = _texts()
 
     def __post_init__(self):
         if self.timeouts is None:
@@ -1645,6 +1651,7 @@ def _listeners(path, tables, base):
         values = _declared(table, Listener, base)
         if not values["endpoint"]:
             raise table.error("endpoint", "missing", 'for example endpoint = "tcp:2525"')
+        _check_proxy(table, values)
         protocol = values["protocol"]
         if protocol == "smtp":
             role = table.string("role", Listener.role, SMTP_ROLES)
@@ -1662,6 +1669,21 @@ def _listeners(path, tables, base):
         ))
         table.check_unknown()
     return tuple(listeners)
+
+
+def _check_proxy(table, values):
+    """
+    A PROXY header names any address its sender likes (a trusted relay's,
+    making the server an open relay), so it is taken only from the
+    addresses proxy_from lists, and there is no default.
+    """
+    if values["proxy_protocol"] and not values["proxy_from"]:
+        raise table.error("proxy_from", "missing: proxy_protocol = true takes the PROXY "
+                          "header only from the load balancers listed here",
+                          'for example proxy_from = ["10.0.0.5", "10.1.0.0/24"]')
+    if values["proxy_from"] and not values["proxy_protocol"]:
+        raise table.error("proxy_from", "set, but proxy_protocol is not true",
+                          "set proxy_protocol = true, or remove proxy_from")
 
 
 def _timeouts(table, protocol, max_connections):

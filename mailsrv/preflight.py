@@ -79,6 +79,7 @@ def check_settings(settings, reactor):
         _check_endpoint(settings, reactor, f"{key} endpoint", listener.endpoint)
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
+        _check_ip_entries(settings, f"{key} proxy_from", listener.proxy_from, names=False)
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
     if settings.metrics.endpoint:
         _check_endpoint(settings, reactor, "[metrics] endpoint",
@@ -176,12 +177,19 @@ def _check_http_url(settings, key, url):
                           'an http:// URL with host and port, e.g. "http://127.0.0.1:11333"')
 
 
-def _check_ip_entries(settings, key, entries):
+def _check_ip_entries(settings, key, entries, names=True):
+    """
+    @param names: whether host names and domains may be listed (a list
+        that must answer without a DNS lookup takes none).
+    """
     for entry in entries:
         try:
-            parse_entry(entry)
+            kind = parse_entry(entry)[0]
         except ValueError as e:
             raise ConfigError(settings.path, key, str(e))
+        if kind in ("host", "domain") and not names:
+            raise ConfigError(settings.path, key, f"{entry!r} is a name, not an address",
+                              "list addresses or networks, e.g. 10.1.0.0/24")
 
 
 class ListFile(NamedTuple):

@@ -32,7 +32,7 @@ from mailsrv.directory.ldapsource import (
 from mailsrv.directory.listfile import ListFileError
 from mailsrv.directory.smtpsource import SMTPSource
 from mailsrv.logtext import literal
-from mailsrv.netaddr import ListedClients, peer_ip
+from mailsrv.netaddr import IPList, ListedClients, peer_ip
 from mailsrv.policy import dkimverify, hooks, spfeval
 from mailsrv.policy.checks.connect import ListenerAccess
 from mailsrv.policy.hooks import Peer
@@ -44,6 +44,7 @@ from mailsrv.preflight import (
     preflight,
 )
 from mailsrv.privileges import DropPrivileges, give_made_files
+from mailsrv.proxyprotocol import ProxyProtocolFactory
 from mailsrv.reload import Reloader
 from mailsrv.queue.courier import SMTPCourier
 from mailsrv.queue.intake import LocalDelivery
@@ -327,6 +328,9 @@ def make_service(settings, worker=0):
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(server.tls_context_for(listener), False, factory)
             factory.noisy = False
+        if listener.proxy_protocol:  # outermost: nothing starts before the header
+            factory = ProxyProtocolFactory(factory, IPList(listener.proxy_from), server.clock,
+                                           listener.name)
         listening.append(ListenerService(listener, settings, factory, inherited=bool(worker)))
         listening[-1].setServiceParent(top)
     runner = server.queue_runner

@@ -371,9 +371,17 @@ def _audit_refusal(connection, reason, subject):
 
 
 def _connection_ip(connection):
-    """The client's IP: the app data is Twisted's TLSMemoryBIOProtocol."""
+    """
+    The client's IP. The app data is Twisted's TLSMemoryBIOProtocol: for
+    implicit TLS its transport is the listener's outermost wrapper; after
+    STARTTLS its transport is the TCP connection itself, and the wrappers
+    are above it. Either way the protocol it wraps (mailsrv.service's
+    connection limit) asks the wrapper that knows the client's address,
+    which a PROXY header may have given (L{mailsrv.proxyprotocol}).
+    """
     protocol = connection.get_app_data()
-    return peer_ip(protocol.transport.getPeer())
+    above = getattr(protocol.wrappedProtocol, "getPeer", None)
+    return peer_ip(above() if above is not None else protocol.transport.getPeer())
 
 
 def pair_missing(settings):

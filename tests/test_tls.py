@@ -567,8 +567,9 @@ def handshake(factory, server_name=None, client=None):
     @raise SSL.Error: when the server refuses the handshake.
     """
     server = factory.serverConnectionForTLS(None)
-    server.set_app_data(SimpleNamespace(
-        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 1))))
+    server.set_app_data(SimpleNamespace(  # (a TLSMemoryBIOProtocol over a plain protocol)
+        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 1)),
+        wrappedProtocol=None))
     server.set_accept_state()
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     if client:
