@@ -19,7 +19,7 @@ CONNECTIONS = Counter("mailsrv_connections", "Connections accepted, by listener"
 OPEN_CONNECTIONS = Gauge("mailsrv_open_connections", "Connections open now, by listener",
                          ["listener"])
 CONNECTIONS_REFUSED = Counter("mailsrv_connections_refused",
-                              "Connections turned away (busy, denied), by listener",
+                              "Connections turned away (busy, denied, later, proxy), by listener",
                               ["listener", "reason"])
 SMTP_REFUSALS = Counter("mailsrv_smtp_refusals",
                         "MAIL FROM and RCPT TO refused, by command and enhanced status",

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from hypothesis import example, given, strategies as st
+from prometheus_client import REGISTRY
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
@@ -243,8 +244,14 @@ class WrapperTests(unittest.TestCase):
             self.assertEqual(self.inner.built[-1].received, b"EHLO x\r\nMAIL")
             self.assertEqual(self.inner.built[-1].peer, v4(CLIENT, 40001))
 
+    def refused(self):
+        return REGISTRY.get_sample_value("mailsrv_connections_refused_total",
+                                         {"listener": "smtp/mx tcp:25", "reason": "proxy"}) or 0
+
     def test_untrusted_peer_is_closed_without_a_word(self):
+        before = self.refused()
         protocol, transport = self.connect("10.0.0.6")
+        self.assertEqual(self.refused(), before + 1)
         self.assertFalse(transport.connected)
         self.assertEqual((transport.value(), self.inner.built), (b"", []))
         protocol.dataReceived(V1_TCP4)  # (arriving before the close took effect)
