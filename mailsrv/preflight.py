@@ -80,6 +80,10 @@ def check_settings(settings, reactor):
         for kind in ("allow", "deny", "safe"):
             _check_ip_entries(settings, f"{key} {kind}", getattr(listener.access, kind))
         _check_ip_entries(settings, f"{key} proxy_from", listener.proxy_from, names=False)
+        if listener.proxy_protocol and _is_unix_endpoint(listener.endpoint):
+            raise ConfigError(settings.path, f"{key} proxy_protocol",
+                              "takes TCP listeners only: a UNIX socket's peer has no "
+                              "address that proxy_from could list")
     _check_ip_entries(settings, "[relay] trusted", settings.relay.trusted)
     if settings.metrics.endpoint:
         _check_endpoint(settings, reactor, "[metrics] endpoint",
@@ -124,6 +128,12 @@ def _check_endpoint(settings, reactor, key, endpoint):
     except Exception as e:
         raise ConfigError(settings.path, key, f"bad endpoint {endpoint!r}: {e}",
                           'Twisted endpoint syntax, e.g. "tcp:2525:interface=127.0.0.1"')
+
+
+def _is_unix_endpoint(endpoint):
+    kind, _, options = endpoint.partition(":")
+    return kind.lower() == "unix" or (kind.lower() == "systemd"
+                                      and "domain=UNIX" in options.split(":"))
 
 
 def _under_systemd():

@@ -714,6 +714,13 @@ class ErrorTests(unittest.TestCase):
         ({"listen": [{"endpoint": "tcp:25", "proxy_protocol": True,
                       "proxy_from": ["10.0.0.5", "10.0.0.0/33"]}]},
          "/c.toml: [listen #1] proxy_from: bad network '10.0.0.0/33'"),
+        ({"listen": [{"endpoint": "unix:/run/mailsrv.sock", "proxy_protocol": True,
+                      "proxy_from": ["10.0.0.5"]}]},
+         "/c.toml: [listen #1] proxy_protocol: takes TCP listeners only: a UNIX socket's "
+         "peer has no address that proxy_from could list"),
+        ({"listen": [{"endpoint": "systemd:domain=UNIX:index=0", "proxy_protocol": True,
+                      "proxy_from": ["10.0.0.5"]}]},
+         "/c.toml: [listen #1] proxy_protocol: takes TCP listeners only"),
         ({"listen": [{"endpoint": "tcp:25", "proxy_protocol": True,
                       "proxy_from": ["balancer.example.test"]}]},
          "/c.toml: [listen #1] proxy_from: 'balancer.example.test' is a name, not an address "
