@@ -14,14 +14,11 @@ import shutil
 import smtplib
 import socket
 import ssl
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 from twisted.trial import unittest
 
 from tests import redisserver
+from tests.daemon import Daemon
 from tests.integration.harness import PASSWORD, MailServerProcess, free_port
 
 ALICE = "alice@example.test"
@@ -34,14 +31,16 @@ def haproxy_binary():
     return shutil.which("haproxy", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
-class HAProxy:
+class HAProxy(Daemon):
     """
     One haproxy in the foreground (-db) with a config of its own, stopped
     by its PID. C{routes}: frontend name -> (mailsrv port, server options).
     """
 
+    name = "haproxy"
+
     def __init__(self, routes):
-        self.dir = Path(tempfile.mkdtemp(prefix="mailsrv-haproxy-"))
+        super().__init__()
         self.ports = {name: free_port() for name in routes}
         lines = ["global", "    maxconn 200", "defaults", "    mode tcp",
                  "    timeout connect 5s", "    timeout client 30s", "    timeout server 30s"]
@@ -50,39 +49,21 @@ class HAProxy:
                       f"    default_backend {name}",
                       f"backend {name}", f"    server mailsrv 127.0.0.1:{port} {options}"]
         (self.dir / "haproxy.cfg").write_text("\n".join(lines) + "\n")
-        self.log = open(self.dir / "haproxy.log", "ab")
-        self.process = subprocess.Popen(
-            [haproxy_binary(), "-f", str(self.dir / "haproxy.cfg"), "-db"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
-        deadline = time.monotonic() + 20
-        for port in self.ports.values():
-            while True:
-                if self.process.poll() is not None:
-                    raise AssertionError("haproxy exited: " + self.log_text())
-                try:
-                    socket.create_connection((FRONT, port), 1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise AssertionError("haproxy did not listen: " + self.log_text())
-                    time.sleep(0.05)
 
-    def log_text(self):
-        return (self.dir / "haproxy.log").read_text(errors="replace")
+    def argv(self):
+        return [haproxy_binary(), "-f", str(self.dir / "haproxy.cfg"), "-db"]
+
+    def answers(self):
+        """Every frontend accepts connections."""
+        for port in self.ports.values():
+            try:
+                socket.create_connection((FRONT, port), 1).close()
+            except OSError:
+                return False
+        return True
 
     def address(self, name):
         return FRONT, self.ports[name]
-
-    def cleanup(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class ProxiedTestCase(unittest.TestCase):
@@ -94,6 +75,7 @@ class ProxiedTestCase(unittest.TestCase):
     def start_haproxy(self, routes):
         self.haproxy = HAProxy(routes)
         self.addCleanup(self.haproxy.cleanup)
+        self.haproxy.start()
 
     def smtp(self, front, source=CLIENT):
         host, port = self.haproxy.address(front)
