@@ -280,25 +280,18 @@ class RedisLink(service.Service):
     def _up(self):
         if self.up:
             return
-        if self.on_message is not None:  # (the main link's lines say it)
-            pass
-        elif self.up is False:
-            log.info("Redis is back: {address}", address=self._where())
-        else:
-            log.info("Redis connected: {address}", address=self._where())
+        if self.on_message is None:  # (a subscriber's: the main link's lines say it)
+            log.info("Redis is back: {address}" if self.up is False
+                     else "Redis connected: {address}", address=self._where())
         self._changed(True)
 
     def _down(self, reason):
         if self.up is False:
             return
-        if self.on_message is not None:  # (the main link's lines say it)
-            pass
-        elif self.up:
+        if self.on_message is None:  # (a subscriber's: the main link's lines say it)
             log.warn("Redis went away: {address}: {reason}; reconnecting; until it is back, "
-                     "{consequences}", address=self._where(), reason=reason,
-                     consequences=CONSEQUENCES)
-        else:
-            log.warn("Redis unreachable: {address}: {reason}; retrying; until it answers, "
+                     "{consequences}" if self.up else
+                     "Redis unreachable: {address}: {reason}; retrying; until it answers, "
                      "{consequences}", address=self._where(), reason=reason,
                      consequences=CONSEQUENCES)
         self._changed(False)
