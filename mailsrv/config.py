@@ -1419,11 +1419,13 @@ def _describe(value):
     return type(value).__name__
 
 
-def load(path):
+def load(path, worker=0):
     """
     Read and validate a config file.
 
     @param path: the TOML file.
+    @param worker: read it as worker C{worker} of [server] workers runs it
+        (L{Settings.worker}); 0: as the node the file names.
     @return: L{Settings}
     @raise ConfigError: on any problem, unreadable file included.
     """
@@ -1439,7 +1441,8 @@ def load(path):
         raise ConfigError(path, "", f"not valid TOML: {e}")
     except UnicodeDecodeError as e:
         raise ConfigError(path, "", f"not UTF-8 text ({e.reason} at byte {e.start})")
-    return parse(data, path)
+    settings = parse(data, path)
+    return settings.worker(worker) if worker else settings
 
 
 def parse(data, path):

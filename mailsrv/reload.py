@@ -114,9 +114,7 @@ class Reloader:
         """
         old = self.server.settings
         try:
-            new = config.load(old.path)
-            if self.worker:
-                new = new.worker(self.worker)
+            new = config.load(old.path, self.worker)
             preflight(new, self.reactor, warnings=False)
         except config.ConfigError as e:
             log.error("reload refused: {error}; running on as before", error=str(e))

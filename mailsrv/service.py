@@ -108,9 +108,7 @@ def make_service_or_exit(config_path, worker=0):
         their parent.
     """
     try:
-        settings = config.load(config_path)
-        if worker:
-            settings = settings.worker(worker)
+        settings = config.load(config_path, worker)
         preflight(settings, reactor, warnings=False)  # make_service logs them
         if settings.workers > 1 and not worker:
             # once, before the workers look for it, and theirs once they drop privileges
