@@ -77,6 +77,14 @@ class TwoNodesTestCase(unittest.TestCase):
             client.shutdown()
         return "OK"
 
+    def session(self, node):
+        """An IMAP client of C{node}, logged in as alice, in her INBOX (closed at the end)."""
+        imap = node.imap()
+        self.addCleanup(_quietly, imap.shutdown)
+        imap.login(ALICE, PASSWORD)
+        imap.select("INBOX")
+        return imap
+
     def relay(self, node, source):
         """The reply to RCPT TO a remote address, over port 25 without AUTH."""
         with node.smtp(source=source) as client:
@@ -197,10 +205,7 @@ class SharedSessionsTests(TwoNodesTestCase):
 class NewMailEventTests(TwoNodesTestCase):
     def idle(self, node):
         """An IMAP client of C{node} idling in alice's INBOX."""
-        imap = node.imap()
-        self.addCleanup(_quietly, imap.shutdown)
-        imap.login(ALICE, PASSWORD)
-        imap.select("INBOX")
+        imap = self.session(node)
         imap.send(b"t IDLE\r\n")
         self.assertTrue(imap.readline().startswith(b"+ "))
         return imap
@@ -216,13 +221,6 @@ class NewMailEventTests(TwoNodesTestCase):
 
 
 class SharedFolderTests(TwoNodesTestCase):
-    def session(self, node):
-        imap = node.imap()
-        self.addCleanup(_quietly, imap.shutdown)
-        imap.login(ALICE, PASSWORD)
-        imap.select("INBOX")
-        return imap
-
     def subjects(self, imap):
         """UID -> Subject of every message, as C{imap}'s session sees the folder."""
         imap.noop()
